@@ -1,0 +1,45 @@
+//! isle's durable state, as a journal of records.
+//!
+//! A shard's in-memory state (accounts, mailboxes, dedup entries) is a pure
+//! function of the records it has written: the shard applies a change to
+//! memory, emits the matching [`Record`], and holds every reply that promises
+//! durability until the journal says the batch holding that record is
+//! committed. Recovery is replay of the same records.
+//!
+//! [`MemoryJournal`] commits at once and keeps nothing across restarts; the
+//! on-disk log implements the same [`Journal`] trait.
+
+mod memory;
+mod record;
+
+pub use memory::MemoryJournal;
+pub use record::{EntryRecord, Record, KEY_HASH_BYTES};
+
+/// Counters a journal keeps about itself, for metrics and benchmarks.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct JournalStats {
+    pub records: u64,
+    pub batches: u64,
+    pub syncs: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// The journal can no longer promise durability; the shard must stop
+    /// acknowledging anything.
+    #[error("journal failed and refuses further writes: {0}")]
+    Failed(String),
+}
+
+/// Where a shard's records go.
+///
+/// `commit` makes a whole batch durable (as the journal's mode defines it)
+/// before it returns; a batch is committed entirely or reported failed.
+pub trait Journal {
+    /// Makes `records` durable, in order, as one batch.
+    #[allow(async_fn_in_trait)] // Shards are single-threaded; no Send bound wanted.
+    async fn commit(&mut self, records: &[Record]) -> Result<(), JournalError>;
+
+    fn stats(&self) -> JournalStats;
+}

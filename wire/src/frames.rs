@@ -1,0 +1,163 @@
+//! Every frame a phone and the server exchange.
+//!
+//! Variants are only ever appended: postcard encodes the variant index, so
+//! reordering would change the meaning of bytes already in flight.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Phone;
+
+/// Bytes in a device key, and in its hash.
+pub const DEVICE_KEY_BYTES: usize = 32;
+
+/// The secret a phone receives once at signup and presents at every login.
+/// The server keeps only its SHA-256.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceKey(pub [u8; DEVICE_KEY_BYTES]);
+
+impl fmt::Debug for DeviceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Keys end up in logs through Debug; never print the secret.
+        f.write_str("DeviceKey(..)")
+    }
+}
+
+/// Frames a phone sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientFrame<'a> {
+    /// Must be the first frame on a connection.
+    Hello { version: u16 },
+    /// Ask for a six-digit code to be sent to `phone` by SMS.
+    RequestCode { phone: Phone },
+    /// Prove ownership of `phone`; answered with `Registered` and a new key.
+    Verify { phone: Phone, code: u32 },
+    /// Authenticate this connection as `phone`.
+    Login { phone: Phone, key: DeviceKey },
+    /// Keepalive; answered with `Pong` carrying the same nonce.
+    Ping { nonce: u64 },
+    /// Send `body` (opaque to the server) to `to`. `client_id` is chosen by
+    /// the phone, unique among its own messages; a resend with the same id is
+    /// answered with the same `Sent` and never stored twice.
+    Send {
+        client_id: u64,
+        to: Phone,
+        #[serde(borrow)]
+        body: &'a [u8],
+    },
+    /// Everything in this phone's mailbox up to and including `up_to` has
+    /// been received and may be deleted.
+    Ack { up_to: u64 },
+    /// The message `client_id` that `from` sent has been read by this phone.
+    Read { from: Phone, client_id: u64 },
+}
+
+/// Frames the server sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerFrame<'a> {
+    Welcome {
+        version: u16,
+    },
+    CodeSent {
+        phone: Phone,
+        expires_in_s: u32,
+    },
+    Registered {
+        phone: Phone,
+        key: DeviceKey,
+    },
+    LoggedIn {
+        phone: Phone,
+    },
+    Pong {
+        nonce: u64,
+    },
+    /// The message `client_id` is stored for its recipient under `id`.
+    Sent {
+        client_id: u64,
+        id: u64,
+    },
+    /// A message from `from`, at mailbox position `seq`.
+    Message {
+        seq: u64,
+        from: Phone,
+        client_id: u64,
+        sent_at_ms: u64,
+        #[serde(borrow)]
+        body: &'a [u8],
+    },
+    /// `by` received (or read) the message `client_id` this phone sent.
+    Receipt {
+        seq: u64,
+        kind: ReceiptKind,
+        by: Phone,
+        client_id: u64,
+    },
+    /// A request failed. `client_id` names the `Send` it answers, if any.
+    Error {
+        kind: ErrorKind,
+        client_id: Option<u64>,
+        detail: String,
+    },
+    /// The server is closing this connection; nothing follows.
+    Bye {
+        reason: ByeReason,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReceiptKind {
+    Delivered,
+    Read,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The `Hello` asked for a protocol version this server does not speak.
+    UnsupportedVersion,
+    /// A frame other than `Hello` came first.
+    HelloRequired,
+    /// The frame could not be decoded.
+    Malformed,
+    /// The length prefix exceeds `FRAME_BYTES_MAX`.
+    FrameTooLarge,
+    /// Too many codes requested, or too many messages sent, too fast.
+    RateLimited,
+    /// The code was wrong.
+    BadCode,
+    /// No code is pending for this phone, or it expired.
+    CodeExpired,
+    /// The code was guessed wrong too many times; request a new one.
+    TooManyAttempts,
+    /// The SMS gateway cannot take more codes right now.
+    SmsUnavailable,
+    /// Login failed: unknown phone or wrong key (deliberately one kind).
+    BadCredentials,
+    /// This request needs a logged-in connection.
+    NotLoggedIn,
+    /// This connection is already logged in.
+    AlreadyLoggedIn,
+    /// The message body is longer than `BODY_BYTES_MAX`.
+    BodyTooLarge,
+    /// The recipient has no account.
+    UnknownRecipient,
+    /// The server is shedding load; retry later.
+    Overloaded,
+    /// The acknowledged sequence number was never delivered.
+    BadAck,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ByeReason {
+    /// A newer connection logged in to the same account.
+    Replaced,
+    /// The account signed up again; this device's key no longer works.
+    Revoked,
+    /// Nothing arrived for longer than the idle timeout.
+    IdleTimeout,
+    /// The peer broke the protocol; the preceding `Error` says how.
+    ProtocolError,
+    /// The server is shutting down.
+    ShuttingDown,
+}

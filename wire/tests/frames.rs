@@ -1,0 +1,229 @@
+//! Round trips for every frame, and decoding of hostile input.
+
+use wire::*;
+
+fn phone(text: &str) -> Phone {
+    Phone::parse(text).unwrap()
+}
+
+fn client_frames() -> Vec<ClientFrame<'static>> {
+    vec![
+        ClientFrame::Hello {
+            version: PROTOCOL_VERSION,
+        },
+        ClientFrame::RequestCode {
+            phone: phone("+15550000001"),
+        },
+        ClientFrame::Verify {
+            phone: phone("+15550000001"),
+            code: 123_456,
+        },
+        ClientFrame::Login {
+            phone: phone("+4930123456"),
+            key: DeviceKey([7; DEVICE_KEY_BYTES]),
+        },
+        ClientFrame::Ping { nonce: u64::MAX },
+        ClientFrame::Send {
+            client_id: 42,
+            to: phone("+15550000002"),
+            body: b"hello",
+        },
+        ClientFrame::Send {
+            client_id: 0,
+            to: phone("+15550000002"),
+            body: &[],
+        },
+        ClientFrame::Send {
+            client_id: 1,
+            to: phone("+15550000002"),
+            body: &[0xAB; BODY_BYTES_MAX],
+        },
+        ClientFrame::Ack { up_to: 99 },
+        ClientFrame::Read {
+            from: phone("+15550000003"),
+            client_id: 5,
+        },
+    ]
+}
+
+fn server_frames() -> Vec<ServerFrame<'static>> {
+    vec![
+        ServerFrame::Welcome {
+            version: PROTOCOL_VERSION,
+        },
+        ServerFrame::CodeSent {
+            phone: phone("+15550000001"),
+            expires_in_s: 600,
+        },
+        ServerFrame::Registered {
+            phone: phone("+15550000001"),
+            key: DeviceKey([9; DEVICE_KEY_BYTES]),
+        },
+        ServerFrame::LoggedIn {
+            phone: phone("+15550000001"),
+        },
+        ServerFrame::Pong { nonce: 3 },
+        ServerFrame::Sent {
+            client_id: 42,
+            id: 7,
+        },
+        ServerFrame::Message {
+            seq: u64::MAX,
+            from: phone("+999999999999999"),
+            client_id: u64::MAX,
+            sent_at_ms: u64::MAX,
+            body: &[0xCD; BODY_BYTES_MAX],
+        },
+        ServerFrame::Receipt {
+            seq: 1,
+            kind: ReceiptKind::Read,
+            by: phone("+15550000002"),
+            client_id: 42,
+        },
+        ServerFrame::Error {
+            kind: ErrorKind::BadCode,
+            client_id: Some(3),
+            detail: "wrong".into(),
+        },
+        ServerFrame::Bye {
+            reason: ByeReason::Replaced,
+        },
+    ]
+}
+
+#[test]
+fn client_frames_round_trip() {
+    for frame in client_frames() {
+        let mut bytes = Vec::new();
+        encode_client(&frame, &mut bytes);
+        let raw = split_frame(&bytes, FRAME_BYTES_MAX).unwrap().unwrap();
+        assert_eq!(raw.consumed, bytes.len());
+        assert_eq!(decode_client(raw.payload).unwrap(), frame);
+    }
+}
+
+#[test]
+fn server_frames_round_trip() {
+    for frame in server_frames() {
+        let mut bytes = Vec::new();
+        encode_server(&frame, &mut bytes);
+        let raw = split_frame(&bytes, FRAME_BYTES_MAX).unwrap().unwrap();
+        assert_eq!(raw.consumed, bytes.len());
+        assert_eq!(decode_server(raw.payload).unwrap(), frame);
+    }
+}
+
+#[test]
+fn partial_frames_wait_for_more_bytes() {
+    let mut bytes = Vec::new();
+    encode_client(&ClientFrame::Ping { nonce: 1 }, &mut bytes);
+    encode_client(&ClientFrame::Ack { up_to: 2 }, &mut bytes);
+    let first_len = {
+        let raw = split_frame(&bytes, FRAME_BYTES_MAX).unwrap().unwrap();
+        raw.consumed
+    };
+    for cut in 0..first_len {
+        assert_eq!(
+            split_frame(&bytes[..cut], FRAME_BYTES_MAX),
+            Ok(None),
+            "cut at {cut}"
+        );
+    }
+    let second = split_frame(&bytes[first_len..], FRAME_BYTES_MAX)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        decode_client(second.payload).unwrap(),
+        ClientFrame::Ack { up_to: 2 }
+    );
+}
+
+#[test]
+fn oversize_length_prefix_is_refused_before_buffering() {
+    let length = (FRAME_BYTES_MAX + 1) as u32;
+    let bytes = length.to_le_bytes();
+    assert_eq!(
+        split_frame(&bytes, FRAME_BYTES_MAX),
+        Err(FrameError::TooLarge {
+            length: FRAME_BYTES_MAX + 1,
+            max: FRAME_BYTES_MAX
+        })
+    );
+    assert_eq!(
+        split_frame(&u32::MAX.to_le_bytes(), 16),
+        Err(FrameError::TooLarge {
+            length: u32::MAX as usize,
+            max: 16
+        })
+    );
+    assert_eq!(
+        split_frame(&[0, 0, 0, 0], FRAME_BYTES_MAX),
+        Err(FrameError::Empty)
+    );
+}
+
+#[test]
+fn malformed_payloads_are_errors() {
+    // Unknown variant tag.
+    assert!(matches!(
+        decode_client(&[200]),
+        Err(DecodeError::Malformed(_))
+    ));
+    // Truncated Send.
+    assert!(matches!(
+        decode_client(&[5, 1]),
+        Err(DecodeError::Malformed(_))
+    ));
+    // Phone out of the E.164 range (tag 1 = RequestCode, value 5).
+    assert!(matches!(
+        decode_client(&[1, 5]),
+        Err(DecodeError::Malformed(_))
+    ));
+    // A body length that runs past the end of the payload.
+    assert!(matches!(
+        decode_client(&[5, 1, 0xC0, 0x84, 0x3D, 0xFF, 0xFF, 0x0F]),
+        Err(DecodeError::Malformed(_))
+    ));
+    // Trailing bytes after a valid Ping.
+    let mut bytes = Vec::new();
+    encode_client(&ClientFrame::Ping { nonce: 1 }, &mut bytes);
+    bytes.push(0);
+    let payload = &bytes[LENGTH_PREFIX_BYTES..];
+    assert_eq!(decode_client(payload), Err(DecodeError::TrailingBytes(1)));
+}
+
+/// A cheap deterministic sweep over random and mutated payloads: decoding must
+/// return, never panic. The fuzz target in `fuzz/` explores further.
+#[test]
+fn decoding_arbitrary_bytes_never_panics() {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut seeds: Vec<Vec<u8>> = Vec::new();
+    for frame in client_frames() {
+        let mut bytes = Vec::new();
+        encode_client(&frame, &mut bytes);
+        seeds.push(bytes[LENGTH_PREFIX_BYTES..].to_vec());
+    }
+    for round in 0..200_000 {
+        let mut payload = if round % 2 == 0 {
+            seeds[(next() % seeds.len() as u64) as usize].clone()
+        } else {
+            (0..next() % 64).map(|_| next() as u8).collect()
+        };
+        if !payload.is_empty() {
+            for _ in 0..(next() % 4) {
+                let at = (next() % payload.len() as u64) as usize;
+                payload[at] = next() as u8;
+            }
+            payload.truncate((next() % (payload.len() as u64 + 1)) as usize);
+        }
+        let _ = decode_client(&payload);
+        let _ = decode_server(&payload);
+        let _ = split_frame(&payload, FRAME_BYTES_MAX);
+    }
+}
