@@ -1,0 +1,84 @@
+//! The limits and timings a shard runs with. Every limit names its unit.
+
+use crate::PartitionMap;
+
+/// A range of phone numbers (by prefix) that sign up with a fixed code and
+/// no SMS, for automated clients. Off unless configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestNumbers {
+    pub prefix: String,
+    pub code: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct ShardConfig {
+    pub shard_id: u16,
+    pub map: PartitionMap,
+    /// Added to the shard's monotonic `now_ms` to get Unix time, for the
+    /// `sent_at_ms` stamped on messages. Timers never look at it.
+    pub wall_clock_offset_ms: u64,
+    /// Resolution of the shard's timer wheel.
+    pub tick_ms: u64,
+    /// How long a signup code stays valid.
+    pub code_ttl_ms: u64,
+    /// Wrong guesses allowed per code.
+    pub code_attempts_max: u32,
+    /// Codes one phone number may request per `code_request_window_ms`.
+    pub code_requests_max: u32,
+    pub code_request_window_ms: u64,
+    /// Signups a shard tracks at once (pending codes and rate windows), so
+    /// requests for endless made-up numbers cannot grow memory without bound.
+    pub signups_max: usize,
+    pub test_numbers: Option<TestNumbers>,
+    /// A logged-in connection that sends nothing for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// A connection that has not logged in within this long is closed.
+    pub login_timeout_ms: u64,
+    /// Messages written to a phone and not yet acknowledged, at most.
+    pub unacked_messages_max: u64,
+    /// Mailbox entries are moved into a connection's outbox only while the
+    /// outbox holds fewer bytes than this.
+    pub outbox_feed_bytes_max: usize,
+    /// While a connection's outbox holds more than this, the server stops
+    /// reading from it: a phone that does not read cannot make it buffer more.
+    pub outbox_bytes_max: usize,
+    /// Sustained messages per second one account may send, and the burst.
+    pub send_rate_per_s: u32,
+    pub send_burst: u32,
+    /// How long, and how many, `(recipient, sender, client_id)` entries are kept
+    /// for resend detection.
+    pub dedup_ttl_ms: u64,
+    pub dedup_entries_max: usize,
+    /// Moves of one connection between shards before login.
+    pub handovers_max: u8,
+    /// Failed logins on one connection before it is closed.
+    pub login_failures_max: u8,
+}
+
+impl ShardConfig {
+    pub fn new(shard_id: u16, map: PartitionMap) -> ShardConfig {
+        ShardConfig {
+            shard_id,
+            map,
+            wall_clock_offset_ms: 0,
+            tick_ms: 100,
+            code_ttl_ms: 10 * 60 * 1000,
+            code_attempts_max: 5,
+            code_requests_max: 5,
+            code_request_window_ms: 60 * 60 * 1000,
+            signups_max: 100_000,
+            test_numbers: None,
+            idle_timeout_ms: 5 * 60 * 1000,
+            login_timeout_ms: 30 * 1000,
+            unacked_messages_max: 256,
+            outbox_feed_bytes_max: 64 * 1024,
+            outbox_bytes_max: 1024 * 1024,
+            send_rate_per_s: 1_000,
+            send_burst: 2_000,
+            dedup_ttl_ms: 24 * 60 * 60 * 1000,
+            dedup_entries_max: 2_000_000,
+            handovers_max: 4,
+            login_failures_max: 3,
+        }
+    }
+}

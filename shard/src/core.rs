@@ -1,0 +1,1206 @@
+//! The shard state machine: frames, peer messages and time go in; bytes for
+//! connections, messages for other shards and records for the journal come
+//! out. No I/O, no clock, no executor.
+//!
+//! Replies that promise durability (`Sent`, `Registered`, and `Stored` answers
+//! to other shards) are held until the journal batch holding their records is
+//! committed: the caller drains records with [`Shard::take_records`], commits
+//! them, then calls [`Shard::committed`].
+
+use std::collections::VecDeque;
+
+use ahash::AHashMap;
+use sha2::{Digest, Sha256};
+use storage::{EntryRecord, Record, KEY_HASH_BYTES};
+use subtle::ConstantTimeEq;
+use wire::{
+    encode_server, ByeReason, ClientFrame, DeviceKey, ErrorKind, Phone, ReceiptKind, ServerFrame,
+    BODY_BYTES_MAX, DEVICE_KEY_BYTES, PROTOCOL_VERSION,
+};
+
+use crate::{
+    dedup::DedupTable,
+    mailbox::Mailbox,
+    timer_wheel::{TimerId, TimerWheel},
+    Env, ShardConfig,
+};
+
+/// A connection on this shard. The generation makes ids of closed
+/// connections harmless when a reply for them arrives late.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    index: u32,
+    generation: u32,
+}
+
+/// Messages between shards. They travel only through the bounded
+/// per-(source, destination) queues.
+#[derive(Debug)]
+pub enum PeerMessage {
+    /// Store a message in `to`'s mailbox; answer `Stored` to `reply` on the
+    /// sender's home shard.
+    Deliver {
+        from: Phone,
+        to: Phone,
+        client_id: u64,
+        sent_at_ms: u64,
+        body: Box<[u8]>,
+        reply: ConnId,
+    },
+    /// The answer to `Deliver`, for the sender's connection.
+    Stored {
+        reply: ConnId,
+        sender: Phone,
+        client_id: u64,
+        result: Result<u64, ErrorKind>,
+    },
+    /// Store a receipt in `to`'s mailbox.
+    Receipt {
+        to: Phone,
+        by: Phone,
+        client_id: u64,
+        kind: ReceiptKind,
+    },
+}
+
+/// What the caller must do after handing a frame to the shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameOutcome {
+    Continue,
+    /// The frame names an account owned by `shard`: move the connection there
+    /// (see [`Shard::hand_over`]) and replay this frame on arrival.
+    HandOver {
+        shard: u16,
+    },
+}
+
+/// The state of a connection that moves with it to another shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnSnapshot {
+    pub hello: bool,
+    pub handovers: u8,
+    pub login_failures: u8,
+}
+
+/// Counters for metrics. Monotonic except the gauges noted.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ShardCounters {
+    /// Gauge.
+    pub connections: u64,
+    /// Gauge.
+    pub sessions: u64,
+    pub accounts: u64,
+    pub codes_sent: u64,
+    pub signups: u64,
+    pub logins: u64,
+    pub login_failures: u64,
+    pub messages_stored: u64,
+    pub messages_deduplicated: u64,
+    pub messages_written: u64,
+    pub messages_acked: u64,
+    pub receipts_stored: u64,
+    pub rate_limited: u64,
+    pub protocol_errors: u64,
+    pub idle_closed: u64,
+    pub handovers_out: u64,
+    pub handovers_in: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum TimerEvent {
+    Idle(ConnId),
+    Signup(Phone),
+}
+
+#[derive(Debug)]
+struct Conn {
+    generation: u32,
+    hello: bool,
+    account: Option<Phone>,
+    last_activity_ms: u64,
+    timer: Option<TimerId>,
+    /// Encoded frames not yet taken by the I/O layer.
+    outbox: Vec<u8>,
+    /// Highest mailbox sequence written to this connection.
+    delivered_up_to: u64,
+    closing: bool,
+    handovers: u8,
+    login_failures: u8,
+    /// Send allowance in thousandths of a message.
+    send_millitokens: u64,
+    tokens_at_ms: u64,
+}
+
+#[derive(Debug)]
+struct Account {
+    key_hash: [u8; KEY_HASH_BYTES],
+    generation: u64,
+    mailbox: Mailbox,
+    session: Option<ConnId>,
+}
+
+#[derive(Debug)]
+struct Signup {
+    code: Option<u32>,
+    code_expires_at_ms: u64,
+    attempts_left: u32,
+    window_started_ms: u64,
+    requests_in_window: u32,
+    timer: Option<TimerId>,
+}
+
+/// A reply held until the journal commits the batch it depends on.
+#[derive(Debug)]
+enum Held {
+    Frame { conn: ConnId, bytes: Vec<u8> },
+    Peer { shard: u16, message: PeerMessage },
+}
+
+pub struct Shard {
+    config: ShardConfig,
+    env: Box<dyn Env>,
+    conns: Vec<Option<Conn>>,
+    conns_free: Vec<u32>,
+    conn_generation: u32,
+    accounts: AHashMap<Phone, Account>,
+    signups: AHashMap<Phone, Signup>,
+    dedup: DedupTable,
+    timers: TimerWheel<TimerEvent>,
+    /// Peer messages addressed to this shard itself, run before returning so
+    /// that local delivery keeps the same order as remote delivery.
+    local: VecDeque<PeerMessage>,
+    peer_out: Vec<(u16, PeerMessage)>,
+    woken: Vec<ConnId>,
+    records: Vec<Record>,
+    /// Held replies, each tagged with the batch that must commit first.
+    held: VecDeque<(u64, Held)>,
+    batch: u64,
+    /// The time of the input being handled.
+    now_ms: u64,
+    counters: ShardCounters,
+}
+
+impl Shard {
+    pub fn new(config: ShardConfig, env: Box<dyn Env>, now_ms: u64) -> Shard {
+        let timers = TimerWheel::new(4096, now_ms / config.tick_ms);
+        let dedup = DedupTable::new(config.dedup_ttl_ms, config.dedup_entries_max);
+        Shard {
+            config,
+            env,
+            conns: Vec::new(),
+            conns_free: Vec::new(),
+            conn_generation: 0,
+            accounts: AHashMap::new(),
+            signups: AHashMap::new(),
+            dedup,
+            timers,
+            local: VecDeque::new(),
+            peer_out: Vec::new(),
+            woken: Vec::new(),
+            records: Vec::new(),
+            held: VecDeque::new(),
+            batch: 0,
+            now_ms,
+            counters: ShardCounters::default(),
+        }
+    }
+
+    pub fn config(&self) -> &ShardConfig {
+        &self.config
+    }
+
+    pub fn counters(&self) -> ShardCounters {
+        self.counters
+    }
+
+    /// Mailbox entries queued on this shard, and their body bytes.
+    pub fn queued(&self) -> (u64, u64) {
+        self.accounts.values().fold((0, 0), |(n, b), a| {
+            (n + a.mailbox.len() as u64, b + a.mailbox.bytes() as u64)
+        })
+    }
+
+    // ---- connections -------------------------------------------------------
+
+    /// A new connection arrived on this shard's listener.
+    pub fn open(&mut self, now_ms: u64) -> ConnId {
+        self.insert_conn(
+            ConnSnapshot {
+                hello: false,
+                handovers: 0,
+                login_failures: 0,
+            },
+            now_ms,
+        )
+    }
+
+    /// A connection handed over by another shard arrived here.
+    pub fn adopt(&mut self, snapshot: ConnSnapshot, now_ms: u64) -> ConnId {
+        self.counters.handovers_in += 1;
+        self.insert_conn(snapshot, now_ms)
+    }
+
+    fn insert_conn(&mut self, snapshot: ConnSnapshot, now_ms: u64) -> ConnId {
+        self.conn_generation = self.conn_generation.wrapping_add(1);
+        let conn = Conn {
+            generation: self.conn_generation,
+            hello: snapshot.hello,
+            account: None,
+            last_activity_ms: now_ms,
+            timer: None,
+            outbox: Vec::new(),
+            delivered_up_to: 0,
+            closing: false,
+            handovers: snapshot.handovers,
+            login_failures: snapshot.login_failures,
+            send_millitokens: u64::from(self.config.send_burst) * 1000,
+            tokens_at_ms: now_ms,
+        };
+        let index = match self.conns_free.pop() {
+            Some(index) => {
+                self.conns[index as usize] = Some(conn);
+                index
+            }
+            None => {
+                self.conns.push(Some(conn));
+                (self.conns.len() - 1) as u32
+            }
+        };
+        let id = ConnId {
+            index,
+            generation: self.conn_generation,
+        };
+        self.counters.connections += 1;
+        self.arm_idle(id, now_ms + self.config.login_timeout_ms);
+        id
+    }
+
+    /// Removes a connection that has not logged in, to move it to `shard`.
+    pub fn hand_over(&mut self, id: ConnId) -> Option<ConnSnapshot> {
+        let conn = self.conn(id)?;
+        debug_assert!(
+            conn.account.is_none(),
+            "logged-in connections live on their home shard"
+        );
+        let snapshot = ConnSnapshot {
+            hello: conn.hello,
+            handovers: conn.handovers + 1,
+            login_failures: conn.login_failures,
+        };
+        self.closed(id);
+        self.counters.handovers_out += 1;
+        Some(snapshot)
+    }
+
+    /// The connection is gone (closed by either side, or failed).
+    pub fn closed(&mut self, id: ConnId) {
+        let Some(conn) = self
+            .conns
+            .get_mut(id.index as usize)
+            .and_then(|slot| slot.take_if(|c| c.generation == id.generation))
+        else {
+            return;
+        };
+        if let Some(timer) = conn.timer {
+            self.timers.cancel(timer);
+        }
+        if let Some(phone) = conn.account {
+            if let Some(account) = self.accounts.get_mut(&phone) {
+                if account.session == Some(id) {
+                    account.session = None;
+                    self.counters.sessions -= 1;
+                }
+            }
+        }
+        self.conns_free.push(id.index);
+        self.counters.connections -= 1;
+    }
+
+    /// Takes the bytes queued for a connection.
+    pub fn take_outbox(&mut self, id: ConnId) -> Vec<u8> {
+        self.conn_mut(id)
+            .map(|conn| std::mem::take(&mut conn.outbox))
+            .unwrap_or_default()
+    }
+
+    /// Bytes waiting in a connection's outbox.
+    pub fn outbox_len(&self, id: ConnId) -> usize {
+        self.conn(id).map_or(0, |conn| conn.outbox.len())
+    }
+
+    /// True once the connection must be closed after its outbox is flushed.
+    pub fn is_closing(&self, id: ConnId) -> bool {
+        self.conn(id).is_none_or(|conn| conn.closing)
+    }
+
+    /// True while the connection has room for its own replies: the I/O layer
+    /// stops reading from a phone whose outbox is over the limit.
+    pub fn wants_input(&self, id: ConnId) -> bool {
+        self.conn(id)
+            .is_some_and(|conn| !conn.closing && conn.outbox.len() <= self.config.outbox_bytes_max)
+    }
+
+    /// The I/O layer wrote the connection's outbox out: feed it more.
+    pub fn flushed(&mut self, id: ConnId) {
+        self.pump(id);
+    }
+
+    /// Connections with new output (or newly closing) since the last call.
+    pub fn drain_woken(&mut self) -> std::vec::Drain<'_, ConnId> {
+        self.woken.drain(..)
+    }
+
+    /// Peer messages ready to go to other shards.
+    pub fn drain_peer_messages(&mut self) -> std::vec::Drain<'_, (u16, PeerMessage)> {
+        self.peer_out.drain(..)
+    }
+
+    /// Records to commit, and the batch number to report to `committed`.
+    pub fn take_records(&mut self) -> (u64, Vec<Record>) {
+        self.batch += 1;
+        (self.batch, std::mem::take(&mut self.records))
+    }
+
+    /// Records up to `batch` are durable: release the replies that waited.
+    pub fn committed(&mut self, batch: u64) {
+        while self.held.front().is_some_and(|(b, _)| *b <= batch) {
+            match self.held.pop_front().expect("front checked").1 {
+                Held::Frame { conn, bytes } => {
+                    if let Some(c) = self.conn_mut(conn) {
+                        c.outbox.extend_from_slice(&bytes);
+                        self.woken.push(conn);
+                    }
+                }
+                Held::Peer { shard, message } => self.route(shard, message),
+            }
+        }
+        self.run_local();
+    }
+
+    /// True when nothing waits for a commit.
+    pub fn has_pending_records(&self) -> bool {
+        !self.records.is_empty() || !self.held.is_empty()
+    }
+
+    // ---- input -------------------------------------------------------------
+
+    /// A frame that could not be decoded (or framed): answer and close.
+    pub fn protocol_error(&mut self, id: ConnId, kind: ErrorKind, detail: String) {
+        self.counters.protocol_errors += 1;
+        self.reply(
+            id,
+            &ServerFrame::Error {
+                kind,
+                client_id: None,
+                detail,
+            },
+        );
+        self.close_with(id, ByeReason::ProtocolError);
+    }
+
+    pub fn handle_frame(
+        &mut self,
+        id: ConnId,
+        frame: ClientFrame<'_>,
+        now_ms: u64,
+    ) -> FrameOutcome {
+        self.now_ms = now_ms;
+        let Some(conn) = self.conn_mut(id) else {
+            return FrameOutcome::Continue;
+        };
+        if conn.closing {
+            return FrameOutcome::Continue;
+        }
+        conn.last_activity_ms = now_ms;
+        if !conn.hello {
+            match frame {
+                ClientFrame::Hello { version } if version == PROTOCOL_VERSION => {
+                    conn.hello = true;
+                    self.reply(
+                        id,
+                        &ServerFrame::Welcome {
+                            version: PROTOCOL_VERSION,
+                        },
+                    );
+                }
+                ClientFrame::Hello { version } => {
+                    let detail = format!(
+                        "version {version} unsupported; this server speaks {PROTOCOL_VERSION}"
+                    );
+                    self.fail(id, ErrorKind::UnsupportedVersion, detail);
+                }
+                _ => self.fail(
+                    id,
+                    ErrorKind::HelloRequired,
+                    "the first frame must be Hello".into(),
+                ),
+            }
+            return FrameOutcome::Continue;
+        }
+        let logged_in = conn.account;
+        let outcome = match frame {
+            ClientFrame::Hello { .. } => {
+                self.fail(id, ErrorKind::Malformed, "Hello sent twice".into());
+                FrameOutcome::Continue
+            }
+            ClientFrame::Ping { nonce } => {
+                self.reply(id, &ServerFrame::Pong { nonce });
+                FrameOutcome::Continue
+            }
+            ClientFrame::RequestCode { phone }
+            | ClientFrame::Verify { phone, .. }
+            | ClientFrame::Login { phone, .. }
+                if logged_in.is_none()
+                    && self.config.map.shard_of(phone) != self.config.shard_id =>
+            {
+                let shard = self.config.map.shard_of(phone);
+                if self
+                    .conn(id)
+                    .is_some_and(|c| c.handovers >= self.config.handovers_max)
+                {
+                    self.fail(
+                        id,
+                        ErrorKind::Overloaded,
+                        "too many account changes on one connection".into(),
+                    );
+                    return FrameOutcome::Continue;
+                }
+                FrameOutcome::HandOver { shard }
+            }
+            ClientFrame::RequestCode { .. }
+            | ClientFrame::Verify { .. }
+            | ClientFrame::Login { .. }
+                if logged_in.is_some() =>
+            {
+                self.reply_error(
+                    id,
+                    ErrorKind::AlreadyLoggedIn,
+                    None,
+                    "this connection is logged in",
+                );
+                FrameOutcome::Continue
+            }
+            ClientFrame::RequestCode { phone } => {
+                self.request_code(id, phone, now_ms);
+                FrameOutcome::Continue
+            }
+            ClientFrame::Verify { phone, code } => {
+                self.verify(id, phone, code, now_ms);
+                FrameOutcome::Continue
+            }
+            ClientFrame::Login { phone, key } => {
+                self.login(id, phone, key, now_ms);
+                FrameOutcome::Continue
+            }
+            ClientFrame::Send { client_id, .. } | ClientFrame::Read { client_id, .. }
+                if logged_in.is_none() =>
+            {
+                self.reply_error(id, ErrorKind::NotLoggedIn, Some(client_id), "log in first");
+                FrameOutcome::Continue
+            }
+            ClientFrame::Ack { .. } if logged_in.is_none() => {
+                self.reply_error(id, ErrorKind::NotLoggedIn, None, "log in first");
+                FrameOutcome::Continue
+            }
+            ClientFrame::Send {
+                client_id,
+                to,
+                body,
+            } => {
+                let from = logged_in.expect("checked above");
+                self.send(id, from, client_id, to, body, now_ms);
+                FrameOutcome::Continue
+            }
+            ClientFrame::Ack { up_to } => {
+                self.ack(id, logged_in.expect("checked above"), up_to);
+                FrameOutcome::Continue
+            }
+            ClientFrame::Read { from, client_id } => {
+                let by = logged_in.expect("checked above");
+                let shard = self.config.map.shard_of(from);
+                self.route(
+                    shard,
+                    PeerMessage::Receipt {
+                        to: from,
+                        by,
+                        client_id,
+                        kind: ReceiptKind::Read,
+                    },
+                );
+                FrameOutcome::Continue
+            }
+        };
+        self.run_local();
+        outcome
+    }
+
+    /// A message from another shard (or, for local delivery, from this one).
+    pub fn handle_peer(&mut self, message: PeerMessage, now_ms: u64) {
+        self.now_ms = now_ms;
+        self.apply_peer(message);
+        self.run_local();
+    }
+
+    /// Advances the timer wheel to `now_ms`.
+    pub fn tick(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+        let mut due = Vec::new();
+        self.timers
+            .advance(now_ms / self.config.tick_ms, |event| due.push(event));
+        for event in due {
+            match event {
+                TimerEvent::Idle(id) => self.idle_check(id, now_ms),
+                TimerEvent::Signup(phone) => self.signup_check(phone, now_ms),
+            }
+        }
+        self.dedup.expire(now_ms);
+    }
+
+    // ---- signup and login --------------------------------------------------
+
+    fn is_test_number(&self, phone: Phone) -> Option<u32> {
+        let test = self.config.test_numbers.as_ref()?;
+        phone.has_prefix(&test.prefix).then_some(test.code)
+    }
+
+    fn request_code(&mut self, id: ConnId, phone: Phone, now_ms: u64) {
+        let test_code = self.is_test_number(phone);
+        if !self.signups.contains_key(&phone) && self.signups.len() >= self.config.signups_max {
+            self.reply_error(
+                id,
+                ErrorKind::Overloaded,
+                None,
+                "too many signups in progress; retry later",
+            );
+            return;
+        }
+        let config = &self.config;
+        let signup = self.signups.entry(phone).or_insert(Signup {
+            code: None,
+            code_expires_at_ms: 0,
+            attempts_left: 0,
+            window_started_ms: now_ms,
+            requests_in_window: 0,
+            timer: None,
+        });
+        if now_ms >= signup.window_started_ms + config.code_request_window_ms {
+            signup.window_started_ms = now_ms;
+            signup.requests_in_window = 0;
+        }
+        // Test numbers are for load generators: they skip the rate limit but
+        // never reach the SMS gateway.
+        if test_code.is_none() && signup.requests_in_window >= config.code_requests_max {
+            let retry_s =
+                (signup.window_started_ms + config.code_request_window_ms - now_ms) / 1000;
+            self.reply_error(
+                id,
+                ErrorKind::RateLimited,
+                None,
+                &format!("too many codes; retry in {retry_s} s"),
+            );
+            return;
+        }
+        let code = match test_code {
+            Some(code) => code,
+            None => {
+                let code = random_code(&mut *self.env);
+                if !self.env.send_sms(phone, code) {
+                    self.reply_error(
+                        id,
+                        ErrorKind::SmsUnavailable,
+                        None,
+                        "SMS gateway busy; retry later",
+                    );
+                    return;
+                }
+                self.counters.codes_sent += 1;
+                code
+            }
+        };
+        let signup = self.signups.get_mut(&phone).expect("inserted above");
+        signup.requests_in_window += 1;
+        signup.code = Some(code);
+        signup.code_expires_at_ms = now_ms + self.config.code_ttl_ms;
+        signup.attempts_left = self.config.code_attempts_max;
+        if signup.timer.is_none() {
+            let deadline = (signup.window_started_ms + self.config.code_request_window_ms)
+                .max(signup.code_expires_at_ms);
+            signup.timer = Some(self.timers.arm(
+                deadline.div_ceil(self.config.tick_ms),
+                TimerEvent::Signup(phone),
+            ));
+        }
+        let expires_in_s = (self.config.code_ttl_ms / 1000) as u32;
+        self.reply(
+            id,
+            &ServerFrame::CodeSent {
+                phone,
+                expires_in_s,
+            },
+        );
+    }
+
+    fn verify(&mut self, id: ConnId, phone: Phone, code: u32, now_ms: u64) {
+        let Some(signup) = self.signups.get_mut(&phone) else {
+            self.reply_error(
+                id,
+                ErrorKind::CodeExpired,
+                None,
+                "no code pending for this number",
+            );
+            return;
+        };
+        let Some(expected) = signup.code.filter(|_| now_ms < signup.code_expires_at_ms) else {
+            signup.code = None;
+            self.reply_error(
+                id,
+                ErrorKind::CodeExpired,
+                None,
+                "the code expired; request a new one",
+            );
+            return;
+        };
+        if signup.attempts_left == 0 {
+            self.reply_error(
+                id,
+                ErrorKind::TooManyAttempts,
+                None,
+                "too many wrong codes; request a new one",
+            );
+            return;
+        }
+        if !bool::from(code.to_le_bytes().ct_eq(&expected.to_le_bytes())) {
+            signup.attempts_left -= 1;
+            if signup.attempts_left == 0 {
+                signup.code = None;
+                self.reply_error(
+                    id,
+                    ErrorKind::TooManyAttempts,
+                    None,
+                    "too many wrong codes; request a new one",
+                );
+            } else {
+                self.reply_error(id, ErrorKind::BadCode, None, "wrong code");
+            }
+            return;
+        }
+        signup.code = None;
+        let mut key = [0u8; DEVICE_KEY_BYTES];
+        self.env.random(&mut key);
+        let key_hash = hash_key(&key);
+        let generation = match self.accounts.get_mut(&phone) {
+            Some(account) => {
+                account.key_hash = key_hash;
+                account.generation += 1;
+                let generation = account.generation;
+                // The old device's key is dead; so is its connection.
+                if let Some(old) = account.session.take() {
+                    self.counters.sessions -= 1;
+                    self.close_with(old, ByeReason::Revoked);
+                }
+                generation
+            }
+            None => {
+                self.accounts.insert(
+                    phone,
+                    Account {
+                        key_hash,
+                        generation: 1,
+                        mailbox: Mailbox::new(),
+                        session: None,
+                    },
+                );
+                self.counters.accounts += 1;
+                1
+            }
+        };
+        self.counters.signups += 1;
+        self.records.push(Record::AccountKey {
+            phone,
+            key_hash,
+            generation,
+        });
+        self.hold_reply(
+            id,
+            &ServerFrame::Registered {
+                phone,
+                key: DeviceKey(key),
+            },
+        );
+    }
+
+    fn login(&mut self, id: ConnId, phone: Phone, key: DeviceKey, now_ms: u64) {
+        let presented = hash_key(&key.0);
+        let accepted = self
+            .accounts
+            .get(&phone)
+            .is_some_and(|a| bool::from(a.key_hash.ct_eq(&presented)));
+        if !accepted {
+            self.counters.login_failures += 1;
+            let conn = self.conn_mut(id).expect("caller checked");
+            conn.login_failures += 1;
+            let give_up = conn.login_failures >= self.config.login_failures_max;
+            self.reply_error(
+                id,
+                ErrorKind::BadCredentials,
+                None,
+                "unknown number or wrong key",
+            );
+            if give_up {
+                self.close_with(id, ByeReason::ProtocolError);
+            }
+            return;
+        }
+        let account = self.accounts.get_mut(&phone).expect("checked above");
+        let first_seq = account
+            .mailbox
+            .after(0)
+            .next()
+            .map_or(account.mailbox.last_seq() + 1, |e| e.seq);
+        match account.session.replace(id) {
+            Some(old) => self.close_with(old, ByeReason::Replaced),
+            None => self.counters.sessions += 1,
+        }
+        self.counters.logins += 1;
+        let conn = self.conn_mut(id).expect("caller checked");
+        conn.account = Some(phone);
+        // Everything not yet acknowledged is sent again on a new session.
+        conn.delivered_up_to = first_seq - 1;
+        self.arm_idle(id, now_ms + self.config.idle_timeout_ms);
+        self.reply(id, &ServerFrame::LoggedIn { phone });
+        self.pump(id);
+    }
+
+    // ---- messages ----------------------------------------------------------
+
+    fn send(
+        &mut self,
+        id: ConnId,
+        from: Phone,
+        client_id: u64,
+        to: Phone,
+        body: &[u8],
+        now_ms: u64,
+    ) {
+        if body.len() > BODY_BYTES_MAX {
+            let detail = format!("body of {} bytes exceeds {BODY_BYTES_MAX}", body.len());
+            self.reply_error(id, ErrorKind::BodyTooLarge, Some(client_id), &detail);
+            return;
+        }
+        if !self.take_send_token(id, now_ms) {
+            self.counters.rate_limited += 1;
+            self.reply_error(
+                id,
+                ErrorKind::RateLimited,
+                Some(client_id),
+                "sending too fast",
+            );
+            return;
+        }
+        let shard = self.config.map.shard_of(to);
+        let message = PeerMessage::Deliver {
+            from,
+            to,
+            client_id,
+            sent_at_ms: now_ms + self.config.wall_clock_offset_ms,
+            body: body.into(),
+            reply: id,
+        };
+        self.route(shard, message);
+    }
+
+    fn take_send_token(&mut self, id: ConnId, now_ms: u64) -> bool {
+        let (rate, burst) = (
+            u64::from(self.config.send_rate_per_s),
+            u64::from(self.config.send_burst),
+        );
+        let conn = self.conn_mut(id).expect("caller checked");
+        let elapsed_ms = now_ms.saturating_sub(conn.tokens_at_ms);
+        conn.tokens_at_ms = now_ms;
+        conn.send_millitokens = (conn.send_millitokens + elapsed_ms * rate).min(burst * 1000);
+        if conn.send_millitokens < 1000 {
+            return false;
+        }
+        conn.send_millitokens -= 1000;
+        true
+    }
+
+    fn ack(&mut self, id: ConnId, owner: Phone, up_to: u64) {
+        let delivered = self.conn(id).expect("caller checked").delivered_up_to;
+        if up_to > delivered {
+            let detail = format!("ack up to {up_to}, but only {delivered} was delivered");
+            self.reply_error(id, ErrorKind::BadAck, None, &detail);
+            return;
+        }
+        let account = self
+            .accounts
+            .get_mut(&owner)
+            .expect("a session has an account");
+        let mut receipts = Vec::new();
+        account.mailbox.ack(up_to, |entry| {
+            if let EntryRecord::Message {
+                from, client_id, ..
+            } = entry.record
+            {
+                receipts.push((from, client_id));
+            }
+        });
+        self.counters.messages_acked += receipts.len() as u64;
+        self.records.push(Record::MailboxAck { owner, up_to });
+        for (from, client_id) in receipts {
+            let shard = self.config.map.shard_of(from);
+            self.route(
+                shard,
+                PeerMessage::Receipt {
+                    to: from,
+                    by: owner,
+                    client_id,
+                    kind: ReceiptKind::Delivered,
+                },
+            );
+        }
+        self.pump(id);
+    }
+
+    fn apply_peer(&mut self, message: PeerMessage) {
+        match message {
+            PeerMessage::Deliver {
+                from,
+                to,
+                client_id,
+                sent_at_ms,
+                body,
+                reply,
+            } => {
+                let result = self.store_message(from, to, client_id, sent_at_ms, body);
+                let shard = self.config.map.shard_of(from);
+                let answer = PeerMessage::Stored {
+                    reply,
+                    sender: from,
+                    client_id,
+                    result,
+                };
+                self.held.push_back((
+                    self.batch + 1,
+                    Held::Peer {
+                        shard,
+                        message: answer,
+                    },
+                ));
+            }
+            PeerMessage::Stored {
+                reply,
+                sender,
+                client_id,
+                result,
+            } => {
+                if self.conn(reply).is_some_and(|c| c.account == Some(sender)) {
+                    match result {
+                        Ok(id) => self.reply(reply, &ServerFrame::Sent { client_id, id }),
+                        Err(kind) => {
+                            let detail = match kind {
+                                ErrorKind::UnknownRecipient => "the recipient has no account",
+                                _ => "message not stored",
+                            };
+                            self.reply_error(reply, kind, Some(client_id), detail);
+                        }
+                    }
+                }
+            }
+            PeerMessage::Receipt {
+                to,
+                by,
+                client_id,
+                kind,
+            } => {
+                let Some(account) = self.accounts.get_mut(&to) else {
+                    return;
+                };
+                let entry = EntryRecord::Receipt {
+                    kind,
+                    by,
+                    client_id,
+                };
+                let seq = account.mailbox.push(entry.clone());
+                let session = account.session;
+                self.records.push(Record::MailboxPut {
+                    owner: to,
+                    seq,
+                    entry,
+                });
+                self.counters.receipts_stored += 1;
+                if let Some(session) = session {
+                    self.pump(session);
+                }
+            }
+        }
+    }
+
+    fn store_message(
+        &mut self,
+        from: Phone,
+        to: Phone,
+        client_id: u64,
+        sent_at_ms: u64,
+        body: Box<[u8]>,
+    ) -> Result<u64, ErrorKind> {
+        let Some(account) = self.accounts.get_mut(&to) else {
+            return Err(ErrorKind::UnknownRecipient);
+        };
+        if let Some(seq) = self.dedup.get(to, from, client_id) {
+            self.counters.messages_deduplicated += 1;
+            return Ok(seq);
+        }
+        let entry = EntryRecord::Message {
+            from,
+            client_id,
+            sent_at_ms,
+            body,
+        };
+        let seq = account.mailbox.push(entry.clone());
+        let session = account.session;
+        self.records.push(Record::MailboxPut {
+            owner: to,
+            seq,
+            entry,
+        });
+        self.dedup.insert(to, from, client_id, seq, self.now_ms);
+        self.counters.messages_stored += 1;
+        if let Some(session) = session {
+            self.pump(session);
+        }
+        Ok(seq)
+    }
+
+    /// Moves mailbox entries into a connection's outbox while its window of
+    /// unacknowledged messages and its outbox have room. A slow phone is fed
+    /// from its mailbox this way, never from an unbounded queue.
+    fn pump(&mut self, id: ConnId) {
+        let Some(conn) = self
+            .conns
+            .get_mut(id.index as usize)
+            .and_then(|c| c.as_mut())
+        else {
+            return;
+        };
+        if conn.generation != id.generation || conn.closing {
+            return;
+        }
+        let Some(phone) = conn.account else {
+            return;
+        };
+        let Some(account) = self.accounts.get(&phone) else {
+            return;
+        };
+        let first_seq = account.mailbox.after(0).next().map_or(u64::MAX, |e| e.seq);
+        let mut written = 0;
+        for entry in account.mailbox.after(conn.delivered_up_to) {
+            let unacked = (conn.delivered_up_to + 1).saturating_sub(first_seq);
+            if unacked >= self.config.unacked_messages_max
+                || conn.outbox.len() >= self.config.outbox_feed_bytes_max
+            {
+                break;
+            }
+            let frame = match &entry.record {
+                EntryRecord::Message {
+                    from,
+                    client_id,
+                    sent_at_ms,
+                    body,
+                } => ServerFrame::Message {
+                    seq: entry.seq,
+                    from: *from,
+                    client_id: *client_id,
+                    sent_at_ms: *sent_at_ms,
+                    body,
+                },
+                EntryRecord::Receipt {
+                    kind,
+                    by,
+                    client_id,
+                } => ServerFrame::Receipt {
+                    seq: entry.seq,
+                    kind: *kind,
+                    by: *by,
+                    client_id: *client_id,
+                },
+            };
+            encode_server(&frame, &mut conn.outbox);
+            conn.delivered_up_to = entry.seq;
+            written += 1;
+        }
+        if written > 0 {
+            self.counters.messages_written += written;
+            self.woken.push(id);
+        }
+    }
+
+    // ---- plumbing ----------------------------------------------------------
+
+    fn route(&mut self, shard: u16, message: PeerMessage) {
+        if shard == self.config.shard_id {
+            self.local.push_back(message);
+        } else {
+            self.peer_out.push((shard, message));
+        }
+    }
+
+    fn run_local(&mut self) {
+        while let Some(message) = self.local.pop_front() {
+            self.apply_peer(message);
+        }
+    }
+
+    fn conn(&self, id: ConnId) -> Option<&Conn> {
+        self.conns
+            .get(id.index as usize)?
+            .as_ref()
+            .filter(|c| c.generation == id.generation)
+    }
+
+    fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.conns
+            .get_mut(id.index as usize)?
+            .as_mut()
+            .filter(|c| c.generation == id.generation)
+    }
+
+    fn reply(&mut self, id: ConnId, frame: &ServerFrame<'_>) {
+        if let Some(conn) = self.conn_mut(id) {
+            encode_server(frame, &mut conn.outbox);
+            self.woken.push(id);
+        }
+    }
+
+    fn hold_reply(&mut self, id: ConnId, frame: &ServerFrame<'_>) {
+        let mut bytes = Vec::new();
+        encode_server(frame, &mut bytes);
+        self.held
+            .push_back((self.batch + 1, Held::Frame { conn: id, bytes }));
+    }
+
+    fn reply_error(&mut self, id: ConnId, kind: ErrorKind, client_id: Option<u64>, detail: &str) {
+        self.reply(
+            id,
+            &ServerFrame::Error {
+                kind,
+                client_id,
+                detail: detail.to_owned(),
+            },
+        );
+    }
+
+    /// Sends an error and closes: for requests that break the protocol.
+    fn fail(&mut self, id: ConnId, kind: ErrorKind, detail: String) {
+        self.counters.protocol_errors += 1;
+        self.reply(
+            id,
+            &ServerFrame::Error {
+                kind,
+                client_id: None,
+                detail,
+            },
+        );
+        self.close_with(id, ByeReason::ProtocolError);
+    }
+
+    fn close_with(&mut self, id: ConnId, reason: ByeReason) {
+        if self.conn(id).is_none_or(|c| c.closing) {
+            return;
+        }
+        self.reply(id, &ServerFrame::Bye { reason });
+        let conn = self.conn_mut(id).expect("checked above");
+        conn.closing = true;
+    }
+
+    /// Closes every connection with `ShuttingDown`.
+    pub fn close_all(&mut self) {
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(index, c)| {
+                c.as_ref().map(|c| ConnId {
+                    index: index as u32,
+                    generation: c.generation,
+                })
+            })
+            .collect();
+        for id in ids {
+            self.close_with(id, ByeReason::ShuttingDown);
+        }
+    }
+
+    fn arm_idle(&mut self, id: ConnId, deadline_ms: u64) {
+        let tick = deadline_ms.div_ceil(self.config.tick_ms);
+        let conn = self.conns[id.index as usize]
+            .as_mut()
+            .expect("live connection");
+        if let Some(old) = conn.timer.take() {
+            self.timers.cancel(old);
+        }
+        conn.timer = Some(self.timers.arm(tick, TimerEvent::Idle(id)));
+    }
+
+    /// One timer per connection, re-armed only when it fires: activity just
+    /// moves `last_activity_ms`, so reads never touch the wheel.
+    fn idle_check(&mut self, id: ConnId, now_ms: u64) {
+        let timeout_ms = match self.conn(id) {
+            None => return,
+            Some(conn) if conn.account.is_some() => self.config.idle_timeout_ms,
+            Some(_) => self.config.login_timeout_ms,
+        };
+        let conn = self.conn_mut(id).expect("checked above");
+        conn.timer = None;
+        let deadline_ms = conn.last_activity_ms + timeout_ms;
+        if conn.closing {
+            return;
+        }
+        if deadline_ms <= now_ms {
+            self.counters.idle_closed += 1;
+            self.close_with(id, ByeReason::IdleTimeout);
+        } else {
+            self.arm_idle(id, deadline_ms);
+        }
+    }
+
+    fn signup_check(&mut self, phone: Phone, now_ms: u64) {
+        let Some(signup) = self.signups.get_mut(&phone) else {
+            return;
+        };
+        signup.timer = None;
+        let window_end = signup.window_started_ms + self.config.code_request_window_ms;
+        let code_end = if signup.code.is_some() {
+            signup.code_expires_at_ms
+        } else {
+            0
+        };
+        let keep_until = window_end.max(code_end);
+        if keep_until <= now_ms {
+            self.signups.remove(&phone);
+        } else {
+            signup.timer = Some(self.timers.arm(
+                keep_until.div_ceil(self.config.tick_ms),
+                TimerEvent::Signup(phone),
+            ));
+        }
+    }
+}
+
+fn hash_key(key: &[u8; DEVICE_KEY_BYTES]) -> [u8; KEY_HASH_BYTES] {
+    Sha256::digest(key).into()
+}
+
+/// A uniform six-digit code: rejection sampling keeps `% 1_000_000` unbiased.
+fn random_code(env: &mut dyn Env) -> u32 {
+    const CODES: u32 = 1_000_000;
+    let limit = u32::MAX - u32::MAX % CODES;
+    loop {
+        let mut bytes = [0u8; 4];
+        env.random(&mut bytes);
+        let value = u32::from_le_bytes(bytes);
+        if value < limit {
+            return value % CODES;
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! isle's per-core logic, as sans-IO state machines.
+//!
+//! A [`Shard`] owns the accounts, signups and mailboxes whose phone numbers
+//! hash to it, and the connections logged in to those accounts. It takes
+//! decoded frames, messages from other shards and the current time, and
+//! produces encoded bytes for connections, messages for other shards and
+//! records for the journal. Sockets, executors and files stay in `server`,
+//! which is what lets these rules be tested on one thread with a fake clock.
+
+mod config;
+mod core;
+mod dedup;
+mod env;
+mod mailbox;
+mod partition;
+mod timer_wheel;
+
+pub use crate::core::{ConnId, ConnSnapshot, FrameOutcome, PeerMessage, Shard, ShardCounters};
+pub use config::{ShardConfig, TestNumbers};
+pub use dedup::DedupTable;
+pub use env::Env;
+pub use mailbox::{Entry, Mailbox};
+pub use partition::{stable_hash, PartitionMap, PARTITIONS_DEFAULT};
+pub use timer_wheel::{TimerId, TimerWheel};

@@ -1,0 +1,565 @@
+//! The shard rules on one thread: two shards, a fake clock, fake SMS.
+
+use std::{cell::RefCell, rc::Rc};
+
+use shard::*;
+use wire::*;
+
+#[derive(Default)]
+struct Sms {
+    sent: Vec<(Phone, u32)>,
+}
+
+struct FakeEnv {
+    seed: u64,
+    sms: Rc<RefCell<Sms>>,
+}
+
+impl Env for FakeEnv {
+    fn random(&mut self, buffer: &mut [u8]) {
+        for byte in buffer {
+            self.seed = self
+                .seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            *byte = (self.seed >> 56) as u8;
+        }
+    }
+    fn send_sms(&mut self, phone: Phone, code: u32) -> bool {
+        self.sms.borrow_mut().sent.push((phone, code));
+        true
+    }
+}
+
+/// Server frames with owned bodies, for comparing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Got {
+    Welcome,
+    CodeSent,
+    Registered(DeviceKey),
+    LoggedIn,
+    Pong(u64),
+    Sent {
+        client_id: u64,
+        id: u64,
+    },
+    Message {
+        seq: u64,
+        from: Phone,
+        client_id: u64,
+        body: Vec<u8>,
+    },
+    Receipt {
+        seq: u64,
+        kind: ReceiptKind,
+        by: Phone,
+        client_id: u64,
+    },
+    Error(ErrorKind),
+    Bye(ByeReason),
+}
+
+/// A phone's connection: which shard it is on now, and its id there.
+#[derive(Clone, Copy, Debug)]
+struct Phone_ {
+    shard: u16,
+    conn: ConnId,
+}
+
+struct Net {
+    shards: Vec<Shard>,
+    now_ms: u64,
+    sms: Rc<RefCell<Sms>>,
+}
+
+impl Net {
+    fn new(shard_count: u16, configure: impl Fn(&mut ShardConfig)) -> Net {
+        let sms = Rc::new(RefCell::new(Sms::default()));
+        let map = PartitionMap::new(PARTITIONS_DEFAULT, shard_count);
+        let shards = (0..shard_count)
+            .map(|id| {
+                let mut config = ShardConfig::new(id, map);
+                config.test_numbers = Some(TestNumbers {
+                    prefix: "+1555".into(),
+                    code: 111_111,
+                });
+                configure(&mut config);
+                Shard::new(
+                    config,
+                    Box::new(FakeEnv {
+                        seed: u64::from(id) + 7,
+                        sms: sms.clone(),
+                    }),
+                    0,
+                )
+            })
+            .collect();
+        Net {
+            shards,
+            now_ms: 0,
+            sms,
+        }
+    }
+
+    fn connect(&mut self) -> Phone_ {
+        let conn = self.shards[0].open(self.now_ms);
+        let mut phone = Phone_ { shard: 0, conn };
+        self.send(
+            &mut phone,
+            ClientFrame::Hello {
+                version: PROTOCOL_VERSION,
+            },
+        );
+        assert_eq!(self.read(&phone), vec![Got::Welcome]);
+        phone
+    }
+
+    /// Feeds a frame, following a handover if the shard asks for one.
+    fn send(&mut self, phone: &mut Phone_, frame: ClientFrame<'_>) {
+        loop {
+            let outcome = self.shards[phone.shard as usize].handle_frame(
+                phone.conn,
+                frame.clone(),
+                self.now_ms,
+            );
+            match outcome {
+                FrameOutcome::Continue => break,
+                FrameOutcome::HandOver { shard } => {
+                    let snapshot = self.shards[phone.shard as usize]
+                        .hand_over(phone.conn)
+                        .unwrap();
+                    phone.conn = self.shards[shard as usize].adopt(snapshot, self.now_ms);
+                    phone.shard = shard;
+                }
+            }
+        }
+        self.settle();
+    }
+
+    /// Commits every shard's records and moves peer messages until quiet.
+    fn settle(&mut self) {
+        for _ in 0..100 {
+            let mut moved = false;
+            for index in 0..self.shards.len() {
+                let (batch, _records) = self.shards[index].take_records();
+                self.shards[index].committed(batch);
+                let out: Vec<_> = self.shards[index].drain_peer_messages().collect();
+                for (to, message) in out {
+                    moved = true;
+                    self.shards[to as usize].handle_peer(message, self.now_ms);
+                }
+            }
+            if !moved && self.shards.iter().all(|s| !s.has_pending_records()) {
+                return;
+            }
+        }
+        panic!("peer messages did not settle");
+    }
+
+    fn read(&mut self, phone: &Phone_) -> Vec<Got> {
+        let shard = &mut self.shards[phone.shard as usize];
+        let bytes = shard.take_outbox(phone.conn);
+        shard.flushed(phone.conn);
+        let mut out = Vec::new();
+        let mut rest = &bytes[..];
+        while let Some(raw) = split_frame(rest, FRAME_BYTES_MAX).unwrap() {
+            out.push(match decode_server(raw.payload).unwrap() {
+                ServerFrame::Welcome { .. } => Got::Welcome,
+                ServerFrame::CodeSent { .. } => Got::CodeSent,
+                ServerFrame::Registered { key, .. } => Got::Registered(key),
+                ServerFrame::LoggedIn { .. } => Got::LoggedIn,
+                ServerFrame::Pong { nonce } => Got::Pong(nonce),
+                ServerFrame::Sent { client_id, id } => Got::Sent { client_id, id },
+                ServerFrame::Message {
+                    seq,
+                    from,
+                    client_id,
+                    body,
+                    ..
+                } => Got::Message {
+                    seq,
+                    from,
+                    client_id,
+                    body: body.to_vec(),
+                },
+                ServerFrame::Receipt {
+                    seq,
+                    kind,
+                    by,
+                    client_id,
+                } => Got::Receipt {
+                    seq,
+                    kind,
+                    by,
+                    client_id,
+                },
+                ServerFrame::Error { kind, .. } => Got::Error(kind),
+                ServerFrame::Bye { reason } => Got::Bye(reason),
+            });
+            rest = &rest[raw.consumed..];
+        }
+        assert!(rest.is_empty());
+        out
+    }
+
+    fn signup(&mut self, number: &str) -> (Phone, DeviceKey) {
+        let phone = Phone::parse(number).unwrap();
+        let mut conn = self.connect();
+        self.send(&mut conn, ClientFrame::RequestCode { phone });
+        assert_eq!(self.read(&conn), vec![Got::CodeSent]);
+        self.send(
+            &mut conn,
+            ClientFrame::Verify {
+                phone,
+                code: 111_111,
+            },
+        );
+        let [Got::Registered(key)] = self.read(&conn)[..] else {
+            panic!("not registered")
+        };
+        (phone, key)
+    }
+
+    fn login(&mut self, phone: Phone, key: DeviceKey) -> (Phone_, Vec<Got>) {
+        let mut conn = self.connect();
+        self.send(&mut conn, ClientFrame::Login { phone, key });
+        let got = self.read(&conn);
+        assert_eq!(got.first(), Some(&Got::LoggedIn), "{got:?}");
+        assert_eq!(
+            conn.shard,
+            self.shards[0].config().map.shard_of(phone),
+            "lives on its home shard"
+        );
+        (conn, got[1..].to_vec())
+    }
+}
+
+/// Two test numbers with different home shards (for two shards).
+fn pair(net: &Net) -> (String, String) {
+    let map = net.shards[0].config().map;
+    let numbers: Vec<String> = (0..50).map(|n| format!("+1555000{n:04}")).collect();
+    let a = numbers
+        .iter()
+        .find(|n| map.shard_of(Phone::parse(n).unwrap()) == 0)
+        .unwrap()
+        .clone();
+    let b = numbers
+        .iter()
+        .find(|n| map.shard_of(Phone::parse(n).unwrap()) == 1)
+        .unwrap()
+        .clone();
+    (a, b)
+}
+
+#[test]
+fn message_across_shards_with_receipts() {
+    let mut net = Net::new(2, |_| {});
+    let (a, b) = pair(&net);
+    let (alice, alice_key) = net.signup(&a);
+    let (bob, bob_key) = net.signup(&b);
+    let (mut alice_conn, _) = net.login(alice, alice_key);
+    let (mut bob_conn, _) = net.login(bob, bob_key);
+
+    net.send(
+        &mut alice_conn,
+        ClientFrame::Send {
+            client_id: 1,
+            to: bob,
+            body: b"hi",
+        },
+    );
+    assert_eq!(
+        net.read(&alice_conn),
+        vec![Got::Sent {
+            client_id: 1,
+            id: 1
+        }]
+    );
+    assert_eq!(
+        net.read(&bob_conn),
+        vec![Got::Message {
+            seq: 1,
+            from: alice,
+            client_id: 1,
+            body: b"hi".to_vec()
+        }]
+    );
+
+    net.send(&mut bob_conn, ClientFrame::Ack { up_to: 1 });
+    net.send(
+        &mut bob_conn,
+        ClientFrame::Read {
+            from: alice,
+            client_id: 1,
+        },
+    );
+    assert_eq!(
+        net.read(&alice_conn),
+        vec![
+            Got::Receipt {
+                seq: 1,
+                kind: ReceiptKind::Delivered,
+                by: bob,
+                client_id: 1
+            },
+            Got::Receipt {
+                seq: 2,
+                kind: ReceiptKind::Read,
+                by: bob,
+                client_id: 1
+            },
+        ]
+    );
+    net.send(&mut alice_conn, ClientFrame::Ack { up_to: 2 });
+    assert_eq!(
+        net.shards.iter().map(|s| s.queued().0).sum::<u64>(),
+        0,
+        "acked entries are deleted"
+    );
+}
+
+#[test]
+fn offline_recipient_gets_everything_in_order_once() {
+    let mut net = Net::new(2, |_| {});
+    let (a, b) = pair(&net);
+    let (alice, alice_key) = net.signup(&a);
+    let (bob, bob_key) = net.signup(&b);
+    let (mut alice_conn, _) = net.login(alice, alice_key);
+    for client_id in 0..10u64 {
+        net.send(
+            &mut alice_conn,
+            ClientFrame::Send {
+                client_id,
+                to: bob,
+                body: &client_id.to_le_bytes(),
+            },
+        );
+    }
+    // A resend of client_id 3 answers with the same id and stores nothing.
+    net.send(
+        &mut alice_conn,
+        ClientFrame::Send {
+            client_id: 3,
+            to: bob,
+            body: b"again",
+        },
+    );
+    let sent = net.read(&alice_conn);
+    assert_eq!(sent.len(), 11);
+    assert_eq!(sent[3], sent[10]);
+
+    let (bob_conn, got) = net.login(bob, bob_key);
+    let ids: Vec<u64> = got
+        .iter()
+        .map(|g| match g {
+            Got::Message {
+                client_id, from, ..
+            } if *from == alice => *client_id,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(ids, (0..10).collect::<Vec<_>>());
+    let _ = bob_conn;
+}
+
+#[test]
+fn unacked_window_bounds_what_is_in_flight() {
+    let mut net = Net::new(1, |c| c.unacked_messages_max = 4);
+    let (alice, alice_key) = net.signup("+15550000001");
+    let (bob, bob_key) = net.signup("+15550000002");
+    let (mut alice_conn, _) = net.login(alice, alice_key);
+    let (mut bob_conn, _) = net.login(bob, bob_key);
+    for client_id in 0..10 {
+        net.send(
+            &mut alice_conn,
+            ClientFrame::Send {
+                client_id,
+                to: bob,
+                body: b"x",
+            },
+        );
+    }
+    assert_eq!(net.read(&bob_conn).len(), 4);
+    assert_eq!(net.read(&bob_conn).len(), 0, "window full until acked");
+    net.send(&mut bob_conn, ClientFrame::Ack { up_to: 2 });
+    assert_eq!(net.read(&bob_conn).len(), 2);
+    net.send(&mut bob_conn, ClientFrame::Ack { up_to: 99 });
+    assert_eq!(net.read(&bob_conn), vec![Got::Error(ErrorKind::BadAck)]);
+}
+
+#[test]
+fn signup_codes_expire_limit_attempts_and_rate() {
+    let mut net = Net::new(1, |c| c.code_requests_max = 2);
+    let phone = Phone::parse("+4930123456").unwrap();
+    let mut conn = net.connect();
+    net.send(&mut conn, ClientFrame::Verify { phone, code: 1 });
+    assert_eq!(net.read(&conn), vec![Got::Error(ErrorKind::CodeExpired)]);
+    net.send(&mut conn, ClientFrame::RequestCode { phone });
+    assert_eq!(net.read(&conn), vec![Got::CodeSent]);
+    let code = net.sms.borrow().sent.last().unwrap().1;
+    let wrong = (code + 1) % 1_000_000;
+    for _ in 0..4 {
+        net.send(&mut conn, ClientFrame::Verify { phone, code: wrong });
+        assert_eq!(net.read(&conn), vec![Got::Error(ErrorKind::BadCode)]);
+    }
+    net.send(&mut conn, ClientFrame::Verify { phone, code: wrong });
+    assert_eq!(
+        net.read(&conn),
+        vec![Got::Error(ErrorKind::TooManyAttempts)]
+    );
+    net.send(&mut conn, ClientFrame::Verify { phone, code });
+    assert_eq!(
+        net.read(&conn),
+        vec![Got::Error(ErrorKind::CodeExpired)],
+        "the right code is dead too"
+    );
+
+    net.send(&mut conn, ClientFrame::RequestCode { phone });
+    assert_eq!(net.read(&conn), vec![Got::CodeSent]);
+    net.send(&mut conn, ClientFrame::RequestCode { phone });
+    assert_eq!(net.read(&conn), vec![Got::Error(ErrorKind::RateLimited)]);
+
+    // Ten minutes later the code is gone; an hour later requests work again.
+    let code = net.sms.borrow().sent.last().unwrap().1;
+    net.now_ms += 10 * 60 * 1000;
+    net.send(&mut conn, ClientFrame::Ping { nonce: 1 });
+    net.read(&conn);
+    net.send(&mut conn, ClientFrame::Verify { phone, code });
+    assert_eq!(net.read(&conn), vec![Got::Error(ErrorKind::CodeExpired)]);
+    net.now_ms += 60 * 60 * 1000;
+    let mut conn = net.connect();
+    net.send(&mut conn, ClientFrame::RequestCode { phone });
+    assert_eq!(net.read(&conn), vec![Got::CodeSent]);
+    assert_eq!(net.sms.borrow().sent.len(), 3);
+}
+
+#[test]
+fn newer_login_replaces_older_and_signup_revokes() {
+    let mut net = Net::new(2, |_| {});
+    let (alice, key) = net.signup("+15550000009");
+    let (first, _) = net.login(alice, key);
+    let (second, _) = net.login(alice, key);
+    assert_eq!(net.read(&first), vec![Got::Bye(ByeReason::Replaced)]);
+    let shard = first.shard as usize;
+    assert!(net.shards[shard].is_closing(first.conn));
+    assert!(!net.shards[shard].is_closing(second.conn));
+
+    let (_, new_key) = net.signup("+15550000009");
+    assert_eq!(net.read(&second), vec![Got::Bye(ByeReason::Revoked)]);
+    let mut conn = net.connect();
+    net.send(&mut conn, ClientFrame::Login { phone: alice, key });
+    assert_eq!(net.read(&conn), vec![Got::Error(ErrorKind::BadCredentials)]);
+    net.login(alice, new_key);
+}
+
+#[test]
+fn idle_connections_are_closed_by_the_wheel() {
+    let mut net = Net::new(1, |c| {
+        c.idle_timeout_ms = 1_000;
+        c.login_timeout_ms = 500;
+    });
+    let (alice, key) = net.signup("+15550000003");
+    let (mut conn, _) = net.login(alice, key);
+    let lurker = net.connect();
+    for _ in 0..5 {
+        net.now_ms += 400;
+        net.shards[0].tick(net.now_ms);
+        net.send(&mut conn, ClientFrame::Ping { nonce: 0 });
+        assert_eq!(net.read(&conn), vec![Got::Pong(0)], "pinging keeps it open");
+    }
+    assert_eq!(net.read(&lurker), vec![Got::Bye(ByeReason::IdleTimeout)]);
+    net.now_ms += 1_100;
+    net.shards[0].tick(net.now_ms);
+    assert_eq!(net.read(&conn), vec![Got::Bye(ByeReason::IdleTimeout)]);
+}
+
+#[test]
+fn protocol_rules() {
+    let mut net = Net::new(1, |_| {});
+    let conn = net.shards[0].open(0);
+    let mut phone = Phone_ { shard: 0, conn };
+    net.send(&mut phone, ClientFrame::Ping { nonce: 1 });
+    assert_eq!(
+        net.read(&phone),
+        vec![
+            Got::Error(ErrorKind::HelloRequired),
+            Got::Bye(ByeReason::ProtocolError)
+        ]
+    );
+
+    let mut conn = net.connect();
+    let bob = Phone::parse("+15550000004").unwrap();
+    net.send(
+        &mut conn,
+        ClientFrame::Send {
+            client_id: 1,
+            to: bob,
+            body: b"",
+        },
+    );
+    assert_eq!(net.read(&conn), vec![Got::Error(ErrorKind::NotLoggedIn)]);
+
+    let (alice, key) = net.signup("+15550000005");
+    let (mut conn, _) = net.login(alice, key);
+    net.send(
+        &mut conn,
+        ClientFrame::Send {
+            client_id: 1,
+            to: bob,
+            body: b"",
+        },
+    );
+    assert_eq!(
+        net.read(&conn),
+        vec![Got::Error(ErrorKind::UnknownRecipient)]
+    );
+    let big = vec![0u8; BODY_BYTES_MAX + 1];
+    net.send(
+        &mut conn,
+        ClientFrame::Send {
+            client_id: 2,
+            to: alice,
+            body: &big,
+        },
+    );
+    assert_eq!(net.read(&conn), vec![Got::Error(ErrorKind::BodyTooLarge)]);
+}
+
+#[test]
+fn send_rate_is_limited_per_account() {
+    let mut net = Net::new(1, |c| {
+        c.send_rate_per_s = 10;
+        c.send_burst = 5;
+    });
+    let (alice, key) = net.signup("+15550000006");
+    let (mut conn, _) = net.login(alice, key);
+    for client_id in 0..6 {
+        net.send(
+            &mut conn,
+            ClientFrame::Send {
+                client_id,
+                to: alice,
+                body: b"",
+            },
+        );
+    }
+    let got = net.read(&conn);
+    assert_eq!(
+        got.iter().filter(|g| matches!(g, Got::Sent { .. })).count(),
+        5
+    );
+    assert!(got.contains(&Got::Error(ErrorKind::RateLimited)));
+    net.now_ms += 100;
+    net.send(
+        &mut conn,
+        ClientFrame::Send {
+            client_id: 7,
+            to: alice,
+            body: b"",
+        },
+    );
+    assert!(net.read(&conn).contains(&Got::Sent {
+        client_id: 7,
+        id: 6
+    }));
+}
