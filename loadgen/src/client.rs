@@ -1,0 +1,280 @@
+//! A blocking client over std sockets, for tests and scripts.
+
+use std::{
+    io::{self, Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{anyhow, bail, Context};
+use rustls::{pki_types::ServerName, ClientConnection, StreamOwned};
+use wire::{
+    decode_server, encode_client, split_frame, ByeReason, ClientFrame, DeviceKey, ErrorKind, Phone,
+    ReceiptKind, ServerFrame, FRAME_BYTES_MAX, PROTOCOL_VERSION,
+};
+
+/// A server frame with owned data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Welcome {
+        version: u16,
+    },
+    CodeSent {
+        phone: Phone,
+        expires_in_s: u32,
+    },
+    Registered {
+        phone: Phone,
+        key: DeviceKey,
+    },
+    LoggedIn {
+        phone: Phone,
+    },
+    Pong {
+        nonce: u64,
+    },
+    Sent {
+        client_id: u64,
+        id: u64,
+    },
+    Message {
+        seq: u64,
+        from: Phone,
+        client_id: u64,
+        sent_at_ms: u64,
+        body: Vec<u8>,
+    },
+    Receipt {
+        seq: u64,
+        kind: ReceiptKind,
+        by: Phone,
+        client_id: u64,
+    },
+    Error {
+        kind: ErrorKind,
+        client_id: Option<u64>,
+        detail: String,
+    },
+    Bye {
+        reason: ByeReason,
+    },
+}
+
+impl From<ServerFrame<'_>> for Event {
+    fn from(frame: ServerFrame<'_>) -> Event {
+        match frame {
+            ServerFrame::Welcome { version } => Event::Welcome { version },
+            ServerFrame::CodeSent {
+                phone,
+                expires_in_s,
+            } => Event::CodeSent {
+                phone,
+                expires_in_s,
+            },
+            ServerFrame::Registered { phone, key } => Event::Registered { phone, key },
+            ServerFrame::LoggedIn { phone } => Event::LoggedIn { phone },
+            ServerFrame::Pong { nonce } => Event::Pong { nonce },
+            ServerFrame::Sent { client_id, id } => Event::Sent { client_id, id },
+            ServerFrame::Message {
+                seq,
+                from,
+                client_id,
+                sent_at_ms,
+                body,
+            } => Event::Message {
+                seq,
+                from,
+                client_id,
+                sent_at_ms,
+                body: body.to_vec(),
+            },
+            ServerFrame::Receipt {
+                seq,
+                kind,
+                by,
+                client_id,
+            } => Event::Receipt {
+                seq,
+                kind,
+                by,
+                client_id,
+            },
+            ServerFrame::Error {
+                kind,
+                client_id,
+                detail,
+            } => Event::Error {
+                kind,
+                client_id,
+                detail,
+            },
+            ServerFrame::Bye { reason } => Event::Bye { reason },
+        }
+    }
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(stream) => stream,
+            Stream::Tls(stream) => stream.get_ref(),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(stream) => stream.read(buffer),
+            Stream::Tls(stream) => stream.read(buffer),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(stream) => stream.write(bytes),
+            Stream::Tls(stream) => stream.write(bytes),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(stream) => stream.flush(),
+            Stream::Tls(stream) => stream.flush(),
+        }
+    }
+}
+
+pub struct Client {
+    stream: Stream,
+    inbox: Vec<u8>,
+}
+
+impl Client {
+    /// Connects over plain TCP and exchanges `Hello`/`Welcome`.
+    pub fn connect(addr: SocketAddr) -> anyhow::Result<Client> {
+        let stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+        Client::start(Stream::Plain(stream), true)
+    }
+
+    /// Connects over TLS, trusting `ca` (or anything, when `None`).
+    pub fn connect_tls(addr: SocketAddr, ca: Option<&Path>) -> anyhow::Result<Client> {
+        let config = crate::tls::client_config(ca)?;
+        let name = ServerName::from(addr.ip());
+        let connection = ClientConnection::new(config, name)?;
+        let stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+        Client::start(
+            Stream::Tls(Box::new(StreamOwned::new(connection, stream))),
+            true,
+        )
+    }
+
+    /// Connects over plain TCP without saying `Hello`.
+    pub fn connect_raw(addr: SocketAddr) -> anyhow::Result<Client> {
+        let stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+        Client::start(Stream::Plain(stream), false)
+    }
+
+    fn start(stream: Stream, hello: bool) -> anyhow::Result<Client> {
+        stream.tcp().set_nodelay(true)?;
+        let mut client = Client {
+            stream,
+            inbox: Vec::new(),
+        };
+        client.set_timeout(Duration::from_secs(10))?;
+        if hello {
+            client.send(&ClientFrame::Hello {
+                version: PROTOCOL_VERSION,
+            })?;
+            match client.recv()? {
+                Event::Welcome { .. } => {}
+                other => bail!("expected Welcome, got {other:?}"),
+            }
+        }
+        Ok(client)
+    }
+
+    pub fn set_timeout(&mut self, timeout: Duration) -> io::Result<()> {
+        self.stream.tcp().set_read_timeout(Some(timeout))
+    }
+
+    pub fn send(&mut self, frame: &ClientFrame<'_>) -> io::Result<()> {
+        let mut bytes = Vec::new();
+        encode_client(frame, &mut bytes);
+        self.send_raw(&bytes)
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)?;
+        self.stream.flush()
+    }
+
+    /// The next frame; an error on timeout, on a closed connection (its
+    /// message says so), or on bytes that do not decode.
+    pub fn recv(&mut self) -> anyhow::Result<Event> {
+        self.try_recv()?.ok_or_else(|| anyhow!("connection closed"))
+    }
+
+    /// The next frame, or `None` once the server closed the connection.
+    pub fn try_recv(&mut self) -> anyhow::Result<Option<Event>> {
+        loop {
+            if let Some(raw) = split_frame(&self.inbox, FRAME_BYTES_MAX)? {
+                let consumed = raw.consumed;
+                let event = Event::from(decode_server(raw.payload)?);
+                self.inbox.drain(..consumed);
+                return Ok(Some(event));
+            }
+            let mut buffer = [0u8; 16 * 1024];
+            match self.stream.read(&mut buffer) {
+                Ok(0) => return Ok(None),
+                Ok(n) => self.inbox.extend_from_slice(&buffer[..n]),
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof
+                    ) =>
+                {
+                    return Ok(None)
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// Requests a code and verifies it; returns the new device key.
+    pub fn sign_up(
+        &mut self,
+        phone: Phone,
+        code: impl FnOnce() -> anyhow::Result<u32>,
+    ) -> anyhow::Result<DeviceKey> {
+        self.send(&ClientFrame::RequestCode { phone })?;
+        match self.recv()? {
+            Event::CodeSent { .. } => {}
+            other => bail!("expected CodeSent, got {other:?}"),
+        }
+        self.send(&ClientFrame::Verify {
+            phone,
+            code: code()?,
+        })?;
+        match self.recv()? {
+            Event::Registered { key, .. } => Ok(key),
+            other => bail!("expected Registered, got {other:?}"),
+        }
+    }
+
+    pub fn login(&mut self, phone: Phone, key: DeviceKey) -> anyhow::Result<()> {
+        self.send(&ClientFrame::Login { phone, key })?;
+        match self.recv()? {
+            Event::LoggedIn { .. } => Ok(()),
+            other => bail!("expected LoggedIn, got {other:?}"),
+        }
+    }
+}

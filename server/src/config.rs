@@ -1,0 +1,108 @@
+//! The server's configuration: embedded defaults, one TOML file, then flags.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the server keeps its TLS identity, SMS outbox and (later) logs.
+    pub data_dir: PathBuf,
+    /// Shards to run; 0 means one per available core.
+    pub shards: usize,
+    /// CPUs to pin shards to, in order; empty means 0, 1, 2, ...
+    pub cpus: Vec<usize>,
+    /// The TLS listener.
+    pub listen: Option<SocketAddr>,
+    /// A plaintext listener, for loopback benchmarks. Off unless set.
+    pub plaintext_listen: Option<SocketAddr>,
+    pub tls: TlsConfig,
+    pub sms: SmsConfig,
+    pub test_numbers: Option<TestNumbersConfig>,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain and private key. When both are absent a
+    /// self-signed pair is generated into `data_dir/tls/`.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmsConfig {
+    /// When set, codes are POSTed as JSON to this URL instead of being
+    /// written to the log and `data_dir/sms-outbox.log`.
+    pub webhook_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestNumbersConfig {
+    /// Numbers starting with this (for example `+1555`) sign up with `code`.
+    pub prefix: String,
+    pub code: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub idle_timeout_ms: u64,
+    pub login_timeout_ms: u64,
+    pub unacked_messages_max: u64,
+    pub send_rate_per_s: u32,
+    pub send_burst: u32,
+    pub code_requests_max: u32,
+    /// Messages waiting to cross to one other shard before the connections
+    /// that feed them stop being read.
+    pub peer_staging_messages_max: usize,
+    /// Batches in flight on one (source, destination) shard queue.
+    pub peer_queue_batches_max: usize,
+    /// io_uring buffer memory per shard; locked memory is scarce.
+    pub io_memory_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            shards: 0,
+            cpus: Vec::new(),
+            listen: Some(SocketAddr::from(([0, 0, 0, 0], 5222))),
+            plaintext_listen: None,
+            tls: TlsConfig::default(),
+            sms: SmsConfig::default(),
+            test_numbers: None,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        let shard = shard::ShardConfig::new(0, shard::PartitionMap::new(1, 1));
+        Limits {
+            idle_timeout_ms: shard.idle_timeout_ms,
+            login_timeout_ms: shard.login_timeout_ms,
+            unacked_messages_max: shard.unacked_messages_max,
+            send_rate_per_s: shard.send_rate_per_s,
+            send_burst: shard.send_burst,
+            code_requests_max: shard.code_requests_max,
+            peer_staging_messages_max: 16 * 1024,
+            peer_queue_batches_max: 64,
+            io_memory_bytes: 512 * 1024,
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| anyhow::anyhow!("cannot read config {}: {error}", path.display()))?;
+        toml::from_str(&text).map_err(|error| anyhow::anyhow!("config {}: {error}", path.display()))
+    }
+}

@@ -1,0 +1,306 @@
+//! `isle`: the messaging server.
+//!
+//! Starts one glommio executor (a shard) per core, each pinned, each with its
+//! own SO_REUSEPORT listeners, connected to every other shard by one bounded
+//! SPSC queue per direction. See ARCHITECTURE.md.
+
+mod config;
+mod runtime;
+mod sms;
+mod tls;
+mod transport;
+
+use std::{
+    io::Write,
+    net::SocketAddr,
+    os::fd::OwnedFd,
+    path::PathBuf,
+    sync::{atomic::AtomicBool, Arc},
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use glommio::{channels::shared_channel, LocalExecutorBuilder, Placement};
+use shard::{PartitionMap, Shard, ShardConfig, TestNumbers, PARTITIONS_DEFAULT};
+
+use crate::{
+    config::{Config, TestNumbersConfig},
+    runtime::{Listeners, PeerEnds, ShardSetup},
+    sms::{SmsQueue, SmsSender},
+};
+
+#[derive(Debug, Parser)]
+#[command(name = "isle", version, about = "A messaging server for phones")]
+struct Args {
+    /// TOML configuration file; flags override it.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Data directory (default ./data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// TLS listen address (default 0.0.0.0:5222).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Do not listen for TLS at all.
+    #[arg(long)]
+    no_tls: bool,
+    /// Also listen for plaintext connections here (for loopback benchmarks).
+    #[arg(long)]
+    plaintext_listen: Option<SocketAddr>,
+    /// Number of shards (default: one per core).
+    #[arg(long)]
+    shards: Option<usize>,
+    /// CPUs to pin shards to, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    cpus: Option<Vec<usize>>,
+    /// Enable the test-number range: PREFIX:CODE, for example +1555:123456.
+    #[arg(long)]
+    test_numbers: Option<String>,
+    /// Close logged-in connections idle for this long.
+    #[arg(long)]
+    idle_timeout_ms: Option<u64>,
+    /// POST signup codes to this URL instead of writing them to the outbox.
+    #[arg(long)]
+    sms_webhook: Option<String>,
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if let Err(error) = run(Args::parse()) {
+        eprintln!("isle: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    apply_flags(&mut config, args)?;
+    let shard_count = match config.shards {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    if shard_count > usize::from(PARTITIONS_DEFAULT) {
+        bail!("at most {PARTITIONS_DEFAULT} shards");
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+
+    let identity = match config.listen {
+        Some(_) => Some(tls::load_or_generate(
+            config.tls.cert.as_deref(),
+            config.tls.key.as_deref(),
+            &config.data_dir,
+        )?),
+        None => None,
+    };
+    if config.listen.is_none() && config.plaintext_listen.is_none() {
+        bail!("no listener configured: set listen or plaintext_listen");
+    }
+    let sms = sms::start(match &config.sms.webhook_url {
+        Some(url) => SmsSender::Webhook(url.clone()),
+        None => SmsSender::Outbox(config.data_dir.join("sms-outbox.log")),
+    })?;
+
+    let (tls_fds, tls_addr) = bind_all(config.listen, shard_count)?;
+    let (plain_fds, plain_addr) = bind_all(config.plaintext_listen, shard_count)?;
+    let mut peers = peer_queues(shard_count, config.limits.peer_queue_batches_max);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone())?;
+    }
+
+    let started = Instant::now();
+    let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
+    let map = PartitionMap::new(PARTITIONS_DEFAULT, shard_count as u16);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut handles = Vec::new();
+    let mut tls_fds = tls_fds.into_iter();
+    let mut plain_fds = plain_fds.into_iter();
+    for (shard_id, ends) in peers.drain(..).enumerate() {
+        let mut shard_config = ShardConfig::new(shard_id as u16, map);
+        shard_config.wall_clock_offset_ms = unix_ms;
+        shard_config.idle_timeout_ms = config.limits.idle_timeout_ms;
+        shard_config.login_timeout_ms = config.limits.login_timeout_ms;
+        shard_config.unacked_messages_max = config.limits.unacked_messages_max;
+        shard_config.send_rate_per_s = config.limits.send_rate_per_s;
+        shard_config.send_burst = config.limits.send_burst;
+        shard_config.code_requests_max = config.limits.code_requests_max;
+        shard_config.test_numbers = config.test_numbers.as_ref().map(|t| TestNumbers {
+            prefix: t.prefix.clone(),
+            code: t.code,
+        });
+        let listeners = Listeners {
+            tls: tls_fds.next(),
+            plain: plain_fds.next(),
+        };
+        let tls = identity.as_ref().map(|identity| identity.config.clone());
+        let (limits, stop, sms) = (config.limits.clone(), stop.clone(), sms.clone());
+        let placement = match config.cpus.get(shard_id) {
+            Some(&cpu) => Placement::Fixed(cpu),
+            None if config.cpus.is_empty() && shard_count <= cpus => Placement::Fixed(shard_id),
+            None => Placement::Unbound,
+        };
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("isle-shard-{shard_id}"))
+            .io_memory(config.limits.io_memory_bytes)
+            .spawn(move || async move {
+                let shard = Shard::new(
+                    shard_config,
+                    Box::new(OsEnv { sms }),
+                    started.elapsed().as_millis() as u64,
+                );
+                runtime::run(ShardSetup {
+                    shard,
+                    peers: ends,
+                    listeners,
+                    tls,
+                    limits,
+                    stop,
+                    started,
+                })
+                .await
+            })
+            .map_err(|error| anyhow::anyhow!("starting shard {shard_id}: {error}"))?;
+        handles.push(handle);
+    }
+
+    // One line on stdout that scripts and tests wait for.
+    let mut ready = format!("isle ready shards={shard_count}");
+    if let Some(addr) = tls_addr {
+        ready += &format!(" tls={addr}");
+    }
+    if let Some(addr) = plain_addr {
+        ready += &format!(" plaintext={addr}");
+    }
+    if let Some(identity) = &identity {
+        ready += &format!(
+            " cert={} fingerprint={}",
+            identity.cert_path.display(),
+            identity.fingerprint
+        );
+    }
+    println!("{ready}");
+    std::io::stdout().flush()?;
+
+    for handle in handles {
+        handle
+            .join()
+            .map_err(|error| anyhow::anyhow!("shard failed: {error}"))?;
+    }
+    log::info!("stopped");
+    Ok(())
+}
+
+fn apply_flags(config: &mut Config, args: Args) -> anyhow::Result<()> {
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(addr) = args.listen {
+        config.listen = Some(addr);
+    }
+    if args.no_tls {
+        config.listen = None;
+    }
+    if let Some(addr) = args.plaintext_listen {
+        config.plaintext_listen = Some(addr);
+    }
+    if let Some(shards) = args.shards {
+        config.shards = shards;
+    }
+    if let Some(cpus) = args.cpus {
+        config.cpus = cpus;
+    }
+    if let Some(spec) = args.test_numbers {
+        let (prefix, code) = spec
+            .split_once(':')
+            .context("--test-numbers takes PREFIX:CODE")?;
+        let code: u32 = code
+            .parse()
+            .ok()
+            .filter(|c| *c < 1_000_000)
+            .context("the test code must be six digits")?;
+        config.test_numbers = Some(TestNumbersConfig {
+            prefix: prefix.to_owned(),
+            code,
+        });
+    }
+    if let Some(ms) = args.idle_timeout_ms {
+        config.limits.idle_timeout_ms = ms;
+    }
+    if let Some(url) = args.sms_webhook {
+        config.sms.webhook_url = Some(url);
+    }
+    Ok(())
+}
+
+/// One listening socket per shard on the same address (SO_REUSEPORT lets the
+/// kernel spread connections over them). Port 0 is resolved by the first.
+fn bind_all(
+    addr: Option<SocketAddr>,
+    count: usize,
+) -> anyhow::Result<(Vec<OwnedFd>, Option<SocketAddr>)> {
+    let Some(mut addr) = addr else {
+        return Ok((Vec::new(), None));
+    };
+    let mut fds = Vec::with_capacity(count);
+    for _ in 0..count {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket
+            .bind(&addr.into())
+            .with_context(|| format!("binding {addr}"))?;
+        socket.listen(4096)?;
+        if addr.port() == 0 {
+            addr = socket.local_addr()?.as_socket().context("bound address")?;
+        }
+        fds.push(OwnedFd::from(socket));
+    }
+    Ok((fds, Some(addr)))
+}
+
+/// One bounded SPSC queue per ordered pair of shards.
+fn peer_queues(count: usize, batches_max: usize) -> Vec<PeerEnds> {
+    let mut ends: Vec<PeerEnds> = (0..count)
+        .map(|_| PeerEnds {
+            senders: (0..count).map(|_| None).collect(),
+            receivers: (0..count).map(|_| None).collect(),
+        })
+        .collect();
+    for source in 0..count {
+        for destination in 0..count {
+            if source != destination {
+                let (sender, receiver) = shared_channel::new_bounded(batches_max);
+                ends[source].senders[destination] = Some(sender);
+                ends[destination].receivers[source] = Some(receiver);
+            }
+        }
+    }
+    ends
+}
+
+struct OsEnv {
+    sms: SmsQueue,
+}
+
+impl shard::Env for OsEnv {
+    fn random(&mut self, buffer: &mut [u8]) {
+        // Without the OS CSPRNG no key or code can be made safely; there is
+        // no sound way to continue.
+        getrandom::getrandom(buffer).expect("the OS random source failed");
+    }
+
+    fn send_sms(&mut self, phone: wire::Phone, code: u32) -> bool {
+        self.sms.try_send(phone, code)
+    }
+}

@@ -1,0 +1,690 @@
+//! One shard's executor: its listeners, its connections, its links to the
+//! other shards, and the glue that feeds them all through the sans-IO
+//! [`shard::Shard`].
+//!
+//! Everything here runs on one glommio executor pinned to one core. State is
+//! in `Rc`/`RefCell`; nothing is shared with other threads except the bounded
+//! SPSC queues to other shards.
+
+use std::{
+    cell::{Cell, RefCell},
+    future::Future,
+    os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd},
+    pin::Pin,
+    rc::Rc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    task::{Context, Poll, Waker},
+    time::{Duration, Instant},
+};
+
+use ahash::AHashMap;
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::{
+    channels::shared_channel::{ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender},
+    net::{TcpListener, TcpStream},
+    Latency, Shares, TaskQueueHandle,
+};
+use rustls::{ServerConfig, ServerConnection};
+use shard::{ConnId, ConnSnapshot, FrameOutcome, PeerMessage, Shard};
+use storage::{Journal, MemoryJournal};
+use wire::{decode_client, split_frame, ErrorKind, FrameError, FRAME_BYTES_MAX};
+
+use crate::transport::Transport;
+
+/// Bytes read from a socket per call, into the shard's one scratch buffer:
+/// an idle connection holds no read buffer at all.
+const READ_SCRATCH_BYTES: usize = 64 * 1024;
+/// How long a closing connection keeps reading (and discarding) so that its
+/// last frames are not destroyed by a reset.
+const LINGER_MS: u64 = 1_000;
+
+/// What crosses from one shard to another, in batches.
+pub enum Mail {
+    Peer(PeerMessage),
+    /// A connection moving to its home shard: the socket, its TLS state, and
+    /// the bytes already read but not yet handled (starting with the frame
+    /// that caused the move).
+    Adopt {
+        fd: OwnedFd,
+        tls: Option<Box<ServerConnection>>,
+        snapshot: ConnSnapshot,
+        pending: Vec<u8>,
+    },
+}
+
+pub type Batch = Vec<Mail>;
+
+/// The ends of the queues one shard owns: a sender to every other shard and a
+/// receiver from every other shard (`None` at its own index).
+pub struct PeerEnds {
+    pub senders: Vec<Option<SharedSender<Batch>>>,
+    pub receivers: Vec<Option<SharedReceiver<Batch>>>,
+}
+
+pub struct Listeners {
+    pub tls: Option<OwnedFd>,
+    pub plain: Option<OwnedFd>,
+}
+
+/// A wake-up for one task on this executor.
+#[derive(Default)]
+struct Signal {
+    raised: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Signal {
+    fn raise(&self) {
+        self.raised.set(true);
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    fn wait(&self) -> impl Future<Output = ()> + '_ {
+        futures_lite::future::poll_fn(move |cx| {
+            if self.raised.replace(false) {
+                Poll::Ready(())
+            } else {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+    }
+}
+
+/// The outgoing side of one (this shard, destination) queue.
+#[derive(Default)]
+struct Link {
+    staging: RefCell<Vec<Mail>>,
+    signal: Signal,
+    /// Connections paused because this link is over its staging limit.
+    blocked: RefCell<Vec<Waker>>,
+}
+
+pub struct Runtime {
+    shard_id: u16,
+    core: RefCell<Shard>,
+    journal: RefCell<MemoryJournal>,
+    commit_signal: Signal,
+    links: Vec<Link>,
+    wakers: RefCell<AHashMap<ConnId, Waker>>,
+    scratch: RefCell<Vec<u8>>,
+    woken: RefCell<Vec<ConnId>>,
+    started: Instant,
+    staging_max: usize,
+    stopping: Cell<bool>,
+    /// Connection tasks alive on this shard.
+    live_tasks: Cell<usize>,
+}
+
+impl Runtime {
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Moves the shard's outputs to where they go: peer messages to their
+    /// links, wake-ups to connection tasks, records to the committer.
+    /// Returns a destination over its staging limit, if this call fed one.
+    fn after_core(&self) -> Option<u16> {
+        let mut congested = None;
+        let mut woken = self.woken.borrow_mut();
+        {
+            let mut core = self.core.borrow_mut();
+            for (destination, message) in core.drain_peer_messages() {
+                let link = &self.links[destination as usize];
+                let mut staging = link.staging.borrow_mut();
+                staging.push(Mail::Peer(message));
+                if staging.len() > self.staging_max {
+                    congested = Some(destination);
+                }
+                link.signal.raise();
+            }
+            woken.extend(core.drain_woken());
+            if core.has_pending_records() {
+                self.commit_signal.raise();
+            }
+        }
+        let wakers = self.wakers.borrow();
+        for id in woken.drain(..) {
+            if let Some(waker) = wakers.get(&id) {
+                waker.wake_by_ref();
+            }
+        }
+        congested
+    }
+
+    fn link_congested(&self, destination: u16) -> bool {
+        self.links[destination as usize].staging.borrow().len() > self.staging_max
+    }
+}
+
+pub struct ShardSetup {
+    pub shard: Shard,
+    pub peers: PeerEnds,
+    pub listeners: Listeners,
+    pub tls: Option<Arc<ServerConfig>>,
+    pub limits: crate::config::Limits,
+    pub stop: Arc<AtomicBool>,
+    pub started: Instant,
+}
+
+/// Runs one shard until `stop` is raised and its connections are closed.
+pub async fn run(setup: ShardSetup) {
+    let ShardSetup {
+        shard,
+        peers,
+        listeners,
+        tls,
+        limits,
+        stop,
+        started,
+    } = setup;
+    let shard_id = shard.config().shard_id;
+    let tick_ms = shard.config().tick_ms;
+    let shard_count = peers.senders.len();
+    let runtime = Rc::new(Runtime {
+        shard_id,
+        core: RefCell::new(shard),
+        journal: RefCell::new(MemoryJournal::default()),
+        commit_signal: Signal::default(),
+        links: (0..shard_count).map(|_| Link::default()).collect(),
+        wakers: RefCell::new(AHashMap::new()),
+        scratch: RefCell::new(vec![0; READ_SCRATCH_BYTES]),
+        woken: RefCell::new(Vec::new()),
+        started,
+        staging_max: limits.peer_staging_messages_max,
+        stopping: Cell::new(false),
+        live_tasks: Cell::new(0),
+    });
+
+    // Queues that other executors wake must be latency-sensitive, or their
+    // wake-ups wait for the scheduler's next time slice.
+    let peer_queue = glommio::executor().create_task_queue(
+        Shares::default(),
+        Latency::Matters(Duration::from_micros(500)),
+        "peers",
+    );
+
+    let mut tasks = Vec::new();
+    for (destination, sender) in peers.senders.into_iter().enumerate() {
+        if let Some(sender) = sender {
+            let runtime = runtime.clone();
+            tasks.push(spawn_in(peer_queue, forward(runtime, destination, sender)));
+        }
+    }
+    for receiver in peers.receivers.into_iter().flatten() {
+        let runtime = runtime.clone();
+        tasks.push(spawn_in(peer_queue, receive(runtime, receiver)));
+    }
+    tasks.push(glommio::spawn_local(commit(runtime.clone())).detach());
+    for (fd, tls) in [(listeners.tls, tls), (listeners.plain, None)] {
+        if let Some(fd) = fd {
+            // SAFETY: the fd is a bound, listening TCP socket we own.
+            let listener = unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) };
+            tasks.push(glommio::spawn_local(accept(runtime.clone(), listener, tls)).detach());
+        }
+    }
+
+    // The tick: one runtime timer per shard drives the shard's own wheel.
+    let tick = Duration::from_millis(tick_ms);
+    while !stop.load(Ordering::Relaxed) {
+        glommio::timer::sleep(tick).await;
+        runtime.core.borrow_mut().tick(runtime.now_ms());
+        runtime.after_core();
+    }
+
+    // Drain: tell every phone, give the writes a moment, then leave.
+    runtime.stopping.set(true);
+    runtime.core.borrow_mut().close_all();
+    runtime.after_core();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while runtime.live_tasks.get() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    let counters = runtime.core.borrow().counters();
+    log::info!("shard {shard_id} stopped: {counters:?}");
+    drop(tasks);
+}
+
+fn spawn_in<F: Future<Output = ()> + 'static>(
+    queue: TaskQueueHandle,
+    future: F,
+) -> glommio::task::JoinHandle<()> {
+    glommio::spawn_local_into(future, queue)
+        .expect("the peer task queue exists")
+        .detach()
+}
+
+async fn accept(runtime: Rc<Runtime>, listener: TcpListener, tls: Option<Arc<ServerConfig>>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(error) => {
+                // Usually EMFILE: wait for connections to close rather than spin.
+                log::warn!("shard {}: accept failed: {error}", runtime.shard_id);
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if runtime.stopping.get() {
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let transport = match &tls {
+            Some(config) => match ServerConnection::new(config.clone()) {
+                Ok(connection) => Transport::Tls(Box::new(connection)),
+                Err(error) => {
+                    log::warn!("TLS session setup failed: {error}");
+                    continue;
+                }
+            },
+            None => Transport::Plain,
+        };
+        let id = runtime.core.borrow_mut().open(runtime.now_ms());
+        spawn_connection(&runtime, id, stream, transport, Vec::new());
+    }
+}
+
+fn spawn_connection(
+    runtime: &Rc<Runtime>,
+    id: ConnId,
+    stream: TcpStream,
+    transport: Transport,
+    pending: Vec<u8>,
+) {
+    runtime.live_tasks.set(runtime.live_tasks.get() + 1);
+    let task = ConnTask {
+        runtime: runtime.clone(),
+        id,
+        stream: Some(stream),
+        transport: Some(transport),
+        replay: !pending.is_empty(),
+        inbox: pending,
+        tx: Vec::new(),
+        tx_written: 0,
+        handover_to: None,
+        paused_on: None,
+    };
+    glommio::spawn_local(task).detach();
+}
+
+/// Sends staged mail to one other shard, a batch at a time. While the queue
+/// is full this task waits; only connections feeding this destination pause.
+async fn forward(runtime: Rc<Runtime>, destination: usize, sender: SharedSender<Batch>) {
+    let sender: ConnectedSender<Batch> = sender.connect().await;
+    let link = &runtime.links[destination];
+    loop {
+        link.signal.wait().await;
+        loop {
+            let batch = std::mem::take(&mut *link.staging.borrow_mut());
+            if batch.is_empty() {
+                break;
+            }
+            if sender.send(batch).await.is_err() {
+                // The destination shard has stopped; nothing more can reach it.
+                return;
+            }
+            if link.staging.borrow().len() <= runtime.staging_max {
+                for waker in link.blocked.borrow_mut().drain(..) {
+                    waker.wake();
+                }
+            }
+        }
+    }
+}
+
+async fn receive(runtime: Rc<Runtime>, receiver: SharedReceiver<Batch>) {
+    let receiver: ConnectedReceiver<Batch> = receiver.connect().await;
+    while let Some(batch) = receiver.recv().await {
+        for mail in batch {
+            match mail {
+                Mail::Peer(message) => runtime
+                    .core
+                    .borrow_mut()
+                    .handle_peer(message, runtime.now_ms()),
+                Mail::Adopt {
+                    fd,
+                    tls,
+                    snapshot,
+                    pending,
+                } => {
+                    // SAFETY: the fd is a connected TCP socket whose only
+                    // other owner closed its copy before sending this one.
+                    let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
+                    let id = runtime.core.borrow_mut().adopt(snapshot, runtime.now_ms());
+                    let transport = tls.map_or(Transport::Plain, Transport::Tls);
+                    spawn_connection(&runtime, id, stream, transport, pending);
+                }
+            }
+        }
+        runtime.after_core();
+    }
+}
+
+/// Group commit: everything the shard produced since the last commit goes to
+/// the journal as one batch, and the replies that waited for it are released.
+async fn commit(runtime: Rc<Runtime>) {
+    loop {
+        runtime.commit_signal.wait().await;
+        let (batch, records) = runtime.core.borrow_mut().take_records();
+        // The journal is this task's alone; the borrow spans the await.
+        #[allow(clippy::await_holding_refcell_ref)]
+        let result = runtime.journal.borrow_mut().commit(&records).await;
+        match result {
+            Ok(()) => {
+                runtime.core.borrow_mut().committed(batch);
+                runtime.after_core();
+            }
+            Err(error) => {
+                // Without durability nothing may be acknowledged again.
+                log::error!(
+                    "shard {}: {error}; no further acknowledgements",
+                    runtime.shard_id
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// One connection: reads frames into the shard, writes its outbox out.
+struct ConnTask {
+    runtime: Rc<Runtime>,
+    id: ConnId,
+    stream: Option<TcpStream>,
+    transport: Option<Transport>,
+    /// Plaintext read but not yet handled: a partial frame, or frames that
+    /// wait for a handover. Empty (and unallocated) while idle.
+    inbox: Vec<u8>,
+    /// Handle `inbox` before reading: it holds frames from another shard.
+    replay: bool,
+    /// Bytes for the socket, and how many of them are written.
+    tx: Vec<u8>,
+    tx_written: usize,
+    handover_to: Option<u16>,
+    paused_on: Option<u16>,
+}
+
+enum Step {
+    Progress,
+    Idle,
+    Done,
+}
+
+impl Future for ConnTask {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        {
+            let mut wakers = this.runtime.wakers.borrow_mut();
+            let entry = wakers.entry(this.id).or_insert_with(|| cx.waker().clone());
+            if !entry.will_wake(cx.waker()) {
+                *entry = cx.waker().clone();
+            }
+        }
+        loop {
+            let step = this.step(cx);
+            match step {
+                Step::Progress => continue,
+                Step::Idle => return Poll::Pending,
+                Step::Done => {
+                    this.finish();
+                    return Poll::Ready(());
+                }
+            }
+        }
+    }
+}
+
+impl ConnTask {
+    fn step(&mut self, cx: &mut Context<'_>) -> Step {
+        let mut progress = false;
+        match self.write(cx) {
+            Err(()) => return Step::Done,
+            Ok(wrote) => progress |= wrote,
+        }
+        let all_written =
+            self.tx_written == self.tx.len() && self.runtime.core.borrow().outbox_len(self.id) == 0;
+        if all_written {
+            if let Some(shard) = self.handover_to {
+                self.hand_over(shard);
+                return Step::Done;
+            }
+            if self.runtime.core.borrow().is_closing(self.id) {
+                self.linger();
+                return Step::Done;
+            }
+        }
+        let wants_input =
+            self.handover_to.is_none() && self.runtime.core.borrow().wants_input(self.id);
+        if self.replay && wants_input {
+            self.replay = false;
+            let inbox = std::mem::take(&mut self.inbox);
+            self.handle_bytes(&inbox);
+            return Step::Progress;
+        }
+        if let Some(destination) = self.paused_on {
+            if self.runtime.link_congested(destination) {
+                self.runtime.links[destination as usize]
+                    .blocked
+                    .borrow_mut()
+                    .push(cx.waker().clone());
+                return if progress { Step::Progress } else { Step::Idle };
+            }
+            self.paused_on = None;
+        }
+        if wants_input {
+            let runtime = self.runtime.clone();
+            let mut scratch = runtime.scratch.borrow_mut();
+            let stream = self.stream.as_mut().expect("present until done");
+            match Pin::new(stream).poll_read(cx, &mut scratch[..]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Step::Done,
+                Poll::Ready(Ok(n)) => {
+                    let closed = self.ingest(&scratch[..n]);
+                    if closed {
+                        return Step::Done;
+                    }
+                    progress = true;
+                }
+                Poll::Pending => {}
+            }
+        }
+        if progress {
+            Step::Progress
+        } else {
+            Step::Idle
+        }
+    }
+
+    /// Decrypts (if TLS) and handles socket bytes. Returns true when the
+    /// connection must end now.
+    fn ingest(&mut self, bytes: &[u8]) -> bool {
+        let transport = self.transport.as_mut().expect("present until done");
+        if matches!(transport, Transport::Plain) && self.inbox.is_empty() {
+            // The common case: whole frames straight from the scratch buffer.
+            self.handle_bytes(bytes);
+            return false;
+        }
+        let mut inbox = std::mem::take(&mut self.inbox);
+        match transport.ingest(bytes, &mut inbox) {
+            Ok(peer_closed) => {
+                self.handle_bytes(&inbox);
+                peer_closed
+            }
+            Err(error) => {
+                log::debug!("closing a connection: {error}");
+                true
+            }
+        }
+    }
+
+    /// Handles every whole frame in `bytes`; keeps the rest in `inbox`.
+    fn handle_bytes(&mut self, bytes: &[u8]) {
+        let mut rest = bytes;
+        let runtime = self.runtime.clone();
+        loop {
+            if self.handover_to.is_some() || !runtime.core.borrow().wants_input(self.id) {
+                // Moving away, closing, or the reply backlog is over its
+                // limit: keep the rest for later.
+                break;
+            }
+            let raw = match split_frame(rest, FRAME_BYTES_MAX) {
+                Ok(Some(raw)) => raw,
+                Ok(None) => break,
+                Err(error) => {
+                    let kind = match error {
+                        FrameError::TooLarge { .. } => ErrorKind::FrameTooLarge,
+                        FrameError::Empty => ErrorKind::Malformed,
+                    };
+                    runtime
+                        .core
+                        .borrow_mut()
+                        .protocol_error(self.id, kind, error.to_string());
+                    rest = &[];
+                    break;
+                }
+            };
+            let frame = match decode_client(raw.payload) {
+                Ok(frame) => frame,
+                Err(error) => {
+                    runtime.core.borrow_mut().protocol_error(
+                        self.id,
+                        ErrorKind::Malformed,
+                        error.to_string(),
+                    );
+                    rest = &[];
+                    break;
+                }
+            };
+            let outcome = runtime
+                .core
+                .borrow_mut()
+                .handle_frame(self.id, frame, runtime.now_ms());
+            match outcome {
+                FrameOutcome::Continue => rest = &rest[raw.consumed..],
+                FrameOutcome::HandOver { shard } => self.handover_to = Some(shard),
+            }
+        }
+        self.inbox.clear();
+        self.inbox.extend_from_slice(rest);
+        if self.inbox.is_empty() {
+            self.inbox = Vec::new();
+        } else if !self.replay {
+            // Frames left because of backpressure are handled again once the
+            // outbox drains.
+            self.replay = self.handover_to.is_none()
+                && split_frame(rest, FRAME_BYTES_MAX).ok().flatten().is_some();
+        }
+        if let Some(destination) = runtime.after_core() {
+            self.paused_on = Some(destination);
+        }
+    }
+
+    /// Writes pending bytes; refills from the outbox. Err when the socket failed.
+    fn write(&mut self, cx: &mut Context<'_>) -> Result<bool, ()> {
+        let mut progress = false;
+        loop {
+            if self.tx_written == self.tx.len() {
+                let outbox = self.runtime.core.borrow_mut().take_outbox(self.id);
+                let transport = self.transport.as_mut().expect("present until done");
+                if outbox.is_empty() && !transport.wants_write() {
+                    if self.tx.capacity() > 0 {
+                        self.tx = Vec::new();
+                        self.tx_written = 0;
+                    }
+                    return Ok(progress);
+                }
+                self.tx.clear();
+                self.tx_written = 0;
+                if let Err(error) = transport.seal(outbox, &mut self.tx) {
+                    log::debug!("sealing failed: {error}");
+                    return Err(());
+                }
+                // Room in the outbox again: let the shard feed the mailbox in.
+                self.runtime.core.borrow_mut().flushed(self.id);
+                self.runtime.after_core();
+            }
+            let stream = self.stream.as_mut().expect("present until done");
+            match Pin::new(stream).poll_write(cx, &self.tx[self.tx_written..]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(()),
+                Poll::Ready(Ok(n)) => {
+                    self.tx_written += n;
+                    progress = true;
+                }
+                Poll::Pending => return Ok(progress),
+            }
+        }
+    }
+
+    /// Moves this connection, with its TLS state and unread frames, to its
+    /// home shard. Everything queued for the phone has been written.
+    fn hand_over(&mut self, shard: u16) {
+        let Some(snapshot) = self.runtime.core.borrow_mut().hand_over(self.id) else {
+            return;
+        };
+        let stream = self.stream.take().expect("present until done");
+        // The stream's own fd closes with it; the duplicate travels.
+        // SAFETY: dup of a valid fd we own; the result is checked.
+        let duplicate = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+        drop(stream);
+        if duplicate < 0 {
+            log::warn!("handover failed: {}", std::io::Error::last_os_error());
+            return;
+        }
+        // SAFETY: `duplicate` is a fresh fd that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(duplicate) };
+        let tls = match self.transport.take() {
+            Some(Transport::Tls(tls)) => Some(tls),
+            _ => None,
+        };
+        let pending = std::mem::take(&mut self.inbox);
+        let link = &self.runtime.links[shard as usize];
+        link.staging.borrow_mut().push(Mail::Adopt {
+            fd,
+            tls,
+            snapshot,
+            pending,
+        });
+        link.signal.raise();
+    }
+
+    /// Half-closes and keeps reading briefly, so that the phone receives the
+    /// final frames instead of a reset caused by bytes it sent meanwhile.
+    fn linger(&mut self) {
+        let Some(stream) = self.stream.take() else {
+            return;
+        };
+        // SAFETY: shutdown on a valid socket fd has no memory effects.
+        unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_WR) };
+        glommio::spawn_local(async move {
+            let mut stream = stream;
+            let mut buffer = [0u8; 512];
+            let drain = async {
+                while let Ok(n) = futures_lite::AsyncReadExt::read(&mut stream, &mut buffer).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            };
+            let timeout = async {
+                glommio::timer::sleep(Duration::from_millis(LINGER_MS)).await;
+            };
+            futures_lite::future::or(drain, timeout).await;
+        })
+        .detach();
+    }
+
+    fn finish(&mut self) {
+        self.runtime.core.borrow_mut().closed(self.id);
+        self.runtime.wakers.borrow_mut().remove(&self.id);
+        self.runtime
+            .live_tasks
+            .set(self.runtime.live_tasks.get() - 1);
+        drop(self.stream.take());
+    }
+}

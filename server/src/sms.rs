@@ -1,0 +1,101 @@
+//! Delivering signup codes, on a thread of its own so that a slow gateway
+//! never stalls a shard.
+
+use std::{
+    fs::OpenOptions,
+    io::Write,
+    path::PathBuf,
+    thread,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use crossbeam_channel::{bounded, Sender, TrySendError};
+use wire::Phone;
+
+/// Codes waiting for the gateway; past this, requests get `SmsUnavailable`.
+const SMS_QUEUE_MAX: usize = 4096;
+/// Attempts per code against a webhook, with doubling backoff.
+const WEBHOOK_ATTEMPTS_MAX: u32 = 3;
+
+pub enum SmsSender {
+    /// Writes each code to the log and appends `unix_ms phone code` to
+    /// `sms-outbox.log` in the data dir.
+    Outbox(PathBuf),
+    /// POSTs `{"phone": "+1...", "code": "123456", "text": "..."}` as JSON.
+    Webhook(String),
+}
+
+/// The shards' handle: cheap to clone, never blocks.
+#[derive(Clone)]
+pub struct SmsQueue(Sender<(Phone, u32)>);
+
+impl SmsQueue {
+    pub fn try_send(&self, phone: Phone, code: u32) -> bool {
+        match self.0.try_send((phone, code)) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                log::warn!("SMS queue full ({SMS_QUEUE_MAX}); refusing a code request");
+                false
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
+}
+
+pub fn start(sender: SmsSender) -> std::io::Result<SmsQueue> {
+    let (tx, rx) = bounded::<(Phone, u32)>(SMS_QUEUE_MAX);
+    thread::Builder::new()
+        .name("isle-sms".into())
+        .spawn(move || {
+            let agent = ureq::AgentBuilder::new()
+                .timeout(Duration::from_secs(10))
+                .build();
+            for (phone, code) in rx {
+                let result = match &sender {
+                    SmsSender::Outbox(path) => write_outbox(path, phone, code),
+                    SmsSender::Webhook(url) => post_webhook(&agent, url, phone, code),
+                };
+                if let Err(error) = result {
+                    log::error!("SMS to {phone} not delivered: {error}");
+                }
+            }
+        })?;
+    Ok(SmsQueue(tx))
+}
+
+fn write_outbox(path: &PathBuf, phone: Phone, code: u32) -> Result<(), String> {
+    let unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    log::info!("SMS to {phone}: your isle code is {code:06}");
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|error| format!("opening {}: {error}", path.display()))?;
+    file.write_all(format!("{unix_ms} {phone} {code:06}\n").as_bytes())
+        .map_err(|error| format!("writing {}: {error}", path.display()))
+}
+
+fn post_webhook(agent: &ureq::Agent, url: &str, phone: Phone, code: u32) -> Result<(), String> {
+    let body = serde_json::json!({
+        "phone": phone.to_string(),
+        "code": format!("{code:06}"),
+        "text": format!("Your isle code is {code:06}"),
+    });
+    let mut backoff = Duration::from_millis(200);
+    let mut last_error = String::new();
+    for attempt in 1..=WEBHOOK_ATTEMPTS_MAX {
+        match agent.post(url).send_json(&body) {
+            Ok(_) => return Ok(()),
+            // A 4xx means the gateway refuses this request; retrying won't help.
+            Err(ureq::Error::Status(status, _)) if (400..500).contains(&status) => {
+                return Err(format!("webhook answered {status}"));
+            }
+            Err(error) => last_error = format!("attempt {attempt}: {error}"),
+        }
+        thread::sleep(backoff);
+        backoff *= 2;
+    }
+    Err(last_error)
+}

@@ -1,0 +1,150 @@
+//! Starts the real `isle` binary on loopback for a test.
+
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use loadgen::client::{Client, Event};
+use wire::{DeviceKey, Phone};
+
+/// The fixed code of the test-number range every test server enables.
+pub const TEST_CODE: u32 = 111_111;
+
+pub struct Server {
+    child: Child,
+    pub plain: SocketAddr,
+    pub tls: SocketAddr,
+    pub cert: PathBuf,
+    data_dir: tempfile::TempDir,
+    pub stderr: mpsc::Receiver<String>,
+}
+
+impl Server {
+    pub fn start(extra: &[&str]) -> Server {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        Server::start_in(data_dir, extra)
+    }
+
+    pub fn start_in(data_dir: tempfile::TempDir, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_isle"))
+            .args(["--data-dir", data_dir.path().to_str().unwrap()])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--plaintext-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--shards", "2", "--test-numbers", "+1555:111111"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting isle");
+        let (tx, stderr) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("[isle] {line}");
+                let _ = tx.send(line);
+            }
+        });
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("reading the ready line");
+        assert!(
+            line.starts_with("isle ready"),
+            "unexpected first line: {line:?}"
+        );
+        let field = |name: &str| -> String {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+                .to_owned()
+        };
+        let plain = field("plaintext").parse().unwrap();
+        let tls = field("tls").parse().unwrap();
+        let cert = PathBuf::from(field("cert"));
+        Server {
+            child,
+            plain,
+            tls,
+            cert,
+            data_dir,
+            stderr,
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.data_dir.path()
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.plain).expect("connecting")
+    }
+
+    /// A signed-up and logged-in phone on a fresh connection.
+    pub fn phone(&self, number: &str) -> (Client, Phone, DeviceKey) {
+        let phone = Phone::parse(number).unwrap();
+        let mut client = self.connect();
+        let key = client.sign_up(phone, || Ok(TEST_CODE)).expect("sign up");
+        client.login(phone, key).expect("login");
+        (client, phone, key)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        unsafe { libc_kill(self.child.id() as i32, 15) };
+        wait_timeout(&mut self.child, Duration::from_secs(10))
+    }
+
+    pub fn into_data_dir(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.data_dir, dir)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_timeout(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "isle did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, signal: i32) -> i32;
+}
+
+/// Reads events until one matches, failing on anything else.
+pub fn expect(client: &mut Client, what: &str, matches: impl Fn(&Event) -> bool) -> Event {
+    let event = client
+        .recv()
+        .unwrap_or_else(|error| panic!("waiting for {what}: {error}"));
+    assert!(matches(&event), "waiting for {what}, got {event:?}");
+    event
+}
