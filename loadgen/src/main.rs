@@ -1,1 +1,803 @@
-fn main() {}
+//! `loadgen`: drives many phones against an isle server and reports what it saw.
+//!
+//! Phones are spread over one glommio executor per `--threads`. Each signs up
+//! through the server's test-number range, logs in, then chats: in open loop
+//! (`--rate N`) a pacer issues sends at fixed intended times and latency is
+//! measured from the intended time, so a stalled server cannot hide its stall
+//! (coordinated omission); with `--rate 0` each phone keeps `--window` sends
+//! outstanding, as fast as the server answers.
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::VecDeque,
+    net::SocketAddr,
+    path::PathBuf,
+    rc::Rc,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use ahash::{AHashMap, AHashSet};
+use anyhow::{bail, Context};
+use clap::Parser;
+use futures_lite::{
+    io::{split, ReadHalf, WriteHalf},
+    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt,
+};
+use glommio::{net::TcpStream, LocalExecutorBuilder, Placement};
+use hdrhistogram::Histogram;
+use rustls::pki_types::ServerName;
+use serde::Serialize;
+use wire::{
+    decode_server, encode_client, split_frame, ClientFrame, DeviceKey, Phone, ServerFrame,
+    FRAME_BYTES_MAX, PROTOCOL_VERSION,
+};
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "loadgen", about = "Drive phones against an isle server")]
+struct Args {
+    /// Server address (its plaintext port, or its TLS port with --tls).
+    #[arg(long, default_value = "127.0.0.1:5223")]
+    target: SocketAddr,
+    /// Connect with TLS.
+    #[arg(long)]
+    tls: bool,
+    /// Trust this certificate (PEM); without it, --tls trusts any certificate.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Phones to simulate.
+    #[arg(long, default_value_t = 1000)]
+    phones: usize,
+    /// Total sends per second over all phones; 0 means as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Sends each phone keeps outstanding when --rate is 0.
+    #[arg(long, default_value_t = 4)]
+    window: usize,
+    /// Seconds of sending, warm-up included.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds at the start excluded from latency and throughput.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Longest wait, after sending stops, for every acknowledged message.
+    #[arg(long, default_value_t = 10.0)]
+    drain: f64,
+    /// Message body size (at least 8: the intended send time rides in it).
+    #[arg(long, default_value_t = 64)]
+    body_bytes: usize,
+    /// Executors (threads) to spread the phones over.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// CPUs to pin the threads to, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    cpus: Option<Vec<usize>>,
+    /// First phone number; phones are numbered consecutively from it.
+    #[arg(long, default_value = "+15550000000")]
+    first_phone: String,
+    /// The server's test-number code.
+    #[arg(long, default_value_t = 111_111)]
+    code: u32,
+    /// Signups and logins in flight per thread.
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+    /// Print the result as one JSON object on the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Counters shared by all threads.
+#[derive(Default)]
+struct Shared {
+    logged_in: AtomicUsize,
+    connect_failures: AtomicU64,
+    sent: AtomicU64,
+    acked: AtomicU64,
+    delivered: AtomicU64,
+    duplicates: AtomicU64,
+    reordered: AtomicU64,
+    receipts: AtomicU64,
+    errors: AtomicU64,
+    /// Sends the server refused with an error (never stored, never delivered).
+    rejected: AtomicU64,
+    disconnects: AtomicU64,
+    stop_sending: AtomicBool,
+    finished: AtomicBool,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    phones: usize,
+    threads: usize,
+    tls: bool,
+    offered_rate: u64,
+    duration_s: f64,
+    sent: u64,
+    acked: u64,
+    delivered: u64,
+    lost: u64,
+    duplicates: u64,
+    reordered: u64,
+    receipts: u64,
+    errors: u64,
+    disconnects: u64,
+    connect_failures: u64,
+    login_per_s: f64,
+    delivered_per_s: f64,
+    latency_us_p50: f64,
+    latency_us_p99: f64,
+    latency_us_p999: f64,
+    latency_us_max: f64,
+}
+
+/// What one thread hands back at the end.
+struct ThreadResult {
+    histogram: Histogram<u64>,
+    acked: Vec<u64>,
+    delivered: AHashSet<u64>,
+    measured_deliveries: u64,
+}
+
+fn main() {
+    let args = Args::parse();
+    match run(args) {
+        Ok(0) => {}
+        Ok(_) => std::process::exit(1),
+        Err(error) => {
+            eprintln!("loadgen: {error:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<u64> {
+    if args.body_bytes < 8 || args.body_bytes > wire::BODY_BYTES_MAX {
+        bail!("--body-bytes must be 8..={}", wire::BODY_BYTES_MAX);
+    }
+    let first = Phone::parse(&args.first_phone)?.as_u64();
+    Phone::from_u64(first + args.phones as u64).context("the phone range runs past E.164")?;
+    let tls = if args.tls {
+        Some(loadgen::tls::client_config(args.ca.as_deref())?)
+    } else {
+        None
+    };
+    let shared = Arc::new(Shared::default());
+    let epoch = Instant::now();
+    let results = Arc::new(Mutex::new(Vec::new()));
+
+    let threads = args.threads.max(1);
+    let mut handles = Vec::new();
+    for thread in 0..threads {
+        let begin = args.phones * thread / threads;
+        let end = args.phones * (thread + 1) / threads;
+        let placement = match args.cpus.as_ref().and_then(|cpus| cpus.get(thread)) {
+            Some(&cpu) => Placement::Fixed(cpu),
+            None => Placement::Unbound,
+        };
+        let (args, shared, results, tls) =
+            (args.clone(), shared.clone(), results.clone(), tls.clone());
+        handles.push(
+            LocalExecutorBuilder::new(placement)
+                .name(&format!("loadgen-{thread}"))
+                .io_memory(256 * 1024)
+                .spawn(move || async move {
+                    let result =
+                        run_thread(args, first, begin..end, threads, shared, epoch, tls).await;
+                    results
+                        .lock()
+                        .expect("no thread panics holding it")
+                        .push(result);
+                })
+                .map_err(|error| anyhow::anyhow!("starting thread {thread}: {error}"))?,
+        );
+    }
+
+    // Progress, and the phases' timing, from the main thread.
+    let login_started = Instant::now();
+    while shared.logged_in.load(Relaxed) + (shared.connect_failures.load(Relaxed) as usize)
+        < args.phones
+    {
+        std::thread::sleep(Duration::from_millis(20));
+        if login_started.elapsed() > Duration::from_secs(300) {
+            bail!("phones did not log in within 300 s");
+        }
+    }
+    let login_s = login_started.elapsed().as_secs_f64();
+    eprintln!(
+        "{} phones logged in in {login_s:.2} s",
+        shared.logged_in.load(Relaxed)
+    );
+    let started = Instant::now();
+    let mut last = (0u64, Instant::now());
+    while started.elapsed().as_secs_f64() < args.duration {
+        std::thread::sleep(Duration::from_secs(1).min(Duration::from_secs_f64(args.duration)));
+        let delivered = shared.delivered.load(Relaxed);
+        let rate = (delivered - last.0) as f64 / last.1.elapsed().as_secs_f64();
+        last = (delivered, Instant::now());
+        eprintln!(
+            "t={:>4.1}s sent={} acked={} delivered={} rate={rate:.0}/s errors={}",
+            started.elapsed().as_secs_f64(),
+            shared.sent.load(Relaxed),
+            shared.acked.load(Relaxed),
+            delivered,
+            shared.errors.load(Relaxed),
+        );
+    }
+    shared.stop_sending.store(true, Relaxed);
+    let drain_started = Instant::now();
+    // Deliveries can overtake their `Sent`, so compare with every send
+    // written, less those refused, rather than with the acked count.
+    while shared.delivered.load(Relaxed) + shared.rejected.load(Relaxed) < shared.sent.load(Relaxed)
+        && drain_started.elapsed().as_secs_f64() < args.drain
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    shared.finished.store(true, Relaxed);
+    for handle in handles {
+        handle
+            .join()
+            .map_err(|error| anyhow::anyhow!("loadgen thread failed: {error}"))?;
+    }
+
+    let results = std::mem::take(&mut *results.lock().expect("threads are done"));
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut delivered = AHashSet::new();
+    let mut measured = 0;
+    for result in &results {
+        histogram.add(&result.histogram)?;
+        delivered.extend(result.delivered.iter().copied());
+        measured += result.measured_deliveries;
+    }
+    let acked: Vec<u64> = results
+        .iter()
+        .flat_map(|r| r.acked.iter().copied())
+        .collect();
+    let lost = acked.iter().filter(|key| !delivered.contains(key)).count() as u64;
+    let measured_s = (args.duration - args.warmup).max(0.001);
+    let micros = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    let report = Report {
+        phones: args.phones,
+        threads,
+        tls: args.tls,
+        offered_rate: args.rate,
+        duration_s: args.duration,
+        sent: shared.sent.load(Relaxed),
+        acked: acked.len() as u64,
+        delivered: delivered.len() as u64,
+        lost,
+        duplicates: shared.duplicates.load(Relaxed),
+        reordered: shared.reordered.load(Relaxed),
+        receipts: shared.receipts.load(Relaxed),
+        errors: shared.errors.load(Relaxed),
+        disconnects: shared.disconnects.load(Relaxed),
+        connect_failures: shared.connect_failures.load(Relaxed),
+        login_per_s: args.phones as f64 / login_s,
+        delivered_per_s: measured as f64 / measured_s,
+        latency_us_p50: micros(0.5),
+        latency_us_p99: micros(0.99),
+        latency_us_p999: micros(0.999),
+        latency_us_max: histogram.max() as f64 / 1000.0,
+    };
+    print_summary(&report);
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(report.lost)
+}
+
+fn print_summary(r: &Report) {
+    println!(
+        "phones={} threads={} tls={} rate={} duration={}s\n\
+         sent={} acked={} delivered={} lost={} duplicates={} reordered={} receipts={} errors={} disconnects={}\n\
+         logins/s={:.0} delivered/s={:.0} latency_us p50={:.1} p99={:.1} p99.9={:.1} max={:.1}",
+        r.phones,
+        r.threads,
+        r.tls,
+        if r.offered_rate == 0 { "max".to_string() } else { r.offered_rate.to_string() },
+        r.duration_s,
+        r.sent,
+        r.acked,
+        r.delivered,
+        r.lost,
+        r.duplicates,
+        r.reordered,
+        r.receipts,
+        r.errors,
+        r.disconnects,
+        r.login_per_s,
+        r.delivered_per_s,
+        r.latency_us_p50,
+        r.latency_us_p99,
+        r.latency_us_p999,
+        r.latency_us_max,
+    );
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
+type BoxIo = Box<dyn Io>;
+
+/// One simulated phone's sending side.
+struct PhoneState {
+    index: u32,
+    /// Intended send times (ns since the epoch) of sends not yet written.
+    queue: RefCell<VecDeque<u64>>,
+    /// Highest mailbox seq received and not yet acknowledged.
+    ack_up_to: Cell<u64>,
+    waker: RefCell<Option<std::task::Waker>>,
+    next_client_id: Cell<u64>,
+    outstanding: Cell<usize>,
+    /// Intended times of sends written and not yet answered with `Sent`.
+    in_flight: RefCell<AHashMap<u64, u64>>,
+}
+
+impl PhoneState {
+    fn wake(&self) {
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+}
+
+struct Thread {
+    args: Args,
+    first: u64,
+    shared: Arc<Shared>,
+    epoch: Instant,
+    /// Deliveries of sends intended before this are not measured.
+    warmup_end_ns: Cell<u64>,
+    histogram: RefCell<Histogram<u64>>,
+    acked: RefCell<Vec<u64>>,
+    delivered: RefCell<AHashSet<u64>>,
+    last_from: RefCell<AHashMap<(u32, u32), u64>>,
+    measured: Cell<u64>,
+    rng: Cell<u64>,
+}
+
+impl Thread {
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    fn random(&self, bound: u64) -> u64 {
+        let mut x = self.rng.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.set(x);
+        x % bound
+    }
+}
+
+async fn run_thread(
+    args: Args,
+    first: u64,
+    range: std::ops::Range<usize>,
+    threads: usize,
+    shared: Arc<Shared>,
+    epoch: Instant,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> ThreadResult {
+    let thread = Rc::new(Thread {
+        first,
+        shared: shared.clone(),
+        epoch,
+        warmup_end_ns: Cell::new(u64::MAX),
+        histogram: RefCell::new(
+            Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds"),
+        ),
+        acked: RefCell::new(Vec::new()),
+        delivered: RefCell::new(AHashSet::new()),
+        last_from: RefCell::new(AHashMap::new()),
+        measured: Cell::new(0),
+        rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ (range.start as u64 + 1)),
+        args,
+    });
+
+    // Sign up and log in, a bounded number at a time.
+    let permits = Rc::new(glommio::sync::Semaphore::new(
+        thread.args.connect_concurrency as u64,
+    ));
+    let mut joins = Vec::new();
+    for index in range.clone() {
+        let (thread, permits, tls) = (thread.clone(), permits.clone(), tls.clone());
+        joins.push(glommio::spawn_local(async move {
+            let _permit = permits
+                .acquire_permit(1)
+                .await
+                .expect("semaphore never closes");
+            match connect_phone(&thread, index as u32, tls).await {
+                Ok(io) => {
+                    thread.shared.logged_in.fetch_add(1, Relaxed);
+                    Some((index as u32, io))
+                }
+                Err(error) => {
+                    if thread.shared.connect_failures.fetch_add(1, Relaxed) < 5 {
+                        eprintln!("phone {index}: {error:#}");
+                    }
+                    None
+                }
+            }
+        }));
+    }
+    let mut connected = Vec::new();
+    for join in joins {
+        if let Some(phone) = join.await {
+            connected.push(phone);
+        }
+    }
+    // Every thread waits for every phone, so nobody sends to a phone that
+    // does not exist yet.
+    while shared.logged_in.load(Relaxed) + (shared.connect_failures.load(Relaxed) as usize)
+        < thread.args.phones
+    {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    let start_ns = thread.now_ns();
+    thread
+        .warmup_end_ns
+        .set(start_ns + (thread.args.warmup * 1e9) as u64);
+
+    let mut phones = Vec::new();
+    let mut tasks = Vec::new();
+    for (index, io) in connected {
+        let phone = Rc::new(PhoneState {
+            index,
+            queue: RefCell::new(VecDeque::new()),
+            ack_up_to: Cell::new(0),
+            waker: RefCell::new(None),
+            next_client_id: Cell::new(1),
+            outstanding: Cell::new(0),
+            in_flight: RefCell::new(AHashMap::new()),
+        });
+        let (reader, writer) = split(io);
+        tasks.push(glommio::spawn_local(read_loop(thread.clone(), phone.clone(), reader)).detach());
+        tasks
+            .push(glommio::spawn_local(write_loop(thread.clone(), phone.clone(), writer)).detach());
+        phones.push(phone);
+    }
+
+    if !phones.is_empty() {
+        if thread.args.rate > 0 {
+            pace(&thread, &phones, start_ns, threads).await;
+        } else {
+            for phone in &phones {
+                for _ in 0..thread.args.window {
+                    phone.queue.borrow_mut().push_back(0);
+                }
+                phone.wake();
+            }
+        }
+    }
+    while !shared.finished.load(Relaxed) {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    for phone in &phones {
+        phone.wake();
+    }
+    drop(tasks);
+    let histogram = thread.histogram.borrow().clone();
+    let acked = std::mem::take(&mut *thread.acked.borrow_mut());
+    let delivered = std::mem::take(&mut *thread.delivered.borrow_mut());
+    ThreadResult {
+        histogram,
+        acked,
+        delivered,
+        measured_deliveries: thread.measured.get(),
+    }
+}
+
+/// Issues sends at fixed intended times, whatever the server is doing.
+async fn pace(thread: &Thread, phones: &[Rc<PhoneState>], start_ns: u64, threads: usize) {
+    let rate = thread.args.rate as f64 / threads as f64;
+    let interval_ns = 1e9 / rate;
+    let mut issued: u64 = 0;
+    while !thread.shared.stop_sending.load(Relaxed) {
+        let now = thread.now_ns();
+        let due = ((now - start_ns) as f64 / interval_ns) as u64;
+        while issued < due {
+            let intended = start_ns + (issued as f64 * interval_ns) as u64;
+            let phone = &phones[thread.random(phones.len() as u64) as usize];
+            phone.queue.borrow_mut().push_back(intended);
+            phone.wake();
+            issued += 1;
+        }
+        glommio::timer::sleep(Duration::from_micros(500)).await;
+    }
+}
+
+async fn connect_phone(
+    thread: &Thread,
+    index: u32,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> anyhow::Result<BoxIo> {
+    let stream = TcpStream::connect(thread.args.target)
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting: {e}"))?;
+    stream
+        .set_nodelay(true)
+        .map_err(|e| anyhow::anyhow!("nodelay: {e}"))?;
+    let mut io: BoxIo = match tls {
+        Some(config) => {
+            let name = ServerName::from(thread.args.target.ip());
+            Box::new(
+                futures_rustls::TlsConnector::from(config)
+                    .connect(name, stream)
+                    .await?,
+            )
+        }
+        None => Box::new(stream),
+    };
+    let phone = Phone::from_u64(thread.first + u64::from(index))?;
+    let mut inbox = Vec::new();
+    request(
+        &mut io,
+        &mut inbox,
+        &ClientFrame::Hello {
+            version: PROTOCOL_VERSION,
+        },
+        |f| matches!(f, ServerFrame::Welcome { .. }),
+    )
+    .await?;
+    request(
+        &mut io,
+        &mut inbox,
+        &ClientFrame::RequestCode { phone },
+        |f| matches!(f, ServerFrame::CodeSent { .. }),
+    )
+    .await?;
+    let mut key = None;
+    request(
+        &mut io,
+        &mut inbox,
+        &ClientFrame::Verify {
+            phone,
+            code: thread.args.code,
+        },
+        |f| match f {
+            ServerFrame::Registered { key: k, .. } => {
+                key = Some(*k);
+                true
+            }
+            _ => false,
+        },
+    )
+    .await?;
+    let key: DeviceKey = key.expect("set by the matcher");
+    request(
+        &mut io,
+        &mut inbox,
+        &ClientFrame::Login { phone, key },
+        |f| matches!(f, ServerFrame::LoggedIn { .. }),
+    )
+    .await?;
+    Ok(io)
+}
+
+/// Sends one frame and waits for the reply, which must satisfy `accept`.
+async fn request(
+    io: &mut BoxIo,
+    inbox: &mut Vec<u8>,
+    frame: &ClientFrame<'_>,
+    mut accept: impl FnMut(&ServerFrame<'_>) -> bool,
+) -> anyhow::Result<()> {
+    let mut bytes = Vec::new();
+    encode_client(frame, &mut bytes);
+    io.write_all(&bytes).await?;
+    io.flush().await?;
+    loop {
+        if let Some(raw) = split_frame(inbox, FRAME_BYTES_MAX)? {
+            let consumed = raw.consumed;
+            let reply = decode_server(raw.payload)?;
+            let ok = accept(&reply);
+            let text = format!("{reply:?}");
+            inbox.drain(..consumed);
+            if !ok {
+                bail!("unexpected reply {text}");
+            }
+            return Ok(());
+        }
+        let mut buffer = [0u8; 4096];
+        let n = io.read(&mut buffer).await?;
+        if n == 0 {
+            bail!("server closed the connection");
+        }
+        inbox.extend_from_slice(&buffer[..n]);
+    }
+}
+
+async fn write_loop(thread: Rc<Thread>, phone: Rc<PhoneState>, mut writer: WriteHalf<BoxIo>) {
+    let total = thread.args.phones as u64;
+    let mut bytes = Vec::new();
+    let mut body = vec![0u8; thread.args.body_bytes];
+    loop {
+        let closed_loop = thread.args.rate == 0;
+        let stop = thread.shared.stop_sending.load(Relaxed);
+        {
+            let mut queue = phone.queue.borrow_mut();
+            while let Some(intended) = if stop { None } else { queue.pop_front() } {
+                let client_id = phone.next_client_id.get();
+                phone.next_client_id.set(client_id + 1);
+                let mut to = thread.random(total.max(2) - 1);
+                if to >= u64::from(phone.index) {
+                    to += 1;
+                }
+                let to = Phone::from_u64(thread.first + to.min(total - 1))
+                    .expect("range checked at start");
+                let intended = if closed_loop {
+                    thread.now_ns()
+                } else {
+                    intended
+                };
+                body[..8].copy_from_slice(&intended.to_le_bytes());
+                encode_client(
+                    &ClientFrame::Send {
+                        client_id,
+                        to,
+                        body: &body,
+                    },
+                    &mut bytes,
+                );
+                phone.in_flight.borrow_mut().insert(client_id, intended);
+                phone.outstanding.set(phone.outstanding.get() + 1);
+                thread.shared.sent.fetch_add(1, Relaxed);
+            }
+        }
+        let ack = phone.ack_up_to.replace(0);
+        if ack > 0 {
+            encode_client(&ClientFrame::Ack { up_to: ack }, &mut bytes);
+        }
+        if !bytes.is_empty() {
+            if writer.write_all(&bytes).await.is_err() || writer.flush().await.is_err() {
+                thread.shared.disconnects.fetch_add(1, Relaxed);
+                return;
+            }
+            bytes.clear();
+            continue;
+        }
+        if thread.shared.finished.load(Relaxed) {
+            let _ = writer.close().await;
+            return;
+        }
+        futures_lite::future::poll_fn(|cx| {
+            let ready = !phone.queue.borrow().is_empty()
+                && !thread.shared.stop_sending.load(Relaxed)
+                || phone.ack_up_to.get() > 0
+                || thread.shared.finished.load(Relaxed);
+            if ready {
+                std::task::Poll::Ready(())
+            } else {
+                *phone.waker.borrow_mut() = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+    }
+}
+
+async fn read_loop(thread: Rc<Thread>, phone: Rc<PhoneState>, mut reader: ReadHalf<BoxIo>) {
+    let mut inbox: Vec<u8> = Vec::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let n = match reader.read(&mut buffer).await {
+            Ok(0) | Err(_) => {
+                if !thread.shared.finished.load(Relaxed) {
+                    thread.shared.disconnects.fetch_add(1, Relaxed);
+                }
+                return;
+            }
+            Ok(n) => n,
+        };
+        inbox.extend_from_slice(&buffer[..n]);
+        let mut consumed = 0;
+        let mut max_seq = 0;
+        loop {
+            let raw = match split_frame(&inbox[consumed..], FRAME_BYTES_MAX) {
+                Ok(Some(raw)) => raw,
+                Ok(None) => break,
+                Err(error) => {
+                    eprintln!("bad frame from server: {error}");
+                    thread.shared.errors.fetch_add(1, Relaxed);
+                    return;
+                }
+            };
+            let payload_range = consumed + wire::LENGTH_PREFIX_BYTES..consumed + raw.consumed;
+            consumed += raw.consumed;
+            match decode_server(&inbox[payload_range]) {
+                Ok(frame) => max_seq = max_seq.max(handle(&thread, &phone, frame)),
+                Err(error) => {
+                    eprintln!("undecodable frame from server: {error}");
+                    thread.shared.errors.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        inbox.drain(..consumed);
+        if max_seq > 0 {
+            phone.ack_up_to.set(phone.ack_up_to.get().max(max_seq));
+            phone.wake();
+        }
+    }
+}
+
+/// Handles one frame; returns the mailbox seq to acknowledge (0 for none).
+fn handle(thread: &Thread, phone: &PhoneState, frame: ServerFrame<'_>) -> u64 {
+    let shared = &thread.shared;
+    match frame {
+        ServerFrame::Sent { client_id, .. } => {
+            if phone.in_flight.borrow_mut().remove(&client_id).is_some() {
+                shared.acked.fetch_add(1, Relaxed);
+                thread.acked.borrow_mut().push(key(phone.index, client_id));
+                phone.outstanding.set(phone.outstanding.get() - 1);
+                if thread.args.rate == 0 && !shared.stop_sending.load(Relaxed) {
+                    phone.queue.borrow_mut().push_back(0);
+                    phone.wake();
+                }
+            }
+            0
+        }
+        ServerFrame::Message {
+            seq,
+            from,
+            client_id,
+            body,
+            ..
+        } => {
+            let from_index = (from.as_u64() - thread.first) as u32;
+            if thread
+                .delivered
+                .borrow_mut()
+                .insert(key(from_index, client_id))
+            {
+                shared.delivered.fetch_add(1, Relaxed);
+                let intended = body
+                    .get(..8)
+                    .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+                if intended >= thread.warmup_end_ns.get() {
+                    let latency = thread.now_ns().saturating_sub(intended).max(1);
+                    let _ = thread.histogram.borrow_mut().record(latency);
+                    thread.measured.set(thread.measured.get() + 1);
+                }
+                let mut last = thread.last_from.borrow_mut();
+                let previous = last.entry((from_index, phone.index)).or_insert(0);
+                if client_id < *previous {
+                    shared.reordered.fetch_add(1, Relaxed);
+                }
+                *previous = (*previous).max(client_id);
+            } else {
+                shared.duplicates.fetch_add(1, Relaxed);
+            }
+            seq
+        }
+        ServerFrame::Receipt { seq, .. } => {
+            shared.receipts.fetch_add(1, Relaxed);
+            seq
+        }
+        ServerFrame::Error {
+            kind,
+            client_id,
+            detail,
+        } => {
+            if shared.errors.fetch_add(1, Relaxed) < 5 {
+                eprintln!(
+                    "phone {}: error {kind:?} for {client_id:?}: {detail}",
+                    phone.index
+                );
+            }
+            if let Some(client_id) = client_id {
+                if phone.in_flight.borrow_mut().remove(&client_id).is_some() {
+                    phone.outstanding.set(phone.outstanding.get() - 1);
+                    shared.rejected.fetch_add(1, Relaxed);
+                }
+            }
+            0
+        }
+        _ => 0,
+    }
+}
+
+fn key(phone_index: u32, client_id: u64) -> u64 {
+    (u64::from(phone_index) << 32) | (client_id & 0xFFFF_FFFF)
+}

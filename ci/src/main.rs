@@ -1,0 +1,184 @@
+//! `cargo run -p ci -- <task>`: the checks CI runs, runnable by anyone.
+//!
+//! - `test` (the default): `fmt`, `clippy`, `unit` and `smoke`, in that order.
+//! - `fmt`: `cargo fmt --check`.
+//! - `clippy`: every target, warnings denied.
+//! - `unit`: `cargo test --workspace` (integration tests start the real binary).
+//! - `smoke`: starts a release `isle` with two shards and runs `loadgen` over
+//!   plaintext and TLS; fails if any acknowledged message is lost, duplicated
+//!   or reordered, or if the server does not exit cleanly on SIGTERM.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+
+fn main() {
+    let task = std::env::args().nth(1).unwrap_or_else(|| "test".into());
+    let result = match task.as_str() {
+        "test" => fmt()
+            .and_then(|()| clippy())
+            .and_then(|()| unit())
+            .and_then(|()| smoke()),
+        "fmt" => fmt(),
+        "clippy" => clippy(),
+        "unit" => unit(),
+        "smoke" => smoke(),
+        other => Err(anyhow::anyhow!(
+            "unknown task {other:?}; use test, fmt, clippy, unit or smoke"
+        )),
+    };
+    if let Err(error) = result {
+        eprintln!("ci: {error:#}");
+        std::process::exit(1);
+    }
+    eprintln!("ci: {task} passed");
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("ci lives in the workspace")
+        .to_owned()
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    eprintln!("ci: cargo {}", args.join(" "));
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .current_dir(root())
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn fmt() -> anyhow::Result<()> {
+    cargo(&["fmt", "--all", "--", "--check"])
+}
+
+fn clippy() -> anyhow::Result<()> {
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])
+}
+
+fn unit() -> anyhow::Result<()> {
+    cargo(&["test", "--workspace"])
+}
+
+fn smoke() -> anyhow::Result<()> {
+    cargo(&["build", "--release", "-p", "server", "-p", "loadgen"])?;
+    let bin = root().join("target/release");
+    let data = tempfile::tempdir()?;
+    let mut server = Command::new(bin.join("isle"))
+        .args([
+            "--data-dir",
+            data.path().to_str().context("utf-8 temp path")?,
+        ])
+        .args([
+            "--shards",
+            "2",
+            "--listen",
+            "127.0.0.1:0",
+            "--plaintext-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--test-numbers", "+1555:111111"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting isle")?;
+    let mut ready = String::new();
+    BufReader::new(server.stdout.take().context("stdout")?).read_line(&mut ready)?;
+    let field = |name: &str| {
+        ready
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix(&format!("{name}=")).map(str::to_owned))
+            .with_context(|| format!("no {name} in ready line {ready:?}"))
+    };
+    let outcome = (|| {
+        let plain = field("plaintext")?;
+        let tls = field("tls")?;
+        let cert = field("cert")?;
+        run_loadgen(&bin, &["--target", &plain, "--first-phone", "+15550000000"])?;
+        run_loadgen(
+            &bin,
+            &[
+                "--target",
+                &tls,
+                "--tls",
+                "--ca",
+                &cert,
+                "--first-phone",
+                "+15551000000",
+            ],
+        )
+    })();
+    // SAFETY: signalling a child we started.
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = server.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = server.kill();
+            bail!("isle did not exit within 10 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    outcome?;
+    if !status.success() {
+        bail!("isle exited with {status} after SIGTERM");
+    }
+    Ok(())
+}
+
+fn run_loadgen(bin: &Path, extra: &[&str]) -> anyhow::Result<()> {
+    let output = Command::new(bin.join("loadgen"))
+        .args([
+            "--phones",
+            "2000",
+            "--duration",
+            "4",
+            "--warmup",
+            "1",
+            "--json",
+        ])
+        .args(extra)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running loadgen")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    print!("{stdout}");
+    let last = stdout.lines().last().context("loadgen printed nothing")?;
+    let report: serde_json::Value =
+        serde_json::from_str(last).context("loadgen's last line is not JSON")?;
+    let number = |name: &str| {
+        report[name]
+            .as_u64()
+            .with_context(|| format!("no {name} in {last}"))
+    };
+    if number("lost")? > 0 || number("duplicates")? > 0 || number("reordered")? > 0 {
+        bail!("loadgen saw lost, duplicated or reordered messages: {last}");
+    }
+    if number("delivered")? == 0 || number("connect_failures")? > 0 {
+        bail!("loadgen delivered nothing or could not connect: {last}");
+    }
+    if !output.status.success() {
+        bail!("loadgen exited with {}", output.status);
+    }
+    Ok(())
+}
