@@ -386,16 +386,7 @@ impl Shard {
 
     /// A frame that could not be decoded (or framed): answer and close.
     pub fn protocol_error(&mut self, id: ConnId, kind: ErrorKind, detail: String) {
-        self.counters.protocol_errors += 1;
-        self.reply(
-            id,
-            &ServerFrame::Error {
-                kind,
-                client_id: None,
-                detail,
-            },
-        );
-        self.close_with(id, ByeReason::ProtocolError);
+        self.fail(id, kind, detail);
     }
 
     pub fn handle_frame(
