@@ -745,7 +745,12 @@ fn handle(thread: &Thread, phone: &PhoneState, frame: ServerFrame<'_>) -> u64 {
             body,
             ..
         } => {
-            let from_index = (from.as_u64() - thread.first) as u32;
+            // A sender outside this run's range cannot be one of ours; it
+            // still counts as a delivery, under an index no phone uses.
+            let from_index = from
+                .as_u64()
+                .wrapping_sub(thread.first)
+                .min(u64::from(u32::MAX)) as u32;
             if thread
                 .delivered
                 .borrow_mut()
