@@ -329,7 +329,6 @@ struct PhoneState {
     ack_up_to: Cell<u64>,
     waker: RefCell<Option<std::task::Waker>>,
     next_client_id: Cell<u64>,
-    outstanding: Cell<usize>,
     /// Intended times of sends written and not yet answered with `Sent`.
     in_flight: RefCell<AHashMap<u64, u64>>,
 }
@@ -450,7 +449,6 @@ async fn run_thread(
             ack_up_to: Cell::new(0),
             waker: RefCell::new(None),
             next_client_id: Cell::new(1),
-            outstanding: Cell::new(0),
             in_flight: RefCell::new(AHashMap::new()),
         });
         let (reader, writer) = split(io);
@@ -642,7 +640,6 @@ async fn write_loop(thread: Rc<Thread>, phone: Rc<PhoneState>, mut writer: Write
                     &mut bytes,
                 );
                 phone.in_flight.borrow_mut().insert(client_id, intended);
-                phone.outstanding.set(phone.outstanding.get() + 1);
                 thread.shared.sent.fetch_add(1, Relaxed);
             }
         }
@@ -730,7 +727,6 @@ fn handle(thread: &Thread, phone: &PhoneState, frame: ServerFrame<'_>) -> u64 {
             if phone.in_flight.borrow_mut().remove(&client_id).is_some() {
                 shared.acked.fetch_add(1, Relaxed);
                 thread.acked.borrow_mut().push(key(phone.index, client_id));
-                phone.outstanding.set(phone.outstanding.get() - 1);
                 if thread.args.rate == 0 && !shared.stop_sending.load(Relaxed) {
                     phone.queue.borrow_mut().push_back(0);
                     phone.wake();
@@ -793,7 +789,6 @@ fn handle(thread: &Thread, phone: &PhoneState, frame: ServerFrame<'_>) -> u64 {
             }
             if let Some(client_id) = client_id {
                 if phone.in_flight.borrow_mut().remove(&client_id).is_some() {
-                    phone.outstanding.set(phone.outstanding.get() - 1);
                     shared.rejected.fetch_add(1, Relaxed);
                 }
             }

@@ -743,11 +743,7 @@ impl Shard {
             return;
         }
         let account = self.accounts.get_mut(&phone).expect("checked above");
-        let first_seq = account
-            .mailbox
-            .after(0)
-            .next()
-            .map_or(account.mailbox.last_seq() + 1, |e| e.seq);
+        let acked_up_to = account.mailbox.acked_up_to();
         match account.session.replace(id) {
             Some(old) => self.close_with(old, ByeReason::Replaced),
             None => self.counters.sessions += 1,
@@ -756,7 +752,7 @@ impl Shard {
         let conn = self.conn_mut(id).expect("caller checked");
         conn.account = Some(phone);
         // Everything not yet acknowledged is sent again on a new session.
-        conn.delivered_up_to = first_seq - 1;
+        conn.delivered_up_to = acked_up_to;
         self.arm_idle(id, now_ms + self.config.idle_timeout_ms);
         self.reply(id, &ServerFrame::LoggedIn { phone });
         self.pump(id);
@@ -904,24 +900,13 @@ impl Shard {
                 client_id,
                 kind,
             } => {
-                let Some(account) = self.accounts.get_mut(&to) else {
-                    return;
-                };
-                let entry = EntryRecord::Receipt {
+                let receipt = EntryRecord::Receipt {
                     kind,
                     by,
                     client_id,
                 };
-                let seq = account.mailbox.push(entry.clone());
-                let session = account.session;
-                self.records.push(Record::MailboxPut {
-                    owner: to,
-                    seq,
-                    entry,
-                });
-                self.counters.receipts_stored += 1;
-                if let Some(session) = session {
-                    self.pump(session);
+                if self.append(to, receipt).is_some() {
+                    self.counters.receipts_stored += 1;
                 }
             }
         }
@@ -935,32 +920,36 @@ impl Shard {
         sent_at_ms: u64,
         body: Box<[u8]>,
     ) -> Result<u64, ErrorKind> {
-        let Some(account) = self.accounts.get_mut(&to) else {
+        if !self.accounts.contains_key(&to) {
             return Err(ErrorKind::UnknownRecipient);
-        };
+        }
         if let Some(seq) = self.dedup.get(to, from, client_id) {
             self.counters.messages_deduplicated += 1;
             return Ok(seq);
         }
-        let entry = EntryRecord::Message {
+        let message = EntryRecord::Message {
             from,
             client_id,
             sent_at_ms,
             body,
         };
-        let seq = account.mailbox.push(entry.clone());
-        let session = account.session;
-        self.records.push(Record::MailboxPut {
-            owner: to,
-            seq,
-            entry,
-        });
+        let seq = self.append(to, message).expect("account checked above");
         self.dedup.insert(to, from, client_id, seq, self.now_ms);
         self.counters.messages_stored += 1;
+        Ok(seq)
+    }
+
+    /// Appends an entry to `owner`'s mailbox, records it, and feeds the
+    /// owner's connection. `None` when `owner` has no account.
+    fn append(&mut self, owner: Phone, entry: EntryRecord) -> Option<u64> {
+        let account = self.accounts.get_mut(&owner)?;
+        let seq = account.mailbox.push(entry.clone());
+        let session = account.session;
+        self.records.push(Record::MailboxPut { owner, seq, entry });
         if let Some(session) = session {
             self.pump(session);
         }
-        Ok(seq)
+        Some(seq)
     }
 
     /// Moves mailbox entries into a connection's outbox while its window of
@@ -983,10 +972,10 @@ impl Shard {
         let Some(account) = self.accounts.get(&phone) else {
             return;
         };
-        let first_seq = account.mailbox.after(0).next().map_or(u64::MAX, |e| e.seq);
+        let acked_up_to = account.mailbox.acked_up_to();
         let mut written = 0;
         for entry in account.mailbox.after(conn.delivered_up_to) {
-            let unacked = (conn.delivered_up_to + 1).saturating_sub(first_seq);
+            let unacked = conn.delivered_up_to.saturating_sub(acked_up_to);
             if unacked >= self.config.unacked_messages_max
                 || conn.outbox.len() >= self.config.outbox_feed_bytes_max
             {

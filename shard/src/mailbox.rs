@@ -47,6 +47,14 @@ impl Mailbox {
         self.next_seq - 1
     }
 
+    /// Everything up to and including this seq has been acknowledged (and
+    /// deleted): the seq just before the oldest entry still held.
+    pub fn acked_up_to(&self) -> u64 {
+        self.entries
+            .front()
+            .map_or(self.last_seq(), |entry| entry.seq - 1)
+    }
+
     pub fn push(&mut self, record: EntryRecord) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;

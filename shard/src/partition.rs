@@ -55,13 +55,15 @@ mod tests {
         let phone = Phone::parse("+15551234567").unwrap();
         assert_eq!(
             stable_hash(phone),
-            xxhash_rust::xxh3::xxh3_64(&15551234567u64.to_le_bytes())
-        );
-        assert_eq!(
-            stable_hash(phone),
             0xee96_79c5_95b1_0d16,
             "pinned value changed"
         );
+        // 0x...0d16 % 1024 = 0x116: the partition follows from the hash alone.
+        assert_eq!(
+            PartitionMap::new(PARTITIONS_DEFAULT, 2).partition_of(phone),
+            278
+        );
+        assert_eq!(PartitionMap::new(PARTITIONS_DEFAULT, 4).shard_of(phone), 2);
     }
 
     #[test]
