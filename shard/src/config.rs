@@ -42,7 +42,8 @@ pub struct ShardConfig {
     /// While a connection's outbox holds more than this, the server stops
     /// reading from it: a phone that does not read cannot make it buffer more.
     pub outbox_bytes_max: usize,
-    /// Sustained messages per second one account may send, and the burst.
+    /// Sustained messages (and read receipts) per second one account may
+    /// send, and the burst.
     pub send_rate_per_s: u32,
     pub send_burst: u32,
     /// How long, and how many, `(recipient, sender, client_id)` entries are kept

@@ -508,6 +508,19 @@ impl Shard {
             }
             ClientFrame::Read { from, client_id } => {
                 let by = logged_in.expect("checked above");
+                // A receipt lands in another account's mailbox, like a
+                // message; without the same allowance one phone could fill
+                // any mailbox as fast as it can write.
+                if !self.take_send_token(id, now_ms) {
+                    self.counters.rate_limited += 1;
+                    self.reply_error(
+                        id,
+                        ErrorKind::RateLimited,
+                        Some(client_id),
+                        "sending too fast",
+                    );
+                    return FrameOutcome::Continue;
+                }
                 let shard = self.config.map.shard_of(from);
                 self.route(
                     shard,
