@@ -70,6 +70,8 @@ struct Net {
     shards: Vec<Shard>,
     now_ms: u64,
     sms: Rc<RefCell<Sms>>,
+    /// Records committed so far, over all shards.
+    records: Vec<storage::Record>,
 }
 
 impl Net {
@@ -97,6 +99,7 @@ impl Net {
         Net {
             shards,
             now_ms: 0,
+            records: Vec::new(),
             sms,
         }
     }
@@ -141,7 +144,8 @@ impl Net {
         for _ in 0..100 {
             let mut moved = false;
             for index in 0..self.shards.len() {
-                let (batch, _records) = self.shards[index].take_records();
+                let (batch, records) = self.shards[index].take_records();
+                self.records.extend(records);
                 self.shards[index].committed(batch);
                 let out: Vec<_> = self.shards[index].drain_peer_messages().collect();
                 for (to, message) in out {
@@ -360,6 +364,33 @@ fn offline_recipient_gets_everything_in_order_once() {
         .collect();
     assert_eq!(ids, (0..10).collect::<Vec<_>>());
     let _ = bob_conn;
+}
+
+#[test]
+fn a_repeated_ack_writes_no_record() {
+    let mut net = Net::new(1, |_| {});
+    let (alice, alice_key) = net.signup("+15550000001");
+    let (mut conn, _) = net.login(alice, alice_key);
+    net.send(
+        &mut conn,
+        ClientFrame::Send {
+            client_id: 1,
+            to: alice,
+            body: b"note",
+        },
+    );
+    net.read(&conn);
+    net.send(&mut conn, ClientFrame::Ack { up_to: 1 });
+    let acks = |net: &Net| {
+        net.records
+            .iter()
+            .filter(|r| matches!(r, storage::Record::MailboxAck { .. }))
+            .count()
+    };
+    assert_eq!(acks(&net), 1);
+    net.send(&mut conn, ClientFrame::Ack { up_to: 1 });
+    net.send(&mut conn, ClientFrame::Ack { up_to: 0 });
+    assert_eq!(acks(&net), 1, "nothing new acknowledged, nothing recorded");
 }
 
 #[test]
