@@ -10,109 +10,12 @@ use std::{
 use anyhow::{anyhow, bail, Context};
 use rustls::{pki_types::ServerName, ClientConnection, StreamOwned};
 use wire::{
-    decode_server, encode_client, split_frame, ByeReason, ClientFrame, DeviceKey, ErrorKind, Phone,
-    ReceiptKind, ServerFrame, FRAME_BYTES_MAX, PROTOCOL_VERSION,
+    decode_server, encode_client, split_frame, ClientFrame, DeviceKey, Phone, ServerFrame,
+    FRAME_BYTES_MAX, PROTOCOL_VERSION,
 };
 
-/// A server frame with owned data.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    Welcome {
-        version: u16,
-    },
-    CodeSent {
-        phone: Phone,
-        expires_in_s: u32,
-    },
-    Registered {
-        phone: Phone,
-        key: DeviceKey,
-    },
-    LoggedIn {
-        phone: Phone,
-    },
-    Pong {
-        nonce: u64,
-    },
-    Sent {
-        client_id: u64,
-        id: u64,
-    },
-    Message {
-        seq: u64,
-        from: Phone,
-        client_id: u64,
-        sent_at_ms: u64,
-        body: Vec<u8>,
-    },
-    Receipt {
-        seq: u64,
-        kind: ReceiptKind,
-        by: Phone,
-        client_id: u64,
-    },
-    Error {
-        kind: ErrorKind,
-        client_id: Option<u64>,
-        detail: String,
-    },
-    Bye {
-        reason: ByeReason,
-    },
-}
-
-impl From<ServerFrame<'_>> for Event {
-    fn from(frame: ServerFrame<'_>) -> Event {
-        match frame {
-            ServerFrame::Welcome { version } => Event::Welcome { version },
-            ServerFrame::CodeSent {
-                phone,
-                expires_in_s,
-            } => Event::CodeSent {
-                phone,
-                expires_in_s,
-            },
-            ServerFrame::Registered { phone, key } => Event::Registered { phone, key },
-            ServerFrame::LoggedIn { phone } => Event::LoggedIn { phone },
-            ServerFrame::Pong { nonce } => Event::Pong { nonce },
-            ServerFrame::Sent { client_id, id } => Event::Sent { client_id, id },
-            ServerFrame::Message {
-                seq,
-                from,
-                client_id,
-                sent_at_ms,
-                body,
-            } => Event::Message {
-                seq,
-                from,
-                client_id,
-                sent_at_ms,
-                body: body.to_vec(),
-            },
-            ServerFrame::Receipt {
-                seq,
-                kind,
-                by,
-                client_id,
-            } => Event::Receipt {
-                seq,
-                kind,
-                by,
-                client_id,
-            },
-            ServerFrame::Error {
-                kind,
-                client_id,
-                detail,
-            } => Event::Error {
-                kind,
-                client_id,
-                detail,
-            },
-            ServerFrame::Bye { reason } => Event::Bye { reason },
-        }
-    }
-}
+/// A frame from the server; it owns its data.
+pub type Event = ServerFrame<'static>;
 
 enum Stream {
     Plain(TcpStream),
@@ -227,7 +130,7 @@ impl Client {
         loop {
             if let Some(raw) = split_frame(&self.inbox, FRAME_BYTES_MAX)? {
                 let consumed = raw.consumed;
-                let event = Event::from(decode_server(raw.payload)?);
+                let event = decode_server(raw.payload)?;
                 self.inbox.drain(..consumed);
                 return Ok(Some(event));
             }

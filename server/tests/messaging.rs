@@ -33,7 +33,7 @@ fn message_to_an_online_phone_with_receipts() {
         unreachable!()
     };
     assert_eq!(
-        (from, client_id, body.as_slice()),
+        (from, client_id, &*body),
         (alice_phone, 7, &b"hello bob"[..])
     );
 
@@ -117,7 +117,7 @@ fn offline_phone_gets_messages_in_order_at_login_and_resends_are_not_stored_twic
         else {
             unreachable!()
         };
-        assert_eq!(body, client_id.to_le_bytes());
+        assert_eq!(&*body, client_id.to_le_bytes());
         received.push(client_id);
     }
     assert_eq!(received, (0..20).collect::<Vec<_>>());

@@ -1009,7 +1009,7 @@ impl Shard {
                     from: *from,
                     client_id: *client_id,
                     sent_at_ms: *sent_at_ms,
-                    body,
+                    body: body[..].into(),
                 },
                 EntryRecord::Receipt {
                     kind,

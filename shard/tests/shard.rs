@@ -31,7 +31,9 @@ impl Env for FakeEnv {
     }
 }
 
-/// Server frames with owned bodies, for comparing.
+/// What a test checks of a server frame: the kind and the fields that carry
+/// the rule under test. Error details and timestamps are left out so that a
+/// test states only what it is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Got {
     Welcome,

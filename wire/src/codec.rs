@@ -67,8 +67,9 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientFrame<'_>, DecodeError> {
     decode(payload)
 }
 
-/// Decodes a frame payload; every byte must belong to the frame.
-pub fn decode_server(payload: &[u8]) -> Result<ServerFrame<'_>, DecodeError> {
+/// Decodes a frame payload; every byte must belong to the frame. The frame
+/// owns its data, so it outlives `payload`.
+pub fn decode_server(payload: &[u8]) -> Result<ServerFrame<'static>, DecodeError> {
     decode(payload)
 }
 

@@ -3,7 +3,7 @@
 //! Variants are only ever appended: postcard encodes the variant index, so
 //! reordering would change the meaning of bytes already in flight.
 
-use std::fmt;
+use std::{borrow::Cow, fmt};
 
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +54,10 @@ pub enum ClientFrame<'a> {
 }
 
 /// Frames the server sends.
+///
+/// The server only encodes these, borrowing bodies from its mailboxes; phones
+/// only decode them, and [`decode_server`](crate::decode_server) gives back an
+/// owned `ServerFrame<'static>` that outlives the bytes it came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServerFrame<'a> {
     Welcome {
@@ -84,8 +88,7 @@ pub enum ServerFrame<'a> {
         from: Phone,
         client_id: u64,
         sent_at_ms: u64,
-        #[serde(borrow)]
-        body: &'a [u8],
+        body: Cow<'a, [u8]>,
     },
     /// `by` received (or read) the message `client_id` this phone sent.
     Receipt {

@@ -72,7 +72,7 @@ fn server_frames() -> Vec<ServerFrame<'static>> {
             from: phone("+999999999999999"),
             client_id: u64::MAX,
             sent_at_ms: u64::MAX,
-            body: &[0xCD; BODY_BYTES_MAX],
+            body: vec![0xCD; BODY_BYTES_MAX].into(),
         },
         ServerFrame::Receipt {
             seq: 1,
@@ -111,6 +111,29 @@ fn server_frames_round_trip() {
         assert_eq!(raw.consumed, bytes.len());
         assert_eq!(decode_server(raw.payload).unwrap(), frame);
     }
+}
+
+/// The byte layout of a `Message`, pinned: phones in the field decode it.
+#[test]
+fn message_layout_is_pinned() {
+    let frame = ServerFrame::Message {
+        seq: 300,
+        from: phone("+15550000001"),
+        client_id: 7,
+        sent_at_ms: 1,
+        body: b"hi!"[..].into(),
+    };
+    let mut bytes = Vec::new();
+    encode_server(&frame, &mut bytes);
+    let expected = [
+        14, 0, 0, 0, // payload length
+        6, // variant: Message
+        172, 2, // seq 300
+        129, 215, 232, 246, 57, // from: the varint of 15550000001
+        7, 1, // client_id, sent_at_ms
+        3, 104, 105, 33, // body: length, then the bytes
+    ];
+    assert_eq!(bytes, expected);
 }
 
 #[test]
