@@ -7,7 +7,7 @@
 //! committed: the caller drains records with [`Shard::take_records`], commits
 //! them, then calls [`Shard::committed`].
 
-use std::collections::VecDeque;
+use std::{collections::VecDeque, sync::Arc};
 
 use ahash::AHashMap;
 use sha2::{Digest, Sha256};
@@ -44,7 +44,7 @@ pub enum PeerMessage {
         to: Phone,
         client_id: u64,
         sent_at_ms: u64,
-        body: Box<[u8]>,
+        body: Arc<[u8]>,
         reply: ConnId,
     },
     /// The answer to `Deliver`, for the sender's connection.
@@ -935,7 +935,7 @@ impl Shard {
         to: Phone,
         client_id: u64,
         sent_at_ms: u64,
-        body: Box<[u8]>,
+        body: Arc<[u8]>,
     ) -> Result<u64, ErrorKind> {
         if !self.accounts.contains_key(&to) {
             return Err(ErrorKind::UnknownRecipient);

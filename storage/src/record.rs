@@ -1,5 +1,7 @@
 //! The records a shard's state is made of.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use wire::{Phone, ReceiptKind};
 
@@ -33,7 +35,9 @@ pub enum EntryRecord {
         from: Phone,
         client_id: u64,
         sent_at_ms: u64,
-        body: Box<[u8]>,
+        /// Shared with the mailbox entry and the message in flight between
+        /// shards: a body is copied once, when it is read off the socket.
+        body: Arc<[u8]>,
     },
     Receipt {
         kind: ReceiptKind,
