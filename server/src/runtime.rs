@@ -101,8 +101,12 @@ impl Signal {
 struct Link {
     staging: RefCell<Vec<Mail>>,
     signal: Signal,
-    /// Connections paused because this link is over its staging limit.
+    /// Connections paused because this link is over its staging limit. Each
+    /// registers at most once per drain, so the list never holds more than
+    /// one waker per connection.
     blocked: RefCell<Vec<Waker>>,
+    /// How many times `blocked` has been drained.
+    drains: Cell<u64>,
 }
 
 pub struct Runtime {
@@ -306,6 +310,7 @@ fn spawn_connection(
         tx_written: 0,
         handover_to: None,
         paused_on: None,
+        blocked_at: None,
     };
     glommio::spawn_local(task).detach();
 }
@@ -327,6 +332,7 @@ async fn forward(runtime: Rc<Runtime>, destination: usize, sender: SharedSender<
                 return;
             }
             if link.staging.borrow().len() <= runtime.staging_max {
+                link.drains.set(link.drains.get() + 1);
                 for waker in link.blocked.borrow_mut().drain(..) {
                     waker.wake();
                 }
@@ -402,6 +408,9 @@ struct ConnTask {
     tx_written: usize,
     handover_to: Option<u16>,
     paused_on: Option<u16>,
+    /// The drain count of `paused_on`'s link when this task's waker went on
+    /// its blocked list.
+    blocked_at: Option<u64>,
 }
 
 enum Step {
@@ -464,14 +473,18 @@ impl ConnTask {
             return Step::Progress;
         }
         if let Some(destination) = self.paused_on {
+            let link = &self.runtime.links[destination as usize];
             if self.runtime.link_congested(destination) {
-                self.runtime.links[destination as usize]
-                    .blocked
-                    .borrow_mut()
-                    .push(cx.waker().clone());
+                // Polled again while paused (say, to write a delivery): the
+                // waker is already on the list unless it was drained since.
+                if self.blocked_at != Some(link.drains.get()) {
+                    link.blocked.borrow_mut().push(cx.waker().clone());
+                    self.blocked_at = Some(link.drains.get());
+                }
                 return if progress { Step::Progress } else { Step::Idle };
             }
             self.paused_on = None;
+            self.blocked_at = None;
         }
         if wants_input {
             let runtime = self.runtime.clone();
