@@ -590,11 +590,9 @@ async fn request(
         if let Some(raw) = split_frame(inbox, FRAME_BYTES_MAX)? {
             let consumed = raw.consumed;
             let reply = decode_server(raw.payload)?;
-            let ok = accept(&reply);
-            let text = format!("{reply:?}");
             inbox.drain(..consumed);
-            if !ok {
-                bail!("unexpected reply {text}");
+            if !accept(&reply) {
+                bail!("unexpected reply {reply:?}");
             }
             return Ok(());
         }
