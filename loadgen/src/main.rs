@@ -131,11 +131,17 @@ struct Report {
     latency_us_p99: f64,
     latency_us_p999: f64,
     latency_us_max: f64,
+    /// How late sends were written against their intended time: loadgen's
+    /// own delay, already inside the latency figures. When it is a large
+    /// share of them, loadgen (not the server) is the bottleneck.
+    send_lag_us_p50: f64,
+    send_lag_us_p99: f64,
 }
 
 /// What one thread hands back at the end.
 struct ThreadResult {
     histogram: Histogram<u64>,
+    send_lag: Histogram<u64>,
     acked: Vec<u64>,
     delivered: AHashSet<u64>,
     measured_deliveries: u64,
@@ -244,10 +250,12 @@ fn run(args: Args) -> anyhow::Result<u64> {
 
     let results = std::mem::take(&mut *results.lock().expect("threads are done"));
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut send_lag = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
     let mut delivered = AHashSet::new();
     let mut measured = 0;
     for result in &results {
         histogram.add(&result.histogram)?;
+        send_lag.add(&result.send_lag)?;
         delivered.extend(result.delivered.iter().copied());
         measured += result.measured_deliveries;
     }
@@ -280,6 +288,8 @@ fn run(args: Args) -> anyhow::Result<u64> {
         latency_us_p99: micros(0.99),
         latency_us_p999: micros(0.999),
         latency_us_max: histogram.max() as f64 / 1000.0,
+        send_lag_us_p50: send_lag.value_at_quantile(0.5) as f64 / 1000.0,
+        send_lag_us_p99: send_lag.value_at_quantile(0.99) as f64 / 1000.0,
     };
     print_summary(&report);
     if args.json {
@@ -292,7 +302,8 @@ fn print_summary(r: &Report) {
     println!(
         "phones={} threads={} tls={} rate={} duration={}s\n\
          sent={} acked={} delivered={} lost={} duplicates={} reordered={} receipts={} errors={} disconnects={}\n\
-         logins/s={:.0} delivered/s={:.0} latency_us p50={:.1} p99={:.1} p99.9={:.1} max={:.1}",
+         logins/s={:.0} delivered/s={:.0} latency_us p50={:.1} p99={:.1} p99.9={:.1} max={:.1}\n\
+         send_lag_us p50={:.1} p99={:.1}",
         r.phones,
         r.threads,
         r.tls,
@@ -313,6 +324,8 @@ fn print_summary(r: &Report) {
         r.latency_us_p99,
         r.latency_us_p999,
         r.latency_us_max,
+        r.send_lag_us_p50,
+        r.send_lag_us_p99,
     );
 }
 
@@ -349,6 +362,7 @@ struct Thread {
     /// Deliveries of sends intended before this are not measured.
     warmup_end_ns: Cell<u64>,
     histogram: RefCell<Histogram<u64>>,
+    send_lag: RefCell<Histogram<u64>>,
     acked: RefCell<Vec<u64>>,
     delivered: RefCell<AHashSet<u64>>,
     last_from: RefCell<AHashMap<(u32, u32), u64>>,
@@ -386,6 +400,9 @@ async fn run_thread(
         epoch,
         warmup_end_ns: Cell::new(u64::MAX),
         histogram: RefCell::new(
+            Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds"),
+        ),
+        send_lag: RefCell::new(
             Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds"),
         ),
         acked: RefCell::new(Vec::new()),
@@ -478,15 +495,22 @@ async fn run_thread(
     }
     drop(tasks);
     let histogram = thread.histogram.borrow().clone();
+    let send_lag = thread.send_lag.borrow().clone();
     let acked = std::mem::take(&mut *thread.acked.borrow_mut());
     let delivered = std::mem::take(&mut *thread.delivered.borrow_mut());
     ThreadResult {
         histogram,
+        send_lag,
         acked,
         delivered,
         measured_deliveries: thread.measured.get(),
     }
 }
+
+/// The pacer's shortest sleep. Every wake-up costs an executor loop (a few
+/// microseconds of io_uring work); at high rates it issues the sends that fell
+/// due meanwhile together, and the delay shows in `send_lag`.
+const PACER_SLEEP_NS_MIN: u64 = 50_000;
 
 /// Issues sends at fixed intended times, whatever the server is doing.
 async fn pace(thread: &Thread, phones: &[Rc<PhoneState>], start_ns: u64, threads: usize) {
@@ -495,7 +519,8 @@ async fn pace(thread: &Thread, phones: &[Rc<PhoneState>], start_ns: u64, threads
     let mut issued: u64 = 0;
     while !thread.shared.stop_sending.load(Relaxed) {
         let now = thread.now_ns();
-        let due = ((now - start_ns) as f64 / interval_ns) as u64;
+        // Sends 0..=k are due once now >= start + k * interval.
+        let due = ((now - start_ns) as f64 / interval_ns) as u64 + 1;
         while issued < due {
             let intended = start_ns + (issued as f64 * interval_ns) as u64;
             let phone = &phones[thread.random(phones.len() as u64) as usize];
@@ -503,7 +528,15 @@ async fn pace(thread: &Thread, phones: &[Rc<PhoneState>], start_ns: u64, threads
             phone.wake();
             issued += 1;
         }
-        glommio::timer::sleep(Duration::from_micros(500)).await;
+        // Sleep until the next send is due (a fixed sleep would add up to
+        // its own length to every latency figure), but not less than the
+        // minimum.
+        let next = start_ns + (issued as f64 * interval_ns) as u64;
+        let wait = next.saturating_sub(thread.now_ns());
+        glommio::timer::sleep(Duration::from_nanos(
+            wait.clamp(PACER_SLEEP_NS_MIN, 1_000_000),
+        ))
+        .await;
     }
 }
 
@@ -623,11 +656,12 @@ async fn write_loop(thread: Rc<Thread>, phone: Rc<PhoneState>, mut writer: Write
                 }
                 let to = Phone::from_u64(thread.first + to.min(total - 1))
                     .expect("range checked at start");
-                let intended = if closed_loop {
-                    thread.now_ns()
-                } else {
-                    intended
-                };
+                let now = thread.now_ns();
+                let intended = if closed_loop { now } else { intended };
+                if intended >= thread.warmup_end_ns.get() {
+                    let lag = now.saturating_sub(intended).max(1);
+                    let _ = thread.send_lag.borrow_mut().record(lag);
+                }
                 body[..8].copy_from_slice(&intended.to_le_bytes());
                 encode_client(
                     &ClientFrame::Send {
