@@ -189,6 +189,9 @@ fn run(args: Args) -> anyhow::Result<u64> {
             LocalExecutorBuilder::new(placement)
                 .name(&format!("loadgen-{thread}"))
                 .io_memory(256 * 1024)
+                // A deep ring gives the kernel its largest poll table (see the
+                // server's `io_ring_depth`).
+                .ring_depth(4096)
                 .spawn(move || async move {
                     let result =
                         run_thread(args, first, begin..end, threads, shared, epoch, tls).await;

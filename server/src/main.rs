@@ -148,6 +148,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("isle-shard-{shard_id}"))
             .io_memory(config.limits.io_memory_bytes)
+            .ring_depth(config.limits.io_ring_depth)
             .spawn(move || async move {
                 let shard = Shard::new(
                     shard_config,
