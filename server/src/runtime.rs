@@ -308,6 +308,8 @@ fn spawn_connection(
         inbox: pending,
         tx: Vec::new(),
         tx_written: 0,
+        polls: 0,
+        flush_after: None,
         handover_to: None,
         paused_on: None,
         blocked_at: None,
@@ -406,6 +408,12 @@ struct ConnTask {
     /// Bytes for the socket, and how many of them are written.
     tx: Vec<u8>,
     tx_written: usize,
+    /// Times this task has been polled.
+    polls: u64,
+    /// Set to `polls` when outbox bytes were first seen: they are written on
+    /// a later poll, after the tasks already queued this round have run and
+    /// perhaps added more for this phone, so that one send carries them all.
+    flush_after: Option<u64>,
     handover_to: Option<u16>,
     paused_on: Option<u16>,
     /// The drain count of `paused_on`'s link when this task's waker went on
@@ -424,6 +432,7 @@ impl Future for ConnTask {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
+        this.polls += 1;
         {
             let mut wakers = this.runtime.wakers.borrow_mut();
             let entry = wakers.entry(this.id).or_insert_with(|| cx.waker().clone());
@@ -598,15 +607,27 @@ impl ConnTask {
         let mut progress = false;
         loop {
             if self.tx_written == self.tx.len() {
-                let outbox = self.runtime.core.borrow_mut().take_outbox(self.id);
+                let outbox_len = self.runtime.core.borrow().outbox_len(self.id);
                 let transport = self.transport.as_mut().expect("present until done");
-                if outbox.is_empty() && !transport.wants_write() {
+                if outbox_len == 0 && !transport.wants_write() {
                     if self.tx.capacity() > 0 {
                         self.tx = Vec::new();
                         self.tx_written = 0;
                     }
                     return Ok(progress);
                 }
+                match self.flush_after {
+                    Some(poll) if poll < self.polls => self.flush_after = None,
+                    Some(_) => return Ok(progress),
+                    None => {
+                        // Go to the back of the run queue once; the outbox
+                        // stays in the shard, so it can still grow.
+                        self.flush_after = Some(self.polls);
+                        cx.waker().wake_by_ref();
+                        return Ok(progress);
+                    }
+                }
+                let outbox = self.runtime.core.borrow_mut().take_outbox(self.id);
                 self.tx.clear();
                 self.tx_written = 0;
                 if let Err(error) = transport.seal(outbox, &mut self.tx) {
