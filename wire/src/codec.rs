@@ -92,8 +92,19 @@ pub fn encode_client(frame: &ClientFrame<'_>, out: &mut Vec<u8>) {
 
 /// Appends `frame`, length prefix included, to `out`.
 pub fn encode_server(frame: &ServerFrame<'_>, out: &mut Vec<u8>) {
+    // Room for the whole frame at once: postcard extends byte by byte, and
+    // a fresh outbox would otherwise grow through several reallocations.
+    let body = match frame {
+        ServerFrame::Message { body, .. } => body.len(),
+        _ => 0,
+    };
+    out.reserve(LENGTH_PREFIX_BYTES + SERVER_FIELDS_BYTES_MAX + body);
     encode(frame, out)
 }
+
+/// The most a server frame's fields other than a message body take: a tag,
+/// four varint u64s, a phone and a body length.
+const SERVER_FIELDS_BYTES_MAX: usize = 64;
 
 fn encode<T: Serialize>(frame: &T, out: &mut Vec<u8>) {
     let start = out.len();
