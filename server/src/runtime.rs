@@ -379,7 +379,10 @@ async fn commit(runtime: Rc<Runtime>, mut journal: impl Journal) {
         let (batch, records) = runtime.core.borrow_mut().take_records();
         match journal.commit(&records).await {
             Ok(()) => {
-                runtime.core.borrow_mut().committed(batch);
+                let mut core = runtime.core.borrow_mut();
+                core.committed(batch);
+                core.recycle_records(records);
+                drop(core);
                 runtime.after_core();
             }
             Err(error) => {

@@ -25,6 +25,10 @@ use crate::{
     Env, ShardConfig,
 };
 
+/// The largest record vector (in records) kept for reuse between journal
+/// batches.
+const SPARE_RECORDS_CAPACITY_MAX: usize = 64 * 1024;
+
 /// A connection on this shard. The generation makes ids of closed
 /// connections harmless when a reply for them arrives late.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -172,6 +176,8 @@ pub struct Shard {
     peer_out: Vec<(u16, PeerMessage)>,
     woken: Vec<ConnId>,
     records: Vec<Record>,
+    /// An empty vector kept from a committed batch (see `recycle_records`).
+    spare_records: Vec<Record>,
     /// Held replies, each tagged with the batch that must commit first.
     held: VecDeque<(u64, Held)>,
     batch: u64,
@@ -198,6 +204,7 @@ impl Shard {
             peer_out: Vec::new(),
             woken: Vec::new(),
             records: Vec::new(),
+            spare_records: Vec::new(),
             held: VecDeque::new(),
             batch: 0,
             now_ms,
@@ -358,7 +365,19 @@ impl Shard {
     /// Records to commit, and the batch number to report to `committed`.
     pub fn take_records(&mut self) -> (u64, Vec<Record>) {
         self.batch += 1;
-        (self.batch, std::mem::take(&mut self.records))
+        let spare = std::mem::take(&mut self.spare_records);
+        (self.batch, std::mem::replace(&mut self.records, spare))
+    }
+
+    /// Hands back a committed batch's vector so the next batch reuses its
+    /// memory instead of growing a new one record by record.
+    pub fn recycle_records(&mut self, mut records: Vec<Record>) {
+        records.clear();
+        if records.capacity() <= SPARE_RECORDS_CAPACITY_MAX
+            && records.capacity() > self.spare_records.capacity()
+        {
+            self.spare_records = records;
+        }
     }
 
     /// Records up to `batch` are durable: release the replies that waited.
