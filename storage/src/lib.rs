@@ -6,9 +6,10 @@
 //! durability until the journal says the batch holding that record is
 //! committed. Recovery is replay of the same records.
 //!
-//! [`MemoryJournal`] commits at once and keeps nothing across restarts; the
-//! on-disk log implements the same [`Journal`] trait.
+//! [`MemoryJournal`] commits at once and keeps nothing across restarts;
+//! [`log::Log`], the on-disk log, implements the same [`Journal`] trait.
 
+pub mod log;
 mod memory;
 mod record;
 

@@ -1,0 +1,36 @@
+//! Where segment files live. The log only speaks to this trait, so the same
+//! log code runs over glommio DMA files in the server and over the in-memory,
+//! fault-injecting disk in tests.
+
+use std::io;
+
+/// A directory of numbered segment files.
+#[allow(async_fn_in_trait)] // Shards are single-threaded; no Send bound wanted.
+pub trait Backend {
+    type File: SegmentFile;
+
+    /// The segment numbers present, ascending.
+    async fn list(&self) -> io::Result<Vec<u64>>;
+    /// Creates segment `number`, empty. On return its directory entry is
+    /// durable.
+    async fn create(&self, number: u64) -> io::Result<Self::File>;
+    async fn open(&self, number: u64) -> io::Result<Self::File>;
+    /// Deletes segment `number`; durable on return.
+    async fn remove(&self, number: u64) -> io::Result<()>;
+}
+
+/// One segment file. Offsets and lengths of writes are multiples of
+/// [`BLOCK_BYTES`](super::format::BLOCK_BYTES).
+#[allow(async_fn_in_trait)]
+pub trait SegmentFile {
+    async fn size(&self) -> io::Result<u64>;
+    /// Up to `len` bytes from `offset`; fewer only where the file ends.
+    async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// Writes a prefix of `bytes` at `offset` and says how long it was; the
+    /// caller writes the rest.
+    async fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<usize>;
+    /// Makes every completed write durable (fdatasync).
+    async fn sync(&mut self) -> io::Result<()>;
+    /// Cuts the file to `len` bytes; durable after the next `sync`.
+    async fn truncate(&mut self, len: u64) -> io::Result<()>;
+}

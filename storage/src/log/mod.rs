@@ -1,0 +1,471 @@
+//! A shard's durable log: numbered segment files of checksummed batches,
+//! appended with group commit and replayed on start.
+//!
+//! [`Log::open`] replays every record in order and leaves the log ready to
+//! append after the last whole batch. [`Log::append`] writes one or more batch
+//! frames for a commit and then syncs once; only after that may the shard
+//! acknowledge anything in it. A failed write or sync poisons the log: no
+//! later append succeeds, because a file whose sync failed cannot be trusted
+//! to hold what the page cache claimed (the lesson of PostgreSQL's fsync bug).
+
+pub mod backend;
+pub mod format;
+pub mod memory_disk;
+
+use std::io;
+
+use backend::{Backend, SegmentFile};
+use format::{Frame, SegmentHeader, BLOCK_BYTES};
+
+use crate::{Journal, JournalError, JournalStats, Record};
+
+/// Where this log belongs and how it grows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogConfig {
+    pub shard: u16,
+    pub shard_count: u16,
+    /// A segment is closed once the next batch would take it past this size.
+    pub segment_bytes_max: u64,
+    /// Replay past damage in the middle of the log (losing what it covered)
+    /// instead of refusing to start.
+    pub salvage: bool,
+}
+
+impl LogConfig {
+    pub fn new(shard: u16, shard_count: u16) -> LogConfig {
+        LogConfig {
+            shard,
+            shard_count,
+            segment_bytes_max: 64 * 1024 * 1024,
+            salvage: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("log I/O: {0}")]
+    Io(#[from] io::Error),
+    #[error("segment {number}: {source}")]
+    Format {
+        number: u64,
+        source: format::FormatError,
+    },
+    #[error(
+        "segment {number} was written by shard {found_shard} of {found_count}, \
+         but this is shard {shard} of {shard_count}"
+    )]
+    WrongShard {
+        number: u64,
+        found_shard: u16,
+        found_count: u16,
+        shard: u16,
+        shard_count: u16,
+    },
+    #[error("segments are not consecutive: {before} is followed by {after}")]
+    MissingSegment { before: u64, after: u64 },
+    #[error(
+        "damage in the middle of the log: segment {number} at byte {offset} ({reason}), \
+         with valid batches after it; start with salvage to skip it and lose what it held"
+    )]
+    Damaged {
+        number: u64,
+        offset: u64,
+        reason: String,
+    },
+    #[error("the log failed earlier and accepts no more writes")]
+    Poisoned,
+}
+
+/// What replay found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    pub segments: u64,
+    pub batches: u64,
+    pub records: u64,
+    /// A partial batch at the very end (a write the crash interrupted),
+    /// cut off: `(segment, offset)`. Nothing in it had been acknowledged.
+    pub torn_tail: Option<(u64, u64)>,
+    /// Damage skipped because of `salvage`: `(segment, offset, reason)`.
+    pub salvaged: Vec<(u64, u64, String)>,
+}
+
+/// An open log, positioned after its last batch.
+pub struct Log<B: Backend> {
+    backend: B,
+    config: LogConfig,
+    file: B::File,
+    segment: u64,
+    /// Offset of the next frame in the current segment.
+    end: u64,
+    next_seq: u64,
+    /// Oldest segment still on disk.
+    first_segment: u64,
+    poisoned: bool,
+    buffer: Vec<u8>,
+    stats: JournalStats,
+}
+
+impl<B: Backend> Log<B> {
+    /// Replays the log into `each`, in order, and opens it for appends.
+    pub async fn open(
+        backend: B,
+        config: LogConfig,
+        mut each: impl FnMut(Record),
+    ) -> Result<(Log<B>, Recovery), LogError> {
+        let numbers = backend.list().await?;
+        let mut recovery = Recovery::default();
+        if numbers.is_empty() {
+            let file = create_segment(&backend, &config, 1, 1).await?;
+            let log = Log::new(backend, config, file, 1, 1, 1);
+            return Ok((log, recovery));
+        }
+        for pair in numbers.windows(2) {
+            if pair[1] != pair[0] + 1 {
+                return Err(LogError::MissingSegment {
+                    before: pair[0],
+                    after: pair[1],
+                });
+            }
+        }
+        let last = *numbers.last().expect("not empty");
+        let mut next_seq = None;
+        let mut tail = None;
+        for &number in &numbers {
+            let file = backend.open(number).await?;
+            let len = file.size().await?;
+            let bytes = file.read_at(0, len as usize).await?;
+            let header = match SegmentHeader::decode(&bytes) {
+                Ok(header) => header,
+                // A crash between creating the last segment and syncing its
+                // header leaves it empty or torn, with nothing acknowledged.
+                Err(_) if number == last && is_blank_after(&bytes, 0) => {
+                    drop(file);
+                    backend.remove(number).await?;
+                    recovery.torn_tail = Some((number, 0));
+                    break;
+                }
+                Err(source) => return Err(LogError::Format { number, source }),
+            };
+            check_header(&config, number, &header)?;
+            let expected = *next_seq.get_or_insert(header.first_batch);
+            if header.first_batch != expected {
+                return Err(LogError::Damaged {
+                    number,
+                    offset: 0,
+                    reason: format!(
+                        "segment starts at batch {}, the one before ended at {}",
+                        header.first_batch,
+                        expected - 1
+                    ),
+                });
+            }
+            recovery.segments += 1;
+            let end = replay_segment(
+                &config,
+                number,
+                number == last,
+                &bytes,
+                &mut next_seq,
+                &mut recovery,
+                &mut each,
+            )?;
+            tail = Some((number, file, end, len));
+        }
+        let Some((segment, mut file, end, len)) = tail else {
+            // The only segment was blank: start over.
+            let file = create_segment(&backend, &config, last, 1).await?;
+            let log = Log::new(backend, config, file, last, 1, 1);
+            return Ok((log, recovery));
+        };
+        if len > end {
+            // Whatever lies past the last whole batch was judged torn above;
+            // cut it so that it can never be mistaken for a batch later.
+            file.truncate(end).await?;
+            file.sync().await?;
+        }
+        let next_seq = next_seq.expect("set by every segment read");
+        let mut log = Log::new(backend, config, file, segment, end, next_seq);
+        log.first_segment = numbers[0];
+        Ok((log, recovery))
+    }
+
+    fn new(
+        backend: B,
+        config: LogConfig,
+        file: B::File,
+        segment: u64,
+        end: u64,
+        next_seq: u64,
+    ) -> Log<B> {
+        Log {
+            backend,
+            config,
+            file,
+            segment,
+            end: end.max(BLOCK_BYTES as u64),
+            next_seq,
+            first_segment: segment,
+            poisoned: false,
+            buffer: Vec::new(),
+            stats: JournalStats::default(),
+        }
+    }
+
+    /// Writes `records` as one commit: one or more batch frames, then one
+    /// sync. On any error the log is poisoned.
+    pub async fn append(&mut self, records: &[Record]) -> Result<(), LogError> {
+        if self.poisoned {
+            return Err(LogError::Poisoned);
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        let result = self.append_inner(records).await;
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
+    }
+
+    async fn append_inner(&mut self, records: &[Record]) -> Result<(), LogError> {
+        let mut rest = records;
+        let mut wrote = false;
+        while !rest.is_empty() {
+            self.buffer.clear();
+            let taken = format::encode_batch(self.next_seq, rest, &mut self.buffer);
+            let frame = self.buffer.len() as u64;
+            if self.end + frame > self.config.segment_bytes_max && self.end > BLOCK_BYTES as u64 {
+                if wrote {
+                    // The closed segment's batches must be durable before
+                    // the commit can be.
+                    self.file.sync().await?;
+                    self.stats.syncs += 1;
+                }
+                self.rotate().await?;
+            }
+            write_all(&mut self.file, self.end, &self.buffer).await?;
+            wrote = true;
+            self.end += frame;
+            self.next_seq += 1;
+            self.stats.batches += 1;
+            self.stats.records += taken as u64;
+            self.stats.bytes += frame;
+            rest = &rest[taken..];
+        }
+        self.file.sync().await?;
+        self.stats.syncs += 1;
+        Ok(())
+    }
+
+    /// Closes the current segment and starts the next.
+    async fn rotate(&mut self) -> Result<(), LogError> {
+        let number = self.segment + 1;
+        self.file = create_segment(&self.backend, &self.config, number, self.next_seq).await?;
+        self.segment = number;
+        self.end = BLOCK_BYTES as u64;
+        Ok(())
+    }
+
+    /// Seq the next batch will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The segments on disk, oldest first.
+    pub fn segments(&self) -> std::ops::RangeInclusive<u64> {
+        self.first_segment..=self.segment
+    }
+
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+}
+
+impl<B: Backend> Journal for Log<B> {
+    async fn commit(&mut self, records: &[Record]) -> Result<(), JournalError> {
+        self.append(records)
+            .await
+            .map_err(|error| JournalError::Failed(error.to_string()))
+    }
+
+    fn stats(&self) -> JournalStats {
+        self.stats
+    }
+}
+
+fn check_header(config: &LogConfig, number: u64, header: &SegmentHeader) -> Result<(), LogError> {
+    if header.shard != config.shard || header.shard_count != config.shard_count {
+        return Err(LogError::WrongShard {
+            number,
+            found_shard: header.shard,
+            found_count: header.shard_count,
+            shard: config.shard,
+            shard_count: config.shard_count,
+        });
+    }
+    if header.number != number {
+        return Err(LogError::Damaged {
+            number,
+            offset: 0,
+            reason: format!(
+                "file is named {number} but its header says {}",
+                header.number
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Replays the batches of one segment; returns the offset after the last
+/// whole batch.
+fn replay_segment(
+    config: &LogConfig,
+    number: u64,
+    is_last: bool,
+    bytes: &[u8],
+    next_seq: &mut Option<u64>,
+    recovery: &mut Recovery,
+    each: &mut impl FnMut(Record),
+) -> Result<u64, LogError> {
+    let mut offset = BLOCK_BYTES;
+    let mut expected = next_seq.expect("set from the header");
+    while offset < bytes.len() {
+        let reason = match format::parse_frame(&bytes[offset..]) {
+            Frame::Batch {
+                seq,
+                count,
+                payload,
+                frame_bytes,
+            } if seq == expected => {
+                format::decode_records(seq, count, payload, &mut *each)
+                    .map_err(|source| LogError::Format { number, source })?;
+                recovery.batches += 1;
+                recovery.records += u64::from(count);
+                expected += 1;
+                offset += frame_bytes;
+                continue;
+            }
+            Frame::Batch { seq, .. } => format!("batch {seq} where {expected} was expected"),
+            Frame::Empty => "unwritten block".to_string(),
+            Frame::Invalid(reason) => reason.to_string(),
+        };
+        // Not a batch we can use. If a later batch is whole, the log was
+        // damaged in the middle; if nothing whole follows, this is where the
+        // writing stopped.
+        match next_batch_after(bytes, offset + BLOCK_BYTES, expected) {
+            None => {
+                if !is_last && !matches!(format::parse_frame(&bytes[offset..]), Frame::Empty) {
+                    return Err(LogError::Damaged {
+                        number,
+                        offset: offset as u64,
+                        reason,
+                    });
+                }
+                if is_last && !matches!(format::parse_frame(&bytes[offset..]), Frame::Empty) {
+                    recovery.torn_tail = Some((number, offset as u64));
+                }
+                *next_seq = Some(expected);
+                return Ok(offset as u64);
+            }
+            Some((found_at, found_seq)) => {
+                if !config.salvage {
+                    return Err(LogError::Damaged {
+                        number,
+                        offset: offset as u64,
+                        reason,
+                    });
+                }
+                recovery.salvaged.push((
+                    number,
+                    offset as u64,
+                    format!("{reason}; batches {expected}..{found_seq} lost"),
+                ));
+                offset = found_at;
+                expected = found_seq;
+            }
+        }
+    }
+    // The last batch's zero padding may not have reached the disk (a crash
+    // can keep a write's data and lose its tail); the next batch still
+    // starts on the block boundary after it.
+    *next_seq = Some(expected);
+    Ok(offset as u64)
+}
+
+/// The first whole batch at a block boundary from `from` on with a seq at
+/// least `expected`: `(offset, seq)`.
+fn next_batch_after(bytes: &[u8], from: usize, expected: u64) -> Option<(usize, u64)> {
+    let mut offset = from;
+    while offset < bytes.len() {
+        if let Frame::Batch { seq, .. } = format::parse_frame(&bytes[offset..]) {
+            if seq >= expected {
+                return Some((offset, seq));
+            }
+        }
+        offset += BLOCK_BYTES;
+    }
+    None
+}
+
+fn is_blank_after(bytes: &[u8], from: usize) -> bool {
+    bytes
+        .get(from..)
+        .is_none_or(|rest| rest.iter().all(|&b| b == 0))
+}
+
+async fn create_segment<B: Backend>(
+    backend: &B,
+    config: &LogConfig,
+    number: u64,
+    first_batch: u64,
+) -> Result<B::File, LogError> {
+    let mut file = backend.create(number).await?;
+    let header = SegmentHeader {
+        shard: config.shard,
+        shard_count: config.shard_count,
+        number,
+        first_batch,
+    };
+    write_all(&mut file, 0, &header.encode()).await?;
+    file.sync().await?;
+    Ok(file)
+}
+
+/// Short writes in a row, none of them finishing a block, before giving up.
+const STALLED_WRITES_MAX: u32 = 8;
+
+async fn write_all<F: SegmentFile>(file: &mut F, offset: u64, bytes: &[u8]) -> io::Result<()> {
+    debug_assert!(
+        offset.is_multiple_of(BLOCK_BYTES as u64) && bytes.len().is_multiple_of(BLOCK_BYTES)
+    );
+    let mut done = 0; // whole blocks written, in bytes
+    let mut stalls = 0;
+    while done < bytes.len() {
+        let n = file.write_at(offset + done as u64, &bytes[done..]).await?;
+        // Keep every write block-aligned, as direct I/O requires: a short
+        // write is resumed from the start of the block it ended in.
+        let advanced = if done + n >= bytes.len() {
+            bytes.len() - done
+        } else {
+            align_down(n as u64) as usize
+        };
+        if advanced == 0 {
+            stalls += 1;
+            if stalls >= STALLED_WRITES_MAX {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "segment writes keep storing less than a block",
+                ));
+            }
+        } else {
+            stalls = 0;
+        }
+        done += advanced;
+    }
+    Ok(())
+}
+
+fn align_down(bytes: u64) -> u64 {
+    bytes / BLOCK_BYTES as u64 * BLOCK_BYTES as u64
+}

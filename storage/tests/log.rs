@@ -1,0 +1,441 @@
+//! The log over the in-memory disk: replay, rotation, and every fault the
+//! disk can be made to commit.
+
+use std::sync::Arc;
+
+use futures_lite::future::block_on;
+use storage::{
+    log::{
+        format::BLOCK_BYTES,
+        memory_disk::{Fault, MemoryDisk},
+        Log, LogConfig, LogError, Recovery,
+    },
+    EntryRecord, Record,
+};
+use wire::{Phone, ReceiptKind};
+
+fn phone(n: u64) -> Phone {
+    Phone::from_u64(15_550_000_000 + n).unwrap()
+}
+
+fn message(owner: u64, seq: u64, body_bytes: usize) -> Record {
+    Record::MailboxPut {
+        owner: phone(owner),
+        seq,
+        entry: EntryRecord::Message {
+            from: phone(owner + 1),
+            client_id: seq * 7,
+            sent_at_ms: 1_700_000_000_000 + seq,
+            body: Arc::from(vec![(seq % 251) as u8; body_bytes]),
+        },
+    }
+}
+
+fn config() -> LogConfig {
+    LogConfig::new(0, 1)
+}
+
+fn open(
+    disk: &MemoryDisk,
+    config: LogConfig,
+) -> Result<(Log<MemoryDisk>, Recovery, Vec<Record>), LogError> {
+    let mut replayed = Vec::new();
+    let (log, recovery) = block_on(Log::open(disk.clone(), config, |r| replayed.push(r)))?;
+    Ok((log, recovery, replayed))
+}
+
+fn commits(count: u64) -> Vec<Vec<Record>> {
+    (0..count)
+        .map(|c| {
+            vec![
+                message(c, c * 3 + 1, 10),
+                Record::MailboxAck {
+                    owner: phone(c),
+                    up_to: c,
+                },
+                Record::MailboxPut {
+                    owner: phone(c),
+                    seq: c * 3 + 2,
+                    entry: EntryRecord::Receipt {
+                        kind: ReceiptKind::Read,
+                        by: phone(9),
+                        client_id: c,
+                    },
+                },
+            ]
+        })
+        .collect()
+}
+
+#[test]
+fn replays_what_was_appended_across_reopens() {
+    let disk = MemoryDisk::new();
+    let (mut log, recovery, replayed) = open(&disk, config()).unwrap();
+    assert_eq!((recovery, replayed.len()), (Recovery::default(), 0));
+    let all = commits(20);
+    for commit in &all[..10] {
+        block_on(log.append(commit)).unwrap();
+    }
+    drop(log);
+    let (mut log, recovery, replayed) = open(&disk, config()).unwrap();
+    assert_eq!(replayed, all[..10].concat());
+    assert_eq!((recovery.batches, recovery.records), (10, 30));
+    for commit in &all[10..] {
+        block_on(log.append(commit)).unwrap();
+    }
+    drop(log);
+    let (log, _, replayed) = open(&disk, config()).unwrap();
+    assert_eq!(replayed, all.concat());
+    assert_eq!(log.next_seq(), 21);
+}
+
+#[test]
+fn rotates_segments_and_splits_large_commits() {
+    let disk = MemoryDisk::new();
+    let config = LogConfig {
+        segment_bytes_max: 64 * 1024,
+        ..config()
+    };
+    let (mut log, _, _) = open(&disk, config).unwrap();
+    // 300 records of 60 KiB: batches split at the payload limit, and many
+    // segments.
+    let big: Vec<Record> = (0..300).map(|i| message(1, i + 1, 60 * 1024)).collect();
+    block_on(log.append(&big)).unwrap();
+    let small = commits(50);
+    for commit in &small {
+        block_on(log.append(commit)).unwrap();
+    }
+    // 3 batches of at most 8 MiB for the big commit, each in a segment of
+    // its own; small batches of one block each, 15 to a segment.
+    assert_eq!(log.segments(), 1..=7);
+    drop(log);
+    let (_, recovery, replayed) = open(&disk, config).unwrap();
+    assert!(replayed == [big, small.concat()].concat(), "replay differs");
+    assert_eq!(recovery.segments, 7);
+    assert_eq!(recovery.torn_tail, None);
+}
+
+/// Appends `commits`, then one more whose sync fails, and crashes keeping
+/// `torn` bytes of that last write. Returns the disk and the last commit's
+/// frame length.
+fn crash_during_last(all: &[Vec<Record>], torn: usize) -> MemoryDisk {
+    let disk = MemoryDisk::new();
+    let (mut log, _, _) = open(&disk, config()).unwrap();
+    for commit in &all[..all.len() - 1] {
+        block_on(log.append(commit)).unwrap();
+    }
+    // The next operations are: write, sync. Fail the sync.
+    disk.inject(disk.operations() + 2, Fault::Errno(libc::EIO));
+    let error = block_on(log.append(&all[all.len() - 1])).unwrap_err();
+    assert!(matches!(error, LogError::Io(_)), "{error}");
+    assert!(matches!(
+        block_on(log.append(&all[0])),
+        Err(LogError::Poisoned)
+    ));
+    drop(log);
+    disk.crash(torn);
+    disk
+}
+
+#[test]
+fn a_torn_last_batch_is_cut_at_every_offset() {
+    let mut all = commits(5);
+    all.push(vec![message(7, 100, 5_000), message(7, 101, 3)]);
+    let acknowledged = all[..5].concat();
+    // The last batch's bytes before its zero padding.
+    let mut frame = Vec::new();
+    storage::log::format::encode_batch(6, &all[5], &mut frame);
+    let content = frame.len() - frame.iter().rev().take_while(|&&b| b == 0).count();
+    assert!(frame.len() > BLOCK_BYTES, "the last batch spans blocks");
+    for torn in 0..=frame.len() {
+        let disk = crash_during_last(&all, torn);
+        let (mut log, recovery, replayed) = open(&disk, config()).unwrap();
+        if torn >= content {
+            assert!(replayed == all.concat(), "whole batch survived at {torn}");
+            assert_eq!(recovery.torn_tail, None);
+        } else {
+            assert!(
+                replayed == acknowledged,
+                "torn at {torn}: {} records",
+                replayed.len()
+            );
+            let zeros = torn == 0;
+            assert_eq!(
+                recovery.torn_tail.is_some(),
+                !zeros,
+                "torn at {torn}: {recovery:?}"
+            );
+        }
+        // The log carries on from there, and a second reopen agrees.
+        block_on(log.append(&all[0])).unwrap();
+        drop(log);
+        let (_, recovery, again) = open(&disk, config()).unwrap();
+        assert_eq!(again.last(), all[0].last(), "torn at {torn}");
+        assert_eq!(recovery.torn_tail, None, "torn at {torn}");
+    }
+}
+
+#[test]
+fn unsynced_writes_are_lost_and_synced_ones_kept() {
+    let all = commits(8);
+    let disk = crash_during_last(&all, 0);
+    let (_, _, replayed) = open(&disk, config()).unwrap();
+    assert_eq!(replayed, all[..7].concat());
+}
+
+#[test]
+fn a_flipped_bit_in_the_last_batch_is_a_torn_tail() {
+    let all = commits(4);
+    let disk = MemoryDisk::new();
+    let (mut log, _, _) = open(&disk, config()).unwrap();
+    for commit in &all {
+        block_on(log.append(commit)).unwrap();
+    }
+    drop(log);
+    // Batch 4 starts at block 4 (block 0 is the header).
+    disk.flip_bit(1, (4 * BLOCK_BYTES + 40) as u64, 3);
+    let (_, recovery, replayed) = open(&disk, config()).unwrap();
+    assert_eq!(replayed, all[..3].concat());
+    assert_eq!(recovery.torn_tail, Some((1, (4 * BLOCK_BYTES) as u64)));
+}
+
+#[test]
+fn a_flipped_bit_in_the_middle_refuses_to_start_unless_salvaging() {
+    let all = commits(6);
+    let disk = MemoryDisk::new();
+    let (mut log, _, _) = open(&disk, config()).unwrap();
+    for commit in &all {
+        block_on(log.append(commit)).unwrap();
+    }
+    drop(log);
+    disk.flip_bit(1, (2 * BLOCK_BYTES + 30) as u64, 0);
+    match open(&disk, config()) {
+        Err(LogError::Damaged {
+            number,
+            offset,
+            reason,
+        }) => {
+            assert_eq!((number, offset), (1, 2 * BLOCK_BYTES as u64));
+            assert!(reason.contains("checksum"), "{reason}");
+        }
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => panic!("damage in the middle was accepted"),
+    }
+    // The error names the way out, and salvage takes it, loudly.
+    let salvage = LogConfig {
+        salvage: true,
+        ..config()
+    };
+    let (_, recovery, replayed) = open(&disk, salvage).unwrap();
+    let mut expected = all.clone();
+    expected.remove(1);
+    assert_eq!(replayed, expected.concat());
+    assert_eq!(recovery.salvaged.len(), 1, "{recovery:?}");
+    assert!(
+        recovery.salvaged[0].2.contains("batches 2..3 lost"),
+        "{recovery:?}"
+    );
+}
+
+#[test]
+fn write_and_sync_errors_poison_the_log() {
+    for (step, errno) in [
+        (1, libc::EIO),
+        (1, libc::ENOSPC),
+        (2, libc::EIO),
+        (2, libc::ENOSPC),
+    ] {
+        let disk = MemoryDisk::new();
+        let (mut log, _, _) = open(&disk, config()).unwrap();
+        let all = commits(3);
+        block_on(log.append(&all[0])).unwrap();
+        disk.inject(disk.operations() + step, Fault::Errno(errno));
+        assert!(block_on(log.append(&all[1])).is_err());
+        assert!(log.is_poisoned());
+        // Even with the disk healthy again, nothing more is accepted.
+        assert!(matches!(
+            block_on(log.append(&all[2])),
+            Err(LogError::Poisoned)
+        ));
+        drop(log);
+        disk.crash(0);
+        let (_, _, replayed) = open(&disk, config()).unwrap();
+        assert_eq!(replayed, all[0], "step {step} errno {errno}");
+    }
+}
+
+#[test]
+fn short_writes_are_resumed() {
+    for short in [0, 1, 100, BLOCK_BYTES - 1, BLOCK_BYTES, BLOCK_BYTES + 7] {
+        let disk = MemoryDisk::new();
+        let (mut log, _, _) = open(&disk, config()).unwrap();
+        let big = vec![message(1, 1, 20_000), message(1, 2, 20_000)];
+        disk.inject(disk.operations() + 1, Fault::ShortWrite(short));
+        block_on(log.append(&big)).unwrap();
+        drop(log);
+        let (_, _, replayed) = open(&disk, config()).unwrap();
+        assert_eq!(replayed, big, "short write of {short}");
+    }
+}
+
+#[test]
+fn endless_short_writes_fail_instead_of_spinning() {
+    let disk = MemoryDisk::new();
+    let (mut log, _, _) = open(&disk, config()).unwrap();
+    let at = disk.operations();
+    for i in 1..=20 {
+        disk.inject(at + i, Fault::ShortWrite(10));
+    }
+    let error = block_on(log.append(&commits(1)[0])).unwrap_err();
+    assert!(error.to_string().contains("less than a block"), "{error}");
+}
+
+#[test]
+fn a_log_of_another_shard_or_shard_count_is_refused() {
+    let disk = MemoryDisk::new();
+    let (mut log, _, _) = open(&disk, LogConfig::new(1, 4)).unwrap();
+    block_on(log.append(&commits(1)[0])).unwrap();
+    drop(log);
+    for config in [LogConfig::new(0, 4), LogConfig::new(1, 2)] {
+        match open(&disk, config) {
+            Err(LogError::WrongShard {
+                found_shard: 1,
+                found_count: 4,
+                ..
+            }) => {}
+            Err(other) => panic!("wrong error: {other}"),
+            Ok(_) => panic!("another shard's log was replayed"),
+        }
+    }
+    assert!(open(&disk, LogConfig::new(1, 4)).is_ok());
+}
+
+#[test]
+fn a_missing_segment_is_refused() {
+    let disk = MemoryDisk::new();
+    let config = LogConfig {
+        segment_bytes_max: 3 * BLOCK_BYTES as u64,
+        ..config()
+    };
+    let (mut log, _, _) = open(&disk, config).unwrap();
+    for commit in commits(12) {
+        block_on(log.append(&commit)).unwrap();
+    }
+    assert_eq!(log.segments(), 1..=6);
+    drop(log);
+    block_on(storage::log::backend::Backend::remove(&disk, 3)).unwrap();
+    match open(&disk, config) {
+        Err(LogError::MissingSegment {
+            before: 2,
+            after: 4,
+        }) => {}
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => panic!("a gap was accepted"),
+    }
+}
+
+/// Random commits, faults and crashes against a model: after every reopen
+/// the log replays every acknowledged commit, in order, and nothing else but
+/// whole commits that were in flight when the fault struck.
+#[test]
+fn model_random_operations_survive_reopen() {
+    for seed in 1..=60u64 {
+        let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut next = move |bound: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % bound
+        };
+        let config = LogConfig {
+            segment_bytes_max: (4 + next(40)) * BLOCK_BYTES as u64,
+            ..config()
+        };
+        let disk = MemoryDisk::new();
+        // What the log must replay, and commits that may or may not appear.
+        let mut acknowledged: Vec<Vec<Record>> = Vec::new();
+        let mut seq = 0;
+        let (mut log, _, _) = open(&disk, config).unwrap();
+        for step in 0..120 {
+            match next(20) {
+                0 => {
+                    // A fault on one of the next few operations, then a
+                    // crash that tears whatever was unsynced.
+                    let at = disk.operations() + 1 + next(3);
+                    let fault = match next(3) {
+                        0 => Fault::Errno(libc::EIO),
+                        1 => Fault::Errno(libc::ENOSPC),
+                        _ => Fault::ShortWrite(next(3 * BLOCK_BYTES as u64) as usize),
+                    };
+                    disk.inject(at, fault);
+                    let commit: Vec<Record> = (0..1 + next(4))
+                        .map(|_| {
+                            seq += 1;
+                            message(next(5), seq, next(9_000) as usize)
+                        })
+                        .collect();
+                    let outcome = block_on(log.append(&commit));
+                    drop(log);
+                    disk.crash(next(4 * BLOCK_BYTES as u64) as usize);
+                    let (reopened, _, replayed) = open(&disk, config)
+                        .unwrap_or_else(|e| panic!("seed {seed} step {step}: {e}"));
+                    let expected = acknowledged.concat();
+                    if outcome.is_ok() {
+                        acknowledged.push(commit.clone());
+                        assert!(
+                            replayed == acknowledged.concat(),
+                            "seed {seed} step {step}: {} records, {} expected",
+                            replayed.len(),
+                            acknowledged.concat().len()
+                        );
+                    } else {
+                        // The failed commit is either wholly absent or, if
+                        // its batches reached the disk before the failure,
+                        // a prefix of its records in whole batches.
+                        assert!(
+                            replayed.len() >= expected.len()
+                                && replayed[..expected.len()] == expected[..],
+                            "seed {seed} step {step}"
+                        );
+                        let extra = &replayed[expected.len()..];
+                        assert!(
+                            extra.len() <= commit.len() && extra == &commit[..extra.len()],
+                            "seed {seed} step {step}"
+                        );
+                        if !extra.is_empty() {
+                            acknowledged.push(extra.to_vec());
+                        }
+                    }
+                    log = reopened;
+                }
+                1 => {
+                    drop(log);
+                    let (reopened, _, replayed) = open(&disk, config).unwrap();
+                    assert!(
+                        replayed == acknowledged.concat(),
+                        "seed {seed} step {step}: {} records, {} expected",
+                        replayed.len(),
+                        acknowledged.concat().len()
+                    );
+                    log = reopened;
+                }
+                _ => {
+                    let commit: Vec<Record> = (0..1 + next(6))
+                        .map(|_| {
+                            seq += 1;
+                            match next(3) {
+                                0 => Record::MailboxAck {
+                                    owner: phone(next(5)),
+                                    up_to: seq,
+                                },
+                                _ => message(next(5), seq, next(2_000) as usize),
+                            }
+                        })
+                        .collect();
+                    block_on(log.append(&commit)).unwrap();
+                    acknowledged.push(commit);
+                }
+            }
+        }
+    }
+}
