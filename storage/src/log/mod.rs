@@ -10,6 +10,7 @@
 
 pub mod backend;
 pub mod format;
+pub mod glommio_disk;
 pub mod memory_disk;
 
 use std::io;
