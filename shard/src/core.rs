@@ -29,6 +29,19 @@ use crate::{
 /// batches.
 const SPARE_RECORDS_CAPACITY_MAX: usize = 64 * 1024;
 
+/// A journal that cannot have been written by this shard's rules.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreError {
+    #[error("a mailbox record for {0}, which has no account record before it")]
+    UnknownAccount(Phone),
+    #[error("mailbox of {owner}: the journal says seq {recorded}, replay assigned {assigned}")]
+    SeqMismatch {
+        owner: Phone,
+        recorded: u64,
+        assigned: u64,
+    },
+}
+
 /// A connection on this shard. The generation makes ids of closed
 /// connections harmless when a reply for them arrives late.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -225,6 +238,68 @@ impl Shard {
         self.accounts.values().fold((0, 0), |(n, b), a| {
             (n + a.mailbox.len() as u64, b + a.mailbox.bytes() as u64)
         })
+    }
+
+    // ---- recovery ----------------------------------------------------------
+
+    /// Applies one record replayed from this shard's journal. Call it for
+    /// every record, in journal order, before the shard takes connections.
+    pub fn restore(&mut self, record: Record) -> Result<(), RestoreError> {
+        match record {
+            Record::AccountKey {
+                phone,
+                key_hash,
+                generation,
+            } => match self.accounts.get_mut(&phone) {
+                Some(account) => {
+                    account.key_hash = key_hash;
+                    account.generation = generation;
+                }
+                None => {
+                    self.accounts.insert(
+                        phone,
+                        Account {
+                            key_hash,
+                            generation,
+                            mailbox: Mailbox::new(),
+                            session: None,
+                        },
+                    );
+                    self.counters.accounts += 1;
+                }
+            },
+            Record::MailboxPut { owner, seq, entry } => {
+                let account = self
+                    .accounts
+                    .get_mut(&owner)
+                    .ok_or(RestoreError::UnknownAccount(owner))?;
+                if let EntryRecord::Message {
+                    from, client_id, ..
+                } = &entry
+                {
+                    // Rebuilt with the restore time as its age: a resend
+                    // after a restart is still recognised for the full TTL.
+                    self.dedup
+                        .insert(owner, *from, *client_id, seq, self.now_ms);
+                }
+                let assigned = account.mailbox.push(entry);
+                if assigned != seq {
+                    return Err(RestoreError::SeqMismatch {
+                        owner,
+                        recorded: seq,
+                        assigned,
+                    });
+                }
+            }
+            Record::MailboxAck { owner, up_to } => {
+                let account = self
+                    .accounts
+                    .get_mut(&owner)
+                    .ok_or(RestoreError::UnknownAccount(owner))?;
+                account.mailbox.ack(up_to, |_| {});
+            }
+        }
+        Ok(())
     }
 
     // ---- connections -------------------------------------------------------

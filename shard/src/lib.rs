@@ -15,7 +15,9 @@ mod mailbox;
 mod partition;
 mod timer_wheel;
 
-pub use crate::core::{ConnId, ConnSnapshot, FrameOutcome, PeerMessage, Shard, ShardCounters};
+pub use crate::core::{
+    ConnId, ConnSnapshot, FrameOutcome, PeerMessage, RestoreError, Shard, ShardCounters,
+};
 pub use config::{ShardConfig, TestNumbers};
 pub use dedup::DedupTable;
 pub use env::Env;

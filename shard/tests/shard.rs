@@ -74,6 +74,8 @@ struct Net {
     sms: Rc<RefCell<Sms>>,
     /// Records committed so far, over all shards.
     records: Vec<storage::Record>,
+    /// The same, per shard: each shard's journal.
+    journals: Vec<Vec<storage::Record>>,
 }
 
 impl Net {
@@ -102,6 +104,7 @@ impl Net {
             shards,
             now_ms: 0,
             records: Vec::new(),
+            journals: vec![Vec::new(); shard_count as usize],
             sms,
         }
     }
@@ -147,6 +150,7 @@ impl Net {
             let mut moved = false;
             for index in 0..self.shards.len() {
                 let (batch, records) = self.shards[index].take_records();
+                self.journals[index].extend(records.iter().cloned());
                 self.records.extend(records);
                 self.shards[index].committed(batch);
                 let out: Vec<_> = self.shards[index].drain_peer_messages().collect();
@@ -160,6 +164,24 @@ impl Net {
             }
         }
         panic!("peer messages did not settle");
+    }
+
+    /// Every shard dies and comes back from its journal alone; every
+    /// connection is gone.
+    fn restart(&mut self) {
+        self.now_ms += 60_000;
+        for index in 0..self.shards.len() {
+            let config = self.shards[index].config().clone();
+            let env = FakeEnv {
+                seed: index as u64 + 1_000,
+                sms: self.sms.clone(),
+            };
+            let mut shard = Shard::new(config, Box::new(env), self.now_ms);
+            for record in self.journals[index].clone() {
+                shard.restore(record).unwrap();
+            }
+            self.shards[index] = shard;
+        }
     }
 
     fn read(&mut self, phone: &Phone_) -> Vec<Got> {
@@ -628,4 +650,143 @@ fn send_rate_is_limited_per_account() {
         client_id: 7,
         id: 6
     }));
+}
+
+#[test]
+fn a_restart_restores_accounts_mailboxes_and_dedup_from_the_journal() {
+    let mut net = Net::new(2, |_| {});
+    let (a, b) = pair(&net);
+    let (alice, alice_key) = net.signup(&a);
+    let (bob, bob_key) = net.signup(&b);
+    let (mut alice_conn, _) = net.login(alice, alice_key);
+    for client_id in 1..=3 {
+        net.send(
+            &mut alice_conn,
+            ClientFrame::Send {
+                client_id,
+                to: bob,
+                body: b"while you were out",
+            },
+        );
+    }
+    // Bob reads the first message before the crash; the rest wait.
+    let (mut bob_conn, got) = net.login(bob, bob_key);
+    assert_eq!(got.len(), 3);
+    net.send(&mut bob_conn, ClientFrame::Ack { up_to: 1 });
+
+    net.restart();
+
+    // Keys survive: the old key logs in, a wrong one does not.
+    let mut stranger = net.connect();
+    net.send(
+        &mut stranger,
+        ClientFrame::Login {
+            phone: bob,
+            key: DeviceKey([7; 32]),
+        },
+    );
+    assert_eq!(
+        net.read(&stranger),
+        vec![Got::Error(ErrorKind::BadCredentials)]
+    );
+    let (mut bob_conn, got) = net.login(bob, bob_key);
+    let seqs: Vec<(u64, u64)> = got
+        .iter()
+        .map(|g| match g {
+            Got::Message { seq, client_id, .. } => (*seq, *client_id),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        seqs,
+        vec![(2, 2), (3, 3)],
+        "acked entry gone, the rest in order"
+    );
+
+    // Alice's receipt for message 1 waited in her mailbox.
+    let (mut alice_conn, got) = net.login(alice, alice_key);
+    assert_eq!(
+        got,
+        vec![Got::Receipt {
+            seq: 1,
+            kind: ReceiptKind::Delivered,
+            by: bob,
+            client_id: 1
+        }]
+    );
+    // A resend of a stored message is recognised after the restart.
+    net.send(
+        &mut alice_conn,
+        ClientFrame::Send {
+            client_id: 3,
+            to: bob,
+            body: b"while you were out",
+        },
+    );
+    assert_eq!(
+        net.read(&alice_conn),
+        vec![Got::Sent {
+            client_id: 3,
+            id: 3
+        }]
+    );
+    assert_eq!(net.read(&bob_conn), vec![]);
+    // And new messages continue the sequence.
+    net.send(
+        &mut alice_conn,
+        ClientFrame::Send {
+            client_id: 4,
+            to: bob,
+            body: b"back",
+        },
+    );
+    assert_eq!(
+        net.read(&alice_conn),
+        vec![Got::Sent {
+            client_id: 4,
+            id: 4
+        }]
+    );
+    net.send(&mut bob_conn, ClientFrame::Ack { up_to: 4 });
+    let _ = net.read(&bob_conn);
+}
+
+#[test]
+fn a_journal_out_of_order_is_refused() {
+    let net = Net::new(1, |_| {});
+    let config = net.shards[0].config().clone();
+    let env = FakeEnv {
+        seed: 1,
+        sms: net.sms.clone(),
+    };
+    let mut shard = Shard::new(config, Box::new(env), 0);
+    let phone = Phone::parse("+15550001234").unwrap();
+    let put = storage::Record::MailboxPut {
+        owner: phone,
+        seq: 2,
+        entry: storage::EntryRecord::Receipt {
+            kind: ReceiptKind::Delivered,
+            by: phone,
+            client_id: 1,
+        },
+    };
+    assert_eq!(
+        shard.restore(put.clone()),
+        Err(RestoreError::UnknownAccount(phone))
+    );
+    shard
+        .restore(storage::Record::AccountKey {
+            phone,
+            key_hash: [1; 32],
+            generation: 1,
+        })
+        .unwrap();
+    assert_eq!(
+        shard.restore(put),
+        Err(RestoreError::SeqMismatch {
+            owner: phone,
+            recorded: 2,
+            assigned: 1
+        })
+    );
 }
