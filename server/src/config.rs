@@ -7,7 +7,7 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Where the server keeps its TLS identity, SMS outbox and (later) logs.
+    /// Where the server keeps its logs, TLS identity and SMS outbox.
     pub data_dir: PathBuf,
     /// Shards to run; 0 means one per available core.
     pub shards: usize,
@@ -20,7 +20,39 @@ pub struct Config {
     pub tls: TlsConfig,
     pub sms: SmsConfig,
     pub test_numbers: Option<TestNumbersConfig>,
+    pub storage: StorageConfig,
     pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum JournalKind {
+    /// Every commit is written and fdatasync'ed before it is acknowledged.
+    Log,
+    /// Nothing is written: a restart loses everything. For benchmarks of
+    /// the message path alone.
+    Memory,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    pub journal: JournalKind,
+    /// A log segment is closed once it would grow past this.
+    pub segment_bytes_max: u64,
+    /// Start even if a log is damaged in the middle, skipping the damage
+    /// (and losing what it held). Off: such a log stops the server.
+    pub salvage: bool,
+}
+
+impl Default for StorageConfig {
+    fn default() -> StorageConfig {
+        StorageConfig {
+            journal: JournalKind::Log,
+            segment_bytes_max: 64 * 1024 * 1024,
+            salvage: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -83,6 +115,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             sms: SmsConfig::default(),
             test_numbers: None,
+            storage: StorageConfig::default(),
             limits: Limits::default(),
         }
     }

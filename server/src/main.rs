@@ -23,10 +23,11 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use glommio::{channels::shared_channel, LocalExecutorBuilder, Placement};
 use shard::{PartitionMap, Shard, ShardConfig, TestNumbers, PARTITIONS_DEFAULT};
+use storage::log::LogConfig;
 
 use crate::{
-    config::{Config, TestNumbersConfig},
-    runtime::{Listeners, PeerEnds, ShardSetup},
+    config::{Config, JournalKind, TestNumbersConfig},
+    runtime::{Listeners, PeerEnds, ShardSetup, StorageSetup},
     sms::{SmsQueue, SmsSender},
 };
 
@@ -63,6 +64,13 @@ struct Args {
     /// POST signup codes to this URL instead of writing them to the outbox.
     #[arg(long)]
     sms_webhook: Option<String>,
+    /// Where committed state goes: `log` (durable, the default) or `memory`.
+    #[arg(long, value_enum)]
+    journal: Option<JournalKind>,
+    /// Start even if a shard's log is damaged in the middle, skipping (and
+    /// reporting) what the damage covered.
+    #[arg(long)]
+    salvage: bool,
 }
 
 fn main() {
@@ -88,6 +96,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let _lock = lock_data_dir(&config.data_dir)?;
+    if config.storage.journal == JournalKind::Log {
+        check_shard_count(&config.data_dir, shard_count)?;
+    }
 
     let identity = match config.listen {
         Some(_) => Some(tls::load_or_generate(
@@ -114,6 +126,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         signal_hook::flag::register(signal, stop.clone())?;
     }
 
+    let (recovered_tx, recovered) = std::sync::mpsc::channel();
     let started = Instant::now();
     let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
     let map = PartitionMap::new(PARTITIONS_DEFAULT, shard_count as u16);
@@ -140,6 +153,16 @@ fn run(args: Args) -> anyhow::Result<()> {
         };
         let tls = identity.as_ref().map(|identity| identity.config.clone());
         let (limits, stop, sms) = (config.limits.clone(), stop.clone(), sms.clone());
+        let recovered = recovered_tx.clone();
+        let storage = StorageSetup {
+            journal: config.storage.journal,
+            dir: log_dir(&config.data_dir, shard_id),
+            log: LogConfig {
+                segment_bytes_max: config.storage.segment_bytes_max,
+                salvage: config.storage.salvage,
+                ..LogConfig::new(shard_id as u16, shard_count as u16)
+            },
+        };
         let placement = match config.cpus.get(shard_id) {
             Some(&cpu) => Placement::Fixed(cpu),
             None if config.cpus.is_empty() && shard_count <= cpus => Placement::Fixed(shard_id),
@@ -163,11 +186,30 @@ fn run(args: Args) -> anyhow::Result<()> {
                     limits,
                     stop,
                     started,
+                    storage,
+                    recovered,
                 })
                 .await
             })
             .map_err(|error| anyhow::anyhow!("starting shard {shard_id}: {error}"))?;
         handles.push(handle);
+    }
+
+    // Every shard replays its log before the server says it is ready.
+    drop(recovered_tx);
+    let mut failures = Vec::new();
+    for report in recovered.iter().take(shard_count) {
+        match report {
+            Ok(line) => log::info!("{line}"),
+            Err(line) => failures.push(line),
+        }
+    }
+    if !failures.is_empty() {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for handle in handles {
+            let _ = handle.join();
+        }
+        bail!("{}", failures.join("; "));
     }
 
     // One line on stdout that scripts and tests wait for.
@@ -197,9 +239,68 @@ fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn log_dir(data_dir: &std::path::Path, shard: usize) -> PathBuf {
+    data_dir.join("log").join(format!("shard-{shard}"))
+}
+
+/// Holds an exclusive lock on `data_dir/LOCK` for as long as it lives: two
+/// processes appending to the same logs would corrupt them.
+fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = data_dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a file descriptor we own.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if locked != 0 {
+        bail!(
+            "data dir {} is in use by another isle process ({})",
+            data_dir.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(file)
+}
+
+/// Refuses to start when the data dir holds logs written by a different
+/// number of shards: each log belongs to one shard of one partition map.
+fn check_shard_count(data_dir: &std::path::Path, shard_count: usize) -> anyhow::Result<()> {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("log")) else {
+        return Ok(());
+    };
+    let mut found = 0;
+    for entry in entries {
+        let name = entry?.file_name();
+        if let Some(index) = name.to_str().and_then(|n| n.strip_prefix("shard-")) {
+            if index.parse::<usize>().is_ok() {
+                found += 1;
+            }
+        }
+    }
+    if found > 0 && found != shard_count {
+        bail!(
+            "data dir {} holds the logs of {found} shards, but {shard_count} were asked for; \
+             start with --shards {found} (changing the shard count of existing data is not \
+             supported yet)",
+            data_dir.display()
+        );
+    }
+    Ok(())
+}
+
 fn apply_flags(config: &mut Config, args: Args) -> anyhow::Result<()> {
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
+    }
+    if let Some(journal) = args.journal {
+        config.storage.journal = journal;
+    }
+    if args.salvage {
+        config.storage.salvage = true;
     }
     if let Some(addr) = args.listen {
         config.listen = Some(addr);

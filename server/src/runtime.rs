@@ -29,7 +29,10 @@ use glommio::{
 };
 use rustls::{ServerConfig, ServerConnection};
 use shard::{ConnId, ConnSnapshot, FrameOutcome, PeerMessage, Shard};
-use storage::{Journal, MemoryJournal};
+use storage::{
+    log::{glommio_disk::GlommioDisk, Log, LogConfig},
+    Journal, MemoryJournal,
+};
 use wire::{decode_client, split_frame, ErrorKind, FrameError, FRAME_BYTES_MAX};
 
 use crate::transport::Transport;
@@ -165,8 +168,20 @@ impl Runtime {
     }
 }
 
+/// Where a shard's commits go.
+pub struct StorageSetup {
+    pub journal: crate::config::JournalKind,
+    /// The shard's log directory.
+    pub dir: std::path::PathBuf,
+    pub log: LogConfig,
+}
+
 pub struct ShardSetup {
     pub shard: Shard,
+    pub storage: StorageSetup,
+    /// Told once, when the shard has replayed its log (a line for the
+    /// server's log) or failed to (why).
+    pub recovered: std::sync::mpsc::Sender<Result<String, String>>,
     pub peers: PeerEnds,
     pub listeners: Listeners,
     pub tls: Option<Arc<ServerConfig>>,
@@ -178,7 +193,9 @@ pub struct ShardSetup {
 /// Runs one shard until `stop` is raised and its connections are closed.
 pub async fn run(setup: ShardSetup) {
     let ShardSetup {
-        shard,
+        mut shard,
+        storage,
+        recovered,
         peers,
         listeners,
         tls,
@@ -187,6 +204,16 @@ pub async fn run(setup: ShardSetup) {
         started,
     } = setup;
     let shard_id = shard.config().shard_id;
+    let journal = match open_journal(&mut shard, &storage).await {
+        Ok((journal, report)) => {
+            let _ = recovered.send(Ok(report));
+            journal
+        }
+        Err(error) => {
+            let _ = recovered.send(Err(format!("shard {shard_id}: {error:#}")));
+            return;
+        }
+    };
     let tick_ms = shard.config().tick_ms;
     let shard_count = peers.senders.len();
     let runtime = Rc::new(Runtime {
@@ -222,7 +249,12 @@ pub async fn run(setup: ShardSetup) {
         let runtime = runtime.clone();
         tasks.push(spawn_in(peer_queue, receive(runtime, receiver)));
     }
-    tasks.push(glommio::spawn_local(commit(runtime.clone(), MemoryJournal::default())).detach());
+    tasks.push(match journal {
+        ShardJournal::Log(log) => glommio::spawn_local(commit(runtime.clone(), *log)).detach(),
+        ShardJournal::Memory(memory) => {
+            glommio::spawn_local(commit(runtime.clone(), memory)).detach()
+        }
+    });
     for (fd, tls) in [(listeners.tls, tls), (listeners.plain, None)] {
         if let Some(fd) = fd {
             // SAFETY: the fd is a bound, listening TCP socket we own.
@@ -250,6 +282,57 @@ pub async fn run(setup: ShardSetup) {
     let counters = runtime.core.borrow().counters();
     log::info!("shard {shard_id} stopped: {counters:?}");
     drop(tasks);
+}
+
+enum ShardJournal {
+    Log(Box<Log<GlommioDisk>>),
+    Memory(MemoryJournal),
+}
+
+/// Opens the shard's journal and replays it into `shard`.
+async fn open_journal(
+    shard: &mut Shard,
+    storage: &StorageSetup,
+) -> anyhow::Result<(ShardJournal, String)> {
+    use crate::config::JournalKind;
+    let shard_id = shard.config().shard_id;
+    if storage.journal == JournalKind::Memory {
+        let report = format!("shard {shard_id}: in-memory journal, nothing to replay");
+        return Ok((ShardJournal::Memory(MemoryJournal::default()), report));
+    }
+    let started = Instant::now();
+    let disk = GlommioDisk::open(&storage.dir)
+        .await
+        .map_err(|e| anyhow::anyhow!("opening {}: {e}", storage.dir.display()))?;
+    let mut restore_error = None;
+    let (log, recovery) = Log::open(disk, storage.log, |record| {
+        if restore_error.is_none() {
+            restore_error = shard.restore(record).err();
+        }
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("log {}: {e}", storage.dir.display()))?;
+    if let Some(error) = restore_error {
+        anyhow::bail!("log {}: {error}", storage.dir.display());
+    }
+    for (segment, offset, what) in &recovery.salvaged {
+        log::error!(
+            "shard {shard_id}: salvaged past damage in segment {segment} at byte {offset}: {what}"
+        );
+    }
+    if let Some((segment, offset)) = recovery.torn_tail {
+        log::warn!("shard {shard_id}: cut a torn write at segment {segment} byte {offset}");
+    }
+    let (entries, bytes) = shard.queued();
+    let report = format!(
+        "shard {shard_id}: replayed {} records in {} batches from {} segments in {:.3} s; \
+         {entries} mailbox entries ({bytes} body bytes) queued",
+        recovery.records,
+        recovery.batches,
+        recovery.segments,
+        started.elapsed().as_secs_f64()
+    );
+    Ok((ShardJournal::Log(Box::new(log)), report))
 }
 
 fn spawn_in<F: Future<Output = ()> + 'static>(
