@@ -469,12 +469,20 @@ async fn commit(runtime: Rc<Runtime>, mut journal: impl Journal) {
                 runtime.after_core();
             }
             Err(error) => {
-                // Without durability nothing may be acknowledged again.
+                // Without durability nothing may be acknowledged again: the
+                // shard refuses sends and signups from now on, and what it
+                // still records is dropped here rather than piling up.
                 log::error!(
-                    "shard {}: {error}; no further acknowledgements",
+                    "shard {}: {error}; refusing new messages and signups until restarted",
                     runtime.shard_id
                 );
-                return;
+                runtime.core.borrow_mut().journal_failed();
+                runtime.after_core();
+                loop {
+                    runtime.commit_signal.wait().await;
+                    let (_, records) = runtime.core.borrow_mut().take_records();
+                    drop(records);
+                }
             }
         }
     }

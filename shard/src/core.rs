@@ -29,6 +29,8 @@ use crate::{
 /// batches.
 const SPARE_RECORDS_CAPACITY_MAX: usize = 64 * 1024;
 
+const STORAGE_FAILED: &str = "the server cannot write to its storage; try later";
+
 /// A journal that cannot have been written by this shard's rules.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RestoreError {
@@ -197,6 +199,8 @@ pub struct Shard {
     /// The time of the input being handled.
     now_ms: u64,
     counters: ShardCounters,
+    /// The journal failed: nothing that needs durability is accepted again.
+    journal_failed: bool,
 }
 
 impl Shard {
@@ -222,6 +226,7 @@ impl Shard {
             batch: 0,
             now_ms,
             counters: ShardCounters::default(),
+            journal_failed: false,
         }
     }
 
@@ -453,6 +458,46 @@ impl Shard {
         {
             self.spare_records = records;
         }
+    }
+
+    /// The journal cannot commit anything any more. Replies that waited for
+    /// it become errors, and from now on whatever needs durability (sends,
+    /// signups) is refused; deliveries and acks of what is stored go on.
+    /// Records still come out of `take_records`; the caller drops them.
+    pub fn journal_failed(&mut self) {
+        self.journal_failed = true;
+        self.records.clear();
+        while let Some((_, held)) = self.held.pop_front() {
+            match held {
+                Held::Frame { conn, .. } => {
+                    self.reply_error(conn, ErrorKind::StorageFailed, None, STORAGE_FAILED);
+                }
+                Held::Peer {
+                    shard,
+                    message:
+                        PeerMessage::Stored {
+                            reply,
+                            sender,
+                            client_id,
+                            ..
+                        },
+                } => {
+                    let answer = PeerMessage::Stored {
+                        reply,
+                        sender,
+                        client_id,
+                        result: Err(ErrorKind::StorageFailed),
+                    };
+                    self.route(shard, answer);
+                }
+                Held::Peer { shard, message } => self.route(shard, message),
+            }
+        }
+        self.run_local();
+    }
+
+    pub fn is_journal_failed(&self) -> bool {
+        self.journal_failed
     }
 
     /// Records up to `batch` are durable: release the replies that waited.
@@ -739,6 +784,11 @@ impl Shard {
     }
 
     fn verify(&mut self, id: ConnId, phone: Phone, code: u32, now_ms: u64) {
+        if self.journal_failed {
+            // A new key that could not be stored would be lost on restart.
+            self.reply_error(id, ErrorKind::StorageFailed, None, STORAGE_FAILED);
+            return;
+        }
         let Some(signup) = self.signups.get_mut(&phone) else {
             self.reply_error(
                 id,
@@ -972,12 +1022,18 @@ impl Shard {
             } => {
                 let result = self.store_message(from, to, client_id, sent_at_ms, body);
                 let shard = self.config.map.shard_of(from);
+                let failed = result.is_err();
                 let answer = PeerMessage::Stored {
                     reply,
                     sender: from,
                     client_id,
                     result,
                 };
+                if failed {
+                    // Nothing was stored, so there is nothing to wait for.
+                    self.route(shard, answer);
+                    return;
+                }
                 self.held.push_back((
                     self.batch + 1,
                     Held::Peer {
@@ -998,6 +1054,7 @@ impl Shard {
                         Err(kind) => {
                             let detail = match kind {
                                 ErrorKind::UnknownRecipient => "the recipient has no account",
+                                ErrorKind::StorageFailed => STORAGE_FAILED,
                                 _ => "message not stored",
                             };
                             self.reply_error(reply, kind, Some(client_id), detail);
@@ -1033,6 +1090,9 @@ impl Shard {
     ) -> Result<u64, ErrorKind> {
         if !self.accounts.contains_key(&to) {
             return Err(ErrorKind::UnknownRecipient);
+        }
+        if self.journal_failed {
+            return Err(ErrorKind::StorageFailed);
         }
         if let Some(seq) = self.dedup.get(to, from, client_id) {
             self.counters.messages_deduplicated += 1;

@@ -790,3 +790,65 @@ fn a_journal_out_of_order_is_refused() {
         })
     );
 }
+
+#[test]
+fn a_failed_journal_turns_waiting_replies_into_errors_and_refuses_new_sends() {
+    let mut net = Net::new(2, |_| {});
+    let (a, b) = pair(&net);
+    let (alice, alice_key) = net.signup(&a);
+    let (bob, bob_key) = net.signup(&b);
+    let (alice_conn, _) = net.login(alice, alice_key);
+    let (bob_conn, _) = net.login(bob, bob_key);
+
+    // Message 1 reaches Bob's shard, which holds the answer for its batch;
+    // then that shard's journal fails before the batch commits.
+    net.shards[0].handle_frame(
+        alice_conn.conn,
+        ClientFrame::Send {
+            client_id: 1,
+            to: bob,
+            body: b"one",
+        },
+        net.now_ms,
+    );
+    let out: Vec<_> = net.shards[0].drain_peer_messages().collect();
+    for (to, message) in out {
+        net.shards[to as usize].handle_peer(message, net.now_ms);
+    }
+    net.shards[1].journal_failed();
+    assert!(net.shards[1].is_journal_failed());
+    net.settle();
+    assert_eq!(
+        net.read(&alice_conn),
+        vec![Got::Error(ErrorKind::StorageFailed)],
+        "no Sent for a message that is not on disk"
+    );
+
+    // New sends to that shard's phones are refused at once.
+    let mut alice_conn = alice_conn;
+    net.send(
+        &mut alice_conn,
+        ClientFrame::Send {
+            client_id: 2,
+            to: bob,
+            body: b"two",
+        },
+    );
+    assert_eq!(
+        net.read(&alice_conn),
+        vec![Got::Error(ErrorKind::StorageFailed)]
+    );
+    // So are signups on it, while a healthy shard carries on.
+    let mut conn = net.connect();
+    net.send(&mut conn, ClientFrame::RequestCode { phone: bob });
+    assert_eq!(net.read(&conn), vec![Got::CodeSent]);
+    net.send(
+        &mut conn,
+        ClientFrame::Verify {
+            phone: bob,
+            code: 111_111,
+        },
+    );
+    assert_eq!(net.read(&conn), vec![Got::Error(ErrorKind::StorageFailed)]);
+    let _ = bob_conn;
+}

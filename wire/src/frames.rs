@@ -149,6 +149,9 @@ pub enum ErrorKind {
     Overloaded,
     /// The acknowledged sequence number was never delivered.
     BadAck,
+    /// The server cannot write to its storage: nothing new can be accepted
+    /// until it is restarted. Already stored messages are still delivered.
+    StorageFailed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
