@@ -107,17 +107,24 @@ pub fn encode_server(frame: &ServerFrame<'_>, out: &mut Vec<u8>) {
 const SERVER_FIELDS_BYTES_MAX: usize = 64;
 
 fn encode<T: Serialize>(frame: &T, out: &mut Vec<u8>) {
-    let start = out.len();
-    out.extend_from_slice(&[0; LENGTH_PREFIX_BYTES]);
-    // Serializing into a Vec only fails on types postcard cannot express;
-    // every frame type is plain data, so this is a programming error.
-    let mut out_taken = std::mem::take(out);
-    out_taken = postcard::to_extend(frame, out_taken).expect("frames always serialize");
-    *out = out_taken;
-    let length = out.len() - start - LENGTH_PREFIX_BYTES;
+    let length = encode_prefixed(frame, out);
     assert!(
         length <= FRAME_BYTES_MAX,
         "encoded a frame of {length} bytes"
     );
+}
+
+/// Appends `value` as postcard behind a u32 little-endian length prefix and
+/// returns the length: the framing of the wire and of the storage log alike.
+pub fn encode_prefixed<T: Serialize>(value: &T, out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0; LENGTH_PREFIX_BYTES]);
+    // Serializing into a Vec only fails on types postcard cannot express;
+    // every type framed here is plain data, so this is a programming error.
+    let mut taken = std::mem::take(out);
+    taken = postcard::to_extend(value, taken).expect("plain data always serializes");
+    *out = taken;
+    let length = out.len() - start - LENGTH_PREFIX_BYTES;
     out[start..start + LENGTH_PREFIX_BYTES].copy_from_slice(&(length as u32).to_le_bytes());
+    length
 }

@@ -14,8 +14,8 @@ mod frames;
 mod phone;
 
 pub use codec::{
-    decode_client, decode_server, encode_client, encode_server, split_frame, DecodeError,
-    FrameError, RawFrame, LENGTH_PREFIX_BYTES,
+    decode_client, decode_server, encode_client, encode_prefixed, encode_server, split_frame,
+    DecodeError, FrameError, RawFrame, LENGTH_PREFIX_BYTES,
 };
 pub use frames::{
     ByeReason, ClientFrame, DeviceKey, ErrorKind, ReceiptKind, ServerFrame, DEVICE_KEY_BYTES,

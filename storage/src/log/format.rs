@@ -22,8 +22,9 @@ pub const BATCH_MAGIC: [u8; 4] = *b"ISLB";
 const SEGMENT_HEADER_BYTES: usize = 36;
 /// magic (4) + payload length (4) + record count (4) + crc (4) + seq (8).
 pub const BATCH_HEADER_BYTES: usize = 24;
-/// Prefix of each record inside a batch payload: its encoded length.
-const RECORD_PREFIX_BYTES: usize = 4;
+/// Prefix of each record inside a batch payload: its encoded length, as on
+/// the wire.
+const RECORD_PREFIX_BYTES: usize = wire::LENGTH_PREFIX_BYTES;
 
 /// The largest encoded record: a message body at the wire's limit plus the
 /// record's own fields, with room to spare.
@@ -116,11 +117,7 @@ pub fn encode_batch(seq: u64, records: &[Record], out: &mut Vec<u8>) -> usize {
     let mut taken = 0;
     for record in records {
         let at = out.len();
-        out.extend_from_slice(&[0; RECORD_PREFIX_BYTES]);
-        let mut body = std::mem::take(out);
-        body = postcard::to_extend(record, body).expect("records always serialize");
-        *out = body;
-        let length = out.len() - at - RECORD_PREFIX_BYTES;
+        let length = wire::encode_prefixed(record, out);
         assert!(
             length <= RECORD_BYTES_MAX,
             "encoded a record of {length} bytes"
@@ -130,7 +127,6 @@ pub fn encode_batch(seq: u64, records: &[Record], out: &mut Vec<u8>) -> usize {
             out.truncate(at);
             break;
         }
-        out[at..at + RECORD_PREFIX_BYTES].copy_from_slice(&(length as u32).to_le_bytes());
         taken += 1;
     }
     let payload = out.len() - start - BATCH_HEADER_BYTES;
