@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Closed-loop chat throughput with the durable log vs the in-memory journal,
+# interleaved in one run (one shard on CPU 0, loadgen on CPU 1), and the log
+# bytes each durable run left. Usage: docs/compare-journals.sh (after
+# cargo build --release).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+steal() { awk '/^cpu /{print $9}' /proc/stat; }
+for round in 1 2 3; do
+for j in memory log; do
+  D=$(mktemp -d)
+  target/release/isle --data-dir $D --shards 1 --cpus 0 --no-tls --plaintext-listen 127.0.0.1:0 --test-numbers +1555:111111 --journal $j > $D/ready 2>$D/err & SP=$!
+  while ! grep -q ready $D/ready 2>/dev/null; do sleep 0.05; done
+  T=$(grep -o 'plaintext=[^ ]*' $D/ready | cut -d= -f2)
+  s0=$(steal)
+  r=$(target/release/loadgen --target $T --phones 10000 --duration 15 --warmup 3 --cpus 1 --json 2>/dev/null | tail -1 | python3 -c "import json,sys; d=json.load(sys.stdin); print(round(d['delivered_per_s']), 'lost', d['lost'])")
+  du=$(du -sb $D/log 2>/dev/null | cut -f1)
+  kill $SP; wait $SP 2>/dev/null
+  echo "round=$round journal=$j delivered_per_s=$r log_bytes=${du:-0} steal=$(( $(steal) - s0 ))"
+  rm -rf $D
+done; done
