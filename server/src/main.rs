@@ -96,6 +96,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    // Absolute from here on: the io_uring file API takes no relative paths.
+    config.data_dir = std::fs::canonicalize(&config.data_dir)
+        .with_context(|| format!("resolving data dir {}", config.data_dir.display()))?;
     let _lock = lock_data_dir(&config.data_dir)?;
     if config.storage.journal == JournalKind::Log {
         check_shard_count(&config.data_dir, shard_count)?;

@@ -140,3 +140,46 @@ fn a_data_dir_in_use_or_of_another_shard_count_is_refused() {
     let phone = wire::Phone::parse("+15550001003").unwrap();
     client.sign_up(phone, || Ok(TEST_CODE)).unwrap();
 }
+
+/// The README's first command runs with `./data`: a relative data dir must
+/// work, and a restart must replay it.
+#[test]
+fn a_relative_data_dir_works_across_restarts() {
+    let cwd = tempfile::tempdir().unwrap();
+    for round in 0..2 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_isle"))
+            .current_dir(cwd.path())
+            .args([
+                "--no-tls",
+                "--plaintext-listen",
+                "127.0.0.1:0",
+                "--shards",
+                "2",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running isle");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert!(
+            line.starts_with("isle ready"),
+            "round {round}: {line:?} {status:?} {stderr}"
+        );
+        assert!(stderr.contains("replayed"), "round {round}: {stderr}");
+    }
+    assert!(cwd.path().join("data/log/shard-1").is_dir());
+}

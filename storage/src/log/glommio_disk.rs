@@ -27,6 +27,9 @@ impl GlommioDisk {
     /// Opens (creating it and its parents if needed) the directory at `path`.
     pub async fn open(path: &Path) -> io::Result<GlommioDisk> {
         std::fs::create_dir_all(path)?;
+        // glommio opens paths relative to no directory at all (fd -1), so a
+        // relative path fails with EBADF: resolve it first.
+        let path = &std::fs::canonicalize(path)?;
         let directory = Directory::open(path).await.map_err(io::Error::from)?;
         // The directory's own entry in its parent must be durable too.
         if let Some(parent) = path.parent() {
