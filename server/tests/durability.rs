@@ -109,6 +109,11 @@ fn refused(dir: &std::path::Path, shards: &str) -> String {
         !status.success(),
         "isle exited cleanly where it must refuse"
     );
+    stderr_of(&mut child)
+}
+
+/// Everything the (exited) child wrote to stderr.
+fn stderr_of(child: &mut std::process::Child) -> String {
     let mut stderr = String::new();
     child
         .stderr
@@ -168,13 +173,7 @@ fn a_relative_data_dir_works_across_restarts() {
         .unwrap();
         let _ = child.kill();
         let status = child.wait().unwrap();
-        let mut stderr = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
+        let stderr = stderr_of(&mut child);
         assert!(
             line.starts_with("isle ready"),
             "round {round}: {line:?} {status:?} {stderr}"

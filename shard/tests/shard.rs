@@ -279,12 +279,18 @@ fn pair(net: &Net) -> (String, String) {
     (a, b)
 }
 
+/// Alice on shard 0 and Bob on shard 1, both signed up: `(alice, key, bob, key)`.
+fn signed_up_pair(net: &mut Net) -> (Phone, DeviceKey, Phone, DeviceKey) {
+    let (a, b) = pair(net);
+    let (alice, alice_key) = net.signup(&a);
+    let (bob, bob_key) = net.signup(&b);
+    (alice, alice_key, bob, bob_key)
+}
+
 #[test]
 fn message_across_shards_with_receipts() {
     let mut net = Net::new(2, |_| {});
-    let (a, b) = pair(&net);
-    let (alice, alice_key) = net.signup(&a);
-    let (bob, bob_key) = net.signup(&b);
+    let (alice, alice_key, bob, bob_key) = signed_up_pair(&mut net);
     let (mut alice_conn, _) = net.login(alice, alice_key);
     let (mut bob_conn, _) = net.login(bob, bob_key);
 
@@ -349,9 +355,7 @@ fn message_across_shards_with_receipts() {
 #[test]
 fn offline_recipient_gets_everything_in_order_once() {
     let mut net = Net::new(2, |_| {});
-    let (a, b) = pair(&net);
-    let (alice, alice_key) = net.signup(&a);
-    let (bob, bob_key) = net.signup(&b);
+    let (alice, alice_key, bob, bob_key) = signed_up_pair(&mut net);
     let (mut alice_conn, _) = net.login(alice, alice_key);
     for client_id in 0..10u64 {
         net.send(
@@ -655,9 +659,7 @@ fn send_rate_is_limited_per_account() {
 #[test]
 fn a_restart_restores_accounts_mailboxes_and_dedup_from_the_journal() {
     let mut net = Net::new(2, |_| {});
-    let (a, b) = pair(&net);
-    let (alice, alice_key) = net.signup(&a);
-    let (bob, bob_key) = net.signup(&b);
+    let (alice, alice_key, bob, bob_key) = signed_up_pair(&mut net);
     let (mut alice_conn, _) = net.login(alice, alice_key);
     for client_id in 1..=3 {
         net.send(
@@ -794,9 +796,7 @@ fn a_journal_out_of_order_is_refused() {
 #[test]
 fn a_failed_journal_turns_waiting_replies_into_errors_and_refuses_new_sends() {
     let mut net = Net::new(2, |_| {});
-    let (a, b) = pair(&net);
-    let (alice, alice_key) = net.signup(&a);
-    let (bob, bob_key) = net.signup(&b);
+    let (alice, alice_key, bob, bob_key) = signed_up_pair(&mut net);
     let (alice_conn, _) = net.login(alice, alice_key);
     let (bob_conn, _) = net.login(bob, bob_key);
 
