@@ -650,14 +650,7 @@ impl Shard {
                 // A receipt lands in another account's mailbox, like a
                 // message; without the same allowance one phone could fill
                 // any mailbox as fast as it can write.
-                if !self.take_send_token(id, now_ms) {
-                    self.counters.rate_limited += 1;
-                    self.reply_error(
-                        id,
-                        ErrorKind::RateLimited,
-                        Some(client_id),
-                        "sending too fast",
-                    );
+                if !self.take_send_token(id, client_id, now_ms) {
                     return FrameOutcome::Continue;
                 }
                 let shard = self.config.map.shard_of(from);
@@ -931,14 +924,7 @@ impl Shard {
             self.reply_error(id, ErrorKind::BodyTooLarge, Some(client_id), &detail);
             return;
         }
-        if !self.take_send_token(id, now_ms) {
-            self.counters.rate_limited += 1;
-            self.reply_error(
-                id,
-                ErrorKind::RateLimited,
-                Some(client_id),
-                "sending too fast",
-            );
+        if !self.take_send_token(id, client_id, now_ms) {
             return;
         }
         let shard = self.config.map.shard_of(to);
@@ -953,7 +939,9 @@ impl Shard {
         self.route(shard, message);
     }
 
-    fn take_send_token(&mut self, id: ConnId, now_ms: u64) -> bool {
+    /// Spends one of the account's send tokens; without one, answers the
+    /// frame `client_id` with `RateLimited` and returns false.
+    fn take_send_token(&mut self, id: ConnId, client_id: u64, now_ms: u64) -> bool {
         let (rate, burst) = (
             u64::from(self.config.send_rate_per_s),
             u64::from(self.config.send_burst),
@@ -963,6 +951,9 @@ impl Shard {
         conn.tokens_at_ms = now_ms;
         conn.send_millitokens = (conn.send_millitokens + elapsed_ms * rate).min(burst * 1000);
         if conn.send_millitokens < 1000 {
+            self.counters.rate_limited += 1;
+            let kind = ErrorKind::RateLimited;
+            self.reply_error(id, kind, Some(client_id), "sending too fast");
             return false;
         }
         conn.send_millitokens -= 1000;
