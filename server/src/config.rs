@@ -49,7 +49,7 @@ impl Default for StorageConfig {
     fn default() -> StorageConfig {
         StorageConfig {
             journal: JournalKind::Log,
-            segment_bytes_max: 64 * 1024 * 1024,
+            segment_bytes_max: storage::log::SEGMENT_BYTES_MAX_DEFAULT,
             salvage: false,
         }
     }

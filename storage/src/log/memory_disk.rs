@@ -73,15 +73,6 @@ impl MemoryDisk {
         }
     }
 
-    /// Bytes written and not yet synced, over all files.
-    pub fn unsynced_bytes(&self) -> usize {
-        let disk = self.disk.borrow();
-        disk.files
-            .values()
-            .flat_map(|f| f.unsynced.iter().map(|(_, b)| b.len()))
-            .sum()
-    }
-
     /// Flips one bit of segment `number`, durably.
     pub fn flip_bit(&self, number: u64, byte: u64, bit: u8) {
         let mut disk = self.disk.borrow_mut();
@@ -94,12 +85,6 @@ impl MemoryDisk {
                 *b ^= 1 << bit;
             }
         }
-    }
-
-    /// The durable length of segment `number`.
-    pub fn durable_len(&self, number: u64) -> Option<u64> {
-        let disk = self.disk.borrow();
-        disk.files.get(&number).map(|f| f.durable.len() as u64)
     }
 
     /// Counts an operation and returns the fault planned for it, if any.

@@ -20,6 +20,9 @@ use format::{Frame, SegmentHeader, BLOCK_BYTES};
 
 use crate::{Journal, JournalError, JournalStats, Record};
 
+/// Segment size unless configured otherwise.
+pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024;
+
 /// Where this log belongs and how it grows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogConfig {
@@ -37,7 +40,7 @@ impl LogConfig {
         LogConfig {
             shard,
             shard_count,
-            segment_bytes_max: 64 * 1024 * 1024,
+            segment_bytes_max: SEGMENT_BYTES_MAX_DEFAULT,
             salvage: false,
         }
     }
@@ -140,7 +143,7 @@ impl<B: Backend> Log<B> {
                 Ok(header) => header,
                 // A crash between creating the last segment and syncing its
                 // header leaves it empty or torn, with nothing acknowledged.
-                Err(_) if number == last && is_blank_after(&bytes, 0) => {
+                Err(_) if number == last && bytes.iter().all(|&b| b == 0) => {
                     drop(file);
                     backend.remove(number).await?;
                     recovery.torn_tail = Some((number, 0));
@@ -162,15 +165,16 @@ impl<B: Backend> Log<B> {
                 });
             }
             recovery.segments += 1;
-            let end = replay_segment(
+            let (end, next) = replay_segment(
                 &config,
                 number,
                 number == last,
                 &bytes,
-                &mut next_seq,
+                expected,
                 &mut recovery,
                 &mut each,
             )?;
+            next_seq = Some(next);
             tail = Some((number, file, end, len));
         }
         let Some((segment, mut file, end, len)) = tail else {
@@ -318,21 +322,23 @@ fn check_header(config: &LogConfig, number: u64, header: &SegmentHeader) -> Resu
     Ok(())
 }
 
-/// Replays the batches of one segment; returns the offset after the last
-/// whole batch.
+/// Replays the batches of one segment, the first of them `first`; returns
+/// the offset after the last whole batch and the seq the next batch gets.
 fn replay_segment(
     config: &LogConfig,
     number: u64,
     is_last: bool,
     bytes: &[u8],
-    next_seq: &mut Option<u64>,
+    first: u64,
     recovery: &mut Recovery,
     each: &mut impl FnMut(Record),
-) -> Result<u64, LogError> {
+) -> Result<(u64, u64), LogError> {
     let mut offset = BLOCK_BYTES;
-    let mut expected = next_seq.expect("set from the header");
+    let mut expected = first;
     while offset < bytes.len() {
-        let reason = match format::parse_frame(&bytes[offset..]) {
+        let frame = format::parse_frame(&bytes[offset..]);
+        let unwritten = matches!(frame, Frame::Empty);
+        let reason = match frame {
             Frame::Batch {
                 seq,
                 count,
@@ -356,18 +362,19 @@ fn replay_segment(
         // writing stopped.
         match next_batch_after(bytes, offset + BLOCK_BYTES, expected) {
             None => {
-                if !is_last && !matches!(format::parse_frame(&bytes[offset..]), Frame::Empty) {
-                    return Err(LogError::Damaged {
-                        number,
-                        offset: offset as u64,
-                        reason,
-                    });
-                }
-                if is_last && !matches!(format::parse_frame(&bytes[offset..]), Frame::Empty) {
+                if !unwritten {
+                    // Only the last segment can end in an interrupted write:
+                    // a segment is closed only after its batches synced.
+                    if !is_last {
+                        return Err(LogError::Damaged {
+                            number,
+                            offset: offset as u64,
+                            reason,
+                        });
+                    }
                     recovery.torn_tail = Some((number, offset as u64));
                 }
-                *next_seq = Some(expected);
-                return Ok(offset as u64);
+                return Ok((offset as u64, expected));
             }
             Some((found_at, found_seq)) => {
                 if !config.salvage {
@@ -390,8 +397,7 @@ fn replay_segment(
     // The last batch's zero padding may not have reached the disk (a crash
     // can keep a write's data and lose its tail); the next batch still
     // starts on the block boundary after it.
-    *next_seq = Some(expected);
-    Ok(offset as u64)
+    Ok((offset as u64, expected))
 }
 
 /// The first whole batch at a block boundary from `from` on with a seq at
@@ -407,12 +413,6 @@ fn next_batch_after(bytes: &[u8], from: usize, expected: u64) -> Option<(usize, 
         offset += BLOCK_BYTES;
     }
     None
-}
-
-fn is_blank_after(bytes: &[u8], from: usize) -> bool {
-    bytes
-        .get(from..)
-        .is_none_or(|rest| rest.iter().all(|&b| b == 0))
 }
 
 async fn create_segment<B: Backend>(
