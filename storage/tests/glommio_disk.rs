@@ -110,3 +110,38 @@ fn commits_survive_reopen_and_segments_rotate() {
     assert_eq!(again.last(), Some(&put(9_999, 10)));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_segment_larger_than_any_writer_makes_is_refused_before_reading_it() {
+    let dir = scratch_dir("huge");
+    let path = dir.clone();
+    let open = move || {
+        let path = path.clone();
+        LocalExecutorBuilder::new(Placement::Unbound)
+            .io_memory(256 * 1024)
+            .spawn(move || async move {
+                let disk = GlommioDisk::open(&path).await.unwrap();
+                Log::open(disk, LogConfig::new(0, 1), |_| {})
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+    };
+    open().unwrap();
+    // A sparse 1 GiB file: costs no disk, and would cost 1 GiB of memory
+    // if replay read it.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join(format!("{:020}.log", 1)))
+        .unwrap();
+    file.set_len(1 << 30).unwrap();
+    let error = open().unwrap_err();
+    assert!(
+        error.contains("over the") && error.contains("segment_bytes_max"),
+        "{error}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

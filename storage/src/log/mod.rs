@@ -66,6 +66,11 @@ pub enum LogError {
         shard: u16,
         shard_count: u16,
     },
+    #[error(
+        "segment {number} is {bytes} bytes, over the {limit} any writer produces; \
+         if storage.segment_bytes_max was larger when it was written, raise it again"
+    )]
+    SegmentTooLarge { number: u64, bytes: u64, limit: u64 },
     #[error("segments are not consecutive: {before} is followed by {after}")]
     MissingSegment { before: u64, after: u64 },
     #[error(
@@ -138,6 +143,16 @@ impl<B: Backend> Log<B> {
         for &number in &numbers {
             let file = backend.open(number).await?;
             let len = file.size().await?;
+            // Replay reads a segment whole: refuse sizes no writer produces
+            // before allocating for them.
+            let limit = segment_file_bytes_limit(&config);
+            if len > limit {
+                return Err(LogError::SegmentTooLarge {
+                    number,
+                    bytes: len,
+                    limit,
+                });
+            }
             let bytes = file.read_at(0, len as usize).await?;
             let header = match SegmentHeader::decode(&bytes) {
                 Ok(header) => header,
@@ -398,6 +413,15 @@ fn replay_segment(
     // can keep a write's data and lose its tail); the next batch still
     // starts on the block boundary after it.
     Ok((offset as u64, expected))
+}
+
+/// The largest segment file a writer can have produced: a full segment
+/// plus one maximal frame, with room for a larger `segment_bytes_max` in an
+/// earlier run's configuration.
+fn segment_file_bytes_limit(config: &LogConfig) -> u64 {
+    let frame_max =
+        format::align_up((format::BATCH_HEADER_BYTES + format::BATCH_PAYLOAD_BYTES_MAX) as u64);
+    config.segment_bytes_max.max(SEGMENT_BYTES_MAX_DEFAULT) * 2 + frame_max
 }
 
 /// The first whole batch at a block boundary from `from` on with a seq at
