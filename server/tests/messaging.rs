@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{expect, Server, TEST_CODE};
+use common::{expect, expect_error, Server, TEST_CODE};
 use loadgen::client::{Client, Event};
 use wire::*;
 
@@ -166,15 +166,7 @@ fn wrong_code_and_wrong_key_are_refused() {
             code: TEST_CODE + 1,
         })
         .unwrap();
-    expect(&mut client, "BadCode", |e| {
-        matches!(
-            e,
-            Event::Error {
-                kind: ErrorKind::BadCode,
-                ..
-            }
-        )
-    });
+    expect_error(&mut client, ErrorKind::BadCode);
     client
         .send(&ClientFrame::Verify {
             phone,
@@ -190,15 +182,7 @@ fn wrong_code_and_wrong_key_are_refused() {
             key: DeviceKey([0; 32]),
         })
         .unwrap();
-    expect(&mut client, "BadCredentials", |e| {
-        matches!(
-            e,
-            Event::Error {
-                kind: ErrorKind::BadCredentials,
-                ..
-            }
-        )
-    });
+    expect_error(&mut client, ErrorKind::BadCredentials);
 }
 
 #[test]
@@ -220,15 +204,7 @@ fn signing_up_again_revokes_the_old_key_and_closes_its_connection() {
             key: old_key,
         })
         .unwrap();
-    expect(&mut again, "BadCredentials", |e| {
-        matches!(
-            e,
-            Event::Error {
-                kind: ErrorKind::BadCredentials,
-                ..
-            }
-        )
-    });
+    expect_error(&mut again, ErrorKind::BadCredentials);
 }
 
 #[test]
@@ -253,15 +229,7 @@ fn malformed_frames_get_an_error_and_a_close_and_the_server_carries_on() {
     // Garbage after a valid Hello.
     let mut client = server.connect();
     client.send_raw(&[3, 0, 0, 0, 0xFF, 0xFF, 0xFF]).unwrap();
-    expect(&mut client, "Malformed", |e| {
-        matches!(
-            e,
-            Event::Error {
-                kind: ErrorKind::Malformed,
-                ..
-            }
-        )
-    });
+    expect_error(&mut client, ErrorKind::Malformed);
     expect(&mut client, "Bye", |e| {
         *e == Event::Bye {
             reason: ByeReason::ProtocolError,
@@ -272,15 +240,7 @@ fn malformed_frames_get_an_error_and_a_close_and_the_server_carries_on() {
     // A length prefix of 4 GiB: refused before anything is buffered.
     let mut client = server.connect();
     client.send_raw(&u32::MAX.to_le_bytes()).unwrap();
-    expect(&mut client, "FrameTooLarge", |e| {
-        matches!(
-            e,
-            Event::Error {
-                kind: ErrorKind::FrameTooLarge,
-                ..
-            }
-        )
-    });
+    expect_error(&mut client, ErrorKind::FrameTooLarge);
     expect(&mut client, "Bye", |e| {
         *e == Event::Bye {
             reason: ByeReason::ProtocolError,
@@ -290,15 +250,7 @@ fn malformed_frames_get_an_error_and_a_close_and_the_server_carries_on() {
     // No Hello first.
     let mut client = Client::connect_raw(server.plain).unwrap();
     client.send(&ClientFrame::Ping { nonce: 1 }).unwrap();
-    expect(&mut client, "HelloRequired", |e| {
-        matches!(
-            e,
-            Event::Error {
-                kind: ErrorKind::HelloRequired,
-                ..
-            }
-        )
-    });
+    expect_error(&mut client, ErrorKind::HelloRequired);
 
     // TLS garbage on the TLS port.
     let mut raw = std::net::TcpStream::connect(server.tls).unwrap();

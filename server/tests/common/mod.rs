@@ -148,3 +148,14 @@ pub fn expect(client: &mut Client, what: &str, matches: impl Fn(&Event) -> bool)
     assert!(matches(&event), "waiting for {what}, got {event:?}");
     event
 }
+
+/// Reads the next event, which must be an `Error` of `kind`.
+pub fn expect_error(client: &mut Client, kind: wire::ErrorKind) {
+    let event = client
+        .recv()
+        .unwrap_or_else(|error| panic!("waiting for {kind:?}: {error}"));
+    assert!(
+        matches!(&event, Event::Error { kind: k, .. } if *k == kind),
+        "waiting for {kind:?}, got {event:?}"
+    );
+}
