@@ -510,9 +510,10 @@ async fn run_thread(
     }
 }
 
-/// The pacer's shortest sleep. Every wake-up costs an executor loop (a few
-/// microseconds of io_uring work); at high rates it issues the sends that fell
-/// due meanwhile together, and the delay shows in `send_lag`.
+/// The pacer's shortest sleep. Every wake-up costs a pass of the executor's
+/// loop (with its io_uring calls), so at high rates the pacer wakes less
+/// often and issues the sends that fell due meanwhile together; the delay
+/// shows in `send_lag`.
 const PACER_SLEEP_NS_MIN: u64 = 50_000;
 
 /// Issues sends at fixed intended times, whatever the server is doing.
