@@ -71,6 +71,10 @@ struct Args {
     /// reporting) what the damage covered.
     #[arg(long)]
     salvage: bool,
+    /// Size of a log segment, in bytes (a multiple of 4096). Every segment
+    /// is written with zeros to this size before it is used.
+    #[arg(long)]
+    segment_bytes: Option<u64>,
 }
 
 fn main() {
@@ -101,6 +105,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("resolving data dir {}", config.data_dir.display()))?;
     let _lock = lock_data_dir(&config.data_dir)?;
     if config.storage.journal == JournalKind::Log {
+        check_segment_bytes(config.storage.segment_bytes_max)?;
         check_shard_count(&config.data_dir, shard_count)?;
     }
 
@@ -295,6 +300,21 @@ fn check_shard_count(data_dir: &std::path::Path, shard_count: usize) -> anyhow::
     Ok(())
 }
 
+/// Segments hold whole blocks and at least a few batches; the upper bound
+/// keeps replay, which reads a segment at a time, within reason.
+fn check_segment_bytes(bytes: u64) -> anyhow::Result<()> {
+    const SEGMENT_BYTES_MIN: u64 = 64 * 1024;
+    const SEGMENT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+    let block = storage::log::format::BLOCK_BYTES as u64;
+    if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&bytes) || !bytes.is_multiple_of(block) {
+        bail!(
+            "segment_bytes_max is {bytes}: it must be a multiple of {block} from \
+             {SEGMENT_BYTES_MIN} to {SEGMENT_BYTES_MAX}"
+        );
+    }
+    Ok(())
+}
+
 fn apply_flags(config: &mut Config, args: Args) -> anyhow::Result<()> {
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
@@ -304,6 +324,9 @@ fn apply_flags(config: &mut Config, args: Args) -> anyhow::Result<()> {
     }
     if args.salvage {
         config.storage.salvage = true;
+    }
+    if let Some(bytes) = args.segment_bytes {
+        config.storage.segment_bytes_max = bytes;
     }
     if let Some(addr) = args.listen {
         config.listen = Some(addr);

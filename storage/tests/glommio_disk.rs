@@ -63,15 +63,24 @@ fn commits_survive_reopen_and_segments_rotate() {
         .join()
         .unwrap();
     assert!(segments > 1, "{segments} segments");
-    let files = std::fs::read_dir(&dir).unwrap().count();
-    assert_eq!(files, segments);
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let logs = names.iter().filter(|n| n.ends_with(".log")).count();
+    assert_eq!(logs, segments, "{names:?}");
 
-    // A torn tail, as a crash mid-write leaves it: garbage after the last batch.
+    // Segments are preallocated: the last is as long as a full one.
     let last = dir.join(format!("{segments:020}.log"));
     let len = std::fs::metadata(&last).unwrap().len();
+    assert_eq!(len, 256 * 1024);
+
+    // A torn tail, as a crash mid-write leaves it: garbage after the last batch.
     let mut bytes = std::fs::read(&last).unwrap();
-    bytes.extend_from_slice(b"ISLB\x10\x00\x00\x00 torn write");
-    bytes.resize(len as usize + BLOCK_BYTES, 0);
+    let data_end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+    let torn_at = data_end.next_multiple_of(BLOCK_BYTES);
+    let garbage = b"ISLB\x10\x00\x00\x00 torn write";
+    bytes[torn_at..torn_at + garbage.len()].copy_from_slice(garbage);
     std::fs::write(&last, &bytes).unwrap();
 
     let path = dir.clone();
@@ -92,7 +101,9 @@ fn commits_survive_reopen_and_segments_rotate() {
         "replay differs: {} records",
         replayed.len()
     );
-    assert_eq!(torn, Some((segments as u64, len)));
+    assert_eq!(torn, Some((segments as u64, torn_at as u64)));
+    // The torn bytes were zeroed, not cut: the segment keeps its size.
+    assert_eq!(std::fs::metadata(&last).unwrap().len(), len);
 
     let path = dir.clone();
     let again = LocalExecutorBuilder::new(Placement::Unbound)

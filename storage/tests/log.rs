@@ -31,8 +31,19 @@ fn message(owner: u64, seq: u64, body_bytes: usize) -> Record {
     }
 }
 
+/// Segments are preallocated, and the in-memory disk holds them whole:
+/// small ones keep the tests quick.
+const SEGMENT_BYTES: u64 = 256 * 1024;
+
 fn config() -> LogConfig {
-    LogConfig::new(0, 1)
+    sharded(0, 1)
+}
+
+fn sharded(shard: u16, shard_count: u16) -> LogConfig {
+    LogConfig {
+        segment_bytes_max: SEGMENT_BYTES,
+        ..LogConfig::new(shard, shard_count)
+    }
 }
 
 fn open(
@@ -293,10 +304,10 @@ fn endless_short_writes_fail_instead_of_spinning() {
 #[test]
 fn a_log_of_another_shard_or_shard_count_is_refused() {
     let disk = MemoryDisk::new();
-    let (mut log, _, _) = open(&disk, LogConfig::new(1, 4)).unwrap();
+    let (mut log, _, _) = open(&disk, sharded(1, 4)).unwrap();
     block_on(log.append(&commits(1)[0])).unwrap();
     drop(log);
-    for config in [LogConfig::new(0, 4), LogConfig::new(1, 2)] {
+    for config in [sharded(0, 4), sharded(1, 2)] {
         match open(&disk, config) {
             Err(LogError::WrongShard {
                 found_shard: 1,
@@ -307,7 +318,7 @@ fn a_log_of_another_shard_or_shard_count_is_refused() {
             Ok(_) => panic!("another shard's log was replayed"),
         }
     }
-    assert!(open(&disk, LogConfig::new(1, 4)).is_ok());
+    assert!(open(&disk, sharded(1, 4)).is_ok());
 }
 
 #[test]

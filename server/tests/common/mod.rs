@@ -42,6 +42,9 @@ impl Server {
                 "127.0.0.1:0",
             ])
             .args(["--shards", "2", "--test-numbers", "+1555:111111"])
+            // Segments are written full of zeros before use: small ones
+            // keep each start quick.
+            .args(["--segment-bytes", "1048576"])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())

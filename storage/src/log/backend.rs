@@ -11,9 +11,15 @@ pub trait Backend {
 
     /// The segment numbers present, ascending.
     async fn list(&self) -> io::Result<Vec<u64>>;
-    /// Creates segment `number`, empty. On return its directory entry is
-    /// durable.
-    async fn create(&self, number: u64) -> io::Result<Self::File>;
+    /// Creates segment `number` with its first `bytes` bytes written as
+    /// zeros. On return the zeros and the directory entry are durable.
+    ///
+    /// Why zeros that are really written: an O_DIRECT write over blocks that
+    /// already hold data changes no file metadata, so io_uring can issue it
+    /// from the submitting thread. A write that extends a file, or lands on
+    /// allocated-but-unwritten blocks, is handed to a kernel worker thread,
+    /// which on a busy core waits for a time slice (milliseconds).
+    async fn create(&self, number: u64, bytes: u64) -> io::Result<Self::File>;
     async fn open(&self, number: u64) -> io::Result<Self::File>;
     /// Deletes segment `number`; durable on return.
     async fn remove(&self, number: u64) -> io::Result<()>;
@@ -31,6 +37,4 @@ pub trait SegmentFile {
     async fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<usize>;
     /// Makes every completed write durable (fdatasync).
     async fn sync(&mut self) -> io::Result<()>;
-    /// Cuts the file to `len` bytes; durable after the next `sync`.
-    async fn truncate(&mut self, len: u64) -> io::Result<()>;
 }

@@ -2,11 +2,19 @@
 //! (glommio DMA files). Must be used from inside a glommio executor.
 
 use std::{
-    io,
+    alloc::Layout,
+    cell::RefCell,
+    fs,
+    io::{self, Write},
+    os::unix::fs::{FileExt, OpenOptionsExt},
     path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
 };
 
-use glommio::io::{Directory, DmaFile, OpenOptions};
+use glommio::{
+    io::{Directory, DmaFile, OpenOptions},
+    task::JoinHandle,
+};
 
 use super::{
     backend::{Backend, SegmentFile},
@@ -17,10 +25,29 @@ use super::{
 /// needs one 64 MiB DMA buffer.
 const READ_CHUNK_BYTES: usize = 1024 * 1024;
 
+/// Zeros go into a blank segment in writes of this size.
+const ZERO_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Names blank files uniquely within the process, so a preparation still
+/// running for a disk that was dropped never touches another's file.
+static BLANKS_MADE: AtomicU64 = AtomicU64::new(0);
+
 /// A directory of segment files named `<number, 20 digits>.log`.
+///
+/// One blank segment is kept in preparation (`blank-*.tmp`, written with
+/// zeros by glommio's blocking-thread pool) so that starting the next
+/// segment is a rename, not 64 MiB of writes on the commit path.
 pub struct GlommioDisk {
     path: PathBuf,
     directory: Directory,
+    spare: RefCell<Option<Spare>>,
+}
+
+/// A blank file being prepared: its path, size, and the job writing it.
+struct Spare {
+    path: PathBuf,
+    bytes: u64,
+    job: JoinHandle<io::Result<()>>,
 }
 
 impl GlommioDisk {
@@ -35,10 +62,59 @@ impl GlommioDisk {
         if let Some(parent) = path.parent() {
             sync_directory(parent).await?;
         }
+        // Blank files an earlier run left half-written are of no use.
+        for entry in fs::read_dir(path)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name.to_str().is_some_and(|n| n.ends_with(".tmp")) {
+                fs::remove_file(entry.path())?;
+            }
+        }
         Ok(GlommioDisk {
             path: path.to_path_buf(),
             directory,
+            spare: RefCell::new(None),
         })
+    }
+
+    fn blank_path(&self) -> PathBuf {
+        let made = BLANKS_MADE.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        self.path.join(format!("blank-{pid}-{made}.tmp"))
+    }
+
+    /// Starts writing a blank file of `bytes` in the background.
+    fn prepare_spare(&self, bytes: u64) {
+        let path = self.blank_path();
+        let job_path = path.clone();
+        let job = glommio::spawn_local(async move {
+            glommio::executor()
+                .spawn_blocking(move || write_blank(&job_path, bytes))
+                .await
+        })
+        .detach();
+        *self.spare.borrow_mut() = Some(Spare { path, bytes, job });
+    }
+
+    /// A durable blank file of `bytes`: the spare if it fits, else a new one.
+    async fn take_blank(&self, bytes: u64) -> io::Result<PathBuf> {
+        let spare = self.spare.borrow_mut().take();
+        if let Some(spare) = spare {
+            match spare.job.await {
+                Some(Ok(())) if spare.bytes == bytes => return Ok(spare.path),
+                // Another size was asked for, or the job failed or was
+                // cancelled: make one now, and say why if it fails too.
+                _ => {
+                    let _ = fs::remove_file(&spare.path);
+                }
+            }
+        }
+        let path = self.blank_path();
+        let job_path = path.clone();
+        glommio::executor()
+            .spawn_blocking(move || write_blank(&job_path, bytes))
+            .await?;
+        Ok(path)
     }
 
     fn file_path(&self, number: u64) -> PathBuf {
@@ -68,15 +144,25 @@ impl Backend for GlommioDisk {
         Ok(numbers)
     }
 
-    async fn create(&self, number: u64) -> io::Result<GlommioFile> {
+    async fn create(&self, number: u64, bytes: u64) -> io::Result<GlommioFile> {
+        let path = self.file_path(number);
+        if fs::symlink_metadata(&path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("segment {} exists", path.display()),
+            ));
+        }
+        let blank = self.take_blank(bytes).await?;
+        fs::rename(&blank, &path)?;
+        self.directory.sync().await.map_err(io::Error::from)?;
+        // The next segment's blank file is written while this one fills.
+        self.prepare_spare(bytes);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create_new(true)
-            .dma_open(self.file_path(number))
+            .dma_open(&path)
             .await
             .map_err(io::Error::from)?;
-        self.directory.sync().await.map_err(io::Error::from)?;
         Ok(GlommioFile { file })
     }
 
@@ -136,8 +222,56 @@ impl SegmentFile for GlommioFile {
     async fn sync(&mut self) -> io::Result<()> {
         self.file.fdatasync().await.map_err(io::Error::from)
     }
+}
 
-    async fn truncate(&mut self, len: u64) -> io::Result<()> {
-        self.file.truncate(len).await.map_err(io::Error::from)
+/// Writes a new file of `bytes` zeros at `path` with O_DIRECT (so that
+/// nothing of it sits in the page cache, where later direct writes would
+/// have to evict it) and makes it durable. Runs on a blocking thread.
+fn write_blank(path: &Path, bytes: u64) -> io::Result<()> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)?;
+    let zeros = AlignedZeros::new(ZERO_CHUNK_BYTES);
+    let mut offset = 0;
+    while offset < bytes {
+        let len = (bytes - offset).min(ZERO_CHUNK_BYTES as u64);
+        // Sizes are whole blocks, so every write stays aligned.
+        let len = super::format::align_up(len) as usize;
+        file.write_all_at(&zeros.as_slice()[..len], offset)?;
+        offset += len as u64;
+    }
+    file.flush()?;
+    file.sync_all()
+}
+
+/// A block-aligned buffer of zeros, as O_DIRECT requires.
+struct AlignedZeros {
+    pointer: *mut u8,
+    layout: Layout,
+}
+
+impl AlignedZeros {
+    fn new(len: usize) -> AlignedZeros {
+        let layout = Layout::from_size_align(len, BLOCK_BYTES).expect("a valid layout");
+        // SAFETY: the layout has a non-zero size.
+        let pointer = unsafe { std::alloc::alloc_zeroed(layout) };
+        if pointer.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        AlignedZeros { pointer, layout }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: `pointer` owns `layout.size()` initialized (zeroed) bytes.
+        unsafe { std::slice::from_raw_parts(self.pointer, self.layout.size()) }
+    }
+}
+
+impl Drop for AlignedZeros {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.pointer, self.layout) }
     }
 }

@@ -127,7 +127,7 @@ impl Backend for MemoryDisk {
         Ok(self.disk.borrow().files.keys().copied().collect())
     }
 
-    async fn create(&self, number: u64) -> io::Result<MemoryFile> {
+    async fn create(&self, number: u64, bytes: u64) -> io::Result<MemoryFile> {
         self.check()?;
         let mut disk = self.disk.borrow_mut();
         if disk.files.contains_key(&number) {
@@ -136,7 +136,15 @@ impl Backend for MemoryDisk {
                 format!("segment {number} exists"),
             ));
         }
-        disk.files.insert(number, File::default());
+        let blank = vec![0; bytes as usize];
+        disk.files.insert(
+            number,
+            File {
+                durable: blank.clone(),
+                current: blank,
+                unsynced: Vec::new(),
+            },
+        );
         Ok(MemoryFile {
             disk: self.clone(),
             number,
@@ -209,19 +217,11 @@ impl SegmentFile for MemoryFile {
     async fn sync(&mut self) -> io::Result<()> {
         self.disk.check()?;
         self.with(|f| {
-            f.durable = f.current.clone();
-            f.unsynced.clear();
-        })
-    }
-
-    async fn truncate(&mut self, len: u64) -> io::Result<()> {
-        self.disk.check()?;
-        // Modelled as durable at once; a crash before the next sync could
-        // only bring back bytes the log has already judged invalid.
-        self.with(|f| {
-            f.current.truncate(len as usize);
-            f.durable.truncate(len as usize);
-            f.unsynced.clear();
+            // Only what was written since the last sync changes: segments
+            // are preallocated, so copying whole images would dominate.
+            for (offset, bytes) in f.unsynced.drain(..) {
+                write_into(&mut f.durable, offset, &bytes);
+            }
         })
     }
 }

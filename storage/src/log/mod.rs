@@ -190,18 +190,19 @@ impl<B: Backend> Log<B> {
                 &mut each,
             )?;
             next_seq = Some(next);
-            tail = Some((number, file, end, len));
+            tail = Some((number, file, end, bytes));
         }
-        let Some((segment, mut file, end, len)) = tail else {
+        let Some((segment, mut file, end, tail_bytes)) = tail else {
             // The only segment was blank: start over.
             let file = create_segment(&backend, &config, last, 1).await?;
             let log = Log::new(backend, config, file, last, 1, 1);
             return Ok((log, recovery));
         };
-        if len > end {
+        if let Some(dirty) = dirty_bytes_after(&tail_bytes, end) {
             // Whatever lies past the last whole batch was judged torn above;
-            // cut it so that it can never be mistaken for a batch later.
-            file.truncate(end).await?;
+            // zero it so that it can never be mistaken for a batch later.
+            // (Zeros, not a shorter file: the segment stays preallocated.)
+            write_all(&mut file, end, &vec![0; dirty]).await?;
             file.sync().await?;
         }
         let next_seq = next_seq.expect("set by every segment read");
@@ -424,6 +425,15 @@ fn segment_file_bytes_limit(config: &LogConfig) -> u64 {
     config.segment_bytes_max.max(SEGMENT_BYTES_MAX_DEFAULT) * 2 + frame_max
 }
 
+/// How many bytes from `end` (a block boundary) on must be zeroed so that
+/// nothing but zeros follows it: `None` when that is already so. A multiple
+/// of the block size.
+fn dirty_bytes_after(bytes: &[u8], end: u64) -> Option<usize> {
+    let end = end as usize;
+    let last = bytes.get(end..)?.iter().rposition(|&b| b != 0)?;
+    Some(format::align_up(last as u64 + 1) as usize)
+}
+
 /// The first whole batch at a block boundary from `from` on with a seq at
 /// least `expected`: `(offset, seq)`.
 fn next_batch_after(bytes: &[u8], from: usize, expected: u64) -> Option<(usize, u64)> {
@@ -445,7 +455,7 @@ async fn create_segment<B: Backend>(
     number: u64,
     first_batch: u64,
 ) -> Result<B::File, LogError> {
-    let mut file = backend.create(number).await?;
+    let mut file = backend.create(number, config.segment_bytes_max).await?;
     let header = SegmentHeader {
         shard: config.shard,
         shard_count: config.shard_count,
