@@ -125,6 +125,12 @@ pub struct Runtime {
     stopping: Cell<bool>,
     /// Connection tasks alive on this shard.
     live_tasks: Cell<usize>,
+    /// Commits begun and finished (or given up on, once the journal failed).
+    commits_started: Cell<u64>,
+    commits_done: Cell<u64>,
+    /// Connections holding their bytes until a commit finishes; drained
+    /// (and woken) after every commit, each task on it at most once.
+    holding: RefCell<Vec<Waker>>,
 }
 
 impl Runtime {
@@ -161,6 +167,23 @@ impl Runtime {
             }
         }
         congested
+    }
+
+    /// The commit that makes durable everything recorded so far: the next
+    /// one if records wait, else the one in flight (done already if none).
+    fn commit_covering_now(&self) -> u64 {
+        if self.core.borrow().awaits_next_commit() {
+            self.commits_started.get() + 1
+        } else {
+            self.commits_started.get()
+        }
+    }
+
+    fn commit_finished(&self) {
+        self.commits_done.set(self.commits_done.get() + 1);
+        for waker in self.holding.borrow_mut().drain(..) {
+            waker.wake();
+        }
     }
 
     fn link_congested(&self, destination: u16) -> bool {
@@ -228,6 +251,9 @@ pub async fn run(setup: ShardSetup) {
         staging_max: limits.peer_staging_messages_max,
         stopping: Cell::new(false),
         live_tasks: Cell::new(0),
+        commits_started: Cell::new(0),
+        commits_done: Cell::new(0),
+        holding: RefCell::new(Vec::new()),
     });
 
     // Queues that other executors wake must be latency-sensitive, or their
@@ -393,6 +419,8 @@ fn spawn_connection(
         tx_written: 0,
         polls: 0,
         flush_after: None,
+        hold_until: None,
+        held_at: None,
         handover_to: None,
         paused_on: None,
         blocked_at: None,
@@ -460,12 +488,14 @@ async fn commit(runtime: Rc<Runtime>, mut journal: impl Journal) {
     loop {
         runtime.commit_signal.wait().await;
         let (batch, records) = runtime.core.borrow_mut().take_records();
+        runtime.commits_started.set(runtime.commits_started.get() + 1);
         match journal.commit(&records).await {
             Ok(()) => {
                 let mut core = runtime.core.borrow_mut();
                 core.committed(batch);
                 core.recycle_records(records);
                 drop(core);
+                runtime.commit_finished();
                 runtime.after_core();
             }
             Err(error) => {
@@ -477,11 +507,14 @@ async fn commit(runtime: Rc<Runtime>, mut journal: impl Journal) {
                     runtime.shard_id
                 );
                 runtime.core.borrow_mut().journal_failed();
+                runtime.commit_finished();
                 runtime.after_core();
                 loop {
                     runtime.commit_signal.wait().await;
+                    runtime.commits_started.set(runtime.commits_started.get() + 1);
                     let (_, records) = runtime.core.borrow_mut().take_records();
                     drop(records);
+                    runtime.commit_finished();
                 }
             }
         }
@@ -508,6 +541,12 @@ struct ConnTask {
     /// a later poll, after the tasks already queued this round have run and
     /// perhaps added more for this phone, so that one send carries them all.
     flush_after: Option<u64>,
+    /// Set when outbox bytes were first seen while a commit was pending or
+    /// in flight: they wait for that commit, so that the `Sent` replies it
+    /// releases leave in the same write as the deliveries.
+    hold_until: Option<u64>,
+    /// `commits_done` when this task's waker went on the holding list.
+    held_at: Option<u64>,
     handover_to: Option<u16>,
     paused_on: Option<u16>,
     /// The drain count of `paused_on`'s link when this task's waker went on
@@ -710,7 +749,23 @@ impl ConnTask {
                     }
                     return Ok(progress);
                 }
+                let runtime = &self.runtime;
+                let done = runtime.commits_done.get();
+                let needed = *self
+                    .hold_until
+                    .get_or_insert_with(|| runtime.commit_covering_now());
+                if needed > done {
+                    if self.held_at != Some(done) {
+                        runtime.holding.borrow_mut().push(cx.waker().clone());
+                        self.held_at = Some(done);
+                    }
+                    return Ok(progress);
+                }
+                let waited = needed > 0 && self.held_at.is_some();
+                self.hold_until = None;
+                self.held_at = None;
                 match self.flush_after {
+                    _ if waited => self.flush_after = None,
                     Some(poll) if poll < self.polls => self.flush_after = None,
                     Some(_) => return Ok(progress),
                     None => {

@@ -521,6 +521,13 @@ impl Shard {
         !self.records.is_empty() || !self.held.is_empty()
     }
 
+    /// True when something waits for a commit not yet begun (records not
+    /// taken, or replies held for the next batch); false when only the
+    /// commit in flight, if any, is awaited.
+    pub fn awaits_next_commit(&self) -> bool {
+        !self.records.is_empty() || self.held.back().is_some_and(|(b, _)| *b > self.batch)
+    }
+
     // ---- input -------------------------------------------------------------
 
     /// A frame that could not be decoded (or framed): answer and close.

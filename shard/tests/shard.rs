@@ -852,3 +852,26 @@ fn a_failed_journal_turns_waiting_replies_into_errors_and_refuses_new_sends() {
     assert_eq!(net.read(&conn), vec![Got::Error(ErrorKind::StorageFailed)]);
     let _ = bob_conn;
 }
+
+#[test]
+fn a_reply_waits_for_the_commit_that_takes_its_record_and_no_other() {
+    let mut net = Net::new(1, |_| {});
+    let (alice, alice_key) = net.signup("+15550000001");
+    let (conn, _) = net.login(alice, alice_key);
+    let send = ClientFrame::Send {
+        client_id: 1,
+        to: alice,
+        body: b"note",
+    };
+    let shard = &mut net.shards[0];
+    shard.handle_frame(conn.conn, send, 0);
+    assert!(shard.awaits_next_commit(), "a record waits to be taken");
+    let (batch, records) = shard.take_records();
+    assert!(!records.is_empty());
+    // In flight: the held `Sent` needs this commit, not a next one.
+    assert!(shard.has_pending_records());
+    assert!(!shard.awaits_next_commit());
+    shard.committed(batch);
+    assert!(!shard.has_pending_records());
+    assert!(!shard.awaits_next_commit());
+}
