@@ -40,6 +40,10 @@ pub struct StorageConfig {
     pub journal: JournalKind,
     /// A log segment is closed once it would grow past this.
     pub segment_bytes_max: u64,
+    /// A checkpoint is written once this many segments are closed; the
+    /// segments it covers are then deleted. Disk use stays near
+    /// (this + 2) segments plus the checkpoint, whatever the traffic.
+    pub checkpoint_segments: usize,
     /// Start even if a log is damaged in the middle, skipping the damage
     /// (and losing what it held). Off: such a log stops the server.
     pub salvage: bool,
@@ -50,6 +54,7 @@ impl Default for StorageConfig {
         StorageConfig {
             journal: JournalKind::Log,
             segment_bytes_max: storage::log::SEGMENT_BYTES_MAX_DEFAULT,
+            checkpoint_segments: 4,
             salvage: false,
         }
     }

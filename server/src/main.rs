@@ -165,6 +165,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         let storage = StorageSetup {
             journal: config.storage.journal,
             dir: log_dir(&config.data_dir, shard_id),
+            checkpoint_segments: config.storage.checkpoint_segments.max(1),
             log: LogConfig {
                 segment_bytes_max: config.storage.segment_bytes_max,
                 salvage: config.storage.salvage,

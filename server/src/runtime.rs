@@ -30,8 +30,8 @@ use glommio::{
 use rustls::{ServerConfig, ServerConnection};
 use shard::{ConnId, ConnSnapshot, FrameOutcome, PeerMessage, Shard};
 use storage::{
-    log::{glommio_disk::GlommioDisk, Log, LogConfig},
-    Journal, MemoryJournal,
+    log::{checkpoint, glommio_disk::GlommioDisk, Log, LogConfig},
+    Journal, MemoryJournal, Record,
 };
 use wire::{decode_client, split_frame, ErrorKind, FrameError, FRAME_BYTES_MAX};
 
@@ -131,6 +131,25 @@ pub struct Runtime {
     /// Connections holding their bytes until a commit finishes; drained
     /// (and woken) after every commit, each task on it at most once.
     holding: RefCell<Vec<Waker>>,
+    /// A checkpoint written off the executor, reported back to the commit
+    /// task: the batch it covers, or why it failed.
+    checkpoint_written: RefCell<Option<Result<CheckpointWritten, String>>>,
+}
+
+struct CheckpointWritten {
+    batch: u64,
+    records: usize,
+    bytes: u64,
+    started: Instant,
+}
+
+/// When and where the commit task writes checkpoints.
+struct CheckpointPlan {
+    dir: std::path::PathBuf,
+    shard: u16,
+    shard_count: u16,
+    /// Closed segments that call for one.
+    segments: usize,
 }
 
 impl Runtime {
@@ -194,8 +213,10 @@ impl Runtime {
 /// Where a shard's commits go.
 pub struct StorageSetup {
     pub journal: crate::config::JournalKind,
-    /// The shard's log directory.
+    /// The shard's log directory (segments and checkpoints).
     pub dir: std::path::PathBuf,
+    /// Closed segments that call for a checkpoint.
+    pub checkpoint_segments: usize,
     pub log: LogConfig,
 }
 
@@ -254,7 +275,14 @@ pub async fn run(setup: ShardSetup) {
         commits_started: Cell::new(0),
         commits_done: Cell::new(0),
         holding: RefCell::new(Vec::new()),
+        checkpoint_written: RefCell::new(None),
     });
+    let plan = CheckpointPlan {
+        dir: storage.dir.clone(),
+        shard: storage.log.shard,
+        shard_count: storage.log.shard_count,
+        segments: storage.checkpoint_segments,
+    };
 
     // Queues that other executors wake must be latency-sensitive, or their
     // wake-ups wait for the scheduler's next time slice.
@@ -276,9 +304,11 @@ pub async fn run(setup: ShardSetup) {
         tasks.push(spawn_in(peer_queue, receive(runtime, receiver)));
     }
     tasks.push(match journal {
-        ShardJournal::Log(log) => glommio::spawn_local(commit(runtime.clone(), *log)).detach(),
+        ShardJournal::Log(log) => {
+            glommio::spawn_local(commit(runtime.clone(), *log, plan)).detach()
+        }
         ShardJournal::Memory(memory) => {
-            glommio::spawn_local(commit(runtime.clone(), memory)).detach()
+            glommio::spawn_local(commit(runtime.clone(), memory, plan)).detach()
         }
     });
     for (fd, tls) in [(listeners.tls, tls), (listeners.plain, None)] {
@@ -331,13 +361,19 @@ async fn open_journal(
         .await
         .map_err(|e| anyhow::anyhow!("opening {}: {e}", storage.dir.display()))?;
     let mut restore_error = None;
-    let (log, recovery) = Log::open(disk, storage.log, |record| {
+    let mut restore = |record| {
         if restore_error.is_none() {
             restore_error = shard.restore(record).err();
         }
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("log {}: {e}", storage.dir.display()))?;
+    };
+    // Startup, before any connection: blocking reads cost nobody.
+    let config = storage.log;
+    let checkpoint = checkpoint::load(&storage.dir, config.shard, config.shard_count, &mut restore)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let after = checkpoint.map_or(0, |c| c.batch);
+    let (log, recovery) = Log::open_after(disk, config, after, &mut restore)
+        .await
+        .map_err(|e| anyhow::anyhow!("log {}: {e}", storage.dir.display()))?;
     if let Some(error) = restore_error {
         anyhow::bail!("log {}: {error}", storage.dir.display());
     }
@@ -350,9 +386,16 @@ async fn open_journal(
         log::warn!("shard {shard_id}: cut a torn write at segment {segment} byte {offset}");
     }
     let (entries, bytes) = shard.queued();
+    let from_checkpoint = match checkpoint {
+        Some(c) => format!(
+            "a checkpoint of {} records (to batch {}) and ",
+            c.records, c.batch
+        ),
+        None => String::new(),
+    };
     let report = format!(
-        "shard {shard_id}: replayed {} records in {} batches from {} segments in {:.3} s; \
-         {entries} mailbox entries ({bytes} body bytes) queued",
+        "shard {shard_id}: replayed {from_checkpoint}{} records in {} batches from {} segments \
+         in {:.3} s; {entries} mailbox entries ({bytes} body bytes) queued",
         recovery.records,
         recovery.batches,
         recovery.segments,
@@ -482,13 +525,66 @@ async fn receive(runtime: Rc<Runtime>, receiver: SharedReceiver<Batch>) {
     }
 }
 
+/// What the commit task needs of a journal besides commits: when a
+/// checkpoint is due, and dropping the segments one covers.
+trait Segments {
+    fn closed_segments(&self) -> usize;
+    fn last_batch(&self) -> u64;
+    async fn remove_through(&mut self, batch: u64) -> Result<usize, String>;
+}
+
+impl Segments for Log<GlommioDisk> {
+    fn closed_segments(&self) -> usize {
+        Log::closed_segments(self)
+    }
+
+    fn last_batch(&self) -> u64 {
+        Log::last_batch(self)
+    }
+
+    async fn remove_through(&mut self, batch: u64) -> Result<usize, String> {
+        Log::remove_through(self, batch)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl Segments for MemoryJournal {
+    fn closed_segments(&self) -> usize {
+        0
+    }
+
+    fn last_batch(&self) -> u64 {
+        0
+    }
+
+    async fn remove_through(&mut self, _: u64) -> Result<usize, String> {
+        Ok(0)
+    }
+}
+
 /// Group commit: everything the shard produced since the last commit goes to
 /// the journal as one batch, and the replies that waited for it are released.
-async fn commit(runtime: Rc<Runtime>, mut journal: impl Journal) {
+///
+/// Once enough segments are closed, the shard's state is captured as
+/// records right after a batch is taken (so it is exactly the state that
+/// batch leaves), written to a checkpoint file on a blocking thread while
+/// commits go on, and the segments it covers are then deleted.
+async fn commit(runtime: Rc<Runtime>, mut journal: impl Journal + Segments, plan: CheckpointPlan) {
+    let mut checkpointing = false;
     loop {
         runtime.commit_signal.wait().await;
+        let written = runtime.checkpoint_written.borrow_mut().take();
+        if let Some(written) = written {
+            checkpointing = false;
+            finish_checkpoint(&runtime, &mut journal, &plan, written).await;
+        }
+        let due = !checkpointing && journal.closed_segments() >= plan.segments;
         let (batch, records) = runtime.core.borrow_mut().take_records();
-        runtime.commits_started.set(runtime.commits_started.get() + 1);
+        let snapshot = due.then(|| runtime.core.borrow().checkpoint());
+        runtime
+            .commits_started
+            .set(runtime.commits_started.get() + 1);
         match journal.commit(&records).await {
             Ok(()) => {
                 let mut core = runtime.core.borrow_mut();
@@ -497,6 +593,10 @@ async fn commit(runtime: Rc<Runtime>, mut journal: impl Journal) {
                 drop(core);
                 runtime.commit_finished();
                 runtime.after_core();
+                if let Some(snapshot) = snapshot {
+                    checkpointing = true;
+                    start_checkpoint(&runtime, &plan, journal.last_batch(), snapshot);
+                }
             }
             Err(error) => {
                 // Without durability nothing may be acknowledged again: the
@@ -511,7 +611,9 @@ async fn commit(runtime: Rc<Runtime>, mut journal: impl Journal) {
                 runtime.after_core();
                 loop {
                     runtime.commit_signal.wait().await;
-                    runtime.commits_started.set(runtime.commits_started.get() + 1);
+                    runtime
+                        .commits_started
+                        .set(runtime.commits_started.get() + 1);
                     let (_, records) = runtime.core.borrow_mut().take_records();
                     drop(records);
                     runtime.commit_finished();
@@ -519,6 +621,75 @@ async fn commit(runtime: Rc<Runtime>, mut journal: impl Journal) {
             }
         }
     }
+}
+
+/// Writes `snapshot`, the state after log batch `batch`, on a blocking
+/// thread; the commit task hears of the result through the runtime.
+fn start_checkpoint(
+    runtime: &Rc<Runtime>,
+    plan: &CheckpointPlan,
+    batch: u64,
+    snapshot: Vec<Record>,
+) {
+    let runtime = runtime.clone();
+    let dir = plan.dir.clone();
+    let (shard, shard_count) = (plan.shard, plan.shard_count);
+    glommio::spawn_local(async move {
+        let started = Instant::now();
+        let records = snapshot.len();
+        let result = glommio::executor()
+            .spawn_blocking(move || checkpoint::write(&dir, shard, shard_count, batch, &snapshot))
+            .await;
+        *runtime.checkpoint_written.borrow_mut() = Some(match result {
+            Ok(bytes) => Ok(CheckpointWritten {
+                batch,
+                records,
+                bytes,
+                started,
+            }),
+            Err(error) => Err(error.to_string()),
+        });
+        runtime.commit_signal.raise();
+    })
+    .detach();
+}
+
+/// A checkpoint is durable: the segments and older checkpoints it covers
+/// go. A failure here costs disk space, not data, so it is only logged
+/// (the next checkpoint tries again).
+async fn finish_checkpoint(
+    runtime: &Runtime,
+    journal: &mut impl Segments,
+    plan: &CheckpointPlan,
+    written: Result<CheckpointWritten, String>,
+) {
+    let shard = runtime.shard_id;
+    let written = match written {
+        Ok(written) => written,
+        Err(error) => {
+            log::error!("shard {shard}: writing a checkpoint failed: {error}");
+            return;
+        }
+    };
+    let removed = match journal.remove_through(written.batch).await {
+        Ok(removed) => removed,
+        Err(error) => {
+            log::error!("shard {shard}: deleting segments a checkpoint covers: {error}");
+            return;
+        }
+    };
+    if let Err(error) = checkpoint::remove_older(&plan.dir, written.batch) {
+        log::error!("shard {shard}: deleting old checkpoints: {error}");
+    }
+    runtime.core.borrow_mut().checkpoint_finished();
+    log::info!(
+        "shard {shard}: checkpoint after batch {}: {} records, {} bytes in {:.3} s; \
+         {removed} segments deleted",
+        written.batch,
+        written.records,
+        written.bytes,
+        written.started.elapsed().as_secs_f64()
+    );
 }
 
 /// One connection: reads frames into the shard, writes its outbox out.

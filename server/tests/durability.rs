@@ -182,3 +182,144 @@ fn a_relative_data_dir_works_across_restarts() {
     }
     assert!(cwd.path().join("data/log/shard-1").is_dir());
 }
+
+/// Reads events until one matches (receipts and the like in between).
+fn until(client: &mut Client, pick: impl Fn(&Event) -> bool) -> Event {
+    for _ in 0..1_000 {
+        let event = client.recv().expect("an event");
+        assert!(!matches!(event, Event::Error { .. }), "{event:?}");
+        if pick(&event) {
+            return event;
+        }
+    }
+    panic!("no matching event in 1,000");
+}
+
+/// Bytes under `dir` in files whose names end with `suffix`.
+fn bytes_in(dir: &std::path::Path, suffix: &str) -> (usize, u64) {
+    let mut files = 0;
+    let mut bytes = 0;
+    for shard in std::fs::read_dir(dir.join("log")).unwrap() {
+        for entry in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_name().to_str().unwrap().ends_with(suffix) {
+                files += 1;
+                bytes += entry.metadata().unwrap().len();
+            }
+        }
+    }
+    (files, bytes)
+}
+
+#[test]
+fn checkpoints_keep_the_log_small_and_restore_after_kill_9() {
+    const SEGMENT: &str = "65536";
+    let server = Server::start(&["--segment-bytes", SEGMENT]);
+    let (mut alice, _, alice_key) = server.phone("+15550002001");
+    let (mut bob_client, bob, bob_key) = server.phone("+15550002002");
+    let (carol_client, carol, carol_key) = server.phone("+15550002003");
+    drop(carol_client);
+
+    // About 1 MB through Bob's log, all of it acknowledged.
+    let body = vec![b'x'; 8 * 1024];
+    for client_id in 1..=120u64 {
+        alice
+            .send(&ClientFrame::Send {
+                client_id,
+                to: bob,
+                body: &body,
+            })
+            .unwrap();
+        until(
+            &mut alice,
+            |e| matches!(e, Event::Sent { client_id: c, .. } if *c == client_id),
+        );
+        let Event::Message { seq, .. } =
+            until(&mut bob_client, |e| matches!(e, Event::Message { .. }))
+        else {
+            unreachable!()
+        };
+        bob_client.send(&ClientFrame::Ack { up_to: seq }).unwrap();
+    }
+    for client_id in 1..=10u64 {
+        let body = format!("for carol {client_id}");
+        alice
+            .send(&ClientFrame::Send {
+                client_id,
+                to: carol,
+                body: body.as_bytes(),
+            })
+            .unwrap();
+        until(
+            &mut alice,
+            |e| matches!(e, Event::Sent { client_id: c, .. } if *c == client_id),
+        );
+    }
+    // Bob's acks reach the log with the next commits; then a checkpoint.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut checkpoints = 0;
+    while checkpoints < 2 && Instant::now() < deadline {
+        if let Ok(line) = server.stderr.recv_timeout(Duration::from_millis(200)) {
+            checkpoints += usize::from(line.contains("checkpoint after batch"));
+        }
+    }
+    assert!(checkpoints >= 2, "no checkpoints written");
+    let (segments, segment_bytes) = bytes_in(server.data_dir(), ".log");
+    // At most 4 closed segments per shard before a checkpoint, plus the
+    // one being written; far below the 1 MB that passed through.
+    assert!(segments <= 2 * 6, "{segments} segments");
+    assert!(
+        segment_bytes < 900 * 1024,
+        "{segment_bytes} bytes of segments"
+    );
+    drop(alice);
+    drop(bob_client);
+
+    let dir = server.into_data_dir();
+    let server = Server::start_in(dir, &["--segment-bytes", SEGMENT]);
+    let mut carol_client = server.connect();
+    carol_client.login(carol, carol_key).unwrap();
+    for client_id in 1..=10u64 {
+        let got = carol_client.recv().unwrap();
+        match got {
+            Event::Message {
+                client_id: c, body, ..
+            } => {
+                assert_eq!(c, client_id);
+                assert_eq!(body.as_ref(), format!("for carol {client_id}").as_bytes());
+            }
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+    let mut bob_client = server.connect();
+    bob_client.login(bob, bob_key).unwrap();
+    bob_client.send(&ClientFrame::Ping { nonce: 1 }).unwrap();
+    expect(&mut bob_client, "Pong and no old message", |e| {
+        *e == Event::Pong { nonce: 1 }
+    });
+    // Acknowledged long ago and checkpointed since: still a resend.
+    let mut alice = server.connect();
+    alice
+        .login(wire::Phone::parse("+15550002001").unwrap(), alice_key)
+        .unwrap();
+    alice
+        .send(&ClientFrame::Send {
+            client_id: 5,
+            to: bob,
+            body: &body,
+        })
+        .unwrap();
+    until(&mut alice, |e| {
+        matches!(
+            e,
+            Event::Sent {
+                client_id: 5,
+                id: 5
+            }
+        )
+    });
+    bob_client.send(&ClientFrame::Ping { nonce: 2 }).unwrap();
+    expect(&mut bob_client, "Pong and no resend", |e| {
+        *e == Event::Pong { nonce: 2 }
+    });
+}

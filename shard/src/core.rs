@@ -42,6 +42,8 @@ pub enum RestoreError {
         recorded: u64,
         assigned: u64,
     },
+    #[error("a checkpoint starts the mailbox of {0} at seq 0 or after entries")]
+    MailboxStart(Phone),
 }
 
 /// A connection on this shard. The generation makes ids of closed
@@ -123,6 +125,8 @@ pub struct ShardCounters {
     pub idle_closed: u64,
     pub handovers_out: u64,
     pub handovers_in: u64,
+    /// Checkpoints written (and the segments they cover deleted).
+    pub checkpoints: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -303,8 +307,62 @@ impl Shard {
                     .ok_or(RestoreError::UnknownAccount(owner))?;
                 account.mailbox.ack(up_to, |_| {});
             }
+            Record::MailboxStart { owner, next_seq } => {
+                let account = self
+                    .accounts
+                    .get_mut(&owner)
+                    .ok_or(RestoreError::UnknownAccount(owner))?;
+                if !account.mailbox.start_at(next_seq) {
+                    return Err(RestoreError::MailboxStart(owner));
+                }
+            }
+            Record::Dedup {
+                owner,
+                from,
+                client_id,
+                seq,
+            } => self.dedup.insert(owner, from, client_id, seq, self.now_ms),
         }
         Ok(())
+    }
+
+    /// A checkpoint of this shard is durable.
+    pub fn checkpoint_finished(&mut self) {
+        self.counters.checkpoints += 1;
+    }
+
+    /// The shard's durable state as records: restored in order into an
+    /// empty shard, they rebuild it (accounts, mailboxes with their seqs,
+    /// recent client ids). What a checkpoint holds.
+    pub fn checkpoint(&self) -> Vec<Record> {
+        let mut records = Vec::with_capacity(self.accounts.len() * 2 + self.dedup.len());
+        for (&phone, account) in &self.accounts {
+            records.push(Record::AccountKey {
+                phone,
+                key_hash: account.key_hash,
+                generation: account.generation,
+            });
+            records.push(Record::MailboxStart {
+                owner: phone,
+                next_seq: account.mailbox.acked_up_to() + 1,
+            });
+            for entry in account.mailbox.after(0) {
+                records.push(Record::MailboxPut {
+                    owner: phone,
+                    seq: entry.seq,
+                    entry: entry.record.clone(),
+                });
+            }
+        }
+        for (owner, from, client_id, seq) in self.dedup.iter() {
+            records.push(Record::Dedup {
+                owner,
+                from,
+                client_id,
+                seq,
+            });
+        }
+        records
     }
 
     // ---- connections -------------------------------------------------------

@@ -66,6 +66,14 @@ impl DedupTable {
         }
     }
 
+    /// Every entry, oldest first: `(to, from, client_id, id)`.
+    pub fn iter(&self) -> impl Iterator<Item = (Phone, Phone, u64, u64)> + '_ {
+        self.order.iter().filter_map(|(_, key)| {
+            let id = *self.ids.get(key)?;
+            Some((key.to, key.from, key.client_id, id))
+        })
+    }
+
     pub fn expire(&mut self, now_ms: u64) {
         while self
             .order

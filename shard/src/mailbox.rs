@@ -55,6 +55,16 @@ impl Mailbox {
             .map_or(self.last_seq(), |entry| entry.seq - 1)
     }
 
+    /// Makes an empty mailbox give its next entry `next_seq`, as if the
+    /// ones before had come and been acknowledged. False if not empty.
+    pub fn start_at(&mut self, next_seq: u64) -> bool {
+        if !self.entries.is_empty() || next_seq == 0 {
+            return false;
+        }
+        self.next_seq = next_seq;
+        true
+    }
+
     pub fn push(&mut self, record: EntryRecord) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;

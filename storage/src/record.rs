@@ -26,6 +26,18 @@ pub enum Record {
     },
     /// `owner` acknowledged everything up to and including `up_to`.
     MailboxAck { owner: Phone, up_to: u64 },
+    /// In a checkpoint: `owner`'s mailbox, empty so far, gives its next
+    /// entry `next_seq` (everything before was acknowledged). Its live
+    /// entries follow as `MailboxPut`s.
+    MailboxStart { owner: Phone, next_seq: u64 },
+    /// In a checkpoint: a message to `owner` accepted recently enough that
+    /// a resend must still be recognised, whether or not it is acknowledged.
+    Dedup {
+        owner: Phone,
+        from: Phone,
+        client_id: u64,
+        seq: u64,
+    },
 }
 
 /// What a mailbox entry holds.

@@ -450,3 +450,78 @@ fn model_random_operations_survive_reopen() {
         }
     }
 }
+
+#[test]
+fn a_checkpoint_lets_replay_skip_and_delete_old_segments() {
+    let disk = MemoryDisk::new();
+    let config = LogConfig {
+        segment_bytes_max: 3 * BLOCK_BYTES as u64,
+        ..config()
+    };
+    let (mut log, _, _) = open(&disk, config).unwrap();
+    let all = commits(12);
+    for commit in &all[..8] {
+        block_on(log.append(commit)).unwrap();
+    }
+    // Two batches per segment: 8 batches fill segments 1..=4.
+    let checkpoint = log.last_batch();
+    assert_eq!(checkpoint, 8);
+    assert!(log.closed_segments() >= 3, "{:?}", log.segments());
+    for commit in &all[8..] {
+        block_on(log.append(commit)).unwrap();
+    }
+    let removed = block_on(log.remove_through(checkpoint)).unwrap();
+    assert!(removed >= 3, "{removed}");
+    let first_kept = *log.segments().start();
+    drop(log);
+
+    // Reopened after the checkpoint, only the later batches come back.
+    let mut replayed = Vec::new();
+    let (log, _) = block_on(Log::open_after(disk.clone(), config, checkpoint, |r| {
+        replayed.push(r)
+    }))
+    .unwrap();
+    assert_eq!(replayed, all[8..].concat());
+    assert_eq!(*log.segments().start(), first_kept);
+    assert_eq!(log.next_seq(), 13);
+    drop(log);
+
+    // Without the checkpoint, the log now starts mid-way: refused.
+    let Err(error) = open(&disk, config) else {
+        panic!("opened a log that starts mid-way")
+    };
+    assert!(matches!(error, LogError::CheckpointGap { .. }), "{error}");
+}
+
+#[test]
+fn segments_a_checkpoint_covers_are_deleted_on_open_after_a_crash() {
+    // The checkpoint became durable, then the process died before deleting
+    // the segments it covers: opening finishes the job.
+    let disk = MemoryDisk::new();
+    let config = LogConfig {
+        segment_bytes_max: 3 * BLOCK_BYTES as u64,
+        ..config()
+    };
+    let (mut log, _, _) = open(&disk, config).unwrap();
+    let all = commits(10);
+    for commit in &all {
+        block_on(log.append(commit)).unwrap();
+    }
+    let segments = log.segments().count() as u64;
+    drop(log);
+    let mut replayed = Vec::new();
+    let (log, recovery) = block_on(Log::open_after(disk.clone(), config, 6, |r| {
+        replayed.push(r)
+    }))
+    .unwrap();
+    assert_eq!(replayed, all[6..].concat());
+    assert!(recovery.obsolete >= 2, "{recovery:?}");
+    assert_eq!(log.segments().count() as u64, segments - recovery.obsolete);
+
+    // A checkpoint beyond what the log holds means the log lost batches.
+    drop(log);
+    let Err(error) = block_on(Log::open_after(disk, config, 40, |_| {})) else {
+        panic!("opened a log that ends before its checkpoint")
+    };
+    assert!(matches!(error, LogError::Damaged { .. }), "{error}");
+}

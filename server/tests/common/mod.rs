@@ -44,7 +44,10 @@ impl Server {
             .args(["--shards", "2", "--test-numbers", "+1555:111111"])
             // Segments are written full of zeros before use: small ones
             // keep each start quick.
-            .args(["--segment-bytes", "1048576"])
+            .args(match extra.contains(&"--segment-bytes") {
+                true => &[][..],
+                false => &["--segment-bytes", "1048576"][..],
+            })
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())

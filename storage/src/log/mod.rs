@@ -9,11 +9,12 @@
 //! to hold what the page cache claimed (the lesson of PostgreSQL's fsync bug).
 
 pub mod backend;
+pub mod checkpoint;
 pub mod format;
 pub mod glommio_disk;
 pub mod memory_disk;
 
-use std::io;
+use std::{collections::VecDeque, io};
 
 use backend::{Backend, SegmentFile};
 use format::{Frame, SegmentHeader, BLOCK_BYTES};
@@ -74,6 +75,15 @@ pub enum LogError {
     #[error("segments are not consecutive: {before} is followed by {after}")]
     MissingSegment { before: u64, after: u64 },
     #[error(
+        "the checkpoint holds batches up to {checkpoint}, but the oldest segment kept \
+         ({number}) starts at batch {first}: the batches between are missing"
+    )]
+    CheckpointGap {
+        checkpoint: u64,
+        number: u64,
+        first: u64,
+    },
+    #[error(
         "damage in the middle of the log: segment {number} at byte {offset} ({reason}), \
          with valid batches after it; start with salvage to skip it and lose what it held"
     )]
@@ -97,6 +107,8 @@ pub struct Recovery {
     pub torn_tail: Option<(u64, u64)>,
     /// Damage skipped because of `salvage`: `(segment, offset, reason)`.
     pub salvaged: Vec<(u64, u64, String)>,
+    /// Segments whose batches a checkpoint already held, deleted on open.
+    pub obsolete: u64,
 }
 
 /// An open log, positioned after its last batch.
@@ -108,8 +120,9 @@ pub struct Log<B: Backend> {
     /// Offset of the next frame in the current segment.
     end: u64,
     next_seq: u64,
-    /// Oldest segment still on disk.
-    first_segment: u64,
+    /// The segments on disk, oldest first, and the seq of each one's first
+    /// batch; the last is the one being written.
+    segments: VecDeque<(u64, u64)>,
     poisoned: bool,
     buffer: Vec<u8>,
     stats: JournalStats,
@@ -120,15 +133,22 @@ impl<B: Backend> Log<B> {
     pub async fn open(
         backend: B,
         config: LogConfig,
+        each: impl FnMut(Record),
+    ) -> Result<(Log<B>, Recovery), LogError> {
+        Log::open_after(backend, config, 0, each).await
+    }
+
+    /// Like [`Log::open`], after a checkpoint that holds every batch up to
+    /// `checkpoint`: only later batches are replayed, and segments holding
+    /// nothing later are deleted.
+    pub async fn open_after(
+        backend: B,
+        config: LogConfig,
+        checkpoint: u64,
         mut each: impl FnMut(Record),
     ) -> Result<(Log<B>, Recovery), LogError> {
-        let numbers = backend.list().await?;
+        let mut numbers = backend.list().await?;
         let mut recovery = Recovery::default();
-        if numbers.is_empty() {
-            let file = create_segment(&backend, &config, 1, 1).await?;
-            let log = Log::new(backend, config, file, 1, 1, 1);
-            return Ok((log, recovery));
-        }
         for pair in numbers.windows(2) {
             if pair[1] != pair[0] + 1 {
                 return Err(LogError::MissingSegment {
@@ -137,9 +157,29 @@ impl<B: Backend> Log<B> {
                 });
             }
         }
-        let last = *numbers.last().expect("not empty");
+        // Segments that a later one shows to end at or before the
+        // checkpoint hold nothing to replay.
+        while numbers.len() > 1 {
+            let next = backend.open(numbers[1]).await?;
+            let block = next.read_at(0, BLOCK_BYTES).await?;
+            let Ok(header) = SegmentHeader::decode(&block) else {
+                break;
+            };
+            if header.first_batch > checkpoint + 1 {
+                break;
+            }
+            backend.remove(numbers[0]).await?;
+            numbers.remove(0);
+            recovery.obsolete += 1;
+        }
+        let Some(&last) = numbers.last() else {
+            let file = create_segment(&backend, &config, 1, checkpoint + 1).await?;
+            let log = Log::new(backend, config, file, 1, BLOCK_BYTES as u64, checkpoint + 1);
+            return Ok((log, recovery));
+        };
         let mut next_seq = None;
         let mut tail = None;
+        let mut segments = VecDeque::new();
         for &number in &numbers {
             let file = backend.open(number).await?;
             let len = file.size().await?;
@@ -157,7 +197,7 @@ impl<B: Backend> Log<B> {
             let header = match SegmentHeader::decode(&bytes) {
                 Ok(header) => header,
                 // A crash between creating the last segment and syncing its
-                // header leaves it empty or torn, with nothing acknowledged.
+                // header leaves it blank or torn, with nothing acknowledged.
                 Err(_) if number == last && bytes.iter().all(|&b| b == 0) => {
                     drop(file);
                     backend.remove(number).await?;
@@ -167,6 +207,13 @@ impl<B: Backend> Log<B> {
                 Err(source) => return Err(LogError::Format { number, source }),
             };
             check_header(&config, number, &header)?;
+            if next_seq.is_none() && header.first_batch > checkpoint + 1 {
+                return Err(LogError::CheckpointGap {
+                    checkpoint,
+                    number,
+                    first: header.first_batch,
+                });
+            }
             let expected = *next_seq.get_or_insert(header.first_batch);
             if header.first_batch != expected {
                 return Err(LogError::Damaged {
@@ -180,22 +227,39 @@ impl<B: Backend> Log<B> {
                 });
             }
             recovery.segments += 1;
+            let image = SegmentImage {
+                number,
+                is_last: number == last,
+                bytes: &bytes,
+            };
             let (end, next) = replay_segment(
                 &config,
-                number,
-                number == last,
-                &bytes,
+                image,
                 expected,
+                checkpoint,
                 &mut recovery,
                 &mut each,
             )?;
             next_seq = Some(next);
+            segments.push_back((number, header.first_batch));
             tail = Some((number, file, end, bytes));
         }
+        let next_seq = next_seq.unwrap_or(checkpoint + 1);
+        if next_seq <= checkpoint {
+            // A checkpoint is taken only after its last batch is durable.
+            return Err(LogError::Damaged {
+                number: last,
+                offset: 0,
+                reason: format!(
+                    "the log ends at batch {}, before the checkpoint's batch {checkpoint}",
+                    next_seq - 1
+                ),
+            });
+        }
         let Some((segment, mut file, end, tail_bytes)) = tail else {
-            // The only segment was blank: start over.
-            let file = create_segment(&backend, &config, last, 1).await?;
-            let log = Log::new(backend, config, file, last, 1, 1);
+            // The only segment was blank: start over in it.
+            let file = create_segment(&backend, &config, last, next_seq).await?;
+            let log = Log::new(backend, config, file, last, BLOCK_BYTES as u64, next_seq);
             return Ok((log, recovery));
         };
         if let Some(dirty) = dirty_bytes_after(&tail_bytes, end) {
@@ -205,9 +269,8 @@ impl<B: Backend> Log<B> {
             write_all(&mut file, end, &vec![0; dirty]).await?;
             file.sync().await?;
         }
-        let next_seq = next_seq.expect("set by every segment read");
         let mut log = Log::new(backend, config, file, segment, end, next_seq);
-        log.first_segment = numbers[0];
+        log.segments = segments;
         Ok((log, recovery))
     }
 
@@ -226,7 +289,7 @@ impl<B: Backend> Log<B> {
             segment,
             end: end.max(BLOCK_BYTES as u64),
             next_seq,
-            first_segment: segment,
+            segments: VecDeque::from([(segment, next_seq)]),
             poisoned: false,
             buffer: Vec::new(),
             stats: JournalStats::default(),
@@ -284,6 +347,7 @@ impl<B: Backend> Log<B> {
         let number = self.segment + 1;
         self.file = create_segment(&self.backend, &self.config, number, self.next_seq).await?;
         self.segment = number;
+        self.segments.push_back((number, self.next_seq));
         self.end = BLOCK_BYTES as u64;
         Ok(())
     }
@@ -295,7 +359,30 @@ impl<B: Backend> Log<B> {
 
     /// The segments on disk, oldest first.
     pub fn segments(&self) -> std::ops::RangeInclusive<u64> {
-        self.first_segment..=self.segment
+        self.segments.front().map_or(self.segment, |s| s.0)..=self.segment
+    }
+
+    /// Segments written full and closed.
+    pub fn closed_segments(&self) -> usize {
+        self.segments.len() - 1
+    }
+
+    /// Seq of the last batch written (0 before the first).
+    pub fn last_batch(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// Deletes the closed segments whose batches are all at or before
+    /// `batch` (a durable checkpoint holds them). Returns how many.
+    pub async fn remove_through(&mut self, batch: u64) -> Result<usize, LogError> {
+        let mut removed = 0;
+        while self.segments.len() > 1 && self.segments[1].1 <= batch + 1 {
+            let (number, _) = self.segments[0];
+            self.backend.remove(number).await?;
+            self.segments.pop_front();
+            removed += 1;
+        }
+        Ok(removed)
     }
 
     pub fn is_poisoned(&self) -> bool {
@@ -338,17 +425,29 @@ fn check_header(config: &LogConfig, number: u64, header: &SegmentHeader) -> Resu
     Ok(())
 }
 
-/// Replays the batches of one segment, the first of them `first`; returns
-/// the offset after the last whole batch and the seq the next batch gets.
-fn replay_segment(
-    config: &LogConfig,
+/// One segment's bytes, for replay.
+struct SegmentImage<'a> {
     number: u64,
     is_last: bool,
-    bytes: &[u8],
+    bytes: &'a [u8],
+}
+
+/// Replays the batches of one segment, the first of them `first`, applying
+/// those after `checkpoint`; returns the offset after the last whole batch
+/// and the seq the next batch gets.
+fn replay_segment(
+    config: &LogConfig,
+    segment: SegmentImage<'_>,
     first: u64,
+    checkpoint: u64,
     recovery: &mut Recovery,
     each: &mut impl FnMut(Record),
 ) -> Result<(u64, u64), LogError> {
+    let SegmentImage {
+        number,
+        is_last,
+        bytes,
+    } = segment;
     let mut offset = BLOCK_BYTES;
     let mut expected = first;
     while offset < bytes.len() {
@@ -361,10 +460,13 @@ fn replay_segment(
                 payload,
                 frame_bytes,
             } if seq == expected => {
-                format::decode_records(seq, count, payload, &mut *each)
-                    .map_err(|source| LogError::Format { number, source })?;
-                recovery.batches += 1;
-                recovery.records += u64::from(count);
+                // Batches a checkpoint holds are skipped, not applied twice.
+                if seq > checkpoint {
+                    format::decode_records(seq, count, payload, &mut *each)
+                        .map_err(|source| LogError::Format { number, source })?;
+                    recovery.batches += 1;
+                    recovery.records += u64::from(count);
+                }
                 expected += 1;
                 offset += frame_bytes;
                 continue;
