@@ -16,6 +16,8 @@ for j in memory log; do
   r=$(target/release/loadgen --target $T --phones 10000 --duration 15 --warmup 3 --cpus 1 --json 2>/dev/null | tail -1 | python3 -c "import json,sys; d=json.load(sys.stdin); print(round(d['delivered_per_s']), 'lost', d['lost'])")
   du=$(du -sb $D/log 2>/dev/null | cut -f1)
   kill $SP; wait $SP 2>/dev/null
-  echo "round=$round journal=$j delivered_per_s=$r log_bytes=${du:-0} steal=$(( $(steal) - s0 ))"
+  # The journal's counters, logged at shutdown: records, batches, syncs, bytes.
+  js=$(grep -o 'journal JournalStats {[^}]*}' $D/err | sed 's/journal JournalStats { //; s/ }//; s/, / /g; s/: /=/g' | head -1)
+  echo "round=$round journal=$j delivered_per_s=$r log_bytes=${du:-0} steal=$(( $(steal) - s0 )) $js"
   rm -rf $D
 done; done

@@ -31,7 +31,7 @@ use rustls::{ServerConfig, ServerConnection};
 use shard::{ConnId, ConnSnapshot, FrameOutcome, PeerMessage, Shard};
 use storage::{
     log::{checkpoint, glommio_disk::GlommioDisk, Log, LogConfig},
-    Journal, MemoryJournal, Record,
+    Journal, JournalStats, MemoryJournal, Record,
 };
 use wire::{decode_client, split_frame, ErrorKind, FrameError, FRAME_BYTES_MAX};
 
@@ -134,6 +134,8 @@ pub struct Runtime {
     /// A checkpoint written off the executor, reported back to the commit
     /// task: the batch it covers, or why it failed.
     checkpoint_written: RefCell<Option<Result<CheckpointWritten, String>>>,
+    /// The journal's own counters as of the last commit.
+    journal_stats: Cell<JournalStats>,
 }
 
 struct CheckpointWritten {
@@ -276,6 +278,7 @@ pub async fn run(setup: ShardSetup) {
         commits_done: Cell::new(0),
         holding: RefCell::new(Vec::new()),
         checkpoint_written: RefCell::new(None),
+        journal_stats: Cell::new(JournalStats::default()),
     });
     let plan = CheckpointPlan {
         dir: storage.dir.clone(),
@@ -336,7 +339,8 @@ pub async fn run(setup: ShardSetup) {
         glommio::timer::sleep(Duration::from_millis(20)).await;
     }
     let counters = runtime.core.borrow().counters();
-    log::info!("shard {shard_id} stopped: {counters:?}");
+    let journal = runtime.journal_stats.get();
+    log::info!("shard {shard_id} stopped: {counters:?}; journal {journal:?}");
     drop(tasks);
 }
 
@@ -592,6 +596,7 @@ async fn commit(runtime: Rc<Runtime>, mut journal: impl Journal + Segments, plan
                 core.recycle_records(records);
                 drop(core);
                 runtime.commit_finished();
+                runtime.journal_stats.set(journal.stats());
                 runtime.after_core();
                 if let Some(snapshot) = snapshot {
                     checkpointing = true;
