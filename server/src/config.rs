@@ -44,6 +44,10 @@ pub struct StorageConfig {
     /// segments it covers are then deleted. Disk use stays near
     /// (this + 2) segments plus the checkpoint, whatever the traffic.
     pub checkpoint_segments: usize,
+    /// Write-back cache: 0 writes every message before `Sent`; above 0 a
+    /// message (and its deletion) waits this long in memory and is never
+    /// written if acknowledged in time. A crash loses what waits.
+    pub sync_delay_ms: u64,
     /// Start even if a log is damaged in the middle, skipping the damage
     /// (and losing what it held). Off: such a log stops the server.
     pub salvage: bool,
@@ -55,6 +59,7 @@ impl Default for StorageConfig {
             journal: JournalKind::Log,
             segment_bytes_max: storage::log::SEGMENT_BYTES_MAX_DEFAULT,
             checkpoint_segments: 4,
+            sync_delay_ms: 0,
             salvage: false,
         }
     }

@@ -75,6 +75,10 @@ struct Args {
     /// is written with zeros to this size before it is used.
     #[arg(long)]
     segment_bytes: Option<u64>,
+    /// Write-back cache delay in ms (0: write every message before `Sent`).
+    /// A crash loses messages accepted in the last this-many ms.
+    #[arg(long)]
+    sync_delay_ms: Option<u64>,
 }
 
 fn main() {
@@ -150,6 +154,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         shard_config.unacked_messages_max = config.limits.unacked_messages_max;
         shard_config.send_rate_per_s = config.limits.send_rate_per_s;
         shard_config.send_burst = config.limits.send_burst;
+        if config.storage.journal == JournalKind::Log {
+            shard_config.sync_delay_ms = config.storage.sync_delay_ms;
+        }
         shard_config.code_requests_max = config.limits.code_requests_max;
         shard_config.test_numbers = config.test_numbers.as_ref().map(|t| TestNumbers {
             prefix: t.prefix.clone(),
@@ -328,6 +335,9 @@ fn apply_flags(config: &mut Config, args: Args) -> anyhow::Result<()> {
     }
     if let Some(bytes) = args.segment_bytes {
         config.storage.segment_bytes_max = bytes;
+    }
+    if let Some(ms) = args.sync_delay_ms {
+        config.storage.sync_delay_ms = ms;
     }
     if let Some(addr) = args.listen {
         config.listen = Some(addr);

@@ -335,7 +335,10 @@ pub async fn run(setup: ShardSetup) {
     runtime.core.borrow_mut().close_all();
     runtime.after_core();
     let deadline = Instant::now() + Duration::from_secs(2);
-    while runtime.live_tasks.get() > 0 && Instant::now() < deadline {
+    // Connections to close, and records (the write-back cache, written out
+    // by `close_all`) to commit.
+    let busy = || runtime.live_tasks.get() > 0 || runtime.core.borrow().has_pending_records();
+    while busy() && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(20)).await;
     }
     let counters = runtime.core.borrow().counters();

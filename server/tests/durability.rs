@@ -323,3 +323,40 @@ fn checkpoints_keep_the_log_small_and_restore_after_kill_9() {
         *e == Event::Pong { nonce: 2 }
     });
 }
+
+#[test]
+fn the_write_back_cache_is_written_out_on_a_clean_stop() {
+    // A minute of delay: nothing reaches the log while the server runs.
+    let args = ["--sync-delay-ms", "60000"];
+    let server = Server::start(&args);
+    let (mut alice, _, _) = server.phone("+15550003001");
+    let (bob_client, bob, bob_key) = server.phone("+15550003002");
+    drop(bob_client);
+    let started = Instant::now();
+    alice
+        .send(&ClientFrame::Send {
+            client_id: 1,
+            to: bob,
+            body: b"cached",
+        })
+        .unwrap();
+    until(&mut alice, |e| {
+        matches!(e, Event::Sent { client_id: 1, .. })
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "Sent did not wait"
+    );
+    drop(alice);
+
+    let (status, dir) = server.stop_keeping_data();
+    assert!(status.success(), "{status:?}");
+    let server = Server::start_in(dir, &args);
+    let mut bob_client = server.connect();
+    bob_client.login(bob, bob_key).unwrap();
+    let got = bob_client.recv().unwrap();
+    assert!(
+        matches!(&got, Event::Message { client_id: 1, body, .. } if body.as_ref() == b"cached"),
+        "{got:?}"
+    );
+}

@@ -50,6 +50,14 @@ pub struct ShardConfig {
     /// for resend detection.
     pub dedup_ttl_ms: u64,
     pub dedup_entries_max: usize,
+    /// Write-back cache: mailbox records (entries and acks) wait this long
+    /// in memory before they are written, and an entry acknowledged in the
+    /// meantime is never written at all. 0: every record is written (and
+    /// synced) before the reply that depends on it.
+    pub sync_delay_ms: u64,
+    /// Body bytes the write-back cache may hold; past it the oldest records
+    /// are written early.
+    pub sync_delay_bytes_max: usize,
     /// Moves of one connection between shards before login.
     pub handovers_max: u8,
     /// Failed logins on one connection before it is closed.
@@ -72,6 +80,8 @@ impl ShardConfig {
             idle_timeout_ms: 5 * 60 * 1000,
             login_timeout_ms: 30 * 1000,
             unacked_messages_max: 256,
+            sync_delay_ms: 0,
+            sync_delay_bytes_max: 64 * 1024 * 1024,
             outbox_feed_bytes_max: 64 * 1024,
             outbox_bytes_max: 1024 * 1024,
             send_rate_per_s: 1_000,

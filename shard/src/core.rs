@@ -127,6 +127,11 @@ pub struct ShardCounters {
     pub handovers_in: u64,
     /// Checkpoints written (and the segments they cover deleted).
     pub checkpoints: u64,
+    /// Mailbox records that went through the write-back cache, and the
+    /// messages among them acknowledged before they were due, which were
+    /// never written at all.
+    pub records_cached: u64,
+    pub messages_never_written: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -160,6 +165,31 @@ struct Account {
     generation: u64,
     mailbox: Mailbox,
     session: Option<ConnId>,
+    /// The highest seq whose `MailboxPut` went to the journal (not the
+    /// write-back cache), and the lowest written entry that no written
+    /// `MailboxAck` covers yet (a lower bound: entries never written may
+    /// lie above it).
+    written_put: u64,
+    written_unacked_from: Option<u64>,
+}
+
+impl Account {
+    /// A `MailboxAck` up to `up_to` went to the journal.
+    fn written_acked(&mut self, up_to: u64) {
+        self.written_unacked_from = match self.written_unacked_from {
+            Some(_) if up_to >= self.written_put => None,
+            Some(from) => Some(from.max(up_to + 1)),
+            None => None,
+        };
+    }
+}
+
+/// A mailbox record in the write-back cache, written at `due_ms` unless
+/// an acknowledgement makes it moot first.
+#[derive(Debug)]
+struct Deferred {
+    due_ms: u64,
+    record: Record,
 }
 
 #[derive(Debug)]
@@ -200,6 +230,10 @@ pub struct Shard {
     /// Held replies, each tagged with the batch that must commit first.
     held: VecDeque<(u64, Held)>,
     batch: u64,
+    /// The write-back cache, in arrival (so due) order, and the body bytes
+    /// it holds.
+    deferred: VecDeque<Deferred>,
+    deferred_bytes: usize,
     /// The time of the input being handled.
     now_ms: u64,
     counters: ShardCounters,
@@ -228,6 +262,8 @@ impl Shard {
             spare_records: Vec::new(),
             held: VecDeque::new(),
             batch: 0,
+            deferred: VecDeque::new(),
+            deferred_bytes: 0,
             now_ms,
             counters: ShardCounters::default(),
             journal_failed: false,
@@ -272,6 +308,8 @@ impl Shard {
                             generation,
                             mailbox: Mailbox::new(),
                             session: None,
+                            written_put: 0,
+                            written_unacked_from: None,
                         },
                     );
                     self.counters.accounts += 1;
@@ -291,6 +329,13 @@ impl Shard {
                     self.dedup
                         .insert(owner, *from, *client_id, seq, self.now_ms);
                 }
+                if account.mailbox.is_empty() && seq > account.mailbox.last_seq() + 1 {
+                    // Entries before it were acknowledged while still in the
+                    // write-back cache, so they were never written.
+                    account.mailbox.start_at(seq);
+                }
+                account.written_put = seq;
+                account.written_unacked_from.get_or_insert(seq);
                 let assigned = account.mailbox.push(entry);
                 if assigned != seq {
                     return Err(RestoreError::SeqMismatch {
@@ -306,6 +351,7 @@ impl Shard {
                     .get_mut(&owner)
                     .ok_or(RestoreError::UnknownAccount(owner))?;
                 account.mailbox.ack(up_to, |_| {});
+                account.written_acked(up_to);
             }
             Record::MailboxStart { owner, next_seq } => {
                 let account = self
@@ -315,6 +361,8 @@ impl Shard {
                 if !account.mailbox.start_at(next_seq) {
                     return Err(RestoreError::MailboxStart(owner));
                 }
+                account.written_put = next_seq - 1;
+                account.written_unacked_from = None;
             }
             Record::Dedup {
                 owner,
@@ -346,7 +394,13 @@ impl Shard {
                 owner: phone,
                 next_seq: account.mailbox.acked_up_to() + 1,
             });
-            for entry in account.mailbox.after(0) {
+            // Entries still in the write-back cache are not in the log
+            // either: they reach it (or not) after the checkpoint.
+            let written = account
+                .mailbox
+                .after(0)
+                .filter(|e| e.seq <= account.written_put);
+            for entry in written {
                 records.push(Record::MailboxPut {
                     owner: phone,
                     seq: entry.seq,
@@ -525,6 +579,8 @@ impl Shard {
     pub fn journal_failed(&mut self) {
         self.journal_failed = true;
         self.records.clear();
+        self.deferred.clear();
+        self.deferred_bytes = 0;
         while let Some((_, held)) = self.held.pop_front() {
             match held {
                 Held::Frame { conn, .. } => {
@@ -755,6 +811,89 @@ impl Shard {
             }
         }
         self.dedup.expire(now_ms);
+        self.write_due(now_ms);
+    }
+
+    // ---- write-back cache ----------------------------------------------------
+
+    /// Sends a mailbox record to the journal, or with `sync_delay_ms` to the
+    /// write-back cache.
+    fn record_mailbox(&mut self, record: Record) {
+        if self.config.sync_delay_ms == 0 {
+            self.write_mailbox_record(record);
+            return;
+        }
+        self.counters.records_cached += 1;
+        self.deferred_bytes += cached_bytes(&record);
+        self.deferred.push_back(Deferred {
+            due_ms: self.now_ms + self.config.sync_delay_ms,
+            record,
+        });
+        while self.deferred_bytes > self.config.sync_delay_bytes_max {
+            self.write_oldest_cached();
+        }
+    }
+
+    /// Writes the cached records that are due (all of them for `u64::MAX`).
+    fn write_due(&mut self, now_ms: u64) {
+        while self.deferred.front().is_some_and(|d| d.due_ms <= now_ms) {
+            self.write_oldest_cached();
+        }
+    }
+
+    fn write_oldest_cached(&mut self) {
+        if let Some(deferred) = self.deferred.pop_front() {
+            self.deferred_bytes -= cached_bytes(&deferred.record);
+            self.write_mailbox_record(deferred.record);
+        }
+    }
+
+    /// Hands a mailbox record to the journal, unless the mailbox has made it
+    /// moot: an entry acknowledged before it was written is never written,
+    /// and neither is an acknowledgement of entries none of which were.
+    fn write_mailbox_record(&mut self, record: Record) {
+        let (Record::MailboxPut { owner, .. } | Record::MailboxAck { owner, .. }) = &record else {
+            self.records.push(record);
+            return;
+        };
+        let Some(account) = self.accounts.get_mut(owner) else {
+            return;
+        };
+        match record {
+            Record::MailboxPut { owner, seq, .. } => {
+                if seq <= account.mailbox.acked_up_to() {
+                    if let Record::MailboxPut {
+                        entry: EntryRecord::Message { .. },
+                        ..
+                    } = record
+                    {
+                        self.counters.messages_never_written += 1;
+                    }
+                    return;
+                }
+                if seq > account.written_put + 1 && account.written_unacked_from.is_some() {
+                    // The entries in between were acknowledged and never
+                    // written. Acknowledge the written ones before them too
+                    // (they are: acks cover a prefix), so that replay never
+                    // sees a mailbox with a hole in it.
+                    let up_to = seq - 1;
+                    self.records.push(Record::MailboxAck { owner, up_to });
+                    account.written_acked(up_to);
+                }
+                account.written_put = seq;
+                account.written_unacked_from.get_or_insert(seq);
+                self.records.push(record);
+            }
+            Record::MailboxAck { up_to, .. } => {
+                // Only an ack that covers a written entry needs writing.
+                if account.written_unacked_from.is_none_or(|from| from > up_to) {
+                    return;
+                }
+                account.written_acked(up_to);
+                self.records.push(record);
+            }
+            _ => unreachable!("matched above"),
+        }
     }
 
     // ---- signup and login --------------------------------------------------
@@ -914,6 +1053,8 @@ impl Shard {
                         generation: 1,
                         mailbox: Mailbox::new(),
                         session: None,
+                        written_put: 0,
+                        written_unacked_from: None,
                     },
                 );
                 self.counters.accounts += 1;
@@ -1050,7 +1191,7 @@ impl Shard {
             }
         });
         self.counters.messages_acked += receipts.len() as u64;
-        self.records.push(Record::MailboxAck { owner, up_to });
+        self.record_mailbox(Record::MailboxAck { owner, up_to });
         for (from, client_id) in receipts {
             let shard = self.config.map.shard_of(from);
             self.route(
@@ -1172,7 +1313,7 @@ impl Shard {
         let account = self.accounts.get_mut(&owner)?;
         let seq = account.mailbox.push(entry.clone());
         let session = account.session;
-        self.records.push(Record::MailboxPut { owner, seq, entry });
+        self.record_mailbox(Record::MailboxPut { owner, seq, entry });
         if let Some(session) = session {
             self.pump(session);
         }
@@ -1320,8 +1461,10 @@ impl Shard {
         conn.closing = true;
     }
 
-    /// Closes every connection with `ShuttingDown`.
+    /// Closes every connection with `ShuttingDown`, and writes out the
+    /// write-back cache: a clean stop loses nothing.
     pub fn close_all(&mut self) {
+        self.write_due(u64::MAX);
         let ids: Vec<ConnId> = self
             .conns
             .iter()
@@ -1410,4 +1553,17 @@ fn random_code(env: &mut dyn Env) -> u32 {
             return value % CODES;
         }
     }
+}
+
+/// What a cached record counts against `sync_delay_bytes_max`.
+fn cached_bytes(record: &Record) -> usize {
+    const RECORD_OVERHEAD_BYTES: usize = 64;
+    RECORD_OVERHEAD_BYTES
+        + match record {
+            Record::MailboxPut {
+                entry: EntryRecord::Message { body, .. },
+                ..
+            } => body.len(),
+            _ => 0,
+        }
 }

@@ -184,6 +184,15 @@ impl Net {
         }
     }
 
+    /// Time passes: every shard ticks, then everything settles.
+    fn advance(&mut self, ms: u64) {
+        self.now_ms += ms;
+        for shard in &mut self.shards {
+            shard.tick(self.now_ms);
+        }
+        self.settle();
+    }
+
     /// What a checkpoint followed by deleting every segment leaves: each
     /// journal becomes its shard's checkpoint.
     fn compact(&mut self) {
@@ -791,12 +800,33 @@ fn a_journal_out_of_order_is_refused() {
             generation: 1,
         })
         .unwrap();
+    // An empty mailbox may start past 1 (entries acknowledged while in the
+    // write-back cache were never written), but a hole after an entry, or
+    // a seq going back, is a journal that contradicts itself.
+    shard.restore(put.clone()).unwrap();
+    let at = |seq| storage::Record::MailboxPut {
+        owner: phone,
+        seq,
+        entry: storage::EntryRecord::Receipt {
+            kind: ReceiptKind::Delivered,
+            by: phone,
+            client_id: seq,
+        },
+    };
+    assert_eq!(
+        shard.restore(at(4)),
+        Err(RestoreError::SeqMismatch {
+            owner: phone,
+            recorded: 4,
+            assigned: 3
+        })
+    );
     assert_eq!(
         shard.restore(put),
         Err(RestoreError::SeqMismatch {
             owner: phone,
             recorded: 2,
-            assigned: 1
+            assigned: 4
         })
     );
 }
@@ -973,4 +1003,103 @@ fn a_checkpoint_keeps_seqs_unread_messages_and_resend_detection() {
         id: 6
     }));
     net.send(&mut bob_conn, ClientFrame::Ack { up_to: 6 });
+}
+
+/// Records for `owner`'s mailbox in the journal: puts (by seq) and acks.
+fn mailbox_records(net: &Net, owner: Phone) -> (Vec<u64>, Vec<u64>) {
+    let mut puts = Vec::new();
+    let mut acks = Vec::new();
+    for record in &net.records {
+        match record {
+            storage::Record::MailboxPut { owner: o, seq, .. } if *o == owner => puts.push(*seq),
+            storage::Record::MailboxAck { owner: o, up_to } if *o == owner => acks.push(*up_to),
+            _ => {}
+        }
+    }
+    (puts, acks)
+}
+
+#[test]
+fn the_write_back_cache_never_writes_what_is_acked_in_time() {
+    let mut net = Net::new(2, |c| c.sync_delay_ms = 1_000);
+    let (alice, alice_key, bob, bob_key) = signed_up_pair(&mut net);
+    let (mut alice_conn, _) = net.login(alice, alice_key);
+    let (mut bob_conn, _) = net.login(bob, bob_key);
+    let send = |net: &mut Net, conn: &mut Phone_, client_id| {
+        net.send(
+            conn,
+            ClientFrame::Send {
+                client_id,
+                to: bob,
+                body: b"quick",
+            },
+        );
+    };
+    // 1 and 2 are acknowledged within the delay; 3 is not.
+    for client_id in 1..=3 {
+        send(&mut net, &mut alice_conn, client_id);
+    }
+    let got = net.read(&alice_conn);
+    assert_eq!(
+        got.len(),
+        3,
+        "Sent comes without waiting for the disk: {got:?}"
+    );
+    assert_eq!(net.read(&bob_conn).len(), 3);
+    net.send(&mut bob_conn, ClientFrame::Ack { up_to: 2 });
+    assert_eq!(
+        mailbox_records(&net, bob),
+        (vec![], vec![]),
+        "all still cached"
+    );
+
+    net.advance(1_500);
+    // Only message 3 reached the journal, and no ack (nothing written was
+    // acknowledged).
+    assert_eq!(mailbox_records(&net, bob), (vec![3], vec![]));
+    assert_eq!(net.shards[1].counters().messages_never_written, 2);
+
+    // Message 4 is acknowledged in time; 3 (written) is acknowledged with
+    // it. Replay must see 3 acknowledged before 5, never a hole.
+    send(&mut net, &mut alice_conn, 4);
+    send(&mut net, &mut alice_conn, 5);
+    let _ = net.read(&bob_conn);
+    net.send(&mut bob_conn, ClientFrame::Ack { up_to: 4 });
+    net.advance(1_500);
+    assert_eq!(mailbox_records(&net, bob), (vec![3, 5], vec![4]));
+
+    net.restart();
+    let (_, got) = net.login(bob, bob_key);
+    let seqs: Vec<u64> = got
+        .iter()
+        .filter_map(|g| match g {
+            Got::Message { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seqs, vec![5], "only the unacknowledged message is back");
+}
+
+#[test]
+fn a_clean_stop_writes_the_write_back_cache_out() {
+    let mut net = Net::new(2, |c| c.sync_delay_ms = 60_000);
+    let (alice, alice_key, bob, bob_key) = signed_up_pair(&mut net);
+    let (mut alice_conn, _) = net.login(alice, alice_key);
+    net.send(
+        &mut alice_conn,
+        ClientFrame::Send {
+            client_id: 1,
+            to: bob,
+            body: b"kept",
+        },
+    );
+    assert_eq!(mailbox_records(&net, bob), (vec![], vec![]));
+    for shard in &mut net.shards {
+        shard.close_all();
+    }
+    net.settle();
+    assert_eq!(mailbox_records(&net, bob), (vec![1], vec![]));
+    net.restart();
+    let (_, got) = net.login(bob, bob_key);
+    assert!(matches!(got[..], [Got::Message { seq: 1, .. }]), "{got:?}");
 }

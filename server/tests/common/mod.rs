@@ -115,6 +115,14 @@ impl Server {
         wait_timeout(&mut self.child, Duration::from_secs(10))
     }
 
+    /// SIGTERM (a clean stop), wait, and keep the data dir for a restart.
+    pub fn stop_keeping_data(mut self) -> (std::process::ExitStatus, tempfile::TempDir) {
+        unsafe { libc_kill(self.child.id() as i32, 15) };
+        let status = wait_timeout(&mut self.child, Duration::from_secs(10));
+        let dir = tempfile::tempdir().unwrap();
+        (status, std::mem::replace(&mut self.data_dir, dir))
+    }
+
     pub fn into_data_dir(mut self) -> tempfile::TempDir {
         let _ = self.child.kill();
         let _ = self.child.wait();
