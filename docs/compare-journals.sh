@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Closed-loop chat throughput with the durable log vs the in-memory journal,
-# interleaved in one run (one shard on CPU 0, loadgen on CPU 1), and the log
+# Closed-loop chat throughput with the in-memory journal, the durable log, and
+# the log behind a 1 s write-back cache (`delay`), interleaved in one run (one shard on CPU 0, loadgen on CPU 1), and the log
 # bytes each durable run left. Usage: docs/compare-journals.sh (after
 # cargo build --release).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 steal() { awk '/^cpu /{print $9}' /proc/stat; }
 for round in 1 2 3; do
-for j in memory log; do
+for j in memory log delay; do
   D=$(mktemp -d)
-  target/release/isle --data-dir $D --shards 1 --cpus 0 --no-tls --plaintext-listen 127.0.0.1:0 --test-numbers +1555:111111 --journal $j > $D/ready 2>$D/err & SP=$!
+  target/release/isle --data-dir $D --shards 1 --cpus 0 --no-tls --plaintext-listen 127.0.0.1:0 --test-numbers +1555:111111 $(case $j in delay) echo --journal log --sync-delay-ms 1000;; *) echo --journal $j;; esac) > $D/ready 2>$D/err & SP=$!
   while ! grep -q ready $D/ready 2>/dev/null; do sleep 0.05; done
   T=$(grep -o 'plaintext=[^ ]*' $D/ready | cut -d= -f2)
   s0=$(steal)
@@ -17,7 +17,8 @@ for j in memory log; do
   du=$(du -sb $D/log 2>/dev/null | cut -f1)
   kill $SP; wait $SP 2>/dev/null
   # The journal's counters, logged at shutdown: records, batches, syncs, bytes.
+  nw=$(grep -o 'messages_stored: [0-9]*\|messages_never_written: [0-9]*' $D/err | head -2 | tr -d ' ' | tr ':' '=' | tr '\n' ' ')
   js=$(grep -o 'journal JournalStats {[^}]*}' $D/err | sed 's/journal JournalStats { //; s/ }//; s/, / /g; s/: /=/g' | head -1)
-  echo "round=$round journal=$j delivered_per_s=$r log_bytes=${du:-0} steal=$(( $(steal) - s0 )) $js"
+  echo "round=$round journal=$j delivered_per_s=$r log_bytes=${du:-0} steal=$(( $(steal) - s0 )) $js $nw"
   rm -rf $D
 done; done
