@@ -99,6 +99,10 @@ pub struct Limits {
     pub send_rate_per_s: u32,
     pub send_burst: u32,
     pub code_requests_max: u32,
+    /// What one account may have queued (entries, body bytes); messages past
+    /// either bound are refused with `MailboxFull`.
+    pub mailbox_entries_max: usize,
+    pub mailbox_bytes_max: usize,
     /// Messages waiting to cross to one other shard before the connections
     /// that feed them stop being read.
     pub peer_staging_messages_max: usize,
@@ -141,6 +145,8 @@ impl Default for Limits {
             send_rate_per_s: shard.send_rate_per_s,
             send_burst: shard.send_burst,
             code_requests_max: shard.code_requests_max,
+            mailbox_entries_max: shard.mailbox_entries_max,
+            mailbox_bytes_max: shard.mailbox_bytes_max,
             peer_staging_messages_max: 16 * 1024,
             peer_queue_batches_max: 64,
             io_memory_bytes: 512 * 1024,

@@ -154,6 +154,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         shard_config.unacked_messages_max = config.limits.unacked_messages_max;
         shard_config.send_rate_per_s = config.limits.send_rate_per_s;
         shard_config.send_burst = config.limits.send_burst;
+        shard_config.mailbox_entries_max = config.limits.mailbox_entries_max;
+        shard_config.mailbox_bytes_max = config.limits.mailbox_bytes_max;
         if config.storage.journal == JournalKind::Log {
             shard_config.sync_delay_ms = config.storage.sync_delay_ms;
         }

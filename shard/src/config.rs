@@ -58,6 +58,15 @@ pub struct ShardConfig {
     /// Body bytes the write-back cache may hold; past it the oldest records
     /// are written early.
     pub sync_delay_bytes_max: usize,
+    /// Entries of one account the write-back cache may hold; past it the
+    /// cache is written out from its oldest record until the account is
+    /// back under half, so a recipient that never reads cannot crowd it.
+    pub sync_delay_entries_per_account_max: u32,
+    /// What one account may have queued: messages past either bound are
+    /// refused with `MailboxFull`. Receipts may take the entry count to
+    /// twice the bound; past that they are dropped and counted.
+    pub mailbox_entries_max: usize,
+    pub mailbox_bytes_max: usize,
     /// Moves of one connection between shards before login.
     pub handovers_max: u8,
     /// Failed logins on one connection before it is closed.
@@ -82,6 +91,9 @@ impl ShardConfig {
             unacked_messages_max: 256,
             sync_delay_ms: 0,
             sync_delay_bytes_max: 64 * 1024 * 1024,
+            sync_delay_entries_per_account_max: 256,
+            mailbox_entries_max: 100_000,
+            mailbox_bytes_max: 256 * 1024 * 1024,
             outbox_feed_bytes_max: 64 * 1024,
             outbox_bytes_max: 1024 * 1024,
             send_rate_per_s: 1_000,

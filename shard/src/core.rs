@@ -132,6 +132,10 @@ pub struct ShardCounters {
     /// never written at all.
     pub records_cached: u64,
     pub messages_never_written: u64,
+    /// Messages refused because the recipient's mailbox was at its bound,
+    /// and receipts dropped for the same reason (at twice the entry bound).
+    pub messages_refused_mailbox_full: u64,
+    pub receipts_dropped_mailbox_full: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -171,6 +175,8 @@ struct Account {
     /// lie above it).
     written_put: u64,
     written_unacked_from: Option<u64>,
+    /// This account's entries in the write-back cache.
+    cached: u32,
 }
 
 impl Account {
@@ -310,6 +316,7 @@ impl Shard {
                             session: None,
                             written_put: 0,
                             written_unacked_from: None,
+                            cached: 0,
                         },
                     );
                     self.counters.accounts += 1;
@@ -581,6 +588,9 @@ impl Shard {
         self.records.clear();
         self.deferred.clear();
         self.deferred_bytes = 0;
+        for account in self.accounts.values_mut() {
+            account.cached = 0;
+        }
         while let Some((_, held)) = self.held.pop_front() {
             match held {
                 Held::Frame { conn, .. } => {
@@ -820,17 +830,32 @@ impl Shard {
     /// write-back cache.
     fn record_mailbox(&mut self, record: Record) {
         if self.config.sync_delay_ms == 0 {
-            self.write_mailbox_record(record);
+            self.write_mailbox_record(record, false);
             return;
         }
         self.counters.records_cached += 1;
         self.deferred_bytes += cached_bytes(&record);
+        let heavy = match &record {
+            Record::MailboxPut { owner, .. } => self.accounts.get_mut(owner).and_then(|a| {
+                a.cached += 1;
+                (a.cached > self.config.sync_delay_entries_per_account_max).then_some(*owner)
+            }),
+            _ => None,
+        };
         self.deferred.push_back(Deferred {
             due_ms: self.now_ms + self.config.sync_delay_ms,
             record,
         });
         while self.deferred_bytes > self.config.sync_delay_bytes_max {
             self.write_oldest_cached();
+        }
+        if let Some(owner) = heavy {
+            // Records stay in order, so the way to get this account's out
+            // is to write the cache from its oldest record on.
+            let half = self.config.sync_delay_entries_per_account_max / 2;
+            while self.accounts.get(&owner).is_some_and(|a| a.cached > half) {
+                self.write_oldest_cached();
+            }
         }
     }
 
@@ -844,14 +869,14 @@ impl Shard {
     fn write_oldest_cached(&mut self) {
         if let Some(deferred) = self.deferred.pop_front() {
             self.deferred_bytes -= cached_bytes(&deferred.record);
-            self.write_mailbox_record(deferred.record);
+            self.write_mailbox_record(deferred.record, true);
         }
     }
 
     /// Hands a mailbox record to the journal, unless the mailbox has made it
     /// moot: an entry acknowledged before it was written is never written,
     /// and neither is an acknowledgement of entries none of which were.
-    fn write_mailbox_record(&mut self, record: Record) {
+    fn write_mailbox_record(&mut self, record: Record, from_cache: bool) {
         let (Record::MailboxPut { owner, .. } | Record::MailboxAck { owner, .. }) = &record else {
             self.records.push(record);
             return;
@@ -861,6 +886,9 @@ impl Shard {
         };
         match record {
             Record::MailboxPut { owner, seq, .. } => {
+                if from_cache {
+                    account.cached -= 1;
+                }
                 if seq <= account.mailbox.acked_up_to() {
                     if let Record::MailboxPut {
                         entry: EntryRecord::Message { .. },
@@ -1055,6 +1083,7 @@ impl Shard {
                         session: None,
                         written_put: 0,
                         written_unacked_from: None,
+                        cached: 0,
                     },
                 );
                 self.counters.accounts += 1;
@@ -1252,6 +1281,9 @@ impl Shard {
                             let detail = match kind {
                                 ErrorKind::UnknownRecipient => "the recipient has no account",
                                 ErrorKind::StorageFailed => STORAGE_FAILED,
+                                ErrorKind::MailboxFull => {
+                                    "the recipient's mailbox is full; retry after they read"
+                                }
                                 _ => "message not stored",
                             };
                             self.reply_error(reply, kind, Some(client_id), detail);
@@ -1270,6 +1302,13 @@ impl Shard {
                     by,
                     client_id,
                 };
+                let full = self.accounts.get(&to).is_some_and(|a| {
+                    a.mailbox.len() >= self.config.mailbox_entries_max.saturating_mul(2)
+                });
+                if full {
+                    self.counters.receipts_dropped_mailbox_full += 1;
+                    return;
+                }
                 if self.append(to, receipt).is_some() {
                     self.counters.receipts_stored += 1;
                 }
@@ -1294,6 +1333,13 @@ impl Shard {
         if let Some(seq) = self.dedup.get(to, from, client_id) {
             self.counters.messages_deduplicated += 1;
             return Ok(seq);
+        }
+        let mailbox = &self.accounts[&to].mailbox;
+        if mailbox.len() >= self.config.mailbox_entries_max
+            || mailbox.bytes() + body.len() > self.config.mailbox_bytes_max
+        {
+            self.counters.messages_refused_mailbox_full += 1;
+            return Err(ErrorKind::MailboxFull);
         }
         let message = EntryRecord::Message {
             from,

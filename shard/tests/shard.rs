@@ -1103,3 +1103,72 @@ fn a_clean_stop_writes_the_write_back_cache_out() {
     let (_, got) = net.login(bob, bob_key);
     assert!(matches!(got[..], [Got::Message { seq: 1, .. }]), "{got:?}");
 }
+
+#[test]
+fn a_full_mailbox_refuses_messages_until_its_owner_reads() {
+    let mut net = Net::new(2, |c| {
+        c.mailbox_entries_max = 3;
+        c.mailbox_bytes_max = 1024;
+    });
+    let (alice, alice_key, bob, bob_key) = signed_up_pair(&mut net);
+    let (mut alice_conn, _) = net.login(alice, alice_key);
+    let mut send = |net: &mut Net, client_id, body: &[u8]| {
+        net.send(
+            &mut alice_conn,
+            ClientFrame::Send {
+                client_id,
+                to: bob,
+                body,
+            },
+        );
+        net.read(&alice_conn)
+    };
+    for client_id in 1..=3 {
+        assert!(matches!(
+            send(&mut net, client_id, b"hi")[..],
+            [Got::Sent { .. }]
+        ));
+    }
+    assert_eq!(
+        send(&mut net, 4, b"hi"),
+        vec![Got::Error(ErrorKind::MailboxFull)]
+    );
+    let (mut bob_conn, got) = net.login(bob, bob_key);
+    assert_eq!(got.len(), 3);
+    net.send(&mut bob_conn, ClientFrame::Ack { up_to: 3 });
+    let _ = net.read(&bob_conn);
+    // Room again; and a body over the byte bound is refused on its own.
+    let got = send(&mut net, 4, b"hi");
+    assert!(
+        got.iter()
+            .any(|g| matches!(g, Got::Sent { client_id: 4, .. })),
+        "{got:?}"
+    );
+    let got = send(&mut net, 5, &[0; 1100]);
+    assert!(got.contains(&Got::Error(ErrorKind::MailboxFull)), "{got:?}");
+    let counters = net.shards[1].counters();
+    assert_eq!(counters.messages_refused_mailbox_full, 2);
+}
+
+#[test]
+fn one_account_cannot_fill_the_write_back_cache() {
+    let mut net = Net::new(2, |c| {
+        c.sync_delay_ms = 60_000;
+        c.sync_delay_entries_per_account_max = 4;
+    });
+    let (alice, alice_key, bob, _) = signed_up_pair(&mut net);
+    let (mut alice_conn, _) = net.login(alice, alice_key);
+    for client_id in 1..=5 {
+        net.send(
+            &mut alice_conn,
+            ClientFrame::Send {
+                client_id,
+                to: bob,
+                body: b"to an offline phone",
+            },
+        );
+    }
+    // The fifth entry pushed Bob over 4: the cache was written out from
+    // the oldest record until he had 2 left in it.
+    assert_eq!(mailbox_records(&net, bob), (vec![1, 2, 3], vec![]));
+}

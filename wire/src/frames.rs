@@ -152,6 +152,9 @@ pub enum ErrorKind {
     /// The server cannot write to its storage: nothing new can be accepted
     /// until it is restarted. Already stored messages are still delivered.
     StorageFailed,
+    /// The recipient's mailbox holds as much as one account may have
+    /// queued; retry after the recipient has read some.
+    MailboxFull,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
