@@ -1,0 +1,1042 @@
+//! The chat workload: many phones sending 1:1 messages to random peers.
+//!
+//! Phones are spread over one glommio executor per `--threads`. Each signs up
+//! through the server's test-number range, logs in, then chats: in open loop
+//! (`--rate N`) a pacer issues sends at fixed intended times and latency is
+//! measured from the intended time, so a stalled server cannot hide its stall
+//! (coordinated omission); with `--rate 0` each phone keeps `--window` sends
+//! outstanding, as fast as the server answers.
+//!
+//! A phone whose connection ends reconnects with exponential backoff, logs in
+//! with the key it was given, and writes again every send that has had no
+//! answer, under the same client id (the server recognises a resend). So a
+//! run may span a server crash and restart, and its `lost` count is the
+//! crash test: a message is lost when its sender was told `Sent` and its
+//! recipient never received it by the end of the run.
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::{BTreeMap, VecDeque},
+    net::SocketAddr,
+    path::PathBuf,
+    rc::Rc,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use ahash::{AHashMap, AHashSet};
+use anyhow::{bail, Context};
+use clap::Parser;
+use futures_lite::{
+    io::{split, ReadHalf, WriteHalf},
+    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt,
+};
+use glommio::{net::TcpStream, LocalExecutorBuilder, Placement};
+use hdrhistogram::Histogram;
+use rustls::pki_types::ServerName;
+use serde::Serialize;
+use wire::{
+    decode_server, encode_client, split_frame, ClientFrame, DeviceKey, Phone, ServerFrame,
+    FRAME_BYTES_MAX, PROTOCOL_VERSION,
+};
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "loadgen", about = "Drive phones against an isle server")]
+pub struct Args {
+    /// Server address (its plaintext port, or its TLS port with --tls).
+    #[arg(long, default_value = "127.0.0.1:5223")]
+    pub target: SocketAddr,
+    /// Connect with TLS.
+    #[arg(long)]
+    pub tls: bool,
+    /// Trust this certificate (PEM); without it, --tls trusts any certificate.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Phones to simulate.
+    #[arg(long, default_value_t = 1000)]
+    pub phones: usize,
+    /// Total sends per second over all phones; 0 means as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Sends each phone keeps outstanding when --rate is 0.
+    #[arg(long, default_value_t = 4)]
+    pub window: usize,
+    /// Seconds of sending, warm-up included.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Seconds at the start excluded from latency and throughput.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// Longest wait, after sending stops, for every acknowledged message.
+    #[arg(long, default_value_t = 10.0)]
+    pub drain: f64,
+    /// Message body size (at least 8: the intended send time rides in it).
+    #[arg(long, default_value_t = 64)]
+    pub body_bytes: usize,
+    /// Executors (threads) to spread the phones over.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// CPUs to pin the threads to, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub cpus: Option<Vec<usize>>,
+    /// First phone number; phones are numbered consecutively from it.
+    #[arg(long, default_value = "+15550000000")]
+    pub first_phone: String,
+    /// The server's test-number code.
+    #[arg(long, default_value_t = 111_111)]
+    pub code: u32,
+    /// Signups and logins in flight per thread.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+    /// Print the result as one JSON object on the last line.
+    #[arg(long)]
+    pub json: bool,
+    /// Seconds a phone keeps trying to make its first connection (the
+    /// server may still be starting).
+    #[arg(long, default_value_t = 30.0)]
+    pub connect_patience: f64,
+    /// Phones per second (over all threads) that hang up and stay offline
+    /// for `--offline-ms`, so messages queue for them meanwhile.
+    #[arg(long, default_value_t = 0.0)]
+    pub churn_per_s: f64,
+    #[arg(long, default_value_t = 2000)]
+    pub offline_ms: u64,
+}
+
+/// Counters shared by all threads.
+#[derive(Default)]
+struct Shared {
+    logged_in: AtomicUsize,
+    connect_failures: AtomicU64,
+    sent: AtomicU64,
+    acked: AtomicU64,
+    delivered: AtomicU64,
+    duplicates: AtomicU64,
+    reordered: AtomicU64,
+    receipts: AtomicU64,
+    errors: AtomicU64,
+    /// Sends the server refused with an error (never stored, never delivered).
+    rejected: AtomicU64,
+    disconnects: AtomicU64,
+    /// Connections made again after one ended, and sends written again on
+    /// them because their first copy had no answer.
+    reconnects: AtomicU64,
+    resent: AtomicU64,
+    /// Connections the phones closed themselves (`--churn-per-s`).
+    hangups: AtomicU64,
+    stop_sending: AtomicBool,
+    finished: AtomicBool,
+}
+
+/// What a run saw. `sent` counts distinct messages (a resend is not a new
+/// one); `delivered` counts distinct messages received, `duplicates` the
+/// extra copies (which a phone drops by id); `reordered` the messages that
+/// arrived after a later one from the same sender.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub phones: usize,
+    pub threads: usize,
+    pub tls: bool,
+    pub offered_rate: u64,
+    pub duration_s: f64,
+    pub sent: u64,
+    pub acked: u64,
+    pub delivered: u64,
+    /// Messages whose sender got `Sent` and whose recipient never got them.
+    pub lost: u64,
+    pub duplicates: u64,
+    pub reordered: u64,
+    pub receipts: u64,
+    pub errors: u64,
+    /// Sends the server refused with an error.
+    pub rejected: u64,
+    pub disconnects: u64,
+    pub reconnects: u64,
+    pub resent: u64,
+    pub hangups: u64,
+    pub connect_failures: u64,
+    pub login_per_s: f64,
+    pub delivered_per_s: f64,
+    pub latency_us_p50: f64,
+    pub latency_us_p99: f64,
+    pub latency_us_p999: f64,
+    pub latency_us_max: f64,
+    /// How late sends were written against their intended time: loadgen's
+    /// own delay, already inside the latency figures. When it is a large
+    /// share of them, loadgen (not the server) is the bottleneck.
+    pub send_lag_us_p50: f64,
+    pub send_lag_us_p99: f64,
+}
+
+/// What one thread hands back at the end.
+struct ThreadResult {
+    histogram: Histogram<u64>,
+    send_lag: Histogram<u64>,
+    acked: Vec<u64>,
+    delivered: AHashSet<u64>,
+    measured_deliveries: u64,
+}
+
+/// Runs the workload to its end and reports; `Err` only when the run could
+/// not be carried out at all.
+pub fn run(args: &Args) -> anyhow::Result<Report> {
+    if args.body_bytes < 8 || args.body_bytes > wire::BODY_BYTES_MAX {
+        bail!("--body-bytes must be 8..={}", wire::BODY_BYTES_MAX);
+    }
+    let first = Phone::parse(&args.first_phone)?.as_u64();
+    Phone::from_u64(first + args.phones as u64).context("the phone range runs past E.164")?;
+    let tls = if args.tls {
+        Some(crate::tls::client_config(args.ca.as_deref())?)
+    } else {
+        None
+    };
+    let shared = Arc::new(Shared::default());
+    let epoch = Instant::now();
+    let results = Arc::new(Mutex::new(Vec::new()));
+
+    let threads = args.threads.max(1);
+    let mut handles = Vec::new();
+    for thread in 0..threads {
+        let begin = args.phones * thread / threads;
+        let end = args.phones * (thread + 1) / threads;
+        let placement = match args.cpus.as_ref().and_then(|cpus| cpus.get(thread)) {
+            Some(&cpu) => Placement::Fixed(cpu),
+            None => Placement::Unbound,
+        };
+        let (args, shared, results, tls) =
+            (args.clone(), shared.clone(), results.clone(), tls.clone());
+        handles.push(
+            LocalExecutorBuilder::new(placement)
+                .name(&format!("loadgen-{thread}"))
+                .io_memory(256 * 1024)
+                // A deep ring gives the kernel its largest poll table (see the
+                // server's `io_ring_depth`).
+                .ring_depth(4096)
+                .spawn(move || async move {
+                    let result =
+                        run_thread(args, first, begin..end, threads, shared, epoch, tls).await;
+                    results
+                        .lock()
+                        .expect("no thread panics holding it")
+                        .push(result);
+                })
+                .map_err(|error| anyhow::anyhow!("starting thread {thread}: {error}"))?,
+        );
+    }
+
+    // Progress, and the phases' timing, from the main thread.
+    let login_started = Instant::now();
+    while shared.logged_in.load(Relaxed) + (shared.connect_failures.load(Relaxed) as usize)
+        < args.phones
+    {
+        std::thread::sleep(Duration::from_millis(20));
+        if login_started.elapsed() > Duration::from_secs(300) {
+            bail!("phones did not log in within 300 s");
+        }
+    }
+    let login_s = login_started.elapsed().as_secs_f64();
+    eprintln!(
+        "{} phones logged in in {login_s:.2} s",
+        shared.logged_in.load(Relaxed)
+    );
+    let started = Instant::now();
+    let mut last = (0u64, Instant::now());
+    while started.elapsed().as_secs_f64() < args.duration {
+        std::thread::sleep(Duration::from_secs(1).min(Duration::from_secs_f64(args.duration)));
+        let delivered = shared.delivered.load(Relaxed);
+        let rate = (delivered - last.0) as f64 / last.1.elapsed().as_secs_f64();
+        last = (delivered, Instant::now());
+        eprintln!(
+            "t={:>4.1}s sent={} acked={} delivered={} rate={rate:.0}/s errors={} reconnects={}",
+            started.elapsed().as_secs_f64(),
+            shared.sent.load(Relaxed),
+            shared.acked.load(Relaxed),
+            delivered,
+            shared.errors.load(Relaxed),
+            shared.reconnects.load(Relaxed),
+        );
+    }
+    shared.stop_sending.store(true, Relaxed);
+    let drain_started = Instant::now();
+    // Deliveries can overtake their `Sent`, so compare with every send
+    // written, less those refused, rather than with the acked count.
+    while shared.delivered.load(Relaxed) + shared.rejected.load(Relaxed) < shared.sent.load(Relaxed)
+        && drain_started.elapsed().as_secs_f64() < args.drain
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    shared.finished.store(true, Relaxed);
+    for handle in handles {
+        handle
+            .join()
+            .map_err(|error| anyhow::anyhow!("loadgen thread failed: {error}"))?;
+    }
+
+    let results = std::mem::take(&mut *results.lock().expect("threads are done"));
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut send_lag = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut delivered = AHashSet::new();
+    let mut measured = 0;
+    for result in &results {
+        histogram.add(&result.histogram)?;
+        send_lag.add(&result.send_lag)?;
+        delivered.extend(result.delivered.iter().copied());
+        measured += result.measured_deliveries;
+    }
+    let acked: Vec<u64> = results
+        .iter()
+        .flat_map(|r| r.acked.iter().copied())
+        .collect();
+    let lost = acked.iter().filter(|key| !delivered.contains(key)).count() as u64;
+    let measured_s = (args.duration - args.warmup).max(0.001);
+    let micros = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    let report = Report {
+        phones: args.phones,
+        threads,
+        tls: args.tls,
+        offered_rate: args.rate,
+        duration_s: args.duration,
+        sent: shared.sent.load(Relaxed),
+        acked: acked.len() as u64,
+        delivered: delivered.len() as u64,
+        lost,
+        duplicates: shared.duplicates.load(Relaxed),
+        reordered: shared.reordered.load(Relaxed),
+        receipts: shared.receipts.load(Relaxed),
+        errors: shared.errors.load(Relaxed),
+        rejected: shared.rejected.load(Relaxed),
+        disconnects: shared.disconnects.load(Relaxed),
+        reconnects: shared.reconnects.load(Relaxed),
+        resent: shared.resent.load(Relaxed),
+        hangups: shared.hangups.load(Relaxed),
+        connect_failures: shared.connect_failures.load(Relaxed),
+        login_per_s: args.phones as f64 / login_s,
+        delivered_per_s: measured as f64 / measured_s,
+        latency_us_p50: micros(0.5),
+        latency_us_p99: micros(0.99),
+        latency_us_p999: micros(0.999),
+        latency_us_max: histogram.max() as f64 / 1000.0,
+        send_lag_us_p50: send_lag.value_at_quantile(0.5) as f64 / 1000.0,
+        send_lag_us_p99: send_lag.value_at_quantile(0.99) as f64 / 1000.0,
+    };
+    Ok(report)
+}
+
+impl Report {
+    pub fn print_summary(&self) {
+        let r = self;
+        println!(
+        "phones={} threads={} tls={} rate={} duration={}s\n\
+         sent={} acked={} delivered={} lost={} duplicates={} reordered={} receipts={} errors={} rejected={}\n\
+         disconnects={} reconnects={} resent={} hangups={}\n\
+         logins/s={:.0} delivered/s={:.0} latency_us p50={:.1} p99={:.1} p99.9={:.1} max={:.1}\n\
+         send_lag_us p50={:.1} p99={:.1}",
+        r.phones,
+        r.threads,
+        r.tls,
+        if r.offered_rate == 0 { "max".to_string() } else { r.offered_rate.to_string() },
+        r.duration_s,
+        r.sent,
+        r.acked,
+        r.delivered,
+        r.lost,
+        r.duplicates,
+        r.reordered,
+        r.receipts,
+        r.errors,
+        r.rejected,
+        r.disconnects,
+        r.reconnects,
+        r.resent,
+        r.hangups,
+        r.login_per_s,
+        r.delivered_per_s,
+        r.latency_us_p50,
+        r.latency_us_p99,
+        r.latency_us_p999,
+        r.latency_us_max,
+        r.send_lag_us_p50,
+        r.send_lag_us_p99,
+    );
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
+type BoxIo = Box<dyn Io>;
+
+/// One simulated phone: what outlives any one of its connections.
+struct PhoneState {
+    index: u32,
+    number: Phone,
+    /// The device key sign-up gave, to log in again after a reconnect.
+    key: Cell<Option<DeviceKey>>,
+    /// Intended send times (ns since the epoch) of sends not yet written.
+    queue: RefCell<VecDeque<u64>>,
+    /// Highest mailbox seq received and not yet acknowledged.
+    ack_up_to: Cell<u64>,
+    waker: RefCell<Option<std::task::Waker>>,
+    next_client_id: Cell<u64>,
+    /// Sends written and not yet answered, by client id: a new connection
+    /// writes them again in the order they were first written.
+    in_flight: RefCell<BTreeMap<u64, InFlight>>,
+    /// Set for each new connection, until its writer has resent `in_flight`.
+    resend: Cell<bool>,
+    /// Set to make the phone hang up; it stays away until `offline_until_ns`.
+    hang_up: Cell<bool>,
+    offline_until_ns: Cell<u64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    intended_ns: u64,
+    to: Phone,
+}
+
+impl PhoneState {
+    fn new(index: u32, number: Phone) -> PhoneState {
+        PhoneState {
+            index,
+            number,
+            key: Cell::new(None),
+            queue: RefCell::new(VecDeque::new()),
+            ack_up_to: Cell::new(0),
+            waker: RefCell::new(None),
+            next_client_id: Cell::new(1),
+            in_flight: RefCell::new(BTreeMap::new()),
+            resend: Cell::new(false),
+            hang_up: Cell::new(false),
+            offline_until_ns: Cell::new(0),
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+}
+
+struct Thread {
+    args: Args,
+    first: u64,
+    shared: Arc<Shared>,
+    epoch: Instant,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// Deliveries of sends intended before this are not measured.
+    warmup_end_ns: Cell<u64>,
+    histogram: RefCell<Histogram<u64>>,
+    send_lag: RefCell<Histogram<u64>>,
+    acked: RefCell<Vec<u64>>,
+    delivered: RefCell<AHashSet<u64>>,
+    last_from: RefCell<AHashMap<(u32, u32), u64>>,
+    measured: Cell<u64>,
+    rng: Cell<u64>,
+}
+
+impl Thread {
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    fn random(&self, bound: u64) -> u64 {
+        let mut x = self.rng.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.set(x);
+        x % bound
+    }
+}
+
+/// Delays between connection attempts double from the minimum to the
+/// maximum; each is drawn from the upper half of its range so that phones
+/// cut off together do not all come back in the same millisecond.
+const RECONNECT_DELAY_MS_MIN: u64 = 20;
+const RECONNECT_DELAY_MS_MAX: u64 = 1_000;
+
+struct Backoff {
+    next_ms: u64,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff {
+            next_ms: RECONNECT_DELAY_MS_MIN,
+        }
+    }
+
+    async fn wait(&mut self, thread: &Thread) {
+        let delay_ms = self.next_ms / 2 + thread.random(self.next_ms / 2 + 1);
+        self.next_ms = (self.next_ms * 2).min(RECONNECT_DELAY_MS_MAX);
+        glommio::timer::sleep(Duration::from_millis(delay_ms)).await;
+    }
+}
+
+async fn run_thread(
+    args: Args,
+    first: u64,
+    range: std::ops::Range<usize>,
+    threads: usize,
+    shared: Arc<Shared>,
+    epoch: Instant,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> ThreadResult {
+    let thread = Rc::new(Thread {
+        first,
+        shared: shared.clone(),
+        epoch,
+        tls,
+        warmup_end_ns: Cell::new(u64::MAX),
+        histogram: RefCell::new(
+            Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds"),
+        ),
+        send_lag: RefCell::new(
+            Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds"),
+        ),
+        acked: RefCell::new(Vec::new()),
+        delivered: RefCell::new(AHashSet::new()),
+        last_from: RefCell::new(AHashMap::new()),
+        measured: Cell::new(0),
+        rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ (range.start as u64 + 1)),
+        args,
+    });
+
+    // Sign up and log in, a bounded number at a time; a phone that cannot
+    // connect keeps trying for `connect_patience` seconds.
+    let permits = Rc::new(glommio::sync::Semaphore::new(
+        thread.args.connect_concurrency as u64,
+    ));
+    let mut joins = Vec::new();
+    for index in range.clone() {
+        let (thread, permits) = (thread.clone(), permits.clone());
+        joins.push(glommio::spawn_local(async move {
+            let number =
+                Phone::from_u64(thread.first + index as u64).expect("range checked at start");
+            let phone = Rc::new(PhoneState::new(index as u32, number));
+            let _permit = permits
+                .acquire_permit(1)
+                .await
+                .expect("semaphore never closes");
+            let patience = Duration::from_secs_f64(thread.args.connect_patience);
+            let started = Instant::now();
+            let mut backoff = Backoff::new();
+            loop {
+                match connect_phone(&thread, &phone).await {
+                    Ok(connection) => {
+                        thread.shared.logged_in.fetch_add(1, Relaxed);
+                        return Some((phone, connection));
+                    }
+                    Err(error) if started.elapsed() >= patience => {
+                        if thread.shared.connect_failures.fetch_add(1, Relaxed) < 5 {
+                            eprintln!("phone {index}: {error:#}");
+                        }
+                        return None;
+                    }
+                    Err(_) => backoff.wait(&thread).await,
+                }
+            }
+        }));
+    }
+    let mut connected = Vec::new();
+    for join in joins {
+        if let Some(phone) = join.await {
+            connected.push(phone);
+        }
+    }
+    // Every thread waits for every phone, so nobody sends to a phone that
+    // does not exist yet.
+    while shared.logged_in.load(Relaxed) + (shared.connect_failures.load(Relaxed) as usize)
+        < thread.args.phones
+    {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    let start_ns = thread.now_ns();
+    thread
+        .warmup_end_ns
+        .set(start_ns + (thread.args.warmup * 1e9) as u64);
+
+    let mut phones = Vec::new();
+    let mut tasks = Vec::new();
+    for (phone, connection) in connected {
+        tasks.push(
+            glommio::spawn_local(phone_loop(thread.clone(), phone.clone(), connection)).detach(),
+        );
+        phones.push(phone);
+    }
+
+    if !phones.is_empty() && thread.args.churn_per_s > 0.0 {
+        let churn = churn(thread.clone(), phones.clone(), threads);
+        tasks.push(glommio::spawn_local(churn).detach());
+    }
+    if !phones.is_empty() {
+        if thread.args.rate > 0 {
+            pace(&thread, &phones, start_ns, threads).await;
+        } else {
+            for phone in &phones {
+                for _ in 0..thread.args.window {
+                    phone.queue.borrow_mut().push_back(0);
+                }
+                phone.wake();
+            }
+        }
+    }
+    while !shared.finished.load(Relaxed) {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    for phone in &phones {
+        phone.wake();
+    }
+    drop(tasks);
+    let histogram = thread.histogram.borrow().clone();
+    let send_lag = thread.send_lag.borrow().clone();
+    let acked = std::mem::take(&mut *thread.acked.borrow_mut());
+    let delivered = std::mem::take(&mut *thread.delivered.borrow_mut());
+    ThreadResult {
+        histogram,
+        send_lag,
+        acked,
+        delivered,
+        measured_deliveries: thread.measured.get(),
+    }
+}
+
+/// Runs one phone's connections until the run finishes: when one ends, the
+/// phone backs off, connects and logs in again, and carries on.
+async fn phone_loop(thread: Rc<Thread>, phone: Rc<PhoneState>, first: Connection) {
+    let mut next = Some(first);
+    let mut backoff = Backoff::new();
+    loop {
+        let connection = match next.take() {
+            Some(connection) => connection,
+            None => {
+                let offline_ns = phone.offline_until_ns.get().saturating_sub(thread.now_ns());
+                if offline_ns > 0 {
+                    glommio::timer::sleep(Duration::from_nanos(offline_ns)).await;
+                }
+                backoff.wait(&thread).await;
+                if thread.shared.finished.load(Relaxed) {
+                    return;
+                }
+                match connect_phone(&thread, &phone).await {
+                    Ok(connection) => {
+                        thread.shared.reconnects.fetch_add(1, Relaxed);
+                        backoff = Backoff::new();
+                        connection
+                    }
+                    Err(_) => continue,
+                }
+            }
+        };
+        phone.resend.set(true);
+        let (reader, writer) = split(connection.io);
+        // Whichever side ends first ends the connection: dropping the other
+        // half closes the socket.
+        futures_lite::future::or(
+            read_loop(&thread, &phone, reader, connection.inbox),
+            write_loop(&thread, &phone, writer),
+        )
+        .await;
+        if thread.shared.finished.load(Relaxed) {
+            return;
+        }
+    }
+}
+
+/// Makes random phones hang up, at `churn_per_s` over all threads.
+async fn churn(thread: Rc<Thread>, phones: Vec<Rc<PhoneState>>, threads: usize) {
+    let interval = Duration::from_secs_f64(threads as f64 / thread.args.churn_per_s);
+    while !thread.shared.stop_sending.load(Relaxed) {
+        glommio::timer::sleep(interval).await;
+        let phone = &phones[thread.random(phones.len() as u64) as usize];
+        let now = thread.now_ns();
+        if phone.offline_until_ns.get() <= now {
+            phone
+                .offline_until_ns
+                .set(now + thread.args.offline_ms * 1_000_000);
+            phone.hang_up.set(true);
+            phone.wake();
+        }
+    }
+}
+
+/// The pacer's shortest sleep. Every wake-up costs a pass of the executor's
+/// loop (with its io_uring calls), so at high rates the pacer wakes less
+/// often and issues the sends that fell due meanwhile together; the delay
+/// shows in `send_lag`.
+const PACER_SLEEP_NS_MIN: u64 = 50_000;
+
+/// Issues sends at fixed intended times, whatever the server is doing.
+async fn pace(thread: &Thread, phones: &[Rc<PhoneState>], start_ns: u64, threads: usize) {
+    let rate = thread.args.rate as f64 / threads as f64;
+    let interval_ns = 1e9 / rate;
+    let mut issued: u64 = 0;
+    while !thread.shared.stop_sending.load(Relaxed) {
+        let now = thread.now_ns();
+        // Sends 0..=k are due once now >= start + k * interval.
+        let due = ((now - start_ns) as f64 / interval_ns) as u64 + 1;
+        while issued < due {
+            let intended = start_ns + (issued as f64 * interval_ns) as u64;
+            let phone = &phones[thread.random(phones.len() as u64) as usize];
+            phone.queue.borrow_mut().push_back(intended);
+            phone.wake();
+            issued += 1;
+        }
+        // Sleep until the next send is due (a fixed sleep would add up to
+        // its own length to every latency figure), but not less than the
+        // minimum.
+        let next = start_ns + (issued as f64 * interval_ns) as u64;
+        let wait = next.saturating_sub(thread.now_ns());
+        glommio::timer::sleep(Duration::from_nanos(
+            wait.clamp(PACER_SLEEP_NS_MIN, 1_000_000),
+        ))
+        .await;
+    }
+}
+
+/// A logged-in connection, with the bytes that arrived after `LoggedIn` in
+/// the same reads (queued messages may follow it at once).
+struct Connection {
+    io: BoxIo,
+    inbox: Vec<u8>,
+}
+
+/// Connects and logs in: with the phone's key if it has one, else (or if
+/// that key is refused) by signing up first.
+async fn connect_phone(thread: &Thread, phone: &PhoneState) -> anyhow::Result<Connection> {
+    let stream = TcpStream::connect(thread.args.target)
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting: {e}"))?;
+    stream
+        .set_nodelay(true)
+        .map_err(|e| anyhow::anyhow!("nodelay: {e}"))?;
+    let mut io: BoxIo = match thread.tls.clone() {
+        Some(config) => {
+            let name = ServerName::from(thread.args.target.ip());
+            Box::new(
+                futures_rustls::TlsConnector::from(config)
+                    .connect(name, stream)
+                    .await?,
+            )
+        }
+        None => Box::new(stream),
+    };
+    let mut inbox = Vec::new();
+    request(
+        &mut io,
+        &mut inbox,
+        &ClientFrame::Hello {
+            version: PROTOCOL_VERSION,
+        },
+        |f| matches!(f, ServerFrame::Welcome { .. }),
+    )
+    .await?;
+    let login = |key| ClientFrame::Login {
+        phone: phone.number,
+        key,
+    };
+    if let Some(key) = phone.key.get() {
+        // A refused login leaves the connection open: sign up again below.
+        let accepted = request(&mut io, &mut inbox, &login(key), |f| {
+            matches!(f, ServerFrame::LoggedIn { .. })
+        })
+        .await;
+        if accepted.is_ok() {
+            return Ok(Connection { io, inbox });
+        }
+    }
+    request(
+        &mut io,
+        &mut inbox,
+        &ClientFrame::RequestCode {
+            phone: phone.number,
+        },
+        |f| matches!(f, ServerFrame::CodeSent { .. }),
+    )
+    .await?;
+    let mut key = None;
+    request(
+        &mut io,
+        &mut inbox,
+        &ClientFrame::Verify {
+            phone: phone.number,
+            code: thread.args.code,
+        },
+        |f| match f {
+            ServerFrame::Registered { key: k, .. } => {
+                key = Some(*k);
+                true
+            }
+            _ => false,
+        },
+    )
+    .await?;
+    let key: DeviceKey = key.expect("set by the matcher");
+    phone.key.set(Some(key));
+    request(&mut io, &mut inbox, &login(key), |f| {
+        matches!(f, ServerFrame::LoggedIn { .. })
+    })
+    .await?;
+    Ok(Connection { io, inbox })
+}
+
+/// Sends one frame and waits for the reply, which must satisfy `accept`.
+async fn request(
+    io: &mut BoxIo,
+    inbox: &mut Vec<u8>,
+    frame: &ClientFrame<'_>,
+    mut accept: impl FnMut(&ServerFrame<'_>) -> bool,
+) -> anyhow::Result<()> {
+    let mut bytes = Vec::new();
+    encode_client(frame, &mut bytes);
+    io.write_all(&bytes).await?;
+    io.flush().await?;
+    loop {
+        if let Some(raw) = split_frame(inbox, FRAME_BYTES_MAX)? {
+            let consumed = raw.consumed;
+            let reply = decode_server(raw.payload)?;
+            inbox.drain(..consumed);
+            if !accept(&reply) {
+                bail!("unexpected reply {reply:?}");
+            }
+            return Ok(());
+        }
+        let mut buffer = [0u8; 4096];
+        let n = io.read(&mut buffer).await?;
+        if n == 0 {
+            bail!("server closed the connection");
+        }
+        inbox.extend_from_slice(&buffer[..n]);
+    }
+}
+
+async fn write_loop(thread: &Thread, phone: &PhoneState, mut writer: WriteHalf<BoxIo>) {
+    let total = thread.args.phones as u64;
+    let mut bytes = Vec::new();
+    let mut body = vec![0u8; thread.args.body_bytes];
+    loop {
+        if phone.resend.replace(false) {
+            // Unanswered on the last connection: the server may or may not
+            // have stored them, and recognises the client id if it has.
+            for (&client_id, sent) in phone.in_flight.borrow().iter() {
+                body[..8].copy_from_slice(&sent.intended_ns.to_le_bytes());
+                encode_client(
+                    &ClientFrame::Send {
+                        client_id,
+                        to: sent.to,
+                        body: &body,
+                    },
+                    &mut bytes,
+                );
+                thread.shared.resent.fetch_add(1, Relaxed);
+            }
+        }
+        let closed_loop = thread.args.rate == 0;
+        let stop = thread.shared.stop_sending.load(Relaxed);
+        {
+            let mut queue = phone.queue.borrow_mut();
+            while let Some(intended) = if stop { None } else { queue.pop_front() } {
+                let client_id = phone.next_client_id.get();
+                phone.next_client_id.set(client_id + 1);
+                let mut to = thread.random(total.max(2) - 1);
+                if to >= u64::from(phone.index) {
+                    to += 1;
+                }
+                let to = Phone::from_u64(thread.first + to.min(total - 1))
+                    .expect("range checked at start");
+                let now = thread.now_ns();
+                let intended = if closed_loop { now } else { intended };
+                if intended >= thread.warmup_end_ns.get() {
+                    let lag = now.saturating_sub(intended).max(1);
+                    let _ = thread.send_lag.borrow_mut().record(lag);
+                }
+                body[..8].copy_from_slice(&intended.to_le_bytes());
+                encode_client(
+                    &ClientFrame::Send {
+                        client_id,
+                        to,
+                        body: &body,
+                    },
+                    &mut bytes,
+                );
+                phone.in_flight.borrow_mut().insert(
+                    client_id,
+                    InFlight {
+                        intended_ns: intended,
+                        to,
+                    },
+                );
+                thread.shared.sent.fetch_add(1, Relaxed);
+            }
+        }
+        let ack = phone.ack_up_to.replace(0);
+        if ack > 0 {
+            encode_client(&ClientFrame::Ack { up_to: ack }, &mut bytes);
+        }
+        if !bytes.is_empty() {
+            if writer.write_all(&bytes).await.is_err() || writer.flush().await.is_err() {
+                // The ack may not have arrived: send it again next time.
+                phone.ack_up_to.set(phone.ack_up_to.get().max(ack));
+                thread.shared.disconnects.fetch_add(1, Relaxed);
+                return;
+            }
+            bytes.clear();
+            continue;
+        }
+        if thread.shared.finished.load(Relaxed) || phone.hang_up.replace(false) {
+            if !thread.shared.finished.load(Relaxed) {
+                thread.shared.hangups.fetch_add(1, Relaxed);
+            }
+            let _ = writer.close().await;
+            return;
+        }
+        futures_lite::future::poll_fn(|cx| {
+            let ready = !phone.queue.borrow().is_empty()
+                && !thread.shared.stop_sending.load(Relaxed)
+                || phone.ack_up_to.get() > 0
+                || phone.hang_up.get()
+                || thread.shared.finished.load(Relaxed);
+            if ready {
+                std::task::Poll::Ready(())
+            } else {
+                *phone.waker.borrow_mut() = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+    }
+}
+
+async fn read_loop(
+    thread: &Thread,
+    phone: &PhoneState,
+    mut reader: ReadHalf<BoxIo>,
+    mut inbox: Vec<u8>,
+) {
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let mut consumed = 0;
+        let mut max_seq = 0;
+        loop {
+            let raw = match split_frame(&inbox[consumed..], FRAME_BYTES_MAX) {
+                Ok(Some(raw)) => raw,
+                Ok(None) => break,
+                Err(error) => {
+                    eprintln!("bad frame from server: {error}");
+                    thread.shared.errors.fetch_add(1, Relaxed);
+                    return;
+                }
+            };
+            let payload_range = consumed + wire::LENGTH_PREFIX_BYTES..consumed + raw.consumed;
+            consumed += raw.consumed;
+            match decode_server(&inbox[payload_range]) {
+                Ok(frame) => max_seq = max_seq.max(handle(thread, phone, frame)),
+                Err(error) => {
+                    eprintln!("undecodable frame from server: {error}");
+                    thread.shared.errors.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        inbox.drain(..consumed);
+        if max_seq > 0 {
+            phone.ack_up_to.set(phone.ack_up_to.get().max(max_seq));
+            phone.wake();
+        }
+        let n = match reader.read(&mut buffer).await {
+            Ok(0) | Err(_) => {
+                if !thread.shared.finished.load(Relaxed) {
+                    thread.shared.disconnects.fetch_add(1, Relaxed);
+                }
+                return;
+            }
+            Ok(n) => n,
+        };
+        inbox.extend_from_slice(&buffer[..n]);
+    }
+}
+
+/// Handles one frame; returns the mailbox seq to acknowledge (0 for none).
+fn handle(thread: &Thread, phone: &PhoneState, frame: ServerFrame<'_>) -> u64 {
+    let shared = &thread.shared;
+    match frame {
+        ServerFrame::Sent { client_id, .. } => {
+            if phone.in_flight.borrow_mut().remove(&client_id).is_some() {
+                shared.acked.fetch_add(1, Relaxed);
+                thread.acked.borrow_mut().push(key(phone.index, client_id));
+                if thread.args.rate == 0 && !shared.stop_sending.load(Relaxed) {
+                    phone.queue.borrow_mut().push_back(0);
+                    phone.wake();
+                }
+            }
+            0
+        }
+        ServerFrame::Message {
+            seq,
+            from,
+            client_id,
+            body,
+            ..
+        } => {
+            // A sender outside this run's range cannot be one of ours; it
+            // still counts as a delivery, under an index no phone uses.
+            let from_index = from
+                .as_u64()
+                .wrapping_sub(thread.first)
+                .min(u64::from(u32::MAX)) as u32;
+            if thread
+                .delivered
+                .borrow_mut()
+                .insert(key(from_index, client_id))
+            {
+                shared.delivered.fetch_add(1, Relaxed);
+                let intended = body
+                    .get(..8)
+                    .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+                if intended >= thread.warmup_end_ns.get() {
+                    let latency = thread.now_ns().saturating_sub(intended).max(1);
+                    let _ = thread.histogram.borrow_mut().record(latency);
+                    thread.measured.set(thread.measured.get() + 1);
+                }
+                let mut last = thread.last_from.borrow_mut();
+                let previous = last.entry((from_index, phone.index)).or_insert(0);
+                if client_id < *previous {
+                    shared.reordered.fetch_add(1, Relaxed);
+                }
+                *previous = (*previous).max(client_id);
+            } else {
+                shared.duplicates.fetch_add(1, Relaxed);
+            }
+            seq
+        }
+        ServerFrame::Receipt { seq, .. } => {
+            shared.receipts.fetch_add(1, Relaxed);
+            seq
+        }
+        ServerFrame::Error {
+            kind,
+            client_id,
+            detail,
+        } => {
+            if shared.errors.fetch_add(1, Relaxed) < 5 {
+                eprintln!(
+                    "phone {}: error {kind:?} for {client_id:?}: {detail}",
+                    phone.index
+                );
+            }
+            if let Some(client_id) = client_id {
+                if phone.in_flight.borrow_mut().remove(&client_id).is_some() {
+                    shared.rejected.fetch_add(1, Relaxed);
+                }
+            }
+            0
+        }
+        _ => 0,
+    }
+}
+
+fn key(phone_index: u32, client_id: u64) -> u64 {
+    (u64::from(phone_index) << 32) | (client_id & 0xFFFF_FFFF)
+}
