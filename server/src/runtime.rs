@@ -31,7 +31,7 @@ use rustls::{ServerConfig, ServerConnection};
 use shard::{ConnId, ConnSnapshot, FrameOutcome, PeerMessage, Shard};
 use storage::{
     log::{checkpoint, glommio_disk::GlommioDisk, Log, LogConfig},
-    Journal, JournalStats, MemoryJournal, Record,
+    Journal, JournalError, JournalStats, MemoryJournal, Record,
 };
 use wire::{decode_client, split_frame, ErrorKind, FrameError, FRAME_BYTES_MAX};
 
@@ -535,12 +535,18 @@ async fn receive(runtime: Rc<Runtime>, receiver: SharedReceiver<Batch>) {
 /// What the commit task needs of a journal besides commits: when a
 /// checkpoint is due, and dropping the segments one covers.
 trait Segments {
+    /// No room on the disk for another segment.
+    fn disk_full(&self) -> bool;
     fn closed_segments(&self) -> usize;
     fn last_batch(&self) -> u64;
     async fn remove_through(&mut self, batch: u64) -> Result<usize, String>;
 }
 
 impl Segments for Log<GlommioDisk> {
+    fn disk_full(&self) -> bool {
+        Log::disk_full(self)
+    }
+
     fn closed_segments(&self) -> usize {
         Log::closed_segments(self)
     }
@@ -557,6 +563,10 @@ impl Segments for Log<GlommioDisk> {
 }
 
 impl Segments for MemoryJournal {
+    fn disk_full(&self) -> bool {
+        false
+    }
+
     fn closed_segments(&self) -> usize {
         0
     }
@@ -579,20 +589,45 @@ impl Segments for MemoryJournal {
 /// commits go on, and the segments it covers are then deleted.
 async fn commit(runtime: Rc<Runtime>, mut journal: impl Journal + Segments, plan: CheckpointPlan) {
     let mut checkpointing = false;
+    // After a failed checkpoint (a full disk, say), the next waits a while
+    // rather than snapshotting the shard on every commit.
+    let mut checkpoint_not_before = Instant::now();
     loop {
-        runtime.commit_signal.wait().await;
+        if runtime.core.borrow().is_disk_full() {
+            // Look again now and then: space may have been freed.
+            futures_lite::future::or(runtime.commit_signal.wait(), async {
+                glommio::timer::sleep(DISK_FULL_CHECK).await;
+            })
+            .await;
+        } else {
+            runtime.commit_signal.wait().await;
+        }
+        note_disk_full(&runtime, journal.disk_full());
         let written = runtime.checkpoint_written.borrow_mut().take();
         if let Some(written) = written {
             checkpointing = false;
-            finish_checkpoint(&runtime, &mut journal, &plan, written).await;
+            if !finish_checkpoint(&runtime, &mut journal, &plan, written).await {
+                checkpoint_not_before = Instant::now() + CHECKPOINT_RETRY;
+            }
         }
-        let due = !checkpointing && journal.closed_segments() >= plan.segments;
+        let due = !checkpointing
+            && journal.closed_segments() >= plan.segments
+            && Instant::now() >= checkpoint_not_before;
         let (batch, records) = runtime.core.borrow_mut().take_records();
         let snapshot = due.then(|| runtime.core.borrow().checkpoint());
         runtime
             .commits_started
             .set(runtime.commits_started.get() + 1);
-        match journal.commit(&records).await {
+        let mut result = journal.commit(&records).await;
+        while let Err(JournalError::NoSpace) = result {
+            // Nothing of the batch was written and the log is intact: the
+            // same records go again once there is room. Its replies wait;
+            // meanwhile no new message is accepted, so only acks pile up.
+            note_disk_full(&runtime, true);
+            glommio::timer::sleep(DISK_FULL_CHECK).await;
+            result = journal.commit(&records).await;
+        }
+        match result {
             Ok(()) => {
                 let mut core = runtime.core.borrow_mut();
                 core.committed(batch);
@@ -631,6 +666,34 @@ async fn commit(runtime: Rc<Runtime>, mut journal: impl Journal + Segments, plan
     }
 }
 
+/// How long after a failed checkpoint the next is tried.
+const CHECKPOINT_RETRY: Duration = Duration::from_secs(10);
+
+/// How often a full disk is looked at again.
+const DISK_FULL_CHECK: Duration = Duration::from_secs(1);
+
+/// Tells the shard (and the operator) when the disk fills up or has room
+/// again.
+fn note_disk_full(runtime: &Runtime, full: bool) {
+    let mut core = runtime.core.borrow_mut();
+    if core.is_disk_full() == full {
+        return;
+    }
+    core.set_disk_full(full);
+    if full {
+        log::error!(
+            "shard {}: the disk has no room for another log segment; refusing new \
+             messages and signups until it has (acknowledgements go on)",
+            runtime.shard_id
+        );
+    } else {
+        log::warn!(
+            "shard {}: the disk has room again; accepting messages",
+            runtime.shard_id
+        );
+    }
+}
+
 /// Writes `snapshot`, the state after log batch `batch`, on a blocking
 /// thread; the commit task hears of the result through the runtime.
 fn start_checkpoint(
@@ -664,26 +727,26 @@ fn start_checkpoint(
 
 /// A checkpoint is durable: the segments and older checkpoints it covers
 /// go. A failure here costs disk space, not data, so it is only logged
-/// (the next checkpoint tries again).
+/// (a later checkpoint tries again). False when something failed.
 async fn finish_checkpoint(
     runtime: &Runtime,
     journal: &mut impl Segments,
     plan: &CheckpointPlan,
     written: Result<CheckpointWritten, String>,
-) {
+) -> bool {
     let shard = runtime.shard_id;
     let written = match written {
         Ok(written) => written,
         Err(error) => {
             log::error!("shard {shard}: writing a checkpoint failed: {error}");
-            return;
+            return false;
         }
     };
     let removed = match journal.remove_through(written.batch).await {
         Ok(removed) => removed,
         Err(error) => {
             log::error!("shard {shard}: deleting segments a checkpoint covers: {error}");
-            return;
+            return false;
         }
     };
     if let Err(error) = checkpoint::remove_older(&plan.dir, written.batch) {
@@ -698,6 +761,7 @@ async fn finish_checkpoint(
         written.bytes,
         written.started.elapsed().as_secs_f64()
     );
+    true
 }
 
 /// One connection: reads frames into the shard, writes its outbox out.

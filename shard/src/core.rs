@@ -30,6 +30,7 @@ use crate::{
 const SPARE_RECORDS_CAPACITY_MAX: usize = 64 * 1024;
 
 const STORAGE_FAILED: &str = "the server cannot write to its storage; try later";
+const DISK_FULL: &str = "the server's disk is full; try later";
 
 /// A journal that cannot have been written by this shard's rules.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -136,6 +137,9 @@ pub struct ShardCounters {
     /// and receipts dropped for the same reason (at twice the entry bound).
     pub messages_refused_mailbox_full: u64,
     pub receipts_dropped_mailbox_full: u64,
+    /// Messages and signups refused while the disk was full.
+    pub messages_refused_disk_full: u64,
+    pub signups_refused_disk_full: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -245,6 +249,9 @@ pub struct Shard {
     counters: ShardCounters,
     /// The journal failed: nothing that needs durability is accepted again.
     journal_failed: bool,
+    /// The journal's disk is full: what room is left is kept for
+    /// acknowledgements, so new messages and signups are refused.
+    disk_full: bool,
 }
 
 impl Shard {
@@ -273,6 +280,7 @@ impl Shard {
             now_ms,
             counters: ShardCounters::default(),
             journal_failed: false,
+            disk_full: false,
         }
     }
 
@@ -622,6 +630,17 @@ impl Shard {
 
     pub fn is_journal_failed(&self) -> bool {
         self.journal_failed
+    }
+
+    /// The journal's disk is full (or has room again). While it is full,
+    /// sends and signups are refused with `DiskFull`; acknowledgements,
+    /// deliveries, receipts and resends of stored messages go on.
+    pub fn set_disk_full(&mut self, full: bool) {
+        self.disk_full = full;
+    }
+
+    pub fn is_disk_full(&self) -> bool {
+        self.disk_full
     }
 
     /// Records up to `batch` are durable: release the replies that waited.
@@ -1014,6 +1033,11 @@ impl Shard {
             self.reply_error(id, ErrorKind::StorageFailed, None, STORAGE_FAILED);
             return;
         }
+        if self.disk_full {
+            self.counters.signups_refused_disk_full += 1;
+            self.reply_error(id, ErrorKind::DiskFull, None, DISK_FULL);
+            return;
+        }
         let Some(signup) = self.signups.get_mut(&phone) else {
             self.reply_error(
                 id,
@@ -1281,6 +1305,7 @@ impl Shard {
                             let detail = match kind {
                                 ErrorKind::UnknownRecipient => "the recipient has no account",
                                 ErrorKind::StorageFailed => STORAGE_FAILED,
+                                ErrorKind::DiskFull => DISK_FULL,
                                 ErrorKind::MailboxFull => {
                                     "the recipient's mailbox is full; retry after they read"
                                 }
@@ -1333,6 +1358,10 @@ impl Shard {
         if let Some(seq) = self.dedup.get(to, from, client_id) {
             self.counters.messages_deduplicated += 1;
             return Ok(seq);
+        }
+        if self.disk_full {
+            self.counters.messages_refused_disk_full += 1;
+            return Err(ErrorKind::DiskFull);
         }
         let mailbox = &self.accounts[&to].mailbox;
         if mailbox.len() >= self.config.mailbox_entries_max

@@ -1172,3 +1172,85 @@ fn one_account_cannot_fill_the_write_back_cache() {
     // the oldest record until he had 2 left in it.
     assert_eq!(mailbox_records(&net, bob), (vec![1, 2, 3], vec![]));
 }
+
+#[test]
+fn a_full_disk_refuses_new_messages_and_signups_but_not_acks_or_resends() {
+    let mut net = Net::new(2, |_| {});
+    let (alice, alice_key, bob, bob_key) = signed_up_pair(&mut net);
+    let (mut alice_conn, _) = net.login(alice, alice_key);
+    let (mut bob_conn, _) = net.login(bob, bob_key);
+    let send = |net: &mut Net, conn: &mut Phone_, client_id: u64| {
+        net.send(
+            conn,
+            ClientFrame::Send {
+                client_id,
+                to: bob,
+                body: b"hi",
+            },
+        );
+    };
+    send(&mut net, &mut alice_conn, 1);
+    assert_eq!(
+        net.read(&alice_conn),
+        vec![Got::Sent {
+            client_id: 1,
+            id: 1
+        }]
+    );
+
+    // Bob's shard runs out of disk.
+    net.shards[1].set_disk_full(true);
+    send(&mut net, &mut alice_conn, 2);
+    assert_eq!(net.read(&alice_conn), vec![Got::Error(ErrorKind::DiskFull)]);
+    // A resend of what is stored is still answered: it needs no room.
+    send(&mut net, &mut alice_conn, 1);
+    assert_eq!(
+        net.read(&alice_conn),
+        vec![Got::Sent {
+            client_id: 1,
+            id: 1
+        }]
+    );
+    // Bob still gets message 1, and his ack of it is recorded.
+    let got = net.read(&bob_conn);
+    assert!(
+        matches!(
+            got[..],
+            [Got::Message {
+                seq: 1,
+                client_id: 1,
+                ..
+            }]
+        ),
+        "{got:?}"
+    );
+    let acks_before = mailbox_records(&net, bob).1.len();
+    net.send(&mut bob_conn, ClientFrame::Ack { up_to: 1 });
+    assert_eq!(mailbox_records(&net, bob).1.len(), acks_before + 1);
+    // No signups on that shard; the other shard is unaffected.
+    let mut conn = net.connect();
+    net.send(&mut conn, ClientFrame::RequestCode { phone: bob });
+    assert_eq!(net.read(&conn), vec![Got::CodeSent]);
+    net.send(
+        &mut conn,
+        ClientFrame::Verify {
+            phone: bob,
+            code: 111_111,
+        },
+    );
+    assert_eq!(net.read(&conn), vec![Got::Error(ErrorKind::DiskFull)]);
+    assert_eq!(net.shards[1].counters().messages_refused_disk_full, 1);
+    assert_eq!(net.shards[1].counters().signups_refused_disk_full, 1);
+
+    // Room again: the refused message goes through.
+    net.shards[1].set_disk_full(false);
+    send(&mut net, &mut alice_conn, 2);
+    let got = net.read(&alice_conn);
+    assert!(
+        got.contains(&Got::Sent {
+            client_id: 2,
+            id: 2
+        }),
+        "{got:?}"
+    );
+}

@@ -31,6 +31,10 @@ pub enum JournalError {
     /// acknowledging anything.
     #[error("journal failed and refuses further writes: {0}")]
     Failed(String),
+    /// The batch was not written for lack of disk space; the journal is
+    /// intact and the same batch may be committed again later.
+    #[error("no space on the disk for the journal")]
+    NoSpace,
 }
 
 /// Where a shard's records go.

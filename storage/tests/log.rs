@@ -276,6 +276,47 @@ fn write_and_sync_errors_poison_the_log() {
 }
 
 #[test]
+fn a_full_disk_refuses_a_new_segment_without_poisoning_the_log() {
+    let disk = MemoryDisk::new();
+    let (mut log, _, _) = open(&disk, config()).unwrap();
+    assert!(!log.disk_full());
+    // Room for the one segment there is, and not for a second: the log
+    // says so at once, and appends go on into what is left of it.
+    disk.set_capacity(Some(SEGMENT_BYTES + SEGMENT_BYTES / 2));
+    assert!(log.disk_full());
+    let all = commits(200);
+    let mut written = 0;
+    let refused = loop {
+        match block_on(log.append(&all[written])) {
+            Ok(()) => written += 1,
+            Err(error) => break error,
+        }
+    };
+    assert!(matches!(refused, LogError::NoSpace), "{refused:?}");
+    assert!(
+        written > 10,
+        "only {written} commits before the segment was full"
+    );
+    assert!(!log.is_poisoned());
+    // Refused again, as often as asked, with nothing written.
+    assert!(matches!(
+        block_on(log.append(&all[written])),
+        Err(LogError::NoSpace)
+    ));
+    // Space comes back: the same commit goes through, and so do the rest.
+    disk.set_capacity(None);
+    assert!(!log.disk_full());
+    for commit in &all[written..] {
+        block_on(log.append(commit)).unwrap();
+    }
+    assert!(log.segments().count() > 1);
+    drop(log);
+    disk.crash(0);
+    let (_, _, replayed) = open(&disk, config()).unwrap();
+    assert!(replayed == all.concat(), "replay differs");
+}
+
+#[test]
 fn short_writes_are_resumed() {
     for short in [0, 1, 100, BLOCK_BYTES - 1, BLOCK_BYTES, BLOCK_BYTES + 7] {
         let disk = MemoryDisk::new();

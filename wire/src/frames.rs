@@ -155,6 +155,9 @@ pub enum ErrorKind {
     /// The recipient's mailbox holds as much as one account may have
     /// queued; retry after the recipient has read some.
     MailboxFull,
+    /// The server's disk is full: new messages and signups are refused
+    /// until space is freed; acknowledgements and deliveries go on.
+    DiskFull,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,6 +20,10 @@ pub trait Backend {
     /// allocated-but-unwritten blocks, is handed to a kernel worker thread,
     /// which on a busy core waits for a time slice (milliseconds).
     async fn create(&self, number: u64, bytes: u64) -> io::Result<Self::File>;
+    /// True while the next segment cannot be made for lack of space: the
+    /// current segment is all the room the log has left. An implementation
+    /// may use the call to try again now and then.
+    fn full(&self) -> bool;
     async fn open(&self, number: u64) -> io::Result<Self::File>;
     /// Deletes segment `number`; durable on return.
     async fn remove(&self, number: u64) -> io::Result<()>;

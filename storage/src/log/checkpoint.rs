@@ -145,19 +145,28 @@ pub fn write(
         frames: frames.len() as u64,
     };
     let temporary = dir.join(format!("{}.tmp", file_name(batch)));
-    let file = fs::File::create(&temporary)?;
+    let written = write_file(&temporary, &header, &frames);
+    if written.is_err() {
+        // On a full disk a partial file would keep the space that ran out.
+        let _ = fs::remove_file(&temporary);
+    }
+    let bytes = written?;
+    fs::rename(&temporary, dir.join(file_name(batch)))?;
+    fs::File::open(dir)?.sync_all()?;
+    Ok(bytes)
+}
+
+fn write_file(path: &Path, header: &CheckpointHeader, frames: &[Vec<u8>]) -> io::Result<u64> {
+    let file = fs::File::create(path)?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     out.write_all(&header.encode())?;
     let mut bytes = BLOCK_BYTES as u64;
-    for frame in &frames {
+    for frame in frames {
         out.write_all(frame)?;
         bytes += frame.len() as u64;
     }
     let file = out.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
-    drop(file);
-    fs::rename(&temporary, dir.join(file_name(batch)))?;
-    fs::File::open(dir)?.sync_all()?;
     Ok(bytes)
 }
 

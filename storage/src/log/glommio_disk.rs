@@ -3,12 +3,14 @@
 
 use std::{
     alloc::Layout,
-    cell::RefCell,
+    cell::{Cell, RefCell},
     fs,
     io::{self, Write},
     os::unix::fs::{FileExt, OpenOptionsExt},
     path::{Path, PathBuf},
+    rc::Rc,
     sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
 };
 
 use glommio::{
@@ -19,7 +21,11 @@ use glommio::{
 use super::{
     backend::{Backend, SegmentFile},
     format::BLOCK_BYTES,
+    is_no_space,
 };
+
+/// While the disk is full, a new blank segment is tried at most this often.
+const NO_SPACE_RETRY: Duration = Duration::from_secs(1);
 
 /// Reads during replay go in pieces of this size, so a 64 MiB segment never
 /// needs one 64 MiB DMA buffer.
@@ -37,10 +43,19 @@ static BLANKS_MADE: AtomicU64 = AtomicU64::new(0);
 /// One blank segment is kept in preparation (`blank-*.tmp`, written with
 /// zeros by glommio's blocking-thread pool) so that starting the next
 /// segment is a rename, not 64 MiB of writes on the commit path.
+///
+/// When a blank file cannot be written for lack of space the disk is `full`
+/// (the log's current segment is the only room left) until a later attempt,
+/// made at most every [`NO_SPACE_RETRY`], succeeds.
 pub struct GlommioDisk {
     path: PathBuf,
     directory: Directory,
     spare: RefCell<Option<Spare>>,
+    /// When the last blank file failed for lack of space; `None` once one
+    /// has been written since. Shared with the preparing job.
+    no_space_at: Rc<Cell<Option<Instant>>>,
+    /// Size of the segments asked for, to prepare the next one.
+    segment_bytes: Cell<u64>,
 }
 
 /// A blank file being prepared: its path, size, and the job writing it.
@@ -48,6 +63,8 @@ struct Spare {
     path: PathBuf,
     bytes: u64,
     job: JoinHandle<io::Result<()>>,
+    /// Set by the job when it has finished, either way.
+    done: Rc<Cell<bool>>,
 }
 
 impl GlommioDisk {
@@ -74,6 +91,8 @@ impl GlommioDisk {
             path: path.to_path_buf(),
             directory,
             spare: RefCell::new(None),
+            no_space_at: Rc::new(Cell::new(None)),
+            segment_bytes: Cell::new(0),
         })
     }
 
@@ -87,38 +106,64 @@ impl GlommioDisk {
     fn prepare_spare(&self, bytes: u64) {
         let path = self.blank_path();
         let job_path = path.clone();
+        let done = Rc::new(Cell::new(false));
+        let (job_done, no_space_at) = (done.clone(), self.no_space_at.clone());
         let job = glommio::spawn_local(async move {
-            glommio::executor()
+            let result = glommio::executor()
                 .spawn_blocking(move || write_blank(&job_path, bytes))
-                .await
+                .await;
+            note_space(&no_space_at, &result);
+            job_done.set(true);
+            result
         })
         .detach();
-        *self.spare.borrow_mut() = Some(Spare { path, bytes, job });
+        *self.spare.borrow_mut() = Some(Spare {
+            path,
+            bytes,
+            job,
+            done,
+        });
     }
 
     /// A durable blank file of `bytes`: the spare if it fits, else a new one.
     async fn take_blank(&self, bytes: u64) -> io::Result<PathBuf> {
+        self.segment_bytes.set(bytes);
         let spare = self.spare.borrow_mut().take();
         if let Some(spare) = spare {
             match spare.job.await {
                 Some(Ok(())) if spare.bytes == bytes => return Ok(spare.path),
+                // Out of space: writing another now would only find that
+                // out again, 64 MiB later.
+                Some(Err(error)) if is_no_space(&error) => return Err(error),
                 // Another size was asked for, or the job failed or was
                 // cancelled: make one now, and say why if it fails too.
                 _ => {
                     let _ = fs::remove_file(&spare.path);
                 }
             }
+        } else if self.no_space_at.get().is_some() {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
         let path = self.blank_path();
         let job_path = path.clone();
-        glommio::executor()
+        let result = glommio::executor()
             .spawn_blocking(move || write_blank(&job_path, bytes))
-            .await?;
-        Ok(path)
+            .await;
+        note_space(&self.no_space_at, &result);
+        result.map(|()| path)
     }
 
     fn file_path(&self, number: u64) -> PathBuf {
         self.path.join(format!("{number:020}.log"))
+    }
+}
+
+/// Records whether writing a blank file found the disk full.
+fn note_space(no_space_at: &Cell<Option<Instant>>, result: &io::Result<()>) {
+    match result {
+        Ok(()) => no_space_at.set(None),
+        Err(error) if is_no_space(error) => no_space_at.set(Some(Instant::now())),
+        Err(_) => {}
     }
 }
 
@@ -164,6 +209,23 @@ impl Backend for GlommioDisk {
             .await
             .map_err(io::Error::from)?;
         Ok(GlommioFile { file })
+    }
+
+    fn full(&self) -> bool {
+        let Some(since) = self.no_space_at.get() else {
+            return false;
+        };
+        // Space may have been freed since: try another blank file now and
+        // then, once the last attempt is over.
+        let idle = self.spare.borrow().as_ref().is_none_or(|s| s.done.get());
+        if idle && since.elapsed() >= NO_SPACE_RETRY && self.segment_bytes.get() > 0 {
+            if let Some(spare) = self.spare.borrow_mut().take() {
+                let _ = fs::remove_file(&spare.path);
+            }
+            self.no_space_at.set(Some(Instant::now()));
+            self.prepare_spare(self.segment_bytes.get());
+        }
+        true
     }
 
     async fn open(&self, number: u64) -> io::Result<GlommioFile> {
@@ -228,6 +290,15 @@ impl SegmentFile for GlommioFile {
 /// nothing of it sits in the page cache, where later direct writes would
 /// have to evict it) and makes it durable. Runs on a blocking thread.
 fn write_blank(path: &Path, bytes: u64) -> io::Result<()> {
+    let result = write_zeros(path, bytes);
+    if result.is_err() {
+        // A partial file would only hold on to the space that ran out.
+        let _ = fs::remove_file(path);
+    }
+    result
+}
+
+fn write_zeros(path: &Path, bytes: u64) -> io::Result<()> {
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)

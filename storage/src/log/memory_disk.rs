@@ -30,6 +30,11 @@ struct File {
 #[derive(Debug, Default)]
 struct Disk {
     files: BTreeMap<u64, File>,
+    /// Bytes all files together may take; `create` past it fails with
+    /// ENOSPC, as a full file system would.
+    capacity_bytes: Option<u64>,
+    /// Size of the last segment asked for: what `full` checks room for.
+    segment_bytes: u64,
     operations: u64,
     faults: BTreeMap<u64, Fault>,
 }
@@ -48,6 +53,11 @@ impl MemoryDisk {
     /// Makes operation number `at` (see [`MemoryDisk::operations`]) fail.
     pub fn inject(&self, at: u64, fault: Fault) {
         self.disk.borrow_mut().faults.insert(at, fault);
+    }
+
+    /// Limits the bytes all files may take together (`None`: no limit).
+    pub fn set_capacity(&self, bytes: Option<u64>) {
+        self.disk.borrow_mut().capacity_bytes = bytes;
     }
 
     /// Operations performed so far.
@@ -119,6 +129,14 @@ fn missing(number: u64) -> io::Error {
     )
 }
 
+impl Disk {
+    fn has_room(&self, bytes: u64) -> bool {
+        let used: u64 = self.files.values().map(|f| f.current.len() as u64).sum();
+        self.capacity_bytes
+            .is_none_or(|capacity| used + bytes <= capacity)
+    }
+}
+
 impl Backend for MemoryDisk {
     type File = MemoryFile;
 
@@ -130,6 +148,10 @@ impl Backend for MemoryDisk {
     async fn create(&self, number: u64, bytes: u64) -> io::Result<MemoryFile> {
         self.check()?;
         let mut disk = self.disk.borrow_mut();
+        disk.segment_bytes = bytes;
+        if !disk.has_room(bytes) {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
         if disk.files.contains_key(&number) {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
@@ -149,6 +171,11 @@ impl Backend for MemoryDisk {
             disk: self.clone(),
             number,
         })
+    }
+
+    fn full(&self) -> bool {
+        let disk = self.disk.borrow();
+        !disk.has_room(disk.segment_bytes)
     }
 
     async fn open(&self, number: u64) -> io::Result<MemoryFile> {

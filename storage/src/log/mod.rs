@@ -94,6 +94,11 @@ pub enum LogError {
     },
     #[error("the log failed earlier and accepts no more writes")]
     Poisoned,
+    /// The commit needed a new segment and the disk had no room for one.
+    /// Nothing of it was written and the log is intact: the same records
+    /// may be appended again once there is space.
+    #[error("no space on the disk for a new log segment")]
+    NoSpace,
 }
 
 /// What replay found.
@@ -306,7 +311,10 @@ impl<B: Backend> Log<B> {
             return Ok(());
         }
         let result = self.append_inner(records).await;
-        if result.is_err() {
+        if result
+            .as_ref()
+            .is_err_and(|e| !matches!(e, LogError::NoSpace))
+        {
             self.poisoned = true;
         }
         result
@@ -326,7 +334,15 @@ impl<B: Backend> Log<B> {
                     self.file.sync().await?;
                     self.stats.syncs += 1;
                 }
-                self.rotate().await?;
+                match self.rotate().await {
+                    // Nothing written yet, and no file touched: the commit
+                    // can be tried again. (Space running out in the middle
+                    // of a commit larger than a segment still poisons.)
+                    Err(LogError::Io(error)) if !wrote && is_no_space(&error) => {
+                        return Err(LogError::NoSpace);
+                    }
+                    result => result?,
+                }
             }
             write_all(&mut self.file, self.end, &self.buffer).await?;
             wrote = true;
@@ -388,13 +404,29 @@ impl<B: Backend> Log<B> {
     pub fn is_poisoned(&self) -> bool {
         self.poisoned
     }
+
+    /// True while the disk has no room for another segment: what is left
+    /// of the current one should go to acknowledgements, not new messages.
+    pub fn disk_full(&self) -> bool {
+        self.backend.full()
+    }
+}
+
+/// ENOSPC, or a quota's EDQUOT: the disk, not the file, is the problem.
+pub fn is_no_space(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
 }
 
 impl<B: Backend> Journal for Log<B> {
     async fn commit(&mut self, records: &[Record]) -> Result<(), JournalError> {
-        self.append(records)
-            .await
-            .map_err(|error| JournalError::Failed(error.to_string()))
+        match self.append(records).await {
+            Ok(()) => Ok(()),
+            Err(LogError::NoSpace) => Err(JournalError::NoSpace),
+            Err(error) => Err(JournalError::Failed(error.to_string())),
+        }
     }
 
     fn stats(&self) -> JournalStats {

@@ -1,0 +1,214 @@
+//! A real full disk: the server's data dir on a small ext4 file system
+//! (loop-mounted), filled up while it runs. New messages are refused with
+//! `DiskFull`, acknowledgements go on, and once space is freed messages are
+//! accepted again, with nothing lost across a `kill -9`.
+
+mod common;
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::Server;
+use loadgen::client::{Client, Event};
+use wire::{ClientFrame, ErrorKind, Phone};
+
+/// A loop-mounted ext4 file system, unmounted on drop.
+struct SmallDisk {
+    _dir: tempfile::TempDir,
+    mount: PathBuf,
+}
+
+impl SmallDisk {
+    fn new(bytes: u64) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk.img");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(bytes)
+            .unwrap();
+        run("mkfs.ext4", &["-q", "-F", image.to_str().unwrap()]);
+        let mount = dir.path().join("mnt");
+        std::fs::create_dir(&mount).unwrap();
+        run(
+            "mount",
+            &[
+                "-o",
+                "loop",
+                image.to_str().unwrap(),
+                mount.to_str().unwrap(),
+            ],
+        );
+        SmallDisk { _dir: dir, mount }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+    }
+}
+
+fn run(program: &str, args: &[&str]) {
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("{program}: {e} (this test needs root and e2fsprogs)"));
+    assert!(status.success(), "{program} {args:?}: {status}");
+}
+
+/// Writes zeros to `path` until the file system is full.
+fn fill(path: &Path) {
+    let mut file = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    loop {
+        match file.write_all(&chunk).and_then(|()| file.sync_data()) {
+            Ok(()) => {}
+            Err(error) if error.raw_os_error() == Some(libc::ENOSPC) => return,
+            Err(error) => panic!("filling the disk: {error}"),
+        }
+    }
+}
+
+/// The next event that is not a receipt.
+fn next_answer(client: &mut Client) -> Event {
+    loop {
+        match client.recv().expect("an event") {
+            Event::Receipt { .. } => continue,
+            event => return event,
+        }
+    }
+}
+
+fn receive_and_ack(bob: &mut Client, client_id: u64) -> u64 {
+    match next_answer(bob) {
+        Event::Message {
+            seq, client_id: c, ..
+        } => {
+            assert_eq!(c, client_id);
+            bob.send(&ClientFrame::Ack { up_to: seq }).unwrap();
+            seq
+        }
+        other => panic!("expected message {client_id}, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_new_messages_and_recovers_when_space_is_freed() {
+    let disk = SmallDisk::new(24 * 1024 * 1024);
+    let data = tempfile::tempdir_in(&disk.mount).unwrap();
+    let server = Server::start_in(data, &[]);
+    let (mut alice, _, alice_key) = server.phone("+15550003001");
+    let (mut bob, bob_phone, bob_key) = server.phone("+15550003002");
+    let filler = disk.mount.join("filler");
+    fill(&filler);
+
+    // Bob's log fills its segment, starts the one prepared before the disk
+    // filled up, and finds no room for the next: sends are refused.
+    let body = vec![b'x'; 8 * 1024];
+    let mut client_id = 0;
+    let refused = loop {
+        client_id += 1;
+        assert!(client_id < 1_000, "never refused");
+        alice
+            .send(&ClientFrame::Send {
+                client_id,
+                to: bob_phone,
+                body: &body,
+            })
+            .unwrap();
+        match next_answer(&mut alice) {
+            Event::Sent { client_id: c, .. } => {
+                assert_eq!(c, client_id);
+                // Acks are written while the disk is full, too.
+                receive_and_ack(&mut bob, client_id);
+            }
+            Event::Error {
+                kind,
+                client_id: c,
+                detail,
+            } => {
+                assert_eq!(kind, ErrorKind::DiskFull, "{detail}");
+                assert_eq!(c, Some(client_id));
+                break client_id;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    // The segment (1 MiB; a commit pads to 4 KiB blocks) took dozens first.
+    assert!(refused > 20, "refused after only {refused} messages");
+    // Still refused, and the phones are still served.
+    client_id += 1;
+    alice
+        .send(&ClientFrame::Send {
+            client_id,
+            to: bob_phone,
+            body: b"still full",
+        })
+        .unwrap();
+    assert!(matches!(
+        next_answer(&mut alice),
+        Event::Error {
+            kind: ErrorKind::DiskFull,
+            ..
+        }
+    ));
+    bob.send(&ClientFrame::Ping { nonce: 7 }).unwrap();
+    assert_eq!(next_answer(&mut bob), Event::Pong { nonce: 7 });
+
+    // Space is freed: within a few seconds messages are accepted again.
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let last = loop {
+        assert!(Instant::now() < deadline, "never accepted again");
+        client_id += 1;
+        alice
+            .send(&ClientFrame::Send {
+                client_id,
+                to: bob_phone,
+                body: b"room again",
+            })
+            .unwrap();
+        match next_answer(&mut alice) {
+            Event::Sent { .. } => break client_id,
+            Event::Error {
+                kind: ErrorKind::DiskFull,
+                ..
+            } => std::thread::sleep(Duration::from_millis(200)),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    let lines: Vec<String> = server.stderr.try_iter().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("no room for another log segment")),
+        "the operator was not told"
+    );
+    assert!(lines.iter().any(|l| l.contains("has room again")));
+
+    // Nothing the disk-full episode touched is lost: the last message,
+    // unread, comes back after a kill -9.
+    drop((alice, bob));
+    let data = server.into_data_dir();
+    let server = Server::start_in(data, &[]);
+    let mut bob = server.connect();
+    bob.login(bob_phone, bob_key).unwrap();
+    match next_answer(&mut bob) {
+        Event::Message {
+            client_id, body, ..
+        } => {
+            assert_eq!(client_id, last);
+            assert_eq!(body.as_ref(), b"room again");
+        }
+        other => panic!("expected the last message, got {other:?}"),
+    }
+    let mut alice = server.connect();
+    alice
+        .login(Phone::parse("+15550003001").unwrap(), alice_key)
+        .unwrap();
+    drop(server);
+}
