@@ -71,7 +71,11 @@ async fn fill(args: &Args, map: PartitionMap, shard: u16) -> anyhow::Result<u64>
     let dir = args.data_dir.join("log").join(format!("shard-{shard}"));
     let disk = GlommioDisk::open(&dir).await?;
     let (mut log, recovery) = Log::open(disk, LogConfig::new(shard, args.shards), |_| {}).await?;
-    anyhow::ensure!(recovery.records == 0, "{} already holds a log", dir.display());
+    anyhow::ensure!(
+        recovery.records == 0,
+        "{} already holds a log",
+        dir.display()
+    );
     let owners: Vec<Phone> = (0..args.accounts)
         .map(|n| Phone::from_u64(FIRST_PHONE + n))
         .collect::<Result<_, _>>()?;
