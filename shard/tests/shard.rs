@@ -122,6 +122,18 @@ impl Net {
         phone
     }
 
+    /// `phone` sends a message: `ClientFrame::Send`.
+    fn message(&mut self, phone: &mut Phone_, to: Phone, client_id: u64, body: &[u8]) {
+        self.send(
+            phone,
+            ClientFrame::Send {
+                client_id,
+                to,
+                body,
+            },
+        );
+    }
+
     /// Feeds a frame, following a handover if the shard asks for one.
     fn send(&mut self, phone: &mut Phone_, frame: ClientFrame<'_>) {
         loop {
@@ -311,14 +323,7 @@ fn message_across_shards_with_receipts() {
     let (mut alice_conn, _) = net.login(alice, alice_key);
     let (mut bob_conn, _) = net.login(bob, bob_key);
 
-    net.send(
-        &mut alice_conn,
-        ClientFrame::Send {
-            client_id: 1,
-            to: bob,
-            body: b"hi",
-        },
-    );
+    net.message(&mut alice_conn, bob, 1, b"hi");
     assert_eq!(
         net.read(&alice_conn),
         vec![Got::Sent {
@@ -375,24 +380,10 @@ fn offline_recipient_gets_everything_in_order_once() {
     let (alice, alice_key, bob, bob_key) = signed_up_pair(&mut net);
     let (mut alice_conn, _) = net.login(alice, alice_key);
     for client_id in 0..10u64 {
-        net.send(
-            &mut alice_conn,
-            ClientFrame::Send {
-                client_id,
-                to: bob,
-                body: &client_id.to_le_bytes(),
-            },
-        );
+        net.message(&mut alice_conn, bob, client_id, &client_id.to_le_bytes());
     }
     // A resend of client_id 3 answers with the same id and stores nothing.
-    net.send(
-        &mut alice_conn,
-        ClientFrame::Send {
-            client_id: 3,
-            to: bob,
-            body: b"again",
-        },
-    );
+    net.message(&mut alice_conn, bob, 3, b"again");
     let sent = net.read(&alice_conn);
     assert_eq!(sent.len(), 11);
     assert_eq!(sent[3], sent[10]);
@@ -416,14 +407,7 @@ fn a_repeated_ack_writes_no_record() {
     let mut net = Net::new(1, |_| {});
     let (alice, alice_key) = net.signup("+15550000001");
     let (mut conn, _) = net.login(alice, alice_key);
-    net.send(
-        &mut conn,
-        ClientFrame::Send {
-            client_id: 1,
-            to: alice,
-            body: b"note",
-        },
-    );
+    net.message(&mut conn, alice, 1, b"note");
     net.read(&conn);
     net.send(&mut conn, ClientFrame::Ack { up_to: 1 });
     let acks = |net: &Net| {
@@ -446,14 +430,7 @@ fn unacked_window_bounds_what_is_in_flight() {
     let (mut alice_conn, _) = net.login(alice, alice_key);
     let (mut bob_conn, _) = net.login(bob, bob_key);
     for client_id in 0..10 {
-        net.send(
-            &mut alice_conn,
-            ClientFrame::Send {
-                client_id,
-                to: bob,
-                body: b"x",
-            },
-        );
+        net.message(&mut alice_conn, bob, client_id, b"x");
     }
     assert_eq!(net.read(&bob_conn).len(), 4);
     assert_eq!(net.read(&bob_conn).len(), 0, "window full until acked");
@@ -565,39 +542,18 @@ fn protocol_rules() {
 
     let mut conn = net.connect();
     let bob = Phone::parse("+15550000004").unwrap();
-    net.send(
-        &mut conn,
-        ClientFrame::Send {
-            client_id: 1,
-            to: bob,
-            body: b"",
-        },
-    );
+    net.message(&mut conn, bob, 1, b"");
     assert_eq!(net.read(&conn), vec![Got::Error(ErrorKind::NotLoggedIn)]);
 
     let (alice, key) = net.signup("+15550000005");
     let (mut conn, _) = net.login(alice, key);
-    net.send(
-        &mut conn,
-        ClientFrame::Send {
-            client_id: 1,
-            to: bob,
-            body: b"",
-        },
-    );
+    net.message(&mut conn, bob, 1, b"");
     assert_eq!(
         net.read(&conn),
         vec![Got::Error(ErrorKind::UnknownRecipient)]
     );
     let big = vec![0u8; BODY_BYTES_MAX + 1];
-    net.send(
-        &mut conn,
-        ClientFrame::Send {
-            client_id: 2,
-            to: alice,
-            body: &big,
-        },
-    );
+    net.message(&mut conn, alice, 2, &big);
     assert_eq!(net.read(&conn), vec![Got::Error(ErrorKind::BodyTooLarge)]);
 }
 
@@ -643,14 +599,7 @@ fn send_rate_is_limited_per_account() {
     let (alice, key) = net.signup("+15550000006");
     let (mut conn, _) = net.login(alice, key);
     for client_id in 0..6 {
-        net.send(
-            &mut conn,
-            ClientFrame::Send {
-                client_id,
-                to: alice,
-                body: b"",
-            },
-        );
+        net.message(&mut conn, alice, client_id, b"");
     }
     let got = net.read(&conn);
     assert_eq!(
@@ -659,14 +608,7 @@ fn send_rate_is_limited_per_account() {
     );
     assert!(got.contains(&Got::Error(ErrorKind::RateLimited)));
     net.now_ms += 100;
-    net.send(
-        &mut conn,
-        ClientFrame::Send {
-            client_id: 7,
-            to: alice,
-            body: b"",
-        },
-    );
+    net.message(&mut conn, alice, 7, b"");
     assert!(net.read(&conn).contains(&Got::Sent {
         client_id: 7,
         id: 6
@@ -679,14 +621,7 @@ fn a_restart_restores_accounts_mailboxes_and_dedup_from_the_journal() {
     let (alice, alice_key, bob, bob_key) = signed_up_pair(&mut net);
     let (mut alice_conn, _) = net.login(alice, alice_key);
     for client_id in 1..=3 {
-        net.send(
-            &mut alice_conn,
-            ClientFrame::Send {
-                client_id,
-                to: bob,
-                body: b"while you were out",
-            },
-        );
+        net.message(&mut alice_conn, bob, client_id, b"while you were out");
     }
     // Bob reads the first message before the crash; the rest wait.
     let (mut bob_conn, got) = net.login(bob, bob_key);
@@ -734,14 +669,7 @@ fn a_restart_restores_accounts_mailboxes_and_dedup_from_the_journal() {
         }]
     );
     // A resend of a stored message is recognised after the restart.
-    net.send(
-        &mut alice_conn,
-        ClientFrame::Send {
-            client_id: 3,
-            to: bob,
-            body: b"while you were out",
-        },
-    );
+    net.message(&mut alice_conn, bob, 3, b"while you were out");
     assert_eq!(
         net.read(&alice_conn),
         vec![Got::Sent {
@@ -751,14 +679,7 @@ fn a_restart_restores_accounts_mailboxes_and_dedup_from_the_journal() {
     );
     assert_eq!(net.read(&bob_conn), vec![]);
     // And new messages continue the sequence.
-    net.send(
-        &mut alice_conn,
-        ClientFrame::Send {
-            client_id: 4,
-            to: bob,
-            body: b"back",
-        },
-    );
+    net.message(&mut alice_conn, bob, 4, b"back");
     assert_eq!(
         net.read(&alice_conn),
         vec![Got::Sent {
@@ -864,14 +785,7 @@ fn a_failed_journal_turns_waiting_replies_into_errors_and_refuses_new_sends() {
 
     // New sends to that shard's phones are refused at once.
     let mut alice_conn = alice_conn;
-    net.send(
-        &mut alice_conn,
-        ClientFrame::Send {
-            client_id: 2,
-            to: bob,
-            body: b"two",
-        },
-    );
+    net.message(&mut alice_conn, bob, 2, b"two");
     assert_eq!(
         net.read(&alice_conn),
         vec![Got::Error(ErrorKind::StorageFailed)]
@@ -920,14 +834,7 @@ fn a_checkpoint_keeps_seqs_unread_messages_and_resend_detection() {
     let (alice, alice_key, bob, bob_key) = signed_up_pair(&mut net);
     let (mut alice_conn, _) = net.login(alice, alice_key);
     for client_id in 1..=5 {
-        net.send(
-            &mut alice_conn,
-            ClientFrame::Send {
-                client_id,
-                to: bob,
-                body: b"hello",
-            },
-        );
+        net.message(&mut alice_conn, bob, client_id, b"hello");
     }
     let (mut bob_conn, got) = net.login(bob, bob_key);
     assert_eq!(got.len(), 5);
@@ -969,14 +876,7 @@ fn a_checkpoint_keeps_seqs_unread_messages_and_resend_detection() {
         .collect();
     assert_eq!(seqs, vec![4, 5]);
     let (mut alice_conn, _) = net.login(alice, alice_key);
-    net.send(
-        &mut alice_conn,
-        ClientFrame::Send {
-            client_id: 3,
-            to: bob,
-            body: b"hello",
-        },
-    );
+    net.message(&mut alice_conn, bob, 3, b"hello");
     let got = net.read(&alice_conn);
     assert!(
         got.contains(&Got::Sent {
@@ -990,14 +890,7 @@ fn a_checkpoint_keeps_seqs_unread_messages_and_resend_detection() {
         vec![],
         "an acknowledged resend is dropped"
     );
-    net.send(
-        &mut alice_conn,
-        ClientFrame::Send {
-            client_id: 6,
-            to: bob,
-            body: b"new",
-        },
-    );
+    net.message(&mut alice_conn, bob, 6, b"new");
     assert!(net.read(&alice_conn).contains(&Got::Sent {
         client_id: 6,
         id: 6
@@ -1025,19 +918,9 @@ fn the_write_back_cache_never_writes_what_is_acked_in_time() {
     let (alice, alice_key, bob, bob_key) = signed_up_pair(&mut net);
     let (mut alice_conn, _) = net.login(alice, alice_key);
     let (mut bob_conn, _) = net.login(bob, bob_key);
-    let send = |net: &mut Net, conn: &mut Phone_, client_id| {
-        net.send(
-            conn,
-            ClientFrame::Send {
-                client_id,
-                to: bob,
-                body: b"quick",
-            },
-        );
-    };
     // 1 and 2 are acknowledged within the delay; 3 is not.
     for client_id in 1..=3 {
-        send(&mut net, &mut alice_conn, client_id);
+        net.message(&mut alice_conn, bob, client_id, b"quick");
     }
     let got = net.read(&alice_conn);
     assert_eq!(
@@ -1061,8 +944,8 @@ fn the_write_back_cache_never_writes_what_is_acked_in_time() {
 
     // Message 4 is acknowledged in time; 3 (written) is acknowledged with
     // it. Replay must see 3 acknowledged before 5, never a hole.
-    send(&mut net, &mut alice_conn, 4);
-    send(&mut net, &mut alice_conn, 5);
+    net.message(&mut alice_conn, bob, 4, b"quick");
+    net.message(&mut alice_conn, bob, 5, b"quick");
     let _ = net.read(&bob_conn);
     net.send(&mut bob_conn, ClientFrame::Ack { up_to: 4 });
     net.advance(1_500);
@@ -1085,14 +968,7 @@ fn a_clean_stop_writes_the_write_back_cache_out() {
     let mut net = Net::new(2, |c| c.sync_delay_ms = 60_000);
     let (alice, alice_key, bob, bob_key) = signed_up_pair(&mut net);
     let (mut alice_conn, _) = net.login(alice, alice_key);
-    net.send(
-        &mut alice_conn,
-        ClientFrame::Send {
-            client_id: 1,
-            to: bob,
-            body: b"kept",
-        },
-    );
+    net.message(&mut alice_conn, bob, 1, b"kept");
     assert_eq!(mailbox_records(&net, bob), (vec![], vec![]));
     for shard in &mut net.shards {
         shard.close_all();
@@ -1113,14 +989,7 @@ fn a_full_mailbox_refuses_messages_until_its_owner_reads() {
     let (alice, alice_key, bob, bob_key) = signed_up_pair(&mut net);
     let (mut alice_conn, _) = net.login(alice, alice_key);
     let mut send = |net: &mut Net, client_id, body: &[u8]| {
-        net.send(
-            &mut alice_conn,
-            ClientFrame::Send {
-                client_id,
-                to: bob,
-                body,
-            },
-        );
+        net.message(&mut alice_conn, bob, client_id, body);
         net.read(&alice_conn)
     };
     for client_id in 1..=3 {
@@ -1159,14 +1028,7 @@ fn one_account_cannot_fill_the_write_back_cache() {
     let (alice, alice_key, bob, _) = signed_up_pair(&mut net);
     let (mut alice_conn, _) = net.login(alice, alice_key);
     for client_id in 1..=5 {
-        net.send(
-            &mut alice_conn,
-            ClientFrame::Send {
-                client_id,
-                to: bob,
-                body: b"to an offline phone",
-            },
-        );
+        net.message(&mut alice_conn, bob, client_id, b"to an offline phone");
     }
     // The fifth entry pushed Bob over 4: the cache was written out from
     // the oldest record until he had 2 left in it.
@@ -1179,17 +1041,7 @@ fn a_full_disk_refuses_new_messages_and_signups_but_not_acks_or_resends() {
     let (alice, alice_key, bob, bob_key) = signed_up_pair(&mut net);
     let (mut alice_conn, _) = net.login(alice, alice_key);
     let (mut bob_conn, _) = net.login(bob, bob_key);
-    let send = |net: &mut Net, conn: &mut Phone_, client_id: u64| {
-        net.send(
-            conn,
-            ClientFrame::Send {
-                client_id,
-                to: bob,
-                body: b"hi",
-            },
-        );
-    };
-    send(&mut net, &mut alice_conn, 1);
+    net.message(&mut alice_conn, bob, 1, b"hi");
     assert_eq!(
         net.read(&alice_conn),
         vec![Got::Sent {
@@ -1200,10 +1052,10 @@ fn a_full_disk_refuses_new_messages_and_signups_but_not_acks_or_resends() {
 
     // Bob's shard runs out of disk.
     net.shards[1].set_disk_full(true);
-    send(&mut net, &mut alice_conn, 2);
+    net.message(&mut alice_conn, bob, 2, b"hi");
     assert_eq!(net.read(&alice_conn), vec![Got::Error(ErrorKind::DiskFull)]);
     // A resend of what is stored is still answered: it needs no room.
-    send(&mut net, &mut alice_conn, 1);
+    net.message(&mut alice_conn, bob, 1, b"hi");
     assert_eq!(
         net.read(&alice_conn),
         vec![Got::Sent {
@@ -1244,7 +1096,7 @@ fn a_full_disk_refuses_new_messages_and_signups_but_not_acks_or_resends() {
 
     // Room again: the refused message goes through.
     net.shards[1].set_disk_full(false);
-    send(&mut net, &mut alice_conn, 2);
+    net.message(&mut alice_conn, bob, 2, b"hi");
     let got = net.read(&alice_conn);
     assert!(
         got.contains(&Got::Sent {
