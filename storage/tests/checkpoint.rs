@@ -1,22 +1,12 @@
 //! Checkpoint files on a real disk: round trip, damage, the wrong shard.
 
-use std::{path::PathBuf, sync::Arc};
+use std::sync::Arc;
 
 use storage::{
     log::checkpoint::{self, CheckpointError},
     EntryRecord, Record,
 };
 use wire::Phone;
-
-fn scratch_dir(name: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let dir = std::env::temp_dir().join(format!("isle-{name}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn records(count: u64, body_bytes: usize) -> Vec<Record> {
     let owner = Phone::from_u64(15_550_000_001).unwrap();
@@ -45,7 +35,8 @@ fn load(dir: &std::path::Path) -> Result<(Option<u64>, Vec<Record>), CheckpointE
 
 #[test]
 fn the_newest_checkpoint_loads_whole_and_older_ones_can_go() {
-    let dir = scratch_dir("checkpoint");
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().to_path_buf();
     assert_eq!(load(&dir).unwrap(), (None, vec![]));
     let old = records(3, 10);
     // Large enough to take several frames (8 MiB payload each).
@@ -59,12 +50,12 @@ fn the_newest_checkpoint_loads_whole_and_older_ones_can_go() {
     assert!(loaded == new, "{} records", loaded.len());
     checkpoint::remove_older(&dir, 40).unwrap();
     assert_eq!(checkpoint::list(&dir).unwrap(), vec![40]);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn a_damaged_or_foreign_checkpoint_is_refused() {
-    let dir = scratch_dir("checkpoint-bad");
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().to_path_buf();
     checkpoint::write(&dir, 1, 4, 5, &records(50, 100)).unwrap();
     let path = dir.join("checkpoint-00000000000000000005.ckpt");
     let good = std::fs::read(&path).unwrap();
@@ -90,5 +81,4 @@ fn a_damaged_or_foreign_checkpoint_is_refused() {
         "{error}"
     );
     assert!(load(&dir).is_ok());
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,6 +1,6 @@
 //! The log on real files: direct I/O through io_uring, real fdatasync.
 
-use std::{path::PathBuf, sync::Arc};
+use std::sync::Arc;
 
 use glommio::{LocalExecutorBuilder, Placement};
 use storage::{
@@ -8,14 +8,6 @@ use storage::{
     EntryRecord, Record,
 };
 use wire::Phone;
-
-fn scratch_dir(name: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    std::env::temp_dir().join(format!("isle-{name}-{}-{nanos}", std::process::id()))
-}
 
 fn put(seq: u64, body_bytes: usize) -> Record {
     Record::MailboxPut {
@@ -32,7 +24,8 @@ fn put(seq: u64, body_bytes: usize) -> Record {
 
 #[test]
 fn commits_survive_reopen_and_segments_rotate() {
-    let dir = scratch_dir("log");
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().to_path_buf();
     let config = LogConfig {
         segment_bytes_max: 256 * 1024,
         ..LogConfig::new(0, 1)
@@ -119,12 +112,12 @@ fn commits_survive_reopen_and_segments_rotate() {
         .unwrap();
     assert_eq!(again.len(), expected.len() + 1);
     assert_eq!(again.last(), Some(&put(9_999, 10)));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn a_segment_larger_than_any_writer_makes_is_refused_before_reading_it() {
-    let dir = scratch_dir("huge");
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().to_path_buf();
     let path = dir.clone();
     let open = move || {
         let path = path.clone();
@@ -154,5 +147,4 @@ fn a_segment_larger_than_any_writer_makes_is_refused_before_reading_it() {
         error.contains("over the") && error.contains("segment_bytes_max"),
         "{error}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
