@@ -184,6 +184,19 @@ struct Account {
 }
 
 impl Account {
+    /// A new account with an empty mailbox and no session.
+    fn new(key_hash: [u8; KEY_HASH_BYTES], generation: u64) -> Account {
+        Account {
+            key_hash,
+            generation,
+            mailbox: Mailbox::new(),
+            session: None,
+            written_put: 0,
+            written_unacked_from: None,
+            cached: 0,
+        }
+    }
+
     /// A `MailboxAck` up to `up_to` went to the journal.
     fn written_acked(&mut self, up_to: u64) {
         self.written_unacked_from = match self.written_unacked_from {
@@ -315,18 +328,8 @@ impl Shard {
                     account.generation = generation;
                 }
                 None => {
-                    self.accounts.insert(
-                        phone,
-                        Account {
-                            key_hash,
-                            generation,
-                            mailbox: Mailbox::new(),
-                            session: None,
-                            written_put: 0,
-                            written_unacked_from: None,
-                            cached: 0,
-                        },
-                    );
+                    self.accounts
+                        .insert(phone, Account::new(key_hash, generation));
                     self.counters.accounts += 1;
                 }
             },
@@ -1098,18 +1101,7 @@ impl Shard {
                 generation
             }
             None => {
-                self.accounts.insert(
-                    phone,
-                    Account {
-                        key_hash,
-                        generation: 1,
-                        mailbox: Mailbox::new(),
-                        session: None,
-                        written_put: 0,
-                        written_unacked_from: None,
-                        cached: 0,
-                    },
-                );
+                self.accounts.insert(phone, Account::new(key_hash, 1));
                 self.counters.accounts += 1;
                 1
             }
