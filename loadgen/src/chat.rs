@@ -523,20 +523,17 @@ async fn run_thread(
                 .expect("semaphore never closes");
             let patience = Duration::from_secs_f64(thread.args.connect_patience);
             let started = Instant::now();
-            let mut backoff = Backoff::new();
-            loop {
-                match connect_phone(&thread, &phone).await {
-                    Ok(connection) => {
-                        thread.shared.logged_in.fetch_add(1, Relaxed);
-                        return Some((phone, connection));
+            let give_up = || started.elapsed() >= patience;
+            match connect_with_backoff(&thread, &phone, &mut Backoff::new(), give_up).await {
+                Ok(connection) => {
+                    thread.shared.logged_in.fetch_add(1, Relaxed);
+                    Some((phone, connection))
+                }
+                Err(error) => {
+                    if thread.shared.connect_failures.fetch_add(1, Relaxed) < 5 {
+                        eprintln!("phone {index}: {error:#}");
                     }
-                    Err(error) if started.elapsed() >= patience => {
-                        if thread.shared.connect_failures.fetch_add(1, Relaxed) < 5 {
-                            eprintln!("phone {index}: {error:#}");
-                        }
-                        return None;
-                    }
-                    Err(_) => backoff.wait(&thread).await,
+                    None
                 }
             }
         }));
@@ -607,30 +604,8 @@ async fn run_thread(
 /// Runs one phone's connections until the run finishes: when one ends, the
 /// phone backs off, connects and logs in again, and carries on.
 async fn phone_loop(thread: Rc<Thread>, phone: Rc<PhoneState>, first: Connection) {
-    let mut next = Some(first);
-    let mut backoff = Backoff::new();
+    let mut connection = first;
     loop {
-        let connection = match next.take() {
-            Some(connection) => connection,
-            None => {
-                let offline_ns = phone.offline_until_ns.get().saturating_sub(thread.now_ns());
-                if offline_ns > 0 {
-                    glommio::timer::sleep(Duration::from_nanos(offline_ns)).await;
-                }
-                backoff.wait(&thread).await;
-                if thread.shared.finished.load(Relaxed) {
-                    return;
-                }
-                match connect_phone(&thread, &phone).await {
-                    Ok(connection) => {
-                        thread.shared.reconnects.fetch_add(1, Relaxed);
-                        backoff = Backoff::new();
-                        connection
-                    }
-                    Err(_) => continue,
-                }
-            }
-        };
         phone.resend.set(true);
         let (reader, writer) = split(connection.io);
         // Whichever side ends first ends the connection: dropping the other
@@ -640,8 +615,38 @@ async fn phone_loop(thread: Rc<Thread>, phone: Rc<PhoneState>, first: Connection
             write_loop(&thread, &phone, writer),
         )
         .await;
-        if thread.shared.finished.load(Relaxed) {
+        let finished = || thread.shared.finished.load(Relaxed);
+        if finished() {
             return;
+        }
+        let offline_ns = phone.offline_until_ns.get().saturating_sub(thread.now_ns());
+        if offline_ns > 0 {
+            glommio::timer::sleep(Duration::from_nanos(offline_ns)).await;
+        }
+        // The server may have just gone away: wait before the first try too.
+        let mut backoff = Backoff::new();
+        backoff.wait(&thread).await;
+        connection = match connect_with_backoff(&thread, &phone, &mut backoff, finished).await {
+            Ok(connection) if !finished() => connection,
+            _ => return,
+        };
+        thread.shared.reconnects.fetch_add(1, Relaxed);
+    }
+}
+
+/// Connects and logs in, backing off between attempts, until it works or
+/// `give_up` says to stop (then the last attempt's error).
+async fn connect_with_backoff(
+    thread: &Thread,
+    phone: &PhoneState,
+    backoff: &mut Backoff,
+    give_up: impl Fn() -> bool,
+) -> anyhow::Result<Connection> {
+    loop {
+        match connect_phone(thread, phone).await {
+            Ok(connection) => return Ok(connection),
+            Err(error) if give_up() => return Err(error),
+            Err(_) => backoff.wait(thread).await,
         }
     }
 }
