@@ -384,6 +384,7 @@ async fn open_journal(
     if let Some(error) = restore_error {
         anyhow::bail!("log {}: {error}", storage.dir.display());
     }
+    shard.restored();
     for (segment, offset, what) in &recovery.salvaged {
         log::error!(
             "shard {shard_id}: salvaged past damage in segment {segment} at byte {offset}: {what}"
@@ -614,7 +615,7 @@ async fn commit(runtime: Rc<Runtime>, mut journal: impl Journal + Segments, plan
             && journal.closed_segments() >= plan.segments
             && Instant::now() >= checkpoint_not_before;
         let (batch, records) = runtime.core.borrow_mut().take_records();
-        let snapshot = due.then(|| runtime.core.borrow().checkpoint());
+        let snapshot = due.then(|| runtime.core.borrow_mut().checkpoint());
         runtime
             .commits_started
             .set(runtime.commits_started.get() + 1);

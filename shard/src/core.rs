@@ -345,7 +345,7 @@ impl Shard {
                     // Rebuilt with the restore time as its age: a resend
                     // after a restart is still recognised for the full TTL.
                     self.dedup
-                        .insert(owner, *from, *client_id, seq, self.now_ms);
+                        .replay(owner, *from, *client_id, seq, self.now_ms);
                 }
                 if account.mailbox.is_empty() && seq > account.mailbox.last_seq() + 1 {
                     // Entries before it were acknowledged while still in the
@@ -387,9 +387,16 @@ impl Shard {
                 from,
                 client_id,
                 seq,
-            } => self.dedup.insert(owner, from, client_id, seq, self.now_ms),
+            } => self.dedup.replay(owner, from, client_id, seq, self.now_ms),
         }
         Ok(())
+    }
+
+    /// Every record is restored: does now the indexing that `restore`
+    /// deferred, so the first phone does not wait for it. (Skipping this
+    /// is safe; the first lookup would do it.)
+    pub fn restored(&mut self) {
+        self.dedup.settle();
     }
 
     /// A checkpoint of this shard is durable.
@@ -400,7 +407,7 @@ impl Shard {
     /// The shard's durable state as records: restored in order into an
     /// empty shard, they rebuild it (accounts, mailboxes with their seqs,
     /// recent client ids). What a checkpoint holds.
-    pub fn checkpoint(&self) -> Vec<Record> {
+    pub fn checkpoint(&mut self) -> Vec<Record> {
         let mut records = Vec::with_capacity(self.accounts.len() * 2 + self.dedup.len());
         for (&phone, account) in &self.accounts {
             records.push(Record::AccountKey {

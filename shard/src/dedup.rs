@@ -3,6 +3,8 @@
 
 use std::collections::VecDeque;
 
+use std::collections::hash_map::Entry;
+
 use ahash::AHashMap;
 use wire::Phone;
 
@@ -20,6 +22,14 @@ struct Key {
 pub struct DedupTable {
     ids: AHashMap<Key, u64>,
     order: VecDeque<(u64, Key)>,
+    /// Entries from a replay, newest last, not yet in `ids`. A replay
+    /// passes every message the log holds (tens of millions after a long
+    /// outage), and only the newest `entries_max` survive it: keeping them
+    /// in a plain ring and indexing only the survivors afterwards saves a
+    /// hash insert and a hash removal, each a cache miss, per evicted one.
+    replayed: VecDeque<(Key, u64)>,
+    /// The age `replayed` entries get once indexed: when the replay ran.
+    replayed_at_ms: u64,
     ttl_ms: u64,
     entries_max: usize,
 }
@@ -29,20 +39,24 @@ impl DedupTable {
         DedupTable {
             ids: AHashMap::new(),
             order: VecDeque::new(),
+            replayed: VecDeque::new(),
+            replayed_at_ms: 0,
             ttl_ms,
             entries_max,
         }
     }
 
+    /// Entries indexed, plus an upper bound on those a replay left.
     pub fn len(&self) -> usize {
-        self.ids.len()
+        self.ids.len() + self.replayed.len().min(self.entries_max)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
+        self.len() == 0
     }
 
-    pub fn get(&self, to: Phone, from: Phone, client_id: u64) -> Option<u64> {
+    pub fn get(&mut self, to: Phone, from: Phone, client_id: u64) -> Option<u64> {
+        self.settle();
         self.ids
             .get(&Key {
                 to,
@@ -53,11 +67,69 @@ impl DedupTable {
     }
 
     pub fn insert(&mut self, to: Phone, from: Phone, client_id: u64, id: u64, now_ms: u64) {
-        let key = Key {
-            to,
-            from,
-            client_id,
-        };
+        self.settle();
+        self.insert_key(
+            Key {
+                to,
+                from,
+                client_id,
+            },
+            id,
+            now_ms,
+        );
+    }
+
+    /// An entry read back from the log while the shard restores: the same
+    /// as `insert`, but indexed only when the table is next used.
+    pub fn replay(&mut self, to: Phone, from: Phone, client_id: u64, id: u64, now_ms: u64) {
+        self.replayed_at_ms = now_ms;
+        // A checkpoint names a queued message twice (its `MailboxPut` and
+        // its `Dedup` record), so twice the bound still holds the newest
+        // `entries_max` distinct keys.
+        if self.replayed.len() >= self.entries_max.saturating_mul(2) {
+            self.replayed.pop_front();
+        }
+        if self.entries_max > 0 {
+            let key = Key {
+                to,
+                from,
+                client_id,
+            };
+            self.replayed.push_back((key, id));
+        }
+    }
+
+    /// Indexes what a replay left. Every method that reads or changes the
+    /// index settles first, so no caller sees the table half-restored.
+    ///
+    /// Walks the replay newest first, so a key named twice keeps its
+    /// newest id and place, and stops at `entries_max` distinct keys.
+    pub fn settle(&mut self) {
+        if self.replayed.is_empty() {
+            return;
+        }
+        let replayed = std::mem::take(&mut self.replayed);
+        let mut kept = Vec::with_capacity(replayed.len().min(self.entries_max));
+        self.ids.reserve(kept.capacity());
+        for (key, id) in replayed.into_iter().rev() {
+            if kept.len() == self.entries_max {
+                break;
+            }
+            if let Entry::Vacant(vacant) = self.ids.entry(key) {
+                vacant.insert(id);
+                kept.push(key);
+            }
+        }
+        self.order.reserve(kept.len());
+        let at = self.replayed_at_ms;
+        self.order
+            .extend(kept.into_iter().rev().map(|key| (at, key)));
+        while self.order.len() > self.entries_max {
+            self.evict_oldest();
+        }
+    }
+
+    fn insert_key(&mut self, key: Key, id: u64, now_ms: u64) {
         if self.ids.insert(key, id).is_none() {
             self.order.push_back((now_ms, key));
         }
@@ -67,7 +139,8 @@ impl DedupTable {
     }
 
     /// Every entry, oldest first: `(to, from, client_id, id)`.
-    pub fn iter(&self) -> impl Iterator<Item = (Phone, Phone, u64, u64)> + '_ {
+    pub fn iter(&mut self) -> impl Iterator<Item = (Phone, Phone, u64, u64)> + '_ {
+        self.settle();
         self.order.iter().filter_map(|(_, key)| {
             let id = *self.ids.get(key)?;
             Some((key.to, key.from, key.client_id, id))
@@ -75,6 +148,7 @@ impl DedupTable {
     }
 
     pub fn expire(&mut self, now_ms: u64) {
+        self.settle();
         while self
             .order
             .front()
@@ -116,5 +190,39 @@ mod tests {
             None,
             "oldest evicted past the count bound"
         );
+    }
+
+    /// A replay keeps the newest `entries_max` entries, in order, and they
+    /// answer lookups and age out as if they had been inserted one by one.
+    #[test]
+    fn a_replay_keeps_the_newest_entries_and_indexes_them_on_use() {
+        let a = Phone::parse("+15550000001").unwrap();
+        let b = Phone::parse("+15550000002").unwrap();
+        let mut table = DedupTable::new(1_000, 3);
+        for client_id in 1..=5 {
+            table.replay(b, a, client_id, 100 + client_id, 50);
+        }
+        let listed: Vec<u64> = table.iter().map(|(_, _, client_id, _)| client_id).collect();
+        assert_eq!(listed, [3, 4, 5], "oldest first, the two oldest gone");
+        assert_eq!(table.get(b, a, 2), None);
+        assert_eq!(table.get(b, a, 4), Some(104));
+        table.insert(b, a, 6, 106, 500);
+        assert_eq!(table.get(b, a, 3), None, "replayed entries are the oldest");
+        table.expire(1_050);
+        assert_eq!(table.get(b, a, 5), None, "aged from the replay time");
+        assert_eq!(table.get(b, a, 6), Some(106));
+
+        // A checkpoint names each queued message twice: that does not
+        // push out keys the bound has room for.
+        let mut table = DedupTable::new(1_000, 2);
+        for round in 0..2 {
+            for client_id in 1..=2 {
+                table.replay(b, a, client_id, 10 * round + client_id, 0);
+            }
+        }
+        table.settle();
+        assert_eq!(table.len(), 2);
+        let listed: Vec<(u64, u64)> = table.iter().map(|(_, _, c, id)| (c, id)).collect();
+        assert_eq!(listed, [(1, 11), (2, 12)], "the newest id and place");
     }
 }

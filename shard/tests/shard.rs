@@ -851,7 +851,7 @@ fn a_checkpoint_keeps_seqs_unread_messages_and_resend_detection() {
     assert_eq!(bob_puts, 2, "acknowledged entries are not carried forward");
     net.restart();
     // A checkpoint is a fixed point: restored, it checkpoints the same.
-    for shard in &net.shards {
+    for shard in &mut net.shards {
         let mut again: Vec<String> = shard
             .checkpoint()
             .iter()
