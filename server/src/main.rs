@@ -4,6 +4,9 @@
 //! own SO_REUSEPORT listeners, connected to every other shard by one bounded
 //! SPSC queue per direction. See ARCHITECTURE.md.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod config;
 mod runtime;
 mod sms;
