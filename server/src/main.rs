@@ -8,6 +8,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod config;
+mod reshard;
 mod runtime;
 mod sms;
 mod tls;
@@ -113,7 +114,6 @@ fn run(args: Args) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&config.data_dir)?;
     if config.storage.journal == JournalKind::Log {
         check_segment_bytes(config.storage.segment_bytes_max)?;
-        check_shard_count(&config.data_dir, shard_count)?;
     }
 
     let identity = match config.listen {
@@ -131,6 +131,25 @@ fn run(args: Args) -> anyhow::Result<()> {
         Some(url) => SmsSender::Webhook(url.clone()),
         None => SmsSender::Outbox(config.data_dir.join("sms-outbox.log")),
     })?;
+
+    if config.storage.journal == JournalKind::Log {
+        let sms = sms.clone();
+        let done = reshard::reshard_if_needed(reshard::Reshard {
+            data_dir: &config.data_dir,
+            shard_count,
+            log: LogConfig {
+                segment_bytes_max: config.storage.segment_bytes_max,
+                salvage: config.storage.salvage,
+                ..LogConfig::new(0, shard_count as u16)
+            },
+            io_memory_bytes: config.limits.io_memory_bytes,
+            io_ring_depth: config.limits.io_ring_depth,
+            env: Arc::new(move || Box::new(OsEnv { sms: sms.clone() })),
+        })?;
+        if let Some(line) = done {
+            log::info!("{line}");
+        }
+    }
 
     let (tls_fds, tls_addr) = bind_all(config.listen, shard_count)?;
     let (plain_fds, plain_addr) = bind_all(config.plaintext_listen, shard_count)?;
@@ -285,32 +304,6 @@ fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
         );
     }
     Ok(file)
-}
-
-/// Refuses to start when the data dir holds logs written by a different
-/// number of shards: each log belongs to one shard of one partition map.
-fn check_shard_count(data_dir: &std::path::Path, shard_count: usize) -> anyhow::Result<()> {
-    let Ok(entries) = std::fs::read_dir(data_dir.join("log")) else {
-        return Ok(());
-    };
-    let mut found = 0;
-    for entry in entries {
-        let name = entry?.file_name();
-        if let Some(index) = name.to_str().and_then(|n| n.strip_prefix("shard-")) {
-            if index.parse::<usize>().is_ok() {
-                found += 1;
-            }
-        }
-    }
-    if found > 0 && found != shard_count {
-        bail!(
-            "data dir {} holds the logs of {found} shards, but {shard_count} were asked for; \
-             start with --shards {found} (changing the shard count of existing data is not \
-             supported yet)",
-            data_dir.display()
-        );
-    }
-    Ok(())
 }
 
 /// Segments hold whole blocks and at least a few batches; the upper bound

@@ -347,13 +347,13 @@ pub async fn run(setup: ShardSetup) {
     drop(tasks);
 }
 
-enum ShardJournal {
+pub(crate) enum ShardJournal {
     Log(Box<Log<GlommioDisk>>),
     Memory(MemoryJournal),
 }
 
 /// Opens the shard's journal and replays it into `shard`.
-async fn open_journal(
+pub(crate) async fn open_journal(
     shard: &mut Shard,
     storage: &StorageSetup,
 ) -> anyhow::Result<(ShardJournal, String)> {

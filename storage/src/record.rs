@@ -40,6 +40,19 @@ pub enum Record {
     },
 }
 
+impl Record {
+    /// The account the record belongs to, and so the shard that keeps it.
+    pub fn owner(&self) -> Phone {
+        match self {
+            Record::AccountKey { phone, .. } => *phone,
+            Record::MailboxPut { owner, .. }
+            | Record::MailboxAck { owner, .. }
+            | Record::MailboxStart { owner, .. }
+            | Record::Dedup { owner, .. } => *owner,
+        }
+    }
+}
+
 /// What a mailbox entry holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntryRecord {

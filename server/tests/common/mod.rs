@@ -41,7 +41,11 @@ impl Server {
                 true => &[][..],
                 false => &["--plaintext-listen", "127.0.0.1:0"][..],
             })
-            .args(["--shards", "2", "--test-numbers", "+1555:111111"])
+            .args(match extra.contains(&"--shards") {
+                true => &[][..],
+                false => &["--shards", "2"][..],
+            })
+            .args(["--test-numbers", "+1555:111111"])
             // Segments are written full of zeros before use: small ones
             // keep each start quick.
             .args(match extra.contains(&"--segment-bytes") {
