@@ -4,12 +4,11 @@
 mod common;
 
 use std::{
-    io::Read,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::{expect, Server, TEST_CODE};
+use common::{expect, refused, stderr_of, Server, TEST_CODE};
 use loadgen::client::{Client, Event};
 use wire::ClientFrame;
 
@@ -82,46 +81,6 @@ fn messages_for_an_offline_phone_survive_kill_9() {
     expect(&mut bob_client, "Pong and nothing before it", |e| {
         *e == Event::Pong { nonce: 5 }
     });
-}
-
-/// Starts the binary expecting it to refuse; returns its stderr.
-fn refused(dir: &std::path::Path, shards: &str) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_isle"))
-        .args(["--data-dir", dir.to_str().unwrap()])
-        .args(["--no-tls", "--plaintext-listen", "127.0.0.1:0"])
-        .args(["--shards", shards])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running isle");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("isle started where it must not");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(
-        !status.success(),
-        "isle exited cleanly where it must refuse"
-    );
-    stderr_of(&mut child)
-}
-
-/// Everything the (exited) child wrote to stderr.
-fn stderr_of(child: &mut std::process::Child) -> String {
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    stderr
 }
 
 #[test]

@@ -7,7 +7,7 @@ mod common;
 
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
-use common::{expect, Server};
+use common::{expect, refused, Server};
 use loadgen::client::{Client, Event};
 use wire::{ClientFrame, DeviceKey, Phone};
 
@@ -277,19 +277,7 @@ fn a_missing_shard_log_is_refused_with_what_to_do() {
     let server = Server::start(&[]);
     let (_, dir) = server.stop_keeping_data();
     std::fs::remove_dir_all(dir.path().join("log/shard-0")).unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_isle"))
-        .args(["--data-dir", dir.path().to_str().unwrap()])
-        .args([
-            "--no-tls",
-            "--plaintext-listen",
-            "127.0.0.1:0",
-            "--shards",
-            "2",
-        ])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused(dir.path(), "2");
     assert!(
         stderr.contains("a shard's log is missing") && stderr.contains("backup"),
         "{stderr}"

@@ -3,12 +3,12 @@
 #![allow(dead_code)]
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Read},
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use loadgen::client::{Client, Event};
@@ -176,4 +176,44 @@ pub fn expect_error(client: &mut Client, kind: wire::ErrorKind) {
         matches!(&event, Event::Error { kind: k, .. } if *k == kind),
         "waiting for {kind:?}, got {event:?}"
     );
+}
+
+/// Starts the binary expecting it to refuse; returns its stderr.
+pub fn refused(dir: &std::path::Path, shards: &str) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_isle"))
+        .args(["--data-dir", dir.to_str().unwrap()])
+        .args(["--no-tls", "--plaintext-listen", "127.0.0.1:0"])
+        .args(["--shards", shards])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running isle");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("isle started where it must not");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        !status.success(),
+        "isle exited cleanly where it must refuse"
+    );
+    stderr_of(&mut child)
+}
+
+/// Everything the (exited) child wrote to stderr.
+pub fn stderr_of(child: &mut std::process::Child) -> String {
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    stderr
 }
