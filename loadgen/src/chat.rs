@@ -32,16 +32,17 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use futures_lite::{
     io::{split, ReadHalf, WriteHalf},
-    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt,
+    AsyncReadExt, AsyncWriteExt,
 };
-use glommio::{net::TcpStream, LocalExecutorBuilder, Placement};
+use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
-use rustls::pki_types::ServerName;
 use serde::Serialize;
 use wire::{
     decode_server, encode_client, split_frame, ClientFrame, DeviceKey, Phone, ServerFrame,
-    FRAME_BYTES_MAX, PROTOCOL_VERSION,
+    FRAME_BYTES_MAX,
 };
+
+use crate::dial::{BoxIo, Connection, Dialer};
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "loadgen", about = "Drive phones against an isle server")]
@@ -364,10 +365,6 @@ impl Report {
     }
 }
 
-trait Io: AsyncRead + AsyncWrite + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
-type BoxIo = Box<dyn Io>;
-
 /// One simulated phone: what outlives any one of its connections.
 struct PhoneState {
     index: u32,
@@ -425,7 +422,7 @@ struct Thread {
     first: u64,
     shared: Arc<Shared>,
     epoch: Instant,
-    tls: Option<Arc<rustls::ClientConfig>>,
+    dialer: Dialer,
     /// Deliveries of sends intended before this are not measured.
     warmup_end_ns: Cell<u64>,
     histogram: RefCell<Histogram<u64>>,
@@ -489,7 +486,11 @@ async fn run_thread(
         first,
         shared: shared.clone(),
         epoch,
-        tls,
+        dialer: Dialer {
+            target: args.target,
+            tls,
+            code: args.code,
+        },
         warmup_end_ns: Cell::new(u64::MAX),
         histogram: RefCell::new(
             Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds"),
@@ -643,7 +644,7 @@ async fn connect_with_backoff(
     give_up: impl Fn() -> bool,
 ) -> anyhow::Result<Connection> {
     loop {
-        match connect_phone(thread, phone).await {
+        match thread.dialer.log_in(phone.number, &phone.key).await {
             Ok(connection) => return Ok(connection),
             Err(error) if give_up() => return Err(error),
             Err(_) => backoff.wait(thread).await,
@@ -699,122 +700,6 @@ async fn pace(thread: &Thread, phones: &[Rc<PhoneState>], start_ns: u64, threads
             wait.clamp(PACER_SLEEP_NS_MIN, 1_000_000),
         ))
         .await;
-    }
-}
-
-/// A logged-in connection, with the bytes that arrived after `LoggedIn` in
-/// the same reads (queued messages may follow it at once).
-struct Connection {
-    io: BoxIo,
-    inbox: Vec<u8>,
-}
-
-/// Connects and logs in: with the phone's key if it has one, else (or if
-/// that key is refused) by signing up first.
-async fn connect_phone(thread: &Thread, phone: &PhoneState) -> anyhow::Result<Connection> {
-    let stream = TcpStream::connect(thread.args.target)
-        .await
-        .map_err(|e| anyhow::anyhow!("connecting: {e}"))?;
-    stream
-        .set_nodelay(true)
-        .map_err(|e| anyhow::anyhow!("nodelay: {e}"))?;
-    let mut io: BoxIo = match thread.tls.clone() {
-        Some(config) => {
-            let name = ServerName::from(thread.args.target.ip());
-            Box::new(
-                futures_rustls::TlsConnector::from(config)
-                    .connect(name, stream)
-                    .await?,
-            )
-        }
-        None => Box::new(stream),
-    };
-    let mut inbox = Vec::new();
-    request(
-        &mut io,
-        &mut inbox,
-        &ClientFrame::Hello {
-            version: PROTOCOL_VERSION,
-        },
-        |f| matches!(f, ServerFrame::Welcome { .. }),
-    )
-    .await?;
-    let login = |key| ClientFrame::Login {
-        phone: phone.number,
-        key,
-    };
-    if let Some(key) = phone.key.get() {
-        // A refused login leaves the connection open: sign up again below.
-        let accepted = request(&mut io, &mut inbox, &login(key), |f| {
-            matches!(f, ServerFrame::LoggedIn { .. })
-        })
-        .await;
-        if accepted.is_ok() {
-            return Ok(Connection { io, inbox });
-        }
-    }
-    request(
-        &mut io,
-        &mut inbox,
-        &ClientFrame::RequestCode {
-            phone: phone.number,
-        },
-        |f| matches!(f, ServerFrame::CodeSent { .. }),
-    )
-    .await?;
-    let mut key = None;
-    request(
-        &mut io,
-        &mut inbox,
-        &ClientFrame::Verify {
-            phone: phone.number,
-            code: thread.args.code,
-        },
-        |f| match f {
-            ServerFrame::Registered { key: k, .. } => {
-                key = Some(*k);
-                true
-            }
-            _ => false,
-        },
-    )
-    .await?;
-    let key: DeviceKey = key.expect("set by the matcher");
-    phone.key.set(Some(key));
-    request(&mut io, &mut inbox, &login(key), |f| {
-        matches!(f, ServerFrame::LoggedIn { .. })
-    })
-    .await?;
-    Ok(Connection { io, inbox })
-}
-
-/// Sends one frame and waits for the reply, which must satisfy `accept`.
-async fn request(
-    io: &mut BoxIo,
-    inbox: &mut Vec<u8>,
-    frame: &ClientFrame<'_>,
-    mut accept: impl FnMut(&ServerFrame<'_>) -> bool,
-) -> anyhow::Result<()> {
-    let mut bytes = Vec::new();
-    encode_client(frame, &mut bytes);
-    io.write_all(&bytes).await?;
-    io.flush().await?;
-    loop {
-        if let Some(raw) = split_frame(inbox, FRAME_BYTES_MAX)? {
-            let consumed = raw.consumed;
-            let reply = decode_server(raw.payload)?;
-            inbox.drain(..consumed);
-            if !accept(&reply) {
-                bail!("unexpected reply {reply:?}");
-            }
-            return Ok(());
-        }
-        let mut buffer = [0u8; 4096];
-        let n = io.read(&mut buffer).await?;
-        if n == 0 {
-            bail!("server closed the connection");
-        }
-        inbox.extend_from_slice(&buffer[..n]);
     }
 }
 

@@ -2,8 +2,13 @@
 //!
 //! [`client::Client`] speaks the wire protocol over plain TCP or TLS with
 //! std sockets; the integration tests and scripts use it. The `loadgen`
-//! binary drives many phones at once on glommio executors ([`chat`]).
+//! binary drives many phones at once on glommio executors, one scenario per
+//! subcommand: [`chat`] (the reference workload) and [`idle`]; [`relay`] is
+//! the bare relay server they can be pointed at instead of isle.
 
 pub mod chat;
 pub mod client;
+pub mod dial;
+pub mod idle;
+pub mod relay;
 pub mod tls;

@@ -1,29 +1,83 @@
 //! `loadgen`: drives many phones against an isle server and reports what it
-//! saw. The work is in [`loadgen::chat`]; this is its command line.
+//! saw, one scenario per subcommand. Without one it runs `chat`, so
+//! `loadgen --target ADDR ...` keeps its meaning.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+#[derive(Parser)]
+#[command(name = "loadgen", about = "Drive phones against an isle server")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// 1:1 messages between random pairs: the reference workload.
+    Chat(loadgen::chat::Args),
+    /// As many phones as the open-file limit allows, logged in and idle:
+    /// server memory per connection and the login rate.
+    Idle(loadgen::idle::Args),
+    /// Not a scenario: runs the bare relay server, the ceiling to compare
+    /// a server against (forwarding only: no auth, storage or receipts).
+    Relay(loadgen::relay::Args),
+}
+
+const SCENARIOS: [&str; 3] = ["chat", "idle", "relay"];
 
 fn main() {
-    let args = loadgen::chat::Args::parse();
-    match loadgen::chat::run(&args) {
-        Ok(report) => {
+    let mut argv: Vec<String> = std::env::args().collect();
+    let named = argv.get(1).is_some_and(|a| {
+        SCENARIOS.contains(&a.as_str()) || a == "help" || a == "-h" || a == "--help"
+    });
+    if !named {
+        argv.insert(1, "chat".to_string());
+    }
+    let code = match Cli::parse_from(argv).scenario {
+        Scenario::Chat(args) => finish(loadgen::chat::run(&args), args.json, |report| {
             report.print_summary();
-            if args.json {
-                match serde_json::to_string(&report) {
-                    Ok(json) => println!("{json}"),
-                    Err(error) => {
-                        eprintln!("loadgen: {error}");
-                        std::process::exit(2);
-                    }
-                }
+            report.lost > 0
+        }),
+        Scenario::Idle(args) => finish(loadgen::idle::run(&args), args.json, |report| {
+            report.print_summary();
+            report.failed()
+        }),
+        Scenario::Relay(args) => match loadgen::relay::run(&args) {
+            Ok(()) => 0,
+            Err(error) => {
+                eprintln!("loadgen relay: {error:#}");
+                2
             }
-            if report.lost > 0 {
-                std::process::exit(1);
-            }
-        }
+        },
+    };
+    std::process::exit(code);
+}
+
+/// Prints a report (and its JSON on the last line); the exit code is 1 when
+/// `summarise` says the run failed (a message lost, a phone cut off), 2
+/// when it could not be carried out.
+fn finish<R: Serialize>(
+    result: anyhow::Result<R>,
+    json: bool,
+    summarise: impl FnOnce(&R) -> bool,
+) -> i32 {
+    let report = match result {
+        Ok(report) => report,
         Err(error) => {
             eprintln!("loadgen: {error:#}");
-            std::process::exit(2);
+            return 2;
+        }
+    };
+    let failed = summarise(&report);
+    if json {
+        match serde_json::to_string(&report) {
+            Ok(line) => println!("{line}"),
+            Err(error) => {
+                eprintln!("loadgen: {error}");
+                return 2;
+            }
         }
     }
+    i32::from(failed)
 }

@@ -1,0 +1,436 @@
+//! The idle workload: as many phones as the open-file limit allows log in
+//! and then only keep their connections alive with pings, the way most of a
+//! messaging server's phones spend most of their time.
+//!
+//! Phones come in over `--steps` equal steps. After each step, once its
+//! logins are done and the server has had a moment to settle, the server's
+//! RSS is read from `/proc/PID/status` (`--server-pid`), so memory per
+//! connection is the slope of RSS against phones (least squares over every
+//! step, the empty server included), not one total divided by a count.
+//! Login rate is phones over the time spent connecting, pauses excluded.
+
+use std::{
+    cell::Cell,
+    net::SocketAddr,
+    path::PathBuf,
+    rc::Rc,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::{LocalExecutorBuilder, Placement};
+use serde::Serialize;
+use wire::{
+    decode_server, encode_client, split_frame, ClientFrame, Phone, ServerFrame, FRAME_BYTES_MAX,
+};
+
+use crate::dial::{Connection, Dialer};
+
+#[derive(Debug, Clone, Parser)]
+pub struct Args {
+    /// Server address (its plaintext port, or its TLS port with --tls).
+    #[arg(long, default_value = "127.0.0.1:5223")]
+    pub target: SocketAddr,
+    /// Connect with TLS.
+    #[arg(long)]
+    pub tls: bool,
+    /// Trust this certificate (PEM); without it, --tls trusts any certificate.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Phones to hold; 0: as many as this process's open-file limit allows,
+    /// less `FDS_SPARE`.
+    #[arg(long, default_value_t = 0)]
+    pub phones: usize,
+    /// Steps the phones come in by; RSS is read after each.
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// The server's process id, to read its RSS; without it no memory
+    /// figures are reported.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Seconds between one phone's keepalive pings.
+    #[arg(long, default_value_t = 30.0)]
+    pub keepalive_s: f64,
+    /// Seconds everyone stays connected after the last step.
+    #[arg(long, default_value_t = 10.0)]
+    pub hold: f64,
+    /// Seconds after each step before RSS is read.
+    #[arg(long, default_value_t = 1.0)]
+    pub settle: f64,
+    /// Executors (threads) to spread the phones over.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// CPUs to pin the threads to, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub cpus: Option<Vec<usize>>,
+    /// First phone number; phones are numbered consecutively from it.
+    #[arg(long, default_value = "+15550000000")]
+    pub first_phone: String,
+    /// The server's test-number code.
+    #[arg(long, default_value_t = 111_111)]
+    pub code: u32,
+    /// Signups and logins in flight per thread.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+    /// Print the result as one JSON object on the last line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Descriptors left for everything but phones: the executors' rings,
+/// stdio, the files loadgen reads.
+pub const FDS_SPARE: usize = 1_000;
+
+/// The server's RSS with this many phones logged in.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Sample {
+    pub phones: usize,
+    pub server_rss_bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub scenario: &'static str,
+    pub phones: usize,
+    pub tls: bool,
+    pub logged_in: usize,
+    pub connect_failures: u64,
+    /// Connections that ended while they were meant to be held.
+    pub disconnects: u64,
+    pub pings: u64,
+    pub pongs: u64,
+    pub login_per_s: f64,
+    pub samples: Vec<Sample>,
+    /// Slope of server RSS against phones (0 without `--server-pid`).
+    pub server_bytes_per_phone: f64,
+}
+
+impl Report {
+    /// A run fails when a phone could not log in or was cut off.
+    pub fn failed(&self) -> bool {
+        self.connect_failures > 0 || self.disconnects > 0 || self.logged_in < self.phones
+    }
+
+    pub fn print_summary(&self) {
+        println!(
+            "idle: {} of {} phones logged in ({}), {:.0} logins/s; {} disconnects, {} of {} pings answered",
+            self.logged_in,
+            self.phones,
+            if self.tls { "tls" } else { "plaintext" },
+            self.login_per_s,
+            self.disconnects,
+            self.pongs,
+            self.pings,
+        );
+        if let (Some(first), Some(last)) = (self.samples.first(), self.samples.last()) {
+            println!(
+                "server RSS {:.1} MiB with {} phones, {:.1} MiB with {}: {:.0} bytes per phone (slope over {} samples)",
+                first.server_rss_bytes as f64 / 1048576.0,
+                first.phones,
+                last.server_rss_bytes as f64 / 1048576.0,
+                last.phones,
+                self.server_bytes_per_phone,
+                self.samples.len(),
+            );
+        }
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    /// Phones each thread may have connected so far.
+    allowed_per_thread: AtomicUsize,
+    logged_in: AtomicUsize,
+    connect_failures: AtomicU64,
+    disconnects: AtomicU64,
+    pings: AtomicU64,
+    pongs: AtomicU64,
+    finished: AtomicBool,
+}
+
+pub fn run(args: &Args) -> anyhow::Result<Report> {
+    let fd_limit = raise_fd_limit()?;
+    let phones = match args.phones {
+        0 => fd_limit.saturating_sub(FDS_SPARE),
+        n => n,
+    };
+    if phones == 0 {
+        bail!("the open-file limit ({fd_limit}) leaves no room for phones");
+    }
+    let first = Phone::parse(&args.first_phone)?.as_u64();
+    Phone::from_u64(first + phones as u64).context("the phone range runs past E.164")?;
+    let tls = if args.tls {
+        Some(crate::tls::client_config(args.ca.as_deref())?)
+    } else {
+        None
+    };
+    let dialer = Dialer {
+        target: args.target,
+        tls,
+        code: args.code,
+    };
+    let rss = |phones: usize| -> anyhow::Result<Option<Sample>> {
+        let Some(pid) = args.server_pid else {
+            return Ok(None);
+        };
+        Ok(Some(Sample {
+            phones,
+            server_rss_bytes: rss_bytes(pid)?,
+        }))
+    };
+    let mut samples: Vec<Sample> = rss(0)?.into_iter().collect();
+
+    let shared = Arc::new(Shared::default());
+    let threads = args.threads.max(1);
+    let mut handles = Vec::new();
+    for thread in 0..threads {
+        let begin = phones * thread / threads;
+        let end = phones * (thread + 1) / threads;
+        let placement = match args.cpus.as_ref().and_then(|cpus| cpus.get(thread)) {
+            Some(&cpu) => Placement::Fixed(cpu),
+            None => Placement::Unbound,
+        };
+        let (args, shared, dialer) = (args.clone(), shared.clone(), dialer.clone());
+        let numbers = (begin..end)
+            .map(|index| Phone::from_u64(first + index as u64).expect("range checked"))
+            .collect();
+        handles.push(
+            LocalExecutorBuilder::new(placement)
+                .name(&format!("loadgen-idle-{thread}"))
+                .io_memory(256 * 1024)
+                .ring_depth(4096)
+                .spawn(move || run_thread(args, numbers, dialer, shared))
+                .map_err(|error| anyhow::anyhow!("starting thread {thread}: {error}"))?,
+        );
+    }
+
+    let per_thread_max = phones.div_ceil(threads);
+    let steps = args.steps.clamp(1, phones);
+    let mut connecting = Duration::ZERO;
+    for step in 1..=steps {
+        let target = phones * step / steps;
+        let started = Instant::now();
+        shared
+            .allowed_per_thread
+            .store(per_thread_max * step / steps, Relaxed);
+        let done =
+            || shared.logged_in.load(Relaxed) + shared.connect_failures.load(Relaxed) as usize;
+        while done() < target {
+            std::thread::sleep(Duration::from_millis(5));
+            if started.elapsed() > Duration::from_secs(300) {
+                shared.finished.store(true, Relaxed);
+                bail!("step {step}: phones did not log in within 300 s");
+            }
+        }
+        connecting += started.elapsed();
+        eprintln!(
+            "step {step}/{steps}: {} phones logged in, {} failed",
+            shared.logged_in.load(Relaxed),
+            shared.connect_failures.load(Relaxed)
+        );
+        std::thread::sleep(Duration::from_secs_f64(args.settle));
+        samples.extend(rss(shared.logged_in.load(Relaxed))?);
+    }
+    std::thread::sleep(Duration::from_secs_f64(args.hold));
+    shared.finished.store(true, Relaxed);
+    for handle in handles {
+        handle
+            .join()
+            .map_err(|error| anyhow::anyhow!("loadgen thread failed: {error}"))?;
+    }
+    let logged_in = shared.logged_in.load(Relaxed);
+    Ok(Report {
+        scenario: "idle",
+        phones,
+        tls: args.tls,
+        logged_in,
+        connect_failures: shared.connect_failures.load(Relaxed),
+        disconnects: shared.disconnects.load(Relaxed),
+        pings: shared.pings.load(Relaxed),
+        pongs: shared.pongs.load(Relaxed),
+        login_per_s: logged_in as f64 / connecting.as_secs_f64().max(1e-9),
+        server_bytes_per_phone: slope(&samples),
+        samples,
+    })
+}
+
+async fn run_thread(args: Args, numbers: Vec<Phone>, dialer: Dialer, shared: Arc<Shared>) {
+    let permits = Rc::new(glommio::sync::Semaphore::new(
+        args.connect_concurrency as u64,
+    ));
+    let dialer = Rc::new(dialer);
+    let mut tasks = Vec::new();
+    let mut next = 0;
+    while !shared.finished.load(Relaxed) {
+        let allowed = shared.allowed_per_thread.load(Relaxed).min(numbers.len());
+        while next < allowed {
+            let (number, index) = (numbers[next], next);
+            let (dialer, permits, shared) = (dialer.clone(), permits.clone(), shared.clone());
+            let keepalive = Duration::from_secs_f64(args.keepalive_s.max(0.001));
+            tasks.push(
+                glommio::spawn_local(async move {
+                    let connection = {
+                        let _permit = permits.acquire_permit(1).await.expect("never closed");
+                        match dialer.log_in(number, &Cell::new(None)).await {
+                            Ok(connection) => connection,
+                            Err(error) => {
+                                if shared.connect_failures.fetch_add(1, Relaxed) < 5 {
+                                    eprintln!("phone {number}: {error:#}");
+                                }
+                                return;
+                            }
+                        }
+                    };
+                    shared.logged_in.fetch_add(1, Relaxed);
+                    hold(connection, index as u64, keepalive, &shared).await;
+                })
+                .detach(),
+            );
+            next += 1;
+        }
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    drop(tasks);
+}
+
+/// Keeps one connection alive with pings until the run ends. Between pings
+/// the phone holds no buffer; pings are spread over the interval so that
+/// phones do not all ping at once.
+async fn hold(mut connection: Connection, index: u64, keepalive: Duration, shared: &Shared) {
+    let spread = keepalive.as_nanos() as u64;
+    let mut wait = Duration::from_nanos(index.wrapping_mul(0x9E37_79B9_7F4A_7C15) % spread.max(1));
+    let mut nonce = 0;
+    loop {
+        // Wake often enough to notice the end of the run.
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            if shared.finished.load(Relaxed) {
+                let _ = connection.io.close().await;
+                return;
+            }
+            glommio::timer::sleep((until - Instant::now()).min(Duration::from_millis(500))).await;
+        }
+        wait = keepalive;
+        nonce += 1;
+        shared.pings.fetch_add(1, Relaxed);
+        let mut frame = Vec::new();
+        encode_client(&ClientFrame::Ping { nonce }, &mut frame);
+        if connection.io.write_all(&frame).await.is_err() || connection.io.flush().await.is_err() {
+            shared.disconnects.fetch_add(1, Relaxed);
+            return;
+        }
+        if !pong(&mut connection, nonce).await {
+            shared.disconnects.fetch_add(1, Relaxed);
+            return;
+        }
+        shared.pongs.fetch_add(1, Relaxed);
+        connection.inbox = Vec::new();
+    }
+}
+
+/// Reads until the `Pong` for `nonce`; false if the connection ends or the
+/// server says anything else but a `Pong`.
+async fn pong(connection: &mut Connection, nonce: u64) -> bool {
+    let mut buffer = [0u8; 512];
+    loop {
+        while let Ok(Some(raw)) = split_frame(&connection.inbox, FRAME_BYTES_MAX) {
+            let consumed = raw.consumed;
+            let answer = decode_server(raw.payload).ok();
+            connection.inbox.drain(..consumed);
+            match answer {
+                Some(ServerFrame::Pong { nonce: n }) if n == nonce => return true,
+                Some(ServerFrame::Pong { .. }) => {}
+                _ => return false,
+            }
+        }
+        match connection.io.read(&mut buffer).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => connection.inbox.extend_from_slice(&buffer[..n]),
+        }
+    }
+}
+
+/// Least-squares slope of RSS against phones.
+fn slope(samples: &[Sample]) -> f64 {
+    let n = samples.len() as f64;
+    if samples.len() < 2 {
+        return 0.0;
+    }
+    let mean_x = samples.iter().map(|s| s.phones as f64).sum::<f64>() / n;
+    let mean_y = samples
+        .iter()
+        .map(|s| s.server_rss_bytes as f64)
+        .sum::<f64>()
+        / n;
+    let (mut num, mut den) = (0.0, 0.0);
+    for s in samples {
+        let dx = s.phones as f64 - mean_x;
+        num += dx * (s.server_rss_bytes as f64 - mean_y);
+        den += dx * dx;
+    }
+    if den == 0.0 {
+        0.0
+    } else {
+        num / den
+    }
+}
+
+/// Resident memory of process `pid`, from `/proc/PID/status`.
+pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .with_context(|| format!("no VmRSS in {path}"))?;
+    Ok(kib * 1024)
+}
+
+/// Raises this process's soft open-file limit to the hard one; returns it.
+pub fn raise_fd_limit() -> anyhow::Result<usize> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write `limit`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            bail!("getrlimit: {}", std::io::Error::last_os_error());
+        }
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+            bail!("setrlimit: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(limit.rlim_cur as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slope_is_the_least_squares_fit() {
+        let samples: Vec<Sample> = [(0, 1_000), (10, 1_990), (20, 3_010), (30, 4_000)]
+            .into_iter()
+            .map(|(phones, rss)| Sample {
+                phones,
+                server_rss_bytes: rss,
+            })
+            .collect();
+        assert!(
+            (slope(&samples) - 100.2).abs() < 0.01,
+            "{}",
+            slope(&samples)
+        );
+        assert_eq!(slope(&samples[..1]), 0.0);
+    }
+}
