@@ -17,8 +17,6 @@
 use std::{
     cell::{Cell, RefCell},
     collections::{BTreeMap, VecDeque},
-    net::SocketAddr,
-    path::PathBuf,
     rc::Rc,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
@@ -28,13 +26,13 @@ use std::{
 };
 
 use ahash::{AHashMap, AHashSet};
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Parser;
 use futures_lite::{
     io::{split, ReadHalf, WriteHalf},
     AsyncReadExt, AsyncWriteExt,
 };
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::LocalExecutorBuilder;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use wire::{
@@ -42,20 +40,13 @@ use wire::{
     FRAME_BYTES_MAX,
 };
 
-use crate::dial::{BoxIo, Connection, Dialer};
+use crate::dial::{Backoff, BoxIo, Connection, Dialer};
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "loadgen", about = "Drive phones against an isle server")]
 pub struct Args {
-    /// Server address (its plaintext port, or its TLS port with --tls).
-    #[arg(long, default_value = "127.0.0.1:5223")]
-    pub target: SocketAddr,
-    /// Connect with TLS.
-    #[arg(long)]
-    pub tls: bool,
-    /// Trust this certificate (PEM); without it, --tls trusts any certificate.
-    #[arg(long)]
-    pub ca: Option<PathBuf>,
+    #[command(flatten)]
+    pub connect: crate::dial::ConnectArgs,
     /// Phones to simulate.
     #[arg(long, default_value_t = 1000)]
     pub phones: usize,
@@ -77,21 +68,6 @@ pub struct Args {
     /// Message body size (at least 8: the intended send time rides in it).
     #[arg(long, default_value_t = 64)]
     pub body_bytes: usize,
-    /// Executors (threads) to spread the phones over.
-    #[arg(long, default_value_t = 1)]
-    pub threads: usize,
-    /// CPUs to pin the threads to, comma-separated.
-    #[arg(long, value_delimiter = ',')]
-    pub cpus: Option<Vec<usize>>,
-    /// First phone number; phones are numbered consecutively from it.
-    #[arg(long, default_value = "+15550000000")]
-    pub first_phone: String,
-    /// The server's test-number code.
-    #[arg(long, default_value_t = 111_111)]
-    pub code: u32,
-    /// Signups and logins in flight per thread.
-    #[arg(long, default_value_t = 256)]
-    pub connect_concurrency: usize,
     /// Print the result as one JSON object on the last line.
     #[arg(long)]
     pub json: bool,
@@ -187,28 +163,24 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     if args.body_bytes < 8 || args.body_bytes > wire::BODY_BYTES_MAX {
         bail!("--body-bytes must be 8..={}", wire::BODY_BYTES_MAX);
     }
-    let first = Phone::parse(&args.first_phone)?.as_u64();
-    Phone::from_u64(first + args.phones as u64).context("the phone range runs past E.164")?;
-    let tls = if args.tls {
-        Some(crate::tls::client_config(args.ca.as_deref())?)
-    } else {
-        None
-    };
+    let first = args.connect.first(args.phones)?;
+    let dialer = args.connect.dialer()?;
     let shared = Arc::new(Shared::default());
     let epoch = Instant::now();
     let results = Arc::new(Mutex::new(Vec::new()));
 
-    let threads = args.threads.max(1);
+    let threads = args.connect.threads();
     let mut handles = Vec::new();
     for thread in 0..threads {
         let begin = args.phones * thread / threads;
         let end = args.phones * (thread + 1) / threads;
-        let placement = match args.cpus.as_ref().and_then(|cpus| cpus.get(thread)) {
-            Some(&cpu) => Placement::Fixed(cpu),
-            None => Placement::Unbound,
-        };
-        let (args, shared, results, tls) =
-            (args.clone(), shared.clone(), results.clone(), tls.clone());
+        let placement = args.connect.placement(thread);
+        let (args, shared, results, dialer) = (
+            args.clone(),
+            shared.clone(),
+            results.clone(),
+            dialer.clone(),
+        );
         handles.push(
             LocalExecutorBuilder::new(placement)
                 .name(&format!("loadgen-{thread}"))
@@ -218,7 +190,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
                 .ring_depth(4096)
                 .spawn(move || async move {
                     let result =
-                        run_thread(args, first, begin..end, threads, shared, epoch, tls).await;
+                        run_thread(args, first, begin..end, threads, shared, epoch, dialer).await;
                     results
                         .lock()
                         .expect("no thread panics holding it")
@@ -297,7 +269,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     let report = Report {
         phones: args.phones,
         threads,
-        tls: args.tls,
+        tls: args.connect.tls,
         offered_rate: args.rate,
         duration_s: args.duration,
         sent: shared.sent.load(Relaxed),
@@ -449,30 +421,6 @@ impl Thread {
     }
 }
 
-/// Delays between connection attempts double from the minimum to the
-/// maximum; each is drawn from the upper half of its range so that phones
-/// cut off together do not all come back in the same millisecond.
-const RECONNECT_DELAY_MS_MIN: u64 = 20;
-const RECONNECT_DELAY_MS_MAX: u64 = 1_000;
-
-struct Backoff {
-    next_ms: u64,
-}
-
-impl Backoff {
-    fn new() -> Backoff {
-        Backoff {
-            next_ms: RECONNECT_DELAY_MS_MIN,
-        }
-    }
-
-    async fn wait(&mut self, thread: &Thread) {
-        let delay_ms = self.next_ms / 2 + thread.random(self.next_ms / 2 + 1);
-        self.next_ms = (self.next_ms * 2).min(RECONNECT_DELAY_MS_MAX);
-        glommio::timer::sleep(Duration::from_millis(delay_ms)).await;
-    }
-}
-
 async fn run_thread(
     args: Args,
     first: u64,
@@ -480,17 +428,13 @@ async fn run_thread(
     threads: usize,
     shared: Arc<Shared>,
     epoch: Instant,
-    tls: Option<Arc<rustls::ClientConfig>>,
+    dialer: Dialer,
 ) -> ThreadResult {
     let thread = Rc::new(Thread {
         first,
         shared: shared.clone(),
         epoch,
-        dialer: Dialer {
-            target: args.target,
-            tls,
-            code: args.code,
-        },
+        dialer,
         warmup_end_ns: Cell::new(u64::MAX),
         histogram: RefCell::new(
             Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds"),
@@ -509,7 +453,7 @@ async fn run_thread(
     // Sign up and log in, a bounded number at a time; a phone that cannot
     // connect keeps trying for `connect_patience` seconds.
     let permits = Rc::new(glommio::sync::Semaphore::new(
-        thread.args.connect_concurrency as u64,
+        thread.args.connect.connect_concurrency as u64,
     ));
     let mut joins = Vec::new();
     for index in range.clone() {
@@ -525,7 +469,9 @@ async fn run_thread(
             let patience = Duration::from_secs_f64(thread.args.connect_patience);
             let started = Instant::now();
             let give_up = || started.elapsed() >= patience;
-            match connect_with_backoff(&thread, &phone, &mut Backoff::new(), give_up).await {
+            match connect_with_backoff(&thread, &phone, &mut Backoff::new(index as u64), give_up)
+                .await
+            {
                 Ok(connection) => {
                     thread.shared.logged_in.fetch_add(1, Relaxed);
                     Some((phone, connection))
@@ -625,8 +571,8 @@ async fn phone_loop(thread: Rc<Thread>, phone: Rc<PhoneState>, first: Connection
             glommio::timer::sleep(Duration::from_nanos(offline_ns)).await;
         }
         // The server may have just gone away: wait before the first try too.
-        let mut backoff = Backoff::new();
-        backoff.wait(&thread).await;
+        let mut backoff = Backoff::new(thread.random(u64::MAX));
+        backoff.wait().await;
         connection = match connect_with_backoff(&thread, &phone, &mut backoff, finished).await {
             Ok(connection) if !finished() => connection,
             _ => return,
@@ -647,7 +593,7 @@ async fn connect_with_backoff(
         match thread.dialer.log_in(phone.number, &phone.key).await {
             Ok(connection) => return Ok(connection),
             Err(error) if give_up() => return Err(error),
-            Err(_) => backoff.wait(thread).await,
+            Err(_) => backoff.wait().await,
         }
     }
 }

@@ -2,11 +2,13 @@
 //! TLS), `Hello`, then `Login` with the phone's key, or a signup through
 //! the server's test-number range when it has none or it is refused.
 
-use std::{cell::Cell, net::SocketAddr, sync::Arc};
+use std::{cell::Cell, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use anyhow::bail;
+use anyhow::{bail, Context};
+use clap::Args;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
+use glommio::Placement;
 use rustls::pki_types::ServerName;
 use wire::{
     decode_server, encode_client, split_frame, ClientFrame, DeviceKey, Phone, ServerFrame,
@@ -16,6 +18,69 @@ use wire::{
 pub trait Io: AsyncRead + AsyncWrite + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
 pub type BoxIo = Box<dyn Io>;
+
+/// Where phones connect and how they are spread: the options every
+/// scenario shares.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectArgs {
+    /// Server address (its plaintext port, or its TLS port with --tls).
+    #[arg(long, default_value = "127.0.0.1:5223")]
+    pub target: SocketAddr,
+    /// Connect with TLS.
+    #[arg(long)]
+    pub tls: bool,
+    /// Trust this certificate (PEM); without it, --tls trusts any certificate.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// First phone number; phones are numbered consecutively from it.
+    #[arg(long, default_value = "+15550000000")]
+    pub first_phone: String,
+    /// The server's test-number code.
+    #[arg(long, default_value_t = 111_111)]
+    pub code: u32,
+    /// Signups and logins in flight per thread.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+    /// Executors (threads) to spread the phones over.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// CPUs to pin the threads to, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub cpus: Option<Vec<usize>>,
+}
+
+impl ConnectArgs {
+    pub fn dialer(&self) -> anyhow::Result<Dialer> {
+        let tls = match self.tls {
+            true => Some(crate::tls::client_config(self.ca.as_deref())?),
+            false => None,
+        };
+        Ok(Dialer {
+            target: self.target,
+            tls,
+            code: self.code,
+        })
+    }
+
+    /// The first phone number, checked to leave room for `phones` more.
+    pub fn first(&self, phones: usize) -> anyhow::Result<u64> {
+        let first = Phone::parse(&self.first_phone)?.as_u64();
+        Phone::from_u64(first + phones as u64).context("the phone range runs past E.164")?;
+        Ok(first)
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads.max(1)
+    }
+
+    /// Where executor `thread` runs.
+    pub fn placement(&self, thread: usize) -> Placement {
+        match self.cpus.as_ref().and_then(|cpus| cpus.get(thread)) {
+            Some(&cpu) => Placement::Fixed(cpu),
+            None => Placement::Unbound,
+        }
+    }
+}
 
 /// Where and how phones connect.
 #[derive(Clone)]
@@ -140,5 +205,36 @@ pub async fn request(
             bail!("server closed the connection");
         }
         inbox.extend_from_slice(&buffer[..n]);
+    }
+}
+
+/// Delays between connection attempts double from the minimum to the
+/// maximum; each is drawn from the upper half of its range so that phones
+/// cut off together do not all come back in the same millisecond.
+pub const RECONNECT_DELAY_MS_MIN: u64 = 20;
+pub const RECONNECT_DELAY_MS_MAX: u64 = 1_000;
+
+pub struct Backoff {
+    next_ms: u64,
+    /// xorshift state for the jitter.
+    rng: u64,
+}
+
+impl Backoff {
+    /// `seed` spreads phones apart: give each its own.
+    pub fn new(seed: u64) -> Backoff {
+        Backoff {
+            next_ms: RECONNECT_DELAY_MS_MIN,
+            rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+        }
+    }
+
+    pub async fn wait(&mut self) {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let delay_ms = self.next_ms / 2 + self.rng % (self.next_ms / 2 + 1);
+        self.next_ms = (self.next_ms * 2).min(RECONNECT_DELAY_MS_MAX);
+        glommio::timer::sleep(Duration::from_millis(delay_ms)).await;
     }
 }

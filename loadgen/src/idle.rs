@@ -11,8 +11,6 @@
 
 use std::{
     cell::Cell,
-    net::SocketAddr,
-    path::PathBuf,
     rc::Rc,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
@@ -24,7 +22,7 @@ use std::{
 use anyhow::{bail, Context};
 use clap::Parser;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::LocalExecutorBuilder;
 use serde::Serialize;
 use wire::{
     decode_server, encode_client, split_frame, ClientFrame, Phone, ServerFrame, FRAME_BYTES_MAX,
@@ -34,15 +32,8 @@ use crate::dial::{Connection, Dialer};
 
 #[derive(Debug, Clone, Parser)]
 pub struct Args {
-    /// Server address (its plaintext port, or its TLS port with --tls).
-    #[arg(long, default_value = "127.0.0.1:5223")]
-    pub target: SocketAddr,
-    /// Connect with TLS.
-    #[arg(long)]
-    pub tls: bool,
-    /// Trust this certificate (PEM); without it, --tls trusts any certificate.
-    #[arg(long)]
-    pub ca: Option<PathBuf>,
+    #[command(flatten)]
+    pub connect: crate::dial::ConnectArgs,
     /// Phones to hold; 0: as many as this process's open-file limit allows,
     /// less `FDS_SPARE`.
     #[arg(long, default_value_t = 0)]
@@ -63,21 +54,6 @@ pub struct Args {
     /// Seconds after each step before RSS is read.
     #[arg(long, default_value_t = 1.0)]
     pub settle: f64,
-    /// Executors (threads) to spread the phones over.
-    #[arg(long, default_value_t = 1)]
-    pub threads: usize,
-    /// CPUs to pin the threads to, comma-separated.
-    #[arg(long, value_delimiter = ',')]
-    pub cpus: Option<Vec<usize>>,
-    /// First phone number; phones are numbered consecutively from it.
-    #[arg(long, default_value = "+15550000000")]
-    pub first_phone: String,
-    /// The server's test-number code.
-    #[arg(long, default_value_t = 111_111)]
-    pub code: u32,
-    /// Signups and logins in flight per thread.
-    #[arg(long, default_value_t = 256)]
-    pub connect_concurrency: usize,
     /// Print the result as one JSON object on the last line.
     #[arg(long)]
     pub json: bool,
@@ -163,18 +139,8 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     if phones == 0 {
         bail!("the open-file limit ({fd_limit}) leaves no room for phones");
     }
-    let first = Phone::parse(&args.first_phone)?.as_u64();
-    Phone::from_u64(first + phones as u64).context("the phone range runs past E.164")?;
-    let tls = if args.tls {
-        Some(crate::tls::client_config(args.ca.as_deref())?)
-    } else {
-        None
-    };
-    let dialer = Dialer {
-        target: args.target,
-        tls,
-        code: args.code,
-    };
+    let first = args.connect.first(phones)?;
+    let dialer = args.connect.dialer()?;
     let rss = |phones: usize| -> anyhow::Result<Option<Sample>> {
         let Some(pid) = args.server_pid else {
             return Ok(None);
@@ -187,15 +153,12 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     let mut samples: Vec<Sample> = rss(0)?.into_iter().collect();
 
     let shared = Arc::new(Shared::default());
-    let threads = args.threads.max(1);
+    let threads = args.connect.threads();
     let mut handles = Vec::new();
     for thread in 0..threads {
         let begin = phones * thread / threads;
         let end = phones * (thread + 1) / threads;
-        let placement = match args.cpus.as_ref().and_then(|cpus| cpus.get(thread)) {
-            Some(&cpu) => Placement::Fixed(cpu),
-            None => Placement::Unbound,
-        };
+        let placement = args.connect.placement(thread);
         let (args, shared, dialer) = (args.clone(), shared.clone(), dialer.clone());
         let numbers = (begin..end)
             .map(|index| Phone::from_u64(first + index as u64).expect("range checked"))
@@ -248,7 +211,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     Ok(Report {
         scenario: "idle",
         phones,
-        tls: args.tls,
+        tls: args.connect.tls,
         logged_in,
         connect_failures: shared.connect_failures.load(Relaxed),
         disconnects: shared.disconnects.load(Relaxed),
@@ -262,7 +225,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
 
 async fn run_thread(args: Args, numbers: Vec<Phone>, dialer: Dialer, shared: Arc<Shared>) {
     let permits = Rc::new(glommio::sync::Semaphore::new(
-        args.connect_concurrency as u64,
+        args.connect.connect_concurrency as u64,
     ));
     let dialer = Rc::new(dialer);
     let mut tasks = Vec::new();

@@ -3,7 +3,7 @@
 //! [`client::Client`] speaks the wire protocol over plain TCP or TLS with
 //! std sockets; the integration tests and scripts use it. The `loadgen`
 //! binary drives many phones at once on glommio executors, one scenario per
-//! subcommand: [`chat`] (the reference workload) and [`idle`]; [`relay`] is
+//! subcommand: [`chat`] (the reference workload), [`idle`] and [`storm`]; [`relay`] is
 //! the bare relay server they can be pointed at instead of isle.
 
 pub mod chat;
@@ -11,4 +11,5 @@ pub mod client;
 pub mod dial;
 pub mod idle;
 pub mod relay;
+pub mod storm;
 pub mod tls;

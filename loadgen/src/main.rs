@@ -19,12 +19,15 @@ enum Scenario {
     /// As many phones as the open-file limit allows, logged in and idle:
     /// server memory per connection and the login rate.
     Idle(loadgen::idle::Args),
+    /// Every phone drops and comes back at once: logins per second, time
+    /// until all are back, and the messages queued meanwhile.
+    Storm(loadgen::storm::Args),
     /// Not a scenario: runs the bare relay server, the ceiling to compare
     /// a server against (forwarding only: no auth, storage or receipts).
     Relay(loadgen::relay::Args),
 }
 
-const SCENARIOS: [&str; 3] = ["chat", "idle", "relay"];
+const SCENARIOS: [&str; 4] = ["chat", "idle", "storm", "relay"];
 
 fn main() {
     let mut argv: Vec<String> = std::env::args().collect();
@@ -40,6 +43,10 @@ fn main() {
             report.lost > 0
         }),
         Scenario::Idle(args) => finish(loadgen::idle::run(&args), args.json, |report| {
+            report.print_summary();
+            report.failed()
+        }),
+        Scenario::Storm(args) => finish(loadgen::storm::run(&args), args.json, |report| {
             report.print_summary();
             report.failed()
         }),

@@ -5,23 +5,12 @@
 
 mod common;
 
-use std::{
-    net::TcpListener,
-    time::{Duration, SystemTime},
-};
+use std::time::{Duration, SystemTime};
 
 use clap::Parser;
-use common::Server;
+use common::{free_port, Server};
 
 /// A port the kernel just handed out, so the server can come back on it.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// xorshift64: the kill times only need to differ between runs.
 fn next(state: &mut u64) -> u64 {
     *state ^= *state << 13;

@@ -3,7 +3,7 @@
 mod common;
 
 use clap::Parser;
-use common::Server;
+use common::{free_port, Server};
 
 #[test]
 fn idle_holds_every_phone_and_samples_server_memory_per_step() {
@@ -39,4 +39,58 @@ fn idle_holds_every_phone_and_samples_server_memory_per_step() {
     );
     assert!(report.login_per_s > 0.0);
     assert!(server.stderr.try_iter().all(|line| !line.contains("ERROR")));
+}
+
+#[test]
+fn storm_brings_every_phone_back_with_what_was_queued_meanwhile() {
+    let server = Server::start(&[]);
+    let addr = server.plain.to_string();
+    let args = loadgen::storm::Args::parse_from([
+        "storm",
+        "--target",
+        &addr,
+        "--phones",
+        "300",
+        "--senders",
+        "4",
+        "--queued",
+        "600",
+    ]);
+    let report = loadgen::storm::run(&args).unwrap();
+    assert!(!report.failed(), "{report:?}");
+    assert_eq!((report.back, report.failures), (300, 0), "{report:?}");
+    assert_eq!(report.queued, 600, "{report:?}");
+    assert_eq!(report.delivered, 600, "{report:?}");
+    assert_eq!(
+        (report.lost, report.duplicates, report.reordered),
+        (0, 0, 0),
+        "{report:?}"
+    );
+    assert!(report.logins_per_s > 0.0 && report.time_to_all_back_s > 0.0);
+}
+
+#[test]
+fn storm_after_a_server_restart_brings_every_phone_back() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let extra = ["--plaintext-listen", addr.as_str()];
+    let server = Server::start(&extra);
+    let args = loadgen::storm::Args::parse_from([
+        "storm",
+        "--target",
+        &addr,
+        "--phones",
+        "200",
+        "--trigger",
+        "server",
+        "--patience",
+        "30",
+    ]);
+    let run = std::thread::spawn(move || loadgen::storm::run(&args));
+    // Signing up 200 phones takes well under this; kill -9 then.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let dir = server.into_data_dir();
+    let _server = Server::start_in(dir, &extra);
+    let report = run.join().unwrap().unwrap();
+    assert_eq!((report.back, report.failures), (200, 0), "{report:?}");
+    assert!(!report.failed(), "{report:?}");
 }

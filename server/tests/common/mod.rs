@@ -221,3 +221,13 @@ pub fn stderr_of(child: &mut std::process::Child) -> String {
         .unwrap();
     stderr
 }
+
+/// A loopback port free right now, for a server that must come back on
+/// the same address after a restart.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
