@@ -106,9 +106,14 @@ impl Dialer {
         number: Phone,
         key: &Cell<Option<DeviceKey>>,
     ) -> anyhow::Result<Connection> {
-        let stream = TcpStream::connect(self.target)
-            .await
-            .map_err(|e| anyhow::anyhow!("connecting: {e}"))?;
+        let stream = match self.target {
+            SocketAddr::V4(target) if target.ip().is_loopback() => {
+                connect_from(loopback_source(number), self.target)?
+            }
+            _ => TcpStream::connect(self.target)
+                .await
+                .map_err(|e| anyhow::anyhow!("connecting: {e}"))?,
+        };
         stream
             .set_nodelay(true)
             .map_err(|e| anyhow::anyhow!("nodelay: {e}"))?;
@@ -176,6 +181,58 @@ impl Dialer {
         .await?;
         Ok(Connection { io, inbox })
     }
+}
+
+/// Phones per loopback source address.
+const PHONES_PER_SOURCE: u64 = 1_024;
+
+/// A source address in 127.1.0.0/16 for `number`, shared by at most
+/// `PHONES_PER_SOURCE` consecutive phones. Tens of thousands of connections
+/// from one address to one server port make the kernel search longer and
+/// longer for a free ephemeral port in every `connect` (in one run, two
+/// thirds of loadgen's CPU went to `__inet_hash_connect`); phones on a
+/// real network come from many addresses anyway.
+fn loopback_source(number: Phone) -> SocketAddr {
+    let k = (number.as_u64() / PHONES_PER_SOURCE) % 65_536;
+    SocketAddr::from(([127, 1, (k >> 8) as u8, k as u8], 0))
+}
+
+/// Starts a connection from `source` (its port picked at connect time) and
+/// hands the socket to glommio. The connection completes in the background:
+/// the first write waits for it, and fails if it is refused.
+fn connect_from(source: SocketAddr, target: SocketAddr) -> anyhow::Result<TcpStream> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::STREAM.nonblocking().cloexec(),
+        None,
+    )?;
+    // Without this, bind would pick the port alone, by the same search.
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads `on` for the given length; the fd is open.
+    let set = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if set != 0 {
+        bail!(
+            "IP_BIND_ADDRESS_NO_PORT: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    socket.bind(&source.into())?;
+    match socket.connect(&target.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => bail!("connecting from {source}: {e}"),
+    }
+    // SAFETY: the descriptor is a TCP socket this function owns and gives up.
+    Ok(unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) })
 }
 
 /// Sends one frame and waits for the reply, which must satisfy `accept`.

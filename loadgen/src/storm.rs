@@ -24,7 +24,7 @@ use std::{
 };
 
 use ahash::{AHashMap, AHashSet};
-use anyhow::bail;
+use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::LocalExecutorBuilder;
@@ -64,6 +64,11 @@ pub struct Args {
     /// Seconds a phone keeps trying to come back.
     #[arg(long, default_value_t = 60.0)]
     pub patience: f64,
+    /// The server's process id: its CPU time while the phones come back
+    /// is reported, so logins per second of server CPU can be told apart
+    /// from what loadgen itself could drive.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
     /// Print the result as one JSON object on the last line.
     #[arg(long)]
     pub json: bool,
@@ -95,6 +100,10 @@ pub struct Report {
     pub reordered: u64,
     /// From the reconnect until every queued message had arrived.
     pub drain_s: f64,
+    /// CPU seconds the server spent while the phones came back, and logins
+    /// per such second (0 without `--server-pid`).
+    pub server_cpu_s: f64,
+    pub logins_per_server_cpu_s: f64,
 }
 
 impl Report {
@@ -115,6 +124,12 @@ impl Report {
             self.login_ms_p99,
             self.login_ms_max,
         );
+        if self.server_cpu_s > 0.0 {
+            println!(
+                "server CPU while they came back: {:.2} s, {:.0} logins per CPU second",
+                self.server_cpu_s, self.logins_per_server_cpu_s
+            );
+        }
         if self.queued > 0 {
             println!(
                 "queued while away: {} sent, {} delivered in {:.2} s, lost={} duplicates={} reordered={}",
@@ -219,7 +234,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
             .join()
             .map_err(|error| anyhow::anyhow!("loadgen thread failed: {error}"))?;
     }
-    let (drain_s, dropped_ns) = result?;
+    let (drain_s, dropped_ns, server_cpu_s) = result?;
 
     let results = std::mem::take(&mut *shared.results.lock().expect("threads are done"));
     let mut delivered = AHashSet::new();
@@ -262,13 +277,25 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         duplicates: shared.duplicates.load(Relaxed),
         reordered: shared.reordered.load(Relaxed),
         drain_s,
+        server_cpu_s,
+        logins_per_server_cpu_s: if server_cpu_s > 0.0 {
+            back as f64 / server_cpu_s
+        } else {
+            0.0
+        },
     })
 }
 
 /// Moves the run through its phases; returns the drain time and when the
 /// storm began (ns since the epoch): the reconnect for `command`, the
 /// first drop seen for `server`.
-fn drive(args: &Args, senders: usize, shared: &Shared) -> anyhow::Result<(f64, u64)> {
+fn drive(args: &Args, senders: usize, shared: &Shared) -> anyhow::Result<(f64, u64, f64)> {
+    let cpu = || -> anyhow::Result<f64> {
+        match args.server_pid {
+            Some(pid) => cpu_seconds(pid),
+            None => Ok(0.0),
+        }
+    };
     let wait = |what: &str, limit_s: f64, done: &dyn Fn() -> bool| -> anyhow::Result<()> {
         let started = Instant::now();
         while !done() {
@@ -317,11 +344,13 @@ fn drive(args: &Args, senders: usize, shared: &Shared) -> anyhow::Result<(f64, u
             dropped_ns = shared.first_drop_ns.load(Relaxed);
         }
     }
+    let cpu_before = cpu()?;
     let reconnected = Instant::now();
     shared.phase.store(PHASE_RECONNECT, Relaxed);
     wait("every phone coming back", args.patience + 60.0, &|| {
         shared.back.load(Relaxed) + shared.failures.load(Relaxed) as usize >= args.phones
     })?;
+    let server_cpu_s = cpu()? - cpu_before;
     eprintln!(
         "storm: {} phones back, {} failed",
         shared.back.load(Relaxed),
@@ -334,7 +363,30 @@ fn drive(args: &Args, senders: usize, shared: &Shared) -> anyhow::Result<(f64, u
     if let Err(error) = drained {
         eprintln!("storm: {error}");
     }
-    Ok((reconnected.elapsed().as_secs_f64(), dropped_ns))
+    Ok((
+        reconnected.elapsed().as_secs_f64(),
+        dropped_ns,
+        server_cpu_s,
+    ))
+}
+
+/// User and system CPU time of process `pid` so far, from `/proc/PID/stat`.
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // Fields after the command name, which is in parentheses and may
+    // contain spaces: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .with_context(|| format!("no field {} in {path}", i + 3))
+    };
+    // SAFETY: sysconf has no preconditions.
+    let per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((ticks(11)? + ticks(12)?) / per_s.max(1.0))
 }
 
 async fn run_thread(

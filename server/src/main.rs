@@ -306,6 +306,15 @@ fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
     Ok(file)
 }
 
+/// Connections the kernel may hold for each listener before it is
+/// accepted. When every phone reconnects at once (a network blip, a
+/// restart), tens of thousands of SYNs arrive within milliseconds; past
+/// the backlog they are dropped and each phone waits a full SYN
+/// retransmission (1 s, then 3 s). The kernel caps this at
+/// `net.core.somaxconn` (4096 by default), so raising that is what lets
+/// a large backlog take effect.
+const LISTEN_BACKLOG: i32 = 65_535;
+
 /// Segments hold whole blocks and at least a few batches; the upper bound
 /// keeps replay, which reads a segment at a time, within reason.
 fn check_segment_bytes(bytes: u64) -> anyhow::Result<()> {
@@ -397,7 +406,7 @@ fn bind_all(
         socket
             .bind(&addr.into())
             .with_context(|| format!("binding {addr}"))?;
-        socket.listen(4096)?;
+        socket.listen(LISTEN_BACKLOG)?;
         if addr.port() == 0 {
             addr = socket.local_addr()?.as_socket().context("bound address")?;
         }
