@@ -235,6 +235,33 @@ fn connect_from(source: SocketAddr, target: SocketAddr) -> anyhow::Result<TcpStr
     Ok(unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) })
 }
 
+/// Decodes and removes the whole server frames at the front of `inbox`,
+/// in order. A frame that is empty, too large or undecodable is an error:
+/// the caller ends the connection instead of buffering what follows it,
+/// which would grow `inbox` with every read.
+pub fn take_frames(
+    inbox: &mut Vec<u8>,
+    mut each: impl FnMut(ServerFrame<'static>),
+) -> anyhow::Result<()> {
+    let mut consumed = 0;
+    let result = loop {
+        match split_frame(&inbox[consumed..], FRAME_BYTES_MAX) {
+            Ok(Some(raw)) => {
+                let length = raw.consumed;
+                match decode_server(raw.payload) {
+                    Ok(frame) => each(frame),
+                    Err(error) => break Err(error.into()),
+                }
+                consumed += length;
+            }
+            Ok(None) => break Ok(()),
+            Err(error) => break Err(error.into()),
+        }
+    };
+    inbox.drain(..consumed);
+    result
+}
+
 /// Sends one frame and waits for the reply, which must satisfy `accept`.
 pub async fn request(
     io: &mut BoxIo,
@@ -293,5 +320,36 @@ impl Backoff {
         let delay_ms = self.next_ms / 2 + self.rng % (self.next_ms / 2 + 1);
         self.next_ms = (self.next_ms * 2).min(RECONNECT_DELAY_MS_MAX);
         glommio::timer::sleep(Duration::from_millis(delay_ms)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wire::encode_server;
+
+    #[test]
+    fn take_frames_drains_whole_frames_and_stops_at_a_bad_one() {
+        let mut inbox = Vec::new();
+        encode_server(&ServerFrame::Pong { nonce: 1 }, &mut inbox);
+        encode_server(&ServerFrame::Pong { nonce: 2 }, &mut inbox);
+        inbox.extend_from_slice(&[9, 0]); // half a length prefix
+        let mut seen = Vec::new();
+        take_frames(&mut inbox, |frame| seen.push(frame)).unwrap();
+        assert_eq!(
+            seen,
+            [
+                ServerFrame::Pong { nonce: 1 },
+                ServerFrame::Pong { nonce: 2 }
+            ]
+        );
+        assert_eq!(inbox, [9, 0], "the partial frame waits for more bytes");
+
+        let mut inbox = Vec::new();
+        encode_server(&ServerFrame::Pong { nonce: 3 }, &mut inbox);
+        inbox.extend_from_slice(&(FRAME_BYTES_MAX as u32 + 1).to_le_bytes());
+        let mut seen = 0;
+        assert!(take_frames(&mut inbox, |_| seen += 1).is_err());
+        assert_eq!(seen, 1, "frames before the bad one are still handled");
     }
 }

@@ -24,11 +24,9 @@ use clap::Parser;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::LocalExecutorBuilder;
 use serde::Serialize;
-use wire::{
-    decode_server, encode_client, split_frame, ClientFrame, Phone, ServerFrame, FRAME_BYTES_MAX,
-};
+use wire::{encode_client, ClientFrame, Phone, ServerFrame};
 
-use crate::dial::{Connection, Dialer};
+use crate::dial::{take_frames, Connection, Dialer};
 
 #[derive(Debug, Clone, Parser)]
 pub struct Args {
@@ -302,15 +300,17 @@ async fn hold(mut connection: Connection, index: u64, keepalive: Duration, share
 async fn pong(connection: &mut Connection, nonce: u64) -> bool {
     let mut buffer = [0u8; 512];
     loop {
-        while let Ok(Some(raw)) = split_frame(&connection.inbox, FRAME_BYTES_MAX) {
-            let consumed = raw.consumed;
-            let answer = decode_server(raw.payload).ok();
-            connection.inbox.drain(..consumed);
-            match answer {
-                Some(ServerFrame::Pong { nonce: n }) if n == nonce => return true,
-                Some(ServerFrame::Pong { .. }) => {}
-                _ => return false,
-            }
+        let (mut answered, mut other) = (false, false);
+        let taken = take_frames(&mut connection.inbox, |frame| match frame {
+            ServerFrame::Pong { nonce: n } if n == nonce => answered = true,
+            ServerFrame::Pong { .. } => {}
+            _ => other = true,
+        });
+        if taken.is_err() || other {
+            return false;
+        }
+        if answered {
+            return true;
         }
         match connection.io.read(&mut buffer).await {
             Ok(0) | Err(_) => return false,

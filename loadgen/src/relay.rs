@@ -130,7 +130,14 @@ async fn read_loop(
         };
         inbox.extend_from_slice(&buffer[..n]);
         let mut consumed = 0;
-        while let Ok(Some(raw)) = split_frame(&inbox[consumed..], FRAME_BYTES_MAX) {
+        loop {
+            // A bad frame ends the connection: buffering past it would let
+            // the peer grow `inbox` without bound.
+            let raw = match split_frame(&inbox[consumed..], FRAME_BYTES_MAX) {
+                Ok(Some(raw)) => raw,
+                Ok(None) => break,
+                Err(_) => return,
+            };
             let payload = consumed + wire::LENGTH_PREFIX_BYTES..consumed + raw.consumed;
             consumed += raw.consumed;
             let Ok(frame) = decode_client(&inbox[payload]) else {

@@ -30,11 +30,9 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::LocalExecutorBuilder;
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use wire::{
-    decode_server, encode_client, split_frame, ClientFrame, Phone, ServerFrame, FRAME_BYTES_MAX,
-};
+use wire::{encode_client, ClientFrame, Phone, ServerFrame};
 
-use crate::dial::{Backoff, Connection, Dialer};
+use crate::dial::{take_frames, Backoff, Connection, Dialer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Trigger {
@@ -548,21 +546,22 @@ async fn receive(local: &Local, number: Phone, mut connection: Connection) {
     let mut buffer = vec![0u8; 16 * 1024];
     let mut out = Vec::new();
     loop {
-        let mut consumed = 0;
         let mut up_to = 0;
-        while let Ok(Some(raw)) = split_frame(&connection.inbox[consumed..], FRAME_BYTES_MAX) {
-            let payload = consumed + wire::LENGTH_PREFIX_BYTES..consumed + raw.consumed;
-            consumed += raw.consumed;
-            if let Ok(ServerFrame::Message {
+        let taken = take_frames(&mut connection.inbox, |frame| {
+            if let ServerFrame::Message {
                 seq,
                 from,
                 client_id,
                 ..
-            }) = decode_server(&connection.inbox[payload])
+            } = frame
             {
                 up_to = up_to.max(seq);
-                let key = (from.as_u64() << 24) ^ client_id;
-                if local.result.borrow_mut().delivered.insert(key) {
+                if local
+                    .result
+                    .borrow_mut()
+                    .delivered
+                    .insert(message_key(from, client_id))
+                {
                     shared.delivered.fetch_add(1, Relaxed);
                     let mut last = local.last_from.borrow_mut();
                     let previous = last.entry((from.as_u64(), number.as_u64())).or_insert(0);
@@ -574,8 +573,10 @@ async fn receive(local: &Local, number: Phone, mut connection: Connection) {
                     shared.duplicates.fetch_add(1, Relaxed);
                 }
             }
+        });
+        if taken.is_err() {
+            return;
         }
-        connection.inbox.drain(..consumed);
         if up_to > 0 {
             out.clear();
             encode_client(&ClientFrame::Ack { up_to }, &mut out);
@@ -600,6 +601,12 @@ async fn receive(local: &Local, number: Phone, mut connection: Connection) {
             _ => return,
         }
     }
+}
+
+/// One message, as `(sender, client id)` packed: client ids stay far below
+/// 2^24 in a run, and phone numbers below 2^40.
+fn message_key(from: Phone, client_id: u64) -> u64 {
+    (from.as_u64() << 24) ^ client_id
 }
 
 /// Stays connected and, while the others are away, sends them `count`
@@ -644,27 +651,21 @@ async fn sender(local: Rc<Local>, number: Phone, first: u64, targets: u64, count
             _ => break,
         };
         connection.inbox.extend_from_slice(&buffer[..n]);
-        let mut consumed = 0;
-        while let Ok(Some(raw)) = split_frame(&connection.inbox[consumed..], FRAME_BYTES_MAX) {
-            let payload = consumed + wire::LENGTH_PREFIX_BYTES..consumed + raw.consumed;
-            consumed += raw.consumed;
-            match decode_server(&connection.inbox[payload]) {
-                Ok(ServerFrame::Sent { client_id, .. }) => {
-                    answered += 1;
-                    shared.queued.fetch_add(1, Relaxed);
-                    local
-                        .result
-                        .borrow_mut()
-                        .sent
-                        .push((number.as_u64() << 24) ^ client_id);
-                }
-                Ok(ServerFrame::Error {
-                    client_id: Some(_), ..
-                }) => answered += 1,
-                _ => {}
+        let taken = take_frames(&mut connection.inbox, |frame| match frame {
+            ServerFrame::Sent { client_id, .. } => {
+                answered += 1;
+                shared.queued.fetch_add(1, Relaxed);
+                let key = message_key(number, client_id);
+                local.result.borrow_mut().sent.push(key);
             }
+            ServerFrame::Error {
+                client_id: Some(_), ..
+            } => answered += 1,
+            _ => {}
+        });
+        if taken.is_err() {
+            break;
         }
-        connection.inbox.drain(..consumed);
     }
     shared.senders_done.fetch_add(1, Relaxed);
     local.until_phase(PHASE_FINISHED).await;
