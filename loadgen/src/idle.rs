@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Parser;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::LocalExecutorBuilder;
@@ -129,7 +129,7 @@ struct Shared {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<Report> {
-    let fd_limit = raise_fd_limit()?;
+    let fd_limit = crate::process::raise_fd_limit()?;
     let phones = match args.phones {
         0 => fd_limit.saturating_sub(FDS_SPARE),
         n => n,
@@ -145,7 +145,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         };
         Ok(Some(Sample {
             phones,
-            server_rss_bytes: rss_bytes(pid)?,
+            server_rss_bytes: crate::process::rss_bytes(pid)?,
         }))
     };
     let mut samples: Vec<Sample> = rss(0)?.into_iter().collect();
@@ -342,38 +342,6 @@ fn slope(samples: &[Sample]) -> f64 {
     } else {
         num / den
     }
-}
-
-/// Resident memory of process `pid`, from `/proc/PID/status`.
-pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    let kib = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().strip_suffix("kB"))
-        .and_then(|n| n.trim().parse::<u64>().ok())
-        .with_context(|| format!("no VmRSS in {path}"))?;
-    Ok(kib * 1024)
-}
-
-/// Raises this process's soft open-file limit to the hard one; returns it.
-pub fn raise_fd_limit() -> anyhow::Result<usize> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write `limit`.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            bail!("getrlimit: {}", std::io::Error::last_os_error());
-        }
-        limit.rlim_cur = limit.rlim_max;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-            bail!("setrlimit: {}", std::io::Error::last_os_error());
-        }
-    }
-    Ok(limit.rlim_cur as usize)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod chat;
 pub mod client;
 pub mod dial;
 pub mod idle;
+pub mod process;
 pub mod relay;
 pub mod storm;
 pub mod tls;

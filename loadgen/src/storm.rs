@@ -24,7 +24,7 @@ use std::{
 };
 
 use ahash::{AHashMap, AHashSet};
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Parser, ValueEnum};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::LocalExecutorBuilder;
@@ -184,7 +184,7 @@ impl Shared {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<Report> {
-    crate::idle::raise_fd_limit()?;
+    crate::process::raise_fd_limit()?;
     let senders = match args.trigger {
         Trigger::Command => args.senders.max(1),
         Trigger::Server => 0,
@@ -290,7 +290,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
 fn drive(args: &Args, senders: usize, shared: &Shared) -> anyhow::Result<(f64, u64, f64)> {
     let cpu = || -> anyhow::Result<f64> {
         match args.server_pid {
-            Some(pid) => cpu_seconds(pid),
+            Some(pid) => crate::process::cpu_seconds(pid),
             None => Ok(0.0),
         }
     };
@@ -366,25 +366,6 @@ fn drive(args: &Args, senders: usize, shared: &Shared) -> anyhow::Result<(f64, u
         dropped_ns,
         server_cpu_s,
     ))
-}
-
-/// User and system CPU time of process `pid` so far, from `/proc/PID/stat`.
-pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    // Fields after the command name, which is in parentheses and may
-    // contain spaces: state is field 3, utime 14, stime 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> anyhow::Result<f64> {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .with_context(|| format!("no field {} in {path}", i + 3))
-    };
-    // SAFETY: sysconf has no preconditions.
-    let per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok((ticks(11)? + ticks(12)?) / per_s.max(1.0))
 }
 
 async fn run_thread(

@@ -22,12 +22,7 @@
 //! deleted. At no point is the only copy of a record in a file that is not
 //! yet synced.
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Instant,
-};
+use std::{fs, path::Path, sync::Arc, time::Instant};
 
 use anyhow::{bail, Context};
 use glommio::{LocalExecutorBuilder, Placement};
@@ -141,9 +136,10 @@ fn rebuild(job: &Reshard<'_>, from: usize, to: usize, staging: &Path) -> anyhow:
         // A checkpoint after batch 0: the new log's batches start at 1.
         checkpoint::write(&dir, new as u16, to as u16, 0, records)
             .with_context(|| format!("writing the checkpoint in {}", dir.display()))?;
-        sync(staging)?;
         written += records.len() as u64;
     }
+    // The new shard directories' own entries.
+    sync(staging)?;
     Ok(written)
 }
 
@@ -211,5 +207,5 @@ pub fn shard_dirs(log: &Path) -> anyhow::Result<usize> {
 fn sync(path: &Path) -> anyhow::Result<()> {
     fs::File::open(path)
         .and_then(|file| file.sync_all())
-        .with_context(|| format!("syncing {}", PathBuf::from(path).display()))
+        .with_context(|| format!("syncing {}", path.display()))
 }
