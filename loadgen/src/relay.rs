@@ -2,7 +2,8 @@
 //! for loadgen's phones and only forwards messages between connections. No
 //! authentication (every code and key is accepted), no storage, no receipts,
 //! no flow control: a `Send` is answered `Sent` and written to the
-//! recipient's connection if it has one, and dropped (counted) if not.
+//! recipient's connection if it has one, and dropped (counted) if not, or if
+//! that connection has `OUTBOX_BYTES_MAX` waiting already.
 //!
 //! It is the ceiling for this machine: what moving the same frames between
 //! the same sockets costs with nothing else done. One executor, pinned with
@@ -42,6 +43,10 @@ pub struct Args {
     #[arg(long)]
     pub cpu: Option<usize>,
 }
+
+/// Bytes one connection's outbox may hold before messages to it are
+/// dropped. Far above what a reading phone ever has waiting.
+const OUTBOX_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 /// Bytes waiting to be written to one connection.
 #[derive(Default)]
@@ -183,6 +188,11 @@ fn handle(relay: &Relay, outbox: &Rc<Outbox>, phone: &Cell<Option<Phone>>, frame
                 return;
             };
             match relay.phones.borrow().get(&to) {
+                // A recipient that does not read would make its outbox
+                // grow without end: past the bound, drop like the offline.
+                Some(recipient) if recipient.bytes.borrow().len() >= OUTBOX_BYTES_MAX => {
+                    relay.dropped.set(relay.dropped.get() + 1)
+                }
                 Some(recipient) => recipient.push(&ServerFrame::Message {
                     seq: id,
                     from,
