@@ -1,6 +1,8 @@
 //! `cargo run -p ci -- <task>`: the checks CI runs, runnable by anyone.
 //!
-//! - `test` (the default): `fmt`, `clippy`, `unit` and `smoke`, in that order.
+//! - `test` (the default): `fmt`, `clippy`, `unit` and `smoke`, in that order,
+//!   after installing the Debian packages the tests use when they are missing
+//!   (`e2fsprogs` for the disk-full test, `mosquitto` for the MQTT target).
 //! - `fmt`: `cargo fmt --check`.
 //! - `clippy`: every target, warnings denied.
 //! - `unit`: `cargo test --workspace` (integration tests start the real binary).
@@ -20,7 +22,8 @@ use anyhow::{bail, Context};
 fn main() {
     let task = std::env::args().nth(1).unwrap_or_else(|| "test".into());
     let result = match task.as_str() {
-        "test" => fmt()
+        "test" => packages(TEST_PACKAGES)
+            .and_then(|()| fmt())
             .and_then(|()| clippy())
             .and_then(|()| unit())
             .and_then(|()| smoke()),
@@ -57,6 +60,50 @@ fn cargo(args: &[&str]) -> anyhow::Result<()> {
         bail!("cargo {} failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+/// Programs the tests run, and the Debian package each comes in.
+const TEST_PACKAGES: &[(&str, &str)] = &[("mkfs.ext4", "e2fsprogs"), ("mosquitto", "mosquitto")];
+
+/// Where `program` is, on the PATH or in the sbin directories (which a
+/// user's PATH may lack).
+fn find_program(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Installs with apt-get the packages whose program is missing. Only root
+/// can; anyone else is told what to install.
+fn packages(wanted: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(program, _)| find_program(program).is_none())
+        .map(|&(_, package)| package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("install {} (apt-get install {0})", missing.join(" "));
+    }
+    eprintln!("ci: apt-get install {}", missing.join(" "));
+    let apt = |args: &[&str]| -> anyhow::Result<()> {
+        let status = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("running apt-get")?;
+        if !status.success() {
+            bail!("apt-get {} failed ({status})", args.join(" "));
+        }
+        Ok(())
+    };
+    apt(&["update", "-q"])?;
+    apt(&[&["install", "-y", "-q"][..], &missing].concat())
 }
 
 fn fmt() -> anyhow::Result<()> {

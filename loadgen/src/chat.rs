@@ -35,12 +35,10 @@ use futures_lite::{
 use glommio::LocalExecutorBuilder;
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use wire::{
-    decode_server, encode_client, split_frame, ClientFrame, DeviceKey, Phone, ServerFrame,
-    FRAME_BYTES_MAX,
-};
+use wire::{encode_client, ClientFrame, DeviceKey, Phone, ServerFrame};
 
-use crate::dial::{Backoff, BoxIo, Connection, Dialer};
+use crate::dial::{Backoff, BoxIo, Connection, Dialer, Protocol};
+use crate::mqtt;
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "loadgen", about = "Drive phones against an isle server")]
@@ -81,6 +79,14 @@ pub struct Args {
     pub churn_per_s: f64,
     #[arg(long, default_value_t = 2000)]
     pub offline_ms: u64,
+    /// The server's process id: its CPU time over the measured window and
+    /// its memory at the end go into the report.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Write the report (JSON, latency and throughput charts) into this
+    /// directory.
+    #[arg(long)]
+    pub report: Option<std::path::PathBuf>,
 }
 
 /// Counters shared by all threads.
@@ -114,6 +120,8 @@ struct Shared {
 /// arrived after a later one from the same sender.
 #[derive(Debug, Serialize)]
 pub struct Report {
+    pub scenario: &'static str,
+    pub protocol: Protocol,
     pub phones: usize,
     pub threads: usize,
     pub tls: bool,
@@ -146,6 +154,15 @@ pub struct Report {
     /// share of them, loadgen (not the server) is the bottleneck.
     pub send_lag_us_p50: f64,
     pub send_lag_us_p99: f64,
+    /// With `--server-pid`: the server's CPU seconds in the measured
+    /// window, deliveries per such second (per core when the server is
+    /// pinned to one), and its resident memory at the end.
+    pub server_cpu_s: Option<f64>,
+    pub delivered_per_server_cpu_s: Option<f64>,
+    pub server_rss_bytes: Option<u64>,
+    /// For `--report`: not on the JSON line.
+    #[serde(skip)]
+    pub curves: crate::report::Curves,
 }
 
 /// What one thread hands back at the end.
@@ -216,12 +233,41 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         shared.logged_in.load(Relaxed)
     );
     let started = Instant::now();
-    let mut last = (0u64, Instant::now());
-    while started.elapsed().as_secs_f64() < args.duration {
-        std::thread::sleep(Duration::from_secs(1).min(Duration::from_secs_f64(args.duration)));
-        let delivered = shared.delivered.load(Relaxed);
-        let rate = (delivered - last.0) as f64 / last.1.elapsed().as_secs_f64();
-        last = (delivered, Instant::now());
+    let mut last = (0u64, 0u64, Instant::now());
+    let mut timeline = Vec::new();
+    let server_cpu = || args.server_pid.map(crate::process::cpu_seconds).transpose();
+    let (warmup_end, end) = (
+        Duration::from_secs_f64(args.warmup),
+        Duration::from_secs_f64(args.duration),
+    );
+    // The server's CPU time when warm-up ends (`Some(None)`: no pid given).
+    let mut cpu_at_warmup_end = None;
+    loop {
+        let elapsed = started.elapsed();
+        if elapsed >= end {
+            break;
+        }
+        if cpu_at_warmup_end.is_none() && elapsed >= warmup_end {
+            cpu_at_warmup_end = Some(server_cpu()?);
+        }
+        let next_tick = Duration::from_secs(timeline.len() as u64 + 1).min(end);
+        let wake = match cpu_at_warmup_end {
+            None => next_tick.min(warmup_end),
+            Some(_) => next_tick,
+        };
+        std::thread::sleep(wake.saturating_sub(elapsed));
+        if started.elapsed() < next_tick {
+            continue;
+        }
+        let (sent, delivered) = (shared.sent.load(Relaxed), shared.delivered.load(Relaxed));
+        let seconds = last.2.elapsed().as_secs_f64();
+        let rate = (delivered - last.1) as f64 / seconds;
+        timeline.push(crate::report::Tick {
+            t_s: started.elapsed().as_secs_f64(),
+            sent_per_s: (sent - last.0) as f64 / seconds,
+            delivered_per_s: rate,
+        });
+        last = (sent, delivered, Instant::now());
         eprintln!(
             "t={:>4.1}s sent={} acked={} delivered={} rate={rate:.0}/s errors={} reconnects={}",
             started.elapsed().as_secs_f64(),
@@ -232,6 +278,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
             shared.reconnects.load(Relaxed),
         );
     }
+    let cpu_at_end = server_cpu()?;
     shared.stop_sending.store(true, Relaxed);
     let drain_started = Instant::now();
     // Deliveries can overtake their `Sent`, so compare with every send
@@ -266,7 +313,13 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     let lost = acked.iter().filter(|key| !delivered.contains(key)).count() as u64;
     let measured_s = (args.duration - args.warmup).max(0.001);
     let micros = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    let server_cpu_s = match (cpu_at_warmup_end.flatten(), cpu_at_end) {
+        (Some(begin), Some(end)) => Some(end - begin),
+        _ => None,
+    };
     let report = Report {
+        scenario: "chat",
+        protocol: args.connect.target.protocol,
         phones: args.phones,
         threads,
         tls: args.connect.tls,
@@ -294,6 +347,10 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         latency_us_max: histogram.max() as f64 / 1000.0,
         send_lag_us_p50: send_lag.value_at_quantile(0.5) as f64 / 1000.0,
         send_lag_us_p99: send_lag.value_at_quantile(0.99) as f64 / 1000.0,
+        server_cpu_s,
+        delivered_per_server_cpu_s: server_cpu_s.map(|cpu| measured as f64 / cpu.max(1e-9)),
+        server_rss_bytes: args.server_pid.map(crate::process::rss_bytes).transpose()?,
+        curves: crate::report::Curves::new(timeline, &histogram),
     };
     Ok(report)
 }
@@ -302,11 +359,12 @@ impl Report {
     pub fn print_summary(&self) {
         let r = self;
         println!(
-        "phones={} threads={} tls={} rate={} duration={}s\n\
+        "protocol={:?} phones={} threads={} tls={} rate={} duration={}s\n\
          sent={} acked={} delivered={} lost={} duplicates={} reordered={} receipts={} errors={} rejected={}\n\
          disconnects={} reconnects={} resent={} hangups={}\n\
          logins/s={:.0} delivered/s={:.0} latency_us p50={:.1} p99={:.1} p99.9={:.1} max={:.1}\n\
-         send_lag_us p50={:.1} p99={:.1}",
+         send_lag_us p50={:.1} p99={:.1}{}",
+        r.protocol,
         r.phones,
         r.threads,
         r.tls,
@@ -333,6 +391,13 @@ impl Report {
         r.latency_us_max,
         r.send_lag_us_p50,
         r.send_lag_us_p99,
+        match (r.server_cpu_s, r.delivered_per_server_cpu_s, r.server_rss_bytes) {
+            (Some(cpu), Some(per_cpu), Some(rss)) => format!(
+                "\nserver: cpu_s={cpu:.2} delivered_per_cpu_s={per_cpu:.0} rss_mib={:.1}",
+                rss as f64 / 1048576.0
+            ),
+            _ => String::new(),
+        },
     );
     }
 }
@@ -347,6 +412,8 @@ struct PhoneState {
     queue: RefCell<VecDeque<u64>>,
     /// Highest mailbox seq received and not yet acknowledged.
     ack_up_to: Cell<u64>,
+    /// MQTT: packet ids of messages received and not yet acknowledged.
+    pubacks: RefCell<Vec<u16>>,
     waker: RefCell<Option<std::task::Waker>>,
     next_client_id: Cell<u64>,
     /// Sends written and not yet answered, by client id: a new connection
@@ -373,6 +440,7 @@ impl PhoneState {
             key: Cell::new(None),
             queue: RefCell::new(VecDeque::new()),
             ack_up_to: Cell::new(0),
+            pubacks: RefCell::new(Vec::new()),
             waker: RefCell::new(None),
             next_client_id: Cell::new(1),
             in_flight: RefCell::new(BTreeMap::new()),
@@ -649,6 +717,52 @@ async fn pace(thread: &Thread, phones: &[Rc<PhoneState>], start_ns: u64, threads
     }
 }
 
+/// Appends one send in the target's protocol; `again` marks a send written
+/// again after a reconnect.
+fn encode_send(
+    thread: &Thread,
+    phone: &PhoneState,
+    client_id: u64,
+    to: Phone,
+    body: &[u8],
+    again: bool,
+    bytes: &mut Vec<u8>,
+) {
+    match thread.dialer.protocol {
+        Protocol::Isle => {
+            encode_client(
+                &ClientFrame::Send {
+                    client_id,
+                    to,
+                    body,
+                },
+                bytes,
+            );
+        }
+        Protocol::Mqtt => mqtt::encode_publish(
+            &mqtt::topic(to),
+            mqtt::packet_id(client_id),
+            again,
+            phone.number,
+            client_id,
+            body,
+            bytes,
+        ),
+    }
+}
+
+/// Whether the phone may write a send with this client id now. MQTT packet
+/// ids repeat every 65,535 sends, so a send waits while the one that long
+/// before it is still unanswered (`mqtt::client_id_of` relies on this).
+fn may_send(thread: &Thread, phone: &PhoneState) -> bool {
+    thread.dialer.protocol != Protocol::Mqtt
+        || phone
+            .in_flight
+            .borrow()
+            .first_key_value()
+            .is_none_or(|(&oldest, _)| phone.next_client_id.get() < oldest + 65_535)
+}
+
 async fn write_loop(thread: &Thread, phone: &PhoneState, mut writer: WriteHalf<BoxIo>) {
     let total = thread.args.phones as u64;
     let mut bytes = Vec::new();
@@ -659,14 +773,7 @@ async fn write_loop(thread: &Thread, phone: &PhoneState, mut writer: WriteHalf<B
             // have stored them, and recognises the client id if it has.
             for (&client_id, sent) in phone.in_flight.borrow().iter() {
                 body[..8].copy_from_slice(&sent.intended_ns.to_le_bytes());
-                encode_client(
-                    &ClientFrame::Send {
-                        client_id,
-                        to: sent.to,
-                        body: &body,
-                    },
-                    &mut bytes,
-                );
+                encode_send(thread, phone, client_id, sent.to, &body, true, &mut bytes);
                 thread.shared.resent.fetch_add(1, Relaxed);
             }
         }
@@ -674,7 +781,11 @@ async fn write_loop(thread: &Thread, phone: &PhoneState, mut writer: WriteHalf<B
         let stop = thread.shared.stop_sending.load(Relaxed);
         {
             let mut queue = phone.queue.borrow_mut();
-            while let Some(intended) = if stop { None } else { queue.pop_front() } {
+            while let Some(intended) = if stop || !may_send(thread, phone) {
+                None
+            } else {
+                queue.pop_front()
+            } {
                 let client_id = phone.next_client_id.get();
                 phone.next_client_id.set(client_id + 1);
                 let mut to = thread.random(total.max(2) - 1);
@@ -690,14 +801,7 @@ async fn write_loop(thread: &Thread, phone: &PhoneState, mut writer: WriteHalf<B
                     let _ = thread.send_lag.borrow_mut().record(lag);
                 }
                 body[..8].copy_from_slice(&intended.to_le_bytes());
-                encode_client(
-                    &ClientFrame::Send {
-                        client_id,
-                        to,
-                        body: &body,
-                    },
-                    &mut bytes,
-                );
+                encode_send(thread, phone, client_id, to, &body, false, &mut bytes);
                 phone.in_flight.borrow_mut().insert(
                     client_id,
                     InFlight {
@@ -711,6 +815,12 @@ async fn write_loop(thread: &Thread, phone: &PhoneState, mut writer: WriteHalf<B
         let ack = phone.ack_up_to.replace(0);
         if ack > 0 {
             encode_client(&ClientFrame::Ack { up_to: ack }, &mut bytes);
+        }
+        // A PUBACK lost with its connection is not written again: the
+        // broker sends the message again on the next one (same id, DUP
+        // set), and the phone acknowledges that copy.
+        for packet_id in phone.pubacks.borrow_mut().drain(..) {
+            mqtt::encode_puback(packet_id, &mut bytes);
         }
         if !bytes.is_empty() {
             if writer.write_all(&bytes).await.is_err() || writer.flush().await.is_err() {
@@ -732,7 +842,9 @@ async fn write_loop(thread: &Thread, phone: &PhoneState, mut writer: WriteHalf<B
         futures_lite::future::poll_fn(|cx| {
             let ready = !phone.queue.borrow().is_empty()
                 && !thread.shared.stop_sending.load(Relaxed)
+                && may_send(thread, phone)
                 || phone.ack_up_to.get() > 0
+                || !phone.pubacks.borrow().is_empty()
                 || phone.hang_up.get()
                 || thread.shared.finished.load(Relaxed);
             if ready {
@@ -754,32 +866,14 @@ async fn read_loop(
 ) {
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
-        let mut consumed = 0;
-        let mut max_seq = 0;
-        loop {
-            let raw = match split_frame(&inbox[consumed..], FRAME_BYTES_MAX) {
-                Ok(Some(raw)) => raw,
-                Ok(None) => break,
-                Err(error) => {
-                    eprintln!("bad frame from server: {error}");
-                    thread.shared.errors.fetch_add(1, Relaxed);
-                    return;
-                }
-            };
-            let payload_range = consumed + wire::LENGTH_PREFIX_BYTES..consumed + raw.consumed;
-            consumed += raw.consumed;
-            match decode_server(&inbox[payload_range]) {
-                Ok(frame) => max_seq = max_seq.max(handle(thread, phone, frame)),
-                Err(error) => {
-                    eprintln!("undecodable frame from server: {error}");
-                    thread.shared.errors.fetch_add(1, Relaxed);
-                }
-            }
-        }
-        inbox.drain(..consumed);
-        if max_seq > 0 {
-            phone.ack_up_to.set(phone.ack_up_to.get().max(max_seq));
-            phone.wake();
+        let taken = match thread.dialer.protocol {
+            Protocol::Isle => take_isle(thread, phone, &mut inbox),
+            Protocol::Mqtt => take_mqtt(thread, phone, &mut inbox),
+        };
+        if let Err(error) = taken {
+            eprintln!("bad frame from the server: {error:#}");
+            thread.shared.errors.fetch_add(1, Relaxed);
+            return;
         }
         let n = match reader.read(&mut buffer).await {
             Ok(0) | Err(_) => {
@@ -794,19 +888,26 @@ async fn read_loop(
     }
 }
 
+/// Handles and removes the whole isle frames at the front of `inbox`, then
+/// has the writer acknowledge the messages among them.
+fn take_isle(thread: &Thread, phone: &PhoneState, inbox: &mut Vec<u8>) -> anyhow::Result<()> {
+    let mut max_seq = 0;
+    let taken = crate::dial::take_frames(inbox, |frame| {
+        max_seq = max_seq.max(handle(thread, phone, frame));
+    });
+    if max_seq > 0 {
+        phone.ack_up_to.set(phone.ack_up_to.get().max(max_seq));
+        phone.wake();
+    }
+    taken
+}
+
 /// Handles one frame; returns the mailbox seq to acknowledge (0 for none).
 fn handle(thread: &Thread, phone: &PhoneState, frame: ServerFrame<'_>) -> u64 {
     let shared = &thread.shared;
     match frame {
         ServerFrame::Sent { client_id, .. } => {
-            if phone.in_flight.borrow_mut().remove(&client_id).is_some() {
-                shared.acked.fetch_add(1, Relaxed);
-                thread.acked.borrow_mut().push(key(phone.index, client_id));
-                if thread.args.rate == 0 && !shared.stop_sending.load(Relaxed) {
-                    phone.queue.borrow_mut().push_back(0);
-                    phone.wake();
-                }
-            }
+            on_sent(thread, phone, client_id);
             0
         }
         ServerFrame::Message {
@@ -816,35 +917,7 @@ fn handle(thread: &Thread, phone: &PhoneState, frame: ServerFrame<'_>) -> u64 {
             body,
             ..
         } => {
-            // A sender outside this run's range cannot be one of ours; it
-            // still counts as a delivery, under an index no phone uses.
-            let from_index = from
-                .as_u64()
-                .wrapping_sub(thread.first)
-                .min(u64::from(u32::MAX)) as u32;
-            if thread
-                .delivered
-                .borrow_mut()
-                .insert(key(from_index, client_id))
-            {
-                shared.delivered.fetch_add(1, Relaxed);
-                let intended = body
-                    .get(..8)
-                    .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
-                if intended >= thread.warmup_end_ns.get() {
-                    let latency = thread.now_ns().saturating_sub(intended).max(1);
-                    let _ = thread.histogram.borrow_mut().record(latency);
-                    thread.measured.set(thread.measured.get() + 1);
-                }
-                let mut last = thread.last_from.borrow_mut();
-                let previous = last.entry((from_index, phone.index)).or_insert(0);
-                if client_id < *previous {
-                    shared.reordered.fetch_add(1, Relaxed);
-                }
-                *previous = (*previous).max(client_id);
-            } else {
-                shared.duplicates.fetch_add(1, Relaxed);
-            }
+            on_message(thread, phone, from, client_id, &body);
             seq
         }
         ServerFrame::Receipt { seq, .. } => {
@@ -871,6 +944,94 @@ fn handle(thread: &Thread, phone: &PhoneState, frame: ServerFrame<'_>) -> u64 {
         }
         _ => 0,
     }
+}
+
+/// The server has taken responsibility for a send.
+fn on_sent(thread: &Thread, phone: &PhoneState, client_id: u64) {
+    let shared = &thread.shared;
+    if phone.in_flight.borrow_mut().remove(&client_id).is_some() {
+        shared.acked.fetch_add(1, Relaxed);
+        thread.acked.borrow_mut().push(key(phone.index, client_id));
+        if thread.args.rate == 0 && !shared.stop_sending.load(Relaxed) {
+            phone.queue.borrow_mut().push_back(0);
+        }
+        if !phone.queue.borrow().is_empty() {
+            phone.wake();
+        }
+    }
+}
+
+/// A message reached `phone`: counted once, timed, checked for order.
+fn on_message(thread: &Thread, phone: &PhoneState, from: Phone, client_id: u64, body: &[u8]) {
+    let shared = &thread.shared;
+    // A sender outside this run's range cannot be one of ours; it still
+    // counts as a delivery, under an index no phone uses.
+    let from_index = from
+        .as_u64()
+        .wrapping_sub(thread.first)
+        .min(u64::from(u32::MAX)) as u32;
+    if !thread
+        .delivered
+        .borrow_mut()
+        .insert(key(from_index, client_id))
+    {
+        shared.duplicates.fetch_add(1, Relaxed);
+        return;
+    }
+    shared.delivered.fetch_add(1, Relaxed);
+    let intended = body
+        .get(..8)
+        .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    if intended >= thread.warmup_end_ns.get() {
+        let latency = thread.now_ns().saturating_sub(intended).max(1);
+        let _ = thread.histogram.borrow_mut().record(latency);
+        thread.measured.set(thread.measured.get() + 1);
+    }
+    let mut last = thread.last_from.borrow_mut();
+    let previous = last.entry((from_index, phone.index)).or_insert(0);
+    if client_id < *previous {
+        shared.reordered.fetch_add(1, Relaxed);
+    }
+    *previous = (*previous).max(client_id);
+}
+
+/// Handles and removes the whole MQTT packets at the front of `inbox`.
+fn take_mqtt(thread: &Thread, phone: &PhoneState, inbox: &mut Vec<u8>) -> anyhow::Result<()> {
+    let mut consumed = 0;
+    let result = loop {
+        let (packet, length) = match mqtt::take_packet(&inbox[consumed..]) {
+            Ok(Some(parsed)) => parsed,
+            Ok(None) => break Ok(()),
+            Err(error) => break Err(error),
+        };
+        consumed += length;
+        match packet {
+            mqtt::Packet::PubAck { packet_id } => {
+                let oldest = phone.in_flight.borrow().first_key_value().map(|(&k, _)| k);
+                if let Some(oldest) = oldest {
+                    on_sent(thread, phone, mqtt::client_id_of(packet_id, oldest));
+                }
+            }
+            mqtt::Packet::Publish {
+                packet_id, payload, ..
+            } => {
+                if let Some(packet_id) = packet_id {
+                    phone.pubacks.borrow_mut().push(packet_id);
+                }
+                match mqtt::split_payload(payload) {
+                    Ok((from, client_id, body)) => on_message(thread, phone, from, client_id, body),
+                    Err(error) => break Err(error),
+                }
+            }
+            mqtt::Packet::ConnAck { .. } | mqtt::Packet::SubAck { .. } | mqtt::Packet::PingResp => {
+            }
+        }
+    };
+    inbox.drain(..consumed);
+    if !phone.pubacks.borrow().is_empty() {
+        phone.wake();
+    }
+    result
 }
 
 fn key(phone_index: u32, client_id: u64) -> u64 {

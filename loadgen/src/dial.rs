@@ -24,8 +24,10 @@ pub type BoxIo = Box<dyn Io>;
 #[derive(Debug, Clone, Args)]
 pub struct ConnectArgs {
     /// Server address (its plaintext port, or its TLS port with --tls).
+    /// `mqtt://ADDR` runs the phones as MQTT 3.1.1 clients of a broker
+    /// instead (chat only; see `loadgen::mqtt`).
     #[arg(long, default_value = "127.0.0.1:5223")]
-    pub target: SocketAddr,
+    pub target: Target,
     /// Connect with TLS.
     #[arg(long)]
     pub tls: bool,
@@ -56,7 +58,8 @@ impl ConnectArgs {
             false => None,
         };
         Ok(Dialer {
-            target: self.target,
+            target: self.target.addr,
+            protocol: self.target.protocol,
             tls,
             code: self.code,
         })
@@ -82,10 +85,56 @@ impl ConnectArgs {
     }
 }
 
+/// What the phones speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// isle's own wire protocol (isle, or the bare relay).
+    Isle,
+    /// MQTT 3.1.1, one client per phone.
+    Mqtt,
+}
+
+/// A server to drive: `ADDR` or `isle://ADDR` for isle's protocol,
+/// `mqtt://ADDR` for a broker.
+#[derive(Debug, Clone, Copy)]
+pub struct Target {
+    pub protocol: Protocol,
+    pub addr: SocketAddr,
+}
+
+impl std::str::FromStr for Target {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Target> {
+        let (protocol, addr) = match s.split_once("://") {
+            None => (Protocol::Isle, s),
+            Some(("isle", addr)) => (Protocol::Isle, addr),
+            Some(("mqtt", addr)) => (Protocol::Mqtt, addr),
+            Some((scheme, _)) => bail!("unknown scheme {scheme:?}: use isle:// or mqtt://"),
+        };
+        let addr = addr
+            .parse()
+            .with_context(|| format!("{addr:?} is not an IP address and port"))?;
+        Ok(Target { protocol, addr })
+    }
+}
+
+impl ConnectArgs {
+    /// Refuses a target whose protocol `scenario` does not speak.
+    pub fn require_isle(&self, scenario: &str) -> anyhow::Result<()> {
+        if self.target.protocol != Protocol::Isle {
+            bail!("the {scenario} scenario drives isle's protocol only; mqtt:// runs chat");
+        }
+        Ok(())
+    }
+}
+
 /// Where and how phones connect.
 #[derive(Clone)]
 pub struct Dialer {
     pub target: SocketAddr,
+    pub protocol: Protocol,
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// The server's test-number code.
     pub code: u32,
@@ -106,28 +155,10 @@ impl Dialer {
         number: Phone,
         key: &Cell<Option<DeviceKey>>,
     ) -> anyhow::Result<Connection> {
-        let stream = match self.target {
-            SocketAddr::V4(target) if target.ip().is_loopback() => {
-                connect_from(loopback_source(number), self.target)?
-            }
-            _ => TcpStream::connect(self.target)
-                .await
-                .map_err(|e| anyhow::anyhow!("connecting: {e}"))?,
-        };
-        stream
-            .set_nodelay(true)
-            .map_err(|e| anyhow::anyhow!("nodelay: {e}"))?;
-        let mut io: BoxIo = match self.tls.clone() {
-            Some(config) => {
-                let name = ServerName::from(self.target.ip());
-                Box::new(
-                    futures_rustls::TlsConnector::from(config)
-                        .connect(name, stream)
-                        .await?,
-                )
-            }
-            None => Box::new(stream),
-        };
+        if self.protocol == Protocol::Mqtt {
+            return crate::mqtt::log_in(self, number).await;
+        }
+        let mut io = self.open(number).await?;
         let mut inbox = Vec::new();
         request(
             &mut io,
@@ -180,6 +211,32 @@ impl Dialer {
         })
         .await?;
         Ok(Connection { io, inbox })
+    }
+
+    /// Connects `number` (TCP, then TLS if configured) and says nothing yet.
+    pub async fn open(&self, number: Phone) -> anyhow::Result<BoxIo> {
+        let stream = match self.target {
+            SocketAddr::V4(target) if target.ip().is_loopback() => {
+                connect_from(loopback_source(number), self.target)?
+            }
+            _ => TcpStream::connect(self.target)
+                .await
+                .map_err(|e| anyhow::anyhow!("connecting: {e}"))?,
+        };
+        stream
+            .set_nodelay(true)
+            .map_err(|e| anyhow::anyhow!("nodelay: {e}"))?;
+        Ok(match self.tls.clone() {
+            Some(config) => {
+                let name = ServerName::from(self.target.ip());
+                Box::new(
+                    futures_rustls::TlsConnector::from(config)
+                        .connect(name, stream)
+                        .await?,
+                )
+            }
+            None => Box::new(stream),
+        })
     }
 }
 

@@ -138,6 +138,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         bail!("the open-file limit ({fd_limit}) leaves no room for phones");
     }
     let first = args.connect.first(phones)?;
+    args.connect.require_isle("idle")?;
     let dialer = args.connect.dialer()?;
     let rss = |phones: usize| -> anyhow::Result<Option<Sample>> {
         let Some(pid) = args.server_pid else {

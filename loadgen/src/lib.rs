@@ -4,13 +4,16 @@
 //! std sockets; the integration tests and scripts use it. The `loadgen`
 //! binary drives many phones at once on glommio executors, one scenario per
 //! subcommand: [`chat`] (the reference workload), [`idle`] and [`storm`]; [`relay`] is
-//! the bare relay server they can be pointed at instead of isle.
+//! the bare relay server they can be pointed at instead of isle, and
+//! [`mqtt`] lets `chat` drive an MQTT broker with the same workload.
 
 pub mod chat;
 pub mod client;
 pub mod dial;
 pub mod idle;
+pub mod mqtt;
 pub mod process;
 pub mod relay;
+pub mod report;
 pub mod storm;
 pub mod tls;

@@ -40,6 +40,12 @@ fn main() {
     let code = match Cli::parse_from(argv).scenario {
         Scenario::Chat(args) => finish(loadgen::chat::run(&args), args.json, |report| {
             report.print_summary();
+            if let Some(dir) = &args.report {
+                if let Err(error) = loadgen::report::write(dir, report, &report.curves) {
+                    eprintln!("loadgen: writing the report: {error:#}");
+                    return true;
+                }
+            }
             report.lost > 0
         }),
         Scenario::Idle(args) => finish(loadgen::idle::run(&args), args.json, |report| {

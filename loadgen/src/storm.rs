@@ -190,6 +190,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         Trigger::Server => 0,
     };
     let first = args.connect.first(args.phones + senders)?;
+    args.connect.require_isle("storm")?;
     let dialer = args.connect.dialer()?;
     let shared = Arc::new(Shared {
         phase: AtomicU8::new(PHASE_SIGN_UP),
