@@ -9,6 +9,10 @@
 //! - `smoke`: starts a release `isle` with two shards and runs `loadgen` over
 //!   plaintext and TLS; fails if any acknowledged message is lost, duplicated
 //!   or reordered, or if the server does not exit cleanly on SIGTERM.
+//! - `bench`: isle against mosquitto and the bare relay, side by side (see
+//!   [`bench`]); not part of `test`.
+
+mod bench;
 
 use std::{
     io::{BufRead, BufReader},
@@ -31,8 +35,12 @@ fn main() {
         "clippy" => clippy(),
         "unit" => unit(),
         "smoke" => smoke(),
+        "bench" => {
+            let rest: Vec<String> = std::env::args().skip(2).collect();
+            bench::Options::parse(&rest).and_then(|options| bench::bench(&options))
+        }
         other => Err(anyhow::anyhow!(
-            "unknown task {other:?}; use test, fmt, clippy, unit or smoke"
+            "unknown task {other:?}; use test, fmt, clippy, unit, smoke or bench"
         )),
     };
     if let Err(error) = result {
