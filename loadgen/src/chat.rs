@@ -79,8 +79,14 @@ pub struct Args {
     pub churn_per_s: f64,
     #[arg(long, default_value_t = 2000)]
     pub offline_ms: u64,
+    /// Share of phones (0..1) that stop reading from their connection
+    /// while sending lasts, and send nothing: messages queue for them on
+    /// the server. They read again once sending stops, so nothing sent to
+    /// them counts as lost; the latency figures leave them out.
+    #[arg(long, default_value_t = 0.0)]
+    pub stalled_share: f64,
     /// The server's process id: its CPU time over the measured window and
-    /// its memory at the end go into the report.
+    /// its memory when sending stops go into the report.
     #[arg(long)]
     pub server_pid: Option<u32>,
     /// Write the report (JSON, latency and throughput charts) into this
@@ -97,6 +103,7 @@ struct Shared {
     sent: AtomicU64,
     acked: AtomicU64,
     delivered: AtomicU64,
+    delivered_to_stalled: AtomicU64,
     duplicates: AtomicU64,
     reordered: AtomicU64,
     receipts: AtomicU64,
@@ -123,6 +130,10 @@ pub struct Report {
     pub scenario: &'static str,
     pub protocol: Protocol,
     pub phones: usize,
+    /// Phones that stopped reading (`--stalled-share`), and the messages
+    /// they received once they read again.
+    pub stalled: usize,
+    pub delivered_to_stalled: u64,
     pub threads: usize,
     pub tls: bool,
     pub offered_rate: u64,
@@ -156,7 +167,7 @@ pub struct Report {
     pub send_lag_us_p99: f64,
     /// With `--server-pid`: the server's CPU seconds in the measured
     /// window, deliveries per such second (per core when the server is
-    /// pinned to one), and its resident memory at the end.
+    /// pinned to one), and its resident memory when sending stopped.
     pub server_cpu_s: Option<f64>,
     pub delivered_per_server_cpu_s: Option<f64>,
     pub server_rss_bytes: Option<u64>,
@@ -179,6 +190,9 @@ struct ThreadResult {
 pub fn run(args: &Args) -> anyhow::Result<Report> {
     if args.body_bytes < 8 || args.body_bytes > wire::BODY_BYTES_MAX {
         bail!("--body-bytes must be 8..={}", wire::BODY_BYTES_MAX);
+    }
+    if !(0.0..1.0).contains(&args.stalled_share) {
+        bail!("--stalled-share must be at least 0 and below 1");
     }
     let first = args.connect.first(args.phones)?;
     let dialer = args.connect.dialer()?;
@@ -279,6 +293,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         );
     }
     let cpu_at_end = server_cpu()?;
+    let server_rss_bytes = args.server_pid.map(crate::process::rss_bytes).transpose()?;
     shared.stop_sending.store(true, Relaxed);
     let drain_started = Instant::now();
     // Deliveries can overtake their `Sent`, so compare with every send
@@ -321,6 +336,10 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         scenario: "chat",
         protocol: args.connect.target.protocol,
         phones: args.phones,
+        stalled: (0..args.phones)
+            .filter(|&i| stalled(i, args.stalled_share))
+            .count(),
+        delivered_to_stalled: shared.delivered_to_stalled.load(Relaxed),
         threads,
         tls: args.connect.tls,
         offered_rate: args.rate,
@@ -349,7 +368,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         send_lag_us_p99: send_lag.value_at_quantile(0.99) as f64 / 1000.0,
         server_cpu_s,
         delivered_per_server_cpu_s: server_cpu_s.map(|cpu| measured as f64 / cpu.max(1e-9)),
-        server_rss_bytes: args.server_pid.map(crate::process::rss_bytes).transpose()?,
+        server_rss_bytes,
         curves: crate::report::Curves::new(timeline, &histogram),
     };
     Ok(report)
@@ -406,6 +425,8 @@ impl Report {
 struct PhoneState {
     index: u32,
     number: Phone,
+    /// Reads nothing and sends nothing until sending stops.
+    stalled: bool,
     /// The device key sign-up gave, to log in again after a reconnect.
     key: Cell<Option<DeviceKey>>,
     /// Intended send times (ns since the epoch) of sends not yet written.
@@ -433,10 +454,11 @@ struct InFlight {
 }
 
 impl PhoneState {
-    fn new(index: u32, number: Phone) -> PhoneState {
+    fn new(index: u32, number: Phone, stalled: bool) -> PhoneState {
         PhoneState {
             index,
             number,
+            stalled,
             key: Cell::new(None),
             queue: RefCell::new(VecDeque::new()),
             ack_up_to: Cell::new(0),
@@ -472,6 +494,8 @@ struct Thread {
     last_from: RefCell<AHashMap<(u32, u32), u64>>,
     measured: Cell<u64>,
     rng: Cell<u64>,
+    /// Stalled phones' readers, woken once when sending stops.
+    stalled_readers: RefCell<Vec<std::task::Waker>>,
 }
 
 impl Thread {
@@ -514,6 +538,7 @@ async fn run_thread(
         delivered: RefCell::new(AHashSet::new()),
         last_from: RefCell::new(AHashMap::new()),
         measured: Cell::new(0),
+        stalled_readers: RefCell::new(Vec::new()),
         rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ (range.start as u64 + 1)),
         args,
     });
@@ -529,7 +554,11 @@ async fn run_thread(
         joins.push(glommio::spawn_local(async move {
             let number =
                 Phone::from_u64(thread.first + index as u64).expect("range checked at start");
-            let phone = Rc::new(PhoneState::new(index as u32, number));
+            let phone = Rc::new(PhoneState::new(
+                index as u32,
+                number,
+                stalled(index, thread.args.stalled_share),
+            ));
             let _permit = permits
                 .acquire_permit(1)
                 .await
@@ -579,6 +608,8 @@ async fn run_thread(
         );
         phones.push(phone);
     }
+    let all_phones = phones.clone();
+    phones.retain(|phone| !phone.stalled);
 
     if !phones.is_empty() && thread.args.churn_per_s > 0.0 {
         let churn = churn(thread.clone(), phones.clone(), threads);
@@ -598,8 +629,13 @@ async fn run_thread(
     }
     while !shared.finished.load(Relaxed) {
         glommio::timer::sleep(Duration::from_millis(10)).await;
+        if shared.stop_sending.load(Relaxed) {
+            for waker in thread.stalled_readers.borrow_mut().drain(..) {
+                waker.wake();
+            }
+        }
     }
-    for phone in &phones {
+    for phone in &all_phones {
         phone.wake();
     }
     drop(tasks);
@@ -865,6 +901,17 @@ async fn read_loop(
     mut inbox: Vec<u8>,
 ) {
     let mut buffer = vec![0u8; 64 * 1024];
+    if phone.stalled {
+        futures_lite::future::poll_fn(|cx| {
+            if thread.shared.stop_sending.load(Relaxed) {
+                std::task::Poll::Ready(())
+            } else {
+                thread.stalled_readers.borrow_mut().push(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+    }
     loop {
         let taken = match thread.dialer.protocol {
             Protocol::Isle => take_isle(thread, phone, &mut inbox),
@@ -979,10 +1026,13 @@ fn on_message(thread: &Thread, phone: &PhoneState, from: Phone, client_id: u64, 
         return;
     }
     shared.delivered.fetch_add(1, Relaxed);
+    if phone.stalled {
+        shared.delivered_to_stalled.fetch_add(1, Relaxed);
+    }
     let intended = body
         .get(..8)
         .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
-    if intended >= thread.warmup_end_ns.get() {
+    if intended >= thread.warmup_end_ns.get() && !phone.stalled {
         let latency = thread.now_ns().saturating_sub(intended).max(1);
         let _ = thread.histogram.borrow_mut().record(latency);
         thread.measured.set(thread.measured.get() + 1);
@@ -1032,6 +1082,12 @@ fn take_mqtt(thread: &Thread, phone: &PhoneState, inbox: &mut Vec<u8>) -> anyhow
         phone.wake();
     }
     result
+}
+
+/// Whether phone `index` is one of the `share` that stall: spread evenly
+/// over the range, so every thread gets its part.
+fn stalled(index: usize, share: f64) -> bool {
+    (index as f64 * share).floor() != ((index + 1) as f64 * share).floor()
 }
 
 fn key(phone_index: u32, client_id: u64) -> u64 {

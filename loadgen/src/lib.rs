@@ -3,7 +3,7 @@
 //! [`client::Client`] speaks the wire protocol over plain TCP or TLS with
 //! std sockets; the integration tests and scripts use it. The `loadgen`
 //! binary drives many phones at once on glommio executors, one scenario per
-//! subcommand: [`chat`] (the reference workload), [`idle`] and [`storm`]; [`relay`] is
+//! subcommand: [`chat`] (the reference workload), [`idle`], [`storm`] and [`slow`]; [`relay`] is
 //! the bare relay server they can be pointed at instead of isle, and
 //! [`mqtt`] lets `chat` drive an MQTT broker with the same workload.
 
@@ -15,5 +15,6 @@ pub mod mqtt;
 pub mod process;
 pub mod relay;
 pub mod report;
+pub mod slow;
 pub mod storm;
 pub mod tls;

@@ -22,12 +22,15 @@ enum Scenario {
     /// Every phone drops and comes back at once: logins per second, time
     /// until all are back, and the messages queued meanwhile.
     Storm(loadgen::storm::Args),
+    /// A share of phones stop reading: the latency of everyone else,
+    /// against a run without them, and the server's memory.
+    Slow(loadgen::slow::Args),
     /// Not a scenario: runs the bare relay server, the ceiling to compare
     /// a server against (forwarding only: no auth, storage or receipts).
     Relay(loadgen::relay::Args),
 }
 
-const SCENARIOS: [&str; 4] = ["chat", "idle", "storm", "relay"];
+const SCENARIOS: [&str; 5] = ["chat", "idle", "storm", "slow", "relay"];
 
 fn main() {
     let mut argv: Vec<String> = std::env::args().collect();
@@ -53,6 +56,10 @@ fn main() {
             report.failed()
         }),
         Scenario::Storm(args) => finish(loadgen::storm::run(&args), args.json, |report| {
+            report.print_summary();
+            report.failed()
+        }),
+        Scenario::Slow(args) => finish(loadgen::slow::run(&args), args.chat.json, |report| {
             report.print_summary();
             report.failed()
         }),

@@ -94,3 +94,37 @@ fn storm_after_a_server_restart_brings_every_phone_back() {
     assert_eq!((report.back, report.failures), (200, 0), "{report:?}");
     assert!(!report.failed(), "{report:?}");
 }
+
+#[test]
+fn slow_compares_a_run_with_stalled_readers_against_one_without() {
+    let server = Server::start(&[]);
+    let addr = server.plain.to_string();
+    let pid = server.pid().to_string();
+    let args = loadgen::slow::Args::parse_from([
+        "slow",
+        "--target",
+        &addr,
+        "--phones",
+        "200",
+        "--rate",
+        "2000",
+        "--duration",
+        "2",
+        "--warmup",
+        "0.5",
+        "--share",
+        "0.25",
+        "--server-pid",
+        &pid,
+    ]);
+    let report = loadgen::slow::run(&args).unwrap();
+    assert!(!report.failed(), "{report:?}");
+    assert_eq!(report.baseline.stalled, 0);
+    assert_eq!(report.baseline.delivered_to_stalled, 0);
+    assert_eq!(report.with_stalled.stalled, 50);
+    // A quarter of the messages went to phones that read nothing until
+    // sending stopped; they were kept for them and all arrived (lost 0).
+    assert!(report.with_stalled.delivered_to_stalled > 500, "{report:?}");
+    assert!(report.p99_ratio.is_finite() && report.p99_ratio > 0.0);
+    assert!(report.with_stalled.server_rss_bytes.unwrap() > 0);
+}
