@@ -10,7 +10,10 @@
 //!    second of its own CPU;
 //! 2. chat, open loop at half of isle's median maximum: p99 latency on isle
 //!    and on mosquitto at the same offered rate;
-//! 3. a login storm on isle: logins per second of server CPU.
+//! 3. slow readers, once, at the same half load on isle and mosquitto: a
+//!    tenth of the phones stop reading, and the p99 of the others is
+//!    compared with a run where everyone reads;
+//! 4. a login storm on isle: logins per second of server CPU.
 //!
 //! It prints a table and writes `bench.json` (every run, the medians, the
 //! ratios, the versions) and each chat run's `--report` directory under
@@ -80,6 +83,11 @@ impl Options {
 /// The CPU servers are pinned to, and the one loadgen runs on.
 const SERVER_CPU: usize = 0;
 const LOADGEN_CPU: &str = "1";
+
+/// Seconds loadgen waits after sending for the last deliveries: a server
+/// offered more than it can take (mosquitto at isle's half load) has a
+/// backlog of several seconds to deliver before `lost` means lost.
+const DRAIN_S: &str = "60";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
@@ -282,6 +290,8 @@ fn chat(
         &options.warmup_s.to_string(),
         "--rate",
         &rate.to_string(),
+        "--drain",
+        DRAIN_S,
         "--cpus",
         LOADGEN_CPU,
         "--server-pid",
@@ -390,7 +400,43 @@ pub fn bench(options: &Options) -> anyhow::Result<()> {
         }
     }
 
-    // 3. A login storm on isle.
+    // 3. Slow readers at half load, once each.
+    if half > 0 {
+        for target in [Target::Isle, Target::Mosquitto] {
+            let server = start(target, &bin)?;
+            let args: Vec<String> = [
+                "slow",
+                "--target",
+                &server.target,
+                "--phones",
+                &options.phones.to_string(),
+                "--duration",
+                &options.duration_s.to_string(),
+                "--warmup",
+                &options.warmup_s.to_string(),
+                "--rate",
+                &half.to_string(),
+                "--share",
+                "0.1",
+                "--drain",
+                DRAIN_S,
+                "--cpus",
+                LOADGEN_CPU,
+                "--server-pid",
+                &server.child.id().to_string(),
+                "--json",
+            ]
+            .map(str::to_owned)
+            .to_vec();
+            let report = loadgen(&bin, &args)?;
+            drop(server);
+            runs.push(
+                json!({"phase": "slow", "target": target.name(), "round": 1, "report": report}),
+            );
+        }
+    }
+
+    // 4. A login storm on isle.
     for round in 1..=options.rounds {
         let server = start(Target::Isle, &bin)?;
         let args: Vec<String> = [
@@ -426,10 +472,30 @@ pub fn bench(options: &Options) -> anyhow::Result<()> {
             "server_rss_bytes": of("max", name, "server_rss_bytes"),
             "latency_us_p99_at_half": of("half", name, "latency_us_p99"),
             "latency_us_p50_at_half": of("half", name, "latency_us_p50"),
+            "send_lag_us_p50_at_half": of("half", name, "send_lag_us_p50"),
+            "delivered_per_s_at_half": of("half", name, "delivered_per_s"),
+            "server_cpu_s_at_half": of("half", name, "server_cpu_s"),
         });
         table.push((name, row.clone()));
         medians.insert(name.to_owned(), row);
     }
+    let slow: serde_json::Map<String, Value> = runs
+        .iter()
+        .filter(|r| r["phase"] == "slow")
+        .map(|r| {
+            let report = &r["report"];
+            let target = r["target"].as_str().unwrap_or("?").to_owned();
+            (
+                target,
+                json!({
+                    "p99_us_baseline": report["baseline"]["latency_us_p99"],
+                    "p99_us_with_stalled": report["with_stalled"]["latency_us_p99"],
+                    "p99_ratio": report["p99_ratio"],
+                    "server_rss_bytes_with_stalled": report["with_stalled"]["server_rss_bytes"],
+                }),
+            )
+        })
+        .collect();
     let lost: u64 = runs
         .iter()
         .map(|r| r["report"]["lost"].as_u64().unwrap_or(0))
@@ -478,6 +544,19 @@ pub fn bench(options: &Options) -> anyhow::Result<()> {
         );
     }
     println!("half load: {half} msg/s offered (half of isle's median maximum)");
+    for target in [Target::Isle, Target::Mosquitto] {
+        let f = |k: &str| medians[target.name()][k].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "  {:<10} delivered {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, server CPU {:.0} %, \
+             loadgen's own send lag p50 {:.2} ms",
+            target.name(),
+            f("delivered_per_s_at_half"),
+            f("latency_us_p50_at_half") / 1000.0,
+            f("latency_us_p99_at_half") / 1000.0,
+            100.0 * f("server_cpu_s_at_half") / (options.duration_s - options.warmup_s),
+            f("send_lag_us_p50_at_half") / 1000.0,
+        );
+    }
     println!("ratios: {}", serde_json::to_string_pretty(&ratios)?);
     println!(
         "storm: {} phones: {:.0} logins/s, {:.0} logins per server CPU s, all back in {:.2} s",
@@ -488,6 +567,15 @@ pub fn bench(options: &Options) -> anyhow::Result<()> {
             .unwrap_or(f64::NAN),
         storm["time_to_all_back_s"].as_f64().unwrap_or(f64::NAN),
     );
+    for (target, row) in &slow {
+        let f = |k: &str| row[k].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "slow readers ({target}, a tenth stalled at half load): others' p99 {:.2} ms -> {:.2} ms (x{:.2})",
+            f("p99_us_baseline") / 1000.0,
+            f("p99_us_with_stalled") / 1000.0,
+            f("p99_ratio"),
+        );
+    }
     println!("lost over all runs: {lost}");
 
     let document = json!({
@@ -510,6 +598,7 @@ pub fn bench(options: &Options) -> anyhow::Result<()> {
         "medians": medians,
         "ratios": ratios,
         "storm": storm,
+        "slow": slow,
         "lost": lost,
         "runs": runs,
     });

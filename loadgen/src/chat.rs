@@ -155,6 +155,8 @@ pub struct Report {
     pub hangups: u64,
     pub connect_failures: u64,
     pub login_per_s: f64,
+    /// Messages received per second between the end of warm-up and the end
+    /// of sending (to phones that were not stalled).
     pub delivered_per_s: f64,
     pub latency_us_p50: f64,
     pub latency_us_p99: f64,
@@ -487,6 +489,9 @@ struct Thread {
     dialer: Dialer,
     /// Deliveries of sends intended before this are not measured.
     warmup_end_ns: Cell<u64>,
+    /// Deliveries received from warm-up's end until this count towards
+    /// throughput; those that arrive later (draining a backlog) do not.
+    sending_end_ns: Cell<u64>,
     histogram: RefCell<Histogram<u64>>,
     send_lag: RefCell<Histogram<u64>>,
     acked: RefCell<Vec<u64>>,
@@ -528,6 +533,7 @@ async fn run_thread(
         epoch,
         dialer,
         warmup_end_ns: Cell::new(u64::MAX),
+        sending_end_ns: Cell::new(0),
         histogram: RefCell::new(
             Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds"),
         ),
@@ -599,6 +605,9 @@ async fn run_thread(
     thread
         .warmup_end_ns
         .set(start_ns + (thread.args.warmup * 1e9) as u64);
+    thread
+        .sending_end_ns
+        .set(start_ns + (thread.args.duration * 1e9) as u64);
 
     let mut phones = Vec::new();
     let mut tasks = Vec::new();
@@ -1032,10 +1041,18 @@ fn on_message(thread: &Thread, phone: &PhoneState, from: Phone, client_id: u64, 
     let intended = body
         .get(..8)
         .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
-    if intended >= thread.warmup_end_ns.get() && !phone.stalled {
-        let latency = thread.now_ns().saturating_sub(intended).max(1);
-        let _ = thread.histogram.borrow_mut().record(latency);
-        thread.measured.set(thread.measured.get() + 1);
+    let now = thread.now_ns();
+    if phone.stalled {
+        // Left out of latency and throughput alike: what is measured is
+        // everyone else.
+    } else {
+        if intended >= thread.warmup_end_ns.get() {
+            let latency = now.saturating_sub(intended).max(1);
+            let _ = thread.histogram.borrow_mut().record(latency);
+        }
+        if (thread.warmup_end_ns.get()..thread.sending_end_ns.get()).contains(&now) {
+            thread.measured.set(thread.measured.get() + 1);
+        }
     }
     let mut last = thread.last_from.borrow_mut();
     let previous = last.entry((from_index, phone.index)).or_insert(0);
