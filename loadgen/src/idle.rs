@@ -10,11 +10,11 @@
 //! Login rate is phones over the time spent connecting, pauses excluded.
 
 use std::{
-    cell::Cell,
+    cell::{Cell, RefCell},
     rc::Rc,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
-        Arc,
+        Arc, Mutex,
     },
     time::{Duration, Instant},
 };
@@ -23,6 +23,7 @@ use anyhow::bail;
 use clap::Parser;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::LocalExecutorBuilder;
+use hdrhistogram::Histogram;
 use serde::Serialize;
 use wire::{encode_client, ClientFrame, Phone, ServerFrame};
 
@@ -49,6 +50,12 @@ pub struct Args {
     /// Seconds everyone stays connected after the last step.
     #[arg(long, default_value_t = 10.0)]
     pub hold: f64,
+    /// Logins started per second over all threads, in open loop: each
+    /// phone starts at its intended time whether or not those before it
+    /// are done, and its login time counts from then. 0: as fast as
+    /// `--connect-concurrency` logins in flight allow (closed loop).
+    #[arg(long, default_value_t = 0.0)]
+    pub login_rate: f64,
     /// Seconds after each step before RSS is read.
     #[arg(long, default_value_t = 1.0)]
     pub settle: f64,
@@ -80,6 +87,13 @@ pub struct Report {
     pub pings: u64,
     pub pongs: u64,
     pub login_per_s: f64,
+    pub offered_login_rate: f64,
+    /// From a phone's intended start (open loop) or from when it was let
+    /// go (closed loop) until it was logged in, waiting for a
+    /// connection slot included.
+    pub login_ms_p50: f64,
+    pub login_ms_p99: f64,
+    pub login_ms_max: f64,
     pub samples: Vec<Sample>,
     /// Slope of server RSS against phones (0 without `--server-pid`).
     pub server_bytes_per_phone: f64,
@@ -93,11 +107,15 @@ impl Report {
 
     pub fn print_summary(&self) {
         println!(
-            "idle: {} of {} phones logged in ({}), {:.0} logins/s; {} disconnects, {} of {} pings answered",
+            "idle: {} of {} phones logged in ({}), {:.0} logins/s (login ms p50 {:.1} p99 {:.1} max {:.1}); \
+             {} disconnects, {} of {} pings answered",
             self.logged_in,
             self.phones,
             if self.tls { "tls" } else { "plaintext" },
             self.login_per_s,
+            self.login_ms_p50,
+            self.login_ms_p99,
+            self.login_ms_max,
             self.disconnects,
             self.pongs,
             self.pings,
@@ -126,6 +144,8 @@ struct Shared {
     pings: AtomicU64,
     pongs: AtomicU64,
     finished: AtomicBool,
+    /// Login times in nanoseconds, merged from every thread at its end.
+    login_ns: Mutex<Option<Histogram<u64>>>,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<Report> {
@@ -207,6 +227,13 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
             .map_err(|error| anyhow::anyhow!("loadgen thread failed: {error}"))?;
     }
     let logged_in = shared.logged_in.load(Relaxed);
+    let login_ns = shared
+        .login_ns
+        .lock()
+        .expect("threads are done")
+        .take()
+        .unwrap_or_else(new_histogram);
+    let millis = |q: f64| login_ns.value_at_quantile(q) as f64 / 1e6;
     Ok(Report {
         scenario: "idle",
         phones,
@@ -217,6 +244,10 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         pings: shared.pings.load(Relaxed),
         pongs: shared.pongs.load(Relaxed),
         login_per_s: logged_in as f64 / connecting.as_secs_f64().max(1e-9),
+        offered_login_rate: args.login_rate,
+        login_ms_p50: millis(0.5),
+        login_ms_p99: millis(0.99),
+        login_ms_max: login_ns.max() as f64 / 1e6,
         server_bytes_per_phone: slope(&samples),
         samples,
     })
@@ -227,13 +258,34 @@ async fn run_thread(args: Args, numbers: Vec<Phone>, dialer: Dialer, shared: Arc
         args.connect.connect_concurrency as u64,
     ));
     let dialer = Rc::new(dialer);
+    let login_ns = Rc::new(RefCell::new(new_histogram()));
+    let threads = args.connect.threads() as f64;
+    // Open loop: this thread's share of the rate, from when a step lets
+    // more phones in.
+    let interval =
+        (args.login_rate > 0.0).then(|| Duration::from_secs_f64(threads / args.login_rate));
     let mut tasks = Vec::new();
     let mut next = 0;
+    let mut pace_from = (Instant::now(), 0usize, 0usize);
     while !shared.finished.load(Relaxed) {
         let allowed = shared.allowed_per_thread.load(Relaxed).min(numbers.len());
+        if allowed != pace_from.2 {
+            pace_from = (Instant::now(), next, allowed);
+        }
+        let mut wait = Duration::from_millis(5);
         while next < allowed {
+            let intended = match interval {
+                Some(interval) => pace_from.0 + interval * (next - pace_from.1) as u32,
+                None => Instant::now(),
+            };
+            let now = Instant::now();
+            if intended > now {
+                wait = wait.min(intended - now);
+                break;
+            }
             let (number, index) = (numbers[next], next);
             let (dialer, permits, shared) = (dialer.clone(), permits.clone(), shared.clone());
+            let login_ns = login_ns.clone();
             let keepalive = Duration::from_secs_f64(args.keepalive_s.max(0.001));
             tasks.push(
                 glommio::spawn_local(async move {
@@ -249,6 +301,8 @@ async fn run_thread(args: Args, numbers: Vec<Phone>, dialer: Dialer, shared: Arc
                             }
                         }
                     };
+                    let took = intended.elapsed().as_nanos() as u64;
+                    let _ = login_ns.borrow_mut().record(took.max(1));
                     shared.logged_in.fetch_add(1, Relaxed);
                     hold(connection, index as u64, keepalive, &shared).await;
                 })
@@ -256,9 +310,20 @@ async fn run_thread(args: Args, numbers: Vec<Phone>, dialer: Dialer, shared: Arc
             );
             next += 1;
         }
-        glommio::timer::sleep(Duration::from_millis(5)).await;
+        glommio::timer::sleep(wait).await;
     }
     drop(tasks);
+    let mut merged = shared.login_ns.lock().expect("no thread panics holding it");
+    match merged.as_mut() {
+        Some(histogram) => {
+            let _ = histogram.add(&*login_ns.borrow());
+        }
+        None => *merged = Some(login_ns.borrow().clone()),
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("valid bounds")
 }
 
 /// Keeps one connection alive with pings until the run ends. Between pings

@@ -128,3 +128,33 @@ fn slow_compares_a_run_with_stalled_readers_against_one_without() {
     assert!(report.p99_ratio.is_finite() && report.p99_ratio > 0.0);
     assert!(report.with_stalled.server_rss_bytes.unwrap() > 0);
 }
+
+#[test]
+fn idle_paces_logins_in_open_loop_at_the_offered_rate() {
+    let server = Server::start(&[]);
+    let addr = server.plain.to_string();
+    let args = loadgen::idle::Args::parse_from([
+        "idle",
+        "--target",
+        &addr,
+        "--phones",
+        "150",
+        "--steps",
+        "1",
+        "--login-rate",
+        "300",
+        "--hold",
+        "0",
+        "--settle",
+        "0",
+    ]);
+    let report = loadgen::idle::run(&args).unwrap();
+    assert!(!report.failed(), "{report:?}");
+    // 150 phones at 300/s cannot all be in before 0.5 s: a slow machine
+    // lowers the rate, never raises it.
+    assert!(
+        report.login_per_s <= 300.0 * 1.1,
+        "logins were not paced: {report:?}"
+    );
+    assert!(report.login_ms_p50 > 0.0 && report.login_ms_max >= report.login_ms_p50);
+}
