@@ -101,3 +101,16 @@ fn finish<R: Serialize>(
     }
     i32::from(failed)
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks a command's definition (unique names and groups, for
+    /// one) only in debug builds and only when it is parsed: check every
+    /// subcommand here, not at a benchmarker's first run.
+    #[test]
+    fn every_subcommand_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -14,7 +14,9 @@ use serde::Serialize;
 
 use crate::chat;
 
+// No argument group of its own: chat's `Args` group has the same name.
 #[derive(Debug, Clone, Parser)]
+#[group(skip)]
 pub struct Args {
     #[command(flatten)]
     pub chat: chat::Args,
