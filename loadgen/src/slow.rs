@@ -21,7 +21,8 @@ pub struct Args {
     #[command(flatten)]
     pub chat: chat::Args,
     /// Share of phones (0..1) that stop reading in the second run; it
-    /// replaces the chat option `--stalled-share`.
+    /// replaces the chat option `--stalled-share`. With `--report DIR`,
+    /// each run's report goes into `DIR/baseline` and `DIR/with-stalled`.
     #[arg(long, default_value_t = 0.1)]
     pub share: f64,
 }
@@ -110,19 +111,32 @@ fn summarise(report: &chat::Report) -> Run {
     }
 }
 
+fn write_report(args: &chat::Args, report: &chat::Report) -> anyhow::Result<()> {
+    match &args.report {
+        Some(dir) => crate::report::write(dir, report, &report.curves),
+        None => Ok(()),
+    }
+}
+
 pub fn run(args: &Args) -> anyhow::Result<Report> {
     if !(0.0..1.0).contains(&args.share) || args.share == 0.0 {
         anyhow::bail!("--share must be above 0 and below 1");
     }
     let mut chat = args.chat.clone();
     chat.stalled_share = 0.0;
+    // Each run's report goes into its own directory under `--report`.
+    let report_in = |name: &str| args.chat.report.as_ref().map(|dir| dir.join(name));
+    chat.report = report_in("baseline");
     eprintln!("slow: baseline run, every phone reading");
     let baseline = chat::run(&chat)?;
+    write_report(&chat, &baseline)?;
     let first = args.chat.connect.first(args.chat.phones * 2)?;
     chat.connect.first_phone = format!("+{}", first + args.chat.phones as u64);
     chat.stalled_share = args.share;
+    chat.report = report_in("with-stalled");
     eprintln!("slow: second run, {} of phones stalled", args.share);
     let stalled = chat::run(&chat)?;
+    write_report(&chat, &stalled)?;
     Ok(Report {
         scenario: "slow",
         phones: args.chat.phones,

@@ -98,6 +98,7 @@ fn storm_after_a_server_restart_brings_every_phone_back() {
 #[test]
 fn slow_compares_a_run_with_stalled_readers_against_one_without() {
     let server = Server::start(&[]);
+    let reports = tempfile::tempdir().unwrap();
     let addr = server.plain.to_string();
     let pid = server.pid().to_string();
     let args = loadgen::slow::Args::parse_from([
@@ -116,8 +117,15 @@ fn slow_compares_a_run_with_stalled_readers_against_one_without() {
         "0.25",
         "--server-pid",
         &pid,
+        "--report",
+        reports.path().to_str().unwrap(),
     ]);
     let report = loadgen::slow::run(&args).unwrap();
+    for run in ["baseline", "with-stalled"] {
+        let json = std::fs::read_to_string(reports.path().join(run).join("report.json"))
+            .unwrap_or_else(|e| panic!("{run}: {e}"));
+        assert!(json.contains("\"latency\""), "{run}: {json}");
+    }
     assert!(!report.failed(), "{report:?}");
     assert_eq!(report.baseline.stalled, 0);
     assert_eq!(report.baseline.delivered_to_stalled, 0);
