@@ -371,7 +371,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         server_cpu_s,
         delivered_per_server_cpu_s: server_cpu_s.map(|cpu| measured as f64 / cpu.max(1e-9)),
         server_rss_bytes,
-        curves: crate::report::Curves::new(timeline, &histogram),
+        curves: crate::report::Curves::new("message latency", timeline, &histogram),
     };
     Ok(report)
 }

@@ -62,6 +62,10 @@ pub struct Args {
     /// Print the result as one JSON object on the last line.
     #[arg(long)]
     pub json: bool,
+    /// Write the report (JSON, and the login time percentile chart) into
+    /// this directory.
+    #[arg(long)]
+    pub report: Option<std::path::PathBuf>,
 }
 
 /// Descriptors left for everything but phones: the executors' rings,
@@ -97,6 +101,9 @@ pub struct Report {
     pub samples: Vec<Sample>,
     /// Slope of server RSS against phones (0 without `--server-pid`).
     pub server_bytes_per_phone: f64,
+    /// For `--report`: not on the JSON line.
+    #[serde(skip)]
+    pub curves: crate::report::Curves,
 }
 
 impl Report {
@@ -249,6 +256,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         login_ms_p99: millis(0.99),
         login_ms_max: login_ns.max() as f64 / 1e6,
         server_bytes_per_phone: slope(&samples),
+        curves: crate::report::Curves::new("login time", Vec::new(), &login_ns),
         samples,
     })
 }

@@ -43,21 +43,15 @@ fn main() {
     let code = match Cli::parse_from(argv).scenario {
         Scenario::Chat(args) => finish(loadgen::chat::run(&args), args.json, |report| {
             report.print_summary();
-            if let Some(dir) = &args.report {
-                if let Err(error) = loadgen::report::write(dir, report, &report.curves) {
-                    eprintln!("loadgen: writing the report: {error:#}");
-                    return true;
-                }
-            }
-            report.lost > 0
+            !write_report(args.report.as_deref(), report, &report.curves) || report.lost > 0
         }),
         Scenario::Idle(args) => finish(loadgen::idle::run(&args), args.json, |report| {
             report.print_summary();
-            report.failed()
+            !write_report(args.report.as_deref(), report, &report.curves) || report.failed()
         }),
         Scenario::Storm(args) => finish(loadgen::storm::run(&args), args.json, |report| {
             report.print_summary();
-            report.failed()
+            !write_report(args.report.as_deref(), report, &report.curves) || report.failed()
         }),
         Scenario::Slow(args) => finish(loadgen::slow::run(&args), args.chat.json, |report| {
             report.print_summary();
@@ -72,6 +66,24 @@ fn main() {
         },
     };
     std::process::exit(code);
+}
+
+/// Writes `--report DIR` if it was asked for; false if that failed.
+fn write_report<R: Serialize>(
+    dir: Option<&std::path::Path>,
+    report: &R,
+    curves: &loadgen::report::Curves,
+) -> bool {
+    let Some(dir) = dir else {
+        return true;
+    };
+    match loadgen::report::write(dir, report, curves) {
+        Ok(()) => true,
+        Err(error) => {
+            eprintln!("loadgen: writing the report: {error:#}");
+            false
+        }
+    }
 }
 
 /// Prints a report (and its JSON on the last line); the exit code is 1 when

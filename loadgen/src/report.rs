@@ -26,9 +26,12 @@ pub struct Percentile {
     pub latency_us: f64,
 }
 
-/// What a report charts.
+/// What a report charts. `timeline` may be empty (a scenario with no
+/// steady rate to follow), and then no throughput chart is drawn.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Curves {
+    /// What the percentile curve measures: "message latency", "login time".
+    pub latency_of: &'static str,
     pub timeline: Vec<Tick>,
     pub latency: Vec<Percentile>,
 }
@@ -40,7 +43,7 @@ const NINES: [f64; 13] = [
 
 impl Curves {
     /// `latency` is in nanoseconds.
-    pub fn new(timeline: Vec<Tick>, latency: &Histogram<u64>) -> Curves {
+    pub fn new(latency_of: &'static str, timeline: Vec<Tick>, latency: &Histogram<u64>) -> Curves {
         let latency = if latency.is_empty() {
             Vec::new()
         } else {
@@ -52,7 +55,11 @@ impl Curves {
                 })
                 .collect()
         };
-        Curves { timeline, latency }
+        Curves {
+            latency_of,
+            timeline,
+            latency,
+        }
     }
 }
 
@@ -69,10 +76,14 @@ pub fn write(dir: &Path, summary: &impl Serialize, curves: &Curves) -> anyhow::R
     std::fs::write(dir.join("report.json"), &json)?;
     let latency = dir.join("latency.svg");
     let throughput = dir.join("throughput.svg");
-    latency_chart(&latency, &curves.latency)
+    latency_chart(&latency, curves.latency_of, &curves.latency)
         .map_err(|e| anyhow::anyhow!("drawing {}: {e}", latency.display()))?;
-    throughput_chart(&throughput, &curves.timeline)
-        .map_err(|e| anyhow::anyhow!("drawing {}: {e}", throughput.display()))?;
+    let mut images = "<img src=\"latency.svg\">".to_owned();
+    if !curves.timeline.is_empty() {
+        throughput_chart(&throughput, &curves.timeline)
+            .map_err(|e| anyhow::anyhow!("drawing {}: {e}", throughput.display()))?;
+        images += " <img src=\"throughput.svg\">";
+    }
     let summary = serde_json::to_value(summary)?;
     let mut rows = String::new();
     if let Some(fields) = summary.as_object() {
@@ -87,8 +98,7 @@ pub fn write(dir: &Path, summary: &impl Serialize, curves: &Curves) -> anyhow::R
     let page = format!(
         "<!doctype html>\n<meta charset=\"utf-8\">\n<title>loadgen report</title>\n\
          <style>body{{font-family:sans-serif;margin:2em}}td{{padding:0 1em}}</style>\n\
-         <h1>loadgen report</h1>\n<img src=\"latency.svg\"> <img src=\"throughput.svg\">\n\
-         <table>\n{rows}</table>\n"
+         <h1>loadgen report</h1>\n{images}\n<table>\n{rows}</table>\n"
     );
     std::fs::write(dir.join("index.html"), page)?;
     Ok(())
@@ -110,12 +120,12 @@ fn nines(percentile: f64) -> f64 {
 
 type ChartResult = Result<(), Box<dyn std::error::Error>>;
 
-fn latency_chart(path: &Path, points: &[Percentile]) -> ChartResult {
+fn latency_chart(path: &Path, what: &str, points: &[Percentile]) -> ChartResult {
     let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
     root.fill(&WHITE)?;
     let max_us = points.iter().map(|p| p.latency_us).fold(1.0, f64::max);
     let mut chart = ChartBuilder::on(&root)
-        .caption("latency by percentile", ("sans-serif", 20))
+        .caption(format!("{what} by percentile"), ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
@@ -123,7 +133,7 @@ fn latency_chart(path: &Path, points: &[Percentile]) -> ChartResult {
     chart
         .configure_mesh()
         .x_desc("percentile")
-        .y_desc("latency (µs)")
+        .y_desc(format!("{what} (µs)"))
         .x_label_formatter(&|x| format!("{}", 100.0 - 100.0 * 10f64.powf(-x)))
         .draw()?;
     chart.draw_series(LineSeries::new(
@@ -200,7 +210,7 @@ mod tests {
                 delivered_per_s: 1010.0,
             },
         ];
-        let curves = Curves::new(timeline, &histogram);
+        let curves = Curves::new("message latency", timeline, &histogram);
         let dir = std::env::temp_dir().join(format!("loadgen-report-{}", std::process::id()));
         write(&dir, &serde_json::json!({"delivered": 1890}), &curves).unwrap();
         let json: serde_json::Value =
@@ -225,6 +235,23 @@ mod tests {
         assert!(std::fs::read_to_string(dir.join("index.html"))
             .unwrap()
             .contains("<td>delivered</td><td>1890</td>"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn without_a_timeline_there_is_no_throughput_chart() {
+        let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+        histogram.record(5_000_000).unwrap();
+        let curves = Curves::new("login time", Vec::new(), &histogram);
+        let dir =
+            std::env::temp_dir().join(format!("loadgen-report-logins-{}", std::process::id()));
+        write(&dir, &serde_json::json!({"back": 1}), &curves).unwrap();
+        assert!(std::fs::read_to_string(dir.join("latency.svg"))
+            .unwrap()
+            .contains("login time by percentile"));
+        assert!(!dir.join("throughput.svg").exists());
+        let page = std::fs::read_to_string(dir.join("index.html")).unwrap();
+        assert!(!page.contains("throughput.svg"), "{page}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

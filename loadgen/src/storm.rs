@@ -70,6 +70,10 @@ pub struct Args {
     /// Print the result as one JSON object on the last line.
     #[arg(long)]
     pub json: bool,
+    /// Write the report (JSON, and the login time percentile chart) into
+    /// this directory.
+    #[arg(long)]
+    pub report: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -102,6 +106,9 @@ pub struct Report {
     /// per such second (0 without `--server-pid`).
     pub server_cpu_s: f64,
     pub logins_per_server_cpu_s: f64,
+    /// For `--report`: not on the JSON line.
+    #[serde(skip)]
+    pub curves: crate::report::Curves,
 }
 
 impl Report {
@@ -282,6 +289,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         } else {
             0.0
         },
+        curves: crate::report::Curves::new("login time", Vec::new(), &login),
     })
 }
 

@@ -58,6 +58,14 @@ fn storm_brings_every_phone_back_with_what_was_queued_meanwhile() {
     ]);
     let report = loadgen::storm::run(&args).unwrap();
     assert!(!report.failed(), "{report:?}");
+    // The login time curve for `--report` covers every phone's login.
+    let p99 = report.curves.latency.iter().find(|p| p.percentile == 99.0);
+    assert!(
+        p99.is_some_and(|p| p.latency_us > 0.0),
+        "{:?}",
+        report.curves
+    );
+    assert!(report.curves.timeline.is_empty());
     assert_eq!((report.back, report.failures), (300, 0), "{report:?}");
     assert_eq!(report.queued, 600, "{report:?}");
     assert_eq!(report.delivered, 600, "{report:?}");
