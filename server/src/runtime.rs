@@ -505,27 +505,9 @@ async fn forward(runtime: Rc<Runtime>, destination: usize, sender: SharedSender<
     }
 }
 
-/// How long a peer queue may go unread while a wake-up for it is missing.
-/// Under CPU contention a batch from another shard sometimes waited until
-/// the test's 10 s timeout (about one run of the re-partitioning tests in
-/// 60 with both cores busy): its cross-executor wake-up never came. Until
-/// that is found, the receiver also looks at its queue this often.
-const PEER_RECV_POLL: Duration = Duration::from_millis(10);
-
 async fn receive(runtime: Rc<Runtime>, receiver: SharedReceiver<Batch>) {
     let receiver: ConnectedReceiver<Batch> = receiver.connect().await;
-    loop {
-        // Dropping a pending `recv` takes nothing off the queue.
-        let next = futures_lite::future::or(async { Some(receiver.recv().await) }, async {
-            glommio::timer::sleep(PEER_RECV_POLL).await;
-            None
-        })
-        .await;
-        let batch = match next {
-            Some(Some(batch)) => batch,
-            Some(None) => break,
-            None => continue,
-        };
+    while let Some(batch) = receiver.recv().await {
         for mail in batch {
             match mail {
                 Mail::Peer(message) => runtime
