@@ -271,6 +271,33 @@ fn loadgen(bin: &Path, args: &[String]) -> anyhow::Result<Value> {
     Ok(report)
 }
 
+/// Runs loadgen's `scenario` against `server`, pinned and watching the
+/// server's process like every run here, with `extra` options.
+fn scenario(bin: &Path, name: &str, server: &Server, extra: &[String]) -> anyhow::Result<Value> {
+    let mut args: Vec<String> = [name, "--target", &server.target, "--cpus", LOADGEN_CPU]
+        .map(str::to_owned)
+        .to_vec();
+    args.extend(["--server-pid".to_owned(), server.child.id().to_string()]);
+    args.push("--json".to_owned());
+    args.extend_from_slice(extra);
+    loadgen(bin, &args)
+}
+
+/// The chat workload's options (chat and slow share them) at `rate`
+/// (0: closed loop).
+fn workload(options: &Options, rate: u64) -> Vec<String> {
+    [
+        ("--phones", options.phones.to_string()),
+        ("--duration", options.duration_s.to_string()),
+        ("--warmup", options.warmup_s.to_string()),
+        ("--rate", rate.to_string()),
+        ("--drain", DRAIN_S.to_owned()),
+    ]
+    .into_iter()
+    .flat_map(|(name, value)| [name.to_owned(), value])
+    .collect()
+}
+
 fn chat(
     bin: &Path,
     options: &Options,
@@ -278,31 +305,10 @@ fn chat(
     rate: u64,
     report_dir: &Path,
 ) -> anyhow::Result<Value> {
-    let args: Vec<String> = [
-        "chat",
-        "--target",
-        &server.target,
-        "--phones",
-        &options.phones.to_string(),
-        "--duration",
-        &options.duration_s.to_string(),
-        "--warmup",
-        &options.warmup_s.to_string(),
-        "--rate",
-        &rate.to_string(),
-        "--drain",
-        DRAIN_S,
-        "--cpus",
-        LOADGEN_CPU,
-        "--server-pid",
-        &server.child.id().to_string(),
-        "--report",
-        report_dir.to_str().context("utf-8 path")?,
-        "--json",
-    ]
-    .map(str::to_owned)
-    .to_vec();
-    loadgen(bin, &args)
+    let mut extra = workload(options, rate);
+    let dir = report_dir.to_str().context("utf-8 path")?;
+    extra.extend(["--report".to_owned(), dir.to_owned()]);
+    scenario(bin, "chat", server, &extra)
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -404,31 +410,9 @@ pub fn bench(options: &Options) -> anyhow::Result<()> {
     if half > 0 {
         for target in [Target::Isle, Target::Mosquitto] {
             let server = start(target, &bin)?;
-            let args: Vec<String> = [
-                "slow",
-                "--target",
-                &server.target,
-                "--phones",
-                &options.phones.to_string(),
-                "--duration",
-                &options.duration_s.to_string(),
-                "--warmup",
-                &options.warmup_s.to_string(),
-                "--rate",
-                &half.to_string(),
-                "--share",
-                "0.1",
-                "--drain",
-                DRAIN_S,
-                "--cpus",
-                LOADGEN_CPU,
-                "--server-pid",
-                &server.child.id().to_string(),
-                "--json",
-            ]
-            .map(str::to_owned)
-            .to_vec();
-            let report = loadgen(&bin, &args)?;
+            let mut extra = workload(options, half);
+            extra.extend(["--share".to_owned(), "0.1".to_owned()]);
+            let report = scenario(&bin, "slow", &server, &extra)?;
             drop(server);
             runs.push(
                 json!({"phase": "slow", "target": target.name(), "round": 1, "report": report}),
@@ -439,23 +423,13 @@ pub fn bench(options: &Options) -> anyhow::Result<()> {
     // 4. A login storm on isle.
     for round in 1..=options.rounds {
         let server = start(Target::Isle, &bin)?;
-        let args: Vec<String> = [
-            "storm",
-            "--target",
-            &server.target,
-            "--phones",
-            &options.storm_phones.to_string(),
-            "--queued",
-            "10000",
-            "--cpus",
-            LOADGEN_CPU,
-            "--server-pid",
-            &server.child.id().to_string(),
-            "--json",
-        ]
-        .map(str::to_owned)
-        .to_vec();
-        let report = loadgen(&bin, &args)?;
+        let extra = [
+            "--phones".to_owned(),
+            options.storm_phones.to_string(),
+            "--queued".to_owned(),
+            "10000".to_owned(),
+        ];
+        let report = scenario(&bin, "storm", &server, &extra)?;
         drop(server);
         runs.push(json!({"phase": "storm", "target": "isle", "round": round, "report": report}));
     }
