@@ -805,7 +805,9 @@ fn may_send(thread: &Thread, phone: &PhoneState) -> bool {
             .in_flight
             .borrow()
             .first_key_value()
-            .is_none_or(|(&oldest, _)| phone.next_client_id.get() < oldest + 65_535)
+            .is_none_or(|(&oldest, _)| {
+                phone.next_client_id.get() < oldest + u64::from(mqtt::PACKET_IDS)
+            })
 }
 
 async fn write_loop(thread: &Thread, phone: &PhoneState, mut writer: WriteHalf<BoxIo>) {
@@ -1036,16 +1038,14 @@ fn on_message(thread: &Thread, phone: &PhoneState, from: Phone, client_id: u64, 
     }
     shared.delivered.fetch_add(1, Relaxed);
     if phone.stalled {
-        shared.delivered_to_stalled.fetch_add(1, Relaxed);
-    }
-    let intended = body
-        .get(..8)
-        .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
-    let now = thread.now_ns();
-    if phone.stalled {
         // Left out of latency and throughput alike: what is measured is
         // everyone else.
+        shared.delivered_to_stalled.fetch_add(1, Relaxed);
     } else {
+        let intended = body
+            .get(..8)
+            .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+        let now = thread.now_ns();
         if intended >= thread.warmup_end_ns.get() {
             let latency = now.saturating_sub(intended).max(1);
             let _ = thread.histogram.borrow_mut().record(latency);

@@ -274,16 +274,17 @@ async fn run_thread(args: Args, numbers: Vec<Phone>, dialer: Dialer, shared: Arc
         (args.login_rate > 0.0).then(|| Duration::from_secs_f64(threads / args.login_rate));
     let mut tasks = Vec::new();
     let mut next = 0;
-    let mut pace_from = (Instant::now(), 0usize, 0usize);
+    // Each step paces from when it began and from the phone it began at.
+    let (mut step_started, mut step_first, mut step_allowed) = (Instant::now(), 0usize, 0usize);
     while !shared.finished.load(Relaxed) {
         let allowed = shared.allowed_per_thread.load(Relaxed).min(numbers.len());
-        if allowed != pace_from.2 {
-            pace_from = (Instant::now(), next, allowed);
+        if allowed != step_allowed {
+            (step_started, step_first, step_allowed) = (Instant::now(), next, allowed);
         }
         let mut wait = Duration::from_millis(5);
         while next < allowed {
             let intended = match interval {
-                Some(interval) => pace_from.0 + interval * (next - pace_from.1) as u32,
+                Some(interval) => step_started + interval * (next - step_first) as u32,
                 None => Instant::now(),
             };
             let now = Instant::now();

@@ -72,18 +72,22 @@ pub fn topic(phone: Phone) -> String {
     format!("p/{}", phone.as_u64())
 }
 
-/// The packet id a send goes under. Ids run 1..=65535 and repeat, so two
-/// sends share one only if they are 65,535 client ids apart; the chat
-/// workload never has that many outstanding (see [`client_id_of`]).
+/// Packet ids in use at once: 1..=65535 (0 is not an id).
+pub const PACKET_IDS: u16 = u16::MAX;
+
+/// The packet id a send goes under. Ids repeat every [`PACKET_IDS`] client
+/// ids, so a phone must not have sends that far apart unanswered at once
+/// (see [`client_id_of`]).
 pub fn packet_id(client_id: u64) -> u16 {
-    ((client_id.wrapping_sub(1) % 65_535) + 1) as u16
+    (client_id.wrapping_sub(1) % u64::from(PACKET_IDS) + 1) as u16
 }
 
 /// The client id, at or after `oldest`, that `packet_id` stands for.
 pub fn client_id_of(packet_id: u16, oldest: u64) -> u64 {
+    let ids = u64::from(PACKET_IDS);
     let want = u64::from(packet_id) - 1;
-    let have = oldest.wrapping_sub(1) % 65_535;
-    oldest + (want + 65_535 - have) % 65_535
+    let have = oldest.wrapping_sub(1) % ids;
+    oldest + (want + ids - have) % ids
 }
 
 fn put_str(bytes: &mut Vec<u8>, s: &[u8]) {

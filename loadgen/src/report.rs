@@ -165,20 +165,19 @@ fn throughput_chart(path: &Path, ticks: &[Tick]) -> ChartResult {
         .x_desc("seconds")
         .y_desc("per second")
         .draw()?;
-    chart
-        .draw_series(LineSeries::new(
-            ticks.iter().map(|t| (t.t_s, t.sent_per_s)),
-            &RED,
-        ))?
-        .label("sent")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
-    chart
-        .draw_series(LineSeries::new(
-            ticks.iter().map(|t| (t.t_s, t.delivered_per_s)),
-            &BLUE,
-        ))?
-        .label("delivered")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+    let points = |value: fn(&Tick) -> f64| -> Vec<(f64, f64)> {
+        ticks.iter().map(|t| (t.t_s, value(t))).collect()
+    };
+    let series = [
+        ("sent", RED, points(|t| t.sent_per_s)),
+        ("delivered", BLUE, points(|t| t.delivered_per_s)),
+    ];
+    for (label, color, points) in series {
+        chart
+            .draw_series(LineSeries::new(points, &color))?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
     chart
         .configure_series_labels()
         .background_style(WHITE)
