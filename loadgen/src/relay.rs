@@ -204,6 +204,14 @@ fn handle(relay: &Relay, outbox: &Rc<Outbox>, phone: &Cell<Option<Phone>>, frame
             }
         }
         ClientFrame::Ack { .. } | ClientFrame::Read { .. } => {}
+        // The baseline relays 1:1 messages only.
+        ClientFrame::CreateGroup { client_id, .. }
+        | ClientFrame::GroupSend { client_id, .. }
+        | ClientFrame::ChangeGroup { client_id, .. } => outbox.push(&ServerFrame::Error {
+            kind: wire::ErrorKind::BadRequest,
+            client_id: Some(client_id),
+            detail: "the relay has no groups".into(),
+        }),
     }
 }
 

@@ -29,7 +29,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use shard::{PartitionMap, Shard, ShardConfig, PARTITIONS_DEFAULT};
 use storage::{
     log::{checkpoint, LogConfig},
-    Record,
+    Owner, Record,
 };
 
 use crate::{
@@ -125,8 +125,20 @@ fn rebuild(job: &Reshard<'_>, from: usize, to: usize, staging: &Path) -> anyhow:
             .map_err(|e| anyhow::anyhow!("replaying shard {old}: {e}"))?
             .map_err(|e| anyhow::anyhow!("replaying {}: {e}", dir.display()))?;
         for record in records {
-            let owner = record.owner();
-            buckets[usize::from(new_map.shard_of(owner))].push(record);
+            match record.owner() {
+                Owner::Account(phone) => buckets[usize::from(new_map.shard_of(phone))].push(record),
+                Owner::Group(group) => {
+                    buckets[usize::from(new_map.shard_of_group(group))].push(record)
+                }
+                // A copy of a group post may be referred to by accounts that
+                // now live on any shard: each new shard gets it, and drops
+                // it after its restore if none of its mailboxes refers to it.
+                Owner::Local => {
+                    for bucket in &mut buckets {
+                        bucket.push(record.clone());
+                    }
+                }
+            }
         }
     }
     let mut written = 0;

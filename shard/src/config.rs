@@ -67,6 +67,8 @@ pub struct ShardConfig {
     /// twice the bound; past that they are dropped and counted.
     pub mailbox_entries_max: usize,
     pub mailbox_bytes_max: usize,
+    /// Members one group may have, its creator included.
+    pub group_members_max: usize,
     /// Moves of one connection between shards before login.
     pub handovers_max: u8,
     /// Failed logins on one connection before it is closed.
@@ -100,6 +102,7 @@ impl ShardConfig {
             send_burst: 2_000,
             dedup_ttl_ms: 24 * 60 * 60 * 1000,
             dedup_entries_max: 2_000_000,
+            group_members_max: 1024,
             handovers_max: 4,
             login_failures_max: 3,
         }

@@ -7,16 +7,20 @@
 //! committed: the caller drains records with [`Shard::take_records`], commits
 //! them, then calls [`Shard::committed`].
 
+mod groups;
+
 use std::{collections::VecDeque, sync::Arc};
 
 use ahash::AHashMap;
 use sha2::{Digest, Sha256};
-use storage::{EntryRecord, Record, KEY_HASH_BYTES};
+use storage::{EntryRecord, Post, Record, KEY_HASH_BYTES};
 use subtle::ConstantTimeEq;
 use wire::{
-    encode_server, ByeReason, ClientFrame, DeviceKey, ErrorKind, Phone, ReceiptKind, ServerFrame,
-    BODY_BYTES_MAX, DEVICE_KEY_BYTES, PROTOCOL_VERSION,
+    encode_server, ByeReason, ClientFrame, DeviceKey, ErrorKind, GroupChange, GroupId, Phone,
+    ReceiptKind, ServerFrame, BODY_BYTES_MAX, DEVICE_KEY_BYTES, PROTOCOL_VERSION,
 };
+
+pub use groups::GroupAction;
 
 use crate::{
     dedup::DedupTable,
@@ -45,6 +49,16 @@ pub enum RestoreError {
     },
     #[error("a checkpoint starts the mailbox of {0} at seq 0 or after entries")]
     MailboxStart(Phone),
+    #[error("a post to {0}, which no record created")]
+    UnknownGroup(GroupId),
+    #[error("{group}: the journal says post {recorded}, the group is at {expected}")]
+    GroupSeqMismatch {
+        group: GroupId,
+        recorded: u64,
+        expected: u64,
+    },
+    #[error("a mailbox entry refers to post {gseq} of {group}, which has no copy before it")]
+    UnknownGroupPost { group: GroupId, gseq: u64 },
 }
 
 /// A connection on this shard. The generation makes ids of closed
@@ -83,6 +97,24 @@ pub enum PeerMessage {
         client_id: u64,
         kind: ReceiptKind,
     },
+    /// A phone's request to `group`'s owner; answered with `Stored`.
+    GroupRequest {
+        group: GroupId,
+        from: Phone,
+        client_id: u64,
+        at_ms: u64,
+        reply: ConnId,
+        action: GroupAction,
+    },
+    /// A group post for `members`, who live on the destination shard.
+    GroupFanout {
+        group: GroupId,
+        gseq: u64,
+        post: Post,
+        members: Vec<Phone>,
+    },
+    /// The answer to `GroupFanout`: the copy is durable.
+    GroupStored { group: GroupId, gseq: u64 },
 }
 
 /// What the caller must do after handing a frame to the shard.
@@ -140,6 +172,19 @@ pub struct ShardCounters {
     /// Messages and signups refused while the disk was full.
     pub messages_refused_disk_full: u64,
     pub signups_refused_disk_full: u64,
+    /// Groups this shard owns (a gauge; groups are never deleted).
+    pub groups: u64,
+    /// Posts (messages and changes) accepted by groups this shard owns.
+    pub group_posts: u64,
+    /// Post copies stored here, and fan-outs recognised as already stored.
+    pub group_copies_stored: u64,
+    pub group_copies_repeated: u64,
+    /// Members' mailbox entries for group posts; those not made because
+    /// the member's mailbox held twice `mailbox_entries_max`, or because
+    /// the member has no account.
+    pub group_entries_stored: u64,
+    pub group_entries_dropped_mailbox_full: u64,
+    pub group_entries_no_account: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -241,6 +286,15 @@ pub struct Shard {
     accounts: AHashMap<Phone, Account>,
     signups: AHashMap<Phone, Signup>,
     dedup: DedupTable,
+    /// Groups this shard owns, and their recent posts for resend detection.
+    groups: AHashMap<GroupId, groups::Group>,
+    group_dedup: DedupTable<GroupId>,
+    /// Posts held here for members of this shard, and how far each group's
+    /// posts have arrived.
+    group_copies: AHashMap<(GroupId, u64), groups::Copy>,
+    group_marks: AHashMap<GroupId, u64>,
+    /// Posts replayed on their owner, fanned out again when the restore ends.
+    group_refan: Vec<(GroupId, u64, Post, Vec<Phone>)>,
     timers: TimerWheel<TimerEvent>,
     /// Peer messages addressed to this shard itself, run before returning so
     /// that local delivery keeps the same order as remote delivery.
@@ -271,6 +325,7 @@ impl Shard {
     pub fn new(config: ShardConfig, env: Box<dyn Env>, now_ms: u64) -> Shard {
         let timers = TimerWheel::new(4096, now_ms / config.tick_ms);
         let dedup = DedupTable::new(config.dedup_ttl_ms, config.dedup_entries_max);
+        let config_dedup = (config.dedup_ttl_ms, config.dedup_entries_max);
         Shard {
             config,
             env,
@@ -280,6 +335,11 @@ impl Shard {
             accounts: AHashMap::new(),
             signups: AHashMap::new(),
             dedup,
+            groups: AHashMap::new(),
+            group_dedup: DedupTable::new(config_dedup.0, config_dedup.1),
+            group_copies: AHashMap::new(),
+            group_marks: AHashMap::new(),
+            group_refan: Vec::new(),
             timers,
             local: VecDeque::new(),
             peer_out: Vec::new(),
@@ -354,6 +414,10 @@ impl Shard {
                 }
                 account.written_put = seq;
                 account.written_unacked_from.get_or_insert(seq);
+                let group_entry = match entry {
+                    EntryRecord::Group { group, gseq } => Some((group, gseq)),
+                    _ => None,
+                };
                 let assigned = account.mailbox.push(entry);
                 if assigned != seq {
                     return Err(RestoreError::SeqMismatch {
@@ -362,14 +426,25 @@ impl Shard {
                         assigned,
                     });
                 }
+                if let Some((group, gseq)) = group_entry {
+                    self.restore_group_entry(group, gseq)?;
+                }
             }
             Record::MailboxAck { owner, up_to } => {
                 let account = self
                     .accounts
                     .get_mut(&owner)
                     .ok_or(RestoreError::UnknownAccount(owner))?;
-                account.mailbox.ack(up_to, |_| {});
+                let mut groups_acked = Vec::new();
+                account.mailbox.ack(up_to, |entry| {
+                    if let EntryRecord::Group { group, gseq } = entry.record {
+                        groups_acked.push((group, gseq));
+                    }
+                });
                 account.written_acked(up_to);
+                for (group, gseq) in groups_acked {
+                    self.restore_group_ack(group, gseq);
+                }
             }
             Record::MailboxStart { owner, next_seq } => {
                 let account = self
@@ -388,6 +463,11 @@ impl Shard {
                 client_id,
                 seq,
             } => self.dedup.replay(owner, from, client_id, seq, self.now_ms),
+            Record::GroupPost { .. }
+            | Record::GroupState { .. }
+            | Record::GroupDedup { .. }
+            | Record::GroupCopy { .. }
+            | Record::GroupMark { .. } => self.restore_group_record(record)?,
         }
         Ok(())
     }
@@ -397,6 +477,8 @@ impl Shard {
     /// is safe; the first lookup would do it.)
     pub fn restored(&mut self) {
         self.dedup.settle();
+        self.group_dedup.settle();
+        self.groups_restored();
     }
 
     /// A checkpoint of this shard is durable.
@@ -409,6 +491,7 @@ impl Shard {
     /// recent client ids). What a checkpoint holds.
     pub fn checkpoint(&mut self) -> Vec<Record> {
         let mut records = Vec::with_capacity(self.accounts.len() * 2 + self.dedup.len());
+        self.checkpoint_groups(&mut records);
         for (&phone, account) in &self.accounts {
             records.push(Record::AccountKey {
                 phone,
@@ -632,6 +715,13 @@ impl Shard {
                     };
                     self.route(shard, answer);
                 }
+                // A post whose record was not made durable must not reach
+                // members (a restart could number another post the same),
+                // and a copy that is not durable must not be confirmed.
+                Held::Peer {
+                    message: PeerMessage::GroupFanout { .. } | PeerMessage::GroupStored { .. },
+                    ..
+                } => {}
                 Held::Peer { shard, message } => self.route(shard, message),
             }
         }
@@ -782,7 +872,11 @@ impl Shard {
                 self.login(id, phone, key, now_ms);
                 FrameOutcome::Continue
             }
-            ClientFrame::Send { client_id, .. } | ClientFrame::Read { client_id, .. }
+            ClientFrame::Send { client_id, .. }
+            | ClientFrame::Read { client_id, .. }
+            | ClientFrame::CreateGroup { client_id, .. }
+            | ClientFrame::GroupSend { client_id, .. }
+            | ClientFrame::ChangeGroup { client_id, .. }
                 if logged_in.is_none() =>
             {
                 self.reply_error(id, ErrorKind::NotLoggedIn, Some(client_id), "log in first");
@@ -823,6 +917,50 @@ impl Shard {
                         kind: ReceiptKind::Read,
                     },
                 );
+                FrameOutcome::Continue
+            }
+            ClientFrame::CreateGroup {
+                client_id,
+                subject,
+                members,
+            } => {
+                let from = logged_in.expect("checked above");
+                let group = GroupId::derive(from, client_id);
+                let action = GroupAction::Create {
+                    subject: subject.to_owned(),
+                    members,
+                };
+                self.ask_group(id, from, client_id, group, action, now_ms);
+                FrameOutcome::Continue
+            }
+            ClientFrame::GroupSend {
+                client_id,
+                group,
+                body,
+            } => {
+                if body.len() > BODY_BYTES_MAX {
+                    let detail = format!("body of {} bytes exceeds {BODY_BYTES_MAX}", body.len());
+                    self.reply_error(id, ErrorKind::BodyTooLarge, Some(client_id), &detail);
+                } else {
+                    let from = logged_in.expect("checked above");
+                    let action = GroupAction::Send { body: body.into() };
+                    self.ask_group(id, from, client_id, group, action, now_ms);
+                }
+                FrameOutcome::Continue
+            }
+            ClientFrame::ChangeGroup {
+                client_id,
+                group,
+                change,
+            } => {
+                if matches!(change, GroupChange::Created { .. }) {
+                    let detail = "groups are created with CreateGroup";
+                    self.reply_error(id, ErrorKind::BadRequest, Some(client_id), detail);
+                } else {
+                    let from = logged_in.expect("checked above");
+                    let action = GroupAction::Change(change);
+                    self.ask_group(id, from, client_id, group, action, now_ms);
+                }
                 FrameOutcome::Continue
             }
         };
@@ -1197,6 +1335,33 @@ impl Shard {
         self.route(shard, message);
     }
 
+    /// Passes a request to the group's owner, spending a send token: a
+    /// group post lands in every member's mailbox, so it costs at least
+    /// what a message does.
+    fn ask_group(
+        &mut self,
+        id: ConnId,
+        from: Phone,
+        client_id: u64,
+        group: GroupId,
+        action: GroupAction,
+        now_ms: u64,
+    ) {
+        if !self.take_send_token(id, client_id, now_ms) {
+            return;
+        }
+        let shard = self.config.map.shard_of_group(group);
+        let message = PeerMessage::GroupRequest {
+            group,
+            from,
+            client_id,
+            at_ms: now_ms + self.config.wall_clock_offset_ms,
+            reply: id,
+            action,
+        };
+        self.route(shard, message);
+    }
+
     /// Spends one of the account's send tokens; without one, answers the
     /// frame `client_id` with `RateLimited` and returns false.
     fn take_send_token(&mut self, id: ConnId, client_id: u64, now_ms: u64) -> bool {
@@ -1234,16 +1399,19 @@ impl Shard {
             return;
         }
         let mut receipts = Vec::new();
-        account.mailbox.ack(up_to, |entry| {
-            if let EntryRecord::Message {
+        let mut groups_acked = Vec::new();
+        account.mailbox.ack(up_to, |entry| match entry.record {
+            EntryRecord::Message {
                 from, client_id, ..
-            } = entry.record
-            {
-                receipts.push((from, client_id));
-            }
+            } => receipts.push((from, client_id)),
+            EntryRecord::Group { group, gseq } => groups_acked.push((group, gseq)),
+            EntryRecord::Receipt { .. } => {}
         });
         self.counters.messages_acked += receipts.len() as u64;
         self.record_mailbox(Record::MailboxAck { owner, up_to });
+        for (group, gseq) in groups_acked {
+            self.group_entry_acked(owner, group, gseq);
+        }
         for (from, client_id) in receipts {
             let shard = self.config.map.shard_of(from);
             self.route(
@@ -1308,6 +1476,16 @@ impl Shard {
                                 ErrorKind::MailboxFull => {
                                     "the recipient's mailbox is full; retry after they read"
                                 }
+                                ErrorKind::UnknownGroup => "no such group",
+                                ErrorKind::NotGroupMember => "only members may do that",
+                                ErrorKind::NotGroupAdmin => "only admins may do that",
+                                ErrorKind::GroupFull => "the group would have too many members",
+                                ErrorKind::GroupExists => {
+                                    "that group id is taken; retry with another client_id"
+                                }
+                                ErrorKind::BadRequest => {
+                                    "the change does not apply to the group as it stands"
+                                }
                                 _ => "message not stored",
                             };
                             self.reply_error(reply, kind, Some(client_id), detail);
@@ -1337,6 +1515,43 @@ impl Shard {
                     self.counters.receipts_stored += 1;
                 }
             }
+            PeerMessage::GroupRequest {
+                group,
+                from,
+                client_id,
+                at_ms,
+                reply,
+                action,
+            } => {
+                let result = self.group_request(group, from, client_id, at_ms, action);
+                let shard = self.config.map.shard_of(from);
+                let answer = PeerMessage::Stored {
+                    reply,
+                    sender: from,
+                    client_id,
+                    result,
+                };
+                if result.is_err() {
+                    self.route(shard, answer);
+                } else {
+                    // A resend is held too: its first copy may not be
+                    // durable yet.
+                    self.held.push_back((
+                        self.batch + 1,
+                        Held::Peer {
+                            shard,
+                            message: answer,
+                        },
+                    ));
+                }
+            }
+            PeerMessage::GroupFanout {
+                group,
+                gseq,
+                post,
+                members,
+            } => self.group_fanout(group, gseq, post, members),
+            PeerMessage::GroupStored { group, gseq } => self.group_stored(group, gseq),
         }
     }
 
@@ -1446,6 +1661,14 @@ impl Shard {
                     by: *by,
                     client_id: *client_id,
                 },
+                EntryRecord::Group { group, gseq } => {
+                    let post = &self
+                        .group_copies
+                        .get(&(*group, *gseq))
+                        .expect("a group entry's copy lives while the entry does")
+                        .post;
+                    group_frame(entry.seq, *group, *gseq, post)
+                }
             };
             encode_server(&frame, &mut conn.outbox);
             conn.delivered_up_to = entry.seq;
@@ -1608,6 +1831,36 @@ impl Shard {
                 TimerEvent::Signup(phone),
             ));
         }
+    }
+}
+
+/// The frame a member's mailbox entry for a group post becomes.
+fn group_frame(seq: u64, group: GroupId, gseq: u64, post: &Post) -> ServerFrame<'_> {
+    match post {
+        Post::Message {
+            from,
+            client_id,
+            sent_at_ms,
+            body,
+        } => ServerFrame::GroupMessage {
+            seq,
+            group,
+            gseq,
+            from: *from,
+            client_id: *client_id,
+            sent_at_ms: *sent_at_ms,
+            body: body[..].into(),
+        },
+        Post::Change {
+            by, at_ms, change, ..
+        } => ServerFrame::GroupNotice {
+            seq,
+            group,
+            gseq,
+            by: *by,
+            at_ms: *at_ms,
+            change: change.clone(),
+        },
     }
 }
 

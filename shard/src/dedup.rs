@@ -1,7 +1,9 @@
 //! Recently accepted `(recipient, sender, client_id)` triples, so a resend is
 //! answered with the id the first copy got instead of being stored twice.
+//! The recipient is an account for 1:1 messages and a group for group posts.
 
 use std::collections::VecDeque;
+use std::hash::Hash;
 
 use std::collections::hash_map::Entry;
 
@@ -9,8 +11,8 @@ use ahash::AHashMap;
 use wire::Phone;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Key {
-    to: Phone,
+struct Key<T> {
+    to: T,
     from: Phone,
     client_id: u64,
 }
@@ -19,23 +21,23 @@ struct Key {
 /// `entries_max` the oldest go first. A phone resends within seconds of a
 /// reconnect, so both bounds sit far above what a retry needs.
 #[derive(Debug)]
-pub struct DedupTable {
-    ids: AHashMap<Key, u64>,
-    order: VecDeque<(u64, Key)>,
+pub struct DedupTable<T = Phone> {
+    ids: AHashMap<Key<T>, u64>,
+    order: VecDeque<(u64, Key<T>)>,
     /// Entries from a replay, newest last, not yet in `ids`. A replay
     /// passes every message the log holds (tens of millions after a long
     /// outage), and only the newest `entries_max` survive it: keeping them
     /// in a plain ring and indexing only the survivors afterwards saves a
     /// hash insert and a hash removal, each a cache miss, per evicted one.
-    replayed: VecDeque<(Key, u64)>,
+    replayed: VecDeque<(Key<T>, u64)>,
     /// The age `replayed` entries get once indexed: when the replay ran.
     replayed_at_ms: u64,
     ttl_ms: u64,
     entries_max: usize,
 }
 
-impl DedupTable {
-    pub fn new(ttl_ms: u64, entries_max: usize) -> DedupTable {
+impl<T: Copy + Eq + Hash> DedupTable<T> {
+    pub fn new(ttl_ms: u64, entries_max: usize) -> DedupTable<T> {
         DedupTable {
             ids: AHashMap::new(),
             order: VecDeque::new(),
@@ -55,7 +57,7 @@ impl DedupTable {
         self.len() == 0
     }
 
-    pub fn get(&mut self, to: Phone, from: Phone, client_id: u64) -> Option<u64> {
+    pub fn get(&mut self, to: T, from: Phone, client_id: u64) -> Option<u64> {
         self.settle();
         self.ids
             .get(&Key {
@@ -66,7 +68,7 @@ impl DedupTable {
             .copied()
     }
 
-    pub fn insert(&mut self, to: Phone, from: Phone, client_id: u64, id: u64, now_ms: u64) {
+    pub fn insert(&mut self, to: T, from: Phone, client_id: u64, id: u64, now_ms: u64) {
         self.settle();
         self.insert_key(
             Key {
@@ -81,7 +83,7 @@ impl DedupTable {
 
     /// An entry read back from the log while the shard restores: the same
     /// as `insert`, but indexed only when the table is next used.
-    pub fn replay(&mut self, to: Phone, from: Phone, client_id: u64, id: u64, now_ms: u64) {
+    pub fn replay(&mut self, to: T, from: Phone, client_id: u64, id: u64, now_ms: u64) {
         self.replayed_at_ms = now_ms;
         // A checkpoint names a queued message twice (its `MailboxPut` and
         // its `Dedup` record), so twice the bound still holds the newest
@@ -129,7 +131,7 @@ impl DedupTable {
         }
     }
 
-    fn insert_key(&mut self, key: Key, id: u64, now_ms: u64) {
+    fn insert_key(&mut self, key: Key<T>, id: u64, now_ms: u64) {
         if self.ids.insert(key, id).is_none() {
             self.order.push_back((now_ms, key));
         }
@@ -139,7 +141,7 @@ impl DedupTable {
     }
 
     /// Every entry, oldest first: `(to, from, client_id, id)`.
-    pub fn iter(&mut self) -> impl Iterator<Item = (Phone, Phone, u64, u64)> + '_ {
+    pub fn iter(&mut self) -> impl Iterator<Item = (T, Phone, u64, u64)> + '_ {
         self.settle();
         self.order.iter().filter_map(|(_, key)| {
             let id = *self.ids.get(key)?;
@@ -173,7 +175,7 @@ mod tests {
     fn bounded_by_age_and_count() {
         let a = Phone::parse("+15550000001").unwrap();
         let b = Phone::parse("+15550000002").unwrap();
-        let mut table = DedupTable::new(1_000, 3);
+        let mut table: DedupTable = DedupTable::new(1_000, 3);
         table.insert(b, a, 1, 10, 0);
         table.insert(b, a, 2, 11, 500);
         assert_eq!(table.get(b, a, 1), Some(10));
@@ -198,7 +200,7 @@ mod tests {
     fn a_replay_keeps_the_newest_entries_and_indexes_them_on_use() {
         let a = Phone::parse("+15550000001").unwrap();
         let b = Phone::parse("+15550000002").unwrap();
-        let mut table = DedupTable::new(1_000, 3);
+        let mut table: DedupTable = DedupTable::new(1_000, 3);
         for client_id in 1..=5 {
             table.replay(b, a, client_id, 100 + client_id, 50);
         }
@@ -214,7 +216,7 @@ mod tests {
 
         // A checkpoint names each queued message twice: that does not
         // push out keys the bound has room for.
-        let mut table = DedupTable::new(1_000, 2);
+        let mut table: DedupTable = DedupTable::new(1_000, 2);
         for round in 0..2 {
             for client_id in 1..=2 {
                 table.replay(b, a, client_id, 10 * round + client_id, 0);

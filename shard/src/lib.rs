@@ -16,7 +16,8 @@ mod partition;
 mod timer_wheel;
 
 pub use crate::core::{
-    ConnId, ConnSnapshot, FrameOutcome, PeerMessage, RestoreError, Shard, ShardCounters,
+    ConnId, ConnSnapshot, FrameOutcome, GroupAction, PeerMessage, RestoreError, Shard,
+    ShardCounters,
 };
 pub use config::{ShardConfig, TestNumbers};
 pub use dedup::DedupTable;

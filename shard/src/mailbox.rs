@@ -108,7 +108,8 @@ impl Mailbox {
 fn record_bytes(record: &EntryRecord) -> usize {
     match record {
         EntryRecord::Message { body, .. } => body.len(),
-        EntryRecord::Receipt { .. } => 0,
+        // The body is held once per shard, in the group's copy.
+        EntryRecord::Receipt { .. } | EntryRecord::Group { .. } => 0,
     }
 }
 

@@ -5,7 +5,7 @@
 //! build and platform; `ahash` is deliberately not used here because its output
 //! may change between versions and processes.
 
-use wire::Phone;
+use wire::{GroupId, Phone};
 
 /// Partitions a data directory is split into. Fixed for the life of the data:
 /// it is what makes changing the shard count a matter of moving partitions.
@@ -37,11 +37,21 @@ impl PartitionMap {
     pub fn shard_of(&self, phone: Phone) -> u16 {
         self.partition_of(phone) % self.shards
     }
+
+    /// A group lives on the shard its id hashes to, by the same rule as an
+    /// account (ids and numbers never coincide: see `GroupId`).
+    pub fn shard_of_group(&self, group: GroupId) -> u16 {
+        (stable_hash_u64(group.as_u64()) % u64::from(self.partitions)) as u16 % self.shards
+    }
 }
 
 /// The hash behind partitioning: stable across builds, platforms and runs.
 pub fn stable_hash(phone: Phone) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(&phone.as_u64().to_le_bytes())
+    stable_hash_u64(phone.as_u64())
+}
+
+fn stable_hash_u64(value: u64) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(&value.to_le_bytes())
 }
 
 #[cfg(test)]

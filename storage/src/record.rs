@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use wire::{Phone, ReceiptKind};
+use wire::{GroupChange, GroupId, Phone, ReceiptKind};
 
 /// Bytes of a device key hash (SHA-256).
 pub const KEY_HASH_BYTES: usize = 32;
@@ -38,17 +38,72 @@ pub enum Record {
         client_id: u64,
         seq: u64,
     },
+    /// On the group's owning shard: `post` was accepted as `group`'s post
+    /// `gseq`. Replayed in order, posts rebuild the group (a `Created`
+    /// change creates it); a post below the group's `next_gseq` (after a
+    /// `GroupState` in a checkpoint) is one whose copies were not all
+    /// confirmed, and is fanned out again.
+    GroupPost {
+        group: GroupId,
+        gseq: u64,
+        post: Post,
+    },
+    /// In a checkpoint: a group as it stands, `members` with their admin
+    /// flag in ascending order.
+    GroupState {
+        group: GroupId,
+        subject: String,
+        members: Vec<(Phone, bool)>,
+        next_gseq: u64,
+    },
+    /// In a checkpoint: a group post accepted recently enough that a resend
+    /// must still be recognised.
+    GroupDedup {
+        group: GroupId,
+        from: Phone,
+        client_id: u64,
+        gseq: u64,
+    },
+    /// On a shard with members of `group`: the post arrived and is stored
+    /// here once; the members' mailbox entries (`EntryRecord::Group`) refer
+    /// to it. Copies arrive in `gseq` order, so it is also the shard's mark
+    /// of how far `group` has been received.
+    GroupCopy {
+        group: GroupId,
+        gseq: u64,
+        post: Post,
+    },
+    /// In a checkpoint: `group`'s posts up to `gseq` were received here,
+    /// whether or not a copy is still held.
+    GroupMark { group: GroupId, gseq: u64 },
+}
+
+/// Which shard keeps a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// The home shard of the account.
+    Account(Phone),
+    /// The shard the group's id hashes to.
+    Group(GroupId),
+    /// Whichever shard wrote it: copies of group posts, kept by every shard
+    /// with members of the group.
+    Local,
 }
 
 impl Record {
-    /// The account the record belongs to, and so the shard that keeps it.
-    pub fn owner(&self) -> Phone {
+    /// The account or group the record belongs to, and so the shard that
+    /// keeps it.
+    pub fn owner(&self) -> Owner {
         match self {
-            Record::AccountKey { phone, .. } => *phone,
+            Record::AccountKey { phone, .. } => Owner::Account(*phone),
             Record::MailboxPut { owner, .. }
             | Record::MailboxAck { owner, .. }
             | Record::MailboxStart { owner, .. }
-            | Record::Dedup { owner, .. } => *owner,
+            | Record::Dedup { owner, .. } => Owner::Account(*owner),
+            Record::GroupPost { group, .. }
+            | Record::GroupState { group, .. }
+            | Record::GroupDedup { group, .. } => Owner::Group(*group),
+            Record::GroupCopy { .. } | Record::GroupMark { .. } => Owner::Local,
         }
     }
 }
@@ -70,6 +125,46 @@ pub enum EntryRecord {
         by: Phone,
         client_id: u64,
     },
+    /// `group`'s post `gseq`, held once per shard in a `GroupCopy`.
+    Group { group: GroupId, gseq: u64 },
+}
+
+/// What a group post carries: a message, or a change to the group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Post {
+    Message {
+        from: Phone,
+        client_id: u64,
+        sent_at_ms: u64,
+        #[serde(with = "body_bytes")]
+        body: Arc<[u8]>,
+    },
+    Change {
+        by: Phone,
+        client_id: u64,
+        at_ms: u64,
+        change: GroupChange,
+    },
+}
+
+impl Post {
+    /// The account that made the post, and its request's `client_id`.
+    pub fn author(&self) -> (Phone, u64) {
+        match self {
+            Post::Message {
+                from, client_id, ..
+            } => (*from, *client_id),
+            Post::Change { by, client_id, .. } => (*by, *client_id),
+        }
+    }
+
+    /// Body bytes held.
+    pub fn body_bytes(&self) -> usize {
+        match self {
+            Post::Message { body, .. } => body.len(),
+            Post::Change { .. } => 0,
+        }
+    }
 }
 
 /// A body as one byte string rather than a sequence of `u8`s. Postcard

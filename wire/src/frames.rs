@@ -7,7 +7,7 @@ use std::{borrow::Cow, fmt};
 
 use serde::{Deserialize, Serialize};
 
-use crate::Phone;
+use crate::{GroupChange, GroupId, Phone};
 
 /// Bytes in a device key, and in its hash.
 pub const DEVICE_KEY_BYTES: usize = 32;
@@ -51,6 +51,31 @@ pub enum ClientFrame<'a> {
     Ack { up_to: u64 },
     /// The message `client_id` that `from` sent has been read by this phone.
     Read { from: Phone, client_id: u64 },
+    /// Create a group with this phone as its first admin. Answered with
+    /// `Sent`, whose `id` is the new group's id; every member, the creator
+    /// included, then receives a `Created` notice.
+    CreateGroup {
+        client_id: u64,
+        #[serde(borrow)]
+        subject: &'a str,
+        members: Vec<Phone>,
+    },
+    /// Send `body` to every member of `group`. Answered with `Sent`, whose
+    /// `id` is the message's position in the group; like `Send`, a resend
+    /// with the same `client_id` is never stored twice.
+    GroupSend {
+        client_id: u64,
+        group: GroupId,
+        #[serde(borrow)]
+        body: &'a [u8],
+    },
+    /// Change a group (see [`GroupChange`] for who may). Answered with
+    /// `Sent`, whose `id` is the change's position in the group.
+    ChangeGroup {
+        client_id: u64,
+        group: GroupId,
+        change: GroupChange,
+    },
 }
 
 /// Frames the server sends.
@@ -107,6 +132,27 @@ pub enum ServerFrame<'a> {
     Bye {
         reason: ByeReason,
     },
+    /// A message `from` sent to `group`, at mailbox position `seq`; `gseq`
+    /// is its position in the group, the same for every member.
+    GroupMessage {
+        seq: u64,
+        group: GroupId,
+        gseq: u64,
+        from: Phone,
+        client_id: u64,
+        sent_at_ms: u64,
+        body: Cow<'a, [u8]>,
+    },
+    /// `by` changed `group`, at mailbox position `seq` and group position
+    /// `gseq`.
+    GroupNotice {
+        seq: u64,
+        group: GroupId,
+        gseq: u64,
+        by: Phone,
+        at_ms: u64,
+        change: GroupChange,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,6 +204,20 @@ pub enum ErrorKind {
     /// The server's disk is full: new messages and signups are refused
     /// until space is freed; acknowledgements and deliveries go on.
     DiskFull,
+    /// No group has this id.
+    UnknownGroup,
+    /// Only members may send to a group or change it.
+    NotGroupMember,
+    /// Only admins may change a group's members or subject.
+    NotGroupAdmin,
+    /// The group would have more members than the server allows.
+    GroupFull,
+    /// The request is well formed but makes no sense: adding a member who
+    /// is one, a subject over `GROUP_SUBJECT_BYTES_MAX`, and the like.
+    BadRequest,
+    /// Another group already has the id this creation derives; retry with
+    /// another `client_id`.
+    GroupExists,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

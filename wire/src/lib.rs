@@ -11,6 +11,7 @@
 
 mod codec;
 mod frames;
+mod group;
 mod phone;
 
 pub use codec::{
@@ -20,6 +21,7 @@ pub use codec::{
 pub use frames::{
     ByeReason, ClientFrame, DeviceKey, ErrorKind, ReceiptKind, ServerFrame, DEVICE_KEY_BYTES,
 };
+pub use group::{GroupChange, GroupId, GroupIdError, GROUP_SUBJECT_BYTES_MAX};
 pub use phone::{Phone, PhoneError, PHONE_DIGITS_MAX, PHONE_DIGITS_MIN};
 
 /// The protocol version this build speaks.
@@ -32,7 +34,7 @@ pub const BODY_BYTES_MAX: usize = 64 * 1024;
 /// fixed fields of `Message`, with margin.
 pub const FRAME_BYTES_MAX: usize = BODY_BYTES_MAX + 1024;
 
-// The largest frame is a `Message` with a full body: enum tag, seq, from,
-// client_id and sent_at_ms as varints (at most 10 bytes each) plus the body's
-// length varint. That must fit under the frame limit.
-const _: () = assert!(BODY_BYTES_MAX + 1 + 4 * 10 + 5 <= FRAME_BYTES_MAX);
+// The largest frame is a `GroupMessage` with a full body: enum tag, seq,
+// group, gseq, from, client_id and sent_at_ms as varints (at most 10 bytes
+// each) plus the body's length varint. That must fit under the frame limit.
+const _: () = assert!(BODY_BYTES_MAX + 1 + 6 * 10 + 5 <= FRAME_BYTES_MAX);

@@ -1,0 +1,590 @@
+//! Groups, in two halves.
+//!
+//! The owner (the shard a group's id hashes to) keeps the group: members,
+//! admins, subject and the sequence of its posts. A post (a message or a
+//! change) is checked against the membership at that moment, numbered
+//! (`gseq`), recorded with its body as a `GroupPost`, and once that record
+//! is durable fanned out: one `GroupFanout` per shard with members, naming
+//! the members there. The sender's `Sent` waits for the same commit.
+//!
+//! A member shard stores each post once (`GroupCopy`) and gives each of its
+//! members a mailbox entry that refers to it (`EntryRecord::Group`), so
+//! group posts reach phones by the same path, order and acks as 1:1
+//! messages. It confirms the copy to the owner after its own commit. Posts
+//! the owner has not seen confirmed by every shard are in its checkpoint
+//! and are fanned out again after a restart; a shard recognises a post it
+//! already has by the group's mark (posts arrive in `gseq` order).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use storage::{EntryRecord, Post, Record};
+use wire::{ErrorKind, GroupChange, GroupId, Phone, GROUP_SUBJECT_BYTES_MAX};
+
+use super::{Held, PeerMessage, RestoreError, Shard};
+
+/// A group on its owning shard.
+#[derive(Debug)]
+pub(super) struct Group {
+    subject: String,
+    /// Members and whether each is an admin. Ordered, so that checkpoints
+    /// and the last-admin rule are deterministic.
+    members: BTreeMap<Phone, bool>,
+    next_gseq: u64,
+    /// Posts fanned out whose copies not every shard has confirmed, in
+    /// `gseq` order.
+    unconfirmed: VecDeque<Unconfirmed>,
+}
+
+#[derive(Debug)]
+struct Unconfirmed {
+    gseq: u64,
+    post: Post,
+    shards_left: u16,
+}
+
+/// A post as a member shard holds it, with the number of its members'
+/// mailbox entries that still refer to it.
+#[derive(Debug)]
+pub(super) struct Copy {
+    pub(super) post: Post,
+    refs: u32,
+}
+
+/// What a phone asked of a group, on its way to the group's owner.
+#[derive(Debug)]
+pub enum GroupAction {
+    Create {
+        subject: String,
+        members: Vec<Phone>,
+    },
+    Send {
+        body: std::sync::Arc<[u8]>,
+    },
+    Change(GroupChange),
+}
+
+impl Group {
+    fn new() -> Group {
+        Group {
+            subject: String::new(),
+            members: BTreeMap::new(),
+            next_gseq: 1,
+            unconfirmed: VecDeque::new(),
+        }
+    }
+
+    /// Whether `by` may make `change` in a group of at most `members_max`.
+    fn check(&self, by: Phone, change: &GroupChange, members_max: usize) -> Result<(), ErrorKind> {
+        let by_admin = *self.members.get(&by).ok_or(ErrorKind::NotGroupMember)?;
+        let admin_only = !matches!(change, GroupChange::Left);
+        if admin_only && !by_admin {
+            return Err(ErrorKind::NotGroupAdmin);
+        }
+        let valid = match change {
+            GroupChange::Created { .. } => false,
+            GroupChange::Left => true,
+            GroupChange::Added(phones) => {
+                let mut new: Vec<Phone> = phones.clone();
+                new.sort_unstable();
+                new.dedup();
+                if self.members.len() + new.len() > members_max {
+                    return Err(ErrorKind::GroupFull);
+                }
+                !new.is_empty() && new.iter().all(|p| !self.members.contains_key(p))
+            }
+            GroupChange::Removed(phone) => *phone != by && self.members.contains_key(phone),
+            GroupChange::Promoted(phone) => self.members.get(phone) == Some(&false),
+            GroupChange::Demoted(phone) => {
+                // A group always keeps an admin: the last one cannot be
+                // demoted (leaving hands the role on instead).
+                let admins = self.members.values().filter(|admin| **admin).count();
+                self.members.get(phone) == Some(&true) && admins > 1
+            }
+            GroupChange::Subject(subject) => subject.len() <= GROUP_SUBJECT_BYTES_MAX,
+        };
+        if valid {
+            Ok(())
+        } else {
+            Err(ErrorKind::BadRequest)
+        }
+    }
+
+    /// Applies a post to the group and returns who receives it: for a
+    /// message every member but its sender, for a change the members after
+    /// it, and for a removal also the member it removes.
+    fn apply(&mut self, post: &Post) -> Vec<Phone> {
+        let Post::Change { by, change, .. } = post else {
+            return self.recipients_now(post);
+        };
+        let mut gone = None;
+        match change {
+            GroupChange::Created { subject, members } => {
+                self.subject.clone_from(subject);
+                self.members = members.iter().map(|&p| (p, p == *by)).collect();
+            }
+            GroupChange::Added(phones) => {
+                for &phone in phones {
+                    self.members.entry(phone).or_insert(false);
+                }
+            }
+            GroupChange::Removed(phone) => gone = Some(*phone),
+            GroupChange::Left => gone = Some(*by),
+            GroupChange::Promoted(phone) | GroupChange::Demoted(phone) => {
+                if let Some(admin) = self.members.get_mut(phone) {
+                    *admin = matches!(change, GroupChange::Promoted(_));
+                }
+            }
+            GroupChange::Subject(subject) => self.subject.clone_from(subject),
+        }
+        let recipients: Vec<Phone> = self.members.keys().copied().collect();
+        if let Some(gone) = gone {
+            self.members.remove(&gone);
+            if !self.members.values().any(|admin| *admin) {
+                if let Some(first) = self.members.values_mut().next() {
+                    *first = true;
+                }
+            }
+        }
+        recipients
+    }
+
+    /// Who a post that was already applied goes to when it is fanned out
+    /// again after a restart: today's members, and whoever it removed.
+    fn recipients_now(&self, post: &Post) -> Vec<Phone> {
+        let members = self.members.keys().copied();
+        match post {
+            Post::Message { from, .. } => members.filter(|p| p != from).collect(),
+            Post::Change { by, change, .. } => {
+                let mut recipients: Vec<Phone> = members.collect();
+                match change {
+                    GroupChange::Removed(phone) => recipients.push(*phone),
+                    GroupChange::Left => recipients.push(*by),
+                    _ => {}
+                }
+                recipients
+            }
+        }
+    }
+}
+
+/// What the owner answers a request with: the post's `gseq`, or for a
+/// creation the group's id.
+fn answer(group: GroupId, action_creates: bool, gseq: u64) -> u64 {
+    if action_creates {
+        group.as_u64()
+    } else {
+        gseq
+    }
+}
+
+impl Shard {
+    // ---- the owner's side ----------------------------------------------------
+
+    /// A phone's request reached the group's owner. Returns what its `Sent`
+    /// carries; the caller holds that answer for the next commit.
+    pub(super) fn group_request(
+        &mut self,
+        group: GroupId,
+        from: Phone,
+        client_id: u64,
+        at_ms: u64,
+        action: GroupAction,
+    ) -> Result<u64, ErrorKind> {
+        if self.journal_failed {
+            return Err(ErrorKind::StorageFailed);
+        }
+        let creates = matches!(action, GroupAction::Create { .. });
+        if let Some(gseq) = self.group_dedup.get(group, from, client_id) {
+            self.counters.messages_deduplicated += 1;
+            return Ok(answer(group, creates, gseq));
+        }
+        if self.disk_full {
+            self.counters.messages_refused_disk_full += 1;
+            return Err(ErrorKind::DiskFull);
+        }
+        let members_max = self.config.group_members_max;
+        let post = match action {
+            GroupAction::Create { subject, members } => {
+                if self.groups.contains_key(&group) {
+                    return Err(ErrorKind::GroupExists);
+                }
+                if subject.len() > GROUP_SUBJECT_BYTES_MAX {
+                    return Err(ErrorKind::BadRequest);
+                }
+                let mut members = members;
+                members.push(from);
+                members.sort_unstable();
+                members.dedup();
+                if members.len() > members_max {
+                    return Err(ErrorKind::GroupFull);
+                }
+                self.groups.insert(group, Group::new());
+                self.counters.groups += 1;
+                let change = GroupChange::Created { subject, members };
+                Post::Change {
+                    by: from,
+                    client_id,
+                    at_ms,
+                    change,
+                }
+            }
+            GroupAction::Send { body } => {
+                let state = self.groups.get(&group).ok_or(ErrorKind::UnknownGroup)?;
+                if !state.members.contains_key(&from) {
+                    return Err(ErrorKind::NotGroupMember);
+                }
+                Post::Message {
+                    from,
+                    client_id,
+                    sent_at_ms: at_ms,
+                    body,
+                }
+            }
+            GroupAction::Change(change) => {
+                let state = self.groups.get(&group).ok_or(ErrorKind::UnknownGroup)?;
+                state.check(from, &change, members_max)?;
+                Post::Change {
+                    by: from,
+                    client_id,
+                    at_ms,
+                    change,
+                }
+            }
+        };
+        let state = self
+            .groups
+            .get_mut(&group)
+            .expect("checked or created above");
+        let gseq = state.next_gseq;
+        state.next_gseq += 1;
+        let recipients = state.apply(&post);
+        self.counters.group_posts += 1;
+        self.records.push(Record::GroupPost {
+            group,
+            gseq,
+            post: post.clone(),
+        });
+        self.group_dedup
+            .insert(group, from, client_id, gseq, self.now_ms);
+        self.fan_out(group, gseq, post, &recipients, true);
+        Ok(answer(group, creates, gseq))
+    }
+
+    /// Sends a post to the shards of its recipients, one message per
+    /// shard, and notes it as unconfirmed. `after_commit`: the post was
+    /// recorded just now, so the copies wait for that record to be durable
+    /// (else a restart could number another post the same).
+    fn fan_out(
+        &mut self,
+        group: GroupId,
+        gseq: u64,
+        post: Post,
+        recipients: &[Phone],
+        after_commit: bool,
+    ) {
+        let mut by_shard: Vec<Vec<Phone>> = vec![Vec::new(); usize::from(self.config.map.shards())];
+        for &phone in recipients {
+            by_shard[usize::from(self.config.map.shard_of(phone))].push(phone);
+        }
+        let mut shards_left = 0;
+        for (shard, members) in by_shard.into_iter().enumerate() {
+            if members.is_empty() {
+                continue;
+            }
+            shards_left += 1;
+            let message = PeerMessage::GroupFanout {
+                group,
+                gseq,
+                post: post.clone(),
+                members,
+            };
+            if after_commit {
+                self.held.push_back((
+                    self.batch + 1,
+                    Held::Peer {
+                        shard: shard as u16,
+                        message,
+                    },
+                ));
+            } else {
+                self.route(shard as u16, message);
+            }
+        }
+        if shards_left > 0 {
+            let state = self.groups.get_mut(&group).expect("the owner fans out");
+            state.unconfirmed.push_back(Unconfirmed {
+                gseq,
+                post,
+                shards_left,
+            });
+        }
+    }
+
+    /// A shard confirmed that its copy of a post is durable.
+    pub(super) fn group_stored(&mut self, group: GroupId, gseq: u64) {
+        let Some(state) = self.groups.get_mut(&group) else {
+            return;
+        };
+        let at = state.unconfirmed.partition_point(|u| u.gseq < gseq);
+        if let Some(unconfirmed) = state.unconfirmed.get_mut(at).filter(|u| u.gseq == gseq) {
+            unconfirmed.shards_left = unconfirmed.shards_left.saturating_sub(1);
+        }
+        while state
+            .unconfirmed
+            .front()
+            .is_some_and(|u| u.shards_left == 0)
+        {
+            state.unconfirmed.pop_front();
+        }
+    }
+
+    // ---- the members' side ---------------------------------------------------
+
+    /// A post for `members`, who live on this shard.
+    pub(super) fn group_fanout(
+        &mut self,
+        group: GroupId,
+        gseq: u64,
+        post: Post,
+        members: Vec<Phone>,
+    ) {
+        let owner = self.config.map.shard_of_group(group);
+        if self
+            .group_marks
+            .get(&group)
+            .is_some_and(|&mark| mark >= gseq)
+        {
+            // Fanned out again after a restart: stored already.
+            self.counters.group_copies_repeated += 1;
+            self.route(owner, PeerMessage::GroupStored { group, gseq });
+            return;
+        }
+        if self.journal_failed {
+            // Not confirmed: the owner fans it out again after a restart.
+            return;
+        }
+        self.group_marks.insert(group, gseq);
+        self.records.push(Record::GroupCopy {
+            group,
+            gseq,
+            post: post.clone(),
+        });
+        self.counters.group_copies_stored += 1;
+        // The copy goes in first: appending pumps, and the pump reads it.
+        self.group_copies
+            .insert((group, gseq), Copy { post, refs: 0 });
+        let entries_max = self.config.mailbox_entries_max.saturating_mul(2);
+        let mut refs = 0;
+        for member in members {
+            let room = self
+                .accounts
+                .get(&member)
+                .map(|a| a.mailbox.len() < entries_max);
+            match room {
+                Some(true) => {
+                    if let Some(copy) = self.group_copies.get_mut(&(group, gseq)) {
+                        copy.refs += 1;
+                    }
+                    refs += 1;
+                    self.append(member, EntryRecord::Group { group, gseq });
+                }
+                Some(false) => self.counters.group_entries_dropped_mailbox_full += 1,
+                // Added while not (or no longer) registered here.
+                None => self.counters.group_entries_no_account += 1,
+            }
+        }
+        self.counters.group_entries_stored += refs;
+        if refs == 0 {
+            self.group_copies.remove(&(group, gseq));
+        }
+        self.held.push_back((
+            self.batch + 1,
+            Held::Peer {
+                shard: owner,
+                message: PeerMessage::GroupStored { group, gseq },
+            },
+        ));
+    }
+
+    /// A member acknowledged `group`'s post `gseq`: the copy loses a
+    /// reference (and goes with the last), and a message's sender is told.
+    pub(super) fn group_entry_acked(&mut self, by: Phone, group: GroupId, gseq: u64) {
+        let Some(copy) = self.group_copies.get_mut(&(group, gseq)) else {
+            return;
+        };
+        copy.refs -= 1;
+        let receipt = match &copy.post {
+            Post::Message {
+                from, client_id, ..
+            } => Some((*from, *client_id)),
+            Post::Change { .. } => None,
+        };
+        if copy.refs == 0 {
+            self.group_copies.remove(&(group, gseq));
+        }
+        if let Some((from, client_id)) = receipt {
+            self.counters.messages_acked += 1;
+            let shard = self.config.map.shard_of(from);
+            let receipt = PeerMessage::Receipt {
+                to: from,
+                by,
+                client_id,
+                kind: wire::ReceiptKind::Delivered,
+            };
+            self.route(shard, receipt);
+        }
+    }
+
+    // ---- recovery and checkpoints ----------------------------------------------
+
+    pub(super) fn restore_group_record(&mut self, record: Record) -> Result<(), RestoreError> {
+        match record {
+            Record::GroupPost { group, gseq, post } => {
+                let (from, client_id) = post.author();
+                self.group_dedup
+                    .replay(group, from, client_id, gseq, self.now_ms);
+                if matches!(
+                    post,
+                    Post::Change {
+                        change: GroupChange::Created { .. },
+                        ..
+                    }
+                ) && !self.groups.contains_key(&group)
+                {
+                    self.groups.insert(group, Group::new());
+                    self.counters.groups += 1;
+                }
+                let state = self
+                    .groups
+                    .get_mut(&group)
+                    .ok_or(RestoreError::UnknownGroup(group))?;
+                let recipients = if gseq == state.next_gseq {
+                    state.next_gseq += 1;
+                    state.apply(&post)
+                } else if gseq < state.next_gseq {
+                    // From a checkpoint: applied already, not confirmed.
+                    state.recipients_now(&post)
+                } else {
+                    return Err(RestoreError::GroupSeqMismatch {
+                        group,
+                        recorded: gseq,
+                        expected: state.next_gseq,
+                    });
+                };
+                self.group_refan.push((group, gseq, post, recipients));
+            }
+            Record::GroupState {
+                group,
+                subject,
+                members,
+                next_gseq,
+            } => {
+                if !self.groups.contains_key(&group) {
+                    self.counters.groups += 1;
+                }
+                let mut state = Group::new();
+                state.subject = subject;
+                state.members = members.into_iter().collect();
+                state.next_gseq = next_gseq;
+                self.groups.insert(group, state);
+            }
+            Record::GroupDedup {
+                group,
+                from,
+                client_id,
+                gseq,
+            } => self
+                .group_dedup
+                .replay(group, from, client_id, gseq, self.now_ms),
+            Record::GroupCopy { group, gseq, post } => {
+                // After a reshard every new shard gets the copies of all
+                // old ones, so the same copy can come twice: keep the
+                // references the first one has gathered.
+                self.group_copies
+                    .entry((group, gseq))
+                    .or_insert(Copy { post, refs: 0 });
+                self.mark_group(group, gseq);
+            }
+            Record::GroupMark { group, gseq } => self.mark_group(group, gseq),
+            _ => unreachable!("the caller passes group records only"),
+        }
+        Ok(())
+    }
+
+    fn mark_group(&mut self, group: GroupId, gseq: u64) {
+        let mark = self.group_marks.entry(group).or_insert(0);
+        *mark = (*mark).max(gseq);
+    }
+
+    /// A replayed mailbox entry refers to a copy: it must have come before.
+    pub(super) fn restore_group_entry(
+        &mut self,
+        group: GroupId,
+        gseq: u64,
+    ) -> Result<(), RestoreError> {
+        let copy = self
+            .group_copies
+            .get_mut(&(group, gseq))
+            .ok_or(RestoreError::UnknownGroupPost { group, gseq })?;
+        copy.refs += 1;
+        Ok(())
+    }
+
+    /// A replayed ack took an entry away. A copy that loses its last
+    /// reference stays until `restored`: a later record may still refer
+    /// to it (entries of one fan-out can reach the log at different times
+    /// through the write-back cache).
+    pub(super) fn restore_group_ack(&mut self, group: GroupId, gseq: u64) {
+        if let Some(copy) = self.group_copies.get_mut(&(group, gseq)) {
+            copy.refs = copy.refs.saturating_sub(1);
+        }
+    }
+
+    /// The end of a restore: drops copies nothing refers to, and fans out
+    /// again every post replayed on this owner (its shards recognise what
+    /// they have).
+    pub(super) fn groups_restored(&mut self) {
+        self.group_copies.retain(|_, copy| copy.refs > 0);
+        for (group, gseq, post, recipients) in std::mem::take(&mut self.group_refan) {
+            self.fan_out(group, gseq, post, &recipients, false);
+        }
+    }
+
+    /// The group records of a checkpoint: copies first, since the
+    /// mailbox entries after them refer to them.
+    pub(super) fn checkpoint_groups(&mut self, records: &mut Vec<Record>) {
+        for (&(group, gseq), copy) in &self.group_copies {
+            records.push(Record::GroupCopy {
+                group,
+                gseq,
+                post: copy.post.clone(),
+            });
+        }
+        for (&group, &gseq) in &self.group_marks {
+            records.push(Record::GroupMark { group, gseq });
+        }
+        for (&group, state) in &self.groups {
+            records.push(Record::GroupState {
+                group,
+                subject: state.subject.clone(),
+                members: state.members.iter().map(|(&p, &a)| (p, a)).collect(),
+                next_gseq: state.next_gseq,
+            });
+            for unconfirmed in &state.unconfirmed {
+                records.push(Record::GroupPost {
+                    group,
+                    gseq: unconfirmed.gseq,
+                    post: unconfirmed.post.clone(),
+                });
+            }
+        }
+        for (group, from, client_id, gseq) in self.group_dedup.iter() {
+            records.push(Record::GroupDedup {
+                group,
+                from,
+                client_id,
+                gseq,
+            });
+        }
+    }
+}

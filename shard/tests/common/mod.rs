@@ -1,0 +1,365 @@
+//! The harness the shard tests share: shards on one thread, a fake clock,
+//! fake SMS, and a network that moves peer messages and commits journals.
+#![allow(dead_code)]
+
+use std::{cell::RefCell, rc::Rc};
+
+pub use shard::*;
+pub use wire::*;
+
+#[derive(Default)]
+pub struct Sms {
+    pub sent: Vec<(Phone, u32)>,
+}
+
+pub struct FakeEnv {
+    pub seed: u64,
+    pub sms: Rc<RefCell<Sms>>,
+}
+
+impl Env for FakeEnv {
+    fn random(&mut self, buffer: &mut [u8]) {
+        for byte in buffer {
+            self.seed = self
+                .seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            *byte = (self.seed >> 56) as u8;
+        }
+    }
+    fn send_sms(&mut self, phone: Phone, code: u32) -> bool {
+        self.sms.borrow_mut().sent.push((phone, code));
+        true
+    }
+}
+
+/// What a test checks of a server frame: the kind and the fields that carry
+/// the rule under test. Error details and timestamps are left out so that a
+/// test states only what it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Got {
+    Welcome,
+    CodeSent,
+    Registered(DeviceKey),
+    LoggedIn,
+    Pong(u64),
+    Sent {
+        client_id: u64,
+        id: u64,
+    },
+    Message {
+        seq: u64,
+        from: Phone,
+        client_id: u64,
+        body: Vec<u8>,
+    },
+    Receipt {
+        seq: u64,
+        kind: ReceiptKind,
+        by: Phone,
+        client_id: u64,
+    },
+    Error(ErrorKind),
+    Bye(ByeReason),
+    GroupMessage {
+        seq: u64,
+        group: GroupId,
+        gseq: u64,
+        from: Phone,
+        client_id: u64,
+        body: Vec<u8>,
+    },
+    GroupNotice {
+        seq: u64,
+        group: GroupId,
+        gseq: u64,
+        by: Phone,
+        change: GroupChange,
+    },
+}
+
+/// A phone's connection: which shard it is on now, and its id there.
+#[derive(Clone, Copy, Debug)]
+pub struct Phone_ {
+    pub shard: u16,
+    pub conn: ConnId,
+}
+
+pub struct Net {
+    pub shards: Vec<Shard>,
+    pub now_ms: u64,
+    pub sms: Rc<RefCell<Sms>>,
+    /// Records committed so far, over all shards.
+    pub records: Vec<storage::Record>,
+    /// The same, per shard: each shard's journal.
+    pub journals: Vec<Vec<storage::Record>>,
+}
+
+impl Net {
+    pub fn new(shard_count: u16, configure: impl Fn(&mut ShardConfig)) -> Net {
+        let sms = Rc::new(RefCell::new(Sms::default()));
+        let map = PartitionMap::new(PARTITIONS_DEFAULT, shard_count);
+        let shards = (0..shard_count)
+            .map(|id| {
+                let mut config = ShardConfig::new(id, map);
+                config.test_numbers = Some(TestNumbers {
+                    prefix: "+1555".into(),
+                    code: 111_111,
+                });
+                configure(&mut config);
+                Shard::new(
+                    config,
+                    Box::new(FakeEnv {
+                        seed: u64::from(id) + 7,
+                        sms: sms.clone(),
+                    }),
+                    0,
+                )
+            })
+            .collect();
+        Net {
+            shards,
+            now_ms: 0,
+            records: Vec::new(),
+            journals: vec![Vec::new(); shard_count as usize],
+            sms,
+        }
+    }
+
+    pub fn connect(&mut self) -> Phone_ {
+        let conn = self.shards[0].open(self.now_ms);
+        let mut phone = Phone_ { shard: 0, conn };
+        self.send(
+            &mut phone,
+            ClientFrame::Hello {
+                version: PROTOCOL_VERSION,
+            },
+        );
+        assert_eq!(self.read(&phone), vec![Got::Welcome]);
+        phone
+    }
+
+    /// `phone` sends a message: `ClientFrame::Send`.
+    pub fn message(&mut self, phone: &mut Phone_, to: Phone, client_id: u64, body: &[u8]) {
+        self.send(
+            phone,
+            ClientFrame::Send {
+                client_id,
+                to,
+                body,
+            },
+        );
+    }
+
+    /// Feeds a frame, following a handover if the shard asks for one.
+    pub fn send(&mut self, phone: &mut Phone_, frame: ClientFrame<'_>) {
+        loop {
+            let outcome = self.shards[phone.shard as usize].handle_frame(
+                phone.conn,
+                frame.clone(),
+                self.now_ms,
+            );
+            match outcome {
+                FrameOutcome::Continue => break,
+                FrameOutcome::HandOver { shard } => {
+                    let snapshot = self.shards[phone.shard as usize]
+                        .hand_over(phone.conn)
+                        .unwrap();
+                    phone.conn = self.shards[shard as usize].adopt(snapshot, self.now_ms);
+                    phone.shard = shard;
+                }
+            }
+        }
+        self.settle();
+    }
+
+    /// Commits every shard's records and moves peer messages until quiet.
+    pub fn settle(&mut self) {
+        for _ in 0..100 {
+            let mut moved = false;
+            for index in 0..self.shards.len() {
+                let (batch, records) = self.shards[index].take_records();
+                self.journals[index].extend(records.iter().cloned());
+                self.records.extend(records);
+                self.shards[index].committed(batch);
+                let out: Vec<_> = self.shards[index].drain_peer_messages().collect();
+                for (to, message) in out {
+                    moved = true;
+                    self.shards[to as usize].handle_peer(message, self.now_ms);
+                }
+            }
+            if !moved && self.shards.iter().all(|s| !s.has_pending_records()) {
+                return;
+            }
+        }
+        panic!("peer messages did not settle");
+    }
+
+    /// Every shard dies and comes back from its journal alone; every
+    /// connection is gone.
+    pub fn restart(&mut self) {
+        self.now_ms += 60_000;
+        for index in 0..self.shards.len() {
+            let config = self.shards[index].config().clone();
+            let env = FakeEnv {
+                seed: index as u64 + 1_000,
+                sms: self.sms.clone(),
+            };
+            let mut shard = Shard::new(config, Box::new(env), self.now_ms);
+            for record in self.journals[index].clone() {
+                shard.restore(record).unwrap();
+            }
+            shard.restored();
+            self.shards[index] = shard;
+        }
+    }
+
+    /// Time passes: every shard ticks, then everything settles.
+    pub fn advance(&mut self, ms: u64) {
+        self.now_ms += ms;
+        for shard in &mut self.shards {
+            shard.tick(self.now_ms);
+        }
+        self.settle();
+    }
+
+    /// What a checkpoint followed by deleting every segment leaves: each
+    /// journal becomes its shard's checkpoint.
+    pub fn compact(&mut self) {
+        for index in 0..self.shards.len() {
+            self.journals[index] = self.shards[index].checkpoint();
+        }
+    }
+
+    pub fn read(&mut self, phone: &Phone_) -> Vec<Got> {
+        let shard = &mut self.shards[phone.shard as usize];
+        let bytes = shard.take_outbox(phone.conn);
+        shard.flushed(phone.conn);
+        let mut out = Vec::new();
+        let mut rest = &bytes[..];
+        while let Some(raw) = split_frame(rest, FRAME_BYTES_MAX).unwrap() {
+            out.push(match decode_server(raw.payload).unwrap() {
+                ServerFrame::Welcome { .. } => Got::Welcome,
+                ServerFrame::CodeSent { .. } => Got::CodeSent,
+                ServerFrame::Registered { key, .. } => Got::Registered(key),
+                ServerFrame::LoggedIn { .. } => Got::LoggedIn,
+                ServerFrame::Pong { nonce } => Got::Pong(nonce),
+                ServerFrame::Sent { client_id, id } => Got::Sent { client_id, id },
+                ServerFrame::Message {
+                    seq,
+                    from,
+                    client_id,
+                    body,
+                    ..
+                } => Got::Message {
+                    seq,
+                    from,
+                    client_id,
+                    body: body.to_vec(),
+                },
+                ServerFrame::Receipt {
+                    seq,
+                    kind,
+                    by,
+                    client_id,
+                } => Got::Receipt {
+                    seq,
+                    kind,
+                    by,
+                    client_id,
+                },
+                ServerFrame::Error { kind, .. } => Got::Error(kind),
+                ServerFrame::Bye { reason } => Got::Bye(reason),
+                ServerFrame::GroupMessage {
+                    seq,
+                    group,
+                    gseq,
+                    from,
+                    client_id,
+                    body,
+                    ..
+                } => Got::GroupMessage {
+                    seq,
+                    group,
+                    gseq,
+                    from,
+                    client_id,
+                    body: body.to_vec(),
+                },
+                ServerFrame::GroupNotice {
+                    seq,
+                    group,
+                    gseq,
+                    by,
+                    change,
+                    ..
+                } => Got::GroupNotice {
+                    seq,
+                    group,
+                    gseq,
+                    by,
+                    change,
+                },
+            });
+            rest = &rest[raw.consumed..];
+        }
+        assert!(rest.is_empty());
+        out
+    }
+
+    pub fn signup(&mut self, number: &str) -> (Phone, DeviceKey) {
+        let phone = Phone::parse(number).unwrap();
+        let mut conn = self.connect();
+        self.send(&mut conn, ClientFrame::RequestCode { phone });
+        assert_eq!(self.read(&conn), vec![Got::CodeSent]);
+        self.send(
+            &mut conn,
+            ClientFrame::Verify {
+                phone,
+                code: 111_111,
+            },
+        );
+        let [Got::Registered(key)] = self.read(&conn)[..] else {
+            panic!("not registered")
+        };
+        (phone, key)
+    }
+
+    pub fn login(&mut self, phone: Phone, key: DeviceKey) -> (Phone_, Vec<Got>) {
+        let mut conn = self.connect();
+        self.send(&mut conn, ClientFrame::Login { phone, key });
+        let got = self.read(&conn);
+        assert_eq!(got.first(), Some(&Got::LoggedIn), "{got:?}");
+        assert_eq!(
+            conn.shard,
+            self.shards[0].config().map.shard_of(phone),
+            "lives on its home shard"
+        );
+        (conn, got[1..].to_vec())
+    }
+}
+
+/// Two test numbers with different home shards (for two shards).
+pub fn pair(net: &Net) -> (String, String) {
+    let map = net.shards[0].config().map;
+    let numbers: Vec<String> = (0..50).map(|n| format!("+1555000{n:04}")).collect();
+    let a = numbers
+        .iter()
+        .find(|n| map.shard_of(Phone::parse(n).unwrap()) == 0)
+        .unwrap()
+        .clone();
+    let b = numbers
+        .iter()
+        .find(|n| map.shard_of(Phone::parse(n).unwrap()) == 1)
+        .unwrap()
+        .clone();
+    (a, b)
+}
+
+/// Alice on shard 0 and Bob on shard 1, both signed up: `(alice, key, bob, key)`.
+pub fn signed_up_pair(net: &mut Net) -> (Phone, DeviceKey, Phone, DeviceKey) {
+    let (a, b) = pair(net);
+    let (alice, alice_key) = net.signup(&a);
+    let (bob, bob_key) = net.signup(&b);
+    (alice, alice_key, bob, bob_key)
+}

@@ -1,0 +1,551 @@
+//! Group rules on one thread: two shards, so that owners, senders and
+//! members sit on different shards.
+
+mod common;
+
+use common::*;
+use storage::Record;
+
+/// `count` test numbers whose home is `shard`.
+fn numbers_on(net: &Net, shard: u16, count: usize) -> Vec<String> {
+    let map = net.shards[0].config().map;
+    (0..500)
+        .map(|n| format!("+1555000{n:04}"))
+        .filter(|n| map.shard_of(Phone::parse(n).unwrap()) == shard)
+        .take(count)
+        .collect()
+}
+
+struct Member {
+    phone: Phone,
+    key: DeviceKey,
+    conn: Phone_,
+}
+
+/// Signs up and logs in one phone per number.
+fn members(net: &mut Net, numbers: &[String]) -> Vec<Member> {
+    numbers
+        .iter()
+        .map(|number| {
+            let (phone, key) = net.signup(number);
+            let (conn, _) = net.login(phone, key);
+            Member { phone, key, conn }
+        })
+        .collect()
+}
+
+/// Alice and Carol on shard 0, Bob and Dave on shard 1.
+fn four(net: &mut Net) -> Vec<Member> {
+    let zero = numbers_on(net, 0, 2);
+    let one = numbers_on(net, 1, 2);
+    members(
+        net,
+        &[
+            zero[0].clone(),
+            one[0].clone(),
+            zero[1].clone(),
+            one[1].clone(),
+        ],
+    )
+}
+
+fn sent(got: &[Got], client_id: u64) -> u64 {
+    got.iter()
+        .find_map(|g| match g {
+            Got::Sent { client_id: c, id } if *c == client_id => Some(*id),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no Sent for {client_id} in {got:?}"))
+}
+
+/// The one error in `got`, group posts that arrived meanwhile aside.
+fn error(got: &[Got]) -> ErrorKind {
+    let rest: Vec<&Got> = got
+        .iter()
+        .filter(|g| !matches!(g, Got::GroupMessage { .. } | Got::GroupNotice { .. }))
+        .collect();
+    match rest[..] {
+        [Got::Error(kind)] => *kind,
+        _ => panic!("expected one error, got {got:?}"),
+    }
+}
+
+fn create(net: &mut Net, by: &mut Member, client_id: u64, others: &[Phone]) -> GroupId {
+    create_seen(net, by, client_id, others).0
+}
+
+/// Creates a group; also returns what the creator received.
+fn create_seen(
+    net: &mut Net,
+    by: &mut Member,
+    client_id: u64,
+    others: &[Phone],
+) -> (GroupId, Vec<Got>) {
+    net.send(
+        &mut by.conn,
+        ClientFrame::CreateGroup {
+            client_id,
+            subject: "plans",
+            members: others.to_vec(),
+        },
+    );
+    let got = net.read(&by.conn);
+    (GroupId::from_u64(sent(&got, client_id)).unwrap(), got)
+}
+
+fn post(net: &mut Net, by: &mut Member, group: GroupId, client_id: u64, body: &[u8]) -> Vec<Got> {
+    net.send(
+        &mut by.conn,
+        ClientFrame::GroupSend {
+            client_id,
+            group,
+            body,
+        },
+    );
+    net.read(&by.conn)
+}
+
+fn change(
+    net: &mut Net,
+    by: &mut Member,
+    group: GroupId,
+    client_id: u64,
+    change: GroupChange,
+) -> Vec<Got> {
+    net.send(
+        &mut by.conn,
+        ClientFrame::ChangeGroup {
+            client_id,
+            group,
+            change,
+        },
+    );
+    net.read(&by.conn)
+}
+
+/// The group posts in what a phone received, as `(gseq, what)`, where
+/// `what` is the body of a message or the debug form of a change.
+fn posts(got: &[Got]) -> Vec<(u64, String)> {
+    got.iter()
+        .filter_map(|g| match g {
+            Got::GroupMessage { gseq, body, .. } => {
+                Some((*gseq, String::from_utf8(body.clone()).unwrap()))
+            }
+            Got::GroupNotice { gseq, change, .. } => Some((*gseq, format!("{change:?}"))),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Acknowledges everything the phone was given, going by `got`.
+fn ack_all(net: &mut Net, member: &mut Member, got: &[Got]) {
+    let up_to = got
+        .iter()
+        .filter_map(|g| match g {
+            Got::Message { seq, .. }
+            | Got::Receipt { seq, .. }
+            | Got::GroupMessage { seq, .. }
+            | Got::GroupNotice { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .max();
+    if let Some(up_to) = up_to {
+        net.send(&mut member.conn, ClientFrame::Ack { up_to });
+    }
+}
+
+#[test]
+fn a_post_reaches_members_on_every_shard_stored_once_per_shard() {
+    let mut net = Net::new(2, |_| {});
+    let mut m = four(&mut net);
+    let (alice, bob, carol, dave) = (m[0].phone, m[1].phone, m[2].phone, m[3].phone);
+    let (group, alice_got) = create_seen(&mut net, &mut m[0], 1, &[bob, carol, dave]);
+    let created = format!(
+        "{:?}",
+        GroupChange::Created {
+            subject: "plans".into(),
+            members: {
+                let mut all = vec![alice, bob, carol, dave];
+                all.sort();
+                all
+            }
+        }
+    );
+    assert_eq!(posts(&alice_got), vec![(1, created.clone())]);
+    for member in &m[1..] {
+        let got = net.read(&member.conn);
+        assert_eq!(
+            posts(&got),
+            vec![(1, created.clone())],
+            "{:?}",
+            member.phone
+        );
+    }
+
+    let got = post(&mut net, &mut m[1], group, 7, b"hello all");
+    assert_eq!(sent(&got, 7), 2, "the group's second post");
+    for (i, member) in m.iter().enumerate() {
+        let got = net.read(&member.conn);
+        if i == 1 {
+            assert_eq!(posts(&got), vec![], "the sender does not get its own");
+        } else {
+            assert_eq!(posts(&got), vec![(2, "hello all".into())]);
+            assert!(got.iter().all(
+                |g| !matches!(g, Got::GroupMessage { from, client_id: 7, .. } if *from != bob)
+            ));
+        }
+    }
+    // The body went to each shard's journal once, not once per member.
+    for journal in &net.journals {
+        let copies = journal
+            .iter()
+            .filter(|r| matches!(r, Record::GroupCopy { gseq: 2, .. }))
+            .count();
+        assert_eq!(copies, 1);
+    }
+    let puts = net
+        .records
+        .iter()
+        .filter(|r| {
+            matches!(
+                r,
+                Record::MailboxPut {
+                    entry: storage::EntryRecord::Group { gseq: 2, .. },
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(puts, 3, "one entry per receiving member");
+
+    // Each member's ack sends Bob a Delivered receipt.
+    for i in [0, 2, 3] {
+        let got = vec![Got::GroupMessage {
+            seq: 2,
+            group,
+            gseq: 2,
+            from: bob,
+            client_id: 7,
+            body: b"hello all".to_vec(),
+        }];
+        ack_all(&mut net, &mut m[i], &got);
+    }
+    let got = net.read(&m[1].conn);
+    let mut by: Vec<Phone> = got
+        .iter()
+        .filter_map(|g| match g {
+            Got::Receipt {
+                kind: ReceiptKind::Delivered,
+                by,
+                client_id: 7,
+                ..
+            } => Some(*by),
+            _ => None,
+        })
+        .collect();
+    by.sort();
+    let mut expected = vec![alice, carol, dave];
+    expected.sort();
+    assert_eq!(by, expected);
+    // Once every member acknowledged it, no shard holds the body.
+    net.send(&mut m[1].conn, ClientFrame::Ack { up_to: 1 });
+    for shard in &mut net.shards {
+        let copies = shard
+            .checkpoint()
+            .into_iter()
+            .filter(|r| matches!(r, Record::GroupCopy { gseq: 2, .. }))
+            .count();
+        assert_eq!(copies, 0);
+    }
+}
+
+#[test]
+fn only_members_send_and_only_admins_change() {
+    let mut net = Net::new(2, |_| {});
+    let mut m = four(&mut net);
+    let (bob, carol, dave) = (m[1].phone, m[2].phone, m[3].phone);
+    let group = create(&mut net, &mut m[0], 1, &[bob, carol]);
+
+    // Dave is not a member: he can neither send nor leave.
+    assert_eq!(
+        error(&post(&mut net, &mut m[3], group, 1, b"let me in")),
+        ErrorKind::NotGroupMember
+    );
+    assert_eq!(
+        error(&change(&mut net, &mut m[3], group, 2, GroupChange::Left)),
+        ErrorKind::NotGroupMember
+    );
+    // Bob is a member but not an admin.
+    for (client_id, attempt) in [
+        GroupChange::Added(vec![dave]),
+        GroupChange::Removed(carol),
+        GroupChange::Promoted(carol),
+        GroupChange::Subject("mine now".into()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let got = change(&mut net, &mut m[1], group, 10 + client_id as u64, attempt);
+        assert_eq!(error(&got), ErrorKind::NotGroupAdmin);
+    }
+    // Nonsense from an admin is refused too.
+    let got = change(
+        &mut net,
+        &mut m[0],
+        group,
+        20,
+        GroupChange::Added(vec![bob]),
+    );
+    assert_eq!(error(&got), ErrorKind::BadRequest, "already a member");
+    let got = change(
+        &mut net,
+        &mut m[0],
+        group,
+        21,
+        GroupChange::Subject("x".repeat(300)),
+    );
+    assert_eq!(error(&got), ErrorKind::BadRequest, "subject too long");
+    let unknown = GroupId::derive(dave, 99);
+    assert_eq!(
+        error(&post(&mut net, &mut m[0], unknown, 22, b"?")),
+        ErrorKind::UnknownGroup
+    );
+    let got = change(
+        &mut net,
+        &mut m[0],
+        group,
+        23,
+        GroupChange::Created {
+            subject: "x".into(),
+            members: vec![],
+        },
+    );
+    assert_eq!(error(&got), ErrorKind::BadRequest);
+
+    // Promoted, Bob may add Dave.
+    let got = change(&mut net, &mut m[0], group, 24, GroupChange::Promoted(bob));
+    assert_eq!(sent(&got, 24), 2);
+    let got = change(
+        &mut net,
+        &mut m[1],
+        group,
+        30,
+        GroupChange::Added(vec![dave]),
+    );
+    assert_eq!(sent(&got, 30), 3);
+    let got = net.read(&m[3].conn);
+    assert_eq!(
+        posts(&got),
+        vec![(3, format!("{:?}", GroupChange::Added(vec![dave])))]
+    );
+    // Nothing of before reached him, and refused requests left no trace:
+    // Carol, who read nothing yet, has exactly the three posts.
+    let got = net.read(&m[2].conn);
+    let gseqs: Vec<u64> = posts(&got).iter().map(|(g, _)| *g).collect();
+    assert_eq!(gseqs, [1, 2, 3]);
+}
+
+#[test]
+fn a_removed_member_gets_the_removal_and_nothing_after() {
+    let mut net = Net::new(2, |_| {});
+    let mut m = four(&mut net);
+    let (bob, carol) = (m[1].phone, m[2].phone);
+    let group = create(&mut net, &mut m[0], 1, &[bob, carol]);
+    let got = change(&mut net, &mut m[0], group, 2, GroupChange::Removed(bob));
+    assert_eq!(sent(&got, 2), 2);
+    post(&mut net, &mut m[0], group, 3, b"after");
+    let got = net.read(&m[1].conn);
+    assert_eq!(
+        posts(&got).iter().map(|(g, _)| *g).collect::<Vec<_>>(),
+        vec![1, 2],
+        "the creation and his removal"
+    );
+    assert_eq!(
+        error(&post(&mut net, &mut m[1], group, 4, b"hey")),
+        ErrorKind::NotGroupMember
+    );
+    let got = net.read(&m[2].conn);
+    assert_eq!(
+        posts(&got),
+        vec![
+            (1, posts(&got)[0].1.clone()),
+            (2, format!("{:?}", GroupChange::Removed(bob))),
+            (3, "after".into())
+        ]
+    );
+}
+
+#[test]
+fn the_last_admin_leaving_hands_the_role_on() {
+    let mut net = Net::new(2, |_| {});
+    let mut m = four(&mut net);
+    let (bob, carol) = (m[1].phone, m[2].phone);
+    let group = create(&mut net, &mut m[0], 1, &[bob, carol]);
+    let got = change(&mut net, &mut m[0], group, 2, GroupChange::Left);
+    assert_eq!(sent(&got, 2), 2);
+    let successor = bob.min(carol);
+    let other = bob.max(carol);
+    let [successor_m, other_m] = if successor == bob { [1, 2] } else { [2, 1] };
+    // The lowest remaining number is admin now, and the other is not.
+    let got = change(
+        &mut net,
+        &mut m[other_m],
+        group,
+        3,
+        GroupChange::Subject("coup".into()),
+    );
+    assert_eq!(error(&got), ErrorKind::NotGroupAdmin);
+    let got = change(
+        &mut net,
+        &mut m[successor_m],
+        group,
+        4,
+        GroupChange::Removed(other),
+    );
+    assert_eq!(sent(&got, 4), 3);
+    // The last admin cannot demote themself: a group keeps one.
+    let got = change(
+        &mut net,
+        &mut m[successor_m],
+        group,
+        5,
+        GroupChange::Demoted(successor),
+    );
+    assert_eq!(error(&got), ErrorKind::BadRequest);
+}
+
+#[test]
+fn group_size_is_bounded() {
+    let mut net = Net::new(2, |config| config.group_members_max = 3);
+    let mut m = four(&mut net);
+    let (bob, carol, dave) = (m[1].phone, m[2].phone, m[3].phone);
+    net.send(
+        &mut m[0].conn,
+        ClientFrame::CreateGroup {
+            client_id: 1,
+            subject: "big",
+            members: vec![bob, carol, dave],
+        },
+    );
+    assert_eq!(error(&net.read(&m[0].conn)), ErrorKind::GroupFull);
+    let group = create(&mut net, &mut m[0], 2, &[bob, carol]);
+    let got = change(
+        &mut net,
+        &mut m[0],
+        group,
+        3,
+        GroupChange::Added(vec![dave]),
+    );
+    assert_eq!(error(&got), ErrorKind::GroupFull);
+}
+
+#[test]
+fn resends_are_answered_alike_and_stored_once() {
+    let mut net = Net::new(2, |_| {});
+    let mut m = four(&mut net);
+    let bob = m[1].phone;
+    let group = create(&mut net, &mut m[0], 1, &[bob]);
+    assert_eq!(
+        create(&mut net, &mut m[0], 1, &[bob]),
+        group,
+        "a resent creation"
+    );
+    let first = sent(&post(&mut net, &mut m[0], group, 2, b"once"), 2);
+    let again = sent(&post(&mut net, &mut m[0], group, 2, b"once"), 2);
+    assert_eq!(first, again);
+    let got = net.read(&m[1].conn);
+    assert_eq!(
+        posts(&got).len(),
+        2,
+        "the creation and one message: {got:?}"
+    );
+}
+
+#[test]
+fn group_order_survives_restarts_checkpoints_and_a_lost_fan_out() {
+    let mut net = Net::new(2, |_| {});
+    let mut m = four(&mut net);
+    let (bob, carol, dave) = (m[1].phone, m[2].phone, m[3].phone);
+    let group = create(&mut net, &mut m[0], 1, &[bob, carol, dave]);
+    for client_id in 2..5 {
+        post(
+            &mut net,
+            &mut m[0],
+            group,
+            client_id,
+            format!("m{client_id}").as_bytes(),
+        );
+    }
+    net.compact();
+    net.restart();
+    // A checkpoint with groups in it is a fixed point too.
+    for shard in &mut net.shards {
+        let mut again: Vec<String> = shard
+            .checkpoint()
+            .iter()
+            .map(|r| format!("{r:?}"))
+            .collect();
+        let index = shard.config().shard_id as usize;
+        let mut before: Vec<String> = net.journals[index]
+            .iter()
+            .map(|r| format!("{r:?}"))
+            .collect();
+        again.sort();
+        before.sort();
+        assert_eq!(again, before);
+    }
+    for member in &mut m {
+        let (conn, _) = net.login(member.phone, member.key);
+        member.conn = conn;
+    }
+    post(&mut net, &mut m[2], group, 5, b"m5");
+
+    // A crash after the owner made a post durable but before any member
+    // shard did: the owner's journal has it, the others do not.
+    let owner = net.shards[0].config().map.shard_of_group(group);
+    let client = &mut m[0];
+    net.shards[client.conn.shard as usize].handle_frame(
+        client.conn.conn,
+        ClientFrame::GroupSend {
+            client_id: 6,
+            group,
+            body: b"m6",
+        },
+        net.now_ms,
+    );
+    // Move the request to the owner (it may be on the sender's shard),
+    // commit the owner alone, and lose everything else.
+    for _ in 0..2 {
+        for index in 0..net.shards.len() {
+            let out: Vec<_> = net.shards[index].drain_peer_messages().collect();
+            for (to, message) in out {
+                if matches!(message, PeerMessage::GroupRequest { .. }) {
+                    net.shards[to as usize].handle_peer(message, net.now_ms);
+                }
+            }
+        }
+    }
+    let (batch, records) = net.shards[owner as usize].take_records();
+    assert!(records
+        .iter()
+        .any(|r| matches!(r, Record::GroupPost { gseq: 6, .. })));
+    net.journals[owner as usize].extend(records);
+    net.shards[owner as usize].committed(batch);
+    net.restart();
+    net.settle();
+
+    // Nobody acknowledged anything: each has every post but its own, in
+    // order, once; the post the crash caught arrived after the restart.
+    let expected: [&[u64]; 4] = [
+        &[1, 5],
+        &[1, 2, 3, 4, 5, 6],
+        &[1, 2, 3, 4, 6],
+        &[1, 2, 3, 4, 5, 6],
+    ];
+    for (member, expected) in m.iter_mut().zip(expected) {
+        let (conn, got) = net.login(member.phone, member.key);
+        member.conn = conn;
+        let gseqs: Vec<u64> = posts(&got).iter().map(|(g, _)| *g).collect();
+        assert_eq!(gseqs, expected, "{:?}: {got:?}", member.phone);
+    }
+}
