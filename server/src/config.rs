@@ -103,6 +103,8 @@ pub struct Limits {
     /// either bound are refused with `MailboxFull`.
     pub mailbox_entries_max: usize,
     pub mailbox_bytes_max: usize,
+    /// Members one group may have, its creator included.
+    pub group_members_max: usize,
     /// Messages waiting to cross to one other shard before the connections
     /// that feed them stop being read.
     pub peer_staging_messages_max: usize,
@@ -147,6 +149,7 @@ impl Default for Limits {
             code_requests_max: shard.code_requests_max,
             mailbox_entries_max: shard.mailbox_entries_max,
             mailbox_bytes_max: shard.mailbox_bytes_max,
+            group_members_max: shard.group_members_max,
             peer_staging_messages_max: 16 * 1024,
             peer_queue_batches_max: 64,
             io_memory_bytes: 512 * 1024,

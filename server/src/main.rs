@@ -178,6 +178,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         shard_config.send_burst = config.limits.send_burst;
         shard_config.mailbox_entries_max = config.limits.mailbox_entries_max;
         shard_config.mailbox_bytes_max = config.limits.mailbox_bytes_max;
+        shard_config.group_members_max = config.limits.group_members_max;
         if config.storage.journal == JournalKind::Log {
             shard_config.sync_delay_ms = config.storage.sync_delay_ms;
         }

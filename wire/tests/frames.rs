@@ -43,6 +43,21 @@ fn client_frames() -> Vec<ClientFrame<'static>> {
             from: phone("+15550000003"),
             client_id: 5,
         },
+        ClientFrame::CreateGroup {
+            client_id: 6,
+            subject: "ünïcode subject",
+            members: vec![phone("+15550000002"), phone("+4930123456")],
+        },
+        ClientFrame::GroupSend {
+            client_id: 7,
+            group: GroupId::derive(phone("+15550000001"), 6),
+            body: &[0xEF; BODY_BYTES_MAX],
+        },
+        ClientFrame::ChangeGroup {
+            client_id: 8,
+            group: GroupId::derive(phone("+15550000001"), 6),
+            change: GroupChange::Added(vec![phone("+15550000009")]),
+        },
     ]
 }
 
@@ -88,7 +103,63 @@ fn server_frames() -> Vec<ServerFrame<'static>> {
         ServerFrame::Bye {
             reason: ByeReason::Replaced,
         },
+        // The largest frame there is: every varint at its widest.
+        ServerFrame::GroupMessage {
+            seq: u64::MAX,
+            group: GroupId::from_u64(u64::MAX).unwrap(),
+            gseq: u64::MAX,
+            from: phone("+999999999999999"),
+            client_id: u64::MAX,
+            sent_at_ms: u64::MAX,
+            body: vec![0xCD; BODY_BYTES_MAX].into(),
+        },
+        ServerFrame::GroupNotice {
+            seq: 4,
+            group: GroupId::derive(phone("+15550000001"), 6),
+            gseq: 1,
+            by: phone("+15550000001"),
+            at_ms: 5,
+            change: GroupChange::Created {
+                subject: "plans".into(),
+                members: vec![phone("+15550000001"), phone("+15550000002")],
+            },
+        },
     ]
+}
+
+/// A group id is recognisable by its top bit: one without it, a phone's
+/// integer for instance, does not decode.
+#[test]
+fn group_ids_carry_their_mark() {
+    let id = GroupId::derive(phone("+15550000001"), 1);
+    assert!(id.as_u64() >= 1 << 63);
+    assert_ne!(id, GroupId::derive(phone("+15550000001"), 2));
+    assert_ne!(id, GroupId::derive(phone("+15550000002"), 1));
+    assert!(GroupId::from_u64(15_550_000_001).is_err());
+    let as_phone = ClientFrame::Send {
+        client_id: 1,
+        to: phone("+15550000001"),
+        body: b"x",
+    };
+    let mut forged = Vec::new();
+    encode_client(&as_phone, &mut forged);
+    // Same shape, tag changed to GroupSend: the phone's integer is refused.
+    let raw = split_frame(&forged, FRAME_BYTES_MAX).unwrap().unwrap();
+    let mut payload = raw.payload.to_vec();
+    assert_eq!(payload[0], 5, "Send's tag");
+    payload[0] = 9;
+    assert!(decode_client(&payload).is_err());
+    // The same bytes with a group id in place of the phone decode.
+    let mut real = Vec::new();
+    let group_send = ClientFrame::GroupSend {
+        client_id: 1,
+        group: id,
+        body: b"x",
+    };
+    encode_client(&group_send, &mut real);
+    let raw = split_frame(&real, FRAME_BYTES_MAX).unwrap().unwrap();
+    assert_eq!(raw.payload[0], 9);
+    assert_eq!(decode_client(raw.payload).unwrap(), group_send);
 }
 
 #[test]
