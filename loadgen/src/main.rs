@@ -25,12 +25,15 @@ enum Scenario {
     /// A share of phones stop reading: the latency of everyone else,
     /// against a run without them, and the server's memory.
     Slow(loadgen::slow::Args),
+    /// Phones in groups, each group's creator posting in a closed loop:
+    /// member deliveries per second and their latency.
+    Groups(loadgen::groups::Args),
     /// Not a scenario: runs the bare relay server, the ceiling to compare
     /// a server against (forwarding only: no auth, storage or receipts).
     Relay(loadgen::relay::Args),
 }
 
-const SCENARIOS: [&str; 5] = ["chat", "idle", "storm", "slow", "relay"];
+const SCENARIOS: [&str; 6] = ["chat", "idle", "storm", "slow", "groups", "relay"];
 
 fn main() {
     let mut argv: Vec<String> = std::env::args().collect();
@@ -54,6 +57,10 @@ fn main() {
             !write_report(args.report.as_deref(), report, &report.curves) || report.failed()
         }),
         Scenario::Slow(args) => finish(loadgen::slow::run(&args), args.chat.json, |report| {
+            report.print_summary();
+            report.failed()
+        }),
+        Scenario::Groups(args) => finish(loadgen::groups::run(&args), args.json, |report| {
             report.print_summary();
             report.failed()
         }),

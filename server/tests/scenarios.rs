@@ -174,3 +174,37 @@ fn idle_paces_logins_in_open_loop_at_the_offered_rate() {
     );
     assert!(report.login_ms_p50 > 0.0 && report.login_ms_max >= report.login_ms_p50);
 }
+
+#[test]
+fn groups_counts_every_member_delivery_across_two_shards_and_threads() {
+    let server = Server::start(&[]);
+    let addr = server.plain.to_string();
+    let pid = server.pid().to_string();
+    let args = loadgen::groups::Args::parse_from([
+        "groups",
+        "--target",
+        &addr,
+        "--first-phone",
+        "+15550400000",
+        "--phones",
+        "60",
+        "--group-size",
+        "12",
+        "--threads",
+        "2",
+        "--duration",
+        "2",
+        "--warmup",
+        "0.5",
+        "--server-pid",
+        &pid,
+    ]);
+    let report = loadgen::groups::run(&args).unwrap();
+    assert!(!report.failed(), "{report:?}");
+    assert_eq!((report.groups, report.phones), (5, 60));
+    assert!(report.posts > 0, "{report:?}");
+    // Every post reached the other eleven members: nothing undelivered
+    // (checked by `failed`) and nothing counted that was not a post.
+    assert_eq!(report.deliveries, report.posts * 11, "{report:?}");
+    assert!(report.deliveries_per_server_cpu_s.is_some_and(|d| d > 0.0));
+}

@@ -1,0 +1,541 @@
+//! The `groups` scenario: phones in groups of `--group-size`, each group's
+//! creator posting to it in a closed loop, and every member delivery
+//! counted.
+//!
+//! A post stays in flight until its sender has a `Delivered` receipt from
+//! every other member, so at most `--window` posts per group are anywhere
+//! between the sender and the last member: the server is loaded as far as
+//! it can go and nothing piles up without bound. Latency is from the send
+//! (a timestamp in the body) to a member reading the post.
+//!
+//! A group never spans loadgen threads, so forming groups needs no
+//! coordination between threads.
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::HashMap,
+    rc::Rc,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use futures_lite::{io::split, AsyncReadExt, AsyncWriteExt};
+use glommio::LocalExecutorBuilder;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use wire::{encode_client, ClientFrame, GroupId, Phone, ReceiptKind, ServerFrame};
+
+use crate::dial::{take_frames, ConnectArgs, Dialer};
+
+#[derive(Debug, Clone, clap::Parser)]
+pub struct Args {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Phones, in groups of --group-size (a remainder sits out).
+    #[arg(long, default_value_t = 2_560)]
+    pub phones: usize,
+    /// Members per group, the creator included.
+    #[arg(long, default_value_t = 10)]
+    pub group_size: usize,
+    /// Posts per group in flight (sent, and not yet delivered to every
+    /// member).
+    #[arg(long, default_value_t = 4)]
+    pub window: usize,
+    #[arg(long, default_value_t = 64)]
+    pub body_bytes: usize,
+    /// Seconds of posting, warm-up included.
+    #[arg(long, default_value_t = 15.0)]
+    pub duration: f64,
+    /// Seconds at the start left out of the figures.
+    #[arg(long, default_value_t = 3.0)]
+    pub warmup: f64,
+    /// Seconds to wait, after posting stops, for posts still in flight.
+    #[arg(long, default_value_t = 30.0)]
+    pub drain: f64,
+    /// The server's pid: adds its CPU time and RSS to the report.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Print the report as JSON on the last line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub phones: usize,
+    pub groups: usize,
+    pub group_size: usize,
+    pub window: usize,
+    pub measured_s: f64,
+    /// Posts accepted (`Sent`) inside the measured window, per second.
+    pub posts_per_s: f64,
+    /// Member deliveries inside the measured window, per second: each post
+    /// counts once per member that read it.
+    pub deliveries_per_s: f64,
+    /// The same per second of server CPU time, when --server-pid is given.
+    pub deliveries_per_server_cpu_s: Option<f64>,
+    pub server_cpu_share: Option<f64>,
+    pub server_rss_bytes: Option<u64>,
+    pub latency_us_p50: f64,
+    pub latency_us_p99: f64,
+    pub latency_us_max: f64,
+    /// Posts accepted over the whole run, and member deliveries of them
+    /// that never arrived (each post should reach `group_size - 1`).
+    pub posts: u64,
+    pub deliveries: u64,
+    pub undelivered: u64,
+    /// Posts that reached a member twice or out of order.
+    pub duplicates: u64,
+    pub errors: u64,
+}
+
+impl Report {
+    pub fn print_summary(&self) {
+        println!(
+            "groups: {} groups of {}, window {}: {:.0} posts/s, {:.0} member deliveries/s{}",
+            self.groups,
+            self.group_size,
+            self.window,
+            self.posts_per_s,
+            self.deliveries_per_s,
+            match self.deliveries_per_server_cpu_s {
+                Some(per_cpu) => format!(" ({per_cpu:.0} per server CPU second)"),
+                None => String::new(),
+            }
+        );
+        println!(
+            "latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; undelivered {}, duplicates {}, errors {}",
+            self.latency_us_p50 / 1000.0,
+            self.latency_us_p99 / 1000.0,
+            self.latency_us_max / 1000.0,
+            self.undelivered,
+            self.duplicates,
+            self.errors
+        );
+    }
+
+    pub fn failed(&self) -> bool {
+        self.undelivered > 0 || self.duplicates > 0 || self.errors > 0
+    }
+}
+
+/// What the threads share with the main one.
+#[derive(Default)]
+struct Shared {
+    logged_in: AtomicUsize,
+    created: AtomicUsize,
+    failed: AtomicBool,
+    /// Nanoseconds since the epoch: posting starts, warm-up ends, posting
+    /// ends (0 until set).
+    start_ns: AtomicU64,
+    warm_ns: AtomicU64,
+    stop_ns: AtomicU64,
+    posts: AtomicU64,
+    posts_measured: AtomicU64,
+    deliveries: AtomicU64,
+    deliveries_measured: AtomicU64,
+    duplicates: AtomicU64,
+    errors: AtomicU64,
+}
+
+struct ThreadResult {
+    histogram: Histogram<u64>,
+    undelivered: u64,
+}
+
+pub fn run(args: &Args) -> anyhow::Result<Report> {
+    args.connect.require_isle("groups")?;
+    if args.group_size < 2 || args.group_size > 1024 {
+        bail!("--group-size must be 2..=1024");
+    }
+    if args.body_bytes < 8 || args.body_bytes > wire::BODY_BYTES_MAX {
+        bail!("--body-bytes must be 8..={}", wire::BODY_BYTES_MAX);
+    }
+    let groups = args.phones / args.group_size;
+    if groups == 0 {
+        bail!("--phones must make at least one group");
+    }
+    let first = args.connect.first(args.phones)?;
+    let dialer = args.connect.dialer()?;
+    let shared = Arc::new(Shared::default());
+    let epoch = Instant::now();
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let threads = args.connect.threads().min(groups);
+    let mut handles = Vec::new();
+    for thread in 0..threads {
+        let range = groups * thread / threads..groups * (thread + 1) / threads;
+        let (args, shared, results, dialer) = (
+            args.clone(),
+            shared.clone(),
+            results.clone(),
+            dialer.clone(),
+        );
+        handles.push(
+            LocalExecutorBuilder::new(args.connect.placement(thread))
+                .name(&format!("loadgen-{thread}"))
+                .io_memory(256 * 1024)
+                .ring_depth(4096)
+                .spawn(move || async move {
+                    let result =
+                        run_thread(args, first, range, shared.clone(), epoch, dialer).await;
+                    if result.is_err() {
+                        shared.failed.store(true, Relaxed);
+                    }
+                    results
+                        .lock()
+                        .expect("no thread panics holding it")
+                        .push(result);
+                })
+                .map_err(|error| anyhow::anyhow!("starting thread {thread}: {error}"))?,
+        );
+    }
+
+    let phones = groups * args.group_size;
+    let wait_for = |what: &str, count: &AtomicUsize, goal: usize| -> anyhow::Result<()> {
+        let started = Instant::now();
+        while count.load(Relaxed) < goal {
+            if shared.failed.load(Relaxed) {
+                bail!("a thread failed while waiting for {what}");
+            }
+            if started.elapsed() > Duration::from_secs(300) {
+                bail!("{what}: {} of {goal} after 300 s", count.load(Relaxed));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    };
+    wait_for("logins", &shared.logged_in, phones)?;
+    wait_for("group creations", &shared.created, groups)?;
+    eprintln!("{phones} phones in {groups} groups of {}", args.group_size);
+
+    let server_cpu = || args.server_pid.map(crate::process::cpu_seconds).transpose();
+    let now_ns = || epoch.elapsed().as_nanos() as u64;
+    shared.start_ns.store(now_ns(), Relaxed);
+    std::thread::sleep(Duration::from_secs_f64(args.warmup));
+    let cpu_at_warm = server_cpu()?;
+    let warm = Instant::now();
+    shared.warm_ns.store(now_ns(), Relaxed);
+    let measured = Duration::from_secs_f64((args.duration - args.warmup).max(0.1));
+    while warm.elapsed() < measured {
+        std::thread::sleep(Duration::from_secs(1).min(measured.saturating_sub(warm.elapsed())));
+        eprintln!(
+            "t={:>5.1}s posts={} deliveries={} errors={}",
+            args.warmup + warm.elapsed().as_secs_f64(),
+            shared.posts.load(Relaxed),
+            shared.deliveries.load(Relaxed),
+            shared.errors.load(Relaxed)
+        );
+    }
+    let cpu_at_stop = server_cpu()?;
+    let measured_s = warm.elapsed().as_secs_f64();
+    shared.stop_ns.store(now_ns(), Relaxed);
+    let server_rss_bytes = args.server_pid.map(crate::process::rss_bytes).transpose()?;
+    for handle in handles {
+        handle
+            .join()
+            .map_err(|error| anyhow::anyhow!("a thread failed: {error}"))?;
+    }
+
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut undelivered = 0;
+    for result in std::mem::take(&mut *results.lock().expect("threads are done")) {
+        let result = result?;
+        histogram.add(&result.histogram)?;
+        undelivered += result.undelivered;
+    }
+    let deliveries_measured = shared.deliveries_measured.load(Relaxed) as f64;
+    let server_cpu_s = match (cpu_at_warm, cpu_at_stop) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    let micros = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    Ok(Report {
+        phones,
+        groups,
+        group_size: args.group_size,
+        window: args.window,
+        measured_s,
+        posts_per_s: shared.posts_measured.load(Relaxed) as f64 / measured_s,
+        deliveries_per_s: deliveries_measured / measured_s,
+        deliveries_per_server_cpu_s: server_cpu_s.map(|cpu| deliveries_measured / cpu),
+        server_cpu_share: server_cpu_s.map(|cpu| cpu / measured_s),
+        server_rss_bytes,
+        latency_us_p50: micros(0.5),
+        latency_us_p99: micros(0.99),
+        latency_us_max: histogram.max() as f64 / 1000.0,
+        posts: shared.posts.load(Relaxed),
+        deliveries: shared.deliveries.load(Relaxed),
+        undelivered,
+        duplicates: shared.duplicates.load(Relaxed),
+        errors: shared.errors.load(Relaxed),
+    })
+}
+
+/// One loadgen thread's share: whole groups.
+struct Thread {
+    shared: Arc<Shared>,
+    epoch: Instant,
+    args: Args,
+    histogram: RefCell<Histogram<u64>>,
+    /// Phones of this thread logged in so far.
+    logged_in: Cell<usize>,
+    phones: usize,
+}
+
+impl Thread {
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    fn measuring(&self, at_ns: u64) -> bool {
+        let warm = self.shared.warm_ns.load(Relaxed);
+        let stop = self.shared.stop_ns.load(Relaxed);
+        warm != 0 && at_ns >= warm && (stop == 0 || at_ns < stop)
+    }
+
+    fn stopped(&self) -> bool {
+        self.shared.stop_ns.load(Relaxed) != 0
+    }
+}
+
+async fn run_thread(
+    args: Args,
+    first: u64,
+    groups: std::ops::Range<usize>,
+    shared: Arc<Shared>,
+    epoch: Instant,
+    dialer: Dialer,
+) -> anyhow::Result<ThreadResult> {
+    let size = args.group_size;
+    let thread = Rc::new(Thread {
+        shared,
+        epoch,
+        histogram: RefCell::new(Histogram::new_with_bounds(1, 60_000_000_000, 3)?),
+        logged_in: Cell::new(0),
+        phones: groups.len() * size,
+        args,
+    });
+    let permits = Rc::new(glommio::sync::Semaphore::new(
+        thread.args.connect.connect_concurrency.max(1) as u64,
+    ));
+    let mut creators = Vec::new();
+    for group in groups {
+        let numbers: Vec<Phone> = (0..size)
+            .map(|m| Phone::from_u64(first + (group * size + m) as u64))
+            .collect::<Result<_, _>>()?;
+        for (m, &number) in numbers.iter().enumerate() {
+            let (thread, dialer, permits) = (thread.clone(), dialer.clone(), permits.clone());
+            let members = numbers.clone();
+            let task = glommio::spawn_local(async move {
+                let result = phone(&thread, &dialer, &permits, number, m == 0, members).await;
+                if let Err(error) = &result {
+                    eprintln!("phone {number}: {error:#}");
+                    thread.shared.errors.fetch_add(1, Relaxed);
+                    thread.shared.failed.store(true, Relaxed);
+                }
+                result
+            });
+            if m == 0 {
+                creators.push(task);
+            } else {
+                // Members read until the thread ends.
+                task.detach();
+            }
+        }
+    }
+    let mut undelivered = 0;
+    for creator in creators {
+        undelivered += creator.await.unwrap_or(0);
+    }
+    let histogram = thread.histogram.borrow().clone();
+    Ok(ThreadResult {
+        histogram,
+        undelivered,
+    })
+}
+
+/// One phone: logs in, and then either creates its group and posts to it
+/// (`creates`), or reads and acknowledges. A creator returns the member
+/// deliveries that never arrived.
+async fn phone(
+    thread: &Rc<Thread>,
+    dialer: &Dialer,
+    permits: &glommio::sync::Semaphore,
+    number: Phone,
+    creates: bool,
+    members: Vec<Phone>,
+) -> anyhow::Result<u64> {
+    let key = Cell::new(None);
+    let connection = {
+        let _permit = permits
+            .acquire_permit(1)
+            .await
+            .expect("semaphore never closes");
+        dialer.log_in(number, &key).await?
+    };
+    thread.logged_in.set(thread.logged_in.get() + 1);
+    thread.shared.logged_in.fetch_add(1, Relaxed);
+    let (mut reader, mut writer) = split(connection.io);
+    let mut inbox = connection.inbox;
+    let mut out = Vec::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut acked = 0u64;
+    // Creator state: the group, and per post in flight the members yet to
+    // confirm it.
+    let mut group = None;
+    let mut in_flight: HashMap<u64, usize> = HashMap::new();
+    let mut next_client_id = 1u64;
+    // Posts of a group reach a member in `gseq` order, once.
+    let mut last_gseq = 0u64;
+
+    if creates {
+        // Every member must have an account before it can be added.
+        while thread.logged_in.get() < thread.phones {
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+        let others: Vec<Phone> = members[1..].to_vec();
+        encode_client(
+            &ClientFrame::CreateGroup {
+                client_id: 0,
+                subject: "loadgen",
+                members: others,
+            },
+            &mut out,
+        );
+    }
+    let body_bytes = thread.args.body_bytes;
+    let window = thread.args.window.max(1);
+    let expected = members.len() - 1;
+    let drain = Duration::from_secs_f64(thread.args.drain);
+    let mut stopped_at: Option<Instant> = None;
+    loop {
+        // A creator tops its window up once posting has begun.
+        if let Some(group) = group {
+            let started = thread.shared.start_ns.load(Relaxed) != 0;
+            while started && !thread.stopped() && in_flight.len() < window {
+                let mut body = vec![0u8; body_bytes];
+                body[..8].copy_from_slice(&thread.now_ns().to_le_bytes());
+                encode_client(
+                    &ClientFrame::GroupSend {
+                        client_id: next_client_id,
+                        group,
+                        body: &body,
+                    },
+                    &mut out,
+                );
+                in_flight.insert(next_client_id, expected);
+                next_client_id += 1;
+            }
+            if thread.stopped() {
+                let since = *stopped_at.get_or_insert_with(Instant::now);
+                if in_flight.is_empty() || since.elapsed() > drain {
+                    return Ok(in_flight.values().map(|&n| n as u64).sum());
+                }
+            }
+        }
+        if !out.is_empty() {
+            writer.write_all(&out).await?;
+            writer.flush().await?;
+            out.clear();
+        }
+        let read = if creates && group.is_some() && thread.shared.start_ns.load(Relaxed) == 0 {
+            // Waiting for the start: look again shortly.
+            match glommio::timer::timeout(Duration::from_millis(10), async {
+                Ok(reader.read(&mut buffer).await)
+            })
+            .await
+            {
+                Ok(read) => read?,
+                Err(_) => continue,
+            }
+        } else if creates && thread.stopped() {
+            match glommio::timer::timeout(Duration::from_millis(100), async {
+                Ok(reader.read(&mut buffer).await)
+            })
+            .await
+            {
+                Ok(read) => read?,
+                Err(_) => continue,
+            }
+        } else {
+            reader.read(&mut buffer).await?
+        };
+        if read == 0 {
+            bail!("the server closed the connection");
+        }
+        inbox.extend_from_slice(&buffer[..read]);
+        let mut up_to = acked;
+        let mut failure = None;
+        take_frames(&mut inbox, |frame| match frame {
+            ServerFrame::Sent { client_id: 0, id } => match GroupId::from_u64(id) {
+                Ok(id) => {
+                    group = Some(id);
+                    thread.shared.created.fetch_add(1, Relaxed);
+                }
+                Err(error) => failure = Some(anyhow::anyhow!("creation answered {error}")),
+            },
+            ServerFrame::Sent { .. } => {
+                thread.shared.posts.fetch_add(1, Relaxed);
+                if thread.measuring(thread.now_ns()) {
+                    thread.shared.posts_measured.fetch_add(1, Relaxed);
+                }
+            }
+            ServerFrame::Receipt {
+                seq,
+                kind,
+                client_id,
+                ..
+            } => {
+                up_to = up_to.max(seq);
+                if kind == ReceiptKind::Delivered {
+                    if let Some(left) = in_flight.get_mut(&client_id) {
+                        *left -= 1;
+                        if *left == 0 {
+                            in_flight.remove(&client_id);
+                        }
+                    }
+                }
+            }
+            ServerFrame::GroupMessage {
+                seq, gseq, body, ..
+            } => {
+                up_to = up_to.max(seq);
+                if gseq <= last_gseq {
+                    thread.shared.duplicates.fetch_add(1, Relaxed);
+                    return;
+                }
+                last_gseq = gseq;
+                let now = thread.now_ns();
+                thread.shared.deliveries.fetch_add(1, Relaxed);
+                if thread.measuring(now) {
+                    thread.shared.deliveries_measured.fetch_add(1, Relaxed);
+                    let sent = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
+                    let _ = thread
+                        .histogram
+                        .borrow_mut()
+                        .record(now.saturating_sub(sent).max(1));
+                }
+            }
+            ServerFrame::GroupNotice { seq, .. } | ServerFrame::Message { seq, .. } => {
+                up_to = up_to.max(seq);
+            }
+            ServerFrame::Error { kind, detail, .. } => {
+                failure = Some(anyhow::anyhow!("server error {kind:?}: {detail}"))
+            }
+            ServerFrame::Bye { reason } => failure = Some(anyhow::anyhow!("Bye {reason:?}")),
+            _ => {}
+        })
+        .context("reading frames")?;
+        if let Some(error) = failure {
+            return Err(error);
+        }
+        if up_to > acked {
+            acked = up_to;
+            encode_client(&ClientFrame::Ack { up_to }, &mut out);
+        }
+    }
+}
