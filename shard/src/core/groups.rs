@@ -156,10 +156,14 @@ impl Group {
             Post::Message { from, .. } => members.filter(|p| p != from).collect(),
             Post::Change { by, change, .. } => {
                 let mut recipients: Vec<Phone> = members.collect();
-                match change {
-                    GroupChange::Removed(phone) => recipients.push(*phone),
-                    GroupChange::Left => recipients.push(*by),
-                    _ => {}
+                let gone = match change {
+                    GroupChange::Removed(phone) => Some(*phone),
+                    GroupChange::Left => Some(*by),
+                    _ => None,
+                };
+                // Unless they have been added back since.
+                if let Some(gone) = gone.filter(|p| !self.members.contains_key(p)) {
+                    recipients.push(gone);
                 }
                 recipients
             }
@@ -412,7 +416,7 @@ impl Shard {
         let Some(copy) = self.group_copies.get_mut(&(group, gseq)) else {
             return;
         };
-        copy.refs -= 1;
+        copy.refs = copy.refs.saturating_sub(1);
         let receipt = match &copy.post {
             Post::Message {
                 from, client_id, ..
