@@ -298,11 +298,14 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     let server_rss_bytes = args.server_pid.map(crate::process::rss_bytes).transpose()?;
     shared.stop_sending.store(true, Relaxed);
     let drain_started = Instant::now();
-    // Deliveries can overtake their `Sent`, so compare with every send
-    // written, less those refused, rather than with the acked count.
-    while shared.delivered.load(Relaxed) + shared.rejected.load(Relaxed) < shared.sent.load(Relaxed)
-        && drain_started.elapsed().as_secs_f64() < args.drain
-    {
+    // Deliveries can overtake their `Sent`, so wait for both: every send
+    // written, less those refused, delivered and acknowledged.
+    let settled = || {
+        let (sent, rejected) = (shared.sent.load(Relaxed), shared.rejected.load(Relaxed));
+        shared.delivered.load(Relaxed) + rejected >= sent
+            && shared.acked.load(Relaxed) + rejected >= sent
+    };
+    while !settled() && drain_started.elapsed().as_secs_f64() < args.drain {
         std::thread::sleep(Duration::from_millis(20));
     }
     shared.finished.store(true, Relaxed);

@@ -191,6 +191,14 @@ impl Shared {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<Report> {
+    run_then(args, || {})
+}
+
+/// [`run`], calling `waiting` once every phone is signed up and, with
+/// `--trigger server`, the run waits for the server to go down: whoever
+/// restarts the server (an operator, a test) does it then, not on a guess
+/// at how long signing up takes.
+pub fn run_then(args: &Args, waiting: impl FnOnce()) -> anyhow::Result<Report> {
     crate::process::raise_fd_limit()?;
     let senders = match args.trigger {
         Trigger::Command => args.senders.max(1),
@@ -233,7 +241,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
                 .map_err(|error| anyhow::anyhow!("starting thread {thread}: {error}"))?,
         );
     }
-    let result = drive(args, senders, &shared);
+    let result = drive(args, senders, &shared, waiting);
     shared.phase.store(PHASE_FINISHED, Relaxed);
     for handle in handles {
         handle
@@ -296,7 +304,12 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
 /// Moves the run through its phases; returns the drain time and when the
 /// storm began (ns since the epoch): the reconnect for `command`, the
 /// first drop seen for `server`.
-fn drive(args: &Args, senders: usize, shared: &Shared) -> anyhow::Result<(f64, u64, f64)> {
+fn drive(
+    args: &Args,
+    senders: usize,
+    shared: &Shared,
+    waiting: impl FnOnce(),
+) -> anyhow::Result<(f64, u64, f64)> {
     let cpu = || -> anyhow::Result<f64> {
         match args.server_pid {
             Some(pid) => crate::process::cpu_seconds(pid),
@@ -345,6 +358,7 @@ fn drive(args: &Args, senders: usize, shared: &Shared) -> anyhow::Result<(f64, u
         Trigger::Server => {
             eprintln!("storm: waiting for the server to drop the phones (restart it)");
             shared.phase.store(PHASE_DROP, Relaxed);
+            waiting();
             wait("the server dropping every phone", 3_600.0, &|| {
                 shared.dropped.load(Relaxed) >= args.phones
             })?;

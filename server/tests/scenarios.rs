@@ -93,9 +93,17 @@ fn storm_after_a_server_restart_brings_every_phone_back() {
         "--patience",
         "30",
     ]);
-    let run = std::thread::spawn(move || loadgen::storm::run(&args));
-    // Signing up 200 phones takes well under this; kill -9 then.
-    std::thread::sleep(std::time::Duration::from_secs(3));
+    let (signed_up, waiting) = std::sync::mpsc::channel();
+    let run = std::thread::spawn(move || {
+        loadgen::storm::run_then(&args, move || signed_up.send(()).unwrap())
+    });
+    // Once every phone is signed up and waiting, kill -9 the server.
+    if waiting
+        .recv_timeout(std::time::Duration::from_secs(300))
+        .is_err()
+    {
+        panic!("signing up failed: {:?}", run.join().unwrap().err());
+    }
     let dir = server.into_data_dir();
     let _server = Server::start_in(dir, &extra);
     let report = run.join().unwrap().unwrap();
