@@ -212,6 +212,25 @@ fn handle(relay: &Relay, outbox: &Rc<Outbox>, phone: &Cell<Option<Phone>>, frame
             client_id: Some(client_id),
             detail: "the relay has no groups".into(),
         }),
+        // Nor presence, contacts or profiles: nothing is visible.
+        ClientFrame::Subscribe { phone } => outbox.push(&ServerFrame::Presence {
+            phone,
+            presence: wire::Presence::Unavailable,
+        }),
+        ClientFrame::GetProfile { phone } => outbox.push(&ServerFrame::Profile {
+            phone,
+            profile: None,
+        }),
+        ClientFrame::Unsubscribe { .. }
+        | ClientFrame::SetPresence { .. }
+        | ClientFrame::Typing { .. } => {}
+        ClientFrame::SyncContacts { client_id, .. }
+        | ClientFrame::SetProfile { client_id, .. }
+        | ClientFrame::SetPrivacy { client_id, .. } => outbox.push(&ServerFrame::Error {
+            kind: wire::ErrorKind::BadRequest,
+            client_id: Some(client_id),
+            detail: "the relay keeps no contacts or profiles".into(),
+        }),
     }
 }
 

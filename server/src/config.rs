@@ -105,6 +105,14 @@ pub struct Limits {
     pub mailbox_bytes_max: usize,
     /// Members one group may have, its creator included.
     pub group_members_max: usize,
+    /// Numbers one account's contact list may hold; contact syncs per
+    /// account per hour; numbers not looked up before, per account per day
+    /// (after a first `contacts_max`).
+    pub contacts_max: usize,
+    pub contact_syncs_per_hour: u32,
+    pub contact_lookups_per_day: u32,
+    /// Phones one connection may follow the presence of at once.
+    pub presence_subscriptions_max: usize,
     /// Messages waiting to cross to one other shard before the connections
     /// that feed them stop being read.
     pub peer_staging_messages_max: usize,
@@ -150,6 +158,10 @@ impl Default for Limits {
             mailbox_entries_max: shard.mailbox_entries_max,
             mailbox_bytes_max: shard.mailbox_bytes_max,
             group_members_max: shard.group_members_max,
+            contacts_max: shard.contacts_max,
+            contact_syncs_per_hour: shard.contact_syncs_per_hour,
+            contact_lookups_per_day: shard.contact_lookups_per_day,
+            presence_subscriptions_max: shard.presence_subscriptions_max,
             peer_staging_messages_max: 16 * 1024,
             peer_queue_batches_max: 64,
             io_memory_bytes: 512 * 1024,

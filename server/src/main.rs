@@ -179,6 +179,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         shard_config.mailbox_entries_max = config.limits.mailbox_entries_max;
         shard_config.mailbox_bytes_max = config.limits.mailbox_bytes_max;
         shard_config.group_members_max = config.limits.group_members_max;
+        shard_config.contacts_max = config.limits.contacts_max;
+        shard_config.contact_syncs_per_hour = config.limits.contact_syncs_per_hour;
+        shard_config.contact_lookups_per_day = config.limits.contact_lookups_per_day;
+        shard_config.presence_subscriptions_max = config.limits.presence_subscriptions_max;
         if config.storage.journal == JournalKind::Log {
             shard_config.sync_delay_ms = config.storage.sync_delay_ms;
         }

@@ -167,14 +167,24 @@ impl Runtime {
         let mut woken = self.woken.borrow_mut();
         {
             let mut core = self.core.borrow_mut();
+            let mut signals_dropped = 0;
             for (destination, message) in core.drain_peer_messages() {
                 let link = &self.links[destination as usize];
                 let mut staging = link.staging.borrow_mut();
+                // Presence and typing give way early, at a quarter of the
+                // bound, so that a storm of them never delays a message.
+                if message.is_signal() && staging.len() >= self.staging_max / 4 {
+                    signals_dropped += 1;
+                    continue;
+                }
                 staging.push(Mail::Peer(message));
                 if staging.len() > self.staging_max {
                     congested = Some(destination);
                 }
                 link.signal.raise();
+            }
+            if signals_dropped > 0 {
+                core.signals_dropped(signals_dropped);
             }
             woken.extend(core.drain_woken());
             if core.has_pending_records() {

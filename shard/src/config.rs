@@ -69,6 +69,16 @@ pub struct ShardConfig {
     pub mailbox_bytes_max: usize,
     /// Members one group may have, its creator included.
     pub group_members_max: usize,
+    /// Numbers one account's contact list may hold.
+    pub contacts_max: usize,
+    /// Contact syncs one account may make per hour, and numbers it has not
+    /// looked up before it may look up per day (on top of a first
+    /// `contacts_max`): what keeps an account from walking the number
+    /// space to learn who is registered.
+    pub contact_syncs_per_hour: u32,
+    pub contact_lookups_per_day: u32,
+    /// Phones one connection may follow the presence of at once.
+    pub presence_subscriptions_max: usize,
     /// Moves of one connection between shards before login.
     pub handovers_max: u8,
     /// Failed logins on one connection before it is closed.
@@ -103,6 +113,10 @@ impl ShardConfig {
             dedup_ttl_ms: 24 * 60 * 60 * 1000,
             dedup_entries_max: 2_000_000,
             group_members_max: 1024,
+            contacts_max: 5_000,
+            contact_syncs_per_hour: 60,
+            contact_lookups_per_day: 1_000,
+            presence_subscriptions_max: 256,
             handovers_max: 4,
             login_failures_max: 3,
         }

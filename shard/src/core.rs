@@ -8,6 +8,7 @@
 //! them, then calls [`Shard::committed`].
 
 mod groups;
+mod social;
 
 use std::{collections::VecDeque, sync::Arc};
 
@@ -17,7 +18,8 @@ use storage::{EntryRecord, Post, Record, KEY_HASH_BYTES};
 use subtle::ConstantTimeEq;
 use wire::{
     encode_server, ByeReason, ClientFrame, DeviceKey, ErrorKind, GroupChange, GroupId, Phone,
-    ReceiptKind, ServerFrame, BODY_BYTES_MAX, DEVICE_KEY_BYTES, PROTOCOL_VERSION,
+    Presence, Profile, ReceiptKind, ServerFrame, TypingState, BODY_BYTES_MAX, DEVICE_KEY_BYTES,
+    PROTOCOL_VERSION,
 };
 
 pub use groups::GroupAction;
@@ -114,7 +116,66 @@ pub enum PeerMessage {
         members: Vec<Phone>,
     },
     /// The answer to `GroupFanout`: the copy is durable.
-    GroupStored { group: GroupId, gseq: u64 },
+    GroupStored {
+        group: GroupId,
+        gseq: u64,
+    },
+    /// `watcher` follows `target`'s presence; answered with `PresenceOf`
+    /// for `conn`.
+    Watch {
+        watcher: Phone,
+        target: Phone,
+        conn: ConnId,
+    },
+    Unwatch {
+        watcher: Phone,
+        target: Phone,
+    },
+    /// `about`'s presence for its follower `to`: the answer to `Watch` for
+    /// `conn`, or (without) a change.
+    PresenceOf {
+        to: Phone,
+        about: Phone,
+        presence: Presence,
+        conn: Option<ConnId>,
+    },
+    /// `viewer` asks for `target`'s profile; answered with `ProfileOf`.
+    ProfileQuery {
+        viewer: Phone,
+        target: Phone,
+        conn: ConnId,
+    },
+    /// `about`'s profile for `to` (`None`: not visible): the answer to
+    /// `ProfileQuery` for `conn`, or (without) a change.
+    ProfileOf {
+        to: Phone,
+        about: Phone,
+        profile: Option<Box<Profile>>,
+        conn: Option<ConnId>,
+    },
+    /// A typing indicator for phones of the destination shard.
+    TypingTo {
+        to: Vec<Phone>,
+        from: Phone,
+        group: Option<GroupId>,
+        state: TypingState,
+    },
+    /// A typing indicator for a group, to its owner to check and fan out.
+    GroupTyping {
+        group: GroupId,
+        from: Phone,
+        state: TypingState,
+    },
+    /// Which of `phones` have accounts; answered with `AccountsFound`.
+    LookupAccounts {
+        query: u64,
+        reply_shard: u16,
+        phones: Vec<Phone>,
+    },
+    AccountsFound {
+        query: u64,
+        registered: Vec<Phone>,
+    },
 }
 
 /// What the caller must do after handing a frame to the shard.
@@ -185,6 +246,20 @@ pub struct ShardCounters {
     pub group_entries_stored: u64,
     pub group_entries_dropped_mailbox_full: u64,
     pub group_entries_no_account: u64,
+    /// Presence changes and typing indicators written to phones, and
+    /// signals dropped: at a phone's full outbox, at a backed-up shard
+    /// queue, over the sender's allowance, or from a non-member.
+    pub signals_delivered: u64,
+    pub presence_pushed: u64,
+    pub typing_pushed: u64,
+    pub signals_dropped_outbox_full: u64,
+    pub signals_dropped_queue_full: u64,
+    pub signals_dropped_rate: u64,
+    pub signals_dropped_not_member: u64,
+    /// Contact syncs accepted and refused (rate), and numbers looked up.
+    pub contact_syncs: u64,
+    pub contact_syncs_refused: u64,
+    pub contact_lookups: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -226,6 +301,11 @@ struct Account {
     written_unacked_from: Option<u64>,
     /// This account's entries in the write-back cache.
     cached: u32,
+    /// Shown as online while a session is and this is set (`SetPresence`).
+    available: bool,
+    /// Unix ms when last online; 0 for never seen since it was recorded.
+    last_seen_ms: u64,
+    social: Option<Box<social::Social>>,
 }
 
 impl Account {
@@ -239,6 +319,9 @@ impl Account {
             written_put: 0,
             written_unacked_from: None,
             cached: 0,
+            available: false,
+            last_seen_ms: 0,
+            social: None,
         }
     }
 
@@ -295,6 +378,7 @@ pub struct Shard {
     group_marks: AHashMap<GroupId, u64>,
     /// Posts replayed on their owner, fanned out again when the restore ends.
     group_refan: Vec<(GroupId, u64, Post, Vec<Phone>)>,
+    social_state: social::SocialState,
     timers: TimerWheel<TimerEvent>,
     /// Peer messages addressed to this shard itself, run before returning so
     /// that local delivery keeps the same order as remote delivery.
@@ -340,6 +424,7 @@ impl Shard {
             group_copies: AHashMap::new(),
             group_marks: AHashMap::new(),
             group_refan: Vec::new(),
+            social_state: social::SocialState::default(),
             timers,
             local: VecDeque::new(),
             peer_out: Vec::new(),
@@ -468,6 +553,14 @@ impl Shard {
             | Record::GroupDedup { .. }
             | Record::GroupCopy { .. }
             | Record::GroupMark { .. } => self.restore_group_record(record)?,
+            Record::Contacts { owner, .. }
+            | Record::Profile { owner, .. }
+            | Record::LastSeen { owner, .. } => {
+                if !self.accounts.contains_key(&owner) {
+                    return Err(RestoreError::UnknownAccount(owner));
+                }
+                self.restore_social(record);
+            }
         }
         Ok(())
     }
@@ -498,6 +591,7 @@ impl Shard {
                 key_hash: account.key_hash,
                 generation: account.generation,
             });
+            self.checkpoint_social(phone, &mut records);
             records.push(Record::MailboxStart {
                 owner: phone,
                 next_seq: account.mailbox.acked_up_to() + 1,
@@ -616,6 +710,7 @@ impl Shard {
                 if account.session == Some(id) {
                     account.session = None;
                     self.counters.sessions -= 1;
+                    self.session_ended(phone);
                 }
             }
         }
@@ -655,6 +750,12 @@ impl Shard {
     /// Connections with new output (or newly closing) since the last call.
     pub fn drain_woken(&mut self) -> std::vec::Drain<'_, ConnId> {
         self.woken.drain(..)
+    }
+
+    /// Signals (see [`PeerMessage::is_signal`]) the I/O layer dropped
+    /// because their destination's queue was backed up.
+    pub fn signals_dropped(&mut self, count: u64) {
+        self.counters.signals_dropped_queue_full += count;
     }
 
     /// Peer messages ready to go to other shards.
@@ -877,12 +978,22 @@ impl Shard {
             | ClientFrame::CreateGroup { client_id, .. }
             | ClientFrame::GroupSend { client_id, .. }
             | ClientFrame::ChangeGroup { client_id, .. }
+            | ClientFrame::SyncContacts { client_id, .. }
+            | ClientFrame::SetProfile { client_id, .. }
+            | ClientFrame::SetPrivacy { client_id, .. }
                 if logged_in.is_none() =>
             {
                 self.reply_error(id, ErrorKind::NotLoggedIn, Some(client_id), "log in first");
                 FrameOutcome::Continue
             }
-            ClientFrame::Ack { .. } if logged_in.is_none() => {
+            ClientFrame::Ack { .. }
+            | ClientFrame::Subscribe { .. }
+            | ClientFrame::Unsubscribe { .. }
+            | ClientFrame::SetPresence { .. }
+            | ClientFrame::Typing { .. }
+            | ClientFrame::GetProfile { .. }
+                if logged_in.is_none() =>
+            {
                 self.reply_error(id, ErrorKind::NotLoggedIn, None, "log in first");
                 FrameOutcome::Continue
             }
@@ -961,6 +1072,48 @@ impl Shard {
                     let action = GroupAction::Change(change);
                     self.ask_group(id, from, client_id, group, action, now_ms);
                 }
+                FrameOutcome::Continue
+            }
+            ClientFrame::Subscribe { phone } => {
+                self.subscribe(id, logged_in.expect("checked above"), phone);
+                FrameOutcome::Continue
+            }
+            ClientFrame::Unsubscribe { phone } => {
+                self.unsubscribe(logged_in.expect("checked above"), phone);
+                FrameOutcome::Continue
+            }
+            ClientFrame::SetPresence { available } => {
+                self.set_presence(logged_in.expect("checked above"), available);
+                FrameOutcome::Continue
+            }
+            ClientFrame::Typing { chat, state } => {
+                self.typing(id, logged_in.expect("checked above"), chat, state);
+                FrameOutcome::Continue
+            }
+            ClientFrame::SyncContacts {
+                client_id,
+                full,
+                add,
+                remove,
+            } => {
+                let owner = logged_in.expect("checked above");
+                self.sync_contacts(id, owner, client_id, full, add, remove);
+                FrameOutcome::Continue
+            }
+            ClientFrame::SetProfile { client_id, profile } => {
+                self.set_profile(id, logged_in.expect("checked above"), client_id, profile);
+                FrameOutcome::Continue
+            }
+            ClientFrame::GetProfile { phone } => {
+                self.get_profile(id, logged_in.expect("checked above"), phone);
+                FrameOutcome::Continue
+            }
+            ClientFrame::SetPrivacy {
+                client_id,
+                hide_last_seen,
+            } => {
+                let owner = logged_in.expect("checked above");
+                self.set_privacy(id, owner, client_id, hide_last_seen);
                 FrameOutcome::Continue
             }
         };
@@ -1292,7 +1445,10 @@ impl Shard {
         let acked_up_to = account.mailbox.acked_up_to();
         match account.session.replace(id) {
             Some(old) => self.close_with(old, ByeReason::Replaced),
-            None => self.counters.sessions += 1,
+            None => {
+                self.counters.sessions += 1;
+                self.session_began(phone);
+            }
         }
         self.counters.logins += 1;
         let conn = self.conn_mut(id).expect("caller checked");
@@ -1365,18 +1521,28 @@ impl Shard {
     /// Spends one of the account's send tokens; without one, answers the
     /// frame `client_id` with `RateLimited` and returns false.
     fn take_send_token(&mut self, id: ConnId, client_id: u64, now_ms: u64) -> bool {
+        self.now_ms = now_ms;
+        if !self.take_quiet_token(id) {
+            self.counters.rate_limited += 1;
+            let kind = ErrorKind::RateLimited;
+            self.reply_error(id, kind, Some(client_id), "sending too fast");
+            return false;
+        }
+        true
+    }
+
+    /// Spends one of the connection's send tokens if it has one.
+    fn take_quiet_token(&mut self, id: ConnId) -> bool {
         let (rate, burst) = (
             u64::from(self.config.send_rate_per_s),
             u64::from(self.config.send_burst),
         );
+        let now_ms = self.now_ms;
         let conn = self.conn_mut(id).expect("caller checked");
         let elapsed_ms = now_ms.saturating_sub(conn.tokens_at_ms);
         conn.tokens_at_ms = now_ms;
         conn.send_millitokens = (conn.send_millitokens + elapsed_ms * rate).min(burst * 1000);
         if conn.send_millitokens < 1000 {
-            self.counters.rate_limited += 1;
-            let kind = ErrorKind::RateLimited;
-            self.reply_error(id, kind, Some(client_id), "sending too fast");
             return false;
         }
         conn.send_millitokens -= 1000;
@@ -1552,6 +1718,15 @@ impl Shard {
                 members,
             } => self.group_fanout(group, gseq, post, members),
             PeerMessage::GroupStored { group, gseq } => self.group_stored(group, gseq),
+            social @ (PeerMessage::Watch { .. }
+            | PeerMessage::Unwatch { .. }
+            | PeerMessage::PresenceOf { .. }
+            | PeerMessage::ProfileQuery { .. }
+            | PeerMessage::ProfileOf { .. }
+            | PeerMessage::TypingTo { .. }
+            | PeerMessage::GroupTyping { .. }
+            | PeerMessage::LookupAccounts { .. }
+            | PeerMessage::AccountsFound { .. }) => self.apply_social(social),
         }
     }
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use wire::{GroupChange, GroupId, Phone, ReceiptKind};
+use wire::{GroupChange, GroupId, Phone, Profile, ReceiptKind};
 
 /// Bytes of a device key hash (SHA-256).
 pub const KEY_HASH_BYTES: usize = 32;
@@ -76,6 +76,22 @@ pub enum Record {
     /// In a checkpoint: `group`'s posts up to `gseq` were received here,
     /// whether or not a copy is still held.
     GroupMark { group: GroupId, gseq: u64 },
+    /// `owner`'s contact list: with `full` it is now `add` (a checkpoint
+    /// writes it so), otherwise `add` joins it and `remove` leaves it.
+    Contacts {
+        owner: Phone,
+        full: bool,
+        add: Vec<Phone>,
+        remove: Vec<Phone>,
+    },
+    /// `owner`'s profile and privacy setting, each write the whole of both.
+    Profile {
+        owner: Phone,
+        profile: Profile,
+        hide_last_seen: bool,
+    },
+    /// `owner` was last connected and available at `at_ms` (Unix ms).
+    LastSeen { owner: Phone, at_ms: u64 },
 }
 
 /// Which shard keeps a record.
@@ -99,7 +115,10 @@ impl Record {
             Record::MailboxPut { owner, .. }
             | Record::MailboxAck { owner, .. }
             | Record::MailboxStart { owner, .. }
-            | Record::Dedup { owner, .. } => Owner::Account(*owner),
+            | Record::Dedup { owner, .. }
+            | Record::Contacts { owner, .. }
+            | Record::Profile { owner, .. }
+            | Record::LastSeen { owner, .. } => Owner::Account(*owner),
             Record::GroupPost { group, .. }
             | Record::GroupState { group, .. }
             | Record::GroupDedup { group, .. } => Owner::Group(*group),

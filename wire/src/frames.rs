@@ -7,7 +7,7 @@ use std::{borrow::Cow, fmt};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{GroupChange, GroupId, Phone};
+use crate::{Chat, GroupChange, GroupId, Phone, Presence, Profile, TypingState};
 
 /// Bytes in a device key, and in its hash.
 pub const DEVICE_KEY_BYTES: usize = 32;
@@ -28,15 +28,27 @@ impl fmt::Debug for DeviceKey {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientFrame<'a> {
     /// Must be the first frame on a connection.
-    Hello { version: u16 },
+    Hello {
+        version: u16,
+    },
     /// Ask for a six-digit code to be sent to `phone` by SMS.
-    RequestCode { phone: Phone },
+    RequestCode {
+        phone: Phone,
+    },
     /// Prove ownership of `phone`; answered with `Registered` and a new key.
-    Verify { phone: Phone, code: u32 },
+    Verify {
+        phone: Phone,
+        code: u32,
+    },
     /// Authenticate this connection as `phone`.
-    Login { phone: Phone, key: DeviceKey },
+    Login {
+        phone: Phone,
+        key: DeviceKey,
+    },
     /// Keepalive; answered with `Pong` carrying the same nonce.
-    Ping { nonce: u64 },
+    Ping {
+        nonce: u64,
+    },
     /// Send `body` (opaque to the server) to `to`. `client_id` is chosen by
     /// the phone, unique among its own messages; a resend with the same id is
     /// answered with the same `Sent` and never stored twice.
@@ -48,9 +60,14 @@ pub enum ClientFrame<'a> {
     },
     /// Everything in this phone's mailbox up to and including `up_to` has
     /// been received and may be deleted.
-    Ack { up_to: u64 },
+    Ack {
+        up_to: u64,
+    },
     /// The message `client_id` that `from` sent has been read by this phone.
-    Read { from: Phone, client_id: u64 },
+    Read {
+        from: Phone,
+        client_id: u64,
+    },
     /// Create a group with this phone as its first admin. Answered with
     /// `Sent`, whose `id` is the new group's id; every member, the creator
     /// included, then receives a `Created` notice.
@@ -75,6 +92,53 @@ pub enum ClientFrame<'a> {
         client_id: u64,
         group: GroupId,
         change: GroupChange,
+    },
+    /// Follow `phone`'s presence (and profile changes) on this connection.
+    /// Answered with a `Presence`, `Unavailable` unless each has the other
+    /// in its contacts; changes follow until `Unsubscribe` or the
+    /// connection ends.
+    Subscribe {
+        phone: Phone,
+    },
+    Unsubscribe {
+        phone: Phone,
+    },
+    /// Shown to subscribers: available (the default at login) or away
+    /// while keeping the connection.
+    SetPresence {
+        available: bool,
+    },
+    /// A typing indicator for a chat; forwarded to whoever is connected,
+    /// never stored.
+    Typing {
+        chat: Chat,
+        state: TypingState,
+    },
+    /// Upload address-book numbers: with `full` they replace the stored
+    /// list (`remove` must be empty), otherwise `add` and `remove` change
+    /// it. Answered with `Contacts`, the registered numbers among those
+    /// uploaded.
+    SyncContacts {
+        client_id: u64,
+        full: bool,
+        add: Vec<Phone>,
+        remove: Vec<Phone>,
+    },
+    /// Replace this account's profile; answered with `Done` once durable.
+    SetProfile {
+        client_id: u64,
+        profile: Profile,
+    },
+    /// Answered with `Profile`, empty unless each has the other in its
+    /// contacts.
+    GetProfile {
+        phone: Phone,
+    },
+    /// Hide (or show again) this account's last-seen time from everyone;
+    /// answered with `Done` once durable.
+    SetPrivacy {
+        client_id: u64,
+        hide_last_seen: bool,
     },
 }
 
@@ -153,12 +217,43 @@ pub enum ServerFrame<'a> {
         at_ms: u64,
         change: GroupChange,
     },
+    /// `phone`'s presence: the answer to `Subscribe`, then each change.
+    Presence {
+        phone: Phone,
+        presence: Presence,
+    },
+    /// `from` is typing (or paused) in the 1:1 chat with this phone, or in
+    /// `group`.
+    Typing {
+        from: Phone,
+        group: Option<GroupId>,
+        state: TypingState,
+    },
+    /// The answer to `SyncContacts`: which uploaded numbers have accounts,
+    /// in ascending order.
+    Contacts {
+        client_id: u64,
+        registered: Vec<Phone>,
+    },
+    /// `phone`'s profile: the answer to `GetProfile` (`None` when not
+    /// visible), then each change for subscribers.
+    Profile {
+        phone: Phone,
+        profile: Option<Profile>,
+    },
+    /// The request `client_id` (`SetProfile`, `SetPrivacy`) is durable.
+    Done {
+        client_id: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReceiptKind {
     Delivered,
     Read,
+    /// The message waited longer than the server keeps messages and was
+    /// deleted without reaching `by`.
+    Expired,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -218,6 +313,10 @@ pub enum ErrorKind {
     /// Another group already has the id this creation derives; retry with
     /// another `client_id`.
     GroupExists,
+    /// The contact list would hold more numbers than the server keeps.
+    TooManyContacts,
+    /// This connection follows as many phones as it may.
+    TooManySubscriptions,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

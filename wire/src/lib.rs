@@ -13,6 +13,7 @@ mod codec;
 mod frames;
 mod group;
 mod phone;
+mod social;
 
 pub use codec::{
     decode_client, decode_server, encode_client, encode_prefixed, encode_server, split_frame,
@@ -23,6 +24,10 @@ pub use frames::{
 };
 pub use group::{GroupChange, GroupId, GroupIdError, GROUP_SUBJECT_BYTES_MAX};
 pub use phone::{Phone, PhoneError, PHONE_DIGITS_MAX, PHONE_DIGITS_MIN};
+pub use social::{
+    Chat, Presence, Profile, TypingState, PROFILE_ABOUT_BYTES_MAX, PROFILE_NAME_BYTES_MAX,
+    PROFILE_PHOTO_BYTES_MAX,
+};
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u16 = 1;

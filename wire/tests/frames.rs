@@ -58,6 +58,42 @@ fn client_frames() -> Vec<ClientFrame<'static>> {
             group: GroupId::derive(phone("+15550000001"), 6),
             change: GroupChange::Added(vec![phone("+15550000009")]),
         },
+        ClientFrame::Subscribe {
+            phone: phone("+15550000002"),
+        },
+        ClientFrame::Unsubscribe {
+            phone: phone("+15550000002"),
+        },
+        ClientFrame::SetPresence { available: false },
+        ClientFrame::Typing {
+            chat: Chat::Direct(phone("+15550000002")),
+            state: TypingState::Composing,
+        },
+        ClientFrame::Typing {
+            chat: Chat::Group(GroupId::derive(phone("+15550000001"), 6)),
+            state: TypingState::Paused,
+        },
+        ClientFrame::SyncContacts {
+            client_id: 9,
+            full: true,
+            add: vec![phone("+15550000002"), phone("+4930123456")],
+            remove: vec![],
+        },
+        ClientFrame::SetProfile {
+            client_id: 10,
+            profile: Profile {
+                name: "Ada".into(),
+                about: "at the engine".into(),
+                photo: vec![1; PROFILE_PHOTO_BYTES_MAX],
+            },
+        },
+        ClientFrame::GetProfile {
+            phone: phone("+15550000002"),
+        },
+        ClientFrame::SetPrivacy {
+            client_id: 11,
+            hide_last_seen: true,
+        },
     ]
 }
 
@@ -124,7 +160,54 @@ fn server_frames() -> Vec<ServerFrame<'static>> {
                 members: vec![phone("+15550000001"), phone("+15550000002")],
             },
         },
+        ServerFrame::Presence {
+            phone: phone("+15550000002"),
+            presence: Presence::Offline {
+                last_seen_ms: Some(1_795_000_000_000),
+            },
+        },
+        ServerFrame::Presence {
+            phone: phone("+15550000002"),
+            presence: Presence::Unavailable,
+        },
+        ServerFrame::Typing {
+            from: phone("+15550000002"),
+            group: Some(GroupId::derive(phone("+15550000001"), 6)),
+            state: TypingState::Composing,
+        },
+        ServerFrame::Contacts {
+            client_id: 9,
+            registered: vec![phone("+15550000002")],
+        },
+        ServerFrame::Profile {
+            phone: phone("+15550000002"),
+            profile: Some(Profile::default()),
+        },
+        ServerFrame::Profile {
+            phone: phone("+15550000002"),
+            profile: None,
+        },
+        ServerFrame::Done { client_id: 10 },
+        ServerFrame::Receipt {
+            seq: 2,
+            kind: ReceiptKind::Expired,
+            by: phone("+15550000002"),
+            client_id: 43,
+        },
     ]
+}
+
+/// Every profile field is bounded, and the error names the one over.
+#[test]
+fn profiles_are_checked_field_by_field() {
+    let mut profile = Profile {
+        name: "n".repeat(PROFILE_NAME_BYTES_MAX),
+        about: "a".repeat(PROFILE_ABOUT_BYTES_MAX),
+        photo: vec![0; PROFILE_PHOTO_BYTES_MAX],
+    };
+    assert_eq!(profile.check(), Ok(()));
+    profile.about.push('!');
+    assert!(profile.check().unwrap_err().contains("about"));
 }
 
 /// A group id is recognisable by its top bit: one without it, a phone's

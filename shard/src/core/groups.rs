@@ -182,6 +182,23 @@ fn answer(group: GroupId, action_creates: bool, gseq: u64) -> u64 {
 }
 
 impl Shard {
+    /// The members of a group this shard owns, but `phone`; `None` when
+    /// there is no such group or `phone` is not a member.
+    pub(super) fn group_members_except(&self, group: GroupId, phone: Phone) -> Option<Vec<Phone>> {
+        let state = self.groups.get(&group)?;
+        if !state.members.contains_key(&phone) {
+            return None;
+        }
+        Some(
+            state
+                .members
+                .keys()
+                .copied()
+                .filter(|&m| m != phone)
+                .collect(),
+        )
+    }
+
     // ---- the owner's side ----------------------------------------------------
 
     /// A phone's request reached the group's owner. Returns what its `Sent`

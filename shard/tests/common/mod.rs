@@ -76,6 +76,24 @@ pub enum Got {
         by: Phone,
         change: GroupChange,
     },
+    Presence {
+        phone: Phone,
+        presence: Presence,
+    },
+    Typing {
+        from: Phone,
+        group: Option<GroupId>,
+        state: TypingState,
+    },
+    Contacts {
+        client_id: u64,
+        registered: Vec<Phone>,
+    },
+    Profile {
+        phone: Phone,
+        profile: Option<Profile>,
+    },
+    Done(u64),
 }
 
 /// A phone's connection: which shard it is on now, and its id there.
@@ -93,6 +111,8 @@ pub struct Net {
     pub records: Vec<storage::Record>,
     /// The same, per shard: each shard's journal.
     pub journals: Vec<Vec<storage::Record>>,
+    /// Drop every signal between shards, as a backed-up queue would.
+    pub drop_signals: bool,
 }
 
 impl Net {
@@ -122,6 +142,7 @@ impl Net {
             now_ms: 0,
             records: Vec::new(),
             journals: vec![Vec::new(); shard_count as usize],
+            drop_signals: false,
             sms,
         }
     }
@@ -184,6 +205,10 @@ impl Net {
                 self.shards[index].committed(batch);
                 let out: Vec<_> = self.shards[index].drain_peer_messages().collect();
                 for (to, message) in out {
+                    if self.drop_signals && message.is_signal() {
+                        self.shards[index].signals_dropped(1);
+                        continue;
+                    }
                     moved = true;
                     self.shards[to as usize].handle_peer(message, self.now_ms);
                 }
@@ -300,6 +325,17 @@ impl Net {
                     by,
                     change,
                 },
+                ServerFrame::Presence { phone, presence } => Got::Presence { phone, presence },
+                ServerFrame::Typing { from, group, state } => Got::Typing { from, group, state },
+                ServerFrame::Contacts {
+                    client_id,
+                    registered,
+                } => Got::Contacts {
+                    client_id,
+                    registered,
+                },
+                ServerFrame::Profile { phone, profile } => Got::Profile { phone, profile },
+                ServerFrame::Done { client_id } => Got::Done(client_id),
             });
             rest = &rest[raw.consumed..];
         }

@@ -1,0 +1,824 @@
+//! Presence, typing, contacts and profiles.
+//!
+//! Durable, on the account's home shard like the rest of the account: the
+//! contact list (`Contacts` records), the profile with the privacy setting
+//! (`Profile`) and the last-seen time (`LastSeen`).
+//!
+//! Ephemeral: who follows whose presence. The followed account's shard
+//! keeps `watchers` (target → followers anywhere), the follower's shard
+//! keeps `watching` for its session (follower → targets), and both forget
+//! on disconnect or lazily: a change pushed to a follower that no longer
+//! follows is answered with `Unwatch`. Pushed changes and typing are
+//! signals (see [`PeerMessage::is_signal`]): the I/O layer drops them when
+//! the destination queue is backed up, and they reach a phone only while
+//! its outbox is under `outbox_feed_bytes_max`. Every drop is counted;
+//! nothing of them is stored for a phone that is away.
+//!
+//! Visibility: `W` sees `T`'s presence and profile only when each has the
+//! other in its contacts. `W`'s shard checks `W`'s list before it asks;
+//! `T`'s shard checks `T`'s list before it answers and again before every
+//! change it pushes, so removing a contact ends what they see.
+//!
+//! Contact lookups say who is registered, so they are bounded two ways
+//! per account: syncs per hour, and numbers never looked up before (a
+//! budget that starts at `contacts_max` and refills slowly), so one account
+//! cannot walk the number space.
+
+use ahash::AHashMap;
+use storage::Record;
+use wire::{Chat, ErrorKind, GroupId, Phone, Presence, Profile, ServerFrame, TypingState};
+
+use super::{ConnId, PeerMessage, Shard, DISK_FULL, STORAGE_FAILED};
+
+const HOUR_MS: u64 = 60 * 60 * 1000;
+const DAY_MS: u64 = 24 * HOUR_MS;
+
+/// An account's contacts and profile. Boxed in the account and absent
+/// until first used: most accounts on a shard at any moment never touch it.
+#[derive(Debug, Default)]
+pub(super) struct Social {
+    /// Ascending, without duplicates, never the owner.
+    contacts: Vec<Phone>,
+    profile: Profile,
+    hide_last_seen: bool,
+    /// Allowances spent and not yet refilled, in thousandths (so that a
+    /// new account, at zero, has the whole burst), and when last refilled.
+    syncs_spent_milli: u64,
+    lookups_spent_milli: u64,
+    spent_at_ms: u64,
+}
+
+impl Social {
+    fn has_contact(&self, phone: Phone) -> bool {
+        self.contacts.binary_search(&phone).is_ok()
+    }
+}
+
+/// The follow tables and lookups in flight on one shard.
+#[derive(Debug, Default)]
+pub(super) struct SocialState {
+    /// Accounts of this shard → who follows them (on any shard).
+    watchers: AHashMap<Phone, Vec<Phone>>,
+    /// Logged-in accounts of this shard → whom they follow.
+    watching: AHashMap<Phone, Vec<Phone>>,
+    lookups: AHashMap<u64, Lookup>,
+    next_lookup: u64,
+}
+
+/// A contact sync waiting for every shard to say which numbers it has.
+#[derive(Debug)]
+struct Lookup {
+    owner: Phone,
+    conn: ConnId,
+    client_id: u64,
+    shards_left: u16,
+    registered: Vec<Phone>,
+}
+
+/// Sorts and removes duplicates and `owner`.
+fn normalize(mut phones: Vec<Phone>, owner: Phone) -> Vec<Phone> {
+    phones.retain(|&p| p != owner);
+    phones.sort_unstable();
+    phones.dedup();
+    phones
+}
+
+impl Shard {
+    fn wall_ms(&self) -> u64 {
+        self.now_ms + self.config.wall_clock_offset_ms
+    }
+
+    fn social(&self, phone: Phone) -> Option<&Social> {
+        self.accounts.get(&phone)?.social.as_deref()
+    }
+
+    /// True when `owner` (an account of this shard) lists `other`.
+    fn lists(&self, owner: Phone, other: Phone) -> bool {
+        self.social(owner).is_some_and(|s| s.has_contact(other))
+    }
+
+    /// `phone`'s presence as its contacts see it.
+    fn presence_of(&self, phone: Phone) -> Presence {
+        let Some(account) = self.accounts.get(&phone) else {
+            return Presence::Unavailable;
+        };
+        if account.session.is_some() && account.available {
+            return Presence::Online;
+        }
+        let hidden = account.social.as_ref().is_some_and(|s| s.hide_last_seen);
+        Presence::Offline {
+            last_seen_ms: (!hidden && account.last_seen_ms > 0).then_some(account.last_seen_ms),
+        }
+    }
+
+    /// Sends a signal: like `route`, but the I/O layer may drop it.
+    fn signal(&mut self, shard: u16, message: PeerMessage) {
+        debug_assert!(message.is_signal());
+        self.route(shard, message);
+    }
+
+    /// Writes a signal to a connection if its outbox has room.
+    fn push_signal(&mut self, id: ConnId, frame: &ServerFrame<'_>) {
+        let room = self.config.outbox_feed_bytes_max;
+        match self.conn(id) {
+            Some(conn) if conn.outbox.len() < room && !conn.closing => {
+                self.counters.signals_delivered += 1;
+                self.reply(id, frame);
+            }
+            Some(_) => self.counters.signals_dropped_outbox_full += 1,
+            None => {}
+        }
+    }
+
+    /// Records a durable change to an account's social state, unless the
+    /// journal cannot take it; then answers `client_id` and returns false.
+    fn social_writable(&mut self, id: ConnId, client_id: u64) -> bool {
+        if self.journal_failed {
+            let kind = ErrorKind::StorageFailed;
+            self.reply_error(id, kind, Some(client_id), STORAGE_FAILED);
+            return false;
+        }
+        if self.disk_full {
+            self.reply_error(id, ErrorKind::DiskFull, Some(client_id), DISK_FULL);
+            return false;
+        }
+        true
+    }
+
+    // ---- frames ---------------------------------------------------------
+
+    pub(super) fn subscribe(&mut self, id: ConnId, owner: Phone, target: Phone) {
+        if target == owner || !self.lists(owner, target) {
+            let presence = Presence::Unavailable;
+            self.reply(
+                id,
+                &ServerFrame::Presence {
+                    phone: target,
+                    presence,
+                },
+            );
+            return;
+        }
+        let max = self.config.presence_subscriptions_max;
+        let list = self.social_state.watching.entry(owner).or_default();
+        if !list.contains(&target) {
+            if list.len() >= max {
+                let detail = format!("a connection follows at most {max} phones");
+                self.reply_error(id, ErrorKind::TooManySubscriptions, None, &detail);
+                return;
+            }
+            list.push(target);
+        }
+        let watch = PeerMessage::Watch {
+            watcher: owner,
+            target,
+            conn: id,
+        };
+        self.route(self.config.map.shard_of(target), watch);
+    }
+
+    pub(super) fn unsubscribe(&mut self, owner: Phone, target: Phone) {
+        if let Some(list) = self.social_state.watching.get_mut(&owner) {
+            if let Some(at) = list.iter().position(|&t| t == target) {
+                list.swap_remove(at);
+                let unwatch = PeerMessage::Unwatch {
+                    watcher: owner,
+                    target,
+                };
+                self.signal(self.config.map.shard_of(target), unwatch);
+            }
+        }
+    }
+
+    pub(super) fn set_presence(&mut self, owner: Phone, available: bool) {
+        let account = self.accounts.get_mut(&owner).expect("logged in");
+        if account.available == available {
+            return;
+        }
+        account.available = available;
+        if !available {
+            self.note_last_seen(owner);
+        }
+        self.presence_changed(owner);
+    }
+
+    /// Typing goes out on the send allowance without spending it when
+    /// there is none: an indicator is not worth an error.
+    pub(super) fn typing(&mut self, id: ConnId, from: Phone, chat: Chat, state: TypingState) {
+        if !self.take_quiet_token(id) {
+            self.counters.signals_dropped_rate += 1;
+            return;
+        }
+        match chat {
+            Chat::Direct(to) if to != from => {
+                let message = PeerMessage::TypingTo {
+                    to: vec![to],
+                    from,
+                    group: None,
+                    state,
+                };
+                self.signal(self.config.map.shard_of(to), message);
+            }
+            Chat::Direct(_) => {}
+            Chat::Group(group) => {
+                let message = PeerMessage::GroupTyping { group, from, state };
+                self.signal(self.config.map.shard_of_group(group), message);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn sync_contacts(
+        &mut self,
+        id: ConnId,
+        owner: Phone,
+        client_id: u64,
+        full: bool,
+        add: Vec<Phone>,
+        remove: Vec<Phone>,
+    ) {
+        if full && !remove.is_empty() {
+            let detail = "a full sync replaces the list; it removes nothing";
+            self.reply_error(id, ErrorKind::BadRequest, Some(client_id), detail);
+            return;
+        }
+        if !self.social_writable(id, client_id) {
+            return;
+        }
+        let add = normalize(add, owner);
+        let remove = normalize(remove, owner);
+        let (contacts_max, now_ms) = (self.config.contacts_max, self.now_ms);
+        let (syncs_per_hour, lookups_per_day) = (
+            u64::from(self.config.contact_syncs_per_hour),
+            u64::from(self.config.contact_lookups_per_day),
+        );
+        let account = self.accounts.get_mut(&owner).expect("logged in");
+        let social = account.social.get_or_insert_default();
+        let contacts = if full {
+            add.clone()
+        } else {
+            let mut merged: Vec<Phone> = social
+                .contacts
+                .iter()
+                .chain(&add)
+                .copied()
+                .filter(|p| remove.binary_search(p).is_err())
+                .collect();
+            merged.sort_unstable();
+            merged.dedup();
+            merged
+        };
+        if contacts.len() > contacts_max {
+            let detail = format!(
+                "{} contacts; the server keeps at most {contacts_max}",
+                contacts.len()
+            );
+            let kind = ErrorKind::TooManyContacts;
+            self.reply_error(id, kind, Some(client_id), &detail);
+            return;
+        }
+        // Refill both allowances, then see whether this sync fits.
+        let elapsed = now_ms.saturating_sub(social.spent_at_ms);
+        social.spent_at_ms = now_ms;
+        let refill = |spent: u64, per: u64, period_ms: u64| {
+            spent.saturating_sub(elapsed.saturating_mul(per).saturating_mul(1000) / period_ms)
+        };
+        social.syncs_spent_milli = refill(social.syncs_spent_milli, syncs_per_hour, HOUR_MS);
+        social.lookups_spent_milli = refill(social.lookups_spent_milli, lookups_per_day, DAY_MS);
+        let fresh = add.iter().filter(|&&p| !social.has_contact(p)).count() as u64;
+        let syncs_left = (syncs_per_hour * 1000).saturating_sub(social.syncs_spent_milli) / 1000;
+        let lookups_burst = contacts_max as u64 * 1000;
+        let lookups_left = lookups_burst.saturating_sub(social.lookups_spent_milli) / 1000;
+        if syncs_left == 0 || fresh > lookups_left {
+            self.counters.contact_syncs_refused += 1;
+            let detail = if syncs_left == 0 {
+                format!("at most {syncs_per_hour} contact syncs an hour")
+            } else {
+                format!("{fresh} new numbers; {lookups_left} may be looked up now")
+            };
+            self.reply_error(id, ErrorKind::RateLimited, Some(client_id), &detail);
+            return;
+        }
+        social.syncs_spent_milli += 1000;
+        social.lookups_spent_milli += fresh * 1000;
+        social.contacts = contacts;
+        self.records.push(Record::Contacts {
+            owner,
+            full,
+            add: add.clone(),
+            remove,
+        });
+        self.counters.contact_syncs += 1;
+        self.contacts_changed(owner);
+        self.start_lookup(id, owner, client_id, add);
+    }
+
+    pub(super) fn set_profile(
+        &mut self,
+        id: ConnId,
+        owner: Phone,
+        client_id: u64,
+        profile: Profile,
+    ) {
+        if let Err(detail) = profile.check() {
+            self.reply_error(id, ErrorKind::BadRequest, Some(client_id), &detail);
+            return;
+        }
+        if !self.social_writable(id, client_id) {
+            return;
+        }
+        let account = self.accounts.get_mut(&owner).expect("logged in");
+        let social = account.social.get_or_insert_default();
+        social.profile = profile;
+        self.record_profile(owner);
+        self.hold_reply(id, &ServerFrame::Done { client_id });
+        let profile = Box::new(self.social(owner).expect("set above").profile.clone());
+        for watcher in self.visible_watchers(owner) {
+            let message = PeerMessage::ProfileOf {
+                to: watcher,
+                about: owner,
+                profile: Some(profile.clone()),
+                conn: None,
+            };
+            self.signal(self.config.map.shard_of(watcher), message);
+        }
+    }
+
+    pub(super) fn set_privacy(&mut self, id: ConnId, owner: Phone, client_id: u64, hide: bool) {
+        if !self.social_writable(id, client_id) {
+            return;
+        }
+        let account = self.accounts.get_mut(&owner).expect("logged in");
+        account.social.get_or_insert_default().hide_last_seen = hide;
+        self.record_profile(owner);
+        self.hold_reply(id, &ServerFrame::Done { client_id });
+        // Only an offline presence carries the time.
+        if self.presence_of(owner) != Presence::Online {
+            self.presence_changed(owner);
+        }
+    }
+
+    pub(super) fn get_profile(&mut self, id: ConnId, owner: Phone, target: Phone) {
+        if target == owner {
+            let profile = self.social(owner).map(|s| s.profile.clone());
+            let profile = Some(profile.unwrap_or_default());
+            self.reply(
+                id,
+                &ServerFrame::Profile {
+                    phone: owner,
+                    profile,
+                },
+            );
+            return;
+        }
+        if !self.lists(owner, target) {
+            self.reply(
+                id,
+                &ServerFrame::Profile {
+                    phone: target,
+                    profile: None,
+                },
+            );
+            return;
+        }
+        let query = PeerMessage::ProfileQuery {
+            viewer: owner,
+            target,
+            conn: id,
+        };
+        self.route(self.config.map.shard_of(target), query);
+    }
+
+    // ---- presence changes -------------------------------------------------
+
+    /// A session of `owner` began.
+    pub(super) fn session_began(&mut self, owner: Phone) {
+        let account = self.accounts.get_mut(&owner).expect("logged in");
+        account.available = true;
+        self.presence_changed(owner);
+    }
+
+    /// `owner`'s session ended: it goes offline and stops following.
+    pub(super) fn session_ended(&mut self, owner: Phone) {
+        if let Some(targets) = self.social_state.watching.remove(&owner) {
+            for target in targets {
+                let unwatch = PeerMessage::Unwatch {
+                    watcher: owner,
+                    target,
+                };
+                self.signal(self.config.map.shard_of(target), unwatch);
+            }
+        }
+        let account = self
+            .accounts
+            .get_mut(&owner)
+            .expect("the session's account");
+        if account.available {
+            self.note_last_seen(owner);
+        }
+        self.presence_changed(owner);
+    }
+
+    /// Stamps `owner`'s last-seen time; written unless the journal cannot
+    /// take it (it is worth less than the room kept for acknowledgements).
+    fn note_last_seen(&mut self, owner: Phone) {
+        let at_ms = self.wall_ms();
+        self.accounts
+            .get_mut(&owner)
+            .expect("caller checked")
+            .last_seen_ms = at_ms;
+        if !self.journal_failed && !self.disk_full {
+            self.records.push(Record::LastSeen { owner, at_ms });
+        }
+    }
+
+    /// Followers of `owner` it still lists; forgets the others.
+    fn visible_watchers(&mut self, owner: Phone) -> Vec<Phone> {
+        let Some(mut watchers) = self.social_state.watchers.remove(&owner) else {
+            return Vec::new();
+        };
+        watchers.retain(|&w| self.lists(owner, w));
+        if !watchers.is_empty() {
+            self.social_state.watchers.insert(owner, watchers.clone());
+        }
+        watchers
+    }
+
+    fn presence_changed(&mut self, owner: Phone) {
+        let presence = self.presence_of(owner);
+        for watcher in self.visible_watchers(owner) {
+            let message = PeerMessage::PresenceOf {
+                to: watcher,
+                about: owner,
+                presence,
+                conn: None,
+            };
+            self.signal(self.config.map.shard_of(watcher), message);
+        }
+    }
+
+    /// `owner`'s list changed: follows either way across a removed number end.
+    fn contacts_changed(&mut self, owner: Phone) {
+        if let Some(mut targets) = self.social_state.watching.remove(&owner) {
+            let (kept, dropped): (Vec<Phone>, Vec<Phone>) =
+                targets.drain(..).partition(|&t| self.lists(owner, t));
+            for target in dropped {
+                let unwatch = PeerMessage::Unwatch {
+                    watcher: owner,
+                    target,
+                };
+                self.signal(self.config.map.shard_of(target), unwatch);
+            }
+            self.social_state.watching.insert(owner, kept);
+        }
+        self.visible_watchers(owner);
+    }
+
+    fn record_profile(&mut self, owner: Phone) {
+        let social = self.social(owner).expect("caller set it");
+        let record = Record::Profile {
+            owner,
+            profile: social.profile.clone(),
+            hide_last_seen: social.hide_last_seen,
+        };
+        self.records.push(record);
+    }
+
+    // ---- lookups ----------------------------------------------------------
+
+    fn start_lookup(&mut self, id: ConnId, owner: Phone, client_id: u64, phones: Vec<Phone>) {
+        let shards = usize::from(self.config.map.shards());
+        let mut by_shard: Vec<Vec<Phone>> = vec![Vec::new(); shards];
+        for phone in phones {
+            by_shard[usize::from(self.config.map.shard_of(phone))].push(phone);
+        }
+        self.counters.contact_lookups += by_shard.iter().map(|p| p.len() as u64).sum::<u64>();
+        let query = self.social_state.next_lookup;
+        self.social_state.next_lookup += 1;
+        let mut lookup = Lookup {
+            owner,
+            conn: id,
+            client_id,
+            shards_left: 0,
+            registered: Vec::new(),
+        };
+        for (shard, phones) in by_shard.into_iter().enumerate() {
+            if phones.is_empty() {
+                continue;
+            }
+            if shard == usize::from(self.config.shard_id) {
+                let known = phones.into_iter().filter(|p| self.accounts.contains_key(p));
+                lookup.registered.extend(known);
+            } else {
+                lookup.shards_left += 1;
+                let message = PeerMessage::LookupAccounts {
+                    query,
+                    reply_shard: self.config.shard_id,
+                    phones,
+                };
+                self.route(shard as u16, message);
+            }
+        }
+        if lookup.shards_left == 0 {
+            self.finish_lookup(lookup);
+        } else {
+            self.social_state.lookups.insert(query, lookup);
+        }
+    }
+
+    /// Answers the sync once the `Contacts` record it made is durable.
+    fn finish_lookup(&mut self, mut lookup: Lookup) {
+        if self
+            .conn(lookup.conn)
+            .is_some_and(|c| c.account == Some(lookup.owner))
+        {
+            lookup.registered.sort_unstable();
+            let frame = ServerFrame::Contacts {
+                client_id: lookup.client_id,
+                registered: lookup.registered,
+            };
+            self.hold_reply(lookup.conn, &frame);
+        }
+    }
+
+    // ---- peer messages ------------------------------------------------------
+
+    pub(super) fn apply_social(&mut self, message: PeerMessage) {
+        match message {
+            PeerMessage::Watch {
+                watcher,
+                target,
+                conn,
+            } => {
+                let presence = if self.lists(target, watcher) {
+                    let list = self.social_state.watchers.entry(target).or_default();
+                    if !list.contains(&watcher) {
+                        list.push(watcher);
+                    }
+                    self.presence_of(target)
+                } else {
+                    Presence::Unavailable
+                };
+                let answer = PeerMessage::PresenceOf {
+                    to: watcher,
+                    about: target,
+                    presence,
+                    conn: Some(conn),
+                };
+                self.route(self.config.map.shard_of(watcher), answer);
+            }
+            PeerMessage::Unwatch { watcher, target } => {
+                if let Some(list) = self.social_state.watchers.get_mut(&target) {
+                    list.retain(|&w| w != watcher);
+                    if list.is_empty() {
+                        self.social_state.watchers.remove(&target);
+                    }
+                }
+            }
+            PeerMessage::PresenceOf {
+                to,
+                about,
+                presence,
+                conn,
+            } => {
+                let frame = ServerFrame::Presence {
+                    phone: about,
+                    presence,
+                };
+                match conn {
+                    Some(conn) => {
+                        if self.conn(conn).is_some_and(|c| c.account == Some(to)) {
+                            if presence == Presence::Unavailable {
+                                self.forget_target(to, about);
+                            }
+                            self.reply(conn, &frame);
+                        }
+                    }
+                    None => {
+                        if let Some(session) = self.follower_session(to, about) {
+                            self.counters.presence_pushed += 1;
+                            self.push_signal(session, &frame);
+                        }
+                    }
+                }
+            }
+            PeerMessage::ProfileQuery {
+                viewer,
+                target,
+                conn,
+            } => {
+                let profile = self
+                    .social(target)
+                    .filter(|s| s.has_contact(viewer))
+                    .map(|s| Box::new(s.profile.clone()));
+                let answer = PeerMessage::ProfileOf {
+                    to: viewer,
+                    about: target,
+                    profile,
+                    conn: Some(conn),
+                };
+                self.route(self.config.map.shard_of(viewer), answer);
+            }
+            PeerMessage::ProfileOf {
+                to,
+                about,
+                profile,
+                conn,
+            } => {
+                let frame = ServerFrame::Profile {
+                    phone: about,
+                    profile: profile.map(|p| *p),
+                };
+                match conn {
+                    Some(conn) => {
+                        if self.conn(conn).is_some_and(|c| c.account == Some(to)) {
+                            self.reply(conn, &frame);
+                        }
+                    }
+                    None => {
+                        if let Some(session) = self.follower_session(to, about) {
+                            self.push_signal(session, &frame);
+                        }
+                    }
+                }
+            }
+            PeerMessage::GroupTyping { group, from, state } => {
+                self.group_typing(group, from, state);
+            }
+            PeerMessage::TypingTo {
+                to,
+                from,
+                group,
+                state,
+            } => {
+                let frame = ServerFrame::Typing { from, group, state };
+                for phone in to {
+                    if let Some(session) = self.accounts.get(&phone).and_then(|a| a.session) {
+                        self.counters.typing_pushed += 1;
+                        self.push_signal(session, &frame);
+                    }
+                }
+            }
+            PeerMessage::LookupAccounts {
+                query,
+                reply_shard,
+                phones,
+            } => {
+                let registered = phones
+                    .into_iter()
+                    .filter(|p| self.accounts.contains_key(p))
+                    .collect();
+                let answer = PeerMessage::AccountsFound { query, registered };
+                self.route(reply_shard, answer);
+            }
+            PeerMessage::AccountsFound { query, registered } => {
+                let Some(lookup) = self.social_state.lookups.get_mut(&query) else {
+                    return;
+                };
+                lookup.registered.extend(registered);
+                lookup.shards_left -= 1;
+                if lookup.shards_left == 0 {
+                    let lookup = self.social_state.lookups.remove(&query).expect("found");
+                    self.finish_lookup(lookup);
+                }
+            }
+            _ => unreachable!("apply_peer passes only social messages"),
+        }
+    }
+
+    /// `to`'s connection, when it still follows `about`; otherwise tells
+    /// `about`'s shard to stop pushing.
+    fn follower_session(&mut self, to: Phone, about: Phone) -> Option<ConnId> {
+        let following = self
+            .social_state
+            .watching
+            .get(&to)
+            .is_some_and(|list| list.contains(&about));
+        let session = self.accounts.get(&to).and_then(|a| a.session);
+        match session {
+            Some(session) if following => Some(session),
+            _ => {
+                let unwatch = PeerMessage::Unwatch {
+                    watcher: to,
+                    target: about,
+                };
+                self.signal(self.config.map.shard_of(about), unwatch);
+                None
+            }
+        }
+    }
+
+    fn forget_target(&mut self, owner: Phone, target: Phone) {
+        if let Some(list) = self.social_state.watching.get_mut(&owner) {
+            list.retain(|&t| t != target);
+        }
+    }
+
+    fn group_typing(&mut self, group: GroupId, from: Phone, state: TypingState) {
+        let Some(members) = self.group_members_except(group, from) else {
+            self.counters.signals_dropped_not_member += 1;
+            return;
+        };
+        let shards = usize::from(self.config.map.shards());
+        let mut by_shard: Vec<Vec<Phone>> = vec![Vec::new(); shards];
+        for phone in members {
+            by_shard[usize::from(self.config.map.shard_of(phone))].push(phone);
+        }
+        for (shard, to) in by_shard.into_iter().enumerate() {
+            if !to.is_empty() {
+                let message = PeerMessage::TypingTo {
+                    to,
+                    from,
+                    group: Some(group),
+                    state,
+                };
+                self.signal(shard as u16, message);
+            }
+        }
+    }
+
+    // ---- recovery ------------------------------------------------------------
+
+    /// Applies a social record to an account that exists.
+    pub(super) fn restore_social(&mut self, record: Record) {
+        let owner = match &record {
+            Record::Contacts { owner, .. }
+            | Record::Profile { owner, .. }
+            | Record::LastSeen { owner, .. } => *owner,
+            _ => unreachable!("restore passes only social records"),
+        };
+        let account = self.accounts.get_mut(&owner).expect("restore checked");
+        match record {
+            Record::Contacts {
+                full, add, remove, ..
+            } => {
+                let social = account.social.get_or_insert_default();
+                let add = normalize(add, owner);
+                if full {
+                    social.contacts = add;
+                } else {
+                    let remove = normalize(remove, owner);
+                    social.contacts.extend(add);
+                    social.contacts.sort_unstable();
+                    social.contacts.dedup();
+                    social.contacts.retain(|p| remove.binary_search(p).is_err());
+                }
+            }
+            Record::Profile {
+                profile,
+                hide_last_seen,
+                ..
+            } => {
+                let social = account.social.get_or_insert_default();
+                social.profile = profile;
+                social.hide_last_seen = hide_last_seen;
+            }
+            Record::LastSeen { at_ms, .. } => account.last_seen_ms = at_ms,
+            _ => unreachable!(),
+        }
+    }
+
+    /// An account's social records for a checkpoint.
+    pub(super) fn checkpoint_social(&self, owner: Phone, records: &mut Vec<Record>) {
+        let account = &self.accounts[&owner];
+        if let Some(social) = &account.social {
+            if !social.contacts.is_empty() {
+                records.push(Record::Contacts {
+                    owner,
+                    full: true,
+                    add: social.contacts.clone(),
+                    remove: Vec::new(),
+                });
+            }
+            if social.profile != Profile::default() || social.hide_last_seen {
+                records.push(Record::Profile {
+                    owner,
+                    profile: social.profile.clone(),
+                    hide_last_seen: social.hide_last_seen,
+                });
+            }
+        }
+        if account.last_seen_ms > 0 {
+            records.push(Record::LastSeen {
+                owner,
+                at_ms: account.last_seen_ms,
+            });
+        }
+    }
+}
+
+impl PeerMessage {
+    /// Signals may be dropped on the way when the destination's queue is
+    /// backed up: nothing depends on their arrival but what a phone shows.
+    /// Answers to a phone's own request are not signals.
+    pub fn is_signal(&self) -> bool {
+        matches!(
+            self,
+            PeerMessage::Unwatch { .. }
+                | PeerMessage::PresenceOf { conn: None, .. }
+                | PeerMessage::ProfileOf { conn: None, .. }
+                | PeerMessage::TypingTo { .. }
+                | PeerMessage::GroupTyping { .. }
+        )
+    }
+}

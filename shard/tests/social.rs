@@ -1,0 +1,468 @@
+//! Presence, typing, contacts and profiles on one thread: two shards, so
+//! that the follower and the followed sit on different shards.
+
+mod common;
+
+use common::*;
+
+/// Alice (shard 0) and Bob (shard 1), signed up and logged in.
+fn alice_and_bob(net: &mut Net) -> (Phone, DeviceKey, Phone_, Phone, DeviceKey, Phone_) {
+    let (alice, alice_key, bob, bob_key) = signed_up_pair(net);
+    let (alice_conn, _) = net.login(alice, alice_key);
+    let (bob_conn, _) = net.login(bob, bob_key);
+    (alice, alice_key, alice_conn, bob, bob_key, bob_conn)
+}
+
+fn sync(net: &mut Net, conn: &mut Phone_, client_id: u64, full: bool, add: &[Phone]) -> Vec<Got> {
+    net.send(
+        conn,
+        ClientFrame::SyncContacts {
+            client_id,
+            full,
+            add: add.to_vec(),
+            remove: Vec::new(),
+        },
+    );
+    net.read(conn)
+}
+
+fn subscribe(net: &mut Net, conn: &mut Phone_, phone: Phone) -> Vec<Got> {
+    net.send(conn, ClientFrame::Subscribe { phone });
+    net.read(conn)
+}
+
+fn presence(phone: Phone, presence: Presence) -> Got {
+    Got::Presence { phone, presence }
+}
+
+#[test]
+fn presence_is_seen_only_by_mutual_contacts_and_follows_every_change() {
+    let mut net = Net::new(2, |_| {});
+    let (alice, alice_key, mut alice_conn, bob, _, mut bob_conn) = alice_and_bob(&mut net);
+    let unavailable = vec![presence(alice, Presence::Unavailable)];
+    net.advance(1_000);
+
+    // Neither lists the other; then only Bob lists Alice: hidden both times.
+    assert_eq!(subscribe(&mut net, &mut bob_conn, alice), unavailable);
+    let got = sync(&mut net, &mut bob_conn, 1, true, &[alice]);
+    assert_eq!(
+        got,
+        vec![Got::Contacts {
+            client_id: 1,
+            registered: vec![alice]
+        }]
+    );
+    assert_eq!(subscribe(&mut net, &mut bob_conn, alice), unavailable);
+
+    // Alice lists Bob too: now he sees her, and each change follows.
+    sync(&mut net, &mut alice_conn, 1, true, &[bob]);
+    assert_eq!(
+        subscribe(&mut net, &mut bob_conn, alice),
+        vec![presence(alice, Presence::Online)]
+    );
+    net.send(
+        &mut alice_conn,
+        ClientFrame::SetPresence { available: false },
+    );
+    let away_at = net.now_ms;
+    let away = Presence::Offline {
+        last_seen_ms: Some(away_at),
+    };
+    assert_eq!(net.read(&bob_conn), vec![presence(alice, away)]);
+    net.send(
+        &mut alice_conn,
+        ClientFrame::SetPresence { available: true },
+    );
+    assert_eq!(net.read(&bob_conn), vec![presence(alice, Presence::Online)]);
+
+    // She hangs up: offline since then; she logs in again: online.
+    net.advance(5_000);
+    net.shards[alice_conn.shard as usize].closed(alice_conn.conn);
+    net.settle();
+    let gone = Presence::Offline {
+        last_seen_ms: Some(net.now_ms),
+    };
+    assert_eq!(net.read(&bob_conn), vec![presence(alice, gone)]);
+    let (mut alice_conn, _) = net.login(alice, alice_key);
+    assert_eq!(net.read(&bob_conn), vec![presence(alice, Presence::Online)]);
+
+    // She hides her last seen: offline shows no time.
+    net.send(
+        &mut alice_conn,
+        ClientFrame::SetPrivacy {
+            client_id: 2,
+            hide_last_seen: true,
+        },
+    );
+    assert_eq!(net.read(&alice_conn), vec![Got::Done(2)]);
+    net.send(
+        &mut alice_conn,
+        ClientFrame::SetPresence { available: false },
+    );
+    let hidden = Presence::Offline { last_seen_ms: None };
+    assert_eq!(net.read(&bob_conn), vec![presence(alice, hidden)]);
+
+    // She drops Bob from her contacts: he hears nothing more, and asking
+    // again finds her hidden.
+    net.send(
+        &mut alice_conn,
+        ClientFrame::SyncContacts {
+            client_id: 3,
+            full: false,
+            add: Vec::new(),
+            remove: vec![bob],
+        },
+    );
+    net.send(
+        &mut alice_conn,
+        ClientFrame::SetPresence { available: true },
+    );
+    assert_eq!(net.read(&bob_conn), vec![]);
+    assert_eq!(subscribe(&mut net, &mut bob_conn, alice), unavailable);
+}
+
+#[test]
+fn unsubscribing_or_hanging_up_ends_the_pushes() {
+    let mut net = Net::new(2, |_| {});
+    let (alice, _, mut alice_conn, bob, bob_key, mut bob_conn) = alice_and_bob(&mut net);
+    sync(&mut net, &mut alice_conn, 1, true, &[bob]);
+    sync(&mut net, &mut bob_conn, 1, true, &[alice]);
+    subscribe(&mut net, &mut bob_conn, alice);
+    net.send(&mut bob_conn, ClientFrame::Unsubscribe { phone: alice });
+    net.send(
+        &mut alice_conn,
+        ClientFrame::SetPresence { available: false },
+    );
+    assert_eq!(net.read(&bob_conn), vec![]);
+
+    // A new connection follows nothing until it asks.
+    subscribe(&mut net, &mut bob_conn, alice);
+    net.shards[bob_conn.shard as usize].closed(bob_conn.conn);
+    net.settle();
+    let (bob_conn, _) = net.login(bob, bob_key);
+    net.send(
+        &mut alice_conn,
+        ClientFrame::SetPresence { available: true },
+    );
+    assert_eq!(net.read(&bob_conn), vec![]);
+    // Alice's shard forgot Bob: the hang-up told it.
+    net.shards[alice_conn.shard as usize].closed(alice_conn.conn);
+    net.settle();
+    assert_eq!(net.read(&bob_conn), vec![]);
+}
+
+#[test]
+fn a_connection_follows_a_bounded_number_of_phones() {
+    let mut net = Net::new(2, |c| c.presence_subscriptions_max = 1);
+    let (alice, _, mut alice_conn, bob, _, mut bob_conn) = alice_and_bob(&mut net);
+    let (carol, _) = net.signup("+15550009999");
+    sync(&mut net, &mut bob_conn, 1, true, &[alice, carol]);
+    sync(&mut net, &mut alice_conn, 1, true, &[bob]);
+    subscribe(&mut net, &mut bob_conn, alice);
+    assert_eq!(
+        subscribe(&mut net, &mut bob_conn, carol),
+        vec![Got::Error(ErrorKind::TooManySubscriptions)]
+    );
+    // Following the same phone again is no new subscription.
+    assert_eq!(subscribe(&mut net, &mut bob_conn, alice).len(), 1);
+}
+
+#[test]
+fn contact_sync_finds_accounts_on_every_shard_and_is_durable() {
+    let mut net = Net::new(2, |_| {});
+    let (alice, alice_key, mut alice_conn, bob, bob_key, mut bob_conn) = alice_and_bob(&mut net);
+    let (carol, _) = net.signup("+15550009999");
+    let nobody = Phone::parse("+15550008888").unwrap();
+    let got = sync(
+        &mut net,
+        &mut alice_conn,
+        7,
+        true,
+        &[nobody, carol, bob, alice, bob],
+    );
+    let mut registered = vec![bob, carol];
+    registered.sort();
+    assert_eq!(
+        got,
+        vec![Got::Contacts {
+            client_id: 7,
+            registered
+        }]
+    );
+
+    // A delta: only what it adds is looked up.
+    let (dave, _) = net.signup("+15550007777");
+    let got = sync(&mut net, &mut alice_conn, 8, false, &[dave]);
+    assert_eq!(
+        got,
+        vec![Got::Contacts {
+            client_id: 8,
+            registered: vec![dave]
+        }]
+    );
+    sync(&mut net, &mut bob_conn, 1, true, &[alice]);
+
+    // The lists outlive a checkpoint and a restart, and a checkpoint with
+    // them is a fixed point.
+    net.compact();
+    net.restart();
+    for shard in &mut net.shards {
+        let mut again: Vec<String> = shard
+            .checkpoint()
+            .iter()
+            .map(|r| format!("{r:?}"))
+            .collect();
+        let mut journal: Vec<String> = net.journals[shard.config().shard_id as usize]
+            .iter()
+            .map(|r| format!("{r:?}"))
+            .collect();
+        again.sort();
+        journal.sort();
+        assert_eq!(
+            again, journal,
+            "a checkpoint with contacts is a fixed point"
+        );
+    }
+    let (_alice_conn, _) = net.login(alice, alice_key);
+    let (mut bob_conn, _) = net.login(bob, bob_key);
+    assert_eq!(
+        subscribe(&mut net, &mut bob_conn, alice),
+        vec![presence(alice, Presence::Online)]
+    );
+}
+
+#[test]
+fn contact_lookups_are_bounded_in_size_and_rate() {
+    let mut net = Net::new(2, |c| {
+        c.contacts_max = 10;
+        c.contact_lookups_per_day = 24;
+        c.contact_syncs_per_hour = 3;
+        c.idle_timeout_ms = u64::MAX / 4;
+    });
+    let (_, _, mut alice_conn, _, _, _) = alice_and_bob(&mut net);
+    let numbers: Vec<Phone> = (0..30)
+        .map(|n| Phone::parse(&format!("+1666000{n:04}")).unwrap())
+        .collect();
+    assert_eq!(
+        sync(&mut net, &mut alice_conn, 1, true, &numbers[..11]),
+        vec![Got::Error(ErrorKind::TooManyContacts)]
+    );
+    // The first ten new numbers are the burst; re-sending them is free.
+    assert!(matches!(
+        sync(&mut net, &mut alice_conn, 2, true, &numbers[..10])[..],
+        [Got::Contacts { client_id: 2, .. }]
+    ));
+    assert!(matches!(
+        sync(&mut net, &mut alice_conn, 3, true, &numbers[..10])[..],
+        [Got::Contacts { client_id: 3, .. }]
+    ));
+    // Swapping them for new ones needs allowance that comes back slowly:
+    // one number an hour here.
+    assert_eq!(
+        sync(&mut net, &mut alice_conn, 4, true, &numbers[10..12]),
+        vec![Got::Error(ErrorKind::RateLimited)]
+    );
+    net.advance(2 * 60 * 60 * 1000);
+    assert!(matches!(
+        sync(&mut net, &mut alice_conn, 5, true, &numbers[10..12])[..],
+        [Got::Contacts { client_id: 5, .. }]
+    ));
+    // And syncs themselves are counted: three an hour.
+    let counters = net.shards[alice_conn.shard as usize].counters();
+    assert_eq!(counters.contact_syncs, 3);
+    for client_id in 6..=8 {
+        sync(&mut net, &mut alice_conn, client_id, true, &numbers[10..12]);
+    }
+    assert_eq!(
+        sync(&mut net, &mut alice_conn, 9, true, &numbers[10..12]),
+        vec![Got::Error(ErrorKind::RateLimited)]
+    );
+}
+
+#[test]
+fn typing_reaches_whoever_is_connected_and_is_never_stored() {
+    let mut net = Net::new(2, |_| {});
+    let (alice, _, mut alice_conn, bob, bob_key, mut bob_conn) = alice_and_bob(&mut net);
+    let typing = |chat| ClientFrame::Typing {
+        chat,
+        state: TypingState::Composing,
+    };
+    net.send(&mut alice_conn, typing(Chat::Direct(bob)));
+    assert_eq!(
+        net.read(&bob_conn),
+        vec![Got::Typing {
+            from: alice,
+            group: None,
+            state: TypingState::Composing
+        }]
+    );
+
+    // In a group: every other member, on any shard; a non-member's
+    // indicator goes nowhere.
+    let (carol, carol_key) = net.signup("+15550009999");
+    let (mut carol_conn, _) = net.login(carol, carol_key);
+    net.send(
+        &mut alice_conn,
+        ClientFrame::CreateGroup {
+            client_id: 1,
+            subject: "plans",
+            members: vec![bob],
+        },
+    );
+    let group = GroupId::derive(alice, 1);
+    net.read(&alice_conn);
+    net.read(&bob_conn);
+    net.send(&mut bob_conn, typing(Chat::Group(group)));
+    let composing = Got::Typing {
+        from: bob,
+        group: Some(group),
+        state: TypingState::Composing,
+    };
+    assert_eq!(net.read(&alice_conn), vec![composing]);
+    assert_eq!(net.read(&bob_conn), vec![]);
+    net.send(&mut carol_conn, typing(Chat::Group(group)));
+    assert_eq!(
+        (net.read(&alice_conn), net.read(&bob_conn)),
+        (vec![], vec![])
+    );
+    let owner = net.shards[0].config().map.shard_of_group(group);
+    assert_eq!(
+        net.shards[owner as usize]
+            .counters()
+            .signals_dropped_not_member,
+        1
+    );
+
+    // Bob is away when Alice types: he finds nothing when he is back.
+    net.shards[bob_conn.shard as usize].closed(bob_conn.conn);
+    net.settle();
+    net.send(&mut alice_conn, typing(Chat::Direct(bob)));
+    let (_, got) = net.login(bob, bob_key);
+    assert!(
+        got.iter().all(|g| !matches!(g, Got::Typing { .. })),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn signals_give_way_at_a_full_outbox_and_a_backed_up_queue_and_are_counted() {
+    let mut net = Net::new(2, |c| c.outbox_feed_bytes_max = 64);
+    let (alice, _, mut alice_conn, bob, _, bob_conn) = alice_and_bob(&mut net);
+    let typing = ClientFrame::Typing {
+        chat: Chat::Direct(bob),
+        state: TypingState::Paused,
+    };
+    // Bob does not read: past 64 bytes his indicators are dropped.
+    for _ in 0..20 {
+        net.send(&mut alice_conn, typing.clone());
+    }
+    let got = net.read(&bob_conn);
+    let counters = net.shards[bob_conn.shard as usize].counters();
+    assert!(got.len() < 20 && !got.is_empty(), "{got:?}");
+    assert_eq!(counters.signals_dropped_outbox_full, 20 - got.len() as u64);
+    assert!(got
+        .iter()
+        .all(|g| matches!(g, Got::Typing { from, .. } if *from == alice)));
+
+    // The queue between the shards is backed up: dropped at the sender.
+    net.drop_signals = true;
+    net.send(&mut alice_conn, typing);
+    assert_eq!(net.read(&bob_conn), vec![]);
+    let counters = net.shards[alice_conn.shard as usize].counters();
+    assert_eq!(counters.signals_dropped_queue_full, 1);
+}
+
+#[test]
+fn profiles_show_to_contacts_change_for_followers_and_survive_a_restart() {
+    let mut net = Net::new(2, |_| {});
+    let (alice, alice_key, mut alice_conn, bob, bob_key, mut bob_conn) = alice_and_bob(&mut net);
+    let profile = Profile {
+        name: "Alice".into(),
+        about: "at the lake".into(),
+        photo: b"media:1234".to_vec(),
+    };
+    net.send(
+        &mut alice_conn,
+        ClientFrame::SetProfile {
+            client_id: 4,
+            profile: profile.clone(),
+        },
+    );
+    assert_eq!(net.read(&alice_conn), vec![Got::Done(4)]);
+    let hidden = vec![Got::Profile {
+        phone: alice,
+        profile: None,
+    }];
+    net.send(&mut bob_conn, ClientFrame::GetProfile { phone: alice });
+    assert_eq!(net.read(&bob_conn), hidden);
+    sync(&mut net, &mut bob_conn, 1, true, &[alice]);
+    net.send(&mut bob_conn, ClientFrame::GetProfile { phone: alice });
+    assert_eq!(net.read(&bob_conn), hidden, "Alice does not list Bob");
+    sync(&mut net, &mut alice_conn, 1, true, &[bob]);
+    net.send(&mut bob_conn, ClientFrame::GetProfile { phone: alice });
+    let shown = Got::Profile {
+        phone: alice,
+        profile: Some(profile.clone()),
+    };
+    assert_eq!(net.read(&bob_conn), vec![shown.clone()]);
+
+    // A follower hears of a change.
+    subscribe(&mut net, &mut bob_conn, alice);
+    let mut changed = profile.clone();
+    changed.about = "back home".into();
+    net.send(
+        &mut alice_conn,
+        ClientFrame::SetProfile {
+            client_id: 5,
+            profile: changed.clone(),
+        },
+    );
+    let pushed = Got::Profile {
+        phone: alice,
+        profile: Some(changed.clone()),
+    };
+    assert_eq!(net.read(&bob_conn), vec![pushed.clone()]);
+    assert_eq!(net.read(&alice_conn), vec![Got::Done(5)]);
+
+    // Too long a field is refused and changes nothing.
+    let mut long = changed.clone();
+    long.name = "x".repeat(PROFILE_NAME_BYTES_MAX + 1);
+    net.send(
+        &mut alice_conn,
+        ClientFrame::SetProfile {
+            client_id: 6,
+            profile: long,
+        },
+    );
+    assert_eq!(
+        net.read(&alice_conn),
+        vec![Got::Error(ErrorKind::BadRequest)]
+    );
+
+    net.restart();
+    let (_, _) = net.login(alice, alice_key);
+    let (mut bob_conn, _) = net.login(bob, bob_key);
+    net.send(&mut bob_conn, ClientFrame::GetProfile { phone: alice });
+    assert_eq!(net.read(&bob_conn), vec![pushed]);
+}
+
+#[test]
+fn last_seen_survives_a_restart() {
+    let mut net = Net::new(2, |_| {});
+    let (alice, _, mut alice_conn, bob, bob_key, mut bob_conn) = alice_and_bob(&mut net);
+    sync(&mut net, &mut alice_conn, 1, true, &[bob]);
+    sync(&mut net, &mut bob_conn, 1, true, &[alice]);
+    net.advance(1_000);
+    let left_at = net.now_ms;
+    net.shards[alice_conn.shard as usize].closed(alice_conn.conn);
+    net.settle();
+    net.restart();
+    let (mut bob_conn, _) = net.login(bob, bob_key);
+    let away = Presence::Offline {
+        last_seen_ms: Some(left_at),
+    };
+    assert_eq!(
+        subscribe(&mut net, &mut bob_conn, alice),
+        vec![presence(alice, away)]
+    );
+}
