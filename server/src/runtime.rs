@@ -1112,7 +1112,8 @@ impl ConnTask {
     }
 
     fn finish(&mut self) {
-        self.runtime.core.borrow_mut().closed(self.id);
+        let now_ms = self.runtime.now_ms();
+        self.runtime.core.borrow_mut().closed(self.id, now_ms);
         self.runtime.wakers.borrow_mut().remove(&self.id);
         self.runtime
             .live_tasks

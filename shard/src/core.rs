@@ -688,13 +688,15 @@ impl Shard {
             handovers: conn.handovers + 1,
             login_failures: conn.login_failures,
         };
-        self.closed(id);
+        self.closed(id, self.now_ms);
         self.counters.handovers_out += 1;
         Some(snapshot)
     }
 
-    /// The connection is gone (closed by either side, or failed).
-    pub fn closed(&mut self, id: ConnId) {
+    /// The connection is gone (closed by either side, or failed) at
+    /// `now_ms`, which stamps the account's last-seen time.
+    pub fn closed(&mut self, id: ConnId, now_ms: u64) {
+        self.now_ms = now_ms;
         let Some(conn) = self
             .conns
             .get_mut(id.index as usize)

@@ -883,7 +883,7 @@ fn model_random_operations_survive_restart() {
                 }
                 3 => {
                     if let Some(conn) = phones[p].conn.take() {
-                        net.shards[conn.shard as usize].closed(conn.conn);
+                        net.shards[conn.shard as usize].closed(conn.conn, net.now_ms);
                         net.settle();
                     }
                 }

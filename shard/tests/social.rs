@@ -77,7 +77,7 @@ fn presence_is_seen_only_by_mutual_contacts_and_follows_every_change() {
 
     // She hangs up: offline since then; she logs in again: online.
     net.advance(5_000);
-    net.shards[alice_conn.shard as usize].closed(alice_conn.conn);
+    net.shards[alice_conn.shard as usize].closed(alice_conn.conn, net.now_ms);
     net.settle();
     let gone = Presence::Offline {
         last_seen_ms: Some(net.now_ms),
@@ -137,7 +137,7 @@ fn unsubscribing_or_hanging_up_ends_the_pushes() {
 
     // A new connection follows nothing until it asks.
     subscribe(&mut net, &mut bob_conn, alice);
-    net.shards[bob_conn.shard as usize].closed(bob_conn.conn);
+    net.shards[bob_conn.shard as usize].closed(bob_conn.conn, net.now_ms);
     net.settle();
     let (bob_conn, _) = net.login(bob, bob_key);
     net.send(
@@ -146,7 +146,7 @@ fn unsubscribing_or_hanging_up_ends_the_pushes() {
     );
     assert_eq!(net.read(&bob_conn), vec![]);
     // Alice's shard forgot Bob: the hang-up told it.
-    net.shards[alice_conn.shard as usize].closed(alice_conn.conn);
+    net.shards[alice_conn.shard as usize].closed(alice_conn.conn, net.now_ms);
     net.settle();
     assert_eq!(net.read(&bob_conn), vec![]);
 }
@@ -334,7 +334,7 @@ fn typing_reaches_whoever_is_connected_and_is_never_stored() {
     );
 
     // Bob is away when Alice types: he finds nothing when he is back.
-    net.shards[bob_conn.shard as usize].closed(bob_conn.conn);
+    net.shards[bob_conn.shard as usize].closed(bob_conn.conn, net.now_ms);
     net.settle();
     net.send(&mut alice_conn, typing(Chat::Direct(bob)));
     let (_, got) = net.login(bob, bob_key);
@@ -454,7 +454,7 @@ fn last_seen_survives_a_restart() {
     sync(&mut net, &mut bob_conn, 1, true, &[alice]);
     net.advance(1_000);
     let left_at = net.now_ms;
-    net.shards[alice_conn.shard as usize].closed(alice_conn.conn);
+    net.shards[alice_conn.shard as usize].closed(alice_conn.conn, net.now_ms);
     net.settle();
     net.restart();
     let (mut bob_conn, _) = net.login(bob, bob_key);
