@@ -226,10 +226,11 @@ fn handle(relay: &Relay, outbox: &Rc<Outbox>, phone: &Cell<Option<Phone>>, frame
         | ClientFrame::Typing { .. } => {}
         ClientFrame::SyncContacts { client_id, .. }
         | ClientFrame::SetProfile { client_id, .. }
-        | ClientFrame::SetPrivacy { client_id, .. } => outbox.push(&ServerFrame::Error {
+        | ClientFrame::SetPrivacy { client_id, .. }
+        | ClientFrame::RegisterPush { client_id, .. } => outbox.push(&ServerFrame::Error {
             kind: wire::ErrorKind::BadRequest,
             client_id: Some(client_id),
-            detail: "the relay keeps no contacts or profiles".into(),
+            detail: "the relay keeps no contacts, profiles or push tokens".into(),
         }),
     }
 }

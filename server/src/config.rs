@@ -19,6 +19,7 @@ pub struct Config {
     pub plaintext_listen: Option<SocketAddr>,
     pub tls: TlsConfig,
     pub sms: SmsConfig,
+    pub push: PushConfig,
     pub test_numbers: Option<TestNumbersConfig>,
     pub storage: StorageConfig,
     pub limits: Limits,
@@ -83,6 +84,31 @@ pub struct SmsConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushConfig {
+    /// Pushes to phones that are away are POSTed as JSON to this URL (a
+    /// relay to FCM or APNs). Unset: tokens are kept, nothing is sent.
+    pub webhook_url: Option<String>,
+    /// At most one push per account per this long.
+    pub interval_ms: u64,
+    /// Tries per push, and the wait before the first retry (doubling).
+    pub attempts_max: u32,
+    pub retry_ms: u64,
+}
+
+impl Default for PushConfig {
+    fn default() -> PushConfig {
+        PushConfig {
+            webhook_url: None,
+            interval_ms: shard::ShardConfig::new(0, shard::PartitionMap::new(1, 1))
+                .push_interval_ms,
+            attempts_max: 4,
+            retry_ms: 500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TestNumbersConfig {
     /// Numbers starting with this (for example `+1555`) sign up with `code`.
@@ -138,6 +164,7 @@ impl Default for Config {
             plaintext_listen: None,
             tls: TlsConfig::default(),
             sms: SmsConfig::default(),
+            push: PushConfig::default(),
             test_numbers: None,
             storage: StorageConfig::default(),
             limits: Limits::default(),

@@ -8,6 +8,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod config;
+mod push;
 mod reshard;
 mod runtime;
 mod sms;
@@ -31,6 +32,7 @@ use storage::log::LogConfig;
 
 use crate::{
     config::{Config, JournalKind, TestNumbersConfig},
+    push::{PushQueue, PushSender},
     runtime::{Listeners, PeerEnds, ShardSetup, StorageSetup},
     sms::{SmsQueue, SmsSender},
 };
@@ -68,6 +70,9 @@ struct Args {
     /// POST signup codes to this URL instead of writing them to the outbox.
     #[arg(long)]
     sms_webhook: Option<String>,
+    /// POST pushes for phones that are away to this URL.
+    #[arg(long)]
+    push_webhook: Option<String>,
     /// Where committed state goes: `log` (durable, the default) or `memory`.
     #[arg(long, value_enum)]
     journal: Option<JournalKind>,
@@ -132,8 +137,22 @@ fn run(args: Args) -> anyhow::Result<()> {
         None => SmsSender::Outbox(config.data_dir.join("sms-outbox.log")),
     })?;
 
+    let map = PartitionMap::new(PARTITIONS_DEFAULT, shard_count as u16);
+    let (push, push_rejected) = push::start(
+        match &config.push.webhook_url {
+            Some(url) => PushSender::Webhook {
+                url: url.clone(),
+                attempts_max: config.push.attempts_max,
+                retry_ms: config.push.retry_ms,
+            },
+            None => PushSender::None,
+        },
+        map,
+    )?;
+    let mut push_rejected = push_rejected.into_iter();
+
     if config.storage.journal == JournalKind::Log {
-        let sms = sms.clone();
+        let (sms, push) = (sms.clone(), push.clone());
         let done = reshard::reshard_if_needed(reshard::Reshard {
             data_dir: &config.data_dir,
             shard_count,
@@ -144,7 +163,12 @@ fn run(args: Args) -> anyhow::Result<()> {
             },
             io_memory_bytes: config.limits.io_memory_bytes,
             io_ring_depth: config.limits.io_ring_depth,
-            env: Arc::new(move || Box::new(OsEnv { sms: sms.clone() })),
+            env: Arc::new(move || {
+                Box::new(OsEnv {
+                    sms: sms.clone(),
+                    push: push.clone(),
+                })
+            }),
         })?;
         if let Some(line) = done {
             log::info!("{line}");
@@ -163,7 +187,6 @@ fn run(args: Args) -> anyhow::Result<()> {
     let (recovered_tx, recovered) = std::sync::mpsc::channel();
     let started = Instant::now();
     let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
-    let map = PartitionMap::new(PARTITIONS_DEFAULT, shard_count as u16);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut handles = Vec::new();
     let mut tls_fds = tls_fds.into_iter();
@@ -183,6 +206,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         shard_config.contact_syncs_per_hour = config.limits.contact_syncs_per_hour;
         shard_config.contact_lookups_per_day = config.limits.contact_lookups_per_day;
         shard_config.presence_subscriptions_max = config.limits.presence_subscriptions_max;
+        shard_config.push_interval_ms = config.push.interval_ms;
         if config.storage.journal == JournalKind::Log {
             shard_config.sync_delay_ms = config.storage.sync_delay_ms;
         }
@@ -197,6 +221,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         };
         let tls = identity.as_ref().map(|identity| identity.config.clone());
         let (limits, stop, sms) = (config.limits.clone(), stop.clone(), sms.clone());
+        let push = push.clone();
+        let push_rejected = push_rejected.next().expect("one per shard");
         let recovered = recovered_tx.clone();
         let storage = StorageSetup {
             journal: config.storage.journal,
@@ -220,7 +246,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             .spawn(move || async move {
                 let shard = Shard::new(
                     shard_config,
-                    Box::new(OsEnv { sms }),
+                    Box::new(OsEnv { sms, push }),
                     started.elapsed().as_millis() as u64,
                 );
                 runtime::run(ShardSetup {
@@ -233,6 +259,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                     started,
                     storage,
                     recovered,
+                    push_rejected,
                 })
                 .await
             })
@@ -386,6 +413,9 @@ fn apply_flags(config: &mut Config, args: Args) -> anyhow::Result<()> {
     if let Some(url) = args.sms_webhook {
         config.sms.webhook_url = Some(url);
     }
+    if let Some(url) = args.push_webhook {
+        config.push.webhook_url = Some(url);
+    }
     Ok(())
 }
 
@@ -442,6 +472,7 @@ fn peer_queues(count: usize, batches_max: usize) -> Vec<PeerEnds> {
 
 struct OsEnv {
     sms: SmsQueue,
+    push: PushQueue,
 }
 
 impl shard::Env for OsEnv {
@@ -453,5 +484,9 @@ impl shard::Env for OsEnv {
 
     fn send_sms(&mut self, phone: wire::Phone, code: u32) -> bool {
         self.sms.try_send(phone, code)
+    }
+
+    fn push(&mut self, push: shard::Push) -> bool {
+        self.push.try_send(push)
     }
 }

@@ -244,6 +244,8 @@ pub struct ShardSetup {
     pub limits: crate::config::Limits,
     pub stop: Arc<AtomicBool>,
     pub started: Instant,
+    /// Push tokens the gateway refused, for accounts of this shard.
+    pub push_rejected: crossbeam_channel::Receiver<crate::push::Rejected>,
 }
 
 /// Runs one shard until `stop` is raised and its connections are closed.
@@ -258,6 +260,7 @@ pub async fn run(setup: ShardSetup) {
         limits,
         stop,
         started,
+        push_rejected,
     } = setup;
     let shard_id = shard.config().shard_id;
     let journal = match open_journal(&mut shard, &storage).await {
@@ -336,7 +339,13 @@ pub async fn run(setup: ShardSetup) {
     let tick = Duration::from_millis(tick_ms);
     while !stop.load(Ordering::Relaxed) {
         glommio::timer::sleep(tick).await;
-        runtime.core.borrow_mut().tick(runtime.now_ms());
+        {
+            let mut core = runtime.core.borrow_mut();
+            core.tick(runtime.now_ms());
+            for (phone, token) in push_rejected.try_iter() {
+                core.push_rejected(phone, &token);
+            }
+        }
         runtime.after_core();
     }
 

@@ -79,6 +79,9 @@ pub struct ShardConfig {
     pub contact_lookups_per_day: u32,
     /// Phones one connection may follow the presence of at once.
     pub presence_subscriptions_max: usize,
+    /// At most one push per account per this long: what arrives within it
+    /// is covered by one push when it ends.
+    pub push_interval_ms: u64,
     /// Moves of one connection between shards before login.
     pub handovers_max: u8,
     /// Failed logins on one connection before it is closed.
@@ -117,6 +120,7 @@ impl ShardConfig {
             contact_syncs_per_hour: 60,
             contact_lookups_per_day: 1_000,
             presence_subscriptions_max: 256,
+            push_interval_ms: 30_000,
             handovers_max: 4,
             login_failures_max: 3,
         }

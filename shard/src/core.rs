@@ -8,6 +8,7 @@
 //! them, then calls [`Shard::committed`].
 
 mod groups;
+mod push;
 mod social;
 
 use std::{collections::VecDeque, sync::Arc};
@@ -23,6 +24,7 @@ use wire::{
 };
 
 pub use groups::GroupAction;
+pub use push::Push;
 
 use crate::{
     dedup::DedupTable,
@@ -260,12 +262,21 @@ pub struct ShardCounters {
     pub contact_syncs: u64,
     pub contact_syncs_refused: u64,
     pub contact_lookups: u64,
+    /// Pushes handed to the push sender, dropped because its queue was
+    /// full, and not sent because one had gone out within the interval;
+    /// tokens dropped because the gateway rejected them.
+    pub pushes_sent: u64,
+    pub pushes_dropped_queue_full: u64,
+    pub pushes_coalesced: u64,
+    pub push_tokens_dropped: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
 enum TimerEvent {
     Idle(ConnId),
     Signup(Phone),
+    /// The coalescing interval after `Phone`'s last push ended.
+    Push(Phone),
 }
 
 #[derive(Debug)]
@@ -306,6 +317,7 @@ struct Account {
     /// Unix ms when last online; 0 for never seen since it was recorded.
     last_seen_ms: u64,
     social: Option<Box<social::Social>>,
+    push: Option<Box<push::PushState>>,
 }
 
 impl Account {
@@ -322,6 +334,7 @@ impl Account {
             available: false,
             last_seen_ms: 0,
             social: None,
+            push: None,
         }
     }
 
@@ -561,6 +574,12 @@ impl Shard {
                 }
                 self.restore_social(record);
             }
+            Record::PushToken { owner, token } => {
+                if !self.accounts.contains_key(&owner) {
+                    return Err(RestoreError::UnknownAccount(owner));
+                }
+                self.restore_push(owner, token);
+            }
         }
         Ok(())
     }
@@ -592,6 +611,7 @@ impl Shard {
                 generation: account.generation,
             });
             self.checkpoint_social(phone, &mut records);
+            self.checkpoint_push(phone, &mut records);
             records.push(Record::MailboxStart {
                 owner: phone,
                 next_seq: account.mailbox.acked_up_to() + 1,
@@ -983,6 +1003,7 @@ impl Shard {
             | ClientFrame::SyncContacts { client_id, .. }
             | ClientFrame::SetProfile { client_id, .. }
             | ClientFrame::SetPrivacy { client_id, .. }
+            | ClientFrame::RegisterPush { client_id, .. }
                 if logged_in.is_none() =>
             {
                 self.reply_error(id, ErrorKind::NotLoggedIn, Some(client_id), "log in first");
@@ -1118,6 +1139,15 @@ impl Shard {
                 self.set_privacy(id, owner, client_id, hide_last_seen);
                 FrameOutcome::Continue
             }
+            ClientFrame::RegisterPush {
+                client_id,
+                platform,
+                token,
+            } => {
+                let owner = logged_in.expect("checked above");
+                self.register_push(id, owner, client_id, platform, token);
+                FrameOutcome::Continue
+            }
         };
         self.run_local();
         outcome
@@ -1140,6 +1170,7 @@ impl Shard {
             match event {
                 TimerEvent::Idle(id) => self.idle_check(id, now_ms),
                 TimerEvent::Signup(phone) => self.signup_check(phone, now_ms),
+                TimerEvent::Push(phone) => self.push_due(phone),
             }
         }
         self.dedup.expire(now_ms);
@@ -1777,11 +1808,14 @@ impl Shard {
     /// owner's connection. `None` when `owner` has no account.
     fn append(&mut self, owner: Phone, entry: EntryRecord) -> Option<u64> {
         let account = self.accounts.get_mut(&owner)?;
+        let wakes = !matches!(entry, EntryRecord::Receipt { .. });
         let seq = account.mailbox.push(entry.clone());
         let session = account.session;
         self.record_mailbox(Record::MailboxPut { owner, seq, entry });
-        if let Some(session) = session {
-            self.pump(session);
+        match session {
+            Some(session) => self.pump(session),
+            None if wakes => self.something_waits(owner),
+            None => {}
         }
         Some(seq)
     }

@@ -16,7 +16,7 @@ mod partition;
 mod timer_wheel;
 
 pub use crate::core::{
-    ConnId, ConnSnapshot, FrameOutcome, GroupAction, PeerMessage, RestoreError, Shard,
+    ConnId, ConnSnapshot, FrameOutcome, GroupAction, PeerMessage, Push, RestoreError, Shard,
     ShardCounters,
 };
 pub use config::{ShardConfig, TestNumbers};

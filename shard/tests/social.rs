@@ -466,3 +466,86 @@ fn last_seen_survives_a_restart() {
         vec![presence(alice, away)]
     );
 }
+
+fn register_push(net: &mut Net, conn: &mut Phone_, token: &str) {
+    net.send(
+        conn,
+        ClientFrame::RegisterPush {
+            client_id: 90,
+            platform: PushPlatform::Fcm,
+            token: token.into(),
+        },
+    );
+    assert_eq!(net.read(conn), vec![Got::Done(90)]);
+}
+
+#[test]
+fn a_phone_that_is_away_is_pushed_once_per_interval_and_a_rejected_token_is_dropped() {
+    let mut net = Net::new(2, |c| {
+        c.push_interval_ms = 10_000;
+        c.idle_timeout_ms = u64::MAX / 4;
+    });
+    let (alice, alice_key, mut alice_conn, bob, bob_key, mut bob_conn) = alice_and_bob(&mut net);
+    let bob_shard = bob_conn.shard as usize;
+    let pushes = |net: &Net| net.sms.borrow().pushes.clone();
+    register_push(&mut net, &mut bob_conn, "token-1");
+    // Online: messages go down the connection, no push.
+    net.message(&mut alice_conn, bob, 1, b"hi");
+    assert!(pushes(&net).is_empty());
+
+    net.shards[bob_shard].closed(bob_conn.conn, net.now_ms);
+    net.settle();
+    // A receipt wakes no one.
+    net.send(
+        &mut alice_conn,
+        ClientFrame::Read {
+            from: bob,
+            client_id: 1,
+        },
+    );
+    assert!(pushes(&net).is_empty());
+    for client_id in 2..=4 {
+        net.message(&mut alice_conn, bob, client_id, b"while away");
+    }
+    // One push at once; the two after it wait for the interval's end.
+    let got = pushes(&net);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((got[0].phone, &*got[0].token), (bob, "token-1"));
+    assert_eq!(got[0].platform, PushPlatform::Fcm);
+    net.advance(10_000);
+    let got = pushes(&net);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[1].waiting, 5, "every unacknowledged entry waits");
+    let counters = net.shards[bob_shard].counters();
+    assert_eq!((counters.pushes_sent, counters.pushes_coalesced), (2, 2));
+
+    // The token survives a restart; then the gateway rejects it (a stale
+    // rejection of another token changes nothing).
+    net.restart();
+    let (mut alice_conn, _) = net.login(alice, alice_key);
+    net.message(&mut alice_conn, bob, 5, b"after restart");
+    assert_eq!(pushes(&net).len(), 3);
+    net.shards[bob_shard].push_rejected(bob, "an older token");
+    net.shards[bob_shard].push_rejected(bob, "token-1");
+    net.settle();
+    net.advance(60_000);
+    net.message(&mut alice_conn, bob, 6, b"no push now");
+    assert_eq!(pushes(&net).len(), 3);
+    assert_eq!(net.shards[bob_shard].counters().push_tokens_dropped, 1);
+    net.restart();
+    let (mut alice_conn, _) = net.login(alice, alice_key);
+    net.message(&mut alice_conn, bob, 7, b"still none");
+    assert_eq!(pushes(&net).len(), 3, "the drop is durable");
+
+    // A full push queue drops the push and counts it.
+    let (mut bob_conn, _) = net.login(bob, bob_key);
+    register_push(&mut net, &mut bob_conn, "token-2");
+    net.shards[bob_shard].closed(bob_conn.conn, net.now_ms);
+    net.sms.borrow_mut().push_queue_full = true;
+    net.message(&mut alice_conn, bob, 8, b"queue full");
+    assert_eq!(pushes(&net).len(), 3);
+    assert_eq!(
+        net.shards[bob_shard].counters().pushes_dropped_queue_full,
+        1
+    );
+}

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use wire::{GroupChange, GroupId, Phone, Profile, ReceiptKind};
+use wire::{GroupChange, GroupId, Phone, Profile, PushPlatform, ReceiptKind};
 
 /// Bytes of a device key hash (SHA-256).
 pub const KEY_HASH_BYTES: usize = 32;
@@ -92,6 +92,11 @@ pub enum Record {
     },
     /// `owner` was last connected and available at `at_ms` (Unix ms).
     LastSeen { owner: Phone, at_ms: u64 },
+    /// `owner`'s push token now (`None`: it has none).
+    PushToken {
+        owner: Phone,
+        token: Option<(PushPlatform, String)>,
+    },
 }
 
 /// Which shard keeps a record.
@@ -118,7 +123,8 @@ impl Record {
             | Record::Dedup { owner, .. }
             | Record::Contacts { owner, .. }
             | Record::Profile { owner, .. }
-            | Record::LastSeen { owner, .. } => Owner::Account(*owner),
+            | Record::LastSeen { owner, .. }
+            | Record::PushToken { owner, .. } => Owner::Account(*owner),
             Record::GroupPost { group, .. }
             | Record::GroupState { group, .. }
             | Record::GroupDedup { group, .. } => Owner::Group(*group),

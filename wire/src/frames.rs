@@ -7,7 +7,7 @@ use std::{borrow::Cow, fmt};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Chat, GroupChange, GroupId, Phone, Presence, Profile, TypingState};
+use crate::{Chat, GroupChange, GroupId, Phone, Presence, Profile, PushPlatform, TypingState};
 
 /// Bytes in a device key, and in its hash.
 pub const DEVICE_KEY_BYTES: usize = 32;
@@ -140,6 +140,14 @@ pub enum ClientFrame<'a> {
         client_id: u64,
         hide_last_seen: bool,
     },
+    /// Wake this phone through `platform` with `token` when something
+    /// waits for it while it is away; an empty token stops that. Replaces
+    /// the token before; answered with `Done` once durable.
+    RegisterPush {
+        client_id: u64,
+        platform: PushPlatform,
+        token: String,
+    },
 }
 
 /// Frames the server sends.
@@ -241,7 +249,8 @@ pub enum ServerFrame<'a> {
         phone: Phone,
         profile: Option<Profile>,
     },
-    /// The request `client_id` (`SetProfile`, `SetPrivacy`) is durable.
+    /// The request `client_id` (`SetProfile`, `SetPrivacy`, `RegisterPush`)
+    /// is durable.
     Done {
         client_id: u64,
     },

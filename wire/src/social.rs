@@ -16,6 +16,25 @@ pub const PROFILE_ABOUT_BYTES_MAX: usize = 256;
 /// Longest photo reference (opaque to the server: a media id, a URL).
 pub const PROFILE_PHOTO_BYTES_MAX: usize = 256;
 
+/// Longest push token, in bytes (FCM's are about 160, APNs' 64).
+pub const PUSH_TOKEN_BYTES_MAX: usize = 512;
+
+/// Which gateway a push token belongs to; the push relay picks by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PushPlatform {
+    Fcm,
+    Apns,
+}
+
+impl PushPlatform {
+    pub fn name(self) -> &'static str {
+        match self {
+            PushPlatform::Fcm => "fcm",
+            PushPlatform::Apns => "apns",
+        }
+    }
+}
+
 /// Where a typing indicator applies: a 1:1 chat with a phone, or a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Chat {

@@ -94,6 +94,11 @@ fn client_frames() -> Vec<ClientFrame<'static>> {
             client_id: 11,
             hide_last_seen: true,
         },
+        ClientFrame::RegisterPush {
+            client_id: 12,
+            platform: PushPlatform::Apns,
+            token: "ab".repeat(PUSH_TOKEN_BYTES_MAX / 2),
+        },
     ]
 }
 

@@ -231,3 +231,47 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A small HTTP server on loopback, standing in for a gateway: it answers
+/// each POST with the status `answer` picks for its JSON body, and passes
+/// the body on.
+pub fn http_receiver(
+    answer: impl Fn(&serde_json::Value) -> u16 + Send + 'static,
+) -> (String, mpsc::Receiver<serde_json::Value>) {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, bodies) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = value.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            assert!(request_line.starts_with("POST /hook "), "{request_line}");
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let status = answer(&json);
+            let response =
+                format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = stream.write_all(response.as_bytes());
+            if tx.send(json).is_err() {
+                return;
+            }
+        }
+    });
+    (url, bodies)
+}

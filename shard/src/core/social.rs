@@ -132,7 +132,7 @@ impl Shard {
 
     /// Records a durable change to an account's social state, unless the
     /// journal cannot take it; then answers `client_id` and returns false.
-    fn social_writable(&mut self, id: ConnId, client_id: u64) -> bool {
+    pub(super) fn social_writable(&mut self, id: ConnId, client_id: u64) -> bool {
         if self.journal_failed {
             let kind = ErrorKind::StorageFailed;
             self.reply_error(id, kind, Some(client_id), STORAGE_FAILED);

@@ -7,9 +7,13 @@ use std::{cell::RefCell, rc::Rc};
 pub use shard::*;
 pub use wire::*;
 
+/// What the shards handed to the outside world: codes and pushes.
 #[derive(Default)]
 pub struct Sms {
     pub sent: Vec<(Phone, u32)>,
+    pub pushes: Vec<Push>,
+    /// The push queue is full: `push` refuses.
+    pub push_queue_full: bool,
 }
 
 pub struct FakeEnv {
@@ -29,6 +33,14 @@ impl Env for FakeEnv {
     }
     fn send_sms(&mut self, phone: Phone, code: u32) -> bool {
         self.sms.borrow_mut().sent.push((phone, code));
+        true
+    }
+    fn push(&mut self, push: Push) -> bool {
+        let mut sms = self.sms.borrow_mut();
+        if sms.push_queue_full {
+            return false;
+        }
+        sms.pushes.push(push);
         true
     }
 }

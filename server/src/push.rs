@@ -1,0 +1,215 @@
+//! Pushes to phones that are away, on a thread of its own: a slow or
+//! failing gateway never stalls a shard, and the shards never wait for it.
+//!
+//! The gateway is a webhook: each push is one HTTP POST of a JSON object
+//! (`phone`, `platform`, `token`, `waiting`) that a small relay forwards to
+//! FCM or APNs. The body says only that something waits, never what. A
+//! 2xx answer is success; 404 or 410 means the token is dead (what FCM and
+//! APNs answer for an unregistered device), and it goes back to its
+//! account's shard to be dropped; 429, 5xx and transport errors are retried
+//! with doubling backoff; any other answer gives up on that push.
+
+use std::{
+    cmp::Reverse,
+    collections::BinaryHeap,
+    sync::Arc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use shard::{PartitionMap, Push};
+use wire::Phone;
+
+/// Pushes waiting for the gateway; past this, shards drop (and count) new
+/// ones: the next message for the same phone makes another.
+const PUSH_QUEUE_MAX: usize = 16 * 1024;
+/// Pushes waiting for a retry; past this a failed push is given up at once.
+const RETRIES_MAX: usize = 16 * 1024;
+/// Rejected tokens waiting for their shard's next tick.
+pub const REJECTED_QUEUE_MAX: usize = 1024;
+/// How long one POST may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where pushes go.
+#[derive(Debug, Clone)]
+pub enum PushSender {
+    /// Nowhere: tokens are kept, nothing is sent.
+    None,
+    Webhook {
+        url: String,
+        /// Tries per push, the first included.
+        attempts_max: u32,
+        /// Wait before the first retry; doubled for each next one.
+        retry_ms: u64,
+    },
+}
+
+/// A token the gateway refused, for its account's shard.
+pub type Rejected = (Phone, Arc<str>);
+
+/// The shards' handle: cheap to clone, never blocks.
+#[derive(Clone)]
+pub struct PushQueue(Option<Sender<Push>>);
+
+impl PushQueue {
+    /// False when the queue is full; true when there is no gateway at all
+    /// (nothing is lost that could have been sent).
+    pub fn try_send(&self, push: Push) -> bool {
+        match &self.0 {
+            Some(sender) => sender.try_send(push).is_ok(),
+            None => true,
+        }
+    }
+}
+
+/// Starts the sender; returns the shards' handle and, per shard, where
+/// rejected tokens arrive.
+pub fn start(
+    sender: PushSender,
+    map: PartitionMap,
+) -> std::io::Result<(PushQueue, Vec<Receiver<Rejected>>)> {
+    let (rejected_tx, rejected_rx): (Vec<_>, Vec<_>) = (0..map.shards())
+        .map(|_| bounded::<Rejected>(REJECTED_QUEUE_MAX))
+        .unzip();
+    let PushSender::Webhook {
+        url,
+        attempts_max,
+        retry_ms,
+    } = sender
+    else {
+        return Ok((PushQueue(None), rejected_rx));
+    };
+    let (tx, rx) = bounded::<Push>(PUSH_QUEUE_MAX);
+    let gateway = Gateway {
+        agent: ureq::AgentBuilder::new().timeout(REQUEST_TIMEOUT).build(),
+        url,
+        attempts_max: attempts_max.max(1),
+        retry: Duration::from_millis(retry_ms),
+        map,
+        rejected: rejected_tx,
+        retries: BinaryHeap::new(),
+        retry_seq: 0,
+    };
+    thread::Builder::new()
+        .name("isle-push".into())
+        .spawn(move || gateway.run(rx))?;
+    Ok((PushQueue(Some(tx)), rejected_rx))
+}
+
+struct Gateway {
+    agent: ureq::Agent,
+    url: String,
+    attempts_max: u32,
+    retry: Duration,
+    map: PartitionMap,
+    rejected: Vec<Sender<Rejected>>,
+    /// Due time, a tie-breaker, the attempt to make and the push.
+    retries: BinaryHeap<Reverse<(Instant, u64, u32, PushKey)>>,
+    retry_seq: u64,
+}
+
+/// A push as the retry heap holds it (ordered only by the fields before).
+struct PushKey(Push);
+
+impl PartialEq for PushKey {
+    fn eq(&self, _: &PushKey) -> bool {
+        true
+    }
+}
+impl Eq for PushKey {}
+impl PartialOrd for PushKey {
+    fn partial_cmp(&self, other: &PushKey) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for PushKey {
+    fn cmp(&self, _: &PushKey) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
+    }
+}
+
+enum Outcome {
+    Delivered,
+    Rejected,
+    Retry(String),
+    GiveUp(String),
+}
+
+impl Gateway {
+    fn run(mut self, rx: Receiver<Push>) {
+        loop {
+            let now = Instant::now();
+            while self
+                .retries
+                .peek()
+                .is_some_and(|Reverse((due, ..))| *due <= now)
+            {
+                let Reverse((_, _, attempt, PushKey(push))) = self.retries.pop().expect("peeked");
+                self.attempt(push, attempt);
+            }
+            let wait = self
+                .retries
+                .peek()
+                .map_or(Duration::from_secs(1), |Reverse((due, ..))| {
+                    due.saturating_duration_since(Instant::now())
+                });
+            match rx.recv_timeout(wait) {
+                Ok(push) => self.attempt(push, 1),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn attempt(&mut self, push: Push, attempt: u32) {
+        match self.post(&push) {
+            Outcome::Delivered => {}
+            Outcome::Rejected => {
+                log::info!(
+                    "push gateway rejected the token of {}; dropping it",
+                    push.phone
+                );
+                let shard = usize::from(self.map.shard_of(push.phone));
+                // A full queue only delays the drop: the next push for the
+                // phone is rejected again.
+                let _ = self.rejected[shard].try_send((push.phone, push.token));
+            }
+            Outcome::Retry(error)
+                if attempt < self.attempts_max && self.retries.len() < RETRIES_MAX =>
+            {
+                let due = Instant::now() + self.retry * 2u32.saturating_pow(attempt - 1);
+                self.retry_seq += 1;
+                self.retries
+                    .push(Reverse((due, self.retry_seq, attempt + 1, PushKey(push))));
+                log::debug!("push attempt {attempt} failed: {error}; retrying");
+            }
+            Outcome::Retry(error) | Outcome::GiveUp(error) => {
+                log::warn!(
+                    "push to {} given up after attempt {attempt}: {error}",
+                    push.phone
+                );
+            }
+        }
+    }
+
+    fn post(&self, push: &Push) -> Outcome {
+        let body = serde_json::json!({
+            "phone": push.phone.to_string(),
+            "platform": push.platform.name(),
+            "token": &*push.token,
+            "waiting": push.waiting,
+        });
+        match self.agent.post(&self.url).send_json(&body) {
+            Ok(_) => Outcome::Delivered,
+            Err(ureq::Error::Status(404 | 410, _)) => Outcome::Rejected,
+            Err(ureq::Error::Status(status, _)) if status == 429 || status >= 500 => {
+                Outcome::Retry(format!("gateway answered {status}"))
+            }
+            Err(ureq::Error::Status(status, _)) => {
+                Outcome::GiveUp(format!("gateway answered {status}"))
+            }
+            Err(error) => Outcome::Retry(error.to_string()),
+        }
+    }
+}
