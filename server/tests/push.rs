@@ -116,9 +116,10 @@ fn pushes_are_coalesced_retried_and_a_rejected_token_is_dropped() {
             .recv_timeout(Duration::from_secs(10))
             .unwrap_or_else(|_| panic!("no push: {what}"))
     };
-    let none_for = |ms: u64| match pushes.recv_timeout(Duration::from_millis(ms)) {
-        Ok(json) => panic!("an unexpected push: {json}"),
-        Err(_) => {}
+    let none_for = |ms: u64| {
+        if let Ok(json) = pushes.recv_timeout(Duration::from_millis(ms)) {
+            panic!("an unexpected push: {json}");
+        }
     };
 
     // Five messages at once: one push now, one when the interval ends.
