@@ -139,6 +139,9 @@ pub struct Limits {
     pub contact_lookups_per_day: u32,
     /// Phones one connection may follow the presence of at once.
     pub presence_subscriptions_max: usize,
+    /// Messages not delivered within this long are deleted and their
+    /// senders get an `Expired` receipt.
+    pub message_retention_ms: u64,
     /// Messages waiting to cross to one other shard before the connections
     /// that feed them stop being read.
     pub peer_staging_messages_max: usize,
@@ -189,6 +192,7 @@ impl Default for Limits {
             contact_syncs_per_hour: shard.contact_syncs_per_hour,
             contact_lookups_per_day: shard.contact_lookups_per_day,
             presence_subscriptions_max: shard.presence_subscriptions_max,
+            message_retention_ms: shard.message_retention_ms,
             peer_staging_messages_max: 16 * 1024,
             peer_queue_batches_max: 64,
             io_memory_bytes: 512 * 1024,

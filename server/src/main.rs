@@ -207,6 +207,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         shard_config.contact_lookups_per_day = config.limits.contact_lookups_per_day;
         shard_config.presence_subscriptions_max = config.limits.presence_subscriptions_max;
         shard_config.push_interval_ms = config.push.interval_ms;
+        shard_config.message_retention_ms = config.limits.message_retention_ms;
         if config.storage.journal == JournalKind::Log {
             shard_config.sync_delay_ms = config.storage.sync_delay_ms;
         }

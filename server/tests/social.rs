@@ -298,3 +298,37 @@ fn contacts_and_profiles_keep_their_bounds_show_only_to_contacts_and_survive_a_c
     assert_eq!(bob.recv().unwrap(), pushed);
     assert_eq!(subscribe(&mut bob, alice_phone), Presence::Online);
 }
+
+#[test]
+fn a_message_undelivered_past_the_retention_is_deleted_and_the_sender_told() {
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = config_dir.path().join("isle.toml");
+    std::fs::write(&config, "[limits]\nmessage_retention_ms = 1000\n").unwrap();
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    let (mut alice, _, _) = server.phone(&numbers_on(0, 1)[0]);
+    // Bob signs up and stays away.
+    let bob_phone = Phone::parse(&numbers_on(1, 1)[0]).unwrap();
+    let bob_key = server
+        .connect()
+        .sign_up(bob_phone, || Ok(common::TEST_CODE))
+        .unwrap();
+    alice
+        .send(&ClientFrame::Send {
+            client_id: 7,
+            to: bob_phone,
+            body: b"are you there?",
+        })
+        .unwrap();
+    expect(&mut alice, "Sent", |e| {
+        matches!(e, Event::Sent { client_id: 7, .. })
+    });
+    expect(&mut alice, "Expired", |e| {
+        matches!(
+            e,
+            Event::Receipt { kind: ReceiptKind::Expired, by, client_id: 7, .. } if *by == bob_phone
+        )
+    });
+    let mut bob = server.connect();
+    bob.login(bob_phone, bob_key).unwrap();
+    quiet(&mut bob);
+}

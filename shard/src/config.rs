@@ -82,6 +82,9 @@ pub struct ShardConfig {
     /// At most one push per account per this long: what arrives within it
     /// is covered by one push when it ends.
     pub push_interval_ms: u64,
+    /// Messages (and group posts) not delivered within this long are
+    /// deleted, and each sender gets an `Expired` receipt.
+    pub message_retention_ms: u64,
     /// Moves of one connection between shards before login.
     pub handovers_max: u8,
     /// Failed logins on one connection before it is closed.
@@ -121,6 +124,7 @@ impl ShardConfig {
             contact_lookups_per_day: 1_000,
             presence_subscriptions_max: 256,
             push_interval_ms: 30_000,
+            message_retention_ms: 30 * 24 * 60 * 60 * 1000,
             handovers_max: 4,
             login_failures_max: 3,
         }

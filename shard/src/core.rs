@@ -7,6 +7,7 @@
 //! committed: the caller drains records with [`Shard::take_records`], commits
 //! them, then calls [`Shard::committed`].
 
+mod expiry;
 mod groups;
 mod push;
 mod social;
@@ -269,6 +270,9 @@ pub struct ShardCounters {
     pub pushes_dropped_queue_full: u64,
     pub pushes_coalesced: u64,
     pub push_tokens_dropped: u64,
+    /// Messages deleted undelivered after `message_retention_ms`, each
+    /// answered with an `Expired` receipt to its sender.
+    pub messages_expired: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -392,6 +396,7 @@ pub struct Shard {
     /// Posts replayed on their owner, fanned out again when the restore ends.
     group_refan: Vec<(GroupId, u64, Post, Vec<Phone>)>,
     social_state: social::SocialState,
+    expiry: expiry::Sweep,
     timers: TimerWheel<TimerEvent>,
     /// Peer messages addressed to this shard itself, run before returning so
     /// that local delivery keeps the same order as remote delivery.
@@ -438,6 +443,7 @@ impl Shard {
             group_marks: AHashMap::new(),
             group_refan: Vec::new(),
             social_state: social::SocialState::default(),
+            expiry: expiry::Sweep::default(),
             timers,
             local: VecDeque::new(),
             peer_out: Vec::new(),
@@ -1174,6 +1180,7 @@ impl Shard {
             }
         }
         self.dedup.expire(now_ms);
+        self.expiry_tick();
         self.write_due(now_ms);
     }
 
@@ -1597,19 +1604,33 @@ impl Shard {
             // A repeated ack changes nothing, so it writes no record.
             return;
         }
+        self.release_entries(owner, up_to, ReceiptKind::Delivered);
+        self.pump(id);
+    }
+
+    /// Deletes `owner`'s entries up to `up_to`, telling each message's
+    /// sender why: `Delivered` (acknowledged) or `Expired`.
+    fn release_entries(&mut self, owner: Phone, up_to: u64, kind: ReceiptKind) {
+        let account = self
+            .accounts
+            .get_mut(&owner)
+            .expect("caller checked the account");
         let mut receipts = Vec::new();
-        let mut groups_acked = Vec::new();
+        let mut groups_released = Vec::new();
         account.mailbox.ack(up_to, |entry| match entry.record {
             EntryRecord::Message {
                 from, client_id, ..
             } => receipts.push((from, client_id)),
-            EntryRecord::Group { group, gseq } => groups_acked.push((group, gseq)),
+            EntryRecord::Group { group, gseq } => groups_released.push((group, gseq)),
             EntryRecord::Receipt { .. } => {}
         });
-        self.counters.messages_acked += receipts.len() as u64;
+        match kind {
+            ReceiptKind::Expired => self.counters.messages_expired += receipts.len() as u64,
+            _ => self.counters.messages_acked += receipts.len() as u64,
+        }
         self.record_mailbox(Record::MailboxAck { owner, up_to });
-        for (group, gseq) in groups_acked {
-            self.group_entry_acked(owner, group, gseq);
+        for (group, gseq) in groups_released {
+            self.group_entry_released(owner, group, gseq, kind);
         }
         for (from, client_id) in receipts {
             let shard = self.config.map.shard_of(from);
@@ -1619,11 +1640,10 @@ impl Shard {
                     to: from,
                     by: owner,
                     client_id,
-                    kind: ReceiptKind::Delivered,
+                    kind,
                 },
             );
         }
-        self.pump(id);
     }
 
     fn apply_peer(&mut self, message: PeerMessage) {

@@ -549,3 +549,68 @@ fn a_phone_that_is_away_is_pushed_once_per_interval_and_a_rejected_token_is_drop
         1
     );
 }
+
+#[test]
+fn what_waits_past_the_retention_is_deleted_and_its_sender_told() {
+    let mut net = Net::new(2, |c| {
+        c.message_retention_ms = 60_000;
+        c.idle_timeout_ms = u64::MAX / 4;
+    });
+    let (alice, _, mut alice_conn, bob, bob_key, bob_conn) = alice_and_bob(&mut net);
+    net.send(
+        &mut alice_conn,
+        ClientFrame::CreateGroup {
+            client_id: 100,
+            subject: "old news",
+            members: vec![bob],
+        },
+    );
+    net.read(&alice_conn);
+    net.read(&bob_conn);
+    let group = GroupId::derive(alice, 100);
+    net.shards[bob_conn.shard as usize].closed(bob_conn.conn, net.now_ms);
+    net.advance(1_000);
+    net.message(&mut alice_conn, bob, 1, b"old");
+    net.send(
+        &mut alice_conn,
+        ClientFrame::GroupSend {
+            client_id: 101,
+            group,
+            body: b"old to the group",
+        },
+    );
+    net.advance(30_000);
+    net.message(&mut alice_conn, bob, 2, b"younger");
+    net.read(&alice_conn);
+    // The first two pass the retention; the third does not yet.
+    net.advance(40_000);
+    let got = net.read(&alice_conn);
+    let mut expired: Vec<u64> = got
+        .iter()
+        .filter_map(|g| match g {
+            Got::Receipt {
+                kind: ReceiptKind::Expired,
+                by,
+                client_id,
+                ..
+            } if *by == bob => Some(*client_id),
+            _ => None,
+        })
+        .collect();
+    expired.sort();
+    assert_eq!(expired, vec![1, 101], "{got:?}");
+    let counters = net.shards[bob_conn.shard as usize].counters();
+    assert_eq!(counters.messages_expired, 2);
+
+    // Bob finds only what is young enough, and the deletion is durable.
+    net.restart();
+    let (_, got) = net.login(bob, bob_key);
+    let bodies: Vec<&[u8]> = got
+        .iter()
+        .filter_map(|g| match g {
+            Got::Message { body, .. } | Got::GroupMessage { body, .. } => Some(&body[..]),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(bodies, vec![&b"younger"[..]], "{got:?}");
+}

@@ -429,7 +429,15 @@ impl Shard {
 
     /// A member acknowledged `group`'s post `gseq`: the copy loses a
     /// reference (and goes with the last), and a message's sender is told.
-    pub(super) fn group_entry_acked(&mut self, by: Phone, group: GroupId, gseq: u64) {
+    /// A member's entry for a post left its mailbox: acknowledged (the
+    /// author hears `Delivered`) or expired (`Expired`).
+    pub(super) fn group_entry_released(
+        &mut self,
+        by: Phone,
+        group: GroupId,
+        gseq: u64,
+        kind: wire::ReceiptKind,
+    ) {
         let Some(copy) = self.group_copies.get_mut(&(group, gseq)) else {
             return;
         };
@@ -444,13 +452,16 @@ impl Shard {
             self.group_copies.remove(&(group, gseq));
         }
         if let Some((from, client_id)) = receipt {
-            self.counters.messages_acked += 1;
+            match kind {
+                wire::ReceiptKind::Expired => self.counters.messages_expired += 1,
+                _ => self.counters.messages_acked += 1,
+            }
             let shard = self.config.map.shard_of(from);
             let receipt = PeerMessage::Receipt {
                 to: from,
                 by,
                 client_id,
-                kind: wire::ReceiptKind::Delivered,
+                kind,
             };
             self.route(shard, receipt);
         }

@@ -1,0 +1,101 @@
+//! Deleting what waited too long.
+//!
+//! A message or group post still in a mailbox `message_retention_ms` after
+//! it was sent is deleted, and its sender gets an `Expired` receipt instead
+//! of silence. Mailboxes are in arrival order, so what expires is always a
+//! prefix: the sweep walks each mailbox from its oldest entry and stops at
+//! the first one still young. Receipts carry no time of their own; one
+//! ahead of an expired message arrived before it and goes with it.
+//!
+//! Accounts with a session are left alone: what waits for them is on its
+//! way down the connection, and their acknowledgement settles it.
+//!
+//! The sweep is spread over ticks: it takes the accounts with anything
+//! queued once per interval and looks at a bounded number each tick, so a
+//! shard with a million mailboxes never stops for all of them at once.
+
+use storage::{EntryRecord, Post};
+use wire::{Phone, ReceiptKind};
+
+use super::Shard;
+
+/// Accounts one tick looks at.
+const SWEEP_ACCOUNTS_PER_TICK: usize = 1024;
+/// The longest and shortest time between sweeps; in between, a tenth of
+/// the retention, so that a short retention (in tests) is honoured closely.
+const SWEEP_INTERVAL_MS_MAX: u64 = 60_000;
+const SWEEP_INTERVAL_MS_MIN: u64 = 100;
+
+#[derive(Debug, Default)]
+pub(super) struct Sweep {
+    /// Accounts still to look at in this sweep.
+    pending: Vec<Phone>,
+    next_at_ms: u64,
+}
+
+impl Shard {
+    pub(super) fn expiry_tick(&mut self) {
+        if self.journal_failed {
+            return;
+        }
+        if self.expiry.pending.is_empty() {
+            if self.now_ms < self.expiry.next_at_ms {
+                return;
+            }
+            let interval = (self.config.message_retention_ms / 10)
+                .clamp(SWEEP_INTERVAL_MS_MIN, SWEEP_INTERVAL_MS_MAX);
+            self.expiry.next_at_ms = self.now_ms + interval;
+            self.expiry.pending = self
+                .accounts
+                .iter()
+                .filter(|(_, a)| a.session.is_none() && !a.mailbox.is_empty())
+                .map(|(&phone, _)| phone)
+                .collect();
+        }
+        let start = self
+            .expiry
+            .pending
+            .len()
+            .saturating_sub(SWEEP_ACCOUNTS_PER_TICK);
+        let batch: Vec<Phone> = self.expiry.pending.drain(start..).collect();
+        for owner in batch {
+            self.expire(owner);
+        }
+    }
+
+    fn expire(&mut self, owner: Phone) {
+        let now = self.now_ms + self.config.wall_clock_offset_ms;
+        let Some(cutoff) = now.checked_sub(self.config.message_retention_ms) else {
+            return;
+        };
+        let Some(account) = self.accounts.get(&owner) else {
+            return;
+        };
+        if account.session.is_some() {
+            return;
+        }
+        let mut up_to = None;
+        for entry in account.mailbox.after(0) {
+            let sent_at_ms = match &entry.record {
+                EntryRecord::Message { sent_at_ms, .. } => Some(*sent_at_ms),
+                EntryRecord::Group { group, gseq } => {
+                    self.group_copies
+                        .get(&(*group, *gseq))
+                        .map(|copy| match &copy.post {
+                            Post::Message { sent_at_ms, .. } => *sent_at_ms,
+                            Post::Change { at_ms, .. } => *at_ms,
+                        })
+                }
+                EntryRecord::Receipt { .. } => None,
+            };
+            match sent_at_ms {
+                Some(at) if at < cutoff => up_to = Some(entry.seq),
+                Some(_) => break,
+                None => {}
+            }
+        }
+        if let Some(up_to) = up_to {
+            self.release_entries(owner, up_to, ReceiptKind::Expired);
+        }
+    }
+}
