@@ -104,28 +104,40 @@ struct Gateway {
     retry: Duration,
     map: PartitionMap,
     rejected: Vec<Sender<Rejected>>,
-    /// Due time, a tie-breaker, the attempt to make and the push.
-    retries: BinaryHeap<Reverse<(Instant, u64, u32, PushKey)>>,
+    /// Failed pushes waiting to be tried again, soonest first.
+    retries: BinaryHeap<Reverse<Retry>>,
     retry_seq: u64,
 }
 
-/// A push as the retry heap holds it (ordered only by the fields before).
-struct PushKey(Push);
+/// A push due for its `attempt`th try at `due`; `seq` keeps equal times
+/// in the order they were scheduled.
+struct Retry {
+    due: Instant,
+    seq: u64,
+    attempt: u32,
+    push: Push,
+}
 
-impl PartialEq for PushKey {
-    fn eq(&self, _: &PushKey) -> bool {
-        true
+impl Retry {
+    fn key(&self) -> (Instant, u64) {
+        (self.due, self.seq)
     }
 }
-impl Eq for PushKey {}
-impl PartialOrd for PushKey {
-    fn partial_cmp(&self, other: &PushKey) -> Option<std::cmp::Ordering> {
+
+impl PartialEq for Retry {
+    fn eq(&self, other: &Retry) -> bool {
+        self.key() == other.key()
+    }
+}
+impl Eq for Retry {}
+impl PartialOrd for Retry {
+    fn partial_cmp(&self, other: &Retry) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
 }
-impl Ord for PushKey {
-    fn cmp(&self, _: &PushKey) -> std::cmp::Ordering {
-        std::cmp::Ordering::Equal
+impl Ord for Retry {
+    fn cmp(&self, other: &Retry) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
     }
 }
 
@@ -140,19 +152,15 @@ impl Gateway {
     fn run(mut self, rx: Receiver<Push>) {
         loop {
             let now = Instant::now();
-            while self
-                .retries
-                .peek()
-                .is_some_and(|Reverse((due, ..))| *due <= now)
-            {
-                let Reverse((_, _, attempt, PushKey(push))) = self.retries.pop().expect("peeked");
-                self.attempt(push, attempt);
+            while self.retries.peek().is_some_and(|Reverse(r)| r.due <= now) {
+                let Reverse(retry) = self.retries.pop().expect("peeked");
+                self.attempt(retry.push, retry.attempt);
             }
             let wait = self
                 .retries
                 .peek()
-                .map_or(Duration::from_secs(1), |Reverse((due, ..))| {
-                    due.saturating_duration_since(Instant::now())
+                .map_or(Duration::from_secs(1), |Reverse(r)| {
+                    r.due.saturating_duration_since(Instant::now())
                 });
             match rx.recv_timeout(wait) {
                 Ok(push) => self.attempt(push, 1),
@@ -180,8 +188,12 @@ impl Gateway {
             {
                 let due = Instant::now() + self.retry * 2u32.saturating_pow(attempt - 1);
                 self.retry_seq += 1;
-                self.retries
-                    .push(Reverse((due, self.retry_seq, attempt + 1, PushKey(push))));
+                self.retries.push(Reverse(Retry {
+                    due,
+                    seq: self.retry_seq,
+                    attempt: attempt + 1,
+                    push,
+                }));
                 log::debug!("push attempt {attempt} failed: {error}; retrying");
             }
             Outcome::Retry(error) | Outcome::GiveUp(error) => {

@@ -253,8 +253,6 @@ pub struct ShardCounters {
     /// signals dropped: at a phone's full outbox, at a backed-up shard
     /// queue, over the sender's allowance, or from a non-member.
     pub signals_delivered: u64,
-    pub presence_pushed: u64,
-    pub typing_pushed: u64,
     pub signals_dropped_outbox_full: u64,
     pub signals_dropped_queue_full: u64,
     pub signals_dropped_rate: u64,

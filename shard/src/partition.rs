@@ -43,6 +43,15 @@ impl PartitionMap {
     pub fn shard_of_group(&self, group: GroupId) -> u16 {
         (stable_hash_u64(group.as_u64()) % u64::from(self.partitions)) as u16 % self.shards
     }
+
+    /// `phones` split by home shard: entry `i` holds those of shard `i`.
+    pub fn split_by_shard(&self, phones: impl IntoIterator<Item = Phone>) -> Vec<Vec<Phone>> {
+        let mut by_shard = vec![Vec::new(); usize::from(self.shards)];
+        for phone in phones {
+            by_shard[usize::from(self.shard_of(phone))].push(phone);
+        }
+        by_shard
+    }
 }
 
 /// The hash behind partitioning: stable across builds, platforms and runs.

@@ -538,20 +538,7 @@ fn a_checkpoint_keeps_seqs_unread_messages_and_resend_detection() {
     assert_eq!(bob_puts, 2, "acknowledged entries are not carried forward");
     net.restart();
     // A checkpoint is a fixed point: restored, it checkpoints the same.
-    for shard in &mut net.shards {
-        let mut again: Vec<String> = shard
-            .checkpoint()
-            .iter()
-            .map(|r| format!("{r:?}"))
-            .collect();
-        let mut journal: Vec<String> = net.journals[shard.config().shard_id as usize]
-            .iter()
-            .map(|r| format!("{r:?}"))
-            .collect();
-        again.sort();
-        journal.sort();
-        assert_eq!(again, journal);
-    }
+    net.assert_checkpoints_are_fixed_points();
 
     let (mut bob_conn, got) = net.login(bob, bob_key);
     let seqs: Vec<u64> = got

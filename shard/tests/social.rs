@@ -206,23 +206,7 @@ fn contact_sync_finds_accounts_on_every_shard_and_is_durable() {
     // them is a fixed point.
     net.compact();
     net.restart();
-    for shard in &mut net.shards {
-        let mut again: Vec<String> = shard
-            .checkpoint()
-            .iter()
-            .map(|r| format!("{r:?}"))
-            .collect();
-        let mut journal: Vec<String> = net.journals[shard.config().shard_id as usize]
-            .iter()
-            .map(|r| format!("{r:?}"))
-            .collect();
-        again.sort();
-        journal.sort();
-        assert_eq!(
-            again, journal,
-            "a checkpoint with contacts is a fixed point"
-        );
-    }
+    net.assert_checkpoints_are_fixed_points();
     let (_alice_conn, _) = net.login(alice, alice_key);
     let (mut bob_conn, _) = net.login(bob, bob_key);
     assert_eq!(

@@ -10,9 +10,9 @@
 //! Accounts with a session are left alone: what waits for them is on its
 //! way down the connection, and their acknowledgement settles it.
 //!
-//! The sweep is spread over ticks: it takes the accounts with anything
-//! queued once per interval and looks at a bounded number each tick, so a
-//! shard with a million mailboxes never stops for all of them at once.
+//! The sweep is spread over ticks: once per interval it lists the accounts
+//! with anything queued (one pass over the account map, no mailbox read),
+//! then walks the mailboxes of a bounded number of them each tick.
 
 use storage::{EntryRecord, Post};
 use wire::{Phone, ReceiptKind};

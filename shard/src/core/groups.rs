@@ -303,10 +303,7 @@ impl Shard {
         recipients: &[Phone],
         after_commit: bool,
     ) {
-        let mut by_shard: Vec<Vec<Phone>> = vec![Vec::new(); usize::from(self.config.map.shards())];
-        for &phone in recipients {
-            by_shard[usize::from(self.config.map.shard_of(phone))].push(phone);
-        }
+        let by_shard = self.config.map.split_by_shard(recipients.iter().copied());
         let mut shards_left = 0;
         for (shard, members) in by_shard.into_iter().enumerate() {
             if members.is_empty() {

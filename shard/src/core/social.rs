@@ -181,11 +181,7 @@ impl Shard {
         if let Some(list) = self.social_state.watching.get_mut(&owner) {
             if let Some(at) = list.iter().position(|&t| t == target) {
                 list.swap_remove(at);
-                let unwatch = PeerMessage::Unwatch {
-                    watcher: owner,
-                    target,
-                };
-                self.signal(self.config.map.shard_of(target), unwatch);
+                self.unwatch(owner, target);
             }
         }
     }
@@ -402,11 +398,7 @@ impl Shard {
     pub(super) fn session_ended(&mut self, owner: Phone) {
         if let Some(targets) = self.social_state.watching.remove(&owner) {
             for target in targets {
-                let unwatch = PeerMessage::Unwatch {
-                    watcher: owner,
-                    target,
-                };
-                self.signal(self.config.map.shard_of(target), unwatch);
+                self.unwatch(owner, target);
             }
         }
         let account = self
@@ -463,11 +455,7 @@ impl Shard {
             let (kept, dropped): (Vec<Phone>, Vec<Phone>) =
                 targets.drain(..).partition(|&t| self.lists(owner, t));
             for target in dropped {
-                let unwatch = PeerMessage::Unwatch {
-                    watcher: owner,
-                    target,
-                };
-                self.signal(self.config.map.shard_of(target), unwatch);
+                self.unwatch(owner, target);
             }
             self.social_state.watching.insert(owner, kept);
         }
@@ -487,12 +475,8 @@ impl Shard {
     // ---- lookups ----------------------------------------------------------
 
     fn start_lookup(&mut self, id: ConnId, owner: Phone, client_id: u64, phones: Vec<Phone>) {
-        let shards = usize::from(self.config.map.shards());
-        let mut by_shard: Vec<Vec<Phone>> = vec![Vec::new(); shards];
-        for phone in phones {
-            by_shard[usize::from(self.config.map.shard_of(phone))].push(phone);
-        }
-        self.counters.contact_lookups += by_shard.iter().map(|p| p.len() as u64).sum::<u64>();
+        self.counters.contact_lookups += phones.len() as u64;
+        let by_shard = self.config.map.split_by_shard(phones);
         let query = self.social_state.next_lookup;
         self.social_state.next_lookup += 1;
         let mut lookup = Lookup {
@@ -581,26 +565,16 @@ impl Shard {
                 presence,
                 conn,
             } => {
+                // Hidden now: the follow this answers does not stand.
+                let answers_to = conn.and_then(|c| self.conn(c)).and_then(|c| c.account);
+                if presence == Presence::Unavailable && answers_to == Some(to) {
+                    self.forget_target(to, about);
+                }
                 let frame = ServerFrame::Presence {
                     phone: about,
                     presence,
                 };
-                match conn {
-                    Some(conn) => {
-                        if self.conn(conn).is_some_and(|c| c.account == Some(to)) {
-                            if presence == Presence::Unavailable {
-                                self.forget_target(to, about);
-                            }
-                            self.reply(conn, &frame);
-                        }
-                    }
-                    None => {
-                        if let Some(session) = self.follower_session(to, about) {
-                            self.counters.presence_pushed += 1;
-                            self.push_signal(session, &frame);
-                        }
-                    }
-                }
+                self.show_follower(to, about, conn, &frame);
             }
             PeerMessage::ProfileQuery {
                 viewer,
@@ -629,18 +603,7 @@ impl Shard {
                     phone: about,
                     profile: profile.map(|p| *p),
                 };
-                match conn {
-                    Some(conn) => {
-                        if self.conn(conn).is_some_and(|c| c.account == Some(to)) {
-                            self.reply(conn, &frame);
-                        }
-                    }
-                    None => {
-                        if let Some(session) = self.follower_session(to, about) {
-                            self.push_signal(session, &frame);
-                        }
-                    }
-                }
+                self.show_follower(to, about, conn, &frame);
             }
             PeerMessage::GroupTyping { group, from, state } => {
                 self.group_typing(group, from, state);
@@ -654,7 +617,6 @@ impl Shard {
                 let frame = ServerFrame::Typing { from, group, state };
                 for phone in to {
                     if let Some(session) = self.accounts.get(&phone).and_then(|a| a.session) {
-                        self.counters.typing_pushed += 1;
                         self.push_signal(session, &frame);
                     }
                 }
@@ -686,24 +648,38 @@ impl Shard {
         }
     }
 
-    /// `to`'s connection, when it still follows `about`; otherwise tells
-    /// `about`'s shard to stop pushing.
-    fn follower_session(&mut self, to: Phone, about: Phone) -> Option<ConnId> {
-        let following = self
-            .social_state
-            .watching
-            .get(&to)
-            .is_some_and(|list| list.contains(&about));
-        let session = self.accounts.get(&to).and_then(|a| a.session);
-        match session {
-            Some(session) if following => Some(session),
-            _ => {
-                let unwatch = PeerMessage::Unwatch {
-                    watcher: to,
-                    target: about,
-                };
-                self.signal(self.config.map.shard_of(about), unwatch);
-                None
+    /// Tells `target`'s shard that `watcher` follows it no more.
+    fn unwatch(&mut self, watcher: Phone, target: Phone) {
+        let message = PeerMessage::Unwatch { watcher, target };
+        self.signal(self.config.map.shard_of(target), message);
+    }
+
+    /// A frame about `about` for its follower `to`: the answer to `to`'s
+    /// request on `conn`, or a pushed change, shown only while `to` still
+    /// follows (otherwise `about`'s shard is told to stop pushing).
+    fn show_follower(
+        &mut self,
+        to: Phone,
+        about: Phone,
+        conn: Option<ConnId>,
+        frame: &ServerFrame<'_>,
+    ) {
+        match conn {
+            Some(conn) => {
+                if self.conn(conn).is_some_and(|c| c.account == Some(to)) {
+                    self.reply(conn, frame);
+                }
+            }
+            None => {
+                let following = self
+                    .social_state
+                    .watching
+                    .get(&to)
+                    .is_some_and(|list| list.contains(&about));
+                match self.accounts.get(&to).and_then(|a| a.session) {
+                    Some(session) if following => self.push_signal(session, frame),
+                    _ => self.unwatch(to, about),
+                }
             }
         }
     }
@@ -719,11 +695,7 @@ impl Shard {
             self.counters.signals_dropped_not_member += 1;
             return;
         };
-        let shards = usize::from(self.config.map.shards());
-        let mut by_shard: Vec<Vec<Phone>> = vec![Vec::new(); shards];
-        for phone in members {
-            by_shard[usize::from(self.config.map.shard_of(phone))].push(phone);
-        }
+        let by_shard = self.config.map.split_by_shard(members);
         for (shard, to) in by_shard.into_iter().enumerate() {
             if !to.is_empty() {
                 let message = PeerMessage::TypingTo {

@@ -232,6 +232,20 @@ impl Net {
         panic!("peer messages did not settle");
     }
 
+    /// Checks that every shard's checkpoint is its journal again (in any
+    /// order): right after `compact` and `restart`, a checkpoint restored
+    /// checkpoints the same.
+    pub fn assert_checkpoints_are_fixed_points(&mut self) {
+        let debug = |records: &[storage::Record]| {
+            let mut lines: Vec<String> = records.iter().map(|r| format!("{r:?}")).collect();
+            lines.sort();
+            lines
+        };
+        for (shard, journal) in self.shards.iter_mut().zip(&self.journals) {
+            assert_eq!(debug(&shard.checkpoint()), debug(journal));
+        }
+    }
+
     /// Every shard dies and comes back from its journal alone; every
     /// connection is gone.
     pub fn restart(&mut self) {
