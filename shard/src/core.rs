@@ -1110,7 +1110,7 @@ impl Shard {
                 FrameOutcome::Continue
             }
             ClientFrame::SetPresence { available } => {
-                self.set_presence(logged_in.expect("checked above"), available);
+                self.set_presence(id, logged_in.expect("checked above"), available);
                 FrameOutcome::Continue
             }
             ClientFrame::Typing { chat, state } => {

@@ -598,3 +598,39 @@ fn what_waits_past_the_retention_is_deleted_and_its_sender_told() {
         .collect();
     assert_eq!(bodies, vec![&b"younger"[..]], "{got:?}");
 }
+
+#[test]
+fn presence_changes_past_the_send_allowance_reach_no_follower_but_still_count() {
+    let mut net = Net::new(2, |c| {
+        c.send_burst = 4;
+        c.send_rate_per_s = 1;
+    });
+    let (alice, _, mut alice_conn, bob, _, mut bob_conn) = alice_and_bob(&mut net);
+    sync(&mut net, &mut alice_conn, 1, true, &[bob]);
+    sync(&mut net, &mut bob_conn, 1, true, &[alice]);
+    subscribe(&mut net, &mut bob_conn, alice);
+    // Ten changes at once: the burst of four is told, the rest dropped.
+    for i in 0..10 {
+        let available = i % 2 == 1;
+        net.send(&mut alice_conn, ClientFrame::SetPresence { available });
+    }
+    let got = net.read(&bob_conn);
+    assert_eq!(got.len(), 4, "{got:?}");
+    let counters = net.shards[alice_conn.shard as usize].counters();
+    assert_eq!(counters.signals_dropped_rate, 6);
+    // The last change (available) stands: asking again sees it.
+    assert_eq!(
+        subscribe(&mut net, &mut bob_conn, alice),
+        vec![presence(alice, Presence::Online)]
+    );
+    // Once the allowance refills, changes are told again.
+    net.advance(2_000);
+    net.send(
+        &mut alice_conn,
+        ClientFrame::SetPresence { available: false },
+    );
+    assert!(matches!(
+        net.read(&bob_conn)[..],
+        [Got::Presence { phone, presence: Presence::Offline { .. } }] if phone == alice
+    ));
+}

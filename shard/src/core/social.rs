@@ -186,12 +186,26 @@ impl Shard {
         }
     }
 
-    pub(super) fn set_presence(&mut self, owner: Phone, available: bool) {
-        let account = self.accounts.get_mut(&owner).expect("logged in");
+    /// A change fans out to every follower, so it spends a send token like
+    /// a typing indicator. Without one the account still changes (a later
+    /// `Subscribe` sees the truth) but followers are not told, and
+    /// going away is not written down: what a phone toggling faster than
+    /// its allowance costs is bounded by that allowance.
+    pub(super) fn set_presence(&mut self, id: ConnId, owner: Phone, available: bool) {
+        let account = self.accounts.get(&owner).expect("logged in");
         if account.available == available {
             return;
         }
+        let (told, at_ms) = (self.take_quiet_token(id), self.wall_ms());
+        let account = self.accounts.get_mut(&owner).expect("logged in");
         account.available = available;
+        if !told {
+            if !available {
+                account.last_seen_ms = at_ms;
+            }
+            self.counters.signals_dropped_rate += 1;
+            return;
+        }
         if !available {
             self.note_last_seen(owner);
         }
