@@ -3,8 +3,9 @@
 //! [`client::Client`] speaks the wire protocol over plain TCP or TLS with
 //! std sockets; the integration tests and scripts use it. The `loadgen`
 //! binary drives many phones at once on glommio executors, one scenario per
-//! subcommand: [`chat`] (the reference workload), [`idle`], [`storm`] and [`slow`]; [`relay`] is
-//! the bare relay server they can be pointed at instead of isle, and
+//! subcommand: [`chat`] (the reference workload), [`idle`], [`storm`],
+//! [`slow`], [`groups`] and [`presence`]; [`relay`] is the bare relay
+//! server they can be pointed at instead of isle, and
 //! [`mqtt`] lets `chat` drive an MQTT broker with the same workload.
 
 pub mod chat;
@@ -13,6 +14,7 @@ pub mod dial;
 pub mod groups;
 pub mod idle;
 pub mod mqtt;
+pub mod presence;
 pub mod process;
 pub mod relay;
 pub mod report;

@@ -28,12 +28,18 @@ enum Scenario {
     /// Phones in groups, each group's creator posting in a closed loop:
     /// member deliveries per second and their latency.
     Groups(loadgen::groups::Args),
+    /// Phones in a ring of mutual contacts, each following its neighbours
+    /// and changing presence at a fixed rate: updates per second and their
+    /// latency.
+    Presence(loadgen::presence::Args),
     /// Not a scenario: runs the bare relay server, the ceiling to compare
     /// a server against (forwarding only: no auth, storage or receipts).
     Relay(loadgen::relay::Args),
 }
 
-const SCENARIOS: [&str; 6] = ["chat", "idle", "storm", "slow", "groups", "relay"];
+const SCENARIOS: [&str; 7] = [
+    "chat", "idle", "storm", "slow", "groups", "presence", "relay",
+];
 
 fn main() {
     let mut argv: Vec<String> = std::env::args().collect();
@@ -61,6 +67,10 @@ fn main() {
             report.failed()
         }),
         Scenario::Groups(args) => finish(loadgen::groups::run(&args), args.json, |report| {
+            report.print_summary();
+            report.failed()
+        }),
+        Scenario::Presence(args) => finish(loadgen::presence::run(&args), args.json, |report| {
             report.print_summary();
             report.failed()
         }),

@@ -216,3 +216,42 @@ fn groups_counts_every_member_delivery_across_two_shards_and_threads() {
     assert_eq!(report.deliveries, report.posts * 11, "{report:?}");
     assert!(report.deliveries_per_server_cpu_s.is_some_and(|d| d > 0.0));
 }
+
+#[test]
+fn presence_reaches_every_follower_across_two_shards_and_threads() {
+    let server = Server::start(&[]);
+    let addr = server.plain.to_string();
+    let pid = server.pid().to_string();
+    let args = loadgen::presence::Args::parse_from([
+        "presence",
+        "--target",
+        &addr,
+        "--first-phone",
+        "+15550500000",
+        "--phones",
+        "60",
+        "--contacts",
+        "6",
+        "--rate",
+        "120",
+        "--threads",
+        "2",
+        "--duration",
+        "2",
+        "--warmup",
+        "0.5",
+        "--drain",
+        "1",
+        "--server-pid",
+        &pid,
+    ]);
+    let report = loadgen::presence::run(&args).unwrap();
+    assert!(!report.failed(), "{report:?}");
+    assert!(report.changes >= 120, "{report:?}");
+    // Two changes a second per phone, far below every bound: each reaches
+    // all six followers, whichever shard and thread they are on.
+    assert_eq!(report.missed, 0, "{report:?}");
+    assert_eq!(report.updates, report.changes * 6, "{report:?}");
+    assert!(report.updates_per_server_cpu_s.is_some_and(|u| u > 0.0));
+    assert!(server.stderr.try_iter().all(|line| !line.contains("ERROR")));
+}

@@ -1,0 +1,599 @@
+//! The `presence` scenario: phones in a ring of mutual contacts, each
+//! following its `--contacts` nearest neighbours and switching between
+//! available and away at fixed times, `--rate` changes a second over all
+//! phones.
+//!
+//! Every change should reach each of the phone's followers, so a run
+//! expects `changes × contacts` presence updates; presence is best-effort,
+//! so the ones that never came are reported (`missed`) rather than failing
+//! the run. Latency is from the change's intended time to a follower
+//! reading it: the time rides in a table the threads share, indexed by
+//! phone, since a presence frame carries none.
+//!
+//! The setup goes in steps every phone finishes before any starts the
+//! next: sign up, upload the neighbours as contacts, follow them (each
+//! must answer `Online`, which checks that the visibility rule lets mutual
+//! contacts through), then change presence.
+
+use std::{
+    cell::{Cell, RefCell},
+    rc::Rc,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use futures_lite::{
+    io::{split, ReadHalf, WriteHalf},
+    AsyncReadExt, AsyncWriteExt,
+};
+use glommio::LocalExecutorBuilder;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use wire::{encode_client, ClientFrame, Phone, Presence, ServerFrame};
+
+use crate::dial::{take_frames, BoxIo, ConnectArgs, Dialer};
+
+#[derive(Debug, Clone, clap::Parser)]
+pub struct Args {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    #[arg(long, default_value_t = 2_000)]
+    pub phones: usize,
+    /// Neighbours each phone lists and follows (even: half on each side
+    /// in the ring); each of its changes should reach all of them.
+    #[arg(long, default_value_t = 8)]
+    pub contacts: usize,
+    /// Presence changes per second over all phones, spread evenly.
+    #[arg(long, default_value_t = 2_000.0)]
+    pub rate: f64,
+    /// Seconds of changes, warm-up included.
+    #[arg(long, default_value_t = 15.0)]
+    pub duration: f64,
+    /// Seconds at the start left out of the figures.
+    #[arg(long, default_value_t = 3.0)]
+    pub warmup: f64,
+    /// Seconds to wait, after changes stop, for updates still on the way.
+    #[arg(long, default_value_t = 2.0)]
+    pub drain: f64,
+    /// The server's pid: adds its CPU time and RSS to the report.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Print the report as JSON on the last line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub phones: usize,
+    pub contacts: usize,
+    pub offered_changes_per_s: f64,
+    pub measured_s: f64,
+    /// Presence changes made inside the measured window, per second.
+    pub changes_per_s: f64,
+    /// Presence updates read by followers inside the measured window, per
+    /// second: a change counts once per follower that heard of it.
+    pub updates_per_s: f64,
+    /// The same per second of server CPU time, when --server-pid is given.
+    pub updates_per_server_cpu_s: Option<f64>,
+    pub server_cpu_share: Option<f64>,
+    pub server_rss_bytes: Option<u64>,
+    pub latency_us_p50: f64,
+    pub latency_us_p99: f64,
+    pub latency_us_max: f64,
+    /// Over the whole run: changes made, updates read, and updates
+    /// expected (`changes × contacts`) that never came.
+    pub changes: u64,
+    pub updates: u64,
+    pub missed: u64,
+    /// Updates that arrived after the phone had already changed again
+    /// (counted in `updates`, left out of the latency).
+    pub stale: u64,
+    pub errors: u64,
+}
+
+impl Report {
+    pub fn print_summary(&self) {
+        println!(
+            "presence: {} phones, {} contacts each: {:.0} changes/s, {:.0} updates/s{}",
+            self.phones,
+            self.contacts,
+            self.changes_per_s,
+            self.updates_per_s,
+            match self.updates_per_server_cpu_s {
+                Some(per_cpu) => format!(" ({per_cpu:.0} per server CPU second)"),
+                None => String::new(),
+            }
+        );
+        println!(
+            "latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; missed {} of {}, stale {}, errors {}",
+            self.latency_us_p50 / 1000.0,
+            self.latency_us_p99 / 1000.0,
+            self.latency_us_max / 1000.0,
+            self.missed,
+            self.changes * self.contacts as u64,
+            self.stale,
+            self.errors
+        );
+    }
+
+    /// A run fails on an error, or when nothing changed or nothing was
+    /// heard; missed updates are best-effort and reported, not failed.
+    pub fn failed(&self) -> bool {
+        self.errors > 0 || self.changes == 0 || self.updates == 0
+    }
+}
+
+/// What the threads share with the main one.
+struct Shared {
+    logged_in: AtomicUsize,
+    synced: AtomicUsize,
+    subscribed: AtomicUsize,
+    failed: AtomicBool,
+    /// Nanoseconds since the epoch: changes start, warm-up ends, changes
+    /// end, the run ends (0 until set).
+    start_ns: AtomicU64,
+    warm_ns: AtomicU64,
+    stop_ns: AtomicU64,
+    finished: AtomicBool,
+    /// Per phone, its last change: the intended time in nanoseconds shifted
+    /// left by one, with the low bit set when it became available (0
+    /// before the first).
+    last_change: Vec<AtomicU64>,
+    changes: AtomicU64,
+    changes_measured: AtomicU64,
+    updates: AtomicU64,
+    updates_measured: AtomicU64,
+    stale: AtomicU64,
+    errors: AtomicU64,
+}
+
+pub fn run(args: &Args) -> anyhow::Result<Report> {
+    args.connect.require_isle("presence")?;
+    if args.contacts < 2 || !args.contacts.is_multiple_of(2) || args.contacts >= args.phones {
+        bail!("--contacts must be even, at least 2 and less than --phones");
+    }
+    if !args.rate.is_finite() || args.rate <= 0.0 {
+        bail!("--rate must be positive");
+    }
+    let first = args.connect.first(args.phones)?;
+    let dialer = args.connect.dialer()?;
+    let shared = Arc::new(Shared {
+        logged_in: AtomicUsize::new(0),
+        synced: AtomicUsize::new(0),
+        subscribed: AtomicUsize::new(0),
+        failed: AtomicBool::new(false),
+        start_ns: AtomicU64::new(0),
+        warm_ns: AtomicU64::new(0),
+        stop_ns: AtomicU64::new(0),
+        finished: AtomicBool::new(false),
+        last_change: (0..args.phones).map(|_| AtomicU64::new(0)).collect(),
+        changes: AtomicU64::new(0),
+        changes_measured: AtomicU64::new(0),
+        updates: AtomicU64::new(0),
+        updates_measured: AtomicU64::new(0),
+        stale: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+    });
+    let epoch = Instant::now();
+    let histograms = Arc::new(Mutex::new(Vec::new()));
+    let threads = args.connect.threads().min(args.phones);
+    let mut handles = Vec::new();
+    for thread in 0..threads {
+        let range = args.phones * thread / threads..args.phones * (thread + 1) / threads;
+        let (args, shared, histograms, dialer) = (
+            args.clone(),
+            shared.clone(),
+            histograms.clone(),
+            dialer.clone(),
+        );
+        handles.push(
+            LocalExecutorBuilder::new(args.connect.placement(thread))
+                .name(&format!("loadgen-{thread}"))
+                .io_memory(256 * 1024)
+                .ring_depth(4096)
+                .spawn(move || async move {
+                    let result =
+                        run_thread(args, first, range, shared.clone(), epoch, dialer).await;
+                    if result.is_err() {
+                        shared.failed.store(true, Relaxed);
+                    }
+                    histograms
+                        .lock()
+                        .expect("no thread panics holding it")
+                        .push(result);
+                })
+                .map_err(|error| anyhow::anyhow!("starting thread {thread}: {error}"))?,
+        );
+    }
+
+    let wait_for = |what: &str, count: &AtomicUsize| -> anyhow::Result<()> {
+        let started = Instant::now();
+        while count.load(Relaxed) < args.phones {
+            if shared.failed.load(Relaxed) {
+                bail!("a thread failed while waiting for {what}");
+            }
+            if started.elapsed() > Duration::from_secs(300) {
+                let done = count.load(Relaxed);
+                bail!("{what}: {done} of {} after 300 s", args.phones);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    };
+    let finish = |shared: &Shared| shared.finished.store(true, Relaxed);
+    let setup = wait_for("logins", &shared.logged_in)
+        .and_then(|()| wait_for("contact syncs", &shared.synced))
+        .and_then(|()| wait_for("subscriptions", &shared.subscribed));
+    if let Err(error) = setup {
+        finish(&shared);
+        return Err(error);
+    }
+    eprintln!(
+        "{} phones following {} contacts each",
+        args.phones, args.contacts
+    );
+
+    let server_cpu = || args.server_pid.map(crate::process::cpu_seconds).transpose();
+    let now_ns = || epoch.elapsed().as_nanos() as u64;
+    shared.start_ns.store(now_ns(), Relaxed);
+    std::thread::sleep(Duration::from_secs_f64(args.warmup));
+    let cpu_at_warm = server_cpu()?;
+    let warm = Instant::now();
+    shared.warm_ns.store(now_ns(), Relaxed);
+    let measured = Duration::from_secs_f64((args.duration - args.warmup).max(0.1));
+    while warm.elapsed() < measured {
+        std::thread::sleep(Duration::from_secs(1).min(measured.saturating_sub(warm.elapsed())));
+        eprintln!(
+            "t={:>5.1}s changes={} updates={} errors={}",
+            args.warmup + warm.elapsed().as_secs_f64(),
+            shared.changes.load(Relaxed),
+            shared.updates.load(Relaxed),
+            shared.errors.load(Relaxed)
+        );
+    }
+    let cpu_at_stop = server_cpu()?;
+    let measured_s = warm.elapsed().as_secs_f64();
+    shared.stop_ns.store(now_ns(), Relaxed);
+    let server_rss_bytes = args.server_pid.map(crate::process::rss_bytes).transpose()?;
+    std::thread::sleep(Duration::from_secs_f64(args.drain));
+    finish(&shared);
+    for handle in handles {
+        handle
+            .join()
+            .map_err(|error| anyhow::anyhow!("a thread failed: {error}"))?;
+    }
+
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    for result in std::mem::take(&mut *histograms.lock().expect("threads are done")) {
+        histogram.add(&result?)?;
+    }
+    let updates_measured = shared.updates_measured.load(Relaxed) as f64;
+    let server_cpu_s = match (cpu_at_warm, cpu_at_stop) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    let micros = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    let changes = shared.changes.load(Relaxed);
+    let updates = shared.updates.load(Relaxed);
+    Ok(Report {
+        phones: args.phones,
+        contacts: args.contacts,
+        offered_changes_per_s: args.rate,
+        measured_s,
+        changes_per_s: shared.changes_measured.load(Relaxed) as f64 / measured_s,
+        updates_per_s: updates_measured / measured_s,
+        updates_per_server_cpu_s: server_cpu_s.map(|cpu| updates_measured / cpu),
+        server_cpu_share: server_cpu_s.map(|cpu| cpu / measured_s),
+        server_rss_bytes,
+        latency_us_p50: micros(0.5),
+        latency_us_p99: micros(0.99),
+        latency_us_max: histogram.max() as f64 / 1000.0,
+        changes,
+        updates,
+        missed: (changes * args.contacts as u64).saturating_sub(updates),
+        stale: shared.stale.load(Relaxed),
+        errors: shared.errors.load(Relaxed),
+    })
+}
+
+/// One loadgen thread's share of the phones.
+struct Thread {
+    shared: Arc<Shared>,
+    epoch: Instant,
+    args: Args,
+    first: u64,
+    histogram: RefCell<Histogram<u64>>,
+}
+
+impl Thread {
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    fn measuring(&self, at_ns: u64) -> bool {
+        let warm = self.shared.warm_ns.load(Relaxed);
+        let stop = self.shared.stop_ns.load(Relaxed);
+        warm != 0 && at_ns >= warm && (stop == 0 || at_ns < stop)
+    }
+
+    /// Waits until `done` holds; fails once another phone has.
+    async fn until(&self, done: impl Fn() -> bool) -> anyhow::Result<()> {
+        while !done() {
+            if self.shared.failed.load(Relaxed) || self.shared.finished.load(Relaxed) {
+                bail!("the run ended during the setup");
+            }
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+}
+
+/// One phone, as its reader and its writer see it.
+struct PhoneState {
+    /// Position in the ring, 0..phones.
+    index: usize,
+    contacts: Vec<Phone>,
+    /// `Contacts` answered, and `Online` answers to its subscriptions.
+    synced: Cell<bool>,
+    online_answers: Cell<usize>,
+}
+
+async fn run_thread(
+    args: Args,
+    first: u64,
+    phones: std::ops::Range<usize>,
+    shared: Arc<Shared>,
+    epoch: Instant,
+    dialer: Dialer,
+) -> anyhow::Result<Histogram<u64>> {
+    let thread = Rc::new(Thread {
+        shared,
+        epoch,
+        first,
+        histogram: RefCell::new(Histogram::new_with_bounds(1, 60_000_000_000, 3)?),
+        args,
+    });
+    let permits = Rc::new(glommio::sync::Semaphore::new(
+        thread.args.connect.connect_concurrency.max(1) as u64,
+    ));
+    let total = thread.args.phones;
+    let half = thread.args.contacts / 2;
+    let mut tasks = Vec::new();
+    for index in phones {
+        let mut contacts = Vec::with_capacity(2 * half);
+        for d in 1..=half {
+            for neighbour in [(index + d) % total, (index + total - d) % total] {
+                contacts.push(Phone::from_u64(first + neighbour as u64)?);
+            }
+        }
+        contacts.sort_unstable();
+        let phone = Rc::new(PhoneState {
+            index,
+            contacts,
+            synced: Cell::new(false),
+            online_answers: Cell::new(0),
+        });
+        let (thread, dialer, permits) = (thread.clone(), dialer.clone(), permits.clone());
+        tasks.push(glommio::spawn_local(async move {
+            let number = Phone::from_u64(thread.first + phone.index as u64)?;
+            let result = run_phone(&thread, &dialer, &permits, number, &phone).await;
+            if let Err(error) = &result {
+                if thread.shared.errors.fetch_add(1, Relaxed) < 5 {
+                    eprintln!("phone {number}: {error:#}");
+                }
+                thread.shared.failed.store(true, Relaxed);
+            }
+            result
+        }));
+    }
+    let mut failure = None;
+    for task in tasks {
+        if let Err(error) = task.await {
+            failure.get_or_insert(error);
+        }
+    }
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(thread.histogram.borrow().clone()),
+    }
+}
+
+async fn run_phone(
+    thread: &Thread,
+    dialer: &Dialer,
+    permits: &glommio::sync::Semaphore,
+    number: Phone,
+    phone: &PhoneState,
+) -> anyhow::Result<()> {
+    let key = Cell::new(None);
+    let connection = {
+        let _permit = permits
+            .acquire_permit(1)
+            .await
+            .expect("semaphore never closes");
+        dialer.log_in(number, &key).await?
+    };
+    thread.shared.logged_in.fetch_add(1, Relaxed);
+    let (reader, writer) = split(connection.io);
+    futures_lite::future::or(
+        read_loop(thread, phone, reader, connection.inbox),
+        write_loop(thread, phone, writer),
+    )
+    .await
+}
+
+async fn write_loop(
+    thread: &Thread,
+    phone: &PhoneState,
+    mut writer: WriteHalf<BoxIo>,
+) -> anyhow::Result<()> {
+    let shared = &thread.shared;
+    let phones = thread.args.phones;
+    let mut out = Vec::new();
+    let mut write = async |out: &mut Vec<u8>| -> anyhow::Result<()> {
+        writer.write_all(out).await?;
+        writer.flush().await?;
+        out.clear();
+        Ok(())
+    };
+
+    thread
+        .until(|| shared.logged_in.load(Relaxed) >= phones)
+        .await?;
+    let sync = ClientFrame::SyncContacts {
+        client_id: 1,
+        full: true,
+        add: phone.contacts.clone(),
+        remove: Vec::new(),
+    };
+    encode_client(&sync, &mut out);
+    write(&mut out).await?;
+    thread.until(|| phone.synced.get()).await?;
+    shared.synced.fetch_add(1, Relaxed);
+
+    // Follows succeed only once both sides list each other.
+    thread
+        .until(|| shared.synced.load(Relaxed) >= phones)
+        .await?;
+    for &contact in &phone.contacts {
+        encode_client(&ClientFrame::Subscribe { phone: contact }, &mut out);
+    }
+    write(&mut out).await?;
+    let contacts = phone.contacts.len();
+    thread
+        .until(|| phone.online_answers.get() >= contacts)
+        .await?;
+    shared.subscribed.fetch_add(1, Relaxed);
+
+    thread.until(|| shared.start_ns.load(Relaxed) != 0).await?;
+    let start_ns = shared.start_ns.load(Relaxed);
+    let period_ns = phones as f64 * 1e9 / thread.args.rate;
+    let offset_ns = period_ns * phone.index as f64 / phones as f64;
+    for k in 0u64.. {
+        let due_ns = start_ns + (offset_ns + k as f64 * period_ns) as u64;
+        let wait_ns = due_ns.saturating_sub(thread.now_ns());
+        if wait_ns > 0 {
+            glommio::timer::sleep(Duration::from_nanos(wait_ns)).await;
+        }
+        if shared.stop_ns.load(Relaxed) != 0 {
+            break;
+        }
+        // Everyone starts available, so the first change is away.
+        let available = k % 2 == 1;
+        shared.last_change[phone.index].store(due_ns << 1 | u64::from(available), Relaxed);
+        encode_client(&ClientFrame::SetPresence { available }, &mut out);
+        write(&mut out).await?;
+        shared.changes.fetch_add(1, Relaxed);
+        if thread.measuring(due_ns) {
+            shared.changes_measured.fetch_add(1, Relaxed);
+        }
+    }
+    // Keep the connection (and the reader) until the drain is over.
+    while !shared.finished.load(Relaxed) {
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+async fn read_loop(
+    thread: &Thread,
+    phone: &PhoneState,
+    mut reader: ReadHalf<BoxIo>,
+    mut inbox: Vec<u8>,
+) -> anyhow::Result<()> {
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let mut failure = None;
+        take_frames(&mut inbox, |frame| {
+            if let Err(error) = handle(thread, phone, frame) {
+                failure.get_or_insert(error);
+            }
+        })
+        .context("reading frames")?;
+        if let Some(error) = failure {
+            return Err(error);
+        }
+        let read = reader.read(&mut buffer).await?;
+        if read == 0 {
+            if thread.shared.finished.load(Relaxed) {
+                return Ok(());
+            }
+            bail!("the server closed the connection");
+        }
+        inbox.extend_from_slice(&buffer[..read]);
+    }
+}
+
+fn handle(thread: &Thread, phone: &PhoneState, frame: ServerFrame<'_>) -> anyhow::Result<()> {
+    let shared = &thread.shared;
+    match frame {
+        ServerFrame::Contacts {
+            client_id: 1,
+            registered,
+        } => {
+            if registered != phone.contacts {
+                bail!(
+                    "{} of {} contacts found registered",
+                    registered.len(),
+                    phone.contacts.len()
+                );
+            }
+            phone.synced.set(true);
+        }
+        ServerFrame::Presence {
+            phone: about,
+            presence,
+        } => {
+            if shared.finished.load(Relaxed) {
+                // Phones hanging up at the end of the run: not a change.
+                return Ok(());
+            }
+            let slot = about
+                .as_u64()
+                .checked_sub(thread.first)
+                .and_then(|index| shared.last_change.get(index as usize));
+            let Some(slot) = slot else {
+                bail!("presence of {about}, not one of the run's phones");
+            };
+            let last = slot.load(Relaxed);
+            if shared.start_ns.load(Relaxed) == 0 || last == 0 {
+                // An answer to a subscription.
+                if presence != Presence::Online {
+                    bail!("a mutual contact shows {presence:?}");
+                }
+                phone.online_answers.set(phone.online_answers.get() + 1);
+                return Ok(());
+            }
+            shared.updates.fetch_add(1, Relaxed);
+            let now = thread.now_ns();
+            if thread.measuring(now) {
+                shared.updates_measured.fetch_add(1, Relaxed);
+            }
+            let available = match presence {
+                Presence::Online => true,
+                Presence::Offline { .. } => false,
+                Presence::Unavailable => bail!("a mutual contact became unavailable"),
+            };
+            if available != (last & 1 == 1) {
+                shared.stale.fetch_add(1, Relaxed);
+                return Ok(());
+            }
+            if thread.measuring(now) {
+                let changed_ns = last >> 1;
+                let _ = thread
+                    .histogram
+                    .borrow_mut()
+                    .record(now.saturating_sub(changed_ns).max(1));
+            }
+        }
+        ServerFrame::Error { kind, detail, .. } => bail!("server error {kind:?}: {detail}"),
+        ServerFrame::Bye { reason } => bail!("Bye {reason:?}"),
+        _ => {}
+    }
+    Ok(())
+}
