@@ -318,6 +318,8 @@ struct Account {
     available: bool,
     /// Unix ms when last online; 0 for never seen since it was recorded.
     last_seen_ms: u64,
+    /// The last-seen time the journal holds (see `social::LAST_SEEN_SLACK_MS`).
+    last_seen_written_ms: u64,
     social: Option<Box<social::Social>>,
     push: Option<Box<push::PushState>>,
 }
@@ -335,6 +337,7 @@ impl Account {
             cached: 0,
             available: false,
             last_seen_ms: 0,
+            last_seen_written_ms: 0,
             social: None,
             push: None,
         }

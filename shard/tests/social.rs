@@ -634,3 +634,83 @@ fn presence_changes_past_the_send_allowance_reach_no_follower_but_still_count() 
         [Got::Presence { phone, presence: Presence::Offline { .. } }] if phone == alice
     ));
 }
+
+#[test]
+fn going_away_in_a_loop_writes_last_seen_once_a_minute_and_hanging_up_writes_it_exactly() {
+    let mut net = Net::new(2, |_| {});
+    let (alice, alice_key, mut alice_conn, bob, bob_key, mut bob_conn) = alice_and_bob(&mut net);
+    sync(&mut net, &mut alice_conn, 1, true, &[bob]);
+    sync(&mut net, &mut bob_conn, 1, true, &[alice]);
+    let written = |net: &Net| {
+        net.records
+            .iter()
+            .filter_map(|r| match r {
+                storage::Record::LastSeen { owner, at_ms } if *owner == alice => Some(*at_ms),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let toggle = |net: &mut Net, conn: &mut Phone_| {
+        net.advance(1_000);
+        net.send(conn, ClientFrame::SetPresence { available: false });
+        let away_at = net.now_ms;
+        net.advance(1_000);
+        net.send(conn, ClientFrame::SetPresence { available: true });
+        away_at
+    };
+    // Ten times away in twenty seconds: written the first time only.
+    let first_away = toggle(&mut net, &mut alice_conn);
+    for _ in 0..9 {
+        toggle(&mut net, &mut alice_conn);
+    }
+    assert_eq!(written(&net), vec![first_away]);
+    // A minute on, going away writes again.
+    net.advance(60_000);
+    let later_away = toggle(&mut net, &mut alice_conn);
+    assert_eq!(written(&net), vec![first_away, later_away]);
+
+    // Away again (not written: too soon), then she hangs up: the exact
+    // time she went away is written, and a restart shows it.
+    net.advance(1_000);
+    net.send(
+        &mut alice_conn,
+        ClientFrame::SetPresence { available: false },
+    );
+    let last_away = net.now_ms;
+    assert_eq!(written(&net), vec![first_away, later_away]);
+    net.advance(5_000);
+    net.shards[alice_conn.shard as usize].closed(alice_conn.conn, net.now_ms);
+    net.settle();
+    assert_eq!(written(&net), vec![first_away, later_away, last_away]);
+    net.restart();
+    let (mut bob_conn, _) = net.login(bob, bob_key);
+    let away = Presence::Offline {
+        last_seen_ms: Some(last_away),
+    };
+    assert_eq!(
+        subscribe(&mut net, &mut bob_conn, alice),
+        vec![presence(alice, away)]
+    );
+
+    // Back, away (written: a minute has passed), then a crash while away:
+    // what the journal holds is within the slack of the truth.
+    let (mut alice_conn, _) = net.login(alice, alice_key);
+    let crashed_away = toggle(&mut net, &mut alice_conn);
+    net.advance(1_000);
+    net.send(
+        &mut alice_conn,
+        ClientFrame::SetPresence { available: false },
+    );
+    net.restart();
+    let (mut bob_conn, _) = net.login(bob, bob_key);
+    let away = Presence::Offline {
+        last_seen_ms: Some(crashed_away),
+    };
+    assert_eq!(
+        subscribe(&mut net, &mut bob_conn, alice),
+        vec![presence(alice, away)]
+    );
+    net.compact();
+    net.restart();
+    net.assert_checkpoints_are_fixed_points();
+}

@@ -33,6 +33,13 @@ use super::{ConnId, PeerMessage, Shard, DISK_FULL, STORAGE_FAILED};
 const HOUR_MS: u64 = 60 * 60 * 1000;
 const DAY_MS: u64 = 24 * HOUR_MS;
 
+/// Going away (still connected) writes the last-seen time only when the
+/// journal's copy is older than this: a phone switching presence in a loop
+/// then costs one record a minute, not one per switch. The time itself is
+/// exact in memory and written exactly when the connection ends; only a
+/// crash while away can show it up to this much early.
+pub(super) const LAST_SEEN_SLACK_MS: u64 = 60_000;
+
 /// An account's contacts and profile. Boxed in the account and absent
 /// until first used: most accounts on a shard at any moment never touch it.
 #[derive(Debug, Default)]
@@ -199,15 +206,16 @@ impl Shard {
         let (told, at_ms) = (self.take_quiet_token(id), self.wall_ms());
         let account = self.accounts.get_mut(&owner).expect("logged in");
         account.available = available;
-        if !told {
-            if !available {
-                account.last_seen_ms = at_ms;
+        if !available {
+            account.last_seen_ms = at_ms;
+            let written = account.last_seen_written_ms;
+            if told && (written == 0 || at_ms >= written + LAST_SEEN_SLACK_MS) {
+                self.write_last_seen(owner);
             }
+        }
+        if !told {
             self.counters.signals_dropped_rate += 1;
             return;
-        }
-        if !available {
-            self.note_last_seen(owner);
         }
         self.presence_changed(owner);
     }
@@ -420,22 +428,24 @@ impl Shard {
             .get_mut(&owner)
             .expect("the session's account");
         if account.available {
-            self.note_last_seen(owner);
+            account.last_seen_ms = self.now_ms + self.config.wall_clock_offset_ms;
+        }
+        if account.last_seen_ms != account.last_seen_written_ms {
+            self.write_last_seen(owner);
         }
         self.presence_changed(owner);
     }
 
-    /// Stamps `owner`'s last-seen time; written unless the journal cannot
-    /// take it (it is worth less than the room kept for acknowledgements).
-    fn note_last_seen(&mut self, owner: Phone) {
-        let at_ms = self.wall_ms();
-        self.accounts
-            .get_mut(&owner)
-            .expect("caller checked")
-            .last_seen_ms = at_ms;
-        if !self.journal_failed && !self.disk_full {
-            self.records.push(Record::LastSeen { owner, at_ms });
+    /// Writes `owner`'s last-seen time, unless the journal cannot take it
+    /// (it is worth less than the room kept for acknowledgements).
+    fn write_last_seen(&mut self, owner: Phone) {
+        if self.journal_failed || self.disk_full {
+            return;
         }
+        let account = self.accounts.get_mut(&owner).expect("caller checked");
+        let at_ms = account.last_seen_ms;
+        account.last_seen_written_ms = at_ms;
+        self.records.push(Record::LastSeen { owner, at_ms });
     }
 
     /// Followers of `owner` it still lists; forgets the others.
@@ -759,7 +769,10 @@ impl Shard {
                 social.profile = profile;
                 social.hide_last_seen = hide_last_seen;
             }
-            Record::LastSeen { at_ms, .. } => account.last_seen_ms = at_ms,
+            Record::LastSeen { at_ms, .. } => {
+                account.last_seen_ms = at_ms;
+                account.last_seen_written_ms = at_ms;
+            }
             _ => unreachable!(),
         }
     }
