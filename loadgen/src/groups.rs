@@ -30,6 +30,7 @@ use serde::Serialize;
 use wire::{encode_client, ClientFrame, GroupId, Phone, ReceiptKind, ServerFrame};
 
 use crate::dial::{take_frames, ConnectArgs, Dialer};
+use crate::window::{latency_histogram, wait_for, Window};
 
 #[derive(Debug, Clone, clap::Parser)]
 pub struct Args {
@@ -129,11 +130,8 @@ struct Shared {
     logged_in: AtomicUsize,
     created: AtomicUsize,
     failed: AtomicBool,
-    /// Nanoseconds since the epoch: posting starts, warm-up ends, posting
-    /// ends (0 until set).
-    start_ns: AtomicU64,
-    warm_ns: AtomicU64,
-    stop_ns: AtomicU64,
+    /// Posting starts, warm-up ends, posting ends.
+    window: Window,
     posts: AtomicU64,
     posts_measured: AtomicU64,
     deliveries: AtomicU64,
@@ -162,7 +160,6 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     let first = args.connect.first(args.phones)?;
     let dialer = args.connect.dialer()?;
     let shared = Arc::new(Shared::default());
-    let epoch = Instant::now();
     let results = Arc::new(Mutex::new(Vec::new()));
     let threads = args.connect.threads().min(groups);
     let mut handles = Vec::new();
@@ -180,8 +177,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
                 .io_memory(256 * 1024)
                 .ring_depth(4096)
                 .spawn(move || async move {
-                    let result =
-                        run_thread(args, first, range, shared.clone(), epoch, dialer).await;
+                    let result = run_thread(args, first, range, shared.clone(), dialer).await;
                     if result.is_err() {
                         shared.failed.store(true, Relaxed);
                     }
@@ -195,52 +191,28 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     }
 
     let phones = groups * args.group_size;
-    let wait_for = |what: &str, count: &AtomicUsize, goal: usize| -> anyhow::Result<()> {
-        let started = Instant::now();
-        while count.load(Relaxed) < goal {
-            if shared.failed.load(Relaxed) {
-                bail!("a thread failed while waiting for {what}");
-            }
-            if started.elapsed() > Duration::from_secs(300) {
-                bail!("{what}: {} of {goal} after 300 s", count.load(Relaxed));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
-    };
-    wait_for("logins", &shared.logged_in, phones)?;
-    wait_for("group creations", &shared.created, groups)?;
+    let failed = &shared.failed;
+    wait_for("logins", &shared.logged_in, phones, failed)?;
+    wait_for("group creations", &shared.created, groups, failed)?;
     eprintln!("{phones} phones in {groups} groups of {}", args.group_size);
 
-    let server_cpu = || args.server_pid.map(crate::process::cpu_seconds).transpose();
-    let now_ns = || epoch.elapsed().as_nanos() as u64;
-    shared.start_ns.store(now_ns(), Relaxed);
-    std::thread::sleep(Duration::from_secs_f64(args.warmup));
-    let cpu_at_warm = server_cpu()?;
-    let warm = Instant::now();
-    shared.warm_ns.store(now_ns(), Relaxed);
-    let measured = Duration::from_secs_f64((args.duration - args.warmup).max(0.1));
-    while warm.elapsed() < measured {
-        std::thread::sleep(Duration::from_secs(1).min(measured.saturating_sub(warm.elapsed())));
-        eprintln!(
-            "t={:>5.1}s posts={} deliveries={} errors={}",
-            args.warmup + warm.elapsed().as_secs_f64(),
-            shared.posts.load(Relaxed),
-            shared.deliveries.load(Relaxed),
-            shared.errors.load(Relaxed)
-        );
-    }
-    let cpu_at_stop = server_cpu()?;
-    let measured_s = warm.elapsed().as_secs_f64();
-    shared.stop_ns.store(now_ns(), Relaxed);
-    let server_rss_bytes = args.server_pid.map(crate::process::rss_bytes).transpose()?;
+    let measured = shared
+        .window
+        .run(args.warmup, args.duration, args.server_pid, || {
+            format!(
+                "posts={} deliveries={} errors={}",
+                shared.posts.load(Relaxed),
+                shared.deliveries.load(Relaxed),
+                shared.errors.load(Relaxed)
+            )
+        })?;
     for handle in handles {
         handle
             .join()
             .map_err(|error| anyhow::anyhow!("a thread failed: {error}"))?;
     }
 
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut histogram = latency_histogram();
     let mut undelivered = 0;
     for result in std::mem::take(&mut *results.lock().expect("threads are done")) {
         let result = result?;
@@ -248,10 +220,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         undelivered += result.undelivered;
     }
     let deliveries_measured = shared.deliveries_measured.load(Relaxed) as f64;
-    let server_cpu_s = match (cpu_at_warm, cpu_at_stop) {
-        (Some(a), Some(b)) => Some(b - a),
-        _ => None,
-    };
+    let measured_s = measured.seconds;
     let micros = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     Ok(Report {
         phones,
@@ -261,9 +230,9 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         measured_s,
         posts_per_s: shared.posts_measured.load(Relaxed) as f64 / measured_s,
         deliveries_per_s: deliveries_measured / measured_s,
-        deliveries_per_server_cpu_s: server_cpu_s.map(|cpu| deliveries_measured / cpu),
-        server_cpu_share: server_cpu_s.map(|cpu| cpu / measured_s),
-        server_rss_bytes,
+        deliveries_per_server_cpu_s: measured.per_server_cpu_s(deliveries_measured),
+        server_cpu_share: measured.server_cpu_share(),
+        server_rss_bytes: measured.server_rss_bytes,
         latency_us_p50: micros(0.5),
         latency_us_p99: micros(0.99),
         latency_us_max: histogram.max() as f64 / 1000.0,
@@ -278,7 +247,6 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
 /// One loadgen thread's share: whole groups.
 struct Thread {
     shared: Arc<Shared>,
-    epoch: Instant,
     args: Args,
     histogram: RefCell<Histogram<u64>>,
     /// Phones of this thread logged in so far.
@@ -287,18 +255,8 @@ struct Thread {
 }
 
 impl Thread {
-    fn now_ns(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
-    }
-
-    fn measuring(&self, at_ns: u64) -> bool {
-        let warm = self.shared.warm_ns.load(Relaxed);
-        let stop = self.shared.stop_ns.load(Relaxed);
-        warm != 0 && at_ns >= warm && (stop == 0 || at_ns < stop)
-    }
-
-    fn stopped(&self) -> bool {
-        self.shared.stop_ns.load(Relaxed) != 0
+    fn window(&self) -> &Window {
+        &self.shared.window
     }
 }
 
@@ -307,14 +265,12 @@ async fn run_thread(
     first: u64,
     groups: std::ops::Range<usize>,
     shared: Arc<Shared>,
-    epoch: Instant,
     dialer: Dialer,
 ) -> anyhow::Result<ThreadResult> {
     let size = args.group_size;
     let thread = Rc::new(Thread {
         shared,
-        epoch,
-        histogram: RefCell::new(Histogram::new_with_bounds(1, 60_000_000_000, 3)?),
+        histogram: RefCell::new(latency_histogram()),
         logged_in: Cell::new(0),
         phones: groups.len() * size,
         args,
@@ -415,10 +371,10 @@ async fn phone(
     loop {
         // A creator tops its window up once posting has begun.
         if let Some(group) = group {
-            let started = thread.shared.start_ns.load(Relaxed) != 0;
-            while started && !thread.stopped() && in_flight.len() < window {
+            let started = thread.window().started();
+            while started && !thread.window().stopped() && in_flight.len() < window {
                 let mut body = vec![0u8; body_bytes];
-                body[..8].copy_from_slice(&thread.now_ns().to_le_bytes());
+                body[..8].copy_from_slice(&thread.window().now_ns().to_le_bytes());
                 encode_client(
                     &ClientFrame::GroupSend {
                         client_id: next_client_id,
@@ -430,7 +386,7 @@ async fn phone(
                 in_flight.insert(next_client_id, expected);
                 next_client_id += 1;
             }
-            if thread.stopped() {
+            if thread.window().stopped() {
                 let since = *stopped_at.get_or_insert_with(Instant::now);
                 if in_flight.is_empty() || since.elapsed() > drain {
                     return Ok(in_flight.values().map(|&n| n as u64).sum());
@@ -442,7 +398,7 @@ async fn phone(
             writer.flush().await?;
             out.clear();
         }
-        let read = if creates && group.is_some() && thread.shared.start_ns.load(Relaxed) == 0 {
+        let read = if creates && group.is_some() && !thread.window().started() {
             // Waiting for the start: look again shortly.
             match glommio::timer::timeout(Duration::from_millis(10), async {
                 Ok(reader.read(&mut buffer).await)
@@ -452,7 +408,7 @@ async fn phone(
                 Ok(read) => read?,
                 Err(_) => continue,
             }
-        } else if creates && thread.stopped() {
+        } else if creates && thread.window().stopped() {
             match glommio::timer::timeout(Duration::from_millis(100), async {
                 Ok(reader.read(&mut buffer).await)
             })
@@ -480,7 +436,7 @@ async fn phone(
             },
             ServerFrame::Sent { .. } => {
                 thread.shared.posts.fetch_add(1, Relaxed);
-                if thread.measuring(thread.now_ns()) {
+                if thread.window().measuring(thread.window().now_ns()) {
                     thread.shared.posts_measured.fetch_add(1, Relaxed);
                 }
             }
@@ -509,9 +465,9 @@ async fn phone(
                     return;
                 }
                 last_gseq = gseq;
-                let now = thread.now_ns();
+                let now = thread.window().now_ns();
                 thread.shared.deliveries.fetch_add(1, Relaxed);
-                if thread.measuring(now) {
+                if thread.window().measuring(now) {
                     thread.shared.deliveries_measured.fetch_add(1, Relaxed);
                     let sent = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
                     let _ = thread

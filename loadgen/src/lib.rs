@@ -21,3 +21,4 @@ pub mod report;
 pub mod slow;
 pub mod storm;
 pub mod tls;
+pub mod window;

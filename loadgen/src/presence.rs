@@ -22,7 +22,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
         Arc, Mutex,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{bail, Context};
@@ -36,6 +36,7 @@ use serde::Serialize;
 use wire::{encode_client, ClientFrame, Phone, Presence, ServerFrame};
 
 use crate::dial::{take_frames, BoxIo, ConnectArgs, Dialer};
+use crate::window::{latency_histogram, wait_for, Window};
 
 #[derive(Debug, Clone, clap::Parser)]
 pub struct Args {
@@ -134,11 +135,9 @@ struct Shared {
     synced: AtomicUsize,
     subscribed: AtomicUsize,
     failed: AtomicBool,
-    /// Nanoseconds since the epoch: changes start, warm-up ends, changes
-    /// end, the run ends (0 until set).
-    start_ns: AtomicU64,
-    warm_ns: AtomicU64,
-    stop_ns: AtomicU64,
+    /// Changes start, warm-up ends, changes end.
+    window: Window,
+    /// The drain after the window is over too: phones hang up.
     finished: AtomicBool,
     /// Per phone, its last change: the intended time in nanoseconds shifted
     /// left by one, with the low bit set when it became available (0
@@ -167,9 +166,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         synced: AtomicUsize::new(0),
         subscribed: AtomicUsize::new(0),
         failed: AtomicBool::new(false),
-        start_ns: AtomicU64::new(0),
-        warm_ns: AtomicU64::new(0),
-        stop_ns: AtomicU64::new(0),
+        window: Window::default(),
         finished: AtomicBool::new(false),
         last_change: (0..args.phones).map(|_| AtomicU64::new(0)).collect(),
         changes: AtomicU64::new(0),
@@ -179,7 +176,6 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         stale: AtomicU64::new(0),
         errors: AtomicU64::new(0),
     });
-    let epoch = Instant::now();
     let histograms = Arc::new(Mutex::new(Vec::new()));
     let threads = args.connect.threads().min(args.phones);
     let mut handles = Vec::new();
@@ -197,8 +193,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
                 .io_memory(256 * 1024)
                 .ring_depth(4096)
                 .spawn(move || async move {
-                    let result =
-                        run_thread(args, first, range, shared.clone(), epoch, dialer).await;
+                    let result = run_thread(args, first, range, shared.clone(), dialer).await;
                     if result.is_err() {
                         shared.failed.store(true, Relaxed);
                     }
@@ -211,55 +206,27 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         );
     }
 
-    let wait_for = |what: &str, count: &AtomicUsize| -> anyhow::Result<()> {
-        let started = Instant::now();
-        while count.load(Relaxed) < args.phones {
-            if shared.failed.load(Relaxed) {
-                bail!("a thread failed while waiting for {what}");
-            }
-            if started.elapsed() > Duration::from_secs(300) {
-                let done = count.load(Relaxed);
-                bail!("{what}: {done} of {} after 300 s", args.phones);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
-    };
     let finish = |shared: &Shared| shared.finished.store(true, Relaxed);
-    let setup = wait_for("logins", &shared.logged_in)
-        .and_then(|()| wait_for("contact syncs", &shared.synced))
-        .and_then(|()| wait_for("subscriptions", &shared.subscribed));
+    let (phones, failed) = (args.phones, &shared.failed);
+    let setup = wait_for("logins", &shared.logged_in, phones, failed)
+        .and_then(|()| wait_for("contact syncs", &shared.synced, phones, failed))
+        .and_then(|()| wait_for("subscriptions", &shared.subscribed, phones, failed));
     if let Err(error) = setup {
         finish(&shared);
         return Err(error);
     }
-    eprintln!(
-        "{} phones following {} contacts each",
-        args.phones, args.contacts
-    );
+    eprintln!("{phones} phones following {} contacts each", args.contacts);
 
-    let server_cpu = || args.server_pid.map(crate::process::cpu_seconds).transpose();
-    let now_ns = || epoch.elapsed().as_nanos() as u64;
-    shared.start_ns.store(now_ns(), Relaxed);
-    std::thread::sleep(Duration::from_secs_f64(args.warmup));
-    let cpu_at_warm = server_cpu()?;
-    let warm = Instant::now();
-    shared.warm_ns.store(now_ns(), Relaxed);
-    let measured = Duration::from_secs_f64((args.duration - args.warmup).max(0.1));
-    while warm.elapsed() < measured {
-        std::thread::sleep(Duration::from_secs(1).min(measured.saturating_sub(warm.elapsed())));
-        eprintln!(
-            "t={:>5.1}s changes={} updates={} errors={}",
-            args.warmup + warm.elapsed().as_secs_f64(),
-            shared.changes.load(Relaxed),
-            shared.updates.load(Relaxed),
-            shared.errors.load(Relaxed)
-        );
-    }
-    let cpu_at_stop = server_cpu()?;
-    let measured_s = warm.elapsed().as_secs_f64();
-    shared.stop_ns.store(now_ns(), Relaxed);
-    let server_rss_bytes = args.server_pid.map(crate::process::rss_bytes).transpose()?;
+    let measured = shared
+        .window
+        .run(args.warmup, args.duration, args.server_pid, || {
+            format!(
+                "changes={} updates={} errors={}",
+                shared.changes.load(Relaxed),
+                shared.updates.load(Relaxed),
+                shared.errors.load(Relaxed)
+            )
+        })?;
     std::thread::sleep(Duration::from_secs_f64(args.drain));
     finish(&shared);
     for handle in handles {
@@ -268,15 +235,12 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
             .map_err(|error| anyhow::anyhow!("a thread failed: {error}"))?;
     }
 
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut histogram = latency_histogram();
     for result in std::mem::take(&mut *histograms.lock().expect("threads are done")) {
         histogram.add(&result?)?;
     }
     let updates_measured = shared.updates_measured.load(Relaxed) as f64;
-    let server_cpu_s = match (cpu_at_warm, cpu_at_stop) {
-        (Some(a), Some(b)) => Some(b - a),
-        _ => None,
-    };
+    let measured_s = measured.seconds;
     let micros = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     let changes = shared.changes.load(Relaxed);
     let updates = shared.updates.load(Relaxed);
@@ -287,9 +251,9 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         measured_s,
         changes_per_s: shared.changes_measured.load(Relaxed) as f64 / measured_s,
         updates_per_s: updates_measured / measured_s,
-        updates_per_server_cpu_s: server_cpu_s.map(|cpu| updates_measured / cpu),
-        server_cpu_share: server_cpu_s.map(|cpu| cpu / measured_s),
-        server_rss_bytes,
+        updates_per_server_cpu_s: measured.per_server_cpu_s(updates_measured),
+        server_cpu_share: measured.server_cpu_share(),
+        server_rss_bytes: measured.server_rss_bytes,
         latency_us_p50: micros(0.5),
         latency_us_p99: micros(0.99),
         latency_us_max: histogram.max() as f64 / 1000.0,
@@ -304,21 +268,14 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
 /// One loadgen thread's share of the phones.
 struct Thread {
     shared: Arc<Shared>,
-    epoch: Instant,
     args: Args,
     first: u64,
     histogram: RefCell<Histogram<u64>>,
 }
 
 impl Thread {
-    fn now_ns(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
-    }
-
-    fn measuring(&self, at_ns: u64) -> bool {
-        let warm = self.shared.warm_ns.load(Relaxed);
-        let stop = self.shared.stop_ns.load(Relaxed);
-        warm != 0 && at_ns >= warm && (stop == 0 || at_ns < stop)
+    fn window(&self) -> &Window {
+        &self.shared.window
     }
 
     /// Waits until `done` holds; fails once another phone has.
@@ -348,14 +305,12 @@ async fn run_thread(
     first: u64,
     phones: std::ops::Range<usize>,
     shared: Arc<Shared>,
-    epoch: Instant,
     dialer: Dialer,
 ) -> anyhow::Result<Histogram<u64>> {
     let thread = Rc::new(Thread {
         shared,
-        epoch,
         first,
-        histogram: RefCell::new(Histogram::new_with_bounds(1, 60_000_000_000, 3)?),
+        histogram: RefCell::new(latency_histogram()),
         args,
     });
     let permits = Rc::new(glommio::sync::Semaphore::new(
@@ -470,17 +425,18 @@ async fn write_loop(
         .await?;
     shared.subscribed.fetch_add(1, Relaxed);
 
-    thread.until(|| shared.start_ns.load(Relaxed) != 0).await?;
-    let start_ns = shared.start_ns.load(Relaxed);
+    let window = thread.window();
+    thread.until(|| window.started()).await?;
+    let start_ns = window.start_ns();
     let period_ns = phones as f64 * 1e9 / thread.args.rate;
     let offset_ns = period_ns * phone.index as f64 / phones as f64;
     for k in 0u64.. {
         let due_ns = start_ns + (offset_ns + k as f64 * period_ns) as u64;
-        let wait_ns = due_ns.saturating_sub(thread.now_ns());
+        let wait_ns = due_ns.saturating_sub(thread.window().now_ns());
         if wait_ns > 0 {
             glommio::timer::sleep(Duration::from_nanos(wait_ns)).await;
         }
-        if shared.stop_ns.load(Relaxed) != 0 {
+        if window.stopped() {
             break;
         }
         // Everyone starts available, so the first change is away.
@@ -489,7 +445,7 @@ async fn write_loop(
         encode_client(&ClientFrame::SetPresence { available }, &mut out);
         write(&mut out).await?;
         shared.changes.fetch_add(1, Relaxed);
-        if thread.measuring(due_ns) {
+        if thread.window().measuring(due_ns) {
             shared.changes_measured.fetch_add(1, Relaxed);
         }
     }
@@ -561,7 +517,7 @@ fn handle(thread: &Thread, phone: &PhoneState, frame: ServerFrame<'_>) -> anyhow
                 bail!("presence of {about}, not one of the run's phones");
             };
             let last = slot.load(Relaxed);
-            if shared.start_ns.load(Relaxed) == 0 || last == 0 {
+            if !thread.window().started() || last == 0 {
                 // An answer to a subscription.
                 if presence != Presence::Online {
                     bail!("a mutual contact shows {presence:?}");
@@ -570,8 +526,8 @@ fn handle(thread: &Thread, phone: &PhoneState, frame: ServerFrame<'_>) -> anyhow
                 return Ok(());
             }
             shared.updates.fetch_add(1, Relaxed);
-            let now = thread.now_ns();
-            if thread.measuring(now) {
+            let now = thread.window().now_ns();
+            if thread.window().measuring(now) {
                 shared.updates_measured.fetch_add(1, Relaxed);
             }
             let available = match presence {
@@ -583,7 +539,7 @@ fn handle(thread: &Thread, phone: &PhoneState, frame: ServerFrame<'_>) -> anyhow
                 shared.stale.fetch_add(1, Relaxed);
                 return Ok(());
             }
-            if thread.measuring(now) {
+            if thread.window().measuring(now) {
                 let changed_ns = last >> 1;
                 let _ = thread
                     .histogram

@@ -423,12 +423,13 @@ impl Shard {
                 self.unwatch(owner, target);
             }
         }
+        let at_ms = self.wall_ms();
         let account = self
             .accounts
             .get_mut(&owner)
             .expect("the session's account");
         if account.available {
-            account.last_seen_ms = self.now_ms + self.config.wall_clock_offset_ms;
+            account.last_seen_ms = at_ms;
         }
         if account.last_seen_ms != account.last_seen_written_ms {
             self.write_last_seen(owner);

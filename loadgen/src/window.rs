@@ -1,0 +1,141 @@
+//! The measured window of a scenario paced by its main thread: the load
+//! starts, the warm-up ends, the load stops. Phones on every thread read
+//! the marks to know whether to act and whether what they see counts; the
+//! main thread sets them and reads the server's CPU time at both edges of
+//! the window, so that a figure per server CPU second covers exactly the
+//! work that was counted.
+
+use std::{
+    sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
+    time::{Duration, Instant},
+};
+
+use anyhow::bail;
+use hdrhistogram::Histogram;
+
+/// How long the main thread waits for a set-up step (logins, groups,
+/// subscriptions) before it gives the run up.
+const SETUP_WAIT_MAX: Duration = Duration::from_secs(300);
+
+pub struct Window {
+    epoch: Instant,
+    /// Nanoseconds since `epoch`, 0 until set.
+    start_ns: AtomicU64,
+    warm_ns: AtomicU64,
+    stop_ns: AtomicU64,
+}
+
+/// What the main thread measured over the window.
+pub struct Measured {
+    pub seconds: f64,
+    pub server_cpu_s: Option<f64>,
+    /// Read when the load stops.
+    pub server_rss_bytes: Option<u64>,
+}
+
+impl Measured {
+    /// `count` (counted inside the window) per second of server CPU time.
+    pub fn per_server_cpu_s(&self, count: f64) -> Option<f64> {
+        self.server_cpu_s.map(|cpu| count / cpu)
+    }
+
+    pub fn server_cpu_share(&self) -> Option<f64> {
+        self.server_cpu_s.map(|cpu| cpu / self.seconds)
+    }
+}
+
+impl Default for Window {
+    fn default() -> Window {
+        Window {
+            epoch: Instant::now(),
+            start_ns: AtomicU64::new(0),
+            warm_ns: AtomicU64::new(0),
+            stop_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Window {
+    pub fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// When the load started; 0 before.
+    pub fn start_ns(&self) -> u64 {
+        self.start_ns.load(Relaxed)
+    }
+
+    pub fn started(&self) -> bool {
+        self.start_ns() != 0
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.stop_ns.load(Relaxed) != 0
+    }
+
+    /// Whether something at `at_ns` falls inside the measured window.
+    pub fn measuring(&self, at_ns: u64) -> bool {
+        let warm = self.warm_ns.load(Relaxed);
+        let stop = self.stop_ns.load(Relaxed);
+        warm != 0 && at_ns >= warm && (stop == 0 || at_ns < stop)
+    }
+
+    /// The main thread's part: starts the load, waits out `warmup`
+    /// seconds, measures until `duration` seconds from the start (printing
+    /// `progress` each second), and stops the load.
+    pub fn run(
+        &self,
+        warmup: f64,
+        duration: f64,
+        server_pid: Option<u32>,
+        progress: impl Fn() -> String,
+    ) -> anyhow::Result<Measured> {
+        let server_cpu = || server_pid.map(crate::process::cpu_seconds).transpose();
+        self.start_ns.store(self.now_ns(), Relaxed);
+        std::thread::sleep(Duration::from_secs_f64(warmup));
+        let cpu_at_warm = server_cpu()?;
+        let warm = Instant::now();
+        self.warm_ns.store(self.now_ns(), Relaxed);
+        let measured = Duration::from_secs_f64((duration - warmup).max(0.1));
+        while warm.elapsed() < measured {
+            std::thread::sleep(Duration::from_secs(1).min(measured.saturating_sub(warm.elapsed())));
+            let t = warmup + warm.elapsed().as_secs_f64();
+            eprintln!("t={t:>5.1}s {}", progress());
+        }
+        let cpu_at_stop = server_cpu()?;
+        let seconds = warm.elapsed().as_secs_f64();
+        self.stop_ns.store(self.now_ns(), Relaxed);
+        Ok(Measured {
+            seconds,
+            server_cpu_s: cpu_at_warm.zip(cpu_at_stop).map(|(a, b)| b - a),
+            server_rss_bytes: server_pid.map(crate::process::rss_bytes).transpose()?,
+        })
+    }
+}
+
+/// The main thread waits until `count` reaches `goal`; fails when a
+/// thread has (`failed`) or after `SETUP_WAIT_MAX`.
+pub fn wait_for(
+    what: &str,
+    count: &AtomicUsize,
+    goal: usize,
+    failed: &AtomicBool,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while count.load(Relaxed) < goal {
+        if failed.load(Relaxed) {
+            bail!("a thread failed while waiting for {what}");
+        }
+        if started.elapsed() > SETUP_WAIT_MAX {
+            let done = count.load(Relaxed);
+            bail!("{what}: {done} of {goal} after {SETUP_WAIT_MAX:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Latencies in nanoseconds, up to a minute, to three significant digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds")
+}
