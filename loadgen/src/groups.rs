@@ -17,20 +17,19 @@ use std::{
     rc::Rc,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
-        Arc, Mutex,
+        Arc,
     },
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context};
 use futures_lite::{io::split, AsyncReadExt, AsyncWriteExt};
-use glommio::LocalExecutorBuilder;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use wire::{encode_client, ClientFrame, GroupId, Phone, ReceiptKind, ServerFrame};
 
 use crate::dial::{take_frames, ConnectArgs, Dialer};
-use crate::window::{latency_histogram, wait_for, Window};
+use crate::window::{latency_histogram, wait_for, Threads, Window};
 
 #[derive(Debug, Clone, clap::Parser)]
 pub struct Args {
@@ -129,7 +128,7 @@ impl Report {
 struct Shared {
     logged_in: AtomicUsize,
     created: AtomicUsize,
-    failed: AtomicBool,
+    failed: Arc<AtomicBool>,
     /// Posting starts, warm-up ends, posting ends.
     window: Window,
     posts: AtomicU64,
@@ -160,35 +159,16 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     let first = args.connect.first(args.phones)?;
     let dialer = args.connect.dialer()?;
     let shared = Arc::new(Shared::default());
-    let results = Arc::new(Mutex::new(Vec::new()));
     let threads = args.connect.threads().min(groups);
-    let mut handles = Vec::new();
-    for thread in 0..threads {
-        let range = groups * thread / threads..groups * (thread + 1) / threads;
-        let (args, shared, results, dialer) = (
-            args.clone(),
-            shared.clone(),
-            results.clone(),
-            dialer.clone(),
-        );
-        handles.push(
-            LocalExecutorBuilder::new(args.connect.placement(thread))
-                .name(&format!("loadgen-{thread}"))
-                .io_memory(256 * 1024)
-                .ring_depth(4096)
-                .spawn(move || async move {
-                    let result = run_thread(args, first, range, shared.clone(), dialer).await;
-                    if result.is_err() {
-                        shared.failed.store(true, Relaxed);
-                    }
-                    results
-                        .lock()
-                        .expect("no thread panics holding it")
-                        .push(result);
-                })
-                .map_err(|error| anyhow::anyhow!("starting thread {thread}: {error}"))?,
-        );
-    }
+    let run = {
+        let (args, shared) = (args.clone(), shared.clone());
+        move |thread: usize| {
+            let range = groups * thread / threads..groups * (thread + 1) / threads;
+            let (args, shared, dialer) = (args.clone(), shared.clone(), dialer.clone());
+            run_thread(args, first, range, shared, dialer)
+        }
+    };
+    let threads = Threads::spawn(&args.connect, threads, shared.failed.clone(), run)?;
 
     let phones = groups * args.group_size;
     let failed = &shared.failed;
@@ -206,16 +186,11 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
                 shared.errors.load(Relaxed)
             )
         })?;
-    for handle in handles {
-        handle
-            .join()
-            .map_err(|error| anyhow::anyhow!("a thread failed: {error}"))?;
-    }
+    let results = threads.join()?;
 
     let mut histogram = latency_histogram();
     let mut undelivered = 0;
-    for result in std::mem::take(&mut *results.lock().expect("threads are done")) {
-        let result = result?;
+    for result in results {
         histogram.add(&result.histogram)?;
         undelivered += result.undelivered;
     }

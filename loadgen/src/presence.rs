@@ -20,7 +20,7 @@ use std::{
     rc::Rc,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
-        Arc, Mutex,
+        Arc,
     },
     time::Duration,
 };
@@ -30,13 +30,12 @@ use futures_lite::{
     io::{split, ReadHalf, WriteHalf},
     AsyncReadExt, AsyncWriteExt,
 };
-use glommio::LocalExecutorBuilder;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use wire::{encode_client, ClientFrame, Phone, Presence, ServerFrame};
 
 use crate::dial::{take_frames, BoxIo, ConnectArgs, Dialer};
-use crate::window::{latency_histogram, wait_for, Window};
+use crate::window::{latency_histogram, wait_for, Threads, Window};
 
 #[derive(Debug, Clone, clap::Parser)]
 pub struct Args {
@@ -134,7 +133,7 @@ struct Shared {
     logged_in: AtomicUsize,
     synced: AtomicUsize,
     subscribed: AtomicUsize,
-    failed: AtomicBool,
+    failed: Arc<AtomicBool>,
     /// Changes start, warm-up ends, changes end.
     window: Window,
     /// The drain after the window is over too: phones hang up.
@@ -165,7 +164,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         logged_in: AtomicUsize::new(0),
         synced: AtomicUsize::new(0),
         subscribed: AtomicUsize::new(0),
-        failed: AtomicBool::new(false),
+        failed: Arc::default(),
         window: Window::default(),
         finished: AtomicBool::new(false),
         last_change: (0..args.phones).map(|_| AtomicU64::new(0)).collect(),
@@ -176,35 +175,17 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         stale: AtomicU64::new(0),
         errors: AtomicU64::new(0),
     });
-    let histograms = Arc::new(Mutex::new(Vec::new()));
     let threads = args.connect.threads().min(args.phones);
-    let mut handles = Vec::new();
-    for thread in 0..threads {
-        let range = args.phones * thread / threads..args.phones * (thread + 1) / threads;
-        let (args, shared, histograms, dialer) = (
-            args.clone(),
-            shared.clone(),
-            histograms.clone(),
-            dialer.clone(),
-        );
-        handles.push(
-            LocalExecutorBuilder::new(args.connect.placement(thread))
-                .name(&format!("loadgen-{thread}"))
-                .io_memory(256 * 1024)
-                .ring_depth(4096)
-                .spawn(move || async move {
-                    let result = run_thread(args, first, range, shared.clone(), dialer).await;
-                    if result.is_err() {
-                        shared.failed.store(true, Relaxed);
-                    }
-                    histograms
-                        .lock()
-                        .expect("no thread panics holding it")
-                        .push(result);
-                })
-                .map_err(|error| anyhow::anyhow!("starting thread {thread}: {error}"))?,
-        );
-    }
+    let run = {
+        let (args, shared) = (args.clone(), shared.clone());
+        move |thread: usize| {
+            let phones = args.phones;
+            let range = phones * thread / threads..phones * (thread + 1) / threads;
+            let (args, shared, dialer) = (args.clone(), shared.clone(), dialer.clone());
+            run_thread(args, first, range, shared, dialer)
+        }
+    };
+    let threads = Threads::spawn(&args.connect, threads, shared.failed.clone(), run)?;
 
     let finish = |shared: &Shared| shared.finished.store(true, Relaxed);
     let (phones, failed) = (args.phones, &shared.failed);
@@ -229,15 +210,11 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         })?;
     std::thread::sleep(Duration::from_secs_f64(args.drain));
     finish(&shared);
-    for handle in handles {
-        handle
-            .join()
-            .map_err(|error| anyhow::anyhow!("a thread failed: {error}"))?;
-    }
+    let histograms = threads.join()?;
 
     let mut histogram = latency_histogram();
-    for result in std::mem::take(&mut *histograms.lock().expect("threads are done")) {
-        histogram.add(&result?)?;
+    for result in histograms {
+        histogram.add(&result)?;
     }
     let updates_measured = shared.updates_measured.load(Relaxed) as f64;
     let measured_s = measured.seconds;

@@ -3,15 +3,23 @@
 //! the marks to know whether to act and whether what they see counts; the
 //! main thread sets them and reads the server's CPU time at both edges of
 //! the window, so that a figure per server CPU second covers exactly the
-//! work that was counted.
+//! work that was counted. `Threads` starts the executors that run the
+//! phones.
 
 use std::{
-    sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
+    future::Future,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
 use anyhow::bail;
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder};
 use hdrhistogram::Histogram;
+
+use crate::dial::ConnectArgs;
 
 /// How long the main thread waits for a set-up step (logins, groups,
 /// subscriptions) before it gives the run up.
@@ -138,4 +146,60 @@ pub fn wait_for(
 /// Latencies in nanoseconds, up to a minute, to three significant digits.
 pub fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds")
+}
+
+/// Executors that each run one share of a scenario's phones, placed as
+/// `ConnectArgs` says, and what each ended with.
+pub struct Threads<T> {
+    handles: Vec<ExecutorJoinHandle<()>>,
+    results: Arc<Mutex<Vec<anyhow::Result<T>>>>,
+}
+
+impl<T: Send + 'static> Threads<T> {
+    /// Starts `count` executors; executor `i` runs `run(i)`. One that fails
+    /// sets `failed` at once, so the main thread stops waiting for it.
+    pub fn spawn<F, Fut>(
+        connect: &ConnectArgs,
+        count: usize,
+        failed: Arc<AtomicBool>,
+        run: F,
+    ) -> anyhow::Result<Threads<T>>
+    where
+        F: Fn(usize) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = anyhow::Result<T>> + 'static,
+    {
+        let results = Arc::new(Mutex::new(Vec::new()));
+        let mut handles = Vec::new();
+        for thread in 0..count {
+            let (run, failed, results) = (run.clone(), failed.clone(), results.clone());
+            let handle = LocalExecutorBuilder::new(connect.placement(thread))
+                .name(&format!("loadgen-{thread}"))
+                .io_memory(256 * 1024)
+                .ring_depth(4096)
+                .spawn(move || async move {
+                    let result = run(thread).await;
+                    if result.is_err() {
+                        failed.store(true, Relaxed);
+                    }
+                    results
+                        .lock()
+                        .expect("no thread panics holding it")
+                        .push(result);
+                })
+                .map_err(|error| anyhow::anyhow!("starting thread {thread}: {error}"))?;
+            handles.push(handle);
+        }
+        Ok(Threads { handles, results })
+    }
+
+    /// Waits for every executor; the first failure, or what each returned.
+    pub fn join(self) -> anyhow::Result<Vec<T>> {
+        for handle in self.handles {
+            handle
+                .join()
+                .map_err(|error| anyhow::anyhow!("a thread failed: {error}"))?;
+        }
+        let results = std::mem::take(&mut *self.results.lock().expect("threads are done"));
+        results.into_iter().collect()
+    }
 }
