@@ -129,6 +129,9 @@ pub struct Limits {
     /// either bound are refused with `MailboxFull`.
     pub mailbox_entries_max: usize,
     pub mailbox_bytes_max: usize,
+    /// Receipts one account may have queued, apart from its messages;
+    /// past it new receipts are dropped and counted.
+    pub receipts_max: usize,
     /// Members one group may have, its creator included.
     pub group_members_max: usize,
     /// Numbers one account's contact list may hold; contact syncs per
@@ -187,6 +190,7 @@ impl Default for Limits {
             code_requests_max: shard.code_requests_max,
             mailbox_entries_max: shard.mailbox_entries_max,
             mailbox_bytes_max: shard.mailbox_bytes_max,
+            receipts_max: shard.receipts_max,
             group_members_max: shard.group_members_max,
             contacts_max: shard.contacts_max,
             contact_syncs_per_hour: shard.contact_syncs_per_hour,

@@ -1,6 +1,6 @@
 //! The limits and timings a shard runs with. Every limit names its unit.
 
-use crate::PartitionMap;
+use crate::{allowance::Rate, PartitionMap};
 
 /// A range of phone numbers (by prefix) that sign up with a fixed code and
 /// no SMS, for automated clients. Off unless configured.
@@ -62,11 +62,17 @@ pub struct ShardConfig {
     /// cache is written out from its oldest record until the account is
     /// back under half, so a recipient that never reads cannot crowd it.
     pub sync_delay_entries_per_account_max: u32,
-    /// What one account may have queued: messages past either bound are
-    /// refused with `MailboxFull`. Receipts may take the entry count to
-    /// twice the bound; past that they are dropped and counted.
+    /// Messages (1:1 and group posts) one account may have queued, and
+    /// their body bytes: a message past either bound is refused with
+    /// `MailboxFull`. Receipts do not count (see `receipts_max`).
     pub mailbox_entries_max: usize,
     pub mailbox_bytes_max: usize,
+    /// Receipts (`Delivered`, `Read`, `Expired`) one account may have
+    /// queued, counted apart from messages so that receipts never make
+    /// an account refuse messages. Past it new receipts are dropped and
+    /// counted (`receipts_dropped_mailbox_full`): a sender who never reads
+    /// loses only receipts of its own messages.
+    pub receipts_max: usize,
     /// Members one group may have, its creator included.
     pub group_members_max: usize,
     /// Numbers one account's contact list may hold.
@@ -112,6 +118,7 @@ impl ShardConfig {
             sync_delay_entries_per_account_max: 256,
             mailbox_entries_max: 100_000,
             mailbox_bytes_max: 256 * 1024 * 1024,
+            receipts_max: 100_000,
             outbox_feed_bytes_max: 64 * 1024,
             outbox_bytes_max: 1024 * 1024,
             send_rate_per_s: 1_000,
@@ -128,5 +135,35 @@ impl ShardConfig {
             handovers_max: 4,
             login_failures_max: 3,
         }
+    }
+}
+
+const HOUR_MS: u64 = 60 * 60 * 1000;
+const DAY_MS: u64 = 24 * HOUR_MS;
+
+impl ShardConfig {
+    /// Each account's send allowance: `send_rate_per_s` a second, bursts
+    /// of `send_burst`. Messages, read receipts, group requests, typing
+    /// and presence changes each take one token.
+    pub fn send_rate(&self) -> Rate {
+        Rate::per_second(self.send_rate_per_s.into(), self.send_burst.into())
+    }
+
+    /// Each account's contact syncs: `contact_syncs_per_hour`, all of it
+    /// at once at most.
+    pub fn contact_sync_rate(&self) -> Rate {
+        let per_hour = self.contact_syncs_per_hour.into();
+        Rate::new(per_hour, HOUR_MS, per_hour)
+    }
+
+    /// Each account's lookups of numbers it did not list before (by
+    /// contact sync, or by sending to a number outside its contacts):
+    /// `contact_lookups_per_day`, after a first `contacts_max`.
+    pub fn contact_lookup_rate(&self) -> Rate {
+        Rate::new(
+            self.contact_lookups_per_day.into(),
+            DAY_MS,
+            self.contacts_max as u64,
+        )
     }
 }

@@ -28,6 +28,7 @@ pub use groups::GroupAction;
 pub use push::Push;
 
 use crate::{
+    allowance::TokenBucket,
     dedup::DedupTable,
     mailbox::Mailbox,
     timer_wheel::{TimerId, TimerWheel},
@@ -217,6 +218,9 @@ pub struct ShardCounters {
     pub messages_written: u64,
     pub messages_acked: u64,
     pub receipts_stored: u64,
+    /// `Read` frames refused: not about a message delivered to the reader,
+    /// or read before.
+    pub reads_refused: u64,
     pub rate_limited: u64,
     pub protocol_errors: u64,
     pub idle_closed: u64,
@@ -230,7 +234,7 @@ pub struct ShardCounters {
     pub records_cached: u64,
     pub messages_never_written: u64,
     /// Messages refused because the recipient's mailbox was at its bound,
-    /// and receipts dropped for the same reason (at twice the entry bound).
+    /// and receipts dropped at the receipt bound (`receipts_max`).
     pub messages_refused_mailbox_full: u64,
     pub receipts_dropped_mailbox_full: u64,
     /// Messages and signups refused while the disk was full.
@@ -244,7 +248,7 @@ pub struct ShardCounters {
     pub group_copies_stored: u64,
     pub group_copies_repeated: u64,
     /// Members' mailbox entries for group posts; those not made because
-    /// the member's mailbox held twice `mailbox_entries_max`, or because
+    /// the member's mailbox held twice `mailbox_entries_max` messages, or because
     /// the member has no account.
     pub group_entries_stored: u64,
     pub group_entries_dropped_mailbox_full: u64,
@@ -261,6 +265,9 @@ pub struct ShardCounters {
     pub contact_syncs: u64,
     pub contact_syncs_refused: u64,
     pub contact_lookups: u64,
+    /// Sends refused because the number is outside the sender's contacts
+    /// and its lookup allowance was spent.
+    pub stranger_sends_refused: u64,
     /// Pushes handed to the push sender, dropped because its queue was
     /// full, and not sent because one had gone out within the interval;
     /// tokens dropped because the gateway rejected them.
@@ -295,9 +302,6 @@ struct Conn {
     closing: bool,
     handovers: u8,
     login_failures: u8,
-    /// Send allowance in thousandths of a message.
-    send_millitokens: u64,
-    tokens_at_ms: u64,
 }
 
 #[derive(Debug)]
@@ -322,6 +326,10 @@ struct Account {
     last_seen_written_ms: u64,
     social: Option<Box<social::Social>>,
     push: Option<Box<push::PushState>>,
+    /// Messages, receipts, group requests and signals this account may
+    /// send (`ShardConfig::send_rate`). It lives with the account, not the
+    /// connection, so hanging up and logging in again gives nothing back.
+    send: TokenBucket,
 }
 
 impl Account {
@@ -340,6 +348,7 @@ impl Account {
             last_seen_written_ms: 0,
             social: None,
             push: None,
+            send: TokenBucket::full(),
         }
     }
 
@@ -390,6 +399,10 @@ pub struct Shard {
     /// Groups this shard owns, and their recent posts for resend detection.
     groups: AHashMap<GroupId, groups::Group>,
     group_dedup: DedupTable<GroupId>,
+    /// Group posts delivered to members of this shard, by `(member,
+    /// author, client_id)`, for the read-receipt rule; 1:1 messages use
+    /// `dedup` for the same.
+    group_reads: DedupTable<Phone>,
     /// Posts held here for members of this shard, and how far each group's
     /// posts have arrived.
     group_copies: AHashMap<(GroupId, u64), groups::Copy>,
@@ -440,6 +453,7 @@ impl Shard {
             dedup,
             groups: AHashMap::new(),
             group_dedup: DedupTable::new(config_dedup.0, config_dedup.1),
+            group_reads: DedupTable::new(config_dedup.0, config_dedup.1),
             group_copies: AHashMap::new(),
             group_marks: AHashMap::new(),
             group_refan: Vec::new(),
@@ -532,7 +546,7 @@ impl Shard {
                     });
                 }
                 if let Some((group, gseq)) = group_entry {
-                    self.restore_group_entry(group, gseq)?;
+                    self.restore_group_entry(owner, group, gseq, seq)?;
                 }
             }
             Record::MailboxAck { owner, up_to } => {
@@ -597,6 +611,7 @@ impl Shard {
     pub fn restored(&mut self) {
         self.dedup.settle();
         self.group_dedup.settle();
+        self.group_reads.settle();
         self.groups_restored();
     }
 
@@ -681,8 +696,6 @@ impl Shard {
             closing: false,
             handovers: snapshot.handovers,
             login_failures: snapshot.login_failures,
-            send_millitokens: u64::from(self.config.send_burst) * 1000,
-            tokens_at_ms: now_ms,
         };
         let index = match self.conns_free.pop() {
             Some(index) => {
@@ -1041,22 +1054,12 @@ impl Shard {
                 FrameOutcome::Continue
             }
             ClientFrame::Read { from, client_id } => {
-                let by = logged_in.expect("checked above");
-                // A receipt lands in another account's mailbox, like a
-                // message; without the same allowance one phone could fill
-                // any mailbox as fast as it can write.
-                if !self.take_send_token(id, client_id, now_ms) {
-                    return FrameOutcome::Continue;
-                }
-                let shard = self.config.map.shard_of(from);
-                self.route(
-                    shard,
-                    PeerMessage::Receipt {
-                        to: from,
-                        by,
-                        client_id,
-                        kind: ReceiptKind::Read,
-                    },
+                self.read(
+                    id,
+                    logged_in.expect("checked above"),
+                    from,
+                    client_id,
+                    now_ms,
                 );
                 FrameOutcome::Continue
             }
@@ -1181,6 +1184,7 @@ impl Shard {
             }
         }
         self.dedup.expire(now_ms);
+        self.group_reads.expire(now_ms);
         self.expiry_tick();
         self.write_due(now_ms);
     }
@@ -1520,6 +1524,11 @@ impl Shard {
         if !self.take_send_token(id, client_id, now_ms) {
             return;
         }
+        if let Err(detail) = self.charge_stranger(from, to) {
+            self.counters.rate_limited += 1;
+            self.reply_error(id, ErrorKind::RateLimited, Some(client_id), &detail);
+            return;
+        }
         let shard = self.config.map.shard_of(to);
         let message = PeerMessage::Deliver {
             from,
@@ -1530,6 +1539,39 @@ impl Shard {
             reply: id,
         };
         self.route(shard, message);
+    }
+
+    /// `by` read the message `client_id` of `from`. A receipt lands in
+    /// another account's mailbox, so it must refer to something the server
+    /// gave this reader: a 1:1 message or group post from `from` with that
+    /// client id, stored for `by` and already written to this connection,
+    /// whose read receipt was not passed on before. Anything else is
+    /// answered `BadRequest` and never reaches `from`. It also spends a
+    /// send token, like a message.
+    fn read(&mut self, id: ConnId, by: Phone, from: Phone, client_id: u64, now_ms: u64) {
+        if !self.take_send_token(id, client_id, now_ms) {
+            return;
+        }
+        let delivered = self.conn(id).map_or(0, |c| c.delivered_up_to);
+        let readable = self.dedup.mark_read(by, from, client_id, delivered)
+            || self.group_reads.mark_read(by, from, client_id, delivered);
+        if !readable {
+            self.counters.reads_refused += 1;
+            let detail = "no message with that sender and client_id was delivered here, \
+                          or its read receipt was sent already";
+            self.reply_error(id, ErrorKind::BadRequest, Some(client_id), detail);
+            return;
+        }
+        let shard = self.config.map.shard_of(from);
+        self.route(
+            shard,
+            PeerMessage::Receipt {
+                to: from,
+                by,
+                client_id,
+                kind: ReceiptKind::Read,
+            },
+        );
     }
 
     /// Passes a request to the group's owner, spending a send token: a
@@ -1572,22 +1614,16 @@ impl Shard {
         true
     }
 
-    /// Spends one of the connection's send tokens if it has one.
+    /// Spends one of the send tokens of the connection's account, if it
+    /// has one.
     fn take_quiet_token(&mut self, id: ConnId) -> bool {
-        let (rate, burst) = (
-            u64::from(self.config.send_rate_per_s),
-            u64::from(self.config.send_burst),
-        );
-        let now_ms = self.now_ms;
-        let conn = self.conn_mut(id).expect("caller checked");
-        let elapsed_ms = now_ms.saturating_sub(conn.tokens_at_ms);
-        conn.tokens_at_ms = now_ms;
-        conn.send_millitokens = (conn.send_millitokens + elapsed_ms * rate).min(burst * 1000);
-        if conn.send_millitokens < 1000 {
+        let (rate, now_ms) = (self.config.send_rate(), self.now_ms);
+        let Some(phone) = self.conn(id).and_then(|c| c.account) else {
             return false;
-        }
-        conn.send_millitokens -= 1000;
-        true
+        };
+        self.accounts
+            .get_mut(&phone)
+            .is_some_and(|a| a.send.take(1, rate, now_ms).is_ok())
     }
 
     fn ack(&mut self, id: ConnId, owner: Phone, up_to: u64) {
@@ -1724,9 +1760,10 @@ impl Shard {
                     by,
                     client_id,
                 };
-                let full = self.accounts.get(&to).is_some_and(|a| {
-                    a.mailbox.len() >= self.config.mailbox_entries_max.saturating_mul(2)
-                });
+                let full = self
+                    .accounts
+                    .get(&to)
+                    .is_some_and(|a| a.mailbox.receipts() >= self.config.receipts_max);
                 if full {
                     self.counters.receipts_dropped_mailbox_full += 1;
                     return;
@@ -1807,7 +1844,7 @@ impl Shard {
             return Err(ErrorKind::DiskFull);
         }
         let mailbox = &self.accounts[&to].mailbox;
-        if mailbox.len() >= self.config.mailbox_entries_max
+        if mailbox.messages() >= self.config.mailbox_entries_max
             || mailbox.bytes() + body.len() > self.config.mailbox_bytes_max
         {
             self.counters.messages_refused_mailbox_full += 1;

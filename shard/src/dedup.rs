@@ -10,6 +10,11 @@ use std::collections::hash_map::Entry;
 use ahash::AHashMap;
 use wire::Phone;
 
+/// Set in a stored id once the entry's read receipt was passed on (see
+/// [`DedupTable::mark_read`]). Ids (mailbox seqs, group post numbers)
+/// never come near it.
+const READ_BIT: u64 = 1 << 63;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Key<T> {
     to: T,
@@ -65,10 +70,32 @@ impl<T: Copy + Eq + Hash> DedupTable<T> {
                 from,
                 client_id,
             })
-            .copied()
+            .map(|id| id & !READ_BIT)
+    }
+
+    /// The rule for a read receipt `to` sends about `from`'s `client_id`:
+    /// true when the entry is known, its id is at most `delivered_up_to`
+    /// (the reader was given it), and no read receipt for it was passed on
+    /// before; it is then marked as read. The mark lives in memory only,
+    /// so after a restart one more receipt per entry can pass.
+    pub fn mark_read(&mut self, to: T, from: Phone, client_id: u64, delivered_up_to: u64) -> bool {
+        self.settle();
+        let key = Key {
+            to,
+            from,
+            client_id,
+        };
+        match self.ids.get_mut(&key) {
+            Some(id) if *id & READ_BIT == 0 && *id <= delivered_up_to => {
+                *id |= READ_BIT;
+                true
+            }
+            _ => false,
+        }
     }
 
     pub fn insert(&mut self, to: T, from: Phone, client_id: u64, id: u64, now_ms: u64) {
+        debug_assert!(id & READ_BIT == 0, "ids stay below the read mark");
         self.settle();
         self.insert_key(
             Key {
@@ -144,7 +171,7 @@ impl<T: Copy + Eq + Hash> DedupTable<T> {
     pub fn iter(&mut self) -> impl Iterator<Item = (T, Phone, u64, u64)> + '_ {
         self.settle();
         self.order.iter().filter_map(|(_, key)| {
-            let id = *self.ids.get(key)?;
+            let id = *self.ids.get(key)? & !READ_BIT;
             Some((key.to, key.from, key.client_id, id))
         })
     }
@@ -226,5 +253,21 @@ mod tests {
         assert_eq!(table.len(), 2);
         let listed: Vec<(u64, u64)> = table.iter().map(|(_, _, c, id)| (c, id)).collect();
         assert_eq!(listed, [(1, 11), (2, 12)], "the newest id and place");
+    }
+
+    #[test]
+    fn a_read_passes_once_and_only_for_what_was_delivered() {
+        let a = Phone::parse("+15550000001").unwrap();
+        let b = Phone::parse("+15550000002").unwrap();
+        let mut table: DedupTable = DedupTable::new(1_000, 10);
+        table.insert(b, a, 1, 7, 0);
+        assert!(!table.mark_read(b, a, 1, 6), "not delivered yet");
+        assert!(!table.mark_read(b, a, 2, 100), "never sent");
+        assert!(!table.mark_read(a, b, 1, 100), "not the reader's");
+        assert!(table.mark_read(b, a, 1, 7));
+        assert!(!table.mark_read(b, a, 1, 7), "a second read is dropped");
+        assert_eq!(table.get(b, a, 1), Some(7), "the mark hides from resends");
+        let listed: Vec<u64> = table.iter().map(|(_, _, _, id)| id).collect();
+        assert_eq!(listed, [7]);
     }
 }

@@ -7,6 +7,7 @@
 //! records for the journal. Sockets, executors and files stay in `server`,
 //! which is what lets these rules be tested on one thread with a fake clock.
 
+mod allowance;
 mod config;
 mod core;
 mod dedup;
@@ -19,6 +20,7 @@ pub use crate::core::{
     ConnId, ConnSnapshot, FrameOutcome, GroupAction, PeerMessage, Push, RestoreError, Shard,
     ShardCounters,
 };
+pub use allowance::{Exhausted, Rate, TokenBucket};
 pub use config::{ShardConfig, TestNumbers};
 pub use dedup::DedupTable;
 pub use env::Env;

@@ -18,6 +18,8 @@ pub struct Mailbox {
     /// `Ack { up_to: 0 }` means "nothing".
     next_seq: u64,
     bytes: usize,
+    /// Entries that are receipts: they have a bound of their own.
+    receipts: usize,
 }
 
 impl Mailbox {
@@ -26,6 +28,7 @@ impl Mailbox {
             entries: VecDeque::new(),
             next_seq: 1,
             bytes: 0,
+            receipts: 0,
         }
     }
 
@@ -35,6 +38,16 @@ impl Mailbox {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Entries that are messages (1:1 or group posts).
+    pub fn messages(&self) -> usize {
+        self.entries.len() - self.receipts
+    }
+
+    /// Entries that are receipts.
+    pub fn receipts(&self) -> usize {
+        self.receipts
     }
 
     /// Body bytes held.
@@ -69,6 +82,7 @@ impl Mailbox {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.bytes += record_bytes(&record);
+        self.receipts += usize::from(matches!(record, EntryRecord::Receipt { .. }));
         self.entries.push_back(Entry { seq, record });
         seq
     }
@@ -78,6 +92,7 @@ impl Mailbox {
         while self.entries.front().is_some_and(|entry| entry.seq <= up_to) {
             let entry = self.entries.pop_front().expect("front checked");
             self.bytes -= record_bytes(&entry.record);
+            self.receipts -= usize::from(matches!(entry.record, EntryRecord::Receipt { .. }));
             removed(entry);
         }
         if self.entries.is_empty() && self.entries.capacity() > 16 {

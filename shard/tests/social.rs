@@ -476,6 +476,11 @@ fn a_phone_that_is_away_is_pushed_once_per_interval_and_a_rejected_token_is_drop
     // Online: messages go down the connection, no push.
     net.message(&mut alice_conn, bob, 1, b"hi");
     assert!(pushes(&net).is_empty());
+    net.message(&mut bob_conn, alice, 1, b"hi back");
+    assert!(net
+        .read(&alice_conn)
+        .iter()
+        .any(|g| matches!(g, Got::Message { from, .. } if *from == bob)));
 
     net.shards[bob_shard].closed(bob_conn.conn, net.now_ms);
     net.settle();

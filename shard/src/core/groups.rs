@@ -397,14 +397,16 @@ impl Shard {
             let room = self
                 .accounts
                 .get(&member)
-                .map(|a| a.mailbox.len() < entries_max);
+                .map(|a| a.mailbox.messages() < entries_max);
             match room {
                 Some(true) => {
                     if let Some(copy) = self.group_copies.get_mut(&(group, gseq)) {
                         copy.refs += 1;
                     }
                     refs += 1;
-                    self.append(member, EntryRecord::Group { group, gseq });
+                    if let Some(seq) = self.append(member, EntryRecord::Group { group, gseq }) {
+                        self.readable_group_entry(member, group, gseq, seq);
+                    }
                 }
                 Some(false) => self.counters.group_entries_dropped_mailbox_full += 1,
                 // Added while not (or no longer) registered here.
@@ -548,15 +550,34 @@ impl Shard {
     /// A replayed mailbox entry refers to a copy: it must have come before.
     pub(super) fn restore_group_entry(
         &mut self,
+        member: Phone,
         group: GroupId,
         gseq: u64,
+        seq: u64,
     ) -> Result<(), RestoreError> {
         let copy = self
             .group_copies
             .get_mut(&(group, gseq))
             .ok_or(RestoreError::UnknownGroupPost { group, gseq })?;
         copy.refs += 1;
+        self.readable_group_entry(member, group, gseq, seq);
         Ok(())
+    }
+
+    /// `member` may send a read receipt for the post at `seq` of its
+    /// mailbox once it has been delivered: notes who wrote it under which
+    /// client id, which is all a `Read` names.
+    fn readable_group_entry(&mut self, member: Phone, group: GroupId, gseq: u64, seq: u64) {
+        let Some(copy) = self.group_copies.get(&(group, gseq)) else {
+            return;
+        };
+        if let Post::Message {
+            from, client_id, ..
+        } = copy.post
+        {
+            self.group_reads
+                .insert(member, from, client_id, seq, self.now_ms);
+        }
     }
 
     /// A replayed ack took an entry away. A copy that loses its last

@@ -29,9 +29,7 @@ use storage::Record;
 use wire::{Chat, ErrorKind, GroupId, Phone, Presence, Profile, ServerFrame, TypingState};
 
 use super::{ConnId, PeerMessage, Shard, DISK_FULL, STORAGE_FAILED};
-
-const HOUR_MS: u64 = 60 * 60 * 1000;
-const DAY_MS: u64 = 24 * HOUR_MS;
+use crate::allowance::TokenBucket;
 
 /// Going away (still connected) writes the last-seen time only when the
 /// journal's copy is older than this: a phone switching presence in a loop
@@ -48,12 +46,23 @@ pub(super) struct Social {
     contacts: Vec<Phone>,
     profile: Profile,
     hide_last_seen: bool,
-    /// Allowances spent and not yet refilled, in thousandths (so that a
-    /// new account, at zero, has the whole burst), and when last refilled.
-    syncs_spent_milli: u64,
-    lookups_spent_milli: u64,
-    spent_at_ms: u64,
+    /// Contact syncs (`ShardConfig::contact_sync_rate`) and numbers never
+    /// listed before that may be looked up (`contact_lookup_rate`).
+    syncs: TokenBucket,
+    lookups: TokenBucket,
+    /// The journal holds a `Contacts` record of this account: it has
+    /// looked numbers up, so a restart restores both allowances as spent
+    /// (it cannot know how much was) rather than full.
+    looked_up: bool,
+    /// Numbers outside the contact list this account sent to lately, each
+    /// of which cost a lookup (see `charge_stranger`); newest last.
+    strangers: Vec<Phone>,
 }
+
+/// Numbers outside its contacts an account is remembered to have sent to
+/// since the shard started: a conversation with one costs one lookup, not
+/// one per message.
+const STRANGERS_REMEMBERED_MAX: usize = 32;
 
 impl Social {
     fn has_contact(&self, phone: Phone) -> bool {
@@ -266,9 +275,9 @@ impl Shard {
         let add = normalize(add, owner);
         let remove = normalize(remove, owner);
         let (contacts_max, now_ms) = (self.config.contacts_max, self.now_ms);
-        let (syncs_per_hour, lookups_per_day) = (
-            u64::from(self.config.contact_syncs_per_hour),
-            u64::from(self.config.contact_lookups_per_day),
+        let (sync_rate, lookup_rate) = (
+            self.config.contact_sync_rate(),
+            self.config.contact_lookup_rate(),
         );
         let account = self.accounts.get_mut(&owner).expect("logged in");
         let social = account.social.get_or_insert_default();
@@ -295,30 +304,24 @@ impl Shard {
             self.reply_error(id, kind, Some(client_id), &detail);
             return;
         }
-        // Refill both allowances, then see whether this sync fits.
-        let elapsed = now_ms.saturating_sub(social.spent_at_ms);
-        social.spent_at_ms = now_ms;
-        let refill = |spent: u64, per: u64, period_ms: u64| {
-            spent.saturating_sub(elapsed.saturating_mul(per).saturating_mul(1000) / period_ms)
-        };
-        social.syncs_spent_milli = refill(social.syncs_spent_milli, syncs_per_hour, HOUR_MS);
-        social.lookups_spent_milli = refill(social.lookups_spent_milli, lookups_per_day, DAY_MS);
+        // Both allowances must fit before either is spent.
         let fresh = add.iter().filter(|&&p| !social.has_contact(p)).count() as u64;
-        let syncs_left = (syncs_per_hour * 1000).saturating_sub(social.syncs_spent_milli) / 1000;
-        let lookups_burst = contacts_max as u64 * 1000;
-        let lookups_left = lookups_burst.saturating_sub(social.lookups_spent_milli) / 1000;
+        let syncs_left = social.syncs.available(sync_rate, now_ms);
+        let lookups_left = social.lookups.available(lookup_rate, now_ms);
         if syncs_left == 0 || fresh > lookups_left {
             self.counters.contact_syncs_refused += 1;
             let detail = if syncs_left == 0 {
-                format!("at most {syncs_per_hour} contact syncs an hour")
+                format!("at most {} contact syncs an hour", sync_rate.tokens)
             } else {
                 format!("{fresh} new numbers; {lookups_left} may be looked up now")
             };
             self.reply_error(id, ErrorKind::RateLimited, Some(client_id), &detail);
             return;
         }
-        social.syncs_spent_milli += 1000;
-        social.lookups_spent_milli += fresh * 1000;
+        let spent = social.syncs.take(1, sync_rate, now_ms).is_ok()
+            && social.lookups.take(fresh, lookup_rate, now_ms).is_ok();
+        debug_assert!(spent, "both checked above");
+        social.looked_up = true;
         social.contacts = contacts;
         self.records.push(Record::Contacts {
             owner,
@@ -329,6 +332,49 @@ impl Shard {
         self.counters.contact_syncs += 1;
         self.contacts_changed(owner);
         self.start_lookup(id, owner, client_id, add);
+    }
+
+    /// Charges a send from `owner` to `to` against `owner`'s lookup
+    /// allowance when `to` is neither in its contacts nor among the
+    /// strangers it wrote to lately: the answer to a send (`Sent` or
+    /// `UnknownRecipient`) says whether `to` is registered, so probing by
+    /// sending must cost what a contact lookup costs. Err is the detail of
+    /// the `RateLimited` answer. Senders in the test-number range are not
+    /// charged.
+    pub(super) fn charge_stranger(&mut self, owner: Phone, to: Phone) -> Result<(), String> {
+        if self.is_test_number(owner).is_some() {
+            // Load generators send to numbers they never list.
+            return Ok(());
+        }
+        let (rate, now_ms) = (self.config.contact_lookup_rate(), self.now_ms);
+        let account = self.accounts.get_mut(&owner).expect("logged in");
+        let social = account.social.get_or_insert_default();
+        if to == owner || social.has_contact(to) || social.strangers.contains(&to) {
+            return Ok(());
+        }
+        if let Err(exhausted) = social.lookups.take(1, rate, now_ms) {
+            self.counters.stranger_sends_refused += 1;
+            let retry_s = exhausted.retry_after_ms.div_ceil(1000);
+            return Err(format!(
+                "too many numbers outside your contacts; retry in {retry_s} s"
+            ));
+        }
+        if social.strangers.len() >= STRANGERS_REMEMBERED_MAX {
+            social.strangers.remove(0);
+        }
+        social.strangers.push(to);
+        if !social.looked_up {
+            // Marks the account in the journal as one that has looked
+            // numbers up, so a restart restores its allowance as spent.
+            social.looked_up = true;
+            self.records.push(Record::Contacts {
+                owner,
+                full: false,
+                add: Vec::new(),
+                remove: Vec::new(),
+            });
+        }
+        Ok(())
     }
 
     pub(super) fn set_profile(
@@ -750,6 +796,11 @@ impl Shard {
                 full, add, remove, ..
             } => {
                 let social = account.social.get_or_insert_default();
+                // What was spent before the restart is unknown: take it
+                // all as spent, so a crash never hands out a new burst.
+                social.syncs = TokenBucket::spent(self.config.contact_sync_rate(), self.now_ms);
+                social.lookups = TokenBucket::spent(self.config.contact_lookup_rate(), self.now_ms);
+                social.looked_up = true;
                 let add = normalize(add, owner);
                 if full {
                     social.contacts = add;
@@ -782,7 +833,7 @@ impl Shard {
     pub(super) fn checkpoint_social(&self, owner: Phone, records: &mut Vec<Record>) {
         let account = &self.accounts[&owner];
         if let Some(social) = &account.social {
-            if !social.contacts.is_empty() {
+            if !social.contacts.is_empty() || social.looked_up {
                 records.push(Record::Contacts {
                     owner,
                     full: true,
