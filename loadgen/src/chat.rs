@@ -380,6 +380,30 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
 }
 
 impl Report {
+    /// Why the run failed, one line each; empty when it did not. A run
+    /// fails when an acknowledged message was lost, when a phone could
+    /// not connect or log in (a wrong `--ca`, no server), or when nothing
+    /// was sent at all: figures from such a run measure nothing.
+    pub fn failures(&self) -> Vec<String> {
+        let mut failures = Vec::new();
+        if self.lost > 0 {
+            failures.push(format!(
+                "{} acknowledged messages were never delivered",
+                self.lost
+            ));
+        }
+        if self.connect_failures > 0 {
+            failures.push(format!(
+                "{} of {} phones could not connect or log in (see the first errors above)",
+                self.connect_failures, self.phones
+            ));
+        }
+        if self.sent == 0 && self.duration_s > 0.0 {
+            failures.push("no message was sent".into());
+        }
+        failures
+    }
+
     pub fn print_summary(&self) {
         let r = self;
         println!(

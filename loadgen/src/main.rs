@@ -52,7 +52,11 @@ fn main() {
     let code = match Cli::parse_from(argv).scenario {
         Scenario::Chat(args) => finish(loadgen::chat::run(&args), args.json, |report| {
             report.print_summary();
-            !write_report(args.report.as_deref(), report, &report.curves) || report.lost > 0
+            let failures = report.failures();
+            for failure in &failures {
+                eprintln!("loadgen: failed: {failure}");
+            }
+            !write_report(args.report.as_deref(), report, &report.curves) || !failures.is_empty()
         }),
         Scenario::Idle(args) => finish(loadgen::idle::run(&args), args.json, |report| {
             report.print_summary();

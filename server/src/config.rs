@@ -124,7 +124,19 @@ pub struct Limits {
     pub unacked_messages_max: u64,
     pub send_rate_per_s: u32,
     pub send_burst: u32,
+    /// Codes one number may ask for per hour.
     pub code_requests_max: u32,
+    /// Connections not logged in, per shard and per source host per
+    /// shard; codes per connection, per source host, per source network
+    /// and per range of 10,000 numbers per hour, and SMS per minute, each
+    /// per shard (see `shard::ShardConfig`).
+    pub prelogin_connections_max: usize,
+    pub prelogin_per_source_max: u32,
+    pub code_requests_per_connection_max: u8,
+    pub code_requests_per_source_per_hour: u32,
+    pub code_requests_per_prefix_per_hour: u32,
+    pub code_requests_per_range_per_hour: u32,
+    pub sms_per_minute: u32,
     /// What one account may have queued (entries, body bytes); messages past
     /// either bound are refused with `MailboxFull`.
     pub mailbox_entries_max: usize,
@@ -188,6 +200,13 @@ impl Default for Limits {
             send_rate_per_s: shard.send_rate_per_s,
             send_burst: shard.send_burst,
             code_requests_max: shard.code_requests_max,
+            prelogin_connections_max: shard.prelogin_connections_max,
+            prelogin_per_source_max: shard.prelogin_per_source_max,
+            code_requests_per_connection_max: shard.code_requests_per_connection_max,
+            code_requests_per_source_per_hour: shard.code_requests_per_source_per_hour,
+            code_requests_per_prefix_per_hour: shard.code_requests_per_prefix_per_hour,
+            code_requests_per_range_per_hour: shard.code_requests_per_range_per_hour,
+            sms_per_minute: shard.sms_per_minute,
             mailbox_entries_max: shard.mailbox_entries_max,
             mailbox_bytes_max: shard.mailbox_bytes_max,
             receipts_max: shard.receipts_max,

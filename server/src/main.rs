@@ -21,7 +21,7 @@ use std::{
     os::fd::OwnedFd,
     path::PathBuf,
     sync::{atomic::AtomicBool, Arc},
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{bail, Context};
@@ -183,6 +183,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone())?;
     }
+    ignore_hangups()?;
 
     let (recovered_tx, recovered) = std::sync::mpsc::channel();
     let started = Instant::now();
@@ -213,6 +214,14 @@ fn run(args: Args) -> anyhow::Result<()> {
             shard_config.sync_delay_ms = config.storage.sync_delay_ms;
         }
         shard_config.code_requests_max = config.limits.code_requests_max;
+        let limits = &config.limits;
+        shard_config.prelogin_connections_max = limits.prelogin_connections_max;
+        shard_config.prelogin_per_source_max = limits.prelogin_per_source_max;
+        shard_config.code_requests_per_connection_max = limits.code_requests_per_connection_max;
+        shard_config.code_requests_per_source_per_hour = limits.code_requests_per_source_per_hour;
+        shard_config.code_requests_per_prefix_per_hour = limits.code_requests_per_prefix_per_hour;
+        shard_config.code_requests_per_range_per_hour = limits.code_requests_per_range_per_hour;
+        shard_config.sms_per_minute = limits.sms_per_minute;
         shard_config.test_numbers = config.test_numbers.as_ref().map(|t| TestNumbers {
             prefix: t.prefix.clone(),
             code: t.code,
@@ -310,6 +319,23 @@ fn run(args: Args) -> anyhow::Result<()> {
             .map_err(|error| anyhow::anyhow!("shard failed: {error}"))?;
     }
     log::info!("stopped");
+    Ok(())
+}
+
+/// SIGHUP would kill the process without the graceful stop, losing what
+/// the write-back cache holds. There is no reload yet, so it is logged
+/// and ignored, on a thread of its own (signal_hook's iterator).
+fn ignore_hangups() -> anyhow::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
+        .context("installing the SIGHUP handler")?;
+    std::thread::Builder::new()
+        .name("isle-sighup".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                log::warn!("SIGHUP ignored: isle has no reload; SIGTERM stops it cleanly");
+            }
+        })
+        .context("starting the SIGHUP thread")?;
     Ok(())
 }
 
@@ -430,6 +456,7 @@ fn bind_all(
     let Some(mut addr) = addr else {
         return Ok((Vec::new(), None));
     };
+    refuse_if_listened_on(addr)?;
     let mut fds = Vec::with_capacity(count);
     for _ in 0..count {
         let socket = socket2::Socket::new(
@@ -450,6 +477,88 @@ fn bind_all(
         fds.push(OwnedFd::from(socket));
     }
     Ok((fds, Some(addr)))
+}
+
+/// Fails when another process listens on `addr`. SO_REUSEPORT would
+/// otherwise let this process join that listener's group, and the kernel
+/// would split new phones between two servers with different accounts and
+/// certificates. The kernel's own table of sockets (`/proc/net/tcp` and
+/// `tcp6`) says who listens: a bind test would also trip on connections
+/// of a process that just died, still closing on that port.
+///
+/// A process that was just killed can leave its listener behind for a
+/// moment (io_uring drops the files its requests hold asynchronously), so
+/// a listener must still be there after `LISTENER_GONE_WAIT` to refuse.
+fn refuse_if_listened_on(addr: SocketAddr) -> anyhow::Result<()> {
+    const LISTENER_GONE_WAIT: Duration = Duration::from_secs(3);
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let deadline = Instant::now() + LISTENER_GONE_WAIT;
+    loop {
+        let Some(other) = listener_on(addr) else {
+            return Ok(());
+        };
+        if Instant::now() >= deadline {
+            bail!(
+                "another process is listening on {other} (this server would share {addr} \
+                 with it); stop it or choose another address"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A listening socket whose address takes connections meant for `addr`.
+fn listener_on(addr: SocketAddr) -> Option<SocketAddr> {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .find_map(|table| {
+            let text = std::fs::read_to_string(table).ok()?;
+            let found = text
+                .lines()
+                .skip(1)
+                .filter_map(listening)
+                .find(|l| overlaps(*l, addr));
+            found
+        })
+}
+
+/// The local address of a socket in LISTEN state, from one line of
+/// `/proc/net/tcp{,6}` (`sl local_address rem_address st ...`; addresses
+/// are hex words in host byte order, the port big-endian hex).
+fn listening(line: &str) -> Option<SocketAddr> {
+    const TCP_LISTEN: &str = "0A";
+    let mut fields = line.split_whitespace().skip(1);
+    let local = fields.next()?;
+    let state = fields.nth(1)?;
+    if state != TCP_LISTEN {
+        return None;
+    }
+    let (ip, port) = local.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let words = (0..ip.len() / 8)
+        .map(|i| u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16).ok())
+        .collect::<Option<Vec<u32>>>()?;
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let ip = match bytes.len() {
+        4 => std::net::IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
+        16 => std::net::IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Whether a listener on `other` takes connections meant for `addr`.
+fn overlaps(other: SocketAddr, addr: SocketAddr) -> bool {
+    let canonical = |ip: std::net::IpAddr| match ip {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    let (a, b) = (canonical(other.ip()), canonical(addr.ip()));
+    other.port() == addr.port() && (a == b || a.is_unspecified() || b.is_unspecified())
 }
 
 /// One bounded SPSC queue per ordered pair of shards.

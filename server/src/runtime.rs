@@ -28,7 +28,7 @@ use glommio::{
     Latency, Shares, TaskQueueHandle,
 };
 use rustls::{ServerConfig, ServerConnection};
-use shard::{ConnId, ConnSnapshot, FrameOutcome, PeerMessage, Shard};
+use shard::{ConnId, ConnSnapshot, FrameOutcome, PeerMessage, Shard, Source};
 use storage::{
     log::{checkpoint, glommio_disk::GlommioDisk, Log, LogConfig},
     Journal, JournalError, JournalStats, MemoryJournal, Record,
@@ -440,33 +440,90 @@ fn spawn_in<F: Future<Output = ()> + 'static>(
         .detach()
 }
 
+/// The first wait after a failed accept, and the longest: out of file
+/// descriptors, the shard waits for connections to close, doubling the
+/// wait, instead of spinning on the same error.
+const ACCEPT_BACKOFF_MIN_MS: u64 = 10;
+const ACCEPT_BACKOFF_MAX_MS: u64 = 1_000;
+
 async fn accept(runtime: Rc<Runtime>, listener: TcpListener, tls: Option<Arc<ServerConfig>>) {
+    let mut failing = AcceptFailures::default();
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
             Err(error) => {
-                // Usually EMFILE: wait for connections to close rather than spin.
-                log::warn!("shard {}: accept failed: {error}", runtime.shard_id);
-                glommio::timer::sleep(Duration::from_millis(50)).await;
+                let wait_ms = failing.failed(runtime.shard_id, &error);
+                glommio::timer::sleep(Duration::from_millis(wait_ms)).await;
                 continue;
             }
         };
+        failing.recovered(runtime.shard_id);
         if runtime.stopping.get() {
             return;
         }
+        let source = match stream.peer_addr() {
+            Ok(addr) => Source::new(addr.ip()),
+            // Already reset by the peer: nothing to serve.
+            Err(_) => continue,
+        };
+        let opened = runtime.core.borrow_mut().open(source, runtime.now_ms());
+        let Ok(id) = opened else {
+            // Closed unread: too many connections that have not logged in
+            // (counted in `connections_refused`).
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let transport = match &tls {
             Some(config) => match ServerConnection::new(config.clone()) {
                 Ok(connection) => Transport::Tls(Box::new(connection)),
                 Err(error) => {
                     log::warn!("TLS session setup failed: {error}");
+                    runtime.core.borrow_mut().closed(id, runtime.now_ms());
                     continue;
                 }
             },
             None => Transport::Plain,
         };
-        let id = runtime.core.borrow_mut().open(runtime.now_ms());
         spawn_connection(&runtime, id, stream, transport, Vec::new());
+    }
+}
+
+/// A listener's run of failed accepts: one warning when it starts, one
+/// line when it ends, and a doubling wait in between, however long the
+/// run (usually EMFILE: the process is out of file descriptors).
+#[derive(Default)]
+struct AcceptFailures {
+    count: u64,
+    wait_ms: u64,
+    since: Option<Instant>,
+}
+
+impl AcceptFailures {
+    /// Notes a failure; returns how long to wait before the next accept.
+    fn failed(&mut self, shard: u16, error: &dyn std::fmt::Display) -> u64 {
+        if self.count == 0 {
+            log::warn!(
+                "shard {shard}: accept failed ({error}); backing off up to \
+                 {ACCEPT_BACKOFF_MAX_MS} ms until it works again"
+            );
+            self.since = Some(Instant::now());
+            self.wait_ms = ACCEPT_BACKOFF_MIN_MS;
+        } else {
+            self.wait_ms = (self.wait_ms * 2).min(ACCEPT_BACKOFF_MAX_MS);
+        }
+        self.count += 1;
+        self.wait_ms
+    }
+
+    fn recovered(&mut self, shard: u16) {
+        if self.count > 0 {
+            let ms = self.since.map_or(0, |t| t.elapsed().as_millis());
+            log::warn!(
+                "shard {shard}: accepting again after {} failed accepts over {ms} ms",
+                self.count
+            );
+            *self = AcceptFailures::default();
+        }
     }
 }
 
@@ -542,9 +599,13 @@ async fn receive(runtime: Rc<Runtime>, receiver: SharedReceiver<Batch>) {
                     // SAFETY: the fd is a connected TCP socket whose only
                     // other owner closed its copy before sending this one.
                     let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
-                    let id = runtime.core.borrow_mut().adopt(snapshot, runtime.now_ms());
-                    let transport = tls.map_or(Transport::Plain, Transport::Tls);
-                    spawn_connection(&runtime, id, stream, transport, pending);
+                    let adopted = runtime.core.borrow_mut().adopt(snapshot, runtime.now_ms());
+                    // Refused (too many anonymous connections here): the
+                    // stream closes as it drops.
+                    if let Ok(id) = adopted {
+                        let transport = tls.map_or(Transport::Plain, Transport::Tls);
+                        spawn_connection(&runtime, id, stream, transport, pending);
+                    }
                 }
             }
         }

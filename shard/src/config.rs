@@ -91,6 +91,27 @@ pub struct ShardConfig {
     /// Messages (and group posts) not delivered within this long are
     /// deleted, and each sender gets an `Expired` receipt.
     pub message_retention_ms: u64,
+    /// Connections that have not logged in, at most, on one shard and
+    /// from one source host (an IPv4 address or an IPv6 /64) on one
+    /// shard: well below the open-file limit, so that flooding
+    /// connections never keeps phones from logging in. Past either, a new
+    /// connection is closed at once.
+    pub prelogin_connections_max: usize,
+    pub prelogin_per_source_max: u32,
+    /// Codes one connection may ask for (it has no account to charge).
+    pub code_requests_per_connection_max: u8,
+    /// Codes per hour one source host, one source network (IPv4 /24,
+    /// IPv6 /48) and one range of 10,000 destination numbers may ask for
+    /// on one shard, and SMS messages one shard sends per minute in all
+    /// (made spent at start, so a restart hands out no new burst). Test
+    /// numbers skip all of these; they send no SMS.
+    pub code_requests_per_source_per_hour: u32,
+    pub code_requests_per_prefix_per_hour: u32,
+    pub code_requests_per_range_per_hour: u32,
+    pub sms_per_minute: u32,
+    /// Keys each per-source or per-range table of allowances holds; past
+    /// it new keys share one bucket (see `source::Buckets`).
+    pub source_table_entries_max: usize,
     /// Moves of one connection between shards before login.
     pub handovers_max: u8,
     /// Failed logins on one connection before it is closed.
@@ -132,6 +153,14 @@ impl ShardConfig {
             presence_subscriptions_max: 256,
             push_interval_ms: 30_000,
             message_retention_ms: 30 * 24 * 60 * 60 * 1000,
+            prelogin_connections_max: 4_096,
+            prelogin_per_source_max: 128,
+            code_requests_per_connection_max: 3,
+            code_requests_per_source_per_hour: 10,
+            code_requests_per_prefix_per_hour: 60,
+            code_requests_per_range_per_hour: 30,
+            sms_per_minute: 600,
+            source_table_entries_max: 65_536,
             handovers_max: 4,
             login_failures_max: 3,
         }
@@ -166,4 +195,30 @@ impl ShardConfig {
             self.contacts_max as u64,
         )
     }
+
+    /// Codes per source host (`code_requests_per_source_per_hour`).
+    pub fn code_source_rate(&self) -> Rate {
+        per_hour(self.code_requests_per_source_per_hour)
+    }
+
+    /// Codes per source network (`code_requests_per_prefix_per_hour`).
+    pub fn code_prefix_rate(&self) -> Rate {
+        per_hour(self.code_requests_per_prefix_per_hour)
+    }
+
+    /// Codes per range of numbers (`code_requests_per_range_per_hour`).
+    pub fn code_range_rate(&self) -> Rate {
+        per_hour(self.code_requests_per_range_per_hour)
+    }
+
+    /// The shard's SMS budget (`sms_per_minute`).
+    pub fn sms_rate(&self) -> Rate {
+        let per_minute = self.sms_per_minute.into();
+        Rate::new(per_minute, 60_000, per_minute)
+    }
+}
+
+/// `count` an hour, all of it at once at most.
+fn per_hour(count: u32) -> Rate {
+    Rate::new(count.into(), HOUR_MS, count.into())
 }

@@ -7,6 +7,7 @@
 //! committed: the caller drains records with [`Shard::take_records`], commits
 //! them, then calls [`Shard::committed`].
 
+mod anonymous;
 mod expiry;
 mod groups;
 mod push;
@@ -24,6 +25,7 @@ use wire::{
     PROTOCOL_VERSION,
 };
 
+pub use anonymous::Refused;
 pub use groups::GroupAction;
 pub use push::Push;
 
@@ -31,6 +33,7 @@ use crate::{
     allowance::TokenBucket,
     dedup::DedupTable,
     mailbox::Mailbox,
+    source::Source,
     timer_wheel::{TimerId, TimerWheel},
     Env, ShardConfig,
 };
@@ -38,6 +41,10 @@ use crate::{
 /// The largest record vector (in records) kept for reuse between journal
 /// batches.
 const SPARE_RECORDS_CAPACITY_MAX: usize = 64 * 1024;
+
+/// How often the per-source and per-range allowance tables drop buckets
+/// that refilled.
+const SOURCE_TABLES_PRUNE_MS: u64 = 60_000;
 
 const STORAGE_FAILED: &str = "the server cannot write to its storage; try later";
 const DISK_FULL: &str = "the server's disk is full; try later";
@@ -199,6 +206,11 @@ pub struct ConnSnapshot {
     pub hello: bool,
     pub handovers: u8,
     pub login_failures: u8,
+    pub code_requests: u8,
+    pub source: Source,
+    /// When the connection was accepted (ms on the clock every shard of
+    /// the process shares): its login deadline runs from there.
+    pub opened_ms: u64,
 }
 
 /// Counters for metrics. Monotonic except the gauges noted.
@@ -208,6 +220,8 @@ pub struct ShardCounters {
     pub connections: u64,
     /// Gauge.
     pub sessions: u64,
+    /// Gauge: connections that have not logged in.
+    pub connections_anonymous: u64,
     pub accounts: u64,
     pub codes_sent: u64,
     pub signups: u64,
@@ -224,6 +238,12 @@ pub struct ShardCounters {
     pub rate_limited: u64,
     pub protocol_errors: u64,
     pub idle_closed: u64,
+    /// Connections closed unread at accept (or handover) because too many
+    /// that had not logged in were open on the shard or from the source.
+    pub connections_refused: u64,
+    /// Code requests refused by a limit on anonymous work (per
+    /// connection, source, network, number range or the SMS budget).
+    pub codes_refused: u64,
     pub handovers_out: u64,
     pub handovers_in: u64,
     /// Checkpoints written (and the segments they cover deleted).
@@ -302,6 +322,10 @@ struct Conn {
     closing: bool,
     handovers: u8,
     login_failures: u8,
+    /// Codes asked for on this connection.
+    code_requests: u8,
+    source: Source,
+    opened_ms: u64,
 }
 
 #[derive(Debug)]
@@ -411,6 +435,9 @@ pub struct Shard {
     group_refan: Vec<(GroupId, u64, Post, Vec<Phone>)>,
     social_state: social::SocialState,
     expiry: expiry::Sweep,
+    anonymous: anonymous::Anonymous,
+    /// When `anonymous` was last pruned.
+    pruned_at_ms: u64,
     timers: TimerWheel<TimerEvent>,
     /// Peer messages addressed to this shard itself, run before returning so
     /// that local delivery keeps the same order as remote delivery.
@@ -442,6 +469,7 @@ impl Shard {
         let timers = TimerWheel::new(4096, now_ms / config.tick_ms);
         let dedup = DedupTable::new(config.dedup_ttl_ms, config.dedup_entries_max);
         let config_dedup = (config.dedup_ttl_ms, config.dedup_entries_max);
+        let anonymous = anonymous::Anonymous::new(&config, now_ms);
         Shard {
             config,
             env,
@@ -459,6 +487,8 @@ impl Shard {
             group_refan: Vec::new(),
             social_state: social::SocialState::default(),
             expiry: expiry::Sweep::default(),
+            anonymous,
+            pruned_at_ms: now_ms,
             timers,
             local: VecDeque::new(),
             peer_out: Vec::new(),
@@ -481,7 +511,10 @@ impl Shard {
     }
 
     pub fn counters(&self) -> ShardCounters {
-        self.counters
+        ShardCounters {
+            connections_anonymous: self.anonymous.open() as u64,
+            ..self.counters
+        }
     }
 
     /// Mailbox entries queued on this shard, and their body bytes.
@@ -665,25 +698,35 @@ impl Shard {
 
     // ---- connections -------------------------------------------------------
 
-    /// A new connection arrived on this shard's listener.
-    pub fn open(&mut self, now_ms: u64) -> ConnId {
+    /// A new connection from `source` arrived on this shard's listener.
+    /// Err: too many connections that have not logged in are open here
+    /// (in all, or from `source`); the caller closes it unread.
+    pub fn open(&mut self, source: Source, now_ms: u64) -> Result<ConnId, Refused> {
         self.insert_conn(
             ConnSnapshot {
                 hello: false,
                 handovers: 0,
                 login_failures: 0,
+                code_requests: 0,
+                source,
+                opened_ms: now_ms,
             },
             now_ms,
         )
     }
 
-    /// A connection handed over by another shard arrived here.
-    pub fn adopt(&mut self, snapshot: ConnSnapshot, now_ms: u64) -> ConnId {
+    /// A connection handed over by another shard arrived here. Err as for
+    /// `open`: the bounds hold wherever a connection lives.
+    pub fn adopt(&mut self, snapshot: ConnSnapshot, now_ms: u64) -> Result<ConnId, Refused> {
         self.counters.handovers_in += 1;
         self.insert_conn(snapshot, now_ms)
     }
 
-    fn insert_conn(&mut self, snapshot: ConnSnapshot, now_ms: u64) -> ConnId {
+    fn insert_conn(&mut self, snapshot: ConnSnapshot, now_ms: u64) -> Result<ConnId, Refused> {
+        if let Err(refused) = self.anonymous.admit(&self.config, snapshot.source) {
+            self.counters.connections_refused += 1;
+            return Err(refused);
+        }
         self.conn_generation = self.conn_generation.wrapping_add(1);
         let conn = Conn {
             generation: self.conn_generation,
@@ -696,6 +739,9 @@ impl Shard {
             closing: false,
             handovers: snapshot.handovers,
             login_failures: snapshot.login_failures,
+            code_requests: snapshot.code_requests,
+            source: snapshot.source,
+            opened_ms: snapshot.opened_ms,
         };
         let index = match self.conns_free.pop() {
             Some(index) => {
@@ -712,8 +758,10 @@ impl Shard {
             generation: self.conn_generation,
         };
         self.counters.connections += 1;
-        self.arm_idle(id, now_ms + self.config.login_timeout_ms);
-        id
+        // A hard deadline from accept, whatever the phone sends meanwhile.
+        let deadline_ms = snapshot.opened_ms + self.config.login_timeout_ms;
+        self.arm_idle(id, deadline_ms.max(now_ms));
+        Ok(id)
     }
 
     /// Removes a connection that has not logged in, to move it to `shard`.
@@ -727,6 +775,9 @@ impl Shard {
             hello: conn.hello,
             handovers: conn.handovers + 1,
             login_failures: conn.login_failures,
+            code_requests: conn.code_requests,
+            source: conn.source,
+            opened_ms: conn.opened_ms,
         };
         self.closed(id, self.now_ms);
         self.counters.handovers_out += 1;
@@ -746,6 +797,9 @@ impl Shard {
         };
         if let Some(timer) = conn.timer {
             self.timers.cancel(timer);
+        }
+        if conn.account.is_none() {
+            self.anonymous.left(conn.source);
         }
         if let Some(phone) = conn.account {
             if let Some(account) = self.accounts.get_mut(&phone) {
@@ -1185,6 +1239,10 @@ impl Shard {
         }
         self.dedup.expire(now_ms);
         self.group_reads.expire(now_ms);
+        if now_ms >= self.pruned_at_ms + SOURCE_TABLES_PRUNE_MS {
+            self.pruned_at_ms = now_ms;
+            self.anonymous.prune(&self.config, now_ms);
+        }
         self.expiry_tick();
         self.write_due(now_ms);
     }
@@ -1296,18 +1354,63 @@ impl Shard {
         phone.has_prefix(&test.prefix).then_some(test.code)
     }
 
+    /// A code for `phone`. Every limit is checked before anything is
+    /// spent or remembered: per connection, then (for numbers outside the
+    /// test range) per source host, source network, number range and the
+    /// shard's SMS budget ([`anonymous::Anonymous::charge_code`]), then
+    /// per number (`code_requests_max` a window). A pending signup is
+    /// made only for a code that went out, so a flood that is refused
+    /// leaves nothing behind.
     fn request_code(&mut self, id: ConnId, phone: Phone, now_ms: u64) {
-        let test_code = self.is_test_number(phone);
-        if !self.signups.contains_key(&phone) && self.signups.len() >= self.config.signups_max {
-            self.reply_error(
+        let per_connection_max = self.config.code_requests_per_connection_max;
+        let conn = self.conn_mut(id).expect("caller checked");
+        if conn.code_requests >= per_connection_max {
+            self.refuse_code(id, "code_requests_per_connection_max", u64::MAX);
+            return;
+        }
+        conn.code_requests += 1;
+        let source = conn.source;
+        let expires_in_s = (self.config.code_ttl_ms / 1000) as u32;
+        if self.is_test_number(phone).is_some() {
+            // Test numbers are for load generators: a fixed code, no SMS,
+            // no limit, no table entry (so others cannot crowd them out).
+            self.reply(
                 id,
-                ErrorKind::Overloaded,
-                None,
-                "too many signups in progress; retry later",
+                &ServerFrame::CodeSent {
+                    phone,
+                    expires_in_s,
+                },
             );
             return;
         }
         let config = &self.config;
+        let window_ms = config.code_request_window_ms;
+        if let Some(signup) = self.signups.get_mut(&phone) {
+            if now_ms >= signup.window_started_ms + window_ms {
+                signup.window_started_ms = now_ms;
+                signup.requests_in_window = 0;
+            }
+            if signup.requests_in_window >= config.code_requests_max {
+                let retry_ms = signup.window_started_ms + window_ms - now_ms;
+                self.refuse_code(id, "code_requests_max", retry_ms);
+                return;
+            }
+        } else if self.signups.len() >= config.signups_max {
+            let detail = "too many signups in progress; retry later";
+            self.reply_error(id, ErrorKind::Overloaded, None, detail);
+            return;
+        }
+        if let Err(refused) = self.anonymous.charge_code(config, source, phone, now_ms) {
+            self.refuse_code(id, refused.limit, refused.retry_after_ms);
+            return;
+        }
+        let code = random_code(&mut *self.env);
+        if !self.env.send_sms(phone, code) {
+            let detail = "SMS gateway busy; retry later";
+            self.reply_error(id, ErrorKind::SmsUnavailable, None, detail);
+            return;
+        }
+        self.counters.codes_sent += 1;
         let signup = self.signups.entry(phone).or_insert(Signup {
             code: None,
             code_expires_at_ms: 0,
@@ -1316,41 +1419,6 @@ impl Shard {
             requests_in_window: 0,
             timer: None,
         });
-        if now_ms >= signup.window_started_ms + config.code_request_window_ms {
-            signup.window_started_ms = now_ms;
-            signup.requests_in_window = 0;
-        }
-        // Test numbers are for load generators: they skip the rate limit but
-        // never reach the SMS gateway.
-        if test_code.is_none() && signup.requests_in_window >= config.code_requests_max {
-            let retry_s =
-                (signup.window_started_ms + config.code_request_window_ms - now_ms) / 1000;
-            self.reply_error(
-                id,
-                ErrorKind::RateLimited,
-                None,
-                &format!("too many codes; retry in {retry_s} s"),
-            );
-            return;
-        }
-        let code = match test_code {
-            Some(code) => code,
-            None => {
-                let code = random_code(&mut *self.env);
-                if !self.env.send_sms(phone, code) {
-                    self.reply_error(
-                        id,
-                        ErrorKind::SmsUnavailable,
-                        None,
-                        "SMS gateway busy; retry later",
-                    );
-                    return;
-                }
-                self.counters.codes_sent += 1;
-                code
-            }
-        };
-        let signup = self.signups.get_mut(&phone).expect("inserted above");
         signup.requests_in_window += 1;
         signup.code = Some(code);
         signup.code_expires_at_ms = now_ms + self.config.code_ttl_ms;
@@ -1363,7 +1431,6 @@ impl Shard {
                 TimerEvent::Signup(phone),
             ));
         }
-        let expires_in_s = (self.config.code_ttl_ms / 1000) as u32;
         self.reply(
             id,
             &ServerFrame::CodeSent {
@@ -1371,6 +1438,17 @@ impl Shard {
                 expires_in_s,
             },
         );
+    }
+
+    /// Answers a code request with `RateLimited`, naming the limit.
+    fn refuse_code(&mut self, id: ConnId, limit: &str, retry_after_ms: u64) {
+        self.counters.codes_refused += 1;
+        self.counters.rate_limited += 1;
+        let detail = match retry_after_ms {
+            u64::MAX => format!("too many codes ({limit}); use another connection"),
+            ms => format!("too many codes ({limit}); retry in {} s", ms.div_ceil(1000)),
+        };
+        self.reply_error(id, ErrorKind::RateLimited, None, &detail);
     }
 
     fn verify(&mut self, id: ConnId, phone: Phone, code: u32, now_ms: u64) {
@@ -1382,6 +1460,14 @@ impl Shard {
         if self.disk_full {
             self.counters.signups_refused_disk_full += 1;
             self.reply_error(id, ErrorKind::DiskFull, None, DISK_FULL);
+            return;
+        }
+        if let Some(test_code) = self.is_test_number(phone) {
+            if code == test_code {
+                self.register(id, phone);
+            } else {
+                self.reply_error(id, ErrorKind::BadCode, None, "wrong code");
+            }
             return;
         }
         let Some(signup) = self.signups.get_mut(&phone) else {
@@ -1428,6 +1514,12 @@ impl Shard {
             return;
         }
         signup.code = None;
+        self.register(id, phone);
+    }
+
+    /// `phone` proved it owns its number: a new key, and a new account
+    /// or the old one with the key replaced (its old device logged out).
+    fn register(&mut self, id: ConnId, phone: Phone) {
         let mut key = [0u8; DEVICE_KEY_BYTES];
         self.env.random(&mut key);
         let key_hash = hash_key(&key);
@@ -1500,6 +1592,8 @@ impl Shard {
         conn.account = Some(phone);
         // Everything not yet acknowledged is sent again on a new session.
         conn.delivered_up_to = acked_up_to;
+        let source = conn.source;
+        self.anonymous.left(source);
         self.arm_idle(id, now_ms + self.config.idle_timeout_ms);
         self.reply(id, &ServerFrame::LoggedIn { phone });
         self.pump(id);
@@ -2061,14 +2155,18 @@ impl Shard {
     /// One timer per connection, re-armed only when it fires: activity just
     /// moves `last_activity_ms`, so reads never touch the wheel.
     fn idle_check(&mut self, id: ConnId, now_ms: u64) {
-        let timeout_ms = match self.conn(id) {
-            None => return,
-            Some(conn) if conn.account.is_some() => self.config.idle_timeout_ms,
-            Some(_) => self.config.login_timeout_ms,
+        let (idle_timeout_ms, login_timeout_ms) =
+            (self.config.idle_timeout_ms, self.config.login_timeout_ms);
+        let Some(conn) = self.conn_mut(id) else {
+            return;
         };
-        let conn = self.conn_mut(id).expect("checked above");
         conn.timer = None;
-        let deadline_ms = conn.last_activity_ms + timeout_ms;
+        let deadline_ms = match conn.account {
+            Some(_) => conn.last_activity_ms + idle_timeout_ms,
+            // Activity does not move it: a connection that only pings
+            // must still log in in time.
+            None => conn.opened_ms + login_timeout_ms,
+        };
         if conn.closing {
             return;
         }

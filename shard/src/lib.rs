@@ -14,11 +14,12 @@ mod dedup;
 mod env;
 mod mailbox;
 mod partition;
+mod source;
 mod timer_wheel;
 
 pub use crate::core::{
-    ConnId, ConnSnapshot, FrameOutcome, GroupAction, PeerMessage, Push, RestoreError, Shard,
-    ShardCounters,
+    ConnId, ConnSnapshot, FrameOutcome, GroupAction, PeerMessage, Push, Refused, RestoreError,
+    Shard, ShardCounters,
 };
 pub use allowance::{Exhausted, Rate, TokenBucket};
 pub use config::{ShardConfig, TestNumbers};
@@ -26,4 +27,5 @@ pub use dedup::DedupTable;
 pub use env::Env;
 pub use mailbox::{Entry, Mailbox};
 pub use partition::{stable_hash, PartitionMap, PARTITIONS_DEFAULT};
+pub use source::{number_range, Buckets, Source};
 pub use timer_wheel::{TimerId, TimerWheel};

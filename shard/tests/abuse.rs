@@ -11,6 +11,8 @@ use common::*;
 /// Signs up a number outside the test range, through a real code.
 fn signup_by_sms(net: &mut Net, number: &str) -> (Phone, DeviceKey) {
     let phone = Phone::parse(number).unwrap();
+    // The SMS budget starts spent; a second refills one code.
+    net.advance(1_000);
     let mut conn = net.connect();
     net.send(&mut conn, ClientFrame::RequestCode { phone });
     assert_eq!(net.read(&conn), vec![Got::CodeSent]);
@@ -339,4 +341,172 @@ fn probing_for_accounts_by_sending_costs_lookups_that_a_restart_does_not_refill(
         b"probe",
     );
     assert_eq!(net.read(&conn), vec![Got::Error(ErrorKind::RateLimited)]);
+}
+
+/// A connection from `addr` with its `Hello` done.
+fn connect_from(net: &mut Net, addr: &str) -> Result<Phone_, Refused> {
+    let source = Source::new(addr.parse().unwrap());
+    let conn = net.shards[0].open(source, net.now_ms)?;
+    let mut phone = Phone_ { shard: 0, conn };
+    net.send(
+        &mut phone,
+        ClientFrame::Hello {
+            version: PROTOCOL_VERSION,
+        },
+    );
+    assert_eq!(net.read(&phone), vec![Got::Welcome]);
+    Ok(phone)
+}
+
+#[test]
+fn a_connection_must_log_in_by_a_deadline_from_accept_whatever_it_sends() {
+    let mut net = Net::new(1, |c| c.login_timeout_ms = 30_000);
+    let mut lurker = net.connect();
+    let mut got = Vec::new();
+    for _ in 0..8 {
+        net.advance(5_000);
+        net.send(&mut lurker, ClientFrame::Ping { nonce: 1 });
+        got.extend(net.read(&lurker));
+    }
+    assert!(got.contains(&Got::Bye(ByeReason::IdleTimeout)), "{got:?}");
+    assert!(net.shards[0].is_closing(lurker.conn));
+    assert_eq!(net.shards[0].counters().idle_closed, 1);
+}
+
+#[test]
+fn connections_that_have_not_logged_in_are_capped_per_source_and_per_shard() {
+    let mut net = Net::new(2, |c| {
+        c.prelogin_per_source_max = 3;
+        c.prelogin_connections_max = 5;
+    });
+    let (number, _) = pair(&net);
+    let (alice, alice_key) = net.signup(&number);
+    let mut held: Vec<Phone_> = (0..3)
+        .map(|_| connect_from(&mut net, "192.0.2.7").unwrap())
+        .collect();
+    assert_eq!(
+        connect_from(&mut net, "192.0.2.7").unwrap_err(),
+        Refused::SourceFull
+    );
+    // An IPv6 host is its /64, whatever address it picks in it.
+    for host in ["2001:db8::1", "2001:db8::2"] {
+        held.push(connect_from(&mut net, host).unwrap());
+    }
+    assert_eq!(
+        connect_from(&mut net, "2001:db8::3").unwrap_err(),
+        Refused::ShardFull
+    );
+    // Logging in leaves the count: a phone can always get in again.
+    net.send(
+        &mut held[0],
+        ClientFrame::Login {
+            phone: alice,
+            key: alice_key,
+        },
+    );
+    assert_eq!(net.read(&held[0]), vec![Got::LoggedIn]);
+    let mut other = connect_from(&mut net, "198.51.100.1").unwrap();
+    assert_eq!(net.shards[0].counters().connections_refused, 2);
+    assert_eq!(net.shards[0].counters().connections_anonymous, 5);
+    // Closing leaves it too.
+    net.shards[0].closed(held[1].conn, net.now_ms);
+    connect_from(&mut net, "192.0.2.7").unwrap();
+    // A handover counts on the shard it moves to, under the same bounds.
+    let (elsewhere, _) = numbers_on(&net, 1);
+    let phone = Phone::parse(&elsewhere).unwrap();
+    net.send(&mut other, ClientFrame::RequestCode { phone });
+    assert_eq!(other.shard, 1);
+    assert_eq!(net.shards[1].counters().connections_anonymous, 1);
+    assert_eq!(net.shards[0].counters().connections_anonymous, 4);
+}
+
+/// A test number on shard `shard`, and one outside the test range there.
+fn numbers_on(net: &Net, shard: u16) -> (String, String) {
+    let map = net.shards[0].config().map;
+    let find = |prefix: &str| {
+        (0..500)
+            .map(|n| format!("{prefix}{n:04}"))
+            .find(|n| map.shard_of(Phone::parse(n).unwrap()) == shard)
+            .unwrap()
+    };
+    (find("+1555000"), find("+4420712"))
+}
+
+fn ask_code(net: &mut Net, conn: &mut Phone_, number: &str) -> Got {
+    let phone = Phone::parse(number).unwrap();
+    net.send(conn, ClientFrame::RequestCode { phone });
+    let got = net.read(conn);
+    assert_eq!(got.len(), 1, "{got:?}");
+    got[0].clone()
+}
+
+#[test]
+fn code_requests_are_limited_per_connection_source_network_range_and_in_all() {
+    let mut net = Net::new(1, |c| {
+        c.code_requests_per_connection_max = 2;
+        c.code_requests_per_source_per_hour = 3;
+        c.code_requests_per_prefix_per_hour = 5;
+        c.code_requests_per_range_per_hour = 4;
+        c.sms_per_minute = 60;
+    });
+    let limited = Got::Error(ErrorKind::RateLimited);
+    // Nothing at start: the SMS budget comes back spent after a restart.
+    let mut conn = connect_from(&mut net, "192.0.2.1").unwrap();
+    assert_eq!(ask_code(&mut net, &mut conn, "+33612000001"), limited);
+    net.advance(60_000);
+
+    // Per connection: the third request on one connection.
+    let mut conn = connect_from(&mut net, "192.0.2.1").unwrap();
+    assert_eq!(ask_code(&mut net, &mut conn, "+33612000002"), Got::CodeSent);
+    assert_eq!(ask_code(&mut net, &mut conn, "+33612100003"), Got::CodeSent);
+    assert_eq!(ask_code(&mut net, &mut conn, "+33612200004"), limited);
+    // Per source host: its third code.
+    let mut conn = connect_from(&mut net, "192.0.2.1").unwrap();
+    assert_eq!(ask_code(&mut net, &mut conn, "+33612300005"), Got::CodeSent);
+    assert_eq!(ask_code(&mut net, &mut conn, "+33612400006"), limited);
+    // Per network: two more hosts in 192.0.2.0/24 get two more codes.
+    let mut conn = connect_from(&mut net, "192.0.2.2").unwrap();
+    assert_eq!(ask_code(&mut net, &mut conn, "+33612500007"), Got::CodeSent);
+    let mut conn = connect_from(&mut net, "192.0.2.3").unwrap();
+    assert_eq!(ask_code(&mut net, &mut conn, "+33612600008"), Got::CodeSent);
+    assert_eq!(ask_code(&mut net, &mut conn, "+33612700009"), limited);
+    // Per range of numbers, from everywhere: +3361200xxxx had one, and
+    // three more from other networks fill it.
+    for (n, host) in ["198.51.100.1", "198.51.101.1", "198.51.102.1"]
+        .iter()
+        .enumerate()
+    {
+        let mut conn = connect_from(&mut net, host).unwrap();
+        let number = format!("+3361200100{n}");
+        assert_eq!(ask_code(&mut net, &mut conn, &number), Got::CodeSent);
+    }
+    let mut conn = connect_from(&mut net, "203.0.113.1").unwrap();
+    assert_eq!(ask_code(&mut net, &mut conn, "+33612001009"), limited);
+    assert_eq!(net.sms.borrow().sent.len(), 8);
+
+    // In all: sixty a minute, however many sources; the test range
+    // (no SMS) is never crowded out, and refused requests leave nothing
+    // in the table of pending signups.
+    let mut sent = 0;
+    for n in 0..100u32 {
+        let host = format!("10.{}.{}.1", n / 256, n % 256);
+        let mut conn = connect_from(&mut net, &host).unwrap();
+        let number = format!("+4915{:09}", u64::from(n) * 10_000);
+        if ask_code(&mut net, &mut conn, &number) == Got::CodeSent {
+            sent += 1;
+        }
+        net.shards[0].closed(conn.conn, net.now_ms);
+    }
+    assert_eq!(sent, 60 - 8);
+    let (test_number, _) = numbers_on(&net, 0);
+    assert_eq!(ask_code(&mut net, &mut conn, &test_number), Got::CodeSent);
+    net.send(
+        &mut conn,
+        ClientFrame::Verify {
+            phone: Phone::parse(&test_number).unwrap(),
+            code: 111_111,
+        },
+    );
+    assert!(matches!(net.read(&conn)[..], [Got::Registered(_)]));
+    assert_eq!(net.shards[0].counters().codes_refused, 5 + 48);
 }

@@ -130,6 +130,8 @@ fn unacked_window_bounds_what_is_in_flight() {
 #[test]
 fn signup_codes_expire_limit_attempts_and_rate() {
     let mut net = Net::new(1, |c| c.code_requests_max = 2);
+    // The shard's SMS budget starts spent; a second refills ten codes.
+    net.now_ms = 1_000;
     let phone = Phone::parse("+4930123456").unwrap();
     let mut conn = net.connect();
     net.send(&mut conn, ClientFrame::Verify { phone, code: 1 });
@@ -216,7 +218,7 @@ fn idle_connections_are_closed_by_the_wheel() {
 #[test]
 fn protocol_rules() {
     let mut net = Net::new(1, |_| {});
-    let conn = net.shards[0].open(0);
+    let conn = net.shards[0].open(Source::UNKNOWN, 0).unwrap();
     let mut phone = Phone_ { shard: 0, conn };
     net.send(&mut phone, ClientFrame::Ping { nonce: 1 });
     assert_eq!(

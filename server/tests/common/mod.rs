@@ -33,7 +33,17 @@ impl Server {
     }
 
     pub fn start_in(data_dir: tempfile::TempDir, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_isle"))
+        Server::start_with(data_dir, extra, |_| {})
+    }
+
+    /// As `start_in`, with a last say over the command (limits, say).
+    pub fn start_with(
+        data_dir: tempfile::TempDir,
+        extra: &[&str],
+        adjust: impl FnOnce(&mut Command),
+    ) -> Server {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_isle"));
+        command
             .args(["--data-dir", data_dir.path().to_str().unwrap()])
             .args(["--listen", "127.0.0.1:0"])
             // A test that restarts the server on the same port passes its own.
@@ -55,9 +65,9 @@ impl Server {
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting isle");
+            .stderr(Stdio::piped());
+        adjust(&mut command);
+        let mut child = command.spawn().expect("starting isle");
         let (tx, stderr) = mpsc::channel();
         let err = child.stderr.take().unwrap();
         std::thread::spawn(move || {

@@ -160,7 +160,7 @@ impl Net {
     }
 
     pub fn connect(&mut self) -> Phone_ {
-        let conn = self.shards[0].open(self.now_ms);
+        let conn = self.shards[0].open(Source::UNKNOWN, self.now_ms).unwrap();
         let mut phone = Phone_ { shard: 0, conn };
         self.send(
             &mut phone,
@@ -198,7 +198,9 @@ impl Net {
                     let snapshot = self.shards[phone.shard as usize]
                         .hand_over(phone.conn)
                         .unwrap();
-                    phone.conn = self.shards[shard as usize].adopt(snapshot, self.now_ms);
+                    phone.conn = self.shards[shard as usize]
+                        .adopt(snapshot, self.now_ms)
+                        .unwrap();
                     phone.shard = shard;
                 }
             }
@@ -384,6 +386,9 @@ impl Net {
         let [Got::Registered(key)] = self.read(&conn)[..] else {
             panic!("not registered")
         };
+        // Hung up, as a phone would: it counts against no bound.
+        self.shards[conn.shard as usize].closed(conn.conn, self.now_ms);
+        self.settle();
         (phone, key)
     }
 

@@ -1,0 +1,190 @@
+//! What a hostile client (or a careless operator) can do to the process:
+//! anonymous connections from one source, running out of file
+//! descriptors, a second server on the same address, SIGHUP.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    os::unix::process::CommandExt,
+    time::{Duration, Instant},
+};
+
+use common::{free_port, Server};
+use wire::{encode_client, ClientFrame, PROTOCOL_VERSION};
+
+/// A TCP connection to `to` from the loopback address `from`, with its
+/// `Hello` answered; `None` when the server closed it unread.
+fn anonymous(from: &str, to: SocketAddr) -> Option<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let local: SocketAddr = format!("{from}:0").parse().unwrap();
+    socket.bind(&local.into()).unwrap();
+    socket.connect(&to.into()).unwrap();
+    let mut stream = TcpStream::from(socket);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut hello = Vec::new();
+    encode_client(
+        &ClientFrame::Hello {
+            version: PROTOCOL_VERSION,
+        },
+        &mut hello,
+    );
+    // A refused connection may be reset before or after this write.
+    let _ = stream.write_all(&hello);
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(1) => Some(stream),
+        _ => None,
+    }
+}
+
+fn config_file(dir: &std::path::Path, limits: &str) -> String {
+    let path = dir.join("isle.toml");
+    std::fs::write(&path, format!("[limits]\n{limits}\n")).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn anonymous_connections_from_one_source_are_capped_and_phones_still_log_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), "prelogin_per_source_max = 4");
+    let server = Server::start(&["--shards", "1", "--config", &config]);
+    let held: Vec<TcpStream> = (0..4)
+        .map(|_| anonymous("127.0.0.2", server.plain).expect("under the cap"))
+        .collect();
+    assert!(
+        anonymous("127.0.0.2", server.plain).is_none(),
+        "the fifth from one source is closed unread"
+    );
+    // Another source, and a phone, are not affected.
+    assert!(anonymous("127.0.0.3", server.plain).is_some());
+    let _phone = server.phone("+15550000001");
+    drop(held);
+    // Closing gives the source its room back.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while anonymous("127.0.0.2", server.plain).is_none() {
+        assert!(Instant::now() < deadline, "the source stayed refused");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn running_out_of_file_descriptors_backs_off_quietly_and_recovers() {
+    let data_dir = tempfile::tempdir().unwrap();
+    // One shard needs about fifteen descriptors of its own.
+    let server = Server::start_with(data_dir, &["--shards", "1"], |command| {
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs here.
+        unsafe {
+            command.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: 40,
+                    rlim_max: 40,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+    });
+    // Far more connections than descriptors: the kernel completes them
+    // and they wait in the backlog while accept fails.
+    let flood: Vec<TcpStream> = (0..100)
+        .map(|_| TcpStream::connect(server.plain).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let lines: Vec<String> = server.stderr.try_iter().collect();
+    let failures = lines.iter().filter(|l| l.contains("accept failed")).count();
+    assert_eq!(failures, 1, "one warning for the whole run: {lines:#?}");
+    drop(flood);
+    // Descriptors come back as the flood's connections close: a phone
+    // gets in without anyone restarting anything.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut client = loop {
+        if let Ok(client) = loadgen::client::Client::connect(server.plain) {
+            break client;
+        }
+        assert!(Instant::now() < deadline, "the server did not recover");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let phone = wire::Phone::parse("+15550000001").unwrap();
+    let key = client
+        .sign_up(phone, || Ok(common::TEST_CODE))
+        .expect("sign up after recovery");
+    client.login(phone, key).expect("login after recovery");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if server
+            .stderr
+            .try_iter()
+            .any(|l| l.contains("accepting again"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no line saying it recovered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_second_server_on_the_same_address_refuses_to_start() {
+    let port = free_port().to_string();
+    let address = format!("127.0.0.1:{port}");
+    let first = Server::start(&["--plaintext-listen", &address]);
+    let other_dir = tempfile::tempdir().unwrap();
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_isle"))
+        .args(["--data-dir", other_dir.path().to_str().unwrap()])
+        .args(["--no-tls", "--plaintext-listen", &address])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = second.wait().unwrap();
+    assert!(!status.success());
+    let stderr = common::stderr_of(&mut second);
+    assert!(
+        stderr.contains("another process is listening on"),
+        "{stderr}"
+    );
+    // Every connection still reaches the first server.
+    for n in 0..20 {
+        first.phone(&format!("+155500000{n:02}"));
+    }
+}
+
+#[test]
+fn sighup_is_logged_and_ignored() {
+    let mut server = Server::start(&["--sync-delay-ms", "60000"]);
+    let (mut alice, _, _) = server.phone("+15550000001");
+    let (_, bob, bob_key) = server.phone("+15550000002");
+    alice
+        .send(&ClientFrame::Send {
+            client_id: 1,
+            to: bob,
+            body: b"in the write-back cache",
+        })
+        .unwrap();
+    common::expect(&mut alice, "Sent", |e| {
+        matches!(e, loadgen::client::Event::Sent { client_id: 1, .. })
+    });
+    // SAFETY: kill with a valid pid and signal.
+    unsafe { libc::kill(server.pid() as i32, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(server.is_running(), "SIGHUP killed the server");
+    assert!(server
+        .stderr
+        .try_iter()
+        .any(|l| l.contains("SIGHUP ignored")));
+    // A clean stop afterwards still writes the cache out.
+    let (status, dir) = server.stop_keeping_data();
+    assert!(status.success());
+    let server = Server::start_in(dir, &[]);
+    let mut bob_client = server.connect();
+    bob_client.login(bob, bob_key).unwrap();
+    common::expect(&mut bob_client, "the cached message", |e| {
+        matches!(e, loadgen::client::Event::Message { client_id: 1, .. })
+    });
+}
