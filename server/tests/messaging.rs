@@ -130,6 +130,7 @@ fn offline_phone_gets_messages_in_order_at_login_and_resends_are_not_stored_twic
 #[test]
 fn signup_over_tls_with_a_code_from_the_sms_outbox() {
     let server = Server::start(&[]);
+    common::await_sms_budget();
     let phone = Phone::parse("+4930123456").unwrap();
     let mut client = Client::connect_tls(server.tls, Some(&server.cert)).unwrap();
     let outbox = server.data_dir().join("sms-outbox.log");

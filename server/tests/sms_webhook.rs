@@ -12,9 +12,7 @@ use wire::{ClientFrame, Phone};
 fn codes_are_posted_as_json_and_verify() {
     let (url, bodies) = http_receiver(|_| 204);
     let server = Server::start(&["--sms-webhook", &url]);
-    // The SMS budget starts spent (sms_per_minute, 600: one code per
-    // 100 ms comes back).
-    std::thread::sleep(Duration::from_millis(200));
+    common::await_sms_budget();
     let phone = Phone::parse("+4915112345678").unwrap();
     let mut client = server.connect();
     let key = client

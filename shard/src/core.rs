@@ -404,6 +404,18 @@ struct Signup {
     timer: Option<TimerId>,
 }
 
+/// A phone's request of a group on its sender's shard, before it goes to
+/// the group's owner as [`PeerMessage::GroupRequest`].
+#[derive(Debug)]
+struct GroupRequest {
+    group: GroupId,
+    from: Phone,
+    client_id: u64,
+    at_ms: u64,
+    reply: ConnId,
+    action: GroupAction,
+}
+
 /// A reply held until the journal commits the batch it depends on.
 #[derive(Debug)]
 enum Held {
@@ -1670,7 +1682,11 @@ impl Shard {
 
     /// Passes a request to the group's owner, spending a send token: a
     /// group post lands in every member's mailbox, so it costs at least
-    /// what a message does.
+    /// what a message does. A creation or an addition names numbers that
+    /// become members: those outside `from`'s contacts cost lookups (the
+    /// answer says whether they are registered), and every one of them
+    /// must have an account, which a lookup across shards checks before
+    /// the request goes on (see `social::LookupFor::Group`).
     fn ask_group(
         &mut self,
         id: ConnId,
@@ -1683,13 +1699,44 @@ impl Shard {
         if !self.take_send_token(id, client_id, now_ms) {
             return;
         }
-        let shard = self.config.map.shard_of_group(group);
-        let message = PeerMessage::GroupRequest {
+        let request = GroupRequest {
             group,
             from,
             client_id,
             at_ms: now_ms + self.config.wall_clock_offset_ms,
             reply: id,
+            action,
+        };
+        let joining = request.action.joining(from);
+        if joining.is_empty() {
+            self.pass_to_owner(request);
+            return;
+        }
+        if let Err(detail) = self.charge_strangers(from, &joining) {
+            self.counters.rate_limited += 1;
+            self.reply_error(id, ErrorKind::RateLimited, Some(client_id), &detail);
+            return;
+        }
+        self.check_members_registered(request, joining);
+    }
+
+    /// Sends a phone's group request on to the group's owner.
+    fn pass_to_owner(&mut self, request: GroupRequest) {
+        let shard = self.config.map.shard_of_group(request.group);
+        let GroupRequest {
+            group,
+            from,
+            client_id,
+            at_ms,
+            reply,
+            action,
+        } = request;
+        let message = PeerMessage::GroupRequest {
+            group,
+            from,
+            client_id,
+            at_ms,
+            reply,
             action,
         };
         self.route(shard, message);

@@ -510,3 +510,136 @@ fn code_requests_are_limited_per_connection_source_network_range_and_in_all() {
     assert!(matches!(net.read(&conn)[..], [Got::Registered(_)]));
     assert_eq!(net.shards[0].counters().codes_refused, 5 + 48);
 }
+
+fn group_answer(net: &mut Net, conn: &mut Phone_, frame: ClientFrame<'_>) -> Vec<Got> {
+    net.send(conn, frame);
+    net.read(conn)
+        .into_iter()
+        .filter(|g| !matches!(g, Got::GroupNotice { .. } | Got::GroupMessage { .. }))
+        .collect()
+}
+
+#[test]
+fn a_non_member_cannot_tell_a_group_that_exists_from_one_that_does_not() {
+    let mut net = Net::new(2, |_| {});
+    let (a, b) = pair(&net);
+    let (alice, alice_key) = net.signup(&a);
+    let (bob, bob_key) = net.signup(&b);
+    let (mut alice_conn, _) = net.login(alice, alice_key);
+    let (mut bob_conn, _) = net.login(bob, bob_key);
+    let create = ClientFrame::CreateGroup {
+        client_id: 1,
+        subject: "private",
+        members: vec![],
+    };
+    let got = group_answer(&mut net, &mut alice_conn, create);
+    let [Got::Sent { id, .. }] = got[..] else {
+        panic!("{got:?}")
+    };
+    let real = GroupId::from_u64(id).unwrap();
+    let made_up = GroupId::derive(alice, 2);
+    let mut answers = Vec::new();
+    for group in [real, made_up] {
+        let post = ClientFrame::GroupSend {
+            client_id: 5,
+            group,
+            body: b"?",
+        };
+        answers.push(group_answer(&mut net, &mut bob_conn, post));
+        let leave = ClientFrame::ChangeGroup {
+            client_id: 6,
+            group,
+            change: GroupChange::Left,
+        };
+        answers.push(group_answer(&mut net, &mut bob_conn, leave));
+    }
+    let refused = vec![Got::Error(ErrorKind::NotGroupMember)];
+    assert_eq!(answers, vec![refused; 4]);
+}
+
+#[test]
+fn only_numbers_with_accounts_become_members_and_strangers_cost_lookups() {
+    let mut net = Net::new(2, |c| {
+        c.contacts_max = 2;
+        c.contact_lookups_per_day = 1;
+    });
+    let (a, b) = pair(&net);
+    let (alice, alice_key) = net.signup(&a);
+    let (bob, _) = net.signup(&b);
+    let (mut alice_conn, _) = net.login(alice, alice_key);
+    let nobody = Phone::parse("+15550009999").unwrap();
+    // Test numbers are not charged: this is the registration rule alone.
+    let got = group_answer(
+        &mut net,
+        &mut alice_conn,
+        ClientFrame::CreateGroup {
+            client_id: 1,
+            subject: "plans",
+            members: vec![bob, nobody],
+        },
+    );
+    assert_eq!(got, vec![Got::Error(ErrorKind::UnknownRecipient)]);
+    assert_eq!(
+        net.shards.iter().map(|s| s.counters().groups).sum::<u64>(),
+        0
+    );
+    let got = group_answer(
+        &mut net,
+        &mut alice_conn,
+        ClientFrame::CreateGroup {
+            client_id: 1,
+            subject: "plans",
+            members: vec![bob],
+        },
+    );
+    let [Got::Sent { id, .. }] = got[..] else {
+        panic!("{got:?}")
+    };
+    let group = GroupId::from_u64(id).unwrap();
+    let got = group_answer(
+        &mut net,
+        &mut alice_conn,
+        ClientFrame::ChangeGroup {
+            client_id: 2,
+            group,
+            change: GroupChange::Added(vec![nobody]),
+        },
+    );
+    assert_eq!(got, vec![Got::Error(ErrorKind::UnknownRecipient)]);
+
+    // Outside the test range, members outside the contacts cost lookups
+    // (a burst of two here), all or nothing.
+    let (mallory, mallory_key) = signup_by_sms(&mut net, "+442071230001");
+    let (mut conn, _) = net.login(mallory, mallory_key);
+    let (carol, _) = net.signup("+15550000003");
+    let got = group_answer(
+        &mut net,
+        &mut conn,
+        ClientFrame::CreateGroup {
+            client_id: 1,
+            subject: "probe",
+            members: vec![alice, bob, carol],
+        },
+    );
+    assert_eq!(got, vec![Got::Error(ErrorKind::RateLimited)]);
+    let got = group_answer(
+        &mut net,
+        &mut conn,
+        ClientFrame::CreateGroup {
+            client_id: 2,
+            subject: "probe",
+            members: vec![alice, nobody],
+        },
+    );
+    assert_eq!(got, vec![Got::Error(ErrorKind::UnknownRecipient)]);
+    let got = group_answer(
+        &mut net,
+        &mut conn,
+        ClientFrame::CreateGroup {
+            client_id: 3,
+            subject: "probe",
+            members: vec![carol],
+        },
+    );
+    assert_eq!(got, vec![Got::Error(ErrorKind::RateLimited)], "spent");
+}

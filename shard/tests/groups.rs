@@ -305,10 +305,12 @@ fn only_members_send_and_only_admins_change() {
         GroupChange::Subject("x".repeat(300)),
     );
     assert_eq!(error(&got), ErrorKind::BadRequest, "subject too long");
+    // A group that does not exist answers as one the sender is not in:
+    // no one learns which ids are taken.
     let unknown = GroupId::derive(dave, 99);
     assert_eq!(
         error(&post(&mut net, &mut m[0], unknown, 22, b"?")),
-        ErrorKind::UnknownGroup
+        ErrorKind::NotGroupMember
     );
     let got = change(
         &mut net,

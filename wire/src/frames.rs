@@ -293,7 +293,9 @@ pub enum ErrorKind {
     AlreadyLoggedIn,
     /// The message body is longer than `BODY_BYTES_MAX`.
     BodyTooLarge,
-    /// The recipient has no account.
+    /// The recipient has no account; for `CreateGroup` and an `Added`
+    /// change, one of the numbers named has none (only accounts become
+    /// members).
     UnknownRecipient,
     /// The server is shedding load; retry later.
     Overloaded,
@@ -308,9 +310,12 @@ pub enum ErrorKind {
     /// The server's disk is full: new messages and signups are refused
     /// until space is freed; acknowledgements and deliveries go on.
     DiskFull,
-    /// No group has this id.
+    /// No longer sent: a group that does not exist is answered like one
+    /// the sender is not in (`NotGroupMember`), so that no one learns
+    /// which ids are taken. Kept so that later variants keep their numbers.
     UnknownGroup,
-    /// Only members may send to a group or change it.
+    /// Only members may send to a group or change it; also the answer
+    /// for a group that does not exist.
     NotGroupMember,
     /// Only admins may change a group's members or subject.
     NotGroupAdmin,

@@ -17,6 +17,13 @@ use wire::{DeviceKey, Phone};
 /// The fixed code of the test-number range every test server enables.
 pub const TEST_CODE: u32 = 111_111;
 
+/// A server's SMS budget starts spent (`sms_per_minute`, 600 by default:
+/// a code comes back every 100 ms); a test asking for a real code right
+/// after the start waits this long first.
+pub fn await_sms_budget() {
+    std::thread::sleep(Duration::from_millis(250));
+}
+
 pub struct Server {
     child: Child,
     pub plain: SocketAddr,

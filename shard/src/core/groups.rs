@@ -63,6 +63,22 @@ pub enum GroupAction {
     Change(GroupChange),
 }
 
+impl GroupAction {
+    /// The numbers this request would make members, `by` aside, sorted
+    /// and without repeats.
+    pub(super) fn joining(&self, by: Phone) -> Vec<Phone> {
+        let named = match self {
+            GroupAction::Create { members, .. } => members.clone(),
+            GroupAction::Change(GroupChange::Added(phones)) => phones.clone(),
+            _ => Vec::new(),
+        };
+        let mut joining: Vec<Phone> = named.into_iter().filter(|&p| p != by).collect();
+        joining.sort_unstable();
+        joining.dedup();
+        joining
+    }
+}
+
 impl Group {
     fn new() -> Group {
         Group {
@@ -249,8 +265,11 @@ impl Shard {
                     change,
                 }
             }
+            // A group that does not exist and one the sender is not in
+            // get the same answer: a non-member cannot learn which ids
+            // are taken.
             GroupAction::Send { body } => {
-                let state = self.groups.get(&group).ok_or(ErrorKind::UnknownGroup)?;
+                let state = self.groups.get(&group).ok_or(ErrorKind::NotGroupMember)?;
                 if !state.members.contains_key(&from) {
                     return Err(ErrorKind::NotGroupMember);
                 }
@@ -262,7 +281,7 @@ impl Shard {
                 }
             }
             GroupAction::Change(change) => {
-                let state = self.groups.get(&group).ok_or(ErrorKind::UnknownGroup)?;
+                let state = self.groups.get(&group).ok_or(ErrorKind::NotGroupMember)?;
                 state.check(from, &change, members_max)?;
                 Post::Change {
                     by: from,

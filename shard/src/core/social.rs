@@ -28,7 +28,7 @@ use ahash::AHashMap;
 use storage::Record;
 use wire::{Chat, ErrorKind, GroupId, Phone, Presence, Profile, ServerFrame, TypingState};
 
-use super::{ConnId, PeerMessage, Shard, DISK_FULL, STORAGE_FAILED};
+use super::{ConnId, GroupRequest, PeerMessage, Shard, DISK_FULL, STORAGE_FAILED};
 use crate::allowance::TokenBucket;
 
 /// Going away (still connected) writes the last-seen time only when the
@@ -81,14 +81,29 @@ pub(super) struct SocialState {
     next_lookup: u64,
 }
 
-/// A contact sync waiting for every shard to say which numbers it has.
+/// A lookup waiting for every shard to say which numbers it has.
 #[derive(Debug)]
 struct Lookup {
     owner: Phone,
     conn: ConnId,
     client_id: u64,
     shards_left: u16,
+    /// Numbers asked about, and those found.
+    asked: usize,
     registered: Vec<Phone>,
+    purpose: LookupFor,
+}
+
+/// What a lookup's answer is for.
+#[derive(Debug)]
+enum LookupFor {
+    /// A contact sync, answered with `Contacts` (the registered ones).
+    Contacts,
+    /// New members of a group, passed on to the owner only when every one
+    /// has an account; otherwise answered `UnknownRecipient`. A member
+    /// without an account would receive a group's later posts once it
+    /// signed up without ever having been told it was in the group.
+    Group(Box<GroupRequest>),
 }
 
 /// Sorts and removes duplicates and `owner`.
@@ -331,7 +346,7 @@ impl Shard {
         });
         self.counters.contact_syncs += 1;
         self.contacts_changed(owner);
-        self.start_lookup(id, owner, client_id, add);
+        self.start_lookup(id, owner, client_id, add, LookupFor::Contacts);
     }
 
     /// Charges a send from `owner` to `to` against `owner`'s lookup
@@ -339,9 +354,19 @@ impl Shard {
     /// strangers it wrote to lately: the answer to a send (`Sent` or
     /// `UnknownRecipient`) says whether `to` is registered, so probing by
     /// sending must cost what a contact lookup costs. Err is the detail of
-    /// the `RateLimited` answer. Senders in the test-number range are not
-    /// charged.
+    /// the `RateLimited` answer.
     pub(super) fn charge_stranger(&mut self, owner: Phone, to: Phone) -> Result<(), String> {
+        self.charge_strangers(owner, &[to])
+    }
+
+    /// Charges `owner`'s lookup allowance one lookup for each of `phones`
+    /// neither in its contacts nor among the strangers it wrote to lately,
+    /// all or nothing. Senders in the test-number range are not charged.
+    pub(super) fn charge_strangers(
+        &mut self,
+        owner: Phone,
+        phones: &[Phone],
+    ) -> Result<(), String> {
         if self.is_test_number(owner).is_some() {
             // Load generators send to numbers they never list.
             return Ok(());
@@ -349,20 +374,31 @@ impl Shard {
         let (rate, now_ms) = (self.config.contact_lookup_rate(), self.now_ms);
         let account = self.accounts.get_mut(&owner).expect("logged in");
         let social = account.social.get_or_insert_default();
-        if to == owner || social.has_contact(to) || social.strangers.contains(&to) {
+        let strangers: Vec<Phone> = phones
+            .iter()
+            .copied()
+            .filter(|&p| p != owner && !social.has_contact(p) && !social.strangers.contains(&p))
+            .collect();
+        if strangers.is_empty() {
             return Ok(());
         }
-        if let Err(exhausted) = social.lookups.take(1, rate, now_ms) {
+        if let Err(exhausted) = social.lookups.take(strangers.len() as u64, rate, now_ms) {
             self.counters.stranger_sends_refused += 1;
-            let retry_s = exhausted.retry_after_ms.div_ceil(1000);
+            let retry = match exhausted.retry_after_ms {
+                u64::MAX => "list them as contacts first".to_owned(),
+                ms => format!("retry in {} s", ms.div_ceil(1000)),
+            };
             return Err(format!(
-                "too many numbers outside your contacts; retry in {retry_s} s"
+                "too many numbers outside your contacts ({}); {retry}",
+                strangers.len()
             ));
         }
-        if social.strangers.len() >= STRANGERS_REMEMBERED_MAX {
-            social.strangers.remove(0);
+        for phone in strangers {
+            if social.strangers.len() >= STRANGERS_REMEMBERED_MAX {
+                social.strangers.remove(0);
+            }
+            social.strangers.push(phone);
         }
-        social.strangers.push(to);
         if !social.looked_up {
             // Marks the account in the journal as one that has looked
             // numbers up, so a restart restores its allowance as spent.
@@ -375,6 +411,19 @@ impl Shard {
             });
         }
         Ok(())
+    }
+
+    /// Asks every shard whether each of `joining` has an account; the
+    /// group request goes on to its owner only if all do.
+    pub(super) fn check_members_registered(&mut self, request: GroupRequest, joining: Vec<Phone>) {
+        let (id, owner, client_id) = (request.reply, request.from, request.client_id);
+        self.start_lookup(
+            id,
+            owner,
+            client_id,
+            joining,
+            LookupFor::Group(Box::new(request)),
+        );
     }
 
     pub(super) fn set_profile(
@@ -545,8 +594,16 @@ impl Shard {
 
     // ---- lookups ----------------------------------------------------------
 
-    fn start_lookup(&mut self, id: ConnId, owner: Phone, client_id: u64, phones: Vec<Phone>) {
+    fn start_lookup(
+        &mut self,
+        id: ConnId,
+        owner: Phone,
+        client_id: u64,
+        phones: Vec<Phone>,
+        purpose: LookupFor,
+    ) {
         self.counters.contact_lookups += phones.len() as u64;
+        let asked = phones.len();
         let by_shard = self.config.map.split_by_shard(phones);
         let query = self.social_state.next_lookup;
         self.social_state.next_lookup += 1;
@@ -555,7 +612,9 @@ impl Shard {
             conn: id,
             client_id,
             shards_left: 0,
+            asked,
             registered: Vec::new(),
+            purpose,
         };
         for (shard, phones) in by_shard.into_iter().enumerate() {
             if phones.is_empty() {
@@ -581,18 +640,31 @@ impl Shard {
         }
     }
 
-    /// Answers the sync once the `Contacts` record it made is durable.
+    /// Every shard answered: answers the sync (once the `Contacts` record
+    /// it made is durable), or passes the group request on.
     fn finish_lookup(&mut self, mut lookup: Lookup) {
-        if self
+        let connected = self
             .conn(lookup.conn)
-            .is_some_and(|c| c.account == Some(lookup.owner))
-        {
-            lookup.registered.sort_unstable();
-            let frame = ServerFrame::Contacts {
-                client_id: lookup.client_id,
-                registered: lookup.registered,
-            };
-            self.hold_reply(lookup.conn, &frame);
+            .is_some_and(|c| c.account == Some(lookup.owner));
+        lookup.registered.sort_unstable();
+        match lookup.purpose {
+            LookupFor::Contacts if connected => {
+                let frame = ServerFrame::Contacts {
+                    client_id: lookup.client_id,
+                    registered: lookup.registered,
+                };
+                self.hold_reply(lookup.conn, &frame);
+            }
+            LookupFor::Contacts => {}
+            LookupFor::Group(request) if lookup.registered.len() == lookup.asked => {
+                self.pass_to_owner(*request);
+            }
+            LookupFor::Group(request) => {
+                let missing = lookup.asked - lookup.registered.len();
+                let detail = format!("{missing} of the numbers named have no account");
+                let kind = ErrorKind::UnknownRecipient;
+                self.reply_error(request.reply, kind, Some(request.client_id), &detail);
+            }
         }
     }
 
