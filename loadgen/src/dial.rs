@@ -240,8 +240,10 @@ impl Dialer {
     }
 }
 
-/// Phones per loopback source address.
-const PHONES_PER_SOURCE: u64 = 1_024;
+/// Phones per loopback source address: below the server's
+/// `prelogin_per_source_max` (128), so that a login storm of every phone
+/// at once is not refused as a flood from one host.
+const PHONES_PER_SOURCE: u64 = 64;
 
 /// A source address in 127.1.0.0/16 for `number`, shared by at most
 /// `PHONES_PER_SOURCE` consecutive phones. Tens of thousands of connections

@@ -126,10 +126,11 @@ pub struct Limits {
     pub send_burst: u32,
     /// Codes one number may ask for per hour.
     pub code_requests_max: u32,
-    /// Connections not logged in, per shard and per source host per
-    /// shard; codes per connection, per source host, per source network
-    /// and per range of 10,000 numbers per hour, and SMS per minute, each
-    /// per shard (see `shard::ShardConfig`).
+    /// Connections not logged in, per shard (0, the default: half the
+    /// process's open-file limit, shared among the shards), and per
+    /// source host per shard; codes per connection, per source host, per
+    /// source network and per range of 10,000 numbers per hour, and SMS
+    /// per minute, each per shard (see `shard::ShardConfig`).
     pub prelogin_connections_max: usize,
     pub prelogin_per_source_max: u32,
     pub code_requests_per_connection_max: u8,
@@ -200,7 +201,7 @@ impl Default for Limits {
             send_rate_per_s: shard.send_rate_per_s,
             send_burst: shard.send_burst,
             code_requests_max: shard.code_requests_max,
-            prelogin_connections_max: shard.prelogin_connections_max,
+            prelogin_connections_max: 0,
             prelogin_per_source_max: shard.prelogin_per_source_max,
             code_requests_per_connection_max: shard.code_requests_per_connection_max,
             code_requests_per_source_per_hour: shard.code_requests_per_source_per_hour,

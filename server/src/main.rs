@@ -215,7 +215,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         shard_config.code_requests_max = config.limits.code_requests_max;
         let limits = &config.limits;
-        shard_config.prelogin_connections_max = limits.prelogin_connections_max;
+        shard_config.prelogin_connections_max = match limits.prelogin_connections_max {
+            0 => prelogin_connections_default(shard_count),
+            n => n,
+        };
         shard_config.prelogin_per_source_max = limits.prelogin_per_source_max;
         shard_config.code_requests_per_connection_max = limits.code_requests_per_connection_max;
         shard_config.code_requests_per_source_per_hour = limits.code_requests_per_source_per_hour;
@@ -337,6 +340,25 @@ fn ignore_hangups() -> anyhow::Result<()> {
         })
         .context("starting the SIGHUP thread")?;
     Ok(())
+}
+
+/// Connections not logged in one shard may hold when the config does not
+/// say: half the open-file limit shared among the shards, so that anonymous
+/// connections can never take every descriptor (the other half is for
+/// phones that log in, logs and the rest), and a login storm of as many
+/// phones as half the limit is not throttled.
+fn prelogin_connections_default(shards: usize) -> usize {
+    const PRELOGIN_PER_SHARD_MIN: usize = 256;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes `limit`.
+    let open_files = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
+        0 => usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX),
+        _ => 1024,
+    };
+    (open_files / 2 / shards.max(1)).max(PRELOGIN_PER_SHARD_MIN)
 }
 
 fn log_dir(data_dir: &std::path::Path, shard: usize) -> PathBuf {

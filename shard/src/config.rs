@@ -93,9 +93,10 @@ pub struct ShardConfig {
     pub message_retention_ms: u64,
     /// Connections that have not logged in, at most, on one shard and
     /// from one source host (an IPv4 address or an IPv6 /64) on one
-    /// shard: well below the open-file limit, so that flooding
-    /// connections never keeps phones from logging in. Past either, a new
-    /// connection is closed at once.
+    /// shard: below the open-file limit, so that flooding connections
+    /// never keeps phones from logging in (the server's default for the
+    /// first is half its open-file limit shared among the shards). Past
+    /// either, a new connection is closed at once.
     pub prelogin_connections_max: usize,
     pub prelogin_per_source_max: u32,
     /// Codes one connection may ask for (it has no account to charge).
