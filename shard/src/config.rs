@@ -212,6 +212,13 @@ impl ShardConfig {
         per_hour(self.code_requests_per_range_per_hour)
     }
 
+    /// Codes one number may be sent: `code_requests_max` per
+    /// `code_request_window_ms`, all of them at once at most.
+    pub fn code_number_rate(&self) -> Rate {
+        let count = self.code_requests_max.into();
+        Rate::new(count, self.code_request_window_ms, count)
+    }
+
     /// The shard's SMS budget (`sms_per_minute`).
     pub fn sms_rate(&self) -> Rate {
         let per_minute = self.sms_per_minute.into();

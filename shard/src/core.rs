@@ -399,8 +399,8 @@ struct Signup {
     code: Option<u32>,
     code_expires_at_ms: u64,
     attempts_left: u32,
-    window_started_ms: u64,
-    requests_in_window: u32,
+    /// Codes this number may still be sent (`ShardConfig::code_number_rate`).
+    requests: TokenBucket,
     timer: Option<TimerId>,
 }
 
@@ -1396,15 +1396,12 @@ impl Shard {
             return;
         }
         let config = &self.config;
-        let window_ms = config.code_request_window_ms;
+        let number_rate = config.code_number_rate();
         if let Some(signup) = self.signups.get_mut(&phone) {
-            if now_ms >= signup.window_started_ms + window_ms {
-                signup.window_started_ms = now_ms;
-                signup.requests_in_window = 0;
-            }
-            if signup.requests_in_window >= config.code_requests_max {
-                let retry_ms = signup.window_started_ms + window_ms - now_ms;
-                self.refuse_code(id, "code_requests_max", retry_ms);
+            // A copy: nothing is spent until every limit has agreed.
+            let mut probe = signup.requests;
+            if let Err(exhausted) = probe.take(1, number_rate, now_ms) {
+                self.refuse_code(id, "code_requests_max", exhausted.retry_after_ms);
                 return;
             }
         } else if self.signups.len() >= config.signups_max {
@@ -1427,17 +1424,17 @@ impl Shard {
             code: None,
             code_expires_at_ms: 0,
             attempts_left: 0,
-            window_started_ms: now_ms,
-            requests_in_window: 0,
+            requests: TokenBucket::full(),
             timer: None,
         });
-        signup.requests_in_window += 1;
+        let spent = signup.requests.take(1, number_rate, now_ms).is_ok();
+        debug_assert!(spent, "checked above");
         signup.code = Some(code);
         signup.code_expires_at_ms = now_ms + self.config.code_ttl_ms;
         signup.attempts_left = self.config.code_attempts_max;
         if signup.timer.is_none() {
-            let deadline = (signup.window_started_ms + self.config.code_request_window_ms)
-                .max(signup.code_expires_at_ms);
+            // Kept while the code lives or the allowance refills.
+            let deadline = now_ms + self.config.code_ttl_ms.max(number_rate.period_ms);
             signup.timer = Some(self.timers.arm(
                 deadline.div_ceil(self.config.tick_ms),
                 TimerEvent::Signup(phone),
@@ -2230,18 +2227,15 @@ impl Shard {
             return;
         };
         signup.timer = None;
-        let window_end = signup.window_started_ms + self.config.code_request_window_ms;
-        let code_end = if signup.code.is_some() {
-            signup.code_expires_at_ms
-        } else {
-            0
-        };
-        let keep_until = window_end.max(code_end);
-        if keep_until <= now_ms {
+        let rate = self.config.code_number_rate();
+        let code_live = signup.code.is_some() && signup.code_expires_at_ms > now_ms;
+        if !code_live && signup.requests.is_full(rate, now_ms) {
+            // Nothing to remember: a new entry would be the same.
             self.signups.remove(&phone);
         } else {
+            let next_ms = now_ms + self.config.code_ttl_ms.min(rate.period_ms).max(1);
             signup.timer = Some(self.timers.arm(
-                keep_until.div_ceil(self.config.tick_ms),
+                next_ms.div_ceil(self.config.tick_ms),
                 TimerEvent::Signup(phone),
             ));
         }
