@@ -404,18 +404,6 @@ struct Signup {
     timer: Option<TimerId>,
 }
 
-/// A phone's request of a group on its sender's shard, before it goes to
-/// the group's owner as [`PeerMessage::GroupRequest`].
-#[derive(Debug)]
-struct GroupRequest {
-    group: GroupId,
-    from: Phone,
-    client_id: u64,
-    at_ms: u64,
-    reply: ConnId,
-    action: GroupAction,
-}
-
 /// A reply held until the journal commits the batch it depends on.
 #[derive(Debug)]
 enum Held {
@@ -1696,7 +1684,9 @@ impl Shard {
         if !self.take_send_token(id, client_id, now_ms) {
             return;
         }
-        let request = GroupRequest {
+        let joining = action.joining(from);
+        let owner = self.config.map.shard_of_group(group);
+        let request = PeerMessage::GroupRequest {
             group,
             from,
             client_id,
@@ -1704,9 +1694,8 @@ impl Shard {
             reply: id,
             action,
         };
-        let joining = request.action.joining(from);
         if joining.is_empty() {
-            self.pass_to_owner(request);
+            self.route(owner, request);
             return;
         }
         if let Err(detail) = self.charge_strangers(from, &joining) {
@@ -1714,29 +1703,11 @@ impl Shard {
             self.reply_error(id, ErrorKind::RateLimited, Some(client_id), &detail);
             return;
         }
-        self.check_members_registered(request, joining);
-    }
-
-    /// Sends a phone's group request on to the group's owner.
-    fn pass_to_owner(&mut self, request: GroupRequest) {
-        let shard = self.config.map.shard_of_group(request.group);
-        let GroupRequest {
-            group,
-            from,
-            client_id,
-            at_ms,
-            reply,
-            action,
-        } = request;
-        let message = PeerMessage::GroupRequest {
-            group,
-            from,
-            client_id,
-            at_ms,
-            reply,
-            action,
+        let purpose = social::LookupFor::Group {
+            owner,
+            request: Box::new(request),
         };
-        self.route(shard, message);
+        self.start_lookup(id, from, client_id, joining, purpose);
     }
 
     /// Spends one of the account's send tokens; without one, answers the

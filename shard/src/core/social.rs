@@ -28,7 +28,7 @@ use ahash::AHashMap;
 use storage::Record;
 use wire::{Chat, ErrorKind, GroupId, Phone, Presence, Profile, ServerFrame, TypingState};
 
-use super::{ConnId, GroupRequest, PeerMessage, Shard, DISK_FULL, STORAGE_FAILED};
+use super::{ConnId, PeerMessage, Shard, DISK_FULL, STORAGE_FAILED};
 use crate::allowance::TokenBucket;
 
 /// Going away (still connected) writes the last-seen time only when the
@@ -96,14 +96,18 @@ struct Lookup {
 
 /// What a lookup's answer is for.
 #[derive(Debug)]
-enum LookupFor {
+pub(super) enum LookupFor {
     /// A contact sync, answered with `Contacts` (the registered ones).
     Contacts,
-    /// New members of a group, passed on to the owner only when every one
-    /// has an account; otherwise answered `UnknownRecipient`. A member
+    /// New members of a group: `request` (a `PeerMessage::GroupRequest`)
+    /// goes on to the group's `owner` shard only when every one has an
+    /// account; otherwise it is answered `UnknownRecipient`. A member
     /// without an account would receive a group's later posts once it
     /// signed up without ever having been told it was in the group.
-    Group(Box<GroupRequest>),
+    Group {
+        owner: u16,
+        request: Box<PeerMessage>,
+    },
 }
 
 /// Sorts and removes duplicates and `owner`.
@@ -413,19 +417,6 @@ impl Shard {
         Ok(())
     }
 
-    /// Asks every shard whether each of `joining` has an account; the
-    /// group request goes on to its owner only if all do.
-    pub(super) fn check_members_registered(&mut self, request: GroupRequest, joining: Vec<Phone>) {
-        let (id, owner, client_id) = (request.reply, request.from, request.client_id);
-        self.start_lookup(
-            id,
-            owner,
-            client_id,
-            joining,
-            LookupFor::Group(Box::new(request)),
-        );
-    }
-
     pub(super) fn set_profile(
         &mut self,
         id: ConnId,
@@ -594,7 +585,7 @@ impl Shard {
 
     // ---- lookups ----------------------------------------------------------
 
-    fn start_lookup(
+    pub(super) fn start_lookup(
         &mut self,
         id: ConnId,
         owner: Phone,
@@ -656,14 +647,14 @@ impl Shard {
                 self.hold_reply(lookup.conn, &frame);
             }
             LookupFor::Contacts => {}
-            LookupFor::Group(request) if lookup.registered.len() == lookup.asked => {
-                self.pass_to_owner(*request);
+            LookupFor::Group { owner, request } if lookup.registered.len() == lookup.asked => {
+                self.route(owner, *request);
             }
-            LookupFor::Group(request) => {
+            LookupFor::Group { .. } => {
                 let missing = lookup.asked - lookup.registered.len();
                 let detail = format!("{missing} of the numbers named have no account");
                 let kind = ErrorKind::UnknownRecipient;
-                self.reply_error(request.reply, kind, Some(request.client_id), &detail);
+                self.reply_error(lookup.conn, kind, Some(lookup.client_id), &detail);
             }
         }
     }
