@@ -121,6 +121,9 @@ pub struct TestNumbersConfig {
 pub struct Limits {
     pub idle_timeout_ms: u64,
     pub login_timeout_ms: u64,
+    /// A closing connection is dropped this long after its `Bye`, written
+    /// or not.
+    pub close_flush_timeout_ms: u64,
     pub unacked_messages_max: u64,
     pub send_rate_per_s: u32,
     pub send_burst: u32,
@@ -197,6 +200,7 @@ impl Default for Limits {
         Limits {
             idle_timeout_ms: shard.idle_timeout_ms,
             login_timeout_ms: shard.login_timeout_ms,
+            close_flush_timeout_ms: shard.close_flush_timeout_ms,
             unacked_messages_max: shard.unacked_messages_max,
             send_rate_per_s: shard.send_rate_per_s,
             send_burst: shard.send_burst,

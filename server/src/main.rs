@@ -197,6 +197,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         shard_config.wall_clock_offset_ms = unix_ms;
         shard_config.idle_timeout_ms = config.limits.idle_timeout_ms;
         shard_config.login_timeout_ms = config.limits.login_timeout_ms;
+        shard_config.close_flush_timeout_ms = config.limits.close_flush_timeout_ms;
         shard_config.unacked_messages_max = config.limits.unacked_messages_max;
         shard_config.send_rate_per_s = config.limits.send_rate_per_s;
         shard_config.send_burst = config.limits.send_burst;
@@ -348,7 +349,6 @@ fn ignore_hangups() -> anyhow::Result<()> {
 /// phones that log in, logs and the rest), and a login storm of as many
 /// phones as half the limit is not throttled.
 fn prelogin_connections_default(shards: usize) -> usize {
-    const PRELOGIN_PER_SHARD_MIN: usize = 256;
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -358,7 +358,9 @@ fn prelogin_connections_default(shards: usize) -> usize {
         0 => usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX),
         _ => 1024,
     };
-    (open_files / 2 / shards.max(1)).max(PRELOGIN_PER_SHARD_MIN)
+    // No floor: with a small limit a floor would hand anonymous
+    // connections every descriptor.
+    (open_files / 2 / shards.max(1)).max(1)
 }
 
 fn log_dir(data_dir: &std::path::Path, shard: usize) -> PathBuf {

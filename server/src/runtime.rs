@@ -913,6 +913,10 @@ impl Future for ConnTask {
 
 impl ConnTask {
     fn step(&mut self, cx: &mut Context<'_>) -> Step {
+        if self.runtime.core.borrow().is_abandoned(self.id) {
+            // Closing, and the phone did not take its last bytes in time.
+            return Step::Done;
+        }
         let mut progress = false;
         match self.write(cx) {
             Err(()) => return Step::Done,

@@ -188,3 +188,69 @@ fn sighup_is_logged_and_ignored() {
         matches!(e, loadgen::client::Event::Message { client_id: 1, .. })
     });
 }
+
+/// Descriptors the process holds.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn a_connection_that_never_reads_cannot_outlive_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(
+        dir.path(),
+        "login_timeout_ms = 1000\nclose_flush_timeout_ms = 2000",
+    );
+    let server = Server::start(&["--shards", "1", "--config", &config]);
+    let before = open_fds(server.pid());
+    // Hello, then pings until the server stops reading, never reading a
+    // byte: the replies fill its outbox, its write buffer and the socket
+    // buffers (on loopback the kernel's send buffer grows to 4 MiB).
+    let mut flooders = Vec::new();
+    for _ in 0..2 {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.connect(&server.plain.into()).unwrap();
+        let mut stream = TcpStream::from(socket);
+        let mut bytes = Vec::new();
+        encode_client(
+            &ClientFrame::Hello {
+                version: PROTOCOL_VERSION,
+            },
+            &mut bytes,
+        );
+        for nonce in 0..1_500_000 {
+            encode_client(&ClientFrame::Ping { nonce }, &mut bytes);
+        }
+        stream.set_nonblocking(true).unwrap();
+        // Write until the server has stopped reading for a while.
+        let (mut written, mut stalled_since) = (0, Instant::now());
+        while written < bytes.len() && stalled_since.elapsed() < Duration::from_millis(300) {
+            match stream.write(&bytes[written..]) {
+                Ok(n) => {
+                    written += n;
+                    stalled_since = Instant::now();
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        assert!(written < bytes.len(), "the server read everything");
+        assert!(open_fds(server.pid()) > before);
+        flooders.push(stream);
+    }
+    // Login deadline, then the time to flush the Bye: every one of them
+    // is gone although none ever read.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while open_fds(server.pid()) > before {
+        assert!(
+            Instant::now() < deadline,
+            "{} descriptors held, {before} before the flood",
+            open_fds(server.pid())
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(flooders);
+}

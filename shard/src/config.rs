@@ -32,8 +32,12 @@ pub struct ShardConfig {
     pub test_numbers: Option<TestNumbers>,
     /// A logged-in connection that sends nothing for this long is closed.
     pub idle_timeout_ms: u64,
-    /// A connection that has not logged in within this long is closed.
+    /// A connection that has not logged in within this long after it was
+    /// accepted is closed.
     pub login_timeout_ms: u64,
+    /// A connection being closed is dropped this long after its `Bye`,
+    /// whether or not the phone took its last bytes.
+    pub close_flush_timeout_ms: u64,
     /// Messages written to a phone and not yet acknowledged, at most.
     pub unacked_messages_max: u64,
     /// Mailbox entries are moved into a connection's outbox only while the
@@ -134,6 +138,7 @@ impl ShardConfig {
             test_numbers: None,
             idle_timeout_ms: 5 * 60 * 1000,
             login_timeout_ms: 30 * 1000,
+            close_flush_timeout_ms: 5_000,
             unacked_messages_max: 256,
             sync_delay_ms: 0,
             sync_delay_bytes_max: 64 * 1024 * 1024,

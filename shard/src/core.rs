@@ -238,6 +238,9 @@ pub struct ShardCounters {
     pub rate_limited: u64,
     pub protocol_errors: u64,
     pub idle_closed: u64,
+    /// Closing connections dropped with bytes unwritten: the phone did not
+    /// take its last frames within `close_flush_timeout_ms`.
+    pub closes_abandoned: u64,
     /// Connections closed unread at accept (or handover) because too many
     /// that had not logged in were open on the shard or from the source.
     pub connections_refused: u64,
@@ -320,6 +323,9 @@ struct Conn {
     /// Highest mailbox sequence written to this connection.
     delivered_up_to: u64,
     closing: bool,
+    /// When `closing` was set, and whether the time to flush ran out.
+    closing_at_ms: u64,
+    abandoned: bool,
     handovers: u8,
     login_failures: u8,
     /// Codes asked for on this connection.
@@ -595,7 +601,7 @@ impl Shard {
                 });
                 account.written_acked(up_to);
                 for (group, gseq) in groups_acked {
-                    self.restore_group_ack(group, gseq);
+                    self.restore_group_ack(owner, group, gseq);
                 }
             }
             Record::MailboxStart { owner, next_seq } => {
@@ -737,6 +743,8 @@ impl Shard {
             outbox: Vec::new(),
             delivered_up_to: 0,
             closing: false,
+            closing_at_ms: 0,
+            abandoned: false,
             handovers: snapshot.handovers,
             login_failures: snapshot.login_failures,
             code_requests: snapshot.code_requests,
@@ -1766,19 +1774,33 @@ impl Shard {
         account.mailbox.ack(up_to, |entry| match entry.record {
             EntryRecord::Message {
                 from, client_id, ..
-            } => receipts.push((from, client_id)),
+            } => receipts.push((from, client_id, entry.seq)),
             EntryRecord::Group { group, gseq } => groups_released.push((group, gseq)),
             EntryRecord::Receipt { .. } => {}
         });
         match kind {
-            ReceiptKind::Expired => self.counters.messages_expired += receipts.len() as u64,
+            ReceiptKind::Expired => {
+                self.counters.messages_expired += receipts.len() as u64;
+                // Deleted undelivered: a `Read` for them would be a lie
+                // (and would tell the reader what it never received). The
+                // mark is recorded, so a restart keeps it.
+                for &(from, client_id, seq) in &receipts {
+                    self.dedup.forbid_read(owner, from, client_id);
+                    self.records.push(Record::Dedup {
+                        owner,
+                        from,
+                        client_id,
+                        seq: seq | storage::DEDUP_READ_BIT,
+                    });
+                }
+            }
             _ => self.counters.messages_acked += receipts.len() as u64,
         }
         self.record_mailbox(Record::MailboxAck { owner, up_to });
         for (group, gseq) in groups_released {
             self.group_entry_released(owner, group, gseq, kind);
         }
-        for (from, client_id) in receipts {
+        for (from, client_id, _) in receipts {
             let shard = self.config.map.shard_of(from);
             self.route(
                 shard,
@@ -2127,13 +2149,26 @@ impl Shard {
         self.close_with(id, ByeReason::ProtocolError);
     }
 
+    /// Sends `Bye` and closes once it is written, or at
+    /// `close_flush_timeout_ms` whether it is or not: a phone that stops
+    /// reading must not keep its connection (and what it holds) by never
+    /// taking the last bytes.
     fn close_with(&mut self, id: ConnId, reason: ByeReason) {
         if self.conn(id).is_none_or(|c| c.closing) {
             return;
         }
         self.reply(id, &ServerFrame::Bye { reason });
+        let now_ms = self.now_ms;
         let conn = self.conn_mut(id).expect("checked above");
         conn.closing = true;
+        conn.closing_at_ms = now_ms;
+        self.arm_idle(id, now_ms + self.config.close_flush_timeout_ms);
+    }
+
+    /// True once a closing connection ran out of time to flush: the I/O
+    /// layer drops it without writing the rest.
+    pub fn is_abandoned(&self, id: ConnId) -> bool {
+        self.conn(id).is_none_or(|conn| conn.abandoned)
     }
 
     /// Closes every connection with `ShuttingDown`, and writes out the
@@ -2170,22 +2205,27 @@ impl Shard {
     /// One timer per connection, re-armed only when it fires: activity just
     /// moves `last_activity_ms`, so reads never touch the wheel.
     fn idle_check(&mut self, id: ConnId, now_ms: u64) {
-        let (idle_timeout_ms, login_timeout_ms) =
-            (self.config.idle_timeout_ms, self.config.login_timeout_ms);
+        let (idle_timeout_ms, login_timeout_ms, flush_timeout_ms) = (
+            self.config.idle_timeout_ms,
+            self.config.login_timeout_ms,
+            self.config.close_flush_timeout_ms,
+        );
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
         conn.timer = None;
         let deadline_ms = match conn.account {
+            _ if conn.closing => conn.closing_at_ms + flush_timeout_ms,
             Some(_) => conn.last_activity_ms + idle_timeout_ms,
             // Activity does not move it: a connection that only pings
             // must still log in in time.
             None => conn.opened_ms + login_timeout_ms,
         };
-        if conn.closing {
-            return;
-        }
-        if deadline_ms <= now_ms {
+        if conn.closing && deadline_ms <= now_ms {
+            conn.abandoned = true;
+            self.counters.closes_abandoned += 1;
+            self.woken.push(id);
+        } else if deadline_ms <= now_ms {
             self.counters.idle_closed += 1;
             self.close_with(id, ByeReason::IdleTimeout);
         } else {

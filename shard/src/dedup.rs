@@ -10,10 +10,10 @@ use std::collections::hash_map::Entry;
 use ahash::AHashMap;
 use wire::Phone;
 
-/// Set in a stored id once the entry's read receipt was passed on (see
-/// [`DedupTable::mark_read`]). Ids (mailbox seqs, group post numbers)
-/// never come near it.
-const READ_BIT: u64 = 1 << 63;
+/// Set in a stored id once the entry's read receipt was passed on, or it
+/// expired undelivered (see [`DedupTable::mark_read`]); written with it in
+/// checkpoints. Ids (mailbox seqs, group post numbers) never come near it.
+const READ_BIT: u64 = storage::DEDUP_READ_BIT;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Key<T> {
@@ -94,6 +94,20 @@ impl<T: Copy + Eq + Hash> DedupTable<T> {
         }
     }
 
+    /// The entry will never be readable (it expired undelivered): marks it
+    /// as if its read receipt had been passed on.
+    pub fn forbid_read(&mut self, to: T, from: Phone, client_id: u64) {
+        self.settle();
+        let key = Key {
+            to,
+            from,
+            client_id,
+        };
+        if let Some(id) = self.ids.get_mut(&key) {
+            *id |= READ_BIT;
+        }
+    }
+
     pub fn insert(&mut self, to: T, from: Phone, client_id: u64, id: u64, now_ms: u64) {
         debug_assert!(id & READ_BIT == 0, "ids stay below the read mark");
         self.settle();
@@ -167,11 +181,13 @@ impl<T: Copy + Eq + Hash> DedupTable<T> {
         }
     }
 
-    /// Every entry, oldest first: `(to, from, client_id, id)`.
+    /// Every entry, oldest first: `(to, from, client_id, id)`, the id with
+    /// `DEDUP_READ_BIT` set when no read may pass any more (as a
+    /// checkpoint keeps it; `replay` takes it back the same way).
     pub fn iter(&mut self) -> impl Iterator<Item = (T, Phone, u64, u64)> + '_ {
         self.settle();
         self.order.iter().filter_map(|(_, key)| {
-            let id = *self.ids.get(key)? & !READ_BIT;
+            let id = *self.ids.get(key)?;
             Some((key.to, key.from, key.client_id, id))
         })
     }
@@ -268,6 +284,11 @@ mod tests {
         assert!(!table.mark_read(b, a, 1, 7), "a second read is dropped");
         assert_eq!(table.get(b, a, 1), Some(7), "the mark hides from resends");
         let listed: Vec<u64> = table.iter().map(|(_, _, _, id)| id).collect();
-        assert_eq!(listed, [7]);
+        assert_eq!(listed, [7 | READ_BIT], "a checkpoint keeps the mark");
+        let mut restored: DedupTable = DedupTable::new(1_000, 10);
+        restored.replay(b, a, 1, 7, 0);
+        restored.replay(b, a, 1, 7 | READ_BIT, 0);
+        assert_eq!(restored.get(b, a, 1), Some(7));
+        assert!(!restored.mark_read(b, a, 1, 7), "the newest record wins");
     }
 }

@@ -643,3 +643,85 @@ fn only_numbers_with_accounts_become_members_and_strangers_cost_lookups() {
     );
     assert_eq!(got, vec![Got::Error(ErrorKind::RateLimited)], "spent");
 }
+
+#[test]
+fn a_closing_connection_that_does_not_read_is_dropped_after_a_grace_time() {
+    let mut net = Net::new(1, |c| {
+        c.login_timeout_ms = 2_000;
+        c.close_flush_timeout_ms = 5_000;
+    });
+    // Never logs in and never reads what it is sent.
+    let lurker = net.connect();
+    let (alice, alice_key) = net.signup("+15550000001");
+    let (first, _) = net.login(alice, alice_key);
+    let (_second, _) = net.login(alice, alice_key);
+    net.advance(2_000);
+    assert!(net.shards[0].is_closing(lurker.conn));
+    assert!(net.shards[0].is_closing(first.conn), "replaced");
+    assert!(!net.shards[0].is_abandoned(lurker.conn));
+    assert!(!net.shards[0].is_abandoned(first.conn));
+    net.advance(5_000);
+    assert!(net.shards[0].is_abandoned(lurker.conn));
+    assert!(net.shards[0].is_abandoned(first.conn));
+    assert_eq!(net.shards[0].counters().closes_abandoned, 2);
+}
+
+#[test]
+fn what_expired_undelivered_can_never_be_marked_read() {
+    let mut net = Net::new(2, |c| {
+        c.message_retention_ms = 60_000;
+        c.idle_timeout_ms = u64::MAX / 4;
+    });
+    let (a, b) = pair(&net);
+    let (alice, alice_key) = net.signup(&a);
+    let (bob, bob_key) = net.signup(&b);
+    let (mut alice_conn, _) = net.login(alice, alice_key);
+    net.send(
+        &mut alice_conn,
+        ClientFrame::CreateGroup {
+            client_id: 50,
+            subject: "stale",
+            members: vec![bob],
+        },
+    );
+    let group = GroupId::derive(alice, 50);
+    net.message(&mut alice_conn, bob, 5, b"never read");
+    net.send(
+        &mut alice_conn,
+        ClientFrame::GroupSend {
+            client_id: 51,
+            group,
+            body: b"never read either",
+        },
+    );
+    net.advance(61_000);
+    net.advance(61_000);
+    let mut expired: Vec<u64> = net
+        .read(&alice_conn)
+        .iter()
+        .filter_map(|g| match g {
+            Got::Receipt {
+                kind: ReceiptKind::Expired,
+                client_id,
+                ..
+            } => Some(*client_id),
+            _ => None,
+        })
+        .collect();
+    expired.sort_unstable();
+    assert_eq!(expired, vec![5, 51], "the message and the post");
+    let refused = vec![Got::Error(ErrorKind::BadRequest)];
+    let (mut bob_conn, _) = net.login(bob, bob_key);
+    assert_eq!(read(&mut net, &mut bob_conn, alice, 5), refused);
+    assert_eq!(read(&mut net, &mut bob_conn, alice, 51), refused);
+    // The same after a restart, from the log, and after a checkpoint.
+    for compact in [false, true] {
+        if compact {
+            net.compact();
+        }
+        net.restart();
+        let (mut bob_conn, _) = net.login(bob, bob_key);
+        assert_eq!(read(&mut net, &mut bob_conn, alice, 5), refused);
+        assert_eq!(read(&mut net, &mut bob_conn, alice, 51), refused);
+    }
+}

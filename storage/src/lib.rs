@@ -14,7 +14,7 @@ mod memory;
 mod record;
 
 pub use memory::MemoryJournal;
-pub use record::{EntryRecord, Owner, Post, Record, KEY_HASH_BYTES};
+pub use record::{EntryRecord, Owner, Post, Record, DEDUP_READ_BIT, KEY_HASH_BYTES};
 
 /// Counters a journal keeps about itself, for metrics and benchmarks.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -8,6 +8,10 @@ use wire::{GroupChange, GroupId, Phone, Profile, PushPlatform, ReceiptKind};
 /// Bytes of a device key hash (SHA-256).
 pub const KEY_HASH_BYTES: usize = 32;
 
+/// Set in the `seq` of a [`Record::Dedup`]: the message may not be marked
+/// read any more. Mailbox seqs never come near it.
+pub const DEDUP_READ_BIT: u64 = 1 << 63;
+
 /// One durable change to a shard's state. Variants are only ever appended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Record {
@@ -32,6 +36,9 @@ pub enum Record {
     MailboxStart { owner: Phone, next_seq: u64 },
     /// In a checkpoint: a message to `owner` accepted recently enough that
     /// a resend must still be recognised, whether or not it is acknowledged.
+    /// In the log too, after the message expired undelivered. With
+    /// [`DEDUP_READ_BIT`] set in `seq`, no `Read` of it is accepted (its
+    /// read receipt was passed on, or it was never delivered).
     Dedup {
         owner: Phone,
         from: Phone,

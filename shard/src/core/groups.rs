@@ -471,7 +471,11 @@ impl Shard {
         }
         if let Some((from, client_id)) = receipt {
             match kind {
-                wire::ReceiptKind::Expired => self.counters.messages_expired += 1,
+                wire::ReceiptKind::Expired => {
+                    self.counters.messages_expired += 1;
+                    // Never delivered: never to be marked read.
+                    self.group_reads.forbid_read(by, from, client_id);
+                }
                 _ => self.counters.messages_acked += 1,
             }
             let shard = self.config.map.shard_of(from);
@@ -603,9 +607,17 @@ impl Shard {
     /// reference stays until `restored`: a later record may still refer
     /// to it (entries of one fan-out can reach the log at different times
     /// through the write-back cache).
-    pub(super) fn restore_group_ack(&mut self, group: GroupId, gseq: u64) {
+    pub(super) fn restore_group_ack(&mut self, member: Phone, group: GroupId, gseq: u64) {
         if let Some(copy) = self.group_copies.get_mut(&(group, gseq)) {
             copy.refs = copy.refs.saturating_sub(1);
+            // The log does not say whether it was acknowledged or expired:
+            // no `Read` of it is accepted after a restart.
+            if let Post::Message {
+                from, client_id, ..
+            } = copy.post
+            {
+                self.group_reads.forbid_read(member, from, client_id);
+            }
         }
     }
 
