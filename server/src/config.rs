@@ -148,6 +148,10 @@ pub struct Limits {
     /// Receipts one account may have queued, apart from its messages;
     /// past it new receipts are dropped and counted.
     pub receipts_max: usize,
+    /// Group posts one account may have queued, and their body bytes,
+    /// apart from its 1:1 messages.
+    pub group_entries_max: usize,
+    pub group_bytes_max: usize,
     /// Members one group may have, its creator included.
     pub group_members_max: usize,
     /// Numbers one account's contact list may hold; contact syncs per
@@ -215,6 +219,8 @@ impl Default for Limits {
             mailbox_entries_max: shard.mailbox_entries_max,
             mailbox_bytes_max: shard.mailbox_bytes_max,
             receipts_max: shard.receipts_max,
+            group_entries_max: shard.group_entries_max,
+            group_bytes_max: shard.group_bytes_max,
             group_members_max: shard.group_members_max,
             contacts_max: shard.contacts_max,
             contact_syncs_per_hour: shard.contact_syncs_per_hour,

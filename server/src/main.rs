@@ -204,6 +204,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         shard_config.mailbox_entries_max = config.limits.mailbox_entries_max;
         shard_config.mailbox_bytes_max = config.limits.mailbox_bytes_max;
         shard_config.receipts_max = config.limits.receipts_max;
+        shard_config.group_entries_max = config.limits.group_entries_max;
+        shard_config.group_bytes_max = config.limits.group_bytes_max;
         shard_config.group_members_max = config.limits.group_members_max;
         shard_config.contacts_max = config.limits.contacts_max;
         shard_config.contact_syncs_per_hour = config.limits.contact_syncs_per_hour;

@@ -77,6 +77,14 @@ pub struct ShardConfig {
     /// counted (`receipts_dropped_mailbox_full`): a sender who never reads
     /// loses only receipts of its own messages.
     pub receipts_max: usize,
+    /// Group posts one account may have queued, and the body bytes they
+    /// stand for (each member's share of the post's copy), apart from its
+    /// 1:1 messages: a group someone added it to can neither make it
+    /// refuse 1:1 messages nor hold unbounded memory for it. Past either,
+    /// the member's entry is not made (counted in
+    /// `group_entries_dropped_mailbox_full`).
+    pub group_entries_max: usize,
+    pub group_bytes_max: usize,
     /// Members one group may have, its creator included.
     pub group_members_max: usize,
     /// Numbers one account's contact list may hold.
@@ -146,6 +154,8 @@ impl ShardConfig {
             mailbox_entries_max: 100_000,
             mailbox_bytes_max: 256 * 1024 * 1024,
             receipts_max: 100_000,
+            group_entries_max: 200_000,
+            group_bytes_max: 256 * 1024 * 1024,
             outbox_feed_bytes_max: 64 * 1024,
             outbox_bytes_max: 1024 * 1024,
             send_rate_per_s: 1_000,

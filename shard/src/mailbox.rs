@@ -18,8 +18,12 @@ pub struct Mailbox {
     /// `Ack { up_to: 0 }` means "nothing".
     next_seq: u64,
     bytes: usize,
-    /// Entries that are receipts: they have a bound of their own.
+    /// Entries that are receipts, and entries that are group posts with
+    /// the body bytes of those posts (held once per shard in the group's
+    /// copy, counted here per member): each kind has bounds of its own.
     receipts: usize,
+    group_entries: usize,
+    group_bytes: usize,
 }
 
 impl Mailbox {
@@ -29,6 +33,8 @@ impl Mailbox {
             next_seq: 1,
             bytes: 0,
             receipts: 0,
+            group_entries: 0,
+            group_bytes: 0,
         }
     }
 
@@ -40,9 +46,31 @@ impl Mailbox {
         self.entries.is_empty()
     }
 
-    /// Entries that are messages (1:1 or group posts).
+    /// Entries that are 1:1 messages.
     pub fn messages(&self) -> usize {
-        self.entries.len() - self.receipts
+        self.entries.len() - self.receipts - self.group_entries
+    }
+
+    /// Entries that are group posts, and the body bytes they stand for.
+    pub fn group_entries(&self) -> usize {
+        self.group_entries
+    }
+
+    pub fn group_bytes(&self) -> usize {
+        self.group_bytes
+    }
+
+    /// A group entry stands for `bytes` of body: its owner counts them
+    /// here when it appends the entry, and takes them back with
+    /// `group_entry_gone` when the entry goes (the mailbox cannot see the
+    /// post's body).
+    pub fn group_entry_bytes(&mut self, bytes: usize) {
+        self.group_bytes += bytes;
+    }
+
+    pub fn group_entry_gone(&mut self, bytes: usize) {
+        debug_assert!(self.group_bytes >= bytes, "group bytes taken back twice");
+        self.group_bytes = self.group_bytes.saturating_sub(bytes);
     }
 
     /// Entries that are receipts.
@@ -83,6 +111,7 @@ impl Mailbox {
         self.next_seq += 1;
         self.bytes += record_bytes(&record);
         self.receipts += usize::from(matches!(record, EntryRecord::Receipt { .. }));
+        self.group_entries += usize::from(matches!(record, EntryRecord::Group { .. }));
         self.entries.push_back(Entry { seq, record });
         seq
     }
@@ -93,6 +122,7 @@ impl Mailbox {
             let entry = self.entries.pop_front().expect("front checked");
             self.bytes -= record_bytes(&entry.record);
             self.receipts -= usize::from(matches!(entry.record, EntryRecord::Receipt { .. }));
+            self.group_entries -= usize::from(matches!(entry.record, EntryRecord::Group { .. }));
             removed(entry);
         }
         if self.entries.is_empty() && self.entries.capacity() > 16 {

@@ -725,3 +725,100 @@ fn what_expired_undelivered_can_never_be_marked_read() {
         assert_eq!(read(&mut net, &mut bob_conn, alice, 51), refused);
     }
 }
+
+#[test]
+fn a_group_cannot_make_a_member_unreachable_nor_hold_unbounded_bytes_for_it() {
+    let mut net = Net::new(2, |c| {
+        c.mailbox_entries_max = 3;
+        c.group_entries_max = 5;
+        c.group_bytes_max = 10_000;
+    });
+    let (a, b) = pair(&net);
+    let (mallory, mallory_key) = net.signup(&a);
+    let (victim, victim_key) = net.signup(&b);
+    let (friend, friend_key) = net.signup("+15550000099");
+    let (mut mallory_conn, _) = net.login(mallory, mallory_key);
+    net.send(
+        &mut mallory_conn,
+        ClientFrame::CreateGroup {
+            client_id: 1,
+            subject: "spam",
+            members: vec![victim],
+        },
+    );
+    let group = GroupId::derive(mallory, 1);
+    // The victim is away; posts pile up in its mailbox: the notice and
+    // four small posts reach the entry bound.
+    for client_id in 2..=9 {
+        net.send(
+            &mut mallory_conn,
+            ClientFrame::GroupSend {
+                client_id,
+                group,
+                body: b"spam",
+            },
+        );
+    }
+    let shard = net.shards[0].config().map.shard_of(victim) as usize;
+    assert_eq!(net.shards[shard].counters().group_entries_stored, 5);
+    // A friend's 1:1 messages still get in, up to the 1:1 bound.
+    let (mut friend_conn, _) = net.login(friend, friend_key);
+    for client_id in 1..=3 {
+        net.message(&mut friend_conn, victim, client_id, b"are you there?");
+    }
+    let got = net.read(&friend_conn);
+    assert!(got.iter().all(|g| matches!(g, Got::Sent { .. })), "{got:?}");
+    assert_eq!(got.len(), 3);
+
+    // Bytes: after the victim reads everything, two 4,000-byte posts fit
+    // in 10,000 bytes and a third does not.
+    let (mut victim_conn, mut got) = net.login(victim, victim_key);
+    while let Some(seq) = got.iter().rev().find_map(|g| match g {
+        Got::Message { seq, .. } | Got::GroupMessage { seq, .. } | Got::GroupNotice { seq, .. } => {
+            Some(*seq)
+        }
+        _ => None,
+    }) {
+        net.send(&mut victim_conn, ClientFrame::Ack { up_to: seq });
+        got = net.read(&victim_conn);
+    }
+    net.shards[shard].closed(victim_conn.conn, net.now_ms);
+    net.settle();
+    let before = net.shards[shard]
+        .counters()
+        .group_entries_dropped_mailbox_full;
+    let big = vec![7u8; 4_000];
+    for client_id in 20..23 {
+        net.send(
+            &mut mallory_conn,
+            ClientFrame::GroupSend {
+                client_id,
+                group,
+                body: &big,
+            },
+        );
+    }
+    let dropped = net.shards[shard]
+        .counters()
+        .group_entries_dropped_mailbox_full
+        - before;
+    assert_eq!(dropped, 1);
+    // What was stored comes back with its bytes after a restart, and the
+    // bound still holds.
+    net.restart();
+    let (mut mallory_conn, _) = net.login(mallory, mallory_key);
+    net.send(
+        &mut mallory_conn,
+        ClientFrame::GroupSend {
+            client_id: 30,
+            group,
+            body: &big,
+        },
+    );
+    assert_eq!(
+        net.shards[shard]
+            .counters()
+            .group_entries_dropped_mailbox_full,
+        1
+    );
+}

@@ -410,13 +410,17 @@ impl Shard {
         // The copy goes in first: appending pumps, and the pump reads it.
         self.group_copies
             .insert((group, gseq), Copy { post, refs: 0 });
-        let entries_max = self.config.mailbox_entries_max.saturating_mul(2);
+        let (entries_max, bytes_max) = (self.config.group_entries_max, self.config.group_bytes_max);
+        let body_bytes = post_bytes(&self.group_copies[&(group, gseq)].post);
         let mut refs = 0;
         for member in members {
-            let room = self
-                .accounts
-                .get(&member)
-                .map(|a| a.mailbox.messages() < entries_max);
+            // Group posts have bounds of their own in each member's
+            // mailbox: a group one was added to cannot make it refuse 1:1
+            // messages, nor hold more than `group_bytes_max` for it.
+            let room = self.accounts.get(&member).map(|a| {
+                a.mailbox.group_entries() < entries_max
+                    && a.mailbox.group_bytes() + body_bytes <= bytes_max
+            });
             match room {
                 Some(true) => {
                     if let Some(copy) = self.group_copies.get_mut(&(group, gseq)) {
@@ -425,6 +429,9 @@ impl Shard {
                     refs += 1;
                     if let Some(seq) = self.append(member, EntryRecord::Group { group, gseq }) {
                         self.readable_group_entry(member, group, gseq, seq);
+                    }
+                    if let Some(account) = self.accounts.get_mut(&member) {
+                        account.mailbox.group_entry_bytes(body_bytes);
                     }
                 }
                 Some(false) => self.counters.group_entries_dropped_mailbox_full += 1,
@@ -460,6 +467,13 @@ impl Shard {
             return;
         };
         copy.refs = copy.refs.saturating_sub(1);
+        let body_bytes = post_bytes(&copy.post);
+        if let Some(account) = self.accounts.get_mut(&by) {
+            account.mailbox.group_entry_gone(body_bytes);
+        }
+        let Some(copy) = self.group_copies.get(&(group, gseq)) else {
+            return;
+        };
         let receipt = match &copy.post {
             Post::Message {
                 from, client_id, ..
@@ -583,6 +597,10 @@ impl Shard {
             .get_mut(&(group, gseq))
             .ok_or(RestoreError::UnknownGroupPost { group, gseq })?;
         copy.refs += 1;
+        let body_bytes = post_bytes(&copy.post);
+        if let Some(account) = self.accounts.get_mut(&member) {
+            account.mailbox.group_entry_bytes(body_bytes);
+        }
         self.readable_group_entry(member, group, gseq, seq);
         Ok(())
     }
@@ -610,6 +628,10 @@ impl Shard {
     pub(super) fn restore_group_ack(&mut self, member: Phone, group: GroupId, gseq: u64) {
         if let Some(copy) = self.group_copies.get_mut(&(group, gseq)) {
             copy.refs = copy.refs.saturating_sub(1);
+            let body_bytes = post_bytes(&copy.post);
+            if let Some(account) = self.accounts.get_mut(&member) {
+                account.mailbox.group_entry_gone(body_bytes);
+            }
             // The log does not say whether it was acknowledged or expired:
             // no `Read` of it is accepted after a restart.
             if let Post::Message {
@@ -667,5 +689,13 @@ impl Shard {
                 gseq,
             });
         }
+    }
+}
+
+/// The body bytes a member's entry for `post` stands for.
+fn post_bytes(post: &Post) -> usize {
+    match post {
+        Post::Message { body, .. } => body.len(),
+        Post::Change { .. } => 0,
     }
 }
