@@ -74,8 +74,16 @@ fn anonymous_connections_from_one_source_are_capped_and_phones_still_log_in() {
 #[test]
 fn running_out_of_file_descriptors_backs_off_quietly_and_recovers() {
     let data_dir = tempfile::tempdir().unwrap();
+    // The caps on anonymous connections would refuse the flood before the
+    // descriptors run out (half the limit by default): lifted here, so
+    // that accept itself fails.
+    let config = config_file(
+        data_dir.path(),
+        "prelogin_connections_max = 1000\nprelogin_per_source_max = 1000",
+    );
     // One shard needs about fifteen descriptors of its own.
-    let server = Server::start_with(data_dir, &["--shards", "1"], |command| {
+    let extra = ["--shards", "1", "--config", &config];
+    let server = Server::start_with(data_dir, &extra, |command| {
         // SAFETY: setrlimit is async-signal-safe; nothing else runs here.
         unsafe {
             command.pre_exec(|| {
@@ -253,4 +261,56 @@ fn a_connection_that_never_reads_cannot_outlive_its_deadline() {
         std::thread::sleep(Duration::from_millis(100));
     }
     drop(flooders);
+}
+
+#[test]
+fn by_default_anonymous_connections_hold_at_most_half_the_descriptors() {
+    let data_dir = tempfile::tempdir().unwrap();
+    // Sixty descriptors: about fifteen for the server itself, and by
+    // default at most half of the limit for connections not logged in.
+    let server = Server::start_with(data_dir, &["--shards", "1"], |command| {
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs here.
+        unsafe {
+            command.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: 60,
+                    rlim_max: 60,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+    });
+    // A flood from many sources: only half the limit is ever held, so
+    // the server never runs out (logged-in phones keep the rest).
+    let flood: Vec<TcpStream> = (0..100)
+        .filter_map(|n| anonymous(&format!("127.0.1.{}", n + 1), server.plain))
+        .collect();
+    assert_eq!(flood.len(), 30, "half of sixty");
+    assert!(
+        !server
+            .stderr
+            .try_iter()
+            .any(|l| l.contains("accept failed")),
+        "descriptors ran out"
+    );
+    // As the flood's connections go, phones get in.
+    drop(flood);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut client = match loadgen::client::Client::connect(server.plain) {
+            Ok(client) => client,
+            Err(_) => {
+                assert!(Instant::now() < deadline, "no room came back");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        let phone = wire::Phone::parse("+15550000001").unwrap();
+        let key = client.sign_up(phone, || Ok(common::TEST_CODE)).unwrap();
+        client.login(phone, key).unwrap();
+        break;
+    }
 }
