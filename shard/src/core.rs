@@ -640,6 +640,11 @@ impl Shard {
                 }
                 self.restore_push(owner, token);
             }
+            Record::CodeSent {
+                phone,
+                source,
+                at_ms,
+            } => self.restore_code_sent(phone, Source::new(source), at_ms),
         }
         Ok(())
     }
@@ -664,6 +669,7 @@ impl Shard {
     /// recent client ids). What a checkpoint holds.
     pub fn checkpoint(&mut self) -> Vec<Record> {
         let mut records = Vec::with_capacity(self.accounts.len() * 2 + self.dedup.len());
+        self.anonymous.checkpoint(&mut records);
         self.checkpoint_groups(&mut records);
         for (&phone, account) in &self.accounts {
             records.push(Record::AccountKey {
@@ -1249,7 +1255,8 @@ impl Shard {
         self.group_reads.expire(now_ms);
         if now_ms >= self.pruned_at_ms + SOURCE_TABLES_PRUNE_MS {
             self.pruned_at_ms = now_ms;
-            self.anonymous.prune(&self.config, now_ms);
+            let wall_ms = now_ms + self.config.wall_clock_offset_ms;
+            self.anonymous.prune(&self.config, now_ms, wall_ms);
         }
         self.expiry_tick();
         self.write_due(now_ms);
@@ -1416,6 +1423,9 @@ impl Shard {
             return;
         }
         self.counters.codes_sent += 1;
+        let wall_ms = now_ms + self.config.wall_clock_offset_ms;
+        let record = self.anonymous.sent(phone, source, wall_ms);
+        self.records.push(record);
         let signup = self.signups.entry(phone).or_insert(Signup {
             code: None,
             code_expires_at_ms: 0,
@@ -1443,6 +1453,37 @@ impl Shard {
                 expires_in_s,
             },
         );
+    }
+
+    /// A replayed `CodeSent`: the number's allowance is spent again (as
+    /// of now) if the code is still inside the window, like the source's
+    /// and the range's.
+    fn restore_code_sent(&mut self, phone: Phone, source: Source, at_ms: u64) {
+        let wall_ms = self.now_ms + self.config.wall_clock_offset_ms;
+        let times = (self.now_ms, wall_ms);
+        if !self
+            .anonymous
+            .restore_sent(&self.config, (phone, source, at_ms), times)
+        {
+            return;
+        }
+        let rate = self.config.code_number_rate();
+        let now_ms = self.now_ms;
+        let signup = self.signups.entry(phone).or_insert(Signup {
+            code: None,
+            code_expires_at_ms: 0,
+            attempts_left: 0,
+            requests: TokenBucket::full(),
+            timer: None,
+        });
+        let _ = signup.requests.take(1, rate, now_ms);
+        if signup.timer.is_none() {
+            let deadline = now_ms + rate.period_ms;
+            signup.timer = Some(self.timers.arm(
+                deadline.div_ceil(self.config.tick_ms),
+                TimerEvent::Signup(phone),
+            ));
+        }
     }
 
     /// Answers a code request with `RateLimited`, naming the limit.

@@ -822,3 +822,49 @@ fn a_group_cannot_make_a_member_unreachable_nor_hold_unbounded_bytes_for_it() {
         1
     );
 }
+
+#[test]
+fn code_allowances_stay_spent_across_a_crash_and_a_checkpoint() {
+    let mut net = Net::new(1, |c| {
+        c.code_requests_max = 2;
+        c.code_requests_per_source_per_hour = 3;
+        c.code_requests_per_connection_max = 10;
+    });
+    net.advance(60_000);
+    let limited = Got::Error(ErrorKind::RateLimited);
+    let mut conn = connect_from(&mut net, "192.0.2.1").unwrap();
+    // Two codes for one number, then its allowance is spent.
+    assert_eq!(ask_code(&mut net, &mut conn, "+33612000001"), Got::CodeSent);
+    assert_eq!(ask_code(&mut net, &mut conn, "+33612000001"), Got::CodeSent);
+    assert_eq!(ask_code(&mut net, &mut conn, "+33612000001"), limited);
+    for compact in [false, true] {
+        if compact {
+            net.compact();
+        }
+        net.restart();
+        net.advance(60_000);
+        let mut conn = connect_from(&mut net, "192.0.2.9").unwrap();
+        assert_eq!(
+            ask_code(&mut net, &mut conn, "+33612000001"),
+            limited,
+            "the number's allowance (compacted: {compact})"
+        );
+        // The source's third code, then nothing from it.
+        let mut conn = connect_from(&mut net, "192.0.2.1").unwrap();
+        let number = if compact {
+            "+33613000003"
+        } else {
+            "+33613000002"
+        };
+        let expected = if compact {
+            limited.clone()
+        } else {
+            Got::CodeSent
+        };
+        assert_eq!(ask_code(&mut net, &mut conn, number), expected);
+    }
+    // An hour on, all of it comes back.
+    net.advance(60 * 60 * 1000);
+    let mut conn = connect_from(&mut net, "192.0.2.1").unwrap();
+    assert_eq!(ask_code(&mut net, &mut conn, "+33612000001"), Got::CodeSent);
+}

@@ -1,6 +1,6 @@
 //! The records a shard's state is made of.
 
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 use wire::{GroupChange, GroupId, Phone, Profile, PushPlatform, ReceiptKind};
@@ -104,6 +104,16 @@ pub enum Record {
         owner: Phone,
         token: Option<(PushPlatform, String)>,
     },
+    /// A signup code was sent to `phone` (which may have no account) at
+    /// `at_ms` (Unix ms), asked for from `source` (a connection's host).
+    /// Replayed within the allowances' window, it spends them again (per
+    /// number, per source host and network, per range of numbers) as of
+    /// the restart, so a crash hands out no new SMS allowance.
+    CodeSent {
+        phone: Phone,
+        source: IpAddr,
+        at_ms: u64,
+    },
 }
 
 /// Which shard keeps a record.
@@ -132,6 +142,7 @@ impl Record {
             | Record::Profile { owner, .. }
             | Record::LastSeen { owner, .. }
             | Record::PushToken { owner, .. } => Owner::Account(*owner),
+            Record::CodeSent { phone, .. } => Owner::Account(*phone),
             Record::GroupPost { group, .. }
             | Record::GroupState { group, .. }
             | Record::GroupDedup { group, .. } => Owner::Group(*group),

@@ -6,7 +6,10 @@
 //! Every such limit is a [`TokenBucket`] or a count owned here; the shard
 //! reaches them only through [`Anonymous`]'s verbs.
 
+use std::collections::VecDeque;
+
 use ahash::AHashMap;
+use storage::Record;
 use wire::Phone;
 
 use crate::{
@@ -36,7 +39,15 @@ pub(super) struct Anonymous {
     /// The shard's SMS budget. Made spent at start: a crash cannot hand
     /// out a new burst of paid messages.
     sms: TokenBucket,
+    /// Codes sent within the allowances' window, oldest first, as
+    /// `(Unix ms, number, source)`: what a checkpoint writes as `CodeSent`
+    /// records so that the allowances stay spent across restarts.
+    recent: VecDeque<(u64, Phone, Source)>,
 }
+
+/// Codes remembered for checkpoints, at most: the SMS budget keeps the
+/// real count far below (600 a minute is 36,000 an hour).
+const CODES_REMEMBERED_MAX: usize = 100_000;
 
 /// Which limit refused a code request, and when to retry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +66,80 @@ impl Anonymous {
             code_prefixes: Buckets::new(entries_max),
             code_ranges: Buckets::new(entries_max),
             sms: TokenBucket::spent(config.sms_rate(), now_ms),
+            recent: VecDeque::new(),
         }
+    }
+
+    /// How long a sent code counts against an allowance: the longest of
+    /// their windows.
+    fn window_ms(config: &ShardConfig) -> u64 {
+        [
+            config.code_number_rate(),
+            config.code_source_rate(),
+            config.code_prefix_rate(),
+            config.code_range_rate(),
+        ]
+        .iter()
+        .map(|rate| rate.period_ms)
+        .max()
+        .unwrap_or(0)
+    }
+
+    /// A code went out at `wall_ms`: remembered until its window ends, and
+    /// returned as the record that makes it durable.
+    pub(super) fn sent(&mut self, phone: Phone, source: Source, wall_ms: u64) -> Record {
+        if self.recent.len() >= CODES_REMEMBERED_MAX {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((wall_ms, phone, source));
+        Record::CodeSent {
+            phone,
+            source: source.addr(),
+            at_ms: wall_ms,
+        }
+    }
+
+    /// A replayed `CodeSent`: if it is still inside the window, spends the
+    /// source, network and range allowances again as of now (when it was
+    /// spent before the restart is not kept, so this errs towards spent).
+    /// True when it is; the caller spends the number's own allowance.
+    pub(super) fn restore_sent(
+        &mut self,
+        config: &ShardConfig,
+        (phone, source, at_ms): (Phone, Source, u64),
+        (now_ms, wall_ms): (u64, u64),
+    ) -> bool {
+        if wall_ms.saturating_sub(at_ms) >= Anonymous::window_ms(config) {
+            return false;
+        }
+        // Already spent is fine: a replay only ever adds.
+        let _ = self
+            .code_sources
+            .take(source, 1, config.code_source_rate(), now_ms);
+        let _ = self
+            .code_prefixes
+            .take(source.prefix(), 1, config.code_prefix_rate(), now_ms);
+        let _ = self
+            .code_ranges
+            .take(number_range(phone), 1, config.code_range_rate(), now_ms);
+        if self.recent.len() >= CODES_REMEMBERED_MAX {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((at_ms, phone, source));
+        true
+    }
+
+    /// The codes still inside their window, as records.
+    pub(super) fn checkpoint(&self, records: &mut Vec<Record>) {
+        records.extend(
+            self.recent
+                .iter()
+                .map(|&(at_ms, phone, source)| Record::CodeSent {
+                    phone,
+                    source: source.addr(),
+                    at_ms,
+                }),
+        );
     }
 
     /// A connection from `source` that has not logged in wants to live on
@@ -139,8 +223,17 @@ impl Anonymous {
         Ok(())
     }
 
-    /// Forgets buckets that refilled (called now and then from `tick`).
-    pub(super) fn prune(&mut self, config: &ShardConfig, now_ms: u64) {
+    /// Forgets buckets that refilled and codes past their window (called
+    /// now and then from `tick`).
+    pub(super) fn prune(&mut self, config: &ShardConfig, now_ms: u64, wall_ms: u64) {
+        let window_ms = Anonymous::window_ms(config);
+        while self
+            .recent
+            .front()
+            .is_some_and(|&(at_ms, ..)| at_ms + window_ms <= wall_ms)
+        {
+            self.recent.pop_front();
+        }
         self.code_sources.prune(config.code_source_rate(), now_ms);
         self.code_prefixes.prune(config.code_prefix_rate(), now_ms);
         self.code_ranges.prune(config.code_range_rate(), now_ms);
