@@ -313,3 +313,50 @@ fn the_write_back_cache_is_written_out_on_a_clean_stop() {
         "{got:?}"
     );
 }
+
+/// The write-back cache may never write a message acknowledged in time,
+/// but a clean stop keeps the seq it took and its client id: after the
+/// restart seqs continue and a resend is recognised, not stored again.
+#[test]
+fn a_clean_stop_keeps_seqs_and_resends_of_messages_the_cache_never_wrote() {
+    let server = Server::start(&["--sync-delay-ms", "2000"]);
+    let (mut alice, _, alice_key) = server.phone("+15550000001");
+    let (mut bob, bob_phone, bob_key) = server.phone("+15550000002");
+    let alice_phone = wire::Phone::parse("+15550000001").unwrap();
+    let send = |client: &mut Client, client_id: u64| {
+        client
+            .send(&ClientFrame::Send {
+                client_id,
+                to: bob_phone,
+                body: b"hello",
+            })
+            .unwrap();
+        match until(client, |e| matches!(e, Event::Sent { .. })) {
+            Event::Sent { id, .. } => id,
+            _ => unreachable!(),
+        }
+    };
+    assert_eq!(send(&mut alice, 1), 1);
+    until(&mut bob, |e| matches!(e, Event::Message { seq: 1, .. }));
+    bob.send(&ClientFrame::Ack { up_to: 1 }).unwrap();
+    // The ack is in before the stop: a ping's answer follows it.
+    bob.send(&ClientFrame::Ping { nonce: 7 }).unwrap();
+    until(&mut bob, |e| matches!(e, Event::Pong { nonce: 7 }));
+    drop((alice, bob));
+    let (status, dir) = server.stop_keeping_data();
+    assert!(status.success());
+
+    let server = Server::start_in(dir, &["--sync-delay-ms", "2000"]);
+    let mut alice = server.connect();
+    alice.login(alice_phone, alice_key).unwrap();
+    assert_eq!(send(&mut alice, 2), 2, "seqs continue after the stop");
+    assert_eq!(send(&mut alice, 1), 1, "the resend is recognised");
+    let mut bob = server.connect();
+    bob.login(bob_phone, bob_key).unwrap();
+    match until(&mut bob, |e| matches!(e, Event::Message { .. })) {
+        Event::Message { seq, client_id, .. } => assert_eq!((seq, client_id), (2, 2)),
+        _ => unreachable!(),
+    }
+    bob.set_timeout(Duration::from_millis(500)).unwrap();
+    assert!(bob.recv().is_err(), "nothing stored twice");
+}

@@ -599,7 +599,14 @@ impl Shard {
                         groups_acked.push((group, gseq));
                     }
                 });
+                if up_to > account.mailbox.last_seq() {
+                    // Entries up to `up_to` were acknowledged before they
+                    // were written: the mailbox goes on after them.
+                    let emptied = account.mailbox.start_at(up_to + 1);
+                    debug_assert!(emptied, "an ack past the last entry empties the mailbox");
+                }
                 account.written_acked(up_to);
+                account.written_put = account.written_put.max(up_to);
                 for (group, gseq) in groups_acked {
                     self.restore_group_ack(owner, group, gseq);
                 }
@@ -1328,12 +1335,25 @@ impl Shard {
                     account.cached -= 1;
                 }
                 if seq <= account.mailbox.acked_up_to() {
+                    // Acknowledged before it was due: its body is never
+                    // written. What must outlive it is written instead:
+                    // its client id for resend detection (here), and the
+                    // seq it took (by the ack that covers it, below).
                     if let Record::MailboxPut {
-                        entry: EntryRecord::Message { .. },
+                        entry:
+                            EntryRecord::Message {
+                                from, client_id, ..
+                            },
                         ..
                     } = record
                     {
                         self.counters.messages_never_written += 1;
+                        self.records.push(Record::Dedup {
+                            owner,
+                            from,
+                            client_id,
+                            seq,
+                        });
                     }
                     return;
                 }
@@ -1351,11 +1371,18 @@ impl Shard {
                 self.records.push(record);
             }
             Record::MailboxAck { up_to, .. } => {
-                // Only an ack that covers a written entry needs writing.
-                if account.written_unacked_from.is_none_or(|from| from > up_to) {
+                // An ack is written when it covers a written entry, or
+                // when it covers seqs the journal has not seen (entries
+                // acknowledged before they were written): replay must
+                // continue the mailbox after them, never reuse a seq.
+                let covers_written = account
+                    .written_unacked_from
+                    .is_some_and(|from| from <= up_to);
+                if !covers_written && up_to <= account.written_put {
                     return;
                 }
                 account.written_acked(up_to);
+                account.written_put = account.written_put.max(up_to);
                 self.records.push(record);
             }
             _ => unreachable!("matched above"),
