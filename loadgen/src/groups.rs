@@ -422,7 +422,11 @@ async fn phone(
                 ..
             } => {
                 up_to = up_to.max(seq);
-                if kind == ReceiptKind::Delivered {
+                if kind == ReceiptKind::Undeliverable {
+                    // Never to arrive: counted where the run ends.
+                    thread.shared.errors.fetch_add(1, Relaxed);
+                }
+                if matches!(kind, ReceiptKind::Delivered | ReceiptKind::Undeliverable) {
                     if let Some(left) = in_flight.get_mut(&client_id) {
                         *left -= 1;
                         if *left == 0 {

@@ -761,6 +761,13 @@ fn a_group_cannot_make_a_member_unreachable_nor_hold_unbounded_bytes_for_it() {
     }
     let shard = net.shards[0].config().map.shard_of(victim) as usize;
     assert_eq!(net.shards[shard].counters().group_entries_stored, 5);
+    // Each post answered `Sent` that will not reach the victim is reported.
+    let undeliverable: Vec<u64> = receipts(&net.read(&mallory_conn))
+        .into_iter()
+        .filter(|&(kind, by, _)| kind == ReceiptKind::Undeliverable && by == victim)
+        .map(|(_, _, client_id)| client_id)
+        .collect();
+    assert_eq!(undeliverable, vec![6, 7, 8, 9]);
     // A friend's 1:1 messages still get in, up to the 1:1 bound.
     let (mut friend_conn, _) = net.login(friend, friend_key);
     for client_id in 1..=3 {
@@ -803,6 +810,7 @@ fn a_group_cannot_make_a_member_unreachable_nor_hold_unbounded_bytes_for_it() {
         .group_entries_dropped_mailbox_full
         - before;
     assert_eq!(dropped, 1);
+    assert!(receipts(&net.read(&mallory_conn)).contains(&(ReceiptKind::Undeliverable, victim, 22)));
     // What was stored comes back with its bytes after a restart, and the
     // bound still holds.
     net.restart();

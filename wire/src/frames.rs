@@ -263,6 +263,10 @@ pub enum ReceiptKind {
     /// The message waited longer than the server keeps messages and was
     /// deleted without reaching `by`.
     Expired,
+    /// The group post, answered `Sent`, could not be stored for the member
+    /// `by` (its mailbox held as many group posts as one account may) and
+    /// will never reach it.
+    Undeliverable,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

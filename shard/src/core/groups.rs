@@ -434,7 +434,12 @@ impl Shard {
                         account.mailbox.group_entry_bytes(body_bytes);
                     }
                 }
-                Some(false) => self.counters.group_entries_dropped_mailbox_full += 1,
+                Some(false) => {
+                    self.counters.group_entries_dropped_mailbox_full += 1;
+                    // Its author was answered `Sent`: it is told, never
+                    // left to believe the post arrived.
+                    self.tell_undeliverable(member, group, gseq);
+                }
                 // Added while not (or no longer) registered here.
                 None => self.counters.group_entries_no_account += 1,
             }
@@ -456,6 +461,25 @@ impl Shard {
     /// reference (and goes with the last), and a message's sender is told.
     /// A member's entry for a post left its mailbox: acknowledged (the
     /// author hears `Delivered`) or expired (`Expired`).
+    /// `member` will never get post `gseq` of `group`: its author gets an
+    /// `Undeliverable` receipt (notices have no author waiting on them).
+    fn tell_undeliverable(&mut self, member: Phone, group: GroupId, gseq: u64) {
+        let Some(Post::Message {
+            from, client_id, ..
+        }) = self.group_copies.get(&(group, gseq)).map(|c| &c.post)
+        else {
+            return;
+        };
+        let (to, client_id) = (*from, *client_id);
+        let receipt = PeerMessage::Receipt {
+            to,
+            by: member,
+            client_id,
+            kind: wire::ReceiptKind::Undeliverable,
+        };
+        self.route(self.config.map.shard_of(to), receipt);
+    }
+
     pub(super) fn group_entry_released(
         &mut self,
         by: Phone,
