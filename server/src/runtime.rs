@@ -128,6 +128,9 @@ pub struct Runtime {
     /// Commits begun and finished (or given up on, once the journal failed).
     commits_started: Cell<u64>,
     commits_done: Cell<u64>,
+    /// The commit in flight is waiting to be retried (a full disk, a
+    /// resource short): connections stop holding their bytes for it.
+    commit_stalled: Cell<bool>,
     /// Connections holding their bytes until a commit finishes; drained
     /// (and woken) after every commit, each task on it at most once.
     holding: RefCell<Vec<Waker>>,
@@ -207,6 +210,16 @@ impl Runtime {
             self.commits_started.get() + 1
         } else {
             self.commits_started.get()
+        }
+    }
+
+    /// The commit in flight cannot finish for now: connections holding
+    /// their bytes for it write them.
+    fn commit_stalls(&self) {
+        if !self.commit_stalled.replace(true) {
+            for waker in self.holding.borrow_mut().drain(..) {
+                waker.wake();
+            }
         }
     }
 
@@ -290,6 +303,7 @@ pub async fn run(setup: ShardSetup) {
         commits_started: Cell::new(0),
         commits_done: Cell::new(0),
         holding: RefCell::new(Vec::new()),
+        commit_stalled: Cell::new(false),
         checkpoint_written: RefCell::new(None),
         journal_stats: Cell::new(JournalStats::default()),
     });
@@ -700,13 +714,25 @@ async fn commit(runtime: Rc<Runtime>, mut journal: impl Journal + Segments, plan
             .commits_started
             .set(runtime.commits_started.get() + 1);
         let mut result = journal.commit(&records).await;
-        while let Err(JournalError::NoSpace) = result {
+        loop {
             // Nothing of the batch was written and the log is intact: the
-            // same records go again once there is room. Its replies wait;
-            // meanwhile no new message is accepted, so only acks pile up.
-            note_disk_full(&runtime, true);
+            // same records go again once there is room (or the resource
+            // it lacked). Its replies wait; meanwhile no new message is
+            // accepted, so only acks pile up.
+            match &result {
+                Err(JournalError::NoSpace) => note_disk_full(&runtime, true),
+                Err(JournalError::Unavailable(reason)) => {
+                    note_storage_unavailable(&runtime, Some(reason));
+                }
+                _ => break,
+            }
+            runtime.commit_stalls();
             glommio::timer::sleep(DISK_FULL_CHECK).await;
             result = journal.commit(&records).await;
+        }
+        runtime.commit_stalled.set(false);
+        if result.is_ok() {
+            note_storage_unavailable(&runtime, None);
         }
         match result {
             Ok(()) => {
@@ -752,6 +778,28 @@ const CHECKPOINT_RETRY: Duration = Duration::from_secs(10);
 
 /// How often a full disk is looked at again.
 const DISK_FULL_CHECK: Duration = Duration::from_secs(1);
+
+/// Tells the shard (and the operator) when the journal runs short of a
+/// resource other than space (`reason`), or has it again (`None`).
+fn note_storage_unavailable(runtime: &Runtime, reason: Option<&str>) {
+    let mut core = runtime.core.borrow_mut();
+    if core.is_storage_unavailable() == reason.is_some() {
+        return;
+    }
+    core.set_storage_unavailable(reason.is_some());
+    match reason {
+        Some(reason) => log::warn!(
+            "shard {}: {reason}; refusing new messages and signups (Overloaded) and \
+             trying again every {} ms",
+            runtime.shard_id,
+            DISK_FULL_CHECK.as_millis()
+        ),
+        None => log::warn!(
+            "shard {}: the journal has what it needs again; accepting messages",
+            runtime.shard_id
+        ),
+    }
+}
 
 /// Tells the shard (and the operator) when the disk fills up or has room
 /// again.
@@ -1079,9 +1127,15 @@ impl ConnTask {
                 }
                 let runtime = &self.runtime;
                 let done = runtime.commits_done.get();
-                let needed = *self
-                    .hold_until
-                    .get_or_insert_with(|| runtime.commit_covering_now());
+                // While the commit waits for the disk (or a resource), what
+                // the outbox holds promises nothing durable (`Sent` waits
+                // in the shard): it goes out rather than wait with it.
+                let needed = match runtime.commit_stalled.get() {
+                    true => 0,
+                    false => *self
+                        .hold_until
+                        .get_or_insert_with(|| runtime.commit_covering_now()),
+                };
                 if needed > done {
                     if self.held_at != Some(done) {
                         runtime.holding.borrow_mut().push(cx.waker().clone());

@@ -48,6 +48,7 @@ const SOURCE_TABLES_PRUNE_MS: u64 = 60_000;
 
 const STORAGE_FAILED: &str = "the server cannot write to its storage; try later";
 const DISK_FULL: &str = "the server's disk is full; try later";
+const STORAGE_UNAVAILABLE: &str = "the server is short of resources for its storage; retry later";
 
 /// A journal that cannot have been written by this shard's rules.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -260,7 +261,8 @@ pub struct ShardCounters {
     /// and receipts dropped at the receipt bound (`receipts_max`).
     pub messages_refused_mailbox_full: u64,
     pub receipts_dropped_mailbox_full: u64,
-    /// Messages and signups refused while the disk was full.
+    /// Messages and signups refused while the disk was full (or the
+    /// journal short of a resource).
     pub messages_refused_disk_full: u64,
     pub signups_refused_disk_full: u64,
     /// Groups this shard owns (a gauge; groups are never deleted).
@@ -468,6 +470,10 @@ pub struct Shard {
     /// The journal's disk is full: what room is left is kept for
     /// acknowledgements, so new messages and signups are refused.
     disk_full: bool,
+    /// The journal could not prepare its next segment for want of a
+    /// resource that comes back (file descriptors, memory): new messages
+    /// and signups are refused with `Overloaded` until a commit succeeds.
+    storage_unavailable: bool,
 }
 
 impl Shard {
@@ -509,6 +515,7 @@ impl Shard {
             counters: ShardCounters::default(),
             journal_failed: false,
             disk_full: false,
+            storage_unavailable: false,
         }
     }
 
@@ -959,6 +966,29 @@ impl Shard {
 
     pub fn is_disk_full(&self) -> bool {
         self.disk_full
+    }
+
+    /// The journal is short of a resource (or has it again). While it is,
+    /// sends and signups are refused with `Overloaded`; the rest goes on as
+    /// with a full disk.
+    pub fn set_storage_unavailable(&mut self, unavailable: bool) {
+        self.storage_unavailable = unavailable;
+    }
+
+    pub fn is_storage_unavailable(&self) -> bool {
+        self.storage_unavailable
+    }
+
+    /// Why new durable work is refused for now, if it is: a full disk, or
+    /// a journal short of a resource. Both pass by themselves.
+    fn durable_refusal(&self) -> Option<(ErrorKind, &'static str)> {
+        if self.disk_full {
+            Some((ErrorKind::DiskFull, DISK_FULL))
+        } else if self.storage_unavailable {
+            Some((ErrorKind::Overloaded, STORAGE_UNAVAILABLE))
+        } else {
+            None
+        }
     }
 
     /// Records up to `batch` are durable: release the replies that waited.
@@ -1530,9 +1560,9 @@ impl Shard {
             self.reply_error(id, ErrorKind::StorageFailed, None, STORAGE_FAILED);
             return;
         }
-        if self.disk_full {
+        if let Some((kind, detail)) = self.durable_refusal() {
             self.counters.signups_refused_disk_full += 1;
-            self.reply_error(id, ErrorKind::DiskFull, None, DISK_FULL);
+            self.reply_error(id, kind, None, detail);
             return;
         }
         if let Some(test_code) = self.is_test_number(phone) {
@@ -1928,6 +1958,7 @@ impl Shard {
                                 ErrorKind::UnknownRecipient => "the recipient has no account",
                                 ErrorKind::StorageFailed => STORAGE_FAILED,
                                 ErrorKind::DiskFull => DISK_FULL,
+                                ErrorKind::Overloaded => STORAGE_UNAVAILABLE,
                                 ErrorKind::MailboxFull => {
                                     "the recipient's mailbox is full; retry after they read"
                                 }
@@ -2038,9 +2069,9 @@ impl Shard {
             self.counters.messages_deduplicated += 1;
             return Ok(seq);
         }
-        if self.disk_full {
+        if let Some((kind, _)) = self.durable_refusal() {
             self.counters.messages_refused_disk_full += 1;
-            return Err(ErrorKind::DiskFull);
+            return Err(kind);
         }
         let mailbox = &self.accounts[&to].mailbox;
         if mailbox.messages() >= self.config.mailbox_entries_max

@@ -750,6 +750,57 @@ fn a_full_disk_refuses_new_messages_and_signups_but_not_acks_or_resends() {
     );
 }
 
+#[test]
+fn a_journal_short_of_a_resource_pauses_new_work_with_overloaded() {
+    let mut net = Net::new(2, |_| {});
+    let (alice, alice_key, bob, bob_key) = signed_up_pair(&mut net);
+    let (mut alice_conn, _) = net.login(alice, alice_key);
+    let (mut bob_conn, _) = net.login(bob, bob_key);
+    net.message(&mut alice_conn, bob, 1, b"hi");
+    assert_eq!(
+        net.read(&alice_conn),
+        vec![Got::Sent {
+            client_id: 1,
+            id: 1
+        }]
+    );
+    net.shards[1].set_storage_unavailable(true);
+    net.message(&mut alice_conn, bob, 2, b"hi");
+    assert_eq!(
+        net.read(&alice_conn),
+        vec![Got::Error(ErrorKind::Overloaded)]
+    );
+    // What is stored is still answered, delivered and acknowledged.
+    net.message(&mut alice_conn, bob, 1, b"hi");
+    assert_eq!(
+        net.read(&alice_conn),
+        vec![Got::Sent {
+            client_id: 1,
+            id: 1
+        }]
+    );
+    assert_eq!(net.read(&bob_conn).len(), 1);
+    net.send(&mut bob_conn, ClientFrame::Ack { up_to: 1 });
+    let mut conn = net.connect();
+    net.send(&mut conn, ClientFrame::RequestCode { phone: bob });
+    net.read(&conn);
+    net.send(
+        &mut conn,
+        ClientFrame::Verify {
+            phone: bob,
+            code: 111_111,
+        },
+    );
+    assert_eq!(net.read(&conn), vec![Got::Error(ErrorKind::Overloaded)]);
+    // The resource is back: so is the shard, with no restart.
+    net.shards[1].set_storage_unavailable(false);
+    net.message(&mut alice_conn, bob, 2, b"hi");
+    assert!(net.read(&alice_conn).contains(&Got::Sent {
+        client_id: 2,
+        id: 2
+    }));
+}
+
 /// A message the model expects in its recipient's mailbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Expected {

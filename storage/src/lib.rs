@@ -35,6 +35,11 @@ pub enum JournalError {
     /// intact and the same batch may be committed again later.
     #[error("no space on the disk for the journal")]
     NoSpace,
+    /// The batch was not written because a resource ran short while the
+    /// journal prepared room for it (file descriptors, memory); the
+    /// journal is intact and the same batch may be committed again later.
+    #[error("the journal is short of a resource: {0}")]
+    Unavailable(String),
 }
 
 /// Where a shard's records go.

@@ -317,6 +317,38 @@ fn a_full_disk_refuses_a_new_segment_without_poisoning_the_log() {
 }
 
 #[test]
+fn running_short_of_descriptors_for_a_new_segment_heals_without_poisoning() {
+    for errno in [libc::EMFILE, libc::ENFILE, libc::ENOMEM] {
+        let disk = MemoryDisk::new();
+        let (mut log, _, _) = open(&disk, config()).unwrap();
+        disk.fail_creates(Some(errno));
+        let all = commits(200);
+        let mut written = 0;
+        let refused = loop {
+            match block_on(log.append(&all[written])) {
+                Ok(()) => written += 1,
+                Err(error) => break error,
+            }
+        };
+        assert!(matches!(refused, LogError::Unavailable(_)), "{refused:?}");
+        assert!(!log.is_poisoned());
+        assert!(matches!(
+            block_on(log.append(&all[written])),
+            Err(LogError::Unavailable(_))
+        ));
+        // The descriptors come back: the same commit goes through.
+        disk.fail_creates(None);
+        for commit in &all[written..] {
+            block_on(log.append(commit)).unwrap();
+        }
+        drop(log);
+        disk.crash(0);
+        let (_, _, replayed) = open(&disk, config()).unwrap();
+        assert!(replayed == all.concat(), "replay differs (errno {errno})");
+    }
+}
+
+#[test]
 fn short_writes_are_resumed() {
     for short in [0, 1, 100, BLOCK_BYTES - 1, BLOCK_BYTES, BLOCK_BYTES + 7] {
         let disk = MemoryDisk::new();

@@ -235,9 +235,9 @@ impl Shard {
             self.counters.messages_deduplicated += 1;
             return Ok(answer(group, creates, gseq));
         }
-        if self.disk_full {
+        if let Some((kind, _)) = self.durable_refusal() {
             self.counters.messages_refused_disk_full += 1;
-            return Err(ErrorKind::DiskFull);
+            return Err(kind);
         }
         let members_max = self.config.group_members_max;
         let post = match action {

@@ -143,7 +143,7 @@ impl Shard {
         }
         self.counters.push_tokens_dropped += 1;
         self.set_push_token(phone, None);
-        if !self.journal_failed && !self.disk_full {
+        if !self.journal_failed && self.durable_refusal().is_none() {
             self.records.push(Record::PushToken {
                 owner: phone,
                 token: None,

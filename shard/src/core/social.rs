@@ -28,7 +28,7 @@ use ahash::AHashMap;
 use storage::Record;
 use wire::{Chat, ErrorKind, GroupId, Phone, Presence, Profile, ServerFrame, TypingState};
 
-use super::{ConnId, PeerMessage, Shard, DISK_FULL, STORAGE_FAILED};
+use super::{ConnId, PeerMessage, Shard, STORAGE_FAILED};
 use crate::allowance::TokenBucket;
 
 /// Going away (still connected) writes the last-seen time only when the
@@ -173,8 +173,8 @@ impl Shard {
             self.reply_error(id, kind, Some(client_id), STORAGE_FAILED);
             return false;
         }
-        if self.disk_full {
-            self.reply_error(id, ErrorKind::DiskFull, Some(client_id), DISK_FULL);
+        if let Some((kind, detail)) = self.durable_refusal() {
+            self.reply_error(id, kind, Some(client_id), detail);
             return false;
         }
         true
@@ -526,7 +526,7 @@ impl Shard {
     /// Writes `owner`'s last-seen time, unless the journal cannot take it
     /// (it is worth less than the room kept for acknowledgements).
     fn write_last_seen(&mut self, owner: Phone) {
-        if self.journal_failed || self.disk_full {
+        if self.journal_failed || self.durable_refusal().is_some() {
             return;
         }
         let account = self.accounts.get_mut(&owner).expect("caller checked");

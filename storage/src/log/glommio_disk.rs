@@ -74,7 +74,7 @@ impl GlommioDisk {
         // glommio opens paths relative to no directory at all (fd -1), so a
         // relative path fails with EBADF: resolve it first.
         let path = &std::fs::canonicalize(path)?;
-        let directory = Directory::open(path).await.map_err(io::Error::from)?;
+        let directory = Directory::open(path).await.map_err(os_error)?;
         // The directory's own entry in its parent must be durable too.
         if let Some(parent) = path.parent() {
             sync_directory(parent).await?;
@@ -125,6 +125,17 @@ impl GlommioDisk {
         });
     }
 
+    /// Keeps a written blank file as the spare, for the next `create`.
+    fn keep_spare(&self, path: PathBuf, bytes: u64) {
+        let job = glommio::spawn_local(async { Ok(()) }).detach();
+        *self.spare.borrow_mut() = Some(Spare {
+            path,
+            bytes,
+            job,
+            done: Rc::new(Cell::new(true)),
+        });
+    }
+
     /// A durable blank file of `bytes`: the spare if it fits, else a new one.
     async fn take_blank(&self, bytes: u64) -> io::Result<PathBuf> {
         self.segment_bytes.set(bytes);
@@ -158,6 +169,16 @@ impl GlommioDisk {
     }
 }
 
+/// The OS error behind a glommio error, so that the log can tell a
+/// transient one (`is_transient`) from a failed write: glommio's own
+/// conversion keeps the message but drops the errno.
+fn os_error<T>(error: glommio::GlommioError<T>) -> io::Error {
+    match error {
+        glommio::GlommioError::EnhancedIoError { source, .. } => source,
+        other => io::Error::from(other),
+    }
+}
+
 /// Records whether writing a blank file found the disk full.
 fn note_space(no_space_at: &Cell<Option<Instant>>, result: &io::Result<()>) {
     match result {
@@ -168,9 +189,9 @@ fn note_space(no_space_at: &Cell<Option<Instant>>, result: &io::Result<()>) {
 }
 
 async fn sync_directory(path: &Path) -> io::Result<()> {
-    let directory = Directory::open(path).await.map_err(io::Error::from)?;
-    directory.sync().await.map_err(io::Error::from)?;
-    directory.close().await.map_err(io::Error::from)
+    let directory = Directory::open(path).await.map_err(os_error)?;
+    directory.sync().await.map_err(os_error)?;
+    directory.close().await.map_err(os_error)
 }
 
 impl Backend for GlommioDisk {
@@ -198,16 +219,29 @@ impl Backend for GlommioDisk {
             ));
         }
         let blank = self.take_blank(bytes).await?;
-        fs::rename(&blank, &path)?;
-        self.directory.sync().await.map_err(io::Error::from)?;
-        // The next segment's blank file is written while this one fills.
-        self.prepare_spare(bytes);
-        let file = OpenOptions::new()
+        // Opened before it is renamed: if that fails (out of file
+        // descriptors, say) no segment file appeared, and the blank is
+        // kept for the next try, so the log can try again later.
+        let file = match OpenOptions::new()
             .read(true)
             .write(true)
-            .dma_open(&path)
+            .dma_open(&blank)
             .await
-            .map_err(io::Error::from)?;
+        {
+            Ok(file) => file,
+            Err(error) => {
+                self.keep_spare(blank, bytes);
+                return Err(os_error(error));
+            }
+        };
+        if let Err(error) = fs::rename(&blank, &path) {
+            drop(file);
+            self.keep_spare(blank, bytes);
+            return Err(error);
+        }
+        self.directory.sync().await.map_err(os_error)?;
+        // The next segment's blank file is written while this one fills.
+        self.prepare_spare(bytes);
         Ok(GlommioFile { file })
     }
 
@@ -234,13 +268,13 @@ impl Backend for GlommioDisk {
             .write(true)
             .dma_open(self.file_path(number))
             .await
-            .map_err(io::Error::from)?;
+            .map_err(os_error)?;
         Ok(GlommioFile { file })
     }
 
     async fn remove(&self, number: u64) -> io::Result<()> {
         std::fs::remove_file(self.file_path(number))?;
-        self.directory.sync().await.map_err(io::Error::from)
+        self.directory.sync().await.map_err(os_error)
     }
 }
 
@@ -251,7 +285,7 @@ pub struct GlommioFile {
 
 impl SegmentFile for GlommioFile {
     async fn size(&self) -> io::Result<u64> {
-        self.file.file_size().await.map_err(io::Error::from)
+        self.file.file_size().await.map_err(os_error)
     }
 
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
@@ -262,7 +296,7 @@ impl SegmentFile for GlommioFile {
                 .file
                 .read_at(offset + out.len() as u64, want)
                 .await
-                .map_err(io::Error::from)?;
+                .map_err(os_error)?;
             if chunk.is_empty() {
                 break;
             }
@@ -275,14 +309,11 @@ impl SegmentFile for GlommioFile {
         debug_assert!(offset.is_multiple_of(BLOCK_BYTES as u64));
         let mut buffer = self.file.alloc_dma_buffer(bytes.len());
         buffer.as_bytes_mut().copy_from_slice(bytes);
-        self.file
-            .write_at(buffer, offset)
-            .await
-            .map_err(io::Error::from)
+        self.file.write_at(buffer, offset).await.map_err(os_error)
     }
 
     async fn sync(&mut self) -> io::Result<()> {
-        self.file.fdatasync().await.map_err(io::Error::from)
+        self.file.fdatasync().await.map_err(os_error)
     }
 }
 

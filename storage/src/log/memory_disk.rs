@@ -37,6 +37,9 @@ struct Disk {
     segment_bytes: u64,
     operations: u64,
     faults: BTreeMap<u64, Fault>,
+    /// While set, every `create` fails with this errno (as when the
+    /// process is out of file descriptors).
+    create_errno: Option<i32>,
 }
 
 /// A shared handle: clones see the same disk, as two processes would.
@@ -53,6 +56,11 @@ impl MemoryDisk {
     /// Makes operation number `at` (see [`MemoryDisk::operations`]) fail.
     pub fn inject(&self, at: u64, fault: Fault) {
         self.disk.borrow_mut().faults.insert(at, fault);
+    }
+
+    /// Makes every `create` fail with `errno` until called with `None`.
+    pub fn fail_creates(&self, errno: Option<i32>) {
+        self.disk.borrow_mut().create_errno = errno;
     }
 
     /// Limits the bytes all files may take together (`None`: no limit).
@@ -148,6 +156,9 @@ impl Backend for MemoryDisk {
     async fn create(&self, number: u64, bytes: u64) -> io::Result<MemoryFile> {
         self.check()?;
         let mut disk = self.disk.borrow_mut();
+        if let Some(errno) = disk.create_errno {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
         disk.segment_bytes = bytes;
         if !disk.has_room(bytes) {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));

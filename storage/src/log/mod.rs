@@ -99,6 +99,11 @@ pub enum LogError {
     /// may be appended again once there is space.
     #[error("no space on the disk for a new log segment")]
     NoSpace,
+    /// The commit needed a new segment and a resource ran short while
+    /// preparing it (see [`is_transient`]). Nothing of it was written and
+    /// the log is intact: the same records may be appended again later.
+    #[error("preparing a new log segment: {0}")]
+    Unavailable(io::Error),
 }
 
 /// What replay found.
@@ -311,9 +316,11 @@ impl<B: Backend> Log<B> {
             return Ok(());
         }
         let result = self.append_inner(records).await;
+        // Only an error before anything was written leaves the log whole;
+        // after a failed write or sync no file of it can be trusted.
         if result
             .as_ref()
-            .is_err_and(|e| !matches!(e, LogError::NoSpace))
+            .is_err_and(|e| !matches!(e, LogError::NoSpace | LogError::Unavailable(_)))
         {
             self.poisoned = true;
         }
@@ -340,6 +347,9 @@ impl<B: Backend> Log<B> {
                     // of a commit larger than a segment still poisons.)
                     Err(LogError::Io(error)) if !wrote && is_no_space(&error) => {
                         return Err(LogError::NoSpace);
+                    }
+                    Err(LogError::Io(error)) if !wrote && is_transient(&error) => {
+                        return Err(LogError::Unavailable(error));
                     }
                     result => result?,
                 }
@@ -412,6 +422,17 @@ impl<B: Backend> Log<B> {
     }
 }
 
+/// EMFILE, ENFILE or ENOMEM: the process or the machine ran short of
+/// something that comes back (file descriptors, memory) while a segment
+/// was prepared, before any of it was in use. Never a reason to trust a
+/// file whose write or sync failed: those errors poison the log.
+pub fn is_transient(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM)
+    ) || error.kind() == io::ErrorKind::OutOfMemory
+}
+
 /// ENOSPC, or a quota's EDQUOT: the disk, not the file, is the problem.
 pub fn is_no_space(error: &io::Error) -> bool {
     matches!(
@@ -425,6 +446,7 @@ impl<B: Backend> Journal for Log<B> {
         match self.append(records).await {
             Ok(()) => Ok(()),
             Err(LogError::NoSpace) => Err(JournalError::NoSpace),
+            Err(LogError::Unavailable(error)) => Err(JournalError::Unavailable(error.to_string())),
             Err(error) => Err(JournalError::Failed(error.to_string())),
         }
     }
