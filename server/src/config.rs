@@ -137,6 +137,12 @@ pub struct Limits {
     pub prelogin_connections_max: usize,
     pub prelogin_per_source_max: u32,
     pub code_requests_per_connection_max: u8,
+    /// Code guesses per connection, and per source host per hour per shard.
+    pub code_attempts_per_connection_max: u8,
+    pub code_attempts_per_source_per_hour: u32,
+    /// Logins to one account per minute; groups one account creates per day.
+    pub logins_per_minute: u32,
+    pub groups_created_per_day: u32,
     pub code_requests_per_source_per_hour: u32,
     pub code_requests_per_prefix_per_hour: u32,
     pub code_requests_per_range_per_hour: u32,
@@ -212,6 +218,10 @@ impl Default for Limits {
             prelogin_connections_max: 0,
             prelogin_per_source_max: shard.prelogin_per_source_max,
             code_requests_per_connection_max: shard.code_requests_per_connection_max,
+            code_attempts_per_connection_max: shard.code_attempts_per_connection_max,
+            code_attempts_per_source_per_hour: shard.code_attempts_per_source_per_hour,
+            logins_per_minute: shard.logins_per_minute,
+            groups_created_per_day: shard.groups_created_per_day,
             code_requests_per_source_per_hour: shard.code_requests_per_source_per_hour,
             code_requests_per_prefix_per_hour: shard.code_requests_per_prefix_per_hour,
             code_requests_per_range_per_hour: shard.code_requests_per_range_per_hour,

@@ -222,12 +222,20 @@ fn run(args: Args) -> anyhow::Result<()> {
             0 => prelogin_connections_default(shard_count),
             n => n,
         };
-        shard_config.prelogin_per_source_max = limits.prelogin_per_source_max;
+        // One source never takes more than a quarter of a shard's places.
+        let per_source_share = (shard_config.prelogin_connections_max / 4).max(1);
+        shard_config.prelogin_per_source_max = limits
+            .prelogin_per_source_max
+            .min(u32::try_from(per_source_share).unwrap_or(u32::MAX));
         shard_config.code_requests_per_connection_max = limits.code_requests_per_connection_max;
         shard_config.code_requests_per_source_per_hour = limits.code_requests_per_source_per_hour;
         shard_config.code_requests_per_prefix_per_hour = limits.code_requests_per_prefix_per_hour;
         shard_config.code_requests_per_range_per_hour = limits.code_requests_per_range_per_hour;
         shard_config.sms_per_minute = limits.sms_per_minute;
+        shard_config.code_attempts_per_connection_max = limits.code_attempts_per_connection_max;
+        shard_config.code_attempts_per_source_per_hour = limits.code_attempts_per_source_per_hour;
+        shard_config.logins_per_minute = limits.logins_per_minute;
+        shard_config.groups_created_per_day = limits.groups_created_per_day;
         shard_config.test_numbers = config.test_numbers.as_ref().map(|t| TestNumbers {
             prefix: t.prefix.clone(),
             code: t.code,

@@ -44,6 +44,9 @@ const READ_SCRATCH_BYTES: usize = 64 * 1024;
 /// last frames are not destroyed by a reset.
 const LINGER_MS: u64 = 1_000;
 
+/// Closed connections a shard lets linger at once (see `ConnTask::linger`).
+const LINGERING_MAX: usize = 64;
+
 /// What crosses from one shard to another, in batches.
 pub enum Mail {
     Peer(PeerMessage),
@@ -131,6 +134,8 @@ pub struct Runtime {
     /// The commit in flight is waiting to be retried (a full disk, a
     /// resource short): connections stop holding their bytes for it.
     commit_stalled: Cell<bool>,
+    /// Closed sockets still lingering (`LINGERING_MAX` at most).
+    lingering: Cell<usize>,
     /// Connections holding their bytes until a commit finishes; drained
     /// (and woken) after every commit, each task on it at most once.
     holding: RefCell<Vec<Waker>>,
@@ -304,6 +309,7 @@ pub async fn run(setup: ShardSetup) {
         commits_done: Cell::new(0),
         holding: RefCell::new(Vec::new()),
         commit_stalled: Cell::new(false),
+        lingering: Cell::new(0),
         checkpoint_written: RefCell::new(None),
         journal_stats: Cell::new(JournalStats::default()),
     });
@@ -1221,6 +1227,15 @@ impl ConnTask {
         };
         // SAFETY: shutdown on a valid socket fd has no memory effects.
         unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_WR) };
+        // A lingering socket counts against no connection bound: past a
+        // few, closing connections close at once (a flood of them must not
+        // take the descriptors phones need).
+        let lingering = &self.runtime.lingering;
+        if lingering.get() >= LINGERING_MAX {
+            return;
+        }
+        lingering.set(lingering.get() + 1);
+        let runtime = self.runtime.clone();
         glommio::spawn_local(async move {
             let mut stream = stream;
             let mut buffer = [0u8; 512];
@@ -1235,6 +1250,7 @@ impl ConnTask {
                 glommio::timer::sleep(Duration::from_millis(LINGER_MS)).await;
             };
             futures_lite::future::or(drain, timeout).await;
+            runtime.lingering.set(runtime.lingering.get() - 1);
         })
         .detach();
     }

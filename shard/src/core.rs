@@ -208,6 +208,7 @@ pub struct ConnSnapshot {
     pub handovers: u8,
     pub login_failures: u8,
     pub code_requests: u8,
+    pub code_attempts: u8,
     pub source: Source,
     /// When the connection was accepted (ms on the clock every shard of
     /// the process shares): its login deadline runs from there.
@@ -330,8 +331,9 @@ struct Conn {
     abandoned: bool,
     handovers: u8,
     login_failures: u8,
-    /// Codes asked for on this connection.
+    /// Codes asked for, and guessed, on this connection.
     code_requests: u8,
+    code_attempts: u8,
     source: Source,
     opened_ms: u64,
 }
@@ -362,6 +364,10 @@ struct Account {
     /// send (`ShardConfig::send_rate`). It lives with the account, not the
     /// connection, so hanging up and logging in again gives nothing back.
     send: TokenBucket,
+    /// Logins (`ShardConfig::login_rate`), and groups created
+    /// (`group_create_rate`).
+    logins: TokenBucket,
+    groups_created: TokenBucket,
 }
 
 impl Account {
@@ -381,6 +387,8 @@ impl Account {
             social: None,
             push: None,
             send: TokenBucket::full(),
+            logins: TokenBucket::full(),
+            groups_created: TokenBucket::full(),
         }
     }
 
@@ -734,6 +742,7 @@ impl Shard {
                 handovers: 0,
                 login_failures: 0,
                 code_requests: 0,
+                code_attempts: 0,
                 source,
                 opened_ms: now_ms,
             },
@@ -768,6 +777,7 @@ impl Shard {
             handovers: snapshot.handovers,
             login_failures: snapshot.login_failures,
             code_requests: snapshot.code_requests,
+            code_attempts: snapshot.code_attempts,
             source: snapshot.source,
             opened_ms: snapshot.opened_ms,
         };
@@ -804,6 +814,7 @@ impl Shard {
             handovers: conn.handovers + 1,
             login_failures: conn.login_failures,
             code_requests: conn.code_requests,
+            code_attempts: conn.code_attempts,
             source: conn.source,
             opened_ms: conn.opened_ms,
         };
@@ -1238,6 +1249,15 @@ impl Shard {
                 self.sync_contacts(id, owner, client_id, full, add, remove);
                 FrameOutcome::Continue
             }
+            // Each writes a record (and a profile reaches every follower):
+            // they cost a send token like a message.
+            ClientFrame::SetProfile { client_id, .. }
+            | ClientFrame::SetPrivacy { client_id, .. }
+            | ClientFrame::RegisterPush { client_id, .. }
+                if !self.take_send_token(id, client_id, now_ms) =>
+            {
+                FrameOutcome::Continue
+            }
             ClientFrame::SetProfile { client_id, profile } => {
                 self.set_profile(id, logged_in.expect("checked above"), client_id, profile);
                 FrameOutcome::Continue
@@ -1543,6 +1563,20 @@ impl Shard {
         }
     }
 
+    /// Spends a code guess from the connection's and its source's
+    /// allowances (`code_attempts_per_connection_max`,
+    /// `code_attempts_per_source_per_hour`); Err names the limit.
+    fn charge_verify(&mut self, id: ConnId, now_ms: u64) -> Result<(), &'static str> {
+        let per_connection_max = self.config.code_attempts_per_connection_max;
+        let conn = self.conn_mut(id).expect("caller checked");
+        if conn.code_attempts >= per_connection_max {
+            return Err("code_attempts_per_connection_max");
+        }
+        conn.code_attempts += 1;
+        let source = conn.source;
+        self.anonymous.charge_attempt(&self.config, source, now_ms)
+    }
+
     /// Answers a code request with `RateLimited`, naming the limit.
     fn refuse_code(&mut self, id: ConnId, limit: &str, retry_after_ms: u64) {
         self.counters.codes_refused += 1;
@@ -1573,47 +1607,37 @@ impl Shard {
             }
             return;
         }
-        let Some(signup) = self.signups.get_mut(&phone) else {
-            self.reply_error(
-                id,
-                ErrorKind::CodeExpired,
-                None,
-                "no code pending for this number",
-            );
-            return;
-        };
-        let Some(expected) = signup.code.filter(|_| now_ms < signup.code_expires_at_ms) else {
-            signup.code = None;
-            self.reply_error(
-                id,
-                ErrorKind::CodeExpired,
-                None,
-                "the code expired; request a new one",
-            );
-            return;
-        };
-        if signup.attempts_left == 0 {
-            self.reply_error(
-                id,
-                ErrorKind::TooManyAttempts,
-                None,
-                "too many wrong codes; request a new one",
-            );
+        // Guesses cost the guesser: per connection and per source host.
+        if let Err(limit) = self.charge_verify(id, now_ms) {
+            self.refuse_code(id, limit, u64::MAX);
             return;
         }
+        // One answer for no code, an expired code, a used-up code and a
+        // wrong one: no one learns for free whether a number asked for a
+        // code lately.
+        let wrong = |shard: &mut Shard| {
+            let detail = "wrong or no longer valid code (a code lives ten minutes \
+                          and takes five wrong tries); request a new one";
+            shard.reply_error(id, ErrorKind::BadCode, None, detail);
+        };
+        let Some(signup) = self.signups.get_mut(&phone) else {
+            wrong(self);
+            return;
+        };
+        let Some(expected) = signup
+            .code
+            .filter(|_| now_ms < signup.code_expires_at_ms && signup.attempts_left > 0)
+        else {
+            signup.code = None;
+            wrong(self);
+            return;
+        };
         if !bool::from(code.to_le_bytes().ct_eq(&expected.to_le_bytes())) {
             signup.attempts_left -= 1;
             if signup.attempts_left == 0 {
                 signup.code = None;
-                self.reply_error(
-                    id,
-                    ErrorKind::TooManyAttempts,
-                    None,
-                    "too many wrong codes; request a new one",
-                );
-            } else {
-                self.reply_error(id, ErrorKind::BadCode, None, "wrong code");
             }
+            wrong(self);
             return;
         }
         signup.code = None;
@@ -1681,7 +1705,17 @@ impl Shard {
             }
             return;
         }
+        let (rate, now) = (self.config.login_rate(), self.now_ms);
         let account = self.accounts.get_mut(&phone).expect("checked above");
+        if let Err(exhausted) = account.logins.take(1, rate, now) {
+            // Each login closes the last session, whose socket lives on
+            // until it is flushed: a storm of them would hold descriptors.
+            let retry_s = exhausted.retry_after_ms.div_ceil(1000);
+            let detail = format!("too many logins to this account; retry in {retry_s} s");
+            self.counters.rate_limited += 1;
+            self.reply_error(id, ErrorKind::RateLimited, None, &detail);
+            return;
+        }
         let acked_up_to = account.mailbox.acked_up_to();
         match account.session.replace(id) {
             Some(old) => self.close_with(old, ByeReason::Replaced),
@@ -1789,6 +1823,16 @@ impl Shard {
     ) {
         if !self.take_send_token(id, client_id, now_ms) {
             return;
+        }
+        if matches!(action, GroupAction::Create { .. }) {
+            let (rate, now) = (self.config.group_create_rate(), self.now_ms);
+            let account = self.accounts.get_mut(&from).expect("logged in");
+            if account.groups_created.take(1, rate, now).is_err() {
+                self.counters.rate_limited += 1;
+                let detail = format!("at most {} new groups a day", rate.tokens);
+                self.reply_error(id, ErrorKind::RateLimited, Some(client_id), &detail);
+                return;
+            }
         }
         let joining = action.joining(from);
         let owner = self.config.map.shard_of_group(group);

@@ -876,3 +876,80 @@ fn code_allowances_stay_spent_across_a_crash_and_a_checkpoint() {
     let mut conn = connect_from(&mut net, "192.0.2.1").unwrap();
     assert_eq!(ask_code(&mut net, &mut conn, "+33612000001"), Got::CodeSent);
 }
+
+#[test]
+fn logins_profiles_groups_and_code_guesses_each_cost_an_allowance() {
+    let mut net = Net::new(1, |c| {
+        c.logins_per_minute = 3;
+        c.groups_created_per_day = 2;
+        c.send_rate_per_s = 1;
+        c.send_burst = 3;
+        c.code_attempts_per_source_per_hour = 3;
+    });
+    let limited = Got::Error(ErrorKind::RateLimited);
+    let (alice, alice_key) = net.signup("+15550000001");
+    // Logins: three a minute to one account.
+    for _ in 0..3 {
+        net.login(alice, alice_key);
+    }
+    let mut conn = net.connect();
+    net.send(
+        &mut conn,
+        ClientFrame::Login {
+            phone: alice,
+            key: alice_key,
+        },
+    );
+    assert_eq!(net.read(&conn), vec![limited.clone()]);
+    net.advance(60_000);
+    let (mut conn, _) = net.login(alice, alice_key);
+    // A profile change costs a send token like a message.
+    for client_id in 1..=4 {
+        net.send(
+            &mut conn,
+            ClientFrame::SetProfile {
+                client_id,
+                profile: Profile::default(),
+            },
+        );
+    }
+    assert_eq!(
+        net.read(&conn),
+        vec![Got::Done(1), Got::Done(2), Got::Done(3), limited.clone()]
+    );
+    // Groups: two a day.
+    net.advance(10_000);
+    for client_id in 10..13 {
+        net.send(
+            &mut conn,
+            ClientFrame::CreateGroup {
+                client_id,
+                subject: "g",
+                members: vec![],
+            },
+        );
+    }
+    let got: Vec<Got> = net
+        .read(&conn)
+        .into_iter()
+        .filter(|g| !matches!(g, Got::GroupNotice { .. }))
+        .collect();
+    assert!(
+        matches!(got[..], [Got::Sent { .. }, Got::Sent { .. }, _]),
+        "{got:?}"
+    );
+    assert_eq!(got[2], limited);
+    // Code guesses: three an hour from one source, across connections.
+    let phone = Phone::parse("+4930123456").unwrap();
+    for n in 0..3 {
+        let mut conn = connect_from(&mut net, "192.0.2.5").unwrap();
+        net.send(&mut conn, ClientFrame::Verify { phone, code: n });
+        assert_eq!(net.read(&conn), vec![Got::Error(ErrorKind::BadCode)]);
+    }
+    let mut conn = connect_from(&mut net, "192.0.2.5").unwrap();
+    net.send(&mut conn, ClientFrame::Verify { phone, code: 9 });
+    assert_eq!(net.read(&conn), vec![limited]);
+    let mut conn = connect_from(&mut net, "192.0.2.6").unwrap();
+    net.send(&mut conn, ClientFrame::Verify { phone, code: 9 });
+    assert_eq!(net.read(&conn), vec![Got::Error(ErrorKind::BadCode)]);
+}

@@ -281,11 +281,14 @@ pub enum ErrorKind {
     FrameTooLarge,
     /// Too many codes requested, or too many messages sent, too fast.
     RateLimited,
-    /// The code was wrong.
+    /// The code was wrong, or no code is pending for this phone (none was
+    /// asked for, it expired, or it took too many wrong tries): one answer
+    /// for all, so that no one learns whether a number asked for a code.
     BadCode,
-    /// No code is pending for this phone, or it expired.
+    /// No longer sent (see `BadCode`); kept so later variants keep their
+    /// numbers.
     CodeExpired,
-    /// The code was guessed wrong too many times; request a new one.
+    /// No longer sent (see `BadCode`).
     TooManyAttempts,
     /// The SMS gateway cannot take more codes right now.
     SmsUnavailable,

@@ -36,6 +36,8 @@ pub(super) struct Anonymous {
     code_sources: Buckets<Source>,
     code_prefixes: Buckets<Source>,
     code_ranges: Buckets<u64>,
+    /// Code guesses per source host.
+    attempt_sources: Buckets<Source>,
     /// The shard's SMS budget. Made spent at start: a crash cannot hand
     /// out a new burst of paid messages.
     sms: TokenBucket,
@@ -65,6 +67,7 @@ impl Anonymous {
             code_sources: Buckets::new(entries_max),
             code_prefixes: Buckets::new(entries_max),
             code_ranges: Buckets::new(entries_max),
+            attempt_sources: Buckets::new(entries_max),
             sms: TokenBucket::spent(config.sms_rate(), now_ms),
             recent: VecDeque::new(),
         }
@@ -223,6 +226,19 @@ impl Anonymous {
         Ok(())
     }
 
+    /// A code guess from `source`: Err names the limit when it is spent.
+    pub(super) fn charge_attempt(
+        &mut self,
+        config: &ShardConfig,
+        source: Source,
+        now_ms: u64,
+    ) -> Result<(), &'static str> {
+        let rate = config.code_attempt_source_rate();
+        self.attempt_sources
+            .take(source, 1, rate, now_ms)
+            .map_err(|_| "code_attempts_per_source_per_hour")
+    }
+
     /// Forgets buckets that refilled and codes past their window (called
     /// now and then from `tick`).
     pub(super) fn prune(&mut self, config: &ShardConfig, now_ms: u64, wall_ms: u64) {
@@ -237,6 +253,8 @@ impl Anonymous {
         self.code_sources.prune(config.code_source_rate(), now_ms);
         self.code_prefixes.prune(config.code_prefix_rate(), now_ms);
         self.code_ranges.prune(config.code_range_rate(), now_ms);
+        self.attempt_sources
+            .prune(config.code_attempt_source_rate(), now_ms);
     }
 }
 

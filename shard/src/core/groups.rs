@@ -716,10 +716,19 @@ impl Shard {
     }
 }
 
-/// The body bytes a member's entry for `post` stands for.
+/// The bytes a member's entry for `post` stands for: a message's body, or
+/// what a change carries (a creation's member list and subject).
 fn post_bytes(post: &Post) -> usize {
+    const PHONE_BYTES: usize = 8;
     match post {
         Post::Message { body, .. } => body.len(),
-        Post::Change { .. } => 0,
+        Post::Change { change, .. } => match change {
+            GroupChange::Created { subject, members } => {
+                subject.len() + members.len() * PHONE_BYTES
+            }
+            GroupChange::Added(members) => members.len() * PHONE_BYTES,
+            GroupChange::Subject(subject) => subject.len(),
+            _ => 0,
+        },
     }
 }
