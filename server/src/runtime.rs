@@ -44,7 +44,8 @@ const READ_SCRATCH_BYTES: usize = 64 * 1024;
 /// last frames are not destroyed by a reset.
 const LINGER_MS: u64 = 1_000;
 
-/// Closed connections a shard lets linger at once (see `ConnTask::linger`).
+/// Closed connections a shard lets linger at once (see `ConnTask::linger`),
+/// and never more than a quarter of its places for anonymous connections.
 const LINGERING_MAX: usize = 64;
 
 /// What crosses from one shard to another, in batches.
@@ -1231,7 +1232,11 @@ impl ConnTask {
         // few, closing connections close at once (a flood of them must not
         // take the descriptors phones need).
         let lingering = &self.runtime.lingering;
-        if lingering.get() >= LINGERING_MAX {
+        let lingering_max = {
+            let core = self.runtime.core.borrow();
+            LINGERING_MAX.min((core.config().prelogin_connections_max / 4).max(1))
+        };
+        if lingering.get() >= lingering_max {
             return;
         }
         lingering.set(lingering.get() + 1);

@@ -210,7 +210,7 @@ fn a_connection_that_never_reads_cannot_outlive_its_deadline() {
     let dir = tempfile::tempdir().unwrap();
     let config = config_file(
         dir.path(),
-        "login_timeout_ms = 1000\nclose_flush_timeout_ms = 2000",
+        "login_timeout_ms = 5000\nclose_flush_timeout_ms = 2000",
     );
     let server = Server::start(&["--shards", "1", "--config", &config]);
     let before = open_fds(server.pid());
@@ -252,7 +252,7 @@ fn a_connection_that_never_reads_cannot_outlive_its_deadline() {
     }
     // Login deadline, then the time to flush the Bye: every one of them
     // is gone although none ever read.
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while open_fds(server.pid()) > before {
         assert!(
             Instant::now() < deadline,
@@ -314,4 +314,52 @@ fn by_default_anonymous_connections_hold_at_most_half_the_descriptors() {
         client.login(phone, key).unwrap();
         break;
     }
+}
+
+#[test]
+fn connections_closed_by_the_server_cannot_be_held_open_to_use_up_descriptors() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(data_dir, &["--shards", "1"], |command| {
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs here.
+        unsafe {
+            command.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: 64,
+                    rlim_max: 64,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+    });
+    // Each breaks the protocol at once (a Ping before Hello): the server
+    // answers, says Bye and closes; the client never closes its end.
+    let mut ping = Vec::new();
+    encode_client(&ClientFrame::Ping { nonce: 1 }, &mut ping);
+    let mut held = Vec::new();
+    for n in 0..300 {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let local: SocketAddr = format!("127.0.2.{}:0", n % 200 + 1).parse().unwrap();
+        socket.bind(&local.into()).unwrap();
+        if socket.connect(&server.plain.into()).is_err() {
+            continue;
+        }
+        let mut stream = TcpStream::from(socket);
+        let _ = stream.write_all(&ping);
+        held.push(stream);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !server
+            .stderr
+            .try_iter()
+            .any(|l| l.contains("accept failed")),
+        "descriptors ran out"
+    );
+    // A phone still gets in while all of them are held.
+    let (_phone, _, _) = server.phone("+15550000001");
+    drop(held);
 }
