@@ -213,6 +213,9 @@ fn a_connection_that_never_reads_cannot_outlive_its_deadline() {
         "login_timeout_ms = 5000\nclose_flush_timeout_ms = 2000",
     );
     let server = Server::start(&["--shards", "1", "--config", &config]);
+    // The log prepares its next segment in the background just after the
+    // start, holding a descriptor meanwhile: count after it is done.
+    std::thread::sleep(Duration::from_millis(1_000));
     let before = open_fds(server.pid());
     // Hello, then pings until the server stops reading, never reading a
     // byte: the replies fill its outbox, its write buffer and the socket
