@@ -7,7 +7,6 @@ mod common;
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    os::unix::process::CommandExt,
     time::{Duration, Instant},
 };
 
@@ -73,31 +72,17 @@ fn anonymous_connections_from_one_source_are_capped_and_phones_still_log_in() {
 
 #[test]
 fn running_out_of_file_descriptors_backs_off_quietly_and_recovers() {
-    let data_dir = tempfile::tempdir().unwrap();
+    let config_dir = tempfile::tempdir().unwrap();
     // The caps on anonymous connections would refuse the flood before the
     // descriptors run out (half the limit by default): lifted here, so
     // that accept itself fails.
     let config = config_file(
-        data_dir.path(),
+        config_dir.path(),
         "prelogin_connections_max = 1000\nprelogin_per_source_max = 1000",
     );
     // One shard needs about fifteen descriptors of its own.
     let extra = ["--shards", "1", "--config", &config];
-    let server = Server::start_with(data_dir, &extra, |command| {
-        // SAFETY: setrlimit is async-signal-safe; nothing else runs here.
-        unsafe {
-            command.pre_exec(|| {
-                let limit = libc::rlimit {
-                    rlim_cur: 40,
-                    rlim_max: 40,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            })
-        };
-    });
+    let server = Server::start_with_open_files(40, &extra);
     // Far more connections than descriptors: the kernel completes them
     // and they wait in the backlog while accept fails.
     let flood: Vec<TcpStream> = (0..100)
@@ -269,24 +254,9 @@ fn a_connection_that_never_reads_cannot_outlive_its_deadline() {
 
 #[test]
 fn by_default_anonymous_connections_hold_at_most_half_the_descriptors() {
-    let data_dir = tempfile::tempdir().unwrap();
     // Sixty descriptors: about fifteen for the server itself, and by
     // default at most half of the limit for connections not logged in.
-    let server = Server::start_with(data_dir, &["--shards", "1"], |command| {
-        // SAFETY: setrlimit is async-signal-safe; nothing else runs here.
-        unsafe {
-            command.pre_exec(|| {
-                let limit = libc::rlimit {
-                    rlim_cur: 60,
-                    rlim_max: 60,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            })
-        };
-    });
+    let server = Server::start_with_open_files(60, &["--shards", "1"]);
     // A flood from many sources: only half the limit is ever held, so
     // the server never runs out (logged-in phones keep the rest).
     let flood: Vec<TcpStream> = (0..100)
@@ -321,22 +291,7 @@ fn by_default_anonymous_connections_hold_at_most_half_the_descriptors() {
 
 #[test]
 fn connections_closed_by_the_server_cannot_be_held_open_to_use_up_descriptors() {
-    let data_dir = tempfile::tempdir().unwrap();
-    let server = Server::start_with(data_dir, &["--shards", "1"], |command| {
-        // SAFETY: setrlimit is async-signal-safe; nothing else runs here.
-        unsafe {
-            command.pre_exec(|| {
-                let limit = libc::rlimit {
-                    rlim_cur: 64,
-                    rlim_max: 64,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            })
-        };
-    });
+    let server = Server::start_with_open_files(64, &["--shards", "1"]);
     // Each breaks the protocol at once (a Ping before Hello): the server
     // answers, says Bye and closes; the client never closes its end.
     let mut ping = Vec::new();

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::{os::unix::process::CommandExt, time::Duration};
+use std::time::Duration;
 
 use common::{Server, TEST_CODE};
 use loadgen::client::{Client, Event};
@@ -12,24 +12,9 @@ use wire::{ClientFrame, ErrorKind, Phone};
 
 #[test]
 fn running_out_of_descriptors_at_a_segment_switch_heals_without_a_restart() {
-    let data_dir = tempfile::tempdir().unwrap();
     // Small segments switch often; forty descriptors run out quickly.
     let extra = ["--shards", "1", "--segment-bytes", "65536"];
-    let server = Server::start_with(data_dir, &extra, |command| {
-        // SAFETY: setrlimit is async-signal-safe; nothing else runs here.
-        unsafe {
-            command.pre_exec(|| {
-                let limit = libc::rlimit {
-                    rlim_cur: 40,
-                    rlim_max: 40,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            })
-        };
-    });
+    let server = Server::start_with_open_files(40, &extra);
     let (mut alice, _, _) = server.phone("+15550000001");
     let bob = Phone::parse("+15550000002").unwrap();
     let (mut bob_client, _, _) = server.phone("+15550000002");

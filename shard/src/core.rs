@@ -420,6 +420,19 @@ struct Signup {
     timer: Option<TimerId>,
 }
 
+impl Signup {
+    /// No code yet, and the number's whole allowance.
+    fn new() -> Signup {
+        Signup {
+            code: None,
+            code_expires_at_ms: 0,
+            attempts_left: 0,
+            requests: TokenBucket::full(),
+            timer: None,
+        }
+    }
+}
+
 /// A reply held until the journal commits the batch it depends on.
 #[derive(Debug)]
 enum Held {
@@ -1503,13 +1516,7 @@ impl Shard {
         let wall_ms = now_ms + self.config.wall_clock_offset_ms;
         let record = self.anonymous.sent(phone, source, wall_ms);
         self.records.push(record);
-        let signup = self.signups.entry(phone).or_insert(Signup {
-            code: None,
-            code_expires_at_ms: 0,
-            attempts_left: 0,
-            requests: TokenBucket::full(),
-            timer: None,
-        });
+        let signup = self.signups.entry(phone).or_insert_with(Signup::new);
         let spent = signup.requests.take(1, number_rate, now_ms).is_ok();
         debug_assert!(spent, "checked above");
         signup.code = Some(code);
@@ -1546,13 +1553,7 @@ impl Shard {
         }
         let rate = self.config.code_number_rate();
         let now_ms = self.now_ms;
-        let signup = self.signups.entry(phone).or_insert(Signup {
-            code: None,
-            code_expires_at_ms: 0,
-            attempts_left: 0,
-            requests: TokenBucket::full(),
-            timer: None,
-        });
+        let signup = self.signups.entry(phone).or_insert_with(Signup::new);
         let _ = signup.requests.take(1, rate, now_ms);
         if signup.timer.is_none() {
             let deadline = now_ms + rate.period_ms;

@@ -109,6 +109,28 @@ impl Server {
         }
     }
 
+    /// As `start`, with the process's open-file limit at `open_files`.
+    pub fn start_with_open_files(open_files: u64, extra: &[&str]) -> Server {
+        use std::os::unix::process::CommandExt;
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        Server::start_with(data_dir, extra, move |command| {
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs
+            // between fork and exec here.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: open_files,
+                        rlim_max: open_files,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                })
+            };
+        })
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
