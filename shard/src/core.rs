@@ -344,10 +344,11 @@ struct Account {
     generation: u64,
     mailbox: Mailbox,
     session: Option<ConnId>,
-    /// The highest seq whose `MailboxPut` went to the journal (not the
-    /// write-back cache), and the lowest written entry that no written
-    /// `MailboxAck` covers yet (a lower bound: entries never written may
-    /// lie above it).
+    /// The highest seq the journal accounts for: a `MailboxPut` that went
+    /// to it (not the write-back cache), or a `MailboxAck` past those
+    /// (entries acknowledged before they were written); and the lowest
+    /// written entry that no written `MailboxAck` covers yet (a lower
+    /// bound: entries never written may lie above it).
     written_put: u64,
     written_unacked_from: Option<u64>,
     /// This account's entries in the write-back cache.
@@ -1567,24 +1568,30 @@ impl Shard {
     /// Spends a code guess from the connection's and its source's
     /// allowances (`code_attempts_per_connection_max`,
     /// `code_attempts_per_source_per_hour`); Err names the limit.
-    fn charge_verify(&mut self, id: ConnId, now_ms: u64) -> Result<(), &'static str> {
+    /// Err: the limit, and when to retry (`u64::MAX`: not on this
+    /// connection).
+    fn charge_verify(&mut self, id: ConnId, now_ms: u64) -> Result<(), (&'static str, u64)> {
         let per_connection_max = self.config.code_attempts_per_connection_max;
         let conn = self.conn_mut(id).expect("caller checked");
         if conn.code_attempts >= per_connection_max {
-            return Err("code_attempts_per_connection_max");
+            return Err(("code_attempts_per_connection_max", u64::MAX));
         }
         conn.code_attempts += 1;
         let source = conn.source;
         self.anonymous.charge_attempt(&self.config, source, now_ms)
     }
 
-    /// Answers a code request with `RateLimited`, naming the limit.
+    /// Answers a code request or guess with `RateLimited`, naming the
+    /// limit.
     fn refuse_code(&mut self, id: ConnId, limit: &str, retry_after_ms: u64) {
         self.counters.codes_refused += 1;
         self.counters.rate_limited += 1;
         let detail = match retry_after_ms {
-            u64::MAX => format!("too many codes ({limit}); use another connection"),
-            ms => format!("too many codes ({limit}); retry in {} s", ms.div_ceil(1000)),
+            u64::MAX => format!("over a signup limit ({limit}); use another connection"),
+            ms => format!(
+                "over a signup limit ({limit}); retry in {} s",
+                ms.div_ceil(1000)
+            ),
         };
         self.reply_error(id, ErrorKind::RateLimited, None, &detail);
     }
@@ -1609,8 +1616,8 @@ impl Shard {
             return;
         }
         // Guesses cost the guesser: per connection and per source host.
-        if let Err(limit) = self.charge_verify(id, now_ms) {
-            self.refuse_code(id, limit, u64::MAX);
+        if let Err((limit, retry_after_ms)) = self.charge_verify(id, now_ms) {
+            self.refuse_code(id, limit, retry_after_ms);
             return;
         }
         // One answer for no code, an expired code, a used-up code and a

@@ -91,10 +91,7 @@ impl Anonymous {
     /// A code went out at `wall_ms`: remembered until its window ends, and
     /// returned as the record that makes it durable.
     pub(super) fn sent(&mut self, phone: Phone, source: Source, wall_ms: u64) -> Record {
-        if self.recent.len() >= CODES_REMEMBERED_MAX {
-            self.recent.pop_front();
-        }
-        self.recent.push_back((wall_ms, phone, source));
+        self.remember(wall_ms, phone, source);
         Record::CodeSent {
             phone,
             source: source.addr(),
@@ -125,11 +122,17 @@ impl Anonymous {
         let _ = self
             .code_ranges
             .take(number_range(phone), 1, config.code_range_rate(), now_ms);
+        self.remember(at_ms, phone, source);
+        true
+    }
+
+    /// Keeps a sent code for checkpoints, dropping the oldest past the
+    /// bound.
+    fn remember(&mut self, at_ms: u64, phone: Phone, source: Source) {
         if self.recent.len() >= CODES_REMEMBERED_MAX {
             self.recent.pop_front();
         }
         self.recent.push_back((at_ms, phone, source));
-        true
     }
 
     /// The codes still inside their window, as records.
@@ -226,17 +229,18 @@ impl Anonymous {
         Ok(())
     }
 
-    /// A code guess from `source`: Err names the limit when it is spent.
+    /// A code guess from `source`: Err names the limit when it is spent,
+    /// and when to retry.
     pub(super) fn charge_attempt(
         &mut self,
         config: &ShardConfig,
         source: Source,
         now_ms: u64,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), (&'static str, u64)> {
         let rate = config.code_attempt_source_rate();
         self.attempt_sources
             .take(source, 1, rate, now_ms)
-            .map_err(|_| "code_attempts_per_source_per_hour")
+            .map_err(|e| ("code_attempts_per_source_per_hour", e.retry_after_ms))
     }
 
     /// Forgets buckets that refilled and codes past their window (called

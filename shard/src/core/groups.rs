@@ -411,27 +411,37 @@ impl Shard {
         self.group_copies
             .insert((group, gseq), Copy { post, refs: 0 });
         let (entries_max, bytes_max) = (self.config.group_entries_max, self.config.group_bytes_max);
-        let body_bytes = post_bytes(&self.group_copies[&(group, gseq)].post);
+        // What every member's entry needs of the post, looked up once.
+        let (body_bytes, reader_key) = {
+            let post = &self.group_copies[&(group, gseq)].post;
+            let key = match post {
+                Post::Message {
+                    from, client_id, ..
+                } => Some((*from, *client_id)),
+                Post::Change { .. } => None,
+            };
+            (post_bytes(post), key)
+        };
         let mut refs = 0;
         for member in members {
             // Group posts have bounds of their own in each member's
             // mailbox: a group one was added to cannot make it refuse 1:1
             // messages, nor hold more than `group_bytes_max` for it.
-            let room = self.accounts.get(&member).map(|a| {
-                a.mailbox.group_entries() < entries_max
-                    && a.mailbox.group_bytes() + body_bytes <= bytes_max
+            let room = self.accounts.get_mut(&member).map(|a| {
+                let fits = a.mailbox.group_entries() < entries_max
+                    && a.mailbox.group_bytes() + body_bytes <= bytes_max;
+                if fits {
+                    a.mailbox.group_entry_bytes(body_bytes);
+                }
+                fits
             });
             match room {
                 Some(true) => {
-                    if let Some(copy) = self.group_copies.get_mut(&(group, gseq)) {
-                        copy.refs += 1;
-                    }
                     refs += 1;
-                    if let Some(seq) = self.append(member, EntryRecord::Group { group, gseq }) {
-                        self.readable_group_entry(member, group, gseq, seq);
-                    }
-                    if let Some(account) = self.accounts.get_mut(&member) {
-                        account.mailbox.group_entry_bytes(body_bytes);
+                    let seq = self.append(member, EntryRecord::Group { group, gseq });
+                    if let (Some(seq), Some((from, client_id))) = (seq, reader_key) {
+                        self.group_reads
+                            .insert(member, from, client_id, seq, self.now_ms);
                     }
                 }
                 Some(false) => {
@@ -444,7 +454,11 @@ impl Shard {
                 None => self.counters.group_entries_no_account += 1,
             }
         }
-        self.counters.group_entries_stored += refs;
+        // Counted once after the loop: nothing in it releases an entry.
+        if let Some(copy) = self.group_copies.get_mut(&(group, gseq)) {
+            copy.refs += refs;
+        }
+        self.counters.group_entries_stored += u64::from(refs);
         if refs == 0 {
             self.group_copies.remove(&(group, gseq));
         }
