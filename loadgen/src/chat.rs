@@ -13,6 +13,13 @@
 //! run may span a server crash and restart, and its `lost` count is the
 //! crash test: a message is lost when its sender was told `Sent` and its
 //! recipient never received it by the end of the run.
+//!
+//! Phones follow the order rule (README, "Order across refusals"): a send
+//! refused with a retryable error (rate limit, full mailbox, full disk)
+//! stays in flight, and after [`RETRY_MS`] the phone writes again every
+//! send refused meanwhile, in the order first written; the server holds
+//! later sends of each such conversation back (`OutOfOrder`, retryable
+//! too) until then. Only final refusals count as `rejected`.
 
 use std::{
     cell::{Cell, RefCell},
@@ -35,7 +42,7 @@ use futures_lite::{
 use glommio::LocalExecutorBuilder;
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use wire::{encode_client, ClientFrame, DeviceKey, Phone, ServerFrame};
+use wire::{encode_client, ClientFrame, DeviceKey, ErrorKind, Phone, ServerFrame};
 
 use crate::dial::{Backoff, BoxIo, Connection, Dialer, Protocol};
 use crate::mqtt;
@@ -108,8 +115,13 @@ struct Shared {
     reordered: AtomicU64,
     receipts: AtomicU64,
     errors: AtomicU64,
-    /// Sends the server refused with an error (never stored, never delivered).
+    /// Sends the server refused with a final error (never stored, never
+    /// delivered).
     rejected: AtomicU64,
+    /// Sends refused with a retryable error (so written again later), and
+    /// those refused for waiting on one (`OutOfOrder`).
+    refused_retryable: AtomicU64,
+    out_of_order: AtomicU64,
     disconnects: AtomicU64,
     /// Connections made again after one ended, and sends written again on
     /// them because their first copy had no answer.
@@ -147,8 +159,12 @@ pub struct Report {
     pub reordered: u64,
     pub receipts: u64,
     pub errors: u64,
-    /// Sends the server refused with an error.
+    /// Sends the server refused with a final error.
     pub rejected: u64,
+    /// Refusals with a retryable error, each followed by a resend, and
+    /// among them those for waiting on an earlier refused send.
+    pub refused_retryable: u64,
+    pub out_of_order: u64,
     pub disconnects: u64,
     pub reconnects: u64,
     pub resent: u64,
@@ -358,6 +374,8 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         receipts: shared.receipts.load(Relaxed),
         errors: shared.errors.load(Relaxed),
         rejected: shared.rejected.load(Relaxed),
+        refused_retryable: shared.refused_retryable.load(Relaxed),
+        out_of_order: shared.out_of_order.load(Relaxed),
         disconnects: shared.disconnects.load(Relaxed),
         reconnects: shared.reconnects.load(Relaxed),
         resent: shared.resent.load(Relaxed),
@@ -409,7 +427,7 @@ impl Report {
         println!(
         "protocol={:?} phones={} threads={} tls={} rate={} duration={}s\n\
          sent={} acked={} delivered={} lost={} duplicates={} reordered={} receipts={} errors={} rejected={}\n\
-         disconnects={} reconnects={} resent={} hangups={}\n\
+         refused_retryable={} out_of_order={} disconnects={} reconnects={} resent={} hangups={}\n\
          logins/s={:.0} delivered/s={:.0} latency_us p50={:.1} p99={:.1} p99.9={:.1} max={:.1}\n\
          send_lag_us p50={:.1} p99={:.1}{}",
         r.protocol,
@@ -427,6 +445,8 @@ impl Report {
         r.receipts,
         r.errors,
         r.rejected,
+        r.refused_retryable,
+        r.out_of_order,
         r.disconnects,
         r.reconnects,
         r.resent,
@@ -471,6 +491,11 @@ struct PhoneState {
     in_flight: RefCell<BTreeMap<u64, InFlight>>,
     /// Set for each new connection, until its writer has resent `in_flight`.
     resend: Cell<bool>,
+    /// Sends refused with a retryable error, to write again in this order
+    /// once `retry_due` is set (a timer sets it [`RETRY_MS`] after the
+    /// first of them).
+    refused: RefCell<std::collections::BTreeSet<u64>>,
+    retry_due: Cell<bool>,
     /// Set to make the phone hang up; it stays away until `offline_until_ns`.
     hang_up: Cell<bool>,
     offline_until_ns: Cell<u64>,
@@ -496,6 +521,8 @@ impl PhoneState {
             next_client_id: Cell::new(1),
             in_flight: RefCell::new(BTreeMap::new()),
             resend: Cell::new(false),
+            refused: RefCell::new(std::collections::BTreeSet::new()),
+            retry_due: Cell::new(false),
             hang_up: Cell::new(false),
             offline_until_ns: Cell::new(0),
         }
@@ -845,10 +872,24 @@ async fn write_loop(thread: &Thread, phone: &PhoneState, mut writer: WriteHalf<B
         if phone.resend.replace(false) {
             // Unanswered on the last connection: the server may or may not
             // have stored them, and recognises the client id if it has.
+            // Refused ones go too, in their place.
+            phone.refused.borrow_mut().clear();
             for (&client_id, sent) in phone.in_flight.borrow().iter() {
                 body[..8].copy_from_slice(&sent.intended_ns.to_le_bytes());
                 encode_send(thread, phone, client_id, sent.to, &body, true, &mut bytes);
                 thread.shared.resent.fetch_add(1, Relaxed);
+            }
+        }
+        if phone.retry_due.replace(false) {
+            // The order rule: every refused send again, oldest first, so
+            // each conversation resumes from its refused one on.
+            let refused = std::mem::take(&mut *phone.refused.borrow_mut());
+            let in_flight = phone.in_flight.borrow();
+            for client_id in refused {
+                if let Some(sent) = in_flight.get(&client_id) {
+                    body[..8].copy_from_slice(&sent.intended_ns.to_le_bytes());
+                    encode_send(thread, phone, client_id, sent.to, &body, true, &mut bytes);
+                }
             }
         }
         let closed_loop = thread.args.rate == 0;
@@ -917,6 +958,7 @@ async fn write_loop(thread: &Thread, phone: &PhoneState, mut writer: WriteHalf<B
             let ready = !phone.queue.borrow().is_empty()
                 && !thread.shared.stop_sending.load(Relaxed)
                 && may_send(thread, phone)
+                || phone.retry_due.get()
                 || phone.ack_up_to.get() > 0
                 || !phone.pubacks.borrow().is_empty()
                 || phone.hang_up.get()
@@ -934,7 +976,7 @@ async fn write_loop(thread: &Thread, phone: &PhoneState, mut writer: WriteHalf<B
 
 async fn read_loop(
     thread: &Thread,
-    phone: &PhoneState,
+    phone: &Rc<PhoneState>,
     mut reader: ReadHalf<BoxIo>,
     mut inbox: Vec<u8>,
 ) {
@@ -975,7 +1017,7 @@ async fn read_loop(
 
 /// Handles and removes the whole isle frames at the front of `inbox`, then
 /// has the writer acknowledge the messages among them.
-fn take_isle(thread: &Thread, phone: &PhoneState, inbox: &mut Vec<u8>) -> anyhow::Result<()> {
+fn take_isle(thread: &Thread, phone: &Rc<PhoneState>, inbox: &mut Vec<u8>) -> anyhow::Result<()> {
     let mut max_seq = 0;
     let taken = crate::dial::take_frames(inbox, |frame| {
         max_seq = max_seq.max(handle(thread, phone, frame));
@@ -988,7 +1030,7 @@ fn take_isle(thread: &Thread, phone: &PhoneState, inbox: &mut Vec<u8>) -> anyhow
 }
 
 /// Handles one frame; returns the mailbox seq to acknowledge (0 for none).
-fn handle(thread: &Thread, phone: &PhoneState, frame: ServerFrame<'_>) -> u64 {
+fn handle(thread: &Thread, phone: &Rc<PhoneState>, frame: ServerFrame<'_>) -> u64 {
     let shared = &thread.shared;
     match frame {
         ServerFrame::Sent { client_id, .. } => {
@@ -1021,13 +1063,48 @@ fn handle(thread: &Thread, phone: &PhoneState, frame: ServerFrame<'_>) -> u64 {
                 );
             }
             if let Some(client_id) = client_id {
-                if phone.in_flight.borrow_mut().remove(&client_id).is_some() {
-                    shared.rejected.fetch_add(1, Relaxed);
-                }
+                on_refused(thread, phone, client_id, kind);
             }
             0
         }
         _ => 0,
+    }
+}
+
+/// How long a phone waits after a retryable refusal before writing its
+/// refused sends again (ms).
+pub const RETRY_MS: u64 = 100;
+
+/// The server refused the send `client_id`: a final refusal ends it, a
+/// retryable one keeps it in flight to be written again (see the module
+/// doc).
+fn on_refused(thread: &Thread, phone: &Rc<PhoneState>, client_id: u64, kind: ErrorKind) {
+    let shared = &thread.shared;
+    if !phone.in_flight.borrow().contains_key(&client_id) {
+        return;
+    }
+    if !kind.is_retryable() {
+        phone.in_flight.borrow_mut().remove(&client_id);
+        shared.rejected.fetch_add(1, Relaxed);
+        return;
+    }
+    shared.refused_retryable.fetch_add(1, Relaxed);
+    if kind == ErrorKind::OutOfOrder {
+        shared.out_of_order.fetch_add(1, Relaxed);
+    }
+    let first = {
+        let mut refused = phone.refused.borrow_mut();
+        refused.insert(client_id);
+        refused.len() == 1
+    };
+    if first {
+        let phone = phone.clone();
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(Duration::from_millis(RETRY_MS)).await;
+            phone.retry_due.set(true);
+            phone.wake();
+        })
+        .detach();
     }
 }
 

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use storage::{EntryRecord, Post, Record, KEY_HASH_BYTES};
 use subtle::ConstantTimeEq;
 use wire::{
-    encode_server, ByeReason, ClientFrame, DeviceKey, ErrorKind, GroupChange, GroupId, Phone,
+    encode_server, ByeReason, Chat, ClientFrame, DeviceKey, ErrorKind, GroupChange, GroupId, Phone,
     Presence, Profile, ReceiptKind, ServerFrame, TypingState, BODY_BYTES_MAX, DEVICE_KEY_BYTES,
     PROTOCOL_VERSION,
 };
@@ -33,6 +33,7 @@ use crate::{
     allowance::TokenBucket,
     dedup::DedupTable,
     mailbox::Mailbox,
+    order::OrderGaps,
     source::Source,
     timer_wheel::{TimerId, TimerWheel},
     Env, ShardConfig,
@@ -81,6 +82,13 @@ pub enum RestoreError {
 pub struct ConnId {
     index: u32,
     generation: u32,
+}
+
+impl ConnId {
+    #[cfg(test)]
+    pub(crate) fn for_tests(index: u32, generation: u32) -> ConnId {
+        ConnId { index, generation }
+    }
 }
 
 /// Messages between shards. They travel only through the bounded
@@ -237,6 +245,9 @@ pub struct ShardCounters {
     /// `Read` frames refused: not about a message delivered to the reader,
     /// or read before.
     pub reads_refused: u64,
+    /// Sends refused `OutOfOrder`: an earlier send of their conversation
+    /// was refused and has not come again.
+    pub sends_out_of_order: u64,
     pub rate_limited: u64,
     pub protocol_errors: u64,
     pub idle_closed: u64,
@@ -464,6 +475,8 @@ pub struct Shard {
     /// Posts replayed on their owner, fanned out again when the restore ends.
     group_refan: Vec<(GroupId, u64, Post, Vec<Phone>)>,
     social_state: social::SocialState,
+    /// Conversations waiting for a refused send to come again.
+    order: OrderGaps,
     expiry: expiry::Sweep,
     anonymous: anonymous::Anonymous,
     /// When `anonymous` was last pruned.
@@ -520,6 +533,7 @@ impl Shard {
             group_marks: AHashMap::new(),
             group_refan: Vec::new(),
             social_state: social::SocialState::default(),
+            order: OrderGaps::default(),
             expiry: expiry::Sweep::default(),
             anonymous,
             pruned_at_ms: now_ms,
@@ -1328,6 +1342,7 @@ impl Shard {
             self.pruned_at_ms = now_ms;
             let wall_ms = now_ms + self.config.wall_clock_offset_ms;
             self.anonymous.prune(&self.config, now_ms, wall_ms);
+            self.order.prune(now_ms);
         }
         self.expiry_tick();
         self.write_due(now_ms);
@@ -1760,11 +1775,17 @@ impl Shard {
             self.reply_error(id, ErrorKind::BodyTooLarge, Some(client_id), &detail);
             return;
         }
+        let chat = Chat::Direct(to);
+        if !self.admit_in_order(id, from, chat, client_id) {
+            return;
+        }
         if !self.take_send_token(id, client_id, now_ms) {
+            self.order.refused(from, chat, client_id, id, now_ms);
             return;
         }
         if let Err(detail) = self.charge_stranger(from, to) {
             self.counters.rate_limited += 1;
+            self.order.refused(from, chat, client_id, id, now_ms);
             self.reply_error(id, ErrorKind::RateLimited, Some(client_id), &detail);
             return;
         }
@@ -1829,7 +1850,16 @@ impl Shard {
         action: GroupAction,
         now_ms: u64,
     ) {
+        let chat = action.in_conversation().then_some(Chat::Group(group));
+        if let Some(chat) = chat {
+            if !self.admit_in_order(id, from, chat, client_id) {
+                return;
+            }
+        }
         if !self.take_send_token(id, client_id, now_ms) {
+            if let Some(chat) = chat {
+                self.order.refused(from, chat, client_id, id, now_ms);
+            }
             return;
         }
         if matches!(action, GroupAction::Create { .. }) {
@@ -1866,6 +1896,40 @@ impl Shard {
             request: Box::new(request),
         };
         self.start_lookup(id, from, client_id, joining, purpose);
+    }
+
+    /// Whether the send `client_id` may go on in its conversation (see
+    /// `order`); if not, answers it `OutOfOrder` and returns false.
+    fn admit_in_order(&mut self, id: ConnId, from: Phone, chat: Chat, client_id: u64) -> bool {
+        let Err(waits_for) = self.order.admit(from, chat, client_id, id) else {
+            return true;
+        };
+        self.counters.sends_out_of_order += 1;
+        let detail = format!(
+            "client_id {waits_for} of this conversation was refused: \
+             send again from it on, in order"
+        );
+        self.reply_error(id, ErrorKind::OutOfOrder, Some(client_id), &detail);
+        false
+    }
+
+    /// A send the shard routed was refused with `result` by the shard that
+    /// stores it or owns its group: a retryable refusal opens a gap in its
+    /// conversation (see `order`).
+    fn note_refusal(
+        &mut self,
+        from: Phone,
+        chat: Chat,
+        client_id: u64,
+        reply: ConnId,
+        result: &Result<u64, ErrorKind>,
+    ) {
+        if let Err(kind) = result {
+            if kind.is_retryable() && *kind != ErrorKind::OutOfOrder {
+                self.order
+                    .refused(from, chat, client_id, reply, self.now_ms);
+            }
+        }
     }
 
     /// Spends one of the account's send tokens; without one, answers the
@@ -1974,7 +2038,8 @@ impl Shard {
                 body,
                 reply,
             } => {
-                let result = self.store_message(from, to, client_id, sent_at_ms, body);
+                let result = self.store_message(from, to, client_id, sent_at_ms, body, reply);
+                self.note_refusal(from, Chat::Direct(to), client_id, reply, &result);
                 let shard = self.config.map.shard_of(from);
                 let failed = result.is_err();
                 let answer = PeerMessage::Stored {
@@ -2024,6 +2089,10 @@ impl Shard {
                                 ErrorKind::BadRequest => {
                                     "the change does not apply to the group as it stands"
                                 }
+                                ErrorKind::OutOfOrder => {
+                                    "an earlier send of this conversation was refused: \
+                                     send again from it on, in order"
+                                }
                                 _ => "message not stored",
                             };
                             self.reply_error(reply, kind, Some(client_id), detail);
@@ -2062,7 +2131,11 @@ impl Shard {
                 reply,
                 action,
             } => {
-                let result = self.group_request(group, from, client_id, at_ms, action);
+                let chat = action.in_conversation().then_some(Chat::Group(group));
+                let result = self.group_request(group, from, client_id, at_ms, action, reply);
+                if let Some(chat) = chat {
+                    self.note_refusal(from, chat, client_id, reply, &result);
+                }
                 let shard = self.config.map.shard_of(from);
                 let answer = PeerMessage::Stored {
                     reply,
@@ -2110,6 +2183,7 @@ impl Shard {
         client_id: u64,
         sent_at_ms: u64,
         body: Arc<[u8]>,
+        session: ConnId,
     ) -> Result<u64, ErrorKind> {
         if !self.accounts.contains_key(&to) {
             return Err(ErrorKind::UnknownRecipient);
@@ -2120,6 +2194,14 @@ impl Shard {
         if let Some(seq) = self.dedup.get(to, from, client_id) {
             self.counters.messages_deduplicated += 1;
             return Ok(seq);
+        }
+        if self
+            .order
+            .admit(from, Chat::Direct(to), client_id, session)
+            .is_err()
+        {
+            self.counters.sends_out_of_order += 1;
+            return Err(ErrorKind::OutOfOrder);
         }
         if let Some((kind, _)) = self.durable_refusal() {
             self.counters.messages_refused_disk_full += 1;

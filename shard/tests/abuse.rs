@@ -237,7 +237,13 @@ fn the_send_allowance_belongs_to_the_account_not_the_connection() {
         limited += net
             .read(&conn)
             .iter()
-            .filter(|g| **g == Got::Error(ErrorKind::RateLimited))
+            // Sends behind a refused one wait for it (`OutOfOrder`).
+            .filter(|g| {
+                matches!(
+                    g,
+                    Got::Error(ErrorKind::RateLimited | ErrorKind::OutOfOrder)
+                )
+            })
             .count();
         net.shards[0].closed(conn.conn, net.now_ms);
     }

@@ -338,6 +338,34 @@ pub enum ErrorKind {
     TooManyContacts,
     /// This connection follows as many phones as it may.
     TooManySubscriptions,
+    /// An earlier send of the same conversation (this sender and that
+    /// recipient or group) on this connection was refused with a
+    /// retryable error and has not come again: nothing later in the
+    /// conversation is stored until it does, so that the recipient gets
+    /// the sender's messages in the order they were written. Send again
+    /// from the refused one on, in order.
+    OutOfOrder,
+}
+
+impl ErrorKind {
+    /// Whether the same request may succeed if sent again unchanged later:
+    /// the refusal means "not now", not "never". A `Send`, `GroupSend` or
+    /// `ChangeGroup` refused with one of these leaves a gap in its
+    /// conversation that the phone must fill before anything later in it
+    /// is stored (see [`ErrorKind::OutOfOrder`]); the other kinds are
+    /// final, and the conversation goes on without that message.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::RateLimited
+                | ErrorKind::SmsUnavailable
+                | ErrorKind::Overloaded
+                | ErrorKind::StorageFailed
+                | ErrorKind::MailboxFull
+                | ErrorKind::DiskFull
+                | ErrorKind::OutOfOrder
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,9 +18,9 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use storage::{EntryRecord, Post, Record};
-use wire::{ErrorKind, GroupChange, GroupId, Phone, GROUP_SUBJECT_BYTES_MAX};
+use wire::{Chat, ErrorKind, GroupChange, GroupId, Phone, GROUP_SUBJECT_BYTES_MAX};
 
-use super::{Held, PeerMessage, RestoreError, Shard};
+use super::{ConnId, Held, PeerMessage, RestoreError, Shard};
 
 /// A group on its owning shard.
 #[derive(Debug)]
@@ -76,6 +76,13 @@ impl GroupAction {
         joining.sort_unstable();
         joining.dedup();
         joining
+    }
+
+    /// Whether the request belongs to its sender's conversation in the
+    /// group, whose order holds across refusals (see `order`): posts and
+    /// changes do; a creation starts the group, so nothing precedes it.
+    pub(super) fn in_conversation(&self) -> bool {
+        !matches!(self, GroupAction::Create { .. })
     }
 }
 
@@ -226,6 +233,7 @@ impl Shard {
         client_id: u64,
         at_ms: u64,
         action: GroupAction,
+        session: ConnId,
     ) -> Result<u64, ErrorKind> {
         if self.journal_failed {
             return Err(ErrorKind::StorageFailed);
@@ -234,6 +242,15 @@ impl Shard {
         if let Some(gseq) = self.group_dedup.get(group, from, client_id) {
             self.counters.messages_deduplicated += 1;
             return Ok(answer(group, creates, gseq));
+        }
+        if action.in_conversation()
+            && self
+                .order
+                .admit(from, Chat::Group(group), client_id, session)
+                .is_err()
+        {
+            self.counters.sends_out_of_order += 1;
+            return Err(ErrorKind::OutOfOrder);
         }
         if let Some((kind, _)) = self.durable_refusal() {
             self.counters.messages_refused_disk_full += 1;

@@ -208,6 +208,20 @@ impl Net {
         self.settle();
     }
 
+    /// Feeds several frames of a logged-in phone before anything settles,
+    /// as a phone writes without waiting for answers.
+    pub fn pipeline(&mut self, phone: &Phone_, frames: &[ClientFrame<'_>]) {
+        for frame in frames {
+            let outcome = self.shards[phone.shard as usize].handle_frame(
+                phone.conn,
+                frame.clone(),
+                self.now_ms,
+            );
+            assert!(matches!(outcome, FrameOutcome::Continue));
+        }
+        self.settle();
+    }
+
     /// Commits every shard's records and moves peer messages until quiet.
     pub fn settle(&mut self) {
         for _ in 0..100 {
