@@ -694,6 +694,9 @@ async fn commit(runtime: Rc<Runtime>, mut journal: impl Journal + Segments, plan
     // After a failed checkpoint (a full disk, say), the next waits a while
     // rather than snapshotting the shard on every commit.
     let mut checkpoint_not_before = Instant::now();
+    // A disk found full at start refuses messages from the first one on,
+    // rather than taking one into a commit that cannot be written.
+    note_disk_full(&runtime, journal.disk_full());
     loop {
         if runtime.core.borrow().is_disk_full() {
             // Look again now and then: space may have been freed.

@@ -208,3 +208,143 @@ fn a_full_disk_refuses_new_messages_and_recovers_when_space_is_freed() {
         .unwrap();
     drop(server);
 }
+
+/// Queues `count` small messages from Alice for Bob, who is offline, then
+/// fills the disk. Returns Alice's connection and last client id.
+fn queue_then_fill(server: &Server, disk: &SmallDisk, bob: Phone, count: u64) -> (Client, u64) {
+    let (mut alice, _, _) = server.phone("+15550003101");
+    for client_id in 1..=count {
+        send(&mut alice, client_id, bob, b"queued");
+        match next_answer(&mut alice) {
+            Event::Sent { client_id: c, .. } => assert_eq!(c, client_id),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    fill(&disk.mount.join("filler"));
+    (alice, count)
+}
+
+/// Bob takes his queue one message at a time, acknowledging each, while
+/// Carol pings every half second: every acknowledgement is a commit of
+/// its own, so the log's current segment runs out partway, with no room
+/// on the disk for the next. Every ping must be answered and every stored
+/// message delivered all the same.
+fn ack_one_by_one_with_pings(bob: &mut Client, carol: &mut Client, count: u64) {
+    let mut last_ping = Instant::now();
+    let mut nonce = 0;
+    for expected in 1..=count {
+        let seq = receive(bob, expected);
+        bob.send(&ClientFrame::Ack { up_to: seq }).unwrap();
+        if last_ping.elapsed() >= Duration::from_millis(500) {
+            nonce += 1;
+            carol.send(&ClientFrame::Ping { nonce }).unwrap();
+            assert_eq!(
+                next_answer(carol),
+                Event::Pong { nonce },
+                "after {expected} acks"
+            );
+            last_ping = Instant::now();
+        }
+        // Acks take a few ms each when written; spread them out enough
+        // for the segment to run out between pings.
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Sends `client_id` until it is answered `Sent`, for at most `patience`;
+/// every answer before must be `DiskFull`, each within the client's
+/// timeout.
+fn send_until_sent(alice: &mut Client, client_id: u64, to: Phone, patience: Duration) {
+    let deadline = Instant::now() + patience;
+    loop {
+        assert!(Instant::now() < deadline, "never accepted again");
+        send(alice, client_id, to, b"after the full disk");
+        match next_answer(alice) {
+            Event::Sent { client_id: c, .. } => {
+                assert_eq!(c, client_id);
+                return;
+            }
+            Event::Error {
+                kind: ErrorKind::DiskFull,
+                ..
+            } => std::thread::sleep(Duration::from_millis(200)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// The case behind the rule "a full disk leaves the server live, and it
+/// resumes by itself": the current segment runs out while the disk is
+/// full; then the filler is deleted, and messages are accepted again
+/// without a restart.
+#[test]
+fn a_segment_running_out_on_a_full_disk_keeps_the_server_live_and_it_resumes() {
+    let disk = SmallDisk::new(24 * 1024 * 1024);
+    let data = tempfile::tempdir_in(&disk.mount).unwrap();
+    let server = Server::start_in(data, &["--shards", "1"]);
+    let bob_phone = Phone::parse("+15550003102").unwrap();
+    let bob_key = server.phone("+15550003102").2;
+    let (mut carol, _, _) = server.phone("+15550003103");
+    let (mut alice, last) = queue_then_fill(&server, &disk, bob_phone, 600);
+    for client in [&mut alice, &mut carol] {
+        client.set_timeout(Duration::from_secs(3)).unwrap();
+    }
+    let mut bob = server.connect();
+    bob.set_timeout(Duration::from_secs(3)).unwrap();
+    bob.login(bob_phone, bob_key).unwrap();
+    ack_one_by_one_with_pings(&mut bob, &mut carol, last);
+    // New messages are refused at once, not left unanswered.
+    send(&mut alice, last + 1, bob_phone, b"after the full disk");
+    assert!(matches!(
+        next_answer(&mut alice),
+        Event::Error {
+            kind: ErrorKind::DiskFull,
+            ..
+        }
+    ));
+
+    std::fs::remove_file(disk.mount.join("filler")).unwrap();
+    send_until_sent(&mut alice, last + 1, bob_phone, Duration::from_secs(15));
+    assert_eq!(receive(&mut bob, last + 1), last + 1);
+    carol.send(&ClientFrame::Ping { nonce: 99 }).unwrap();
+    assert_eq!(next_answer(&mut carol), Event::Pong { nonce: 99 });
+}
+
+/// A restart while the disk is still full and the current segment used up:
+/// a send is answered (`DiskFull`), not left waiting for room; once space
+/// is freed it is accepted.
+#[test]
+fn a_restart_on_a_still_full_disk_answers_every_send() {
+    let disk = SmallDisk::new(24 * 1024 * 1024);
+    let data = tempfile::tempdir_in(&disk.mount).unwrap();
+    let server = Server::start_in(data, &["--shards", "1"]);
+    let bob_phone = Phone::parse("+15550003102").unwrap();
+    let bob_key = server.phone("+15550003102").2;
+    let (mut carol, carol_phone, carol_key) = server.phone("+15550003103");
+    let (alice, last) = queue_then_fill(&server, &disk, bob_phone, 600);
+    carol.set_timeout(Duration::from_secs(3)).unwrap();
+    let mut bob = server.connect();
+    bob.set_timeout(Duration::from_secs(3)).unwrap();
+    bob.login(bob_phone, bob_key).unwrap();
+    ack_one_by_one_with_pings(&mut bob, &mut carol, last);
+    drop((alice, bob, carol));
+
+    let data = server.into_data_dir(); // SIGKILL
+    let server = Server::start_in(data, &["--shards", "1"]);
+    let mut carol = server.connect();
+    carol.set_timeout(Duration::from_secs(3)).unwrap();
+    carol.login(carol_phone, carol_key).unwrap();
+    send(&mut carol, 1, bob_phone, b"after the restart");
+    match next_answer(&mut carol) {
+        Event::Error {
+            kind: ErrorKind::DiskFull,
+            client_id,
+            ..
+        } => assert_eq!(client_id, Some(1)),
+        other => panic!("unexpected {other:?}"),
+    }
+    carol.send(&ClientFrame::Ping { nonce: 5 }).unwrap();
+    assert_eq!(next_answer(&mut carol), Event::Pong { nonce: 5 });
+    std::fs::remove_file(disk.mount.join("filler")).unwrap();
+    send_until_sent(&mut carol, 1, bob_phone, Duration::from_secs(15));
+}

@@ -24,6 +24,13 @@ pub trait Backend {
     /// current segment is all the room the log has left. An implementation
     /// may use the call to try again now and then.
     fn full(&self) -> bool;
+    /// The log goes on in an existing segment (after a restart): make
+    /// ready for the next one of `bytes`, and find out now whether there
+    /// is room for it, so that [`full`](Self::full) is true from the start
+    /// on a disk that has none. The default does nothing.
+    fn prepare(&self, bytes: u64) {
+        let _ = bytes;
+    }
     async fn open(&self, number: u64) -> io::Result<Self::File>;
     /// Deletes segment `number`; durable on return.
     async fn remove(&self, number: u64) -> io::Result<()>;

@@ -152,8 +152,13 @@ impl GlommioDisk {
                     let _ = fs::remove_file(&spare.path);
                 }
             }
-        } else if self.no_space_at.get().is_some() {
-            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        } else if let Some(since) = self.no_space_at.get() {
+            // The last try found no room. Space may have been freed since,
+            // so after a while a commit waiting for a segment tries again
+            // (whether or not anyone asked `full`).
+            if since.elapsed() < NO_SPACE_RETRY {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
         }
         let path = self.blank_path();
         let job_path = path.clone();
@@ -177,6 +182,23 @@ fn os_error<T>(error: glommio::GlommioError<T>) -> io::Error {
         glommio::GlommioError::EnhancedIoError { source, .. } => source,
         other => io::Error::from(other),
     }
+}
+
+/// Bytes an unprivileged writer may still use on the file system holding
+/// `path` (`statvfs`'s `f_bavail`). Root may use a reserve beyond it, so
+/// this errs on the side of calling a disk full.
+fn available_bytes(path: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: statvfs only writes into the struct it is given, which is
+    // plain integers, so all zeros is a valid value to start from.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and outlives the call; `stat` is a
+    // valid, writable statvfs.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 /// Records whether writing a blank file found the disk full.
@@ -243,6 +265,16 @@ impl Backend for GlommioDisk {
         // The next segment's blank file is written while this one fills.
         self.prepare_spare(bytes);
         Ok(GlommioFile { file })
+    }
+
+    fn prepare(&self, bytes: u64) {
+        self.segment_bytes.set(bytes);
+        match available_bytes(&self.path) {
+            // Not even one segment's room: writing a blank would only find
+            // that out, and the disk is full from the first commit on.
+            Ok(available) if available < bytes => self.no_space_at.set(Some(Instant::now())),
+            _ => self.prepare_spare(bytes),
+        }
     }
 
     fn full(&self) -> bool {

@@ -279,6 +279,7 @@ impl<B: Backend> Log<B> {
             write_all(&mut file, end, &vec![0; dirty]).await?;
             file.sync().await?;
         }
+        backend.prepare(config.segment_bytes_max);
         let mut log = Log::new(backend, config, file, segment, end, next_seq);
         log.segments = segments;
         Ok((log, recovery))
