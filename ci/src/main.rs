@@ -2,7 +2,8 @@
 //!
 //! - `test` (the default): `fmt`, `clippy`, `unit` and `smoke`, in that order,
 //!   after installing the Debian packages the tests use when they are missing
-//!   (`e2fsprogs` for the disk-full test, `mosquitto` for the MQTT target).
+//!   (`e2fsprogs` for the disk-full test, `mosquitto` for the MQTT target,
+//!   `faketime` for the clock-step tests).
 //! - `fmt`: `cargo fmt --check`.
 //! - `clippy`: every target, warnings denied.
 //! - `unit`: `cargo test --workspace` (integration tests start the real binary).
@@ -71,7 +72,12 @@ fn cargo(args: &[&str]) -> anyhow::Result<()> {
 }
 
 /// Programs the tests run, and the Debian package each comes in.
-const TEST_PACKAGES: &[(&str, &str)] = &[("mkfs.ext4", "e2fsprogs"), ("mosquitto", "mosquitto")];
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("mkfs.ext4", "e2fsprogs"),
+    ("mosquitto", "mosquitto"),
+    // libfaketime, for the clock-step tests.
+    ("faketime", "faketime"),
+];
 
 /// Where `program` is, on the PATH or in the sbin directories (which a
 /// user's PATH may lack).

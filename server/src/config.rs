@@ -23,6 +23,36 @@ pub struct Config {
     pub test_numbers: Option<TestNumbersConfig>,
     pub storage: StorageConfig,
     pub limits: Limits,
+    pub clock: ClockConfig,
+}
+
+/// How the wall clock is trusted (`shard::WallClock`): a clock step never
+/// deletes messages by itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClockConfig {
+    /// At start, how far past the latest wall time the log recorded the
+    /// clock may be and be trusted (the server was down that long).
+    /// Further, or behind it, and expiry waits until the clock is trusted.
+    pub jump_max_ms: u64,
+    /// How long a clock in doubt must keep step with the monotonic clock
+    /// to be trusted; what was queued before a forward step then counts
+    /// its age from the step.
+    pub settle_ms: u64,
+    /// The clock at start is right whatever the log recorded: ages count
+    /// by it (a server really was down for a month). `--clock-confirmed`.
+    pub confirmed: bool,
+}
+
+impl Default for ClockConfig {
+    fn default() -> ClockConfig {
+        let shard = shard::ShardConfig::new(0, shard::PartitionMap::new(1, 1));
+        ClockConfig {
+            jump_max_ms: shard.clock_jump_max_ms,
+            settle_ms: shard.clock_settle_ms,
+            confirmed: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -200,6 +230,7 @@ impl Default for Config {
             test_numbers: None,
             storage: StorageConfig::default(),
             limits: Limits::default(),
+            clock: ClockConfig::default(),
         }
     }
 }

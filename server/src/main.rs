@@ -88,6 +88,11 @@ struct Args {
     /// A crash loses messages accepted in the last this-many ms.
     #[arg(long)]
     sync_delay_ms: Option<u64>,
+    /// The wall clock is right, however far it is from the latest time the
+    /// log recorded (the server was down that long): expiry counts by it
+    /// rather than waiting for the clock to be trusted.
+    #[arg(long)]
+    clock_confirmed: bool,
 }
 
 fn main() {
@@ -213,6 +218,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         shard_config.presence_subscriptions_max = config.limits.presence_subscriptions_max;
         shard_config.push_interval_ms = config.push.interval_ms;
         shard_config.message_retention_ms = config.limits.message_retention_ms;
+        shard_config.clock_jump_max_ms = config.clock.jump_max_ms;
+        shard_config.clock_settle_ms = config.clock.settle_ms;
+        shard_config.clock_confirmed = config.clock.confirmed;
         if config.storage.journal == JournalKind::Log {
             shard_config.sync_delay_ms = config.storage.sync_delay_ms;
         }
@@ -433,6 +441,9 @@ fn apply_flags(config: &mut Config, args: Args) -> anyhow::Result<()> {
     }
     if args.salvage {
         config.storage.salvage = true;
+    }
+    if args.clock_confirmed {
+        config.clock.confirmed = true;
     }
     if let Some(bytes) = args.segment_bytes {
         config.storage.segment_bytes_max = bytes;

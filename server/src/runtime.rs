@@ -28,7 +28,7 @@ use glommio::{
     Latency, Shares, TaskQueueHandle,
 };
 use rustls::{ServerConfig, ServerConnection};
-use shard::{ConnId, ConnSnapshot, FrameOutcome, PeerMessage, Shard, Source};
+use shard::{ClockNote, ConnId, ConnSnapshot, FrameOutcome, PeerMessage, Shard, Source};
 use storage::{
     log::{checkpoint, glommio_disk::GlommioDisk, Log, LogConfig},
     Journal, JournalError, JournalStats, MemoryJournal, Record,
@@ -292,6 +292,7 @@ pub async fn run(setup: ShardSetup) {
             return;
         }
     };
+    log_clock_notes(shard_id, &mut shard);
     let tick_ms = shard.config().tick_ms;
     let shard_count = peers.senders.len();
     let runtime = Rc::new(Runtime {
@@ -362,7 +363,10 @@ pub async fn run(setup: ShardSetup) {
         glommio::timer::sleep(tick).await;
         {
             let mut core = runtime.core.borrow_mut();
-            core.tick(runtime.now_ms());
+            let now_ms = runtime.now_ms();
+            core.observe_wall_clock(unix_ms(), now_ms);
+            log_clock_notes(runtime.shard_id, &mut core);
+            core.tick(now_ms);
             for (phone, token) in push_rejected.try_iter() {
                 core.push_rejected(phone, &token);
             }
@@ -781,6 +785,67 @@ async fn commit(runtime: Rc<Runtime>, mut journal: impl Journal + Segments, plan
             }
         }
     }
+}
+
+/// The system's wall clock, in Unix ms (0 before 1970).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Tells the operator what the shard made of the wall clock: a clock in
+/// doubt holds expiry, loudly, until it is trusted.
+fn log_clock_notes(shard_id: u16, shard: &mut Shard) {
+    while let Some(note) = shard.take_clock_note() {
+        match note {
+            ClockNote::InDoubt { ahead_ms, at_start } => log::error!(
+                "shard {shard_id}: the wall clock is {} {} the time {}; nothing expires \
+                 until it is trusted (it keeps step for [clock] settle_ms, or the server \
+                 is started with --clock-confirmed)",
+                human_ms(ahead_ms.unsigned_abs()),
+                if ahead_ms >= 0 { "ahead of" } else { "behind" },
+                if at_start {
+                    "the log last recorded"
+                } else {
+                    "the monotonic clock expected"
+                },
+            ),
+            ClockNote::Accepted {
+                confirmed,
+                floor_ms,
+            } => log::warn!(
+                "shard {shard_id}: the wall clock is trusted again ({}){}",
+                if confirmed {
+                    "--clock-confirmed"
+                } else {
+                    "it kept step"
+                },
+                match floor_ms {
+                    Some(floor) => format!(
+                        "; what was queued before the step counts its age from {floor} (Unix ms)"
+                    ),
+                    None => String::new(),
+                }
+            ),
+        }
+    }
+}
+
+/// `ms` for a log line: days, hours, minutes or seconds.
+fn human_ms(ms: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [
+        (86_400_000, "days"),
+        (3_600_000, "hours"),
+        (60_000, "minutes"),
+        (1_000, "s"),
+    ];
+    for (unit, name) in UNITS {
+        if ms >= unit {
+            return format!("{:.1} {name}", ms as f64 / unit as f64);
+        }
+    }
+    format!("{ms} ms")
 }
 
 /// How long after a failed checkpoint the next is tried.

@@ -103,6 +103,17 @@ pub struct ShardConfig {
     /// Messages (and group posts) not delivered within this long are
     /// deleted, and each sender gets an `Expired` receipt.
     pub message_retention_ms: u64,
+    /// At start, how far past the latest wall time the journal recorded
+    /// the clock may be (the server was down that long) and be trusted;
+    /// further, or behind it, expiry is held until the clock is trusted
+    /// (see `clock`).
+    pub clock_jump_max_ms: u64,
+    /// How long a clock in doubt must keep step with the monotonic clock
+    /// before it is trusted.
+    pub clock_settle_ms: u64,
+    /// The operator says the clock at start is right, whatever the journal
+    /// last recorded: ages count by it.
+    pub clock_confirmed: bool,
     /// Connections that have not logged in, at most, on one shard and
     /// from one source host (an IPv4 address or an IPv6 /64) on one
     /// shard: below the open-file limit, so that flooding connections
@@ -180,6 +191,9 @@ impl ShardConfig {
             presence_subscriptions_max: 256,
             push_interval_ms: 30_000,
             message_retention_ms: 30 * 24 * 60 * 60 * 1000,
+            clock_jump_max_ms: 24 * 60 * 60 * 1000,
+            clock_settle_ms: 10 * 60 * 1000,
+            clock_confirmed: false,
             prelogin_connections_max: 4_096,
             prelogin_per_source_max: 128,
             code_requests_per_connection_max: 3,

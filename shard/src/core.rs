@@ -31,6 +31,7 @@ pub use push::Push;
 
 use crate::{
     allowance::TokenBucket,
+    clock::{ClockNote, ClockState, WallClock},
     dedup::DedupTable,
     mailbox::Mailbox,
     order::OrderGaps,
@@ -477,6 +478,8 @@ pub struct Shard {
     social_state: social::SocialState,
     /// Conversations waiting for a refused send to come again.
     order: OrderGaps,
+    /// Wall time for stamps and expiry (see `clock`).
+    clock: WallClock,
     expiry: expiry::Sweep,
     anonymous: anonymous::Anonymous,
     /// When `anonymous` was last pruned.
@@ -517,6 +520,7 @@ impl Shard {
         let dedup = DedupTable::new(config.dedup_ttl_ms, config.dedup_entries_max);
         let config_dedup = (config.dedup_ttl_ms, config.dedup_entries_max);
         let anonymous = anonymous::Anonymous::new(&config, now_ms);
+        let clock = WallClock::new(config.wall_clock_offset_ms);
         Shard {
             config,
             env,
@@ -534,6 +538,7 @@ impl Shard {
             group_refan: Vec::new(),
             social_state: social::SocialState::default(),
             order: OrderGaps::default(),
+            clock,
             expiry: expiry::Sweep::default(),
             anonymous,
             pruned_at_ms: now_ms,
@@ -695,6 +700,13 @@ impl Shard {
                 source,
                 at_ms,
             } => self.restore_code_sent(phone, Source::new(source), at_ms),
+            Record::Clock {
+                latest_ms,
+                floor_ms,
+            } => self.clock.restore(ClockState {
+                latest_ms,
+                floor_ms,
+            }),
         }
         Ok(())
     }
@@ -703,10 +715,30 @@ impl Shard {
     /// deferred, so the first phone does not wait for it. (Skipping this
     /// is safe; the first lookup would do it.)
     pub fn restored(&mut self) {
+        let (jump_max, confirmed) = (self.config.clock_jump_max_ms, self.config.clock_confirmed);
+        self.clock.started(self.now_ms, jump_max, confirmed);
         self.dedup.settle();
         self.group_dedup.settle();
         self.group_reads.settle();
         self.groups_restored();
+    }
+
+    /// The system's wall clock reads `system_ms` (Unix ms) at `now_ms`:
+    /// stamps follow it within `clock::STEP_TOLERANCE_MS`; a larger step
+    /// holds expiry until it is trusted (see `clock`). Call it every tick.
+    pub fn observe_wall_clock(&mut self, system_ms: u64, now_ms: u64) {
+        self.clock
+            .observe(system_ms, now_ms, self.config.clock_settle_ms);
+    }
+
+    /// What the operator should be told about the clock, oldest first.
+    pub fn take_clock_note(&mut self) -> Option<ClockNote> {
+        self.clock.take_note()
+    }
+
+    /// Whether expiry is held because the clock is in doubt.
+    pub fn clock_in_doubt(&self) -> bool {
+        self.clock.in_doubt()
     }
 
     /// A checkpoint of this shard is durable.
@@ -719,6 +751,9 @@ impl Shard {
     /// recent client ids). What a checkpoint holds.
     pub fn checkpoint(&mut self) -> Vec<Record> {
         let mut records = Vec::with_capacity(self.accounts.len() * 2 + self.dedup.len());
+        if let Some(state) = self.clock.to_record(true) {
+            records.push(clock_record(state));
+        }
         self.anonymous.checkpoint(&mut records);
         self.checkpoint_groups(&mut records);
         for (&phone, account) in &self.accounts {
@@ -1340,9 +1375,14 @@ impl Shard {
         self.group_reads.expire(now_ms);
         if now_ms >= self.pruned_at_ms + SOURCE_TABLES_PRUNE_MS {
             self.pruned_at_ms = now_ms;
-            let wall_ms = now_ms + self.config.wall_clock_offset_ms;
+            let wall_ms = self.clock.wall_ms(now_ms);
             self.anonymous.prune(&self.config, now_ms, wall_ms);
             self.order.prune(now_ms);
+        }
+        if !self.journal_failed {
+            if let Some(state) = self.clock.to_record(false) {
+                self.records.push(clock_record(state));
+            }
         }
         self.expiry_tick();
         self.write_due(now_ms);
@@ -1529,7 +1569,7 @@ impl Shard {
             return;
         }
         self.counters.codes_sent += 1;
-        let wall_ms = now_ms + self.config.wall_clock_offset_ms;
+        let wall_ms = self.clock.wall_ms(now_ms);
         let record = self.anonymous.sent(phone, source, wall_ms);
         self.records.push(record);
         let signup = self.signups.entry(phone).or_insert_with(Signup::new);
@@ -1559,7 +1599,7 @@ impl Shard {
     /// of now) if the code is still inside the window, like the source's
     /// and the range's.
     fn restore_code_sent(&mut self, phone: Phone, source: Source, at_ms: u64) {
-        let wall_ms = self.now_ms + self.config.wall_clock_offset_ms;
+        let wall_ms = self.clock.wall_ms(self.now_ms);
         let times = (self.now_ms, wall_ms);
         if !self
             .anonymous
@@ -1794,7 +1834,7 @@ impl Shard {
             from,
             to,
             client_id,
-            sent_at_ms: now_ms + self.config.wall_clock_offset_ms,
+            sent_at_ms: self.clock.wall_ms(now_ms),
             body: body.into(),
             reply: id,
         };
@@ -1878,7 +1918,7 @@ impl Shard {
             group,
             from,
             client_id,
-            at_ms: now_ms + self.config.wall_clock_offset_ms,
+            at_ms: self.clock.wall_ms(now_ms),
             reply: id,
             action,
         };
@@ -2545,4 +2585,11 @@ fn cached_bytes(record: &Record) -> usize {
             } => body.len(),
             _ => 0,
         }
+}
+
+fn clock_record(state: ClockState) -> Record {
+    Record::Clock {
+        latest_ms: state.latest_ms,
+        floor_ms: state.floor_ms,
+    }
 }

@@ -8,6 +8,7 @@
 //! which is what lets these rules be tested on one thread with a fake clock.
 
 mod allowance;
+mod clock;
 mod config;
 mod core;
 mod dedup;
@@ -23,6 +24,7 @@ pub use crate::core::{
     Shard, ShardCounters,
 };
 pub use allowance::{Exhausted, Rate, TokenBucket};
+pub use clock::{ClockNote, ClockState, WallClock, CLOCK_RECORD_INTERVAL_MS, STEP_TOLERANCE_MS};
 pub use config::{ShardConfig, TestNumbers};
 pub use dedup::DedupTable;
 pub use env::Env;

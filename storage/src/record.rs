@@ -114,6 +114,12 @@ pub enum Record {
         source: IpAddr,
         at_ms: u64,
     },
+    /// The latest wall time (Unix ms) the shard had used, and its expiry
+    /// floor: entries stamped before `floor_ms` count their age from it.
+    /// Written as the clock moves on and in checkpoints; replayed, the
+    /// latest of each holds. At start a clock far from `latest_ms` holds
+    /// expiry until it is trusted (`shard::WallClock`).
+    Clock { latest_ms: u64, floor_ms: u64 },
 }
 
 /// Which shard keeps a record.
@@ -143,6 +149,8 @@ impl Record {
             | Record::LastSeen { owner, .. }
             | Record::PushToken { owner, .. } => Owner::Account(*owner),
             Record::CodeSent { phone, .. } => Owner::Account(*phone),
+            // Every shard keeps its own; a new shard takes the latest.
+            Record::Clock { .. } => Owner::Local,
             Record::GroupPost { group, .. }
             | Record::GroupState { group, .. }
             | Record::GroupDedup { group, .. } => Owner::Group(*group),

@@ -7,6 +7,10 @@
 //! the first one still young. Receipts carry no time of their own; one
 //! ahead of an expired message arrived before it and goes with it.
 //!
+//! Ages are measured against the shard's `WallClock`: nothing expires while
+//! it is in doubt, and what was queued before an accepted forward step
+//! counts its age from the step, so a clock step never deletes messages.
+//!
 //! Accounts with a session are left alone: what waits for them is on its
 //! way down the connection, and their acknowledgement settles it.
 //!
@@ -64,8 +68,9 @@ impl Shard {
     }
 
     fn expire(&mut self, owner: Phone) {
-        let now = self.now_ms + self.config.wall_clock_offset_ms;
-        let Some(cutoff) = now.checked_sub(self.config.message_retention_ms) else {
+        // Nothing expires while the clock is in doubt (see `clock`).
+        let retention = self.config.message_retention_ms;
+        let Some(cutoff) = self.clock.expiry_cutoff(self.now_ms, retention) else {
             return;
         };
         let Some(account) = self.accounts.get(&owner) else {
@@ -88,7 +93,7 @@ impl Shard {
                 }
                 EntryRecord::Receipt { .. } => None,
             };
-            match sent_at_ms {
+            match sent_at_ms.map(|at| self.clock.expiry_stamp(at)) {
                 Some(at) if at < cutoff => up_to = Some(entry.seq),
                 Some(_) => break,
                 None => {}

@@ -120,7 +120,7 @@ fn normalize(mut phones: Vec<Phone>, owner: Phone) -> Vec<Phone> {
 
 impl Shard {
     fn wall_ms(&self) -> u64 {
-        self.now_ms + self.config.wall_clock_offset_ms
+        self.clock.wall_ms(self.now_ms)
     }
 
     fn social(&self, phone: Phone) -> Option<&Social> {

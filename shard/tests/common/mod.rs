@@ -265,9 +265,16 @@ impl Net {
     /// Every shard dies and comes back from its journal alone; every
     /// connection is gone.
     pub fn restart(&mut self) {
+        self.restart_with(|_| {});
+    }
+
+    /// `restart`, with the configuration changed first (a clock that
+    /// moved while the server was down, say).
+    pub fn restart_with(&mut self, adjust: impl Fn(&mut ShardConfig)) {
         self.now_ms += 60_000;
         for index in 0..self.shards.len() {
-            let config = self.shards[index].config().clone();
+            let mut config = self.shards[index].config().clone();
+            adjust(&mut config);
             let env = FakeEnv {
                 seed: index as u64 + 1_000,
                 sms: self.sms.clone(),
