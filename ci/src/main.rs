@@ -12,6 +12,8 @@
 //!   or reordered, or if the server does not exit cleanly on SIGTERM.
 //! - `bench`: isle against mosquitto and the bare relay, side by side (see
 //!   [`bench`]); not part of `test`.
+//! - `stall`: the cross-shard stall hunt (`server/tests/stall.rs`) at 400
+//!   rounds instead of CI's 10; not part of `test`.
 
 mod bench;
 
@@ -36,12 +38,13 @@ fn main() {
         "clippy" => clippy(),
         "unit" => unit(),
         "smoke" => smoke(),
+        "stall" => stall(),
         "bench" => {
             let rest: Vec<String> = std::env::args().skip(2).collect();
             bench::Options::parse(&rest).and_then(|options| bench::bench(&options))
         }
         other => Err(anyhow::anyhow!(
-            "unknown task {other:?}; use test, fmt, clippy, unit, smoke or bench"
+            "unknown task {other:?}; use test, fmt, clippy, unit, smoke, stall or bench"
         )),
     };
     if let Err(error) = result {
@@ -118,6 +121,21 @@ fn packages(wanted: &[(&str, &str)]) -> anyhow::Result<()> {
     };
     apt(&["update", "-q"])?;
     apt(&[&["install", "-y", "-q"][..], &missing].concat())
+}
+
+/// Many fresh two-shard servers on busy cores, timing cross-shard answers.
+fn stall() -> anyhow::Result<()> {
+    std::env::set_var("ISLE_STALL_ROUNDS", "400");
+    cargo(&[
+        "test",
+        "--release",
+        "-p",
+        "server",
+        "--test",
+        "stall",
+        "--",
+        "--nocapture",
+    ])
 }
 
 fn fmt() -> anyhow::Result<()> {

@@ -214,6 +214,10 @@ pub struct Limits {
     /// depth: at the 128 default a shard with 10,000 phones spent a third of
     /// its time in that search. 4,096 gives the table its maximum size.
     pub io_ring_depth: usize,
+    /// The shard's timer granularity (ms): deadlines, sweeps and the
+    /// clock check run this often. Also the longest any wake-up glommio
+    /// loses can delay a shard, since its tick wakes it.
+    pub tick_ms: u64,
 }
 
 impl Default for Config {
@@ -272,6 +276,7 @@ impl Default for Limits {
             peer_queue_batches_max: 64,
             io_memory_bytes: 512 * 1024,
             io_ring_depth: 4096,
+            tick_ms: shard.tick_ms,
         }
     }
 }

@@ -8,6 +8,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod config;
+mod peer_queue;
 mod push;
 mod reshard;
 mod runtime;
@@ -26,7 +27,7 @@ use std::{
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use glommio::{channels::shared_channel, LocalExecutorBuilder, Placement};
+use glommio::{LocalExecutorBuilder, Placement};
 use shard::{PartitionMap, Shard, ShardConfig, TestNumbers, PARTITIONS_DEFAULT};
 use storage::log::LogConfig;
 
@@ -218,6 +219,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         shard_config.presence_subscriptions_max = config.limits.presence_subscriptions_max;
         shard_config.push_interval_ms = config.push.interval_ms;
         shard_config.message_retention_ms = config.limits.message_retention_ms;
+        shard_config.tick_ms = config.limits.tick_ms;
         shard_config.clock_jump_max_ms = config.clock.jump_max_ms;
         shard_config.clock_settle_ms = config.clock.settle_ms;
         shard_config.clock_confirmed = config.clock.confirmed;
@@ -617,7 +619,7 @@ fn peer_queues(count: usize, batches_max: usize) -> Vec<PeerEnds> {
     for source in 0..count {
         for destination in 0..count {
             if source != destination {
-                let (sender, receiver) = shared_channel::new_bounded(batches_max);
+                let (sender, receiver) = peer_queue::bounded(batches_max);
                 ends[source].senders[destination] = Some(sender);
                 ends[destination].receivers[source] = Some(receiver);
             }

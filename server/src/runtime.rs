@@ -23,7 +23,6 @@ use std::{
 use ahash::AHashMap;
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::{
-    channels::shared_channel::{ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender},
     net::{TcpListener, TcpStream},
     Latency, Shares, TaskQueueHandle,
 };
@@ -35,7 +34,7 @@ use storage::{
 };
 use wire::{decode_client, split_frame, ErrorKind, FrameError, FRAME_BYTES_MAX};
 
-use crate::transport::Transport;
+use crate::{peer_queue, transport::Transport};
 
 /// Bytes read from a socket per call, into the shard's one scratch buffer:
 /// an idle connection holds no read buffer at all.
@@ -67,8 +66,8 @@ pub type Batch = Vec<Mail>;
 /// The ends of the queues one shard owns: a sender to every other shard and a
 /// receiver from every other shard (`None` at its own index).
 pub struct PeerEnds {
-    pub senders: Vec<Option<SharedSender<Batch>>>,
-    pub receivers: Vec<Option<SharedReceiver<Batch>>>,
+    pub senders: Vec<Option<peer_queue::Sender<Batch>>>,
+    pub receivers: Vec<Option<peer_queue::Receiver<Batch>>>,
 }
 
 pub struct Listeners {
@@ -582,8 +581,7 @@ fn spawn_connection(
 
 /// Sends staged mail to one other shard, a batch at a time. While the queue
 /// is full this task waits; only connections feeding this destination pause.
-async fn forward(runtime: Rc<Runtime>, destination: usize, sender: SharedSender<Batch>) {
-    let sender: ConnectedSender<Batch> = sender.connect().await;
+async fn forward(runtime: Rc<Runtime>, destination: usize, sender: peer_queue::Sender<Batch>) {
     let link = &runtime.links[destination];
     loop {
         link.signal.wait().await;
@@ -606,8 +604,7 @@ async fn forward(runtime: Rc<Runtime>, destination: usize, sender: SharedSender<
     }
 }
 
-async fn receive(runtime: Rc<Runtime>, receiver: SharedReceiver<Batch>) {
-    let receiver: ConnectedReceiver<Batch> = receiver.connect().await;
+async fn receive(runtime: Rc<Runtime>, receiver: peer_queue::Receiver<Batch>) {
     while let Some(batch) = receiver.recv().await {
         for mail in batch {
             match mail {
