@@ -1928,6 +1928,9 @@ impl Shard {
         }
         if let Err(detail) = self.charge_strangers(from, &joining) {
             self.counters.rate_limited += 1;
+            if let Some(chat) = chat {
+                self.order.refused(from, chat, client_id, id, now_ms);
+            }
             self.reply_error(id, ErrorKind::RateLimited, Some(client_id), &detail);
             return;
         }
