@@ -377,12 +377,31 @@ pub async fn run(setup: ShardSetup) {
     runtime.stopping.set(true);
     runtime.core.borrow_mut().close_all();
     runtime.after_core();
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + STOP_CONNECTIONS_WAIT;
     // Connections to close, and records (the write-back cache, written out
-    // by `close_all`) to commit.
-    let busy = || runtime.live_tasks.get() > 0 || runtime.core.borrow().has_pending_records();
+    // by `close_all`) to commit: taken by the commit task is not written,
+    // so the commit in flight counts too.
+    let unwritten = || {
+        runtime.core.borrow().has_pending_records()
+            || runtime.commits_done.get() < runtime.commits_started.get()
+    };
+    let busy = || runtime.live_tasks.get() > 0 || unwritten();
     while busy() && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    // What phones were told is stored must be on disk before the process
+    // ends: wait longer for the commits alone, and say so if they do not
+    // finish (a full disk, say).
+    let deadline = Instant::now() + STOP_COMMITS_WAIT;
+    while unwritten() && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    if unwritten() {
+        log::error!(
+            "shard {shard_id}: stopping with records not yet written after {} s; what the \
+             write-back cache held since the last commit is lost",
+            STOP_COMMITS_WAIT.as_secs()
+        );
     }
     let counters = runtime.core.borrow().counters();
     let journal = runtime.journal_stats.get();
@@ -844,6 +863,11 @@ fn human_ms(ms: u64) -> String {
     }
     format!("{ms} ms")
 }
+
+/// How long a stopping shard waits for its connections to take their last
+/// bytes, and then for its last commits.
+const STOP_CONNECTIONS_WAIT: Duration = Duration::from_secs(2);
+const STOP_COMMITS_WAIT: Duration = Duration::from_secs(30);
 
 /// How long after a failed checkpoint the next is tried.
 const CHECKPOINT_RETRY: Duration = Duration::from_secs(10);
