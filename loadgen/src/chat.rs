@@ -17,9 +17,11 @@
 //! Phones follow the order rule (README, "Order across refusals"): a send
 //! refused with a retryable error (rate limit, full mailbox, full disk)
 //! stays in flight, and after [`RETRY_MS`] the phone writes again every
-//! send refused meanwhile, in the order first written; the server holds
-//! later sends of each such conversation back (`OutOfOrder`, retryable
-//! too) until then. Only final refusals count as `rejected`.
+//! send refused meanwhile, in the order first written; new sends to a
+//! conversation with a refused one waiting join that retry instead of
+//! going out ahead of it. The server holds later sends of each such
+//! conversation back (`OutOfOrder`, retryable too) meanwhile. Only final
+//! refusals count as `rejected`.
 
 use std::{
     cell::{Cell, RefCell},
@@ -528,6 +530,15 @@ impl PhoneState {
         }
     }
 
+    /// Whether a refused send to `to` waits to be written again.
+    fn refused_to(&self, to: Phone) -> bool {
+        let in_flight = self.in_flight.borrow();
+        self.refused
+            .borrow()
+            .iter()
+            .any(|id| in_flight.get(id).is_some_and(|sent| sent.to == to))
+    }
+
     fn wake(&self) {
         if let Some(waker) = self.waker.borrow_mut().take() {
             waker.wake();
@@ -915,8 +926,14 @@ async fn write_loop(thread: &Thread, phone: &PhoneState, mut writer: WriteHalf<B
                     let lag = now.saturating_sub(intended).max(1);
                     let _ = thread.send_lag.borrow_mut().record(lag);
                 }
-                body[..8].copy_from_slice(&intended.to_le_bytes());
-                encode_send(thread, phone, client_id, to, &body, false, &mut bytes);
+                // The order rule: nothing new in a conversation whose
+                // refused send waits to be written again; this one goes
+                // after it, in the next retry.
+                let waits = phone.refused_to(to);
+                if !waits {
+                    body[..8].copy_from_slice(&intended.to_le_bytes());
+                    encode_send(thread, phone, client_id, to, &body, false, &mut bytes);
+                }
                 phone.in_flight.borrow_mut().insert(
                     client_id,
                     InFlight {
@@ -924,6 +941,9 @@ async fn write_loop(thread: &Thread, phone: &PhoneState, mut writer: WriteHalf<B
                         to,
                     },
                 );
+                if waits {
+                    phone.refused.borrow_mut().insert(client_id);
+                }
                 thread.shared.sent.fetch_add(1, Relaxed);
             }
         }

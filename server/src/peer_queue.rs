@@ -11,7 +11,8 @@
 //! foreign-waker path (an eventfd in the latency ring) and with a
 //! Unix-socket doorbell read through glommio. The loss is in glommio
 //! 0.9's reactor, below any queue. Its timers almost always arrive: with
-//! the backstop below the stall hunt finds no late answer. Not always:
+//! the backstop below the stall hunt found 2 late answers in 54,000
+//! (against about 1 in 100 without). Not always:
 //! two bare executors ping-ponging beside two spinning threads (more
 //! threads than cores) hung in about one run in ten, one of them asleep
 //! through its own timers too; that is left open (see ARCHITECTURE.md).

@@ -817,8 +817,10 @@ fn log_clock_notes(shard_id: u16, shard: &mut Shard) {
         match note {
             ClockNote::InDoubt { ahead_ms, at_start } => log::error!(
                 "shard {shard_id}: the wall clock is {} {} the time {}; nothing expires \
-                 until it is trusted (it keeps step for [clock] settle_ms, or the server \
-                 is started with --clock-confirmed)",
+                 until it is trusted: once it keeps step for [clock] settle_ms, what was \
+                 queued before counts its age from the step; or start once with \
+                 --clock-confirmed if this clock is right, and ages count by it (what it \
+                 makes older than the retention then expires at once)",
                 human_ms(ahead_ms.unsigned_abs()),
                 if ahead_ms >= 0 { "ahead of" } else { "behind" },
                 if at_start {

@@ -14,8 +14,10 @@ fn rate_limited_phones_that_resend_in_order_keep_every_conversation_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("isle.toml");
     // A phone may send 20 a second in bursts of 4, and is made to send
-    // 30 a second to one of three others: a send written once a token came
-    // back would overtake one refused just before it, unless held back.
+    // 40 a second to one of 23 others: a send written once a token came
+    // back would overtake one refused just before it, unless held back;
+    // and a phone often has more than 16 conversations waiting (the
+    // server's gap bound per sender).
     std::fs::write(&config, "[limits]\nsend_rate_per_s = 20\nsend_burst = 4\n").unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
     let mut server = Server::start(&[
@@ -31,9 +33,9 @@ fn rate_limited_phones_that_resend_in_order_keep_every_conversation_in_order() {
         "--target",
         &addr,
         "--phones",
-        "4",
+        "24",
         "--rate",
-        "120",
+        "960",
         "--duration",
         "3",
         "--warmup",

@@ -32,14 +32,24 @@
 pub const CLOCK_RECORD_INTERVAL_MS: u64 = 60_000;
 
 /// Disagreement between the wall clock and the monotonic clock (ms) that
-/// counts as drift, followed at once; beyond it, a step. NTP slews at
-/// most 0.5 ms a second, and the clock is read every tick.
+/// counts as drift, followed at once; beyond it, a step. Measured from
+/// the last time the clock was trusted, plus [`DRIFT_PER_MS`] of the
+/// monotonic time since: NTP slews at most 0.5 ms a second, so a clock
+/// that runs fast (or keeps stepping a little) is caught however small
+/// each step.
 pub const STEP_TOLERANCE_MS: u64 = 10_000;
+
+/// The drift followed per monotonic ms, as a fraction: 1/1000 (twice what
+/// NTP slews).
+pub const DRIFT_PER_MS: u64 = 1_000;
 
 /// The shard's view of wall time: `wall = now_ms + offset`.
 #[derive(Debug)]
 pub struct WallClock {
     offset_ms: u64,
+    /// The offset and monotonic time when the clock was last trusted:
+    /// drift is measured from here.
+    anchor: (u64, u64),
     /// The latest wall time used, and what the journal holds of it.
     latest_ms: u64,
     latest_written_ms: u64,
@@ -90,6 +100,7 @@ impl WallClock {
     pub fn new(offset_ms: u64) -> WallClock {
         WallClock {
             offset_ms,
+            anchor: (0, offset_ms),
             latest_ms: 0,
             latest_written_ms: 0,
             floor_ms: 0,
@@ -104,9 +115,10 @@ impl WallClock {
         now_ms.saturating_add(self.offset_ms)
     }
 
-    /// A `Record::Clock` read back: the latest of each is kept.
+    /// A `Record::Clock` read back: the last one's latest time holds (it
+    /// moves back once a clock stepped back is trusted), the highest floor.
     pub fn restore(&mut self, state: ClockState) {
-        self.latest_ms = self.latest_ms.max(state.latest_ms);
+        self.latest_ms = state.latest_ms;
         self.floor_ms = self.floor_ms.max(state.floor_ms);
         self.latest_written_ms = self.latest_ms;
         self.floor_written_ms = self.floor_ms;
@@ -135,6 +147,8 @@ impl WallClock {
                 confirmed: true,
                 floor_ms: None,
             });
+            self.latest_ms = wall;
+            self.anchor = (now_ms, self.offset_ms);
             return;
         }
         self.doubt = Some(Doubt {
@@ -150,7 +164,9 @@ impl WallClock {
         let offset = system_ms.saturating_sub(now_ms);
         match self.doubt {
             None => {
-                if offset.abs_diff(self.offset_ms) <= STEP_TOLERANCE_MS {
+                let (anchored_at, anchor_offset) = self.anchor;
+                let allowed = STEP_TOLERANCE_MS + now_ms.saturating_sub(anchored_at) / DRIFT_PER_MS;
+                if offset.abs_diff(anchor_offset) <= allowed {
                     self.offset_ms = offset;
                 } else {
                     let before = self.wall_ms(now_ms);
@@ -183,7 +199,13 @@ impl WallClock {
     fn accept(&mut self, offset_ms: u64, now_ms: u64) {
         let doubt = self.doubt.take().expect("called while in doubt");
         self.offset_ms = offset_ms;
+        self.anchor = (now_ms, offset_ms);
         let wall = self.wall_ms(now_ms);
+        if wall < self.latest_ms {
+            // Trusted behind what was recorded: the record follows, or
+            // every restart would doubt the clock again.
+            self.latest_ms = wall;
+        }
         let step_at = wall.saturating_sub(now_ms.saturating_sub(doubt.steady_since_ms));
         let floor = (step_at > doubt.before_ms && step_at > self.floor_ms).then_some(step_at);
         if let Some(floor) = floor {
@@ -217,6 +239,7 @@ impl WallClock {
     /// `always`, for a checkpoint).
     pub fn to_record(&mut self, always: bool) -> Option<ClockState> {
         let due = self.latest_ms >= self.latest_written_ms + CLOCK_RECORD_INTERVAL_MS
+            || self.latest_ms < self.latest_written_ms
             || self.floor_ms != self.floor_written_ms;
         if !(always || due) || self.latest_ms == 0 {
             return None;
@@ -272,6 +295,38 @@ mod tests {
                 floor_ms: Some(step)
             })
         );
+    }
+
+    #[test]
+    fn a_clock_running_fast_is_caught_however_small_each_step() {
+        let mut clock = WallClock::new(START);
+        // Fifty times fast: 4.9 s gained per 100 ms tick, each under the
+        // step tolerance.
+        let mut doubted_at = None;
+        for tick in 1..=100u64 {
+            let now = tick * 100;
+            clock.observe(START + now * 50, now, 60_000);
+            if clock.in_doubt() && doubted_at.is_none() {
+                doubted_at = Some(now);
+            }
+        }
+        assert!(doubted_at.is_some_and(|t| t <= 300), "{doubted_at:?}");
+        assert_eq!(clock.expiry_cutoff(10_000, 1), None);
+    }
+
+    #[test]
+    fn a_clock_trusted_behind_the_record_moves_the_record_back() {
+        let mut clock = WallClock::new(START);
+        clock.restore(ClockState {
+            latest_ms: START + 365 * DAY_MS,
+            floor_ms: 0,
+        });
+        clock.started(0, DAY_MS, false);
+        assert!(clock.in_doubt());
+        clock.observe(START + 61_000, 61_000, 60_000);
+        assert!(!clock.in_doubt());
+        let state = clock.to_record(false).expect("the record moves back");
+        assert_eq!(state.latest_ms, START + 61_000);
     }
 
     #[test]

@@ -34,7 +34,7 @@ use crate::{
     clock::{ClockNote, ClockState, WallClock},
     dedup::DedupTable,
     mailbox::Mailbox,
-    order::OrderGaps,
+    order::{Blocked, OrderGaps},
     source::Source,
     timer_wheel::{TimerId, TimerWheel},
     Env, ShardConfig,
@@ -476,8 +476,13 @@ pub struct Shard {
     /// Posts replayed on their owner, fanned out again when the restore ends.
     group_refan: Vec<(GroupId, u64, Post, Vec<Phone>)>,
     social_state: social::SocialState,
-    /// Conversations waiting for a refused send to come again.
-    order: OrderGaps,
+    /// Conversations waiting for a refused send to come again: those this
+    /// shard refused as the sender's home (rate limits, lookups), and
+    /// those it refused as the shard that stores or owns (a full mailbox
+    /// or disk). Kept apart so that one check never sees the other's
+    /// gaps for the same send.
+    order_out: OrderGaps,
+    order_in: OrderGaps,
     /// Wall time for stamps and expiry (see `clock`).
     clock: WallClock,
     expiry: expiry::Sweep,
@@ -537,7 +542,8 @@ impl Shard {
             group_marks: AHashMap::new(),
             group_refan: Vec::new(),
             social_state: social::SocialState::default(),
-            order: OrderGaps::default(),
+            order_out: OrderGaps::default(),
+            order_in: OrderGaps::default(),
             clock,
             expiry: expiry::Sweep::default(),
             anonymous,
@@ -1377,7 +1383,8 @@ impl Shard {
             self.pruned_at_ms = now_ms;
             let wall_ms = self.clock.wall_ms(now_ms);
             self.anonymous.prune(&self.config, now_ms, wall_ms);
-            self.order.prune(now_ms);
+            self.order_out.prune(now_ms);
+            self.order_in.prune(now_ms);
         }
         if !self.journal_failed {
             if let Some(state) = self.clock.to_record(false) {
@@ -1820,12 +1827,12 @@ impl Shard {
             return;
         }
         if !self.take_send_token(id, client_id, now_ms) {
-            self.order.refused(from, chat, client_id, id, now_ms);
+            self.order_out.refused(from, chat, client_id, id, now_ms);
             return;
         }
         if let Err(detail) = self.charge_stranger(from, to) {
             self.counters.rate_limited += 1;
-            self.order.refused(from, chat, client_id, id, now_ms);
+            self.order_out.refused(from, chat, client_id, id, now_ms);
             self.reply_error(id, ErrorKind::RateLimited, Some(client_id), &detail);
             return;
         }
@@ -1898,7 +1905,7 @@ impl Shard {
         }
         if !self.take_send_token(id, client_id, now_ms) {
             if let Some(chat) = chat {
-                self.order.refused(from, chat, client_id, id, now_ms);
+                self.order_out.refused(from, chat, client_id, id, now_ms);
             }
             return;
         }
@@ -1929,7 +1936,7 @@ impl Shard {
         if let Err(detail) = self.charge_strangers(from, &joining) {
             self.counters.rate_limited += 1;
             if let Some(chat) = chat {
-                self.order.refused(from, chat, client_id, id, now_ms);
+                self.order_out.refused(from, chat, client_id, id, now_ms);
             }
             self.reply_error(id, ErrorKind::RateLimited, Some(client_id), &detail);
             return;
@@ -1944,14 +1951,19 @@ impl Shard {
     /// Whether the send `client_id` may go on in its conversation (see
     /// `order`); if not, answers it `OutOfOrder` and returns false.
     fn admit_in_order(&mut self, id: ConnId, from: Phone, chat: Chat, client_id: u64) -> bool {
-        let Err(waits_for) = self.order.admit(from, chat, client_id, id) else {
+        let Err(blocked) = self.order_out.admit(from, chat, client_id, id) else {
             return true;
         };
         self.counters.sends_out_of_order += 1;
-        let detail = format!(
-            "client_id {waits_for} of this conversation was refused: \
-             send again from it on, in order"
-        );
+        let detail = match blocked {
+            Blocked::By(waits_for) => format!(
+                "client_id {waits_for} of this conversation was refused: \
+                 send again from it on, in order"
+            ),
+            Blocked::Saturated => "more conversations wait for refused sends than are \
+                                   remembered: send the refused ones again first, in order"
+                .to_owned(),
+        };
         self.reply_error(id, ErrorKind::OutOfOrder, Some(client_id), &detail);
         false
     }
@@ -1969,7 +1981,7 @@ impl Shard {
     ) {
         if let Err(kind) = result {
             if kind.is_retryable() && *kind != ErrorKind::OutOfOrder {
-                self.order
+                self.order_in
                     .refused(from, chat, client_id, reply, self.now_ms);
             }
         }
@@ -2239,7 +2251,7 @@ impl Shard {
             return Ok(seq);
         }
         if self
-            .order
+            .order_in
             .admit(from, Chat::Direct(to), client_id, session)
             .is_err()
         {

@@ -29,7 +29,7 @@ pub use config::{ShardConfig, TestNumbers};
 pub use dedup::DedupTable;
 pub use env::Env;
 pub use mailbox::{Entry, Mailbox};
-pub use order::{OrderGaps, GAPS_PER_SENDER_MAX, GAP_TTL_MS};
+pub use order::{Blocked, OrderGaps, GAPS_PER_SENDER_MAX, GAP_TTL_MS};
 pub use partition::{stable_hash, PartitionMap, PARTITIONS_DEFAULT};
 pub use source::{number_range, Buckets, Source};
 pub use timer_wheel::{TimerId, TimerWheel};

@@ -244,3 +244,42 @@ fn a_refused_group_post_holds_back_later_posts() {
     let got = net.read(&b);
     assert_eq!(client_ids(&got), [2, 3, 4]);
 }
+
+/// More conversations waiting than the server remembers gaps for: a phone
+/// that sends its refused messages again, in order, still has each
+/// conversation arrive in order (a forgotten gap once let a later send
+/// overtake the refused one).
+#[test]
+fn past_the_gap_bound_every_conversation_still_arrives_in_order() {
+    let mut net = Net::new(1, |c| {
+        c.send_rate_per_s = 1;
+        c.send_burst = 1;
+    });
+    let (alice, alice_key) = net.signup("+15550000001");
+    let recipients: Vec<(Phone, DeviceKey)> = (0..GAPS_PER_SENDER_MAX as u64 + 2)
+        .map(|n| net.signup(&format!("+1555000{:04}", 100 + n)))
+        .collect();
+    let (a, _) = net.login(alice, alice_key);
+    // One message to each, then a second one to the second (whose first
+    // is refused: the first message of all takes the one token).
+    let mut outbox: Vec<(u64, Phone)> = recipients
+        .iter()
+        .enumerate()
+        .map(|(n, (phone, _))| (100 + n as u64, *phone))
+        .collect();
+    outbox.push((10_000, recipients[1].0));
+    // The phone's rule: everything not yet `Sent`, again, in order.
+    for _ in 0..1_000 {
+        if outbox.is_empty() {
+            break;
+        }
+        let frames: Vec<ClientFrame> = outbox.iter().map(|&(id, to)| send(id, to, b"m")).collect();
+        net.pipeline(&a, &frames);
+        let stored = sent_ids(&net.read(&a));
+        outbox.retain(|(id, _)| !stored.contains(id));
+        net.advance(1_100);
+    }
+    assert!(outbox.is_empty(), "not all sent: {outbox:?}");
+    let (_, got) = net.login(recipients[1].0, recipients[1].1);
+    assert_eq!(client_ids(&got), [101, 10_000]);
+}

@@ -245,7 +245,7 @@ impl Shard {
         }
         if action.in_conversation()
             && self
-                .order
+                .order_in
                 .admit(from, Chat::Group(group), client_id, session)
                 .is_err()
         {
