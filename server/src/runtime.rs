@@ -388,6 +388,9 @@ pub async fn run(setup: ShardSetup) {
     let busy = || runtime.live_tasks.get() > 0 || unwritten();
     while busy() && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(20)).await;
+        // Closing connections record their last-seen times, and the tick
+        // that would pass those on has stopped.
+        runtime.after_core();
     }
     // What phones were told is stored must be on disk before the process
     // ends: wait longer for the commits alone, and say so if they do not
@@ -395,6 +398,7 @@ pub async fn run(setup: ShardSetup) {
     let deadline = Instant::now() + STOP_COMMITS_WAIT;
     while unwritten() && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(20)).await;
+        runtime.after_core();
     }
     if unwritten() {
         log::error!(
