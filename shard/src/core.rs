@@ -471,7 +471,7 @@ pub struct Shard {
     group_reads: DedupTable<Phone>,
     /// Posts held here for members of this shard, and how far each group's
     /// posts have arrived.
-    group_copies: AHashMap<(GroupId, u64), groups::Copy>,
+    group_copies: AHashMap<(GroupId, u64), groups::PostCopy>,
     group_marks: AHashMap<GroupId, u64>,
     /// Posts replayed on their owner, fanned out again when the restore ends.
     group_refan: Vec<(GroupId, u64, Post, Vec<Phone>)>,

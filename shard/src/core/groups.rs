@@ -45,7 +45,7 @@ struct Unconfirmed {
 /// A post as a member shard holds it, with the number of its members'
 /// mailbox entries that still refer to it.
 #[derive(Debug)]
-pub(super) struct Copy {
+pub(super) struct PostCopy {
     pub(super) post: Post,
     refs: u32,
 }
@@ -426,7 +426,7 @@ impl Shard {
         self.counters.group_copies_stored += 1;
         // The copy goes in first: appending pumps, and the pump reads it.
         self.group_copies
-            .insert((group, gseq), Copy { post, refs: 0 });
+            .insert((group, gseq), PostCopy { post, refs: 0 });
         let (entries_max, bytes_max) = (self.config.group_entries_max, self.config.group_bytes_max);
         // What every member's entry needs of the post, looked up once.
         let (body_bytes, reader_key) = {
@@ -625,7 +625,7 @@ impl Shard {
                 // references the first one has gathered.
                 self.group_copies
                     .entry((group, gseq))
-                    .or_insert(Copy { post, refs: 0 });
+                    .or_insert(PostCopy { post, refs: 0 });
                 self.mark_group(group, gseq);
             }
             Record::GroupMark { group, gseq } => self.mark_group(group, gseq),
