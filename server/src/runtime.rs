@@ -388,9 +388,6 @@ pub async fn run(setup: ShardSetup) {
     let busy = || runtime.live_tasks.get() > 0 || unwritten();
     while busy() && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(20)).await;
-        // Closing connections record their last-seen times, and the tick
-        // that would pass those on has stopped.
-        runtime.after_core();
     }
     // What phones were told is stored must be on disk before the process
     // ends: wait longer for the commits alone, and say so if they do not
@@ -398,7 +395,6 @@ pub async fn run(setup: ShardSetup) {
     let deadline = Instant::now() + STOP_COMMITS_WAIT;
     while unwritten() && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(20)).await;
-        runtime.after_core();
     }
     if unwritten() {
         log::error!(
@@ -526,6 +522,7 @@ async fn accept(runtime: Rc<Runtime>, listener: TcpListener, tls: Option<Arc<Ser
                 Err(error) => {
                     log::warn!("TLS session setup failed: {error}");
                     runtime.core.borrow_mut().closed(id, runtime.now_ms());
+                    runtime.after_core();
                     continue;
                 }
             },
@@ -1358,6 +1355,9 @@ impl ConnTask {
     fn finish(&mut self) {
         let now_ms = self.runtime.now_ms();
         self.runtime.core.borrow_mut().closed(self.id, now_ms);
+        // A close records (last seen) and may wake others: pass that on
+        // now, not at the next tick (which a stopping shard no longer has).
+        self.runtime.after_core();
         self.runtime.wakers.borrow_mut().remove(&self.id);
         self.runtime
             .live_tasks
