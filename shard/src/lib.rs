@@ -10,7 +10,7 @@
 mod allowance;
 mod clock;
 mod config;
-mod core;
+mod machine;
 mod dedup;
 mod env;
 mod mailbox;
@@ -19,7 +19,7 @@ mod partition;
 mod source;
 mod timer_wheel;
 
-pub use crate::core::{
+pub use crate::machine::{
     ConnId, ConnSnapshot, FrameOutcome, GroupAction, PeerMessage, Push, Refused, RestoreError,
     Shard, ShardCounters,
 };

@@ -24,7 +24,7 @@
 use ahash::AHashMap;
 use wire::{Chat, Phone};
 
-use crate::core::ConnId;
+use crate::machine::ConnId;
 
 /// Gaps one sender may have open on one shard. A refusal past it is not
 /// recorded; instead the sender's session is *saturated*: every send of a
