@@ -10,9 +10,9 @@
 mod allowance;
 mod clock;
 mod config;
-mod machine;
 mod dedup;
 mod env;
+mod machine;
 mod mailbox;
 mod order;
 mod partition;

@@ -39,7 +39,7 @@ pub(super) struct Sweep {
 
 impl Shard {
     pub(super) fn expiry_tick(&mut self) {
-        if self.journal_failed {
+        if self.durability.is_failed() {
             return;
         }
         if self.expiry.pending.is_empty() {

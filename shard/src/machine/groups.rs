@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, VecDeque};
 use storage::{EntryRecord, Post, Record};
 use wire::{Chat, ErrorKind, GroupChange, GroupId, Phone, GROUP_SUBJECT_BYTES_MAX};
 
-use super::{ConnId, Held, PeerMessage, RestoreError, Shard};
+use super::{durability::Refusal, ConnId, PeerMessage, RestoreError, Shard};
 
 /// A group on its owning shard.
 #[derive(Debug)]
@@ -235,8 +235,8 @@ impl Shard {
         action: GroupAction,
         session: ConnId,
     ) -> Result<u64, ErrorKind> {
-        if self.journal_failed {
-            return Err(ErrorKind::StorageFailed);
+        if self.durability.is_failed() {
+            return Err(Refusal::Failed.kind());
         }
         let creates = matches!(action, GroupAction::Create { .. });
         if let Some(gseq) = self.group_dedup.get(group, from, client_id) {
@@ -252,9 +252,9 @@ impl Shard {
             self.counters.sends_out_of_order += 1;
             return Err(ErrorKind::OutOfOrder);
         }
-        if let Some((kind, _)) = self.durable_refusal() {
+        if let Err(refusal) = self.durability.admit() {
             self.counters.messages_refused_disk_full += 1;
-            return Err(kind);
+            return Err(refusal.kind());
         }
         let members_max = self.config.group_members_max;
         let post = match action {
@@ -316,7 +316,7 @@ impl Shard {
         state.next_gseq += 1;
         let recipients = state.apply(&post);
         self.counters.group_posts += 1;
-        self.records.push(Record::GroupPost {
+        self.durability.record(Record::GroupPost {
             group,
             gseq,
             post: post.clone(),
@@ -353,13 +353,7 @@ impl Shard {
                 members,
             };
             if after_commit {
-                self.held.push_back((
-                    self.batch + 1,
-                    Held::Peer {
-                        shard: shard as u16,
-                        message,
-                    },
-                ));
+                self.durability.hold_peer(shard as u16, message);
             } else {
                 self.route(shard as u16, message);
             }
@@ -413,12 +407,12 @@ impl Shard {
             self.route(owner, PeerMessage::GroupStored { group, gseq });
             return;
         }
-        if self.journal_failed {
+        if self.durability.is_failed() {
             // Not confirmed: the owner fans it out again after a restart.
             return;
         }
         self.group_marks.insert(group, gseq);
-        self.records.push(Record::GroupCopy {
+        self.durability.record(Record::GroupCopy {
             group,
             gseq,
             post: post.clone(),
@@ -479,13 +473,8 @@ impl Shard {
         if refs == 0 {
             self.group_copies.remove(&(group, gseq));
         }
-        self.held.push_back((
-            self.batch + 1,
-            Held::Peer {
-                shard: owner,
-                message: PeerMessage::GroupStored { group, gseq },
-            },
-        ));
+        self.durability
+            .hold_peer(owner, PeerMessage::GroupStored { group, gseq });
     }
 
     /// A member acknowledged `group`'s post `gseq`: the copy loses a

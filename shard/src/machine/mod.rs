@@ -8,6 +8,7 @@
 //! them, then calls [`Shard::committed`].
 
 mod anonymous;
+mod durability;
 mod expiry;
 mod groups;
 mod push;
@@ -29,6 +30,10 @@ pub use anonymous::Refused;
 pub use groups::GroupAction;
 pub use push::Push;
 
+use durability::{
+    Durability, Held, PutWrite, Refusal, WriteBack, DISK_FULL, STORAGE_FAILED, STORAGE_UNAVAILABLE,
+};
+
 use crate::{
     allowance::TokenBucket,
     clock::{ClockNote, ClockState, WallClock},
@@ -40,17 +45,9 @@ use crate::{
     Env, ShardConfig,
 };
 
-/// The largest record vector (in records) kept for reuse between journal
-/// batches.
-const SPARE_RECORDS_CAPACITY_MAX: usize = 64 * 1024;
-
 /// How often the per-source and per-range allowance tables drop buckets
 /// that refilled.
 const SOURCE_TABLES_PRUNE_MS: u64 = 60_000;
-
-const STORAGE_FAILED: &str = "the server cannot write to its storage; try later";
-const DISK_FULL: &str = "the server's disk is full; try later";
-const STORAGE_UNAVAILABLE: &str = "the server is short of resources for its storage; retry later";
 
 /// A journal that cannot have been written by this shard's rules.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -356,15 +353,8 @@ struct Account {
     generation: u64,
     mailbox: Mailbox,
     session: Option<ConnId>,
-    /// The highest seq the journal accounts for: a `MailboxPut` that went
-    /// to it (not the write-back cache), or a `MailboxAck` past those
-    /// (entries acknowledged before they were written); and the lowest
-    /// written entry that no written `MailboxAck` covers yet (a lower
-    /// bound: entries never written may lie above it).
-    written_put: u64,
-    written_unacked_from: Option<u64>,
-    /// This account's entries in the write-back cache.
-    cached: u32,
+    /// What the journal holds of the mailbox (see `durability`).
+    write_back: WriteBack,
     /// Shown as online while a session is and this is set (`SetPresence`).
     available: bool,
     /// Unix ms when last online; 0 for never seen since it was recorded.
@@ -391,9 +381,7 @@ impl Account {
             generation,
             mailbox: Mailbox::new(),
             session: None,
-            written_put: 0,
-            written_unacked_from: None,
-            cached: 0,
+            write_back: WriteBack::default(),
             available: false,
             last_seen_ms: 0,
             last_seen_written_ms: 0,
@@ -404,23 +392,6 @@ impl Account {
             groups_created: TokenBucket::full(),
         }
     }
-
-    /// A `MailboxAck` up to `up_to` went to the journal.
-    fn written_acked(&mut self, up_to: u64) {
-        self.written_unacked_from = match self.written_unacked_from {
-            Some(_) if up_to >= self.written_put => None,
-            Some(from) => Some(from.max(up_to + 1)),
-            None => None,
-        };
-    }
-}
-
-/// A mailbox record in the write-back cache, written at `due_ms` unless
-/// an acknowledgement makes it moot first.
-#[derive(Debug)]
-struct Deferred {
-    due_ms: u64,
-    record: Record,
 }
 
 #[derive(Debug)]
@@ -444,13 +415,6 @@ impl Signup {
             timer: None,
         }
     }
-}
-
-/// A reply held until the journal commits the batch it depends on.
-#[derive(Debug)]
-enum Held {
-    Frame { conn: ConnId, bytes: Vec<u8> },
-    Peer { shard: u16, message: PeerMessage },
 }
 
 pub struct Shard {
@@ -495,28 +459,12 @@ pub struct Shard {
     local: VecDeque<PeerMessage>,
     peer_out: Vec<(u16, PeerMessage)>,
     woken: Vec<ConnId>,
-    records: Vec<Record>,
-    /// An empty vector kept from a committed batch (see `recycle_records`).
-    spare_records: Vec<Record>,
-    /// Held replies, each tagged with the batch that must commit first.
-    held: VecDeque<(u64, Held)>,
-    batch: u64,
-    /// The write-back cache, in arrival (so due) order, and the body bytes
-    /// it holds.
-    deferred: VecDeque<Deferred>,
-    deferred_bytes: usize,
+    /// Records, replies held for a commit, the write-back cache and the
+    /// journal's state.
+    durability: Durability,
     /// The time of the input being handled.
     now_ms: u64,
     counters: ShardCounters,
-    /// The journal failed: nothing that needs durability is accepted again.
-    journal_failed: bool,
-    /// The journal's disk is full: what room is left is kept for
-    /// acknowledgements, so new messages and signups are refused.
-    disk_full: bool,
-    /// The journal could not prepare its next segment for want of a
-    /// resource that comes back (file descriptors, memory): new messages
-    /// and signups are refused with `Overloaded` until a commit succeeds.
-    storage_unavailable: bool,
 }
 
 impl Shard {
@@ -552,17 +500,9 @@ impl Shard {
             local: VecDeque::new(),
             peer_out: Vec::new(),
             woken: Vec::new(),
-            records: Vec::new(),
-            spare_records: Vec::new(),
-            held: VecDeque::new(),
-            batch: 0,
-            deferred: VecDeque::new(),
-            deferred_bytes: 0,
+            durability: Durability::default(),
             now_ms,
             counters: ShardCounters::default(),
-            journal_failed: false,
-            disk_full: false,
-            storage_unavailable: false,
         }
     }
 
@@ -624,8 +564,7 @@ impl Shard {
                     // write-back cache, so they were never written.
                     account.mailbox.start_at(seq);
                 }
-                account.written_put = seq;
-                account.written_unacked_from.get_or_insert(seq);
+                account.write_back.restored_put(seq);
                 let group_entry = match entry {
                     EntryRecord::Group { group, gseq } => Some((group, gseq)),
                     _ => None,
@@ -659,8 +598,7 @@ impl Shard {
                     let emptied = account.mailbox.start_at(up_to + 1);
                     debug_assert!(emptied, "an ack past the last entry empties the mailbox");
                 }
-                account.written_acked(up_to);
-                account.written_put = account.written_put.max(up_to);
+                account.write_back.restored_ack(up_to);
                 for (group, gseq) in groups_acked {
                     self.restore_group_ack(owner, group, gseq);
                 }
@@ -673,8 +611,7 @@ impl Shard {
                 if !account.mailbox.start_at(next_seq) {
                     return Err(RestoreError::MailboxStart(owner));
                 }
-                account.written_put = next_seq - 1;
-                account.written_unacked_from = None;
+                account.write_back.restored_start(next_seq);
             }
             Record::Dedup {
                 owner,
@@ -779,7 +716,7 @@ impl Shard {
             let written = account
                 .mailbox
                 .after(0)
-                .filter(|e| e.seq <= account.written_put);
+                .filter(|e| e.seq <= account.write_back.written_put());
             for entry in written {
                 records.push(Record::MailboxPut {
                     owner: phone,
@@ -969,20 +906,13 @@ impl Shard {
 
     /// Records to commit, and the batch number to report to `committed`.
     pub fn take_records(&mut self) -> (u64, Vec<Record>) {
-        self.batch += 1;
-        let spare = std::mem::take(&mut self.spare_records);
-        (self.batch, std::mem::replace(&mut self.records, spare))
+        self.durability.take_batch()
     }
 
     /// Hands back a committed batch's vector so the next batch reuses its
     /// memory instead of growing a new one record by record.
-    pub fn recycle_records(&mut self, mut records: Vec<Record>) {
-        records.clear();
-        if records.capacity() <= SPARE_RECORDS_CAPACITY_MAX
-            && records.capacity() > self.spare_records.capacity()
-        {
-            self.spare_records = records;
-        }
+    pub fn recycle_records(&mut self, records: Vec<Record>) {
+        self.durability.recycle(records);
     }
 
     /// The journal cannot commit anything any more. Replies that waited for
@@ -990,91 +920,81 @@ impl Shard {
     /// signups) is refused; deliveries and acks of what is stored go on.
     /// Records still come out of `take_records`; the caller drops them.
     pub fn journal_failed(&mut self) {
-        self.journal_failed = true;
-        self.records.clear();
-        self.deferred.clear();
-        self.deferred_bytes = 0;
         for account in self.accounts.values_mut() {
-            account.cached = 0;
+            account.write_back.cache_dropped();
         }
-        while let Some((_, held)) = self.held.pop_front() {
-            match held {
-                Held::Frame { conn, .. } => {
-                    self.reply_error(conn, ErrorKind::StorageFailed, None, STORAGE_FAILED);
-                }
-                Held::Peer {
-                    shard,
-                    message:
-                        PeerMessage::Stored {
-                            reply,
-                            sender,
-                            client_id,
-                            ..
-                        },
-                } => {
-                    let answer = PeerMessage::Stored {
-                        reply,
-                        sender,
-                        client_id,
-                        result: Err(ErrorKind::StorageFailed),
-                    };
-                    self.route(shard, answer);
-                }
-                // A post whose record was not made durable must not reach
-                // members (a restart could number another post the same),
-                // and a copy that is not durable must not be confirmed.
-                Held::Peer {
-                    message: PeerMessage::GroupFanout { .. } | PeerMessage::GroupStored { .. },
-                    ..
-                } => {}
-                Held::Peer { shard, message } => self.route(shard, message),
-            }
+        for held in self.durability.fail() {
+            self.release_failed(held);
         }
         self.run_local();
     }
 
+    /// A held reply whose batch will never be durable.
+    fn release_failed(&mut self, held: Held) {
+        let failed = Refusal::Failed;
+        match held {
+            Held::Frame { conn, .. } => {
+                self.reply_error(conn, failed.kind(), None, failed.detail());
+            }
+            Held::Peer {
+                shard,
+                message:
+                    PeerMessage::Stored {
+                        reply,
+                        sender,
+                        client_id,
+                        ..
+                    },
+            } => {
+                let answer = PeerMessage::Stored {
+                    reply,
+                    sender,
+                    client_id,
+                    result: Err(failed.kind()),
+                };
+                self.route(shard, answer);
+            }
+            // A post whose record was not made durable must not reach
+            // members (a restart could number another post the same),
+            // and a copy that is not durable must not be confirmed.
+            Held::Peer {
+                message: PeerMessage::GroupFanout { .. } | PeerMessage::GroupStored { .. },
+                ..
+            } => {}
+            Held::Peer { shard, message } => self.route(shard, message),
+        }
+    }
+
     pub fn is_journal_failed(&self) -> bool {
-        self.journal_failed
+        self.durability.is_failed()
     }
 
     /// The journal's disk is full (or has room again). While it is full,
     /// sends and signups are refused with `DiskFull`; acknowledgements,
     /// deliveries, receipts and resends of stored messages go on.
     pub fn set_disk_full(&mut self, full: bool) {
-        self.disk_full = full;
+        self.durability.set_disk_full(full);
     }
 
     pub fn is_disk_full(&self) -> bool {
-        self.disk_full
+        self.durability.is_disk_full()
     }
 
     /// The journal is short of a resource (or has it again). While it is,
     /// sends and signups are refused with `Overloaded`; the rest goes on as
     /// with a full disk.
     pub fn set_storage_unavailable(&mut self, unavailable: bool) {
-        self.storage_unavailable = unavailable;
+        self.durability.set_storage_unavailable(unavailable);
     }
 
     pub fn is_storage_unavailable(&self) -> bool {
-        self.storage_unavailable
-    }
-
-    /// Why new durable work is refused for now, if it is: a full disk, or
-    /// a journal short of a resource. Both pass by themselves.
-    fn durable_refusal(&self) -> Option<(ErrorKind, &'static str)> {
-        if self.disk_full {
-            Some((ErrorKind::DiskFull, DISK_FULL))
-        } else if self.storage_unavailable {
-            Some((ErrorKind::Overloaded, STORAGE_UNAVAILABLE))
-        } else {
-            None
-        }
+        self.durability.is_storage_unavailable()
     }
 
     /// Records up to `batch` are durable: release the replies that waited.
     pub fn committed(&mut self, batch: u64) {
-        while self.held.front().is_some_and(|(b, _)| *b <= batch) {
-            match self.held.pop_front().expect("front checked").1 {
+        for held in self.durability.committed(batch) {
+            match held {
                 Held::Frame { conn, bytes } => {
                     if let Some(c) = self.conn_mut(conn) {
                         c.outbox.extend_from_slice(&bytes);
@@ -1089,14 +1009,14 @@ impl Shard {
 
     /// True when nothing waits for a commit.
     pub fn has_pending_records(&self) -> bool {
-        !self.records.is_empty() || !self.held.is_empty()
+        self.durability.has_pending()
     }
 
     /// True when something waits for a commit not yet begun (records not
     /// taken, or replies held for the next batch); false when only the
     /// commit in flight, if any, is awaited.
     pub fn awaits_next_commit(&self) -> bool {
-        !self.records.is_empty() || self.held.back().is_some_and(|(b, _)| *b > self.batch)
+        self.durability.awaits_next_commit()
     }
 
     // ---- input -------------------------------------------------------------
@@ -1386,9 +1306,9 @@ impl Shard {
             self.order_out.prune(now_ms);
             self.order_in.prune(now_ms);
         }
-        if !self.journal_failed {
+        if !self.durability.is_failed() {
             if let Some(state) = self.clock.to_record(false) {
-                self.records.push(clock_record(state));
+                self.durability.record(clock_record(state));
             }
         }
         self.expiry_tick();
@@ -1405,26 +1325,28 @@ impl Shard {
             return;
         }
         self.counters.records_cached += 1;
-        self.deferred_bytes += cached_bytes(&record);
+        let per_account_max = self.config.sync_delay_entries_per_account_max;
         let heavy = match &record {
             Record::MailboxPut { owner, .. } => self.accounts.get_mut(owner).and_then(|a| {
-                a.cached += 1;
-                (a.cached > self.config.sync_delay_entries_per_account_max).then_some(*owner)
+                a.write_back.cache_entered();
+                (a.write_back.cached() > per_account_max).then_some(*owner)
             }),
             _ => None,
         };
-        self.deferred.push_back(Deferred {
-            due_ms: self.now_ms + self.config.sync_delay_ms,
-            record,
-        });
-        while self.deferred_bytes > self.config.sync_delay_bytes_max {
+        let due_ms = self.now_ms + self.config.sync_delay_ms;
+        self.durability.defer(record, due_ms);
+        while self.durability.deferred_bytes() > self.config.sync_delay_bytes_max {
             self.write_oldest_cached();
         }
         if let Some(owner) = heavy {
             // Records stay in order, so the way to get this account's out
             // is to write the cache from its oldest record on.
-            let half = self.config.sync_delay_entries_per_account_max / 2;
-            while self.accounts.get(&owner).is_some_and(|a| a.cached > half) {
+            let half = per_account_max / 2;
+            while self
+                .accounts
+                .get(&owner)
+                .is_some_and(|a| a.write_back.cached() > half)
+            {
                 self.write_oldest_cached();
             }
         }
@@ -1432,86 +1354,66 @@ impl Shard {
 
     /// Writes the cached records that are due (all of them for `u64::MAX`).
     fn write_due(&mut self, now_ms: u64) {
-        while self.deferred.front().is_some_and(|d| d.due_ms <= now_ms) {
-            self.write_oldest_cached();
+        while let Some(record) = self.durability.take_due(now_ms) {
+            self.write_mailbox_record(record, true);
         }
     }
 
     fn write_oldest_cached(&mut self) {
-        if let Some(deferred) = self.deferred.pop_front() {
-            self.deferred_bytes -= cached_bytes(&deferred.record);
-            self.write_mailbox_record(deferred.record, true);
+        if let Some(record) = self.durability.take_oldest_deferred() {
+            self.write_mailbox_record(record, true);
         }
     }
 
     /// Hands a mailbox record to the journal, unless the mailbox has made it
-    /// moot: an entry acknowledged before it was written is never written,
-    /// and neither is an acknowledgement of entries none of which were.
+    /// moot (see `WriteBack`).
     fn write_mailbox_record(&mut self, record: Record, from_cache: bool) {
         let (Record::MailboxPut { owner, .. } | Record::MailboxAck { owner, .. }) = &record else {
-            self.records.push(record);
+            self.durability.record(record);
             return;
         };
-        let Some(account) = self.accounts.get_mut(owner) else {
+        let owner = *owner;
+        let Some(account) = self.accounts.get_mut(&owner) else {
             return;
         };
+        let acked_up_to = account.mailbox.acked_up_to();
         match record {
-            Record::MailboxPut { owner, seq, .. } => {
-                if from_cache {
-                    account.cached -= 1;
-                }
-                if seq <= account.mailbox.acked_up_to() {
-                    // Acknowledged before it was due: its body is never
-                    // written. What must outlive it is written instead:
-                    // its client id for resend detection (here), and the
-                    // seq it took (by the ack that covers it, below).
-                    if let Record::MailboxPut {
-                        entry:
-                            EntryRecord::Message {
-                                from, client_id, ..
-                            },
-                        ..
-                    } = record
-                    {
-                        self.counters.messages_never_written += 1;
-                        self.records.push(Record::Dedup {
-                            owner,
-                            from,
-                            client_id,
-                            seq,
-                        });
+            Record::MailboxPut { seq, entry, .. } => {
+                match account.write_back.put(seq, acked_up_to, from_cache) {
+                    PutWrite::Moot => self.put_never_written(owner, seq, &entry),
+                    PutWrite::Write { ack_before } => {
+                        if let Some(up_to) = ack_before {
+                            self.durability.record(Record::MailboxAck { owner, up_to });
+                        }
+                        let record = Record::MailboxPut { owner, seq, entry };
+                        self.durability.record(record);
                     }
-                    return;
                 }
-                if seq > account.written_put + 1 && account.written_unacked_from.is_some() {
-                    // The entries in between were acknowledged and never
-                    // written. Acknowledge the written ones before them too
-                    // (they are: acks cover a prefix), so that replay never
-                    // sees a mailbox with a hole in it.
-                    let up_to = seq - 1;
-                    self.records.push(Record::MailboxAck { owner, up_to });
-                    account.written_acked(up_to);
-                }
-                account.written_put = seq;
-                account.written_unacked_from.get_or_insert(seq);
-                self.records.push(record);
             }
             Record::MailboxAck { up_to, .. } => {
-                // An ack is written when it covers a written entry, or
-                // when it covers seqs the journal has not seen (entries
-                // acknowledged before they were written): replay must
-                // continue the mailbox after them, never reuse a seq.
-                let covers_written = account
-                    .written_unacked_from
-                    .is_some_and(|from| from <= up_to);
-                if !covers_written && up_to <= account.written_put {
-                    return;
+                if account.write_back.ack(up_to) {
+                    self.durability.record(record);
                 }
-                account.written_acked(up_to);
-                account.written_put = account.written_put.max(up_to);
-                self.records.push(record);
             }
             _ => unreachable!("matched above"),
+        }
+    }
+
+    /// An entry acknowledged before it was due: its body is never written.
+    /// What must outlive it is written instead: its client id for resend
+    /// detection (here), and the seq it took (by the ack that covers it).
+    fn put_never_written(&mut self, owner: Phone, seq: u64, entry: &EntryRecord) {
+        if let EntryRecord::Message {
+            from, client_id, ..
+        } = *entry
+        {
+            self.counters.messages_never_written += 1;
+            self.durability.record(Record::Dedup {
+                owner,
+                from,
+                client_id,
+                seq,
+            });
         }
     }
 
@@ -1578,7 +1480,7 @@ impl Shard {
         self.counters.codes_sent += 1;
         let wall_ms = self.clock.wall_ms(now_ms);
         let record = self.anonymous.sent(phone, source, wall_ms);
-        self.records.push(record);
+        self.durability.record(record);
         let signup = self.signups.entry(phone).or_insert_with(Signup::new);
         let spent = signup.requests.take(1, number_rate, now_ms).is_ok();
         debug_assert!(spent, "checked above");
@@ -1659,14 +1561,12 @@ impl Shard {
     }
 
     fn verify(&mut self, id: ConnId, phone: Phone, code: u32, now_ms: u64) {
-        if self.journal_failed {
-            // A new key that could not be stored would be lost on restart.
-            self.reply_error(id, ErrorKind::StorageFailed, None, STORAGE_FAILED);
-            return;
-        }
-        if let Some((kind, detail)) = self.durable_refusal() {
-            self.counters.signups_refused_disk_full += 1;
-            self.reply_error(id, kind, None, detail);
+        // A new key that could not be stored would be lost on restart.
+        if let Err(refusal) = self.durability.admit() {
+            if refusal != Refusal::Failed {
+                self.counters.signups_refused_disk_full += 1;
+            }
+            self.reply_error(id, refusal.kind(), None, refusal.detail());
             return;
         }
         if let Some(test_code) = self.is_test_number(phone) {
@@ -1739,7 +1639,7 @@ impl Shard {
             }
         };
         self.counters.signups += 1;
-        self.records.push(Record::AccountKey {
+        self.durability.record(Record::AccountKey {
             phone,
             key_hash,
             generation,
@@ -2055,7 +1955,7 @@ impl Shard {
                 // mark is recorded, so a restart keeps it.
                 for &(from, client_id, seq) in &receipts {
                     self.dedup.forbid_read(owner, from, client_id);
-                    self.records.push(Record::Dedup {
+                    self.durability.record(Record::Dedup {
                         owner,
                         from,
                         client_id,
@@ -2108,13 +2008,7 @@ impl Shard {
                     self.route(shard, answer);
                     return;
                 }
-                self.held.push_back((
-                    self.batch + 1,
-                    Held::Peer {
-                        shard,
-                        message: answer,
-                    },
-                ));
+                self.durability.hold_peer(shard, answer);
             }
             PeerMessage::Stored {
                 reply,
@@ -2203,13 +2097,7 @@ impl Shard {
                 } else {
                     // A resend is held too: its first copy may not be
                     // durable yet.
-                    self.held.push_back((
-                        self.batch + 1,
-                        Held::Peer {
-                            shard,
-                            message: answer,
-                        },
-                    ));
+                    self.durability.hold_peer(shard, answer);
                 }
             }
             PeerMessage::GroupFanout {
@@ -2243,8 +2131,8 @@ impl Shard {
         if !self.accounts.contains_key(&to) {
             return Err(ErrorKind::UnknownRecipient);
         }
-        if self.journal_failed {
-            return Err(ErrorKind::StorageFailed);
+        if self.durability.is_failed() {
+            return Err(Refusal::Failed.kind());
         }
         if let Some(seq) = self.dedup.get(to, from, client_id) {
             self.counters.messages_deduplicated += 1;
@@ -2258,9 +2146,9 @@ impl Shard {
             self.counters.sends_out_of_order += 1;
             return Err(ErrorKind::OutOfOrder);
         }
-        if let Some((kind, _)) = self.durable_refusal() {
+        if let Err(refusal) = self.durability.admit() {
             self.counters.messages_refused_disk_full += 1;
-            return Err(kind);
+            return Err(refusal.kind());
         }
         let mailbox = &self.accounts[&to].mailbox;
         if mailbox.messages() >= self.config.mailbox_entries_max
@@ -2406,10 +2294,7 @@ impl Shard {
     }
 
     fn hold_reply(&mut self, id: ConnId, frame: &ServerFrame<'_>) {
-        let mut bytes = Vec::new();
-        encode_server(frame, &mut bytes);
-        self.held
-            .push_back((self.batch + 1, Held::Frame { conn: id, bytes }));
+        self.durability.hold_frame(id, frame);
     }
 
     fn reply_error(&mut self, id: ConnId, kind: ErrorKind, client_id: Option<u64>, detail: &str) {
@@ -2587,19 +2472,6 @@ fn random_code(env: &mut dyn Env) -> u32 {
             return value % CODES;
         }
     }
-}
-
-/// What a cached record counts against `sync_delay_bytes_max`.
-fn cached_bytes(record: &Record) -> usize {
-    const RECORD_OVERHEAD_BYTES: usize = 64;
-    RECORD_OVERHEAD_BYTES
-        + match record {
-            Record::MailboxPut {
-                entry: EntryRecord::Message { body, .. },
-                ..
-            } => body.len(),
-            _ => 0,
-        }
 }
 
 fn clock_record(state: ClockState) -> Record {

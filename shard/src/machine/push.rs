@@ -59,7 +59,7 @@ impl Shard {
         }
         let token = (!token.is_empty()).then_some((platform, token));
         self.set_push_token(owner, token.clone());
-        self.records.push(Record::PushToken { owner, token });
+        self.durability.record(Record::PushToken { owner, token });
         self.hold_reply(id, &ServerFrame::Done { client_id });
     }
 
@@ -143,8 +143,8 @@ impl Shard {
         }
         self.counters.push_tokens_dropped += 1;
         self.set_push_token(phone, None);
-        if !self.journal_failed && self.durable_refusal().is_none() {
-            self.records.push(Record::PushToken {
+        if self.durability.admit().is_ok() {
+            self.durability.record(Record::PushToken {
                 owner: phone,
                 token: None,
             });

@@ -28,7 +28,7 @@ use ahash::AHashMap;
 use storage::Record;
 use wire::{Chat, ErrorKind, GroupId, Phone, Presence, Profile, ServerFrame, TypingState};
 
-use super::{ConnId, PeerMessage, Shard, STORAGE_FAILED};
+use super::{ConnId, PeerMessage, Shard};
 use crate::allowance::TokenBucket;
 
 /// Going away (still connected) writes the last-seen time only when the
@@ -168,16 +168,13 @@ impl Shard {
     /// Records a durable change to an account's social state, unless the
     /// journal cannot take it; then answers `client_id` and returns false.
     pub(super) fn social_writable(&mut self, id: ConnId, client_id: u64) -> bool {
-        if self.journal_failed {
-            let kind = ErrorKind::StorageFailed;
-            self.reply_error(id, kind, Some(client_id), STORAGE_FAILED);
-            return false;
+        match self.durability.admit() {
+            Ok(()) => true,
+            Err(refusal) => {
+                self.reply_error(id, refusal.kind(), Some(client_id), refusal.detail());
+                false
+            }
         }
-        if let Some((kind, detail)) = self.durable_refusal() {
-            self.reply_error(id, kind, Some(client_id), detail);
-            return false;
-        }
-        true
     }
 
     // ---- frames ---------------------------------------------------------
@@ -342,7 +339,7 @@ impl Shard {
         debug_assert!(spent, "both checked above");
         social.looked_up = true;
         social.contacts = contacts;
-        self.records.push(Record::Contacts {
+        self.durability.record(Record::Contacts {
             owner,
             full,
             add: add.clone(),
@@ -407,7 +404,7 @@ impl Shard {
             // Marks the account in the journal as one that has looked
             // numbers up, so a restart restores its allowance as spent.
             social.looked_up = true;
-            self.records.push(Record::Contacts {
+            self.durability.record(Record::Contacts {
                 owner,
                 full: false,
                 add: Vec::new(),
@@ -526,13 +523,13 @@ impl Shard {
     /// Writes `owner`'s last-seen time, unless the journal cannot take it
     /// (it is worth less than the room kept for acknowledgements).
     fn write_last_seen(&mut self, owner: Phone) {
-        if self.journal_failed || self.durable_refusal().is_some() {
+        if self.durability.admit().is_err() {
             return;
         }
         let account = self.accounts.get_mut(&owner).expect("caller checked");
         let at_ms = account.last_seen_ms;
         account.last_seen_written_ms = at_ms;
-        self.records.push(Record::LastSeen { owner, at_ms });
+        self.durability.record(Record::LastSeen { owner, at_ms });
     }
 
     /// Followers of `owner` it still lists; forgets the others.
@@ -580,7 +577,7 @@ impl Shard {
             profile: social.profile.clone(),
             hide_last_seen: social.hide_last_seen,
         };
-        self.records.push(record);
+        self.durability.record(record);
     }
 
     // ---- lookups ----------------------------------------------------------
