@@ -8,6 +8,7 @@
 //! them, then calls [`Shard::committed`].
 
 mod anonymous;
+mod connections;
 mod durability;
 mod expiry;
 mod groups;
@@ -21,8 +22,8 @@ use sha2::{Digest, Sha256};
 use storage::{EntryRecord, Post, Record, KEY_HASH_BYTES};
 use subtle::ConstantTimeEq;
 use wire::{
-    encode_server, ByeReason, Chat, ClientFrame, DeviceKey, ErrorKind, GroupChange, GroupId, Phone,
-    Presence, Profile, ReceiptKind, ServerFrame, TypingState, BODY_BYTES_MAX, DEVICE_KEY_BYTES,
+    ByeReason, Chat, ClientFrame, DeviceKey, ErrorKind, GroupChange, GroupId, Phone, Presence,
+    Profile, ReceiptKind, ServerFrame, TypingState, BODY_BYTES_MAX, DEVICE_KEY_BYTES,
     PROTOCOL_VERSION,
 };
 
@@ -30,6 +31,7 @@ pub use anonymous::Refused;
 pub use groups::GroupAction;
 pub use push::Push;
 
+use connections::{Connections, Deadlines, IdleVerdict};
 use durability::{
     Durability, Held, PutWrite, Refusal, WriteBack, DISK_FULL, STORAGE_FAILED, STORAGE_UNAVAILABLE,
 };
@@ -324,30 +326,6 @@ enum TimerEvent {
 }
 
 #[derive(Debug)]
-struct Conn {
-    generation: u32,
-    hello: bool,
-    account: Option<Phone>,
-    last_activity_ms: u64,
-    timer: Option<TimerId>,
-    /// Encoded frames not yet taken by the I/O layer.
-    outbox: Vec<u8>,
-    /// Highest mailbox sequence written to this connection.
-    delivered_up_to: u64,
-    closing: bool,
-    /// When `closing` was set, and whether the time to flush ran out.
-    closing_at_ms: u64,
-    abandoned: bool,
-    handovers: u8,
-    login_failures: u8,
-    /// Codes asked for, and guessed, on this connection.
-    code_requests: u8,
-    code_attempts: u8,
-    source: Source,
-    opened_ms: u64,
-}
-
-#[derive(Debug)]
 struct Account {
     key_hash: [u8; KEY_HASH_BYTES],
     generation: u64,
@@ -420,9 +398,7 @@ impl Signup {
 pub struct Shard {
     config: ShardConfig,
     env: Box<dyn Env>,
-    conns: Vec<Option<Conn>>,
-    conns_free: Vec<u32>,
-    conn_generation: u32,
+    conns: Connections,
     accounts: AHashMap<Phone, Account>,
     signups: AHashMap<Phone, Signup>,
     dedup: DedupTable,
@@ -458,7 +434,6 @@ pub struct Shard {
     /// that local delivery keeps the same order as remote delivery.
     local: VecDeque<PeerMessage>,
     peer_out: Vec<(u16, PeerMessage)>,
-    woken: Vec<ConnId>,
     /// Records, replies held for a commit, the write-back cache and the
     /// journal's state.
     durability: Durability,
@@ -477,9 +452,7 @@ impl Shard {
         Shard {
             config,
             env,
-            conns: Vec::new(),
-            conns_free: Vec::new(),
-            conn_generation: 0,
+            conns: Connections::default(),
             accounts: AHashMap::new(),
             signups: AHashMap::new(),
             dedup,
@@ -499,7 +472,6 @@ impl Shard {
             timers,
             local: VecDeque::new(),
             peer_out: Vec::new(),
-            woken: Vec::new(),
             durability: Durability::default(),
             now_ms,
             counters: ShardCounters::default(),
@@ -768,39 +740,7 @@ impl Shard {
             self.counters.connections_refused += 1;
             return Err(refused);
         }
-        self.conn_generation = self.conn_generation.wrapping_add(1);
-        let conn = Conn {
-            generation: self.conn_generation,
-            hello: snapshot.hello,
-            account: None,
-            last_activity_ms: now_ms,
-            timer: None,
-            outbox: Vec::new(),
-            delivered_up_to: 0,
-            closing: false,
-            closing_at_ms: 0,
-            abandoned: false,
-            handovers: snapshot.handovers,
-            login_failures: snapshot.login_failures,
-            code_requests: snapshot.code_requests,
-            code_attempts: snapshot.code_attempts,
-            source: snapshot.source,
-            opened_ms: snapshot.opened_ms,
-        };
-        let index = match self.conns_free.pop() {
-            Some(index) => {
-                self.conns[index as usize] = Some(conn);
-                index
-            }
-            None => {
-                self.conns.push(Some(conn));
-                (self.conns.len() - 1) as u32
-            }
-        };
-        let id = ConnId {
-            index,
-            generation: self.conn_generation,
-        };
+        let id = self.conns.insert(snapshot, now_ms);
         self.counters.connections += 1;
         // A hard deadline from accept, whatever the phone sends meanwhile.
         let deadline_ms = snapshot.opened_ms + self.config.login_timeout_ms;
@@ -810,20 +750,11 @@ impl Shard {
 
     /// Removes a connection that has not logged in, to move it to `shard`.
     pub fn hand_over(&mut self, id: ConnId) -> Option<ConnSnapshot> {
-        let conn = self.conn(id)?;
         debug_assert!(
-            conn.account.is_none(),
+            self.conns.account(id).is_none(),
             "logged-in connections live on their home shard"
         );
-        let snapshot = ConnSnapshot {
-            hello: conn.hello,
-            handovers: conn.handovers + 1,
-            login_failures: conn.login_failures,
-            code_requests: conn.code_requests,
-            code_attempts: conn.code_attempts,
-            source: conn.source,
-            opened_ms: conn.opened_ms,
-        };
+        let snapshot = self.conns.snapshot(id)?;
         self.closed(id, self.now_ms);
         self.counters.handovers_out += 1;
         Some(snapshot)
@@ -833,16 +764,9 @@ impl Shard {
     /// `now_ms`, which stamps the account's last-seen time.
     pub fn closed(&mut self, id: ConnId, now_ms: u64) {
         self.now_ms = now_ms;
-        let Some(conn) = self
-            .conns
-            .get_mut(id.index as usize)
-            .and_then(|slot| slot.take_if(|c| c.generation == id.generation))
-        else {
+        let Some(conn) = self.conns.remove(id, &mut self.timers) else {
             return;
         };
-        if let Some(timer) = conn.timer {
-            self.timers.cancel(timer);
-        }
         if conn.account.is_none() {
             self.anonymous.left(conn.source);
         }
@@ -855,32 +779,30 @@ impl Shard {
                 }
             }
         }
-        self.conns_free.push(id.index);
         self.counters.connections -= 1;
     }
 
     /// Takes the bytes queued for a connection.
     pub fn take_outbox(&mut self, id: ConnId) -> Vec<u8> {
-        self.conn_mut(id)
-            .map(|conn| std::mem::take(&mut conn.outbox))
-            .unwrap_or_default()
+        self.conns.take_outbox(id)
     }
 
     /// Bytes waiting in a connection's outbox.
     pub fn outbox_len(&self, id: ConnId) -> usize {
-        self.conn(id).map_or(0, |conn| conn.outbox.len())
+        self.conns.get(id).map_or(0, |conn| conn.outbox_len())
     }
 
     /// True once the connection must be closed after its outbox is flushed.
     pub fn is_closing(&self, id: ConnId) -> bool {
-        self.conn(id).is_none_or(|conn| conn.closing)
+        self.conns.get(id).is_none_or(|conn| conn.is_closing())
     }
 
     /// True while the connection has room for its own replies: the I/O layer
     /// stops reading from a phone whose outbox is over the limit.
     pub fn wants_input(&self, id: ConnId) -> bool {
-        self.conn(id)
-            .is_some_and(|conn| !conn.closing && conn.outbox.len() <= self.config.outbox_bytes_max)
+        self.conns.get(id).is_some_and(|conn| {
+            !conn.is_closing() && conn.outbox_len() <= self.config.outbox_bytes_max
+        })
     }
 
     /// The I/O layer wrote the connection's outbox out: feed it more.
@@ -890,7 +812,7 @@ impl Shard {
 
     /// Connections with new output (or newly closing) since the last call.
     pub fn drain_woken(&mut self) -> std::vec::Drain<'_, ConnId> {
-        self.woken.drain(..)
+        self.conns.drain_woken()
     }
 
     /// Signals (see [`PeerMessage::is_signal`]) the I/O layer dropped
@@ -995,12 +917,7 @@ impl Shard {
     pub fn committed(&mut self, batch: u64) {
         for held in self.durability.committed(batch) {
             match held {
-                Held::Frame { conn, bytes } => {
-                    if let Some(c) = self.conn_mut(conn) {
-                        c.outbox.extend_from_slice(&bytes);
-                        self.woken.push(conn);
-                    }
-                }
+                Held::Frame { conn, bytes } => self.conns.append(conn, &bytes),
                 Held::Peer { shard, message } => self.route(shard, message),
             }
         }
@@ -1033,10 +950,10 @@ impl Shard {
         now_ms: u64,
     ) -> FrameOutcome {
         self.now_ms = now_ms;
-        let Some(conn) = self.conn_mut(id) else {
+        let Some(conn) = self.conns.get_mut(id) else {
             return FrameOutcome::Continue;
         };
-        if conn.closing {
+        if conn.is_closing() {
             return FrameOutcome::Continue;
         }
         conn.last_activity_ms = now_ms;
@@ -1083,7 +1000,8 @@ impl Shard {
             {
                 let shard = self.config.map.shard_of(phone);
                 if self
-                    .conn(id)
+                    .conns
+                    .get(id)
                     .is_some_and(|c| c.handovers >= self.config.handovers_max)
                 {
                     self.fail(
@@ -1433,7 +1351,7 @@ impl Shard {
     /// leaves nothing behind.
     fn request_code(&mut self, id: ConnId, phone: Phone, now_ms: u64) {
         let per_connection_max = self.config.code_requests_per_connection_max;
-        let conn = self.conn_mut(id).expect("caller checked");
+        let conn = self.conns.get_mut(id).expect("caller checked");
         if conn.code_requests >= per_connection_max {
             self.refuse_code(id, "code_requests_per_connection_max", u64::MAX);
             return;
@@ -1536,7 +1454,7 @@ impl Shard {
     /// connection).
     fn charge_verify(&mut self, id: ConnId, now_ms: u64) -> Result<(), (&'static str, u64)> {
         let per_connection_max = self.config.code_attempts_per_connection_max;
-        let conn = self.conn_mut(id).expect("caller checked");
+        let conn = self.conns.get_mut(id).expect("caller checked");
         if conn.code_attempts >= per_connection_max {
             return Err(("code_attempts_per_connection_max", u64::MAX));
         }
@@ -1661,7 +1579,7 @@ impl Shard {
             .is_some_and(|a| bool::from(a.key_hash.ct_eq(&presented)));
         if !accepted {
             self.counters.login_failures += 1;
-            let conn = self.conn_mut(id).expect("caller checked");
+            let conn = self.conns.get_mut(id).expect("caller checked");
             conn.login_failures += 1;
             let give_up = conn.login_failures >= self.config.login_failures_max;
             self.reply_error(
@@ -1695,7 +1613,7 @@ impl Shard {
             }
         }
         self.counters.logins += 1;
-        let conn = self.conn_mut(id).expect("caller checked");
+        let conn = self.conns.get_mut(id).expect("caller checked");
         conn.account = Some(phone);
         // Everything not yet acknowledged is sent again on a new session.
         conn.delivered_up_to = acked_up_to;
@@ -1759,7 +1677,7 @@ impl Shard {
         if !self.take_send_token(id, client_id, now_ms) {
             return;
         }
-        let delivered = self.conn(id).map_or(0, |c| c.delivered_up_to);
+        let delivered = self.conns.get(id).map_or(0, |c| c.delivered_up_to);
         let readable = self.dedup.mark_read(by, from, client_id, delivered)
             || self.group_reads.mark_read(by, from, client_id, delivered);
         if !readable {
@@ -1904,7 +1822,7 @@ impl Shard {
     /// has one.
     fn take_quiet_token(&mut self, id: ConnId) -> bool {
         let (rate, now_ms) = (self.config.send_rate(), self.now_ms);
-        let Some(phone) = self.conn(id).and_then(|c| c.account) else {
+        let Some(phone) = self.conns.account(id) else {
             return false;
         };
         self.accounts
@@ -1913,7 +1831,7 @@ impl Shard {
     }
 
     fn ack(&mut self, id: ConnId, owner: Phone, up_to: u64) {
-        let delivered = self.conn(id).expect("caller checked").delivered_up_to;
+        let delivered = self.conns.get(id).expect("caller checked").delivered_up_to;
         if up_to > delivered {
             let detail = format!("ack up to {up_to}, but only {delivered} was delivered");
             self.reply_error(id, ErrorKind::BadAck, None, &detail);
@@ -2016,7 +1934,7 @@ impl Shard {
                 client_id,
                 result,
             } => {
-                if self.conn(reply).is_some_and(|c| c.account == Some(sender)) {
+                if self.conns.is_session_of(reply, sender) {
                     match result {
                         Ok(id) => self.reply(reply, &ServerFrame::Sent { client_id, id }),
                         Err(kind) => {
@@ -2189,14 +2107,10 @@ impl Shard {
     /// unacknowledged messages and its outbox have room. A slow phone is fed
     /// from its mailbox this way, never from an unbounded queue.
     fn pump(&mut self, id: ConnId) {
-        let Some(conn) = self
-            .conns
-            .get_mut(id.index as usize)
-            .and_then(|c| c.as_mut())
-        else {
+        let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        if conn.generation != id.generation || conn.closing {
+        if conn.is_closing() {
             return;
         }
         let Some(phone) = conn.account else {
@@ -2210,7 +2124,7 @@ impl Shard {
         for entry in account.mailbox.after(conn.delivered_up_to) {
             let unacked = conn.delivered_up_to.saturating_sub(acked_up_to);
             if unacked >= self.config.unacked_messages_max
-                || conn.outbox.len() >= self.config.outbox_feed_bytes_max
+                || conn.outbox_len() >= self.config.outbox_feed_bytes_max
             {
                 break;
             }
@@ -2246,13 +2160,13 @@ impl Shard {
                     group_frame(entry.seq, *group, *gseq, post)
                 }
             };
-            encode_server(&frame, &mut conn.outbox);
+            conn.write(&frame);
             conn.delivered_up_to = entry.seq;
             written += 1;
         }
         if written > 0 {
             self.counters.messages_written += written;
-            self.woken.push(id);
+            self.conns.wake(id);
         }
     }
 
@@ -2272,25 +2186,8 @@ impl Shard {
         }
     }
 
-    fn conn(&self, id: ConnId) -> Option<&Conn> {
-        self.conns
-            .get(id.index as usize)?
-            .as_ref()
-            .filter(|c| c.generation == id.generation)
-    }
-
-    fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
-        self.conns
-            .get_mut(id.index as usize)?
-            .as_mut()
-            .filter(|c| c.generation == id.generation)
-    }
-
     fn reply(&mut self, id: ConnId, frame: &ServerFrame<'_>) {
-        if let Some(conn) = self.conn_mut(id) {
-            encode_server(frame, &mut conn.outbox);
-            self.woken.push(id);
-        }
+        self.conns.reply(id, frame);
     }
 
     fn hold_reply(&mut self, id: ConnId, frame: &ServerFrame<'_>) {
@@ -2327,82 +2224,49 @@ impl Shard {
     /// reading must not keep its connection (and what it holds) by never
     /// taking the last bytes.
     fn close_with(&mut self, id: ConnId, reason: ByeReason) {
-        if self.conn(id).is_none_or(|c| c.closing) {
+        if !self.conns.start_closing(id, self.now_ms) {
             return;
         }
         self.reply(id, &ServerFrame::Bye { reason });
-        let now_ms = self.now_ms;
-        let conn = self.conn_mut(id).expect("checked above");
-        conn.closing = true;
-        conn.closing_at_ms = now_ms;
-        self.arm_idle(id, now_ms + self.config.close_flush_timeout_ms);
+        self.arm_idle(id, self.now_ms + self.config.close_flush_timeout_ms);
     }
 
     /// True once a closing connection ran out of time to flush: the I/O
     /// layer drops it without writing the rest.
     pub fn is_abandoned(&self, id: ConnId) -> bool {
-        self.conn(id).is_none_or(|conn| conn.abandoned)
+        self.conns.get(id).is_none_or(|conn| conn.is_abandoned())
     }
 
     /// Closes every connection with `ShuttingDown`, and writes out the
     /// write-back cache: a clean stop loses nothing.
     pub fn close_all(&mut self) {
         self.write_due(u64::MAX);
-        let ids: Vec<ConnId> = self
-            .conns
-            .iter()
-            .enumerate()
-            .filter_map(|(index, c)| {
-                c.as_ref().map(|c| ConnId {
-                    index: index as u32,
-                    generation: c.generation,
-                })
-            })
-            .collect();
-        for id in ids {
+        for id in self.conns.ids() {
             self.close_with(id, ByeReason::ShuttingDown);
         }
     }
 
     fn arm_idle(&mut self, id: ConnId, deadline_ms: u64) {
-        let tick = deadline_ms.div_ceil(self.config.tick_ms);
-        let conn = self.conns[id.index as usize]
-            .as_mut()
-            .expect("live connection");
-        if let Some(old) = conn.timer.take() {
-            self.timers.cancel(old);
-        }
-        conn.timer = Some(self.timers.arm(tick, TimerEvent::Idle(id)));
+        let tick_ms = self.config.tick_ms;
+        self.conns
+            .arm_idle(id, deadline_ms, tick_ms, &mut self.timers);
     }
 
-    /// One timer per connection, re-armed only when it fires: activity just
-    /// moves `last_activity_ms`, so reads never touch the wheel.
+    /// A connection's timer fired (see `Connections::idle_expired`).
     fn idle_check(&mut self, id: ConnId, now_ms: u64) {
-        let (idle_timeout_ms, login_timeout_ms, flush_timeout_ms) = (
-            self.config.idle_timeout_ms,
-            self.config.login_timeout_ms,
-            self.config.close_flush_timeout_ms,
-        );
-        let Some(conn) = self.conn_mut(id) else {
-            return;
+        let deadlines = Deadlines {
+            idle_timeout_ms: self.config.idle_timeout_ms,
+            login_timeout_ms: self.config.login_timeout_ms,
+            close_flush_timeout_ms: self.config.close_flush_timeout_ms,
         };
-        conn.timer = None;
-        let deadline_ms = match conn.account {
-            _ if conn.closing => conn.closing_at_ms + flush_timeout_ms,
-            Some(_) => conn.last_activity_ms + idle_timeout_ms,
-            // Activity does not move it: a connection that only pings
-            // must still log in in time.
-            None => conn.opened_ms + login_timeout_ms,
-        };
-        if conn.closing && deadline_ms <= now_ms {
-            conn.abandoned = true;
-            self.counters.closes_abandoned += 1;
-            self.woken.push(id);
-        } else if deadline_ms <= now_ms {
-            self.counters.idle_closed += 1;
-            self.close_with(id, ByeReason::IdleTimeout);
-        } else {
-            self.arm_idle(id, deadline_ms);
+        match self.conns.idle_expired(id, now_ms, deadlines) {
+            None => {}
+            Some(IdleVerdict::Rearm(deadline_ms)) => self.arm_idle(id, deadline_ms),
+            Some(IdleVerdict::Close) => {
+                self.counters.idle_closed += 1;
+                self.close_with(id, ByeReason::IdleTimeout);
+            }
+            Some(IdleVerdict::Abandon) => self.counters.closes_abandoned += 1,
         }
     }
 

@@ -155,8 +155,8 @@ impl Shard {
     /// Writes a signal to a connection if its outbox has room.
     fn push_signal(&mut self, id: ConnId, frame: &ServerFrame<'_>) {
         let room = self.config.outbox_feed_bytes_max;
-        match self.conn(id) {
-            Some(conn) if conn.outbox.len() < room && !conn.closing => {
+        match self.conns.get(id) {
+            Some(conn) if conn.outbox_len() < room && !conn.is_closing() => {
                 self.counters.signals_delivered += 1;
                 self.reply(id, frame);
             }
@@ -631,9 +631,7 @@ impl Shard {
     /// Every shard answered: answers the sync (once the `Contacts` record
     /// it made is durable), or passes the group request on.
     fn finish_lookup(&mut self, mut lookup: Lookup) {
-        let connected = self
-            .conn(lookup.conn)
-            .is_some_and(|c| c.account == Some(lookup.owner));
+        let connected = self.conns.is_session_of(lookup.conn, lookup.owner);
         lookup.registered.sort_unstable();
         match lookup.purpose {
             LookupFor::Contacts if connected => {
@@ -697,7 +695,7 @@ impl Shard {
                 conn,
             } => {
                 // Hidden now: the follow this answers does not stand.
-                let answers_to = conn.and_then(|c| self.conn(c)).and_then(|c| c.account);
+                let answers_to = conn.and_then(|c| self.conns.account(c));
                 if presence == Presence::Unavailable && answers_to == Some(to) {
                     self.forget_target(to, about);
                 }
@@ -797,7 +795,7 @@ impl Shard {
     ) {
         match conn {
             Some(conn) => {
-                if self.conn(conn).is_some_and(|c| c.account == Some(to)) {
+                if self.conns.is_session_of(conn, to) {
                     self.reply(conn, frame);
                 }
             }
