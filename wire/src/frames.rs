@@ -150,6 +150,35 @@ pub enum ClientFrame<'a> {
     },
 }
 
+impl ClientFrame<'_> {
+    /// The phone's id for this request, for the frames that carry one: an
+    /// error about the frame names it, so the phone can match the two.
+    pub fn client_id(&self) -> Option<u64> {
+        match self {
+            ClientFrame::Send { client_id, .. }
+            | ClientFrame::Read { client_id, .. }
+            | ClientFrame::CreateGroup { client_id, .. }
+            | ClientFrame::GroupSend { client_id, .. }
+            | ClientFrame::ChangeGroup { client_id, .. }
+            | ClientFrame::SyncContacts { client_id, .. }
+            | ClientFrame::SetProfile { client_id, .. }
+            | ClientFrame::SetPrivacy { client_id, .. }
+            | ClientFrame::RegisterPush { client_id, .. } => Some(*client_id),
+            ClientFrame::Hello { .. }
+            | ClientFrame::RequestCode { .. }
+            | ClientFrame::Verify { .. }
+            | ClientFrame::Login { .. }
+            | ClientFrame::Ping { .. }
+            | ClientFrame::Ack { .. }
+            | ClientFrame::Subscribe { .. }
+            | ClientFrame::Unsubscribe { .. }
+            | ClientFrame::SetPresence { .. }
+            | ClientFrame::Typing { .. }
+            | ClientFrame::GetProfile { .. } => None,
+        }
+    }
+}
+
 /// Frames the server sends.
 ///
 /// The server only encodes these, borrowing bodies from its mailboxes; phones

@@ -8,11 +8,40 @@
 
 use wire::{encode_server, Phone, ServerFrame};
 
-use super::{ConnId, ConnSnapshot, TimerEvent};
+use super::TimerEvent;
 use crate::{
     source::Source,
     timer_wheel::{TimerId, TimerWheel},
 };
+
+/// A connection on this shard. The generation makes ids of closed
+/// connections harmless when a reply for them arrives late.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    pub(super) index: u32,
+    pub(super) generation: u32,
+}
+
+impl ConnId {
+    #[cfg(test)]
+    pub(crate) fn for_tests(index: u32, generation: u32) -> ConnId {
+        ConnId { index, generation }
+    }
+}
+
+/// The state of a connection that moves with it to another shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnSnapshot {
+    pub hello: bool,
+    pub handovers: u8,
+    pub login_failures: u8,
+    pub code_requests: u8,
+    pub code_attempts: u8,
+    pub source: Source,
+    /// When the connection was accepted (ms on the clock every shard of
+    /// the process shares): its login deadline runs from there.
+    pub opened_ms: u64,
+}
 
 /// One connection's state on its shard.
 #[derive(Debug)]
@@ -42,6 +71,25 @@ pub(super) struct Conn {
     pub(super) opened_ms: u64,
 }
 
+/// Where a connection is in its life, which decides what its frames may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Nothing but `Hello` yet.
+    Handshake,
+    /// Said `Hello`; not logged in.
+    Anonymous,
+    /// Logged in to this account.
+    Session(Phone),
+}
+
+/// A logged-in connection and its account, handed to session handlers as
+/// a value so that none of them asks again whether there is one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Session {
+    pub(super) id: ConnId,
+    pub(super) phone: Phone,
+}
+
 /// How long a connection may stay as it is, by phase (ms).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Deadlines {
@@ -62,6 +110,14 @@ pub(super) enum IdleVerdict {
 }
 
 impl Conn {
+    pub(super) fn phase(&self) -> Phase {
+        match (self.hello, self.account) {
+            (false, _) => Phase::Handshake,
+            (true, None) => Phase::Anonymous,
+            (true, Some(phone)) => Phase::Session(phone),
+        }
+    }
+
     /// Bytes waiting for the I/O layer.
     pub(super) fn outbox_len(&self) -> usize {
         self.outbox.len()

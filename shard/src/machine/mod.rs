@@ -7,43 +7,48 @@
 //! committed: the caller drains records with [`Shard::take_records`], commits
 //! them, then calls [`Shard::committed`].
 
+mod account;
 mod anonymous;
 mod connections;
+mod counters;
 mod durability;
 mod expiry;
 mod groups;
+mod login;
+mod peer;
 mod push;
+mod signup;
 mod social;
 
 use std::{collections::VecDeque, sync::Arc};
 
 use ahash::AHashMap;
-use sha2::{Digest, Sha256};
-use storage::{EntryRecord, Post, Record, KEY_HASH_BYTES};
-use subtle::ConstantTimeEq;
+use storage::{EntryRecord, Post, Record};
 use wire::{
-    ByeReason, Chat, ClientFrame, DeviceKey, ErrorKind, GroupChange, GroupId, Phone, Presence,
-    Profile, ReceiptKind, ServerFrame, TypingState, BODY_BYTES_MAX, DEVICE_KEY_BYTES,
-    PROTOCOL_VERSION,
+    ByeReason, Chat, ClientFrame, ErrorKind, GroupChange, GroupId, Phone, ReceiptKind, ServerFrame,
+    BODY_BYTES_MAX, PROTOCOL_VERSION,
 };
 
 pub use anonymous::Refused;
+pub use connections::{ConnId, ConnSnapshot};
+pub use counters::ShardCounters;
 pub use groups::GroupAction;
+pub use peer::PeerMessage;
 pub use push::Push;
 
-use connections::{Connections, Deadlines, IdleVerdict};
+use account::Account;
+use connections::{Connections, Deadlines, IdleVerdict, Phase, Session};
 use durability::{
-    Durability, Held, PutWrite, Refusal, WriteBack, DISK_FULL, STORAGE_FAILED, STORAGE_UNAVAILABLE,
+    Durability, Held, PutWrite, Refusal, DISK_FULL, STORAGE_FAILED, STORAGE_UNAVAILABLE,
 };
+use signup::Signups;
 
 use crate::{
-    allowance::TokenBucket,
     clock::{ClockNote, ClockState, WallClock},
     dedup::DedupTable,
-    mailbox::Mailbox,
     order::{Blocked, OrderGaps},
     source::Source,
-    timer_wheel::{TimerId, TimerWheel},
+    timer_wheel::TimerWheel,
     Env, ShardConfig,
 };
 
@@ -76,128 +81,6 @@ pub enum RestoreError {
     UnknownGroupPost { group: GroupId, gseq: u64 },
 }
 
-/// A connection on this shard. The generation makes ids of closed
-/// connections harmless when a reply for them arrives late.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ConnId {
-    index: u32,
-    generation: u32,
-}
-
-impl ConnId {
-    #[cfg(test)]
-    pub(crate) fn for_tests(index: u32, generation: u32) -> ConnId {
-        ConnId { index, generation }
-    }
-}
-
-/// Messages between shards. They travel only through the bounded
-/// per-(source, destination) queues.
-#[derive(Debug)]
-pub enum PeerMessage {
-    /// Store a message in `to`'s mailbox; answer `Stored` to `reply` on the
-    /// sender's home shard.
-    Deliver {
-        from: Phone,
-        to: Phone,
-        client_id: u64,
-        sent_at_ms: u64,
-        body: Arc<[u8]>,
-        reply: ConnId,
-    },
-    /// The answer to `Deliver`, for the sender's connection.
-    Stored {
-        reply: ConnId,
-        sender: Phone,
-        client_id: u64,
-        result: Result<u64, ErrorKind>,
-    },
-    /// Store a receipt in `to`'s mailbox.
-    Receipt {
-        to: Phone,
-        by: Phone,
-        client_id: u64,
-        kind: ReceiptKind,
-    },
-    /// A phone's request to `group`'s owner; answered with `Stored`.
-    GroupRequest {
-        group: GroupId,
-        from: Phone,
-        client_id: u64,
-        at_ms: u64,
-        reply: ConnId,
-        action: GroupAction,
-    },
-    /// A group post for `members`, who live on the destination shard.
-    GroupFanout {
-        group: GroupId,
-        gseq: u64,
-        post: Post,
-        members: Vec<Phone>,
-    },
-    /// The answer to `GroupFanout`: the copy is durable.
-    GroupStored {
-        group: GroupId,
-        gseq: u64,
-    },
-    /// `watcher` follows `target`'s presence; answered with `PresenceOf`
-    /// for `conn`.
-    Watch {
-        watcher: Phone,
-        target: Phone,
-        conn: ConnId,
-    },
-    Unwatch {
-        watcher: Phone,
-        target: Phone,
-    },
-    /// `about`'s presence for its follower `to`: the answer to `Watch` for
-    /// `conn`, or (without) a change.
-    PresenceOf {
-        to: Phone,
-        about: Phone,
-        presence: Presence,
-        conn: Option<ConnId>,
-    },
-    /// `viewer` asks for `target`'s profile; answered with `ProfileOf`.
-    ProfileQuery {
-        viewer: Phone,
-        target: Phone,
-        conn: ConnId,
-    },
-    /// `about`'s profile for `to` (`None`: not visible): the answer to
-    /// `ProfileQuery` for `conn`, or (without) a change.
-    ProfileOf {
-        to: Phone,
-        about: Phone,
-        profile: Option<Box<Profile>>,
-        conn: Option<ConnId>,
-    },
-    /// A typing indicator for phones of the destination shard.
-    TypingTo {
-        to: Vec<Phone>,
-        from: Phone,
-        group: Option<GroupId>,
-        state: TypingState,
-    },
-    /// A typing indicator for a group, to its owner to check and fan out.
-    GroupTyping {
-        group: GroupId,
-        from: Phone,
-        state: TypingState,
-    },
-    /// Which of `phones` have accounts; answered with `AccountsFound`.
-    LookupAccounts {
-        query: u64,
-        reply_shard: u16,
-        phones: Vec<Phone>,
-    },
-    AccountsFound {
-        query: u64,
-        registered: Vec<Phone>,
-    },
-}
-
 /// What the caller must do after handing a frame to the shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameOutcome {
@@ -209,114 +92,6 @@ pub enum FrameOutcome {
     },
 }
 
-/// The state of a connection that moves with it to another shard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnSnapshot {
-    pub hello: bool,
-    pub handovers: u8,
-    pub login_failures: u8,
-    pub code_requests: u8,
-    pub code_attempts: u8,
-    pub source: Source,
-    /// When the connection was accepted (ms on the clock every shard of
-    /// the process shares): its login deadline runs from there.
-    pub opened_ms: u64,
-}
-
-/// Counters for metrics. Monotonic except the gauges noted.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ShardCounters {
-    /// Gauge.
-    pub connections: u64,
-    /// Gauge.
-    pub sessions: u64,
-    /// Gauge: connections that have not logged in.
-    pub connections_anonymous: u64,
-    pub accounts: u64,
-    pub codes_sent: u64,
-    pub signups: u64,
-    pub logins: u64,
-    pub login_failures: u64,
-    pub messages_stored: u64,
-    pub messages_deduplicated: u64,
-    pub messages_written: u64,
-    pub messages_acked: u64,
-    pub receipts_stored: u64,
-    /// `Read` frames refused: not about a message delivered to the reader,
-    /// or read before.
-    pub reads_refused: u64,
-    /// Sends refused `OutOfOrder`: an earlier send of their conversation
-    /// was refused and has not come again.
-    pub sends_out_of_order: u64,
-    pub rate_limited: u64,
-    pub protocol_errors: u64,
-    pub idle_closed: u64,
-    /// Closing connections dropped with bytes unwritten: the phone did not
-    /// take its last frames within `close_flush_timeout_ms`.
-    pub closes_abandoned: u64,
-    /// Connections closed unread at accept (or handover) because too many
-    /// that had not logged in were open on the shard or from the source.
-    pub connections_refused: u64,
-    /// Code requests refused by a limit on anonymous work (per
-    /// connection, source, network, number range or the SMS budget).
-    pub codes_refused: u64,
-    pub handovers_out: u64,
-    pub handovers_in: u64,
-    /// Checkpoints written (and the segments they cover deleted).
-    pub checkpoints: u64,
-    /// Mailbox records that went through the write-back cache, and the
-    /// messages among them acknowledged before they were due, which were
-    /// never written at all.
-    pub records_cached: u64,
-    pub messages_never_written: u64,
-    /// Messages refused because the recipient's mailbox was at its bound,
-    /// and receipts dropped at the receipt bound (`receipts_max`).
-    pub messages_refused_mailbox_full: u64,
-    pub receipts_dropped_mailbox_full: u64,
-    /// Messages and signups refused while the disk was full (or the
-    /// journal short of a resource).
-    pub messages_refused_disk_full: u64,
-    pub signups_refused_disk_full: u64,
-    /// Groups this shard owns (a gauge; groups are never deleted).
-    pub groups: u64,
-    /// Posts (messages and changes) accepted by groups this shard owns.
-    pub group_posts: u64,
-    /// Post copies stored here, and fan-outs recognised as already stored.
-    pub group_copies_stored: u64,
-    pub group_copies_repeated: u64,
-    /// Members' mailbox entries for group posts; those not made because
-    /// the member's mailbox held twice `mailbox_entries_max` messages, or because
-    /// the member has no account.
-    pub group_entries_stored: u64,
-    pub group_entries_dropped_mailbox_full: u64,
-    pub group_entries_no_account: u64,
-    /// Presence changes and typing indicators written to phones, and
-    /// signals dropped: at a phone's full outbox, at a backed-up shard
-    /// queue, over the sender's allowance, or from a non-member.
-    pub signals_delivered: u64,
-    pub signals_dropped_outbox_full: u64,
-    pub signals_dropped_queue_full: u64,
-    pub signals_dropped_rate: u64,
-    pub signals_dropped_not_member: u64,
-    /// Contact syncs accepted and refused (rate), and numbers looked up.
-    pub contact_syncs: u64,
-    pub contact_syncs_refused: u64,
-    pub contact_lookups: u64,
-    /// Sends refused because the number is outside the sender's contacts
-    /// and its lookup allowance was spent.
-    pub stranger_sends_refused: u64,
-    /// Pushes handed to the push sender, dropped because its queue was
-    /// full, and not sent because one had gone out within the interval;
-    /// tokens dropped because the gateway rejected them.
-    pub pushes_sent: u64,
-    pub pushes_dropped_queue_full: u64,
-    pub pushes_coalesced: u64,
-    pub push_tokens_dropped: u64,
-    /// Messages deleted undelivered after `message_retention_ms`, each
-    /// answered with an `Expired` receipt to its sender.
-    pub messages_expired: u64,
-}
-
 #[derive(Debug, Clone, Copy)]
 enum TimerEvent {
     Idle(ConnId),
@@ -325,82 +100,12 @@ enum TimerEvent {
     Push(Phone),
 }
 
-#[derive(Debug)]
-struct Account {
-    key_hash: [u8; KEY_HASH_BYTES],
-    generation: u64,
-    mailbox: Mailbox,
-    session: Option<ConnId>,
-    /// What the journal holds of the mailbox (see `durability`).
-    write_back: WriteBack,
-    /// Shown as online while a session is and this is set (`SetPresence`).
-    available: bool,
-    /// Unix ms when last online; 0 for never seen since it was recorded.
-    last_seen_ms: u64,
-    /// The last-seen time the journal holds (see `social::LAST_SEEN_SLACK_MS`).
-    last_seen_written_ms: u64,
-    social: Option<Box<social::Social>>,
-    push: Option<Box<push::PushState>>,
-    /// Messages, receipts, group requests and signals this account may
-    /// send (`ShardConfig::send_rate`). It lives with the account, not the
-    /// connection, so hanging up and logging in again gives nothing back.
-    send: TokenBucket,
-    /// Logins (`ShardConfig::login_rate`), and groups created
-    /// (`group_create_rate`).
-    logins: TokenBucket,
-    groups_created: TokenBucket,
-}
-
-impl Account {
-    /// A new account with an empty mailbox and no session.
-    fn new(key_hash: [u8; KEY_HASH_BYTES], generation: u64) -> Account {
-        Account {
-            key_hash,
-            generation,
-            mailbox: Mailbox::new(),
-            session: None,
-            write_back: WriteBack::default(),
-            available: false,
-            last_seen_ms: 0,
-            last_seen_written_ms: 0,
-            social: None,
-            push: None,
-            send: TokenBucket::full(),
-            logins: TokenBucket::full(),
-            groups_created: TokenBucket::full(),
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Signup {
-    code: Option<u32>,
-    code_expires_at_ms: u64,
-    attempts_left: u32,
-    /// Codes this number may still be sent (`ShardConfig::code_number_rate`).
-    requests: TokenBucket,
-    timer: Option<TimerId>,
-}
-
-impl Signup {
-    /// No code yet, and the number's whole allowance.
-    fn new() -> Signup {
-        Signup {
-            code: None,
-            code_expires_at_ms: 0,
-            attempts_left: 0,
-            requests: TokenBucket::full(),
-            timer: None,
-        }
-    }
-}
-
 pub struct Shard {
     config: ShardConfig,
     env: Box<dyn Env>,
     conns: Connections,
     accounts: AHashMap<Phone, Account>,
-    signups: AHashMap<Phone, Signup>,
+    signups: Signups,
     dedup: DedupTable,
     /// Groups this shard owns, and their recent posts for resend detection.
     groups: AHashMap<GroupId, groups::Group>,
@@ -454,7 +159,7 @@ impl Shard {
             env,
             conns: Connections::default(),
             accounts: AHashMap::new(),
-            signups: AHashMap::new(),
+            signups: Signups::default(),
             dedup,
             groups: AHashMap::new(),
             group_dedup: DedupTable::new(config_dedup.0, config_dedup.1),
@@ -943,6 +648,10 @@ impl Shard {
         self.fail(id, kind, detail);
     }
 
+    /// A frame from a connection at `now_ms`. What it needs is dispatched
+    /// by the connection's phase: the handshake, the anonymous phase
+    /// (signup, login, handover; see `login`) or a session, whose handlers
+    /// get the logged-in account as a value.
     pub fn handle_frame(
         &mut self,
         id: ConnId,
@@ -957,242 +666,142 @@ impl Shard {
             return FrameOutcome::Continue;
         }
         conn.last_activity_ms = now_ms;
-        if !conn.hello {
-            match frame {
-                ClientFrame::Hello { version } if version == PROTOCOL_VERSION => {
-                    conn.hello = true;
-                    self.reply(
-                        id,
-                        &ServerFrame::Welcome {
-                            version: PROTOCOL_VERSION,
-                        },
-                    );
-                }
-                ClientFrame::Hello { version } => {
-                    let detail = format!(
-                        "version {version} unsupported; this server speaks {PROTOCOL_VERSION}"
-                    );
-                    self.fail(id, ErrorKind::UnsupportedVersion, detail);
-                }
-                _ => self.fail(
-                    id,
-                    ErrorKind::HelloRequired,
-                    "the first frame must be Hello".into(),
-                ),
-            }
-            return FrameOutcome::Continue;
-        }
-        let logged_in = conn.account;
-        let outcome = match frame {
-            ClientFrame::Hello { .. } => {
-                self.fail(id, ErrorKind::Malformed, "Hello sent twice".into());
+        let outcome = match conn.phase() {
+            Phase::Handshake => {
+                self.handshake(id, frame);
                 FrameOutcome::Continue
             }
-            ClientFrame::Ping { nonce } => {
-                self.reply(id, &ServerFrame::Pong { nonce });
-                FrameOutcome::Continue
-            }
-            ClientFrame::RequestCode { phone }
-            | ClientFrame::Verify { phone, .. }
-            | ClientFrame::Login { phone, .. }
-                if logged_in.is_none()
-                    && self.config.map.shard_of(phone) != self.config.shard_id =>
-            {
-                let shard = self.config.map.shard_of(phone);
-                if self
-                    .conns
-                    .get(id)
-                    .is_some_and(|c| c.handovers >= self.config.handovers_max)
-                {
-                    self.fail(
-                        id,
-                        ErrorKind::Overloaded,
-                        "too many account changes on one connection".into(),
-                    );
-                    return FrameOutcome::Continue;
-                }
-                FrameOutcome::HandOver { shard }
-            }
-            ClientFrame::RequestCode { .. }
-            | ClientFrame::Verify { .. }
-            | ClientFrame::Login { .. }
-                if logged_in.is_some() =>
-            {
-                self.reply_error(
-                    id,
-                    ErrorKind::AlreadyLoggedIn,
-                    None,
-                    "this connection is logged in",
-                );
-                FrameOutcome::Continue
-            }
-            ClientFrame::RequestCode { phone } => {
-                self.request_code(id, phone, now_ms);
-                FrameOutcome::Continue
-            }
-            ClientFrame::Verify { phone, code } => {
-                self.verify(id, phone, code, now_ms);
-                FrameOutcome::Continue
-            }
-            ClientFrame::Login { phone, key } => {
-                self.login(id, phone, key, now_ms);
-                FrameOutcome::Continue
-            }
-            ClientFrame::Send { client_id, .. }
-            | ClientFrame::Read { client_id, .. }
-            | ClientFrame::CreateGroup { client_id, .. }
-            | ClientFrame::GroupSend { client_id, .. }
-            | ClientFrame::ChangeGroup { client_id, .. }
-            | ClientFrame::SyncContacts { client_id, .. }
-            | ClientFrame::SetProfile { client_id, .. }
-            | ClientFrame::SetPrivacy { client_id, .. }
-            | ClientFrame::RegisterPush { client_id, .. }
-                if logged_in.is_none() =>
-            {
-                self.reply_error(id, ErrorKind::NotLoggedIn, Some(client_id), "log in first");
-                FrameOutcome::Continue
-            }
-            ClientFrame::Ack { .. }
-            | ClientFrame::Subscribe { .. }
-            | ClientFrame::Unsubscribe { .. }
-            | ClientFrame::SetPresence { .. }
-            | ClientFrame::Typing { .. }
-            | ClientFrame::GetProfile { .. }
-                if logged_in.is_none() =>
-            {
-                self.reply_error(id, ErrorKind::NotLoggedIn, None, "log in first");
-                FrameOutcome::Continue
-            }
-            ClientFrame::Send {
-                client_id,
-                to,
-                body,
-            } => {
-                let from = logged_in.expect("checked above");
-                self.send(id, from, client_id, to, body, now_ms);
-                FrameOutcome::Continue
-            }
-            ClientFrame::Ack { up_to } => {
-                self.ack(id, logged_in.expect("checked above"), up_to);
-                FrameOutcome::Continue
-            }
-            ClientFrame::Read { from, client_id } => {
-                self.read(
-                    id,
-                    logged_in.expect("checked above"),
-                    from,
-                    client_id,
-                    now_ms,
-                );
-                FrameOutcome::Continue
-            }
-            ClientFrame::CreateGroup {
-                client_id,
-                subject,
-                members,
-            } => {
-                let from = logged_in.expect("checked above");
-                let group = GroupId::derive(from, client_id);
-                let action = GroupAction::Create {
-                    subject: subject.to_owned(),
-                    members,
-                };
-                self.ask_group(id, from, client_id, group, action, now_ms);
-                FrameOutcome::Continue
-            }
-            ClientFrame::GroupSend {
-                client_id,
-                group,
-                body,
-            } => {
-                if body.len() > BODY_BYTES_MAX {
-                    let detail = format!("body of {} bytes exceeds {BODY_BYTES_MAX}", body.len());
-                    self.reply_error(id, ErrorKind::BodyTooLarge, Some(client_id), &detail);
-                } else {
-                    let from = logged_in.expect("checked above");
-                    let action = GroupAction::Send { body: body.into() };
-                    self.ask_group(id, from, client_id, group, action, now_ms);
-                }
-                FrameOutcome::Continue
-            }
-            ClientFrame::ChangeGroup {
-                client_id,
-                group,
-                change,
-            } => {
-                if matches!(change, GroupChange::Created { .. }) {
-                    let detail = "groups are created with CreateGroup";
-                    self.reply_error(id, ErrorKind::BadRequest, Some(client_id), detail);
-                } else {
-                    let from = logged_in.expect("checked above");
-                    let action = GroupAction::Change(change);
-                    self.ask_group(id, from, client_id, group, action, now_ms);
-                }
-                FrameOutcome::Continue
-            }
-            ClientFrame::Subscribe { phone } => {
-                self.subscribe(id, logged_in.expect("checked above"), phone);
-                FrameOutcome::Continue
-            }
-            ClientFrame::Unsubscribe { phone } => {
-                self.unsubscribe(logged_in.expect("checked above"), phone);
-                FrameOutcome::Continue
-            }
-            ClientFrame::SetPresence { available } => {
-                self.set_presence(id, logged_in.expect("checked above"), available);
-                FrameOutcome::Continue
-            }
-            ClientFrame::Typing { chat, state } => {
-                self.typing(id, logged_in.expect("checked above"), chat, state);
-                FrameOutcome::Continue
-            }
-            ClientFrame::SyncContacts {
-                client_id,
-                full,
-                add,
-                remove,
-            } => {
-                let owner = logged_in.expect("checked above");
-                self.sync_contacts(id, owner, client_id, full, add, remove);
-                FrameOutcome::Continue
-            }
-            // Each writes a record (and a profile reaches every follower):
-            // they cost a send token like a message.
-            ClientFrame::SetProfile { client_id, .. }
-            | ClientFrame::SetPrivacy { client_id, .. }
-            | ClientFrame::RegisterPush { client_id, .. }
-                if !self.take_send_token(id, client_id, now_ms) =>
-            {
-                FrameOutcome::Continue
-            }
-            ClientFrame::SetProfile { client_id, profile } => {
-                self.set_profile(id, logged_in.expect("checked above"), client_id, profile);
-                FrameOutcome::Continue
-            }
-            ClientFrame::GetProfile { phone } => {
-                self.get_profile(id, logged_in.expect("checked above"), phone);
-                FrameOutcome::Continue
-            }
-            ClientFrame::SetPrivacy {
-                client_id,
-                hide_last_seen,
-            } => {
-                let owner = logged_in.expect("checked above");
-                self.set_privacy(id, owner, client_id, hide_last_seen);
-                FrameOutcome::Continue
-            }
-            ClientFrame::RegisterPush {
-                client_id,
-                platform,
-                token,
-            } => {
-                let owner = logged_in.expect("checked above");
-                self.register_push(id, owner, client_id, platform, token);
+            Phase::Anonymous => self.anonymous_frame(id, frame),
+            Phase::Session(phone) => {
+                self.session_frame(Session { id, phone }, frame);
                 FrameOutcome::Continue
             }
         };
         self.run_local();
         outcome
+    }
+
+    /// The first frame must be a `Hello` with this server's version.
+    fn handshake(&mut self, id: ConnId, frame: ClientFrame<'_>) {
+        match frame {
+            ClientFrame::Hello { version } if version == PROTOCOL_VERSION => {
+                self.conns.get_mut(id).expect("the caller found it").hello = true;
+                let welcome = ServerFrame::Welcome {
+                    version: PROTOCOL_VERSION,
+                };
+                self.reply(id, &welcome);
+            }
+            ClientFrame::Hello { version } => {
+                let detail =
+                    format!("version {version} unsupported; this server speaks {PROTOCOL_VERSION}");
+                self.fail(id, ErrorKind::UnsupportedVersion, detail);
+            }
+            _ => {
+                let detail = "the first frame must be Hello".into();
+                self.fail(id, ErrorKind::HelloRequired, detail);
+            }
+        }
+    }
+
+    /// A frame on a logged-in connection.
+    fn session_frame(&mut self, session: Session, frame: ClientFrame<'_>) {
+        let Session { id, phone } = session;
+        match frame {
+            ClientFrame::Hello { .. } => {
+                self.fail(id, ErrorKind::Malformed, "Hello sent twice".into());
+            }
+            ClientFrame::Ping { nonce } => self.reply(id, &ServerFrame::Pong { nonce }),
+            ClientFrame::RequestCode { .. }
+            | ClientFrame::Verify { .. }
+            | ClientFrame::Login { .. } => {
+                let detail = "this connection is logged in";
+                self.reply_error(id, ErrorKind::AlreadyLoggedIn, None, detail);
+            }
+            ClientFrame::Send {
+                client_id,
+                to,
+                body,
+            } => self.send(session, client_id, to, body),
+            ClientFrame::Ack { up_to } => self.ack(session, up_to),
+            ClientFrame::Read { from, client_id } => self.read(session, from, client_id),
+            ClientFrame::CreateGroup { .. }
+            | ClientFrame::GroupSend { .. }
+            | ClientFrame::ChangeGroup { .. } => self.group_frame(session, frame),
+            ClientFrame::Subscribe { phone: target } => self.subscribe(id, phone, target),
+            ClientFrame::Unsubscribe { phone: target } => self.unsubscribe(phone, target),
+            ClientFrame::SetPresence { available } => self.set_presence(id, phone, available),
+            ClientFrame::Typing { chat, state } => self.typing(id, phone, chat, state),
+            ClientFrame::SyncContacts {
+                client_id,
+                full,
+                add,
+                remove,
+            } => self.sync_contacts(id, phone, client_id, full, add, remove),
+            ClientFrame::GetProfile { phone: target } => self.get_profile(id, phone, target),
+            // Each writes a record (and a profile reaches every follower):
+            // they cost a send token like a message.
+            ClientFrame::SetProfile { client_id, .. }
+            | ClientFrame::SetPrivacy { client_id, .. }
+            | ClientFrame::RegisterPush { client_id, .. }
+                if !self.take_send_token(id, client_id) => {}
+            ClientFrame::SetProfile { client_id, profile } => {
+                self.set_profile(id, phone, client_id, profile);
+            }
+            ClientFrame::SetPrivacy {
+                client_id,
+                hide_last_seen,
+            } => self.set_privacy(id, phone, client_id, hide_last_seen),
+            ClientFrame::RegisterPush {
+                client_id,
+                platform,
+                token,
+            } => self.register_push(id, phone, client_id, platform, token),
+        }
+    }
+
+    /// `CreateGroup`, `GroupSend` and `ChangeGroup`: checked here, then
+    /// passed to the group's owner (see `ask_group`).
+    fn group_frame(&mut self, session: Session, frame: ClientFrame<'_>) {
+        let id = session.id;
+        let (client_id, group, action) = match frame {
+            ClientFrame::CreateGroup {
+                client_id,
+                subject,
+                members,
+            } => {
+                let group = GroupId::derive(session.phone, client_id);
+                let subject = subject.to_owned();
+                (client_id, group, GroupAction::Create { subject, members })
+            }
+            ClientFrame::GroupSend {
+                client_id, body, ..
+            } if body.len() > BODY_BYTES_MAX => {
+                let detail = format!("body of {} bytes exceeds {BODY_BYTES_MAX}", body.len());
+                self.reply_error(id, ErrorKind::BodyTooLarge, Some(client_id), &detail);
+                return;
+            }
+            ClientFrame::GroupSend {
+                client_id,
+                group,
+                body,
+            } => (client_id, group, GroupAction::Send { body: body.into() }),
+            ClientFrame::ChangeGroup {
+                client_id,
+                change: GroupChange::Created { .. },
+                ..
+            } => {
+                let detail = "groups are created with CreateGroup";
+                self.reply_error(id, ErrorKind::BadRequest, Some(client_id), detail);
+                return;
+            }
+            ClientFrame::ChangeGroup {
+                client_id,
+                group,
+                change,
+            } => (client_id, group, GroupAction::Change(change)),
+            _ => unreachable!("session_frame passes group frames only"),
+        };
+        self.ask_group(session, client_id, group, action);
     }
 
     /// A message from another shard (or, for local delivery, from this one).
@@ -1211,7 +820,7 @@ impl Shard {
         for event in due {
             match event {
                 TimerEvent::Idle(id) => self.idle_check(id, now_ms),
-                TimerEvent::Signup(phone) => self.signup_check(phone, now_ms),
+                TimerEvent::Signup(phone) => self.signup_timer(phone),
                 TimerEvent::Push(phone) => self.push_due(phone),
             }
         }
@@ -1335,306 +944,10 @@ impl Shard {
         }
     }
 
-    // ---- signup and login --------------------------------------------------
-
-    fn is_test_number(&self, phone: Phone) -> Option<u32> {
-        let test = self.config.test_numbers.as_ref()?;
-        phone.has_prefix(&test.prefix).then_some(test.code)
-    }
-
-    /// A code for `phone`. Every limit is checked before anything is
-    /// spent or remembered: per connection, then (for numbers outside the
-    /// test range) per source host, source network, number range and the
-    /// shard's SMS budget ([`anonymous::Anonymous::charge_code`]), then
-    /// per number (`code_requests_max` a window). A pending signup is
-    /// made only for a code that went out, so a flood that is refused
-    /// leaves nothing behind.
-    fn request_code(&mut self, id: ConnId, phone: Phone, now_ms: u64) {
-        let per_connection_max = self.config.code_requests_per_connection_max;
-        let conn = self.conns.get_mut(id).expect("caller checked");
-        if conn.code_requests >= per_connection_max {
-            self.refuse_code(id, "code_requests_per_connection_max", u64::MAX);
-            return;
-        }
-        conn.code_requests += 1;
-        let source = conn.source;
-        let expires_in_s = (self.config.code_ttl_ms / 1000) as u32;
-        if self.is_test_number(phone).is_some() {
-            // Test numbers are for load generators: a fixed code, no SMS,
-            // no limit, no table entry (so others cannot crowd them out).
-            self.reply(
-                id,
-                &ServerFrame::CodeSent {
-                    phone,
-                    expires_in_s,
-                },
-            );
-            return;
-        }
-        let config = &self.config;
-        let number_rate = config.code_number_rate();
-        if let Some(signup) = self.signups.get_mut(&phone) {
-            // A copy: nothing is spent until every limit has agreed.
-            let mut probe = signup.requests;
-            if let Err(exhausted) = probe.take(1, number_rate, now_ms) {
-                self.refuse_code(id, "code_requests_max", exhausted.retry_after_ms);
-                return;
-            }
-        } else if self.signups.len() >= config.signups_max {
-            let detail = "too many signups in progress; retry later";
-            self.reply_error(id, ErrorKind::Overloaded, None, detail);
-            return;
-        }
-        if let Err(refused) = self.anonymous.charge_code(config, source, phone, now_ms) {
-            self.refuse_code(id, refused.limit, refused.retry_after_ms);
-            return;
-        }
-        let code = random_code(&mut *self.env);
-        if !self.env.send_sms(phone, code) {
-            let detail = "SMS gateway busy; retry later";
-            self.reply_error(id, ErrorKind::SmsUnavailable, None, detail);
-            return;
-        }
-        self.counters.codes_sent += 1;
-        let wall_ms = self.clock.wall_ms(now_ms);
-        let record = self.anonymous.sent(phone, source, wall_ms);
-        self.durability.record(record);
-        let signup = self.signups.entry(phone).or_insert_with(Signup::new);
-        let spent = signup.requests.take(1, number_rate, now_ms).is_ok();
-        debug_assert!(spent, "checked above");
-        signup.code = Some(code);
-        signup.code_expires_at_ms = now_ms + self.config.code_ttl_ms;
-        signup.attempts_left = self.config.code_attempts_max;
-        if signup.timer.is_none() {
-            // Kept while the code lives or the allowance refills.
-            let deadline = now_ms + self.config.code_ttl_ms.max(number_rate.period_ms);
-            signup.timer = Some(self.timers.arm(
-                deadline.div_ceil(self.config.tick_ms),
-                TimerEvent::Signup(phone),
-            ));
-        }
-        self.reply(
-            id,
-            &ServerFrame::CodeSent {
-                phone,
-                expires_in_s,
-            },
-        );
-    }
-
-    /// A replayed `CodeSent`: the number's allowance is spent again (as
-    /// of now) if the code is still inside the window, like the source's
-    /// and the range's.
-    fn restore_code_sent(&mut self, phone: Phone, source: Source, at_ms: u64) {
-        let wall_ms = self.clock.wall_ms(self.now_ms);
-        let times = (self.now_ms, wall_ms);
-        if !self
-            .anonymous
-            .restore_sent(&self.config, (phone, source, at_ms), times)
-        {
-            return;
-        }
-        let rate = self.config.code_number_rate();
-        let now_ms = self.now_ms;
-        let signup = self.signups.entry(phone).or_insert_with(Signup::new);
-        let _ = signup.requests.take(1, rate, now_ms);
-        if signup.timer.is_none() {
-            let deadline = now_ms + rate.period_ms;
-            signup.timer = Some(self.timers.arm(
-                deadline.div_ceil(self.config.tick_ms),
-                TimerEvent::Signup(phone),
-            ));
-        }
-    }
-
-    /// Spends a code guess from the connection's and its source's
-    /// allowances (`code_attempts_per_connection_max`,
-    /// `code_attempts_per_source_per_hour`); Err names the limit.
-    /// Err: the limit, and when to retry (`u64::MAX`: not on this
-    /// connection).
-    fn charge_verify(&mut self, id: ConnId, now_ms: u64) -> Result<(), (&'static str, u64)> {
-        let per_connection_max = self.config.code_attempts_per_connection_max;
-        let conn = self.conns.get_mut(id).expect("caller checked");
-        if conn.code_attempts >= per_connection_max {
-            return Err(("code_attempts_per_connection_max", u64::MAX));
-        }
-        conn.code_attempts += 1;
-        let source = conn.source;
-        self.anonymous.charge_attempt(&self.config, source, now_ms)
-    }
-
-    /// Answers a code request or guess with `RateLimited`, naming the
-    /// limit.
-    fn refuse_code(&mut self, id: ConnId, limit: &str, retry_after_ms: u64) {
-        self.counters.codes_refused += 1;
-        self.counters.rate_limited += 1;
-        let detail = match retry_after_ms {
-            u64::MAX => format!("over a signup limit ({limit}); use another connection"),
-            ms => format!(
-                "over a signup limit ({limit}); retry in {} s",
-                ms.div_ceil(1000)
-            ),
-        };
-        self.reply_error(id, ErrorKind::RateLimited, None, &detail);
-    }
-
-    fn verify(&mut self, id: ConnId, phone: Phone, code: u32, now_ms: u64) {
-        // A new key that could not be stored would be lost on restart.
-        if let Err(refusal) = self.durability.admit() {
-            if refusal != Refusal::Failed {
-                self.counters.signups_refused_disk_full += 1;
-            }
-            self.reply_error(id, refusal.kind(), None, refusal.detail());
-            return;
-        }
-        if let Some(test_code) = self.is_test_number(phone) {
-            if code == test_code {
-                self.register(id, phone);
-            } else {
-                self.reply_error(id, ErrorKind::BadCode, None, "wrong code");
-            }
-            return;
-        }
-        // Guesses cost the guesser: per connection and per source host.
-        if let Err((limit, retry_after_ms)) = self.charge_verify(id, now_ms) {
-            self.refuse_code(id, limit, retry_after_ms);
-            return;
-        }
-        // One answer for no code, an expired code, a used-up code and a
-        // wrong one: no one learns for free whether a number asked for a
-        // code lately.
-        let wrong = |shard: &mut Shard| {
-            let detail = "wrong or no longer valid code (a code lives ten minutes \
-                          and takes five wrong tries); request a new one";
-            shard.reply_error(id, ErrorKind::BadCode, None, detail);
-        };
-        let Some(signup) = self.signups.get_mut(&phone) else {
-            wrong(self);
-            return;
-        };
-        let Some(expected) = signup
-            .code
-            .filter(|_| now_ms < signup.code_expires_at_ms && signup.attempts_left > 0)
-        else {
-            signup.code = None;
-            wrong(self);
-            return;
-        };
-        if !bool::from(code.to_le_bytes().ct_eq(&expected.to_le_bytes())) {
-            signup.attempts_left -= 1;
-            if signup.attempts_left == 0 {
-                signup.code = None;
-            }
-            wrong(self);
-            return;
-        }
-        signup.code = None;
-        self.register(id, phone);
-    }
-
-    /// `phone` proved it owns its number: a new key, and a new account
-    /// or the old one with the key replaced (its old device logged out).
-    fn register(&mut self, id: ConnId, phone: Phone) {
-        let mut key = [0u8; DEVICE_KEY_BYTES];
-        self.env.random(&mut key);
-        let key_hash = hash_key(&key);
-        let generation = match self.accounts.get_mut(&phone) {
-            Some(account) => {
-                account.key_hash = key_hash;
-                account.generation += 1;
-                let generation = account.generation;
-                // The old device's key is dead; so is its connection.
-                if let Some(old) = account.session.take() {
-                    self.counters.sessions -= 1;
-                    self.close_with(old, ByeReason::Revoked);
-                }
-                generation
-            }
-            None => {
-                self.accounts.insert(phone, Account::new(key_hash, 1));
-                self.counters.accounts += 1;
-                1
-            }
-        };
-        self.counters.signups += 1;
-        self.durability.record(Record::AccountKey {
-            phone,
-            key_hash,
-            generation,
-        });
-        self.hold_reply(
-            id,
-            &ServerFrame::Registered {
-                phone,
-                key: DeviceKey(key),
-            },
-        );
-    }
-
-    fn login(&mut self, id: ConnId, phone: Phone, key: DeviceKey, now_ms: u64) {
-        let presented = hash_key(&key.0);
-        let accepted = self
-            .accounts
-            .get(&phone)
-            .is_some_and(|a| bool::from(a.key_hash.ct_eq(&presented)));
-        if !accepted {
-            self.counters.login_failures += 1;
-            let conn = self.conns.get_mut(id).expect("caller checked");
-            conn.login_failures += 1;
-            let give_up = conn.login_failures >= self.config.login_failures_max;
-            self.reply_error(
-                id,
-                ErrorKind::BadCredentials,
-                None,
-                "unknown number or wrong key",
-            );
-            if give_up {
-                self.close_with(id, ByeReason::ProtocolError);
-            }
-            return;
-        }
-        let (rate, now) = (self.config.login_rate(), self.now_ms);
-        let account = self.accounts.get_mut(&phone).expect("checked above");
-        if let Err(exhausted) = account.logins.take(1, rate, now) {
-            // Each login closes the last session, whose socket lives on
-            // until it is flushed: a storm of them would hold descriptors.
-            let retry_s = exhausted.retry_after_ms.div_ceil(1000);
-            let detail = format!("too many logins to this account; retry in {retry_s} s");
-            self.counters.rate_limited += 1;
-            self.reply_error(id, ErrorKind::RateLimited, None, &detail);
-            return;
-        }
-        let acked_up_to = account.mailbox.acked_up_to();
-        match account.session.replace(id) {
-            Some(old) => self.close_with(old, ByeReason::Replaced),
-            None => {
-                self.counters.sessions += 1;
-                self.session_began(phone);
-            }
-        }
-        self.counters.logins += 1;
-        let conn = self.conns.get_mut(id).expect("caller checked");
-        conn.account = Some(phone);
-        // Everything not yet acknowledged is sent again on a new session.
-        conn.delivered_up_to = acked_up_to;
-        let source = conn.source;
-        self.anonymous.left(source);
-        self.arm_idle(id, now_ms + self.config.idle_timeout_ms);
-        self.reply(id, &ServerFrame::LoggedIn { phone });
-        self.pump(id);
-    }
-
     // ---- messages ----------------------------------------------------------
 
-    fn send(
-        &mut self,
-        id: ConnId,
-        from: Phone,
-        client_id: u64,
-        to: Phone,
-        body: &[u8],
-        now_ms: u64,
-    ) {
+    fn send(&mut self, session: Session, client_id: u64, to: Phone, body: &[u8]) {
+        let (Session { id, phone: from }, now_ms) = (session, self.now_ms);
         if body.len() > BODY_BYTES_MAX {
             let detail = format!("body of {} bytes exceeds {BODY_BYTES_MAX}", body.len());
             self.reply_error(id, ErrorKind::BodyTooLarge, Some(client_id), &detail);
@@ -1644,7 +957,7 @@ impl Shard {
         if !self.admit_in_order(id, from, chat, client_id) {
             return;
         }
-        if !self.take_send_token(id, client_id, now_ms) {
+        if !self.take_send_token(id, client_id) {
             self.order_out.refused(from, chat, client_id, id, now_ms);
             return;
         }
@@ -1673,8 +986,9 @@ impl Shard {
     /// whose read receipt was not passed on before. Anything else is
     /// answered `BadRequest` and never reaches `from`. It also spends a
     /// send token, like a message.
-    fn read(&mut self, id: ConnId, by: Phone, from: Phone, client_id: u64, now_ms: u64) {
-        if !self.take_send_token(id, client_id, now_ms) {
+    fn read(&mut self, session: Session, from: Phone, client_id: u64) {
+        let Session { id, phone: by } = session;
+        if !self.take_send_token(id, client_id) {
             return;
         }
         let delivered = self.conns.get(id).map_or(0, |c| c.delivered_up_to);
@@ -1706,22 +1020,15 @@ impl Shard {
     /// answer says whether they are registered), and every one of them
     /// must have an account, which a lookup across shards checks before
     /// the request goes on (see `social::LookupFor::Group`).
-    fn ask_group(
-        &mut self,
-        id: ConnId,
-        from: Phone,
-        client_id: u64,
-        group: GroupId,
-        action: GroupAction,
-        now_ms: u64,
-    ) {
+    fn ask_group(&mut self, session: Session, client_id: u64, group: GroupId, action: GroupAction) {
+        let (Session { id, phone: from }, now_ms) = (session, self.now_ms);
         let chat = action.in_conversation().then_some(Chat::Group(group));
         if let Some(chat) = chat {
             if !self.admit_in_order(id, from, chat, client_id) {
                 return;
             }
         }
-        if !self.take_send_token(id, client_id, now_ms) {
+        if !self.take_send_token(id, client_id) {
             if let Some(chat) = chat {
                 self.order_out.refused(from, chat, client_id, id, now_ms);
             }
@@ -1807,8 +1114,7 @@ impl Shard {
 
     /// Spends one of the account's send tokens; without one, answers the
     /// frame `client_id` with `RateLimited` and returns false.
-    fn take_send_token(&mut self, id: ConnId, client_id: u64, now_ms: u64) -> bool {
-        self.now_ms = now_ms;
+    fn take_send_token(&mut self, id: ConnId, client_id: u64) -> bool {
         if !self.take_quiet_token(id) {
             self.counters.rate_limited += 1;
             let kind = ErrorKind::RateLimited;
@@ -1830,8 +1136,9 @@ impl Shard {
             .is_some_and(|a| a.send.take(1, rate, now_ms).is_ok())
     }
 
-    fn ack(&mut self, id: ConnId, owner: Phone, up_to: u64) {
-        let delivered = self.conns.get(id).expect("caller checked").delivered_up_to;
+    fn ack(&mut self, session: Session, up_to: u64) {
+        let Session { id, phone: owner } = session;
+        let delivered = self.conns.get(id).expect("a session").delivered_up_to;
         if up_to > delivered {
             let detail = format!("ack up to {up_to}, but only {delivered} was delivered");
             self.reply_error(id, ErrorKind::BadAck, None, &detail);
@@ -2269,25 +1576,6 @@ impl Shard {
             Some(IdleVerdict::Abandon) => self.counters.closes_abandoned += 1,
         }
     }
-
-    fn signup_check(&mut self, phone: Phone, now_ms: u64) {
-        let Some(signup) = self.signups.get_mut(&phone) else {
-            return;
-        };
-        signup.timer = None;
-        let rate = self.config.code_number_rate();
-        let code_live = signup.code.is_some() && signup.code_expires_at_ms > now_ms;
-        if !code_live && signup.requests.is_full(rate, now_ms) {
-            // Nothing to remember: a new entry would be the same.
-            self.signups.remove(&phone);
-        } else {
-            let next_ms = now_ms + self.config.code_ttl_ms.min(rate.period_ms).max(1);
-            signup.timer = Some(self.timers.arm(
-                next_ms.div_ceil(self.config.tick_ms),
-                TimerEvent::Signup(phone),
-            ));
-        }
-    }
 }
 
 /// The frame a member's mailbox entry for a group post becomes.
@@ -2317,24 +1605,6 @@ fn group_frame(seq: u64, group: GroupId, gseq: u64, post: &Post) -> ServerFrame<
             at_ms: *at_ms,
             change: change.clone(),
         },
-    }
-}
-
-fn hash_key(key: &[u8; DEVICE_KEY_BYTES]) -> [u8; KEY_HASH_BYTES] {
-    Sha256::digest(key).into()
-}
-
-/// A uniform six-digit code: rejection sampling keeps `% 1_000_000` unbiased.
-fn random_code(env: &mut dyn Env) -> u32 {
-    const CODES: u32 = 1_000_000;
-    let limit = u32::MAX - u32::MAX % CODES;
-    loop {
-        let mut bytes = [0u8; 4];
-        env.random(&mut bytes);
-        let value = u32::from_le_bytes(bytes);
-        if value < limit {
-            return value % CODES;
-        }
     }
 }
 

@@ -1,0 +1,133 @@
+//! Messages between shards. They travel only through the bounded
+//! per-(source, destination) queues (or, to the shard itself, through its
+//! local queue, so that local delivery keeps the order remote delivery has).
+
+use std::sync::Arc;
+
+use storage::Post;
+use wire::{ErrorKind, GroupId, Phone, Presence, Profile, ReceiptKind, TypingState};
+
+use super::{ConnId, GroupAction};
+
+/// Messages between shards. They travel only through the bounded
+/// per-(source, destination) queues.
+#[derive(Debug)]
+pub enum PeerMessage {
+    /// Store a message in `to`'s mailbox; answer `Stored` to `reply` on the
+    /// sender's home shard.
+    Deliver {
+        from: Phone,
+        to: Phone,
+        client_id: u64,
+        sent_at_ms: u64,
+        body: Arc<[u8]>,
+        reply: ConnId,
+    },
+    /// The answer to `Deliver`, for the sender's connection.
+    Stored {
+        reply: ConnId,
+        sender: Phone,
+        client_id: u64,
+        result: Result<u64, ErrorKind>,
+    },
+    /// Store a receipt in `to`'s mailbox.
+    Receipt {
+        to: Phone,
+        by: Phone,
+        client_id: u64,
+        kind: ReceiptKind,
+    },
+    /// A phone's request to `group`'s owner; answered with `Stored`.
+    GroupRequest {
+        group: GroupId,
+        from: Phone,
+        client_id: u64,
+        at_ms: u64,
+        reply: ConnId,
+        action: GroupAction,
+    },
+    /// A group post for `members`, who live on the destination shard.
+    GroupFanout {
+        group: GroupId,
+        gseq: u64,
+        post: Post,
+        members: Vec<Phone>,
+    },
+    /// The answer to `GroupFanout`: the copy is durable.
+    GroupStored {
+        group: GroupId,
+        gseq: u64,
+    },
+    /// `watcher` follows `target`'s presence; answered with `PresenceOf`
+    /// for `conn`.
+    Watch {
+        watcher: Phone,
+        target: Phone,
+        conn: ConnId,
+    },
+    Unwatch {
+        watcher: Phone,
+        target: Phone,
+    },
+    /// `about`'s presence for its follower `to`: the answer to `Watch` for
+    /// `conn`, or (without) a change.
+    PresenceOf {
+        to: Phone,
+        about: Phone,
+        presence: Presence,
+        conn: Option<ConnId>,
+    },
+    /// `viewer` asks for `target`'s profile; answered with `ProfileOf`.
+    ProfileQuery {
+        viewer: Phone,
+        target: Phone,
+        conn: ConnId,
+    },
+    /// `about`'s profile for `to` (`None`: not visible): the answer to
+    /// `ProfileQuery` for `conn`, or (without) a change.
+    ProfileOf {
+        to: Phone,
+        about: Phone,
+        profile: Option<Box<Profile>>,
+        conn: Option<ConnId>,
+    },
+    /// A typing indicator for phones of the destination shard.
+    TypingTo {
+        to: Vec<Phone>,
+        from: Phone,
+        group: Option<GroupId>,
+        state: TypingState,
+    },
+    /// A typing indicator for a group, to its owner to check and fan out.
+    GroupTyping {
+        group: GroupId,
+        from: Phone,
+        state: TypingState,
+    },
+    /// Which of `phones` have accounts; answered with `AccountsFound`.
+    LookupAccounts {
+        query: u64,
+        reply_shard: u16,
+        phones: Vec<Phone>,
+    },
+    AccountsFound {
+        query: u64,
+        registered: Vec<Phone>,
+    },
+}
+
+impl PeerMessage {
+    /// Signals may be dropped on the way when the destination's queue is
+    /// backed up: nothing depends on their arrival but what a phone shows.
+    /// Answers to a phone's own request are not signals.
+    pub fn is_signal(&self) -> bool {
+        matches!(
+            self,
+            PeerMessage::Unwatch { .. }
+                | PeerMessage::PresenceOf { conn: None, .. }
+                | PeerMessage::ProfileOf { conn: None, .. }
+                | PeerMessage::TypingTo { .. }
+                | PeerMessage::GroupTyping { .. }
+        )
+    }
+}
