@@ -474,7 +474,7 @@ mod tests {
         ConnId::for_tests(0, 1)
     }
 
-    fn ack(up_to: u64) -> Record {
+    pub(super) fn ack(up_to: u64) -> Record {
         Record::MailboxAck {
             owner: wire::Phone::from_u64(15550000001).unwrap(),
             up_to,

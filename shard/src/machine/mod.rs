@@ -15,17 +15,19 @@ mod durability;
 mod expiry;
 mod groups;
 mod login;
+mod messages;
 mod peer;
 mod push;
+mod recovery;
 mod signup;
 mod social;
 
-use std::{collections::VecDeque, sync::Arc};
+use std::collections::VecDeque;
 
 use ahash::AHashMap;
 use storage::{EntryRecord, Post, Record};
 use wire::{
-    ByeReason, Chat, ClientFrame, ErrorKind, GroupChange, GroupId, Phone, ReceiptKind, ServerFrame,
+    ByeReason, Chat, ClientFrame, ErrorKind, GroupChange, GroupId, Phone, ServerFrame,
     BODY_BYTES_MAX, PROTOCOL_VERSION,
 };
 
@@ -35,18 +37,17 @@ pub use counters::ShardCounters;
 pub use groups::GroupAction;
 pub use peer::PeerMessage;
 pub use push::Push;
+pub use recovery::RestoreError;
 
 use account::Account;
 use connections::{Connections, Deadlines, IdleVerdict, Phase, Session};
-use durability::{
-    Durability, Held, PutWrite, Refusal, DISK_FULL, STORAGE_FAILED, STORAGE_UNAVAILABLE,
-};
+use durability::{Durability, Held, PutWrite, Refusal};
 use signup::Signups;
 
 use crate::{
     clock::{ClockNote, ClockState, WallClock},
     dedup::DedupTable,
-    order::{Blocked, OrderGaps},
+    order::OrderGaps,
     source::Source,
     timer_wheel::TimerWheel,
     Env, ShardConfig,
@@ -55,31 +56,6 @@ use crate::{
 /// How often the per-source and per-range allowance tables drop buckets
 /// that refilled.
 const SOURCE_TABLES_PRUNE_MS: u64 = 60_000;
-
-/// A journal that cannot have been written by this shard's rules.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RestoreError {
-    #[error("a mailbox record for {0}, which has no account record before it")]
-    UnknownAccount(Phone),
-    #[error("mailbox of {owner}: the journal says seq {recorded}, replay assigned {assigned}")]
-    SeqMismatch {
-        owner: Phone,
-        recorded: u64,
-        assigned: u64,
-    },
-    #[error("a checkpoint starts the mailbox of {0} at seq 0 or after entries")]
-    MailboxStart(Phone),
-    #[error("a post to {0}, which no record created")]
-    UnknownGroup(GroupId),
-    #[error("{group}: the journal says post {recorded}, the group is at {expected}")]
-    GroupSeqMismatch {
-        group: GroupId,
-        recorded: u64,
-        expected: u64,
-    },
-    #[error("a mailbox entry refers to post {gseq} of {group}, which has no copy before it")]
-    UnknownGroupPost { group: GroupId, gseq: u64 },
-}
 
 /// What the caller must do after handing a frame to the shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,148 +177,6 @@ impl Shard {
         })
     }
 
-    // ---- recovery ----------------------------------------------------------
-
-    /// Applies one record replayed from this shard's journal. Call it for
-    /// every record, in journal order, before the shard takes connections.
-    pub fn restore(&mut self, record: Record) -> Result<(), RestoreError> {
-        match record {
-            Record::AccountKey {
-                phone,
-                key_hash,
-                generation,
-            } => match self.accounts.get_mut(&phone) {
-                Some(account) => {
-                    account.key_hash = key_hash;
-                    account.generation = generation;
-                }
-                None => {
-                    self.accounts
-                        .insert(phone, Account::new(key_hash, generation));
-                    self.counters.accounts += 1;
-                }
-            },
-            Record::MailboxPut { owner, seq, entry } => {
-                let account = self
-                    .accounts
-                    .get_mut(&owner)
-                    .ok_or(RestoreError::UnknownAccount(owner))?;
-                if let EntryRecord::Message {
-                    from, client_id, ..
-                } = &entry
-                {
-                    // Rebuilt with the restore time as its age: a resend
-                    // after a restart is still recognised for the full TTL.
-                    self.dedup
-                        .replay(owner, *from, *client_id, seq, self.now_ms);
-                }
-                if account.mailbox.is_empty() && seq > account.mailbox.last_seq() + 1 {
-                    // Entries before it were acknowledged while still in the
-                    // write-back cache, so they were never written.
-                    account.mailbox.start_at(seq);
-                }
-                account.write_back.restored_put(seq);
-                let group_entry = match entry {
-                    EntryRecord::Group { group, gseq } => Some((group, gseq)),
-                    _ => None,
-                };
-                let assigned = account.mailbox.push(entry);
-                if assigned != seq {
-                    return Err(RestoreError::SeqMismatch {
-                        owner,
-                        recorded: seq,
-                        assigned,
-                    });
-                }
-                if let Some((group, gseq)) = group_entry {
-                    self.restore_group_entry(owner, group, gseq, seq)?;
-                }
-            }
-            Record::MailboxAck { owner, up_to } => {
-                let account = self
-                    .accounts
-                    .get_mut(&owner)
-                    .ok_or(RestoreError::UnknownAccount(owner))?;
-                let mut groups_acked = Vec::new();
-                account.mailbox.ack(up_to, |entry| {
-                    if let EntryRecord::Group { group, gseq } = entry.record {
-                        groups_acked.push((group, gseq));
-                    }
-                });
-                if up_to > account.mailbox.last_seq() {
-                    // Entries up to `up_to` were acknowledged before they
-                    // were written: the mailbox goes on after them.
-                    let emptied = account.mailbox.start_at(up_to + 1);
-                    debug_assert!(emptied, "an ack past the last entry empties the mailbox");
-                }
-                account.write_back.restored_ack(up_to);
-                for (group, gseq) in groups_acked {
-                    self.restore_group_ack(owner, group, gseq);
-                }
-            }
-            Record::MailboxStart { owner, next_seq } => {
-                let account = self
-                    .accounts
-                    .get_mut(&owner)
-                    .ok_or(RestoreError::UnknownAccount(owner))?;
-                if !account.mailbox.start_at(next_seq) {
-                    return Err(RestoreError::MailboxStart(owner));
-                }
-                account.write_back.restored_start(next_seq);
-            }
-            Record::Dedup {
-                owner,
-                from,
-                client_id,
-                seq,
-            } => self.dedup.replay(owner, from, client_id, seq, self.now_ms),
-            Record::GroupPost { .. }
-            | Record::GroupState { .. }
-            | Record::GroupDedup { .. }
-            | Record::GroupCopy { .. }
-            | Record::GroupMark { .. } => self.restore_group_record(record)?,
-            Record::Contacts { owner, .. }
-            | Record::Profile { owner, .. }
-            | Record::LastSeen { owner, .. } => {
-                if !self.accounts.contains_key(&owner) {
-                    return Err(RestoreError::UnknownAccount(owner));
-                }
-                self.restore_social(record);
-            }
-            Record::PushToken { owner, token } => {
-                if !self.accounts.contains_key(&owner) {
-                    return Err(RestoreError::UnknownAccount(owner));
-                }
-                self.restore_push(owner, token);
-            }
-            Record::CodeSent {
-                phone,
-                source,
-                at_ms,
-            } => self.restore_code_sent(phone, Source::new(source), at_ms),
-            Record::Clock {
-                latest_ms,
-                floor_ms,
-            } => self.clock.restore(ClockState {
-                latest_ms,
-                floor_ms,
-            }),
-        }
-        Ok(())
-    }
-
-    /// Every record is restored: does now the indexing that `restore`
-    /// deferred, so the first phone does not wait for it. (Skipping this
-    /// is safe; the first lookup would do it.)
-    pub fn restored(&mut self) {
-        let (jump_max, confirmed) = (self.config.clock_jump_max_ms, self.config.clock_confirmed);
-        self.clock.started(self.now_ms, jump_max, confirmed);
-        self.dedup.settle();
-        self.group_dedup.settle();
-        self.group_reads.settle();
-        self.groups_restored();
-    }
-
     /// The system's wall clock reads `system_ms` (Unix ms) at `now_ms`:
     /// stamps follow it within `clock::STEP_TOLERANCE_MS`; a larger step
     /// holds expiry until it is trusted (see `clock`). Call it every tick.
@@ -359,58 +193,6 @@ impl Shard {
     /// Whether expiry is held because the clock is in doubt.
     pub fn clock_in_doubt(&self) -> bool {
         self.clock.in_doubt()
-    }
-
-    /// A checkpoint of this shard is durable.
-    pub fn checkpoint_finished(&mut self) {
-        self.counters.checkpoints += 1;
-    }
-
-    /// The shard's durable state as records: restored in order into an
-    /// empty shard, they rebuild it (accounts, mailboxes with their seqs,
-    /// recent client ids). What a checkpoint holds.
-    pub fn checkpoint(&mut self) -> Vec<Record> {
-        let mut records = Vec::with_capacity(self.accounts.len() * 2 + self.dedup.len());
-        if let Some(state) = self.clock.to_record(true) {
-            records.push(clock_record(state));
-        }
-        self.anonymous.checkpoint(&mut records);
-        self.checkpoint_groups(&mut records);
-        for (&phone, account) in &self.accounts {
-            records.push(Record::AccountKey {
-                phone,
-                key_hash: account.key_hash,
-                generation: account.generation,
-            });
-            self.checkpoint_social(phone, &mut records);
-            self.checkpoint_push(phone, &mut records);
-            records.push(Record::MailboxStart {
-                owner: phone,
-                next_seq: account.mailbox.acked_up_to() + 1,
-            });
-            // Entries still in the write-back cache are not in the log
-            // either: they reach it (or not) after the checkpoint.
-            let written = account
-                .mailbox
-                .after(0)
-                .filter(|e| e.seq <= account.write_back.written_put());
-            for entry in written {
-                records.push(Record::MailboxPut {
-                    owner: phone,
-                    seq: entry.seq,
-                    entry: entry.record.clone(),
-                });
-            }
-        }
-        for (owner, from, client_id, seq) in self.dedup.iter() {
-            records.push(Record::Dedup {
-                owner,
-                from,
-                client_id,
-                seq,
-            });
-        }
-        records
     }
 
     // ---- connections -------------------------------------------------------
@@ -944,270 +726,7 @@ impl Shard {
         }
     }
 
-    // ---- messages ----------------------------------------------------------
-
-    fn send(&mut self, session: Session, client_id: u64, to: Phone, body: &[u8]) {
-        let (Session { id, phone: from }, now_ms) = (session, self.now_ms);
-        if body.len() > BODY_BYTES_MAX {
-            let detail = format!("body of {} bytes exceeds {BODY_BYTES_MAX}", body.len());
-            self.reply_error(id, ErrorKind::BodyTooLarge, Some(client_id), &detail);
-            return;
-        }
-        let chat = Chat::Direct(to);
-        if !self.admit_in_order(id, from, chat, client_id) {
-            return;
-        }
-        if !self.take_send_token(id, client_id) {
-            self.order_out.refused(from, chat, client_id, id, now_ms);
-            return;
-        }
-        if let Err(detail) = self.charge_stranger(from, to) {
-            self.counters.rate_limited += 1;
-            self.order_out.refused(from, chat, client_id, id, now_ms);
-            self.reply_error(id, ErrorKind::RateLimited, Some(client_id), &detail);
-            return;
-        }
-        let shard = self.config.map.shard_of(to);
-        let message = PeerMessage::Deliver {
-            from,
-            to,
-            client_id,
-            sent_at_ms: self.clock.wall_ms(now_ms),
-            body: body.into(),
-            reply: id,
-        };
-        self.route(shard, message);
-    }
-
-    /// `by` read the message `client_id` of `from`. A receipt lands in
-    /// another account's mailbox, so it must refer to something the server
-    /// gave this reader: a 1:1 message or group post from `from` with that
-    /// client id, stored for `by` and already written to this connection,
-    /// whose read receipt was not passed on before. Anything else is
-    /// answered `BadRequest` and never reaches `from`. It also spends a
-    /// send token, like a message.
-    fn read(&mut self, session: Session, from: Phone, client_id: u64) {
-        let Session { id, phone: by } = session;
-        if !self.take_send_token(id, client_id) {
-            return;
-        }
-        let delivered = self.conns.get(id).map_or(0, |c| c.delivered_up_to);
-        let readable = self.dedup.mark_read(by, from, client_id, delivered)
-            || self.group_reads.mark_read(by, from, client_id, delivered);
-        if !readable {
-            self.counters.reads_refused += 1;
-            let detail = "no message with that sender and client_id was delivered here, \
-                          or its read receipt was sent already";
-            self.reply_error(id, ErrorKind::BadRequest, Some(client_id), detail);
-            return;
-        }
-        let shard = self.config.map.shard_of(from);
-        self.route(
-            shard,
-            PeerMessage::Receipt {
-                to: from,
-                by,
-                client_id,
-                kind: ReceiptKind::Read,
-            },
-        );
-    }
-
-    /// Passes a request to the group's owner, spending a send token: a
-    /// group post lands in every member's mailbox, so it costs at least
-    /// what a message does. A creation or an addition names numbers that
-    /// become members: those outside `from`'s contacts cost lookups (the
-    /// answer says whether they are registered), and every one of them
-    /// must have an account, which a lookup across shards checks before
-    /// the request goes on (see `social::LookupFor::Group`).
-    fn ask_group(&mut self, session: Session, client_id: u64, group: GroupId, action: GroupAction) {
-        let (Session { id, phone: from }, now_ms) = (session, self.now_ms);
-        let chat = action.in_conversation().then_some(Chat::Group(group));
-        if let Some(chat) = chat {
-            if !self.admit_in_order(id, from, chat, client_id) {
-                return;
-            }
-        }
-        if !self.take_send_token(id, client_id) {
-            if let Some(chat) = chat {
-                self.order_out.refused(from, chat, client_id, id, now_ms);
-            }
-            return;
-        }
-        if matches!(action, GroupAction::Create { .. }) {
-            let (rate, now) = (self.config.group_create_rate(), self.now_ms);
-            let account = self.accounts.get_mut(&from).expect("logged in");
-            if account.groups_created.take(1, rate, now).is_err() {
-                self.counters.rate_limited += 1;
-                let detail = format!("at most {} new groups a day", rate.tokens);
-                self.reply_error(id, ErrorKind::RateLimited, Some(client_id), &detail);
-                return;
-            }
-        }
-        let joining = action.joining(from);
-        let owner = self.config.map.shard_of_group(group);
-        let request = PeerMessage::GroupRequest {
-            group,
-            from,
-            client_id,
-            at_ms: self.clock.wall_ms(now_ms),
-            reply: id,
-            action,
-        };
-        if joining.is_empty() {
-            self.route(owner, request);
-            return;
-        }
-        if let Err(detail) = self.charge_strangers(from, &joining) {
-            self.counters.rate_limited += 1;
-            if let Some(chat) = chat {
-                self.order_out.refused(from, chat, client_id, id, now_ms);
-            }
-            self.reply_error(id, ErrorKind::RateLimited, Some(client_id), &detail);
-            return;
-        }
-        let purpose = social::LookupFor::Group {
-            owner,
-            request: Box::new(request),
-        };
-        self.start_lookup(id, from, client_id, joining, purpose);
-    }
-
-    /// Whether the send `client_id` may go on in its conversation (see
-    /// `order`); if not, answers it `OutOfOrder` and returns false.
-    fn admit_in_order(&mut self, id: ConnId, from: Phone, chat: Chat, client_id: u64) -> bool {
-        let Err(blocked) = self.order_out.admit(from, chat, client_id, id) else {
-            return true;
-        };
-        self.counters.sends_out_of_order += 1;
-        let detail = match blocked {
-            Blocked::By(waits_for) => format!(
-                "client_id {waits_for} of this conversation was refused: \
-                 send again from it on, in order"
-            ),
-            Blocked::Saturated => "more conversations wait for refused sends than are \
-                                   remembered: send the refused ones again first, in order"
-                .to_owned(),
-        };
-        self.reply_error(id, ErrorKind::OutOfOrder, Some(client_id), &detail);
-        false
-    }
-
-    /// A send the shard routed was refused with `result` by the shard that
-    /// stores it or owns its group: a retryable refusal opens a gap in its
-    /// conversation (see `order`).
-    fn note_refusal(
-        &mut self,
-        from: Phone,
-        chat: Chat,
-        client_id: u64,
-        reply: ConnId,
-        result: &Result<u64, ErrorKind>,
-    ) {
-        if let Err(kind) = result {
-            if kind.is_retryable() && *kind != ErrorKind::OutOfOrder {
-                self.order_in
-                    .refused(from, chat, client_id, reply, self.now_ms);
-            }
-        }
-    }
-
-    /// Spends one of the account's send tokens; without one, answers the
-    /// frame `client_id` with `RateLimited` and returns false.
-    fn take_send_token(&mut self, id: ConnId, client_id: u64) -> bool {
-        if !self.take_quiet_token(id) {
-            self.counters.rate_limited += 1;
-            let kind = ErrorKind::RateLimited;
-            self.reply_error(id, kind, Some(client_id), "sending too fast");
-            return false;
-        }
-        true
-    }
-
-    /// Spends one of the send tokens of the connection's account, if it
-    /// has one.
-    fn take_quiet_token(&mut self, id: ConnId) -> bool {
-        let (rate, now_ms) = (self.config.send_rate(), self.now_ms);
-        let Some(phone) = self.conns.account(id) else {
-            return false;
-        };
-        self.accounts
-            .get_mut(&phone)
-            .is_some_and(|a| a.send.take(1, rate, now_ms).is_ok())
-    }
-
-    fn ack(&mut self, session: Session, up_to: u64) {
-        let Session { id, phone: owner } = session;
-        let delivered = self.conns.get(id).expect("a session").delivered_up_to;
-        if up_to > delivered {
-            let detail = format!("ack up to {up_to}, but only {delivered} was delivered");
-            self.reply_error(id, ErrorKind::BadAck, None, &detail);
-            return;
-        }
-        let account = self
-            .accounts
-            .get_mut(&owner)
-            .expect("a session has an account");
-        if up_to <= account.mailbox.acked_up_to() {
-            // A repeated ack changes nothing, so it writes no record.
-            return;
-        }
-        self.release_entries(owner, up_to, ReceiptKind::Delivered);
-        self.pump(id);
-    }
-
-    /// Deletes `owner`'s entries up to `up_to`, telling each message's
-    /// sender why: `Delivered` (acknowledged) or `Expired`.
-    fn release_entries(&mut self, owner: Phone, up_to: u64, kind: ReceiptKind) {
-        let account = self
-            .accounts
-            .get_mut(&owner)
-            .expect("caller checked the account");
-        let mut receipts = Vec::new();
-        let mut groups_released = Vec::new();
-        account.mailbox.ack(up_to, |entry| match entry.record {
-            EntryRecord::Message {
-                from, client_id, ..
-            } => receipts.push((from, client_id, entry.seq)),
-            EntryRecord::Group { group, gseq } => groups_released.push((group, gseq)),
-            EntryRecord::Receipt { .. } => {}
-        });
-        match kind {
-            ReceiptKind::Expired => {
-                self.counters.messages_expired += receipts.len() as u64;
-                // Deleted undelivered: a `Read` for them would be a lie
-                // (and would tell the reader what it never received). The
-                // mark is recorded, so a restart keeps it.
-                for &(from, client_id, seq) in &receipts {
-                    self.dedup.forbid_read(owner, from, client_id);
-                    self.durability.record(Record::Dedup {
-                        owner,
-                        from,
-                        client_id,
-                        seq: seq | storage::DEDUP_READ_BIT,
-                    });
-                }
-            }
-            _ => self.counters.messages_acked += receipts.len() as u64,
-        }
-        self.record_mailbox(Record::MailboxAck { owner, up_to });
-        for (group, gseq) in groups_released {
-            self.group_entry_released(owner, group, gseq, kind);
-        }
-        for (from, client_id, _) in receipts {
-            let shard = self.config.map.shard_of(from);
-            self.route(
-                shard,
-                PeerMessage::Receipt {
-                    to: from,
-                    by: owner,
-                    client_id,
-                    kind,
-                },
-            );
-        }
-    }
-
+    /// A message from another shard (or this one), by kind.
     fn apply_peer(&mut self, message: PeerMessage) {
         match message {
             PeerMessage::Deliver {
@@ -1220,83 +739,20 @@ impl Shard {
             } => {
                 let result = self.store_message(from, to, client_id, sent_at_ms, body, reply);
                 self.note_refusal(from, Chat::Direct(to), client_id, reply, &result);
-                let shard = self.config.map.shard_of(from);
-                let failed = result.is_err();
-                let answer = PeerMessage::Stored {
-                    reply,
-                    sender: from,
-                    client_id,
-                    result,
-                };
-                if failed {
-                    // Nothing was stored, so there is nothing to wait for.
-                    self.route(shard, answer);
-                    return;
-                }
-                self.durability.hold_peer(shard, answer);
+                self.answer_stored(reply, from, client_id, result);
             }
             PeerMessage::Stored {
                 reply,
                 sender,
                 client_id,
                 result,
-            } => {
-                if self.conns.is_session_of(reply, sender) {
-                    match result {
-                        Ok(id) => self.reply(reply, &ServerFrame::Sent { client_id, id }),
-                        Err(kind) => {
-                            let detail = match kind {
-                                ErrorKind::UnknownRecipient => "the recipient has no account",
-                                ErrorKind::StorageFailed => STORAGE_FAILED,
-                                ErrorKind::DiskFull => DISK_FULL,
-                                ErrorKind::Overloaded => STORAGE_UNAVAILABLE,
-                                ErrorKind::MailboxFull => {
-                                    "the recipient's mailbox is full; retry after they read"
-                                }
-                                ErrorKind::UnknownGroup => "no such group",
-                                ErrorKind::NotGroupMember => "only members may do that",
-                                ErrorKind::NotGroupAdmin => "only admins may do that",
-                                ErrorKind::GroupFull => "the group would have too many members",
-                                ErrorKind::GroupExists => {
-                                    "that group id is taken; retry with another client_id"
-                                }
-                                ErrorKind::BadRequest => {
-                                    "the change does not apply to the group as it stands"
-                                }
-                                ErrorKind::OutOfOrder => {
-                                    "an earlier send of this conversation was refused: \
-                                     send again from it on, in order"
-                                }
-                                _ => "message not stored",
-                            };
-                            self.reply_error(reply, kind, Some(client_id), detail);
-                        }
-                    }
-                }
-            }
+            } => self.stored(reply, sender, client_id, result),
             PeerMessage::Receipt {
                 to,
                 by,
                 client_id,
                 kind,
-            } => {
-                let receipt = EntryRecord::Receipt {
-                    kind,
-                    by,
-                    client_id,
-                };
-                let full = self
-                    .accounts
-                    .get(&to)
-                    .is_some_and(|a| a.mailbox.receipts() >= self.config.receipts_max);
-                if full {
-                    self.counters.receipts_dropped_mailbox_full += 1;
-                    return;
-                }
-                if self.append(to, receipt).is_some() {
-                    self.counters.receipts_stored += 1;
-                }
-            }
+            } => self.receipt_arrived(to, by, client_id, kind),
             PeerMessage::GroupRequest {
                 group,
                 from,
@@ -1310,20 +766,7 @@ impl Shard {
                 if let Some(chat) = chat {
                     self.note_refusal(from, chat, client_id, reply, &result);
                 }
-                let shard = self.config.map.shard_of(from);
-                let answer = PeerMessage::Stored {
-                    reply,
-                    sender: from,
-                    client_id,
-                    result,
-                };
-                if result.is_err() {
-                    self.route(shard, answer);
-                } else {
-                    // A resend is held too: its first copy may not be
-                    // durable yet.
-                    self.durability.hold_peer(shard, answer);
-                }
+                self.answer_stored(reply, from, client_id, result);
             }
             PeerMessage::GroupFanout {
                 group,
@@ -1341,139 +784,6 @@ impl Shard {
             | PeerMessage::GroupTyping { .. }
             | PeerMessage::LookupAccounts { .. }
             | PeerMessage::AccountsFound { .. }) => self.apply_social(social),
-        }
-    }
-
-    fn store_message(
-        &mut self,
-        from: Phone,
-        to: Phone,
-        client_id: u64,
-        sent_at_ms: u64,
-        body: Arc<[u8]>,
-        session: ConnId,
-    ) -> Result<u64, ErrorKind> {
-        if !self.accounts.contains_key(&to) {
-            return Err(ErrorKind::UnknownRecipient);
-        }
-        if self.durability.is_failed() {
-            return Err(Refusal::Failed.kind());
-        }
-        if let Some(seq) = self.dedup.get(to, from, client_id) {
-            self.counters.messages_deduplicated += 1;
-            return Ok(seq);
-        }
-        if self
-            .order_in
-            .admit(from, Chat::Direct(to), client_id, session)
-            .is_err()
-        {
-            self.counters.sends_out_of_order += 1;
-            return Err(ErrorKind::OutOfOrder);
-        }
-        if let Err(refusal) = self.durability.admit() {
-            self.counters.messages_refused_disk_full += 1;
-            return Err(refusal.kind());
-        }
-        let mailbox = &self.accounts[&to].mailbox;
-        if mailbox.messages() >= self.config.mailbox_entries_max
-            || mailbox.bytes() + body.len() > self.config.mailbox_bytes_max
-        {
-            self.counters.messages_refused_mailbox_full += 1;
-            return Err(ErrorKind::MailboxFull);
-        }
-        let message = EntryRecord::Message {
-            from,
-            client_id,
-            sent_at_ms,
-            body,
-        };
-        let seq = self.append(to, message).expect("account checked above");
-        self.dedup.insert(to, from, client_id, seq, self.now_ms);
-        self.counters.messages_stored += 1;
-        Ok(seq)
-    }
-
-    /// Appends an entry to `owner`'s mailbox, records it, and feeds the
-    /// owner's connection. `None` when `owner` has no account.
-    fn append(&mut self, owner: Phone, entry: EntryRecord) -> Option<u64> {
-        let account = self.accounts.get_mut(&owner)?;
-        let wakes = !matches!(entry, EntryRecord::Receipt { .. });
-        let seq = account.mailbox.push(entry.clone());
-        let session = account.session;
-        self.record_mailbox(Record::MailboxPut { owner, seq, entry });
-        match session {
-            Some(session) => self.pump(session),
-            None if wakes => self.something_waits(owner),
-            None => {}
-        }
-        Some(seq)
-    }
-
-    /// Moves mailbox entries into a connection's outbox while its window of
-    /// unacknowledged messages and its outbox have room. A slow phone is fed
-    /// from its mailbox this way, never from an unbounded queue.
-    fn pump(&mut self, id: ConnId) {
-        let Some(conn) = self.conns.get_mut(id) else {
-            return;
-        };
-        if conn.is_closing() {
-            return;
-        }
-        let Some(phone) = conn.account else {
-            return;
-        };
-        let Some(account) = self.accounts.get(&phone) else {
-            return;
-        };
-        let acked_up_to = account.mailbox.acked_up_to();
-        let mut written = 0;
-        for entry in account.mailbox.after(conn.delivered_up_to) {
-            let unacked = conn.delivered_up_to.saturating_sub(acked_up_to);
-            if unacked >= self.config.unacked_messages_max
-                || conn.outbox_len() >= self.config.outbox_feed_bytes_max
-            {
-                break;
-            }
-            let frame = match &entry.record {
-                EntryRecord::Message {
-                    from,
-                    client_id,
-                    sent_at_ms,
-                    body,
-                } => ServerFrame::Message {
-                    seq: entry.seq,
-                    from: *from,
-                    client_id: *client_id,
-                    sent_at_ms: *sent_at_ms,
-                    body: body[..].into(),
-                },
-                EntryRecord::Receipt {
-                    kind,
-                    by,
-                    client_id,
-                } => ServerFrame::Receipt {
-                    seq: entry.seq,
-                    kind: *kind,
-                    by: *by,
-                    client_id: *client_id,
-                },
-                EntryRecord::Group { group, gseq } => {
-                    let post = &self
-                        .group_copies
-                        .get(&(*group, *gseq))
-                        .expect("a group entry's copy lives while the entry does")
-                        .post;
-                    group_frame(entry.seq, *group, *gseq, post)
-                }
-            };
-            conn.write(&frame);
-            conn.delivered_up_to = entry.seq;
-            written += 1;
-        }
-        if written > 0 {
-            self.counters.messages_written += written;
-            self.conns.wake(id);
         }
     }
 

@@ -1,0 +1,512 @@
+//! The 1:1 message path and what every send shares: the sender's checks
+//! (size, order across refusals, send allowance, lookups), storing in the
+//! recipient's mailbox with resend detection, feeding the recipient's
+//! connection within its window, acknowledgements and receipts.
+
+use std::sync::Arc;
+
+use storage::{EntryRecord, Record};
+use wire::{Chat, ErrorKind, GroupId, Phone, ReceiptKind, ServerFrame, BODY_BYTES_MAX};
+
+use super::{
+    connections::Session,
+    durability::{Refusal, DISK_FULL, STORAGE_FAILED, STORAGE_UNAVAILABLE},
+    group_frame, social, ConnId, GroupAction, PeerMessage, Shard,
+};
+use crate::order::Blocked;
+
+impl Shard {
+    // ---- messages ----------------------------------------------------------
+
+    pub(super) fn send(&mut self, session: Session, client_id: u64, to: Phone, body: &[u8]) {
+        let (Session { id, phone: from }, now_ms) = (session, self.now_ms);
+        if body.len() > BODY_BYTES_MAX {
+            let detail = format!("body of {} bytes exceeds {BODY_BYTES_MAX}", body.len());
+            self.reply_error(id, ErrorKind::BodyTooLarge, Some(client_id), &detail);
+            return;
+        }
+        let chat = Chat::Direct(to);
+        if !self.admit_in_order(id, from, chat, client_id) {
+            return;
+        }
+        if !self.take_send_token(id, client_id) {
+            self.order_out.refused(from, chat, client_id, id, now_ms);
+            return;
+        }
+        if let Err(detail) = self.charge_stranger(from, to) {
+            self.counters.rate_limited += 1;
+            self.order_out.refused(from, chat, client_id, id, now_ms);
+            self.reply_error(id, ErrorKind::RateLimited, Some(client_id), &detail);
+            return;
+        }
+        let shard = self.config.map.shard_of(to);
+        let message = PeerMessage::Deliver {
+            from,
+            to,
+            client_id,
+            sent_at_ms: self.clock.wall_ms(now_ms),
+            body: body.into(),
+            reply: id,
+        };
+        self.route(shard, message);
+    }
+
+    /// `by` read the message `client_id` of `from`. A receipt lands in
+    /// another account's mailbox, so it must refer to something the server
+    /// gave this reader: a 1:1 message or group post from `from` with that
+    /// client id, stored for `by` and already written to this connection,
+    /// whose read receipt was not passed on before. Anything else is
+    /// answered `BadRequest` and never reaches `from`. It also spends a
+    /// send token, like a message.
+    pub(super) fn read(&mut self, session: Session, from: Phone, client_id: u64) {
+        let Session { id, phone: by } = session;
+        if !self.take_send_token(id, client_id) {
+            return;
+        }
+        let delivered = self.conns.get(id).map_or(0, |c| c.delivered_up_to);
+        let readable = self.dedup.mark_read(by, from, client_id, delivered)
+            || self.group_reads.mark_read(by, from, client_id, delivered);
+        if !readable {
+            self.counters.reads_refused += 1;
+            let detail = "no message with that sender and client_id was delivered here, \
+                          or its read receipt was sent already";
+            self.reply_error(id, ErrorKind::BadRequest, Some(client_id), detail);
+            return;
+        }
+        let shard = self.config.map.shard_of(from);
+        self.route(
+            shard,
+            PeerMessage::Receipt {
+                to: from,
+                by,
+                client_id,
+                kind: ReceiptKind::Read,
+            },
+        );
+    }
+
+    /// Passes a request to the group's owner, spending a send token: a
+    /// group post lands in every member's mailbox, so it costs at least
+    /// what a message does. A creation or an addition names numbers that
+    /// become members: those outside `from`'s contacts cost lookups (the
+    /// answer says whether they are registered), and every one of them
+    /// must have an account, which a lookup across shards checks before
+    /// the request goes on (see `social::LookupFor::Group`).
+    pub(super) fn ask_group(
+        &mut self,
+        session: Session,
+        client_id: u64,
+        group: GroupId,
+        action: GroupAction,
+    ) {
+        let (Session { id, phone: from }, now_ms) = (session, self.now_ms);
+        let chat = action.in_conversation().then_some(Chat::Group(group));
+        if let Some(chat) = chat {
+            if !self.admit_in_order(id, from, chat, client_id) {
+                return;
+            }
+        }
+        if !self.take_send_token(id, client_id) {
+            if let Some(chat) = chat {
+                self.order_out.refused(from, chat, client_id, id, now_ms);
+            }
+            return;
+        }
+        if matches!(action, GroupAction::Create { .. }) {
+            let (rate, now) = (self.config.group_create_rate(), self.now_ms);
+            let account = self.accounts.get_mut(&from).expect("logged in");
+            if account.groups_created.take(1, rate, now).is_err() {
+                self.counters.rate_limited += 1;
+                let detail = format!("at most {} new groups a day", rate.tokens);
+                self.reply_error(id, ErrorKind::RateLimited, Some(client_id), &detail);
+                return;
+            }
+        }
+        let joining = action.joining(from);
+        let owner = self.config.map.shard_of_group(group);
+        let request = PeerMessage::GroupRequest {
+            group,
+            from,
+            client_id,
+            at_ms: self.clock.wall_ms(now_ms),
+            reply: id,
+            action,
+        };
+        if joining.is_empty() {
+            self.route(owner, request);
+            return;
+        }
+        if let Err(detail) = self.charge_strangers(from, &joining) {
+            self.counters.rate_limited += 1;
+            if let Some(chat) = chat {
+                self.order_out.refused(from, chat, client_id, id, now_ms);
+            }
+            self.reply_error(id, ErrorKind::RateLimited, Some(client_id), &detail);
+            return;
+        }
+        let purpose = social::LookupFor::Group {
+            owner,
+            request: Box::new(request),
+        };
+        self.start_lookup(id, from, client_id, joining, purpose);
+    }
+
+    /// Whether the send `client_id` may go on in its conversation (see
+    /// `order`); if not, answers it `OutOfOrder` and returns false.
+    fn admit_in_order(&mut self, id: ConnId, from: Phone, chat: Chat, client_id: u64) -> bool {
+        let Err(blocked) = self.order_out.admit(from, chat, client_id, id) else {
+            return true;
+        };
+        self.counters.sends_out_of_order += 1;
+        let detail = match blocked {
+            Blocked::By(waits_for) => format!(
+                "client_id {waits_for} of this conversation was refused: \
+                 send again from it on, in order"
+            ),
+            Blocked::Saturated => "more conversations wait for refused sends than are \
+                                   remembered: send the refused ones again first, in order"
+                .to_owned(),
+        };
+        self.reply_error(id, ErrorKind::OutOfOrder, Some(client_id), &detail);
+        false
+    }
+
+    /// A send the shard routed was refused with `result` by the shard that
+    /// stores it or owns its group: a retryable refusal opens a gap in its
+    /// conversation (see `order`).
+    pub(super) fn note_refusal(
+        &mut self,
+        from: Phone,
+        chat: Chat,
+        client_id: u64,
+        reply: ConnId,
+        result: &Result<u64, ErrorKind>,
+    ) {
+        if let Err(kind) = result {
+            if kind.is_retryable() && *kind != ErrorKind::OutOfOrder {
+                self.order_in
+                    .refused(from, chat, client_id, reply, self.now_ms);
+            }
+        }
+    }
+
+    /// Spends one of the account's send tokens; without one, answers the
+    /// frame `client_id` with `RateLimited` and returns false.
+    pub(super) fn take_send_token(&mut self, id: ConnId, client_id: u64) -> bool {
+        if !self.take_quiet_token(id) {
+            self.counters.rate_limited += 1;
+            let kind = ErrorKind::RateLimited;
+            self.reply_error(id, kind, Some(client_id), "sending too fast");
+            return false;
+        }
+        true
+    }
+
+    /// Spends one of the send tokens of the connection's account, if it
+    /// has one.
+    pub(super) fn take_quiet_token(&mut self, id: ConnId) -> bool {
+        let (rate, now_ms) = (self.config.send_rate(), self.now_ms);
+        let Some(phone) = self.conns.account(id) else {
+            return false;
+        };
+        self.accounts
+            .get_mut(&phone)
+            .is_some_and(|a| a.send.take(1, rate, now_ms).is_ok())
+    }
+
+    pub(super) fn ack(&mut self, session: Session, up_to: u64) {
+        let Session { id, phone: owner } = session;
+        let delivered = self.conns.get(id).expect("a session").delivered_up_to;
+        if up_to > delivered {
+            let detail = format!("ack up to {up_to}, but only {delivered} was delivered");
+            self.reply_error(id, ErrorKind::BadAck, None, &detail);
+            return;
+        }
+        let account = self
+            .accounts
+            .get_mut(&owner)
+            .expect("a session has an account");
+        if up_to <= account.mailbox.acked_up_to() {
+            // A repeated ack changes nothing, so it writes no record.
+            return;
+        }
+        self.release_entries(owner, up_to, ReceiptKind::Delivered);
+        self.pump(id);
+    }
+
+    /// Deletes `owner`'s entries up to `up_to`, telling each message's
+    /// sender why: `Delivered` (acknowledged) or `Expired`.
+    pub(super) fn release_entries(&mut self, owner: Phone, up_to: u64, kind: ReceiptKind) {
+        let account = self
+            .accounts
+            .get_mut(&owner)
+            .expect("caller checked the account");
+        let mut receipts = Vec::new();
+        let mut groups_released = Vec::new();
+        account.mailbox.ack(up_to, |entry| match entry.record {
+            EntryRecord::Message {
+                from, client_id, ..
+            } => receipts.push((from, client_id, entry.seq)),
+            EntryRecord::Group { group, gseq } => groups_released.push((group, gseq)),
+            EntryRecord::Receipt { .. } => {}
+        });
+        match kind {
+            ReceiptKind::Expired => {
+                self.counters.messages_expired += receipts.len() as u64;
+                // Deleted undelivered: a `Read` for them would be a lie
+                // (and would tell the reader what it never received). The
+                // mark is recorded, so a restart keeps it.
+                for &(from, client_id, seq) in &receipts {
+                    self.dedup.forbid_read(owner, from, client_id);
+                    self.durability.record(Record::Dedup {
+                        owner,
+                        from,
+                        client_id,
+                        seq: seq | storage::DEDUP_READ_BIT,
+                    });
+                }
+            }
+            _ => self.counters.messages_acked += receipts.len() as u64,
+        }
+        self.record_mailbox(Record::MailboxAck { owner, up_to });
+        for (group, gseq) in groups_released {
+            self.group_entry_released(owner, group, gseq, kind);
+        }
+        for (from, client_id, _) in receipts {
+            let shard = self.config.map.shard_of(from);
+            self.route(
+                shard,
+                PeerMessage::Receipt {
+                    to: from,
+                    by: owner,
+                    client_id,
+                    kind,
+                },
+            );
+        }
+    }
+
+    /// Answers a `Deliver` or a `GroupRequest` on the sender's shard: a
+    /// refusal at once (nothing was stored, so there is nothing to wait
+    /// for), a success once the batch holding it is durable. A resend is
+    /// held too: its first copy may not be durable yet.
+    pub(super) fn answer_stored(
+        &mut self,
+        reply: ConnId,
+        sender: Phone,
+        client_id: u64,
+        result: Result<u64, ErrorKind>,
+    ) {
+        let shard = self.config.map.shard_of(sender);
+        let failed = result.is_err();
+        let answer = PeerMessage::Stored {
+            reply,
+            sender,
+            client_id,
+            result,
+        };
+        if failed {
+            self.route(shard, answer);
+        } else {
+            self.durability.hold_peer(shard, answer);
+        }
+    }
+
+    /// The answer to a send, for the sender's connection if it is still the
+    /// session that sent it.
+    pub(super) fn stored(
+        &mut self,
+        reply: ConnId,
+        sender: Phone,
+        client_id: u64,
+        result: Result<u64, ErrorKind>,
+    ) {
+        if !self.conns.is_session_of(reply, sender) {
+            return;
+        }
+        match result {
+            Ok(id) => self.reply(reply, &ServerFrame::Sent { client_id, id }),
+            Err(kind) => self.reply_error(reply, kind, Some(client_id), refusal_detail(kind)),
+        }
+    }
+
+    /// A receipt for `to`'s mailbox, unless it holds `receipts_max` already.
+    pub(super) fn receipt_arrived(
+        &mut self,
+        to: Phone,
+        by: Phone,
+        client_id: u64,
+        kind: ReceiptKind,
+    ) {
+        let receipt = EntryRecord::Receipt {
+            kind,
+            by,
+            client_id,
+        };
+        let full = self
+            .accounts
+            .get(&to)
+            .is_some_and(|a| a.mailbox.receipts() >= self.config.receipts_max);
+        if full {
+            self.counters.receipts_dropped_mailbox_full += 1;
+            return;
+        }
+        if self.append(to, receipt).is_some() {
+            self.counters.receipts_stored += 1;
+        }
+    }
+
+    pub(super) fn store_message(
+        &mut self,
+        from: Phone,
+        to: Phone,
+        client_id: u64,
+        sent_at_ms: u64,
+        body: Arc<[u8]>,
+        session: ConnId,
+    ) -> Result<u64, ErrorKind> {
+        if !self.accounts.contains_key(&to) {
+            return Err(ErrorKind::UnknownRecipient);
+        }
+        if self.durability.is_failed() {
+            return Err(Refusal::Failed.kind());
+        }
+        if let Some(seq) = self.dedup.get(to, from, client_id) {
+            self.counters.messages_deduplicated += 1;
+            return Ok(seq);
+        }
+        if self
+            .order_in
+            .admit(from, Chat::Direct(to), client_id, session)
+            .is_err()
+        {
+            self.counters.sends_out_of_order += 1;
+            return Err(ErrorKind::OutOfOrder);
+        }
+        if let Err(refusal) = self.durability.admit() {
+            self.counters.messages_refused_disk_full += 1;
+            return Err(refusal.kind());
+        }
+        let mailbox = &self.accounts[&to].mailbox;
+        if mailbox.messages() >= self.config.mailbox_entries_max
+            || mailbox.bytes() + body.len() > self.config.mailbox_bytes_max
+        {
+            self.counters.messages_refused_mailbox_full += 1;
+            return Err(ErrorKind::MailboxFull);
+        }
+        let message = EntryRecord::Message {
+            from,
+            client_id,
+            sent_at_ms,
+            body,
+        };
+        let seq = self.append(to, message).expect("account checked above");
+        self.dedup.insert(to, from, client_id, seq, self.now_ms);
+        self.counters.messages_stored += 1;
+        Ok(seq)
+    }
+
+    /// Appends an entry to `owner`'s mailbox, records it, and feeds the
+    /// owner's connection. `None` when `owner` has no account.
+    pub(super) fn append(&mut self, owner: Phone, entry: EntryRecord) -> Option<u64> {
+        let account = self.accounts.get_mut(&owner)?;
+        let wakes = !matches!(entry, EntryRecord::Receipt { .. });
+        let seq = account.mailbox.push(entry.clone());
+        let session = account.session;
+        self.record_mailbox(Record::MailboxPut { owner, seq, entry });
+        match session {
+            Some(session) => self.pump(session),
+            None if wakes => self.something_waits(owner),
+            None => {}
+        }
+        Some(seq)
+    }
+
+    /// Moves mailbox entries into a connection's outbox while its window of
+    /// unacknowledged messages and its outbox have room. A slow phone is fed
+    /// from its mailbox this way, never from an unbounded queue.
+    pub(super) fn pump(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        if conn.is_closing() {
+            return;
+        }
+        let Some(phone) = conn.account else {
+            return;
+        };
+        let Some(account) = self.accounts.get(&phone) else {
+            return;
+        };
+        let acked_up_to = account.mailbox.acked_up_to();
+        let mut written = 0;
+        for entry in account.mailbox.after(conn.delivered_up_to) {
+            let unacked = conn.delivered_up_to.saturating_sub(acked_up_to);
+            if unacked >= self.config.unacked_messages_max
+                || conn.outbox_len() >= self.config.outbox_feed_bytes_max
+            {
+                break;
+            }
+            let frame = match &entry.record {
+                EntryRecord::Message {
+                    from,
+                    client_id,
+                    sent_at_ms,
+                    body,
+                } => ServerFrame::Message {
+                    seq: entry.seq,
+                    from: *from,
+                    client_id: *client_id,
+                    sent_at_ms: *sent_at_ms,
+                    body: body[..].into(),
+                },
+                EntryRecord::Receipt {
+                    kind,
+                    by,
+                    client_id,
+                } => ServerFrame::Receipt {
+                    seq: entry.seq,
+                    kind: *kind,
+                    by: *by,
+                    client_id: *client_id,
+                },
+                EntryRecord::Group { group, gseq } => {
+                    let post = &self
+                        .group_copies
+                        .get(&(*group, *gseq))
+                        .expect("a group entry's copy lives while the entry does")
+                        .post;
+                    group_frame(entry.seq, *group, *gseq, post)
+                }
+            };
+            conn.write(&frame);
+            conn.delivered_up_to = entry.seq;
+            written += 1;
+        }
+        if written > 0 {
+            self.counters.messages_written += written;
+            self.conns.wake(id);
+        }
+    }
+}
+
+/// What a phone is told about a send the storing or owning shard refused.
+fn refusal_detail(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::UnknownRecipient => "the recipient has no account",
+        ErrorKind::StorageFailed => STORAGE_FAILED,
+        ErrorKind::DiskFull => DISK_FULL,
+        ErrorKind::Overloaded => STORAGE_UNAVAILABLE,
+        ErrorKind::MailboxFull => "the recipient's mailbox is full; retry after they read",
+        ErrorKind::UnknownGroup => "no such group",
+        ErrorKind::NotGroupMember => "only members may do that",
+        ErrorKind::NotGroupAdmin => "only admins may do that",
+        ErrorKind::GroupFull => "the group would have too many members",
+        ErrorKind::GroupExists => "that group id is taken; retry with another client_id",
+        ErrorKind::BadRequest => "the change does not apply to the group as it stands",
+        ErrorKind::OutOfOrder => {
+            "an earlier send of this conversation was refused: send again from it on, in order"
+        }
+        _ => "message not stored",
+    }
+}

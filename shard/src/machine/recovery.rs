@@ -1,0 +1,230 @@
+//! Rebuilding a shard from its journal, and writing it down as a
+//! checkpoint: the records a checkpoint holds, restored in order into an
+//! empty shard, rebuild the same state.
+
+use storage::{EntryRecord, Record};
+use wire::{GroupId, Phone};
+
+use super::{account::Account, clock_record, Shard};
+use crate::{clock::ClockState, source::Source};
+
+/// A journal that cannot have been written by this shard's rules.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreError {
+    #[error("a mailbox record for {0}, which has no account record before it")]
+    UnknownAccount(Phone),
+    #[error("mailbox of {owner}: the journal says seq {recorded}, replay assigned {assigned}")]
+    SeqMismatch {
+        owner: Phone,
+        recorded: u64,
+        assigned: u64,
+    },
+    #[error("a checkpoint starts the mailbox of {0} at seq 0 or after entries")]
+    MailboxStart(Phone),
+    #[error("a post to {0}, which no record created")]
+    UnknownGroup(GroupId),
+    #[error("{group}: the journal says post {recorded}, the group is at {expected}")]
+    GroupSeqMismatch {
+        group: GroupId,
+        recorded: u64,
+        expected: u64,
+    },
+    #[error("a mailbox entry refers to post {gseq} of {group}, which has no copy before it")]
+    UnknownGroupPost { group: GroupId, gseq: u64 },
+}
+
+impl Shard {
+    // ---- recovery ----------------------------------------------------------
+
+    /// Applies one record replayed from this shard's journal. Call it for
+    /// every record, in journal order, before the shard takes connections.
+    pub fn restore(&mut self, record: Record) -> Result<(), RestoreError> {
+        match record {
+            Record::AccountKey {
+                phone,
+                key_hash,
+                generation,
+            } => match self.accounts.get_mut(&phone) {
+                Some(account) => {
+                    account.key_hash = key_hash;
+                    account.generation = generation;
+                }
+                None => {
+                    self.accounts
+                        .insert(phone, Account::new(key_hash, generation));
+                    self.counters.accounts += 1;
+                }
+            },
+            Record::MailboxPut { owner, seq, entry } => {
+                let account = self
+                    .accounts
+                    .get_mut(&owner)
+                    .ok_or(RestoreError::UnknownAccount(owner))?;
+                if let EntryRecord::Message {
+                    from, client_id, ..
+                } = &entry
+                {
+                    // Rebuilt with the restore time as its age: a resend
+                    // after a restart is still recognised for the full TTL.
+                    self.dedup
+                        .replay(owner, *from, *client_id, seq, self.now_ms);
+                }
+                if account.mailbox.is_empty() && seq > account.mailbox.last_seq() + 1 {
+                    // Entries before it were acknowledged while still in the
+                    // write-back cache, so they were never written.
+                    account.mailbox.start_at(seq);
+                }
+                account.write_back.restored_put(seq);
+                let group_entry = match entry {
+                    EntryRecord::Group { group, gseq } => Some((group, gseq)),
+                    _ => None,
+                };
+                let assigned = account.mailbox.push(entry);
+                if assigned != seq {
+                    return Err(RestoreError::SeqMismatch {
+                        owner,
+                        recorded: seq,
+                        assigned,
+                    });
+                }
+                if let Some((group, gseq)) = group_entry {
+                    self.restore_group_entry(owner, group, gseq, seq)?;
+                }
+            }
+            Record::MailboxAck { owner, up_to } => {
+                let account = self
+                    .accounts
+                    .get_mut(&owner)
+                    .ok_or(RestoreError::UnknownAccount(owner))?;
+                let mut groups_acked = Vec::new();
+                account.mailbox.ack(up_to, |entry| {
+                    if let EntryRecord::Group { group, gseq } = entry.record {
+                        groups_acked.push((group, gseq));
+                    }
+                });
+                if up_to > account.mailbox.last_seq() {
+                    // Entries up to `up_to` were acknowledged before they
+                    // were written: the mailbox goes on after them.
+                    let emptied = account.mailbox.start_at(up_to + 1);
+                    debug_assert!(emptied, "an ack past the last entry empties the mailbox");
+                }
+                account.write_back.restored_ack(up_to);
+                for (group, gseq) in groups_acked {
+                    self.restore_group_ack(owner, group, gseq);
+                }
+            }
+            Record::MailboxStart { owner, next_seq } => {
+                let account = self
+                    .accounts
+                    .get_mut(&owner)
+                    .ok_or(RestoreError::UnknownAccount(owner))?;
+                if !account.mailbox.start_at(next_seq) {
+                    return Err(RestoreError::MailboxStart(owner));
+                }
+                account.write_back.restored_start(next_seq);
+            }
+            Record::Dedup {
+                owner,
+                from,
+                client_id,
+                seq,
+            } => self.dedup.replay(owner, from, client_id, seq, self.now_ms),
+            Record::GroupPost { .. }
+            | Record::GroupState { .. }
+            | Record::GroupDedup { .. }
+            | Record::GroupCopy { .. }
+            | Record::GroupMark { .. } => self.restore_group_record(record)?,
+            Record::Contacts { owner, .. }
+            | Record::Profile { owner, .. }
+            | Record::LastSeen { owner, .. } => {
+                if !self.accounts.contains_key(&owner) {
+                    return Err(RestoreError::UnknownAccount(owner));
+                }
+                self.restore_social(record);
+            }
+            Record::PushToken { owner, token } => {
+                if !self.accounts.contains_key(&owner) {
+                    return Err(RestoreError::UnknownAccount(owner));
+                }
+                self.restore_push(owner, token);
+            }
+            Record::CodeSent {
+                phone,
+                source,
+                at_ms,
+            } => self.restore_code_sent(phone, Source::new(source), at_ms),
+            Record::Clock {
+                latest_ms,
+                floor_ms,
+            } => self.clock.restore(ClockState {
+                latest_ms,
+                floor_ms,
+            }),
+        }
+        Ok(())
+    }
+
+    /// Every record is restored: does now the indexing that `restore`
+    /// deferred, so the first phone does not wait for it. (Skipping this
+    /// is safe; the first lookup would do it.)
+    pub fn restored(&mut self) {
+        let (jump_max, confirmed) = (self.config.clock_jump_max_ms, self.config.clock_confirmed);
+        self.clock.started(self.now_ms, jump_max, confirmed);
+        self.dedup.settle();
+        self.group_dedup.settle();
+        self.group_reads.settle();
+        self.groups_restored();
+    }
+
+    /// A checkpoint of this shard is durable.
+    pub fn checkpoint_finished(&mut self) {
+        self.counters.checkpoints += 1;
+    }
+
+    /// The shard's durable state as records: restored in order into an
+    /// empty shard, they rebuild it (accounts, mailboxes with their seqs,
+    /// recent client ids). What a checkpoint holds.
+    pub fn checkpoint(&mut self) -> Vec<Record> {
+        let mut records = Vec::with_capacity(self.accounts.len() * 2 + self.dedup.len());
+        if let Some(state) = self.clock.to_record(true) {
+            records.push(clock_record(state));
+        }
+        self.anonymous.checkpoint(&mut records);
+        self.checkpoint_groups(&mut records);
+        for (&phone, account) in &self.accounts {
+            records.push(Record::AccountKey {
+                phone,
+                key_hash: account.key_hash,
+                generation: account.generation,
+            });
+            self.checkpoint_social(phone, &mut records);
+            self.checkpoint_push(phone, &mut records);
+            records.push(Record::MailboxStart {
+                owner: phone,
+                next_seq: account.mailbox.acked_up_to() + 1,
+            });
+            // Entries still in the write-back cache are not in the log
+            // either: they reach it (or not) after the checkpoint.
+            let written = account
+                .mailbox
+                .after(0)
+                .filter(|e| e.seq <= account.write_back.written_put());
+            for entry in written {
+                records.push(Record::MailboxPut {
+                    owner: phone,
+                    seq: entry.seq,
+                    entry: entry.record.clone(),
+                });
+            }
+        }
+        for (owner, from, client_id, seq) in self.dedup.iter() {
+            records.push(Record::Dedup {
+                owner,
+                from,
+                client_id,
+                seq,
+            });
+        }
+        records
+    }
+}
