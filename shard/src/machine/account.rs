@@ -1,7 +1,8 @@
 //! An account as its home shard keeps it: the device key, the mailbox,
 //! the session, and the small per-account state of the other parts.
 
-use storage::KEY_HASH_BYTES;
+use storage::{EntryRecord, KEY_HASH_BYTES};
+use wire::GroupId;
 
 use super::{durability::WriteBack, push, social, ConnId};
 use crate::{allowance::TokenBucket, mailbox::Mailbox};
@@ -50,5 +51,52 @@ impl Account {
             logins: TokenBucket::full(),
             groups_created: TokenBucket::full(),
         }
+    }
+
+    /// A replayed `MailboxPut` of `entry` at `seq`. Err: the seq the
+    /// mailbox would have given it instead (the journal was not written
+    /// by these rules).
+    pub(super) fn restore_put(&mut self, seq: u64, entry: EntryRecord) -> Result<(), u64> {
+        if self.mailbox.is_empty() && seq > self.mailbox.last_seq() + 1 {
+            // Entries before it were acknowledged while still in the
+            // write-back cache, so they were never written.
+            self.mailbox.start_at(seq);
+        }
+        self.write_back.restored_put(seq);
+        let assigned = self.mailbox.push(entry);
+        if assigned == seq {
+            Ok(())
+        } else {
+            Err(assigned)
+        }
+    }
+
+    /// A replayed `MailboxAck` up to `up_to`: the group posts whose
+    /// entries it took away.
+    pub(super) fn restore_ack(&mut self, up_to: u64) -> Vec<(GroupId, u64)> {
+        let mut groups_acked = Vec::new();
+        self.mailbox.ack(up_to, |entry| {
+            if let EntryRecord::Group { group, gseq } = entry.record {
+                groups_acked.push((group, gseq));
+            }
+        });
+        if up_to > self.mailbox.last_seq() {
+            // Entries up to `up_to` were acknowledged before they were
+            // written: the mailbox goes on after them.
+            let emptied = self.mailbox.start_at(up_to + 1);
+            debug_assert!(emptied, "an ack past the last entry empties the mailbox");
+        }
+        self.write_back.restored_ack(up_to);
+        groups_acked
+    }
+
+    /// A replayed `MailboxStart`: false when the mailbox cannot start there
+    /// (at seq 0, or after entries).
+    pub(super) fn restore_start(&mut self, next_seq: u64) -> bool {
+        if !self.mailbox.start_at(next_seq) {
+            return false;
+        }
+        self.write_back.restored_start(next_seq);
+        true
     }
 }

@@ -55,73 +55,17 @@ impl Shard {
                     self.counters.accounts += 1;
                 }
             },
-            Record::MailboxPut { owner, seq, entry } => {
-                let account = self
-                    .accounts
-                    .get_mut(&owner)
-                    .ok_or(RestoreError::UnknownAccount(owner))?;
-                if let EntryRecord::Message {
-                    from, client_id, ..
-                } = &entry
-                {
-                    // Rebuilt with the restore time as its age: a resend
-                    // after a restart is still recognised for the full TTL.
-                    self.dedup
-                        .replay(owner, *from, *client_id, seq, self.now_ms);
-                }
-                if account.mailbox.is_empty() && seq > account.mailbox.last_seq() + 1 {
-                    // Entries before it were acknowledged while still in the
-                    // write-back cache, so they were never written.
-                    account.mailbox.start_at(seq);
-                }
-                account.write_back.restored_put(seq);
-                let group_entry = match entry {
-                    EntryRecord::Group { group, gseq } => Some((group, gseq)),
-                    _ => None,
-                };
-                let assigned = account.mailbox.push(entry);
-                if assigned != seq {
-                    return Err(RestoreError::SeqMismatch {
-                        owner,
-                        recorded: seq,
-                        assigned,
-                    });
-                }
-                if let Some((group, gseq)) = group_entry {
-                    self.restore_group_entry(owner, group, gseq, seq)?;
-                }
-            }
+            Record::MailboxPut { owner, seq, entry } => self.restore_put(owner, seq, entry)?,
             Record::MailboxAck { owner, up_to } => {
-                let account = self
-                    .accounts
-                    .get_mut(&owner)
-                    .ok_or(RestoreError::UnknownAccount(owner))?;
-                let mut groups_acked = Vec::new();
-                account.mailbox.ack(up_to, |entry| {
-                    if let EntryRecord::Group { group, gseq } = entry.record {
-                        groups_acked.push((group, gseq));
-                    }
-                });
-                if up_to > account.mailbox.last_seq() {
-                    // Entries up to `up_to` were acknowledged before they
-                    // were written: the mailbox goes on after them.
-                    let emptied = account.mailbox.start_at(up_to + 1);
-                    debug_assert!(emptied, "an ack past the last entry empties the mailbox");
-                }
-                account.write_back.restored_ack(up_to);
-                for (group, gseq) in groups_acked {
+                let account = self.restored_account(owner)?;
+                for (group, gseq) in account.restore_ack(up_to) {
                     self.restore_group_ack(owner, group, gseq);
                 }
             }
             Record::MailboxStart { owner, next_seq } => {
-                let account = self
-                    .accounts
-                    .get_mut(&owner)
-                    .ok_or(RestoreError::UnknownAccount(owner))?;
-                if !account.mailbox.start_at(next_seq) {
+                if !self.restored_account(owner)?.restore_start(next_seq) {
                     return Err(RestoreError::MailboxStart(owner));
                 }
-                account.write_back.restored_start(next_seq);
             }
             Record::Dedup {
                 owner,
@@ -137,15 +81,11 @@ impl Shard {
             Record::Contacts { owner, .. }
             | Record::Profile { owner, .. }
             | Record::LastSeen { owner, .. } => {
-                if !self.accounts.contains_key(&owner) {
-                    return Err(RestoreError::UnknownAccount(owner));
-                }
+                self.restored_account(owner)?;
                 self.restore_social(record);
             }
             Record::PushToken { owner, token } => {
-                if !self.accounts.contains_key(&owner) {
-                    return Err(RestoreError::UnknownAccount(owner));
-                }
+                self.restored_account(owner)?;
                 self.restore_push(owner, token);
             }
             Record::CodeSent {
@@ -160,6 +100,47 @@ impl Shard {
                 latest_ms,
                 floor_ms,
             }),
+        }
+        Ok(())
+    }
+
+    /// The account a replayed record names, which an earlier record must
+    /// have made.
+    fn restored_account(&mut self, owner: Phone) -> Result<&mut Account, RestoreError> {
+        self.accounts
+            .get_mut(&owner)
+            .ok_or(RestoreError::UnknownAccount(owner))
+    }
+
+    /// A replayed `MailboxPut`.
+    fn restore_put(
+        &mut self,
+        owner: Phone,
+        seq: u64,
+        entry: EntryRecord,
+    ) -> Result<(), RestoreError> {
+        if let EntryRecord::Message {
+            from, client_id, ..
+        } = &entry
+        {
+            // Rebuilt with the restore time as its age: a resend after a
+            // restart is still recognised for the full TTL.
+            self.dedup
+                .replay(owner, *from, *client_id, seq, self.now_ms);
+        }
+        let group_entry = match entry {
+            EntryRecord::Group { group, gseq } => Some((group, gseq)),
+            _ => None,
+        };
+        self.restored_account(owner)?
+            .restore_put(seq, entry)
+            .map_err(|assigned| RestoreError::SeqMismatch {
+                owner,
+                recorded: seq,
+                assigned,
+            })?;
+        if let Some((group, gseq)) = group_entry {
+            self.restore_group_entry(owner, group, gseq, seq)?;
         }
         Ok(())
     }

@@ -662,24 +662,7 @@ impl Shard {
                 watcher,
                 target,
                 conn,
-            } => {
-                let presence = if self.lists(target, watcher) {
-                    let list = self.social_state.watchers.entry(target).or_default();
-                    if !list.contains(&watcher) {
-                        list.push(watcher);
-                    }
-                    self.presence_of(target)
-                } else {
-                    Presence::Unavailable
-                };
-                let answer = PeerMessage::PresenceOf {
-                    to: watcher,
-                    about: target,
-                    presence,
-                    conn: Some(conn),
-                };
-                self.route(self.config.map.shard_of(watcher), answer);
-            }
+            } => self.watch(watcher, target, conn),
             PeerMessage::Unwatch { watcher, target } => {
                 if let Some(list) = self.social_state.watchers.get_mut(&target) {
                     list.retain(|&w| w != watcher);
@@ -709,19 +692,7 @@ impl Shard {
                 viewer,
                 target,
                 conn,
-            } => {
-                let profile = self
-                    .social(target)
-                    .filter(|s| s.has_contact(viewer))
-                    .map(|s| Box::new(s.profile.clone()));
-                let answer = PeerMessage::ProfileOf {
-                    to: viewer,
-                    about: target,
-                    profile,
-                    conn: Some(conn),
-                };
-                self.route(self.config.map.shard_of(viewer), answer);
-            }
+            } => self.profile_query(viewer, target, conn),
             PeerMessage::ProfileOf {
                 to,
                 about,
@@ -763,17 +734,58 @@ impl Shard {
                 self.route(reply_shard, answer);
             }
             PeerMessage::AccountsFound { query, registered } => {
-                let Some(lookup) = self.social_state.lookups.get_mut(&query) else {
-                    return;
-                };
-                lookup.registered.extend(registered);
-                lookup.shards_left -= 1;
-                if lookup.shards_left == 0 {
-                    let lookup = self.social_state.lookups.remove(&query).expect("found");
-                    self.finish_lookup(lookup);
-                }
+                self.accounts_found(query, registered);
             }
             _ => unreachable!("apply_peer passes only social messages"),
+        }
+    }
+
+    /// `watcher` (on any shard) follows `target`, an account of this
+    /// shard: it is told `target`'s presence if `target` lists it.
+    fn watch(&mut self, watcher: Phone, target: Phone, conn: ConnId) {
+        let presence = if self.lists(target, watcher) {
+            let list = self.social_state.watchers.entry(target).or_default();
+            if !list.contains(&watcher) {
+                list.push(watcher);
+            }
+            self.presence_of(target)
+        } else {
+            Presence::Unavailable
+        };
+        let answer = PeerMessage::PresenceOf {
+            to: watcher,
+            about: target,
+            presence,
+            conn: Some(conn),
+        };
+        self.route(self.config.map.shard_of(watcher), answer);
+    }
+
+    /// `viewer` asks for `target`'s profile: shown if `target` lists it.
+    fn profile_query(&mut self, viewer: Phone, target: Phone, conn: ConnId) {
+        let profile = self
+            .social(target)
+            .filter(|s| s.has_contact(viewer))
+            .map(|s| Box::new(s.profile.clone()));
+        let answer = PeerMessage::ProfileOf {
+            to: viewer,
+            about: target,
+            profile,
+            conn: Some(conn),
+        };
+        self.route(self.config.map.shard_of(viewer), answer);
+    }
+
+    /// A shard answered lookup `query`; the last answer finishes it.
+    fn accounts_found(&mut self, query: u64, registered: Vec<Phone>) {
+        let Some(lookup) = self.social_state.lookups.get_mut(&query) else {
+            return;
+        };
+        lookup.registered.extend(registered);
+        lookup.shards_left -= 1;
+        if lookup.shards_left == 0 {
+            let lookup = self.social_state.lookups.remove(&query).expect("found");
+            self.finish_lookup(lookup);
         }
     }
 
