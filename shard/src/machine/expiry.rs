@@ -84,12 +84,10 @@ impl Shard {
             let sent_at_ms = match &entry.record {
                 EntryRecord::Message { sent_at_ms, .. } => Some(*sent_at_ms),
                 EntryRecord::Group { group, gseq } => {
-                    self.group_copies
-                        .get(&(*group, *gseq))
-                        .map(|copy| match &copy.post {
-                            Post::Message { sent_at_ms, .. } => *sent_at_ms,
-                            Post::Change { at_ms, .. } => *at_ms,
-                        })
+                    self.groups.post(*group, *gseq).map(|post| match post {
+                        Post::Message { sent_at_ms, .. } => *sent_at_ms,
+                        Post::Change { at_ms, .. } => *at_ms,
+                    })
                 }
                 EntryRecord::Receipt { .. } => None,
             };

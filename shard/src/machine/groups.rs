@@ -17,14 +17,16 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use storage::{EntryRecord, Post, Record};
-use wire::{Chat, ErrorKind, GroupChange, GroupId, Phone, GROUP_SUBJECT_BYTES_MAX};
+use ahash::AHashMap;
+use storage::{Post, Record};
+use wire::{ErrorKind, GroupChange, GroupId, Phone, GROUP_SUBJECT_BYTES_MAX};
 
-use super::{durability::Refusal, ConnId, PeerMessage, RestoreError, Shard};
+use super::RestoreError;
+use crate::dedup::DedupTable;
 
 /// A group on its owning shard.
 #[derive(Debug)]
-pub(super) struct Group {
+struct Group {
     subject: String,
     /// Members and whether each is an admin. Ordered, so that checkpoints
     /// and the last-admin rule are deterministic.
@@ -45,8 +47,8 @@ struct Unconfirmed {
 /// A post as a member shard holds it, with the number of its members'
 /// mailbox entries that still refer to it.
 #[derive(Debug)]
-pub(super) struct PostCopy {
-    pub(super) post: Post,
+struct PostCopy {
+    post: Post,
     refs: u32,
 }
 
@@ -194,99 +196,116 @@ impl Group {
     }
 }
 
-/// What the owner answers a request with: the post's `gseq`, or for a
-/// creation the group's id.
-fn answer(group: GroupId, action_creates: bool, gseq: u64) -> u64 {
-    if action_creates {
-        group.as_u64()
-    } else {
-        gseq
-    }
+/// A post the owner accepted: its number, the post as recorded, and who
+/// receives it.
+#[derive(Debug)]
+pub(super) struct Accepted {
+    pub(super) gseq: u64,
+    pub(super) post: Post,
+    pub(super) recipients: Vec<Phone>,
 }
 
-impl Shard {
+/// A post replayed on its owner, fanned out again when the restore ends.
+#[derive(Debug)]
+pub(super) struct Refan {
+    pub(super) group: GroupId,
+    pub(super) gseq: u64,
+    pub(super) post: Post,
+    pub(super) recipients: Vec<Phone>,
+}
+
+/// A member's entry for a post left its mailbox: the bytes it stood for
+/// and, for a message, its author and client id (who gets the receipt).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Released {
+    pub(super) body_bytes: usize,
+    pub(super) author: Option<(Phone, u64)>,
+}
+
+/// The groups part of a shard: the groups it owns (the owner's half) and
+/// the post copies it holds for its members (the members' half).
+#[derive(Debug)]
+pub(super) struct Groups {
+    /// Groups this shard owns.
+    owned: AHashMap<GroupId, Group>,
+    /// Their recent posts by `(group, author, client_id)`, for resend
+    /// detection.
+    dedup: DedupTable<GroupId>,
+    /// Group posts delivered to members of this shard, by `(member,
+    /// author, client_id)`, for the read-receipt rule; 1:1 messages use
+    /// the shard's own table for the same.
+    reads: DedupTable<Phone>,
+    /// Posts held here for members of this shard, and how far each group's
+    /// posts have arrived.
+    copies: AHashMap<(GroupId, u64), PostCopy>,
+    marks: AHashMap<GroupId, u64>,
+    /// Posts replayed on their owner, fanned out again when the restore
+    /// ends.
+    refan: Vec<Refan>,
+}
+
+impl Groups {
+    /// Empty, with resend and read tables of `dedup_ttl_ms` and at most
+    /// `dedup_entries_max` entries each.
+    pub(super) fn new(dedup_ttl_ms: u64, dedup_entries_max: usize) -> Groups {
+        Groups {
+            owned: AHashMap::new(),
+            dedup: DedupTable::new(dedup_ttl_ms, dedup_entries_max),
+            reads: DedupTable::new(dedup_ttl_ms, dedup_entries_max),
+            copies: AHashMap::new(),
+            marks: AHashMap::new(),
+            refan: Vec::new(),
+        }
+    }
+
+    /// Groups this shard owns.
+    pub(super) fn owned(&self) -> usize {
+        self.owned.len()
+    }
+
     /// The members of a group this shard owns, but `phone`; `None` when
     /// there is no such group or `phone` is not a member.
-    pub(super) fn group_members_except(&self, group: GroupId, phone: Phone) -> Option<Vec<Phone>> {
-        let state = self.groups.get(&group)?;
+    pub(super) fn members_except(&self, group: GroupId, phone: Phone) -> Option<Vec<Phone>> {
+        let state = self.owned.get(&group)?;
         if !state.members.contains_key(&phone) {
             return None;
         }
-        Some(
-            state
-                .members
-                .keys()
-                .copied()
-                .filter(|&m| m != phone)
-                .collect(),
-        )
+        let others = state.members.keys().copied().filter(|&m| m != phone);
+        Some(others.collect())
     }
 
-    // ---- the owner's side ----------------------------------------------------
+    // ---- the owner's half ------------------------------------------------------
 
-    /// A phone's request reached the group's owner. Returns what its `Sent`
-    /// carries; the caller holds that answer for the next commit.
-    pub(super) fn group_request(
+    /// The number the post `client_id` of `from` got, if it is a resend.
+    pub(super) fn resent(&mut self, group: GroupId, from: Phone, client_id: u64) -> Option<u64> {
+        self.dedup.get(group, from, client_id)
+    }
+
+    /// Checks a request against the group as it stands (or creates it),
+    /// applies it and numbers it. Err: why it does not apply; nothing
+    /// changed then.
+    pub(super) fn accept(
         &mut self,
-        group: GroupId,
-        from: Phone,
-        client_id: u64,
-        at_ms: u64,
+        (group, from, client_id): (GroupId, Phone, u64),
+        (at_ms, now_ms): (u64, u64),
         action: GroupAction,
-        session: ConnId,
-    ) -> Result<u64, ErrorKind> {
-        if self.durability.is_failed() {
-            return Err(Refusal::Failed.kind());
-        }
-        let creates = matches!(action, GroupAction::Create { .. });
-        if let Some(gseq) = self.group_dedup.get(group, from, client_id) {
-            self.counters.messages_deduplicated += 1;
-            return Ok(answer(group, creates, gseq));
-        }
-        if action.in_conversation()
-            && self
-                .order_in
-                .admit(from, Chat::Group(group), client_id, session)
-                .is_err()
-        {
-            self.counters.sends_out_of_order += 1;
-            return Err(ErrorKind::OutOfOrder);
-        }
-        if let Err(refusal) = self.durability.admit() {
-            self.counters.messages_refused_disk_full += 1;
-            return Err(refusal.kind());
-        }
-        let members_max = self.config.group_members_max;
+        members_max: usize,
+    ) -> Result<Accepted, ErrorKind> {
         let post = match action {
             GroupAction::Create { subject, members } => {
-                if self.groups.contains_key(&group) {
-                    return Err(ErrorKind::GroupExists);
-                }
-                if subject.len() > GROUP_SUBJECT_BYTES_MAX {
-                    return Err(ErrorKind::BadRequest);
-                }
-                let mut members = members;
-                members.push(from);
-                members.sort_unstable();
-                members.dedup();
-                if members.len() > members_max {
-                    return Err(ErrorKind::GroupFull);
-                }
-                self.groups.insert(group, Group::new());
-                self.counters.groups += 1;
-                let change = GroupChange::Created { subject, members };
+                let members = self.create(group, from, &subject, members, members_max)?;
                 Post::Change {
                     by: from,
                     client_id,
                     at_ms,
-                    change,
+                    change: GroupChange::Created { subject, members },
                 }
             }
             // A group that does not exist and one the sender is not in
             // get the same answer: a non-member cannot learn which ids
             // are taken.
             GroupAction::Send { body } => {
-                let state = self.groups.get(&group).ok_or(ErrorKind::NotGroupMember)?;
+                let state = self.owned.get(&group).ok_or(ErrorKind::NotGroupMember)?;
                 if !state.members.contains_key(&from) {
                     return Err(ErrorKind::NotGroupMember);
                 }
@@ -298,7 +317,7 @@ impl Shard {
                 }
             }
             GroupAction::Change(change) => {
-                let state = self.groups.get(&group).ok_or(ErrorKind::NotGroupMember)?;
+                let state = self.owned.get(&group).ok_or(ErrorKind::NotGroupMember)?;
                 state.check(from, &change, members_max)?;
                 Post::Change {
                     by: from,
@@ -309,68 +328,62 @@ impl Shard {
             }
         };
         let state = self
-            .groups
+            .owned
             .get_mut(&group)
             .expect("checked or created above");
         let gseq = state.next_gseq;
         state.next_gseq += 1;
         let recipients = state.apply(&post);
-        self.counters.group_posts += 1;
-        self.durability.record(Record::GroupPost {
-            group,
+        self.dedup.insert(group, from, client_id, gseq, now_ms);
+        Ok(Accepted {
             gseq,
-            post: post.clone(),
-        });
-        self.group_dedup
-            .insert(group, from, client_id, gseq, self.now_ms);
-        self.fan_out(group, gseq, post, &recipients, true);
-        Ok(answer(group, creates, gseq))
+            post,
+            recipients,
+        })
     }
 
-    /// Sends a post to the shards of its recipients, one message per
-    /// shard, and notes it as unconfirmed. `after_commit`: the post was
-    /// recorded just now, so the copies wait for that record to be durable
-    /// (else a restart could number another post the same).
-    fn fan_out(
+    /// Checks a creation and makes the group, empty until the creation post
+    /// is applied to it: its members, sorted, with `from` among them. Err
+    /// when the id is taken, the subject too long or the members too many.
+    fn create(
         &mut self,
         group: GroupId,
-        gseq: u64,
-        post: Post,
-        recipients: &[Phone],
-        after_commit: bool,
-    ) {
-        let by_shard = self.config.map.split_by_shard(recipients.iter().copied());
-        let mut shards_left = 0;
-        for (shard, members) in by_shard.into_iter().enumerate() {
-            if members.is_empty() {
-                continue;
-            }
-            shards_left += 1;
-            let message = PeerMessage::GroupFanout {
-                group,
-                gseq,
-                post: post.clone(),
-                members,
-            };
-            if after_commit {
-                self.durability.hold_peer(shard as u16, message);
-            } else {
-                self.route(shard as u16, message);
-            }
+        from: Phone,
+        subject: &str,
+        mut members: Vec<Phone>,
+        members_max: usize,
+    ) -> Result<Vec<Phone>, ErrorKind> {
+        if self.owned.contains_key(&group) {
+            return Err(ErrorKind::GroupExists);
         }
-        if shards_left > 0 {
-            let state = self.groups.get_mut(&group).expect("the owner fans out");
-            state.unconfirmed.push_back(Unconfirmed {
-                gseq,
-                post,
-                shards_left,
-            });
+        if subject.len() > GROUP_SUBJECT_BYTES_MAX {
+            return Err(ErrorKind::BadRequest);
         }
+        members.push(from);
+        members.sort_unstable();
+        members.dedup();
+        if members.len() > members_max {
+            return Err(ErrorKind::GroupFull);
+        }
+        self.owned.insert(group, Group::new());
+        Ok(members)
+    }
+
+    /// Post `gseq` went out to `shards` shards, none of which has
+    /// confirmed its copy yet.
+    pub(super) fn fanned_out(&mut self, group: GroupId, gseq: u64, post: Post, shards: u16) {
+        let state = self.owned.get_mut(&group).expect("the owner fans out");
+        debug_assert!(state.unconfirmed.back().is_none_or(|u| u.gseq < gseq));
+        state.unconfirmed.push_back(Unconfirmed {
+            gseq,
+            post,
+            shards_left: shards,
+        });
     }
 
     /// A shard confirmed that its copy of a post is durable.
-    pub(super) fn group_stored(&mut self, group: GroupId, gseq: u64) {
-        let Some(state) = self.groups.get_mut(&group) else {
+    pub(super) fn confirmed(&mut self, group: GroupId, gseq: u64) {
+        let Some(state) = self.owned.get_mut(&group) else {
             return;
         };
         let at = state.unconfirmed.partition_point(|u| u.gseq < gseq);
@@ -386,204 +399,94 @@ impl Shard {
         }
     }
 
-    // ---- the members' side ---------------------------------------------------
+    // ---- the members' half ---------------------------------------------------
 
-    /// A post for `members`, who live on this shard.
-    pub(super) fn group_fanout(
-        &mut self,
-        group: GroupId,
-        gseq: u64,
-        post: Post,
-        members: Vec<Phone>,
-    ) {
-        let owner = self.config.map.shard_of_group(group);
-        if self
-            .group_marks
-            .get(&group)
-            .is_some_and(|&mark| mark >= gseq)
-        {
-            // Fanned out again after a restart: stored already.
-            self.counters.group_copies_repeated += 1;
-            self.route(owner, PeerMessage::GroupStored { group, gseq });
-            return;
-        }
-        if self.durability.is_failed() {
-            // Not confirmed: the owner fans it out again after a restart.
-            return;
-        }
-        self.group_marks.insert(group, gseq);
-        self.durability.record(Record::GroupCopy {
-            group,
-            gseq,
-            post: post.clone(),
-        });
-        self.counters.group_copies_stored += 1;
-        // The copy goes in first: appending pumps, and the pump reads it.
-        self.group_copies
+    /// True when post `gseq` of `group` reached this shard before (a fan-out
+    /// repeated after the owner restarted).
+    pub(super) fn has_copy(&self, group: GroupId, gseq: u64) -> bool {
+        self.marks.get(&group).is_some_and(|&mark| mark >= gseq)
+    }
+
+    /// Keeps a copy of a post that just arrived, with no entry referring to
+    /// it yet. It goes in before the entries: appending one pumps, and the
+    /// pump reads the copy.
+    pub(super) fn store_copy(&mut self, group: GroupId, gseq: u64, post: Post) {
+        debug_assert!(!self.has_copy(group, gseq));
+        self.marks.insert(group, gseq);
+        self.copies
             .insert((group, gseq), PostCopy { post, refs: 0 });
-        let (entries_max, bytes_max) = (self.config.group_entries_max, self.config.group_bytes_max);
-        // What every member's entry needs of the post, looked up once.
-        let (body_bytes, reader_key) = {
-            let post = &self.group_copies[&(group, gseq)].post;
-            let key = match post {
-                Post::Message {
-                    from, client_id, ..
-                } => Some((*from, *client_id)),
-                Post::Change { .. } => None,
-            };
-            (post_bytes(post), key)
-        };
-        let mut refs = 0;
-        for member in members {
-            // Group posts have bounds of their own in each member's
-            // mailbox: a group one was added to cannot make it refuse 1:1
-            // messages, nor hold more than `group_bytes_max` for it.
-            let room = self.accounts.get_mut(&member).map(|a| {
-                let fits = a.mailbox.group_entries() < entries_max
-                    && a.mailbox.group_bytes() + body_bytes <= bytes_max;
-                if fits {
-                    a.mailbox.group_entry_bytes(body_bytes);
-                }
-                fits
-            });
-            match room {
-                Some(true) => {
-                    refs += 1;
-                    let seq = self.append(member, EntryRecord::Group { group, gseq });
-                    if let (Some(seq), Some((from, client_id))) = (seq, reader_key) {
-                        self.group_reads
-                            .insert(member, from, client_id, seq, self.now_ms);
-                    }
-                }
-                Some(false) => {
-                    self.counters.group_entries_dropped_mailbox_full += 1;
-                    // Its author was answered `Sent`: it is told, never
-                    // left to believe the post arrived.
-                    self.tell_undeliverable(member, group, gseq);
-                }
-                // Added while not (or no longer) registered here.
-                None => self.counters.group_entries_no_account += 1,
-            }
-        }
-        // Counted once after the loop: nothing in it releases an entry.
-        if let Some(copy) = self.group_copies.get_mut(&(group, gseq)) {
+    }
+
+    /// The post a member's mailbox entry refers to.
+    pub(super) fn post(&self, group: GroupId, gseq: u64) -> Option<&Post> {
+        self.copies.get(&(group, gseq)).map(|copy| &copy.post)
+    }
+
+    /// `refs` members' entries now refer to the copy that `store_copy`
+    /// kept; with none, it goes.
+    pub(super) fn referenced(&mut self, group: GroupId, gseq: u64, refs: u32) {
+        if refs == 0 {
+            self.copies.remove(&(group, gseq));
+        } else if let Some(copy) = self.copies.get_mut(&(group, gseq)) {
             copy.refs += refs;
         }
-        self.counters.group_entries_stored += u64::from(refs);
-        if refs == 0 {
-            self.group_copies.remove(&(group, gseq));
-        }
-        self.durability
-            .hold_peer(owner, PeerMessage::GroupStored { group, gseq });
     }
 
-    /// A member acknowledged `group`'s post `gseq`: the copy loses a
-    /// reference (and goes with the last), and a message's sender is told.
-    /// A member's entry for a post left its mailbox: acknowledged (the
-    /// author hears `Delivered`) or expired (`Expired`).
-    /// `member` will never get post `gseq` of `group`: its author gets an
-    /// `Undeliverable` receipt (notices have no author waiting on them).
-    fn tell_undeliverable(&mut self, member: Phone, group: GroupId, gseq: u64) {
-        let Some(Post::Message {
-            from, client_id, ..
-        }) = self.group_copies.get(&(group, gseq)).map(|c| &c.post)
-        else {
-            return;
-        };
-        let (to, client_id) = (*from, *client_id);
-        let receipt = PeerMessage::Receipt {
-            to,
-            by: member,
-            client_id,
-            kind: wire::ReceiptKind::Undeliverable,
-        };
-        self.route(self.config.map.shard_of(to), receipt);
+    /// `member` may send a read receipt for the message `client_id` of
+    /// `author`, at `seq` of its mailbox, once it has been delivered.
+    pub(super) fn readable(&mut self, member: Phone, author: (Phone, u64), seq: u64, now_ms: u64) {
+        self.reads.insert(member, author.0, author.1, seq, now_ms);
     }
 
-    pub(super) fn group_entry_released(
+    /// `by` read the post `client_id` of `from`: true when it was delivered
+    /// to `by` (up to `delivered_up_to`) and not read before.
+    pub(super) fn mark_read(
         &mut self,
         by: Phone,
-        group: GroupId,
-        gseq: u64,
-        kind: wire::ReceiptKind,
-    ) {
-        let Some(copy) = self.group_copies.get_mut(&(group, gseq)) else {
-            return;
-        };
+        from: Phone,
+        client_id: u64,
+        delivered_up_to: u64,
+    ) -> bool {
+        self.reads.mark_read(by, from, client_id, delivered_up_to)
+    }
+
+    /// Forgets read marks older than the dedup TTL.
+    pub(super) fn expire_reads(&mut self, now_ms: u64) {
+        self.reads.expire(now_ms);
+    }
+
+    /// A member's entry for post `gseq` left its mailbox (acknowledged, or
+    /// `expired`): the copy loses a reference and goes with the last.
+    /// `None` when there is no such copy.
+    pub(super) fn released(
+        &mut self,
+        member: Phone,
+        (group, gseq): (GroupId, u64),
+        expired: bool,
+    ) -> Option<Released> {
+        let copy = self.copies.get_mut(&(group, gseq))?;
         copy.refs = copy.refs.saturating_sub(1);
-        let body_bytes = post_bytes(&copy.post);
-        if let Some(account) = self.accounts.get_mut(&by) {
-            account.mailbox.group_entry_gone(body_bytes);
-        }
-        let Some(copy) = self.group_copies.get(&(group, gseq)) else {
-            return;
-        };
-        let receipt = match &copy.post {
-            Post::Message {
-                from, client_id, ..
-            } => Some((*from, *client_id)),
-            Post::Change { .. } => None,
+        let released = Released {
+            body_bytes: post_bytes(&copy.post),
+            author: author_of(&copy.post),
         };
         if copy.refs == 0 {
-            self.group_copies.remove(&(group, gseq));
+            self.copies.remove(&(group, gseq));
         }
-        if let Some((from, client_id)) = receipt {
-            match kind {
-                wire::ReceiptKind::Expired => {
-                    self.counters.messages_expired += 1;
-                    // Never delivered: never to be marked read.
-                    self.group_reads.forbid_read(by, from, client_id);
-                }
-                _ => self.counters.messages_acked += 1,
-            }
-            let shard = self.config.map.shard_of(from);
-            let receipt = PeerMessage::Receipt {
-                to: from,
-                by,
-                client_id,
-                kind,
-            };
-            self.route(shard, receipt);
+        if let (true, Some((from, client_id))) = (expired, released.author) {
+            // Never delivered: never to be marked read.
+            self.reads.forbid_read(member, from, client_id);
         }
+        Some(released)
     }
 
     // ---- recovery and checkpoints ----------------------------------------------
 
-    pub(super) fn restore_group_record(&mut self, record: Record) -> Result<(), RestoreError> {
+    /// Applies a replayed group record.
+    pub(super) fn restore(&mut self, record: Record, now_ms: u64) -> Result<(), RestoreError> {
         match record {
             Record::GroupPost { group, gseq, post } => {
-                let (from, client_id) = post.author();
-                self.group_dedup
-                    .replay(group, from, client_id, gseq, self.now_ms);
-                if matches!(
-                    post,
-                    Post::Change {
-                        change: GroupChange::Created { .. },
-                        ..
-                    }
-                ) && !self.groups.contains_key(&group)
-                {
-                    self.groups.insert(group, Group::new());
-                    self.counters.groups += 1;
-                }
-                let state = self
-                    .groups
-                    .get_mut(&group)
-                    .ok_or(RestoreError::UnknownGroup(group))?;
-                let recipients = if gseq == state.next_gseq {
-                    state.next_gseq += 1;
-                    state.apply(&post)
-                } else if gseq < state.next_gseq {
-                    // From a checkpoint: applied already, not confirmed.
-                    state.recipients_now(&post)
-                } else {
-                    return Err(RestoreError::GroupSeqMismatch {
-                        group,
-                        recorded: gseq,
-                        expected: state.next_gseq,
-                    });
-                };
-                self.group_refan.push((group, gseq, post, recipients));
+                self.restore_post(group, gseq, post, now_ms)?
             }
             Record::GroupState {
                 group,
@@ -591,126 +494,145 @@ impl Shard {
                 members,
                 next_gseq,
             } => {
-                if !self.groups.contains_key(&group) {
-                    self.counters.groups += 1;
-                }
                 let mut state = Group::new();
                 state.subject = subject;
                 state.members = members.into_iter().collect();
                 state.next_gseq = next_gseq;
-                self.groups.insert(group, state);
+                self.owned.insert(group, state);
             }
             Record::GroupDedup {
                 group,
                 from,
                 client_id,
                 gseq,
-            } => self
-                .group_dedup
-                .replay(group, from, client_id, gseq, self.now_ms),
+            } => self.dedup.replay(group, from, client_id, gseq, now_ms),
             Record::GroupCopy { group, gseq, post } => {
                 // After a reshard every new shard gets the copies of all
                 // old ones, so the same copy can come twice: keep the
                 // references the first one has gathered.
-                self.group_copies
+                self.copies
                     .entry((group, gseq))
                     .or_insert(PostCopy { post, refs: 0 });
-                self.mark_group(group, gseq);
+                self.mark(group, gseq);
             }
-            Record::GroupMark { group, gseq } => self.mark_group(group, gseq),
+            Record::GroupMark { group, gseq } => self.mark(group, gseq),
             _ => unreachable!("the caller passes group records only"),
         }
         Ok(())
     }
 
-    fn mark_group(&mut self, group: GroupId, gseq: u64) {
-        let mark = self.group_marks.entry(group).or_insert(0);
+    fn restore_post(
+        &mut self,
+        group: GroupId,
+        gseq: u64,
+        post: Post,
+        now_ms: u64,
+    ) -> Result<(), RestoreError> {
+        let (from, client_id) = post.author();
+        self.dedup.replay(group, from, client_id, gseq, now_ms);
+        let creates = matches!(
+            post,
+            Post::Change {
+                change: GroupChange::Created { .. },
+                ..
+            }
+        );
+        if creates && !self.owned.contains_key(&group) {
+            self.owned.insert(group, Group::new());
+        }
+        let state = self
+            .owned
+            .get_mut(&group)
+            .ok_or(RestoreError::UnknownGroup(group))?;
+        let recipients = if gseq == state.next_gseq {
+            state.next_gseq += 1;
+            state.apply(&post)
+        } else if gseq < state.next_gseq {
+            // From a checkpoint: applied already, not confirmed.
+            state.recipients_now(&post)
+        } else {
+            return Err(RestoreError::GroupSeqMismatch {
+                group,
+                recorded: gseq,
+                expected: state.next_gseq,
+            });
+        };
+        self.refan.push(Refan {
+            group,
+            gseq,
+            post,
+            recipients,
+        });
+        Ok(())
+    }
+
+    fn mark(&mut self, group: GroupId, gseq: u64) {
+        let mark = self.marks.entry(group).or_insert(0);
         *mark = (*mark).max(gseq);
     }
 
-    /// A replayed mailbox entry refers to a copy: it must have come before.
-    pub(super) fn restore_group_entry(
+    /// A replayed mailbox entry of `member` at `seq` refers to a copy,
+    /// which must have come before: the bytes the entry stands for.
+    pub(super) fn restore_entry(
         &mut self,
         member: Phone,
-        group: GroupId,
-        gseq: u64,
+        (group, gseq): (GroupId, u64),
         seq: u64,
-    ) -> Result<(), RestoreError> {
+        now_ms: u64,
+    ) -> Result<usize, RestoreError> {
         let copy = self
-            .group_copies
+            .copies
             .get_mut(&(group, gseq))
             .ok_or(RestoreError::UnknownGroupPost { group, gseq })?;
         copy.refs += 1;
         let body_bytes = post_bytes(&copy.post);
-        if let Some(account) = self.accounts.get_mut(&member) {
-            account.mailbox.group_entry_bytes(body_bytes);
+        if let Some(author) = author_of(&copy.post) {
+            self.readable(member, author, seq, now_ms);
         }
-        self.readable_group_entry(member, group, gseq, seq);
-        Ok(())
+        Ok(body_bytes)
     }
 
-    /// `member` may send a read receipt for the post at `seq` of its
-    /// mailbox once it has been delivered: notes who wrote it under which
-    /// client id, which is all a `Read` names.
-    fn readable_group_entry(&mut self, member: Phone, group: GroupId, gseq: u64, seq: u64) {
-        let Some(copy) = self.group_copies.get(&(group, gseq)) else {
-            return;
-        };
-        if let Post::Message {
-            from, client_id, ..
-        } = copy.post
-        {
-            self.group_reads
-                .insert(member, from, client_id, seq, self.now_ms);
+    /// A replayed ack took `member`'s entry for a post away: the bytes it
+    /// stood for. A copy that loses its last reference stays until
+    /// `restored`: a later record may still refer to it (entries of one
+    /// fan-out can reach the log at different times through the
+    /// write-back cache).
+    pub(super) fn restore_ack(
+        &mut self,
+        member: Phone,
+        (group, gseq): (GroupId, u64),
+    ) -> Option<usize> {
+        let copy = self.copies.get_mut(&(group, gseq))?;
+        copy.refs = copy.refs.saturating_sub(1);
+        // The log does not say whether it was acknowledged or expired: no
+        // `Read` of it is accepted after a restart.
+        if let Some((from, client_id)) = author_of(&copy.post) {
+            self.reads.forbid_read(member, from, client_id);
         }
+        Some(post_bytes(&copy.post))
     }
 
-    /// A replayed ack took an entry away. A copy that loses its last
-    /// reference stays until `restored`: a later record may still refer
-    /// to it (entries of one fan-out can reach the log at different times
-    /// through the write-back cache).
-    pub(super) fn restore_group_ack(&mut self, member: Phone, group: GroupId, gseq: u64) {
-        if let Some(copy) = self.group_copies.get_mut(&(group, gseq)) {
-            copy.refs = copy.refs.saturating_sub(1);
-            let body_bytes = post_bytes(&copy.post);
-            if let Some(account) = self.accounts.get_mut(&member) {
-                account.mailbox.group_entry_gone(body_bytes);
-            }
-            // The log does not say whether it was acknowledged or expired:
-            // no `Read` of it is accepted after a restart.
-            if let Post::Message {
-                from, client_id, ..
-            } = copy.post
-            {
-                self.group_reads.forbid_read(member, from, client_id);
-            }
-        }
+    /// The end of a restore: indexes the tables, drops copies nothing
+    /// refers to, and returns the posts replayed on this owner, to be
+    /// fanned out again (their shards recognise what they have).
+    pub(super) fn restored(&mut self) -> Vec<Refan> {
+        self.dedup.settle();
+        self.reads.settle();
+        self.copies.retain(|_, copy| copy.refs > 0);
+        std::mem::take(&mut self.refan)
     }
 
-    /// The end of a restore: drops copies nothing refers to, and fans out
-    /// again every post replayed on this owner (its shards recognise what
-    /// they have).
-    pub(super) fn groups_restored(&mut self) {
-        self.group_copies.retain(|_, copy| copy.refs > 0);
-        for (group, gseq, post, recipients) in std::mem::take(&mut self.group_refan) {
-            self.fan_out(group, gseq, post, &recipients, false);
+    /// The group records of a checkpoint: copies first, since the mailbox
+    /// entries after them refer to them.
+    pub(super) fn checkpoint(&mut self, records: &mut Vec<Record>) {
+        for (&(group, gseq), copy) in &self.copies {
+            let post = copy.post.clone();
+            records.push(Record::GroupCopy { group, gseq, post });
         }
-    }
-
-    /// The group records of a checkpoint: copies first, since the
-    /// mailbox entries after them refer to them.
-    pub(super) fn checkpoint_groups(&mut self, records: &mut Vec<Record>) {
-        for (&(group, gseq), copy) in &self.group_copies {
-            records.push(Record::GroupCopy {
-                group,
-                gseq,
-                post: copy.post.clone(),
-            });
-        }
-        for (&group, &gseq) in &self.group_marks {
+        for (&group, &gseq) in &self.marks {
             records.push(Record::GroupMark { group, gseq });
         }
-        for (&group, state) in &self.groups {
+        for (&group, state) in &self.owned {
             records.push(Record::GroupState {
                 group,
                 subject: state.subject.clone(),
@@ -725,7 +647,7 @@ impl Shard {
                 });
             }
         }
-        for (group, from, client_id, gseq) in self.group_dedup.iter() {
+        for (group, from, client_id, gseq) in self.dedup.iter() {
             records.push(Record::GroupDedup {
                 group,
                 from,
@@ -736,9 +658,19 @@ impl Shard {
     }
 }
 
+/// A message's author and client id; `None` for a change.
+pub(super) fn author_of(post: &Post) -> Option<(Phone, u64)> {
+    match post {
+        Post::Message {
+            from, client_id, ..
+        } => Some((*from, *client_id)),
+        Post::Change { .. } => None,
+    }
+}
+
 /// The bytes a member's entry for `post` stands for: a message's body, or
 /// what a change carries (a creation's member list and subject).
-fn post_bytes(post: &Post) -> usize {
+pub(super) fn post_bytes(post: &Post) -> usize {
     const PHONE_BYTES: usize = 8;
     match post {
         Post::Message { body, .. } => body.len(),
@@ -750,5 +682,81 @@ fn post_bytes(post: &Post) -> usize {
             GroupChange::Subject(subject) => subject.len(),
             _ => 0,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phone(n: u64) -> Phone {
+        Phone::from_u64(15550000000 + n).unwrap()
+    }
+
+    fn create(groups: &mut Groups, members: Vec<Phone>) -> Result<Accepted, ErrorKind> {
+        let group = GroupId::derive(phone(1), 1);
+        let action = GroupAction::Create {
+            subject: "s".into(),
+            members,
+        };
+        groups.accept((group, phone(1), 1), (0, 0), action, 3)
+    }
+
+    #[test]
+    fn an_owner_numbers_posts_and_refuses_what_does_not_apply() {
+        let mut groups = Groups::new(60_000, 100);
+        let group = GroupId::derive(phone(1), 1);
+        assert_eq!(
+            create(&mut groups, vec![phone(2), phone(3), phone(4)]).unwrap_err(),
+            ErrorKind::GroupFull
+        );
+        assert_eq!(groups.owned(), 0, "a refused creation leaves nothing");
+        let created = create(&mut groups, vec![phone(2)]).unwrap();
+        assert_eq!((created.gseq, created.recipients.len()), (1, 2));
+        assert_eq!(
+            create(&mut groups, vec![]).unwrap_err(),
+            ErrorKind::GroupExists
+        );
+        let send = |from| GroupAction::Send {
+            body: vec![1].into(),
+        };
+        let outsider = groups.accept((group, phone(9), 2), (0, 0), send(9), 3);
+        assert_eq!(outsider.unwrap_err(), ErrorKind::NotGroupMember);
+        let post = groups
+            .accept((group, phone(2), 2), (0, 0), send(2), 3)
+            .unwrap();
+        assert_eq!(post.gseq, 2);
+        assert_eq!(post.recipients, vec![phone(1)], "all but the sender");
+        assert_eq!(groups.resent(group, phone(2), 2), Some(2));
+    }
+
+    #[test]
+    fn a_copy_lives_while_entries_refer_to_it_and_an_expired_one_is_never_read() {
+        let mut groups = Groups::new(60_000, 100);
+        let group = GroupId::derive(phone(1), 1);
+        let post = Post::Message {
+            from: phone(1),
+            client_id: 7,
+            sent_at_ms: 0,
+            body: vec![0; 10].into(),
+        };
+        groups.store_copy(group, 1, post);
+        assert!(groups.has_copy(group, 1));
+        groups.referenced(group, 1, 2);
+        groups.readable(phone(2), (phone(1), 7), 1, 0);
+        let released = groups.released(phone(3), (group, 1), false).unwrap();
+        assert_eq!(released.body_bytes, 10);
+        assert_eq!(released.author, Some((phone(1), 7)));
+        assert!(
+            groups.post(group, 1).is_some(),
+            "one entry still refers to it"
+        );
+        assert!(groups.released(phone(2), (group, 1), true).is_some());
+        assert!(groups.post(group, 1).is_none());
+        assert!(
+            !groups.mark_read(phone(2), phone(1), 7, 1),
+            "expired, so never read"
+        );
+        assert!(groups.has_copy(group, 1), "the mark outlives the copy");
     }
 }

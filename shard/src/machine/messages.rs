@@ -65,7 +65,7 @@ impl Shard {
         }
         let delivered = self.conns.get(id).map_or(0, |c| c.delivered_up_to);
         let readable = self.dedup.mark_read(by, from, client_id, delivered)
-            || self.group_reads.mark_read(by, from, client_id, delivered);
+            || self.groups.mark_read(by, from, client_id, delivered);
         if !readable {
             self.counters.reads_refused += 1;
             let detail = "no message with that sender and client_id was delivered here, \
@@ -471,11 +471,10 @@ impl Shard {
                     client_id: *client_id,
                 },
                 EntryRecord::Group { group, gseq } => {
-                    let post = &self
-                        .group_copies
-                        .get(&(*group, *gseq))
-                        .expect("a group entry's copy lives while the entry does")
-                        .post;
+                    let post = self
+                        .groups
+                        .post(*group, *gseq)
+                        .expect("a group entry's copy lives while the entry does");
                     group_frame(entry.seq, *group, *gseq, post)
                 }
             };

@@ -13,6 +13,7 @@ mod connections;
 mod counters;
 mod durability;
 mod expiry;
+mod group_posts;
 mod groups;
 mod login;
 mod messages;
@@ -35,6 +36,7 @@ pub use anonymous::Refused;
 pub use connections::{ConnId, ConnSnapshot};
 pub use counters::ShardCounters;
 pub use groups::GroupAction;
+use groups::Groups;
 pub use peer::PeerMessage;
 pub use push::Push;
 pub use recovery::RestoreError;
@@ -83,19 +85,8 @@ pub struct Shard {
     accounts: AHashMap<Phone, Account>,
     signups: Signups,
     dedup: DedupTable,
-    /// Groups this shard owns, and their recent posts for resend detection.
-    groups: AHashMap<GroupId, groups::Group>,
-    group_dedup: DedupTable<GroupId>,
-    /// Group posts delivered to members of this shard, by `(member,
-    /// author, client_id)`, for the read-receipt rule; 1:1 messages use
-    /// `dedup` for the same.
-    group_reads: DedupTable<Phone>,
-    /// Posts held here for members of this shard, and how far each group's
-    /// posts have arrived.
-    group_copies: AHashMap<(GroupId, u64), groups::PostCopy>,
-    group_marks: AHashMap<GroupId, u64>,
-    /// Posts replayed on their owner, fanned out again when the restore ends.
-    group_refan: Vec<(GroupId, u64, Post, Vec<Phone>)>,
+    /// Groups this shard owns, and post copies for its members.
+    groups: Groups,
     social_state: social::SocialState,
     /// Conversations waiting for a refused send to come again: those this
     /// shard refused as the sender's home (rate limits, lookups), and
@@ -137,12 +128,7 @@ impl Shard {
             accounts: AHashMap::new(),
             signups: Signups::default(),
             dedup,
-            groups: AHashMap::new(),
-            group_dedup: DedupTable::new(config_dedup.0, config_dedup.1),
-            group_reads: DedupTable::new(config_dedup.0, config_dedup.1),
-            group_copies: AHashMap::new(),
-            group_marks: AHashMap::new(),
-            group_refan: Vec::new(),
+            groups: Groups::new(config_dedup.0, config_dedup.1),
             social_state: social::SocialState::default(),
             order_out: OrderGaps::default(),
             order_in: OrderGaps::default(),
@@ -166,6 +152,7 @@ impl Shard {
     pub fn counters(&self) -> ShardCounters {
         ShardCounters {
             connections_anonymous: self.anonymous.open() as u64,
+            groups: self.groups.owned() as u64,
             ..self.counters
         }
     }
@@ -607,7 +594,7 @@ impl Shard {
             }
         }
         self.dedup.expire(now_ms);
-        self.group_reads.expire(now_ms);
+        self.groups.expire_reads(now_ms);
         if now_ms >= self.pruned_at_ms + SOURCE_TABLES_PRUNE_MS {
             self.pruned_at_ms = now_ms;
             let wall_ms = self.clock.wall_ms(now_ms);
@@ -762,7 +749,7 @@ impl Shard {
                 action,
             } => {
                 let chat = action.in_conversation().then_some(Chat::Group(group));
-                let result = self.group_request(group, from, client_id, at_ms, action, reply);
+                let result = self.group_request(group, (from, client_id), at_ms, action, reply);
                 if let Some(chat) = chat {
                     self.note_refusal(from, chat, client_id, reply, &result);
                 }

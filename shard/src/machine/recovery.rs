@@ -77,7 +77,7 @@ impl Shard {
             | Record::GroupState { .. }
             | Record::GroupDedup { .. }
             | Record::GroupCopy { .. }
-            | Record::GroupMark { .. } => self.restore_group_record(record)?,
+            | Record::GroupMark { .. } => self.groups.restore(record, self.now_ms)?,
             Record::Contacts { owner, .. }
             | Record::Profile { owner, .. }
             | Record::LastSeen { owner, .. } => {
@@ -152,8 +152,6 @@ impl Shard {
         let (jump_max, confirmed) = (self.config.clock_jump_max_ms, self.config.clock_confirmed);
         self.clock.started(self.now_ms, jump_max, confirmed);
         self.dedup.settle();
-        self.group_dedup.settle();
-        self.group_reads.settle();
         self.groups_restored();
     }
 
@@ -171,7 +169,7 @@ impl Shard {
             records.push(clock_record(state));
         }
         self.anonymous.checkpoint(&mut records);
-        self.checkpoint_groups(&mut records);
+        self.groups.checkpoint(&mut records);
         for (&phone, account) in &self.accounts {
             records.push(Record::AccountKey {
                 phone,

@@ -832,7 +832,7 @@ impl Shard {
     }
 
     fn group_typing(&mut self, group: GroupId, from: Phone, state: TypingState) {
-        let Some(members) = self.group_members_except(group, from) else {
+        let Some(members) = self.groups.members_except(group, from) else {
             self.counters.signals_dropped_not_member += 1;
             return;
         };

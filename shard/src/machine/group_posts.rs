@@ -1,0 +1,293 @@
+//! How a group post travels between shards (see `groups` for the rules):
+//! the owner checks, numbers and records it, then once that record is
+//! durable fans it out; each member shard records one copy, gives each
+//! member a mailbox entry referring to it, and once durable confirms; a
+//! member's acknowledgement (or expiry) releases its entry and tells the
+//! author.
+
+use storage::{EntryRecord, Post, Record};
+use wire::{Chat, ErrorKind, GroupId, Phone, ReceiptKind};
+
+use super::{
+    durability::Refusal,
+    groups::{author_of, post_bytes, Accepted, GroupAction, Refan},
+    ConnId, PeerMessage, RestoreError, Shard,
+};
+
+/// What the owner answers a request with: the post's `gseq`, or for a
+/// creation the group's id.
+fn answer(group: GroupId, action_creates: bool, gseq: u64) -> u64 {
+    if action_creates {
+        group.as_u64()
+    } else {
+        gseq
+    }
+}
+
+impl Shard {
+    // ---- the owner's side ----------------------------------------------------
+
+    /// A phone's request reached the group's owner. Returns what its `Sent`
+    /// carries; the caller holds that answer for the next commit.
+    pub(super) fn group_request(
+        &mut self,
+        group: GroupId,
+        (from, client_id): (Phone, u64),
+        at_ms: u64,
+        action: GroupAction,
+        session: ConnId,
+    ) -> Result<u64, ErrorKind> {
+        if self.durability.is_failed() {
+            return Err(Refusal::Failed.kind());
+        }
+        let creates = matches!(action, GroupAction::Create { .. });
+        if let Some(gseq) = self.groups.resent(group, from, client_id) {
+            self.counters.messages_deduplicated += 1;
+            return Ok(answer(group, creates, gseq));
+        }
+        if action.in_conversation()
+            && self
+                .order_in
+                .admit(from, Chat::Group(group), client_id, session)
+                .is_err()
+        {
+            self.counters.sends_out_of_order += 1;
+            return Err(ErrorKind::OutOfOrder);
+        }
+        if let Err(refusal) = self.durability.admit() {
+            self.counters.messages_refused_disk_full += 1;
+            return Err(refusal.kind());
+        }
+        let members_max = self.config.group_members_max;
+        let times = (at_ms, self.now_ms);
+        let Accepted {
+            gseq,
+            post,
+            recipients,
+        } = self
+            .groups
+            .accept((group, from, client_id), times, action, members_max)?;
+        self.counters.group_posts += 1;
+        self.durability.record(Record::GroupPost {
+            group,
+            gseq,
+            post: post.clone(),
+        });
+        self.fan_out(group, gseq, post, &recipients, true);
+        Ok(answer(group, creates, gseq))
+    }
+
+    /// Sends a post to the shards of its recipients, one message per
+    /// shard, and notes it as unconfirmed. `after_commit`: the post was
+    /// recorded just now, so the copies wait for that record to be durable
+    /// (else a restart could number another post the same).
+    fn fan_out(
+        &mut self,
+        group: GroupId,
+        gseq: u64,
+        post: Post,
+        recipients: &[Phone],
+        after_commit: bool,
+    ) {
+        let by_shard = self.config.map.split_by_shard(recipients.iter().copied());
+        let mut shards = 0;
+        for (shard, members) in by_shard.into_iter().enumerate() {
+            if members.is_empty() {
+                continue;
+            }
+            shards += 1;
+            let message = PeerMessage::GroupFanout {
+                group,
+                gseq,
+                post: post.clone(),
+                members,
+            };
+            if after_commit {
+                self.durability.hold_peer(shard as u16, message);
+            } else {
+                self.route(shard as u16, message);
+            }
+        }
+        if shards > 0 {
+            self.groups.fanned_out(group, gseq, post, shards);
+        }
+    }
+
+    /// A shard confirmed that its copy of a post is durable.
+    pub(super) fn group_stored(&mut self, group: GroupId, gseq: u64) {
+        self.groups.confirmed(group, gseq);
+    }
+
+    // ---- the members' side ---------------------------------------------------
+
+    /// A post for `members`, who live on this shard.
+    pub(super) fn group_fanout(
+        &mut self,
+        group: GroupId,
+        gseq: u64,
+        post: Post,
+        members: Vec<Phone>,
+    ) {
+        let owner = self.config.map.shard_of_group(group);
+        if self.groups.has_copy(group, gseq) {
+            // Fanned out again after a restart: stored already.
+            self.counters.group_copies_repeated += 1;
+            self.route(owner, PeerMessage::GroupStored { group, gseq });
+            return;
+        }
+        if self.durability.is_failed() {
+            // Not confirmed: the owner fans it out again after a restart.
+            return;
+        }
+        self.durability.record(Record::GroupCopy {
+            group,
+            gseq,
+            post: post.clone(),
+        });
+        self.counters.group_copies_stored += 1;
+        // What every member's entry needs of the post, looked up once.
+        let (body_bytes, author) = (post_bytes(&post), author_of(&post));
+        self.groups.store_copy(group, gseq, post);
+        let refs = members
+            .into_iter()
+            .filter(|&member| self.give_entry(member, (group, gseq), body_bytes, author))
+            .count() as u32;
+        self.groups.referenced(group, gseq, refs);
+        self.counters.group_entries_stored += u64::from(refs);
+        let confirm = PeerMessage::GroupStored { group, gseq };
+        self.durability.hold_peer(owner, confirm);
+    }
+
+    /// Gives `member` a mailbox entry for a post copied here; false when
+    /// none was made. Group posts have bounds of their own in each member's
+    /// mailbox: a group one was added to cannot make it refuse 1:1
+    /// messages, nor hold more than `group_bytes_max` for it.
+    fn give_entry(
+        &mut self,
+        member: Phone,
+        (group, gseq): (GroupId, u64),
+        body_bytes: usize,
+        author: Option<(Phone, u64)>,
+    ) -> bool {
+        let (entries_max, bytes_max) = (self.config.group_entries_max, self.config.group_bytes_max);
+        let room = self.accounts.get_mut(&member).map(|a| {
+            let fits = a.mailbox.group_entries() < entries_max
+                && a.mailbox.group_bytes() + body_bytes <= bytes_max;
+            if fits {
+                a.mailbox.group_entry_bytes(body_bytes);
+            }
+            fits
+        });
+        match room {
+            Some(true) => {
+                let seq = self.append(member, EntryRecord::Group { group, gseq });
+                if let (Some(seq), Some(author)) = (seq, author) {
+                    self.groups.readable(member, author, seq, self.now_ms);
+                }
+                true
+            }
+            Some(false) => {
+                self.counters.group_entries_dropped_mailbox_full += 1;
+                // Its author was answered `Sent`: it is told, never left
+                // to believe the post arrived.
+                if let Some((author, client_id)) = author {
+                    self.tell_undeliverable(member, author, client_id);
+                }
+                false
+            }
+            // Added while not (or no longer) registered here.
+            None => {
+                self.counters.group_entries_no_account += 1;
+                false
+            }
+        }
+    }
+
+    /// `member` will never get `author`'s post `client_id`: the author
+    /// gets an `Undeliverable` receipt (notices have no author waiting on
+    /// them).
+    fn tell_undeliverable(&mut self, member: Phone, author: Phone, client_id: u64) {
+        let receipt = PeerMessage::Receipt {
+            to: author,
+            by: member,
+            client_id,
+            kind: ReceiptKind::Undeliverable,
+        };
+        self.route(self.config.map.shard_of(author), receipt);
+    }
+
+    /// A member's entry for a post left its mailbox: acknowledged (the
+    /// author hears `Delivered`) or expired (`Expired`).
+    pub(super) fn group_entry_released(
+        &mut self,
+        by: Phone,
+        group: GroupId,
+        gseq: u64,
+        kind: ReceiptKind,
+    ) {
+        let expired = kind == ReceiptKind::Expired;
+        let Some(released) = self.groups.released(by, (group, gseq), expired) else {
+            return;
+        };
+        if let Some(account) = self.accounts.get_mut(&by) {
+            account.mailbox.group_entry_gone(released.body_bytes);
+        }
+        let Some((from, client_id)) = released.author else {
+            return;
+        };
+        if expired {
+            self.counters.messages_expired += 1;
+        } else {
+            self.counters.messages_acked += 1;
+        }
+        let receipt = PeerMessage::Receipt {
+            to: from,
+            by,
+            client_id,
+            kind,
+        };
+        self.route(self.config.map.shard_of(from), receipt);
+    }
+
+    // ---- recovery ------------------------------------------------------------
+
+    /// A replayed mailbox entry refers to a copy: it must have come before.
+    pub(super) fn restore_group_entry(
+        &mut self,
+        member: Phone,
+        group: GroupId,
+        gseq: u64,
+        seq: u64,
+    ) -> Result<(), RestoreError> {
+        let body_bytes = self
+            .groups
+            .restore_entry(member, (group, gseq), seq, self.now_ms)?;
+        if let Some(account) = self.accounts.get_mut(&member) {
+            account.mailbox.group_entry_bytes(body_bytes);
+        }
+        Ok(())
+    }
+
+    /// A replayed ack took `member`'s entry for a post away.
+    pub(super) fn restore_group_ack(&mut self, member: Phone, group: GroupId, gseq: u64) {
+        if let Some(body_bytes) = self.groups.restore_ack(member, (group, gseq)) {
+            if let Some(account) = self.accounts.get_mut(&member) {
+                account.mailbox.group_entry_gone(body_bytes);
+            }
+        }
+    }
+
+    /// The end of a restore: fans out again every post replayed on this
+    /// owner.
+    pub(super) fn groups_restored(&mut self) {
+        for refan in self.groups.restored() {
+            let Refan {
+                group,
+                gseq,
+                post,
+                recipients,
+            } = refan;
+            self.fan_out(group, gseq, post, &recipients, false);
+        }
+    }
+}
