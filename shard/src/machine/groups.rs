@@ -717,13 +717,13 @@ mod tests {
             create(&mut groups, vec![]).unwrap_err(),
             ErrorKind::GroupExists
         );
-        let send = |from| GroupAction::Send {
+        let send = || GroupAction::Send {
             body: vec![1].into(),
         };
-        let outsider = groups.accept((group, phone(9), 2), (0, 0), send(9), 3);
+        let outsider = groups.accept((group, phone(9), 2), (0, 0), send(), 3);
         assert_eq!(outsider.unwrap_err(), ErrorKind::NotGroupMember);
         let post = groups
-            .accept((group, phone(2), 2), (0, 0), send(2), 3)
+            .accept((group, phone(2), 2), (0, 0), send(), 3)
             .unwrap();
         assert_eq!(post.gseq, 2);
         assert_eq!(post.recipients, vec![phone(1)], "all but the sender");
