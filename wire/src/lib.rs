@@ -25,7 +25,7 @@ pub use frames::{
 pub use group::{GroupChange, GroupId, GroupIdError, GROUP_SUBJECT_BYTES_MAX};
 pub use phone::{Phone, PhoneError, PHONE_DIGITS_MAX, PHONE_DIGITS_MIN};
 pub use social::{
-    Chat, Presence, Profile, PushPlatform, TypingState, PROFILE_ABOUT_BYTES_MAX,
+    Chat, Presence, Profile, ProfileTooLarge, PushPlatform, TypingState, PROFILE_ABOUT_BYTES_MAX,
     PROFILE_NAME_BYTES_MAX, PROFILE_PHOTO_BYTES_MAX, PUSH_TOKEN_BYTES_MAX,
 };
 

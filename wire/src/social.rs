@@ -70,9 +70,20 @@ pub struct Profile {
     pub photo: Vec<u8>,
 }
 
+/// A profile field over its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("profile {field} of {bytes} bytes exceeds {max}")]
+pub struct ProfileTooLarge {
+    /// `name`, `about` or `photo`.
+    pub field: &'static str,
+    pub bytes: usize,
+    pub max: usize,
+}
+
 impl Profile {
-    /// Checks every field against its limit; the error names the field.
-    pub fn check(&self) -> Result<(), String> {
+    /// Checks every field against its limit; the error names the first
+    /// field over it.
+    pub fn check(&self) -> Result<(), ProfileTooLarge> {
         let fields = [
             ("name", self.name.len(), PROFILE_NAME_BYTES_MAX),
             ("about", self.about.len(), PROFILE_ABOUT_BYTES_MAX),
@@ -80,7 +91,7 @@ impl Profile {
         ];
         for (field, bytes, max) in fields {
             if bytes > max {
-                return Err(format!("profile {field} of {bytes} bytes exceeds {max}"));
+                return Err(ProfileTooLarge { field, bytes, max });
             }
         }
         Ok(())

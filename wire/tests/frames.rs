@@ -212,7 +212,7 @@ fn profiles_are_checked_field_by_field() {
     };
     assert_eq!(profile.check(), Ok(()));
     profile.about.push('!');
-    assert!(profile.check().unwrap_err().contains("about"));
+    assert!(profile.check().unwrap_err().to_string().contains("about"));
 }
 
 /// A group id is recognisable by its top bit: one without it, a phone's

@@ -33,10 +33,15 @@ impl Shard {
             self.order_out.refused(from, chat, client_id, id, now_ms);
             return;
         }
-        if let Err(detail) = self.charge_stranger(from, to) {
+        if let Err(refused) = self.charge_stranger(from, to) {
             self.counters.rate_limited += 1;
             self.order_out.refused(from, chat, client_id, id, now_ms);
-            self.reply_error(id, ErrorKind::RateLimited, Some(client_id), &detail);
+            self.reply_error(
+                id,
+                ErrorKind::RateLimited,
+                Some(client_id),
+                &refused.to_string(),
+            );
             return;
         }
         let shard = self.config.map.shard_of(to);
@@ -136,12 +141,17 @@ impl Shard {
             self.route(owner, request);
             return;
         }
-        if let Err(detail) = self.charge_strangers(from, &joining) {
+        if let Err(refused) = self.charge_strangers(from, &joining) {
             self.counters.rate_limited += 1;
             if let Some(chat) = chat {
                 self.order_out.refused(from, chat, client_id, id, now_ms);
             }
-            self.reply_error(id, ErrorKind::RateLimited, Some(client_id), &detail);
+            self.reply_error(
+                id,
+                ErrorKind::RateLimited,
+                Some(client_id),
+                &refused.to_string(),
+            );
             return;
         }
         let purpose = social::LookupFor::Group {

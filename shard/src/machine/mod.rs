@@ -18,6 +18,7 @@ mod groups;
 mod login;
 mod messages;
 mod peer;
+mod presence;
 mod push;
 mod recovery;
 mod signup;
@@ -45,6 +46,7 @@ use account::Account;
 use connections::{Connections, Deadlines, IdleVerdict, Phase, Session};
 use durability::{Durability, Held, PutWrite, Refusal};
 use signup::Signups;
+use social::{Follows, Lookups};
 
 use crate::{
     clock::{ClockNote, ClockState, WallClock},
@@ -87,7 +89,9 @@ pub struct Shard {
     dedup: DedupTable,
     /// Groups this shard owns, and post copies for its members.
     groups: Groups,
-    social_state: social::SocialState,
+    /// Who follows whose presence, and contact lookups in flight.
+    follows: Follows,
+    lookups: Lookups,
     /// Conversations waiting for a refused send to come again: those this
     /// shard refused as the sender's home (rate limits, lookups), and
     /// those it refused as the shard that stores or owns (a full mailbox
@@ -129,7 +133,8 @@ impl Shard {
             signups: Signups::default(),
             dedup,
             groups: Groups::new(config_dedup.0, config_dedup.1),
-            social_state: social::SocialState::default(),
+            follows: Follows::default(),
+            lookups: Lookups::default(),
             order_out: OrderGaps::default(),
             order_in: OrderGaps::default(),
             clock,
