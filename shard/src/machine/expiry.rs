@@ -30,6 +30,8 @@ const SWEEP_ACCOUNTS_PER_TICK: usize = 1024;
 const SWEEP_INTERVAL_MS_MAX: u64 = 60_000;
 const SWEEP_INTERVAL_MS_MIN: u64 = 100;
 
+/// Where the sweep is: the accounts it still has to look at, and when the
+/// next one starts.
 #[derive(Debug, Default)]
 pub(super) struct Sweep {
     /// Accounts still to look at in this sweep.
@@ -37,18 +39,33 @@ pub(super) struct Sweep {
     next_at_ms: u64,
 }
 
+impl Sweep {
+    /// Whether a new sweep starts at `now_ms` (none is under way and its
+    /// time came); if so, the next one is scheduled a tenth of
+    /// `retention_ms` later, within the interval bounds.
+    fn starts(&mut self, now_ms: u64, retention_ms: u64) -> bool {
+        if !self.pending.is_empty() || now_ms < self.next_at_ms {
+            return false;
+        }
+        let interval = (retention_ms / 10).clamp(SWEEP_INTERVAL_MS_MIN, SWEEP_INTERVAL_MS_MAX);
+        self.next_at_ms = now_ms + interval;
+        true
+    }
+
+    /// This tick's share of the accounts still to look at.
+    fn next_batch(&mut self) -> Vec<Phone> {
+        let start = self.pending.len().saturating_sub(SWEEP_ACCOUNTS_PER_TICK);
+        self.pending.drain(start..).collect()
+    }
+}
+
 impl Shard {
     pub(super) fn expiry_tick(&mut self) {
         if self.durability.is_failed() {
             return;
         }
-        if self.expiry.pending.is_empty() {
-            if self.now_ms < self.expiry.next_at_ms {
-                return;
-            }
-            let interval = (self.config.message_retention_ms / 10)
-                .clamp(SWEEP_INTERVAL_MS_MIN, SWEEP_INTERVAL_MS_MAX);
-            self.expiry.next_at_ms = self.now_ms + interval;
+        let retention_ms = self.config.message_retention_ms;
+        if self.expiry.starts(self.now_ms, retention_ms) {
             self.expiry.pending = self
                 .accounts
                 .iter()
@@ -56,13 +73,7 @@ impl Shard {
                 .map(|(&phone, _)| phone)
                 .collect();
         }
-        let start = self
-            .expiry
-            .pending
-            .len()
-            .saturating_sub(SWEEP_ACCOUNTS_PER_TICK);
-        let batch: Vec<Phone> = self.expiry.pending.drain(start..).collect();
-        for owner in batch {
+        for owner in self.expiry.next_batch() {
             self.expire(owner);
         }
     }

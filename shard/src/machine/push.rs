@@ -27,6 +27,7 @@ pub struct Push {
     pub waiting: u64,
 }
 
+/// An account's push token and when it was last used.
 #[derive(Debug)]
 pub(super) struct PushState {
     platform: PushPlatform,
@@ -35,6 +36,60 @@ pub(super) struct PushState {
     /// the interval after it ends.
     sent_at_ms: Option<u64>,
     pending: bool,
+}
+
+/// What to do about something that arrived for an away account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Wake {
+    /// Push now.
+    Now,
+    /// A push is due when the interval ends already: nothing more.
+    Coalesced,
+    /// Within the interval after the last push: one more push is due at
+    /// this time (shard ms), and a timer must be armed for it.
+    At(u64),
+}
+
+impl PushState {
+    fn new(platform: PushPlatform, token: String) -> PushState {
+        PushState {
+            platform,
+            token: token.into(),
+            sent_at_ms: None,
+            pending: false,
+        }
+    }
+
+    /// Something arrived at `now_ms`; pushes are at least `interval_ms`
+    /// apart.
+    pub(super) fn something_waits(&mut self, now_ms: u64, interval_ms: u64) -> Wake {
+        if self.pending {
+            return Wake::Coalesced;
+        }
+        match self.sent_at_ms {
+            Some(sent) if now_ms < sent + interval_ms => {
+                self.pending = true;
+                Wake::At(sent + interval_ms)
+            }
+            _ => Wake::Now,
+        }
+    }
+
+    /// The interval after the last push ended.
+    fn interval_ended(&mut self) {
+        self.pending = false;
+    }
+
+    /// A push goes out at `now_ms` for `phone`, with `waiting` entries.
+    fn sent(&mut self, phone: Phone, waiting: u64, now_ms: u64) -> Push {
+        self.sent_at_ms = Some(now_ms);
+        Push {
+            phone,
+            platform: self.platform,
+            token: self.token.clone(),
+            waiting,
+        }
+    }
 }
 
 impl Shard {
@@ -65,14 +120,7 @@ impl Shard {
 
     fn set_push_token(&mut self, owner: Phone, token: Option<(PushPlatform, String)>) {
         let account = self.accounts.get_mut(&owner).expect("caller checked");
-        account.push = token.map(|(platform, token)| {
-            Box::new(PushState {
-                platform,
-                token: token.into(),
-                sent_at_ms: None,
-                pending: false,
-            })
-        });
+        account.push = token.map(|(platform, token)| Box::new(PushState::new(platform, token)));
     }
 
     /// Something arrived for `owner`, who has no session.
@@ -82,18 +130,14 @@ impl Shard {
         let Some(push) = account.push.as_mut() else {
             return;
         };
-        if push.pending {
-            self.counters.pushes_coalesced += 1;
-            return;
-        }
-        match push.sent_at_ms {
-            Some(sent) if now_ms < sent + interval => {
-                push.pending = true;
+        match push.something_waits(now_ms, interval) {
+            Wake::Now => self.send_push(owner),
+            Wake::Coalesced => self.counters.pushes_coalesced += 1,
+            Wake::At(due_ms) => {
                 self.counters.pushes_coalesced += 1;
-                let tick = (sent + interval).div_ceil(self.config.tick_ms);
+                let tick = due_ms.div_ceil(self.config.tick_ms);
                 self.timers.arm(tick, TimerEvent::Push(owner));
             }
-            _ => self.send_push(owner),
         }
     }
 
@@ -105,7 +149,7 @@ impl Shard {
         let Some(push) = account.push.as_mut() else {
             return;
         };
-        push.pending = false;
+        push.interval_ended();
         if account.session.is_none() && !account.mailbox.is_empty() {
             self.send_push(owner);
         }
@@ -116,13 +160,7 @@ impl Shard {
         let account = self.accounts.get_mut(&owner).expect("caller checked");
         let waiting = account.mailbox.len() as u64;
         let push = account.push.as_mut().expect("caller checked");
-        push.sent_at_ms = Some(now_ms);
-        let request = Push {
-            phone: owner,
-            platform: push.platform,
-            token: push.token.clone(),
-            waiting,
-        };
+        let request = push.sent(owner, waiting, now_ms);
         if self.env.push(request) {
             self.counters.pushes_sent += 1;
         } else {
@@ -162,5 +200,22 @@ impl Shard {
                 token: Some((push.platform, push.token.to_string())),
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pushes_within_the_interval_coalesce_into_one_at_its_end() {
+        let mut push = PushState::new(PushPlatform::Fcm, "t".into());
+        assert_eq!(push.something_waits(0, 100), Wake::Now);
+        let phone = Phone::from_u64(15550000001).unwrap();
+        assert_eq!(push.sent(phone, 1, 0).waiting, 1);
+        assert_eq!(push.something_waits(10, 100), Wake::At(100));
+        assert_eq!(push.something_waits(20, 100), Wake::Coalesced);
+        push.interval_ended();
+        assert_eq!(push.something_waits(150, 100), Wake::Now);
     }
 }
