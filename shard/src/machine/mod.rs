@@ -2,10 +2,28 @@
 //! connections, messages for other shards and records for the journal come
 //! out. No I/O, no clock, no executor.
 //!
-//! Replies that promise durability (`Sent`, `Registered`, and `Stored` answers
-//! to other shards) are held until the journal batch holding their records is
-//! committed: the caller drains records with [`Shard::take_records`], commits
-//! them, then calls [`Shard::committed`].
+//! [`Shard`] is a coordinator over parts that each own their state behind
+//! a narrow API, in the way quinn-proto's `Connection` holds its packet
+//! spaces and streams:
+//!
+//! | part | owns |
+//! |---|---|
+//! | `connections::Connections` | the slab of connections, generations, outboxes, idle deadlines, the woken list |
+//! | `durability::Durability` | records for the next commit, replies held for it, the write-back cache, the journal's state |
+//! | `account::Account` (one per account) | key, mailbox, session, its `WriteBack`, `Social` and `PushState` values, allowances |
+//! | `signup::Signups` | codes sent and the numbers' allowances |
+//! | `anonymous::Anonymous` | what work before login may cost, by source and range |
+//! | `groups::Groups` | groups owned here, post copies for members here, their resend and read tables |
+//! | `social::{Follows, Lookups}` | who follows whom, contact lookups in flight |
+//! | `order::OrderGaps` (two) | conversations waiting for a refused send |
+//! | `expiry::Sweep`, `clock::WallClock`, the timer wheel, the resend table | |
+//!
+//! The handlers that make parts work together live by path: `login` (the
+//! anonymous phase), `messages` (1:1 messages, acks, receipts),
+//! `group_posts` (a group post's travel), `presence` (presence, typing,
+//! contacts, profiles), `push`, `expiry` and `recovery` (restore and
+//! checkpoints). Replies that promise durability are held by `durability`
+//! until the batch holding their records commits.
 
 mod account;
 mod anonymous;
@@ -61,6 +79,10 @@ use crate::{
 /// that refilled.
 const SOURCE_TABLES_PRUNE_MS: u64 = 60_000;
 
+/// Slots of the shard's timer wheel: deadlines farther than this many
+/// ticks ahead wait in their slot for more turns (see `timer_wheel`).
+const TIMER_WHEEL_SLOTS: usize = 4096;
+
 /// What the caller must do after handing a frame to the shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameOutcome {
@@ -80,6 +102,35 @@ enum TimerEvent {
     Push(Phone),
 }
 
+/// One core's share of the service: its accounts, their mailboxes and
+/// connections, the groups it owns, and what it owes the journal.
+///
+/// Its methods are of three kinds:
+///
+/// - **Inputs**, each with the time it happens at (ms on the clock every
+///   shard of the process shares): [`open`](Shard::open) and
+///   [`adopt`](Shard::adopt) a connection, [`handle_frame`](Shard::handle_frame),
+///   [`protocol_error`](Shard::protocol_error), [`flushed`](Shard::flushed),
+///   [`closed`](Shard::closed), [`handle_peer`](Shard::handle_peer),
+///   [`tick`](Shard::tick), [`committed`](Shard::committed),
+///   [`journal_failed`](Shard::journal_failed) and the journal's state
+///   (`set_disk_full`, `set_storage_unavailable`); before any of them,
+///   [`restore`](Shard::restore) for every journal record, then
+///   [`restored`](Shard::restored).
+/// - **Outputs to drain**: [`drain_peer_messages`](Shard::drain_peer_messages)
+///   (to other shards' queues, or back to `handle_peer` for this one),
+///   [`drain_woken`](Shard::drain_woken) then [`take_outbox`](Shard::take_outbox)
+///   per connection, [`take_records`](Shard::take_records) for the next
+///   commit, [`take_clock_note`](Shard::take_clock_note) for the operator.
+/// - **Queries**: `counters`, `queued`, `wants_input`, `is_closing`,
+///   `is_abandoned`, `has_pending_records`, `awaits_next_commit`, ...
+///
+/// After every input the caller drains, in this order: peer messages (so
+/// that answers leave before a connection is woken for them), woken
+/// connections, and, when `has_pending_records`, starts a commit with
+/// `take_records` whose batch number it passes to `committed` once the
+/// records are durable. Nothing is lost by draining late, but replies held
+/// for a commit wait for it.
 pub struct Shard {
     config: ShardConfig,
     env: Box<dyn Env>,
@@ -120,7 +171,7 @@ pub struct Shard {
 
 impl Shard {
     pub fn new(config: ShardConfig, env: Box<dyn Env>, now_ms: u64) -> Shard {
-        let timers = TimerWheel::new(4096, now_ms / config.tick_ms);
+        let timers = TimerWheel::new(TIMER_WHEEL_SLOTS, now_ms / config.tick_ms);
         let dedup = DedupTable::new(config.dedup_ttl_ms, config.dedup_entries_max);
         let config_dedup = (config.dedup_ttl_ms, config.dedup_entries_max);
         let anonymous = anonymous::Anonymous::new(&config, now_ms);
