@@ -108,6 +108,10 @@ impl Mailbox {
 
     pub fn push(&mut self, record: EntryRecord) -> u64 {
         let seq = self.next_seq;
+        debug_assert!(
+            self.entries.back().is_none_or(|last| last.seq + 1 == seq),
+            "mailbox seqs are contiguous"
+        );
         self.next_seq += 1;
         self.bytes += record_bytes(&record);
         self.receipts += usize::from(matches!(record, EntryRecord::Receipt { .. }));
@@ -125,6 +129,8 @@ impl Mailbox {
             self.group_entries -= usize::from(matches!(entry.record, EntryRecord::Group { .. }));
             removed(entry);
         }
+        debug_assert!(self.entries.front().is_none_or(|e| e.seq > up_to));
+        debug_assert!(!self.entries.is_empty() || (self.bytes, self.receipts) == (0, 0));
         if self.entries.is_empty() && self.entries.capacity() > 16 {
             // An emptied mailbox of a once-busy phone should not pin memory.
             self.entries = VecDeque::new();

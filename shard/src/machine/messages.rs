@@ -422,6 +422,10 @@ impl Shard {
         let account = self.accounts.get_mut(&owner)?;
         let wakes = !matches!(entry, EntryRecord::Receipt { .. });
         let seq = account.mailbox.push(entry.clone());
+        debug_assert!(
+            seq > account.write_back.written_put(),
+            "seq {seq} of {owner} is at or below what the journal holds"
+        );
         let session = account.session;
         self.record_mailbox(Record::MailboxPut { owner, seq, entry });
         match session {
