@@ -285,7 +285,7 @@ impl Shard {
             return;
         }
         let (rate, now_ms) = (self.config.login_rate(), self.now_ms);
-        let account = self.accounts.get_mut(&phone).expect("checked above");
+        let account = self.account_mut(phone);
         if let Err(exhausted) = account.logins.take(1, rate, now_ms) {
             // Each login closes the last session, whose socket lives on
             // until it is flushed: a storm of them would hold descriptors.

@@ -119,7 +119,7 @@ impl Shard {
         }
         if matches!(action, GroupAction::Create { .. }) {
             let (rate, now) = (self.config.group_create_rate(), self.now_ms);
-            let account = self.accounts.get_mut(&from).expect("logged in");
+            let account = self.account_mut(from);
             if account.groups_created.take(1, rate, now).is_err() {
                 self.counters.rate_limited += 1;
                 let detail = format!("at most {} new groups a day", rate.tokens);
@@ -232,10 +232,7 @@ impl Shard {
             self.reply_error(id, ErrorKind::BadAck, None, &detail);
             return;
         }
-        let account = self
-            .accounts
-            .get_mut(&owner)
-            .expect("a session has an account");
+        let account = self.account_mut(owner);
         if up_to <= account.mailbox.acked_up_to() {
             // A repeated ack changes nothing, so it writes no record.
             return;
@@ -247,10 +244,7 @@ impl Shard {
     /// Deletes `owner`'s entries up to `up_to`, telling each message's
     /// sender why: `Delivered` (acknowledged) or `Expired`.
     pub(super) fn release_entries(&mut self, owner: Phone, up_to: u64, kind: ReceiptKind) {
-        let account = self
-            .accounts
-            .get_mut(&owner)
-            .expect("caller checked the account");
+        let account = self.account_mut(owner);
         let mut receipts = Vec::new();
         let mut groups_released = Vec::new();
         account.mailbox.ack(up_to, |entry| match entry.record {

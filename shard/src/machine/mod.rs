@@ -832,6 +832,20 @@ impl Shard {
 
     // ---- plumbing ----------------------------------------------------------
 
+    /// The account of `phone`, which the caller knows exists: it has a
+    /// session, or was just found. Accounts are never removed.
+    fn account(&self, phone: Phone) -> &Account {
+        self.accounts
+            .get(&phone)
+            .unwrap_or_else(|| panic!("{phone} has no account"))
+    }
+
+    fn account_mut(&mut self, phone: Phone) -> &mut Account {
+        self.accounts
+            .get_mut(&phone)
+            .unwrap_or_else(|| panic!("{phone} has no account"))
+    }
+
     fn route(&mut self, shard: u16, message: PeerMessage) {
         if shard == self.config.shard_id {
             self.local.push_back(message);

@@ -124,12 +124,12 @@ impl Shard {
     /// going away is not written down: what a phone toggling faster than
     /// its allowance costs is bounded by that allowance.
     pub(super) fn set_presence(&mut self, id: ConnId, owner: Phone, available: bool) {
-        let account = self.accounts.get(&owner).expect("logged in");
+        let account = self.account(owner);
         if account.available == available {
             return;
         }
         let (told, at_ms) = (self.take_quiet_token(id), self.wall_ms());
-        let account = self.accounts.get_mut(&owner).expect("logged in");
+        let account = self.account_mut(owner);
         account.available = available;
         if !available {
             account.last_seen_ms = at_ms;
@@ -196,7 +196,7 @@ impl Shard {
             lookup_rate: self.config.contact_lookup_rate(),
         };
         let now_ms = self.now_ms;
-        let account = self.accounts.get_mut(&owner).expect("logged in");
+        let account = self.account_mut(owner);
         let social = account.social.get_or_insert_default();
         if let Err(refused) = social.sync((full, &add, &remove), limits, now_ms) {
             let kind = match refused {
@@ -247,7 +247,7 @@ impl Shard {
             return Ok(());
         }
         let (rate, now_ms) = (self.config.contact_lookup_rate(), self.now_ms);
-        let account = self.accounts.get_mut(&owner).expect("logged in");
+        let account = self.account_mut(owner);
         let social = account.social.get_or_insert_default();
         match social.charge_strangers((owner, phones), rate, now_ms) {
             Ok(first) => {
@@ -286,7 +286,7 @@ impl Shard {
         if !self.social_writable(id, client_id) {
             return;
         }
-        let account = self.accounts.get_mut(&owner).expect("logged in");
+        let account = self.account_mut(owner);
         let social = account.social.get_or_insert_default();
         social.profile = profile;
         self.record_profile(owner);
@@ -307,7 +307,7 @@ impl Shard {
         if !self.social_writable(id, client_id) {
             return;
         }
-        let account = self.accounts.get_mut(&owner).expect("logged in");
+        let account = self.account_mut(owner);
         account.social.get_or_insert_default().hide_last_seen = hide;
         self.record_profile(owner);
         self.hold_reply(id, &ServerFrame::Done { client_id });
@@ -352,7 +352,7 @@ impl Shard {
 
     /// A session of `owner` began.
     pub(super) fn session_began(&mut self, owner: Phone) {
-        let account = self.accounts.get_mut(&owner).expect("logged in");
+        let account = self.account_mut(owner);
         account.available = true;
         self.presence_changed(owner);
     }
@@ -363,10 +363,7 @@ impl Shard {
             self.unwatch(owner, target);
         }
         let at_ms = self.wall_ms();
-        let account = self
-            .accounts
-            .get_mut(&owner)
-            .expect("the session's account");
+        let account = self.account_mut(owner);
         if account.available {
             account.last_seen_ms = at_ms;
         }
@@ -382,7 +379,7 @@ impl Shard {
         if self.durability.admit().is_err() {
             return;
         }
-        let account = self.accounts.get_mut(&owner).expect("caller checked");
+        let account = self.account_mut(owner);
         let at_ms = account.last_seen_ms;
         account.last_seen_written_ms = at_ms;
         self.durability.record(Record::LastSeen { owner, at_ms });

@@ -119,14 +119,14 @@ impl Shard {
     }
 
     fn set_push_token(&mut self, owner: Phone, token: Option<(PushPlatform, String)>) {
-        let account = self.accounts.get_mut(&owner).expect("caller checked");
+        let account = self.account_mut(owner);
         account.push = token.map(|(platform, token)| Box::new(PushState::new(platform, token)));
     }
 
     /// Something arrived for `owner`, who has no session.
     pub(super) fn something_waits(&mut self, owner: Phone) {
         let (now_ms, interval) = (self.now_ms, self.config.push_interval_ms);
-        let account = self.accounts.get_mut(&owner).expect("caller checked");
+        let account = self.account_mut(owner);
         let Some(push) = account.push.as_mut() else {
             return;
         };
@@ -157,7 +157,7 @@ impl Shard {
 
     fn send_push(&mut self, owner: Phone) {
         let now_ms = self.now_ms;
-        let account = self.accounts.get_mut(&owner).expect("caller checked");
+        let account = self.account_mut(owner);
         let waiting = account.mailbox.len() as u64;
         let push = account.push.as_mut().expect("caller checked");
         let request = push.sent(owner, waiting, now_ms);
