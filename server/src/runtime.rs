@@ -655,54 +655,6 @@ async fn receive(runtime: Rc<Runtime>, receiver: peer_queue::Receiver<Batch>) {
     }
 }
 
-/// What the commit task needs of a journal besides commits: when a
-/// checkpoint is due, and dropping the segments one covers.
-trait Segments {
-    /// No room on the disk for another segment.
-    fn disk_full(&self) -> bool;
-    fn closed_segments(&self) -> usize;
-    fn last_batch(&self) -> u64;
-    async fn remove_through(&mut self, batch: u64) -> Result<usize, String>;
-}
-
-impl Segments for Log<GlommioDisk> {
-    fn disk_full(&self) -> bool {
-        Log::disk_full(self)
-    }
-
-    fn closed_segments(&self) -> usize {
-        Log::closed_segments(self)
-    }
-
-    fn last_batch(&self) -> u64 {
-        Log::last_batch(self)
-    }
-
-    async fn remove_through(&mut self, batch: u64) -> Result<usize, String> {
-        Log::remove_through(self, batch)
-            .await
-            .map_err(|e| e.to_string())
-    }
-}
-
-impl Segments for MemoryJournal {
-    fn disk_full(&self) -> bool {
-        false
-    }
-
-    fn closed_segments(&self) -> usize {
-        0
-    }
-
-    fn last_batch(&self) -> u64 {
-        0
-    }
-
-    async fn remove_through(&mut self, _: u64) -> Result<usize, String> {
-        Ok(0)
-    }
-}
-
 /// Group commit: everything the shard produced since the last commit goes to
 /// the journal as one batch, and the replies that waited for it are released.
 ///
@@ -710,7 +662,7 @@ impl Segments for MemoryJournal {
 /// records right after a batch is taken (so it is exactly the state that
 /// batch leaves), written to a checkpoint file on a blocking thread while
 /// commits go on, and the segments it covers are then deleted.
-async fn commit(runtime: Rc<Runtime>, mut journal: impl Journal + Segments, plan: CheckpointPlan) {
+async fn commit(runtime: Rc<Runtime>, mut journal: impl Journal, plan: CheckpointPlan) {
     let mut checkpointing = false;
     // After a failed checkpoint (a full disk, say), the next waits a while
     // rather than snapshotting the shard on every commit.
@@ -958,7 +910,7 @@ fn start_checkpoint(
 /// (a later checkpoint tries again). False when something failed.
 async fn finish_checkpoint(
     runtime: &Runtime,
-    journal: &mut impl Segments,
+    journal: &mut impl Journal,
     plan: &CheckpointPlan,
     written: Result<CheckpointWritten, String>,
 ) -> bool {

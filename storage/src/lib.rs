@@ -42,14 +42,44 @@ pub enum JournalError {
     Unavailable(String),
 }
 
+/// Deleting a segment that a checkpoint covers failed. Nothing is lost:
+/// the journal is intact, the segment stays until a later call deletes it
+/// (or the next open finds it obsolete), and what it costs is disk space.
+#[derive(Debug, thiserror::Error)]
+#[error("deleting log segment {segment}: {source}")]
+pub struct RemoveError {
+    pub segment: u64,
+    #[source]
+    pub source: std::io::Error,
+}
+
 /// Where a shard's records go.
 ///
 /// `commit` makes a whole batch durable (as the journal's mode defines it)
 /// before it returns; a batch is committed entirely or reported failed.
+/// A journal kept in segments also says when a checkpoint would let some
+/// go (`closed_segments`) and deletes those a durable checkpoint covers
+/// (`remove_through`); one that keeps nothing has no segments to report.
 pub trait Journal {
     /// Makes `records` durable, in order, as one batch.
     #[allow(async_fn_in_trait)] // Shards are single-threaded; no Send bound wanted.
     async fn commit(&mut self, records: &[Record]) -> Result<(), JournalError>;
 
     fn stats(&self) -> JournalStats;
+
+    /// True while the disk has no room for another segment: what is left
+    /// of the current one should go to acknowledgements, not new messages.
+    fn disk_full(&self) -> bool;
+
+    /// Segments written full and closed: what a checkpoint would free.
+    fn closed_segments(&self) -> usize;
+
+    /// Seq of the last batch written (0 before the first): a checkpoint
+    /// captured now holds every batch up to it.
+    fn last_batch(&self) -> u64;
+
+    /// Deletes the closed segments whose batches are all at or before
+    /// `batch` (a durable checkpoint holds them). Returns how many.
+    #[allow(async_fn_in_trait)]
+    async fn remove_through(&mut self, batch: u64) -> Result<usize, RemoveError>;
 }

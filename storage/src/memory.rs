@@ -1,6 +1,6 @@
 //! A journal that keeps nothing: state lives only in the shard's memory.
 
-use crate::{Journal, JournalError, JournalStats, Record};
+use crate::{Journal, JournalError, JournalStats, Record, RemoveError};
 
 /// Commits every batch at once and forgets it. A restart loses everything;
 /// this is the store for benchmarks of the message path alone, and for the
@@ -19,5 +19,23 @@ impl Journal for MemoryJournal {
 
     fn stats(&self) -> JournalStats {
         self.stats
+    }
+
+    /// Never: nothing is written.
+    fn disk_full(&self) -> bool {
+        false
+    }
+
+    /// None: there are no segments, so no checkpoint is ever due.
+    fn closed_segments(&self) -> usize {
+        0
+    }
+
+    fn last_batch(&self) -> u64 {
+        0
+    }
+
+    async fn remove_through(&mut self, _batch: u64) -> Result<usize, RemoveError> {
+        Ok(0)
     }
 }

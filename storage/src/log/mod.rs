@@ -19,7 +19,7 @@ use std::{collections::VecDeque, io};
 use backend::{Backend, SegmentFile};
 use format::{Frame, SegmentHeader, BLOCK_BYTES};
 
-use crate::{Journal, JournalError, JournalStats, Record};
+use crate::{Journal, JournalError, JournalStats, Record, RemoveError};
 
 /// Segment size unless configured otherwise.
 pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024;
@@ -401,11 +401,17 @@ impl<B: Backend> Log<B> {
 
     /// Deletes the closed segments whose batches are all at or before
     /// `batch` (a durable checkpoint holds them). Returns how many.
-    pub async fn remove_through(&mut self, batch: u64) -> Result<usize, LogError> {
+    pub async fn remove_through(&mut self, batch: u64) -> Result<usize, RemoveError> {
         let mut removed = 0;
         while self.segments.len() > 1 && self.segments[1].1 <= batch + 1 {
             let (number, _) = self.segments[0];
-            self.backend.remove(number).await?;
+            self.backend
+                .remove(number)
+                .await
+                .map_err(|source| RemoveError {
+                    segment: number,
+                    source,
+                })?;
             self.segments.pop_front();
             removed += 1;
         }
@@ -454,6 +460,22 @@ impl<B: Backend> Journal for Log<B> {
 
     fn stats(&self) -> JournalStats {
         self.stats
+    }
+
+    fn disk_full(&self) -> bool {
+        Log::disk_full(self)
+    }
+
+    fn closed_segments(&self) -> usize {
+        Log::closed_segments(self)
+    }
+
+    fn last_batch(&self) -> u64 {
+        Log::last_batch(self)
+    }
+
+    async fn remove_through(&mut self, batch: u64) -> Result<usize, RemoveError> {
+        Log::remove_through(self, batch).await
     }
 }
 
