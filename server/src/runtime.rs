@@ -447,10 +447,8 @@ pub(crate) async fn open_journal(
         anyhow::bail!("log {}: {error}", storage.dir.display());
     }
     shard.restored();
-    for (segment, offset, what) in &recovery.salvaged {
-        log::error!(
-            "shard {shard_id}: salvaged past damage in segment {segment} at byte {offset}: {what}"
-        );
+    for salvaged in &recovery.salvaged {
+        log::error!("shard {shard_id}: salvaged past damage in {salvaged}");
     }
     if let Some((segment, offset)) = recovery.torn_tail {
         log::warn!("shard {shard_id}: cut a torn write at segment {segment} byte {offset}");
@@ -832,7 +830,7 @@ const DISK_FULL_CHECK: Duration = Duration::from_secs(1);
 
 /// Tells the shard (and the operator) when the journal runs short of a
 /// resource other than space (`reason`), or has it again (`None`).
-fn note_storage_unavailable(runtime: &Runtime, reason: Option<&str>) {
+fn note_storage_unavailable(runtime: &Runtime, reason: Option<&std::io::Error>) {
     let mut core = runtime.core.borrow_mut();
     if core.is_storage_unavailable() == reason.is_some() {
         return;

@@ -30,7 +30,7 @@ pub enum JournalError {
     /// The journal can no longer promise durability; the shard must stop
     /// acknowledging anything.
     #[error("journal failed and refuses further writes: {0}")]
-    Failed(String),
+    Failed(#[source] log::LogError),
     /// The batch was not written for lack of disk space; the journal is
     /// intact and the same batch may be committed again later.
     #[error("no space on the disk for the journal")]
@@ -39,7 +39,7 @@ pub enum JournalError {
     /// journal prepared room for it (file descriptors, memory); the
     /// journal is intact and the same batch may be committed again later.
     #[error("the journal is short of a resource: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] std::io::Error),
 }
 
 /// Deleting a segment that a checkpoint covers failed. Nothing is lost:

@@ -40,7 +40,10 @@ pub enum CheckpointError {
     #[error("checkpoint I/O: {0}")]
     Io(#[from] io::Error),
     #[error("checkpoint {path}: {reason}")]
-    Damaged { path: PathBuf, reason: String },
+    Damaged {
+        path: PathBuf,
+        reason: CheckpointDamage,
+    },
     #[error(
         "checkpoint {path} was written by shard {found_shard} of {found_count}, \
          but this is shard {shard} of {shard_count}"
@@ -52,6 +55,35 @@ pub enum CheckpointError {
         shard: u16,
         shard_count: u16,
     },
+}
+
+/// What is wrong inside a checkpoint file.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointDamage {
+    #[error("{0}")]
+    HeaderUnreadable(#[source] io::Error),
+    #[error("{0}")]
+    Header(&'static str),
+    #[error("its header says batch {0}")]
+    WrongBatch(u64),
+    #[error("frame {seq}: {source}")]
+    FrameUnreadable {
+        seq: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("frame {seq}: length {length} over the limit")]
+    FrameTooLong { seq: u64, length: usize },
+    #[error("frame {found} where {expected} was expected")]
+    OutOfOrder { found: u64, expected: u64 },
+    #[error("frame {seq} is blank")]
+    Blank { seq: u64 },
+    #[error("frame {seq}: {reason}")]
+    Invalid { seq: u64, reason: &'static str },
+    #[error("{0}")]
+    Records(#[from] format::FormatError),
+    #[error("{found} records where the header says {header}")]
+    RecordCount { found: u64, header: u64 },
 }
 
 impl CheckpointHeader {
@@ -183,14 +215,16 @@ pub fn load(
         return Ok(None);
     };
     let path = dir.join(file_name(batch));
-    let damaged = |reason: String| CheckpointError::Damaged {
+    let damaged = |reason: CheckpointDamage| CheckpointError::Damaged {
         path: path.clone(),
         reason,
     };
     let mut input = BufReader::with_capacity(1 << 20, fs::File::open(&path)?);
     let mut block = vec![0; BLOCK_BYTES];
-    read_exactly(&mut input, &mut block).map_err(|e| damaged(e.to_string()))?;
-    let header = CheckpointHeader::decode(&block).map_err(|r| damaged(r.to_string()))?;
+    read_exactly(&mut input, &mut block)
+        .map_err(|e| damaged(CheckpointDamage::HeaderUnreadable(e)))?;
+    let header =
+        CheckpointHeader::decode(&block).map_err(|r| damaged(CheckpointDamage::Header(r)))?;
     if header.shard != shard || header.shard_count != shard_count {
         return Err(CheckpointError::WrongShard {
             path,
@@ -201,23 +235,24 @@ pub fn load(
         });
     }
     if header.batch != batch {
-        return Err(damaged(format!("its header says batch {}", header.batch)));
+        return Err(damaged(CheckpointDamage::WrongBatch(header.batch)));
     }
     let mut records = 0u64;
     let mut frame = Vec::new();
     for seq in 1..=header.frames {
         frame.resize(BATCH_HEADER_BYTES, 0);
-        read_exactly(&mut input, &mut frame).map_err(|e| damaged(format!("frame {seq}: {e}")))?;
+        let unreadable = |source| damaged(CheckpointDamage::FrameUnreadable { seq, source });
+        read_exactly(&mut input, &mut frame).map_err(unreadable)?;
         let payload = u32::from_le_bytes(frame[4..8].try_into().unwrap()) as usize;
         if payload > format::BATCH_PAYLOAD_BYTES_MAX {
-            return Err(damaged(format!(
-                "frame {seq}: length {payload} over the limit"
-            )));
+            return Err(damaged(CheckpointDamage::FrameTooLong {
+                seq,
+                length: payload,
+            }));
         }
         let total = format::align_up((BATCH_HEADER_BYTES + payload) as u64) as usize;
         frame.resize(total, 0);
-        read_exactly(&mut input, &mut frame[BATCH_HEADER_BYTES..])
-            .map_err(|e| damaged(format!("frame {seq}: {e}")))?;
+        read_exactly(&mut input, &mut frame[BATCH_HEADER_BYTES..]).map_err(unreadable)?;
         match format::parse_frame(&frame) {
             Frame::Batch {
                 seq: found,
@@ -229,20 +264,25 @@ pub fn load(
                     records += 1;
                     each(record);
                 })
-                .map_err(|e| damaged(e.to_string()))?;
+                .map_err(|e| damaged(e.into()))?;
             }
             Frame::Batch { seq: found, .. } => {
-                return Err(damaged(format!("frame {found} where {seq} was expected")))
+                return Err(damaged(CheckpointDamage::OutOfOrder {
+                    found,
+                    expected: seq,
+                }))
             }
-            Frame::Empty => return Err(damaged(format!("frame {seq} is blank"))),
-            Frame::Invalid(reason) => return Err(damaged(format!("frame {seq}: {reason}"))),
+            Frame::Empty => return Err(damaged(CheckpointDamage::Blank { seq })),
+            Frame::Invalid(reason) => {
+                return Err(damaged(CheckpointDamage::Invalid { seq, reason }))
+            }
         }
     }
     if records != header.records {
-        return Err(damaged(format!(
-            "{records} records where the header says {}",
-            header.records
-        )));
+        return Err(damaged(CheckpointDamage::RecordCount {
+            found: records,
+            header: header.records,
+        }));
     }
     Ok(Some(header))
 }

@@ -59,12 +59,26 @@ pub enum FormatError {
     Version(u32),
     #[error("batch payload of {0} bytes exceeds the {BATCH_PAYLOAD_BYTES_MAX}-byte limit")]
     BatchTooLarge(usize),
-    #[error("record {index} of batch {seq}: {detail}")]
+    #[error("record {index} of batch {seq}: {defect}")]
     Record {
         seq: u64,
         index: u32,
-        detail: String,
+        defect: RecordDefect,
     },
+}
+
+/// What is wrong with one record of a checksummed batch (so written wrong,
+/// or by another build).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordDefect {
+    #[error("payload ends inside a length prefix")]
+    PrefixCut,
+    #[error("length prefix out of range")]
+    LengthOutOfRange,
+    #[error("{0}")]
+    Undecodable(postcard::Error),
+    #[error("bytes after the last record")]
+    TrailingBytes,
 }
 
 impl SegmentHeader {
@@ -210,20 +224,17 @@ pub fn decode_records(
 ) -> Result<(), FormatError> {
     let mut rest = payload;
     for index in 0..count {
-        let error = |detail: &str| FormatError::Record {
-            seq,
-            index,
-            detail: detail.to_string(),
-        };
+        let error = |defect| FormatError::Record { seq, index, defect };
         if rest.len() < RECORD_PREFIX_BYTES {
-            return Err(error("payload ends inside a length prefix"));
+            return Err(error(RecordDefect::PrefixCut));
         }
         let length = u32_at(rest, 0) as usize;
         if length > RECORD_BYTES_MAX || length > rest.len() - RECORD_PREFIX_BYTES {
-            return Err(error("length prefix out of range"));
+            return Err(error(RecordDefect::LengthOutOfRange));
         }
         let body = &rest[RECORD_PREFIX_BYTES..RECORD_PREFIX_BYTES + length];
-        let record: Record = postcard::from_bytes(body).map_err(|e| error(&e.to_string()))?;
+        let record: Record =
+            postcard::from_bytes(body).map_err(|e| error(RecordDefect::Undecodable(e)))?;
         each(record);
         rest = &rest[RECORD_PREFIX_BYTES + length..];
     }
@@ -231,7 +242,7 @@ pub fn decode_records(
         return Err(FormatError::Record {
             seq,
             index: count,
-            detail: "bytes after the last record".into(),
+            defect: RecordDefect::TrailingBytes,
         });
     }
     Ok(())

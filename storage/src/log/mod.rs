@@ -90,7 +90,7 @@ pub enum LogError {
     Damaged {
         number: u64,
         offset: u64,
-        reason: String,
+        reason: Damage,
     },
     #[error("the log failed earlier and accepts no more writes")]
     Poisoned,
@@ -106,6 +106,53 @@ pub enum LogError {
     Unavailable(io::Error),
 }
 
+/// What replay found wrong at one place in the log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Damage {
+    /// A segment's header names another segment than its file does.
+    #[error("file is named {file} but its header says {header}")]
+    Misnamed { file: u64, header: u64 },
+    /// A segment does not start with the batch after the last one of the
+    /// segment before it.
+    #[error("segment starts at batch {first}, the one before ended at {previous}")]
+    Discontinuous { first: u64, previous: u64 },
+    /// The log ends before the batch a checkpoint says it holds (a
+    /// checkpoint is taken only after its last batch is durable).
+    #[error("the log ends at batch {last}, before the checkpoint's batch {checkpoint}")]
+    EndsBeforeCheckpoint { last: u64, checkpoint: u64 },
+    /// A whole batch, but not the one that comes next.
+    #[error("batch {found} where {expected} was expected")]
+    OutOfOrder { found: u64, expected: u64 },
+    /// Zeros where the next batch should be, with a batch after them.
+    #[error("unwritten block")]
+    Unwritten,
+    /// Bytes that are not a whole batch (see [`format::parse_frame`]).
+    #[error("{0}")]
+    Invalid(&'static str),
+}
+
+/// Damage that `salvage` skipped, and the batches it took with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Salvaged {
+    pub segment: u64,
+    /// Where in the segment the damage starts, in bytes.
+    pub offset: u64,
+    pub damage: Damage,
+    /// The batches lost: from the one expected at the damage up to (not
+    /// including) the first whole batch found after it.
+    pub lost: std::ops::Range<u64>,
+}
+
+impl std::fmt::Display for Salvaged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "segment {} at byte {}: {}; batches {}..{} lost",
+            self.segment, self.offset, self.damage, self.lost.start, self.lost.end
+        )
+    }
+}
+
 /// What replay found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Recovery {
@@ -115,8 +162,8 @@ pub struct Recovery {
     /// A partial batch at the very end (a write the crash interrupted),
     /// cut off: `(segment, offset)`. Nothing in it had been acknowledged.
     pub torn_tail: Option<(u64, u64)>,
-    /// Damage skipped because of `salvage`: `(segment, offset, reason)`.
-    pub salvaged: Vec<(u64, u64, String)>,
+    /// Damage skipped because of `salvage`.
+    pub salvaged: Vec<Salvaged>,
     /// Segments whose batches a checkpoint already held, deleted on open.
     pub obsolete: u64,
 }
@@ -229,11 +276,10 @@ impl<B: Backend> Log<B> {
                 return Err(LogError::Damaged {
                     number,
                     offset: 0,
-                    reason: format!(
-                        "segment starts at batch {}, the one before ended at {}",
-                        header.first_batch,
-                        expected - 1
-                    ),
+                    reason: Damage::Discontinuous {
+                        first: header.first_batch,
+                        previous: expected - 1,
+                    },
                 });
             }
             recovery.segments += 1;
@@ -260,10 +306,10 @@ impl<B: Backend> Log<B> {
             return Err(LogError::Damaged {
                 number: last,
                 offset: 0,
-                reason: format!(
-                    "the log ends at batch {}, before the checkpoint's batch {checkpoint}",
-                    next_seq - 1
-                ),
+                reason: Damage::EndsBeforeCheckpoint {
+                    last: next_seq - 1,
+                    checkpoint,
+                },
             });
         }
         let Some((segment, mut file, end, tail_bytes)) = tail else {
@@ -453,8 +499,8 @@ impl<B: Backend> Journal for Log<B> {
         match self.append(records).await {
             Ok(()) => Ok(()),
             Err(LogError::NoSpace) => Err(JournalError::NoSpace),
-            Err(LogError::Unavailable(error)) => Err(JournalError::Unavailable(error.to_string())),
-            Err(error) => Err(JournalError::Failed(error.to_string())),
+            Err(LogError::Unavailable(error)) => Err(JournalError::Unavailable(error)),
+            Err(error) => Err(JournalError::Failed(error)),
         }
     }
 
@@ -493,10 +539,10 @@ fn check_header(config: &LogConfig, number: u64, header: &SegmentHeader) -> Resu
         return Err(LogError::Damaged {
             number,
             offset: 0,
-            reason: format!(
-                "file is named {number} but its header says {}",
-                header.number
-            ),
+            reason: Damage::Misnamed {
+                file: number,
+                header: header.number,
+            },
         });
     }
     Ok(())
@@ -548,9 +594,12 @@ fn replay_segment(
                 offset += frame_bytes;
                 continue;
             }
-            Frame::Batch { seq, .. } => format!("batch {seq} where {expected} was expected"),
-            Frame::Empty => "unwritten block".to_string(),
-            Frame::Invalid(reason) => reason.to_string(),
+            Frame::Batch { seq, .. } => Damage::OutOfOrder {
+                found: seq,
+                expected,
+            },
+            Frame::Empty => Damage::Unwritten,
+            Frame::Invalid(reason) => Damage::Invalid(reason),
         };
         // Not a batch we can use. If a later batch is whole, the log was
         // damaged in the middle; if nothing whole follows, this is where the
@@ -579,11 +628,12 @@ fn replay_segment(
                         reason,
                     });
                 }
-                recovery.salvaged.push((
-                    number,
-                    offset as u64,
-                    format!("{reason}; batches {expected}..{found_seq} lost"),
-                ));
+                recovery.salvaged.push(Salvaged {
+                    segment: number,
+                    offset: offset as u64,
+                    damage: reason,
+                    lost: expected..found_seq,
+                });
                 offset = found_at;
                 expected = found_seq;
             }
