@@ -1,0 +1,398 @@
+//! Group commit and checkpoints.
+//!
+//! The commit task takes everything the shard recorded since the last
+//! commit as one batch, makes it durable, and tells the shard, which
+//! releases the replies that waited for it. [`Commits`] is what the rest of
+//! the runtime sees of that: which commit covers what is recorded now,
+//! how many are done, whether the one in flight is stalled, and who waits.
+//!
+//! Once enough segments are closed, the shard's state is captured as
+//! records right after a batch is taken (so it is exactly the state that
+//! batch leaves), written to a checkpoint file on a blocking thread while
+//! commits go on, and the segments it covers are then deleted.
+
+use std::{
+    cell::{Cell, RefCell},
+    io,
+    path::PathBuf,
+    rc::Rc,
+    task::Waker,
+    time::{Duration, Instant},
+};
+
+use storage::{log::checkpoint, Journal, JournalError, JournalStats, Record};
+
+use super::{Runtime, Signal, StorageSetup};
+
+/// How long after a failed checkpoint the next is tried.
+const CHECKPOINT_RETRY_MS: u64 = 10_000;
+
+/// How often a commit waiting for room (or a resource) is tried again, and
+/// a full disk looked at again: freed space is found within this, and a
+/// stalled shard costs one attempt per interval.
+pub const DISK_FULL_CHECK_MS: u64 = 1_000;
+
+/// The commits as the rest of the runtime sees them.
+#[derive(Default)]
+pub struct Commits {
+    /// Raised when records wait (or a checkpoint was written): the commit
+    /// task has work.
+    signal: Signal,
+    /// Commits begun and finished (or given up on, once the journal failed).
+    started: Cell<u64>,
+    done: Cell<u64>,
+    /// The commit in flight is waiting to be retried (a full disk, a
+    /// resource short): connections stop holding their bytes for it.
+    stalled: Cell<bool>,
+    /// Connections holding their bytes until a commit finishes; drained
+    /// (and woken) after every commit, each task on it at most once.
+    holding: RefCell<Vec<Waker>>,
+    /// The journal's own counters as of the last commit.
+    journal_stats: Cell<JournalStats>,
+}
+
+impl Commits {
+    /// Records wait: the commit task takes them as soon as it can.
+    pub fn request(&self) {
+        self.signal.raise();
+    }
+
+    /// The commit that makes durable everything recorded so far: the next
+    /// one if something awaits a commit not yet begun (`awaits_next`), else
+    /// the one in flight (done already if none).
+    pub fn covering_now(&self, awaits_next: bool) -> u64 {
+        if awaits_next {
+            self.started.get() + 1
+        } else {
+            self.started.get()
+        }
+    }
+
+    /// Commits finished.
+    pub fn done(&self) -> u64 {
+        self.done.get()
+    }
+
+    /// True while the commit in flight waits to be retried.
+    pub fn is_stalled(&self) -> bool {
+        self.stalled.get()
+    }
+
+    /// Wakes `waker` when the next commit finishes (or stalls).
+    pub fn hold(&self, waker: Waker) {
+        self.holding.borrow_mut().push(waker);
+    }
+
+    /// True while a commit begun has not finished: what it holds is not
+    /// yet written.
+    pub fn in_flight(&self) -> bool {
+        self.done.get() < self.started.get()
+    }
+
+    pub fn journal_stats(&self) -> JournalStats {
+        self.journal_stats.get()
+    }
+
+    fn begin(&self) {
+        self.started.set(self.started.get() + 1);
+    }
+
+    /// The commit in flight cannot finish for now: connections holding
+    /// their bytes for it write them.
+    fn stall(&self) {
+        if !self.stalled.replace(true) {
+            for waker in self.holding.borrow_mut().drain(..) {
+                waker.wake();
+            }
+        }
+    }
+
+    fn finish(&self) {
+        self.stalled.set(false);
+        self.done.set(self.done.get() + 1);
+        for waker in self.holding.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+}
+
+/// When and where the commit task writes checkpoints.
+pub struct CheckpointPlan {
+    dir: PathBuf,
+    shard: u16,
+    shard_count: u16,
+    /// Closed segments that call for one.
+    segments: usize,
+}
+
+impl CheckpointPlan {
+    pub fn new(storage: &StorageSetup) -> CheckpointPlan {
+        CheckpointPlan {
+            dir: storage.dir.clone(),
+            shard: storage.log.shard,
+            shard_count: storage.log.shard_count,
+            segments: storage.checkpoint_segments,
+        }
+    }
+}
+
+/// The commit task's checkpoints: at most one written at a time.
+struct Checkpoints {
+    plan: CheckpointPlan,
+    /// Set while one is written off the executor.
+    writing: bool,
+    /// After a failed checkpoint (a full disk, say), the next waits a while
+    /// rather than snapshotting the shard on every commit.
+    not_before: Instant,
+    /// The checkpoint written off the executor, reported back here: the
+    /// batch it covers, or why it failed.
+    written: Rc<RefCell<Option<io::Result<CheckpointWritten>>>>,
+}
+
+struct CheckpointWritten {
+    batch: u64,
+    records: usize,
+    bytes: u64,
+    started: Instant,
+}
+
+/// Group commit: everything the shard produced since the last commit goes to
+/// the journal as one batch, and the replies that waited for it are released.
+pub async fn commit(runtime: Rc<Runtime>, mut journal: impl Journal, plan: CheckpointPlan) {
+    let mut checkpoints = Checkpoints {
+        plan,
+        writing: false,
+        not_before: Instant::now(),
+        written: Rc::default(),
+    };
+    // A disk found full at start refuses messages from the first one on,
+    // rather than taking one into a commit that cannot be written.
+    note_disk_full(&runtime, journal.disk_full());
+    loop {
+        wait_for_work(&runtime).await;
+        note_disk_full(&runtime, journal.disk_full());
+        checkpoints.finish_written(&runtime, &mut journal).await;
+        let due = checkpoints.is_due(journal.closed_segments());
+        let (batch, records, snapshot) = runtime.with_shard_no_outputs(|shard| {
+            let (batch, records) = shard.take_records();
+            (batch, records, due.then(|| shard.checkpoint()))
+        });
+        runtime.commits.begin();
+        match write_batch(&runtime, &mut journal, &records).await {
+            Ok(()) => {
+                runtime.with_shard(|shard| {
+                    shard.committed(batch);
+                    shard.recycle_records(records);
+                    runtime.commits.finish();
+                    runtime.commits.journal_stats.set(journal.stats());
+                });
+                if let Some(snapshot) = snapshot {
+                    checkpoints.start(&runtime, journal.last_batch(), snapshot);
+                }
+            }
+            Err(error) => return refuse_durable_work(&runtime, error).await,
+        }
+    }
+}
+
+/// Waits until records wait (or a checkpoint was written). While the disk
+/// is full it also looks again now and then: space may have been freed.
+async fn wait_for_work(runtime: &Runtime) {
+    let signal = &runtime.commits.signal;
+    if runtime.shard().is_disk_full() {
+        futures_lite::future::or(signal.wait(), async {
+            glommio::timer::sleep(Duration::from_millis(DISK_FULL_CHECK_MS)).await;
+        })
+        .await;
+    } else {
+        signal.wait().await;
+    }
+}
+
+/// Commits `records`. Nothing of the batch was written and the log is
+/// intact when it is refused for want of room (or of a resource): the same
+/// records go again until they go through. Their replies wait; meanwhile
+/// no new message is accepted, so only acks pile up.
+async fn write_batch(
+    runtime: &Runtime,
+    journal: &mut impl Journal,
+    records: &[Record],
+) -> Result<(), JournalError> {
+    let mut result = journal.commit(records).await;
+    loop {
+        match &result {
+            Err(JournalError::NoSpace) => note_disk_full(runtime, true),
+            Err(JournalError::Unavailable(reason)) => {
+                note_storage_unavailable(runtime, Some(reason));
+            }
+            _ => break,
+        }
+        runtime.commits.stall();
+        glommio::timer::sleep(Duration::from_millis(DISK_FULL_CHECK_MS)).await;
+        result = journal.commit(records).await;
+    }
+    if result.is_ok() {
+        note_storage_unavailable(runtime, None);
+    }
+    result
+}
+
+/// The journal failed. Without durability nothing may be acknowledged
+/// again: the shard refuses sends and signups from now on, and what it
+/// still records is dropped here rather than piling up. Never returns.
+async fn refuse_durable_work(runtime: &Runtime, error: JournalError) {
+    log::error!(
+        "shard {}: {error}; refusing new messages and signups until restarted",
+        runtime.shard_id
+    );
+    runtime.with_shard(|shard| {
+        shard.journal_failed();
+        runtime.commits.finish();
+    });
+    loop {
+        runtime.commits.signal.wait().await;
+        runtime.commits.begin();
+        let (_, records) = runtime.with_shard_no_outputs(|shard| shard.take_records());
+        drop(records);
+        runtime.commits.finish();
+    }
+}
+
+/// Tells the shard (and the operator) when the journal runs short of a
+/// resource other than space (`reason`), or has it again (`None`).
+fn note_storage_unavailable(runtime: &Runtime, reason: Option<&io::Error>) {
+    let changed = runtime.with_shard_no_outputs(|shard| {
+        let changed = shard.is_storage_unavailable() != reason.is_some();
+        if changed {
+            shard.set_storage_unavailable(reason.is_some());
+        }
+        changed
+    });
+    if !changed {
+        return;
+    }
+    match reason {
+        Some(reason) => log::warn!(
+            "shard {}: {reason}; refusing new messages and signups (Overloaded) and \
+             trying again every {DISK_FULL_CHECK_MS} ms",
+            runtime.shard_id,
+        ),
+        None => log::warn!(
+            "shard {}: the journal has what it needs again; accepting messages",
+            runtime.shard_id
+        ),
+    }
+}
+
+/// Tells the shard (and the operator) when the disk fills up or has room
+/// again.
+fn note_disk_full(runtime: &Runtime, full: bool) {
+    let changed = runtime.with_shard_no_outputs(|shard| {
+        let changed = shard.is_disk_full() != full;
+        if changed {
+            shard.set_disk_full(full);
+        }
+        changed
+    });
+    if !changed {
+        return;
+    }
+    if full {
+        log::error!(
+            "shard {}: the disk has no room for another log segment; refusing new \
+             messages and signups until it has (acknowledgements go on)",
+            runtime.shard_id
+        );
+    } else {
+        log::warn!(
+            "shard {}: the disk has room again; accepting messages",
+            runtime.shard_id
+        );
+    }
+}
+
+impl Checkpoints {
+    /// A checkpoint is due: none is being written, enough segments are
+    /// closed, and the last failure was long enough ago.
+    fn is_due(&self, closed_segments: usize) -> bool {
+        !self.writing && closed_segments >= self.plan.segments && Instant::now() >= self.not_before
+    }
+
+    /// Writes `snapshot`, the state after log batch `batch`, on a blocking
+    /// thread; the commit task hears of the result through `written`.
+    fn start(&mut self, runtime: &Rc<Runtime>, batch: u64, snapshot: Vec<Record>) {
+        self.writing = true;
+        let runtime = runtime.clone();
+        let written = self.written.clone();
+        let dir = self.plan.dir.clone();
+        let (shard, shard_count) = (self.plan.shard, self.plan.shard_count);
+        glommio::spawn_local(async move {
+            let started = Instant::now();
+            let records = snapshot.len();
+            let result = glommio::executor()
+                .spawn_blocking(move || {
+                    checkpoint::write(&dir, shard, shard_count, batch, &snapshot)
+                })
+                .await;
+            *written.borrow_mut() = Some(result.map(|bytes| CheckpointWritten {
+                batch,
+                records,
+                bytes,
+                started,
+            }));
+            runtime.commits.request();
+        })
+        .detach();
+    }
+
+    /// If a checkpoint was written, finishes it; after a failure the next
+    /// waits `CHECKPOINT_RETRY_MS`.
+    async fn finish_written(&mut self, runtime: &Runtime, journal: &mut impl Journal) {
+        let written = self.written.borrow_mut().take();
+        if let Some(written) = written {
+            self.writing = false;
+            if !self.finish(runtime, journal, written).await {
+                self.not_before = Instant::now() + Duration::from_millis(CHECKPOINT_RETRY_MS);
+            }
+        }
+    }
+
+    /// A checkpoint is durable: the segments and older checkpoints it covers
+    /// go. A failure here costs disk space, not data, so it is only logged
+    /// (a later checkpoint tries again). False when something failed.
+    async fn finish(
+        &self,
+        runtime: &Runtime,
+        journal: &mut impl Journal,
+        written: io::Result<CheckpointWritten>,
+    ) -> bool {
+        let shard = runtime.shard_id;
+        let written = match written {
+            Ok(written) => written,
+            Err(error) => {
+                log::error!("shard {shard}: writing a checkpoint failed: {error}");
+                return false;
+            }
+        };
+        let removed = match journal.remove_through(written.batch).await {
+            Ok(removed) => removed,
+            Err(error) => {
+                log::error!("shard {shard}: deleting segments a checkpoint covers: {error}");
+                return false;
+            }
+        };
+        if let Err(error) = checkpoint::remove_older(&self.plan.dir, written.batch) {
+            log::error!("shard {shard}: deleting old checkpoints: {error}");
+        }
+        runtime.with_shard_no_outputs(|shard| shard.checkpoint_finished());
+        log::info!(
+            "shard {shard}: checkpoint after batch {}: {} records, {} bytes in {:.3} s; \
+             {removed} segments deleted",
+            written.batch,
+            written.records,
+            written.bytes,
+            written.started.elapsed().as_secs_f64()
+        );
+        true
+    }
+}

@@ -1,0 +1,511 @@
+//! The connection task: one hand-written future per connection that reads
+//! frames into the shard, writes the connection's outbox out, hands the
+//! connection over to its home shard, and lingers once it is closed.
+//!
+//! [`ConnectionTasks`] is what the tasks of one shard share: the waker of
+//! each (so the shard's wake-ups reach it), the one read buffer, and the
+//! counts of live and lingering tasks.
+
+use std::{
+    cell::{Cell, RefCell, RefMut},
+    future::Future,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    pin::Pin,
+    rc::Rc,
+    task::{Context, Poll, Waker},
+    time::Duration,
+};
+
+use ahash::AHashMap;
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+use shard::{ConnId, FrameOutcome};
+use wire::{decode_client, split_frame, ErrorKind, FrameError, FRAME_BYTES_MAX};
+
+use super::{links::Adoption, Runtime};
+use crate::transport::Transport;
+
+/// Bytes read from a socket per call, into the shard's one scratch buffer:
+/// an idle connection holds no read buffer at all.
+const READ_SCRATCH_BYTES: usize = 64 * 1024;
+
+/// How long a closing connection keeps reading (and discarding) so that its
+/// last frames are not destroyed by a reset.
+const LINGER_MS: u64 = 1_000;
+
+/// Closed connections a shard lets linger at once (see `ConnTask::linger`),
+/// and never more than a quarter of its places for anonymous connections.
+const LINGERING_MAX: usize = 64;
+
+/// What a lingering socket reads into (and discards) per call: it only
+/// waits for the phone to close, so one small buffer on the task's stack.
+const LINGER_READ_BYTES: usize = 512;
+
+/// What the connection tasks of one shard share.
+pub struct ConnectionTasks {
+    /// Each live task's waker, for the wake-ups the shard asks for.
+    wakers: RefCell<AHashMap<ConnId, Waker>>,
+    /// Connections the shard woke, noted while it is borrowed and woken
+    /// after (kept to reuse its memory).
+    woken: RefCell<Vec<ConnId>>,
+    /// The one read buffer: reads go here within a single poll.
+    scratch: RefCell<Vec<u8>>,
+    /// Connection tasks alive on this shard.
+    live: Cell<usize>,
+    /// Closed sockets still lingering (`LINGERING_MAX` at most).
+    lingering: Cell<usize>,
+}
+
+impl ConnectionTasks {
+    pub fn new() -> ConnectionTasks {
+        ConnectionTasks {
+            wakers: RefCell::new(AHashMap::new()),
+            woken: RefCell::new(Vec::new()),
+            scratch: RefCell::new(vec![0; READ_SCRATCH_BYTES]),
+            live: Cell::new(0),
+            lingering: Cell::new(0),
+        }
+    }
+
+    /// Connection tasks alive on this shard.
+    pub fn live(&self) -> usize {
+        self.live.get()
+    }
+
+    /// Notes connections the shard woke; [`ConnectionTasks::wake_noted`]
+    /// wakes their tasks once the shard is no longer borrowed.
+    pub fn note_woken(&self, ids: impl IntoIterator<Item = ConnId>) {
+        self.woken.borrow_mut().extend(ids);
+    }
+
+    pub fn wake_noted(&self) {
+        let wakers = self.wakers.borrow();
+        for id in self.woken.borrow_mut().drain(..) {
+            if let Some(waker) = wakers.get(&id) {
+                waker.wake_by_ref();
+            }
+        }
+    }
+
+    /// Keeps the waker of `id`'s task for the shard's wake-ups.
+    fn register(&self, id: ConnId, waker: &Waker) {
+        let mut wakers = self.wakers.borrow_mut();
+        let entry = wakers.entry(id).or_insert_with(|| waker.clone());
+        if !entry.will_wake(waker) {
+            *entry = waker.clone();
+        }
+    }
+
+    fn scratch(&self) -> RefMut<'_, Vec<u8>> {
+        self.scratch.borrow_mut()
+    }
+
+    /// A task has ended.
+    fn ended(&self, id: ConnId) {
+        self.wakers.borrow_mut().remove(&id);
+        self.live.set(self.live.get() - 1);
+    }
+
+    /// Takes a place to linger, if one of `max` is free.
+    fn start_lingering(&self, max: usize) -> bool {
+        if self.lingering.get() >= max {
+            return false;
+        }
+        self.lingering.set(self.lingering.get() + 1);
+        true
+    }
+
+    fn stop_lingering(&self) {
+        self.lingering.set(self.lingering.get() - 1);
+    }
+}
+
+/// Starts the task of connection `id`; `pending` holds plaintext already
+/// read (by the shard it came from) and not yet handled.
+pub fn spawn_connection(
+    runtime: &Rc<Runtime>,
+    id: ConnId,
+    stream: TcpStream,
+    transport: Transport,
+    pending: Vec<u8>,
+) {
+    let tasks = &runtime.connections;
+    tasks.live.set(tasks.live.get() + 1);
+    let task = ConnTask {
+        runtime: runtime.clone(),
+        id,
+        stream: Some(stream),
+        transport: Some(transport),
+        replay: !pending.is_empty(),
+        inbox: pending,
+        tx: Vec::new(),
+        tx_written: 0,
+        polls: 0,
+        flush_after: None,
+        hold_until: None,
+        held_at: None,
+        handover_to: None,
+        paused_on: None,
+        blocked_at: None,
+    };
+    glommio::spawn_local(task).detach();
+}
+
+/// One connection: reads frames into the shard, writes its outbox out.
+struct ConnTask {
+    runtime: Rc<Runtime>,
+    id: ConnId,
+    stream: Option<TcpStream>,
+    transport: Option<Transport>,
+    /// Plaintext read but not yet handled: a partial frame, or frames that
+    /// wait for a handover. Empty (and unallocated) while idle.
+    inbox: Vec<u8>,
+    /// Handle `inbox` before reading: it holds frames from another shard.
+    replay: bool,
+    /// Bytes for the socket, and how many of them are written.
+    tx: Vec<u8>,
+    tx_written: usize,
+    /// Times this task has been polled.
+    polls: u64,
+    /// Set to `polls` when outbox bytes were first seen: they are written on
+    /// a later poll, after the tasks already queued this round have run and
+    /// perhaps added more for this phone, so that one send carries them all.
+    flush_after: Option<u64>,
+    /// Set when outbox bytes were first seen while a commit was pending or
+    /// in flight: they wait for that commit, so that the `Sent` replies it
+    /// releases leave in the same write as the deliveries.
+    hold_until: Option<u64>,
+    /// `commits_done` when this task's waker went on the holding list.
+    held_at: Option<u64>,
+    handover_to: Option<u16>,
+    paused_on: Option<u16>,
+    /// The drain count of `paused_on`'s link when this task's waker went on
+    /// its blocked list.
+    blocked_at: Option<u64>,
+}
+
+enum Step {
+    Progress,
+    Idle,
+    Done,
+}
+
+impl Future for ConnTask {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        this.polls += 1;
+        this.runtime.connections.register(this.id, cx.waker());
+        loop {
+            let step = this.step(cx);
+            match step {
+                Step::Progress => continue,
+                Step::Idle => return Poll::Pending,
+                Step::Done => {
+                    this.finish();
+                    return Poll::Ready(());
+                }
+            }
+        }
+    }
+}
+
+impl ConnTask {
+    fn step(&mut self, cx: &mut Context<'_>) -> Step {
+        if self.runtime.shard().is_abandoned(self.id) {
+            // Closing, and the phone did not take its last bytes in time.
+            return Step::Done;
+        }
+        let mut progress = false;
+        match self.write(cx) {
+            Err(()) => return Step::Done,
+            Ok(wrote) => progress |= wrote,
+        }
+        let all_written =
+            self.tx_written == self.tx.len() && self.runtime.shard().outbox_len(self.id) == 0;
+        if all_written {
+            if let Some(shard) = self.handover_to {
+                self.hand_over(shard);
+                return Step::Done;
+            }
+            if self.runtime.shard().is_closing(self.id) {
+                self.linger();
+                return Step::Done;
+            }
+        }
+        let wants_input = self.handover_to.is_none() && self.runtime.shard().wants_input(self.id);
+        if self.replay && wants_input {
+            self.replay = false;
+            let inbox = std::mem::take(&mut self.inbox);
+            self.handle_bytes(&inbox);
+            return Step::Progress;
+        }
+        if let Some(destination) = self.paused_on {
+            let links = &self.runtime.links;
+            if links.is_congested(destination) {
+                // Polled again while paused (say, to write a delivery): the
+                // waker is already on the list unless it was drained since.
+                if self.blocked_at != Some(links.drains(destination)) {
+                    links.wake_when_drained(destination, cx.waker().clone());
+                    self.blocked_at = Some(links.drains(destination));
+                }
+                return if progress { Step::Progress } else { Step::Idle };
+            }
+            self.paused_on = None;
+            self.blocked_at = None;
+        }
+        if wants_input {
+            match self.read(cx) {
+                Err(()) => return Step::Done,
+                Ok(read) => progress |= read,
+            }
+        }
+        if progress {
+            Step::Progress
+        } else {
+            Step::Idle
+        }
+    }
+
+    /// Reads what the socket has into the shard's scratch buffer and
+    /// handles it. Err when the connection must end now.
+    fn read(&mut self, cx: &mut Context<'_>) -> Result<bool, ()> {
+        let runtime = self.runtime.clone();
+        let mut scratch = runtime.connections.scratch();
+        let stream = self.stream.as_mut().expect("present until done");
+        match Pin::new(stream).poll_read(cx, &mut scratch[..]) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Err(()),
+            Poll::Ready(Ok(n)) if self.ingest(&scratch[..n]) => Err(()),
+            Poll::Ready(Ok(_)) => Ok(true),
+            Poll::Pending => Ok(false),
+        }
+    }
+
+    /// Decrypts (if TLS) and handles socket bytes. Returns true when the
+    /// connection must end now.
+    fn ingest(&mut self, bytes: &[u8]) -> bool {
+        let transport = self.transport.as_mut().expect("present until done");
+        if matches!(transport, Transport::Plain) && self.inbox.is_empty() {
+            // The common case: whole frames straight from the scratch buffer.
+            self.handle_bytes(bytes);
+            return false;
+        }
+        let mut inbox = std::mem::take(&mut self.inbox);
+        match transport.ingest(bytes, &mut inbox) {
+            Ok(peer_closed) => {
+                self.handle_bytes(&inbox);
+                peer_closed
+            }
+            Err(error) => {
+                log::debug!("closing a connection: {error}");
+                true
+            }
+        }
+    }
+
+    /// Handles every whole frame in `bytes`; keeps the rest in `inbox`.
+    fn handle_bytes(&mut self, bytes: &[u8]) {
+        let runtime = self.runtime.clone();
+        let (rest, congested) =
+            runtime.with_shard_congested(|shard| self.handle_frames(shard, bytes));
+        self.inbox.clear();
+        self.inbox.extend_from_slice(rest);
+        if self.inbox.is_empty() {
+            self.inbox = Vec::new();
+        } else if !self.replay {
+            // Frames left because of backpressure are handled again once the
+            // outbox drains.
+            self.replay = self.handover_to.is_none()
+                && split_frame(rest, FRAME_BYTES_MAX).ok().flatten().is_some();
+        }
+        if let Some(destination) = congested {
+            self.paused_on = Some(destination);
+        }
+    }
+
+    /// Hands the whole frames at the start of `bytes` to the shard, until
+    /// the connection moves away or wants no more input; returns the rest.
+    fn handle_frames<'a>(&mut self, shard: &mut shard::Shard, bytes: &'a [u8]) -> &'a [u8] {
+        let mut rest = bytes;
+        loop {
+            if self.handover_to.is_some() || !shard.wants_input(self.id) {
+                // Moving away, closing, or the reply backlog is over its
+                // limit: keep the rest for later.
+                return rest;
+            }
+            let raw = match split_frame(rest, FRAME_BYTES_MAX) {
+                Ok(Some(raw)) => raw,
+                Ok(None) => return rest,
+                Err(error) => {
+                    let kind = match error {
+                        FrameError::TooLarge { .. } => ErrorKind::FrameTooLarge,
+                        FrameError::Empty => ErrorKind::Malformed,
+                    };
+                    shard.protocol_error(self.id, kind, error.to_string());
+                    return &[];
+                }
+            };
+            let frame = match decode_client(raw.payload) {
+                Ok(frame) => frame,
+                Err(error) => {
+                    shard.protocol_error(self.id, ErrorKind::Malformed, error.to_string());
+                    return &[];
+                }
+            };
+            match shard.handle_frame(self.id, frame, self.runtime.now_ms()) {
+                FrameOutcome::Continue => rest = &rest[raw.consumed..],
+                FrameOutcome::HandOver { shard } => self.handover_to = Some(shard),
+            }
+        }
+    }
+
+    /// Writes pending bytes; refills from the outbox. Err when the socket failed.
+    fn write(&mut self, cx: &mut Context<'_>) -> Result<bool, ()> {
+        let mut progress = false;
+        loop {
+            if self.tx_written == self.tx.len() {
+                let outbox_len = self.runtime.shard().outbox_len(self.id);
+                let transport = self.transport.as_mut().expect("present until done");
+                if outbox_len == 0 && !transport.wants_write() {
+                    if self.tx.capacity() > 0 {
+                        self.tx = Vec::new();
+                        self.tx_written = 0;
+                    }
+                    return Ok(progress);
+                }
+                let runtime = &self.runtime;
+                let done = runtime.commits.done();
+                // While the commit waits for the disk (or a resource), what
+                // the outbox holds promises nothing durable (`Sent` waits
+                // in the shard): it goes out rather than wait with it.
+                let needed = match runtime.commits.is_stalled() {
+                    true => 0,
+                    false => *self
+                        .hold_until
+                        .get_or_insert_with(|| runtime.commit_covering_now()),
+                };
+                if needed > done {
+                    if self.held_at != Some(done) {
+                        runtime.commits.hold(cx.waker().clone());
+                        self.held_at = Some(done);
+                    }
+                    return Ok(progress);
+                }
+                let waited = needed > 0 && self.held_at.is_some();
+                self.hold_until = None;
+                self.held_at = None;
+                match self.flush_after {
+                    _ if waited => self.flush_after = None,
+                    Some(poll) if poll < self.polls => self.flush_after = None,
+                    Some(_) => return Ok(progress),
+                    None => {
+                        // Go to the back of the run queue once; the outbox
+                        // stays in the shard, so it can still grow.
+                        self.flush_after = Some(self.polls);
+                        cx.waker().wake_by_ref();
+                        return Ok(progress);
+                    }
+                }
+                let id = self.id;
+                let outbox = runtime.with_shard_no_outputs(|shard| shard.take_outbox(id));
+                self.tx.clear();
+                self.tx_written = 0;
+                if let Err(error) = transport.seal(outbox, &mut self.tx) {
+                    log::debug!("sealing failed: {error}");
+                    return Err(());
+                }
+                // Room in the outbox again: let the shard feed the mailbox in.
+                runtime.with_shard(|shard| shard.flushed(id));
+            }
+            let stream = self.stream.as_mut().expect("present until done");
+            match Pin::new(stream).poll_write(cx, &self.tx[self.tx_written..]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(()),
+                Poll::Ready(Ok(n)) => {
+                    self.tx_written += n;
+                    progress = true;
+                }
+                Poll::Pending => return Ok(progress),
+            }
+        }
+    }
+
+    /// Moves this connection, with its TLS state and unread frames, to its
+    /// home shard. Everything queued for the phone has been written.
+    fn hand_over(&mut self, shard: u16) {
+        let id = self.id;
+        // Only a connection that has not logged in moves: removing it
+        // cancels a timer and makes no outputs.
+        let Some(snapshot) = self.runtime.with_shard_no_outputs(|s| s.hand_over(id)) else {
+            return;
+        };
+        let stream = self.stream.take().expect("present until done");
+        // The stream's own fd closes with it; the duplicate travels.
+        // SAFETY: dup of a valid fd we own; the result is checked.
+        let duplicate = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+        drop(stream);
+        if duplicate < 0 {
+            log::warn!("handover failed: {}", std::io::Error::last_os_error());
+            return;
+        }
+        // SAFETY: `duplicate` is a fresh fd that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(duplicate) };
+        let tls = match self.transport.take() {
+            Some(Transport::Tls(tls)) => Some(tls),
+            _ => None,
+        };
+        let pending = std::mem::take(&mut self.inbox);
+        let adoption = Adoption {
+            fd,
+            tls,
+            snapshot,
+            pending,
+        };
+        self.runtime.links.stage_adoption(shard, adoption);
+    }
+
+    /// Half-closes and keeps reading briefly, so that the phone receives the
+    /// final frames instead of a reset caused by bytes it sent meanwhile.
+    fn linger(&mut self) {
+        let Some(stream) = self.stream.take() else {
+            return;
+        };
+        // SAFETY: shutdown on a valid socket fd has no memory effects.
+        unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_WR) };
+        // A lingering socket counts against no connection bound: past a
+        // few, closing connections close at once (a flood of them must not
+        // take the descriptors phones need).
+        let prelogin_max = self.runtime.shard().config().prelogin_connections_max;
+        let lingering_max = LINGERING_MAX.min((prelogin_max / 4).max(1));
+        if !self.runtime.connections.start_lingering(lingering_max) {
+            return;
+        }
+        let runtime = self.runtime.clone();
+        glommio::spawn_local(async move {
+            let mut stream = stream;
+            let mut buffer = [0u8; LINGER_READ_BYTES];
+            let drain = async {
+                while let Ok(n) = futures_lite::AsyncReadExt::read(&mut stream, &mut buffer).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            };
+            let timeout = async {
+                glommio::timer::sleep(Duration::from_millis(LINGER_MS)).await;
+            };
+            futures_lite::future::or(drain, timeout).await;
+            runtime.connections.stop_lingering();
+        })
+        .detach();
+    }
+
+    fn finish(&mut self) {
+        let (id, now_ms) = (self.id, self.runtime.now_ms());
+        // A close records (last seen) and may wake others: pass that on
+        // now, not at the next tick (which a stopping shard no longer has).
+        self.runtime.with_shard(|shard| shard.closed(id, now_ms));
+        self.runtime.connections.ended(id);
+        drop(self.stream.take());
+    }
+}

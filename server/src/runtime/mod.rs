@@ -1,0 +1,448 @@
+//! One shard's executor: its listeners, its connections, its links to the
+//! other shards, and the glue that feeds them all through the sans-IO
+//! [`shard::Shard`].
+//!
+//! Everything here runs on one glommio executor pinned to one core. State is
+//! in `Rc`/`RefCell`; nothing is shared with other threads except the bounded
+//! SPSC queues to other shards.
+//!
+//! [`Runtime`] is the coordinator. It owns the shard and one part per
+//! concern, each in its own module with its own state and a narrow API:
+//! - `links`: what is staged for each other shard, the task that forwards
+//!   it and the task that receives from each other shard;
+//! - `commit`: the commit task and checkpoints, and [`commit::Commits`],
+//!   what connections see of the commits;
+//! - `connection`: the task of each connection (reads, writes, hands over,
+//!   lingers) and [`connection::ConnectionTasks`], what those tasks share;
+//!   the decisions of when its bytes move are `server::flow`, sans-IO;
+//! - `accept`: the accept loops;
+//! - `replay`: opening the journal and replaying it before anything is
+//!   served.
+//!
+//! Every input to the shard goes through [`Runtime::with_shard`], which
+//! distributes what the input produced (peer messages to their links,
+//! wake-ups to connection tasks, records to the commit task) before it
+//! returns, so no caller can leave outputs behind until the next tick.
+
+mod accept;
+mod commit;
+mod connection;
+mod links;
+mod replay;
+
+use std::{
+    cell::{Cell, Ref, RefCell},
+    future::Future,
+    os::fd::{FromRawFd, IntoRawFd, OwnedFd},
+    rc::Rc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    task::{Poll, Waker},
+    time::{Duration, Instant},
+};
+
+use glommio::{net::TcpListener, Latency, Shares, TaskQueueHandle};
+use rustls::ServerConfig;
+use shard::{ClockNote, Shard};
+use storage::log::LogConfig;
+
+pub use links::Batch;
+pub(crate) use replay::{open_journal, ShardJournal};
+
+use self::{
+    commit::{CheckpointPlan, Commits},
+    connection::ConnectionTasks,
+    links::{Links, Staged},
+};
+use crate::peer_queue;
+
+/// How soon the scheduler runs the tasks that other executors wake (the
+/// forwarders and receivers): a latency-sensitive task queue is preempted
+/// for within this, where the default queue waits for its time slice.
+const PEER_TASKS_LATENCY_US: u64 = 500;
+
+/// How long a stopping shard waits for its connections to take their last
+/// bytes, and then for its last commits (what phones were told is stored
+/// must be on disk before the process ends).
+const STOP_CONNECTIONS_WAIT_MS: u64 = 2_000;
+const STOP_COMMITS_WAIT_MS: u64 = 30_000;
+
+/// How often a stopping shard looks whether its connections and commits
+/// are done: short next to the waits above, long enough not to spin.
+const STOP_POLL_MS: u64 = 20;
+
+/// A wake-up for one task on this executor.
+#[derive(Default)]
+struct Signal {
+    raised: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Signal {
+    fn raise(&self) {
+        self.raised.set(true);
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    fn wait(&self) -> impl Future<Output = ()> + '_ {
+        futures_lite::future::poll_fn(move |cx| {
+            if self.raised.replace(false) {
+                Poll::Ready(())
+            } else {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+    }
+}
+
+/// One shard's runtime: the shard and the parts that carry its outputs.
+pub struct Runtime {
+    shard_id: u16,
+    /// Borrowed mutably only by `with_shard` (and `with_shard_no_outputs`),
+    /// immutably by `shard`.
+    shard: RefCell<Shard>,
+    started: Instant,
+    /// Set once the shard stops: accept loops take no new connections.
+    stopping: Cell<bool>,
+    links: Links,
+    commits: Commits,
+    connections: ConnectionTasks,
+}
+
+impl Runtime {
+    fn new(shard: Shard, started: Instant, shard_count: usize, staging_max: usize) -> Runtime {
+        Runtime {
+            shard_id: shard.config().shard_id,
+            shard: RefCell::new(shard),
+            started,
+            stopping: Cell::new(false),
+            links: Links::new(shard_count, staging_max),
+            commits: Commits::default(),
+            connections: ConnectionTasks::new(),
+        }
+    }
+
+    /// Milliseconds since the server started: the shard's clock.
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// The shard, for queries: its `&self` methods make no outputs.
+    fn shard(&self) -> Ref<'_, Shard> {
+        self.shard.borrow()
+    }
+
+    /// Hands the shard an input (`input` calls its `handle_*`, `tick` and
+    /// the like), then distributes what the input produced.
+    fn with_shard<R>(&self, input: impl FnOnce(&mut Shard) -> R) -> R {
+        self.with_shard_congested(input).0
+    }
+
+    /// [`Runtime::with_shard`], also returning a destination whose link the
+    /// input took over its staging limit, if it did.
+    fn with_shard_congested<R>(&self, input: impl FnOnce(&mut Shard) -> R) -> (R, Option<u16>) {
+        let (value, congested) = {
+            let mut shard = self.shard.borrow_mut();
+            let value = input(&mut shard);
+            (value, self.distribute_outputs(&mut shard))
+        };
+        self.connections.wake_noted();
+        (value, congested)
+    }
+
+    /// For calls that make no outputs: taking one the caller handles itself
+    /// (an outbox, a batch of records, a checkpoint), telling the shard of
+    /// the journal's state, opening or handing away a connection (a timer
+    /// armed or cancelled). Nothing is distributed after them; in the
+    /// commit task that would raise its own signal for replies held for
+    /// the batch it is writing, and cost an empty commit after each.
+    fn with_shard_no_outputs<R>(&self, call: impl FnOnce(&mut Shard) -> R) -> R {
+        call(&mut self.shard.borrow_mut())
+    }
+
+    /// Moves the shard's outputs to where they go: peer messages to their
+    /// links, wake-ups to connection tasks (noted, woken once the shard is
+    /// released), records to the commit task. Returns a destination over
+    /// its staging limit, if this call fed one.
+    fn distribute_outputs(&self, shard: &mut Shard) -> Option<u16> {
+        let mut congested = None;
+        let mut signals_dropped = 0;
+        for (destination, message) in shard.drain_peer_messages() {
+            match self.links.stage(destination, message) {
+                Staged::Queued => {}
+                Staged::OverLimit => congested = Some(destination),
+                Staged::Dropped => signals_dropped += 1,
+            }
+        }
+        if signals_dropped > 0 {
+            shard.signals_dropped(signals_dropped);
+        }
+        self.connections.note_woken(shard.drain_woken());
+        if shard.has_pending_records() {
+            self.commits.request();
+        }
+        congested
+    }
+
+    /// The commit that makes durable everything recorded so far.
+    fn commit_covering_now(&self) -> u64 {
+        self.commits.covering_now(self.shard().awaits_next_commit())
+    }
+}
+
+/// The ends of the queues one shard owns: a sender to every other shard and a
+/// receiver from every other shard (`None` at its own index).
+pub struct PeerEnds {
+    pub senders: Vec<Option<peer_queue::Sender<Batch>>>,
+    pub receivers: Vec<Option<peer_queue::Receiver<Batch>>>,
+}
+
+pub struct Listeners {
+    pub tls: Option<OwnedFd>,
+    pub plain: Option<OwnedFd>,
+}
+
+/// Where a shard's commits go.
+pub struct StorageSetup {
+    pub journal: crate::config::JournalKind,
+    /// The shard's log directory (segments and checkpoints).
+    pub dir: std::path::PathBuf,
+    /// Closed segments that call for a checkpoint.
+    pub checkpoint_segments: usize,
+    pub log: LogConfig,
+}
+
+pub struct ShardSetup {
+    pub shard: Shard,
+    pub storage: StorageSetup,
+    /// Told once, when the shard has replayed its log (a line for the
+    /// server's log) or failed to (why).
+    pub recovered: std::sync::mpsc::Sender<Result<String, String>>,
+    pub peers: PeerEnds,
+    pub listeners: Listeners,
+    pub tls: Option<Arc<ServerConfig>>,
+    pub limits: crate::config::Limits,
+    pub stop: Arc<AtomicBool>,
+    pub started: Instant,
+    /// Push tokens the gateway refused, for accounts of this shard.
+    pub push_rejected: crossbeam_channel::Receiver<crate::push::Rejected>,
+}
+
+/// Runs one shard until `stop` is raised and its connections are closed.
+pub async fn run(setup: ShardSetup) {
+    let ShardSetup {
+        mut shard,
+        storage,
+        recovered,
+        peers,
+        listeners,
+        tls,
+        limits,
+        stop,
+        started,
+        push_rejected,
+    } = setup;
+    let shard_id = shard.config().shard_id;
+    let journal = match open_journal(&mut shard, &storage).await {
+        Ok((journal, report)) => {
+            let _ = recovered.send(Ok(report));
+            journal
+        }
+        Err(error) => {
+            let _ = recovered.send(Err(format!("shard {shard_id}: {error:#}")));
+            return;
+        }
+    };
+    log_clock_notes(shard_id, &mut shard);
+    let tick_ms = shard.config().tick_ms;
+    let shard_count = peers.senders.len();
+    let staging_max = limits.peer_staging_messages_max;
+    let runtime = Rc::new(Runtime::new(shard, started, shard_count, staging_max));
+    let plan = CheckpointPlan::new(&storage);
+    let tasks = spawn_tasks(&runtime, peers, journal, plan, listeners, tls);
+    tick_until_stopped(&runtime, tick_ms, &stop, &push_rejected).await;
+    stop_serving(&runtime).await;
+    drop(tasks);
+}
+
+/// Starts the shard's tasks: a forwarder and a receiver per other shard,
+/// the commit task, and an accept loop per listener.
+fn spawn_tasks(
+    runtime: &Rc<Runtime>,
+    peers: PeerEnds,
+    journal: ShardJournal,
+    plan: CheckpointPlan,
+    listeners: Listeners,
+    tls: Option<Arc<ServerConfig>>,
+) -> Vec<glommio::task::JoinHandle<()>> {
+    // Queues that other executors wake must be latency-sensitive, or their
+    // wake-ups wait for the scheduler's next time slice.
+    let peer_queue = glommio::executor().create_task_queue(
+        Shares::default(),
+        Latency::Matters(Duration::from_micros(PEER_TASKS_LATENCY_US)),
+        "peers",
+    );
+    let mut tasks = Vec::new();
+    for (destination, sender) in peers.senders.into_iter().enumerate() {
+        if let Some(sender) = sender {
+            let runtime = runtime.clone();
+            let forward = links::forward(runtime, destination, sender);
+            tasks.push(spawn_in(peer_queue, forward));
+        }
+    }
+    for receiver in peers.receivers.into_iter().flatten() {
+        let runtime = runtime.clone();
+        tasks.push(spawn_in(peer_queue, links::receive(runtime, receiver)));
+    }
+    tasks.push(match journal {
+        ShardJournal::Log(log) => {
+            glommio::spawn_local(commit::commit(runtime.clone(), *log, plan)).detach()
+        }
+        ShardJournal::Memory(memory) => {
+            glommio::spawn_local(commit::commit(runtime.clone(), memory, plan)).detach()
+        }
+    });
+    for (fd, tls) in [(listeners.tls, tls), (listeners.plain, None)] {
+        if let Some(fd) = fd {
+            // SAFETY: the fd is a bound, listening TCP socket we own.
+            let listener = unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) };
+            let accept = accept::accept(runtime.clone(), listener, tls);
+            tasks.push(glommio::spawn_local(accept).detach());
+        }
+    }
+    tasks
+}
+
+fn spawn_in<F: Future<Output = ()> + 'static>(
+    queue: TaskQueueHandle,
+    future: F,
+) -> glommio::task::JoinHandle<()> {
+    glommio::spawn_local_into(future, queue)
+        .expect("the peer task queue exists")
+        .detach()
+}
+
+/// The tick: one runtime timer per shard drives the shard's own wheel,
+/// reads the wall clock, and hands back push tokens the gateway refused.
+async fn tick_until_stopped(
+    runtime: &Runtime,
+    tick_ms: u64,
+    stop: &AtomicBool,
+    push_rejected: &crossbeam_channel::Receiver<crate::push::Rejected>,
+) {
+    let tick = Duration::from_millis(tick_ms);
+    while !stop.load(Ordering::Relaxed) {
+        glommio::timer::sleep(tick).await;
+        runtime.with_shard(|shard| {
+            let now_ms = runtime.now_ms();
+            shard.observe_wall_clock(unix_ms(), now_ms);
+            log_clock_notes(runtime.shard_id, shard);
+            shard.tick(now_ms);
+            for (phone, token) in push_rejected.try_iter() {
+                shard.push_rejected(phone, &token);
+            }
+        });
+    }
+}
+
+/// Drains the shard: tells every phone, gives the writes a moment, waits
+/// for the last commits, then returns.
+async fn stop_serving(runtime: &Runtime) {
+    let shard_id = runtime.shard_id;
+    runtime.stopping.set(true);
+    runtime.with_shard(|shard| shard.close_all());
+    let deadline = Instant::now() + Duration::from_millis(STOP_CONNECTIONS_WAIT_MS);
+    // Connections to close, and records (the write-back cache, written out
+    // by `close_all`) to commit: taken by the commit task is not written,
+    // so the commit in flight counts too.
+    let unwritten = || runtime.shard().has_pending_records() || runtime.commits.in_flight();
+    let busy = || runtime.connections.live() > 0 || unwritten();
+    while busy() && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(STOP_POLL_MS)).await;
+    }
+    // What phones were told is stored must be on disk before the process
+    // ends: wait longer for the commits alone, and say so if they do not
+    // finish (a full disk, say).
+    let deadline = Instant::now() + Duration::from_millis(STOP_COMMITS_WAIT_MS);
+    while unwritten() && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(STOP_POLL_MS)).await;
+    }
+    if unwritten() {
+        log::error!(
+            "shard {shard_id}: stopping with records not yet written after {} s; what the \
+             write-back cache held since the last commit is lost",
+            STOP_COMMITS_WAIT_MS / 1_000
+        );
+    }
+    let counters = runtime.shard().counters();
+    let journal = runtime.commits.journal_stats();
+    log::info!("shard {shard_id} stopped: {counters:?}; journal {journal:?}");
+}
+
+/// The system's wall clock, in Unix ms (0 before 1970).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Tells the operator what the shard made of the wall clock: a clock in
+/// doubt holds expiry, loudly, until it is trusted.
+fn log_clock_notes(shard_id: u16, shard: &mut Shard) {
+    while let Some(note) = shard.take_clock_note() {
+        match note {
+            ClockNote::InDoubt { ahead_ms, at_start } => log::error!(
+                "shard {shard_id}: the wall clock is {} {} the time {}; nothing expires \
+                 until it is trusted: once it keeps step for [clock] settle_ms, what was \
+                 queued before counts its age from the step; or start once with \
+                 --clock-confirmed if this clock is right, and ages count by it (what it \
+                 makes older than the retention then expires at once)",
+                human_ms(ahead_ms.unsigned_abs()),
+                if ahead_ms >= 0 { "ahead of" } else { "behind" },
+                if at_start {
+                    "the log last recorded"
+                } else {
+                    "the monotonic clock expected"
+                },
+            ),
+            ClockNote::Accepted {
+                confirmed,
+                floor_ms,
+            } => log::warn!(
+                "shard {shard_id}: the wall clock is trusted again ({}){}",
+                if confirmed {
+                    "--clock-confirmed"
+                } else {
+                    "it kept step"
+                },
+                match floor_ms {
+                    Some(floor) => format!(
+                        "; what was queued before the step counts its age from {floor} (Unix ms)"
+                    ),
+                    None => String::new(),
+                }
+            ),
+        }
+    }
+}
+
+/// `ms` for a log line: days, hours, minutes or seconds.
+fn human_ms(ms: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [
+        (86_400_000, "days"),
+        (3_600_000, "hours"),
+        (60_000, "minutes"),
+        (1_000, "s"),
+    ];
+    for (unit, name) in UNITS {
+        if ms >= unit {
+            return format!("{:.1} {name}", ms as f64 / unit as f64);
+        }
+    }
+    format!("{ms} ms")
+}
