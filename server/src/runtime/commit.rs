@@ -20,6 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use server::flow::CommitProgress;
 use storage::{log::checkpoint, Journal, JournalError, JournalStats, Record};
 
 use super::{Runtime, Signal, StorageSetup};
@@ -68,14 +69,13 @@ impl Commits {
         }
     }
 
-    /// Commits finished.
-    pub fn done(&self) -> u64 {
-        self.done.get()
-    }
-
-    /// True while the commit in flight waits to be retried.
-    pub fn is_stalled(&self) -> bool {
-        self.stalled.get()
+    /// Commits finished, and whether the one in flight waits to be
+    /// retried.
+    pub fn progress(&self) -> CommitProgress {
+        CommitProgress {
+            done: self.done.get(),
+            stalled: self.stalled.get(),
+        }
     }
 
     /// Wakes `waker` when the next commit finishes (or stalls).

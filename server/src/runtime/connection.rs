@@ -19,6 +19,7 @@ use std::{
 use ahash::AHashMap;
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
+use server::flow::{Flow, Flush, LinkState, Read};
 use shard::{ConnId, FrameOutcome};
 use wire::{decode_client, split_frame, ErrorKind, FrameError, FRAME_BYTES_MAX};
 
@@ -136,17 +137,11 @@ pub fn spawn_connection(
         id,
         stream: Some(stream),
         transport: Some(transport),
-        replay: !pending.is_empty(),
+        flow: Flow::new(!pending.is_empty()),
         inbox: pending,
         tx: Vec::new(),
         tx_written: 0,
-        polls: 0,
-        flush_after: None,
-        hold_until: None,
-        held_at: None,
         handover_to: None,
-        paused_on: None,
-        blocked_at: None,
     };
     glommio::spawn_local(task).detach();
 }
@@ -157,31 +152,17 @@ struct ConnTask {
     id: ConnId,
     stream: Option<TcpStream>,
     transport: Option<Transport>,
-    /// Plaintext read but not yet handled: a partial frame, or frames that
-    /// wait for a handover. Empty (and unallocated) while idle.
+    /// When to write, wait for a commit, and read (see `server::flow`).
+    flow: Flow,
+    /// Plaintext read but not yet handled: a partial frame, frames kept
+    /// while the shard wants no input, or frames that wait for a handover.
+    /// Empty (and unallocated) while idle.
     inbox: Vec<u8>,
-    /// Handle `inbox` before reading: it holds frames from another shard.
-    replay: bool,
     /// Bytes for the socket, and how many of them are written.
     tx: Vec<u8>,
     tx_written: usize,
-    /// Times this task has been polled.
-    polls: u64,
-    /// Set to `polls` when outbox bytes were first seen: they are written on
-    /// a later poll, after the tasks already queued this round have run and
-    /// perhaps added more for this phone, so that one send carries them all.
-    flush_after: Option<u64>,
-    /// Set when outbox bytes were first seen while a commit was pending or
-    /// in flight: they wait for that commit, so that the `Sent` replies it
-    /// releases leave in the same write as the deliveries.
-    hold_until: Option<u64>,
-    /// `commits_done` when this task's waker went on the holding list.
-    held_at: Option<u64>,
+    /// The home shard this connection moves to once its outbox is written.
     handover_to: Option<u16>,
-    paused_on: Option<u16>,
-    /// The drain count of `paused_on`'s link when this task's waker went on
-    /// its blocked list.
-    blocked_at: Option<u64>,
 }
 
 enum Step {
@@ -195,7 +176,7 @@ impl Future for ConnTask {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
-        this.polls += 1;
+        this.flow.polled();
         this.runtime.connections.register(this.id, cx.waker());
         loop {
             let step = this.step(cx);
@@ -235,31 +216,30 @@ impl ConnTask {
             }
         }
         let wants_input = self.handover_to.is_none() && self.runtime.shard().wants_input(self.id);
-        if self.replay && wants_input {
-            self.replay = false;
-            let inbox = std::mem::take(&mut self.inbox);
-            self.handle_bytes(&inbox);
-            return Step::Progress;
-        }
-        if let Some(destination) = self.paused_on {
-            let links = &self.runtime.links;
-            if links.is_congested(destination) {
-                // Polled again while paused (say, to write a delivery): the
-                // waker is already on the list unless it was drained since.
-                if self.blocked_at != Some(links.drains(destination)) {
-                    links.wake_when_drained(destination, cx.waker().clone());
-                    self.blocked_at = Some(links.drains(destination));
-                }
-                return if progress { Step::Progress } else { Step::Idle };
+        let links = &self.runtime.links;
+        let link = |destination| LinkState {
+            congested: links.is_congested(destination),
+            drains: links.drains(destination),
+        };
+        match self.flow.read(wants_input, link) {
+            Read::Inbox => {
+                let inbox = std::mem::take(&mut self.inbox);
+                self.handle_bytes(&inbox);
+                return Step::Progress;
             }
-            self.paused_on = None;
-            self.blocked_at = None;
-        }
-        if wants_input {
-            match self.read(cx) {
+            Read::Socket => match self.read(cx) {
                 Err(()) => return Step::Done,
                 Ok(read) => progress |= read,
+            },
+            Read::Paused {
+                destination,
+                register,
+            } => {
+                if register {
+                    links.wake_when_drained(destination, cx.waker().clone());
+                }
             }
+            Read::Nothing => {}
         }
         if progress {
             Step::Progress
@@ -313,14 +293,15 @@ impl ConnTask {
         self.inbox.extend_from_slice(rest);
         if self.inbox.is_empty() {
             self.inbox = Vec::new();
-        } else if !self.replay {
+        } else {
             // Frames left because of backpressure are handled again once the
             // outbox drains.
-            self.replay = self.handover_to.is_none()
-                && split_frame(rest, FRAME_BYTES_MAX).ok().flatten().is_some();
+            let moving = self.handover_to.is_some();
+            self.flow
+                .kept(|| !moving && split_frame(rest, FRAME_BYTES_MAX).ok().flatten().is_some());
         }
         if let Some(destination) = congested {
-            self.paused_on = Some(destination);
+            self.flow.pause_on(destination);
         }
     }
 
@@ -375,35 +356,20 @@ impl ConnTask {
                     return Ok(progress);
                 }
                 let runtime = &self.runtime;
-                let done = runtime.commits.done();
-                // While the commit waits for the disk (or a resource), what
-                // the outbox holds promises nothing durable (`Sent` waits
-                // in the shard): it goes out rather than wait with it.
-                let needed = match runtime.commits.is_stalled() {
-                    true => 0,
-                    false => *self
-                        .hold_until
-                        .get_or_insert_with(|| runtime.commit_covering_now()),
-                };
-                if needed > done {
-                    if self.held_at != Some(done) {
-                        runtime.commits.hold(cx.waker().clone());
-                        self.held_at = Some(done);
+                let commits = runtime.commits.progress();
+                match self.flow.flush(commits, || runtime.commit_covering_now()) {
+                    Flush::Now => {}
+                    Flush::Later { wake } => {
+                        // To the back of the run queue, once.
+                        if wake {
+                            cx.waker().wake_by_ref();
+                        }
+                        return Ok(progress);
                     }
-                    return Ok(progress);
-                }
-                let waited = needed > 0 && self.held_at.is_some();
-                self.hold_until = None;
-                self.held_at = None;
-                match self.flush_after {
-                    _ if waited => self.flush_after = None,
-                    Some(poll) if poll < self.polls => self.flush_after = None,
-                    Some(_) => return Ok(progress),
-                    None => {
-                        // Go to the back of the run queue once; the outbox
-                        // stays in the shard, so it can still grow.
-                        self.flush_after = Some(self.polls);
-                        cx.waker().wake_by_ref();
+                    Flush::Hold { register } => {
+                        if register {
+                            runtime.commits.hold(cx.waker().clone());
+                        }
                         return Ok(progress);
                     }
                 }
