@@ -535,13 +535,19 @@ fn bind_all(
 ///
 /// A process that was just killed can leave its listener behind for a
 /// moment (io_uring drops the files its requests hold asynchronously), so
-/// a listener must still be there after `LISTENER_GONE_WAIT` to refuse.
+/// a listener must still be there after `LISTENER_GONE_WAIT_MS` to refuse.
 fn refuse_if_listened_on(addr: SocketAddr) -> anyhow::Result<()> {
-    const LISTENER_GONE_WAIT: Duration = Duration::from_secs(3);
+    /// Long enough for io_uring to drop the files of a process just
+    /// killed; short enough that a start refused for a live listener
+    /// says so soon.
+    const LISTENER_GONE_WAIT_MS: u64 = 3_000;
+    /// How often the kernel's table is read meanwhile: cheap, and a start
+    /// waits at most this long past the listener's going.
+    const LISTENER_RECHECK_MS: u64 = 50;
     if addr.port() == 0 {
         return Ok(());
     }
-    let deadline = Instant::now() + LISTENER_GONE_WAIT;
+    let deadline = Instant::now() + Duration::from_millis(LISTENER_GONE_WAIT_MS);
     loop {
         let Some(other) = listener_on(addr) else {
             return Ok(());
@@ -552,7 +558,7 @@ fn refuse_if_listened_on(addr: SocketAddr) -> anyhow::Result<()> {
                  with it); stop it or choose another address"
             );
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(LISTENER_RECHECK_MS));
     }
 }
 

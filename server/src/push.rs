@@ -28,8 +28,12 @@ const PUSH_QUEUE_MAX: usize = 16 * 1024;
 const RETRIES_MAX: usize = 16 * 1024;
 /// Rejected tokens waiting for their shard's next tick.
 pub const REJECTED_QUEUE_MAX: usize = 1024;
-/// How long one POST may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one POST may take: the one thread that sends pushes must not
+/// hang on a gateway, and a push is retried anyway.
+const REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// How long the sender waits for a new push while no retry is due. Only a
+/// bound on an idle loop: a new push or a closed queue ends the wait at once.
+const IDLE_WAIT_MS: u64 = 1_000;
 
 /// Where pushes go.
 #[derive(Debug, Clone)]
@@ -82,7 +86,9 @@ pub fn start(
     };
     let (tx, rx) = bounded::<Push>(PUSH_QUEUE_MAX);
     let gateway = Gateway {
-        agent: ureq::AgentBuilder::new().timeout(REQUEST_TIMEOUT).build(),
+        agent: ureq::AgentBuilder::new()
+            .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
+            .build(),
         url,
         attempts_max: attempts_max.max(1),
         retry: Duration::from_millis(retry_ms),
@@ -159,7 +165,7 @@ impl Gateway {
             let wait = self
                 .retries
                 .peek()
-                .map_or(Duration::from_secs(1), |Reverse(r)| {
+                .map_or(Duration::from_millis(IDLE_WAIT_MS), |Reverse(r)| {
                     r.due.saturating_duration_since(Instant::now())
                 });
             match rx.recv_timeout(wait) {

@@ -16,6 +16,12 @@ use wire::Phone;
 const SMS_QUEUE_MAX: usize = 4096;
 /// Attempts per code against a webhook, with doubling backoff.
 const WEBHOOK_ATTEMPTS_MAX: u32 = 3;
+/// How long one POST to the webhook may take: a code is worth little after
+/// this, and the one thread that sends codes must not hang on a gateway.
+const WEBHOOK_TIMEOUT_MS: u64 = 10_000;
+/// The wait after the first failed attempt, doubled after each next one:
+/// 200, 400 and 800 ms keep the three attempts within a few seconds.
+const WEBHOOK_BACKOFF_FIRST_MS: u64 = 200;
 
 pub enum SmsSender {
     /// Writes each code to the log and appends `unix_ms phone code` to
@@ -48,7 +54,7 @@ pub fn start(sender: SmsSender) -> std::io::Result<SmsQueue> {
         .name("isle-sms".into())
         .spawn(move || {
             let agent = ureq::AgentBuilder::new()
-                .timeout(Duration::from_secs(10))
+                .timeout(Duration::from_millis(WEBHOOK_TIMEOUT_MS))
                 .build();
             for (phone, code) in rx {
                 let result = match &sender {
@@ -83,7 +89,7 @@ fn post_webhook(agent: &ureq::Agent, url: &str, phone: Phone, code: u32) -> Resu
         "code": format!("{code:06}"),
         "text": format!("Your isle code is {code:06}"),
     });
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Duration::from_millis(WEBHOOK_BACKOFF_FIRST_MS);
     let mut last_error = String::new();
     for attempt in 1..=WEBHOOK_ATTEMPTS_MAX {
         match agent.post(url).send_json(&body) {

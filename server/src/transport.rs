@@ -8,6 +8,10 @@ use std::io::{Read, Write};
 
 use rustls::ServerConnection;
 
+/// Plaintext taken from rustls per read: one TLS record's worth (a record
+/// carries at most 16 KiB), on the stack.
+const TLS_PLAINTEXT_CHUNK_BYTES: usize = 16 * 1024;
+
 pub enum Transport {
     Plain,
     Tls(Box<ServerConnection>),
@@ -38,7 +42,7 @@ impl Transport {
             tls.read_tls(&mut bytes)?;
             let state = tls.process_new_packets()?;
             closed |= state.peer_has_closed();
-            let mut buffer = [0u8; 16 * 1024];
+            let mut buffer = [0u8; TLS_PLAINTEXT_CHUNK_BYTES];
             loop {
                 match tls.reader().read(&mut buffer) {
                     Ok(0) => break,

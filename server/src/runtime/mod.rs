@@ -58,15 +58,20 @@ use self::{
 };
 use crate::peer_queue;
 
-/// How soon the scheduler runs the tasks that other executors wake (the
-/// forwarders and receivers): a latency-sensitive task queue is preempted
-/// for within this, where the default queue waits for its time slice.
+/// How soon the executor turns to the tasks other executors wake (the
+/// forwarders and receivers): a busy task queue is preempted for them
+/// after at most this, where the default queue waits for its time slice.
+/// Half the peer queue's first backstop (`peer_queue::BACKSTOP_MIN`, 1 ms),
+/// so that a wake-up that does arrive is acted on before the backstop.
 const PEER_TASKS_LATENCY_US: u64 = 500;
 
 /// How long a stopping shard waits for its connections to take their last
-/// bytes, and then for its last commits (what phones were told is stored
-/// must be on disk before the process ends).
+/// bytes: a phone on a working network reads them in far less, and one
+/// that does not must not hold the stop (SIGTERM expects an exit soon).
 const STOP_CONNECTIONS_WAIT_MS: u64 = 2_000;
+/// How long it then waits for its last commits alone: what phones were
+/// told is stored must be on disk before the process ends, and a commit
+/// larger than a segment can take seconds on a slow disk.
 const STOP_COMMITS_WAIT_MS: u64 = 30_000;
 
 /// How often a stopping shard looks whether its connections and commits
