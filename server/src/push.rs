@@ -150,8 +150,17 @@ impl Ord for Retry {
 enum Outcome {
     Delivered,
     Rejected,
-    Retry(String),
-    GiveUp(String),
+    Retry(PushError),
+    GiveUp(PushError),
+}
+
+/// Why one attempt at a push failed.
+#[derive(Debug, thiserror::Error)]
+enum PushError {
+    #[error("gateway answered {0}")]
+    Status(u16),
+    #[error("{0}")]
+    Transport(Box<ureq::Error>),
 }
 
 impl Gateway {
@@ -222,12 +231,10 @@ impl Gateway {
             Ok(_) => Outcome::Delivered,
             Err(ureq::Error::Status(404 | 410, _)) => Outcome::Rejected,
             Err(ureq::Error::Status(status, _)) if status == 429 || status >= 500 => {
-                Outcome::Retry(format!("gateway answered {status}"))
+                Outcome::Retry(PushError::Status(status))
             }
-            Err(ureq::Error::Status(status, _)) => {
-                Outcome::GiveUp(format!("gateway answered {status}"))
-            }
-            Err(error) => Outcome::Retry(error.to_string()),
+            Err(ureq::Error::Status(status, _)) => Outcome::GiveUp(PushError::Status(status)),
+            Err(error) => Outcome::Retry(PushError::Transport(Box::new(error))),
         }
     }
 }

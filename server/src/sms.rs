@@ -3,8 +3,8 @@
 
 use std::{
     fs::OpenOptions,
-    io::Write,
-    path::PathBuf,
+    io::{self, Write},
+    path::{Path, PathBuf},
     thread,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -29,6 +29,24 @@ pub enum SmsSender {
     Outbox(PathBuf),
     /// POSTs `{"phone": "+1...", "code": "123456", "text": "..."}` as JSON.
     Webhook(String),
+}
+
+/// Why a code was not delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum SmsError {
+    #[error("opening {}: {source}", path.display())]
+    OutboxOpen { path: PathBuf, source: io::Error },
+    #[error("writing {}: {source}", path.display())]
+    OutboxWrite { path: PathBuf, source: io::Error },
+    /// A 4xx: the gateway refuses this request, and retrying won't help.
+    #[error("webhook answered {status}")]
+    Refused { status: u16 },
+    /// The last of the attempts failed (a 5xx, or no answer).
+    #[error("attempt {attempt}: {source}")]
+    Failed {
+        attempt: u32,
+        source: Box<ureq::Error>,
+    },
 }
 
 /// The shards' handle: cheap to clone, never blocks.
@@ -69,7 +87,7 @@ pub fn start(sender: SmsSender) -> std::io::Result<SmsQueue> {
     Ok(SmsQueue(tx))
 }
 
-fn write_outbox(path: &PathBuf, phone: Phone, code: u32) -> Result<(), String> {
+fn write_outbox(path: &Path, phone: Phone, code: u32) -> Result<(), SmsError> {
     let unix_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
@@ -78,30 +96,42 @@ fn write_outbox(path: &PathBuf, phone: Phone, code: u32) -> Result<(), String> {
         .create(true)
         .append(true)
         .open(path)
-        .map_err(|error| format!("opening {}: {error}", path.display()))?;
+        .map_err(|source| SmsError::OutboxOpen {
+            path: path.to_owned(),
+            source,
+        })?;
     file.write_all(format!("{unix_ms} {phone} {code:06}\n").as_bytes())
-        .map_err(|error| format!("writing {}: {error}", path.display()))
+        .map_err(|source| SmsError::OutboxWrite {
+            path: path.to_owned(),
+            source,
+        })
 }
 
-fn post_webhook(agent: &ureq::Agent, url: &str, phone: Phone, code: u32) -> Result<(), String> {
+fn post_webhook(agent: &ureq::Agent, url: &str, phone: Phone, code: u32) -> Result<(), SmsError> {
     let body = serde_json::json!({
         "phone": phone.to_string(),
         "code": format!("{code:06}"),
         "text": format!("Your isle code is {code:06}"),
     });
     let mut backoff = Duration::from_millis(WEBHOOK_BACKOFF_FIRST_MS);
-    let mut last_error = String::new();
-    for attempt in 1..=WEBHOOK_ATTEMPTS_MAX {
-        match agent.post(url).send_json(&body) {
+    let mut attempt = 1;
+    loop {
+        let error = match agent.post(url).send_json(&body) {
             Ok(_) => return Ok(()),
             // A 4xx means the gateway refuses this request; retrying won't help.
             Err(ureq::Error::Status(status, _)) if (400..500).contains(&status) => {
-                return Err(format!("webhook answered {status}"));
+                return Err(SmsError::Refused { status });
             }
-            Err(error) => last_error = format!("attempt {attempt}: {error}"),
-        }
+            Err(error) => error,
+        };
         thread::sleep(backoff);
         backoff *= 2;
+        if attempt >= WEBHOOK_ATTEMPTS_MAX {
+            return Err(SmsError::Failed {
+                attempt,
+                source: Box::new(error),
+            });
+        }
+        attempt += 1;
     }
-    Err(last_error)
 }
