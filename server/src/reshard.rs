@@ -113,17 +113,15 @@ fn rebuild(job: &Reshard<'_>, from: usize, to: usize, staging: &Path) -> anyhow:
             .ring_depth(job.io_ring_depth)
             .spawn(move || async move {
                 let mut shard = Shard::new(ShardConfig::new(old as u16, old_map), env(), 0);
-                let (journal, report) = runtime::open_journal(&mut shard, &storage)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let (journal, report) = runtime::open_journal(&mut shard, &storage).await?;
                 drop(journal);
                 log::info!("{report}");
-                Ok::<_, String>(shard.checkpoint())
+                anyhow::Ok(shard.checkpoint())
             })
             .map_err(|e| anyhow::anyhow!("starting the replay of shard {old}: {e}"))?
             .join()
             .map_err(|e| anyhow::anyhow!("replaying shard {old}: {e}"))?
-            .map_err(|e| anyhow::anyhow!("replaying {}: {e}", dir.display()))?;
+            .with_context(|| format!("replaying {}", dir.display()))?;
         for record in records {
             match record.owner() {
                 Owner::Account(phone) => buckets[usize::from(new_map.shard_of(phone))].push(record),
