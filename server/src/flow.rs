@@ -191,6 +191,12 @@ impl Flow {
     /// This connection's input took the link to `destination` over its
     /// limit: reading pauses until it drains.
     pub fn pause_on(&mut self, destination: u16) {
+        if self.paused_on != Some(destination) {
+            // The waker is on no list of this link yet, whatever another
+            // link's drain count was: a kept frame handled while paused
+            // can move the pause to another link.
+            self.blocked_at = None;
+        }
         self.paused_on = Some(destination);
     }
 }
@@ -388,5 +394,29 @@ mod tests {
         flow.pause_on(2);
         assert_eq!(flow.read(false, link(false, 5)), Read::Nothing);
         assert_eq!(flow.read(true, no_link), Read::Socket);
+    }
+
+    /// Regression: paused on link 1 (registered at its drain count 4), a
+    /// kept frame took link 2 over its limit while link 2's drain count was
+    /// also 4; the task believed it was on link 2's list and was never
+    /// woken.
+    #[test]
+    fn a_pause_moved_to_another_link_registers_on_that_link() {
+        let mut flow = Flow::new(false);
+        flow.pause_on(1);
+        assert!(matches!(
+            flow.read(true, link(true, 4)),
+            Read::Paused { register: true, .. }
+        ));
+        flow.kept(|| true);
+        assert_eq!(flow.read(true, no_link), Read::Inbox);
+        flow.pause_on(2);
+        assert_eq!(
+            flow.read(true, link(true, 4)),
+            Read::Paused {
+                destination: 2,
+                register: true
+            }
+        );
     }
 }
