@@ -205,102 +205,25 @@ impl<B: Backend> Log<B> {
         mut each: impl FnMut(Record),
     ) -> Result<(Log<B>, Recovery), LogError> {
         let mut numbers = backend.list().await?;
-        let mut recovery = Recovery::default();
-        for pair in numbers.windows(2) {
-            if pair[1] != pair[0] + 1 {
-                return Err(LogError::MissingSegment {
-                    before: pair[0],
-                    after: pair[1],
-                });
-            }
-        }
-        // Segments that a later one shows to end at or before the
-        // checkpoint hold nothing to replay.
-        while numbers.len() > 1 {
-            let next = backend.open(numbers[1]).await?;
-            let block = next.read_at(0, BLOCK_BYTES).await?;
-            let Ok(header) = SegmentHeader::decode(&block) else {
-                break;
-            };
-            if header.first_batch > checkpoint + 1 {
-                break;
-            }
-            backend.remove(numbers[0]).await?;
-            numbers.remove(0);
-            recovery.obsolete += 1;
-        }
+        check_contiguous(&numbers)?;
+        let mut recovery = Recovery {
+            obsolete: drop_obsolete(&backend, &mut numbers, checkpoint).await?,
+            ..Recovery::default()
+        };
         let Some(&last) = numbers.last() else {
             let file = create_segment(&backend, &config, 1, checkpoint + 1).await?;
             let log = Log::new(backend, config, file, 1, BLOCK_BYTES as u64, checkpoint + 1);
             return Ok((log, recovery));
         };
-        let mut next_seq = None;
-        let mut tail = None;
-        let mut segments = VecDeque::new();
-        for &number in &numbers {
-            let file = backend.open(number).await?;
-            let len = file.size().await?;
-            // Replay reads a segment whole: refuse sizes no writer produces
-            // before allocating for them.
-            let limit = segment_file_bytes_limit(&config);
-            if len > limit {
-                return Err(LogError::SegmentTooLarge {
-                    number,
-                    bytes: len,
-                    limit,
-                });
-            }
-            let bytes = file.read_at(0, len as usize).await?;
-            let header = match SegmentHeader::decode(&bytes) {
-                Ok(header) => header,
-                // A crash between creating the last segment and syncing its
-                // header leaves it blank or torn, with nothing acknowledged.
-                Err(_) if number == last && bytes.iter().all(|&b| b == 0) => {
-                    drop(file);
-                    backend.remove(number).await?;
-                    recovery.torn_tail = Some((number, 0));
-                    break;
-                }
-                Err(source) => return Err(LogError::Format { number, source }),
-            };
-            check_header(&config, number, &header)?;
-            if next_seq.is_none() && header.first_batch > checkpoint + 1 {
-                return Err(LogError::CheckpointGap {
-                    checkpoint,
-                    number,
-                    first: header.first_batch,
-                });
-            }
-            let expected = *next_seq.get_or_insert(header.first_batch);
-            if header.first_batch != expected {
-                return Err(LogError::Damaged {
-                    number,
-                    offset: 0,
-                    reason: Damage::Discontinuous {
-                        first: header.first_batch,
-                        previous: expected - 1,
-                    },
-                });
-            }
-            recovery.segments += 1;
-            let image = SegmentImage {
-                number,
-                is_last: number == last,
-                bytes: &bytes,
-            };
-            let (end, next) = replay_segment(
-                &config,
-                image,
-                expected,
-                checkpoint,
-                &mut recovery,
-                &mut each,
-            )?;
-            next_seq = Some(next);
-            segments.push_back((number, header.first_batch));
-            tail = Some((number, file, end, bytes));
-        }
-        let next_seq = next_seq.unwrap_or(checkpoint + 1);
+        let replayed = replay_segments(
+            (&backend, &config),
+            &numbers,
+            checkpoint,
+            &mut recovery,
+            &mut each,
+        )
+        .await?;
+        let next_seq = replayed.next_seq.unwrap_or(checkpoint + 1);
         if next_seq <= checkpoint {
             // A checkpoint is taken only after its last batch is durable.
             return Err(LogError::Damaged {
@@ -312,22 +235,16 @@ impl<B: Backend> Log<B> {
                 },
             });
         }
-        let Some((segment, mut file, end, tail_bytes)) = tail else {
+        let Some(tail) = replayed.tail else {
             // The only segment was blank: start over in it.
             let file = create_segment(&backend, &config, last, next_seq).await?;
             let log = Log::new(backend, config, file, last, BLOCK_BYTES as u64, next_seq);
             return Ok((log, recovery));
         };
-        if let Some(dirty) = dirty_bytes_after(&tail_bytes, end) {
-            // Whatever lies past the last whole batch was judged torn above;
-            // zero it so that it can never be mistaken for a batch later.
-            // (Zeros, not a shorter file: the segment stays preallocated.)
-            write_all(&mut file, end, &vec![0; dirty]).await?;
-            file.sync().await?;
-        }
+        let (segment, file, end) = tail.clean().await?;
         backend.prepare(config.segment_bytes_max);
         let mut log = Log::new(backend, config, file, segment, end, next_seq);
-        log.segments = segments;
+        log.segments = replayed.segments;
         Ok((log, recovery))
     }
 
@@ -523,6 +440,177 @@ impl<B: Backend> Journal for Log<B> {
     async fn remove_through(&mut self, batch: u64) -> Result<usize, RemoveError> {
         Log::remove_through(self, batch).await
     }
+}
+
+/// Segment numbers must follow each other: a gap is a lost file.
+fn check_contiguous(numbers: &[u64]) -> Result<(), LogError> {
+    for pair in numbers.windows(2) {
+        if pair[1] != pair[0] + 1 {
+            return Err(LogError::MissingSegment {
+                before: pair[0],
+                after: pair[1],
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the segments that a later one shows to end at or before the
+/// checkpoint (they hold nothing to replay) and takes them off `numbers`;
+/// how many went.
+async fn drop_obsolete<B: Backend>(
+    backend: &B,
+    numbers: &mut Vec<u64>,
+    checkpoint: u64,
+) -> Result<u64, LogError> {
+    let mut obsolete = 0;
+    while numbers.len() > 1 {
+        let next = backend.open(numbers[1]).await?;
+        let block = next.read_at(0, BLOCK_BYTES).await?;
+        let Ok(header) = SegmentHeader::decode(&block) else {
+            break;
+        };
+        if header.first_batch > checkpoint + 1 {
+            break;
+        }
+        backend.remove(numbers[0]).await?;
+        numbers.remove(0);
+        obsolete += 1;
+    }
+    Ok(obsolete)
+}
+
+/// What replaying every segment left: the next batch number (none when no
+/// segment held a header), the last segment read with where its last whole
+/// batch ends, and each segment's first batch.
+struct Replayed<F> {
+    next_seq: Option<u64>,
+    tail: Option<Tail<F>>,
+    segments: VecDeque<(u64, u64)>,
+}
+
+/// The last segment replayed, to append to.
+struct Tail<F> {
+    number: u64,
+    file: F,
+    /// Where its last whole batch ends.
+    end: u64,
+    bytes: Vec<u8>,
+}
+
+impl<F: SegmentFile> Tail<F> {
+    /// Zeroes whatever lies past the last whole batch, which replay judged
+    /// torn, so that it can never be mistaken for a batch later. (Zeros,
+    /// not a shorter file: the segment stays preallocated.)
+    async fn clean(mut self) -> Result<(u64, F, u64), LogError> {
+        if let Some(dirty) = dirty_bytes_after(&self.bytes, self.end) {
+            write_all(&mut self.file, self.end, &vec![0; dirty]).await?;
+            self.file.sync().await?;
+        }
+        Ok((self.number, self.file, self.end))
+    }
+}
+
+/// Replays the segments `numbers` in order, each checked against the one
+/// before and the checkpoint, handing every record after the checkpoint to
+/// `each`.
+async fn replay_segments<B: Backend>(
+    (backend, config): (&B, &LogConfig),
+    numbers: &[u64],
+    checkpoint: u64,
+    recovery: &mut Recovery,
+    each: &mut impl FnMut(Record),
+) -> Result<Replayed<B::File>, LogError> {
+    let last = *numbers.last().expect("the caller checked");
+    let mut replayed = Replayed {
+        next_seq: None,
+        tail: None,
+        segments: VecDeque::new(),
+    };
+    for &number in numbers {
+        let (file, bytes) = read_segment(backend, config, number).await?;
+        let header = match SegmentHeader::decode(&bytes) {
+            Ok(header) => header,
+            // A crash between creating the last segment and syncing its
+            // header leaves it blank or torn, with nothing acknowledged.
+            Err(_) if number == last && bytes.iter().all(|&b| b == 0) => {
+                drop(file);
+                backend.remove(number).await?;
+                recovery.torn_tail = Some((number, 0));
+                break;
+            }
+            Err(source) => return Err(LogError::Format { number, source }),
+        };
+        let expected = check_continuity(config, (number, &header), replayed.next_seq, checkpoint)?;
+        recovery.segments += 1;
+        let image = SegmentImage {
+            number,
+            is_last: number == last,
+            bytes: &bytes,
+        };
+        let (end, next) = replay_segment(config, image, expected, checkpoint, recovery, each)?;
+        replayed.next_seq = Some(next);
+        replayed.segments.push_back((number, header.first_batch));
+        replayed.tail = Some(Tail {
+            number,
+            file,
+            end,
+            bytes,
+        });
+    }
+    Ok(replayed)
+}
+
+/// Opens a segment and reads it whole, refusing sizes no writer produces
+/// before allocating for them.
+async fn read_segment<B: Backend>(
+    backend: &B,
+    config: &LogConfig,
+    number: u64,
+) -> Result<(B::File, Vec<u8>), LogError> {
+    let file = backend.open(number).await?;
+    let len = file.size().await?;
+    let limit = segment_file_bytes_limit(config);
+    if len > limit {
+        return Err(LogError::SegmentTooLarge {
+            number,
+            bytes: len,
+            limit,
+        });
+    }
+    let bytes = file.read_at(0, len as usize).await?;
+    Ok((file, bytes))
+}
+
+/// Checks a segment's header against the config, the checkpoint (the first
+/// segment replayed must start at or before the batch after it) and the
+/// segment before (`next_seq`); the first batch it must hold.
+fn check_continuity(
+    config: &LogConfig,
+    (number, header): (u64, &SegmentHeader),
+    next_seq: Option<u64>,
+    checkpoint: u64,
+) -> Result<u64, LogError> {
+    check_header(config, number, header)?;
+    if next_seq.is_none() && header.first_batch > checkpoint + 1 {
+        return Err(LogError::CheckpointGap {
+            checkpoint,
+            number,
+            first: header.first_batch,
+        });
+    }
+    let expected = next_seq.unwrap_or(header.first_batch);
+    if header.first_batch != expected {
+        return Err(LogError::Damaged {
+            number,
+            offset: 0,
+            reason: Damage::Discontinuous {
+                first: header.first_batch,
+                previous: expected - 1,
+            },
+        });
+    }
+    Ok(expected)
 }
 
 fn check_header(config: &LogConfig, number: u64, header: &SegmentHeader) -> Result<(), LogError> {
