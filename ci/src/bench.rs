@@ -33,51 +33,36 @@ use serde_json::{json, Value};
 
 use crate::{cargo, find_program, packages, root};
 
-/// The benchmark's settings; `--name value` on the command line.
+/// The benchmark's settings, from `ci bench`'s flags.
+#[derive(Debug, clap::Args)]
 pub struct Options {
+    /// Phones in each chat run.
+    #[arg(long, default_value_t = 10_000)]
     pub phones: u64,
+    /// Seconds of each chat run, warm-up included.
+    #[arg(long = "duration", value_name = "SECONDS", default_value_t = 15.0)]
     pub duration_s: f64,
+    /// Seconds at the start of each chat run left out of the figures.
+    #[arg(long = "warmup", value_name = "SECONDS", default_value_t = 3.0)]
     pub warmup_s: f64,
+    /// Times each measurement is repeated (at least once), servers
+    /// interleaved.
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
     pub rounds: usize,
+    /// Phones in the login storm.
+    #[arg(long, default_value_t = 18_000)]
     pub storm_phones: u64,
+    /// Where `bench.json` and each run's report go.
+    #[arg(long, default_value_os_t = root().join("target/bench"))]
     pub out: PathBuf,
 }
 
-impl Options {
-    pub fn parse(args: &[String]) -> anyhow::Result<Options> {
-        let mut options = Options {
-            phones: 10_000,
-            duration_s: 15.0,
-            warmup_s: 3.0,
-            rounds: 3,
-            storm_phones: 18_000,
-            out: root().join("target/bench"),
-        };
-        let mut args = args.iter();
-        while let Some(name) = args.next() {
-            let value = args
-                .next()
-                .with_context(|| format!("{name} needs a value"))?;
-            let number = || -> anyhow::Result<f64> {
-                value
-                    .parse()
-                    .with_context(|| format!("{name} {value:?} is not a number"))
-            };
-            match name.as_str() {
-                "--phones" => options.phones = number()? as u64,
-                "--duration" => options.duration_s = number()?,
-                "--warmup" => options.warmup_s = number()?,
-                "--rounds" => options.rounds = (number()? as usize).max(1),
-                "--storm-phones" => options.storm_phones = number()? as u64,
-                "--out" => options.out = PathBuf::from(value),
-                other => bail!(
-                    "unknown option {other}; use --phones, --duration, --warmup, --rounds, \
-                     --storm-phones or --out"
-                ),
-            }
-        }
-        Ok(options)
-    }
+/// A count of rounds: 0 runs one.
+fn at_least_one(value: &str) -> Result<usize, String> {
+    let rounds: usize = value
+        .parse()
+        .map_err(|error| format!("{value:?}: {error}"))?;
+    Ok(rounds.max(1))
 }
 
 /// The CPU servers are pinned to, and the one loadgen runs on.
