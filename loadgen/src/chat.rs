@@ -46,7 +46,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use wire::{encode_client, ClientFrame, DeviceKey, ErrorKind, Phone, ServerFrame};
 
-use crate::dial::{Backoff, BoxIo, Connection, Dialer, Protocol};
+use crate::connection::{BoxIo, Connection};
+use crate::dial::{Backoff, Dialer, Protocol};
 use crate::mqtt;
 
 #[derive(Debug, Clone, Parser)]

@@ -27,7 +27,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use wire::{encode_client, ClientFrame, Phone, ServerFrame};
 
-use crate::dial::{take_frames, Connection, Dialer};
+use crate::connection::Connection;
+use crate::dial::{take_frames, Dialer};
 
 #[derive(Debug, Clone, Parser)]
 pub struct Args {

@@ -34,7 +34,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use wire::{encode_client, ClientFrame, Phone, Presence, ServerFrame};
 
-use crate::dial::{take_frames, BoxIo, ConnectArgs, Dialer};
+use crate::connection::BoxIo;
+use crate::dial::{take_frames, ConnectArgs, Dialer};
 use crate::window::{latency_histogram, wait_for, Threads, Window};
 
 #[derive(Debug, Clone, clap::Parser)]

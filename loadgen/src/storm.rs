@@ -32,7 +32,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use wire::{encode_client, ClientFrame, Phone, ServerFrame};
 
-use crate::dial::{take_frames, Backoff, Connection, Dialer};
+use crate::connection::Connection;
+use crate::dial::{take_frames, Backoff, Dialer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Trigger {
