@@ -29,7 +29,7 @@ use std::{
     rc::Rc,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
-        Arc, Mutex,
+        Arc,
     },
     time::{Duration, Instant},
 };
@@ -41,7 +41,6 @@ use futures_lite::{
     io::{split, ReadHalf, WriteHalf},
     AsyncReadExt, AsyncWriteExt,
 };
-use glommio::LocalExecutorBuilder;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use wire::{encode_client, ClientFrame, DeviceKey, ErrorKind, Phone, ServerFrame};
@@ -49,6 +48,7 @@ use wire::{encode_client, ClientFrame, DeviceKey, ErrorKind, Phone, ServerFrame}
 use crate::connection::{BoxIo, Connection};
 use crate::dial::{Backoff, Dialer, Protocol};
 use crate::mqtt;
+use crate::window::{wait_until, Threads, SETUP_WAIT_MAX};
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "loadgen", about = "Drive phones against an isle server")]
@@ -219,49 +219,25 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     let dialer = args.connect.dialer()?;
     let shared = Arc::new(Shared::default());
     let epoch = Instant::now();
-    let results = Arc::new(Mutex::new(Vec::new()));
 
     let threads = args.connect.threads();
-    let mut handles = Vec::new();
-    for thread in 0..threads {
-        let begin = args.phones * thread / threads;
-        let end = args.phones * (thread + 1) / threads;
-        let placement = args.connect.placement(thread);
-        let (args, shared, results, dialer) = (
-            args.clone(),
-            shared.clone(),
-            results.clone(),
-            dialer.clone(),
-        );
-        handles.push(
-            LocalExecutorBuilder::new(placement)
-                .name(&format!("loadgen-{thread}"))
-                .io_memory(256 * 1024)
-                // A deep ring gives the kernel its largest poll table (see the
-                // server's `io_ring_depth`).
-                .ring_depth(4096)
-                .spawn(move || async move {
-                    let result =
-                        run_thread(args, first, begin..end, threads, shared, epoch, dialer).await;
-                    results
-                        .lock()
-                        .expect("no thread panics holding it")
-                        .push(result);
-                })
-                .map_err(|error| anyhow::anyhow!("starting thread {thread}: {error}"))?,
-        );
-    }
+    let failed = Arc::new(AtomicBool::new(false));
+    let run = {
+        let (args, shared) = (args.clone(), shared.clone());
+        move |thread: usize| {
+            let range = args.phones * thread / threads..args.phones * (thread + 1) / threads;
+            let (args, shared, dialer) = (args.clone(), shared.clone(), dialer.clone());
+            run_thread(args, first, range, threads, shared, epoch, dialer)
+        }
+    };
+    let handles = Threads::spawn(&args.connect, "loadgen", threads, failed.clone(), run)?;
 
     // Progress, and the phases' timing, from the main thread.
     let login_started = Instant::now();
-    while shared.logged_in.load(Relaxed) + (shared.connect_failures.load(Relaxed) as usize)
-        < args.phones
-    {
-        std::thread::sleep(Duration::from_millis(20));
-        if login_started.elapsed() > Duration::from_secs(300) {
-            bail!("phones did not log in within 300 s");
-        }
-    }
+    wait_until("logins", SETUP_WAIT_MAX, &failed, || {
+        let failures = shared.connect_failures.load(Relaxed) as usize;
+        shared.logged_in.load(Relaxed) + failures >= args.phones
+    })?;
     let login_s = login_started.elapsed().as_secs_f64();
     eprintln!(
         "{} phones logged in in {login_s:.2} s",
@@ -328,13 +304,8 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         std::thread::sleep(Duration::from_millis(20));
     }
     shared.finished.store(true, Relaxed);
-    for handle in handles {
-        handle
-            .join()
-            .map_err(|error| anyhow::anyhow!("loadgen thread failed: {error}"))?;
-    }
+    let results = handles.join()?;
 
-    let results = std::mem::take(&mut *results.lock().expect("threads are done"));
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
     let mut send_lag = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
     let mut delivered = AHashSet::new();
@@ -592,7 +563,7 @@ async fn run_thread(
     shared: Arc<Shared>,
     epoch: Instant,
     dialer: Dialer,
-) -> ThreadResult {
+) -> anyhow::Result<ThreadResult> {
     let thread = Rc::new(Thread {
         first,
         shared: shared.clone(),
@@ -718,13 +689,13 @@ async fn run_thread(
     let send_lag = thread.send_lag.borrow().clone();
     let acked = std::mem::take(&mut *thread.acked.borrow_mut());
     let delivered = std::mem::take(&mut *thread.delivered.borrow_mut());
-    ThreadResult {
+    Ok(ThreadResult {
         histogram,
         send_lag,
         acked,
         delivered,
         measured_deliveries: thread.measured.get(),
-    }
+    })
 }
 
 /// Runs one phone's connections until the run finishes: when one ends, the

@@ -168,7 +168,13 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
             run_thread(args, first, range, shared, dialer)
         }
     };
-    let threads = Threads::spawn(&args.connect, threads, shared.failed.clone(), run)?;
+    let threads = Threads::spawn(
+        &args.connect,
+        "loadgen",
+        threads,
+        shared.failed.clone(),
+        run,
+    )?;
 
     let phones = groups * args.group_size;
     let failed = &shared.failed;

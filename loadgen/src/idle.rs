@@ -14,7 +14,7 @@ use std::{
     rc::Rc,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
-        Arc, Mutex,
+        Arc,
     },
     time::{Duration, Instant},
 };
@@ -22,13 +22,13 @@ use std::{
 use anyhow::bail;
 use clap::Parser;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::LocalExecutorBuilder;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use wire::{encode_client, ClientFrame, Phone, ServerFrame};
 
 use crate::connection::Connection;
 use crate::dial::{take_frames, Dialer};
+use crate::window::{wait_until, Threads, SETUP_WAIT_MAX};
 
 #[derive(Debug, Clone, Parser)]
 pub struct Args {
@@ -152,8 +152,6 @@ struct Shared {
     pings: AtomicU64,
     pongs: AtomicU64,
     finished: AtomicBool,
-    /// Login times in nanoseconds, merged from every thread at its end.
-    login_ns: Mutex<Option<Histogram<u64>>>,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<Report> {
@@ -181,24 +179,19 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
 
     let shared = Arc::new(Shared::default());
     let threads = args.connect.threads();
-    let mut handles = Vec::new();
-    for thread in 0..threads {
-        let begin = phones * thread / threads;
-        let end = phones * (thread + 1) / threads;
-        let placement = args.connect.placement(thread);
-        let (args, shared, dialer) = (args.clone(), shared.clone(), dialer.clone());
-        let numbers = (begin..end)
-            .map(|index| Phone::from_u64(first + index as u64).expect("range checked"))
-            .collect();
-        handles.push(
-            LocalExecutorBuilder::new(placement)
-                .name(&format!("loadgen-idle-{thread}"))
-                .io_memory(256 * 1024)
-                .ring_depth(4096)
-                .spawn(move || run_thread(args, numbers, dialer, shared))
-                .map_err(|error| anyhow::anyhow!("starting thread {thread}: {error}"))?,
-        );
-    }
+    let failed = Arc::new(AtomicBool::new(false));
+    let run = {
+        let (args, shared) = (args.clone(), shared.clone());
+        move |thread: usize| {
+            let (begin, end) = (phones * thread / threads, phones * (thread + 1) / threads);
+            let numbers = (begin..end)
+                .map(|index| Phone::from_u64(first + index as u64).expect("range checked"))
+                .collect();
+            let (args, shared, dialer) = (args.clone(), shared.clone(), dialer.clone());
+            run_thread(args, numbers, dialer, shared)
+        }
+    };
+    let handles = Threads::spawn(&args.connect, "loadgen-idle", threads, failed.clone(), run)?;
 
     let per_thread_max = phones.div_ceil(threads);
     let steps = args.steps.clamp(1, phones);
@@ -209,14 +202,12 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         shared
             .allowed_per_thread
             .store(per_thread_max * step / steps, Relaxed);
+        let what = format!("step {step}: logins");
         let done =
             || shared.logged_in.load(Relaxed) + shared.connect_failures.load(Relaxed) as usize;
-        while done() < target {
-            std::thread::sleep(Duration::from_millis(5));
-            if started.elapsed() > Duration::from_secs(300) {
-                shared.finished.store(true, Relaxed);
-                bail!("step {step}: phones did not log in within 300 s");
-            }
+        if let Err(error) = wait_until(&what, SETUP_WAIT_MAX, &failed, || done() >= target) {
+            shared.finished.store(true, Relaxed);
+            return Err(error);
         }
         connecting += started.elapsed();
         eprintln!(
@@ -229,18 +220,11 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     }
     std::thread::sleep(Duration::from_secs_f64(args.hold));
     shared.finished.store(true, Relaxed);
-    for handle in handles {
-        handle
-            .join()
-            .map_err(|error| anyhow::anyhow!("loadgen thread failed: {error}"))?;
+    let mut login_ns = new_histogram();
+    for histogram in handles.join()? {
+        login_ns.add(&histogram)?;
     }
     let logged_in = shared.logged_in.load(Relaxed);
-    let login_ns = shared
-        .login_ns
-        .lock()
-        .expect("threads are done")
-        .take()
-        .unwrap_or_else(new_histogram);
     let millis = |q: f64| login_ns.value_at_quantile(q) as f64 / 1e6;
     Ok(Report {
         scenario: "idle",
@@ -262,7 +246,14 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     })
 }
 
-async fn run_thread(args: Args, numbers: Vec<Phone>, dialer: Dialer, shared: Arc<Shared>) {
+/// Logs this thread's phones in as the steps allow and holds them until
+/// the run ends; their login times, in nanoseconds.
+async fn run_thread(
+    args: Args,
+    numbers: Vec<Phone>,
+    dialer: Dialer,
+    shared: Arc<Shared>,
+) -> anyhow::Result<Histogram<u64>> {
     let permits = Rc::new(glommio::sync::Semaphore::new(
         args.connect.connect_concurrency as u64,
     ));
@@ -323,13 +314,8 @@ async fn run_thread(args: Args, numbers: Vec<Phone>, dialer: Dialer, shared: Arc
         glommio::timer::sleep(wait).await;
     }
     drop(tasks);
-    let mut merged = shared.login_ns.lock().expect("no thread panics holding it");
-    match merged.as_mut() {
-        Some(histogram) => {
-            let _ = histogram.add(&*login_ns.borrow());
-        }
-        None => *merged = Some(login_ns.borrow().clone()),
-    }
+    let login_ns = login_ns.borrow().clone();
+    Ok(login_ns)
 }
 
 fn new_histogram() -> Histogram<u64> {

@@ -186,7 +186,13 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
             run_thread(args, first, range, shared, dialer)
         }
     };
-    let threads = Threads::spawn(&args.connect, threads, shared.failed.clone(), run)?;
+    let threads = Threads::spawn(
+        &args.connect,
+        "loadgen",
+        threads,
+        shared.failed.clone(),
+        run,
+    )?;
 
     let finish = |shared: &Shared| shared.finished.store(true, Relaxed);
     let (phones, failed) = (args.phones, &shared.failed);

@@ -17,8 +17,8 @@ use std::{
     cell::{Cell, RefCell},
     rc::Rc,
     sync::{
-        atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed},
-        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed},
+        Arc,
     },
     time::{Duration, Instant},
 };
@@ -27,13 +27,13 @@ use ahash::{AHashMap, AHashSet};
 use anyhow::bail;
 use clap::{Parser, ValueEnum};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::LocalExecutorBuilder;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use wire::{encode_client, ClientFrame, Phone, ServerFrame};
 
 use crate::connection::Connection;
 use crate::dial::{take_frames, Backoff, Dialer};
+use crate::window::{wait_until, Threads};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Trigger {
@@ -170,7 +170,8 @@ struct Shared {
     reordered: AtomicU64,
     /// Set at each reconnect: what the phones measure their login from.
     reconnect_ns: AtomicU64,
-    results: Mutex<Vec<ThreadResult>>,
+    /// Set when a thread fails, so the main thread stops waiting.
+    failed: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -224,34 +225,25 @@ pub fn run_then(args: &Args, waiting: impl FnOnce()) -> anyhow::Result<Report> {
         duplicates: AtomicU64::new(0),
         reordered: AtomicU64::new(0),
         reconnect_ns: AtomicU64::new(0),
-        results: Mutex::new(Vec::new()),
+        failed: Arc::default(),
     });
     let threads = args.connect.threads();
-    let mut handles = Vec::new();
-    for thread in 0..threads {
-        let phones = args.phones * thread / threads..args.phones * (thread + 1) / threads;
-        let sending = senders * thread / threads..senders * (thread + 1) / threads;
-        let placement = args.connect.placement(thread);
-        let (args, shared, dialer) = (args.clone(), shared.clone(), dialer.clone());
-        handles.push(
-            LocalExecutorBuilder::new(placement)
-                .name(&format!("loadgen-storm-{thread}"))
-                .io_memory(256 * 1024)
-                .ring_depth(4096)
-                .spawn(move || run_thread(args, first, phones, sending, dialer, shared))
-                .map_err(|error| anyhow::anyhow!("starting thread {thread}: {error}"))?,
-        );
-    }
+    let run = {
+        let (args, shared) = (args.clone(), shared.clone());
+        move |thread: usize| {
+            let phones = args.phones * thread / threads..args.phones * (thread + 1) / threads;
+            let sending = senders * thread / threads..senders * (thread + 1) / threads;
+            let (args, shared, dialer) = (args.clone(), shared.clone(), dialer.clone());
+            run_thread(args, first, phones, sending, dialer, shared)
+        }
+    };
+    let failed = shared.failed.clone();
+    let handles = Threads::spawn(&args.connect, "loadgen-storm", threads, failed, run)?;
     let result = drive(args, senders, &shared, waiting);
     shared.phase.store(PHASE_FINISHED, Relaxed);
-    for handle in handles {
-        handle
-            .join()
-            .map_err(|error| anyhow::anyhow!("loadgen thread failed: {error}"))?;
-    }
+    let results = handles.join()?;
     let (drain_s, dropped_ns, server_cpu_s) = result?;
 
-    let results = std::mem::take(&mut *shared.results.lock().expect("threads are done"));
     let mut delivered = AHashSet::new();
     let mut login = Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3)?;
     for result in &results {
@@ -317,15 +309,8 @@ fn drive(
             None => Ok(0.0),
         }
     };
-    let wait = |what: &str, limit_s: f64, done: &dyn Fn() -> bool| -> anyhow::Result<()> {
-        let started = Instant::now();
-        while !done() {
-            if started.elapsed().as_secs_f64() > limit_s {
-                bail!("{what} did not happen within {limit_s} s");
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        Ok(())
+    let wait = |what: &str, limit_s: f64, done: &dyn Fn() -> bool| {
+        wait_until(what, Duration::from_secs_f64(limit_s), &shared.failed, done)
     };
     let everyone = args.phones + senders;
     wait("signing up every phone", 600.0, &|| {
@@ -399,7 +384,7 @@ async fn run_thread(
     senders: std::ops::Range<usize>,
     dialer: Dialer,
     shared: Arc<Shared>,
-) {
+) -> anyhow::Result<ThreadResult> {
     let local = Rc::new(Local {
         dialer,
         shared: shared.clone(),
@@ -446,7 +431,7 @@ async fn run_thread(
     }
     drop(tasks);
     let result = std::mem::take(&mut *local.result.borrow_mut());
-    shared.results.lock().expect("no panics").push(result);
+    Ok(result)
 }
 
 /// One thread's share of the run.
