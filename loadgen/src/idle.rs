@@ -28,6 +28,7 @@ use wire::{encode_client, ClientFrame, Phone, ServerFrame};
 
 use crate::connection::Connection;
 use crate::dial::{take_frames, Dialer};
+use crate::report::Heading;
 use crate::window::{wait_until, Threads, SETUP_WAIT_MAX};
 
 #[derive(Debug, Clone, Parser)]
@@ -82,9 +83,9 @@ pub struct Sample {
 
 #[derive(Debug, Serialize)]
 pub struct Report {
-    pub scenario: &'static str,
-    pub phones: usize,
-    pub tls: bool,
+    /// `scenario` ("idle"), `phones`, `tls`.
+    #[serde(flatten)]
+    pub heading: Heading,
     pub logged_in: usize,
     pub connect_failures: u64,
     /// Connections that ended while they were meant to be held.
@@ -110,7 +111,7 @@ pub struct Report {
 impl Report {
     /// A run fails when a phone could not log in or was cut off.
     pub fn failed(&self) -> bool {
-        self.connect_failures > 0 || self.disconnects > 0 || self.logged_in < self.phones
+        self.connect_failures > 0 || self.disconnects > 0 || self.logged_in < self.heading.phones
     }
 
     pub fn print_summary(&self) {
@@ -118,8 +119,8 @@ impl Report {
             "idle: {} of {} phones logged in ({}), {:.0} logins/s (login ms p50 {:.1} p99 {:.1} max {:.1}); \
              {} disconnects, {} of {} pings answered",
             self.logged_in,
-            self.phones,
-            if self.tls { "tls" } else { "plaintext" },
+            self.heading.phones,
+            if self.heading.tls { "tls" } else { "plaintext" },
             self.login_per_s,
             self.login_ms_p50,
             self.login_ms_p99,
@@ -166,16 +167,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     let first = args.connect.first(phones)?;
     args.connect.require_isle("idle")?;
     let dialer = args.connect.dialer()?;
-    let rss = |phones: usize| -> anyhow::Result<Option<Sample>> {
-        let Some(pid) = args.server_pid else {
-            return Ok(None);
-        };
-        Ok(Some(Sample {
-            phones,
-            server_rss_bytes: crate::process::rss_bytes(pid)?,
-        }))
-    };
-    let mut samples: Vec<Sample> = rss(0)?.into_iter().collect();
+    let mut samples: Vec<Sample> = sample(args.server_pid, 0)?.into_iter().collect();
 
     let shared = Arc::new(Shared::default());
     let threads = args.connect.threads();
@@ -193,31 +185,11 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     };
     let handles = Threads::spawn(&args.connect, "loadgen-idle", threads, failed.clone(), run)?;
 
-    let per_thread_max = phones.div_ceil(threads);
-    let steps = args.steps.clamp(1, phones);
-    let mut connecting = Duration::ZERO;
-    for step in 1..=steps {
-        let target = phones * step / steps;
-        let started = Instant::now();
-        shared
-            .allowed_per_thread
-            .store(per_thread_max * step / steps, Relaxed);
-        let what = format!("step {step}: logins");
-        let done =
-            || shared.logged_in.load(Relaxed) + shared.connect_failures.load(Relaxed) as usize;
-        if let Err(error) = wait_until(&what, SETUP_WAIT_MAX, &failed, || done() >= target) {
-            shared.finished.store(true, Relaxed);
-            return Err(error);
-        }
-        connecting += started.elapsed();
-        eprintln!(
-            "step {step}/{steps}: {} phones logged in, {} failed",
-            shared.logged_in.load(Relaxed),
-            shared.connect_failures.load(Relaxed)
-        );
-        std::thread::sleep(Duration::from_secs_f64(args.settle));
-        samples.extend(rss(shared.logged_in.load(Relaxed))?);
+    let ramped = ramp_up(args, phones, threads, &shared, &failed, &mut samples);
+    if ramped.is_err() {
+        shared.finished.store(true, Relaxed);
     }
+    let connecting = ramped?;
     std::thread::sleep(Duration::from_secs_f64(args.hold));
     shared.finished.store(true, Relaxed);
     let mut login_ns = new_histogram();
@@ -227,9 +199,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     let logged_in = shared.logged_in.load(Relaxed);
     let millis = |q: f64| login_ns.value_at_quantile(q) as f64 / 1e6;
     Ok(Report {
-        scenario: "idle",
-        phones,
-        tls: args.connect.tls,
+        heading: Heading::new("idle", phones, &args.connect),
         logged_in,
         connect_failures: shared.connect_failures.load(Relaxed),
         disconnects: shared.disconnects.load(Relaxed),
@@ -244,6 +214,53 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         curves: crate::report::Curves::new("login time", Vec::new(), &login_ns),
         samples,
     })
+}
+
+/// The main thread's part: lets the phones in over `--steps` steps, and
+/// after each reads the server's RSS into `samples`. Returns the time the
+/// steps took, the pauses after them left out.
+fn ramp_up(
+    args: &Args,
+    phones: usize,
+    threads: usize,
+    shared: &Shared,
+    failed: &AtomicBool,
+    samples: &mut Vec<Sample>,
+) -> anyhow::Result<Duration> {
+    let per_thread_max = phones.div_ceil(threads);
+    let steps = args.steps.clamp(1, phones);
+    let mut connecting = Duration::ZERO;
+    for step in 1..=steps {
+        let target = phones * step / steps;
+        let started = Instant::now();
+        shared
+            .allowed_per_thread
+            .store(per_thread_max * step / steps, Relaxed);
+        let done =
+            || shared.logged_in.load(Relaxed) + shared.connect_failures.load(Relaxed) as usize;
+        let what = format!("step {step}: logins");
+        wait_until(&what, SETUP_WAIT_MAX, failed, || done() >= target)?;
+        connecting += started.elapsed();
+        eprintln!(
+            "step {step}/{steps}: {} phones logged in, {} failed",
+            shared.logged_in.load(Relaxed),
+            shared.connect_failures.load(Relaxed)
+        );
+        std::thread::sleep(Duration::from_secs_f64(args.settle));
+        samples.extend(sample(args.server_pid, shared.logged_in.load(Relaxed))?);
+    }
+    Ok(connecting)
+}
+
+/// The server's RSS with `phones` logged in (none without `--server-pid`).
+fn sample(server_pid: Option<u32>, phones: usize) -> anyhow::Result<Option<Sample>> {
+    let Some(pid) = server_pid else {
+        return Ok(None);
+    };
+    Ok(Some(Sample {
+        phones,
+        server_rss_bytes: crate::process::rss_bytes(pid)?,
+    }))
 }
 
 /// Logs this thread's phones in as the steps allow and holds them until

@@ -10,6 +10,7 @@ use super::phone::stalled;
 use super::thread::ThreadResult;
 use super::{Args, Sending, Shared};
 use crate::dial::Protocol;
+use crate::report::Heading;
 use crate::window::latency_histogram;
 
 /// What a run saw. `sent` counts distinct messages (a resend is not a new
@@ -18,15 +19,15 @@ use crate::window::latency_histogram;
 /// arrived after a later one from the same sender.
 #[derive(Debug, Serialize)]
 pub struct Report {
-    pub scenario: &'static str,
+    /// `scenario` ("chat"), `phones`, `tls`.
+    #[serde(flatten)]
+    pub heading: Heading,
     pub protocol: Protocol,
-    pub phones: usize,
     /// Phones that stopped reading (`--stalled-share`), and the messages
     /// they received once they read again.
     pub stalled: usize,
     pub delivered_to_stalled: u64,
     pub threads: usize,
-    pub tls: bool,
     pub offered_rate: u64,
     pub duration_s: f64,
     pub sent: u64,
@@ -104,15 +105,13 @@ impl Report {
         let micros = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
         let server_cpu_s = sending.server_cpu_s;
         Ok(Report {
-            scenario: "chat",
+            heading: Heading::new("chat", args.phones, &args.connect),
             protocol: args.connect.target.protocol,
-            phones: args.phones,
             stalled: (0..args.phones)
                 .filter(|&i| stalled(i, args.stalled_share))
                 .count(),
             delivered_to_stalled: shared.delivered_to_stalled.load(Relaxed),
             threads,
-            tls: args.connect.tls,
             offered_rate: args.rate,
             duration_s: args.duration,
             sent: shared.sent.load(Relaxed),
@@ -161,7 +160,7 @@ impl Report {
         if self.connect_failures > 0 {
             failures.push(format!(
                 "{} of {} phones could not connect or log in (see the first errors above)",
-                self.connect_failures, self.phones
+                self.connect_failures, self.heading.phones
             ));
         }
         if self.sent == 0 && self.duration_s > 0.0 {
@@ -179,9 +178,9 @@ impl Report {
          logins/s={:.0} delivered/s={:.0} latency_us p50={:.1} p99={:.1} p99.9={:.1} max={:.1}\n\
          send_lag_us p50={:.1} p99={:.1}{}",
         r.protocol,
-        r.phones,
+        r.heading.phones,
         r.threads,
-        r.tls,
+        r.heading.tls,
         if r.offered_rate == 0 { "max".to_string() } else { r.offered_rate.to_string() },
         r.duration_s,
         r.sent,
