@@ -33,51 +33,36 @@ use serde_json::{json, Value};
 
 use crate::{cargo, find_program, packages, root};
 
-/// The benchmark's settings; `--name value` on the command line.
+/// The benchmark's settings, from `ci bench`'s flags.
+#[derive(Debug, clap::Args)]
 pub struct Options {
+    /// Phones in each chat run.
+    #[arg(long, default_value_t = 10_000)]
     pub phones: u64,
+    /// Seconds of each chat run, warm-up included.
+    #[arg(long = "duration", value_name = "SECONDS", default_value_t = 15.0)]
     pub duration_s: f64,
+    /// Seconds at the start of each chat run left out of the figures.
+    #[arg(long = "warmup", value_name = "SECONDS", default_value_t = 3.0)]
     pub warmup_s: f64,
+    /// Times each measurement is repeated (at least once), servers
+    /// interleaved.
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
     pub rounds: usize,
+    /// Phones in the login storm.
+    #[arg(long, default_value_t = 18_000)]
     pub storm_phones: u64,
+    /// Where `bench.json` and each run's report go.
+    #[arg(long, default_value_os_t = root().join("target/bench"))]
     pub out: PathBuf,
 }
 
-impl Options {
-    pub fn parse(args: &[String]) -> anyhow::Result<Options> {
-        let mut options = Options {
-            phones: 10_000,
-            duration_s: 15.0,
-            warmup_s: 3.0,
-            rounds: 3,
-            storm_phones: 18_000,
-            out: root().join("target/bench"),
-        };
-        let mut args = args.iter();
-        while let Some(name) = args.next() {
-            let value = args
-                .next()
-                .with_context(|| format!("{name} needs a value"))?;
-            let number = || -> anyhow::Result<f64> {
-                value
-                    .parse()
-                    .with_context(|| format!("{name} {value:?} is not a number"))
-            };
-            match name.as_str() {
-                "--phones" => options.phones = number()? as u64,
-                "--duration" => options.duration_s = number()?,
-                "--warmup" => options.warmup_s = number()?,
-                "--rounds" => options.rounds = (number()? as usize).max(1),
-                "--storm-phones" => options.storm_phones = number()? as u64,
-                "--out" => options.out = PathBuf::from(value),
-                other => bail!(
-                    "unknown option {other}; use --phones, --duration, --warmup, --rounds, \
-                     --storm-phones or --out"
-                ),
-            }
-        }
-        Ok(options)
-    }
+/// A count of rounds: 0 runs one.
+fn at_least_one(value: &str) -> Result<usize, String> {
+    let rounds: usize = value
+        .parse()
+        .map_err(|error| format!("{value:?}: {error}"))?;
+    Ok(rounds.max(1))
 }
 
 /// The CPU servers are pinned to, and the one loadgen runs on.
@@ -371,187 +356,18 @@ pub fn bench(options: &Options) -> anyhow::Result<()> {
     let bin = root().join("target/release");
     std::fs::create_dir_all(&options.out)?;
     let mut runs = Vec::new();
-
-    // 1. Most each server delivers: closed loop.
-    for round in 1..=options.rounds {
-        for target in Target::ALL {
-            let server = start(target, &bin)?;
-            let dir = options.out.join(format!("max-{}-{round}", target.name()));
-            let report = chat(&bin, options, &server, 0, &dir)?;
-            drop(server);
-            eprintln!(
-                "ci bench: round {round} {}: {:.0} msg/s, lost {}",
-                target.name(),
-                field(&report, "delivered_per_s"),
-                report["lost"]
-            );
-            runs.push(
-                json!({"phase": "max", "target": target.name(), "round": round, "report": report}),
-            );
-        }
-    }
+    run_max(&bin, options, &mut runs)?;
     let isle_max = median_of(&runs, "max", "isle", "delivered_per_s");
-
-    // 2. Latency at half of isle's maximum, on isle and mosquitto alike.
     let half = (isle_max / 2.0).round() as u64;
     if half > 0 {
-        for round in 1..=options.rounds {
-            for target in [Target::Isle, Target::Mosquitto] {
-                let server = start(target, &bin)?;
-                let dir = options.out.join(format!("half-{}-{round}", target.name()));
-                let report = chat(&bin, options, &server, half, &dir)?;
-                drop(server);
-                runs.push(json!({"phase": "half", "target": target.name(), "round": round, "report": report}));
-            }
-        }
+        run_half(&bin, options, half, &mut runs)?;
+        run_slow(&bin, options, half, &mut runs)?;
     }
+    run_storm(&bin, options, &mut runs)?;
 
-    // 3. Slow readers at half load, once each.
-    if half > 0 {
-        for target in [Target::Isle, Target::Mosquitto] {
-            let server = start(target, &bin)?;
-            let mut extra = workload(options, half);
-            extra.extend(["--share".to_owned(), "0.1".to_owned()]);
-            let report = scenario(&bin, "slow", &server, &extra)?;
-            drop(server);
-            runs.push(
-                json!({"phase": "slow", "target": target.name(), "round": 1, "report": report}),
-            );
-        }
-    }
-
-    // 4. A login storm on isle.
-    for round in 1..=options.rounds {
-        let server = start(Target::Isle, &bin)?;
-        let extra = [
-            "--phones".to_owned(),
-            options.storm_phones.to_string(),
-            "--queued".to_owned(),
-            "10000".to_owned(),
-        ];
-        let report = scenario(&bin, "storm", &server, &extra)?;
-        drop(server);
-        runs.push(json!({"phase": "storm", "target": "isle", "round": round, "report": report}));
-    }
-
-    let of = |phase: &str, target: &str, name: &str| median_of(&runs, phase, target, name);
-    let mut table = Vec::new();
-    let mut medians = serde_json::Map::new();
-    for target in Target::ALL {
-        let name = target.name();
-        let row = json!({
-            "delivered_per_s": of("max", name, "delivered_per_s"),
-            "delivered_per_server_cpu_s": of("max", name, "delivered_per_server_cpu_s"),
-            "latency_us_p99_at_max": of("max", name, "latency_us_p99"),
-            "server_rss_bytes": of("max", name, "server_rss_bytes"),
-            "latency_us_p99_at_half": of("half", name, "latency_us_p99"),
-            "latency_us_p50_at_half": of("half", name, "latency_us_p50"),
-            "send_lag_us_p50_at_half": of("half", name, "send_lag_us_p50"),
-            "delivered_per_s_at_half": of("half", name, "delivered_per_s"),
-            "server_cpu_s_at_half": of("half", name, "server_cpu_s"),
-        });
-        table.push((name, row.clone()));
-        medians.insert(name.to_owned(), row);
-    }
-    let slow: serde_json::Map<String, Value> = runs
-        .iter()
-        .filter(|r| r["phase"] == "slow")
-        .map(|r| {
-            let report = &r["report"];
-            let target = r["target"].as_str().unwrap_or("?").to_owned();
-            (
-                target,
-                json!({
-                    "p99_us_baseline": report["baseline"]["latency_us_p99"],
-                    "p99_us_with_stalled": report["with_stalled"]["latency_us_p99"],
-                    "p99_ratio": report["p99_ratio"],
-                    "server_rss_bytes_with_stalled": report["with_stalled"]["server_rss_bytes"],
-                }),
-            )
-        })
-        .collect();
-    let lost: u64 = runs
-        .iter()
-        .map(|r| r["report"]["lost"].as_u64().unwrap_or(0))
-        .sum();
-    let ratio = |a: &str, b: &str, name: &str| {
-        let value = |t: &str| medians[t][name].as_f64().unwrap_or(f64::NAN);
-        value(a) / value(b)
-    };
-    let storm = json!({
-        "logins_per_s": of("storm", "isle", "logins_per_s"),
-        "logins_per_server_cpu_s": of("storm", "isle", "logins_per_server_cpu_s"),
-        "time_to_all_back_s": of("storm", "isle", "time_to_all_back_s"),
-    });
-    let ratios = json!({
-        "isle_over_mosquitto_delivered_per_s": ratio("isle", "mosquitto", "delivered_per_s"),
-        "isle_memory_over_mosquitto_delivered_per_s": ratio("isle-memory", "mosquitto", "delivered_per_s"),
-        "isle_over_relay_delivered_per_s": ratio("isle", "relay", "delivered_per_s"),
-        "isle_memory_over_relay_delivered_per_s": ratio("isle-memory", "relay", "delivered_per_s"),
-        "isle_over_mosquitto_per_server_cpu_s": ratio("isle", "mosquitto", "delivered_per_server_cpu_s"),
-        "isle_over_mosquitto_p99_at_half": ratio("isle", "mosquitto", "latency_us_p99_at_half"),
-    });
-
-    println!(
-        "\nchat: {} phones, {} s ({} s warm-up), medians of {} rounds; server on CPU {SERVER_CPU}, \
-         loadgen on CPU {LOADGEN_CPU}",
-        options.phones, options.duration_s, options.warmup_s, options.rounds
-    );
-    println!(
-        "{:<12} {:>12} {:>14} {:>14} {:>10} {:>16}",
-        "server", "msg/s", "msg/server-s", "p99 max (ms)", "rss (MiB)", "p99 @half (ms)"
-    );
-    for (name, row) in &table {
-        let f = |k: &str| row[k].as_f64().unwrap_or(f64::NAN);
-        println!(
-            "{:<12} {:>12.0} {:>14.0} {:>14.1} {:>10.1} {:>16}",
-            name,
-            f("delivered_per_s"),
-            f("delivered_per_server_cpu_s"),
-            f("latency_us_p99_at_max") / 1000.0,
-            f("server_rss_bytes") / 1_048_576.0,
-            if f("latency_us_p99_at_half").is_nan() {
-                "-".to_owned()
-            } else {
-                format!("{:.2}", f("latency_us_p99_at_half") / 1000.0)
-            }
-        );
-    }
-    println!("half load: {half} msg/s offered (half of isle's median maximum)");
-    for target in [Target::Isle, Target::Mosquitto] {
-        let f = |k: &str| medians[target.name()][k].as_f64().unwrap_or(f64::NAN);
-        println!(
-            "  {:<10} delivered {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, server CPU {:.0} %, \
-             loadgen's own send lag p50 {:.2} ms",
-            target.name(),
-            f("delivered_per_s_at_half"),
-            f("latency_us_p50_at_half") / 1000.0,
-            f("latency_us_p99_at_half") / 1000.0,
-            100.0 * f("server_cpu_s_at_half") / (options.duration_s - options.warmup_s),
-            f("send_lag_us_p50_at_half") / 1000.0,
-        );
-    }
-    println!("ratios: {}", serde_json::to_string_pretty(&ratios)?);
-    println!(
-        "storm: {} phones: {:.0} logins/s, {:.0} logins per server CPU s, all back in {:.2} s",
-        options.storm_phones,
-        storm["logins_per_s"].as_f64().unwrap_or(f64::NAN),
-        storm["logins_per_server_cpu_s"]
-            .as_f64()
-            .unwrap_or(f64::NAN),
-        storm["time_to_all_back_s"].as_f64().unwrap_or(f64::NAN),
-    );
-    for (target, row) in &slow {
-        let f = |k: &str| row[k].as_f64().unwrap_or(f64::NAN);
-        println!(
-            "slow readers ({target}, a tenth stalled at half load): others' p99 {:.2} ms -> {:.2} ms (x{:.2})",
-            f("p99_us_baseline") / 1000.0,
-            f("p99_us_with_stalled") / 1000.0,
-            f("p99_ratio"),
-        );
-    }
-    println!("lost over all runs: {lost}");
-
+    let summary = Summary::new(&runs);
+    summary.print(options, half);
+    let lost = summary.lost;
     let document = json!({
         "machine": machine(),
         "versions": {
@@ -569,10 +385,10 @@ pub fn bench(options: &Options) -> anyhow::Result<()> {
             "loadgen_cpu": LOADGEN_CPU,
             "half_load_rate": half,
         },
-        "medians": medians,
-        "ratios": ratios,
-        "storm": storm,
-        "slow": slow,
+        "medians": summary.medians,
+        "ratios": summary.ratios,
+        "storm": summary.storm,
+        "slow": summary.slow,
         "lost": lost,
         "runs": runs,
     });
@@ -583,4 +399,265 @@ pub fn bench(options: &Options) -> anyhow::Result<()> {
         bail!("{lost} acknowledged messages were lost");
     }
     Ok(())
+}
+
+/// 1. The most each server delivers: chat in closed loop, every target,
+///    `--rounds` times interleaved.
+fn run_max(bin: &Path, options: &Options, runs: &mut Vec<Value>) -> anyhow::Result<()> {
+    for round in 1..=options.rounds {
+        for target in Target::ALL {
+            let server = start(target, bin)?;
+            let dir = options.out.join(format!("max-{}-{round}", target.name()));
+            let report = chat(bin, options, &server, 0, &dir)?;
+            drop(server);
+            eprintln!(
+                "ci bench: round {round} {}: {:.0} msg/s, lost {}",
+                target.name(),
+                field(&report, "delivered_per_s"),
+                report["lost"]
+            );
+            runs.push(
+                json!({"phase": "max", "target": target.name(), "round": round, "report": report}),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// 2. Latency at `half` of isle's maximum, on isle and mosquitto alike.
+fn run_half(bin: &Path, options: &Options, half: u64, runs: &mut Vec<Value>) -> anyhow::Result<()> {
+    for round in 1..=options.rounds {
+        for target in [Target::Isle, Target::Mosquitto] {
+            let server = start(target, bin)?;
+            let dir = options.out.join(format!("half-{}-{round}", target.name()));
+            let report = chat(bin, options, &server, half, &dir)?;
+            drop(server);
+            runs.push(
+                json!({"phase": "half", "target": target.name(), "round": round, "report": report}),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// 3. Slow readers at `half` load, once each on isle and mosquitto.
+fn run_slow(bin: &Path, options: &Options, half: u64, runs: &mut Vec<Value>) -> anyhow::Result<()> {
+    for target in [Target::Isle, Target::Mosquitto] {
+        let server = start(target, bin)?;
+        let mut extra = workload(options, half);
+        extra.extend(["--share".to_owned(), "0.1".to_owned()]);
+        let report = scenario(bin, "slow", &server, &extra)?;
+        drop(server);
+        runs.push(json!({"phase": "slow", "target": target.name(), "round": 1, "report": report}));
+    }
+    Ok(())
+}
+
+/// 4. A login storm on isle, `--rounds` times.
+fn run_storm(bin: &Path, options: &Options, runs: &mut Vec<Value>) -> anyhow::Result<()> {
+    for round in 1..=options.rounds {
+        let server = start(Target::Isle, bin)?;
+        let extra = [
+            "--phones".to_owned(),
+            options.storm_phones.to_string(),
+            "--queued".to_owned(),
+            "10000".to_owned(),
+        ];
+        let report = scenario(bin, "storm", &server, &extra)?;
+        drop(server);
+        runs.push(json!({"phase": "storm", "target": "isle", "round": round, "report": report}));
+    }
+    Ok(())
+}
+
+/// The medians, ratios and per-phase figures of every run.
+struct Summary {
+    /// Per target, in `Target::ALL` order, its row of medians.
+    table: Vec<(&'static str, Value)>,
+    medians: serde_json::Map<String, Value>,
+    slow: serde_json::Map<String, Value>,
+    storm: Value,
+    ratios: Value,
+    /// Acknowledged messages lost over all runs.
+    lost: u64,
+}
+
+impl Summary {
+    fn new(runs: &[Value]) -> Summary {
+        let of = |phase: &str, target: &str, name: &str| median_of(runs, phase, target, name);
+        let mut table = Vec::new();
+        let mut medians = serde_json::Map::new();
+        for target in Target::ALL {
+            let name = target.name();
+            let row = json!({
+                "delivered_per_s": of("max", name, "delivered_per_s"),
+                "delivered_per_server_cpu_s": of("max", name, "delivered_per_server_cpu_s"),
+                "latency_us_p99_at_max": of("max", name, "latency_us_p99"),
+                "server_rss_bytes": of("max", name, "server_rss_bytes"),
+                "latency_us_p99_at_half": of("half", name, "latency_us_p99"),
+                "latency_us_p50_at_half": of("half", name, "latency_us_p50"),
+                "send_lag_us_p50_at_half": of("half", name, "send_lag_us_p50"),
+                "delivered_per_s_at_half": of("half", name, "delivered_per_s"),
+                "server_cpu_s_at_half": of("half", name, "server_cpu_s"),
+            });
+            table.push((name, row.clone()));
+            medians.insert(name.to_owned(), row);
+        }
+        let storm = json!({
+            "logins_per_s": of("storm", "isle", "logins_per_s"),
+            "logins_per_server_cpu_s": of("storm", "isle", "logins_per_server_cpu_s"),
+            "time_to_all_back_s": of("storm", "isle", "time_to_all_back_s"),
+        });
+        let ratios = ratios(&medians);
+        Summary {
+            table,
+            medians,
+            slow: slow_rows(runs),
+            storm,
+            ratios,
+            lost: runs
+                .iter()
+                .map(|r| r["report"]["lost"].as_u64().unwrap_or(0))
+                .sum(),
+        }
+    }
+
+    /// Prints the table, the half load, the ratios, the storm and the slow
+    /// readers.
+    fn print(&self, options: &Options, half: u64) {
+        println!(
+            "\nchat: {} phones, {} s ({} s warm-up), medians of {} rounds; server on CPU {SERVER_CPU}, \
+             loadgen on CPU {LOADGEN_CPU}",
+            options.phones, options.duration_s, options.warmup_s, options.rounds
+        );
+        println!(
+            "{:<12} {:>12} {:>14} {:>14} {:>10} {:>16}",
+            "server", "msg/s", "msg/server-s", "p99 max (ms)", "rss (MiB)", "p99 @half (ms)"
+        );
+        for (name, row) in &self.table {
+            let f = |k: &str| row[k].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "{:<12} {:>12.0} {:>14.0} {:>14.1} {:>10.1} {:>16}",
+                name,
+                f("delivered_per_s"),
+                f("delivered_per_server_cpu_s"),
+                f("latency_us_p99_at_max") / 1000.0,
+                f("server_rss_bytes") / 1_048_576.0,
+                if f("latency_us_p99_at_half").is_nan() {
+                    "-".to_owned()
+                } else {
+                    format!("{:.2}", f("latency_us_p99_at_half") / 1000.0)
+                }
+            );
+        }
+        println!("half load: {half} msg/s offered (half of isle's median maximum)");
+        for target in [Target::Isle, Target::Mosquitto] {
+            let f = |k: &str| self.medians[target.name()][k].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "  {:<10} delivered {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, server CPU {:.0} %, \
+                 loadgen's own send lag p50 {:.2} ms",
+                target.name(),
+                f("delivered_per_s_at_half"),
+                f("latency_us_p50_at_half") / 1000.0,
+                f("latency_us_p99_at_half") / 1000.0,
+                100.0 * f("server_cpu_s_at_half") / (options.duration_s - options.warmup_s),
+                f("send_lag_us_p50_at_half") / 1000.0,
+            );
+        }
+        let pretty = serde_json::to_string_pretty(&self.ratios).unwrap_or_default();
+        println!("ratios: {pretty}");
+        let storm = |k: &str| self.storm[k].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "storm: {} phones: {:.0} logins/s, {:.0} logins per server CPU s, all back in {:.2} s",
+            options.storm_phones,
+            storm("logins_per_s"),
+            storm("logins_per_server_cpu_s"),
+            storm("time_to_all_back_s"),
+        );
+        for (target, row) in &self.slow {
+            let f = |k: &str| row[k].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "slow readers ({target}, a tenth stalled at half load): others' p99 {:.2} ms -> {:.2} ms (x{:.2})",
+                f("p99_us_baseline") / 1000.0,
+                f("p99_us_with_stalled") / 1000.0,
+                f("p99_ratio"),
+            );
+        }
+        println!("lost over all runs: {}", self.lost);
+    }
+}
+
+/// isle's medians over mosquitto's and the relay's.
+fn ratios(medians: &serde_json::Map<String, Value>) -> Value {
+    let ratio = |a: &str, b: &str, name: &str| {
+        let value = |t: &str| medians[t][name].as_f64().unwrap_or(f64::NAN);
+        value(a) / value(b)
+    };
+    json!({
+        "isle_over_mosquitto_delivered_per_s": ratio("isle", "mosquitto", "delivered_per_s"),
+        "isle_memory_over_mosquitto_delivered_per_s": ratio("isle-memory", "mosquitto", "delivered_per_s"),
+        "isle_over_relay_delivered_per_s": ratio("isle", "relay", "delivered_per_s"),
+        "isle_memory_over_relay_delivered_per_s": ratio("isle-memory", "relay", "delivered_per_s"),
+        "isle_over_mosquitto_per_server_cpu_s": ratio("isle", "mosquitto", "delivered_per_server_cpu_s"),
+        "isle_over_mosquitto_p99_at_half": ratio("isle", "mosquitto", "latency_us_p99_at_half"),
+    })
+}
+
+/// Per target, the slow-reader run's figures.
+fn slow_rows(runs: &[Value]) -> serde_json::Map<String, Value> {
+    runs.iter()
+        .filter(|r| r["phase"] == "slow")
+        .map(|r| {
+            let report = &r["report"];
+            let target = r["target"].as_str().unwrap_or("?").to_owned();
+            (
+                target,
+                json!({
+                    "p99_us_baseline": report["baseline"]["latency_us_p99"],
+                    "p99_us_with_stalled": report["with_stalled"]["latency_us_p99"],
+                    "p99_ratio": report["p99_ratio"],
+                    "server_rss_bytes_with_stalled": report["with_stalled"]["server_rss_bytes"],
+                }),
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::Summary;
+
+    fn run(phase: &str, target: &str, round: u32, delivered_per_s: f64, lost: u64) -> Value {
+        json!({
+            "phase": phase,
+            "target": target,
+            "round": round,
+            "report": {"delivered_per_s": delivered_per_s, "lost": lost},
+        })
+    }
+
+    #[test]
+    fn the_summary_takes_medians_per_target_and_counts_every_loss() {
+        let runs = [
+            run("max", "isle", 1, 100.0, 0),
+            run("max", "isle", 2, 300.0, 1),
+            run("max", "isle", 3, 200.0, 0),
+            run("max", "mosquitto", 1, 40.0, 0),
+            run("max", "mosquitto", 2, 60.0, 0),
+            run("max", "relay", 1, 400.0, 2),
+        ];
+        let summary = Summary::new(&runs);
+        assert_eq!(summary.medians["isle"]["delivered_per_s"], 200.0);
+        assert_eq!(summary.medians["mosquitto"]["delivered_per_s"], 50.0);
+        assert_eq!(summary.ratios["isle_over_mosquitto_delivered_per_s"], 4.0);
+        assert_eq!(summary.ratios["isle_over_relay_delivered_per_s"], 0.5);
+        // No half-load runs: their medians are missing, not zero.
+        assert_eq!(
+            summary.medians["isle"]["latency_us_p99_at_half"],
+            Value::Null
+        );
+        assert_eq!(summary.lost, 3);
+    }
 }

@@ -25,33 +25,68 @@ use std::{
 };
 
 use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "ci", about = "The checks CI runs, runnable by anyone")]
+struct Cli {
+    /// What to run; `test` when none is named.
+    #[command(subcommand)]
+    task: Option<Task>,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Installs what the tests use, then fmt, clippy, unit and smoke.
+    Test,
+    /// `cargo fmt --check`.
+    Fmt,
+    /// clippy on every target, warnings denied.
+    Clippy,
+    /// `cargo test --workspace`.
+    Unit,
+    /// A release isle and loadgen over plaintext and TLS.
+    Smoke,
+    /// The cross-shard stall hunt at 400 rounds.
+    Stall,
+    /// isle against mosquitto and the bare relay, side by side.
+    Bench(bench::Options),
+}
+
+impl Task {
+    fn name(&self) -> &'static str {
+        match self {
+            Task::Test => "test",
+            Task::Fmt => "fmt",
+            Task::Clippy => "clippy",
+            Task::Unit => "unit",
+            Task::Smoke => "smoke",
+            Task::Stall => "stall",
+            Task::Bench(_) => "bench",
+        }
+    }
+}
 
 fn main() {
-    let task = std::env::args().nth(1).unwrap_or_else(|| "test".into());
-    let result = match task.as_str() {
-        "test" => packages(TEST_PACKAGES)
+    let task = Cli::parse().task.unwrap_or(Task::Test);
+    let result = match &task {
+        Task::Test => packages(TEST_PACKAGES)
             .and_then(|()| fmt())
             .and_then(|()| clippy())
             .and_then(|()| unit())
             .and_then(|()| smoke()),
-        "fmt" => fmt(),
-        "clippy" => clippy(),
-        "unit" => unit(),
-        "smoke" => smoke(),
-        "stall" => stall(),
-        "bench" => {
-            let rest: Vec<String> = std::env::args().skip(2).collect();
-            bench::Options::parse(&rest).and_then(|options| bench::bench(&options))
-        }
-        other => Err(anyhow::anyhow!(
-            "unknown task {other:?}; use test, fmt, clippy, unit, smoke, stall or bench"
-        )),
+        Task::Fmt => fmt(),
+        Task::Clippy => clippy(),
+        Task::Unit => unit(),
+        Task::Smoke => smoke(),
+        Task::Stall => stall(),
+        Task::Bench(options) => bench::bench(options),
     };
     if let Err(error) = result {
         eprintln!("ci: {error:#}");
         std::process::exit(1);
     }
-    eprintln!("ci: {task} passed");
+    eprintln!("ci: {} passed", task.name());
 }
 
 fn root() -> PathBuf {
@@ -260,4 +295,56 @@ fn run_loadgen(bin: &Path, extra: &[&str]) -> anyhow::Result<()> {
         bail!("loadgen exited with {}", output.status);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::{Cli, Task};
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bench_takes_the_same_flags_and_defaults() {
+        let bench = |args: &[&str]| match Cli::parse_from(args).task {
+            Some(Task::Bench(options)) => options,
+            _ => panic!("not bench"),
+        };
+        let options = bench(&["ci", "bench"]);
+        assert_eq!(
+            (options.phones, options.rounds, options.storm_phones),
+            (10_000, 3, 18_000)
+        );
+        assert_eq!((options.duration_s, options.warmup_s), (15.0, 3.0));
+        assert!(options.out.ends_with("target/bench"));
+        let options = bench(&[
+            "ci",
+            "bench",
+            "--phones",
+            "2000",
+            "--duration",
+            "4.5",
+            "--warmup",
+            "1",
+            "--rounds",
+            "0",
+            "--storm-phones",
+            "500",
+            "--out",
+            "/tmp/bench",
+        ]);
+        assert_eq!(
+            (options.phones, options.rounds, options.storm_phones),
+            (2000, 1, 500)
+        );
+        assert_eq!((options.duration_s, options.warmup_s), (4.5, 1.0));
+        assert_eq!(options.out, std::path::Path::new("/tmp/bench"));
+        assert!(Cli::try_parse_from(["ci", "bench", "--phones"]).is_err());
+        assert!(Cli::try_parse_from(["ci", "bench", "--unknown", "1"]).is_err());
+        assert!(Cli::parse_from(["ci"]).task.is_none(), "test by default");
+    }
 }

@@ -6,7 +6,7 @@ use std::{cell::Cell, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration}
 
 use anyhow::{bail, Context};
 use clap::Args;
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::Placement;
 use rustls::pki_types::ServerName;
@@ -15,9 +15,7 @@ use wire::{
     FRAME_BYTES_MAX, PROTOCOL_VERSION,
 };
 
-pub trait Io: AsyncRead + AsyncWrite + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
-pub type BoxIo = Box<dyn Io>;
+use crate::connection::{BoxIo, Connection};
 
 /// Where phones connect and how they are spread: the options every
 /// scenario shares.
@@ -140,13 +138,6 @@ pub struct Dialer {
     pub code: u32,
 }
 
-/// A logged-in connection, with the bytes that arrived after `LoggedIn` in
-/// the same reads (queued messages may follow it at once).
-pub struct Connection {
-    pub io: BoxIo,
-    pub inbox: Vec<u8>,
-}
-
 impl Dialer {
     /// Connects and logs in: with `key` if set, else (or if that key is
     /// refused) by signing up first, which sets `key`.
@@ -156,7 +147,7 @@ impl Dialer {
         key: &Cell<Option<DeviceKey>>,
     ) -> anyhow::Result<Connection> {
         if self.protocol == Protocol::Mqtt {
-            return crate::mqtt::log_in(self, number).await;
+            return crate::mqtt::log_in(self.open(number).await?, number).await;
         }
         let mut io = self.open(number).await?;
         let mut inbox = Vec::new();

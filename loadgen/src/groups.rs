@@ -23,11 +23,15 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use futures_lite::{io::split, AsyncReadExt, AsyncWriteExt};
+use futures_lite::{
+    io::{split, ReadHalf},
+    AsyncReadExt, AsyncWriteExt,
+};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use wire::{encode_client, ClientFrame, GroupId, Phone, ReceiptKind, ServerFrame};
 
+use crate::connection::BoxIo;
 use crate::dial::{take_frames, ConnectArgs, Dialer};
 use crate::window::{latency_histogram, wait_for, Threads, Window};
 
@@ -168,7 +172,13 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
             run_thread(args, first, range, shared, dialer)
         }
     };
-    let threads = Threads::spawn(&args.connect, threads, shared.failed.clone(), run)?;
+    let threads = Threads::spawn(
+        &args.connect,
+        "loadgen",
+        threads,
+        shared.failed.clone(),
+        run,
+    )?;
 
     let phones = groups * args.group_size;
     let failed = &shared.failed;
@@ -314,15 +324,7 @@ async fn phone(
     let mut inbox = connection.inbox;
     let mut out = Vec::new();
     let mut buffer = vec![0u8; 64 * 1024];
-    let mut acked = 0u64;
-    // Creator state: the group, and per post in flight the members yet to
-    // confirm it.
-    let mut group = None;
-    let mut in_flight: HashMap<u64, usize> = HashMap::new();
-    let mut next_client_id = 1u64;
-    // Posts of a group reach a member in `gseq` order, once.
-    let mut last_gseq = 0u64;
-
+    let mut member = Member::new(creates, members.len() - 1);
     if creates {
         // Every member must have an account before it can be added.
         while thread.logged_in.get() < thread.phones {
@@ -338,33 +340,15 @@ async fn phone(
             &mut out,
         );
     }
-    let body_bytes = thread.args.body_bytes;
-    let window = thread.args.window.max(1);
-    let expected = members.len() - 1;
     let drain = Duration::from_secs_f64(thread.args.drain);
     let mut stopped_at: Option<Instant> = None;
     loop {
-        // A creator tops its window up once posting has begun.
-        if let Some(group) = group {
-            let started = thread.window().started();
-            while started && !thread.window().stopped() && in_flight.len() < window {
-                let mut body = vec![0u8; body_bytes];
-                body[..8].copy_from_slice(&thread.window().now_ns().to_le_bytes());
-                encode_client(
-                    &ClientFrame::GroupSend {
-                        client_id: next_client_id,
-                        group,
-                        body: &body,
-                    },
-                    &mut out,
-                );
-                in_flight.insert(next_client_id, expected);
-                next_client_id += 1;
-            }
+        if member.group.is_some() {
+            member.post(thread, &mut out);
             if thread.window().stopped() {
                 let since = *stopped_at.get_or_insert_with(Instant::now);
-                if in_flight.is_empty() || since.elapsed() > drain {
-                    return Ok(in_flight.values().map(|&n| n as u64).sum());
+                if member.in_flight.is_empty() || since.elapsed() > drain {
+                    return Ok(member.in_flight.values().map(|&n| n as u64).sum());
                 }
             }
         }
@@ -373,46 +357,142 @@ async fn phone(
             writer.flush().await?;
             out.clear();
         }
-        let read = if creates && group.is_some() && !thread.window().started() {
-            // Waiting for the start: look again shortly.
-            match glommio::timer::timeout(Duration::from_millis(10), async {
-                Ok(reader.read(&mut buffer).await)
-            })
-            .await
-            {
-                Ok(read) => read?,
-                Err(_) => continue,
-            }
-        } else if creates && thread.window().stopped() {
-            match glommio::timer::timeout(Duration::from_millis(100), async {
-                Ok(reader.read(&mut buffer).await)
-            })
-            .await
-            {
-                Ok(read) => read?,
-                Err(_) => continue,
-            }
-        } else {
-            reader.read(&mut buffer).await?
+        let Some(read) = member.read(thread, &mut reader, &mut buffer).await? else {
+            continue;
         };
         if read == 0 {
             bail!("the server closed the connection");
         }
         inbox.extend_from_slice(&buffer[..read]);
-        let mut up_to = acked;
+        member.take(thread, &mut inbox, &mut out)?;
+    }
+}
+
+/// What one phone keeps across reads: a creator's group and its posts in
+/// flight, and every member's place in the group's posts and its mailbox.
+struct Member {
+    creates: bool,
+    /// Members that confirm each post: all but the creator.
+    expected: usize,
+    group: Option<GroupId>,
+    /// Per post in flight, the members yet to confirm it.
+    in_flight: HashMap<u64, usize>,
+    next_client_id: u64,
+    /// Posts of a group reach a member in `gseq` order, once.
+    last_gseq: u64,
+    /// The mailbox seq acknowledged so far.
+    acked: u64,
+}
+
+impl Member {
+    fn new(creates: bool, expected: usize) -> Member {
+        Member {
+            creates,
+            expected,
+            group: None,
+            in_flight: HashMap::new(),
+            next_client_id: 1,
+            last_gseq: 0,
+            acked: 0,
+        }
+    }
+
+    /// A creator tops its window of posts up once posting has begun, each
+    /// with its send time in the body.
+    fn post(&mut self, thread: &Thread, out: &mut Vec<u8>) {
+        let Some(group) = self.group else {
+            return;
+        };
+        let window = thread.args.window.max(1);
+        let started = thread.window().started();
+        while started && !thread.window().stopped() && self.in_flight.len() < window {
+            let mut body = vec![0u8; thread.args.body_bytes];
+            body[..8].copy_from_slice(&thread.window().now_ns().to_le_bytes());
+            encode_client(
+                &ClientFrame::GroupSend {
+                    client_id: self.next_client_id,
+                    group,
+                    body: &body,
+                },
+                out,
+            );
+            self.in_flight.insert(self.next_client_id, self.expected);
+            self.next_client_id += 1;
+        }
+    }
+
+    /// Reads what the server sent. A creator waiting for the start, or
+    /// draining after the stop, looks again shortly (`None`) rather than
+    /// wait for bytes that may never come.
+    async fn read(
+        &self,
+        thread: &Thread,
+        reader: &mut ReadHalf<BoxIo>,
+        buffer: &mut [u8],
+    ) -> anyhow::Result<Option<usize>> {
+        let look_again = if self.creates && self.group.is_some() && !thread.window().started() {
+            Some(Duration::from_millis(10))
+        } else if self.creates && thread.window().stopped() {
+            Some(Duration::from_millis(100))
+        } else {
+            None
+        };
+        let Some(wait) = look_again else {
+            return Ok(Some(reader.read(buffer).await?));
+        };
+        match glommio::timer::timeout(wait, async { Ok(reader.read(buffer).await) }).await {
+            Ok(read) => Ok(Some(read?)),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Handles the whole frames at the front of `inbox`, and acknowledges
+    /// what they put in the mailbox.
+    fn take(
+        &mut self,
+        thread: &Thread,
+        inbox: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> anyhow::Result<()> {
+        let mut up_to = self.acked;
         let mut failure = None;
-        take_frames(&mut inbox, |frame| match frame {
+        take_frames(inbox, |frame| {
+            if let Some(error) = self.on_frame(thread, frame, &mut up_to) {
+                failure = Some(error);
+            }
+        })
+        .context("reading frames")?;
+        if let Some(error) = failure {
+            return Err(error);
+        }
+        if up_to > self.acked {
+            self.acked = up_to;
+            encode_client(&ClientFrame::Ack { up_to }, out);
+        }
+        Ok(())
+    }
+
+    /// Counts one frame, raising `up_to` to the mailbox seq it carries; an
+    /// error that ends the phone.
+    fn on_frame(
+        &mut self,
+        thread: &Thread,
+        frame: ServerFrame<'_>,
+        up_to: &mut u64,
+    ) -> Option<anyhow::Error> {
+        let shared = &thread.shared;
+        match frame {
             ServerFrame::Sent { client_id: 0, id } => match GroupId::from_u64(id) {
                 Ok(id) => {
-                    group = Some(id);
-                    thread.shared.created.fetch_add(1, Relaxed);
+                    self.group = Some(id);
+                    shared.created.fetch_add(1, Relaxed);
                 }
-                Err(error) => failure = Some(anyhow::anyhow!("creation answered {error}")),
+                Err(error) => return Some(anyhow::anyhow!("creation answered {error}")),
             },
             ServerFrame::Sent { .. } => {
-                thread.shared.posts.fetch_add(1, Relaxed);
+                shared.posts.fetch_add(1, Relaxed);
                 if thread.window().measuring(thread.window().now_ns()) {
-                    thread.shared.posts_measured.fetch_add(1, Relaxed);
+                    shared.posts_measured.fetch_add(1, Relaxed);
                 }
             }
             ServerFrame::Receipt {
@@ -421,16 +501,16 @@ async fn phone(
                 client_id,
                 ..
             } => {
-                up_to = up_to.max(seq);
+                *up_to = (*up_to).max(seq);
                 if kind == ReceiptKind::Undeliverable {
                     // Never to arrive: counted where the run ends.
-                    thread.shared.errors.fetch_add(1, Relaxed);
+                    shared.errors.fetch_add(1, Relaxed);
                 }
                 if matches!(kind, ReceiptKind::Delivered | ReceiptKind::Undeliverable) {
-                    if let Some(left) = in_flight.get_mut(&client_id) {
+                    if let Some(left) = self.in_flight.get_mut(&client_id) {
                         *left -= 1;
                         if *left == 0 {
-                            in_flight.remove(&client_id);
+                            self.in_flight.remove(&client_id);
                         }
                     }
                 }
@@ -438,16 +518,16 @@ async fn phone(
             ServerFrame::GroupMessage {
                 seq, gseq, body, ..
             } => {
-                up_to = up_to.max(seq);
-                if gseq <= last_gseq {
-                    thread.shared.duplicates.fetch_add(1, Relaxed);
-                    return;
+                *up_to = (*up_to).max(seq);
+                if gseq <= self.last_gseq {
+                    shared.duplicates.fetch_add(1, Relaxed);
+                    return None;
                 }
-                last_gseq = gseq;
+                self.last_gseq = gseq;
                 let now = thread.window().now_ns();
-                thread.shared.deliveries.fetch_add(1, Relaxed);
+                shared.deliveries.fetch_add(1, Relaxed);
                 if thread.window().measuring(now) {
-                    thread.shared.deliveries_measured.fetch_add(1, Relaxed);
+                    shared.deliveries_measured.fetch_add(1, Relaxed);
                     let sent = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
                     let _ = thread
                         .histogram
@@ -456,21 +536,14 @@ async fn phone(
                 }
             }
             ServerFrame::GroupNotice { seq, .. } | ServerFrame::Message { seq, .. } => {
-                up_to = up_to.max(seq);
+                *up_to = (*up_to).max(seq);
             }
             ServerFrame::Error { kind, detail, .. } => {
-                failure = Some(anyhow::anyhow!("server error {kind:?}: {detail}"))
+                return Some(anyhow::anyhow!("server error {kind:?}: {detail}"))
             }
-            ServerFrame::Bye { reason } => failure = Some(anyhow::anyhow!("Bye {reason:?}")),
+            ServerFrame::Bye { reason } => return Some(anyhow::anyhow!("Bye {reason:?}")),
             _ => {}
-        })
-        .context("reading frames")?;
-        if let Some(error) = failure {
-            return Err(error);
         }
-        if up_to > acked {
-            acked = up_to;
-            encode_client(&ClientFrame::Ack { up_to }, &mut out);
-        }
+        None
     }
 }

@@ -14,7 +14,7 @@ use std::{
     rc::Rc,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
-        Arc, Mutex,
+        Arc,
     },
     time::{Duration, Instant},
 };
@@ -22,12 +22,14 @@ use std::{
 use anyhow::bail;
 use clap::Parser;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::LocalExecutorBuilder;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use wire::{encode_client, ClientFrame, Phone, ServerFrame};
 
-use crate::dial::{take_frames, Connection, Dialer};
+use crate::connection::Connection;
+use crate::dial::{take_frames, Dialer};
+use crate::report::Heading;
+use crate::window::{wait_until, Threads, SETUP_WAIT_MAX};
 
 #[derive(Debug, Clone, Parser)]
 pub struct Args {
@@ -81,9 +83,9 @@ pub struct Sample {
 
 #[derive(Debug, Serialize)]
 pub struct Report {
-    pub scenario: &'static str,
-    pub phones: usize,
-    pub tls: bool,
+    /// `scenario` ("idle"), `phones`, `tls`.
+    #[serde(flatten)]
+    pub heading: Heading,
     pub logged_in: usize,
     pub connect_failures: u64,
     /// Connections that ended while they were meant to be held.
@@ -109,7 +111,7 @@ pub struct Report {
 impl Report {
     /// A run fails when a phone could not log in or was cut off.
     pub fn failed(&self) -> bool {
-        self.connect_failures > 0 || self.disconnects > 0 || self.logged_in < self.phones
+        self.connect_failures > 0 || self.disconnects > 0 || self.logged_in < self.heading.phones
     }
 
     pub fn print_summary(&self) {
@@ -117,8 +119,8 @@ impl Report {
             "idle: {} of {} phones logged in ({}), {:.0} logins/s (login ms p50 {:.1} p99 {:.1} max {:.1}); \
              {} disconnects, {} of {} pings answered",
             self.logged_in,
-            self.phones,
-            if self.tls { "tls" } else { "plaintext" },
+            self.heading.phones,
+            if self.heading.tls { "tls" } else { "plaintext" },
             self.login_per_s,
             self.login_ms_p50,
             self.login_ms_p99,
@@ -151,8 +153,6 @@ struct Shared {
     pings: AtomicU64,
     pongs: AtomicU64,
     finished: AtomicBool,
-    /// Login times in nanoseconds, merged from every thread at its end.
-    login_ns: Mutex<Option<Histogram<u64>>>,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<Report> {
@@ -167,84 +167,39 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     let first = args.connect.first(phones)?;
     args.connect.require_isle("idle")?;
     let dialer = args.connect.dialer()?;
-    let rss = |phones: usize| -> anyhow::Result<Option<Sample>> {
-        let Some(pid) = args.server_pid else {
-            return Ok(None);
-        };
-        Ok(Some(Sample {
-            phones,
-            server_rss_bytes: crate::process::rss_bytes(pid)?,
-        }))
-    };
-    let mut samples: Vec<Sample> = rss(0)?.into_iter().collect();
+    let mut samples: Vec<Sample> = sample(args.server_pid, 0)?.into_iter().collect();
 
     let shared = Arc::new(Shared::default());
     let threads = args.connect.threads();
-    let mut handles = Vec::new();
-    for thread in 0..threads {
-        let begin = phones * thread / threads;
-        let end = phones * (thread + 1) / threads;
-        let placement = args.connect.placement(thread);
-        let (args, shared, dialer) = (args.clone(), shared.clone(), dialer.clone());
-        let numbers = (begin..end)
-            .map(|index| Phone::from_u64(first + index as u64).expect("range checked"))
-            .collect();
-        handles.push(
-            LocalExecutorBuilder::new(placement)
-                .name(&format!("loadgen-idle-{thread}"))
-                .io_memory(256 * 1024)
-                .ring_depth(4096)
-                .spawn(move || run_thread(args, numbers, dialer, shared))
-                .map_err(|error| anyhow::anyhow!("starting thread {thread}: {error}"))?,
-        );
-    }
-
-    let per_thread_max = phones.div_ceil(threads);
-    let steps = args.steps.clamp(1, phones);
-    let mut connecting = Duration::ZERO;
-    for step in 1..=steps {
-        let target = phones * step / steps;
-        let started = Instant::now();
-        shared
-            .allowed_per_thread
-            .store(per_thread_max * step / steps, Relaxed);
-        let done =
-            || shared.logged_in.load(Relaxed) + shared.connect_failures.load(Relaxed) as usize;
-        while done() < target {
-            std::thread::sleep(Duration::from_millis(5));
-            if started.elapsed() > Duration::from_secs(300) {
-                shared.finished.store(true, Relaxed);
-                bail!("step {step}: phones did not log in within 300 s");
-            }
+    let failed = Arc::new(AtomicBool::new(false));
+    let run = {
+        let (args, shared) = (args.clone(), shared.clone());
+        move |thread: usize| {
+            let (begin, end) = (phones * thread / threads, phones * (thread + 1) / threads);
+            let numbers = (begin..end)
+                .map(|index| Phone::from_u64(first + index as u64).expect("range checked"))
+                .collect();
+            let (args, shared, dialer) = (args.clone(), shared.clone(), dialer.clone());
+            run_thread(args, numbers, dialer, shared)
         }
-        connecting += started.elapsed();
-        eprintln!(
-            "step {step}/{steps}: {} phones logged in, {} failed",
-            shared.logged_in.load(Relaxed),
-            shared.connect_failures.load(Relaxed)
-        );
-        std::thread::sleep(Duration::from_secs_f64(args.settle));
-        samples.extend(rss(shared.logged_in.load(Relaxed))?);
+    };
+    let handles = Threads::spawn(&args.connect, "loadgen-idle", threads, failed.clone(), run)?;
+
+    let ramped = ramp_up(args, phones, threads, &shared, &failed, &mut samples);
+    if ramped.is_err() {
+        shared.finished.store(true, Relaxed);
     }
+    let connecting = ramped?;
     std::thread::sleep(Duration::from_secs_f64(args.hold));
     shared.finished.store(true, Relaxed);
-    for handle in handles {
-        handle
-            .join()
-            .map_err(|error| anyhow::anyhow!("loadgen thread failed: {error}"))?;
+    let mut login_ns = new_histogram();
+    for histogram in handles.join()? {
+        login_ns.add(&histogram)?;
     }
     let logged_in = shared.logged_in.load(Relaxed);
-    let login_ns = shared
-        .login_ns
-        .lock()
-        .expect("threads are done")
-        .take()
-        .unwrap_or_else(new_histogram);
     let millis = |q: f64| login_ns.value_at_quantile(q) as f64 / 1e6;
     Ok(Report {
-        scenario: "idle",
-        phones,
-        tls: args.connect.tls,
+        heading: Heading::new("idle", phones, &args.connect),
         logged_in,
         connect_failures: shared.connect_failures.load(Relaxed),
         disconnects: shared.disconnects.load(Relaxed),
@@ -261,7 +216,61 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     })
 }
 
-async fn run_thread(args: Args, numbers: Vec<Phone>, dialer: Dialer, shared: Arc<Shared>) {
+/// The main thread's part: lets the phones in over `--steps` steps, and
+/// after each reads the server's RSS into `samples`. Returns the time the
+/// steps took, the pauses after them left out.
+fn ramp_up(
+    args: &Args,
+    phones: usize,
+    threads: usize,
+    shared: &Shared,
+    failed: &AtomicBool,
+    samples: &mut Vec<Sample>,
+) -> anyhow::Result<Duration> {
+    let per_thread_max = phones.div_ceil(threads);
+    let steps = args.steps.clamp(1, phones);
+    let mut connecting = Duration::ZERO;
+    for step in 1..=steps {
+        let target = phones * step / steps;
+        let started = Instant::now();
+        shared
+            .allowed_per_thread
+            .store(per_thread_max * step / steps, Relaxed);
+        let done =
+            || shared.logged_in.load(Relaxed) + shared.connect_failures.load(Relaxed) as usize;
+        let what = format!("step {step}: logins");
+        wait_until(&what, SETUP_WAIT_MAX, failed, || done() >= target)?;
+        connecting += started.elapsed();
+        eprintln!(
+            "step {step}/{steps}: {} phones logged in, {} failed",
+            shared.logged_in.load(Relaxed),
+            shared.connect_failures.load(Relaxed)
+        );
+        std::thread::sleep(Duration::from_secs_f64(args.settle));
+        samples.extend(sample(args.server_pid, shared.logged_in.load(Relaxed))?);
+    }
+    Ok(connecting)
+}
+
+/// The server's RSS with `phones` logged in (none without `--server-pid`).
+fn sample(server_pid: Option<u32>, phones: usize) -> anyhow::Result<Option<Sample>> {
+    let Some(pid) = server_pid else {
+        return Ok(None);
+    };
+    Ok(Some(Sample {
+        phones,
+        server_rss_bytes: crate::process::rss_bytes(pid)?,
+    }))
+}
+
+/// Logs this thread's phones in as the steps allow and holds them until
+/// the run ends; their login times, in nanoseconds.
+async fn run_thread(
+    args: Args,
+    numbers: Vec<Phone>,
+    dialer: Dialer,
+    shared: Arc<Shared>,
+) -> anyhow::Result<Histogram<u64>> {
     let permits = Rc::new(glommio::sync::Semaphore::new(
         args.connect.connect_concurrency as u64,
     ));
@@ -322,13 +331,8 @@ async fn run_thread(args: Args, numbers: Vec<Phone>, dialer: Dialer, shared: Arc
         glommio::timer::sleep(wait).await;
     }
     drop(tasks);
-    let mut merged = shared.login_ns.lock().expect("no thread panics holding it");
-    match merged.as_mut() {
-        Some(histogram) => {
-            let _ = histogram.add(&*login_ns.borrow());
-        }
-        None => *merged = Some(login_ns.borrow().clone()),
-    }
+    let login_ns = login_ns.borrow().clone();
+    Ok(login_ns)
 }
 
 fn new_histogram() -> Histogram<u64> {

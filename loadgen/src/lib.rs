@@ -10,6 +10,7 @@
 
 pub mod chat;
 pub mod client;
+pub mod connection;
 pub mod dial;
 pub mod groups;
 pub mod idle;

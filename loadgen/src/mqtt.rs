@@ -24,7 +24,7 @@ use anyhow::{bail, Context};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use wire::Phone;
 
-use crate::dial::{BoxIo, Connection, Dialer};
+use crate::connection::{BoxIo, Connection};
 
 /// Largest packet accepted from the broker: a payload header, the largest
 /// body and the topic fit far below it.
@@ -253,12 +253,12 @@ pub fn take_packet(buffer: &[u8]) -> anyhow::Result<Option<(Packet<'_>, usize)>>
     Ok(Some((packet, at + remaining)))
 }
 
-/// Connects `number` as a client with a persistent session and subscribes
-/// it to its own topic. Packets that arrive before the `SUBACK` (a
+/// Logs `number` in on `io`, a connection to the broker that has said
+/// nothing yet, as a client with a persistent session, and subscribes it
+/// to its own topic. Packets that arrive before the `SUBACK` (a
 /// persistent session may deliver queued messages at once) stay in the
 /// returned inbox, in order, for the caller to handle.
-pub async fn log_in(dialer: &Dialer, number: Phone) -> anyhow::Result<Connection> {
-    let mut io: BoxIo = dialer.open(number).await?;
+pub async fn log_in(mut io: BoxIo, number: Phone) -> anyhow::Result<Connection> {
     let mut bytes = Vec::new();
     encode_connect(&format!("p{}", number.as_u64()), &mut bytes);
     encode_subscribe(1, &topic(number), &mut bytes);

@@ -34,7 +34,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use wire::{encode_client, ClientFrame, Phone, Presence, ServerFrame};
 
-use crate::dial::{take_frames, BoxIo, ConnectArgs, Dialer};
+use crate::connection::BoxIo;
+use crate::dial::{take_frames, ConnectArgs, Dialer};
 use crate::window::{latency_histogram, wait_for, Threads, Window};
 
 #[derive(Debug, Clone, clap::Parser)]
@@ -185,7 +186,13 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
             run_thread(args, first, range, shared, dialer)
         }
     };
-    let threads = Threads::spawn(&args.connect, threads, shared.failed.clone(), run)?;
+    let threads = Threads::spawn(
+        &args.connect,
+        "loadgen",
+        threads,
+        shared.failed.clone(),
+        run,
+    )?;
 
     let finish = |shared: &Shared| shared.finished.store(true, Relaxed);
     let (phones, failed) = (args.phones, &shared.failed);

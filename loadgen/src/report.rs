@@ -10,6 +10,31 @@ use hdrhistogram::Histogram;
 use plotters::prelude::*;
 use serde::Serialize;
 
+/// What the reports of chat, idle and storm open with: which scenario
+/// ran, with how many phones, and whether over TLS. Each report embeds it
+/// with `#[serde(flatten)]`, so its fields are keys of the report's own
+/// JSON object, as scripts read them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Heading {
+    pub scenario: &'static str,
+    pub phones: usize,
+    pub tls: bool,
+}
+
+impl Heading {
+    pub fn new(
+        scenario: &'static str,
+        phones: usize,
+        connect: &crate::dial::ConnectArgs,
+    ) -> Heading {
+        Heading {
+            scenario,
+            phones,
+            tls: connect.tls,
+        }
+    }
+}
+
 /// One second of a run.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Tick {

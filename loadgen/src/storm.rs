@@ -17,8 +17,8 @@ use std::{
     cell::{Cell, RefCell},
     rc::Rc,
     sync::{
-        atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed},
-        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed},
+        Arc,
     },
     time::{Duration, Instant},
 };
@@ -27,12 +27,14 @@ use ahash::{AHashMap, AHashSet};
 use anyhow::bail;
 use clap::{Parser, ValueEnum};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::LocalExecutorBuilder;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use wire::{encode_client, ClientFrame, Phone, ServerFrame};
 
-use crate::dial::{take_frames, Backoff, Connection, Dialer};
+use crate::connection::Connection;
+use crate::dial::{take_frames, Backoff, Dialer};
+use crate::report::Heading;
+use crate::window::{wait_until, Threads};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Trigger {
@@ -78,9 +80,9 @@ pub struct Args {
 
 #[derive(Debug, Serialize)]
 pub struct Report {
-    pub scenario: &'static str,
-    pub phones: usize,
-    pub tls: bool,
+    /// `scenario` ("storm"), `phones`, `tls`.
+    #[serde(flatten)]
+    pub heading: Heading,
     pub trigger: &'static str,
     /// Phones logged in again after the drop, and those that gave up.
     pub back: usize,
@@ -113,7 +115,7 @@ pub struct Report {
 
 impl Report {
     pub fn failed(&self) -> bool {
-        self.lost > 0 || self.failures > 0 || self.back < self.phones
+        self.lost > 0 || self.failures > 0 || self.back < self.heading.phones
     }
 
     pub fn print_summary(&self) {
@@ -121,7 +123,7 @@ impl Report {
             "storm ({}): {} of {} phones back in {:.2} s, {:.0} logins/s, {} failed; login ms p50={:.1} p99={:.1} max={:.1}",
             self.trigger,
             self.back,
-            self.phones,
+            self.heading.phones,
             self.time_to_all_back_s,
             self.logins_per_s,
             self.failures,
@@ -169,7 +171,8 @@ struct Shared {
     reordered: AtomicU64,
     /// Set at each reconnect: what the phones measure their login from.
     reconnect_ns: AtomicU64,
-    results: Mutex<Vec<ThreadResult>>,
+    /// Set when a thread fails, so the main thread stops waiting.
+    failed: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -181,6 +184,27 @@ struct ThreadResult {
 }
 
 impl Shared {
+    fn new() -> Shared {
+        Shared {
+            phase: AtomicU8::new(PHASE_SIGN_UP),
+            epoch: Instant::now(),
+            logged_in: AtomicUsize::new(0),
+            signup_failures: AtomicU64::new(0),
+            dropped: AtomicUsize::new(0),
+            first_drop_ns: AtomicU64::new(u64::MAX),
+            senders_done: AtomicUsize::new(0),
+            back: AtomicUsize::new(0),
+            failures: AtomicU64::new(0),
+            last_back_ns: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            reordered: AtomicU64::new(0),
+            reconnect_ns: AtomicU64::new(0),
+            failed: Arc::default(),
+        }
+    }
+
     fn now_ns(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
     }
@@ -207,124 +231,112 @@ pub fn run_then(args: &Args, waiting: impl FnOnce()) -> anyhow::Result<Report> {
     let first = args.connect.first(args.phones + senders)?;
     args.connect.require_isle("storm")?;
     let dialer = args.connect.dialer()?;
-    let shared = Arc::new(Shared {
-        phase: AtomicU8::new(PHASE_SIGN_UP),
-        epoch: Instant::now(),
-        logged_in: AtomicUsize::new(0),
-        signup_failures: AtomicU64::new(0),
-        dropped: AtomicUsize::new(0),
-        first_drop_ns: AtomicU64::new(u64::MAX),
-        senders_done: AtomicUsize::new(0),
-        back: AtomicUsize::new(0),
-        failures: AtomicU64::new(0),
-        last_back_ns: AtomicU64::new(0),
-        queued: AtomicU64::new(0),
-        delivered: AtomicU64::new(0),
-        duplicates: AtomicU64::new(0),
-        reordered: AtomicU64::new(0),
-        reconnect_ns: AtomicU64::new(0),
-        results: Mutex::new(Vec::new()),
-    });
+    let shared = Arc::new(Shared::new());
     let threads = args.connect.threads();
-    let mut handles = Vec::new();
-    for thread in 0..threads {
-        let phones = args.phones * thread / threads..args.phones * (thread + 1) / threads;
-        let sending = senders * thread / threads..senders * (thread + 1) / threads;
-        let placement = args.connect.placement(thread);
-        let (args, shared, dialer) = (args.clone(), shared.clone(), dialer.clone());
-        handles.push(
-            LocalExecutorBuilder::new(placement)
-                .name(&format!("loadgen-storm-{thread}"))
-                .io_memory(256 * 1024)
-                .ring_depth(4096)
-                .spawn(move || run_thread(args, first, phones, sending, dialer, shared))
-                .map_err(|error| anyhow::anyhow!("starting thread {thread}: {error}"))?,
-        );
-    }
+    let run = {
+        let (args, shared) = (args.clone(), shared.clone());
+        move |thread: usize| {
+            let phones = args.phones * thread / threads..args.phones * (thread + 1) / threads;
+            let sending = senders * thread / threads..senders * (thread + 1) / threads;
+            let (args, shared, dialer) = (args.clone(), shared.clone(), dialer.clone());
+            run_thread(args, first, phones, sending, dialer, shared)
+        }
+    };
+    let failed = shared.failed.clone();
+    let handles = Threads::spawn(&args.connect, "loadgen-storm", threads, failed, run)?;
     let result = drive(args, senders, &shared, waiting);
     shared.phase.store(PHASE_FINISHED, Relaxed);
-    for handle in handles {
-        handle
-            .join()
-            .map_err(|error| anyhow::anyhow!("loadgen thread failed: {error}"))?;
-    }
-    let (drain_s, dropped_ns, server_cpu_s) = result?;
-
-    let results = std::mem::take(&mut *shared.results.lock().expect("threads are done"));
-    let mut delivered = AHashSet::new();
-    let mut login = Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3)?;
-    for result in &results {
-        delivered.extend(result.delivered.iter().copied());
-        for &ns in &result.login_ns {
-            login.record(ns.max(1))?;
-        }
-    }
-    let sent: Vec<u64> = results
-        .iter()
-        .flat_map(|r| r.sent.iter().copied())
-        .collect();
-    let lost = sent.iter().filter(|key| !delivered.contains(key)).count() as u64;
-    let back = shared.back.load(Relaxed);
-    let last_back = shared.last_back_ns.load(Relaxed);
-    // From when they set out, not from the first `LoggedIn`: when every
-    // phone starts at once the logins finish together at the end.
-    let time_to_all_back_s = last_back.saturating_sub(dropped_ns) as f64 / 1e9;
-    let ms = |ns: u64| ns as f64 / 1e6;
-    Ok(Report {
-        scenario: "storm",
-        phones: args.phones,
-        tls: args.connect.tls,
-        trigger: match args.trigger {
-            Trigger::Command => "command",
-            Trigger::Server => "server",
-        },
-        back,
-        failures: shared.failures.load(Relaxed),
-        logins_per_s: back as f64 / time_to_all_back_s.max(1e-9),
-        time_to_all_back_s,
-        login_ms_p50: ms(login.value_at_quantile(0.5)),
-        login_ms_p99: ms(login.value_at_quantile(0.99)),
-        login_ms_max: ms(login.max()),
-        queued: sent.len() as u64,
-        delivered: delivered.len() as u64,
-        lost,
-        duplicates: shared.duplicates.load(Relaxed),
-        reordered: shared.reordered.load(Relaxed),
-        drain_s,
-        server_cpu_s,
-        logins_per_server_cpu_s: if server_cpu_s > 0.0 {
-            back as f64 / server_cpu_s
-        } else {
-            0.0
-        },
-        curves: crate::report::Curves::new("login time", Vec::new(), &login),
-    })
+    let results = handles.join()?;
+    Report::new(args, &shared, &results, result?)
 }
 
-/// Moves the run through its phases; returns the drain time and when the
-/// storm began (ns since the epoch): the reconnect for `command`, the
-/// first drop seen for `server`.
+impl Report {
+    /// The report of a run: the counts `shared` holds, what each thread
+    /// saw (`results`), and what the main thread measured as it drove the
+    /// phases (`phases`).
+    fn new(
+        args: &Args,
+        shared: &Shared,
+        results: &[ThreadResult],
+        phases: Phases,
+    ) -> anyhow::Result<Report> {
+        let mut delivered = AHashSet::new();
+        let mut login = Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3)?;
+        for result in results {
+            delivered.extend(result.delivered.iter().copied());
+            for &ns in &result.login_ns {
+                login.record(ns.max(1))?;
+            }
+        }
+        let sent: Vec<u64> = results
+            .iter()
+            .flat_map(|r| r.sent.iter().copied())
+            .collect();
+        let lost = sent.iter().filter(|key| !delivered.contains(key)).count() as u64;
+        let back = shared.back.load(Relaxed);
+        let last_back = shared.last_back_ns.load(Relaxed);
+        // From when they set out, not from the first `LoggedIn`: when every
+        // phone starts at once the logins finish together at the end.
+        let time_to_all_back_s = last_back.saturating_sub(phases.dropped_ns) as f64 / 1e9;
+        let ms = |ns: u64| ns as f64 / 1e6;
+        let server_cpu_s = phases.server_cpu_s;
+        Ok(Report {
+            heading: Heading::new("storm", args.phones, &args.connect),
+            trigger: match args.trigger {
+                Trigger::Command => "command",
+                Trigger::Server => "server",
+            },
+            back,
+            failures: shared.failures.load(Relaxed),
+            logins_per_s: back as f64 / time_to_all_back_s.max(1e-9),
+            time_to_all_back_s,
+            login_ms_p50: ms(login.value_at_quantile(0.5)),
+            login_ms_p99: ms(login.value_at_quantile(0.99)),
+            login_ms_max: ms(login.max()),
+            queued: sent.len() as u64,
+            delivered: delivered.len() as u64,
+            lost,
+            duplicates: shared.duplicates.load(Relaxed),
+            reordered: shared.reordered.load(Relaxed),
+            drain_s: phases.drain_s,
+            server_cpu_s,
+            logins_per_server_cpu_s: if server_cpu_s > 0.0 {
+                back as f64 / server_cpu_s
+            } else {
+                0.0
+            },
+            curves: crate::report::Curves::new("login time", Vec::new(), &login),
+        })
+    }
+}
+
+/// What the main thread measured as it drove the phases.
+struct Phases {
+    /// From the reconnect until every queued message had arrived.
+    drain_s: f64,
+    /// When the storm began (ns since the epoch): the reconnect for
+    /// `command`, the first drop seen for `server`.
+    dropped_ns: u64,
+    /// The server's CPU seconds while the phones came back (0 without
+    /// `--server-pid`).
+    server_cpu_s: f64,
+}
+
+/// Moves the run through its phases, and measures them.
 fn drive(
     args: &Args,
     senders: usize,
     shared: &Shared,
     waiting: impl FnOnce(),
-) -> anyhow::Result<(f64, u64, f64)> {
+) -> anyhow::Result<Phases> {
     let cpu = || -> anyhow::Result<f64> {
         match args.server_pid {
             Some(pid) => crate::process::cpu_seconds(pid),
             None => Ok(0.0),
         }
     };
-    let wait = |what: &str, limit_s: f64, done: &dyn Fn() -> bool| -> anyhow::Result<()> {
-        let started = Instant::now();
-        while !done() {
-            if started.elapsed().as_secs_f64() > limit_s {
-                bail!("{what} did not happen within {limit_s} s");
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        Ok(())
+    let wait = |what: &str, limit_s: f64, done: &dyn Fn() -> bool| {
+        wait_until(what, Duration::from_secs_f64(limit_s), &shared.failed, done)
     };
     let everyone = args.phones + senders;
     wait("signing up every phone", 600.0, &|| {
@@ -384,11 +396,11 @@ fn drive(
     if let Err(error) = drained {
         eprintln!("storm: {error}");
     }
-    Ok((
-        reconnected.elapsed().as_secs_f64(),
+    Ok(Phases {
+        drain_s: reconnected.elapsed().as_secs_f64(),
         dropped_ns,
         server_cpu_s,
-    ))
+    })
 }
 
 async fn run_thread(
@@ -398,7 +410,7 @@ async fn run_thread(
     senders: std::ops::Range<usize>,
     dialer: Dialer,
     shared: Arc<Shared>,
-) {
+) -> anyhow::Result<ThreadResult> {
     let local = Rc::new(Local {
         dialer,
         shared: shared.clone(),
@@ -445,7 +457,7 @@ async fn run_thread(
     }
     drop(tasks);
     let result = std::mem::take(&mut *local.result.borrow_mut());
-    shared.results.lock().expect("no panics").push(result);
+    Ok(result)
 }
 
 /// One thread's share of the run.

@@ -1,10 +1,15 @@
-//! The measured window of a scenario paced by its main thread: the load
-//! starts, the warm-up ends, the load stops. Phones on every thread read
-//! the marks to know whether to act and whether what they see counts; the
-//! main thread sets them and reads the server's CPU time at both edges of
-//! the window, so that a figure per server CPU second covers exactly the
-//! work that was counted. `Threads` starts the executors that run the
-//! phones.
+//! The skeleton every scenario stands on. `Threads` starts the executors
+//! that run the phones (one way, with the same executor settings for
+//! all) and hands back what each ended with; `wait_until` and `wait_for`
+//! hold the main thread until a step (logins, groups, a phase) is done
+//! everywhere.
+//!
+//! `Window` is the measured window of a scenario paced by its main thread:
+//! the load starts, the warm-up ends, the load stops. Phones on every
+//! thread read the marks to know whether to act and whether what they see
+//! counts; the main thread sets them and reads the server's CPU time at
+//! both edges of the window, so that a figure per server CPU second covers
+//! exactly the work that was counted.
 
 use std::{
     future::Future,
@@ -23,7 +28,19 @@ use crate::dial::ConnectArgs;
 
 /// How long the main thread waits for a set-up step (logins, groups,
 /// subscriptions) before it gives the run up.
-const SETUP_WAIT_MAX: Duration = Duration::from_secs(300);
+pub const SETUP_WAIT_MAX: Duration = Duration::from_secs(300);
+
+/// How often the main thread looks whether a step is done: what it times
+/// from the end of a wait (logins per second, a storm's drain) is off by
+/// at most this.
+const WAIT_POLL: Duration = Duration::from_millis(1);
+
+/// io_uring buffer memory of each loadgen executor.
+const EXECUTOR_IO_MEMORY_BYTES: usize = 256 * 1024;
+
+/// Submission entries of each executor's ring: a deep ring gives the
+/// kernel its largest poll table (see the server's `io_ring_depth`).
+const EXECUTOR_RING_DEPTH: usize = 4096;
 
 pub struct Window {
     epoch: Instant,
@@ -121,6 +138,27 @@ impl Window {
     }
 }
 
+/// The main thread waits until `done` holds; fails when a thread has
+/// (`failed`) or after `limit`.
+pub fn wait_until(
+    what: &str,
+    limit: Duration,
+    failed: &AtomicBool,
+    done: impl Fn() -> bool,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while !done() {
+        if failed.load(Relaxed) {
+            bail!("a thread failed while waiting for {what}");
+        }
+        if started.elapsed() > limit {
+            bail!("{what} did not finish within {limit:?}");
+        }
+        std::thread::sleep(WAIT_POLL);
+    }
+    Ok(())
+}
+
 /// The main thread waits until `count` reaches `goal`; fails when a
 /// thread has (`failed`) or after `SETUP_WAIT_MAX`.
 pub fn wait_for(
@@ -129,18 +167,8 @@ pub fn wait_for(
     goal: usize,
     failed: &AtomicBool,
 ) -> anyhow::Result<()> {
-    let started = Instant::now();
-    while count.load(Relaxed) < goal {
-        if failed.load(Relaxed) {
-            bail!("a thread failed while waiting for {what}");
-        }
-        if started.elapsed() > SETUP_WAIT_MAX {
-            let done = count.load(Relaxed);
-            bail!("{what}: {done} of {goal} after {SETUP_WAIT_MAX:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
+    wait_until(what, SETUP_WAIT_MAX, failed, || count.load(Relaxed) >= goal)
+        .map_err(|error| anyhow::anyhow!("{error} ({} of {goal})", count.load(Relaxed)))
 }
 
 /// Latencies in nanoseconds, up to a minute, to three significant digits.
@@ -156,10 +184,12 @@ pub struct Threads<T> {
 }
 
 impl<T: Send + 'static> Threads<T> {
-    /// Starts `count` executors; executor `i` runs `run(i)`. One that fails
-    /// sets `failed` at once, so the main thread stops waiting for it.
+    /// Starts `count` executors, named `name-i`; executor `i` runs
+    /// `run(i)`. One that fails sets `failed` at once, so the main thread
+    /// stops waiting for it.
     pub fn spawn<F, Fut>(
         connect: &ConnectArgs,
+        name: &str,
         count: usize,
         failed: Arc<AtomicBool>,
         run: F,
@@ -173,9 +203,9 @@ impl<T: Send + 'static> Threads<T> {
         for thread in 0..count {
             let (run, failed, results) = (run.clone(), failed.clone(), results.clone());
             let handle = LocalExecutorBuilder::new(connect.placement(thread))
-                .name(&format!("loadgen-{thread}"))
-                .io_memory(256 * 1024)
-                .ring_depth(4096)
+                .name(&format!("{name}-{thread}"))
+                .io_memory(EXECUTOR_IO_MEMORY_BYTES)
+                .ring_depth(EXECUTOR_RING_DEPTH)
                 .spawn(move || async move {
                     let result = run(thread).await;
                     if result.is_err() {

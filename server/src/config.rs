@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use serde::Deserialize;
+use shard::{PartitionMap, ShardConfig, TestNumbers};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -46,11 +47,11 @@ pub struct ClockConfig {
 
 impl Default for ClockConfig {
     fn default() -> ClockConfig {
-        let shard = shard::ShardConfig::new(0, shard::PartitionMap::new(1, 1));
+        let shard = ShardConfig::default();
         ClockConfig {
             jump_max_ms: shard.clock_jump_max_ms,
             settle_ms: shard.clock_settle_ms,
-            confirmed: false,
+            confirmed: shard.clock_confirmed,
         }
     }
 }
@@ -90,7 +91,7 @@ impl Default for StorageConfig {
             journal: JournalKind::Log,
             segment_bytes_max: storage::log::SEGMENT_BYTES_MAX_DEFAULT,
             checkpoint_segments: 4,
-            sync_delay_ms: 0,
+            sync_delay_ms: ShardConfig::default().sync_delay_ms,
             salvage: false,
         }
     }
@@ -130,8 +131,7 @@ impl Default for PushConfig {
     fn default() -> PushConfig {
         PushConfig {
             webhook_url: None,
-            interval_ms: shard::ShardConfig::new(0, shard::PartitionMap::new(1, 1))
-                .push_interval_ms,
+            interval_ms: ShardConfig::default().push_interval_ms,
             attempts_max: 4,
             retry_ms: 500,
         }
@@ -146,61 +146,15 @@ pub struct TestNumbersConfig {
     pub code: u32,
 }
 
+/// `[limits]`: the shard's limits, each documented and given its default
+/// once, in `shard::ShardConfig`, and the server's own.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
-    pub idle_timeout_ms: u64,
-    pub login_timeout_ms: u64,
-    /// A closing connection is dropped this long after its `Bye`, written
-    /// or not.
-    pub close_flush_timeout_ms: u64,
-    pub unacked_messages_max: u64,
-    pub send_rate_per_s: u32,
-    pub send_burst: u32,
-    /// Codes one number may ask for per hour.
-    pub code_requests_max: u32,
-    /// Connections not logged in, per shard (0, the default: half the
-    /// process's open-file limit, shared among the shards), and per
-    /// source host per shard; codes per connection, per source host, per
-    /// source network and per range of 10,000 numbers per hour, and SMS
-    /// per minute, each per shard (see `shard::ShardConfig`).
+    /// Connections not logged in, per shard. 0, the default: half the
+    /// process's open-file limit, shared among the shards (see
+    /// `prelogin_connections_default`).
     pub prelogin_connections_max: usize,
-    pub prelogin_per_source_max: u32,
-    pub code_requests_per_connection_max: u8,
-    /// Code guesses per connection, and per source host per hour per shard.
-    pub code_attempts_per_connection_max: u8,
-    pub code_attempts_per_source_per_hour: u32,
-    /// Logins to one account per minute; groups one account creates per day.
-    pub logins_per_minute: u32,
-    pub groups_created_per_day: u32,
-    pub code_requests_per_source_per_hour: u32,
-    pub code_requests_per_prefix_per_hour: u32,
-    pub code_requests_per_range_per_hour: u32,
-    pub sms_per_minute: u32,
-    /// What one account may have queued (entries, body bytes); messages past
-    /// either bound are refused with `MailboxFull`.
-    pub mailbox_entries_max: usize,
-    pub mailbox_bytes_max: usize,
-    /// Receipts one account may have queued, apart from its messages;
-    /// past it new receipts are dropped and counted.
-    pub receipts_max: usize,
-    /// Group posts one account may have queued, and their body bytes,
-    /// apart from its 1:1 messages.
-    pub group_entries_max: usize,
-    pub group_bytes_max: usize,
-    /// Members one group may have, its creator included.
-    pub group_members_max: usize,
-    /// Numbers one account's contact list may hold; contact syncs per
-    /// account per hour; numbers not looked up before, per account per day
-    /// (after a first `contacts_max`).
-    pub contacts_max: usize,
-    pub contact_syncs_per_hour: u32,
-    pub contact_lookups_per_day: u32,
-    /// Phones one connection may follow the presence of at once.
-    pub presence_subscriptions_max: usize,
-    /// Messages not delivered within this long are deleted and their
-    /// senders get an `Expired` receipt.
-    pub message_retention_ms: u64,
     /// Messages waiting to cross to one other shard before the connections
     /// that feed them stop being read.
     pub peer_staging_messages_max: usize,
@@ -214,10 +168,10 @@ pub struct Limits {
     /// depth: at the 128 default a shard with 10,000 phones spent a third of
     /// its time in that search. 4,096 gives the table its maximum size.
     pub io_ring_depth: usize,
-    /// The shard's timer granularity (ms): deadlines, sweeps and the
-    /// clock check run this often. Also the longest any wake-up glommio
-    /// loses can delay a shard, since its tick wakes it.
-    pub tick_ms: u64,
+    /// Every other key of `[limits]`: those of `shard::ShardConfig` not
+    /// marked `#[serde(skip)]`.
+    #[serde(flatten)]
+    pub shard: ShardConfig,
 }
 
 impl Default for Config {
@@ -241,50 +195,275 @@ impl Default for Config {
 
 impl Default for Limits {
     fn default() -> Limits {
-        let shard = shard::ShardConfig::new(0, shard::PartitionMap::new(1, 1));
         Limits {
-            idle_timeout_ms: shard.idle_timeout_ms,
-            login_timeout_ms: shard.login_timeout_ms,
-            close_flush_timeout_ms: shard.close_flush_timeout_ms,
-            unacked_messages_max: shard.unacked_messages_max,
-            send_rate_per_s: shard.send_rate_per_s,
-            send_burst: shard.send_burst,
-            code_requests_max: shard.code_requests_max,
             prelogin_connections_max: 0,
-            prelogin_per_source_max: shard.prelogin_per_source_max,
-            code_requests_per_connection_max: shard.code_requests_per_connection_max,
-            code_attempts_per_connection_max: shard.code_attempts_per_connection_max,
-            code_attempts_per_source_per_hour: shard.code_attempts_per_source_per_hour,
-            logins_per_minute: shard.logins_per_minute,
-            groups_created_per_day: shard.groups_created_per_day,
-            code_requests_per_source_per_hour: shard.code_requests_per_source_per_hour,
-            code_requests_per_prefix_per_hour: shard.code_requests_per_prefix_per_hour,
-            code_requests_per_range_per_hour: shard.code_requests_per_range_per_hour,
-            sms_per_minute: shard.sms_per_minute,
-            mailbox_entries_max: shard.mailbox_entries_max,
-            mailbox_bytes_max: shard.mailbox_bytes_max,
-            receipts_max: shard.receipts_max,
-            group_entries_max: shard.group_entries_max,
-            group_bytes_max: shard.group_bytes_max,
-            group_members_max: shard.group_members_max,
-            contacts_max: shard.contacts_max,
-            contact_syncs_per_hour: shard.contact_syncs_per_hour,
-            contact_lookups_per_day: shard.contact_lookups_per_day,
-            presence_subscriptions_max: shard.presence_subscriptions_max,
-            message_retention_ms: shard.message_retention_ms,
             peer_staging_messages_max: 16 * 1024,
             peer_queue_batches_max: 64,
             io_memory_bytes: 512 * 1024,
             io_ring_depth: 4096,
-            tick_ms: shard.tick_ms,
+            shard: ShardConfig::default(),
         }
     }
 }
 
 impl Config {
+    /// What shard `shard_id` of `map` runs with: `[limits]`, the settings
+    /// of the shard's that other sections hold, and the ones derived here.
+    /// The caller sets `wall_clock_offset_ms`, which it reads from the
+    /// clock when the shards start.
+    pub fn shard_config(&self, shard_id: u16, map: PartitionMap) -> ShardConfig {
+        let limits = &self.limits;
+        let prelogin_connections_max = match limits.prelogin_connections_max {
+            0 => prelogin_connections_default(usize::from(map.shards())),
+            n => n,
+        };
+        // One source never takes more than a quarter of a shard's places.
+        let per_source_share = (prelogin_connections_max / 4).max(1);
+        let per_source_share = u32::try_from(per_source_share).unwrap_or(u32::MAX);
+        ShardConfig {
+            shard_id,
+            map,
+            test_numbers: self.test_numbers.as_ref().map(|t| TestNumbers {
+                prefix: t.prefix.clone(),
+                code: t.code,
+            }),
+            prelogin_connections_max,
+            prelogin_per_source_max: limits.shard.prelogin_per_source_max.min(per_source_share),
+            // A journal in memory writes nothing, so nothing waits to be
+            // written.
+            sync_delay_ms: match self.storage.journal {
+                JournalKind::Log => self.storage.sync_delay_ms,
+                JournalKind::Memory => 0,
+            },
+            push_interval_ms: self.push.interval_ms,
+            clock_jump_max_ms: self.clock.jump_max_ms,
+            clock_settle_ms: self.clock.settle_ms,
+            clock_confirmed: self.clock.confirmed,
+            ..limits.shard.clone()
+        }
+    }
+
     pub fn load(path: &std::path::Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
             .map_err(|error| anyhow::anyhow!("cannot read config {}: {error}", path.display()))?;
-        toml::from_str(&text).map_err(|error| anyhow::anyhow!("config {}: {error}", path.display()))
+        Config::parse(&text).map_err(|error| anyhow::anyhow!("config {}: {error}", path.display()))
+    }
+
+    /// Reads a config file's text. A bad value of a shard limit is
+    /// reported with its key: `#[serde(flatten)]` reads those from a
+    /// buffer, and its errors point at `[limits]` but name no key.
+    fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|error: toml::de::Error| match limits_key_at_fault(text) {
+            Some(key) => format!("limits.{key}: {}", error.message()),
+            None => error.to_string(),
+        })
+    }
+}
+
+/// The first key of `[limits]` that cannot be read on its own.
+fn limits_key_at_fault(text: &str) -> Option<String> {
+    let file: toml::Table = toml::from_str(text).ok()?;
+    let limits = file.get("limits")?.as_table()?;
+    let (key, _) = limits.iter().find(|&(key, value)| {
+        let alone = toml::Table::from_iter([(key.clone(), value.clone())]);
+        Limits::deserialize(alone).is_err()
+    })?;
+    Some(key.clone())
+}
+
+/// Connections not logged in one shard may hold when the config does not
+/// say: half the open-file limit shared among the shards, so that anonymous
+/// connections can never take every descriptor (the other half is for
+/// phones that log in, logs and the rest), and a login storm of as many
+/// phones as half the limit is not throttled.
+fn prelogin_connections_default(shards: usize) -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes `limit`.
+    let open_files = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
+        0 => usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX),
+        _ => 1024,
+    };
+    // No floor: with a small limit a floor would hand anonymous
+    // connections every descriptor.
+    (open_files / 2 / shards.max(1)).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map() -> PartitionMap {
+        PartitionMap::new(shard::PARTITIONS_DEFAULT, 2)
+    }
+
+    /// Every `[limits]` key README and the tests name, each set away from
+    /// its default, reaches the shards (or the server) under its name.
+    #[test]
+    fn every_limits_key_is_read_into_the_shard_config() {
+        // The u8 limits fit a u8, and the one per source stays below a
+        // quarter of `prelogin_connections_max` (a cap of its own).
+        let keys: [(&str, u64); 34] = [
+            ("idle_timeout_ms", 1001),
+            ("login_timeout_ms", 1002),
+            ("close_flush_timeout_ms", 1003),
+            ("unacked_messages_max", 1004),
+            ("send_rate_per_s", 1005),
+            ("send_burst", 1006),
+            ("code_requests_max", 1007),
+            ("prelogin_connections_max", 1008),
+            ("prelogin_per_source_max", 109),
+            ("code_requests_per_connection_max", 110),
+            ("code_attempts_per_connection_max", 111),
+            ("code_attempts_per_source_per_hour", 1012),
+            ("logins_per_minute", 1013),
+            ("groups_created_per_day", 1014),
+            ("code_requests_per_source_per_hour", 1015),
+            ("code_requests_per_prefix_per_hour", 1016),
+            ("code_requests_per_range_per_hour", 1017),
+            ("sms_per_minute", 1018),
+            ("mailbox_entries_max", 1019),
+            ("mailbox_bytes_max", 1020),
+            ("receipts_max", 1021),
+            ("group_entries_max", 1022),
+            ("group_bytes_max", 1023),
+            ("group_members_max", 1024),
+            ("contacts_max", 1025),
+            ("contact_syncs_per_hour", 1026),
+            ("contact_lookups_per_day", 1027),
+            ("presence_subscriptions_max", 1028),
+            ("message_retention_ms", 1029),
+            ("peer_staging_messages_max", 1030),
+            ("peer_queue_batches_max", 1031),
+            ("io_memory_bytes", 1032),
+            ("io_ring_depth", 1033),
+            ("tick_ms", 1034),
+        ];
+        let text: String = keys.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+        let config = Config::parse(&format!("[limits]\n{text}")).unwrap();
+        let shard = config.shard_config(1, map());
+        let read: [u64; 34] = [
+            shard.idle_timeout_ms,
+            shard.login_timeout_ms,
+            shard.close_flush_timeout_ms,
+            shard.unacked_messages_max,
+            shard.send_rate_per_s.into(),
+            shard.send_burst.into(),
+            shard.code_requests_max.into(),
+            shard.prelogin_connections_max as u64,
+            shard.prelogin_per_source_max.into(),
+            shard.code_requests_per_connection_max.into(),
+            shard.code_attempts_per_connection_max.into(),
+            shard.code_attempts_per_source_per_hour.into(),
+            shard.logins_per_minute.into(),
+            shard.groups_created_per_day.into(),
+            shard.code_requests_per_source_per_hour.into(),
+            shard.code_requests_per_prefix_per_hour.into(),
+            shard.code_requests_per_range_per_hour.into(),
+            shard.sms_per_minute.into(),
+            shard.mailbox_entries_max as u64,
+            shard.mailbox_bytes_max as u64,
+            shard.receipts_max as u64,
+            shard.group_entries_max as u64,
+            shard.group_bytes_max as u64,
+            shard.group_members_max as u64,
+            shard.contacts_max as u64,
+            shard.contact_syncs_per_hour.into(),
+            shard.contact_lookups_per_day.into(),
+            shard.presence_subscriptions_max as u64,
+            shard.message_retention_ms,
+            config.limits.peer_staging_messages_max as u64,
+            config.limits.peer_queue_batches_max as u64,
+            config.limits.io_memory_bytes as u64,
+            config.limits.io_ring_depth as u64,
+            shard.tick_ms,
+        ];
+        assert_eq!(read, keys.map(|(_, value)| value));
+        assert_eq!(shard.shard_id, 1);
+        assert_eq!(shard.map, map());
+    }
+
+    /// With no file, a shard runs with `ShardConfig`'s defaults, but for
+    /// what the server derives: the share of anonymous connections.
+    #[test]
+    fn without_a_file_the_shards_run_with_their_defaults() {
+        let shard = Config::default().shard_config(0, map());
+        let derived = prelogin_connections_default(2);
+        assert_eq!(shard.prelogin_connections_max, derived);
+        let quarter = u32::try_from((derived / 4).max(1)).unwrap_or(u32::MAX);
+        let expected = ShardConfig {
+            prelogin_connections_max: derived,
+            prelogin_per_source_max: ShardConfig::default().prelogin_per_source_max.min(quarter),
+            ..ShardConfig::new(0, map())
+        };
+        assert_eq!(format!("{shard:?}"), format!("{expected:?}"));
+        assert_eq!(shard.validate(), Ok(()));
+    }
+
+    /// Settings the shard has that live in other sections (or nowhere)
+    /// are not `[limits]` keys.
+    #[test]
+    fn only_limits_keys_are_read_under_limits() {
+        for key in [
+            "not_a_limit",
+            "shard_id",
+            "wall_clock_offset_ms",
+            "sync_delay_ms",
+            "push_interval_ms",
+            "clock_settle_ms",
+            "dedup_ttl_ms",
+            "outbox_bytes_max",
+        ] {
+            let error = Config::parse(&format!("[limits]\n{key} = 1\n")).unwrap_err();
+            assert!(error.contains(&format!("unknown field `{key}`")), "{error}");
+        }
+    }
+
+    #[test]
+    fn the_other_sections_reach_the_shard() {
+        let text = "
+            [storage]
+            sync_delay_ms = 7
+            [push]
+            interval_ms = 8
+            [clock]
+            jump_max_ms = 9
+            settle_ms = 10
+            confirmed = true
+            [test_numbers]
+            prefix = \"+1555\"
+            code = 123456
+        ";
+        let config = Config::parse(text).unwrap();
+        let shard = config.shard_config(0, map());
+        assert_eq!(shard.sync_delay_ms, 7);
+        assert_eq!(shard.push_interval_ms, 8);
+        assert_eq!((shard.clock_jump_max_ms, shard.clock_settle_ms), (9, 10));
+        assert!(shard.clock_confirmed);
+        let numbers = shard.test_numbers.unwrap();
+        assert_eq!((numbers.prefix.as_str(), numbers.code), ("+1555", 123456));
+        // A journal in memory writes nothing, so nothing waits for it.
+        let memory = Config::parse("[storage]\njournal = \"memory\"\nsync_delay_ms = 7\n");
+        assert_eq!(memory.unwrap().shard_config(0, map()).sync_delay_ms, 0);
+    }
+
+    #[test]
+    fn a_bad_value_is_reported_with_its_key() {
+        for (text, key) in [
+            ("tick_ms = 5\nsend_burst = \"x\"", "send_burst"),
+            (
+                "code_requests_per_connection_max = 300",
+                "code_requests_per_connection_max",
+            ),
+            ("io_ring_depth = -1", "io_ring_depth"),
+        ] {
+            let error = Config::parse(&format!("[limits]\n{text}\n")).unwrap_err();
+            assert!(error.starts_with(&format!("limits.{key}: ")), "{error}");
+        }
+        // Elsewhere toml's own report stands: it has the line.
+        let error = Config::parse("[storage]\nsalvage = 3\n").unwrap_err();
+        assert!(error.contains("line 2"), "{error}");
     }
 }

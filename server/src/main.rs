@@ -28,7 +28,7 @@ use std::{
 use anyhow::{bail, Context};
 use clap::Parser;
 use glommio::{LocalExecutorBuilder, Placement};
-use shard::{PartitionMap, Shard, ShardConfig, TestNumbers, PARTITIONS_DEFAULT};
+use shard::{PartitionMap, Shard, ShardConfig, PARTITIONS_DEFAULT};
 use storage::log::LogConfig;
 
 use crate::{
@@ -117,6 +117,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     if shard_count > usize::from(PARTITIONS_DEFAULT) {
         bail!("at most {PARTITIONS_DEFAULT} shards");
     }
+    let map = PartitionMap::new(PARTITIONS_DEFAULT, shard_count as u16);
+    config
+        .shard_config(0, map)
+        .validate()
+        .context("the configured limits")?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     // Absolute from here on: the io_uring file API takes no relative paths.
@@ -143,7 +148,6 @@ fn run(args: Args) -> anyhow::Result<()> {
         None => SmsSender::Outbox(config.data_dir.join("sms-outbox.log")),
     })?;
 
-    let map = PartitionMap::new(PARTITIONS_DEFAULT, shard_count as u16);
     let (push, push_rejected) = push::start(
         match &config.push.webhook_url {
             Some(url) => PushSender::Webhook {
@@ -199,57 +203,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut tls_fds = tls_fds.into_iter();
     let mut plain_fds = plain_fds.into_iter();
     for (shard_id, ends) in peers.drain(..).enumerate() {
-        let mut shard_config = ShardConfig::new(shard_id as u16, map);
-        shard_config.wall_clock_offset_ms = unix_ms;
-        shard_config.idle_timeout_ms = config.limits.idle_timeout_ms;
-        shard_config.login_timeout_ms = config.limits.login_timeout_ms;
-        shard_config.close_flush_timeout_ms = config.limits.close_flush_timeout_ms;
-        shard_config.unacked_messages_max = config.limits.unacked_messages_max;
-        shard_config.send_rate_per_s = config.limits.send_rate_per_s;
-        shard_config.send_burst = config.limits.send_burst;
-        shard_config.mailbox_entries_max = config.limits.mailbox_entries_max;
-        shard_config.mailbox_bytes_max = config.limits.mailbox_bytes_max;
-        shard_config.receipts_max = config.limits.receipts_max;
-        shard_config.group_entries_max = config.limits.group_entries_max;
-        shard_config.group_bytes_max = config.limits.group_bytes_max;
-        shard_config.group_members_max = config.limits.group_members_max;
-        shard_config.contacts_max = config.limits.contacts_max;
-        shard_config.contact_syncs_per_hour = config.limits.contact_syncs_per_hour;
-        shard_config.contact_lookups_per_day = config.limits.contact_lookups_per_day;
-        shard_config.presence_subscriptions_max = config.limits.presence_subscriptions_max;
-        shard_config.push_interval_ms = config.push.interval_ms;
-        shard_config.message_retention_ms = config.limits.message_retention_ms;
-        shard_config.tick_ms = config.limits.tick_ms;
-        shard_config.clock_jump_max_ms = config.clock.jump_max_ms;
-        shard_config.clock_settle_ms = config.clock.settle_ms;
-        shard_config.clock_confirmed = config.clock.confirmed;
-        if config.storage.journal == JournalKind::Log {
-            shard_config.sync_delay_ms = config.storage.sync_delay_ms;
-        }
-        shard_config.code_requests_max = config.limits.code_requests_max;
-        let limits = &config.limits;
-        shard_config.prelogin_connections_max = match limits.prelogin_connections_max {
-            0 => prelogin_connections_default(shard_count),
-            n => n,
+        let shard_config = ShardConfig {
+            wall_clock_offset_ms: unix_ms,
+            ..config.shard_config(shard_id as u16, map)
         };
-        // One source never takes more than a quarter of a shard's places.
-        let per_source_share = (shard_config.prelogin_connections_max / 4).max(1);
-        shard_config.prelogin_per_source_max = limits
-            .prelogin_per_source_max
-            .min(u32::try_from(per_source_share).unwrap_or(u32::MAX));
-        shard_config.code_requests_per_connection_max = limits.code_requests_per_connection_max;
-        shard_config.code_requests_per_source_per_hour = limits.code_requests_per_source_per_hour;
-        shard_config.code_requests_per_prefix_per_hour = limits.code_requests_per_prefix_per_hour;
-        shard_config.code_requests_per_range_per_hour = limits.code_requests_per_range_per_hour;
-        shard_config.sms_per_minute = limits.sms_per_minute;
-        shard_config.code_attempts_per_connection_max = limits.code_attempts_per_connection_max;
-        shard_config.code_attempts_per_source_per_hour = limits.code_attempts_per_source_per_hour;
-        shard_config.logins_per_minute = limits.logins_per_minute;
-        shard_config.groups_created_per_day = limits.groups_created_per_day;
-        shard_config.test_numbers = config.test_numbers.as_ref().map(|t| TestNumbers {
-            prefix: t.prefix.clone(),
-            code: t.code,
-        });
         let listeners = Listeners {
             tls: tls_fds.next(),
             plain: plain_fds.next(),
@@ -363,26 +320,6 @@ fn ignore_hangups() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Connections not logged in one shard may hold when the config does not
-/// say: half the open-file limit shared among the shards, so that anonymous
-/// connections can never take every descriptor (the other half is for
-/// phones that log in, logs and the rest), and a login storm of as many
-/// phones as half the limit is not throttled.
-fn prelogin_connections_default(shards: usize) -> usize {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit only writes `limit`.
-    let open_files = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
-        0 => usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX),
-        _ => 1024,
-    };
-    // No floor: with a small limit a floor would hand anonymous
-    // connections every descriptor.
-    (open_files / 2 / shards.max(1)).max(1)
-}
-
 fn log_dir(data_dir: &std::path::Path, shard: usize) -> PathBuf {
     data_dir.join("log").join(format!("shard-{shard}"))
 }
@@ -483,7 +420,7 @@ fn apply_flags(config: &mut Config, args: Args) -> anyhow::Result<()> {
         });
     }
     if let Some(ms) = args.idle_timeout_ms {
-        config.limits.idle_timeout_ms = ms;
+        config.limits.shard.idle_timeout_ms = ms;
     }
     if let Some(url) = args.sms_webhook {
         config.sms.webhook_url = Some(url);

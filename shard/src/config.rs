@@ -1,5 +1,7 @@
 //! The limits and timings a shard runs with. Every limit names its unit.
 
+use serde::Deserialize;
+
 use crate::{allowance::Rate, PartitionMap};
 
 /// A range of phone numbers (by prefix) that sign up with a fixed code and
@@ -10,26 +12,41 @@ pub struct TestNumbers {
     pub code: u32,
 }
 
-#[derive(Debug, Clone)]
+/// Everything a shard runs with. The limits an operator tunes are read
+/// from the `[limits]` section of the server's config file, which embeds
+/// this struct (`#[serde(flatten)]`): a field added here without
+/// `#[serde(skip)]` is a config key, with its default in
+/// [`ShardConfig::new`], and nothing else to write.
+///
+/// Fields marked `#[serde(skip)]` are not `[limits]` keys: the shard's
+/// identity, set by whoever starts it; settings the server reads from
+/// sections of their own (`[storage]`, `[push]`, `[clock]`) or derives
+/// (`prelogin_connections_max`); and limits that are fixed for now.
+///
+/// [`ShardConfig::validate`] checks the relations between limits that the
+/// shard relies on; the server calls it before it starts a shard.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ShardConfig {
+    // ---- The shard's identity: per process, never in a config file. ----
+    #[serde(skip)]
     pub shard_id: u16,
+    #[serde(skip)]
     pub map: PartitionMap,
     /// Added to the shard's monotonic `now_ms` to get Unix time, for the
     /// `sent_at_ms` stamped on messages. Timers never look at it.
+    #[serde(skip)]
     pub wall_clock_offset_ms: u64,
-    /// Resolution of the shard's timer wheel.
+    #[serde(skip)]
+    pub test_numbers: Option<TestNumbers>,
+
+    // ---- `[limits]` keys. ----
+    /// Resolution of the shard's timer wheel (ms): deadlines, sweeps and
+    /// the clock check run this often. At least 1. Also the longest any
+    /// wake-up glommio loses can delay a shard, since its tick wakes it.
     pub tick_ms: u64,
-    /// How long a signup code stays valid.
-    pub code_ttl_ms: u64,
-    /// Wrong guesses allowed per code.
-    pub code_attempts_max: u32,
     /// Codes one phone number may request per `code_request_window_ms`.
     pub code_requests_max: u32,
-    pub code_request_window_ms: u64,
-    /// Signups a shard tracks at once (pending codes and rate windows), so
-    /// requests for endless made-up numbers cannot grow memory without bound.
-    pub signups_max: usize,
-    pub test_numbers: Option<TestNumbers>,
     /// A logged-in connection that sends nothing for this long is closed.
     pub idle_timeout_ms: u64,
     /// A connection that has not logged in within this long after it was
@@ -38,34 +55,13 @@ pub struct ShardConfig {
     /// A connection being closed is dropped this long after its `Bye`,
     /// whether or not the phone took its last bytes.
     pub close_flush_timeout_ms: u64,
-    /// Messages written to a phone and not yet acknowledged, at most.
+    /// Messages written to a phone and not yet acknowledged, at most. At
+    /// least 1.
     pub unacked_messages_max: u64,
-    /// Mailbox entries are moved into a connection's outbox only while the
-    /// outbox holds fewer bytes than this.
-    pub outbox_feed_bytes_max: usize,
-    /// While a connection's outbox holds more than this, the server stops
-    /// reading from it: a phone that does not read cannot make it buffer more.
-    pub outbox_bytes_max: usize,
     /// Sustained messages (and read receipts) per second one account may
-    /// send, and the burst.
+    /// send, and the burst (at least 1: a send takes one token).
     pub send_rate_per_s: u32,
     pub send_burst: u32,
-    /// How long, and how many, `(recipient, sender, client_id)` entries are kept
-    /// for resend detection.
-    pub dedup_ttl_ms: u64,
-    pub dedup_entries_max: usize,
-    /// Write-back cache: mailbox records (entries and acks) wait this long
-    /// in memory before they are written, and an entry acknowledged in the
-    /// meantime is never written at all. 0: every record is written (and
-    /// synced) before the reply that depends on it.
-    pub sync_delay_ms: u64,
-    /// Body bytes the write-back cache may hold; past it the oldest records
-    /// are written early.
-    pub sync_delay_bytes_max: usize,
-    /// Entries of one account the write-back cache may hold; past it the
-    /// cache is written out from its oldest record until the account is
-    /// back under half, so a recipient that never reads cannot crowd it.
-    pub sync_delay_entries_per_account_max: u32,
     /// Messages (1:1 and group posts) one account may have queued, and
     /// their body bytes: a message past either bound is refused with
     /// `MailboxFull`. Receipts do not count (see `receipts_max`).
@@ -97,30 +93,12 @@ pub struct ShardConfig {
     pub contact_lookups_per_day: u32,
     /// Phones one connection may follow the presence of at once.
     pub presence_subscriptions_max: usize,
-    /// At most one push per account per this long: what arrives within it
-    /// is covered by one push when it ends.
-    pub push_interval_ms: u64,
     /// Messages (and group posts) not delivered within this long are
     /// deleted, and each sender gets an `Expired` receipt.
     pub message_retention_ms: u64,
-    /// At start, how far past the latest wall time the journal recorded
-    /// the clock may be (the server was down that long) and be trusted;
-    /// further, or behind it, expiry is held until the clock is trusted
-    /// (see `clock`).
-    pub clock_jump_max_ms: u64,
-    /// How long a clock in doubt must keep step with the monotonic clock
-    /// before it is trusted.
-    pub clock_settle_ms: u64,
-    /// The operator says the clock at start is right, whatever the journal
-    /// last recorded: ages count by it.
-    pub clock_confirmed: bool,
-    /// Connections that have not logged in, at most, on one shard and
-    /// from one source host (an IPv4 address or an IPv6 /64) on one
-    /// shard: below the open-file limit, so that flooding connections
-    /// never keeps phones from logging in (the server's default for the
-    /// first is half its open-file limit shared among the shards). Past
-    /// either, a new connection is closed at once.
-    pub prelogin_connections_max: usize,
+    /// Connections that have not logged in, at most, from one source host
+    /// (an IPv4 address or an IPv6 /64) on one shard (see
+    /// `prelogin_connections_max`).
     pub prelogin_per_source_max: u32,
     /// Codes one connection may ask for (it has no account to charge).
     pub code_requests_per_connection_max: u8,
@@ -129,9 +107,9 @@ pub struct ShardConfig {
     /// number whose code it spends.
     pub code_attempts_per_connection_max: u8,
     pub code_attempts_per_source_per_hour: u32,
-    /// Logins to one account per minute: each closes the last session,
-    /// whose socket lives until flushed, so a storm of them would hold
-    /// descriptors.
+    /// Logins to one account per minute (at least 1: a login takes one):
+    /// each closes the last session, whose socket lives until flushed, so
+    /// a storm of them would hold descriptors.
     pub logins_per_minute: u32,
     /// Groups one account may create per day.
     pub groups_created_per_day: u32,
@@ -144,16 +122,92 @@ pub struct ShardConfig {
     pub code_requests_per_prefix_per_hour: u32,
     pub code_requests_per_range_per_hour: u32,
     pub sms_per_minute: u32,
+
+    // ---- Set by the server from other sections of its config. ----
+    /// Connections that have not logged in, at most, on one shard: below
+    /// the open-file limit, so that flooding connections never keeps
+    /// phones from logging in (the server's default is half its open-file
+    /// limit shared among the shards). Past it, or past
+    /// `prelogin_per_source_max`, a new connection is closed at once.
+    #[serde(skip)]
+    pub prelogin_connections_max: usize,
+    /// Write-back cache (`[storage]`): mailbox records (entries and acks)
+    /// wait this long in memory before they are written, and an entry
+    /// acknowledged in the meantime is never written at all. 0: every
+    /// record is written (and synced) before the reply that depends on it.
+    #[serde(skip)]
+    pub sync_delay_ms: u64,
+    /// At most one push per account per this long (`[push]`): what arrives
+    /// within it is covered by one push when it ends.
+    #[serde(skip)]
+    pub push_interval_ms: u64,
+    /// At start, how far past the latest wall time the journal recorded
+    /// the clock may be (the server was down that long) and be trusted;
+    /// further, or behind it, expiry is held until the clock is trusted
+    /// (see `clock`; `[clock]`, like the next two).
+    #[serde(skip)]
+    pub clock_jump_max_ms: u64,
+    /// How long a clock in doubt must keep step with the monotonic clock
+    /// before it is trusted.
+    #[serde(skip)]
+    pub clock_settle_ms: u64,
+    /// The operator says the clock at start is right, whatever the journal
+    /// last recorded: ages count by it.
+    #[serde(skip)]
+    pub clock_confirmed: bool,
+
+    // ---- Fixed for now: not in the config file. ----
+    /// How long a signup code stays valid.
+    #[serde(skip)]
+    pub code_ttl_ms: u64,
+    /// Wrong guesses allowed per code.
+    #[serde(skip)]
+    pub code_attempts_max: u32,
+    #[serde(skip)]
+    pub code_request_window_ms: u64,
+    /// Signups a shard tracks at once (pending codes and rate windows), so
+    /// requests for endless made-up numbers cannot grow memory without bound.
+    #[serde(skip)]
+    pub signups_max: usize,
+    /// Mailbox entries are moved into a connection's outbox only while the
+    /// outbox holds fewer bytes than this (at least 1, and at most
+    /// `outbox_bytes_max`).
+    #[serde(skip)]
+    pub outbox_feed_bytes_max: usize,
+    /// While a connection's outbox holds more than this, the server stops
+    /// reading from it: a phone that does not read cannot make it buffer more.
+    #[serde(skip)]
+    pub outbox_bytes_max: usize,
+    /// How long, and how many, `(recipient, sender, client_id)` entries are kept
+    /// for resend detection.
+    #[serde(skip)]
+    pub dedup_ttl_ms: u64,
+    #[serde(skip)]
+    pub dedup_entries_max: usize,
+    /// Body bytes the write-back cache may hold; past it the oldest records
+    /// are written early.
+    #[serde(skip)]
+    pub sync_delay_bytes_max: usize,
+    /// Entries of one account the write-back cache may hold; past it the
+    /// cache is written out from its oldest record until the account is
+    /// back under half, so a recipient that never reads cannot crowd it.
+    #[serde(skip)]
+    pub sync_delay_entries_per_account_max: u32,
     /// Keys each per-source or per-range table of allowances holds; past
     /// it new keys share one bucket (see `source::Buckets`).
+    #[serde(skip)]
     pub source_table_entries_max: usize,
     /// Moves of one connection between shards before login.
+    #[serde(skip)]
     pub handovers_max: u8,
     /// Failed logins on one connection before it is closed.
+    #[serde(skip)]
     pub login_failures_max: u8,
 }
 
 impl ShardConfig {
+    /// The defaults, for shard `shard_id` of `map`. This is the one place
+    /// a limit's default is written.
     pub fn new(shard_id: u16, map: PartitionMap) -> ShardConfig {
         ShardConfig {
             shard_id,
@@ -210,6 +264,82 @@ impl ShardConfig {
             login_failures_max: 3,
         }
     }
+
+    /// Checks the relations between limits that the shard relies on, and
+    /// returns the first one that does not hold, with the values involved.
+    /// Limits that only make the shard stricter or looser (a small mailbox,
+    /// a large burst) are the operator's choice and are not checked.
+    pub fn validate(&self) -> Result<(), LimitsError> {
+        // A limit of 0 that divides time, or that shuts what the shard is
+        // for: delivering messages, taking them, logging in.
+        let at_least_one = [
+            (
+                "tick_ms",
+                self.tick_ms,
+                "the timer wheel counts time in ticks of it",
+            ),
+            (
+                "unacked_messages_max",
+                self.unacked_messages_max,
+                "no message would ever be written to a phone",
+            ),
+            (
+                "outbox_feed_bytes_max",
+                self.outbox_feed_bytes_max as u64,
+                "no message would ever be moved into an outbox",
+            ),
+            (
+                "send_burst",
+                self.send_burst.into(),
+                "a send takes one token, and the bucket would hold none",
+            ),
+            (
+                "logins_per_minute",
+                self.logins_per_minute.into(),
+                "a login takes one token, and the bucket would hold none",
+            ),
+        ];
+        if let Some(&(limit, _, consequence)) = at_least_one.iter().find(|(_, v, _)| *v == 0) {
+            return Err(LimitsError::Zero { limit, consequence });
+        }
+        // Deliveries fill an outbox only up to the feed limit, so that the
+        // phone's own replies still fit under the outbox limit: a phone
+        // that reads is never stopped being read because of what it was
+        // sent.
+        if self.outbox_feed_bytes_max > self.outbox_bytes_max {
+            return Err(LimitsError::FeedAboveOutbox {
+                outbox_feed_bytes_max: self.outbox_feed_bytes_max,
+                outbox_bytes_max: self.outbox_bytes_max,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The defaults for shard 0 of one: what a server's `[limits]` starts
+/// from before it sets each shard's identity.
+impl Default for ShardConfig {
+    fn default() -> ShardConfig {
+        ShardConfig::new(0, PartitionMap::new(1, 1))
+    }
+}
+
+/// A relation between limits that [`ShardConfig::validate`] found broken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitsError {
+    #[error("{limit} is 0: it must be at least 1 ({consequence})")]
+    Zero {
+        limit: &'static str,
+        consequence: &'static str,
+    },
+    #[error(
+        "outbox_feed_bytes_max ({outbox_feed_bytes_max}) is above outbox_bytes_max \
+         ({outbox_bytes_max}): deliveries alone would stop a connection being read"
+    )]
+    FeedAboveOutbox {
+        outbox_feed_bytes_max: usize,
+        outbox_bytes_max: usize,
+    },
 }
 
 const HOUR_MS: u64 = 60 * 60 * 1000;
@@ -290,4 +420,77 @@ impl ShardConfig {
 /// `count` an hour, all of it at once at most.
 fn per_hour(count: u32) -> Rate {
     Rate::new(count.into(), HOUR_MS, count.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(adjust: impl Fn(&mut ShardConfig), expected: Result<(), LimitsError>) {
+        let mut config = ShardConfig::default();
+        adjust(&mut config);
+        assert_eq!(config.validate(), expected);
+    }
+
+    #[test]
+    fn the_defaults_hold_every_relation() {
+        check(|_| {}, Ok(()));
+    }
+
+    /// The limit `validate` names as 0, if it names one.
+    fn zero(adjust: impl Fn(&mut ShardConfig)) -> Option<&'static str> {
+        let mut config = ShardConfig::default();
+        adjust(&mut config);
+        match config.validate() {
+            Err(LimitsError::Zero { limit, .. }) => Some(limit),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_limit_the_shard_cannot_work_with_at_zero_is_named() {
+        assert_eq!(zero(|c| c.tick_ms = 0), Some("tick_ms"));
+        let unacked = zero(|c| c.unacked_messages_max = 0);
+        assert_eq!(unacked, Some("unacked_messages_max"));
+        let feed = zero(|c| c.outbox_feed_bytes_max = 0);
+        assert_eq!(feed, Some("outbox_feed_bytes_max"));
+        assert_eq!(zero(|c| c.send_burst = 0), Some("send_burst"));
+        assert_eq!(zero(|c| c.logins_per_minute = 0), Some("logins_per_minute"));
+        // What only makes the shard stricter is the operator's choice.
+        check(|c| c.send_rate_per_s = 0, Ok(()));
+        check(|c| c.sync_delay_entries_per_account_max = 0, Ok(()));
+        check(|c| c.mailbox_entries_max = 0, Ok(()));
+    }
+
+    #[test]
+    fn the_feed_limit_may_reach_but_not_pass_the_outbox_limit() {
+        check(|c| c.outbox_feed_bytes_max = c.outbox_bytes_max, Ok(()));
+        check(
+            |c| {
+                c.outbox_bytes_max = 1000;
+                c.outbox_feed_bytes_max = 1001;
+            },
+            Err(LimitsError::FeedAboveOutbox {
+                outbox_feed_bytes_max: 1001,
+                outbox_bytes_max: 1000,
+            }),
+        );
+    }
+
+    #[test]
+    fn the_error_says_which_limit_and_its_values() {
+        let mut config = ShardConfig {
+            outbox_feed_bytes_max: 2 * 1024 * 1024,
+            ..ShardConfig::default()
+        };
+        let message = config.validate().unwrap_err().to_string();
+        assert!(
+            message.contains("outbox_feed_bytes_max (2097152)"),
+            "{message}"
+        );
+        assert!(message.contains("outbox_bytes_max (1048576)"), "{message}");
+        config.tick_ms = 0;
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.starts_with("tick_ms is 0"), "{message}");
+    }
 }

@@ -23,6 +23,10 @@ use crate::Record;
 
 pub const CHECKPOINT_MAGIC: [u8; 8] = *b"ISLECKP\x01";
 const HEADER_FIELDS_BYTES: usize = 8 + 2 + 2 + 8 + 8 + 8;
+// The header and its crc fill the start of one block, which `encode`
+// pads (or would cut) to the block size.
+const _: () = assert!(CHECKPOINT_MAGIC.len() + 2 + 2 + 8 + 8 + 8 == HEADER_FIELDS_BYTES);
+const _: () = assert!(HEADER_FIELDS_BYTES + 4 <= BLOCK_BYTES);
 
 /// What a checkpoint file says about itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

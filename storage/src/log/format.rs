@@ -33,6 +33,25 @@ pub const RECORD_BYTES_MAX: usize = wire::FRAME_BYTES_MAX + 512;
 /// before allocating; writers split bigger commits into several batches.
 pub const BATCH_PAYLOAD_BYTES_MAX: usize = 8 * 1024 * 1024;
 
+// What the encoders and readers below rely on, checked as the crate builds.
+const _: () = {
+    // The headers are written field by field at fixed offsets: magic,
+    // version, shard, shard count, segment number, first batch, crc; and
+    // magic, payload length, record count, crc, seq.
+    assert!(SEGMENT_HEADER_BYTES == SEGMENT_MAGIC.len() + 4 + 2 + 2 + 8 + 8 + 4);
+    assert!(BATCH_HEADER_BYTES == BATCH_MAGIC.len() + 4 + 4 + 4 + 8);
+    // The segment header is read back from block 0 alone.
+    assert!(SEGMENT_HEADER_BYTES <= BLOCK_BYTES);
+    // Direct I/O buffers are laid out with the block as their alignment.
+    assert!(BLOCK_BYTES.is_power_of_two());
+    // A batch takes at least one record, so the largest record must fit
+    // a payload a reader accepts: else it would be written and then
+    // refused on replay.
+    assert!(RECORD_PREFIX_BYTES + RECORD_BYTES_MAX <= BATCH_PAYLOAD_BYTES_MAX);
+    // The payload length is written as a u32.
+    assert!(BATCH_PAYLOAD_BYTES_MAX <= u32::MAX as usize);
+};
+
 /// Rounds `bytes` up to whole blocks.
 pub fn align_up(bytes: u64) -> u64 {
     bytes.div_ceil(BLOCK_BYTES as u64) * BLOCK_BYTES as u64

@@ -23,6 +23,8 @@ use crate::{Journal, JournalError, JournalStats, Record, RemoveError};
 
 /// Segment size unless configured otherwise.
 pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024;
+// Segments are whole blocks, written with zeros to full size by direct I/O.
+const _: () = assert!(SEGMENT_BYTES_MAX_DEFAULT.is_multiple_of(BLOCK_BYTES as u64));
 
 /// Where this log belongs and how it grows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,157 @@
+//! One simulated phone of the chat workload: its state that outlives any
+//! one connection, and the loop that keeps it connected.
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    rc::Rc,
+    sync::atomic::Ordering::Relaxed,
+    time::Duration,
+};
+
+use futures_lite::io::split;
+use wire::{DeviceKey, Phone};
+
+use super::read::read_loop;
+use super::thread::Thread;
+use super::write::write_loop;
+use crate::connection::Connection;
+use crate::dial::Backoff;
+
+/// How long a phone waits after a retryable refusal before writing its
+/// refused sends again (ms).
+pub const RETRY_MS: u64 = 100;
+
+/// One simulated phone: what outlives any one of its connections.
+pub(super) struct PhoneState {
+    pub(super) index: u32,
+    pub(super) number: Phone,
+    /// Reads nothing and sends nothing until sending stops.
+    pub(super) stalled: bool,
+    /// The device key sign-up gave, to log in again after a reconnect.
+    pub(super) key: Cell<Option<DeviceKey>>,
+    /// Intended send times (ns since the epoch) of sends not yet written.
+    pub(super) queue: RefCell<VecDeque<u64>>,
+    /// Highest mailbox seq received and not yet acknowledged.
+    pub(super) ack_up_to: Cell<u64>,
+    /// MQTT: packet ids of messages received and not yet acknowledged.
+    pub(super) pubacks: RefCell<Vec<u16>>,
+    pub(super) waker: RefCell<Option<std::task::Waker>>,
+    pub(super) next_client_id: Cell<u64>,
+    /// Sends written and not yet answered, by client id: a new connection
+    /// writes them again in the order they were first written.
+    pub(super) in_flight: RefCell<BTreeMap<u64, InFlight>>,
+    /// Set for each new connection, until its writer has resent `in_flight`.
+    pub(super) resend: Cell<bool>,
+    /// Sends refused with a retryable error, to write again in this order
+    /// once `retry_due` is set (a timer sets it [`RETRY_MS`] after the
+    /// first of them).
+    pub(super) refused: RefCell<BTreeSet<u64>>,
+    pub(super) retry_due: Cell<bool>,
+    /// Set to make the phone hang up; it stays away until `offline_until_ns`.
+    pub(super) hang_up: Cell<bool>,
+    pub(super) offline_until_ns: Cell<u64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct InFlight {
+    pub(super) intended_ns: u64,
+    pub(super) to: Phone,
+}
+
+impl PhoneState {
+    pub(super) fn new(index: u32, number: Phone, stalled: bool) -> PhoneState {
+        PhoneState {
+            index,
+            number,
+            stalled,
+            key: Cell::new(None),
+            queue: RefCell::new(VecDeque::new()),
+            ack_up_to: Cell::new(0),
+            pubacks: RefCell::new(Vec::new()),
+            waker: RefCell::new(None),
+            next_client_id: Cell::new(1),
+            in_flight: RefCell::new(BTreeMap::new()),
+            resend: Cell::new(false),
+            refused: RefCell::new(BTreeSet::new()),
+            retry_due: Cell::new(false),
+            hang_up: Cell::new(false),
+            offline_until_ns: Cell::new(0),
+        }
+    }
+
+    /// Whether a refused send to `to` waits to be written again.
+    pub(super) fn refused_to(&self, to: Phone) -> bool {
+        let in_flight = self.in_flight.borrow();
+        self.refused
+            .borrow()
+            .iter()
+            .any(|id| in_flight.get(id).is_some_and(|sent| sent.to == to))
+    }
+
+    pub(super) fn wake(&self) {
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+}
+
+/// Runs one phone's connections until the run finishes: when one ends, the
+/// phone backs off, connects and logs in again, and carries on.
+pub(super) async fn phone_loop(thread: Rc<Thread>, phone: Rc<PhoneState>, first: Connection) {
+    let mut connection = first;
+    loop {
+        phone.resend.set(true);
+        let (reader, writer) = split(connection.io);
+        // Whichever side ends first ends the connection: dropping the other
+        // half closes the socket.
+        futures_lite::future::or(
+            read_loop(&thread, &phone, reader, connection.inbox),
+            write_loop(&thread, &phone, writer),
+        )
+        .await;
+        let finished = || thread.shared.finished.load(Relaxed);
+        if finished() {
+            return;
+        }
+        let offline_ns = phone.offline_until_ns.get().saturating_sub(thread.now_ns());
+        if offline_ns > 0 {
+            glommio::timer::sleep(Duration::from_nanos(offline_ns)).await;
+        }
+        // The server may have just gone away: wait before the first try too.
+        let mut backoff = Backoff::new(thread.random(u64::MAX));
+        backoff.wait().await;
+        connection = match connect_with_backoff(&thread, &phone, &mut backoff, finished).await {
+            Ok(connection) if !finished() => connection,
+            _ => return,
+        };
+        thread.shared.reconnects.fetch_add(1, Relaxed);
+    }
+}
+
+/// Connects and logs in, backing off between attempts, until it works or
+/// `give_up` says to stop (then the last attempt's error).
+pub(super) async fn connect_with_backoff(
+    thread: &Thread,
+    phone: &PhoneState,
+    backoff: &mut Backoff,
+    give_up: impl Fn() -> bool,
+) -> anyhow::Result<Connection> {
+    loop {
+        match thread.dialer.log_in(phone.number, &phone.key).await {
+            Ok(connection) => return Ok(connection),
+            Err(error) if give_up() => return Err(error),
+            Err(_) => backoff.wait().await,
+        }
+    }
+}
+
+/// Whether phone `index` is one of the `share` that stall: spread evenly
+/// over the range, so every thread gets its part.
+pub(super) fn stalled(index: usize, share: f64) -> bool {
+    (index as f64 * share).floor() != ((index + 1) as f64 * share).floor()
+}
+
+pub(super) fn key(phone_index: u32, client_id: u64) -> u64 {
+    (u64::from(phone_index) << 32) | (client_id & 0xFFFF_FFFF)
+}

@@ -1,0 +1,240 @@
+//! One loadgen executor's share of the chat workload: its phones, what
+//! they measure, and the run of the thread from sign-up to the end.
+
+use std::{
+    cell::{Cell, RefCell},
+    rc::Rc,
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::{Duration, Instant},
+};
+
+use ahash::{AHashMap, AHashSet};
+use hdrhistogram::Histogram;
+use wire::Phone;
+
+use super::pacer::{churn, pace};
+use super::phone::{connect_with_backoff, phone_loop, stalled, PhoneState};
+use super::{Args, Shared};
+use crate::connection::Connection;
+use crate::dial::{Backoff, Dialer};
+use crate::window::latency_histogram;
+
+/// What one thread hands back at the end.
+pub(super) struct ThreadResult {
+    pub(super) histogram: Histogram<u64>,
+    pub(super) send_lag: Histogram<u64>,
+    pub(super) acked: Vec<u64>,
+    pub(super) delivered: AHashSet<u64>,
+    pub(super) measured_deliveries: u64,
+}
+
+/// One executor's share of the run: what its phones share, and what they
+/// measure.
+pub(super) struct Thread {
+    pub(super) args: Args,
+    /// The run's first phone number (phone `i` is `first + i`).
+    pub(super) first: u64,
+    pub(super) shared: Arc<Shared>,
+    /// What every thread's nanoseconds count from.
+    epoch: Instant,
+    pub(super) dialer: Dialer,
+    /// Deliveries of sends intended before this are not measured.
+    pub(super) warmup_end_ns: Cell<u64>,
+    /// Deliveries received from warm-up's end until this count towards
+    /// throughput; those that arrive later (draining a backlog) do not.
+    pub(super) sending_end_ns: Cell<u64>,
+    /// Latency from intended send to delivery, and how late sends were
+    /// written against their intended time.
+    pub(super) histogram: RefCell<Histogram<u64>>,
+    pub(super) send_lag: RefCell<Histogram<u64>>,
+    /// Keys (`phone::key`) of sends answered `Sent`, and of messages
+    /// received.
+    pub(super) acked: RefCell<Vec<u64>>,
+    pub(super) delivered: RefCell<AHashSet<u64>>,
+    /// Highest client id received per (sender, recipient), for `reordered`.
+    pub(super) last_from: RefCell<AHashMap<(u32, u32), u64>>,
+    /// Deliveries that count towards throughput.
+    pub(super) measured: Cell<u64>,
+    rng: Cell<u64>,
+    /// Stalled phones' readers, woken once when sending stops.
+    pub(super) stalled_readers: RefCell<Vec<std::task::Waker>>,
+}
+
+impl Thread {
+    /// The thread whose phones start at `range_start`, which also seeds
+    /// its random choices.
+    fn new(
+        args: Args,
+        first: u64,
+        shared: Arc<Shared>,
+        epoch: Instant,
+        dialer: Dialer,
+        range_start: usize,
+    ) -> Thread {
+        Thread {
+            first,
+            shared,
+            epoch,
+            dialer,
+            warmup_end_ns: Cell::new(u64::MAX),
+            sending_end_ns: Cell::new(0),
+            histogram: RefCell::new(latency_histogram()),
+            send_lag: RefCell::new(latency_histogram()),
+            acked: RefCell::new(Vec::new()),
+            delivered: RefCell::new(AHashSet::new()),
+            last_from: RefCell::new(AHashMap::new()),
+            measured: Cell::new(0),
+            stalled_readers: RefCell::new(Vec::new()),
+            rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ (range_start as u64 + 1)),
+            args,
+        }
+    }
+
+    pub(super) fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    pub(super) fn random(&self, bound: u64) -> u64 {
+        let mut x = self.rng.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.set(x);
+        x % bound
+    }
+
+    /// What the thread measured, taken out at its end.
+    fn result(&self) -> ThreadResult {
+        ThreadResult {
+            histogram: self.histogram.borrow().clone(),
+            send_lag: self.send_lag.borrow().clone(),
+            acked: std::mem::take(&mut *self.acked.borrow_mut()),
+            delivered: std::mem::take(&mut *self.delivered.borrow_mut()),
+            measured_deliveries: self.measured.get(),
+        }
+    }
+}
+
+/// Runs phones `range` (of `threads` threads) from sign-up until the main
+/// thread says the run is finished.
+pub(super) async fn run_thread(
+    args: Args,
+    first: u64,
+    range: std::ops::Range<usize>,
+    threads: usize,
+    shared: Arc<Shared>,
+    epoch: Instant,
+    dialer: Dialer,
+) -> anyhow::Result<ThreadResult> {
+    let thread = Thread::new(args, first, shared.clone(), epoch, dialer, range.start);
+    let thread = Rc::new(thread);
+    let connected = sign_up(&thread, range).await;
+    // Every thread waits for every phone, so nobody sends to a phone that
+    // does not exist yet.
+    while shared.logged_in.load(Relaxed) + (shared.connect_failures.load(Relaxed) as usize)
+        < thread.args.phones
+    {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    let start_ns = thread.now_ns();
+    thread
+        .warmup_end_ns
+        .set(start_ns + (thread.args.warmup * 1e9) as u64);
+    thread
+        .sending_end_ns
+        .set(start_ns + (thread.args.duration * 1e9) as u64);
+
+    let mut phones = Vec::new();
+    let mut tasks = Vec::new();
+    for (phone, connection) in connected {
+        tasks.push(
+            glommio::spawn_local(phone_loop(thread.clone(), phone.clone(), connection)).detach(),
+        );
+        phones.push(phone);
+    }
+    let all_phones = phones.clone();
+    phones.retain(|phone| !phone.stalled);
+
+    if !phones.is_empty() && thread.args.churn_per_s > 0.0 {
+        let churn = churn(thread.clone(), phones.clone(), threads);
+        tasks.push(glommio::spawn_local(churn).detach());
+    }
+    if !phones.is_empty() {
+        if thread.args.rate > 0 {
+            pace(&thread, &phones, start_ns, threads).await;
+        } else {
+            for phone in &phones {
+                for _ in 0..thread.args.window {
+                    phone.queue.borrow_mut().push_back(0);
+                }
+                phone.wake();
+            }
+        }
+    }
+    while !shared.finished.load(Relaxed) {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+        if shared.stop_sending.load(Relaxed) {
+            for waker in thread.stalled_readers.borrow_mut().drain(..) {
+                waker.wake();
+            }
+        }
+    }
+    for phone in &all_phones {
+        phone.wake();
+    }
+    drop(tasks);
+    Ok(thread.result())
+}
+
+/// Signs up and logs in phones `range`, a bounded number at a time; a
+/// phone that cannot connect keeps trying for `connect_patience` seconds.
+/// The phones that made it, each with its connection.
+async fn sign_up(
+    thread: &Rc<Thread>,
+    range: std::ops::Range<usize>,
+) -> Vec<(Rc<PhoneState>, Connection)> {
+    let permits = Rc::new(glommio::sync::Semaphore::new(
+        thread.args.connect.connect_concurrency as u64,
+    ));
+    let mut joins = Vec::new();
+    for index in range {
+        let (thread, permits) = (thread.clone(), permits.clone());
+        joins.push(glommio::spawn_local(async move {
+            let number =
+                Phone::from_u64(thread.first + index as u64).expect("range checked at start");
+            let phone = Rc::new(PhoneState::new(
+                index as u32,
+                number,
+                stalled(index, thread.args.stalled_share),
+            ));
+            let _permit = permits
+                .acquire_permit(1)
+                .await
+                .expect("semaphore never closes");
+            let patience = Duration::from_secs_f64(thread.args.connect_patience);
+            let started = Instant::now();
+            let give_up = || started.elapsed() >= patience;
+            match connect_with_backoff(&thread, &phone, &mut Backoff::new(index as u64), give_up)
+                .await
+            {
+                Ok(connection) => {
+                    thread.shared.logged_in.fetch_add(1, Relaxed);
+                    Some((phone, connection))
+                }
+                Err(error) => {
+                    if thread.shared.connect_failures.fetch_add(1, Relaxed) < 5 {
+                        eprintln!("phone {index}: {error:#}");
+                    }
+                    None
+                }
+            }
+        }));
+    }
+    let mut connected = Vec::new();
+    for join in joins {
+        if let Some(phone) = join.await {
+            connected.push(phone);
+        }
+    }
+    connected
+}
