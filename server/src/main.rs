@@ -110,28 +110,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         None => Config::default(),
     };
     apply_flags(&mut config, args)?;
-    let shard_count = match config.shards {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
-    if shard_count > usize::from(PARTITIONS_DEFAULT) {
-        bail!("at most {PARTITIONS_DEFAULT} shards");
-    }
+    let shard_count = shard_count(&config)?;
     let map = PartitionMap::new(PARTITIONS_DEFAULT, shard_count as u16);
     config
         .shard_config(0, map)
         .validate()
         .context("the configured limits")?;
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    // Absolute from here on: the io_uring file API takes no relative paths.
-    config.data_dir = std::fs::canonicalize(&config.data_dir)
-        .with_context(|| format!("resolving data dir {}", config.data_dir.display()))?;
-    let _lock = lock_data_dir(&config.data_dir)?;
-    if config.storage.journal == JournalKind::Log {
-        check_segment_bytes(config.storage.segment_bytes_max)?;
-    }
-
+    let _lock = open_data_dir(&mut config)?;
     let identity = match config.listen {
         Some(_) => Some(tls::load_or_generate(
             config.tls.cert.as_deref(),
@@ -143,89 +128,173 @@ fn run(args: Args) -> anyhow::Result<()> {
     if config.listen.is_none() && config.plaintext_listen.is_none() {
         bail!("no listener configured: set listen or plaintext_listen");
     }
-    let sms = sms::start(match &config.sms.webhook_url {
-        Some(url) => SmsSender::Webhook(url.clone()),
-        None => SmsSender::Outbox(config.data_dir.join("sms-outbox.log")),
-    })?;
+    let senders = Senders::start(&config, map)?;
+    if config.storage.journal == JournalKind::Log {
+        reshard(&config, shard_count, &senders)?;
+    }
+    let (tls_fds, tls_addr) = bind_all(config.listen, shard_count)?;
+    let (plain_fds, plain_addr) = bind_all(config.plaintext_listen, shard_count)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone())?;
+    }
+    ignore_hangups()?;
+    let (mut tls_fds, mut plain_fds) = (tls_fds.into_iter(), plain_fds.into_iter());
+    let listeners = (0..shard_count).map(|_| Listeners {
+        tls: tls_fds.next(),
+        plain: plain_fds.next(),
+    });
+    let (handles, recovered) = spawn_shards(
+        &config,
+        map,
+        listeners,
+        identity.as_ref(),
+        senders,
+        stop.clone(),
+    )?;
+    // Every shard replays its log before the server says it is ready.
+    let handles = wait_recovered(recovered, handles, shard_count, &stop)?;
+    // One line on stdout that scripts and tests wait for.
+    println!(
+        "{}",
+        ready_line(shard_count, (tls_addr, plain_addr), identity.as_ref())
+    );
+    std::io::stdout().flush()?;
+    for handle in handles {
+        handle
+            .join()
+            .map_err(|error| anyhow::anyhow!("shard failed: {error}"))?;
+    }
+    log::info!("stopped");
+    Ok(())
+}
 
-    let (push, push_rejected) = push::start(
-        match &config.push.webhook_url {
+/// Shards to run: as configured, or one per core for 0.
+fn shard_count(config: &Config) -> anyhow::Result<usize> {
+    let shard_count = match config.shards {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    if shard_count > usize::from(PARTITIONS_DEFAULT) {
+        bail!("at most {PARTITIONS_DEFAULT} shards");
+    }
+    Ok(shard_count)
+}
+
+/// Creates the data dir, makes its path absolute (the io_uring file API
+/// takes no relative paths) and locks it; the lock lives as long as the
+/// returned file.
+fn open_data_dir(config: &mut Config) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    config.data_dir = std::fs::canonicalize(&config.data_dir)
+        .with_context(|| format!("resolving data dir {}", config.data_dir.display()))?;
+    let lock = lock_data_dir(&config.data_dir)?;
+    if config.storage.journal == JournalKind::Log {
+        check_segment_bytes(config.storage.segment_bytes_max)?;
+    }
+    Ok(lock)
+}
+
+/// The threads that send SMS and pushes for every shard, and where each
+/// shard hears of push tokens the gateway rejected.
+struct Senders {
+    sms: SmsQueue,
+    push: PushQueue,
+    push_rejected: Vec<crossbeam_channel::Receiver<push::Rejected>>,
+}
+
+impl Senders {
+    fn start(config: &Config, map: PartitionMap) -> anyhow::Result<Senders> {
+        let sms = sms::start(match &config.sms.webhook_url {
+            Some(url) => SmsSender::Webhook(url.clone()),
+            None => SmsSender::Outbox(config.data_dir.join("sms-outbox.log")),
+        })?;
+        let push_sender = match &config.push.webhook_url {
             Some(url) => PushSender::Webhook {
                 url: url.clone(),
                 attempts_max: config.push.attempts_max,
                 retry_ms: config.push.retry_ms,
             },
             None => PushSender::None,
-        },
-        map,
-    )?;
-    let mut push_rejected = push_rejected.into_iter();
+        };
+        let (push, push_rejected) = push::start(push_sender, map)?;
+        Ok(Senders {
+            sms,
+            push,
+            push_rejected,
+        })
+    }
 
-    if config.storage.journal == JournalKind::Log {
-        let (sms, push) = (sms.clone(), push.clone());
-        let done = reshard::reshard_if_needed(reshard::Reshard {
-            data_dir: &config.data_dir,
-            shard_count,
-            log: LogConfig {
-                segment_bytes_max: config.storage.segment_bytes_max,
-                salvage: config.storage.salvage,
-                ..LogConfig::new(0, shard_count as u16)
-            },
-            io_memory_bytes: config.limits.io_memory_bytes,
-            io_ring_depth: config.limits.io_ring_depth,
-            env: Arc::new(move || {
-                Box::new(OsEnv {
-                    sms: sms.clone(),
-                    push: push.clone(),
-                })
-            }),
-        })?;
-        if let Some(line) = done {
-            log::info!("{line}");
+    fn env(&self) -> OsEnv {
+        OsEnv {
+            sms: self.sms.clone(),
+            push: self.push.clone(),
         }
     }
+}
 
-    let (tls_fds, tls_addr) = bind_all(config.listen, shard_count)?;
-    let (plain_fds, plain_addr) = bind_all(config.plaintext_listen, shard_count)?;
-    let mut peers = peer_queues(shard_count, config.limits.peer_queue_batches_max);
-
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, stop.clone())?;
+/// Moves the data to `shard_count` shards if it was written by another
+/// count (see `reshard`).
+fn reshard(config: &Config, shard_count: usize, senders: &Senders) -> anyhow::Result<()> {
+    let (sms, push) = (senders.sms.clone(), senders.push.clone());
+    let done = reshard::reshard_if_needed(reshard::Reshard {
+        data_dir: &config.data_dir,
+        shard_count,
+        log: LogConfig {
+            segment_bytes_max: config.storage.segment_bytes_max,
+            salvage: config.storage.salvage,
+            ..LogConfig::new(0, shard_count as u16)
+        },
+        io_memory_bytes: config.limits.io_memory_bytes,
+        io_ring_depth: config.limits.io_ring_depth,
+        env: Arc::new(move || {
+            Box::new(OsEnv {
+                sms: sms.clone(),
+                push: push.clone(),
+            })
+        }),
+    })?;
+    if let Some(line) = done {
+        log::info!("{line}");
     }
-    ignore_hangups()?;
+    Ok(())
+}
 
+type ShardHandle = glommio::ExecutorJoinHandle<()>;
+type Recovered = std::sync::mpsc::Receiver<Result<String, String>>;
+
+/// Starts one executor per shard, each with its listeners, its ends of the
+/// peer queues and its storage; each reports on `Recovered` once its log
+/// is replayed.
+fn spawn_shards(
+    config: &Config,
+    map: PartitionMap,
+    listeners: impl Iterator<Item = Listeners>,
+    identity: Option<&tls::Identity>,
+    mut senders: Senders,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<(Vec<ShardHandle>, Recovered)> {
+    let shard_count = map.shards() as usize;
+    let peers = peer_queues(shard_count, config.limits.peer_queue_batches_max);
     let (recovered_tx, recovered) = std::sync::mpsc::channel();
     let started = Instant::now();
     let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut handles = Vec::new();
-    let mut tls_fds = tls_fds.into_iter();
-    let mut plain_fds = plain_fds.into_iter();
-    for (shard_id, ends) in peers.drain(..).enumerate() {
+    let rejected = std::mem::take(&mut senders.push_rejected);
+    for (shard_id, ((ends, listeners), push_rejected)) in
+        peers.into_iter().zip(listeners).zip(rejected).enumerate()
+    {
         let shard_config = ShardConfig {
             wall_clock_offset_ms: unix_ms,
             ..config.shard_config(shard_id as u16, map)
         };
-        let listeners = Listeners {
-            tls: tls_fds.next(),
-            plain: plain_fds.next(),
-        };
-        let tls = identity.as_ref().map(|identity| identity.config.clone());
-        let (limits, stop, sms) = (config.limits.clone(), stop.clone(), sms.clone());
-        let push = push.clone();
-        let push_rejected = push_rejected.next().expect("one per shard");
+        let env = senders.env();
+        let tls = identity.map(|identity| identity.config.clone());
+        let (limits, stop) = (config.limits.clone(), stop.clone());
+        let storage = storage_setup(config, shard_id, shard_count);
         let recovered = recovered_tx.clone();
-        let storage = StorageSetup {
-            journal: config.storage.journal,
-            dir: log_dir(&config.data_dir, shard_id),
-            checkpoint_segments: config.storage.checkpoint_segments.max(1),
-            log: LogConfig {
-                segment_bytes_max: config.storage.segment_bytes_max,
-                salvage: config.storage.salvage,
-                ..LogConfig::new(shard_id as u16, shard_count as u16)
-            },
-        };
         let placement = match config.cpus.get(shard_id) {
             Some(&cpu) => Placement::Fixed(cpu),
             None if config.cpus.is_empty() && shard_count <= cpus => Placement::Fixed(shard_id),
@@ -236,11 +305,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             .io_memory(config.limits.io_memory_bytes)
             .ring_depth(config.limits.io_ring_depth)
             .spawn(move || async move {
-                let shard = Shard::new(
-                    shard_config,
-                    Box::new(OsEnv { sms, push }),
-                    started.elapsed().as_millis() as u64,
-                );
+                let now_ms = started.elapsed().as_millis() as u64;
+                let shard = Shard::new(shard_config, Box::new(env), now_ms);
                 runtime::run(ShardSetup {
                     shard,
                     peers: ends,
@@ -258,9 +324,30 @@ fn run(args: Args) -> anyhow::Result<()> {
             .map_err(|error| anyhow::anyhow!("starting shard {shard_id}: {error}"))?;
         handles.push(handle);
     }
+    Ok((handles, recovered))
+}
 
-    // Every shard replays its log before the server says it is ready.
-    drop(recovered_tx);
+fn storage_setup(config: &Config, shard_id: usize, shard_count: usize) -> StorageSetup {
+    StorageSetup {
+        journal: config.storage.journal,
+        dir: log_dir(&config.data_dir, shard_id),
+        checkpoint_segments: config.storage.checkpoint_segments.max(1),
+        log: LogConfig {
+            segment_bytes_max: config.storage.segment_bytes_max,
+            salvage: config.storage.salvage,
+            ..LogConfig::new(shard_id as u16, shard_count as u16)
+        },
+    }
+}
+
+/// Waits until every shard replayed its log; if any failed, stops them
+/// all and says why.
+fn wait_recovered(
+    recovered: Recovered,
+    handles: Vec<ShardHandle>,
+    shard_count: usize,
+    stop: &AtomicBool,
+) -> anyhow::Result<Vec<ShardHandle>> {
     let mut failures = Vec::new();
     for report in recovered.iter().take(shard_count) {
         match report {
@@ -268,15 +355,23 @@ fn run(args: Args) -> anyhow::Result<()> {
             Err(line) => failures.push(line),
         }
     }
-    if !failures.is_empty() {
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        for handle in handles {
-            let _ = handle.join();
-        }
-        bail!("{}", failures.join("; "));
+    if failures.is_empty() {
+        return Ok(handles);
     }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for handle in handles {
+        let _ = handle.join();
+    }
+    bail!("{}", failures.join("; "))
+}
 
-    // One line on stdout that scripts and tests wait for.
+/// The line scripts and tests wait for: shards, addresses, and the TLS
+/// certificate a phone pins.
+fn ready_line(
+    shard_count: usize,
+    (tls_addr, plain_addr): (Option<SocketAddr>, Option<SocketAddr>),
+    identity: Option<&tls::Identity>,
+) -> String {
     let mut ready = format!("isle ready shards={shard_count}");
     if let Some(addr) = tls_addr {
         ready += &format!(" tls={addr}");
@@ -284,23 +379,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(addr) = plain_addr {
         ready += &format!(" plaintext={addr}");
     }
-    if let Some(identity) = &identity {
+    if let Some(identity) = identity {
         ready += &format!(
             " cert={} fingerprint={}",
             identity.cert_path.display(),
             identity.fingerprint
         );
     }
-    println!("{ready}");
-    std::io::stdout().flush()?;
-
-    for handle in handles {
-        handle
-            .join()
-            .map_err(|error| anyhow::anyhow!("shard failed: {error}"))?;
-    }
-    log::info!("stopped");
-    Ok(())
+    ready
 }
 
 /// SIGHUP would kill the process without the graceful stop, losing what
