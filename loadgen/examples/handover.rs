@@ -61,7 +61,7 @@ fn main() -> anyhow::Result<()> {
     for (phone, key) in phones.iter().filter(|(p, _)| !probes.contains(p)) {
         let start = Instant::now();
         let mut client = Client::connect(addr)?;
-        client.login(*phone, key.clone())?;
+        client.login(*phone, *key)?;
         logins.push(start.elapsed());
     }
 
