@@ -19,8 +19,8 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context};
-use loadgen::client::{Client, Event};
+use anyhow::Context;
+use loadgen::client::{quantile_us, Client, Event};
 use shard::{PartitionMap, PARTITIONS_DEFAULT};
 use wire::{ClientFrame, DeviceKey, Phone};
 
@@ -122,9 +122,7 @@ fn sends(
             to,
             body,
         })?;
-        wait(&mut alice, |e| {
-            matches!(e, Event::Sent { .. }).then_some(())
-        })?;
+        alice.recv_until(|e| matches!(e, Event::Sent { .. }).then_some(()))?;
         match round % 2 {
             0 => same.push(start.elapsed()),
             _ => cross.push(start.elapsed()),
@@ -139,27 +137,11 @@ fn print_row(name: &str, mut samples: Vec<Duration>) {
         return;
     }
     samples.sort();
-    let at = |q: f64| {
-        let index = ((samples.len() as f64 * q) as usize).min(samples.len() - 1);
-        samples[index].as_secs_f64() * 1e6
-    };
+    let at = |q: f64| quantile_us(&samples, q);
     println!(
         "{name:<18} {:>8.1} {:>8.1} {:>8.1}",
         at(0.5),
         at(0.9),
         at(0.99)
     );
-}
-
-/// Reads frames until `pick` accepts one; an `Error` frame ends the probe.
-fn wait<T>(client: &mut Client, pick: impl Fn(&Event) -> Option<T>) -> anyhow::Result<T> {
-    loop {
-        let event = client.recv()?;
-        if let Event::Error { kind, detail, .. } = &event {
-            bail!("server error {kind:?}: {detail}");
-        }
-        if let Some(value) = pick(&event) {
-            return Ok(value);
-        }
-    }
 }

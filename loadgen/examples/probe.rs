@@ -10,8 +10,8 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context};
-use loadgen::client::{Client, Event};
+use anyhow::Context;
+use loadgen::client::{quantile_us, Client, Event};
 use wire::{ClientFrame, Phone};
 
 const CODE: u32 = 111_111;
@@ -48,9 +48,7 @@ fn main() -> anyhow::Result<()> {
         std::thread::sleep(ROUND_GAP);
         let start = Instant::now();
         alice.send(&ClientFrame::Ping { nonce: client_id })?;
-        wait(&mut alice, |e| {
-            matches!(e, Event::Pong { .. }).then_some(())
-        })?;
+        alice.recv_until(|e| matches!(e, Event::Pong { .. }).then_some(()))?;
         ping.push(start.elapsed());
 
         let start = Instant::now();
@@ -59,17 +57,15 @@ fn main() -> anyhow::Result<()> {
             to: b,
             body: b"probe",
         })?;
-        wait(&mut alice, |e| {
-            matches!(e, Event::Sent { .. }).then_some(())
-        })?;
+        alice.recv_until(|e| matches!(e, Event::Sent { .. }).then_some(()))?;
         sent.push(start.elapsed());
-        let seq = wait(&mut bob, |e| match e {
+        let seq = bob.recv_until(|e| match e {
             Event::Message { seq, .. } => Some(*seq),
             _ => None,
         })?;
         message.push(start.elapsed());
         bob.send(&ClientFrame::Ack { up_to: seq })?;
-        let seq = wait(&mut alice, |e| match e {
+        let seq = alice.recv_until(|e| match e {
             Event::Receipt { seq, .. } => Some(*seq),
             _ => None,
         })?;
@@ -85,10 +81,7 @@ fn main() -> anyhow::Result<()> {
         ("receipt", receipt),
     ] {
         samples.sort();
-        let at = |q: f64| {
-            let index = ((samples.len() as f64 * q) as usize).min(samples.len() - 1);
-            samples[index].as_secs_f64() * 1e6
-        };
+        let at = |q: f64| quantile_us(&samples, q);
         println!(
             "{name:<8} {:>8.1} {:>8.1} {:>8.1} {:>8.1}",
             at(0.5),
@@ -98,17 +91,4 @@ fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// Reads frames until `pick` accepts one; an `Error` frame ends the probe.
-fn wait<T>(client: &mut Client, pick: impl Fn(&Event) -> Option<T>) -> anyhow::Result<T> {
-    loop {
-        let event = client.recv()?;
-        if let Event::Error { kind, detail, .. } = &event {
-            bail!("server error {kind:?}: {detail}");
-        }
-        if let Some(value) = pick(&event) {
-            return Ok(value);
-        }
-    }
 }

@@ -152,6 +152,20 @@ impl Client {
         }
     }
 
+    /// Reads frames until `pick` accepts one, skipping the others; an
+    /// `Error` frame is an error.
+    pub fn recv_until<T>(&mut self, pick: impl Fn(&Event) -> Option<T>) -> anyhow::Result<T> {
+        loop {
+            let event = self.recv()?;
+            if let Event::Error { kind, detail, .. } = &event {
+                bail!("server error {kind:?}: {detail}");
+            }
+            if let Some(value) = pick(&event) {
+                return Ok(value);
+            }
+        }
+    }
+
     /// Requests a code and verifies it; returns the new device key.
     pub fn sign_up(
         &mut self,
@@ -180,4 +194,12 @@ impl Client {
             other => bail!("expected LoggedIn, got {other:?}"),
         }
     }
+}
+
+/// The `quantile` (0 to 1) of `samples`, sorted ascending, in µs: what the
+/// probes over this client print. `samples` must not be empty.
+pub fn quantile_us(samples: &[std::time::Duration], quantile: f64) -> f64 {
+    assert!(!samples.is_empty(), "a quantile of no samples");
+    let index = ((samples.len() as f64 * quantile) as usize).min(samples.len() - 1);
+    samples[index].as_secs_f64() * 1e6
 }

@@ -43,6 +43,21 @@ pub struct ConnSnapshot {
     pub opened_ms: u64,
 }
 
+impl ConnSnapshot {
+    /// A connection just accepted from `source` at `opened_ms`.
+    pub fn new(source: Source, opened_ms: u64) -> ConnSnapshot {
+        ConnSnapshot {
+            hello: false,
+            handovers: 0,
+            login_failures: 0,
+            code_requests: 0,
+            code_attempts: 0,
+            source,
+            opened_ms,
+        }
+    }
+}
+
 /// One connection's state on its shard.
 #[derive(Debug)]
 pub(super) struct Conn {
@@ -370,15 +385,7 @@ mod tests {
     use super::*;
 
     fn snapshot(opened_ms: u64) -> ConnSnapshot {
-        ConnSnapshot {
-            hello: false,
-            handovers: 0,
-            login_failures: 0,
-            code_requests: 0,
-            code_attempts: 0,
-            source: Source::UNKNOWN,
-            opened_ms,
-        }
+        ConnSnapshot::new(Source::UNKNOWN, opened_ms)
     }
 
     const DEADLINES: Deadlines = Deadlines {

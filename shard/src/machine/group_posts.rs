@@ -45,19 +45,8 @@ impl Shard {
             self.counters.messages_deduplicated += 1;
             return Ok(answer(group, creates, gseq));
         }
-        if action.in_conversation()
-            && self
-                .order_in
-                .admit(from, Chat::Group(group), client_id, session)
-                .is_err()
-        {
-            self.counters.sends_out_of_order += 1;
-            return Err(ErrorKind::OutOfOrder);
-        }
-        if let Err(refusal) = self.durability.admit() {
-            self.counters.messages_refused_disk_full += 1;
-            return Err(refusal.kind());
-        }
+        let chat = action.in_conversation().then_some(Chat::Group(group));
+        self.admit_incoming(from, chat, client_id, session)?;
         let members_max = self.config.group_members_max;
         let times = (at_ms, self.now_ms);
         let Accepted {

@@ -11,7 +11,9 @@ use wire::{Chat, ErrorKind, GroupId, Phone, ReceiptKind, ServerFrame, BODY_BYTES
 use super::{
     connections::Session,
     durability::{Refusal, DISK_FULL, STORAGE_FAILED, STORAGE_UNAVAILABLE},
-    group_frame, social, ConnId, GroupAction, PeerMessage, Shard,
+    group_frame,
+    social::{self, StrangersRefused},
+    ConnId, GroupAction, PeerMessage, Shard,
 };
 use crate::order::Blocked;
 
@@ -34,14 +36,7 @@ impl Shard {
             return;
         }
         if let Err(refused) = self.charge_stranger(from, to) {
-            self.counters.rate_limited += 1;
-            self.order_out.refused(from, chat, client_id, id, now_ms);
-            self.reply_error(
-                id,
-                ErrorKind::RateLimited,
-                Some(client_id),
-                &refused.to_string(),
-            );
+            self.refuse_strangers(session, (Some(chat), client_id), refused);
             return;
         }
         let shard = self.config.map.shard_of(to);
@@ -142,16 +137,7 @@ impl Shard {
             return;
         }
         if let Err(refused) = self.charge_strangers(from, &joining) {
-            self.counters.rate_limited += 1;
-            if let Some(chat) = chat {
-                self.order_out.refused(from, chat, client_id, id, now_ms);
-            }
-            self.reply_error(
-                id,
-                ErrorKind::RateLimited,
-                Some(client_id),
-                &refused.to_string(),
-            );
+            self.refuse_strangers(session, (chat, client_id), refused);
             return;
         }
         let purpose = social::LookupFor::Group {
@@ -179,6 +165,48 @@ impl Shard {
         };
         self.reply_error(id, ErrorKind::OutOfOrder, Some(client_id), &detail);
         false
+    }
+
+    /// What every send meets on the shard that stores it or owns its
+    /// group, after resend detection: its conversation's order (`chat`,
+    /// when it belongs to one; see `order`) and room for new durable work.
+    pub(super) fn admit_incoming(
+        &mut self,
+        from: Phone,
+        chat: Option<Chat>,
+        client_id: u64,
+        session: ConnId,
+    ) -> Result<(), ErrorKind> {
+        if let Some(chat) = chat {
+            if self.order_in.admit(from, chat, client_id, session).is_err() {
+                self.counters.sends_out_of_order += 1;
+                return Err(ErrorKind::OutOfOrder);
+            }
+        }
+        if let Err(refusal) = self.durability.admit() {
+            self.counters.messages_refused_disk_full += 1;
+            return Err(refusal.kind());
+        }
+        Ok(())
+    }
+
+    /// Answers a send over its sender's lookup allowance `RateLimited`; its
+    /// conversation (if it belongs to one) waits for it to come again.
+    fn refuse_strangers(
+        &mut self,
+        session: Session,
+        (chat, client_id): (Option<Chat>, u64),
+        refused: StrangersRefused,
+    ) {
+        self.counters.rate_limited += 1;
+        if let Some(chat) = chat {
+            let now_ms = self.now_ms;
+            self.order_out
+                .refused(session.phone, chat, client_id, session.id, now_ms);
+        }
+        let detail = refused.to_string();
+        let kind = ErrorKind::RateLimited;
+        self.reply_error(session.id, kind, Some(client_id), &detail);
     }
 
     /// A send the shard routed was refused with `result` by the shard that
@@ -379,18 +407,7 @@ impl Shard {
             self.counters.messages_deduplicated += 1;
             return Ok(seq);
         }
-        if self
-            .order_in
-            .admit(from, Chat::Direct(to), client_id, session)
-            .is_err()
-        {
-            self.counters.sends_out_of_order += 1;
-            return Err(ErrorKind::OutOfOrder);
-        }
-        if let Err(refusal) = self.durability.admit() {
-            self.counters.messages_refused_disk_full += 1;
-            return Err(refusal.kind());
-        }
+        self.admit_incoming(from, Some(Chat::Direct(to)), client_id, session)?;
         let mailbox = &self.accounts[&to].mailbox;
         if mailbox.messages() >= self.config.mailbox_entries_max
             || mailbox.bytes() + body.len() > self.config.mailbox_bytes_max

@@ -244,18 +244,7 @@ impl Shard {
     /// Err: too many connections that have not logged in are open here
     /// (in all, or from `source`); the caller closes it unread.
     pub fn open(&mut self, source: Source, now_ms: u64) -> Result<ConnId, Refused> {
-        self.insert_conn(
-            ConnSnapshot {
-                hello: false,
-                handovers: 0,
-                login_failures: 0,
-                code_requests: 0,
-                code_attempts: 0,
-                source,
-                opened_ms: now_ms,
-            },
-            now_ms,
-        )
+        self.insert_conn(ConnSnapshot::new(source, now_ms), now_ms)
     }
 
     /// A connection handed over by another shard arrived here. Err as for
