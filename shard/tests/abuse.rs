@@ -959,3 +959,17 @@ fn logins_profiles_groups_and_code_guesses_each_cost_an_allowance() {
     net.send(&mut conn, ClientFrame::Verify { phone, code: 9 });
     assert_eq!(net.read(&conn), vec![Got::Error(ErrorKind::BadCode)]);
 }
+
+/// Regression: with `code_requests_max = 0` (a number may be sent no code)
+/// the first request for a number never seen went past the number's
+/// allowance, which only an existing entry was asked, and the shard then
+/// asserted that the code it sent had been spent: a panic from one frame.
+#[test]
+fn a_number_allowed_no_codes_is_refused_not_a_panic() {
+    let mut net = Net::new(1, |c| c.code_requests_max = 0);
+    // The SMS budget starts spent; a second refills one code.
+    net.advance(1_000);
+    let mut conn = net.connect();
+    let got = ask_code(&mut net, &mut conn, "+442071230001");
+    assert_eq!(got, Got::Error(ErrorKind::RateLimited));
+}

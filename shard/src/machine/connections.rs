@@ -18,8 +18,8 @@ use crate::{
 /// connections harmless when a reply for them arrives late.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnId {
-    pub(super) index: u32,
-    pub(super) generation: u32,
+    index: u32,
+    generation: u32,
 }
 
 impl ConnId {
@@ -63,27 +63,27 @@ impl ConnSnapshot {
 pub(super) struct Conn {
     generation: u32,
     /// `Hello` was answered.
-    pub(super) hello: bool,
+    hello: bool,
     /// The account logged in on it, once one is.
-    pub(super) account: Option<Phone>,
-    pub(super) last_activity_ms: u64,
+    account: Option<Phone>,
+    last_activity_ms: u64,
     timer: Option<TimerId>,
     /// Encoded frames not yet taken by the I/O layer.
     outbox: Vec<u8>,
     /// Highest mailbox sequence written to this connection.
-    pub(super) delivered_up_to: u64,
+    delivered_up_to: u64,
     /// Closing: nothing is read or written to it but what is queued.
     closing: bool,
     /// When `closing` was set, and whether the time to flush ran out.
     closing_at_ms: u64,
     abandoned: bool,
-    pub(super) handovers: u8,
-    pub(super) login_failures: u8,
+    handovers: u8,
+    login_failures: u8,
     /// Codes asked for, and guessed, on this connection.
-    pub(super) code_requests: u8,
-    pub(super) code_attempts: u8,
-    pub(super) source: Source,
-    pub(super) opened_ms: u64,
+    code_requests: u8,
+    code_attempts: u8,
+    source: Source,
+    opened_ms: u64,
 }
 
 /// Where a connection is in its life, which decides what its frames may do.
@@ -131,6 +131,71 @@ impl Conn {
             (true, None) => Phase::Anonymous,
             (true, Some(phone)) => Phase::Session(phone),
         }
+    }
+
+    /// The account logged in on it, once one is.
+    pub(super) fn account(&self) -> Option<Phone> {
+        self.account
+    }
+
+    pub(super) fn source(&self) -> Source {
+        self.source
+    }
+
+    /// Times it moved between shards.
+    pub(super) fn handovers(&self) -> u8 {
+        self.handovers
+    }
+
+    /// A frame arrived at `now_ms`.
+    pub(super) fn touch(&mut self, now_ms: u64) {
+        self.last_activity_ms = now_ms;
+    }
+
+    /// `Hello` was answered.
+    pub(super) fn said_hello(&mut self) {
+        self.hello = true;
+    }
+
+    /// Counts a code request against `max` per connection: false (and
+    /// nothing counted) when it has had them all.
+    pub(super) fn charge_code_request(&mut self, max: u8) -> bool {
+        let allowed = self.code_requests < max;
+        self.code_requests += u8::from(allowed);
+        allowed
+    }
+
+    /// Counts a code guess against `max` per connection, like
+    /// `charge_code_request`.
+    pub(super) fn charge_code_attempt(&mut self, max: u8) -> bool {
+        let allowed = self.code_attempts < max;
+        self.code_attempts += u8::from(allowed);
+        allowed
+    }
+
+    /// A login with a wrong key: true once it has failed `max` times.
+    pub(super) fn login_failed(&mut self, max: u8) -> bool {
+        self.login_failures = self.login_failures.saturating_add(1);
+        self.login_failures >= max
+    }
+
+    /// `phone` logged in on it; everything after `acked_up_to` in its
+    /// mailbox is written to it again.
+    pub(super) fn logged_in(&mut self, phone: Phone, acked_up_to: u64) {
+        debug_assert!(self.account.is_none(), "one login per connection");
+        self.account = Some(phone);
+        self.delivered_up_to = acked_up_to;
+    }
+
+    /// Highest mailbox seq written to it.
+    pub(super) fn delivered_up_to(&self) -> u64 {
+        self.delivered_up_to
+    }
+
+    /// The mailbox entry `seq` was written to it.
+    pub(super) fn delivered(&mut self, seq: u64) {
+        debug_assert!(seq > self.delivered_up_to, "entries are written in order");
+        self.delivered_up_to = seq;
     }
 
     /// Bytes waiting for the I/O layer.
@@ -266,7 +331,7 @@ impl Connections {
 
     /// The account logged in on `id`, if it is open and logged in.
     pub(super) fn account(&self, id: ConnId) -> Option<Phone> {
-        self.get(id)?.account
+        self.get(id)?.account()
     }
 
     /// True when `id` is open and logged in to `phone`: answers that

@@ -59,7 +59,7 @@ impl Shard {
         if self
             .conns
             .get(id)
-            .is_some_and(|c| c.handovers >= handovers_max)
+            .is_some_and(|c| c.handovers() >= handovers_max)
         {
             let detail = "too many account changes on one connection";
             self.fail(id, ErrorKind::Overloaded, detail.into());
@@ -100,12 +100,11 @@ impl Shard {
     fn request_code(&mut self, id: ConnId, phone: Phone) {
         let per_connection_max = self.config.code_requests_per_connection_max;
         let conn = self.conns.get_mut(id).expect("the caller found it");
-        if conn.code_requests >= per_connection_max {
+        if !conn.charge_code_request(per_connection_max) {
             self.refuse_code(id, "code_requests_per_connection_max", u64::MAX);
             return;
         }
-        conn.code_requests += 1;
-        let source = conn.source;
+        let source = conn.source();
         let expires_in_s = (self.config.code_ttl_ms / 1000) as u32;
         let sent = ServerFrame::CodeSent {
             phone,
@@ -182,11 +181,10 @@ impl Shard {
     fn charge_verify(&mut self, id: ConnId) -> Result<(), (&'static str, u64)> {
         let per_connection_max = self.config.code_attempts_per_connection_max;
         let conn = self.conns.get_mut(id).expect("the caller found it");
-        if conn.code_attempts >= per_connection_max {
+        if !conn.charge_code_attempt(per_connection_max) {
             return Err(("code_attempts_per_connection_max", u64::MAX));
         }
-        conn.code_attempts += 1;
-        let source = conn.source;
+        let source = conn.source();
         self.anonymous
             .charge_attempt(&self.config, source, self.now_ms)
     }
@@ -305,10 +303,9 @@ impl Shard {
         }
         self.counters.logins += 1;
         let conn = self.conns.get_mut(id).expect("the caller found it");
-        conn.account = Some(phone);
         // Everything not yet acknowledged is sent again on a new session.
-        conn.delivered_up_to = acked_up_to;
-        let source = conn.source;
+        conn.logged_in(phone, acked_up_to);
+        let source = conn.source();
         self.anonymous.left(source);
         self.arm_idle(id, now_ms + self.config.idle_timeout_ms);
         self.reply(id, &ServerFrame::LoggedIn { phone });
@@ -320,8 +317,7 @@ impl Shard {
     fn login_failed(&mut self, id: ConnId) {
         self.counters.login_failures += 1;
         let conn = self.conns.get_mut(id).expect("the caller found it");
-        conn.login_failures += 1;
-        let give_up = conn.login_failures >= self.config.login_failures_max;
+        let give_up = conn.login_failed(self.config.login_failures_max);
         let detail = "unknown number or wrong key";
         self.reply_error(id, ErrorKind::BadCredentials, None, detail);
         if give_up {

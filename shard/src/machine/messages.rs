@@ -63,7 +63,7 @@ impl Shard {
         if !self.take_send_token(id, client_id) {
             return;
         }
-        let delivered = self.conns.get(id).map_or(0, |c| c.delivered_up_to);
+        let delivered = self.conns.get(id).map_or(0, |c| c.delivered_up_to());
         let readable = self.dedup.mark_read(by, from, client_id, delivered)
             || self.groups.mark_read(by, from, client_id, delivered);
         if !readable {
@@ -254,7 +254,7 @@ impl Shard {
 
     pub(super) fn ack(&mut self, session: Session, up_to: u64) {
         let Session { id, phone: owner } = session;
-        let delivered = self.conns.get(id).expect("a session").delivered_up_to;
+        let delivered = self.conns.get(id).expect("a session").delivered_up_to();
         if up_to > delivered {
             let detail = format!("ack up to {up_to}, but only {delivered} was delivered");
             self.reply_error(id, ErrorKind::BadAck, None, &detail);
@@ -457,7 +457,7 @@ impl Shard {
         if conn.is_closing() {
             return;
         }
-        let Some(phone) = conn.account else {
+        let Some(phone) = conn.account() else {
             return;
         };
         let Some(account) = self.accounts.get(&phone) else {
@@ -465,8 +465,8 @@ impl Shard {
         };
         let acked_up_to = account.mailbox.acked_up_to();
         let mut written = 0;
-        for entry in account.mailbox.after(conn.delivered_up_to) {
-            let unacked = conn.delivered_up_to.saturating_sub(acked_up_to);
+        for entry in account.mailbox.after(conn.delivered_up_to()) {
+            let unacked = conn.delivered_up_to().saturating_sub(acked_up_to);
             if unacked >= self.config.unacked_messages_max
                 || conn.outbox_len() >= self.config.outbox_feed_bytes_max
             {
@@ -504,7 +504,7 @@ impl Shard {
                 }
             };
             conn.write(&frame);
-            conn.delivered_up_to = entry.seq;
+            conn.delivered(entry.seq);
             written += 1;
         }
         if written > 0 {

@@ -286,10 +286,10 @@ impl Shard {
         let Some(conn) = self.conns.remove(id, &mut self.timers) else {
             return;
         };
-        if conn.account.is_none() {
-            self.anonymous.left(conn.source);
+        if conn.account().is_none() {
+            self.anonymous.left(conn.source());
         }
-        if let Some(phone) = conn.account {
+        if let Some(phone) = conn.account() {
             if let Some(account) = self.accounts.get_mut(&phone) {
                 if account.session == Some(id) {
                     account.session = None;
@@ -443,7 +443,7 @@ impl Shard {
         self.run_local();
     }
 
-    /// True when nothing waits for a commit.
+    /// True while records wait to be taken or replies wait for a commit.
     pub fn has_pending_records(&self) -> bool {
         self.durability.has_pending()
     }
@@ -479,7 +479,7 @@ impl Shard {
         if conn.is_closing() {
             return FrameOutcome::Continue;
         }
-        conn.last_activity_ms = now_ms;
+        conn.touch(now_ms);
         let outcome = match conn.phase() {
             Phase::Handshake => {
                 self.handshake(id, frame);
@@ -499,7 +499,10 @@ impl Shard {
     fn handshake(&mut self, id: ConnId, frame: ClientFrame<'_>) {
         match frame {
             ClientFrame::Hello { version } if version == PROTOCOL_VERSION => {
-                self.conns.get_mut(id).expect("the caller found it").hello = true;
+                self.conns
+                    .get_mut(id)
+                    .expect("the caller found it")
+                    .said_hello();
                 let welcome = ServerFrame::Welcome {
                     version: PROTOCOL_VERSION,
                 };

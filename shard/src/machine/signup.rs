@@ -89,16 +89,17 @@ impl Signups {
         rules: CodeRules,
         now_ms: u64,
     ) -> Result<(), CodeRefusal> {
-        match self.pending.get(&phone) {
-            Some(signup) => {
-                let mut probe = signup.requests;
-                probe
-                    .take(1, rules.number_rate, now_ms)
-                    .map_err(CodeRefusal::Number)
-            }
-            None if self.pending.len() >= rules.signups_max => Err(CodeRefusal::TableFull),
-            None => Ok(()),
+        let entry = self.pending.get(&phone);
+        // A copy, full for a number not seen yet: with a burst of 0
+        // (`code_requests_max = 0`) even a first code is refused.
+        let mut probe = entry.map_or(TokenBucket::full(), |s| s.requests);
+        probe
+            .take(1, rules.number_rate, now_ms)
+            .map_err(CodeRefusal::Number)?;
+        if entry.is_none() && self.pending.len() >= rules.signups_max {
+            return Err(CodeRefusal::TableFull);
         }
+        Ok(())
     }
 
     /// `code` went out to `phone` at `now_ms` (after `may_send` agreed):
@@ -112,7 +113,7 @@ impl Signups {
     ) {
         let signup = self.pending.entry(phone).or_insert_with(Signup::new);
         let spent = signup.requests.take(1, rules.number_rate, now_ms).is_ok();
-        assert!(spent, "may_send agreed to a code for {phone}");
+        debug_assert!(spent, "may_send agreed to a code for {phone}");
         signup.code = Some(code);
         signup.code_expires_at_ms = now_ms + rules.code_ttl_ms;
         signup.attempts_left = rules.code_attempts_max;
