@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use shard::{PartitionMap, ShardConfig, TestNumbers};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -148,7 +148,7 @@ pub struct TestNumbersConfig {
 
 /// `[limits]`: the shard's limits, each documented and given its default
 /// once, in `shard::ShardConfig`, and the server's own.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Connections not logged in, per shard. 0, the default: half the
@@ -301,6 +301,26 @@ mod tests {
 
     /// Every `[limits]` key README and the tests name, each set away from
     /// its default, reaches the shards (or the server) under its name.
+    /// A limit added to `shard::ShardConfig` becomes a `[limits]` key by
+    /// itself; this keeps README's list of them from falling behind.
+    #[test]
+    fn every_limits_key_is_named_in_the_readme() {
+        let readme = include_str!("../../README.md");
+        let limits = toml::Value::try_from(Limits::default()).expect("limits serialize");
+        let keys: Vec<&String> = limits.as_table().expect("a table").keys().collect();
+        assert!(keys.len() >= 34, "keys: {keys:?}");
+        let missing: Vec<&&String> = keys
+            .iter()
+            .filter(|key| {
+                !readme.contains(&format!("`{key}`")) && !readme.contains(&format!("limits.{key}"))
+            })
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "[limits] keys README.md does not name: {missing:?}"
+        );
+    }
+
     #[test]
     fn every_limits_key_is_read_into_the_shard_config() {
         // The u8 limits fit a u8, and the one per source stays below a

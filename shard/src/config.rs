@@ -1,6 +1,6 @@
 //! The limits and timings a shard runs with. Every limit names its unit.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{allowance::Rate, PartitionMap};
 
@@ -25,7 +25,7 @@ pub struct TestNumbers {
 ///
 /// [`ShardConfig::validate`] checks the relations between limits that the
 /// shard relies on; the server calls it before it starts a shard.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShardConfig {
     // ---- The shard's identity: per process, never in a config file. ----
