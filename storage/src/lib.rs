@@ -23,6 +23,8 @@ pub struct JournalStats {
     pub batches: u64,
     pub syncs: u64,
     pub bytes: u64,
+    /// Time spent waiting for syncs (fdatasync), in µs, in all.
+    pub sync_us: u64,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -340,6 +340,11 @@ impl Connections {
         self.account(id) == Some(phone)
     }
 
+    /// Bytes waiting in every outbox (a pass over the slab).
+    pub(super) fn outbox_bytes(&self) -> usize {
+        self.slots.iter().flatten().map(|c| c.outbox.len()).sum()
+    }
+
     /// Every open connection.
     pub(super) fn ids(&self) -> Vec<ConnId> {
         self.slots

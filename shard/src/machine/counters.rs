@@ -1,7 +1,7 @@
 //! What a shard counts, for metrics.
 
 /// Counters for metrics. Monotonic except the gauges noted.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
 pub struct ShardCounters {
     /// Gauge.
     pub connections: u64,

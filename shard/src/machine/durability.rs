@@ -224,6 +224,11 @@ impl Durability {
         self.deferred.push_back(Deferred { due_ms, record });
     }
 
+    /// Replies held for a commit.
+    pub(super) fn held_len(&self) -> usize {
+        self.held.len()
+    }
+
     /// What the cache counts against `sync_delay_bytes_max`.
     pub(super) fn deferred_bytes(&self) -> usize {
         self.deferred_bytes

@@ -83,6 +83,21 @@ const SOURCE_TABLES_PRUNE_MS: u64 = 60_000;
 /// ticks ahead wait in their slot for more turns (see `timer_wheel`).
 const TIMER_WHEEL_SLOTS: usize = 4096;
 
+/// How much waits in a shard's queues, for metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct QueueLengths {
+    /// Encoded bytes in connections' outboxes, not yet taken by the I/O
+    /// layer.
+    pub outbox_bytes: u64,
+    /// Entries in this shard's mailboxes, and their body bytes.
+    pub mailbox_entries: u64,
+    pub mailbox_bytes: u64,
+    /// What the write-back cache counts against `sync_delay_bytes_max`.
+    pub write_back_bytes: u64,
+    /// Replies (to phones and to other shards) held for a commit.
+    pub held_replies: u64,
+}
+
 /// What the caller must do after handing a frame to the shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameOutcome {
@@ -210,6 +225,20 @@ impl Shard {
             connections_anonymous: self.anonymous.open() as u64,
             groups: self.groups.owned() as u64,
             ..self.counters
+        }
+    }
+
+    /// The lengths of this shard's queues now (see [`QueueLengths`]). A pass
+    /// over the connections and the accounts: for metrics, once a second,
+    /// not per message.
+    pub fn queue_lengths(&self) -> QueueLengths {
+        let (mailbox_entries, mailbox_bytes) = self.queued();
+        QueueLengths {
+            outbox_bytes: self.conns.outbox_bytes() as u64,
+            mailbox_entries,
+            mailbox_bytes,
+            write_back_bytes: self.durability.deferred_bytes() as u64,
+            held_replies: self.durability.held_len() as u64,
         }
     }
 

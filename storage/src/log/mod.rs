@@ -304,8 +304,7 @@ impl<B: Backend> Log<B> {
                 if wrote {
                     // The closed segment's batches must be durable before
                     // the commit can be.
-                    self.file.sync().await?;
-                    self.stats.syncs += 1;
+                    self.sync().await?;
                 }
                 match self.rotate().await {
                     // Nothing written yet, and no file touched: the commit
@@ -329,8 +328,15 @@ impl<B: Backend> Log<B> {
             self.stats.bytes += frame;
             rest = &rest[taken..];
         }
+        self.sync().await
+    }
+
+    /// Syncs the current segment, counting the sync and its time.
+    async fn sync(&mut self) -> Result<(), LogError> {
+        let started = std::time::Instant::now();
         self.file.sync().await?;
         self.stats.syncs += 1;
+        self.stats.sync_us += started.elapsed().as_micros() as u64;
         Ok(())
     }
 
