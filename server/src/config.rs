@@ -25,6 +25,29 @@ pub struct Config {
     pub storage: StorageConfig,
     pub limits: Limits,
     pub clock: ClockConfig,
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`: the admin HTTP listener (metrics, health, `isle ctl`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Where it listens. The default, `127.0.0.1:0`, is loopback on a port
+    /// the kernel picks, which the ready line and `DATA_DIR/admin.addr`
+    /// name; set a fixed port for Prometheus.
+    pub listen: SocketAddr,
+    /// Required as a bearer token on everything but the health checks;
+    /// mandatory when `listen` is not a loopback address.
+    pub token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> AdminConfig {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            token: None,
+        }
+    }
 }
 
 /// How the wall clock is trusted (`shard::WallClock`): a clock step never
@@ -189,6 +212,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             limits: Limits::default(),
             clock: ClockConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }

@@ -8,6 +8,8 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod config;
+mod control;
+mod ctl;
 mod peer_queue;
 mod push;
 mod reshard;
@@ -33,6 +35,7 @@ use storage::log::LogConfig;
 
 use crate::{
     config::{Config, JournalKind, TestNumbersConfig},
+    control::{AdminSettings, Control},
     push::{PushQueue, PushSender},
     runtime::{Listeners, PeerEnds, ShardSetup, StorageSetup},
     sms::{SmsQueue, SmsSender},
@@ -41,6 +44,9 @@ use crate::{
 #[derive(Debug, Parser)]
 #[command(name = "isle", version, about = "A messaging server for phones")]
 struct Args {
+    /// Without one, the server runs.
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML configuration file; flags override it.
     #[arg(long, short)]
     config: Option<PathBuf>,
@@ -94,11 +100,31 @@ struct Args {
     /// rather than waiting for the clock to be trusted.
     #[arg(long)]
     clock_confirmed: bool,
+    /// The admin listener: metrics, health checks, `isle ctl` (default
+    /// 127.0.0.1 on a port the kernel picks, named in the ready line).
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+    /// The bearer token the admin listener requires (needed when it is not
+    /// on a loopback address). Also `ISLE_ADMIN_TOKEN`.
+    #[arg(long, env = "ISLE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+/// What `isle` does besides serving.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Look at a running server through its admin listener.
+    Ctl(ctl::CtlArgs),
 }
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    if let Err(error) = run(Args::parse()) {
+    let mut args = Args::parse();
+    let result = match args.command.take() {
+        Some(Command::Ctl(ctl)) => ctl::run(ctl),
+        None => run(args),
+    };
+    if let Err(error) = result {
         eprintln!("isle: {error:#}");
         std::process::exit(1);
     }
@@ -132,9 +158,20 @@ fn run(args: Args) -> anyhow::Result<()> {
     if config.storage.journal == JournalKind::Log {
         reshard(&config, shard_count, &senders)?;
     }
+    let stop = Arc::new(AtomicBool::new(false));
+    let admin = AdminSettings {
+        listen: config.admin.listen,
+        token: config.admin.token.clone(),
+    };
+    let control = Control::start(&admin, shard_count, stop.clone())?;
     let (tls_fds, tls_addr) = bind_all(config.listen, shard_count)?;
     let (plain_fds, plain_addr) = bind_all(config.plaintext_listen, shard_count)?;
-    let stop = Arc::new(AtomicBool::new(false));
+    // Copies of the sockets, to listen on once every shard has replayed.
+    let to_listen: Vec<OwnedFd> = tls_fds
+        .iter()
+        .chain(&plain_fds)
+        .map(OwnedFd::try_clone)
+        .collect::<Result<_, _>>()?;
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone())?;
     }
@@ -144,21 +181,28 @@ fn run(args: Args) -> anyhow::Result<()> {
         tls: tls_fds.next(),
         plain: plain_fds.next(),
     });
-    let (handles, recovered) = spawn_shards(
-        &config,
-        map,
-        listeners,
-        identity.as_ref(),
-        senders,
-        stop.clone(),
-    )?;
-    // Every shard replays its log before the server says it is ready.
+    let serving = Arc::new(AtomicBool::new(false));
+    let outside = ShardsOutside {
+        stop: stop.clone(),
+        serving: serving.clone(),
+        reporter: control.reporter(),
+    };
+    let (handles, recovered) =
+        spawn_shards(&config, map, listeners, identity.as_ref(), senders, outside)?;
+    // Every shard replays its log before the server says it is ready; the
+    // listeners listen only then.
     let handles = wait_recovered(recovered, handles, shard_count, &stop)?;
+    for fd in &to_listen {
+        socket2::SockRef::from(fd).listen(LISTEN_BACKLOG)?;
+    }
+    serving.store(true, std::sync::atomic::Ordering::Release);
+    control.serving();
+    let admin_file = config.data_dir.join(ADMIN_ADDR_FILE);
+    std::fs::write(&admin_file, format!("{}\n", control.addr))
+        .with_context(|| format!("writing {}", admin_file.display()))?;
     // One line on stdout that scripts and tests wait for.
-    println!(
-        "{}",
-        ready_line(shard_count, (tls_addr, plain_addr), identity.as_ref())
-    );
+    let addrs = (tls_addr, plain_addr, control.addr);
+    println!("{}", ready_line(shard_count, addrs, identity.as_ref()));
     std::io::stdout().flush()?;
     for handle in handles {
         handle
@@ -262,6 +306,17 @@ fn reshard(config: &Config, shard_count: usize, senders: &Senders) -> anyhow::Re
 }
 
 type ShardHandle = glommio::ExecutorJoinHandle<()>;
+
+/// What every shard shares with the process: the stop flag, the flag
+/// raised once the server serves, and the control thread's reporter.
+struct ShardsOutside {
+    stop: Arc<AtomicBool>,
+    serving: Arc<AtomicBool>,
+    reporter: control::Reporter,
+}
+
+/// The admin listener's address, written in the data dir for `isle ctl`.
+const ADMIN_ADDR_FILE: &str = "admin.addr";
 type Recovered = std::sync::mpsc::Receiver<Result<String, String>>;
 
 /// Starts one executor per shard, each with its listeners, its ends of the
@@ -273,7 +328,7 @@ fn spawn_shards(
     listeners: impl Iterator<Item = Listeners>,
     identity: Option<&tls::Identity>,
     mut senders: Senders,
-    stop: Arc<AtomicBool>,
+    outside: ShardsOutside,
 ) -> anyhow::Result<(Vec<ShardHandle>, Recovered)> {
     let shard_count = map.shards() as usize;
     let peers = peer_queues(shard_count, config.limits.peer_queue_batches_max);
@@ -292,7 +347,9 @@ fn spawn_shards(
         };
         let env = senders.env();
         let tls = identity.map(|identity| identity.config.clone());
-        let (limits, stop) = (config.limits.clone(), stop.clone());
+        let limits = config.limits.clone();
+        let stop = outside.stop.clone();
+        let (reporter, serving) = (outside.reporter.clone(), outside.serving.clone());
         let storage = storage_setup(config, shard_id, shard_count);
         let recovered = recovered_tx.clone();
         let placement = match config.cpus.get(shard_id) {
@@ -318,6 +375,8 @@ fn spawn_shards(
                     storage,
                     recovered,
                     push_rejected,
+                    reporter,
+                    serving,
                 })
                 .await
             })
@@ -369,7 +428,7 @@ fn wait_recovered(
 /// certificate a phone pins.
 fn ready_line(
     shard_count: usize,
-    (tls_addr, plain_addr): (Option<SocketAddr>, Option<SocketAddr>),
+    (tls_addr, plain_addr, admin_addr): (Option<SocketAddr>, Option<SocketAddr>, SocketAddr),
     identity: Option<&tls::Identity>,
 ) -> String {
     let mut ready = format!("isle ready shards={shard_count}");
@@ -379,6 +438,7 @@ fn ready_line(
     if let Some(addr) = plain_addr {
         ready += &format!(" plaintext={addr}");
     }
+    ready += &format!(" admin={admin_addr}");
     if let Some(identity) = identity {
         ready += &format!(
             " cert={} fingerprint={}",
@@ -470,6 +530,12 @@ fn apply_flags(config: &mut Config, args: Args) -> anyhow::Result<()> {
     if args.clock_confirmed {
         config.clock.confirmed = true;
     }
+    if let Some(addr) = args.admin_listen {
+        config.admin.listen = addr;
+    }
+    if let Some(token) = args.admin_token {
+        config.admin.token = Some(token);
+    }
     if let Some(bytes) = args.segment_bytes {
         config.storage.segment_bytes_max = bytes;
     }
@@ -540,7 +606,8 @@ fn bind_all(
         socket
             .bind(&addr.into())
             .with_context(|| format!("binding {addr}"))?;
-        socket.listen(LISTEN_BACKLOG)?;
+        // Not listening yet: a phone that connects while the shards replay
+        // is refused instead of left hanging (see `run`).
         if addr.port() == 0 {
             addr = socket.local_addr()?.as_socket().context("bound address")?;
         }

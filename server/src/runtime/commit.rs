@@ -24,6 +24,7 @@ use server::flow::CommitProgress;
 use storage::{log::checkpoint, Journal, JournalError, JournalStats, Record};
 
 use super::{Runtime, Signal, StorageSetup};
+use crate::control::snapshot::CommitSamples;
 
 /// How long after a failed checkpoint the next is tried.
 const CHECKPOINT_RETRY_MS: u64 = 10_000;
@@ -50,6 +51,10 @@ pub struct Commits {
     holding: RefCell<Vec<Waker>>,
     /// The journal's own counters as of the last commit.
     journal_stats: Cell<JournalStats>,
+    /// What each commit since the last report took (see `take_samples`).
+    samples: RefCell<CommitSamples>,
+    /// The last checkpoint's duration, in ms.
+    last_checkpoint_ms: Cell<Option<u64>>,
 }
 
 impl Commits {
@@ -91,6 +96,27 @@ impl Commits {
 
     pub fn journal_stats(&self) -> JournalStats {
         self.journal_stats.get()
+    }
+
+    /// The commits finished since the last call, for the shard's report.
+    pub fn take_samples(&self) -> CommitSamples {
+        std::mem::take(&mut *self.samples.borrow_mut())
+    }
+
+    pub fn last_checkpoint_ms(&self) -> Option<u64> {
+        self.last_checkpoint_ms.get()
+    }
+
+    /// A commit that began at `started` finished with the journal's
+    /// counters at `stats`.
+    fn finished_with(&self, started: Instant, stats: JournalStats) {
+        let before = self.journal_stats.replace(stats);
+        self.samples.borrow_mut().push(
+            started.elapsed().as_micros() as u64,
+            stats.sync_us.saturating_sub(before.sync_us),
+            stats.records.saturating_sub(before.records),
+            stats.bytes.saturating_sub(before.bytes),
+        );
     }
 
     fn begin(&self) {
@@ -178,13 +204,14 @@ pub async fn commit(runtime: Rc<Runtime>, mut journal: impl Journal, plan: Check
             (batch, records, due.then(|| shard.checkpoint()))
         });
         runtime.commits.begin();
+        let started = Instant::now();
         match write_batch(&runtime, &mut journal, &records).await {
             Ok(()) => {
                 runtime.with_shard(|shard| {
                     shard.committed(batch);
                     shard.recycle_records(records);
                     runtime.commits.finish();
-                    runtime.commits.journal_stats.set(journal.stats());
+                    runtime.commits.finished_with(started, journal.stats());
                 });
                 if let Some(snapshot) = snapshot {
                     checkpoints.start(&runtime, journal.last_batch(), snapshot);
@@ -385,6 +412,8 @@ impl Checkpoints {
             log::error!("shard {shard}: deleting old checkpoints: {error}");
         }
         runtime.with_shard_no_outputs(|shard| shard.checkpoint_finished());
+        let took_ms = written.started.elapsed().as_millis() as u64;
+        runtime.commits.last_checkpoint_ms.set(Some(took_ms));
         log::info!(
             "shard {shard}: checkpoint after batch {}: {} records, {} bytes in {:.3} s; \
              {removed} segments deleted",

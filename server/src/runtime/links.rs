@@ -107,6 +107,14 @@ impl Links {
         link.signal.raise();
     }
 
+    /// Messages staged for all other shards, and the most for any one.
+    pub fn staged(&self) -> (u64, u64) {
+        self.links.iter().fold((0, 0), |(total, max), link| {
+            let len = link.staging.borrow().len() as u64;
+            (total + len, max.max(len))
+        })
+    }
+
     /// True while `destination`'s link holds more than its staging limit.
     pub fn is_congested(&self, destination: u16) -> bool {
         self.links[destination as usize].staging.borrow().len() > self.staging_max

@@ -56,7 +56,13 @@ use self::{
     connection::ConnectionTasks,
     links::{Links, Staged},
 };
-use crate::peer_queue;
+use crate::{
+    control::{
+        snapshot::{JournalState, Queues, ShardReport, REPORT_INTERVAL_MS},
+        Reporter,
+    },
+    peer_queue,
+};
 
 /// How soon the executor turns to the tasks other executors wake (the
 /// forwarders and receivers): a busy task queue is preempted for them
@@ -77,6 +83,10 @@ const STOP_COMMITS_WAIT_MS: u64 = 30_000;
 /// How often a stopping shard looks whether its connections and commits
 /// are done: short next to the waits above, long enough not to spin.
 const STOP_POLL_MS: u64 = 20;
+
+/// How often an accept loop looks whether the server serves yet: only
+/// while starting, short next to a replay.
+const SERVING_POLL_MS: u64 = 10;
 
 /// A wake-up for one task on this executor.
 #[derive(Default)]
@@ -194,6 +204,34 @@ impl Runtime {
         congested
     }
 
+    /// What the shard tells the control thread (see `control::snapshot`).
+    fn report(&self) -> ShardReport {
+        let shard = self.shard();
+        let (peer_staged_messages, peer_staged_messages_max) = self.links.staged();
+        let stats = self.commits.journal_stats();
+        ShardReport {
+            shard: self.shard_id,
+            at: Instant::now(),
+            counters: shard.counters(),
+            queues: Queues {
+                shard: shard.queue_lengths(),
+                peer_staged_messages,
+                peer_staged_messages_max,
+            },
+            commits: self.commits.take_samples(),
+            journal: JournalState {
+                failed: shard.is_journal_failed(),
+                disk_full: shard.is_disk_full(),
+                unavailable: shard.is_storage_unavailable(),
+                records: stats.records,
+                bytes: stats.bytes,
+                batches: stats.batches,
+                syncs: stats.syncs,
+                last_checkpoint_ms: self.commits.last_checkpoint_ms(),
+            },
+        }
+    }
+
     /// The commit that makes durable everything recorded so far.
     fn commit_covering_now(&self) -> u64 {
         self.commits.covering_now(self.shard().awaits_next_commit())
@@ -236,6 +274,11 @@ pub struct ShardSetup {
     pub started: Instant,
     /// Push tokens the gateway refused, for accounts of this shard.
     pub push_rejected: crossbeam_channel::Receiver<crate::push::Rejected>,
+    /// Where the shard sends its report once a second.
+    pub reporter: Reporter,
+    /// Raised once every shard replayed and the listeners listen: the
+    /// accept loops wait for it.
+    pub serving: Arc<AtomicBool>,
 }
 
 /// Runs one shard until `stop` is raised and its connections are closed.
@@ -251,6 +294,8 @@ pub async fn run(setup: ShardSetup) {
         stop,
         started,
         push_rejected,
+        reporter,
+        serving,
     } = setup;
     let shard_id = shard.config().shard_id;
     let journal = match open_journal(&mut shard, &storage).await {
@@ -269,8 +314,13 @@ pub async fn run(setup: ShardSetup) {
     let staging_max = limits.peer_staging_messages_max;
     let runtime = Rc::new(Runtime::new(shard, started, shard_count, staging_max));
     let plan = CheckpointPlan::new(&storage);
-    let tasks = spawn_tasks(&runtime, peers, journal, plan, listeners, tls);
-    tick_until_stopped(&runtime, tick_ms, &stop, &push_rejected).await;
+    let tasks = spawn_tasks(&runtime, peers, journal, plan, (listeners, tls, serving));
+    let outside = Outside {
+        stop: &stop,
+        push_rejected: &push_rejected,
+        reporter: &reporter,
+    };
+    tick_until_stopped(&runtime, tick_ms, outside).await;
     stop_serving(&runtime).await;
     drop(tasks);
 }
@@ -282,8 +332,7 @@ fn spawn_tasks(
     peers: PeerEnds,
     journal: ShardJournal,
     plan: CheckpointPlan,
-    listeners: Listeners,
-    tls: Option<Arc<ServerConfig>>,
+    (listeners, tls, serving): (Listeners, Option<Arc<ServerConfig>>, Arc<AtomicBool>),
 ) -> Vec<glommio::task::JoinHandle<()>> {
     // Queues that other executors wake must be latency-sensitive, or their
     // wake-ups wait for the scheduler's next time slice.
@@ -316,7 +365,11 @@ fn spawn_tasks(
         if let Some(fd) = fd {
             // SAFETY: the fd is a bound, listening TCP socket we own.
             let listener = unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) };
-            let accept = accept::accept(runtime.clone(), listener, tls);
+            let (runtime, serving) = (runtime.clone(), serving.clone());
+            let accept = async move {
+                wait_until_serving(&serving).await;
+                accept::accept(runtime, listener, tls).await;
+            };
             tasks.push(glommio::spawn_local(accept).detach());
         }
     }
@@ -332,17 +385,39 @@ fn spawn_in<F: Future<Output = ()> + 'static>(
         .detach()
 }
 
+/// The listeners are bound before the shards replay their logs but listen
+/// only once every shard has (a phone connecting meanwhile is refused
+/// rather than left hanging): the accept loops start then.
+async fn wait_until_serving(serving: &AtomicBool) {
+    while !serving.load(Ordering::Acquire) {
+        glommio::timer::sleep(Duration::from_millis(SERVING_POLL_MS)).await;
+    }
+}
+
+/// What the tick deals with outside the shard.
+struct Outside<'a> {
+    stop: &'a AtomicBool,
+    push_rejected: &'a crossbeam_channel::Receiver<crate::push::Rejected>,
+    reporter: &'a Reporter,
+}
+
 /// The tick: one runtime timer per shard drives the shard's own wheel,
-/// reads the wall clock, and hands back push tokens the gateway refused.
-async fn tick_until_stopped(
-    runtime: &Runtime,
-    tick_ms: u64,
-    stop: &AtomicBool,
-    push_rejected: &crossbeam_channel::Receiver<crate::push::Rejected>,
-) {
+/// reads the wall clock, hands back push tokens the gateway refused, and
+/// once a second reports to the control thread.
+async fn tick_until_stopped(runtime: &Runtime, tick_ms: u64, outside: Outside<'_>) {
+    let Outside {
+        stop,
+        push_rejected,
+        reporter,
+    } = outside;
     let tick = Duration::from_millis(tick_ms);
+    let mut reported_at = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         glommio::timer::sleep(tick).await;
+        if reported_at.elapsed() >= Duration::from_millis(REPORT_INTERVAL_MS) {
+            reported_at = Instant::now();
+            reporter.report(runtime.report());
+        }
         runtime.with_shard(|shard| {
             let now_ms = runtime.now_ms();
             shard.observe_wall_clock(unix_ms(), now_ms);

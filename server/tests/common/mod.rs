@@ -29,6 +29,8 @@ pub struct Server {
     pub plain: SocketAddr,
     pub tls: SocketAddr,
     pub cert: PathBuf,
+    /// The admin listener (metrics, health, `isle ctl`).
+    pub admin: SocketAddr,
     data_dir: tempfile::TempDir,
     pub stderr: mpsc::Receiver<String>,
 }
@@ -99,11 +101,13 @@ impl Server {
         let plain = field("plaintext").parse().unwrap();
         let tls = field("tls").parse().unwrap();
         let cert = PathBuf::from(field("cert"));
+        let admin = field("admin").parse().unwrap();
         Server {
             child,
             plain,
             tls,
             cert,
+            admin,
             data_dir,
             stderr,
         }

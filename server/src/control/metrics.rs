@@ -1,0 +1,356 @@
+//! The Prometheus side of the reports: one registry, labelled by shard,
+//! encoded as OpenMetrics text for `/metrics` (the format of the
+//! `prometheus-client` crate, the Prometheus project's own Rust client).
+//!
+//! Counters come from [`ShardCounters`] field by field (its gauges, such as
+//! `connections`, as gauges), so a counter added to the shard is exported
+//! without a change here. Queue lengths are exported as they are now and
+//! as decaying averages over 1, 10 and 100 s (`_avg{window=...}`).
+
+use std::{collections::BTreeMap, sync::atomic::Ordering};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{exponential_buckets, Histogram},
+    },
+    registry::Registry,
+};
+use shard::ShardCounters;
+
+use super::{
+    decay::WINDOWS_S,
+    snapshot::{Queues, ShardReport},
+};
+
+/// `ShardCounters` fields that are levels, not counts.
+const GAUGE_FIELDS: [&str; 5] = [
+    "connections",
+    "sessions",
+    "connections_anonymous",
+    "accounts",
+    "groups",
+];
+
+/// Histogram buckets for commit and sync times, in seconds: 50 µs doubling
+/// to about 1.6 s.
+const TIME_BUCKET_FIRST_S: f64 = 0.000_05;
+const TIME_BUCKETS: u16 = 16;
+/// Buckets for records and bytes per commit: 1 doubling to about 1 M.
+const SIZE_BUCKETS: u16 = 21;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShardLabel {
+    shard: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WindowLabel {
+    shard: String,
+    window: String,
+}
+
+type Histograms = Family<ShardLabel, Histogram, fn() -> Histogram>;
+
+/// The registry and every family in it.
+pub struct Metrics {
+    registry: Registry,
+    counters: BTreeMap<&'static str, Family<ShardLabel, Counter>>,
+    gauges: BTreeMap<&'static str, Family<ShardLabel, Gauge>>,
+    queues: BTreeMap<String, Family<ShardLabel, Gauge>>,
+    queue_averages: BTreeMap<String, Family<WindowLabel, Gauge<f64, std::sync::atomic::AtomicU64>>>,
+    journal: BTreeMap<&'static str, Family<ShardLabel, Gauge>>,
+    commit_seconds: Histograms,
+    sync_seconds: Histograms,
+    commit_records: Histograms,
+    commit_bytes: Histograms,
+    ready: Gauge,
+}
+
+fn time_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(TIME_BUCKET_FIRST_S, 2.0, TIME_BUCKETS))
+}
+
+fn size_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, SIZE_BUCKETS))
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("isle");
+        let mut counters = BTreeMap::new();
+        let mut gauges = BTreeMap::new();
+        for name in counter_names() {
+            let help = format!("shard counter {name} (see ShardCounters)");
+            if GAUGE_FIELDS.contains(&name) {
+                let family = Family::<ShardLabel, Gauge>::default();
+                registry.register(name, help, family.clone());
+                gauges.insert(name, family);
+            } else {
+                let family = Family::<ShardLabel, Counter>::default();
+                registry.register(name, help, family.clone());
+                counters.insert(name, family);
+            }
+        }
+        let (mut queues, mut queue_averages) = (BTreeMap::new(), BTreeMap::new());
+        for name in queue_names() {
+            let family = Family::<ShardLabel, Gauge>::default();
+            let help = format!("queue length now: {name}");
+            registry.register(format!("queue_{name}"), help, family.clone());
+            queues.insert(name.clone(), family);
+            let family = Family::<WindowLabel, Gauge<f64, _>>::default();
+            let help = format!("queue length, decaying average: {name}");
+            registry.register(format!("queue_{name}_avg"), help, family.clone());
+            queue_averages.insert(name, family);
+        }
+        let mut journal = BTreeMap::new();
+        for (name, help) in JOURNAL_GAUGES {
+            let family = Family::<ShardLabel, Gauge>::default();
+            registry.register(name, help, family.clone());
+            journal.insert(name, family);
+        }
+        let histograms =
+            |registry: &mut Registry, name: &str, help: &str, make: fn() -> Histogram| {
+                let family = Histograms::new_with_constructor(make);
+                registry.register(name, help, family.clone());
+                family
+            };
+        let commit_seconds = histograms(
+            &mut registry,
+            "commit_seconds",
+            "time from taking a batch's records to their durability",
+            time_histogram,
+        );
+        let sync_seconds = histograms(
+            &mut registry,
+            "sync_seconds",
+            "fdatasync time per commit",
+            time_histogram,
+        );
+        let commit_records = histograms(
+            &mut registry,
+            "commit_records",
+            "records per commit",
+            size_histogram,
+        );
+        let commit_bytes = histograms(
+            &mut registry,
+            "commit_bytes",
+            "bytes written per commit",
+            size_histogram,
+        );
+        let ready = Gauge::default();
+        registry.register("ready", "1 when /health/ready answers 200", ready.clone());
+        Metrics {
+            registry,
+            counters,
+            gauges,
+            queues,
+            queue_averages,
+            journal,
+            commit_seconds,
+            sync_seconds,
+            commit_records,
+            commit_bytes,
+            ready,
+        }
+    }
+
+    /// Takes in a shard's report; `averages` are its queues' decaying
+    /// averages, by queue name.
+    pub fn update(&self, report: &ShardReport, averages: &BTreeMap<String, [f64; 3]>) {
+        let label = ShardLabel {
+            shard: report.shard.to_string(),
+        };
+        for (name, value) in counter_values(&report.counters) {
+            if let Some(family) = self.counters.get(name) {
+                family
+                    .get_or_create(&label)
+                    .inner()
+                    .store(value, Ordering::Relaxed);
+            } else if let Some(family) = self.gauges.get(name) {
+                family.get_or_create(&label).set(clamp_i64(value));
+            }
+        }
+        for (name, value) in queue_values(&report.queues) {
+            if let Some(family) = self.queues.get(&name) {
+                family.get_or_create(&label).set(clamp_i64(value));
+            }
+        }
+        for (name, windows) in averages {
+            let Some(family) = self.queue_averages.get(name) else {
+                continue;
+            };
+            for (average, window) in windows.iter().zip(WINDOWS_S) {
+                let label = WindowLabel {
+                    shard: label.shard.clone(),
+                    window: format!("{window}s"),
+                };
+                family.get_or_create(&label).set(*average);
+            }
+        }
+        self.update_journal(report, &label);
+    }
+
+    fn update_journal(&self, report: &ShardReport, label: &ShardLabel) {
+        let journal = &report.journal;
+        let values = [
+            ("journal_failed", u64::from(journal.failed)),
+            ("journal_disk_full", u64::from(journal.disk_full)),
+            ("journal_unavailable", u64::from(journal.unavailable)),
+            ("journal_records", journal.records),
+            ("journal_bytes", journal.bytes),
+            ("journal_batches", journal.batches),
+            ("journal_syncs", journal.syncs),
+            (
+                "checkpoint_last_ms",
+                journal.last_checkpoint_ms.unwrap_or(0),
+            ),
+        ];
+        for (name, value) in values {
+            self.journal[name]
+                .get_or_create(label)
+                .set(clamp_i64(value));
+        }
+        let samples = &report.commits;
+        let observe = |family: &Histograms, values: &[u32], scale: f64| {
+            let histogram = family.get_or_create(label);
+            for &value in values {
+                histogram.observe(f64::from(value) * scale);
+            }
+        };
+        observe(&self.commit_seconds, &samples.commit_us, 1e-6);
+        observe(&self.sync_seconds, &samples.sync_us, 1e-6);
+        observe(&self.commit_records, &samples.records, 1.0);
+        observe(&self.commit_bytes, &samples.bytes, 1.0);
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+
+    /// The registry as OpenMetrics text.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
+
+/// Journal gauges, by name, with their help.
+const JOURNAL_GAUGES: [(&str, &str); 8] = [
+    (
+        "journal_failed",
+        "1 once the journal failed: nothing durable is accepted",
+    ),
+    ("journal_disk_full", "1 while the journal's disk is full"),
+    (
+        "journal_unavailable",
+        "1 while the journal is short of a resource",
+    ),
+    ("journal_records", "records committed since start"),
+    ("journal_bytes", "bytes committed since start"),
+    ("journal_batches", "batches committed since start"),
+    ("journal_syncs", "syncs since start"),
+    (
+        "checkpoint_last_ms",
+        "the last checkpoint's duration in ms (0: none yet)",
+    ),
+];
+
+/// Every `ShardCounters` field, by name.
+fn counter_names() -> Vec<&'static str> {
+    counter_values(&ShardCounters::default())
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// `ShardCounters` as (field, value) pairs, through its `Serialize`.
+pub fn counter_values(counters: &ShardCounters) -> Vec<(&'static str, u64)> {
+    let value = serde_json::to_value(counters).expect("counters serialize");
+    let object = value.as_object().expect("a struct serializes as an object");
+    object
+        .iter()
+        .map(|(name, value)| (intern(name), value.as_u64().unwrap_or(0)))
+        .collect()
+}
+
+/// Every queue, by name.
+fn queue_names() -> Vec<String> {
+    queue_values(&Queues::default())
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// `Queues` as (name, value) pairs, through its `Serialize`.
+pub fn queue_values(queues: &Queues) -> Vec<(String, u64)> {
+    let value = serde_json::to_value(queues).expect("queues serialize");
+    let object = value.as_object().expect("a struct serializes as an object");
+    object
+        .iter()
+        .map(|(name, value)| (name.clone(), value.as_u64().unwrap_or(0)))
+        .collect()
+}
+
+/// A counter's name for the registry, which keeps `&'static str`s: the set
+/// of names is fixed (the fields of `ShardCounters`), so each is leaked
+/// once.
+fn intern(name: &str) -> &'static str {
+    use std::sync::{Mutex, OnceLock};
+    static NAMES: OnceLock<Mutex<Vec<&'static str>>> = OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Mutex::default)
+        .lock()
+        .expect("not poisoned");
+    if let Some(known) = names.iter().find(|known| **known == name) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    names.push(leaked);
+    leaked
+}
+
+fn clamp_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::snapshot::{CommitSamples, JournalState};
+
+    #[test]
+    fn a_report_shows_up_as_labelled_series() {
+        let metrics = Metrics::new();
+        let mut report = ShardReport {
+            shard: 3,
+            at: std::time::Instant::now(),
+            counters: ShardCounters::default(),
+            queues: Queues::default(),
+            commits: CommitSamples::default(),
+            journal: JournalState::default(),
+        };
+        report.counters.messages_stored = 42;
+        report.counters.connections = 7;
+        report.queues.shard.outbox_bytes = 1_000;
+        report.commits.push(300, 120, 10, 4_096);
+        let averages = BTreeMap::from([("outbox_bytes".to_owned(), [1.0, 2.0, 3.0])]);
+        metrics.update(&report, &averages);
+        let text = metrics.encode();
+        for line in [
+            "isle_messages_stored_total{shard=\"3\"} 42",
+            "isle_connections{shard=\"3\"} 7",
+            "isle_queue_outbox_bytes{shard=\"3\"} 1000",
+            "isle_queue_outbox_bytes_avg{shard=\"3\",window=\"10s\"} 2.0",
+            "isle_commit_seconds_count{shard=\"3\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+    }
+}

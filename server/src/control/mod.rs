@@ -1,0 +1,402 @@
+//! The control thread: the server's side that is not on a shard core. It
+//! runs one current-thread tokio runtime (the cluster's etcd client joins
+//! it later, so there is one control thread, not two) and serves the admin
+//! HTTP listener: `/metrics` (Prometheus), `/health/live`,
+//! `/health/ready` and `/status` (JSON, what `isle ctl` shows).
+//!
+//! Shards never wait on it: each sends a [`ShardReport`] once a second
+//! through a bounded channel with `try_send`, dropping (and counting) a
+//! report when the channel is full. The control thread keeps the latest
+//! report of each shard and its queues' decaying averages; the lock on that
+//! state is taken only on this thread.
+
+pub mod decay;
+pub mod metrics;
+pub mod snapshot;
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use axum::{
+    extract::State as Extract,
+    http::{header, HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use serde::Serialize;
+use subtle::ConstantTimeEq;
+
+use self::{
+    decay::Decaying,
+    metrics::Metrics,
+    snapshot::{JournalState, Queues, ShardReport},
+};
+
+/// Reports in flight from all shards to the control thread, per shard.
+const REPORTS_PER_SHARD_MAX: usize = 4;
+/// How often the control thread takes in reports.
+const INGEST_INTERVAL_MS: u64 = 100;
+/// A shard silent this long is not ready: its core is stuck or gone.
+const SHARD_SILENT_MAX_MS: u64 = 5_000;
+
+/// Where the admin listener is and who may use it.
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+    /// Required as `Authorization: Bearer TOKEN` on everything but the
+    /// health checks, when set; it must be set when `listen` is not a
+    /// loopback address.
+    pub token: Option<String>,
+}
+
+/// A shard's way to report: never blocks.
+#[derive(Clone)]
+pub struct Reporter {
+    sender: Sender<ShardReport>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Reporter {
+    /// Sends `report` if the channel has room; else drops it and counts.
+    pub fn report(&self, report: ShardReport) {
+        if self.sender.try_send(report).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The running control thread.
+pub struct Control {
+    /// The admin listener's address (its port chosen when 0 was asked).
+    pub addr: SocketAddr,
+    reporter: Reporter,
+    shared: Arc<Shared>,
+}
+
+/// What the HTTP handlers and the ingest task share.
+struct Shared {
+    state: Mutex<State>,
+    metrics: Metrics,
+    token: Option<String>,
+    stop: Arc<AtomicBool>,
+    reports_dropped: Arc<AtomicU64>,
+}
+
+/// The latest of everything the shards reported.
+struct State {
+    shard_count: usize,
+    /// Every shard replayed its log and the listeners are open.
+    serving: bool,
+    shards: BTreeMap<u16, ShardState>,
+}
+
+struct ShardState {
+    latest: ShardReport,
+    averages: BTreeMap<String, Decaying>,
+}
+
+impl Control {
+    /// Binds the admin listener and starts the control thread. Err: the
+    /// address cannot be bound, or is not loopback and has no token.
+    pub fn start(
+        settings: &AdminSettings,
+        shard_count: usize,
+        stop: Arc<AtomicBool>,
+    ) -> anyhow::Result<Control> {
+        if !settings.listen.ip().is_loopback() && settings.token.is_none() {
+            anyhow::bail!(
+                "admin.listen {} is not a loopback address: set admin.token (or --admin-token)",
+                settings.listen
+            );
+        }
+        let listener = std::net::TcpListener::bind(settings.listen)
+            .with_context(|| format!("binding the admin listener {}", settings.listen))?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let (sender, receiver) = bounded(REPORTS_PER_SHARD_MAX * shard_count.max(1));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                shard_count,
+                serving: false,
+                shards: BTreeMap::new(),
+            }),
+            metrics: Metrics::new(),
+            token: settings.token.clone(),
+            stop,
+            reports_dropped: dropped.clone(),
+        });
+        let thread_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("isle-control".into())
+            .spawn(move || serve(listener, thread_shared, receiver))
+            .context("starting the control thread")?;
+        Ok(Control {
+            addr,
+            reporter: Reporter { sender, dropped },
+            shared,
+        })
+    }
+
+    /// A reporter for a shard.
+    pub fn reporter(&self) -> Reporter {
+        self.reporter.clone()
+    }
+
+    /// Every shard replayed its log and the phone-facing listeners are
+    /// open: `/health/ready` may answer 200.
+    pub fn serving(&self) {
+        self.shared.state.lock().expect("not poisoned").serving = true;
+    }
+}
+
+/// The control thread's body: the HTTP server and the ingest task on one
+/// current-thread runtime.
+fn serve(listener: std::net::TcpListener, shared: Arc<Shared>, reports: Receiver<ShardReport>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            log::error!("control thread: cannot start its runtime: {error}");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        tokio::spawn(ingest(shared.clone(), reports));
+        let app = Router::new()
+            .route("/metrics", get(get_metrics))
+            .route("/status", get(get_status))
+            .route("/health/live", get(|| async { "live\n" }))
+            .route("/health/ready", get(get_ready))
+            .with_state(shared);
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(error) => {
+                log::error!("control thread: admin listener: {error}");
+                return;
+            }
+        };
+        if let Err(error) = axum::serve(listener, app).await {
+            log::error!("control thread: admin listener stopped: {error}");
+        }
+    });
+}
+
+/// Takes in the shards' reports as they come.
+async fn ingest(shared: Arc<Shared>, reports: Receiver<ShardReport>) {
+    let mut interval = tokio::time::interval(Duration::from_millis(INGEST_INTERVAL_MS));
+    let started = Instant::now();
+    loop {
+        interval.tick().await;
+        let mut state = shared.state.lock().expect("not poisoned");
+        for report in reports.try_iter() {
+            let at_s = report.at.saturating_duration_since(started).as_secs_f64();
+            let entry = state
+                .shards
+                .entry(report.shard)
+                .or_insert_with(|| ShardState {
+                    latest: report.clone(),
+                    averages: BTreeMap::new(),
+                });
+            for (name, value) in metrics::queue_values(&report.queues) {
+                entry
+                    .averages
+                    .entry(name)
+                    .or_default()
+                    .observe(value as f64, at_s);
+            }
+            let averages = entry.averages();
+            shared.metrics.update(&report, &averages);
+            entry.latest = report;
+        }
+        let ready = state.readiness(&shared.stop).is_ok();
+        shared.metrics.set_ready(ready);
+    }
+}
+
+impl ShardState {
+    fn averages(&self) -> BTreeMap<String, [f64; 3]> {
+        self.averages
+            .iter()
+            .map(|(name, decaying)| (name.clone(), decaying.averages()))
+            .collect()
+    }
+}
+
+impl State {
+    /// Ok when the server can serve: every shard replayed, reported lately
+    /// and can acknowledge (its journal works), and it is not stopping.
+    fn readiness(&self, stop: &AtomicBool) -> Result<(), String> {
+        if stop.load(Ordering::Relaxed) {
+            return Err("stopping".into());
+        }
+        if !self.serving {
+            return Err("replaying the journal".into());
+        }
+        for shard in 0..self.shard_count as u16 {
+            let Some(state) = self.shards.get(&shard) else {
+                return Err(format!("shard {shard} has not reported"));
+            };
+            let silent_ms = state.latest.at.elapsed().as_millis() as u64;
+            if silent_ms > SHARD_SILENT_MAX_MS {
+                return Err(format!("shard {shard} silent for {silent_ms} ms"));
+            }
+            if state.latest.journal.failed {
+                return Err(format!("shard {shard}: its journal failed"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Shared {
+    /// Whether `headers` carry the token, when one is required.
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .unwrap_or("");
+        bool::from(presented.as_bytes().ct_eq(token.as_bytes()))
+    }
+}
+
+fn unauthorized() -> Response {
+    (StatusCode::UNAUTHORIZED, "a bearer token is required\n").into_response()
+}
+
+async fn get_metrics(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if !shared.authorized(&headers) {
+        return unauthorized();
+    }
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    (
+        [(header::CONTENT_TYPE, content_type)],
+        shared.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn get_ready(Extract(shared): Extract<Arc<Shared>>) -> Response {
+    let state = shared.state.lock().expect("not poisoned");
+    match state.readiness(&shared.stop) {
+        Ok(()) => "ready\n".into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        )
+            .into_response(),
+    }
+}
+
+/// What `/status` answers: the server's readiness and each shard's latest
+/// report.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct Status {
+    pub ready: bool,
+    /// Why not, when not ready.
+    pub reason: Option<String>,
+    /// Reports the shards could not send because the channel was full.
+    pub reports_dropped: u64,
+    pub shards: Vec<ShardStatus>,
+}
+
+/// One shard as `/status` shows it.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct ShardStatus {
+    pub shard: u16,
+    /// How old its latest report is.
+    pub report_age_ms: u64,
+    pub counters: BTreeMap<String, u64>,
+    pub queues: BTreeMap<String, u64>,
+    /// Each queue's averages over 1, 10 and 100 s.
+    pub queue_averages: BTreeMap<String, [f64; 3]>,
+    /// Commits in the last report's interval, and their time's median and
+    /// 99th percentile in µs.
+    pub commits: usize,
+    pub commit_p50_us: Option<u32>,
+    pub commit_p99_us: Option<u32>,
+    pub sync_p50_us: Option<u32>,
+    pub journal: JournalStatus,
+}
+
+/// A shard's journal as `/status` shows it.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct JournalStatus {
+    pub failed: bool,
+    pub disk_full: bool,
+    pub unavailable: bool,
+    pub records: u64,
+    pub bytes: u64,
+    pub last_checkpoint_ms: Option<u64>,
+}
+
+impl From<&JournalState> for JournalStatus {
+    fn from(journal: &JournalState) -> JournalStatus {
+        JournalStatus {
+            failed: journal.failed,
+            disk_full: journal.disk_full,
+            unavailable: journal.unavailable,
+            records: journal.records,
+            bytes: journal.bytes,
+            last_checkpoint_ms: journal.last_checkpoint_ms,
+        }
+    }
+}
+
+async fn get_status(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if !shared.authorized(&headers) {
+        return unauthorized();
+    }
+    let state = shared.state.lock().expect("not poisoned");
+    let readiness = state.readiness(&shared.stop);
+    let shards = state.shards.values().map(shard_status).collect();
+    Json(Status {
+        ready: readiness.is_ok(),
+        reason: readiness.err(),
+        reports_dropped: shared.reports_dropped.load(Ordering::Relaxed),
+        shards,
+    })
+    .into_response()
+}
+
+fn shard_status(state: &ShardState) -> ShardStatus {
+    let report = &state.latest;
+    let quantile = |values: &[u32], q: f64| {
+        let mut sorted = values.to_vec();
+        sorted.sort_unstable();
+        let index = ((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1));
+        sorted.get(index).copied()
+    };
+    let queues: Queues = report.queues;
+    ShardStatus {
+        shard: report.shard,
+        report_age_ms: report.at.elapsed().as_millis() as u64,
+        counters: metrics::counter_values(&report.counters)
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value))
+            .collect(),
+        queues: metrics::queue_values(&queues).into_iter().collect(),
+        queue_averages: state.averages(),
+        commits: report.commits.commit_us.len(),
+        commit_p50_us: quantile(&report.commits.commit_us, 0.5),
+        commit_p99_us: quantile(&report.commits.commit_us, 0.99),
+        sync_p50_us: quantile(&report.commits.sync_us, 0.5),
+        journal: JournalStatus::from(&report.journal),
+    }
+}

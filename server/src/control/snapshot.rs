@@ -1,0 +1,84 @@
+//! What a shard tells the control thread, once a second: its counters, its
+//! queue lengths and what its commits took since the last report. Built on
+//! the shard's own thread from values it owns; sent through a bounded
+//! channel that the shard never waits on.
+
+use std::time::Instant;
+
+use serde::Serialize;
+use shard::{QueueLengths, ShardCounters};
+
+/// How often a shard reports, in ms.
+pub const REPORT_INTERVAL_MS: u64 = 1_000;
+
+/// Commit and sync times kept per report, at most: past it a report keeps
+/// the count and the sum, not each time (a shard commits a few hundred
+/// times a second at most under load; this bounds the report's size).
+pub const COMMIT_SAMPLES_MAX: usize = 4_096;
+
+/// One shard's report.
+#[derive(Debug, Clone)]
+pub struct ShardReport {
+    pub shard: u16,
+    /// When it was taken.
+    pub at: Instant,
+    pub counters: ShardCounters,
+    pub queues: Queues,
+    pub commits: CommitSamples,
+    pub journal: JournalState,
+}
+
+/// Queue lengths: the shard's own, and its links to the other shards.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct Queues {
+    #[serde(flatten)]
+    pub shard: QueueLengths,
+    /// Messages staged for other shards, not yet in a queue (all links).
+    pub peer_staged_messages: u64,
+    /// The most staged for any one other shard.
+    pub peer_staged_messages_max: u64,
+}
+
+/// The journal as the shard sees it.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct JournalState {
+    pub failed: bool,
+    pub disk_full: bool,
+    pub unavailable: bool,
+    /// Totals since the shard started.
+    pub records: u64,
+    pub bytes: u64,
+    /// Batches written (a commit larger than a segment's room is two).
+    pub batches: u64,
+    pub syncs: u64,
+    /// The last checkpoint's duration, in ms, if one was written.
+    pub last_checkpoint_ms: Option<u64>,
+}
+
+/// Commits finished since the last report: each one's time from taking its
+/// records to their durability, and the sync inside it, in µs.
+#[derive(Debug, Default, Clone)]
+pub struct CommitSamples {
+    pub commit_us: Vec<u32>,
+    pub sync_us: Vec<u32>,
+    /// Records and bytes of each commit.
+    pub records: Vec<u32>,
+    pub bytes: Vec<u32>,
+    /// Commits not in the vectors (past `COMMIT_SAMPLES_MAX`).
+    pub dropped: u64,
+}
+
+impl CommitSamples {
+    /// One finished commit.
+    pub fn push(&mut self, commit_us: u64, sync_us: u64, records: u64, bytes: u64) {
+        if self.commit_us.len() >= COMMIT_SAMPLES_MAX {
+            self.dropped += 1;
+            return;
+        }
+        let clamp = |value: u64| u32::try_from(value).unwrap_or(u32::MAX);
+        self.commit_us.push(clamp(commit_us));
+        self.sync_us.push(clamp(sync_us));
+        self.records.push(clamp(records));
+        self.bytes.push(clamp(bytes));
+    }
+}

@@ -1,0 +1,130 @@
+//! The admin listener of the real binary: Prometheus metrics that follow
+//! what the shards do, the health checks, the bearer token, and `isle ctl`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{expect, Server};
+use loadgen::client::Event;
+use wire::ClientFrame;
+
+/// Reports reach the control thread once a second.
+const REPORT_WAIT: Duration = Duration::from_secs(10);
+
+fn get(server: &Server, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut request = ureq::get(&format!("http://{}{path}", server.admin));
+    if let Some(token) = token {
+        request = request.set("Authorization", &format!("Bearer {token}"));
+    }
+    match request.call() {
+        Ok(response) => (response.status(), response.into_string().unwrap()),
+        Err(ureq::Error::Status(code, response)) => (code, response.into_string().unwrap()),
+        Err(error) => panic!("GET {path}: {error}"),
+    }
+}
+
+/// Polls `/metrics` until `line` is in it.
+fn await_metric(server: &Server, line: &str, token: Option<&str>) -> String {
+    let deadline = Instant::now() + REPORT_WAIT;
+    loop {
+        let (code, text) = get(server, "/metrics", token);
+        assert_eq!(code, 200, "{text}");
+        if text.lines().any(|l| l == line) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "no {line:?} in:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn metrics_follow_the_shards_and_health_says_ready() {
+    let server = Server::start(&["--shards", "1"]);
+    let (code, body) = get(&server, "/health/live", None);
+    assert_eq!((code, body.as_str()), (200, "live\n"));
+    let (mut alice, _, _) = server.phone("+15550000001");
+    let (_bob, bob, _) = server.phone("+15550000002");
+    for client_id in 1..=3 {
+        let body = b"hi";
+        alice
+            .send(&ClientFrame::Send {
+                client_id,
+                to: bob,
+                body,
+            })
+            .unwrap();
+        expect(&mut alice, "Sent", |e| matches!(e, Event::Sent { .. }));
+    }
+    let text = await_metric(&server, "isle_messages_stored_total{shard=\"0\"} 3", None);
+    for series in [
+        "isle_sessions{shard=\"0\"} 2",
+        "isle_queue_mailbox_entries{shard=\"0\"} 3",
+        "isle_journal_failed{shard=\"0\"} 0",
+        "isle_ready 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == series),
+            "no {series:?} in:\n{text}"
+        );
+    }
+    assert!(text.contains("isle_commit_seconds_bucket{"), "{text}");
+    assert!(text.contains("isle_queue_outbox_bytes_avg{shard=\"0\",window=\"100s\"}"));
+    let (code, body) = get(&server, "/health/ready", None);
+    assert_eq!((code, body.as_str()), (200, "ready\n"));
+}
+
+#[test]
+fn a_token_guards_everything_but_the_health_checks() {
+    let server = Server::start(&["--admin-token", "s3cret"]);
+    assert_eq!(get(&server, "/metrics", None).0, 401);
+    assert_eq!(get(&server, "/status", Some("wrong")).0, 401);
+    assert_eq!(get(&server, "/status", Some("s3cret")).0, 200);
+    assert_eq!(get(&server, "/health/live", None).0, 200);
+}
+
+#[test]
+fn an_admin_listener_off_loopback_needs_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_isle"))
+        .args(["--data-dir", dir.path().to_str().unwrap()])
+        .args(["--no-tls", "--plaintext-listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "0.0.0.0:0"])
+        .env_remove("ISLE_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("admin.token"), "{stderr}");
+}
+
+#[test]
+fn ctl_status_shows_every_shard() {
+    let server = Server::start(&[]);
+    let deadline = Instant::now() + REPORT_WAIT;
+    let table = loop {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_isle"))
+            .args([
+                "ctl",
+                "--data-dir",
+                server.data_dir().to_str().unwrap(),
+                "status",
+            ])
+            .output()
+            .unwrap();
+        let table = String::from_utf8_lossy(&output.stdout).into_owned();
+        if output.status.success() && table.starts_with("ready\n") && table.lines().count() == 4 {
+            break table;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{table}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let rows: Vec<&str> = table.lines().skip(2).collect();
+    assert!(rows[0].trim_start().starts_with("0 "), "{table}");
+    assert!(rows[1].trim_start().starts_with("1 "), "{table}");
+    assert!(rows.iter().all(|row| row.ends_with(" ok")), "{table}");
+}
