@@ -1,6 +1,9 @@
 //! `isle ctl`: the operator's view of a running server, through its admin
-//! listener (`/status`). `status` prints one table row per shard; `top`
-//! prints it again every second; `--json` prints what the server answered.
+//! listener. `status` prints one table row per shard (`/status`); `top`
+//! prints it again every second; `account show|revoke PHONE` asks the
+//! account's shard; `drain` closes every connection and waits until they
+//! are gone; `log-level LEVEL` changes what the server logs. `--json`
+//! prints what the server answered.
 //!
 //! The admin address comes from `--admin`, else from `DATA_DIR/admin.addr`,
 //! which the server writes once it serves.
@@ -42,6 +45,31 @@ pub enum CtlCommand {
         #[arg(long, default_value_t = 1_000)]
         interval_ms: u64,
     },
+    /// One account, on its home shard.
+    Account {
+        #[command(subcommand)]
+        action: AccountAction,
+    },
+    /// Stop taking connections, close every open one (phones are told the
+    /// server is going away), and wait until they are gone. The process
+    /// keeps running: stop it afterwards.
+    Drain {
+        /// How long to wait for the connections to go, in ms.
+        #[arg(long, default_value_t = 60_000)]
+        wait_ms: u64,
+    },
+    /// The most detailed level the server logs from now on: off, error,
+    /// warn, info, debug or trace.
+    LogLevel { level: String },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum AccountAction {
+    /// Registered or not, online or not, what waits in its mailbox.
+    Show { phone: String },
+    /// The device key stops working and the phone's connection closes; it
+    /// signs up again with an SMS code. The mailbox stays.
+    Revoke { phone: String },
 }
 
 pub fn run(args: CtlArgs) -> anyhow::Result<()> {
@@ -49,8 +77,18 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
         Some(addr) => addr,
         None => admin_from(&args.data_dir)?,
     };
+    let token = args.token.as_deref();
     match args.command {
-        CtlCommand::Status => show(admin, args.token.as_deref(), args.json),
+        CtlCommand::Status => show(admin, token, args.json),
+        CtlCommand::Account { action } => account(admin, token, action),
+        CtlCommand::Drain { wait_ms } => drain(admin, token, wait_ms),
+        CtlCommand::LogLevel { level } => {
+            print!(
+                "{}",
+                request(admin, ("PUT", "/log-level"), token, Some(&level))?
+            );
+            Ok(())
+        }
         CtlCommand::Top { interval_ms } => loop {
             if !args.json {
                 // Clear the screen and go home, as `top` does.
@@ -87,22 +125,73 @@ fn show(admin: SocketAddr, token: Option<&str>, json: bool) -> anyhow::Result<()
     Ok(())
 }
 
-/// GETs `path` from the admin listener; Err on anything but 200.
+/// GETs `path` from the admin listener; Err on anything but a success.
 fn fetch(admin: SocketAddr, path: &str, token: Option<&str>) -> anyhow::Result<String> {
+    request(admin, ("GET", path), token, None)
+}
+
+/// Sends `method path` (with `body`) to the admin listener; Err on
+/// anything but a success, with what the server said.
+fn request(
+    admin: SocketAddr,
+    (method, path): (&str, &str),
+    token: Option<&str>,
+    body: Option<&str>,
+) -> anyhow::Result<String> {
     let agent = ureq::AgentBuilder::new()
         .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
         .build();
-    let mut request = agent.get(&format!("http://{admin}{path}"));
+    let mut request = agent.request(method, &format!("http://{admin}{path}"));
     if let Some(token) = token {
         request = request.set("Authorization", &format!("Bearer {token}"));
     }
-    match request.call() {
+    let sent = match body {
+        Some(body) => request.send_string(body),
+        None => request.call(),
+    };
+    match sent {
         Ok(response) => Ok(response.into_string()?),
         Err(ureq::Error::Status(code, response)) => {
             let text = response.into_string().unwrap_or_default();
             anyhow::bail!("{admin}{path} answered {code}: {}", text.trim())
         }
         Err(error) => Err(error).with_context(|| format!("asking {admin}{path}")),
+    }
+}
+
+fn account(admin: SocketAddr, token: Option<&str>, action: AccountAction) -> anyhow::Result<()> {
+    let answer = match action {
+        AccountAction::Show { phone } => fetch(admin, &format!("/account/{phone}"), token)?,
+        AccountAction::Revoke { phone } => {
+            let path = format!("/account/{phone}/revoke");
+            request(admin, ("POST", &path), token, None)?
+        }
+    };
+    println!("{}", answer.trim_end());
+    Ok(())
+}
+
+/// Asks the server to drain, then waits until no connection is left.
+fn drain(admin: SocketAddr, token: Option<&str>, wait_ms: u64) -> anyhow::Result<()> {
+    request(admin, ("POST", "/drain"), token, None)?;
+    let deadline = std::time::Instant::now() + Duration::from_millis(wait_ms);
+    loop {
+        let status: Status = serde_json::from_str(&fetch(admin, "/status", token)?)?;
+        let left: u64 = status
+            .shards
+            .iter()
+            .map(|shard| shard.counters.get("connections").copied().unwrap_or(0))
+            .sum();
+        if left == 0 {
+            println!("drained: no connection left");
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "{left} connections still open after {wait_ms} ms"
+        );
+        eprintln!("{left} connections left");
+        std::thread::sleep(Duration::from_millis(1_000));
     }
 }
 

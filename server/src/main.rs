@@ -118,7 +118,7 @@ enum Command {
 }
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    init_logging();
     let mut args = Args::parse();
     let result = match args.command.take() {
         Some(Command::Ctl(ctl)) => ctl::run(ctl),
@@ -163,7 +163,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         listen: config.admin.listen,
         token: config.admin.token.clone(),
     };
-    let control = Control::start(&admin, shard_count, stop.clone())?;
+    let mut control = Control::start(&admin, map, stop.clone())?;
     let (tls_fds, tls_addr) = bind_all(config.listen, shard_count)?;
     let (plain_fds, plain_addr) = bind_all(config.plaintext_listen, shard_count)?;
     // Copies of the sockets, to listen on once every shard has replayed.
@@ -186,6 +186,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         stop: stop.clone(),
         serving: serving.clone(),
         reporter: control.reporter(),
+        commands: (0..shard_count).map(|s| control.take_commands(s)).collect(),
     };
     let (handles, recovered) =
         spawn_shards(&config, map, listeners, identity.as_ref(), senders, outside)?;
@@ -313,6 +314,8 @@ struct ShardsOutside {
     stop: Arc<AtomicBool>,
     serving: Arc<AtomicBool>,
     reporter: control::Reporter,
+    /// Each shard's command channel from the control thread, in order.
+    commands: Vec<crossbeam_channel::Receiver<control::commands::ShardCommand>>,
 }
 
 /// The admin listener's address, written in the data dir for `isle ctl`.
@@ -328,7 +331,7 @@ fn spawn_shards(
     listeners: impl Iterator<Item = Listeners>,
     identity: Option<&tls::Identity>,
     mut senders: Senders,
-    outside: ShardsOutside,
+    mut outside: ShardsOutside,
 ) -> anyhow::Result<(Vec<ShardHandle>, Recovered)> {
     let shard_count = map.shards() as usize;
     let peers = peer_queues(shard_count, config.limits.peer_queue_batches_max);
@@ -350,6 +353,8 @@ fn spawn_shards(
         let limits = config.limits.clone();
         let stop = outside.stop.clone();
         let (reporter, serving) = (outside.reporter.clone(), outside.serving.clone());
+        let commands =
+            std::mem::replace(&mut outside.commands[shard_id], crossbeam_channel::never());
         let storage = storage_setup(config, shard_id, shard_count);
         let recovered = recovered_tx.clone();
         let placement = match config.cpus.get(shard_id) {
@@ -377,6 +382,7 @@ fn spawn_shards(
                     push_rejected,
                     reporter,
                     serving,
+                    commands,
                 })
                 .await
             })
@@ -447,6 +453,23 @@ fn ready_line(
         );
     }
     ready
+}
+
+/// Logs go to stderr through env_logger. Without `RUST_LOG` every level
+/// passes env_logger and the process-wide maximum (`info`) decides, so
+/// that `isle ctl log-level` can raise or lower it while running; with
+/// `RUST_LOG` its directives apply and the maximum can only lower them.
+fn init_logging() {
+    let directives = std::env::var("RUST_LOG").ok();
+    let mut builder = env_logger::Builder::new();
+    match &directives {
+        Some(directives) => builder.parse_filters(directives),
+        None => builder.filter_level(log::LevelFilter::Trace),
+    };
+    builder.init();
+    if directives.is_none() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
 }
 
 /// SIGHUP would kill the process without the graceful stop, losing what

@@ -128,3 +128,77 @@ fn ctl_status_shows_every_shard() {
     assert!(rows[1].trim_start().starts_with("1 "), "{table}");
     assert!(rows.iter().all(|row| row.ends_with(" ok")), "{table}");
 }
+
+fn ctl(server: &Server, args: &[&str]) -> (bool, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_isle"))
+        .args(["ctl", "--admin", &server.admin.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
+#[test]
+fn an_operator_sees_and_revokes_an_account() {
+    let server = Server::start(&[]);
+    let (mut alice, alice_phone, alice_key) = server.phone("+15550000001");
+    let (ok, shown) = ctl(&server, &["--json", "account", "show", "+15550000001"]);
+    assert!(ok, "{shown}");
+    let info: serde_json::Value = serde_json::from_str(shown.trim()).unwrap();
+    assert_eq!(info["online"], true, "{shown}");
+    assert_eq!(info["generation"], 1, "{shown}");
+    let (ok, missing) = ctl(&server, &["account", "show", "+15559999999"]);
+    assert!(!ok && missing.contains("404"), "{missing}");
+
+    let (ok, revoked) = ctl(&server, &["account", "revoke", "+15550000001"]);
+    assert!(ok, "{revoked}");
+    expect(&mut alice, "Bye", |e| {
+        matches!(
+            e,
+            Event::Bye {
+                reason: wire::ByeReason::Revoked
+            }
+        )
+    });
+    let mut again = server.connect();
+    again
+        .send(&ClientFrame::Login {
+            phone: alice_phone,
+            key: alice_key,
+        })
+        .unwrap();
+    common::expect_error(&mut again, wire::ErrorKind::BadCredentials);
+}
+
+#[test]
+fn the_log_level_changes_while_running() {
+    let server = Server::start(&[]);
+    let (ok, answer) = ctl(&server, &["log-level", "debug"]);
+    assert!(ok && answer.trim() == "DEBUG", "{answer}");
+    let (ok, answer) = ctl(&server, &["log-level", "chatty"]);
+    assert!(!ok && answer.contains("400"), "{answer}");
+}
+
+#[test]
+fn a_drain_closes_every_connection_and_the_server_is_not_ready() {
+    let server = Server::start(&[]);
+    let (mut alice, _, _) = server.phone("+15550000001");
+    let (mut bob, _, _) = server.phone("+15550000002");
+    let (ok, answer) = ctl(&server, &["drain", "--wait-ms", "20000"]);
+    assert!(ok, "{answer}");
+    for phone in [&mut alice, &mut bob] {
+        expect(phone, "Bye", |e| {
+            matches!(
+                e,
+                Event::Bye {
+                    reason: wire::ByeReason::ShuttingDown
+                }
+            )
+        });
+    }
+    let (code, body) = get(&server, "/health/ready", None);
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("draining"), "{body}");
+}

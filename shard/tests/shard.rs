@@ -1060,3 +1060,50 @@ fn take(model: &mut ModelPhone, got: Vec<Got>, at: &str) {
         }
     }
 }
+
+/// An operator's revocation: the session ends with `Revoked`, the old key
+/// no longer logs in (after a restart either), the mailbox stays, and the
+/// number signs up again with a code.
+#[test]
+fn a_revoked_key_stops_working_and_the_mailbox_stays() {
+    let mut net = Net::new(2, |_| {});
+    let (alice, alice_key, bob, bob_key) = signed_up_pair(&mut net);
+    let (mut alice_conn, _) = net.login(alice, alice_key);
+    net.message(&mut alice_conn, bob, 1, b"kept");
+    let (bob_conn, _) = net.login(bob, bob_key);
+    net.read(&bob_conn);
+    let home = net.shards[0].config().map.shard_of(bob) as usize;
+    let before = net.shards[home].account_info(bob).unwrap();
+    assert!(before.online);
+    let now_ms = net.now_ms;
+    assert!(net.shards[home].revoke(bob, now_ms));
+    net.settle();
+    assert!(net.read(&bob_conn).contains(&Got::Bye(ByeReason::Revoked)));
+    let after = net.shards[home].account_info(bob).unwrap();
+    assert_eq!(after.generation, before.generation + 1);
+    assert_eq!(after.mailbox_entries, before.mailbox_entries);
+    for restarted in [false, true] {
+        if restarted {
+            net.restart();
+        }
+        let mut conn = net.connect();
+        net.send(
+            &mut conn,
+            ClientFrame::Login {
+                phone: bob,
+                key: bob_key,
+            },
+        );
+        let got = net.read(&conn);
+        assert_eq!(
+            got,
+            vec![Got::Error(ErrorKind::BadCredentials)],
+            "restarted: {restarted}"
+        );
+    }
+    let (_, key) = net.signup(&format!("{bob}"));
+    net.login(bob, key);
+    let nobody = Phone::parse("+15559999999").unwrap();
+    assert!(!net.shards[home].revoke(nobody, now_ms));
+    assert!(net.shards[home].account_info(nobody).is_none());
+}

@@ -10,6 +10,7 @@
 //! report of each shard and its queues' decaying averages; the lock on that
 //! state is taken only on this thread.
 
+pub mod commands;
 pub mod decay;
 pub mod metrics;
 pub mod snapshot;
@@ -37,6 +38,7 @@ use serde::Serialize;
 use subtle::ConstantTimeEq;
 
 use self::{
+    commands::{ShardCommand, COMMANDS_PER_SHARD_MAX},
     decay::Decaying,
     metrics::Metrics,
     snapshot::{JournalState, Queues, ShardReport},
@@ -48,6 +50,9 @@ const REPORTS_PER_SHARD_MAX: usize = 4;
 const INGEST_INTERVAL_MS: u64 = 100;
 /// A shard silent this long is not ready: its core is stuck or gone.
 const SHARD_SILENT_MAX_MS: u64 = 5_000;
+/// How long an operator's request waits for a shard's answer: a shard
+/// takes commands every tick (100 ms by default).
+const SHARD_ANSWER_WAIT_MS: u64 = 5_000;
 
 /// Where the admin listener is and who may use it.
 #[derive(Debug, Clone)]
@@ -81,6 +86,8 @@ pub struct Control {
     pub addr: SocketAddr,
     reporter: Reporter,
     shared: Arc<Shared>,
+    /// Each shard's end of its command channel, until handed to it.
+    commands: Vec<Option<Receiver<ShardCommand>>>,
 }
 
 /// What the HTTP handlers and the ingest task share.
@@ -90,6 +97,9 @@ struct Shared {
     token: Option<String>,
     stop: Arc<AtomicBool>,
     reports_dropped: Arc<AtomicU64>,
+    /// Where each account lives, and each shard's command channel.
+    map: shard::PartitionMap,
+    commands: Vec<Sender<ShardCommand>>,
 }
 
 /// The latest of everything the shards reported.
@@ -97,6 +107,8 @@ struct State {
     shard_count: usize,
     /// Every shard replayed its log and the listeners are open.
     serving: bool,
+    /// An operator asked the server to drain.
+    draining: bool,
     shards: BTreeMap<u16, ShardState>,
 }
 
@@ -110,9 +122,10 @@ impl Control {
     /// address cannot be bound, or is not loopback and has no token.
     pub fn start(
         settings: &AdminSettings,
-        shard_count: usize,
+        map: shard::PartitionMap,
         stop: Arc<AtomicBool>,
     ) -> anyhow::Result<Control> {
+        let shard_count = usize::from(map.shards());
         if !settings.listen.ip().is_loopback() && settings.token.is_none() {
             anyhow::bail!(
                 "admin.listen {} is not a loopback address: set admin.token (or --admin-token)",
@@ -125,16 +138,22 @@ impl Control {
         let addr = listener.local_addr()?;
         let (sender, receiver) = bounded(REPORTS_PER_SHARD_MAX * shard_count.max(1));
         let dropped = Arc::new(AtomicU64::new(0));
+        let (command_senders, command_receivers): (Vec<_>, Vec<_>) = (0..shard_count)
+            .map(|_| bounded(COMMANDS_PER_SHARD_MAX))
+            .unzip();
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 shard_count,
                 serving: false,
+                draining: false,
                 shards: BTreeMap::new(),
             }),
             metrics: Metrics::new(),
             token: settings.token.clone(),
             stop,
             reports_dropped: dropped.clone(),
+            map,
+            commands: command_senders,
         });
         let thread_shared = shared.clone();
         std::thread::Builder::new()
@@ -145,7 +164,15 @@ impl Control {
             addr,
             reporter: Reporter { sender, dropped },
             shared,
+            commands: command_receivers.into_iter().map(Some).collect(),
         })
+    }
+
+    /// Shard `shard`'s end of its command channel (once).
+    pub fn take_commands(&mut self, shard: usize) -> Receiver<ShardCommand> {
+        self.commands[shard]
+            .take()
+            .expect("each shard's channel is taken once")
     }
 
     /// A reporter for a shard.
@@ -180,6 +207,10 @@ fn serve(listener: std::net::TcpListener, shared: Arc<Shared>, reports: Receiver
             .route("/status", get(get_status))
             .route("/health/live", get(|| async { "live\n" }))
             .route("/health/ready", get(get_ready))
+            .route("/account/:phone", get(get_account))
+            .route("/account/:phone/revoke", axum::routing::post(post_revoke))
+            .route("/drain", axum::routing::post(post_drain))
+            .route("/log-level", axum::routing::put(put_log_level))
             .with_state(shared);
         let listener = match tokio::net::TcpListener::from_std(listener) {
             Ok(listener) => listener,
@@ -241,6 +272,9 @@ impl State {
     fn readiness(&self, stop: &AtomicBool) -> Result<(), String> {
         if stop.load(Ordering::Relaxed) {
             return Err("stopping".into());
+        }
+        if self.draining {
+            return Err("draining".into());
         }
         if !self.serving {
             return Err("replaying the journal".into());
@@ -398,5 +432,114 @@ fn shard_status(state: &ShardState) -> ShardStatus {
         commit_p99_us: quantile(&report.commits.commit_us, 0.99),
         sync_p50_us: quantile(&report.commits.sync_us, 0.5),
         journal: JournalStatus::from(&report.journal),
+    }
+}
+
+/// Asks the shard of `phone` and waits for its answer.
+async fn ask_shard<T>(
+    shared: &Shared,
+    phone: wire::Phone,
+    command: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> ShardCommand,
+) -> Result<T, (StatusCode, String)> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let shard = usize::from(shared.map.shard_of(phone));
+    if shared.commands[shard].try_send(command(reply)).is_err() {
+        let busy = format!("shard {shard} has too many commands waiting; retry\n");
+        return Err((StatusCode::SERVICE_UNAVAILABLE, busy));
+    }
+    let wait = Duration::from_millis(SHARD_ANSWER_WAIT_MS);
+    match tokio::time::timeout(wait, answer).await {
+        Ok(Ok(value)) => Ok(value),
+        _ => {
+            let silent = format!("shard {shard} did not answer\n");
+            Err((StatusCode::GATEWAY_TIMEOUT, silent))
+        }
+    }
+}
+
+/// The phone a path names, or a 400.
+fn phone_in_path(phone: &str) -> Result<wire::Phone, (StatusCode, String)> {
+    wire::Phone::parse(phone).map_err(|error| {
+        let detail = format!("{phone:?} is not a phone number: {error}\n");
+        (StatusCode::BAD_REQUEST, detail)
+    })
+}
+
+async fn get_account(
+    Extract(shared): Extract<Arc<Shared>>,
+    axum::extract::Path(phone): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !shared.authorized(&headers) {
+        return unauthorized();
+    }
+    let phone = match phone_in_path(&phone) {
+        Ok(phone) => phone,
+        Err(error) => return error.into_response(),
+    };
+    let command = |reply| ShardCommand::AccountShow { phone, reply };
+    match ask_shard(&shared, phone, command).await {
+        Ok(Some(info)) => Json(info).into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, "no such account\n").into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn post_revoke(
+    Extract(shared): Extract<Arc<Shared>>,
+    axum::extract::Path(phone): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !shared.authorized(&headers) {
+        return unauthorized();
+    }
+    let phone = match phone_in_path(&phone) {
+        Ok(phone) => phone,
+        Err(error) => return error.into_response(),
+    };
+    let command = |reply| ShardCommand::Revoke { phone, reply };
+    match ask_shard(&shared, phone, command).await {
+        Ok(true) => "revoked\n".into_response(),
+        Ok(false) => (
+            StatusCode::NOT_FOUND,
+            "no such account, or the journal cannot take the change now\n",
+        )
+            .into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn post_drain(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if !shared.authorized(&headers) {
+        return unauthorized();
+    }
+    shared.state.lock().expect("not poisoned").draining = true;
+    for (shard, commands) in shared.commands.iter().enumerate() {
+        if commands.try_send(ShardCommand::Drain).is_err() {
+            let busy = format!("shard {shard} has too many commands waiting; retry\n");
+            return (StatusCode::SERVICE_UNAVAILABLE, busy).into_response();
+        }
+    }
+    (StatusCode::ACCEPTED, "draining\n").into_response()
+}
+
+async fn put_log_level(
+    Extract(shared): Extract<Arc<Shared>>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    if !shared.authorized(&headers) {
+        return unauthorized();
+    }
+    match body.trim().parse::<log::LevelFilter>() {
+        Ok(level) => {
+            log::set_max_level(level);
+            log::warn!("log level set to {level} through the admin listener");
+            format!("{level}\n").into_response()
+        }
+        Err(_) => {
+            let detail = "a level: off, error, warn, info, debug or trace\n";
+            (StatusCode::BAD_REQUEST, detail).into_response()
+        }
     }
 }

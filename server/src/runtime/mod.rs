@@ -58,6 +58,7 @@ use self::{
 };
 use crate::{
     control::{
+        commands::ShardCommand,
         snapshot::{JournalState, Queues, ShardReport, REPORT_INTERVAL_MS},
         Reporter,
     },
@@ -204,6 +205,32 @@ impl Runtime {
         congested
     }
 
+    /// Carries out an operator's request (see `control::commands`). A
+    /// reply the control thread stopped waiting for is dropped.
+    fn obey(&self, command: ShardCommand) {
+        match command {
+            ShardCommand::AccountShow { phone, reply } => {
+                let _ = reply.send(self.shard().account_info(phone));
+            }
+            ShardCommand::Revoke { phone, reply } => {
+                let now_ms = self.now_ms();
+                let revoked = self.with_shard(|shard| shard.revoke(phone, now_ms));
+                if revoked {
+                    log::warn!("shard {}: revoked the key of {phone}", self.shard_id);
+                }
+                let _ = reply.send(revoked);
+            }
+            ShardCommand::Drain => {
+                log::warn!(
+                    "shard {}: draining: closing every connection",
+                    self.shard_id
+                );
+                self.stopping.set(true);
+                self.with_shard(|shard| shard.close_all());
+            }
+        }
+    }
+
     /// What the shard tells the control thread (see `control::snapshot`).
     fn report(&self) -> ShardReport {
         let shard = self.shard();
@@ -276,6 +303,8 @@ pub struct ShardSetup {
     pub push_rejected: crossbeam_channel::Receiver<crate::push::Rejected>,
     /// Where the shard sends its report once a second.
     pub reporter: Reporter,
+    /// An operator's requests, from the control thread.
+    pub commands: crossbeam_channel::Receiver<ShardCommand>,
     /// Raised once every shard replayed and the listeners listen: the
     /// accept loops wait for it.
     pub serving: Arc<AtomicBool>,
@@ -296,6 +325,7 @@ pub async fn run(setup: ShardSetup) {
         push_rejected,
         reporter,
         serving,
+        commands,
     } = setup;
     let shard_id = shard.config().shard_id;
     let journal = match open_journal(&mut shard, &storage).await {
@@ -319,6 +349,7 @@ pub async fn run(setup: ShardSetup) {
         stop: &stop,
         push_rejected: &push_rejected,
         reporter: &reporter,
+        commands: &commands,
     };
     tick_until_stopped(&runtime, tick_ms, outside).await;
     stop_serving(&runtime).await;
@@ -399,6 +430,7 @@ struct Outside<'a> {
     stop: &'a AtomicBool,
     push_rejected: &'a crossbeam_channel::Receiver<crate::push::Rejected>,
     reporter: &'a Reporter,
+    commands: &'a crossbeam_channel::Receiver<ShardCommand>,
 }
 
 /// The tick: one runtime timer per shard drives the shard's own wheel,
@@ -409,6 +441,7 @@ async fn tick_until_stopped(runtime: &Runtime, tick_ms: u64, outside: Outside<'_
         stop,
         push_rejected,
         reporter,
+        commands,
     } = outside;
     let tick = Duration::from_millis(tick_ms);
     let mut reported_at = Instant::now();
@@ -417,6 +450,9 @@ async fn tick_until_stopped(runtime: &Runtime, tick_ms: u64, outside: Outside<'_
         if reported_at.elapsed() >= Duration::from_millis(REPORT_INTERVAL_MS) {
             reported_at = Instant::now();
             reporter.report(runtime.report());
+        }
+        for command in commands.try_iter() {
+            runtime.obey(command);
         }
         runtime.with_shard(|shard| {
             let now_ms = runtime.now_ms();

@@ -1,0 +1,30 @@
+//! What the control thread asks of a shard on an operator's behalf, and
+//! how the answer comes back. A shard takes its commands in its tick from a
+//! bounded channel (never waiting on it) and answers through a oneshot the
+//! control thread awaits with a timeout.
+
+use shard::AccountInfo;
+use tokio::sync::oneshot;
+use wire::Phone;
+
+/// Commands waiting for one shard, at most: an operator's, so few.
+pub const COMMANDS_PER_SHARD_MAX: usize = 64;
+
+/// A request to one shard.
+#[derive(Debug)]
+pub enum ShardCommand {
+    /// What the shard holds of an account (`None`: no such account).
+    AccountShow {
+        phone: Phone,
+        reply: oneshot::Sender<Option<AccountInfo>>,
+    },
+    /// Revoke the account's device key (false: no such account, or the
+    /// journal cannot take it now).
+    Revoke {
+        phone: Phone,
+        reply: oneshot::Sender<bool>,
+    },
+    /// Stop taking connections and close every open one, telling phones
+    /// the server is going away; the process keeps running.
+    Drain,
+}
