@@ -104,10 +104,20 @@ struct Args {
     /// 127.0.0.1 on a port the kernel picks, named in the ready line).
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
+    /// How log lines look: `text` (the default) or `json`, one object per
+    /// line with `ts`, `level`, `target` and `msg`.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// The bearer token the admin listener requires (needed when it is not
     /// on a loopback address). Also `ISLE_ADMIN_TOKEN`.
     #[arg(long, env = "ISLE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 /// What `isle` does besides serving.
@@ -118,8 +128,8 @@ enum Command {
 }
 
 fn main() {
-    init_logging();
     let mut args = Args::parse();
+    init_logging(args.log_format);
     let result = match args.command.take() {
         Some(Command::Ctl(ctl)) => ctl::run(ctl),
         None => run(args),
@@ -459,13 +469,24 @@ fn ready_line(
 /// passes env_logger and the process-wide maximum (`info`) decides, so
 /// that `isle ctl log-level` can raise or lower it while running; with
 /// `RUST_LOG` its directives apply and the maximum can only lower them.
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let directives = std::env::var("RUST_LOG").ok();
     let mut builder = env_logger::Builder::new();
     match &directives {
         Some(directives) => builder.parse_filters(directives),
         None => builder.filter_level(log::LevelFilter::Trace),
     };
+    if format == LogFormat::Json {
+        builder.format(|out, record| {
+            let line = serde_json::json!({
+                "ts": out.timestamp_millis().to_string(),
+                "level": record.level().as_str(),
+                "target": record.target(),
+                "msg": record.args().to_string(),
+            });
+            writeln!(out, "{line}")
+        });
+    }
     builder.init();
     if directives.is_none() {
         log::set_max_level(log::LevelFilter::Info);

@@ -91,7 +91,8 @@ fn write_outbox(path: &Path, phone: Phone, code: u32) -> Result<(), SmsError> {
     let unix_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
-    log::info!("SMS to {phone}: your isle code is {code:06}");
+    // The code is a secret: it goes to the outbox file only.
+    log::info!("SMS to {phone}: the code goes to {}", path.display());
     let mut file = OpenOptions::new()
         .create(true)
         .append(true)

@@ -20,8 +20,8 @@ mod source;
 mod timer_wheel;
 
 pub use crate::machine::{
-    AccountInfo, ConnId, ConnSnapshot, FrameOutcome, GroupAction, PeerMessage, Push, QueueLengths,
-    Refused, RestoreError, Shard, ShardCounters,
+    AccountInfo, ConnEvent, ConnEventKind, ConnId, ConnSnapshot, FrameOutcome, GroupAction,
+    PeerMessage, Push, QueueLengths, Refused, RestoreError, Shard, ShardCounters,
 };
 pub use allowance::{Exhausted, Rate, TokenBucket};
 pub use clock::{ClockNote, ClockState, WallClock, CLOCK_RECORD_INTERVAL_MS, STEP_TOLERANCE_MS};

@@ -27,6 +27,7 @@
 mod accept;
 mod commit;
 mod connection;
+mod events;
 mod links;
 mod replay;
 
@@ -128,18 +129,21 @@ pub struct Runtime {
     links: Links,
     commits: Commits,
     connections: ConnectionTasks,
+    events: events::EventLog,
 }
 
 impl Runtime {
     fn new(shard: Shard, started: Instant, shard_count: usize, staging_max: usize) -> Runtime {
+        let shard_id = shard.config().shard_id;
         Runtime {
-            shard_id: shard.config().shard_id,
+            shard_id,
             shard: RefCell::new(shard),
             started,
             stopping: Cell::new(false),
             links: Links::new(shard_count, staging_max),
             commits: Commits::default(),
             connections: ConnectionTasks::new(),
+            events: events::EventLog::new(shard_id),
         }
     }
 
@@ -199,6 +203,9 @@ impl Runtime {
             shard.signals_dropped(signals_dropped);
         }
         self.connections.note_woken(shard.drain_woken());
+        for event in shard.drain_events() {
+            self.events.log(event);
+        }
         if shard.has_pending_records() {
             self.commits.request();
         }

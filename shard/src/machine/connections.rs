@@ -86,6 +86,33 @@ pub(super) struct Conn {
     opened_ms: u64,
 }
 
+/// Something worth a line in the server's log about one connection, with
+/// where it came from; drained with [`Shard::drain_events`](super::Shard::drain_events).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnEvent {
+    pub conn: ConnId,
+    pub source: Source,
+    /// The account logged in on it, if one is.
+    pub phone: Option<Phone>,
+    pub kind: ConnEventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnEventKind {
+    LoggedIn,
+    /// The shard closes it, telling the phone why.
+    Closing(wire::ByeReason),
+    /// It broke the protocol (it is closed, `Closing` follows).
+    ProtocolError {
+        kind: wire::ErrorKind,
+        detail: String,
+    },
+    /// It names an account of `shard` and moves there.
+    Moving {
+        shard: u16,
+    },
+}
+
 /// Where a connection is in its life, which decides what its frames may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Phase {
@@ -250,6 +277,8 @@ pub(super) struct Connections {
     /// Connections with new output (or newly closing) since the I/O layer
     /// last looked.
     woken: Vec<ConnId>,
+    /// Events for the log since the I/O layer last looked.
+    events: Vec<ConnEvent>,
 }
 
 impl Connections {
@@ -391,6 +420,23 @@ impl Connections {
 
     pub(super) fn drain_woken(&mut self) -> std::vec::Drain<'_, ConnId> {
         self.woken.drain(..)
+    }
+
+    /// Notes `kind` about `id`, if it is open.
+    pub(super) fn note(&mut self, id: ConnId, kind: ConnEventKind) {
+        if let Some(conn) = self.get(id) {
+            let (source, phone) = (conn.source, conn.account);
+            self.events.push(ConnEvent {
+                conn: id,
+                source,
+                phone,
+                kind,
+            });
+        }
+    }
+
+    pub(super) fn drain_events(&mut self) -> std::vec::Drain<'_, ConnEvent> {
+        self.events.drain(..)
     }
 
     /// Marks `id` closing at `now_ms`: false when it is gone or closing

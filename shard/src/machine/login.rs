@@ -14,6 +14,7 @@ use wire::{ByeReason, ClientFrame, DeviceKey, ErrorKind, Phone, ServerFrame, DEV
 
 use super::{
     account::Account,
+    connections::ConnEventKind,
     durability::Refusal,
     signup::{CodeRefusal, CodeRules},
     ConnId, FrameOutcome, Shard,
@@ -65,9 +66,9 @@ impl Shard {
             self.fail(id, ErrorKind::Overloaded, detail.into());
             return FrameOutcome::Continue;
         }
-        FrameOutcome::HandOver {
-            shard: self.config.map.shard_of(phone),
-        }
+        let shard = self.config.map.shard_of(phone);
+        self.conns.note(id, ConnEventKind::Moving { shard });
+        FrameOutcome::HandOver { shard }
     }
 
     fn is_test_number(&self, phone: Phone) -> Option<u32> {
@@ -308,6 +309,7 @@ impl Shard {
         let source = conn.source();
         self.anonymous.left(source);
         self.arm_idle(id, now_ms + self.config.idle_timeout_ms);
+        self.conns.note(id, ConnEventKind::LoggedIn);
         self.reply(id, &ServerFrame::LoggedIn { phone });
         self.pump(id);
     }

@@ -53,7 +53,7 @@ use wire::{
 };
 
 pub use anonymous::Refused;
-pub use connections::{ConnId, ConnSnapshot};
+pub use connections::{ConnEvent, ConnEventKind, ConnId, ConnSnapshot};
 pub use counters::ShardCounters;
 pub use groups::GroupAction;
 use groups::Groups;
@@ -363,6 +363,12 @@ impl Shard {
     /// Connections with new output (or newly closing) since the last call.
     pub fn drain_woken(&mut self) -> std::vec::Drain<'_, ConnId> {
         self.conns.drain_woken()
+    }
+
+    /// Connection events for the log (logins, closes and why, protocol
+    /// errors, moves) since the last call.
+    pub fn drain_events(&mut self) -> std::vec::Drain<'_, ConnEvent> {
+        self.conns.drain_events()
     }
 
     /// Signals (see [`PeerMessage::is_signal`]) the I/O layer dropped
@@ -905,6 +911,11 @@ impl Shard {
     /// Sends an error and closes: for requests that break the protocol.
     fn fail(&mut self, id: ConnId, kind: ErrorKind, detail: String) {
         self.counters.protocol_errors += 1;
+        let event = ConnEventKind::ProtocolError {
+            kind,
+            detail: detail.clone(),
+        };
+        self.conns.note(id, event);
         self.reply(
             id,
             &ServerFrame::Error {
@@ -924,6 +935,7 @@ impl Shard {
         if !self.conns.start_closing(id, self.now_ms) {
             return;
         }
+        self.conns.note(id, ConnEventKind::Closing(reason));
         self.reply(id, &ServerFrame::Bye { reason });
         self.arm_idle(id, self.now_ms + self.config.close_flush_timeout_ms);
     }

@@ -1,0 +1,89 @@
+//! What the server writes to its log: JSON lines on request, protocol
+//! errors with where they came from but never more than a budget a second,
+//! and no signup code.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{await_sms_budget, Server};
+use loadgen::client::Client;
+use wire::{ClientFrame, Phone};
+
+/// Lines written to stderr within `wait`.
+fn lines_within(server: &Server, wait: Duration) -> Vec<String> {
+    let deadline = Instant::now() + wait;
+    let mut lines = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match server.stderr.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(_) => break,
+        }
+    }
+    lines
+}
+
+#[test]
+fn protocol_errors_are_logged_with_their_source_within_a_budget() {
+    let server = Server::start(&["--log-format", "json", "--shards", "1"]);
+    for _ in 0..60 {
+        let mut client = Client::connect_raw(server.plain).unwrap();
+        // A frame whose length prefix says 0 bytes: malformed.
+        client.send_raw(&[0, 0, 0, 0]).unwrap();
+        let _ = client.recv();
+    }
+    // Past the second, the next protocol error brings the summary line.
+    std::thread::sleep(Duration::from_millis(1_100));
+    let mut client = Client::connect_raw(server.plain).unwrap();
+    client.send_raw(&[0, 0, 0, 0]).unwrap();
+    let _ = client.recv();
+    let lines = lines_within(&server, Duration::from_secs(2));
+    let entries: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    let errors: Vec<&str> = entries
+        .iter()
+        .filter_map(|entry| entry["msg"].as_str())
+        .filter(|msg| msg.contains("protocol error by a connection from 127.0.0.1"))
+        .collect();
+    assert!(
+        (20..=22).contains(&errors.len()),
+        "{} protocol error lines: {errors:#?}",
+        errors.len()
+    );
+    assert!(
+        entries.iter().any(|entry| entry["msg"]
+            .as_str()
+            .is_some_and(|msg| msg.contains("more protocol errors not logged"))),
+        "{lines:#?}"
+    );
+    assert!(entries.iter().all(|entry| entry["level"].is_string()));
+}
+
+#[test]
+fn a_signup_code_never_reaches_the_log() {
+    let server = Server::start(&["--shards", "1"]);
+    await_sms_budget();
+    let phone = Phone::parse("+442071230001").unwrap();
+    let mut client = server.connect();
+    client.send(&ClientFrame::RequestCode { phone }).unwrap();
+    let _ = client.recv().unwrap();
+    let outbox = server.data_dir().join("sms-outbox.log");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !outbox.exists() {
+        assert!(Instant::now() < deadline, "no outbox");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let written = std::fs::read_to_string(&outbox).unwrap();
+    let code = written.split_whitespace().nth(2).unwrap().to_owned();
+    let lines = lines_within(&server, Duration::from_millis(500));
+    assert!(
+        lines.iter().any(|line| line.contains("SMS to")),
+        "{lines:#?}"
+    );
+    // As a number of its own: six digits inside the phone number are not it.
+    let has_code = |line: &String| line.split(|c: char| !c.is_ascii_digit()).any(|n| n == code);
+    assert!(!lines.iter().any(has_code), "{lines:#?}");
+}
