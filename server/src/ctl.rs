@@ -61,6 +61,9 @@ pub enum CtlCommand {
     /// The most detailed level the server logs from now on: off, error,
     /// warn, info, debug or trace.
     LogLevel { level: String },
+    /// Reload what can change without a restart, as SIGHUP does: the TLS
+    /// certificate and key (new connections get the new ones).
+    Reload,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -82,6 +85,10 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
         CtlCommand::Status => show(admin, token, args.json),
         CtlCommand::Account { action } => account(admin, token, action),
         CtlCommand::Drain { wait_ms } => drain(admin, token, wait_ms),
+        CtlCommand::Reload => {
+            print!("{}", request(admin, ("POST", "/reload"), token, None)?);
+            Ok(())
+        }
         CtlCommand::LogLevel { level } => {
             print!(
                 "{}",

@@ -185,7 +185,15 @@ fn run(args: Args) -> anyhow::Result<()> {
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone())?;
     }
-    ignore_hangups()?;
+    if identity.is_some() {
+        let (cert, key) = (config.tls.cert.clone(), config.tls.key.clone());
+        let data_dir = config.data_dir.clone();
+        control.set_tls_loader(Box::new(move || {
+            let identity = tls::load_or_generate(cert.as_deref(), key.as_deref(), &data_dir)?;
+            Ok((identity.config, identity.fingerprint))
+        }));
+    }
+    reload_on_hangup(control.reloader())?;
     let (mut tls_fds, mut plain_fds) = (tls_fds.into_iter(), plain_fds.into_iter());
     let listeners = (0..shard_count).map(|_| Listeners {
         tls: tls_fds.next(),
@@ -493,17 +501,21 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// SIGHUP would kill the process without the graceful stop, losing what
-/// the write-back cache holds. There is no reload yet, so it is logged
-/// and ignored, on a thread of its own (signal_hook's iterator).
-fn ignore_hangups() -> anyhow::Result<()> {
+/// SIGHUP reloads what can change without a restart (the TLS certificate
+/// and key: new connections get the new ones), on a thread of its own
+/// (signal_hook's iterator). Without a handler it would kill the process
+/// without the graceful stop.
+fn reload_on_hangup(reloader: control::Reloader) -> anyhow::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
         .context("installing the SIGHUP handler")?;
     std::thread::Builder::new()
         .name("isle-sighup".into())
         .spawn(move || {
             for _ in signals.forever() {
-                log::warn!("SIGHUP ignored: isle has no reload; SIGTERM stops it cleanly");
+                match reloader.reload() {
+                    Ok(done) => log::warn!("SIGHUP: {done}"),
+                    Err(error) => log::error!("SIGHUP: reload failed, nothing changed: {error}"),
+                }
             }
         })
         .context("starting the SIGHUP thread")?;

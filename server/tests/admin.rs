@@ -202,3 +202,34 @@ fn a_drain_closes_every_connection_and_the_server_is_not_ready() {
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("draining"), "{body}");
 }
+
+#[test]
+fn a_reload_gives_new_tls_connections_the_new_certificate() {
+    let server = Server::start(&[]);
+    let tls_dir = server.data_dir().join("tls");
+    let old_cert = server.data_dir().join("old-cert.pem");
+    std::fs::copy(&server.cert, &old_cert).unwrap();
+    let mut before = loadgen::client::Client::connect_tls(server.tls, Some(&old_cert)).unwrap();
+    // A new identity: the server generates one where the old one was.
+    std::fs::remove_dir_all(&tls_dir).unwrap();
+    let (ok, answer) = ctl(&server, &["reload"]);
+    assert!(ok && answer.contains("fingerprint"), "{answer}");
+    assert!(server.cert.exists(), "a new certificate was written");
+    let deadline = Instant::now() + REPORT_WAIT;
+    // Shards take the new configuration in their next tick.
+    while loadgen::client::Client::connect_tls(server.tls, Some(&server.cert)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate is not served"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        loadgen::client::Client::connect_tls(server.tls, Some(&old_cert)).is_err(),
+        "new connections no longer get the old certificate"
+    );
+    before.send(&ClientFrame::Ping { nonce: 9 }).unwrap();
+    expect(&mut before, "Pong", |e| {
+        matches!(e, Event::Pong { nonce: 9 })
+    });
+}

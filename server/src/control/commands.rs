@@ -27,4 +27,7 @@ pub enum ShardCommand {
     /// Stop taking connections and close every open one, telling phones
     /// the server is going away; the process keeps running.
     Drain,
+    /// New TLS connections get this configuration (a reloaded certificate
+    /// and key); open ones keep theirs.
+    ReloadTls(std::sync::Arc<rustls::ServerConfig>),
 }

@@ -100,6 +100,42 @@ struct Shared {
     /// Where each account lives, and each shard's command channel.
     map: shard::PartitionMap,
     commands: Vec<Sender<ShardCommand>>,
+    /// Reads the TLS certificate and key again (set when TLS is on).
+    tls_loader: std::sync::OnceLock<TlsLoader>,
+}
+
+/// Loads the TLS identity anew: the configuration for new connections and
+/// the certificate's fingerprint.
+pub type TlsLoader =
+    Box<dyn Fn() -> anyhow::Result<(Arc<rustls::ServerConfig>, String)> + Send + Sync>;
+
+/// A handle that reloads what can change without a restart (SIGHUP and
+/// `POST /reload` use it).
+#[derive(Clone)]
+pub struct Reloader(Arc<Shared>);
+
+impl Reloader {
+    /// Reloads the TLS certificate and key, if TLS is on: new connections
+    /// get the new ones. Ok: what was reloaded, for the log.
+    pub fn reload(&self) -> Result<String, String> {
+        let Some(loader) = self.0.tls_loader.get() else {
+            return Ok("nothing to reload (no TLS listener)".into());
+        };
+        let (config, fingerprint) = loader().map_err(|error| format!("{error:#}"))?;
+        for (shard, commands) in self.0.commands.iter().enumerate() {
+            if commands
+                .try_send(ShardCommand::ReloadTls(config.clone()))
+                .is_err()
+            {
+                return Err(format!(
+                    "shard {shard} has too many commands waiting; retry"
+                ));
+            }
+        }
+        Ok(format!(
+            "TLS certificate reloaded: fingerprint {fingerprint}"
+        ))
+    }
 }
 
 /// The latest of everything the shards reported.
@@ -154,6 +190,7 @@ impl Control {
             reports_dropped: dropped.clone(),
             map,
             commands: command_senders,
+            tls_loader: std::sync::OnceLock::new(),
         });
         let thread_shared = shared.clone();
         std::thread::Builder::new()
@@ -166,6 +203,15 @@ impl Control {
             shared,
             commands: command_receivers.into_iter().map(Some).collect(),
         })
+    }
+
+    /// How to read the TLS identity again, for reloads.
+    pub fn set_tls_loader(&self, loader: TlsLoader) {
+        let _ = self.shared.tls_loader.set(loader);
+    }
+
+    pub fn reloader(&self) -> Reloader {
+        Reloader(self.shared.clone())
     }
 
     /// Shard `shard`'s end of its command channel (once).
@@ -210,6 +256,7 @@ fn serve(listener: std::net::TcpListener, shared: Arc<Shared>, reports: Receiver
             .route("/account/:phone", get(get_account))
             .route("/account/:phone/revoke", axum::routing::post(post_revoke))
             .route("/drain", axum::routing::post(post_drain))
+            .route("/reload", axum::routing::post(post_reload))
             .route("/log-level", axum::routing::put(put_log_level))
             .with_state(shared);
         let listener = match tokio::net::TcpListener::from_std(listener) {
@@ -540,6 +587,26 @@ async fn put_log_level(
         Err(_) => {
             let detail = "a level: off, error, warn, info, debug or trace\n";
             (StatusCode::BAD_REQUEST, detail).into_response()
+        }
+    }
+}
+
+async fn post_reload(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if !shared.authorized(&headers) {
+        return unauthorized();
+    }
+    match Reloader(shared).reload() {
+        Ok(done) => {
+            log::warn!("{done} (through the admin listener)");
+            format!("{done}\n").into_response()
+        }
+        Err(error) => {
+            log::error!("reload failed: {error}");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reload failed: {error}\n"),
+            )
+                .into_response()
         }
     }
 }

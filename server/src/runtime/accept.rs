@@ -1,10 +1,10 @@
 //! The accept loops: one per listener, each handing new connections to the
 //! shard and starting their tasks.
 
-use std::{rc::Rc, sync::Arc, time::Duration, time::Instant};
+use std::{rc::Rc, time::Duration, time::Instant};
 
 use glommio::net::TcpListener;
-use rustls::{ServerConfig, ServerConnection};
+use rustls::ServerConnection;
 use shard::Source;
 
 use super::{connection::spawn_connection, Runtime};
@@ -16,9 +16,9 @@ use crate::transport::Transport;
 const ACCEPT_BACKOFF_MIN_MS: u64 = 10;
 const ACCEPT_BACKOFF_MAX_MS: u64 = 1_000;
 
-/// Accepts connections on `listener` (TLS with `tls`, else plaintext) until
-/// the shard stops.
-pub async fn accept(runtime: Rc<Runtime>, listener: TcpListener, tls: Option<Arc<ServerConfig>>) {
+/// Accepts connections on `listener` (TLS with the runtime's current TLS
+/// configuration when `tls`, else plaintext) until the shard stops.
+pub async fn accept(runtime: Rc<Runtime>, listener: TcpListener, tls: bool) {
     let mut failing = AcceptFailures::default();
     loop {
         let stream = match listener.accept().await {
@@ -47,7 +47,8 @@ pub async fn accept(runtime: Rc<Runtime>, listener: TcpListener, tls: Option<Arc
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let transport = match &tls {
+        let config = tls.then(|| runtime.tls.borrow().clone()).flatten();
+        let transport = match &config {
             Some(config) => match ServerConnection::new(config.clone()) {
                 Ok(connection) => Transport::Tls(Box::new(connection)),
                 Err(error) => {

@@ -130,6 +130,8 @@ pub struct Runtime {
     commits: Commits,
     connections: ConnectionTasks,
     events: events::EventLog,
+    /// What new TLS connections get; replaced by a reload.
+    tls: RefCell<Option<Arc<ServerConfig>>>,
 }
 
 impl Runtime {
@@ -144,6 +146,7 @@ impl Runtime {
             commits: Commits::default(),
             connections: ConnectionTasks::new(),
             events: events::EventLog::new(shard_id),
+            tls: RefCell::new(None),
         }
     }
 
@@ -226,6 +229,9 @@ impl Runtime {
                     log::warn!("shard {}: revoked the key of {phone}", self.shard_id);
                 }
                 let _ = reply.send(revoked);
+            }
+            ShardCommand::ReloadTls(config) => {
+                *self.tls.borrow_mut() = Some(config);
             }
             ShardCommand::Drain => {
                 log::warn!(
@@ -350,8 +356,9 @@ pub async fn run(setup: ShardSetup) {
     let shard_count = peers.senders.len();
     let staging_max = limits.peer_staging_messages_max;
     let runtime = Rc::new(Runtime::new(shard, started, shard_count, staging_max));
+    *runtime.tls.borrow_mut() = tls;
     let plan = CheckpointPlan::new(&storage);
-    let tasks = spawn_tasks(&runtime, peers, journal, plan, (listeners, tls, serving));
+    let tasks = spawn_tasks(&runtime, peers, journal, plan, (listeners, serving));
     let outside = Outside {
         stop: &stop,
         push_rejected: &push_rejected,
@@ -370,7 +377,7 @@ fn spawn_tasks(
     peers: PeerEnds,
     journal: ShardJournal,
     plan: CheckpointPlan,
-    (listeners, tls, serving): (Listeners, Option<Arc<ServerConfig>>, Arc<AtomicBool>),
+    (listeners, serving): (Listeners, Arc<AtomicBool>),
 ) -> Vec<glommio::task::JoinHandle<()>> {
     // Queues that other executors wake must be latency-sensitive, or their
     // wake-ups wait for the scheduler's next time slice.
@@ -399,7 +406,7 @@ fn spawn_tasks(
             glommio::spawn_local(commit::commit(runtime.clone(), memory, plan)).detach()
         }
     });
-    for (fd, tls) in [(listeners.tls, tls), (listeners.plain, None)] {
+    for (fd, tls) in [(listeners.tls, true), (listeners.plain, false)] {
         if let Some(fd) = fd {
             // SAFETY: the fd is a bound, listening TCP socket we own.
             let listener = unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) };
