@@ -48,6 +48,12 @@ struct ShardLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    shard: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WindowLabel {
     shard: String,
     window: String,
@@ -67,6 +73,9 @@ pub struct Metrics {
     sync_seconds: Histograms,
     commit_records: Histograms,
     commit_bytes: Histograms,
+    errors_sent: Family<KindLabel, Counter>,
+    bytes_in: Family<ShardLabel, Counter>,
+    bytes_out: Family<ShardLabel, Counter>,
     ready: Gauge,
 }
 
@@ -142,6 +151,24 @@ impl Metrics {
             "bytes written per commit",
             size_histogram,
         );
+        let errors_sent = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "errors_sent",
+            "Error frames sent to phones, by kind",
+            errors_sent.clone(),
+        );
+        let bytes_in = Family::<ShardLabel, Counter>::default();
+        registry.register(
+            "bytes_in",
+            "bytes read from phones' sockets",
+            bytes_in.clone(),
+        );
+        let bytes_out = Family::<ShardLabel, Counter>::default();
+        registry.register(
+            "bytes_out",
+            "bytes written to phones' sockets",
+            bytes_out.clone(),
+        );
         let ready = Gauge::default();
         registry.register("ready", "1 when /health/ready answers 200", ready.clone());
         Metrics {
@@ -155,6 +182,9 @@ impl Metrics {
             sync_seconds,
             commit_records,
             commit_bytes,
+            errors_sent,
+            bytes_in,
+            bytes_out,
             ready,
         }
     }
@@ -193,6 +223,18 @@ impl Metrics {
             }
         }
         self.update_journal(report, &label);
+        for (kind, count) in &report.errors_sent {
+            let kind_label = KindLabel {
+                shard: label.shard.clone(),
+                kind: kind.clone(),
+            };
+            let counter = self.errors_sent.get_or_create(&kind_label);
+            counter.inner().store(*count, Ordering::Relaxed);
+        }
+        let bytes_in = self.bytes_in.get_or_create(&label);
+        bytes_in.inner().store(report.bytes_in, Ordering::Relaxed);
+        let bytes_out = self.bytes_out.get_or_create(&label);
+        bytes_out.inner().store(report.bytes_out, Ordering::Relaxed);
     }
 
     fn update_journal(&self, report: &ShardReport, label: &ShardLabel) {
@@ -335,6 +377,9 @@ mod tests {
             queues: Queues::default(),
             commits: CommitSamples::default(),
             journal: JournalState::default(),
+            errors_sent: vec![("RateLimited".into(), 5)],
+            bytes_in: 10,
+            bytes_out: 20,
         };
         report.counters.messages_stored = 42;
         report.counters.connections = 7;
@@ -349,6 +394,8 @@ mod tests {
             "isle_queue_outbox_bytes{shard=\"3\"} 1000",
             "isle_queue_outbox_bytes_avg{shard=\"3\",window=\"10s\"} 2.0",
             "isle_commit_seconds_count{shard=\"3\"} 1",
+            "isle_errors_sent_total{shard=\"3\",kind=\"RateLimited\"} 5",
+            "isle_bytes_out_total{shard=\"3\"} 20",
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }

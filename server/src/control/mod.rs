@@ -404,6 +404,11 @@ pub struct ShardStatus {
     /// How old its latest report is.
     pub report_age_ms: u64,
     pub counters: BTreeMap<String, u64>,
+    /// `Error` frames sent, by kind.
+    pub errors_sent: BTreeMap<String, u64>,
+    /// Bytes read from and written to phones' sockets since start.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
     pub queues: BTreeMap<String, u64>,
     /// Each queue's averages over 1, 10 and 100 s.
     pub queue_averages: BTreeMap<String, [f64; 3]>,
@@ -472,6 +477,9 @@ fn shard_status(state: &ShardState) -> ShardStatus {
             .into_iter()
             .map(|(name, value)| (name.to_owned(), value))
             .collect(),
+        errors_sent: report.errors_sent.iter().cloned().collect(),
+        bytes_in: report.bytes_in,
+        bytes_out: report.bytes_out,
         queues: metrics::queue_values(&queues).into_iter().collect(),
         queue_averages: state.averages(),
         commits: report.commits.commit_us.len(),

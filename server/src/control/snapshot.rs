@@ -26,6 +26,12 @@ pub struct ShardReport {
     pub queues: Queues,
     pub commits: CommitSamples,
     pub journal: JournalState,
+    /// `Error` frames sent to phones since start, by kind (`ErrorKind`'s
+    /// name).
+    pub errors_sent: Vec<(String, u64)>,
+    /// Bytes read from and written to phones' sockets since start.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
 }
 
 /// Queue lengths: the shard's own, and its links to the other shards.

@@ -55,6 +55,10 @@ pub struct ConnectionTasks {
     live: Cell<usize>,
     /// Closed sockets still lingering (`LINGERING_MAX` at most).
     lingering: Cell<usize>,
+    /// Bytes read from and written to phones' sockets since start, as
+    /// they crossed the socket (TLS records included).
+    bytes_in: Cell<u64>,
+    bytes_out: Cell<u64>,
 }
 
 impl ConnectionTasks {
@@ -65,7 +69,14 @@ impl ConnectionTasks {
             scratch: RefCell::new(vec![0; READ_SCRATCH_BYTES]),
             live: Cell::new(0),
             lingering: Cell::new(0),
+            bytes_in: Cell::new(0),
+            bytes_out: Cell::new(0),
         }
+    }
+
+    /// Bytes read from and written to phones since start.
+    pub fn bytes(&self) -> (u64, u64) {
+        (self.bytes_in.get(), self.bytes_out.get())
     }
 
     /// Connection tasks alive on this shard.
@@ -256,14 +267,25 @@ impl ConnTask {
         let stream = self.stream.as_mut().expect("present until done");
         match Pin::new(stream).poll_read(cx, &mut scratch[..]) {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Err(()),
-            Poll::Ready(Ok(n)) if self.ingest(&scratch[..n]) => Err(()),
-            Poll::Ready(Ok(_)) => Ok(true),
+            Poll::Ready(Ok(n)) => {
+                self.count_in(n);
+                match self.ingest(&scratch[..n]) {
+                    true => Err(()),
+                    false => Ok(true),
+                }
+            }
             Poll::Pending => Ok(false),
         }
     }
 
     /// Decrypts (if TLS) and handles socket bytes. Returns true when the
     /// connection must end now.
+    /// Counts `n` bytes read from the socket.
+    fn count_in(&self, n: usize) {
+        let bytes_in = &self.runtime.connections.bytes_in;
+        bytes_in.set(bytes_in.get() + n as u64);
+    }
+
     fn ingest(&mut self, bytes: &[u8]) -> bool {
         let transport = self.transport.as_mut().expect("present until done");
         if matches!(transport, Transport::Plain) && self.inbox.is_empty() {
@@ -388,6 +410,8 @@ impl ConnTask {
             match Pin::new(stream).poll_write(cx, &self.tx[self.tx_written..]) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(()),
                 Poll::Ready(Ok(n)) => {
+                    let out = &self.runtime.connections.bytes_out;
+                    out.set(out.get() + n as u64);
                     self.tx_written += n;
                     progress = true;
                 }

@@ -249,6 +249,12 @@ impl Runtime {
         let shard = self.shard();
         let (peer_staged_messages, peer_staged_messages_max) = self.links.staged();
         let stats = self.commits.journal_stats();
+        let (bytes_in, bytes_out) = self.connections.bytes();
+        let errors_sent = shard
+            .errors_sent()
+            .iter()
+            .map(|(kind, count)| (format!("{kind:?}"), *count))
+            .collect();
         ShardReport {
             shard: self.shard_id,
             at: Instant::now(),
@@ -269,6 +275,9 @@ impl Runtime {
                 syncs: stats.syncs,
                 last_checkpoint_ms: self.commits.last_checkpoint_ms(),
             },
+            errors_sent,
+            bytes_in,
+            bytes_out,
         }
     }
 

@@ -184,6 +184,8 @@ pub struct Shard {
     /// The time of the input being handled.
     now_ms: u64,
     counters: ShardCounters,
+    /// `Error` frames sent, by kind: a few dozen kinds at most.
+    errors_sent: Vec<(ErrorKind, u64)>,
 }
 
 impl Shard {
@@ -215,6 +217,7 @@ impl Shard {
             durability: Durability::default(),
             now_ms,
             counters: ShardCounters::default(),
+            errors_sent: Vec::new(),
         }
     }
 
@@ -898,6 +901,7 @@ impl Shard {
     }
 
     fn reply_error(&mut self, id: ConnId, kind: ErrorKind, client_id: Option<u64>, detail: &str) {
+        self.count_error(kind);
         self.reply(
             id,
             &ServerFrame::Error {
@@ -908,9 +912,24 @@ impl Shard {
         );
     }
 
+    /// Counts an `Error` frame of `kind` sent to a phone.
+    fn count_error(&mut self, kind: ErrorKind) {
+        match self.errors_sent.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, count)) => *count += 1,
+            None => self.errors_sent.push((kind, 1)),
+        }
+    }
+
+    /// `Error` frames sent to phones, by kind (kinds never sent are left
+    /// out), for metrics.
+    pub fn errors_sent(&self) -> &[(ErrorKind, u64)] {
+        &self.errors_sent
+    }
+
     /// Sends an error and closes: for requests that break the protocol.
     fn fail(&mut self, id: ConnId, kind: ErrorKind, detail: String) {
         self.counters.protocol_errors += 1;
+        self.count_error(kind);
         let event = ConnEventKind::ProtocolError {
             kind,
             detail: detail.clone(),
