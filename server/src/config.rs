@@ -726,4 +726,66 @@ mod tests {
         assert!(error.starts_with("limits.idle_timeout_ms: "), "{error}");
         assert!(error.contains("\"later\" is not a duration"), "{error}");
     }
+
+    /// Every key of the configuration, dotted, from its default written as
+    /// JSON (where unset options appear too, as null).
+    fn every_key() -> Vec<String> {
+        fn walk(prefix: &str, value: &serde_json::Value, keys: &mut Vec<String>) {
+            let serde_json::Value::Object(table) = value else {
+                keys.push(prefix.to_owned());
+                return;
+            };
+            for (key, value) in table {
+                let dotted = match prefix {
+                    "" => key.clone(),
+                    _ => format!("{prefix}.{key}"),
+                };
+                walk(&dotted, value, keys);
+            }
+        }
+        let mut keys = Vec::new();
+        walk(
+            "",
+            &serde_json::to_value(Config::default()).unwrap(),
+            &mut keys,
+        );
+        keys
+    }
+
+    /// The keys `packaging/isle.toml` names, set or commented out
+    /// (`# key = example`, for options without a default).
+    fn sample_keys(sample: &str) -> Vec<String> {
+        let mut section = String::new();
+        let mut keys = Vec::new();
+        for line in sample.lines() {
+            let line = line.trim_start_matches('#').trim();
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = format!("{name}.");
+            } else if let Some((key, _)) = line.split_once(" = ") {
+                if key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+                    keys.push(format!("{section}{key}"));
+                }
+            }
+        }
+        keys
+    }
+
+    #[test]
+    fn the_sample_config_names_every_key_at_its_default() {
+        let sample = include_str!("../../packaging/isle.toml");
+        let named = sample_keys(sample);
+        assert!(named.len() >= 55, "{named:?}");
+        let missing: Vec<String> = every_key()
+            .into_iter()
+            .filter(|key| !named.contains(key))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "keys packaging/isle.toml does not name: {missing:?}"
+        );
+        // What it sets is the default, value for value.
+        let read = Config::parse(sample).unwrap();
+        let written = |config: &Config| toml::Value::try_from(config).unwrap();
+        assert_eq!(written(&read), written(&Config::default()));
+    }
 }
