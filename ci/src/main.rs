@@ -3,7 +3,8 @@
 //! - `test` (the default): `fmt`, `clippy`, `unit` and `smoke`, in that order,
 //!   after installing the Debian packages the tests use when they are missing
 //!   (`e2fsprogs` for the disk-full test, `mosquitto` for the MQTT target,
-//!   `faketime` for the clock-step tests).
+//!   `faketime` for the clock-step tests, `systemd` for verifying the unit
+//!   in `packaging/`).
 //! - `fmt`: `cargo fmt --check`.
 //! - `clippy`: every target, warnings denied.
 //! - `unit`: `cargo test --workspace` (integration tests start the real binary).
@@ -115,6 +116,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("mosquitto", "mosquitto"),
     // libfaketime, for the clock-step tests.
     ("faketime", "faketime"),
+    // `systemd-analyze verify` of packaging/isle.service.
+    ("systemd-analyze", "systemd"),
 ];
 
 /// Where `program` is, on the PATH or in the sbin directories (which a

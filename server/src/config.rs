@@ -1,11 +1,16 @@
-//! The server's configuration: embedded defaults, one TOML file, then flags.
+//! The server's configuration: embedded defaults, then one TOML file, the
+//! environment (`ISLE_*`) and flags, layered by `layers`; [`Config::validate`]
+//! checks the result, whichever layer each value came from.
+
+pub mod flags;
+pub mod layers;
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use serde::{Deserialize, Serialize};
-use shard::{PartitionMap, ShardConfig, TestNumbers};
+use serde::{de, Deserialize, Deserializer, Serialize};
+use shard::{duration, LimitsError, PartitionMap, ShardConfig, TestNumbers, PARTITIONS_DEFAULT};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Where the server keeps its logs, TLS identity and SMS outbox.
@@ -21,6 +26,8 @@ pub struct Config {
     pub tls: TlsConfig,
     pub sms: SmsConfig,
     pub push: PushConfig,
+    /// A table (`prefix`, `code`) or, as the flag takes it, `"PREFIX:CODE"`.
+    #[serde(deserialize_with = "test_numbers")]
     pub test_numbers: Option<TestNumbersConfig>,
     pub storage: StorageConfig,
     pub limits: Limits,
@@ -52,16 +59,18 @@ impl Default for AdminConfig {
 
 /// How the wall clock is trusted (`shard::WallClock`): a clock step never
 /// deletes messages by itself.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClockConfig {
     /// At start, how far past the latest wall time the log recorded the
     /// clock may be and be trusted (the server was down that long).
     /// Further, or behind it, and expiry waits until the clock is trusted.
+    #[serde(with = "duration::ms")]
     pub jump_max_ms: u64,
     /// How long a clock in doubt must keep step with the monotonic clock
     /// to be trusted; what was queued before a forward step then counts
     /// its age from the step.
+    #[serde(with = "duration::ms")]
     pub settle_ms: u64,
     /// The clock at start is right whatever the log recorded: ages count
     /// by it (a server really was down for a month). `--clock-confirmed`.
@@ -79,7 +88,7 @@ impl Default for ClockConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum JournalKind {
     /// Every commit is written and fdatasync'ed before it is acknowledged.
@@ -89,7 +98,7 @@ pub enum JournalKind {
     Memory,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     pub journal: JournalKind,
@@ -102,6 +111,7 @@ pub struct StorageConfig {
     /// Write-back cache: 0 writes every message before `Sent`; above 0 a
     /// message (and its deletion) waits this long in memory and is never
     /// written if acknowledged in time. A crash loses what waits.
+    #[serde(with = "duration::ms")]
     pub sync_delay_ms: u64,
     /// Start even if a log is damaged in the middle, skipping the damage
     /// (and losing what it held). Off: such a log stops the server.
@@ -120,7 +130,7 @@ impl Default for StorageConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain and private key. When both are absent a
@@ -129,7 +139,7 @@ pub struct TlsConfig {
     pub key: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SmsConfig {
     /// When set, codes are POSTed as JSON to this URL instead of being
@@ -137,16 +147,18 @@ pub struct SmsConfig {
     pub webhook_url: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PushConfig {
     /// Pushes to phones that are away are POSTed as JSON to this URL (a
     /// relay to FCM or APNs). Unset: tokens are kept, nothing is sent.
     pub webhook_url: Option<String>,
     /// At most one push per account per this long.
+    #[serde(with = "duration::ms")]
     pub interval_ms: u64,
     /// Tries per push, and the wait before the first retry (doubling).
     pub attempts_max: u32,
+    #[serde(with = "duration::ms")]
     pub retry_ms: u64,
 }
 
@@ -161,12 +173,57 @@ impl Default for PushConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TestNumbersConfig {
     /// Numbers starting with this (for example `+1555`) sign up with `code`.
     pub prefix: String,
+    /// Six digits (leading zeros may be left out).
     pub code: u32,
+}
+
+impl std::str::FromStr for TestNumbersConfig {
+    type Err = ConfigError;
+
+    /// `PREFIX:CODE`, as `--test-numbers` takes it: `+1555:123456`.
+    fn from_str(spec: &str) -> Result<TestNumbersConfig, ConfigError> {
+        let malformed = || ConfigError::TestNumbersSpec {
+            spec: spec.to_owned(),
+        };
+        let (prefix, code) = spec.split_once(':').ok_or_else(malformed)?;
+        let all_digits = !code.is_empty() && code.bytes().all(|b| b.is_ascii_digit());
+        let code = match code.parse() {
+            Ok(code) if all_digits => code,
+            // Digits too many for a u32 are too many for six.
+            _ if all_digits => u32::MAX,
+            _ => return Err(malformed()),
+        };
+        Ok(TestNumbersConfig {
+            prefix: prefix.to_owned(),
+            code,
+        })
+    }
+}
+
+/// Reads `test_numbers` as a table or as `"PREFIX:CODE"`; what the code and
+/// prefix must be is checked with the rest in [`Config::validate`].
+fn test_numbers<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<TestNumbersConfig>, D::Error> {
+    struct TableOrSpec;
+    impl<'de> de::Visitor<'de> for TableOrSpec {
+        type Value = TestNumbersConfig;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a table with prefix and code, or \"PREFIX:CODE\"")
+        }
+        fn visit_str<E: de::Error>(self, spec: &str) -> Result<TestNumbersConfig, E> {
+            spec.parse().map_err(E::custom)
+        }
+        fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<TestNumbersConfig, A::Error> {
+            TestNumbersConfig::deserialize(de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    deserializer.deserialize_any(TableOrSpec).map(Some)
 }
 
 /// `[limits]`: the shard's limits, each documented and given its default
@@ -267,10 +324,35 @@ impl Config {
         }
     }
 
-    pub fn load(path: &std::path::Path) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|error| anyhow::anyhow!("cannot read config {}: {error}", path.display()))?;
-        Config::parse(&text).map_err(|error| anyhow::anyhow!("config {}: {error}", path.display()))
+    /// Shards to run: as configured, or one per core for 0.
+    pub fn shard_count(&self) -> Result<usize, ConfigError> {
+        let shard_count = match self.shards {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        if shard_count > usize::from(PARTITIONS_DEFAULT) {
+            return Err(ConfigError::Shards);
+        }
+        Ok(shard_count)
+    }
+
+    /// Checks every value the server relies on, wherever it was set (file,
+    /// environment or flag): the one place a value is judged, after the
+    /// layers are put together. Returns the first problem found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(numbers) = &self.test_numbers {
+            check_test_numbers(numbers)?;
+        }
+        let shard_count = self.shard_count()?;
+        if self.storage.journal == JournalKind::Log {
+            check_segment_bytes(self.storage.segment_bytes_max)?;
+        }
+        let map = PartitionMap::new(PARTITIONS_DEFAULT, shard_count as u16);
+        self.shard_config(0, map).validate()?;
+        if self.listen.is_none() && self.plaintext_listen.is_none() {
+            return Err(ConfigError::NoListener);
+        }
+        Ok(())
     }
 
     /// Reads a config file's text. A bad value of a shard limit is
@@ -282,6 +364,82 @@ impl Config {
             None => error.to_string(),
         })
     }
+}
+
+/// A configuration the server cannot run with, found by
+/// [`Config::validate`] (or while reading `test_numbers`).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("test_numbers takes PREFIX:CODE, for example +1555:123456, not {spec:?}")]
+    TestNumbersSpec { spec: String },
+    #[error("test_numbers.code is {code}: the test code must be six digits")]
+    TestCode { code: u32 },
+    #[error(
+        "test_numbers.prefix is {prefix:?}: it must be + and 1 to 15 digits \
+         (an empty one would make every number a test number)"
+    )]
+    TestPrefix { prefix: String },
+    #[error("at most {PARTITIONS_DEFAULT} shards")]
+    Shards,
+    #[error(
+        "segment_bytes_max is {bytes}: it must be a multiple of {block} from \
+         {SEGMENT_BYTES_MIN} to {SEGMENT_BYTES_MAX}"
+    )]
+    SegmentBytes { bytes: u64, block: u64 },
+    #[error("the configured limits")]
+    Limits(#[from] LimitsError),
+    #[error("no listener configured: set listen or plaintext_listen")]
+    NoListener,
+}
+
+impl ConfigError {
+    /// The dotted key whose value is at fault, when one is.
+    pub fn key(&self) -> Option<String> {
+        let key = match self {
+            ConfigError::TestNumbersSpec { .. } => "test_numbers",
+            ConfigError::TestCode { .. } => "test_numbers.code",
+            ConfigError::TestPrefix { .. } => "test_numbers.prefix",
+            ConfigError::Shards => "shards",
+            ConfigError::SegmentBytes { .. } => "storage.segment_bytes_max",
+            ConfigError::Limits(LimitsError::Zero { limit, .. }) => {
+                return Some(format!("limits.{limit}"));
+            }
+            ConfigError::Limits(_) | ConfigError::NoListener => return None,
+        };
+        Some(key.to_owned())
+    }
+}
+
+/// Test codes are six digits; a test prefix is a country code and more,
+/// never empty (that would make every number a test number).
+fn check_test_numbers(numbers: &TestNumbersConfig) -> Result<(), ConfigError> {
+    const TEST_CODE_MAX: u32 = 999_999;
+    const PREFIX_DIGITS_MAX: usize = 15;
+    if numbers.code > TEST_CODE_MAX {
+        return Err(ConfigError::TestCode { code: numbers.code });
+    }
+    let digits = numbers.prefix.strip_prefix('+').unwrap_or("");
+    let well_formed = (1..=PREFIX_DIGITS_MAX).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit());
+    if !well_formed {
+        return Err(ConfigError::TestPrefix {
+            prefix: numbers.prefix.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Segments hold whole blocks and at least a few batches; the upper bound
+/// keeps replay, which reads a segment at a time, within reason.
+const SEGMENT_BYTES_MIN: u64 = 64 * 1024;
+const SEGMENT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+
+fn check_segment_bytes(bytes: u64) -> Result<(), ConfigError> {
+    let block = storage::log::format::BLOCK_BYTES as u64;
+    if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&bytes) || !bytes.is_multiple_of(block) {
+        return Err(ConfigError::SegmentBytes { bytes, block });
+    }
+    Ok(())
 }
 
 /// The first key of `[limits]` that cannot be read on its own.
@@ -509,5 +667,149 @@ mod tests {
         // Elsewhere toml's own report stands: it has the line.
         let error = Config::parse("[storage]\nsalvage = 3\n").unwrap_err();
         assert!(error.contains("line 2"), "{error}");
+    }
+
+    /// A 7-digit test code was refused as a flag (`--test-numbers`
+    /// checked it while reading) and accepted from the file, which only
+    /// read a u32. Now both are read alike and judged once, in `validate`.
+    #[test]
+    fn a_seven_digit_test_code_is_refused_from_the_file_as_from_the_flag() {
+        let from_file = "[test_numbers]\nprefix = \"+1555\"\ncode = 1234567\n";
+        let from_flag = "test_numbers = \"+1555:1234567\"\n";
+        for text in [from_file, from_flag] {
+            let error = Config::parse(text).unwrap().validate().unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                "test_numbers.code is 1234567: the test code must be six digits"
+            );
+        }
+        let too_long: Result<TestNumbersConfig, _> = "+1555:12345678901".parse();
+        let code = too_long.unwrap().code;
+        assert!(check_test_numbers(&TestNumbersConfig {
+            prefix: "+1555".into(),
+            code
+        })
+        .is_err());
+        for text in [from_file, from_flag] {
+            let six = text.replace("1234567", "123456");
+            Config::parse(&six).unwrap().validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_test_prefix_is_a_plus_and_digits() {
+        let check = |spec: &str| {
+            let numbers: TestNumbersConfig =
+                spec.parse().map_err(|e: ConfigError| e.to_string())?;
+            check_test_numbers(&numbers).map_err(|e| e.to_string())
+        };
+        check("+1555:111111").unwrap();
+        check("+1:000001").unwrap();
+        // An empty prefix would make every number a test number.
+        for spec in [":111111", "+:111111", "1555:111111", "+15a5:111111"] {
+            let error = check(spec).unwrap_err();
+            assert!(error.contains("test_numbers.prefix"), "{spec}: {error}");
+        }
+        for spec in ["+1555", "+1555:", "+1555:12a456", "+1555:-1"] {
+            let error = check(spec).unwrap_err();
+            assert!(error.contains("PREFIX:CODE"), "{spec}: {error}");
+        }
+    }
+
+    #[test]
+    fn every_duration_key_takes_a_unit() {
+        let text = "
+            [storage]
+            sync_delay_ms = \"250ms\"
+            [push]
+            interval_ms = \"1m\"
+            retry_ms = \"2s\"
+            [clock]
+            jump_max_ms = \"2days\"
+            settle_ms = \"15m\"
+            [limits]
+            tick_ms = \"50ms\"
+            idle_timeout_ms = \"10m\"
+            login_timeout_ms = \"45s\"
+            close_flush_timeout_ms = \"3s\"
+            message_retention_ms = \"7days\"
+        ";
+        let config = Config::parse(text).unwrap();
+        let shard = config.shard_config(0, map());
+        assert_eq!(shard.sync_delay_ms, 250);
+        assert_eq!(shard.push_interval_ms, 60_000);
+        assert_eq!(config.push.retry_ms, 2_000);
+        assert_eq!(shard.clock_jump_max_ms, 2 * 86_400_000);
+        assert_eq!(shard.clock_settle_ms, 900_000);
+        assert_eq!(shard.tick_ms, 50);
+        assert_eq!(shard.idle_timeout_ms, 600_000);
+        assert_eq!(shard.login_timeout_ms, 45_000);
+        assert_eq!(shard.close_flush_timeout_ms, 3_000);
+        assert_eq!(shard.message_retention_ms, 7 * 86_400_000);
+        let error = Config::parse("[limits]\nidle_timeout_ms = \"later\"\n").unwrap_err();
+        assert!(error.starts_with("limits.idle_timeout_ms: "), "{error}");
+        assert!(error.contains("\"later\" is not a duration"), "{error}");
+    }
+
+    /// Every key of the configuration, dotted, from its default written as
+    /// JSON (where unset options appear too, as null).
+    fn every_key() -> Vec<String> {
+        fn walk(prefix: &str, value: &serde_json::Value, keys: &mut Vec<String>) {
+            let serde_json::Value::Object(table) = value else {
+                keys.push(prefix.to_owned());
+                return;
+            };
+            for (key, value) in table {
+                let dotted = match prefix {
+                    "" => key.clone(),
+                    _ => format!("{prefix}.{key}"),
+                };
+                walk(&dotted, value, keys);
+            }
+        }
+        let mut keys = Vec::new();
+        walk(
+            "",
+            &serde_json::to_value(Config::default()).unwrap(),
+            &mut keys,
+        );
+        keys
+    }
+
+    /// The keys `packaging/isle.toml` names, set or commented out
+    /// (`# key = example`, for options without a default).
+    fn sample_keys(sample: &str) -> Vec<String> {
+        let mut section = String::new();
+        let mut keys = Vec::new();
+        for line in sample.lines() {
+            let line = line.trim_start_matches('#').trim();
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = format!("{name}.");
+            } else if let Some((key, _)) = line.split_once(" = ") {
+                if key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+                    keys.push(format!("{section}{key}"));
+                }
+            }
+        }
+        keys
+    }
+
+    #[test]
+    fn the_sample_config_names_every_key_at_its_default() {
+        let sample = include_str!("../../packaging/isle.toml");
+        let named = sample_keys(sample);
+        assert!(named.len() >= 55, "{named:?}");
+        let missing: Vec<String> = every_key()
+            .into_iter()
+            .filter(|key| !named.contains(key))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "keys packaging/isle.toml does not name: {missing:?}"
+        );
+        // What it sets is the default, value for value.
+        let read = Config::parse(sample).unwrap();
+        let written = |config: &Config| toml::Value::try_from(config).unwrap();
+        assert_eq!(written(&read), written(&Config::default()));
     }
 }

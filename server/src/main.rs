@@ -28,90 +28,38 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use glommio::{LocalExecutorBuilder, Placement};
 use shard::{PartitionMap, Shard, ShardConfig, PARTITIONS_DEFAULT};
 use storage::log::LogConfig;
 
 use crate::{
-    config::{Config, JournalKind, TestNumbersConfig},
+    config::{flags::Flags, Config, JournalKind},
     control::{AdminSettings, Control},
     push::{PushQueue, PushSender},
     runtime::{Listeners, PeerEnds, ShardSetup, StorageSetup},
     sms::{SmsQueue, SmsSender},
 };
 
+/// `isle [flags]` runs the server; a subcommand does something else with
+/// the same binary. A new subcommand is one more variant of [`Command`].
 #[derive(Debug, Parser)]
-#[command(name = "isle", version, about = "A messaging server for phones")]
+#[command(
+    name = "isle",
+    version,
+    about = "A messaging server for phones",
+    args_conflicts_with_subcommands = true
+)]
 struct Args {
-    /// Without one, the server runs.
     #[command(subcommand)]
     command: Option<Command>,
-    /// TOML configuration file; flags override it.
-    #[arg(long, short)]
-    config: Option<PathBuf>,
-    /// Data directory (default ./data).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// TLS listen address (default 0.0.0.0:5222).
-    #[arg(long)]
-    listen: Option<SocketAddr>,
-    /// Do not listen for TLS at all.
-    #[arg(long)]
-    no_tls: bool,
-    /// Also listen for plaintext connections here (for loopback benchmarks).
-    #[arg(long)]
-    plaintext_listen: Option<SocketAddr>,
-    /// Number of shards (default: one per core).
-    #[arg(long)]
-    shards: Option<usize>,
-    /// CPUs to pin shards to, comma-separated.
-    #[arg(long, value_delimiter = ',')]
-    cpus: Option<Vec<usize>>,
-    /// Enable the test-number range: PREFIX:CODE, for example +1555:123456.
-    #[arg(long)]
-    test_numbers: Option<String>,
-    /// Close logged-in connections idle for this long.
-    #[arg(long)]
-    idle_timeout_ms: Option<u64>,
-    /// POST signup codes to this URL instead of writing them to the outbox.
-    #[arg(long)]
-    sms_webhook: Option<String>,
-    /// POST pushes for phones that are away to this URL.
-    #[arg(long)]
-    push_webhook: Option<String>,
-    /// Where committed state goes: `log` (durable, the default) or `memory`.
-    #[arg(long, value_enum)]
-    journal: Option<JournalKind>,
-    /// Start even if a shard's log is damaged in the middle, skipping (and
-    /// reporting) what the damage covered.
-    #[arg(long)]
-    salvage: bool,
-    /// Size of a log segment, in bytes (a multiple of 4096). Every segment
-    /// is written with zeros to this size before it is used.
-    #[arg(long)]
-    segment_bytes: Option<u64>,
-    /// Write-back cache delay in ms (0: write every message before `Sent`).
-    /// A crash loses messages accepted in the last this-many ms.
-    #[arg(long)]
-    sync_delay_ms: Option<u64>,
-    /// The wall clock is right, however far it is from the latest time the
-    /// log recorded (the server was down that long): expiry counts by it
-    /// rather than waiting for the clock to be trusted.
-    #[arg(long)]
-    clock_confirmed: bool,
-    /// The admin listener: metrics, health checks, `isle ctl` (default
-    /// 127.0.0.1 on a port the kernel picks, named in the ready line).
-    #[arg(long)]
-    admin_listen: Option<SocketAddr>,
+    /// The server's flags, when no subcommand is given.
+    #[command(flatten)]
+    flags: Flags,
     /// How log lines look: `text` (the default) or `json`, one object per
     /// line with `ts`, `level`, `target` and `msg`.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// The bearer token the admin listener requires (needed when it is not
-    /// on a loopback address). Also `ISLE_ADMIN_TOKEN`.
-    #[arg(long, env = "ISLE_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -120,19 +68,23 @@ enum LogFormat {
     Json,
 }
 
-/// What `isle` does besides serving.
-#[derive(Debug, clap::Subcommand)]
+#[derive(Debug, Subcommand)]
 enum Command {
-    /// Look at a running server through its admin listener.
+    /// Prints the configuration the server would run with (defaults, then
+    /// the file, the environment ISLE_*, the flags), or why it would not
+    /// start, and exits without starting.
+    CheckConfig(Flags),
+    /// Looks at (and steers) a running server through its admin listener.
     Ctl(ctl::CtlArgs),
 }
 
 fn main() {
-    let mut args = Args::parse();
+    let args = Args::parse();
     init_logging(args.log_format);
-    let result = match args.command.take() {
+    let result = match args.command {
+        None => run(args.flags),
+        Some(Command::CheckConfig(flags)) => check_config(&flags),
         Some(Command::Ctl(ctl)) => ctl::run(ctl),
-        None => run(args),
     };
     if let Err(error) = result {
         eprintln!("isle: {error:#}");
@@ -140,18 +92,17 @@ fn main() {
     }
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
-    let mut config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
-    apply_flags(&mut config, args)?;
+/// `isle check-config`: the effective configuration on stdout, as TOML.
+fn check_config(flags: &Flags) -> anyhow::Result<()> {
+    let effective = config::layers::load(flags)?;
+    print!("{}", effective.to_toml()?);
+    Ok(())
+}
+
+fn run(flags: Flags) -> anyhow::Result<()> {
+    let mut config = config::layers::load(&flags)?.config;
     let shard_count = shard_count(&config)?;
     let map = PartitionMap::new(PARTITIONS_DEFAULT, shard_count as u16);
-    config
-        .shard_config(0, map)
-        .validate()
-        .context("the configured limits")?;
     let _lock = open_data_dir(&mut config)?;
     let identity = match config.listen {
         Some(_) => Some(tls::load_or_generate(
@@ -161,9 +112,6 @@ fn run(args: Args) -> anyhow::Result<()> {
         )?),
         None => None,
     };
-    if config.listen.is_none() && config.plaintext_listen.is_none() {
-        bail!("no listener configured: set listen or plaintext_listen");
-    }
     let senders = Senders::start(&config, map)?;
     if config.storage.journal == JournalKind::Log {
         reshard(&config, shard_count, &senders)?;
@@ -234,14 +182,7 @@ fn run(args: Args) -> anyhow::Result<()> {
 
 /// Shards to run: as configured, or one per core for 0.
 fn shard_count(config: &Config) -> anyhow::Result<usize> {
-    let shard_count = match config.shards {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
-    if shard_count > usize::from(PARTITIONS_DEFAULT) {
-        bail!("at most {PARTITIONS_DEFAULT} shards");
-    }
-    Ok(shard_count)
+    Ok(config.shard_count()?)
 }
 
 /// Creates the data dir, makes its path absolute (the io_uring file API
@@ -252,11 +193,7 @@ fn open_data_dir(config: &mut Config) -> anyhow::Result<std::fs::File> {
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     config.data_dir = std::fs::canonicalize(&config.data_dir)
         .with_context(|| format!("resolving data dir {}", config.data_dir.display()))?;
-    let lock = lock_data_dir(&config.data_dir)?;
-    if config.storage.journal == JournalKind::Log {
-        check_segment_bytes(config.storage.segment_bytes_max)?;
-    }
-    Ok(lock)
+    lock_data_dir(&config.data_dir)
 }
 
 /// The threads that send SMS and pushes for every shard, and where each
@@ -557,87 +494,6 @@ fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
 /// `net.core.somaxconn` (4096 by default), so raising that is what lets
 /// a large backlog take effect.
 const LISTEN_BACKLOG: i32 = 65_535;
-
-/// Segments hold whole blocks and at least a few batches; the upper bound
-/// keeps replay, which reads a segment at a time, within reason.
-fn check_segment_bytes(bytes: u64) -> anyhow::Result<()> {
-    const SEGMENT_BYTES_MIN: u64 = 64 * 1024;
-    const SEGMENT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
-    let block = storage::log::format::BLOCK_BYTES as u64;
-    if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&bytes) || !bytes.is_multiple_of(block) {
-        bail!(
-            "segment_bytes_max is {bytes}: it must be a multiple of {block} from \
-             {SEGMENT_BYTES_MIN} to {SEGMENT_BYTES_MAX}"
-        );
-    }
-    Ok(())
-}
-
-fn apply_flags(config: &mut Config, args: Args) -> anyhow::Result<()> {
-    if let Some(dir) = args.data_dir {
-        config.data_dir = dir;
-    }
-    if let Some(journal) = args.journal {
-        config.storage.journal = journal;
-    }
-    if args.salvage {
-        config.storage.salvage = true;
-    }
-    if args.clock_confirmed {
-        config.clock.confirmed = true;
-    }
-    if let Some(addr) = args.admin_listen {
-        config.admin.listen = addr;
-    }
-    if let Some(token) = args.admin_token {
-        config.admin.token = Some(token);
-    }
-    if let Some(bytes) = args.segment_bytes {
-        config.storage.segment_bytes_max = bytes;
-    }
-    if let Some(ms) = args.sync_delay_ms {
-        config.storage.sync_delay_ms = ms;
-    }
-    if let Some(addr) = args.listen {
-        config.listen = Some(addr);
-    }
-    if args.no_tls {
-        config.listen = None;
-    }
-    if let Some(addr) = args.plaintext_listen {
-        config.plaintext_listen = Some(addr);
-    }
-    if let Some(shards) = args.shards {
-        config.shards = shards;
-    }
-    if let Some(cpus) = args.cpus {
-        config.cpus = cpus;
-    }
-    if let Some(spec) = args.test_numbers {
-        let (prefix, code) = spec
-            .split_once(':')
-            .context("--test-numbers takes PREFIX:CODE")?;
-        let code: u32 = code
-            .parse()
-            .ok()
-            .filter(|c| *c < 1_000_000)
-            .context("the test code must be six digits")?;
-        config.test_numbers = Some(TestNumbersConfig {
-            prefix: prefix.to_owned(),
-            code,
-        });
-    }
-    if let Some(ms) = args.idle_timeout_ms {
-        config.limits.shard.idle_timeout_ms = ms;
-    }
-    if let Some(url) = args.sms_webhook {
-        config.sms.webhook_url = Some(url);
-    }
-    if let Some(url) = args.push_webhook {
-        config.push.webhook_url = Some(url);
-    }
-    Ok(())
-}
 
 /// One listening socket per shard on the same address (SO_REUSEPORT lets the
 /// kernel spread connections over them). Port 0 is resolved by the first.

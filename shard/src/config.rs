@@ -1,5 +1,7 @@
 //! The limits and timings a shard runs with. Every limit names its unit.
 
+pub mod duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{allowance::Rate, PartitionMap};
@@ -16,7 +18,8 @@ pub struct TestNumbers {
 /// from the `[limits]` section of the server's config file, which embeds
 /// this struct (`#[serde(flatten)]`): a field added here without
 /// `#[serde(skip)]` is a config key, with its default in
-/// [`ShardConfig::new`], and nothing else to write.
+/// [`ShardConfig::new`], and nothing else to write. A `_ms` key takes a
+/// duration with a unit too (`30s`, `10m`: [`duration::ms`]).
 ///
 /// Fields marked `#[serde(skip)]` are not `[limits]` keys: the shard's
 /// identity, set by whoever starts it; settings the server reads from
@@ -44,16 +47,20 @@ pub struct ShardConfig {
     /// Resolution of the shard's timer wheel (ms): deadlines, sweeps and
     /// the clock check run this often. At least 1. Also the longest any
     /// wake-up glommio loses can delay a shard, since its tick wakes it.
+    #[serde(with = "duration::ms")]
     pub tick_ms: u64,
     /// Codes one phone number may request per `code_request_window_ms`.
     pub code_requests_max: u32,
     /// A logged-in connection that sends nothing for this long is closed.
+    #[serde(with = "duration::ms")]
     pub idle_timeout_ms: u64,
     /// A connection that has not logged in within this long after it was
     /// accepted is closed.
+    #[serde(with = "duration::ms")]
     pub login_timeout_ms: u64,
     /// A connection being closed is dropped this long after its `Bye`,
     /// whether or not the phone took its last bytes.
+    #[serde(with = "duration::ms")]
     pub close_flush_timeout_ms: u64,
     /// Messages written to a phone and not yet acknowledged, at most. At
     /// least 1.
@@ -95,6 +102,7 @@ pub struct ShardConfig {
     pub presence_subscriptions_max: usize,
     /// Messages (and group posts) not delivered within this long are
     /// deleted, and each sender gets an `Expired` receipt.
+    #[serde(with = "duration::ms")]
     pub message_retention_ms: u64,
     /// Connections that have not logged in, at most, from one source host
     /// (an IPv4 address or an IPv6 /64) on one shard (see

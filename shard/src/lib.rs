@@ -25,7 +25,7 @@ pub use crate::machine::{
 };
 pub use allowance::{Exhausted, Rate, TokenBucket};
 pub use clock::{ClockNote, ClockState, WallClock, CLOCK_RECORD_INTERVAL_MS, STEP_TOLERANCE_MS};
-pub use config::{LimitsError, ShardConfig, TestNumbers};
+pub use config::{duration, LimitsError, ShardConfig, TestNumbers};
 pub use dedup::DedupTable;
 pub use env::Env;
 pub use mailbox::{Entry, Mailbox};

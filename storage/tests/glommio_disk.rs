@@ -148,3 +148,38 @@ fn a_segment_larger_than_any_writer_makes_is_refused_before_reading_it() {
         "{error}"
     );
 }
+
+#[test]
+fn a_new_log_waits_for_a_small_first_segment_and_prepares_the_next_meanwhile() {
+    use storage::log::FIRST_SEGMENT_BYTES_MAX;
+    let scratch = tempfile::tempdir().unwrap();
+    let path = scratch.path().to_path_buf();
+    let spare = LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(256 * 1024)
+        .spawn(move || async move {
+            let disk = GlommioDisk::open(&path).await.unwrap();
+            let (mut log, _) = Log::open(disk, LogConfig::new(0, 1), |_| {}).await.unwrap();
+            let first = std::fs::metadata(path.join(format!("{:020}.log", 1)));
+            assert_eq!(first.unwrap().len(), FIRST_SEGMENT_BYTES_MAX);
+            // The next segment's blank file, twice as large, is written in
+            // the background; a commit lets the executor run it.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            loop {
+                log.append(&[put(1, 10)]).await.unwrap();
+                let blank = std::fs::read_dir(&path)
+                    .unwrap()
+                    .map(|e| e.unwrap())
+                    .find(|e| e.file_name().to_string_lossy().ends_with(".tmp"));
+                let len = blank.map(|e| e.metadata().unwrap().len());
+                if len == Some(2 * FIRST_SEGMENT_BYTES_MAX) || std::time::Instant::now() > deadline
+                {
+                    return len;
+                }
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(spare, Some(2 * FIRST_SEGMENT_BYTES_MAX));
+}

@@ -600,3 +600,110 @@ fn segments_a_checkpoint_covers_are_deleted_on_open_after_a_crash() {
     };
     assert!(matches!(error, LogError::Damaged { .. }), "{error}");
 }
+
+/// The sizes segment files have on `disk`, by number.
+fn segment_sizes(disk: &MemoryDisk) -> Vec<(u64, u64)> {
+    use storage::log::backend::{Backend, SegmentFile};
+    let numbers = block_on(disk.list()).unwrap();
+    let size = |n| block_on(block_on(disk.open(n)).unwrap().size()).unwrap();
+    numbers.into_iter().map(|n| (n, size(n))).collect()
+}
+
+/// A log that starts small: `first` blocks, doubling up to 16.
+fn young(first: u64) -> LogConfig {
+    LogConfig {
+        segment_bytes_max: 16 * BLOCK_BYTES as u64,
+        first_segment_bytes: first * BLOCK_BYTES as u64,
+        ..config()
+    }
+}
+
+#[test]
+fn a_new_log_starts_small_and_doubles_its_segments_up_to_the_limit() {
+    let disk = MemoryDisk::new();
+    let config = young(2);
+    let (mut log, _, _) = open(&disk, config).unwrap();
+    let all = commits(60);
+    for commit in &all[..40] {
+        block_on(log.append(commit)).unwrap();
+    }
+    // One block per batch: 1 in the first segment, 3, 7, then 15 a
+    // segment; never a write past the size a segment was made with.
+    let block = BLOCK_BYTES as u64;
+    let sizes: Vec<u64> = segment_sizes(&disk)
+        .iter()
+        .map(|&(_, s)| s / block)
+        .collect();
+    assert_eq!(sizes, [2, 4, 8, 16, 16]);
+    drop(log);
+    // Reopened in a young segment, the log goes on at that segment's
+    // size and keeps doubling.
+    let disk = MemoryDisk::new();
+    let (mut log, _, _) = open(&disk, config).unwrap();
+    for commit in &all[..3] {
+        block_on(log.append(commit)).unwrap();
+    }
+    drop(log);
+    let (mut log, _, replayed) = open(&disk, config).unwrap();
+    assert_eq!(replayed, all[..3].concat());
+    for commit in &all[3..] {
+        block_on(log.append(commit)).unwrap();
+    }
+    let sizes: Vec<u64> = segment_sizes(&disk)
+        .iter()
+        .map(|&(_, s)| s / block)
+        .collect();
+    assert_eq!(sizes[..4], [2, 4, 8, 16]);
+    assert!(sizes[4..].iter().all(|&s| s == 16), "{sizes:?}");
+    drop(log);
+    let (_, _, replayed) = open(&disk, config).unwrap();
+    assert_eq!(replayed, all.concat());
+}
+
+#[test]
+fn a_batch_larger_than_a_young_segment_goes_to_one_that_holds_it() {
+    // A first commit bigger than the first segment: that segment is closed
+    // empty and the next one is made big enough, rather than the write
+    // extending a file whose zeros were never written.
+    let disk = MemoryDisk::new();
+    let config = young(2);
+    let (mut log, _, _) = open(&disk, config).unwrap();
+    let big = vec![message(1, 1, 5 * BLOCK_BYTES)];
+    block_on(log.append(&big)).unwrap();
+    let small = commits(3);
+    for commit in &small {
+        block_on(log.append(commit)).unwrap();
+    }
+    let block = BLOCK_BYTES as u64;
+    let sizes: Vec<u64> = segment_sizes(&disk)
+        .iter()
+        .map(|&(_, s)| s / block)
+        .collect();
+    // The big batch takes 6 blocks: a segment of 7 (its header and the
+    // batch), then 14.
+    assert_eq!(sizes, [2, 7, 14]);
+    drop(log);
+    let (_, recovery, replayed) = open(&disk, config).unwrap();
+    assert_eq!(replayed, [big, small.concat()].concat());
+    assert_eq!(recovery.torn_tail, None);
+}
+
+#[test]
+fn the_first_segments_of_every_shard_fit_the_start_budget() {
+    use storage::log::{
+        first_segment_bytes, FIRST_SEGMENT_BYTES_MAX, FIRST_SEGMENT_BYTES_MIN,
+        START_ZEROS_BYTES_MAX,
+    };
+    assert_eq!(first_segment_bytes(1), FIRST_SEGMENT_BYTES_MAX);
+    assert_eq!(first_segment_bytes(64), FIRST_SEGMENT_BYTES_MAX);
+    assert_eq!(first_segment_bytes(128), FIRST_SEGMENT_BYTES_MAX / 2);
+    assert_eq!(first_segment_bytes(1024), FIRST_SEGMENT_BYTES_MIN);
+    for shards in 1..=1024u16 {
+        let bytes = first_segment_bytes(shards);
+        assert!(
+            u64::from(shards) * bytes <= START_ZEROS_BYTES_MAX,
+            "{shards}"
+        );
+        assert_eq!(bytes % BLOCK_BYTES as u64, 0);
+    }
+}

@@ -13,13 +13,15 @@ pub trait Backend {
     async fn list(&self) -> io::Result<Vec<u64>>;
     /// Creates segment `number` with its first `bytes` bytes written as
     /// zeros. On return the zeros and the directory entry are durable.
+    /// The segment after it will be `next_bytes` long: an implementation
+    /// may prepare it meanwhile.
     ///
     /// Why zeros that are really written: an O_DIRECT write over blocks that
     /// already hold data changes no file metadata, so io_uring can issue it
     /// from the submitting thread. A write that extends a file, or lands on
     /// allocated-but-unwritten blocks, is handed to a kernel worker thread,
     /// which on a busy core waits for a time slice (milliseconds).
-    async fn create(&self, number: u64, bytes: u64) -> io::Result<Self::File>;
+    async fn create(&self, number: u64, bytes: u64, next_bytes: u64) -> io::Result<Self::File>;
     /// True while the next segment cannot be made for lack of space: the
     /// current segment is all the room the log has left. An implementation
     /// may use the call to try again now and then.

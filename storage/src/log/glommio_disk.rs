@@ -232,7 +232,7 @@ impl Backend for GlommioDisk {
         Ok(numbers)
     }
 
-    async fn create(&self, number: u64, bytes: u64) -> io::Result<GlommioFile> {
+    async fn create(&self, number: u64, bytes: u64, next_bytes: u64) -> io::Result<GlommioFile> {
         let path = self.file_path(number);
         if fs::symlink_metadata(&path).is_ok() {
             return Err(io::Error::new(
@@ -263,7 +263,8 @@ impl Backend for GlommioDisk {
         }
         self.directory.sync().await.map_err(os_error)?;
         // The next segment's blank file is written while this one fills.
-        self.prepare_spare(bytes);
+        self.segment_bytes.set(next_bytes);
+        self.prepare_spare(next_bytes);
         Ok(GlommioFile { file })
     }
 

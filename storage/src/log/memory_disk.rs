@@ -153,7 +153,7 @@ impl Backend for MemoryDisk {
         Ok(self.disk.borrow().files.keys().copied().collect())
     }
 
-    async fn create(&self, number: u64, bytes: u64) -> io::Result<MemoryFile> {
+    async fn create(&self, number: u64, bytes: u64, next_bytes: u64) -> io::Result<MemoryFile> {
         self.check()?;
         let mut disk = self.disk.borrow_mut();
         if let Some(errno) = disk.create_errno {
@@ -178,6 +178,8 @@ impl Backend for MemoryDisk {
                 unsynced: Vec::new(),
             },
         );
+        // What `full` checks room for from now on: the next segment.
+        disk.segment_bytes = next_bytes;
         Ok(MemoryFile {
             disk: self.clone(),
             number,

@@ -26,6 +26,40 @@ pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024;
 // Segments are whole blocks, written with zeros to full size by direct I/O.
 const _: () = assert!(SEGMENT_BYTES_MAX_DEFAULT.is_multiple_of(BLOCK_BYTES as u64));
 
+/// Zeros a first start writes, all shards' new logs together, before the
+/// server can serve: each new log's first segment is this divided among
+/// the shards (see [`first_segment_bytes`]), so the wait does not grow
+/// with the shard count. One default segment's worth: what one shard
+/// waited for before segments grew from small.
+pub const START_ZEROS_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// A new log's first segment at most: each segment after it is twice the
+/// one before, up to `segment_bytes_max`, so a young log's zeros are
+/// written as it fills rather than all at its start.
+pub const FIRST_SEGMENT_BYTES_MAX: u64 = 1024 * 1024;
+/// A new log's first segment at least: room for a few batches (and the
+/// server's smallest `segment_bytes_max`).
+pub const FIRST_SEGMENT_BYTES_MIN: u64 = 64 * 1024;
+/// The most shards a server runs (one per partition: `shard`'s
+/// `PARTITIONS_DEFAULT`).
+const SHARDS_MAX: u64 = 1024;
+const _: () = {
+    // Even at the floor, the most shards stay within the start's zeros.
+    assert!(FIRST_SEGMENT_BYTES_MIN * SHARDS_MAX <= START_ZEROS_BYTES_MAX);
+    assert!(FIRST_SEGMENT_BYTES_MIN <= FIRST_SEGMENT_BYTES_MAX);
+    assert!(FIRST_SEGMENT_BYTES_MIN.is_multiple_of(BLOCK_BYTES as u64));
+    assert!(FIRST_SEGMENT_BYTES_MAX.is_multiple_of(BLOCK_BYTES as u64));
+};
+
+/// The first segment of each of `shard_count` new logs: their sum stays
+/// within [`START_ZEROS_BYTES_MAX`] (up to 1,024 shards), each between
+/// [`FIRST_SEGMENT_BYTES_MIN`] and [`FIRST_SEGMENT_BYTES_MAX`], in whole
+/// blocks.
+pub fn first_segment_bytes(shard_count: u16) -> u64 {
+    let share = START_ZEROS_BYTES_MAX / u64::from(shard_count.max(1));
+    let share = share / BLOCK_BYTES as u64 * BLOCK_BYTES as u64;
+    share.clamp(FIRST_SEGMENT_BYTES_MIN, FIRST_SEGMENT_BYTES_MAX)
+}
+
 /// Where this log belongs and how it grows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogConfig {
@@ -33,19 +67,44 @@ pub struct LogConfig {
     pub shard_count: u16,
     /// A segment is closed once the next batch would take it past this size.
     pub segment_bytes_max: u64,
+    /// The size of a new log's first segment (at most `segment_bytes_max`);
+    /// each later one is twice the one before, up to `segment_bytes_max`.
+    /// The first is what a start waits to be written with zeros.
+    pub first_segment_bytes: u64,
     /// Replay past damage in the middle of the log (losing what it covered)
     /// instead of refusing to start.
     pub salvage: bool,
 }
 
 impl LogConfig {
+    /// Shard `shard` of `shard_count`, with default sizes: the first
+    /// segment is that shard's share of [`START_ZEROS_BYTES_MAX`].
     pub fn new(shard: u16, shard_count: u16) -> LogConfig {
         LogConfig {
             shard,
             shard_count,
             segment_bytes_max: SEGMENT_BYTES_MAX_DEFAULT,
+            first_segment_bytes: first_segment_bytes(shard_count),
             salvage: false,
         }
+    }
+
+    /// The size of a new log's first segment: `first_segment_bytes` in
+    /// whole blocks, room for a header and a batch block at least, never
+    /// above `segment_bytes_max`.
+    fn first_bytes(&self) -> u64 {
+        let first = format::align_up(self.first_segment_bytes).max(2 * BLOCK_BYTES as u64);
+        first.min(self.segment_bytes_max)
+    }
+
+    /// The size of the segment after one of `bytes`: twice it, and room
+    /// for a header and a frame of `frame` bytes, up to `segment_bytes_max`.
+    fn next_bytes(&self, bytes: u64, frame: u64) -> u64 {
+        let room = BLOCK_BYTES as u64 + frame;
+        bytes
+            .saturating_mul(2)
+            .max(room)
+            .min(self.segment_bytes_max)
     }
 }
 
@@ -176,6 +235,10 @@ pub struct Log<B: Backend> {
     config: LogConfig,
     file: B::File,
     segment: u64,
+    /// The size the current segment was made with (at most
+    /// `segment_bytes_max`): a batch that would pass it goes to the next
+    /// segment, so that no write extends the file.
+    capacity: u64,
     /// Offset of the next frame in the current segment.
     end: u64,
     next_seq: u64,
@@ -213,8 +276,7 @@ impl<B: Backend> Log<B> {
             ..Recovery::default()
         };
         let Some(&last) = numbers.last() else {
-            let file = create_segment(&backend, &config, 1, checkpoint + 1).await?;
-            let log = Log::new(backend, config, file, 1, BLOCK_BYTES as u64, checkpoint + 1);
+            let log = Log::start(backend, config, 1, checkpoint + 1).await?;
             return Ok((log, recovery));
         };
         let replayed = replay_segments(
@@ -239,30 +301,56 @@ impl<B: Backend> Log<B> {
         }
         let Some(tail) = replayed.tail else {
             // The only segment was blank: start over in it.
-            let file = create_segment(&backend, &config, last, next_seq).await?;
-            let log = Log::new(backend, config, file, last, BLOCK_BYTES as u64, next_seq);
+            let log = Log::start(backend, config, last, next_seq).await?;
             return Ok((log, recovery));
         };
+        // The segment goes on at the size it was made with (a young log's
+        // are smaller than the limit), never past the limit.
+        let capacity = (tail.bytes.len() as u64).min(config.segment_bytes_max);
         let (segment, file, end) = tail.clean().await?;
-        backend.prepare(config.segment_bytes_max);
-        let mut log = Log::new(backend, config, file, segment, end, next_seq);
+        backend.prepare(config.next_bytes(capacity, 0));
+        let at = SegmentAt {
+            number: segment,
+            capacity,
+            end,
+        };
+        let mut log = Log::new(backend, config, file, at, next_seq);
         log.segments = replayed.segments;
         Ok((log, recovery))
     }
 
-    fn new(
+    /// A log with nothing to replay: its first segment, `number`, small
+    /// (see [`LogConfig::first_segment_bytes`]), its first batch
+    /// `first_batch`.
+    async fn start(
         backend: B,
         config: LogConfig,
-        file: B::File,
-        segment: u64,
-        end: u64,
-        next_seq: u64,
-    ) -> Log<B> {
+        number: u64,
+        first_batch: u64,
+    ) -> Result<Log<B>, LogError> {
+        let capacity = config.first_bytes();
+        let sizes = (capacity, config.next_bytes(capacity, 0));
+        let file = create_segment(&backend, &config, (number, first_batch), sizes).await?;
+        let at = SegmentAt {
+            number,
+            capacity,
+            end: BLOCK_BYTES as u64,
+        };
+        Ok(Log::new(backend, config, file, at, first_batch))
+    }
+
+    fn new(backend: B, config: LogConfig, file: B::File, at: SegmentAt, next_seq: u64) -> Log<B> {
+        let SegmentAt {
+            number: segment,
+            capacity,
+            end,
+        } = at;
         Log {
             backend,
             config,
             file,
             segment,
+            capacity,
             end: end.max(BLOCK_BYTES as u64),
             next_seq,
             segments: VecDeque::from([(segment, next_seq)]),
@@ -300,13 +388,13 @@ impl<B: Backend> Log<B> {
             self.buffer.clear();
             let taken = format::encode_batch(self.next_seq, rest, &mut self.buffer);
             let frame = self.buffer.len() as u64;
-            if self.end + frame > self.config.segment_bytes_max && self.end > BLOCK_BYTES as u64 {
+            if self.end + frame > self.capacity && self.has_room_elsewhere() {
                 if wrote {
                     // The closed segment's batches must be durable before
                     // the commit can be.
                     self.sync().await?;
                 }
-                match self.rotate().await {
+                match self.rotate(frame).await {
                     // Nothing written yet, and no file touched: the commit
                     // can be tried again. (Space running out in the middle
                     // of a commit larger than a segment still poisons.)
@@ -340,11 +428,24 @@ impl<B: Backend> Log<B> {
         Ok(())
     }
 
-    /// Closes the current segment and starts the next.
-    async fn rotate(&mut self) -> Result<(), LogError> {
+    /// Whether a batch that does not fit the rest of the current segment
+    /// should go to a new one: always once the segment holds a batch; in
+    /// an empty one only while segments are still growing (a frame larger
+    /// than a whole segment at the limit goes into a fresh one of its own).
+    fn has_room_elsewhere(&self) -> bool {
+        self.end > BLOCK_BYTES as u64 || self.capacity < self.config.segment_bytes_max
+    }
+
+    /// Closes the current segment and starts the next, with room for a
+    /// frame of `frame` bytes when the limit allows.
+    async fn rotate(&mut self, frame: u64) -> Result<(), LogError> {
         let number = self.segment + 1;
-        self.file = create_segment(&self.backend, &self.config, number, self.next_seq).await?;
+        let capacity = self.config.next_bytes(self.capacity, frame);
+        let sizes = (capacity, self.config.next_bytes(capacity, 0));
+        let at = (number, self.next_seq);
+        self.file = create_segment(&self.backend, &self.config, at, sizes).await?;
         self.segment = number;
+        self.capacity = capacity;
         self.segments.push_back((number, self.next_seq));
         self.end = BLOCK_BYTES as u64;
         Ok(())
@@ -774,13 +875,25 @@ fn next_batch_after(bytes: &[u8], from: usize, expected: u64) -> Option<(usize, 
     None
 }
 
+/// Where the log is positioned in its current segment.
+struct SegmentAt {
+    number: u64,
+    /// The size the segment was made with, at most `segment_bytes_max`.
+    capacity: u64,
+    /// Offset of the next frame.
+    end: u64,
+}
+
+/// Creates segment `number` of `bytes`, its header naming `first_batch`,
+/// durable on return; the backend may prepare the next one, of
+/// `next_bytes`, meanwhile.
 async fn create_segment<B: Backend>(
     backend: &B,
     config: &LogConfig,
-    number: u64,
-    first_batch: u64,
+    (number, first_batch): (u64, u64),
+    (bytes, next_bytes): (u64, u64),
 ) -> Result<B::File, LogError> {
-    let mut file = backend.create(number, config.segment_bytes_max).await?;
+    let mut file = backend.create(number, bytes, next_bytes).await?;
     let header = SegmentHeader {
         shard: config.shard,
         shard_count: config.shard_count,

@@ -1,0 +1,190 @@
+//! `isle check-config` on the real binary: the layers (file, environment,
+//! flags) in their order, durations with units, and errors that say where
+//! the bad value came from, all without starting a server.
+
+use std::{path::Path, process::Command};
+
+/// Runs `isle check-config ARGS` with `env` set (and no other `ISLE_*`
+/// variable): its exit status's success, stdout and stderr.
+fn check_config(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_isle"));
+    command.arg("check-config").args(args);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("ISLE_") {
+            command.env_remove(name);
+        }
+    }
+    command.envs(env.iter().copied());
+    let output = command.output().expect("running isle check-config");
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).expect("utf-8");
+    (
+        output.status.success(),
+        text(output.stdout),
+        text(output.stderr),
+    )
+}
+
+/// The value of `key` (under `[section]`, or at the top for "") in
+/// check-config's output.
+fn value_of(output: &str, section: &str, key: &str) -> Option<String> {
+    let table: toml::Table = toml::from_str(output).expect("check-config prints TOML");
+    let table = match section {
+        "" => &table,
+        _ => table.get(section)?.as_table()?,
+    };
+    Some(table.get(key)?.to_string())
+}
+
+fn write_config(dir: &Path, text: &str) -> String {
+    let path = dir.join("isle.toml");
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn flags_override_the_environment_which_overrides_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_config(
+        dir.path(),
+        "shards = 3\ncpus = [1]\n[limits]\nsend_burst = 10\nidle_timeout_ms = 1000\n",
+    );
+    let env = [("ISLE_SHARDS", "4"), ("ISLE_LIMITS__SEND_BURST", "20")];
+    let (ok, out, err) = check_config(&["--config", &file], &env);
+    assert!(ok, "{err}");
+    assert_eq!(value_of(&out, "", "shards").as_deref(), Some("4"));
+    assert_eq!(value_of(&out, "", "cpus").as_deref(), Some("[1]"));
+    assert_eq!(
+        value_of(&out, "limits", "send_burst").as_deref(),
+        Some("20")
+    );
+    assert_eq!(
+        value_of(&out, "limits", "idle_timeout_ms").as_deref(),
+        Some("1000")
+    );
+    let (ok, out, err) = check_config(&["--config", &file, "--shards", "5"], &env);
+    assert!(ok, "{err}");
+    assert_eq!(value_of(&out, "", "shards").as_deref(), Some("5"));
+    let layers = format!(
+        "# layers: defaults, then file {file}, then environment ISLE_LIMITS__SEND_BURST \
+         ISLE_SHARDS, then flags --shards"
+    );
+    assert!(out.lines().any(|l| l == layers), "{out}");
+}
+
+#[test]
+fn durations_take_units_from_every_layer() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_config(dir.path(), "[storage]\nsync_delay_ms = \"1s\"\n");
+    let env = [("ISLE_CLOCK__SETTLE_MS", "15m")];
+    let flags = ["--config", &file, "--idle-timeout-ms", "90s"];
+    let (ok, out, err) = check_config(&flags, &env);
+    assert!(ok, "{err}");
+    assert_eq!(
+        value_of(&out, "storage", "sync_delay_ms").as_deref(),
+        Some("1000")
+    );
+    assert_eq!(
+        value_of(&out, "clock", "settle_ms").as_deref(),
+        Some("900000")
+    );
+    assert_eq!(
+        value_of(&out, "limits", "idle_timeout_ms").as_deref(),
+        Some("90000")
+    );
+    // Plain milliseconds, as every flag and key always took.
+    let (ok, out, _) = check_config(&["--idle-timeout-ms", "1500", "--sync-delay-ms", "7"], &[]);
+    assert!(ok);
+    assert_eq!(
+        value_of(&out, "limits", "idle_timeout_ms").as_deref(),
+        Some("1500")
+    );
+    assert_eq!(
+        value_of(&out, "storage", "sync_delay_ms").as_deref(),
+        Some("7")
+    );
+}
+
+#[test]
+fn a_bad_value_is_refused_alike_from_each_layer_and_named_where_it_was_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let seven = "the test code must be six digits";
+    let file = write_config(
+        dir.path(),
+        "[test_numbers]\nprefix = \"+1555\"\ncode = 1234567\n",
+    );
+    let from_file = check_config(&["--config", &file], &[]);
+    let from_env = check_config(&[], &[("ISLE_TEST_NUMBERS", "+1555:1234567")]);
+    let from_flag = check_config(&["--test-numbers", "+1555:1234567"], &[]);
+    for ((ok, out, err), source) in [
+        (from_file, "from config "),
+        (from_env, "from environment variable ISLE_TEST_NUMBERS"),
+        (from_flag, "from flag --test-numbers"),
+    ] {
+        assert!(!ok, "accepted: {out}");
+        assert!(err.contains(seven) && err.contains(source), "{err}");
+        assert!(out.is_empty(), "{out}");
+    }
+    let (ok, _, err) = check_config(&["--idle-timeout-ms", "soon"], &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("flag --idle-timeout-ms: \"soon\" is not a duration"),
+        "{err}"
+    );
+    let (ok, _, err) = check_config(&[], &[("ISLE_LIMITS__SEND_BURST", "0")]);
+    assert!(!ok);
+    assert!(
+        err.contains("from environment variable ISLE_LIMITS__SEND_BURST"),
+        "{err}"
+    );
+    assert!(err.contains("send_burst is 0"), "{err}");
+    let (ok, _, err) = check_config(&[], &[("ISLE_LIMITS__SEND_BURTS", "5")]);
+    assert!(!ok);
+    assert!(
+        err.contains("ISLE_LIMITS__SEND_BURTS: unknown field `send_burts`"),
+        "{err}"
+    );
+    // The file is read on its own first: toml says on which line.
+    let file = write_config(dir.path(), "shards = 2\n[storage]\nsalvage = 3\n");
+    let (ok, _, err) = check_config(&["--config", &file], &[]);
+    assert!(!ok);
+    assert!(err.contains("line 3"), "{err}");
+}
+
+#[test]
+fn check_config_starts_nothing_and_ignores_variables_of_other_tools() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let flags = [
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    let (ok, out, err) = check_config(&flags, &[("ISLE_CRASH_ROUNDS", "3")]);
+    assert!(ok, "{err}");
+    assert!(!data.exists(), "check-config made the data dir");
+    assert!(out.contains("# ignored: ISLE_CRASH_ROUNDS"), "{out}");
+    assert!(
+        err.contains("ISLE_CRASH_ROUNDS names no configuration key"),
+        "{err}"
+    );
+    // The flags the tests start the server with are a valid configuration.
+    let flags = [
+        "--no-tls",
+        "--plaintext-listen",
+        "127.0.0.1:0",
+        "--shards",
+        "2",
+        "--test-numbers",
+        "+1555:111111",
+        "--segment-bytes",
+        "1048576",
+    ];
+    let (ok, out, err) = check_config(&flags, &[]);
+    assert!(ok, "{err}");
+    assert_eq!(value_of(&out, "", "listen"), None);
+    assert_eq!(
+        value_of(&out, "test_numbers", "code").as_deref(),
+        Some("111111")
+    );
+}
