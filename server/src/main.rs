@@ -73,7 +73,7 @@ enum Command {
     /// Prints the configuration the server would run with (defaults, then
     /// the file, the environment ISLE_*, the flags), or why it would not
     /// start, and exits without starting.
-    CheckConfig(Flags),
+    CheckConfig(Box<Flags>),
     /// Looks at (and steers) a running server through its admin listener.
     Ctl(ctl::CtlArgs),
 }
