@@ -35,7 +35,7 @@ use storage::log::LogConfig;
 
 use crate::{
     config::{flags::Flags, Config, JournalKind},
-    control::{AdminSettings, Control},
+    control::{gateways::GatewayStats, AdminSettings, Control},
     push::{PushQueue, PushSender},
     runtime::{Listeners, PeerEnds, ShardSetup, StorageSetup},
     sms::{SmsQueue, SmsSender},
@@ -112,16 +112,16 @@ fn run(flags: Flags) -> anyhow::Result<()> {
         )?),
         None => None,
     };
-    let senders = Senders::start(&config, map)?;
-    if config.storage.journal == JournalKind::Log {
-        reshard(&config, shard_count, &senders)?;
-    }
     let stop = Arc::new(AtomicBool::new(false));
     let admin = AdminSettings {
         listen: config.admin.listen,
         token: config.admin.token.clone(),
     };
     let mut control = Control::start(&admin, map, stop.clone())?;
+    let senders = Senders::start(&config, map, control.gateway_stats())?;
+    if config.storage.journal == JournalKind::Log {
+        reshard(&config, shard_count, &senders)?;
+    }
     let (tls_fds, tls_addr) = bind_all(config.listen, shard_count)?;
     let (plain_fds, plain_addr) = bind_all(config.plaintext_listen, shard_count)?;
     // Copies of the sockets, to listen on once every shard has replayed.
@@ -205,11 +205,18 @@ struct Senders {
 }
 
 impl Senders {
-    fn start(config: &Config, map: PartitionMap) -> anyhow::Result<Senders> {
-        let sms = sms::start(match &config.sms.webhook_url {
+    /// Starts both senders, which count what they do in `stats` (SMS,
+    /// then push).
+    fn start(
+        config: &Config,
+        map: PartitionMap,
+        stats: (Arc<GatewayStats>, Arc<GatewayStats>),
+    ) -> anyhow::Result<Senders> {
+        let sms_sender = match &config.sms.webhook_url {
             Some(url) => SmsSender::Webhook(url.clone()),
             None => SmsSender::Outbox(config.data_dir.join("sms-outbox.log")),
-        })?;
+        };
+        let sms = sms::start(sms_sender, stats.0)?;
         let push_sender = match &config.push.webhook_url {
             Some(url) => PushSender::Webhook {
                 url: url.clone(),
@@ -218,7 +225,7 @@ impl Senders {
             },
             None => PushSender::None,
         };
-        let (push, push_rejected) = push::start(push_sender, map)?;
+        let (push, push_rejected) = push::start(push_sender, map, stats.1)?;
         Ok(Senders {
             sms,
             push,

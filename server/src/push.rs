@@ -72,6 +72,7 @@ impl PushQueue {
 pub fn start(
     sender: PushSender,
     map: PartitionMap,
+    stats: std::sync::Arc<crate::control::gateways::GatewayStats>,
 ) -> std::io::Result<(PushQueue, Vec<Receiver<Rejected>>)> {
     let (rejected_tx, rejected_rx): (Vec<_>, Vec<_>) = (0..map.shards())
         .map(|_| bounded::<Rejected>(REJECTED_QUEUE_MAX))
@@ -96,6 +97,7 @@ pub fn start(
         rejected: rejected_tx,
         retries: BinaryHeap::new(),
         retry_seq: 0,
+        stats,
     };
     thread::Builder::new()
         .name("isle-push".into())
@@ -113,6 +115,8 @@ struct Gateway {
     /// Failed pushes waiting to be tried again, soonest first.
     retries: BinaryHeap<Reverse<Retry>>,
     retry_seq: u64,
+    /// What it did, for metrics.
+    stats: std::sync::Arc<crate::control::gateways::GatewayStats>,
 }
 
 /// A push due for its `attempt`th try at `due`; `seq` keeps equal times
@@ -187,7 +191,7 @@ impl Gateway {
 
     fn attempt(&mut self, push: Push, attempt: u32) {
         match self.post(&push) {
-            Outcome::Delivered => {}
+            Outcome::Delivered => self.stats.sent(),
             Outcome::Rejected => {
                 log::info!(
                     "push gateway rejected the token of {}; dropping it",
@@ -197,6 +201,7 @@ impl Gateway {
                 // A full queue only delays the drop: the next push for the
                 // phone is rejected again.
                 let _ = self.rejected[shard].try_send((push.phone, push.token));
+                self.stats.failed();
             }
             Outcome::Retry(error)
                 if attempt < self.attempts_max && self.retries.len() < RETRIES_MAX =>
@@ -209,9 +214,11 @@ impl Gateway {
                     attempt: attempt + 1,
                     push,
                 }));
+                self.stats.retried();
                 log::debug!("push attempt {attempt} failed: {error}; retrying");
             }
             Outcome::Retry(error) | Outcome::GiveUp(error) => {
+                self.stats.failed();
                 log::warn!(
                     "push to {} given up after attempt {attempt}: {error}",
                     push.phone

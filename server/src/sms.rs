@@ -66,7 +66,10 @@ impl SmsQueue {
     }
 }
 
-pub fn start(sender: SmsSender) -> std::io::Result<SmsQueue> {
+pub fn start(
+    sender: SmsSender,
+    stats: std::sync::Arc<crate::control::gateways::GatewayStats>,
+) -> std::io::Result<SmsQueue> {
     let (tx, rx) = bounded::<(Phone, u32)>(SMS_QUEUE_MAX);
     thread::Builder::new()
         .name("isle-sms".into())
@@ -77,10 +80,14 @@ pub fn start(sender: SmsSender) -> std::io::Result<SmsQueue> {
             for (phone, code) in rx {
                 let result = match &sender {
                     SmsSender::Outbox(path) => write_outbox(path, phone, code),
-                    SmsSender::Webhook(url) => post_webhook(&agent, url, phone, code),
+                    SmsSender::Webhook(url) => post_webhook((&agent, &stats), url, phone, code),
                 };
-                if let Err(error) = result {
-                    log::error!("SMS to {phone} not delivered: {error}");
+                match result {
+                    Ok(()) => stats.sent(),
+                    Err(error) => {
+                        stats.failed();
+                        log::error!("SMS to {phone} not delivered: {error}");
+                    }
                 }
             }
         })?;
@@ -108,7 +115,12 @@ fn write_outbox(path: &Path, phone: Phone, code: u32) -> Result<(), SmsError> {
         })
 }
 
-fn post_webhook(agent: &ureq::Agent, url: &str, phone: Phone, code: u32) -> Result<(), SmsError> {
+fn post_webhook(
+    (agent, stats): (&ureq::Agent, &crate::control::gateways::GatewayStats),
+    url: &str,
+    phone: Phone,
+    code: u32,
+) -> Result<(), SmsError> {
     let body = serde_json::json!({
         "phone": phone.to_string(),
         "code": format!("{code:06}"),
@@ -125,14 +137,15 @@ fn post_webhook(agent: &ureq::Agent, url: &str, phone: Phone, code: u32) -> Resu
             }
             Err(error) => error,
         };
-        thread::sleep(backoff);
-        backoff *= 2;
         if attempt >= WEBHOOK_ATTEMPTS_MAX {
             return Err(SmsError::Failed {
                 attempt,
                 source: Box::new(error),
             });
         }
+        stats.retried();
+        thread::sleep(backoff);
+        backoff *= 2;
         attempt += 1;
     }
 }

@@ -233,3 +233,20 @@ fn a_reload_gives_new_tls_connections_the_new_certificate() {
         matches!(e, Event::Pong { nonce: 9 })
     });
 }
+
+#[test]
+fn the_sms_sender_counts_what_it_sent() {
+    let server = Server::start(&["--shards", "1"]);
+    common::await_sms_budget();
+    let mut client = server.connect();
+    let phone = wire::Phone::parse("+442071230001").unwrap();
+    client.send(&ClientFrame::RequestCode { phone }).unwrap();
+    expect(&mut client, "CodeSent", |e| {
+        matches!(e, Event::CodeSent { .. })
+    });
+    let text = await_metric(&server, "isle_sms_total{outcome=\"sent\"} 1", None);
+    assert!(
+        text.contains("isle_push_total{outcome=\"failed\"} 0"),
+        "{text}"
+    );
+}

@@ -23,6 +23,7 @@ use shard::ShardCounters;
 
 use super::{
     decay::WINDOWS_S,
+    gateways::GatewayCounts,
     snapshot::{Queues, ShardReport},
 };
 
@@ -64,11 +65,11 @@ type Histograms = Family<ShardLabel, Histogram, fn() -> Histogram>;
 /// The registry and every family in it.
 pub struct Metrics {
     registry: Registry,
-    counters: BTreeMap<&'static str, Family<ShardLabel, Counter>>,
-    gauges: BTreeMap<&'static str, Family<ShardLabel, Gauge>>,
-    queues: BTreeMap<String, Family<ShardLabel, Gauge>>,
-    queue_averages: BTreeMap<String, Family<WindowLabel, Gauge<f64, std::sync::atomic::AtomicU64>>>,
-    journal: BTreeMap<&'static str, Family<ShardLabel, Gauge>>,
+    counters: CounterFamilies,
+    gauges: GaugeFamilies,
+    queues: QueueFamilies,
+    queue_averages: AverageFamilies,
+    journal: GaugeFamilies,
     commit_seconds: Histograms,
     sync_seconds: Histograms,
     commit_records: Histograms,
@@ -76,7 +77,16 @@ pub struct Metrics {
     errors_sent: Family<KindLabel, Counter>,
     bytes_in: Family<ShardLabel, Counter>,
     bytes_out: Family<ShardLabel, Counter>,
+    /// SMS and push sender counts, by outcome (`sent`, `failed`,
+    /// `retried`).
+    sms: Family<OutcomeLabel, Counter>,
+    push: Family<OutcomeLabel, Counter>,
     ready: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: String,
 }
 
 fn time_histogram() -> Histogram {
@@ -90,87 +100,43 @@ fn size_histogram() -> Histogram {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("isle");
-        let mut counters = BTreeMap::new();
-        let mut gauges = BTreeMap::new();
-        for name in counter_names() {
-            let help = format!("shard counter {name} (see ShardCounters)");
-            if GAUGE_FIELDS.contains(&name) {
-                let family = Family::<ShardLabel, Gauge>::default();
-                registry.register(name, help, family.clone());
-                gauges.insert(name, family);
-            } else {
-                let family = Family::<ShardLabel, Counter>::default();
-                registry.register(name, help, family.clone());
-                counters.insert(name, family);
-            }
-        }
-        let (mut queues, mut queue_averages) = (BTreeMap::new(), BTreeMap::new());
-        for name in queue_names() {
-            let family = Family::<ShardLabel, Gauge>::default();
-            let help = format!("queue length now: {name}");
-            registry.register(format!("queue_{name}"), help, family.clone());
-            queues.insert(name.clone(), family);
-            let family = Family::<WindowLabel, Gauge<f64, _>>::default();
-            let help = format!("queue length, decaying average: {name}");
-            registry.register(format!("queue_{name}_avg"), help, family.clone());
-            queue_averages.insert(name, family);
-        }
+        let (counters, gauges) = register_counters(&mut registry);
+        let (queues, queue_averages) = register_queues(&mut registry);
         let mut journal = BTreeMap::new();
         for (name, help) in JOURNAL_GAUGES {
-            let family = Family::<ShardLabel, Gauge>::default();
-            registry.register(name, help, family.clone());
-            journal.insert(name, family);
+            journal.insert(name, register(&mut registry, name, help, Family::default()));
         }
-        let histograms =
-            |registry: &mut Registry, name: &str, help: &str, make: fn() -> Histogram| {
-                let family = Histograms::new_with_constructor(make);
-                registry.register(name, help, family.clone());
-                family
-            };
-        let commit_seconds = histograms(
-            &mut registry,
-            "commit_seconds",
-            "time from taking a batch's records to their durability",
-            time_histogram,
-        );
-        let sync_seconds = histograms(
-            &mut registry,
-            "sync_seconds",
-            "fdatasync time per commit",
-            time_histogram,
-        );
-        let commit_records = histograms(
-            &mut registry,
-            "commit_records",
-            "records per commit",
-            size_histogram,
-        );
+        let histograms = |registry: &mut Registry, name, help, make: fn() -> Histogram| {
+            register(registry, name, help, Histograms::new_with_constructor(make))
+        };
+        let r = &mut registry;
+        let commit_help = "time from taking a batch's records to their durability";
+        let commit_seconds = histograms(r, "commit_seconds", commit_help, time_histogram);
+        let sync_help = "fdatasync time per commit";
+        let sync_seconds = histograms(r, "sync_seconds", sync_help, time_histogram);
+        let commit_records = histograms(r, "commit_records", "records per commit", size_histogram);
         let commit_bytes = histograms(
-            &mut registry,
+            r,
             "commit_bytes",
             "bytes written per commit",
             size_histogram,
         );
-        let errors_sent = Family::<KindLabel, Counter>::default();
-        registry.register(
-            "errors_sent",
-            "Error frames sent to phones, by kind",
-            errors_sent.clone(),
+        let errors_help = "Error frames sent to phones, by kind";
+        let errors_sent = register(r, "errors_sent", errors_help, Family::default());
+        let bytes_in_help = "bytes read from phones' sockets";
+        let bytes_in = register(r, "bytes_in", bytes_in_help, Family::default());
+        let bytes_out_help = "bytes written to phones' sockets";
+        let bytes_out = register(r, "bytes_out", bytes_out_help, Family::default());
+        let sms_help = "signup codes handed to the gateway or outbox, by outcome";
+        let sms = register(r, "sms", sms_help, Family::default());
+        let push_help = "pushes posted to the gateway, by outcome";
+        let push = register(r, "push", push_help, Family::default());
+        let ready = register(
+            r,
+            "ready",
+            "1 when /health/ready answers 200",
+            Gauge::default(),
         );
-        let bytes_in = Family::<ShardLabel, Counter>::default();
-        registry.register(
-            "bytes_in",
-            "bytes read from phones' sockets",
-            bytes_in.clone(),
-        );
-        let bytes_out = Family::<ShardLabel, Counter>::default();
-        registry.register(
-            "bytes_out",
-            "bytes written to phones' sockets",
-            bytes_out.clone(),
-        );
-        let ready = Gauge::default();
-        registry.register("ready", "1 when /health/ready answers 200", ready.clone());
         Metrics {
             registry,
             counters,
@@ -185,6 +151,8 @@ impl Metrics {
             errors_sent,
             bytes_in,
             bytes_out,
+            sms,
+            push,
             ready,
         }
     }
@@ -270,6 +238,25 @@ impl Metrics {
         observe(&self.commit_bytes, &samples.bytes, 1.0);
     }
 
+    /// The SMS and push senders' counts now.
+    pub fn set_gateways(&self, sms: GatewayCounts, push: GatewayCounts) {
+        for (family, counts) in [(&self.sms, sms), (&self.push, push)] {
+            for (outcome, value) in [
+                ("sent", counts.sent),
+                ("failed", counts.failed),
+                ("retried", counts.retried),
+            ] {
+                let label = OutcomeLabel {
+                    outcome: outcome.to_owned(),
+                };
+                family
+                    .get_or_create(&label)
+                    .inner()
+                    .store(value, Ordering::Relaxed);
+            }
+        }
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.ready.set(i64::from(ready));
     }
@@ -281,6 +268,59 @@ impl Metrics {
             .expect("writing to a String cannot fail");
         text
     }
+}
+
+/// Registers `metric` as `name` and returns it (a handle to the same
+/// series).
+fn register<M: prometheus_client::registry::Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+type CounterFamilies = BTreeMap<&'static str, Family<ShardLabel, Counter>>;
+type GaugeFamilies = BTreeMap<&'static str, Family<ShardLabel, Gauge>>;
+
+/// One family per `ShardCounters` field: a gauge for the levels, a
+/// counter for the rest.
+fn register_counters(registry: &mut Registry) -> (CounterFamilies, GaugeFamilies) {
+    let (mut counters, mut gauges) = (BTreeMap::new(), BTreeMap::new());
+    for name in counter_names() {
+        let help = format!("shard counter {name} (see ShardCounters)");
+        if GAUGE_FIELDS.contains(&name) {
+            gauges.insert(name, register(registry, name, &help, Family::default()));
+        } else {
+            counters.insert(name, register(registry, name, &help, Family::default()));
+        }
+    }
+    (counters, gauges)
+}
+
+type QueueFamilies = BTreeMap<String, Family<ShardLabel, Gauge>>;
+type AverageFamilies =
+    BTreeMap<String, Family<WindowLabel, Gauge<f64, std::sync::atomic::AtomicU64>>>;
+
+/// Two families per queue: its length now, and its decaying averages.
+fn register_queues(registry: &mut Registry) -> (QueueFamilies, AverageFamilies) {
+    let (mut queues, mut averages) = (BTreeMap::new(), BTreeMap::new());
+    for name in queue_names() {
+        let help = format!("queue length now: {name}");
+        let family = register(registry, &format!("queue_{name}"), &help, Family::default());
+        queues.insert(name.clone(), family);
+        let help = format!("queue length, decaying average: {name}");
+        let family = register(
+            registry,
+            &format!("queue_{name}_avg"),
+            &help,
+            Family::default(),
+        );
+        averages.insert(name, family);
+    }
+    (queues, averages)
 }
 
 /// Journal gauges, by name, with their help.

@@ -12,6 +12,7 @@
 
 pub mod commands;
 pub mod decay;
+pub mod gateways;
 pub mod metrics;
 pub mod snapshot;
 
@@ -102,6 +103,9 @@ struct Shared {
     commands: Vec<Sender<ShardCommand>>,
     /// Reads the TLS certificate and key again (set when TLS is on).
     tls_loader: std::sync::OnceLock<TlsLoader>,
+    /// What the SMS and push senders did.
+    pub sms: Arc<gateways::GatewayStats>,
+    pub push: Arc<gateways::GatewayStats>,
 }
 
 /// Loads the TLS identity anew: the configuration for new connections and
@@ -191,6 +195,8 @@ impl Control {
             map,
             commands: command_senders,
             tls_loader: std::sync::OnceLock::new(),
+            sms: Arc::default(),
+            push: Arc::default(),
         });
         let thread_shared = shared.clone();
         std::thread::Builder::new()
@@ -208,6 +214,11 @@ impl Control {
     /// How to read the TLS identity again, for reloads.
     pub fn set_tls_loader(&self, loader: TlsLoader) {
         let _ = self.shared.tls_loader.set(loader);
+    }
+
+    /// Where the SMS and push senders count what they do.
+    pub fn gateway_stats(&self) -> (Arc<gateways::GatewayStats>, Arc<gateways::GatewayStats>) {
+        (self.shared.sms.clone(), self.shared.push.clone())
     }
 
     pub fn reloader(&self) -> Reloader {
@@ -301,6 +312,9 @@ async fn ingest(shared: Arc<Shared>, reports: Receiver<ShardReport>) {
         }
         let ready = state.readiness(&shared.stop).is_ok();
         shared.metrics.set_ready(ready);
+        shared
+            .metrics
+            .set_gateways(shared.sms.read(), shared.push.read());
     }
 }
 
@@ -394,6 +408,9 @@ pub struct Status {
     pub reason: Option<String>,
     /// Reports the shards could not send because the channel was full.
     pub reports_dropped: u64,
+    /// What the SMS and push senders did since start.
+    pub sms: gateways::GatewayCounts,
+    pub push: gateways::GatewayCounts,
     pub shards: Vec<ShardStatus>,
 }
 
@@ -456,6 +473,8 @@ async fn get_status(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -
         ready: readiness.is_ok(),
         reason: readiness.err(),
         reports_dropped: shared.reports_dropped.load(Ordering::Relaxed),
+        sms: shared.sms.read(),
+        push: shared.push.read(),
         shards,
     })
     .into_response()
