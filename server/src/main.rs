@@ -153,6 +153,7 @@ fn run(flags: Flags) -> anyhow::Result<()> {
         serving: serving.clone(),
         reporter: control.reporter(),
         commands: (0..shard_count).map(|s| control.take_commands(s)).collect(),
+        replayed: (0..shard_count).map(|s| control.replayed(s)).collect(),
     };
     let (handles, recovered) =
         spawn_shards(&config, map, listeners, identity.as_ref(), senders, outside)?;
@@ -278,6 +279,8 @@ struct ShardsOutside {
     reporter: control::Reporter,
     /// Each shard's command channel from the control thread, in order.
     commands: Vec<crossbeam_channel::Receiver<control::commands::ShardCommand>>,
+    /// Where each shard counts the records it replays.
+    replayed: Vec<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// The admin listener's address, written in the data dir for `isle ctl`.
@@ -317,6 +320,7 @@ fn spawn_shards(
         let (reporter, serving) = (outside.reporter.clone(), outside.serving.clone());
         let commands =
             std::mem::replace(&mut outside.commands[shard_id], crossbeam_channel::never());
+        let replayed = outside.replayed[shard_id].clone();
         let storage = storage_setup(config, shard_id, shard_count);
         let recovered = recovered_tx.clone();
         let placement = match config.cpus.get(shard_id) {
@@ -345,6 +349,7 @@ fn spawn_shards(
                     reporter,
                     serving,
                     commands,
+                    replayed,
                 })
                 .await
             })

@@ -113,7 +113,8 @@ fn rebuild(job: &Reshard<'_>, from: usize, to: usize, staging: &Path) -> anyhow:
             .ring_depth(job.io_ring_depth)
             .spawn(move || async move {
                 let mut shard = Shard::new(ShardConfig::new(old as u16, old_map), env(), 0);
-                let (journal, report) = runtime::open_journal(&mut shard, &storage).await?;
+                let (journal, report) =
+                    runtime::open_journal(&mut shard, &storage, &Default::default()).await?;
                 drop(journal);
                 log::info!("{report}");
                 anyhow::Ok(shard.checkpoint())

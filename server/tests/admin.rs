@@ -250,3 +250,30 @@ fn the_sms_sender_counts_what_it_sent() {
         "{text}"
     );
 }
+
+#[test]
+fn a_restart_shows_what_each_shard_replayed() {
+    let server = Server::start(&["--shards", "1"]);
+    let (mut alice, _, _) = server.phone("+15550000001");
+    let (_, bob, _) = server.phone("+15550000002");
+    alice
+        .send(&ClientFrame::Send {
+            client_id: 1,
+            to: bob,
+            body: b"kept",
+        })
+        .unwrap();
+    expect(&mut alice, "Sent", |e| matches!(e, Event::Sent { .. }));
+    let (_, dir) = server.stop_keeping_data();
+    let server = Server::start_in(dir, &["--shards", "1"]);
+    let (code, text) = get(&server, "/metrics", None);
+    assert_eq!(code, 200);
+    let replayed: u64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix("isle_replayed_records{shard=\"0\"} "))
+        .unwrap_or_else(|| panic!("no replay count in:\n{text}"))
+        .parse()
+        .unwrap();
+    // Two accounts and a message at least.
+    assert!(replayed >= 3, "{replayed}");
+}

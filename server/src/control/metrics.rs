@@ -81,6 +81,7 @@ pub struct Metrics {
     /// `retried`).
     sms: Family<OutcomeLabel, Counter>,
     push: Family<OutcomeLabel, Counter>,
+    replayed: Family<ShardLabel, Gauge>,
     ready: Gauge,
 }
 
@@ -131,6 +132,8 @@ impl Metrics {
         let sms = register(r, "sms", sms_help, Family::default());
         let push_help = "pushes posted to the gateway, by outcome";
         let push = register(r, "push", push_help, Family::default());
+        let replayed_help = "records replayed from the journal at start (so far, while starting)";
+        let replayed = register(r, "replayed_records", replayed_help, Family::default());
         let ready = register(
             r,
             "ready",
@@ -153,6 +156,7 @@ impl Metrics {
             bytes_out,
             sms,
             push,
+            replayed,
             ready,
         }
     }
@@ -254,6 +258,16 @@ impl Metrics {
                     .inner()
                     .store(value, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// Records each shard replayed, by shard.
+    pub fn set_replayed(&self, replayed: &[u64]) {
+        for (shard, records) in replayed.iter().enumerate() {
+            let label = ShardLabel {
+                shard: shard.to_string(),
+            };
+            self.replayed.get_or_create(&label).set(clamp_i64(*records));
         }
     }
 

@@ -103,6 +103,8 @@ struct Shared {
     commands: Vec<Sender<ShardCommand>>,
     /// Reads the TLS certificate and key again (set when TLS is on).
     tls_loader: std::sync::OnceLock<TlsLoader>,
+    /// Records each shard has replayed while starting.
+    replayed: Vec<Arc<AtomicU64>>,
     /// What the SMS and push senders did.
     pub sms: Arc<gateways::GatewayStats>,
     pub push: Arc<gateways::GatewayStats>,
@@ -195,6 +197,7 @@ impl Control {
             map,
             commands: command_senders,
             tls_loader: std::sync::OnceLock::new(),
+            replayed: (0..shard_count).map(|_| Arc::default()).collect(),
             sms: Arc::default(),
             push: Arc::default(),
         });
@@ -214,6 +217,11 @@ impl Control {
     /// How to read the TLS identity again, for reloads.
     pub fn set_tls_loader(&self, loader: TlsLoader) {
         let _ = self.shared.tls_loader.set(loader);
+    }
+
+    /// Where shard `shard` counts the records it replays.
+    pub fn replayed(&self, shard: usize) -> Arc<AtomicU64> {
+        self.shared.replayed[shard].clone()
     }
 
     /// Where the SMS and push senders count what they do.
@@ -312,9 +320,7 @@ async fn ingest(shared: Arc<Shared>, reports: Receiver<ShardReport>) {
         }
         let ready = state.readiness(&shared.stop).is_ok();
         shared.metrics.set_ready(ready);
-        shared
-            .metrics
-            .set_gateways(shared.sms.read(), shared.push.read());
+        shared.refresh_process_metrics();
     }
 }
 
@@ -338,7 +344,7 @@ impl State {
             return Err("draining".into());
         }
         if !self.serving {
-            return Err("replaying the journal".into());
+            return Err("replaying the journals".into());
         }
         for shard in 0..self.shard_count as u16 {
             let Some(state) = self.shards.get(&shard) else {
@@ -357,6 +363,18 @@ impl State {
 }
 
 impl Shared {
+    /// Brings the series that are not in shard reports up to date: the
+    /// SMS and push senders' counts and the records replayed at start.
+    fn refresh_process_metrics(&self) {
+        self.metrics.set_gateways(self.sms.read(), self.push.read());
+        let replayed: Vec<u64> = self
+            .replayed
+            .iter()
+            .map(|records| records.load(Ordering::Relaxed))
+            .collect();
+        self.metrics.set_replayed(&replayed);
+    }
+
     /// Whether `headers` carry the token, when one is required.
     fn authorized(&self, headers: &HeaderMap) -> bool {
         let Some(token) = &self.token else {
@@ -379,6 +397,7 @@ async fn get_metrics(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) 
     if !shared.authorized(&headers) {
         return unauthorized();
     }
+    shared.refresh_process_metrics();
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     (
         [(header::CONTENT_TYPE, content_type)],
@@ -411,6 +430,8 @@ pub struct Status {
     /// What the SMS and push senders did since start.
     pub sms: gateways::GatewayCounts,
     pub push: gateways::GatewayCounts,
+    /// Records each shard replayed when it started (so far, while it does).
+    pub replayed: Vec<u64>,
     pub shards: Vec<ShardStatus>,
 }
 
@@ -475,6 +496,11 @@ async fn get_status(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -
         reports_dropped: shared.reports_dropped.load(Ordering::Relaxed),
         sms: shared.sms.read(),
         push: shared.push.read(),
+        replayed: shared
+            .replayed
+            .iter()
+            .map(|r| r.load(Ordering::Relaxed))
+            .collect(),
         shards,
     })
     .into_response()

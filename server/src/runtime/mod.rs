@@ -327,6 +327,9 @@ pub struct ShardSetup {
     pub reporter: Reporter,
     /// An operator's requests, from the control thread.
     pub commands: crossbeam_channel::Receiver<ShardCommand>,
+    /// Records replayed so far, which the control thread shows while the
+    /// shard starts.
+    pub replayed: Arc<std::sync::atomic::AtomicU64>,
     /// Raised once every shard replayed and the listeners listen: the
     /// accept loops wait for it.
     pub serving: Arc<AtomicBool>,
@@ -348,9 +351,10 @@ pub async fn run(setup: ShardSetup) {
         reporter,
         serving,
         commands,
+        replayed,
     } = setup;
     let shard_id = shard.config().shard_id;
-    let journal = match open_journal(&mut shard, &storage).await {
+    let journal = match open_journal(&mut shard, &storage, &replayed).await {
         Ok((journal, report)) => {
             let _ = recovered.send(Ok(report));
             journal

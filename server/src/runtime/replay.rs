@@ -2,7 +2,10 @@
 //! shard serves anything (and, for a change of shard count, before any
 //! shard runs: `reshard` replays each old log through the same code).
 
-use std::time::Instant;
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::Instant,
+};
 
 use shard::Shard;
 use storage::{
@@ -18,10 +21,12 @@ pub(crate) enum ShardJournal {
     Memory(MemoryJournal),
 }
 
-/// Opens the shard's journal and replays it into `shard`.
+/// Opens the shard's journal and replays it into `shard`, counting the
+/// records replayed in `replayed` as it goes (for the metrics of a start).
 pub(crate) async fn open_journal(
     shard: &mut Shard,
     storage: &StorageSetup,
+    replayed: &AtomicU64,
 ) -> anyhow::Result<(ShardJournal, String)> {
     use crate::config::JournalKind;
     let shard_id = shard.config().shard_id;
@@ -35,6 +40,7 @@ pub(crate) async fn open_journal(
         .map_err(|e| anyhow::anyhow!("opening {}: {e}", storage.dir.display()))?;
     let mut restore_error = None;
     let mut restore = |record| {
+        replayed.fetch_add(1, Ordering::Relaxed);
         if restore_error.is_none() {
             restore_error = shard.restore(record).err();
         }
