@@ -454,4 +454,38 @@ mod tests {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }
     }
+
+    /// Every series the shipped Grafana dashboard queries exists, so a
+    /// renamed metric cannot leave a panel empty.
+    #[test]
+    fn the_dashboard_queries_only_series_that_exist() {
+        let dashboard = include_str!("../../../packaging/grafana/isle.json");
+        let dashboard: serde_json::Value = serde_json::from_str(dashboard).unwrap();
+        let text = Metrics::new().encode();
+        let families: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .collect();
+        let panels = dashboard["panels"].as_array().unwrap();
+        let mut queried = 0;
+        for target in panels.iter().flat_map(|p| p["targets"].as_array().unwrap()) {
+            let expr = target["expr"].as_str().unwrap();
+            for name in expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|word| word.starts_with("isle_"))
+            {
+                let family = ["_total", "_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .unwrap_or(name);
+                assert!(
+                    families.contains(&family),
+                    "{name} in {expr:?} is not exported"
+                );
+                queried += 1;
+            }
+        }
+        assert!(queried >= 20, "{queried}");
+    }
 }
