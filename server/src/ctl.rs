@@ -61,6 +61,10 @@ pub enum CtlCommand {
     /// The most detailed level the server logs from now on: off, error,
     /// warn, info, debug or trace.
     LogLevel { level: String },
+    /// Where a message is: every mailbox that holds it (queued, delivered,
+    /// acknowledged, read) and every group that took it, while the
+    /// server's resend tables remember it.
+    Trace { sender: String, client_id: u64 },
     /// Reload what can change without a restart, as SIGHUP does: the TLS
     /// certificate and key (new connections get the new ones).
     Reload,
@@ -85,6 +89,26 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
         CtlCommand::Status => show(admin, token, args.json),
         CtlCommand::Account { action } => account(admin, token, action),
         CtlCommand::Drain { wait_ms } => drain(admin, token, wait_ms),
+        CtlCommand::Trace { sender, client_id } => {
+            let found = fetch(admin, &format!("/trace/{sender}/{client_id}"), token)?;
+            let hits: Vec<serde_json::Value> = serde_json::from_str(&found)?;
+            match (args.json, hits.is_empty()) {
+                (true, _) => println!("{found}"),
+                (false, true) => println!(
+                    "not stored anywhere the server remembers: refused, never sent, or older \
+                     than the resend window"
+                ),
+                (false, false) => {
+                    for hit in hits {
+                        println!(
+                            "shard {} to {} id {}: {}",
+                            hit["shard"], hit["to"], hit["id"], hit["state"]
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
         CtlCommand::Reload => {
             print!("{}", request(admin, ("POST", "/reload"), token, None)?);
             Ok(())

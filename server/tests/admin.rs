@@ -277,3 +277,29 @@ fn a_restart_shows_what_each_shard_replayed() {
     // Two accounts and a message at least.
     assert!(replayed >= 3, "{replayed}");
 }
+
+#[test]
+fn a_trace_says_where_a_message_is() {
+    let server = Server::start(&[]);
+    let (mut alice, _, _) = server.phone("+15550000001");
+    let (_, bob, _) = server.phone("+15550000002");
+    alice
+        .send(&ClientFrame::Send {
+            client_id: 77,
+            to: bob,
+            body: b"here?",
+        })
+        .unwrap();
+    expect(&mut alice, "Sent", |e| matches!(e, Event::Sent { .. }));
+    let (ok, answer) = ctl(&server, &["--json", "trace", "+15550000001", "77"]);
+    assert!(ok, "{answer}");
+    let hits: serde_json::Value = serde_json::from_str(answer.trim()).unwrap();
+    assert_eq!(hits.as_array().unwrap().len(), 1, "{answer}");
+    assert_eq!(hits[0]["to"], "+15550000002", "{answer}");
+    assert!(
+        ["queued", "delivered"].contains(&hits[0]["state"].as_str().unwrap()),
+        "{answer}"
+    );
+    let (ok, answer) = ctl(&server, &["trace", "+15550000001", "78"]);
+    assert!(ok && answer.contains("not stored"), "{answer}");
+}

@@ -1107,3 +1107,35 @@ fn a_revoked_key_stops_working_and_the_mailbox_stays() {
     assert!(!net.shards[home].revoke(nobody, now_ms));
     assert!(net.shards[home].account_info(nobody).is_none());
 }
+
+/// An operator's trace follows a message from the mailbox to the phone and
+/// out of the mailbox.
+#[test]
+fn a_trace_follows_a_message_through_the_mailbox() {
+    let mut net = Net::new(2, |_| {});
+    let (alice, alice_key, bob, bob_key) = signed_up_pair(&mut net);
+    let (mut alice_conn, _) = net.login(alice, alice_key);
+    net.message(&mut alice_conn, bob, 42, b"where am I");
+    net.read(&alice_conn);
+    let home = net.shards[0].config().map.shard_of(bob) as usize;
+    let state = |net: &mut Net| {
+        let hits = net.shards[home].trace(alice, 42);
+        assert_eq!(hits.len(), 1, "{hits:?}");
+        assert_eq!(hits[0].to, bob.to_string());
+        hits[0].state
+    };
+    assert_eq!(state(&mut net), "queued");
+    let (mut bob_conn, got) = net.login(bob, bob_key);
+    let seq = got
+        .iter()
+        .find_map(|g| match g {
+            Got::Message { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(state(&mut net), "delivered");
+    net.send(&mut bob_conn, ClientFrame::Ack { up_to: seq });
+    net.settle();
+    assert_eq!(state(&mut net), "acknowledged");
+    assert!(net.shards[home].trace(alice, 43).is_empty());
+}

@@ -3,7 +3,7 @@
 //! bounded channel (never waiting on it) and answers through a oneshot the
 //! control thread awaits with a timeout.
 
-use shard::AccountInfo;
+use shard::{AccountInfo, TraceHit};
 use tokio::sync::oneshot;
 use wire::Phone;
 
@@ -23,6 +23,12 @@ pub enum ShardCommand {
     Revoke {
         phone: Phone,
         reply: oneshot::Sender<bool>,
+    },
+    /// Where `sender`'s message `client_id` is on this shard.
+    Trace {
+        sender: Phone,
+        client_id: u64,
+        reply: oneshot::Sender<Vec<TraceHit>>,
     },
     /// Stop taking connections and close every open one, telling phones
     /// the server is going away; the process keeps running.

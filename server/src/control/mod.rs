@@ -275,6 +275,7 @@ fn serve(listener: std::net::TcpListener, shared: Arc<Shared>, reports: Receiver
             .route("/account/:phone", get(get_account))
             .route("/account/:phone/revoke", axum::routing::post(post_revoke))
             .route("/drain", axum::routing::post(post_drain))
+            .route("/trace/:sender/:client_id", get(get_trace))
             .route("/reload", axum::routing::post(post_reload))
             .route("/log-level", axum::routing::put(put_log_level))
             .with_state(shared);
@@ -662,4 +663,51 @@ async fn post_reload(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) 
                 .into_response()
         }
     }
+}
+
+/// Where a message is: every shard is asked (a message is stored on its
+/// recipient's shard, a group post on its group's), and the answers are
+/// listed together, shard by shard.
+async fn get_trace(
+    Extract(shared): Extract<Arc<Shared>>,
+    axum::extract::Path((sender, client_id)): axum::extract::Path<(String, u64)>,
+    headers: HeaderMap,
+) -> Response {
+    if !shared.authorized(&headers) {
+        return unauthorized();
+    }
+    let sender = match phone_in_path(&sender) {
+        Ok(phone) => phone,
+        Err(error) => return error.into_response(),
+    };
+    let mut answers = Vec::new();
+    for (shard, commands) in shared.commands.iter().enumerate() {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let command = ShardCommand::Trace {
+            sender,
+            client_id,
+            reply,
+        };
+        if commands.try_send(command).is_err() {
+            let busy = format!("shard {shard} has too many commands waiting; retry\n");
+            return (StatusCode::SERVICE_UNAVAILABLE, busy).into_response();
+        }
+        answers.push((shard, answer));
+    }
+    let wait = Duration::from_millis(SHARD_ANSWER_WAIT_MS);
+    let mut found = Vec::new();
+    for (shard, answer) in answers {
+        match tokio::time::timeout(wait, answer).await {
+            Ok(Ok(hits)) => found.extend(hits.into_iter().map(|hit| (shard, hit))),
+            _ => {
+                let silent = format!("shard {shard} did not answer\n");
+                return (StatusCode::GATEWAY_TIMEOUT, silent).into_response();
+            }
+        }
+    }
+    let found: Vec<serde_json::Value> = found
+        .into_iter()
+        .map(|(shard, hit)| serde_json::json!({"shard": shard, "to": hit.to, "id": hit.id, "state": hit.state}))
+        .collect();
+    Json(found).into_response()
 }

@@ -230,6 +230,14 @@ impl Runtime {
                 }
                 let _ = reply.send(revoked);
             }
+            ShardCommand::Trace {
+                sender,
+                client_id,
+                reply,
+            } => {
+                let hits = self.with_shard_no_outputs(|shard| shard.trace(sender, client_id));
+                let _ = reply.send(hits);
+            }
             ShardCommand::ReloadTls(config) => {
                 *self.tls.borrow_mut() = Some(config);
             }

@@ -399,6 +399,20 @@ impl Groups {
         }
     }
 
+    /// Group posts `from` made under `client_id` that this owner took, while
+    /// its resend table remembers them.
+    pub(super) fn trace(&mut self, from: Phone, client_id: u64) -> Vec<super::TraceHit> {
+        self.dedup
+            .iter()
+            .filter(|&(_, author, id, _)| author == from && id == client_id)
+            .map(|(group, _, _, gseq)| super::TraceHit {
+                to: group.to_string(),
+                id: gseq & !storage::DEDUP_READ_BIT,
+                state: "posted",
+            })
+            .collect()
+    }
+
     // ---- the members' half ---------------------------------------------------
 
     /// True when post `gseq` of `group` reached this shard before (a fan-out

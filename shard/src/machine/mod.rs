@@ -57,7 +57,7 @@ pub use connections::{ConnEvent, ConnEventKind, ConnId, ConnSnapshot};
 pub use counters::ShardCounters;
 pub use groups::GroupAction;
 use groups::Groups;
-pub use operator::AccountInfo;
+pub use operator::{AccountInfo, TraceHit};
 pub use peer::PeerMessage;
 pub use push::Push;
 pub use recovery::RestoreError;

@@ -1,5 +1,6 @@
-//! What an operator may ask of a shard about one account (through the
-//! admin listener): what it holds, and revoking its device key.
+//! What an operator may ask of a shard (through the admin listener): what
+//! it holds of an account, revoking its device key, and where a message
+//! is.
 
 use serde::Serialize;
 use storage::Record;
@@ -25,7 +26,68 @@ pub struct AccountInfo {
     pub push_token: bool,
 }
 
+/// Where a message (a sender's `client_id`) is, as one shard knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TraceHit {
+    /// The recipient (a phone, or a group for a post its owner took).
+    pub to: String,
+    /// Its mailbox seq, or for a group post its position in the group.
+    pub id: u64,
+    /// `queued` (in the mailbox, not yet written to the phone),
+    /// `delivered` (written, not acknowledged), `acknowledged` (gone from
+    /// the mailbox, the sender told `Delivered`), `read` (its read receipt
+    /// passed, or it expired unread), or `posted` (a group post its owner
+    /// numbered).
+    pub state: &'static str,
+}
+
 impl Shard {
+    /// Where `sender`'s message `client_id` is on this shard: every
+    /// mailbox it was stored in and every group that took it, while the
+    /// resend tables remember it (`dedup_ttl_ms`, `dedup_entries_max`).
+    /// Empty when this shard never stored it (or forgot).
+    pub fn trace(&mut self, sender: Phone, client_id: u64) -> Vec<TraceHit> {
+        let found: Vec<(Phone, u64)> = self
+            .dedup
+            .iter()
+            .filter(|&(_, from, id, _)| from == sender && id == client_id)
+            .map(|(to, _, _, seq)| (to, seq))
+            .collect();
+        let mut hits: Vec<TraceHit> = found
+            .into_iter()
+            .map(|(to, seq)| self.trace_in_mailbox(to, seq))
+            .collect();
+        hits.extend(self.groups.trace(sender, client_id));
+        hits
+    }
+
+    /// The state of entry `seq` (the read bit included) in `to`'s mailbox.
+    fn trace_in_mailbox(&self, to: Phone, seq: u64) -> TraceHit {
+        let read = seq & storage::DEDUP_READ_BIT != 0;
+        let seq = seq & !storage::DEDUP_READ_BIT;
+        let state = match self.accounts.get(&to) {
+            _ if read => "read",
+            Some(account) if seq <= account.mailbox.acked_up_to() => "acknowledged",
+            Some(account) => {
+                let written = account
+                    .session
+                    .and_then(|id| self.conns.get(id))
+                    .is_some_and(|conn| conn.delivered_up_to() >= seq);
+                if written {
+                    "delivered"
+                } else {
+                    "queued"
+                }
+            }
+            None => "acknowledged",
+        };
+        TraceHit {
+            to: to.to_string(),
+            id: seq,
+            state,
+        }
+    }
+
     /// What this shard holds of `phone`'s account; `None` when it has none.
     pub fn account_info(&self, phone: Phone) -> Option<AccountInfo> {
         let account = self.accounts.get(&phone)?;
