@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 #[derive(Parser)]
-#[command(name = "loadgen", about = "Drive phones against an isle server")]
+#[command(
+    name = "loadgen",
+    about = "Drive phones against an isle server",
+    version
+)]
 struct Cli {
     #[command(subcommand)]
     scenario: Scenario,
@@ -43,9 +47,11 @@ const SCENARIOS: [&str; 7] = [
 
 fn main() {
     let mut argv: Vec<String> = std::env::args().collect();
-    let named = argv.get(1).is_some_and(|a| {
-        SCENARIOS.contains(&a.as_str()) || a == "help" || a == "-h" || a == "--help"
-    });
+    // Words clap answers itself, without a scenario.
+    const OWN: [&str; 5] = ["help", "-h", "--help", "-V", "--version"];
+    let named = argv
+        .get(1)
+        .is_some_and(|a| SCENARIOS.contains(&a.as_str()) || OWN.contains(&a.as_str()));
     if !named {
         argv.insert(1, "chat".to_string());
     }
@@ -68,6 +74,9 @@ fn main() {
         }),
         Scenario::Slow(args) => finish(loadgen::slow::run(&args), args.chat.json, |report| {
             report.print_summary();
+            for failure in report.failures() {
+                eprintln!("loadgen: failed: {failure}");
+            }
             report.failed()
         }),
         Scenario::Groups(args) => finish(loadgen::groups::run(&args), args.json, |report| {

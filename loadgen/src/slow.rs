@@ -55,11 +55,23 @@ pub struct Report {
     pub p50_ratio: f64,
     pub p99_ratio: f64,
     pub lost: u64,
+    /// Why either run failed (chat's `failures`, each line prefixed with
+    /// the run), for the exit status: not on the JSON line.
+    #[serde(skip)]
+    pub failures: Vec<String>,
 }
 
 impl Report {
+    /// Why the comparison failed, one line each; empty when it did not.
+    /// Either run failing fails it: a message lost, a phone that could not
+    /// connect or log in, nothing sent. Figures from such a run compare
+    /// nothing.
+    pub fn failures(&self) -> &[String] {
+        &self.failures
+    }
+
     pub fn failed(&self) -> bool {
-        self.lost > 0
+        !self.failures.is_empty()
     }
 
     pub fn print_summary(&self) {
@@ -137,6 +149,14 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     eprintln!("slow: second run, {} of phones stalled", args.share);
     let stalled = chat::run(&chat)?;
     write_report(&chat, &stalled)?;
+    let failures = [("baseline", &baseline), ("with stalled", &stalled)]
+        .into_iter()
+        .flat_map(|(name, run)| {
+            run.failures()
+                .into_iter()
+                .map(move |f| format!("{name}: {f}"))
+        })
+        .collect();
     Ok(Report {
         scenario: "slow",
         phones: args.chat.phones,
@@ -147,5 +167,6 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         lost: baseline.lost + stalled.lost,
         baseline: summarise(&baseline),
         with_stalled: summarise(&stalled),
+        failures,
     })
 }

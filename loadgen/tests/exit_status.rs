@@ -1,15 +1,30 @@
 //! loadgen's exit status: a run that measured nothing must not pass.
 
-use std::process::Command;
+use std::{
+    io::Read,
+    net::{SocketAddr, TcpListener},
+    process::{Command, Output},
+    sync::Arc,
+};
 
-#[test]
-fn a_run_where_no_phone_could_log_in_fails_and_says_why() {
-    // A port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+fn loadgen(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A port nothing listens on.
+fn closed_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
+}
+
+#[test]
+fn a_run_where_no_phone_could_log_in_fails_and_says_why() {
+    let port = closed_port().port();
     let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
         .args(["--target", &format!("127.0.0.1:{port}")])
         .args(["--phones", "4", "--duration", "1", "--warmup", "0"])
@@ -23,4 +38,120 @@ fn a_run_where_no_phone_could_log_in_fails_and_says_why() {
         "{stderr}"
     );
     assert!(stderr.contains("no message was sent"), "{stderr}");
+}
+
+/// Each scenario's arguments for a short run of a few phones, after
+/// `--target`.
+const SCENARIOS: [(&str, &[&str]); 6] = [
+    (
+        "chat",
+        &["--phones", "4", "--duration", "1", "--warmup", "0"],
+    ),
+    ("idle", &["--phones", "4", "--steps", "1"]),
+    ("storm", &["--phones", "4", "--senders", "1"]),
+    (
+        "slow",
+        &["--phones", "4", "--duration", "1", "--warmup", "0"],
+    ),
+    (
+        "groups",
+        &["--phones", "4", "--group-size", "2", "--duration", "1"],
+    ),
+    (
+        "presence",
+        &["--phones", "4", "--contacts", "2", "--duration", "1"],
+    ),
+];
+
+/// Options only chat (and slow, which runs it) has: give up on the first
+/// connection quickly.
+fn patience(scenario: &str) -> &'static [&'static str] {
+    match scenario {
+        "chat" | "slow" => &["--connect-patience", "0.5", "--drain", "1"],
+        _ => &[],
+    }
+}
+
+/// Runs every scenario against `target` with `extra` options; each must
+/// exit non-zero.
+fn every_scenario_fails(target: SocketAddr, extra: &[&str], why: &str) {
+    for (scenario, args) in SCENARIOS {
+        let target = target.to_string();
+        let mut all = vec![scenario, "--target", &target];
+        all.extend_from_slice(args);
+        all.extend_from_slice(patience(scenario));
+        all.extend_from_slice(extra);
+        let output = loadgen(&all);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success() && output.status.code().is_some(),
+            "{scenario} {why}: exited {:?}\n{stderr}",
+            output.status
+        );
+    }
+}
+
+/// Regression: `slow` printed `lost=0` and exited 0 when no phone could
+/// connect, since it only looked at lost messages.
+#[test]
+fn every_scenario_fails_without_a_server() {
+    every_scenario_fails(closed_port(), &[], "without a server");
+}
+
+/// A TLS server whose certificate the phones are not told to trust: every
+/// connection accepted completes as much of the handshake as the client
+/// allows, then ends.
+fn untrusted_tls_server() -> SocketAddr {
+    let generated = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let cert = generated.cert.der().clone();
+    let key =
+        rustls::pki_types::PrivateKeyDer::try_from(generated.key_pair.serialize_der()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+    let config = Arc::new(config);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let connection = rustls::ServerConnection::new(config).unwrap();
+                let mut tls = rustls::StreamOwned::new(connection, stream);
+                let _ = tls.read(&mut [0; 64]);
+            });
+        }
+    });
+    addr
+}
+
+/// A `--ca` that is not the server's certificate: every phone's handshake
+/// fails, and so must the run.
+#[test]
+fn every_scenario_fails_when_the_server_is_not_the_one_trusted() {
+    let server = untrusted_tls_server();
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, other.cert.pem()).unwrap();
+    let ca = ca.to_str().unwrap();
+    every_scenario_fails(server, &["--tls", "--ca", ca], "with a wrong --ca");
+}
+
+#[test]
+fn version_prints_the_version() {
+    for flag in ["--version", "-V"] {
+        let output = loadgen(&[flag]);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{flag}: {output:?}");
+        assert_eq!(
+            stdout.trim(),
+            format!("loadgen {}", env!("CARGO_PKG_VERSION")),
+            "{flag}"
+        );
+    }
 }
