@@ -62,15 +62,16 @@ fn main() {
             for failure in &failures {
                 eprintln!("loadgen: failed: {failure}");
             }
-            !write_report(args.report.as_deref(), report, &report.curves) || !failures.is_empty()
+            !write_report(args.report.as_deref(), &args, report, &report.curves)
+                || !failures.is_empty()
         }),
         Scenario::Idle(args) => finish(loadgen::idle::run(&args), args.json, |report| {
             report.print_summary();
-            !write_report(args.report.as_deref(), report, &report.curves) || report.failed()
+            !write_report(args.report.as_deref(), &args, report, &report.curves) || report.failed()
         }),
         Scenario::Storm(args) => finish(loadgen::storm::run(&args), args.json, |report| {
             report.print_summary();
-            !write_report(args.report.as_deref(), report, &report.curves) || report.failed()
+            !write_report(args.report.as_deref(), &args, report, &report.curves) || report.failed()
         }),
         Scenario::Slow(args) => finish(loadgen::slow::run(&args), args.chat.json, |report| {
             report.print_summary();
@@ -81,11 +82,11 @@ fn main() {
         }),
         Scenario::Groups(args) => finish(loadgen::groups::run(&args), args.json, |report| {
             report.print_summary();
-            report.failed()
+            !write_report(args.report.as_deref(), &args, report, &report.curves) || report.failed()
         }),
         Scenario::Presence(args) => finish(loadgen::presence::run(&args), args.json, |report| {
             report.print_summary();
-            report.failed()
+            !write_report(args.report.as_deref(), &args, report, &report.curves) || report.failed()
         }),
         Scenario::Relay(args) => match loadgen::relay::run(&args) {
             Ok(()) => 0,
@@ -98,16 +99,18 @@ fn main() {
     std::process::exit(code);
 }
 
-/// Writes `--report DIR` if it was asked for; false if that failed.
+/// Writes `--report DIR` if it was asked for, with the run's `args`;
+/// false if that failed.
 fn write_report<R: Serialize>(
     dir: Option<&std::path::Path>,
+    args: &impl Serialize,
     report: &R,
     curves: &loadgen::report::Curves,
 ) -> bool {
     let Some(dir) = dir else {
         return true;
     };
-    match loadgen::report::write(dir, report, curves) {
+    match loadgen::report::write(dir, args, report, curves) {
         Ok(()) => true,
         Err(error) => {
             eprintln!("loadgen: writing the report: {error:#}");
