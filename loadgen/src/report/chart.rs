@@ -110,7 +110,7 @@ fn plain(value: f64) -> String {
     }
     let mut grouped = String::from(sign);
     for (i, digit) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             grouped.push(',');
         }
         grouped.push(digit);
