@@ -39,10 +39,13 @@ enum Scenario {
     /// Not a scenario: runs the bare relay server, the ceiling to compare
     /// a server against (forwarding only: no auth, storage or receipts).
     Relay(loadgen::relay::Args),
+    /// Not a scenario: one phone driven by hand, commands from stdin
+    /// (`help` lists them), every frame the server sends printed.
+    Phone(loadgen::phone::Args),
 }
 
-const SCENARIOS: [&str; 7] = [
-    "chat", "idle", "storm", "slow", "groups", "presence", "relay",
+const SCENARIOS: [&str; 8] = [
+    "chat", "idle", "storm", "slow", "groups", "presence", "relay", "phone",
 ];
 
 fn main() {
@@ -95,6 +98,16 @@ fn main() {
                 2
             }
         },
+        Scenario::Phone(args) => {
+            let input = std::io::BufReader::new(std::io::stdin());
+            match loadgen::phone::run(&args, input, std::io::stdout()) {
+                Ok(()) => 0,
+                Err(error) => {
+                    eprintln!("loadgen phone: {error:#}");
+                    2
+                }
+            }
+        }
     };
     std::process::exit(code);
 }
