@@ -47,10 +47,11 @@ pub use report::Report;
 use crate::window::{wait_until, Threads, SETUP_WAIT_MAX};
 use thread::run_thread;
 
-#[derive(Debug, Clone, Parser)]
+#[derive(Debug, Clone, Parser, serde::Serialize)]
 #[command(name = "loadgen", about = "Drive phones against an isle server")]
 pub struct Args {
     #[command(flatten)]
+    #[serde(flatten)]
     pub connect: crate::dial::ConnectArgs,
     /// Phones to simulate.
     #[arg(long, default_value_t = 1000)]
@@ -192,9 +193,8 @@ struct Sending {
 /// tick of the timeline each second, and the server's CPU time at the end
 /// of warm-up and when sending stops.
 fn send(args: &Args, shared: &Shared) -> anyhow::Result<Sending> {
-    let started = Instant::now();
-    let mut last = (0u64, 0u64, Instant::now());
-    let mut timeline = Vec::new();
+    let counts = || [shared.sent.load(Relaxed), shared.delivered.load(Relaxed)];
+    let mut timeline = crate::report::Timeline::start(counts());
     let server_cpu = || args.server_pid.map(crate::process::cpu_seconds).transpose();
     let (warmup_end, end) = (
         Duration::from_secs_f64(args.warmup),
@@ -203,34 +203,27 @@ fn send(args: &Args, shared: &Shared) -> anyhow::Result<Sending> {
     // The server's CPU time when warm-up ends (`Some(None)`: no pid given).
     let mut cpu_at_warmup_end = None;
     loop {
-        let elapsed = started.elapsed();
+        let elapsed = timeline.elapsed();
         if elapsed >= end {
             break;
         }
         if cpu_at_warmup_end.is_none() && elapsed >= warmup_end {
             cpu_at_warmup_end = Some(server_cpu()?);
         }
-        let next_tick = Duration::from_secs(timeline.len() as u64 + 1).min(end);
+        let next_tick = timeline.next_due().min(end);
         let wake = match cpu_at_warmup_end {
             None => next_tick.min(warmup_end),
             Some(_) => next_tick,
         };
         std::thread::sleep(wake.saturating_sub(elapsed));
-        if started.elapsed() < next_tick {
+        if timeline.elapsed() < next_tick {
             continue;
         }
-        let (sent, delivered) = (shared.sent.load(Relaxed), shared.delivered.load(Relaxed));
-        let seconds = last.2.elapsed().as_secs_f64();
-        let rate = (delivered - last.1) as f64 / seconds;
-        timeline.push(crate::report::Tick {
-            t_s: started.elapsed().as_secs_f64(),
-            sent_per_s: (sent - last.0) as f64 / seconds,
-            delivered_per_s: rate,
-        });
-        last = (sent, delivered, Instant::now());
+        let now = counts();
+        let (delivered, rate) = (now[1], timeline.tick(now).delivered_per_s);
         eprintln!(
             "t={:>4.1}s sent={} acked={} delivered={} rate={rate:.0}/s errors={} reconnects={}",
-            started.elapsed().as_secs_f64(),
+            timeline.elapsed().as_secs_f64(),
             shared.sent.load(Relaxed),
             shared.acked.load(Relaxed),
             delivered,
@@ -240,7 +233,7 @@ fn send(args: &Args, shared: &Shared) -> anyhow::Result<Sending> {
     }
     let cpu_at_end = server_cpu()?;
     Ok(Sending {
-        timeline,
+        timeline: timeline.into_ticks(),
         server_cpu_s: match (cpu_at_warmup_end.flatten(), cpu_at_end) {
             (Some(begin), Some(end)) => Some(end - begin),
             _ => None,

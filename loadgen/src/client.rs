@@ -85,6 +85,16 @@ impl Client {
         Client::start(Stream::Plain(stream), false)
     }
 
+    /// Connects over TLS, trusting `ca` (or anything, when `None`), without
+    /// saying `Hello`. The handshake happens with the first write.
+    pub fn connect_tls_raw(addr: SocketAddr, ca: Option<&Path>) -> anyhow::Result<Client> {
+        let config = crate::tls::client_config(ca)?;
+        let connection = ClientConnection::new(config, ServerName::from(addr.ip()))?;
+        let stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+        let stream = Box::new(StreamOwned::new(connection, stream));
+        Client::start(Stream::Tls(stream), false)
+    }
+
     fn start(stream: Stream, hello: bool) -> anyhow::Result<Client> {
         stream.tcp().set_nodelay(true)?;
         let mut client = Client {
@@ -152,6 +162,19 @@ impl Client {
         }
     }
 
+    /// Waits up to `wait` (more than zero) for the next frame. `Quiet`
+    /// when none came: the connection stays usable, and a frame half read
+    /// is kept for the next call.
+    pub fn poll(&mut self, wait: Duration) -> anyhow::Result<Polled> {
+        self.set_timeout(wait)?;
+        match self.try_recv() {
+            Ok(Some(event)) => Ok(Polled::Frame(event)),
+            Ok(None) => Ok(Polled::Closed),
+            Err(error) if is_timeout(&error) => Ok(Polled::Quiet),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Reads frames until `pick` accepts one, skipping the others; an
     /// `Error` frame is an error.
     pub fn recv_until<T>(&mut self, pick: impl Fn(&Event) -> Option<T>) -> anyhow::Result<T> {
@@ -194,6 +217,26 @@ impl Client {
             other => bail!("expected LoggedIn, got {other:?}"),
         }
     }
+}
+
+/// What [`Client::poll`] found.
+#[derive(Debug)]
+pub enum Polled {
+    Frame(Event),
+    /// Nothing arrived in time.
+    Quiet,
+    /// The server closed the connection.
+    Closed,
+}
+
+/// A read that ran into the socket's timeout (`WouldBlock` on Linux).
+fn is_timeout(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<io::Error>().is_some_and(|error| {
+        matches!(
+            error.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        )
+    })
 }
 
 /// The `quantile` (0 to 1) of `samples`, sorted ascending, in µs: what the

@@ -18,8 +18,8 @@ use wire::{
 use crate::connection::{BoxIo, Connection};
 
 /// Where phones connect and how they are spread: the options every
-/// scenario shares.
-#[derive(Debug, Clone, Args)]
+/// scenario shares. Serialized into `--report`'s parameters.
+#[derive(Debug, Clone, Args, serde::Serialize)]
 pub struct ConnectArgs {
     /// Server address (its plaintext port, or its TLS port with --tls).
     /// `mqtt://ADDR` runs the phones as MQTT 3.1.1 clients of a broker
@@ -115,6 +115,23 @@ impl std::str::FromStr for Target {
             .parse()
             .with_context(|| format!("{addr:?} is not an IP address and port"))?;
         Ok(Target { protocol, addr })
+    }
+}
+
+/// As it is written on the command line: `mqtt://ADDR`, or `ADDR` for
+/// isle.
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.protocol {
+            Protocol::Isle => write!(f, "{}", self.addr),
+            Protocol::Mqtt => write!(f, "mqtt://{}", self.addr),
+        }
+    }
+}
+
+impl serde::Serialize for Target {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
     }
 }
 

@@ -35,9 +35,10 @@ use crate::connection::BoxIo;
 use crate::dial::{take_frames, ConnectArgs, Dialer};
 use crate::window::{latency_histogram, wait_for, Threads, Window};
 
-#[derive(Debug, Clone, clap::Parser)]
+#[derive(Debug, Clone, clap::Parser, serde::Serialize)]
 pub struct Args {
     #[command(flatten)]
+    #[serde(flatten)]
     pub connect: ConnectArgs,
     /// Phones, in groups of --group-size (a remainder sits out).
     #[arg(long, default_value_t = 2_560)]
@@ -66,6 +67,10 @@ pub struct Args {
     /// Print the report as JSON on the last line.
     #[arg(long)]
     pub json: bool,
+    /// Write the report (JSON, latency and throughput charts) into this
+    /// directory.
+    #[arg(long)]
+    pub report: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -95,6 +100,9 @@ pub struct Report {
     /// Posts that reached a member twice or out of order.
     pub duplicates: u64,
     pub errors: u64,
+    /// For `--report`: not on the JSON line.
+    #[serde(skip)]
+    pub curves: crate::report::Curves,
 }
 
 impl Report {
@@ -186,16 +194,17 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     wait_for("group creations", &shared.created, groups, failed)?;
     eprintln!("{phones} phones in {groups} groups of {}", args.group_size);
 
-    let measured = shared
-        .window
-        .run(args.warmup, args.duration, args.server_pid, || {
-            format!(
-                "posts={} deliveries={} errors={}",
-                shared.posts.load(Relaxed),
-                shared.deliveries.load(Relaxed),
-                shared.errors.load(Relaxed)
-            )
-        })?;
+    let counts = || [shared.posts.load(Relaxed), shared.deliveries.load(Relaxed)];
+    let measured = shared.window.run(
+        (args.warmup, args.duration),
+        args.server_pid,
+        counts,
+        || {
+            let [posts, deliveries] = counts();
+            let errors = shared.errors.load(Relaxed);
+            format!("posts={posts} deliveries={deliveries} errors={errors}")
+        },
+    )?;
     let results = threads.join()?;
 
     let mut histogram = latency_histogram();
@@ -226,6 +235,11 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         undelivered,
         duplicates: shared.duplicates.load(Relaxed),
         errors: shared.errors.load(Relaxed),
+        curves: crate::report::Curves::new("member delivery latency", &histogram).with_timeline(
+            measured.timeline,
+            ["posts", "member deliveries"],
+            args.warmup,
+        ),
     })
 }
 

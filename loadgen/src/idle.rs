@@ -31,9 +31,10 @@ use crate::dial::{take_frames, Dialer};
 use crate::report::Heading;
 use crate::window::{wait_until, Threads, SETUP_WAIT_MAX};
 
-#[derive(Debug, Clone, Parser)]
+#[derive(Debug, Clone, Parser, serde::Serialize)]
 pub struct Args {
     #[command(flatten)]
+    #[serde(flatten)]
     pub connect: crate::dial::ConnectArgs,
     /// Phones to hold; 0: as many as this process's open-file limit allows,
     /// less `FDS_SPARE`.
@@ -211,7 +212,8 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         login_ms_p99: millis(0.99),
         login_ms_max: login_ns.max() as f64 / 1e6,
         server_bytes_per_phone: slope(&samples),
-        curves: crate::report::Curves::new("login time", Vec::new(), &login_ns),
+        curves: crate::report::Curves::new("login time", &login_ns)
+            .with_memory(samples.clone(), slope(&samples)),
         samples,
     })
 }

@@ -7,6 +7,7 @@
 //! [`slow`], [`groups`] and [`presence`]; [`relay`] is the bare relay
 //! server they can be pointed at instead of isle, and
 //! [`mqtt`] lets `chat` drive an MQTT broker with the same workload.
+//! [`phone`] is one phone driven by hand from stdin, for poking a server.
 
 pub mod chat;
 pub mod client;
@@ -15,6 +16,7 @@ pub mod dial;
 pub mod groups;
 pub mod idle;
 pub mod mqtt;
+pub mod phone;
 pub mod presence;
 pub mod process;
 pub mod relay;

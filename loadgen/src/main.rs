@@ -39,10 +39,13 @@ enum Scenario {
     /// Not a scenario: runs the bare relay server, the ceiling to compare
     /// a server against (forwarding only: no auth, storage or receipts).
     Relay(loadgen::relay::Args),
+    /// Not a scenario: one phone driven by hand, commands from stdin
+    /// (`help` lists them), every frame the server sends printed.
+    Phone(loadgen::phone::Args),
 }
 
-const SCENARIOS: [&str; 7] = [
-    "chat", "idle", "storm", "slow", "groups", "presence", "relay",
+const SCENARIOS: [&str; 8] = [
+    "chat", "idle", "storm", "slow", "groups", "presence", "relay", "phone",
 ];
 
 fn main() {
@@ -62,15 +65,16 @@ fn main() {
             for failure in &failures {
                 eprintln!("loadgen: failed: {failure}");
             }
-            !write_report(args.report.as_deref(), report, &report.curves) || !failures.is_empty()
+            !write_report(args.report.as_deref(), &args, report, &report.curves)
+                || !failures.is_empty()
         }),
         Scenario::Idle(args) => finish(loadgen::idle::run(&args), args.json, |report| {
             report.print_summary();
-            !write_report(args.report.as_deref(), report, &report.curves) || report.failed()
+            !write_report(args.report.as_deref(), &args, report, &report.curves) || report.failed()
         }),
         Scenario::Storm(args) => finish(loadgen::storm::run(&args), args.json, |report| {
             report.print_summary();
-            !write_report(args.report.as_deref(), report, &report.curves) || report.failed()
+            !write_report(args.report.as_deref(), &args, report, &report.curves) || report.failed()
         }),
         Scenario::Slow(args) => finish(loadgen::slow::run(&args), args.chat.json, |report| {
             report.print_summary();
@@ -81,11 +85,11 @@ fn main() {
         }),
         Scenario::Groups(args) => finish(loadgen::groups::run(&args), args.json, |report| {
             report.print_summary();
-            report.failed()
+            !write_report(args.report.as_deref(), &args, report, &report.curves) || report.failed()
         }),
         Scenario::Presence(args) => finish(loadgen::presence::run(&args), args.json, |report| {
             report.print_summary();
-            report.failed()
+            !write_report(args.report.as_deref(), &args, report, &report.curves) || report.failed()
         }),
         Scenario::Relay(args) => match loadgen::relay::run(&args) {
             Ok(()) => 0,
@@ -94,20 +98,32 @@ fn main() {
                 2
             }
         },
+        Scenario::Phone(args) => {
+            let input = std::io::BufReader::new(std::io::stdin());
+            match loadgen::phone::run(&args, input, std::io::stdout()) {
+                Ok(()) => 0,
+                Err(error) => {
+                    eprintln!("loadgen phone: {error:#}");
+                    2
+                }
+            }
+        }
     };
     std::process::exit(code);
 }
 
-/// Writes `--report DIR` if it was asked for; false if that failed.
+/// Writes `--report DIR` if it was asked for, with the run's `args`;
+/// false if that failed.
 fn write_report<R: Serialize>(
     dir: Option<&std::path::Path>,
+    args: &impl Serialize,
     report: &R,
     curves: &loadgen::report::Curves,
 ) -> bool {
     let Some(dir) = dir else {
         return true;
     };
-    match loadgen::report::write(dir, report, curves) {
+    match loadgen::report::write(dir, args, report, curves) {
         Ok(()) => true,
         Err(error) => {
             eprintln!("loadgen: writing the report: {error:#}");

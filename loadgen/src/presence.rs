@@ -36,11 +36,12 @@ use wire::{encode_client, ClientFrame, Phone, Presence, ServerFrame};
 
 use crate::connection::BoxIo;
 use crate::dial::{take_frames, ConnectArgs, Dialer};
-use crate::window::{latency_histogram, wait_for, Threads, Window};
+use crate::window::{latency_histogram, wait_for, Measured, Threads, Window};
 
-#[derive(Debug, Clone, clap::Parser)]
+#[derive(Debug, Clone, clap::Parser, serde::Serialize)]
 pub struct Args {
     #[command(flatten)]
+    #[serde(flatten)]
     pub connect: ConnectArgs,
     #[arg(long, default_value_t = 2_000)]
     pub phones: usize,
@@ -66,6 +67,10 @@ pub struct Args {
     /// Print the report as JSON on the last line.
     #[arg(long)]
     pub json: bool,
+    /// Write the report (JSON, update latency and rate charts) into this
+    /// directory.
+    #[arg(long)]
+    pub report: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -95,6 +100,9 @@ pub struct Report {
     /// (counted in `updates`, left out of the latency).
     pub stale: u64,
     pub errors: u64,
+    /// For `--report`: not on the JSON line.
+    #[serde(skip)]
+    pub curves: crate::report::Curves,
 }
 
 impl Report {
@@ -205,16 +213,17 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     }
     eprintln!("{phones} phones following {} contacts each", args.contacts);
 
-    let measured = shared
-        .window
-        .run(args.warmup, args.duration, args.server_pid, || {
-            format!(
-                "changes={} updates={} errors={}",
-                shared.changes.load(Relaxed),
-                shared.updates.load(Relaxed),
-                shared.errors.load(Relaxed)
-            )
-        })?;
+    let counts = || [shared.changes.load(Relaxed), shared.updates.load(Relaxed)];
+    let measured = shared.window.run(
+        (args.warmup, args.duration),
+        args.server_pid,
+        counts,
+        || {
+            let [changes, updates] = counts();
+            let errors = shared.errors.load(Relaxed);
+            format!("changes={changes} updates={updates} errors={errors}")
+        },
+    )?;
     std::thread::sleep(Duration::from_secs_f64(args.drain));
     finish(&shared);
     let histograms = threads.join()?;
@@ -223,30 +232,44 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     for result in histograms {
         histogram.add(&result)?;
     }
-    let updates_measured = shared.updates_measured.load(Relaxed) as f64;
-    let measured_s = measured.seconds;
-    let micros = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
-    let changes = shared.changes.load(Relaxed);
-    let updates = shared.updates.load(Relaxed);
-    Ok(Report {
-        phones: args.phones,
-        contacts: args.contacts,
-        offered_changes_per_s: args.rate,
-        measured_s,
-        changes_per_s: shared.changes_measured.load(Relaxed) as f64 / measured_s,
-        updates_per_s: updates_measured / measured_s,
-        updates_per_server_cpu_s: measured.per_server_cpu_s(updates_measured),
-        server_cpu_share: measured.server_cpu_share(),
-        server_rss_bytes: measured.server_rss_bytes,
-        latency_us_p50: micros(0.5),
-        latency_us_p99: micros(0.99),
-        latency_us_max: histogram.max() as f64 / 1000.0,
-        changes,
-        updates,
-        missed: (changes * args.contacts as u64).saturating_sub(updates),
-        stale: shared.stale.load(Relaxed),
-        errors: shared.errors.load(Relaxed),
-    })
+    Ok(Report::new(args, &shared, &histogram, measured))
+}
+
+impl Report {
+    /// The report of a run: the counts `shared` holds, the latency the
+    /// threads measured (`histogram`), and what the main thread measured
+    /// over the window.
+    fn new(args: &Args, shared: &Shared, histogram: &Histogram<u64>, measured: Measured) -> Report {
+        let updates_measured = shared.updates_measured.load(Relaxed) as f64;
+        let measured_s = measured.seconds;
+        let micros = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+        let changes = shared.changes.load(Relaxed);
+        let updates = shared.updates.load(Relaxed);
+        Report {
+            phones: args.phones,
+            contacts: args.contacts,
+            offered_changes_per_s: args.rate,
+            measured_s,
+            changes_per_s: shared.changes_measured.load(Relaxed) as f64 / measured_s,
+            updates_per_s: updates_measured / measured_s,
+            updates_per_server_cpu_s: measured.per_server_cpu_s(updates_measured),
+            server_cpu_share: measured.server_cpu_share(),
+            server_rss_bytes: measured.server_rss_bytes,
+            latency_us_p50: micros(0.5),
+            latency_us_p99: micros(0.99),
+            latency_us_max: histogram.max() as f64 / 1000.0,
+            changes,
+            updates,
+            missed: (changes * args.contacts as u64).saturating_sub(updates),
+            stale: shared.stale.load(Relaxed),
+            errors: shared.errors.load(Relaxed),
+            curves: crate::report::Curves::new("presence update latency", histogram).with_timeline(
+                measured.timeline,
+                ["changes", "updates"],
+                args.warmup,
+            ),
+        }
+    }
 }
 
 /// One loadgen thread's share of the phones.

@@ -1,14 +1,22 @@
 //! `--report DIR`: a run's result as files people can read. `report.json`
-//! holds the summary, the throughput of every second and the latency
-//! percentile curve; `latency.svg` and `throughput.svg` chart them (through
-//! plotters), and `index.html` shows both with the summary.
+//! holds the run's parameters, its summary, the rates of every second,
+//! the latency percentile curve and (idle) the server's memory against
+//! phones; [`chart`] draws them as SVG (`latency.svg`, `throughput.svg`,
+//! `memory.svg`), and `index.html` shows the charts between the parameters
+//! and the summary.
 
-use std::path::Path;
+mod chart;
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
-use plotters::prelude::*;
 use serde::Serialize;
+
+use crate::idle::Sample;
 
 /// What the reports of chat, idle and storm open with: which scenario
 /// ran, with how many phones, and whether over TLS. Each report embeds it
@@ -35,13 +43,67 @@ impl Heading {
     }
 }
 
-/// One second of a run.
+/// One second of a run: the two rates [`Curves::rates_of`] names (for
+/// chat, messages sent and delivered).
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Tick {
-    /// Seconds since sending began, at the end of this tick.
+    /// Seconds since the load began, at the end of this tick.
     pub t_s: f64,
     pub sent_per_s: f64,
     pub delivered_per_s: f64,
+}
+
+/// Builds a timeline, one [`Tick`] a second, from two running counts.
+pub struct Timeline {
+    started: Instant,
+    /// The counts at the last tick, and when it was taken.
+    last: ([u64; 2], Instant),
+    ticks: Vec<Tick>,
+}
+
+impl Timeline {
+    /// Starts now, from `counts`.
+    pub fn start(counts: [u64; 2]) -> Timeline {
+        let now = Instant::now();
+        Timeline {
+            started: now,
+            last: (counts, now),
+            ticks: Vec::new(),
+        }
+    }
+
+    /// Time since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Time since the last tick ended (or the start).
+    pub fn since_last_tick(&self) -> Duration {
+        self.last.1.elapsed()
+    }
+
+    /// When the next tick is due, from the start: every whole second.
+    pub fn next_due(&self) -> Duration {
+        Duration::from_secs(self.ticks.len() as u64 + 1)
+    }
+
+    /// Ends the current tick with the running `counts`; returns it.
+    pub fn tick(&mut self, counts: [u64; 2]) -> Tick {
+        let seconds = self.last.1.elapsed().as_secs_f64().max(1e-9);
+        let rate = |i: usize| counts[i].saturating_sub(self.last.0[i]) as f64 / seconds;
+        let tick = Tick {
+            t_s: self.elapsed().as_secs_f64(),
+            sent_per_s: rate(0),
+            delivered_per_s: rate(1),
+        };
+        self.ticks.push(tick);
+        self.last = (counts, Instant::now());
+        tick
+    }
+
+    pub fn into_ticks(self) -> Vec<Tick> {
+        self.ticks
+    }
 }
 
 /// A point of the latency percentile curve.
@@ -51,14 +113,24 @@ pub struct Percentile {
     pub latency_us: f64,
 }
 
-/// What a report charts. `timeline` may be empty (a scenario with no
-/// steady rate to follow), and then no throughput chart is drawn.
+/// What a report charts. Each part may be empty, and then its chart is
+/// not drawn: `timeline` for a scenario with no steady rate to follow
+/// (idle, storm), `memory` without `--server-pid` or outside idle.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Curves {
     /// What the percentile curve measures: "message latency", "login time".
     pub latency_of: &'static str,
-    pub timeline: Vec<Tick>,
     pub latency: Vec<Percentile>,
+    /// What the timeline's two rates count: "sent" and "delivered" for
+    /// chat.
+    pub rates_of: [&'static str; 2],
+    pub timeline: Vec<Tick>,
+    /// Seconds at the start of the timeline that the figures leave out.
+    pub warmup_s: f64,
+    /// The server's resident memory after each step of logins, and the
+    /// slope fitted through it (bytes per phone).
+    pub memory: Vec<Sample>,
+    pub bytes_per_phone: f64,
 }
 
 /// Percentiles charted, each nine one decade further into the tail.
@@ -67,8 +139,8 @@ const NINES: [f64; 13] = [
 ];
 
 impl Curves {
-    /// `latency` is in nanoseconds.
-    pub fn new(latency_of: &'static str, timeline: Vec<Tick>, latency: &Histogram<u64>) -> Curves {
+    /// The percentile curve of `latency`, in nanoseconds; nothing else.
+    pub fn new(latency_of: &'static str, latency: &Histogram<u64>) -> Curves {
         let latency = if latency.is_empty() {
             Vec::new()
         } else {
@@ -82,134 +154,112 @@ impl Curves {
         };
         Curves {
             latency_of,
-            timeline,
             latency,
+            ..Curves::default()
+        }
+    }
+
+    /// Adds the rates of every second, what they count (`rates_of`), and
+    /// the warm-up they began with.
+    pub fn with_timeline(
+        self,
+        timeline: Vec<Tick>,
+        rates_of: [&'static str; 2],
+        warmup_s: f64,
+    ) -> Curves {
+        Curves {
+            timeline,
+            rates_of,
+            warmup_s,
+            ..self
+        }
+    }
+
+    /// Adds the server's memory against phones and the slope through it.
+    pub fn with_memory(self, memory: Vec<Sample>, bytes_per_phone: f64) -> Curves {
+        Curves {
+            memory,
+            bytes_per_phone,
+            ..self
         }
     }
 }
 
-/// Writes the report files for `summary` into `dir`, creating it.
-pub fn write(dir: &Path, summary: &impl Serialize, curves: &Curves) -> anyhow::Result<()> {
+/// Writes the report files into `dir`, creating it: `parameters` are the
+/// run's options (its `Args`), `summary` its report.
+pub fn write(
+    dir: &Path,
+    parameters: &impl Serialize,
+    summary: &impl Serialize,
+    curves: &Curves,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     #[derive(Serialize)]
-    struct Document<'a, S> {
+    struct Document<'a, P, S> {
+        parameters: &'a P,
         summary: &'a S,
         #[serde(flatten)]
         curves: &'a Curves,
     }
-    let json = serde_json::to_string_pretty(&Document { summary, curves })?;
-    std::fs::write(dir.join("report.json"), &json)?;
-    let latency = dir.join("latency.svg");
-    let throughput = dir.join("throughput.svg");
-    latency_chart(&latency, curves.latency_of, &curves.latency)
-        .map_err(|e| anyhow::anyhow!("drawing {}: {e}", latency.display()))?;
-    let mut images = "<img src=\"latency.svg\">".to_owned();
-    if !curves.timeline.is_empty() {
-        throughput_chart(&throughput, &curves.timeline)
-            .map_err(|e| anyhow::anyhow!("drawing {}: {e}", throughput.display()))?;
-        images += " <img src=\"throughput.svg\">";
-    }
-    let summary = serde_json::to_value(summary)?;
-    let mut rows = String::new();
-    if let Some(fields) = summary.as_object() {
-        for (name, value) in fields {
-            rows += &format!(
-                "<tr><td>{}</td><td>{}</td></tr>\n",
-                html(name),
-                html(&value.to_string())
-            );
-        }
-    }
-    let page = format!(
-        "<!doctype html>\n<meta charset=\"utf-8\">\n<title>loadgen report</title>\n\
-         <style>body{{font-family:sans-serif;margin:2em}}td{{padding:0 1em}}</style>\n\
-         <h1>loadgen report</h1>\n{images}\n<table>\n{rows}</table>\n"
+    let document = Document {
+        parameters,
+        summary,
+        curves,
+    };
+    std::fs::write(
+        dir.join("report.json"),
+        serde_json::to_string_pretty(&document)?,
+    )?;
+    let charts = chart::draw(dir, curves)?;
+    let page = page(
+        &serde_json::to_value(parameters)?,
+        &serde_json::to_value(summary)?,
+        &charts,
     );
     std::fs::write(dir.join("index.html"), page)?;
     Ok(())
+}
+
+/// `index.html`: what ran, the charts, and what it measured.
+fn page(parameters: &serde_json::Value, summary: &serde_json::Value, charts: &[&str]) -> String {
+    let images: Vec<String> = charts
+        .iter()
+        .map(|file| format!("<img src=\"{file}\">"))
+        .collect();
+    format!(
+        "<!doctype html>\n<meta charset=\"utf-8\">\n<title>loadgen report</title>\n\
+         <style>body{{font-family:sans-serif;margin:2em}}td{{padding:0 1em}}\
+         img{{max-width:100%}}</style>\n\
+         <h1>loadgen report</h1>\n<h2>Parameters</h2>\n<table>\n{}</table>\n\
+         <h2>Charts</h2>\n{}\n<h2>Results</h2>\n<table>\n{}</table>\n",
+        rows(parameters),
+        images.join("\n"),
+        rows(summary)
+    )
+}
+
+/// A table row per field of a JSON object.
+fn rows(object: &serde_json::Value) -> String {
+    let mut rows = String::new();
+    for (name, value) in object.as_object().into_iter().flatten() {
+        let value = match value {
+            serde_json::Value::String(text) => text.clone(),
+            serde_json::Value::Null => "not set".to_owned(),
+            other => other.to_string(),
+        };
+        rows += &format!(
+            "<tr><td>{}</td><td>{}</td></tr>\n",
+            html(name),
+            html(&value)
+        );
+    }
+    rows
 }
 
 fn html(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
-}
-
-/// Where a percentile sits on the chart's x axis: the number of nines, so
-/// 90 % is 1, 99 % is 2, 99.9 % is 3 (the tail gets as much room as the
-/// body, as in HdrHistogram's own plots).
-fn nines(percentile: f64) -> f64 {
-    let rest = (1.0 - percentile / 100.0).max(1e-6);
-    -rest.log10()
-}
-
-type ChartResult = Result<(), Box<dyn std::error::Error>>;
-
-fn latency_chart(path: &Path, what: &str, points: &[Percentile]) -> ChartResult {
-    let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let max_us = points.iter().map(|p| p.latency_us).fold(1.0, f64::max);
-    let mut chart = ChartBuilder::on(&root)
-        .caption(format!("{what} by percentile"), ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0.0..6.0, (1.0..max_us * 2.0).log_scale())?;
-    chart
-        .configure_mesh()
-        .x_desc("percentile")
-        .y_desc(format!("{what} (µs)"))
-        .x_label_formatter(&|x| format!("{}", 100.0 - 100.0 * 10f64.powf(-x)))
-        .draw()?;
-    chart.draw_series(LineSeries::new(
-        points
-            .iter()
-            .map(|p| (nines(p.percentile), p.latency_us.max(1.0))),
-        &BLUE,
-    ))?;
-    root.present()?;
-    Ok(())
-}
-
-fn throughput_chart(path: &Path, ticks: &[Tick]) -> ChartResult {
-    let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let end = ticks.last().map_or(1.0, |t| t.t_s.max(1.0));
-    let top = ticks
-        .iter()
-        .map(|t| t.sent_per_s.max(t.delivered_per_s))
-        .fold(1.0, f64::max);
-    let mut chart = ChartBuilder::on(&root)
-        .caption("messages per second", ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0.0..end, 0.0..top * 1.1)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds")
-        .y_desc("per second")
-        .draw()?;
-    let points = |value: fn(&Tick) -> f64| -> Vec<(f64, f64)> {
-        ticks.iter().map(|t| (t.t_s, value(t))).collect()
-    };
-    let series = [
-        ("sent", RED, points(|t| t.sent_per_s)),
-        ("delivered", BLUE, points(|t| t.delivered_per_s)),
-    ];
-    for (label, color, points) in series {
-        chart
-            .draw_series(LineSeries::new(points, &color))?
-            .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE)
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -234,9 +284,20 @@ mod tests {
                 delivered_per_s: 1010.0,
             },
         ];
-        let curves = Curves::new("message latency", timeline, &histogram);
+        let curves = Curves::new("message latency", &histogram).with_timeline(
+            timeline,
+            ["sent", "delivered"],
+            1.0,
+        );
         let dir = std::env::temp_dir().join(format!("loadgen-report-{}", std::process::id()));
-        write(&dir, &serde_json::json!({"delivered": 1890}), &curves).unwrap();
+        let parameters = serde_json::json!({"phones": 10, "rate": 1000});
+        write(
+            &dir,
+            &parameters,
+            &serde_json::json!({"delivered": 1890}),
+            &curves,
+        )
+        .unwrap();
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap())
                 .unwrap();
@@ -263,13 +324,68 @@ mod tests {
     }
 
     #[test]
+    fn the_page_shows_the_parameters_and_the_charts_mark_the_warm_up() {
+        let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+        histogram.record(2_500_000).unwrap();
+        let tick = |t_s| Tick {
+            t_s,
+            sent_per_s: 50.0,
+            delivered_per_s: 500.0,
+        };
+        let curves = Curves::new("member delivery latency", &histogram).with_timeline(
+            vec![tick(1.0), tick(2.0), tick(3.0)],
+            ["posts", "member deliveries"],
+            2.0,
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let parameters = serde_json::json!({"group_size": 10, "ca": null, "target": "127.0.0.1:1"});
+        write(dir.path(), &parameters, &serde_json::json!({}), &curves).unwrap();
+        let page = std::fs::read_to_string(dir.path().join("index.html")).unwrap();
+        for row in [
+            "<td>group_size</td><td>10</td>",
+            "<td>ca</td><td>not set</td>",
+            "<td>target</td><td>127.0.0.1:1</td>",
+        ] {
+            assert!(page.contains(row), "{row} in {page}");
+        }
+        let latency = std::fs::read_to_string(dir.path().join("latency.svg")).unwrap();
+        assert!(latency.contains("(ms)") && latency.contains("p50 2.5 ms"));
+        let rates = std::fs::read_to_string(dir.path().join("throughput.svg")).unwrap();
+        for text in ["warm-up", "posts and member deliveries per second"] {
+            assert!(rates.contains(text), "{text}");
+        }
+        let json = std::fs::read_to_string(dir.path().join("report.json")).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(json["parameters"]["group_size"], 10);
+        assert_eq!(json["warmup_s"], 2.0);
+    }
+
+    #[test]
+    fn memory_against_phones_is_charted_when_measured() {
+        let histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+        let samples = [(0, 100 << 20), (1000, 110 << 20), (2000, 120 << 20)]
+            .map(|(phones, server_rss_bytes)| Sample {
+                phones,
+                server_rss_bytes,
+            })
+            .to_vec();
+        let curves = Curves::new("login time", &histogram).with_memory(samples, 10_485.76);
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &(), &serde_json::json!({}), &curves).unwrap();
+        let svg = std::fs::read_to_string(dir.path().join("memory.svg")).unwrap();
+        assert!(svg.contains("10,486 bytes per phone"), "{svg}");
+        let page = std::fs::read_to_string(dir.path().join("index.html")).unwrap();
+        assert!(page.contains("<img src=\"memory.svg\">"));
+    }
+
+    #[test]
     fn without_a_timeline_there_is_no_throughput_chart() {
         let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
         histogram.record(5_000_000).unwrap();
-        let curves = Curves::new("login time", Vec::new(), &histogram);
+        let curves = Curves::new("login time", &histogram);
         let dir =
             std::env::temp_dir().join(format!("loadgen-report-logins-{}", std::process::id()));
-        write(&dir, &serde_json::json!({"back": 1}), &curves).unwrap();
+        write(&dir, &(), &serde_json::json!({"back": 1}), &curves).unwrap();
         assert!(std::fs::read_to_string(dir.join("latency.svg"))
             .unwrap()
             .contains("login time by percentile"));
@@ -277,12 +393,5 @@ mod tests {
         let page = std::fs::read_to_string(dir.join("index.html")).unwrap();
         assert!(!page.contains("throughput.svg"), "{page}");
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn nines_put_the_tail_on_equal_steps() {
-        assert!((nines(90.0) - 1.0).abs() < 1e-9);
-        assert!((nines(99.9) - 3.0).abs() < 1e-9);
-        assert_eq!(nines(100.0), 6.0);
     }
 }

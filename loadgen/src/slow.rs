@@ -125,7 +125,7 @@ fn summarise(report: &chat::Report) -> Run {
 
 fn write_report(args: &chat::Args, report: &chat::Report) -> anyhow::Result<()> {
     match &args.report {
-        Some(dir) => crate::report::write(dir, report, &report.curves),
+        Some(dir) => crate::report::write(dir, args, report, &report.curves),
         None => Ok(()),
     }
 }

@@ -36,7 +36,8 @@ use crate::dial::{take_frames, Backoff, Dialer};
 use crate::report::Heading;
 use crate::window::{wait_until, Threads};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Trigger {
     /// loadgen closes every phone's connection itself.
     Command,
@@ -44,9 +45,10 @@ pub enum Trigger {
     Server,
 }
 
-#[derive(Debug, Clone, Parser)]
+#[derive(Debug, Clone, Parser, serde::Serialize)]
 pub struct Args {
     #[command(flatten)]
+    #[serde(flatten)]
     pub connect: crate::dial::ConnectArgs,
     /// Phones that drop and come back.
     #[arg(long, default_value_t = 10_000)]
@@ -305,7 +307,7 @@ impl Report {
             } else {
                 0.0
             },
-            curves: crate::report::Curves::new("login time", Vec::new(), &login),
+            curves: crate::report::Curves::new("login time", &login),
         })
     }
 }

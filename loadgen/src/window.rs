@@ -25,6 +25,7 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder};
 use hdrhistogram::Histogram;
 
 use crate::dial::ConnectArgs;
+use crate::report::{Tick, Timeline};
 
 /// How long the main thread waits for a set-up step (logins, groups,
 /// subscriptions) before it gives the run up.
@@ -56,6 +57,8 @@ pub struct Measured {
     pub server_cpu_s: Option<f64>,
     /// Read when the load stops.
     pub server_rss_bytes: Option<u64>,
+    /// The two counts' rates, one tick a second from the start.
+    pub timeline: Vec<Tick>,
 }
 
 impl Measured {
@@ -106,35 +109,67 @@ impl Window {
     }
 
     /// The main thread's part: starts the load, waits out `warmup`
-    /// seconds, measures until `duration` seconds from the start (printing
-    /// `progress` each second), and stops the load.
+    /// seconds, measures until `duration` seconds from the start, and
+    /// stops the load. Each second it prints `progress` and ends a tick of
+    /// the timeline, the rates of the two running `counts` (what a
+    /// report's throughput chart shows, warm-up included).
     pub fn run(
         &self,
-        warmup: f64,
-        duration: f64,
+        (warmup, duration): (f64, f64),
         server_pid: Option<u32>,
+        counts: impl Fn() -> [u64; 2],
         progress: impl Fn() -> String,
     ) -> anyhow::Result<Measured> {
         let server_cpu = || server_pid.map(crate::process::cpu_seconds).transpose();
         self.start_ns.store(self.now_ns(), Relaxed);
-        std::thread::sleep(Duration::from_secs_f64(warmup));
+        let mut timeline = Timeline::start(counts());
+        let warm_at = Duration::from_secs_f64(warmup);
+        tick_until(warm_at, &mut timeline, &counts, &progress);
         let cpu_at_warm = server_cpu()?;
         let warm = Instant::now();
         self.warm_ns.store(self.now_ns(), Relaxed);
         let measured = Duration::from_secs_f64((duration - warmup).max(0.1));
-        while warm.elapsed() < measured {
-            std::thread::sleep(Duration::from_secs(1).min(measured.saturating_sub(warm.elapsed())));
-            let t = warmup + warm.elapsed().as_secs_f64();
-            eprintln!("t={t:>5.1}s {}", progress());
-        }
+        let stop_at = timeline.elapsed() + measured;
+        tick_until(stop_at, &mut timeline, &counts, &progress);
         let cpu_at_stop = server_cpu()?;
         let seconds = warm.elapsed().as_secs_f64();
         self.stop_ns.store(self.now_ns(), Relaxed);
+        if timeline.since_last_tick() >= PARTIAL_TICK_MIN {
+            timeline.tick(counts());
+        }
         Ok(Measured {
             seconds,
             server_cpu_s: cpu_at_warm.zip(cpu_at_stop).map(|(a, b)| b - a),
             server_rss_bytes: server_pid.map(crate::process::rss_bytes).transpose()?,
+            timeline: timeline.into_ticks(),
         })
+    }
+}
+
+/// The shortest last tick of a timeline worth keeping: a rate over less
+/// is mostly noise.
+const PARTIAL_TICK_MIN: Duration = Duration::from_millis(100);
+
+/// Sleeps until `until` from the timeline's start, ending a tick (and
+/// printing `progress`) at each whole second on the way.
+fn tick_until(
+    until: Duration,
+    timeline: &mut Timeline,
+    counts: &impl Fn() -> [u64; 2],
+    progress: &impl Fn() -> String,
+) {
+    loop {
+        let elapsed = timeline.elapsed();
+        if elapsed >= until {
+            return;
+        }
+        let due = timeline.next_due();
+        std::thread::sleep(due.min(until) - elapsed);
+        if timeline.elapsed() >= due {
+            timeline.tick(counts());
+            let t = timeline.elapsed().as_secs_f64();
+            eprintln!("t={t:>5.1}s {}", progress());
+        }
     }
 }
 

@@ -72,15 +72,19 @@ fn patience(scenario: &str) -> &'static [&'static str] {
     }
 }
 
-/// Runs every scenario against `target` with `extra` options; each must
-/// exit non-zero.
+/// Runs every scenario against `target` with `extra` options, asking for
+/// a report (which must not keep a run that measured nothing from
+/// ending); each must exit non-zero.
 fn every_scenario_fails(target: SocketAddr, extra: &[&str], why: &str) {
+    let reports = tempfile::tempdir().unwrap();
     for (scenario, args) in SCENARIOS {
         let target = target.to_string();
+        let report = reports.path().join(scenario);
         let mut all = vec![scenario, "--target", &target];
         all.extend_from_slice(args);
         all.extend_from_slice(patience(scenario));
         all.extend_from_slice(extra);
+        all.extend_from_slice(&["--report", report.to_str().unwrap()]);
         let output = loadgen(&all);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(

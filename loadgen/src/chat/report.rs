@@ -141,7 +141,11 @@ impl Report {
             server_cpu_s,
             delivered_per_server_cpu_s: server_cpu_s.map(|cpu| measured as f64 / cpu.max(1e-9)),
             server_rss_bytes: sending.server_rss_bytes,
-            curves: crate::report::Curves::new("message latency", sending.timeline, &histogram),
+            curves: crate::report::Curves::new("message latency", &histogram).with_timeline(
+                sending.timeline,
+                ["sent", "delivered"],
+                args.warmup,
+            ),
         })
     }
 
