@@ -267,17 +267,24 @@ fn serve(listener: std::net::TcpListener, shared: Arc<Shared>, reports: Receiver
     };
     runtime.block_on(async move {
         tokio::spawn(ingest(shared.clone(), reports));
-        let app = Router::new()
+        // Everything but the health checks wants the token, when one is set.
+        let guarded = Router::new()
             .route("/metrics", get(get_metrics))
             .route("/status", get(get_status))
-            .route("/health/live", get(|| async { "live\n" }))
-            .route("/health/ready", get(get_ready))
             .route("/account/:phone", get(get_account))
             .route("/account/:phone/revoke", axum::routing::post(post_revoke))
             .route("/drain", axum::routing::post(post_drain))
             .route("/trace/:sender/:client_id", get(get_trace))
             .route("/reload", axum::routing::post(post_reload))
             .route("/log-level", axum::routing::put(put_log_level))
+            .route_layer(axum::middleware::from_fn_with_state(
+                shared.clone(),
+                require_token,
+            ));
+        let app = Router::new()
+            .route("/health/live", get(|| async { "live\n" }))
+            .route("/health/ready", get(get_ready))
+            .merge(guarded)
             .with_state(shared);
         let listener = match tokio::net::TcpListener::from_std(listener) {
             Ok(listener) => listener,
@@ -390,14 +397,19 @@ impl Shared {
     }
 }
 
-fn unauthorized() -> Response {
-    (StatusCode::UNAUTHORIZED, "a bearer token is required\n").into_response()
+/// Lets a request through only with the bearer token, when one is set.
+async fn require_token(
+    Extract(shared): Extract<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !shared.authorized(request.headers()) {
+        return (StatusCode::UNAUTHORIZED, "a bearer token is required\n").into_response();
+    }
+    next.run(request).await
 }
 
-async fn get_metrics(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if !shared.authorized(&headers) {
-        return unauthorized();
-    }
+async fn get_metrics(Extract(shared): Extract<Arc<Shared>>) -> Response {
     shared.refresh_process_metrics();
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     (
@@ -484,10 +496,7 @@ impl From<&JournalState> for JournalStatus {
     }
 }
 
-async fn get_status(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if !shared.authorized(&headers) {
-        return unauthorized();
-    }
+async fn get_status(Extract(shared): Extract<Arc<Shared>>) -> Response {
     let state = shared.state.lock().expect("not poisoned");
     let readiness = state.readiness(&shared.stop);
     let shards = state.shards.values().map(shard_status).collect();
@@ -569,11 +578,7 @@ fn phone_in_path(phone: &str) -> Result<wire::Phone, (StatusCode, String)> {
 async fn get_account(
     Extract(shared): Extract<Arc<Shared>>,
     axum::extract::Path(phone): axum::extract::Path<String>,
-    headers: HeaderMap,
 ) -> Response {
-    if !shared.authorized(&headers) {
-        return unauthorized();
-    }
     let phone = match phone_in_path(&phone) {
         Ok(phone) => phone,
         Err(error) => return error.into_response(),
@@ -589,11 +594,7 @@ async fn get_account(
 async fn post_revoke(
     Extract(shared): Extract<Arc<Shared>>,
     axum::extract::Path(phone): axum::extract::Path<String>,
-    headers: HeaderMap,
 ) -> Response {
-    if !shared.authorized(&headers) {
-        return unauthorized();
-    }
     let phone = match phone_in_path(&phone) {
         Ok(phone) => phone,
         Err(error) => return error.into_response(),
@@ -610,10 +611,7 @@ async fn post_revoke(
     }
 }
 
-async fn post_drain(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if !shared.authorized(&headers) {
-        return unauthorized();
-    }
+async fn post_drain(Extract(shared): Extract<Arc<Shared>>) -> Response {
     shared.state.lock().expect("not poisoned").draining = true;
     for (shard, commands) in shared.commands.iter().enumerate() {
         if commands.try_send(ShardCommand::Drain).is_err() {
@@ -624,14 +622,7 @@ async fn post_drain(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -
     (StatusCode::ACCEPTED, "draining\n").into_response()
 }
 
-async fn put_log_level(
-    Extract(shared): Extract<Arc<Shared>>,
-    headers: HeaderMap,
-    body: String,
-) -> Response {
-    if !shared.authorized(&headers) {
-        return unauthorized();
-    }
+async fn put_log_level(body: String) -> Response {
     match body.trim().parse::<log::LevelFilter>() {
         Ok(level) => {
             log::set_max_level(level);
@@ -645,10 +636,7 @@ async fn put_log_level(
     }
 }
 
-async fn post_reload(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if !shared.authorized(&headers) {
-        return unauthorized();
-    }
+async fn post_reload(Extract(shared): Extract<Arc<Shared>>) -> Response {
     match Reloader(shared).reload() {
         Ok(done) => {
             log::warn!("{done} (through the admin listener)");
@@ -671,11 +659,7 @@ async fn post_reload(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) 
 async fn get_trace(
     Extract(shared): Extract<Arc<Shared>>,
     axum::extract::Path((sender, client_id)): axum::extract::Path<(String, u64)>,
-    headers: HeaderMap,
 ) -> Response {
-    if !shared.authorized(&headers) {
-        return unauthorized();
-    }
     let sender = match phone_in_path(&sender) {
         Ok(phone) => phone,
         Err(error) => return error.into_response(),
