@@ -98,6 +98,11 @@ impl Mailbox {
 
     /// Makes an empty mailbox give its next entry `next_seq`, as if the
     /// ones before had come and been acknowledged. False if not empty.
+    /// Entries and body bytes: what a shard's totals sum (see `bytes`).
+    pub fn size(&self) -> (usize, usize) {
+        (self.len(), self.bytes())
+    }
+
     pub fn start_at(&mut self, next_seq: u64) -> bool {
         if !self.entries.is_empty() || next_seq == 0 {
             return false;

@@ -1139,3 +1139,40 @@ fn a_trace_follows_a_message_through_the_mailbox() {
     assert_eq!(state(&mut net), "acknowledged");
     assert!(net.shards[home].trace(alice, 43).is_empty());
 }
+
+/// The mailbox totals a shard keeps for its metrics stay the sum of its
+/// mailboxes through appends, acknowledgements and a replay.
+#[test]
+fn mailbox_totals_follow_appends_acks_and_a_restart() {
+    let mut net = Net::new(2, |_| {});
+    let (alice, alice_key, bob, bob_key) = signed_up_pair(&mut net);
+    let (mut alice_conn, _) = net.login(alice, alice_key);
+    for client_id in 1..=3 {
+        net.message(&mut alice_conn, bob, client_id, b"four");
+    }
+    let check = |net: &Net, entries: u64| {
+        let mut all = 0;
+        for shard in &net.shards {
+            let lengths = shard.queue_lengths();
+            let totals = (lengths.mailbox_entries, lengths.mailbox_bytes);
+            assert_eq!(totals, shard.queued());
+            all += lengths.mailbox_entries;
+        }
+        assert_eq!(all, entries);
+    };
+    check(&net, 3);
+    let (mut bob_conn, got) = net.login(bob, bob_key);
+    let first = got
+        .iter()
+        .find_map(|g| match g {
+            Got::Message { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .unwrap();
+    net.send(&mut bob_conn, ClientFrame::Ack { up_to: first });
+    net.settle();
+    // Two messages left for bob, and alice's `Delivered` receipt.
+    check(&net, 3);
+    net.restart();
+    check(&net, 3);
+}

@@ -275,6 +275,7 @@ impl Shard {
         let account = self.account_mut(owner);
         let mut receipts = Vec::new();
         let mut groups_released = Vec::new();
+        let before = account.mailbox.size();
         account.mailbox.ack(up_to, |entry| match entry.record {
             EntryRecord::Message {
                 from, client_id, ..
@@ -282,6 +283,8 @@ impl Shard {
             EntryRecord::Group { group, gseq } => groups_released.push((group, gseq)),
             EntryRecord::Receipt { .. } => {}
         });
+        let after = account.mailbox.size();
+        self.mailbox_totals.moved(before, after);
         match kind {
             ReceiptKind::Expired => {
                 self.counters.messages_expired += receipts.len() as u64;
@@ -432,12 +435,15 @@ impl Shard {
     pub(super) fn append(&mut self, owner: Phone, entry: EntryRecord) -> Option<u64> {
         let account = self.accounts.get_mut(&owner)?;
         let wakes = !matches!(entry, EntryRecord::Receipt { .. });
+        let before = account.mailbox.size();
         let seq = account.mailbox.push(entry.clone());
+        let after = account.mailbox.size();
         debug_assert!(
             seq > account.write_back.written_put(),
             "seq {seq} of {owner} is at or below what the journal holds"
         );
         let session = account.session;
+        self.mailbox_totals.moved(before, after);
         self.record_mailbox(Record::MailboxPut { owner, seq, entry });
         match session {
             Some(session) => self.pump(session),

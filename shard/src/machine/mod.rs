@@ -186,6 +186,25 @@ pub struct Shard {
     counters: ShardCounters,
     /// `Error` frames sent, by kind: a few dozen kinds at most.
     errors_sent: Vec<(ErrorKind, u64)>,
+    /// Entries in all mailboxes and their body bytes, kept as each
+    /// mailbox changes (a sum over a million accounts once a second
+    /// would stall the shard for milliseconds).
+    mailbox_totals: MailboxTotals,
+}
+
+/// The sum of the shard's mailboxes' sizes.
+#[derive(Debug, Default)]
+struct MailboxTotals {
+    entries: u64,
+    bytes: u64,
+}
+
+impl MailboxTotals {
+    /// A mailbox went from `before` to `after` (entries, body bytes).
+    fn moved(&mut self, before: (usize, usize), after: (usize, usize)) {
+        self.entries = self.entries + after.0 as u64 - before.0 as u64;
+        self.bytes = self.bytes + after.1 as u64 - before.1 as u64;
+    }
 }
 
 impl Shard {
@@ -218,6 +237,7 @@ impl Shard {
             now_ms,
             counters: ShardCounters::default(),
             errors_sent: Vec::new(),
+            mailbox_totals: MailboxTotals::default(),
         }
     }
 
@@ -233,15 +253,21 @@ impl Shard {
         }
     }
 
-    /// The lengths of this shard's queues now (see [`QueueLengths`]). A pass
-    /// over the connections and the accounts: for metrics, once a second,
-    /// not per message.
+    /// The lengths of this shard's queues now (see [`QueueLengths`]). The
+    /// mailbox totals are kept as mailboxes change; the outboxes cost a
+    /// pass over the connections: for metrics, once a second, not per
+    /// message.
     pub fn queue_lengths(&self) -> QueueLengths {
-        let (mailbox_entries, mailbox_bytes) = self.queued();
+        let totals = &self.mailbox_totals;
+        debug_assert_eq!(
+            (totals.entries, totals.bytes),
+            self.queued(),
+            "the running totals are the sum of the mailboxes"
+        );
         QueueLengths {
             outbox_bytes: self.conns.outbox_bytes() as u64,
-            mailbox_entries,
-            mailbox_bytes,
+            mailbox_entries: totals.entries,
+            mailbox_bytes: totals.bytes,
             write_back_bytes: self.durability.deferred_bytes() as u64,
             held_replies: self.durability.held_len() as u64,
         }

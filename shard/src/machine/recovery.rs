@@ -58,7 +58,11 @@ impl Shard {
             Record::MailboxPut { owner, seq, entry } => self.restore_put(owner, seq, entry)?,
             Record::MailboxAck { owner, up_to } => {
                 let account = self.restored_account(owner)?;
-                for (group, gseq) in account.restore_ack(up_to) {
+                let before = account.mailbox.size();
+                let groups_acked = account.restore_ack(up_to);
+                let after = account.mailbox.size();
+                self.mailbox_totals.moved(before, after);
+                for (group, gseq) in groups_acked {
                     self.restore_group_ack(owner, group, gseq);
                 }
             }
@@ -132,13 +136,16 @@ impl Shard {
             EntryRecord::Group { group, gseq } => Some((group, gseq)),
             _ => None,
         };
-        self.restored_account(owner)?
-            .restore_put(seq, entry)
-            .map_err(|assigned| RestoreError::SeqMismatch {
-                owner,
-                recorded: seq,
-                assigned,
-            })?;
+        let account = self.restored_account(owner)?;
+        let before = account.mailbox.size();
+        let put = account.restore_put(seq, entry);
+        let after = account.mailbox.size();
+        self.mailbox_totals.moved(before, after);
+        put.map_err(|assigned| RestoreError::SeqMismatch {
+            owner,
+            recorded: seq,
+            assigned,
+        })?;
         if let Some((group, gseq)) = group_entry {
             self.restore_group_entry(owner, group, gseq, seq)?;
         }
