@@ -545,15 +545,20 @@ fn shard_status(state: &ShardState) -> ShardStatus {
     }
 }
 
-/// Asks the shard of `phone` and waits for its answer.
+/// Asks the shard of the account a path names (`phone`, as text) and
+/// waits for its answer; Err is the HTTP answer when it cannot.
 async fn ask_shard<T>(
     shared: &Shared,
-    phone: wire::Phone,
-    command: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> ShardCommand,
+    phone: &str,
+    command: impl FnOnce(wire::Phone, tokio::sync::oneshot::Sender<T>) -> ShardCommand,
 ) -> Result<T, (StatusCode, String)> {
+    let phone = phone_in_path(phone)?;
     let (reply, answer) = tokio::sync::oneshot::channel();
     let shard = usize::from(shared.map.shard_of(phone));
-    if shared.commands[shard].try_send(command(reply)).is_err() {
+    if shared.commands[shard]
+        .try_send(command(phone, reply))
+        .is_err()
+    {
         let busy = format!("shard {shard} has too many commands waiting; retry\n");
         return Err((StatusCode::SERVICE_UNAVAILABLE, busy));
     }
@@ -579,12 +584,8 @@ async fn get_account(
     Extract(shared): Extract<Arc<Shared>>,
     axum::extract::Path(phone): axum::extract::Path<String>,
 ) -> Response {
-    let phone = match phone_in_path(&phone) {
-        Ok(phone) => phone,
-        Err(error) => return error.into_response(),
-    };
-    let command = |reply| ShardCommand::AccountShow { phone, reply };
-    match ask_shard(&shared, phone, command).await {
+    let command = |phone, reply| ShardCommand::AccountShow { phone, reply };
+    match ask_shard(&shared, &phone, command).await {
         Ok(Some(info)) => Json(info).into_response(),
         Ok(None) => (StatusCode::NOT_FOUND, "no such account\n").into_response(),
         Err(error) => error.into_response(),
@@ -595,12 +596,8 @@ async fn post_revoke(
     Extract(shared): Extract<Arc<Shared>>,
     axum::extract::Path(phone): axum::extract::Path<String>,
 ) -> Response {
-    let phone = match phone_in_path(&phone) {
-        Ok(phone) => phone,
-        Err(error) => return error.into_response(),
-    };
-    let command = |reply| ShardCommand::Revoke { phone, reply };
-    match ask_shard(&shared, phone, command).await {
+    let command = |phone, reply| ShardCommand::Revoke { phone, reply };
+    match ask_shard(&shared, &phone, command).await {
         Ok(true) => "revoked\n".into_response(),
         Ok(false) => (
             StatusCode::NOT_FOUND,
