@@ -77,6 +77,11 @@ pub enum AccountAction {
     /// The device key stops working and the phone's connection closes; it
     /// signs up again with an SMS code. The mailbox stays.
     Revoke { phone: String },
+    /// Everything of the account goes, durably: its key (the connection
+    /// closes), its queued messages (their senders are told
+    /// `Undeliverable`), contacts, profile, push token and group
+    /// memberships. The number may sign up again as a new account.
+    Delete { phone: String },
 }
 
 pub fn run(args: CtlArgs) -> anyhow::Result<()> {
@@ -87,7 +92,7 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
     let token = args.token.as_deref();
     match args.command {
         CtlCommand::Status => show(admin, token, args.json),
-        CtlCommand::Account { action } => account(admin, token, action),
+        CtlCommand::Account { action } => account(admin, token, action, args.json),
         CtlCommand::Drain { wait_ms } => drain(admin, token, wait_ms),
         CtlCommand::Trace { sender, client_id } => {
             let found = fetch(admin, &format!("/trace/{sender}/{client_id}"), token)?;
@@ -190,12 +195,35 @@ fn request(
     }
 }
 
-fn account(admin: SocketAddr, token: Option<&str>, action: AccountAction) -> anyhow::Result<()> {
+fn account(
+    admin: SocketAddr,
+    token: Option<&str>,
+    action: AccountAction,
+    json: bool,
+) -> anyhow::Result<()> {
     let answer = match action {
         AccountAction::Show { phone } => fetch(admin, &format!("/account/{phone}"), token)?,
         AccountAction::Revoke { phone } => {
             let path = format!("/account/{phone}/revoke");
             request(admin, ("POST", &path), token, None)?
+        }
+        AccountAction::Delete { phone } => {
+            let path = format!("/account/{phone}");
+            let answer = request(admin, ("DELETE", &path), token, None)?;
+            if json {
+                answer
+            } else {
+                let deleted: serde_json::Value = serde_json::from_str(&answer)?;
+                format!(
+                    "deleted {phone}: {} queued entries dropped{}; it leaves its groups",
+                    deleted["mailbox_entries"],
+                    if deleted["was_online"] == true {
+                        ", its connection closed"
+                    } else {
+                        ""
+                    }
+                )
+            }
         }
     };
     println!("{}", answer.trim_end());

@@ -303,3 +303,60 @@ fn a_trace_says_where_a_message_is() {
     let (ok, answer) = ctl(&server, &["trace", "+15550000001", "78"]);
     assert!(ok && answer.contains("not stored"), "{answer}");
 }
+
+/// `isle ctl account delete` answers once the deletion is on disk: the
+/// phone is told and closed, the sender learns its queued message will
+/// never arrive, and after a restart the account is still gone.
+#[test]
+fn an_operator_deletes_an_account_durably() {
+    let server = Server::start(&["--shards", "2"]);
+    let (mut alice, _, _) = server.phone("+15550000001");
+    let (mut bob, bob_phone, bob_key) = server.phone("+15550000002");
+    alice
+        .send(&ClientFrame::Send {
+            client_id: 5,
+            to: bob_phone,
+            body: b"lost to the deletion",
+        })
+        .unwrap();
+    expect(&mut alice, "Sent", |e| matches!(e, Event::Sent { .. }));
+    let (ok, answer) = ctl(&server, &["--json", "account", "delete", "+15550000002"]);
+    assert!(ok, "{answer}");
+    let deleted: serde_json::Value = serde_json::from_str(answer.trim()).unwrap();
+    assert_eq!(deleted["was_online"], true, "{answer}");
+    assert_eq!(deleted["mailbox_entries"], 1, "{answer}");
+    // Written to bob's phone, never acknowledged: still his to lose.
+    expect(&mut bob, "Message", |e| matches!(e, Event::Message { .. }));
+    expect(&mut bob, "Bye", |e| {
+        matches!(
+            e,
+            Event::Bye {
+                reason: wire::ByeReason::AccountDeleted
+            }
+        )
+    });
+    expect(&mut alice, "Undeliverable", |e| {
+        matches!(
+            e,
+            Event::Receipt {
+                kind: wire::ReceiptKind::Undeliverable,
+                client_id: 5,
+                ..
+            }
+        )
+    });
+    let (ok, missing) = ctl(&server, &["account", "delete", "+15550000002"]);
+    assert!(!ok && missing.contains("404"), "{missing}");
+    let (_, dir) = server.stop_keeping_data();
+    let server = Server::start_in(dir, &["--shards", "2"]);
+    let (ok, missing) = ctl(&server, &["account", "show", "+15550000002"]);
+    assert!(!ok && missing.contains("404"), "{missing}");
+    let mut again = server.connect();
+    again
+        .send(&ClientFrame::Login {
+            phone: bob_phone,
+            key: bob_key,
+        })
+        .unwrap();
+    common::expect_error(&mut again, wire::ErrorKind::BadCredentials);
+}

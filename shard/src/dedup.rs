@@ -192,6 +192,15 @@ impl<T: Copy + Eq + Hash> DedupTable<T> {
         })
     }
 
+    /// Forgets every entry for recipient `to` (its account was deleted).
+    /// A pass over the whole table: for an operator's rare request, not
+    /// for the message path.
+    pub fn forget_recipient(&mut self, to: T) {
+        self.replayed.retain(|(key, _)| key.to != to);
+        self.ids.retain(|key, _| key.to != to);
+        self.order.retain(|(_, key)| key.to != to);
+    }
+
     pub fn expire(&mut self, now_ms: u64) {
         self.settle();
         while self

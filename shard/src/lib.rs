@@ -20,8 +20,9 @@ mod source;
 mod timer_wheel;
 
 pub use crate::machine::{
-    AccountInfo, ConnEvent, ConnEventKind, ConnId, ConnSnapshot, FrameOutcome, GroupAction,
-    PeerMessage, Push, QueueLengths, Refused, RestoreError, Shard, ShardCounters, TraceHit,
+    AccountInfo, ConnEvent, ConnEventKind, ConnId, ConnSnapshot, DeleteRefused, Deleted,
+    FrameOutcome, GroupAction, PeerMessage, Push, QueueLengths, Refused, RestoreError, Shard,
+    ShardCounters, TraceHit,
 };
 pub use allowance::{Exhausted, Rate, TokenBucket};
 pub use clock::{ClockNote, ClockState, WallClock, CLOCK_RECORD_INTERVAL_MS, STEP_TOLERANCE_MS};

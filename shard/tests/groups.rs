@@ -581,3 +581,126 @@ fn group_entries_go_through_the_write_back_cache() {
         .count();
     assert_eq!(puts_of_2, 1);
 }
+
+/// A deleted account leaves every group it was in, on every owner shard:
+/// the members get a `Left` notice by it under the server's client id, its
+/// queued group posts release their copies, and a restart keeps it out. A
+/// phone may not use the server's client id; the same number, signed up
+/// and added again, is taken out again by a second deletion.
+#[test]
+fn a_deleted_account_leaves_its_groups() {
+    let mut net = Net::new(2, |_| {});
+    let mut m = four(&mut net);
+    let (bob, carol) = (m[1].phone, m[2].phone);
+    let first = create(&mut net, &mut m[0], 1, &[bob, carol]);
+    let second = create(&mut net, &mut m[3], 2, &[bob]);
+    assert_ne!(
+        net.shards[0].config().map.shard_of_group(first),
+        net.shards[0].config().map.shard_of_group(second),
+        "pick client ids whose groups live on different shards"
+    );
+    for member in m.iter() {
+        net.read(&member.conn);
+    }
+    // Bob goes offline with a post queued for him.
+    net.shards[m[1].conn.shard as usize].closed(m[1].conn.conn, net.now_ms);
+    post(&mut net, &mut m[2], first, 3, b"queued for bob");
+    let home = net.shards[0].config().map.shard_of(bob) as usize;
+    let now_ms = net.now_ms;
+    let deleted = net.shards[home].delete_account(bob, now_ms).unwrap();
+    // The two creation notices, never acknowledged, and the post.
+    assert_eq!(deleted.mailbox_entries, 3);
+    net.settle();
+    let got = net.read(&m[2].conn);
+    let told = got.iter().any(|g| {
+        matches!(g, Got::Receipt { kind: ReceiptKind::Undeliverable, by, client_id: 3, .. } if *by == bob)
+    });
+    assert!(told, "carol learns her post will not reach bob: {got:?}");
+    let left = format!("{:?}", GroupChange::Left);
+    let notices = |got: &[Got]| -> Vec<(GroupId, Phone, String)> {
+        got.iter()
+            .filter_map(|g| match g {
+                Got::GroupNotice {
+                    group, by, change, ..
+                } => Some((*group, *by, format!("{change:?}"))),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(notices(&net.read(&m[0].conn)), [(first, bob, left.clone())]);
+    assert_eq!(
+        notices(&net.read(&m[3].conn)),
+        [(second, bob, left.clone())]
+    );
+    let got = change(&mut net, &mut m[0], first, 4, GroupChange::Removed(bob));
+    assert_eq!(error(&got), ErrorKind::BadRequest, "bob is no member");
+    net.restart();
+    let [alice, dave] = [&m[0], &m[3]].map(|x| (x.phone, x.key));
+    let (conn, _) = net.login(alice.0, alice.1);
+    m[0].conn = conn;
+    let (conn, _) = net.login(dave.0, dave.1);
+    m[3].conn = conn;
+    let got = change(&mut net, &mut m[0], first, 5, GroupChange::Removed(bob));
+    assert_eq!(
+        error(&got),
+        ErrorKind::BadRequest,
+        "still none after a restart"
+    );
+
+    // The server's own client id is refused from a phone.
+    net.send(
+        &mut m[0].conn,
+        ClientFrame::GroupSend {
+            client_id: SERVER_CLIENT_ID,
+            group: first,
+            body: b"mine",
+        },
+    );
+    assert_eq!(error(&net.read(&m[0].conn)), ErrorKind::BadRequest);
+
+    // Signed up and added again, deleted again: out again.
+    let (_, key) = net.signup(&bob.to_string());
+    let (conn, _) = net.login(bob, key);
+    m[1] = Member {
+        phone: bob,
+        key,
+        conn,
+    };
+    let got = change(
+        &mut net,
+        &mut m[3],
+        second,
+        6,
+        GroupChange::Added(vec![bob]),
+    );
+    sent(&got, 6);
+    let now_ms = net.now_ms;
+    net.shards[home].delete_account(bob, now_ms).unwrap();
+    net.settle();
+    let got = net.read(&m[3].conn);
+    assert_eq!(notices(&got).last(), Some(&(second, bob, left)));
+}
+
+/// A group request still waiting for its lookup when its sender's account
+/// is deleted goes no further: it would otherwise reach the group's owner
+/// after the deletion took the account out of its groups.
+#[test]
+fn a_request_looked_up_during_a_deletion_is_dropped() {
+    let mut net = Net::new(2, |_| {});
+    let m = four(&mut net);
+    let (alice, bob) = (m[0].phone, m[1].phone);
+    let create = ClientFrame::CreateGroup {
+        client_id: 1,
+        subject: "never",
+        members: vec![alice],
+    };
+    let bob_conn = m[1].conn;
+    let home = bob_conn.shard as usize;
+    let outcome = net.shards[home].handle_frame(bob_conn.conn, create, net.now_ms);
+    assert!(matches!(outcome, FrameOutcome::Continue));
+    let now_ms = net.now_ms;
+    net.shards[home].delete_account(bob, now_ms).unwrap();
+    net.settle();
+    let got = net.read(&m[0].conn);
+    assert!(posts(&got).is_empty(), "no group was made: {got:?}");
+}

@@ -1176,3 +1176,132 @@ fn mailbox_totals_follow_appends_acks_and_a_restart() {
     net.restart();
     check(&net, 3);
 }
+
+/// An operator's deletion takes everything of the account: the session
+/// closes, the key stops working, queued messages go (their senders are
+/// told `Undeliverable`), the resend table forgets them, and none of it
+/// comes back after a restart or a checkpoint. The number signs up again
+/// as a new account with an empty mailbox.
+///
+/// With the write-back cache on, the messages are still in the cache when
+/// the account is deleted: the deletion writes it out first, so no record
+/// of the account follows its deletion in the journal.
+#[test]
+fn a_deleted_account_is_gone_through_restarts_and_can_sign_up_again() {
+    for sync_delay_ms in [0, 60_000] {
+        deleted_account_is_gone(sync_delay_ms);
+    }
+}
+
+fn deleted_account_is_gone(sync_delay_ms: u64) {
+    let mut net = Net::new(2, |c| c.sync_delay_ms = sync_delay_ms);
+    let (alice, alice_key, bob, bob_key) = signed_up_pair(&mut net);
+    let (mut alice_conn, _) = net.login(alice, alice_key);
+    net.message(&mut alice_conn, bob, 1, b"one");
+    net.message(&mut alice_conn, bob, 2, b"two");
+    net.read(&alice_conn);
+    let (bob_conn, _) = net.login(bob, bob_key);
+    net.read(&bob_conn);
+    let home = net.shards[0].config().map.shard_of(bob) as usize;
+    let accounts_before = net.shards[home].counters().accounts;
+    let now_ms = net.now_ms;
+    let deleted = net.shards[home].delete_account(bob, now_ms).unwrap();
+    assert_eq!(deleted.mailbox_entries, 2);
+    assert!(deleted.was_online);
+    net.settle();
+    assert_eq!(
+        net.read(&bob_conn).last(),
+        Some(&Got::Bye(ByeReason::AccountDeleted))
+    );
+    let receipts: Vec<(ReceiptKind, u64)> = net
+        .read(&alice_conn)
+        .into_iter()
+        .filter_map(|got| match got {
+            Got::Receipt {
+                kind, client_id, ..
+            } => Some((kind, client_id)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        receipts,
+        [
+            (ReceiptKind::Undeliverable, 1),
+            (ReceiptKind::Undeliverable, 2)
+        ]
+    );
+    assert_eq!(net.shards[home].counters().accounts, accounts_before - 1);
+    assert_eq!(
+        net.shards[home].delete_account(bob, now_ms),
+        Err(shard::DeleteRefused::NoAccount)
+    );
+    for step in ["live", "restarted", "compacted"] {
+        match step {
+            "restarted" => net.restart(),
+            "compacted" => {
+                net.compact();
+                net.restart();
+            }
+            _ => {}
+        }
+        assert!(net.shards[home].account_info(bob).is_none(), "{step}");
+        assert!(net.shards[home].trace(alice, 1).is_empty(), "{step}");
+        assert_eq!(
+            net.shards[home].queue_lengths().mailbox_entries,
+            0,
+            "{step}"
+        );
+        let mut conn = net.connect();
+        let login = ClientFrame::Login {
+            phone: bob,
+            key: bob_key,
+        };
+        net.send(&mut conn, login);
+        assert_eq!(net.read(&conn), vec![Got::Error(ErrorKind::BadCredentials)]);
+        let (mut alice_conn, _) = net.login(alice, alice_key);
+        net.message(&mut alice_conn, bob, 10, b"anyone?");
+        let got = net.read(&alice_conn);
+        assert!(
+            got.contains(&Got::Error(ErrorKind::UnknownRecipient)),
+            "{step}: {got:?}"
+        );
+    }
+    let (_, new_key) = net.signup(&bob.to_string());
+    let (_, got) = net.login(bob, new_key);
+    assert!(got.is_empty(), "a new account starts empty: {got:?}");
+    let (mut alice_conn, _) = net.login(alice, alice_key);
+    // The same client id as before the deletion is a new message now.
+    net.message(&mut alice_conn, bob, 1, b"welcome back");
+    assert!(net
+        .read(&alice_conn)
+        .iter()
+        .any(|got| matches!(got, Got::Sent { client_id: 1, .. })));
+}
+
+/// A number deleted and signed up again at once, while the write-back
+/// cache still held the old account's messages, starts empty, and stays
+/// empty once the cache is due and after a restart.
+#[test]
+fn a_number_signed_up_again_right_after_deletion_starts_empty() {
+    let mut net = Net::new(2, |c| c.sync_delay_ms = 60_000);
+    let (alice, alice_key, bob, _) = signed_up_pair(&mut net);
+    let (mut alice_conn, _) = net.login(alice, alice_key);
+    net.message(&mut alice_conn, bob, 1, b"for the old bob");
+    net.read(&alice_conn);
+    let home = net.shards[0].config().map.shard_of(bob) as usize;
+    let now_ms = net.now_ms;
+    net.shards[home].delete_account(bob, now_ms).unwrap();
+    net.settle();
+    let (_, key) = net.signup(&bob.to_string());
+    for step in ["at once", "cache due", "restarted"] {
+        match step {
+            "cache due" => net.advance(120_000),
+            "restarted" => net.restart(),
+            _ => {}
+        }
+        let (conn, got) = net.login(bob, key);
+        assert!(got.is_empty(), "{step}: {got:?}");
+        net.shards[home].closed(conn.conn, net.now_ms);
+        net.settle();
+    }
+}

@@ -120,6 +120,12 @@ pub enum Record {
     /// latest of each holds. At start a clock far from `latest_ms` holds
     /// expiry until it is trusted (`shard::WallClock`).
     Clock { latest_ms: u64, floor_ms: u64 },
+    /// An operator deleted `phone`'s account: its key, mailbox (emptied
+    /// by a `MailboxAck` before this record), contacts, profile, push
+    /// token and resend-table entries are gone. Records of the account
+    /// that come before it are replayed and then dropped with it; a later
+    /// `AccountKey` is a new signup.
+    AccountDeleted { phone: Phone },
 }
 
 /// Which shard keeps a record.
@@ -148,7 +154,9 @@ impl Record {
             | Record::Profile { owner, .. }
             | Record::LastSeen { owner, .. }
             | Record::PushToken { owner, .. } => Owner::Account(*owner),
-            Record::CodeSent { phone, .. } => Owner::Account(*phone),
+            Record::CodeSent { phone, .. } | Record::AccountDeleted { phone } => {
+                Owner::Account(*phone)
+            }
             // Every shard keeps its own; a new shard takes the latest.
             Record::Clock { .. } => Owner::Local,
             Record::GroupPost { group, .. }

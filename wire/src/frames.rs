@@ -409,4 +409,7 @@ pub enum ByeReason {
     ProtocolError,
     /// The server is shutting down.
     ShuttingDown,
+    /// An operator deleted the account: its key, its queued messages and
+    /// its group memberships are gone. The number may sign up again.
+    AccountDeleted,
 }

@@ -32,6 +32,12 @@ pub use social::{
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
 
+/// The `client_id` of the group changes the server makes itself (the
+/// `Left` of an account an operator deleted). Group requests from phones
+/// may not carry it, so that the server's changes never collide with a
+/// phone's in a group's resend table.
+pub const SERVER_CLIENT_ID: u64 = u64::MAX;
+
 /// Longest message body a phone may send.
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
 

@@ -375,7 +375,8 @@ fn the_probe_reads_variants_in_declaration_order() {
             "Revoked",
             "IdleTimeout",
             "ProtocolError",
-            "ShuttingDown"
+            "ShuttingDown",
+            "AccountDeleted"
         ]
     );
     // A unit variant's number decodes to the variant of that name.

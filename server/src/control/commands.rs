@@ -3,7 +3,7 @@
 //! bounded channel (never waiting on it) and answers through a oneshot the
 //! control thread awaits with a timeout.
 
-use shard::{AccountInfo, TraceHit};
+use shard::{AccountInfo, DeleteRefused, Deleted, TraceHit};
 use tokio::sync::oneshot;
 use wire::Phone;
 
@@ -24,6 +24,12 @@ pub enum ShardCommand {
         phone: Phone,
         reply: oneshot::Sender<bool>,
     },
+    /// Delete the account; answered once the deletion is durable (see
+    /// `shard::Shard::delete_account`).
+    DeleteAccount {
+        phone: Phone,
+        reply: oneshot::Sender<Deletion>,
+    },
     /// Where `sender`'s message `client_id` is on this shard.
     Trace {
         sender: Phone,
@@ -36,4 +42,15 @@ pub enum ShardCommand {
     /// New TLS connections get this configuration (a reloaded certificate
     /// and key); open ones keep theirs.
     ReloadTls(std::sync::Arc<rustls::ServerConfig>),
+}
+
+/// The answer to [`ShardCommand::DeleteAccount`].
+#[derive(Debug)]
+pub enum Deletion {
+    /// Deleted, and the deletion is on disk.
+    Durable(Deleted),
+    Refused(DeleteRefused),
+    /// Deleted in memory, but the journal failed before the deletion was
+    /// written: after a restart the account is back.
+    NotWritten,
 }

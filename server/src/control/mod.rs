@@ -36,10 +36,11 @@ use axum::{
 };
 use crossbeam_channel::{bounded, Receiver, Sender};
 use serde::Serialize;
+use shard::DeleteRefused;
 use subtle::ConstantTimeEq;
 
 use self::{
-    commands::{ShardCommand, COMMANDS_PER_SHARD_MAX},
+    commands::{Deletion, ShardCommand, COMMANDS_PER_SHARD_MAX},
     decay::Decaying,
     metrics::Metrics,
     snapshot::{JournalState, Queues, ShardReport},
@@ -271,7 +272,7 @@ fn serve(listener: std::net::TcpListener, shared: Arc<Shared>, reports: Receiver
         let guarded = Router::new()
             .route("/metrics", get(get_metrics))
             .route("/status", get(get_status))
-            .route("/account/:phone", get(get_account))
+            .route("/account/:phone", get(get_account).delete(delete_account))
             .route("/account/:phone/revoke", axum::routing::post(post_revoke))
             .route("/drain", axum::routing::post(post_drain))
             .route("/trace/:sender/:client_id", get(get_trace))
@@ -604,6 +605,30 @@ async fn post_revoke(
             "no such account, or the journal cannot take the change now\n",
         )
             .into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+/// Deletes an account: 200 with what went once the deletion is on disk,
+/// 404 when there is no such account, 503 when the journal cannot take it.
+async fn delete_account(
+    Extract(shared): Extract<Arc<Shared>>,
+    axum::extract::Path(phone): axum::extract::Path<String>,
+) -> Response {
+    let command = |phone, reply| ShardCommand::DeleteAccount { phone, reply };
+    match ask_shard(&shared, &phone, command).await {
+        Ok(Deletion::Durable(deleted)) => Json(deleted).into_response(),
+        Ok(Deletion::Refused(DeleteRefused::NoAccount)) => {
+            (StatusCode::NOT_FOUND, "no such account\n").into_response()
+        }
+        Ok(Deletion::Refused(refused)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("{refused}\n")).into_response()
+        }
+        Ok(Deletion::NotWritten) => {
+            let detail = "the journal failed before the deletion was written: \
+                          it is undone by a restart; delete again after it\n";
+            (StatusCode::SERVICE_UNAVAILABLE, detail).into_response()
+        }
         Err(error) => error.into_response(),
     }
 }

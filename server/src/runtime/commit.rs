@@ -55,7 +55,16 @@ pub struct Commits {
     samples: RefCell<CommitSamples>,
     /// The last checkpoint's duration, in ms.
     last_checkpoint_ms: Cell<Option<u64>>,
+    /// What waits for a commit to finish: its number and what to call
+    /// then (see `after`).
+    after: RefCell<Vec<(u64, AfterCommit)>>,
+    /// The journal failed: commits finish without writing.
+    failed: Cell<bool>,
 }
+
+/// Called once a commit finished: with true when it was written, false
+/// when the journal had failed.
+pub type AfterCommit = Box<dyn FnOnce(bool)>;
 
 impl Commits {
     /// Records wait: the commit task takes them as soon as it can.
@@ -86,6 +95,16 @@ impl Commits {
     /// Wakes `waker` when the next commit finishes (or stalls).
     pub fn hold(&self, waker: Waker) {
         self.holding.borrow_mut().push(waker);
+    }
+
+    /// Calls `then` once commit `target` has finished (at once if it has):
+    /// with true when it was written, false when the journal failed.
+    pub fn after(&self, target: u64, then: AfterCommit) {
+        if self.done.get() >= target {
+            then(!self.failed.get());
+        } else {
+            self.after.borrow_mut().push((target, then));
+        }
     }
 
     /// True while a commit begun has not finished: what it holds is not
@@ -135,9 +154,19 @@ impl Commits {
 
     fn finish(&self) {
         self.stalled.set(false);
-        self.done.set(self.done.get() + 1);
+        let done = self.done.get() + 1;
+        self.done.set(done);
         for waker in self.holding.borrow_mut().drain(..) {
             waker.wake();
+        }
+        let due: Vec<AfterCommit> = {
+            let mut after = self.after.borrow_mut();
+            let (due, waiting) = after.drain(..).partition(|(target, _)| *target <= done);
+            *after = waiting;
+            due.into_iter().map(|(_, then)| then).collect()
+        };
+        for then in due {
+            then(!self.failed.get());
         }
     }
 }
@@ -272,6 +301,7 @@ async fn refuse_durable_work(runtime: &Runtime, error: JournalError) {
         "shard {}: {error}; refusing new messages and signups until restarted",
         runtime.shard_id
     );
+    runtime.commits.failed.set(true);
     runtime.with_shard(|shard| {
         shard.journal_failed();
         runtime.commits.finish();

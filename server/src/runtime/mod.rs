@@ -48,6 +48,7 @@ use glommio::{net::TcpListener, Latency, Shares, TaskQueueHandle};
 use rustls::ServerConfig;
 use shard::{ClockNote, Shard};
 use storage::log::LogConfig;
+use tokio::sync::oneshot;
 
 pub use links::Batch;
 pub(crate) use replay::{open_journal, ShardJournal};
@@ -59,7 +60,7 @@ use self::{
 };
 use crate::{
     control::{
-        commands::ShardCommand,
+        commands::{Deletion, ShardCommand},
         snapshot::{JournalState, Queues, ShardReport, REPORT_INTERVAL_MS},
         Reporter,
     },
@@ -230,6 +231,7 @@ impl Runtime {
                 }
                 let _ = reply.send(revoked);
             }
+            ShardCommand::DeleteAccount { phone, reply } => self.delete_account(phone, reply),
             ShardCommand::Trace {
                 sender,
                 client_id,
@@ -250,6 +252,31 @@ impl Runtime {
                 self.with_shard(|shard| shard.close_all());
             }
         }
+    }
+
+    /// Deletes an account and answers once the deletion is durable.
+    fn delete_account(&self, phone: wire::Phone, reply: oneshot::Sender<Deletion>) {
+        let now_ms = self.now_ms();
+        let deleted = match self.with_shard(|shard| shard.delete_account(phone, now_ms)) {
+            Ok(deleted) => deleted,
+            Err(refused) => {
+                let _ = reply.send(Deletion::Refused(refused));
+                return;
+            }
+        };
+        log::warn!(
+            "shard {}: deleted the account of {phone} ({} mailbox entries)",
+            self.shard_id,
+            deleted.mailbox_entries
+        );
+        let answer = move |written: bool| {
+            let _ = reply.send(match written {
+                true => Deletion::Durable(deleted),
+                false => Deletion::NotWritten,
+            });
+        };
+        self.commits
+            .after(self.commit_covering_now(), Box::new(answer));
     }
 
     /// What the shard tells the control thread (see `control::snapshot`).

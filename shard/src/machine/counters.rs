@@ -92,4 +92,12 @@ pub struct ShardCounters {
     /// Messages deleted undelivered after `message_retention_ms`, each
     /// answered with an `Expired` receipt to its sender.
     pub messages_expired: u64,
+    /// Accounts an operator deleted, and the messages (1:1 and group
+    /// posts) deleted with their mailboxes, each answered with an
+    /// `Undeliverable` receipt to its sender.
+    pub accounts_deleted: u64,
+    pub messages_undeliverable: u64,
+    /// Members taken out of groups this shard owns because their account
+    /// was deleted.
+    pub group_members_deleted: u64,
 }

@@ -66,6 +66,35 @@ impl Shard {
         Ok(answer(group, creates, gseq))
     }
 
+    /// `phone`'s account was deleted: it leaves every group this shard
+    /// owns, each member told by a `Left` notice as if it had left.
+    pub(super) fn leave_groups(&mut self, phone: Phone) {
+        if self.durability.is_failed() {
+            // Nothing can be recorded; the member stays, and the posts
+            // that reach its shard find no account to store them for.
+            return;
+        }
+        let at_ms = self.clock.wall_ms(self.now_ms);
+        for group in self.groups.groups_of(phone) {
+            let Some(accepted) = self.groups.remove_member(group, phone, at_ms) else {
+                continue;
+            };
+            let Accepted {
+                gseq,
+                post,
+                recipients,
+            } = accepted;
+            self.counters.group_posts += 1;
+            self.counters.group_members_deleted += 1;
+            self.durability.record(Record::GroupPost {
+                group,
+                gseq,
+                post: post.clone(),
+            });
+            self.fan_out(group, gseq, post, &recipients, true);
+        }
+    }
+
     /// Sends a post to the shards of its recipients, one message per
     /// shard, and notes it as unconfirmed. `after_commit`: the post was
     /// recorded just now, so the copies wait for that record to be durable
@@ -215,7 +244,8 @@ impl Shard {
         kind: ReceiptKind,
     ) {
         let expired = kind == ReceiptKind::Expired;
-        let Some(released) = self.groups.released(by, (group, gseq), expired) else {
+        let undelivered = kind != ReceiptKind::Delivered;
+        let Some(released) = self.groups.released(by, (group, gseq), undelivered) else {
             return;
         };
         if let Some(account) = self.accounts.get_mut(&by) {
@@ -224,10 +254,10 @@ impl Shard {
         let Some((from, client_id)) = released.author else {
             return;
         };
-        if expired {
-            self.counters.messages_expired += 1;
-        } else {
-            self.counters.messages_acked += 1;
+        match kind {
+            _ if expired => self.counters.messages_expired += 1,
+            ReceiptKind::Undeliverable => self.counters.messages_undeliverable += 1,
+            _ => self.counters.messages_acked += 1,
         }
         let receipt = PeerMessage::Receipt {
             to: from,

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use ahash::AHashMap;
 use storage::{Post, Record};
-use wire::{ErrorKind, GroupChange, GroupId, Phone, GROUP_SUBJECT_BYTES_MAX};
+use wire::{ErrorKind, GroupChange, GroupId, Phone, GROUP_SUBJECT_BYTES_MAX, SERVER_CLIENT_ID};
 
 use super::RestoreError;
 use crate::dedup::DedupTable;
@@ -342,6 +342,53 @@ impl Groups {
         })
     }
 
+    /// The groups this shard owns that `phone` is a member of, in no
+    /// order. A pass over every group owned here: for a deletion, not for
+    /// the message path.
+    pub(super) fn groups_of(&self, phone: Phone) -> Vec<GroupId> {
+        self.owned
+            .iter()
+            .filter(|(_, state)| state.members.contains_key(&phone))
+            .map(|(&group, _)| group)
+            .collect()
+    }
+
+    /// Takes `phone`, whose account was deleted, out of `group`: a `Left`
+    /// change by it under [`SERVER_CLIENT_ID`], applied and numbered like
+    /// a phone's but kept out of the resend table (a phone cannot resend
+    /// what it never sent). `None` when it is not a member.
+    pub(super) fn remove_member(
+        &mut self,
+        group: GroupId,
+        phone: Phone,
+        at_ms: u64,
+    ) -> Option<Accepted> {
+        let state = self.owned.get_mut(&group)?;
+        if !state.members.contains_key(&phone) {
+            return None;
+        }
+        let post = Post::Change {
+            by: phone,
+            client_id: SERVER_CLIENT_ID,
+            at_ms,
+            change: GroupChange::Left,
+        };
+        let gseq = state.next_gseq;
+        state.next_gseq += 1;
+        let recipients = state.apply(&post);
+        Some(Accepted {
+            gseq,
+            post,
+            recipients,
+        })
+    }
+
+    /// Forgets what the read table holds for `member` (its account was
+    /// deleted).
+    pub(super) fn forget_member(&mut self, member: Phone) {
+        self.reads.forget_recipient(member);
+    }
+
     /// Checks a creation and makes the group, empty until the creation post
     /// is applied to it: its members, sorted, with `from` among them. Err
     /// when the id is taken, the subject too long or the members too many.
@@ -543,7 +590,9 @@ impl Groups {
         now_ms: u64,
     ) -> Result<(), RestoreError> {
         let (from, client_id) = post.author();
-        self.dedup.replay(group, from, client_id, gseq, now_ms);
+        if client_id != SERVER_CLIENT_ID {
+            self.dedup.replay(group, from, client_id, gseq, now_ms);
+        }
         let creates = matches!(
             post,
             Post::Change {

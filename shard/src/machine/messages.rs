@@ -270,7 +270,8 @@ impl Shard {
     }
 
     /// Deletes `owner`'s entries up to `up_to`, telling each message's
-    /// sender why: `Delivered` (acknowledged) or `Expired`.
+    /// sender why: `Delivered` (acknowledged), `Expired`, or
+    /// `Undeliverable` (the account is being deleted).
     pub(super) fn release_entries(&mut self, owner: Phone, up_to: u64, kind: ReceiptKind) {
         let account = self.account_mut(owner);
         let mut receipts = Vec::new();
@@ -300,6 +301,10 @@ impl Shard {
                         seq: seq | storage::DEDUP_READ_BIT,
                     });
                 }
+            }
+            // The account goes, and its resend table entries with it.
+            ReceiptKind::Undeliverable => {
+                self.counters.messages_undeliverable += receipts.len() as u64;
             }
             _ => self.counters.messages_acked += receipts.len() as u64,
         }

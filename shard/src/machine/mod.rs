@@ -49,7 +49,7 @@ use ahash::AHashMap;
 use storage::{EntryRecord, Post, Record};
 use wire::{
     ByeReason, Chat, ClientFrame, ErrorKind, GroupChange, GroupId, Phone, ServerFrame,
-    BODY_BYTES_MAX, PROTOCOL_VERSION,
+    BODY_BYTES_MAX, PROTOCOL_VERSION, SERVER_CLIENT_ID,
 };
 
 pub use anonymous::Refused;
@@ -57,7 +57,7 @@ pub use connections::{ConnEvent, ConnEventKind, ConnId, ConnSnapshot};
 pub use counters::ShardCounters;
 pub use groups::GroupAction;
 use groups::Groups;
-pub use operator::{AccountInfo, TraceHit};
+pub use operator::{AccountInfo, DeleteRefused, Deleted, TraceHit};
 pub use peer::PeerMessage;
 pub use push::Push;
 pub use recovery::RestoreError;
@@ -684,6 +684,11 @@ impl Shard {
             } => (client_id, group, GroupAction::Change(change)),
             _ => unreachable!("session_frame passes group frames only"),
         };
+        if client_id == SERVER_CLIENT_ID {
+            let detail = "client_id 2^64-1 is the server's own";
+            self.reply_error(id, ErrorKind::BadRequest, Some(client_id), detail);
+            return;
+        }
         self.ask_group(session, client_id, group, action);
     }
 
@@ -885,13 +890,15 @@ impl Shard {
             | PeerMessage::GroupTyping { .. }
             | PeerMessage::LookupAccounts { .. }
             | PeerMessage::AccountsFound { .. }) => self.apply_social(social),
+            PeerMessage::AccountGone { phone } => self.leave_groups(phone),
         }
     }
 
     // ---- plumbing ----------------------------------------------------------
 
     /// The account of `phone`, which the caller knows exists: it has a
-    /// session, or was just found. Accounts are never removed.
+    /// session, or was just found. Accounts are removed only by an
+    /// operator's deletion, which closes their session first.
     fn account(&self, phone: Phone) -> &Account {
         self.accounts
             .get(&phone)

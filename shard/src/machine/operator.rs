@@ -1,12 +1,12 @@
 //! What an operator may ask of a shard (through the admin listener): what
-//! it holds of an account, revoking its device key, and where a message
-//! is.
+//! it holds of an account, revoking its device key, deleting the account,
+//! and where a message is.
 
 use serde::Serialize;
 use storage::Record;
-use wire::{ByeReason, Phone};
+use wire::{ByeReason, Phone, Presence, ReceiptKind};
 
-use super::Shard;
+use super::{PeerMessage, Shard};
 
 /// An account as an operator sees it: no secrets, no message contents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -24,6 +24,27 @@ pub struct AccountInfo {
     pub mailbox_bytes: u64,
     pub acked_up_to: u64,
     pub push_token: bool,
+}
+
+/// What deleting an account removed on its home shard. Its group
+/// memberships go too, on the shards that own its groups, once the
+/// deletion is durable (`PeerMessage::AccountGone`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Deleted {
+    /// Mailbox entries dropped; each message's sender is sent an
+    /// `Undeliverable` receipt.
+    pub mailbox_entries: u64,
+    /// A session was open; it was closed with `Bye { AccountDeleted }`.
+    pub was_online: bool,
+}
+
+/// Why an account was not deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DeleteRefused {
+    #[error("no such account")]
+    NoAccount,
+    #[error("the journal cannot take records now (failed, disk full or unavailable)")]
+    Storage,
 }
 
 /// Where a message (a sender's `client_id`) is, as one shard knows it.
@@ -133,5 +154,73 @@ impl Shard {
         });
         self.run_local();
         true
+    }
+
+    /// Deletes `phone`'s account at `now_ms`: its session is closed with
+    /// `Bye { AccountDeleted }`, its mailbox emptied (senders get
+    /// `Undeliverable`), its key, contacts, profile, push token and
+    /// resend-table entries dropped, and its followers told it is
+    /// `Unavailable`. Every shard is told, once the deletion is durable,
+    /// to take it out of the groups it owns. The number may sign up
+    /// again, as a new account.
+    ///
+    /// The journal gets a `MailboxAck` of everything, then
+    /// `AccountDeleted`; the write-back cache is written out before, so
+    /// no record of the account follows its deletion.
+    pub fn delete_account(&mut self, phone: Phone, now_ms: u64) -> Result<Deleted, DeleteRefused> {
+        self.now_ms = now_ms;
+        if self.durability.admit().is_err() {
+            return Err(DeleteRefused::Storage);
+        }
+        let account = self
+            .accounts
+            .get_mut(&phone)
+            .ok_or(DeleteRefused::NoAccount)?;
+        let session = account.session.take();
+        if let Some(session) = session {
+            self.counters.sessions -= 1;
+            self.close_with(session, ByeReason::AccountDeleted);
+            self.session_ended(phone);
+        }
+        let mailbox = &self.accounts[&phone].mailbox;
+        let (mailbox_entries, last_seq) = (mailbox.len() as u64, mailbox.last_seq());
+        if mailbox_entries > 0 {
+            self.release_entries(phone, last_seq, ReceiptKind::Undeliverable);
+        }
+        self.write_due(u64::MAX);
+        for watcher in self.follows.drop_target(phone) {
+            let message = PeerMessage::PresenceOf {
+                to: watcher,
+                about: phone,
+                presence: Presence::Unavailable,
+                conn: None,
+            };
+            self.route(self.config.map.shard_of(watcher), message);
+        }
+        self.remove_account(phone);
+        self.durability.record(Record::AccountDeleted { phone });
+        for shard in 0..self.config.map.shards() {
+            self.durability
+                .hold_peer(shard, PeerMessage::AccountGone { phone });
+        }
+        self.counters.accounts_deleted += 1;
+        self.run_local();
+        Ok(Deleted {
+            mailbox_entries,
+            was_online: session.is_some(),
+        })
+    }
+
+    /// Forgets `phone`'s account and what other parts keep of it. Its
+    /// mailbox is empty (the caller released it).
+    pub(super) fn remove_account(&mut self, phone: Phone) {
+        let Some(account) = self.accounts.remove(&phone) else {
+            return;
+        };
+        debug_assert!(account.session.is_none(), "the session was closed first");
+        self.mailbox_totals.moved(account.mailbox.size(), (0, 0));
+        self.counters.accounts -= 1;
+        self.dedup.forget_recipient(phone);
+        self.groups.forget_member(phone);
     }
 }

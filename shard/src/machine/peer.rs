@@ -114,6 +114,13 @@ pub enum PeerMessage {
         query: u64,
         registered: Vec<Phone>,
     },
+    /// `phone`'s account was deleted (durably, on its home shard): take
+    /// it out of the groups this shard owns. Sent to every shard on the
+    /// same queues as the account's group requests, so none of those
+    /// arrives after it.
+    AccountGone {
+        phone: Phone,
+    },
 }
 
 impl PeerMessage {

@@ -484,6 +484,9 @@ impl Shard {
                 self.hold_reply(lookup.conn, &frame);
             }
             LookupFor::Contacts => {}
+            // Deleted meanwhile: its group requests must not follow the
+            // `AccountGone` that took it out of its groups.
+            LookupFor::Group { .. } if !self.accounts.contains_key(&lookup.owner) => {}
             LookupFor::Group { owner, request } if lookup.registered.len() == lookup.asked => {
                 self.route(owner, *request);
             }

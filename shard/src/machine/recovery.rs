@@ -56,16 +56,7 @@ impl Shard {
                 }
             },
             Record::MailboxPut { owner, seq, entry } => self.restore_put(owner, seq, entry)?,
-            Record::MailboxAck { owner, up_to } => {
-                let account = self.restored_account(owner)?;
-                let before = account.mailbox.size();
-                let groups_acked = account.restore_ack(up_to);
-                let after = account.mailbox.size();
-                self.mailbox_totals.moved(before, after);
-                for (group, gseq) in groups_acked {
-                    self.restore_group_ack(owner, group, gseq);
-                }
-            }
+            Record::MailboxAck { owner, up_to } => self.restore_ack(owner, up_to)?,
             Record::MailboxStart { owner, next_seq } => {
                 if !self.restored_account(owner)?.restore_start(next_seq) {
                     return Err(RestoreError::MailboxStart(owner));
@@ -104,6 +95,25 @@ impl Shard {
                 latest_ms,
                 floor_ms,
             }),
+            Record::AccountDeleted { phone } => {
+                // The deletion acknowledged everything first; a mailbox
+                // that still holds entries lets their group copies go.
+                let last_seq = self.restored_account(phone)?.mailbox.last_seq();
+                self.restore_ack(phone, last_seq)?;
+                self.remove_account(phone);
+            }
+        }
+        Ok(())
+    }
+
+    fn restore_ack(&mut self, owner: Phone, up_to: u64) -> Result<(), RestoreError> {
+        let account = self.restored_account(owner)?;
+        let before = account.mailbox.size();
+        let groups_acked = account.restore_ack(up_to);
+        let after = account.mailbox.size();
+        self.mailbox_totals.moved(before, after);
+        for (group, gseq) in groups_acked {
+            self.restore_group_ack(owner, group, gseq);
         }
         Ok(())
     }

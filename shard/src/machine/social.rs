@@ -309,6 +309,11 @@ impl Follows {
         }
     }
 
+    /// `target`'s account is gone: its followers, forgotten.
+    pub(super) fn drop_target(&mut self, target: Phone) -> Vec<Phone> {
+        self.watchers.remove(&target).unwrap_or_default()
+    }
+
     /// The followers of `owner` that `visible` approves; forgets the
     /// others.
     pub(super) fn visible_watchers(
