@@ -101,6 +101,7 @@ fn check_config(flags: &Flags) -> anyhow::Result<()> {
 
 fn run(flags: Flags) -> anyhow::Result<()> {
     let mut config = config::layers::load(&flags)?.config;
+    let started = config.clone();
     let shard_count = shard_count(&config)?;
     let map = PartitionMap::new(PARTITIONS_DEFAULT, shard_count as u16);
     let _lock = open_data_dir(&mut config)?;
@@ -141,6 +142,10 @@ fn run(flags: Flags) -> anyhow::Result<()> {
             Ok((identity.config, identity.fingerprint))
         }));
     }
+    control.set_config_loader(
+        Box::new(move || Ok(config::layers::load(&flags)?.config)),
+        &started,
+    );
     reload_on_hangup(control.reloader())?;
     let (mut tls_fds, mut plain_fds) = (tls_fds.into_iter(), plain_fds.into_iter());
     let listeners = (0..shard_count).map(|_| Listeners {

@@ -360,3 +360,56 @@ fn an_operator_deletes_an_account_durably() {
         .unwrap();
     common::expect_error(&mut again, wire::ErrorKind::BadCredentials);
 }
+
+/// A reload reads the config file again: a `[limits]` key takes effect
+/// in the running shards, a key that needs a restart is named and keeps
+/// its value, and a file that does not load changes nothing.
+#[test]
+fn a_reload_applies_new_limits_and_names_what_needs_a_restart() {
+    let config = tempfile::NamedTempFile::new().unwrap();
+    let write = |text: &str| std::fs::write(config.path(), text).unwrap();
+    write("[limits]\nmailbox_entries_max = 100\n");
+    let path = config.path().to_str().unwrap().to_owned();
+    let server = Server::start(&["--shards", "1", "--config", &path]);
+    let (mut alice, _, _) = server.phone("+15550000001");
+    let (_, bob, _) = server.phone("+15550000002");
+    let mut send = |client_id: u64| {
+        let body = b"queued";
+        alice
+            .send(&ClientFrame::Send {
+                client_id,
+                to: bob,
+                body,
+            })
+            .unwrap();
+        alice.recv().unwrap()
+    };
+    assert!(matches!(send(1), Event::Sent { .. }));
+    write("[limits]\nmailbox_entries_max = 1\ntick_ms = 50\n");
+    let (ok, answer) = ctl(&server, &["reload"]);
+    assert!(ok, "{answer}");
+    assert!(
+        answer.contains("limits.mailbox_entries_max 100 -> 1"),
+        "{answer}"
+    );
+    assert!(answer.contains("restart: limits.tick_ms"), "{answer}");
+    // Shards take the new limits in their next tick.
+    let deadline = Instant::now() + REPORT_WAIT;
+    let mut client_id = 2;
+    loop {
+        match send(client_id) {
+            Event::Error {
+                kind: wire::ErrorKind::MailboxFull,
+                ..
+            } => break,
+            Event::Sent { .. } => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(Instant::now() < deadline, "the new bound never applied");
+        client_id += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    write("[limits]\nmailbox_entries_max = 0x\n");
+    let (ok, answer) = ctl(&server, &["reload"]);
+    assert!(!ok && answer.contains("mailbox_entries_max"), "{answer}");
+}

@@ -324,6 +324,46 @@ impl ShardConfig {
     }
 }
 
+impl ShardConfig {
+    /// `[limits]` keys a running shard cannot take a new value of: the
+    /// timer wheel counts in ticks of `tick_ms`. Every other `[limits]`
+    /// key is read where it is used, so a new value applies from the
+    /// next use (a lower bound does not undo what it already let in).
+    pub const RESTART_ONLY: &'static [&'static str] = &["tick_ms"];
+
+    /// Takes from `running` what a running shard keeps whatever a reload
+    /// says: its identity, [`ShardConfig::RESTART_ONLY`], the settings of
+    /// other config sections (`[storage]`, `[push]`, `[clock]`, test
+    /// numbers), which change only with a restart, and the limits fixed
+    /// for now, some of which sized tables at start. What is left is the
+    /// `[limits]` keys and `prelogin_connections_max`.
+    pub fn keep_fixed(&mut self, running: &ShardConfig) {
+        self.shard_id = running.shard_id;
+        self.map = running.map;
+        self.wall_clock_offset_ms = running.wall_clock_offset_ms;
+        self.test_numbers.clone_from(&running.test_numbers);
+        self.tick_ms = running.tick_ms;
+        self.sync_delay_ms = running.sync_delay_ms;
+        self.push_interval_ms = running.push_interval_ms;
+        self.clock_jump_max_ms = running.clock_jump_max_ms;
+        self.clock_settle_ms = running.clock_settle_ms;
+        self.clock_confirmed = running.clock_confirmed;
+        self.code_ttl_ms = running.code_ttl_ms;
+        self.code_attempts_max = running.code_attempts_max;
+        self.code_request_window_ms = running.code_request_window_ms;
+        self.signups_max = running.signups_max;
+        self.outbox_feed_bytes_max = running.outbox_feed_bytes_max;
+        self.outbox_bytes_max = running.outbox_bytes_max;
+        self.dedup_ttl_ms = running.dedup_ttl_ms;
+        self.dedup_entries_max = running.dedup_entries_max;
+        self.sync_delay_bytes_max = running.sync_delay_bytes_max;
+        self.sync_delay_entries_per_account_max = running.sync_delay_entries_per_account_max;
+        self.source_table_entries_max = running.source_table_entries_max;
+        self.handovers_max = running.handovers_max;
+        self.login_failures_max = running.login_failures_max;
+    }
+}
+
 /// The defaults for shard 0 of one: what a server's `[limits]` starts
 /// from before it sets each shard's identity.
 impl Default for ShardConfig {
@@ -433,6 +473,33 @@ fn per_hour(count: u32) -> Rate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reload takes the `[limits]` keys but `tick_ms`, and keeps what a
+    /// running shard cannot change.
+    #[test]
+    fn a_reload_keeps_what_cannot_change_live() {
+        let mut running = ShardConfig::new(3, PartitionMap::new(64, 4));
+        running.wall_clock_offset_ms = 1_234;
+        running.sync_delay_ms = 50;
+        running.dedup_entries_max = 7;
+        let mut reloaded = ShardConfig {
+            tick_ms: 5,
+            send_burst: 9,
+            mailbox_entries_max: 11,
+            prelogin_connections_max: 13,
+            ..ShardConfig::default()
+        };
+        reloaded.keep_fixed(&running);
+        assert_eq!(reloaded.shard_id, 3);
+        assert_eq!(reloaded.map, running.map);
+        assert_eq!(reloaded.wall_clock_offset_ms, 1_234);
+        assert_eq!(reloaded.sync_delay_ms, 50);
+        assert_eq!(reloaded.dedup_entries_max, 7);
+        assert_eq!(reloaded.tick_ms, running.tick_ms, "restart only");
+        assert_eq!(reloaded.send_burst, 9);
+        assert_eq!(reloaded.mailbox_entries_max, 11);
+        assert_eq!(reloaded.prelogin_connections_max, 13);
+    }
 
     fn check(adjust: impl Fn(&mut ShardConfig), expected: Result<(), LimitsError>) {
         let mut config = ShardConfig::default();

@@ -1305,3 +1305,33 @@ fn a_number_signed_up_again_right_after_deletion_starts_empty() {
         net.settle();
     }
 }
+
+/// Limits set while running apply from their next use: a mailbox bound
+/// lowered below what a mailbox holds refuses the next message, and
+/// nothing already queued is lost.
+#[test]
+fn limits_set_while_running_apply_at_once() {
+    let mut net = Net::new(2, |_| {});
+    let (alice, alice_key, bob, _) = signed_up_pair(&mut net);
+    let (mut alice_conn, _) = net.login(alice, alice_key);
+    for client_id in 1..=3 {
+        net.message(&mut alice_conn, bob, client_id, b"queued");
+    }
+    net.read(&alice_conn);
+    for shard in &mut net.shards {
+        let mut limits = shard.config().clone();
+        limits.mailbox_entries_max = 2;
+        limits.tick_ms = 7;
+        shard.set_limits(limits);
+        assert_eq!(shard.config().mailbox_entries_max, 2);
+        assert_eq!(shard.config().tick_ms, 100, "the wheel keeps its tick");
+    }
+    net.message(&mut alice_conn, bob, 4, b"one too many");
+    let got = net.read(&alice_conn);
+    assert_eq!(got, vec![Got::Error(ErrorKind::MailboxFull)]);
+    let home = net.shards[0].config().map.shard_of(bob) as usize;
+    assert_eq!(
+        net.shards[home].account_info(bob).unwrap().mailbox_entries,
+        3
+    );
+}

@@ -42,6 +42,9 @@ pub enum ShardCommand {
     /// New TLS connections get this configuration (a reloaded certificate
     /// and key); open ones keep theirs.
     ReloadTls(std::sync::Arc<rustls::ServerConfig>),
+    /// New limits (a reload): the shard keeps what it cannot change while
+    /// running (`shard::ShardConfig::keep_fixed`).
+    SetLimits(Box<shard::ShardConfig>),
 }
 
 /// The answer to [`ShardCommand::DeleteAccount`].

@@ -14,6 +14,7 @@ pub mod commands;
 pub mod decay;
 pub mod gateways;
 pub mod metrics;
+pub mod reload;
 pub mod snapshot;
 
 use std::{
@@ -39,6 +40,8 @@ use serde::Serialize;
 use shard::DeleteRefused;
 use subtle::ConstantTimeEq;
 
+use self::reload::ConfigReload;
+pub use self::reload::{ConfigLoader, Reloader, TlsLoader};
 use self::{
     commands::{Deletion, ShardCommand, COMMANDS_PER_SHARD_MAX},
     decay::Decaying,
@@ -104,45 +107,14 @@ struct Shared {
     commands: Vec<Sender<ShardCommand>>,
     /// Reads the TLS certificate and key again (set when TLS is on).
     tls_loader: std::sync::OnceLock<TlsLoader>,
+    /// Reads the configuration again, and what of it is in effect (set
+    /// once the server has loaded it).
+    config: Mutex<Option<ConfigReload>>,
     /// Records each shard has replayed while starting.
     replayed: Vec<Arc<AtomicU64>>,
     /// What the SMS and push senders did.
     pub sms: Arc<gateways::GatewayStats>,
     pub push: Arc<gateways::GatewayStats>,
-}
-
-/// Loads the TLS identity anew: the configuration for new connections and
-/// the certificate's fingerprint.
-pub type TlsLoader =
-    Box<dyn Fn() -> anyhow::Result<(Arc<rustls::ServerConfig>, String)> + Send + Sync>;
-
-/// A handle that reloads what can change without a restart (SIGHUP and
-/// `POST /reload` use it).
-#[derive(Clone)]
-pub struct Reloader(Arc<Shared>);
-
-impl Reloader {
-    /// Reloads the TLS certificate and key, if TLS is on: new connections
-    /// get the new ones. Ok: what was reloaded, for the log.
-    pub fn reload(&self) -> Result<String, String> {
-        let Some(loader) = self.0.tls_loader.get() else {
-            return Ok("nothing to reload (no TLS listener)".into());
-        };
-        let (config, fingerprint) = loader().map_err(|error| format!("{error:#}"))?;
-        for (shard, commands) in self.0.commands.iter().enumerate() {
-            if commands
-                .try_send(ShardCommand::ReloadTls(config.clone()))
-                .is_err()
-            {
-                return Err(format!(
-                    "shard {shard} has too many commands waiting; retry"
-                ));
-            }
-        }
-        Ok(format!(
-            "TLS certificate reloaded: fingerprint {fingerprint}"
-        ))
-    }
 }
 
 /// The latest of everything the shards reported.
@@ -198,6 +170,7 @@ impl Control {
             map,
             commands: command_senders,
             tls_loader: std::sync::OnceLock::new(),
+            config: Mutex::new(None),
             replayed: (0..shard_count).map(|_| Arc::default()).collect(),
             sms: Arc::default(),
             push: Arc::default(),
@@ -218,6 +191,13 @@ impl Control {
     /// How to read the TLS identity again, for reloads.
     pub fn set_tls_loader(&self, loader: TlsLoader) {
         let _ = self.shared.tls_loader.set(loader);
+    }
+
+    /// How to read the configuration again, for reloads, and the one the
+    /// server started with.
+    pub fn set_config_loader(&self, loader: ConfigLoader, started: &crate::config::Config) {
+        *self.shared.config.lock().expect("not poisoned") =
+            Some(ConfigReload::new(loader, started));
     }
 
     /// Where shard `shard` counts the records it replays.

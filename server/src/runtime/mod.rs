@@ -243,6 +243,9 @@ impl Runtime {
             ShardCommand::ReloadTls(config) => {
                 *self.tls.borrow_mut() = Some(config);
             }
+            ShardCommand::SetLimits(limits) => {
+                self.with_shard(|shard| shard.set_limits(*limits));
+            }
             ShardCommand::Drain => {
                 log::warn!(
                     "shard {}: draining: closing every connection",

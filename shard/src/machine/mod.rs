@@ -245,6 +245,16 @@ impl Shard {
         &self.config
     }
 
+    /// New limits while running (a reload): the `[limits]` keys of
+    /// `limits` apply from their next use; what the shard cannot change
+    /// while it runs is kept (see [`ShardConfig::keep_fixed`]). The
+    /// caller validated `limits`.
+    pub fn set_limits(&mut self, mut limits: ShardConfig) {
+        limits.keep_fixed(&self.config);
+        debug_assert!(limits.validate().is_ok(), "validated by the caller");
+        self.config = limits;
+    }
+
     pub fn counters(&self) -> ShardCounters {
         ShardCounters {
             connections_anonymous: self.anonymous.open() as u64,
