@@ -283,6 +283,21 @@ pub enum ServerFrame<'a> {
     Done {
         client_id: u64,
     },
+    /// The account this connection named lives on another server of the
+    /// cluster, at `addr` (`host:port`, the phone-facing TLS address):
+    /// connect there; the connection closes after this frame. `revision`
+    /// is the version of the cluster's partition map the server went by:
+    /// a phone that caches owners keeps the answer with the highest.
+    Redirect {
+        addr: String,
+        revision: u64,
+    },
+    /// The server takes no more logins for now: reconnect after `after_ms`
+    /// (randomized by the server, so phones that arrive together spread
+    /// out); the connection closes after this frame.
+    TryLater {
+        after_ms: u32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -374,6 +389,9 @@ pub enum ErrorKind {
     /// the sender's messages in the order they were written. Send again
     /// from the refused one on, in order.
     OutOfOrder,
+    /// The recipient's (or group's) server is down or not known right
+    /// now: nothing was stored. Keep the message and send it again later.
+    Unavailable,
 }
 
 impl ErrorKind {
@@ -393,6 +411,7 @@ impl ErrorKind {
                 | ErrorKind::MailboxFull
                 | ErrorKind::DiskFull
                 | ErrorKind::OutOfOrder
+                | ErrorKind::Unavailable
         )
     }
 }

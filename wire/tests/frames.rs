@@ -193,6 +193,11 @@ fn server_frames() -> Vec<ServerFrame<'static>> {
             profile: None,
         },
         ServerFrame::Done { client_id: 10 },
+        ServerFrame::Redirect {
+            addr: "node2.example:5222".into(),
+            revision: 7,
+        },
+        ServerFrame::TryLater { after_ms: 1_500 },
         ServerFrame::Receipt {
             seq: 2,
             kind: ReceiptKind::Expired,

@@ -106,6 +106,11 @@ pub enum Got {
         profile: Option<Profile>,
     },
     Done(u64),
+    Redirect {
+        addr: String,
+        revision: u64,
+    },
+    TryLater(u32),
 }
 
 /// A phone's connection: which shard it is on now, and its id there.
@@ -385,6 +390,8 @@ impl Net {
                 },
                 ServerFrame::Profile { phone, profile } => Got::Profile { phone, profile },
                 ServerFrame::Done { client_id } => Got::Done(client_id),
+                ServerFrame::Redirect { addr, revision } => Got::Redirect { addr, revision },
+                ServerFrame::TryLater { after_ms } => Got::TryLater(after_ms),
             });
             rest = &rest[raw.consumed..];
         }
