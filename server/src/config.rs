@@ -2,6 +2,7 @@
 //! environment (`ISLE_*`) and flags, layered by `layers`; [`Config::validate`]
 //! checks the result, whichever layer each value came from.
 
+pub mod cluster;
 pub mod flags;
 pub mod layers;
 
@@ -33,6 +34,8 @@ pub struct Config {
     pub limits: Limits,
     pub clock: ClockConfig,
     pub admin: AdminConfig,
+    /// Several nodes as one service, through etcd; `None`: a single node.
+    pub cluster: Option<cluster::ClusterConfig>,
 }
 
 /// `[admin]`: the admin HTTP listener (metrics, health, `isle ctl`).
@@ -270,6 +273,7 @@ impl Default for Config {
             limits: Limits::default(),
             clock: ClockConfig::default(),
             admin: AdminConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -352,6 +356,9 @@ impl Config {
         if self.listen.is_none() && self.plaintext_listen.is_none() {
             return Err(ConfigError::NoListener);
         }
+        if let Some(cluster) = &self.cluster {
+            cluster.settings(self.listen)?;
+        }
         Ok(())
     }
 
@@ -390,6 +397,8 @@ pub enum ConfigError {
     Limits(#[from] LimitsError),
     #[error("no listener configured: set listen or plaintext_listen")]
     NoListener,
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
 }
 
 impl ConfigError {
@@ -404,6 +413,7 @@ impl ConfigError {
             ConfigError::Limits(LimitsError::Zero { limit, .. }) => {
                 return Some(format!("limits.{limit}"));
             }
+            ConfigError::Cluster(error) => error.key(),
             ConfigError::Limits(_) | ConfigError::NoListener => return None,
         };
         Some(key.to_owned())
@@ -768,11 +778,12 @@ mod tests {
             }
         }
         let mut keys = Vec::new();
-        walk(
-            "",
-            &serde_json::to_value(Config::default()).unwrap(),
-            &mut keys,
-        );
+        // A section that is off by default is named key by key too.
+        let every_section = Config {
+            cluster: Some(cluster::ClusterConfig::default()),
+            ..Config::default()
+        };
+        walk("", &serde_json::to_value(every_section).unwrap(), &mut keys);
         keys
     }
 

@@ -80,6 +80,18 @@ pub struct Flags {
     /// than on a command line others can read.
     #[arg(long)]
     pub admin_token: Option<String>,
+    /// In a cluster: this node's id (1 to 4095).
+    #[arg(long)]
+    pub node_id: Option<u16>,
+    /// In a cluster: etcd client URLs, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub etcd: Option<Vec<String>>,
+    /// In a cluster: where the other nodes' links connect.
+    #[arg(long)]
+    pub peer_listen: Option<SocketAddr>,
+    /// In a cluster: the host:port redirects send this node's phones to.
+    #[arg(long)]
+    pub advertise: Option<String>,
 }
 
 /// Each flag that sets a key, and that key (dotted: section, then key).
@@ -102,6 +114,10 @@ pub const FLAG_KEYS: &[(&str, &str)] = &[
     ("--clock-confirmed", "clock.confirmed"),
     ("--admin-listen", "admin.listen"),
     ("--admin-token", "admin.token"),
+    ("--node-id", "cluster.node_id"),
+    ("--etcd", "cluster.etcd"),
+    ("--peer-listen", "cluster.peer_listen"),
+    ("--advertise", "cluster.advertise"),
 ];
 
 impl Flags {
@@ -111,7 +127,7 @@ impl Flags {
         let path = |value: &Option<PathBuf>| value.as_ref().map(|p| p.display().to_string().into());
         let addr = |value: Option<SocketAddr>| value.map(|a| a.to_string().into());
         let on = |set: bool| set.then(|| Value::from(true));
-        let set: [(&str, Option<Value>); 17] = [
+        let set: [(&str, Option<Value>); 21] = [
             ("--data-dir", path(&self.data_dir)),
             ("--listen", addr(self.listen)),
             // After --listen, as before: no TLS wins.
@@ -130,6 +146,10 @@ impl Flags {
             ("--clock-confirmed", on(self.clock_confirmed)),
             ("--admin-listen", addr(self.admin_listen)),
             ("--admin-token", text(&self.admin_token)),
+            ("--node-id", self.node_id.map(Value::from)),
+            ("--etcd", self.etcd.clone().map(Value::from)),
+            ("--peer-listen", addr(self.peer_listen)),
+            ("--advertise", text(&self.advertise)),
         ];
         FlagLayer {
             values: set

@@ -1,0 +1,226 @@
+//! `[cluster]`: several nodes serving as one, coordinated through etcd.
+//! Without the section the server is a single node and never talks to
+//! etcd.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+use shard::duration;
+
+/// The highest node id: ids name nodes in etcd keys and on the wire.
+pub const NODE_ID_MAX: u16 = 4095;
+/// The etcd lease a node holds may not be shorter: etcd's own minimum TTL
+/// is 2 s, and a keepalive goes out every `lease_ttl_ms / 5`.
+pub const LEASE_TTL_MS_MIN: u64 = 2_000;
+
+/// `[cluster]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's id, 1 to [`NODE_ID_MAX`], unique in the cluster and
+    /// kept for the life of its data directory (`--node-id`).
+    pub node_id: u16,
+    /// etcd client URLs (`http://host:port`), tried in turn: a member that
+    /// does not answer is skipped (`--etcd URL,URL`).
+    pub etcd: Vec<String>,
+    /// Where this node listens for the other nodes' links
+    /// (`--peer-listen`).
+    pub peer_listen: Option<SocketAddr>,
+    /// The phone-facing `host:port` other nodes put in the redirects they
+    /// send this node's phones (`--advertise`). Default: the TLS listen
+    /// address, when it names a host (not 0.0.0.0).
+    pub advertise: Option<String>,
+    /// Where the other nodes reach the peer listener. Default:
+    /// `peer_listen`, when it names a host.
+    pub peer_advertise: Option<SocketAddr>,
+    /// The node's etcd lease: when it is not renewed for this long the
+    /// node counts as gone.
+    #[serde(with = "duration::ms")]
+    pub lease_ttl_ms: u64,
+    /// The first controller assigns the partitions once this many nodes
+    /// are registered (only while the cluster has no partition map).
+    pub bootstrap_nodes: usize,
+    /// Where in etcd the cluster keeps its keys.
+    pub prefix: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> ClusterConfig {
+        ClusterConfig {
+            node_id: 0,
+            etcd: Vec::new(),
+            peer_listen: None,
+            advertise: None,
+            peer_advertise: None,
+            lease_ttl_ms: 5_000,
+            bootstrap_nodes: 1,
+            prefix: "/isle/v1/".into(),
+        }
+    }
+}
+
+/// A `[cluster]` section the server cannot run with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cluster.node_id is {0}: it must be from 1 to {NODE_ID_MAX}")]
+    NodeId(u16),
+    #[error("cluster.etcd is empty: name at least one etcd client URL")]
+    NoEtcd,
+    #[error("cluster.etcd has {0:?}: an etcd client URL is http://host:port or https://host:port")]
+    EtcdUrl(String),
+    #[error("cluster.peer_listen is not set: the other nodes need somewhere to reach this one")]
+    NoPeerListen,
+    #[error(
+        "cluster.peer_advertise is not set and peer_listen {0} names no host: \
+         say where the other nodes reach this one"
+    )]
+    NoPeerAdvertise(SocketAddr),
+    #[error(
+        "cluster.advertise is not set and the TLS listener names no host: \
+         say which host:port redirects send phones to"
+    )]
+    NoAdvertise,
+    #[error("cluster.lease_ttl_ms is {0}: it must be at least {LEASE_TTL_MS_MIN}")]
+    LeaseTtl(u64),
+    #[error(
+        "cluster.bootstrap_nodes is 0: at least one node must be there to take the partitions"
+    )]
+    BootstrapNodes,
+    #[error("cluster.prefix {0:?} must start and end with /")]
+    Prefix(String),
+}
+
+impl ClusterError {
+    /// The dotted key at fault.
+    pub fn key(&self) -> &'static str {
+        match self {
+            ClusterError::NodeId(_) => "cluster.node_id",
+            ClusterError::NoEtcd | ClusterError::EtcdUrl(_) => "cluster.etcd",
+            ClusterError::NoPeerListen => "cluster.peer_listen",
+            ClusterError::NoPeerAdvertise(_) => "cluster.peer_advertise",
+            ClusterError::NoAdvertise => "cluster.advertise",
+            ClusterError::LeaseTtl(_) => "cluster.lease_ttl_ms",
+            ClusterError::BootstrapNodes => "cluster.bootstrap_nodes",
+            ClusterError::Prefix(_) => "cluster.prefix",
+        }
+    }
+}
+
+/// What a node of the cluster runs with, every default resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    pub node_id: u16,
+    pub etcd: Vec<String>,
+    pub peer_listen: SocketAddr,
+    pub peer_advertise: SocketAddr,
+    pub advertise: String,
+    pub lease_ttl_ms: u64,
+    pub bootstrap_nodes: usize,
+    pub prefix: String,
+}
+
+impl ClusterConfig {
+    /// Checks the section and resolves its defaults; `tls_listen` is the
+    /// phone-facing TLS address, if any.
+    pub fn settings(
+        &self,
+        tls_listen: Option<SocketAddr>,
+    ) -> Result<ClusterSettings, ClusterError> {
+        if !(1..=NODE_ID_MAX).contains(&self.node_id) {
+            return Err(ClusterError::NodeId(self.node_id));
+        }
+        if self.etcd.is_empty() {
+            return Err(ClusterError::NoEtcd);
+        }
+        if let Some(bad) = self.etcd.iter().find(|url| !is_etcd_url(url)) {
+            return Err(ClusterError::EtcdUrl(bad.clone()));
+        }
+        let peer_listen = self.peer_listen.ok_or(ClusterError::NoPeerListen)?;
+        let peer_advertise = match self.peer_advertise {
+            Some(addr) => addr,
+            None if !peer_listen.ip().is_unspecified() => peer_listen,
+            None => return Err(ClusterError::NoPeerAdvertise(peer_listen)),
+        };
+        let advertise = match (&self.advertise, tls_listen) {
+            (Some(addr), _) => addr.clone(),
+            (None, Some(addr)) if !addr.ip().is_unspecified() => addr.to_string(),
+            _ => return Err(ClusterError::NoAdvertise),
+        };
+        if self.lease_ttl_ms < LEASE_TTL_MS_MIN {
+            return Err(ClusterError::LeaseTtl(self.lease_ttl_ms));
+        }
+        if self.bootstrap_nodes == 0 {
+            return Err(ClusterError::BootstrapNodes);
+        }
+        if !self.prefix.starts_with('/') || !self.prefix.ends_with('/') {
+            return Err(ClusterError::Prefix(self.prefix.clone()));
+        }
+        Ok(ClusterSettings {
+            node_id: self.node_id,
+            etcd: self.etcd.clone(),
+            peer_listen,
+            peer_advertise,
+            advertise,
+            lease_ttl_ms: self.lease_ttl_ms,
+            bootstrap_nodes: self.bootstrap_nodes,
+            prefix: self.prefix.clone(),
+        })
+    }
+}
+
+/// `http://host:port` or `https://host:port`, nothing after the port.
+fn is_etcd_url(url: &str) -> bool {
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    let rest = rest.trim_end_matches('/');
+    match rest.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good() -> ClusterConfig {
+        ClusterConfig {
+            node_id: 1,
+            etcd: vec!["http://10.0.0.9:2379".into()],
+            peer_listen: Some("10.0.0.1:5223".parse().unwrap()),
+            ..ClusterConfig::default()
+        }
+    }
+
+    #[test]
+    fn defaults_resolve_from_the_listeners() {
+        let tls = Some("10.0.0.1:5222".parse().unwrap());
+        let settings = good().settings(tls).unwrap();
+        assert_eq!(settings.advertise, "10.0.0.1:5222");
+        assert_eq!(settings.peer_advertise, "10.0.0.1:5223".parse().unwrap());
+        let any = Some("0.0.0.0:5222".parse().unwrap());
+        assert_eq!(good().settings(any), Err(ClusterError::NoAdvertise));
+    }
+
+    #[test]
+    fn each_bad_value_names_its_key() {
+        let tls = Some("10.0.0.1:5222".parse().unwrap());
+        let cases: [(fn(&mut ClusterConfig), &str); 6] = [
+            (|c| c.node_id = 0, "cluster.node_id"),
+            (|c| c.etcd.clear(), "cluster.etcd"),
+            (|c| c.etcd = vec!["10.0.0.9:2379".into()], "cluster.etcd"),
+            (|c| c.peer_listen = None, "cluster.peer_listen"),
+            (|c| c.lease_ttl_ms = 1_000, "cluster.lease_ttl_ms"),
+            (|c| c.prefix = "isle".into(), "cluster.prefix"),
+        ];
+        for (spoil, key) in cases {
+            let mut config = good();
+            spoil(&mut config);
+            assert_eq!(config.settings(tls).unwrap_err().key(), key);
+        }
+    }
+}
