@@ -209,7 +209,8 @@ mod tests {
     #[test]
     fn each_bad_value_names_its_key() {
         let tls = Some("10.0.0.1:5222".parse().unwrap());
-        let cases: [(fn(&mut ClusterConfig), &str); 6] = [
+        type Spoil = fn(&mut ClusterConfig);
+        let cases: [(Spoil, &str); 6] = [
             (|c| c.node_id = 0, "cluster.node_id"),
             (|c| c.etcd.clear(), "cluster.etcd"),
             (|c| c.etcd = vec!["10.0.0.9:2379".into()], "cluster.etcd"),
