@@ -118,6 +118,9 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("faketime", "faketime"),
     // `systemd-analyze verify` of packaging/isle.service.
     ("systemd-analyze", "systemd"),
+    // The cluster tests' coordination store and its command-line client.
+    ("etcd", "etcd-server"),
+    ("etcdctl", "etcd-client"),
 ];
 
 /// Where `program` is, on the PATH or in the sbin directories (which a

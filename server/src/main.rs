@@ -7,6 +7,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod cluster;
 mod config;
 mod control;
 mod ctl;
@@ -170,6 +171,10 @@ fn run(flags: Flags) -> anyhow::Result<()> {
     }
     serving.store(true, std::sync::atomic::Ordering::Release);
     control.serving();
+    if let Some(cluster) = &config.cluster {
+        // Redirects name the address bound, which a port of 0 only then is.
+        control.join_cluster(cluster.settings(tls_addr)?, shard_count as u16);
+    }
     let admin_file = config.data_dir.join(ADMIN_ADDR_FILE);
     std::fs::write(&admin_file, format!("{}\n", control.addr))
         .with_context(|| format!("writing {}", admin_file.display()))?;

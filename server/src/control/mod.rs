@@ -48,6 +48,13 @@ use self::{
     metrics::Metrics,
     snapshot::{JournalState, Queues, ShardReport},
 };
+use crate::{
+    cluster::{
+        coordinator::{Coordinator, CoordinatorStatus},
+        view::ClusterView,
+    },
+    config::cluster::ClusterSettings,
+};
 
 /// Reports in flight from all shards to the control thread, per shard.
 const REPORTS_PER_SHARD_MAX: usize = 4;
@@ -93,6 +100,10 @@ pub struct Control {
     shared: Arc<Shared>,
     /// Each shard's end of its command channel, until handed to it.
     commands: Vec<Option<Receiver<ShardCommand>>>,
+    /// Where the coordinator publishes, until the node joins a cluster.
+    views: Option<tokio::sync::watch::Sender<Arc<ClusterView>>>,
+    /// The control thread's runtime, to start the coordinator on.
+    runtime: tokio::runtime::Handle,
 }
 
 /// What the HTTP handlers and the ingest task share.
@@ -112,6 +123,8 @@ struct Shared {
     config: Mutex<Option<ConfigReload>>,
     /// Records each shard has replayed while starting.
     replayed: Vec<Arc<AtomicU64>>,
+    /// What the cluster coordinator shows, once the node joined one.
+    cluster: std::sync::OnceLock<Arc<Mutex<CoordinatorStatus>>>,
     /// What the SMS and push senders did.
     pub sms: Arc<gateways::GatewayStats>,
     pub push: Arc<gateways::GatewayStats>,
@@ -153,6 +166,12 @@ impl Control {
         let addr = listener.local_addr()?;
         let (sender, receiver) = bounded(REPORTS_PER_SHARD_MAX * shard_count.max(1));
         let dropped = Arc::new(AtomicU64::new(0));
+        let (views, _) = tokio::sync::watch::channel(Arc::<ClusterView>::default());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the control thread's runtime")?;
+        let handle = runtime.handle().clone();
         let (command_senders, command_receivers): (Vec<_>, Vec<_>) = (0..shard_count)
             .map(|_| bounded(COMMANDS_PER_SHARD_MAX))
             .unzip();
@@ -171,6 +190,7 @@ impl Control {
             commands: command_senders,
             tls_loader: std::sync::OnceLock::new(),
             config: Mutex::new(None),
+            cluster: std::sync::OnceLock::new(),
             replayed: (0..shard_count).map(|_| Arc::default()).collect(),
             sms: Arc::default(),
             push: Arc::default(),
@@ -178,13 +198,15 @@ impl Control {
         let thread_shared = shared.clone();
         std::thread::Builder::new()
             .name("isle-control".into())
-            .spawn(move || serve(listener, thread_shared, receiver))
+            .spawn(move || serve(runtime, listener, thread_shared, receiver))
             .context("starting the control thread")?;
         Ok(Control {
             addr,
             reporter: Reporter { sender, dropped },
             shared,
             commands: command_receivers.into_iter().map(Some).collect(),
+            views: Some(views),
+            runtime: handle,
         })
     }
 
@@ -226,6 +248,17 @@ impl Control {
         self.reporter.clone()
     }
 
+    /// Joins the cluster `settings` describes: the coordinator starts on
+    /// the control thread, registers the node (whose `shards` serve by
+    /// now) and publishes views to `cluster_views`. Once.
+    pub fn join_cluster(&mut self, settings: ClusterSettings, shards: u16) {
+        let views = self.views.take().expect("a node joins one cluster, once");
+        let status = Arc::new(Mutex::new(CoordinatorStatus::default()));
+        let _ = self.shared.cluster.set(status.clone());
+        let coordinator = Coordinator::new(settings, shards, views, status);
+        self.runtime.spawn(coordinator.run());
+    }
+
     /// Every shard replayed its log and the phone-facing listeners are
     /// open: `/health/ready` may answer 200.
     pub fn serving(&self) {
@@ -235,17 +268,12 @@ impl Control {
 
 /// The control thread's body: the HTTP server and the ingest task on one
 /// current-thread runtime.
-fn serve(listener: std::net::TcpListener, shared: Arc<Shared>, reports: Receiver<ShardReport>) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            log::error!("control thread: cannot start its runtime: {error}");
-            return;
-        }
-    };
+fn serve(
+    runtime: tokio::runtime::Runtime,
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    reports: Receiver<ShardReport>,
+) {
     runtime.block_on(async move {
         tokio::spawn(ingest(shared.clone(), reports));
         // Everything but the health checks wants the token, when one is set.
@@ -427,6 +455,9 @@ pub struct Status {
     /// Records each shard replayed when it started (so far, while it does).
     pub replayed: Vec<u64>,
     pub shards: Vec<ShardStatus>,
+    /// This node in its cluster; absent for a single node.
+    #[serde(default)]
+    pub cluster: Option<CoordinatorStatus>,
 }
 
 /// One shard as `/status` shows it.
@@ -493,6 +524,10 @@ async fn get_status(Extract(shared): Extract<Arc<Shared>>) -> Response {
             .map(|r| r.load(Ordering::Relaxed))
             .collect(),
         shards,
+        cluster: shared
+            .cluster
+            .get()
+            .map(|status| status.lock().expect("not poisoned").clone()),
     })
     .into_response()
 }

@@ -11,6 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod etcd;
+
 use loadgen::client::{Client, Event};
 use wire::{DeviceKey, Phone};
 

@@ -1,0 +1,429 @@
+//! The node's one etcd client, on the control thread's tokio runtime: it
+//! holds the node's lease, registers the node under it, elects the
+//! controller, lets the controller assign the partitions, and keeps a
+//! [`ClusterView`] current from one watch on the cluster's prefix. The
+//! shards never wait on it: they get each new view through a channel.
+//!
+//! A session is one connection to one etcd endpoint. It ends on any error
+//! (the endpoint went away, the watch broke, the lease was lost) and the
+//! next one tries the next endpoint after a short, growing pause: the
+//! client is never given several endpoints at once, because one dead
+//! member in its list makes its calls fail (etcd-client#12, #39). Its
+//! HTTP/2 keepalive is 10 s: etcd answers pings more often than every 5 s
+//! with `GOAWAY too_many_pings` (etcd#8905).
+//!
+//! The lease outlives sessions: a new session renews the lease it had
+//! before, if etcd still holds it, so a switch of endpoint is not a new
+//! incarnation. A node that starts finds its predecessor's record (a
+//! process of the same id that died or was killed less than a TTL ago) and
+//! revokes that lease first: the old incarnation is gone at once rather
+//! than when its lease runs out.
+//!
+//! An etcd outage stops membership changes, never messages: nothing on a
+//! shard waits for etcd.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions,
+};
+use serde::Serialize;
+
+use super::{
+    partitions::PartitionOwners,
+    view::{Change, ClusterView, NodeRecord},
+};
+use crate::config::cluster::ClusterSettings;
+
+/// How long one etcd call may take before the session gives up on the
+/// endpoint.
+const CALL_TIMEOUT_MS: u64 = 3_000;
+/// The HTTP/2 keepalive interval and timeout: at least etcd's
+/// `--grpc-keepalive-min-time` (5 s) apart.
+const HTTP2_KEEPALIVE_MS: (u64, u64) = (10_000, 5_000);
+/// Pause before the next session, doubling from the first to the last.
+const RETRY_MS: (u64, u64) = (100, 5_000);
+/// Keepalives per lease TTL.
+const KEEPALIVES_PER_TTL: u32 = 5;
+/// Fraction of the TTL after the last answered keepalive's send time that
+/// the lease counts as held here: etcd counts from when it received the
+/// keepalive, so this ends before etcd's expiry.
+const LEASE_TRUST: f64 = 0.99;
+
+/// What the coordinator shows the operator (`/status`, metrics).
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct CoordinatorStatus {
+    pub node_id: u16,
+    /// The endpoint of the current session, if one is up.
+    pub endpoint: Option<String>,
+    /// The node's lease id: its incarnation.
+    pub incarnation: Option<i64>,
+    /// How long the lease is held for sure, from now (ms).
+    pub lease_left_ms: u64,
+    pub controller: Option<u16>,
+    pub revision: i64,
+    /// Live nodes, members, partitions this node owns.
+    pub nodes_live: Vec<u16>,
+    pub members: Vec<u16>,
+    pub partitions_owned: usize,
+    /// Sessions started, values of etcd keys refused, the last error.
+    pub sessions: u64,
+    pub rejected_keys: u64,
+    pub last_error: Option<String>,
+}
+
+/// The node's etcd client and what it keeps.
+pub struct Coordinator {
+    settings: ClusterSettings,
+    record: NodeRecord,
+    /// Where each new view goes (the latest only: a slow reader skips).
+    publish: tokio::sync::watch::Sender<Arc<ClusterView>>,
+    status: Arc<Mutex<CoordinatorStatus>>,
+    /// The lease this node holds, and until when (the monotonic clock) it
+    /// is held for sure.
+    lease: Option<(i64, Instant)>,
+    view: ClusterView,
+}
+
+/// Why a session ended without an etcd error.
+#[derive(Debug, thiserror::Error)]
+enum SessionEnd {
+    #[error("the lease expired")]
+    LeaseLost,
+    #[error("the watch ended")]
+    WatchEnded,
+    #[error("the watch was compacted away; reading again")]
+    Compacted,
+}
+
+impl Coordinator {
+    /// A coordinator for this node (`shards` shards), publishing views to
+    /// `publish` and its state to `status`.
+    pub fn new(
+        settings: ClusterSettings,
+        shards: u16,
+        publish: tokio::sync::watch::Sender<Arc<ClusterView>>,
+        status: Arc<Mutex<CoordinatorStatus>>,
+    ) -> Coordinator {
+        let record = NodeRecord {
+            advertise: settings.advertise.clone(),
+            peer: settings.peer_advertise,
+            shards,
+        };
+        status.lock().expect("not poisoned").node_id = settings.node_id;
+        Coordinator {
+            settings,
+            record,
+            publish,
+            status,
+            lease: None,
+            view: ClusterView::default(),
+        }
+    }
+
+    /// Runs sessions, one endpoint after another, for as long as the
+    /// runtime runs.
+    pub async fn run(mut self) {
+        let mut endpoint = 0;
+        let mut pause_ms = RETRY_MS.0;
+        loop {
+            let url = self.settings.etcd[endpoint % self.settings.etcd.len()].clone();
+            let started = Instant::now();
+            let error = match self.session(&url).await {
+                Ok(never) => match never {},
+                Err(error) => error,
+            };
+            log::warn!("cluster: etcd session on {url} ended: {error:#}");
+            self.note(|s| {
+                s.endpoint = None;
+                s.last_error = Some(format!("{url}: {error:#}"));
+            });
+            // A session that ran a while earns a quick retry.
+            if started.elapsed() > Duration::from_millis(RETRY_MS.1) {
+                pause_ms = RETRY_MS.0;
+            }
+            tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+            pause_ms = (pause_ms * 2).min(RETRY_MS.1);
+            endpoint += 1;
+        }
+    }
+
+    /// One session on `url`: returns only with why it ended.
+    async fn session(&mut self, url: &str) -> anyhow::Result<std::convert::Infallible> {
+        let options = ConnectOptions::new()
+            .with_timeout(Duration::from_millis(CALL_TIMEOUT_MS))
+            .with_connect_timeout(Duration::from_millis(CALL_TIMEOUT_MS))
+            .with_keep_alive(
+                Duration::from_millis(HTTP2_KEEPALIVE_MS.0),
+                Duration::from_millis(HTTP2_KEEPALIVE_MS.1),
+            );
+        let mut client = Client::connect([url], Some(options))
+            .await
+            .with_context(|| format!("connecting to {url}"))?;
+        client.status().await.context("asking for etcd's status")?;
+        self.note(|s| {
+            s.endpoint = Some(url.to_owned());
+            s.sessions += 1;
+        });
+        let lease = self.hold_lease(&mut client).await?;
+        self.register(&mut client, lease).await?;
+        loop {
+            match self.follow(&mut client, lease).await {
+                Err(error) if matches!(error.downcast_ref(), Some(SessionEnd::Compacted)) => {
+                    log::info!("cluster: {error}");
+                }
+                Err(error) => return Err(error),
+                Ok(never) => match never {},
+            }
+        }
+    }
+
+    /// The lease of the last session if etcd still holds it, else a new
+    /// one.
+    async fn hold_lease(&mut self, client: &mut Client) -> anyhow::Result<i64> {
+        if let Some((id, _)) = self.lease {
+            if self.renew(client, id).await.unwrap_or(false) {
+                return Ok(id);
+            }
+        }
+        let ttl_s = self.settings.lease_ttl_ms.div_ceil(1_000) as i64;
+        let sent = Instant::now();
+        let granted = client
+            .lease_grant(ttl_s, None)
+            .await
+            .context("granting a lease")?;
+        self.held_until(granted.id(), sent, granted.ttl());
+        log::info!(
+            "cluster: node {} holds lease {:x} ({} s)",
+            self.settings.node_id,
+            granted.id(),
+            granted.ttl()
+        );
+        Ok(granted.id())
+    }
+
+    /// One keepalive of lease `id`: false when etcd no longer holds it.
+    async fn renew(&mut self, client: &mut Client, id: i64) -> anyhow::Result<bool> {
+        let (mut keeper, mut answers) = client.lease_keep_alive(id).await?;
+        let sent = Instant::now();
+        keeper.keep_alive().await?;
+        let answer = answers.message().await?.context("no keepalive answer")?;
+        if answer.ttl() <= 0 {
+            return Ok(false);
+        }
+        self.held_until(id, sent, answer.ttl());
+        Ok(true)
+    }
+
+    fn held_until(&mut self, id: i64, sent: Instant, ttl_s: i64) {
+        let held = Duration::from_secs(ttl_s.max(0) as u64).mul_f64(LEASE_TRUST);
+        self.lease = Some((id, sent + held));
+        self.note(|s| s.incarnation = Some(id));
+    }
+
+    /// Revokes a predecessor's lease, then publishes this node's record
+    /// under the lease and its membership.
+    async fn register(&mut self, client: &mut Client, lease: i64) -> anyhow::Result<()> {
+        let node_key = self.key(&format!("nodes/{}", self.settings.node_id));
+        let found = client.get(node_key.clone(), None).await?;
+        if let Some(old) = found.kvs().first().map(|kv| kv.lease()) {
+            if old != lease && old != 0 {
+                log::warn!("cluster: revoking lease {old:x} of this node's previous incarnation");
+                // Gone already is as good as revoked.
+                let _ = client.lease_revoke(old).await;
+            }
+        }
+        let value = serde_json::to_vec(&self.record)?;
+        let put = PutOptions::new().with_lease(lease);
+        client.put(node_key, value, Some(put)).await?;
+        let member_key = self.key(&format!("members/{}", self.settings.node_id));
+        let absent = Compare::create_revision(member_key.clone(), CompareOp::Equal, 0);
+        let join = TxnOp::put(member_key, b"".to_vec(), None);
+        client
+            .txn(Txn::new().when([absent]).and_then([join]))
+            .await?;
+        Ok(())
+    }
+
+    /// Reads the prefix, then follows its watch from the revision read,
+    /// keeping the lease alive. Returns with why it stopped.
+    async fn follow(
+        &mut self,
+        client: &mut Client,
+        lease: i64,
+    ) -> anyhow::Result<std::convert::Infallible> {
+        let read = client
+            .get(
+                self.settings.prefix.clone(),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await?;
+        let revision = read.header().map_or(0, |h| h.revision());
+        self.view = ClusterView::default();
+        for kv in read.kvs() {
+            self.take(Self::put(&self.settings.prefix, kv), revision);
+        }
+        self.view.revision = revision;
+        self.settle(client, lease).await?;
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1);
+        let mut watch = client
+            .watch(self.settings.prefix.clone(), Some(options))
+            .await?;
+        let (mut keeper, mut answers) = client.lease_keep_alive(lease).await?;
+        let every = Duration::from_millis(self.settings.lease_ttl_ms) / KEEPALIVES_PER_TTL;
+        let mut tick = tokio::time::interval(every);
+        let mut sent = Instant::now();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    sent = Instant::now();
+                    keeper.keep_alive().await?;
+                    self.note_lease();
+                }
+                answer = answers.message() => {
+                    let answer = answer?.ok_or(SessionEnd::LeaseLost)?;
+                    if answer.ttl() <= 0 {
+                        self.lease = None;
+                        return Err(SessionEnd::LeaseLost.into());
+                    }
+                    self.held_until(lease, sent, answer.ttl());
+                }
+                message = watch.message() => {
+                    let message = message?.ok_or(SessionEnd::WatchEnded)?;
+                    if message.compact_revision() > 0 || message.canceled() {
+                        return Err(SessionEnd::Compacted.into());
+                    }
+                    let revision = message.header().map_or(0, |h| h.revision());
+                    for event in message.events() {
+                        let Some(kv) = event.kv() else { continue };
+                        let change = match event.event_type() {
+                            EventType::Put => Self::put(&self.settings.prefix, kv),
+                            EventType::Delete => Change::Delete {
+                                key: Self::relative(&self.settings.prefix, kv.key()),
+                            },
+                        };
+                        self.take(change, kv.mod_revision().max(revision));
+                    }
+                    self.settle(client, lease).await?;
+                }
+            }
+        }
+    }
+
+    /// After the view changed: this node's record must be there (else the
+    /// lease is gone), a controller must be elected, the controller
+    /// assigns the partitions when there are none, and the view goes out.
+    async fn settle(&mut self, client: &mut Client, lease: i64) -> anyhow::Result<()> {
+        let me = self.settings.node_id;
+        if self.view.nodes.get(&me).map(|n| n.incarnation) != Some(lease) {
+            self.register(client, lease).await?;
+        }
+        if self.view.controller.is_none() {
+            self.campaign(client, lease).await?;
+        }
+        if self.view.controller == Some(me) && self.view.partitions.is_none() {
+            self.bootstrap(client).await?;
+        }
+        self.publish();
+        Ok(())
+    }
+
+    /// Takes the controller key if nobody holds it.
+    async fn campaign(&mut self, client: &mut Client, lease: i64) -> anyhow::Result<()> {
+        let key = self.key("controller");
+        let free = Compare::create_revision(key.clone(), CompareOp::Equal, 0);
+        let me = self.settings.node_id.to_string();
+        let take = TxnOp::put(key, me, Some(PutOptions::new().with_lease(lease)));
+        let won = client.txn(Txn::new().when([free]).and_then([take])).await?;
+        if won.succeeded() {
+            log::warn!("cluster: node {} is the controller", self.settings.node_id);
+            self.view.controller = Some(self.settings.node_id);
+        }
+        Ok(())
+    }
+
+    /// The controller's first duty: once `bootstrap_nodes` nodes are live,
+    /// spread the partitions over them, if nobody has yet.
+    async fn bootstrap(&mut self, client: &mut Client) -> anyhow::Result<()> {
+        let live: Vec<u16> = self.view.nodes.keys().copied().collect();
+        if live.len() < self.settings.bootstrap_nodes {
+            return Ok(());
+        }
+        let owners = PartitionOwners::assign_evenly(&live);
+        let key = self.key("partitions");
+        let absent = Compare::create_revision(key.clone(), CompareOp::Equal, 0);
+        let assign = TxnOp::put(key, owners.encode(), None);
+        let done = client
+            .txn(Txn::new().when([absent]).and_then([assign]))
+            .await?;
+        if done.succeeded() {
+            log::warn!("cluster: partitions assigned to nodes {live:?}");
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, change: Change<'_>, revision: i64) {
+        if let Err(rejected) = self.view.apply(change, revision) {
+            log::error!("cluster: {rejected}; left out of the view");
+            self.note(|s| s.rejected_keys += 1);
+        }
+    }
+
+    fn put<'a>(prefix: &str, kv: &'a etcd_client::KeyValue) -> Change<'a> {
+        Change::Put {
+            key: Self::relative(prefix, kv.key()),
+            value: kv.value(),
+            lease: kv.lease(),
+            mod_revision: kv.mod_revision(),
+        }
+    }
+
+    /// A key without the prefix (keys are UTF-8 here; another is no key
+    /// of ours).
+    fn relative<'a>(prefix: &str, key: &'a [u8]) -> &'a str {
+        std::str::from_utf8(key)
+            .ok()
+            .and_then(|k| k.strip_prefix(prefix))
+            .unwrap_or("")
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}{rest}", self.settings.prefix)
+    }
+
+    /// Sends the view out and updates the status.
+    fn publish(&mut self) {
+        let view = Arc::new(self.view.clone());
+        let me = self.settings.node_id;
+        self.note(|s| {
+            s.controller = view.controller;
+            s.revision = view.revision;
+            s.nodes_live = view.nodes.keys().copied().collect();
+            s.members = view.members.clone();
+            s.partitions_owned = view
+                .partitions
+                .as_ref()
+                .map_or(0, |(map, _)| map.owned_by(me));
+        });
+        self.note_lease();
+        self.publish.send_replace(view);
+    }
+
+    fn note_lease(&self) {
+        let left = self.lease.map_or(0, |(_, until)| {
+            until.saturating_duration_since(Instant::now()).as_millis() as u64
+        });
+        self.note(|s| s.lease_left_ms = left);
+    }
+
+    fn note(&self, change: impl FnOnce(&mut CoordinatorStatus)) {
+        change(&mut self.status.lock().expect("not poisoned"));
+    }
+}

@@ -1,0 +1,134 @@
+//! Nodes coordinated through a real etcd: registration under a lease, the
+//! controller's election and partition assignment, a node's death and
+//! return (its predecessor's lease revoked), and an etcd outage.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{etcd::Etcd, Server};
+
+/// Longer than a lease (5 s) plus etcd's expiry sweep and a session's
+/// retry: what a change may take to show on every node.
+const SETTLE: Duration = Duration::from_secs(20);
+
+struct Node {
+    id: u16,
+    peer_port: u16,
+    server: Server,
+}
+
+fn start_node(etcd: &Etcd, id: u16, peer_port: u16, data_dir: tempfile::TempDir) -> Node {
+    // A dead endpoint first: the coordinator must fail over to the next.
+    let endpoints = format!("http://127.0.0.1:1,{}", etcd.url);
+    let peer = format!("127.0.0.1:{peer_port}");
+    let id_text = id.to_string();
+    let flags = [
+        "--shards",
+        "1",
+        "--node-id",
+        &id_text,
+        "--etcd",
+        &endpoints,
+        "--peer-listen",
+        &peer,
+    ];
+    let server = Server::start_with(data_dir, &flags, |command| {
+        command.env("ISLE_CLUSTER__BOOTSTRAP_NODES", "3");
+    });
+    Node {
+        id,
+        peer_port,
+        server,
+    }
+}
+
+/// The node's `/status` cluster section.
+fn cluster_status(server: &Server) -> serde_json::Value {
+    let url = format!("http://{}/status", server.admin);
+    let text = ureq::get(&url).call().unwrap().into_string().unwrap();
+    let status: serde_json::Value = serde_json::from_str(&text).unwrap();
+    status["cluster"].clone()
+}
+
+/// Waits until `check` holds for every node's cluster status.
+fn await_all(nodes: &[&Node], what: &str, check: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let statuses: Vec<serde_json::Value> =
+            nodes.iter().map(|n| cluster_status(&n.server)).collect();
+        if statuses.iter().all(&check) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {statuses:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn live(status: &serde_json::Value) -> Vec<u64> {
+    status["nodes_live"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn nodes_register_elect_assign_and_come_back() {
+    let mut etcd = Etcd::start();
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|id| {
+            start_node(
+                &etcd,
+                id,
+                common::etcd::free_port(),
+                tempfile::tempdir().unwrap(),
+            )
+        })
+        .collect();
+    let all: Vec<&Node> = nodes.iter().collect();
+    await_all(&all, "all three registered, partitions assigned", |s| {
+        live(s) == [1, 2, 3] && s["partitions_owned"].as_u64().unwrap_or(0) > 0
+    });
+    let statuses: Vec<serde_json::Value> = all.iter().map(|n| cluster_status(&n.server)).collect();
+    let owned: Vec<u64> = statuses
+        .iter()
+        .map(|s| s["partitions_owned"].as_u64().unwrap())
+        .collect();
+    assert_eq!(owned.iter().sum::<u64>(), 1024, "{owned:?}");
+    assert!(owned.iter().all(|o| (341..=342).contains(o)), "{owned:?}");
+    let controller = statuses[0]["controller"].as_u64().unwrap();
+    assert!(statuses.iter().all(|s| s["controller"] == controller));
+    let map = etcd.get("/isle/v1/partitions").expect("a partition map");
+    let first = statuses[0]["incarnation"].as_i64().unwrap();
+
+    // kill -9 of node 1: its lease runs out, the others see it gone and
+    // elect a controller if it was one; its partitions stay its own.
+    let dead = nodes.remove(0);
+    let (id, peer_port) = (dead.id, dead.peer_port);
+    let data_dir = dead.server.into_data_dir();
+    let rest: Vec<&Node> = nodes.iter().collect();
+    await_all(&rest, "node 1 gone", |s| {
+        live(s) == [2, 3] && [2, 3].contains(&s["controller"].as_u64().unwrap_or(0))
+    });
+    assert_eq!(etcd.get("/isle/v1/partitions").as_ref(), Some(&map));
+
+    // Back on the same data: a new incarnation, seen by everyone.
+    nodes.insert(0, start_node(&etcd, id, peer_port, data_dir));
+    let all: Vec<&Node> = nodes.iter().collect();
+    await_all(&all, "node 1 back", |s| live(s) == [1, 2, 3]);
+    let again = cluster_status(&nodes[0].server)["incarnation"]
+        .as_i64()
+        .unwrap();
+    assert_ne!(again, first, "a restart is a new incarnation");
+    assert_eq!(
+        cluster_status(&nodes[0].server)["partitions_owned"],
+        owned[0]
+    );
+
+    // An etcd outage: sessions end and come back; nothing is reassigned.
+    etcd.crash_and_restart(Duration::from_secs(2));
+    await_all(&all, "sessions back after the outage", |s| {
+        live(s) == [1, 2, 3] && s["sessions"].as_u64().unwrap_or(0) >= 2
+    });
+    assert_eq!(etcd.get("/isle/v1/partitions").as_ref(), Some(&map));
+}
