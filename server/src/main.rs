@@ -338,13 +338,20 @@ fn spawn_shards(
             None if config.cpus.is_empty() && shard_count <= cpus => Placement::Fixed(shard_id),
             None => Placement::Unbound,
         };
+        // A node of a cluster serves no account until it knows where they
+        // live: until its coordinator's first view, every home is unknown.
+        let node = config.cluster.as_ref().map(|cluster| cluster.node_id);
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("isle-shard-{shard_id}"))
             .io_memory(config.limits.io_memory_bytes)
             .ring_depth(config.limits.io_ring_depth)
             .spawn(move || async move {
                 let now_ms = started.elapsed().as_millis() as u64;
-                let shard = Shard::new(shard_config, Box::new(env), now_ms);
+                let mut shard = Shard::new(shard_config, Box::new(env), now_ms);
+                if let Some(node) = node {
+                    let unknown = shard::Placement::new(node, 0, Vec::new(), Default::default());
+                    shard.set_placement(Some(Arc::new(unknown)));
+                }
                 runtime::run(ShardSetup {
                     shard,
                     peers: ends,

@@ -7,6 +7,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{etcd::Etcd, Server};
+use loadgen::client::{Client, Event};
+use shard::{PartitionMap, PARTITIONS_DEFAULT};
+use wire::{ClientFrame, Phone};
 
 /// Longer than a lease (5 s) plus etcd's expiry sweep and a session's
 /// retry: what a change may take to show on every node.
@@ -72,6 +75,28 @@ fn live(status: &serde_json::Value) -> Vec<u64> {
         .unwrap_or_default()
 }
 
+/// The node of three owning `phone`: the controller spreads the
+/// partitions over nodes 1, 2, 3 in contiguous runs.
+fn home_of(phone: Phone) -> u16 {
+    let partition = usize::from(PartitionMap::new(PARTITIONS_DEFAULT, 1).partition_of(phone));
+    (partition * 3 / usize::from(PARTITIONS_DEFAULT)) as u16 + 1
+}
+
+/// A test number whose account lives on node `node`.
+fn number_on(node: u16) -> Phone {
+    (0..2_000u64)
+        .map(|n| Phone::parse(&format!("+1555000{n:04}")).unwrap())
+        .find(|&phone| home_of(phone) == node)
+        .unwrap()
+}
+
+/// What `server` answers a code request for `phone` with.
+fn ask_code(server: &Server, phone: Phone) -> Event {
+    let mut client = Client::connect(server.plain).unwrap();
+    client.send(&ClientFrame::RequestCode { phone }).unwrap();
+    client.recv().unwrap()
+}
+
 #[test]
 fn nodes_register_elect_assign_and_come_back() {
     let mut etcd = Etcd::start();
@@ -101,6 +126,32 @@ fn nodes_register_elect_assign_and_come_back() {
     let map = etcd.get("/isle/v1/partitions").expect("a partition map");
     let first = statuses[0]["incarnation"].as_i64().unwrap();
 
+    // A phone is served by its home node and redirected there by the
+    // others (the shards take the placement within a tick of the view).
+    for node in &nodes {
+        for home in 1..=3u16 {
+            let phone = number_on(home);
+            let deadline = Instant::now() + SETTLE;
+            let answer = loop {
+                let answer = ask_code(&node.server, phone);
+                if !matches!(answer, Event::TryLater { .. }) || Instant::now() > deadline {
+                    break answer;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            if home == node.id {
+                assert!(matches!(answer, Event::CodeSent { .. }), "{answer:?}");
+            } else {
+                let home_tls = nodes[usize::from(home) - 1].server.tls.to_string();
+                assert!(
+                    matches!(&answer, Event::Redirect { addr, .. } if *addr == home_tls),
+                    "node {} for a phone of node {home}: {answer:?}",
+                    node.id
+                );
+            }
+        }
+    }
+
     // kill -9 of node 1: its lease runs out, the others see it gone and
     // elect a controller if it was one; its partitions stay its own.
     let dead = nodes.remove(0);
@@ -111,6 +162,9 @@ fn nodes_register_elect_assign_and_come_back() {
         live(s) == [2, 3] && [2, 3].contains(&s["controller"].as_u64().unwrap_or(0))
     });
     assert_eq!(etcd.get("/isle/v1/partitions").as_ref(), Some(&map));
+    // Its phones are told to come back later, not sent to a dead node.
+    let answer = ask_code(&nodes[0].server, number_on(1));
+    assert!(matches!(answer, Event::TryLater { .. }), "{answer:?}");
 
     // Back on the same data: a new incarnation, seen by everyone.
     nodes.insert(0, start_node(&etcd, id, peer_port, data_dir));

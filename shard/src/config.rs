@@ -115,6 +115,11 @@ pub struct ShardConfig {
     /// number whose code it spends.
     pub code_attempts_per_connection_max: u8,
     pub code_attempts_per_source_per_hour: u32,
+    /// Logins one shard takes per second, and its burst: past them a
+    /// login is answered `TryLater` with a randomized wait, so that a whole
+    /// node's phones arriving at once cannot melt the shard they land on.
+    pub logins_admitted_per_s: u32,
+    pub logins_admitted_burst: u32,
     /// Logins to one account per minute (at least 1: a login takes one):
     /// each closes the last session, whose socket lives until flushed, so
     /// a storm of them would hold descriptors.
@@ -262,6 +267,8 @@ impl ShardConfig {
             code_attempts_per_connection_max: 5,
             code_attempts_per_source_per_hour: 30,
             logins_per_minute: 20,
+            logins_admitted_per_s: 5_000,
+            logins_admitted_burst: 20_000,
             groups_created_per_day: 100,
             code_requests_per_source_per_hour: 10,
             code_requests_per_prefix_per_hour: 60,
@@ -304,6 +311,11 @@ impl ShardConfig {
             (
                 "logins_per_minute",
                 self.logins_per_minute.into(),
+                "a login takes one token, and the bucket would hold none",
+            ),
+            (
+                "logins_admitted_burst",
+                self.logins_admitted_burst.into(),
                 "a login takes one token, and the bucket would hold none",
             ),
         ];
@@ -450,6 +462,14 @@ impl ShardConfig {
     pub fn login_rate(&self) -> Rate {
         let count = self.logins_per_minute.into();
         Rate::new(count, 60_000, count)
+    }
+
+    /// Logins a shard takes (`logins_admitted_per_s`, `_burst`).
+    pub fn login_admission_rate(&self) -> Rate {
+        Rate::per_second(
+            self.logins_admitted_per_s.into(),
+            self.logins_admitted_burst.into(),
+        )
     }
 
     /// Groups created per account (`groups_created_per_day`).

@@ -16,11 +16,12 @@ mod machine;
 mod mailbox;
 mod order;
 mod partition;
+mod placement;
 mod source;
 mod timer_wheel;
 
 pub use crate::machine::{
-    AccountInfo, ConnEvent, ConnEventKind, ConnId, ConnSnapshot, DeleteRefused, Deleted,
+    AccountInfo, ConnEvent, ConnEventKind, ConnId, ConnSnapshot, DeleteRefused, Deleted, Dest,
     FrameOutcome, GroupAction, PeerMessage, Push, QueueLengths, Refused, RestoreError, Shard,
     ShardCounters, TraceHit,
 };
@@ -32,5 +33,6 @@ pub use env::Env;
 pub use mailbox::{Entry, Mailbox};
 pub use order::{Blocked, OrderGaps, GAPS_PER_SENDER_MAX, GAP_TTL_MS};
 pub use partition::{stable_hash, PartitionMap, PARTITIONS_DEFAULT};
+pub use placement::{Home, PlacedNode, Placement};
 pub use source::{number_range, Buckets, Source};
 pub use timer_wheel::{TimerId, TimerWheel};

@@ -41,7 +41,11 @@ impl PartitionMap {
     /// A group lives on the shard its id hashes to, by the same rule as an
     /// account (ids and numbers never coincide: see `GroupId`).
     pub fn shard_of_group(&self, group: GroupId) -> u16 {
-        (stable_hash_u64(group.as_u64()) % u64::from(self.partitions)) as u16 % self.shards
+        self.partition_of_group(group) % self.shards
+    }
+
+    pub fn partition_of_group(&self, group: GroupId) -> u16 {
+        (stable_hash_u64(group.as_u64()) % u64::from(self.partitions)) as u16
     }
 
     /// `phones` split by home shard: entry `i` holds those of shard `i`.

@@ -508,7 +508,8 @@ fn group_order_survives_restarts_checkpoints_and_a_lost_fan_out() {
             let out: Vec<_> = net.shards[index].drain_peer_messages().collect();
             for (to, message) in out {
                 if matches!(message, PeerMessage::GroupRequest { .. }) {
-                    net.shards[to as usize].handle_peer(message, net.now_ms);
+                    let to = net.index_of(index, to);
+                    net.shards[to].handle_peer(message, net.now_ms);
                 }
             }
         }

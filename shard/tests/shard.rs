@@ -433,7 +433,8 @@ fn a_failed_journal_turns_waiting_replies_into_errors_and_refuses_new_sends() {
     );
     let out: Vec<_> = net.shards[0].drain_peer_messages().collect();
     for (to, message) in out {
-        net.shards[to as usize].handle_peer(message, net.now_ms);
+        let to = net.index_of(0, to);
+        net.shards[to].handle_peer(message, net.now_ms);
     }
     net.shards[1].journal_failed();
     assert!(net.shards[1].is_journal_failed());

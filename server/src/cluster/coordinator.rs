@@ -239,14 +239,14 @@ impl Coordinator {
             }
         }
         let value = serde_json::to_vec(&self.record)?;
-        let put = PutOptions::new().with_lease(lease);
-        client.put(node_key, value, Some(put)).await?;
         let member_key = self.key(&format!("members/{}", self.settings.node_id));
-        let absent = Compare::create_revision(member_key.clone(), CompareOp::Equal, 0);
-        let join = TxnOp::put(member_key, b"".to_vec(), None);
-        client
-            .txn(Txn::new().when([absent]).and_then([join]))
-            .await?;
+        let put = PutOptions::new().with_lease(lease);
+        // One transaction: a node is never live without being a member.
+        let register = Txn::new().and_then([
+            TxnOp::put(node_key, value.clone(), Some(put)),
+            TxnOp::put(member_key, value, None),
+        ]);
+        client.txn(register).await?;
         Ok(())
     }
 
@@ -406,7 +406,7 @@ impl Coordinator {
             s.controller = view.controller;
             s.revision = view.revision;
             s.nodes_live = view.nodes.keys().copied().collect();
-            s.members = view.members.clone();
+            s.members = view.members.keys().copied().collect();
             s.partitions_owned = view
                 .partitions
                 .as_ref()

@@ -68,6 +68,11 @@ impl PartitionOwners {
         PartitionOwners { owners }
     }
 
+    /// Every partition's owner, by partition.
+    pub fn owners(&self) -> &[u16] {
+        &self.owners
+    }
+
     /// The node owning `partition` (below [`PARTITIONS_DEFAULT`]).
     #[cfg(test)]
     pub fn owner(&self, partition: u16) -> u16 {

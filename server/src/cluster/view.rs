@@ -6,7 +6,8 @@
 //! Keys, under the cluster's prefix:
 //! - `nodes/<id>`: a live node's addresses and shard count, bound to its
 //!   lease (the lease id is the node's incarnation);
-//! - `members/<id>`: a node that ever joined, durable;
+//! - `members/<id>`: a node that ever joined, durable, with its last
+//!   record (where to send what is owed to it while it is down);
 //! - `partitions`: the partition map ([`PartitionOwners`]);
 //! - `controller`: the node id of the elected controller, bound to its
 //!   lease.
@@ -58,7 +59,8 @@ pub struct ClusterView {
     /// The etcd revision of the last change applied.
     pub revision: i64,
     pub nodes: BTreeMap<u16, LiveNode>,
-    pub members: Vec<u16>,
+    /// Every node that ever joined, with its last record.
+    pub members: BTreeMap<u16, NodeRecord>,
     /// The partition map and the revision it was written at.
     pub partitions: Option<(PartitionOwners, i64)>,
     pub controller: Option<u16>,
@@ -130,14 +132,7 @@ impl ClusterView {
         let Change::Put { value, lease, .. } = change else {
             return Ok(());
         };
-        if value.len() > NODE_RECORD_BYTES_MAX {
-            return Err(rejected(key, "the record is too long"));
-        }
-        let record: NodeRecord =
-            serde_json::from_slice(value).map_err(|e| rejected(key, &e.to_string()))?;
-        if record.shards == 0 {
-            return Err(rejected(key, "a node runs at least one shard"));
-        }
+        let record = parse_record(key, value)?;
         let incarnation = lease;
         self.nodes.insert(
             id,
@@ -151,13 +146,25 @@ impl ClusterView {
 
     fn apply_member(&mut self, key: &str, id: &str, change: Change<'_>) -> Result<(), Rejected> {
         let id = parse_id(key, id.as_bytes())?;
-        self.members.retain(|&m| m != id);
-        if let Change::Put { .. } = change {
-            self.members.push(id);
-            self.members.sort_unstable();
+        self.members.remove(&id);
+        if let Change::Put { value, .. } = change {
+            self.members.insert(id, parse_record(key, value)?);
         }
         Ok(())
     }
+}
+
+/// A node's record, checked.
+fn parse_record(key: &str, value: &[u8]) -> Result<NodeRecord, Rejected> {
+    if value.len() > NODE_RECORD_BYTES_MAX {
+        return Err(rejected(key, "the record is too long"));
+    }
+    let record: NodeRecord =
+        serde_json::from_slice(value).map_err(|e| rejected(key, &e.to_string()))?;
+    if record.shards == 0 {
+        return Err(rejected(key, "a node runs at least one shard"));
+    }
+    Ok(record)
 }
 
 fn rejected(key: &str, reason: &str) -> Rejected {
@@ -200,12 +207,12 @@ mod tests {
             mod_revision: 5,
         };
         view.apply(put("nodes/1", &node, 77), 3).unwrap();
-        view.apply(put("members/1", b"", 0), 3).unwrap();
+        view.apply(put("members/1", &node, 0), 3).unwrap();
         view.apply(put("controller", b"1", 77), 4).unwrap();
         let map = PartitionOwners::assign_evenly(&[1]).encode();
         view.apply(put("partitions", map.as_bytes(), 0), 5).unwrap();
         assert_eq!(view.nodes[&1].incarnation, 77);
-        assert_eq!(view.members, [1]);
+        assert_eq!(view.members.keys().collect::<Vec<_>>(), [&1]);
         assert_eq!(view.controller, Some(1));
         assert_eq!(
             view.partitions.as_ref().map(|(m, _)| m.owner(1023)),
@@ -231,7 +238,7 @@ mod tests {
         view.apply(Change::Delete { key: "controller" }, 9).unwrap();
         assert!(view.nodes.is_empty());
         assert_eq!(view.controller, None);
-        assert_eq!(view.members, [1], "members stay");
+        assert_eq!(view.members.len(), 1, "members stay");
         assert_eq!(view.revision, 9);
     }
 }

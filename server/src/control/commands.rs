@@ -45,6 +45,8 @@ pub enum ShardCommand {
     /// New limits (a reload): the shard keeps what it cannot change while
     /// running (`shard::ShardConfig::keep_fixed`).
     SetLimits(Box<shard::ShardConfig>),
+    /// Where accounts and groups live in the cluster now.
+    Place(std::sync::Arc<shard::Placement>),
 }
 
 /// The answer to [`ShardCommand::DeleteAccount`].

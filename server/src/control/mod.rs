@@ -56,6 +56,9 @@ use crate::{
     config::cluster::ClusterSettings,
 };
 
+/// How soon a placement is offered again to a shard whose command
+/// channel was full.
+const PLACE_RETRY_MS: u64 = 100;
 /// Reports in flight from all shards to the control thread, per shard.
 const REPORTS_PER_SHARD_MAX: usize = 4;
 /// How often the control thread takes in reports.
@@ -255,6 +258,9 @@ impl Control {
         let views = self.views.take().expect("a node joins one cluster, once");
         let status = Arc::new(Mutex::new(CoordinatorStatus::default()));
         let _ = self.shared.cluster.set(status.clone());
+        let me = settings.node_id;
+        self.runtime
+            .spawn(place_shards(views.subscribe(), self.shared.clone(), me));
         let coordinator = Coordinator::new(settings, shards, views, status);
         self.runtime.spawn(coordinator.run());
     }
@@ -306,6 +312,30 @@ fn serve(
             log::error!("control thread: admin listener stopped: {error}");
         }
     });
+}
+
+/// Gives every shard each new placement the coordinator's views make. A
+/// shard whose command channel is full gets it on a later try, unless a
+/// newer one came meanwhile.
+async fn place_shards(
+    mut views: tokio::sync::watch::Receiver<Arc<ClusterView>>,
+    shared: Arc<Shared>,
+    me: u16,
+) {
+    while views.changed().await.is_ok() {
+        let placement = Arc::new(crate::cluster::placement(&views.borrow_and_update(), me));
+        let mut waiting: Vec<usize> = (0..shared.commands.len()).collect();
+        loop {
+            waiting.retain(|&shard| {
+                let command = ShardCommand::Place(placement.clone());
+                shared.commands[shard].try_send(command).is_err()
+            });
+            if waiting.is_empty() || views.has_changed().unwrap_or(true) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(PLACE_RETRY_MS)).await;
+        }
+    }
 }
 
 /// Takes in the shards' reports as they come.

@@ -46,7 +46,7 @@ use std::{
 
 use glommio::{net::TcpListener, Latency, Shares, TaskQueueHandle};
 use rustls::ServerConfig;
-use shard::{ClockNote, Shard};
+use shard::{ClockNote, Dest, Shard};
 use storage::log::LogConfig;
 use tokio::sync::oneshot;
 
@@ -127,6 +127,8 @@ pub struct Runtime {
     started: Instant,
     /// Set once the shard stops: accept loops take no new connections.
     stopping: Cell<bool>,
+    /// A message for another node met no link (said once in the log).
+    no_remote_links: Cell<bool>,
     links: Links,
     commits: Commits,
     connections: ConnectionTasks,
@@ -143,6 +145,7 @@ impl Runtime {
             shard: RefCell::new(shard),
             started,
             stopping: Cell::new(false),
+            no_remote_links: Cell::new(false),
             links: Links::new(shard_count, staging_max),
             commits: Commits::default(),
             connections: ConnectionTasks::new(),
@@ -197,6 +200,16 @@ impl Runtime {
         let mut congested = None;
         let mut signals_dropped = 0;
         for (destination, message) in shard.drain_peer_messages() {
+            let destination = match destination {
+                Dest::Shard(shard) => shard,
+                Dest::Node { node, .. } => {
+                    // No links between nodes in this build: said once.
+                    if !self.no_remote_links.replace(true) {
+                        log::error!("shard {}: no link to node {node}", self.shard_id);
+                    }
+                    continue;
+                }
+            };
             match self.links.stage(destination, message) {
                 Staged::Queued => {}
                 Staged::OverLimit => congested = Some(destination),
@@ -245,6 +258,9 @@ impl Runtime {
             }
             ShardCommand::SetLimits(limits) => {
                 self.with_shard(|shard| shard.set_limits(*limits));
+            }
+            ShardCommand::Place(placement) => {
+                self.with_shard(|shard| shard.set_placement(Some(placement)));
             }
             ShardCommand::Drain => {
                 log::warn!(

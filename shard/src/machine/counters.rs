@@ -100,4 +100,15 @@ pub struct ShardCounters {
     /// Members taken out of groups this shard owns because their account
     /// was deleted.
     pub group_members_deleted: u64,
+    /// In a cluster: messages owed to an account or group whose home is
+    /// unknown (no partition map, or its node never seen), dropped;
+    /// signals dropped because their node is not live; first frames
+    /// answered `Redirect` (the account lives on another node) and
+    /// `TryLater` (its node is down, or the cluster has no map yet);
+    /// requests refused `Unavailable`.
+    pub peer_messages_unroutable: u64,
+    pub signals_dropped_unreachable: u64,
+    pub redirects: u64,
+    pub try_laters: u64,
+    pub refused_unavailable: u64,
 }

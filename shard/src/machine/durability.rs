@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use storage::{EntryRecord, Record};
 use wire::{encode_server, ErrorKind, ServerFrame};
 
-use super::{ConnId, PeerMessage};
+use super::{ConnId, Dest, PeerMessage};
 
 /// The largest record vector (in records) kept for reuse between journal
 /// batches.
@@ -37,8 +37,8 @@ pub(super) const STORAGE_UNAVAILABLE: &str =
 pub(super) enum Held {
     /// Encoded frames for a connection.
     Frame { conn: ConnId, bytes: Vec<u8> },
-    /// A message for a shard (this one included).
-    Peer { shard: u16, message: PeerMessage },
+    /// A message for a shard (this one included) or another node.
+    Peer { dest: Dest, message: PeerMessage },
 }
 
 /// Why new durable work may not start now.
@@ -124,9 +124,9 @@ impl Durability {
         self.hold(Held::Frame { conn, bytes });
     }
 
-    /// Holds a message for `shard` (see `hold`).
-    pub(super) fn hold_peer(&mut self, shard: u16, message: PeerMessage) {
-        self.hold(Held::Peer { shard, message });
+    /// Holds a message for `dest` (see `hold`).
+    pub(super) fn hold_peer(&mut self, dest: Dest, message: PeerMessage) {
+        self.hold(Held::Peer { dest, message });
     }
 
     /// Whether new durable work (a message, a signup, a profile) may
@@ -390,7 +390,7 @@ mod tests {
     fn held_replies_wait_for_the_batch_after_the_records_before_them() {
         let mut durability = Durability::default();
         durability.hold_peer(
-            1,
+            Dest::Shard(1),
             PeerMessage::GroupStored {
                 group: group(),
                 gseq: 1,
@@ -399,7 +399,7 @@ mod tests {
         let (batch, _) = durability.take_batch();
         assert!(!durability.awaits_next_commit());
         durability.hold_peer(
-            1,
+            Dest::Shard(1),
             PeerMessage::GroupStored {
                 group: group(),
                 gseq: 2,

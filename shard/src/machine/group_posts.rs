@@ -107,12 +107,14 @@ impl Shard {
         recipients: &[Phone],
         after_commit: bool,
     ) {
-        let by_shard = self.config.map.split_by_shard(recipients.iter().copied());
         let mut shards = 0;
-        for (shard, members) in by_shard.into_iter().enumerate() {
-            if members.is_empty() {
+        for (dest, members) in self.split_by_dest(recipients.iter().copied()) {
+            // A member whose home nobody knows cannot be written to; the
+            // owner does not wait for it.
+            let Some(dest) = dest else {
+                self.counters.peer_messages_unroutable += 1;
                 continue;
-            }
+            };
             shards += 1;
             let message = PeerMessage::GroupFanout {
                 group,
@@ -121,9 +123,9 @@ impl Shard {
                 members,
             };
             if after_commit {
-                self.durability.hold_peer(shard as u16, message);
+                self.durability.hold_peer(dest, message);
             } else {
-                self.route(shard as u16, message);
+                self.route(dest, message);
             }
         }
         if shards > 0 {
@@ -146,11 +148,11 @@ impl Shard {
         post: Post,
         members: Vec<Phone>,
     ) {
-        let owner = self.config.map.shard_of_group(group);
+        let owner = self.home_of_group(group);
         if self.groups.has_copy(group, gseq) {
             // Fanned out again after a restart: stored already.
             self.counters.group_copies_repeated += 1;
-            self.route(owner, PeerMessage::GroupStored { group, gseq });
+            self.owe(owner, PeerMessage::GroupStored { group, gseq });
             return;
         }
         if self.durability.is_failed() {
@@ -173,7 +175,7 @@ impl Shard {
         self.groups.referenced(group, gseq, refs);
         self.counters.group_entries_stored += u64::from(refs);
         let confirm = PeerMessage::GroupStored { group, gseq };
-        self.durability.hold_peer(owner, confirm);
+        self.owe_after_commit(owner, confirm);
     }
 
     /// Gives `member` a mailbox entry for a post copied here; false when
@@ -231,7 +233,7 @@ impl Shard {
             client_id,
             kind: ReceiptKind::Undeliverable,
         };
-        self.route(self.config.map.shard_of(author), receipt);
+        self.owe(self.home_of(author), receipt);
     }
 
     /// A member's entry for a post left its mailbox: acknowledged (the
@@ -265,7 +267,7 @@ impl Shard {
             client_id,
             kind,
         };
-        self.route(self.config.map.shard_of(from), receipt);
+        self.owe(self.home_of(from), receipt);
     }
 
     // ---- recovery ------------------------------------------------------------

@@ -1,7 +1,11 @@
 //! The anonymous phase of a connection: after `Hello` and before a login.
 //! It may ask for a code, prove a number with it (signup), or log in with
 //! a device key; a frame naming an account of another shard moves the
-//! connection there first. Everything else waits for a login.
+//! connection there first, and one naming an account of another node of
+//! the cluster is answered `Redirect` (or `TryLater` while that node is
+//! down). Logins pass the shard's admission bucket
+//! (`logins_admitted_per_s`); the overflow is answered `TryLater`.
+//! Everything else waits for a login.
 //!
 //! What this phase may cost is bounded by [`Anonymous`](super::anonymous)
 //! (per connection, source, network, number range, SMS budget) and by the
@@ -19,7 +23,13 @@ use super::{
     signup::{CodeRefusal, CodeRules},
     ConnId, FrameOutcome, Shard,
 };
-use crate::{source::Source, Env};
+use crate::{source::Source, Env, Home};
+
+/// A `TryLater` asks for at least this long, plus what the admission
+/// bucket needs to refill, plus a random part of up to
+/// `TRY_LATER_JITTER_MS`.
+const TRY_LATER_BASE_MS: u64 = 1_000;
+const TRY_LATER_JITTER_MS: u64 = 4_000;
 
 /// The one answer to a wrong code, an expired one, a used-up one and a
 /// code never sent: no one learns for free whether a number asked for a
@@ -30,14 +40,27 @@ const WRONG_CODE: &str = "wrong or no longer valid code (a code lives ten minute
 impl Shard {
     /// A frame on a connection that said `Hello` and has not logged in.
     pub(super) fn anonymous_frame(&mut self, id: ConnId, frame: ClientFrame<'_>) -> FrameOutcome {
-        match frame {
-            ClientFrame::RequestCode { phone }
-            | ClientFrame::Verify { phone, .. }
-            | ClientFrame::Login { phone, .. }
-                if self.config.map.shard_of(phone) != self.config.shard_id =>
-            {
-                return self.hand_over_for(id, phone);
+        if let ClientFrame::RequestCode { phone }
+        | ClientFrame::Verify { phone, .. }
+        | ClientFrame::Login { phone, .. } = frame
+        {
+            match self.home_of(phone) {
+                Home::Here(shard) if shard == self.config.shard_id => {}
+                Home::Here(shard) => return self.hand_over_for(id, shard),
+                Home::Away {
+                    node, live: true, ..
+                } => {
+                    self.redirect(id, node);
+                    return FrameOutcome::Continue;
+                }
+                Home::Away { .. } | Home::Unknown => {
+                    // Its node is down, or the cluster has no map yet.
+                    self.try_later(id, 0);
+                    return FrameOutcome::Continue;
+                }
             }
+        }
+        match frame {
             ClientFrame::Hello { .. } => {
                 self.fail(id, ErrorKind::Malformed, "Hello sent twice".into());
             }
@@ -53,9 +76,38 @@ impl Shard {
         FrameOutcome::Continue
     }
 
-    /// The connection names `phone`, an account of another shard: it moves
-    /// there, unless it has moved too often (each move costs a handover).
-    fn hand_over_for(&mut self, id: ConnId, phone: Phone) -> FrameOutcome {
+    /// The connection names an account of another node: it is told where
+    /// that node is, and closed.
+    fn redirect(&mut self, id: ConnId, node: u16) {
+        let placement = self
+            .placement
+            .as_ref()
+            .expect("a node away has a placement");
+        let addr = placement
+            .node(node)
+            .expect("a live node is placed")
+            .advertise
+            .clone();
+        let revision = placement.revision;
+        self.counters.redirects += 1;
+        self.close_after(id, &ServerFrame::Redirect { addr, revision });
+    }
+
+    /// The connection cannot be served now: told to come back after
+    /// `wait_ms` and a random part of `TRY_LATER_JITTER_MS` (so that phones
+    /// turned away together do not come back together), and closed.
+    fn try_later(&mut self, id: ConnId, wait_ms: u64) {
+        let mut random = [0u8; 4];
+        self.env.random(&mut random);
+        let jitter = u64::from(u32::from_le_bytes(random)) % (TRY_LATER_JITTER_MS + 1);
+        let after_ms = (TRY_LATER_BASE_MS + wait_ms + jitter).min(u64::from(u32::MAX)) as u32;
+        self.counters.try_laters += 1;
+        self.close_after(id, &ServerFrame::TryLater { after_ms });
+    }
+
+    /// The connection names an account of another shard: it moves there,
+    /// unless it has moved too often (each move costs a handover).
+    fn hand_over_for(&mut self, id: ConnId, shard: u16) -> FrameOutcome {
         let handovers_max = self.config.handovers_max;
         if self
             .conns
@@ -66,7 +118,6 @@ impl Shard {
             self.fail(id, ErrorKind::Overloaded, detail.into());
             return FrameOutcome::Continue;
         }
-        let shard = self.config.map.shard_of(phone);
         self.conns.note(id, ConnEventKind::Moving { shard });
         FrameOutcome::HandOver { shard }
     }
@@ -274,6 +325,13 @@ impl Shard {
     }
 
     fn login(&mut self, id: ConnId, phone: Phone, key: DeviceKey) {
+        // Admission comes first: a storm of logins is turned away before
+        // each costs a key hash.
+        let (admission, now_ms) = (self.config.login_admission_rate(), self.now_ms);
+        if let Err(exhausted) = self.login_admission.take(1, admission, now_ms) {
+            self.try_later(id, exhausted.retry_after_ms);
+            return;
+        }
         let presented = hash_key(&key.0);
         let accepted = self
             .accounts

@@ -39,7 +39,6 @@ impl Shard {
             self.refuse_strangers(session, (Some(chat), client_id), refused);
             return;
         }
-        let shard = self.config.map.shard_of(to);
         let message = PeerMessage::Deliver {
             from,
             to,
@@ -48,7 +47,29 @@ impl Shard {
             body: body.into(),
             reply: id,
         };
-        self.route(shard, message);
+        if self.ask(self.home_of(to), message).is_err() {
+            self.refuse_unavailable(session, Some(chat), client_id);
+        }
+    }
+
+    /// A request whose home's node is not live: nothing was stored, the
+    /// phone sends it again later (a retryable refusal, so its
+    /// conversation waits for it: see `order`).
+    pub(super) fn refuse_unavailable(
+        &mut self,
+        session: Session,
+        chat: Option<Chat>,
+        client_id: u64,
+    ) {
+        let Session { id, phone: from } = session;
+        self.counters.refused_unavailable += 1;
+        let detail =
+            "the server keeping the recipient's data is not reachable now; send again later";
+        self.reply_error(id, ErrorKind::Unavailable, Some(client_id), detail);
+        if let Some(chat) = chat {
+            self.order_out
+                .refused(from, chat, client_id, id, self.now_ms);
+        }
     }
 
     /// `by` read the message `client_id` of `from`. A receipt lands in
@@ -73,16 +94,13 @@ impl Shard {
             self.reply_error(id, ErrorKind::BadRequest, Some(client_id), detail);
             return;
         }
-        let shard = self.config.map.shard_of(from);
-        self.route(
-            shard,
-            PeerMessage::Receipt {
-                to: from,
-                by,
-                client_id,
-                kind: ReceiptKind::Read,
-            },
-        );
+        let receipt = PeerMessage::Receipt {
+            to: from,
+            by,
+            client_id,
+            kind: ReceiptKind::Read,
+        };
+        self.owe(self.home_of(from), receipt);
     }
 
     /// Passes a request to the group's owner, spending a send token: a
@@ -123,7 +141,7 @@ impl Shard {
             }
         }
         let joining = action.joining(from);
-        let owner = self.config.map.shard_of_group(group);
+        let owner = self.home_of_group(group);
         let request = PeerMessage::GroupRequest {
             group,
             from,
@@ -133,7 +151,9 @@ impl Shard {
             action,
         };
         if joining.is_empty() {
-            self.route(owner, request);
+            if self.ask(owner, request).is_err() {
+                self.refuse_unavailable(session, chat, client_id);
+            }
             return;
         }
         if let Err(refused) = self.charge_strangers(from, &joining) {
@@ -313,16 +333,13 @@ impl Shard {
             self.group_entry_released(owner, group, gseq, kind);
         }
         for (from, client_id, _) in receipts {
-            let shard = self.config.map.shard_of(from);
-            self.route(
-                shard,
-                PeerMessage::Receipt {
-                    to: from,
-                    by: owner,
-                    client_id,
-                    kind,
-                },
-            );
+            let receipt = PeerMessage::Receipt {
+                to: from,
+                by: owner,
+                client_id,
+                kind,
+            };
+            self.owe(self.home_of(from), receipt);
         }
     }
 
@@ -337,7 +354,7 @@ impl Shard {
         client_id: u64,
         result: Result<u64, ErrorKind>,
     ) {
-        let shard = self.config.map.shard_of(sender);
+        let home = self.home_of(sender);
         let failed = result.is_err();
         let answer = PeerMessage::Stored {
             reply,
@@ -346,9 +363,9 @@ impl Shard {
             result,
         };
         if failed {
-            self.route(shard, answer);
+            self.owe(home, answer);
         } else {
-            self.durability.hold_peer(shard, answer);
+            self.owe_after_commit(home, answer);
         }
     }
 

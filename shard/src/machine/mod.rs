@@ -40,6 +40,7 @@ mod peer;
 mod presence;
 mod push;
 mod recovery;
+mod routing;
 mod signup;
 mod social;
 
@@ -61,6 +62,7 @@ pub use operator::{AccountInfo, DeleteRefused, Deleted, TraceHit};
 pub use peer::PeerMessage;
 pub use push::Push;
 pub use recovery::RestoreError;
+pub use routing::Dest;
 
 use account::Account;
 use connections::{Connections, Deadlines, IdleVerdict, Phase, Session};
@@ -171,13 +173,18 @@ pub struct Shard {
     clock: WallClock,
     expiry: expiry::Sweep,
     anonymous: anonymous::Anonymous,
+    /// Logins this shard takes (`logins_admitted_per_s`).
+    login_admission: crate::TokenBucket,
     /// When `anonymous` was last pruned.
     pruned_at_ms: u64,
     timers: TimerWheel<TimerEvent>,
     /// Peer messages addressed to this shard itself, run before returning so
     /// that local delivery keeps the same order as remote delivery.
     local: VecDeque<PeerMessage>,
-    peer_out: Vec<(u16, PeerMessage)>,
+    peer_out: Vec<(Dest, PeerMessage)>,
+    /// Where accounts and groups live in the cluster (`None`: a single
+    /// node; see `routing`).
+    placement: Option<std::sync::Arc<crate::Placement>>,
     /// Records, replies held for a commit, the write-back cache and the
     /// journal's state.
     durability: Durability,
@@ -230,9 +237,11 @@ impl Shard {
             expiry: expiry::Sweep::default(),
             anonymous,
             pruned_at_ms: now_ms,
+            login_admission: crate::TokenBucket::full(),
             timers,
             local: VecDeque::new(),
             peer_out: Vec::new(),
+            placement: None,
             durability: Durability::default(),
             now_ms,
             counters: ShardCounters::default(),
@@ -417,7 +426,7 @@ impl Shard {
     }
 
     /// Peer messages ready to go to other shards.
-    pub fn drain_peer_messages(&mut self) -> std::vec::Drain<'_, (u16, PeerMessage)> {
+    pub fn drain_peer_messages(&mut self) -> std::vec::Drain<'_, (Dest, PeerMessage)> {
         self.peer_out.drain(..)
     }
 
@@ -454,7 +463,7 @@ impl Shard {
                 self.reply_error(conn, failed.kind(), None, failed.detail());
             }
             Held::Peer {
-                shard,
+                dest,
                 message:
                     PeerMessage::Stored {
                         reply,
@@ -469,7 +478,7 @@ impl Shard {
                     client_id,
                     result: Err(failed.kind()),
                 };
-                self.route(shard, answer);
+                self.route(dest, answer);
             }
             // A post whose record was not made durable must not reach
             // members (a restart could number another post the same),
@@ -478,7 +487,7 @@ impl Shard {
                 message: PeerMessage::GroupFanout { .. } | PeerMessage::GroupStored { .. },
                 ..
             } => {}
-            Held::Peer { shard, message } => self.route(shard, message),
+            Held::Peer { dest, message } => self.route(dest, message),
         }
     }
 
@@ -513,7 +522,7 @@ impl Shard {
         for held in self.durability.committed(batch) {
             match held {
                 Held::Frame { conn, bytes } => self.conns.append(conn, &bytes),
-                Held::Peer { shard, message } => self.route(shard, message),
+                Held::Peer { dest, message } => self.route(dest, message),
             }
         }
         self.run_local();
@@ -921,11 +930,11 @@ impl Shard {
             .unwrap_or_else(|| panic!("{phone} has no account"))
     }
 
-    fn route(&mut self, shard: u16, message: PeerMessage) {
-        if shard == self.config.shard_id {
+    fn route(&mut self, dest: Dest, message: PeerMessage) {
+        if dest == Dest::Shard(self.config.shard_id) {
             self.local.push_back(message);
         } else {
-            self.peer_out.push((shard, message));
+            self.peer_out.push((dest, message));
         }
     }
 
@@ -993,6 +1002,18 @@ impl Shard {
     /// `close_flush_timeout_ms` whether it is or not: a phone that stops
     /// reading must not keep its connection (and what it holds) by never
     /// taking the last bytes.
+    /// Writes `frame`, then closes the connection as `close_with` does but
+    /// with no `Bye` (a `Redirect` or `TryLater` is the last word).
+    fn close_after(&mut self, id: ConnId, frame: &ServerFrame<'_>) {
+        self.reply(id, frame);
+        if !self.conns.start_closing(id, self.now_ms) {
+            return;
+        }
+        self.conns
+            .note(id, ConnEventKind::Closing(ByeReason::ShuttingDown));
+        self.arm_idle(id, self.now_ms + self.config.close_flush_timeout_ms);
+    }
+
     fn close_with(&mut self, id: ConnId, reason: ByeReason) {
         if !self.conns.start_closing(id, self.now_ms) {
             return;

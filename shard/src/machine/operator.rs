@@ -195,13 +195,13 @@ impl Shard {
                 presence: Presence::Unavailable,
                 conn: None,
             };
-            self.route(self.config.map.shard_of(watcher), message);
+            self.signal_to(self.home_of(watcher), message);
         }
         self.remove_account(phone);
         self.durability.record(Record::AccountDeleted { phone });
-        for shard in 0..self.config.map.shards() {
+        for dest in self.every_shard() {
             self.durability
-                .hold_peer(shard, PeerMessage::AccountGone { phone });
+                .hold_peer(dest, PeerMessage::AccountGone { phone });
         }
         self.counters.accounts_deleted += 1;
         self.run_local();

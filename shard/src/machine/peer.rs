@@ -104,14 +104,16 @@ pub enum PeerMessage {
         from: Phone,
         state: TypingState,
     },
-    /// Which of `phones` have accounts; answered with `AccountsFound`.
+    /// Which of `phones` have accounts; answered with `AccountsFound` to
+    /// `asker`'s home, the shard that asked.
     LookupAccounts {
         query: u64,
-        reply_shard: u16,
+        asker: Phone,
         phones: Vec<Phone>,
     },
     AccountsFound {
         query: u64,
+        asker: Phone,
         registered: Vec<Phone>,
     },
     /// `phone`'s account was deleted (durably, on its home shard): take

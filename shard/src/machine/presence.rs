@@ -22,7 +22,7 @@ use super::{
         normalize, Lookup, LookupFor, Social, StrangersRefused, SyncLimits, SyncRefused,
         LAST_SEEN_SLACK_MS,
     },
-    ConnId, PeerMessage, Shard,
+    ConnId, Dest, PeerMessage, Session, Shard,
 };
 
 impl Shard {
@@ -51,12 +51,6 @@ impl Shard {
         Presence::Offline {
             last_seen_ms: (!hidden && account.last_seen_ms > 0).then_some(account.last_seen_ms),
         }
-    }
-
-    /// Sends a signal: like `route`, but the I/O layer may drop it.
-    fn signal(&mut self, shard: u16, message: PeerMessage) {
-        debug_assert!(message.is_signal());
-        self.route(shard, message);
     }
 
     /// Writes a signal to a connection if its outbox has room.
@@ -109,7 +103,16 @@ impl Shard {
             target,
             conn: id,
         };
-        self.route(self.config.map.shard_of(target), watch);
+        if self.ask(self.home_of(target), watch).is_err() {
+            // Its node is not reachable: shown as hidden, and not followed
+            // (the phone subscribes again later).
+            self.follows.unfollow(owner, target);
+            let frame = ServerFrame::Presence {
+                phone: target,
+                presence: Presence::Unavailable,
+            };
+            self.reply(id, &frame);
+        }
     }
 
     pub(super) fn unsubscribe(&mut self, owner: Phone, target: Phone) {
@@ -160,12 +163,12 @@ impl Shard {
                     group: None,
                     state,
                 };
-                self.signal(self.config.map.shard_of(to), message);
+                self.signal_to(self.home_of(to), message);
             }
             Chat::Direct(_) => {}
             Chat::Group(group) => {
                 let message = PeerMessage::GroupTyping { group, from, state };
-                self.signal(self.config.map.shard_of_group(group), message);
+                self.signal_to(self.home_of_group(group), message);
             }
         }
     }
@@ -299,7 +302,7 @@ impl Shard {
                 profile: Some(profile.clone()),
                 conn: None,
             };
-            self.signal(self.config.map.shard_of(watcher), message);
+            self.signal_to(self.home_of(watcher), message);
         }
     }
 
@@ -345,7 +348,13 @@ impl Shard {
             target,
             conn: id,
         };
-        self.route(self.config.map.shard_of(target), query);
+        if self.ask(self.home_of(target), query).is_err() {
+            let frame = ServerFrame::Profile {
+                phone: target,
+                profile: None,
+            };
+            self.reply(id, &frame);
+        }
     }
 
     // ---- presence changes -------------------------------------------------
@@ -401,7 +410,7 @@ impl Shard {
                 presence,
                 conn: None,
             };
-            self.signal(self.config.map.shard_of(watcher), message);
+            self.signal_to(self.home_of(watcher), message);
         }
     }
 
@@ -435,7 +444,24 @@ impl Shard {
     ) {
         self.counters.contact_lookups += phones.len() as u64;
         let asked = phones.len();
-        let by_shard = self.config.map.split_by_shard(phones);
+        let split = self.split_by_dest(phones);
+        if split
+            .iter()
+            .any(|(dest, _)| !dest.is_some_and(|d| self.is_live(d)))
+        {
+            // Some numbers live on a node that is not reachable: no
+            // complete answer can be given now.
+            let session = Session { id, phone: owner };
+            let chat = match &purpose {
+                LookupFor::Group { request, .. } => match **request {
+                    PeerMessage::GroupRequest { group, .. } => Some(Chat::Group(group)),
+                    _ => None,
+                },
+                LookupFor::Contacts => None,
+            };
+            self.refuse_unavailable(session, chat, client_id);
+            return;
+        }
         let query = self.lookups.next_query();
         let mut lookup = Lookup {
             owner,
@@ -446,21 +472,19 @@ impl Shard {
             registered: Vec::new(),
             purpose,
         };
-        for (shard, phones) in by_shard.into_iter().enumerate() {
-            if phones.is_empty() {
-                continue;
-            }
-            if shard == usize::from(self.config.shard_id) {
+        for (dest, phones) in split {
+            let dest = dest.expect("checked above");
+            if dest == Dest::Shard(self.config.shard_id) {
                 let known = phones.into_iter().filter(|p| self.accounts.contains_key(p));
                 lookup.registered.extend(known);
             } else {
                 lookup.shards_left += 1;
                 let message = PeerMessage::LookupAccounts {
                     query,
-                    reply_shard: self.config.shard_id,
+                    asker: owner,
                     phones,
                 };
-                self.route(shard as u16, message);
+                self.route(dest, message);
             }
         }
         if lookup.shards_left == 0 {
@@ -488,7 +512,13 @@ impl Shard {
             // `AccountGone` that took it out of its groups.
             LookupFor::Group { .. } if !self.accounts.contains_key(&lookup.owner) => {}
             LookupFor::Group { owner, request } if lookup.registered.len() == lookup.asked => {
-                self.route(owner, *request);
+                if self.ask(owner, *request).is_err() {
+                    let session = Session {
+                        id: lookup.conn,
+                        phone: lookup.owner,
+                    };
+                    self.refuse_unavailable(session, None, lookup.client_id);
+                }
             }
             LookupFor::Group { .. } => {
                 let missing = lookup.asked - lookup.registered.len();
@@ -563,17 +593,23 @@ impl Shard {
             }
             PeerMessage::LookupAccounts {
                 query,
-                reply_shard,
+                asker,
                 phones,
             } => {
                 let registered = phones
                     .into_iter()
                     .filter(|p| self.accounts.contains_key(p))
                     .collect();
-                let answer = PeerMessage::AccountsFound { query, registered };
-                self.route(reply_shard, answer);
+                let answer = PeerMessage::AccountsFound {
+                    query,
+                    asker,
+                    registered,
+                };
+                self.owe(self.home_of(asker), answer);
             }
-            PeerMessage::AccountsFound { query, registered } => {
+            PeerMessage::AccountsFound {
+                query, registered, ..
+            } => {
                 self.accounts_found(query, registered);
             }
             _ => unreachable!("apply_peer passes only social messages"),
@@ -595,7 +631,7 @@ impl Shard {
             presence,
             conn: Some(conn),
         };
-        self.route(self.config.map.shard_of(watcher), answer);
+        self.owe(self.home_of(watcher), answer);
     }
 
     /// `viewer` asks for `target`'s profile: shown if `target` lists it.
@@ -610,7 +646,7 @@ impl Shard {
             profile,
             conn: Some(conn),
         };
-        self.route(self.config.map.shard_of(viewer), answer);
+        self.owe(self.home_of(viewer), answer);
     }
 
     /// A shard answered lookup `query`; the last answer finishes it.
@@ -623,7 +659,7 @@ impl Shard {
     /// Tells `target`'s shard that `watcher` follows it no more.
     fn unwatch(&mut self, watcher: Phone, target: Phone) {
         let message = PeerMessage::Unwatch { watcher, target };
-        self.signal(self.config.map.shard_of(target), message);
+        self.signal_to(self.home_of(target), message);
     }
 
     /// A frame about `about` for its follower `to`: the answer to `to`'s
@@ -661,16 +697,16 @@ impl Shard {
             self.counters.signals_dropped_not_member += 1;
             return;
         };
-        let by_shard = self.config.map.split_by_shard(members);
-        for (shard, to) in by_shard.into_iter().enumerate() {
-            if !to.is_empty() {
-                let message = PeerMessage::TypingTo {
-                    to,
-                    from,
-                    group: Some(group),
-                    state,
-                };
-                self.signal(shard as u16, message);
+        for (dest, to) in self.split_by_dest(members) {
+            let message = PeerMessage::TypingTo {
+                to,
+                from,
+                group: Some(group),
+                state,
+            };
+            match dest {
+                Some(dest) if self.is_live(dest) => self.route(dest, message),
+                _ => self.counters.signals_dropped_unreachable += 1,
             }
         }
     }

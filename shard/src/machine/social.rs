@@ -356,7 +356,7 @@ pub(super) enum LookupFor {
     /// without an account would receive a group's later posts once it
     /// signed up without ever having been told it was in the group.
     Group {
-        owner: u16,
+        owner: crate::Home,
         request: Box<PeerMessage>,
     },
 }

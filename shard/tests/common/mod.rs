@@ -130,6 +130,24 @@ pub struct Net {
     pub journals: Vec<Vec<storage::Record>>,
     /// Drop every signal between shards, as a backed-up queue would.
     pub drop_signals: bool,
+    /// The nodes these shards belong to: one (id 1, no placement) unless
+    /// made by `Net::cluster`.
+    pub nodes: Vec<NetNode>,
+    /// Messages to the shards of a node that is down, in order, delivered
+    /// when it is up again (as its link would hold them).
+    pub parked: Vec<(usize, PeerMessage)>,
+    /// The placement's revision, for a test cluster.
+    pub revision: u64,
+}
+
+/// A node of a test cluster: its id, its shards' place in `Net::shards`,
+/// and whether it is up.
+#[derive(Debug, Clone)]
+pub struct NetNode {
+    pub id: u16,
+    pub base: usize,
+    pub shards: u16,
+    pub live: bool,
 }
 
 impl Net {
@@ -161,7 +179,120 @@ impl Net {
             journals: vec![Vec::new(); shard_count as usize],
             drop_signals: false,
             sms,
+            nodes: vec![NetNode {
+                id: 1,
+                base: 0,
+                shards: shard_count,
+                live: true,
+            }],
+            parked: Vec::new(),
+            revision: 0,
         }
+    }
+
+    /// Nodes 1, 2, ... with `node_shards[i]` shards each, the partitions
+    /// spread over them evenly in contiguous runs, as a cluster's
+    /// controller assigns them.
+    pub fn cluster(node_shards: &[u16], configure: impl Fn(&mut ShardConfig)) -> Net {
+        let mut net = Net::new(1, |_| {});
+        net.shards.clear();
+        net.journals.clear();
+        net.nodes.clear();
+        for (i, &count) in node_shards.iter().enumerate() {
+            let node = Net::new(count, &configure);
+            net.nodes.push(NetNode {
+                id: i as u16 + 1,
+                base: net.shards.len(),
+                shards: count,
+                live: true,
+            });
+            net.journals.extend(node.journals);
+            net.shards.extend(node.shards);
+        }
+        net.place(1);
+        net
+    }
+
+    /// Gives every shard the placement as `nodes` says, at `revision`.
+    pub fn place(&mut self, revision: u64) {
+        self.revision = revision;
+        let count = self.nodes.len();
+        let total = usize::from(PARTITIONS_DEFAULT);
+        let owners: Vec<u16> = (0..total)
+            .map(|p| self.nodes[p * count / total].id)
+            .collect();
+        let placed: std::collections::BTreeMap<u16, PlacedNode> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                let node = PlacedNode {
+                    advertise: format!("node{}:5222", n.id),
+                    shards: n.shards,
+                    live: n.live,
+                };
+                (n.id, node)
+            })
+            .collect();
+        for node in self.nodes.clone() {
+            let placement = Placement::new(node.id, revision, owners.clone(), placed.clone());
+            let placement = std::sync::Arc::new(placement);
+            for shard in &mut self.shards[node.base..node.base + usize::from(node.shards)] {
+                shard.set_placement(Some(placement.clone()));
+            }
+        }
+    }
+
+    /// Node `id` goes down (its lease is gone: requests to it are refused,
+    /// what is owed to it waits) or comes back (what waited is delivered).
+    pub fn set_live(&mut self, id: u16, live: bool, revision: u64) {
+        let node = self.nodes.iter_mut().find(|n| n.id == id).unwrap();
+        node.live = live;
+        self.place(revision);
+        if live {
+            for (index, message) in std::mem::take(&mut self.parked) {
+                self.shards[index].handle_peer(message, self.now_ms);
+            }
+            self.settle();
+        }
+    }
+
+    /// The node a shard index belongs to.
+    fn node_at(&self, index: usize) -> &NetNode {
+        self.nodes
+            .iter()
+            .find(|n| (n.base..n.base + usize::from(n.shards)).contains(&index))
+            .unwrap()
+    }
+
+    /// The shard index a message from shard `from` to `dest` reaches.
+    pub fn index_of(&self, from: usize, dest: Dest) -> usize {
+        match dest {
+            Dest::Shard(shard) => self.node_at(from).base + usize::from(shard),
+            Dest::Node { node, shard } => {
+                let node = self.nodes.iter().find(|n| n.id == node).unwrap();
+                node.base + usize::from(shard)
+            }
+        }
+    }
+
+    /// Opens a connection on shard 0 of node `id`.
+    pub fn connect_to(&mut self, id: u16) -> Phone_ {
+        let base = self.nodes.iter().find(|n| n.id == id).unwrap().base;
+        let conn = self.shards[base]
+            .open(Source::UNKNOWN, self.now_ms)
+            .unwrap();
+        let mut phone = Phone_ {
+            shard: base as u16,
+            conn,
+        };
+        self.send(
+            &mut phone,
+            ClientFrame::Hello {
+                version: PROTOCOL_VERSION,
+            },
+        );
+        assert_eq!(self.read(&phone), vec![Got::Welcome]);
+        phone
     }
 
     pub fn connect(&mut self) -> Phone_ {
@@ -243,7 +374,12 @@ impl Net {
                         continue;
                     }
                     moved = true;
-                    self.shards[to as usize].handle_peer(message, self.now_ms);
+                    let to = self.index_of(index, to);
+                    if !self.node_at(to).live {
+                        self.parked.push((to, message));
+                        continue;
+                    }
+                    self.shards[to].handle_peer(message, self.now_ms);
                 }
             }
             if !moved && self.shards.iter().all(|s| !s.has_pending_records()) {
@@ -290,6 +426,9 @@ impl Net {
             }
             shard.restored();
             self.shards[index] = shard;
+        }
+        if self.revision > 0 {
+            self.place(self.revision);
         }
     }
 
@@ -401,7 +540,7 @@ impl Net {
 
     pub fn signup(&mut self, number: &str) -> (Phone, DeviceKey) {
         let phone = Phone::parse(number).unwrap();
-        let mut conn = self.connect();
+        let mut conn = self.connect_to(self.home_node(phone));
         self.send(&mut conn, ClientFrame::RequestCode { phone });
         assert_eq!(self.read(&conn), vec![Got::CodeSent]);
         self.send(
@@ -421,16 +560,32 @@ impl Net {
     }
 
     pub fn login(&mut self, phone: Phone, key: DeviceKey) -> (Phone_, Vec<Got>) {
-        let mut conn = self.connect();
+        let node = self.home_node(phone);
+        let mut conn = self.connect_to(node);
         self.send(&mut conn, ClientFrame::Login { phone, key });
         let got = self.read(&conn);
         assert_eq!(got.first(), Some(&Got::LoggedIn), "{got:?}");
+        let base = self.nodes.iter().find(|n| n.id == node).unwrap().base;
+        let local = self.shards[base].config().map.shard_of(phone);
         assert_eq!(
-            conn.shard,
-            self.shards[0].config().map.shard_of(phone),
+            usize::from(conn.shard),
+            base + usize::from(local),
             "lives on its home shard"
         );
         (conn, got[1..].to_vec())
+    }
+
+    /// The node `phone`'s account lives on (1 without a placement).
+    pub fn home_node(&self, phone: Phone) -> u16 {
+        let Some(placement) = self.shards[0].placement() else {
+            return 1;
+        };
+        let map = self.shards[0].config().map;
+        match placement.home(map.partition_of(phone), map.shards()) {
+            Home::Here(_) => placement.node,
+            Home::Away { node, .. } => node,
+            Home::Unknown => panic!("{phone} has no home"),
+        }
     }
 }
 

@@ -1,0 +1,165 @@
+//! Where a peer message goes: to a shard of this node, or to a shard of
+//! another node of the cluster (see `placement`). Every message a shard
+//! sends to an account or a group goes through one of three doors, by
+//! what it is:
+//!
+//! - **requests** (a message to store, a group request, a presence or
+//!   profile query, a lookup) go only to a live node: to one that is not,
+//!   the caller refuses with `Unavailable` and nothing was stored;
+//! - **obligations** (receipts, answers, group copies and their
+//!   confirmations, an account's deletion) go whether or not the node is
+//!   live: they wait on the link until it is back;
+//! - **signals** (presence, typing, profile changes) go only to a live
+//!   node, and are dropped otherwise, as on a backed-up queue.
+//!
+//! A single node has no placement: every home is `Here`.
+
+use std::sync::Arc;
+
+use wire::{GroupId, Phone};
+
+use super::{PeerMessage, Shard};
+use crate::{Home, Placement};
+
+/// Where a peer message goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dest {
+    /// A shard of this node.
+    Shard(u16),
+    /// Shard `shard` of node `node`.
+    Node { node: u16, shard: u16 },
+}
+
+/// A request could not go: its home's node is not live, or unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Unreachable;
+
+impl Shard {
+    /// The cluster's placement now (`None`: a single node).
+    pub fn set_placement(&mut self, placement: Option<Arc<Placement>>) {
+        self.placement = placement;
+    }
+
+    pub fn placement(&self) -> Option<&Placement> {
+        self.placement.as_deref()
+    }
+
+    /// Where `phone`'s account lives.
+    pub(super) fn home_of(&self, phone: Phone) -> Home {
+        let map = self.config.map;
+        match &self.placement {
+            None => Home::Here(map.shard_of(phone)),
+            Some(placement) => placement.home(map.partition_of(phone), map.shards()),
+        }
+    }
+
+    /// Where `group` lives.
+    pub(super) fn home_of_group(&self, group: GroupId) -> Home {
+        let map = self.config.map;
+        match &self.placement {
+            None => Home::Here(map.shard_of_group(group)),
+            Some(placement) => placement.home(map.partition_of_group(group), map.shards()),
+        }
+    }
+
+    /// A request to `home`. Err: its node is not live (or unknown); the
+    /// caller refuses with `Unavailable`.
+    pub(super) fn ask(&mut self, home: Home, message: PeerMessage) -> Result<(), Unreachable> {
+        match home {
+            Home::Here(shard) => self.route(Dest::Shard(shard), message),
+            Home::Away {
+                node,
+                shard,
+                live: true,
+            } => self.route(Dest::Node { node, shard }, message),
+            Home::Away { live: false, .. } | Home::Unknown => return Err(Unreachable),
+        }
+        Ok(())
+    }
+
+    /// What is owed to `home`: sent even to a node that is not live.
+    pub(super) fn owe(&mut self, home: Home, message: PeerMessage) {
+        match home {
+            Home::Here(shard) => self.route(Dest::Shard(shard), message),
+            Home::Away { node, shard, .. } => self.route(Dest::Node { node, shard }, message),
+            Home::Unknown => self.counters.peer_messages_unroutable += 1,
+        }
+    }
+
+    /// What is owed to `home` once the next batch is durable (see
+    /// `durability::Held`).
+    pub(super) fn owe_after_commit(&mut self, home: Home, message: PeerMessage) {
+        match self.dest(home) {
+            Some(dest) => self.durability.hold_peer(dest, message),
+            None => self.counters.peer_messages_unroutable += 1,
+        }
+    }
+
+    /// A signal to `home`: dropped unless its node is live.
+    pub(super) fn signal_to(&mut self, home: Home, message: PeerMessage) {
+        debug_assert!(message.is_signal());
+        match home {
+            Home::Here(shard) => self.route(Dest::Shard(shard), message),
+            Home::Away {
+                node,
+                shard,
+                live: true,
+            } => self.route(Dest::Node { node, shard }, message),
+            Home::Away { live: false, .. } | Home::Unknown => {
+                self.counters.signals_dropped_unreachable += 1;
+            }
+        }
+    }
+
+    /// Where a message to `home` goes, live or not; `None`: unknown.
+    pub(super) fn dest(&self, home: Home) -> Option<Dest> {
+        match home {
+            Home::Here(shard) => Some(Dest::Shard(shard)),
+            Home::Away { node, shard, .. } => Some(Dest::Node { node, shard }),
+            Home::Unknown => None,
+        }
+    }
+
+    /// Whether requests may go to `dest` now.
+    pub(super) fn is_live(&self, dest: Dest) -> bool {
+        match dest {
+            Dest::Shard(_) => true,
+            Dest::Node { node, .. } => self
+                .placement
+                .as_ref()
+                .and_then(|p| p.node(node))
+                .is_some_and(|n| n.live),
+        }
+    }
+
+    /// `phones` grouped by where their accounts live, in the order first
+    /// met; `None`: those whose home is unknown.
+    pub(super) fn split_by_dest(
+        &self,
+        phones: impl IntoIterator<Item = Phone>,
+    ) -> Vec<(Option<Dest>, Vec<Phone>)> {
+        let mut split: Vec<(Option<Dest>, Vec<Phone>)> = Vec::new();
+        for phone in phones {
+            let dest = self.dest(self.home_of(phone));
+            match split.iter_mut().find(|(d, _)| *d == dest) {
+                Some((_, list)) => list.push(phone),
+                None => split.push((dest, vec![phone])),
+            }
+        }
+        split
+    }
+
+    /// Every shard of every node (this one's included): for what all of
+    /// them must hear.
+    pub(super) fn every_shard(&self) -> Vec<Dest> {
+        let mut all: Vec<Dest> = (0..self.config.map.shards()).map(Dest::Shard).collect();
+        if let Some(placement) = &self.placement {
+            for (node, placed) in placement.nodes() {
+                if node != placement.node {
+                    all.extend((0..placed.shards).map(|shard| Dest::Node { node, shard }));
+                }
+            }
+        }
+        all
+    }
+}

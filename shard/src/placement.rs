@@ -1,0 +1,135 @@
+//! Where accounts and groups live in a cluster: which node owns each
+//! partition, which nodes are live, and how many shards each runs. The
+//! control thread builds a [`Placement`] from the cluster's etcd keys and
+//! hands every shard the same `Arc` each time it changes; a single node
+//! has none, and every partition is its own.
+//!
+//! On its owner, partition `p` lives on shard `p % shards`, the rule a
+//! single node uses: a node's shard count is fixed while it is a member.
+
+use std::collections::BTreeMap;
+
+use crate::PARTITIONS_DEFAULT;
+
+/// A node as the placement knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedNode {
+    /// The phone-facing `host:port` a `Redirect` names.
+    pub advertise: String,
+    pub shards: u16,
+    /// It holds its lease now: requests may go to it. A node that is not
+    /// live still gets what is owed to it (receipts, group copies), which
+    /// waits on the link until it is back.
+    pub live: bool,
+}
+
+/// The cluster's partition map as a shard routes by it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// This node's id.
+    pub node: u16,
+    /// The partition map's revision: what a `Redirect` carries.
+    pub revision: u64,
+    /// `owners[p]`: the node owning partition `p`; empty while the cluster
+    /// has no map yet.
+    owners: Vec<u16>,
+    nodes: BTreeMap<u16, PlacedNode>,
+}
+
+/// Where a partition's accounts and groups are, seen from one shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Home {
+    /// On this node, on this shard.
+    Here(u16),
+    /// On shard `shard` of node `node`.
+    Away { node: u16, shard: u16, live: bool },
+    /// Nowhere known: the cluster has no partition map yet, or its owner
+    /// was never seen.
+    Unknown,
+}
+
+impl Placement {
+    /// `owners` has one node id per partition ([`PARTITIONS_DEFAULT`]), or
+    /// none before the cluster has a map.
+    pub fn new(
+        node: u16,
+        revision: u64,
+        owners: Vec<u16>,
+        nodes: BTreeMap<u16, PlacedNode>,
+    ) -> Placement {
+        assert!(
+            owners.is_empty() || owners.len() == usize::from(PARTITIONS_DEFAULT),
+            "one owner per partition"
+        );
+        Placement {
+            node,
+            revision,
+            owners,
+            nodes,
+        }
+    }
+
+    /// Where `partition` lives, for a shard of this node running
+    /// `local_shards` shards.
+    pub fn home(&self, partition: u16, local_shards: u16) -> Home {
+        let Some(&owner) = self.owners.get(usize::from(partition)) else {
+            return Home::Unknown;
+        };
+        if owner == self.node {
+            return Home::Here(partition % local_shards);
+        }
+        match self.nodes.get(&owner) {
+            Some(node) => Home::Away {
+                node: owner,
+                shard: partition % node.shards.max(1),
+                live: node.live,
+            },
+            None => Home::Unknown,
+        }
+    }
+
+    pub fn node(&self, id: u16) -> Option<&PlacedNode> {
+        self.nodes.get(&id)
+    }
+
+    /// Every node known, live or not.
+    pub fn nodes(&self) -> impl Iterator<Item = (u16, &PlacedNode)> {
+        self.nodes.iter().map(|(&id, node)| (id, node))
+    }
+
+    /// The cluster has a partition map.
+    pub fn has_map(&self) -> bool {
+        !self.owners.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_here_away_or_unknown() {
+        let mut owners = vec![1u16; 512];
+        owners.extend(vec![2u16; 511]);
+        owners.push(3);
+        let node = |live| PlacedNode {
+            advertise: "b:5222".into(),
+            shards: 4,
+            live,
+        };
+        let nodes = BTreeMap::from([(1, node(true)), (2, node(false))]);
+        let placement = Placement::new(1, 9, owners, nodes);
+        assert_eq!(placement.home(5, 2), Home::Here(1));
+        assert_eq!(
+            placement.home(513, 2),
+            Home::Away {
+                node: 2,
+                shard: 1,
+                live: false
+            }
+        );
+        assert_eq!(placement.home(1023, 2), Home::Unknown, "node 3 never seen");
+        let empty = Placement::new(1, 0, Vec::new(), BTreeMap::new());
+        assert_eq!(empty.home(0, 2), Home::Unknown);
+    }
+}

@@ -1,0 +1,187 @@
+//! Shards of several nodes of a cluster on one thread: phones redirected
+//! to their home node, messages, receipts and groups across nodes, and a
+//! node that is down (requests refused `Unavailable`, logins told to try
+//! later, what is owed to it kept until it is back).
+
+mod common;
+
+use common::*;
+
+/// A number whose account lives on node `node`, the `skip`-th such.
+fn number_on(net: &Net, node: u16, skip: usize) -> String {
+    (0..2_000)
+        .map(|n| format!("+1555000{n:04}"))
+        .filter(|n| net.home_node(Phone::parse(n).unwrap()) == node)
+        .nth(skip)
+        .unwrap()
+}
+
+fn sent(got: &[Got], client_id: u64) -> bool {
+    got.iter()
+        .any(|g| matches!(g, Got::Sent { client_id: c, .. } if *c == client_id))
+}
+
+#[test]
+fn a_phone_on_the_wrong_node_is_redirected_and_closed() {
+    let mut net = Net::cluster(&[2, 2], |_| {});
+    let bob = Phone::parse(&number_on(&net, 2, 0)).unwrap();
+    let mut conn = net.connect_to(1);
+    net.send(&mut conn, ClientFrame::RequestCode { phone: bob });
+    assert_eq!(
+        net.read(&conn),
+        vec![Got::Redirect {
+            addr: "node2:5222".into(),
+            revision: 1
+        }]
+    );
+    assert!(net.shards[usize::from(conn.shard)].is_closing(conn.conn));
+    let counters = net.shards[usize::from(conn.shard)].counters();
+    assert_eq!(counters.redirects, 1);
+    // On its own node it signs up and logs in.
+    let (_, key) = net.signup(&bob.to_string());
+    net.login(bob, key);
+}
+
+#[test]
+fn messages_receipts_and_groups_cross_nodes() {
+    let mut net = Net::cluster(&[2, 1], |_| {});
+    let (alice, alice_key) = net.signup(&number_on(&net, 1, 0));
+    let (bob, bob_key) = net.signup(&number_on(&net, 2, 0));
+    let (mut alice_conn, _) = net.login(alice, alice_key);
+    net.message(&mut alice_conn, bob, 1, b"over there");
+    assert!(sent(&net.read(&alice_conn), 1));
+    let (mut bob_conn, got) = net.login(bob, bob_key);
+    let seq = got
+        .iter()
+        .find_map(|g| match g {
+            Got::Message { seq, from, .. } if *from == alice => Some(*seq),
+            _ => None,
+        })
+        .expect("bob got alice's message");
+    net.send(&mut bob_conn, ClientFrame::Ack { up_to: seq });
+    let got = net.read(&alice_conn);
+    assert!(
+        got.iter().any(|g| matches!(
+            g,
+            Got::Receipt {
+                kind: ReceiptKind::Delivered,
+                client_id: 1,
+                ..
+            }
+        )),
+        "{got:?}"
+    );
+    // A group with members on both nodes: every member gets the post.
+    let (carol, carol_key) = net.signup(&number_on(&net, 2, 1));
+    let (mut carol_conn, _) = net.login(carol, carol_key);
+    net.send(
+        &mut alice_conn,
+        ClientFrame::CreateGroup {
+            client_id: 2,
+            subject: "across",
+            members: vec![bob, carol],
+        },
+    );
+    let got = net.read(&alice_conn);
+    let group = got
+        .iter()
+        .find_map(|g| match g {
+            Got::Sent { client_id: 2, id } => GroupId::from_u64(*id).ok(),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no group: {got:?}"));
+    net.send(
+        &mut carol_conn,
+        ClientFrame::GroupSend {
+            client_id: 3,
+            group,
+            body: b"hello both",
+        },
+    );
+    assert!(sent(&net.read(&carol_conn), 3));
+    for conn in [&alice_conn, &bob_conn] {
+        let got = net.read(conn);
+        assert!(
+            got.iter()
+                .any(|g| matches!(g, Got::GroupMessage { body, .. } if body == b"hello both")),
+            "{got:?}"
+        );
+    }
+}
+
+#[test]
+fn a_node_that_is_down_refuses_requests_and_is_owed_the_rest() {
+    let mut net = Net::cluster(&[1, 1], |_| {});
+    let (alice, alice_key) = net.signup(&number_on(&net, 1, 0));
+    let (bob, bob_key) = net.signup(&number_on(&net, 2, 0));
+    let (mut alice_conn, _) = net.login(alice, alice_key);
+    let (mut bob_conn, _) = net.login(bob, bob_key);
+    net.message(&mut bob_conn, alice, 1, b"before");
+    net.read(&bob_conn);
+    net.set_live(2, false, 2);
+
+    // To a node that is down: refused, nothing stored, no Sent.
+    net.message(&mut alice_conn, bob, 7, b"while down");
+    let got = net.read(&alice_conn);
+    assert!(got.contains(&Got::Error(ErrorKind::Unavailable)), "{got:?}");
+    assert!(!sent(&got, 7));
+    // A login for an account of the node that is down: try later.
+    let mut conn = net.connect_to(1);
+    net.send(
+        &mut conn,
+        ClientFrame::Login {
+            phone: bob,
+            key: bob_key,
+        },
+    );
+    assert!(matches!(net.read(&conn)[..], [Got::TryLater(_)]));
+    // What alice owes bob (the receipt of his message) waits for him.
+    let got = net.read(&alice_conn);
+    let seq = got
+        .iter()
+        .find_map(|g| match g {
+            Got::Message { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .unwrap_or(1);
+    net.send(&mut alice_conn, ClientFrame::Ack { up_to: seq });
+    assert!(!net.parked.is_empty(), "the receipt waits on the link");
+    net.set_live(2, true, 3);
+    assert!(net.parked.is_empty());
+    let got = net.read(&bob_conn);
+    assert!(
+        got.iter().any(|g| matches!(
+            g,
+            Got::Receipt {
+                kind: ReceiptKind::Delivered,
+                client_id: 1,
+                ..
+            }
+        )),
+        "{got:?}"
+    );
+    // Back: the refused message goes through when sent again.
+    net.message(&mut alice_conn, bob, 7, b"while down");
+    assert!(sent(&net.read(&alice_conn), 7));
+}
+
+#[test]
+fn logins_past_the_admission_bucket_are_told_to_try_later() {
+    let mut net = Net::new(1, |c| {
+        c.logins_admitted_per_s = 1;
+        c.logins_admitted_burst = 2;
+    });
+    let (alice, key) = net.signup("+15550000001");
+    net.login(alice, key);
+    net.login(alice, key);
+    let mut conn = net.connect();
+    net.send(&mut conn, ClientFrame::Login { phone: alice, key });
+    let got = net.read(&conn);
+    let [Got::TryLater(after_ms)] = got[..] else {
+        panic!("{got:?}")
+    };
+    assert!((1_000..=6_000).contains(&after_ms), "{after_ms}");
+    assert!(net.shards[0].is_closing(conn.conn));
+    net.advance(1_000);
+    net.login(alice, key);
+}
