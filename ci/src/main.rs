@@ -4,7 +4,8 @@
 //!   after installing the Debian packages the tests use when they are missing
 //!   (`e2fsprogs` for the disk-full test, `mosquitto` for the MQTT target,
 //!   `faketime` for the clock-step tests, `systemd` for verifying the unit
-//!   in `packaging/`).
+//!   in `packaging/`, `etcd-server` and `etcd-client` for the multi-node
+//!   harness, `protobuf-compiler` for the etcd client crate's build).
 //! - `fmt`: `cargo fmt --check`.
 //! - `clippy`: every target, warnings denied.
 //! - `unit`: `cargo test --workspace` (integration tests start the real binary).
@@ -99,11 +100,12 @@ fn root() -> PathBuf {
 
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
     eprintln!("ci: cargo {}", args.join(" "));
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(args)
-        .current_dir(root())
-        .status()
-        .context("running cargo")?;
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.args(args).current_dir(root());
+    // Started by `cargo run -p ci`, this process has ci's package
+    // variables, which would make these builds differ from a shell's.
+    ci::harness::without_package_env(&mut command);
+    let status = command.status().context("running cargo")?;
     if !status.success() {
         bail!("cargo {} failed ({status})", args.join(" "));
     }
@@ -121,6 +123,9 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     // The cluster tests' coordination store and its command-line client.
     ("etcd", "etcd-server"),
     ("etcdctl", "etcd-client"),
+    // The etcd client crate's build compiles etcd's protobuf definitions
+    // (.cargo/protoc falls back to a vendored protoc without it).
+    ("protoc", "protobuf-compiler"),
 ];
 
 /// Where `program` is, on the PATH or in the sbin directories (which a
