@@ -35,6 +35,7 @@ use shard::{PartitionMap, Shard, ShardConfig, PARTITIONS_DEFAULT};
 use storage::log::LogConfig;
 
 use crate::{
+    cluster::identity::NodeIdentity,
     config::{flags::Flags, Config, JournalKind},
     control::{gateways::GatewayStats, AdminSettings, Control},
     push::{PushQueue, PushSender},
@@ -106,6 +107,12 @@ fn run(flags: Flags) -> anyhow::Result<()> {
     let shard_count = shard_count(&config)?;
     let map = PartitionMap::new(PARTITIONS_DEFAULT, shard_count as u16);
     let _lock = open_data_dir(&mut config)?;
+    let node = config.cluster.as_ref().map(|cluster| NodeIdentity {
+        node_id: cluster.node_id,
+        prefix: cluster.prefix.clone(),
+    });
+    let has_data = config.data_dir.join("log").exists();
+    cluster::identity::check(&config.data_dir, node.as_ref(), has_data)?;
     let identity = match config.listen {
         Some(_) => Some(tls::load_or_generate(
             config.tls.cert.as_deref(),

@@ -7,9 +7,11 @@
 //! - `partitions`: the partition map and its stored form, checked whole;
 //! - `view`: the cluster as the keys under the prefix describe it;
 //! - `coordinator`: the lease, registration, election, the controller's
-//!   assignment, the watch, endpoint failover.
+//!   assignment, the watch, endpoint failover;
+//! - `identity`: the node a data directory belongs to.
 
 pub mod coordinator;
+pub mod identity;
 pub mod partitions;
 pub mod view;
 

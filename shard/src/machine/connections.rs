@@ -16,7 +16,7 @@ use crate::{
 
 /// A connection on this shard. The generation makes ids of closed
 /// connections harmless when a reply for them arrives late.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ConnId {
     index: u32,
     generation: u32,

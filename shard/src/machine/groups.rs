@@ -53,7 +53,7 @@ struct PostCopy {
 }
 
 /// What a phone asked of a group, on its way to the group's owner.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub enum GroupAction {
     Create {
         subject: String,

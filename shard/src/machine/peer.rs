@@ -10,8 +10,9 @@ use wire::{ErrorKind, GroupId, Phone, Presence, Profile, ReceiptKind, TypingStat
 use super::{ConnId, GroupAction};
 
 /// Messages between shards. They travel only through the bounded
-/// per-(source, destination) queues.
-#[derive(Debug)]
+/// per-(source, destination) queues, and between nodes on their links
+/// (encoded with postcard: variants are only appended, like records').
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub enum PeerMessage {
     /// Store a message in `to`'s mailbox; answer `Stored` to `reply` on the
     /// sender's home shard.
