@@ -16,8 +16,12 @@
 //!   [`bench`]); not part of `test`.
 //! - `stall`: the cross-shard stall hunt (`server/tests/stall.rs`) at 400
 //!   rounds instead of CI's 10; not part of `test`.
+//! - `dashboard`: draws the Grafana dashboard against a running server
+//!   under load into `docs/dashboard.png` (see [`dashboard`]); for the
+//!   docs, run by hand, not part of `test`.
 
 mod bench;
+mod dashboard;
 
 use std::{
     io::{BufRead, BufReader},
@@ -53,6 +57,8 @@ enum Task {
     Stall,
     /// isle against mosquitto and the bare relay, side by side.
     Bench(bench::Options),
+    /// The Grafana dashboard drawn against isle under load, for the docs.
+    Dashboard(dashboard::Options),
 }
 
 impl Task {
@@ -65,6 +71,7 @@ impl Task {
             Task::Smoke => "smoke",
             Task::Stall => "stall",
             Task::Bench(_) => "bench",
+            Task::Dashboard(_) => "dashboard",
         }
     }
 }
@@ -83,6 +90,7 @@ fn main() {
         Task::Smoke => smoke(),
         Task::Stall => stall(),
         Task::Bench(options) => bench::bench(options),
+        Task::Dashboard(options) => dashboard::dashboard(options),
     };
     if let Err(error) = result {
         eprintln!("ci: {error:#}");
@@ -129,8 +137,12 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
 ];
 
 /// Where `program` is, on the PATH or in the sbin directories (which a
-/// user's PATH may lack).
+/// user's PATH may lack). An absolute path names a file a package
+/// installs (a font), found there or not at all.
 fn find_program(program: &str) -> Option<PathBuf> {
+    if Path::new(program).is_absolute() {
+        return Path::new(program).is_file().then(|| program.into());
+    }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
@@ -138,7 +150,8 @@ fn find_program(program: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// Installs with apt-get the packages whose program is missing. Only root
+/// Installs with apt-get the packages whose program (or file, given as
+/// an absolute path) is missing. Only root
 /// can; anyone else is told what to install.
 fn packages(wanted: &[(&str, &str)]) -> anyhow::Result<()> {
     let missing: Vec<&str> = wanted
