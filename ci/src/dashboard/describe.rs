@@ -182,15 +182,21 @@ fn panel(out: &mut String, data: &PanelData, capture: &Capture) {
         );
         return;
     }
-    let largest = data
-        .series
-        .iter()
-        .flat_map(|series| series.points.iter().map(|&(_, value)| value.abs()))
-        .fold(0.0, f64::max);
-    if largest == 0.0 {
+    let Some((series, (time, value))) = highest(data) else {
         out.push_str("0 throughout the run.\n");
         return;
-    }
+    };
+    let name = match data.panel.kind {
+        Kind::Stat => "the value",
+        Kind::TimeSeries => &format!("`{}`", series.legend),
+    };
+    let _ = writeln!(
+        out,
+        "Highest: {name} at {}, {} UTC ({}).\n",
+        data.panel.unit.scale(value).format(value),
+        clock(time),
+        phase_at(&capture.phases, time),
+    );
     out.push_str("| series |");
     for (index, phase) in capture.phases.iter().enumerate() {
         let _ = write!(out, " {} {} |", index + 1, phase.name);
@@ -212,13 +218,46 @@ fn panel(out: &mut String, data: &PanelData, capture: &Capture) {
     }
 }
 
-/// `max / end` of `series` within `phase`, each number in its own scale,
+/// The series and point of a panel's highest value (its first time),
+/// if any is above zero.
+fn highest(data: &PanelData) -> Option<(&Series, (f64, f64))> {
+    let points = data
+        .series
+        .iter()
+        .flat_map(|series| series.points.iter().map(move |&point| (series, point)));
+    points.fold(None, |best, (series, (time, value))| {
+        let higher = best.map_or(value > 0.0, |(_, (_, top))| value > top);
+        if higher {
+            Some((series, (time, value)))
+        } else {
+            best
+        }
+    })
+}
+
+/// Which phase `time` falls in, as `phase N NAME`, or the rest around
+/// them.
+fn phase_at(phases: &[PhaseRecord], time: f64) -> String {
+    let found = phases
+        .iter()
+        .position(|phase| time >= phase.start_s && time < phase.end_s);
+    match found {
+        Some(index) => format!("phase {} {}", index + 1, phases[index].name),
+        None if phases.first().is_some_and(|first| time < first.start_s) => {
+            "before the first phase".to_owned()
+        }
+        None => "after the last phase".to_owned(),
+    }
+}
+
+/// `max / end` of `series` within `phase` (its start included, its end
+/// not: the next phase's), each number in its own scale,
 /// or `–` with no point there.
 fn in_phase(series: &Series, phase: &PhaseRecord, unit: Unit) -> String {
     let points: Vec<f64> = series
         .points
         .iter()
-        .filter(|&&(time, _)| time >= phase.start_s && time <= phase.end_s)
+        .filter(|&&(time, _)| time >= phase.start_s && time < phase.end_s)
         .map(|&(_, value)| value)
         .collect();
     let Some(&end) = points.last() else {
@@ -227,4 +266,95 @@ fn in_phase(series: &Series, phase: &PhaseRecord, unit: Unit) -> String {
     let max = points.iter().copied().fold(f64::MIN, f64::max);
     let write = |value: f64| unit.scale(value).format(value);
     format!("{} / {}", write(max), write(end))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::markdown;
+    use crate::dashboard::{
+        capture::{Capture, PanelData, Series},
+        grafana::{Grid, Kind, Panel, Target},
+        load::PhaseRecord,
+        units::Unit,
+    };
+
+    fn phase(name: &str, start_s: f64, end_s: f64) -> PhaseRecord {
+        PhaseRecord {
+            name: name.to_owned(),
+            summary: format!("{name} things"),
+            command: String::new(),
+            start_s,
+            end_s,
+            report: serde_json::Value::Null,
+        }
+    }
+
+    fn panel(title: &str, series: Vec<Series>) -> PanelData {
+        PanelData {
+            panel: Panel {
+                title: title.to_owned(),
+                kind: Kind::TimeSeries,
+                grid: Grid {
+                    x: 0,
+                    y: 0,
+                    w: 12,
+                    h: 8,
+                },
+                unit: Unit::Seconds,
+                targets: vec![Target {
+                    expr: "q".to_owned(),
+                    legend: None,
+                }],
+            },
+            queries: vec!["q".to_owned()],
+            series,
+        }
+    }
+
+    fn line(legend: &str, values: &[f64]) -> Series {
+        Series {
+            legend: legend.to_owned(),
+            target: 0,
+            points: values
+                .iter()
+                .enumerate()
+                .map(|(t, &v)| (t as f64, v))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn each_series_is_summed_up_per_phase() {
+        let capture = Capture {
+            title: "t".to_owned(),
+            start_s: 0.0,
+            end_s: 6.0,
+            step_s: 1,
+            scrape_s: 1,
+            variables: BTreeMap::from([("instance".to_owned(), ".*".to_owned())]),
+            environment: vec![],
+            phases: vec![phase("busy", 0.0, 3.0), phase("idle", 3.0, 6.0)],
+            panels: vec![
+                panel(
+                    "Latency",
+                    vec![line("p99", &[0.001, 0.004, 0.002, 0.0005, 0.0, 0.0])],
+                ),
+                panel("Flat", vec![line("a", &[0.0, 0.0])]),
+                panel("Empty", vec![]),
+            ],
+        };
+        let text = markdown(&capture);
+        assert!(
+            text.contains("| p99 | 4 ms / 2 ms | 500 µs / 0 µs |"),
+            "{text}"
+        );
+        assert!(text.contains("Highest: `p99` at 4 ms, 00:00:01 UTC (phase 1 busy)."));
+        assert!(text.contains("### Flat\n\nA time series; its queries:\n\n- `q`\n\n0 throughout"));
+        assert!(text.contains("### Empty") && text.contains("No data: no series matched"));
+        assert!(
+            text.contains("`$instance` by `.*`") && text.contains("`$__rate_interval` by `4s`")
+        );
+    }
 }

@@ -232,6 +232,12 @@ fn time_series(area: &Area, data: &PanelData, capture: &Capture) -> anyhow::Resu
         let color = PALETTE[index % PALETTE.len()];
         for segment in segments(&series.points, capture.step_s) {
             let points = segment.iter().map(|&(t, v)| (t, v / scale.divisor));
+            if let [(time, value)] = segment {
+                // A value between gaps is a dot, as Grafana draws one.
+                let dot = Circle::new((*time, value / scale.divisor), 3, color.filled());
+                chart.draw_series(std::iter::once(dot)).map_err(plot)?;
+                continue;
+            }
             chart
                 .draw_series(LineSeries::new(points, color.stroke_width(2)))
                 .map_err(plot)?;
