@@ -134,8 +134,12 @@ fn phases(out: &mut String, phases: &[PhaseRecord]) {
         "\nLatency is loadgen's, from a send to its arrival: a message to a phone that \
          is away waits for it to come back (phase 1's p99); phones that read nothing \
          are left out of the figures (phase 2). A mailbox keeps an entry, a message \
-         or a receipt, until its phone acknowledges it, so what was queued for phones \
-         that had logged off when their loadgen run ended stays queued after it.\n\
+         or a receipt, until its phone acknowledges it, and loadgen ends a run once \
+         every message has arrived, not every receipt: the `Delivered` receipts its \
+         phones had not read when they logged off stay queued after the run (in a \
+         run of phase 2 alone, every message stored was acknowledged, the mailboxes \
+         held no message bytes, and the entries left equalled the receipts stored \
+         less those loadgen read).\n\
          \nWhat this load does not exercise, so its series stay at zero: SMS (test \
          numbers get a fixed code and no SMS), push (no phone registers a push token), \
          the write-back cache (`sync_delay_ms` is 0 by default, so it is off), \
