@@ -22,6 +22,9 @@
 //! going out ahead of it. The server holds later sends of each such
 //! conversation back (`OutOfOrder`, retryable too) meanwhile. Only final
 //! refusals count as `rejected`.
+//!
+//! `--target` may name several nodes of a cluster; `dial` takes each
+//! phone to its home node (redirects, try-laters).
 
 mod pacer;
 mod phone;
@@ -145,6 +148,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     }
     let first = args.connect.first(args.phones)?;
     let dialer = args.connect.dialer()?;
+    let dial_counts = dialer.counts.clone();
     let shared = Arc::new(Shared::default());
     let epoch = Instant::now();
 
@@ -176,7 +180,8 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     drain(args, &shared);
     shared.finished.store(true, Relaxed);
     let results = handles.join()?;
-    Report::new(args, &shared, threads, login_s, sending, &results)
+    let dialed = dial_counts.read();
+    Report::new(args, &shared, threads, login_s, sending, dialed, &results)
 }
 
 /// What the main thread measured while the phones sent.

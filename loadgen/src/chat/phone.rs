@@ -10,13 +10,14 @@ use std::{
 };
 
 use futures_lite::io::split;
-use wire::{DeviceKey, Phone};
+use wire::Phone;
 
 use super::read::read_loop;
 use super::thread::Thread;
 use super::write::write_loop;
 use crate::connection::Connection;
 use crate::dial::Backoff;
+use crate::route::Account;
 
 /// How long a phone waits after a retryable refusal before writing its
 /// refused sends again (ms).
@@ -28,8 +29,9 @@ pub(super) struct PhoneState {
     pub(super) number: Phone,
     /// Reads nothing and sends nothing until sending stops.
     pub(super) stalled: bool,
-    /// The device key sign-up gave, to log in again after a reconnect.
-    pub(super) key: Cell<Option<DeviceKey>>,
+    /// The device key sign-up gave, to log in again after a reconnect,
+    /// and where its account lives.
+    pub(super) account: Account,
     /// Intended send times (ns since the epoch) of sends not yet written.
     pub(super) queue: RefCell<VecDeque<u64>>,
     /// Highest mailbox seq received and not yet acknowledged.
@@ -65,7 +67,7 @@ impl PhoneState {
             index,
             number,
             stalled,
-            key: Cell::new(None),
+            account: Account::default(),
             queue: RefCell::new(VecDeque::new()),
             ack_up_to: Cell::new(0),
             pubacks: RefCell::new(Vec::new()),
@@ -138,7 +140,7 @@ pub(super) async fn connect_with_backoff(
     give_up: impl Fn() -> bool,
 ) -> anyhow::Result<Connection> {
     loop {
-        match thread.dialer.log_in(phone.number, &phone.key).await {
+        match thread.dialer.log_in(phone.number, &phone.account).await {
             Ok(connection) => return Ok(connection),
             Err(error) if give_up() => return Err(error),
             Err(_) => backoff.wait().await,

@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::phone::stalled;
 use super::thread::ThreadResult;
 use super::{Args, Sending, Shared};
-use crate::dial::Protocol;
+use crate::dial::{Dialed, Protocol};
 use crate::report::Heading;
 use crate::window::latency_histogram;
 
@@ -45,6 +45,11 @@ pub struct Report {
     /// among them those for waiting on an earlier refused send.
     pub refused_retryable: u64,
     pub out_of_order: u64,
+    /// What phones met on their way onto a server: redirects followed,
+    /// try-laters honoured, redirect loops cut, waits for an answer that
+    /// ran out.
+    #[serde(flatten)]
+    pub dialed: Dialed,
     pub disconnects: u64,
     pub reconnects: u64,
     pub resent: u64,
@@ -84,6 +89,7 @@ impl Report {
         threads: usize,
         login_s: f64,
         sending: Sending,
+        dialed: Dialed,
         results: &[ThreadResult],
     ) -> anyhow::Result<Report> {
         let mut histogram = latency_histogram();
@@ -125,6 +131,7 @@ impl Report {
             rejected: shared.rejected.load(Relaxed),
             refused_retryable: shared.refused_retryable.load(Relaxed),
             out_of_order: shared.out_of_order.load(Relaxed),
+            dialed,
             disconnects: shared.disconnects.load(Relaxed),
             reconnects: shared.reconnects.load(Relaxed),
             resent: shared.resent.load(Relaxed),
@@ -179,6 +186,7 @@ impl Report {
         "protocol={:?} phones={} threads={} tls={} rate={} duration={}s\n\
          sent={} acked={} delivered={} lost={} duplicates={} reordered={} receipts={} errors={} rejected={}\n\
          refused_retryable={} out_of_order={} disconnects={} reconnects={} resent={} hangups={}\n\
+         {}\n\
          logins/s={:.0} delivered/s={:.0} latency_us p50={:.1} p99={:.1} p99.9={:.1} max={:.1}\n\
          send_lag_us p50={:.1} p99={:.1}{}",
         r.protocol,
@@ -202,6 +210,7 @@ impl Report {
         r.reconnects,
         r.resent,
         r.hangups,
+        r.dialed,
         r.login_per_s,
         r.delivered_per_s,
         r.latency_us_p50,
