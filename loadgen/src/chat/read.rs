@@ -124,6 +124,7 @@ pub(super) fn on_refused(thread: &Thread, phone: &Rc<PhoneState>, client_id: u64
     if !kind.is_retryable() {
         phone.in_flight.borrow_mut().remove(&client_id);
         shared.rejected.fetch_add(1, Relaxed);
+        send_next(thread, phone);
         return;
     }
     shared.refused_retryable.fetch_add(1, Relaxed);
@@ -152,12 +153,18 @@ pub(super) fn on_sent(thread: &Thread, phone: &PhoneState, client_id: u64) {
     if phone.in_flight.borrow_mut().remove(&client_id).is_some() {
         shared.acked.fetch_add(1, Relaxed);
         thread.acked.borrow_mut().push(key(phone.index, client_id));
-        if thread.args.rate == 0 && !shared.stop_sending.load(Relaxed) {
-            phone.queue.borrow_mut().push_back(0);
-        }
-        if !phone.queue.borrow().is_empty() {
-            phone.wake();
-        }
+        send_next(thread, phone);
+    }
+}
+
+/// A send was answered for good: in closed loop another takes its place,
+/// so the phone keeps `--window` outstanding whatever the answers were.
+fn send_next(thread: &Thread, phone: &PhoneState) {
+    if thread.args.rate == 0 && !thread.shared.stop_sending.load(Relaxed) {
+        phone.queue.borrow_mut().push_back(0);
+    }
+    if !phone.queue.borrow().is_empty() {
+        phone.wake();
     }
 }
 
