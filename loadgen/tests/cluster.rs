@@ -1,9 +1,12 @@
 //! loadgen's side of a cluster against fake nodes: threads on loopback
 //! that speak isle's wire protocol just far enough to redirect a phone,
-//! tell it to try later, or serve its login. Each checks one rule of
-//! docs/protocol.md ("Redirects and try-later") as loadgen keeps it.
+//! tell it to try later, serve its login, or pass its messages on (and
+//! refuse them `Unavailable` first). Each checks one rule of
+//! docs/protocol.md ("Redirects and try-later") as loadgen keeps it, or
+//! what a run reports of it.
 
 use std::{
+    collections::{HashMap, HashSet},
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     process::{Command, Stdio},
@@ -18,18 +21,22 @@ use clap::Parser;
 use loadgen::dial::{Dialed, Dialer, REDIRECTS_PER_LOGIN_MAX};
 use loadgen::route::{Account, Owner};
 use wire::{
-    decode_client, encode_server, split_frame, ClientFrame, DeviceKey, Phone, ServerFrame,
-    FRAME_BYTES_MAX, PROTOCOL_VERSION,
+    decode_client, encode_server, split_frame, ClientFrame, DeviceKey, ErrorKind, Phone,
+    ServerFrame, FRAME_BYTES_MAX, PROTOCOL_VERSION,
 };
 
 /// What a fake node answers to the first frame that names an account.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Script {
     Redirect(SocketAddr, u64),
     /// `TryLater { after_ms }` the first time, then as `Serve`.
     TryLaterOnce(u32),
-    /// Sign-up and login as a server would answer them (any code, any key).
+    /// Sign-up and login as a server would answer them (any code, any
+    /// key); a `Send` is answered `Sent` and passed to its recipient.
     Serve,
+    /// As `Serve`, but each send is refused `Unavailable` the first time
+    /// it comes (as if its recipient's node were down for a moment).
+    ServeRefusingEachSendOnce,
 }
 
 /// One connection a fake node accepted: when, the frames it read (by
@@ -43,10 +50,28 @@ struct Seen {
     logged_in: Option<Phone>,
 }
 
+/// What a fake node's connections share.
+#[derive(Default)]
+struct Node {
+    script: Mutex<Option<Script>>,
+    seen: Mutex<Vec<Seen>>,
+    tried_later: AtomicBool,
+    /// Every write to any connection holds this, so that a message
+    /// passed on never lands inside a reply.
+    mailroom: Mutex<Mailroom>,
+}
+
+/// The logged-in phones' connections, and the sends refused once.
+#[derive(Default)]
+struct Mailroom {
+    phones: HashMap<Phone, TcpStream>,
+    refused: HashSet<(Phone, u64)>,
+    next_seq: u64,
+}
+
 struct Fake {
     addr: SocketAddr,
-    script: Arc<Mutex<Script>>,
-    seen: Arc<Mutex<Vec<Seen>>>,
+    node: Arc<Node>,
     stop: Arc<AtomicBool>,
 }
 
@@ -56,12 +81,11 @@ impl Fake {
         listener.set_nonblocking(true).unwrap();
         let fake = Fake {
             addr: listener.local_addr().unwrap(),
-            script: Arc::new(Mutex::new(script)),
-            seen: Arc::default(),
+            node: Arc::default(),
             stop: Arc::default(),
         };
-        let (script, seen, stop) = (fake.script.clone(), fake.seen.clone(), fake.stop.clone());
-        let tried_later = Arc::new(AtomicBool::new(false));
+        fake.set(script);
+        let (node, stop) = (fake.node.clone(), fake.stop.clone());
         std::thread::spawn(move || {
             // Polled, so that `stop` closes the port: connections to it
             // are refused from then on.
@@ -70,20 +94,19 @@ impl Fake {
                     std::thread::sleep(Duration::from_millis(2));
                     continue;
                 };
-                let (script, seen) = (script.lock().unwrap().clone(), seen.clone());
-                let tried_later = tried_later.clone();
-                std::thread::spawn(move || serve(stream, script, &seen, &tried_later));
+                let node = node.clone();
+                std::thread::spawn(move || serve(stream, &node));
             }
         });
         fake
     }
 
     fn set(&self, script: Script) {
-        *self.script.lock().unwrap() = script;
+        *self.node.script.lock().unwrap() = Some(script);
     }
 
     fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
+        self.node.seen.lock().unwrap().clone()
     }
 
     fn logins(&self) -> Vec<Phone> {
@@ -97,10 +120,11 @@ impl Fake {
 }
 
 /// One connection of a fake node, recorded in `seen` as it goes.
-fn serve(mut stream: TcpStream, script: Script, seen: &Mutex<Vec<Seen>>, tried_later: &AtomicBool) {
+fn serve(mut stream: TcpStream, node: &Node) {
     stream.set_nonblocking(false).unwrap();
+    let script = node.script.lock().unwrap().clone().unwrap();
     let at = {
-        let mut seen = seen.lock().unwrap();
+        let mut seen = node.seen.lock().unwrap();
         seen.push(Seen {
             opened: Instant::now(),
             frames: Vec::new(),
@@ -109,41 +133,42 @@ fn serve(mut stream: TcpStream, script: Script, seen: &Mutex<Vec<Seen>>, tried_l
         });
         seen.len() - 1
     };
+    let record = |f: &mut dyn FnMut(&mut Seen)| f(&mut node.seen.lock().unwrap()[at]);
     let mut inbox = Vec::new();
     let mut buffer = [0u8; 4096];
     loop {
         while let Some(raw) = split_frame(&inbox, FRAME_BYTES_MAX).unwrap() {
             let consumed = raw.consumed;
             let frame = decode_client(raw.payload).unwrap();
-            let record = |f: &mut dyn FnMut(&mut Seen)| f(&mut seen.lock().unwrap()[at]);
             record(&mut |s| s.frames.push(name(&frame)));
-            let turn = match (&frame, &script) {
-                (ClientFrame::Hello { .. }, _) => None,
-                (_, Script::Redirect(addr, revision)) => Some(ServerFrame::Redirect {
-                    addr: addr.to_string(),
-                    revision: *revision,
-                }),
-                (_, Script::TryLaterOnce(after_ms)) if !tried_later.swap(true, Relaxed) => {
-                    Some(ServerFrame::TryLater {
-                        after_ms: *after_ms,
-                    })
-                }
-                _ => None,
-            };
-            if let Some(turn) = turn {
+            if let Some(turn) = turn(&frame, &script, &node.tried_later) {
                 let what = match turn {
                     ServerFrame::Redirect { .. } => "Redirect",
                     _ => "TryLater",
                 };
-                write(&mut stream, &turn);
+                write(&mut stream, &turn, node);
                 record(&mut |s| s.turned = Some((what, Instant::now())));
                 return;
             }
             if let Some(reply) = answer(&frame) {
-                write(&mut stream, &reply);
+                write(&mut stream, &reply, node);
             }
-            if let ClientFrame::Login { phone, .. } = frame {
-                record(&mut |s| s.logged_in = Some(phone));
+            match frame {
+                ClientFrame::Login { phone, .. } => {
+                    let stream = stream.try_clone().unwrap();
+                    node.mailroom.lock().unwrap().phones.insert(phone, stream);
+                    record(&mut |s| s.logged_in = Some(phone));
+                }
+                ClientFrame::Send {
+                    client_id,
+                    to,
+                    body,
+                } => {
+                    let from = node.seen.lock().unwrap()[at].logged_in.unwrap();
+                    let refuse = script == Script::ServeRefusingEachSendOnce;
+                    pass_on(&mut stream, node, refuse, from, (client_id, to, body));
+                }
+                _ => {}
             }
             inbox.drain(..consumed);
         }
@@ -151,6 +176,72 @@ fn serve(mut stream: TcpStream, script: Script, seen: &Mutex<Vec<Seen>>, tried_l
             Ok(0) | Err(_) => return,
             Ok(n) => inbox.extend_from_slice(&buffer[..n]),
         }
+    }
+}
+
+/// The `Redirect` or `TryLater` the script says `frame` gets, if any.
+fn turn(
+    frame: &ClientFrame<'_>,
+    script: &Script,
+    tried_later: &AtomicBool,
+) -> Option<ServerFrame<'static>> {
+    match (frame, script) {
+        (ClientFrame::Hello { .. }, _) => None,
+        (_, Script::Redirect(addr, revision)) => Some(ServerFrame::Redirect {
+            addr: addr.to_string(),
+            revision: *revision,
+        }),
+        (_, Script::TryLaterOnce(after_ms)) if !tried_later.swap(true, Relaxed) => {
+            Some(ServerFrame::TryLater {
+                after_ms: *after_ms,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// A send from `from`: refused `Unavailable` the first time if `refuse`,
+/// else answered `Sent` and written to its recipient's connection.
+fn pass_on(
+    stream: &mut TcpStream,
+    node: &Node,
+    refuse: bool,
+    from: Phone,
+    send: (u64, Phone, &[u8]),
+) {
+    let (client_id, to, body) = send;
+    let mut mailroom = node.mailroom.lock().unwrap();
+    let mut bytes = Vec::new();
+    if refuse && mailroom.refused.insert((from, client_id)) {
+        let refusal = ServerFrame::Error {
+            kind: ErrorKind::Unavailable,
+            client_id: Some(client_id),
+            detail: "the recipient's node is down".into(),
+        };
+        encode_server(&refusal, &mut bytes);
+        let _ = stream.write_all(&bytes);
+        return;
+    }
+    encode_server(
+        &ServerFrame::Sent {
+            client_id,
+            id: client_id,
+        },
+        &mut bytes,
+    );
+    let _ = stream.write_all(&bytes);
+    mailroom.next_seq += 1;
+    let message = ServerFrame::Message {
+        seq: mailroom.next_seq,
+        from,
+        client_id,
+        sent_at_ms: 0,
+        body: body.into(),
+    };
+    bytes.clear();
+    encode_server(&message, &mut bytes);
+    if let Some(recipient) = mailroom.phones.get_mut(&to) {
+        let _ = recipient.write_all(&bytes);
     }
 }
 
@@ -183,9 +274,10 @@ fn name(frame: &ClientFrame<'_>) -> &'static str {
     }
 }
 
-fn write(stream: &mut TcpStream, frame: &ServerFrame<'_>) {
+fn write(stream: &mut TcpStream, frame: &ServerFrame<'_>, node: &Node) {
     let mut bytes = Vec::new();
     encode_server(frame, &mut bytes);
+    let _writing = node.mailroom.lock().unwrap();
     let _ = stream.write_all(&bytes);
 }
 
@@ -388,6 +480,7 @@ fn a_chat_run_follows_redirects_to_the_home_node() {
     assert_eq!(first.seen().len() as u64, PHONES);
     assert!(report.sent > 100, "{report:?}");
     assert_eq!(report.delivered, report.sent, "{report:?}");
+    assert!(report.answer_gap_ms_max > 0.0, "{report:?}");
     // The report's page shows them with the rest of the results.
     let dir = tempfile::tempdir().unwrap();
     loadgen::report::write(dir.path(), &args, &report, &report.curves).unwrap();
@@ -395,6 +488,7 @@ fn a_chat_run_follows_redirects_to_the_home_node() {
     for row in [
         format!("<td>redirects</td><td>{PHONES}</td>"),
         "<td>redirect_loops_cut</td><td>0</td>".to_owned(),
+        "<td>answer_gap_ms_max</td>".to_owned(),
     ] {
         assert!(page.contains(&row), "{row} in {page}");
     }
@@ -420,4 +514,78 @@ fn a_run_whose_phones_are_sent_in_circles_fails_and_reports_the_loops() {
     let json: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert!(json["redirect_loops_cut"].as_u64().unwrap() >= 3, "{json}");
     assert_eq!(json["connect_failures"], 3, "{json}");
+}
+
+/// Every send refused `Unavailable` once: each is kept, written again
+/// under the same client id after the retry wait, and arrives once and
+/// in order; the run counts the refusals, and the longest wait between
+/// answers is at least that retry wait.
+#[test]
+fn sends_refused_unavailable_are_sent_again_and_counted() {
+    let node = Fake::start(Script::ServeRefusingEachSendOnce);
+    let args = loadgen::chat::Args::parse_from([
+        "loadgen",
+        "--target",
+        &node.addr.to_string(),
+        "--phones",
+        "10",
+        "--duration",
+        "1",
+        "--warmup",
+        "0",
+    ]);
+    let report = loadgen::chat::run(&args).unwrap();
+    assert!(report.failures().is_empty(), "{report:?}");
+    assert!(report.sent > 20, "{report:?}");
+    assert_eq!(
+        report.unavailable, report.sent,
+        "each refused once: {report:?}"
+    );
+    assert_eq!(report.refused_retryable, report.unavailable, "{report:?}");
+    assert_eq!((report.acked, report.delivered), (report.sent, report.sent));
+    assert_eq!((report.duplicates, report.reordered), (0, 0), "{report:?}");
+    assert_eq!(report.rejected, 0, "{report:?}");
+    assert!(
+        report.answer_gap_ms_max >= loadgen::chat::RETRY_MS as f64,
+        "{report:?}"
+    );
+}
+
+/// A server stopped for a while with sends outstanding: the phones' wait
+/// shows in `answer_gap_ms_max`, and nothing is lost.
+#[test]
+fn a_server_stopped_for_a_while_shows_in_the_answer_gap() {
+    const STOPPED: Duration = Duration::from_millis(1500);
+    let relay = Relay::start();
+    let args = loadgen::chat::Args::parse_from([
+        "loadgen",
+        "--target",
+        &relay.1.to_string(),
+        "--phones",
+        "20",
+        "--duration",
+        "3",
+        "--warmup",
+        "0",
+    ]);
+    let run = std::thread::spawn(move || loadgen::chat::run(&args));
+    std::thread::sleep(Duration::from_millis(1000));
+    let pid = relay.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    std::thread::sleep(STOPPED);
+    assert!(Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let report = run.join().unwrap().unwrap();
+    assert!(report.failures().is_empty(), "{report:?}");
+    assert!(
+        report.answer_gap_ms_max >= STOPPED.as_millis() as f64,
+        "{report:?}"
+    );
 }

@@ -43,6 +43,10 @@ pub(super) struct PhoneState {
     /// Sends written and not yet answered, by client id: a new connection
     /// writes them again in the order they were first written.
     pub(super) in_flight: RefCell<BTreeMap<u64, InFlight>>,
+    /// When one of its sends was last answered (`Sent` or a final
+    /// refusal), or when it began waiting with none outstanding: where
+    /// the gap `answer_gap_ms_max` measures starts (ns since the epoch).
+    pub(super) answer_mark_ns: Cell<u64>,
     /// Set for each new connection, until its writer has resent `in_flight`.
     pub(super) resend: Cell<bool>,
     /// Sends refused with a retryable error, to write again in this order
@@ -74,6 +78,7 @@ impl PhoneState {
             waker: RefCell::new(None),
             next_client_id: Cell::new(1),
             in_flight: RefCell::new(BTreeMap::new()),
+            answer_mark_ns: Cell::new(0),
             resend: Cell::new(false),
             refused: RefCell::new(BTreeSet::new()),
             retry_due: Cell::new(false),
