@@ -21,7 +21,13 @@
 //! conversation with a refused one waiting join that retry instead of
 //! going out ahead of it. The server holds later sends of each such
 //! conversation back (`OutOfOrder`, retryable too) meanwhile. Only final
-//! refusals count as `rejected`.
+//! refusals count as `rejected`. In a cluster, `Unavailable` (the
+//! recipient's server is down) is one more retryable refusal.
+//!
+//! `--target` may name several nodes of a cluster; `dial` takes each
+//! phone to its home node (redirects, try-laters). How long a node's
+//! failure stalls the phones shows in `answer_gap_ms_max`: the longest
+//! any phone waited, with sends outstanding, between two answers.
 
 mod pacer;
 mod phone;
@@ -74,7 +80,12 @@ pub struct Args {
     /// Message body size (at least 8: the intended send time rides in it).
     #[arg(long, default_value_t = 64)]
     pub body_bytes: usize,
-    /// Print the result as one JSON object on the last line.
+    /// Print the result as one JSON object on the last line: every figure
+    /// of the summary, among them (for a cluster) redirects, try_laters,
+    /// redirect_loops_cut, answer_timeouts, unavailable (sends refused
+    /// because their recipient's server was down, written again later)
+    /// and answer_gap_ms_max (the longest any phone waited, with sends
+    /// outstanding, between two answers).
     #[arg(long)]
     pub json: bool,
     /// Seconds a phone keeps trying to make its first connection (the
@@ -123,6 +134,9 @@ struct Shared {
     /// those refused for waiting on one (`OutOfOrder`).
     refused_retryable: AtomicU64,
     out_of_order: AtomicU64,
+    /// Among those, refusals because the recipient's server was down
+    /// (`Unavailable`, in a cluster).
+    unavailable: AtomicU64,
     disconnects: AtomicU64,
     /// Connections made again after one ended, and sends written again on
     /// them because their first copy had no answer.
@@ -145,6 +159,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     }
     let first = args.connect.first(args.phones)?;
     let dialer = args.connect.dialer()?;
+    let dial_counts = dialer.counts.clone();
     let shared = Arc::new(Shared::default());
     let epoch = Instant::now();
 
@@ -176,7 +191,8 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     drain(args, &shared);
     shared.finished.store(true, Relaxed);
     let results = handles.join()?;
-    Report::new(args, &shared, threads, login_s, sending, &results)
+    let dialed = dial_counts.read();
+    Report::new(args, &shared, threads, login_s, sending, dialed, &results)
 }
 
 /// What the main thread measured while the phones sent.

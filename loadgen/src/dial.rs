@@ -1,31 +1,52 @@
 //! Getting a phone onto an isle server from a glommio executor: TCP (and
 //! TLS), `Hello`, then `Login` with the phone's key, or a signup through
 //! the server's test-number range when it has none or it is refused.
+//! [`login`] holds that conversation and the cluster's part of it: which
+//! server of `--target` to try, `Redirect` and `TryLater`, and the bound
+//! on every wait for an answer.
 
-use std::{cell::Cell, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+mod login;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::Placement;
 use rustls::pki_types::ServerName;
-use wire::{
-    decode_server, encode_client, split_frame, ClientFrame, DeviceKey, Phone, ServerFrame,
-    FRAME_BYTES_MAX, PROTOCOL_VERSION,
-};
+use wire::{decode_server, split_frame, Phone, ServerFrame, FRAME_BYTES_MAX};
 
-use crate::connection::{BoxIo, Connection};
+use crate::connection::BoxIo;
+use crate::route::Nodes;
+
+pub use login::{
+    DialCounts, Dialed, NoAnswer, Turn, REDIRECTS_PER_LOGIN_MAX, TRY_LATERS_PER_LOGIN_MAX,
+};
 
 /// Where phones connect and how they are spread: the options every
 /// scenario shares. Serialized into `--report`'s parameters.
 #[derive(Debug, Clone, Args, serde::Serialize)]
 pub struct ConnectArgs {
-    /// Server address (its plaintext port, or its TLS port with --tls).
-    /// `mqtt://ADDR` runs the phones as MQTT 3.1.1 clients of a broker
-    /// instead (chat only; see `loadgen::mqtt`).
+    /// Server address (its plaintext port, or its TLS port with --tls),
+    /// or several, comma-separated: nodes of one cluster. Each phone
+    /// starts at one of them drawn at random (see --seed), follows
+    /// `Redirect`s to its home node and remembers it, honours `TryLater`,
+    /// and falls back to a node of the list when the one it knows does
+    /// not answer. `mqtt://ADDR` runs the phones as MQTT 3.1.1 clients of
+    /// a broker instead (chat only; see `loadgen::mqtt`).
     #[arg(long, default_value = "127.0.0.1:5223")]
     pub target: Target,
+    /// Seeds each phone's draw of a --target node (its first, and those
+    /// it falls back to): the same seed spreads the phones the same way.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Longest wait, in ms, for each answer while a phone connects and
+    /// logs in: the TCP and TLS handshakes, `Welcome`, each sign-up and
+    /// login reply. A wait that runs out is counted (`answer_timeouts`)
+    /// and handled like a dropped connection: back off, try again, maybe
+    /// at another node. A frozen server cannot hold a run forever.
+    #[arg(long, default_value_t = 5_000)]
+    pub answer_timeout_ms: u64,
     /// Connect with TLS.
     #[arg(long)]
     pub tls: bool,
@@ -55,11 +76,16 @@ impl ConnectArgs {
             true => Some(crate::tls::client_config(self.ca.as_deref())?),
             false => None,
         };
+        if self.answer_timeout_ms == 0 {
+            bail!("--answer-timeout-ms must be above 0");
+        }
         Ok(Dialer {
-            target: self.target.addr,
+            nodes: Nodes::new(self.target.addrs.clone(), self.seed),
             protocol: self.target.protocol,
             tls,
             code: self.code,
+            answer_timeout: Duration::from_millis(self.answer_timeout_ms),
+            counts: Arc::new(DialCounts::default()),
         })
     }
 
@@ -93,39 +119,53 @@ pub enum Protocol {
     Mqtt,
 }
 
-/// A server to drive: `ADDR` or `isle://ADDR` for isle's protocol,
-/// `mqtt://ADDR` for a broker.
-#[derive(Debug, Clone, Copy)]
+/// The servers to drive: `ADDR[,ADDR...]` or `isle://ADDR[,ADDR...]`
+/// for isle's protocol (several: nodes of one cluster), `mqtt://ADDR` for
+/// a broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub protocol: Protocol,
-    pub addr: SocketAddr,
+    /// Never empty; one address for MQTT.
+    pub addrs: Vec<SocketAddr>,
 }
 
 impl std::str::FromStr for Target {
     type Err = anyhow::Error;
 
     fn from_str(s: &str) -> anyhow::Result<Target> {
-        let (protocol, addr) = match s.split_once("://") {
+        let (protocol, list) = match s.split_once("://") {
             None => (Protocol::Isle, s),
-            Some(("isle", addr)) => (Protocol::Isle, addr),
-            Some(("mqtt", addr)) => (Protocol::Mqtt, addr),
+            Some(("isle", list)) => (Protocol::Isle, list),
+            Some(("mqtt", list)) => (Protocol::Mqtt, list),
             Some((scheme, _)) => bail!("unknown scheme {scheme:?}: use isle:// or mqtt://"),
         };
-        let addr = addr
-            .parse()
-            .with_context(|| format!("{addr:?} is not an IP address and port"))?;
-        Ok(Target { protocol, addr })
+        let addrs = list
+            .split(',')
+            .map(|addr| {
+                addr.trim()
+                    .parse()
+                    .with_context(|| format!("{addr:?} is not an IP address and port"))
+            })
+            .collect::<anyhow::Result<Vec<SocketAddr>>>()?;
+        if protocol == Protocol::Mqtt && addrs.len() > 1 {
+            bail!("mqtt:// takes one broker address");
+        }
+        Ok(Target { protocol, addrs })
     }
 }
 
-/// As it is written on the command line: `mqtt://ADDR`, or `ADDR` for
-/// isle.
+/// As it is written on the command line: `mqtt://ADDR`, or `ADDR,ADDR`
+/// for isle.
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.protocol {
-            Protocol::Isle => write!(f, "{}", self.addr),
-            Protocol::Mqtt => write!(f, "mqtt://{}", self.addr),
+        if self.protocol == Protocol::Mqtt {
+            write!(f, "mqtt://")?;
         }
+        for (i, addr) in self.addrs.iter().enumerate() {
+            let comma = if i > 0 { "," } else { "" };
+            write!(f, "{comma}{addr}")?;
+        }
+        Ok(())
     }
 }
 
@@ -145,98 +185,39 @@ impl ConnectArgs {
     }
 }
 
-/// Where and how phones connect.
+/// Where and how phones connect, and what they met on the way there
+/// (`counts`, shared by every clone: one per run).
 #[derive(Clone)]
 pub struct Dialer {
-    pub target: SocketAddr,
+    pub nodes: Nodes,
     pub protocol: Protocol,
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// The server's test-number code.
     pub code: u32,
+    /// `--answer-timeout-ms`: the bound on each wait while logging in.
+    pub answer_timeout: Duration,
+    pub counts: Arc<DialCounts>,
 }
 
 impl Dialer {
-    /// Connects and logs in: with `key` if set, else (or if that key is
-    /// refused) by signing up first, which sets `key`.
-    pub async fn log_in(
-        &self,
-        number: Phone,
-        key: &Cell<Option<DeviceKey>>,
-    ) -> anyhow::Result<Connection> {
-        if self.protocol == Protocol::Mqtt {
-            return crate::mqtt::log_in(self.open(number).await?, number).await;
-        }
-        let mut io = self.open(number).await?;
-        let mut inbox = Vec::new();
-        request(
-            &mut io,
-            &mut inbox,
-            &ClientFrame::Hello {
-                version: PROTOCOL_VERSION,
-            },
-            |f| matches!(f, ServerFrame::Welcome { .. }),
-        )
-        .await?;
-        let login = |key| ClientFrame::Login { phone: number, key };
-        if let Some(known) = key.get() {
-            // A refused login leaves the connection open: sign up again below.
-            let accepted = request(&mut io, &mut inbox, &login(known), |f| {
-                matches!(f, ServerFrame::LoggedIn { .. })
-            })
-            .await;
-            if accepted.is_ok() {
-                return Ok(Connection { io, inbox });
+    /// Connects `number` to `addr` (TCP, then TLS if configured) and says
+    /// nothing yet. The TLS handshake is not bounded here: callers wait
+    /// for this within their answer timeout.
+    pub async fn open(&self, addr: SocketAddr, number: Phone) -> anyhow::Result<BoxIo> {
+        let stream = match addr {
+            SocketAddr::V4(v4) if v4.ip().is_loopback() => {
+                connect_from(loopback_source(number), addr)?
             }
-        }
-        request(
-            &mut io,
-            &mut inbox,
-            &ClientFrame::RequestCode { phone: number },
-            |f| matches!(f, ServerFrame::CodeSent { .. }),
-        )
-        .await?;
-        let mut given = None;
-        request(
-            &mut io,
-            &mut inbox,
-            &ClientFrame::Verify {
-                phone: number,
-                code: self.code,
-            },
-            |f| match f {
-                ServerFrame::Registered { key: k, .. } => {
-                    given = Some(*k);
-                    true
-                }
-                _ => false,
-            },
-        )
-        .await?;
-        let given: DeviceKey = given.expect("set by the matcher");
-        key.set(Some(given));
-        request(&mut io, &mut inbox, &login(given), |f| {
-            matches!(f, ServerFrame::LoggedIn { .. })
-        })
-        .await?;
-        Ok(Connection { io, inbox })
-    }
-
-    /// Connects `number` (TCP, then TLS if configured) and says nothing yet.
-    pub async fn open(&self, number: Phone) -> anyhow::Result<BoxIo> {
-        let stream = match self.target {
-            SocketAddr::V4(target) if target.ip().is_loopback() => {
-                connect_from(loopback_source(number), self.target)?
-            }
-            _ => TcpStream::connect(self.target)
+            _ => TcpStream::connect(addr)
                 .await
-                .map_err(|e| anyhow::anyhow!("connecting: {e}"))?,
+                .map_err(|e| anyhow::anyhow!("connecting to {addr}: {e}"))?,
         };
         stream
             .set_nodelay(true)
             .map_err(|e| anyhow::anyhow!("nodelay: {e}"))?;
         Ok(match self.tls.clone() {
             Some(config) => {
-                let name = ServerName::from(self.target.ip());
+                let name = ServerName::from(addr.ip());
                 Box::new(
                     futures_rustls::TlsConnector::from(config)
                         .connect(name, stream)
@@ -329,36 +310,6 @@ pub fn take_frames(
     result
 }
 
-/// Sends one frame and waits for the reply, which must satisfy `accept`.
-pub async fn request(
-    io: &mut BoxIo,
-    inbox: &mut Vec<u8>,
-    frame: &ClientFrame<'_>,
-    mut accept: impl FnMut(&ServerFrame<'_>) -> bool,
-) -> anyhow::Result<()> {
-    let mut bytes = Vec::new();
-    encode_client(frame, &mut bytes);
-    io.write_all(&bytes).await?;
-    io.flush().await?;
-    loop {
-        if let Some(raw) = split_frame(inbox, FRAME_BYTES_MAX)? {
-            let consumed = raw.consumed;
-            let reply = decode_server(raw.payload)?;
-            inbox.drain(..consumed);
-            if !accept(&reply) {
-                bail!("unexpected reply {reply:?}");
-            }
-            return Ok(());
-        }
-        let mut buffer = [0u8; 4096];
-        let n = io.read(&mut buffer).await?;
-        if n == 0 {
-            bail!("server closed the connection");
-        }
-        inbox.extend_from_slice(&buffer[..n]);
-    }
-}
-
 /// Delays between connection attempts double from the minimum to the
 /// maximum; each is drawn from the upper half of its range so that phones
 /// cut off together do not all come back in the same millisecond.
@@ -394,6 +345,37 @@ impl Backoff {
 mod tests {
     use super::*;
     use wire::encode_server;
+
+    #[test]
+    fn a_target_is_one_address_or_a_list_and_prints_as_written() {
+        let check = |written: &str, protocol, addrs: &[&str]| {
+            let target: Target = written.parse().unwrap();
+            let addrs: Vec<SocketAddr> = addrs.iter().map(|a| a.parse().unwrap()).collect();
+            assert_eq!(target, Target { protocol, addrs }, "{written}");
+            let again: Target = target.to_string().parse().unwrap();
+            assert_eq!(again, target, "{written} prints as {target}");
+        };
+        check("127.0.0.1:5223", Protocol::Isle, &["127.0.0.1:5223"]);
+        check(
+            "10.77.0.2:5222,10.77.0.3:5222",
+            Protocol::Isle,
+            &["10.77.0.2:5222", "10.77.0.3:5222"],
+        );
+        check(
+            "isle://10.0.0.1:1, 10.0.0.2:2",
+            Protocol::Isle,
+            &["10.0.0.1:1", "10.0.0.2:2"],
+        );
+        check("mqtt://127.0.0.1:1883", Protocol::Mqtt, &["127.0.0.1:1883"]);
+        for wrong in [
+            "",
+            "10.0.0.1:1,",
+            "mqtt://10.0.0.1:1,10.0.0.2:1",
+            "tcp://10.0.0.1:1",
+        ] {
+            assert!(wrong.parse::<Target>().is_err(), "{wrong:?}");
+        }
+    }
 
     #[test]
     fn take_frames_drains_whole_frames_and_stops_at_a_bad_one() {

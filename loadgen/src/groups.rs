@@ -32,7 +32,8 @@ use serde::Serialize;
 use wire::{encode_client, ClientFrame, GroupId, Phone, ReceiptKind, ServerFrame};
 
 use crate::connection::BoxIo;
-use crate::dial::{take_frames, ConnectArgs, Dialer};
+use crate::dial::{take_frames, ConnectArgs, Dialed, Dialer};
+use crate::route::Account;
 use crate::window::{latency_histogram, wait_for, Threads, Window};
 
 #[derive(Debug, Clone, clap::Parser, serde::Serialize)]
@@ -100,6 +101,10 @@ pub struct Report {
     /// Posts that reached a member twice or out of order.
     pub duplicates: u64,
     pub errors: u64,
+    /// What phones met on their way onto a server (redirects,
+    /// try-laters, loops cut, waits that ran out).
+    #[serde(flatten)]
+    pub dialed: Dialed,
     /// For `--report`: not on the JSON line.
     #[serde(skip)]
     pub curves: crate::report::Curves,
@@ -128,6 +133,7 @@ impl Report {
             self.duplicates,
             self.errors
         );
+        println!("dialing: {}", self.dialed);
     }
 
     pub fn failed(&self) -> bool {
@@ -170,6 +176,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     }
     let first = args.connect.first(args.phones)?;
     let dialer = args.connect.dialer()?;
+    let dial_counts = dialer.counts.clone();
     let shared = Arc::new(Shared::default());
     let threads = args.connect.threads().min(groups);
     let run = {
@@ -235,6 +242,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         undelivered,
         duplicates: shared.duplicates.load(Relaxed),
         errors: shared.errors.load(Relaxed),
+        dialed: dial_counts.read(),
         curves: crate::report::Curves::new("member delivery latency", &histogram).with_timeline(
             measured.timeline,
             ["posts", "member deliveries"],
@@ -324,13 +332,13 @@ async fn phone(
     creates: bool,
     members: Vec<Phone>,
 ) -> anyhow::Result<u64> {
-    let key = Cell::new(None);
+    let account = Account::default();
     let connection = {
         let _permit = permits
             .acquire_permit(1)
             .await
             .expect("semaphore never closes");
-        dialer.log_in(number, &key).await?
+        dialer.log_in(number, &account).await?
     };
     thread.logged_in.set(thread.logged_in.get() + 1);
     thread.shared.logged_in.fetch_add(1, Relaxed);

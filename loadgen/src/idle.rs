@@ -10,7 +10,7 @@
 //! Login rate is phones over the time spent connecting, pauses excluded.
 
 use std::{
-    cell::{Cell, RefCell},
+    cell::RefCell,
     rc::Rc,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
@@ -27,8 +27,9 @@ use serde::Serialize;
 use wire::{encode_client, ClientFrame, Phone, ServerFrame};
 
 use crate::connection::Connection;
-use crate::dial::{take_frames, Dialer};
+use crate::dial::{take_frames, Dialed, Dialer};
 use crate::report::Heading;
+use crate::route::Account;
 use crate::window::{wait_until, Threads, SETUP_WAIT_MAX};
 
 #[derive(Debug, Clone, Parser, serde::Serialize)]
@@ -89,6 +90,10 @@ pub struct Report {
     pub heading: Heading,
     pub logged_in: usize,
     pub connect_failures: u64,
+    /// What phones met on their way onto a server (redirects,
+    /// try-laters, loops cut, waits that ran out).
+    #[serde(flatten)]
+    pub dialed: Dialed,
     /// Connections that ended while they were meant to be held.
     pub disconnects: u64,
     pub pings: u64,
@@ -130,6 +135,7 @@ impl Report {
             self.pongs,
             self.pings,
         );
+        println!("dialing: {}", self.dialed);
         if let (Some(first), Some(last)) = (self.samples.first(), self.samples.last()) {
             println!(
                 "server RSS {:.1} MiB with {} phones, {:.1} MiB with {}: {:.0} bytes per phone (slope over {} samples)",
@@ -168,6 +174,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     let first = args.connect.first(phones)?;
     args.connect.require_isle("idle")?;
     let dialer = args.connect.dialer()?;
+    let dial_counts = dialer.counts.clone();
     let mut samples: Vec<Sample> = sample(args.server_pid, 0)?.into_iter().collect();
 
     let shared = Arc::new(Shared::default());
@@ -203,6 +210,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         heading: Heading::new("idle", phones, &args.connect),
         logged_in,
         connect_failures: shared.connect_failures.load(Relaxed),
+        dialed: dial_counts.read(),
         disconnects: shared.disconnects.load(Relaxed),
         pings: shared.pings.load(Relaxed),
         pongs: shared.pongs.load(Relaxed),
@@ -311,7 +319,7 @@ async fn run_thread(
                 glommio::spawn_local(async move {
                     let connection = {
                         let _permit = permits.acquire_permit(1).await.expect("never closed");
-                        match dialer.log_in(number, &Cell::new(None)).await {
+                        match dialer.log_in(number, &Account::default()).await {
                             Ok(connection) => connection,
                             Err(error) => {
                                 if shared.connect_failures.fetch_add(1, Relaxed) < 5 {

@@ -21,6 +21,7 @@ pub mod presence;
 pub mod process;
 pub mod relay;
 pub mod report;
+pub mod route;
 pub mod slow;
 pub mod storm;
 pub mod tls;

@@ -35,7 +35,8 @@ use serde::Serialize;
 use wire::{encode_client, ClientFrame, Phone, Presence, ServerFrame};
 
 use crate::connection::BoxIo;
-use crate::dial::{take_frames, ConnectArgs, Dialer};
+use crate::dial::{take_frames, ConnectArgs, Dialed, Dialer};
+use crate::route::Account;
 use crate::window::{latency_histogram, wait_for, Measured, Threads, Window};
 
 #[derive(Debug, Clone, clap::Parser, serde::Serialize)]
@@ -100,6 +101,10 @@ pub struct Report {
     /// (counted in `updates`, left out of the latency).
     pub stale: u64,
     pub errors: u64,
+    /// What phones met on their way onto a server (redirects,
+    /// try-laters, loops cut, waits that ran out).
+    #[serde(flatten)]
+    pub dialed: Dialed,
     /// For `--report`: not on the JSON line.
     #[serde(skip)]
     pub curves: crate::report::Curves,
@@ -128,6 +133,7 @@ impl Report {
             self.stale,
             self.errors
         );
+        println!("dialing: {}", self.dialed);
     }
 
     /// A run fails on an error, or when nothing changed or nothing was
@@ -169,6 +175,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     }
     let first = args.connect.first(args.phones)?;
     let dialer = args.connect.dialer()?;
+    let dial_counts = dialer.counts.clone();
     let shared = Arc::new(Shared {
         logged_in: AtomicUsize::new(0),
         synced: AtomicUsize::new(0),
@@ -232,14 +239,26 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     for result in histograms {
         histogram.add(&result)?;
     }
-    Ok(Report::new(args, &shared, &histogram, measured))
+    Ok(Report::new(
+        args,
+        &shared,
+        &histogram,
+        measured,
+        dial_counts.read(),
+    ))
 }
 
 impl Report {
     /// The report of a run: the counts `shared` holds, the latency the
     /// threads measured (`histogram`), and what the main thread measured
-    /// over the window.
-    fn new(args: &Args, shared: &Shared, histogram: &Histogram<u64>, measured: Measured) -> Report {
+    /// over the window, with what the phones met dialing (`dialed`).
+    fn new(
+        args: &Args,
+        shared: &Shared,
+        histogram: &Histogram<u64>,
+        measured: Measured,
+        dialed: Dialed,
+    ) -> Report {
         let updates_measured = shared.updates_measured.load(Relaxed) as f64;
         let measured_s = measured.seconds;
         let micros = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
@@ -263,6 +282,7 @@ impl Report {
             missed: (changes * args.contacts as u64).saturating_sub(updates),
             stale: shared.stale.load(Relaxed),
             errors: shared.errors.load(Relaxed),
+            dialed,
             curves: crate::report::Curves::new("presence update latency", histogram).with_timeline(
                 measured.timeline,
                 ["changes", "updates"],
@@ -372,13 +392,13 @@ async fn run_phone(
     number: Phone,
     phone: &PhoneState,
 ) -> anyhow::Result<()> {
-    let key = Cell::new(None);
+    let account = Account::default();
     let connection = {
         let _permit = permits
             .acquire_permit(1)
             .await
             .expect("semaphore never closes");
-        dialer.log_in(number, &key).await?
+        dialer.log_in(number, &account).await?
     };
     thread.shared.logged_in.fetch_add(1, Relaxed);
     let (reader, writer) = split(connection.io);

@@ -32,8 +32,9 @@ use serde::Serialize;
 use wire::{encode_client, ClientFrame, Phone, ServerFrame};
 
 use crate::connection::Connection;
-use crate::dial::{take_frames, Backoff, Dialer};
+use crate::dial::{take_frames, Backoff, Dialed, Dialer};
 use crate::report::Heading;
+use crate::route::Account;
 use crate::window::{wait_until, Threads};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -89,6 +90,10 @@ pub struct Report {
     /// Phones logged in again after the drop, and those that gave up.
     pub back: usize,
     pub failures: u64,
+    /// What phones met on their way onto a server (redirects,
+    /// try-laters, loops cut, waits that ran out).
+    #[serde(flatten)]
+    pub dialed: Dialed,
     pub logins_per_s: f64,
     /// From the moment the phones set out to come back (`command`), or
     /// the first phone saw the server go (`server`), until the last phone
@@ -133,6 +138,7 @@ impl Report {
             self.login_ms_p99,
             self.login_ms_max,
         );
+        println!("dialing: {}", self.dialed);
         if self.server_cpu_s > 0.0 {
             println!(
                 "server CPU while they came back: {:.2} s, {:.0} logins per CPU second",
@@ -233,6 +239,7 @@ pub fn run_then(args: &Args, waiting: impl FnOnce()) -> anyhow::Result<Report> {
     let first = args.connect.first(args.phones + senders)?;
     args.connect.require_isle("storm")?;
     let dialer = args.connect.dialer()?;
+    let dial_counts = dialer.counts.clone();
     let shared = Arc::new(Shared::new());
     let threads = args.connect.threads();
     let run = {
@@ -249,18 +256,19 @@ pub fn run_then(args: &Args, waiting: impl FnOnce()) -> anyhow::Result<Report> {
     let result = drive(args, senders, &shared, waiting);
     shared.phase.store(PHASE_FINISHED, Relaxed);
     let results = handles.join()?;
-    Report::new(args, &shared, &results, result?)
+    Report::new(args, &shared, &results, result?, dial_counts.read())
 }
 
 impl Report {
     /// The report of a run: the counts `shared` holds, what each thread
     /// saw (`results`), and what the main thread measured as it drove the
-    /// phases (`phases`).
+    /// phases (`phases`), with what the phones met dialing (`dialed`).
     fn new(
         args: &Args,
         shared: &Shared,
         results: &[ThreadResult],
         phases: Phases,
+        dialed: Dialed,
     ) -> anyhow::Result<Report> {
         let mut delivered = AHashSet::new();
         let mut login = Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3)?;
@@ -290,6 +298,7 @@ impl Report {
             },
             back,
             failures: shared.failures.load(Relaxed),
+            dialed,
             logins_per_s: back as f64 / time_to_all_back_s.max(1e-9),
             time_to_all_back_s,
             login_ms_p50: ms(login.value_at_quantile(0.5)),
@@ -488,13 +497,9 @@ impl Local {
     }
 }
 
-async fn sign_up(
-    local: &Local,
-    number: Phone,
-    key: &Cell<Option<wire::DeviceKey>>,
-) -> Option<Connection> {
+async fn sign_up(local: &Local, number: Phone, account: &Account) -> Option<Connection> {
     let _permit = local.permits.acquire_permit(1).await.expect("never closed");
-    match local.dialer.log_in(number, key).await {
+    match local.dialer.log_in(number, account).await {
         Ok(connection) => {
             local.shared.logged_in.fetch_add(1, Relaxed);
             Some(connection)
@@ -510,8 +515,8 @@ async fn sign_up(
 
 async fn storm_phone(local: Rc<Local>, args: Args, number: Phone) {
     let shared = &local.shared;
-    let key = Cell::new(None);
-    let Some(mut connection) = sign_up(&local, number, &key).await else {
+    let account = Account::default();
+    let Some(mut connection) = sign_up(&local, number, &account).await else {
         return;
     };
     match args.trigger {
@@ -539,7 +544,7 @@ async fn storm_phone(local: Rc<Local>, args: Args, number: Phone) {
     let patience = Duration::from_secs_f64(args.patience);
     let started = Instant::now();
     let connection = loop {
-        match local.dialer.log_in(number, &key).await {
+        match local.dialer.log_in(number, &account).await {
             Ok(connection) => break connection,
             Err(error) if started.elapsed() > patience => {
                 if shared.failures.fetch_add(1, Relaxed) < 5 {
@@ -631,8 +636,8 @@ fn message_key(from: Phone, client_id: u64) -> u64 {
 /// messages, waiting for each `Sent`.
 async fn sender(local: Rc<Local>, number: Phone, first: u64, targets: u64, count: u64, seed: u64) {
     let shared = &local.shared;
-    let key = Cell::new(None);
-    let Some(mut connection) = sign_up(&local, number, &key).await else {
+    let account = Account::default();
+    let Some(mut connection) = sign_up(&local, number, &account).await else {
         return;
     };
     local.until_phase(PHASE_QUEUE).await;

@@ -3,15 +3,34 @@
 use std::{
     io::Read,
     net::{SocketAddr, TcpListener},
-    process::{Command, Output},
-    sync::Arc,
+    process::{Command, Output, Stdio},
+    sync::{mpsc, Arc},
+    time::Duration,
 };
 
+/// How long one short run may take before the test calls it hung (and
+/// kills it): far above what any of these runs needs.
+const RUN_BOUND: Duration = Duration::from_secs(60);
+
+/// Runs loadgen to its end; fails the test if it does not end within
+/// `RUN_BOUND`.
 fn loadgen(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_loadgen"))
+    let child = Command::new(env!("CARGO_BIN_EXE_loadgen"))
         .args(args)
-        .output()
-        .unwrap()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let (done, ended) = mpsc::channel();
+    std::thread::spawn(move || done.send(child.wait_with_output()));
+    match ended.recv_timeout(RUN_BOUND) {
+        Ok(output) => output.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid]).status();
+            panic!("loadgen {args:?} still running after {RUN_BOUND:?}");
+        }
+    }
 }
 
 /// A port nothing listens on.
@@ -22,15 +41,32 @@ fn closed_port() -> SocketAddr {
         .unwrap()
 }
 
+/// A server that takes connections and never says a word: a listener
+/// that never accepts, as a stopped (SIGSTOP) isle's is. The kernel
+/// completes the handshakes; nothing answers after them.
+fn silent_server() -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    (listener, addr)
+}
+
 #[test]
 fn a_run_where_no_phone_could_log_in_fails_and_says_why() {
     let port = closed_port().port();
-    let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(["--target", &format!("127.0.0.1:{port}")])
-        .args(["--phones", "4", "--duration", "1", "--warmup", "0"])
-        .args(["--connect-patience", "0.5", "--drain", "1"])
-        .output()
-        .unwrap();
+    let output = loadgen(&[
+        "--target",
+        &format!("127.0.0.1:{port}"),
+        "--phones",
+        "4",
+        "--duration",
+        "1",
+        "--warmup",
+        "0",
+        "--connect-patience",
+        "0.5",
+        "--drain",
+        "1",
+    ]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(
@@ -100,6 +136,57 @@ fn every_scenario_fails(target: SocketAddr, extra: &[&str], why: &str) {
 #[test]
 fn every_scenario_fails_without_a_server() {
     every_scenario_fails(closed_port(), &[], "without a server");
+}
+
+/// Regression: against a server that took connections and never
+/// answered (a stopped isle), a run never ended: the login's waits for an
+/// answer had no bound, and `--connect-patience` was only looked at
+/// between attempts.
+#[test]
+fn every_scenario_ends_against_a_server_that_never_answers() {
+    let (_listener, addr) = silent_server();
+    let bound = ["--answer-timeout-ms", "300"];
+    every_scenario_fails(addr, &bound, "against a silent server");
+    let tls = ["--answer-timeout-ms", "300", "--tls"];
+    every_scenario_fails(addr, &tls, "against a silent TLS server");
+}
+
+/// The same for chat, and what it says: why the phones failed, and how
+/// many waits ran out.
+#[test]
+fn a_chat_run_against_a_server_that_never_answers_counts_the_waits_that_ran_out() {
+    let (_listener, addr) = silent_server();
+    let output = loadgen(&[
+        "--target",
+        &addr.to_string(),
+        "--phones",
+        "4",
+        "--duration",
+        "1",
+        "--warmup",
+        "0",
+        "--connect-patience",
+        "0.5",
+        "--drain",
+        "1",
+        "--answer-timeout-ms",
+        "300",
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("4 of 4 phones could not connect or log in"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("no answer (Welcome) from {addr} within 300 ms")),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let json: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    // Each phone tried at least twice within its patience.
+    assert!(json["answer_timeouts"].as_u64().unwrap() >= 8, "{json}");
 }
 
 /// A TLS server whose certificate the phones are not told to trust: every

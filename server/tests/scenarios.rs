@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use clap::Parser;
 use common::{free_port, Server};
 
@@ -254,4 +256,68 @@ fn presence_reaches_every_follower_across_two_shards_and_threads() {
     assert_eq!(report.updates, report.changes * 6, "{report:?}");
     assert!(report.updates_per_server_cpu_s.is_some_and(|u| u > 0.0));
     assert!(server.stderr.try_iter().all(|line| !line.contains("ERROR")));
+}
+
+/// The accounts `server` holds over its shards, from its metrics.
+fn accounts(server: &Server) -> u64 {
+    let url = format!("http://{}/metrics", server.admin);
+    let text = ureq::get(&url).call().unwrap().into_string().unwrap();
+    text.lines()
+        .filter(|line| line.starts_with("isle_accounts{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// `--target` with two addresses: two single servers here, not a
+/// cluster, so each phone stays where it drew and signs up there. Both
+/// get phones, every phone gets on, and each message is answered: `Sent`
+/// for a recipient on the same server, `UnknownRecipient` (a final
+/// refusal) for one on the other.
+#[test]
+fn chat_spreads_phones_over_every_target() {
+    const PHONES: u64 = 60;
+    let servers = [
+        Server::start(&["--shards", "1"]),
+        Server::start(&["--shards", "1"]),
+    ];
+    let targets = format!("{},{}", servers[0].plain, servers[1].plain);
+    let args = loadgen::chat::Args::parse_from([
+        "loadgen",
+        "--target",
+        &targets,
+        "--first-phone",
+        "+15550600000",
+        "--phones",
+        &PHONES.to_string(),
+        "--duration",
+        "2",
+        "--warmup",
+        "0.5",
+    ]);
+    let report = loadgen::chat::run(&args).unwrap();
+    assert_eq!(report.connect_failures, 0, "{report:?}");
+    assert!(report.failures().is_empty(), "{report:?}");
+    assert!(report.acked > 100 && report.rejected > 100, "{report:?}");
+    assert_eq!(report.acked + report.rejected, report.sent, "{report:?}");
+    assert_eq!(report.delivered, report.acked, "{report:?}");
+    assert_eq!(
+        report.dialed,
+        loadgen::dial::Dialed::default(),
+        "{report:?}"
+    );
+    // Half the sends are refused for good, and the window refills after
+    // each: the phones were still sending when sending stopped.
+    let last = report.curves.timeline.last().expect("a tick a second");
+    assert!(last.sent_per_s > 0.0, "{:?}", report.curves.timeline);
+    // Metrics reach the control thread once a second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let counts = loop {
+        let counts = servers.each_ref().map(accounts);
+        if counts[0] + counts[1] == PHONES || Instant::now() > deadline {
+            break counts;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(counts[0] + counts[1], PHONES, "{counts:?}");
+    assert!(counts.iter().all(|&n| n >= PHONES / 4), "{counts:?}");
 }

@@ -10,13 +10,14 @@ use std::{
 };
 
 use futures_lite::io::split;
-use wire::{DeviceKey, Phone};
+use wire::Phone;
 
 use super::read::read_loop;
 use super::thread::Thread;
 use super::write::write_loop;
 use crate::connection::Connection;
 use crate::dial::Backoff;
+use crate::route::Account;
 
 /// How long a phone waits after a retryable refusal before writing its
 /// refused sends again (ms).
@@ -28,8 +29,9 @@ pub(super) struct PhoneState {
     pub(super) number: Phone,
     /// Reads nothing and sends nothing until sending stops.
     pub(super) stalled: bool,
-    /// The device key sign-up gave, to log in again after a reconnect.
-    pub(super) key: Cell<Option<DeviceKey>>,
+    /// The device key sign-up gave, to log in again after a reconnect,
+    /// and where its account lives.
+    pub(super) account: Account,
     /// Intended send times (ns since the epoch) of sends not yet written.
     pub(super) queue: RefCell<VecDeque<u64>>,
     /// Highest mailbox seq received and not yet acknowledged.
@@ -41,6 +43,10 @@ pub(super) struct PhoneState {
     /// Sends written and not yet answered, by client id: a new connection
     /// writes them again in the order they were first written.
     pub(super) in_flight: RefCell<BTreeMap<u64, InFlight>>,
+    /// When one of its sends was last answered (`Sent` or a final
+    /// refusal), or when it began waiting with none outstanding: where
+    /// the gap `answer_gap_ms_max` measures starts (ns since the epoch).
+    pub(super) answer_mark_ns: Cell<u64>,
     /// Set for each new connection, until its writer has resent `in_flight`.
     pub(super) resend: Cell<bool>,
     /// Sends refused with a retryable error, to write again in this order
@@ -65,13 +71,14 @@ impl PhoneState {
             index,
             number,
             stalled,
-            key: Cell::new(None),
+            account: Account::default(),
             queue: RefCell::new(VecDeque::new()),
             ack_up_to: Cell::new(0),
             pubacks: RefCell::new(Vec::new()),
             waker: RefCell::new(None),
             next_client_id: Cell::new(1),
             in_flight: RefCell::new(BTreeMap::new()),
+            answer_mark_ns: Cell::new(0),
             resend: Cell::new(false),
             refused: RefCell::new(BTreeSet::new()),
             retry_due: Cell::new(false),
@@ -138,7 +145,7 @@ pub(super) async fn connect_with_backoff(
     give_up: impl Fn() -> bool,
 ) -> anyhow::Result<Connection> {
     loop {
-        match thread.dialer.log_in(phone.number, &phone.key).await {
+        match thread.dialer.log_in(phone.number, &phone.account).await {
             Ok(connection) => return Ok(connection),
             Err(error) if give_up() => return Err(error),
             Err(_) => backoff.wait().await,

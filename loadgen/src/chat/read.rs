@@ -124,12 +124,16 @@ pub(super) fn on_refused(thread: &Thread, phone: &Rc<PhoneState>, client_id: u64
     if !kind.is_retryable() {
         phone.in_flight.borrow_mut().remove(&client_id);
         shared.rejected.fetch_add(1, Relaxed);
+        answered(thread, phone);
+        send_next(thread, phone);
         return;
     }
     shared.refused_retryable.fetch_add(1, Relaxed);
-    if kind == ErrorKind::OutOfOrder {
-        shared.out_of_order.fetch_add(1, Relaxed);
-    }
+    match kind {
+        ErrorKind::OutOfOrder => shared.out_of_order.fetch_add(1, Relaxed),
+        ErrorKind::Unavailable => shared.unavailable.fetch_add(1, Relaxed),
+        _ => 0,
+    };
     let first = {
         let mut refused = phone.refused.borrow_mut();
         refused.insert(client_id);
@@ -150,15 +154,30 @@ pub(super) fn on_refused(thread: &Thread, phone: &Rc<PhoneState>, client_id: u64
 pub(super) fn on_sent(thread: &Thread, phone: &PhoneState, client_id: u64) {
     let shared = &thread.shared;
     if phone.in_flight.borrow_mut().remove(&client_id).is_some() {
+        answered(thread, phone);
         shared.acked.fetch_add(1, Relaxed);
         thread.acked.borrow_mut().push(key(phone.index, client_id));
-        if thread.args.rate == 0 && !shared.stop_sending.load(Relaxed) {
-            phone.queue.borrow_mut().push_back(0);
-        }
-        if !phone.queue.borrow().is_empty() {
-            phone.wake();
-        }
+        send_next(thread, phone);
     }
+}
+
+/// A send was answered for good: in closed loop another takes its place,
+/// so the phone keeps `--window` outstanding whatever the answers were.
+fn send_next(thread: &Thread, phone: &PhoneState) {
+    if thread.args.rate == 0 && !thread.shared.stop_sending.load(Relaxed) {
+        phone.queue.borrow_mut().push_back(0);
+    }
+    if !phone.queue.borrow().is_empty() {
+        phone.wake();
+    }
+}
+
+/// One of `phone`'s sends had its answer (`Sent` or a final refusal): the
+/// wait since the answer before, or since the phone began waiting with
+/// nothing outstanding, may be the longest gap yet.
+fn answered(thread: &Thread, phone: &PhoneState) {
+    let now = thread.now_ns();
+    thread.note_answer_gap(now.saturating_sub(phone.answer_mark_ns.replace(now)));
 }
 
 /// A message reached `phone`: counted once, timed, checked for order.

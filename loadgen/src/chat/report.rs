@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::phone::stalled;
 use super::thread::ThreadResult;
 use super::{Args, Sending, Shared};
-use crate::dial::Protocol;
+use crate::dial::{Dialed, Protocol};
 use crate::report::Heading;
 use crate::window::latency_histogram;
 
@@ -45,6 +45,19 @@ pub struct Report {
     /// among them those for waiting on an earlier refused send.
     pub refused_retryable: u64,
     pub out_of_order: u64,
+    /// Among the retryable refusals, those because the recipient's
+    /// server was down (`Unavailable`, in a cluster).
+    pub unavailable: u64,
+    /// What phones met on their way onto a server: redirects followed,
+    /// try-laters honoured, redirect loops cut, waits for an answer that
+    /// ran out.
+    #[serde(flatten)]
+    pub dialed: Dialed,
+    /// The longest any phone waited, with sends outstanding, between two
+    /// answers to them (`Sent` or a final refusal), in ms; a phone still
+    /// waiting at the end counts its wait until then. How long a server's
+    /// failure (or a phone's own time offline) stalled a phone.
+    pub answer_gap_ms_max: f64,
     pub disconnects: u64,
     pub reconnects: u64,
     pub resent: u64,
@@ -84,13 +97,16 @@ impl Report {
         threads: usize,
         login_s: f64,
         sending: Sending,
+        dialed: Dialed,
         results: &[ThreadResult],
     ) -> anyhow::Result<Report> {
         let mut histogram = latency_histogram();
         let mut send_lag = latency_histogram();
         let mut delivered = AHashSet::new();
         let mut measured = 0;
+        let mut answer_gap_ns_max = 0;
         for result in results {
+            answer_gap_ns_max = answer_gap_ns_max.max(result.answer_gap_ns_max);
             histogram.add(&result.histogram)?;
             send_lag.add(&result.send_lag)?;
             delivered.extend(result.delivered.iter().copied());
@@ -125,6 +141,9 @@ impl Report {
             rejected: shared.rejected.load(Relaxed),
             refused_retryable: shared.refused_retryable.load(Relaxed),
             out_of_order: shared.out_of_order.load(Relaxed),
+            unavailable: shared.unavailable.load(Relaxed),
+            dialed,
+            answer_gap_ms_max: answer_gap_ns_max as f64 / 1e6,
             disconnects: shared.disconnects.load(Relaxed),
             reconnects: shared.reconnects.load(Relaxed),
             resent: shared.resent.load(Relaxed),
@@ -179,6 +198,7 @@ impl Report {
         "protocol={:?} phones={} threads={} tls={} rate={} duration={}s\n\
          sent={} acked={} delivered={} lost={} duplicates={} reordered={} receipts={} errors={} rejected={}\n\
          refused_retryable={} out_of_order={} disconnects={} reconnects={} resent={} hangups={}\n\
+         {} unavailable={} answer_gap_ms_max={:.1}\n\
          logins/s={:.0} delivered/s={:.0} latency_us p50={:.1} p99={:.1} p99.9={:.1} max={:.1}\n\
          send_lag_us p50={:.1} p99={:.1}{}",
         r.protocol,
@@ -202,6 +222,9 @@ impl Report {
         r.reconnects,
         r.resent,
         r.hangups,
+        r.dialed,
+        r.unavailable,
+        r.answer_gap_ms_max,
         r.login_per_s,
         r.delivered_per_s,
         r.latency_us_p50,

@@ -26,6 +26,7 @@ pub(super) struct ThreadResult {
     pub(super) acked: Vec<u64>,
     pub(super) delivered: AHashSet<u64>,
     pub(super) measured_deliveries: u64,
+    pub(super) answer_gap_ns_max: u64,
 }
 
 /// One executor's share of the run: what its phones share, and what they
@@ -55,6 +56,9 @@ pub(super) struct Thread {
     pub(super) last_from: RefCell<AHashMap<(u32, u32), u64>>,
     /// Deliveries that count towards throughput.
     pub(super) measured: Cell<u64>,
+    /// The longest any phone of the thread waited, with sends
+    /// outstanding, between two answers (see `PhoneState::answer_mark_ns`).
+    answer_gap_ns_max: Cell<u64>,
     rng: Cell<u64>,
     /// Stalled phones' readers, woken once when sending stops.
     pub(super) stalled_readers: RefCell<Vec<std::task::Waker>>,
@@ -84,6 +88,7 @@ impl Thread {
             delivered: RefCell::new(AHashSet::new()),
             last_from: RefCell::new(AHashMap::new()),
             measured: Cell::new(0),
+            answer_gap_ns_max: Cell::new(0),
             stalled_readers: RefCell::new(Vec::new()),
             rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ (range_start as u64 + 1)),
             args,
@@ -103,6 +108,12 @@ impl Thread {
         x % bound
     }
 
+    /// A phone waited `gap_ns` for an answer to one of its sends.
+    pub(super) fn note_answer_gap(&self, gap_ns: u64) {
+        self.answer_gap_ns_max
+            .set(self.answer_gap_ns_max.get().max(gap_ns));
+    }
+
     /// What the thread measured, taken out at its end.
     fn result(&self) -> ThreadResult {
         ThreadResult {
@@ -111,6 +122,7 @@ impl Thread {
             acked: std::mem::take(&mut *self.acked.borrow_mut()),
             delivered: std::mem::take(&mut *self.delivered.borrow_mut()),
             measured_deliveries: self.measured.get(),
+            answer_gap_ns_max: self.answer_gap_ns_max.get(),
         }
     }
 }
@@ -179,7 +191,12 @@ pub(super) async fn run_thread(
             }
         }
     }
+    let now = thread.now_ns();
     for phone in &all_phones {
+        // A phone still waiting at the end has waited until now.
+        if !phone.in_flight.borrow().is_empty() {
+            thread.note_answer_gap(now.saturating_sub(phone.answer_mark_ns.get()));
+        }
         phone.wake();
     }
     drop(tasks);

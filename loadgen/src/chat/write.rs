@@ -177,6 +177,10 @@ fn write_new(thread: &Thread, phone: &PhoneState, body: &mut [u8], bytes: &mut V
         // The order rule: nothing new in a conversation whose refused
         // send waits to be written again; this one goes after it, in the
         // next retry.
+        if phone.in_flight.borrow().is_empty() {
+            // The phone begins waiting for an answer now.
+            phone.answer_mark_ns.set(now);
+        }
         let waits = phone.refused_to(to);
         if !waits {
             body[..8].copy_from_slice(&intended.to_le_bytes());
