@@ -1,8 +1,10 @@
-//! The parts of the server that do no I/O, as a library so that their
-//! unit tests run on their own (`cargo test -p server --lib`); the binary
-//! (`main.rs`) uses them.
+//! The parts of the server that are tested on their own (`cargo test -p
+//! server --lib`), as a library the binary (`main.rs`) uses.
 //!
 //! - [`flow`]: when a connection's bytes move (write now or a poll later,
-//!   wait for a commit, pause input on a congested link).
+//!   wait for a commit, pause input on a congested link); no I/O.
+//! - [`remote`]: the links between nodes of a cluster: their session
+//!   protocol, sans-IO.
 
 pub mod flow;
+pub mod remote;
