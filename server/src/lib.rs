@@ -3,8 +3,9 @@
 //!
 //! - [`flow`]: when a connection's bytes move (write now or a poll later,
 //!   wait for a commit, pause input on a congested link); no I/O.
-//! - [`remote`]: the links between nodes of a cluster: their session
-//!   protocol, sans-IO.
+//! - [`remote`]: the links between nodes of a cluster: a sans-IO session
+//!   protocol and the glommio tasks around it, tested over real loopback
+//!   sockets in `server/tests/remote_links.rs`.
 
 pub mod flow;
 pub mod remote;

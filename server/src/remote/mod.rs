@@ -11,17 +11,35 @@
 //!   acks, resume, heartbeat;
 //! - `receive`: which hellos are accepted ([`receive::check_hello`],
 //!   [`receive::admit`]) and [`receive::ReceiveSession`], the receiving
-//!   half: sequence checks, the window, acks released by the application.
+//!   half: sequence checks, the window, acks released by the application;
+//! - `backoff`: the jittered exponential redial delay.
 //!
-//! The I/O around it (glommio tasks on the shard's executor) comes on top
-//! of these.
+//! The I/O around it runs on the shard's glommio executor and never
+//! blocks it:
+//! - `links`: [`RemoteLinks`], this shard's links and the receive state of
+//!   the senders that dial it, with the narrow API the runtime uses;
+//! - `dial`: the task of one outgoing link (dial under a cap, handshake,
+//!   write data, read acks, redial);
+//! - `accept`: the peer listener's accept loop and each incoming
+//!   connection (hello, welcome, read data, write acks);
+//! - `handover`: [`Handovers`], the bounded inboxes through which a
+//!   connection that the kernel's `SO_REUSEPORT` gave to the wrong shard
+//!   reaches the one its hello names;
+//! - `io`: what both sides share (the framed reader, the kill switch of a
+//!   connection, waits with a deadline).
 //!
 //! A link never declares a node dead: it counts how long its peer has been
 //! silent, closes a silent connection and dials again, and keeps what it
 //! queued. Whether a node is gone is etcd's to say (its lease), and the
-//! caller's to act on.
+//! caller's to act on ([`RemoteLinks::forget`]).
 
+mod accept;
+mod backoff;
+mod dial;
 pub mod frame;
+mod handover;
+mod io;
+mod links;
 pub mod receive;
 pub mod send;
 #[cfg(test)]
@@ -29,7 +47,11 @@ mod sim;
 
 use serde::Serialize;
 
-pub use self::frame::{Endpoint, Refusal, PAYLOAD_BYTES_MAX};
+pub use self::{
+    frame::{Endpoint, Refusal, PAYLOAD_BYTES_MAX},
+    handover::Handovers,
+    links::{RemoteLinks, RemoteSetup},
+};
 
 /// One message's bytes, as the routing side encoded it.
 pub type Payload = Vec<u8>;
@@ -229,10 +251,18 @@ impl Local {
             shards,
         })
     }
+
+    fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            node: self.node,
+            incarnation: self.incarnation,
+            shard: self.shard,
+        }
+    }
 }
 
 /// Where received payloads came from: one session of one sender. Handed
-/// back in the receiving side's release, so that a release meant for a
+/// back in [`RemoteLinks::released`], so that a release meant for a
 /// session that has since started over acknowledges nothing in the new
 /// one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -257,14 +287,14 @@ impl Delivery {
     }
 }
 
-/// Why a push into a link did not take a payload; each gives it back.
+/// Why [`RemoteLinks::push`] did not take a payload; each gives it back.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PushError {
     /// The link's queue is at a bound: pause what feeds this node and wait
-    /// for room (wait for room).
+    /// for room ([`RemoteLinks::wait_room`]).
     #[error("the link to node {node} is full")]
     Full { node: u16, payload: Payload },
-    /// No link to this node (made by the links' owner).
+    /// No link to this node ([`RemoteLinks::ensure`] makes one).
     #[error("no link to node {node}")]
     UnknownNode { node: u16, payload: Payload },
     #[error("a payload of {bytes} bytes is over {PAYLOAD_BYTES_MAX}")]

@@ -1,0 +1,407 @@
+//! The receiving side of links: the accept loop on this shard's peer
+//! listener, the hello of each incoming connection (checked, then either
+//! served here or handed to the shard it names), and the served
+//! connection: data in, handed to the application in order; acks and
+//! heartbeats out.
+
+use std::{os::fd::FromRawFd, os::fd::IntoRawFd, rc::Rc, time::Duration};
+
+use futures_lite::{
+    io::{split, ReadHalf, WriteHalf},
+    AsyncWriteExt,
+};
+use glommio::net::{TcpListener, TcpStream};
+
+use super::{
+    frame::{self, Endpoint, Frame, Hello, Refusal, Welcome, VERSION},
+    handover::Handover,
+    io::{wait_signal_until, within, FrameReader, Killer},
+    links::{bump, InLink, RemoteLinks},
+    receive::{admit, check_hello, Admission, ReceiveSession},
+    Delivery, Origin,
+};
+
+/// The first wait after a failed accept, and the longest (out of file
+/// descriptors, wait for some to close rather than spin).
+const ACCEPT_BACKOFF_MIN_MS: u64 = 10;
+const ACCEPT_BACKOFF_MAX_MS: u64 = 1_000;
+
+/// Accepts link connections until the links stop.
+pub async fn accept_loop(links: Rc<RemoteLinks>, listener: TcpListener) {
+    let mut backoff_ms = ACCEPT_BACKOFF_MIN_MS;
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            links.stop_accepting.wait().await;
+            None
+        })
+        .await;
+        let stream = match accepted {
+            None => return,
+            Some(Ok(stream)) => stream,
+            Some(Err(error)) => {
+                if links.log_limit.allow(links.now_ms()) {
+                    log::warn!("shard {}: peer accept failed: {error}", links.local.shard);
+                }
+                glommio::timer::sleep(Duration::from_millis(backoff_ms)).await;
+                backoff_ms = (backoff_ms * 2).min(ACCEPT_BACKOFF_MAX_MS);
+                continue;
+            }
+        };
+        backoff_ms = ACCEPT_BACKOFF_MIN_MS;
+        if links.stopping.get() {
+            return;
+        }
+        if links.handshakes.get() >= links.config.handshakes_max {
+            // Closed unread: as many strangers as that are not waited on.
+            bump(&links.counters.handshakes_refused);
+            continue;
+        }
+        links.spawn(serve_incoming(links.clone(), stream, Vec::new()));
+    }
+}
+
+/// Takes the connections other shards of this node hand over.
+pub async fn take_handovers(links: Rc<RemoteLinks>) {
+    let shard = links.local.shard;
+    while let Some(Handover { fd, pending }) = links.handovers.take(shard, &links.stopping).await {
+        // SAFETY: the fd is a connected TCP socket whose other copy the
+        // shard that sent it closed.
+        let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
+        links.spawn(serve_incoming(links.clone(), stream, pending));
+    }
+}
+
+/// What the hello of a connection said, once checked.
+struct Admitted {
+    sender: Endpoint,
+    to_shard: u16,
+    session: u64,
+    /// The hello's bytes, to move past when served here.
+    bytes: usize,
+}
+
+/// One incoming connection, from its hello to its end.
+async fn serve_incoming(links: Rc<RemoteLinks>, stream: TcpStream, pending: Vec<u8>) {
+    let _ = stream.set_nodelay(true);
+    let Ok(killer) = Killer::of(&stream) else {
+        return;
+    };
+    let peer = stream.peer_addr().map_or("?".into(), |a| a.to_string());
+    let (mut read, mut write) = split(stream);
+    let mut reader = FrameReader::new(pending);
+    links.handshakes.set(links.handshakes.get() + 1);
+    let hello = within(
+        links.config.handshake_timeout_ms,
+        read_hello(&links, &mut read, &mut reader),
+    )
+    .await;
+    links.handshakes.set(links.handshakes.get() - 1);
+    let checked = match hello {
+        None => Err((None, "no hello within the handshake timeout".to_owned())),
+        Some(result) => result,
+    };
+    let admitted = match checked {
+        Ok(admitted) => admitted,
+        Err((refusal, why)) => {
+            bump(&links.counters.handshakes_refused);
+            if links.log_limit.allow(links.now_ms()) {
+                log::warn!(
+                    "shard {}: refused a link from {peer}: {why}",
+                    links.local.shard
+                );
+            }
+            if let Some(refusal) = refusal {
+                let mut out = Vec::new();
+                frame::encode_refused(&mut out, refusal);
+                let _ = write.write_all(&out).await;
+            }
+            return;
+        }
+    };
+    if links.stopping.get() {
+        return;
+    }
+    if admitted.to_shard != links.local.shard {
+        drop((read, write));
+        hand_over(&links, admitted.to_shard, killer, reader.into_unread());
+        return;
+    }
+    reader.consume(admitted.bytes);
+    serve_here(&links, admitted, killer, (read, write), reader).await;
+}
+
+/// Reads the first frame, which must be a hello this node accepts. A
+/// refusal comes back with the frame to tell the dialer, if it is one.
+async fn read_hello(
+    links: &RemoteLinks,
+    read: &mut ReadHalf<TcpStream>,
+    reader: &mut FrameReader,
+) -> Result<Admitted, (Option<Refusal>, String)> {
+    loop {
+        match reader.peek() {
+            Ok(Some((Frame::Hello(hello), bytes))) => return check(links, &hello, bytes),
+            Ok(Some((other, _))) => {
+                let kind = super::send::kind_name(&other);
+                return Err((None, format!("a {kind} frame before any hello")));
+            }
+            Ok(None) => {}
+            Err(error) => return Err((None, error.to_string())),
+        }
+        match reader.fill(read).await {
+            Ok(0) => return Err((None, "closed before its hello".into())),
+            Ok(_) => {}
+            Err(error) => return Err((None, format!("read: {error}"))),
+        }
+    }
+}
+
+fn check(
+    links: &RemoteLinks,
+    hello: &Hello<'_>,
+    bytes: usize,
+) -> Result<Admitted, (Option<Refusal>, String)> {
+    let approve = |node, incarnation| (links.approve)(node, incarnation);
+    if let Err(refusal) = check_hello(hello, &links.local, links.config.queue, approve) {
+        let why = format!(
+            "{refusal} (node {} incarnation {:x} shard {} of cluster {:?}, for node {} shard {})",
+            hello.from.node,
+            hello.from.incarnation,
+            hello.from.shard,
+            String::from_utf8_lossy(hello.cluster),
+            hello.to.node,
+            hello.to.shard
+        );
+        return Err((Some(refusal), why));
+    }
+    Ok(Admitted {
+        sender: hello.from,
+        to_shard: hello.to.shard,
+        session: hello.session,
+        bytes,
+    })
+}
+
+/// Passes the connection to the shard its hello named, hello and all.
+fn hand_over(links: &RemoteLinks, shard: u16, killer: Killer, pending: Vec<u8>) {
+    let handover = Handover {
+        fd: killer.into_fd(),
+        pending,
+    };
+    match links.handovers.offer(shard, handover) {
+        Ok(()) => bump(&links.counters.handovers),
+        Err(refused) => {
+            // Closed as it drops; the dialer tries again after its backoff.
+            drop(refused);
+            bump(&links.counters.handovers_refused);
+            if links.log_limit.allow(links.now_ms()) {
+                log::warn!(
+                    "shard {}: shard {shard}'s handover inbox is full: closed a link connection",
+                    links.local.shard
+                );
+            }
+        }
+    }
+}
+
+/// Admits the sender's session here, welcomes it, and serves it.
+async fn serve_here(
+    links: &Rc<RemoteLinks>,
+    admitted: Admitted,
+    killer: Killer,
+    (read, mut write): (ReadHalf<TcpStream>, WriteHalf<TcpStream>),
+    reader: FrameReader,
+) {
+    let Some((link, generation, welcome)) = admit_here(links, &admitted, killer) else {
+        let mut out = Vec::new();
+        frame::encode_refused(&mut out, Refusal::StaleSession);
+        let _ = write.write_all(&out).await;
+        return;
+    };
+    let origin = Origin {
+        sender: admitted.sender,
+        session: admitted.session,
+    };
+    let ended = match write.write_all(&welcome).await {
+        Err(error) => format!("writing the welcome: {error}"),
+        Ok(()) => {
+            let reading = read_data(links, &link, generation, origin, read, reader);
+            let writing = write_acks(links, &link, generation, write);
+            futures_lite::future::or(reading, writing).await
+        }
+    };
+    if link.generation.get() == generation {
+        link.connection.borrow_mut().take();
+        link.session.borrow_mut().on_disconnect();
+    }
+    log::info!(
+        "shard {}: link from node {} shard {} ended: {ended}",
+        links.local.shard,
+        origin.sender.node,
+        origin.sender.shard
+    );
+}
+
+/// Decides resume or start over, makes this connection the sender's
+/// current one (ending any before it), and returns the welcome's bytes.
+fn admit_here(
+    links: &RemoteLinks,
+    admitted: &Admitted,
+    killer: Killer,
+) -> Option<(Rc<InLink>, u64, Vec<u8>)> {
+    let sender = admitted.sender;
+    let key = (sender.node, sender.shard);
+    let fresh = || {
+        ReceiveSession::new(
+            sender,
+            admitted.session,
+            links.config.queue,
+            links.config.timing,
+        )
+    };
+    let held = links.held_inbound(key);
+    let admission = {
+        let session = held.as_ref().map(|link| link.session.borrow());
+        admit(session.as_deref(), sender, admitted.session)
+    };
+    let link = match admission {
+        Err(_) => {
+            bump(&links.counters.handshakes_refused);
+            return None;
+        }
+        Ok(Admission::Resume) => held.expect("resume needs a held session"),
+        Ok(Admission::Fresh { replaced }) => {
+            if replaced.is_some() {
+                bump(&links.counters.sender_resets);
+            }
+            let link = links.inbound(key, fresh);
+            *link.session.borrow_mut() = fresh();
+            link
+        }
+    };
+    let generation = link.generation.get() + 1;
+    link.generation.set(generation);
+    if let Some(old) = link.connection.replace(Some(killer)) {
+        old.kill();
+    }
+    let mut session = link.session.borrow_mut();
+    session.on_connect(links.now_ms());
+    let (received, released) = session.resume_point();
+    let mut welcome = Vec::new();
+    frame::encode_welcome(
+        &mut welcome,
+        &Welcome {
+            version: VERSION,
+            cluster: links.local.cluster.as_bytes(),
+            from: links.local.endpoint(),
+            received,
+            released,
+        },
+    );
+    drop(session);
+    Some((link, generation, welcome))
+}
+
+/// Reads data until the connection ends, handing each read's payloads to
+/// the application in one delivery.
+async fn read_data(
+    links: &RemoteLinks,
+    link: &InLink,
+    generation: u64,
+    origin: Origin,
+    mut read: ReadHalf<TcpStream>,
+    mut reader: FrameReader,
+) -> String {
+    loop {
+        if link.generation.get() != generation {
+            return "replaced by a newer connection".into();
+        }
+        let (delivery, broken) = take_frames(links, link, origin, &mut reader);
+        // What the session took is handed up even when a later frame broke
+        // the rules: its numbers are spent.
+        if let Some(delivery) = delivery {
+            (links.deliver)(delivery);
+        }
+        if let Some(why) = broken {
+            bump(&links.counters.frames_refused);
+            if links.log_limit.allow(links.now_ms()) {
+                log::warn!(
+                    "shard {}: closing the link from node {} shard {}: {why}",
+                    links.local.shard,
+                    origin.sender.node,
+                    origin.sender.shard
+                );
+            }
+            return why;
+        }
+        match reader.fill(&mut read).await {
+            Ok(0) => return "closed by the peer".into(),
+            Ok(_) => {}
+            Err(error) => return format!("read: {error}"),
+        }
+    }
+}
+
+/// The frames read so far, through the session: the payloads to deliver,
+/// and what was wrong if a frame broke the rules.
+fn take_frames(
+    links: &RemoteLinks,
+    link: &InLink,
+    origin: Origin,
+    reader: &mut FrameReader,
+) -> (Option<Delivery>, Option<String>) {
+    let now_ms = links.now_ms();
+    let mut session = link.session.borrow_mut();
+    let mut delivery: Option<Delivery> = None;
+    loop {
+        let frame = match reader.next() {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return (delivery, None),
+            Err(error) => return (delivery, Some(error.to_string())),
+        };
+        match session.on_frame(&frame, now_ms) {
+            Ok(None) => {}
+            Ok(Some((seq, payload))) => {
+                let delivery = delivery.get_or_insert_with(|| Delivery {
+                    origin,
+                    first_seq: seq,
+                    payloads: Vec::new(),
+                });
+                delivery.payloads.push(payload.to_vec());
+            }
+            Err(error) => return (delivery, Some(error.to_string())),
+        }
+    }
+}
+
+/// Writes acks as the application releases, and heartbeats, until the
+/// connection ends, is replaced, or falls silent.
+async fn write_acks(
+    links: &RemoteLinks,
+    link: &InLink,
+    generation: u64,
+    mut write: WriteHalf<TcpStream>,
+) -> String {
+    let mut out = Vec::new();
+    loop {
+        if link.generation.get() != generation {
+            return "replaced by a newer connection".into();
+        }
+        let now_ms = links.now_ms();
+        out.clear();
+        let deadline = {
+            let mut session = link.session.borrow_mut();
+            if let Err(silent) = session.check_silence(now_ms) {
+                return silent.to_string();
+            }
+            session.poll_transmit(now_ms, &mut out);
+            session.poll_timeout()
+        };
+        if out.is_empty() {
+            wait_signal_until(&link.wake_writer, &links.clock, deadline).await;
+            continue;
+        }
+        if let Err(error) = write.write_all(&out).await {
+            return format!("write: {error}");
+        }
+    }
+}
