@@ -235,6 +235,10 @@ impl RemoteLinks {
         addr: SocketAddr,
         remote_shards: u16,
     ) {
+        if node == self.local.node {
+            // Its own shards are reached through the runtime's links.
+            return;
+        }
         let target = Target {
             addr,
             incarnation,
