@@ -39,7 +39,7 @@ use crate::{
     config::{flags::Flags, Config, JournalKind},
     control::{gateways::GatewayStats, AdminSettings, Control},
     push::{PushQueue, PushSender},
-    runtime::{Listeners, PeerEnds, ShardSetup, StorageSetup},
+    runtime::{Listeners, PeerEnds, RemoteSetupParts, ShardSetup, StorageSetup},
     sms::{SmsQueue, SmsSender},
 };
 
@@ -107,12 +107,7 @@ fn run(flags: Flags) -> anyhow::Result<()> {
     let shard_count = shard_count(&config)?;
     let map = PartitionMap::new(PARTITIONS_DEFAULT, shard_count as u16);
     let _lock = open_data_dir(&mut config)?;
-    let node = config.cluster.as_ref().map(|cluster| NodeIdentity {
-        node_id: cluster.node_id,
-        prefix: cluster.prefix.clone(),
-    });
-    let has_data = config.data_dir.join("log").exists();
-    cluster::identity::check(&config.data_dir, node.as_ref(), has_data)?;
+    check_node_identity(&config)?;
     let identity = match config.listen {
         Some(_) => Some(tls::load_or_generate(
             config.tls.cert.as_deref(),
@@ -133,32 +128,27 @@ fn run(flags: Flags) -> anyhow::Result<()> {
     }
     let (tls_fds, tls_addr) = bind_all(config.listen, shard_count)?;
     let (plain_fds, plain_addr) = bind_all(config.plaintext_listen, shard_count)?;
+    let peer_listen = config.cluster.as_ref().and_then(|c| c.peer_listen);
+    let (peer_fds, peer_addr) = bind_all(peer_listen, shard_count)?;
     // Copies of the sockets, to listen on once every shard has replayed.
     let to_listen: Vec<OwnedFd> = tls_fds
         .iter()
         .chain(&plain_fds)
+        .chain(&peer_fds)
         .map(OwnedFd::try_clone)
         .collect::<Result<_, _>>()?;
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone())?;
     }
-    if identity.is_some() {
-        let (cert, key) = (config.tls.cert.clone(), config.tls.key.clone());
-        let data_dir = config.data_dir.clone();
-        control.set_tls_loader(Box::new(move || {
-            let identity = tls::load_or_generate(cert.as_deref(), key.as_deref(), &data_dir)?;
-            Ok((identity.config, identity.fingerprint))
-        }));
-    }
-    control.set_config_loader(
-        Box::new(move || Ok(config::layers::load(&flags)?.config)),
-        &started,
-    );
-    reload_on_hangup(control.reloader())?;
+    set_up_reloads(&control, &config, (flags, &started), identity.is_some())?;
     let (mut tls_fds, mut plain_fds) = (tls_fds.into_iter(), plain_fds.into_iter());
-    let listeners = (0..shard_count).map(|_| Listeners {
-        tls: tls_fds.next(),
-        plain: plain_fds.next(),
+    let mut peer_fds = peer_fds.into_iter();
+    let listeners = (0..shard_count).map(|_| {
+        let listeners = Listeners {
+            tls: tls_fds.next(),
+            plain: plain_fds.next(),
+        };
+        (listeners, peer_fds.next())
     });
     let serving = Arc::new(AtomicBool::new(false));
     let outside = ShardsOutside {
@@ -167,6 +157,11 @@ fn run(flags: Flags) -> anyhow::Result<()> {
         reporter: control.reporter(),
         commands: (0..shard_count).map(|s| control.take_commands(s)).collect(),
         replayed: (0..shard_count).map(|s| control.replayed(s)).collect(),
+        handovers: server::remote::Handovers::new(shard_count as u16),
+        cluster: config
+            .cluster
+            .as_ref()
+            .map_or_else(String::new, |c| c.prefix.clone()),
     };
     let (handles, recovered) =
         spawn_shards(&config, map, listeners, identity.as_ref(), senders, outside)?;
@@ -179,8 +174,13 @@ fn run(flags: Flags) -> anyhow::Result<()> {
     serving.store(true, std::sync::atomic::Ordering::Release);
     control.serving();
     if let Some(cluster) = &config.cluster {
-        // Redirects name the address bound, which a port of 0 only then is.
-        control.join_cluster(cluster.settings(tls_addr)?, shard_count as u16);
+        // Redirects and links name the addresses bound, which a port of 0
+        // only then is.
+        let mut settings = cluster.settings(tls_addr)?;
+        if let Some(bound) = peer_addr.filter(|_| settings.peer_advertise.port() == 0) {
+            settings.peer_advertise.set_port(bound.port());
+        }
+        control.join_cluster(settings, shard_count as u16);
     }
     let admin_file = config.data_dir.join(ADMIN_ADDR_FILE);
     std::fs::write(&admin_file, format!("{}\n", control.addr))
@@ -196,6 +196,41 @@ fn run(flags: Flags) -> anyhow::Result<()> {
     }
     log::info!("stopped");
     Ok(())
+}
+
+/// The data dir belongs to this start's node, or to no node when this is
+/// a single node (see `cluster::identity`).
+fn check_node_identity(config: &Config) -> anyhow::Result<()> {
+    let node = config.cluster.as_ref().map(|cluster| NodeIdentity {
+        node_id: cluster.node_id,
+        prefix: cluster.prefix.clone(),
+    });
+    let has_data = config.data_dir.join("log").exists();
+    cluster::identity::check(&config.data_dir, node.as_ref(), has_data)
+}
+
+/// What SIGHUP and `isle ctl reload` read again: the TLS identity (when
+/// TLS is on) and the configuration from the layers this start read,
+/// `started` being what they gave then.
+fn set_up_reloads(
+    control: &Control,
+    config: &Config,
+    (flags, started): (Flags, &Config),
+    tls: bool,
+) -> anyhow::Result<()> {
+    if tls {
+        let (cert, key) = (config.tls.cert.clone(), config.tls.key.clone());
+        let data_dir = config.data_dir.clone();
+        control.set_tls_loader(Box::new(move || {
+            let identity = tls::load_or_generate(cert.as_deref(), key.as_deref(), &data_dir)?;
+            Ok((identity.config, identity.fingerprint))
+        }));
+    }
+    control.set_config_loader(
+        Box::new(move || Ok(config::layers::load(&flags)?.config)),
+        started,
+    );
+    reload_on_hangup(control.reloader())
 }
 
 /// Shards to run: as configured, or one per core for 0.
@@ -298,6 +333,10 @@ struct ShardsOutside {
     commands: Vec<crossbeam_channel::Receiver<control::commands::ShardCommand>>,
     /// Where each shard counts the records it replays.
     replayed: Vec<Arc<std::sync::atomic::AtomicU64>>,
+    /// Where a link connection accepted by the wrong shard is passed on,
+    /// and the cluster's name in the links' handshakes.
+    handovers: server::remote::Handovers,
+    cluster: String,
 }
 
 /// The admin listener's address, written in the data dir for `isle ctl`.
@@ -310,7 +349,7 @@ type Recovered = std::sync::mpsc::Receiver<Result<String, String>>;
 fn spawn_shards(
     config: &Config,
     map: PartitionMap,
-    listeners: impl Iterator<Item = Listeners>,
+    listeners: impl Iterator<Item = (Listeners, Option<OwnedFd>)>,
     identity: Option<&tls::Identity>,
     mut senders: Senders,
     mut outside: ShardsOutside,
@@ -323,9 +362,14 @@ fn spawn_shards(
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut handles = Vec::new();
     let rejected = std::mem::take(&mut senders.push_rejected);
-    for (shard_id, ((ends, listeners), push_rejected)) in
+    for (shard_id, ((ends, (listeners, peer_listener)), push_rejected)) in
         peers.into_iter().zip(listeners).zip(rejected).enumerate()
     {
+        let remote = RemoteSetupParts {
+            cluster: outside.cluster.clone(),
+            listener: peer_listener,
+            handovers: outside.handovers.clone(),
+        };
         let shard_config = ShardConfig {
             wall_clock_offset_ms: unix_ms,
             ..config.shard_config(shard_id as u16, map)
@@ -356,7 +400,8 @@ fn spawn_shards(
                 let now_ms = started.elapsed().as_millis() as u64;
                 let mut shard = Shard::new(shard_config, Box::new(env), now_ms);
                 if let Some(node) = node {
-                    let unknown = shard::Placement::new(node, 0, Vec::new(), Default::default());
+                    let unknown =
+                        shard::Placement::new((node, 0), 0, Vec::new(), Default::default());
                     shard.set_placement(Some(Arc::new(unknown)));
                 }
                 runtime::run(ShardSetup {
@@ -374,6 +419,7 @@ fn spawn_shards(
                     serving,
                     commands,
                     replayed,
+                    remote,
                 })
                 .await
             })

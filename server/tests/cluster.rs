@@ -186,3 +186,92 @@ fn nodes_register_elect_assign_and_come_back() {
     });
     assert_eq!(etcd.get("/isle/v1/partitions").as_ref(), Some(&map));
 }
+
+/// A message crosses from a phone of node 1 to a phone of node 2 on the
+/// links between nodes, and its `Delivered` receipt comes back.
+#[test]
+fn messages_and_receipts_cross_nodes() {
+    let etcd = Etcd::start();
+    let nodes: Vec<Node> = (1..=3)
+        .map(|id| {
+            start_node(
+                &etcd,
+                id,
+                common::etcd::free_port(),
+                tempfile::tempdir().unwrap(),
+            )
+        })
+        .collect();
+    let all: Vec<&Node> = nodes.iter().collect();
+    await_all(&all, "assigned", |s| {
+        live(s) == [1, 2, 3] && s["partitions_owned"].as_u64().unwrap_or(0) > 0
+    });
+    let (alice_number, bob_number) = (number_on(1), number_on(2));
+    let login = |node: &Node, number: Phone| {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            // The shards take the placement within a tick of the view.
+            if let Some(phone) = try_phone(&node.server, number) {
+                return phone;
+            }
+            assert!(Instant::now() < deadline, "{number} cannot log in");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let mut alice = login(&nodes[0], alice_number);
+    let mut bob = login(&nodes[1], bob_number);
+    alice
+        .send(&ClientFrame::Send {
+            client_id: 1,
+            to: bob_number,
+            body: b"across",
+        })
+        .unwrap();
+    common::expect(&mut alice, "Sent", |e| {
+        matches!(e, Event::Sent { client_id: 1, .. })
+    });
+    let seq = match common::expect(&mut bob, "Message", |e| matches!(e, Event::Message { .. })) {
+        Event::Message { seq, body, .. } => {
+            assert_eq!(&body[..], b"across");
+            seq
+        }
+        _ => unreachable!(),
+    };
+    bob.send(&ClientFrame::Ack { up_to: seq }).unwrap();
+    common::expect(&mut alice, "Delivered", |e| {
+        matches!(
+            e,
+            Event::Receipt {
+                kind: wire::ReceiptKind::Delivered,
+                client_id: 1,
+                ..
+            }
+        )
+    });
+}
+
+/// A signed-up and logged-in phone on `server`, or `None` while it is told
+/// to try later.
+fn try_phone(server: &Server, number: Phone) -> Option<Client> {
+    let mut client = Client::connect(server.plain).unwrap();
+    client
+        .send(&ClientFrame::RequestCode { phone: number })
+        .unwrap();
+    match client.recv().unwrap() {
+        Event::CodeSent { .. } => {}
+        Event::TryLater { .. } => return None,
+        other => panic!("{other:?}"),
+    }
+    client
+        .send(&ClientFrame::Verify {
+            phone: number,
+            code: common::TEST_CODE,
+        })
+        .unwrap();
+    let key = match client.recv().unwrap() {
+        Event::Registered { key, .. } => key,
+        other => panic!("{other:?}"),
+    };
+    client.login(number, key).unwrap();
+    Some(client)
+}

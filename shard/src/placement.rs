@@ -21,13 +21,18 @@ pub struct PlacedNode {
     /// live still gets what is owed to it (receipts, group copies), which
     /// waits on the link until it is back.
     pub live: bool,
+    /// Where its links connect, and its incarnation (its lease id; 0 while
+    /// it is not live).
+    pub peer: std::net::SocketAddr,
+    pub incarnation: i64,
 }
 
 /// The cluster's partition map as a shard routes by it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
-    /// This node's id.
+    /// This node's id, and its incarnation (0 until it is registered).
     pub node: u16,
+    pub incarnation: i64,
     /// The partition map's revision: what a `Redirect` carries.
     pub revision: u64,
     /// `owners[p]`: the node owning partition `p`; empty while the cluster
@@ -52,7 +57,7 @@ impl Placement {
     /// `owners` has one node id per partition ([`PARTITIONS_DEFAULT`]), or
     /// none before the cluster has a map.
     pub fn new(
-        node: u16,
+        (node, incarnation): (u16, i64),
         revision: u64,
         owners: Vec<u16>,
         nodes: BTreeMap<u16, PlacedNode>,
@@ -63,6 +68,7 @@ impl Placement {
         );
         Placement {
             node,
+            incarnation,
             revision,
             owners,
             nodes,
@@ -116,9 +122,11 @@ mod tests {
             advertise: "b:5222".into(),
             shards: 4,
             live,
+            peer: "10.0.0.2:5223".parse().unwrap(),
+            incarnation: 7,
         };
         let nodes = BTreeMap::from([(1, node(true)), (2, node(false))]);
-        let placement = Placement::new(1, 9, owners, nodes);
+        let placement = Placement::new((1, 5), 9, owners, nodes);
         assert_eq!(placement.home(5, 2), Home::Here(1));
         assert_eq!(
             placement.home(513, 2),
@@ -129,7 +137,7 @@ mod tests {
             }
         );
         assert_eq!(placement.home(1023, 2), Home::Unknown, "node 3 never seen");
-        let empty = Placement::new(1, 0, Vec::new(), BTreeMap::new());
+        let empty = Placement::new((1, 0), 0, Vec::new(), BTreeMap::new());
         assert_eq!(empty.home(0, 2), Home::Unknown);
     }
 }

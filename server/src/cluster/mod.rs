@@ -8,9 +8,12 @@
 //! - `view`: the cluster as the keys under the prefix describe it;
 //! - `coordinator`: the lease, registration, election, the controller's
 //!   assignment, the watch, endpoint failover;
+//! - `envelope`: a peer message as it crosses to another node, and the
+//!   checks it meets there;
 //! - `identity`: the node a data directory belongs to.
 
 pub mod coordinator;
+pub mod envelope;
 pub mod identity;
 pub mod partitions;
 pub mod view;
@@ -29,18 +32,22 @@ pub fn placement(view: &view::ClusterView, me: u16) -> Placement {
     let revision = view.partitions.as_ref().map_or(0, |(_, r)| *r).max(0) as u64;
     let mut nodes = BTreeMap::new();
     for (&id, record) in &view.members {
-        nodes.insert(id, placed(record, false));
+        nodes.insert(id, placed(record, 0));
     }
     for (&id, live) in &view.nodes {
-        nodes.insert(id, placed(&live.record, true));
+        nodes.insert(id, placed(&live.record, live.incarnation));
     }
-    Placement::new(me, revision, owners, nodes)
+    let incarnation = view.nodes.get(&me).map_or(0, |n| n.incarnation);
+    Placement::new((me, incarnation), revision, owners, nodes)
 }
 
-fn placed(record: &view::NodeRecord, live: bool) -> PlacedNode {
+/// A node as a placement shows it; `incarnation` 0: not live.
+fn placed(record: &view::NodeRecord, incarnation: i64) -> PlacedNode {
     PlacedNode {
         advertise: record.advertise.clone(),
         shards: record.shards,
-        live,
+        live: incarnation != 0,
+        peer: record.peer,
+        incarnation,
     }
 }

@@ -43,6 +43,10 @@ pub struct Queues {
     pub peer_staged_messages: u64,
     /// The most staged for any one other shard.
     pub peer_staged_messages_max: u64,
+    /// In a cluster: messages staged for other nodes, not yet on a link
+    /// (all nodes), and the most for any one node.
+    pub node_staged_messages: u64,
+    pub node_staged_messages_max: u64,
 }
 
 /// The journal as the shard sees it.

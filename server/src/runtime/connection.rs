@@ -227,10 +227,10 @@ impl ConnTask {
             }
         }
         let wants_input = self.handover_to.is_none() && self.runtime.shard().wants_input(self.id);
-        let links = &self.runtime.links;
+        let runtime = &self.runtime;
         let link = |destination| LinkState {
-            congested: links.is_congested(destination),
-            drains: links.drains(destination),
+            congested: runtime.is_congested(destination),
+            drains: runtime.drains(destination),
         };
         match self.flow.read(wants_input, link) {
             Read::Inbox => {
@@ -247,7 +247,7 @@ impl ConnTask {
                 register,
             } => {
                 if register {
-                    links.wake_when_drained(destination, cx.waker().clone());
+                    runtime.wake_when_drained(destination, cx.waker().clone());
                 }
             }
             Read::Nothing => {}

@@ -29,6 +29,7 @@ mod commit;
 mod connection;
 mod events;
 mod links;
+mod remote;
 mod replay;
 
 use std::{
@@ -51,6 +52,7 @@ use storage::log::LogConfig;
 use tokio::sync::oneshot;
 
 pub use links::Batch;
+pub use remote::RemoteSetupParts;
 pub(crate) use replay::{open_journal, ShardJournal};
 
 use self::{
@@ -127,9 +129,11 @@ pub struct Runtime {
     started: Instant,
     /// Set once the shard stops: accept loops take no new connections.
     stopping: Cell<bool>,
-    /// A message for another node met no link (said once in the log).
-    no_remote_links: Cell<bool>,
     links: Links,
+    /// Links to the other nodes of the cluster (idle for a single node).
+    remote: remote::Remote,
+    /// The latency-sensitive queue the links' tasks run in.
+    peer_queue: Cell<Option<TaskQueueHandle>>,
     commits: Commits,
     connections: ConnectionTasks,
     events: events::EventLog,
@@ -138,19 +142,48 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    fn new(shard: Shard, started: Instant, shard_count: usize, staging_max: usize) -> Runtime {
+    fn new(
+        shard: Shard,
+        started: Instant,
+        (shard_count, staging_max): (usize, usize),
+        remote: remote::RemoteSetupParts,
+    ) -> Runtime {
         let shard_id = shard.config().shard_id;
         Runtime {
             shard_id,
             shard: RefCell::new(shard),
             started,
             stopping: Cell::new(false),
-            no_remote_links: Cell::new(false),
             links: Links::new(shard_count, staging_max),
+            remote: remote::Remote::new(remote, staging_max),
+            peer_queue: Cell::new(None),
             commits: Commits::default(),
             connections: ConnectionTasks::new(),
             events: events::EventLog::new(shard_id),
             tls: RefCell::new(None),
+        }
+    }
+
+    /// Whether the connections feeding `key` (a shard of this node, or
+    /// `remote::node_key` of another node) must pause.
+    fn is_congested(&self, key: u16) -> bool {
+        match key.checked_sub(remote::NODE_KEY_BASE) {
+            Some(node) => self.remote.is_congested(node),
+            None => self.links.is_congested(key),
+        }
+    }
+
+    fn drains(&self, key: u16) -> u64 {
+        match key.checked_sub(remote::NODE_KEY_BASE) {
+            Some(node) => self.remote.drains(node),
+            None => self.links.drains(key),
+        }
+    }
+
+    fn wake_when_drained(&self, key: u16, waker: std::task::Waker) {
+        match key.checked_sub(remote::NODE_KEY_BASE) {
+            Some(node) => self.remote.wake_when_drained(node, waker),
+            None => self.links.wake_when_drained(key, waker),
         }
     }
 
@@ -200,19 +233,16 @@ impl Runtime {
         let mut congested = None;
         let mut signals_dropped = 0;
         for (destination, message) in shard.drain_peer_messages() {
-            let destination = match destination {
-                Dest::Shard(shard) => shard,
-                Dest::Node { node, .. } => {
-                    // No links between nodes in this build: said once.
-                    if !self.no_remote_links.replace(true) {
-                        log::error!("shard {}: no link to node {node}", self.shard_id);
-                    }
-                    continue;
-                }
+            let (staged, key) = match destination {
+                Dest::Shard(shard) => (self.links.stage(shard, message), shard),
+                Dest::Node { node, shard } => (
+                    self.remote.stage(node, shard, message),
+                    remote::node_key(node),
+                ),
             };
-            match self.links.stage(destination, message) {
+            match staged {
                 Staged::Queued => {}
-                Staged::OverLimit => congested = Some(destination),
+                Staged::OverLimit => congested = Some(key),
                 Staged::Dropped => signals_dropped += 1,
             }
         }
@@ -231,7 +261,7 @@ impl Runtime {
 
     /// Carries out an operator's request (see `control::commands`). A
     /// reply the control thread stopped waiting for is dropped.
-    fn obey(&self, command: ShardCommand) {
+    fn obey(self: &Rc<Self>, command: ShardCommand) {
         match command {
             ShardCommand::AccountShow { phone, reply } => {
                 let _ = reply.send(self.shard().account_info(phone));
@@ -260,7 +290,8 @@ impl Runtime {
                 self.with_shard(|shard| shard.set_limits(*limits));
             }
             ShardCommand::Place(placement) => {
-                self.with_shard(|shard| shard.set_placement(Some(placement)));
+                self.with_shard(|shard| shard.set_placement(Some(placement.clone())));
+                remote::place(self, &placement, self.peer_queue.get());
             }
             ShardCommand::Drain => {
                 log::warn!(
@@ -302,6 +333,7 @@ impl Runtime {
     fn report(&self) -> ShardReport {
         let shard = self.shard();
         let (peer_staged_messages, peer_staged_messages_max) = self.links.staged();
+        let (node_staged_messages, node_staged_messages_max) = self.remote.staged();
         let stats = self.commits.journal_stats();
         let (bytes_in, bytes_out) = self.connections.bytes();
         let errors_sent = shard
@@ -317,6 +349,8 @@ impl Runtime {
                 shard: shard.queue_lengths(),
                 peer_staged_messages,
                 peer_staged_messages_max,
+                node_staged_messages,
+                node_staged_messages_max,
             },
             commits: self.commits.take_samples(),
             journal: JournalState {
@@ -387,6 +421,8 @@ pub struct ShardSetup {
     /// Raised once every shard replayed and the listeners listen: the
     /// accept loops wait for it.
     pub serving: Arc<AtomicBool>,
+    /// This shard's part of the links to other nodes.
+    pub remote: remote::RemoteSetupParts,
 }
 
 /// Runs one shard until `stop` is raised and its connections are closed.
@@ -406,6 +442,7 @@ pub async fn run(setup: ShardSetup) {
         serving,
         commands,
         replayed,
+        remote,
     } = setup;
     let shard_id = shard.config().shard_id;
     let journal = match open_journal(&mut shard, &storage, &replayed).await {
@@ -422,7 +459,12 @@ pub async fn run(setup: ShardSetup) {
     let tick_ms = shard.config().tick_ms;
     let shard_count = peers.senders.len();
     let staging_max = limits.peer_staging_messages_max;
-    let runtime = Rc::new(Runtime::new(shard, started, shard_count, staging_max));
+    let runtime = Rc::new(Runtime::new(
+        shard,
+        started,
+        (shard_count, staging_max),
+        remote,
+    ));
     *runtime.tls.borrow_mut() = tls;
     let plan = CheckpointPlan::new(&storage);
     let tasks = spawn_tasks(&runtime, peers, journal, plan, (listeners, serving));
@@ -453,6 +495,7 @@ fn spawn_tasks(
         Latency::Matters(Duration::from_micros(PEER_TASKS_LATENCY_US)),
         "peers",
     );
+    runtime.peer_queue.set(Some(peer_queue));
     let mut tasks = Vec::new();
     for (destination, sender) in peers.senders.into_iter().enumerate() {
         if let Some(sender) = sender {
@@ -517,7 +560,7 @@ struct Outside<'a> {
 /// The tick: one runtime timer per shard drives the shard's own wheel,
 /// reads the wall clock, hands back push tokens the gateway refused, and
 /// once a second reports to the control thread.
-async fn tick_until_stopped(runtime: &Runtime, tick_ms: u64, outside: Outside<'_>) {
+async fn tick_until_stopped(runtime: &Rc<Runtime>, tick_ms: u64, outside: Outside<'_>) {
     let Outside {
         stop,
         push_rejected,
@@ -576,6 +619,7 @@ async fn stop_serving(runtime: &Runtime) {
             STOP_COMMITS_WAIT_MS / 1_000
         );
     }
+    runtime.remote.stop();
     let counters = runtime.shard().counters();
     let journal = runtime.commits.journal_stats();
     log::info!("shard {shard_id} stopped: {counters:?}; journal {journal:?}");

@@ -229,12 +229,15 @@ impl Net {
                     advertise: format!("node{}:5222", n.id),
                     shards: n.shards,
                     live: n.live,
+                    peer: ([10, 0, 0, n.id as u8], 5223).into(),
+                    incarnation: i64::from(n.id) * 1_000 + revision as i64,
                 };
                 (n.id, node)
             })
             .collect();
         for node in self.nodes.clone() {
-            let placement = Placement::new(node.id, revision, owners.clone(), placed.clone());
+            let me = (node.id, placed[&node.id].incarnation);
+            let placement = Placement::new(me, revision, owners.clone(), placed.clone());
             let placement = std::sync::Arc::new(placement);
             for shard in &mut self.shards[node.base..node.base + usize::from(node.shards)] {
                 shard.set_placement(Some(placement.clone()));

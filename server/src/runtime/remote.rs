@@ -1,0 +1,364 @@
+//! The runtime's side of the links between nodes (`server::remote`): what
+//! this shard stages for each other node, the forwarder that moves it onto
+//! that node's link, and what arrives from other nodes.
+//!
+//! Staging works as between shards (`links`): each node has its own
+//! staging bound (`peer_staging_messages_max`); a connection whose input
+//! took it over the bound stops reading until it drains, so only the
+//! connections that feed that node pause. Signals give way at a quarter of
+//! the bound, or when the link itself no longer takes them. Nothing else
+//! is ever dropped here: what waits for a node that is down waits on its
+//! link until it is back.
+//!
+//! The links start once the coordinator has registered this node (its
+//! incarnation is part of every handshake). A payload is an
+//! [`Envelope`]: the destination shard on that node, and for an answer
+//! the incarnation it is meant for. What arrives is checked, handed to
+//! its shard (this one, or another of this node through the links
+//! between shards), then released: what a shard does with a message it
+//! was handed is as durable as it would be between two shards of one
+//! process, and what must survive a crash is answered (`Sent`) or
+//! confirmed (group copies) only after its commit, and comes again if not.
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::VecDeque,
+    os::fd::OwnedFd,
+    rc::{Rc, Weak},
+    sync::Arc,
+    task::{Poll, Waker},
+};
+
+use ahash::AHashMap;
+use glommio::TaskQueueHandle;
+use server::remote::{
+    Delivery, Handovers, LinkConfig, Local, Payload, PushError, RemoteLinks, RemoteSetup,
+};
+use shard::{PeerMessage, Placement};
+
+use super::{links::Staged, Runtime, Signal};
+use crate::cluster::envelope::Envelope;
+
+/// Keys from here on name another node's staging in the connections'
+/// pause bookkeeping (`server::flow`), which names shards below it.
+pub const NODE_KEY_BASE: u16 = 1 << 15;
+
+/// The flow key of node `node`'s staging.
+pub fn node_key(node: u16) -> u16 {
+    NODE_KEY_BASE + node
+}
+
+/// What this shard stages for one other node.
+#[derive(Default)]
+struct Outbound {
+    payloads: RefCell<VecDeque<Payload>>,
+    /// Raised when a payload is staged: the forwarder has work.
+    signal: Signal,
+    /// Connections paused on this node, at most once each per drain.
+    blocked: RefCell<Vec<Waker>>,
+    drains: Cell<u64>,
+}
+
+/// The cluster as this shard's links see it.
+pub struct Remote {
+    cluster: String,
+    staging_max: usize,
+    /// This shard's peer listener, until the links start.
+    listener: RefCell<Option<OwnedFd>>,
+    handovers: Handovers,
+    links: RefCell<Option<Rc<RemoteLinks>>>,
+    outbound: RefCell<AHashMap<u16, Rc<Outbound>>>,
+    /// Each other node's incarnation as the placement lists it: the only
+    /// one whose links are accepted.
+    incarnations: Rc<RefCell<AHashMap<u16, i64>>>,
+    /// Envelopes refused on arrival (each logged).
+    refused: Cell<u64>,
+}
+
+/// This shard's part of the node's peer listener and handovers.
+pub struct RemoteSetupParts {
+    pub cluster: String,
+    pub listener: Option<OwnedFd>,
+    pub handovers: Handovers,
+}
+
+impl Remote {
+    pub fn new(parts: RemoteSetupParts, staging_max: usize) -> Remote {
+        Remote {
+            cluster: parts.cluster,
+            staging_max,
+            listener: RefCell::new(parts.listener),
+            handovers: parts.handovers,
+            links: RefCell::new(None),
+            outbound: RefCell::new(AHashMap::new()),
+            incarnations: Rc::default(),
+            refused: Cell::new(0),
+        }
+    }
+
+    fn links(&self) -> Option<Rc<RemoteLinks>> {
+        self.links.borrow().clone()
+    }
+
+    /// Stages `message` for shard `shard` of `node`.
+    pub fn stage(&self, node: u16, shard: u16, message: PeerMessage) -> Staged {
+        let incarnation = self.incarnations.borrow().get(&node).copied().unwrap_or(0);
+        let outbound = self.outbound.borrow().get(&node).cloned();
+        let Some(outbound) = outbound else {
+            // A node the placement never named: no link, nothing to wait
+            // for (the shard only sends where the placement points).
+            return Staged::Dropped;
+        };
+        let mut payloads = outbound.payloads.borrow_mut();
+        let link_full = self.links().is_some_and(|l| !l.takes_signals(node));
+        if message.is_signal() && (payloads.len() >= self.staging_max / 4 || link_full) {
+            return Staged::Dropped;
+        }
+        payloads.push_back(Envelope::new(shard, incarnation, message).encode());
+        let over = payloads.len() > self.staging_max;
+        outbound.signal.raise();
+        if over {
+            Staged::OverLimit
+        } else {
+            Staged::Queued
+        }
+    }
+
+    pub fn is_congested(&self, node: u16) -> bool {
+        self.outbound
+            .borrow()
+            .get(&node)
+            .is_some_and(|o| o.payloads.borrow().len() > self.staging_max)
+    }
+
+    pub fn drains(&self, node: u16) -> u64 {
+        self.outbound
+            .borrow()
+            .get(&node)
+            .map_or(0, |o| o.drains.get())
+    }
+
+    pub fn wake_when_drained(&self, node: u16, waker: Waker) {
+        match self.outbound.borrow().get(&node) {
+            Some(outbound) => outbound.blocked.borrow_mut().push(waker),
+            None => waker.wake(),
+        }
+    }
+
+    /// Payloads staged for all other nodes, and the most for any one.
+    pub fn staged(&self) -> (u64, u64) {
+        self.outbound
+            .borrow()
+            .values()
+            .fold((0, 0), |(total, max), o| {
+                let len = o.payloads.borrow().len() as u64;
+                (total + len, max.max(len))
+            })
+    }
+
+    /// Stops the links (at shutdown).
+    pub fn stop(&self) {
+        if let Some(links) = self.links() {
+            links.stop();
+        }
+    }
+}
+
+/// Follows a new placement: starts the links once this node is registered,
+/// links to every other member (live or not: what is owed to one that is
+/// down waits on its link), and forgets nodes no longer members.
+pub fn place(runtime: &Rc<Runtime>, placement: &Arc<Placement>, queue: Option<TaskQueueHandle>) {
+    let remote = &runtime.remote;
+    let me = placement.node;
+    {
+        let mut incarnations = remote.incarnations.borrow_mut();
+        incarnations.clear();
+        for (node, placed) in placement.nodes().filter(|(n, _)| *n != me) {
+            incarnations.insert(node, placed.incarnation);
+        }
+    }
+    if remote.links.borrow().is_none() && placement.incarnation != 0 {
+        start(runtime, placement, queue);
+    }
+    let Some(links) = remote.links() else {
+        return;
+    };
+    let mut outbound = remote.outbound.borrow_mut();
+    for (node, placed) in placement.nodes().filter(|(n, _)| *n != me) {
+        links.ensure(node, placed.incarnation, placed.peer, placed.shards);
+        if !outbound.contains_key(&node) {
+            let staging = Rc::new(Outbound::default());
+            outbound.insert(node, staging.clone());
+            let forward = forward(Rc::downgrade(runtime), node, staging);
+            let task = match queue {
+                Some(queue) => glommio::spawn_local_into(forward, queue),
+                None => Ok(glommio::spawn_local(forward)),
+            };
+            if let Ok(task) = task {
+                task.detach();
+            }
+        }
+    }
+    let gone: Vec<u16> = outbound
+        .keys()
+        .copied()
+        .filter(|node| placement.node(*node).is_none())
+        .collect();
+    for node in gone {
+        links.forget(node);
+        if let Some(staging) = outbound.remove(&node) {
+            staging.signal.raise();
+        }
+    }
+}
+
+/// Starts this shard's links as node `placement.node` at its incarnation.
+fn start(runtime: &Rc<Runtime>, placement: &Placement, queue: Option<TaskQueueHandle>) {
+    let remote = &runtime.remote;
+    let shards = runtime.shard().config().map.shards();
+    let local = match Local::new(
+        &remote.cluster,
+        placement.node,
+        placement.incarnation,
+        runtime.shard_id,
+        shards,
+    ) {
+        Ok(local) => local,
+        Err(error) => {
+            log::error!("shard {}: links cannot start: {error}", runtime.shard_id);
+            return;
+        }
+    };
+    let incarnations = remote.incarnations.clone();
+    let approve = Box::new(move |node: u16, incarnation: i64| {
+        incarnations.borrow().get(&node) == Some(&incarnation)
+    });
+    let weak = Rc::downgrade(runtime);
+    let deliver = Box::new(move |delivery: Delivery| {
+        if let Some(runtime) = weak.upgrade() {
+            receive(&runtime, delivery);
+        }
+    });
+    let setup = RemoteSetup {
+        local,
+        config: LinkConfig::default(),
+        listener: remote.listener.borrow_mut().take(),
+        handovers: remote.handovers.clone(),
+        approve,
+        deliver,
+        task_queue: queue,
+    };
+    match RemoteLinks::start(setup) {
+        Ok(links) => *remote.links.borrow_mut() = Some(links),
+        Err(error) => log::error!("shard {}: links cannot start: {error}", runtime.shard_id),
+    }
+}
+
+/// Moves what is staged for `node` onto its link, waiting for room while
+/// the link is full; wakes the connections paused on it as it drains.
+async fn forward(runtime: Weak<Runtime>, node: u16, outbound: Rc<Outbound>) {
+    loop {
+        outbound.signal.wait().await;
+        let Some(runtime) = runtime.upgrade() else {
+            return;
+        };
+        if !runtime.remote.outbound.borrow().contains_key(&node) {
+            return;
+        }
+        let Some(links) = runtime.remote.links() else {
+            continue;
+        };
+        loop {
+            let pushed = links.push_batch(node, &mut outbound.payloads.borrow_mut());
+            if let Err(error) = pushed {
+                // No link to it (forgotten meanwhile), or a payload over
+                // the link's bound, which an envelope never is.
+                log::error!("shard {}: to node {node}: {error}", runtime.shard_id);
+                if let PushError::TooLarge { .. } = error {
+                    continue;
+                }
+                break;
+            }
+            drained(&runtime.remote, &outbound);
+            if outbound.payloads.borrow().is_empty() {
+                break;
+            }
+            futures_lite::future::poll_fn(|cx| {
+                if links.is_full(node) {
+                    links.wait_room(node, cx.waker());
+                    Poll::Pending
+                } else {
+                    Poll::Ready(())
+                }
+            })
+            .await;
+        }
+    }
+}
+
+/// Wakes the connections paused on `outbound` once it is within bounds.
+fn drained(remote: &Remote, outbound: &Outbound) {
+    if outbound.payloads.borrow().len() <= remote.staging_max {
+        outbound.drains.set(outbound.drains.get() + 1);
+        for waker in outbound.blocked.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+}
+
+/// Payloads from another node: each checked and handed to its shard,
+/// then all released.
+fn receive(runtime: &Rc<Runtime>, delivery: Delivery) {
+    let last_seq = delivery.last_seq();
+    let (shards, incarnation) = {
+        let shard = runtime.shard();
+        let incarnation = shard.placement().map_or(0, |p| p.incarnation);
+        (shard.config().map.shards(), incarnation)
+    };
+    let mut over = None;
+    for payload in &delivery.payloads {
+        match Envelope::decode(payload, shards, incarnation) {
+            Ok(envelope) if envelope.shard == runtime.shard_id => {
+                let now_ms = runtime.now_ms();
+                runtime.with_shard(|shard| shard.handle_peer(envelope.message, now_ms));
+            }
+            Ok(envelope) => {
+                // On to another shard of this node, staged like any message
+                // between shards (a signal may be dropped there).
+                if runtime.links.stage(envelope.shard, envelope.message) == Staged::OverLimit {
+                    over = Some(envelope.shard);
+                }
+            }
+            Err(refused) => {
+                runtime.remote.refused.set(runtime.remote.refused.get() + 1);
+                log::warn!(
+                    "shard {}: from node {}: {refused}",
+                    runtime.shard_id,
+                    delivery.origin.sender.node
+                );
+            }
+        }
+    }
+    let Some(links) = runtime.remote.links() else {
+        return;
+    };
+    let Some(shard) = over else {
+        links.released(&delivery.origin, last_seq);
+        return;
+    };
+    // A shard of this node is behind: the release waits for it, so the
+    // sender's window, not this node's memory, holds what comes next.
+    let (weak, origin) = (Rc::downgrade(runtime), delivery.origin);
+    let release = async move {
+        futures_lite::future::poll_fn(|cx| match weak.upgrade() {
+            Some(runtime) if runtime.links.is_congested(shard) => {
+                runtime.links.wake_when_drained(shard, cx.waker().clone());
+                Poll::Pending
+            }
+            _ => Poll::Ready(()),
+        })
+        .await;
+        links.released(&origin, last_seq);
+    };
+    glommio::spawn_local(release).detach();
+}
