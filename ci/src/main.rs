@@ -21,6 +21,7 @@
 //!   docs, run by hand, not part of `test`.
 
 mod bench;
+#[cfg(feature = "dashboard")]
 mod dashboard;
 
 use std::{
@@ -58,7 +59,7 @@ enum Task {
     /// isle against mosquitto and the bare relay, side by side.
     Bench(bench::Options),
     /// The Grafana dashboard drawn against isle under load, for the docs.
-    Dashboard(dashboard::Options),
+    Dashboard(DashboardOptions),
 }
 
 impl Task {
@@ -90,7 +91,7 @@ fn main() {
         Task::Smoke => smoke(),
         Task::Stall => stall(),
         Task::Bench(options) => bench::bench(options),
-        Task::Dashboard(options) => dashboard::dashboard(options),
+        Task::Dashboard(options) => draw_dashboard(options),
     };
     if let Err(error) = result {
         eprintln!("ci: {error:#}");
@@ -104,6 +105,39 @@ fn root() -> PathBuf {
         .parent()
         .expect("ci lives in the workspace")
         .to_owned()
+}
+
+/// Where `ci dashboard` writes, and what it draws from.
+#[derive(clap::Args)]
+pub struct DashboardOptions {
+    /// Where dashboard.png and dashboard.md go.
+    #[arg(long, default_value_os_t = root().join("docs"))]
+    pub out: PathBuf,
+    /// Draw from a capture an earlier run saved (its path is printed at
+    /// the end of a run) instead of running the load again.
+    #[arg(long)]
+    pub from: Option<PathBuf>,
+}
+
+#[cfg(feature = "dashboard")]
+fn draw_dashboard(options: &DashboardOptions) -> anyhow::Result<()> {
+    dashboard::dashboard(options)
+}
+
+/// Without its feature (see Cargo.toml), `ci dashboard` runs again with it.
+#[cfg(not(feature = "dashboard"))]
+fn draw_dashboard(options: &DashboardOptions) -> anyhow::Result<()> {
+    let out = options.out.to_string_lossy().into_owned();
+    let mut args = vec!["run", "-q", "-p", "ci", "--features", "dashboard", "--"];
+    args.extend(["dashboard", "--out", &out]);
+    let from = options
+        .from
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned());
+    if let Some(from) = &from {
+        args.extend(["--from", from]);
+    }
+    cargo(&args)
 }
 
 fn cargo(args: &[&str]) -> anyhow::Result<()> {

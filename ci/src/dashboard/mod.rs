@@ -50,16 +50,7 @@ const PACKAGES: &[(&str, &str)] = &[
     (render::FONT_PATH, "fonts-dejavu-core"),
 ];
 
-#[derive(clap::Args)]
-pub struct Options {
-    /// Where dashboard.png and dashboard.md go.
-    #[arg(long, default_value_os_t = crate::root().join("docs"))]
-    pub out: PathBuf,
-    /// Draw from a capture an earlier run saved (its path is printed at
-    /// the end of a run) instead of running the load again.
-    #[arg(long)]
-    pub from: Option<PathBuf>,
-}
+pub use crate::DashboardOptions as Options;
 
 /// Runs the load and draws it, or draws `--from` a saved capture.
 pub fn dashboard(options: &Options) -> anyhow::Result<()> {
