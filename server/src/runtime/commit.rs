@@ -242,6 +242,8 @@ pub async fn commit(runtime: Rc<Runtime>, mut journal: impl Journal, plan: Check
                     runtime.commits.finish();
                     runtime.commits.finished_with(started, journal.stats());
                 });
+                // What other nodes sent that this commit made durable.
+                runtime.remote.release_durable();
                 if let Some(snapshot) = snapshot {
                     checkpoints.start(&runtime, journal.last_batch(), snapshot);
                 }

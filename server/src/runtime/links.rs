@@ -25,6 +25,9 @@ use crate::{peer_queue, transport::Transport};
 /// What crosses from one shard to another, in batches.
 pub enum Mail {
     Peer(PeerMessage),
+    /// A message from another node, whose link waits until what it
+    /// causes here is durable (see `remote::Durable`).
+    Tracked(PeerMessage, super::remote::Durable),
     Adopt(Adoption),
 }
 
@@ -90,6 +93,30 @@ impl Links {
             return Staged::Dropped;
         }
         staging.push(Mail::Peer(message));
+        let over = staging.len() > self.staging_max;
+        link.signal.raise();
+        if over {
+            Staged::OverLimit
+        } else {
+            Staged::Queued
+        }
+    }
+
+    /// Stages a message from another node for `destination`, like `stage`
+    /// (a signal may be dropped: it owes nothing, and `durable` is done
+    /// as it drops).
+    pub fn stage_tracked(
+        &self,
+        destination: u16,
+        message: PeerMessage,
+        durable: super::remote::Durable,
+    ) -> Staged {
+        let link = &self.links[destination as usize];
+        let mut staging = link.staging.borrow_mut();
+        if message.is_signal() && staging.len() >= self.staging_max / 4 {
+            return Staged::Dropped;
+        }
+        staging.push(Mail::Tracked(message, durable));
         let over = staging.len() > self.staging_max;
         link.signal.raise();
         if over {
@@ -185,6 +212,10 @@ fn hand_in_run(
     for mail in mails {
         match mail {
             Mail::Peer(message) => shard.handle_peer(message, runtime.now_ms()),
+            Mail::Tracked(message, durable) => {
+                shard.handle_peer(message, runtime.now_ms());
+                runtime.after_next_commit(shard, durable);
+            }
             Mail::Adopt(adoption) => return Some(adoption),
         }
     }

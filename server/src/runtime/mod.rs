@@ -373,6 +373,14 @@ impl Runtime {
     fn commit_covering_now(&self) -> u64 {
         self.commits.covering_now(self.shard().awaits_next_commit())
     }
+
+    /// Marks `durable` done once what `shard` recorded so far is on disk
+    /// (for a caller that holds the shard already).
+    fn after_next_commit(&self, shard: &Shard, durable: remote::Durable) {
+        let target = self.commits.covering_now(shard.awaits_next_commit());
+        self.commits
+            .after(target, Box::new(move |_| durable.done()));
+    }
 }
 
 /// The ends of the queues one shard owns: a sender to every other shard and a
@@ -578,6 +586,7 @@ async fn tick_until_stopped(runtime: &Rc<Runtime>, tick_ms: u64, outside: Outsid
         for command in commands.try_iter() {
             runtime.obey(command);
         }
+        runtime.remote.release_durable();
         runtime.with_shard(|shard| {
             let now_ms = runtime.now_ms();
             shard.observe_wall_clock(unix_ms(), now_ms);

@@ -13,26 +13,31 @@
 //! The links start once the coordinator has registered this node (its
 //! incarnation is part of every handshake). A payload is an
 //! [`Envelope`]: the destination shard on that node, and for an answer
-//! the incarnation it is meant for. What arrives is checked, handed to
+//! the incarnation it is meant for. What arrives is checked and handed to
 //! its shard (this one, or another of this node through the links
-//! between shards), then released: what a shard does with a message it
-//! was handed is as durable as it would be between two shards of one
-//! process, and what must survive a crash is answered (`Sent`) or
-//! confirmed (group copies) only after its commit, and comes again if not.
+//! between shards); a delivery is released only once everything it
+//! caused is durable (each part's shard finished its next commit: see
+//! [`Durable`]). Until then the sender's queue keeps it, and sends it
+//! again to this node's next incarnation if this one dies: a receipt or a
+//! message crossing nodes survives a crash of either, and a repeat is
+//! absorbed by the resend tables.
 
 use std::{
     cell::{Cell, RefCell},
     collections::VecDeque,
     os::fd::OwnedFd,
     rc::{Rc, Weak},
-    sync::Arc,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     task::{Poll, Waker},
 };
 
 use ahash::AHashMap;
 use glommio::TaskQueueHandle;
 use server::remote::{
-    Delivery, Handovers, LinkConfig, Local, Payload, PushError, RemoteLinks, RemoteSetup,
+    Delivery, Handovers, LinkConfig, Local, Origin, Payload, PushError, RemoteLinks, RemoteSetup,
 };
 use shard::{PeerMessage, Placement};
 
@@ -73,6 +78,8 @@ pub struct Remote {
     incarnations: Rc<RefCell<AHashMap<u16, i64>>>,
     /// Envelopes refused on arrival (each logged).
     refused: Cell<u64>,
+    /// Deliveries not yet released, in arrival order.
+    pending: RefCell<VecDeque<Pending>>,
 }
 
 /// This shard's part of the node's peer listener and handovers.
@@ -93,6 +100,7 @@ impl Remote {
             outbound: RefCell::new(AHashMap::new()),
             incarnations: Rc::default(),
             refused: Cell::new(0),
+            pending: RefCell::new(VecDeque::new()),
         }
     }
 
@@ -306,28 +314,78 @@ fn drained(remote: &Remote, outbound: &Outbound) {
     }
 }
 
-/// Payloads from another node: each checked and handed to its shard,
-/// then all released.
+/// One part of what a delivery from another node caused: done when it
+/// drops, which a shard makes happen once that part is durable (its next
+/// commit finished), or at once for what owed nothing (a dropped signal).
+pub struct Durable(Arc<AtomicUsize>);
+
+impl Durable {
+    /// This part is durable.
+    pub fn done(self) {}
+}
+
+impl Drop for Durable {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A delivery whose parts are not all durable yet.
+struct Pending {
+    origin: Origin,
+    last_seq: u64,
+    parts: Arc<AtomicUsize>,
+}
+
+impl Remote {
+    /// Releases, in arrival order, the deliveries whose every part is
+    /// durable: the sender's queue keeps the rest, and sends them again to
+    /// this node's next incarnation if this one dies first.
+    pub fn release_durable(&self) {
+        let Some(links) = self.links() else {
+            return;
+        };
+        let mut pending = self.pending.borrow_mut();
+        while pending
+            .front()
+            .is_some_and(|p| p.parts.load(Ordering::Acquire) == 0)
+        {
+            let done = pending.pop_front().expect("checked");
+            links.released(&done.origin, done.last_seq);
+        }
+    }
+
+    fn part(parts: &Arc<AtomicUsize>) -> Durable {
+        parts.fetch_add(1, Ordering::AcqRel);
+        Durable(parts.clone())
+    }
+}
+
+/// Payloads from another node: each checked and handed to its shard; the
+/// delivery is released once all of them are durable (`release_durable`).
 fn receive(runtime: &Rc<Runtime>, delivery: Delivery) {
-    let last_seq = delivery.last_seq();
     let (shards, incarnation) = {
         let shard = runtime.shard();
         let incarnation = shard.placement().map_or(0, |p| p.incarnation);
         (shard.config().map.shards(), incarnation)
     };
-    let mut over = None;
+    let parts = Arc::new(AtomicUsize::new(0));
     for payload in &delivery.payloads {
         match Envelope::decode(payload, shards, incarnation) {
             Ok(envelope) if envelope.shard == runtime.shard_id => {
-                let now_ms = runtime.now_ms();
-                runtime.with_shard(|shard| shard.handle_peer(envelope.message, now_ms));
+                let (now_ms, part) = (runtime.now_ms(), Remote::part(&parts));
+                runtime.with_shard(|shard| {
+                    shard.handle_peer(envelope.message, now_ms);
+                    runtime.after_next_commit(shard, part);
+                });
             }
             Ok(envelope) => {
-                // On to another shard of this node, staged like any message
-                // between shards (a signal may be dropped there).
-                if runtime.links.stage(envelope.shard, envelope.message) == Staged::OverLimit {
-                    over = Some(envelope.shard);
-                }
+                // On to another shard of this node, which tells when it is
+                // durable there.
+                let part = Remote::part(&parts);
+                let _ = runtime
+                    .links
+                    .stage_tracked(envelope.shard, envelope.message, part);
             }
             Err(refused) => {
                 runtime.remote.refused.set(runtime.remote.refused.get() + 1);
@@ -339,26 +397,10 @@ fn receive(runtime: &Rc<Runtime>, delivery: Delivery) {
             }
         }
     }
-    let Some(links) = runtime.remote.links() else {
-        return;
-    };
-    let Some(shard) = over else {
-        links.released(&delivery.origin, last_seq);
-        return;
-    };
-    // A shard of this node is behind: the release waits for it, so the
-    // sender's window, not this node's memory, holds what comes next.
-    let (weak, origin) = (Rc::downgrade(runtime), delivery.origin);
-    let release = async move {
-        futures_lite::future::poll_fn(|cx| match weak.upgrade() {
-            Some(runtime) if runtime.links.is_congested(shard) => {
-                runtime.links.wake_when_drained(shard, cx.waker().clone());
-                Poll::Pending
-            }
-            _ => Poll::Ready(()),
-        })
-        .await;
-        links.released(&origin, last_seq);
-    };
-    glommio::spawn_local(release).detach();
+    runtime.remote.pending.borrow_mut().push_back(Pending {
+        origin: delivery.origin,
+        last_seq: delivery.last_seq(),
+        parts,
+    });
+    runtime.remote.release_durable();
 }
