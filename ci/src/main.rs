@@ -16,6 +16,8 @@
 //!   [`bench`]); not part of `test`.
 //! - `stall`: the cross-shard stall hunt (`server/tests/stall.rs`) at 400
 //!   rounds instead of CI's 10; not part of `test`.
+//! - `cluster`: the three-node test (`ci/tests/cluster.rs`) with ten
+//!   kills and restarts instead of `test`'s one.
 //! - `dashboard`: draws the Grafana dashboard against a running server
 //!   under load into `docs/dashboard.png` (see [`dashboard`]); for the
 //!   docs, run by hand, not part of `test`.
@@ -56,6 +58,8 @@ enum Task {
     Smoke,
     /// The cross-shard stall hunt at 400 rounds.
     Stall,
+    /// The three-node cluster test with ten kills and restarts.
+    Cluster,
     /// isle against mosquitto and the bare relay, side by side.
     Bench(bench::Options),
     /// The Grafana dashboard drawn against isle under load, for the docs.
@@ -71,6 +75,7 @@ impl Task {
             Task::Unit => "unit",
             Task::Smoke => "smoke",
             Task::Stall => "stall",
+            Task::Cluster => "cluster",
             Task::Bench(_) => "bench",
             Task::Dashboard(_) => "dashboard",
         }
@@ -90,6 +95,7 @@ fn main() {
         Task::Unit => unit(),
         Task::Smoke => smoke(),
         Task::Stall => stall(),
+        Task::Cluster => cluster(),
         Task::Bench(options) => bench::bench(options),
         Task::Dashboard(options) => draw_dashboard(options),
     };
@@ -229,6 +235,13 @@ fn stall() -> anyhow::Result<()> {
         "--",
         "--nocapture",
     ])
+}
+
+/// The cluster test of `ci test`, with more kills.
+fn cluster() -> anyhow::Result<()> {
+    packages(TEST_PACKAGES)?;
+    std::env::set_var("ISLE_CLUSTER_ROUNDS", "10");
+    cargo(&["test", "-p", "ci", "--test", "cluster", "--", "--nocapture"])
 }
 
 fn fmt() -> anyhow::Result<()> {
