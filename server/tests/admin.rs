@@ -162,14 +162,7 @@ fn an_operator_sees_and_revokes_an_account() {
             }
         )
     });
-    let mut again = server.connect();
-    again
-        .send(&ClientFrame::Login {
-            phone: alice_phone,
-            key: alice_key,
-        })
-        .unwrap();
-    common::expect_error(&mut again, wire::ErrorKind::BadCredentials);
+    assert_key_refused(&server, alice_phone, alice_key);
 }
 
 #[test]
@@ -351,13 +344,13 @@ fn an_operator_deletes_an_account_durably() {
     let server = Server::start_in(dir, &["--shards", "2"]);
     let (ok, missing) = ctl(&server, &["account", "show", "+15550000002"]);
     assert!(!ok && missing.contains("404"), "{missing}");
+    assert_key_refused(&server, bob_phone, bob_key);
+}
+
+/// A login with `key` to `phone` is refused `BadCredentials`.
+fn assert_key_refused(server: &Server, phone: wire::Phone, key: wire::DeviceKey) {
     let mut again = server.connect();
-    again
-        .send(&ClientFrame::Login {
-            phone: bob_phone,
-            key: bob_key,
-        })
-        .unwrap();
+    again.send(&ClientFrame::Login { phone, key }).unwrap();
     common::expect_error(&mut again, wire::ErrorKind::BadCredentials);
 }
 

@@ -46,6 +46,21 @@ fn start_node(etcd: &Etcd, id: u16, peer_port: u16, data_dir: tempfile::TempDir)
     }
 }
 
+/// Nodes 1, 2 and 3, once all are live and the partitions assigned.
+fn start_three(etcd: &Etcd) -> Vec<Node> {
+    let nodes: Vec<Node> = (1..=3)
+        .map(|id| {
+            let data_dir = tempfile::tempdir().unwrap();
+            start_node(etcd, id, common::etcd::free_port(), data_dir)
+        })
+        .collect();
+    let all: Vec<&Node> = nodes.iter().collect();
+    await_all(&all, "all three registered, partitions assigned", |s| {
+        live(s) == [1, 2, 3] && s["partitions_owned"].as_u64().unwrap_or(0) > 0
+    });
+    nodes
+}
+
 /// The node's `/status` cluster section.
 fn cluster_status(server: &Server) -> serde_json::Value {
     let url = format!("http://{}/status", server.admin);
@@ -100,20 +115,8 @@ fn ask_code(server: &Server, phone: Phone) -> Event {
 #[test]
 fn nodes_register_elect_assign_and_come_back() {
     let mut etcd = Etcd::start();
-    let mut nodes: Vec<Node> = (1..=3)
-        .map(|id| {
-            start_node(
-                &etcd,
-                id,
-                common::etcd::free_port(),
-                tempfile::tempdir().unwrap(),
-            )
-        })
-        .collect();
+    let mut nodes = start_three(&etcd);
     let all: Vec<&Node> = nodes.iter().collect();
-    await_all(&all, "all three registered, partitions assigned", |s| {
-        live(s) == [1, 2, 3] && s["partitions_owned"].as_u64().unwrap_or(0) > 0
-    });
     let statuses: Vec<serde_json::Value> = all.iter().map(|n| cluster_status(&n.server)).collect();
     let owned: Vec<u64> = statuses
         .iter()
@@ -192,20 +195,7 @@ fn nodes_register_elect_assign_and_come_back() {
 #[test]
 fn messages_and_receipts_cross_nodes() {
     let etcd = Etcd::start();
-    let nodes: Vec<Node> = (1..=3)
-        .map(|id| {
-            start_node(
-                &etcd,
-                id,
-                common::etcd::free_port(),
-                tempfile::tempdir().unwrap(),
-            )
-        })
-        .collect();
-    let all: Vec<&Node> = nodes.iter().collect();
-    await_all(&all, "assigned", |s| {
-        live(s) == [1, 2, 3] && s["partitions_owned"].as_u64().unwrap_or(0) > 0
-    });
+    let nodes = start_three(&etcd);
     let (alice_number, bob_number) = (number_on(1), number_on(2));
     let login = |node: &Node, number: Phone| {
         let deadline = Instant::now() + SETTLE;

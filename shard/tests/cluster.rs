@@ -16,6 +16,13 @@ fn number_on(net: &Net, node: u16, skip: usize) -> String {
         .unwrap()
 }
 
+/// Whether `got` holds a `Delivered` receipt for `client_id`.
+fn delivered(got: &[Got], client_id: u64) -> bool {
+    got.iter().any(|g| {
+        matches!(g, Got::Receipt { kind: ReceiptKind::Delivered, client_id: c, .. } if *c == client_id)
+    })
+}
+
 fn sent(got: &[Got], client_id: u64) -> bool {
     got.iter()
         .any(|g| matches!(g, Got::Sent { client_id: c, .. } if *c == client_id))
@@ -60,17 +67,7 @@ fn messages_receipts_and_groups_cross_nodes() {
         .expect("bob got alice's message");
     net.send(&mut bob_conn, ClientFrame::Ack { up_to: seq });
     let got = net.read(&alice_conn);
-    assert!(
-        got.iter().any(|g| matches!(
-            g,
-            Got::Receipt {
-                kind: ReceiptKind::Delivered,
-                client_id: 1,
-                ..
-            }
-        )),
-        "{got:?}"
-    );
+    assert!(delivered(&got, 1), "{got:?}");
     // A group with members on both nodes: every member gets the post.
     let (carol, carol_key) = net.signup(&number_on(&net, 2, 1));
     let (mut carol_conn, _) = net.login(carol, carol_key);
@@ -149,17 +146,7 @@ fn a_node_that_is_down_refuses_requests_and_is_owed_the_rest() {
     net.set_live(2, true, 3);
     assert!(net.parked.is_empty());
     let got = net.read(&bob_conn);
-    assert!(
-        got.iter().any(|g| matches!(
-            g,
-            Got::Receipt {
-                kind: ReceiptKind::Delivered,
-                client_id: 1,
-                ..
-            }
-        )),
-        "{got:?}"
-    );
+    assert!(delivered(&got, 1), "{got:?}");
     // Back: the refused message goes through when sent again.
     net.message(&mut alice_conn, bob, 7, b"while down");
     assert!(sent(&net.read(&alice_conn), 7));

@@ -85,14 +85,19 @@ impl Links {
 
     /// Stages `message` for `destination`.
     pub fn stage(&self, destination: u16, message: PeerMessage) -> Staged {
+        self.stage_mail(destination, Mail::Peer(message))
+    }
+
+    fn stage_mail(&self, destination: u16, mail: Mail) -> Staged {
         let link = &self.links[destination as usize];
         let mut staging = link.staging.borrow_mut();
         // Presence and typing give way early, at a quarter of the bound, so
         // that a storm of them never delays a message.
-        if message.is_signal() && staging.len() >= self.staging_max / 4 {
+        let signal = matches!(&mail, Mail::Peer(m) | Mail::Tracked(m, _) if m.is_signal());
+        if signal && staging.len() >= self.staging_max / 4 {
             return Staged::Dropped;
         }
-        staging.push(Mail::Peer(message));
+        staging.push(mail);
         let over = staging.len() > self.staging_max;
         link.signal.raise();
         if over {
@@ -111,19 +116,7 @@ impl Links {
         message: PeerMessage,
         durable: super::remote::Durable,
     ) -> Staged {
-        let link = &self.links[destination as usize];
-        let mut staging = link.staging.borrow_mut();
-        if message.is_signal() && staging.len() >= self.staging_max / 4 {
-            return Staged::Dropped;
-        }
-        staging.push(Mail::Tracked(message, durable));
-        let over = staging.len() > self.staging_max;
-        link.signal.raise();
-        if over {
-            Staged::OverLimit
-        } else {
-            Staged::Queued
-        }
+        self.stage_mail(destination, Mail::Tracked(message, durable))
     }
 
     /// Stages a connection moving to `destination`. Not bounded: it is one

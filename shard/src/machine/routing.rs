@@ -65,15 +65,8 @@ impl Shard {
     /// A request to `home`. Err: its node is not live (or unknown); the
     /// caller refuses with `Unavailable`.
     pub(super) fn ask(&mut self, home: Home, message: PeerMessage) -> Result<(), Unreachable> {
-        match home {
-            Home::Here(shard) => self.route(Dest::Shard(shard), message),
-            Home::Away {
-                node,
-                shard,
-                live: true,
-            } => self.route(Dest::Node { node, shard }, message),
-            Home::Away { live: false, .. } | Home::Unknown => return Err(Unreachable),
-        }
+        let dest = live_dest(home).ok_or(Unreachable)?;
+        self.route(dest, message);
         Ok(())
     }
 
@@ -98,16 +91,9 @@ impl Shard {
     /// A signal to `home`: dropped unless its node is live.
     pub(super) fn signal_to(&mut self, home: Home, message: PeerMessage) {
         debug_assert!(message.is_signal());
-        match home {
-            Home::Here(shard) => self.route(Dest::Shard(shard), message),
-            Home::Away {
-                node,
-                shard,
-                live: true,
-            } => self.route(Dest::Node { node, shard }, message),
-            Home::Away { live: false, .. } | Home::Unknown => {
-                self.counters.signals_dropped_unreachable += 1;
-            }
+        match live_dest(home) {
+            Some(dest) => self.route(dest, message),
+            None => self.counters.signals_dropped_unreachable += 1,
         }
     }
 
@@ -161,5 +147,19 @@ impl Shard {
             }
         }
         all
+    }
+}
+
+/// Where a request or signal to `home` goes: nowhere unless its node is
+/// live.
+fn live_dest(home: Home) -> Option<Dest> {
+    match home {
+        Home::Here(shard) => Some(Dest::Shard(shard)),
+        Home::Away {
+            node,
+            shard,
+            live: true,
+        } => Some(Dest::Node { node, shard }),
+        Home::Away { live: false, .. } | Home::Unknown => None,
     }
 }
