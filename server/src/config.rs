@@ -359,7 +359,38 @@ impl Config {
         if let Some(cluster) = &self.cluster {
             cluster.settings(self.listen)?;
         }
-        Ok(())
+        self.check_admin()?;
+        self.check_server_limits()
+    }
+
+    /// An empty token is no token; off loopback one is required.
+    fn check_admin(&self) -> Result<(), ConfigError> {
+        match self.admin.token.as_deref() {
+            Some("") => Err(ConfigError::EmptyAdminToken),
+            None if !self.admin.listen.ip().is_loopback() => {
+                Err(ConfigError::AdminTokenRequired(self.admin.listen))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The server's own limits that size queues and rings: 0 would make
+    /// a queue that takes nothing or a ring the kernel refuses.
+    fn check_server_limits(&self) -> Result<(), ConfigError> {
+        let limits = &self.limits;
+        let positive = [
+            (
+                "peer_staging_messages_max",
+                limits.peer_staging_messages_max,
+            ),
+            ("peer_queue_batches_max", limits.peer_queue_batches_max),
+            ("io_memory_bytes", limits.io_memory_bytes),
+            ("io_ring_depth", limits.io_ring_depth),
+        ];
+        match positive.into_iter().find(|(_, value)| *value == 0) {
+            Some((limit, _)) => Err(ConfigError::ServerLimitZero(limit)),
+            None => Ok(()),
+        }
     }
 
     /// Reads a config file's text. A bad value of a shard limit is
@@ -399,6 +430,12 @@ pub enum ConfigError {
     NoListener,
     #[error(transparent)]
     Cluster(#[from] cluster::ClusterError),
+    #[error("admin.token is empty: an empty token would let anyone in; remove it or set one")]
+    EmptyAdminToken,
+    #[error("admin.listen {0} is not a loopback address: set admin.token (or --admin-token)")]
+    AdminTokenRequired(std::net::SocketAddr),
+    #[error("limits.{0} is 0: it must be at least 1")]
+    ServerLimitZero(&'static str),
 }
 
 impl ConfigError {
@@ -413,7 +450,11 @@ impl ConfigError {
             ConfigError::Limits(LimitsError::Zero { limit, .. }) => {
                 return Some(format!("limits.{limit}"));
             }
+            ConfigError::Limits(LimitsError::TickTooLong { .. }) => "limits.tick_ms",
             ConfigError::Cluster(error) => error.key(),
+            ConfigError::EmptyAdminToken => "admin.token",
+            ConfigError::AdminTokenRequired(_) => "admin.listen",
+            ConfigError::ServerLimitZero(limit) => return Some(format!("limits.{limit}")),
             ConfigError::Limits(_) | ConfigError::NoListener => return None,
         };
         Some(key.to_owned())

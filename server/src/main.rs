@@ -102,6 +102,12 @@ fn check_config(flags: &Flags) -> anyhow::Result<()> {
 }
 
 fn run(flags: Flags) -> anyhow::Result<()> {
+    // SIGHUP's default is to end the process: until the reload handler is
+    // in place (after a reshard, which can take seconds) it is ignored.
+    signal_hook::flag::register(
+        signal_hook::consts::SIGHUP,
+        Arc::new(AtomicBool::new(false)),
+    )?;
     let mut config = config::layers::load(&flags)?.config;
     let started = config.clone();
     let shard_count = shard_count(&config)?;
@@ -126,17 +132,12 @@ fn run(flags: Flags) -> anyhow::Result<()> {
     if config.storage.journal == JournalKind::Log {
         reshard(&config, shard_count, &senders)?;
     }
-    let (tls_fds, tls_addr) = bind_all(config.listen, shard_count)?;
-    let (plain_fds, plain_addr) = bind_all(config.plaintext_listen, shard_count)?;
-    let peer_listen = config.cluster.as_ref().and_then(|c| c.peer_listen);
-    let (peer_fds, peer_addr) = bind_all(peer_listen, shard_count)?;
-    // Copies of the sockets, to listen on once every shard has replayed.
-    let to_listen: Vec<OwnedFd> = tls_fds
-        .iter()
-        .chain(&plain_fds)
-        .chain(&peer_fds)
-        .map(OwnedFd::try_clone)
-        .collect::<Result<_, _>>()?;
+    let Bound {
+        tls: (tls_fds, tls_addr),
+        plain: (plain_fds, plain_addr),
+        peer: (peer_fds, peer_addr),
+        to_listen,
+    } = Bound::bind(&config, shard_count)?;
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone())?;
     }
@@ -171,6 +172,9 @@ fn run(flags: Flags) -> anyhow::Result<()> {
     for fd in &to_listen {
         socket2::SockRef::from(fd).listen(LISTEN_BACKLOG)?;
     }
+    // Only the accept loops hold the sockets now: when they stop (a
+    // drain), the sockets close and new phones are refused.
+    drop(to_listen);
     serving.store(true, std::sync::atomic::Ordering::Release);
     control.serving();
     if let Some(cluster) = &config.cluster {
@@ -196,6 +200,39 @@ fn run(flags: Flags) -> anyhow::Result<()> {
     }
     log::info!("stopped");
     Ok(())
+}
+
+/// Every shard's sockets on each address (phones over TLS and plaintext,
+/// the other nodes' links), bound but not yet listening, and the
+/// addresses bound.
+struct Bound {
+    tls: (Vec<OwnedFd>, Option<SocketAddr>),
+    plain: (Vec<OwnedFd>, Option<SocketAddr>),
+    peer: (Vec<OwnedFd>, Option<SocketAddr>),
+    /// Copies of them all, to listen on once every shard has replayed.
+    to_listen: Vec<OwnedFd>,
+}
+
+impl Bound {
+    fn bind(config: &Config, shard_count: usize) -> anyhow::Result<Bound> {
+        let tls = bind_all(config.listen, shard_count)?;
+        let plain = bind_all(config.plaintext_listen, shard_count)?;
+        let peer_listen = config.cluster.as_ref().and_then(|c| c.peer_listen);
+        let peer = bind_all(peer_listen, shard_count)?;
+        let to_listen = tls
+            .0
+            .iter()
+            .chain(&plain.0)
+            .chain(&peer.0)
+            .map(OwnedFd::try_clone)
+            .collect::<Result<_, _>>()?;
+        Ok(Bound {
+            tls,
+            plain,
+            peer,
+            to_listen,
+        })
+    }
 }
 
 /// The data dir belongs to this start's node, or to no node when this is

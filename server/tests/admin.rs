@@ -406,3 +406,44 @@ fn a_reload_applies_new_limits_and_names_what_needs_a_restart() {
     let (ok, answer) = ctl(&server, &["reload"]);
     assert!(!ok && answer.contains("mailbox_entries_max"), "{answer}");
 }
+
+/// `isle ctl` takes phone numbers, never pieces of a path: `../drain?`
+/// is refused before anything is asked, and the server keeps serving.
+#[test]
+fn ctl_takes_a_phone_number_not_a_path() {
+    let server = Server::start(&["--shards", "1"]);
+    for args in [
+        &["account", "revoke", "../drain?"][..],
+        &["account", "show", "../metrics"],
+        &["account", "delete", "+1555/../../drain"],
+        &["trace", "../drain?", "1"],
+    ] {
+        let (ok, answer) = ctl(&server, args);
+        assert!(
+            !ok && answer.contains("not a phone number"),
+            "{args:?}: {answer}"
+        );
+    }
+    let deadline = Instant::now() + REPORT_WAIT;
+    while get(&server, "/health/ready", None).0 != 200 {
+        assert!(Instant::now() < deadline, "not ready: drained?");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A drained server closes its phone listeners: a phone that connects is
+/// refused at once (and goes elsewhere), not left waiting in a backlog.
+#[test]
+fn a_drained_server_refuses_new_phones() {
+    let server = Server::start(&["--shards", "1"]);
+    let (ok, answer) = ctl(&server, &["drain", "--wait-ms", "10000"]);
+    assert!(ok, "{answer}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(server.plain).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the drained server still takes connections"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -188,3 +188,39 @@ fn check_config_starts_nothing_and_ignores_variables_of_other_tools() {
         Some("111111")
     );
 }
+
+/// What the server could not run with is refused before it starts, each
+/// with the key at fault: a queue or ring sized 0 (a panic at start), a
+/// tick so long a stop would wait for it, timeouts of 0, an empty admin
+/// token (which would let anyone in), and an admin listener off loopback
+/// with no token.
+#[test]
+fn values_the_server_cannot_run_with_are_refused_with_their_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[limits]\nio_ring_depth = 0\n", "limits.io_ring_depth"),
+        (
+            "[limits]\npeer_queue_batches_max = 0\n",
+            "limits.peer_queue_batches_max",
+        ),
+        ("[limits]\ntick_ms = \"1h\"\n", "limits.tick_ms"),
+        ("[limits]\nidle_timeout_ms = 0\n", "limits.idle_timeout_ms"),
+        (
+            "[limits]\nlogin_timeout_ms = 0\n",
+            "limits.login_timeout_ms",
+        ),
+        ("[admin]\ntoken = \"\"\n", "admin.token"),
+        ("[admin]\nlisten = \"0.0.0.0:9410\"\n", "admin.listen"),
+    ];
+    for (text, key) in cases {
+        let file = write_config(dir.path(), text);
+        let (ok, _, err) = check_config(&["--config", &file], &[]);
+        assert!(!ok, "{text:?} passed");
+        assert!(err.contains(key), "{text:?}: {err}");
+    }
+    let (ok, _, err) = check_config(
+        &["--admin-listen", "0.0.0.0:9410", "--admin-token", ""],
+        &[],
+    );
+    assert!(!ok && err.contains("admin.token"), "{err}");
+}

@@ -74,6 +74,27 @@ fn fill(path: &Path) {
 }
 
 /// The next event that is not a receipt.
+/// Waits (up to 15 s) until `/health/ready`'s answer says `what`.
+fn await_readiness(server: &Server, what: &str) {
+    let url = format!("http://{}/health/ready", server.admin);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = match ureq::get(&url).call() {
+            Ok(answer) => answer.into_string().unwrap_or_default(),
+            Err(ureq::Error::Status(_, answer)) => answer.into_string().unwrap_or_default(),
+            Err(error) => panic!("{url}: {error}"),
+        };
+        if text.contains(what) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} says {text:?}, not {what:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn next_answer(client: &mut Client) -> Event {
     loop {
         match client.recv().expect("an event") {
@@ -161,9 +182,13 @@ fn a_full_disk_refuses_new_messages_and_recovers_when_space_is_freed() {
     ));
     bob.send(&ClientFrame::Ping { nonce: 7 }).unwrap();
     assert_eq!(next_answer(&mut bob), Event::Pong { nonce: 7 });
+    // Nothing new can be taken: the server says it is not ready (the
+    // shards report once a second).
+    await_readiness(&server, "disk is full");
 
     // Space is freed: within a few seconds messages are accepted again.
     std::fs::remove_file(&filler).unwrap();
+    await_readiness(&server, "ready\n");
     let deadline = Instant::now() + Duration::from_secs(15);
     let last = loop {
         assert!(Instant::now() < deadline, "never accepted again");

@@ -314,6 +314,16 @@ impl ShardConfig {
                 "a login takes one token, and the bucket would hold none",
             ),
             (
+                "idle_timeout_ms",
+                self.idle_timeout_ms,
+                "every logged-in connection would be closed at once",
+            ),
+            (
+                "login_timeout_ms",
+                self.login_timeout_ms,
+                "every connection would be closed before it could log in",
+            ),
+            (
                 "logins_admitted_burst",
                 self.logins_admitted_burst.into(),
                 "a login takes one token, and the bucket would hold none",
@@ -321,6 +331,11 @@ impl ShardConfig {
         ];
         if let Some(&(limit, _, consequence)) = at_least_one.iter().find(|(_, v, _)| *v == 0) {
             return Err(LimitsError::Zero { limit, consequence });
+        }
+        if self.tick_ms > TICK_MS_MAX {
+            return Err(LimitsError::TickTooLong {
+                tick_ms: self.tick_ms,
+            });
         }
         // Deliveries fill an outbox only up to the feed limit, so that the
         // phone's own replies still fit under the outbox limit: a phone
@@ -400,7 +415,15 @@ pub enum LimitsError {
         outbox_feed_bytes_max: usize,
         outbox_bytes_max: usize,
     },
+    #[error(
+        "tick_ms is {tick_ms}: at most {TICK_MS_MAX} (deadlines, sweeps and a stop wait for the tick)"
+    )]
+    TickTooLong { tick_ms: u64 },
 }
+
+/// The longest tick: a shard notices a stop, and fires its deadlines, a
+/// tick late at worst.
+pub const TICK_MS_MAX: u64 = 1_000;
 
 const HOUR_MS: u64 = 60 * 60 * 1000;
 const DAY_MS: u64 = 24 * HOUR_MS;

@@ -157,7 +157,8 @@ impl Control {
         stop: Arc<AtomicBool>,
     ) -> anyhow::Result<Control> {
         let shard_count = usize::from(map.shards());
-        if !settings.listen.ip().is_loopback() && settings.token.is_none() {
+        let no_token = settings.token.as_deref().is_none_or(str::is_empty);
+        if !settings.listen.ip().is_loopback() && no_token {
             anyhow::bail!(
                 "admin.listen {} is not a loopback address: set admin.token (or --admin-token)",
                 settings.listen
@@ -403,6 +404,10 @@ impl State {
             }
             if state.latest.journal.failed {
                 return Err(format!("shard {shard}: its journal failed"));
+            }
+            // Every new message would be refused until room is made.
+            if state.latest.journal.disk_full {
+                return Err(format!("shard {shard}: its disk is full"));
             }
         }
         Ok(())

@@ -15,13 +15,30 @@ use crate::transport::Transport;
 /// wait, instead of spinning on the same error.
 const ACCEPT_BACKOFF_MIN_MS: u64 = 10;
 const ACCEPT_BACKOFF_MAX_MS: u64 = 1_000;
+/// How often an accept loop waiting for a connection looks whether the
+/// shard stopped taking them.
+const STOP_CHECK_MS: u64 = 250;
 
 /// Accepts connections on `listener` (TLS with the runtime's current TLS
 /// configuration when `tls`, else plaintext) until the shard stops.
 pub async fn accept(runtime: Rc<Runtime>, listener: TcpListener, tls: bool) {
     let mut failing = AcceptFailures::default();
     loop {
-        let stream = match listener.accept().await {
+        // A drain or a stop ends the loop, and the listener with it, within
+        // this long: a phone that connects then is refused, not left in
+        // the backlog.
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            glommio::timer::sleep(Duration::from_millis(STOP_CHECK_MS)).await;
+            None
+        })
+        .await;
+        if runtime.stopping.get() {
+            return;
+        }
+        let Some(accepted) = accepted else {
+            continue;
+        };
+        let stream = match accepted {
             Ok(stream) => stream,
             Err(error) => {
                 let wait_ms = failing.failed(runtime.shard_id, &error);
