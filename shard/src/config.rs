@@ -422,8 +422,8 @@ pub enum LimitsError {
 }
 
 /// The longest tick: a shard notices a stop, and fires its deadlines, a
-/// tick late at worst.
-pub const TICK_MS_MAX: u64 = 1_000;
+/// tick late at worst. (The stall test stretches it this far on purpose.)
+pub const TICK_MS_MAX: u64 = 10_000;
 
 const HOUR_MS: u64 = 60 * 60 * 1000;
 const DAY_MS: u64 = 24 * HOUR_MS;
