@@ -415,6 +415,22 @@ impl State {
 }
 
 impl Shared {
+    /// Whether every shard's command channel has room for `count` more:
+    /// checked before a command that must reach every shard or none (the
+    /// control thread and the SIGHUP thread are the only senders, and
+    /// shards only take commands out).
+    fn room_for(&self, count: usize) -> Result<(), String> {
+        for (shard, commands) in self.commands.iter().enumerate() {
+            let free = commands.capacity().unwrap_or(usize::MAX) - commands.len();
+            if free < count {
+                return Err(format!(
+                    "shard {shard} has too many commands waiting; retry"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Brings the series that are not in shard reports up to date: the
     /// SMS and push senders' counts and the records replayed at start.
     fn refresh_process_metrics(&self) {
@@ -684,6 +700,9 @@ async fn delete_account(
 }
 
 async fn post_drain(Extract(shared): Extract<Arc<Shared>>) -> Response {
+    if let Err(busy) = shared.room_for(1) {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{busy}\n")).into_response();
+    }
     shared.state.lock().expect("not poisoned").draining = true;
     for (shard, commands) in shared.commands.iter().enumerate() {
         if commands.try_send(ShardCommand::Drain).is_err() {

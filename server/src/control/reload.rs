@@ -167,12 +167,18 @@ impl Reloader {
             Some(reload) => Some((reload.loader)().map_err(|error| format!("{error:#}"))?),
             None => None,
         };
-        let tls = self.reload_tls()?;
         let (Some(reload), Some(loaded)) = (config.as_mut(), loaded) else {
-            return Ok(tls);
+            self.0.room_for(1)?;
+            return self.reload_tls();
         };
         let next = flatten(&loaded);
         let diff = diff(&reload.applied, &next);
+        // Room for every command first, so a reload is applied to every
+        // shard or to none.
+        let commands =
+            usize::from(self.0.tls_loader.get().is_some()) + usize::from(!diff.live.is_empty());
+        self.0.room_for(commands)?;
+        let tls = self.reload_tls()?;
         if !diff.live.is_empty() {
             self.send_limits(&loaded)?;
             for change in &diff.live {
