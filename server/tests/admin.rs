@@ -129,6 +129,20 @@ fn ctl_status_shows_every_shard() {
     assert!(rows.iter().all(|row| row.ends_with(" ok")), "{table}");
 }
 
+/// Signs up +15550000001 and +15550000002; the first sends the second
+/// `body` as `client_id`, answered `Sent`.
+fn sent_between_two(server: &Server, client_id: u64, body: &[u8]) {
+    let (mut alice, _, _) = server.phone("+15550000001");
+    let (_, bob, _) = server.phone("+15550000002");
+    let send = ClientFrame::Send {
+        client_id,
+        to: bob,
+        body,
+    };
+    alice.send(&send).unwrap();
+    expect(&mut alice, "Sent", |e| matches!(e, Event::Sent { .. }));
+}
+
 fn ctl(server: &Server, args: &[&str]) -> (bool, String) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_isle"))
         .args(["ctl", "--admin", &server.admin.to_string()])
@@ -247,16 +261,7 @@ fn the_sms_sender_counts_what_it_sent() {
 #[test]
 fn a_restart_shows_what_each_shard_replayed() {
     let server = Server::start(&["--shards", "1"]);
-    let (mut alice, _, _) = server.phone("+15550000001");
-    let (_, bob, _) = server.phone("+15550000002");
-    alice
-        .send(&ClientFrame::Send {
-            client_id: 1,
-            to: bob,
-            body: b"kept",
-        })
-        .unwrap();
-    expect(&mut alice, "Sent", |e| matches!(e, Event::Sent { .. }));
+    sent_between_two(&server, 1, b"kept");
     let (_, dir) = server.stop_keeping_data();
     let server = Server::start_in(dir, &["--shards", "1"]);
     let (code, text) = get(&server, "/metrics", None);
@@ -274,16 +279,7 @@ fn a_restart_shows_what_each_shard_replayed() {
 #[test]
 fn a_trace_says_where_a_message_is() {
     let server = Server::start(&[]);
-    let (mut alice, _, _) = server.phone("+15550000001");
-    let (_, bob, _) = server.phone("+15550000002");
-    alice
-        .send(&ClientFrame::Send {
-            client_id: 77,
-            to: bob,
-            body: b"here?",
-        })
-        .unwrap();
-    expect(&mut alice, "Sent", |e| matches!(e, Event::Sent { .. }));
+    sent_between_two(&server, 77, b"here?");
     let (ok, answer) = ctl(&server, &["--json", "trace", "+15550000001", "77"]);
     assert!(ok, "{answer}");
     let hits: serde_json::Value = serde_json::from_str(answer.trim()).unwrap();

@@ -185,26 +185,28 @@ pub fn place(runtime: &Rc<Runtime>, placement: &Arc<Placement>, queue: Option<Ta
             incarnations.insert(node, placed.incarnation);
         }
     }
-    if remote.links.borrow().is_none() && placement.incarnation != 0 {
+    // Staging for every member from the first placement on: what is
+    // owed to a node is kept even before the links start.
+    let mut outbound = remote.outbound.borrow_mut();
+    for (node, _) in placement.nodes().filter(|(n, _)| *n != me) {
+        if !outbound.contains_key(&node) {
+            let staging = Rc::new(Outbound::default());
+            outbound.insert(node, staging.clone());
+            spawn(forward(Rc::downgrade(runtime), node, staging), queue);
+        }
+    }
+    let started = remote.links.borrow().is_none() && placement.incarnation != 0;
+    if started {
         start(runtime, placement, queue);
     }
     let Some(links) = remote.links() else {
         return;
     };
-    let mut outbound = remote.outbound.borrow_mut();
     for (node, placed) in placement.nodes().filter(|(n, _)| *n != me) {
         links.ensure(node, placed.incarnation, placed.peer, placed.shards);
-        if !outbound.contains_key(&node) {
-            let staging = Rc::new(Outbound::default());
-            outbound.insert(node, staging.clone());
-            let forward = forward(Rc::downgrade(runtime), node, staging);
-            let task = match queue {
-                Some(queue) => glommio::spawn_local_into(forward, queue),
-                None => Ok(glommio::spawn_local(forward)),
-            };
-            if let Ok(task) = task {
-                task.detach();
-            }
+        if started {
+            // What was staged before the links started may go now.
+            outbound[&node].signal.raise();
         }
     }
     let gone: Vec<u16> = outbound
@@ -217,6 +219,16 @@ pub fn place(runtime: &Rc<Runtime>, placement: &Arc<Placement>, queue: Option<Ta
         if let Some(staging) = outbound.remove(&node) {
             staging.signal.raise();
         }
+    }
+}
+
+fn spawn(task: impl std::future::Future<Output = ()> + 'static, queue: Option<TaskQueueHandle>) {
+    let task = match queue {
+        Some(queue) => glommio::spawn_local_into(task, queue),
+        None => Ok(glommio::spawn_local(task)),
+    };
+    if let Ok(task) = task {
+        task.detach();
     }
 }
 
@@ -370,15 +382,12 @@ fn receive(runtime: &Rc<Runtime>, delivery: Delivery) {
         (shard.config().map.shards(), incarnation)
     };
     let parts = Arc::new(AtomicUsize::new(0));
+    // This shard's own messages are handed in as one run: what they make
+    // is distributed once, at its end.
+    let mut here = Vec::new();
     for payload in &delivery.payloads {
         match Envelope::decode(payload, shards, incarnation) {
-            Ok(envelope) if envelope.shard == runtime.shard_id => {
-                let (now_ms, part) = (runtime.now_ms(), Remote::part(&parts));
-                runtime.with_shard(|shard| {
-                    shard.handle_peer(envelope.message, now_ms);
-                    runtime.after_next_commit(shard, part);
-                });
-            }
+            Ok(envelope) if envelope.shard == runtime.shard_id => here.push(envelope.message),
             Ok(envelope) => {
                 // On to another shard of this node, which tells when it is
                 // durable there.
@@ -396,6 +405,15 @@ fn receive(runtime: &Rc<Runtime>, delivery: Delivery) {
                 );
             }
         }
+    }
+    if !here.is_empty() {
+        let (now_ms, part) = (runtime.now_ms(), Remote::part(&parts));
+        runtime.with_shard(|shard| {
+            for message in here {
+                shard.handle_peer(message, now_ms);
+            }
+            runtime.after_next_commit(shard, part);
+        });
     }
     runtime.remote.pending.borrow_mut().push_back(Pending {
         origin: delivery.origin,

@@ -118,21 +118,18 @@ impl Shard {
         }
     }
 
-    /// `phones` grouped by where their accounts live, in the order first
-    /// met; `None`: those whose home is unknown.
+    /// `phones` grouped by where their accounts live, in no order;
+    /// `None`: those whose home is unknown.
     pub(super) fn split_by_dest(
         &self,
         phones: impl IntoIterator<Item = Phone>,
     ) -> Vec<(Option<Dest>, Vec<Phone>)> {
-        let mut split: Vec<(Option<Dest>, Vec<Phone>)> = Vec::new();
+        let mut split: ahash::AHashMap<Option<Dest>, Vec<Phone>> = ahash::AHashMap::new();
         for phone in phones {
             let dest = self.dest(self.home_of(phone));
-            match split.iter_mut().find(|(d, _)| *d == dest) {
-                Some((_, list)) => list.push(phone),
-                None => split.push((dest, vec![phone])),
-            }
+            split.entry(dest).or_default().push(phone);
         }
-        split
+        split.into_iter().collect()
     }
 
     /// Every shard of every node (this one's included): for what all of
