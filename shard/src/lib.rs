@@ -23,7 +23,7 @@ mod timer_wheel;
 pub use crate::machine::{
     AccountInfo, ConnEvent, ConnEventKind, ConnId, ConnSnapshot, DeleteRefused, Deleted, Dest,
     FrameOutcome, GroupAction, PeerMessage, Push, QueueLengths, Refused, RestoreError, Shard,
-    ShardCounters, TraceHit,
+    ShardCounters, TraceHit, DELETION_RESEND_MS,
 };
 pub use allowance::{Exhausted, Rate, TokenBucket};
 pub use clock::{ClockNote, ClockState, WallClock, CLOCK_RECORD_INTERVAL_MS, STEP_TOLERANCE_MS};

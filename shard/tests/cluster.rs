@@ -172,3 +172,68 @@ fn logins_past_the_admission_bucket_are_told_to_try_later() {
     net.advance(1_000);
     net.login(alice, key);
 }
+
+/// An account deleted while a node that owns some of its groups is down:
+/// the number stays out of sign-up until that node answered, and the
+/// node is told again once it is back, even after its link lost what
+/// waited for it (a crash of either end).
+#[test]
+fn a_deletion_waits_for_a_node_that_is_down_and_is_told_again() {
+    let mut net = Net::cluster(&[1, 1], |_| {});
+    let (bob, _) = net.signup(&number_on(&net, 1, 0));
+    let (carol, carol_key) = net.signup(&number_on(&net, 2, 0));
+    let (mut carol_conn, _) = net.login(carol, carol_key);
+    for client_id in 1..=6 {
+        net.send(
+            &mut carol_conn,
+            ClientFrame::CreateGroup {
+                client_id,
+                subject: "with bob",
+                members: vec![bob],
+            },
+        );
+    }
+    let created = net
+        .read(&carol_conn)
+        .iter()
+        .filter(|g| matches!(g, Got::Sent { .. }))
+        .count();
+    assert_eq!(created, 6);
+    net.set_live(2, false, 2);
+    let now_ms = net.now_ms;
+    net.shards[0].delete_account(bob, now_ms).unwrap();
+    net.settle();
+    // The word of the deletion waiting on the link to node 2 is lost (a
+    // crash of either end empties a link's queue).
+    let waiting = net.parked.len();
+    net.parked
+        .retain(|(_, message)| !matches!(message, PeerMessage::AccountGone { .. }));
+    assert!(net.parked.len() < waiting);
+    let verify = |net: &mut Net| {
+        let mut conn = net.connect_to(1);
+        net.send(&mut conn, ClientFrame::RequestCode { phone: bob });
+        net.read(&conn);
+        net.send(
+            &mut conn,
+            ClientFrame::Verify {
+                phone: bob,
+                code: 111_111,
+            },
+        );
+        net.read(&conn)
+    };
+    assert_eq!(verify(&mut net), [Got::Error(ErrorKind::Unavailable)]);
+    net.set_live(2, true, 3);
+    assert_eq!(net.shards[0].counters().account_deletions_pending, 1);
+    net.advance(shard::DELETION_RESEND_MS);
+    assert_eq!(net.shards[0].counters().account_deletions_pending, 0);
+    let left = net
+        .read(&carol_conn)
+        .iter()
+        .filter(
+            |g| matches!(g, Got::GroupNotice { by, change: GroupChange::Left, .. } if *by == bob),
+        )
+        .count();
+    assert_eq!(left, 6, "bob left every group carol made");
+    assert!(matches!(verify(&mut net)[..], [Got::Registered(_)]));
+}

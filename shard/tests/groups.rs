@@ -636,6 +636,10 @@ fn a_deleted_account_leaves_its_groups() {
     let got = change(&mut net, &mut m[0], first, 4, GroupChange::Removed(bob));
     assert_eq!(error(&got), ErrorKind::BadRequest, "bob is no member");
     net.restart();
+    // The restarted home shard tells every shard of the deletion again
+    // (its journal cannot say it was finished); the number may sign up
+    // once they answered.
+    net.advance(net.shards[0].config().tick_ms);
     let [alice, dave] = [&m[0], &m[3]].map(|x| (x.phone, x.key));
     let (conn, _) = net.login(alice.0, alice.1);
     m[0].conn = conn;
@@ -704,4 +708,114 @@ fn a_request_looked_up_during_a_deletion_is_dropped() {
     net.settle();
     let got = net.read(&m[0].conn);
     assert!(posts(&got).is_empty(), "no group was made: {got:?}");
+}
+
+/// Bob's groups, one on each shard, and his account deleted on his home
+/// shard with its `AccountDeleted` durable there, while the
+/// `AccountGone` to `lost_to` never arrives (the shard died before its
+/// commit, or the link lost its queue).
+fn delete_losing_word_to(net: &mut Net, lost_to: &[u16]) -> (Vec<Member>, [GroupId; 2]) {
+    let mut m = four(net);
+    let bob = m[1].phone;
+    let first = create(net, &mut m[0], 1, &[bob]);
+    let second = create(net, &mut m[3], 2, &[bob]);
+    let map = net.shards[0].config().map;
+    assert_ne!(map.shard_of_group(first), map.shard_of_group(second));
+    for member in m.iter() {
+        net.read(&member.conn);
+    }
+    let home = map.shard_of(bob) as usize;
+    let now_ms = net.now_ms;
+    net.shards[home].delete_account(bob, now_ms).unwrap();
+    let (batch, records) = net.shards[home].take_records();
+    net.journals[home].extend(records);
+    net.shards[home].committed(batch);
+    let out: Vec<_> = net.shards[home].drain_peer_messages().collect();
+    for (to, message) in out {
+        let Dest::Shard(to) = to else { unreachable!() };
+        if !lost_to.contains(&to) {
+            net.shards[to as usize].handle_peer(message, now_ms);
+        }
+    }
+    net.settle();
+    (m, [first, second])
+}
+
+/// What `member` hears of `bob` leaving groups.
+fn left_notices(net: &mut Net, member: &Member, bob: Phone) -> Vec<GroupId> {
+    net.read(&member.conn)
+        .iter()
+        .filter_map(|g| match g {
+            Got::GroupNotice {
+                group,
+                by,
+                change: GroupChange::Left,
+                ..
+            } if *by == bob => Some(*group),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A shard that never heard of a deletion is told again until it
+/// answers; meanwhile the number cannot sign up again (its new account
+/// would be in its predecessor's groups).
+#[test]
+fn a_deletion_is_told_again_to_a_shard_that_did_not_answer() {
+    let mut net = Net::new(2, |_| {});
+    let (m, [first, second]) = delete_losing_word_to(&mut net, &[0, 1]);
+    let bob = m[1].phone;
+    assert!(left_notices(&mut net, &m[0], bob).is_empty());
+    let mut conn = net.connect_to(1);
+    net.send(&mut conn, ClientFrame::RequestCode { phone: bob });
+    net.read(&conn);
+    net.send(
+        &mut conn,
+        ClientFrame::Verify {
+            phone: bob,
+            code: 111_111,
+        },
+    );
+    assert_eq!(error(&net.read(&conn)), ErrorKind::Unavailable);
+    net.advance(shard::DELETION_RESEND_MS);
+    assert_eq!(left_notices(&mut net, &m[0], bob), [first]);
+    assert_eq!(left_notices(&mut net, &m[3], bob), [second]);
+    let pending: u64 = net
+        .shards
+        .iter()
+        .map(|s| s.counters().account_deletions_pending)
+        .sum();
+    assert_eq!(pending, 0, "every shard answered");
+    net.signup(&bob.to_string());
+}
+
+/// The home shard dies right after the deletion is durable and before
+/// the other shard took the number out of its groups (the home shard
+/// itself did, at once: its `AccountGone` to itself never leaves it). The
+/// deletion is in its journal, and in every checkpoint until it is
+/// finished, so the restarted shard tells every shard again.
+#[test]
+fn a_deletion_cut_short_by_a_crash_is_finished_after_the_restart() {
+    let mut net = Net::new(2, |_| {});
+    let (m, [first, _]) = delete_losing_word_to(&mut net, &[0]);
+    let bob = m[1].phone;
+    net.compact();
+    net.restart();
+    net.assert_checkpoints_are_fixed_points();
+    let (alice_conn, _) = net.login(m[0].phone, m[0].key);
+    let alice = Member {
+        conn: alice_conn,
+        ..m[0]
+    };
+    net.advance(net.shards[0].config().tick_ms);
+    assert_eq!(left_notices(&mut net, &alice, bob), [first]);
+    net.compact();
+    assert!(
+        net.journals
+            .iter()
+            .flatten()
+            .all(|r| !matches!(r, Record::AccountDeleted { .. })),
+        "a finished deletion leaves checkpoints"
+    );
+    net.signup(&bob.to_string());
 }

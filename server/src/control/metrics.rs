@@ -28,12 +28,13 @@ use super::{
 };
 
 /// `ShardCounters` fields that are levels, not counts.
-const GAUGE_FIELDS: [&str; 5] = [
+const GAUGE_FIELDS: [&str; 6] = [
     "connections",
     "sessions",
     "connections_anonymous",
     "accounts",
     "groups",
+    "account_deletions_pending",
 ];
 
 /// Histogram buckets for commit and sync times, in seconds: 50 µs doubling

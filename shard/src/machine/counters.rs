@@ -100,6 +100,11 @@ pub struct ShardCounters {
     /// Members taken out of groups this shard owns because their account
     /// was deleted.
     pub group_members_deleted: u64,
+    /// Deletions of this shard's accounts that not every shard has
+    /// answered yet (their numbers cannot sign up meanwhile), and signups
+    /// refused for that.
+    pub account_deletions_pending: u64,
+    pub signups_refused_deletion_pending: u64,
     /// In a cluster: messages owed to an account or group whose home is
     /// unknown (no partition map, or its node never seen), dropped;
     /// signals dropped because their node is not live; first frames

@@ -265,6 +265,14 @@ impl Shard {
             self.reply_error(id, refusal.kind(), None, refusal.detail());
             return;
         }
+        // The number's previous account is still leaving its groups: a
+        // new account now could be put in them.
+        if self.deletions.is_pending(phone) {
+            self.counters.signups_refused_deletion_pending += 1;
+            let detail = "this number's previous account is still being deleted; retry shortly";
+            self.reply_error(id, ErrorKind::Unavailable, None, detail);
+            return;
+        }
         if let Some(test_code) = self.is_test_number(phone) {
             if code == test_code {
                 self.register(id, phone);

@@ -14,6 +14,7 @@
 //! | `signup::Signups` | codes sent and the numbers' allowances |
 //! | `anonymous::Anonymous` | what work before login may cost, by source and range |
 //! | `groups::Groups` | groups owned here, post copies for members here, their resend and read tables |
+//! | `deletions::Deletions` | account deletions not yet answered by every shard (tombstones) |
 //! | `social::{Follows, Lookups}` | who follows whom, contact lookups in flight |
 //! | `order::OrderGaps` (two) | conversations waiting for a refused send |
 //! | `expiry::Sweep`, `clock::WallClock`, the timer wheel, the resend table | |
@@ -29,6 +30,7 @@ mod account;
 mod anonymous;
 mod connections;
 mod counters;
+mod deletions;
 mod durability;
 mod expiry;
 mod group_posts;
@@ -56,6 +58,7 @@ use wire::{
 pub use anonymous::Refused;
 pub use connections::{ConnEvent, ConnEventKind, ConnId, ConnSnapshot};
 pub use counters::ShardCounters;
+pub use deletions::DELETION_RESEND_MS;
 pub use groups::GroupAction;
 use groups::Groups;
 pub use operator::{AccountInfo, DeleteRefused, Deleted, TraceHit};
@@ -188,6 +191,8 @@ pub struct Shard {
     /// Records, replies held for a commit, the write-back cache and the
     /// journal's state.
     durability: Durability,
+    /// Deletions of this shard's accounts not yet finished on every shard.
+    deletions: deletions::Deletions,
     /// The time of the input being handled.
     now_ms: u64,
     counters: ShardCounters,
@@ -243,6 +248,7 @@ impl Shard {
             peer_out: Vec::new(),
             placement: None,
             durability: Durability::default(),
+            deletions: Default::default(),
             now_ms,
             counters: ShardCounters::default(),
             errors_sent: Vec::new(),
@@ -746,6 +752,7 @@ impl Shard {
             }
         }
         self.expiry_tick();
+        self.deletions_tick();
         self.write_due(now_ms);
     }
 
@@ -909,7 +916,8 @@ impl Shard {
             | PeerMessage::GroupTyping { .. }
             | PeerMessage::LookupAccounts { .. }
             | PeerMessage::AccountsFound { .. }) => self.apply_social(social),
-            PeerMessage::AccountGone { phone } => self.leave_groups(phone),
+            PeerMessage::AccountGone { phone } => self.account_gone(phone),
+            PeerMessage::GroupsLeft { phone, node, shard } => self.groups_left(phone, node, shard),
         }
     }
 

@@ -6,7 +6,7 @@ use serde::Serialize;
 use storage::Record;
 use wire::{ByeReason, Phone, Presence, ReceiptKind};
 
-use super::{PeerMessage, Shard};
+use super::{Dest, PeerMessage, Shard};
 
 /// An account as an operator sees it: no secrets, no message contents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -45,6 +45,10 @@ pub enum DeleteRefused {
     NoAccount,
     #[error("the journal cannot take records now (failed, disk full or unavailable)")]
     Storage,
+    /// `deletions::DELETIONS_PENDING_MAX` deletions wait for shards that
+    /// do not answer (a node away): retry once they have.
+    #[error("too many deletions wait for unreachable shards; retry later")]
+    Busy,
 }
 
 /// Where a message (a sender's `client_id`) is, as one shard knows it.
@@ -172,6 +176,9 @@ impl Shard {
         if self.durability.admit().is_err() {
             return Err(DeleteRefused::Storage);
         }
+        if self.deletions.is_full() {
+            return Err(DeleteRefused::Busy);
+        }
         let account = self
             .accounts
             .get_mut(&phone)
@@ -199,6 +206,8 @@ impl Shard {
         }
         self.remove_account(phone);
         self.durability.record(Record::AccountDeleted { phone });
+        self.deletions.begin(phone, Some(self.now_ms));
+        self.counters.account_deletions_pending = self.deletions.len() as u64;
         for dest in self.every_shard() {
             self.durability
                 .hold_peer(dest, PeerMessage::AccountGone { phone });
@@ -222,5 +231,65 @@ impl Shard {
         self.counters.accounts -= 1;
         self.dedup.forget_recipient(phone);
         self.groups.forget_member(phone);
+    }
+}
+
+// ---- deletions on every shard --------------------------------------------
+
+impl Shard {
+    /// `phone`'s account was deleted on its home shard: take it out of
+    /// the groups this shard owns, and answer `GroupsLeft` once that is
+    /// durable. A shard whose journal failed cannot record the removals,
+    /// so it does not answer: the home tells it again (after its restart).
+    pub(super) fn account_gone(&mut self, phone: Phone) {
+        if self.durability.is_failed() {
+            return;
+        }
+        self.leave_groups(phone);
+        let node = self.placement.as_ref().map(|p| p.node);
+        let answer = PeerMessage::GroupsLeft {
+            phone,
+            node,
+            shard: self.config.shard_id,
+        };
+        self.owe_after_commit(self.home_of(phone), answer);
+    }
+
+    /// Shard `shard` of `node` answered that `phone` left its groups.
+    pub(super) fn groups_left(&mut self, phone: Phone, node: Option<u16>, shard: u16) {
+        let here = self.placement.as_ref().map(|p| p.node);
+        let by = match node {
+            Some(node) if Some(node) != here => Dest::Node { node, shard },
+            _ => Dest::Shard(shard),
+        };
+        let everyone = self.knows_every_shard().then(|| self.every_shard());
+        self.deletions.confirm(phone, by, everyone.as_deref());
+        self.counters.account_deletions_pending = self.deletions.len() as u64;
+    }
+
+    /// Tells pending deletions again to the shards that did not answer;
+    /// one whose every shard answered (or left the cluster) is finished.
+    pub(super) fn deletions_tick(&mut self) {
+        if self.deletions.len() == 0 {
+            return;
+        }
+        let everyone = self.every_shard();
+        let known = self.knows_every_shard();
+        for (phone, missing) in self.deletions.due(self.now_ms, &everyone) {
+            if missing.is_empty() && known {
+                self.deletions.forget(phone);
+            }
+            for dest in missing {
+                self.route(dest, PeerMessage::AccountGone { phone });
+            }
+        }
+        self.counters.account_deletions_pending = self.deletions.len() as u64;
+        self.run_local();
+    }
+
+    /// Whether `every_shard` names every shard of the cluster: always on a
+    /// single node; in a cluster once the coordinator's first view came.
+    fn knows_every_shard(&self) -> bool {
+        self.placement.as_ref().is_none_or(|p| p.revision > 0)
     }
 }

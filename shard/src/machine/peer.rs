@@ -124,6 +124,14 @@ pub enum PeerMessage {
     AccountGone {
         phone: Phone,
     },
+    /// The answer to `AccountGone`, to `phone`'s home shard once the
+    /// sender's `Left` posts are durable: shard `shard` of node `node`
+    /// (`None`: a single node) holds `phone` in none of its groups.
+    GroupsLeft {
+        phone: Phone,
+        node: Option<u16>,
+        shard: u16,
+    },
 }
 
 impl PeerMessage {

@@ -53,6 +53,8 @@ impl Shard {
                     self.accounts
                         .insert(phone, Account::new(key_hash, generation));
                     self.counters.accounts += 1;
+                    // A signup waits for its number's deletion to finish.
+                    self.deletions.forget(phone);
                 }
             },
             Record::MailboxPut { owner, seq, entry } => self.restore_put(owner, seq, entry)?,
@@ -97,10 +99,15 @@ impl Shard {
             }),
             Record::AccountDeleted { phone } => {
                 // The deletion acknowledged everything first; a mailbox
-                // that still holds entries lets their group copies go.
-                let last_seq = self.restored_account(phone)?.mailbox.last_seq();
-                self.restore_ack(phone, last_seq)?;
-                self.remove_account(phone);
+                // that still holds entries lets their group copies go. In
+                // a checkpoint it is a pending deletion alone, the account
+                // gone already.
+                if let Some(account) = self.accounts.get(&phone) {
+                    let last_seq = account.mailbox.last_seq();
+                    self.restore_ack(phone, last_seq)?;
+                    self.remove_account(phone);
+                }
+                self.deletions.begin(phone, None);
             }
         }
         Ok(())
@@ -170,6 +177,7 @@ impl Shard {
         self.clock.started(self.now_ms, jump_max, confirmed);
         self.dedup.settle();
         self.groups_restored();
+        self.counters.account_deletions_pending = self.deletions.len() as u64;
     }
 
     /// A checkpoint of this shard is durable.
@@ -186,6 +194,7 @@ impl Shard {
             records.push(clock_record(state));
         }
         self.anonymous.checkpoint(&mut records);
+        self.deletions.checkpoint(&mut records);
         self.groups.checkpoint(&mut records);
         for (&phone, account) in &self.accounts {
             records.push(Record::AccountKey {

@@ -22,7 +22,7 @@ use super::{PeerMessage, Shard};
 use crate::{Home, Placement};
 
 /// Where a peer message goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Dest {
     /// A shard of this node.
     Shard(u16),
