@@ -257,3 +257,54 @@ fn a_deletion_a_group_shard_could_not_record_is_finished_after_a_restart() {
         deleted[0]
     );
 }
+
+/// Receipts for the deleted account's messages (its recipients
+/// acknowledge or read them later) must not be stored for whoever holds
+/// the number next: the new account would learn whom the old one wrote
+/// to and when they read it.
+#[test]
+fn receipts_of_a_deleted_account_do_not_reach_the_numbers_next_owner() {
+    let server = Server::start(&["--shards", "2"]);
+    let (bob_client, bob, bob_key) = server.phone("+15550000002");
+    drop(bob_client);
+    let (mut old, _, _) = server.phone(DOOMED);
+    for client_id in 1..=3 {
+        old.send(&ClientFrame::Send {
+            client_id,
+            to: bob,
+            body: b"from the old owner",
+        })
+        .unwrap();
+    }
+    for _ in 1..=3 {
+        old.recv_until(|e| matches!(e, Event::Sent { .. }).then_some(()))
+            .unwrap();
+    }
+    let (code, answer) = delete(&server, DOOMED);
+    assert_eq!(code, 200, "{answer}");
+    let mut heir = heir(&server, DOOMED);
+    let mut bob_client = server.connect();
+    bob_client.login(bob, bob_key).unwrap();
+    let mut last = 0;
+    for _ in 1..=3 {
+        last = bob_client
+            .recv_until(|e| match e {
+                Event::Message { seq, .. } => Some(*seq),
+                _ => None,
+            })
+            .unwrap();
+    }
+    bob_client.send(&ClientFrame::Ack { up_to: last }).unwrap();
+    let mut receipts = Vec::new();
+    loop {
+        match heir.poll(Duration::from_secs(2)).unwrap() {
+            Polled::Frame(event @ Event::Receipt { .. }) => receipts.push(event),
+            Polled::Frame(_) => {}
+            Polled::Quiet | Polled::Closed => break,
+        }
+    }
+    assert!(
+        receipts.is_empty(),
+        "the number's new account got receipts for its predecessor's messages: {receipts:?}"
+    );
+}

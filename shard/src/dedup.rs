@@ -1,6 +1,9 @@
 //! Recently accepted `(recipient, sender, client_id)` triples, so a resend is
 //! answered with the id the first copy got instead of being stored twice.
 //! The recipient is an account for 1:1 messages and a group for group posts.
+//! Each keeps the message's `sent_at_ms` too: its read receipt carries it,
+//! so the sender's home can tell a deleted predecessor's messages from its
+//! account's own (`storage::Record::AccountSince`).
 
 use std::collections::VecDeque;
 use std::hash::Hash;
@@ -22,19 +25,38 @@ struct Key<T> {
     client_id: u64,
 }
 
+/// What a key maps to: the id its first copy got (with [`READ_BIT`]),
+/// and when the message was sent (Unix ms; 0: not known).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    id: u64,
+    sent_at_ms: u64,
+}
+
+/// An entry as [`DedupTable::iter`] lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listed<T> {
+    pub to: T,
+    pub from: Phone,
+    pub client_id: u64,
+    /// With `DEDUP_READ_BIT` set when no read may pass any more.
+    pub id: u64,
+    pub sent_at_ms: u64,
+}
+
 /// Bounded two ways: entries older than `ttl_ms` are dropped, and past
 /// `entries_max` the oldest go first. A phone resends within seconds of a
 /// reconnect, so both bounds sit far above what a retry needs.
 #[derive(Debug)]
 pub struct DedupTable<T = Phone> {
-    ids: AHashMap<Key<T>, u64>,
+    ids: AHashMap<Key<T>, Stamp>,
     order: VecDeque<(u64, Key<T>)>,
     /// Entries from a replay, newest last, not yet in `ids`. A replay
     /// passes every message the log holds (tens of millions after a long
     /// outage), and only the newest `entries_max` survive it: keeping them
     /// in a plain ring and indexing only the survivors afterwards saves a
     /// hash insert and a hash removal, each a cache miss, per evicted one.
-    replayed: VecDeque<(Key<T>, u64)>,
+    replayed: VecDeque<(Key<T>, Stamp)>,
     /// The age `replayed` entries get once indexed: when the replay ran.
     replayed_at_ms: u64,
     ttl_ms: u64,
@@ -63,22 +85,40 @@ impl<T: Copy + Eq + Hash> DedupTable<T> {
     }
 
     pub fn get(&mut self, to: T, from: Phone, client_id: u64) -> Option<u64> {
+        self.get_since(to, from, client_id, 0)
+    }
+
+    /// `get` for a sender whose account was created at Unix ms
+    /// `since_ms`: an entry for a message sent before that is its
+    /// deleted predecessor's, not a resend, and is not found. (An entry
+    /// whose sent time is not known counts as the sender's own.)
+    pub fn get_since(&mut self, to: T, from: Phone, client_id: u64, since_ms: u64) -> Option<u64> {
         self.settle();
+        let key = Key {
+            to,
+            from,
+            client_id,
+        };
         self.ids
-            .get(&Key {
-                to,
-                from,
-                client_id,
-            })
-            .map(|id| id & !READ_BIT)
+            .get(&key)
+            .filter(|stamp| stamp.sent_at_ms == 0 || stamp.sent_at_ms >= since_ms)
+            .map(|stamp| stamp.id & !READ_BIT)
     }
 
     /// The rule for a read receipt `to` sends about `from`'s `client_id`:
-    /// true when the entry is known, its id is at most `delivered_up_to`
-    /// (the reader was given it), and no read receipt for it was passed on
-    /// before; it is then marked as read. The mark lives in memory only,
-    /// so after a restart one more receipt per entry can pass.
-    pub fn mark_read(&mut self, to: T, from: Phone, client_id: u64, delivered_up_to: u64) -> bool {
+    /// it passes when the entry is known, its id is at most
+    /// `delivered_up_to` (the reader was given it), and no read receipt
+    /// for it was passed on before; it is then marked as read, and the
+    /// message's `sent_at_ms` returned for the receipt. The mark lives in
+    /// memory only, so after a restart one more receipt per entry can
+    /// pass.
+    pub fn mark_read(
+        &mut self,
+        to: T,
+        from: Phone,
+        client_id: u64,
+        delivered_up_to: u64,
+    ) -> Option<u64> {
         self.settle();
         let key = Key {
             to,
@@ -86,11 +126,11 @@ impl<T: Copy + Eq + Hash> DedupTable<T> {
             client_id,
         };
         match self.ids.get_mut(&key) {
-            Some(id) if *id & READ_BIT == 0 && *id <= delivered_up_to => {
-                *id |= READ_BIT;
-                true
+            Some(stamp) if stamp.id & READ_BIT == 0 && stamp.id <= delivered_up_to => {
+                stamp.id |= READ_BIT;
+                Some(stamp.sent_at_ms)
             }
-            _ => false,
+            _ => None,
         }
     }
 
@@ -103,28 +143,30 @@ impl<T: Copy + Eq + Hash> DedupTable<T> {
             from,
             client_id,
         };
-        if let Some(id) = self.ids.get_mut(&key) {
-            *id |= READ_BIT;
+        if let Some(stamp) = self.ids.get_mut(&key) {
+            stamp.id |= READ_BIT;
         }
     }
 
-    pub fn insert(&mut self, to: T, from: Phone, client_id: u64, id: u64, now_ms: u64) {
+    /// `from`'s message `client_id`, sent at `sent_at_ms`, was accepted
+    /// for `to` as `id` at `now_ms` (the shard's clock: the entry's age).
+    pub fn insert(&mut self, to: T, from: Phone, client_id: u64, stamp: (u64, u64), now_ms: u64) {
+        let (id, sent_at_ms) = stamp;
         debug_assert!(id & READ_BIT == 0, "ids stay below the read mark");
         self.settle();
-        self.insert_key(
-            Key {
-                to,
-                from,
-                client_id,
-            },
-            id,
-            now_ms,
-        );
+        let key = Key {
+            to,
+            from,
+            client_id,
+        };
+        self.insert_key(key, Stamp { id, sent_at_ms }, now_ms);
     }
 
     /// An entry read back from the log while the shard restores: the same
     /// as `insert`, but indexed only when the table is next used.
-    pub fn replay(&mut self, to: T, from: Phone, client_id: u64, id: u64, now_ms: u64) {
+    /// `stamp` is `(id, sent_at_ms)`, the id with `READ_BIT` if set.
+    pub fn replay(&mut self, to: T, from: Phone, client_id: u64, stamp: (u64, u64), now_ms: u64) {
+        let (id, sent_at_ms) = stamp;
         self.replayed_at_ms = now_ms;
         // A checkpoint names a queued message twice (its `MailboxPut` and
         // its `Dedup` record), so twice the bound still holds the newest
@@ -138,7 +180,7 @@ impl<T: Copy + Eq + Hash> DedupTable<T> {
                 from,
                 client_id,
             };
-            self.replayed.push_back((key, id));
+            self.replayed.push_back((key, Stamp { id, sent_at_ms }));
         }
     }
 
@@ -154,12 +196,12 @@ impl<T: Copy + Eq + Hash> DedupTable<T> {
         let replayed = std::mem::take(&mut self.replayed);
         let mut kept = Vec::with_capacity(replayed.len().min(self.entries_max));
         self.ids.reserve(kept.capacity());
-        for (key, id) in replayed.into_iter().rev() {
+        for (key, stamp) in replayed.into_iter().rev() {
             if kept.len() == self.entries_max {
                 break;
             }
             if let Entry::Vacant(vacant) = self.ids.entry(key) {
-                vacant.insert(id);
+                vacant.insert(stamp);
                 kept.push(key);
             }
         }
@@ -172,8 +214,10 @@ impl<T: Copy + Eq + Hash> DedupTable<T> {
         }
     }
 
-    fn insert_key(&mut self, key: Key<T>, id: u64, now_ms: u64) {
-        if self.ids.insert(key, id).is_none() {
+    /// Inserts or (a predecessor's entry) replaces; a replaced entry keeps
+    /// its place in the age order.
+    fn insert_key(&mut self, key: Key<T>, stamp: Stamp, now_ms: u64) {
+        if self.ids.insert(key, stamp).is_none() {
             self.order.push_back((now_ms, key));
         }
         while self.order.len() > self.entries_max {
@@ -181,14 +225,19 @@ impl<T: Copy + Eq + Hash> DedupTable<T> {
         }
     }
 
-    /// Every entry, oldest first: `(to, from, client_id, id)`, the id with
-    /// `DEDUP_READ_BIT` set when no read may pass any more (as a
-    /// checkpoint keeps it; `replay` takes it back the same way).
-    pub fn iter(&mut self) -> impl Iterator<Item = (T, Phone, u64, u64)> + '_ {
+    /// Every entry, oldest first, as a checkpoint keeps it (`replay`
+    /// takes it back the same way).
+    pub fn iter(&mut self) -> impl Iterator<Item = Listed<T>> + '_ {
         self.settle();
         self.order.iter().filter_map(|(_, key)| {
-            let id = *self.ids.get(key)?;
-            Some((key.to, key.from, key.client_id, id))
+            let stamp = *self.ids.get(key)?;
+            Some(Listed {
+                to: key.to,
+                from: key.from,
+                client_id: key.client_id,
+                id: stamp.id,
+                sent_at_ms: stamp.sent_at_ms,
+            })
         })
     }
 
@@ -228,15 +277,15 @@ mod tests {
         let a = Phone::parse("+15550000001").unwrap();
         let b = Phone::parse("+15550000002").unwrap();
         let mut table: DedupTable = DedupTable::new(1_000, 3);
-        table.insert(b, a, 1, 10, 0);
-        table.insert(b, a, 2, 11, 500);
+        table.insert(b, a, 1, (10, 0), 0);
+        table.insert(b, a, 2, (11, 0), 500);
         assert_eq!(table.get(b, a, 1), Some(10));
         assert_eq!(table.get(a, b, 1), None, "direction matters");
         table.expire(1_000);
         assert_eq!(table.get(b, a, 1), None);
         assert_eq!(table.get(b, a, 2), Some(11));
         for id in 3..6 {
-            table.insert(b, a, id, id, 600);
+            table.insert(b, a, id, (id, 0), 600);
         }
         assert_eq!(table.len(), 3);
         assert_eq!(
@@ -254,13 +303,13 @@ mod tests {
         let b = Phone::parse("+15550000002").unwrap();
         let mut table: DedupTable = DedupTable::new(1_000, 3);
         for client_id in 1..=5 {
-            table.replay(b, a, client_id, 100 + client_id, 50);
+            table.replay(b, a, client_id, (100 + client_id, 0), 50);
         }
-        let listed: Vec<u64> = table.iter().map(|(_, _, client_id, _)| client_id).collect();
+        let listed: Vec<u64> = table.iter().map(|e| e.client_id).collect();
         assert_eq!(listed, [3, 4, 5], "oldest first, the two oldest gone");
         assert_eq!(table.get(b, a, 2), None);
         assert_eq!(table.get(b, a, 4), Some(104));
-        table.insert(b, a, 6, 106, 500);
+        table.insert(b, a, 6, (106, 0), 500);
         assert_eq!(table.get(b, a, 3), None, "replayed entries are the oldest");
         table.expire(1_050);
         assert_eq!(table.get(b, a, 5), None, "aged from the replay time");
@@ -271,12 +320,12 @@ mod tests {
         let mut table: DedupTable = DedupTable::new(1_000, 2);
         for round in 0..2 {
             for client_id in 1..=2 {
-                table.replay(b, a, client_id, 10 * round + client_id, 0);
+                table.replay(b, a, client_id, (10 * round + client_id, 0), 0);
             }
         }
         table.settle();
         assert_eq!(table.len(), 2);
-        let listed: Vec<(u64, u64)> = table.iter().map(|(_, _, c, id)| (c, id)).collect();
+        let listed: Vec<(u64, u64)> = table.iter().map(|e| (e.client_id, e.id)).collect();
         assert_eq!(listed, [(1, 11), (2, 12)], "the newest id and place");
     }
 
@@ -285,19 +334,31 @@ mod tests {
         let a = Phone::parse("+15550000001").unwrap();
         let b = Phone::parse("+15550000002").unwrap();
         let mut table: DedupTable = DedupTable::new(1_000, 10);
-        table.insert(b, a, 1, 7, 0);
-        assert!(!table.mark_read(b, a, 1, 6), "not delivered yet");
-        assert!(!table.mark_read(b, a, 2, 100), "never sent");
-        assert!(!table.mark_read(a, b, 1, 100), "not the reader's");
-        assert!(table.mark_read(b, a, 1, 7));
-        assert!(!table.mark_read(b, a, 1, 7), "a second read is dropped");
+        table.insert(b, a, 1, (7, 1_234), 0);
+        assert_eq!(table.mark_read(b, a, 1, 6), None, "not delivered yet");
+        assert_eq!(table.mark_read(b, a, 2, 100), None, "never sent");
+        assert_eq!(table.mark_read(a, b, 1, 100), None, "not the reader's");
+        assert_eq!(
+            table.mark_read(b, a, 1, 7),
+            Some(1_234),
+            "with its sent time"
+        );
+        assert_eq!(
+            table.mark_read(b, a, 1, 7),
+            None,
+            "a second read is dropped"
+        );
         assert_eq!(table.get(b, a, 1), Some(7), "the mark hides from resends");
-        let listed: Vec<u64> = table.iter().map(|(_, _, _, id)| id).collect();
+        let listed: Vec<u64> = table.iter().map(|e| e.id).collect();
         assert_eq!(listed, [7 | READ_BIT], "a checkpoint keeps the mark");
         let mut restored: DedupTable = DedupTable::new(1_000, 10);
-        restored.replay(b, a, 1, 7, 0);
-        restored.replay(b, a, 1, 7 | READ_BIT, 0);
+        restored.replay(b, a, 1, (7, 0), 0);
+        restored.replay(b, a, 1, (7 | READ_BIT, 0), 0);
         assert_eq!(restored.get(b, a, 1), Some(7));
-        assert!(!restored.mark_read(b, a, 1, 7), "the newest record wins");
+        assert_eq!(
+            restored.mark_read(b, a, 1, 7),
+            None,
+            "the newest record wins"
+        );
     }
 }

@@ -819,3 +819,64 @@ fn a_deletion_cut_short_by_a_crash_is_finished_after_the_restart() {
     );
     net.signup(&bob.to_string());
 }
+
+/// A number's new account, added back to a group its deleted predecessor
+/// posted in, posts under a client id the predecessor used: a new post,
+/// not a resend of the old one (which would answer `Sent` and deliver
+/// nothing), also after the owner's restart from a checkpoint.
+#[test]
+fn a_new_accounts_post_is_not_taken_for_its_predecessors_resend() {
+    let mut net = Net::new(2, |_| {});
+    net.advance(1_000);
+    let mut m = four(&mut net);
+    let bob = m[1].phone;
+    let group = create(&mut net, &mut m[0], 1, &[bob]);
+    let old = sent(&post(&mut net, &mut m[1], group, 5, b"old bob"), 5);
+    let home = net.shards[0].config().map.shard_of(bob) as usize;
+    let now_ms = net.now_ms;
+    net.shards[home].delete_account(bob, now_ms).unwrap();
+    net.settle();
+    net.advance(1_000);
+    let (_, key) = net.signup(&bob.to_string());
+    let (conn, _) = net.login(bob, key);
+    m[1] = Member {
+        phone: bob,
+        key,
+        conn,
+    };
+    sent(
+        &change(&mut net, &mut m[0], group, 2, GroupChange::Added(vec![bob])),
+        2,
+    );
+    net.read(&m[0].conn);
+    for (round, client_id) in [(0, 5), (1, 6)] {
+        if round == 1 {
+            // The owner's resend table comes back from a checkpoint.
+            net.compact();
+            net.restart();
+            let (conn, _) = net.login(m[0].phone, m[0].key);
+            m[0].conn = conn;
+            let (conn, _) = net.login(bob, key);
+            m[1].conn = conn;
+            net.read(&m[0].conn);
+        }
+        let body = format!("new bob {round}");
+        let new = sent(
+            &post(&mut net, &mut m[1], group, client_id, body.as_bytes()),
+            client_id,
+        );
+        assert_ne!(new, old, "round {round}");
+        let got = net.read(&m[0].conn);
+        assert!(
+            posts(&got).iter().any(|(_, what)| *what == body),
+            "round {round}: alice gets the new post: {got:?}"
+        );
+        // Its own resend is still recognised.
+        let again = post(&mut net, &mut m[1], group, client_id, body.as_bytes());
+        assert_eq!(sent(&again, client_id), new, "round {round}");
+    }
+    // The predecessor's client id 5, resent after the restart: still the
+    // new account's post, not the old one.
+    let again = post(&mut net, &mut m[1], group, 5, b"new bob 0");
+    assert_ne!(sent(&again, 5), old);
+}

@@ -1267,6 +1267,10 @@ fn deleted_account_is_gone(sync_delay_ms: u64) {
             "{step}: {got:?}"
         );
     }
+    // After a restart the deletion is told to every shard again (the
+    // journal cannot say it finished): the number signs up once that is
+    // done, at the next tick.
+    net.advance(net.shards[0].config().tick_ms);
     let (_, new_key) = net.signup(&bob.to_string());
     let (_, got) = net.login(bob, new_key);
     assert!(got.is_empty(), "a new account starts empty: {got:?}");
@@ -1335,4 +1339,90 @@ fn limits_set_while_running_apply_at_once() {
         net.shards[home].account_info(bob).unwrap().mailbox_entries,
         3
     );
+}
+
+/// Receipts for what a deleted account sent (its recipients acknowledge
+/// or read it later) never reach the number's next account, which would
+/// learn whom its predecessor wrote to; the new account's own receipts
+/// do, across a restart too.
+#[test]
+fn receipts_for_a_deleted_accounts_messages_skip_the_numbers_next_account() {
+    let mut net = Net::new(2, |_| {});
+    net.advance(1_000);
+    let (alice, alice_key, bob, bob_key) = signed_up_pair(&mut net);
+    let (mut alice_conn, _) = net.login(alice, alice_key);
+    for client_id in 1..=3 {
+        net.message(&mut alice_conn, bob, client_id, b"from the old alice");
+    }
+    net.read(&alice_conn);
+    let (mut bob_conn, got) = net.login(bob, bob_key);
+    let last = got
+        .iter()
+        .filter_map(|g| match g {
+            Got::Message { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .max()
+        .unwrap();
+    // Bob acknowledges one before the deletion: its receipt reaches the
+    // old alice, and goes with her mailbox.
+    net.send(&mut bob_conn, ClientFrame::Ack { up_to: last - 2 });
+    let home = net.shards[0].config().map.shard_of(alice) as usize;
+    let now_ms = net.now_ms;
+    net.shards[home].delete_account(alice, now_ms).unwrap();
+    net.settle();
+    net.advance(1_000);
+    let (_, new_key) = net.signup(&alice.to_string());
+    let (mut heir_conn, _) = net.login(alice, new_key);
+    net.message(&mut heir_conn, bob, 1, b"from the new alice");
+    net.read(&heir_conn);
+    for step in ["live", "restarted"] {
+        if step == "restarted" {
+            net.restart();
+            net.advance(net.shards[0].config().tick_ms);
+            (heir_conn, _) = net.login(alice, new_key);
+            (bob_conn, _) = net.login(bob, bob_key);
+        }
+        let got = net.read(&bob_conn);
+        let newest = got
+            .iter()
+            .filter_map(|g| match g {
+                Got::Message { seq, .. } => Some(*seq),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(last + 1);
+        for client_id in 2..=3 {
+            net.send(
+                &mut bob_conn,
+                ClientFrame::Read {
+                    from: alice,
+                    client_id,
+                },
+            );
+        }
+        net.send(&mut bob_conn, ClientFrame::Ack { up_to: newest });
+        net.read(&bob_conn);
+        let receipts: Vec<(ReceiptKind, u64)> = net
+            .read(&heir_conn)
+            .into_iter()
+            .filter_map(|got| match got {
+                Got::Receipt {
+                    kind, client_id, ..
+                } => Some((kind, client_id)),
+                _ => None,
+            })
+            .collect();
+        let expected: &[(ReceiptKind, u64)] = match step {
+            "live" => &[(ReceiptKind::Delivered, 1)],
+            _ => &[],
+        };
+        assert_eq!(receipts, expected, "{step}: only the new account's own");
+    }
+    let dropped: u64 = net
+        .shards
+        .iter()
+        .map(|s| s.counters().receipts_dropped_predecessor)
+        .sum();
+    assert!(dropped > 0);
 }

@@ -126,6 +126,32 @@ pub enum Record {
     /// that come before it are replayed and then dropped with it; a later
     /// `AccountKey` is a new signup.
     AccountDeleted { phone: Phone },
+    /// `Dedup` with the message's `sent_at_ms`, which its receipts carry
+    /// so that its sender's home can tell the number's accounts apart
+    /// (see `AccountSince`). Written instead of `Dedup`, which replays
+    /// with a `sent_at_ms` of 0 (unknown: older than any account).
+    DedupSent {
+        owner: Phone,
+        from: Phone,
+        client_id: u64,
+        seq: u64,
+        sent_at_ms: u64,
+    },
+    /// `phone`'s account (made by the `AccountKey` before it) was created
+    /// at Unix ms `since_ms`: receipts for messages sent before it are a
+    /// deleted predecessor's, and are dropped. An account without it
+    /// (made before this record existed) takes every receipt.
+    AccountSince { phone: Phone, since_ms: u64 },
+    /// `GroupDedup` with the post's sent time (Unix ms), written instead
+    /// of it: a resend-table entry from before the sender's account was
+    /// created is a deleted predecessor's, not a resend.
+    GroupDedupSent {
+        group: GroupId,
+        from: Phone,
+        client_id: u64,
+        gseq: u64,
+        sent_at_ms: u64,
+    },
 }
 
 /// Which shard keeps a record.
@@ -154,14 +180,16 @@ impl Record {
             | Record::Profile { owner, .. }
             | Record::LastSeen { owner, .. }
             | Record::PushToken { owner, .. } => Owner::Account(*owner),
-            Record::CodeSent { phone, .. } | Record::AccountDeleted { phone } => {
-                Owner::Account(*phone)
-            }
+            Record::CodeSent { phone, .. }
+            | Record::AccountDeleted { phone }
+            | Record::AccountSince { phone, .. } => Owner::Account(*phone),
+            Record::DedupSent { owner, .. } => Owner::Account(*owner),
             // Every shard keeps its own; a new shard takes the latest.
             Record::Clock { .. } => Owner::Local,
             Record::GroupPost { group, .. }
             | Record::GroupState { group, .. }
-            | Record::GroupDedup { group, .. } => Owner::Group(*group),
+            | Record::GroupDedup { group, .. }
+            | Record::GroupDedupSent { group, .. } => Owner::Group(*group),
             Record::GroupCopy { .. } | Record::GroupMark { .. } => Owner::Local,
         }
     }
@@ -214,6 +242,14 @@ impl Post {
                 from, client_id, ..
             } => (*from, *client_id),
             Post::Change { by, client_id, .. } => (*by, *client_id),
+        }
+    }
+
+    /// When its author sent it (Unix ms, the author's home's stamp).
+    pub fn sent_at_ms(&self) -> u64 {
+        match *self {
+            Post::Message { sent_at_ms, .. } => sent_at_ms,
+            Post::Change { at_ms, .. } => at_ms,
         }
     }
 

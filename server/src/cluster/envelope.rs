@@ -103,6 +103,7 @@ mod tests {
             by: phone(),
             client_id: 7,
             kind: wire::ReceiptKind::Delivered,
+            sent_at_ms: 1_000,
         };
         let encoded = Envelope::new(1, 42, receipt).encode();
         let decoded = Envelope::decode(&encoded, 2, 43).unwrap();

@@ -11,6 +11,10 @@ use crate::{allowance::TokenBucket, mailbox::Mailbox};
 pub(super) struct Account {
     pub(super) key_hash: [u8; KEY_HASH_BYTES],
     pub(super) generation: u64,
+    /// Unix ms when this account was created (`Record::AccountSince`); 0
+    /// for one made before that was recorded. Receipts for messages sent
+    /// before it are a deleted predecessor's.
+    pub(super) since_ms: u64,
     pub(super) mailbox: Mailbox,
     pub(super) session: Option<ConnId>,
     /// What the journal holds of the mailbox (see `durability`).
@@ -39,6 +43,7 @@ impl Account {
         Account {
             key_hash,
             generation,
+            since_ms: 0,
             mailbox: Mailbox::new(),
             session: None,
             write_back: WriteBack::default(),

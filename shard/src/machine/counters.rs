@@ -105,6 +105,9 @@ pub struct ShardCounters {
     /// refused for that.
     pub account_deletions_pending: u64,
     pub signups_refused_deletion_pending: u64,
+    /// Receipts for messages a deleted account sent, dropped on the way
+    /// to the number's new account.
+    pub receipts_dropped_predecessor: u64,
     /// In a cluster: messages owed to an account or group whose home is
     /// unknown (no partition map, or its node never seen), dropped;
     /// signals dropped because their node is not live; first frames

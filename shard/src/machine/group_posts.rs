@@ -10,7 +10,7 @@ use wire::{Chat, ErrorKind, GroupId, Phone, ReceiptKind};
 
 use super::{
     durability::Refusal,
-    groups::{author_of, post_bytes, Accepted, GroupAction, Refan},
+    groups::{author_of, post_bytes, Accepted, Author, GroupAction, Refan},
     ConnId, PeerMessage, RestoreError, Shard,
 };
 
@@ -33,7 +33,7 @@ impl Shard {
         &mut self,
         group: GroupId,
         (from, client_id): (Phone, u64),
-        at_ms: u64,
+        (at_ms, sender_since_ms): (u64, u64),
         action: GroupAction,
         session: ConnId,
     ) -> Result<u64, ErrorKind> {
@@ -41,7 +41,10 @@ impl Shard {
             return Err(Refusal::Failed.kind());
         }
         let creates = matches!(action, GroupAction::Create { .. });
-        if let Some(gseq) = self.groups.resent(group, from, client_id) {
+        if let Some(gseq) = self
+            .groups
+            .resent(group, (from, client_id), sender_since_ms)
+        {
             self.counters.messages_deduplicated += 1;
             return Ok(answer(group, creates, gseq));
         }
@@ -187,7 +190,7 @@ impl Shard {
         member: Phone,
         (group, gseq): (GroupId, u64),
         body_bytes: usize,
-        author: Option<(Phone, u64)>,
+        author: Option<Author>,
     ) -> bool {
         let (entries_max, bytes_max) = (self.config.group_entries_max, self.config.group_bytes_max);
         let room = self.accounts.get_mut(&member).map(|a| {
@@ -210,8 +213,8 @@ impl Shard {
                 self.counters.group_entries_dropped_mailbox_full += 1;
                 // Its author was answered `Sent`: it is told, never left
                 // to believe the post arrived.
-                if let Some((author, client_id)) = author {
-                    self.tell_undeliverable(member, author, client_id);
+                if let Some(author) = author {
+                    self.owe_receipt(author, member, ReceiptKind::Undeliverable);
                 }
                 false
             }
@@ -221,19 +224,6 @@ impl Shard {
                 false
             }
         }
-    }
-
-    /// `member` will never get `author`'s post `client_id`: the author
-    /// gets an `Undeliverable` receipt (notices have no author waiting on
-    /// them).
-    fn tell_undeliverable(&mut self, member: Phone, author: Phone, client_id: u64) {
-        let receipt = PeerMessage::Receipt {
-            to: author,
-            by: member,
-            client_id,
-            kind: ReceiptKind::Undeliverable,
-        };
-        self.owe(self.home_of(author), receipt);
     }
 
     /// A member's entry for a post left its mailbox: acknowledged (the
@@ -253,7 +243,7 @@ impl Shard {
         if let Some(account) = self.accounts.get_mut(&by) {
             account.mailbox.group_entry_gone(released.body_bytes);
         }
-        let Some((from, client_id)) = released.author else {
+        let Some(author) = released.author else {
             return;
         };
         match kind {
@@ -261,13 +251,7 @@ impl Shard {
             ReceiptKind::Undeliverable => self.counters.messages_undeliverable += 1,
             _ => self.counters.messages_acked += 1,
         }
-        let receipt = PeerMessage::Receipt {
-            to: from,
-            by,
-            client_id,
-            kind,
-        };
-        self.owe(self.home_of(from), receipt);
+        self.owe_receipt(author, by, kind);
     }
 
     // ---- recovery ------------------------------------------------------------

@@ -219,7 +219,16 @@ pub(super) struct Refan {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Released {
     pub(super) body_bytes: usize,
-    pub(super) author: Option<(Phone, u64)>,
+    pub(super) author: Option<Author>,
+}
+
+/// Who wrote a group message, its client id and when it was sent (Unix
+/// ms): what its receipts carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Author {
+    pub(super) from: Phone,
+    pub(super) client_id: u64,
+    pub(super) sent_at_ms: u64,
 }
 
 /// The groups part of a shard: the groups it owns (the owner's half) and
@@ -276,9 +285,16 @@ impl Groups {
 
     // ---- the owner's half ------------------------------------------------------
 
-    /// The number the post `client_id` of `from` got, if it is a resend.
-    pub(super) fn resent(&mut self, group: GroupId, from: Phone, client_id: u64) -> Option<u64> {
-        self.dedup.get(group, from, client_id)
+    /// The number the post `client_id` of `from` got, if it is a resend
+    /// (not a post of a deleted account that held the number before the
+    /// one created at `since_ms`).
+    pub(super) fn resent(
+        &mut self,
+        group: GroupId,
+        (from, client_id): (Phone, u64),
+        since_ms: u64,
+    ) -> Option<u64> {
+        self.dedup.get_since(group, from, client_id, since_ms)
     }
 
     /// Checks a request against the group as it stands (or creates it),
@@ -334,7 +350,8 @@ impl Groups {
         let gseq = state.next_gseq;
         state.next_gseq += 1;
         let recipients = state.apply(&post);
-        self.dedup.insert(group, from, client_id, gseq, now_ms);
+        self.dedup
+            .insert(group, from, client_id, (gseq, post.sent_at_ms()), now_ms);
         Ok(Accepted {
             gseq,
             post,
@@ -451,10 +468,10 @@ impl Groups {
     pub(super) fn trace(&mut self, from: Phone, client_id: u64) -> Vec<super::TraceHit> {
         self.dedup
             .iter()
-            .filter(|&(_, author, id, _)| author == from && id == client_id)
-            .map(|(group, _, _, gseq)| super::TraceHit {
-                to: group.to_string(),
-                id: gseq & !storage::DEDUP_READ_BIT,
+            .filter(|listed| listed.from == from && listed.client_id == client_id)
+            .map(|listed| super::TraceHit {
+                to: listed.to.to_string(),
+                id: listed.id & !storage::DEDUP_READ_BIT,
                 state: "posted",
             })
             .collect()
@@ -495,19 +512,21 @@ impl Groups {
 
     /// `member` may send a read receipt for the message `client_id` of
     /// `author`, at `seq` of its mailbox, once it has been delivered.
-    pub(super) fn readable(&mut self, member: Phone, author: (Phone, u64), seq: u64, now_ms: u64) {
-        self.reads.insert(member, author.0, author.1, seq, now_ms);
+    pub(super) fn readable(&mut self, member: Phone, author: Author, seq: u64, now_ms: u64) {
+        let stamp = (seq, author.sent_at_ms);
+        self.reads
+            .insert(member, author.from, author.client_id, stamp, now_ms);
     }
 
-    /// `by` read the post `client_id` of `from`: true when it was delivered
-    /// to `by` (up to `delivered_up_to`) and not read before.
+    /// `by` read the post `client_id` of `from`: its `sent_at_ms` when it
+    /// was delivered to `by` (up to `delivered_up_to`) and not read before.
     pub(super) fn mark_read(
         &mut self,
         by: Phone,
         from: Phone,
         client_id: u64,
         delivered_up_to: u64,
-    ) -> bool {
+    ) -> Option<u64> {
         self.reads.mark_read(by, from, client_id, delivered_up_to)
     }
 
@@ -534,9 +553,10 @@ impl Groups {
         if copy.refs == 0 {
             self.copies.remove(&(group, gseq));
         }
-        if let (true, Some((from, client_id))) = (expired, released.author) {
+        if let (true, Some(author)) = (expired, released.author) {
             // Never delivered: never to be marked read.
-            self.reads.forbid_read(member, from, client_id);
+            self.reads
+                .forbid_read(member, author.from, author.client_id);
         }
         Some(released)
     }
@@ -566,7 +586,17 @@ impl Groups {
                 from,
                 client_id,
                 gseq,
-            } => self.dedup.replay(group, from, client_id, gseq, now_ms),
+            } => self.dedup.replay(group, from, client_id, (gseq, 0), now_ms),
+            Record::GroupDedupSent {
+                group,
+                from,
+                client_id,
+                gseq,
+                sent_at_ms,
+            } => {
+                let stamp = (gseq, sent_at_ms);
+                self.dedup.replay(group, from, client_id, stamp, now_ms);
+            }
             Record::GroupCopy { group, gseq, post } => {
                 // After a reshard every new shard gets the copies of all
                 // old ones, so the same copy can come twice: keep the
@@ -591,7 +621,8 @@ impl Groups {
     ) -> Result<(), RestoreError> {
         let (from, client_id) = post.author();
         if client_id != SERVER_CLIENT_ID {
-            self.dedup.replay(group, from, client_id, gseq, now_ms);
+            let stamp = (gseq, post.sent_at_ms());
+            self.dedup.replay(group, from, client_id, stamp, now_ms);
         }
         let creates = matches!(
             post,
@@ -669,8 +700,9 @@ impl Groups {
         copy.refs = copy.refs.saturating_sub(1);
         // The log does not say whether it was acknowledged or expired: no
         // `Read` of it is accepted after a restart.
-        if let Some((from, client_id)) = author_of(&copy.post) {
-            self.reads.forbid_read(member, from, client_id);
+        if let Some(author) = author_of(&copy.post) {
+            self.reads
+                .forbid_read(member, author.from, author.client_id);
         }
         Some(post_bytes(&copy.post))
     }
@@ -710,23 +742,31 @@ impl Groups {
                 });
             }
         }
-        for (group, from, client_id, gseq) in self.dedup.iter() {
-            records.push(Record::GroupDedup {
-                group,
-                from,
-                client_id,
-                gseq,
+        for listed in self.dedup.iter() {
+            records.push(Record::GroupDedupSent {
+                group: listed.to,
+                from: listed.from,
+                client_id: listed.client_id,
+                gseq: listed.id,
+                sent_at_ms: listed.sent_at_ms,
             });
         }
     }
 }
 
-/// A message's author and client id; `None` for a change.
-pub(super) fn author_of(post: &Post) -> Option<(Phone, u64)> {
-    match post {
+/// A message's author, client id and sent time; `None` for a change.
+pub(super) fn author_of(post: &Post) -> Option<Author> {
+    match *post {
         Post::Message {
-            from, client_id, ..
-        } => Some((*from, *client_id)),
+            from,
+            client_id,
+            sent_at_ms,
+            ..
+        } => Some(Author {
+            from,
+            client_id,
+            sent_at_ms,
+        }),
         Post::Change { .. } => None,
     }
 }
@@ -790,7 +830,7 @@ mod tests {
             .unwrap();
         assert_eq!(post.gseq, 2);
         assert_eq!(post.recipients, vec![phone(1)], "all but the sender");
-        assert_eq!(groups.resent(group, phone(2), 2), Some(2));
+        assert_eq!(groups.resent(group, (phone(2), 2), 0), Some(2));
     }
 
     #[test]
@@ -806,18 +846,24 @@ mod tests {
         groups.store_copy(group, 1, post);
         assert!(groups.has_copy(group, 1));
         groups.referenced(group, 1, 2);
-        groups.readable(phone(2), (phone(1), 7), 1, 0);
+        let author = Author {
+            from: phone(1),
+            client_id: 7,
+            sent_at_ms: 0,
+        };
+        groups.readable(phone(2), author, 1, 0);
         let released = groups.released(phone(3), (group, 1), false).unwrap();
         assert_eq!(released.body_bytes, 10);
-        assert_eq!(released.author, Some((phone(1), 7)));
+        assert_eq!(released.author, Some(author));
         assert!(
             groups.post(group, 1).is_some(),
             "one entry still refers to it"
         );
         assert!(groups.released(phone(2), (group, 1), true).is_some());
         assert!(groups.post(group, 1).is_none());
-        assert!(
-            !groups.mark_read(phone(2), phone(1), 7, 1),
+        assert_eq!(
+            groups.mark_read(phone(2), phone(1), 7, 1),
+            None,
             "expired, so never read"
         );
         assert!(groups.has_copy(group, 1), "the mark outlives the copy");

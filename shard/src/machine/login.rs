@@ -312,7 +312,9 @@ impl Shard {
                 generation
             }
             None => {
-                self.accounts.insert(phone, Account::new(key_hash, 1));
+                let mut account = Account::new(key_hash, 1);
+                account.since_ms = self.clock.wall_ms(self.now_ms);
+                self.accounts.insert(phone, account);
                 self.counters.accounts += 1;
                 1
             }
@@ -323,6 +325,11 @@ impl Shard {
             key_hash,
             generation,
         });
+        if generation == 1 {
+            let since_ms = self.accounts[&phone].since_ms;
+            self.durability
+                .record(Record::AccountSince { phone, since_ms });
+        }
         self.hold_reply(
             id,
             &ServerFrame::Registered {

@@ -12,6 +12,7 @@ use super::{
     connections::Session,
     durability::{Refusal, DISK_FULL, STORAGE_FAILED, STORAGE_UNAVAILABLE},
     group_frame,
+    groups::Author,
     social::{self, StrangersRefused},
     ConnId, GroupAction, PeerMessage, Shard,
 };
@@ -44,6 +45,7 @@ impl Shard {
             to,
             client_id,
             sent_at_ms: self.clock.wall_ms(now_ms),
+            sender_since_ms: self.accounts[&from].since_ms,
             body: body.into(),
             reply: id,
         };
@@ -85,22 +87,36 @@ impl Shard {
             return;
         }
         let delivered = self.conns.get(id).map_or(0, |c| c.delivered_up_to());
-        let readable = self.dedup.mark_read(by, from, client_id, delivered)
-            || self.groups.mark_read(by, from, client_id, delivered);
-        if !readable {
+        let readable = self
+            .dedup
+            .mark_read(by, from, client_id, delivered)
+            .or_else(|| self.groups.mark_read(by, from, client_id, delivered));
+        let Some(sent_at_ms) = readable else {
             self.counters.reads_refused += 1;
             let detail = "no message with that sender and client_id was delivered here, \
                           or its read receipt was sent already";
             self.reply_error(id, ErrorKind::BadRequest, Some(client_id), detail);
             return;
-        }
-        let receipt = PeerMessage::Receipt {
-            to: from,
-            by,
-            client_id,
-            kind: ReceiptKind::Read,
         };
-        self.owe(self.home_of(from), receipt);
+        let author = Author {
+            from,
+            client_id,
+            sent_at_ms,
+        };
+        self.owe_receipt(author, by, ReceiptKind::Read);
+    }
+
+    /// A receipt of `kind` from `by` for `author`'s message, to the
+    /// author's home (whether or not its node is live).
+    pub(super) fn owe_receipt(&mut self, author: Author, by: Phone, kind: ReceiptKind) {
+        let receipt = PeerMessage::Receipt {
+            to: author.from,
+            by,
+            client_id: author.client_id,
+            kind,
+            sent_at_ms: author.sent_at_ms,
+        };
+        self.owe(self.home_of(author.from), receipt);
     }
 
     /// Passes a request to the group's owner, spending a send token: a
@@ -147,6 +163,7 @@ impl Shard {
             from,
             client_id,
             at_ms: self.clock.wall_ms(now_ms),
+            sender_since_ms: self.accounts[&from].since_ms,
             reply: id,
             action,
         };
@@ -299,8 +316,18 @@ impl Shard {
         let before = account.mailbox.size();
         account.mailbox.ack(up_to, |entry| match entry.record {
             EntryRecord::Message {
-                from, client_id, ..
-            } => receipts.push((from, client_id, entry.seq)),
+                from,
+                client_id,
+                sent_at_ms,
+                ..
+            } => receipts.push((
+                Author {
+                    from,
+                    client_id,
+                    sent_at_ms,
+                },
+                entry.seq,
+            )),
             EntryRecord::Group { group, gseq } => groups_released.push((group, gseq)),
             EntryRecord::Receipt { .. } => {}
         });
@@ -312,13 +339,14 @@ impl Shard {
                 // Deleted undelivered: a `Read` for them would be a lie
                 // (and would tell the reader what it never received). The
                 // mark is recorded, so a restart keeps it.
-                for &(from, client_id, seq) in &receipts {
-                    self.dedup.forbid_read(owner, from, client_id);
-                    self.durability.record(Record::Dedup {
+                for &(author, seq) in &receipts {
+                    self.dedup.forbid_read(owner, author.from, author.client_id);
+                    self.durability.record(Record::DedupSent {
                         owner,
-                        from,
-                        client_id,
+                        from: author.from,
+                        client_id: author.client_id,
                         seq: seq | storage::DEDUP_READ_BIT,
+                        sent_at_ms: author.sent_at_ms,
                     });
                 }
             }
@@ -332,14 +360,8 @@ impl Shard {
         for (group, gseq) in groups_released {
             self.group_entry_released(owner, group, gseq, kind);
         }
-        for (from, client_id, _) in receipts {
-            let receipt = PeerMessage::Receipt {
-                to: from,
-                by: owner,
-                client_id,
-                kind,
-            };
-            self.owe(self.home_of(from), receipt);
+        for (author, _) in receipts {
+            self.owe_receipt(author, owner, kind);
         }
     }
 
@@ -391,8 +413,7 @@ impl Shard {
     pub(super) fn receipt_arrived(
         &mut self,
         to: Phone,
-        by: Phone,
-        client_id: u64,
+        (by, client_id, sent_at_ms): (Phone, u64, u64),
         kind: ReceiptKind,
     ) {
         let receipt = EntryRecord::Receipt {
@@ -400,11 +421,15 @@ impl Shard {
             by,
             client_id,
         };
-        let full = self
-            .accounts
-            .get(&to)
-            .is_some_and(|a| a.mailbox.receipts() >= self.config.receipts_max);
-        if full {
+        let Some(account) = self.accounts.get(&to) else {
+            return;
+        };
+        if sent_at_ms < account.since_ms {
+            // About a message of the number's deleted previous account.
+            self.counters.receipts_dropped_predecessor += 1;
+            return;
+        }
+        if account.mailbox.receipts() >= self.config.receipts_max {
             self.counters.receipts_dropped_mailbox_full += 1;
             return;
         }
@@ -418,7 +443,7 @@ impl Shard {
         from: Phone,
         to: Phone,
         client_id: u64,
-        sent_at_ms: u64,
+        (sent_at_ms, sender_since_ms): (u64, u64),
         body: Arc<[u8]>,
         session: ConnId,
     ) -> Result<u64, ErrorKind> {
@@ -428,7 +453,7 @@ impl Shard {
         if self.durability.is_failed() {
             return Err(Refusal::Failed.kind());
         }
-        if let Some(seq) = self.dedup.get(to, from, client_id) {
+        if let Some(seq) = self.dedup.get_since(to, from, client_id, sender_since_ms) {
             self.counters.messages_deduplicated += 1;
             return Ok(seq);
         }
@@ -447,7 +472,8 @@ impl Shard {
             body,
         };
         let seq = self.append(to, message).expect("account checked above");
-        self.dedup.insert(to, from, client_id, seq, self.now_ms);
+        self.dedup
+            .insert(to, from, client_id, (seq, sent_at_ms), self.now_ms);
         self.counters.messages_stored += 1;
         Ok(seq)
     }

@@ -845,15 +845,19 @@ impl Shard {
     /// detection (here), and the seq it took (by the ack that covers it).
     fn put_never_written(&mut self, owner: Phone, seq: u64, entry: &EntryRecord) {
         if let EntryRecord::Message {
-            from, client_id, ..
+            from,
+            client_id,
+            sent_at_ms,
+            ..
         } = *entry
         {
             self.counters.messages_never_written += 1;
-            self.durability.record(Record::Dedup {
+            self.durability.record(Record::DedupSent {
                 owner,
                 from,
                 client_id,
                 seq,
+                sent_at_ms,
             });
         }
     }
@@ -866,10 +870,12 @@ impl Shard {
                 to,
                 client_id,
                 sent_at_ms,
+                sender_since_ms,
                 body,
                 reply,
             } => {
-                let result = self.store_message(from, to, client_id, sent_at_ms, body, reply);
+                let stamps = (sent_at_ms, sender_since_ms);
+                let result = self.store_message(from, to, client_id, stamps, body, reply);
                 self.note_refusal(from, Chat::Direct(to), client_id, reply, &result);
                 self.answer_stored(reply, from, client_id, result);
             }
@@ -884,17 +890,20 @@ impl Shard {
                 by,
                 client_id,
                 kind,
-            } => self.receipt_arrived(to, by, client_id, kind),
+                sent_at_ms,
+            } => self.receipt_arrived(to, (by, client_id, sent_at_ms), kind),
             PeerMessage::GroupRequest {
                 group,
                 from,
                 client_id,
                 at_ms,
+                sender_since_ms,
                 reply,
                 action,
             } => {
                 let chat = action.in_conversation().then_some(Chat::Group(group));
-                let result = self.group_request(group, (from, client_id), at_ms, action, reply);
+                let times = (at_ms, sender_since_ms);
+                let result = self.group_request(group, (from, client_id), times, action, reply);
                 if let Some(chat) = chat {
                     self.note_refusal(from, chat, client_id, reply, &result);
                 }

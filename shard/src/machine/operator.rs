@@ -75,8 +75,8 @@ impl Shard {
         let found: Vec<(Phone, u64)> = self
             .dedup
             .iter()
-            .filter(|&(_, from, id, _)| from == sender && id == client_id)
-            .map(|(to, _, _, seq)| (to, seq))
+            .filter(|listed| listed.from == sender && listed.client_id == client_id)
+            .map(|listed| (listed.to, listed.id))
             .collect();
         let mut hits: Vec<TraceHit> = found
             .into_iter()

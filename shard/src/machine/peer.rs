@@ -21,6 +21,9 @@ pub enum PeerMessage {
         to: Phone,
         client_id: u64,
         sent_at_ms: u64,
+        /// When `from`'s account was created (Unix ms, 0: not known): a
+        /// resend-table entry older than it is a deleted predecessor's.
+        sender_since_ms: u64,
         body: Arc<[u8]>,
         reply: ConnId,
     },
@@ -31,12 +34,16 @@ pub enum PeerMessage {
         client_id: u64,
         result: Result<u64, ErrorKind>,
     },
-    /// Store a receipt in `to`'s mailbox.
+    /// Store a receipt in `to`'s mailbox: `by`'s for `to`'s message
+    /// `client_id`, sent at `sent_at_ms` (Unix ms; 0: not known). A
+    /// message sent before `to`'s account was created is a deleted
+    /// predecessor's: its receipt is dropped.
     Receipt {
         to: Phone,
         by: Phone,
         client_id: u64,
         kind: ReceiptKind,
+        sent_at_ms: u64,
     },
     /// A phone's request to `group`'s owner; answered with `Stored`.
     GroupRequest {
@@ -44,6 +51,8 @@ pub enum PeerMessage {
         from: Phone,
         client_id: u64,
         at_ms: u64,
+        /// When `from`'s account was created (see `Deliver`).
+        sender_since_ms: u64,
         reply: ConnId,
         action: GroupAction,
     },

@@ -69,10 +69,27 @@ impl Shard {
                 from,
                 client_id,
                 seq,
-            } => self.dedup.replay(owner, from, client_id, seq, self.now_ms),
+            } => self
+                .dedup
+                .replay(owner, from, client_id, (seq, 0), self.now_ms),
+            Record::DedupSent {
+                owner,
+                from,
+                client_id,
+                seq,
+                sent_at_ms,
+            } => {
+                let stamp = (seq, sent_at_ms);
+                self.dedup
+                    .replay(owner, from, client_id, stamp, self.now_ms);
+            }
+            Record::AccountSince { phone, since_ms } => {
+                self.restored_account(phone)?.since_ms = since_ms;
+            }
             Record::GroupPost { .. }
             | Record::GroupState { .. }
             | Record::GroupDedup { .. }
+            | Record::GroupDedupSent { .. }
             | Record::GroupCopy { .. }
             | Record::GroupMark { .. } => self.groups.restore(record, self.now_ms)?,
             Record::Contacts { owner, .. }
@@ -141,13 +158,16 @@ impl Shard {
         entry: EntryRecord,
     ) -> Result<(), RestoreError> {
         if let EntryRecord::Message {
-            from, client_id, ..
-        } = &entry
+            from,
+            client_id,
+            sent_at_ms,
+            ..
+        } = entry
         {
             // Rebuilt with the restore time as its age: a resend after a
             // restart is still recognised for the full TTL.
             self.dedup
-                .replay(owner, *from, *client_id, seq, self.now_ms);
+                .replay(owner, from, client_id, (seq, sent_at_ms), self.now_ms);
         }
         let group_entry = match entry {
             EntryRecord::Group { group, gseq } => Some((group, gseq)),
@@ -202,6 +222,10 @@ impl Shard {
                 key_hash: account.key_hash,
                 generation: account.generation,
             });
+            if account.since_ms > 0 {
+                let since_ms = account.since_ms;
+                records.push(Record::AccountSince { phone, since_ms });
+            }
             self.checkpoint_social(phone, &mut records);
             self.checkpoint_push(phone, &mut records);
             records.push(Record::MailboxStart {
@@ -222,12 +246,13 @@ impl Shard {
                 });
             }
         }
-        for (owner, from, client_id, seq) in self.dedup.iter() {
-            records.push(Record::Dedup {
-                owner,
-                from,
-                client_id,
-                seq,
+        for listed in self.dedup.iter() {
+            records.push(Record::DedupSent {
+                owner: listed.to,
+                from: listed.from,
+                client_id: listed.client_id,
+                seq: listed.id,
+                sent_at_ms: listed.sent_at_ms,
             });
         }
         records
