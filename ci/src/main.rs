@@ -60,6 +60,9 @@ enum Task {
     Stall,
     /// The three-node cluster test with ten kills and restarts.
     Cluster,
+    /// Deliveries per server CPU-second on one node and on three, release
+    /// builds, interleaved rounds.
+    ClusterBench,
     /// isle against mosquitto and the bare relay, side by side.
     Bench(bench::Options),
     /// The Grafana dashboard drawn against isle under load, for the docs.
@@ -76,6 +79,7 @@ impl Task {
             Task::Smoke => "smoke",
             Task::Stall => "stall",
             Task::Cluster => "cluster",
+            Task::ClusterBench => "cluster-bench",
             Task::Bench(_) => "bench",
             Task::Dashboard(_) => "dashboard",
         }
@@ -96,6 +100,7 @@ fn main() {
         Task::Smoke => smoke(),
         Task::Stall => stall(),
         Task::Cluster => cluster(),
+        Task::ClusterBench => cluster_bench(),
         Task::Bench(options) => bench::bench(options),
         Task::Dashboard(options) => draw_dashboard(options),
     };
@@ -242,6 +247,15 @@ fn cluster() -> anyhow::Result<()> {
     packages(TEST_PACKAGES)?;
     std::env::set_var("ISLE_CLUSTER_ROUNDS", "10");
     cargo(&["test", "-p", "ci", "--test", "cluster", "--", "--nocapture"])
+}
+
+/// The benchmark is an ignored test of `ci`, built in release so the
+/// binaries its harness builds are release ones too.
+fn cluster_bench() -> anyhow::Result<()> {
+    packages(TEST_PACKAGES)?;
+    let test = ["test", "--release", "-p", "ci", "--test", "cluster_bench"];
+    let run = ["--", "--ignored", "--nocapture", "--test-threads", "1"];
+    cargo(&[&test[..], &run[..]].concat())
 }
 
 fn fmt() -> anyhow::Result<()> {

@@ -105,9 +105,10 @@ pub struct Args {
     #[arg(long, default_value_t = 0.0)]
     pub stalled_share: f64,
     /// The server's process id: its CPU time over the measured window and
-    /// its memory when sending stops go into the report.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    /// its memory when sending stops go into the report. Several, comma
+    /// separated (the nodes of a cluster): their sums.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
     /// Write the report (JSON, latency and throughput charts) into this
     /// directory.
     #[arg(long)]
@@ -211,7 +212,7 @@ struct Sending {
 fn send(args: &Args, shared: &Shared) -> anyhow::Result<Sending> {
     let counts = || [shared.sent.load(Relaxed), shared.delivered.load(Relaxed)];
     let mut timeline = crate::report::Timeline::start(counts());
-    let server_cpu = || args.server_pid.map(crate::process::cpu_seconds).transpose();
+    let server_cpu = || crate::process::sum_over(&args.server_pid, crate::process::cpu_seconds);
     let (warmup_end, end) = (
         Duration::from_secs_f64(args.warmup),
         Duration::from_secs_f64(args.duration),
@@ -254,7 +255,7 @@ fn send(args: &Args, shared: &Shared) -> anyhow::Result<Sending> {
             (Some(begin), Some(end)) => Some(end - begin),
             _ => None,
         },
-        server_rss_bytes: args.server_pid.map(crate::process::rss_bytes).transpose()?,
+        server_rss_bytes: crate::process::sum_over(&args.server_pid, crate::process::rss_bytes)?,
     })
 }
 

@@ -54,6 +54,21 @@ pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok((ticks(11)? + ticks(12)?) / per_s.max(1.0))
 }
 
+/// `measure` summed over `pids`; `None` for no pid.
+pub fn sum_over<T: std::iter::Sum<T>>(
+    pids: &[u32],
+    measure: impl Fn(u32) -> anyhow::Result<T>,
+) -> anyhow::Result<Option<T>> {
+    if pids.is_empty() {
+        return Ok(None);
+    }
+    let values: Vec<T> = pids
+        .iter()
+        .map(|&pid| measure(pid))
+        .collect::<Result<_, _>>()?;
+    Ok(Some(values.into_iter().sum()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

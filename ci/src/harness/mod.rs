@@ -37,6 +37,7 @@
 //! without them [`Net::new`] says what is missing instead of skipping.
 
 mod binaries;
+mod cluster;
 mod etcd;
 mod isle;
 mod loadgen;
@@ -46,6 +47,7 @@ mod process;
 use std::{path::PathBuf, process::ExitStatus};
 
 pub use binaries::{without_package_env, Binaries};
+pub use cluster::{node_flags, Cluster, PEER_PORT, PHONE_PORT};
 pub use etcd::Etcd;
 pub use isle::Node;
 pub use loadgen::{Loadgen, Report, Tick};
