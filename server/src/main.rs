@@ -101,6 +101,15 @@ fn check_config(flags: &Flags) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The admin listener's settings, from the configuration.
+fn admin_settings(config: &Config) -> AdminSettings {
+    AdminSettings {
+        listen: config.admin.listen,
+        token: config.admin.token.clone(),
+        node: config.cluster.as_ref().map(|cluster| cluster.node_id),
+    }
+}
+
 fn run(flags: Flags) -> anyhow::Result<()> {
     // SIGHUP's default is to end the process: until the reload handler is
     // in place (after a reshard, which can take seconds) it is ignored.
@@ -123,11 +132,7 @@ fn run(flags: Flags) -> anyhow::Result<()> {
         None => None,
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let admin = AdminSettings {
-        listen: config.admin.listen,
-        token: config.admin.token.clone(),
-    };
-    let mut control = Control::start(&admin, map, stop.clone())?;
+    let mut control = Control::start(&admin_settings(&config), map, stop.clone())?;
     let senders = Senders::start(&config, map, control.gateway_stats())?;
     if config.storage.journal == JournalKind::Log {
         reshard(&config, shard_count, &senders)?;

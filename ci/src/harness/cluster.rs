@@ -17,15 +17,14 @@ const ASSIGNED_TIMEOUT: Duration = Duration::from_secs(30);
 const PARTITIONS: u64 = 1024;
 
 /// The flags every node gets, single or clustered: plaintext on
-/// [`PHONE_PORT`], one shard, small log segments, test numbers.
+/// [`PHONE_PORT`], one shard, small log segments, test numbers. (A
+/// cluster's nodes add `--advertise` and the rest of `[cluster]`.)
 pub fn node_flags(net: &Net, role: &str) -> Vec<String> {
     let phones = format!("{}:{PHONE_PORT}", net.addr(role));
     [
         "--plaintext-listen",
         &phones,
         "--no-tls",
-        "--advertise",
-        &phones,
         "--shards",
         "1",
         "--segment-bytes",
@@ -62,11 +61,16 @@ impl<'net> Cluster<'net> {
         let mut nodes = Vec::new();
         for (i, role) in roles.iter().enumerate() {
             let mut flags = node_flags(net, role);
-            let peers = format!("{}:{PEER_PORT}", net.addr(role));
+            let addr = net.addr(role);
+            let (phones, peers) = (
+                format!("{addr}:{PHONE_PORT}"),
+                format!("{addr}:{PEER_PORT}"),
+            );
             let id = (i + 1).to_string();
             let more = ["--config", &config, "--node-id", &id, "--etcd", etcd];
             flags.extend(more.map(str::to_owned));
             flags.extend(["--peer-listen".to_owned(), peers]);
+            flags.extend(["--advertise".to_owned(), phones]);
             nodes.push(Node::start(net, binaries, role, &flags)?);
         }
         let cluster = Cluster {

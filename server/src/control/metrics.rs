@@ -7,7 +7,7 @@
 //! without a change here. Queue lengths are exported as they are now and
 //! as decaying averages over 1, 10 and 100 s (`_avg{window=...}`).
 
-use std::{collections::BTreeMap, sync::atomic::Ordering};
+use std::{borrow::Cow, collections::BTreeMap, sync::atomic::Ordering};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -24,6 +24,7 @@ use shard::ShardCounters;
 use super::{
     decay::WINDOWS_S,
     gateways::GatewayCounts,
+    link_metrics::LinkMetrics,
     snapshot::{Queues, ShardReport},
 };
 
@@ -66,6 +67,8 @@ type Histograms = Family<ShardLabel, Histogram, fn() -> Histogram>;
 /// The registry and every family in it.
 pub struct Metrics {
     registry: Registry,
+    /// The links between nodes, in a cluster.
+    links: LinkMetrics,
     counters: CounterFamilies,
     gauges: GaugeFamilies,
     queues: QueueFamilies,
@@ -100,8 +103,12 @@ fn size_histogram() -> Histogram {
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("isle");
+    /// The registry; `node`: in a cluster, this node's id, a label on
+    /// every series.
+    pub fn new(node: Option<u16>) -> Metrics {
+        let labels = node.map(|id| (Cow::Borrowed("node"), Cow::Owned(id.to_string())));
+        let mut registry = Registry::with_prefix_and_labels("isle", labels.into_iter());
+        let links = LinkMetrics::register(&mut registry);
         let (counters, gauges) = register_counters(&mut registry);
         let (queues, queue_averages) = register_queues(&mut registry);
         let mut journal = BTreeMap::new();
@@ -143,6 +150,7 @@ impl Metrics {
         );
         Metrics {
             registry,
+            links,
             counters,
             gauges,
             queues,
@@ -208,6 +216,9 @@ impl Metrics {
         bytes_in.inner().store(report.bytes_in, Ordering::Relaxed);
         let bytes_out = self.bytes_out.get_or_create(&label);
         bytes_out.inner().store(report.bytes_out, Ordering::Relaxed);
+        if let Some(remote) = &report.remote {
+            self.links.update(report.shard, remote);
+        }
     }
 
     fn update_journal(&self, report: &ShardReport, label: &ShardLabel) {
@@ -424,7 +435,7 @@ mod tests {
 
     #[test]
     fn a_report_shows_up_as_labelled_series() {
-        let metrics = Metrics::new();
+        let metrics = Metrics::new(None);
         let mut report = ShardReport {
             shard: 3,
             at: std::time::Instant::now(),
@@ -435,6 +446,7 @@ mod tests {
             errors_sent: vec![("RateLimited".into(), 5)],
             bytes_in: 10,
             bytes_out: 20,
+            remote: None,
         };
         report.counters.messages_stored = 42;
         report.counters.connections = 7;
@@ -456,13 +468,69 @@ mod tests {
         }
     }
 
+    /// In a cluster every series carries the node, and each link its
+    /// peer; the series of a link that is gone are removed.
+    #[test]
+    fn a_cluster_node_labels_its_series_and_shows_its_links() {
+        use server::remote::{InboundStats, LinkStats, RemoteStats};
+        let metrics = Metrics::new(Some(2));
+        let link = |node| LinkStats {
+            node,
+            connected: true,
+            queue_messages: 12,
+            retransmitted: 3,
+            ..LinkStats::default()
+        };
+        let mut report = ShardReport {
+            shard: 1,
+            at: std::time::Instant::now(),
+            counters: ShardCounters::default(),
+            queues: Queues::default(),
+            commits: CommitSamples::default(),
+            journal: JournalState::default(),
+            errors_sent: Vec::new(),
+            bytes_in: 0,
+            bytes_out: 0,
+            remote: Some(RemoteStats {
+                links: vec![link(1), link(3)],
+                inbound: vec![InboundStats {
+                    node: 3,
+                    shard: 0,
+                    received: 9,
+                    ..InboundStats::default()
+                }],
+                handshakes_refused: 4,
+                ..RemoteStats::default()
+            }),
+        };
+        let no_averages = BTreeMap::new();
+        metrics.update(&report, &no_averages);
+        let text = metrics.encode();
+        for line in [
+            "isle_link_connected{node=\"2\",shard=\"1\",peer_node=\"3\"} 1",
+            "isle_link_queue_messages{node=\"2\",shard=\"1\",peer_node=\"1\"} 12",
+            "isle_link_retransmitted_total{node=\"2\",shard=\"1\",peer_node=\"3\"} 3",
+            "isle_link_in_received_total{node=\"2\",shard=\"1\",peer_node=\"3\",peer_shard=\"0\"} 9",
+            "isle_remote_handshakes_refused_total{node=\"2\",shard=\"1\"} 4",
+            "isle_connections{node=\"2\",shard=\"1\"} 0",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+        // Node 3 left the cluster: its link's series go.
+        report.remote.as_mut().unwrap().links.pop();
+        metrics.update(&report, &no_averages);
+        let text = metrics.encode();
+        assert!(!text.contains("peer_node=\"3\"} "), "{text}");
+        assert!(text.contains("isle_link_connected{node=\"2\",shard=\"1\",peer_node=\"1\"} 1"));
+    }
+
     /// Every series the shipped Grafana dashboard queries exists, so a
     /// renamed metric cannot leave a panel empty.
     #[test]
     fn the_dashboard_queries_only_series_that_exist() {
         let dashboard = include_str!("../../../packaging/grafana/isle.json");
         let dashboard: serde_json::Value = serde_json::from_str(dashboard).unwrap();
-        let text = Metrics::new().encode();
+        let text = Metrics::new(None).encode();
         let families: Vec<&str> = text
             .lines()
             .filter_map(|line| line.strip_prefix("# TYPE "))

@@ -13,6 +13,7 @@
 pub mod commands;
 pub mod decay;
 pub mod gateways;
+mod link_metrics;
 pub mod metrics;
 pub mod reload;
 pub mod snapshot;
@@ -77,6 +78,8 @@ pub struct AdminSettings {
     /// health checks, when set; it must be set when `listen` is not a
     /// loopback address.
     pub token: Option<String>,
+    /// This node's id in a cluster: a `node` label on every metric.
+    pub node: Option<u16>,
 }
 
 /// A shard's way to report: never blocks.
@@ -186,7 +189,7 @@ impl Control {
                 draining: false,
                 shards: BTreeMap::new(),
             }),
-            metrics: Metrics::new(),
+            metrics: Metrics::new(settings.node),
             token: settings.token.clone(),
             stop,
             reports_dropped: dropped.clone(),

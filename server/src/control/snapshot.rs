@@ -32,6 +32,8 @@ pub struct ShardReport {
     /// Bytes read from and written to phones' sockets since start.
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// In a cluster, once the links started: what they report.
+    pub remote: Option<server::remote::RemoteStats>,
 }
 
 /// Queue lengths: the shard's own, and its links to the other shards.

@@ -366,6 +366,7 @@ impl Runtime {
             errors_sent,
             bytes_in,
             bytes_out,
+            remote: self.remote.stats(),
         }
     }
 

@@ -108,6 +108,11 @@ impl Remote {
         self.links.borrow().clone()
     }
 
+    /// What the links report, once they started.
+    pub(super) fn stats(&self) -> Option<server::remote::RemoteStats> {
+        self.links().map(|links| links.stats())
+    }
+
     /// Stages `message` for shard `shard` of `node`.
     pub fn stage(&self, node: u16, shard: u16, message: PeerMessage) -> Staged {
         let incarnation = self.incarnations.borrow().get(&node).copied().unwrap_or(0);
