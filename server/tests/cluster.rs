@@ -238,6 +238,28 @@ fn messages_and_receipts_cross_nodes() {
             }
         )
     });
+    // Node 1's metrics carry its id, and its link to node 2 pushed the
+    // message (and its receipts came back on node 2's).
+    let url = format!("http://{}/metrics", nodes[0].server.admin);
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let text = ureq::get(&url).call().unwrap().into_string().unwrap();
+        let pushed = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("isle_link_pushed_total{node=\"1\",shard=\"0\",peer_node=\"2\"}")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum::<u64>();
+        if pushed > 0 && text.contains("isle_messages_stored_total{node=\"1\",") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no link metrics on node 1:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// A signed-up and logged-in phone on `server`, or `None` while it is told
