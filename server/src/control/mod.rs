@@ -14,6 +14,7 @@ pub mod commands;
 pub mod decay;
 pub mod gateways;
 mod link_metrics;
+pub mod listener;
 pub mod metrics;
 pub mod reload;
 pub mod snapshot;
@@ -305,15 +306,9 @@ fn serve(
             .route("/health/ready", get(get_ready))
             .merge(guarded)
             .with_state(shared);
-        let listener = match tokio::net::TcpListener::from_std(listener) {
-            Ok(listener) => listener,
-            Err(error) => {
-                log::error!("control thread: admin listener: {error}");
-                return;
-            }
-        };
-        if let Err(error) = axum::serve(listener, app).await {
-            log::error!("control thread: admin listener stopped: {error}");
+        match listener::AdminListener::new(listener) {
+            Ok(listener) => listener.serve(app).await,
+            Err(error) => log::error!("control thread: admin listener: {error}"),
         }
     });
 }
