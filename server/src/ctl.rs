@@ -17,19 +17,22 @@ use crate::control::{ShardStatus, Status};
 /// How long `isle ctl` waits for the admin listener's answer.
 const REQUEST_TIMEOUT_MS: u64 = 5_000;
 
+/// The options every subcommand shares are global: they go before the
+/// subcommand or after it (`isle ctl --json status`, `isle ctl status
+/// --json`).
 #[derive(Debug, clap::Args)]
 pub struct CtlArgs {
     /// The admin listener (default: the address in DATA_DIR/admin.addr).
-    #[arg(long)]
+    #[arg(long, global = true)]
     admin: Option<SocketAddr>,
     /// The server's data directory, where `admin.addr` is.
-    #[arg(long, default_value = "./data")]
+    #[arg(long, global = true, default_value = "./data")]
     data_dir: PathBuf,
     /// The admin listener's bearer token, when it requires one.
-    #[arg(long, env = "ISLE_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, env = "ISLE_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Print the server's answer as JSON instead of a table.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
     command: CtlCommand,

@@ -443,3 +443,63 @@ fn a_drained_server_refuses_new_phones() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// `--json`, `--admin`, `--token` and `--data-dir` were taken only before
+/// the subcommand: `isle ctl status --json` was refused. They are global
+/// now, taken before or after it, at any depth.
+#[test]
+fn ctl_options_go_before_or_after_the_subcommand() {
+    let server = Server::start(&["--shards", "1", "--admin-token", "sesame"]);
+    server.phone("+15550000001");
+    let admin = server.admin.to_string();
+    let data_dir = server.data_dir().to_str().unwrap().to_owned();
+    for args in [
+        &["status", "--json", "--admin", &admin, "--token", "sesame"][..],
+        &[
+            "--json",
+            "status",
+            "--token",
+            "sesame",
+            "--data-dir",
+            &data_dir,
+        ],
+        &[
+            "account",
+            "show",
+            "+15550000001",
+            "--json",
+            "--admin",
+            &admin,
+            "--token",
+            "sesame",
+        ],
+        &[
+            "account",
+            "--admin",
+            &admin,
+            "show",
+            "--token",
+            "sesame",
+            "+15550000001",
+            "--json",
+        ],
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_isle"))
+            .arg("ctl")
+            .args(args)
+            .env_remove("ISLE_ADMIN_TOKEN")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "isle ctl {args:?}: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let parsed: Result<serde_json::Value, _> = serde_json::from_str(stdout.trim());
+        assert!(
+            parsed.is_ok(),
+            "isle ctl {args:?} printed no JSON: {stdout}"
+        );
+    }
+}
