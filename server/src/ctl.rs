@@ -61,8 +61,10 @@ pub enum CtlCommand {
         #[arg(long, default_value_t = 60_000)]
         wait_ms: u64,
     },
-    /// The most detailed level the server logs from now on: off, error,
-    /// warn, info, debug or trace.
+    /// The most detailed level the server logs from now on, for every
+    /// target: off, error, warn, info, debug or trace. It replaces
+    /// RUST_LOG's directives until a restart; `default` goes back to them
+    /// (or to info without RUST_LOG).
     LogLevel { level: String },
     /// Where a message is: every mailbox that holds it (queued, delivered,
     /// acknowledged, read) and every group that took it, while the

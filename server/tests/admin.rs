@@ -179,11 +179,40 @@ fn an_operator_sees_and_revokes_an_account() {
     assert_key_refused(&server, alice_phone, alice_key);
 }
 
+/// The level set while running applies even with `RUST_LOG` set (every
+/// test server has `RUST_LOG=info`, as the packaged unit does): it used
+/// to answer `DEBUG` and log nothing more, since `RUST_LOG`'s directives
+/// still filtered. `default` goes back to them.
 #[test]
-fn the_log_level_changes_while_running() {
-    let server = Server::start(&[]);
+fn the_log_level_changes_while_running_whatever_rust_log_says() {
+    let server = Server::start(&["--shards", "1"]);
+    let logged_in = |server: &Server, number: &str| {
+        let _ = server.stderr.try_iter().count();
+        server.phone(number);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut lines = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match server.stderr.recv_timeout(left) {
+                Ok(line) => lines.push(line),
+                Err(_) => break,
+            }
+        }
+        lines
+            .iter()
+            .any(|line| line.contains(&format!("{number} from")))
+    };
+    assert!(!logged_in(&server, "+15550000001"), "a debug line at info");
     let (ok, answer) = ctl(&server, &["log-level", "debug"]);
-    assert!(ok && answer.trim() == "DEBUG", "{answer}");
+    assert!(ok, "{answer}");
+    assert!(
+        logged_in(&server, "+15550000002"),
+        "no debug line after `isle ctl log-level debug`: {answer}"
+    );
+    assert!(answer.starts_with("DEBUG\n"), "{answer}");
+    assert!(answer.contains("replaces RUST_LOG=info"), "{answer}");
+    let (ok, answer) = ctl(&server, &["log-level", "default"]);
+    assert!(ok && answer.contains("back to RUST_LOG=info"), "{answer}");
+    assert!(!logged_in(&server, "+15550000003"), "a debug line at info");
     let (ok, answer) = ctl(&server, &["log-level", "chatty"]);
     assert!(!ok && answer.contains("400"), "{answer}");
 }

@@ -711,18 +711,33 @@ async fn post_drain(Extract(shared): Extract<Arc<Shared>>) -> Response {
     (StatusCode::ACCEPTED, "draining\n").into_response()
 }
 
+/// Sets the level every target logs at from now on (`default`: back to
+/// `RUST_LOG`'s directives, or `info`). The answer's first line is the
+/// level; the second says what it replaced, since a level set here
+/// replaces `RUST_LOG`'s directives instead of narrowing them.
 async fn put_log_level(body: String) -> Response {
-    match body.trim().parse::<log::LevelFilter>() {
-        Ok(level) => {
-            log::set_max_level(level);
-            log::warn!("log level set to {level} through the admin listener");
-            format!("{level}\n").into_response()
-        }
-        Err(_) => {
-            let detail = "a level: off, error, warn, info, debug or trace\n";
-            (StatusCode::BAD_REQUEST, detail).into_response()
-        }
-    }
+    let wanted = body.trim();
+    let level = match wanted {
+        "default" => None,
+        _ => match wanted.parse::<log::LevelFilter>() {
+            Ok(level) => Some(level),
+            Err(_) => {
+                let detail = "a level: off, error, warn, info, debug or trace; or default\n";
+                return (StatusCode::BAD_REQUEST, detail).into_response();
+            }
+        },
+    };
+    let replaced = match crate::logging::set_level(level) {
+        crate::logging::Replaced::Directives(text) => format!("RUST_LOG={text}"),
+        crate::logging::Replaced::Level(level) => format!("level {level}"),
+    };
+    let now = level.map_or_else(|| "default".to_owned(), |level| level.to_string());
+    log::warn!("log level set to {now} through the admin listener (was {replaced})");
+    let detail = match level {
+        Some(level) => format!("every target logs at {level}; replaces {replaced}"),
+        None => format!("back to {}", crate::logging::default_filter()),
+    };
+    format!("{now}\n{detail}\n").into_response()
 }
 
 async fn post_reload(Extract(shared): Extract<Arc<Shared>>) -> Response {
