@@ -260,7 +260,7 @@ fn set_up_reloads(
         let (cert, key) = (config.tls.cert.clone(), config.tls.key.clone());
         let data_dir = config.data_dir.clone();
         control.set_tls_loader(Box::new(move || {
-            let identity = tls::load_or_generate(cert.as_deref(), key.as_deref(), &data_dir)?;
+            let identity = tls::load(cert.as_deref(), key.as_deref(), &data_dir)?;
             Ok((identity.config, identity.fingerprint))
         }));
     }

@@ -246,11 +246,13 @@ fn a_reload_gives_new_tls_connections_the_new_certificate() {
     let old_cert = server.data_dir().join("old-cert.pem");
     std::fs::copy(&server.cert, &old_cert).unwrap();
     let mut before = loadgen::client::Client::connect_tls(server.tls, Some(&old_cert)).unwrap();
-    // A new identity: the server generates one where the old one was.
-    std::fs::remove_dir_all(&tls_dir).unwrap();
+    // A new identity where the old one was, as an operator puts it there.
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let new = rcgen::generate_simple_self_signed(names).unwrap();
+    std::fs::write(tls_dir.join("key.pem"), new.key_pair.serialize_pem()).unwrap();
+    std::fs::write(tls_dir.join("cert.pem"), new.cert.pem()).unwrap();
     let (ok, answer) = ctl(&server, &["reload"]);
     assert!(ok && answer.contains("fingerprint"), "{answer}");
-    assert!(server.cert.exists(), "a new certificate was written");
     let deadline = Instant::now() + REPORT_WAIT;
     // Shards take the new configuration in their next tick.
     while loadgen::client::Client::connect_tls(server.tls, Some(&server.cert)).is_err() {
@@ -268,6 +270,53 @@ fn a_reload_gives_new_tls_connections_the_new_certificate() {
     expect(&mut before, "Pong", |e| {
         matches!(e, Event::Pong { nonce: 9 })
     });
+}
+
+/// A reload that found the data dir's certificate without its key made
+/// a new identity, and every phone that pinned the old certificate was
+/// locked out. It is an error now, and the identity in use stays.
+#[test]
+fn a_reload_with_the_key_missing_keeps_the_identity() {
+    let server = Server::start(&["--shards", "1"]);
+    let key = server.data_dir().join("tls").join("key.pem");
+    let cert_before = std::fs::read(&server.cert).unwrap();
+    std::fs::remove_file(&key).unwrap();
+    let (ok, answer) = ctl(&server, &["reload"]);
+    assert!(!ok && answer.contains("key.pem is missing"), "{answer}");
+    assert!(!key.exists(), "a key was made: {answer}");
+    assert_eq!(std::fs::read(&server.cert).unwrap(), cert_before);
+    // Past the shards' next tick, new connections still get the identity
+    // phones pinned.
+    std::thread::sleep(Duration::from_millis(500));
+    let pinned = loadgen::client::Client::connect_tls(server.tls, Some(&server.cert));
+    assert!(pinned.is_ok(), "the pinned certificate is no longer served");
+}
+
+/// A start that finds half of the data dir's identity refuses, naming
+/// the missing file, instead of making a new identity.
+#[test]
+fn a_start_with_the_key_missing_refuses() {
+    let server = Server::start(&["--shards", "1"]);
+    let (_, data_dir) = server.stop_keeping_data();
+    std::fs::remove_file(data_dir.path().join("tls").join("key.pem")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_isle"))
+        .args(["--data-dir", data_dir.path().to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0", "--shards", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("isle started with half an identity");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stderr = common::stderr_of(&mut child);
+    assert!(stderr.contains("key.pem is missing"), "{stderr}");
+    assert!(!data_dir.path().join("tls").join("key.pem").exists());
 }
 
 #[test]
