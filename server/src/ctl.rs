@@ -1,5 +1,6 @@
 //! `isle ctl`: the operator's view of a running server, through its admin
-//! listener. `status` prints one table row per shard (`/status`); `top`
+//! listener. `status` prints a row per shard and each queue's length and
+//! decaying averages per shard (`/status`, laid out by `table`); `top`
 //! prints it again every second; `account show|revoke PHONE` asks the
 //! account's shard; `drain` closes every connection and waits until they
 //! are gone; `log-level LEVEL` changes what the server logs. `--json`
@@ -12,7 +13,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 
-use crate::control::{ShardStatus, Status};
+use self::table::table;
+use crate::control::Status;
+
+mod table;
 
 /// How long `isle ctl` waits for the admin listener's answer.
 const REQUEST_TIMEOUT_MS: u64 = 5_000;
@@ -270,75 +274,4 @@ fn drain(admin: SocketAddr, token: Option<&str>, wait_ms: u64) -> anyhow::Result
         eprintln!("{left} connections left");
         std::thread::sleep(Duration::from_millis(1_000));
     }
-}
-
-/// The status as a table, one row per shard.
-pub fn table(status: &Status) -> String {
-    let mut out = match &status.reason {
-        None => "ready\n".to_owned(),
-        Some(reason) => format!("not ready: {reason}\n"),
-    };
-    out += &format!(
-        "{:>5} {:>7} {:>7} {:>22} {:>9} {:>9} {:>6} {:>6} {:>15} {}\n",
-        "shard",
-        "conns",
-        "logged",
-        "outbox KiB now/10s/100s",
-        "mailbox",
-        "staged",
-        "held",
-        "cache",
-        "commit ms p50/99",
-        "journal"
-    );
-    for shard in &status.shards {
-        out += &row(shard);
-    }
-    if status.reports_dropped > 0 {
-        out += &format!("({} shard reports dropped)\n", status.reports_dropped);
-    }
-    out
-}
-
-fn row(shard: &ShardStatus) -> String {
-    let counter = |name: &str| shard.counters.get(name).copied().unwrap_or(0);
-    let queue = |name: &str| shard.queues.get(name).copied().unwrap_or(0);
-    let outbox = shard
-        .queue_averages
-        .get("outbox_bytes")
-        .copied()
-        .unwrap_or_default();
-    let kib = |bytes: f64| bytes / 1024.0;
-    let outbox = format!(
-        "{:.0}/{:.0}/{:.0}",
-        kib(queue("outbox_bytes") as f64),
-        kib(outbox[1]),
-        kib(outbox[2])
-    );
-    let ms =
-        |us: Option<u32>| us.map_or("-".to_owned(), |us| format!("{:.2}", f64::from(us) / 1e3));
-    let commit = format!("{}/{}", ms(shard.commit_p50_us), ms(shard.commit_p99_us));
-    let journal = match (
-        shard.journal.failed,
-        shard.journal.disk_full,
-        shard.journal.unavailable,
-    ) {
-        (true, _, _) => "FAILED",
-        (_, true, _) => "disk full",
-        (_, _, true) => "short of resources",
-        _ => "ok",
-    };
-    format!(
-        "{:>5} {:>7} {:>7} {:>22} {:>9} {:>9} {:>6} {:>6} {:>15} {}\n",
-        shard.shard,
-        counter("connections"),
-        counter("sessions"),
-        outbox,
-        queue("mailbox_entries"),
-        queue("peer_staged_messages"),
-        queue("held_replies"),
-        queue("write_back_bytes"),
-        commit,
-        journal
-    )
 }
