@@ -521,6 +521,9 @@ pub struct ShardStatus {
     /// Bytes read from and written to phones' sockets since start.
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// TLS handshakes with phones that failed since start.
+    #[serde(default)]
+    pub tls_handshake_failures: u64,
     pub queues: BTreeMap<String, u64>,
     /// Each queue's averages over 1, 10 and 100 s.
     pub queue_averages: BTreeMap<String, [f64; 3]>,
@@ -600,6 +603,7 @@ fn shard_status(state: &ShardState) -> ShardStatus {
         errors_sent: report.errors_sent.iter().cloned().collect(),
         bytes_in: report.bytes_in,
         bytes_out: report.bytes_out,
+        tls_handshake_failures: report.tls_handshake_failures,
         queues: metrics::queue_values(&queues).into_iter().collect(),
         queue_averages: state.averages(),
         commits: report.commits.commit_us.len(),
