@@ -234,9 +234,9 @@ fn test_numbers<'de, D: Deserializer<'de>>(
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
-    /// Connections not logged in, per shard. 0, the default: half the
-    /// process's open-file limit, shared among the shards (see
-    /// `prelogin_connections_default`).
+    /// Connections not logged in, per shard. 0, the default: half of what
+    /// the process's open-file limit leaves phones, shared among the
+    /// shards (see `prelogin_connections_default`).
     pub prelogin_connections_max: usize,
     /// Messages waiting to cross to one other shard before the connections
     /// that feed them stop being read.
@@ -504,24 +504,54 @@ fn limits_key_at_fault(text: &str) -> Option<String> {
     Some(key.clone())
 }
 
-/// Connections not logged in one shard may hold when the config does not
-/// say: half the open-file limit shared among the shards, so that anonymous
-/// connections can never take every descriptor (the other half is for
-/// phones that log in, logs and the rest), and a login storm of as many
-/// phones as half the limit is not throttled.
-fn prelogin_connections_default(shards: usize) -> usize {
+/// Open files the process keeps out of the phones' budget, per shard: its
+/// journal (the directory, the segment written, the spare being prepared,
+/// a checkpoint being written), its three io_uring rings and their
+/// eventfds, and its listeners. A shard at rest holds 8; the rest is room
+/// for its journal to rotate and checkpoint.
+pub const FILES_RESERVED_PER_SHARD: usize = 16;
+/// Open files the process keeps out of the phones' budget for itself:
+/// stdio, the data dir's lock, the control thread's runtime, the SMS and
+/// push senders' connections (16), and the admin listener's connections
+/// (`ADMIN_CONNECTIONS_MAX`), which are capped so that no client of the
+/// admin port can take what phones and journals need.
+pub const FILES_RESERVED_PROCESS: usize = 16 + crate::control::listener::ADMIN_CONNECTIONS_MAX;
+
+/// Open files the process keeps out of the phones' budget with `shards`
+/// shards (README, "Open files").
+pub fn files_reserved(shards: usize) -> usize {
+    FILES_RESERVED_PROCESS + FILES_RESERVED_PER_SHARD * shards
+}
+
+/// The process's open-file limit (`RLIMIT_NOFILE`'s soft value; 1024 when
+/// it cannot be read).
+fn open_files_limit() -> usize {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit only writes `limit`.
-    let open_files = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
+    match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
         0 => usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX),
         _ => 1024,
-    };
+    }
+}
+
+/// Connections not logged in one shard may hold when the config does not
+/// say: half of what the open-file limit leaves phones (past
+/// [`files_reserved`]), shared among the shards, so that anonymous
+/// connections can never take every descriptor (the other half is for
+/// phones that log in), and a login storm of as many phones as half the
+/// limit is not throttled.
+fn prelogin_connections_default(shards: usize) -> usize {
+    prelogin_connections_within(open_files_limit(), shards)
+}
+
+fn prelogin_connections_within(open_files: usize, shards: usize) -> usize {
+    let phones = open_files.saturating_sub(files_reserved(shards));
     // No floor: with a small limit a floor would hand anonymous
     // connections every descriptor.
-    (open_files / 2 / shards.max(1)).max(1)
+    (phones / 2 / shards.max(1)).max(1)
 }
 
 #[cfg(test)]
@@ -636,6 +666,24 @@ mod tests {
         assert_eq!(read, keys.map(|(_, value)| value));
         assert_eq!(shard.shard_id, 1);
         assert_eq!(shard.map, map());
+    }
+
+    /// The open-file budget: what the process keeps for itself (the admin
+    /// connections among it) and anonymous connections at most half of
+    /// the rest, whatever the shard count; a tiny limit still leaves one
+    /// place per shard.
+    #[test]
+    fn anonymous_connections_get_half_of_what_the_reserve_leaves() {
+        for (open_files, shards) in [(20_000, 4), (1_048_576, 64), (256, 1), (1_000, 7)] {
+            let prelogin = prelogin_connections_within(open_files, shards);
+            let phones = open_files - files_reserved(shards);
+            assert!(prelogin * shards <= phones / 2, "{open_files} {shards}");
+            assert!(
+                prelogin * shards + shards > phones / 2,
+                "{open_files} {shards}"
+            );
+        }
+        assert_eq!(prelogin_connections_within(40, 2), 1);
     }
 
     /// With no file, a shard runs with `ShardConfig`'s defaults, but for

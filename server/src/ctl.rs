@@ -1,5 +1,6 @@
 //! `isle ctl`: the operator's view of a running server, through its admin
-//! listener. `status` prints one table row per shard (`/status`); `top`
+//! listener. `status` prints a row per shard and each queue's length and
+//! decaying averages per shard (`/status`, laid out by `table`); `top`
 //! prints it again every second; `account show|revoke PHONE` asks the
 //! account's shard; `drain` closes every connection and waits until they
 //! are gone; `log-level LEVEL` changes what the server logs. `--json`
@@ -12,24 +13,30 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 
-use crate::control::{ShardStatus, Status};
+use self::table::table;
+use crate::control::Status;
+
+mod table;
 
 /// How long `isle ctl` waits for the admin listener's answer.
 const REQUEST_TIMEOUT_MS: u64 = 5_000;
 
+/// The options every subcommand shares are global: they go before the
+/// subcommand or after it (`isle ctl --json status`, `isle ctl status
+/// --json`).
 #[derive(Debug, clap::Args)]
 pub struct CtlArgs {
     /// The admin listener (default: the address in DATA_DIR/admin.addr).
-    #[arg(long)]
+    #[arg(long, global = true)]
     admin: Option<SocketAddr>,
     /// The server's data directory, where `admin.addr` is.
-    #[arg(long, default_value = "./data")]
+    #[arg(long, global = true, default_value = "./data")]
     data_dir: PathBuf,
     /// The admin listener's bearer token, when it requires one.
-    #[arg(long, env = "ISLE_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, env = "ISLE_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Print the server's answer as JSON instead of a table.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
     command: CtlCommand,
@@ -58,8 +65,10 @@ pub enum CtlCommand {
         #[arg(long, default_value_t = 60_000)]
         wait_ms: u64,
     },
-    /// The most detailed level the server logs from now on: off, error,
-    /// warn, info, debug or trace.
+    /// The most detailed level the server logs from now on, for every
+    /// target: off, error, warn, info, debug or trace. It replaces
+    /// RUST_LOG's directives until a restart; `default` goes back to them
+    /// (or to info without RUST_LOG).
     LogLevel { level: String },
     /// Where a message is: every mailbox that holds it (queued, delivered,
     /// acknowledged, read) and every group that took it, while the
@@ -265,75 +274,4 @@ fn drain(admin: SocketAddr, token: Option<&str>, wait_ms: u64) -> anyhow::Result
         eprintln!("{left} connections left");
         std::thread::sleep(Duration::from_millis(1_000));
     }
-}
-
-/// The status as a table, one row per shard.
-pub fn table(status: &Status) -> String {
-    let mut out = match &status.reason {
-        None => "ready\n".to_owned(),
-        Some(reason) => format!("not ready: {reason}\n"),
-    };
-    out += &format!(
-        "{:>5} {:>7} {:>7} {:>22} {:>9} {:>9} {:>6} {:>6} {:>15} {}\n",
-        "shard",
-        "conns",
-        "logged",
-        "outbox KiB now/10s/100s",
-        "mailbox",
-        "staged",
-        "held",
-        "cache",
-        "commit ms p50/99",
-        "journal"
-    );
-    for shard in &status.shards {
-        out += &row(shard);
-    }
-    if status.reports_dropped > 0 {
-        out += &format!("({} shard reports dropped)\n", status.reports_dropped);
-    }
-    out
-}
-
-fn row(shard: &ShardStatus) -> String {
-    let counter = |name: &str| shard.counters.get(name).copied().unwrap_or(0);
-    let queue = |name: &str| shard.queues.get(name).copied().unwrap_or(0);
-    let outbox = shard
-        .queue_averages
-        .get("outbox_bytes")
-        .copied()
-        .unwrap_or_default();
-    let kib = |bytes: f64| bytes / 1024.0;
-    let outbox = format!(
-        "{:.0}/{:.0}/{:.0}",
-        kib(queue("outbox_bytes") as f64),
-        kib(outbox[1]),
-        kib(outbox[2])
-    );
-    let ms =
-        |us: Option<u32>| us.map_or("-".to_owned(), |us| format!("{:.2}", f64::from(us) / 1e3));
-    let commit = format!("{}/{}", ms(shard.commit_p50_us), ms(shard.commit_p99_us));
-    let journal = match (
-        shard.journal.failed,
-        shard.journal.disk_full,
-        shard.journal.unavailable,
-    ) {
-        (true, _, _) => "FAILED",
-        (_, true, _) => "disk full",
-        (_, _, true) => "short of resources",
-        _ => "ok",
-    };
-    format!(
-        "{:>5} {:>7} {:>7} {:>22} {:>9} {:>9} {:>6} {:>6} {:>15} {}\n",
-        shard.shard,
-        counter("connections"),
-        counter("sessions"),
-        outbox,
-        queue("mailbox_entries"),
-        queue("peer_staged_messages"),
-        queue("held_replies"),
-        queue("write_back_bytes"),
-        commit,
-        journal
-    )
 }

@@ -11,6 +11,7 @@ mod cluster;
 mod config;
 mod control;
 mod ctl;
+mod logging;
 mod peer_queue;
 mod push;
 mod reshard;
@@ -38,6 +39,7 @@ use crate::{
     cluster::identity::NodeIdentity,
     config::{flags::Flags, Config, JournalKind},
     control::{gateways::GatewayStats, AdminSettings, Control},
+    logging::LogFormat,
     push::{PushQueue, PushSender},
     runtime::{Listeners, PeerEnds, RemoteSetupParts, ShardSetup, StorageSetup},
     sms::{SmsQueue, SmsSender},
@@ -59,15 +61,9 @@ struct Args {
     #[command(flatten)]
     flags: Flags,
     /// How log lines look: `text` (the default) or `json`, one object per
-    /// line with `ts`, `level`, `target` and `msg`.
+    /// line with `ts`, `level`, `target`, `msg` and the line's fields.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -82,7 +78,7 @@ enum Command {
 
 fn main() {
     let args = Args::parse();
-    init_logging(args.log_format);
+    logging::init(args.log_format);
     let result = match args.command {
         None => run(args.flags),
         Some(Command::CheckConfig(flags)) => check_config(&flags),
@@ -264,7 +260,7 @@ fn set_up_reloads(
         let (cert, key) = (config.tls.cert.clone(), config.tls.key.clone());
         let data_dir = config.data_dir.clone();
         control.set_tls_loader(Box::new(move || {
-            let identity = tls::load_or_generate(cert.as_deref(), key.as_deref(), &data_dir)?;
+            let identity = tls::load(cert.as_deref(), key.as_deref(), &data_dir)?;
             Ok((identity.config, identity.fingerprint))
         }));
     }
@@ -532,34 +528,6 @@ fn ready_line(
         );
     }
     ready
-}
-
-/// Logs go to stderr through env_logger. Without `RUST_LOG` every level
-/// passes env_logger and the process-wide maximum (`info`) decides, so
-/// that `isle ctl log-level` can raise or lower it while running; with
-/// `RUST_LOG` its directives apply and the maximum can only lower them.
-fn init_logging(format: LogFormat) {
-    let directives = std::env::var("RUST_LOG").ok();
-    let mut builder = env_logger::Builder::new();
-    match &directives {
-        Some(directives) => builder.parse_filters(directives),
-        None => builder.filter_level(log::LevelFilter::Trace),
-    };
-    if format == LogFormat::Json {
-        builder.format(|out, record| {
-            let line = serde_json::json!({
-                "ts": out.timestamp_millis().to_string(),
-                "level": record.level().as_str(),
-                "target": record.target(),
-                "msg": record.args().to_string(),
-            });
-            writeln!(out, "{line}")
-        });
-    }
-    builder.init();
-    if directives.is_none() {
-        log::set_max_level(log::LevelFilter::Info);
-    }
 }
 
 /// SIGHUP reloads what can change without a restart (the TLS certificate

@@ -55,6 +55,14 @@ impl Transport {
         Ok(closed)
     }
 
+    /// True while a TLS handshake is under way.
+    pub fn is_handshaking(&self) -> bool {
+        match self {
+            Transport::Plain => false,
+            Transport::Tls(tls) => tls.is_handshaking(),
+        }
+    }
+
     /// True when TLS has bytes of its own to send (handshake, alerts).
     pub fn wants_write(&self) -> bool {
         match self {

@@ -98,23 +98,20 @@ fn an_admin_listener_off_loopback_needs_a_token() {
     assert!(stderr.contains("admin.token"), "{stderr}");
 }
 
-#[test]
-fn ctl_status_shows_every_shard() {
-    let server = Server::start(&[]);
+/// `isle ctl status`'s text, once it shows `shards` shard rows and the
+/// server is ready.
+fn status_table(server: &Server, shards: usize) -> String {
     let deadline = Instant::now() + REPORT_WAIT;
-    let table = loop {
+    loop {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_isle"))
-            .args([
-                "ctl",
-                "--data-dir",
-                server.data_dir().to_str().unwrap(),
-                "status",
-            ])
+            .args(["ctl", "status", "--data-dir"])
+            .arg(server.data_dir())
             .output()
             .unwrap();
         let table = String::from_utf8_lossy(&output.stdout).into_owned();
-        if output.status.success() && table.starts_with("ready\n") && table.lines().count() == 4 {
-            break table;
+        let rows = shard_rows(&table).len();
+        if output.status.success() && table.starts_with("ready\n") && rows == shards {
+            return table;
         }
         assert!(
             Instant::now() < deadline,
@@ -122,11 +119,80 @@ fn ctl_status_shows_every_shard() {
             String::from_utf8_lossy(&output.stderr)
         );
         std::thread::sleep(Duration::from_millis(200));
-    };
-    let rows: Vec<&str> = table.lines().skip(2).collect();
+    }
+}
+
+/// The rows of the shards' table: after its header, up to the blank line.
+fn shard_rows(table: &str) -> Vec<&str> {
+    table
+        .lines()
+        .skip(2)
+        .take_while(|line| !line.is_empty())
+        .collect()
+}
+
+#[test]
+fn ctl_status_shows_every_shard() {
+    let server = Server::start(&[]);
+    let table = status_table(&server, 2);
+    let rows = shard_rows(&table);
     assert!(rows[0].trim_start().starts_with("0 "), "{table}");
     assert!(rows[1].trim_start().starts_with("1 "), "{table}");
     assert!(rows.iter().all(|row| row.ends_with(" ok")), "{table}");
+}
+
+/// Only the outbox showed its 1/10/100 s averages; every other queue
+/// length only its current value, though /metrics had the averages. Each
+/// queue is now a row of `now/1s/10s/100s` per shard, within 100
+/// columns.
+#[test]
+fn ctl_status_shows_every_queue_with_its_decays() {
+    let server = Server::start(&[]);
+    let (mut alice, _, _) = server.phone("+15550000001");
+    let (bob_client, bob, _) = server.phone("+15550000002");
+    drop(bob_client);
+    for client_id in 1..=5 {
+        alice
+            .send(&ClientFrame::Send {
+                client_id,
+                to: bob,
+                body: b"waiting",
+            })
+            .unwrap();
+        expect(&mut alice, "Sent", |e| matches!(e, Event::Sent { .. }));
+    }
+    // Two reports at least, so that the averages have moved.
+    std::thread::sleep(Duration::from_millis(2_500));
+    let table = status_table(&server, 2);
+    assert!(table.lines().all(|line| line.len() <= 100), "{table}");
+    let row = |label: &str| -> Vec<Vec<String>> {
+        let line = table
+            .lines()
+            .find(|line| line.starts_with(label))
+            .unwrap_or_else(|| panic!("no {label:?} row in:\n{table}"));
+        line[label.len()..]
+            .split_whitespace()
+            .map(|cell| cell.split('/').map(str::to_owned).collect())
+            .collect()
+    };
+    let labels = [
+        "outbox bytes",
+        "held for a commit",
+        "mailbox entries",
+        "mailbox bytes",
+        "write-back bytes",
+        "staged for shards",
+    ];
+    for label in labels {
+        let cells = row(label);
+        assert_eq!(cells.len(), 2, "{label}: one cell per shard in:\n{table}");
+        assert!(cells.iter().all(|c| c.len() == 4), "{label}:\n{table}");
+    }
+    // Bob's shard holds his five messages, now and over the last second.
+    let mailbox = row("mailbox entries");
+    let bobs = mailbox.iter().find(|cell| cell[0] == "5");
+    let bobs = bobs.unwrap_or_else(|| panic!("no shard holds 5 entries:\n{table}"));
+    assert_ne!(bobs[1], "0", "{table}");
 }
 
 /// Signs up +15550000001 and +15550000002; the first sends the second
@@ -179,11 +245,40 @@ fn an_operator_sees_and_revokes_an_account() {
     assert_key_refused(&server, alice_phone, alice_key);
 }
 
+/// The level set while running applies even with `RUST_LOG` set (every
+/// test server has `RUST_LOG=info`, as the packaged unit does): it used
+/// to answer `DEBUG` and log nothing more, since `RUST_LOG`'s directives
+/// still filtered. `default` goes back to them.
 #[test]
-fn the_log_level_changes_while_running() {
-    let server = Server::start(&[]);
+fn the_log_level_changes_while_running_whatever_rust_log_says() {
+    let server = Server::start(&["--shards", "1"]);
+    let logged_in = |server: &Server, number: &str| {
+        let _ = server.stderr.try_iter().count();
+        server.phone(number);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut lines = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match server.stderr.recv_timeout(left) {
+                Ok(line) => lines.push(line),
+                Err(_) => break,
+            }
+        }
+        lines
+            .iter()
+            .any(|line| line.contains(&format!("{number} from")))
+    };
+    assert!(!logged_in(&server, "+15550000001"), "a debug line at info");
     let (ok, answer) = ctl(&server, &["log-level", "debug"]);
-    assert!(ok && answer.trim() == "DEBUG", "{answer}");
+    assert!(ok, "{answer}");
+    assert!(
+        logged_in(&server, "+15550000002"),
+        "no debug line after `isle ctl log-level debug`: {answer}"
+    );
+    assert!(answer.starts_with("DEBUG\n"), "{answer}");
+    assert!(answer.contains("replaces RUST_LOG=info"), "{answer}");
+    let (ok, answer) = ctl(&server, &["log-level", "default"]);
+    assert!(ok && answer.contains("back to RUST_LOG=info"), "{answer}");
+    assert!(!logged_in(&server, "+15550000003"), "a debug line at info");
     let (ok, answer) = ctl(&server, &["log-level", "chatty"]);
     assert!(!ok && answer.contains("400"), "{answer}");
 }
@@ -217,11 +312,13 @@ fn a_reload_gives_new_tls_connections_the_new_certificate() {
     let old_cert = server.data_dir().join("old-cert.pem");
     std::fs::copy(&server.cert, &old_cert).unwrap();
     let mut before = loadgen::client::Client::connect_tls(server.tls, Some(&old_cert)).unwrap();
-    // A new identity: the server generates one where the old one was.
-    std::fs::remove_dir_all(&tls_dir).unwrap();
+    // A new identity where the old one was, as an operator puts it there.
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let new = rcgen::generate_simple_self_signed(names).unwrap();
+    std::fs::write(tls_dir.join("key.pem"), new.key_pair.serialize_pem()).unwrap();
+    std::fs::write(tls_dir.join("cert.pem"), new.cert.pem()).unwrap();
     let (ok, answer) = ctl(&server, &["reload"]);
     assert!(ok && answer.contains("fingerprint"), "{answer}");
-    assert!(server.cert.exists(), "a new certificate was written");
     let deadline = Instant::now() + REPORT_WAIT;
     // Shards take the new configuration in their next tick.
     while loadgen::client::Client::connect_tls(server.tls, Some(&server.cert)).is_err() {
@@ -239,6 +336,53 @@ fn a_reload_gives_new_tls_connections_the_new_certificate() {
     expect(&mut before, "Pong", |e| {
         matches!(e, Event::Pong { nonce: 9 })
     });
+}
+
+/// A reload that found the data dir's certificate without its key made
+/// a new identity, and every phone that pinned the old certificate was
+/// locked out. It is an error now, and the identity in use stays.
+#[test]
+fn a_reload_with_the_key_missing_keeps_the_identity() {
+    let server = Server::start(&["--shards", "1"]);
+    let key = server.data_dir().join("tls").join("key.pem");
+    let cert_before = std::fs::read(&server.cert).unwrap();
+    std::fs::remove_file(&key).unwrap();
+    let (ok, answer) = ctl(&server, &["reload"]);
+    assert!(!ok && answer.contains("key.pem is missing"), "{answer}");
+    assert!(!key.exists(), "a key was made: {answer}");
+    assert_eq!(std::fs::read(&server.cert).unwrap(), cert_before);
+    // Past the shards' next tick, new connections still get the identity
+    // phones pinned.
+    std::thread::sleep(Duration::from_millis(500));
+    let pinned = loadgen::client::Client::connect_tls(server.tls, Some(&server.cert));
+    assert!(pinned.is_ok(), "the pinned certificate is no longer served");
+}
+
+/// A start that finds half of the data dir's identity refuses, naming
+/// the missing file, instead of making a new identity.
+#[test]
+fn a_start_with_the_key_missing_refuses() {
+    let server = Server::start(&["--shards", "1"]);
+    let (_, data_dir) = server.stop_keeping_data();
+    std::fs::remove_file(data_dir.path().join("tls").join("key.pem")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_isle"))
+        .args(["--data-dir", data_dir.path().to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0", "--shards", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("isle started with half an identity");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stderr = common::stderr_of(&mut child);
+    assert!(stderr.contains("key.pem is missing"), "{stderr}");
+    assert!(!data_dir.path().join("tls").join("key.pem").exists());
 }
 
 #[test]
@@ -441,5 +585,65 @@ fn a_drained_server_refuses_new_phones() {
             "the drained server still takes connections"
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `--json`, `--admin`, `--token` and `--data-dir` were taken only before
+/// the subcommand: `isle ctl status --json` was refused. They are global
+/// now, taken before or after it, at any depth.
+#[test]
+fn ctl_options_go_before_or_after_the_subcommand() {
+    let server = Server::start(&["--shards", "1", "--admin-token", "sesame"]);
+    server.phone("+15550000001");
+    let admin = server.admin.to_string();
+    let data_dir = server.data_dir().to_str().unwrap().to_owned();
+    for args in [
+        &["status", "--json", "--admin", &admin, "--token", "sesame"][..],
+        &[
+            "--json",
+            "status",
+            "--token",
+            "sesame",
+            "--data-dir",
+            &data_dir,
+        ],
+        &[
+            "account",
+            "show",
+            "+15550000001",
+            "--json",
+            "--admin",
+            &admin,
+            "--token",
+            "sesame",
+        ],
+        &[
+            "account",
+            "--admin",
+            &admin,
+            "show",
+            "--token",
+            "sesame",
+            "+15550000001",
+            "--json",
+        ],
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_isle"))
+            .arg("ctl")
+            .args(args)
+            .env_remove("ISLE_ADMIN_TOKEN")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "isle ctl {args:?}: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let parsed: Result<serde_json::Value, _> = serde_json::from_str(stdout.trim());
+        assert!(
+            parsed.is_ok(),
+            "isle ctl {args:?} printed no JSON: {stdout}"
+        );
     }
 }

@@ -87,3 +87,91 @@ fn a_signup_code_never_reaches_the_log() {
     let has_code = |line: &String| line.split(|c: char| !c.is_ascii_digit()).any(|n| n == code);
     assert!(!lines.iter().any(has_code), "{lines:#?}");
 }
+
+/// JSON log lines written within `wait` whose `msg` starts with `start`.
+fn json_lines_starting(server: &Server, start: &str, wait: Duration) -> Vec<serde_json::Value> {
+    lines_within(server, wait)
+        .iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|entry| {
+            entry["msg"]
+                .as_str()
+                .is_some_and(|msg| msg.starts_with(start))
+        })
+        .collect()
+}
+
+/// A phone that hung up was logged (when at all) without its shard or
+/// address. It is a debug line with both as fields.
+#[test]
+fn a_phone_hanging_up_is_logged_with_its_shard_and_address() {
+    let server = Server::start_with(
+        tempfile::tempdir().unwrap(),
+        &["--log-format", "json", "--shards", "1"],
+        |command| {
+            command.env("RUST_LOG", "info,isle::runtime=debug");
+        },
+    );
+    let mut phone = std::net::TcpStream::connect(server.plain).unwrap();
+    let mut hello = Vec::new();
+    wire::encode_client(
+        &ClientFrame::Hello {
+            version: wire::PROTOCOL_VERSION,
+        },
+        &mut hello,
+    );
+    std::io::Write::write_all(&mut phone, &hello).unwrap();
+    let address = phone.local_addr().unwrap().to_string();
+    // The answer to Hello, so that the server is past accepting it.
+    std::io::Read::read(&mut phone, &mut [0u8; 64]).unwrap();
+    drop(phone);
+    let lines = json_lines_starting(&server, "peer hung up", Duration::from_secs(2));
+    assert!(
+        lines
+            .iter()
+            .any(|line| line["shard"] == 0 && line["peer"] == address.as_str()),
+        "no hang-up line for {address}: {lines:#?}"
+    );
+}
+
+/// A failed TLS handshake was a debug line without shard or address. It
+/// is a warning with both, and each is counted in /metrics.
+#[test]
+fn failed_tls_handshakes_are_counted_warnings_with_shard_and_address() {
+    let server = Server::start(&["--log-format", "json", "--shards", "1"]);
+    const ATTEMPTS: usize = 3;
+    let mut addresses = Vec::new();
+    for _ in 0..ATTEMPTS {
+        let mut stream = std::net::TcpStream::connect(server.tls).unwrap();
+        addresses.push(stream.local_addr().unwrap().to_string());
+        // Not a TLS record: the handshake fails on the first bytes.
+        let _ = std::io::Write::write_all(&mut stream, b"GET / HTTP/1.1\r\n\r\n");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let _ = std::io::Read::read(&mut stream, &mut [0u8; 64]);
+    }
+    let lines = json_lines_starting(&server, "TLS handshake failed", Duration::from_secs(2));
+    for address in &addresses {
+        assert!(
+            lines.iter().any(|line| line["shard"] == 0
+                && line["peer"] == address.as_str()
+                && line["level"] == "WARN"),
+            "no warning for {address}: {lines:#?}"
+        );
+    }
+    let metric = format!("isle_tls_handshake_failures_total{{shard=\"0\"}} {ATTEMPTS}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = ureq::get(&format!("http://{}/metrics", server.admin))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        if text.lines().any(|line| line == metric) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no {metric:?} in:\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -81,6 +81,7 @@ pub struct Metrics {
     errors_sent: Family<KindLabel, Counter>,
     bytes_in: Family<ShardLabel, Counter>,
     bytes_out: Family<ShardLabel, Counter>,
+    tls_handshake_failures: Family<ShardLabel, Counter>,
     /// SMS and push sender counts, by outcome (`sent`, `failed`,
     /// `retried`).
     sms: Family<OutcomeLabel, Counter>,
@@ -136,6 +137,9 @@ impl Metrics {
         let bytes_in = register(r, "bytes_in", bytes_in_help, Family::default());
         let bytes_out_help = "bytes written to phones' sockets";
         let bytes_out = register(r, "bytes_out", bytes_out_help, Family::default());
+        let tls_help = "TLS handshakes with phones that failed";
+        let tls_handshake_failures =
+            register(r, "tls_handshake_failures", tls_help, Family::default());
         let sms_help = "signup codes handed to the gateway or outbox, by outcome";
         let sms = register(r, "sms", sms_help, Family::default());
         let push_help = "pushes posted to the gateway, by outcome";
@@ -163,6 +167,7 @@ impl Metrics {
             errors_sent,
             bytes_in,
             bytes_out,
+            tls_handshake_failures,
             sms,
             push,
             replayed,
@@ -219,6 +224,9 @@ impl Metrics {
         if let Some(remote) = &report.remote {
             self.links.update(report.shard, remote);
         }
+        let tls_failures = self.tls_handshake_failures.get_or_create(&label);
+        let failures = report.tls_handshake_failures;
+        tls_failures.inner().store(failures, Ordering::Relaxed);
     }
 
     fn update_journal(&self, report: &ShardReport, label: &ShardLabel) {
@@ -447,6 +455,7 @@ mod tests {
             bytes_in: 10,
             bytes_out: 20,
             remote: None,
+            tls_handshake_failures: 2,
         };
         report.counters.messages_stored = 42;
         report.counters.connections = 7;
@@ -463,6 +472,7 @@ mod tests {
             "isle_commit_seconds_count{shard=\"3\"} 1",
             "isle_errors_sent_total{shard=\"3\",kind=\"RateLimited\"} 5",
             "isle_bytes_out_total{shard=\"3\"} 20",
+            "isle_tls_handshake_failures_total{shard=\"3\"} 2",
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }
@@ -491,6 +501,7 @@ mod tests {
             errors_sent: Vec::new(),
             bytes_in: 0,
             bytes_out: 0,
+            tls_handshake_failures: 0,
             remote: Some(RemoteStats {
                 links: vec![link(1), link(3)],
                 inbound: vec![InboundStats {

@@ -14,6 +14,7 @@ pub mod commands;
 pub mod decay;
 pub mod gateways;
 mod link_metrics;
+pub mod listener;
 pub mod metrics;
 pub mod reload;
 pub mod snapshot;
@@ -305,15 +306,9 @@ fn serve(
             .route("/health/ready", get(get_ready))
             .merge(guarded)
             .with_state(shared);
-        let listener = match tokio::net::TcpListener::from_std(listener) {
-            Ok(listener) => listener,
-            Err(error) => {
-                log::error!("control thread: admin listener: {error}");
-                return;
-            }
-        };
-        if let Err(error) = axum::serve(listener, app).await {
-            log::error!("control thread: admin listener stopped: {error}");
+        match listener::AdminListener::new(listener) {
+            Ok(listener) => listener.serve(app).await,
+            Err(error) => log::error!("control thread: admin listener: {error}"),
         }
     });
 }
@@ -526,6 +521,9 @@ pub struct ShardStatus {
     /// Bytes read from and written to phones' sockets since start.
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// TLS handshakes with phones that failed since start.
+    #[serde(default)]
+    pub tls_handshake_failures: u64,
     pub queues: BTreeMap<String, u64>,
     /// Each queue's averages over 1, 10 and 100 s.
     pub queue_averages: BTreeMap<String, [f64; 3]>,
@@ -605,6 +603,7 @@ fn shard_status(state: &ShardState) -> ShardStatus {
         errors_sent: report.errors_sent.iter().cloned().collect(),
         bytes_in: report.bytes_in,
         bytes_out: report.bytes_out,
+        tls_handshake_failures: report.tls_handshake_failures,
         queues: metrics::queue_values(&queues).into_iter().collect(),
         queue_averages: state.averages(),
         commits: report.commits.commit_us.len(),
@@ -716,18 +715,33 @@ async fn post_drain(Extract(shared): Extract<Arc<Shared>>) -> Response {
     (StatusCode::ACCEPTED, "draining\n").into_response()
 }
 
+/// Sets the level every target logs at from now on (`default`: back to
+/// `RUST_LOG`'s directives, or `info`). The answer's first line is the
+/// level; the second says what it replaced, since a level set here
+/// replaces `RUST_LOG`'s directives instead of narrowing them.
 async fn put_log_level(body: String) -> Response {
-    match body.trim().parse::<log::LevelFilter>() {
-        Ok(level) => {
-            log::set_max_level(level);
-            log::warn!("log level set to {level} through the admin listener");
-            format!("{level}\n").into_response()
-        }
-        Err(_) => {
-            let detail = "a level: off, error, warn, info, debug or trace\n";
-            (StatusCode::BAD_REQUEST, detail).into_response()
-        }
-    }
+    let wanted = body.trim();
+    let level = match wanted {
+        "default" => None,
+        _ => match wanted.parse::<log::LevelFilter>() {
+            Ok(level) => Some(level),
+            Err(_) => {
+                let detail = "a level: off, error, warn, info, debug or trace; or default\n";
+                return (StatusCode::BAD_REQUEST, detail).into_response();
+            }
+        },
+    };
+    let replaced = match crate::logging::set_level(level) {
+        crate::logging::Replaced::Directives(text) => format!("RUST_LOG={text}"),
+        crate::logging::Replaced::Level(level) => format!("level {level}"),
+    };
+    let now = level.map_or_else(|| "default".to_owned(), |level| level.to_string());
+    log::warn!("log level set to {now} through the admin listener (was {replaced})");
+    let detail = match level {
+        Some(level) => format!("every target logs at {level}; replaces {replaced}"),
+        None => format!("back to {}", crate::logging::default_filter()),
+    };
+    format!("{now}\n{detail}\n").into_response()
 }
 
 async fn post_reload(Extract(shared): Extract<Arc<Shared>>) -> Response {

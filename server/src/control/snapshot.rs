@@ -34,6 +34,8 @@ pub struct ShardReport {
     pub bytes_out: u64,
     /// In a cluster, once the links started: what they report.
     pub remote: Option<server::remote::RemoteStats>,
+    /// TLS handshakes with phones that failed since start.
+    pub tls_handshake_failures: u64,
 }
 
 /// Queue lengths: the shard's own, and its links to the other shards.

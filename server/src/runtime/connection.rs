@@ -9,6 +9,7 @@
 use std::{
     cell::{Cell, RefCell, RefMut},
     future::Future,
+    net::SocketAddr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     pin::Pin,
     rc::Rc,
@@ -146,6 +147,9 @@ pub fn spawn_connection(
     let task = ConnTask {
         runtime: runtime.clone(),
         id,
+        // Asked now: once the phone resets the connection, the socket has
+        // no peer any more, and that is when the log wants it.
+        peer: stream.peer_addr().ok(),
         stream: Some(stream),
         transport: Some(transport),
         flow: Flow::new(!pending.is_empty()),
@@ -161,6 +165,8 @@ pub fn spawn_connection(
 struct ConnTask {
     runtime: Rc<Runtime>,
     id: ConnId,
+    /// The phone's address, for the log.
+    peer: Option<SocketAddr>,
     stream: Option<TcpStream>,
     transport: Option<Transport>,
     /// When to write, wait for a commit, and read (see `server::flow`).
@@ -266,7 +272,14 @@ impl ConnTask {
         let mut scratch = runtime.connections.scratch();
         let stream = self.stream.as_mut().expect("present until done");
         match Pin::new(stream).poll_read(cx, &mut scratch[..]) {
-            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Err(()),
+            Poll::Ready(Ok(0)) => {
+                self.hung_up(&"closed the connection");
+                Err(())
+            }
+            Poll::Ready(Err(error)) => {
+                self.hung_up(&error);
+                Err(())
+            }
             Poll::Ready(Ok(n)) => {
                 self.count_in(n);
                 match self.ingest(&scratch[..n]) {
@@ -278,14 +291,19 @@ impl ConnTask {
         }
     }
 
-    /// Decrypts (if TLS) and handles socket bytes. Returns true when the
-    /// connection must end now.
+    /// The phone ended the connection, as `how` says.
+    fn hung_up(&self, how: &dyn std::fmt::Display) {
+        self.runtime.events.hung_up(self.peer, how);
+    }
+
     /// Counts `n` bytes read from the socket.
     fn count_in(&self, n: usize) {
         let bytes_in = &self.runtime.connections.bytes_in;
         bytes_in.set(bytes_in.get() + n as u64);
     }
 
+    /// Decrypts (if TLS) and handles socket bytes. Returns true when the
+    /// connection must end now.
     fn ingest(&mut self, bytes: &[u8]) -> bool {
         let transport = self.transport.as_mut().expect("present until done");
         if matches!(transport, Transport::Plain) && self.inbox.is_empty() {
@@ -294,13 +312,21 @@ impl ConnTask {
             return false;
         }
         let mut inbox = std::mem::take(&mut self.inbox);
+        let handshaking = transport.is_handshaking();
         match transport.ingest(bytes, &mut inbox) {
             Ok(peer_closed) => {
                 self.handle_bytes(&inbox);
+                if peer_closed {
+                    self.hung_up(&"closed the TLS session");
+                }
                 peer_closed
             }
+            Err(error) if handshaking => {
+                self.runtime.events.tls_failed(self.peer, &error);
+                true
+            }
             Err(error) => {
-                log::debug!("closing a connection: {error}");
+                self.hung_up(&error);
                 true
             }
         }
@@ -408,7 +434,14 @@ impl ConnTask {
             }
             let stream = self.stream.as_mut().expect("present until done");
             match Pin::new(stream).poll_write(cx, &self.tx[self.tx_written..]) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(()),
+                Poll::Ready(Ok(0)) => {
+                    self.hung_up(&"took no more bytes");
+                    return Err(());
+                }
+                Poll::Ready(Err(error)) => {
+                    self.hung_up(&error);
+                    return Err(());
+                }
                 Poll::Ready(Ok(n)) => {
                     let out = &self.runtime.connections.bytes_out;
                     out.set(out.get() + n as u64);

@@ -1,34 +1,44 @@
 //! The log lines a shard's connection events become (see
 //! `shard::ConnEvent`): logins, moves and closes at debug, protocol errors
-//! at info with where they came from. Protocol errors are what a hostile
-//! or broken client makes at will, so their lines are capped per shard per
-//! second (`PROTOCOL_ERROR_LINES_PER_S`) and the rest summed up in one line:
-//! a flood of bad frames cannot flood the log.
+//! at info with where they came from; and what the I/O layer sees of its
+//! own: a phone hanging up (debug) and a failed TLS handshake (warn,
+//! counted for `/metrics`). Protocol errors and TLS failures are what a
+//! hostile or broken client makes at will, so their lines are capped per
+//! shard per second (`PROTOCOL_ERROR_LINES_PER_S`,
+//! `TLS_FAILURE_LINES_PER_S`) and the rest summed up in one line: a flood
+//! of bad frames or handshakes cannot flood the log.
+//!
+//! The lines the I/O layer adds carry their shard and the peer's address
+//! as key-value fields (`shard`, `peer`), which `--log-format json`
+//! writes as keys of their own.
 
-use std::{cell::Cell, time::Instant};
+use std::{cell::Cell, fmt::Display, net::SocketAddr, time::Instant};
 
 use shard::{ConnEvent, ConnEventKind};
 
 /// Protocol-error lines one shard writes per second, at most.
 const PROTOCOL_ERROR_LINES_PER_S: u32 = 20;
+/// Failed-handshake lines one shard writes per second, at most: a warning
+/// an operator should see (an expired certificate, phones pinning another
+/// one), not a line per scanner that probes the port.
+const TLS_FAILURE_LINES_PER_S: u32 = 5;
 
-/// One shard's event log and its budget for protocol errors.
+/// One shard's event log and its budgets.
 pub struct EventLog {
     shard_id: u16,
-    /// The second the budget counts in, the lines written in it, and the
-    /// lines left out since the last summary.
-    window: Cell<Option<Instant>>,
-    lines: Cell<u32>,
-    suppressed: Cell<u64>,
+    protocol_errors: LineBudget,
+    tls_failures: LineBudget,
+    /// TLS handshakes that failed since start.
+    tls_handshake_failures: Cell<u64>,
 }
 
 impl EventLog {
     pub fn new(shard_id: u16) -> EventLog {
         EventLog {
             shard_id,
-            window: Cell::new(None),
-            lines: Cell::new(0),
-            suppressed: Cell::new(0),
+            protocol_errors: LineBudget::new(PROTOCOL_ERROR_LINES_PER_S),
+            tls_failures: LineBudget::new(TLS_FAILURE_LINES_PER_S),
+            tls_handshake_failures: Cell::new(0),
         }
     }
 
@@ -50,36 +60,99 @@ impl EventLog {
                 log::debug!("shard {shard}: closing {who}: {reason:?}");
             }
             ConnEventKind::ProtocolError { kind, detail } => {
-                if self.within_budget() {
+                let (write, left_out) = self.protocol_errors.take();
+                if left_out > 0 {
+                    log::info!("shard {shard}: {left_out} more protocol errors not logged");
+                }
+                if write {
                     log::info!("shard {shard}: protocol error by {who}: {kind:?}: {detail}");
                 }
             }
         }
     }
 
-    /// Counts a protocol-error line against this second's budget; says how
-    /// many were left out once a new second begins.
-    fn within_budget(&self) -> bool {
+    /// The phone at `peer` ended its connection (`how`: closed, reset, a
+    /// failed write): routine, so at debug.
+    pub fn hung_up(&self, peer: Option<SocketAddr>, how: &dyn Display) {
+        let peer = Peer(peer);
+        log::debug!(shard = self.shard_id, peer:% = peer; "peer hung up: {how}");
+    }
+
+    /// A TLS handshake with `peer` failed: counted, and a warning within
+    /// the budget.
+    pub fn tls_failed(&self, peer: Option<SocketAddr>, error: &dyn Display) {
+        let count = &self.tls_handshake_failures;
+        count.set(count.get() + 1);
+        let shard = self.shard_id;
+        let (write, left_out) = self.tls_failures.take();
+        if left_out > 0 {
+            log::warn!(shard; "{left_out} more failed TLS handshakes not logged");
+        }
+        if write {
+            let peer = Peer(peer);
+            log::warn!(shard, peer:% = peer; "TLS handshake failed: {error}");
+        }
+    }
+
+    /// TLS handshakes that failed since start.
+    pub fn tls_handshake_failures(&self) -> u64 {
+        self.tls_handshake_failures.get()
+    }
+}
+
+/// A peer's address, or `unknown` when the socket no longer had one.
+struct Peer(Option<SocketAddr>);
+
+impl Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("unknown"),
+        }
+    }
+}
+
+/// At most `lines_per_s` lines a second; the lines past it are counted,
+/// and the count handed back once, when the next second begins.
+struct LineBudget {
+    lines_per_s: u32,
+    /// The second the budget counts in, the lines written in it, and the
+    /// lines left out since the count was last handed back.
+    window: Cell<Option<Instant>>,
+    lines: Cell<u32>,
+    suppressed: Cell<u64>,
+}
+
+impl LineBudget {
+    fn new(lines_per_s: u32) -> LineBudget {
+        LineBudget {
+            lines_per_s,
+            window: Cell::new(None),
+            lines: Cell::new(0),
+            suppressed: Cell::new(0),
+        }
+    }
+
+    /// Whether one more line may be written now, and how many were left
+    /// out before this second (to be said once, now).
+    fn take(&self) -> (bool, u64) {
         let now = Instant::now();
         let fresh = self
             .window
             .get()
             .is_none_or(|start| now.duration_since(start).as_secs() >= 1);
+        let mut left_out = 0;
         if fresh {
-            let suppressed = self.suppressed.replace(0);
-            if suppressed > 0 {
-                let shard = self.shard_id;
-                log::info!("shard {shard}: {suppressed} more protocol errors not logged");
-            }
+            left_out = self.suppressed.replace(0);
             self.window.set(Some(now));
             self.lines.set(0);
         }
-        if self.lines.get() >= PROTOCOL_ERROR_LINES_PER_S {
+        if self.lines.get() >= self.lines_per_s {
             self.suppressed.set(self.suppressed.get() + 1);
-            return false;
+            return (false, left_out);
         }
         self.lines.set(self.lines.get() + 1);
-        true
+        (true, left_out)
     }
 }
 
@@ -88,13 +161,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn protocol_errors_past_the_budget_are_counted_not_written() {
-        let log = EventLog::new(0);
-        let written = (0..100).filter(|_| log.within_budget()).count();
+    fn lines_past_the_budget_are_counted_not_written() {
+        let budget = LineBudget::new(PROTOCOL_ERROR_LINES_PER_S);
+        let written = (0..100).filter(|_| budget.take().0).count();
         assert_eq!(written, PROTOCOL_ERROR_LINES_PER_S as usize);
         assert_eq!(
-            log.suppressed.get(),
+            budget.suppressed.get(),
             100 - u64::from(PROTOCOL_ERROR_LINES_PER_S)
         );
+    }
+
+    #[test]
+    fn every_failed_handshake_is_counted_whether_written_or_not() {
+        let log = EventLog::new(0);
+        for _ in 0..50 {
+            log.tls_failed(None, &"bad certificate");
+        }
+        assert_eq!(log.tls_handshake_failures(), 50);
     }
 }

@@ -367,6 +367,7 @@ impl Runtime {
             bytes_in,
             bytes_out,
             remote: self.remote.stats(),
+            tls_handshake_failures: self.events.tls_handshake_failures(),
         }
     }
 
