@@ -12,6 +12,7 @@ mod clock;
 mod config;
 mod dedup;
 mod env;
+pub mod island;
 mod machine;
 mod mailbox;
 mod order;

@@ -1,0 +1,770 @@
+//! [`Member`]: one node's part in one island, as primary, secondary or
+//! neither, following `docs/islands.md`.
+
+use std::collections::VecDeque;
+
+use super::{Epoch, IslandId, IslandRecord, LogInfo, Mode, NodeId, Output, ReplMsg, Seq, View};
+
+/// A mistake the simulation must catch, switched on only by its tests.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// Acknowledge in `sync` mode on local durability alone.
+    AckBeforeReplica,
+    /// Promote a secondary without bumping the epoch.
+    PromoteWithoutEpochBump,
+    /// Let a secondary rejoin without truncating what the primary's
+    /// history does not hold.
+    RejoinWithoutTruncation,
+}
+
+/// A member's settings.
+#[derive(Debug, Clone)]
+pub struct MemberConfig {
+    pub me: NodeId,
+    pub island: IslandId,
+    /// A primary whose secondary has not acknowledged a waiting batch for
+    /// this long asks the store for `solo` (ms).
+    pub replica_ack_timeout_ms: u64,
+    /// Ship again from the last acknowledgement, or ask again to catch up,
+    /// when nothing moved for this long (ms).
+    pub retry_ms: u64,
+    /// Batches shipped and not acknowledged, at most.
+    pub window: u64,
+    #[doc(hidden)]
+    pub planted: Option<PlantedBug>,
+}
+
+impl MemberConfig {
+    pub fn new(me: NodeId, island: IslandId) -> MemberConfig {
+        MemberConfig {
+            me,
+            island,
+            replica_ack_timeout_ms: 2_000,
+            retry_ms: 200,
+            window: 64,
+            planted: None,
+        }
+    }
+}
+
+/// A batch offered to a member that is not the serving primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("this node does not serve the island now")]
+pub struct NotPrimary;
+
+#[derive(Debug)]
+struct Primary {
+    epoch: Epoch,
+    mode: Mode,
+    revision: u64,
+    secondary: NodeId,
+    insync: Vec<NodeId>,
+    /// This epoch's first batch (its empty `EpochStart`).
+    start: Seq,
+    /// The secondary joined this epoch (its log agrees with ours).
+    joined: bool,
+    /// The secondary's cumulative durable seq, and the highest shipped.
+    acked: Seq,
+    shipped: Seq,
+    /// Replies released up to here.
+    acknowledged: Seq,
+    /// Since when a batch waits for the secondary.
+    waiting_since_ms: Option<u64>,
+    progress_ms: u64,
+    /// Solo, taking the caught-up secondary back in `insync`: replies wait
+    /// for the secondary as in sync mode, so that once the store says it
+    /// is in sync it holds everything acknowledged. Since when.
+    holding_since_ms: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Secondary {
+    epoch: Epoch,
+    primary: NodeId,
+    /// Cleared before a promotion is asked for (rule 2).
+    acking: bool,
+    joined: bool,
+    next: Seq,
+    asked_ms: u64,
+    /// A truncation is being done by the driver.
+    truncating: bool,
+    /// The last gap reported, and when: one `Expect` per gap per retry.
+    expected: (Seq, u64),
+    /// When a repeated batch last made it ack again (its ack was lost).
+    reacked_ms: u64,
+}
+
+#[derive(Debug)]
+struct Txn {
+    id: u64,
+    record: IslandRecord,
+    expect_revision: u64,
+    asked_ms: u64,
+}
+
+/// A store transaction unanswered for this long is taken as lost: the
+/// views say whether it applied (ms).
+const TXN_TIMEOUT_MS: u64 = 1_000;
+
+#[derive(Debug)]
+enum Role {
+    /// Not serving: before a view, fenced, or outside the island.
+    Idle,
+    Primary(Box<Primary>),
+    Secondary(Secondary),
+}
+
+/// One node's part in one island.
+#[derive(Debug)]
+pub struct Member {
+    config: MemberConfig,
+    log: LogInfo,
+    view: Option<View>,
+    role: Role,
+    out: VecDeque<Output>,
+    now_ms: u64,
+    /// The lease is known valid until then (monotonic ms; rule 4).
+    valid_until_ms: u64,
+    /// A store transaction in flight: its id, the record it puts, the
+    /// revision it expects, and when it was asked.
+    txn: Option<Txn>,
+    next_txn: u64,
+}
+
+impl Member {
+    /// A member over a local log of shape `log` (durable to its end after
+    /// a restart).
+    pub fn new(config: MemberConfig, log: LogInfo, now_ms: u64) -> Member {
+        Member {
+            config,
+            log,
+            view: None,
+            role: Role::Idle,
+            out: VecDeque::new(),
+            now_ms,
+            valid_until_ms: 0,
+            txn: None,
+            next_txn: 1,
+        }
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    pub fn log(&self) -> &LogInfo {
+        &self.log
+    }
+
+    /// The epoch this member serves as primary, if it does.
+    pub fn primary_epoch(&self) -> Option<Epoch> {
+        match &self.role {
+            Role::Primary(p) => Some(p.epoch),
+            _ => None,
+        }
+    }
+
+    /// A one-line summary, for logs and the simulation's reports.
+    pub fn summary(&self) -> String {
+        let role = match &self.role {
+            Role::Idle => "idle".to_owned(),
+            Role::Primary(p) => format!(
+                "primary e{} {:?} joined={} acked={} ack'd={} holding={:?}",
+                p.epoch, p.mode, p.joined, p.acked, p.acknowledged, p.holding_since_ms
+            ),
+            Role::Secondary(s) => format!(
+                "secondary e{} joined={} acking={} next={} truncating={}",
+                s.epoch, s.joined, s.acking, s.next, s.truncating
+            ),
+        };
+        let view = self
+            .view
+            .as_ref()
+            .map(|v| (v.revision, v.record.epoch, v.live.clone()));
+        format!(
+            "{role}; log {}..{} e{}; txn {:?}; view {view:?}",
+            self.log.durable,
+            self.log.last,
+            self.log.last_epoch(),
+            self.txn
+                .as_ref()
+                .map(|t| (t.id, t.record.epoch, t.record.mode))
+        )
+    }
+
+    /// The store answered a keepalive: the lease holds until `valid_until_ms`.
+    pub fn keepalive(&mut self, valid_until_ms: u64) {
+        self.valid_until_ms = self.valid_until_ms.max(valid_until_ms);
+    }
+
+    /// A new batch to replicate, from the shard's commit. Its seq.
+    pub fn propose(&mut self, bytes: Vec<u8>) -> Result<Seq, NotPrimary> {
+        let Role::Primary(p) = &mut self.role else {
+            return Err(NotPrimary);
+        };
+        if p.mode == Mode::Solo && self.now_ms >= self.valid_until_ms {
+            return Err(NotPrimary);
+        }
+        let seq = self.log.last + 1;
+        self.log.appended(seq, p.epoch);
+        let epoch = p.epoch;
+        if p.mode == Mode::Sync && p.waiting_since_ms.is_none() {
+            p.waiting_since_ms = Some(self.now_ms);
+        }
+        let ship = p.joined && seq == p.shipped + 1 && seq <= p.acked + self.config.window;
+        let to = p.secondary;
+        if ship {
+            p.shipped = seq;
+        }
+        self.out.push_back(Output::Append {
+            seq,
+            epoch,
+            bytes: bytes.clone(),
+        });
+        if ship {
+            let msg = ReplMsg::Ship {
+                epoch,
+                seq,
+                written: epoch,
+                bytes,
+            };
+            self.out.push_back(Output::Send { to, msg });
+        }
+        Ok(seq)
+    }
+
+    /// The local log is durable up to `seq`.
+    pub fn durable(&mut self, seq: Seq) {
+        self.log.durable = self.log.durable.max(seq.min(self.log.last));
+        match &mut self.role {
+            Role::Secondary(s) if s.joined && s.acking => {
+                let (to, epoch) = (s.primary, s.epoch);
+                let seq = self.log.durable;
+                self.out.push_back(Output::Send {
+                    to,
+                    msg: ReplMsg::Ack { epoch, seq },
+                });
+            }
+            Role::Secondary(s) if !s.joined => self.ask_to_join(),
+            _ => {}
+        }
+        self.check_promotion();
+        self.release();
+    }
+
+    /// The driver truncated the log after `after`.
+    pub fn truncated(&mut self, after: Seq) {
+        self.log.truncated(after);
+        if let Role::Secondary(s) = &mut self.role {
+            s.truncating = false;
+            self.ask_to_join();
+        }
+    }
+
+    /// Local batches read for `to` (answering [`Output::Read`]).
+    pub fn ship_read(&mut self, to: NodeId, batches: Vec<(Seq, Epoch, Vec<u8>)>) {
+        let Role::Primary(p) = &self.role else {
+            return;
+        };
+        if to != p.secondary {
+            return;
+        }
+        let epoch = p.epoch;
+        for (seq, written, bytes) in batches {
+            let msg = ReplMsg::Ship {
+                epoch,
+                seq,
+                written,
+                bytes,
+            };
+            self.out.push_back(Output::Send { to, msg });
+        }
+    }
+
+    /// The answer to [`Output::Txn`] `id`.
+    pub fn txn_result(&mut self, id: u64, applied: bool) {
+        if self.txn.as_ref().is_some_and(|t| t.id == id) && !applied {
+            self.txn = None;
+            if let Role::Secondary(s) = &mut self.role {
+                // Not promoted: ack again if the primary is back (the next
+                // view tells).
+                s.acking = self.view.as_ref().is_some_and(primary_live);
+            }
+        }
+    }
+
+    /// Time passes.
+    pub fn tick(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+        if self
+            .txn
+            .as_ref()
+            .is_some_and(|t| now_ms >= t.asked_ms + TXN_TIMEOUT_MS)
+        {
+            self.txn = None;
+        }
+        let retry = self.config.retry_ms;
+        match &mut self.role {
+            Role::Primary(p)
+                if p.joined && p.acked < p.shipped && now_ms >= p.progress_ms + retry =>
+            {
+                p.progress_ms = now_ms;
+                p.shipped = p.acked;
+                self.ship_more();
+            }
+            Role::Secondary(s) if !s.joined && !s.truncating && now_ms >= s.asked_ms + retry => {
+                self.ask_to_join();
+            }
+            _ => {}
+        }
+        self.check_solo();
+        self.check_insync();
+        self.release();
+    }
+
+    /// What the store shows of the island now.
+    pub fn view(&mut self, view: View, now_ms: u64) {
+        self.now_ms = now_ms;
+        if self
+            .view
+            .as_ref()
+            .is_some_and(|v| v.revision > view.revision)
+        {
+            return;
+        }
+        let mine = self.txn.as_ref().is_some_and(|t| t.record == view.record);
+        // Applied (this view shows it), or failed (the island moved past
+        // the revision it compared).
+        if mine
+            || self
+                .txn
+                .as_ref()
+                .is_some_and(|t| view.revision > t.expect_revision)
+        {
+            self.txn = None;
+        }
+        self.view = Some(view.clone());
+        let record = &view.record;
+        let me = self.config.me;
+        let same = match &mut self.role {
+            Role::Primary(p) if p.epoch == record.epoch && record.primary == me => {
+                p.mode = record.mode;
+                p.revision = view.revision;
+                p.insync = record.insync.clone();
+                p.secondary = record.secondary;
+                true
+            }
+            Role::Secondary(s) if s.epoch == record.epoch && record.secondary == me => {
+                if self.txn.is_none() && primary_live(&view) {
+                    s.acking = true;
+                }
+                true
+            }
+            _ => false,
+        };
+        if !same {
+            self.take_role(&view, mine);
+        }
+        self.check_promotion();
+        self.check_insync();
+        self.release();
+    }
+
+    /// A replication message from `from`.
+    pub fn receive(&mut self, from: NodeId, msg: ReplMsg) {
+        match msg {
+            ReplMsg::Ship {
+                epoch,
+                seq,
+                written,
+                bytes,
+            } => self.shipped_here(from, (epoch, seq, written), bytes),
+            ReplMsg::Ack { epoch, seq } => self.acked(epoch, seq),
+            ReplMsg::Expect { epoch, seq } => {
+                if let Role::Primary(p) = &mut self.role {
+                    if p.epoch == epoch && p.joined && seq > p.acked && seq <= p.shipped {
+                        p.shipped = seq - 1;
+                        self.ship_more();
+                    }
+                }
+            }
+            ReplMsg::Fenced { epoch } => {
+                if self.serving_epoch().is_some_and(|e| e < epoch) {
+                    self.role = Role::Idle;
+                }
+            }
+            ReplMsg::CatchUp {
+                epoch,
+                last_epoch,
+                last_seq,
+            } => self.catch_up(from, epoch, (last_epoch, last_seq)),
+            ReplMsg::Diverge { epoch, upto } => self.diverge(epoch, upto),
+        }
+    }
+
+    // ---- roles ----------------------------------------------------------
+
+    fn serving_epoch(&self) -> Option<Epoch> {
+        match &self.role {
+            Role::Primary(p) => Some(p.epoch),
+            Role::Secondary(s) => Some(s.epoch),
+            Role::Idle => None,
+        }
+    }
+
+    /// The island changed under this member: what it is now.
+    fn take_role(&mut self, view: &View, mine: bool) {
+        let record = &view.record;
+        let me = self.config.me;
+        self.role = Role::Idle;
+        if record.primary == me && mine {
+            self.become_primary(view);
+        } else if record.primary == me {
+            // Primary of an epoch it did not make (a restart): it may have
+            // lost what it shipped, so it never serves that epoch again.
+            self.ask(view, None, |r| {
+                r.epoch += 1;
+                r.insync = vec![me];
+                r.mode = Mode::Solo;
+            });
+        } else if record.secondary == me {
+            self.role = Role::Secondary(Secondary {
+                epoch: record.epoch,
+                primary: record.primary,
+                acking: self.txn.is_none(),
+                joined: false,
+                next: 0,
+                asked_ms: 0,
+                truncating: false,
+                expected: (0, 0),
+                reacked_ms: 0,
+            });
+            self.ask_to_join();
+        }
+    }
+
+    fn become_primary(&mut self, view: &View) {
+        let record = &view.record;
+        let start = self.log.last + 1;
+        self.log.appended(start, record.epoch);
+        self.out.push_back(Output::Append {
+            seq: start,
+            epoch: record.epoch,
+            bytes: Vec::new(),
+        });
+        self.role = Role::Primary(Box::new(Primary {
+            epoch: record.epoch,
+            mode: record.mode,
+            revision: view.revision,
+            secondary: record.secondary,
+            insync: record.insync.clone(),
+            start,
+            joined: false,
+            acked: 0,
+            shipped: 0,
+            acknowledged: 0,
+            waiting_since_ms: (record.mode == Mode::Sync).then_some(self.now_ms),
+            progress_ms: self.now_ms,
+            holding_since_ms: None,
+        }));
+    }
+
+    /// Asks the store for the island's record changed by `change`, if its
+    /// revision is still the one seen (and `absent` holds no lease).
+    fn ask(&mut self, view: &View, absent: Option<NodeId>, change: impl FnOnce(&mut IslandRecord)) {
+        if self.txn.is_some() {
+            return;
+        }
+        let mut record = view.record.clone();
+        change(&mut record);
+        let id = self.next_txn;
+        self.next_txn += 1;
+        self.txn = Some(Txn {
+            id,
+            record: record.clone(),
+            expect_revision: view.revision,
+            asked_ms: self.now_ms,
+        });
+        self.out.push_back(Output::Txn {
+            id,
+            expect_revision: view.revision,
+            absent,
+            record,
+        });
+    }
+
+    /// Rule 2: a secondary in `insync` whose primary's lease is gone stops
+    /// acking, waits for its own appends, then asks for the next epoch.
+    fn check_promotion(&mut self) {
+        let Some(view) = self.view.clone() else {
+            return;
+        };
+        let me = self.config.me;
+        let record = &view.record;
+        let Role::Secondary(s) = &mut self.role else {
+            return;
+        };
+        let eligible = s.epoch == record.epoch
+            && record.mode == Mode::Sync
+            && record.insync.contains(&me)
+            && !primary_live(&view);
+        if !eligible || self.txn.is_some() {
+            return;
+        }
+        s.acking = false;
+        if s.truncating || self.log.durable < self.log.last {
+            return;
+        }
+        let bump = u64::from(self.config.planted != Some(PlantedBug::PromoteWithoutEpochBump));
+        let old_primary = record.primary;
+        self.ask(&view, Some(old_primary), |r| {
+            r.epoch += bump;
+            r.primary = me;
+            r.secondary = old_primary;
+            r.insync = vec![me];
+            r.mode = Mode::Solo;
+        });
+    }
+
+    /// Rule 3: a sync primary whose secondary stays silent asks for solo.
+    fn check_solo(&mut self) {
+        let Some(view) = self.view.clone() else {
+            return;
+        };
+        let Role::Primary(p) = &self.role else {
+            return;
+        };
+        let overdue = p
+            .waiting_since_ms
+            .is_some_and(|since| self.now_ms >= since + self.config.replica_ack_timeout_ms);
+        if p.mode != Mode::Sync || !overdue || view.revision != p.revision {
+            return;
+        }
+        let me = self.config.me;
+        self.ask(&view, None, |r| {
+            r.epoch += 1;
+            r.insync = vec![me];
+            r.mode = Mode::Solo;
+        });
+    }
+
+    /// A solo primary whose secondary caught up takes it back in `insync`:
+    /// first it holds its replies until the secondary has everything
+    /// acknowledged so far, then it asks the store. A secondary that stops
+    /// acking meanwhile lets the replies go again.
+    fn check_insync(&mut self) {
+        let Some(view) = self.view.clone() else {
+            return;
+        };
+        let (now, timeout) = (self.now_ms, self.config.replica_ack_timeout_ms);
+        let last = self.log.last;
+        let window = self.config.window;
+        let Role::Primary(p) = &mut self.role else {
+            return;
+        };
+        let secondary = p.secondary;
+        if p.mode != Mode::Solo || !p.joined || !view.live.contains(&secondary) {
+            p.holding_since_ms = None;
+            return;
+        }
+        match p.holding_since_ms {
+            None if p.acked >= p.start && p.acked + window >= last => {
+                p.holding_since_ms = Some(now);
+            }
+            Some(since) if now >= since + timeout && self.txn.is_none() => {
+                p.holding_since_ms = None;
+            }
+            Some(_) if p.acked >= p.acknowledged && view.revision == p.revision => {
+                self.ask(&view, None, |r| {
+                    r.insync.push(secondary);
+                    r.mode = Mode::Sync;
+                });
+            }
+            _ => {}
+        }
+    }
+
+    // ---- the secondary's side ---------------------------------------------
+
+    fn ask_to_join(&mut self) {
+        let Role::Secondary(s) = &mut self.role else {
+            return;
+        };
+        if s.truncating || self.log.durable < self.log.last {
+            return;
+        }
+        s.asked_ms = self.now_ms;
+        let msg = ReplMsg::CatchUp {
+            epoch: s.epoch,
+            last_epoch: self.log.last_epoch(),
+            last_seq: self.log.last,
+        };
+        self.out.push_back(Output::Send { to: s.primary, msg });
+    }
+
+    fn shipped_here(
+        &mut self,
+        from: NodeId,
+        (epoch, seq, written): (Epoch, Seq, Epoch),
+        bytes: Vec<u8>,
+    ) {
+        let known = self.view.as_ref().map_or(0, |v| v.record.epoch);
+        let Role::Secondary(s) = &mut self.role else {
+            if known > epoch {
+                let msg = ReplMsg::Fenced { epoch: known };
+                self.out.push_back(Output::Send { to: from, msg });
+            }
+            return;
+        };
+        if epoch < s.epoch {
+            let msg = ReplMsg::Fenced { epoch: s.epoch };
+            self.out.push_back(Output::Send { to: from, msg });
+            return;
+        }
+        if epoch > s.epoch || !s.acking || s.truncating {
+            return;
+        }
+        if !s.joined {
+            // The primary ships only to a log it found agreeing with its
+            // own, from just after it: the first such batch is the sign.
+            if seq != self.log.last + 1 || self.log.durable < self.log.last {
+                return;
+            }
+            s.joined = true;
+            s.next = seq;
+        }
+        if seq > s.next {
+            let (gap, at) = s.expected;
+            if gap != s.next || self.now_ms >= at + self.config.retry_ms {
+                s.expected = (s.next, self.now_ms);
+                let msg = ReplMsg::Expect { epoch, seq: s.next };
+                self.out.push_back(Output::Send { to: from, msg });
+            }
+            return;
+        }
+        if seq < s.next {
+            // Shipped again: the primary missed an ack.
+            if self.now_ms >= s.reacked_ms + self.config.retry_ms {
+                s.reacked_ms = self.now_ms;
+                let seq = self.log.durable;
+                self.out.push_back(Output::Send {
+                    to: from,
+                    msg: ReplMsg::Ack { epoch, seq },
+                });
+            }
+            return;
+        }
+        s.next += 1;
+        self.log.appended(seq, written);
+        self.out.push_back(Output::Append {
+            seq,
+            epoch: written,
+            bytes,
+        });
+    }
+
+    fn diverge(&mut self, epoch: Epoch, upto: Seq) {
+        let Role::Secondary(s) = &mut self.role else {
+            return;
+        };
+        if epoch != s.epoch || s.joined || s.truncating {
+            return;
+        }
+        s.truncating = true;
+        self.out.push_back(Output::Truncate { after: upto });
+    }
+
+    // ---- the primary's side -----------------------------------------------
+
+    fn catch_up(&mut self, from: NodeId, epoch: Epoch, (last_epoch, last_seq): (Epoch, Seq)) {
+        let Role::Primary(p) = &mut self.role else {
+            return;
+        };
+        if epoch != p.epoch || from != p.secondary {
+            return;
+        }
+        let agree = match self.config.planted {
+            // Takes the secondary's log as it is, stale tail and all.
+            Some(PlantedBug::RejoinWithoutTruncation) => last_seq,
+            _ => self.log.end_of(last_epoch).min(last_seq),
+        };
+        if agree < last_seq {
+            let msg = ReplMsg::Diverge { epoch, upto: agree };
+            self.out.push_back(Output::Send { to: from, msg });
+            return;
+        }
+        p.joined = true;
+        p.acked = last_seq;
+        p.shipped = last_seq;
+        p.progress_ms = self.now_ms;
+        self.ship_more();
+        self.release();
+        self.check_insync();
+    }
+
+    fn acked(&mut self, epoch: Epoch, seq: Seq) {
+        let Role::Primary(p) = &mut self.role else {
+            return;
+        };
+        if epoch > p.epoch {
+            self.role = Role::Idle;
+            return;
+        }
+        if epoch < p.epoch || !p.joined || seq <= p.acked {
+            return;
+        }
+        p.acked = seq.min(self.log.last);
+        p.progress_ms = self.now_ms;
+        p.waiting_since_ms = (p.acked < self.log.last).then_some(self.now_ms);
+        self.ship_more();
+        self.release();
+        self.check_insync();
+    }
+
+    /// Ships what the window allows past `shipped`, read from the log.
+    fn ship_more(&mut self) {
+        let Role::Primary(p) = &mut self.role else {
+            return;
+        };
+        let upto = self.log.last.min(p.acked + self.config.window);
+        if p.shipped >= upto {
+            return;
+        }
+        let from = p.shipped + 1;
+        p.shipped = upto;
+        self.out.push_back(Output::Read {
+            to: p.secondary,
+            from,
+            upto,
+        });
+    }
+
+    /// Rule 1 and 4: releases the replies whose batches are durable where
+    /// the mode needs them.
+    fn release(&mut self) {
+        let Role::Primary(p) = &mut self.role else {
+            return;
+        };
+        let local = self.log.durable;
+        let planted = self.config.planted == Some(PlantedBug::AckBeforeReplica);
+        let upto = match p.mode {
+            Mode::Sync if planted => local,
+            Mode::Sync => local.min(p.acked),
+            Mode::Solo if self.now_ms >= self.valid_until_ms => return,
+            Mode::Solo if p.holding_since_ms.is_some() => local.min(p.acked),
+            Mode::Solo => local,
+        };
+        if upto < p.start || upto <= p.acknowledged {
+            return;
+        }
+        p.acknowledged = upto;
+        let epoch = p.epoch;
+        self.out.push_back(Output::Acknowledged { epoch, upto });
+    }
+}
+
+/// Whether the island's primary holds a lease in `view`.
+fn primary_live(view: &View) -> bool {
+    view.live.contains(&view.record.primary)
+}
