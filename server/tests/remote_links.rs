@@ -14,6 +14,7 @@ use std::{
     os::fd::OwnedFd,
     rc::Rc,
     sync::{
+        atomic::AtomicI64,
         atomic::{AtomicU64, Ordering},
         mpsc, Arc, Mutex,
     },
@@ -61,6 +62,10 @@ enum Command {
     Restart {
         incarnation: i64,
     },
+    /// This node is `incarnation` now (its lease was granted again).
+    Renew {
+        incarnation: i64,
+    },
     Stats(mpsc::Sender<RemoteStats>),
     Stop,
 }
@@ -73,6 +78,9 @@ struct Shared {
     /// Payloads the producer has pushed, and pushes refused as full.
     pushed: AtomicU64,
     refused_full: AtomicU64,
+    /// Incarnations of the sender node below this are refused (0: none),
+    /// as etcd's view would once the sender is a new one.
+    sender_floor: AtomicI64,
 }
 
 struct ShardHandle {
@@ -166,6 +174,7 @@ fn links_for(
     shared: &Arc<Shared>,
     pending: &ToRelease,
 ) -> Rc<RemoteLinks> {
+    let floor = shared.clone();
     let (shared, pending) = (shared.clone(), pending.clone());
     let deliver = move |delivery: Delivery| {
         let sender = delivery.origin.sender;
@@ -188,8 +197,10 @@ fn links_for(
         listener,
         handovers: spec.handovers.clone(),
         // Every peer is approved but the old incarnation of the receiver.
-        approve: Box::new(|node, incarnation| {
+        approve: Box::new(move |node, incarnation| {
+            let sender_floor = floor.sender_floor.load(Ordering::Relaxed);
             !(node == RECEIVER_NODE && incarnation < RECEIVER_INCARNATION)
+                && !(node == SENDER_NODE && incarnation < sender_floor)
         }),
         deliver: Box::new(deliver),
         task_queue: None,
@@ -230,6 +241,7 @@ async fn run_shard(spec: ShardSpec, inbox: mpsc::Receiver<Command>, shared: Arc<
                 pending.borrow_mut().clear();
                 *links.borrow_mut() = links_for(&spec, incarnation, &shared, &pending);
             }
+            Command::Renew { incarnation } => current.renew_incarnation(incarnation),
             Command::Stats(reply) => {
                 let _ = reply.send(current.stats());
             }
@@ -588,4 +600,46 @@ fn a_receiver_back_as_a_new_incarnation_gets_the_unacknowledged_again() {
     assert_eq!(receiver.received_from(SENDER_NODE, 0), expected);
     let link = &sender.stats().links[0];
     assert_eq!(link.resets, 1, "{link:?}");
+}
+
+/// The sender's node lost its lease and holds a new one: it is another
+/// incarnation, which receivers now approve instead of the old. Its links
+/// carry the new name, start their sessions over and send their queues
+/// again; nothing queued is lost.
+#[test]
+fn a_sender_that_becomes_a_new_incarnation_keeps_its_queue_and_links_again() {
+    const TOTAL: u64 = 200;
+    let (senders, receivers, _) = two_nodes(small_queue(), [true, true]);
+    let (sender, receiver) = (&senders[0], &receivers[0]);
+    receiver.send(Command::Hold(true));
+    receiver.stats();
+    sender.send(Command::Produce {
+        node: RECEIVER_NODE,
+        total: TOTAL,
+        bytes: 10,
+    });
+    wait_for("everything delivered and held", || {
+        receiver.received_from(SENDER_NODE, 0).len() as u64 == TOTAL
+    });
+    for shard in &receivers {
+        let floor = &shard.shared.sender_floor;
+        floor.store(SENDER_INCARNATION + 1, Ordering::Relaxed);
+    }
+    sender.send(Command::Renew {
+        incarnation: SENDER_INCARNATION + 1,
+    });
+    wait_for("the sender's session started over", || {
+        sender.stats().links[0].resets == 1
+    });
+    receiver.send(Command::Hold(false));
+    wait_for(
+        "the queue delivered again under the new name and acknowledged",
+        || {
+            receiver.received_from(SENDER_NODE, 0).len() as u64 == 2 * TOTAL
+                && sender.stats().links[0].queue_messages == 0
+        },
+    );
+    let expected: Vec<u64> = (0..TOTAL).chain(0..TOTAL).collect();
+    assert_eq!(receiver.received_from(SENDER_NODE, 0), expected);
+    assert_eq!(sender.stats().links[0].resets, 1, "one start over");
 }

@@ -292,7 +292,7 @@ fn admit_here(
         &Welcome {
             version: VERSION,
             cluster: links.local.cluster.as_bytes(),
-            from: links.local.endpoint(),
+            from: links.endpoint(),
             received,
             released,
         },

@@ -159,7 +159,7 @@ fn hello_bytes(links: &RemoteLinks, link: &OutLink) -> Vec<u8> {
         &Hello {
             version: VERSION,
             cluster: links.local.cluster.as_bytes(),
-            from: links.local.endpoint(),
+            from: links.endpoint(),
             to: frame::Endpoint {
                 node: link.node,
                 incarnation: target.incarnation,

@@ -57,6 +57,9 @@ pub struct RemoteSetup {
 /// One shard's links to other nodes (see the module doc).
 pub struct RemoteLinks {
     pub(super) local: Local,
+    /// This node's incarnation now: `local`'s at the start, a new one after
+    /// the node's lease was lost and granted again.
+    incarnation: Cell<i64>,
     pub(super) config: LinkConfig,
     pub(super) clock: Clock,
     pub(super) approve: Box<dyn Fn(u16, i64) -> bool>,
@@ -168,6 +171,7 @@ impl RemoteLinks {
         let _ = getrandom::getrandom(&mut seed);
         let links = Rc::new(RemoteLinks {
             dials: Semaphore::new(setup.config.dials_max.max(1) as u64),
+            incarnation: Cell::new(setup.local.incarnation),
             local: setup.local,
             config: setup.config,
             clock: Clock::new(),
@@ -418,6 +422,41 @@ impl RemoteLinks {
         }
         drop(session);
         link.wake_writer.raise();
+    }
+
+    /// This shard's side of a handshake: its node at its incarnation now.
+    pub(super) fn endpoint(&self) -> super::frame::Endpoint {
+        super::frame::Endpoint {
+            node: self.local.node,
+            incarnation: self.incarnation.get(),
+            shard: self.local.shard,
+        }
+    }
+
+    /// This node is `incarnation` now (its lease was lost and a new one
+    /// granted): every link starts its session over under the new name
+    /// and sends its whole queue again, numbered anew (receivers approve
+    /// only the incarnation etcd shows, and drop repeats by their dedup),
+    /// and the connections from other nodes close, to be dialed again to
+    /// the new incarnation. Nothing queued is dropped.
+    pub fn renew_incarnation(&self, incarnation: i64) {
+        if self.incarnation.replace(incarnation) == incarnation {
+            return;
+        }
+        log::warn!(
+            "shard {}: this node is incarnation {incarnation:x} now: its links start over",
+            self.local.shard
+        );
+        for link in self.links.borrow().values() {
+            let receiver = link.session.borrow().receiver_incarnation();
+            let session = self.take_session_number();
+            link.session.borrow_mut().reset(session, receiver);
+            link.kill_connection();
+            link.wake_task.raise();
+        }
+        for link in self.inbound.borrow().values() {
+            link.kill_connection();
+        }
     }
 
     /// Closes the current connections to and from `node` as a network

@@ -251,14 +251,6 @@ impl Local {
             shards,
         })
     }
-
-    fn endpoint(&self) -> Endpoint {
-        Endpoint {
-            node: self.node,
-            incarnation: self.incarnation,
-            shard: self.shard,
-        }
-    }
 }
 
 /// Where received payloads came from: one session of one sender. Handed

@@ -207,6 +207,11 @@ pub fn place(runtime: &Rc<Runtime>, placement: &Arc<Placement>, queue: Option<Ta
     let Some(links) = remote.links() else {
         return;
     };
+    if placement.incarnation != 0 {
+        // A lease lost and granted again makes this node a new
+        // incarnation: its links carry the new name.
+        links.renew_incarnation(placement.incarnation);
+    }
     for (node, placed) in placement.nodes().filter(|(n, _)| *n != me) {
         links.ensure(node, placed.incarnation, placed.peer, placed.shards);
         if started {
