@@ -199,8 +199,9 @@ fn links_for(
         // Every peer is approved but the old incarnation of the receiver.
         approve: Box::new(move |node, incarnation| {
             let sender_floor = floor.sender_floor.load(Ordering::Relaxed);
-            !(node == RECEIVER_NODE && incarnation < RECEIVER_INCARNATION)
-                && !(node == SENDER_NODE && incarnation < sender_floor)
+            let old_receiver = node == RECEIVER_NODE && incarnation < RECEIVER_INCARNATION;
+            let old_sender = node == SENDER_NODE && incarnation < sender_floor;
+            !(old_receiver || old_sender)
         }),
         deliver: Box::new(deliver),
         task_queue: None,
