@@ -67,6 +67,9 @@ pub struct CoordinatorStatus {
     pub lease_left_ms: u64,
     pub controller: Option<u16>,
     pub revision: i64,
+    /// The revision of the partition map in use (`None`: no readable map,
+    /// so no account can be placed: the node is not ready).
+    pub map_revision: Option<i64>,
     /// Live nodes, members, partitions this node owns.
     pub nodes_live: Vec<u16>,
     pub members: Vec<u16>,
@@ -411,6 +414,7 @@ impl Coordinator {
                 .partitions
                 .as_ref()
                 .map_or(0, |(map, _)| map.owned_by(me));
+            s.map_revision = view.partitions.as_ref().map(|(_, revision)| *revision);
         });
         self.note_lease();
         self.publish.send_replace(view);

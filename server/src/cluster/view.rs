@@ -101,7 +101,8 @@ impl ClusterView {
                     ..
                 },
             ) if key == "partitions" => {
-                self.partitions = None;
+                // A map that cannot be read leaves the last good one in
+                // use: one bad write must not unplace every account.
                 let owners = PartitionOwners::decode(value).map_err(|error| Rejected::Map {
                     key: key.to_owned(),
                     error,
@@ -228,8 +229,8 @@ mod tests {
         assert!(view.apply(put("partitions", b"[]", 0), 7).is_err());
         assert_eq!(
             view.partitions.as_ref().map(|(m, _)| m.owner(0)),
-            None,
-            "a bad map is no map"
+            Some(1),
+            "a bad map leaves the last good one in use"
         );
         assert_eq!(view.nodes.len(), 1);
         view.apply(put("something/new", b"?", 0), 8).unwrap();

@@ -364,7 +364,7 @@ async fn ingest(shared: Arc<Shared>, reports: Receiver<ShardReport>) {
             shared.metrics.update(&report, &averages);
             entry.latest = report;
         }
-        let ready = state.readiness(&shared.stop).is_ok();
+        let ready = shared.readiness(&state).is_ok();
         shared.metrics.set_ready(ready);
         shared.refresh_process_metrics();
     }
@@ -413,6 +413,24 @@ impl State {
 }
 
 impl Shared {
+    /// [`State::readiness`], and in a cluster: registered with etcd under
+    /// a lease, with a readable partition map (else every phone would be
+    /// told to try later).
+    fn readiness(&self, state: &State) -> Result<(), String> {
+        state.readiness(&self.stop)?;
+        let Some(cluster) = self.cluster.get() else {
+            return Ok(());
+        };
+        let cluster = cluster.lock().expect("not poisoned");
+        if cluster.incarnation.is_none() {
+            return Err("not registered with etcd (no lease)".into());
+        }
+        if cluster.map_revision.is_none() {
+            return Err("no readable partition map".into());
+        }
+        Ok(())
+    }
+
     /// Whether every shard's command channel has room for `count` more:
     /// checked before a command that must reach every shard or none (the
     /// control thread and the SIGHUP thread are the only senders, and
@@ -479,7 +497,7 @@ async fn get_metrics(Extract(shared): Extract<Arc<Shared>>) -> Response {
 
 async fn get_ready(Extract(shared): Extract<Arc<Shared>>) -> Response {
     let state = shared.state.lock().expect("not poisoned");
-    match state.readiness(&shared.stop) {
+    match shared.readiness(&state) {
         Ok(()) => "ready\n".into_response(),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -562,7 +580,7 @@ impl From<&JournalState> for JournalStatus {
 
 async fn get_status(Extract(shared): Extract<Arc<Shared>>) -> Response {
     let state = shared.state.lock().expect("not poisoned");
-    let readiness = state.readiness(&shared.stop);
+    let readiness = shared.readiness(&state);
     let shards = state.shards.values().map(shard_status).collect();
     Json(Status {
         ready: readiness.is_ok(),
