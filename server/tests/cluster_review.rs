@@ -14,14 +14,13 @@ use std::{
 use common::{etcd::Etcd, Server};
 use loadgen::client::{Client, Event, Polled};
 use shard::{PartitionMap, PARTITIONS_DEFAULT};
-use wire::{ClientFrame, DeviceKey, Phone, Presence, Profile, ReceiptKind, TypingState};
+use wire::{ClientFrame, DeviceKey, Phone, Presence, Profile, TypingState};
 
 /// A lease (5 s), etcd's expiry sweep, a session's retry and a tick.
 const SETTLE: Duration = Duration::from_secs(20);
 
 struct Node {
     id: u16,
-    peer_port: u16,
     server: Server,
 }
 
@@ -43,11 +42,7 @@ fn start_node(etcd: &str, id: u16, peer_port: u16, data_dir: tempfile::TempDir) 
     let server = Server::start_with(data_dir, &flags, |command| {
         command.env("ISLE_CLUSTER__BOOTSTRAP_NODES", "3");
     });
-    Node {
-        id,
-        peer_port,
-        server,
-    }
+    Node { id, server }
 }
 
 fn start_three(etcd: &Etcd) -> Vec<Node> {
@@ -158,26 +153,6 @@ fn sign_up(server: &Server, number: Phone) -> (Client, DeviceKey) {
         };
         client.login(number, key).unwrap();
         return (client, key);
-    }
-}
-
-/// Logs `number` in on `server` again, retrying while told to try later.
-fn log_in(server: &Server, number: Phone, key: DeviceKey) -> Client {
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        let mut client = Client::connect(server.plain).unwrap();
-        client.set_timeout(Duration::from_secs(10)).unwrap();
-        client
-            .send(&ClientFrame::Login { phone: number, key })
-            .unwrap();
-        match client.recv().unwrap() {
-            Event::LoggedIn { .. } => return client,
-            Event::TryLater { .. } => {
-                assert!(Instant::now() < deadline, "{number} told to try later");
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            other => panic!("{number}: {other:?}"),
-        }
     }
 }
 
