@@ -360,13 +360,59 @@ impl Config {
             cluster.settings(self.listen)?;
         }
         self.check_admin()?;
+        self.check_addresses()?;
+        self.check_machine()?;
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(ConfigError::HalfTlsIdentity);
+        }
         self.check_server_limits()
+    }
+
+    /// A data dir named, and CPUs this machine has (check-config runs on
+    /// the machine the server will).
+    fn check_machine(&self) -> Result<(), ConfigError> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::NoDataDir);
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        match self.cpus.iter().find(|&&cpu| cpu >= cpus) {
+            Some(&cpu) => Err(ConfigError::NoSuchCpu { cpu, cpus }),
+            None => Ok(()),
+        }
+    }
+
+    /// No two listeners on one address: the kernel would split the
+    /// connections between them (a port of 0 is the kernel's pick, never
+    /// shared).
+    fn check_addresses(&self) -> Result<(), ConfigError> {
+        let peer = self.cluster.as_ref().and_then(|c| c.peer_listen);
+        let named = [
+            ("listen", self.listen),
+            ("plaintext_listen", self.plaintext_listen),
+            ("admin.listen", Some(self.admin.listen)),
+            ("cluster.peer_listen", peer),
+        ];
+        let bound: Vec<(&'static str, std::net::SocketAddr)> = named
+            .into_iter()
+            .filter_map(|(key, addr)| Some((key, addr?)))
+            .filter(|(_, addr)| addr.port() != 0)
+            .collect();
+        for (i, &(first, addr)) in bound.iter().enumerate() {
+            if let Some(&(second, _)) = bound[i + 1..].iter().find(|(_, other)| *other == addr) {
+                return Err(ConfigError::SharedAddress {
+                    first,
+                    second,
+                    addr,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// An empty token is no token; off loopback one is required.
     fn check_admin(&self) -> Result<(), ConfigError> {
         match self.admin.token.as_deref() {
-            Some("") => Err(ConfigError::EmptyAdminToken),
+            Some(token) if token.trim().is_empty() => Err(ConfigError::EmptyAdminToken),
             None if !self.admin.listen.ip().is_loopback() => {
                 Err(ConfigError::AdminTokenRequired(self.admin.listen))
             }
@@ -387,10 +433,13 @@ impl Config {
             ("io_memory_bytes", limits.io_memory_bytes),
             ("io_ring_depth", limits.io_ring_depth),
         ];
-        match positive.into_iter().find(|(_, value)| *value == 0) {
-            Some((limit, _)) => Err(ConfigError::ServerLimitZero(limit)),
-            None => Ok(()),
+        if let Some((limit, _)) = positive.into_iter().find(|(_, value)| *value == 0) {
+            return Err(ConfigError::ServerLimitZero(limit));
         }
+        if limits.io_ring_depth > IO_RING_DEPTH_MAX {
+            return Err(ConfigError::RingTooDeep(limits.io_ring_depth));
+        }
+        Ok(())
     }
 
     /// Reads a config file's text. A bad value of a shard limit is
@@ -436,7 +485,25 @@ pub enum ConfigError {
     AdminTokenRequired(std::net::SocketAddr),
     #[error("limits.{0} is 0: it must be at least 1")]
     ServerLimitZero(&'static str),
+    #[error("{first} and {second} are both {addr}: each listener needs an address of its own")]
+    SharedAddress {
+        first: &'static str,
+        second: &'static str,
+        addr: std::net::SocketAddr,
+    },
+    #[error("tls.cert and tls.key go together: set both, or neither for a generated pair")]
+    HalfTlsIdentity,
+    #[error("data_dir is empty: name a directory")]
+    NoDataDir,
+    #[error("cpus names CPU {cpu}, and this machine has {cpus} (0 to {})", cpus - 1)]
+    NoSuchCpu { cpu: usize, cpus: usize },
+    #[error("limits.io_ring_depth is {0}: io_uring takes at most {IO_RING_DEPTH_MAX} entries")]
+    RingTooDeep(usize),
 }
+
+/// The most entries an io_uring ring may have (the kernel's
+/// `IORING_MAX_ENTRIES`).
+const IO_RING_DEPTH_MAX: usize = 32_768;
 
 impl ConfigError {
     /// The dotted key whose value is at fault, when one is.
@@ -455,6 +522,11 @@ impl ConfigError {
             ConfigError::EmptyAdminToken => "admin.token",
             ConfigError::AdminTokenRequired(_) => "admin.listen",
             ConfigError::ServerLimitZero(limit) => return Some(format!("limits.{limit}")),
+            ConfigError::SharedAddress { second, .. } => second,
+            ConfigError::HalfTlsIdentity => "tls.key",
+            ConfigError::NoDataDir => "data_dir",
+            ConfigError::NoSuchCpu { .. } => "cpus",
+            ConfigError::RingTooDeep(_) => "limits.io_ring_depth",
             ConfigError::Limits(_) | ConfigError::NoListener => return None,
         };
         Some(key.to_owned())

@@ -224,3 +224,100 @@ fn values_the_server_cannot_run_with_are_refused_with_their_key() {
     );
     assert!(!ok && err.contains("admin.token"), "{err}");
 }
+
+/// A free loopback port (bound and released).
+fn free_loopback_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `check-config` is the unit's `ExecStartPre`: what it passes, the
+/// server must start with. The server cannot start with any of these (or
+/// would die right after its ready line), so check-config refuses them.
+#[test]
+fn check_config_refuses_what_the_server_refuses_to_start_with() {
+    let port = free_loopback_port();
+    let same = format!("127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("cert.pem");
+    std::fs::write(&cert, "not used").unwrap();
+    let cases: [(&str, Vec<String>, Vec<(&str, String)>); 5] = [
+        (
+            "admin.listen is plaintext_listen",
+            vec![
+                "--no-tls".into(),
+                "--plaintext-listen".into(),
+                same.clone(),
+                "--admin-listen".into(),
+                same.clone(),
+            ],
+            vec![],
+        ),
+        (
+            "tls.cert without tls.key (the server: \"must be set together\")",
+            vec![],
+            vec![("ISLE_TLS__CERT", cert.to_str().unwrap().to_owned())],
+        ),
+        (
+            "io_ring_depth past io_uring's 32768 (the server: EINVAL after its ready line)",
+            vec![],
+            vec![("ISLE_LIMITS__IO_RING_DEPTH", "65536".to_owned())],
+        ),
+        (
+            "an empty data_dir (the server: \"resolving data dir : No such file\")",
+            vec![],
+            vec![("ISLE_DATA_DIR", String::new())],
+        ),
+        (
+            "a CPU the machine does not have",
+            vec!["--cpus".into(), "4095".into()],
+            vec![],
+        ),
+    ];
+    let mut passed = Vec::new();
+    for (what, args, env) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (ok, _, _) = check_config(&args, &env);
+        if ok {
+            passed.push(*what);
+        }
+    }
+    assert!(
+        passed.is_empty(),
+        "check-config passed configurations the server cannot start with: {passed:?}"
+    );
+}
+
+/// The TLS listener and the plaintext listener on one address: both
+/// sockets are bound with SO_REUSEPORT, so the kernel splits connections
+/// between them and about half of the phones' TLS handshakes land on the
+/// plaintext listener. The server refuses this (check-config too), as it
+/// refuses an address another process listens on.
+#[test]
+fn the_tls_and_plaintext_listeners_cannot_share_an_address() {
+    let port = free_loopback_port();
+    let same = format!("127.0.0.1:{port}");
+    let (ok, _, _) = check_config(&["--listen", &same, "--plaintext-listen", &same], &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_isle"))
+        .args(["--data-dir", dir.path().to_str().unwrap(), "--shards", "1"])
+        .args(["--listen", &same, "--plaintext-listen", &same])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first_line = String::new();
+    use std::io::BufRead;
+    let _ = std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut first_line);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        !ok && !first_line.contains("isle ready"),
+        "one address for both listeners: check-config passed: {ok}; the server said {first_line:?}"
+    );
+}
