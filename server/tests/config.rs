@@ -234,6 +234,9 @@ fn free_loopback_port() -> u16 {
         .port()
 }
 
+/// What a case is called, its flags, its environment.
+type Case<'a> = (&'a str, Vec<String>, Vec<(&'a str, String)>);
+
 /// `check-config` is the unit's `ExecStartPre`: what it passes, the
 /// server must start with. The server cannot start with any of these (or
 /// would die right after its ready line), so check-config refuses them.
@@ -244,7 +247,7 @@ fn check_config_refuses_what_the_server_refuses_to_start_with() {
     let dir = tempfile::tempdir().unwrap();
     let cert = dir.path().join("cert.pem");
     std::fs::write(&cert, "not used").unwrap();
-    let cases: [(&str, Vec<String>, Vec<(&str, String)>); 5] = [
+    let cases: [Case; 5] = [
         (
             "admin.listen is plaintext_listen",
             vec![
