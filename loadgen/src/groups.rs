@@ -355,7 +355,7 @@ async fn phone(
         let others: Vec<Phone> = members[1..].to_vec();
         encode_client(
             &ClientFrame::CreateGroup {
-                client_id: 0,
+                client_id: member.create_client_id,
                 subject: "loadgen",
                 members: others,
             },
@@ -400,6 +400,8 @@ struct Member {
     /// Per post in flight, the members yet to confirm it.
     in_flight: HashMap<u64, usize>,
     next_client_id: u64,
+    /// The client id of its `CreateGroup` (a creator's).
+    create_client_id: u64,
     /// Posts of a group reach a member in `gseq` order, once.
     last_gseq: u64,
     /// The mailbox seq acknowledged so far.
@@ -408,12 +410,14 @@ struct Member {
 
 impl Member {
     fn new(creates: bool, expected: usize) -> Member {
+        let base = crate::client_id_base();
         Member {
             creates,
             expected,
             group: None,
             in_flight: HashMap::new(),
-            next_client_id: 1,
+            next_client_id: base + 1,
+            create_client_id: base,
             last_gseq: 0,
             acked: 0,
         }
@@ -504,13 +508,15 @@ impl Member {
     ) -> Option<anyhow::Error> {
         let shared = &thread.shared;
         match frame {
-            ServerFrame::Sent { client_id: 0, id } => match GroupId::from_u64(id) {
-                Ok(id) => {
-                    self.group = Some(id);
-                    shared.created.fetch_add(1, Relaxed);
+            ServerFrame::Sent { client_id, id } if client_id == self.create_client_id => {
+                match GroupId::from_u64(id) {
+                    Ok(id) => {
+                        self.group = Some(id);
+                        shared.created.fetch_add(1, Relaxed);
+                    }
+                    Err(error) => return Some(anyhow::anyhow!("creation answered {error}")),
                 }
-                Err(error) => return Some(anyhow::anyhow!("creation answered {error}")),
-            },
+            }
             ServerFrame::Sent { .. } => {
                 shared.posts.fetch_add(1, Relaxed);
                 if thread.window().measuring(thread.window().now_ns()) {

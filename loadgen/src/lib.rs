@@ -26,3 +26,17 @@ pub mod slow;
 pub mod storm;
 pub mod tls;
 pub mod window;
+
+/// Where a phone's client ids start: the time now in ms (modulo 2^28,
+/// about 74 hours) in the bits above the low 20, which count the phone's
+/// sends. A server remembers client ids for a day (its resend table), so
+/// a second run against the same server with the same numbers would
+/// otherwise have its sends taken for resends of the first's: answered
+/// `Sent`, never delivered.
+pub fn client_id_base() -> u64 {
+    const MS_BITS: u32 = 28;
+    const COUNT_BITS: u32 = 20;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    let ms = now.map_or(0, |since| since.as_millis() as u64);
+    (ms % (1 << MS_BITS)) << COUNT_BITS
+}

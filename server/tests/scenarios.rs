@@ -321,3 +321,49 @@ fn chat_spreads_phones_over_every_target() {
     assert_eq!(counts[0] + counts[1], PHONES, "{counts:?}");
     assert!(counts.iter().all(|&n| n >= PHONES / 4), "{counts:?}");
 }
+
+/// `loadgen groups` run a second time against the same server with the
+/// same numbers: its client ids start above the time, so its creations
+/// and posts are not taken for resends of the first run's (answered
+/// `Sent`, delivered to no one), and it finishes within its duration and
+/// drain.
+#[test]
+fn groups_run_twice_on_the_same_numbers_finishes() {
+    let server = Server::start(&["--shards", "1"]);
+    let addr = server.plain.to_string();
+    let run = |addr: String| {
+        std::thread::spawn(move || {
+            let args = loadgen::groups::Args::parse_from([
+                "groups",
+                "--target",
+                &addr,
+                "--first-phone",
+                "+15550500000",
+                "--phones",
+                "20",
+                "--group-size",
+                "10",
+                "--duration",
+                "2",
+                "--warmup",
+                "0.5",
+            ]);
+            loadgen::groups::run(&args).map(|report| report.failed())
+        })
+    };
+    let first = run(addr.clone()).join().unwrap();
+    assert!(
+        matches!(first, Ok(false)),
+        "the first run: {:?}",
+        first.map_err(|e| e.to_string())
+    );
+    let second = run(addr);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !second.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        second.is_finished(),
+        "a second `loadgen groups --duration 2` on the same numbers was still running after 60 s"
+    );
+}

@@ -76,7 +76,7 @@ impl PhoneState {
             ack_up_to: Cell::new(0),
             pubacks: RefCell::new(Vec::new()),
             waker: RefCell::new(None),
-            next_client_id: Cell::new(client_id_base() + 1),
+            next_client_id: Cell::new(crate::client_id_base() + 1),
             in_flight: RefCell::new(BTreeMap::new()),
             answer_mark_ns: Cell::new(0),
             resend: Cell::new(false),
@@ -157,21 +157,6 @@ pub(super) async fn connect_with_backoff(
 /// over the range, so every thread gets its part.
 pub(super) fn stalled(index: usize, share: f64) -> bool {
     (index as f64 * share).floor() != ((index + 1) as f64 * share).floor()
-}
-
-/// Client ids of this run start above it: the run's start in seconds
-/// (modulo 2^20, about 12 days) in the high half. A server remembers
-/// client ids for a day (its resend table), so a second run against the
-/// same server with the same numbers would otherwise have its sends taken
-/// for resends of the first run's: answered `Sent`, never delivered.
-/// [`key`] keeps the low half, the count within the run.
-fn client_id_base() -> u64 {
-    static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *BASE.get_or_init(|| {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-        let seconds = now.map_or(0, |since| since.as_secs());
-        (seconds & 0xF_FFFF) << 32
-    })
 }
 
 pub(super) fn key(phone_index: u32, client_id: u64) -> u64 {
