@@ -182,6 +182,7 @@ fn run(flags: Flags) -> anyhow::Result<()> {
         // Redirects and links name the addresses bound, which a port of 0
         // only then is.
         let mut settings = cluster.settings(tls_addr)?;
+        settings.instance = cluster::identity::instance(&config.data_dir);
         if let Some(bound) = peer_addr.filter(|_| settings.peer_advertise.port() == 0) {
             settings.peer_advertise.set_port(bound.port());
         }

@@ -1,8 +1,8 @@
 //! Cluster behaviour under faults, against a real etcd and the real
 //! binary: what README ("Several nodes: a cluster") and docs/links.md
-//! promise when a node is paused past its lease and when a node has no
-//! readable partition map. Also a check that contacts, presence, typing
-//! and profiles cross nodes.
+//! promise when a node is paused past its lease, when a second process
+//! claims a live node's id, and when a node has no readable partition map.
+//! Also a check that contacts, presence, typing and profiles cross nodes.
 
 mod common;
 
@@ -384,4 +384,31 @@ fn a_damaged_partition_map_leaves_the_last_good_one_in_use() {
         );
         assert_eq!(ready_code(&node.server), 200, "{:#}", status(&node.server));
     }
+}
+
+/// A second process started with the id of a live node (an operator's
+/// slip: a copied config) does not take the live node's place: only a
+/// restart on the same data dir revokes its predecessor's lease. The
+/// second process waits, not registered and not ready.
+#[test]
+fn a_second_process_with_a_live_node_id_does_not_revoke_its_lease() {
+    let etcd = Etcd::start();
+    let nodes = start_three(&etcd);
+    let first = cluster_status(&nodes[1].server);
+    let impostor = start_node(
+        &etcd.url,
+        2,
+        common::etcd::free_port(),
+        tempfile::tempdir().unwrap(),
+    );
+    std::thread::sleep(Duration::from_secs(12));
+    let now = cluster_status(&nodes[1].server);
+    let impostor_status = cluster_status(&impostor.server);
+    assert_eq!(
+        (now["incarnation"].as_i64(), now["sessions"].as_u64()),
+        (first["incarnation"].as_i64(), first["sessions"].as_u64()),
+        "the live node 2 lost its lease to a second process with its id:\n\
+         live node: {now:#}\nsecond process: {impostor_status:#}"
+    );
+    assert_ne!(ready_code(&impostor.server), 200, "{impostor_status:#}");
 }

@@ -117,6 +117,7 @@ impl Coordinator {
             advertise: settings.advertise.clone(),
             peer: settings.peer_advertise,
             shards,
+            instance: settings.instance.clone(),
         };
         status.lock().expect("not poisoned").node_id = settings.node_id;
         Coordinator {
@@ -230,11 +231,25 @@ impl Coordinator {
     }
 
     /// Revokes a predecessor's lease, then publishes this node's record
-    /// under the lease and its membership.
+    /// under the lease and its membership. Err, revoking nothing, while
+    /// another process (another host or data dir) holds the id alive: the
+    /// session ends and tries again, so this start waits for that lease to
+    /// end instead of taking a live node down.
     async fn register(&mut self, client: &mut Client, lease: i64) -> anyhow::Result<()> {
         let node_key = self.key(&format!("nodes/{}", self.settings.node_id));
         let found = client.get(node_key.clone(), None).await?;
-        if let Some(old) = found.kvs().first().map(|kv| kv.lease()) {
+        if let Some(kv) = found.kvs().first() {
+            let (old, holder) = (kv.lease(), serde_json::from_slice::<NodeRecord>(kv.value()));
+            let other = holder.ok().map(|r| r.instance).filter(|i| !i.is_empty());
+            if let Some(other) = other.filter(|i| *i != self.record.instance) {
+                if old != lease {
+                    anyhow::bail!(
+                        "node id {} is held by a live process at {other}; this one ({})                          waits for its lease to end (stop it, or give this one another node_id)",
+                        self.settings.node_id,
+                        self.record.instance
+                    );
+                }
+            }
             if old != lease && old != 0 {
                 log::warn!("cluster: revoking lease {old:x} of this node's previous incarnation");
                 // Gone already is as good as revoked.

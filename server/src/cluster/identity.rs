@@ -51,6 +51,25 @@ pub enum IdentityError {
     SingleNodeData,
 }
 
+/// Which process holds a node id, as its record in etcd says: the host
+/// and the data dir (which one process at a time locks). A restart on the
+/// same data dir is the same instance, so it may revoke its predecessor's
+/// lease; another data dir claiming a live node's id is not.
+pub fn instance(data_dir: &Path) -> String {
+    let mut name = [0u8; 256];
+    // SAFETY: gethostname writes at most `len` bytes into the buffer.
+    let ok = unsafe { libc::gethostname(name.as_mut_ptr().cast(), name.len()) } == 0;
+    let host = match ok {
+        true => {
+            let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+            String::from_utf8_lossy(&name[..end]).into_owned()
+        }
+        false => "?".to_owned(),
+    };
+    let dir = fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_owned());
+    format!("{host}:{}", dir.display())
+}
+
 /// Checks `data_dir` against this start (`wanted`: the node it is, if
 /// any) and, for a node's first start on a fresh data dir, writes its
 /// identity (synced). `has_data`: logs were written in it before.

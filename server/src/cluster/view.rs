@@ -35,6 +35,10 @@ pub struct NodeRecord {
     pub peer: SocketAddr,
     /// Shards the node runs: partition `p` lives on shard `p % shards`.
     pub shards: u16,
+    /// The process holding the id (`identity::instance`); empty in records
+    /// written before it was kept.
+    #[serde(default)]
+    pub instance: String,
 }
 
 /// A live node: its record and its incarnation (its lease id).
@@ -193,6 +197,7 @@ mod tests {
             advertise: format!("10.0.0.1:{port}"),
             peer: format!("10.0.0.1:{}", port + 1).parse().unwrap(),
             shards: 2,
+            instance: "host:/data".into(),
         };
         serde_json::to_vec(&record).unwrap()
     }

@@ -117,6 +117,9 @@ pub struct ClusterSettings {
     pub lease_ttl_ms: u64,
     pub bootstrap_nodes: usize,
     pub prefix: String,
+    /// Which process holds the node id: its host and data dir (set by
+    /// the server at start; see `cluster::identity::instance`).
+    pub instance: String,
 }
 
 impl ClusterConfig {
@@ -164,6 +167,7 @@ impl ClusterConfig {
             lease_ttl_ms: self.lease_ttl_ms,
             bootstrap_nodes: self.bootstrap_nodes,
             prefix: self.prefix.clone(),
+            instance: String::new(),
         })
     }
 }

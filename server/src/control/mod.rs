@@ -132,6 +132,8 @@ struct Shared {
     replayed: Vec<Arc<AtomicU64>>,
     /// What the cluster coordinator shows, once the node joined one.
     cluster: std::sync::OnceLock<Arc<Mutex<CoordinatorStatus>>>,
+    /// This node's id in a cluster (`None`: a single node).
+    node: Option<u16>,
     /// What the SMS and push senders did.
     pub sms: Arc<gateways::GatewayStats>,
     pub push: Arc<gateways::GatewayStats>,
@@ -191,6 +193,7 @@ impl Control {
                 shards: BTreeMap::new(),
             }),
             metrics: Metrics::new(settings.node),
+            node: settings.node,
             token: settings.token.clone(),
             stop,
             reports_dropped: dropped.clone(),
@@ -419,7 +422,10 @@ impl Shared {
     fn readiness(&self, state: &State) -> Result<(), String> {
         state.readiness(&self.stop)?;
         let Some(cluster) = self.cluster.get() else {
-            return Ok(());
+            return match self.node {
+                Some(_) => Err("joining the cluster".into()),
+                None => Ok(()),
+            };
         };
         let cluster = cluster.lock().expect("not poisoned");
         if cluster.incarnation.is_none() {
