@@ -75,7 +75,8 @@ pub enum CtlCommand {
     /// server's resend tables remember it.
     Trace { sender: String, client_id: u64 },
     /// Reload what can change without a restart, as SIGHUP does: the TLS
-    /// certificate and key (new connections get the new ones).
+    /// certificate and key (new connections get the new ones) and the
+    /// `[limits]` keys that may change live (the answer names the others).
     Reload,
 }
 
@@ -201,6 +202,12 @@ fn request(
             let text = response.into_string().unwrap_or_default();
             anyhow::bail!("{admin}{path} answered {code}: {}", text.trim())
         }
+        Err(error) if method != "GET" => Err(error).with_context(|| {
+            format!(
+                "asking {admin}{path} (no answer: the server may still do it; \
+                 check before repeating it)"
+            )
+        }),
         Err(error) => Err(error).with_context(|| format!("asking {admin}{path}")),
     }
 }

@@ -308,3 +308,38 @@ fn receipts_of_a_deleted_account_do_not_reach_the_numbers_next_owner() {
         "the number's new account got receipts for its predecessor's messages: {receipts:?}"
     );
 }
+
+/// `account revoke` of an account that exists, on a shard whose journal
+/// failed, answers 503 and says why, as `account delete` does: never 404
+/// for an account `account show` finds (an operator revoking a stolen key
+/// must not read that the account is not there).
+#[test]
+fn revoke_on_a_failed_journal_does_not_answer_no_such_account() {
+    let data = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let disk = ShardDisk::new(
+        scratch.path().join("shard-0.img"),
+        &data.path().join("log/shard-0"),
+    );
+    let server = Server::start_in(data, &["--shards", "1"]);
+    let (_client, _, _) = server.phone("+15550000001");
+    disk.fail();
+    // The shard finds out at its next write.
+    let mut client = server.connect();
+    let _ = client.sign_up(Phone::parse("+15550000009").unwrap(), || {
+        Ok(common::TEST_CODE)
+    });
+    std::thread::sleep(Duration::from_millis(1_500));
+    let show = ureq::get(&format!("http://{}/account/+15550000001", server.admin)).call();
+    assert!(show.is_ok(), "the account is there: {show:?}");
+    let url = format!("http://{}/account/+15550000001/revoke", server.admin);
+    let (code, text) = match ureq::post(&url).call() {
+        Ok(response) => (response.status(), response.into_string().unwrap()),
+        Err(ureq::Error::Status(code, response)) => (code, response.into_string().unwrap()),
+        Err(error) => panic!("POST revoke: {error}"),
+    };
+    assert_ne!(
+        code, 404,
+        "revoke of an existing account on a failed journal: {code} {text}"
+    );
+}

@@ -22,7 +22,7 @@ mod source;
 mod timer_wheel;
 
 pub use crate::machine::{
-    AccountInfo, ConnEvent, ConnEventKind, ConnId, ConnSnapshot, DeleteRefused, Deleted, Dest,
+    AccountInfo, AccountRefused, ConnEvent, ConnEventKind, ConnId, ConnSnapshot, Deleted, Dest,
     FrameOutcome, GroupAction, PeerMessage, Push, QueueLengths, Refused, RestoreError, Shard,
     ShardCounters, TraceHit, DELETION_RESEND_MS,
 };

@@ -1077,7 +1077,7 @@ fn a_revoked_key_stops_working_and_the_mailbox_stays() {
     let before = net.shards[home].account_info(bob).unwrap();
     assert!(before.online);
     let now_ms = net.now_ms;
-    assert!(net.shards[home].revoke(bob, now_ms));
+    assert_eq!(net.shards[home].revoke(bob, now_ms), Ok(()));
     net.settle();
     assert!(net.read(&bob_conn).contains(&Got::Bye(ByeReason::Revoked)));
     let after = net.shards[home].account_info(bob).unwrap();
@@ -1105,7 +1105,10 @@ fn a_revoked_key_stops_working_and_the_mailbox_stays() {
     let (_, key) = net.signup(&format!("{bob}"));
     net.login(bob, key);
     let nobody = Phone::parse("+15559999999").unwrap();
-    assert!(!net.shards[home].revoke(nobody, now_ms));
+    assert_eq!(
+        net.shards[home].revoke(nobody, now_ms),
+        Err(shard::AccountRefused::NoAccount)
+    );
     assert!(net.shards[home].account_info(nobody).is_none());
 }
 
@@ -1234,7 +1237,7 @@ fn deleted_account_is_gone(sync_delay_ms: u64) {
     assert_eq!(net.shards[home].counters().accounts, accounts_before - 1);
     assert_eq!(
         net.shards[home].delete_account(bob, now_ms),
-        Err(shard::DeleteRefused::NoAccount)
+        Err(shard::AccountRefused::NoAccount)
     );
     for step in ["live", "restarted", "compacted"] {
         match step {

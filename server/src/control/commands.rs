@@ -3,7 +3,7 @@
 //! bounded channel (never waiting on it) and answers through a oneshot the
 //! control thread awaits with a timeout.
 
-use shard::{AccountInfo, DeleteRefused, Deleted, TraceHit};
+use shard::{AccountInfo, AccountRefused, Deleted, TraceHit};
 use tokio::sync::oneshot;
 use wire::Phone;
 
@@ -18,11 +18,10 @@ pub enum ShardCommand {
         phone: Phone,
         reply: oneshot::Sender<Option<AccountInfo>>,
     },
-    /// Revoke the account's device key (false: no such account, or the
-    /// journal cannot take it now).
+    /// Revoke the account's device key.
     Revoke {
         phone: Phone,
-        reply: oneshot::Sender<bool>,
+        reply: oneshot::Sender<Result<(), AccountRefused>>,
     },
     /// Delete the account; answered once the deletion is durable (see
     /// `shard::Shard::delete_account`).
@@ -54,7 +53,7 @@ pub enum ShardCommand {
 pub enum Deletion {
     /// Deleted, and the deletion is on disk.
     Durable(Deleted),
-    Refused(DeleteRefused),
+    Refused(AccountRefused),
     /// Deleted in memory, but the journal failed before the deletion was
     /// written: after a restart the account is back.
     NotWritten,

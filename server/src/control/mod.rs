@@ -39,7 +39,7 @@ use axum::{
 };
 use crossbeam_channel::{bounded, Receiver, Sender};
 use serde::Serialize;
-use shard::DeleteRefused;
+use shard::AccountRefused;
 use subtle::ConstantTimeEq;
 
 use self::reload::ConfigReload;
@@ -473,8 +473,10 @@ impl Shared {
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .unwrap_or("");
+            .and_then(|value| value.split_once(' '))
+            // The scheme is case-insensitive (RFC 9110, 11.1).
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map_or("", |(_, token)| token.trim());
         bool::from(presented.as_bytes().ct_eq(token.as_bytes()))
     }
 }
@@ -659,7 +661,11 @@ async fn ask_shard<T>(
     match tokio::time::timeout(wait, answer).await {
         Ok(Ok(value)) => Ok(value),
         _ => {
-            let silent = format!("shard {shard} did not answer\n");
+            // The command stays queued: a shard that comes back still does it.
+            let silent = format!(
+                "shard {shard} did not answer in time; the command is queued and may \
+                 still take effect: check before repeating it\n"
+            );
             Err((StatusCode::GATEWAY_TIMEOUT, silent))
         }
     }
@@ -691,12 +697,13 @@ async fn post_revoke(
 ) -> Response {
     let command = |phone, reply| ShardCommand::Revoke { phone, reply };
     match ask_shard(&shared, &phone, command).await {
-        Ok(true) => "revoked\n".into_response(),
-        Ok(false) => (
-            StatusCode::NOT_FOUND,
-            "no such account, or the journal cannot take the change now\n",
-        )
-            .into_response(),
+        Ok(Ok(())) => "revoked\n".into_response(),
+        Ok(Err(AccountRefused::NoAccount)) => {
+            (StatusCode::NOT_FOUND, "no such account\n").into_response()
+        }
+        Ok(Err(refused)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("{refused}\n")).into_response()
+        }
         Err(error) => error.into_response(),
     }
 }
@@ -710,7 +717,7 @@ async fn delete_account(
     let command = |phone, reply| ShardCommand::DeleteAccount { phone, reply };
     match ask_shard(&shared, &phone, command).await {
         Ok(Deletion::Durable(deleted)) => Json(deleted).into_response(),
-        Ok(Deletion::Refused(DeleteRefused::NoAccount)) => {
+        Ok(Deletion::Refused(AccountRefused::NoAccount)) => {
             (StatusCode::NOT_FOUND, "no such account\n").into_response()
         }
         Ok(Deletion::Refused(refused)) => {

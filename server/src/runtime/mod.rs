@@ -269,7 +269,7 @@ impl Runtime {
             ShardCommand::Revoke { phone, reply } => {
                 let now_ms = self.now_ms();
                 let revoked = self.with_shard(|shard| shard.revoke(phone, now_ms));
-                if revoked {
+                if revoked.is_ok() {
                     log::warn!("shard {}: revoked the key of {phone}", self.shard_id);
                 }
                 let _ = reply.send(revoked);

@@ -61,7 +61,7 @@ pub use counters::ShardCounters;
 pub use deletions::DELETION_RESEND_MS;
 pub use groups::GroupAction;
 use groups::Groups;
-pub use operator::{AccountInfo, DeleteRefused, Deleted, TraceHit};
+pub use operator::{AccountInfo, AccountRefused, Deleted, TraceHit};
 pub use peer::PeerMessage;
 pub use push::Push;
 pub use recovery::RestoreError;

@@ -38,9 +38,10 @@ pub struct Deleted {
     pub was_online: bool,
 }
 
-/// Why an account was not deleted.
+/// Why an operator's change to an account (a revocation, a deletion) was
+/// refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum DeleteRefused {
+pub enum AccountRefused {
     #[error("no such account")]
     NoAccount,
     #[error("the journal cannot take records now (failed, disk full or unavailable)")]
@@ -131,18 +132,19 @@ impl Shard {
     /// Revokes `phone`'s device key at `now_ms`: the account keeps its
     /// mailbox, but the key stops working (a new one, which nobody holds,
     /// is recorded under a new generation) and its session is closed with
-    /// `Revoked`. The phone signs up again with an SMS code. False when
-    /// there is no such account, or the journal cannot take the record.
-    pub fn revoke(&mut self, phone: Phone, now_ms: u64) -> bool {
+    /// `Revoked`. The phone signs up again with an SMS code. Err: there
+    /// is no such account, or the journal cannot take the record.
+    pub fn revoke(&mut self, phone: Phone, now_ms: u64) -> Result<(), AccountRefused> {
         self.now_ms = now_ms;
+        if !self.accounts.contains_key(&phone) {
+            return Err(AccountRefused::NoAccount);
+        }
         if self.durability.admit().is_err() {
-            return false;
+            return Err(AccountRefused::Storage);
         }
         let mut key_hash = [0u8; storage::KEY_HASH_BYTES];
         self.env.random(&mut key_hash);
-        let Some(account) = self.accounts.get_mut(&phone) else {
-            return false;
-        };
+        let account = self.accounts.get_mut(&phone).expect("checked above");
         account.key_hash = key_hash;
         account.generation += 1;
         let generation = account.generation;
@@ -157,7 +159,7 @@ impl Shard {
             generation,
         });
         self.run_local();
-        true
+        Ok(())
     }
 
     /// Deletes `phone`'s account at `now_ms`: its session is closed with
@@ -171,18 +173,18 @@ impl Shard {
     /// The journal gets a `MailboxAck` of everything, then
     /// `AccountDeleted`; the write-back cache is written out before, so
     /// no record of the account follows its deletion.
-    pub fn delete_account(&mut self, phone: Phone, now_ms: u64) -> Result<Deleted, DeleteRefused> {
+    pub fn delete_account(&mut self, phone: Phone, now_ms: u64) -> Result<Deleted, AccountRefused> {
         self.now_ms = now_ms;
         if self.durability.admit().is_err() {
-            return Err(DeleteRefused::Storage);
+            return Err(AccountRefused::Storage);
         }
         if self.deletions.is_full() {
-            return Err(DeleteRefused::Busy);
+            return Err(AccountRefused::Busy);
         }
         let account = self
             .accounts
             .get_mut(&phone)
-            .ok_or(DeleteRefused::NoAccount)?;
+            .ok_or(AccountRefused::NoAccount)?;
         let session = account.session.take();
         if let Some(session) = session {
             self.counters.sessions -= 1;
