@@ -3,10 +3,13 @@
 //! `isle ctl`, a health check), so its connections are bounded by a small
 //! count, and none is kept once it stops doing what HTTP clients do:
 //!
-//! - at most [`ADMIN_CONNECTIONS_MAX`] at once; past it a new connection
-//!   is answered `503` and closed at once (best effort, never waited on),
-//!   not queued: the open-file limit is shared with the phones and the
-//!   shards' journals (README, "Open files");
+//! - at most [`ADMIN_CONNECTIONS_MAX`] at once, and
+//!   [`ADMIN_CONNECTIONS_PER_SOURCE_MAX`] from one source address (a
+//!   place is taken before the token is read, so one host without the
+//!   token must not hold them all and starve the health checks); past
+//!   either a new connection is answered `503` and closed at once (best
+//!   effort, never waited on), not queued: the open-file limit is shared
+//!   with the phones and the shards' journals (README, "Open files");
 //! - a request's head must arrive within [`ADMIN_HEAD_WAIT_MS`]. hyper's
 //!   `header_read_timeout` runs from the moment the connection waits for
 //!   a head: after accept, and again after each answer on a keep-alive
@@ -22,7 +25,12 @@
 //! HTTP/1 only, served by hyper's connection builder (what `axum::serve`
 //! uses inside, without a way to set these bounds).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use axum::Router;
 use hyper_util::{
@@ -37,6 +45,8 @@ use tokio::{
 /// Admin connections open at once, at most. Counted in the process's
 /// open-file budget (`config::FILES_RESERVED_PROCESS`).
 pub const ADMIN_CONNECTIONS_MAX: usize = 16;
+/// Admin connections open at once from one source address, at most.
+pub const ADMIN_CONNECTIONS_PER_SOURCE_MAX: usize = 4;
 /// How long a connection may take to send a request's head, from accept
 /// or from the previous answer (an idle keep-alive connection).
 pub const ADMIN_HEAD_WAIT_MS: u64 = 5_000;
@@ -63,6 +73,8 @@ const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
 pub struct AdminListener {
     listener: TcpListener,
     places: Arc<Semaphore>,
+    /// Connections open by source address.
+    by_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
     http: hyper::server::conn::http1::Builder,
 }
 
@@ -76,6 +88,7 @@ impl AdminListener {
         Ok(AdminListener {
             listener: TcpListener::from_std(listener)?,
             places: Arc::new(Semaphore::new(ADMIN_CONNECTIONS_MAX)),
+            by_source: Arc::default(),
             http,
         })
     }
@@ -84,8 +97,8 @@ impl AdminListener {
     pub async fn serve(self, app: Router) {
         let mut retry_ms = 0;
         loop {
-            let stream = match self.listener.accept().await {
-                Ok((stream, _)) => stream,
+            let (stream, source) = match self.listener.accept().await {
+                Ok((stream, peer)) => (stream, peer.ip()),
                 Err(error) => {
                     retry_ms = match retry_ms {
                         0 => {
@@ -99,7 +112,9 @@ impl AdminListener {
                 }
             };
             retry_ms = 0;
-            let Ok(place) = self.places.clone().try_acquire_owned() else {
+            let source_place = SourcePlace::take(&self.by_source, source);
+            let place = self.places.clone().try_acquire_owned();
+            let (Some(source_place), Ok(place)) = (source_place, place) else {
                 // Whatever fits in the socket's buffer now; the close
                 // follows at once either way.
                 let _ = stream.try_write(TOO_MANY);
@@ -108,7 +123,7 @@ impl AdminListener {
             let connection = self.serve_connection(stream, app.clone());
             tokio::spawn(async move {
                 connection.await;
-                drop(place);
+                drop((place, source_place));
             });
         }
     }
@@ -142,5 +157,40 @@ impl AdminListener {
 fn log_ended(result: Result<(), hyper::Error>) {
     if let Err(error) = result {
         log::debug!("admin connection closed: {error}");
+    }
+}
+
+/// One of a source address's places, given back when dropped.
+struct SourcePlace {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    source: IpAddr,
+}
+
+impl SourcePlace {
+    /// A place for `source`, unless it holds
+    /// [`ADMIN_CONNECTIONS_PER_SOURCE_MAX`] already.
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, source: IpAddr) -> Option<SourcePlace> {
+        let mut held = counts.lock().unwrap_or_else(|e| e.into_inner());
+        let count = held.entry(source).or_default();
+        if *count >= ADMIN_CONNECTIONS_PER_SOURCE_MAX {
+            return None;
+        }
+        *count += 1;
+        Some(SourcePlace {
+            counts: counts.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for SourcePlace {
+    fn drop(&mut self) {
+        let mut held = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = held.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.source);
+            }
+        }
     }
 }
