@@ -644,3 +644,99 @@ fn a_sender_that_becomes_a_new_incarnation_keeps_its_queue_and_links_again() {
     assert_eq!(receiver.received_from(SENDER_NODE, 0), expected);
     assert_eq!(sender.stats().links[0].resets, 1, "one start over");
 }
+
+/// A receiver that welcomes a link and then falls silent without reading
+/// (a host cut off by a partition, or a frozen process): once the kernel's
+/// buffers are full, the sender's write blocks. links.md promises that a
+/// side closes a connection on which nothing arrived for
+/// `silent_close_ms` and dials again; the sender does so even while its
+/// write is blocked, or a link across a healed partition would wait for
+/// TCP's own retransmission timer (up to minutes) before it came back.
+#[test]
+fn a_silent_receiver_is_closed_after_silent_close_ms_even_while_a_write_blocks() {
+    const SILENT_CLOSE_MS: u64 = 2_000;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = LinkConfig {
+        queue: QueueLimits {
+            messages_max: 1024,
+            bytes_max: 64 * 1024 * 1024,
+        },
+        timing: server::remote::Timing {
+            silent_close_ms: SILENT_CLOSE_MS,
+            ..server::remote::Timing::default()
+        },
+        ..LinkConfig::default()
+    };
+    let sender = start_shard(ShardSpec {
+        local: local(SENDER_NODE, SENDER_INCARNATION, 0, 1),
+        config,
+        listener: None,
+        handovers: Handovers::new(1),
+    });
+    sender.send(Command::Ensure {
+        node: RECEIVER_NODE,
+        incarnation: RECEIVER_INCARNATION,
+        addr,
+        shards: 1,
+    });
+    let (mut first, _) = listener.accept().unwrap();
+    first.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut inbox = Vec::new();
+    loop {
+        match frame::decode(&inbox).unwrap() {
+            frame::Decoded::Frame(Frame::Hello(_), _) => break,
+            frame::Decoded::Frame(other, _) => panic!("not a hello: {other:?}"),
+            frame::Decoded::Incomplete(_) => {
+                let mut buffer = [0u8; 4096];
+                let read = first.read(&mut buffer).unwrap();
+                assert!(read > 0, "closed before its hello");
+                inbox.extend_from_slice(&buffer[..read]);
+            }
+        }
+    }
+    let mut welcome = Vec::new();
+    frame::encode_welcome(
+        &mut welcome,
+        &frame::Welcome {
+            version: VERSION,
+            cluster: CLUSTER.as_bytes(),
+            from: Endpoint {
+                node: RECEIVER_NODE,
+                incarnation: RECEIVER_INCARNATION,
+                shard: 0,
+            },
+            received: 0,
+            released: 0,
+        },
+    );
+    first.write_all(&welcome).unwrap();
+    // 60 MiB: far more than the loopback socket buffers hold.
+    sender.send(Command::Produce {
+        node: RECEIVER_NODE,
+        total: 1024,
+        bytes: 60 * 1024,
+    });
+    // From here on `first` is never read nor written: the receiver is
+    // silent. The sender must give the connection up and dial again.
+    listener.set_nonblocking(true).unwrap();
+    let started = Instant::now();
+    let deadline = started + Duration::from_millis(SILENT_CLOSE_MS * 5);
+    loop {
+        match listener.accept() {
+            Ok(_) => break,
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                let link = &sender.stats().links[0];
+                assert!(
+                    Instant::now() < deadline,
+                    "the sender kept a connection silent for {} ms (silent_close_ms {SILENT_CLOSE_MS}) \
+                     and did not dial again: {link:?}",
+                    started.elapsed().as_millis()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(error) => panic!("accept: {error}"),
+        }
+    }
+    drop(first);
+}

@@ -319,8 +319,39 @@ async fn write_data(links: &RemoteLinks, link: &OutLink, mut write: WriteHalf<Tc
             wait_signal_until(&link.wake_writer, &links.clock, deadline).await;
             continue;
         }
-        if let Err(error) = write.write_all(&out).await {
-            return Ended::Served(format!("write: {error}"));
+        if let Err(ended) = write_watched(links, link, &mut write, &out).await {
+            return ended;
+        }
+    }
+}
+
+/// Writes `out`, checking the receiver's silence while the write is
+/// blocked (a silent partition fills the socket's buffer, and the write
+/// would wait for TCP's own retransmits, minutes): a link silent for
+/// `silent_close_ms` closes even mid-write.
+async fn write_watched(
+    links: &RemoteLinks,
+    link: &OutLink,
+    write: &mut WriteHalf<TcpStream>,
+    out: &[u8],
+) -> Result<(), Ended> {
+    let silent_close_ms = links.config.timing.silent_close_ms;
+    let mut writing = std::pin::pin!(write.write_all(out));
+    loop {
+        let now_ms = links.now_ms();
+        let heard_ms = link.session.borrow().silent_ms(now_ms).unwrap_or(0);
+        let budget_ms = silent_close_ms.saturating_sub(heard_ms).max(1);
+        match within(budget_ms, writing.as_mut()).await {
+            Some(Ok(())) => return Ok(()),
+            Some(Err(error)) => return Err(Ended::Served(format!("write: {error}"))),
+            None => {
+                let session = link.session.borrow();
+                if let Err(silent) = session.check_silence(links.now_ms()) {
+                    return Err(Ended::Served(format!(
+                        "{silent} (while a write was blocked)"
+                    )));
+                }
+            }
         }
     }
 }
