@@ -91,8 +91,11 @@ fn running_out_of_file_descriptors_backs_off_quietly_and_recovers() {
     std::thread::sleep(Duration::from_secs(2));
     let lines: Vec<String> = server.stderr.try_iter().collect();
     let failures = lines.iter().filter(|l| l.contains("accept failed")).count();
-    // One warning per listener (plaintext and TLS) for the whole run.
-    assert!((1..=2).contains(&failures), "{lines:#?}");
+    // One warning per episode, not per failed accept: an episode per
+    // listener (plaintext and TLS), and a few more when a descriptor
+    // comes back for a moment (one accept succeeds, the next fails), far
+    // below the hundred connections waiting.
+    assert!((1..=6).contains(&failures), "{lines:#?}");
     drop(flood);
     // Descriptors come back as the flood's connections close: a phone
     // gets in without anyone restarting anything.

@@ -1,18 +1,25 @@
-//! Nodes coordinated through a real etcd: registration under a lease, the
-//! controller's election and partition assignment, a node's death and
-//! return (its predecessor's lease revoked), and an etcd outage.
+//! Nodes coordinated through a real etcd and the real binary:
+//! registration under a lease, the controller's election and partition
+//! assignment, a node's death and return (its predecessor's lease
+//! revoked), an etcd outage; messages, receipts, contacts, presence,
+//! typing and profiles across nodes; and what README ("Several nodes: a
+//! cluster") and docs/links.md promise when a node is paused past its
+//! lease, when a second process claims a live node's id, and when a node
+//! has no readable partition map.
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use common::{etcd::Etcd, Server};
-use loadgen::client::{Client, Event};
+use loadgen::client::{Client, Event, Polled};
 use shard::{PartitionMap, PARTITIONS_DEFAULT};
-use wire::{ClientFrame, Phone};
+use wire::{ClientFrame, DeviceKey, Phone, Presence, Profile, TypingState};
 
-/// Longer than a lease (5 s) plus etcd's expiry sweep and a session's
-/// retry: what a change may take to show on every node.
+/// A lease (5 s), etcd's expiry sweep, a session's retry and a tick.
 const SETTLE: Duration = Duration::from_secs(20);
 
 struct Node {
@@ -21,9 +28,9 @@ struct Node {
     server: Server,
 }
 
-fn start_node(etcd: &Etcd, id: u16, peer_port: u16, data_dir: tempfile::TempDir) -> Node {
-    // A dead endpoint first: the coordinator must fail over to the next.
-    let endpoints = format!("http://127.0.0.1:1,{}", etcd.url);
+/// Node `id` of a cluster of three, registering with `etcd` (client URLs,
+/// comma separated).
+fn start_node(etcd: &str, id: u16, peer_port: u16, data_dir: tempfile::TempDir) -> Node {
     let peer = format!("127.0.0.1:{peer_port}");
     let id_text = id.to_string();
     let flags = [
@@ -32,7 +39,7 @@ fn start_node(etcd: &Etcd, id: u16, peer_port: u16, data_dir: tempfile::TempDir)
         "--node-id",
         &id_text,
         "--etcd",
-        &endpoints,
+        etcd,
         "--peer-listen",
         &peer,
     ];
@@ -46,12 +53,16 @@ fn start_node(etcd: &Etcd, id: u16, peer_port: u16, data_dir: tempfile::TempDir)
     }
 }
 
-/// Nodes 1, 2 and 3, once all are live and the partitions assigned.
 fn start_three(etcd: &Etcd) -> Vec<Node> {
     let nodes: Vec<Node> = (1..=3)
         .map(|id| {
-            let data_dir = tempfile::tempdir().unwrap();
-            start_node(etcd, id, common::etcd::free_port(), data_dir)
+            let dir = tempfile::tempdir().unwrap();
+            start_node(
+                &failover_endpoints(etcd),
+                id,
+                common::etcd::free_port(),
+                dir,
+            )
         })
         .collect();
     let all: Vec<&Node> = nodes.iter().collect();
@@ -61,15 +72,26 @@ fn start_three(etcd: &Etcd) -> Vec<Node> {
     nodes
 }
 
-/// The node's `/status` cluster section.
-fn cluster_status(server: &Server) -> serde_json::Value {
+fn status(server: &Server) -> serde_json::Value {
     let url = format!("http://{}/status", server.admin);
     let text = ureq::get(&url).call().unwrap().into_string().unwrap();
-    let status: serde_json::Value = serde_json::from_str(&text).unwrap();
-    status["cluster"].clone()
+    serde_json::from_str(&text).unwrap()
 }
 
-/// Waits until `check` holds for every node's cluster status.
+fn cluster_status(server: &Server) -> serde_json::Value {
+    status(server)["cluster"].clone()
+}
+
+/// The HTTP status `/health/ready` answers with.
+fn ready_code(server: &Server) -> u16 {
+    let url = format!("http://{}/health/ready", server.admin);
+    match ureq::get(&url).call() {
+        Ok(answer) => answer.status(),
+        Err(ureq::Error::Status(code, _)) => code,
+        Err(error) => panic!("/health/ready: {error}"),
+    }
+}
+
 fn await_all(nodes: &[&Node], what: &str, check: impl Fn(&serde_json::Value) -> bool) {
     let deadline = Instant::now() + SETTLE;
     loop {
@@ -90,19 +112,92 @@ fn live(status: &serde_json::Value) -> Vec<u64> {
         .unwrap_or_default()
 }
 
-/// The node of three owning `phone`: the controller spreads the
-/// partitions over nodes 1, 2, 3 in contiguous runs.
+/// The node of three owning `phone` (contiguous thirds of the partitions).
 fn home_of(phone: Phone) -> u16 {
     let partition = usize::from(PartitionMap::new(PARTITIONS_DEFAULT, 1).partition_of(phone));
     (partition * 3 / usize::from(PARTITIONS_DEFAULT)) as u16 + 1
 }
 
-/// A test number whose account lives on node `node`.
-fn number_on(node: u16) -> Phone {
-    (0..2_000u64)
+/// The `nth` test number whose account lives on `node`.
+fn number_on(node: u16, nth: usize) -> Phone {
+    (0..5_000u64)
         .map(|n| Phone::parse(&format!("+1555000{n:04}")).unwrap())
-        .find(|&phone| home_of(phone) == node)
+        .filter(|&phone| home_of(phone) == node)
+        .nth(nth)
         .unwrap()
+}
+
+fn signal(server: &Server, name: &str) {
+    let done = Command::new("kill")
+        .args([&format!("-{name}"), &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(done.success(), "kill -{name}");
+}
+
+/// Signs `number` up on `server` (its home), retrying while it is told to
+/// try later, and logs it in.
+fn sign_up(server: &Server, number: Phone) -> (Client, DeviceKey) {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let mut client = Client::connect(server.plain).unwrap();
+        client.set_timeout(Duration::from_secs(10)).unwrap();
+        client
+            .send(&ClientFrame::RequestCode { phone: number })
+            .unwrap();
+        match client.recv().unwrap() {
+            Event::CodeSent { .. } => {}
+            Event::TryLater { .. } => {
+                assert!(Instant::now() < deadline, "{number} told to try later");
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+            other => panic!("{number}: {other:?}"),
+        }
+        client
+            .send(&ClientFrame::Verify {
+                phone: number,
+                code: common::TEST_CODE,
+            })
+            .unwrap();
+        let key = match client.recv().unwrap() {
+            Event::Registered { key, .. } => key,
+            other => panic!("{other:?}"),
+        };
+        client.login(number, key).unwrap();
+        return (client, key);
+    }
+}
+
+/// Waits up to `wait` for a frame `pick` accepts, skipping others.
+fn await_frame<T>(
+    client: &mut Client,
+    wait: Duration,
+    pick: impl Fn(&Event) -> Option<T>,
+) -> Result<T, Vec<Event>> {
+    let deadline = Instant::now() + wait;
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match client.poll(left.max(Duration::from_millis(1))).unwrap() {
+            Polled::Frame(event) => match pick(&event) {
+                Some(value) => return Ok(value),
+                None => seen.push(event),
+            },
+            Polled::Quiet => {}
+            Polled::Closed => break,
+        }
+    }
+    Err(seen)
+}
+
+fn sent(client_id: u64) -> impl Fn(&Event) -> Option<()> {
+    move |e| matches!(e, Event::Sent { client_id: c, .. } if *c == client_id).then_some(())
+}
+
+/// `etcd`'s client URL after a dead endpoint: the coordinator must fail
+/// over to the next.
+fn failover_endpoints(etcd: &Etcd) -> String {
+    format!("http://127.0.0.1:1,{}", etcd.url)
 }
 
 /// What `server` answers a code request for `phone` with.
@@ -133,7 +228,7 @@ fn nodes_register_elect_assign_and_come_back() {
     // others (the shards take the placement within a tick of the view).
     for node in &nodes {
         for home in 1..=3u16 {
-            let phone = number_on(home);
+            let phone = number_on(home, 0);
             let deadline = Instant::now() + SETTLE;
             let answer = loop {
                 let answer = ask_code(&node.server, phone);
@@ -169,7 +264,7 @@ fn nodes_register_elect_assign_and_come_back() {
     // (once the shards took the view the coordinator shows: a tick).
     let deadline = Instant::now() + SETTLE;
     loop {
-        let answer = ask_code(&nodes[0].server, number_on(1));
+        let answer = ask_code(&nodes[0].server, number_on(1, 0));
         if matches!(answer, Event::TryLater { .. }) {
             break;
         }
@@ -178,7 +273,10 @@ fn nodes_register_elect_assign_and_come_back() {
     }
 
     // Back on the same data: a new incarnation, seen by everyone.
-    nodes.insert(0, start_node(&etcd, id, peer_port, data_dir));
+    nodes.insert(
+        0,
+        start_node(&failover_endpoints(&etcd), id, peer_port, data_dir),
+    );
     let all: Vec<&Node> = nodes.iter().collect();
     await_all(&all, "node 1 back", |s| live(s) == [1, 2, 3]);
     let again = cluster_status(&nodes[0].server)["incarnation"]
@@ -204,7 +302,7 @@ fn nodes_register_elect_assign_and_come_back() {
 fn messages_and_receipts_cross_nodes() {
     let etcd = Etcd::start();
     let nodes = start_three(&etcd);
-    let (alice_number, bob_number) = (number_on(1), number_on(2));
+    let (alice_number, bob_number) = (number_on(1, 0), number_on(2, 0));
     let login = |node: &Node, number: Phone| {
         let deadline = Instant::now() + SETTLE;
         loop {
@@ -294,4 +392,236 @@ fn try_phone(server: &Server, number: Phone) -> Option<Client> {
     };
     client.login(number, key).unwrap();
     Some(client)
+}
+
+/// Contact lookups, presence, typing and profile notices cross nodes.
+#[test]
+fn contacts_presence_typing_and_profiles_cross_nodes() {
+    let etcd = Etcd::start();
+    let nodes = start_three(&etcd);
+    let (alice_number, bob_number) = (number_on(1, 0), number_on(2, 0));
+    let (mut alice, _) = sign_up(&nodes[0].server, alice_number);
+    let (mut bob, _) = sign_up(&nodes[1].server, bob_number);
+    let stranger = number_on(3, 7);
+    for (client, other) in [(&mut alice, bob_number), (&mut bob, alice_number)] {
+        client
+            .send(&ClientFrame::SyncContacts {
+                client_id: 1,
+                full: true,
+                add: vec![other, stranger],
+                remove: vec![],
+            })
+            .unwrap();
+        let registered = await_frame(client, SETTLE, |e| match e {
+            Event::Contacts { registered, .. } => Some(registered.clone()),
+            _ => None,
+        })
+        .expect("a Contacts answer");
+        assert_eq!(
+            registered,
+            vec![other],
+            "the other is registered, the stranger not"
+        );
+    }
+    alice
+        .send(&ClientFrame::Subscribe { phone: bob_number })
+        .unwrap();
+    let presence = await_frame(&mut alice, SETTLE, |e| match e {
+        Event::Presence { phone, presence } if *phone == bob_number => Some(*presence),
+        _ => None,
+    })
+    .expect("bob's presence");
+    assert_eq!(presence, Presence::Online);
+    alice
+        .send(&ClientFrame::Typing {
+            chat: wire::Chat::Direct(bob_number),
+            state: TypingState::Composing,
+        })
+        .unwrap();
+    await_frame(&mut bob, SETTLE, |e| {
+        matches!(e, Event::Typing { from, .. } if *from == alice_number).then_some(())
+    })
+    .expect("alice's typing reaches bob on another node");
+    let profile = Profile {
+        name: "Bob".into(),
+        about: "on node 2".into(),
+        photo: vec![],
+    };
+    bob.send(&ClientFrame::SetProfile {
+        client_id: 2,
+        profile: profile.clone(),
+    })
+    .unwrap();
+    await_frame(&mut alice, SETTLE, |e| match e {
+        Event::Profile {
+            phone,
+            profile: Some(p),
+        } if *phone == bob_number => Some(p.clone()),
+        _ => None,
+    })
+    .expect("bob's profile change reaches his subscriber on another node");
+    bob.send(&ClientFrame::SetPresence { available: false })
+        .unwrap();
+    await_frame(&mut alice, SETTLE, |e| match e {
+        Event::Presence {
+            phone,
+            presence: Presence::Offline { .. },
+        } if *phone == bob_number => Some(()),
+        _ => None,
+    })
+    .expect("bob's change of presence reaches alice");
+}
+
+/// A node frozen (SIGSTOP) past its lease comes back as a new incarnation
+/// (other nodes reject traffic from the old one). Its links carry the new
+/// name and messages cross again.
+#[test]
+fn a_node_paused_past_its_lease_carries_messages_again_once_back() {
+    let etcd = Etcd::start();
+    let nodes = start_three(&etcd);
+    let (alice_number, bob_number) = (number_on(1, 0), number_on(2, 0));
+    let (mut alice, _) = sign_up(&nodes[0].server, alice_number);
+    let (mut bob, _) = sign_up(&nodes[1].server, bob_number);
+    let send = |client: &mut Client, client_id: u64, to: Phone| {
+        client
+            .send(&ClientFrame::Send {
+                client_id,
+                to,
+                body: b"hello",
+            })
+            .unwrap();
+    };
+    send(&mut alice, 1, bob_number);
+    await_frame(&mut alice, SETTLE, sent(1)).expect("Sent before the pause");
+    let before = cluster_status(&nodes[1].server)["incarnation"]
+        .as_i64()
+        .unwrap();
+
+    signal(&nodes[1].server, "STOP");
+    let others: Vec<&Node> = vec![&nodes[0], &nodes[2]];
+    await_all(&others, "node 2's lease gone", |s| live(s) == [1, 3]);
+    std::thread::sleep(Duration::from_secs(1));
+    signal(&nodes[1].server, "CONT");
+    let all: Vec<&Node> = nodes.iter().collect();
+    await_all(&all, "node 2 back, as a new incarnation", |s| {
+        live(s) == [1, 2, 3]
+    });
+    let after = cluster_status(&nodes[1].server)["incarnation"]
+        .as_i64()
+        .unwrap();
+    assert_ne!(after, before, "a lost lease is a new incarnation");
+    // Both directions: node 1 to node 2, and node 2 to node 1.
+    send(&mut alice, 2, bob_number);
+    let to_bob = await_frame(&mut alice, SETTLE, sent(2));
+    send(&mut bob, 1, alice_number);
+    let to_alice = await_frame(&mut bob, SETTLE, sent(1));
+    let metrics = |server: &Server| {
+        let url = format!("http://{}/metrics", server.admin);
+        let text = ureq::get(&url).call().unwrap().into_string().unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("isle_link_connected"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(
+        to_bob.is_ok() && to_alice.is_ok(),
+        "no Sent within {SETTLE:?} of node 2's return (node 1 to 2: {to_bob:?}, \
+         node 2 to 1: {to_alice:?});\nnode 1:\n{}\nnode 2:\n{}",
+        metrics(&nodes[0].server),
+        metrics(&nodes[1].server)
+    );
+}
+
+#[test]
+fn a_node_that_never_reached_etcd_is_not_ready() {
+    let node = start_node(
+        "http://127.0.0.1:1",
+        1,
+        common::etcd::free_port(),
+        tempfile::tempdir().unwrap(),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let cluster = cluster_status(&node.server);
+    assert_eq!(cluster["partitions_owned"], 0, "{cluster:#}");
+    assert_eq!(
+        cluster["incarnation"],
+        serde_json::Value::Null,
+        "{cluster:#}"
+    );
+    let mut phone = Client::connect(node.server.plain).unwrap();
+    phone
+        .send(&ClientFrame::RequestCode {
+            phone: number_on(1, 0),
+        })
+        .unwrap();
+    let answer = phone.recv().unwrap();
+    assert!(matches!(answer, Event::TryLater { .. }), "{answer:?}");
+    assert_ne!(
+        ready_code(&node.server),
+        200,
+        "ready without a partition map: {:#}",
+        status(&node.server)
+    );
+}
+
+/// A stored map that cannot be read (a bad write to etcd) is refused and
+/// the last good one stays in use: the nodes keep their partitions and
+/// stay ready.
+#[test]
+fn a_damaged_partition_map_leaves_the_last_good_one_in_use() {
+    let etcd = Etcd::start();
+    let nodes = start_three(&etcd);
+    let put = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            &etcd.url,
+            "put",
+            "/isle/v1/partitions",
+            "not json",
+        ])
+        .status()
+        .expect("etcdctl");
+    assert!(put.success());
+    let all: Vec<&Node> = nodes.iter().collect();
+    await_all(&all, "the damaged map seen", |s| {
+        s["rejected_keys"].as_u64().unwrap_or(0) > 0
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    for node in &nodes {
+        let cluster = cluster_status(&node.server);
+        assert!(
+            cluster["partitions_owned"].as_u64().unwrap_or(0) > 0,
+            "node {} lost its partitions: {cluster:#}",
+            node.id
+        );
+        assert_eq!(ready_code(&node.server), 200, "{:#}", status(&node.server));
+    }
+}
+
+/// A second process started with the id of a live node (an operator's
+/// slip: a copied config) does not take the live node's place: only a
+/// restart on the same data dir revokes its predecessor's lease. The
+/// second process waits, not registered and not ready.
+#[test]
+fn a_second_process_with_a_live_node_id_does_not_revoke_its_lease() {
+    let etcd = Etcd::start();
+    let nodes = start_three(&etcd);
+    let first = cluster_status(&nodes[1].server);
+    let impostor = start_node(
+        &etcd.url,
+        2,
+        common::etcd::free_port(),
+        tempfile::tempdir().unwrap(),
+    );
+    std::thread::sleep(Duration::from_secs(12));
+    let now = cluster_status(&nodes[1].server);
+    let impostor_status = cluster_status(&impostor.server);
+    assert_eq!(
+        (now["incarnation"].as_i64(), now["sessions"].as_u64()),
+        (first["incarnation"].as_i64(), first["sessions"].as_u64()),
+        "the live node 2 lost its lease to a second process with its id:\n\
+         live node: {now:#}\nsecond process: {impostor_status:#}"
+    );
+    assert_ne!(ready_code(&impostor.server), 200, "{impostor_status:#}");
 }
