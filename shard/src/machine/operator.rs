@@ -264,8 +264,15 @@ impl Shard {
             Some(node) if Some(node) != here => Dest::Node { node, shard },
             _ => Dest::Shard(shard),
         };
-        let everyone = self.knows_every_shard().then(|| self.every_shard());
-        self.deletions.confirm(phone, by, everyone.as_deref());
+        let everyone = self.every_shard();
+        if !everyone.contains(&by) {
+            // Not a shard this node knows (a node it has no view of yet, or
+            // a peer naming what does not exist): nothing to count, so no
+            // peer can grow a deletion's set of answers; it is told again.
+            return;
+        }
+        let known = self.knows_every_shard().then_some(&everyone[..]);
+        self.deletions.confirm(phone, by, known);
         self.counters.account_deletions_pending = self.deletions.len() as u64;
     }
 
