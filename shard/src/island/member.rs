@@ -528,19 +528,19 @@ impl Member {
     }
 
     /// Rule 3: a sync primary whose secondary stays silent asks for solo.
+    /// (Runs every tick: the view is copied only to ask.)
     fn check_solo(&mut self) {
-        let Some(view) = self.view.clone() else {
-            return;
-        };
         let Role::Primary(p) = &self.role else {
             return;
         };
         let overdue = p
             .waiting_since_ms
             .is_some_and(|since| self.now_ms >= since + self.config.replica_ack_timeout_ms);
-        if p.mode != Mode::Sync || !overdue || view.revision != p.revision {
+        let current = self.view.as_ref().is_some_and(|v| v.revision == p.revision);
+        if p.mode != Mode::Sync || !overdue || !current {
             return;
         }
+        let view = self.view.clone().expect("checked above");
         let me = self.config.me;
         self.ask(&view, None, |r| {
             r.epoch += 1;
@@ -552,14 +552,14 @@ impl Member {
     /// A solo primary whose secondary caught up takes it back in `insync`:
     /// first it holds its replies until the secondary has everything
     /// acknowledged so far, then it asks the store. A secondary that stops
-    /// acking meanwhile lets the replies go again.
+    /// acking meanwhile lets the replies go again. (Runs every tick: the
+    /// view is copied only to ask.)
     fn check_insync(&mut self) {
-        let Some(view) = self.view.clone() else {
+        let (now, timeout) = (self.now_ms, self.config.replica_ack_timeout_ms);
+        let (last, window, idle) = (self.log.last, self.config.window, self.txn.is_none());
+        let Some(view) = &self.view else {
             return;
         };
-        let (now, timeout) = (self.now_ms, self.config.replica_ack_timeout_ms);
-        let last = self.log.last;
-        let window = self.config.window;
         let Role::Primary(p) = &mut self.role else {
             return;
         };
@@ -568,20 +568,24 @@ impl Member {
             p.holding_since_ms = None;
             return;
         }
-        match p.holding_since_ms {
+        let ask = match p.holding_since_ms {
             None if p.acked >= p.start && p.acked + window >= last => {
                 p.holding_since_ms = Some(now);
+                false
             }
-            Some(since) if now >= since + timeout && self.txn.is_none() => {
+            Some(since) if now >= since + timeout && idle => {
                 p.holding_since_ms = None;
+                false
             }
-            Some(_) if p.acked >= p.acknowledged && view.revision == p.revision => {
-                self.ask(&view, None, |r| {
-                    r.insync.push(secondary);
-                    r.mode = Mode::Sync;
-                });
-            }
-            _ => {}
+            Some(_) => p.acked >= p.acknowledged && view.revision == p.revision,
+            None => false,
+        };
+        if ask {
+            let view = view.clone();
+            self.ask(&view, None, |r| {
+                r.insync.push(secondary);
+                r.mode = Mode::Sync;
+            });
         }
     }
 
