@@ -136,37 +136,44 @@ fn signal(server: &Server, name: &str) {
 }
 
 /// Signs `number` up on `server` (its home), retrying while it is told to
-/// try later, and logs it in.
+/// try later (the shards take the placement within a tick of the view),
+/// and logs it in.
 fn sign_up(server: &Server, number: Phone) -> (Client, DeviceKey) {
     let deadline = Instant::now() + SETTLE;
     loop {
-        let mut client = Client::connect(server.plain).unwrap();
-        client.set_timeout(Duration::from_secs(10)).unwrap();
-        client
-            .send(&ClientFrame::RequestCode { phone: number })
-            .unwrap();
-        match client.recv().unwrap() {
-            Event::CodeSent { .. } => {}
-            Event::TryLater { .. } => {
-                assert!(Instant::now() < deadline, "{number} told to try later");
-                std::thread::sleep(Duration::from_millis(200));
-                continue;
-            }
-            other => panic!("{number}: {other:?}"),
+        if let Some(signed_up) = try_sign_up(server, number) {
+            return signed_up;
         }
-        client
-            .send(&ClientFrame::Verify {
-                phone: number,
-                code: common::TEST_CODE,
-            })
-            .unwrap();
-        let key = match client.recv().unwrap() {
-            Event::Registered { key, .. } => key,
-            other => panic!("{other:?}"),
-        };
-        client.login(number, key).unwrap();
-        return (client, key);
+        assert!(Instant::now() < deadline, "{number} told to try later");
+        std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// A signed-up and logged-in phone on `server`, or `None` while it is told
+/// to try later.
+fn try_sign_up(server: &Server, number: Phone) -> Option<(Client, DeviceKey)> {
+    let mut client = Client::connect(server.plain).unwrap();
+    client.set_timeout(Duration::from_secs(10)).unwrap();
+    client
+        .send(&ClientFrame::RequestCode { phone: number })
+        .unwrap();
+    match client.recv().unwrap() {
+        Event::CodeSent { .. } => {}
+        Event::TryLater { .. } => return None,
+        other => panic!("{number}: {other:?}"),
+    }
+    client
+        .send(&ClientFrame::Verify {
+            phone: number,
+            code: common::TEST_CODE,
+        })
+        .unwrap();
+    let key = match client.recv().unwrap() {
+        Event::Registered { key, .. } => key,
+        other => panic!("{other:?}"),
+    };
+    client.login(number, key).unwrap();
+    Some((client, key))
 }
 
 /// Waits up to `wait` for a frame `pick` accepts, skipping others.
@@ -303,19 +310,8 @@ fn messages_and_receipts_cross_nodes() {
     let etcd = Etcd::start();
     let nodes = start_three(&etcd);
     let (alice_number, bob_number) = (number_on(1, 0), number_on(2, 0));
-    let login = |node: &Node, number: Phone| {
-        let deadline = Instant::now() + SETTLE;
-        loop {
-            // The shards take the placement within a tick of the view.
-            if let Some(phone) = try_phone(&node.server, number) {
-                return phone;
-            }
-            assert!(Instant::now() < deadline, "{number} cannot log in");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    let mut alice = login(&nodes[0], alice_number);
-    let mut bob = login(&nodes[1], bob_number);
+    let (mut alice, _) = sign_up(&nodes[0].server, alice_number);
+    let (mut bob, _) = sign_up(&nodes[1].server, bob_number);
     alice
         .send(&ClientFrame::Send {
             client_id: 1,
@@ -366,32 +362,6 @@ fn messages_and_receipts_cross_nodes() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// A signed-up and logged-in phone on `server`, or `None` while it is told
-/// to try later.
-fn try_phone(server: &Server, number: Phone) -> Option<Client> {
-    let mut client = Client::connect(server.plain).unwrap();
-    client
-        .send(&ClientFrame::RequestCode { phone: number })
-        .unwrap();
-    match client.recv().unwrap() {
-        Event::CodeSent { .. } => {}
-        Event::TryLater { .. } => return None,
-        other => panic!("{other:?}"),
-    }
-    client
-        .send(&ClientFrame::Verify {
-            phone: number,
-            code: common::TEST_CODE,
-        })
-        .unwrap();
-    let key = match client.recv().unwrap() {
-        Event::Registered { key, .. } => key,
-        other => panic!("{other:?}"),
-    };
-    client.login(number, key).unwrap();
-    Some(client)
 }
 
 /// Contact lookups, presence, typing and profile notices cross nodes.

@@ -209,19 +209,7 @@ fn a_deletion_waits_for_a_node_that_is_down_and_is_told_again() {
     net.parked
         .retain(|(_, message)| !matches!(message, PeerMessage::AccountGone { .. }));
     assert!(net.parked.len() < waiting);
-    let verify = |net: &mut Net| {
-        let mut conn = net.connect_to(1);
-        net.send(&mut conn, ClientFrame::RequestCode { phone: bob });
-        net.read(&conn);
-        net.send(
-            &mut conn,
-            ClientFrame::Verify {
-                phone: bob,
-                code: 111_111,
-            },
-        );
-        net.read(&conn)
-    };
+    let verify = |net: &mut Net| net.try_signup(bob).1;
     assert_eq!(verify(&mut net), [Got::Error(ErrorKind::Unavailable)]);
     net.set_live(2, true, 3);
     assert_eq!(net.shards[0].counters().account_deletions_pending, 1);

@@ -766,17 +766,7 @@ fn a_deletion_is_told_again_to_a_shard_that_did_not_answer() {
     let (m, [first, second]) = delete_losing_word_to(&mut net, &[0, 1]);
     let bob = m[1].phone;
     assert!(left_notices(&mut net, &m[0], bob).is_empty());
-    let mut conn = net.connect_to(1);
-    net.send(&mut conn, ClientFrame::RequestCode { phone: bob });
-    net.read(&conn);
-    net.send(
-        &mut conn,
-        ClientFrame::Verify {
-            phone: bob,
-            code: 111_111,
-        },
-    );
-    assert_eq!(error(&net.read(&conn)), ErrorKind::Unavailable);
+    assert_eq!(error(&net.try_signup(bob).1), ErrorKind::Unavailable);
     net.advance(shard::DELETION_RESEND_MS);
     assert_eq!(left_notices(&mut net, &m[0], bob), [first]);
     assert_eq!(left_notices(&mut net, &m[3], bob), [second]);

@@ -199,7 +199,19 @@ struct Sim {
     /// Who acknowledged, by (island, epoch).
     ackers: BTreeMap<(u16, u64), BTreeSet<NodeId>>,
     violations: Vec<String>,
-    seen: BTreeMap<String, u64>,
+    /// Replication messages delivered, by kind (for `ISLE_SIM_DEBUG`).
+    seen: BTreeMap<&'static str, u64>,
+}
+
+fn kind_of(msg: &ReplMsg) -> &'static str {
+    match msg {
+        ReplMsg::Ship { .. } => "Ship",
+        ReplMsg::Ack { .. } => "Ack",
+        ReplMsg::Expect { .. } => "Expect",
+        ReplMsg::Fenced { .. } => "Fenced",
+        ReplMsg::CatchUp { .. } => "CatchUp",
+        ReplMsg::Diverge { .. } => "Diverge",
+    }
 }
 
 fn pair(island: u16) -> (NodeId, NodeId) {
@@ -302,8 +314,6 @@ impl Sim {
             let member = Member::new(config, disk.log_info(), now);
             node.members.insert(island, member);
         }
-        let life = node.life;
-        let _ = life;
         self.at(TICK_MS, Event::Tick(id));
         self.at(0, Event::Keepalive(id));
         self.broadcast_views();
@@ -371,12 +381,7 @@ impl Sim {
         match msg {
             Msg::Repl { island, msg } => {
                 let Place::Node(from) = from else { return };
-                let name = format!("{msg:?}")
-                    .split([' ', '{'])
-                    .next()
-                    .unwrap()
-                    .to_owned();
-                *self.seen.entry(name).or_default() += 1;
+                *self.seen.entry(kind_of(&msg)).or_default() += 1;
                 self.with_member(id, island, |m, _| m.receive(from, msg));
             }
             Msg::TxnResult {

@@ -1197,6 +1197,18 @@ fn a_deleted_account_is_gone_through_restarts_and_can_sign_up_again() {
     }
 }
 
+/// The receipts in `got`, as (kind, client id).
+fn receipts_in(got: Vec<Got>) -> Vec<(ReceiptKind, u64)> {
+    got.into_iter()
+        .filter_map(|got| match got {
+            Got::Receipt {
+                kind, client_id, ..
+            } => Some((kind, client_id)),
+            _ => None,
+        })
+        .collect()
+}
+
 fn deleted_account_is_gone(sync_delay_ms: u64) {
     let mut net = Net::new(2, |c| c.sync_delay_ms = sync_delay_ms);
     let (alice, alice_key, bob, bob_key) = signed_up_pair(&mut net);
@@ -1217,16 +1229,7 @@ fn deleted_account_is_gone(sync_delay_ms: u64) {
         net.read(&bob_conn).last(),
         Some(&Got::Bye(ByeReason::AccountDeleted))
     );
-    let receipts: Vec<(ReceiptKind, u64)> = net
-        .read(&alice_conn)
-        .into_iter()
-        .filter_map(|got| match got {
-            Got::Receipt {
-                kind, client_id, ..
-            } => Some((kind, client_id)),
-            _ => None,
-        })
-        .collect();
+    let receipts = receipts_in(net.read(&alice_conn));
     assert_eq!(
         receipts,
         [
@@ -1406,16 +1409,7 @@ fn receipts_for_a_deleted_accounts_messages_skip_the_numbers_next_account() {
         }
         net.send(&mut bob_conn, ClientFrame::Ack { up_to: newest });
         net.read(&bob_conn);
-        let receipts: Vec<(ReceiptKind, u64)> = net
-            .read(&heir_conn)
-            .into_iter()
-            .filter_map(|got| match got {
-                Got::Receipt {
-                    kind, client_id, ..
-                } => Some((kind, client_id)),
-                _ => None,
-            })
-            .collect();
+        let receipts = receipts_in(net.read(&heir_conn));
         let expected: &[(ReceiptKind, u64)] = match step {
             "live" => &[(ReceiptKind::Delivered, 1)],
             _ => &[],
