@@ -626,7 +626,12 @@ impl Member {
             self.out.push_back(Output::Send { to: from, msg });
             return;
         }
-        if epoch > s.epoch || !s.acking || s.truncating {
+        // A batch must come from this epoch's primary, written in an
+        // epoch between this log's last and this one: anything else is a
+        // broken peer, and is dropped rather than allowed to break the
+        // log's epoch history.
+        let written_ok = written <= epoch && written >= self.log.last_epoch();
+        if epoch > s.epoch || !s.acking || s.truncating || !written_ok {
             return;
         }
         if !s.joined {
@@ -771,4 +776,53 @@ impl Member {
 /// Whether the island's primary holds a lease in `view`.
 fn primary_live(view: &View) -> bool {
     view.live.contains(&view.record.primary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A secondary of epoch 5 over an empty log, joined by its first batch.
+    fn joined_secondary() -> Member {
+        let mut member = Member::new(MemberConfig::new(2, 1), LogInfo::default(), 0);
+        let record = IslandRecord {
+            epoch: 5,
+            primary: 1,
+            secondary: 2,
+            insync: vec![1, 2],
+            mode: Mode::Sync,
+        };
+        let view = View {
+            record,
+            revision: 10,
+            live: vec![1, 2],
+        };
+        member.view(view, 0);
+        let first = ReplMsg::Ship {
+            epoch: 5,
+            seq: 1,
+            written: 5,
+            bytes: vec![1],
+        };
+        member.receive(1, first);
+        while member.poll_output().is_some() {}
+        assert_eq!(member.log().last, 1);
+        member
+    }
+
+    #[test]
+    fn a_batch_claiming_an_epoch_outside_the_log_s_history_is_dropped() {
+        let mut member = joined_secondary();
+        for written in [3, 6] {
+            let ship = ReplMsg::Ship {
+                epoch: 5,
+                seq: 2,
+                written,
+                bytes: vec![2],
+            };
+            member.receive(1, ship);
+            assert_eq!(member.poll_output(), None, "written in {written}");
+            assert_eq!(member.log().last, 1);
+        }
+    }
 }
