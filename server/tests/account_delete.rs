@@ -15,7 +15,7 @@ use std::{
 
 use common::Server;
 use loadgen::client::{Client, Event, Polled};
-use wire::{ClientFrame, DeviceKey, GroupId, Phone};
+use wire::{ClientFrame, DeviceKey, GroupChange, GroupId, Phone, ReceiptKind};
 
 const DOOMED: &str = "+15550000004";
 
@@ -342,4 +342,93 @@ fn revoke_on_a_failed_journal_does_not_answer_no_such_account() {
         code, 404,
         "revoke of an existing account on a failed journal: {code} {text}"
     );
+}
+
+/// With the write-back cache on (`--sync-delay-ms`), a deletion's
+/// `Undeliverable` receipts (to senders on both shards) and its `Left`
+/// notices are written through: a `kill -9` right after `account delete`
+/// answered loses none of them, although the mailbox that held the
+/// messages is gone for good.
+#[test]
+fn with_the_write_back_cache_a_deletion_still_tells_senders_and_members_across_a_kill() {
+    let flags = ["--shards", "2", "--sync-delay-ms", "60000"];
+    let server = Server::start(&flags);
+    let (doomed_client, doomed, _) = server.phone(DOOMED);
+    drop(doomed_client);
+    let mut senders = Vec::new();
+    for k in 0..6u64 {
+        let (mut client, phone, key) = server.phone(&format!("+155500002{k:02}"));
+        client
+            .send(&ClientFrame::Send {
+                client_id: 100 + k,
+                to: doomed,
+                body: b"never read",
+            })
+            .unwrap();
+        client
+            .recv_until(|e| matches!(e, Event::Sent { .. }).then_some(()))
+            .unwrap();
+        senders.push((phone, key, 100 + k));
+    }
+    let (mut member_client, member, member_key) = server.phone("+15550000301");
+    drop(member_client);
+    let (mut creator, _, _) = server.phone("+15550000302");
+    let group = create_groups(&mut creator, &[doomed, member], 1)[0];
+    drop(creator);
+    let (code, answer) = delete(&server, DOOMED);
+    assert_eq!(code, 200, "{answer}");
+    let dir = server.into_data_dir();
+    let server = Server::start_in(dir, &flags);
+    let quiet = Duration::from_secs(3);
+    for (phone, key, client_id) in senders {
+        let mut client = server.connect();
+        client.login(phone, key).unwrap();
+        let told = frame_within(&mut client, quiet, |e| match e {
+            Event::Receipt {
+                kind: ReceiptKind::Undeliverable,
+                by,
+                client_id: c,
+                ..
+            } => (*by == doomed && *c == client_id).then_some(()),
+            _ => None,
+        })
+        .is_some();
+        assert!(
+            told,
+            "{phone} was not told {client_id} will never reach {doomed}"
+        );
+    }
+    member_client = server.connect();
+    member_client.login(member, member_key).unwrap();
+    let left = frame_within(&mut member_client, quiet, |e| match e {
+        Event::GroupNotice {
+            group: g,
+            by,
+            change: GroupChange::Left,
+            ..
+        } => (*g == group && *by == doomed).then_some(()),
+        _ => None,
+    });
+    assert!(
+        left.is_some(),
+        "{member} was not told {doomed} left {group}"
+    );
+}
+
+/// The first frame `pick` accepts before `client` is quiet for `quiet`.
+fn frame_within<T>(
+    client: &mut Client,
+    quiet: Duration,
+    pick: impl Fn(&Event) -> Option<T>,
+) -> Option<T> {
+    loop {
+        match client.poll(quiet).unwrap() {
+            Polled::Frame(event) => {
+                if let Some(found) = pick(&event) {
+                    return Some(found);
+                }
+            }
+            Polled::Quiet | Polled::Closed => return None,
+        }
+    }
 }

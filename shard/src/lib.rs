@@ -23,8 +23,8 @@ mod timer_wheel;
 
 pub use crate::machine::{
     AccountInfo, AccountRefused, ConnEvent, ConnEventKind, ConnId, ConnSnapshot, Deleted, Dest,
-    FrameOutcome, GroupAction, PeerMessage, Push, QueueLengths, Refused, RestoreError, Shard,
-    ShardCounters, TraceHit, DELETION_RESEND_MS,
+    FrameOutcome, GroupAction, OwedReceipt, PeerMessage, Push, QueueLengths, Refused, RestoreError,
+    Shard, ShardCounters, TraceHit, DELETION_RESEND_MS,
 };
 pub use allowance::{Exhausted, Rate, TokenBucket};
 pub use clock::{ClockNote, ClockState, WallClock, CLOCK_RECORD_INTERVAL_MS, STEP_TOLERANCE_MS};

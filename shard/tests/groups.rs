@@ -870,3 +870,76 @@ fn a_new_accounts_post_is_not_taken_for_its_predecessors_resend() {
     let again = post(&mut net, &mut m[1], group, 5, b"new bob 0");
     assert_ne!(sent(&again, 5), old);
 }
+
+/// With the write-back cache on, a deletion's consequences are written
+/// through: the `Undeliverable` receipts its senders are owed (on their
+/// own shard and on another) and the `Left` notice its groups' members
+/// get survive a crash right after the deletion was answered, although
+/// the mailbox that held the messages is gone for good. With a checkpoint
+/// between the answer and the crash, nothing of the deletion is left to
+/// tell them again: what they were told must be in the journal.
+#[test]
+fn with_the_write_back_cache_a_deletion_still_tells_senders_and_members_after_a_crash() {
+    for checkpoint in [false, true] {
+        deletion_told_across_a_crash(checkpoint);
+    }
+}
+
+fn deletion_told_across_a_crash(checkpoint: bool) {
+    let mut net = Net::new(2, |c| c.sync_delay_ms = 60_000);
+    let mut m = four(&mut net);
+    let (bob, carol) = (m[1].phone, m[2].phone);
+    let group = create(&mut net, &mut m[0], 1, &[bob, carol]);
+    for member in m.iter() {
+        net.read(&member.conn);
+    }
+    net.shards[m[1].conn.shard as usize].closed(m[1].conn.conn, net.now_ms);
+    // Alice's shard is not Bob's; Dave's is.
+    net.message(&mut m[0].conn, bob, 7, b"from alice");
+    net.message(&mut m[3].conn, bob, 8, b"from dave");
+    post(&mut net, &mut m[2], group, 9, b"from carol");
+    for member in m.iter() {
+        net.read(&member.conn);
+    }
+    let home = m[1].conn.shard as usize;
+    let now_ms = net.now_ms;
+    net.shards[home].delete_account(bob, now_ms).unwrap();
+    net.settle();
+    let owed: u64 = net
+        .shards
+        .iter()
+        .map(|s| s.counters().receipts_owed_by_deletions)
+        .sum();
+    assert_eq!(owed, 0, "every receipt was answered durable");
+    if checkpoint {
+        net.compact();
+    }
+    // kill -9: the write-back cache is lost.
+    net.restart();
+    net.advance(net.shards[0].config().tick_ms);
+    let undeliverable = |got: &[Got], client_id: u64| {
+        got.iter().any(|g| {
+            matches!(g, Got::Receipt { kind: ReceiptKind::Undeliverable, by, client_id: c, .. }
+                if *by == bob && *c == client_id)
+        })
+    };
+    for (index, client_id) in [(0, 7), (3, 8), (2, 9)] {
+        let (conn, got) = net.login(m[index].phone, m[index].key);
+        m[index].conn = conn;
+        let got = [got, net.read(&m[index].conn)].concat();
+        assert!(
+            undeliverable(&got, client_id),
+            "{checkpoint}: member {index} is told {client_id} will not reach bob: {got:?}"
+        );
+        if index != 3 {
+            let left = got.iter().any(|g| {
+                matches!(g, Got::GroupNotice { group: g, by, change: GroupChange::Left, .. }
+                    if *g == group && *by == bob)
+            });
+            assert!(
+                left,
+                "{checkpoint}: member {index} learns bob left: {got:?}"
+            );
+        }
+    }
+}

@@ -152,6 +152,18 @@ pub enum Record {
         gseq: u64,
         sent_at_ms: u64,
     },
+    /// The deleted account `by` owes `to` an `Undeliverable` receipt for
+    /// `to`'s message `client_id` (sent at `sent_at_ms`, Unix ms), which
+    /// was still in `by`'s mailbox when it was deleted. Written after
+    /// `AccountDeleted`, and kept in checkpoints, until `to`'s home shard
+    /// says the receipt is durable there: the mailbox that held the
+    /// message is gone, so nothing else could tell `to` again.
+    ReceiptOwed {
+        by: Phone,
+        to: Phone,
+        client_id: u64,
+        sent_at_ms: u64,
+    },
 }
 
 /// Which shard keeps a record.
@@ -183,6 +195,8 @@ impl Record {
             Record::CodeSent { phone, .. }
             | Record::AccountDeleted { phone }
             | Record::AccountSince { phone, .. } => Owner::Account(*phone),
+            // The tombstone's, so with the deleted account's records.
+            Record::ReceiptOwed { by, .. } => Owner::Account(*by),
             Record::DedupSent { owner, .. } => Owner::Account(*owner),
             // Every shard keeps its own; a new shard takes the latest.
             Record::Clock { .. } => Owner::Local,

@@ -29,13 +29,14 @@ use super::{
 };
 
 /// `ShardCounters` fields that are levels, not counts.
-const GAUGE_FIELDS: [&str; 6] = [
+const GAUGE_FIELDS: [&str; 7] = [
     "connections",
     "sessions",
     "connections_anonymous",
     "accounts",
     "groups",
     "account_deletions_pending",
+    "receipts_owed_by_deletions",
 ];
 
 /// Histogram buckets for commit and sync times, in seconds: 50 µs doubling

@@ -104,6 +104,9 @@ pub struct ShardCounters {
     /// answered yet (their numbers cannot sign up meanwhile), and signups
     /// refused for that.
     pub account_deletions_pending: u64,
+    /// `Undeliverable` receipts those deletions owe senders and that are
+    /// not yet durable on the senders' shards.
+    pub receipts_owed_by_deletions: u64,
     pub signups_refused_deletion_pending: u64,
     /// Receipts for messages a deleted account sent, dropped on the way
     /// to the number's new account.

@@ -203,7 +203,16 @@ impl Shard {
         });
         match room {
             Some(true) => {
-                let seq = self.append(member, EntryRecord::Group { group, gseq });
+                let entry = EntryRecord::Group { group, gseq };
+                // A change (who joined, left, was added) is final on the
+                // group's owner: a member whose entry a crash lost would
+                // never learn it. So it is written through the write-back
+                // cache; a message stays in the cache's documented loss
+                // window.
+                let seq = match author {
+                    Some(_) => self.append(member, entry),
+                    None => self.append_through(member, entry),
+                };
                 if let (Some(seq), Some(author)) = (seq, author) {
                     self.groups.readable(member, author, seq, self.now_ms);
                 }
@@ -227,31 +236,29 @@ impl Shard {
     }
 
     /// A member's entry for a post left its mailbox: acknowledged (the
-    /// author hears `Delivered`) or expired (`Expired`).
+    /// author hears `Delivered`), expired (`Expired`) or deleted with the
+    /// account (`Undeliverable`). Returns the author the receipt is owed
+    /// to; none for a change.
     pub(super) fn group_entry_released(
         &mut self,
         by: Phone,
         group: GroupId,
         gseq: u64,
         kind: ReceiptKind,
-    ) {
+    ) -> Option<Author> {
         let expired = kind == ReceiptKind::Expired;
         let undelivered = kind != ReceiptKind::Delivered;
-        let Some(released) = self.groups.released(by, (group, gseq), undelivered) else {
-            return;
-        };
+        let released = self.groups.released(by, (group, gseq), undelivered)?;
         if let Some(account) = self.accounts.get_mut(&by) {
             account.mailbox.group_entry_gone(released.body_bytes);
         }
-        let Some(author) = released.author else {
-            return;
-        };
+        let author = released.author?;
         match kind {
             _ if expired => self.counters.messages_expired += 1,
             ReceiptKind::Undeliverable => self.counters.messages_undeliverable += 1,
             _ => self.counters.messages_acked += 1,
         }
-        self.owe_receipt(author, by, kind);
+        Some(author)
     }
 
     // ---- recovery ------------------------------------------------------------

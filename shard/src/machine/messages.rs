@@ -310,6 +310,19 @@ impl Shard {
     /// sender why: `Delivered` (acknowledged), `Expired`, or
     /// `Undeliverable` (the account is being deleted).
     pub(super) fn release_entries(&mut self, owner: Phone, up_to: u64, kind: ReceiptKind) {
+        for author in self.take_entries(owner, up_to, kind) {
+            self.owe_receipt(author, owner, kind);
+        }
+    }
+
+    /// `release_entries` but for the receipts: those of the messages
+    /// taken out are returned, for the caller to deliver.
+    pub(super) fn take_entries(
+        &mut self,
+        owner: Phone,
+        up_to: u64,
+        kind: ReceiptKind,
+    ) -> Vec<Author> {
         let account = self.account_mut(owner);
         let mut receipts = Vec::new();
         let mut groups_released = Vec::new();
@@ -357,12 +370,12 @@ impl Shard {
             _ => self.counters.messages_acked += receipts.len() as u64,
         }
         self.record_mailbox(Record::MailboxAck { owner, up_to });
-        for (group, gseq) in groups_released {
-            self.group_entry_released(owner, group, gseq, kind);
-        }
-        for (author, _) in receipts {
-            self.owe_receipt(author, owner, kind);
-        }
+        let mut authors: Vec<Author> = groups_released
+            .into_iter()
+            .filter_map(|(group, gseq)| self.group_entry_released(owner, group, gseq, kind))
+            .collect();
+        authors.extend(receipts.into_iter().map(|(author, _)| author));
+        authors
     }
 
     /// Answers a `Deliver` or a `GroupRequest` on the sender's shard: a
@@ -413,8 +426,30 @@ impl Shard {
     pub(super) fn receipt_arrived(
         &mut self,
         to: Phone,
+        about: (Phone, u64, u64),
+        kind: ReceiptKind,
+    ) {
+        self.store_receipt(to, about, kind, false);
+    }
+
+    /// `receipt_arrived`, but the entry is written through any write-back
+    /// cache: for receipts nothing could produce again after a crash (a
+    /// deleted account's).
+    pub(super) fn receipt_arrived_through(
+        &mut self,
+        to: Phone,
+        about: (Phone, u64, u64),
+        kind: ReceiptKind,
+    ) {
+        self.store_receipt(to, about, kind, true);
+    }
+
+    fn store_receipt(
+        &mut self,
+        to: Phone,
         (by, client_id, sent_at_ms): (Phone, u64, u64),
         kind: ReceiptKind,
+        through: bool,
     ) {
         let receipt = EntryRecord::Receipt {
             kind,
@@ -433,7 +468,11 @@ impl Shard {
             self.counters.receipts_dropped_mailbox_full += 1;
             return;
         }
-        if self.append(to, receipt).is_some() {
+        let appended = match through {
+            false => self.append(to, receipt),
+            true => self.append_through(to, receipt),
+        };
+        if appended.is_some() {
             self.counters.receipts_stored += 1;
         }
     }
@@ -481,6 +520,20 @@ impl Shard {
     /// Appends an entry to `owner`'s mailbox, records it, and feeds the
     /// owner's connection. `None` when `owner` has no account.
     pub(super) fn append(&mut self, owner: Phone, entry: EntryRecord) -> Option<u64> {
+        self.append_with(owner, entry, false)
+    }
+
+    /// `append`, but the entry is written at the next commit whatever
+    /// `sync_delay_ms` says: for entries that nothing could produce again
+    /// if a crash lost them (a group's changes, a deleted account's
+    /// receipts). The account's cached records go first, as records stay
+    /// in order.
+    pub(super) fn append_through(&mut self, owner: Phone, entry: EntryRecord) -> Option<u64> {
+        self.write_cached_of(owner);
+        self.append_with(owner, entry, true)
+    }
+
+    fn append_with(&mut self, owner: Phone, entry: EntryRecord, through: bool) -> Option<u64> {
         let account = self.accounts.get_mut(&owner)?;
         let wakes = !matches!(entry, EntryRecord::Receipt { .. });
         let before = account.mailbox.size();
@@ -492,7 +545,11 @@ impl Shard {
         );
         let session = account.session;
         self.mailbox_totals.moved(before, after);
-        self.record_mailbox(Record::MailboxPut { owner, seq, entry });
+        let record = Record::MailboxPut { owner, seq, entry };
+        match through {
+            false => self.record_mailbox(record),
+            true => self.write_mailbox_record(record, false),
+        }
         match session {
             Some(session) => self.pump(session),
             None if wakes => self.something_waits(owner),

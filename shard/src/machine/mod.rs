@@ -58,7 +58,7 @@ use wire::{
 pub use anonymous::Refused;
 pub use connections::{ConnEvent, ConnEventKind, ConnId, ConnSnapshot};
 pub use counters::ShardCounters;
-pub use deletions::DELETION_RESEND_MS;
+pub use deletions::{OwedReceipt, DELETION_RESEND_MS};
 pub use groups::GroupAction;
 use groups::Groups;
 pub use operator::{AccountInfo, AccountRefused, Deleted, TraceHit};
@@ -488,9 +488,18 @@ impl Shard {
             }
             // A post whose record was not made durable must not reach
             // members (a restart could number another post the same),
-            // and a copy that is not durable must not be confirmed.
+            // and a copy that is not durable must not be confirmed. A
+            // deletion that is not durable did not happen (the account is
+            // back after a restart): nobody is told of it, and what was
+            // not stored is not confirmed.
             Held::Peer {
-                message: PeerMessage::GroupFanout { .. } | PeerMessage::GroupStored { .. },
+                message:
+                    PeerMessage::GroupFanout { .. }
+                    | PeerMessage::GroupStored { .. }
+                    | PeerMessage::AccountGone { .. }
+                    | PeerMessage::GroupsLeft { .. }
+                    | PeerMessage::ReceiptsOwed { .. }
+                    | PeerMessage::OwedStored { .. },
                 ..
             } => {}
             Held::Peer { dest, message } => self.route(dest, message),
@@ -800,6 +809,18 @@ impl Shard {
         }
     }
 
+    /// Writes the write-back cache out, oldest first, until none of
+    /// `owner`'s entries is left in it.
+    fn write_cached_of(&mut self, owner: Phone) {
+        while self
+            .accounts
+            .get(&owner)
+            .is_some_and(|a| a.write_back.cached() > 0)
+        {
+            self.write_oldest_cached();
+        }
+    }
+
     fn write_oldest_cached(&mut self) {
         if let Some(record) = self.durability.take_oldest_deferred() {
             self.write_mailbox_record(record, true);
@@ -808,7 +829,7 @@ impl Shard {
 
     /// Hands a mailbox record to the journal, unless the mailbox has made it
     /// moot (see `WriteBack`).
-    fn write_mailbox_record(&mut self, record: Record, from_cache: bool) {
+    pub(super) fn write_mailbox_record(&mut self, record: Record, from_cache: bool) {
         let (Record::MailboxPut { owner, .. } | Record::MailboxAck { owner, .. }) = &record else {
             self.durability.record(record);
             return;
@@ -927,6 +948,8 @@ impl Shard {
             | PeerMessage::AccountsFound { .. }) => self.apply_social(social),
             PeerMessage::AccountGone { phone } => self.account_gone(phone),
             PeerMessage::GroupsLeft { phone, node, shard } => self.groups_left(phone, node, shard),
+            PeerMessage::ReceiptsOwed { by, receipts } => self.receipts_owed(by, receipts),
+            PeerMessage::OwedStored { by, stored } => self.owed_stored(by, &stored),
         }
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use storage::Post;
 use wire::{ErrorKind, GroupId, Phone, Presence, Profile, ReceiptKind, TypingState};
 
-use super::{ConnId, GroupAction};
+use super::{deletions::OwedReceipt, ConnId, GroupAction};
 
 /// Messages between shards. They travel only through the bounded
 /// per-(source, destination) queues, and between nodes on their links
@@ -140,6 +140,23 @@ pub enum PeerMessage {
         phone: Phone,
         node: Option<u16>,
         shard: u16,
+    },
+    /// `Undeliverable` receipts the deleted account `by` owes accounts of
+    /// the destination shard (at most `RECEIPTS_PER_MESSAGE_MAX`), sent
+    /// after the deletion is durable and again until answered. Stored
+    /// through any write-back cache.
+    ReceiptsOwed {
+        by: Phone,
+        receipts: Vec<OwedReceipt>,
+    },
+    /// The answer to `ReceiptsOwed`, to `by`'s home shard once the batch
+    /// holding them is durable: the receipts, by `(to, client_id)`, that
+    /// need no telling again (stored, or moot: no such account, or a
+    /// newer account of the number). Receipts whose account lives
+    /// elsewhere now are left out, so they are told to their new home.
+    OwedStored {
+        by: Phone,
+        stored: Vec<(Phone, u64)>,
     },
 }
 

@@ -5,7 +5,7 @@
 use storage::{EntryRecord, Record};
 use wire::{GroupId, Phone};
 
-use super::{account::Account, clock_record, Shard};
+use super::{account::Account, clock_record, deletions::OwedReceipt, Shard};
 use crate::{clock::ClockState, source::Source};
 
 /// A journal that cannot have been written by this shard's rules.
@@ -31,6 +31,8 @@ pub enum RestoreError {
     },
     #[error("a mailbox entry refers to post {gseq} of {group}, which has no copy before it")]
     UnknownGroupPost { group: GroupId, gseq: u64 },
+    #[error("a receipt owed by {0}'s deletion comes without that deletion before it")]
+    ReceiptOwedUnpending(Phone),
 }
 
 impl Shard {
@@ -126,6 +128,22 @@ impl Shard {
                 }
                 self.deletions.begin(phone, None);
             }
+            Record::ReceiptOwed {
+                by,
+                to,
+                client_id,
+                sent_at_ms,
+            } => {
+                if !self.deletions.is_pending(by) {
+                    return Err(RestoreError::ReceiptOwedUnpending(by));
+                }
+                let receipt = OwedReceipt {
+                    to,
+                    client_id,
+                    sent_at_ms,
+                };
+                self.deletions.owe(by, receipt);
+            }
         }
         Ok(())
     }
@@ -197,7 +215,7 @@ impl Shard {
         self.clock.started(self.now_ms, jump_max, confirmed);
         self.dedup.settle();
         self.groups_restored();
-        self.counters.account_deletions_pending = self.deletions.len() as u64;
+        self.update_deletion_counters();
     }
 
     /// A checkpoint of this shard is durable.
