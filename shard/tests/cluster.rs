@@ -142,9 +142,13 @@ fn a_node_that_is_down_refuses_requests_and_is_owed_the_rest() {
         })
         .unwrap_or(1);
     net.send(&mut alice_conn, ClientFrame::Ack { up_to: seq });
-    assert!(!net.parked.is_empty(), "the receipt waits on the link");
+    // Kept on disk, told once the node is back (at the next tick).
+    assert!(net.parked.is_empty(), "nothing waits on the link");
+    assert_eq!(net.shards[0].counters().receipts_owed, 1);
     net.set_live(2, true, 3);
+    net.advance(net.shards[0].config().tick_ms);
     assert!(net.parked.is_empty());
+    assert_eq!(net.shards[0].counters().receipts_owed, 0);
     let got = net.read(&bob_conn);
     assert!(delivered(&got, 1), "{got:?}");
     // Back: the refused message goes through when sent again.
@@ -224,4 +228,53 @@ fn a_deletion_waits_for_a_node_that_is_down_and_is_told_again() {
         .count();
     assert_eq!(left, 6, "bob left every group carol made");
     assert!(matches!(verify(&mut net)[..], [Got::Registered(_)]));
+}
+
+/// A receipt owed to a node that is down is kept on disk by the node
+/// owing it, not only on the link: a restart of that node while the other
+/// is away loses nothing, and the receipt arrives once the node is back.
+/// The acknowledgement that made it is durable, so nothing else would
+/// ever make it again.
+#[test]
+fn a_receipt_owed_to_a_down_node_survives_a_restart_of_the_node_owing_it() {
+    let mut net = Net::cluster(&[1, 1], |_| {});
+    let (alice, alice_key) = net.signup(&number_on(&net, 1, 0));
+    let (bob, bob_key) = net.signup(&number_on(&net, 2, 0));
+    let (mut alice_conn, _) = net.login(alice, alice_key);
+    let (mut bob_conn, _) = net.login(bob, bob_key);
+    net.message(&mut alice_conn, bob, 7, b"ack me");
+    assert!(sent(&net.read(&alice_conn), 7));
+    let seq = net
+        .read(&bob_conn)
+        .iter()
+        .find_map(|g| match g {
+            Got::Message { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .unwrap();
+    net.set_live(1, false, 2);
+    net.send(&mut bob_conn, ClientFrame::Ack { up_to: seq });
+    assert_eq!(net.shards[1].counters().receipts_owed, 1);
+    // The link to node 1 loses what waited on it (node 2 restarts), and
+    // node 2's journal is all it has.
+    net.parked.clear();
+    net.restart();
+    assert_eq!(net.shards[1].counters().receipts_owed, 1, "replayed");
+    net.advance(net.shards[1].config().tick_ms);
+    assert_eq!(
+        net.shards[1].counters().receipts_owed,
+        1,
+        "not told while node 1 is down"
+    );
+    net.set_live(1, true, 3);
+    net.advance(net.shards[1].config().tick_ms);
+    assert_eq!(net.shards[1].counters().receipts_owed, 0, "answered");
+    let (alice_conn, got) = net.login(alice, alice_key);
+    let got = [got, net.read(&alice_conn)].concat();
+    assert!(delivered(&got, 7), "{got:?}");
+    // Once stored, a checkpoint no longer holds it.
+    net.compact();
+    net.restart();
+    net.advance(net.shards[1].config().tick_ms);
+    assert_eq!(net.shards[1].counters().receipts_owed, 0);
 }

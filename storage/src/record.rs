@@ -152,16 +152,16 @@ pub enum Record {
         gseq: u64,
         sent_at_ms: u64,
     },
-    /// The deleted account `by` owes `to` an `Undeliverable` receipt for
-    /// `to`'s message `client_id` (sent at `sent_at_ms`, Unix ms), which
-    /// was still in `by`'s mailbox when it was deleted. Written after
-    /// `AccountDeleted`, and kept in checkpoints, until `to`'s home shard
-    /// says the receipt is durable there: the mailbox that held the
-    /// message is gone, so nothing else could tell `to` again.
+    /// A receipt this shard owes another: `by`'s, of `kind`, for `to`'s
+    /// message `client_id` (sent at `sent_at_ms`, Unix ms). Written (and
+    /// kept in checkpoints) for receipts nothing could make again after a
+    /// crash (a deleted account's; one to a node that is down) until
+    /// `to`'s home shard says it is durable there.
     ReceiptOwed {
-        by: Phone,
         to: Phone,
+        by: Phone,
         client_id: u64,
+        kind: ReceiptKind,
         sent_at_ms: u64,
     },
 }
@@ -195,7 +195,7 @@ impl Record {
             Record::CodeSent { phone, .. }
             | Record::AccountDeleted { phone }
             | Record::AccountSince { phone, .. } => Owner::Account(*phone),
-            // The tombstone's, so with the deleted account's records.
+            // Kept by the shard of the account whose receipt it is.
             Record::ReceiptOwed { by, .. } => Owner::Account(*by),
             Record::DedupSent { owner, .. } => Owner::Account(*owner),
             // Every shard keeps its own; a new shard takes the latest.

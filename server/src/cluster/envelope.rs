@@ -140,6 +140,32 @@ mod tests {
         );
     }
 
+    /// The largest batched messages fit an envelope: a full
+    /// `ReceiptsOwed` and its answer, with the largest numbers and ids.
+    #[test]
+    fn the_largest_owed_receipts_batch_fits_an_envelope() {
+        let phone = Phone::parse("+999999999999999").unwrap();
+        let receipt = shard::OwedReceipt {
+            to: phone,
+            by: phone,
+            client_id: u64::MAX,
+            kind: wire::ReceiptKind::Undeliverable,
+            sent_at_ms: u64::MAX,
+        };
+        let count = shard::RECEIPTS_PER_MESSAGE_MAX;
+        let owed = PeerMessage::ReceiptsOwed {
+            receipts: vec![receipt; count],
+        };
+        let stored = PeerMessage::OwedStored {
+            stored: vec![receipt.key(); count],
+        };
+        for message in [owed, stored] {
+            let encoded = Envelope::new(0, i64::MAX, message).encode();
+            assert!(encoded.len() <= ENVELOPE_BYTES_MAX, "{}", encoded.len());
+            assert!(Envelope::decode(&encoded, 1, i64::MAX).is_ok());
+        }
+    }
+
     #[test]
     fn hostile_payloads_are_refused_not_decoded() {
         assert!(matches!(

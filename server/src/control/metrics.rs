@@ -36,7 +36,7 @@ const GAUGE_FIELDS: [&str; 7] = [
     "accounts",
     "groups",
     "account_deletions_pending",
-    "receipts_owed_by_deletions",
+    "receipts_owed",
 ];
 
 /// Histogram buckets for commit and sync times, in seconds: 50 µs doubling

@@ -104,9 +104,12 @@ pub struct ShardCounters {
     /// answered yet (their numbers cannot sign up meanwhile), and signups
     /// refused for that.
     pub account_deletions_pending: u64,
-    /// `Undeliverable` receipts those deletions owe senders and that are
-    /// not yet durable on the senders' shards.
-    pub receipts_owed_by_deletions: u64,
+    /// Receipts kept on disk until their recipients' shards have them (a
+    /// deleted account's, and those to a node that is down; see `owed`),
+    /// and receipts to a node that is down that did not fit and wait on
+    /// its link in memory instead.
+    pub receipts_owed: u64,
+    pub receipts_owed_full: u64,
     pub signups_refused_deletion_pending: u64,
     /// Receipts for messages a deleted account sent, dropped on the way
     /// to the number's new account.

@@ -3,7 +3,7 @@
 //! recipient's mailbox with resend detection, feeding the recipient's
 //! connection within its window, acknowledgements and receipts.
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use storage::{EntryRecord, Record};
 use wire::{Chat, ErrorKind, GroupId, Phone, ReceiptKind, ServerFrame, BODY_BYTES_MAX};
@@ -13,10 +13,11 @@ use super::{
     durability::{Refusal, DISK_FULL, STORAGE_FAILED, STORAGE_UNAVAILABLE},
     group_frame,
     groups::Author,
+    owed::{OwedKey, OwedReceipt, RECEIPTS_PER_MESSAGE_MAX},
     social::{self, StrangersRefused},
-    ConnId, GroupAction, PeerMessage, Shard,
+    ConnId, Dest, GroupAction, PeerMessage, Shard,
 };
-use crate::order::Blocked;
+use crate::{order::Blocked, Home};
 
 impl Shard {
     // ---- messages ----------------------------------------------------------
@@ -107,8 +108,24 @@ impl Shard {
     }
 
     /// A receipt of `kind` from `by` for `author`'s message, to the
-    /// author's home (whether or not its node is live).
+    /// author's home. To a node that is not live it is kept on disk until
+    /// that node has it (see `owed`); if the table is full (or the
+    /// journal failed) it waits on the link in memory.
     pub(super) fn owe_receipt(&mut self, author: Author, by: Phone, kind: ReceiptKind) {
+        let home = self.home_of(author.from);
+        if matches!(home, Home::Away { live: false, .. }) {
+            if self.owed.has_room(1) && !self.durability.is_failed() {
+                self.keep_receipts(vec![OwedReceipt {
+                    to: author.from,
+                    by,
+                    client_id: author.client_id,
+                    kind,
+                    sent_at_ms: author.sent_at_ms,
+                }]);
+                return;
+            }
+            self.counters.receipts_owed_full += 1;
+        }
         let receipt = PeerMessage::Receipt {
             to: author.from,
             by,
@@ -116,7 +133,109 @@ impl Shard {
             kind,
             sent_at_ms: author.sent_at_ms,
         };
-        self.owe(self.home_of(author.from), receipt);
+        self.owe(home, receipt);
+    }
+
+    // ---- receipts kept until stored (see `owed`) ---------------------------
+
+    /// Keeps `receipts` until their recipients' shards have them on disk:
+    /// recorded in this batch, and told once it is durable to the live
+    /// ones (the others at a tick once they are live).
+    pub(super) fn keep_receipts(&mut self, receipts: Vec<OwedReceipt>) {
+        let mut tell = Vec::with_capacity(receipts.len());
+        for receipt in receipts {
+            self.durability.record(receipt.record());
+            let live = self.may_tell(&receipt);
+            self.owed.owe(receipt, live.then_some(self.now_ms));
+            if live {
+                tell.push(receipt);
+            }
+        }
+        self.counters.receipts_owed = self.owed.len() as u64;
+        for (dest, message) in self.owed_messages(tell) {
+            self.durability.hold_peer(dest, message);
+        }
+    }
+
+    /// Whether `receipt` may be told now: its recipient's home is known
+    /// and live.
+    fn may_tell(&self, receipt: &OwedReceipt) -> bool {
+        self.dest(self.home_of(receipt.to))
+            .is_some_and(|dest| self.is_live(dest))
+    }
+
+    /// `receipts` as `ReceiptsOwed` messages of at most
+    /// `RECEIPTS_PER_MESSAGE_MAX`, one or more per recipient shard.
+    fn owed_messages(&self, receipts: Vec<OwedReceipt>) -> Vec<(Dest, PeerMessage)> {
+        let mut by_dest: BTreeMap<Dest, Vec<OwedReceipt>> = BTreeMap::new();
+        for receipt in receipts {
+            if let Some(dest) = self.dest(self.home_of(receipt.to)) {
+                by_dest.entry(dest).or_default().push(receipt);
+            }
+        }
+        let mut messages = Vec::new();
+        for (dest, receipts) in by_dest {
+            for chunk in receipts.chunks(RECEIPTS_PER_MESSAGE_MAX) {
+                let receipts = chunk.to_vec();
+                messages.push((dest, PeerMessage::ReceiptsOwed { receipts }));
+            }
+        }
+        messages
+    }
+
+    /// Tells again the kept receipts that are due and may be told.
+    pub(super) fn owed_tick(&mut self) {
+        if self.owed.len() == 0 || self.durability.is_failed() {
+            return;
+        }
+        let (placement, map) = (self.placement.clone(), self.config.map);
+        let due = self.owed.due(self.now_ms, |receipt| {
+            let Some(placement) = &placement else {
+                return true;
+            };
+            match placement.home(map.partition_of(receipt.to), map.shards()) {
+                Home::Here(_) | Home::Away { live: true, .. } => true,
+                Home::Away { live: false, .. } | Home::Unknown => false,
+            }
+        });
+        for (dest, message) in self.owed_messages(due) {
+            self.route(dest, message);
+        }
+        self.run_local();
+    }
+
+    /// Receipts owed to accounts of this shard: each is stored through
+    /// any write-back cache, and those that need no telling again are
+    /// answered `OwedStored` once durable, to each owing shard. A shard
+    /// whose journal failed stores nothing and does not answer: they are
+    /// told again (after its restart).
+    pub(super) fn receipts_owed(&mut self, receipts: Vec<OwedReceipt>) {
+        if self.durability.is_failed() {
+            return;
+        }
+        let here = Home::Here(self.config.shard_id);
+        let mut answers: BTreeMap<Dest, Vec<OwedKey>> = BTreeMap::new();
+        for receipt in receipts {
+            if self.home_of(receipt.to) != here {
+                // Its account lives elsewhere now: told there next time.
+                continue;
+            }
+            let about = (receipt.by, receipt.client_id, receipt.sent_at_ms);
+            self.receipt_arrived_through(receipt.to, about, receipt.kind);
+            if let Some(owing) = self.dest(self.home_of(receipt.by)) {
+                answers.entry(owing).or_default().push(receipt.key());
+            }
+        }
+        for (owing, stored) in answers {
+            self.durability
+                .hold_peer(owing, PeerMessage::OwedStored { stored });
+        }
+    }
+
+    /// The receipts `stored` are durable on their recipients' shards.
+    pub(super) fn owed_stored(&mut self, stored: &[OwedKey]) {
+        self.owed.stored(stored);
+        self.counters.receipts_owed = self.owed.len() as u64;
     }
 
     /// Passes a request to the group's owner, spending a send token: a

@@ -15,6 +15,7 @@
 //! | `anonymous::Anonymous` | what work before login may cost, by source and range |
 //! | `groups::Groups` | groups owned here, post copies for members here, their resend and read tables |
 //! | `deletions::Deletions` | account deletions not yet answered by every shard (tombstones) |
+//! | `owed::OwedReceipts` | receipts kept on disk until their recipient's shard has them (a deleted account's, those to a node that is down) |
 //! | `social::{Follows, Lookups}` | who follows whom, contact lookups in flight |
 //! | `order::OrderGaps` (two) | conversations waiting for a refused send |
 //! | `expiry::Sweep`, `clock::WallClock`, the timer wheel, the resend table | |
@@ -38,6 +39,7 @@ mod groups;
 mod login;
 mod messages;
 mod operator;
+mod owed;
 mod peer;
 mod presence;
 mod push;
@@ -58,10 +60,11 @@ use wire::{
 pub use anonymous::Refused;
 pub use connections::{ConnEvent, ConnEventKind, ConnId, ConnSnapshot};
 pub use counters::ShardCounters;
-pub use deletions::{OwedReceipt, DELETION_RESEND_MS};
+pub use deletions::DELETION_RESEND_MS;
 pub use groups::GroupAction;
 use groups::Groups;
 pub use operator::{AccountInfo, AccountRefused, Deleted, TraceHit};
+pub use owed::{OwedKey, OwedReceipt, OWED_RESEND_MS, RECEIPTS_PER_MESSAGE_MAX};
 pub use peer::PeerMessage;
 pub use push::Push;
 pub use recovery::RestoreError;
@@ -193,6 +196,8 @@ pub struct Shard {
     durability: Durability,
     /// Deletions of this shard's accounts not yet finished on every shard.
     deletions: deletions::Deletions,
+    /// Receipts kept until their recipients' shards have them on disk.
+    owed: owed::OwedReceipts,
     /// The time of the input being handled.
     now_ms: u64,
     counters: ShardCounters,
@@ -249,6 +254,7 @@ impl Shard {
             placement: None,
             durability: Durability::default(),
             deletions: Default::default(),
+            owed: Default::default(),
             now_ms,
             counters: ShardCounters::default(),
             errors_sent: Vec::new(),
@@ -762,6 +768,7 @@ impl Shard {
         }
         self.expiry_tick();
         self.deletions_tick();
+        self.owed_tick();
         self.write_due(now_ms);
     }
 
@@ -948,8 +955,8 @@ impl Shard {
             | PeerMessage::AccountsFound { .. }) => self.apply_social(social),
             PeerMessage::AccountGone { phone } => self.account_gone(phone),
             PeerMessage::GroupsLeft { phone, node, shard } => self.groups_left(phone, node, shard),
-            PeerMessage::ReceiptsOwed { by, receipts } => self.receipts_owed(by, receipts),
-            PeerMessage::OwedStored { by, stored } => self.owed_stored(by, &stored),
+            PeerMessage::ReceiptsOwed { receipts } => self.receipts_owed(receipts),
+            PeerMessage::OwedStored { stored } => self.owed_stored(&stored),
         }
     }
 

@@ -2,15 +2,11 @@
 //! it holds of an account, revoking its device key, deleting the account,
 //! and where a message is.
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
 use storage::Record;
 use wire::{ByeReason, Phone, Presence, ReceiptKind};
 
-use super::deletions::{OwedReceipt, RECEIPTS_PER_MESSAGE_MAX};
-use super::{Dest, PeerMessage, Shard};
-use crate::Home;
+use super::{owed::OwedReceipt, Dest, PeerMessage, Shard};
 
 /// An account as an operator sees it: no secrets, no message contents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -186,7 +182,7 @@ impl Shard {
             .accounts
             .get_mut(&phone)
             .ok_or(AccountRefused::NoAccount)?;
-        if self.deletions.is_full(account.mailbox.len()) {
+        if self.deletions.is_full() || !self.owed.has_room(account.mailbox.len()) {
             return Err(AccountRefused::Busy);
         }
         let session = account.session.take();
@@ -214,31 +210,19 @@ impl Shard {
         self.remove_account(phone);
         self.durability.record(Record::AccountDeleted { phone });
         self.deletions.begin(phone, Some(self.now_ms));
-        let owed: Vec<OwedReceipt> = owed
-            .into_iter()
-            .map(|author| OwedReceipt {
-                to: author.from,
-                client_id: author.client_id,
-                sent_at_ms: author.sent_at_ms,
-            })
-            .collect();
-        for &receipt in &owed {
-            self.deletions.owe(phone, receipt);
-            self.durability.record(Record::ReceiptOwed {
-                by: phone,
-                to: receipt.to,
-                client_id: receipt.client_id,
-                sent_at_ms: receipt.sent_at_ms,
-            });
-        }
         self.update_deletion_counters();
         for dest in self.every_shard() {
             self.durability
                 .hold_peer(dest, PeerMessage::AccountGone { phone });
         }
-        self.tell_owed(phone, owed, |shard, dest, message| {
-            shard.durability.hold_peer(dest, message);
+        let owed = owed.into_iter().map(|author| OwedReceipt {
+            to: author.from,
+            by: phone,
+            client_id: author.client_id,
+            kind: ReceiptKind::Undeliverable,
+            sent_at_ms: author.sent_at_ms,
         });
+        self.keep_receipts(owed.collect());
         self.counters.accounts_deleted += 1;
         self.run_local();
         Ok(Deleted {
@@ -282,66 +266,8 @@ impl Shard {
         self.owe_after_commit(self.home_of(phone), answer);
     }
 
-    /// The receipts a deleted account owes, in messages of at most
-    /// `RECEIPTS_PER_MESSAGE_MAX` to each recipient's home shard, handed
-    /// to `send`. Receipts whose home is unknown wait for the next resend.
-    fn tell_owed(
-        &mut self,
-        by: Phone,
-        owed: Vec<OwedReceipt>,
-        mut send: impl FnMut(&mut Self, Dest, PeerMessage),
-    ) {
-        let mut by_dest: BTreeMap<Dest, Vec<OwedReceipt>> = BTreeMap::new();
-        for receipt in owed {
-            if let Some(dest) = self.dest(self.home_of(receipt.to)) {
-                by_dest.entry(dest).or_default().push(receipt);
-            }
-        }
-        for (dest, receipts) in by_dest {
-            for chunk in receipts.chunks(RECEIPTS_PER_MESSAGE_MAX) {
-                let message = PeerMessage::ReceiptsOwed {
-                    by,
-                    receipts: chunk.to_vec(),
-                };
-                send(self, dest, message);
-            }
-        }
-    }
-
-    /// Receipts the deleted account `by` owes accounts of this shard:
-    /// each is stored through any write-back cache, and the ones that need
-    /// no telling again are answered `OwedStored` once durable. A shard
-    /// whose journal failed stores nothing and does not answer: they are
-    /// told again (after its restart).
-    pub(super) fn receipts_owed(&mut self, by: Phone, receipts: Vec<OwedReceipt>) {
-        if self.durability.is_failed() {
-            return;
-        }
-        let here = Home::Here(self.config.shard_id);
-        let mut stored = Vec::with_capacity(receipts.len());
-        for receipt in receipts {
-            if self.home_of(receipt.to) != here {
-                // Its account lives elsewhere now: told there next time.
-                continue;
-            }
-            let about = (by, receipt.client_id, receipt.sent_at_ms);
-            self.receipt_arrived_through(receipt.to, about, ReceiptKind::Undeliverable);
-            stored.push((receipt.to, receipt.client_id));
-        }
-        self.owe_after_commit(self.home_of(by), PeerMessage::OwedStored { by, stored });
-    }
-
-    /// `by`'s home heard that the receipts `stored` are durable.
-    pub(super) fn owed_stored(&mut self, by: Phone, stored: &[(Phone, u64)]) {
-        let everyone = self.every_shard();
-        let known = self.knows_every_shard().then_some(&everyone[..]);
-        self.deletions.stored(by, stored, known);
-        self.update_deletion_counters();
-    }
-
     pub(super) fn update_deletion_counters(&mut self) {
         self.counters.account_deletions_pending = self.deletions.len() as u64;
-        self.counters.receipts_owed_by_deletions = self.deletions.owed_total() as u64;
     }
 
     /// Shard `shard` of `node` answered that `phone` left its groups.
@@ -365,10 +291,6 @@ impl Shard {
 
     /// Tells pending deletions again to the shards that did not answer;
     /// one whose every shard answered (or left the cluster) is finished.
-    ///
-    /// Receipts go again only to live nodes: what went to a node that is
-    /// not live waits on its link, and a pile of copies behind it would
-    /// only grow that queue.
     pub(super) fn deletions_tick(&mut self) {
         // A shard whose journal failed tells nothing: a deletion it took
         // may not be durable (the account is back after its restart).
@@ -377,19 +299,13 @@ impl Shard {
         }
         let everyone = self.every_shard();
         let known = self.knows_every_shard();
-        for due in self.deletions.due(self.now_ms, &everyone) {
-            let phone = due.phone;
-            if due.missing.is_empty() && due.owed.is_empty() && known {
+        for (phone, missing) in self.deletions.due(self.now_ms, &everyone) {
+            if missing.is_empty() && known {
                 self.deletions.forget(phone);
             }
-            for dest in due.missing {
+            for dest in missing {
                 self.route(dest, PeerMessage::AccountGone { phone });
             }
-            self.tell_owed(phone, due.owed, |shard, dest, message| {
-                if shard.is_live(dest) {
-                    shard.route(dest, message);
-                }
-            });
         }
         self.update_deletion_counters();
         self.run_local();

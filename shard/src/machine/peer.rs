@@ -7,7 +7,10 @@ use std::sync::Arc;
 use storage::Post;
 use wire::{ErrorKind, GroupId, Phone, Presence, Profile, ReceiptKind, TypingState};
 
-use super::{deletions::OwedReceipt, ConnId, GroupAction};
+use super::{
+    owed::{OwedKey, OwedReceipt},
+    ConnId, GroupAction,
+};
 
 /// Messages between shards. They travel only through the bounded
 /// per-(source, destination) queues, and between nodes on their links
@@ -141,22 +144,19 @@ pub enum PeerMessage {
         node: Option<u16>,
         shard: u16,
     },
-    /// `Undeliverable` receipts the deleted account `by` owes accounts of
-    /// the destination shard (at most `RECEIPTS_PER_MESSAGE_MAX`), sent
-    /// after the deletion is durable and again until answered. Stored
-    /// through any write-back cache.
+    /// Receipts owed to accounts of the destination shard (at most
+    /// `RECEIPTS_PER_MESSAGE_MAX`; see `owed`): told until answered, and
+    /// stored through any write-back cache.
     ReceiptsOwed {
-        by: Phone,
         receipts: Vec<OwedReceipt>,
     },
-    /// The answer to `ReceiptsOwed`, to `by`'s home shard once the batch
-    /// holding them is durable: the receipts, by `(to, client_id)`, that
-    /// need no telling again (stored, or moot: no such account, or a
-    /// newer account of the number). Receipts whose account lives
-    /// elsewhere now are left out, so they are told to their new home.
+    /// The answer to `ReceiptsOwed`, to the owing shard once the batch
+    /// holding them is durable: the receipts that need no telling again
+    /// (stored, or moot: no such account, or a newer account of the
+    /// number). Receipts whose account lives elsewhere now are left out,
+    /// so they are told to their new home.
     OwedStored {
-        by: Phone,
-        stored: Vec<(Phone, u64)>,
+        stored: Vec<OwedKey>,
     },
 }
 

@@ -5,7 +5,7 @@
 use storage::{EntryRecord, Record};
 use wire::{GroupId, Phone};
 
-use super::{account::Account, clock_record, deletions::OwedReceipt, Shard};
+use super::{account::Account, clock_record, owed::OwedReceipt, Shard};
 use crate::{clock::ClockState, source::Source};
 
 /// A journal that cannot have been written by this shard's rules.
@@ -31,8 +31,6 @@ pub enum RestoreError {
     },
     #[error("a mailbox entry refers to post {gseq} of {group}, which has no copy before it")]
     UnknownGroupPost { group: GroupId, gseq: u64 },
-    #[error("a receipt owed by {0}'s deletion comes without that deletion before it")]
-    ReceiptOwedUnpending(Phone),
 }
 
 impl Shard {
@@ -129,20 +127,20 @@ impl Shard {
                 self.deletions.begin(phone, None);
             }
             Record::ReceiptOwed {
-                by,
                 to,
+                by,
                 client_id,
+                kind,
                 sent_at_ms,
             } => {
-                if !self.deletions.is_pending(by) {
-                    return Err(RestoreError::ReceiptOwedUnpending(by));
-                }
                 let receipt = OwedReceipt {
                     to,
+                    by,
                     client_id,
+                    kind,
                     sent_at_ms,
                 };
-                self.deletions.owe(by, receipt);
+                self.owed.owe(receipt, None);
             }
         }
         Ok(())
@@ -216,6 +214,7 @@ impl Shard {
         self.dedup.settle();
         self.groups_restored();
         self.update_deletion_counters();
+        self.counters.receipts_owed = self.owed.len() as u64;
     }
 
     /// A checkpoint of this shard is durable.
@@ -233,6 +232,7 @@ impl Shard {
         }
         self.anonymous.checkpoint(&mut records);
         self.deletions.checkpoint(&mut records);
+        self.owed.checkpoint(&mut records);
         self.groups.checkpoint(&mut records);
         for (&phone, account) in &self.accounts {
             records.push(Record::AccountKey {
