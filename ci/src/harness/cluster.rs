@@ -41,6 +41,10 @@ pub struct Cluster<'net> {
     net: &'net Net,
     pub nodes: Vec<Node<'net>>,
     roles: Vec<String>,
+    /// The `--config` file every node gets (`bootstrap_nodes`).
+    config: String,
+    /// etcd's endpoints, comma separated.
+    etcd: String,
 }
 
 impl<'net> Cluster<'net> {
@@ -57,35 +61,87 @@ impl<'net> Cluster<'net> {
         let config = net.dir().join("cluster.toml");
         let toml = format!("[cluster]\nbootstrap_nodes = {}\n", roles.len());
         std::fs::write(&config, toml).map_err(Error::io("writing cluster.toml"))?;
-        let config = config.to_string_lossy().into_owned();
-        let mut nodes = Vec::new();
-        for (i, role) in roles.iter().enumerate() {
-            let mut flags = node_flags(net, role);
-            let addr = net.addr(role);
-            let (phones, peers) = (
-                format!("{addr}:{PHONE_PORT}"),
-                format!("{addr}:{PEER_PORT}"),
-            );
-            let id = (i + 1).to_string();
-            let more = ["--config", &config, "--node-id", &id, "--etcd", etcd];
-            flags.extend(more.map(str::to_owned));
-            flags.extend(["--peer-listen".to_owned(), peers]);
-            flags.extend(["--advertise".to_owned(), phones]);
-            nodes.push(Node::start(net, binaries, role, &flags)?);
-        }
-        let cluster = Cluster {
+        let mut cluster = Cluster {
             net,
-            nodes,
-            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            nodes: Vec::new(),
+            roles: Vec::new(),
+            config: config.to_string_lossy().into_owned(),
+            etcd: etcd.to_owned(),
         };
+        for role in roles {
+            cluster.start_node(binaries, role)?;
+        }
         cluster.await_assigned()?;
         Ok(cluster)
+    }
+
+    /// Starts node `nodes.len() + 1` in `role` after the bootstrap: it
+    /// registers and learns the map, but owns no partition (partitions
+    /// move only at the bootstrap for now). Errors: it did not start.
+    pub fn join(&mut self, binaries: &Binaries, role: &str) -> Result<(), Error> {
+        self.start_node(binaries, role)
+    }
+
+    fn start_node(&mut self, binaries: &Binaries, role: &str) -> Result<(), Error> {
+        let mut flags = node_flags(self.net, role);
+        let addr = self.net.addr(role);
+        let (phones, peers) = (
+            format!("{addr}:{PHONE_PORT}"),
+            format!("{addr}:{PEER_PORT}"),
+        );
+        let id = (self.nodes.len() + 1).to_string();
+        let more = [
+            "--config",
+            &self.config,
+            "--node-id",
+            &id,
+            "--etcd",
+            &self.etcd,
+        ];
+        flags.extend(more.map(str::to_owned));
+        flags.extend(["--peer-listen".to_owned(), peers]);
+        flags.extend(["--advertise".to_owned(), phones]);
+        self.nodes
+            .push(Node::start(self.net, binaries, role, &flags)?);
+        self.roles.push(role.to_owned());
+        Ok(())
+    }
+
+    /// Waits until every node sees `count` nodes live. Errors: not in
+    /// time.
+    pub fn await_live(&self, count: usize) -> Result<(), Error> {
+        let deadline = Instant::now() + ASSIGNED_TIMEOUT;
+        loop {
+            let live: Vec<usize> = (0..self.nodes.len())
+                .map(|index| {
+                    self.status(index)["nodes_live"]
+                        .as_array()
+                        .map_or(0, Vec::len)
+                })
+                .collect();
+            if live.iter().all(|&l| l == count) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    what: format!("{count} nodes live in every node's view (seen: {live:?})"),
+                    waited_ms: ASSIGNED_TIMEOUT.as_millis() as u64,
+                    details: String::new(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// The nodes' phone-facing addresses, comma separated: loadgen's
     /// `--target`.
     pub fn targets(&self) -> String {
-        let targets: Vec<String> = (self.roles.iter())
+        self.targets_of(0..self.nodes.len())
+    }
+
+    /// [`Cluster::targets`] of the nodes at `indices` only.
+    pub fn targets_of(&self, indices: std::ops::Range<usize>) -> String {
+        let targets: Vec<String> = (self.roles[indices].iter())
             .map(|role| format!("{}:{PHONE_PORT}", self.net.addr(role)))
             .collect();
         targets.join(",")
