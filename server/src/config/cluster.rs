@@ -2,7 +2,7 @@
 //! Without the section the server is a single node and never talks to
 //! etcd.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 use shard::duration;
@@ -42,6 +42,13 @@ pub struct ClusterConfig {
     pub bootstrap_nodes: usize,
     /// Where in etcd the cluster keeps its keys.
     pub prefix: String,
+    /// A file holding the secret every node of the cluster shares (at
+    /// least 16 bytes; surrounding whitespace is trimmed). With it, the
+    /// links' handshakes prove membership by an HMAC over each hello and
+    /// welcome, and a peer without it is refused; without it, anyone who
+    /// reaches the peer port and names a member is taken for it
+    /// (docs/security.md, "The peer port").
+    pub secret_file: Option<PathBuf>,
 }
 
 impl Default for ClusterConfig {
@@ -55,6 +62,7 @@ impl Default for ClusterConfig {
             lease_ttl_ms: 5_000,
             bootstrap_nodes: 1,
             prefix: "/isle/v1/".into(),
+            secret_file: None,
         }
     }
 }
