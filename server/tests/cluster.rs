@@ -43,10 +43,11 @@ fn start_node(etcd: &str, id: u16, peer_port: u16, data_dir: tempfile::TempDir) 
         etcd,
         "--peer-listen",
         &peer,
+        "--bootstrap-nodes",
+        "3",
     ];
     let secret = secret_file();
     let server = Server::start_with(data_dir, &flags, |command| {
-        command.env("ISLE_CLUSTER__BOOTSTRAP_NODES", "3");
         command.env("ISLE_CLUSTER__SECRET_FILE", &secret);
     });
     Node {

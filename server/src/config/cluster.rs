@@ -38,7 +38,8 @@ pub struct ClusterConfig {
     #[serde(with = "duration::ms")]
     pub lease_ttl_ms: u64,
     /// The first controller assigns the partitions once this many nodes
-    /// are registered (only while the cluster has no partition map).
+    /// are registered (only while the cluster has no partition map;
+    /// `--bootstrap-nodes`).
     pub bootstrap_nodes: usize,
     /// Where in etcd the cluster keeps its keys.
     pub prefix: String,
