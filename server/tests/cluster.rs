@@ -715,3 +715,54 @@ fn idle_connections_to_the_peer_port_do_not_keep_a_restarted_node_out() {
     assert!(evicted >= (HELD - 64) as u64, "{evicted} evicted");
     assert!(reopened.load(Ordering::Relaxed) > 0);
 }
+
+/// The value of the series `name` of `server`'s metrics (summed over its
+/// labels), if it has one.
+fn metric(server: &Server, name: &str) -> Option<i64> {
+    let url = format!("http://{}/metrics", server.admin);
+    let text = ureq::get(&url).call().unwrap().into_string().unwrap();
+    let values: Vec<i64> = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// The lease time left was computed when the coordinator last heard from
+/// etcd, so during an outage it stood still at its last value; and the
+/// error that ended a session stayed in the status after the next one
+/// was healthy. Now the time left runs down to the moment of reading,
+/// the error goes once a session settles, and `/metrics` and `isle ctl
+/// status` show the node's part of the cluster.
+#[test]
+fn lease_time_runs_down_while_etcd_is_away_and_the_error_clears_once_back() {
+    let mut etcd = Etcd::start();
+    let nodes = start_three(&etcd);
+    let node = &nodes[0].server;
+    await_all(&[&nodes[0]], "both links up", |s| s["links_up"] == 2);
+    assert_eq!(metric(node, "isle_cluster_members"), Some(3));
+    assert_eq!(metric(node, "isle_cluster_links_up"), Some(2));
+    assert!(metric(node, "isle_cluster_map_revision").unwrap() > 0);
+    let table = std::process::Command::new(env!("CARGO_BIN_EXE_isle"))
+        .args(["ctl", "--admin", &node.admin.to_string(), "status"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("node 1 incarnation "), "{table}");
+    assert!(table.contains("3 members, 3 live [1, 2, 3]"), "{table}");
+    assert!(table.contains("links 2/2 up"), "{table}");
+
+    etcd.crash();
+    await_all(&[&nodes[0]], "the session ended", |s| {
+        s["last_error"].is_string() && s["lease_left_ms"].as_u64().unwrap_or(0) > 0
+    });
+    let before = cluster_status(node)["lease_left_ms"].as_u64().unwrap();
+    await_all(&[&nodes[0]], "the lease time running down", |s| {
+        s["lease_left_ms"].as_u64().unwrap() < before
+    });
+    etcd.restart();
+    await_all(&[&nodes[0]], "a healthy session again", |s| {
+        s["last_error"].is_null() && s["lease_left_ms"].as_u64().unwrap_or(0) > 0
+    });
+}
