@@ -766,3 +766,43 @@ fn lease_time_runs_down_while_etcd_is_away_and_the_error_clears_once_back() {
         s["last_error"].is_null() && s["lease_left_ms"].as_u64().unwrap_or(0) > 0
     });
 }
+
+/// A node that joins a cluster whose partitions are assigned owns none
+/// (moving partitions is not done yet), and said nothing about it: it
+/// looked like any other node. Its status, metrics and `isle ctl status`
+/// now say so.
+#[test]
+fn a_node_that_joins_later_says_it_owns_no_partitions() {
+    let etcd = Etcd::start();
+    let nodes = start_three(&etcd);
+    let late = start_node(
+        &failover_endpoints(&etcd),
+        4,
+        common::etcd::free_port(),
+        tempfile::tempdir().unwrap(),
+    );
+    await_all(&[&late], "the late node sees the map", |s| {
+        live(s) == [1, 2, 3, 4] && s["map_revision"].is_i64()
+    });
+    assert_eq!(cluster_status(&late.server)["partitions_owned"], 0);
+    assert_eq!(
+        metric(&late.server, "isle_cluster_partitions_owned"),
+        Some(0)
+    );
+    let table = std::process::Command::new(env!("CARGO_BIN_EXE_isle"))
+        .args(["ctl", "--admin", &late.server.admin.to_string(), "status"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("owns 0 partitions"), "{table}");
+    // The others still own them all.
+    let owned: u64 = nodes
+        .iter()
+        .map(|n| {
+            cluster_status(&n.server)["partitions_owned"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(owned, 1024);
+}

@@ -114,6 +114,9 @@ pub struct Coordinator {
     /// is held for sure.
     lease: Option<(i64, Instant)>,
     view: ClusterView,
+    /// The map revision this node was last told it owns nothing in, so
+    /// that it says so once per map.
+    unowned_said: Option<i64>,
 }
 
 /// Why a session ended without an etcd error.
@@ -150,6 +153,7 @@ impl Coordinator {
             status,
             lease: None,
             view: ClusterView::default(),
+            unowned_said: None,
         }
     }
 
@@ -462,6 +466,16 @@ impl Coordinator {
             s.last_error = None;
         });
         self.note_lease();
+        if let Some((map, revision)) = &view.partitions {
+            if map.owned_by(me) == 0 && self.unowned_said != Some(*revision) {
+                self.unowned_said = Some(*revision);
+                log::warn!(
+                    "cluster: node {me} owns 0 partitions (map revision {revision}): it serves \
+                     no account. Partitions are assigned only when a cluster is bootstrapped \
+                     (bootstrap_nodes); moving them to a node that joins later is not done yet"
+                );
+            }
+        }
         self.publish.send_replace(view);
     }
 

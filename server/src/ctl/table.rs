@@ -86,8 +86,8 @@ fn cluster_lines(cluster: &CoordinatorStatus) -> String {
         cluster.endpoint.as_deref().unwrap_or("not connected"),
     );
     if cluster.partitions_owned == 0 && cluster.map_revision.is_some() {
-        out += "owns 0 partitions: it serves no account (partitions move only when the \
-                cluster is bootstrapped; moving them is not done yet)\n";
+        out += "owns 0 partitions: it serves no account (partitions are assigned only at \
+                the cluster's bootstrap; moving them to a node that joins later is not done yet)\n";
     }
     if let Some(error) = &cluster.last_error {
         out += &format!("last etcd error: {error}\n");
