@@ -153,6 +153,20 @@ fn run(flags: Flags) -> anyhow::Result<()> {
         (listeners, peer_fds.next())
     });
     let serving = Arc::new(AtomicBool::new(false));
+    let secret = match config.cluster.as_ref() {
+        Some(cluster) => match &cluster.secret_file {
+            Some(path) => Some(server::remote::ClusterSecret::read(path)?),
+            None => {
+                log::warn!(
+                    "cluster.secret_file is not set: the peer port takes any host that names \
+                     a member for it; set a shared secret or keep the port firewalled \
+                     (docs/security.md)"
+                );
+                None
+            }
+        },
+        None => None,
+    };
     let outside = ShardsOutside {
         stop: stop.clone(),
         serving: serving.clone(),
@@ -164,6 +178,7 @@ fn run(flags: Flags) -> anyhow::Result<()> {
             .cluster
             .as_ref()
             .map_or_else(String::new, |c| c.prefix.clone()),
+        secret,
     };
     let (handles, recovered) =
         spawn_shards(&config, map, listeners, identity.as_ref(), senders, outside)?;
@@ -376,6 +391,8 @@ struct ShardsOutside {
     /// and the cluster's name in the links' handshakes.
     handovers: server::remote::Handovers,
     cluster: String,
+    /// The cluster's shared secret, when `cluster.secret_file` names one.
+    secret: Option<server::remote::ClusterSecret>,
 }
 
 /// The admin listener's address, written in the data dir for `isle ctl`.
@@ -406,6 +423,7 @@ fn spawn_shards(
     {
         let remote = RemoteSetupParts {
             cluster: outside.cluster.clone(),
+            secret: outside.secret.clone(),
             listener: peer_listener,
             handovers: outside.handovers.clone(),
         };

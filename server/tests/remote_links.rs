@@ -25,8 +25,8 @@ use std::{
 use glommio::{LocalExecutorBuilder, Placement};
 use server::remote::{
     frame::{self, Endpoint, Frame, Hello, Refusal, VERSION},
-    Delivery, Handovers, LinkConfig, Local, Origin, PushError, QueueLimits, RemoteLinks,
-    RemoteSetup, RemoteStats,
+    ClusterSecret, Delivery, Handovers, LinkConfig, Local, Origin, PushError, QueueLimits,
+    RemoteLinks, RemoteSetup, RemoteStats,
 };
 
 const CLUSTER: &str = "/isle/test/";
@@ -121,6 +121,7 @@ struct ShardSpec {
     config: LinkConfig,
     listener: Option<OwnedFd>,
     handovers: Handovers,
+    secret: Option<ClusterSecret>,
 }
 
 fn local(node: u16, incarnation: i64, shard: u16, shards: u16) -> Local {
@@ -196,6 +197,7 @@ fn links_for(
         config: spec.config,
         listener,
         handovers: spec.handovers.clone(),
+        secret: spec.secret.clone(),
         // Every peer is approved but the old incarnation of the receiver.
         approve: Box::new(move |node, incarnation| {
             let sender_floor = floor.sender_floor.load(Ordering::Relaxed);
@@ -326,6 +328,15 @@ fn two_nodes(
     config: LinkConfig,
     listening: [bool; 2],
 ) -> (Vec<ShardHandle>, Vec<ShardHandle>, SocketAddr) {
+    two_nodes_with(config, listening, None)
+}
+
+/// [`two_nodes`] whose links prove themselves with `secret`.
+fn two_nodes_with(
+    config: LinkConfig,
+    listening: [bool; 2],
+    secret: Option<ClusterSecret>,
+) -> (Vec<ShardHandle>, Vec<ShardHandle>, SocketAddr) {
     let (fds, addr) = reuseport_listeners(2);
     let receiver_handovers = Handovers::new(2);
     let receivers = fds
@@ -338,6 +349,7 @@ fn two_nodes(
                 config,
                 listener: listens.then_some(fd),
                 handovers: receiver_handovers.clone(),
+                secret: secret.clone(),
             })
         })
         .collect();
@@ -349,6 +361,7 @@ fn two_nodes(
                 config,
                 listener: None,
                 handovers: sender_handovers.clone(),
+                secret: secret.clone(),
             })
         })
         .collect();
@@ -529,6 +542,7 @@ fn hello_bytes(cluster: &str, incarnation: i64, to_shard: u16, session: u64) -> 
             session,
             window_messages: 16,
             window_bytes: 1024,
+            proof: [0; frame::PROOF_BYTES],
         },
     );
     out
@@ -542,6 +556,7 @@ fn strangers_broken_frames_and_gaps_close_the_connection_and_are_counted() {
         config: small_queue(),
         listener: fds.into_iter().next(),
         handovers: Handovers::new(1),
+        secret: None,
     });
     assert_eq!(stranger(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), None);
     assert_eq!(
@@ -571,6 +586,78 @@ fn strangers_broken_frames_and_gaps_close_the_connection_and_are_counted() {
     assert_eq!(stats.frames_refused, 2, "{stats:?}");
     assert_eq!(stats.handshakes_refused, 4, "{stats:?}");
     assert!(receiver.received_from(9, 0).is_empty());
+}
+
+/// A host that can reach the peer port and knows a member's node id and
+/// incarnation (etcd lists both) forged that member's hello with a session
+/// number far above its real one: without the cluster's secret it was
+/// accepted, started the sender's session over, and the real sender's
+/// resume was refused as stale from then on. With a secret the forgery is
+/// refused, and the live link neither resets nor loses a payload.
+#[test]
+fn a_forged_hello_does_not_disturb_a_live_link() {
+    const TOTAL: u64 = 3_000;
+    let secret = ClusterSecret::new(b"a secret the test's nodes share").unwrap();
+    let (senders, receivers, addr) = two_nodes_with(small_queue(), [true, true], Some(secret));
+    let sender = &senders[0];
+    sender.send(Command::Produce {
+        node: RECEIVER_NODE,
+        total: TOTAL,
+        bytes: 100,
+    });
+    wait_for("the link carrying payloads", || {
+        receivers[0].received_from(SENDER_NODE, 0).len() > 100
+    });
+    let forged = |proof: [u8; frame::PROOF_BYTES]| {
+        let mut out = Vec::new();
+        frame::encode_hello(
+            &mut out,
+            &Hello {
+                version: VERSION,
+                cluster: CLUSTER.as_bytes(),
+                from: Endpoint {
+                    node: SENDER_NODE,
+                    incarnation: SENDER_INCARNATION,
+                    shard: 0,
+                },
+                to: Endpoint {
+                    node: RECEIVER_NODE,
+                    incarnation: RECEIVER_INCARNATION,
+                    shard: 0,
+                },
+                session: u64::MAX,
+                window_messages: 16,
+                window_bytes: 1024,
+                proof,
+            },
+        );
+        out
+    };
+    let other = ClusterSecret::new(b"a secret of some other cluster").unwrap();
+    let mut guessed = forged([0; frame::PROOF_BYTES]);
+    let Ok(frame::Decoded::Frame(Frame::Hello(hello), _)) = frame::decode(&guessed) else {
+        panic!("a hello");
+    };
+    let proof = other.prove_hello(&hello);
+    guessed = forged(proof);
+    for (what, hello) in [("no proof", forged([0; 32])), ("another secret", guessed)] {
+        assert_eq!(stranger(addr, &hello), Some(Refusal::Unproven), "{what}");
+    }
+    let expected: Vec<u64> = (0..TOTAL).collect();
+    wait_for("every payload", || {
+        receivers[0].received_from(SENDER_NODE, 0).len() as u64 >= TOTAL
+    });
+    assert!(receivers[0].received_from(SENDER_NODE, 0) == expected);
+    wait_for("the queue to drain", || {
+        sender.stats().links[0].queue_messages == 0
+    });
+    let link = &sender.stats().links[0];
+    assert_eq!((link.resets, link.frames_refused), (0, 0), "{link:?}");
+    let (unproven, resets): (u64, u64) = receivers.iter().fold((0, 0), |(u, r), receiver| {
+        let stats = receiver.stats();
+        (u + stats.hellos_unproven, r + stats.sender_resets)
+    });
+    assert_eq!((unproven, resets), (2, 0));
 }
 
 #[test]
@@ -673,6 +760,7 @@ fn a_silent_receiver_is_closed_after_silent_close_ms_even_while_a_write_blocks()
         config,
         listener: None,
         handovers: Handovers::new(1),
+        secret: None,
     });
     sender.send(Command::Ensure {
         node: RECEIVER_NODE,
@@ -708,6 +796,7 @@ fn a_silent_receiver_is_closed_after_silent_close_ms_even_while_a_write_blocks()
             },
             received: 0,
             released: 0,
+            proof: [0; frame::PROOF_BYTES],
         },
     );
     first.write_all(&welcome).unwrap();

@@ -63,8 +63,13 @@ pub struct CoordinatorStatus {
     pub endpoint: Option<String>,
     /// The node's lease id: its incarnation.
     pub incarnation: Option<i64>,
-    /// How long the lease is held for sure, from now (ms).
+    /// How long the lease is held for sure, from now (ms): counted from
+    /// `lease_until` when the status is read, so it runs down while etcd
+    /// does not answer.
     pub lease_left_ms: u64,
+    /// Until when (the monotonic clock) the lease is held for sure.
+    #[serde(skip)]
+    pub lease_until: Option<Instant>,
     pub controller: Option<u16>,
     pub revision: i64,
     /// The revision of the partition map in use (`None`: no readable map,
@@ -74,10 +79,28 @@ pub struct CoordinatorStatus {
     pub nodes_live: Vec<u16>,
     pub members: Vec<u16>,
     pub partitions_owned: usize,
-    /// Sessions started, values of etcd keys refused, the last error.
+    /// This node's outgoing links (one per shard and other member), and
+    /// those connected now, from the shards' last reports.
+    #[serde(default)]
+    pub links: usize,
+    #[serde(default)]
+    pub links_up: usize,
+    /// Sessions started, values of etcd keys refused, and the error that
+    /// ended the last session, until a session is healthy again.
     pub sessions: u64,
     pub rejected_keys: u64,
     pub last_error: Option<String>,
+}
+
+impl CoordinatorStatus {
+    /// The status as of `now`: the lease time left counted down to it.
+    pub fn at(&self, now: Instant) -> CoordinatorStatus {
+        let mut status = self.clone();
+        if let Some(until) = self.lease_until {
+            status.lease_left_ms = until.saturating_duration_since(now).as_millis() as u64;
+        }
+        status
+    }
 }
 
 /// The node's etcd client and what it keeps.
@@ -91,6 +114,9 @@ pub struct Coordinator {
     /// is held for sure.
     lease: Option<(i64, Instant)>,
     view: ClusterView,
+    /// The map revision this node was last told it owns nothing in, so
+    /// that it says so once per map.
+    unowned_said: Option<i64>,
 }
 
 /// Why a session ended without an etcd error.
@@ -127,6 +153,7 @@ impl Coordinator {
             status,
             lease: None,
             view: ClusterView::default(),
+            unowned_said: None,
         }
     }
 
@@ -227,7 +254,10 @@ impl Coordinator {
     fn held_until(&mut self, id: i64, sent: Instant, ttl_s: i64) {
         let held = Duration::from_secs(ttl_s.max(0) as u64).mul_f64(LEASE_TRUST);
         self.lease = Some((id, sent + held));
-        self.note(|s| s.incarnation = Some(id));
+        self.note(|s| {
+            s.incarnation = Some(id);
+            s.lease_until = Some(sent + held);
+        });
     }
 
     /// Revokes a predecessor's lease, then publishes this node's record
@@ -309,6 +339,7 @@ impl Coordinator {
                     let answer = answer?.ok_or(SessionEnd::LeaseLost)?;
                     if answer.ttl() <= 0 {
                         self.lease = None;
+                        self.note(|s| s.lease_until = None);
                         return Err(SessionEnd::LeaseLost.into());
                     }
                     self.held_until(lease, sent, answer.ttl());
@@ -430,8 +461,21 @@ impl Coordinator {
                 .as_ref()
                 .map_or(0, |(map, _)| map.owned_by(me));
             s.map_revision = view.partitions.as_ref().map(|(_, revision)| *revision);
+            // A view settled: the session is healthy, whatever ended the
+            // one before.
+            s.last_error = None;
         });
         self.note_lease();
+        if let Some((map, revision)) = &view.partitions {
+            if map.owned_by(me) == 0 && self.unowned_said != Some(*revision) {
+                self.unowned_said = Some(*revision);
+                log::warn!(
+                    "cluster: node {me} owns 0 partitions (map revision {revision}): it serves \
+                     no account. Partitions are assigned only when a cluster is bootstrapped \
+                     (bootstrap_nodes); moving them to a node that joins later is not done yet"
+                );
+            }
+        }
         self.publish.send_replace(view);
     }
 

@@ -2,7 +2,7 @@
 //! Without the section the server is a single node and never talks to
 //! etcd.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 use shard::duration;
@@ -38,10 +38,18 @@ pub struct ClusterConfig {
     #[serde(with = "duration::ms")]
     pub lease_ttl_ms: u64,
     /// The first controller assigns the partitions once this many nodes
-    /// are registered (only while the cluster has no partition map).
+    /// are registered (only while the cluster has no partition map;
+    /// `--bootstrap-nodes`).
     pub bootstrap_nodes: usize,
     /// Where in etcd the cluster keeps its keys.
     pub prefix: String,
+    /// A file holding the secret every node of the cluster shares (at
+    /// least 16 bytes; surrounding whitespace is trimmed). With it, the
+    /// links' handshakes prove membership by an HMAC over each hello and
+    /// welcome, and a peer without it is refused; without it, anyone who
+    /// reaches the peer port and names a member is taken for it
+    /// (docs/security.md, "The peer port").
+    pub secret_file: Option<PathBuf>,
 }
 
 impl Default for ClusterConfig {
@@ -55,6 +63,7 @@ impl Default for ClusterConfig {
             lease_ttl_ms: 5_000,
             bootstrap_nodes: 1,
             prefix: "/isle/v1/".into(),
+            secret_file: None,
         }
     }
 }

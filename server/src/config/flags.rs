@@ -92,6 +92,11 @@ pub struct Flags {
     /// In a cluster: the host:port redirects send this node's phones to.
     #[arg(long)]
     pub advertise: Option<String>,
+    /// In a cluster: how many nodes must be registered before the first
+    /// controller assigns the partitions (default 1; only while the
+    /// cluster has no partition map).
+    #[arg(long)]
+    pub bootstrap_nodes: Option<usize>,
 }
 
 /// Each flag that sets a key, and that key (dotted: section, then key).
@@ -118,6 +123,7 @@ pub const FLAG_KEYS: &[(&str, &str)] = &[
     ("--etcd", "cluster.etcd"),
     ("--peer-listen", "cluster.peer_listen"),
     ("--advertise", "cluster.advertise"),
+    ("--bootstrap-nodes", "cluster.bootstrap_nodes"),
 ];
 
 impl Flags {
@@ -127,7 +133,7 @@ impl Flags {
         let path = |value: &Option<PathBuf>| value.as_ref().map(|p| p.display().to_string().into());
         let addr = |value: Option<SocketAddr>| value.map(|a| a.to_string().into());
         let on = |set: bool| set.then(|| Value::from(true));
-        let set: [(&str, Option<Value>); 21] = [
+        let set: [(&str, Option<Value>); 22] = [
             ("--data-dir", path(&self.data_dir)),
             ("--listen", addr(self.listen)),
             // After --listen, as before: no TLS wins.
@@ -150,6 +156,7 @@ impl Flags {
             ("--etcd", self.etcd.clone().map(Value::from)),
             ("--peer-listen", addr(self.peer_listen)),
             ("--advertise", text(&self.advertise)),
+            ("--bootstrap-nodes", self.bootstrap_nodes.map(Value::from)),
         ];
         FlagLayer {
             values: set

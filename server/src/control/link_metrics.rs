@@ -183,6 +183,9 @@ impl LinkMetrics {
 #[derive(Serialize)]
 struct Totals {
     handshakes_refused: u64,
+    hellos_unproven: u64,
+    hellos_not_approved: u64,
+    handshakes_evicted: u64,
     frames_refused: u64,
     handovers: u64,
     handovers_refused: u64,
@@ -191,8 +194,11 @@ struct Totals {
 }
 
 /// Every field of [`Totals`] only grows.
-const TOTALS_COUNTERS: [&str; 6] = [
+const TOTALS_COUNTERS: [&str; 9] = [
     "handshakes_refused",
+    "hellos_unproven",
+    "hellos_not_approved",
+    "handshakes_evicted",
     "frames_refused",
     "handovers",
     "handovers_refused",
@@ -203,6 +209,9 @@ const TOTALS_COUNTERS: [&str; 6] = [
 fn totals(stats: &RemoteStats) -> Totals {
     Totals {
         handshakes_refused: stats.handshakes_refused,
+        hellos_unproven: stats.hellos_unproven,
+        hellos_not_approved: stats.hellos_not_approved,
+        handshakes_evicted: stats.handshakes_evicted,
         frames_refused: stats.frames_refused,
         handovers: stats.handovers,
         handovers_refused: stats.handovers_refused,

@@ -89,6 +89,48 @@ pub struct Metrics {
     push: Family<OutcomeLabel, Counter>,
     replayed: Family<ShardLabel, Gauge>,
     ready: Gauge,
+    /// This node's part of the cluster; `None` for a single node.
+    cluster: Option<ClusterGauges>,
+}
+
+/// `isle_cluster_*`: what `isle ctl status` shows of the cluster.
+struct ClusterGauges {
+    members: Gauge,
+    nodes_live: Gauge,
+    map_revision: Gauge,
+    partitions_owned: Gauge,
+    lease_left_ms: Gauge,
+    links: Gauge,
+    links_up: Gauge,
+    controller: Gauge,
+}
+
+impl ClusterGauges {
+    fn register(registry: &mut Registry) -> ClusterGauges {
+        let mut gauge = |name: &str, help: &str| register(registry, name, help, Gauge::default());
+        ClusterGauges {
+            members: gauge(
+                "cluster_members",
+                "nodes that are members of the cluster (etcd)",
+            ),
+            nodes_live: gauge("cluster_nodes_live", "members whose lease is live"),
+            map_revision: gauge(
+                "cluster_map_revision",
+                "etcd revision of the partition map in use (0: none)",
+            ),
+            partitions_owned: gauge("cluster_partitions_owned", "partitions this node owns"),
+            lease_left_ms: gauge(
+                "cluster_lease_left_ms",
+                "milliseconds this node's lease is held for sure (counts down while etcd is away)",
+            ),
+            links: gauge(
+                "cluster_links",
+                "this node's outgoing links to other members",
+            ),
+            links_up: gauge("cluster_links_up", "of those, connected now"),
+            controller: gauge("cluster_controller", "1 while this node is the controller"),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -111,6 +153,7 @@ impl Metrics {
         let labels = node.map(|id| (Cow::Borrowed("node"), Cow::Owned(id.to_string())));
         let mut registry = Registry::with_prefix_and_labels("isle", labels.into_iter());
         let links = LinkMetrics::register(&mut registry);
+        let cluster = node.map(|_| ClusterGauges::register(&mut registry));
         let (counters, gauges) = register_counters(&mut registry);
         let (queues, queue_averages) = register_queues(&mut registry);
         let mut journal = BTreeMap::new();
@@ -173,7 +216,25 @@ impl Metrics {
             push,
             replayed,
             ready,
+            cluster,
         }
+    }
+
+    /// Takes in this node's part of the cluster.
+    pub fn set_cluster(&self, status: &crate::cluster::coordinator::CoordinatorStatus) {
+        let Some(gauges) = &self.cluster else {
+            return;
+        };
+        let count = |n: usize| clamp_i64(n as u64);
+        gauges.members.set(count(status.members.len()));
+        gauges.nodes_live.set(count(status.nodes_live.len()));
+        gauges.map_revision.set(status.map_revision.unwrap_or(0));
+        gauges.partitions_owned.set(count(status.partitions_owned));
+        gauges.lease_left_ms.set(clamp_i64(status.lease_left_ms));
+        gauges.links.set(count(status.links));
+        gauges.links_up.set(count(status.links_up));
+        let controller = status.controller == Some(status.node_id);
+        gauges.controller.set(i64::from(controller));
     }
 
     /// Takes in a shard's report; `averages` are its queues' decaying

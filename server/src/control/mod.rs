@@ -455,6 +455,23 @@ impl Shared {
 
     /// Brings the series that are not in shard reports up to date: the
     /// SMS and push senders' counts and the records replayed at start.
+    /// This node's part of the cluster as of now (`None`: a single node):
+    /// the coordinator's status with the lease time left counted down to
+    /// now, and the links the shards last reported.
+    fn cluster_status(&self, state: &State) -> Option<CoordinatorStatus> {
+        let status = self.cluster.get()?;
+        let mut status = status.lock().expect("not poisoned").at(Instant::now());
+        let links = state
+            .shards
+            .values()
+            .filter_map(|shard| shard.latest.remote.as_ref())
+            .flat_map(|remote| &remote.links);
+        (status.links, status.links_up) = links.fold((0, 0), |(all, up), link| {
+            (all + 1, up + usize::from(link.connected))
+        });
+        Some(status)
+    }
+
     fn refresh_process_metrics(&self) {
         self.metrics.set_gateways(self.sms.read(), self.push.read());
         let replayed: Vec<u64> = self
@@ -495,6 +512,10 @@ async fn require_token(
 
 async fn get_metrics(Extract(shared): Extract<Arc<Shared>>) -> Response {
     shared.refresh_process_metrics();
+    let cluster = shared.cluster_status(&shared.state.lock().expect("not poisoned"));
+    if let Some(cluster) = cluster {
+        shared.metrics.set_cluster(&cluster);
+    }
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     (
         [(header::CONTENT_TYPE, content_type)],
@@ -602,10 +623,7 @@ async fn get_status(Extract(shared): Extract<Arc<Shared>>) -> Response {
             .map(|r| r.load(Ordering::Relaxed))
             .collect(),
         shards,
-        cluster: shared
-            .cluster
-            .get()
-            .map(|status| status.lock().expect("not poisoned").clone()),
+        cluster: shared.cluster_status(&state),
     })
     .into_response()
 }

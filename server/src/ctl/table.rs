@@ -6,7 +6,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::control::{ShardStatus, Status};
+use crate::{
+    cluster::coordinator::CoordinatorStatus,
+    control::{ShardStatus, Status},
+};
 
 /// The widest line the table writes, in characters: readable on a
 /// terminal of 100 columns or more.
@@ -43,6 +46,9 @@ pub fn table(status: &Status) -> String {
         None => "ready\n".to_owned(),
         Some(reason) => format!("not ready: {reason}\n"),
     };
+    if let Some(cluster) = &status.cluster {
+        out += &cluster_lines(cluster);
+    }
     out += &format!(
         "{:>5} {:>7} {:>7} {:>17} {:>12} {}\n",
         "shard", "conns", "logged", "commit ms p50/99", "sync ms p50", "journal"
@@ -53,6 +59,38 @@ pub fn table(status: &Status) -> String {
     out += &queue_table(status);
     if status.reports_dropped > 0 {
         out += &format!("({} shard reports dropped)\n", status.reports_dropped);
+    }
+    out
+}
+
+/// A cluster node's part: who it is, the membership, the map, its lease
+/// and links, and why its last etcd session ended while it is not back.
+fn cluster_lines(cluster: &CoordinatorStatus) -> String {
+    let or_dash = |value: Option<String>| value.unwrap_or_else(|| "-".into());
+    let mut out = format!(
+        "node {} incarnation {}: {} members, {} live {:?}, controller {}\n",
+        cluster.node_id,
+        or_dash(cluster.incarnation.map(|i| format!("{i:x}"))),
+        cluster.members.len(),
+        cluster.nodes_live.len(),
+        cluster.nodes_live,
+        or_dash(cluster.controller.map(|c| c.to_string())),
+    );
+    out += &format!(
+        "partitions owned {} (map revision {}), lease {:.1} s left, links {}/{} up, etcd {}\n",
+        cluster.partitions_owned,
+        or_dash(cluster.map_revision.map(|r| r.to_string())),
+        cluster.lease_left_ms as f64 / 1e3,
+        cluster.links_up,
+        cluster.links,
+        cluster.endpoint.as_deref().unwrap_or("not connected"),
+    );
+    if cluster.partitions_owned == 0 && cluster.map_revision.is_some() {
+        out += "owns 0 partitions: it serves no account (partitions are assigned only at \
+                the cluster's bootstrap; moving them to a node that joins later is not done yet)\n";
+    }
+    if let Some(error) = &cluster.last_error {
+        out += &format!("last etcd error: {error}\n");
     }
     out
 }

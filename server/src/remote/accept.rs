@@ -13,7 +13,7 @@ use futures_lite::{
 use glommio::net::{TcpListener, TcpStream};
 
 use super::{
-    frame::{self, Endpoint, Frame, Hello, Refusal, Welcome, VERSION},
+    frame::{self, Endpoint, Frame, Hello, Proof, Refusal, Welcome, PROOF_BYTES, VERSION},
     handover::Handover,
     io::{wait_signal_until, within, FrameReader, Killer},
     links::{bump, InLink, RemoteLinks},
@@ -51,11 +51,6 @@ pub async fn accept_loop(links: Rc<RemoteLinks>, listener: TcpListener) {
         if links.stopping.get() {
             return;
         }
-        if links.handshakes.get() >= links.config.handshakes_max {
-            // Closed unread: as many strangers as that are not waited on.
-            bump(&links.counters.handshakes_refused);
-            continue;
-        }
         links.spawn(serve_incoming(links.clone(), stream, Vec::new()));
     }
 }
@@ -76,6 +71,8 @@ struct Admitted {
     sender: Endpoint,
     to_shard: u16,
     session: u64,
+    /// The hello's proof, which the welcome's answers.
+    proof: Proof,
     /// The hello's bytes, to move past when served here.
     bytes: usize,
 }
@@ -86,24 +83,37 @@ async fn serve_incoming(links: Rc<RemoteLinks>, stream: TcpStream, pending: Vec<
     let Ok(killer) = Killer::of(&stream) else {
         return;
     };
-    let peer = stream.peer_addr().map_or("?".into(), |a| a.to_string());
+    let Ok(peer) = stream.peer_addr() else {
+        return;
+    };
     let (mut read, mut write) = split(stream);
     let mut reader = FrameReader::new(pending);
-    links.handshakes.set(links.handshakes.get() + 1);
+    // Until its hello, the connection holds a place that a newer one may
+    // take (see `handshakes`): its kill switch goes with the place.
+    let place = links.places.enter(peer.ip(), killer);
     let hello = within(
         links.config.handshake_timeout_ms,
         read_hello(&links, &mut read, &mut reader),
     )
     .await;
-    links.handshakes.set(links.handshakes.get() - 1);
-    let checked = match hello {
-        None => Err((None, "no hello within the handshake timeout".to_owned())),
-        Some(result) => result,
+    let killer = place.finish();
+    let checked = match (hello, killer) {
+        (None, _) => Err((None, "no hello within the handshake timeout".to_owned())),
+        (Some(_), None) => Err((
+            None,
+            "shut down before its hello was read, to make room for newer connections".to_owned(),
+        )),
+        (Some(result), Some(killer)) => result.map(|admitted| (admitted, killer)),
     };
-    let admitted = match checked {
-        Ok(admitted) => admitted,
+    let (admitted, killer) = match checked {
+        Ok(checked) => checked,
         Err((refusal, why)) => {
             bump(&links.counters.handshakes_refused);
+            match refusal {
+                Some(Refusal::Unproven) => bump(&links.counters.hellos_unproven),
+                Some(Refusal::NotApproved) => bump(&links.counters.hellos_not_approved),
+                _ => {}
+            }
             if links.log_limit.allow(links.now_ms()) {
                 log::warn!(
                     "shard {}: refused a link from {peer}: {why}",
@@ -161,9 +171,11 @@ fn check(
     bytes: usize,
 ) -> Result<Admitted, (Option<Refusal>, String)> {
     let approve = |node, incarnation| (links.approve)(node, incarnation);
-    if let Err(refusal) = check_hello(hello, &links.local, links.config.queue, approve) {
+    let secret = links.secret.as_ref();
+    if let Err(refusal) = check_hello(hello, &links.local, secret, links.config.queue, approve) {
         let why = format!(
-            "{refusal} (node {} incarnation {:x} shard {} of cluster {:?}, for node {} shard {})",
+            "{refusal} (it claims node {} incarnation {:x} shard {} of cluster {:?}, \
+             for node {} shard {})",
             hello.from.node,
             hello.from.incarnation,
             hello.from.shard,
@@ -177,6 +189,7 @@ fn check(
         sender: hello.from,
         to_shard: hello.to.shard,
         session: hello.session,
+        proof: hello.proof,
         bytes,
     })
 }
@@ -286,17 +299,20 @@ fn admit_here(
     let mut session = link.session.borrow_mut();
     session.on_connect(links.now_ms());
     let (received, released) = session.resume_point();
-    let mut welcome = Vec::new();
-    frame::encode_welcome(
-        &mut welcome,
-        &Welcome {
-            version: VERSION,
-            cluster: links.local.cluster.as_bytes(),
-            from: links.endpoint(),
-            received,
-            released,
-        },
-    );
+    let mut welcome = Welcome {
+        version: VERSION,
+        cluster: links.local.cluster.as_bytes(),
+        from: links.endpoint(),
+        received,
+        released,
+        proof: [0; PROOF_BYTES],
+    };
+    if let Some(secret) = &links.secret {
+        welcome.proof = secret.prove_welcome(&welcome, &admitted.proof);
+    }
+    let mut bytes = Vec::new();
+    frame::encode_welcome(&mut bytes, &welcome);
+    let welcome = bytes;
     drop(session);
     Some((link, generation, welcome))
 }

@@ -14,9 +14,10 @@ use glommio::net::TcpStream;
 
 use super::{
     backoff::Backoff,
-    frame::{self, Frame, Hello, Refusal, Welcome, VERSION},
+    frame::{self, Frame, Hello, Proof, Refusal, Welcome, PROOF_BYTES, VERSION},
     io::{wait_signal_until, within, FrameReader, Killer, WRITE_BYTES_TARGET},
     links::{bump, OutLink, RemoteLinks},
+    proof::proofs_match,
     SessionError,
 };
 
@@ -131,13 +132,13 @@ async fn handshake(
     (read, write): (&mut ReadHalf<TcpStream>, &mut WriteHalf<TcpStream>),
     reader: &mut FrameReader,
 ) -> Result<(), Ended> {
-    let hello = hello_bytes(links, link);
+    let (hello, proof) = hello_bytes(links, link);
     if let Err(error) = write.write_all(&hello).await {
         return Err(Ended::Failed(format!("writing the hello: {error}")));
     }
     loop {
         match reader.next() {
-            Ok(Some(frame)) => return take_welcome(links, link, &frame),
+            Ok(Some(frame)) => return take_welcome(links, link, &frame, &proof),
             Ok(None) => {}
             Err(error) => return Err(refused_by_peer(links, link, error.to_string())),
         }
@@ -149,32 +150,40 @@ async fn handshake(
     }
 }
 
-fn hello_bytes(links: &RemoteLinks, link: &OutLink) -> Vec<u8> {
+/// The hello's bytes, and its proof (which the welcome must answer).
+fn hello_bytes(links: &RemoteLinks, link: &OutLink) -> (Vec<u8>, Proof) {
     let target = link.target.get();
     let session = link.session.borrow();
     let queue = links.config.queue;
-    let mut out = Vec::new();
-    frame::encode_hello(
-        &mut out,
-        &Hello {
-            version: VERSION,
-            cluster: links.local.cluster.as_bytes(),
-            from: links.endpoint(),
-            to: frame::Endpoint {
-                node: link.node,
-                incarnation: target.incarnation,
-                shard: target.shard,
-            },
-            session: session.session(),
-            window_messages: queue.messages_max.min(u32::MAX as usize) as u32,
-            window_bytes: queue.bytes_max as u64,
+    let mut hello = Hello {
+        version: VERSION,
+        cluster: links.local.cluster.as_bytes(),
+        from: links.endpoint(),
+        to: frame::Endpoint {
+            node: link.node,
+            incarnation: target.incarnation,
+            shard: target.shard,
         },
-    );
-    out
+        session: session.session(),
+        window_messages: queue.messages_max.min(u32::MAX as usize) as u32,
+        window_bytes: queue.bytes_max as u64,
+        proof: [0; PROOF_BYTES],
+    };
+    if let Some(secret) = &links.secret {
+        hello.proof = secret.prove_hello(&hello);
+    }
+    let mut out = Vec::new();
+    frame::encode_hello(&mut out, &hello);
+    (out, hello.proof)
 }
 
 /// Checks the receiver's first frame and resumes the session from it.
-fn take_welcome(links: &RemoteLinks, link: &OutLink, frame: &Frame<'_>) -> Result<(), Ended> {
+fn take_welcome(
+    links: &RemoteLinks,
+    link: &OutLink,
+    frame: &Frame<'_>,
+    hello_proof: &Proof,
+) -> Result<(), Ended> {
     let welcome: &Welcome<'_> = match frame {
         Frame::Welcome(welcome) => welcome,
         Frame::Refused(refusal) => return Err(refused(links, link, *refusal)),
@@ -201,6 +210,15 @@ fn take_welcome(links: &RemoteLinks, link: &OutLink, frame: &Frame<'_>) -> Resul
             String::from_utf8_lossy(welcome.cluster)
         );
         return Err(refused_by_peer(links, link, what));
+    }
+    if let Some(secret) = &links.secret {
+        if !proofs_match(&secret.prove_welcome(welcome, hello_proof), &welcome.proof) {
+            let what = format!(
+                "node {} answers without a valid proof of the cluster's secret",
+                from.node
+            );
+            return Err(refused_by_peer(links, link, what));
+        }
     }
     if !(links.approve)(from.node, from.incarnation) {
         return Err(Ended::Failed(format!(

@@ -11,8 +11,16 @@
 /// connect is told apart from a node of another version.
 pub const MAGIC: [u8; 4] = *b"ISLK";
 
-/// The link protocol's version; a peer with another is refused.
-pub const VERSION: u16 = 1;
+/// The link protocol's version; a peer with another is refused. Version 2
+/// added the proofs of membership to the handshake.
+pub const VERSION: u16 = 2;
+
+/// An HMAC-SHA256 under the cluster's secret (`remote::proof`), or zeros
+/// from a node without one.
+pub const PROOF_BYTES: usize = 32;
+
+/// What a hello or welcome carries to show it comes from a member.
+pub type Proof = [u8; PROOF_BYTES];
 
 /// The largest payload one data frame carries. The routing side encodes one
 /// message per payload; the largest it makes (a message body of 64 KiB with
@@ -36,8 +44,9 @@ const _: () = assert!(HELLO_BYTES_MAX <= FRAME_BYTES_MAX);
 const _: () = assert!(FRAME_BYTES_MAX <= u32::MAX as usize);
 
 /// A hello with the longest cluster name: kind, magic, version, name
-/// length and name, three endpoints' worth of fields, session, window.
-const HELLO_BYTES_MAX: usize = 1 + 4 + 2 + 1 + CLUSTER_NAME_BYTES_MAX + 12 + 12 + 8 + 4 + 8;
+/// length and name, two endpoints, session, window, proof.
+const HELLO_BYTES_MAX: usize =
+    1 + 4 + 2 + 1 + CLUSTER_NAME_BYTES_MAX + 12 + 12 + 8 + 4 + 8 + PROOF_BYTES;
 
 const KIND_HELLO: u8 = 1;
 const KIND_WELCOME: u8 = 2;
@@ -71,6 +80,8 @@ pub struct Hello<'a> {
     /// acknowledged, in messages and payload bytes.
     pub window_messages: u32,
     pub window_bytes: u64,
+    /// The dialer's proof of membership over the fields above.
+    pub proof: Proof,
 }
 
 /// The listening side's answer to an accepted hello: who it is, and where
@@ -85,6 +96,9 @@ pub struct Welcome<'a> {
     pub received: u64,
     /// The last sequence number the application released: acknowledged.
     pub released: u64,
+    /// The listener's proof of membership over the fields above and the
+    /// hello's proof.
+    pub proof: Proof,
 }
 
 /// Why a listener refused a hello, sent before it closes.
@@ -106,10 +120,12 @@ pub enum Refusal {
     WindowTooLarge = 7,
     #[error("this node cannot take the connection now (stopping, or its handover queue is full)")]
     Busy = 8,
+    #[error("its proof of membership does not match this node's cluster secret")]
+    Unproven = 9,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 8] = [
+    const ALL: [Refusal; 9] = [
         Refusal::Version,
         Refusal::OtherCluster,
         Refusal::WrongNode,
@@ -118,6 +134,7 @@ impl Refusal {
         Refusal::StaleSession,
         Refusal::WindowTooLarge,
         Refusal::Busy,
+        Refusal::Unproven,
     ];
 
     fn from_byte(byte: u8) -> Option<Refusal> {
@@ -297,6 +314,7 @@ impl<'a> Reader<'a> {
             session: self.u64()?,
             window_messages: self.u32()?,
             window_bytes: self.u64()?,
+            proof: self.array()?,
         })
     }
 
@@ -308,6 +326,7 @@ impl<'a> Reader<'a> {
             from: self.endpoint()?,
             received: self.u64()?,
             released: self.u64()?,
+            proof: self.array()?,
         })
     }
 
@@ -351,22 +370,45 @@ fn put_preamble(out: &mut Vec<u8>, version: u16, cluster: &[u8]) {
 
 pub fn encode_hello(out: &mut Vec<u8>, hello: &Hello<'_>) {
     frame(out, KIND_HELLO, |out| {
-        put_preamble(out, hello.version, hello.cluster);
-        put_endpoint(out, &hello.from);
-        put_endpoint(out, &hello.to);
-        out.extend_from_slice(&hello.session.to_le_bytes());
-        out.extend_from_slice(&hello.window_messages.to_le_bytes());
-        out.extend_from_slice(&hello.window_bytes.to_le_bytes());
+        put_hello_fields(out, hello);
+        out.extend_from_slice(&hello.proof);
     });
 }
 
 pub fn encode_welcome(out: &mut Vec<u8>, welcome: &Welcome<'_>) {
     frame(out, KIND_WELCOME, |out| {
-        put_preamble(out, welcome.version, welcome.cluster);
-        put_endpoint(out, &welcome.from);
-        out.extend_from_slice(&welcome.received.to_le_bytes());
-        out.extend_from_slice(&welcome.released.to_le_bytes());
+        put_welcome_fields(out, welcome);
+        out.extend_from_slice(&welcome.proof);
     });
+}
+
+/// What a hello's proof is made over: its kind byte and every field
+/// before the proof, as on the wire.
+pub fn signed_hello(out: &mut Vec<u8>, hello: &Hello<'_>) {
+    out.push(KIND_HELLO);
+    put_hello_fields(out, hello);
+}
+
+/// What a welcome's proof is made over (with the hello's proof after it).
+pub fn signed_welcome(out: &mut Vec<u8>, welcome: &Welcome<'_>) {
+    out.push(KIND_WELCOME);
+    put_welcome_fields(out, welcome);
+}
+
+fn put_hello_fields(out: &mut Vec<u8>, hello: &Hello<'_>) {
+    put_preamble(out, hello.version, hello.cluster);
+    put_endpoint(out, &hello.from);
+    put_endpoint(out, &hello.to);
+    out.extend_from_slice(&hello.session.to_le_bytes());
+    out.extend_from_slice(&hello.window_messages.to_le_bytes());
+    out.extend_from_slice(&hello.window_bytes.to_le_bytes());
+}
+
+fn put_welcome_fields(out: &mut Vec<u8>, welcome: &Welcome<'_>) {
+    put_preamble(out, welcome.version, welcome.cluster);
+    put_endpoint(out, &welcome.from);
+    out.extend_from_slice(&welcome.received.to_le_bytes());
+    out.extend_from_slice(&welcome.released.to_le_bytes());
 }
 
 pub fn encode_refused(out: &mut Vec<u8>, refusal: Refusal) {
@@ -451,6 +493,7 @@ mod tests {
             session: u64::MAX,
             window_messages: 8192,
             window_bytes: 1 << 40,
+            proof: [7; PROOF_BYTES],
         }));
         check(Frame::Welcome(Welcome {
             version: VERSION,
@@ -458,6 +501,7 @@ mod tests {
             from: endpoint(3),
             received: 9,
             released: 4,
+            proof: [0; PROOF_BYTES],
         }));
         for refusal in Refusal::ALL {
             check(Frame::Refused(refusal));

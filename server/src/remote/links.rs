@@ -25,7 +25,9 @@ use glommio::{net::TcpListener, sync::Semaphore, TaskQueueHandle};
 
 use super::{
     accept, dial,
+    handshakes::HandshakePlaces,
     io::{Clock, Killer, LogLimit, Signal},
+    proof::ClusterSecret,
     receive::ReceiveSession,
     send::SendSession,
     Delivery, Handovers, InboundStats, LinkConfig, LinkConfigError, LinkStats, Local, Origin,
@@ -42,6 +44,10 @@ pub struct RemoteSetup {
     pub listener: Option<OwnedFd>,
     /// The node's handover inboxes (one `Handovers` shared by its shards).
     pub handovers: Handovers,
+    /// The cluster's shared secret: with one, a hello or welcome must
+    /// carry its proof; without, any host that names a member is taken
+    /// for it (docs/security.md).
+    pub secret: Option<ClusterSecret>,
     /// Whether a peer's (node, incarnation) may link with this node: the
     /// routing side refuses unknown nodes and old incarnations. Asked of
     /// every hello and every welcome.
@@ -62,6 +68,7 @@ pub struct RemoteLinks {
     incarnation: Cell<i64>,
     pub(super) config: LinkConfig,
     pub(super) clock: Clock,
+    pub(super) secret: Option<ClusterSecret>,
     pub(super) approve: Box<dyn Fn(u16, i64) -> bool>,
     pub(super) deliver: Box<dyn Fn(Delivery)>,
     links: RefCell<AHashMap<u16, Rc<OutLink>>>,
@@ -69,8 +76,8 @@ pub struct RemoteLinks {
     pub(super) handovers: Handovers,
     /// Dials in progress (connect and handshake), at most `dials_max`.
     pub(super) dials: Semaphore,
-    /// Incoming connections that have not finished their handshake.
-    pub(super) handshakes: Cell<usize>,
+    /// Incoming connections that have not said hello yet.
+    pub(super) places: Rc<HandshakePlaces>,
     /// The session number the next new or reset session takes: they only
     /// grow, so a receiver can tell an old connection from a new one.
     next_session: Cell<u64>,
@@ -88,6 +95,8 @@ pub struct RemoteLinks {
 #[derive(Default)]
 pub(super) struct Counters {
     pub handshakes_refused: Cell<u64>,
+    pub hellos_unproven: Cell<u64>,
+    pub hellos_not_approved: Cell<u64>,
     pub frames_refused: Cell<u64>,
     pub handovers: Cell<u64>,
     pub handovers_refused: Cell<u64>,
@@ -175,12 +184,16 @@ impl RemoteLinks {
             local: setup.local,
             config: setup.config,
             clock: Clock::new(),
+            secret: setup.secret,
             approve: setup.approve,
             deliver: setup.deliver,
             links: RefCell::new(AHashMap::new()),
             inbound: RefCell::new(AHashMap::new()),
             handovers: setup.handovers,
-            handshakes: Cell::new(0),
+            places: HandshakePlaces::new(
+                setup.config.handshakes_max,
+                setup.config.handshakes_per_source_max,
+            ),
             next_session: Cell::new(1),
             stopping: Cell::new(false),
             stop_accepting: Signal::default(),
@@ -535,6 +548,9 @@ impl RemoteLinks {
             links,
             inbound,
             handshakes_refused: c.handshakes_refused.get(),
+            hellos_unproven: c.hellos_unproven.get(),
+            hellos_not_approved: c.hellos_not_approved.get(),
+            handshakes_evicted: self.places.evicted(),
             frames_refused: c.frames_refused.get(),
             handovers: c.handovers.get(),
             handovers_refused: c.handovers_refused.get(),

@@ -38,8 +38,10 @@ mod backoff;
 mod dial;
 pub mod frame;
 mod handover;
+mod handshakes;
 mod io;
 mod links;
+pub mod proof;
 pub mod receive;
 pub mod send;
 #[cfg(test)]
@@ -51,6 +53,7 @@ pub use self::{
     frame::{Endpoint, Refusal, PAYLOAD_BYTES_MAX},
     handover::Handovers,
     links::{RemoteLinks, RemoteSetup},
+    proof::{ClusterSecret, SecretError},
 };
 
 /// One message's bytes, as the routing side encoded it.
@@ -118,9 +121,12 @@ pub struct LinkConfig {
     pub redial_max_ms: u64,
     /// Links of one shard dialing (connect and handshake) at once.
     pub dials_max: usize,
-    /// Incoming connections of one shard that have not finished their
-    /// handshake; past it new ones are closed at once.
+    /// Incoming connections of one shard that have not said hello yet,
+    /// and of those, from one source address. A new connection past
+    /// either takes the place of the oldest (of its source, else of all):
+    /// see `handshakes`.
     pub handshakes_max: usize,
+    pub handshakes_per_source_max: usize,
 }
 
 impl Default for LinkConfig {
@@ -134,6 +140,7 @@ impl Default for LinkConfig {
             redial_max_ms: 5_000,
             dials_max: 4,
             handshakes_max: 64,
+            handshakes_per_source_max: 16,
         }
     }
 }
@@ -200,6 +207,10 @@ impl LinkConfig {
             ("dial_timeout_ms", self.dial_timeout_ms),
             ("dials_max", self.dials_max as u64),
             ("handshakes_max", self.handshakes_max as u64),
+            (
+                "handshakes_per_source_max",
+                self.handshakes_per_source_max as u64,
+            ),
         ];
         match positive.into_iter().find(|(_, value)| *value == 0) {
             Some((name, _)) => Err(LinkConfigError::Zero(name)),
@@ -377,6 +388,14 @@ pub struct RemoteStats {
     /// Incoming hellos refused (strangers, other clusters, old
     /// incarnations, stale sessions) and handshakes that failed.
     pub handshakes_refused: u64,
+    /// Of those, hellos without a valid proof of the cluster's secret...
+    pub hellos_unproven: u64,
+    /// ... and hellos from a node etcd does not list, or not at that
+    /// incarnation.
+    pub hellos_not_approved: u64,
+    /// Connections that had not said hello, shut down to make room for
+    /// newer ones (`LinkConfig::handshakes_max`).
+    pub handshakes_evicted: u64,
     /// Incoming connections closed for a bad frame or a broken rule.
     pub frames_refused: u64,
     /// Incoming connections passed to the shard their hello named, and

@@ -14,18 +14,21 @@ use std::collections::VecDeque;
 
 use super::{
     frame::{self, Endpoint, Frame, Hello, Refusal, VERSION},
+    proof::{proofs_match, ClusterSecret},
     send::kind_name,
     Local, QueueLimits, SessionError, Timing,
 };
 
 /// Checks a hello against this shard's node: protocol version, cluster,
-/// the node and shard it wants, the window it asks for, and whether the
-/// application approves the sender's (node, incarnation). The shard it
-/// wants may be another of this node's: the connection is then handed to
-/// it.
+/// its proof of membership (when this node has the cluster's secret), the
+/// node and shard it wants, the window it asks for, and whether the
+/// application approves the sender's (node, incarnation): a member etcd
+/// lists, at the incarnation it lists. The shard it wants may be another
+/// of this node's: the connection is then handed to it.
 pub fn check_hello(
     hello: &Hello<'_>,
     local: &Local,
+    secret: Option<&ClusterSecret>,
     window: QueueLimits,
     approve: impl FnOnce(u16, i64) -> bool,
 ) -> Result<(), Refusal> {
@@ -34,6 +37,11 @@ pub fn check_hello(
     }
     if hello.cluster != local.cluster.as_bytes() {
         return Err(Refusal::OtherCluster);
+    }
+    if let Some(secret) = secret {
+        if !proofs_match(&secret.prove_hello(hello), &hello.proof) {
+            return Err(Refusal::Unproven);
+        }
     }
     if hello.to.node != local.node || hello.from.node == local.node {
         return Err(Refusal::WrongNode);
@@ -353,6 +361,7 @@ mod tests {
             session,
             window_messages: 3,
             window_bytes: 30,
+            proof: [0; frame::PROOF_BYTES],
         }
     }
 
@@ -375,12 +384,12 @@ mod tests {
 
     #[test]
     fn hellos_from_strangers_are_refused_with_their_reason() {
-        let check = |hello: Hello<'_>| check_hello(&hello, &local(), WINDOW, |_, i| i != 5);
+        let check = |hello: Hello<'_>| check_hello(&hello, &local(), None, WINDOW, |_, i| i != 5);
         assert_eq!(check(hello(9, 1)), Ok(()));
         let cases = [
             (
                 Hello {
-                    version: 2,
+                    version: VERSION + 1,
                     ..hello(9, 1)
                 },
                 Refusal::Version,
@@ -414,6 +423,26 @@ mod tests {
         let mut far = hello(9, 1);
         far.to.shard = 2;
         assert_eq!(check(far), Err(Refusal::NoSuchShard));
+    }
+
+    #[test]
+    fn with_a_secret_only_a_hello_proven_with_it_is_accepted() {
+        let secret = ClusterSecret::new(b"the cluster's secret").unwrap();
+        let other = ClusterSecret::new(b"another cluster's secret").unwrap();
+        let check =
+            |hello: &Hello<'_>| check_hello(hello, &local(), Some(&secret), WINDOW, |_, _| true);
+        let mut proven = hello(9, 1);
+        assert_eq!(check(&proven), Err(Refusal::Unproven), "no proof");
+        proven.proof = other.prove_hello(&proven);
+        assert_eq!(check(&proven), Err(Refusal::Unproven), "another secret");
+        proven.proof = secret.prove_hello(&proven);
+        assert_eq!(check(&proven), Ok(()));
+        // The proof covers every field: a forged session number breaks it.
+        let forged = Hello {
+            session: u64::MAX,
+            ..proven
+        };
+        assert_eq!(check(&forged), Err(Refusal::Unproven));
     }
 
     #[test]

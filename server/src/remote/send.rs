@@ -354,6 +354,7 @@ mod tests {
             },
             received,
             released,
+            proof: [0; crate::remote::frame::PROOF_BYTES],
         }
     }
 

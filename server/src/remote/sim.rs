@@ -161,6 +161,7 @@ impl World {
             },
             received,
             released,
+            proof: [0; crate::remote::frame::PROOF_BYTES],
         };
         match self.sender.on_welcome(&welcome, self.now_ms) {
             Ok(()) => self.connected = true,

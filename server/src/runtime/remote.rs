@@ -37,7 +37,8 @@ use std::{
 use ahash::AHashMap;
 use glommio::TaskQueueHandle;
 use server::remote::{
-    Delivery, Handovers, LinkConfig, Local, Origin, Payload, PushError, RemoteLinks, RemoteSetup,
+    ClusterSecret, Delivery, Handovers, LinkConfig, Local, Origin, Payload, PushError, RemoteLinks,
+    RemoteSetup,
 };
 use shard::{PeerMessage, Placement};
 
@@ -67,6 +68,7 @@ struct Outbound {
 /// The cluster as this shard's links see it.
 pub struct Remote {
     cluster: String,
+    secret: Option<ClusterSecret>,
     staging_max: usize,
     /// This shard's peer listener, until the links start.
     listener: RefCell<Option<OwnedFd>>,
@@ -85,6 +87,8 @@ pub struct Remote {
 /// This shard's part of the node's peer listener and handovers.
 pub struct RemoteSetupParts {
     pub cluster: String,
+    /// The cluster's shared secret, if it has one.
+    pub secret: Option<ClusterSecret>,
     pub listener: Option<OwnedFd>,
     pub handovers: Handovers,
 }
@@ -93,6 +97,7 @@ impl Remote {
     pub fn new(parts: RemoteSetupParts, staging_max: usize) -> Remote {
         Remote {
             cluster: parts.cluster,
+            secret: parts.secret,
             staging_max,
             listener: RefCell::new(parts.listener),
             handovers: parts.handovers,
@@ -274,6 +279,7 @@ fn start(runtime: &Rc<Runtime>, placement: &Placement, queue: Option<TaskQueueHa
         config: LinkConfig::default(),
         listener: remote.listener.borrow_mut().take(),
         handovers: remote.handovers.clone(),
+        secret: remote.secret.clone(),
         approve,
         deliver,
         task_queue: queue,

@@ -74,9 +74,18 @@ impl Etcd {
 
     /// kill -9, then the same member again on the same data: an outage.
     pub fn crash_and_restart(&mut self, down_for: Duration) {
+        self.crash();
+        std::thread::sleep(down_for);
+        self.restart();
+    }
+
+    /// kill -9 of the member; `restart` brings it back on its data.
+    pub fn crash(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        std::thread::sleep(down_for);
+    }
+
+    pub fn restart(&mut self) {
         self.child = Etcd::spawn(&self.data_dir, &self.url, &self.peer_url);
         self.await_healthy();
     }
