@@ -18,7 +18,7 @@ use std::{
 use common::{etcd::Etcd, Server};
 use loadgen::client::{Client, Event, Polled};
 use shard::{PartitionMap, PARTITIONS_DEFAULT};
-use wire::{ClientFrame, DeviceKey, Phone, Presence, Profile, TypingState};
+use wire::{ClientFrame, DeviceKey, ErrorKind, Phone, Presence, Profile, TypingState};
 
 /// A lease (5 s), etcd's expiry sweep, a session's retry and a tick.
 const SETTLE: Duration = Duration::from_secs(20);
@@ -495,11 +495,36 @@ fn a_node_paused_past_its_lease_carries_messages_again_once_back() {
         .as_i64()
         .unwrap();
     assert_ne!(after, before, "a lost lease is a new incarnation");
-    // Both directions: node 1 to node 2, and node 2 to node 1.
-    send(&mut alice, 2, bob_number);
-    let to_bob = await_frame(&mut alice, SETTLE, sent(2));
-    send(&mut bob, 1, alice_number);
-    let to_alice = await_frame(&mut bob, SETTLE, sent(1));
+    // Both directions: node 1 to node 2, and node 2 to node 1. The status
+    // says node 2 is live a moment (up to a shard's tick) before every
+    // shard routes by the new view, and a send in that moment is refused
+    // `Unavailable`, which a phone sends again: so does this one.
+    let send_until_sent = |client: &mut Client, client_id: u64, to: Phone| {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            send(client, client_id, to);
+            let left = deadline.saturating_duration_since(Instant::now());
+            let answer = await_frame(client, left, |e| match e {
+                Event::Sent { client_id: c, .. } if *c == client_id => Some(Ok(())),
+                Event::Error {
+                    kind: ErrorKind::Unavailable,
+                    client_id: Some(c),
+                    ..
+                } if *c == client_id => Some(Err(())),
+                _ => None,
+            });
+            match answer {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(())) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
+                Ok(Err(())) => return Err(vec![]),
+                Err(seen) => return Err(seen),
+            }
+        }
+    };
+    let to_bob = send_until_sent(&mut alice, 2, bob_number);
+    let to_alice = send_until_sent(&mut bob, 1, alice_number);
     let metrics = |server: &Server| {
         let url = format!("http://{}/metrics", server.admin);
         let text = ureq::get(&url).call().unwrap().into_string().unwrap();

@@ -58,8 +58,17 @@ impl<'net> Cluster<'net> {
         roles: &[&str],
         etcd: &str,
     ) -> Result<Cluster<'net>, Error> {
+        // The nodes prove their membership to each other with a shared
+        // secret, as a deployment's should.
+        let secret = net.dir().join("cluster.secret");
+        let key: String = (0..32).map(|_| format!("{:02x}", rand_byte())).collect();
+        std::fs::write(&secret, key).map_err(Error::io("writing cluster.secret"))?;
         let config = net.dir().join("cluster.toml");
-        let toml = format!("[cluster]\nbootstrap_nodes = {}\n", roles.len());
+        let toml = format!(
+            "[cluster]\nbootstrap_nodes = {}\nsecret_file = {:?}\n",
+            roles.len(),
+            secret.display().to_string()
+        );
         std::fs::write(&config, toml).map_err(Error::io("writing cluster.toml"))?;
         let mut cluster = Cluster {
             net,
@@ -192,4 +201,11 @@ impl<'net> Cluster<'net> {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+/// A byte that differs from run to run (the secret need not be strong:
+/// the test network is private; it must only be the cluster's own).
+fn rand_byte() -> u8 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::Instant::now()) as u8
 }
