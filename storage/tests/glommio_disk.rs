@@ -183,3 +183,56 @@ fn a_new_log_waits_for_a_small_first_segment_and_prepares_the_next_meanwhile() {
         .unwrap();
     assert_eq!(spare, Some(2 * FIRST_SEGMENT_BYTES_MAX));
 }
+
+/// A truncation on real files: the segments past the cut are deleted, the
+/// frames past it zeroed and synced, and the log goes on from the cut,
+/// into new segments (made from prepared blanks), across a reopen.
+#[test]
+fn a_truncation_on_real_files_goes_on_from_the_cut_across_a_reopen() {
+    let scratch = tempfile::tempdir().unwrap();
+    let path = scratch.path().to_path_buf();
+    let config = LogConfig {
+        segment_bytes_max: 64 * 1024,
+        ..LogConfig::new(0, 1)
+    };
+    let commit = |c: u64| -> Vec<Record> { vec![put(c, 3_000)] };
+    let keep = 9;
+    let (segments_before, segments_after) = LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(256 * 1024)
+        .spawn(move || async move {
+            let disk = GlommioDisk::open(&path).await.unwrap();
+            let (mut log, _) = Log::open(disk, config, |_| panic!("empty log"))
+                .await
+                .unwrap();
+            for c in 1..=60 {
+                log.append(&commit(c)).await.unwrap();
+            }
+            let before = log.segments().count();
+            assert_eq!(log.truncate_after(keep).await.unwrap(), 60 - keep);
+            let after = log.segments().count();
+            for c in 1_000..1_040 {
+                log.append(&commit(c)).await.unwrap();
+            }
+            drop(log);
+            let disk = GlommioDisk::open(&path).await.unwrap();
+            let mut replayed = Vec::new();
+            let (log, recovery) = Log::open(disk, config, |r| replayed.push(r))
+                .await
+                .unwrap();
+            assert_eq!(recovery.torn_tail, None);
+            assert_eq!(log.next_seq(), keep + 41);
+            let expected: Vec<Record> = (1..=keep)
+                .chain(1_000..1_040)
+                .flat_map(commit)
+                .collect();
+            assert!(replayed == expected, "replay differs");
+            (before, after)
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(
+        segments_after < segments_before,
+        "{segments_before} -> {segments_after}"
+    );
+}

@@ -707,3 +707,115 @@ fn the_first_segments_of_every_shard_fit_the_start_budget() {
         assert_eq!(bytes % BLOCK_BYTES as u64, 0);
     }
 }
+
+// ---- truncation ------------------------------------------------------------
+
+/// A log over several small segments: `count` commits of one block each,
+/// 15 to a 64 KiB segment (the first frames of a young log are in smaller
+/// ones).
+fn truncation_log(disk: &MemoryDisk, all: &[Vec<Record>]) -> Log<MemoryDisk> {
+    let (mut log, _, _) = open(disk, truncation_config()).unwrap();
+    for commit in all {
+        block_on(log.append(commit)).unwrap();
+    }
+    log
+}
+
+fn truncation_config() -> LogConfig {
+    LogConfig {
+        segment_bytes_max: 64 * 1024,
+        ..config()
+    }
+}
+
+/// Which commits of `all` a replay holds, when it holds a prefix of them.
+fn prefix_of(all: &[Vec<Record>], replayed: &[Record]) -> Option<usize> {
+    (0..=all.len()).find(|&k| all[..k].concat() == replayed)
+}
+
+#[test]
+fn a_truncation_cuts_batches_across_segments_and_the_log_goes_on_after_it() {
+    let all = commits(60);
+    for keep in [0u64, 1, 14, 15, 16, 30, 44, 59] {
+        let disk = MemoryDisk::new();
+        let mut log = truncation_log(&disk, &all);
+        let segments = log.segments();
+        assert!(segments.clone().count() > 3, "{segments:?}");
+        assert_eq!(block_on(log.truncate_after(keep)).unwrap(), 60 - keep, "{keep}");
+        assert_eq!(log.next_seq(), keep + 1);
+        assert_eq!(log.last_batch(), keep);
+        // Appends go on after the cut, across new segments.
+        let more = commits(40);
+        for commit in &more {
+            block_on(log.append(commit)).unwrap();
+        }
+        drop(log);
+        let (log, recovery, replayed) = open(&disk, truncation_config()).unwrap();
+        let expected = [all[..keep as usize].concat(), more.concat()].concat();
+        assert!(replayed == expected, "keep {keep}: replay differs");
+        assert_eq!(recovery.torn_tail, None, "keep {keep}");
+        assert_eq!(log.next_seq(), keep + 41);
+    }
+}
+
+#[test]
+fn a_truncation_at_or_past_the_end_changes_nothing_and_one_before_the_log_is_refused() {
+    let disk = MemoryDisk::new();
+    let all = commits(40);
+    let mut log = truncation_log(&disk, &all);
+    assert_eq!(block_on(log.truncate_after(40)).unwrap(), 0);
+    assert_eq!(block_on(log.truncate_after(99)).unwrap(), 0);
+    // A checkpoint took the first segments: their batches are gone.
+    let removed = block_on(log.remove_through(30)).unwrap();
+    assert!(removed > 0);
+    let first = *log.segments().start();
+    let error = block_on(log.truncate_after(0)).unwrap_err();
+    assert!(
+        matches!(error, LogError::TruncateBeforeLog { keep: 0, .. }),
+        "{error}"
+    );
+    assert!(!log.is_poisoned(), "a refused cut touches nothing");
+    assert_eq!(log.segments().start(), &first);
+    block_on(log.append(&all[0])).unwrap();
+}
+
+/// A crash at any point of a truncation (an I/O error at each of its
+/// operations in turn, then the power lost, keeping any prefix of what
+/// was not synced) leaves a log that opens and holds a prefix of what was
+/// written, at least what was kept; the same truncation after the
+/// restart finishes the cut.
+#[test]
+fn a_truncation_interrupted_anywhere_leaves_a_valid_log_and_finishes_when_repeated() {
+    let all = commits(50);
+    let keep = 12u64;
+    let mut step = 1;
+    loop {
+        let mut finished = false;
+        for torn in [0, 100, 4096, 1 << 20] {
+            let disk = MemoryDisk::new();
+            let mut log = truncation_log(&disk, &all);
+            disk.inject(disk.operations() + step, Fault::Errno(libc::EIO));
+            finished = block_on(log.truncate_after(keep)).is_ok();
+            drop(log);
+            disk.crash(torn);
+            let (mut log, _, replayed) = open(&disk, truncation_config())
+                .unwrap_or_else(|e| panic!("step {step}, torn {torn}: {e}"));
+            let kept = prefix_of(&all, &replayed)
+                .unwrap_or_else(|| panic!("step {step}, torn {torn}: not a prefix"));
+            assert!(kept >= keep as usize, "step {step}, torn {torn}: {kept}");
+            if finished {
+                assert_eq!(kept, keep as usize, "step {step}: finished");
+            }
+            block_on(log.truncate_after(keep)).unwrap();
+            drop(log);
+            let (_, _, replayed) = open(&disk, truncation_config()).unwrap();
+            assert_eq!(prefix_of(&all, &replayed), Some(keep as usize));
+        }
+        if finished {
+            break;
+        }
+        step += 1;
+        assert!(step < 200, "the truncation never finished");
+    }
+    assert!(step > 5, "the cut took {step} operations: too few to test");
+}

@@ -165,6 +165,14 @@ pub enum LogError {
     /// the log is intact: the same records may be appended again later.
     #[error("preparing a new log segment: {0}")]
     Unavailable(io::Error),
+    /// [`Log::truncate_after`] was asked to keep less than the log holds:
+    /// the batches before `first` went with the segments a checkpoint
+    /// covered, so the log cannot end at `keep`.
+    #[error(
+        "cannot cut the log after batch {keep}: its oldest batch is {first} \
+         (a checkpoint holds the ones before)"
+    )]
+    TruncateBeforeLog { keep: u64, first: u64 },
 }
 
 /// What replay found wrong at one place in the log.
@@ -490,6 +498,133 @@ impl<B: Backend> Log<B> {
         Ok(removed)
     }
 
+    /// Cuts the log after batch `keep`: every later batch is gone, on disk
+    /// and for replay, and the next append is batch `keep + 1`. Returns
+    /// how many batches went. For a replica whose tail was never
+    /// acknowledged (docs/islands.md, rule 5); the caller deletes any
+    /// checkpoint past `keep` first (rule 6 says there is none).
+    ///
+    /// Crash-safe at every step, without a marker: later segments are
+    /// deleted from the last one back, then the frames past `keep` in the
+    /// segment that holds it are zeroed from the last one back, each
+    /// synced before the next, so the log on disk is always a valid log
+    /// ending somewhere between `keep` and where it ended (a frame zeroed
+    /// halfway is a torn tail). Running it again finishes the job.
+    ///
+    /// Errors: [`LogError::Poisoned`]; [`LogError::TruncateBeforeLog`]
+    /// when `keep` is before the oldest batch on disk less one; I/O errors
+    /// (the log is then poisoned: what is on disk is still a valid log,
+    /// and a reopen followed by the same call finishes the cut).
+    pub async fn truncate_after(&mut self, keep: u64) -> Result<u64, LogError> {
+        if self.poisoned {
+            return Err(LogError::Poisoned);
+        }
+        let last = self.last_batch();
+        if keep >= last {
+            return Ok(0);
+        }
+        let first = self.segments.front().map_or(self.next_seq, |s| s.1);
+        if keep + 1 < first {
+            return Err(LogError::TruncateBeforeLog { keep, first });
+        }
+        let result = self.truncate_inner(keep).await;
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result.map(|()| last - keep)
+    }
+
+    async fn truncate_inner(&mut self, keep: u64) -> Result<(), LogError> {
+        // The segment holding batch `keep + 1` is the last one starting at
+        // or before it; its batches end where the next one's begin.
+        let target = self
+            .segments
+            .iter()
+            .rposition(|&(_, first)| first <= keep + 1)
+            .expect("keep is at or after the oldest batch less one");
+        let ends_before = self.segments.get(target + 1).map_or(self.next_seq, |s| s.1);
+        while self.segments.len() > target + 1 {
+            let (number, _) = self.segments.pop_back().expect("not empty");
+            if number == self.segment {
+                // Let go of the open file before its segment goes.
+                let (previous, _) = self.segments[target];
+                self.file = self.backend.open(previous).await?;
+                self.segment = previous;
+            }
+            self.backend.remove(number).await?;
+        }
+        let (number, first_batch) = self.segments[target];
+        let found = self.frames_from(number, first_batch, keep + 1).await?;
+        if found.next_seq != ends_before {
+            return Err(LogError::Damaged {
+                number,
+                offset: found.valid_end,
+                reason: Damage::OutOfOrder {
+                    found: found.next_seq,
+                    expected: ends_before,
+                },
+            });
+        }
+        // What lies past the last frame first (zeros, unless a failed
+        // write left something), then each frame from the last back.
+        if found.dirty_end > found.valid_end {
+            let zeros = vec![0; (found.dirty_end - found.valid_end) as usize];
+            write_all(&mut self.file, found.valid_end, &zeros).await?;
+            self.file.sync().await?;
+        }
+        for &(offset, bytes) in found.frames.iter().rev() {
+            write_all(&mut self.file, offset, &vec![0; bytes as usize]).await?;
+            self.file.sync().await?;
+        }
+        let size = self.file.size().await?;
+        self.capacity = size.min(self.config.segment_bytes_max);
+        self.end = found
+            .frames
+            .first()
+            .map_or(found.valid_end, |&(offset, _)| offset);
+        self.next_seq = keep + 1;
+        self.backend
+            .prepare(self.config.next_bytes(self.capacity, 0));
+        Ok(())
+    }
+
+    /// The frames of segment `number` (whose first batch is `first`) from
+    /// batch `from` on, read from the open file.
+    async fn frames_from(
+        &self,
+        number: u64,
+        first: u64,
+        from: u64,
+    ) -> Result<FramesFound, LogError> {
+        debug_assert_eq!(number, self.segment);
+        let len = self.file.size().await?;
+        let bytes = self.file.read_at(0, len as usize).await?;
+        let mut frames = Vec::new();
+        let (mut offset, mut next_seq) = (BLOCK_BYTES, first);
+        while offset < bytes.len() {
+            match format::parse_frame(&bytes[offset..]) {
+                Frame::Batch {
+                    seq, frame_bytes, ..
+                } if seq == next_seq => {
+                    if seq >= from {
+                        frames.push((offset as u64, frame_bytes as u64));
+                    }
+                    next_seq += 1;
+                    offset += frame_bytes;
+                }
+                _ => break,
+            }
+        }
+        let valid_end = offset as u64;
+        let dirty = dirty_bytes_after(&bytes, valid_end).unwrap_or(0) as u64;
+        Ok(FramesFound {
+            frames,
+            next_seq,
+            valid_end,
+            dirty_end: valid_end + dirty,
+        })
+    }
+
     pub fn is_poisoned(&self) -> bool {
         self.poisoned
     }
@@ -587,6 +722,18 @@ async fn drop_obsolete<B: Backend>(
         obsolete += 1;
     }
     Ok(obsolete)
+}
+
+/// The whole frames of a segment from some batch on, for a truncation.
+struct FramesFound {
+    /// `(offset, bytes)` of each, in order.
+    frames: Vec<(u64, u64)>,
+    /// The batch after the segment's last whole frame.
+    next_seq: u64,
+    /// Where the last whole frame ends, and where the last non-zero block
+    /// after it ends (equal when only zeros follow).
+    valid_end: u64,
+    dirty_end: u64,
 }
 
 /// What replaying every segment left: the next batch number (none when no
