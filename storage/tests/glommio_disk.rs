@@ -216,15 +216,10 @@ fn a_truncation_on_real_files_goes_on_from_the_cut_across_a_reopen() {
             drop(log);
             let disk = GlommioDisk::open(&path).await.unwrap();
             let mut replayed = Vec::new();
-            let (log, recovery) = Log::open(disk, config, |r| replayed.push(r))
-                .await
-                .unwrap();
+            let (log, recovery) = Log::open(disk, config, |r| replayed.push(r)).await.unwrap();
             assert_eq!(recovery.torn_tail, None);
             assert_eq!(log.next_seq(), keep + 41);
-            let expected: Vec<Record> = (1..=keep)
-                .chain(1_000..1_040)
-                .flat_map(commit)
-                .collect();
+            let expected: Vec<Record> = (1..=keep).chain(1_000..1_040).flat_map(commit).collect();
             assert!(replayed == expected, "replay differs");
             (before, after)
         })

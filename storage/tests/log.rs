@@ -741,7 +741,11 @@ fn a_truncation_cuts_batches_across_segments_and_the_log_goes_on_after_it() {
         let mut log = truncation_log(&disk, &all);
         let segments = log.segments();
         assert!(segments.clone().count() > 3, "{segments:?}");
-        assert_eq!(block_on(log.truncate_after(keep)).unwrap(), 60 - keep, "{keep}");
+        assert_eq!(
+            block_on(log.truncate_after(keep)).unwrap(),
+            60 - keep,
+            "{keep}"
+        );
         assert_eq!(log.next_seq(), keep + 1);
         assert_eq!(log.last_batch(), keep);
         // Appends go on after the cut, across new segments.
@@ -818,4 +822,117 @@ fn a_truncation_interrupted_anywhere_leaves_a_valid_log_and_finishes_when_repeat
         assert!(step < 200, "the truncation never finished");
     }
     assert!(step > 5, "the cut took {step} operations: too few to test");
+}
+
+// ---- shipping to a replica -------------------------------------------------
+
+use storage::log::shipping::{ShipError, ShippedBatch};
+
+/// A primary's batches shipped to a secondary, in shipments of varying
+/// size, large commits split in several frames included: both logs replay
+/// the same records, and the secondary's log goes on from there.
+#[test]
+fn shipped_batches_make_the_same_log_on_the_replica() {
+    let (primary_disk, replica_disk) = (MemoryDisk::new(), MemoryDisk::new());
+    let config = truncation_config();
+    let (mut primary, _, _) = open(&primary_disk, config).unwrap();
+    let (mut replica, _, _) = open(&replica_disk, config).unwrap();
+    let mut all = commits(40);
+    all.insert(7, (0..200).map(|i| message(3, i + 1, 60 * 1024)).collect());
+    let mut shipped = Vec::new();
+    for commit in &all {
+        block_on(primary.append_shipping(commit, &mut shipped)).unwrap();
+    }
+    assert!(
+        shipped.len() > all.len(),
+        "the large commit took several frames"
+    );
+    // Shipments of 1, 2, 3, 4, 1, ... batches.
+    let (mut at, mut size) = (0, 1);
+    while at < shipped.len() {
+        let end = (at + size).min(shipped.len());
+        block_on(replica.append_shipped(&shipped[at..end])).unwrap();
+        (at, size) = (end, size % 4 + 1);
+    }
+    assert_eq!(replica.next_seq(), primary.next_seq());
+    drop((primary, replica));
+    let (_, _, from_primary) = open(&primary_disk, config).unwrap();
+    let (mut replica, _, from_replica) = open(&replica_disk, config).unwrap();
+    assert!(from_primary == all.concat(), "the primary's replay differs");
+    assert!(from_replica == from_primary, "the replica's replay differs");
+    block_on(replica.append(&commits(1)[0])).unwrap();
+}
+
+/// A gap, a repeat, a damaged frame or one that names another batch is
+/// refused with nothing written and the log not poisoned; a commit that
+/// failed on the primary ships nothing.
+#[test]
+fn a_replica_refuses_what_is_not_the_next_whole_batch() {
+    let (primary_disk, replica_disk) = (MemoryDisk::new(), MemoryDisk::new());
+    let config = truncation_config();
+    let (mut primary, _, _) = open(&primary_disk, config).unwrap();
+    let (mut replica, _, _) = open(&replica_disk, config).unwrap();
+    let mut shipped = Vec::new();
+    for commit in &commits(5) {
+        block_on(primary.append_shipping(commit, &mut shipped)).unwrap();
+    }
+    block_on(replica.append_shipped(&shipped[..2])).unwrap();
+    let refused = |replica: &mut Log<MemoryDisk>, batches: &[ShippedBatch]| {
+        block_on(replica.append_shipped(batches)).unwrap_err()
+    };
+    assert!(matches!(
+        refused(&mut replica, &shipped[3..4]),
+        ShipError::NotNext {
+            expected: 3,
+            found: 4
+        }
+    ));
+    assert!(matches!(
+        refused(&mut replica, &shipped[1..3]),
+        ShipError::NotNext {
+            expected: 3,
+            found: 2
+        }
+    ));
+    let mut flipped = shipped[2].clone();
+    let last = flipped.frame.len() - 1;
+    flipped.frame[last] ^= 1;
+    assert!(matches!(
+        refused(&mut replica, &[flipped]),
+        ShipError::Invalid { seq: 3, .. }
+    ));
+    let mut renamed = shipped[3].clone();
+    renamed.seq = 3;
+    assert!(matches!(
+        refused(&mut replica, &[renamed]),
+        ShipError::Invalid { seq: 3, .. }
+    ));
+    let mut padded = shipped[2].clone();
+    padded.frame.extend_from_slice(&[0; 8]);
+    assert!(matches!(
+        refused(&mut replica, &[padded]),
+        ShipError::Invalid { seq: 3, .. }
+    ));
+    // A good batch after a bad one in the same shipment: none is written.
+    let mut bad_second = shipped[3].clone();
+    bad_second.frame[30] ^= 0x40;
+    assert!(matches!(
+        refused(&mut replica, &[shipped[2].clone(), bad_second]),
+        ShipError::Invalid { seq: 4, .. }
+    ));
+    assert!(!replica.is_poisoned());
+    assert_eq!(replica.next_seq(), 3);
+    block_on(replica.append_shipped(&shipped[2..])).unwrap();
+
+    // The primary's sync fails: the commit is not shipped.
+    primary_disk.inject(primary_disk.operations() + 2, Fault::Errno(libc::EIO));
+    let before = shipped.len();
+    assert!(block_on(primary.append_shipping(&commits(1)[0], &mut shipped)).is_err());
+    assert_eq!(shipped.len(), before);
+    drop(replica);
+    let (_, _, replayed) = open(&replica_disk, config).unwrap();
+    assert!(
+        replayed == commits(5).concat(),
+        "the replica's replay differs"
+    );
 }

@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod format;
 pub mod glommio_disk;
 pub mod memory_disk;
+pub mod shipping;
 
 use std::{collections::VecDeque, io};
 
@@ -377,7 +378,7 @@ impl<B: Backend> Log<B> {
         if records.is_empty() {
             return Ok(());
         }
-        let result = self.append_inner(records).await;
+        let result = self.append_inner(records, None).await;
         // Only an error before anything was written leaves the log whole;
         // after a failed write or sync no file of it can be trusted.
         if result
@@ -389,42 +390,63 @@ impl<B: Backend> Log<B> {
         result
     }
 
-    async fn append_inner(&mut self, records: &[Record]) -> Result<(), LogError> {
+    /// Writes `records` as one commit, handing each frame to `ship` as
+    /// written (see `shipping`).
+    async fn append_inner(
+        &mut self,
+        records: &[Record],
+        mut ship: Option<&mut Vec<shipping::ShippedBatch>>,
+    ) -> Result<(), LogError> {
         let mut rest = records;
         let mut wrote = false;
         while !rest.is_empty() {
             self.buffer.clear();
             let taken = format::encode_batch(self.next_seq, rest, &mut self.buffer);
-            let frame = self.buffer.len() as u64;
-            if self.end + frame > self.capacity && self.has_room_elsewhere() {
-                if wrote {
-                    // The closed segment's batches must be durable before
-                    // the commit can be.
-                    self.sync().await?;
-                }
-                match self.rotate(frame).await {
-                    // Nothing written yet, and no file touched: the commit
-                    // can be tried again. (Space running out in the middle
-                    // of a commit larger than a segment still poisons.)
-                    Err(LogError::Io(error)) if !wrote && is_no_space(&error) => {
-                        return Err(LogError::NoSpace);
-                    }
-                    Err(LogError::Io(error)) if !wrote && is_transient(&error) => {
-                        return Err(LogError::Unavailable(error));
-                    }
-                    result => result?,
-                }
+            if let Some(ship) = ship.as_deref_mut() {
+                ship.push(shipping::ShippedBatch::of_frame(
+                    self.next_seq,
+                    &self.buffer,
+                ));
             }
-            write_all(&mut self.file, self.end, &self.buffer).await?;
+            self.write_buffered_frame(wrote, taken as u64).await?;
             wrote = true;
-            self.end += frame;
-            self.next_seq += 1;
-            self.stats.batches += 1;
-            self.stats.records += taken as u64;
-            self.stats.bytes += frame;
             rest = &rest[taken..];
         }
         self.sync().await
+    }
+
+    /// Writes the frame in `buffer` (padded to a block) as the next batch,
+    /// in a new segment when it does not fit the current one. `wrote`:
+    /// this commit wrote a frame already (then a segment it fills is
+    /// synced before the next is made, and no error is retryable).
+    async fn write_buffered_frame(&mut self, wrote: bool, records: u64) -> Result<(), LogError> {
+        let frame = self.buffer.len() as u64;
+        if self.end + frame > self.capacity && self.has_room_elsewhere() {
+            if wrote {
+                // The closed segment's batches must be durable before
+                // the commit can be.
+                self.sync().await?;
+            }
+            match self.rotate(frame).await {
+                // Nothing written yet, and no file touched: the commit
+                // can be tried again. (Space running out in the middle
+                // of a commit larger than a segment still poisons.)
+                Err(LogError::Io(error)) if !wrote && is_no_space(&error) => {
+                    return Err(LogError::NoSpace);
+                }
+                Err(LogError::Io(error)) if !wrote && is_transient(&error) => {
+                    return Err(LogError::Unavailable(error));
+                }
+                result => result?,
+            }
+        }
+        write_all(&mut self.file, self.end, &self.buffer).await?;
+        self.end += frame;
+        self.next_seq += 1;
+        self.stats.batches += 1;
+        self.stats.records += records;
+        self.stats.bytes += frame;
+        Ok(())
     }
 
     /// Syncs the current segment, counting the sync and its time.
