@@ -23,6 +23,7 @@
 //! 5. a node truncates what its log holds beyond the primary's history for
 //!    the epoch it last wrote, before it takes anything new.
 
+pub mod codec;
 mod log;
 mod member;
 
