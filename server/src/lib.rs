@@ -3,9 +3,12 @@
 //!
 //! - [`flow`]: when a connection's bytes move (write now or a poll later,
 //!   wait for a commit, pause input on a congested link); no I/O.
+//! - [`island`]: a secondary's warm standby of a tablet (the rest of the
+//!   islands' runtime will join it).
 //! - [`remote`]: the links between nodes of a cluster: a sans-IO session
 //!   protocol and the glommio tasks around it, tested over real loopback
 //!   sockets in `server/tests/remote_links.rs`.
 
 pub mod flow;
+pub mod island;
 pub mod remote;

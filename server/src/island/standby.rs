@@ -1,0 +1,130 @@
+//! A warm standby: the secondary's tablet of one (island, shard). It keeps
+//! its own log of the batches the primary shipped (byte for byte, see
+//! `storage::log::shipping`) and a [`Shard`] that has restored every one
+//! of them, as a restart would, but never stops restoring: it takes no
+//! connection until it is promoted. Promotion then costs no replay.
+//!
+//! A restart of the secondary opens the tablet's log and replays it into
+//! a fresh standby, exactly as a shard's start replays its own log.
+
+use shard::{RestoreError, Shard};
+use storage::log::{
+    backend::Backend,
+    format::{self, Frame},
+    shipping::{ShipError, ShippedBatch},
+    Log, LogConfig, LogError, Recovery,
+};
+
+/// Why a standby cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum StandbyError {
+    /// The shipment was refused (not the next batch, not whole) or the
+    /// tablet's log failed; see [`ShipError`].
+    #[error("tablet log: {0}")]
+    Ship(#[from] ShipError),
+    #[error("tablet log: {0}")]
+    Log(#[from] LogError),
+    /// A batch's records do not apply to the state before them: the
+    /// primary's stream and this tablet disagree. The standby stops
+    /// taking batches; it must be rebuilt from the primary.
+    #[error("batch {seq} does not apply to the standby: {source}")]
+    Restore { seq: u64, source: RestoreError },
+    /// A record of the tablet's own log does not apply on replay.
+    #[error("replaying the tablet: {0}")]
+    Replay(RestoreError),
+    #[error("the standby failed earlier and takes no more batches")]
+    Failed,
+}
+
+/// A secondary's tablet: its log, and the shard state restored from it.
+pub struct Standby<B: Backend> {
+    log: Log<B>,
+    shard: Shard,
+    failed: bool,
+}
+
+impl<B: Backend> Standby<B> {
+    /// Opens the tablet's log on `backend` and restores `shard` (a new
+    /// shard, made with the primary's shard layout) from it. Errors: the
+    /// log's (see [`Log::open`]), or a record that does not apply.
+    pub async fn open(
+        backend: B,
+        config: LogConfig,
+        mut shard: Shard,
+    ) -> Result<(Standby<B>, Recovery), StandbyError> {
+        let mut refused = None;
+        let (log, recovery) = Log::open(backend, config, |record| {
+            if refused.is_none() {
+                refused = shard.restore(record).err();
+            }
+        })
+        .await?;
+        if let Some(source) = refused {
+            return Err(StandbyError::Replay(source));
+        }
+        let standby = Standby {
+            log,
+            shard,
+            failed: false,
+        };
+        Ok((standby, recovery))
+    }
+
+    /// The batch the tablet expects next from the primary.
+    pub fn next_seq(&self) -> u64 {
+        self.log.next_seq()
+    }
+
+    /// Appends shipped batches to the tablet's log (one commit, one sync;
+    /// nothing of them when they are refused) and restores their records.
+    /// On `Ok`, everything up to `next_seq() - 1` is durable here: what
+    /// the secondary acknowledges to the primary.
+    pub async fn append(&mut self, batches: &[ShippedBatch]) -> Result<(), StandbyError> {
+        if self.failed {
+            return Err(StandbyError::Failed);
+        }
+        if let Err(error) = self.log.append_shipped(batches).await {
+            // Refused shipments leave the tablet as it was; a failed write
+            // poisons its log, and the log says so next time.
+            return Err(error.into());
+        }
+        for batch in batches {
+            if let Err(source) = self.apply(batch) {
+                self.failed = true;
+                return Err(StandbyError::Restore {
+                    seq: batch.seq,
+                    source,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores the records of a batch the log took (so whole, and
+    /// decodable: `append_shipped` checked both).
+    fn apply(&mut self, batch: &ShippedBatch) -> Result<(), RestoreError> {
+        let Frame::Batch { count, payload, .. } = format::parse_frame(&batch.frame) else {
+            unreachable!("the log took batch {} as whole", batch.seq);
+        };
+        let mut result = Ok(());
+        format::decode_records(batch.seq, count, payload, |record| {
+            if result.is_ok() {
+                result = self.shard.restore(record);
+            }
+        })
+        .expect("the log checked that its records decode");
+        result
+    }
+
+    /// The standby's state, to look at (checkpoints, counters).
+    pub fn shard(&mut self) -> &mut Shard {
+        &mut self.shard
+    }
+
+    /// Ends the standby: the tablet's log, to go on writing as a primary,
+    /// and its shard, restored and ready to serve.
+    pub fn promote(mut self) -> (Log<B>, Shard) {
+        self.shard.restored();
+        (self.log, self.shard)
+    }
+}
