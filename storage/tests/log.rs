@@ -936,3 +936,53 @@ fn a_replica_refuses_what_is_not_the_next_whole_batch() {
         "the replica's replay differs"
     );
 }
+
+/// Batches read back from the segments are the frames the commits
+/// shipped, across segments and a reopen, within a byte budget; the ones
+/// a checkpoint took are gone.
+#[test]
+fn batches_read_back_for_a_replica_are_the_ones_shipped() {
+    let disk = MemoryDisk::new();
+    let config = truncation_config();
+    let (mut log, _, _) = open(&disk, config).unwrap();
+    let mut all = commits(50);
+    all.insert(20, (0..40).map(|i| message(4, i + 1, 30 * 1024)).collect());
+    let mut shipped = Vec::new();
+    for commit in &all {
+        block_on(log.append_shipping(commit, &mut shipped)).unwrap();
+    }
+    let last = log.last_batch();
+    assert_eq!(shipped.len() as u64, last);
+    let read = |log: &Log<MemoryDisk>, from: u64, upto: u64, max: usize| {
+        block_on(log.read_batches(from, upto, max)).unwrap()
+    };
+    for (from, upto) in [(1, last), (1, 1), (7, 30), (last, last), (last - 3, last + 10)] {
+        let got = read(&log, from, upto, usize::MAX);
+        let want = &shipped[from as usize - 1..upto.min(last) as usize];
+        assert!(got == want, "{from}..={upto}");
+    }
+    // A budget stops the read, but never before one batch.
+    let got = read(&log, 1, last, 10_000);
+    assert!(!got.is_empty() && got.len() < last as usize);
+    assert!(got[..got.len() - 1].iter().map(|b| b.frame.len()).sum::<usize>() < 10_000);
+    assert_eq!(read(&log, 5, last, 1).len(), 1);
+    // After a reopen, from the segments the log found.
+    drop(log);
+    let (mut log, _, _) = open(&disk, config).unwrap();
+    assert!(read(&log, 1, last, usize::MAX) == shipped);
+    // A replica fed from what was read back holds the same log.
+    let replica_disk = MemoryDisk::new();
+    let (mut replica, _, _) = open(&replica_disk, config).unwrap();
+    block_on(replica.append_shipped(&read(&log, 1, last, usize::MAX))).unwrap();
+    drop(replica);
+    let (_, _, replayed) = open(&replica_disk, config).unwrap();
+    assert!(replayed == all.concat(), "the replica's replay differs");
+    // A checkpoint took the first segments.
+    block_on(log.remove_through(40)).unwrap();
+    let first = *log.segments().start();
+    assert!(first > 1);
+    assert!(matches!(
+        block_on(log.read_batches(1, 5, usize::MAX)),
+        Err(storage::log::shipping::ReadError::Gone { from: 1, .. })
+    ));
+}

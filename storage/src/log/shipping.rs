@@ -11,7 +11,7 @@
 //! replica's log refuse to open.
 
 use super::{
-    backend::Backend,
+    backend::{Backend, SegmentFile},
     format::{self, Frame, BATCH_HEADER_BYTES, BATCH_PAYLOAD_BYTES_MAX},
     Log, LogError,
 };
@@ -129,6 +129,107 @@ impl<B: Backend> Log<B> {
                 .await?;
         }
         self.sync().await
+    }
+}
+
+/// Why batches could not be read back for shipping.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The batches before `first` went with segments a checkpoint
+    /// covered: a replica that needs them starts from a checkpoint.
+    #[error("batch {from} is gone: the log starts at batch {first}")]
+    Gone { from: u64, first: u64 },
+    /// A frame on disk is not the batch the log counted there.
+    #[error("segment {number} at byte {offset}: {reason}")]
+    Damaged {
+        number: u64,
+        offset: u64,
+        reason: String,
+    },
+    #[error("reading the log: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl<B: Backend> Log<B> {
+    /// The batches `from..=upto` (capped at the last batch written) as they
+    /// were shipped, read back from the segments, in order, stopping once
+    /// `bytes_max` of frames are read (at least one batch is). For a
+    /// replica that fell behind or reconnected (docs/islands.md: the
+    /// primary ships again from where the secondary's log ends).
+    pub async fn read_batches(
+        &self,
+        from: u64,
+        upto: u64,
+        bytes_max: usize,
+    ) -> Result<Vec<ShippedBatch>, ReadError> {
+        let upto = upto.min(self.last_batch());
+        let first = self.segments.front().map_or(self.next_seq, |s| s.1);
+        if from < first.max(1) {
+            return Err(ReadError::Gone { from, first });
+        }
+        let mut batches = Vec::new();
+        let mut bytes = 0;
+        let mut seq = from;
+        while seq <= upto && (batches.is_empty() || bytes < bytes_max) {
+            let index = self
+                .segments
+                .iter()
+                .rposition(|&(_, first)| first <= seq)
+                .expect("seq is at or after the first batch");
+            let (number, first) = self.segments[index];
+            let ends_before = self.segments.get(index + 1).map_or(self.next_seq, |s| s.1);
+            let file = if number == self.segment {
+                None
+            } else {
+                Some(self.backend.open(number).await?)
+            };
+            let file = file.as_ref().unwrap_or(&self.file);
+            let mut offset = super::BLOCK_BYTES as u64;
+            let mut at = first;
+            while at < ends_before && at <= upto && (batches.is_empty() || bytes < bytes_max) {
+                let (frame, frame_bytes) = read_frame(file, (number, offset), at).await?;
+                if at >= seq {
+                    let batch = ShippedBatch::of_frame(at, &frame);
+                    bytes += batch.frame.len();
+                    batches.push(batch);
+                }
+                offset += frame_bytes;
+                at += 1;
+            }
+            seq = at;
+        }
+        Ok(batches)
+    }
+}
+
+/// Reads the frame at `offset` of segment `number`, which must be batch
+/// `seq`: the frame's bytes (from its first block on) and its padded size.
+async fn read_frame(
+    file: &impl SegmentFile,
+    (number, offset): (u64, u64),
+    seq: u64,
+) -> Result<(Vec<u8>, u64), ReadError> {
+    let damaged = |reason: &str| ReadError::Damaged {
+        number,
+        offset,
+        reason: reason.to_owned(),
+    };
+    let head = file.read_at(offset, super::BLOCK_BYTES).await?;
+    if head.len() < BATCH_HEADER_BYTES {
+        return Err(damaged("the segment ends inside a frame header"));
+    }
+    let payload = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes")) as usize;
+    if payload > BATCH_PAYLOAD_BYTES_MAX {
+        return Err(damaged("a frame length over the limit"));
+    }
+    let frame_bytes = format::align_up((BATCH_HEADER_BYTES + payload) as u64);
+    let frame = match frame_bytes as usize <= head.len() {
+        true => head,
+        false => file.read_at(offset, frame_bytes as usize).await?,
+    };
+    match format::parse_frame(&frame) {
+        Frame::Batch { seq: found, .. } if found == seq => Ok((frame, frame_bytes)),
+        _ => Err(damaged("not the batch the log counted here")),
     }
 }
 
