@@ -956,7 +956,13 @@ fn batches_read_back_for_a_replica_are_the_ones_shipped() {
     let read = |log: &Log<MemoryDisk>, from: u64, upto: u64, max: usize| {
         block_on(log.read_batches(from, upto, max)).unwrap()
     };
-    for (from, upto) in [(1, last), (1, 1), (7, 30), (last, last), (last - 3, last + 10)] {
+    for (from, upto) in [
+        (1, last),
+        (1, 1),
+        (7, 30),
+        (last, last),
+        (last - 3, last + 10),
+    ] {
         let got = read(&log, from, upto, usize::MAX);
         let want = &shipped[from as usize - 1..upto.min(last) as usize];
         assert!(got == want, "{from}..={upto}");
@@ -964,7 +970,13 @@ fn batches_read_back_for_a_replica_are_the_ones_shipped() {
     // A budget stops the read, but never before one batch.
     let got = read(&log, 1, last, 10_000);
     assert!(!got.is_empty() && got.len() < last as usize);
-    assert!(got[..got.len() - 1].iter().map(|b| b.frame.len()).sum::<usize>() < 10_000);
+    assert!(
+        got[..got.len() - 1]
+            .iter()
+            .map(|b| b.frame.len())
+            .sum::<usize>()
+            < 10_000
+    );
     assert_eq!(read(&log, 5, last, 1).len(), 1);
     // After a reopen, from the segments the log found.
     drop(log);
