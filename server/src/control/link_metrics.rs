@@ -82,14 +82,14 @@ where
         };
         for field in field_names(example) {
             let name = format!("{prefix}_{field}");
-            let help = format!("{prefix} {field} (see server::remote stats)");
+            let help = field_help(prefix, &field).unwrap_or(&name);
             if counters.contains(&field.as_str()) {
                 let family = Family::<L, Counter>::default();
-                registry.register(&name, &help, family.clone());
+                registry.register(&name, help, family.clone());
                 families.counters.insert(field, family);
             } else {
                 let family = Family::<L, Gauge>::default();
-                registry.register(&name, &help, family.clone());
+                registry.register(&name, help, family.clone());
                 families.gauges.insert(field, family);
             }
         }
@@ -218,6 +218,60 @@ fn totals(stats: &RemoteStats) -> Totals {
         sender_resets: stats.sender_resets,
         log_lines_dropped: stats.log_lines_dropped,
     }
+}
+
+/// What field `field` of the stats behind `prefix` (`link`, `link_in`,
+/// `remote`) means, with its unit, for its HELP line. Every field has one
+/// (tested).
+fn field_help(prefix: &str, field: &str) -> Option<&'static str> {
+    Some(match (prefix, field) {
+        ("link", "connected") => "1 while this shard's link to peer_node is connected",
+        ("link", "queue_messages") => "messages on the link's queue, all unacknowledged",
+        ("link", "queue_bytes") => "payload bytes on the link's queue",
+        ("link", "in_flight") => "messages written on the current connection, not acknowledged",
+        ("link", "pushed") => "messages put on the link to peer_node",
+        ("link", "acked") => "messages the receiver acknowledged",
+        ("link", "retransmitted") => "messages written again after a reconnect",
+        ("link", "resets") => "times the session started over for a new receiver incarnation",
+        ("link", "connects") => "connections that completed their handshake",
+        ("link", "dial_failures") => "dials to the peer node that failed",
+        ("link", "frames_refused") => "connections closed because the receiver broke the protocol",
+        ("link", "silent_ms") => "milliseconds since anything arrived from the receiver",
+        ("link_in", "incarnation") => "the sending node's incarnation this session belongs to",
+        ("link_in", "connected") => "1 while the sender from peer_node/peer_shard is connected",
+        ("link_in", "received") => "messages received in sequence from that sender",
+        ("link_in", "unreleased_messages") => {
+            "messages received and not yet released (stored or handed on)"
+        }
+        ("link_in", "unreleased_bytes") => "payload bytes received and not yet released",
+        ("link_in", "silent_ms") => "milliseconds since anything arrived from that sender",
+        ("remote", "handshakes_refused") => {
+            "incoming hellos refused and handshakes that failed on the peer port"
+        }
+        ("remote", "hellos_unproven") => {
+            "incoming hellos without a valid proof of the cluster's secret"
+        }
+        ("remote", "hellos_not_approved") => {
+            "incoming hellos from a node etcd does not list, or not at that incarnation"
+        }
+        ("remote", "handshakes_evicted") => {
+            "peer connections that had not said hello, shut down to make room for newer ones"
+        }
+        ("remote", "frames_refused") => {
+            "incoming peer connections closed for a bad frame or a broken rule"
+        }
+        ("remote", "handovers") => {
+            "incoming peer connections passed to the shard their hello named"
+        }
+        ("remote", "handovers_refused") => {
+            "incoming peer connections refused because that shard's inbox was full"
+        }
+        ("remote", "sender_resets") => {
+            "senders whose new incarnation replaced an old one's receive state"
+        }
+        ("remote", "log_lines_dropped") => "log lines about peers left out by the per-second limit",
+        _ => return None,
+    })
 }
 
 /// The fields of `value` (a struct) through its `Serialize`, but those

@@ -164,36 +164,38 @@ impl Metrics {
             register(registry, name, help, Histograms::new_with_constructor(make))
         };
         let r = &mut registry;
-        let commit_help = "time from taking a batch's records to their durability";
+        let commit_help = "seconds from taking a batch's records to their durability (group \
+                           commit: the write and the fdatasync)";
         let commit_seconds = histograms(r, "commit_seconds", commit_help, time_histogram);
-        let sync_help = "fdatasync time per commit";
+        let sync_help = "seconds each commit's fdatasync took";
         let sync_seconds = histograms(r, "sync_seconds", sync_help, time_histogram);
-        let commit_records = histograms(r, "commit_records", "records per commit", size_histogram);
-        let commit_bytes = histograms(
-            r,
-            "commit_bytes",
-            "bytes written per commit",
-            size_histogram,
-        );
-        let errors_help = "Error frames sent to phones, by kind";
+        let records_help = "records in each commit";
+        let commit_records = histograms(r, "commit_records", records_help, size_histogram);
+        let bytes_help = "bytes each commit wrote";
+        let commit_bytes = histograms(r, "commit_bytes", bytes_help, size_histogram);
+        let errors_help = "Error frames sent to phones, by kind (ErrorKind)";
         let errors_sent = register(r, "errors_sent", errors_help, Family::default());
-        let bytes_in_help = "bytes read from phones' sockets";
+        let bytes_in_help = "bytes read from phones' sockets (TLS records included)";
         let bytes_in = register(r, "bytes_in", bytes_in_help, Family::default());
-        let bytes_out_help = "bytes written to phones' sockets";
+        let bytes_out_help = "bytes written to phones' sockets (TLS records included)";
         let bytes_out = register(r, "bytes_out", bytes_out_help, Family::default());
         let tls_help = "TLS handshakes with phones that failed";
         let tls_handshake_failures =
             register(r, "tls_handshake_failures", tls_help, Family::default());
-        let sms_help = "signup codes handed to the gateway or outbox, by outcome";
+        let sms_help = "signup codes the SMS sender handled, by outcome: sent (to the webhook \
+                        or the outbox file), failed (refused, or out of attempts), retried \
+                        (attempts that failed and were made again)";
         let sms = register(r, "sms", sms_help, Family::default());
-        let push_help = "pushes posted to the gateway, by outcome";
+        let push_help = "pushes the push sender handled, by outcome: sent (the gateway took \
+                         it), failed (refused, or out of attempts), retried (attempts that \
+                         failed and were made again)";
         let push = register(r, "push", push_help, Family::default());
         let replayed_help = "records replayed from the journal at start (so far, while starting)";
         let replayed = register(r, "replayed_records", replayed_help, Family::default());
         let ready = register(
             r,
             "ready",
-            "1 when /health/ready answers 200",
+            "1 while /health/ready answers 200, else 0",
             Gauge::default(),
         );
         Metrics {
@@ -386,11 +388,11 @@ type GaugeFamilies = BTreeMap<&'static str, Family<ShardLabel, Gauge>>;
 fn register_counters(registry: &mut Registry) -> (CounterFamilies, GaugeFamilies) {
     let (mut counters, mut gauges) = (BTreeMap::new(), BTreeMap::new());
     for name in counter_names() {
-        let help = format!("shard counter {name} (see ShardCounters)");
+        let help = ShardCounters::help(name).unwrap_or(name);
         if GAUGE_FIELDS.contains(&name) {
-            gauges.insert(name, register(registry, name, &help, Family::default()));
+            gauges.insert(name, register(registry, name, help, Family::default()));
         } else {
-            counters.insert(name, register(registry, name, &help, Family::default()));
+            counters.insert(name, register(registry, name, help, Family::default()));
         }
     }
     (counters, gauges)
@@ -404,10 +406,11 @@ type AverageFamilies =
 fn register_queues(registry: &mut Registry) -> (QueueFamilies, AverageFamilies) {
     let (mut queues, mut averages) = (BTreeMap::new(), BTreeMap::new());
     for name in queue_names() {
-        let help = format!("queue length now: {name}");
+        let what = queue_help(&name).unwrap_or(&name);
+        let help = format!("{what}, now");
         let family = register(registry, &format!("queue_{name}"), &help, Family::default());
         queues.insert(name.clone(), family);
-        let help = format!("queue length, decaying average: {name}");
+        let help = format!("{what}, averaged over the last `window` (decaying)");
         let family = register(
             registry,
             &format!("queue_{name}_avg"),
@@ -417,6 +420,28 @@ fn register_queues(registry: &mut Registry) -> (QueueFamilies, AverageFamilies) 
         averages.insert(name, family);
     }
     (queues, averages)
+}
+
+/// What each queue holds, with its unit: the start of its HELP lines.
+fn queue_help(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "outbox_bytes" => "bytes encoded for phones and not yet taken by their sockets' writers",
+        "mailbox_entries" => "entries (messages, group posts, receipts) in this shard's mailboxes",
+        "mailbox_bytes" => "body bytes of the messages and posts in this shard's mailboxes",
+        "write_back_bytes" => "bytes the write-back cache holds, against sync_delay_bytes_max",
+        "held_replies" => {
+            "replies to phones and shards held until the commit holding their records is durable"
+        }
+        "peer_staged_messages" => {
+            "messages staged for the other shards of this node, not yet in their queues"
+        }
+        "peer_staged_messages_max" => "messages staged for the one other shard with the most",
+        "node_staged_messages" => {
+            "messages staged for other nodes of the cluster, not yet on their links"
+        }
+        "node_staged_messages_max" => "messages staged for the one other node with the most",
+        _ => return None,
+    })
 }
 
 /// Journal gauges, by name, with their help.
@@ -431,12 +456,18 @@ const JOURNAL_GAUGES: [(&str, &str); 8] = [
         "1 while the journal is short of a resource",
     ),
     ("journal_records", "records committed since start"),
-    ("journal_bytes", "bytes committed since start"),
-    ("journal_batches", "batches committed since start"),
-    ("journal_syncs", "syncs since start"),
+    ("journal_bytes", "bytes written to the journal since start"),
+    (
+        "journal_batches",
+        "batches written since start (a commit larger than a segment's room is two)",
+    ),
+    (
+        "journal_syncs",
+        "fdatasync calls on the journal since start",
+    ),
     (
         "checkpoint_last_ms",
-        "the last checkpoint's duration in ms (0: none yet)",
+        "milliseconds the last checkpoint took to write (0: none yet)",
     ),
 ];
 
@@ -595,6 +626,30 @@ mod tests {
         let text = metrics.encode();
         assert!(!text.contains("peer_node=\"3\"} "), "{text}");
         assert!(text.contains("isle_link_connected{node=\"2\",shard=\"1\",peer_node=\"1\"} 1"));
+    }
+
+    /// HELP lines used to say only "shard counter messages_written (see
+    /// ShardCounters)". Every family, a cluster node's included, says
+    /// what it counts now: its help is a sentence, not its name.
+    #[test]
+    fn every_family_says_what_it_counts() {
+        let text = Metrics::new(Some(1)).encode();
+        let mut families = 0;
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("# HELP isle_") else {
+                continue;
+            };
+            let (name, help) = rest.split_once(' ').unwrap();
+            let help = help.trim_end_matches('.');
+            let bare = name.strip_suffix("_total").unwrap_or(name);
+            assert!(
+                help != bare && help.contains(' ') && help.len() > 20,
+                "{name}: {help:?}"
+            );
+            assert!(!help.contains("(see "), "{name}: {help:?}");
+            families += 1;
+        }
+        assert!(families >= 100, "{families} families");
     }
 
     /// Every series the shipped Grafana dashboard queries exists, so a

@@ -16,9 +16,14 @@ pub struct ShardCounters {
     pub login_failures: u64,
     pub messages_stored: u64,
     pub messages_deduplicated: u64,
+    /// Messages and group posts written to their recipients' connections,
+    /// and acknowledged; receipts are counted apart.
     pub messages_written: u64,
     pub messages_acked: u64,
+    /// Receipts stored in mailboxes, written to connections, acknowledged.
     pub receipts_stored: u64,
+    pub receipts_written: u64,
+    pub receipts_acked: u64,
     /// `Read` frames refused: not about a message delivered to the reader,
     /// or read before.
     pub reads_refused: u64,
@@ -125,4 +130,96 @@ pub struct ShardCounters {
     pub redirects: u64,
     pub try_laters: u64,
     pub refused_unavailable: u64,
+}
+
+impl ShardCounters {
+    /// What counter `field` counts, with its unit, for `/metrics`' HELP
+    /// lines; `None` for a name that is no field. Every field has one
+    /// (tested): a counter is added here with its meaning.
+    pub fn help(field: &str) -> Option<&'static str> {
+        Some(match field {
+            "connections" => "connections open on this shard now, logged in or not",
+            "sessions" => "connections logged in on this shard now (one per online account)",
+            "connections_anonymous" => "connections on this shard that have not logged in yet",
+            "accounts" => "accounts whose home is this shard",
+            "codes_sent" => "signup codes handed to the SMS sender",
+            "signups" => "signups completed (Verify answered Registered), new accounts and returning ones",
+            "logins" => "logins accepted (Login answered LoggedIn)",
+            "login_failures" => "logins refused BadCredentials (unknown number or wrong key)",
+            "messages_stored" => "1:1 messages stored in a mailbox here (resends and receipts not counted)",
+            "messages_deduplicated" => "sends and group posts recognised as resends of a stored one, answered again and not stored twice",
+            "messages_written" => "1:1 messages and group posts written to their recipient's connection (again after a reconnect; receipts not counted)",
+            "messages_acked" => "1:1 messages and group posts acknowledged by their recipient, each answered with a Delivered receipt to its author",
+            "receipts_stored" => "receipts (Delivered, Read, Expired, Undeliverable) stored in a mailbox here",
+            "receipts_written" => "receipts written to the connection of the phone they are for (again after a reconnect)",
+            "receipts_acked" => "receipts acknowledged by the phone they are for",
+            "reads_refused" => "Read frames refused: not about a message delivered to the reader, or read before",
+            "sends_out_of_order" => "sends refused OutOfOrder: an earlier send of their conversation was refused and has not come again",
+            "rate_limited" => "requests refused RateLimited: sends, code requests and guesses, logins",
+            "protocol_errors" => "connections closed for breaking the protocol (an Error, then Bye ProtocolError)",
+            "idle_closed" => "connections closed for silence (idle_timeout_ms) or for no login in time (login_timeout_ms)",
+            "closes_abandoned" => "closing connections dropped with bytes unwritten: the phone took no last frames within close_flush_timeout_ms",
+            "connections_refused" => "connections closed unread at accept or handover: too many not logged in on the shard or from one source",
+            "codes_refused" => "code requests refused by a limit on work before login (per connection, source, network, number range, SMS budget)",
+            "handovers_out" => "connections moved from this shard to their account's home shard",
+            "handovers_in" => "connections moved to this shard from another",
+            "checkpoints" => "checkpoints written (the log segments they cover deleted)",
+            "records_cached" => "mailbox records that went through the write-back cache (sync_delay_ms)",
+            "messages_never_written" => "messages acknowledged before the write-back cache was due to write them: never on disk",
+            "messages_refused_mailbox_full" => "messages refused MailboxFull: the recipient's mailbox held mailbox_entries_max messages or mailbox_bytes_max bytes",
+            "receipts_dropped_mailbox_full" => "receipts dropped: their recipient's mailbox held receipts_max receipts",
+            "messages_refused_disk_full" => "messages refused DiskFull or Overloaded: the disk was full or the journal short of a resource",
+            "signups_refused_disk_full" => "signups refused DiskFull or Overloaded: the disk was full or the journal short of a resource",
+            "groups" => "groups this shard owns (groups are never deleted)",
+            "group_posts" => "posts and changes accepted by groups this shard owns",
+            "group_copies_stored" => "group posts stored once on this shard for its members",
+            "group_copies_repeated" => "group fan-outs found stored already (sent again after the group's owner restarted)",
+            "group_entries_stored" => "mailbox entries made on this shard for members' group posts",
+            "group_entries_dropped_mailbox_full" => "members' group post entries not made: the member held group_entries_max posts or group_bytes_max bytes (the author gets Undeliverable)",
+            "group_entries_no_account" => "members' group post entries not made: the member has no account",
+            "signals_delivered" => "presence changes and typing indicators written to phones",
+            "signals_dropped_outbox_full" => "presence changes and typing indicators dropped at a phone's full outbox",
+            "signals_dropped_queue_full" => "presence changes and typing indicators dropped at a backed-up queue to another shard",
+            "signals_dropped_rate" => "presence changes and typing indicators dropped over the sender's send allowance",
+            "signals_dropped_not_member" => "typing indicators to a group dropped: the sender is no member",
+            "contact_syncs" => "contact syncs accepted",
+            "contact_syncs_refused" => "contact syncs refused RateLimited (contact_syncs_per_hour)",
+            "contact_lookups" => "numbers looked up for contact syncs",
+            "stranger_sends_refused" => "sends refused: the number is outside the sender's contacts and its lookup allowance is spent",
+            "pushes_sent" => "pushes handed to the push sender",
+            "pushes_dropped_queue_full" => "pushes dropped: the push sender's queue was full",
+            "pushes_coalesced" => "pushes not sent because one went to the account within push.interval_ms",
+            "push_tokens_dropped" => "push tokens dropped because the gateway rejected them",
+            "messages_expired" => "messages and group posts deleted undelivered after message_retention_ms, each answered with an Expired receipt",
+            "accounts_deleted" => "accounts an operator deleted",
+            "messages_undeliverable" => "messages and group posts deleted with a deleted account's mailbox, each answered with an Undeliverable receipt",
+            "group_members_deleted" => "members taken out of groups this shard owns because their account was deleted",
+            "account_deletions_pending" => "deletions of this shard's accounts not yet answered by every shard (those numbers cannot sign up meanwhile)",
+            "receipts_owed" => "receipts kept on disk until their recipients' shards have them (a deleted account's, those to a node that is down)",
+            "receipts_owed_full" => "receipts to a node that is down that did not fit the owed table and wait on its link in memory",
+            "signups_refused_deletion_pending" => "signups refused Unavailable: the number's deleted account is still being taken out of its groups",
+            "receipts_dropped_predecessor" => "receipts for messages a deleted account sent, dropped on the way to the number's new account",
+            "peer_messages_unroutable" => "messages to an account or group whose home is unknown (no partition map, or a node never seen), dropped",
+            "signals_dropped_unreachable" => "presence changes and typing indicators dropped: their node is not live",
+            "redirects" => "first frames answered Redirect: the account lives on another node",
+            "try_laters" => "first frames answered TryLater: the account's node is down, the cluster has no map yet, or logins are over logins_admitted_per_s",
+            "refused_unavailable" => "requests refused Unavailable: the node holding the recipient or group is down or unknown",
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_counter_says_what_it_counts() {
+        let fields = toml::Table::try_from(ShardCounters::default()).unwrap();
+        for field in fields.keys() {
+            let help = ShardCounters::help(field);
+            assert!(help.is_some_and(|h| h.len() > 20), "{field} has no help");
+        }
+        assert_eq!(ShardCounters::help("no_such_counter"), None);
+    }
 }

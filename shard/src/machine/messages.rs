@@ -445,6 +445,7 @@ impl Shard {
         let account = self.account_mut(owner);
         let mut receipts = Vec::new();
         let mut groups_released = Vec::new();
+        let mut receipts_released = 0;
         let before = account.mailbox.size();
         account.mailbox.ack(up_to, |entry| match entry.record {
             EntryRecord::Message {
@@ -461,7 +462,7 @@ impl Shard {
                 entry.seq,
             )),
             EntryRecord::Group { group, gseq } => groups_released.push((group, gseq)),
-            EntryRecord::Receipt { .. } => {}
+            EntryRecord::Receipt { .. } => receipts_released += 1,
         });
         let after = account.mailbox.size();
         self.mailbox_totals.moved(before, after);
@@ -486,7 +487,10 @@ impl Shard {
             ReceiptKind::Undeliverable => {
                 self.counters.messages_undeliverable += receipts.len() as u64;
             }
-            _ => self.counters.messages_acked += receipts.len() as u64,
+            _ => {
+                self.counters.messages_acked += receipts.len() as u64;
+                self.counters.receipts_acked += receipts_released;
+            }
         }
         self.record_mailbox(Record::MailboxAck { owner, up_to });
         let mut authors: Vec<Author> = groups_released
@@ -694,7 +698,7 @@ impl Shard {
             return;
         };
         let acked_up_to = account.mailbox.acked_up_to();
-        let mut written = 0;
+        let (mut written, mut receipts_written) = (0, 0);
         for entry in account.mailbox.after(conn.delivered_up_to()) {
             let unacked = conn.delivered_up_to().saturating_sub(acked_up_to);
             if unacked >= self.config.unacked_messages_max
@@ -733,12 +737,16 @@ impl Shard {
                     group_frame(entry.seq, *group, *gseq, post)
                 }
             };
+            if matches!(frame, ServerFrame::Receipt { .. }) {
+                receipts_written += 1;
+            }
             conn.write(&frame);
             conn.delivered(entry.seq);
             written += 1;
         }
         if written > 0 {
-            self.counters.messages_written += written;
+            self.counters.messages_written += written - receipts_written;
+            self.counters.receipts_written += receipts_written;
             self.conns.wake(id);
         }
     }
