@@ -114,6 +114,12 @@ impl Client {
         Ok(client)
     }
 
+    /// This end's address: the phone's address and port as the server
+    /// sees them.
+    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.stream.tcp().local_addr()
+    }
+
     pub fn set_timeout(&mut self, timeout: Duration) -> io::Result<()> {
         self.stream.tcp().set_read_timeout(Some(timeout))
     }

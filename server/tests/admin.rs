@@ -265,7 +265,7 @@ fn the_log_level_changes_while_running_whatever_rust_log_says() {
         }
         lines
             .iter()
-            .any(|line| line.contains(&format!("{number} from")))
+            .any(|line| line.contains(&format!("phone={number}")))
     };
     assert!(!logged_in(&server, "+15550000001"), "a debug line at info");
     let (ok, answer) = ctl(&server, &["log-level", "debug"]);

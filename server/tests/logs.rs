@@ -42,10 +42,16 @@ fn protocol_errors_are_logged_with_their_source_within_a_budget() {
         .iter()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
         .collect();
-    let errors: Vec<&str> = entries
+    let errors: Vec<&serde_json::Value> = entries
         .iter()
-        .filter_map(|entry| entry["msg"].as_str())
-        .filter(|msg| msg.contains("protocol error by a connection from 127.0.0.1"))
+        .filter(|entry| {
+            entry["msg"]
+                .as_str()
+                .is_some_and(|msg| msg.starts_with("protocol error: "))
+                && entry["peer"]
+                    .as_str()
+                    .is_some_and(|peer| peer.starts_with("127.0.0.1:"))
+        })
         .collect();
     assert!(
         (20..=22).contains(&errors.len()),
@@ -132,6 +138,47 @@ fn a_phone_hanging_up_is_logged_with_its_shard_and_address() {
             .any(|line| line["shard"] == 0 && line["peer"] == address.as_str()),
         "no hang-up line for {address}: {lines:#?}"
     );
+}
+
+/// A login, a move to the home shard and a hang-up were lines with the
+/// shard, the phone and its address (without the port) inside the
+/// message, and the hang-up did not name the phone. Each is a line with
+/// `shard`, `peer` (address and port) and, once logged in, `phone` as
+/// fields of their own.
+#[test]
+fn connection_lines_carry_shard_peer_and_phone_as_fields() {
+    let server = Server::start_with(
+        tempfile::tempdir().unwrap(),
+        &["--log-format", "json", "--shards", "2"],
+        |command| {
+            command.env("RUST_LOG", "info,isle::runtime=debug");
+        },
+    );
+    let (client, phone, _) = server.phone("+15550000001");
+    let address = client.local_addr().unwrap().to_string();
+    let home = shard::PartitionMap::new(shard::PARTITIONS_DEFAULT, 2).shard_of(phone);
+    drop(client);
+    let lines: Vec<serde_json::Value> = lines_within(&server, Duration::from_secs(2))
+        .iter()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .filter(|entry: &serde_json::Value| entry["peer"] == address.as_str())
+        .collect();
+    let with = |start: &str| {
+        lines
+            .iter()
+            .find(|entry| entry["msg"].as_str().is_some_and(|m| m.starts_with(start)))
+            .unwrap_or_else(|| panic!("no {start:?} line for {address}: {lines:#?}"))
+    };
+    for start in ["logged in", "peer hung up, session ended"] {
+        let entry = with(start);
+        assert_eq!(entry["phone"], "+15550000001", "{entry}");
+        assert_eq!(entry["shard"], home, "{entry}");
+        let msg = entry["msg"].as_str().unwrap();
+        assert!(
+            !msg.contains("+1555") && !msg.contains("127.0.0.1"),
+            "{entry}"
+        );
+    }
 }
 
 /// A failed TLS handshake was a debug line without shard or address. It

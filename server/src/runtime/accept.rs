@@ -96,7 +96,7 @@ impl AcceptFailures {
     fn failed(&mut self, shard: u16, error: &dyn std::fmt::Display) -> u64 {
         if self.count == 0 {
             log::warn!(
-                "shard {shard}: accept failed ({error}); backing off up to \
+                shard; "accept failed ({error}); backing off up to \
                  {ACCEPT_BACKOFF_MAX_MS} ms until it works again"
             );
             self.since = Some(Instant::now());
@@ -112,7 +112,7 @@ impl AcceptFailures {
         if self.count > 0 {
             let ms = self.since.map_or(0, |t| t.elapsed().as_millis());
             log::warn!(
-                "shard {shard}: accepting again after {} failed accepts over {ms} ms",
+                shard; "accepting again after {} failed accepts over {ms} ms",
                 self.count
             );
             *self = AcceptFailures::default();

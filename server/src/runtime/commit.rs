@@ -300,8 +300,7 @@ async fn write_batch(
 /// still records is dropped here rather than piling up. Never returns.
 async fn refuse_durable_work(runtime: &Runtime, error: JournalError) {
     log::error!(
-        "shard {}: {error}; refusing new messages and signups until restarted",
-        runtime.shard_id
+        shard = runtime.shard_id; "{error}; refusing new messages and signups until restarted"
     );
     runtime.commits.failed.set(true);
     runtime.with_shard(|shard| {
@@ -332,13 +331,12 @@ fn note_storage_unavailable(runtime: &Runtime, reason: Option<&io::Error>) {
     }
     match reason {
         Some(reason) => log::warn!(
-            "shard {}: {reason}; refusing new messages and signups (Overloaded) and \
-             trying again every {DISK_FULL_CHECK_MS} ms",
-            runtime.shard_id,
+            shard = runtime.shard_id;
+            "{reason}; refusing new messages and signups (Overloaded) and \
+             trying again every {DISK_FULL_CHECK_MS} ms"
         ),
         None => log::warn!(
-            "shard {}: the journal has what it needs again; accepting messages",
-            runtime.shard_id
+            shard = runtime.shard_id; "the journal has what it needs again; accepting messages"
         ),
     }
 }
@@ -358,14 +356,13 @@ fn note_disk_full(runtime: &Runtime, full: bool) {
     }
     if full {
         log::error!(
-            "shard {}: the disk has no room for another log segment; refusing new \
-             messages and signups until it has (acknowledgements go on)",
-            runtime.shard_id
+            shard = runtime.shard_id;
+            "the disk has no room for another log segment; refusing new \
+             messages and signups until it has (acknowledgements go on)"
         );
     } else {
         log::warn!(
-            "shard {}: the disk has room again; accepting messages",
-            runtime.shard_id
+            shard = runtime.shard_id; "the disk has room again; accepting messages"
         );
     }
 }
@@ -429,25 +426,25 @@ impl Checkpoints {
         let written = match written {
             Ok(written) => written,
             Err(error) => {
-                log::error!("shard {shard}: writing a checkpoint failed: {error}");
+                log::error!(shard; "writing a checkpoint failed: {error}");
                 return false;
             }
         };
         let removed = match journal.remove_through(written.batch).await {
             Ok(removed) => removed,
             Err(error) => {
-                log::error!("shard {shard}: deleting segments a checkpoint covers: {error}");
+                log::error!(shard; "deleting segments a checkpoint covers: {error}");
                 return false;
             }
         };
         if let Err(error) = checkpoint::remove_older(&self.plan.dir, written.batch) {
-            log::error!("shard {shard}: deleting old checkpoints: {error}");
+            log::error!(shard; "deleting old checkpoints: {error}");
         }
         runtime.with_shard_no_outputs(|shard| shard.checkpoint_finished());
         let took_ms = written.started.elapsed().as_millis() as u64;
         runtime.commits.last_checkpoint_ms.set(Some(took_ms));
         log::info!(
-            "shard {shard}: checkpoint after batch {}: {} records, {} bytes in {:.3} s; \
+            shard; "checkpoint after batch {}: {} records, {} bytes in {:.3} s; \
              {removed} segments deleted",
             written.batch,
             written.records,

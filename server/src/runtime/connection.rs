@@ -45,8 +45,9 @@ const LINGER_READ_BYTES: usize = 512;
 
 /// What the connection tasks of one shard share.
 pub struct ConnectionTasks {
-    /// Each live task's waker, for the wake-ups the shard asks for.
-    wakers: RefCell<AHashMap<ConnId, Waker>>,
+    /// Each live task's waker, for the wake-ups the shard asks for, and
+    /// its phone's address, for the log and the operator.
+    tasks: RefCell<AHashMap<ConnId, TaskEntry>>,
     /// Connections the shard woke, noted while it is borrowed and woken
     /// after (kept to reuse its memory).
     woken: RefCell<Vec<ConnId>>,
@@ -62,10 +63,18 @@ pub struct ConnectionTasks {
     bytes_out: Cell<u64>,
 }
 
+/// What the shard's side knows of one connection task.
+struct TaskEntry {
+    /// Set once the task was first polled.
+    waker: Option<Waker>,
+    /// The phone's address and port (`None`: the socket had none left).
+    peer: Option<SocketAddr>,
+}
+
 impl ConnectionTasks {
     pub fn new() -> ConnectionTasks {
         ConnectionTasks {
-            wakers: RefCell::new(AHashMap::new()),
+            tasks: RefCell::new(AHashMap::new()),
             woken: RefCell::new(Vec::new()),
             scratch: RefCell::new(vec![0; READ_SCRATCH_BYTES]),
             live: Cell::new(0),
@@ -92,20 +101,30 @@ impl ConnectionTasks {
     }
 
     pub fn wake_noted(&self) {
-        let wakers = self.wakers.borrow();
+        let tasks = self.tasks.borrow();
         for id in self.woken.borrow_mut().drain(..) {
-            if let Some(waker) = wakers.get(&id) {
+            if let Some(waker) = tasks.get(&id).and_then(|task| task.waker.as_ref()) {
                 waker.wake_by_ref();
             }
         }
     }
 
+    /// The address (with its port) of the phone on connection `id`, while
+    /// its task lives on this shard.
+    pub fn peer(&self, id: ConnId) -> Option<SocketAddr> {
+        self.tasks.borrow().get(&id)?.peer
+    }
+
     /// Keeps the waker of `id`'s task for the shard's wake-ups.
     fn register(&self, id: ConnId, waker: &Waker) {
-        let mut wakers = self.wakers.borrow_mut();
-        let entry = wakers.entry(id).or_insert_with(|| waker.clone());
-        if !entry.will_wake(waker) {
-            *entry = waker.clone();
+        let mut tasks = self.tasks.borrow_mut();
+        let task = tasks.entry(id).or_insert_with(|| TaskEntry {
+            waker: None,
+            peer: None,
+        });
+        match &mut task.waker {
+            Some(known) if known.will_wake(waker) => {}
+            slot => *slot = Some(waker.clone()),
         }
     }
 
@@ -115,7 +134,7 @@ impl ConnectionTasks {
 
     /// A task has ended.
     fn ended(&self, id: ConnId) {
-        self.wakers.borrow_mut().remove(&id);
+        self.tasks.borrow_mut().remove(&id);
         self.live.set(self.live.get() - 1);
     }
 
@@ -144,12 +163,16 @@ pub fn spawn_connection(
 ) {
     let tasks = &runtime.connections;
     tasks.live.set(tasks.live.get() + 1);
+    // Asked now: once the phone resets the connection, the socket has no
+    // peer any more, and that is when the log wants it.
+    let peer = stream.peer_addr().ok();
+    tasks
+        .tasks
+        .borrow_mut()
+        .insert(id, TaskEntry { waker: None, peer });
     let task = ConnTask {
         runtime: runtime.clone(),
         id,
-        // Asked now: once the phone resets the connection, the socket has
-        // no peer any more, and that is when the log wants it.
-        peer: stream.peer_addr().ok(),
         stream: Some(stream),
         transport: Some(transport),
         flow: Flow::new(!pending.is_empty()),
@@ -165,8 +188,6 @@ pub fn spawn_connection(
 struct ConnTask {
     runtime: Rc<Runtime>,
     id: ConnId,
-    /// The phone's address, for the log.
-    peer: Option<SocketAddr>,
     stream: Option<TcpStream>,
     transport: Option<Transport>,
     /// When to write, wait for a commit, and read (see `server::flow`).
@@ -293,7 +314,11 @@ impl ConnTask {
 
     /// The phone ended the connection, as `how` says.
     fn hung_up(&self, how: &dyn std::fmt::Display) {
-        self.runtime.events.hung_up(self.peer, how);
+        let runtime = &self.runtime;
+        let phone = runtime.shard().logged_in(self.id);
+        runtime
+            .events
+            .hung_up(runtime.connections.peer(self.id), phone, how);
     }
 
     /// Counts `n` bytes read from the socket.
@@ -322,7 +347,8 @@ impl ConnTask {
                 peer_closed
             }
             Err(error) if handshaking => {
-                self.runtime.events.tls_failed(self.peer, &error);
+                let peer = self.runtime.connections.peer(self.id);
+                self.runtime.events.tls_failed(peer, &error);
                 true
             }
             Err(error) => {

@@ -8,13 +8,21 @@
 //! `TLS_FAILURE_LINES_PER_S`) and the rest summed up in one line: a flood
 //! of bad frames or handshakes cannot flood the log.
 //!
-//! The lines the I/O layer adds carry their shard and the peer's address
-//! as key-value fields (`shard`, `peer`), which `--log-format json`
-//! writes as keys of their own.
+//! Every line carries its shard, the peer's address with its port and,
+//! once the connection is logged in, the phone as key-value fields
+//! (`shard`, `peer`, `phone`), which `--log-format json` writes as keys
+//! of their own and text writes after the message.
 
-use std::{cell::Cell, fmt::Display, net::SocketAddr, time::Instant};
+use std::{
+    cell::Cell,
+    fmt::Display,
+    net::{IpAddr, SocketAddr},
+    time::Instant,
+};
 
+use log::Level;
 use shard::{ConnEvent, ConnEventKind};
+use wire::Phone;
 
 /// Protocol-error lines one shard writes per second, at most.
 const PROTOCOL_ERROR_LINES_PER_S: u32 = 20;
@@ -43,39 +51,52 @@ impl EventLog {
     }
 
     /// Writes `event`'s line, if its level is on (and, for a protocol
-    /// error, the budget allows).
-    pub fn log(&self, event: ConnEvent) {
+    /// error, the budget allows). `peer` is the connection's address with
+    /// its port, when its task knows it (else the source address the
+    /// shard kept).
+    pub fn log(&self, event: ConnEvent, peer: Option<SocketAddr>) {
         let shard = self.shard_id;
-        let source = event.source.addr();
-        let who = match event.phone {
-            Some(phone) => format!("{phone} from {source}"),
-            None => format!("a connection from {source}"),
+        let peer = match peer {
+            Some(peer) => Peer::Addr(peer),
+            None => Peer::Source(event.source.addr()),
         };
+        let phone = event.phone;
         match event.kind {
-            ConnEventKind::LoggedIn => log::debug!("shard {shard}: {who} logged in"),
+            ConnEventKind::LoggedIn => line(Level::Debug, shard, phone, &peer, "logged in"),
             ConnEventKind::Moving { shard: to } => {
-                log::debug!("shard {shard}: {who} moves to shard {to}");
+                let moving = format!("moves to shard {to}, the home of the account it names");
+                line(Level::Debug, shard, phone, &peer, &moving);
             }
             ConnEventKind::Closing(reason) => {
-                log::debug!("shard {shard}: closing {who}: {reason:?}");
+                let closing = match phone {
+                    Some(_) => format!("logged out: the server closes the session: {reason:?}"),
+                    None => format!("the server closes the connection: {reason:?}"),
+                };
+                line(Level::Debug, shard, phone, &peer, &closing);
             }
             ConnEventKind::ProtocolError { kind, detail } => {
                 let (write, left_out) = self.protocol_errors.take();
                 if left_out > 0 {
-                    log::info!("shard {shard}: {left_out} more protocol errors not logged");
+                    log::info!(shard; "{left_out} more protocol errors not logged");
                 }
                 if write {
-                    log::info!("shard {shard}: protocol error by {who}: {kind:?}: {detail}");
+                    let error = format!("protocol error: {kind:?}: {detail}");
+                    line(Level::Info, shard, phone, &peer, &error);
                 }
             }
         }
     }
 
     /// The phone at `peer` ended its connection (`how`: closed, reset, a
-    /// failed write): routine, so at debug.
-    pub fn hung_up(&self, peer: Option<SocketAddr>, how: &dyn Display) {
-        let peer = Peer(peer);
-        log::debug!(shard = self.shard_id, peer:% = peer; "peer hung up: {how}");
+    /// failed write): routine, so at debug. `phone`: the account logged
+    /// in on it, if one was (its session ends with it).
+    pub fn hung_up(&self, peer: Option<SocketAddr>, phone: Option<Phone>, how: &dyn Display) {
+        let peer = Peer::from(peer);
+        let hung_up = match phone {
+            Some(_) => format!("peer hung up, session ended: {how}"),
+            None => format!("peer hung up: {how}"),
+        };
+        line(Level::Debug, self.shard_id, phone, &peer, &hung_up);
     }
 
     /// A TLS handshake with `peer` failed: counted, and a warning within
@@ -89,7 +110,7 @@ impl EventLog {
             log::warn!(shard; "{left_out} more failed TLS handshakes not logged");
         }
         if write {
-            let peer = Peer(peer);
+            let peer = Peer::from(peer);
             log::warn!(shard, peer:% = peer; "TLS handshake failed: {error}");
         }
     }
@@ -100,14 +121,35 @@ impl EventLog {
     }
 }
 
-/// A peer's address, or `unknown` when the socket no longer had one.
-struct Peer(Option<SocketAddr>);
+/// One line about a connection, with `shard`, `peer` and (when logged
+/// in) `phone` as key-value fields.
+fn line(level: Level, shard: u16, phone: Option<Phone>, peer: &Peer, message: &str) {
+    match phone {
+        Some(phone) => log::log!(level, shard, phone:% = phone, peer:% = peer; "{message}"),
+        None => log::log!(level, shard, peer:% = peer; "{message}"),
+    }
+}
+
+/// A peer's address: with its port, or only the source address the shard
+/// kept, or `unknown` when the socket no longer had one.
+enum Peer {
+    Addr(SocketAddr),
+    Source(IpAddr),
+    Unknown,
+}
+
+impl From<Option<SocketAddr>> for Peer {
+    fn from(addr: Option<SocketAddr>) -> Peer {
+        addr.map_or(Peer::Unknown, Peer::Addr)
+    }
+}
 
 impl Display for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(addr) => addr.fmt(f),
-            None => f.write_str("unknown"),
+        match self {
+            Peer::Addr(addr) => addr.fmt(f),
+            Peer::Source(ip) => ip.fmt(f),
+            Peer::Unknown => f.write_str("unknown"),
         }
     }
 }

@@ -251,7 +251,8 @@ impl Runtime {
         }
         self.connections.note_woken(shard.drain_woken());
         for event in shard.drain_events() {
-            self.events.log(event);
+            let peer = self.connections.peer(event.conn);
+            self.events.log(event, peer);
         }
         if shard.has_pending_records() {
             self.commits.request();
@@ -270,7 +271,7 @@ impl Runtime {
                 let now_ms = self.now_ms();
                 let revoked = self.with_shard(|shard| shard.revoke(phone, now_ms));
                 if revoked.is_ok() {
-                    log::warn!("shard {}: revoked the key of {phone}", self.shard_id);
+                    log::warn!(shard = self.shard_id; "revoked the key of {phone}");
                 }
                 let _ = reply.send(revoked);
             }
@@ -295,8 +296,7 @@ impl Runtime {
             }
             ShardCommand::Drain => {
                 log::warn!(
-                    "shard {}: draining: closing every connection",
-                    self.shard_id
+                    shard = self.shard_id; "draining: closing every connection"
                 );
                 self.stopping.set(true);
                 self.with_shard(|shard| shard.close_all());
@@ -315,8 +315,8 @@ impl Runtime {
             }
         };
         log::warn!(
-            "shard {}: deleted the account of {phone} ({} mailbox entries)",
-            self.shard_id,
+            shard = self.shard_id;
+            "deleted the account of {phone} ({} mailbox entries)",
             deleted.mailbox_entries
         );
         let answer = move |written: bool| {
@@ -625,7 +625,7 @@ async fn stop_serving(runtime: &Runtime) {
     }
     if unwritten() {
         log::error!(
-            "shard {shard_id}: stopping with records not yet written after {} s; what the \
+            shard = shard_id; "stopping with records not yet written after {} s; what the \
              write-back cache held since the last commit is lost",
             STOP_COMMITS_WAIT_MS / 1_000
         );
@@ -649,7 +649,7 @@ fn log_clock_notes(shard_id: u16, shard: &mut Shard) {
     while let Some(note) = shard.take_clock_note() {
         match note {
             ClockNote::InDoubt { ahead_ms, at_start } => log::error!(
-                "shard {shard_id}: the wall clock is {} {} the time {}; nothing expires \
+                shard = shard_id; "the wall clock is {} {} the time {}; nothing expires \
                  until it is trusted: once it keeps step for [clock] settle_ms, what was \
                  queued before counts its age from the step; or start once with \
                  --clock-confirmed if this clock is right, and ages count by it (what it \
@@ -666,7 +666,7 @@ fn log_clock_notes(shard_id: u16, shard: &mut Shard) {
                 confirmed,
                 floor_ms,
             } => log::warn!(
-                "shard {shard_id}: the wall clock is trusted again ({}){}",
+                shard = shard_id; "the wall clock is trusted again ({}){}",
                 if confirmed {
                     "--clock-confirmed"
                 } else {

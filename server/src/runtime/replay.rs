@@ -68,10 +68,10 @@ pub(crate) async fn open_journal(
     }
     shard.restored();
     for salvaged in &recovery.salvaged {
-        log::error!("shard {shard_id}: salvaged past damage in {salvaged}");
+        log::error!(shard = shard_id; "salvaged past damage in {salvaged}");
     }
     if let Some((segment, offset)) = recovery.torn_tail {
-        log::warn!("shard {shard_id}: cut a torn write at segment {segment} byte {offset}");
+        log::warn!(shard = shard_id; "cut a torn write at segment {segment} byte {offset}");
     }
     let (entries, bytes) = shard.queued();
     let from_checkpoint = match checkpoint {

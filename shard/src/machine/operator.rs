@@ -114,6 +114,11 @@ impl Shard {
         }
     }
 
+    /// The account logged in on connection `id`, if one is.
+    pub fn logged_in(&self, id: super::ConnId) -> Option<Phone> {
+        self.conns.account(id)
+    }
+
     /// What this shard holds of `phone`'s account; `None` when it has none.
     pub fn account_info(&self, phone: Phone) -> Option<AccountInfo> {
         let account = self.accounts.get(&phone)?;
