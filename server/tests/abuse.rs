@@ -177,7 +177,7 @@ fn sighup_reloads_and_the_server_goes_on() {
     assert!(server
         .stderr
         .try_iter()
-        .any(|l| l.contains("SIGHUP: TLS certificate reloaded")));
+        .any(|l| l.contains("reload (asked by SIGHUP): TLS certificate reloaded")));
     // A clean stop afterwards still writes the cache out.
     let (status, dir) = server.stop_keeping_data();
     assert!(status.success());

@@ -39,11 +39,18 @@ pub enum ShardCommand {
     /// the server is going away; the process keeps running.
     Drain,
     /// New TLS connections get this configuration (a reloaded certificate
-    /// and key); open ones keep theirs.
-    ReloadTls(std::sync::Arc<rustls::ServerConfig>),
+    /// and key); open ones keep theirs. `taken` is told once they do.
+    ReloadTls {
+        config: std::sync::Arc<rustls::ServerConfig>,
+        taken: oneshot::Sender<()>,
+    },
     /// New limits (a reload): the shard keeps what it cannot change while
-    /// running (`shard::ShardConfig::keep_fixed`).
-    SetLimits(Box<shard::ShardConfig>),
+    /// running (`shard::ShardConfig::keep_fixed`). `taken` is told once
+    /// they apply.
+    SetLimits {
+        limits: Box<shard::ShardConfig>,
+        taken: oneshot::Sender<()>,
+    },
     /// Where accounts and groups live in the cluster now.
     Place(std::sync::Arc<shard::Placement>),
 }

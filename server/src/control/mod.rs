@@ -125,9 +125,15 @@ struct Shared {
     commands: Vec<Sender<ShardCommand>>,
     /// Reads the TLS certificate and key again (set when TLS is on).
     tls_loader: std::sync::OnceLock<TlsLoader>,
+    /// The fingerprint of the certificate new connections get.
+    tls_fingerprint: Mutex<Option<String>>,
     /// Reads the configuration again, and what of it is in effect (set
     /// once the server has loaded it).
     config: Mutex<Option<ConfigReload>>,
+    /// Reloads asked for (SIGHUP, `POST /reload`), run one at a time.
+    reloads: Mutex<reload::ReloadQueue>,
+    /// The control thread's runtime, where reloads run.
+    runtime: tokio::runtime::Handle,
     /// Records each shard has replayed while starting.
     replayed: Vec<Arc<AtomicU64>>,
     /// What the cluster coordinator shows, once the node joined one.
@@ -200,7 +206,10 @@ impl Control {
             map,
             commands: command_senders,
             tls_loader: std::sync::OnceLock::new(),
+            tls_fingerprint: Mutex::new(None),
             config: Mutex::new(None),
+            reloads: Mutex::default(),
+            runtime: handle.clone(),
             cluster: std::sync::OnceLock::new(),
             replayed: (0..shard_count).map(|_| Arc::default()).collect(),
             sms: Arc::default(),
@@ -221,9 +230,11 @@ impl Control {
         })
     }
 
-    /// How to read the TLS identity again, for reloads.
-    pub fn set_tls_loader(&self, loader: TlsLoader) {
+    /// How to read the TLS identity again, for reloads, and the
+    /// fingerprint of the certificate served now.
+    pub fn set_tls_loader(&self, loader: TlsLoader, fingerprint: String) {
         let _ = self.shared.tls_loader.set(loader);
+        *self.shared.tls_fingerprint.lock().expect("not poisoned") = Some(fingerprint);
     }
 
     /// How to read the configuration again, for reloads, and the one the
@@ -709,6 +720,16 @@ async fn get_account(
     }
 }
 
+/// Whether the request asks for a JSON answer (`Accept:
+/// application/json`, as `isle ctl --json` sends); text otherwise.
+fn wants_json(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|value| value.contains("application/json"))
+}
+
 async fn post_revoke(
     Extract(shared): Extract<Arc<Shared>>,
     axum::extract::Path(phone): axum::extract::Path<String>,
@@ -793,20 +814,17 @@ async fn put_log_level(body: String) -> Response {
     format!("{now}\n{detail}\n").into_response()
 }
 
-async fn post_reload(Extract(shared): Extract<Arc<Shared>>) -> Response {
-    match Reloader(shared).reload() {
-        Ok(done) => {
-            log::warn!("{done} (through the admin listener)");
-            format!("{done}\n").into_response()
-        }
-        Err(error) => {
-            log::error!("reload failed: {error}");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("reload failed: {error}\n"),
-            )
-                .into_response()
-        }
+/// Reloads (see `reload`), answering once every shard took what
+/// changed: text, or JSON when the request accepts it.
+async fn post_reload(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -> Response {
+    match Reloader(shared).reload().await {
+        Ok(done) if wants_json(&headers) => Json(done).into_response(),
+        Ok(done) => format!("{}\n", done.describe()).into_response(),
+        Err(error) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reload failed: {error}\n"),
+        )
+            .into_response(),
     }
 }
 

@@ -284,11 +284,13 @@ impl Runtime {
                 let hits = self.with_shard_no_outputs(|shard| shard.trace(sender, client_id));
                 let _ = reply.send(hits);
             }
-            ShardCommand::ReloadTls(config) => {
+            ShardCommand::ReloadTls { config, taken } => {
                 *self.tls.borrow_mut() = Some(config);
+                let _ = taken.send(());
             }
-            ShardCommand::SetLimits(limits) => {
+            ShardCommand::SetLimits { limits, taken } => {
                 self.with_shard(|shard| shard.set_limits(*limits));
+                let _ = taken.send(());
             }
             ShardCommand::Place(placement) => {
                 self.with_shard(|shard| shard.set_placement(Some(placement.clone())));
