@@ -129,6 +129,9 @@ fn run(flags: Flags) -> anyhow::Result<()> {
     };
     let stop = Arc::new(AtomicBool::new(false));
     let mut control = Control::start(&admin_settings(&config), map, stop.clone())?;
+    // At once, not after the replay: `isle ctl status` shows a start's
+    // progress (records replayed per shard) while it lasts.
+    write_admin_addr(&config.data_dir, control.addr)?;
     let senders = Senders::start(&config, map, control.gateway_stats())?;
     if config.storage.journal == JournalKind::Log {
         reshard(&config, shard_count, &senders)?;
@@ -206,9 +209,6 @@ fn run(flags: Flags) -> anyhow::Result<()> {
         }
         control.join_cluster(settings, shard_count as u16);
     }
-    let admin_file = config.data_dir.join(ADMIN_ADDR_FILE);
-    std::fs::write(&admin_file, format!("{}\n", control.addr))
-        .with_context(|| format!("writing {}", admin_file.display()))?;
     // One line on stdout that scripts and tests wait for.
     let addrs = (tls_addr, plain_addr, control.addr);
     println!("{}", ready_line(shard_count, addrs, identity.as_ref()));
@@ -401,6 +401,17 @@ struct ShardsOutside {
 
 /// The admin listener's address, written in the data dir for `isle ctl`.
 const ADMIN_ADDR_FILE: &str = "admin.addr";
+
+/// Writes the admin listener's address to `DATA_DIR/admin.addr` as soon
+/// as it is bound, whole or not at all (a temporary file renamed over
+/// it): `isle ctl` never reads half an address.
+fn write_admin_addr(data_dir: &std::path::Path, addr: SocketAddr) -> anyhow::Result<()> {
+    let path = data_dir.join(ADMIN_ADDR_FILE);
+    let partial = data_dir.join(format!("{ADMIN_ADDR_FILE}.new"));
+    std::fs::write(&partial, format!("{addr}\n"))
+        .and_then(|()| std::fs::rename(&partial, &path))
+        .with_context(|| format!("writing {}", path.display()))
+}
 type Recovered = std::sync::mpsc::Receiver<Result<String, String>>;
 
 /// Starts one executor per shard, each with its listeners, its ends of the

@@ -540,6 +540,7 @@ mod tests {
         let mut report = ShardReport {
             shard: 3,
             at: std::time::Instant::now(),
+            interval_ms: 1_000,
             counters: ShardCounters::default(),
             queues: Queues::default(),
             commits: CommitSamples::default(),
@@ -587,6 +588,7 @@ mod tests {
         let mut report = ShardReport {
             shard: 1,
             at: std::time::Instant::now(),
+            interval_ms: 1_000,
             counters: ShardCounters::default(),
             queues: Queues::default(),
             commits: CommitSamples::default(),

@@ -67,6 +67,9 @@ const REPORTS_PER_SHARD_MAX: usize = 4;
 const INGEST_INTERVAL_MS: u64 = 100;
 /// A shard silent this long is not ready: its core is stuck or gone.
 const SHARD_SILENT_MAX_MS: u64 = 5_000;
+/// ... or for this many of its report intervals, when that is longer (a
+/// shard whose tick is longer than a second reports once a tick).
+const SHARD_SILENT_REPORTS_MAX: u64 = 3;
 /// How long an operator's request waits for a shard's answer: a shard
 /// takes commands every tick (100 ms by default).
 const SHARD_ANSWER_WAIT_MS: u64 = 5_000;
@@ -104,6 +107,11 @@ pub struct Control {
     /// The admin listener's address (its port chosen when 0 was asked).
     pub addr: SocketAddr,
     reporter: Reporter,
+    /// The control thread's end of the reports, to take them in at once
+    /// when the server starts serving.
+    reports: Receiver<ShardReport>,
+    /// When the control thread started: the decaying averages' origin.
+    started: Instant,
     shared: Arc<Shared>,
     /// Each shard's end of its command channel, until handed to it.
     commands: Vec<Option<Receiver<ShardCommand>>>,
@@ -216,13 +224,17 @@ impl Control {
             push: Arc::default(),
         });
         let thread_shared = shared.clone();
+        let reports = receiver.clone();
+        let started = Instant::now();
         std::thread::Builder::new()
             .name("isle-control".into())
-            .spawn(move || serve(runtime, listener, thread_shared, receiver))
+            .spawn(move || serve(runtime, listener, thread_shared, (receiver, started)))
             .context("starting the control thread")?;
         Ok(Control {
             addr,
             reporter: Reporter { sender, dropped },
+            reports,
+            started,
             shared,
             commands: command_receivers.into_iter().map(Some).collect(),
             views: Some(views),
@@ -285,8 +297,11 @@ impl Control {
     }
 
     /// Every shard replayed its log and the phone-facing listeners are
-    /// open: `/health/ready` may answer 200.
+    /// open: `/health/ready` may answer 200. The reports waiting (each
+    /// shard sent one before it counted as replayed) are taken in first,
+    /// so readiness never turns on before every shard's report is there.
     pub fn serving(&self) {
+        take_reports(&self.shared, &self.reports, self.started);
         self.shared.state.lock().expect("not poisoned").serving = true;
     }
 }
@@ -297,10 +312,10 @@ fn serve(
     runtime: tokio::runtime::Runtime,
     listener: std::net::TcpListener,
     shared: Arc<Shared>,
-    reports: Receiver<ShardReport>,
+    (reports, started): (Receiver<ShardReport>, Instant),
 ) {
     runtime.block_on(async move {
-        tokio::spawn(ingest(shared.clone(), reports));
+        tokio::spawn(ingest(shared.clone(), reports, started));
         // Everything but the health checks wants the token, when one is set.
         let guarded = Router::new()
             .route("/metrics", get(get_metrics))
@@ -352,36 +367,41 @@ async fn place_shards(
 }
 
 /// Takes in the shards' reports as they come.
-async fn ingest(shared: Arc<Shared>, reports: Receiver<ShardReport>) {
+async fn ingest(shared: Arc<Shared>, reports: Receiver<ShardReport>, started: Instant) {
     let mut interval = tokio::time::interval(Duration::from_millis(INGEST_INTERVAL_MS));
-    let started = Instant::now();
     loop {
         interval.tick().await;
-        let mut state = shared.state.lock().expect("not poisoned");
-        for report in reports.try_iter() {
-            let at_s = report.at.saturating_duration_since(started).as_secs_f64();
-            let entry = state
-                .shards
-                .entry(report.shard)
-                .or_insert_with(|| ShardState {
-                    latest: report.clone(),
-                    averages: BTreeMap::new(),
-                });
-            for (name, value) in metrics::queue_values(&report.queues) {
-                entry
-                    .averages
-                    .entry(name)
-                    .or_default()
-                    .observe(value as f64, at_s);
-            }
-            let averages = entry.averages();
-            shared.metrics.update(&report, &averages);
-            entry.latest = report;
-        }
-        let ready = shared.readiness(&state).is_ok();
-        shared.metrics.set_ready(ready);
-        shared.refresh_process_metrics();
+        take_reports(&shared, &reports, started);
     }
+}
+
+/// Takes in every report waiting; `started` is when the control thread
+/// started (the decaying averages' time origin).
+fn take_reports(shared: &Shared, reports: &Receiver<ShardReport>, started: Instant) {
+    let mut state = shared.state.lock().expect("not poisoned");
+    for report in reports.try_iter() {
+        let at_s = report.at.saturating_duration_since(started).as_secs_f64();
+        let entry = state
+            .shards
+            .entry(report.shard)
+            .or_insert_with(|| ShardState {
+                latest: report.clone(),
+                averages: BTreeMap::new(),
+            });
+        for (name, value) in metrics::queue_values(&report.queues) {
+            entry
+                .averages
+                .entry(name)
+                .or_default()
+                .observe(value as f64, at_s);
+        }
+        let averages = entry.averages();
+        shared.metrics.update(&report, &averages);
+        entry.latest = report;
+    }
+    let ready = shared.readiness(&state).is_ok();
+    shared.metrics.set_ready(ready);
+    shared.refresh_process_metrics();
 }
 
 impl ShardState {
@@ -411,7 +431,9 @@ impl State {
                 return Err(format!("shard {shard} has not reported"));
             };
             let silent_ms = state.latest.at.elapsed().as_millis() as u64;
-            if silent_ms > SHARD_SILENT_MAX_MS {
+            let silent_max_ms =
+                SHARD_SILENT_MAX_MS.max(SHARD_SILENT_REPORTS_MAX * state.latest.interval_ms);
+            if silent_ms > silent_max_ms {
                 return Err(format!("shard {shard} silent for {silent_ms} ms"));
             }
             if state.latest.journal.failed {

@@ -22,6 +22,10 @@ pub struct ShardReport {
     pub shard: u16,
     /// When it was taken.
     pub at: Instant,
+    /// How long until the next, at most (in ms): reports go out in the
+    /// shard's tick, so with a tick longer than `REPORT_INTERVAL_MS` they
+    /// come once a tick.
+    pub interval_ms: u64,
     pub counters: ShardCounters,
     pub queues: Queues,
     pub commits: CommitSamples,

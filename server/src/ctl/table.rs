@@ -46,6 +46,17 @@ pub fn table(status: &Status) -> String {
         None => "ready\n".to_owned(),
         Some(reason) => format!("not ready: {reason}\n"),
     };
+    // While starting, shards report only once they replayed: show how far
+    // each has come.
+    if status.shards.len() < status.replayed.len() {
+        let progress: Vec<String> = status
+            .replayed
+            .iter()
+            .enumerate()
+            .map(|(shard, records)| format!("shard {shard} {}", compact(*records as f64)))
+            .collect();
+        out += &format!("records replayed so far: {}\n", progress.join(", "));
+    }
     if let Some(cluster) = &status.cluster {
         out += &cluster_lines(cluster);
     }

@@ -346,6 +346,7 @@ impl Runtime {
         ShardReport {
             shard: self.shard_id,
             at: Instant::now(),
+            interval_ms: REPORT_INTERVAL_MS.max(shard.config().tick_ms),
             counters: shard.counters(),
             queues: Queues {
                 shard: shard.queue_lengths(),
@@ -457,11 +458,8 @@ pub async fn run(setup: ShardSetup) {
         remote,
     } = setup;
     let shard_id = shard.config().shard_id;
-    let journal = match open_journal(&mut shard, &storage, &replayed).await {
-        Ok((journal, report)) => {
-            let _ = recovered.send(Ok(report));
-            journal
-        }
+    let (journal, replay_line) = match open_journal(&mut shard, &storage, &replayed).await {
+        Ok(opened) => opened,
         Err(error) => {
             let _ = recovered.send(Err(format!("shard {shard_id}: {error:#}")));
             return;
@@ -478,6 +476,12 @@ pub async fn run(setup: ShardSetup) {
         remote,
     ));
     *runtime.tls.borrow_mut() = tls;
+    // A first report before the shard counts as recovered: the control
+    // thread has one from every shard before the server says it is ready,
+    // so `/health/ready` does not turn 503 ("has not reported") right
+    // after the ready line.
+    reporter.report(runtime.report());
+    let _ = recovered.send(Ok(replay_line));
     let plan = CheckpointPlan::new(&storage);
     let tasks = spawn_tasks(&runtime, peers, journal, plan, (listeners, serving));
     let outside = Outside {
