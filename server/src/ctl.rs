@@ -1,13 +1,17 @@
 //! `isle ctl`: the operator's view of a running server, through its admin
 //! listener. `status` prints a row per shard and each queue's length and
 //! decaying averages per shard (`/status`, laid out by `table`); `top`
-//! prints it again every second; `account show|revoke PHONE` asks the
-//! account's shard; `drain` closes every connection and waits until they
-//! are gone; `log-level LEVEL` changes what the server logs. `--json`
-//! prints what the server answered.
+//! prints it again every second; `account show|revoke|delete PHONE` asks
+//! the account's shard; `trace` asks every shard where a message is;
+//! `drain` closes every connection and waits until they are gone;
+//! `log-level LEVEL` changes what the server logs; `reload` reads the TLS
+//! identity and the configuration again. `--json` makes every subcommand
+//! print JSON (the server's answer, asked for with `Accept:
+//! application/json`; `top` one object a line, a line a refresh).
 //!
 //! The admin address comes from `--admin`, else from `DATA_DIR/admin.addr`,
-//! which the server writes once it serves.
+//! which the server writes as soon as its admin listener is bound (before
+//! the journals are replayed).
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -95,56 +99,46 @@ pub enum AccountAction {
 }
 
 pub fn run(args: CtlArgs) -> anyhow::Result<()> {
-    let admin = match args.admin {
-        Some(addr) => addr,
-        None => admin_from(&args.data_dir)?,
+    let admin = Admin {
+        addr: match args.admin {
+            Some(addr) => addr,
+            None => admin_from(&args.data_dir)?,
+        },
+        token: args.token,
+        json: args.json,
     };
-    let token = args.token.as_deref();
     match args.command {
-        CtlCommand::Status => show(admin, token, args.json),
-        CtlCommand::Account { action } => account(admin, token, action, args.json),
-        CtlCommand::Drain { wait_ms } => drain(admin, token, wait_ms),
-        CtlCommand::Trace { sender, client_id } => {
-            let sender = phone_arg(&sender)?;
-            let found = fetch(admin, &format!("/trace/{sender}/{client_id}"), token)?;
-            let hits: Vec<serde_json::Value> = serde_json::from_str(&found)?;
-            match (args.json, hits.is_empty()) {
-                (true, _) => println!("{found}"),
-                (false, true) => println!(
-                    "not stored anywhere the server remembers: refused, never sent, or older \
-                     than the resend window"
-                ),
-                (false, false) => {
-                    for hit in hits {
-                        println!(
-                            "shard {} to {} id {}: {}",
-                            hit["shard"], hit["to"], hit["id"], hit["state"]
-                        );
-                    }
-                }
-            }
-            Ok(())
-        }
+        CtlCommand::Status => show(&admin),
+        CtlCommand::Account { action } => account(&admin, action),
+        CtlCommand::Drain { wait_ms } => drain(&admin, wait_ms),
+        CtlCommand::Trace { sender, client_id } => trace(&admin, &sender, client_id),
         CtlCommand::Reload => {
-            print!("{}", request(admin, ("POST", "/reload"), token, None)?);
+            print!("{}", admin.request(("POST", "/reload"), None)?);
             Ok(())
         }
         CtlCommand::LogLevel { level } => {
-            print!(
-                "{}",
-                request(admin, ("PUT", "/log-level"), token, Some(&level))?
-            );
+            print!("{}", admin.request(("PUT", "/log-level"), Some(&level))?);
             Ok(())
         }
         CtlCommand::Top { interval_ms } => loop {
-            if !args.json {
+            if !admin.json {
                 // Clear the screen and go home, as `top` does.
                 print!("\x1b[2J\x1b[H");
             }
-            show(admin, args.token.as_deref(), args.json)?;
+            // With --json: one object a line, one line a refresh.
+            show(&admin)?;
+            std::io::Write::flush(&mut std::io::stdout())?;
             std::thread::sleep(Duration::from_millis(interval_ms.max(100)));
         },
     }
+}
+
+/// The admin listener and how to ask it.
+struct Admin {
+    addr: SocketAddr,
+    token: Option<String>,
+    /// Ask for (and print) JSON instead of text.
+    json: bool,
 }
 
 /// The admin address the server wrote in its data directory.
@@ -161,10 +155,10 @@ fn admin_from(data_dir: &std::path::Path) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("{} does not hold an address", path.display()))
 }
 
-fn show(admin: SocketAddr, token: Option<&str>, json: bool) -> anyhow::Result<()> {
-    let body = fetch(admin, "/status", token)?;
-    if json {
-        println!("{body}");
+fn show(admin: &Admin) -> anyhow::Result<()> {
+    let body = admin.fetch("/status")?;
+    if admin.json {
+        println!("{}", body.trim_end());
         return Ok(());
     }
     let status: Status = serde_json::from_str(&body).context("the server's /status")?;
@@ -172,67 +166,74 @@ fn show(admin: SocketAddr, token: Option<&str>, json: bool) -> anyhow::Result<()
     Ok(())
 }
 
-/// GETs `path` from the admin listener; Err on anything but a success.
-fn fetch(admin: SocketAddr, path: &str, token: Option<&str>) -> anyhow::Result<String> {
-    request(admin, ("GET", path), token, None)
-}
-
-/// Sends `method path` (with `body`) to the admin listener; Err on
-/// anything but a success, with what the server said.
-fn request(
-    admin: SocketAddr,
-    (method, path): (&str, &str),
-    token: Option<&str>,
-    body: Option<&str>,
-) -> anyhow::Result<String> {
-    let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
-        .build();
-    let mut request = agent.request(method, &format!("http://{admin}{path}"));
-    if let Some(token) = token {
-        request = request.set("Authorization", &format!("Bearer {token}"));
+impl Admin {
+    /// GETs `path` from the admin listener; Err on anything but a success.
+    fn fetch(&self, path: &str) -> anyhow::Result<String> {
+        self.request(("GET", path), None)
     }
-    let sent = match body {
-        Some(body) => request.send_string(body),
-        None => request.call(),
-    };
-    match sent {
-        Ok(response) => Ok(response.into_string()?),
-        Err(ureq::Error::Status(code, response)) => {
-            let text = response.into_string().unwrap_or_default();
-            anyhow::bail!("{admin}{path} answered {code}: {}", text.trim())
+
+    /// Sends `method path` (with `body`) to the admin listener, asking for
+    /// JSON with `--json`; Err on anything but a success, with what the
+    /// server said.
+    fn request(&self, (method, path): (&str, &str), body: Option<&str>) -> anyhow::Result<String> {
+        let admin = self.addr;
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
+            .build();
+        let mut request = agent.request(method, &format!("http://{admin}{path}"));
+        if let Some(token) = &self.token {
+            request = request.set("Authorization", &format!("Bearer {token}"));
         }
-        Err(error) if method != "GET" => Err(error).with_context(|| {
-            format!(
-                "asking {admin}{path} (no answer: the server may still do it; \
-                 check before repeating it)"
-            )
-        }),
-        Err(error) => Err(error).with_context(|| format!("asking {admin}{path}")),
+        if self.json {
+            request = request.set("Accept", "application/json");
+        }
+        let sent = match body {
+            Some(body) => request.send_string(body),
+            None => request.call(),
+        };
+        match sent {
+            Ok(response) => {
+                let mut text = response.into_string()?;
+                if !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                Ok(text)
+            }
+            Err(ureq::Error::Status(code, response)) => {
+                let text = response.into_string().unwrap_or_default();
+                anyhow::bail!("{admin}{path} answered {code}: {}", text.trim())
+            }
+            Err(error) if method != "GET" => Err(error).with_context(|| {
+                format!(
+                    "asking {admin}{path} (no answer: the server may still do it; \
+                     check before repeating it)"
+                )
+            }),
+            Err(error) => Err(error).with_context(|| format!("asking {admin}{path}")),
+        }
     }
 }
 
-fn account(
-    admin: SocketAddr,
-    token: Option<&str>,
-    action: AccountAction,
-    json: bool,
-) -> anyhow::Result<()> {
+fn account(admin: &Admin, action: AccountAction) -> anyhow::Result<()> {
     let answer = match action {
         AccountAction::Show { phone } => {
             let phone = phone_arg(&phone)?;
-            fetch(admin, &format!("/account/{phone}"), token)?
+            let answer = admin.fetch(&format!("/account/{phone}"))?;
+            match admin.json {
+                true => answer,
+                false => describe_account(&serde_json::from_str(&answer)?),
+            }
         }
         AccountAction::Revoke { phone } => {
             let phone = phone_arg(&phone)?;
             let path = format!("/account/{phone}/revoke");
-            request(admin, ("POST", &path), token, None)?
+            admin.request(("POST", &path), None)?
         }
         AccountAction::Delete { phone } => {
             let phone = phone_arg(&phone)?;
             let path = format!("/account/{phone}");
-            let answer = request(admin, ("DELETE", &path), token, None)?;
-            if json {
+            let answer = admin.request(("DELETE", &path), None)?;
+            if admin.json {
                 answer
             } else {
                 let deleted: serde_json::Value = serde_json::from_str(&answer)?;
@@ -252,6 +253,82 @@ fn account(
     Ok(())
 }
 
+/// `account show` as text: an account's state and, when its phone is
+/// logged in, where.
+fn describe_account(info: &serde_json::Value) -> String {
+    let mut out = format!(
+        "{}: registered (key generation {})\n",
+        text(&info["phone"]),
+        info["generation"]
+    );
+    out += &match &info["connection"] {
+        serde_json::Value::Object(connection) => format!(
+            "online: logged in on shard {} from {}\n",
+            connection["shard"],
+            text(&connection["peer"]),
+        ),
+        _ => match info["last_seen_ms"].as_u64() {
+            Some(ms) if ms > 0 => format!("offline, last seen at {ms} (Unix ms)\n"),
+            _ => "offline\n".to_owned(),
+        },
+    };
+    out += &format!(
+        "mailbox: {} entries, {} body bytes; acknowledged up to seq {}\n",
+        info["mailbox_entries"], info["mailbox_bytes"], info["acked_up_to"]
+    );
+    let push = match info["push_token"] == true {
+        true => "a push token is registered",
+        false => "no push token",
+    };
+    out + push
+}
+
+/// A JSON value as text: a string without its quotes, `unknown` for null.
+fn text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(text) => text.clone(),
+        serde_json::Value::Null => "unknown".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// `trace SENDER CLIENT_ID`: where the message is, or why it was refused,
+/// as far as the server remembers.
+fn trace(admin: &Admin, sender: &str, client_id: u64) -> anyhow::Result<()> {
+    let sender = phone_arg(sender)?;
+    let found = admin.fetch(&format!("/trace/{sender}/{client_id}"))?;
+    if admin.json {
+        print!("{found}");
+        return Ok(());
+    }
+    let hits: Vec<serde_json::Value> = serde_json::from_str(&found)?;
+    if hits.is_empty() {
+        println!(
+            "{sender} {client_id}: nothing the server remembers: never sent, or older than the \
+             resend window (dedup_ttl_ms), or refused before a restart"
+        );
+    }
+    for hit in hits {
+        let shard = &hit["shard"];
+        if hit["state"] == "refused" {
+            println!(
+                "shard {shard}: refused {}, {} s ago: {}",
+                text(&hit["reason"]),
+                hit["age_ms"].as_u64().unwrap_or(0) / 1_000,
+                text(&hit["detail"]),
+            );
+        } else {
+            println!(
+                "shard {shard}: to {} id {}: {}",
+                text(&hit["to"]),
+                hit["id"],
+                text(&hit["state"])
+            );
+        }
+    }
+    Ok(())
+}
+
 /// A phone number given on the command line, checked and written the one
 /// way a path takes it: never a piece of path of the operator's making.
 fn phone_arg(text: &str) -> anyhow::Result<wire::Phone> {
@@ -260,18 +337,24 @@ fn phone_arg(text: &str) -> anyhow::Result<wire::Phone> {
 }
 
 /// Asks the server to drain, then waits until no connection is left.
-fn drain(admin: SocketAddr, token: Option<&str>, wait_ms: u64) -> anyhow::Result<()> {
-    request(admin, ("POST", "/drain"), token, None)?;
+fn drain(admin: &Admin, wait_ms: u64) -> anyhow::Result<()> {
+    admin.request(("POST", "/drain"), None)?;
     let deadline = std::time::Instant::now() + Duration::from_millis(wait_ms);
     loop {
-        let status: Status = serde_json::from_str(&fetch(admin, "/status", token)?)?;
+        let status: Status = serde_json::from_str(&admin.fetch("/status")?)?;
         let left: u64 = status
             .shards
             .iter()
             .map(|shard| shard.counters.get("connections").copied().unwrap_or(0))
             .sum();
         if left == 0 {
-            println!("drained: no connection left");
+            match admin.json {
+                true => println!(
+                    "{}",
+                    serde_json::json!({ "drained": true, "connections": 0 })
+                ),
+                false => println!("drained: no connection left"),
+            }
             return Ok(());
         }
         anyhow::ensure!(

@@ -78,6 +78,14 @@ enum Command {
 
 fn main() {
     let args = Args::parse();
+    if args.command.is_some() {
+        // A command's output may go to a pipe that closes early (`isle ctl
+        // top | head`): end quietly, as command-line tools do, instead of
+        // panicking on the failed write. The server keeps SIGPIPE ignored.
+        // SAFETY: setting a signal's disposition to its default, before
+        // any other thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     logging::init(args.log_format);
     let result = match args.command {
         None => run(args.flags),

@@ -24,7 +24,7 @@ mod timer_wheel;
 pub use crate::machine::{
     AccountInfo, AccountRefused, ConnEvent, ConnEventKind, ConnId, ConnSnapshot, Deleted, Dest,
     FrameOutcome, GroupAction, OwedKey, OwedReceipt, PeerMessage, Push, QueueLengths, Refused,
-    RestoreError, Shard, ShardCounters, TraceHit, DELETION_RESEND_MS, OWED_RESEND_MS,
+    RestoreError, Shard, ShardCounters, TraceHit, TraceRefusal, DELETION_RESEND_MS, OWED_RESEND_MS,
     RECEIPTS_PER_MESSAGE_MAX,
 };
 pub use allowance::{Exhausted, Rate, TokenBucket};

@@ -1125,7 +1125,7 @@ fn a_trace_follows_a_message_through_the_mailbox() {
     let state = |net: &mut Net| {
         let hits = net.shards[home].trace(alice, 42);
         assert_eq!(hits.len(), 1, "{hits:?}");
-        assert_eq!(hits[0].to, bob.to_string());
+        assert_eq!(hits[0].to, Some(bob.to_string()));
         hits[0].state
     };
     assert_eq!(state(&mut net), "queued");

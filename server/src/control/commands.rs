@@ -16,7 +16,7 @@ pub enum ShardCommand {
     /// What the shard holds of an account (`None`: no such account).
     AccountShow {
         phone: Phone,
-        reply: oneshot::Sender<Option<AccountInfo>>,
+        reply: oneshot::Sender<Option<AccountView>>,
     },
     /// Revoke the account's device key.
     Revoke {
@@ -64,4 +64,24 @@ pub enum Deletion {
     /// Deleted in memory, but the journal failed before the deletion was
     /// written: after a restart the account is back.
     NotWritten,
+}
+
+/// An account as `isle ctl account show` shows it: what its home shard
+/// holds, and where its phone is connected.
+#[derive(Debug, serde::Serialize)]
+pub struct AccountView {
+    #[serde(flatten)]
+    pub info: AccountInfo,
+    /// Where the phone is connected, when it is logged in.
+    pub connection: Option<Connection>,
+}
+
+/// A logged-in phone's connection.
+#[derive(Debug, serde::Serialize)]
+pub struct Connection {
+    /// The shard that serves it (the account's home shard).
+    pub shard: u16,
+    /// The phone's address and port, as the server sees it (`None`: the
+    /// socket no longer had one).
+    pub peer: Option<std::net::SocketAddr>,
 }

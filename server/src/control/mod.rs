@@ -755,9 +755,13 @@ fn wants_json(headers: &HeaderMap) -> bool {
 async fn post_revoke(
     Extract(shared): Extract<Arc<Shared>>,
     axum::extract::Path(phone): axum::extract::Path<String>,
+    headers: HeaderMap,
 ) -> Response {
     let command = |phone, reply| ShardCommand::Revoke { phone, reply };
     match ask_shard(&shared, &phone, command).await {
+        Ok(Ok(())) if wants_json(&headers) => {
+            Json(serde_json::json!({ "revoked": phone })).into_response()
+        }
         Ok(Ok(())) => "revoked\n".into_response(),
         Ok(Err(AccountRefused::NoAccount)) => {
             (StatusCode::NOT_FOUND, "no such account\n").into_response()
@@ -793,7 +797,7 @@ async fn delete_account(
     }
 }
 
-async fn post_drain(Extract(shared): Extract<Arc<Shared>>) -> Response {
+async fn post_drain(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -> Response {
     if let Err(busy) = shared.room_for(1) {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("{busy}\n")).into_response();
     }
@@ -804,14 +808,21 @@ async fn post_drain(Extract(shared): Extract<Arc<Shared>>) -> Response {
             return (StatusCode::SERVICE_UNAVAILABLE, busy).into_response();
         }
     }
-    (StatusCode::ACCEPTED, "draining\n").into_response()
+    match wants_json(&headers) {
+        true => (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({ "draining": true })),
+        )
+            .into_response(),
+        false => (StatusCode::ACCEPTED, "draining\n").into_response(),
+    }
 }
 
 /// Sets the level every target logs at from now on (`default`: back to
 /// `RUST_LOG`'s directives, or `info`). The answer's first line is the
 /// level; the second says what it replaced, since a level set here
 /// replaces `RUST_LOG`'s directives instead of narrowing them.
-async fn put_log_level(body: String) -> Response {
+async fn put_log_level(headers: HeaderMap, body: String) -> Response {
     let wanted = body.trim();
     let level = match wanted {
         "default" => None,
@@ -833,6 +844,10 @@ async fn put_log_level(body: String) -> Response {
         Some(level) => format!("every target logs at {level}; replaces {replaced}"),
         None => format!("back to {}", crate::logging::default_filter()),
     };
+    if wants_json(&headers) {
+        let answer = serde_json::json!({ "level": now, "replaced": replaced, "detail": detail });
+        return Json(answer).into_response();
+    }
     format!("{now}\n{detail}\n").into_response()
 }
 
@@ -848,6 +863,14 @@ async fn post_reload(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) 
         )
             .into_response(),
     }
+}
+
+/// One answer of `/trace`: a shard's [`shard::TraceHit`], and the shard.
+#[derive(Serialize)]
+struct Traced {
+    shard: usize,
+    #[serde(flatten)]
+    hit: shard::TraceHit,
 }
 
 /// Where a message is: every shard is asked (a message is stored on its
@@ -886,9 +909,9 @@ async fn get_trace(
             }
         }
     }
-    let found: Vec<serde_json::Value> = found
+    let found: Vec<Traced> = found
         .into_iter()
-        .map(|(shard, hit)| serde_json::json!({"shard": shard, "to": hit.to, "id": hit.id, "state": hit.state}))
+        .map(|(shard, hit)| Traced { shard, hit })
         .collect();
     Json(found).into_response()
 }

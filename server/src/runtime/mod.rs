@@ -62,7 +62,7 @@ use self::{
 };
 use crate::{
     control::{
-        commands::{Deletion, ShardCommand},
+        commands::{AccountView, Connection, Deletion, ShardCommand},
         snapshot::{JournalState, Queues, ShardReport, REPORT_INTERVAL_MS},
         Reporter,
     },
@@ -265,7 +265,15 @@ impl Runtime {
     fn obey(self: &Rc<Self>, command: ShardCommand) {
         match command {
             ShardCommand::AccountShow { phone, reply } => {
-                let _ = reply.send(self.shard().account_info(phone));
+                let shard = self.shard();
+                let view = shard.account_info(phone).map(|info| AccountView {
+                    info,
+                    connection: shard.session_of(phone).map(|id| Connection {
+                        shard: self.shard_id,
+                        peer: self.connections.peer(id),
+                    }),
+                });
+                let _ = reply.send(view);
             }
             ShardCommand::Revoke { phone, reply } => {
                 let now_ms = self.now_ms();

@@ -469,10 +469,9 @@ impl Groups {
         self.dedup
             .iter()
             .filter(|listed| listed.from == from && listed.client_id == client_id)
-            .map(|listed| super::TraceHit {
-                to: listed.to.to_string(),
-                id: listed.id & !storage::DEDUP_READ_BIT,
-                state: "posted",
+            .map(|listed| {
+                let id = listed.id & !storage::DEDUP_READ_BIT;
+                super::TraceHit::stored(listed.to.to_string(), id, "posted")
             })
             .collect()
     }

@@ -537,6 +537,12 @@ impl Shard {
         result: Result<u64, ErrorKind>,
     ) {
         if !self.conns.is_session_of(reply, sender) {
+            // Nobody to tell; an operator's trace still learns of it.
+            if let Err(kind) = result {
+                let refused = (sender, client_id);
+                let detail = refusal_detail(kind);
+                self.refusals.note(refused, kind, detail, self.now_ms);
+            }
             return;
         }
         match result {

@@ -18,6 +18,7 @@
 //! | `owed::OwedReceipts` | receipts kept on disk until their recipient's shard has them (a deleted account's, those to a node that is down) |
 //! | `social::{Follows, Lookups}` | who follows whom, contact lookups in flight |
 //! | `order::OrderGaps` (two) | conversations waiting for a refused send |
+//! | `refusals::Refusals` | the last requests refused, for an operator's trace |
 //! | `expiry::Sweep`, `clock::WallClock`, the timer wheel, the resend table | |
 //!
 //! The handlers that make parts work together live by path: `login` (the
@@ -44,6 +45,7 @@ mod peer;
 mod presence;
 mod push;
 mod recovery;
+mod refusals;
 mod routing;
 mod signup;
 mod social;
@@ -63,7 +65,7 @@ pub use counters::ShardCounters;
 pub use deletions::DELETION_RESEND_MS;
 pub use groups::GroupAction;
 use groups::Groups;
-pub use operator::{AccountInfo, AccountRefused, Deleted, TraceHit};
+pub use operator::{AccountInfo, AccountRefused, Deleted, TraceHit, TraceRefusal};
 pub use owed::{OwedKey, OwedReceipt, OWED_RESEND_MS, RECEIPTS_PER_MESSAGE_MAX};
 pub use peer::PeerMessage;
 pub use push::Push;
@@ -203,6 +205,8 @@ pub struct Shard {
     counters: ShardCounters,
     /// `Error` frames sent, by kind: a few dozen kinds at most.
     errors_sent: Vec<(ErrorKind, u64)>,
+    /// The last requests refused (bounded), for an operator's trace.
+    refusals: refusals::Refusals,
     /// Entries in all mailboxes and their body bytes, kept as each
     /// mailbox changes (a sum over a million accounts once a second
     /// would stall the shard for milliseconds).
@@ -258,6 +262,7 @@ impl Shard {
             now_ms,
             counters: ShardCounters::default(),
             errors_sent: Vec::new(),
+            refusals: Default::default(),
             mailbox_totals: MailboxTotals::default(),
         }
     }
@@ -1001,6 +1006,10 @@ impl Shard {
 
     fn reply_error(&mut self, id: ConnId, kind: ErrorKind, client_id: Option<u64>, detail: &str) {
         self.count_error(kind);
+        if let (Some(client_id), Some(sender)) = (client_id, self.conns.account(id)) {
+            self.refusals
+                .note((sender, client_id), kind, detail, self.now_ms);
+        }
         self.reply(
             id,
             &ServerFrame::Error {

@@ -11,6 +11,8 @@ use super::{owed::OwedReceipt, Dest, PeerMessage, Shard};
 /// An account as an operator sees it: no secrets, no message contents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AccountInfo {
+    /// Written as text (`+15550000001`), not as the wire's integer.
+    #[serde(serialize_with = "phone_as_text")]
     pub phone: Phone,
     /// Bumped by every signup (and revocation) of the number.
     pub generation: u64,
@@ -24,6 +26,11 @@ pub struct AccountInfo {
     pub mailbox_bytes: u64,
     pub acked_up_to: u64,
     pub push_token: bool,
+}
+
+/// A phone number in JSON for people: `+` and its digits.
+fn phone_as_text<S: serde::Serializer>(phone: &Phone, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(phone)
 }
 
 /// What deleting an account removed on its home shard. Its group
@@ -55,23 +62,54 @@ pub enum AccountRefused {
 /// Where a message (a sender's `client_id`) is, as one shard knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TraceHit {
-    /// The recipient (a phone, or a group for a post its owner took).
-    pub to: String,
-    /// Its mailbox seq, or for a group post its position in the group.
-    pub id: u64,
+    /// The recipient (a phone, or a group for a post its owner took);
+    /// `None` for a refusal.
+    pub to: Option<String>,
+    /// Its mailbox seq, or for a group post its position in the group;
+    /// `None` for a refusal.
+    pub id: Option<u64>,
     /// `queued` (in the mailbox, not yet written to the phone),
     /// `delivered` (written, not acknowledged), `acknowledged` (gone from
     /// the mailbox, the sender told `Delivered`), `read` (its read receipt
-    /// passed, or it expired unread), or `posted` (a group post its owner
-    /// numbered).
+    /// passed, or it expired unread), `posted` (a group post its owner
+    /// numbered), or `refused` (answered with an `Error`, see `refusal`).
     pub state: &'static str,
+    /// Why it was refused, for a `refused` hit.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<TraceRefusal>,
+}
+
+/// A refusal as a trace shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TraceRefusal {
+    /// The `ErrorKind` the phone was sent (`RateLimited`, `MailboxFull`,
+    /// ...).
+    pub reason: String,
+    /// The `Error` frame's detail, as the phone got it.
+    pub detail: String,
+    /// How long ago, in ms of the shard's clock.
+    pub age_ms: u64,
+}
+
+impl TraceHit {
+    /// A stored message or post: where it is and in what state.
+    pub(super) fn stored(to: String, id: u64, state: &'static str) -> TraceHit {
+        TraceHit {
+            to: Some(to),
+            id: Some(id),
+            state,
+            refusal: None,
+        }
+    }
 }
 
 impl Shard {
     /// Where `sender`'s message `client_id` is on this shard: every
     /// mailbox it was stored in and every group that took it, while the
-    /// resend tables remember it (`dedup_ttl_ms`, `dedup_entries_max`).
-    /// Empty when this shard never stored it (or forgot).
+    /// resend tables remember it (`dedup_ttl_ms`, `dedup_entries_max`),
+    /// and every time this shard refused it, while it remembers
+    /// (`refusals::REFUSALS_REMEMBERED_MAX` refusals, since the start).
+    /// Empty when this shard never stored nor refused it (or forgot).
     pub fn trace(&mut self, sender: Phone, client_id: u64) -> Vec<TraceHit> {
         let found: Vec<(Phone, u64)> = self
             .dedup
@@ -84,6 +122,17 @@ impl Shard {
             .map(|(to, seq)| self.trace_in_mailbox(to, seq))
             .collect();
         hits.extend(self.groups.trace(sender, client_id));
+        let now_ms = self.now_ms;
+        hits.extend(self.refusals.of(sender, client_id).map(|refusal| TraceHit {
+            to: None,
+            id: None,
+            state: "refused",
+            refusal: Some(TraceRefusal {
+                reason: format!("{:?}", refusal.kind),
+                detail: refusal.detail.clone(),
+                age_ms: now_ms.saturating_sub(refusal.at_ms),
+            }),
+        }));
         hits
     }
 
@@ -107,11 +156,13 @@ impl Shard {
             }
             None => "acknowledged",
         };
-        TraceHit {
-            to: to.to_string(),
-            id: seq,
-            state,
-        }
+        TraceHit::stored(to.to_string(), seq, state)
+    }
+
+    /// The connection `phone` is logged in on, if it is (a session lives
+    /// on its account's home shard, so on this one).
+    pub fn session_of(&self, phone: Phone) -> Option<super::ConnId> {
+        self.accounts.get(&phone)?.session
     }
 
     /// The account logged in on connection `id`, if one is.
