@@ -98,10 +98,29 @@ fn main() {
     }
 }
 
-/// `isle check-config`: the effective configuration on stdout, as TOML.
+/// `isle check-config`: the effective configuration on stdout, as TOML,
+/// after a comment naming the TLS identity a start would use (its files
+/// read as the server reads them: a key this user cannot read fails here,
+/// not at the start).
 fn check_config(flags: &Flags) -> anyhow::Result<()> {
     let effective = config::layers::load(flags)?;
-    print!("{}", effective.to_toml()?);
+    let config = &effective.config;
+    let tls = match config.listen {
+        Some(_) => {
+            let (cert, key) = (config.tls.cert.as_deref(), config.tls.key.as_deref());
+            let identity = tls::check(cert, key, &config.data_dir).context("the TLS identity")?;
+            format!("# tls: {identity}\n")
+        }
+        None => "# tls: no TLS listener\n".to_owned(),
+    };
+    let text = effective.to_toml()?;
+    // After the header's comment lines, before the first key.
+    let header = text
+        .lines()
+        .take_while(|line| line.starts_with('#'))
+        .map(|line| line.len() + 1)
+        .sum::<usize>();
+    print!("{}{tls}{}", &text[..header], &text[header..]);
     Ok(())
 }
 

@@ -65,6 +65,48 @@ pub fn load(cert: Option<&Path>, key: Option<&Path>, data_dir: &Path) -> anyhow:
     load_pair(cert_path, key_path)
 }
 
+/// What a start would use, checked without changing anything (for
+/// `isle check-config`): the configured pair read and put together, or
+/// the data dir's pair when both files are there. Ok: a line saying which
+/// identity and its fingerprint. Err: why a start would refuse (a file
+/// that cannot be read, by this user, or does not hold what it should;
+/// one of the data dir's pair without the other).
+pub fn check(cert: Option<&Path>, key: Option<&Path>, data_dir: &Path) -> anyhow::Result<String> {
+    let (cert_path, key_path) = match (cert, key) {
+        (Some(cert), Some(key)) => (cert.to_owned(), key.to_owned()),
+        (None, None) => {
+            let (cert_path, key_path) = generated_paths(data_dir);
+            match (cert_path.exists(), key_path.exists()) {
+                (false, false) => {
+                    return Ok(format!(
+                        "none yet: the first start makes a self-signed one in {}",
+                        data_dir.join("tls").display()
+                    ))
+                }
+                (true, true) => (cert_path, key_path),
+                (true, false) => bail!(
+                    "{} is there but {} is missing: the server would refuse to start",
+                    cert_path.display(),
+                    key_path.display()
+                ),
+                (false, true) => bail!(
+                    "{} is there but {} is missing: the server would refuse to start",
+                    key_path.display(),
+                    cert_path.display()
+                ),
+            }
+        }
+        _ => return Err(anyhow!("tls.cert and tls.key must be set together")),
+    };
+    let identity = load_pair(cert_path, key_path.clone())?;
+    Ok(format!(
+        "{} and {}, fingerprint {}",
+        identity.cert_path.display(),
+        key_path.display(),
+        identity.fingerprint
+    ))
+}
+
 /// Reads a certificate chain and its key into a server configuration.
 fn load_pair(cert_path: PathBuf, key_path: PathBuf) -> anyhow::Result<Identity> {
     let certs = rustls_pemfile::certs(&mut BufReader::new(
