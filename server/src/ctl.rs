@@ -36,10 +36,12 @@ pub struct CtlArgs {
     /// The server's data directory, where `admin.addr` is.
     #[arg(long, global = true, default_value = "./data")]
     data_dir: PathBuf,
-    /// The admin listener's bearer token, when it requires one.
+    /// The admin listener's bearer token, when it requires one (else
+    /// ISLE_ADMIN__TOKEN, as the server reads it).
     #[arg(long, global = true, env = "ISLE_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Print the server's answer as JSON instead of a table.
+    /// Print JSON instead of text, for every subcommand (`top`: an object
+    /// a line).
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
@@ -76,8 +78,14 @@ pub enum CtlCommand {
     LogLevel { level: String },
     /// Where a message is: every mailbox that holds it (queued, delivered,
     /// acknowledged, read) and every group that took it, while the
-    /// server's resend tables remember it.
-    Trace { sender: String, client_id: u64 },
+    /// server's resend tables remember it; or that it was refused, with
+    /// the error the phone got (each shard remembers its last refusals).
+    Trace {
+        /// The phone that sent it (+15551234567).
+        sender: String,
+        /// The `client_id` the phone gave it.
+        client_id: u64,
+    },
     /// Reload what can change without a restart, as SIGHUP does: the TLS
     /// certificate and key (new connections get the new ones) and the
     /// `[limits]` keys that may change live (the answer names the others).
@@ -86,7 +94,8 @@ pub enum CtlCommand {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum AccountAction {
-    /// Registered or not, online or not, what waits in its mailbox.
+    /// Registered or not, where its phone is connected (shard, address
+    /// and port), what waits in its mailbox.
     Show { phone: String },
     /// The device key stops working and the phone's connection closes; it
     /// signs up again with an SMS code. The mailbox stays.
@@ -99,12 +108,21 @@ pub enum AccountAction {
 }
 
 pub fn run(args: CtlArgs) -> anyhow::Result<()> {
+    let (addr, from_file) = match args.admin {
+        Some(addr) => (addr, None),
+        None => (
+            admin_from(&args.data_dir)?,
+            Some(args.data_dir.join(crate::ADMIN_ADDR_FILE)),
+        ),
+    };
     let admin = Admin {
-        addr: match args.admin {
-            Some(addr) => addr,
-            None => admin_from(&args.data_dir)?,
-        },
-        token: args.token,
+        addr,
+        from_file,
+        // The server's own variable works too: one export serves both.
+        token: args
+            .token
+            .or_else(|| std::env::var("ISLE_ADMIN__TOKEN").ok())
+            .filter(|token| !token.is_empty()),
         json: args.json,
     };
     match args.command {
@@ -136,6 +154,8 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
 /// The admin listener and how to ask it.
 struct Admin {
     addr: SocketAddr,
+    /// The file the address was read from, if it was.
+    from_file: Option<PathBuf>,
     token: Option<String>,
     /// Ask for (and print) JSON instead of text.
     json: bool,
@@ -202,6 +222,21 @@ impl Admin {
             Err(ureq::Error::Status(code, response)) => {
                 let text = response.into_string().unwrap_or_default();
                 anyhow::bail!("{admin}{path} answered {code}: {}", text.trim())
+            }
+            Err(ureq::Error::Transport(error))
+                if error.kind() == ureq::ErrorKind::ConnectionFailed =>
+            {
+                let hint = match &self.from_file {
+                    Some(file) => format!(
+                        " (it is in {}, which a server that stopped leaves behind)",
+                        file.display()
+                    ),
+                    None => String::new(),
+                };
+                anyhow::bail!(
+                    "nothing answers at {admin}{hint}: is the server running? ({})",
+                    error.kind()
+                )
             }
             Err(error) if method != "GET" => Err(error).with_context(|| {
                 format!(

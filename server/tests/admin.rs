@@ -987,3 +987,49 @@ fn concurrent_reloads_share_one() {
         "{reloads:#?}"
     );
 }
+
+/// `isle ctl` read its token only from `ISLE_ADMIN_TOKEN`, the server
+/// from `ISLE_ADMIN__TOKEN`: one export did not serve both. `isle ctl`
+/// takes the server's variable too.
+#[test]
+fn ctl_takes_the_servers_token_variable_too() {
+    let server = Server::start(&["--shards", "1", "--admin-token", "sesame"]);
+    let status_with = |variable: Option<&str>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_isle"));
+        command
+            .args(["ctl", "--admin", &server.admin.to_string(), "status"])
+            .env_remove("ISLE_ADMIN_TOKEN")
+            .env_remove("ISLE_ADMIN__TOKEN");
+        if let Some(variable) = variable {
+            command.env(variable, "sesame");
+        }
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.success(), stderr)
+    };
+    let (ok, stderr) = status_with(None);
+    assert!(!ok && stderr.contains("401"), "{stderr}");
+    for variable in ["ISLE_ADMIN_TOKEN", "ISLE_ADMIN__TOKEN"] {
+        let (ok, stderr) = status_with(Some(variable));
+        assert!(ok, "{variable}: {stderr}");
+    }
+}
+
+/// A stopped server leaves `DATA_DIR/admin.addr` behind, and `isle ctl`
+/// said only "Connection refused". It says nothing answers there and
+/// where the address came from.
+#[test]
+fn ctl_says_when_the_server_in_admin_addr_is_gone() {
+    let server = Server::start(&["--shards", "1"]);
+    let (_, dir) = server.stop_keeping_data();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_isle"))
+        .args(["ctl", "status", "--data-dir", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("nothing answers") && stderr.contains("admin.addr"),
+        "{stderr}"
+    );
+}
