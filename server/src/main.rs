@@ -172,10 +172,7 @@ fn run(flags: Flags) -> anyhow::Result<()> {
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone())?;
     }
-    let fingerprint = identity
-        .as_ref()
-        .map(|identity| identity.fingerprint.clone());
-    set_up_reloads(&control, &config, (flags, &started), fingerprint)?;
+    set_up_reloads(&control, &config, (flags, &started), identity.as_ref())?;
     let (mut tls_fds, mut plain_fds) = (tls_fds.into_iter(), plain_fds.into_iter());
     let mut peer_fds = peer_fds.into_iter();
     let listeners = (0..shard_count).map(|_| {
@@ -186,20 +183,6 @@ fn run(flags: Flags) -> anyhow::Result<()> {
         (listeners, peer_fds.next())
     });
     let serving = Arc::new(AtomicBool::new(false));
-    let secret = match config.cluster.as_ref() {
-        Some(cluster) => match &cluster.secret_file {
-            Some(path) => Some(server::remote::ClusterSecret::read(path)?),
-            None => {
-                log::warn!(
-                    "cluster.secret_file is not set: the peer port takes any host that names \
-                     a member for it; set a shared secret or keep the port firewalled \
-                     (docs/security.md)"
-                );
-                None
-            }
-        },
-        None => None,
-    };
     let outside = ShardsOutside {
         stop: stop.clone(),
         serving: serving.clone(),
@@ -211,7 +194,7 @@ fn run(flags: Flags) -> anyhow::Result<()> {
             .cluster
             .as_ref()
             .map_or_else(String::new, |c| c.prefix.clone()),
-        secret,
+        secret: cluster_secret(&config)?,
     };
     let (handles, recovered) =
         spawn_shards(&config, map, listeners, identity.as_ref(), senders, outside)?;
@@ -247,6 +230,26 @@ fn run(flags: Flags) -> anyhow::Result<()> {
     }
     log::info!("stopped");
     Ok(())
+}
+
+/// The cluster's shared secret (`cluster.secret_file`), read once at
+/// start; `None` for a single node, or a cluster without one (said in
+/// the log: the peer port then trusts any host that names a member).
+fn cluster_secret(config: &Config) -> anyhow::Result<Option<server::remote::ClusterSecret>> {
+    let Some(cluster) = config.cluster.as_ref() else {
+        return Ok(None);
+    };
+    match &cluster.secret_file {
+        Some(path) => Ok(Some(server::remote::ClusterSecret::read(path)?)),
+        None => {
+            log::warn!(
+                "cluster.secret_file is not set: the peer port takes any host that names \
+                 a member for it; set a shared secret or keep the port firewalled \
+                 (docs/security.md)"
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// Every shard's sockets on each address (phones over TLS and plaintext,
@@ -294,22 +297,22 @@ fn check_node_identity(config: &Config) -> anyhow::Result<()> {
 }
 
 /// What SIGHUP and `isle ctl reload` read again: the TLS identity (when
-/// TLS is on: `fingerprint` is the one served now) and the configuration
+/// TLS is on: `identity` is the one served now) and the configuration
 /// from the layers this start read, `started` being what they gave then.
 fn set_up_reloads(
     control: &Control,
     config: &Config,
     (flags, started): (Flags, &Config),
-    fingerprint: Option<String>,
+    identity: Option<&tls::Identity>,
 ) -> anyhow::Result<()> {
-    if let Some(fingerprint) = fingerprint {
+    if let Some(identity) = identity {
         let (cert, key) = (config.tls.cert.clone(), config.tls.key.clone());
         let data_dir = config.data_dir.clone();
         let loader = Box::new(move || {
             let identity = tls::load(cert.as_deref(), key.as_deref(), &data_dir)?;
             Ok((identity.config, identity.fingerprint))
         });
-        control.set_tls_loader(loader, fingerprint);
+        control.set_tls_loader(loader, identity.fingerprint.clone());
     }
     control.set_config_loader(
         Box::new(move || Ok(config::layers::load(&flags)?.config)),

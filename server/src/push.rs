@@ -193,10 +193,7 @@ impl Gateway {
         match self.post(&push) {
             Outcome::Delivered => self.stats.sent(),
             Outcome::Rejected => {
-                log::info!(
-                    "push gateway rejected the token of {}; dropping it",
-                    push.phone
-                );
+                log::info!(phone:% = push.phone; "push gateway rejected the token; dropping it");
                 let shard = usize::from(self.map.shard_of(push.phone));
                 // A full queue only delays the drop: the next push for the
                 // phone is rejected again.
@@ -220,8 +217,8 @@ impl Gateway {
             Outcome::Retry(error) | Outcome::GiveUp(error) => {
                 self.stats.failed();
                 log::warn!(
-                    "push to {} given up after attempt {attempt}: {error}",
-                    push.phone
+                    phone:% = push.phone;
+                    "push given up after attempt {attempt}: {error}"
                 );
             }
         }

@@ -86,7 +86,7 @@ pub fn start(
                     Ok(()) => stats.sent(),
                     Err(error) => {
                         stats.failed();
-                        log::error!("SMS to {phone} not delivered: {error}");
+                        log::error!(phone:%; "SMS not delivered: {error}");
                     }
                 }
             }
@@ -99,7 +99,7 @@ fn write_outbox(path: &Path, phone: Phone, code: u32) -> Result<(), SmsError> {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
     // The code is a secret: it goes to the outbox file only.
-    log::info!("SMS to {phone}: the code goes to {}", path.display());
+    log::info!(phone:%; "SMS to the outbox: the code goes to {}", path.display());
     let mut file = OpenOptions::new()
         .create(true)
         .append(true)

@@ -737,9 +737,22 @@ async fn get_account(
     let command = |phone, reply| ShardCommand::AccountShow { phone, reply };
     match ask_shard(&shared, &phone, command).await {
         Ok(Some(info)) => Json(info).into_response(),
-        Ok(None) => (StatusCode::NOT_FOUND, "no such account\n").into_response(),
+        Ok(None) => no_such_account(&shared),
         Err(error) => error.into_response(),
     }
+}
+
+/// The answer about an account its shard does not have: in a cluster,
+/// this node's shards hold only the accounts of the partitions it owns.
+fn no_such_account(shared: &Shared) -> Response {
+    let detail = match shared.node {
+        Some(node) => format!(
+            "no such account on node {node} (in a cluster, ask the node that owns its \
+             partition)\n"
+        ),
+        None => "no such account\n".to_owned(),
+    };
+    (StatusCode::NOT_FOUND, detail).into_response()
 }
 
 /// Whether the request asks for a JSON answer (`Accept:
@@ -763,9 +776,7 @@ async fn post_revoke(
             Json(serde_json::json!({ "revoked": phone })).into_response()
         }
         Ok(Ok(())) => "revoked\n".into_response(),
-        Ok(Err(AccountRefused::NoAccount)) => {
-            (StatusCode::NOT_FOUND, "no such account\n").into_response()
-        }
+        Ok(Err(AccountRefused::NoAccount)) => no_such_account(&shared),
         Ok(Err(refused)) => {
             (StatusCode::SERVICE_UNAVAILABLE, format!("{refused}\n")).into_response()
         }
@@ -782,9 +793,7 @@ async fn delete_account(
     let command = |phone, reply| ShardCommand::DeleteAccount { phone, reply };
     match ask_shard(&shared, &phone, command).await {
         Ok(Deletion::Durable(deleted)) => Json(deleted).into_response(),
-        Ok(Deletion::Refused(AccountRefused::NoAccount)) => {
-            (StatusCode::NOT_FOUND, "no such account\n").into_response()
-        }
+        Ok(Deletion::Refused(AccountRefused::NoAccount)) => no_such_account(&shared),
         Ok(Deletion::Refused(refused)) => {
             (StatusCode::SERVICE_UNAVAILABLE, format!("{refused}\n")).into_response()
         }

@@ -279,7 +279,7 @@ impl Runtime {
                 let now_ms = self.now_ms();
                 let revoked = self.with_shard(|shard| shard.revoke(phone, now_ms));
                 if revoked.is_ok() {
-                    log::warn!(shard = self.shard_id; "revoked the key of {phone}");
+                    log::warn!(shard = self.shard_id, phone:%; "revoked the account's key");
                 }
                 let _ = reply.send(revoked);
             }
@@ -325,8 +325,8 @@ impl Runtime {
             }
         };
         log::warn!(
-            shard = self.shard_id;
-            "deleted the account of {phone} ({} mailbox entries)",
+            shard = self.shard_id, phone:%;
+            "deleted the account ({} mailbox entries)",
             deleted.mailbox_entries
         );
         let answer = move |written: bool| {
