@@ -35,6 +35,7 @@ use etcd_client::{
 use serde::Serialize;
 
 use super::{
+    islands,
     partitions::PartitionOwners,
     view::{Change, ClusterView, NodeRecord},
 };
@@ -79,6 +80,10 @@ pub struct CoordinatorStatus {
     pub nodes_live: Vec<u16>,
     pub members: Vec<u16>,
     pub partitions_owned: usize,
+    /// Every island as etcd shows it: id, epoch, primary, secondary,
+    /// in-sync nodes and mode.
+    #[serde(default)]
+    pub islands: Vec<IslandStatus>,
     /// This node's outgoing links (one per shard and other member), and
     /// those connected now, from the shards' last reports.
     #[serde(default)]
@@ -101,6 +106,18 @@ impl CoordinatorStatus {
         }
         status
     }
+}
+
+/// One island as the status shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct IslandStatus {
+    pub id: u16,
+    pub epoch: u64,
+    pub primary: u16,
+    pub secondary: u16,
+    pub insync: Vec<u16>,
+    /// `sync` or `solo`.
+    pub mode: String,
 }
 
 /// The node's etcd client and what it keeps.
@@ -408,12 +425,23 @@ impl Coordinator {
         let owners = PartitionOwners::assign_evenly(&live);
         let key = self.key("partitions");
         let absent = Compare::create_revision(key.clone(), CompareOp::Equal, 0);
-        let assign = TxnOp::put(key, owners.encode(), None);
-        let done = client
-            .txn(Txn::new().when([absent]).and_then([assign]))
-            .await?;
+        let mut puts = vec![TxnOp::put(key, owners.encode(), None)];
+        // The islands go with the map they pair: node i's partitions are
+        // island i, so no map exists without its islands.
+        let ring = islands::ring(&live);
+        for (id, record) in &ring {
+            puts.push(TxnOp::put(
+                self.key(&format!("islands/{id}")),
+                islands::encode(record),
+                None,
+            ));
+        }
+        let done = client.txn(Txn::new().when([absent]).and_then(puts)).await?;
         if done.succeeded() {
-            log::warn!("cluster: partitions assigned to nodes {live:?}");
+            log::warn!(
+                "cluster: partitions assigned to nodes {live:?}, in {} islands",
+                ring.len()
+            );
         }
         Ok(())
     }
@@ -461,6 +489,18 @@ impl Coordinator {
                 .as_ref()
                 .map_or(0, |(map, _)| map.owned_by(me));
             s.map_revision = view.partitions.as_ref().map(|(_, revision)| *revision);
+            s.islands = view
+                .islands
+                .iter()
+                .map(|(&id, (record, _))| IslandStatus {
+                    id,
+                    epoch: record.epoch,
+                    primary: record.primary,
+                    secondary: record.secondary,
+                    insync: record.insync.clone(),
+                    mode: format!("{:?}", record.mode).to_lowercase(),
+                })
+                .collect();
             // A view settled: the session is healthy, whatever ended the
             // one before.
             s.last_error = None;

@@ -10,11 +10,14 @@
 //!   assignment, the watch, endpoint failover;
 //! - `envelope`: a peer message as it crosses to another node, and the
 //!   checks it meets there;
-//! - `identity`: the node a data directory belongs to.
+//! - `identity`: the node a data directory belongs to;
+//! - `islands`: an island's record in etcd, checked whole, and the first
+//!   islands a bootstrap writes (a ring).
 
 pub mod coordinator;
 pub mod envelope;
 pub mod identity;
+pub mod islands;
 pub mod partitions;
 pub mod view;
 
