@@ -41,7 +41,7 @@ use crate::{
     control::{gateways::GatewayStats, AdminSettings, Control},
     logging::LogFormat,
     push::{PushQueue, PushSender},
-    runtime::{Listeners, PeerEnds, RemoteSetupParts, ShardSetup, StorageSetup},
+    runtime::{IslandSetup, Listeners, PeerEnds, RemoteSetupParts, ShardSetup, StorageSetup},
     sms::{SmsQueue, SmsSender},
 };
 
@@ -167,7 +167,17 @@ fn run(flags: Flags) -> anyhow::Result<()> {
         },
         None => None,
     };
+    let replicates = config
+        .cluster
+        .as_ref()
+        .is_some_and(|c| c.replication == config::cluster::Replication::Sync);
+    if replicates && config.storage.journal == JournalKind::Memory {
+        bail!("cluster.replication = \"sync\" ships the log: it needs storage.journal = \"log\"");
+    }
+    let (island_txns, island_txns_in) = tokio::sync::mpsc::channel(ISLAND_TXNS_MAX);
+    let lease_clock = Arc::new(server::island::LeaseClock::default());
     let outside = ShardsOutside {
+        islands: replicates.then(|| (lease_clock.clone(), island_txns)),
         stop: stop.clone(),
         serving: serving.clone(),
         reporter: control.reporter(),
@@ -201,7 +211,8 @@ fn run(flags: Flags) -> anyhow::Result<()> {
         if let Some(bound) = peer_addr.filter(|_| settings.peer_advertise.port() == 0) {
             settings.peer_advertise.set_port(bound.port());
         }
-        control.join_cluster(settings, shard_count as u16);
+        let islands = replicates.then_some((lease_clock, island_txns_in));
+        control.join_cluster(settings, shard_count as u16, islands);
     }
     let admin_file = config.data_dir.join(ADMIN_ADDR_FILE);
     std::fs::write(&admin_file, format!("{}\n", control.addr))
@@ -393,7 +404,17 @@ struct ShardsOutside {
     cluster: String,
     /// The cluster's shared secret, when `cluster.secret_file` names one.
     secret: Option<server::remote::ClusterSecret>,
+    /// With replication: the lease as the control thread last saw it, and
+    /// where the shards' island transactions go.
+    islands: Option<(
+        Arc<server::island::LeaseClock>,
+        tokio::sync::mpsc::Sender<server::island::tablet::IslandTxn>,
+    )>,
 }
+
+/// Island transactions waiting for the control thread, at most (each
+/// member asks one at a time).
+const ISLAND_TXNS_MAX: usize = 256;
 
 /// The admin listener's address, written in the data dir for `isle ctl`.
 const ADMIN_ADDR_FILE: &str = "admin.addr";
@@ -440,6 +461,14 @@ fn spawn_shards(
             std::mem::replace(&mut outside.commands[shard_id], crossbeam_channel::never());
         let replayed = outside.replayed[shard_id].clone();
         let storage = storage_setup(config, shard_id, shard_count);
+        let islands = outside.islands.as_ref().map(|(lease, txns)| IslandSetup {
+            node: node_id(config),
+            lease: lease.clone(),
+            txns: txns.clone(),
+            secret: outside.secret.clone(),
+            replica_dir: config.data_dir.join("islands"),
+            log: storage.log,
+        });
         let recovered = recovered_tx.clone();
         let placement = match config.cpus.get(shard_id) {
             Some(&cpu) => Placement::Fixed(cpu),
@@ -477,6 +506,7 @@ fn spawn_shards(
                     commands,
                     replayed,
                     remote,
+                    islands,
                 })
                 .await
             })
@@ -484,6 +514,11 @@ fn spawn_shards(
         handles.push(handle);
     }
     Ok((handles, recovered))
+}
+
+/// This node's id in its cluster (0 for a single node).
+fn node_id(config: &Config) -> u16 {
+    config.cluster.as_ref().map_or(0, |c| c.node_id)
 }
 
 fn storage_setup(config: &Config, shard_id: usize, shard_count: usize) -> StorageSetup {

@@ -32,6 +32,17 @@ struct Node {
 /// Node `id` of a cluster of three, registering with `etcd` (client URLs,
 /// comma separated).
 fn start_node(etcd: &str, id: u16, peer_port: u16, data_dir: tempfile::TempDir) -> Node {
+    start_node_with(etcd, id, peer_port, data_dir, |_| {})
+}
+
+/// `start_node`, with more of the node's environment set by `more`.
+fn start_node_with(
+    etcd: &str,
+    id: u16,
+    peer_port: u16,
+    data_dir: tempfile::TempDir,
+    more: impl FnOnce(&mut Command),
+) -> Node {
     let peer = format!("127.0.0.1:{peer_port}");
     let id_text = id.to_string();
     let flags = [
@@ -49,6 +60,7 @@ fn start_node(etcd: &str, id: u16, peer_port: u16, data_dir: tempfile::TempDir) 
     let secret = secret_file();
     let server = Server::start_with(data_dir, &flags, |command| {
         command.env("ISLE_CLUSTER__SECRET_FILE", &secret);
+        more(command);
     });
     Node {
         id,
@@ -854,4 +866,80 @@ fn a_node_that_joins_later_says_it_owns_no_partitions() {
         })
         .sum();
     assert_eq!(owned, 1024);
+}
+
+/// With `cluster.replication = "sync"`, a phone is told `Sent` only once
+/// its island's secondary holds the message: after a kill -9 of the
+/// primary, a server started on a copy of the secondary's tablet (its log
+/// of what the primary shipped, byte for byte) delivers every message.
+#[test]
+fn with_sync_replication_every_sent_message_is_on_the_secondary_s_disk() {
+    let etcd = Etcd::start();
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|id| {
+            let dir = tempfile::tempdir().unwrap();
+            let port = common::etcd::free_port();
+            start_node_with(&etcd.url, id, port, dir, |command| {
+                command.env("ISLE_CLUSTER__REPLICATION", "sync");
+            })
+        })
+        .collect();
+    let all: Vec<&Node> = nodes.iter().collect();
+    // Each primary's first view names it primary of an epoch it did not
+    // win since it started: it goes solo in a new epoch, its secondary
+    // catches up, and the island is back in sync.
+    await_all(&all, "every island back in sync", |s| {
+        let islands = s["islands"].as_array().cloned().unwrap_or_default();
+        islands.len() == 3
+            && islands
+                .iter()
+                .all(|i| i["mode"] == "sync" && i["epoch"].as_u64() >= Some(2))
+    });
+    let (alice, bob) = (number_on(1, 0), number_on(1, 1));
+    let (mut alice_client, _) = sign_up(&nodes[0].server, alice);
+    let (bob_client, bob_key) = sign_up(&nodes[0].server, bob);
+    drop(bob_client);
+    const COUNT: u64 = 40;
+    for client_id in 1..=COUNT {
+        let body = format!("shipped {client_id}");
+        let send = ClientFrame::Send {
+            client_id,
+            to: bob,
+            body: body.as_bytes(),
+        };
+        alice_client.send(&send).unwrap();
+        let answer = await_frame(&mut alice_client, SETTLE, sent(client_id));
+        assert!(answer.is_ok(), "message {client_id}: {answer:?}");
+    }
+    let tablet = nodes[1].server.data_dir().join("islands/island-1/shard-0");
+    let primary = nodes.remove(0);
+    drop(primary.server.into_data_dir());
+
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&tablet, &copy.path().join("log/shard-0"));
+    let single = Server::start_in(copy, &["--shards", "1"]);
+    let mut bob_client = single.connect();
+    bob_client.set_timeout(Duration::from_secs(10)).unwrap();
+    bob_client.login(bob, bob_key).unwrap();
+    let mut bodies = Vec::new();
+    while bodies.len() < COUNT as usize {
+        let message = await_frame(&mut bob_client, SETTLE, |e| match e {
+            Event::Message { body, .. } => Some(body.to_vec()),
+            _ => None,
+        });
+        match message {
+            Ok(body) => bodies.push(String::from_utf8(body).unwrap()),
+            Err(seen) => panic!("{} of {COUNT} messages, then {seen:?}", bodies.len()),
+        }
+    }
+    let expected: Vec<String> = (1..=COUNT).map(|n| format!("shipped {n}")).collect();
+    assert_eq!(bodies, expected);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
 }

@@ -40,6 +40,16 @@ use super::{
     view::{Change, ClusterView, NodeRecord},
 };
 use crate::config::cluster::ClusterSettings;
+use server::island::{tablet::IslandTxn, LeaseClock};
+
+/// The next island transaction a shard asked for; never, when the node
+/// does not replicate.
+async fn next_txn(txns: &mut Option<tokio::sync::mpsc::Receiver<IslandTxn>>) -> Option<IslandTxn> {
+    match txns {
+        Some(txns) => txns.recv().await,
+        None => std::future::pending().await,
+    }
+}
 
 /// How long one etcd call may take before the session gives up on the
 /// endpoint.
@@ -134,6 +144,10 @@ pub struct Coordinator {
     /// The map revision this node was last told it owns nothing in, so
     /// that it says so once per map.
     unowned_said: Option<i64>,
+    /// Where the lease's validity goes for the shards' island members.
+    lease_clock: Option<Arc<LeaseClock>>,
+    /// Island transactions the shards' members ask for.
+    txns: Option<tokio::sync::mpsc::Receiver<IslandTxn>>,
 }
 
 /// Why a session ended without an etcd error.
@@ -171,7 +185,22 @@ impl Coordinator {
             lease: None,
             view: ClusterView::default(),
             unowned_said: None,
+            lease_clock: None,
+            txns: None,
         }
+    }
+
+    /// The coordinator of a node whose shards replicate (docs/islands.md):
+    /// it tells them until when the lease holds, and runs the island
+    /// transactions they ask for.
+    pub fn with_islands(
+        mut self,
+        lease_clock: Arc<LeaseClock>,
+        txns: tokio::sync::mpsc::Receiver<IslandTxn>,
+    ) -> Coordinator {
+        self.lease_clock = Some(lease_clock);
+        self.txns = Some(txns);
+        self
     }
 
     /// Runs sessions, one endpoint after another, for as long as the
@@ -271,6 +300,9 @@ impl Coordinator {
     fn held_until(&mut self, id: i64, sent: Instant, ttl_s: i64) {
         let held = Duration::from_secs(ttl_s.max(0) as u64).mul_f64(LEASE_TRUST);
         self.lease = Some((id, sent + held));
+        if let Some(clock) = &self.lease_clock {
+            clock.held_until(Some(sent + held));
+        }
         self.note(|s| {
             s.incarnation = Some(id);
             s.lease_until = Some(sent + held);
@@ -356,10 +388,16 @@ impl Coordinator {
                     let answer = answer?.ok_or(SessionEnd::LeaseLost)?;
                     if answer.ttl() <= 0 {
                         self.lease = None;
+                        if let Some(clock) = &self.lease_clock {
+                            clock.held_until(None);
+                        }
                         self.note(|s| s.lease_until = None);
                         return Err(SessionEnd::LeaseLost.into());
                     }
                     self.held_until(lease, sent, answer.ttl());
+                }
+                Some(txn) = next_txn(&mut self.txns) => {
+                    self.island_txn(client, txn).await?;
                 }
                 message = watch.message() => {
                     let message = message?.ok_or(SessionEnd::WatchEnded)?;
@@ -398,6 +436,53 @@ impl Coordinator {
             self.bootstrap(client).await?;
         }
         self.publish();
+        Ok(())
+    }
+
+    /// Runs an island's compare-and-swap (rules 2, 3, 5 and 7 of
+    /// docs/islands.md): the new record goes in only if the island's key
+    /// is still at the revision its member saw and, for a promotion, the
+    /// old primary holds no lease. The member learns the outcome from the
+    /// views, as every other node does.
+    async fn island_txn(&mut self, client: &mut Client, txn: IslandTxn) -> anyhow::Result<()> {
+        if let Err(error) = islands::check(&txn.record) {
+            log::error!(
+                "cluster: island {}: refused to write {:?}: {error}",
+                txn.island,
+                txn.record
+            );
+            return Ok(());
+        }
+        let key = self.key(&format!("islands/{}", txn.island));
+        let mut when = vec![Compare::mod_revision(
+            key.clone(),
+            CompareOp::Equal,
+            txn.expect_revision as i64,
+        )];
+        if let Some(node) = txn.absent {
+            let node_key = self.key(&format!("nodes/{node}"));
+            when.push(Compare::create_revision(node_key, CompareOp::Equal, 0));
+        }
+        let put = TxnOp::put(key, islands::encode(&txn.record), None);
+        let done = client.txn(Txn::new().when(when).and_then([put])).await?;
+        let record = &txn.record;
+        if done.succeeded() {
+            log::warn!(
+                "cluster: island {}: epoch {}, primary {}, in sync {:?}, {:?}",
+                txn.island,
+                record.epoch,
+                record.primary,
+                record.insync,
+                record.mode
+            );
+        } else {
+            log::info!(
+                "cluster: island {}: the change to epoch {} lost its race (revision {} moved on)",
+                txn.island,
+                record.epoch,
+                txn.expect_revision
+            );
+        }
         Ok(())
     }
 

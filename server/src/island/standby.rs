@@ -34,6 +34,9 @@ pub enum StandbyError {
     Replay(RestoreError),
     #[error("the standby failed earlier and takes no more batches")]
     Failed,
+    /// The batches kept by a truncation could not be read back.
+    #[error("reading the tablet back after a truncation: {0}")]
+    Rebuild(String),
 }
 
 /// A secondary's tablet: its log, and the shard state restored from it.
@@ -89,6 +92,31 @@ impl<B: Backend> Standby<B> {
             return Err(error.into());
         }
         for batch in batches {
+            if let Err(source) = self.apply(batch) {
+                self.failed = true;
+                return Err(StandbyError::Restore {
+                    seq: batch.seq,
+                    source,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops every batch after `after` (a tail the primary's history does
+    /// not hold; docs/islands.md rule 5), durably, and rebuilds the state
+    /// from what is left into `fresh` (a new shard of the same layout):
+    /// records cannot be taken back out of a state.
+    pub async fn truncate_after(&mut self, after: u64, fresh: Shard) -> Result<(), StandbyError> {
+        self.log.truncate_after(after).await?;
+        self.shard = fresh;
+        self.failed = false;
+        let kept = self
+            .log
+            .read_batches(1, after, usize::MAX)
+            .await
+            .map_err(|error| StandbyError::Rebuild(error.to_string()))?;
+        for batch in &kept {
             if let Err(source) = self.apply(batch) {
                 self.failed = true;
                 return Err(StandbyError::Restore {

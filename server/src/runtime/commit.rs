@@ -21,9 +21,13 @@ use std::{
 };
 
 use server::flow::CommitProgress;
-use storage::{log::checkpoint, Journal, JournalError, JournalStats, Record};
+use server::island::tablet::Tablet;
+use storage::{
+    log::{checkpoint, shipping::ShippedBatch},
+    Journal, JournalError, JournalStats, Record,
+};
 
-use super::{Runtime, Signal, StorageSetup};
+use super::{islands, Runtime, Signal, StorageSetup};
 use crate::control::snapshot::CommitSamples;
 
 /// How long after a failed checkpoint the next is tried.
@@ -223,9 +227,21 @@ pub async fn commit(runtime: Rc<Runtime>, mut journal: impl Journal, plan: Check
     // A disk found full at start refuses messages from the first one on,
     // rather than taking one into a commit that cannot be written.
     note_disk_full(&runtime, journal.disk_full());
+    let own = start_replicating(&runtime, &journal).await;
+    let mut frames = Vec::new();
     loop {
-        wait_for_work(&runtime).await;
+        wait_for_work(&runtime, own.as_deref()).await;
         note_disk_full(&runtime, journal.disk_full());
+        if let Some(tablet) = &own {
+            if let Err(error) = islands::primary_log_work(&runtime, &mut journal, tablet).await {
+                return refuse_durable_work(&runtime, error).await;
+            }
+            if !tablet.borrow().may_propose() {
+                // Not the island's primary (yet, or any more): what waits
+                // is not written, so nothing is acknowledged.
+                continue;
+            }
+        }
         checkpoints.finish_written(&runtime, &mut journal).await;
         let due = checkpoints.is_due(journal.closed_segments());
         let (batch, records, snapshot) = runtime.with_shard_no_outputs(|shard| {
@@ -234,8 +250,20 @@ pub async fn commit(runtime: Rc<Runtime>, mut journal: impl Journal, plan: Check
         });
         runtime.commits.begin();
         let started = Instant::now();
-        match write_batch(&runtime, &mut journal, &records).await {
+        match write_batch(&runtime, &mut journal, &records, &mut frames).await {
             Ok(()) => {
+                if let Some(tablet) = &own {
+                    // Rule 1: the replies wait for the island, not only
+                    // for this disk.
+                    for batch in frames.drain(..) {
+                        tablet.borrow_mut().written(batch.seq, batch.frame);
+                    }
+                    let target = journal.last_batch();
+                    let acked = islands::wait_acknowledged(&runtime, &mut journal, tablet, target);
+                    if let Err(error) = acked.await {
+                        return refuse_durable_work(&runtime, error).await;
+                    }
+                }
                 runtime.with_shard(|shard| {
                     shard.committed(batch);
                     shard.recycle_records(records);
@@ -253,11 +281,29 @@ pub async fn commit(runtime: Rc<Runtime>, mut journal: impl Journal, plan: Check
     }
 }
 
-/// Waits until records wait (or a checkpoint was written). While the disk
-/// is full it also looks again now and then: space may have been freed.
-async fn wait_for_work(runtime: &Runtime) {
+/// With replication, the shard's own tablet once the cluster says whether
+/// there is one (see `islands::Islands::start_own`), and its shipping
+/// task started.
+async fn start_replicating(
+    runtime: &Rc<Runtime>,
+    journal: &impl Journal,
+) -> Option<Rc<RefCell<Tablet>>> {
+    let islands = runtime.islands.clone()?;
+    let log = runtime.shard().epochs().log_info(journal.last_batch());
+    let tablet = islands.clone().start_own(log).await?;
+    glommio::spawn_local(islands.ship(tablet.clone())).detach();
+    Some(tablet)
+}
+
+/// Waits until records wait (or a checkpoint was written, or the own
+/// tablet has log work). While the disk is full it also looks again now
+/// and then: space may have been freed.
+async fn wait_for_work(runtime: &Runtime, own: Option<&RefCell<Tablet>>) {
     let signal = &runtime.commits.signal;
-    if runtime.shard().is_disk_full() {
+    if let Some(tablet) = own {
+        let work = tablet.borrow().work_signal.clone();
+        futures_lite::future::or(signal.wait(), async move { work.wait().await }).await;
+    } else if runtime.shard().is_disk_full() {
         futures_lite::future::or(signal.wait(), async {
             glommio::timer::sleep(Duration::from_millis(DISK_FULL_CHECK_MS)).await;
         })
@@ -275,8 +321,9 @@ async fn write_batch(
     runtime: &Runtime,
     journal: &mut impl Journal,
     records: &[Record],
+    frames: &mut Vec<ShippedBatch>,
 ) -> Result<(), JournalError> {
-    let mut result = journal.commit(records).await;
+    let mut result = journal.commit_shipping(records, frames).await;
     loop {
         match &result {
             Err(JournalError::NoSpace) => note_disk_full(runtime, true),
@@ -287,7 +334,7 @@ async fn write_batch(
         }
         runtime.commits.stall();
         glommio::timer::sleep(Duration::from_millis(DISK_FULL_CHECK_MS)).await;
-        result = journal.commit(records).await;
+        result = journal.commit_shipping(records, frames).await;
     }
     if result.is_ok() {
         note_storage_unavailable(runtime, None);

@@ -31,6 +31,11 @@ pub struct MemberConfig {
     pub retry_ms: u64,
     /// Batches shipped and not acknowledged, at most.
     pub window: u64,
+    /// Whether this member, as an in-sync secondary, promotes itself when
+    /// its primary's lease is gone (rule 2). Off where the node cannot yet
+    /// serve an island it takes over: the island then waits for its
+    /// primary to come back.
+    pub promote: bool,
     #[doc(hidden)]
     pub planted: Option<PlantedBug>,
 }
@@ -43,6 +48,7 @@ impl MemberConfig {
             replica_ack_timeout_ms: 2_000,
             retry_ms: 200,
             window: 64,
+            promote: true,
             planted: None,
         }
     }
@@ -163,6 +169,20 @@ impl Member {
             Role::Primary(p) => Some(p.epoch),
             _ => None,
         }
+    }
+
+    /// Whether [`Member::propose`] would take a batch now: this member is
+    /// the primary, and not a solo primary past its lease (rule 4).
+    pub fn may_propose(&self) -> bool {
+        match &self.role {
+            Role::Primary(p) => p.mode == Mode::Sync || self.now_ms < self.valid_until_ms,
+            _ => false,
+        }
+    }
+
+    /// The island's record as this member last saw it, and its revision.
+    pub fn seen(&self) -> Option<(&IslandRecord, u64)> {
+        self.view.as_ref().map(|v| (&v.record, v.revision))
     }
 
     /// A one-line summary, for logs and the simulation's reports.
@@ -505,7 +525,8 @@ impl Member {
         let Role::Secondary(s) = &mut self.role else {
             return;
         };
-        let eligible = s.epoch == record.epoch
+        let eligible = self.config.promote
+            && s.epoch == record.epoch
             && record.mode == Mode::Sync
             && record.insync.contains(&me)
             && !primary_live(&view);
