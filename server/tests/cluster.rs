@@ -868,6 +868,78 @@ fn a_node_that_joins_later_says_it_owns_no_partitions() {
     assert_eq!(owned, 1024);
 }
 
+/// Node `id` of a replicating cluster of three.
+fn start_replicating(etcd: &Etcd, id: u16, peer_port: u16, dir: tempfile::TempDir) -> Node {
+    start_node_with(&etcd.url, id, peer_port, dir, |command| {
+        command.env("ISLE_CLUSTER__REPLICATION", "sync");
+    })
+}
+
+/// Whether island `id` is in `mode` with `insync`, at `epoch` or later, in
+/// a node's status. (The bootstrap's epoch 1 is never served: each
+/// primary's first view names it primary of an epoch it did not win since
+/// it started, so it moves on to 2.)
+fn island_is(status: &serde_json::Value, id: u64, epoch: u64, mode: &str, insync: &[u64]) -> bool {
+    let islands = status["islands"].as_array().cloned().unwrap_or_default();
+    islands.iter().any(|i| {
+        i["id"].as_u64() == Some(id)
+            && i["epoch"].as_u64() >= Some(epoch)
+            && i["mode"] == mode
+            && i["insync"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|n| n.as_u64()).collect())
+                == Some(insync.to_vec())
+    })
+}
+
+/// Sends `ids` from `from` to `to`, each answered `Sent`.
+fn send_all(from: &mut Client, to: Phone, ids: std::ops::RangeInclusive<u64>) {
+    for client_id in ids {
+        let body = format!("shipped {client_id}");
+        let send = ClientFrame::Send {
+            client_id,
+            to,
+            body: body.as_bytes(),
+        };
+        from.send(&send).unwrap();
+        let answer = await_frame(from, SETTLE, sent(client_id));
+        assert!(answer.is_ok(), "message {client_id}: {answer:?}");
+    }
+}
+
+/// Starts a single node on a copy of `tablet` (a secondary's log of what
+/// its primary shipped) and checks that `phone` gets messages `1..=count`
+/// there, in order.
+fn tablet_delivers(tablet: &std::path::Path, phone: Phone, key: DeviceKey, count: u64) {
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(tablet, &copy.path().join("log/shard-0"));
+    let single = Server::start_in(copy, &["--shards", "1"]);
+    let mut client = single.connect();
+    client.set_timeout(Duration::from_secs(10)).unwrap();
+    client.login(phone, key).unwrap();
+    let mut bodies = Vec::new();
+    while bodies.len() < count as usize {
+        let message = await_frame(&mut client, SETTLE, |e| match e {
+            Event::Message { body, .. } => Some(body.to_vec()),
+            _ => None,
+        });
+        match message {
+            Ok(body) => bodies.push(String::from_utf8(body).unwrap()),
+            Err(seen) => panic!("{} of {count} messages, then {seen:?}", bodies.len()),
+        }
+    }
+    let expected: Vec<String> = (1..=count).map(|n| format!("shipped {n}")).collect();
+    assert_eq!(bodies, expected);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
 /// With `cluster.replication = "sync"`, a phone is told `Sent` only once
 /// its island's secondary holds the message: after a kill -9 of the
 /// primary, a server started on a copy of the secondary's tablet (its log
@@ -878,10 +950,7 @@ fn with_sync_replication_every_sent_message_is_on_the_secondary_s_disk() {
     let mut nodes: Vec<Node> = (1..=3)
         .map(|id| {
             let dir = tempfile::tempdir().unwrap();
-            let port = common::etcd::free_port();
-            start_node_with(&etcd.url, id, port, dir, |command| {
-                command.env("ISLE_CLUSTER__REPLICATION", "sync");
-            })
+            start_replicating(&etcd, id, common::etcd::free_port(), dir)
         })
         .collect();
     let all: Vec<&Node> = nodes.iter().collect();
@@ -899,47 +968,51 @@ fn with_sync_replication_every_sent_message_is_on_the_secondary_s_disk() {
     let (mut alice_client, _) = sign_up(&nodes[0].server, alice);
     let (bob_client, bob_key) = sign_up(&nodes[0].server, bob);
     drop(bob_client);
-    const COUNT: u64 = 40;
-    for client_id in 1..=COUNT {
-        let body = format!("shipped {client_id}");
-        let send = ClientFrame::Send {
-            client_id,
-            to: bob,
-            body: body.as_bytes(),
-        };
-        alice_client.send(&send).unwrap();
-        let answer = await_frame(&mut alice_client, SETTLE, sent(client_id));
-        assert!(answer.is_ok(), "message {client_id}: {answer:?}");
-    }
+    send_all(&mut alice_client, bob, 1..=40);
     let tablet = nodes[1].server.data_dir().join("islands/island-1/shard-0");
     let primary = nodes.remove(0);
     drop(primary.server.into_data_dir());
-
-    let copy = tempfile::tempdir().unwrap();
-    copy_dir(&tablet, &copy.path().join("log/shard-0"));
-    let single = Server::start_in(copy, &["--shards", "1"]);
-    let mut bob_client = single.connect();
-    bob_client.set_timeout(Duration::from_secs(10)).unwrap();
-    bob_client.login(bob, bob_key).unwrap();
-    let mut bodies = Vec::new();
-    while bodies.len() < COUNT as usize {
-        let message = await_frame(&mut bob_client, SETTLE, |e| match e {
-            Event::Message { body, .. } => Some(body.to_vec()),
-            _ => None,
-        });
-        match message {
-            Ok(body) => bodies.push(String::from_utf8(body).unwrap()),
-            Err(seen) => panic!("{} of {COUNT} messages, then {seen:?}", bodies.len()),
-        }
-    }
-    let expected: Vec<String> = (1..=COUNT).map(|n| format!("shipped {n}")).collect();
-    assert_eq!(bodies, expected);
+    tablet_delivers(&tablet, bob, bob_key, 40);
 }
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-    }
+/// A secondary killed: its island goes solo (by an etcd compare-and-swap)
+/// and phones keep being answered; once it is back it catches up from
+/// the primary's log and the island is in sync again, its tablet holding
+/// what was sent while it was away.
+#[test]
+fn with_sync_replication_a_dead_secondary_leaves_its_island_solo_until_it_caught_up() {
+    let etcd = Etcd::start();
+    let ports: Vec<u16> = (0..3).map(|_| common::etcd::free_port()).collect();
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|id| {
+            let dir = tempfile::tempdir().unwrap();
+            start_replicating(&etcd, id, ports[usize::from(id) - 1], dir)
+        })
+        .collect();
+    let all: Vec<&Node> = nodes.iter().collect();
+    await_all(&all, "island 1 in sync", |s| {
+        island_is(s, 1, 2, "sync", &[1, 2])
+    });
+    let (alice, bob) = (number_on(1, 0), number_on(1, 1));
+    let (mut alice_client, _) = sign_up(&nodes[0].server, alice);
+    let (bob_client, bob_key) = sign_up(&nodes[0].server, bob);
+    drop(bob_client);
+    send_all(&mut alice_client, bob, 1..=10);
+
+    let secondary = nodes.remove(1);
+    let data_dir = secondary.server.into_data_dir();
+    send_all(&mut alice_client, bob, 11..=20);
+    let left: Vec<&Node> = nodes.iter().collect();
+    await_all(&left, "island 1 solo", |s| island_is(s, 1, 3, "solo", &[1]));
+
+    nodes.insert(1, start_replicating(&etcd, 2, ports[1], data_dir));
+    let all: Vec<&Node> = nodes.iter().collect();
+    await_all(&all, "island 1 in sync again", |s| {
+        island_is(s, 1, 3, "sync", &[1, 2])
+    });
+    send_all(&mut alice_client, bob, 21..=25);
+    let tablet = nodes[1].server.data_dir().join("islands/island-1/shard-0");
+    let primary = nodes.remove(0);
+    drop(primary.server.into_data_dir());
+    tablet_delivers(&tablet, bob, bob_key, 25);
 }
