@@ -407,6 +407,17 @@ impl Islands {
                 hello.node, hello.island
             ));
         }
+        let shards = placement.node(self.setup.node).map(|n| n.shards);
+        if placement.node(hello.node).map(|n| n.shards) != shards {
+            // A tablet is one shard's log under one partition layout: a
+            // standby of another layout would restore accounts where the
+            // primary's shards do not keep them.
+            return Err(format!(
+                "node {} runs another shard count than this node: every node of a \
+                 replicating cluster must run the same",
+                hello.node
+            ));
+        }
         let live = placement.node(hello.node).map(|n| (n.live, n.incarnation));
         if live != Some((true, hello.incarnation)) {
             return Err(format!(
