@@ -468,6 +468,7 @@ fn spawn_shards(
             secret: outside.secret.clone(),
             replica_dir: config.data_dir.join("islands"),
             log: storage.log,
+            checkpoint_segments: storage.checkpoint_segments,
         });
         let recovered = recovered_tx.clone();
         let placement = match config.cpus.get(shard_id) {

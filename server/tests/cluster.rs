@@ -32,20 +32,22 @@ struct Node {
 /// Node `id` of a cluster of three, registering with `etcd` (client URLs,
 /// comma separated).
 fn start_node(etcd: &str, id: u16, peer_port: u16, data_dir: tempfile::TempDir) -> Node {
-    start_node_with(etcd, id, peer_port, data_dir, |_| {})
+    start_node_with(etcd, id, peer_port, data_dir, &[], |_| {})
 }
 
-/// `start_node`, with more of the node's environment set by `more`.
+/// `start_node`, with `extra` flags and more of the node's environment
+/// set by `more`.
 fn start_node_with(
     etcd: &str,
     id: u16,
     peer_port: u16,
     data_dir: tempfile::TempDir,
+    extra: &[&str],
     more: impl FnOnce(&mut Command),
 ) -> Node {
     let peer = format!("127.0.0.1:{peer_port}");
     let id_text = id.to_string();
-    let flags = [
+    let mut flags = vec![
         "--shards",
         "1",
         "--node-id",
@@ -57,6 +59,7 @@ fn start_node_with(
         "--bootstrap-nodes",
         "3",
     ];
+    flags.extend_from_slice(extra);
     let secret = secret_file();
     let server = Server::start_with(data_dir, &flags, |command| {
         command.env("ISLE_CLUSTER__SECRET_FILE", &secret);
@@ -868,10 +871,15 @@ fn a_node_that_joins_later_says_it_owns_no_partitions() {
     assert_eq!(owned, 1024);
 }
 
-/// Node `id` of a replicating cluster of three.
+/// Node `id` of a replicating cluster of three, with small log segments
+/// and a checkpoint after every closed one: the primaries' and the
+/// standbys' logs are cut by checkpoints within a few dozen messages.
 fn start_replicating(etcd: &Etcd, id: u16, peer_port: u16, dir: tempfile::TempDir) -> Node {
-    start_node_with(&etcd.url, id, peer_port, dir, |command| {
-        command.env("ISLE_CLUSTER__REPLICATION", "sync");
+    let small = ["--segment-bytes", "65536"];
+    start_node_with(&etcd.url, id, peer_port, dir, &small, |command| {
+        command
+            .env("ISLE_CLUSTER__REPLICATION", "sync")
+            .env("ISLE_STORAGE__CHECKPOINT_SEGMENTS", "1");
     })
 }
 
@@ -895,7 +903,7 @@ fn island_is(status: &serde_json::Value, id: u64, epoch: u64, mode: &str, insync
 /// Sends `ids` from `from` to `to`, each answered `Sent`.
 fn send_all(from: &mut Client, to: Phone, ids: std::ops::RangeInclusive<u64>) {
     for client_id in ids {
-        let body = format!("shipped {client_id}");
+        let body = shipped_body(client_id);
         let send = ClientFrame::Send {
             client_id,
             to,
@@ -928,8 +936,19 @@ fn tablet_delivers(tablet: &std::path::Path, phone: Phone, key: DeviceKey, count
             Err(seen) => panic!("{} of {count} messages, then {seen:?}", bodies.len()),
         }
     }
-    let expected: Vec<String> = (1..=count).map(|n| format!("shipped {n}")).collect();
+    let expected: Vec<String> = (1..=count).map(shipped_body).collect();
     assert_eq!(bodies, expected);
+}
+
+/// Message `n`'s body: 2 KiB, so that a few dozen fill a test's segment.
+fn shipped_body(n: u64) -> String {
+    format!("shipped {n:>4} {}", "x".repeat(2_036))
+}
+
+fn has_checkpoint(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".ckpt"))
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
@@ -968,11 +987,24 @@ fn with_sync_replication_every_sent_message_is_on_the_secondary_s_disk() {
     let (mut alice_client, _) = sign_up(&nodes[0].server, alice);
     let (bob_client, bob_key) = sign_up(&nodes[0].server, bob);
     drop(bob_client);
-    send_all(&mut alice_client, bob, 1..=40);
+    send_all(&mut alice_client, bob, 1..=60);
     let tablet = nodes[1].server.data_dir().join("islands/island-1/shard-0");
+    // The standby checkpoints its tablet as the primary does its log.
+    let deadline = Instant::now() + SETTLE;
+    while !has_checkpoint(&tablet) {
+        let files: Vec<_> = std::fs::read_dir(&tablet)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.file_name(), e.metadata().unwrap().len())
+            })
+            .collect();
+        assert!(Instant::now() < deadline, "no checkpoint: {files:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let primary = nodes.remove(0);
     drop(primary.server.into_data_dir());
-    tablet_delivers(&tablet, bob, bob_key, 40);
+    tablet_delivers(&tablet, bob, bob_key, 60);
 }
 
 /// A secondary killed: its island goes solo (by an etcd compare-and-swap)

@@ -33,6 +33,12 @@ use crate::control::snapshot::CommitSamples;
 /// How long after a failed checkpoint the next is tried.
 const CHECKPOINT_RETRY_MS: u64 = 10_000;
 
+/// Closed segments kept past the checkpoint rule for an island's secondary
+/// that does not hold them yet (down, or catching up), at most: it catches
+/// up from them when it is back. Past this many, the checkpoint goes ahead
+/// and the secondary can no longer catch up from the log (docs/islands.md).
+pub const REPLICA_RETAIN_SEGMENTS_MAX: usize = 64;
+
 /// How often a commit waiting for room (or a resource) is tried again, and
 /// a full disk looked at again: freed space is found within this, and a
 /// stalled shard costs one attempt per interval.
@@ -243,7 +249,12 @@ pub async fn commit(runtime: Rc<Runtime>, mut journal: impl Journal, plan: Check
             }
         }
         checkpoints.finish_written(&runtime, &mut journal).await;
-        let due = checkpoints.is_due(journal.closed_segments());
+        // A secondary that does not hold the log yet catches up from its
+        // segments: they stay, within a bound.
+        let replica_holds = own
+            .as_ref()
+            .is_none_or(|tablet| tablet.borrow().member().replica_holds(journal.last_batch()));
+        let due = checkpoints.is_due(journal.closed_segments(), replica_holds);
         let (batch, records, snapshot) = runtime.with_shard_no_outputs(|shard| {
             let (batch, records) = shard.take_records();
             (batch, records, due.then(|| shard.checkpoint()))
@@ -420,8 +431,12 @@ fn note_disk_full(runtime: &Runtime, full: bool) {
 impl Checkpoints {
     /// A checkpoint is due: none is being written, enough segments are
     /// closed, and the last failure was long enough ago.
-    fn is_due(&self, closed_segments: usize) -> bool {
-        !self.writing && closed_segments >= self.plan.segments && Instant::now() >= self.not_before
+    fn is_due(&self, closed_segments: usize, replica_holds: bool) -> bool {
+        let wanted = match replica_holds {
+            true => self.plan.segments,
+            false => self.plan.segments + REPLICA_RETAIN_SEGMENTS_MAX,
+        };
+        !self.writing && closed_segments >= wanted && Instant::now() >= self.not_before
     }
 
     /// Writes `snapshot`, the state after log batch `batch`, on a blocking

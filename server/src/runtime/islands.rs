@@ -38,7 +38,7 @@ use shard::{
     Placement, Shard,
 };
 use storage::{
-    log::{glommio_disk::GlommioDisk, shipping::ShippedBatch, LogConfig},
+    log::{checkpoint, glommio_disk::GlommioDisk, shipping::ShippedBatch, LogConfig},
     Journal, JournalError,
 };
 
@@ -48,6 +48,8 @@ use super::Runtime;
 const CATCH_UP_READ_BYTES: usize = 16 << 20;
 /// How often a commit that waits for its acknowledgement says so.
 const WAITING_LOG_MS: u64 = 10_000;
+/// How long after a failed standby checkpoint the next is tried.
+const CHECKPOINT_RETRY_MS: u64 = 10_000;
 
 thread_local! {
     /// When a read for a secondary last failed and said so (shard ms).
@@ -66,6 +68,9 @@ pub struct IslandSetup {
     pub replica_dir: PathBuf,
     /// The layout of a tablet's log (this shard's).
     pub log: LogConfig,
+    /// Closed segments of a standby's log that call for a checkpoint of
+    /// it (as for the shard's own log).
+    pub checkpoint_segments: usize,
 }
 
 /// A tablet this shard is secondary of.
@@ -281,8 +286,8 @@ impl Islands {
         let opened = async {
             std::fs::create_dir_all(&dir)?;
             let disk = GlommioDisk::open(&dir).await?;
-            let fresh = standby_shard(runtime, self.now_ms());
-            Standby::open(disk, self.setup.log, fresh)
+            let (fresh, after) = checkpointed_shard(runtime, &dir, self.now_ms())?;
+            Standby::open_after(disk, self.setup.log, after, fresh)
                 .await
                 .map_err(std::io::Error::other)
         };
@@ -328,12 +333,14 @@ impl Islands {
             connection: RefCell::new(None),
         });
         self.replicas.borrow_mut().insert(island, replica);
-        let runtime = runtime.clone();
-        let shard_id = self.shard_id;
-        glommio::spawn_local(async move {
-            standby_log_work(&runtime, shard_id, tablet, standby).await;
-        })
-        .detach();
+        let work = StandbyWork {
+            runtime: runtime.clone(),
+            shard_id: self.shard_id,
+            dir,
+            checkpoint_segments: self.setup.checkpoint_segments.max(1),
+            tablet,
+        };
+        glommio::spawn_local(async move { work.run(standby).await }).detach();
     }
 
     /// A replication connection the peer port passed on: checked, then
@@ -452,23 +459,78 @@ fn standby_shard(runtime: &Runtime, now_ms: u64) -> Shard {
     Shard::new(config, Box::new(Silent), now_ms)
 }
 
-/// Appends what the primary ships to the standby, in order, and tells the
-/// tablet what is durable; cuts the standby's log when the primary's
-/// history says so.
-async fn standby_log_work(
+/// A standby's state from its tablet's last checkpoint in `dir`, and the
+/// batch it is the state after (a new shard and 0 without one).
+fn checkpointed_shard(
     runtime: &Runtime,
+    dir: &std::path::Path,
+    now_ms: u64,
+) -> std::io::Result<(Shard, u64)> {
+    let mut shard = standby_shard(runtime, now_ms);
+    let config = runtime.shard().config().map;
+    let (index, count) = (runtime.shard_id, config.shards());
+    let mut refused = None;
+    let header = checkpoint::load(dir, index, count, |record| {
+        if refused.is_none() {
+            refused = shard.restore(record).err();
+        }
+    })
+    .map_err(std::io::Error::other)?;
+    if let Some(error) = refused {
+        return Err(std::io::Error::other(format!(
+            "the tablet's checkpoint: {error}"
+        )));
+    }
+    Ok((shard, header.map_or(0, |h| h.batch)))
+}
+
+/// The task that keeps a standby: it appends what the primary ships, in
+/// order, and tells the tablet what is durable; cuts the standby's log
+/// when the primary's history says so; and checkpoints it, as a shard's
+/// own log is, so that it does not grow without end.
+struct StandbyWork {
+    runtime: Rc<Runtime>,
     shard_id: u16,
+    dir: PathBuf,
+    checkpoint_segments: usize,
     tablet: Rc<RefCell<Tablet>>,
-    mut standby: Standby<GlommioDisk>,
-) {
-    let island = tablet.borrow().island();
-    loop {
-        let signal = tablet.borrow().work_signal.clone();
-        signal.wait().await;
+}
+
+/// A standby checkpoint written off the executor: its batch, or why not.
+type Written = Rc<RefCell<Option<std::io::Result<u64>>>>;
+
+impl StandbyWork {
+    async fn run(self, mut standby: Standby<GlommioDisk>) {
+        let island = self.tablet.borrow().island();
+        let shard_id = self.shard_id;
+        let mut writing: Option<Written> = None;
+        let mut not_before = 0;
+        loop {
+            let signal = self.tablet.borrow().work_signal.clone();
+            signal.wait().await;
+            if let Some(done) = writing.as_ref().and_then(|w| w.borrow_mut().take()) {
+                writing = None;
+                if !self.finish_checkpoint(&mut standby, done).await {
+                    not_before = self.runtime.now_ms() + CHECKPOINT_RETRY_MS;
+                }
+            }
+            if let Err(error) = self.do_work(&mut standby).await {
+                log::error!("shard {shard_id}: island {island}: standby: {error}");
+                return;
+            }
+            let due = standby.closed_segments() >= self.checkpoint_segments;
+            if writing.is_none() && due && self.runtime.now_ms() >= not_before {
+                writing = Some(self.start_checkpoint(&mut standby));
+            }
+        }
+    }
+
+    /// Appends, and cuts, what the tablet asks for.
+    async fn do_work(&self, standby: &mut Standby<GlommioDisk>) -> Result<(), String> {
         loop {
             let mut appends = Vec::new();
             let mut other = None;
-            while let Some(work) = tablet.borrow_mut().next_log_work() {
+            while let Some(work) = self.tablet.borrow_mut().next_log_work() {
                 match work {
                     LogWork::Append { seq, bytes, .. } => {
                         appends.push(ShippedBatch { seq, frame: bytes })
@@ -480,25 +542,81 @@ async fn standby_log_work(
                 }
             }
             if let Some(last) = appends.last().map(|b| b.seq) {
-                if let Err(error) = standby.append(&appends).await {
-                    log::error!("shard {shard_id}: island {island}: standby: {error}");
-                    return;
-                }
-                tablet.borrow_mut().durable(last);
+                standby.append(&appends).await.map_err(|e| e.to_string())?;
+                self.tablet.borrow_mut().durable(last);
             }
             match other {
                 Some(LogWork::Truncate { after }) => {
-                    let fresh = standby_shard(runtime, runtime.now_ms());
-                    if let Err(error) = standby.truncate_after(after, fresh).await {
-                        log::error!("shard {shard_id}: island {island}: truncating: {error}");
-                        return;
-                    }
-                    log::warn!("shard {shard_id}: island {island}: cut the standby after {after}");
-                    tablet.borrow_mut().truncated(after);
+                    let now = self.runtime.now_ms();
+                    let fresh = checkpointed_shard(&self.runtime, &self.dir, now)
+                        .map_err(|e| e.to_string())?;
+                    standby
+                        .truncate_after(after, fresh)
+                        .await
+                        .map_err(|e| format!("cutting after batch {after}: {e}"))?;
+                    log::warn!(
+                        "shard {}: island {}: cut the standby after batch {after}",
+                        self.shard_id,
+                        self.tablet.borrow().island()
+                    );
+                    self.tablet.borrow_mut().truncated(after);
                 }
                 Some(_) => {}
-                None if appends.is_empty() => break,
+                None if appends.is_empty() => return Ok(()),
                 None => {}
+            }
+        }
+    }
+
+    /// Writes the standby's state on a blocking thread; the task hears of
+    /// it through the tablet's work signal.
+    fn start_checkpoint(&self, standby: &mut Standby<GlommioDisk>) -> Written {
+        let (batch, records) = standby.checkpoint();
+        let written: Written = Rc::default();
+        let (dir, shard) = (self.dir.clone(), self.shard_id);
+        let count = self.runtime.shard().config().map.shards();
+        let (result, signal) = (written.clone(), self.tablet.borrow().work_signal.clone());
+        glommio::spawn_local(async move {
+            let wrote = glommio::executor()
+                .spawn_blocking(move || checkpoint::write(&dir, shard, count, batch, &records))
+                .await;
+            *result.borrow_mut() = Some(wrote.map(|_| batch));
+            signal.raise();
+        })
+        .detach();
+        written
+    }
+
+    /// A checkpoint is durable (or failed): the segments and checkpoints
+    /// it covers go. A failure costs disk space, not data. False when
+    /// something failed.
+    async fn finish_checkpoint(
+        &self,
+        standby: &mut Standby<GlommioDisk>,
+        done: std::io::Result<u64>,
+    ) -> bool {
+        let island = self.tablet.borrow().island();
+        let removed = match done {
+            Ok(batch) => match standby.remove_through(batch).await {
+                Ok(removed) => checkpoint::remove_older(&self.dir, batch).map(|()| removed),
+                Err(error) => Err(std::io::Error::other(error)),
+            },
+            Err(error) => Err(error),
+        };
+        match removed {
+            Ok(removed) => {
+                log::info!(
+                    "shard {}: island {island}: standby checkpoint; {removed} segments deleted",
+                    self.shard_id
+                );
+                true
+            }
+            Err(error) => {
+                log::error!(
+                    "shard {}: island {island}: standby checkpoint: {error}",
+                    self.shard_id
+                );
+                false
             }
         }
     }

@@ -180,6 +180,13 @@ impl Member {
         }
     }
 
+    /// Whether this member is the primary and its secondary is known to
+    /// hold every batch up to `seq` (joined, and acknowledged that far):
+    /// what the secondary may still need to be shipped is above it.
+    pub fn replica_holds(&self, seq: Seq) -> bool {
+        matches!(&self.role, Role::Primary(p) if p.joined && p.acked >= seq)
+    }
+
     /// The island's record as this member last saw it, and its revision.
     pub fn seen(&self) -> Option<(&IslandRecord, u64)> {
         self.view.as_ref().map(|v| (&v.record, v.revision))
