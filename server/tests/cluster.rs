@@ -1048,3 +1048,43 @@ fn with_sync_replication_a_dead_secondary_leaves_its_island_solo_until_it_caught
     drop(primary.server.into_data_dir());
     tablet_delivers(&tablet, bob, bob_key, 25);
 }
+
+/// A primary killed and started again never serves its old epoch: it
+/// takes a new one (solo, then sync once its secondary caught up), and the
+/// secondary's tablet holds every message sent before and after, in order.
+#[test]
+fn with_sync_replication_a_restarted_primary_serves_a_new_epoch_and_loses_nothing() {
+    let etcd = Etcd::start();
+    let ports: Vec<u16> = (0..3).map(|_| common::etcd::free_port()).collect();
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|id| {
+            let dir = tempfile::tempdir().unwrap();
+            start_replicating(&etcd, id, ports[usize::from(id) - 1], dir)
+        })
+        .collect();
+    let all: Vec<&Node> = nodes.iter().collect();
+    await_all(&all, "island 1 in sync", |s| {
+        island_is(s, 1, 2, "sync", &[1, 2])
+    });
+    let (alice, bob) = (number_on(1, 0), number_on(1, 1));
+    let (mut alice_client, alice_key) = sign_up(&nodes[0].server, alice);
+    let (bob_client, bob_key) = sign_up(&nodes[0].server, bob);
+    drop(bob_client);
+    send_all(&mut alice_client, bob, 1..=30);
+
+    let primary = nodes.remove(0);
+    let data_dir = primary.server.into_data_dir();
+    nodes.insert(0, start_replicating(&etcd, 1, ports[0], data_dir));
+    let all: Vec<&Node> = nodes.iter().collect();
+    await_all(&all, "island 1 in sync in a new epoch", |s| {
+        island_is(s, 1, 3, "sync", &[1, 2])
+    });
+    let mut alice_client = Client::connect(nodes[0].server.plain).unwrap();
+    alice_client.set_timeout(Duration::from_secs(10)).unwrap();
+    alice_client.login(alice, alice_key).unwrap();
+    send_all(&mut alice_client, bob, 31..=45);
+    let tablet = nodes[1].server.data_dir().join("islands/island-1/shard-0");
+    let primary = nodes.remove(0);
+    drop(primary.server.into_data_dir());
+    tablet_delivers(&tablet, bob, bob_key, 45);
+}
