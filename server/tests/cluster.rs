@@ -883,6 +883,23 @@ fn start_replicating(etcd: &Etcd, id: u16, peer_port: u16, dir: tempfile::TempDi
     })
 }
 
+/// Three replicating nodes on ports of their own (returned, for
+/// restarts), once island 1 is in sync past the bootstrap's epoch.
+fn three_replicating(etcd: &Etcd) -> (Vec<Node>, Vec<u16>) {
+    let ports: Vec<u16> = (0..3).map(|_| common::etcd::free_port()).collect();
+    let nodes: Vec<Node> = (1..=3)
+        .map(|id| {
+            let dir = tempfile::tempdir().unwrap();
+            start_replicating(etcd, id, ports[usize::from(id) - 1], dir)
+        })
+        .collect();
+    let all: Vec<&Node> = nodes.iter().collect();
+    await_all(&all, "island 1 in sync", |s| {
+        island_is(s, 1, 2, "sync", &[1, 2])
+    });
+    (nodes, ports)
+}
+
 /// Whether island `id` is in `mode` with `insync`, at `epoch` or later, in
 /// a node's status. (The bootstrap's epoch 1 is never served: each
 /// primary's first view names it primary of an epoch it did not win since
@@ -1014,17 +1031,7 @@ fn with_sync_replication_every_sent_message_is_on_the_secondary_s_disk() {
 #[test]
 fn with_sync_replication_a_dead_secondary_leaves_its_island_solo_until_it_caught_up() {
     let etcd = Etcd::start();
-    let ports: Vec<u16> = (0..3).map(|_| common::etcd::free_port()).collect();
-    let mut nodes: Vec<Node> = (1..=3)
-        .map(|id| {
-            let dir = tempfile::tempdir().unwrap();
-            start_replicating(&etcd, id, ports[usize::from(id) - 1], dir)
-        })
-        .collect();
-    let all: Vec<&Node> = nodes.iter().collect();
-    await_all(&all, "island 1 in sync", |s| {
-        island_is(s, 1, 2, "sync", &[1, 2])
-    });
+    let (mut nodes, ports) = three_replicating(&etcd);
     let (alice, bob) = (number_on(1, 0), number_on(1, 1));
     let (mut alice_client, _) = sign_up(&nodes[0].server, alice);
     let (bob_client, bob_key) = sign_up(&nodes[0].server, bob);
@@ -1055,17 +1062,7 @@ fn with_sync_replication_a_dead_secondary_leaves_its_island_solo_until_it_caught
 #[test]
 fn with_sync_replication_a_restarted_primary_serves_a_new_epoch_and_loses_nothing() {
     let etcd = Etcd::start();
-    let ports: Vec<u16> = (0..3).map(|_| common::etcd::free_port()).collect();
-    let mut nodes: Vec<Node> = (1..=3)
-        .map(|id| {
-            let dir = tempfile::tempdir().unwrap();
-            start_replicating(&etcd, id, ports[usize::from(id) - 1], dir)
-        })
-        .collect();
-    let all: Vec<&Node> = nodes.iter().collect();
-    await_all(&all, "island 1 in sync", |s| {
-        island_is(s, 1, 2, "sync", &[1, 2])
-    });
+    let (mut nodes, ports) = three_replicating(&etcd);
     let (alice, bob) = (number_on(1, 0), number_on(1, 1));
     let (mut alice_client, alice_key) = sign_up(&nodes[0].server, alice);
     let (bob_client, bob_key) = sign_up(&nodes[0].server, bob);

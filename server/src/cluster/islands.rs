@@ -130,14 +130,7 @@ pub fn ring(nodes: &[NodeId]) -> Vec<(IslandId, IslandRecord)> {
         .enumerate()
         .map(|(at, &primary)| {
             let secondary = nodes[(at + 1) % nodes.len()];
-            let record = IslandRecord {
-                epoch: 1,
-                primary,
-                secondary,
-                insync: vec![primary, secondary],
-                mode: Mode::Sync,
-            };
-            (primary, record)
+            (primary, IslandRecord::first(primary, secondary))
         })
         .collect()
 }

@@ -107,25 +107,16 @@ impl<B: Backend> Standby<B> {
             // poisons its log, and the log says so next time.
             return Err(error.into());
         }
-        for batch in batches {
-            if let Err(source) = self.apply(batch) {
-                self.failed = true;
-                return Err(StandbyError::Restore {
-                    seq: batch.seq,
-                    source,
-                });
-            }
-        }
-        Ok(())
+        self.apply_all(batches)
     }
 
     /// Drops every batch after `after` (a tail the primary's history does
     /// not hold; docs/islands.md rule 5), durably, and rebuilds the state
-    /// from what is left into `fresh` (a new shard of the same layout):
-    /// records cannot be taken back out of a state.
-    /// `fresh` holds the state after batch `checkpoint` (0: a new shard),
-    /// from the tablet's last checkpoint; a cut never goes below it
-    /// (checkpoints are only of acknowledged batches, rule 6).
+    /// from what is left: records cannot be taken back out of a state.
+    /// `fresh` is a shard of the same layout holding the state after batch
+    /// `checkpoint` (the tablet's last checkpoint; 0 and a new shard
+    /// without one). A cut never goes below it (checkpoints are only of
+    /// acknowledged batches, rule 6).
     pub async fn truncate_after(
         &mut self,
         after: u64,
@@ -144,7 +135,13 @@ impl<B: Backend> Standby<B> {
             .read_batches(checkpoint + 1, after, usize::MAX)
             .await
             .map_err(|error| StandbyError::Rebuild(error.to_string()))?;
-        for batch in &kept {
+        self.apply_all(&kept)
+    }
+
+    /// Restores `batches` in order; the first that does not apply stops
+    /// the standby for good.
+    fn apply_all(&mut self, batches: &[ShippedBatch]) -> Result<(), StandbyError> {
+        for batch in batches {
             if let Err(source) = self.apply(batch) {
                 self.failed = true;
                 return Err(StandbyError::Restore {
