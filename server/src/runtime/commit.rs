@@ -261,7 +261,9 @@ pub async fn commit(runtime: Rc<Runtime>, mut journal: impl Journal, plan: Check
         });
         runtime.commits.begin();
         let started = Instant::now();
-        match write_batch(&runtime, &mut journal, &records, &mut frames).await {
+        // Frames are kept only for a replica to ship to.
+        let ship = own.is_some().then_some(&mut frames);
+        match write_batch(&runtime, &mut journal, &records, ship).await {
             Ok(()) => {
                 if let Some(tablet) = &own {
                     // Rule 1: the replies wait for the island, not only
@@ -332,9 +334,9 @@ async fn write_batch(
     runtime: &Runtime,
     journal: &mut impl Journal,
     records: &[Record],
-    frames: &mut Vec<ShippedBatch>,
+    mut frames: Option<&mut Vec<ShippedBatch>>,
 ) -> Result<(), JournalError> {
-    let mut result = journal.commit_shipping(records, frames).await;
+    let mut result = commit_once(journal, records, frames.as_deref_mut()).await;
     loop {
         match &result {
             Err(JournalError::NoSpace) => note_disk_full(runtime, true),
@@ -345,12 +347,25 @@ async fn write_batch(
         }
         runtime.commits.stall();
         glommio::timer::sleep(Duration::from_millis(DISK_FULL_CHECK_MS)).await;
-        result = journal.commit_shipping(records, frames).await;
+        result = commit_once(journal, records, frames.as_deref_mut()).await;
     }
     if result.is_ok() {
         note_storage_unavailable(runtime, None);
     }
     result
+}
+
+/// One attempt at committing `records`, handing the frames written to
+/// `frames` when there is a replica to ship them to.
+async fn commit_once(
+    journal: &mut impl Journal,
+    records: &[Record],
+    frames: Option<&mut Vec<ShippedBatch>>,
+) -> Result<(), JournalError> {
+    match frames {
+        Some(frames) => journal.commit_shipping(records, frames).await,
+        None => journal.commit(records).await,
+    }
 }
 
 /// The journal failed. Without durability nothing may be acknowledged
