@@ -41,7 +41,7 @@ use crate::{
     control::{gateways::GatewayStats, AdminSettings, Control},
     logging::LogFormat,
     push::{PushQueue, PushSender},
-    runtime::{Listeners, PeerEnds, RemoteSetupParts, ShardSetup, StorageSetup},
+    runtime::{IslandSetup, Listeners, PeerEnds, RemoteSetupParts, ShardSetup, StorageSetup},
     sms::{SmsQueue, SmsSender},
 };
 
@@ -183,7 +183,11 @@ fn run(flags: Flags) -> anyhow::Result<()> {
         (listeners, peer_fds.next())
     });
     let serving = Arc::new(AtomicBool::new(false));
+    let replicates = replicates(&config)?;
+    let (island_txns, island_txns_in) = tokio::sync::mpsc::channel(ISLAND_TXNS_MAX);
+    let lease_clock = Arc::new(server::island::LeaseClock::default());
     let outside = ShardsOutside {
+        islands: replicates.then(|| (lease_clock.clone(), island_txns)),
         stop: stop.clone(),
         serving: serving.clone(),
         reporter: control.reporter(),
@@ -201,12 +205,7 @@ fn run(flags: Flags) -> anyhow::Result<()> {
     // Every shard replays its log before the server says it is ready; the
     // listeners listen only then.
     let handles = wait_recovered(recovered, handles, shard_count, &stop)?;
-    for fd in &to_listen {
-        socket2::SockRef::from(fd).listen(LISTEN_BACKLOG)?;
-    }
-    // Only the accept loops hold the sockets now: when they stop (a
-    // drain), the sockets close and new phones are refused.
-    drop(to_listen);
+    listen(to_listen)?;
     serving.store(true, std::sync::atomic::Ordering::Release);
     control.serving();
     if let Some(cluster) = &config.cluster {
@@ -217,7 +216,8 @@ fn run(flags: Flags) -> anyhow::Result<()> {
         if let Some(bound) = peer_addr.filter(|_| settings.peer_advertise.port() == 0) {
             settings.peer_advertise.set_port(bound.port());
         }
-        control.join_cluster(settings, shard_count as u16);
+        let islands = replicates.then_some((lease_clock, island_txns_in));
+        control.join_cluster(settings, shard_count as u16, islands);
     }
     // One line on stdout that scripts and tests wait for.
     let addrs = (tls_addr, plain_addr, control.addr);
@@ -230,6 +230,30 @@ fn run(flags: Flags) -> anyhow::Result<()> {
     }
     log::info!("stopped");
     Ok(())
+}
+
+/// Makes the phone-facing (and peer) sockets listen, once every shard
+/// has replayed, and lets go of these copies: only the accept loops hold
+/// the sockets from then on, so when they stop (a drain) the sockets
+/// close and new phones are refused.
+fn listen(sockets: Vec<OwnedFd>) -> anyhow::Result<()> {
+    for fd in &sockets {
+        socket2::SockRef::from(fd).listen(LISTEN_BACKLOG)?;
+    }
+    Ok(())
+}
+
+/// Whether this node replicates its shards' logs to a secondary
+/// (`cluster.replication = "sync"`); Err when that cannot work.
+fn replicates(config: &Config) -> anyhow::Result<bool> {
+    let replicates = config
+        .cluster
+        .as_ref()
+        .is_some_and(|c| c.replication == config::cluster::Replication::Sync);
+    if replicates && config.storage.journal == JournalKind::Memory {
+        bail!("cluster.replication = \"sync\" ships the log: it needs storage.journal = \"log\"");
+    }
+    Ok(replicates)
 }
 
 /// The cluster's shared secret (`cluster.secret_file`), read once at
@@ -427,7 +451,17 @@ struct ShardsOutside {
     cluster: String,
     /// The cluster's shared secret, when `cluster.secret_file` names one.
     secret: Option<server::remote::ClusterSecret>,
+    /// With replication: the lease as the control thread last saw it, and
+    /// where the shards' island transactions go.
+    islands: Option<(
+        Arc<server::island::LeaseClock>,
+        tokio::sync::mpsc::Sender<server::island::tablet::IslandTxn>,
+    )>,
 }
+
+/// Island transactions waiting for the control thread, at most (each
+/// member asks one at a time).
+const ISLAND_TXNS_MAX: usize = 256;
 
 /// The admin listener's address, written in the data dir for `isle ctl`.
 const ADMIN_ADDR_FILE: &str = "admin.addr";
@@ -485,6 +519,15 @@ fn spawn_shards(
             std::mem::replace(&mut outside.commands[shard_id], crossbeam_channel::never());
         let replayed = outside.replayed[shard_id].clone();
         let storage = storage_setup(config, shard_id, shard_count);
+        let islands = outside.islands.as_ref().map(|(lease, txns)| IslandSetup {
+            node: node_id(config),
+            lease: lease.clone(),
+            txns: txns.clone(),
+            secret: outside.secret.clone(),
+            replica_dir: config.data_dir.join("islands"),
+            log: storage.log,
+            checkpoint_segments: storage.checkpoint_segments,
+        });
         let recovered = recovered_tx.clone();
         let placement = match config.cpus.get(shard_id) {
             Some(&cpu) => Placement::Fixed(cpu),
@@ -522,6 +565,7 @@ fn spawn_shards(
                     commands,
                     replayed,
                     remote,
+                    islands,
                 })
                 .await
             })
@@ -529,6 +573,11 @@ fn spawn_shards(
         handles.push(handle);
     }
     Ok((handles, recovered))
+}
+
+/// This node's id in its cluster (0 for a single node).
+fn node_id(config: &Config) -> u16 {
+    config.cluster.as_ref().map_or(0, |c| c.node_id)
 }
 
 fn storage_setup(config: &Config, shard_id: usize, shard_count: usize) -> StorageSetup {

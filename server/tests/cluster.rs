@@ -32,9 +32,22 @@ struct Node {
 /// Node `id` of a cluster of three, registering with `etcd` (client URLs,
 /// comma separated).
 fn start_node(etcd: &str, id: u16, peer_port: u16, data_dir: tempfile::TempDir) -> Node {
+    start_node_with(etcd, id, peer_port, data_dir, &[], |_| {})
+}
+
+/// `start_node`, with `extra` flags and more of the node's environment
+/// set by `more`.
+fn start_node_with(
+    etcd: &str,
+    id: u16,
+    peer_port: u16,
+    data_dir: tempfile::TempDir,
+    extra: &[&str],
+    more: impl FnOnce(&mut Command),
+) -> Node {
     let peer = format!("127.0.0.1:{peer_port}");
     let id_text = id.to_string();
-    let flags = [
+    let mut flags = vec![
         "--shards",
         "1",
         "--node-id",
@@ -46,9 +59,11 @@ fn start_node(etcd: &str, id: u16, peer_port: u16, data_dir: tempfile::TempDir) 
         "--bootstrap-nodes",
         "3",
     ];
+    flags.extend_from_slice(extra);
     let secret = secret_file();
     let server = Server::start_with(data_dir, &flags, |command| {
         command.env("ISLE_CLUSTER__SECRET_FILE", &secret);
+        more(command);
     });
     Node {
         id,
@@ -244,6 +259,30 @@ fn nodes_register_elect_assign_and_come_back() {
     let controller = statuses[0]["controller"].as_u64().unwrap();
     assert!(statuses.iter().all(|s| s["controller"] == controller));
     let map = etcd.get("/isle/v1/partitions").expect("a partition map");
+    // The islands went in with the map: a ring, each node primary of its
+    // own partitions and secondary of the one before it, both in sync.
+    let islands: Vec<(u64, u64, u64, u64, String)> = statuses[0]["islands"]
+        .as_array()
+        .expect("islands in the status")
+        .iter()
+        .map(|i| {
+            let n = |key: &str| i[key].as_u64().unwrap();
+            let mode = i["mode"].as_str().unwrap().to_owned();
+            (n("id"), n("epoch"), n("primary"), n("secondary"), mode)
+        })
+        .collect();
+    let sync = || "sync".to_owned();
+    assert_eq!(
+        islands,
+        [
+            (1, 1, 1, 2, sync()),
+            (2, 1, 2, 3, sync()),
+            (3, 1, 3, 1, sync())
+        ]
+    );
+    assert!(statuses
+        .iter()
+        .all(|s| s["islands"] == statuses[0]["islands"]));
     let first = statuses[0]["incarnation"].as_i64().unwrap();
 
     // A phone is served by its home node and redirected there by the
@@ -830,4 +869,219 @@ fn a_node_that_joins_later_says_it_owns_no_partitions() {
         })
         .sum();
     assert_eq!(owned, 1024);
+}
+
+/// Node `id` of a replicating cluster of three, with small log segments
+/// and a checkpoint after every closed one: the primaries' and the
+/// standbys' logs are cut by checkpoints within a few dozen messages.
+fn start_replicating(etcd: &Etcd, id: u16, peer_port: u16, dir: tempfile::TempDir) -> Node {
+    let small = ["--segment-bytes", "65536"];
+    start_node_with(&etcd.url, id, peer_port, dir, &small, |command| {
+        command
+            .env("ISLE_CLUSTER__REPLICATION", "sync")
+            .env("ISLE_STORAGE__CHECKPOINT_SEGMENTS", "1");
+    })
+}
+
+/// Three replicating nodes on ports of their own (returned, for
+/// restarts), once island 1 is in sync past the bootstrap's epoch.
+fn three_replicating(etcd: &Etcd) -> (Vec<Node>, Vec<u16>) {
+    let ports: Vec<u16> = (0..3).map(|_| common::etcd::free_port()).collect();
+    let nodes: Vec<Node> = (1..=3)
+        .map(|id| {
+            let dir = tempfile::tempdir().unwrap();
+            start_replicating(etcd, id, ports[usize::from(id) - 1], dir)
+        })
+        .collect();
+    let all: Vec<&Node> = nodes.iter().collect();
+    await_all(&all, "island 1 in sync", |s| {
+        island_is(s, 1, 2, "sync", &[1, 2])
+    });
+    (nodes, ports)
+}
+
+/// Whether island `id` is in `mode` with `insync`, at `epoch` or later, in
+/// a node's status. (The bootstrap's epoch 1 is never served: each
+/// primary's first view names it primary of an epoch it did not win since
+/// it started, so it moves on to 2.)
+fn island_is(status: &serde_json::Value, id: u64, epoch: u64, mode: &str, insync: &[u64]) -> bool {
+    let islands = status["islands"].as_array().cloned().unwrap_or_default();
+    islands.iter().any(|i| {
+        i["id"].as_u64() == Some(id)
+            && i["epoch"].as_u64() >= Some(epoch)
+            && i["mode"] == mode
+            && i["insync"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|n| n.as_u64()).collect())
+                == Some(insync.to_vec())
+    })
+}
+
+/// Sends `ids` from `from` to `to`, each answered `Sent`.
+fn send_all(from: &mut Client, to: Phone, ids: std::ops::RangeInclusive<u64>) {
+    for client_id in ids {
+        let body = shipped_body(client_id);
+        let send = ClientFrame::Send {
+            client_id,
+            to,
+            body: body.as_bytes(),
+        };
+        from.send(&send).unwrap();
+        let answer = await_frame(from, SETTLE, sent(client_id));
+        assert!(answer.is_ok(), "message {client_id}: {answer:?}");
+    }
+}
+
+/// Starts a single node on a copy of `tablet` (a secondary's log of what
+/// its primary shipped) and checks that `phone` gets messages `1..=count`
+/// there, in order.
+fn tablet_delivers(tablet: &std::path::Path, phone: Phone, key: DeviceKey, count: u64) {
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(tablet, &copy.path().join("log/shard-0"));
+    let single = Server::start_in(copy, &["--shards", "1"]);
+    let mut client = single.connect();
+    client.set_timeout(Duration::from_secs(10)).unwrap();
+    client.login(phone, key).unwrap();
+    let mut bodies = Vec::new();
+    while bodies.len() < count as usize {
+        let message = await_frame(&mut client, SETTLE, |e| match e {
+            Event::Message { body, .. } => Some(body.to_vec()),
+            _ => None,
+        });
+        match message {
+            Ok(body) => bodies.push(String::from_utf8(body).unwrap()),
+            Err(seen) => panic!("{} of {count} messages, then {seen:?}", bodies.len()),
+        }
+    }
+    let expected: Vec<String> = (1..=count).map(shipped_body).collect();
+    assert_eq!(bodies, expected);
+}
+
+/// Message `n`'s body: 2 KiB, so that a few dozen fill a test's segment.
+fn shipped_body(n: u64) -> String {
+    format!("shipped {n:>4} {}", "x".repeat(2_036))
+}
+
+fn has_checkpoint(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".ckpt"))
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+/// With `cluster.replication = "sync"`, a phone is told `Sent` only once
+/// its island's secondary holds the message: after a kill -9 of the
+/// primary, a server started on a copy of the secondary's tablet (its log
+/// of what the primary shipped, byte for byte) delivers every message.
+#[test]
+fn with_sync_replication_every_sent_message_is_on_the_secondary_s_disk() {
+    let etcd = Etcd::start();
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|id| {
+            let dir = tempfile::tempdir().unwrap();
+            start_replicating(&etcd, id, common::etcd::free_port(), dir)
+        })
+        .collect();
+    let all: Vec<&Node> = nodes.iter().collect();
+    // Each primary's first view names it primary of an epoch it did not
+    // win since it started: it goes solo in a new epoch, its secondary
+    // catches up, and the island is back in sync.
+    await_all(&all, "every island back in sync", |s| {
+        let islands = s["islands"].as_array().cloned().unwrap_or_default();
+        islands.len() == 3
+            && islands
+                .iter()
+                .all(|i| i["mode"] == "sync" && i["epoch"].as_u64() >= Some(2))
+    });
+    let (alice, bob) = (number_on(1, 0), number_on(1, 1));
+    let (mut alice_client, _) = sign_up(&nodes[0].server, alice);
+    let (bob_client, bob_key) = sign_up(&nodes[0].server, bob);
+    drop(bob_client);
+    send_all(&mut alice_client, bob, 1..=60);
+    let tablet = nodes[1].server.data_dir().join("islands/island-1/shard-0");
+    // The standby checkpoints its tablet as the primary does its log.
+    let deadline = Instant::now() + SETTLE;
+    while !has_checkpoint(&tablet) {
+        let files: Vec<_> = std::fs::read_dir(&tablet)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.file_name(), e.metadata().unwrap().len())
+            })
+            .collect();
+        assert!(Instant::now() < deadline, "no checkpoint: {files:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let primary = nodes.remove(0);
+    drop(primary.server.into_data_dir());
+    tablet_delivers(&tablet, bob, bob_key, 60);
+}
+
+/// A secondary killed: its island goes solo (by an etcd compare-and-swap)
+/// and phones keep being answered; once it is back it catches up from
+/// the primary's log and the island is in sync again, its tablet holding
+/// what was sent while it was away.
+#[test]
+fn with_sync_replication_a_dead_secondary_leaves_its_island_solo_until_it_caught_up() {
+    let etcd = Etcd::start();
+    let (mut nodes, ports) = three_replicating(&etcd);
+    let (alice, bob) = (number_on(1, 0), number_on(1, 1));
+    let (mut alice_client, _) = sign_up(&nodes[0].server, alice);
+    let (bob_client, bob_key) = sign_up(&nodes[0].server, bob);
+    drop(bob_client);
+    send_all(&mut alice_client, bob, 1..=10);
+
+    let secondary = nodes.remove(1);
+    let data_dir = secondary.server.into_data_dir();
+    send_all(&mut alice_client, bob, 11..=20);
+    let left: Vec<&Node> = nodes.iter().collect();
+    await_all(&left, "island 1 solo", |s| island_is(s, 1, 3, "solo", &[1]));
+
+    nodes.insert(1, start_replicating(&etcd, 2, ports[1], data_dir));
+    let all: Vec<&Node> = nodes.iter().collect();
+    await_all(&all, "island 1 in sync again", |s| {
+        island_is(s, 1, 3, "sync", &[1, 2])
+    });
+    send_all(&mut alice_client, bob, 21..=25);
+    let tablet = nodes[1].server.data_dir().join("islands/island-1/shard-0");
+    let primary = nodes.remove(0);
+    drop(primary.server.into_data_dir());
+    tablet_delivers(&tablet, bob, bob_key, 25);
+}
+
+/// A primary killed and started again never serves its old epoch: it
+/// takes a new one (solo, then sync once its secondary caught up), and the
+/// secondary's tablet holds every message sent before and after, in order.
+#[test]
+fn with_sync_replication_a_restarted_primary_serves_a_new_epoch_and_loses_nothing() {
+    let etcd = Etcd::start();
+    let (mut nodes, ports) = three_replicating(&etcd);
+    let (alice, bob) = (number_on(1, 0), number_on(1, 1));
+    let (mut alice_client, alice_key) = sign_up(&nodes[0].server, alice);
+    let (bob_client, bob_key) = sign_up(&nodes[0].server, bob);
+    drop(bob_client);
+    send_all(&mut alice_client, bob, 1..=30);
+
+    let primary = nodes.remove(0);
+    let data_dir = primary.server.into_data_dir();
+    nodes.insert(0, start_replicating(&etcd, 1, ports[0], data_dir));
+    let all: Vec<&Node> = nodes.iter().collect();
+    await_all(&all, "island 1 in sync in a new epoch", |s| {
+        island_is(s, 1, 3, "sync", &[1, 2])
+    });
+    let mut alice_client = Client::connect(nodes[0].server.plain).unwrap();
+    alice_client.set_timeout(Duration::from_secs(10)).unwrap();
+    alice_client.login(alice, alice_key).unwrap();
+    send_all(&mut alice_client, bob, 31..=45);
+    let tablet = nodes[1].server.data_dir().join("islands/island-1/shard-0");
+    let primary = nodes.remove(0);
+    drop(primary.server.into_data_dir());
+    tablet_delivers(&tablet, bob, bob_key, 45);
 }

@@ -190,6 +190,7 @@ fn links_for(
     };
     let listener = spec.listener.as_ref().map(|fd| fd.try_clone().unwrap());
     RemoteLinks::start(RemoteSetup {
+        replication: None,
         local: Local {
             incarnation,
             ..spec.local.clone()

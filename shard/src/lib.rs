@@ -23,9 +23,9 @@ mod timer_wheel;
 
 pub use crate::machine::{
     AccountInfo, AccountRefused, ConnEvent, ConnEventKind, ConnId, ConnSnapshot, Deleted, Dest,
-    FrameOutcome, GroupAction, OwedKey, OwedReceipt, PeerMessage, Push, QueueLengths, Refused,
-    RestoreError, Shard, ShardCounters, TraceHit, TraceRefusal, DELETION_RESEND_MS, OWED_RESEND_MS,
-    RECEIPTS_PER_MESSAGE_MAX,
+    EpochHistory, FrameOutcome, GroupAction, OwedKey, OwedReceipt, PeerMessage, Push, QueueLengths,
+    Refused, RestoreError, Shard, ShardCounters, TraceHit, TraceRefusal, DELETION_RESEND_MS,
+    EPOCH_STARTS_MAX, OWED_RESEND_MS, RECEIPTS_PER_MESSAGE_MAX,
 };
 pub use allowance::{Exhausted, Rate, TokenBucket};
 pub use clock::{ClockNote, ClockState, WallClock, CLOCK_RECORD_INTERVAL_MS, STEP_TOLERANCE_MS};

@@ -9,7 +9,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::PARTITIONS_DEFAULT;
+use crate::{
+    island::{IslandId, IslandRecord, View},
+    PARTITIONS_DEFAULT,
+};
 
 /// A node as the placement knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +42,8 @@ pub struct Placement {
     /// has no map yet.
     owners: Vec<u16>,
     nodes: BTreeMap<u16, PlacedNode>,
+    /// Each island's record and the etcd revision it was written at.
+    islands: BTreeMap<IslandId, (IslandRecord, u64)>,
 }
 
 /// Where a partition's accounts and groups are, seen from one shard.
@@ -72,7 +77,36 @@ impl Placement {
             revision,
             owners,
             nodes,
+            islands: BTreeMap::new(),
         }
+    }
+
+    /// The placement with the cluster's islands.
+    pub fn with_islands(mut self, islands: BTreeMap<IslandId, (IslandRecord, u64)>) -> Placement {
+        self.islands = islands;
+        self
+    }
+
+    /// Every island, with its record.
+    pub fn islands(&self) -> impl Iterator<Item = (IslandId, &IslandRecord)> {
+        self.islands.iter().map(|(&id, (record, _))| (id, record))
+    }
+
+    /// What an island's member is shown: its record at its revision, and
+    /// the nodes that hold a lease now.
+    pub fn island_view(&self, island: IslandId) -> Option<View> {
+        let (record, revision) = self.islands.get(&island)?;
+        let live = self
+            .nodes
+            .iter()
+            .filter(|(_, node)| node.live)
+            .map(|(&id, _)| id)
+            .collect();
+        Some(View {
+            record: record.clone(),
+            revision: *revision,
+            live,
+        })
     }
 
     /// Where `partition` lives, for a shard of this node running

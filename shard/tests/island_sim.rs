@@ -229,13 +229,7 @@ impl Sim {
         for island in 1..=NODES {
             store.revision += 1;
             let (primary, secondary) = pair(island);
-            let record = IslandRecord {
-                epoch: 1,
-                primary,
-                secondary,
-                insync: vec![primary, secondary],
-                mode: Mode::Sync,
-            };
+            let record = IslandRecord::first(primary, secondary);
             store.records.insert(island, (record, store.revision));
         }
         let mut sim = Sim {

@@ -84,4 +84,34 @@ pub trait Journal {
     /// `batch` (a durable checkpoint holds them). Returns how many.
     #[allow(async_fn_in_trait)]
     async fn remove_through(&mut self, batch: u64) -> Result<usize, RemoveError>;
+
+    /// [`Journal::commit`], also handing each batch frame written to
+    /// `ship` for a replica (docs/islands.md). A journal that keeps no
+    /// frames (in memory) hands none.
+    #[allow(async_fn_in_trait)]
+    async fn commit_shipping(
+        &mut self,
+        records: &[Record],
+        ship: &mut Vec<log::shipping::ShippedBatch>,
+    ) -> Result<(), JournalError> {
+        let _ = ship;
+        self.commit(records).await
+    }
+
+    /// Batches `from..=upto` as written, within about `bytes_max` (one at
+    /// least), for a replica catching up. A journal that keeps no frames
+    /// has none to give.
+    #[allow(async_fn_in_trait)]
+    async fn read_shipped(
+        &self,
+        from: u64,
+        upto: u64,
+        bytes_max: usize,
+    ) -> Result<Vec<log::shipping::ShippedBatch>, log::shipping::ReadError> {
+        let _ = (upto, bytes_max);
+        Err(log::shipping::ReadError::Gone {
+            from,
+            first: u64::MAX,
+        })
+    }
 }

@@ -164,6 +164,10 @@ pub enum Record {
         kind: ReceiptKind,
         sent_at_ms: u64,
     },
+    /// Batch `seq` of this log begins `epoch` of `island` (docs/islands.md):
+    /// the batch holds this record alone. Kept in checkpoints, so the log
+    /// knows which epoch wrote which of its batches.
+    EpochStart { island: u16, epoch: u64, seq: u64 },
 }
 
 /// Which shard keeps a record.
@@ -200,6 +204,8 @@ impl Record {
             Record::DedupSent { owner, .. } => Owner::Account(*owner),
             // Every shard keeps its own; a new shard takes the latest.
             Record::Clock { .. } => Owner::Local,
+            // Each log's own history.
+            Record::EpochStart { .. } => Owner::Local,
             Record::GroupPost { group, .. }
             | Record::GroupState { group, .. }
             | Record::GroupDedup { group, .. }

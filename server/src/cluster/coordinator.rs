@@ -35,10 +35,21 @@ use etcd_client::{
 use serde::Serialize;
 
 use super::{
+    islands,
     partitions::PartitionOwners,
     view::{Change, ClusterView, NodeRecord},
 };
 use crate::config::cluster::ClusterSettings;
+use server::island::{tablet::IslandTxn, LeaseClock};
+
+/// The next island transaction a shard asked for; never, when the node
+/// does not replicate.
+async fn next_txn(txns: &mut Option<tokio::sync::mpsc::Receiver<IslandTxn>>) -> Option<IslandTxn> {
+    match txns {
+        Some(txns) => txns.recv().await,
+        None => std::future::pending().await,
+    }
+}
 
 /// How long one etcd call may take before the session gives up on the
 /// endpoint.
@@ -79,6 +90,10 @@ pub struct CoordinatorStatus {
     pub nodes_live: Vec<u16>,
     pub members: Vec<u16>,
     pub partitions_owned: usize,
+    /// Every island as etcd shows it: id, epoch, primary, secondary,
+    /// in-sync nodes and mode.
+    #[serde(default)]
+    pub islands: Vec<IslandStatus>,
     /// This node's outgoing links (one per shard and other member), and
     /// those connected now, from the shards' last reports.
     #[serde(default)]
@@ -103,6 +118,18 @@ impl CoordinatorStatus {
     }
 }
 
+/// One island as the status shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct IslandStatus {
+    pub id: u16,
+    pub epoch: u64,
+    pub primary: u16,
+    pub secondary: u16,
+    pub insync: Vec<u16>,
+    /// `sync` or `solo`.
+    pub mode: String,
+}
+
 /// The node's etcd client and what it keeps.
 pub struct Coordinator {
     settings: ClusterSettings,
@@ -117,6 +144,10 @@ pub struct Coordinator {
     /// The map revision this node was last told it owns nothing in, so
     /// that it says so once per map.
     unowned_said: Option<i64>,
+    /// Where the lease's validity goes for the shards' island members.
+    lease_clock: Option<Arc<LeaseClock>>,
+    /// Island transactions the shards' members ask for.
+    txns: Option<tokio::sync::mpsc::Receiver<IslandTxn>>,
 }
 
 /// Why a session ended without an etcd error.
@@ -154,7 +185,22 @@ impl Coordinator {
             lease: None,
             view: ClusterView::default(),
             unowned_said: None,
+            lease_clock: None,
+            txns: None,
         }
+    }
+
+    /// The coordinator of a node whose shards replicate (docs/islands.md):
+    /// it tells them until when the lease holds, and runs the island
+    /// transactions they ask for.
+    pub fn with_islands(
+        mut self,
+        lease_clock: Arc<LeaseClock>,
+        txns: tokio::sync::mpsc::Receiver<IslandTxn>,
+    ) -> Coordinator {
+        self.lease_clock = Some(lease_clock);
+        self.txns = Some(txns);
+        self
     }
 
     /// Runs sessions, one endpoint after another, for as long as the
@@ -254,6 +300,9 @@ impl Coordinator {
     fn held_until(&mut self, id: i64, sent: Instant, ttl_s: i64) {
         let held = Duration::from_secs(ttl_s.max(0) as u64).mul_f64(LEASE_TRUST);
         self.lease = Some((id, sent + held));
+        if let Some(clock) = &self.lease_clock {
+            clock.held_until(Some(sent + held));
+        }
         self.note(|s| {
             s.incarnation = Some(id);
             s.lease_until = Some(sent + held);
@@ -339,10 +388,16 @@ impl Coordinator {
                     let answer = answer?.ok_or(SessionEnd::LeaseLost)?;
                     if answer.ttl() <= 0 {
                         self.lease = None;
+                        if let Some(clock) = &self.lease_clock {
+                            clock.held_until(None);
+                        }
                         self.note(|s| s.lease_until = None);
                         return Err(SessionEnd::LeaseLost.into());
                     }
                     self.held_until(lease, sent, answer.ttl());
+                }
+                Some(txn) = next_txn(&mut self.txns) => {
+                    self.island_txn(client, txn).await?;
                 }
                 message = watch.message() => {
                     let message = message?.ok_or(SessionEnd::WatchEnded)?;
@@ -384,6 +439,53 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Runs an island's compare-and-swap (rules 2, 3, 5 and 7 of
+    /// docs/islands.md): the new record goes in only if the island's key
+    /// is still at the revision its member saw and, for a promotion, the
+    /// old primary holds no lease. The member learns the outcome from the
+    /// views, as every other node does.
+    async fn island_txn(&mut self, client: &mut Client, txn: IslandTxn) -> anyhow::Result<()> {
+        if let Err(error) = islands::check(&txn.record) {
+            log::error!(
+                "cluster: island {}: refused to write {:?}: {error}",
+                txn.island,
+                txn.record
+            );
+            return Ok(());
+        }
+        let key = self.key(&format!("islands/{}", txn.island));
+        let mut when = vec![Compare::mod_revision(
+            key.clone(),
+            CompareOp::Equal,
+            txn.expect_revision as i64,
+        )];
+        if let Some(node) = txn.absent {
+            let node_key = self.key(&format!("nodes/{node}"));
+            when.push(Compare::create_revision(node_key, CompareOp::Equal, 0));
+        }
+        let put = TxnOp::put(key, islands::encode(&txn.record), None);
+        let done = client.txn(Txn::new().when(when).and_then([put])).await?;
+        let record = &txn.record;
+        if done.succeeded() {
+            log::warn!(
+                "cluster: island {}: epoch {}, primary {}, in sync {:?}, {:?}",
+                txn.island,
+                record.epoch,
+                record.primary,
+                record.insync,
+                record.mode
+            );
+        } else {
+            log::info!(
+                "cluster: island {}: the change to epoch {} lost its race (revision {} moved on)",
+                txn.island,
+                record.epoch,
+                txn.expect_revision
+            );
+        }
+        Ok(())
+    }
+
     /// Takes the controller key if nobody holds it.
     async fn campaign(&mut self, client: &mut Client, lease: i64) -> anyhow::Result<()> {
         let key = self.key("controller");
@@ -408,12 +510,23 @@ impl Coordinator {
         let owners = PartitionOwners::assign_evenly(&live);
         let key = self.key("partitions");
         let absent = Compare::create_revision(key.clone(), CompareOp::Equal, 0);
-        let assign = TxnOp::put(key, owners.encode(), None);
-        let done = client
-            .txn(Txn::new().when([absent]).and_then([assign]))
-            .await?;
+        let mut puts = vec![TxnOp::put(key, owners.encode(), None)];
+        // The islands go with the map they pair: node i's partitions are
+        // island i, so no map exists without its islands.
+        let ring = islands::ring(&live);
+        for (id, record) in &ring {
+            puts.push(TxnOp::put(
+                self.key(&format!("islands/{id}")),
+                islands::encode(record),
+                None,
+            ));
+        }
+        let done = client.txn(Txn::new().when([absent]).and_then(puts)).await?;
         if done.succeeded() {
-            log::warn!("cluster: partitions assigned to nodes {live:?}");
+            log::warn!(
+                "cluster: partitions assigned to nodes {live:?}, in {} islands",
+                ring.len()
+            );
         }
         Ok(())
     }
@@ -461,6 +574,18 @@ impl Coordinator {
                 .as_ref()
                 .map_or(0, |(map, _)| map.owned_by(me));
             s.map_revision = view.partitions.as_ref().map(|(_, revision)| *revision);
+            s.islands = view
+                .islands
+                .iter()
+                .map(|(&id, (record, _))| IslandStatus {
+                    id,
+                    epoch: record.epoch,
+                    primary: record.primary,
+                    secondary: record.secondary,
+                    insync: record.insync.clone(),
+                    mode: format!("{:?}", record.mode).to_lowercase(),
+                })
+                .collect();
             // A view settled: the session is healthy, whatever ended the
             // one before.
             s.last_error = None;

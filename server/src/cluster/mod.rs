@@ -10,11 +10,14 @@
 //!   assignment, the watch, endpoint failover;
 //! - `envelope`: a peer message as it crosses to another node, and the
 //!   checks it meets there;
-//! - `identity`: the node a data directory belongs to.
+//! - `identity`: the node a data directory belongs to;
+//! - `islands`: an island's record in etcd, checked whole, and the first
+//!   islands a bootstrap writes (a ring).
 
 pub mod coordinator;
 pub mod envelope;
 pub mod identity;
+pub mod islands;
 pub mod partitions;
 pub mod view;
 
@@ -38,7 +41,12 @@ pub fn placement(view: &view::ClusterView, me: u16) -> Placement {
         nodes.insert(id, placed(&live.record, live.incarnation));
     }
     let incarnation = view.nodes.get(&me).map_or(0, |n| n.incarnation);
-    Placement::new((me, incarnation), revision, owners, nodes)
+    let islands = view
+        .islands
+        .iter()
+        .map(|(&id, (record, revision))| (id, (record.clone(), (*revision).max(0) as u64)))
+        .collect();
+    Placement::new((me, incarnation), revision, owners, nodes).with_islands(islands)
 }
 
 /// A node as a placement shows it; `incarnation` 0: not live.

@@ -10,7 +10,9 @@
 //!   record (where to send what is owed to it while it is down);
 //! - `partitions`: the partition map ([`PartitionOwners`]);
 //! - `controller`: the node id of the elected controller, bound to its
-//!   lease.
+//!   lease;
+//! - `islands/<id>`: an island's record (`super::islands`), changed only
+//!   by compare-and-swap on its revision.
 //!
 //! A value that cannot be read is left out of the view and reported (as
 //! [`Rejected`]); the rest of the view stands.
@@ -19,7 +21,12 @@ use std::{collections::BTreeMap, net::SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use super::partitions::{MapError, PartitionOwners};
+use shard::island::{IslandId, IslandRecord};
+
+use super::{
+    islands::{self, IslandError},
+    partitions::{MapError, PartitionOwners},
+};
 use crate::config::cluster::NODE_ID_MAX;
 
 /// Bytes a node record may take in etcd.
@@ -55,6 +62,8 @@ pub enum Rejected {
     Value { key: String, reason: String },
     #[error("etcd key {key}: {error}")]
     Map { key: String, error: MapError },
+    #[error("etcd key {key}: {error}")]
+    Island { key: String, error: IslandError },
 }
 
 /// The cluster as the last event seen leaves it.
@@ -68,6 +77,9 @@ pub struct ClusterView {
     /// The partition map and the revision it was written at.
     pub partitions: Option<(PartitionOwners, i64)>,
     pub controller: Option<u16>,
+    /// Each island's record and the revision it was written at (what a
+    /// compare-and-swap on it compares).
+    pub islands: BTreeMap<IslandId, (IslandRecord, i64)>,
 }
 
 /// One change to a key under the prefix, as the watch reports it (or a
@@ -97,6 +109,7 @@ impl ClusterView {
         let result = match (key.split_once('/'), change) {
             (Some(("nodes", id)), change) => self.apply_node(key, id, change),
             (Some(("members", id)), change) => self.apply_member(key, id, change),
+            (Some(("islands", id)), change) => self.apply_island(key, id, change),
             (
                 None,
                 Change::Put {
@@ -146,6 +159,29 @@ impl ClusterView {
                 incarnation,
             },
         );
+        Ok(())
+    }
+
+    fn apply_island(&mut self, key: &str, id: &str, change: Change<'_>) -> Result<(), Rejected> {
+        let id = parse_id(key, id.as_bytes())?;
+        match change {
+            Change::Put {
+                value,
+                mod_revision,
+                ..
+            } => {
+                // A record that is no island leaves the last good one: a
+                // bad write must not leave the island without a primary.
+                let record = islands::decode(value).map_err(|error| Rejected::Island {
+                    key: key.to_owned(),
+                    error,
+                })?;
+                self.islands.insert(id, (record, mod_revision));
+            }
+            Change::Delete { .. } => {
+                self.islands.remove(&id);
+            }
+        }
         Ok(())
     }
 
@@ -246,5 +282,40 @@ mod tests {
         assert_eq!(view.controller, None);
         assert_eq!(view.members.len(), 1, "members stay");
         assert_eq!(view.revision, 9);
+    }
+
+    #[test]
+    fn an_island_that_cannot_be_read_leaves_the_last_good_record() {
+        let mut view = ClusterView::default();
+        fn put(value: &[u8], mod_revision: i64) -> Change<'_> {
+            Change::Put {
+                key: "islands/1",
+                value,
+                lease: 0,
+                mod_revision,
+            }
+        }
+        let good = islands::encode(&islands::ring(&[1, 2])[0].1);
+        view.apply(put(good.as_bytes(), 4), 4).unwrap();
+        assert_eq!(view.islands[&1].1, 4);
+        let two_primaries = br#"{"epoch":2,"primary":1,"secondary":1,"insync":[1],"mode":"solo"}"#;
+        assert!(matches!(
+            view.apply(put(two_primaries, 5), 5),
+            Err(Rejected::Island { .. })
+        ));
+        assert_eq!(view.islands[&1].0.epoch, 1, "the last good record stands");
+        assert!(view
+            .apply(
+                Change::Put {
+                    key: "islands/0",
+                    value: good.as_bytes(),
+                    lease: 0,
+                    mod_revision: 6
+                },
+                6
+            )
+            .is_err());
+        view.apply(Change::Delete { key: "islands/1" }, 7).unwrap();
+        assert!(view.islands.is_empty());
     }
 }

@@ -50,6 +50,22 @@ pub struct ClusterConfig {
     /// reaches the peer port and names a member is taken for it
     /// (docs/security.md, "The peer port").
     pub secret_file: Option<PathBuf>,
+    /// Whether each shard's log is shipped to its island's secondary
+    /// before phones are told `Sent` (docs/islands.md): `off` (the
+    /// default) or `sync`. Every node of a cluster must agree.
+    pub replication: Replication,
+}
+
+/// `cluster.replication`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Replication {
+    /// Each node's partitions live on its disk alone.
+    #[default]
+    Off,
+    /// A batch is acknowledged once the primary's and the secondary's
+    /// disks hold it (or the primary's alone once etcd says `solo`).
+    Sync,
 }
 
 impl Default for ClusterConfig {
@@ -64,6 +80,7 @@ impl Default for ClusterConfig {
             bootstrap_nodes: 1,
             prefix: "/isle/v1/".into(),
             secret_file: None,
+            replication: Replication::Off,
         }
     }
 }
@@ -126,6 +143,7 @@ pub struct ClusterSettings {
     pub lease_ttl_ms: u64,
     pub bootstrap_nodes: usize,
     pub prefix: String,
+    pub replication: Replication,
     /// Which process holds the node id: its host and data dir (set by
     /// the server at start; see `cluster::identity::instance`).
     pub instance: String,
@@ -176,6 +194,7 @@ impl ClusterConfig {
             lease_ttl_ms: self.lease_ttl_ms,
             bootstrap_nodes: self.bootstrap_nodes,
             prefix: self.prefix.clone(),
+            replication: self.replication,
             instance: String::new(),
         })
     }

@@ -285,14 +285,25 @@ impl Control {
     /// Joins the cluster `settings` describes: the coordinator starts on
     /// the control thread, registers the node (whose `shards` serve by
     /// now) and publishes views to `cluster_views`. Once.
-    pub fn join_cluster(&mut self, settings: ClusterSettings, shards: u16) {
+    pub fn join_cluster(
+        &mut self,
+        settings: ClusterSettings,
+        shards: u16,
+        islands: Option<(
+            Arc<server::island::LeaseClock>,
+            tokio::sync::mpsc::Receiver<server::island::tablet::IslandTxn>,
+        )>,
+    ) {
         let views = self.views.take().expect("a node joins one cluster, once");
         let status = Arc::new(Mutex::new(CoordinatorStatus::default()));
         let _ = self.shared.cluster.set(status.clone());
         let me = settings.node_id;
         self.runtime
             .spawn(place_shards(views.subscribe(), self.shared.clone(), me));
-        let coordinator = Coordinator::new(settings, shards, views, status);
+        let mut coordinator = Coordinator::new(settings, shards, views, status);
+        if let Some((lease, txns)) = islands {
+            coordinator = coordinator.with_islands(lease, txns);
+        }
         self.runtime.spawn(coordinator.run());
     }
 

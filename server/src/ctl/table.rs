@@ -100,6 +100,12 @@ fn cluster_lines(cluster: &CoordinatorStatus) -> String {
         out += "owns 0 partitions: it serves no account (partitions are assigned only at \
                 the cluster's bootstrap; moving them to a node that joins later is not done yet)\n";
     }
+    for island in &cluster.islands {
+        out += &format!(
+            "island {}: epoch {}, primary {}, secondary {}, in sync {:?}, {}\n",
+            island.id, island.epoch, island.primary, island.secondary, island.insync, island.mode
+        );
+    }
     if let Some(error) = &cluster.last_error {
         out += &format!("last etcd error: {error}\n");
     }

@@ -34,6 +34,13 @@ pub enum StandbyError {
     Replay(RestoreError),
     #[error("the standby failed earlier and takes no more batches")]
     Failed,
+    /// The batches kept by a truncation could not be read back.
+    #[error("reading the tablet back after a truncation: {0}")]
+    Rebuild(String),
+    /// Deleting the segments a checkpoint covers failed: disk space, not
+    /// data, is lost until the next checkpoint.
+    #[error("deleting segments a checkpoint covers: {0}")]
+    Remove(String),
 }
 
 /// A secondary's tablet: its log, and the shard state restored from it.
@@ -50,10 +57,22 @@ impl<B: Backend> Standby<B> {
     pub async fn open(
         backend: B,
         config: LogConfig,
+        shard: Shard,
+    ) -> Result<(Standby<B>, Recovery), StandbyError> {
+        Standby::open_after(backend, config, 0, shard).await
+    }
+
+    /// [`Standby::open`] for a tablet with a checkpoint: `shard` holds the
+    /// state after batch `checkpoint` already (the caller restored it from
+    /// the checkpoint file), and only the batches after it are replayed.
+    pub async fn open_after(
+        backend: B,
+        config: LogConfig,
+        checkpoint: u64,
         mut shard: Shard,
     ) -> Result<(Standby<B>, Recovery), StandbyError> {
         let mut refused = None;
-        let (log, recovery) = Log::open(backend, config, |record| {
+        let (log, recovery) = Log::open_after(backend, config, checkpoint, |record| {
             if refused.is_none() {
                 refused = shard.restore(record).err();
             }
@@ -88,6 +107,40 @@ impl<B: Backend> Standby<B> {
             // poisons its log, and the log says so next time.
             return Err(error.into());
         }
+        self.apply_all(batches)
+    }
+
+    /// Drops every batch after `after` (a tail the primary's history does
+    /// not hold; docs/islands.md rule 5), durably, and rebuilds the state
+    /// from what is left: records cannot be taken back out of a state.
+    /// `fresh` is a shard of the same layout holding the state after batch
+    /// `checkpoint` (the tablet's last checkpoint; 0 and a new shard
+    /// without one). A cut never goes below it (checkpoints are only of
+    /// acknowledged batches, rule 6).
+    pub async fn truncate_after(
+        &mut self,
+        after: u64,
+        (fresh, checkpoint): (Shard, u64),
+    ) -> Result<(), StandbyError> {
+        if after < checkpoint {
+            return Err(StandbyError::Rebuild(format!(
+                "a cut after batch {after} would cross the checkpoint of batch {checkpoint}"
+            )));
+        }
+        self.log.truncate_after(after).await?;
+        self.shard = fresh;
+        self.failed = false;
+        let kept = self
+            .log
+            .read_batches(checkpoint + 1, after, usize::MAX)
+            .await
+            .map_err(|error| StandbyError::Rebuild(error.to_string()))?;
+        self.apply_all(&kept)
+    }
+
+    /// Restores `batches` in order; the first that does not apply stops
+    /// the standby for good.
+    fn apply_all(&mut self, batches: &[ShippedBatch]) -> Result<(), StandbyError> {
         for batch in batches {
             if let Err(source) = self.apply(batch) {
                 self.failed = true;
@@ -114,6 +167,25 @@ impl<B: Backend> Standby<B> {
         })
         .expect("the log checked that its records decode");
         result
+    }
+
+    /// Log segments written full: what a checkpoint would free.
+    pub fn closed_segments(&self) -> usize {
+        self.log.closed_segments()
+    }
+
+    /// The state as checkpoint records, and the batch it is the state
+    /// after (the last one appended).
+    pub fn checkpoint(&mut self) -> (u64, Vec<storage::Record>) {
+        (self.log.last_batch(), self.shard.checkpoint())
+    }
+
+    /// A checkpoint of batch `batch` is durable: the segments it covers go.
+    pub async fn remove_through(&mut self, batch: u64) -> Result<usize, StandbyError> {
+        self.log
+            .remove_through(batch)
+            .await
+            .map_err(|error| StandbyError::Remove(error.to_string()))
     }
 
     /// The standby's state, to look at (checkpoints, counters).

@@ -12,6 +12,8 @@ use futures_lite::{
 };
 use glommio::net::{TcpListener, TcpStream};
 
+use shard::island::codec::CodecError;
+
 use super::{
     frame::{self, Endpoint, Frame, Hello, Proof, Refusal, Welcome, PROOF_BYTES, VERSION},
     handover::Handover,
@@ -66,6 +68,15 @@ pub async fn take_handovers(links: Rc<RemoteLinks>) {
     }
 }
 
+/// What the first frame of a connection makes it.
+enum Incoming {
+    /// A link from a shard of another node.
+    Link(Admitted),
+    /// A replication connection (docs/islands.md) for tablet `shard`:
+    /// checked by the islands' runtime, not here.
+    Replication { shard: u16 },
+}
+
 /// What the hello of a connection said, once checked.
 struct Admitted {
     sender: Endpoint,
@@ -104,6 +115,14 @@ async fn serve_incoming(links: Rc<RemoteLinks>, stream: TcpStream, pending: Vec<
             "shut down before its hello was read, to make room for newer connections".to_owned(),
         )),
         (Some(result), Some(killer)) => result.map(|admitted| (admitted, killer)),
+    };
+    let checked = match checked {
+        Ok((Incoming::Replication { shard }, killer)) => {
+            drop((read, write));
+            return replication(&links, shard, killer, reader.into_unread());
+        }
+        Ok((Incoming::Link(admitted), killer)) => Ok((admitted, killer)),
+        Err(error) => Err(error),
     };
     let (admitted, killer) = match checked {
         Ok(checked) => checked,
@@ -146,16 +165,26 @@ async fn read_hello(
     links: &RemoteLinks,
     read: &mut ReadHalf<TcpStream>,
     reader: &mut FrameReader,
-) -> Result<Admitted, (Option<Refusal>, String)> {
+) -> Result<Incoming, (Option<Refusal>, String)> {
     loop {
-        match reader.peek() {
-            Ok(Some((Frame::Hello(hello), bytes))) => return check(links, &hello, bytes),
-            Ok(Some((other, _))) => {
-                let kind = super::send::kind_name(&other);
-                return Err((None, format!("a {kind} frame before any hello")));
+        if let Some(found) = replication_hello(reader.unread()) {
+            match found {
+                Ok(Some(shard)) => return Ok(Incoming::Replication { shard }),
+                Ok(None) => {}
+                Err(error) => return Err((None, format!("replication hello: {error}"))),
             }
-            Ok(None) => {}
-            Err(error) => return Err((None, error.to_string())),
+        } else {
+            match reader.peek() {
+                Ok(Some((Frame::Hello(hello), bytes))) => {
+                    return check(links, &hello, bytes).map(Incoming::Link)
+                }
+                Ok(Some((other, _))) => {
+                    let kind = super::send::kind_name(&other);
+                    return Err((None, format!("a {kind} frame before any hello")));
+                }
+                Ok(None) => {}
+                Err(error) => return Err((None, error.to_string())),
+            }
         }
         match reader.fill(read).await {
             Ok(0) => return Err((None, "closed before its hello".into())),
@@ -192,6 +221,54 @@ fn check(
         proof: hello.proof,
         bytes,
     })
+}
+
+/// Whether `unread` starts with a replication hello (its length, kind 1,
+/// then the replication magic): `None` if not; else the tablet's shard,
+/// once the hello is whole (`Ok(None)` until then), or why it is no hello.
+fn replication_hello(unread: &[u8]) -> Option<Result<Option<u16>, CodecError>> {
+    use shard::island::codec::{self, Decoded, ReplFrame, MAGIC};
+    let prefix = codec::LENGTH_BYTES;
+    if unread.len() < prefix + 1 + MAGIC.len()
+        || unread[prefix] != 1
+        || unread[prefix + 1..prefix + 1 + MAGIC.len()] != MAGIC
+    {
+        return None;
+    }
+    Some(match codec::decode(unread) {
+        Ok(Decoded::Frame(ReplFrame::Hello(hello), _)) => Ok(Some(hello.shard)),
+        Ok(Decoded::Frame(ReplFrame::Msg(_), _)) => unreachable!("kind 1 is a hello"),
+        Ok(Decoded::Incomplete(_)) => Ok(None),
+        Err(error) => Err(error),
+    })
+}
+
+/// A replication connection: to the islands' runtime of the shard whose
+/// tablet it carries (handed over there first, when that is another).
+fn replication(links: &RemoteLinks, shard: u16, killer: Killer, pending: Vec<u8>) {
+    if shard != links.local.shard {
+        if shard >= links.handovers.shards() {
+            log::warn!(
+                "shard {}: refused a replication connection for shard {shard}, which this node \
+                 does not run",
+                links.local.shard
+            );
+            return;
+        }
+        return hand_over(links, shard, killer, pending);
+    }
+    match &links.replication {
+        Some(take) => take(killer.into_fd(), pending),
+        None => {
+            if links.log_limit.allow(links.now_ms()) {
+                log::warn!(
+                    "shard {}: refused a replication connection: this node does not replicate \
+                     (cluster.replication is off)",
+                    links.local.shard
+                );
+            }
+        }
+    }
 }
 
 /// Passes the connection to the shard its hello named, hello and all.

@@ -35,6 +35,9 @@ use super::{
 };
 
 /// What a shard's links are made from.
+/// Takes a replication connection: its socket and the bytes read so far.
+pub type TakeReplication = Box<dyn Fn(OwnedFd, Vec<u8>)>;
+
 pub struct RemoteSetup {
     pub local: Local,
     pub config: LinkConfig,
@@ -55,6 +58,11 @@ pub struct RemoteSetup {
     /// Takes payloads received in order; each must later be released
     /// ([`RemoteLinks::released`]) on this shard.
     pub deliver: Box<dyn Fn(Delivery)>,
+    /// Takes a replication connection (docs/islands.md) for a tablet of
+    /// this shard: its socket, and the bytes read from it so far (its
+    /// hello). `None`: the node does not replicate, and such connections
+    /// are refused.
+    pub replication: Option<TakeReplication>,
     /// Where the links' tasks run (a latency-sensitive queue, like the
     /// links between shards); `None`: the executor's default.
     pub task_queue: Option<TaskQueueHandle>,
@@ -71,6 +79,7 @@ pub struct RemoteLinks {
     pub(super) secret: Option<ClusterSecret>,
     pub(super) approve: Box<dyn Fn(u16, i64) -> bool>,
     pub(super) deliver: Box<dyn Fn(Delivery)>,
+    pub(super) replication: Option<TakeReplication>,
     links: RefCell<AHashMap<u16, Rc<OutLink>>>,
     inbound: RefCell<AHashMap<(u16, u16), Rc<InLink>>>,
     pub(super) handovers: Handovers,
@@ -187,6 +196,7 @@ impl RemoteLinks {
             secret: setup.secret,
             approve: setup.approve,
             deliver: setup.deliver,
+            replication: setup.replication,
             links: RefCell::new(AHashMap::new()),
             inbound: RefCell::new(AHashMap::new()),
             handovers: setup.handovers,

@@ -52,7 +52,8 @@ use serde::Serialize;
 pub use self::{
     frame::{Endpoint, Refusal, PAYLOAD_BYTES_MAX},
     handover::Handovers,
-    links::{RemoteLinks, RemoteSetup},
+    io::{Killer, Signal},
+    links::{RemoteLinks, RemoteSetup, TakeReplication},
     proof::{ClusterSecret, SecretError},
 };
 

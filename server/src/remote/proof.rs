@@ -90,6 +90,12 @@ impl ClusterSecret {
         hmac_sha256(&self.key, &[&signed])
     }
 
+    /// The proof over `signed`, the fields of another handshake (the
+    /// replication connection's hello, `shard::island::codec::Hello`).
+    pub fn prove(&self, signed: &[u8]) -> Proof {
+        hmac_sha256(&self.key, &[signed])
+    }
+
     /// The proof a welcome carries: over its fields and the proof of the
     /// hello it answers, so that it cannot answer another.
     pub fn prove_welcome(&self, welcome: &Welcome<'_>, hello_proof: &Proof) -> Proof {

@@ -21,13 +21,23 @@ use std::{
 };
 
 use server::flow::CommitProgress;
-use storage::{log::checkpoint, Journal, JournalError, JournalStats, Record};
+use server::island::tablet::Tablet;
+use storage::{
+    log::{checkpoint, shipping::ShippedBatch},
+    Journal, JournalError, JournalStats, Record,
+};
 
-use super::{Runtime, Signal, StorageSetup};
+use super::{islands, Runtime, Signal, StorageSetup};
 use crate::control::snapshot::CommitSamples;
 
 /// How long after a failed checkpoint the next is tried.
 const CHECKPOINT_RETRY_MS: u64 = 10_000;
+
+/// Closed segments kept past the checkpoint rule for an island's secondary
+/// that does not hold them yet (down, or catching up), at most: it catches
+/// up from them when it is back. Past this many, the checkpoint goes ahead
+/// and the secondary can no longer catch up from the log (docs/islands.md).
+pub const REPLICA_RETAIN_SEGMENTS_MAX: usize = 64;
 
 /// How often a commit waiting for room (or a resource) is tried again, and
 /// a full disk looked at again: freed space is found within this, and a
@@ -223,19 +233,50 @@ pub async fn commit(runtime: Rc<Runtime>, mut journal: impl Journal, plan: Check
     // A disk found full at start refuses messages from the first one on,
     // rather than taking one into a commit that cannot be written.
     note_disk_full(&runtime, journal.disk_full());
+    let own = start_replicating(&runtime, &journal).await;
+    let mut frames = Vec::new();
     loop {
-        wait_for_work(&runtime).await;
+        wait_for_work(&runtime, own.as_deref()).await;
         note_disk_full(&runtime, journal.disk_full());
+        if let Some(tablet) = &own {
+            if let Err(error) = islands::primary_log_work(&runtime, &mut journal, tablet).await {
+                return refuse_durable_work(&runtime, error).await;
+            }
+            if !tablet.borrow().may_propose() {
+                // Not the island's primary (yet, or any more): what waits
+                // is not written, so nothing is acknowledged.
+                continue;
+            }
+        }
         checkpoints.finish_written(&runtime, &mut journal).await;
-        let due = checkpoints.is_due(journal.closed_segments());
+        // A secondary that does not hold the log yet catches up from its
+        // segments: they stay, within a bound.
+        let replica_holds = own
+            .as_ref()
+            .is_none_or(|tablet| tablet.borrow().member().replica_holds(journal.last_batch()));
+        let due = checkpoints.is_due(journal.closed_segments(), replica_holds);
         let (batch, records, snapshot) = runtime.with_shard_no_outputs(|shard| {
             let (batch, records) = shard.take_records();
             (batch, records, due.then(|| shard.checkpoint()))
         });
         runtime.commits.begin();
         let started = Instant::now();
-        match write_batch(&runtime, &mut journal, &records).await {
+        // Frames are kept only for a replica to ship to.
+        let ship = own.is_some().then_some(&mut frames);
+        match write_batch(&runtime, &mut journal, &records, ship).await {
             Ok(()) => {
+                if let Some(tablet) = &own {
+                    // Rule 1: the replies wait for the island, not only
+                    // for this disk.
+                    for batch in frames.drain(..) {
+                        tablet.borrow_mut().written(batch.seq, batch.frame);
+                    }
+                    let target = journal.last_batch();
+                    let acked = islands::wait_acknowledged(&runtime, &mut journal, tablet, target);
+                    if let Err(error) = acked.await {
+                        return refuse_durable_work(&runtime, error).await;
+                    }
+                }
                 runtime.with_shard(|shard| {
                     shard.committed(batch);
                     shard.recycle_records(records);
@@ -253,11 +294,29 @@ pub async fn commit(runtime: Rc<Runtime>, mut journal: impl Journal, plan: Check
     }
 }
 
-/// Waits until records wait (or a checkpoint was written). While the disk
-/// is full it also looks again now and then: space may have been freed.
-async fn wait_for_work(runtime: &Runtime) {
+/// With replication, the shard's own tablet once the cluster says whether
+/// there is one (see `islands::Islands::start_own`), and its shipping
+/// task started.
+async fn start_replicating(
+    runtime: &Rc<Runtime>,
+    journal: &impl Journal,
+) -> Option<Rc<RefCell<Tablet>>> {
+    let islands = runtime.islands.clone()?;
+    let log = runtime.shard().epochs().log_info(journal.last_batch());
+    let tablet = islands.clone().start_own(log).await?;
+    glommio::spawn_local(islands.ship(tablet.clone())).detach();
+    Some(tablet)
+}
+
+/// Waits until records wait (or a checkpoint was written, or the own
+/// tablet has log work). While the disk is full it also looks again now
+/// and then: space may have been freed.
+async fn wait_for_work(runtime: &Runtime, own: Option<&RefCell<Tablet>>) {
     let signal = &runtime.commits.signal;
-    if runtime.shard().is_disk_full() {
+    if let Some(tablet) = own {
+        let work = tablet.borrow().work_signal.clone();
+        futures_lite::future::or(signal.wait(), async move { work.wait().await }).await;
+    } else if runtime.shard().is_disk_full() {
         futures_lite::future::or(signal.wait(), async {
             glommio::timer::sleep(Duration::from_millis(DISK_FULL_CHECK_MS)).await;
         })
@@ -275,8 +334,9 @@ async fn write_batch(
     runtime: &Runtime,
     journal: &mut impl Journal,
     records: &[Record],
+    mut frames: Option<&mut Vec<ShippedBatch>>,
 ) -> Result<(), JournalError> {
-    let mut result = journal.commit(records).await;
+    let mut result = commit_once(journal, records, frames.as_deref_mut()).await;
     loop {
         match &result {
             Err(JournalError::NoSpace) => note_disk_full(runtime, true),
@@ -287,12 +347,25 @@ async fn write_batch(
         }
         runtime.commits.stall();
         glommio::timer::sleep(Duration::from_millis(DISK_FULL_CHECK_MS)).await;
-        result = journal.commit(records).await;
+        result = commit_once(journal, records, frames.as_deref_mut()).await;
     }
     if result.is_ok() {
         note_storage_unavailable(runtime, None);
     }
     result
+}
+
+/// One attempt at committing `records`, handing the frames written to
+/// `frames` when there is a replica to ship them to.
+async fn commit_once(
+    journal: &mut impl Journal,
+    records: &[Record],
+    frames: Option<&mut Vec<ShippedBatch>>,
+) -> Result<(), JournalError> {
+    match frames {
+        Some(frames) => journal.commit_shipping(records, frames).await,
+        None => journal.commit(records).await,
+    }
 }
 
 /// The journal failed. Without durability nothing may be acknowledged
@@ -370,8 +443,12 @@ fn note_disk_full(runtime: &Runtime, full: bool) {
 impl Checkpoints {
     /// A checkpoint is due: none is being written, enough segments are
     /// closed, and the last failure was long enough ago.
-    fn is_due(&self, closed_segments: usize) -> bool {
-        !self.writing && closed_segments >= self.plan.segments && Instant::now() >= self.not_before
+    fn is_due(&self, closed_segments: usize, replica_holds: bool) -> bool {
+        let wanted = match replica_holds {
+            true => self.plan.segments,
+            false => self.plan.segments + REPLICA_RETAIN_SEGMENTS_MAX,
+        };
+        !self.writing && closed_segments >= wanted && Instant::now() >= self.not_before
     }
 
     /// Writes `snapshot`, the state after log batch `batch`, on a blocking

@@ -28,6 +28,7 @@ mod accept;
 mod commit;
 mod connection;
 mod events;
+mod islands;
 mod links;
 mod remote;
 mod replay;
@@ -51,6 +52,7 @@ use shard::{ClockNote, Dest, Shard};
 use storage::log::LogConfig;
 use tokio::sync::oneshot;
 
+pub use islands::IslandSetup;
 pub use links::Batch;
 pub use remote::RemoteSetupParts;
 pub(crate) use replay::{open_journal, ShardJournal};
@@ -132,6 +134,8 @@ pub struct Runtime {
     links: Links,
     /// Links to the other nodes of the cluster (idle for a single node).
     remote: remote::Remote,
+    /// The shard's tablets, when the cluster replicates.
+    islands: Option<Rc<islands::Islands>>,
     /// The latency-sensitive queue the links' tasks run in.
     peer_queue: Cell<Option<TaskQueueHandle>>,
     commits: Commits,
@@ -147,9 +151,11 @@ impl Runtime {
         started: Instant,
         (shard_count, staging_max): (usize, usize),
         remote: remote::RemoteSetupParts,
+        islands: Option<islands::IslandSetup>,
     ) -> Runtime {
         let shard_id = shard.config().shard_id;
         Runtime {
+            islands: islands.map(|setup| Rc::new(islands::Islands::new(setup, shard_id))),
             shard_id,
             shard: RefCell::new(shard),
             started,
@@ -303,6 +309,9 @@ impl Runtime {
             ShardCommand::Place(placement) => {
                 self.with_shard(|shard| shard.set_placement(Some(placement.clone())));
                 remote::place(self, &placement, self.peer_queue.get());
+                if let Some(islands) = &self.islands {
+                    islands.place(self, &placement);
+                }
             }
             ShardCommand::Drain => {
                 log::warn!(
@@ -444,6 +453,8 @@ pub struct ShardSetup {
     pub serving: Arc<AtomicBool>,
     /// This shard's part of the links to other nodes.
     pub remote: remote::RemoteSetupParts,
+    /// What the shard needs to replicate its log (`None`: it does not).
+    pub islands: Option<islands::IslandSetup>,
 }
 
 /// Runs one shard until `stop` is raised and its connections are closed.
@@ -464,6 +475,7 @@ pub async fn run(setup: ShardSetup) {
         commands,
         replayed,
         remote,
+        islands,
     } = setup;
     let shard_id = shard.config().shard_id;
     let (journal, replay_line) = match open_journal(&mut shard, &storage, &replayed).await {
@@ -482,6 +494,7 @@ pub async fn run(setup: ShardSetup) {
         started,
         (shard_count, staging_max),
         remote,
+        islands,
     ));
     *runtime.tls.borrow_mut() = tls;
     // A first report before the shard counts as recovered: the control
@@ -603,6 +616,9 @@ async fn tick_until_stopped(runtime: &Rc<Runtime>, tick_ms: u64, outside: Outsid
             runtime.obey(command);
         }
         runtime.remote.release_durable();
+        if let Some(islands) = &runtime.islands {
+            islands.tick();
+        }
         runtime.with_shard(|shard| {
             let now_ms = runtime.now_ms();
             shard.observe_wall_clock(unix_ms(), now_ms);

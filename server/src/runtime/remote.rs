@@ -274,7 +274,17 @@ fn start(runtime: &Rc<Runtime>, placement: &Placement, queue: Option<TaskQueueHa
             receive(&runtime, delivery);
         }
     });
+    let replication = runtime.islands.as_ref().map(|_| {
+        let weak = Rc::downgrade(runtime);
+        Box::new(move |fd: std::os::fd::OwnedFd, pending: Vec<u8>| {
+            let islands = weak.upgrade().and_then(|r| r.islands.clone());
+            if let Some(islands) = islands {
+                islands.accept(fd, pending);
+            }
+        }) as server::remote::TakeReplication
+    });
     let setup = RemoteSetup {
+        replication,
         local,
         config: LinkConfig::default(),
         listener: remote.listener.borrow_mut().take(),

@@ -31,6 +31,11 @@ pub struct MemberConfig {
     pub retry_ms: u64,
     /// Batches shipped and not acknowledged, at most.
     pub window: u64,
+    /// Whether this member, as an in-sync secondary, promotes itself when
+    /// its primary's lease is gone (rule 2). Off where the node cannot yet
+    /// serve an island it takes over: the island then waits for its
+    /// primary to come back.
+    pub promote: bool,
     #[doc(hidden)]
     pub planted: Option<PlantedBug>,
 }
@@ -43,6 +48,7 @@ impl MemberConfig {
             replica_ack_timeout_ms: 2_000,
             retry_ms: 200,
             window: 64,
+            promote: true,
             planted: None,
         }
     }
@@ -165,13 +171,41 @@ impl Member {
         }
     }
 
+    /// Whether [`Member::propose`] would take a batch now: this member is
+    /// the primary, and not a solo primary past its lease (rule 4).
+    pub fn may_propose(&self) -> bool {
+        match &self.role {
+            Role::Primary(p) => p.mode == Mode::Sync || self.now_ms < self.valid_until_ms,
+            _ => false,
+        }
+    }
+
+    /// Whether this member is the primary and its secondary is known to
+    /// hold every batch up to `seq` (joined, and acknowledged that far):
+    /// what the secondary may still need to be shipped is above it.
+    pub fn replica_holds(&self, seq: Seq) -> bool {
+        matches!(&self.role, Role::Primary(p) if p.joined && p.acked >= seq)
+    }
+
+    /// The island's record as this member last saw it, and its revision.
+    pub fn seen(&self) -> Option<(&IslandRecord, u64)> {
+        self.view.as_ref().map(|v| (&v.record, v.revision))
+    }
+
     /// A one-line summary, for logs and the simulation's reports.
     pub fn summary(&self) -> String {
         let role = match &self.role {
             Role::Idle => "idle".to_owned(),
             Role::Primary(p) => format!(
-                "primary e{} {:?} joined={} acked={} ack'd={} holding={:?}",
-                p.epoch, p.mode, p.joined, p.acked, p.acknowledged, p.holding_since_ms
+                "primary e{} {:?} r{} joined={} acked={} ack'd={} waiting={:?} holding={:?}",
+                p.epoch,
+                p.mode,
+                p.revision,
+                p.joined,
+                p.acked,
+                p.acknowledged,
+                p.waiting_since_ms,
+                p.holding_since_ms
             ),
             Role::Secondary(s) => format!(
                 "secondary e{} joined={} acking={} next={} truncating={}",
@@ -505,7 +539,8 @@ impl Member {
         let Role::Secondary(s) = &mut self.role else {
             return;
         };
-        let eligible = s.epoch == record.epoch
+        let eligible = self.config.promote
+            && s.epoch == record.epoch
             && record.mode == Mode::Sync
             && record.insync.contains(&me)
             && !primary_live(&view);
@@ -530,9 +565,15 @@ impl Member {
     /// Rule 3: a sync primary whose secondary stays silent asks for solo.
     /// (Runs every tick: the view is copied only to ask.)
     fn check_solo(&mut self) {
-        let Role::Primary(p) = &self.role else {
+        let (now, last) = (self.now_ms, self.log.last);
+        let Role::Primary(p) = &mut self.role else {
             return;
         };
+        // A batch proposed while the island was solo, still unacknowledged
+        // when it turned sync, waits for the secondary from then on.
+        if p.mode == Mode::Sync && p.acked < last && p.waiting_since_ms.is_none() {
+            p.waiting_since_ms = Some(now);
+        }
         let overdue = p
             .waiting_since_ms
             .is_some_and(|since| self.now_ms >= since + self.config.replica_ack_timeout_ms);
@@ -808,6 +849,71 @@ mod tests {
         while member.poll_output().is_some() {}
         assert_eq!(member.log().last, 1);
         member
+    }
+
+    fn outputs(member: &mut Member) -> Vec<Output> {
+        std::iter::from_fn(|| member.poll_output()).collect()
+    }
+
+    #[test]
+    fn a_batch_proposed_while_solo_and_unacknowledged_once_sync_makes_the_island_solo_again() {
+        let mut member = Member::new(MemberConfig::new(1, 1), LogInfo::default(), 0);
+        member.keepalive(u64::MAX);
+        let mut record = IslandRecord {
+            epoch: 1,
+            primary: 1,
+            secondary: 2,
+            insync: vec![1, 2],
+            mode: Mode::Sync,
+        };
+        let view = |record: &IslandRecord, revision| View {
+            record: record.clone(),
+            revision,
+            live: vec![1, 2],
+        };
+        // A restarted primary asks for a new epoch, solo, and gets it.
+        member.view(view(&record, 10), 0);
+        assert!(matches!(outputs(&mut member)[..], [Output::Txn { .. }]));
+        record.epoch = 2;
+        record.insync = vec![1];
+        record.mode = Mode::Solo;
+        member.view(view(&record, 11), 0);
+        outputs(&mut member);
+        member.durable(1);
+        // The secondary catches up; the primary asks to take it back.
+        let (epoch, last_epoch, last_seq) = (2, 0, 0);
+        let catch_up = ReplMsg::CatchUp {
+            epoch,
+            last_epoch,
+            last_seq,
+        };
+        member.receive(2, catch_up);
+        member.ship_read(2, vec![(1, 2, Vec::new())]);
+        member.receive(2, ReplMsg::Ack { epoch: 2, seq: 1 });
+        member.tick(10);
+        let asked = outputs(&mut member);
+        assert!(
+            asked.iter().any(|o| matches!(o, Output::Txn { .. })),
+            "{asked:?}"
+        );
+        // A batch goes in while still solo; then the island is in sync,
+        // and the secondary falls silent.
+        assert_eq!(member.propose(vec![9]), Ok(2));
+        member.durable(2);
+        record.insync = vec![1, 2];
+        record.mode = Mode::Sync;
+        member.view(view(&record, 12), 20);
+        outputs(&mut member);
+        member.tick(30);
+        member.tick(30 + MemberConfig::new(1, 1).replica_ack_timeout_ms);
+        let solo = outputs(&mut member).into_iter().find_map(|o| match o {
+            Output::Txn { record, .. } => Some(record),
+            _ => None,
+        });
+        assert_eq!(
+            solo.map(|r| (r.epoch, r.mode, r.insync)),
+            Some((3, Mode::Solo, vec![1]))
+        );
     }
 
     #[test]

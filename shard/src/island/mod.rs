@@ -58,6 +58,19 @@ pub struct IslandRecord {
     pub mode: Mode,
 }
 
+impl IslandRecord {
+    /// A new island's first record: epoch 1, both nodes in sync.
+    pub fn first(primary: NodeId, secondary: NodeId) -> IslandRecord {
+        IslandRecord {
+            epoch: 1,
+            primary,
+            secondary,
+            insync: vec![primary, secondary],
+            mode: Mode::Sync,
+        }
+    }
+}
+
 /// What the store shows of an island: its record at a revision, and which
 /// nodes hold a live lease.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,6 +16,7 @@
 //! | `groups::Groups` | groups owned here, post copies for members here, their resend and read tables |
 //! | `deletions::Deletions` | account deletions not yet answered by every shard (tombstones) |
 //! | `owed::OwedReceipts` | receipts kept on disk until their recipient's shard has them (a deleted account's, those to a node that is down) |
+//! | `epochs::EpochHistory` | which epoch of the shard's island wrote which batches of its log |
 //! | `social::{Follows, Lookups}` | who follows whom, contact lookups in flight |
 //! | `order::OrderGaps` (two) | conversations waiting for a refused send |
 //! | `refusals::Refusals` | the last requests refused, for an operator's trace |
@@ -34,6 +35,7 @@ mod connections;
 mod counters;
 mod deletions;
 mod durability;
+mod epochs;
 mod expiry;
 mod group_posts;
 mod groups;
@@ -63,6 +65,7 @@ pub use anonymous::Refused;
 pub use connections::{ConnEvent, ConnEventKind, ConnId, ConnSnapshot};
 pub use counters::ShardCounters;
 pub use deletions::DELETION_RESEND_MS;
+pub use epochs::{EpochHistory, EPOCH_STARTS_MAX};
 pub use groups::GroupAction;
 use groups::Groups;
 pub use operator::{AccountInfo, AccountRefused, Deleted, TraceHit, TraceRefusal};
@@ -200,6 +203,8 @@ pub struct Shard {
     deletions: deletions::Deletions,
     /// Receipts kept until their recipients' shards have them on disk.
     owed: owed::OwedReceipts,
+    /// Which epoch of its island wrote which batches of the log.
+    epochs: epochs::EpochHistory,
     /// The time of the input being handled.
     now_ms: u64,
     counters: ShardCounters,
@@ -259,6 +264,7 @@ impl Shard {
             durability: Durability::default(),
             deletions: Default::default(),
             owed: Default::default(),
+            epochs: Default::default(),
             now_ms,
             counters: ShardCounters::default(),
             errors_sent: Vec::new(),

@@ -142,6 +142,7 @@ impl Shard {
                 };
                 self.owed.owe(receipt, None);
             }
+            Record::EpochStart { island, epoch, seq } => self.epochs.restore(island, epoch, seq),
         }
         Ok(())
     }
@@ -217,6 +218,18 @@ impl Shard {
         self.counters.receipts_owed = self.owed.len() as u64;
     }
 
+    /// Which epoch of its island wrote which batches of the log.
+    pub fn epochs(&self) -> &super::EpochHistory {
+        &self.epochs
+    }
+
+    /// Batch `seq` of the log begins `epoch` of `island`: the record to
+    /// write alone as that batch (the driver writes it itself, outside
+    /// `take_records`, so that no other record shares its batch).
+    pub fn start_epoch(&mut self, island: u16, epoch: u64, seq: u64) -> Record {
+        self.epochs.start(island, epoch, seq)
+    }
+
     /// A checkpoint of this shard is durable.
     pub fn checkpoint_finished(&mut self) {
         self.counters.checkpoints += 1;
@@ -233,6 +246,7 @@ impl Shard {
         self.anonymous.checkpoint(&mut records);
         self.deletions.checkpoint(&mut records);
         self.owed.checkpoint(&mut records);
+        self.epochs.checkpoint(&mut records);
         self.groups.checkpoint(&mut records);
         for (&phone, account) in &self.accounts {
             records.push(Record::AccountKey {

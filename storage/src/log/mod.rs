@@ -706,6 +706,28 @@ impl<B: Backend> Journal for Log<B> {
     async fn remove_through(&mut self, batch: u64) -> Result<usize, RemoveError> {
         Log::remove_through(self, batch).await
     }
+
+    async fn commit_shipping(
+        &mut self,
+        records: &[Record],
+        ship: &mut Vec<shipping::ShippedBatch>,
+    ) -> Result<(), JournalError> {
+        match self.append_shipping(records, ship).await {
+            Ok(()) => Ok(()),
+            Err(LogError::NoSpace) => Err(JournalError::NoSpace),
+            Err(LogError::Unavailable(error)) => Err(JournalError::Unavailable(error)),
+            Err(error) => Err(JournalError::Failed(error)),
+        }
+    }
+
+    async fn read_shipped(
+        &self,
+        from: u64,
+        upto: u64,
+        bytes_max: usize,
+    ) -> Result<Vec<shipping::ShippedBatch>, shipping::ReadError> {
+        self.read_batches(from, upto, bytes_max).await
+    }
 }
 
 /// Segment numbers must follow each other: a gap is a lost file.

@@ -1,0 +1,252 @@
+//! [`Tablet`]: one shard's part in one island, between the protocol's core
+//! ([`Member`]) and the tasks that do its I/O. The member's outputs are
+//! sorted by who acts on them: messages for the peer go to the
+//! replication connection, log work to the task that owns the log (the
+//! commit task on a primary, the standby's task on a secondary), store
+//! transactions to the control thread, and the acknowledged point to the
+//! commit task. The connection waits on `outbox_signal`, the log's owner
+//! on `work_signal` (log work, or a new acknowledged point).
+
+use std::{collections::VecDeque, rc::Rc};
+
+use shard::island::{Epoch, IslandId, IslandRecord, Member, NodeId, Output, ReplMsg, Seq, View};
+
+use crate::remote::Signal;
+
+/// Messages for the peer kept while no connection takes them, at most:
+/// the member ships again from the last acknowledgement after its retry
+/// interval, so older ones are dropped first, never needed.
+pub const OUTBOX_MESSAGES_MAX: usize = 1_024;
+/// Bytes of shipped batches kept for the peer, at most (dropped oldest
+/// first, like the messages).
+pub const OUTBOX_BYTES_MAX: usize = 64 << 20;
+
+/// Store transactions waiting for the control thread, at most (a member
+/// asks one at a time; this bounds a stalled control thread's backlog).
+pub const TXNS_WAITING_MAX: usize = 16;
+
+/// Work on the tablet's local log, done in order by the log's owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogWork {
+    /// Append batch `seq` written in `epoch` (empty `bytes`: the epoch's
+    /// own first batch, an `EpochStart`); then [`Tablet::durable`].
+    Append {
+        seq: Seq,
+        epoch: Epoch,
+        bytes: Vec<u8>,
+    },
+    /// Drop every batch after `after`; then [`Tablet::truncated`].
+    Truncate { after: Seq },
+    /// Read batches `from..=upto` and hand them to [`Tablet::ship_read`].
+    Read { from: Seq, upto: Seq },
+}
+
+/// A compare-and-swap on `islands/<island>` a member asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IslandTxn {
+    pub island: IslandId,
+    pub expect_revision: u64,
+    /// The txn also needs this node to hold no lease.
+    pub absent: Option<NodeId>,
+    pub record: IslandRecord,
+}
+
+/// One shard's part in one island.
+pub struct Tablet {
+    island: IslandId,
+    member: Member,
+    outbox: VecDeque<ReplMsg>,
+    /// Bytes of the batches in `outbox`.
+    outbox_bytes: usize,
+    log_work: VecDeque<LogWork>,
+    txns: VecDeque<IslandTxn>,
+    /// Acknowledged up to this batch, at this epoch (rule 1).
+    acknowledged: (Epoch, Seq),
+    /// Raised when messages wait for the peer.
+    pub outbox_signal: Rc<Signal>,
+    /// Raised when log work waits or the acknowledged point moved.
+    pub work_signal: Rc<Signal>,
+    /// Messages dropped from a full outbox, and txns from a full queue.
+    pub dropped: u64,
+}
+
+impl Tablet {
+    pub fn new(island: IslandId, member: Member) -> Tablet {
+        Tablet {
+            island,
+            member,
+            outbox: VecDeque::new(),
+            outbox_bytes: 0,
+            log_work: VecDeque::new(),
+            txns: VecDeque::new(),
+            acknowledged: (0, 0),
+            outbox_signal: Rc::default(),
+            work_signal: Rc::default(),
+            dropped: 0,
+        }
+    }
+
+    pub fn island(&self) -> IslandId {
+        self.island
+    }
+
+    pub fn member(&self) -> &Member {
+        &self.member
+    }
+
+    /// The last batch whose replies may go, and the epoch that let them.
+    pub fn acknowledged(&self) -> (Epoch, Seq) {
+        self.acknowledged
+    }
+
+    /// Whether a new batch may be written as this island's primary now.
+    pub fn may_propose(&self) -> bool {
+        self.member.may_propose()
+    }
+
+    /// A batch the primary wrote and made durable: `seq` must be the next
+    /// the member expects (the log and the member count alike).
+    pub fn written(&mut self, seq: Seq, bytes: Vec<u8>) {
+        let proposed = self.member.propose(bytes);
+        assert_eq!(
+            proposed,
+            Ok(seq),
+            "the log and the member count batches alike"
+        );
+        // The member's own append is the one just done.
+        self.member.durable(seq);
+        self.pump();
+        self.log_work
+            .retain(|w| !matches!(w, LogWork::Append { seq: s, .. } if *s == seq));
+    }
+
+    pub fn durable(&mut self, seq: Seq) {
+        self.member.durable(seq);
+        self.pump();
+    }
+
+    pub fn truncated(&mut self, after: Seq) {
+        self.member.truncated(after);
+        self.pump();
+    }
+
+    /// Batches read for the peer: `(seq, epoch written, frame)`.
+    pub fn ship_read(&mut self, to: NodeId, batches: Vec<(Seq, Epoch, Vec<u8>)>) {
+        self.member.ship_read(to, batches);
+        self.pump();
+    }
+
+    pub fn receive(&mut self, from: NodeId, msg: ReplMsg) {
+        self.member.receive(from, msg);
+        self.pump();
+    }
+
+    pub fn view(&mut self, view: View, now_ms: u64) {
+        self.member.view(view, now_ms);
+        self.pump();
+    }
+
+    pub fn tick(&mut self, now_ms: u64, lease_valid_until_ms: u64) {
+        self.member.keepalive(lease_valid_until_ms);
+        self.member.tick(now_ms);
+        self.pump();
+    }
+
+    /// The next message for the peer.
+    pub fn next_message(&mut self) -> Option<ReplMsg> {
+        let msg = self.outbox.pop_front()?;
+        self.outbox_bytes -= shipped_bytes(&msg);
+        Some(msg)
+    }
+
+    /// The connection ended: what waited for it is dropped (the member
+    /// ships again from the last acknowledgement, or asks again, on its
+    /// retry interval).
+    pub fn disconnected(&mut self) {
+        self.outbox.clear();
+        self.outbox_bytes = 0;
+    }
+
+    pub fn next_log_work(&mut self) -> Option<LogWork> {
+        self.log_work.pop_front()
+    }
+
+    pub fn has_log_work(&self) -> bool {
+        !self.log_work.is_empty()
+    }
+
+    pub fn next_txn(&mut self) -> Option<IslandTxn> {
+        self.txns.pop_front()
+    }
+
+    /// A one-line summary for logs.
+    pub fn summary(&self) -> String {
+        format!("island {}: {}", self.island, self.member.summary())
+    }
+
+    /// Sorts the member's outputs by who acts on them.
+    fn pump(&mut self) {
+        let (mut sends, mut work) = (false, false);
+        while let Some(output) = self.member.poll_output() {
+            work |= !matches!(output, Output::Send { .. } | Output::Txn { .. });
+            sends |= matches!(output, Output::Send { .. });
+            match output {
+                Output::Append { seq, epoch, bytes } => {
+                    self.log_work
+                        .push_back(LogWork::Append { seq, epoch, bytes });
+                }
+                Output::Truncate { after } => self.log_work.push_back(LogWork::Truncate { after }),
+                Output::Read { from, upto, .. } => {
+                    self.log_work.push_back(LogWork::Read { from, upto });
+                }
+                Output::Send { msg, .. } => {
+                    self.outbox_bytes += shipped_bytes(&msg);
+                    self.outbox.push_back(msg);
+                    while self.outbox.len() > OUTBOX_MESSAGES_MAX
+                        || self.outbox_bytes > OUTBOX_BYTES_MAX
+                    {
+                        let Some(old) = self.outbox.pop_front() else {
+                            break;
+                        };
+                        self.outbox_bytes -= shipped_bytes(&old);
+                        self.dropped += 1;
+                    }
+                }
+                Output::Txn {
+                    expect_revision,
+                    absent,
+                    record,
+                    ..
+                } => {
+                    if self.txns.len() >= TXNS_WAITING_MAX {
+                        self.txns.pop_front();
+                        self.dropped += 1;
+                    }
+                    self.txns.push_back(IslandTxn {
+                        island: self.island,
+                        expect_revision,
+                        absent,
+                        record,
+                    });
+                }
+                Output::Acknowledged { epoch, upto } => {
+                    self.acknowledged = (epoch, upto);
+                }
+            }
+        }
+        if sends {
+            self.outbox_signal.raise();
+        }
+        if work {
+            self.work_signal.raise();
+        }
+    }
+}
+
+/// The batch bytes a message carries.
+fn shipped_bytes(msg: &ReplMsg) -> usize {
+    match msg {
+        ReplMsg::Ship { bytes, .. } => bytes.len(),
+        _ => 0,
+    }
+}

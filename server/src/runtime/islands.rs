@@ -1,0 +1,719 @@
+//! This shard's tablets (docs/islands.md): as primary, its own log shipped
+//! to its island's secondary, the commit task holding each batch's replies
+//! until the tablet acknowledges it; as secondary, a warm standby of the
+//! primary's tablet of the same shard number, fed by the replication
+//! connection the primary dials.
+//!
+//! [`Islands`] is the part the runtime holds; it owns the tablets, their
+//! connections' kill switches and the setup they were made from. The
+//! commit task drives the primary's log work ([`primary_log_work`]); a
+//! task per standby drives a secondary's.
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::{BTreeMap, BTreeSet},
+    os::fd::{FromRawFd, IntoRawFd, OwnedFd},
+    path::PathBuf,
+    rc::Rc,
+    sync::Arc,
+    time::Duration,
+};
+
+use futures_lite::{io::split, AsyncWriteExt};
+use glommio::net::TcpStream;
+use server::{
+    island::{
+        connection::{self, ConnectionError, ReplReader, Speaker, REDIAL_MS},
+        standby::Standby,
+        tablet::{IslandTxn, LogWork, Tablet},
+        LeaseClock,
+    },
+    remote::{proof::ClusterSecret, Killer},
+};
+use shard::{
+    island::{
+        codec::{self, ReplFrame},
+        IslandId, LogInfo, Member, MemberConfig, NodeId,
+    },
+    Placement, Shard,
+};
+use storage::{
+    log::{checkpoint, glommio_disk::GlommioDisk, shipping::ShippedBatch, LogConfig},
+    Journal, JournalError,
+};
+
+use super::Runtime;
+
+/// Bytes of batches read for a catching-up secondary at a time.
+const CATCH_UP_READ_BYTES: usize = 16 << 20;
+/// How often a commit that waits for its acknowledgement says so.
+const WAITING_LOG_MS: u64 = 10_000;
+/// How long after a failed standby checkpoint the next is tried.
+const CHECKPOINT_RETRY_MS: u64 = 10_000;
+
+thread_local! {
+    /// When a read for a secondary last failed and said so (shard ms).
+    static SHIP_ERROR_SAID: Cell<u64> = const { Cell::new(0) };
+}
+
+/// What a shard needs to replicate, from the server's start.
+pub struct IslandSetup {
+    pub node: NodeId,
+    pub lease: Arc<LeaseClock>,
+    /// Island transactions for the control thread's etcd client.
+    pub txns: tokio::sync::mpsc::Sender<IslandTxn>,
+    pub secret: Option<ClusterSecret>,
+    /// Where this node keeps the tablets it is secondary of:
+    /// `<dir>/island-<id>/shard-<n>`.
+    pub replica_dir: PathBuf,
+    /// The layout of a tablet's log (this shard's).
+    pub log: LogConfig,
+    /// Closed segments of a standby's log that call for a checkpoint of
+    /// it (as for the shard's own log).
+    pub checkpoint_segments: usize,
+}
+
+/// A tablet this shard is secondary of.
+struct Replica {
+    tablet: Rc<RefCell<Tablet>>,
+    /// The connection feeding it now; a newer one ends it.
+    connection: RefCell<Option<Killer>>,
+}
+
+/// This shard's tablets.
+pub struct Islands {
+    setup: IslandSetup,
+    shard_id: u16,
+    /// The shard's own island's tablet, from the first placement that
+    /// names the island on (this node's id is its island's).
+    own: RefCell<Option<Rc<RefCell<Tablet>>>>,
+    /// The first placement with a partition map came: the shard knows
+    /// whether it replicates.
+    decided: Cell<bool>,
+    replicas: RefCell<BTreeMap<IslandId, Rc<Replica>>>,
+    /// Standbys being opened (one task each).
+    opening: RefCell<BTreeSet<IslandId>>,
+    placement: RefCell<Option<Arc<Placement>>>,
+    /// Raised when a placement came (the commit task waits for the first).
+    placed: Rc<server::remote::Signal>,
+}
+
+impl Islands {
+    pub fn new(setup: IslandSetup, shard_id: u16) -> Islands {
+        Islands {
+            setup,
+            shard_id,
+            own: RefCell::new(None),
+            decided: Cell::new(false),
+            replicas: RefCell::new(BTreeMap::new()),
+            opening: RefCell::new(BTreeSet::new()),
+            placement: RefCell::new(None),
+            placed: Rc::default(),
+        }
+    }
+
+    /// The shard's own tablet, if it replicates.
+    pub fn own(&self) -> Option<Rc<RefCell<Tablet>>> {
+        self.own.borrow().clone()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.setup.lease.now_ms()
+    }
+
+    /// Waits for the first placement with a map, then makes the shard's
+    /// own tablet over a log of shape `log` if the cluster has an island
+    /// for this node. `None`: the shard does not replicate (a cluster of
+    /// one node has no island).
+    pub async fn start_own(&self, log: LogInfo) -> Option<Rc<RefCell<Tablet>>> {
+        while !self.decided.get() {
+            self.placed.wait().await;
+        }
+        let placement = self.placement.borrow().clone()?;
+        let island = self.setup.node;
+        let view = placement.island_view(island)?;
+        let member = Member::new(
+            MemberConfig::new(self.setup.node, island),
+            log,
+            self.now_ms(),
+        );
+        let tablet = Rc::new(RefCell::new(Tablet::new(island, member)));
+        tablet.borrow_mut().view(view, self.now_ms());
+        *self.own.borrow_mut() = Some(tablet.clone());
+        log::info!(
+            "shard {}: replicating as island {island}: {}",
+            self.shard_id,
+            tablet.borrow().summary()
+        );
+        Some(tablet)
+    }
+
+    /// A new placement: the tablets see their islands' records, standbys
+    /// start for islands this node became secondary of.
+    pub fn place(self: &Rc<Self>, runtime: &Rc<Runtime>, placement: &Arc<Placement>) {
+        *self.placement.borrow_mut() = Some(placement.clone());
+        if placement.has_map() && !self.decided.replace(true) {
+            self.placed.raise();
+        }
+        let now = self.now_ms();
+        if let Some(own) = self.own() {
+            let island = own.borrow().island();
+            if let Some(view) = placement.island_view(island) {
+                own.borrow_mut().view(view, now);
+            }
+        }
+        for (island, record) in placement.islands() {
+            if island == self.setup.node || record.secondary != self.setup.node {
+                continue;
+            }
+            let known = self.replicas.borrow().contains_key(&island);
+            if !known && self.opening.borrow_mut().insert(island) {
+                let islands = self.clone();
+                let runtime = runtime.clone();
+                glommio::spawn_local(async move {
+                    islands.clone().open_replica(&runtime, island).await;
+                    islands.opening.borrow_mut().remove(&island);
+                })
+                .detach();
+            }
+        }
+        for (&island, replica) in self.replicas.borrow().iter() {
+            if let Some(view) = placement.island_view(island) {
+                replica.tablet.borrow_mut().view(view, now);
+            }
+        }
+    }
+
+    /// Time passes for every tablet; their store transactions go to the
+    /// control thread.
+    pub fn tick(&self) {
+        let (now, valid_until) = (self.now_ms(), self.setup.lease.valid_until_ms());
+        let replicas: Vec<_> = self
+            .replicas
+            .borrow()
+            .values()
+            .map(|r| r.tablet.clone())
+            .collect();
+        let tablets = self.own().into_iter().chain(replicas);
+        for tablet in tablets {
+            let mut tablet = tablet.borrow_mut();
+            tablet.tick(now, valid_until);
+            while let Some(txn) = tablet.next_txn() {
+                if self.setup.txns.try_send(txn).is_err() {
+                    // Asked again after the member's txn timeout.
+                    log::warn!(
+                        "shard {}: the island transaction queue is full",
+                        self.shard_id
+                    );
+                }
+            }
+        }
+    }
+
+    /// Where node `node`'s peer port is, and its incarnation, if live.
+    fn peer(&self, node: NodeId) -> Option<(std::net::SocketAddr, i64)> {
+        let placement = self.placement.borrow();
+        let placed = placement.as_ref()?.node(node)?;
+        placed.live.then_some((placed.peer, placed.incarnation))
+    }
+
+    fn speaker(&self) -> Speaker {
+        let incarnation = self
+            .placement
+            .borrow()
+            .as_ref()
+            .map_or(0, |p| p.incarnation);
+        Speaker {
+            node: self.setup.node,
+            incarnation,
+        }
+    }
+
+    // ---- the primary's side -------------------------------------------------
+
+    /// Dials the own tablet's secondary and keeps a connection to it for
+    /// as long as the shard runs.
+    pub async fn ship(self: Rc<Self>, tablet: Rc<RefCell<Tablet>>) {
+        let mut pause_ms = REDIAL_MS.0;
+        loop {
+            let secondary = tablet.borrow().member().seen().map(|(r, _)| r.secondary);
+            let target = secondary.and_then(|s| Some((s, self.peer(s)?)));
+            let ended = match target {
+                None => "the secondary is not live".to_owned(),
+                Some((secondary, (addr, _))) => {
+                    let island = tablet.borrow().island();
+                    let hello = connection::hello(
+                        self.setup.secret.as_ref(),
+                        self.speaker(),
+                        island,
+                        self.shard_id,
+                    );
+                    let secret = self.setup.secret.as_ref();
+                    match connection::dial(addr, &hello, secondary, secret).await {
+                        Ok((read, write, reader, _killer)) => {
+                            pause_ms = REDIAL_MS.0;
+                            log::info!(
+                                "shard {}: island {island}: shipping to node {secondary} at {addr}",
+                                self.shard_id
+                            );
+                            connection::run(&tablet, secondary, read, write, reader)
+                                .await
+                                .to_string()
+                        }
+                        Err(error) => error.to_string(),
+                    }
+                }
+            };
+            log::debug!("shard {}: replication connection: {ended}", self.shard_id);
+            glommio::timer::sleep(Duration::from_millis(pause_ms)).await;
+            pause_ms = (pause_ms * 2).min(REDIAL_MS.1);
+        }
+    }
+
+    // ---- the secondary's side -----------------------------------------------
+
+    /// Opens (or makes) the standby of `island`'s tablet of this shard and
+    /// starts the task that appends what is shipped to it.
+    async fn open_replica(self: Rc<Self>, runtime: &Rc<Runtime>, island: IslandId) {
+        if self.replicas.borrow().contains_key(&island) {
+            return;
+        }
+        let dir = self
+            .setup
+            .replica_dir
+            .join(format!("island-{island}"))
+            .join(format!("shard-{}", self.shard_id));
+        let opened = async {
+            std::fs::create_dir_all(&dir)?;
+            let disk = GlommioDisk::open(&dir).await?;
+            let (fresh, after) = checkpointed_shard(runtime, &dir, self.now_ms())?;
+            Standby::open_after(disk, self.setup.log, after, fresh)
+                .await
+                .map_err(std::io::Error::other)
+        };
+        let (standby, recovery) = match opened.await {
+            Ok(opened) => opened,
+            Err(error) => {
+                log::error!(
+                    "shard {}: island {island}: cannot open the standby in {}: {error}",
+                    self.shard_id,
+                    dir.display()
+                );
+                return;
+            }
+        };
+        if self.replicas.borrow().contains_key(&island) {
+            return;
+        }
+        let mut standby = standby;
+        let last = standby.next_seq() - 1;
+        let log = standby.shard().epochs().log_info(last);
+        let member = Member::new(
+            MemberConfig::new(self.setup.node, island),
+            log,
+            self.now_ms(),
+        );
+        let tablet = Rc::new(RefCell::new(Tablet::new(island, member)));
+        if let Some(view) = self
+            .placement
+            .borrow()
+            .as_ref()
+            .and_then(|p| p.island_view(island))
+        {
+            tablet.borrow_mut().view(view, self.now_ms());
+        }
+        log::info!(
+            "shard {}: island {island}: standby of {} batches in {}",
+            self.shard_id,
+            recovery.batches,
+            dir.display()
+        );
+        let replica = Rc::new(Replica {
+            tablet: tablet.clone(),
+            connection: RefCell::new(None),
+        });
+        self.replicas.borrow_mut().insert(island, replica);
+        let work = StandbyWork {
+            runtime: runtime.clone(),
+            shard_id: self.shard_id,
+            dir,
+            checkpoint_segments: self.setup.checkpoint_segments.max(1),
+            tablet,
+        };
+        glommio::spawn_local(async move { work.run(standby).await }).detach();
+    }
+
+    /// A replication connection the peer port passed on: checked, then
+    /// served for the tablet it names.
+    pub fn accept(self: &Rc<Self>, fd: OwnedFd, pending: Vec<u8>) {
+        // SAFETY: a connected TCP socket whose other copies were closed.
+        let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
+        let islands = self.clone();
+        glommio::spawn_local(async move {
+            if let Err(error) = islands.serve(stream, pending).await {
+                log::warn!(
+                    "shard {}: replication connection: {error}",
+                    islands.shard_id
+                );
+            }
+        })
+        .detach();
+    }
+
+    async fn serve(&self, stream: TcpStream, pending: Vec<u8>) -> Result<(), ConnectionError> {
+        let killer = Killer::of(&stream)?;
+        let (mut read, mut write) = split(stream);
+        let mut reader = ReplReader::new(pending);
+        let first = connection::within(connection::HANDSHAKE_TIMEOUT_MS, async {
+            reader.next(&mut read).await
+        })
+        .await?;
+        let ReplFrame::Hello(hello) = first else {
+            return Err(ConnectionError::Refused("no hello".into()));
+        };
+        connection::check_hello(self.setup.secret.as_ref(), &hello)
+            .map_err(ConnectionError::Refused)?;
+        let replica = self.admit(&hello).map_err(ConnectionError::Refused)?;
+        let ours = connection::hello(
+            self.setup.secret.as_ref(),
+            self.speaker(),
+            hello.island,
+            self.shard_id,
+        );
+        let mut out = Vec::new();
+        codec::encode_hello(&ours, &mut out);
+        write.write_all(&out).await?;
+        if let Some(old) = replica.connection.replace(Some(killer)) {
+            old.kill();
+        }
+        log::info!(
+            "shard {}: island {}: node {} ships here",
+            self.shard_id,
+            hello.island,
+            hello.node
+        );
+        Err(connection::run(&replica.tablet, hello.node, read, write, reader).await)
+    }
+
+    /// The replica a hello is for, if its sender is the island's live
+    /// primary in this node's view and this node its secondary.
+    fn admit(&self, hello: &codec::Hello) -> Result<Rc<Replica>, String> {
+        if hello.shard != self.shard_id {
+            return Err(format!("for shard {}, not this one", hello.shard));
+        }
+        let placement = self.placement.borrow();
+        let placement = placement.as_ref().ok_or("no placement yet")?;
+        let record = placement
+            .islands()
+            .find(|(id, _)| *id == hello.island)
+            .map(|(_, r)| r.clone())
+            .ok_or_else(|| format!("island {} is unknown here", hello.island))?;
+        if record.secondary != self.setup.node || record.primary != hello.node {
+            return Err(format!(
+                "node {} is not island {}'s primary with this node its secondary",
+                hello.node, hello.island
+            ));
+        }
+        let shards = placement.node(self.setup.node).map(|n| n.shards);
+        if placement.node(hello.node).map(|n| n.shards) != shards {
+            // A tablet is one shard's log under one partition layout: a
+            // standby of another layout would restore accounts where the
+            // primary's shards do not keep them.
+            return Err(format!(
+                "node {} runs another shard count than this node: every node of a \
+                 replicating cluster must run the same",
+                hello.node
+            ));
+        }
+        let live = placement.node(hello.node).map(|n| (n.live, n.incarnation));
+        if live != Some((true, hello.incarnation)) {
+            return Err(format!(
+                "node {} incarnation {:x} is not live",
+                hello.node, hello.incarnation
+            ));
+        }
+        self.replicas
+            .borrow()
+            .get(&hello.island)
+            .cloned()
+            .ok_or_else(|| format!("island {}'s standby is not open yet", hello.island))
+    }
+}
+
+/// A shard of this shard's layout for a standby: it restores, never
+/// serves, so it sends nothing.
+fn standby_shard(runtime: &Runtime, now_ms: u64) -> Shard {
+    struct Silent;
+    impl shard::Env for Silent {
+        fn random(&mut self, buffer: &mut [u8]) {
+            getrandom::getrandom(buffer).expect("the OS random source failed");
+        }
+        fn send_sms(&mut self, _: wire::Phone, _: u32) -> bool {
+            false
+        }
+        fn push(&mut self, _: shard::Push) -> bool {
+            false
+        }
+    }
+    let config = runtime.shard().config().clone();
+    Shard::new(config, Box::new(Silent), now_ms)
+}
+
+/// A standby's state from its tablet's last checkpoint in `dir`, and the
+/// batch it is the state after (a new shard and 0 without one).
+fn checkpointed_shard(
+    runtime: &Runtime,
+    dir: &std::path::Path,
+    now_ms: u64,
+) -> std::io::Result<(Shard, u64)> {
+    let mut shard = standby_shard(runtime, now_ms);
+    let config = runtime.shard().config().map;
+    let (index, count) = (runtime.shard_id, config.shards());
+    let mut refused = None;
+    let header = checkpoint::load(dir, index, count, |record| {
+        if refused.is_none() {
+            refused = shard.restore(record).err();
+        }
+    })
+    .map_err(std::io::Error::other)?;
+    if let Some(error) = refused {
+        return Err(std::io::Error::other(format!(
+            "the tablet's checkpoint: {error}"
+        )));
+    }
+    Ok((shard, header.map_or(0, |h| h.batch)))
+}
+
+/// The task that keeps a standby: it appends what the primary ships, in
+/// order, and tells the tablet what is durable; cuts the standby's log
+/// when the primary's history says so; and checkpoints it, as a shard's
+/// own log is, so that it does not grow without end.
+struct StandbyWork {
+    runtime: Rc<Runtime>,
+    shard_id: u16,
+    dir: PathBuf,
+    checkpoint_segments: usize,
+    tablet: Rc<RefCell<Tablet>>,
+}
+
+/// A standby checkpoint written off the executor: its batch, or why not.
+type Written = Rc<RefCell<Option<std::io::Result<u64>>>>;
+
+impl StandbyWork {
+    async fn run(self, mut standby: Standby<GlommioDisk>) {
+        let island = self.tablet.borrow().island();
+        let shard_id = self.shard_id;
+        let mut writing: Option<Written> = None;
+        let mut not_before = 0;
+        loop {
+            let signal = self.tablet.borrow().work_signal.clone();
+            signal.wait().await;
+            if let Some(done) = writing.as_ref().and_then(|w| w.borrow_mut().take()) {
+                writing = None;
+                if !self.finish_checkpoint(&mut standby, done).await {
+                    not_before = self.runtime.now_ms() + CHECKPOINT_RETRY_MS;
+                }
+            }
+            if let Err(error) = self.do_work(&mut standby).await {
+                log::error!("shard {shard_id}: island {island}: standby: {error}");
+                return;
+            }
+            let due = standby.closed_segments() >= self.checkpoint_segments;
+            if writing.is_none() && due && self.runtime.now_ms() >= not_before {
+                writing = Some(self.start_checkpoint(&mut standby));
+            }
+        }
+    }
+
+    /// Appends, and cuts, what the tablet asks for.
+    async fn do_work(&self, standby: &mut Standby<GlommioDisk>) -> Result<(), String> {
+        loop {
+            let mut appends = Vec::new();
+            let mut other = None;
+            while let Some(work) = self.tablet.borrow_mut().next_log_work() {
+                match work {
+                    LogWork::Append { seq, bytes, .. } => {
+                        appends.push(ShippedBatch { seq, frame: bytes })
+                    }
+                    work => {
+                        other = Some(work);
+                        break;
+                    }
+                }
+            }
+            if let Some(last) = appends.last().map(|b| b.seq) {
+                standby.append(&appends).await.map_err(|e| e.to_string())?;
+                self.tablet.borrow_mut().durable(last);
+            }
+            match other {
+                Some(LogWork::Truncate { after }) => {
+                    let now = self.runtime.now_ms();
+                    let fresh = checkpointed_shard(&self.runtime, &self.dir, now)
+                        .map_err(|e| e.to_string())?;
+                    standby
+                        .truncate_after(after, fresh)
+                        .await
+                        .map_err(|e| format!("cutting after batch {after}: {e}"))?;
+                    log::warn!(
+                        "shard {}: island {}: cut the standby after batch {after}",
+                        self.shard_id,
+                        self.tablet.borrow().island()
+                    );
+                    self.tablet.borrow_mut().truncated(after);
+                }
+                Some(_) => {}
+                None if appends.is_empty() => return Ok(()),
+                None => {}
+            }
+        }
+    }
+
+    /// Writes the standby's state on a blocking thread; the task hears of
+    /// it through the tablet's work signal.
+    fn start_checkpoint(&self, standby: &mut Standby<GlommioDisk>) -> Written {
+        let (batch, records) = standby.checkpoint();
+        let written: Written = Rc::default();
+        let (dir, shard) = (self.dir.clone(), self.shard_id);
+        let count = self.runtime.shard().config().map.shards();
+        let (result, signal) = (written.clone(), self.tablet.borrow().work_signal.clone());
+        glommio::spawn_local(async move {
+            let wrote = glommio::executor()
+                .spawn_blocking(move || checkpoint::write(&dir, shard, count, batch, &records))
+                .await;
+            *result.borrow_mut() = Some(wrote.map(|_| batch));
+            signal.raise();
+        })
+        .detach();
+        written
+    }
+
+    /// A checkpoint is durable (or failed): the segments and checkpoints
+    /// it covers go. A failure costs disk space, not data. False when
+    /// something failed.
+    async fn finish_checkpoint(
+        &self,
+        standby: &mut Standby<GlommioDisk>,
+        done: std::io::Result<u64>,
+    ) -> bool {
+        let island = self.tablet.borrow().island();
+        let removed = match done {
+            Ok(batch) => match standby.remove_through(batch).await {
+                Ok(removed) => checkpoint::remove_older(&self.dir, batch).map(|()| removed),
+                Err(error) => Err(std::io::Error::other(error)),
+            },
+            Err(error) => Err(error),
+        };
+        match removed {
+            Ok(removed) => {
+                log::info!(
+                    "shard {}: island {island}: standby checkpoint; {removed} segments deleted",
+                    self.shard_id
+                );
+                true
+            }
+            Err(error) => {
+                log::error!(
+                    "shard {}: island {island}: standby checkpoint: {error}",
+                    self.shard_id
+                );
+                false
+            }
+        }
+    }
+}
+
+/// Does the own tablet's log work on the shard's journal: an epoch's
+/// first batch, and reads for a secondary catching up. Err: the journal
+/// failed.
+pub async fn primary_log_work(
+    runtime: &Runtime,
+    journal: &mut impl Journal,
+    tablet: &RefCell<Tablet>,
+) -> Result<(), JournalError> {
+    loop {
+        let Some(work) = tablet.borrow_mut().next_log_work() else {
+            return Ok(());
+        };
+        match work {
+            LogWork::Append { seq, epoch, .. } => {
+                let island = tablet.borrow().island();
+                assert_eq!(
+                    seq,
+                    journal.last_batch() + 1,
+                    "an epoch starts after the log"
+                );
+                let record = runtime.with_shard_no_outputs(|s| s.start_epoch(island, epoch, seq));
+                journal.commit_shipping(&[record], &mut Vec::new()).await?;
+                log::warn!(
+                    "shard {}: island {island}: epoch {epoch} begins at batch {seq}",
+                    runtime.shard_id
+                );
+                tablet.borrow_mut().durable(seq);
+            }
+            LogWork::Read { from, upto } => {
+                let read = journal.read_shipped(from, upto, CATCH_UP_READ_BYTES).await;
+                let batches = match read {
+                    Ok(batches) => batches,
+                    Err(error) => {
+                        // Asked again on every retry: said once a while.
+                        let (said, now) = (SHIP_ERROR_SAID.get(), runtime.now_ms());
+                        if said == 0 || now >= said + WAITING_LOG_MS {
+                            SHIP_ERROR_SAID.set(now.max(1));
+                            log::error!(
+                                "shard {}: cannot ship batches {from}..={upto} to the island's \
+                                 secondary: {error} (the island stays solo)",
+                                runtime.shard_id
+                            );
+                        }
+                        continue;
+                    }
+                };
+                let info = runtime.shard().epochs().log_info(journal.last_batch());
+                let batches = batches
+                    .into_iter()
+                    .map(|b| (b.seq, info.epoch_of(b.seq), b.frame))
+                    .collect();
+                let to = tablet.borrow().member().seen().map(|(r, _)| r.secondary);
+                if let Some(to) = to {
+                    tablet.borrow_mut().ship_read(to, batches);
+                }
+            }
+            LogWork::Truncate { after } => log::error!(
+                "shard {}: asked to cut its own log after batch {after}: restart the node \
+                 to rejoin its island",
+                runtime.shard_id
+            ),
+        }
+    }
+}
+
+/// Waits until the own tablet acknowledged batch `target` (its replica
+/// holds it, or the island is solo), doing the log work that comes
+/// meanwhile. Err: the journal failed.
+pub async fn wait_acknowledged(
+    runtime: &Runtime,
+    journal: &mut impl Journal,
+    tablet: &RefCell<Tablet>,
+    target: u64,
+) -> Result<(), JournalError> {
+    let mut said = runtime.now_ms();
+    loop {
+        primary_log_work(runtime, journal, tablet).await?;
+        if tablet.borrow().acknowledged().1 >= target {
+            return Ok(());
+        }
+        let signal = tablet.borrow().work_signal.clone();
+        futures_lite::future::or(signal.wait(), async {
+            glommio::timer::sleep(Duration::from_millis(WAITING_LOG_MS)).await;
+        })
+        .await;
+        if runtime.now_ms() >= said + WAITING_LOG_MS {
+            said = runtime.now_ms();
+            log::warn!(
+                "shard {}: batch {target} waits for its island: {}",
+                runtime.shard_id,
+                tablet.borrow().summary()
+            );
+        }
+    }
+}
