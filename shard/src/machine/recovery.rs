@@ -2,7 +2,7 @@
 //! checkpoint: the records a checkpoint holds, restored in order into an
 //! empty shard, rebuild the same state.
 
-use storage::{EntryRecord, Record};
+use storage::{EntryRecord, Record, KEY_HASH_BYTES};
 use wire::{GroupId, Phone};
 
 use super::{account::Account, clock_record, owed::OwedReceipt, Shard};
@@ -44,19 +44,7 @@ impl Shard {
                 phone,
                 key_hash,
                 generation,
-            } => match self.accounts.get_mut(&phone) {
-                Some(account) => {
-                    account.key_hash = key_hash;
-                    account.generation = generation;
-                }
-                None => {
-                    self.accounts
-                        .insert(phone, Account::new(key_hash, generation));
-                    self.counters.accounts += 1;
-                    // A signup waits for its number's deletion to finish.
-                    self.deletions.forget(phone);
-                }
-            },
+            } => self.restore_key(phone, key_hash, generation),
             Record::MailboxPut { owner, seq, entry } => self.restore_put(owner, seq, entry)?,
             Record::MailboxAck { owner, up_to } => self.restore_ack(owner, up_to)?,
             Record::MailboxStart { owner, next_seq } => {
@@ -145,6 +133,23 @@ impl Shard {
             Record::EpochStart { island, epoch, seq } => self.epochs.restore(island, epoch, seq),
         }
         Ok(())
+    }
+
+    /// A replayed `AccountKey`: the account's key now, made if new.
+    fn restore_key(&mut self, phone: Phone, key_hash: [u8; KEY_HASH_BYTES], generation: u64) {
+        match self.accounts.get_mut(&phone) {
+            Some(account) => {
+                account.key_hash = key_hash;
+                account.generation = generation;
+            }
+            None => {
+                self.accounts
+                    .insert(phone, Account::new(key_hash, generation));
+                self.counters.accounts += 1;
+                // A signup waits for its number's deletion to finish.
+                self.deletions.forget(phone);
+            }
+        }
     }
 
     fn restore_ack(&mut self, owner: Phone, up_to: u64) -> Result<(), RestoreError> {
