@@ -93,7 +93,8 @@ fn three_nodes_chat_through_a_kill_9_and_restart_of_one_without_loss() {
 
 /// Groups of ten among 300 phones spread over three nodes (so nearly
 /// every group has members on all three) lose no post and see none twice;
-/// presence changes reach followers on other nodes; a fourth node joins
+/// presence changes reach followers on other nodes, and the phones of a
+/// node killed and restarted come back and carry on; a fourth node joins
 /// after the bootstrap, owns no partition (partitions move only at the
 /// bootstrap for now), and sends the phones that land on it to their home
 /// nodes, where they chat without loss.
@@ -130,6 +131,8 @@ fn three_nodes_serve_groups_and_presence_and_a_fourth_node_redirects() {
     assert_eq!(count("errors"), 0, "{}", report.json);
     assert!(count("redirects") > 0, "{}", report.json);
 
+    // Presence across nodes, through a kill -9 and restart of one: its
+    // phones come back, subscribe again and carry on changing.
     let presence = [
         "presence",
         "--target",
@@ -143,16 +146,49 @@ fn three_nodes_serve_groups_and_presence_and_a_fourth_node_redirects() {
         "--rate",
         "300",
         "--duration",
-        "5",
+        "16",
         "--warmup",
         "0",
+        "--drain",
+        "3",
     ];
-    let report =
-        Loadgen::run(&net, binaries(), "lg", &presence, LOADGEN_TIMEOUT).expect("presence");
+    let mut run = Loadgen::start(&net, binaries(), "lg", &presence).expect("presence");
+    (run.process())
+        .wait_for_stderr_line("phones following", LOADGEN_TIMEOUT)
+        .expect("the presence set-up");
+    let changing = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let victim = &mut cluster.nodes[1];
+    victim.kill().expect("kill -9");
+    std::thread::sleep(Duration::from_secs(1));
+    victim.restart().expect("back on its data");
+    let back_s = changing.elapsed().as_secs_f64();
+    let report = run.finish(LOADGEN_TIMEOUT).expect("presence's report");
     let count = |name| report.count(name).expect("a loadgen counter");
-    eprintln!("{}", report.json);
+    eprintln!("node 2 back {back_s:.1} s into the changes; {}", report.json);
     assert_eq!(count("errors"), 0, "{}", report.json);
     assert!(count("updates") > 0, "{}", report.json);
+    // About a third of the phones live on node 2: every one came back.
+    assert!(count("reconnects") >= 50, "{}", report.json);
+    assert_eq!(count("reconnects"), count("disconnects"), "{}", report.json);
+    assert!(
+        count("updates") <= count("changes") * 4,
+        "more updates than changes reach followers: {}",
+        report.json
+    );
+    // Back, the phones of node 2 change on schedule with the others: the
+    // seconds after its return see the whole rate of changes again
+    // (without them, two thirds of it).
+    let ticks = report.timeline().expect("the timeline");
+    let after: Vec<f64> = (ticks.iter())
+        .filter(|tick| tick.t_s > back_s + 3.0 && tick.t_s <= 16.0)
+        .map(|tick| tick.sent_per_s)
+        .collect();
+    let mean = after.iter().sum::<f64>() / after.len().max(1) as f64;
+    assert!(
+        after.len() >= 3 && mean > 0.9 * 300.0,
+        "changes per second after node 2 came back: {after:?}"
+    );
 
     cluster.join(binaries(), "n4").expect("a fourth node");
     cluster.await_live(4).expect("every node sees four");
