@@ -132,6 +132,7 @@ pub(super) async fn phone_loop(thread: Rc<Thread>, phone: Rc<PhoneState>, first:
             Ok(connection) if !finished() => connection,
             _ => return,
         };
+        thread.logged_in_at(&phone, connection.server);
         thread.shared.reconnects.fetch_add(1, Relaxed);
     }
 }
