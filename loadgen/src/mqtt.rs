@@ -260,7 +260,11 @@ pub fn take_packet(buffer: &[u8]) -> anyhow::Result<Option<(Packet<'_>, usize)>>
 /// to its own topic. Packets that arrive before the `SUBACK` (a
 /// persistent session may deliver queued messages at once) stay in the
 /// returned inbox, in order, for the caller to handle.
-pub async fn log_in(mut io: BoxIo, number: Phone, server: SocketAddr) -> anyhow::Result<Connection> {
+pub async fn log_in(
+    mut io: BoxIo,
+    number: Phone,
+    server: SocketAddr,
+) -> anyhow::Result<Connection> {
     let mut bytes = Vec::new();
     encode_connect(&format!("p{}", number.as_u64()), &mut bytes);
     encode_subscribe(1, &topic(number), &mut bytes);

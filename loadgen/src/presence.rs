@@ -604,7 +604,10 @@ async fn write_loop(
     let mut out = Vec::new();
 
     if !phone.synced.get() {
-        if !thread.until(|| shared.logged_in.load(Relaxed) >= phones).await? {
+        if !thread
+            .until(|| shared.logged_in.load(Relaxed) >= phones)
+            .await?
+        {
             return Ok(());
         }
         let sync = ClientFrame::SyncContacts {
@@ -623,7 +626,10 @@ async fn write_loop(
     }
 
     // Follows succeed only once both sides list each other.
-    if !thread.until(|| shared.synced.load(Relaxed) >= phones).await? {
+    if !thread
+        .until(|| shared.synced.load(Relaxed) >= phones)
+        .await?
+    {
         return Ok(());
     }
     {
