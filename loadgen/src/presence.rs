@@ -74,6 +74,10 @@ pub struct Args {
     /// Seconds to wait, after changes stop, for updates still on the way.
     #[arg(long, default_value_t = 2.0)]
     pub drain: f64,
+    /// Seconds a phone keeps trying to make its first connection (the
+    /// server may still be starting); a phone that cannot fails the run.
+    #[arg(long, default_value_t = 30.0)]
+    pub connect_patience: f64,
     /// The server's pid: adds its CPU time and RSS to the report.
     #[arg(long)]
     pub server_pid: Option<u32>,
@@ -246,6 +250,9 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     }
     if !args.rate.is_finite() || args.rate <= 0.0 {
         bail!("--rate must be positive");
+    }
+    if !args.connect_patience.is_finite() || args.connect_patience < 0.0 {
+        bail!("--connect-patience must be a number of seconds, 0 or more");
     }
     let first = args.connect.first(args.phones)?;
     let dialer = args.connect.dialer()?;
@@ -530,8 +537,11 @@ async fn run_phone(
             .acquire_permit(1)
             .await
             .expect("semaphore never closes");
+        let patience = Duration::from_secs_f64(thread.args.connect_patience);
+        let started = std::time::Instant::now();
+        let impatient = || give_up() || started.elapsed() >= patience;
         (thread.dialer)
-            .log_in_with_backoff(phone.number, &phone.account, &mut backoff, give_up)
+            .log_in_with_backoff(phone.number, &phone.account, &mut backoff, impatient)
             .await
     };
     let mut connection = match first {
