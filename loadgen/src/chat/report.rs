@@ -81,6 +81,10 @@ pub struct Report {
     pub cross_node_latency_us_p50: f64,
     pub cross_node_latency_us_p99: f64,
     pub cross_node_deliveries_timed: u64,
+    /// The p99 latency of the messages meant to be sent in each second of
+    /// sending (0 for a second with none timed, as in the warm-up): where
+    /// in the run a spike was.
+    pub latency_us_p99_by_second: Vec<f64>,
     /// How late sends were written against their intended time: loadgen's
     /// own delay, already inside the latency figures. When it is a large
     /// share of them, loadgen (not the server) is the bottleneck.
@@ -113,6 +117,7 @@ impl Report {
         let mut histogram = latency_histogram();
         let (mut same_node, mut cross_node) = (latency_histogram(), latency_histogram());
         let mut send_lag = latency_histogram();
+        let mut by_second: Vec<Histogram<u64>> = Vec::new();
         let mut delivered = AHashSet::new();
         let mut measured = 0;
         let mut answer_gap_ns_max = 0;
@@ -120,6 +125,12 @@ impl Report {
             answer_gap_ns_max = answer_gap_ns_max.max(result.answer_gap_ns_max);
             histogram.add(&result.histogram)?;
             same_node.add(&result.same_node)?;
+            for (second, histogram) in result.by_second.iter().enumerate() {
+                if by_second.len() <= second {
+                    by_second.push(super::thread::second_histogram());
+                }
+                by_second[second].add(histogram)?;
+            }
             cross_node.add(&result.cross_node)?;
             send_lag.add(&result.send_lag)?;
             delivered.extend(result.delivered.iter().copied());
@@ -175,6 +186,7 @@ impl Report {
             cross_node_latency_us_p50: micros_of(&cross_node, 0.5),
             cross_node_latency_us_p99: micros_of(&cross_node, 0.99),
             cross_node_deliveries_timed: cross_node.len(),
+            latency_us_p99_by_second: (by_second.iter()).map(|h| micros_of(h, 0.99)).collect(),
             send_lag_us_p50: send_lag.value_at_quantile(0.5) as f64 / 1000.0,
             send_lag_us_p99: send_lag.value_at_quantile(0.99) as f64 / 1000.0,
             server_cpu_s,

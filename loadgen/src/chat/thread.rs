@@ -26,6 +26,9 @@ pub(super) struct ThreadResult {
     /// between phones on two.
     pub(super) same_node: Histogram<u64>,
     pub(super) cross_node: Histogram<u64>,
+    /// The same latencies by the second of sending their message was
+    /// meant for, from the start of sending.
+    pub(super) by_second: Vec<Histogram<u64>>,
     pub(super) send_lag: Histogram<u64>,
     pub(super) acked: Vec<u64>,
     pub(super) delivered: AHashSet<u64>,
@@ -56,6 +59,10 @@ pub(super) struct Thread {
     pub(super) cross_node: RefCell<Histogram<u64>>,
     /// `--latency-nodes` as `Shared::homes` numbers them; empty for all.
     latency_nodes: Vec<u8>,
+    /// When sending began, and the timed latencies by the second their
+    /// send was meant for (one histogram a second of `--duration`).
+    start_ns: Cell<u64>,
+    by_second: RefCell<Vec<Histogram<u64>>>,
     pub(super) send_lag: RefCell<Histogram<u64>>,
     /// Keys (`phone::key`) of sends answered `Sent`, and of messages
     /// received.
@@ -90,6 +97,8 @@ impl Thread {
         Thread {
             first,
             latency_nodes,
+            start_ns: Cell::new(0),
+            by_second: RefCell::new(Vec::new()),
             same_node: RefCell::new(latency_histogram()),
             cross_node: RefCell::new(latency_histogram()),
             shared,
@@ -130,8 +139,9 @@ impl Thread {
     }
 
     /// Records the latency of a delivery from phone `from` to phone `to`
-    /// (indices in the run), unless `--latency-nodes` leaves it out.
-    pub(super) fn record_latency(&self, from: usize, to: usize, latency_ns: u64) {
+    /// (indices in the run) of a send meant for `intended_ns`, unless
+    /// `--latency-nodes` leaves it out.
+    pub(super) fn record_latency(&self, from: usize, to: usize, intended_ns: u64, latency_ns: u64) {
         let homes = (self.shared.home(from), self.shared.home(to));
         if !self.latency_nodes.is_empty() {
             let counted = |home: Option<u8>| home.is_some_and(|h| self.latency_nodes.contains(&h));
@@ -140,6 +150,10 @@ impl Thread {
             }
         }
         let _ = self.histogram.borrow_mut().record(latency_ns);
+        let second = intended_ns.saturating_sub(self.start_ns.get()) / 1_000_000_000;
+        if let Some(histogram) = self.by_second.borrow_mut().get_mut(second as usize) {
+            let _ = histogram.record(latency_ns);
+        }
         let class = match homes {
             (Some(a), Some(b)) if a == b => &self.same_node,
             (Some(_), Some(_)) => &self.cross_node,
@@ -160,6 +174,7 @@ impl Thread {
             histogram: self.histogram.borrow().clone(),
             same_node: self.same_node.borrow().clone(),
             cross_node: self.cross_node.borrow().clone(),
+            by_second: std::mem::take(&mut *self.by_second.borrow_mut()),
             send_lag: self.send_lag.borrow().clone(),
             acked: std::mem::take(&mut *self.acked.borrow_mut()),
             delivered: std::mem::take(&mut *self.delivered.borrow_mut()),
@@ -167,6 +182,12 @@ impl Thread {
             answer_gap_ns_max: self.answer_gap_ns_max.get(),
         }
     }
+}
+
+/// Latencies of one second of sending, to two significant digits: one
+/// such histogram a second is kept, so smaller than the run's.
+pub(super) fn second_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 2).expect("valid bounds")
 }
 
 /// Runs phones `range` (of `threads` threads) from sign-up until the main
@@ -191,6 +212,10 @@ pub(super) async fn run_thread(
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
     let start_ns = thread.now_ns();
+    thread.start_ns.set(start_ns);
+    *thread.by_second.borrow_mut() = (0..thread.args.duration.ceil() as usize)
+        .map(|_| second_histogram())
+        .collect();
     thread
         .warmup_end_ns
         .set(start_ns + (thread.args.warmup * 1e9) as u64);
