@@ -16,8 +16,16 @@
 //!   [`bench`]); not part of `test`.
 //! - `stall`: the cross-shard stall hunt (`server/tests/stall.rs`) at 400
 //!   rounds instead of CI's 10; not part of `test`.
-//! - `cluster`: the three-node test (`ci/tests/cluster.rs`) with ten
-//!   kills and restarts instead of `test`'s one.
+//! - `cluster`: the three-node tests (`ci/tests/cluster.rs`), release
+//!   builds, with ten kills and restarts instead of `test`'s one, and the
+//!   long case `test` leaves out: a node stopped with SIGSTOP for 10 s,
+//!   the others' queues held to their bounds and their latency reported
+//!   against runs without the stop.
+//! - `cluster-bench [FILTER]`: the cluster benchmarks
+//!   (`ci/tests/cluster_bench.rs`), release builds: deliveries per
+//!   server CPU-second on one node and on three, and cross-node against
+//!   same-node latency at a quarter of the maximum rate; a filter
+//!   (`latency`, say) runs those whose name has it.
 //! - `dashboard`: draws the Grafana dashboard against a running server
 //!   under load into `docs/dashboard.png` (see [`dashboard`]); for the
 //!   docs, run by hand, not part of `test`.
@@ -58,11 +66,13 @@ enum Task {
     Smoke,
     /// The cross-shard stall hunt at 400 rounds.
     Stall,
-    /// The three-node cluster test with ten kills and restarts.
+    /// The three-node cluster tests, ten kills and restarts, and a node
+    /// stopped for 10 s; release builds.
     Cluster,
-    /// Deliveries per server CPU-second on one node and on three, release
-    /// builds, interleaved rounds.
-    ClusterBench,
+    /// The cluster benchmarks, release builds, interleaved rounds:
+    /// deliveries per server CPU-second on one node and on three, and
+    /// cross-node against same-node latency.
+    ClusterBench(ClusterBenchOptions),
     /// isle against mosquitto and the bare relay, side by side.
     Bench(bench::Options),
     /// The Grafana dashboard drawn against isle under load, for the docs.
@@ -79,7 +89,7 @@ impl Task {
             Task::Smoke => "smoke",
             Task::Stall => "stall",
             Task::Cluster => "cluster",
-            Task::ClusterBench => "cluster-bench",
+            Task::ClusterBench(_) => "cluster-bench",
             Task::Bench(_) => "bench",
             Task::Dashboard(_) => "dashboard",
         }
@@ -100,7 +110,7 @@ fn main() {
         Task::Smoke => smoke(),
         Task::Stall => stall(),
         Task::Cluster => cluster(),
-        Task::ClusterBench => cluster_bench(),
+        Task::ClusterBench(options) => cluster_bench(options),
         Task::Bench(options) => bench::bench(options),
         Task::Dashboard(options) => draw_dashboard(options),
     };
@@ -116,6 +126,14 @@ fn root() -> PathBuf {
         .parent()
         .expect("ci lives in the workspace")
         .to_owned()
+}
+
+/// Which cluster benchmarks `ci cluster-bench` runs.
+#[derive(clap::Args)]
+pub struct ClusterBenchOptions {
+    /// Only the benchmarks whose test name contains this (`latency`,
+    /// `per_server_cpu`); all of them without it.
+    pub filter: Option<String>,
 }
 
 /// Where `ci dashboard` writes, and what it draws from.
@@ -242,19 +260,33 @@ fn stall() -> anyhow::Result<()> {
     ])
 }
 
-/// The cluster test of `ci test`, with more kills.
+/// The cluster tests of `ci test`, with more kills, and the long ones
+/// it leaves out (ignored tests), in release builds: the stopped node's
+/// latency figures mean something only there, and the harness builds
+/// its binaries in the test's profile.
 fn cluster() -> anyhow::Result<()> {
     packages(TEST_PACKAGES)?;
     std::env::set_var("ISLE_CLUSTER_ROUNDS", "10");
-    cargo(&["test", "-p", "ci", "--test", "cluster", "--", "--nocapture"])
+    let test = ["test", "--release", "-p", "ci", "--test", "cluster"];
+    let run = [
+        "--",
+        "--include-ignored",
+        "--nocapture",
+        "--test-threads",
+        "1",
+    ];
+    cargo(&[&test[..], &run[..]].concat())
 }
 
-/// The benchmark is an ignored test of `ci`, built in release so the
-/// binaries its harness builds are release ones too.
-fn cluster_bench() -> anyhow::Result<()> {
+/// The benchmarks are ignored tests of `ci`, built in release so the
+/// binaries their harness builds are release ones too.
+fn cluster_bench(options: &ClusterBenchOptions) -> anyhow::Result<()> {
     packages(TEST_PACKAGES)?;
     let test = ["test", "--release", "-p", "ci", "--test", "cluster_bench"];
-    let run = ["--", "--ignored", "--nocapture", "--test-threads", "1"];
+    let mut run = vec!["--", "--ignored", "--nocapture", "--test-threads", "1"];
+    if let Some(filter) = &options.filter {
+        run.push(filter);
+    }
     cargo(&[&test[..], &run[..]].concat())
 }
 
@@ -431,5 +463,19 @@ mod tests {
         assert!(Cli::try_parse_from(["ci", "bench", "--phones"]).is_err());
         assert!(Cli::try_parse_from(["ci", "bench", "--unknown", "1"]).is_err());
         assert!(Cli::parse_from(["ci"]).task.is_none(), "test by default");
+    }
+
+    #[test]
+    fn cluster_bench_takes_an_optional_filter() {
+        let filter = |args: &[&str]| match Cli::parse_from(args).task {
+            Some(Task::ClusterBench(options)) => options.filter,
+            _ => panic!("not cluster-bench"),
+        };
+        assert_eq!(filter(&["ci", "cluster-bench"]), None);
+        assert_eq!(
+            filter(&["ci", "cluster-bench", "latency"]).as_deref(),
+            Some("latency")
+        );
+        assert!(Cli::try_parse_from(["ci", "cluster-bench", "a", "b"]).is_err());
     }
 }

@@ -1,20 +1,32 @@
-//! What a cluster costs per core: the same open-loop chat load on one
-//! isle node and on a cluster of three (one shard each, in network
-//! namespaces, one etcd), interleaved round by round, each run's server
-//! CPU time summed over its processes. Deliveries per second of server
-//! CPU are compared as a ratio of medians measured in the same run, not
-//! asserted (timings on a shared machine are noisy); the run asserts only
-//! that nothing acknowledged was lost.
+//! What a cluster costs, in two benchmarks.
 //!
-//! A benchmark, so ignored by `cargo test`: `cargo run -p ci --
-//! cluster-bench` builds release binaries and runs it, printing a table
-//! and writing `target/cluster-bench.json`. `ISLE_BENCH_ROUNDS` (3),
-//! `ISLE_BENCH_PHONES` (2,000), `ISLE_BENCH_RATE` (2,000 msg/s) and
-//! `ISLE_BENCH_SECONDS` (25, 8 of them warm-up) change the load.
+//! Per core: the same open-loop chat load on one isle node and on a
+//! cluster of three (one shard each, in network namespaces, one etcd),
+//! interleaved round by round, each run's server CPU time summed over its
+//! processes. Deliveries per second of server CPU are compared as a ratio
+//! of medians measured in the same run, not asserted (timings on a shared
+//! machine are noisy); the run asserts only that nothing acknowledged was
+//! lost. Writes `target/cluster-bench.json`.
+//!
+//! In latency: the three-node cluster's maximum rate, measured closed
+//! loop, then open-loop runs at a quarter of it, each timing its
+//! same-node deliveries (sender and recipient on one node) and its
+//! cross-node ones (the message crossed a link) in the same run. Writes
+//! `target/cluster-latency.json`.
+//!
+//! Benchmarks, so ignored by `cargo test`: `cargo run -p ci --
+//! cluster-bench` builds release binaries and runs both (`cluster-bench
+//! latency` only the second), printing a table. `ISLE_BENCH_ROUNDS` (3),
+//! `ISLE_BENCH_PHONES` (2,000), `ISLE_BENCH_RATE` (2,000 msg/s, the first
+//! benchmark's) and `ISLE_BENCH_SECONDS` (25, 8 of them warm-up) change
+//! the load; `ISLE_BENCH_SHARE` (4) divides the maximum rate into the
+//! latency runs' rate.
 
 use std::time::Duration;
 
-use ci::harness::{node_flags, Binaries, Cluster, Etcd, Loadgen, Net, Node, PHONE_PORT};
+use ci::harness::{
+    node_flags, target_dir, Binaries, Cluster, Etcd, Loadgen, Net, Node, PHONE_PORT,
+};
 use serde_json::{json, Value};
 
 /// A run's longest wait: its duration plus signups and the drain.
@@ -33,10 +45,24 @@ fn setting(name: &str, default: u64) -> u64 {
 /// One loadgen chat run against `targets`, the server being `pids`: its
 /// JSON report.
 fn run(net: &Net, binaries: &Binaries, targets: &str, pids: &[u32]) -> Value {
+    let rate = setting("ISLE_BENCH_RATE", 2_000);
+    run_at(net, binaries, targets, pids, rate, &[])
+}
+
+/// One loadgen chat run against `targets` at `rate` messages a second (0:
+/// closed loop, as fast as the server answers), `extra` flags added.
+fn run_at(
+    net: &Net,
+    binaries: &Binaries,
+    targets: &str,
+    pids: &[u32],
+    rate: u64,
+    extra: &[&str],
+) -> Value {
     let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
     let (phones, rate, seconds) = (
         setting("ISLE_BENCH_PHONES", 2_000).to_string(),
-        setting("ISLE_BENCH_RATE", 2_000).to_string(),
+        rate.to_string(),
         setting("ISLE_BENCH_SECONDS", 25).to_string(),
     );
     let args = [
@@ -56,6 +82,7 @@ fn run(net: &Net, binaries: &Binaries, targets: &str, pids: &[u32]) -> Value {
         "--server-pid",
         &pids.join(","),
     ];
+    let args = [&args[..], extra].concat();
     let report = Loadgen::run(net, binaries, "lg", &args, LOADGEN_TIMEOUT).expect("loadgen");
     assert_eq!(report.count("lost").unwrap(), 0, "{}", report.json);
     report.json
@@ -141,7 +168,94 @@ fn report(singles: &[Value], clusters: &[Value]) {
     eprintln!("medians: {}", summary["one_node"]);
     eprintln!("         {}", summary["three_nodes"]);
     eprintln!("deliveries per server CPU-second, three nodes to one: {ratio:.2}");
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/cluster-bench.json");
+    let out = target_dir()
+        .expect("the target directory")
+        .join("cluster-bench.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&summary).unwrap()).unwrap();
+    eprintln!("written to {}", out.display());
+}
+
+#[test]
+#[ignore = "a benchmark: `cargo run -p ci -- cluster-bench` runs it"]
+fn cross_node_and_same_node_latency_at_a_quarter_of_the_maximum_rate() {
+    let binaries = Binaries::get().expect("building isle and loadgen");
+    let net = Net::new(&["etcd", "n1", "n2", "n3", "lg"]).expect("the test network");
+    let etcd = Etcd::start(&net, &["etcd"]).expect("starting etcd");
+    let mut cluster = Cluster::start(&net, binaries, &["n1", "n2", "n3"], &etcd.endpoints_arg())
+        .expect("three nodes given the partitions");
+    let targets = cluster.targets();
+    let pids: Vec<u32> = (cluster.nodes.iter_mut())
+        .map(|node| node.process().expect("running").pid())
+        .collect();
+    let rounds = setting("ISLE_BENCH_ROUNDS", 3);
+    // The maximum: closed loop, each phone keeping four sends
+    // outstanding, as fast as the cluster answers.
+    let mut maximum = Vec::new();
+    for round in 0..rounds {
+        maximum.push(run_at(&net, binaries, &targets, &pids, 0, &[]));
+        eprintln!("maximum, round {round}: {}", maximum[round as usize]);
+    }
+    let share = setting("ISLE_BENCH_SHARE", 4).max(1) as f64;
+    let quarter = (median_of(&maximum, "delivered_per_s") / share).round() as u64;
+    let mut paced = Vec::new();
+    for round in 0..rounds {
+        paced.push(run_at(&net, binaries, &targets, &pids, quarter, &[]));
+        eprintln!("at {quarter}/s, round {round}: {}", paced[round as usize]);
+    }
+    report_latency(&maximum, share, quarter, &paced);
+}
+
+/// Prints the maximum runs and the paced runs' latency by kind, and
+/// writes them with the medians to `target/cluster-latency.json`.
+fn report_latency(maximum: &[Value], share: f64, quarter: u64, paced: &[Value]) {
+    for run in maximum {
+        eprintln!(
+            "maximum: delivered_per_s={} server_cpu_s={} latency_us_p99={}",
+            run["delivered_per_s"], run["server_cpu_s"], run["latency_us_p99"]
+        );
+    }
+    let kinds = [
+        "same_node_latency_us_p50",
+        "same_node_latency_us_p99",
+        "same_node_deliveries_timed",
+        "cross_node_latency_us_p50",
+        "cross_node_latency_us_p99",
+        "cross_node_deliveries_timed",
+        "delivered_per_s",
+        "send_lag_us_p99",
+    ];
+    for run in paced {
+        let line: Vec<String> = kinds.iter().map(|f| format!("{f}={}", run[f])).collect();
+        eprintln!("at {quarter}/s: {}", line.join(" "));
+    }
+    let medians: serde_json::Map<String, Value> = (kinds.iter())
+        .map(|f| (f.to_string(), json!(median_of(paced, f))))
+        .collect();
+    let ratio = |quantile: &str| {
+        median_of(paced, &format!("cross_node_latency_us_{quantile}"))
+            / median_of(paced, &format!("same_node_latency_us_{quantile}"))
+    };
+    let summary = json!({
+        "maximum_delivered_per_s": median_of(maximum, "delivered_per_s"),
+        "paced_rate": quarter,
+        "share_of_maximum": 1.0 / share,
+        "paced": medians,
+        "ratio_cross_to_same_p50": ratio("p50"),
+        "ratio_cross_to_same_p99": ratio("p99"),
+        "runs": {"maximum": maximum, "paced": paced},
+    });
+    eprintln!(
+        "maximum {} delivered/s; at {quarter}/s, medians: {}",
+        summary["maximum_delivered_per_s"], summary["paced"]
+    );
+    eprintln!(
+        "cross-node to same-node latency: p50 {:.2}, p99 {:.2}",
+        ratio("p50"),
+        ratio("p99")
+    );
+    let out = target_dir()
+        .expect("the target directory")
+        .join("cluster-latency.json");
     std::fs::write(&out, serde_json::to_string_pretty(&summary).unwrap()).unwrap();
     eprintln!("written to {}", out.display());
 }

@@ -27,7 +27,12 @@
 //! `--target` may name several nodes of a cluster; `dial` takes each
 //! phone to its home node (redirects, try-laters). How long a node's
 //! failure stalls the phones shows in `answer_gap_ms_max`: the longest
-//! any phone waited, with sends outstanding, between two answers.
+//! any phone waited, with sends outstanding, between two answers. Each
+//! phone's node is where its login ended, so a delivery is known as
+//! same-node (sender and recipient on one node) or cross-node, and the
+//! latency of each kind is reported apart; `--latency-nodes` keeps the
+//! latency figures to messages between phones of some nodes only (those
+//! of a node that is stopped on purpose left out, say).
 
 mod pacer;
 mod phone;
@@ -38,8 +43,8 @@ mod write;
 
 use std::{
     sync::{
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
-        Arc,
+        atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed},
+        Arc, Mutex,
     },
     time::{Duration, Instant},
 };
@@ -113,11 +118,22 @@ pub struct Args {
     /// directory.
     #[arg(long)]
     pub report: Option<std::path::PathBuf>,
+    /// Servers (comma separated, as in --target): only messages whose
+    /// sender and recipient are both logged in at one of them count in
+    /// the latency figures. The others are sent, delivered and checked
+    /// all the same. By default every message counts.
+    #[arg(long, value_delimiter = ',')]
+    pub latency_nodes: Vec<std::net::SocketAddr>,
 }
 
 /// Counters shared by all threads.
 #[derive(Default)]
 struct Shared {
+    /// Per phone, the server it is logged in at: an index into `servers`
+    /// plus one (0 before its first login).
+    homes: Vec<AtomicU8>,
+    /// The servers phones have logged in at, the --target list first.
+    servers: Mutex<Vec<std::net::SocketAddr>>,
     logged_in: AtomicUsize,
     connect_failures: AtomicU64,
     sent: AtomicU64,
@@ -149,6 +165,36 @@ struct Shared {
     finished: AtomicBool,
 }
 
+impl Shared {
+    /// The number `homes` holds for `server`, registered on first sight;
+    /// [`UNKNOWN_SERVER`] past 254 servers (too many to tell apart).
+    fn server_number(&self, server: std::net::SocketAddr) -> u8 {
+        let mut servers = self.servers.lock().expect("no thread panics holding it");
+        let index = match servers.iter().position(|&known| known == server) {
+            Some(index) => index,
+            None => {
+                servers.push(server);
+                servers.len() - 1
+            }
+        };
+        u8::try_from(index + 1)
+            .ok()
+            .filter(|&number| number != UNKNOWN_SERVER)
+            .unwrap_or(UNKNOWN_SERVER)
+    }
+}
+
+/// A `homes` entry that names no server a delivery can be judged by.
+const UNKNOWN_SERVER: u8 = u8::MAX;
+
+impl Shared {
+    /// The server phone `index` is logged in at, if known.
+    fn home(&self, index: usize) -> Option<u8> {
+        let number = self.homes.get(index)?.load(Relaxed);
+        (number != 0 && number != UNKNOWN_SERVER).then_some(number)
+    }
+}
+
 /// Runs the workload to its end and reports; `Err` only when the run could
 /// not be carried out at all.
 pub fn run(args: &Args) -> anyhow::Result<Report> {
@@ -161,7 +207,11 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     let first = args.connect.first(args.phones)?;
     let dialer = args.connect.dialer()?;
     let dial_counts = dialer.counts.clone();
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared {
+        homes: (0..args.phones).map(|_| AtomicU8::new(0)).collect(),
+        servers: Mutex::new(args.connect.target.addrs.clone()),
+        ..Shared::default()
+    });
     let epoch = Instant::now();
 
     let threads = args.connect.threads();

@@ -12,8 +12,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
 pub type BoxIo = Box<dyn Io>;
 
 /// A logged-in connection, with the bytes that arrived after the login's
-/// reply in the same reads (queued messages may follow it at once).
+/// reply in the same reads (queued messages may follow it at once), and
+/// the server it is to (in a cluster, the account's home node once the
+/// redirects are followed).
 pub struct Connection {
     pub io: BoxIo,
     pub inbox: Vec<u8>,
+    pub server: std::net::SocketAddr,
 }

@@ -341,6 +341,29 @@ impl Backoff {
     }
 }
 
+impl Dialer {
+    /// [`log_in`](Dialer::log_in) again and again, waiting `backoff`
+    /// between attempts, until it works or `give_up` says to stop (then
+    /// the last attempt's error). What a phone does after its connection
+    /// ended: each attempt starts where the account's route says, follows
+    /// redirects and honours try-laters.
+    pub async fn log_in_with_backoff(
+        &self,
+        number: Phone,
+        account: &crate::route::Account,
+        backoff: &mut Backoff,
+        give_up: impl Fn() -> bool,
+    ) -> anyhow::Result<crate::connection::Connection> {
+        loop {
+            match self.log_in(number, account).await {
+                Ok(connection) => return Ok(connection),
+                Err(error) if give_up() => return Err(error),
+                Err(_) => backoff.wait().await,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

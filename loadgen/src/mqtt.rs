@@ -20,6 +20,8 @@
 //! `encode_*` functions append to one. Only what a broker sends a client is
 //! parsed; anything malformed is an error and ends the connection.
 
+use std::net::SocketAddr;
+
 use anyhow::{bail, Context};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use wire::Phone;
@@ -258,7 +260,11 @@ pub fn take_packet(buffer: &[u8]) -> anyhow::Result<Option<(Packet<'_>, usize)>>
 /// to its own topic. Packets that arrive before the `SUBACK` (a
 /// persistent session may deliver queued messages at once) stay in the
 /// returned inbox, in order, for the caller to handle.
-pub async fn log_in(mut io: BoxIo, number: Phone) -> anyhow::Result<Connection> {
+pub async fn log_in(
+    mut io: BoxIo,
+    number: Phone,
+    server: SocketAddr,
+) -> anyhow::Result<Connection> {
     let mut bytes = Vec::new();
     encode_connect(&format!("p{}", number.as_u64()), &mut bytes);
     encode_subscribe(1, &topic(number), &mut bytes);
@@ -291,7 +297,11 @@ pub async fn log_in(mut io: BoxIo, number: Phone) -> anyhow::Result<Connection> 
         inbox.extend_from_slice(&buffer[..n]);
     }
     kept.extend_from_slice(&inbox);
-    Ok(Connection { io, inbox: kept })
+    Ok(Connection {
+        io,
+        inbox: kept,
+        server,
+    })
 }
 
 #[cfg(test)]

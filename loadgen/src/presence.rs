@@ -14,6 +14,18 @@
 //! next: sign up, upload the neighbours as contacts, follow them (each
 //! must answer `Online`, which checks that the visibility rule lets mutual
 //! contacts through), then change presence.
+//!
+//! A phone whose connection ends (its node killed, say) does what
+//! docs/protocol.md asks of a phone: it backs off with jitter, logs in
+//! again (following `Redirect`, honouring `TryLater`), subscribes to its
+//! contacts again and carries on with its schedule; the changes that fell
+//! due while it was away are not made, so not counted. After the setup a
+//! subscription may be answered `Offline` (that contact is away too) or
+//! `Unavailable` (its node is not reachable: subscribed again at the
+//! phone's next change). What followers hear of a contact's connection
+//! ending or starting is not a change: it is counted apart
+//! (`session_updates`), as is an `Offline` that repeats the last one a
+//! follower saw (`repeats`), and neither is in `updates` or the latency.
 
 use std::{
     cell::{Cell, RefCell},
@@ -32,10 +44,10 @@ use futures_lite::{
 };
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use wire::{encode_client, ClientFrame, Phone, Presence, ServerFrame};
+use wire::{encode_client, ByeReason, ClientFrame, Phone, Presence, ServerFrame};
 
-use crate::connection::BoxIo;
-use crate::dial::{take_frames, ConnectArgs, Dialed, Dialer};
+use crate::connection::{BoxIo, Connection};
+use crate::dial::{take_frames, Backoff, ConnectArgs, Dialed, Dialer};
 use crate::route::Account;
 use crate::window::{latency_histogram, wait_for, Measured, Threads, Window};
 
@@ -62,6 +74,10 @@ pub struct Args {
     /// Seconds to wait, after changes stop, for updates still on the way.
     #[arg(long, default_value_t = 2.0)]
     pub drain: f64,
+    /// Seconds a phone keeps trying to make its first connection (the
+    /// server may still be starting); a phone that cannot fails the run.
+    #[arg(long, default_value_t = 30.0)]
+    pub connect_patience: f64,
     /// The server's pid: adds its CPU time and RSS to the report.
     #[arg(long)]
     pub server_pid: Option<u32>,
@@ -100,6 +116,19 @@ pub struct Report {
     /// Updates that arrived after the phone had already changed again
     /// (counted in `updates`, left out of the latency).
     pub stale: u64,
+    /// Presence that followers heard because a contact's connection ended
+    /// or a contact logged in again, not because it changed; and
+    /// `Offline`s that repeated the last one a follower saw of that
+    /// contact. Neither is in `updates`.
+    pub session_updates: u64,
+    pub repeats: u64,
+    /// Connections that ended while the run lasted, and logins again
+    /// after one ended.
+    pub disconnects: u64,
+    pub reconnects: u64,
+    /// Subscriptions answered `Unavailable` after the setup (the
+    /// contact's node was not reachable), each made again later.
+    pub resubscribed: u64,
     pub errors: u64,
     /// What phones met on their way onto a server (redirects,
     /// try-laters, loops cut, waits that ran out).
@@ -133,6 +162,15 @@ impl Report {
             self.stale,
             self.errors
         );
+        println!(
+            "connections: disconnects {} reconnects {} resubscribed {}; \
+             heard apart from updates: session {} repeats {}",
+            self.disconnects,
+            self.reconnects,
+            self.resubscribed,
+            self.session_updates,
+            self.repeats
+        );
         println!("dialing: {}", self.dialed);
     }
 
@@ -153,16 +191,56 @@ struct Shared {
     window: Window,
     /// The drain after the window is over too: phones hang up.
     finished: AtomicBool,
-    /// Per phone, its last change: the intended time in nanoseconds shifted
-    /// left by one, with the low bit set when it became available (0
-    /// before the first).
+    /// Per phone, its last [`Mark`], packed.
     last_change: Vec<AtomicU64>,
     changes: AtomicU64,
     changes_measured: AtomicU64,
     updates: AtomicU64,
     updates_measured: AtomicU64,
     stale: AtomicU64,
+    session_updates: AtomicU64,
+    repeats: AtomicU64,
+    disconnects: AtomicU64,
+    reconnects: AtomicU64,
+    resubscribed: AtomicU64,
     errors: AtomicU64,
+}
+
+/// What a phone last did that its followers may hear of: what a follower
+/// judges a presence frame about it by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    /// Nothing yet: the setup.
+    Nothing,
+    /// A change, due at `due_ns` (the window's clock): it became
+    /// available, or went away.
+    Change { due_ns: u64, available: bool },
+    /// Its connection ended, or it logged in again, and it has made no
+    /// change since: what its followers hear meanwhile comes from that.
+    Session,
+}
+
+impl Mark {
+    /// Two low bits say which (0 nothing, 1 away, 2 available, 3
+    /// session); a change's time is above them.
+    fn pack(self) -> u64 {
+        match self {
+            Mark::Nothing => 0,
+            Mark::Change { due_ns, available } => due_ns << 2 | (1 + u64::from(available)),
+            Mark::Session => 3,
+        }
+    }
+
+    fn unpack(packed: u64) -> Mark {
+        match packed & 3 {
+            0 => Mark::Nothing,
+            3 => Mark::Session,
+            tag => Mark::Change {
+                due_ns: packed >> 2,
+                available: tag == 2,
+            },
+        }
+    }
 }
 
 pub fn run(args: &Args) -> anyhow::Result<Report> {
@@ -173,9 +251,13 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     if !args.rate.is_finite() || args.rate <= 0.0 {
         bail!("--rate must be positive");
     }
+    if !args.connect_patience.is_finite() || args.connect_patience < 0.0 {
+        bail!("--connect-patience must be a number of seconds, 0 or more");
+    }
     let first = args.connect.first(args.phones)?;
     let dialer = args.connect.dialer()?;
     let dial_counts = dialer.counts.clone();
+    let counter = || AtomicU64::new(0);
     let shared = Arc::new(Shared {
         logged_in: AtomicUsize::new(0),
         synced: AtomicUsize::new(0),
@@ -183,13 +265,18 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         failed: Arc::default(),
         window: Window::default(),
         finished: AtomicBool::new(false),
-        last_change: (0..args.phones).map(|_| AtomicU64::new(0)).collect(),
-        changes: AtomicU64::new(0),
-        changes_measured: AtomicU64::new(0),
-        updates: AtomicU64::new(0),
-        updates_measured: AtomicU64::new(0),
-        stale: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
+        last_change: (0..args.phones).map(|_| counter()).collect(),
+        changes: counter(),
+        changes_measured: counter(),
+        updates: counter(),
+        updates_measured: counter(),
+        stale: counter(),
+        session_updates: counter(),
+        repeats: counter(),
+        disconnects: counter(),
+        reconnects: counter(),
+        resubscribed: counter(),
+        errors: counter(),
     });
     let threads = args.connect.threads().min(args.phones);
     let run = {
@@ -228,7 +315,8 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         || {
             let [changes, updates] = counts();
             let errors = shared.errors.load(Relaxed);
-            format!("changes={changes} updates={updates} errors={errors}")
+            let reconnects = shared.reconnects.load(Relaxed);
+            format!("changes={changes} updates={updates} errors={errors} reconnects={reconnects}")
         },
     )?;
     std::thread::sleep(Duration::from_secs_f64(args.drain));
@@ -281,6 +369,11 @@ impl Report {
             updates,
             missed: (changes * args.contacts as u64).saturating_sub(updates),
             stale: shared.stale.load(Relaxed),
+            session_updates: shared.session_updates.load(Relaxed),
+            repeats: shared.repeats.load(Relaxed),
+            disconnects: shared.disconnects.load(Relaxed),
+            reconnects: shared.reconnects.load(Relaxed),
+            resubscribed: shared.resubscribed.load(Relaxed),
             errors: shared.errors.load(Relaxed),
             dialed,
             curves: crate::report::Curves::new("presence update latency", histogram).with_timeline(
@@ -297,6 +390,7 @@ struct Thread {
     shared: Arc<Shared>,
     args: Args,
     first: u64,
+    dialer: Dialer,
     histogram: RefCell<Histogram<u64>>,
 }
 
@@ -305,26 +399,64 @@ impl Thread {
         &self.shared.window
     }
 
-    /// Waits until `done` holds; fails once another phone has.
-    async fn until(&self, done: impl Fn() -> bool) -> anyhow::Result<()> {
+    /// Waits until `done` holds: true then, false once the run has
+    /// finished; an error once another phone has failed.
+    async fn until(&self, done: impl Fn() -> bool) -> anyhow::Result<bool> {
         while !done() {
-            if self.shared.failed.load(Relaxed) || self.shared.finished.load(Relaxed) {
-                bail!("the run ended during the setup");
+            if self.shared.failed.load(Relaxed) {
+                bail!("the run failed during the setup");
+            }
+            if self.shared.finished.load(Relaxed) {
+                return Ok(false);
             }
             glommio::timer::sleep(Duration::from_millis(10)).await;
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// The slot of the run's phone `phone`.
+    fn mark_of(&self, phone: Phone) -> &AtomicU64 {
+        &self.shared.last_change[(phone.as_u64() - self.first) as usize]
     }
 }
 
-/// One phone, as its reader and its writer see it.
+/// One phone: what outlives its connections, and what its reader and
+/// writer share on the current one.
 struct PhoneState {
     /// Position in the ring, 0..phones.
     index: usize,
+    number: Phone,
+    /// Sorted: a contact's place in it indexes `follows`.
     contacts: Vec<Phone>,
-    /// `Contacts` answered, and `Online` answers to its subscriptions.
+    account: Account,
+    /// Its contact list was answered (it is stored: once for the run).
     synced: Cell<bool>,
-    online_answers: Cell<usize>,
+    /// Its first round of subscriptions was answered, every one `Online`.
+    subscribed: Cell<bool>,
+    /// Per contact, its subscription on the current connection.
+    follows: RefCell<Vec<Follow>>,
+    /// Contacts whose subscription was answered `Unavailable`: subscribed
+    /// again at the phone's next change.
+    hidden: RefCell<Vec<usize>>,
+    /// Its presence on the server: available after every login.
+    available: Cell<bool>,
+}
+
+/// A phone's subscription to one contact, on one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Follow {
+    /// Not subscribed (yet, or its node was not reachable).
+    Not,
+    /// `Subscribe` written, not answered yet.
+    Asked,
+    /// What the contact showed last: the answer, then each update.
+    Shows(Presence),
+}
+
+impl PhoneState {
+    fn answered(&self) -> bool {
+        !self.follows.borrow().contains(&Follow::Asked)
+    }
 }
 
 async fn run_thread(
@@ -337,6 +469,7 @@ async fn run_thread(
     let thread = Rc::new(Thread {
         shared,
         first,
+        dialer,
         histogram: RefCell::new(latency_histogram()),
         args,
     });
@@ -356,17 +489,21 @@ async fn run_thread(
         contacts.sort_unstable();
         let phone = Rc::new(PhoneState {
             index,
+            number: Phone::from_u64(first + index as u64)?,
+            follows: RefCell::new(vec![Follow::Not; contacts.len()]),
             contacts,
+            account: Account::default(),
             synced: Cell::new(false),
-            online_answers: Cell::new(0),
+            subscribed: Cell::new(false),
+            hidden: RefCell::new(Vec::new()),
+            available: Cell::new(true),
         });
-        let (thread, dialer, permits) = (thread.clone(), dialer.clone(), permits.clone());
+        let (thread, permits) = (thread.clone(), permits.clone());
         tasks.push(glommio::spawn_local(async move {
-            let number = Phone::from_u64(thread.first + phone.index as u64)?;
-            let result = run_phone(&thread, &dialer, &permits, number, &phone).await;
+            let result = run_phone(&thread, &permits, &phone).await;
             if let Err(error) = &result {
                 if thread.shared.errors.fetch_add(1, Relaxed) < 5 {
-                    eprintln!("phone {number}: {error:#}");
+                    eprintln!("phone {}: {error:#}", phone.number);
                 }
                 thread.shared.failed.store(true, Relaxed);
             }
@@ -385,22 +522,70 @@ async fn run_thread(
     }
 }
 
+/// Runs one phone's connections until the run finishes: when one ends,
+/// the phone backs off, logs in again and carries on.
 async fn run_phone(
     thread: &Thread,
-    dialer: &Dialer,
     permits: &glommio::sync::Semaphore,
-    number: Phone,
     phone: &PhoneState,
 ) -> anyhow::Result<()> {
-    let account = Account::default();
-    let connection = {
+    let shared = &thread.shared;
+    let give_up = || shared.finished.load(Relaxed) || shared.failed.load(Relaxed);
+    let mut backoff = Backoff::new(phone.number.as_u64());
+    let first = {
         let _permit = permits
             .acquire_permit(1)
             .await
             .expect("semaphore never closes");
-        dialer.log_in(number, &account).await?
+        let patience = Duration::from_secs_f64(thread.args.connect_patience);
+        let started = std::time::Instant::now();
+        let impatient = || give_up() || started.elapsed() >= patience;
+        (thread.dialer)
+            .log_in_with_backoff(phone.number, &phone.account, &mut backoff, impatient)
+            .await
     };
-    thread.shared.logged_in.fetch_add(1, Relaxed);
+    let mut connection = match first {
+        Ok(connection) => connection,
+        Err(_) if shared.finished.load(Relaxed) => return Ok(()),
+        Err(error) => return Err(error),
+    };
+    shared.logged_in.fetch_add(1, Relaxed);
+    loop {
+        on_connection(phone, connection, thread).await?;
+        if shared.finished.load(Relaxed) {
+            return Ok(());
+        }
+        shared.disconnects.fetch_add(1, Relaxed);
+        // What its followers hear from now until its next change comes
+        // from the connection ending and the next login.
+        let mark = thread.mark_of(phone.number);
+        mark.store(Mark::Session.pack(), Relaxed);
+        // The server may have just gone away: wait before the first try too.
+        let mut backoff = Backoff::new(phone.number.as_u64() ^ shared.disconnects.load(Relaxed));
+        backoff.wait().await;
+        connection = match (thread.dialer)
+            .log_in_with_backoff(phone.number, &phone.account, &mut backoff, give_up)
+            .await
+        {
+            Ok(connection) => connection,
+            Err(_) if shared.finished.load(Relaxed) => return Ok(()),
+            Err(error) => return Err(error),
+        };
+        shared.reconnects.fetch_add(1, Relaxed);
+    }
+}
+
+/// One logged-in connection, until it ends or the run finishes; an
+/// error only for what a reconnect would not cure (a frame that breaks
+/// the protocol, a contact list answered wrong).
+async fn on_connection(
+    phone: &PhoneState,
+    connection: Connection,
+    thread: &Thread,
+) -> anyhow::Result<()> {
+    phone.available.set(true);
+    phone.follows.borrow_mut().fill(Follow::Not);
+    phone.hidden.borrow_mut().clear();
     let (reader, writer) = split(connection.io);
     futures_lite::future::or(
         read_loop(thread, phone, reader, connection.inbox),
@@ -409,6 +594,16 @@ async fn run_phone(
     .await
 }
 
+/// Writes `out` and empties it; false when the connection has ended.
+async fn write(writer: &mut WriteHalf<BoxIo>, out: &mut Vec<u8>) -> bool {
+    let written = writer.write_all(out).await.is_ok() && writer.flush().await.is_ok();
+    out.clear();
+    written
+}
+
+/// The phone's side of one connection: the setup steps it has not
+/// finished, its subscriptions, then its changes on schedule. Ends when
+/// the connection does, or once the run has finished.
 async fn write_loop(
     thread: &Thread,
     phone: &PhoneState,
@@ -417,62 +612,94 @@ async fn write_loop(
     let shared = &thread.shared;
     let phones = thread.args.phones;
     let mut out = Vec::new();
-    let mut write = async |out: &mut Vec<u8>| -> anyhow::Result<()> {
-        writer.write_all(out).await?;
-        writer.flush().await?;
-        out.clear();
-        Ok(())
-    };
 
-    thread
-        .until(|| shared.logged_in.load(Relaxed) >= phones)
-        .await?;
-    let sync = ClientFrame::SyncContacts {
-        client_id: 1,
-        full: true,
-        add: phone.contacts.clone(),
-        remove: Vec::new(),
-    };
-    encode_client(&sync, &mut out);
-    write(&mut out).await?;
-    thread.until(|| phone.synced.get()).await?;
-    shared.synced.fetch_add(1, Relaxed);
+    if !phone.synced.get() {
+        if !thread
+            .until(|| shared.logged_in.load(Relaxed) >= phones)
+            .await?
+        {
+            return Ok(());
+        }
+        let sync = ClientFrame::SyncContacts {
+            client_id: 1,
+            full: true,
+            add: phone.contacts.clone(),
+            remove: Vec::new(),
+        };
+        encode_client(&sync, &mut out);
+        if !write(&mut writer, &mut out).await {
+            return Ok(());
+        }
+        if !thread.until(|| phone.synced.get()).await? {
+            return Ok(());
+        }
+    }
 
     // Follows succeed only once both sides list each other.
-    thread
+    if !thread
         .until(|| shared.synced.load(Relaxed) >= phones)
-        .await?;
-    for &contact in &phone.contacts {
-        encode_client(&ClientFrame::Subscribe { phone: contact }, &mut out);
+        .await?
+    {
+        return Ok(());
     }
-    write(&mut out).await?;
-    let contacts = phone.contacts.len();
-    thread
-        .until(|| phone.online_answers.get() >= contacts)
-        .await?;
-    shared.subscribed.fetch_add(1, Relaxed);
+    {
+        let mut follows = phone.follows.borrow_mut();
+        for (follow, &contact) in follows.iter_mut().zip(&phone.contacts) {
+            encode_client(&ClientFrame::Subscribe { phone: contact }, &mut out);
+            *follow = Follow::Asked;
+        }
+    }
+    if !write(&mut writer, &mut out).await {
+        return Ok(());
+    }
+    // The setup waits for every answer; a phone back on a new connection
+    // does not: an answer from a node that is away comes when it is back.
+    if !phone.subscribed.get() {
+        if !thread.until(|| phone.answered()).await? {
+            return Ok(());
+        }
+        phone.subscribed.set(true);
+        shared.subscribed.fetch_add(1, Relaxed);
+    }
 
     let window = thread.window();
-    thread.until(|| window.started()).await?;
+    if !thread.until(|| window.started()).await? {
+        return Ok(());
+    }
     let start_ns = window.start_ns();
     let period_ns = phones as f64 * 1e9 / thread.args.rate;
     let offset_ns = period_ns * phone.index as f64 / phones as f64;
-    for k in 0u64.. {
-        let due_ns = start_ns + (offset_ns + k as f64 * period_ns) as u64;
-        let wait_ns = due_ns.saturating_sub(thread.window().now_ns());
+    let due = |k: u64| start_ns + (offset_ns + k as f64 * period_ns) as u64;
+    // After a reconnect, the changes that fell due meanwhile are skipped.
+    let since_start = window.now_ns().saturating_sub(start_ns) as f64;
+    let mut k = ((since_start - offset_ns) / period_ns).ceil().max(0.0) as u64;
+    while !window.stopped() {
+        let due_ns = due(k);
+        k += 1;
+        let wait_ns = due_ns.saturating_sub(window.now_ns());
         if wait_ns > 0 {
             glommio::timer::sleep(Duration::from_nanos(wait_ns)).await;
         }
         if window.stopped() {
             break;
         }
-        // Everyone starts available, so the first change is away.
-        let available = k % 2 == 1;
-        shared.last_change[phone.index].store(due_ns << 1 | u64::from(available), Relaxed);
+        for contact in phone.hidden.take() {
+            let frame = ClientFrame::Subscribe {
+                phone: phone.contacts[contact],
+            };
+            encode_client(&frame, &mut out);
+            phone.follows.borrow_mut()[contact] = Follow::Asked;
+        }
+        let available = !phone.available.get();
+        phone.available.set(available);
+        let mark = Mark::Change { due_ns, available };
+        thread.mark_of(phone.number).store(mark.pack(), Relaxed);
         encode_client(&ClientFrame::SetPresence { available }, &mut out);
-        write(&mut out).await?;
+        if !write(&mut writer, &mut out).await {
+            return Ok(());
+        }
         shared.changes.fetch_add(1, Relaxed);
-        if thread.window().measuring(due_ns) {
+        if window.measuring(due_ns) {
             shared.changes_measured.fetch_add(1, Relaxed);
         }
     }
@@ -483,6 +710,7 @@ async fn write_loop(
     Ok(())
 }
 
+/// Reads and handles frames until the connection ends.
 async fn read_loop(
     thread: &Thread,
     phone: &PhoneState,
@@ -501,14 +729,10 @@ async fn read_loop(
         if let Some(error) = failure {
             return Err(error);
         }
-        let read = reader.read(&mut buffer).await?;
-        if read == 0 {
-            if thread.shared.finished.load(Relaxed) {
-                return Ok(());
-            }
-            bail!("the server closed the connection");
+        match reader.read(&mut buffer).await {
+            Ok(0) | Err(_) => return Ok(()),
+            Ok(read) => inbox.extend_from_slice(&buffer[..read]),
         }
-        inbox.extend_from_slice(&buffer[..read]);
     }
 }
 
@@ -526,57 +750,123 @@ fn handle(thread: &Thread, phone: &PhoneState, frame: ServerFrame<'_>) -> anyhow
                     phone.contacts.len()
                 );
             }
-            phone.synced.set(true);
+            if !phone.synced.replace(true) {
+                shared.synced.fetch_add(1, Relaxed);
+            }
         }
         ServerFrame::Presence {
             phone: about,
             presence,
-        } => {
-            if shared.finished.load(Relaxed) {
-                // Phones hanging up at the end of the run: not a change.
-                return Ok(());
-            }
-            let slot = about
-                .as_u64()
-                .checked_sub(thread.first)
-                .and_then(|index| shared.last_change.get(index as usize));
-            let Some(slot) = slot else {
-                bail!("presence of {about}, not one of the run's phones");
-            };
-            let last = slot.load(Relaxed);
-            if !thread.window().started() || last == 0 {
-                // An answer to a subscription.
-                if presence != Presence::Online {
-                    bail!("a mutual contact shows {presence:?}");
-                }
-                phone.online_answers.set(phone.online_answers.get() + 1);
-                return Ok(());
-            }
-            shared.updates.fetch_add(1, Relaxed);
-            let now = thread.window().now_ns();
-            if thread.window().measuring(now) {
-                shared.updates_measured.fetch_add(1, Relaxed);
-            }
-            let available = match presence {
-                Presence::Online => true,
-                Presence::Offline { .. } => false,
-                Presence::Unavailable => bail!("a mutual contact became unavailable"),
-            };
-            if available != (last & 1 == 1) {
-                shared.stale.fetch_add(1, Relaxed);
-                return Ok(());
-            }
-            if thread.window().measuring(now) {
-                let changed_ns = last >> 1;
-                let _ = thread
-                    .histogram
-                    .borrow_mut()
-                    .record(now.saturating_sub(changed_ns).max(1));
-            }
-        }
+        } => on_presence(thread, phone, about, presence)?,
         ServerFrame::Error { kind, detail, .. } => bail!("server error {kind:?}: {detail}"),
+        // The connection ends next; the phone comes back as from any end.
+        ServerFrame::Bye {
+            reason: ByeReason::ShuttingDown,
+        } => {}
         ServerFrame::Bye { reason } => bail!("Bye {reason:?}"),
         _ => {}
     }
     Ok(())
+}
+
+/// A presence frame about the contact `about`: the answer to a
+/// subscription, or what it tells of the contact since.
+fn on_presence(
+    thread: &Thread,
+    phone: &PhoneState,
+    about: Phone,
+    presence: Presence,
+) -> anyhow::Result<()> {
+    let shared = &thread.shared;
+    let Ok(contact) = phone.contacts.binary_search(&about) else {
+        bail!("presence of {about}, which this phone does not follow");
+    };
+    let mut follows = phone.follows.borrow_mut();
+    let before = follows[contact];
+    match (before, presence) {
+        // Its subscription was answered hidden: nothing more comes of it.
+        (Follow::Not, _) => {}
+        (Follow::Asked, Presence::Online) => follows[contact] = Follow::Shows(presence),
+        // The setup checks that mutual contacts see each other: at the
+        // first round, every one is there to see.
+        (Follow::Asked, _) if !phone.subscribed.get() => {
+            bail!("a mutual contact shows {presence:?}")
+        }
+        (Follow::Asked, Presence::Unavailable) => {
+            // Its node is not reachable now: ask again later.
+            follows[contact] = Follow::Not;
+            phone.hidden.borrow_mut().push(contact);
+            shared.resubscribed.fetch_add(1, Relaxed);
+        }
+        (Follow::Asked, _) => follows[contact] = Follow::Shows(presence),
+        (Follow::Shows(_), Presence::Unavailable) => {
+            bail!("a mutual contact became unavailable")
+        }
+        (Follow::Shows(shown), _) => {
+            follows[contact] = Follow::Shows(presence);
+            if shared.finished.load(Relaxed) {
+                // Phones hanging up at the end of the run: not a change.
+                return Ok(());
+            }
+            heard(thread, about, shown, presence);
+        }
+    }
+    Ok(())
+}
+
+/// A follower heard `presence` of `about` after `shown`: an update of
+/// its last change (timed when it is still the last), or what its
+/// connection ending or its login caused, or a repeat.
+fn heard(thread: &Thread, about: Phone, shown: Presence, presence: Presence) {
+    let shared = &thread.shared;
+    if presence == shown && matches!(presence, Presence::Offline { .. }) {
+        // The same last-seen time again: an away contact's connection
+        // ended. Nothing changed.
+        shared.repeats.fetch_add(1, Relaxed);
+        return;
+    }
+    let Mark::Change { due_ns, available } = Mark::unpack(thread.mark_of(about).load(Relaxed))
+    else {
+        shared.session_updates.fetch_add(1, Relaxed);
+        return;
+    };
+    shared.updates.fetch_add(1, Relaxed);
+    let now = thread.window().now_ns();
+    if thread.window().measuring(now) {
+        shared.updates_measured.fetch_add(1, Relaxed);
+    }
+    if available != (presence == Presence::Online) {
+        shared.stale.fetch_add(1, Relaxed);
+        return;
+    }
+    if thread.window().measuring(now) {
+        let _ = (thread.histogram.borrow_mut()).record(now.saturating_sub(due_ns).max(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Mark;
+
+    #[test]
+    fn a_mark_packs_and_unpacks_to_itself() {
+        for mark in [
+            Mark::Nothing,
+            Mark::Session,
+            Mark::Change {
+                due_ns: 0,
+                available: false,
+            },
+            Mark::Change {
+                due_ns: 1_234_567_890_123,
+                available: true,
+            },
+            Mark::Change {
+                due_ns: (1 << 62) - 1,
+                available: false,
+            },
+        ] {
+            assert_eq!(Mark::unpack(mark.pack()), mark, "{mark:?}");
+        }
+    }
 }

@@ -99,11 +99,11 @@ const SCENARIOS: [(&str, &[&str]); 6] = [
     ),
 ];
 
-/// Options only chat (and slow, which runs it) has: give up on the first
-/// connection quickly.
+/// Options only some scenarios have: give up on the first connection
+/// quickly (chat, slow which runs it, presence).
 fn patience(scenario: &str) -> &'static [&'static str] {
     match scenario {
-        "chat" | "slow" => &["--connect-patience", "0.5", "--drain", "1"],
+        "chat" | "slow" | "presence" => &["--connect-patience", "0.5", "--drain", "1"],
         _ => &[],
     }
 }

@@ -60,14 +60,30 @@ impl Binaries {
     }
 }
 
-/// Builds the server and loadgen with this executable's profile into its
-/// target directory, and returns the directory the binaries are in.
-fn build() -> Result<PathBuf, Error> {
+/// The directory of this executable's profile (`<target>/debug`, say),
+/// read off its own path (`<target>/<profile>/deps/<test>`).
+fn profile_dir() -> Result<PathBuf, Error> {
     let exe = std::env::current_exe().map_err(Error::io("finding the running executable"))?;
     let mut profile_dir = exe.parent().unwrap_or(Path::new("/"));
     if profile_dir.ends_with("deps") {
         profile_dir = profile_dir.parent().unwrap_or(profile_dir);
     }
+    Ok(profile_dir.to_owned())
+}
+
+/// The target directory the running test was built in: where a
+/// benchmark writes its results (`target/cluster-bench.json`, say), also
+/// under `CARGO_TARGET_DIR`.
+pub fn target_dir() -> Result<PathBuf, Error> {
+    let profile_dir = profile_dir()?;
+    Ok(profile_dir.parent().unwrap_or(&profile_dir).to_owned())
+}
+
+/// Builds the server and loadgen with this executable's profile into its
+/// target directory, and returns the directory the binaries are in.
+fn build() -> Result<PathBuf, Error> {
+    let profile_dir = profile_dir()?;
+    let profile_dir = profile_dir.as_path();
     let profile = profile_dir
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())

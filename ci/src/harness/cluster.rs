@@ -13,6 +13,9 @@ pub const PEER_PORT: u16 = 5300;
 /// How long the nodes take to register and be given every partition.
 const ASSIGNED_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The longest wait for a node's admin listener to answer.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The partitions a cluster's map spreads over its nodes.
 const PARTITIONS: u64 = 1024;
 
@@ -159,18 +162,31 @@ impl<'net> Cluster<'net> {
     /// The cluster part of node `index`'s `/status`, asked from inside its
     /// namespace; `Null` when it does not answer.
     pub fn status(&self, index: usize) -> serde_json::Value {
-        let Ok(admin) = self.nodes[index].admin() else {
-            return serde_json::Value::Null;
-        };
-        let url = format!("http://{admin}/status");
-        let text = self.net.within(&self.roles[index], || {
-            let answer = ureq::get(&url).call().ok()?;
-            answer.into_string().ok()
-        });
-        let status: serde_json::Value = (text.ok().flatten())
+        let status: serde_json::Value = (self.admin_get(index, "/status"))
             .and_then(|text| serde_json::from_str(&text).ok())
             .unwrap_or_default();
         status["cluster"].clone()
+    }
+
+    /// Node `index`'s `/metrics` text (read it with
+    /// [`metrics::samples`](super::metrics::samples)); `None` when it
+    /// does not answer.
+    pub fn metrics(&self, index: usize) -> Option<String> {
+        self.admin_get(index, "/metrics")
+    }
+
+    /// The body of a GET of `path` on node `index`'s admin listener, from
+    /// inside its namespace.
+    fn admin_get(&self, index: usize, path: &str) -> Option<String> {
+        let admin = self.nodes[index].admin().ok()?;
+        let url = format!("http://{admin}{path}");
+        let text = self.net.within(&self.roles[index], || {
+            // A stopped node accepts (the kernel does) and never answers.
+            let agent = ureq::AgentBuilder::new().timeout(ADMIN_TIMEOUT).build();
+            let answer = agent.get(&url).call().ok()?;
+            answer.into_string().ok()
+        });
+        text.ok().flatten()
     }
 
     /// Waits until every node sees every node live and owns partitions,

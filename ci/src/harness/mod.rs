@@ -41,12 +41,13 @@ mod cluster;
 mod etcd;
 mod isle;
 mod loadgen;
+pub mod metrics;
 mod netns;
 mod process;
 
 use std::{path::PathBuf, process::ExitStatus};
 
-pub use binaries::{without_package_env, Binaries};
+pub use binaries::{target_dir, without_package_env, Binaries};
 pub use cluster::{node_flags, Cluster, PEER_PORT, PHONE_PORT};
 pub use etcd::Etcd;
 pub use isle::Node;

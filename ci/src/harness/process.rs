@@ -32,8 +32,10 @@ pub struct Proc {
     /// Set once the child is reaped; its pid may then be anyone's, so no
     /// signal is sent after.
     status: Option<ExitStatus>,
-    /// Bytes of stdout that [`Proc::wait_for_line`] has looked at.
+    /// Bytes of stdout that [`Proc::wait_for_line`] has looked at, and
+    /// of stderr that [`Proc::wait_for_stderr_line`] has.
     read_bytes: usize,
+    stderr_read_bytes: usize,
 }
 
 impl Proc {
@@ -87,6 +89,7 @@ impl Proc {
             stderr,
             status: None,
             read_bytes: 0,
+            stderr_read_bytes: 0,
         })
     }
 
@@ -169,12 +172,31 @@ impl Proc {
     /// successive events. Ending without such a line is
     /// [`Error::Exited`]; the error carries the stderr tail.
     pub fn wait_for_line(&mut self, pattern: &str, timeout: Duration) -> Result<String, Error> {
+        self.wait_for_line_in(Stream::Stdout, pattern, timeout)
+    }
+
+    /// [`Proc::wait_for_line`] on stderr (where loadgen says how far it
+    /// got), with its own place in it.
+    pub fn wait_for_stderr_line(
+        &mut self,
+        pattern: &str,
+        timeout: Duration,
+    ) -> Result<String, Error> {
+        self.wait_for_line_in(Stream::Stderr, pattern, timeout)
+    }
+
+    fn wait_for_line_in(
+        &mut self,
+        stream: Stream,
+        pattern: &str,
+        timeout: Duration,
+    ) -> Result<String, Error> {
         let deadline = Instant::now() + timeout;
         loop {
             // Read before asking whether it ended: a line printed just
             // before exiting is then still seen.
             let ended = self.try_status()?;
-            if let Some(line) = self.next_line_with(pattern)? {
+            if let Some(line) = self.next_line_with(stream, pattern)? {
                 return Ok(line);
             }
             if let Some(status) = ended {
@@ -234,12 +256,21 @@ impl Proc {
         }
     }
 
-    /// The first complete line after `read_bytes` that contains
-    /// `pattern`, moving `read_bytes` past it; lines without it are
+    /// The first complete line of `stream` after the bytes looked at so
+    /// far that contains `pattern`, moving past it; lines without it are
     /// passed over for good.
-    fn next_line_with(&mut self, pattern: &str) -> Result<Option<String>, Error> {
-        let text = self.stdout()?;
-        let unread = text.get(self.read_bytes..).unwrap_or_default();
+    fn next_line_with(&mut self, stream: Stream, pattern: &str) -> Result<Option<String>, Error> {
+        let path = match stream {
+            Stream::Stdout => &self.stdout,
+            Stream::Stderr => &self.stderr,
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(Error::io(format!("reading {}", path.display())))?;
+        let read_bytes = match stream {
+            Stream::Stdout => &mut self.read_bytes,
+            Stream::Stderr => &mut self.stderr_read_bytes,
+        };
+        let unread = text.get(*read_bytes..).unwrap_or_default();
         let mut consumed = 0;
         for line in unread.split_inclusive('\n') {
             if !line.ends_with('\n') {
@@ -247,13 +278,20 @@ impl Proc {
             }
             consumed += line.len();
             if line.contains(pattern) {
-                self.read_bytes += consumed;
+                *read_bytes += consumed;
                 return Ok(Some(line.trim_end_matches('\n').to_owned()));
             }
         }
-        self.read_bytes += consumed;
+        *read_bytes += consumed;
         Ok(None)
     }
+}
+
+/// Which of a process's outputs a wait reads.
+#[derive(Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
 }
 
 impl Drop for Proc {

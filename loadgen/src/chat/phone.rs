@@ -132,6 +132,7 @@ pub(super) async fn phone_loop(thread: Rc<Thread>, phone: Rc<PhoneState>, first:
             Ok(connection) if !finished() => connection,
             _ => return,
         };
+        thread.logged_in_at(&phone, connection.server);
         thread.shared.reconnects.fetch_add(1, Relaxed);
     }
 }
@@ -144,13 +145,9 @@ pub(super) async fn connect_with_backoff(
     backoff: &mut Backoff,
     give_up: impl Fn() -> bool,
 ) -> anyhow::Result<Connection> {
-    loop {
-        match thread.dialer.log_in(phone.number, &phone.account).await {
-            Ok(connection) => return Ok(connection),
-            Err(error) if give_up() => return Err(error),
-            Err(_) => backoff.wait().await,
-        }
-    }
+    (thread.dialer)
+        .log_in_with_backoff(phone.number, &phone.account, backoff, give_up)
+        .await
 }
 
 /// Whether phone `index` is one of the `share` that stall: spread evenly

@@ -215,7 +215,7 @@ pub(super) fn on_message(
         let now = thread.now_ns();
         if intended >= thread.warmup_end_ns.get() {
             let latency = now.saturating_sub(intended).max(1);
-            let _ = thread.histogram.borrow_mut().record(latency);
+            thread.record_latency(from_index as usize, phone.index as usize, intended, latency);
         }
         if (thread.warmup_end_ns.get()..thread.sending_end_ns.get()).contains(&now) {
             thread.measured.set(thread.measured.get() + 1);

@@ -4,6 +4,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use ahash::AHashSet;
+use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::phone::stalled;
@@ -71,6 +72,19 @@ pub struct Report {
     pub latency_us_p99: f64,
     pub latency_us_p999: f64,
     pub latency_us_max: f64,
+    /// The same latency of deliveries between two phones logged in at
+    /// one server, and of those between phones on two (a message that
+    /// crossed a link between nodes), with the deliveries each counts.
+    pub same_node_latency_us_p50: f64,
+    pub same_node_latency_us_p99: f64,
+    pub same_node_deliveries_timed: u64,
+    pub cross_node_latency_us_p50: f64,
+    pub cross_node_latency_us_p99: f64,
+    pub cross_node_deliveries_timed: u64,
+    /// The p99 latency of the messages meant to be sent in each second of
+    /// sending (0 for a second with none timed, as in the warm-up): where
+    /// in the run a spike was.
+    pub latency_us_p99_by_second: Vec<f64>,
     /// How late sends were written against their intended time: loadgen's
     /// own delay, already inside the latency figures. When it is a large
     /// share of them, loadgen (not the server) is the bottleneck.
@@ -101,13 +115,23 @@ impl Report {
         results: &[ThreadResult],
     ) -> anyhow::Result<Report> {
         let mut histogram = latency_histogram();
+        let (mut same_node, mut cross_node) = (latency_histogram(), latency_histogram());
         let mut send_lag = latency_histogram();
+        let mut by_second: Vec<Histogram<u64>> = Vec::new();
         let mut delivered = AHashSet::new();
         let mut measured = 0;
         let mut answer_gap_ns_max = 0;
         for result in results {
             answer_gap_ns_max = answer_gap_ns_max.max(result.answer_gap_ns_max);
             histogram.add(&result.histogram)?;
+            same_node.add(&result.same_node)?;
+            for (second, histogram) in result.by_second.iter().enumerate() {
+                if by_second.len() <= second {
+                    by_second.push(super::thread::second_histogram());
+                }
+                by_second[second].add(histogram)?;
+            }
+            cross_node.add(&result.cross_node)?;
             send_lag.add(&result.send_lag)?;
             delivered.extend(result.delivered.iter().copied());
             measured += result.measured_deliveries;
@@ -119,6 +143,7 @@ impl Report {
         let lost = acked.iter().filter(|key| !delivered.contains(key)).count() as u64;
         let measured_s = (args.duration - args.warmup).max(0.001);
         let micros = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+        let micros_of = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
         let server_cpu_s = sending.server_cpu_s;
         Ok(Report {
             heading: Heading::new("chat", args.phones, &args.connect),
@@ -155,6 +180,13 @@ impl Report {
             latency_us_p99: micros(0.99),
             latency_us_p999: micros(0.999),
             latency_us_max: histogram.max() as f64 / 1000.0,
+            same_node_latency_us_p50: micros_of(&same_node, 0.5),
+            same_node_latency_us_p99: micros_of(&same_node, 0.99),
+            same_node_deliveries_timed: same_node.len(),
+            cross_node_latency_us_p50: micros_of(&cross_node, 0.5),
+            cross_node_latency_us_p99: micros_of(&cross_node, 0.99),
+            cross_node_deliveries_timed: cross_node.len(),
+            latency_us_p99_by_second: (by_second.iter()).map(|h| micros_of(h, 0.99)).collect(),
             send_lag_us_p50: send_lag.value_at_quantile(0.5) as f64 / 1000.0,
             send_lag_us_p99: send_lag.value_at_quantile(0.99) as f64 / 1000.0,
             server_cpu_s,
@@ -200,7 +232,7 @@ impl Report {
          refused_retryable={} out_of_order={} disconnects={} reconnects={} resent={} hangups={}\n\
          {} unavailable={} answer_gap_ms_max={:.1}\n\
          logins/s={:.0} delivered/s={:.0} latency_us p50={:.1} p99={:.1} p99.9={:.1} max={:.1}\n\
-         send_lag_us p50={:.1} p99={:.1}{}",
+         send_lag_us p50={:.1} p99={:.1}{}{}",
         r.protocol,
         r.heading.phones,
         r.threads,
@@ -233,6 +265,18 @@ impl Report {
         r.latency_us_max,
         r.send_lag_us_p50,
         r.send_lag_us_p99,
+        match r.cross_node_deliveries_timed {
+            0 => String::new(),
+            crossed => format!(
+                "\nsame node: latency_us p50={:.1} p99={:.1} ({} timed); \
+                 cross node: p50={:.1} p99={:.1} ({crossed} timed)",
+                r.same_node_latency_us_p50,
+                r.same_node_latency_us_p99,
+                r.same_node_deliveries_timed,
+                r.cross_node_latency_us_p50,
+                r.cross_node_latency_us_p99,
+            ),
+        },
         match (r.server_cpu_s, r.delivered_per_server_cpu_s, r.server_rss_bytes) {
             (Some(cpu), Some(per_cpu), Some(rss)) => format!(
                 "\nserver: cpu_s={cpu:.2} delivered_per_cpu_s={per_cpu:.0} rss_mib={:.1}",

@@ -22,6 +22,13 @@ use crate::window::latency_histogram;
 /// What one thread hands back at the end.
 pub(super) struct ThreadResult {
     pub(super) histogram: Histogram<u64>,
+    /// Of those latencies, deliveries between phones on one node, and
+    /// between phones on two.
+    pub(super) same_node: Histogram<u64>,
+    pub(super) cross_node: Histogram<u64>,
+    /// The same latencies by the second of sending their message was
+    /// meant for, from the start of sending.
+    pub(super) by_second: Vec<Histogram<u64>>,
     pub(super) send_lag: Histogram<u64>,
     pub(super) acked: Vec<u64>,
     pub(super) delivered: AHashSet<u64>,
@@ -44,9 +51,18 @@ pub(super) struct Thread {
     /// Deliveries received from warm-up's end until this count towards
     /// throughput; those that arrive later (draining a backlog) do not.
     pub(super) sending_end_ns: Cell<u64>,
-    /// Latency from intended send to delivery, and how late sends were
+    /// Latency from intended send to delivery (and the same split into
+    /// same-node and cross-node deliveries), and how late sends were
     /// written against their intended time.
     pub(super) histogram: RefCell<Histogram<u64>>,
+    pub(super) same_node: RefCell<Histogram<u64>>,
+    pub(super) cross_node: RefCell<Histogram<u64>>,
+    /// `--latency-nodes` as `Shared::homes` numbers them; empty for all.
+    latency_nodes: Vec<u8>,
+    /// When sending began, and the timed latencies by the second their
+    /// send was meant for (one histogram a second of `--duration`).
+    start_ns: Cell<u64>,
+    by_second: RefCell<Vec<Histogram<u64>>>,
     pub(super) send_lag: RefCell<Histogram<u64>>,
     /// Keys (`phone::key`) of sends answered `Sent`, and of messages
     /// received.
@@ -75,8 +91,16 @@ impl Thread {
         dialer: Dialer,
         range_start: usize,
     ) -> Thread {
+        let latency_nodes = (args.latency_nodes.iter())
+            .map(|&server| shared.server_number(server))
+            .collect();
         Thread {
             first,
+            latency_nodes,
+            start_ns: Cell::new(0),
+            by_second: RefCell::new(Vec::new()),
+            same_node: RefCell::new(latency_histogram()),
+            cross_node: RefCell::new(latency_histogram()),
             shared,
             epoch,
             dialer,
@@ -108,6 +132,36 @@ impl Thread {
         x % bound
     }
 
+    /// `phone` logged in at `server`.
+    pub(super) fn logged_in_at(&self, phone: &PhoneState, server: std::net::SocketAddr) {
+        let number = self.shared.server_number(server);
+        self.shared.homes[phone.index as usize].store(number, Relaxed);
+    }
+
+    /// Records the latency of a delivery from phone `from` to phone `to`
+    /// (indices in the run) of a send meant for `intended_ns`, unless
+    /// `--latency-nodes` leaves it out.
+    pub(super) fn record_latency(&self, from: usize, to: usize, intended_ns: u64, latency_ns: u64) {
+        let homes = (self.shared.home(from), self.shared.home(to));
+        if !self.latency_nodes.is_empty() {
+            let counted = |home: Option<u8>| home.is_some_and(|h| self.latency_nodes.contains(&h));
+            if !(counted(homes.0) && counted(homes.1)) {
+                return;
+            }
+        }
+        let _ = self.histogram.borrow_mut().record(latency_ns);
+        let second = intended_ns.saturating_sub(self.start_ns.get()) / 1_000_000_000;
+        if let Some(histogram) = self.by_second.borrow_mut().get_mut(second as usize) {
+            let _ = histogram.record(latency_ns);
+        }
+        let class = match homes {
+            (Some(a), Some(b)) if a == b => &self.same_node,
+            (Some(_), Some(_)) => &self.cross_node,
+            _ => return,
+        };
+        let _ = class.borrow_mut().record(latency_ns);
+    }
+
     /// A phone waited `gap_ns` for an answer to one of its sends.
     pub(super) fn note_answer_gap(&self, gap_ns: u64) {
         self.answer_gap_ns_max
@@ -118,6 +172,9 @@ impl Thread {
     fn result(&self) -> ThreadResult {
         ThreadResult {
             histogram: self.histogram.borrow().clone(),
+            same_node: self.same_node.borrow().clone(),
+            cross_node: self.cross_node.borrow().clone(),
+            by_second: std::mem::take(&mut *self.by_second.borrow_mut()),
             send_lag: self.send_lag.borrow().clone(),
             acked: std::mem::take(&mut *self.acked.borrow_mut()),
             delivered: std::mem::take(&mut *self.delivered.borrow_mut()),
@@ -125,6 +182,12 @@ impl Thread {
             answer_gap_ns_max: self.answer_gap_ns_max.get(),
         }
     }
+}
+
+/// Latencies of one second of sending, to two significant digits: one
+/// such histogram a second is kept, so smaller than the run's.
+pub(super) fn second_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 2).expect("valid bounds")
 }
 
 /// Runs phones `range` (of `threads` threads) from sign-up until the main
@@ -149,6 +212,10 @@ pub(super) async fn run_thread(
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
     let start_ns = thread.now_ns();
+    thread.start_ns.set(start_ns);
+    *thread.by_second.borrow_mut() = (0..thread.args.duration.ceil() as usize)
+        .map(|_| second_histogram())
+        .collect();
     thread
         .warmup_end_ns
         .set(start_ns + (thread.args.warmup * 1e9) as u64);
@@ -235,6 +302,7 @@ async fn sign_up(
                 .await
             {
                 Ok(connection) => {
+                    thread.logged_in_at(&phone, connection.server);
                     thread.shared.logged_in.fetch_add(1, Relaxed);
                     Some((phone, connection))
                 }

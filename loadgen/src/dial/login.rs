@@ -186,7 +186,7 @@ impl Dialer {
         let timeout = self.answer_timeout;
         let io = within("connecting", addr, timeout, self.open(addr, number)).await?;
         if self.protocol == Protocol::Mqtt {
-            let connack = crate::mqtt::log_in(io, number);
+            let connack = crate::mqtt::log_in(io, number, addr);
             return within("CONNACK", addr, timeout, connack).await;
         }
         let mut exchange = Exchange {
@@ -292,6 +292,7 @@ impl Exchange {
         Connection {
             io: self.io,
             inbox: self.inbox,
+            server: self.addr,
         }
     }
 }

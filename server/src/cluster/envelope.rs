@@ -4,9 +4,12 @@
 //! and the message, encoded with postcard into one link payload.
 //!
 //! The receiving node checks an envelope before a shard sees it: the
-//! shard must exist, and an answer meant for an earlier incarnation is
-//! dropped (its connection ids and query numbers name nothing in this
-//! process, or worse, something else).
+//! shard must exist, and an answer meant for an incarnation this process
+//! never was is dropped (its connection ids and query numbers name
+//! nothing in this process, or worse, something else). A process whose
+//! lease was lost and granted again is a new incarnation with the same
+//! connections and lookups: answers meant for its earlier incarnations
+//! are its own.
 
 use serde::{Deserialize, Serialize};
 use shard::PeerMessage;
@@ -55,8 +58,9 @@ impl Envelope {
     }
 
     /// Decodes and checks a payload received by a node running `shards`
-    /// shards, at incarnation `current`.
-    pub fn decode(payload: &[u8], shards: u16, current: i64) -> Result<Envelope, Refused> {
+    /// shards, whose process has been the incarnations `mine` (the
+    /// current one last).
+    pub fn decode(payload: &[u8], shards: u16, mine: &[i64]) -> Result<Envelope, Refused> {
         if payload.len() > ENVELOPE_BYTES_MAX {
             return Err(Refused::TooLong(payload.len()));
         }
@@ -68,7 +72,8 @@ impl Envelope {
                 shards,
             });
         }
-        if let Some(meant) = envelope.incarnation.filter(|&meant| meant != current) {
+        if let Some(meant) = envelope.incarnation.filter(|meant| !mine.contains(meant)) {
+            let current = mine.last().copied().unwrap_or(0);
             return Err(Refused::OldIncarnation { meant, current });
         }
         Ok(envelope)
@@ -106,7 +111,7 @@ mod tests {
             sent_at_ms: 1_000,
         };
         let encoded = Envelope::new(1, 42, receipt).encode();
-        let decoded = Envelope::decode(&encoded, 2, 43).unwrap();
+        let decoded = Envelope::decode(&encoded, 2, &[43]).unwrap();
         assert_eq!(decoded.shard, 1);
         assert_eq!(
             decoded.incarnation, None,
@@ -117,7 +122,7 @@ mod tests {
             PeerMessage::Receipt { client_id: 7, .. }
         ));
         assert_eq!(
-            Envelope::decode(&encoded, 1, 43).unwrap_err(),
+            Envelope::decode(&encoded, 1, &[43]).unwrap_err(),
             Refused::NoSuchShard {
                 shard: 1,
                 shards: 1
@@ -130,14 +135,25 @@ mod tests {
             registered: vec![phone()],
         };
         let encoded = Envelope::new(0, 42, found).encode();
-        assert!(Envelope::decode(&encoded, 1, 42).is_ok());
+        assert!(Envelope::decode(&encoded, 1, &[42]).is_ok());
         assert_eq!(
-            Envelope::decode(&encoded, 1, 43).unwrap_err(),
+            Envelope::decode(&encoded, 1, &[43]).unwrap_err(),
             Refused::OldIncarnation {
                 meant: 42,
                 current: 43
             }
         );
+        // The same process after its lease was granted again: the answer
+        // names its own lookup.
+        assert!(Envelope::decode(&encoded, 1, &[42, 43]).is_ok());
+        // Nobody knew its incarnation (0): not for any process.
+        let found = PeerMessage::AccountsFound {
+            query: 3,
+            asker: phone(),
+            registered: Vec::new(),
+        };
+        let unknown = Envelope::new(0, 0, found).encode();
+        assert!(Envelope::decode(&unknown, 1, &[42, 43]).is_err());
     }
 
     /// The largest batched messages fit an envelope: a full
@@ -162,24 +178,24 @@ mod tests {
         for message in [owed, stored] {
             let encoded = Envelope::new(0, i64::MAX, message).encode();
             assert!(encoded.len() <= ENVELOPE_BYTES_MAX, "{}", encoded.len());
-            assert!(Envelope::decode(&encoded, 1, i64::MAX).is_ok());
+            assert!(Envelope::decode(&encoded, 1, &[i64::MAX]).is_ok());
         }
     }
 
     #[test]
     fn hostile_payloads_are_refused_not_decoded() {
         assert!(matches!(
-            Envelope::decode(&[0xff; 8], 2, 1),
+            Envelope::decode(&[0xff; 8], 2, &[1]),
             Err(Refused::Malformed(_))
         ));
         let long = vec![0u8; ENVELOPE_BYTES_MAX + 1];
         assert_eq!(
-            Envelope::decode(&long, 2, 1).unwrap_err(),
+            Envelope::decode(&long, 2, &[1]).unwrap_err(),
             Refused::TooLong(ENVELOPE_BYTES_MAX + 1)
         );
         // A length prefix claiming more members than the payload holds.
         let mut lying = postcard::to_stdvec(&(0u16, None::<i64>)).unwrap();
         lying.extend([13, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f]);
-        assert!(Envelope::decode(&lying, 2, 1).is_err());
+        assert!(Envelope::decode(&lying, 2, &[1]).is_err());
     }
 }

@@ -78,6 +78,15 @@ pub struct Remote {
     /// Each other node's incarnation as the placement lists it: the only
     /// one whose links are accepted.
     incarnations: Rc<RefCell<AHashMap<u16, i64>>>,
+    /// Each other node's latest incarnation the placement listed, kept
+    /// while the node's lease is gone: what an answer to it is meant for.
+    /// A node stopped past its lease comes back as the same process under
+    /// a new lease and takes the answers to what it asked before.
+    answers_for: RefCell<AHashMap<u16, i64>>,
+    /// The incarnations this process has been, the current one last (at
+    /// most [`OWN_INCARNATIONS_MAX`]): answers meant for any of them are
+    /// its own.
+    own_incarnations: RefCell<Vec<i64>>,
     /// Envelopes refused on arrival (each logged).
     refused: Cell<u64>,
     /// Deliveries not yet released, in arrival order.
@@ -104,6 +113,8 @@ impl Remote {
             links: RefCell::new(None),
             outbound: RefCell::new(AHashMap::new()),
             incarnations: Rc::default(),
+            answers_for: RefCell::default(),
+            own_incarnations: RefCell::default(),
             refused: Cell::new(0),
             pending: RefCell::new(VecDeque::new()),
         }
@@ -120,7 +131,7 @@ impl Remote {
 
     /// Stages `message` for shard `shard` of `node`.
     pub fn stage(&self, node: u16, shard: u16, message: PeerMessage) -> Staged {
-        let incarnation = self.incarnations.borrow().get(&node).copied().unwrap_or(0);
+        let incarnation = self.answers_for.borrow().get(&node).copied().unwrap_or(0);
         let outbound = self.outbound.borrow().get(&node).cloned();
         let Some(outbound) = outbound else {
             // A node the placement never named: no link, nothing to wait
@@ -182,6 +193,10 @@ impl Remote {
     }
 }
 
+/// The incarnations of its own a process keeps answers for: each is a
+/// lease it lost and was granted again while it ran.
+const OWN_INCARNATIONS_MAX: usize = 16;
+
 /// Follows a new placement: starts the links once this node is registered,
 /// links to every other member (live or not: what is owed to one that is
 /// down waits on its link), and forgets nodes no longer members.
@@ -190,9 +205,21 @@ pub fn place(runtime: &Rc<Runtime>, placement: &Arc<Placement>, queue: Option<Ta
     let me = placement.node;
     {
         let mut incarnations = remote.incarnations.borrow_mut();
+        let mut answers_for = remote.answers_for.borrow_mut();
         incarnations.clear();
         for (node, placed) in placement.nodes().filter(|(n, _)| *n != me) {
             incarnations.insert(node, placed.incarnation);
+            if placed.incarnation != 0 {
+                answers_for.insert(node, placed.incarnation);
+            }
+        }
+        answers_for.retain(|node, _| incarnations.contains_key(node));
+        let mut own = remote.own_incarnations.borrow_mut();
+        if placement.incarnation != 0 && own.last() != Some(&placement.incarnation) {
+            own.retain(|&held| held != placement.incarnation);
+            own.push(placement.incarnation);
+            let over = own.len().saturating_sub(OWN_INCARNATIONS_MAX);
+            own.drain(..over);
         }
     }
     // Staging for every member from the first placement on: what is
@@ -402,17 +429,14 @@ impl Remote {
 /// Payloads from another node: each checked and handed to its shard; the
 /// delivery is released once all of them are durable (`release_durable`).
 fn receive(runtime: &Rc<Runtime>, delivery: Delivery) {
-    let (shards, incarnation) = {
-        let shard = runtime.shard();
-        let incarnation = shard.placement().map_or(0, |p| p.incarnation);
-        (shard.config().map.shards(), incarnation)
-    };
+    let shards = runtime.shard().config().map.shards();
+    let mine = runtime.remote.own_incarnations.borrow().clone();
     let parts = Arc::new(AtomicUsize::new(0));
     // This shard's own messages are handed in as one run: what they make
     // is distributed once, at its end.
     let mut here = Vec::new();
     for payload in &delivery.payloads {
-        match Envelope::decode(payload, shards, incarnation) {
+        match Envelope::decode(payload, shards, &mine) {
             Ok(envelope) if envelope.shard == runtime.shard_id => here.push(envelope.message),
             Ok(envelope) => {
                 // On to another shard of this node, which tells when it is
