@@ -32,7 +32,7 @@ use serde::Serialize;
 use wire::{encode_client, ClientFrame, GroupId, Phone, ReceiptKind, ServerFrame};
 
 use crate::connection::BoxIo;
-use crate::dial::{take_frames, ConnectArgs, Dialed, Dialer};
+use crate::dial::{take_frames, Backoff, ConnectArgs, Dialed, Dialer};
 use crate::route::Account;
 use crate::window::{latency_histogram, wait_for, Threads, Window};
 
@@ -324,6 +324,29 @@ async fn run_thread(
 /// One phone: logs in, and then either creates its group and posts to it
 /// (`creates`), or reads and acknowledges. A creator returns the member
 /// deliveries that never arrived.
+/// How long a phone keeps trying to log in before the run fails.
+const LOGIN_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Logs in, trying again after a jittered back-off when a node resets the
+/// connection or does not answer (a node's close after a redirect can
+/// race the phone's next frame and come back as a reset), for up to
+/// [`LOGIN_PATIENCE`].
+async fn log_in_patiently(
+    dialer: &Dialer,
+    number: Phone,
+    account: &Account,
+) -> anyhow::Result<crate::connection::Connection> {
+    let give_up = Instant::now() + LOGIN_PATIENCE;
+    let mut backoff = Backoff::new(number.as_u64());
+    loop {
+        match dialer.log_in(number, account).await {
+            Ok(connection) => return Ok(connection),
+            Err(_) if Instant::now() < give_up => backoff.wait().await,
+            Err(error) => return Err(error),
+        }
+    }
+}
+
 async fn phone(
     thread: &Rc<Thread>,
     dialer: &Dialer,
@@ -338,7 +361,7 @@ async fn phone(
             .acquire_permit(1)
             .await
             .expect("semaphore never closes");
-        dialer.log_in(number, &account).await?
+        log_in_patiently(dialer, number, &account).await?
     };
     thread.logged_in.set(thread.logged_in.get() + 1);
     thread.shared.logged_in.fetch_add(1, Relaxed);
