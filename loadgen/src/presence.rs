@@ -601,24 +601,24 @@ async fn write(writer: &mut WriteHalf<BoxIo>, out: &mut Vec<u8>) -> bool {
     written
 }
 
-/// The phone's side of one connection: the setup steps it has not
-/// finished, its subscriptions, then its changes on schedule. Ends when
-/// the connection does, or once the run has finished.
-async fn write_loop(
+/// The setup steps a phone has not finished: its contacts synced, its
+/// subscriptions asked (and, the first time, answered). False when the
+/// connection or the run ended first.
+async fn set_up(
     thread: &Thread,
     phone: &PhoneState,
-    mut writer: WriteHalf<BoxIo>,
-) -> anyhow::Result<()> {
+    writer: &mut WriteHalf<BoxIo>,
+    out: &mut Vec<u8>,
+) -> anyhow::Result<bool> {
     let shared = &thread.shared;
     let phones = thread.args.phones;
-    let mut out = Vec::new();
 
     if !phone.synced.get() {
         if !thread
             .until(|| shared.logged_in.load(Relaxed) >= phones)
             .await?
         {
-            return Ok(());
+            return Ok(false);
         }
         let sync = ClientFrame::SyncContacts {
             client_id: 1,
@@ -626,12 +626,12 @@ async fn write_loop(
             add: phone.contacts.clone(),
             remove: Vec::new(),
         };
-        encode_client(&sync, &mut out);
-        if !write(&mut writer, &mut out).await {
-            return Ok(());
+        encode_client(&sync, out);
+        if !write(writer, out).await {
+            return Ok(false);
         }
         if !thread.until(|| phone.synced.get()).await? {
-            return Ok(());
+            return Ok(false);
         }
     }
 
@@ -640,28 +640,44 @@ async fn write_loop(
         .until(|| shared.synced.load(Relaxed) >= phones)
         .await?
     {
-        return Ok(());
+        return Ok(false);
     }
     {
         let mut follows = phone.follows.borrow_mut();
         for (follow, &contact) in follows.iter_mut().zip(&phone.contacts) {
-            encode_client(&ClientFrame::Subscribe { phone: contact }, &mut out);
+            encode_client(&ClientFrame::Subscribe { phone: contact }, out);
             *follow = Follow::Asked;
         }
     }
-    if !write(&mut writer, &mut out).await {
-        return Ok(());
+    if !write(writer, out).await {
+        return Ok(false);
     }
     // The setup waits for every answer; a phone back on a new connection
     // does not: an answer from a node that is away comes when it is back.
     if !phone.subscribed.get() {
         if !thread.until(|| phone.answered()).await? {
-            return Ok(());
+            return Ok(false);
         }
         phone.subscribed.set(true);
         shared.subscribed.fetch_add(1, Relaxed);
     }
+    Ok(true)
+}
 
+/// The phone's side of one connection: the setup steps it has not
+/// finished, its subscriptions, then its changes on schedule. Ends when
+/// the connection does, or once the run has finished.
+async fn write_loop(
+    thread: &Thread,
+    phone: &PhoneState,
+    mut writer: WriteHalf<BoxIo>,
+) -> anyhow::Result<()> {
+    let mut out = Vec::new();
+    if !set_up(thread, phone, &mut writer, &mut out).await? {
+        return Ok(());
+    }
+    let shared = &thread.shared;
+    let phones = thread.args.phones;
     let window = thread.window();
     if !thread.until(|| window.started()).await? {
         return Ok(());
