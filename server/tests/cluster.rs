@@ -1068,6 +1068,17 @@ fn with_sync_replication_a_dead_secondary_leaves_its_island_solo_until_it_caught
     send_all(&mut alice_client, bob, 11..=20);
     let left: Vec<&Node> = nodes.iter().collect();
     await_all(&left, "island 1 solo", |s| island_is(s, 1, 3, "solo", &[1]));
+    // What the secondary does not hold shows as the replica's lag.
+    let lag = || metric(&nodes[0].server, "isle_queue_replica_lag_batches");
+    let deadline = Instant::now() + SETTLE;
+    while lag().unwrap_or(0) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no replica lag shown: {:?}",
+            lag()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     nodes.insert(1, start_replicating(&etcd, 2, ports[1], data_dir));
     let all: Vec<&Node> = nodes.iter().collect();

@@ -440,6 +440,9 @@ fn queue_help(name: &str) -> Option<&'static str> {
             "messages staged for other nodes of the cluster, not yet on their links"
         }
         "node_staged_messages_max" => "messages staged for the one other node with the most",
+        "replica_lag_batches" => {
+            "batches of this shard's log its island's secondary does not hold yet (replication)"
+        }
         _ => return None,
     })
 }

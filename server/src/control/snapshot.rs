@@ -55,6 +55,9 @@ pub struct Queues {
     /// (all nodes), and the most for any one node.
     pub node_staged_messages: u64,
     pub node_staged_messages_max: u64,
+    /// With replication: batches of this shard's log its island's
+    /// secondary does not hold yet (0 in sync and idle).
+    pub replica_lag_batches: u64,
 }
 
 /// The journal as the shard sees it.

@@ -36,9 +36,14 @@ const QUEUES: &[(&str, &str)] = &[
     ("peer_staged_messages_max", "  most for one"),
     ("node_staged_messages", "staged for nodes"),
     ("node_staged_messages_max", "  most for one"),
+    ("replica_lag_batches", "replica lag batches"),
 ];
 /// Queues of a cluster's links: shown only for a node of one.
-const CLUSTER_QUEUES: &[&str] = &["node_staged_messages", "node_staged_messages_max"];
+const CLUSTER_QUEUES: &[&str] = &[
+    "node_staged_messages",
+    "node_staged_messages_max",
+    "replica_lag_batches",
+];
 
 /// The status as text: readiness, the shards' rows, the queue table.
 pub fn table(status: &Status) -> String {

@@ -349,6 +349,12 @@ impl Runtime {
     }
 
     /// What the shard tells the control thread (see `control::snapshot`).
+    /// Batches the own island's secondary does not hold yet.
+    fn replica_lag(&self) -> u64 {
+        let own = self.islands.as_ref().and_then(|islands| islands.own());
+        own.map_or(0, |tablet| tablet.borrow().member().replica_lag())
+    }
+
     fn report(&self) -> ShardReport {
         let shard = self.shard();
         let (peer_staged_messages, peer_staged_messages_max) = self.links.staged();
@@ -371,6 +377,7 @@ impl Runtime {
                 peer_staged_messages_max,
                 node_staged_messages,
                 node_staged_messages_max,
+                replica_lag_batches: self.replica_lag(),
             },
             commits: self.commits.take_samples(),
             journal: JournalState {

@@ -187,6 +187,15 @@ impl Member {
         matches!(&self.role, Role::Primary(p) if p.joined && p.acked >= seq)
     }
 
+    /// As the island's primary, the batches of its log its secondary is
+    /// not known to hold (0 otherwise): how far the replica lags.
+    pub fn replica_lag(&self) -> u64 {
+        match &self.role {
+            Role::Primary(p) => self.log.last.saturating_sub(p.acked),
+            _ => 0,
+        }
+    }
+
     /// The island's record as this member last saw it, and its revision.
     pub fn seen(&self) -> Option<(&IslandRecord, u64)> {
         self.view.as_ref().map(|v| (&v.record, v.revision))
