@@ -41,6 +41,21 @@ pub enum LogWork {
     Read { from: Seq, upto: Seq },
 }
 
+/// The shard's log and its island member no longer count batches alike:
+/// the log wrote batch `log` where the member expected `member` (0: it is
+/// not the serving primary any more). Nothing more is acknowledged; the
+/// node rejoins its island by a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the log wrote batch {log} where the island member expected {member} (0: it is no longer \
+     the primary; a newer epoch came while the batch was written): nothing more may be \
+     acknowledged; restart the node to rejoin its island"
+)]
+pub struct OutOfStep {
+    pub log: Seq,
+    pub member: Seq,
+}
+
 /// A compare-and-swap on `islands/<island>` a member asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IslandTxn {
@@ -105,19 +120,28 @@ impl Tablet {
     }
 
     /// A batch the primary wrote and made durable: `seq` must be the next
-    /// the member expects (the log and the member count alike).
-    pub fn written(&mut self, seq: Seq, bytes: Vec<u8>) {
-        let proposed = self.member.propose(bytes);
-        assert_eq!(
-            proposed,
-            Ok(seq),
-            "the log and the member count batches alike"
-        );
+    /// the member expects (the log and the member count alike). Err when
+    /// the member stopped being the serving primary while the batch was
+    /// written (a newer epoch seen from etcd or a peer): the batch is in
+    /// the local log but no epoch of the island holds it, so it must never
+    /// be acknowledged, and this log cannot go on shipping.
+    pub fn written(&mut self, seq: Seq, bytes: Vec<u8>) -> Result<(), OutOfStep> {
+        match self.member.propose(bytes) {
+            Ok(proposed) if proposed == seq => {}
+            Ok(member) => return Err(OutOfStep { log: seq, member }),
+            Err(_) => {
+                return Err(OutOfStep {
+                    log: seq,
+                    member: 0,
+                })
+            }
+        }
         // The member's own append is the one just done.
         self.member.durable(seq);
         self.pump();
         self.log_work
             .retain(|w| !matches!(w, LogWork::Append { seq: s, .. } if *s == seq));
+        Ok(())
     }
 
     pub fn durable(&mut self, seq: Seq) {

@@ -237,7 +237,7 @@ fn replication_hello(unread: &[u8]) -> Option<Result<Option<u16>, CodecError>> {
     }
     Some(match codec::decode(unread) {
         Ok(Decoded::Frame(ReplFrame::Hello(hello), _)) => Ok(Some(hello.shard)),
-        Ok(Decoded::Frame(ReplFrame::Msg(_), _)) => unreachable!("kind 1 is a hello"),
+        Ok(Decoded::Frame(ReplFrame::Msg(_), _)) => Err(CodecError::UnknownKind(unread[prefix])),
         Ok(Decoded::Incomplete(_)) => Ok(None),
         Err(error) => Err(error),
     })

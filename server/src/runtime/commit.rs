@@ -269,7 +269,10 @@ pub async fn commit(runtime: Rc<Runtime>, mut journal: impl Journal, plan: Check
                     // Rule 1: the replies wait for the island, not only
                     // for this disk.
                     for batch in frames.drain(..) {
-                        tablet.borrow_mut().written(batch.seq, batch.frame);
+                        let written = tablet.borrow_mut().written(batch.seq, batch.frame);
+                        if let Err(error) = written {
+                            return refuse_durable_work(&runtime, error).await;
+                        }
                     }
                     let target = journal.last_batch();
                     let acked = islands::wait_acknowledged(&runtime, &mut journal, tablet, target);
@@ -312,18 +315,21 @@ async fn start_replicating(
 /// tablet has log work). While the disk is full it also looks again now
 /// and then: space may have been freed.
 async fn wait_for_work(runtime: &Runtime, own: Option<&RefCell<Tablet>>) {
-    let signal = &runtime.commits.signal;
-    if let Some(tablet) = own {
-        let work = tablet.borrow().work_signal.clone();
-        futures_lite::future::or(signal.wait(), async move { work.wait().await }).await;
-    } else if runtime.shard().is_disk_full() {
-        futures_lite::future::or(signal.wait(), async {
+    let records = runtime.commits.signal.wait();
+    let tablet_work = async {
+        match own.map(|tablet| tablet.borrow().work_signal.clone()) {
+            Some(work) => work.wait().await,
+            None => std::future::pending().await,
+        }
+    };
+    let disk_check = async {
+        if runtime.shard().is_disk_full() {
             glommio::timer::sleep(Duration::from_millis(DISK_FULL_CHECK_MS)).await;
-        })
-        .await;
-    } else {
-        signal.wait().await;
-    }
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    futures_lite::future::or(records, futures_lite::future::or(tablet_work, disk_check)).await;
 }
 
 /// Commits `records`. Nothing of the batch was written and the log is
@@ -371,7 +377,7 @@ async fn commit_once(
 /// The journal failed. Without durability nothing may be acknowledged
 /// again: the shard refuses sends and signups from now on, and what it
 /// still records is dropped here rather than piling up. Never returns.
-async fn refuse_durable_work(runtime: &Runtime, error: JournalError) {
+async fn refuse_durable_work(runtime: &Runtime, error: impl std::fmt::Display) {
     log::error!(
         shard = runtime.shard_id; "{error}; refusing new messages and signups until restarted"
     );

@@ -25,7 +25,7 @@ use server::{
     island::{
         connection::{self, ConnectionError, ReplReader, Speaker, REDIAL_MS},
         standby::Standby,
-        tablet::{IslandTxn, LogWork, Tablet},
+        tablet::{IslandTxn, LogWork, OutOfStep, Tablet},
         LeaseClock,
     },
     remote::{proof::ClusterSecret, Killer},
@@ -622,6 +622,17 @@ impl StandbyWork {
     }
 }
 
+/// Why the shard's own tablet stops: its journal failed, or its log and
+/// its member no longer count batches alike. Either way nothing more is
+/// acknowledged until a restart.
+#[derive(Debug, thiserror::Error)]
+pub enum TabletStop {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    OutOfStep(#[from] OutOfStep),
+}
+
 /// Does the own tablet's log work on the shard's journal: an epoch's
 /// first batch, and reads for a secondary catching up. Err: the journal
 /// failed.
@@ -629,7 +640,7 @@ pub async fn primary_log_work(
     runtime: &Runtime,
     journal: &mut impl Journal,
     tablet: &RefCell<Tablet>,
-) -> Result<(), JournalError> {
+) -> Result<(), TabletStop> {
     loop {
         let Some(work) = tablet.borrow_mut().next_log_work() else {
             return Ok(());
@@ -637,11 +648,11 @@ pub async fn primary_log_work(
         match work {
             LogWork::Append { seq, epoch, .. } => {
                 let island = tablet.borrow().island();
-                assert_eq!(
-                    seq,
-                    journal.last_batch() + 1,
-                    "an epoch starts after the log"
-                );
+                let last_epoch = runtime.shard().epochs().last_epoch();
+                if seq != journal.last_batch() + 1 || epoch <= last_epoch {
+                    let log = journal.last_batch() + 1;
+                    return Err(OutOfStep { log, member: seq }.into());
+                }
                 let record = runtime.with_shard_no_outputs(|s| s.start_epoch(island, epoch, seq));
                 journal.commit_shipping(&[record], &mut Vec::new()).await?;
                 log::warn!(
@@ -695,7 +706,7 @@ pub async fn wait_acknowledged(
     journal: &mut impl Journal,
     tablet: &RefCell<Tablet>,
     target: u64,
-) -> Result<(), JournalError> {
+) -> Result<(), TabletStop> {
     let mut said = runtime.now_ms();
     loop {
         primary_log_work(runtime, journal, tablet).await?;

@@ -489,6 +489,12 @@ impl Member {
 
     fn become_primary(&mut self, view: &View) {
         let record = &view.record;
+        if record.epoch < self.log.last_epoch() {
+            // A store that went back (restored from an old backup, say):
+            // this log has written a later epoch already, and a log's
+            // epochs never go back.
+            return;
+        }
         let start = self.log.last + 1;
         self.log.appended(start, record.epoch);
         self.out.push_back(Output::Append {
@@ -923,6 +929,28 @@ mod tests {
             solo.map(|r| (r.epoch, r.mode, r.insync)),
             Some((3, Mode::Solo, vec![1]))
         );
+    }
+
+    #[test]
+    fn a_store_that_went_back_never_makes_a_log_write_an_old_epoch_again() {
+        let log = LogInfo::restored(vec![(5, 1)], 3);
+        let mut member = Member::new(MemberConfig::new(1, 1), log, 0);
+        let mut record = IslandRecord::first(1, 2);
+        record.epoch = 3;
+        let view = |record: &IslandRecord, revision| View {
+            record: record.clone(),
+            revision,
+            live: vec![1, 2],
+        };
+        member.view(view(&record, 10), 0);
+        let Some(Output::Txn { record: asked, .. }) = member.poll_output() else {
+            panic!("a restarted primary asks for a new epoch first");
+        };
+        assert_eq!(asked.epoch, 4);
+        member.view(view(&asked, 11), 0);
+        assert_eq!(member.poll_output(), None);
+        assert_eq!(member.primary_epoch(), None);
+        assert_eq!(member.log().last, 3, "nothing appended");
     }
 
     #[test]
