@@ -96,9 +96,18 @@ fn start_three(etcd: &Etcd) -> Vec<Node> {
         })
         .collect();
     let all: Vec<&Node> = nodes.iter().collect();
-    await_all(&all, "all three registered, partitions assigned", |s| {
-        live(s) == [1, 2, 3] && s["partitions_owned"].as_u64().unwrap_or(0) > 0
-    });
+    // Links up too: what these tests check crosses them (a lookup asked
+    // while they are still being set up is the subject of no test here).
+    await_all(
+        &all,
+        "all three registered, partitions assigned, links up",
+        |s| {
+            live(s) == [1, 2, 3]
+                && s["partitions_owned"].as_u64().unwrap_or(0) > 0
+                && s["links"].as_u64().unwrap_or(0) > 0
+                && s["links_up"] == s["links"]
+        },
+    );
     nodes
 }
 
