@@ -1116,6 +1116,18 @@ fn with_sync_replication_a_restarted_primary_serves_a_new_epoch_and_loses_nothin
 
     let primary = nodes.remove(0);
     let data_dir = primary.server.into_data_dir();
+    // Its lease runs out; its secondary cannot serve its island, so the
+    // island waits for it: no promotion, no new epoch.
+    let rest: Vec<&Node> = nodes.iter().collect();
+    await_all(&rest, "node 1's lease gone", |s| live(s) == [2, 3]);
+    std::thread::sleep(Duration::from_secs(3));
+    for node in &rest {
+        let status = cluster_status(&node.server);
+        assert!(
+            island_is(&status, 1, 1, "sync", &[1, 2]),
+            "island 1 moved while its primary was down: {status}"
+        );
+    }
     nodes.insert(0, start_replicating(&etcd, 1, ports[0], data_dir));
     let all: Vec<&Node> = nodes.iter().collect();
     await_all(&all, "island 1 in sync in a new epoch", |s| {

@@ -132,11 +132,7 @@ impl Islands {
         let placement = self.placement.borrow().clone()?;
         let island = self.setup.node;
         let view = placement.island_view(island)?;
-        let member = Member::new(
-            MemberConfig::new(self.setup.node, island),
-            log,
-            self.now_ms(),
-        );
+        let member = Member::new(member_config(self.setup.node, island), log, self.now_ms());
         let tablet = Rc::new(RefCell::new(Tablet::new(island, member)));
         tablet.borrow_mut().view(view, self.now_ms());
         *self.own.borrow_mut() = Some(tablet.clone());
@@ -308,11 +304,7 @@ impl Islands {
         let mut standby = standby;
         let last = standby.next_seq() - 1;
         let log = standby.shard().epochs().log_info(last);
-        let member = Member::new(
-            MemberConfig::new(self.setup.node, island),
-            log,
-            self.now_ms(),
-        );
+        let member = Member::new(member_config(self.setup.node, island), log, self.now_ms());
         let tablet = Rc::new(RefCell::new(Tablet::new(island, member)));
         if let Some(view) = self
             .placement
@@ -437,6 +429,17 @@ impl Islands {
             .get(&hello.island)
             .cloned()
             .ok_or_else(|| format!("island {}'s standby is not open yet", hello.island))
+    }
+}
+
+/// A tablet member's settings here. Never promoted (rule 2): this node
+/// cannot yet serve an island it takes over, so an island whose primary
+/// is down waits for it, unavailable but never served twice or from a
+/// node that does not hold its accounts.
+fn member_config(me: NodeId, island: IslandId) -> MemberConfig {
+    MemberConfig {
+        promote: false,
+        ..MemberConfig::new(me, island)
     }
 }
 
