@@ -278,3 +278,47 @@ fn a_receipt_owed_to_a_down_node_survives_a_restart_of_the_node_owing_it() {
     net.advance(net.shards[1].config().tick_ms);
     assert_eq!(net.shards[1].counters().receipts_owed, 0);
 }
+
+/// A node that comes back as a new incarnation has lost whom its accounts
+/// were followed by (memory only): the followers' shards send their
+/// follows again, so a follower that never subscribed again still hears
+/// of the restarted node's phones, first their presence now, then each
+/// change.
+#[test]
+fn followers_on_other_nodes_hear_of_a_restarted_nodes_phones() {
+    let mut net = Net::cluster(&[1, 1], |_| {});
+    let (alice, alice_key) = net.signup(&number_on(&net, 1, 0));
+    let (bob, bob_key) = net.signup(&number_on(&net, 2, 0));
+    let (mut alice_conn, _) = net.login(alice, alice_key);
+    let (mut bob_conn, _) = net.login(bob, bob_key);
+    for (conn, other) in [(&mut alice_conn, bob), (&mut bob_conn, alice)] {
+        net.send(
+            conn,
+            ClientFrame::SyncContacts {
+                client_id: 1,
+                full: true,
+                add: vec![other],
+                remove: Vec::new(),
+            },
+        );
+    }
+    net.send(&mut alice_conn, ClientFrame::Subscribe { phone: bob });
+    let online = Got::Presence {
+        phone: bob,
+        presence: Presence::Online,
+    };
+    assert!(net.read(&alice_conn).contains(&online));
+
+    net.restart_node(2, 2);
+    let tick = net.shards[0].config().tick_ms;
+    net.advance(tick);
+    let got = net.read(&alice_conn);
+    assert!(
+        got.iter().any(|g| matches!(g, Got::Presence { phone, presence: Presence::Offline { .. } } if *phone == bob)),
+        "alice is told bob's presence after his node's restart: {got:?}"
+    );
+    assert_eq!(net.shards[0].counters().presence_rewatched, 1);
+    let (_bob_conn, _) = net.login(bob, bob_key);
+    let got = net.read(&alice_conn);
+    assert!(got.contains(&online), "bob's return reaches alice: {got:?}");
+}

@@ -130,6 +130,9 @@ pub struct ShardCounters {
     pub redirects: u64,
     pub try_laters: u64,
     pub refused_unavailable: u64,
+    /// Follows sent again to a node that came back as a new incarnation
+    /// (its followers' lists were in memory).
+    pub presence_rewatched: u64,
 }
 
 impl ShardCounters {
@@ -204,6 +207,7 @@ impl ShardCounters {
             "redirects" => "first frames answered Redirect: the account lives on another node",
             "try_laters" => "first frames answered TryLater: the account's node is down, the cluster has no map yet, or logins are over logins_admitted_per_s",
             "refused_unavailable" => "requests refused Unavailable: the node holding the recipient or group is down or unknown",
+            "presence_rewatched" => "presence follows sent again to a node that came back as a new incarnation",
             _ => return None,
         })
     }

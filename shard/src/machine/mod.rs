@@ -17,7 +17,7 @@
 //! | `deletions::Deletions` | account deletions not yet answered by every shard (tombstones) |
 //! | `owed::OwedReceipts` | receipts kept on disk until their recipient's shard has them (a deleted account's, those to a node that is down) |
 //! | `epochs::EpochHistory` | which epoch of the shard's island wrote which batches of its log |
-//! | `social::{Follows, Lookups}` | who follows whom, contact lookups in flight |
+//! | `social::{Follows, Rewatches, Lookups}` | who follows whom, follows to send again to a node that came back, contact lookups in flight |
 //! | `order::OrderGaps` (two) | conversations waiting for a refused send |
 //! | `refusals::Refusals` | the last requests refused, for an operator's trace |
 //! | `expiry::Sweep`, `clock::WallClock`, the timer wheel, the resend table | |
@@ -79,7 +79,7 @@ use account::Account;
 use connections::{Connections, Deadlines, IdleVerdict, Phase, Session};
 use durability::{Durability, Held, PutWrite, Refusal};
 use signup::Signups;
-use social::{Follows, Lookups};
+use social::{Follows, Lookups, Rewatches};
 
 use crate::{
     clock::{ClockNote, ClockState, WallClock},
@@ -172,6 +172,7 @@ pub struct Shard {
     groups: Groups,
     /// Who follows whose presence, and contact lookups in flight.
     follows: Follows,
+    rewatches: Rewatches,
     lookups: Lookups,
     /// Conversations waiting for a refused send to come again: those this
     /// shard refused as the sender's home (rate limits, lookups), and
@@ -249,6 +250,7 @@ impl Shard {
             dedup,
             groups: Groups::new(config_dedup.0, config_dedup.1),
             follows: Follows::default(),
+            rewatches: Rewatches::default(),
             lookups: Lookups::default(),
             order_out: OrderGaps::default(),
             order_in: OrderGaps::default(),
@@ -780,6 +782,7 @@ impl Shard {
         self.expiry_tick();
         self.deletions_tick();
         self.owed_tick();
+        self.rewatch_tick();
         self.write_due(now_ms);
     }
 

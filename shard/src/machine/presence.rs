@@ -24,6 +24,12 @@ use super::{
     },
     ConnId, Dest, PeerMessage, Session, Shard,
 };
+use crate::placement::Home;
+
+/// Follows sent again per tick to nodes that came back (1,000 a second
+/// at the default 100 ms tick): a node's return costs its links a steady
+/// trickle, not a burst.
+const REWATCHES_PER_TICK: usize = 100;
 
 impl Shard {
     fn wall_ms(&self) -> u64 {
@@ -613,6 +619,39 @@ impl Shard {
                 self.accounts_found(query, registered);
             }
             _ => unreachable!("apply_peer passes only social messages"),
+        }
+    }
+
+    /// Node `node` came back as a new incarnation: the followers it knew
+    /// of its accounts went with its old process, so this shard's follows
+    /// of them are sent again (`rewatch_tick`).
+    pub(super) fn node_returned(&mut self, node: u16) {
+        let on_node =
+            |target| matches!(self.home_of(target), Home::Away { node: n, .. } if n == node);
+        let follows = self.follows.following(on_node);
+        if !follows.is_empty() {
+            self.rewatches.node_returned(node, follows);
+        }
+    }
+
+    /// Sends a few follows again to nodes that came back, each answered
+    /// with the target's presence now, as a `Subscribe` is. One whose
+    /// watcher left, or whose node is down again, is dropped: the next
+    /// return sends it again, or the phone subscribes again.
+    pub(super) fn rewatch_tick(&mut self) {
+        for (watcher, target) in self.rewatches.take(REWATCHES_PER_TICK) {
+            let session = self.accounts.get(&watcher).and_then(|a| a.session);
+            let Some(conn) = session.filter(|_| self.follows.is_following(watcher, target)) else {
+                continue;
+            };
+            let watch = PeerMessage::Watch {
+                watcher,
+                target,
+                conn,
+            };
+            if self.ask(self.home_of(target), watch).is_ok() {
+                self.counters.presence_rewatched += 1;
+            }
         }
     }
 

@@ -37,7 +37,12 @@ pub(super) struct Unreachable;
 impl Shard {
     /// The cluster's placement now (`None`: a single node).
     pub fn set_placement(&mut self, placement: Option<Arc<Placement>>) {
-        self.placement = placement;
+        let old = std::mem::replace(&mut self.placement, placement);
+        if let (Some(old), Some(new)) = (old, self.placement.clone()) {
+            for node in returned_nodes(&old, &new) {
+                self.node_returned(node);
+            }
+        }
     }
 
     pub fn placement(&self) -> Option<&Placement> {
@@ -159,4 +164,15 @@ fn live_dest(home: Home) -> Option<Dest> {
         } => Some(Dest::Node { node, shard }),
         Home::Away { live: false, .. } | Home::Unknown => None,
     }
+}
+
+/// Nodes live in `new` under another incarnation than in `old`: they came
+/// back (a restart, or a pause past their lease) and hold nothing of the
+/// memory-only state others gave their old incarnation.
+fn returned_nodes(old: &Placement, new: &Placement) -> Vec<u16> {
+    new.nodes()
+        .filter(|&(id, node)| id != new.node && node.live && node.incarnation != 0)
+        .filter(|&(id, node)| old.node(id).map(|n| n.incarnation) != Some(node.incarnation))
+        .map(|(id, _)| id)
+        .collect()
 }

@@ -16,6 +16,8 @@
 //! cannot walk the number space ([`Social::sync`],
 //! [`Social::charge_strangers`]).
 
+use std::collections::VecDeque;
+
 use ahash::AHashMap;
 use storage::Record;
 use wire::{Phone, Profile};
@@ -229,6 +231,33 @@ impl Social {
     }
 }
 
+/// Follows to send again to nodes that came back as a new incarnation:
+/// their lists of followers were in memory and went with the old process.
+/// Drained a few at a time by the tick, so that a node's return does not
+/// flood its links; at most one entry per follow (a node's entries are
+/// replaced when it comes back again).
+#[derive(Default)]
+pub(super) struct Rewatches {
+    /// (node of the target, watcher, target).
+    pending: VecDeque<(u16, Phone, Phone)>,
+}
+
+impl Rewatches {
+    /// `node` came back: `follows` (watcher, target) of its accounts are
+    /// to be sent again, instead of any still pending for it.
+    pub(super) fn node_returned(&mut self, node: u16, follows: Vec<(Phone, Phone)>) {
+        self.pending.retain(|&(n, _, _)| n != node);
+        self.pending
+            .extend(follows.into_iter().map(|(w, t)| (node, w, t)));
+    }
+
+    /// Up to `max` follows to send now.
+    pub(super) fn take(&mut self, max: usize) -> Vec<(Phone, Phone)> {
+        let n = max.min(self.pending.len());
+        self.pending.drain(..n).map(|(_, w, t)| (w, t)).collect()
+    }
+}
+
 /// Who follows whose presence on this shard.
 #[derive(Debug, Default)]
 pub(super) struct Follows {
@@ -268,6 +297,16 @@ impl Follows {
         self.watching
             .get(&owner)
             .is_some_and(|list| list.contains(&target))
+    }
+
+    /// Every (watcher, target) that `pick` approves of `target`.
+    pub(super) fn following(&self, pick: impl Fn(Phone) -> bool) -> Vec<(Phone, Phone)> {
+        let mut found = Vec::new();
+        for (&watcher, targets) in &self.watching {
+            let picked = targets.iter().filter(|&&t| pick(t));
+            found.extend(picked.map(|&target| (watcher, target)));
+        }
+        found
     }
 
     /// Forgets that `owner` follows `target` (it is hidden now).

@@ -417,22 +417,37 @@ impl Net {
     pub fn restart_with(&mut self, adjust: impl Fn(&mut ShardConfig)) {
         self.now_ms += 60_000;
         for index in 0..self.shards.len() {
-            let mut config = self.shards[index].config().clone();
-            adjust(&mut config);
-            let env = FakeEnv {
-                seed: index as u64 + 1_000,
-                sms: self.sms.clone(),
-            };
-            let mut shard = Shard::new(config, Box::new(env), self.now_ms);
-            for record in self.journals[index].clone() {
-                shard.restore(record).unwrap();
-            }
-            shard.restored();
-            self.shards[index] = shard;
+            self.restart_shard(index, &adjust);
         }
         if self.revision > 0 {
             self.place(self.revision);
         }
+    }
+
+    /// Node `id`'s shards die and come back from their journals alone (its
+    /// phones' connections are gone) while the other nodes run on; they
+    /// see it again at placement `revision`, under a new incarnation.
+    pub fn restart_node(&mut self, id: u16, revision: u64) {
+        let node = self.nodes.iter().find(|n| n.id == id).unwrap().clone();
+        for index in node.base..node.base + usize::from(node.shards) {
+            self.restart_shard(index, &|_| {});
+        }
+        self.place(revision);
+    }
+
+    fn restart_shard(&mut self, index: usize, adjust: &impl Fn(&mut ShardConfig)) {
+        let mut config = self.shards[index].config().clone();
+        adjust(&mut config);
+        let env = FakeEnv {
+            seed: index as u64 + 1_000,
+            sms: self.sms.clone(),
+        };
+        let mut shard = Shard::new(config, Box::new(env), self.now_ms);
+        for record in self.journals[index].clone() {
+            shard.restore(record).unwrap();
+        }
+        shard.restored();
+        self.shards[index] = shard;
     }
 
     /// Time passes: every shard ticks, then everything settles.
