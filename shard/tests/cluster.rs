@@ -322,3 +322,37 @@ fn followers_on_other_nodes_hear_of_a_restarted_nodes_phones() {
     let got = net.read(&alice_conn);
     assert!(got.contains(&online), "bob's return reaches alice: {got:?}");
 }
+
+/// A contact lookup whose question or answer is lost on the way (a link
+/// session that started over, a node that went meanwhile) does not leave
+/// the phone waiting: after 15 s it is told `Unavailable` and asks again.
+#[test]
+fn a_lookup_left_unanswered_is_refused_unavailable() {
+    let mut net = Net::cluster(&[1, 1], |_| {});
+    let (alice, alice_key) = net.signup(&number_on(&net, 1, 0));
+    let (bob, _) = net.signup(&number_on(&net, 2, 0));
+    let (mut alice_conn, _) = net.login(alice, alice_key);
+    // Node 2 stays live in every placement, but what goes to it is lost.
+    net.nodes[1].live = false;
+    let sync = |client_id| ClientFrame::SyncContacts {
+        client_id,
+        full: true,
+        add: vec![bob],
+        remove: Vec::new(),
+    };
+    net.send(&mut alice_conn, sync(1));
+    net.parked.clear();
+    net.nodes[1].live = true;
+    net.advance(10_000);
+    assert_eq!(net.read(&alice_conn), [], "still waiting for node 2");
+    net.advance(5_000);
+    assert_eq!(net.read(&alice_conn), [Got::Error(ErrorKind::Unavailable)]);
+    assert_eq!(net.shards[0].counters().lookups_expired, 1);
+    net.send(&mut alice_conn, sync(2));
+    let registered = vec![bob];
+    let answer = Got::Contacts {
+        client_id: 2,
+        registered,
+    };
+    assert_eq!(net.read(&alice_conn), [answer], "asked again, answered");
+}

@@ -133,6 +133,9 @@ pub struct ShardCounters {
     /// Follows sent again to a node that came back as a new incarnation
     /// (its followers' lists were in memory).
     pub presence_rewatched: u64,
+    /// Contact lookups (syncs, group members) some shard never answered
+    /// within 15 s, refused `Unavailable`.
+    pub lookups_expired: u64,
 }
 
 impl ShardCounters {
@@ -208,6 +211,7 @@ impl ShardCounters {
             "try_laters" => "first frames answered TryLater: the account's node is down, the cluster has no map yet, or logins are over logins_admitted_per_s",
             "refused_unavailable" => "requests refused Unavailable: the node holding the recipient or group is down or unknown",
             "presence_rewatched" => "presence follows sent again to a node that came back as a new incarnation",
+            "lookups_expired" => "contact lookups (syncs, new group members) some shard left unanswered for 15 s, refused Unavailable",
             _ => return None,
         })
     }

@@ -783,6 +783,7 @@ impl Shard {
         self.deletions_tick();
         self.owed_tick();
         self.rewatch_tick();
+        self.lookups_tick();
         self.write_due(now_ms);
     }
 

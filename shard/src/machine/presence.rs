@@ -30,6 +30,10 @@ use crate::placement::Home;
 /// at the default 100 ms tick): a node's return costs its links a steady
 /// trickle, not a burst.
 const REWATCHES_PER_TICK: usize = 100;
+/// How long a contact lookup waits for every shard's answer before its
+/// phone is told `Unavailable` (ms): well past a link's redial and
+/// resend, well within a phone's patience.
+const LOOKUP_TIMEOUT_MS: u64 = 15_000;
 
 impl Shard {
     fn wall_ms(&self) -> u64 {
@@ -458,14 +462,7 @@ impl Shard {
             // Some numbers live on a node that is not reachable: no
             // complete answer can be given now.
             let session = Session { id, phone: owner };
-            let chat = match &purpose {
-                LookupFor::Group { request, .. } => match **request {
-                    PeerMessage::GroupRequest { group, .. } => Some(Chat::Group(group)),
-                    _ => None,
-                },
-                LookupFor::Contacts => None,
-            };
-            self.refuse_unavailable(session, chat, client_id);
+            self.refuse_unavailable(session, purpose.chat(), client_id);
             return;
         }
         let query = self.lookups.next_query();
@@ -477,6 +474,7 @@ impl Shard {
             asked,
             registered: Vec::new(),
             purpose,
+            asked_ms: self.now_ms,
         };
         for (dest, phones) in split {
             let dest = dest.expect("checked above");
@@ -497,6 +495,25 @@ impl Shard {
             self.finish_lookup(lookup);
         } else {
             self.lookups.wait(query, lookup);
+        }
+    }
+
+    /// Lookups unanswered for `LOOKUP_TIMEOUT_MS` are refused
+    /// `Unavailable`, as they would have been had a node been known down
+    /// when they were asked: the phone asks again.
+    pub(super) fn lookups_tick(&mut self) {
+        let Some(before_ms) = self.now_ms.checked_sub(LOOKUP_TIMEOUT_MS) else {
+            return;
+        };
+        for lookup in self.lookups.expired(before_ms) {
+            self.counters.lookups_expired += 1;
+            if self.conns.is_session_of(lookup.conn, lookup.owner) {
+                let session = Session {
+                    id: lookup.conn,
+                    phone: lookup.owner,
+                };
+                self.refuse_unavailable(session, lookup.purpose.chat(), lookup.client_id);
+            }
         }
     }
 

@@ -382,6 +382,8 @@ pub(super) struct Lookup {
     pub(super) asked: usize,
     pub(super) registered: Vec<Phone>,
     pub(super) purpose: LookupFor,
+    /// When it was asked (shard ms): see `Lookups::expired`.
+    pub(super) asked_ms: u64,
 }
 
 /// What a lookup's answer is for.
@@ -421,6 +423,22 @@ impl Lookups {
         self.pending.insert(query, lookup);
     }
 
+    /// Lookups asked at or before `before_ms` and still unanswered: taken
+    /// out (a late answer then finds nothing). An answer lost with a
+    /// link's session, or a node gone meanwhile, must not leave the phone
+    /// waiting without end.
+    pub(super) fn expired(&mut self, before_ms: u64) -> Vec<Lookup> {
+        let old: Vec<u64> = (self.pending.iter())
+            .filter(|(_, lookup)| lookup.asked_ms <= before_ms)
+            .map(|(&query, _)| query)
+            .collect();
+        let mut expired: Vec<Lookup> = (old.iter())
+            .filter_map(|query| self.pending.remove(query))
+            .collect();
+        expired.sort_by_key(|lookup| lookup.asked_ms);
+        expired
+    }
+
     /// A shard answered `query`: the lookup, once the last one has.
     pub(super) fn answered(&mut self, query: u64, registered: Vec<Phone>) -> Option<Lookup> {
         let lookup = self.pending.get_mut(&query)?;
@@ -430,6 +448,19 @@ impl Lookups {
             return None;
         }
         self.pending.remove(&query)
+    }
+}
+
+impl LookupFor {
+    /// The conversation a refusal of the lookup's request keeps in order.
+    pub(super) fn chat(&self) -> Option<wire::Chat> {
+        match self {
+            LookupFor::Group { request, .. } => match **request {
+                PeerMessage::GroupRequest { group, .. } => Some(wire::Chat::Group(group)),
+                _ => None,
+            },
+            LookupFor::Contacts => None,
+        }
     }
 }
 
