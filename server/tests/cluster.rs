@@ -816,9 +816,13 @@ fn idle_connections_to_the_peer_port_do_not_keep_a_restarted_node_out() {
 
 /// The value of the series `name` of `server`'s metrics (summed over its
 /// labels), if it has one.
-fn metric(server: &Server, name: &str) -> Option<i64> {
+fn metrics_text(server: &Server) -> String {
     let url = format!("http://{}/metrics", server.admin);
-    let text = ureq::get(&url).call().unwrap().into_string().unwrap();
+    ureq::get(&url).call().unwrap().into_string().unwrap()
+}
+
+fn metric(server: &Server, name: &str) -> Option<i64> {
+    let text = metrics_text(server);
     let values: Vec<i64> = text
         .lines()
         .filter(|l| l.starts_with(&format!("{name}{{")))
@@ -1077,17 +1081,23 @@ fn with_sync_replication_a_dead_secondary_leaves_its_island_solo_until_it_caught
     send_all(&mut alice_client, bob, 11..=20);
     let left: Vec<&Node> = nodes.iter().collect();
     await_all(&left, "island 1 solo", |s| island_is(s, 1, 3, "solo", &[1]));
-    // What the secondary does not hold shows as the replica's lag.
-    let lag = || metric(&nodes[0].server, "isle_queue_replica_lag_batches");
+    // What the secondary does not hold shows as the replica's lag, in
+    // batches and bytes, and the island as solo in its new epoch.
+    let lag = |name| metric(&nodes[0].server, name).unwrap_or(0);
     let deadline = Instant::now() + SETTLE;
-    while lag().unwrap_or(0) == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "no replica lag shown: {:?}",
-            lag()
-        );
+    while lag("isle_queue_replica_lag_batches") == 0 || lag("isle_queue_replica_lag_bytes") == 0 {
+        assert!(Instant::now() < deadline, "no replica lag shown");
         std::thread::sleep(Duration::from_millis(200));
     }
+    let text = metrics_text(&nodes[0].server);
+    for line in [
+        "isle_cluster_island_solo{node=\"1\",island=\"1\"} 1",
+        "isle_cluster_island_epoch{node=\"1\",island=\"1\"} 3",
+        "isle_cluster_island_insync{node=\"1\",island=\"1\"} 1",
+    ] {
+        assert!(text.contains(line), "missing {line:?}");
+    }
+    assert!(metric(&nodes[0].server, "isle_replication_shipped_batches_total").unwrap_or(0) >= 10);
 
     nodes.insert(1, start_replicating(&etcd, 2, ports[1], data_dir));
     let all: Vec<&Node> = nodes.iter().collect();

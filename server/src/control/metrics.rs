@@ -19,6 +19,7 @@ use prometheus_client::{
     },
     registry::Registry,
 };
+use server::island::tablet::TabletStats;
 use shard::ShardCounters;
 
 use super::{
@@ -79,6 +80,9 @@ pub struct Metrics {
     sync_seconds: Histograms,
     commit_records: Histograms,
     commit_bytes: Histograms,
+    /// `replication_*` per shard, by `TabletStats` field (its lag is a
+    /// queue).
+    replication: CounterFamilies,
     errors_sent: Family<KindLabel, Counter>,
     bytes_in: Family<ShardLabel, Counter>,
     bytes_out: Family<ShardLabel, Counter>,
@@ -103,6 +107,17 @@ struct ClusterGauges {
     links: Gauge,
     links_up: Gauge,
     controller: Gauge,
+    /// Per island (label `island`): its epoch, its primary's node id,
+    /// whether it is solo (1) or sync (0), and how many nodes are in sync.
+    island_epoch: Family<IslandLabel, Gauge>,
+    island_primary: Family<IslandLabel, Gauge>,
+    island_solo: Family<IslandLabel, Gauge>,
+    island_insync: Family<IslandLabel, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IslandLabel {
+    island: String,
 }
 
 impl ClusterGauges {
@@ -129,6 +144,31 @@ impl ClusterGauges {
             ),
             links_up: gauge("cluster_links_up", "of those, connected now"),
             controller: gauge("cluster_controller", "1 while this node is the controller"),
+            island_epoch: register(
+                registry,
+                "cluster_island_epoch",
+                "each island's epoch as etcd holds it: bumped by every change of who may \
+                 acknowledge for it (solo, back in sync, a restarted primary)",
+                Family::default(),
+            ),
+            island_primary: register(
+                registry,
+                "cluster_island_primary",
+                "the node id of each island's primary",
+                Family::default(),
+            ),
+            island_solo: register(
+                registry,
+                "cluster_island_solo",
+                "1 while an island is solo (its primary acknowledges on its own disk), 0 in sync",
+                Family::default(),
+            ),
+            island_insync: register(
+                registry,
+                "cluster_island_insync",
+                "nodes in an island's in-sync set (2 in sync, 1 solo)",
+                Family::default(),
+            ),
         }
     }
 }
@@ -192,6 +232,10 @@ impl Metrics {
         let push = register(r, "push", push_help, Family::default());
         let replayed_help = "records replayed from the journal at start (so far, while starting)";
         let replayed = register(r, "replayed_records", replayed_help, Family::default());
+        let mut replication = BTreeMap::new();
+        for (name, help) in REPLICATION_COUNTERS {
+            replication.insert(*name, register(r, name, help, Family::default()));
+        }
         let ready = register(
             r,
             "ready",
@@ -219,6 +263,7 @@ impl Metrics {
             replayed,
             ready,
             cluster,
+            replication,
         }
     }
 
@@ -237,6 +282,19 @@ impl Metrics {
         gauges.links_up.set(count(status.links_up));
         let controller = status.controller == Some(status.node_id);
         gauges.controller.set(i64::from(controller));
+        for island in &status.islands {
+            let label = IslandLabel {
+                island: island.id.to_string(),
+            };
+            let epoch = clamp_i64(island.epoch);
+            gauges.island_epoch.get_or_create(&label).set(epoch);
+            let primary = i64::from(island.primary);
+            gauges.island_primary.get_or_create(&label).set(primary);
+            let solo = i64::from(island.mode == "solo");
+            gauges.island_solo.get_or_create(&label).set(solo);
+            let insync = count(island.insync.len());
+            gauges.island_insync.get_or_create(&label).set(insync);
+        }
     }
 
     /// Takes in a shard's report; `averages` are its queues' decaying
@@ -288,9 +346,26 @@ impl Metrics {
         if let Some(remote) = &report.remote {
             self.links.update(report.shard, remote);
         }
+        if let Some(stats) = &report.replication {
+            self.update_replication(stats, &label);
+        }
         let tls_failures = self.tls_handshake_failures.get_or_create(&label);
         let failures = report.tls_handshake_failures;
         tls_failures.inner().store(failures, Ordering::Relaxed);
+    }
+
+    fn update_replication(&self, stats: &TabletStats, label: &ShardLabel) {
+        let value = serde_json::to_value(stats).expect("stats serialize");
+        for (name, _) in REPLICATION_COUNTERS {
+            let field = name.trim_start_matches("replication_");
+            let Some(count) = value.get(field).and_then(|v| v.as_u64()) else {
+                continue;
+            };
+            if let Some(family) = self.replication.get(name) {
+                let counter = family.get_or_create(label);
+                counter.inner().store(count, Ordering::Relaxed);
+            }
+        }
     }
 
     fn update_journal(&self, report: &ShardReport, label: &ShardLabel) {
@@ -380,6 +455,32 @@ fn register<M: prometheus_client::registry::Metric + Clone>(
     metric
 }
 
+/// `isle_replication_*_total`: `TabletStats` fields, prefixed.
+const REPLICATION_COUNTERS: &[(&str, &str)] = &[
+    (
+        "replication_shipped_batches",
+        "batches of this shard's log put on the replication connection to its island's \
+         secondary (a batch shipped again counts again)",
+    ),
+    (
+        "replication_shipped_bytes",
+        "bytes of the batches shipped to the island's secondary",
+    ),
+    (
+        "replication_appended_batches",
+        "batches this shard appended to the standbys it keeps as another island's secondary",
+    ),
+    (
+        "replication_appended_bytes",
+        "bytes of the batches appended to standbys",
+    ),
+    (
+        "replication_dropped",
+        "replication messages dropped from a full outbox (shipped again from the last \
+         acknowledgement) and island transactions dropped from a full queue (asked again)",
+    ),
+];
+
 type CounterFamilies = BTreeMap<&'static str, Family<ShardLabel, Counter>>;
 type GaugeFamilies = BTreeMap<&'static str, Family<ShardLabel, Gauge>>;
 
@@ -442,6 +543,10 @@ fn queue_help(name: &str) -> Option<&'static str> {
         "node_staged_messages_max" => "messages staged for the one other node with the most",
         "replica_lag_batches" => {
             "batches of this shard's log its island's secondary does not hold yet (replication)"
+        }
+        "replica_lag_bytes" => {
+            "bytes of this shard's log its island's secondary does not hold yet (of batches \
+             written since the shard started; replication)"
         }
         _ => return None,
     })
@@ -553,6 +658,7 @@ mod tests {
             bytes_out: 20,
             remote: None,
             tls_handshake_failures: 2,
+            replication: None,
         };
         report.counters.messages_stored = 42;
         report.counters.connections = 7;
@@ -600,6 +706,11 @@ mod tests {
             bytes_in: 0,
             bytes_out: 0,
             tls_handshake_failures: 0,
+            replication: Some(TabletStats {
+                shipped_batches: 5,
+                appended_bytes: 700,
+                ..TabletStats::default()
+            }),
             remote: Some(RemoteStats {
                 links: vec![link(1), link(3)],
                 inbound: vec![InboundStats {
@@ -622,6 +733,8 @@ mod tests {
             "isle_link_in_received_total{node=\"2\",shard=\"1\",peer_node=\"3\",peer_shard=\"0\"} 9",
             "isle_remote_handshakes_refused_total{node=\"2\",shard=\"1\"} 4",
             "isle_connections{node=\"2\",shard=\"1\"} 0",
+            "isle_replication_shipped_batches_total{node=\"2\",shard=\"1\"} 5",
+            "isle_replication_appended_bytes_total{node=\"2\",shard=\"1\"} 700",
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }

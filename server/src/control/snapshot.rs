@@ -40,6 +40,9 @@ pub struct ShardReport {
     pub remote: Option<server::remote::RemoteStats>,
     /// TLS handshakes with phones that failed since start.
     pub tls_handshake_failures: u64,
+    /// With replication: what the shard's tablets moved (its own as
+    /// primary, summed with those it keeps as secondary).
+    pub replication: Option<server::island::tablet::TabletStats>,
 }
 
 /// Queue lengths: the shard's own, and its links to the other shards.
@@ -58,6 +61,8 @@ pub struct Queues {
     /// With replication: batches of this shard's log its island's
     /// secondary does not hold yet (0 in sync and idle).
     pub replica_lag_batches: u64,
+    /// The same in bytes (of batches written since the shard started).
+    pub replica_lag_bytes: u64,
 }
 
 /// The journal as the shard sees it.

@@ -25,6 +25,63 @@ pub const OUTBOX_BYTES_MAX: usize = 64 << 20;
 /// asks one at a time; this bounds a stalled control thread's backlog).
 pub const TXNS_WAITING_MAX: usize = 16;
 
+/// Entries kept to count the replica's lag in bytes, at most: past it the
+/// two oldest merge, so the count stays exact in total and coarse only
+/// in which ack takes an entry off (it comes off when its last batch is
+/// acknowledged).
+const LAG_ENTRIES_MAX: usize = 4_096;
+
+/// What a tablet moved since its shard started, for `/metrics`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct TabletStats {
+    /// As primary: batches (and their bytes) put on the replication
+    /// connection, a batch shipped again counting again.
+    pub shipped_batches: u64,
+    pub shipped_bytes: u64,
+    /// As secondary: batches (and their bytes) given to the standby to
+    /// append.
+    pub appended_batches: u64,
+    pub appended_bytes: u64,
+    /// As primary: bytes of the log the secondary is not known to hold.
+    pub lag_bytes: u64,
+    /// Messages dropped from a full outbox, and txns from a full queue.
+    pub dropped: u64,
+}
+
+/// The primary's written batches its secondary has not acknowledged, as
+/// (last seq, bytes) runs: the replica's lag in bytes.
+#[derive(Debug, Default)]
+struct LagBytes {
+    runs: VecDeque<(Seq, u64)>,
+    total: u64,
+}
+
+impl LagBytes {
+    fn written(&mut self, seq: Seq, bytes: u64) {
+        self.runs.push_back((seq, bytes));
+        self.total += bytes;
+        if self.runs.len() > LAG_ENTRIES_MAX {
+            let (_, older) = self.runs.pop_front().expect("more than the max");
+            self.runs[0].1 += older;
+        }
+    }
+
+    fn acked(&mut self, upto: Seq) {
+        while let Some(&(seq, bytes)) = self.runs.front() {
+            if seq > upto {
+                break;
+            }
+            self.runs.pop_front();
+            self.total -= bytes;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.runs.clear();
+        self.total = 0;
+    }
+}
+
 /// Work on the tablet's local log, done in order by the log's owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogWork {
@@ -81,8 +138,8 @@ pub struct Tablet {
     pub outbox_signal: Rc<Signal>,
     /// Raised when log work waits or the acknowledged point moved.
     pub work_signal: Rc<Signal>,
-    /// Messages dropped from a full outbox, and txns from a full queue.
-    pub dropped: u64,
+    stats: TabletStats,
+    lag: LagBytes,
 }
 
 impl Tablet {
@@ -97,7 +154,8 @@ impl Tablet {
             acknowledged: (0, 0),
             outbox_signal: Rc::default(),
             work_signal: Rc::default(),
-            dropped: 0,
+            stats: TabletStats::default(),
+            lag: LagBytes::default(),
         }
     }
 
@@ -114,6 +172,14 @@ impl Tablet {
         self.acknowledged
     }
 
+    /// What it moved so far, and the replica's lag in bytes now.
+    pub fn stats(&self) -> TabletStats {
+        TabletStats {
+            lag_bytes: self.lag.total,
+            ..self.stats
+        }
+    }
+
     /// Whether a new batch may be written as this island's primary now.
     pub fn may_propose(&self) -> bool {
         self.member.may_propose()
@@ -126,6 +192,7 @@ impl Tablet {
     /// the local log but no epoch of the island holds it, so it must never
     /// be acknowledged, and this log cannot go on shipping.
     pub fn written(&mut self, seq: Seq, bytes: Vec<u8>) -> Result<(), OutOfStep> {
+        let length = bytes.len() as u64;
         match self.member.propose(bytes) {
             Ok(proposed) if proposed == seq => {}
             Ok(member) => return Err(OutOfStep { log: seq, member }),
@@ -136,6 +203,7 @@ impl Tablet {
                 })
             }
         }
+        self.lag.written(seq, length);
         // The member's own append is the one just done.
         self.member.durable(seq);
         self.pump();
@@ -179,7 +247,12 @@ impl Tablet {
     /// The next message for the peer.
     pub fn next_message(&mut self) -> Option<ReplMsg> {
         let msg = self.outbox.pop_front()?;
-        self.outbox_bytes -= shipped_bytes(&msg);
+        let bytes = shipped_bytes(&msg);
+        self.outbox_bytes -= bytes;
+        if matches!(msg, ReplMsg::Ship { .. }) {
+            self.stats.shipped_batches += 1;
+            self.stats.shipped_bytes += bytes as u64;
+        }
         Some(msg)
     }
 
@@ -192,7 +265,14 @@ impl Tablet {
     }
 
     pub fn next_log_work(&mut self) -> Option<LogWork> {
-        self.log_work.pop_front()
+        let work = self.log_work.pop_front()?;
+        if let LogWork::Append { bytes, .. } = &work {
+            if !bytes.is_empty() {
+                self.stats.appended_batches += 1;
+                self.stats.appended_bytes += bytes.len() as u64;
+            }
+        }
+        Some(work)
     }
 
     pub fn has_log_work(&self) -> bool {
@@ -233,7 +313,7 @@ impl Tablet {
                             break;
                         };
                         self.outbox_bytes -= shipped_bytes(&old);
-                        self.dropped += 1;
+                        self.stats.dropped += 1;
                     }
                 }
                 Output::Txn {
@@ -244,7 +324,7 @@ impl Tablet {
                 } => {
                     if self.txns.len() >= TXNS_WAITING_MAX {
                         self.txns.pop_front();
-                        self.dropped += 1;
+                        self.stats.dropped += 1;
                     }
                     self.txns.push_back(IslandTxn {
                         island: self.island,
@@ -257,6 +337,10 @@ impl Tablet {
                     self.acknowledged = (epoch, upto);
                 }
             }
+        }
+        match self.member.replica_acked() {
+            Some(acked) => self.lag.acked(acked),
+            None => self.lag.clear(),
         }
         if sends {
             self.outbox_signal.raise();
@@ -272,5 +356,28 @@ fn shipped_bytes(msg: &ReplMsg) -> usize {
     match msg {
         ReplMsg::Ship { bytes, .. } => bytes.len(),
         _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lag_in_bytes_stays_exact_in_total_and_bounded_in_entries() {
+        let mut lag = LagBytes::default();
+        for seq in 1..=(LAG_ENTRIES_MAX as u64 * 3) {
+            lag.written(seq, 10);
+        }
+        assert_eq!(lag.total, LAG_ENTRIES_MAX as u64 * 30);
+        assert!(lag.runs.len() <= LAG_ENTRIES_MAX);
+        // The merged oldest run comes off only once its last batch is acked.
+        let first_last = lag.runs[0].0;
+        lag.acked(first_last - 1);
+        assert_eq!(lag.total, LAG_ENTRIES_MAX as u64 * 30);
+        lag.acked(first_last);
+        assert!(lag.total < LAG_ENTRIES_MAX as u64 * 30);
+        lag.acked(LAG_ENTRIES_MAX as u64 * 3);
+        assert_eq!((lag.total, lag.runs.len()), (0, 0));
     }
 }

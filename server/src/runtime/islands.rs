@@ -25,7 +25,7 @@ use server::{
     island::{
         connection::{self, ConnectionError, ReplReader, Speaker, REDIAL_MS},
         standby::Standby,
-        tablet::{IslandTxn, LogWork, OutOfStep, Tablet},
+        tablet::{IslandTxn, LogWork, OutOfStep, Tablet, TabletStats},
         LeaseClock,
     },
     remote::{proof::ClusterSecret, Killer},
@@ -178,6 +178,19 @@ impl Islands {
                 replica.tablet.borrow_mut().view(view, now);
             }
         }
+    }
+
+    /// What this shard's tablets moved: the own one's shipping and lag,
+    /// with the standbys' appends added.
+    pub fn stats(&self) -> TabletStats {
+        let mut total = self.own().map(|t| t.borrow().stats()).unwrap_or_default();
+        for replica in self.replicas.borrow().values() {
+            let stats = replica.tablet.borrow().stats();
+            total.appended_batches += stats.appended_batches;
+            total.appended_bytes += stats.appended_bytes;
+            total.dropped += stats.dropped;
+        }
+        total
     }
 
     /// Time passes for every tablet; their store transactions go to the

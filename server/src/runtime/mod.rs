@@ -348,14 +348,15 @@ impl Runtime {
             .after(self.commit_covering_now(), Box::new(answer));
     }
 
-    /// What the shard tells the control thread (see `control::snapshot`).
     /// Batches the own island's secondary does not hold yet.
     fn replica_lag(&self) -> u64 {
         let own = self.islands.as_ref().and_then(|islands| islands.own());
         own.map_or(0, |tablet| tablet.borrow().member().replica_lag())
     }
 
+    /// What the shard tells the control thread (see `control::snapshot`).
     fn report(&self) -> ShardReport {
+        let replication = self.islands.as_ref().map(|islands| islands.stats());
         let shard = self.shard();
         let (peer_staged_messages, peer_staged_messages_max) = self.links.staged();
         let (node_staged_messages, node_staged_messages_max) = self.remote.staged();
@@ -378,6 +379,7 @@ impl Runtime {
                 node_staged_messages,
                 node_staged_messages_max,
                 replica_lag_batches: self.replica_lag(),
+                replica_lag_bytes: replication.map_or(0, |r| r.lag_bytes),
             },
             commits: self.commits.take_samples(),
             journal: JournalState {
@@ -395,6 +397,7 @@ impl Runtime {
             bytes_out,
             remote: self.remote.stats(),
             tls_handshake_failures: self.events.tls_handshake_failures(),
+            replication,
         }
     }
 

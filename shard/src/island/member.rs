@@ -187,6 +187,15 @@ impl Member {
         matches!(&self.role, Role::Primary(p) if p.joined && p.acked >= seq)
     }
 
+    /// As the island's primary, the last batch its secondary acknowledged
+    /// in this epoch (`None` otherwise).
+    pub fn replica_acked(&self) -> Option<Seq> {
+        match &self.role {
+            Role::Primary(p) => Some(p.acked),
+            _ => None,
+        }
+    }
+
     /// As the island's primary, the batches of its log its secondary is
     /// not known to hold (0 otherwise): how far the replica lags.
     pub fn replica_lag(&self) -> u64 {
