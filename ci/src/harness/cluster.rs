@@ -61,6 +61,19 @@ impl<'net> Cluster<'net> {
         roles: &[&str],
         etcd: &str,
     ) -> Result<Cluster<'net>, Error> {
+        Cluster::start_with(net, binaries, roles, etcd, "")
+    }
+
+    /// [`Cluster::start`] with more keys of the `[cluster]` section in
+    /// every node's configuration file (`cluster_keys`: TOML lines, such
+    /// as `replication = "sync"`).
+    pub fn start_with(
+        net: &'net Net,
+        binaries: &Binaries,
+        roles: &[&str],
+        etcd: &str,
+        cluster_keys: &str,
+    ) -> Result<Cluster<'net>, Error> {
         // The nodes prove their membership to each other with a shared
         // secret, as a deployment's should.
         let secret = net.dir().join("cluster.secret");
@@ -68,7 +81,7 @@ impl<'net> Cluster<'net> {
         std::fs::write(&secret, key).map_err(Error::io("writing cluster.secret"))?;
         let config = net.dir().join("cluster.toml");
         let toml = format!(
-            "[cluster]\nbootstrap_nodes = {}\nsecret_file = {:?}\n",
+            "[cluster]\nbootstrap_nodes = {}\nsecret_file = {:?}\n{cluster_keys}\n",
             roles.len(),
             secret.display().to_string()
         );
