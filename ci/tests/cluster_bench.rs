@@ -1,4 +1,4 @@
-//! What a cluster costs, in two benchmarks.
+//! What a cluster costs, in three benchmarks.
 //!
 //! Per core: the same open-loop chat load on one isle node and on a
 //! cluster of three (one shard each, in network namespaces, one etcd),
@@ -14,9 +14,14 @@
 //! cross-node ones (the message crossed a link) in the same run. Writes
 //! `target/cluster-latency.json`.
 //!
+//! In replication: one node, three without replication and three with
+//! `replication = "sync"`, interleaved; deliveries per server CPU-second
+//! and the `Sent` latency. Writes `target/cluster-replication.json`.
+//!
 //! Benchmarks, so ignored by `cargo test`: `cargo run -p ci --
-//! cluster-bench` builds release binaries and runs both (`cluster-bench
-//! latency` only the second), printing a table. `ISLE_BENCH_ROUNDS` (3),
+//! cluster-bench` builds release binaries and runs all three
+//! (`cluster-bench latency` only the second, `cluster-bench replication`
+//! only the third), printing a table. `ISLE_BENCH_ROUNDS` (3),
 //! `ISLE_BENCH_PHONES` (2,000), `ISLE_BENCH_RATE` (2,000 msg/s, the first
 //! benchmark's) and `ISLE_BENCH_SECONDS` (25, 8 of them warm-up) change
 //! the load; `ISLE_BENCH_SHARE` (4) divides the maximum rate into the
@@ -256,6 +261,109 @@ fn report_latency(maximum: &[Value], share: f64, quarter: u64, paced: &[Value]) 
     let out = target_dir()
         .expect("the target directory")
         .join("cluster-latency.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&summary).unwrap()).unwrap();
+    eprintln!("written to {}", out.display());
+}
+
+/// Sync replication's cost: the same open-loop chat load on one node
+/// (durable, no cluster), on three nodes without replication and on
+/// three nodes with `replication = "sync"`, interleaved round by round
+/// (the order turned every round). Deliveries per server CPU-second and
+/// the `Sent` latency (from a send's intended time to its answer: the
+/// wait for the disks, the replica's included) are compared as ratios of
+/// medians. Writes `target/cluster-replication.json`.
+#[test]
+#[ignore = "a benchmark: `cargo run -p ci -- cluster-bench` runs it"]
+fn sync_replication_against_no_replication_and_one_node() {
+    let binaries = Binaries::get().expect("building isle and loadgen");
+    let roles = [
+        "etcd", "etcd2", "n1", "n2", "n3", "r1", "r2", "r3", "s1", "lg",
+    ];
+    let net = Net::new(&roles).expect("the test network");
+    let etcd = Etcd::start(&net, &["etcd"]).expect("starting etcd");
+    let etcd2 = Etcd::start(&net, &["etcd2"]).expect("starting the second etcd");
+    let mut off = Cluster::start(&net, binaries, &["n1", "n2", "n3"], &etcd.endpoints_arg())
+        .expect("three nodes without replication");
+    let sync = "replication = \"sync\"";
+    let mut replicated = Cluster::start_with(
+        &net,
+        binaries,
+        &["r1", "r2", "r3"],
+        &etcd2.endpoints_arg(),
+        sync,
+    )
+    .expect("three nodes with sync replication");
+    let mut single = Node::start(&net, binaries, "s1", &node_flags(&net, "s1")).expect("one node");
+    let pids = |cluster: &mut Cluster| -> Vec<u32> {
+        (cluster.nodes.iter_mut())
+            .map(|node| node.process().expect("running").pid())
+            .collect()
+    };
+    let setups = [
+        (
+            "one node",
+            format!("{}:{PHONE_PORT}", net.addr("s1")),
+            vec![single.process().expect("running").pid()],
+        ),
+        ("three nodes", off.targets(), pids(&mut off)),
+        (
+            "three nodes, sync",
+            replicated.targets(),
+            pids(&mut replicated),
+        ),
+    ];
+    let mut runs: Vec<Vec<Value>> = vec![Vec::new(); setups.len()];
+    for round in 0..setting("ISLE_BENCH_ROUNDS", 3) as usize {
+        for turn in 0..setups.len() {
+            let index = (turn + round) % setups.len();
+            let (_, targets, pids) = &setups[index];
+            runs[index].push(run(&net, binaries, targets, pids));
+        }
+        eprintln!("round {round} done");
+    }
+    let names: Vec<&str> = setups.iter().map(|(name, _, _)| *name).collect();
+    report_replication(&names, &runs);
+}
+
+/// Prints each run and the medians, and writes them with the ratios to
+/// `target/cluster-replication.json`.
+fn report_replication(names: &[&str], runs: &[Vec<Value>]) {
+    let fields = [
+        "delivered_per_s",
+        "delivered_per_server_cpu_s",
+        "sent_latency_us_p50",
+        "sent_latency_us_p99",
+        "latency_us_p50",
+        "latency_us_p99",
+        "lost",
+    ];
+    let mut medians = serde_json::Map::new();
+    for (name, runs) in names.iter().zip(runs) {
+        for run in runs {
+            let line: Vec<String> = fields.iter().map(|f| format!("{f}={}", run[f])).collect();
+            eprintln!("{name}: {}", line.join(" "));
+        }
+        let median: serde_json::Map<String, Value> = (fields.iter())
+            .map(|f| (f.to_string(), json!(median_of(runs, f))))
+            .collect();
+        eprintln!("{name}, medians: {}", Value::from(median.clone()));
+        medians.insert(name.to_string(), median.into());
+    }
+    let ratio =
+        |field: &str, a: usize, b: usize| median_of(&runs[a], field) / median_of(&runs[b], field);
+    let ratios = json!({
+        "per_cpu_sync_to_off": ratio("delivered_per_server_cpu_s", 2, 1),
+        "per_cpu_sync_to_one_node": ratio("delivered_per_server_cpu_s", 2, 0),
+        "sent_p50_sync_to_off": ratio("sent_latency_us_p50", 2, 1),
+        "sent_p99_sync_to_off": ratio("sent_latency_us_p99", 2, 1),
+        "sent_p50_sync_to_one_node": ratio("sent_latency_us_p50", 2, 0),
+        "sent_p99_sync_to_one_node": ratio("sent_latency_us_p99", 2, 0),
+    });
+    eprintln!("ratios: {ratios}");
+    let summary = json!({"medians": medians, "ratios": ratios, "runs": runs});
+    let out = target_dir()
+        .expect("the target directory")
+        .join("cluster-replication.json");
     std::fs::write(&out, serde_json::to_string_pretty(&summary).unwrap()).unwrap();
     eprintln!("written to {}", out.display());
 }

@@ -76,16 +76,18 @@ impl<'net> Cluster<'net> {
     ) -> Result<Cluster<'net>, Error> {
         // The nodes prove their membership to each other with a shared
         // secret, as a deployment's should.
-        let secret = net.dir().join("cluster.secret");
+        // Named after the first role: two clusters may share a network.
+        let first = roles.first().copied().unwrap_or("cluster");
+        let secret = net.dir().join(format!("cluster-{first}.secret"));
         let key: String = (0..32).map(|_| format!("{:02x}", rand_byte())).collect();
-        std::fs::write(&secret, key).map_err(Error::io("writing cluster.secret"))?;
-        let config = net.dir().join("cluster.toml");
+        std::fs::write(&secret, key).map_err(Error::io("writing the cluster secret"))?;
+        let config = net.dir().join(format!("cluster-{first}.toml"));
         let toml = format!(
             "[cluster]\nbootstrap_nodes = {}\nsecret_file = {:?}\n{cluster_keys}\n",
             roles.len(),
             secret.display().to_string()
         );
-        std::fs::write(&config, toml).map_err(Error::io("writing cluster.toml"))?;
+        std::fs::write(&config, toml).map_err(Error::io("writing the cluster configuration"))?;
         let mut cluster = Cluster {
             net,
             nodes: Vec::new(),

@@ -153,7 +153,9 @@ pub(super) fn on_refused(thread: &Thread, phone: &Rc<PhoneState>, client_id: u64
 /// The server has taken responsibility for a send.
 pub(super) fn on_sent(thread: &Thread, phone: &PhoneState, client_id: u64) {
     let shared = &thread.shared;
-    if phone.in_flight.borrow_mut().remove(&client_id).is_some() {
+    let sent = phone.in_flight.borrow_mut().remove(&client_id);
+    if let Some(sent) = sent {
+        thread.record_sent(phone.index as usize, sent.intended_ns);
         answered(thread, phone);
         shared.acked.fetch_add(1, Relaxed);
         thread.acked.borrow_mut().push(key(phone.index, client_id));

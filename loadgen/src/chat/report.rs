@@ -90,6 +90,11 @@ pub struct Report {
     /// share of them, loadgen (not the server) is the bottleneck.
     pub send_lag_us_p50: f64,
     pub send_lag_us_p99: f64,
+    /// From a send's intended time to its `Sent` (the wait for durability,
+    /// a replica's included), of sends meant after warm-up (and from
+    /// phones on `--latency-nodes`).
+    pub sent_latency_us_p50: f64,
+    pub sent_latency_us_p99: f64,
     /// With `--server-pid`: the server's CPU seconds in the measured
     /// window, deliveries per such second (per core when the server is
     /// pinned to one), and its resident memory when sending stopped.
@@ -117,6 +122,7 @@ impl Report {
         let mut histogram = latency_histogram();
         let (mut same_node, mut cross_node) = (latency_histogram(), latency_histogram());
         let mut send_lag = latency_histogram();
+        let mut sent_latency = latency_histogram();
         let mut by_second: Vec<Histogram<u64>> = Vec::new();
         let mut delivered = AHashSet::new();
         let mut measured = 0;
@@ -133,6 +139,7 @@ impl Report {
             }
             cross_node.add(&result.cross_node)?;
             send_lag.add(&result.send_lag)?;
+            sent_latency.add(&result.sent_latency)?;
             delivered.extend(result.delivered.iter().copied());
             measured += result.measured_deliveries;
         }
@@ -189,6 +196,8 @@ impl Report {
             latency_us_p99_by_second: (by_second.iter()).map(|h| micros_of(h, 0.99)).collect(),
             send_lag_us_p50: send_lag.value_at_quantile(0.5) as f64 / 1000.0,
             send_lag_us_p99: send_lag.value_at_quantile(0.99) as f64 / 1000.0,
+            sent_latency_us_p50: sent_latency.value_at_quantile(0.5) as f64 / 1000.0,
+            sent_latency_us_p99: sent_latency.value_at_quantile(0.99) as f64 / 1000.0,
             server_cpu_s,
             delivered_per_server_cpu_s: server_cpu_s.map(|cpu| measured as f64 / cpu.max(1e-9)),
             server_rss_bytes: sending.server_rss_bytes,
@@ -232,7 +241,7 @@ impl Report {
          refused_retryable={} out_of_order={} disconnects={} reconnects={} resent={} hangups={}\n\
          {} unavailable={} answer_gap_ms_max={:.1}\n\
          logins/s={:.0} delivered/s={:.0} latency_us p50={:.1} p99={:.1} p99.9={:.1} max={:.1}\n\
-         send_lag_us p50={:.1} p99={:.1}{}{}",
+         send_lag_us p50={:.1} p99={:.1} sent_latency_us p50={:.1} p99={:.1}{}{}",
         r.protocol,
         r.heading.phones,
         r.threads,
@@ -265,6 +274,8 @@ impl Report {
         r.latency_us_max,
         r.send_lag_us_p50,
         r.send_lag_us_p99,
+        r.sent_latency_us_p50,
+        r.sent_latency_us_p99,
         match r.cross_node_deliveries_timed {
             0 => String::new(),
             crossed => format!(

@@ -30,6 +30,8 @@ pub(super) struct ThreadResult {
     /// meant for, from the start of sending.
     pub(super) by_second: Vec<Histogram<u64>>,
     pub(super) send_lag: Histogram<u64>,
+    /// From intended send to its `Sent`.
+    pub(super) sent_latency: Histogram<u64>,
     pub(super) acked: Vec<u64>,
     pub(super) delivered: AHashSet<u64>,
     pub(super) measured_deliveries: u64,
@@ -64,6 +66,10 @@ pub(super) struct Thread {
     start_ns: Cell<u64>,
     by_second: RefCell<Vec<Histogram<u64>>>,
     pub(super) send_lag: RefCell<Histogram<u64>>,
+    /// From a send's intended time to its `Sent` (the sender's wait for
+    /// durability, replication included), for sends meant after warm-up
+    /// from phones `--latency-nodes` counts.
+    sent_latency: RefCell<Histogram<u64>>,
     /// Keys (`phone::key`) of sends answered `Sent`, and of messages
     /// received.
     pub(super) acked: RefCell<Vec<u64>>,
@@ -108,6 +114,7 @@ impl Thread {
             sending_end_ns: Cell::new(0),
             histogram: RefCell::new(latency_histogram()),
             send_lag: RefCell::new(latency_histogram()),
+            sent_latency: RefCell::new(latency_histogram()),
             acked: RefCell::new(Vec::new()),
             delivered: RefCell::new(AHashSet::new()),
             last_from: RefCell::new(AHashMap::new()),
@@ -162,6 +169,21 @@ impl Thread {
         let _ = class.borrow_mut().record(latency_ns);
     }
 
+    /// Phone `from`'s send meant for `intended_ns` was answered `Sent`
+    /// now: timed unless warm-up or `--latency-nodes` leaves it out.
+    pub(super) fn record_sent(&self, from: usize, intended_ns: u64) {
+        if intended_ns < self.warmup_end_ns.get() {
+            return;
+        }
+        let home = self.shared.home(from);
+        if !self.latency_nodes.is_empty() && !home.is_some_and(|h| self.latency_nodes.contains(&h))
+        {
+            return;
+        }
+        let latency_ns = self.now_ns().saturating_sub(intended_ns);
+        let _ = self.sent_latency.borrow_mut().record(latency_ns);
+    }
+
     /// A phone waited `gap_ns` for an answer to one of its sends.
     pub(super) fn note_answer_gap(&self, gap_ns: u64) {
         self.answer_gap_ns_max
@@ -176,6 +198,7 @@ impl Thread {
             cross_node: self.cross_node.borrow().clone(),
             by_second: std::mem::take(&mut *self.by_second.borrow_mut()),
             send_lag: self.send_lag.borrow().clone(),
+            sent_latency: self.sent_latency.borrow().clone(),
             acked: std::mem::take(&mut *self.acked.borrow_mut()),
             delivered: std::mem::take(&mut *self.delivered.borrow_mut()),
             measured_deliveries: self.measured.get(),
