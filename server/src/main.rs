@@ -525,6 +525,7 @@ fn spawn_shards(
             txns: txns.clone(),
             secret: outside.secret.clone(),
             replica_dir: config.data_dir.join("islands"),
+            own_dir: storage.dir.clone(),
             log: storage.log,
             checkpoint_segments: storage.checkpoint_segments,
         });
@@ -585,6 +586,8 @@ fn storage_setup(config: &Config, shard_id: usize, shard_count: usize) -> Storag
         journal: config.storage.journal,
         dir: log_dir(&config.data_dir, shard_id),
         checkpoint_segments: config.storage.checkpoint_segments.max(1),
+        replica_retain_segments: (config.cluster.as_ref())
+            .map_or(64, |c| c.replica_retain_segments),
         log: LogConfig {
             segment_bytes_max: config.storage.segment_bytes_max,
             salvage: config.storage.salvage,

@@ -98,6 +98,7 @@ fn rebuild(job: &Reshard<'_>, from: usize, to: usize, staging: &Path) -> anyhow:
             journal: JournalKind::Log,
             dir: dir.clone(),
             checkpoint_segments: 1,
+            replica_retain_segments: 0,
             log: LogConfig {
                 shard: old as u16,
                 shard_count: from as u16,

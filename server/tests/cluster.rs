@@ -913,22 +913,39 @@ fn a_node_that_joins_later_says_it_owns_no_partitions() {
 /// and a checkpoint after every closed one: the primaries' and the
 /// standbys' logs are cut by checkpoints within a few dozen messages.
 fn start_replicating(etcd: &Etcd, id: u16, peer_port: u16, dir: tempfile::TempDir) -> Node {
+    start_replicating_with(etcd, id, peer_port, dir, &[])
+}
+
+/// [`start_replicating`] with more environment settings.
+fn start_replicating_with(
+    etcd: &Etcd,
+    id: u16,
+    peer_port: u16,
+    dir: tempfile::TempDir,
+    env: &[(&str, &str)],
+) -> Node {
     let small = ["--segment-bytes", "65536"];
     start_node_with(&etcd.url, id, peer_port, dir, &small, |command| {
         command
             .env("ISLE_CLUSTER__REPLICATION", "sync")
-            .env("ISLE_STORAGE__CHECKPOINT_SEGMENTS", "1");
+            .env("ISLE_STORAGE__CHECKPOINT_SEGMENTS", "1")
+            .envs(env.iter().copied());
     })
 }
 
 /// Three replicating nodes on ports of their own (returned, for
 /// restarts), once island 1 is in sync past the bootstrap's epoch.
 fn three_replicating(etcd: &Etcd) -> (Vec<Node>, Vec<u16>) {
+    three_replicating_with(etcd, &[])
+}
+
+/// [`three_replicating`] with more environment settings on every node.
+fn three_replicating_with(etcd: &Etcd, env: &[(&str, &str)]) -> (Vec<Node>, Vec<u16>) {
     let ports: Vec<u16> = (0..3).map(|_| common::etcd::free_port()).collect();
     let nodes: Vec<Node> = (1..=3)
         .map(|id| {
             let dir = tempfile::tempdir().unwrap();
-            start_replicating(etcd, id, ports[usize::from(id) - 1], dir)
+            start_replicating_with(etcd, id, ports[usize::from(id) - 1], dir, env)
         })
         .collect();
     let all: Vec<&Node> = nodes.iter().collect();
@@ -1151,4 +1168,63 @@ fn with_sync_replication_a_restarted_primary_serves_a_new_epoch_and_loses_nothin
     let primary = nodes.remove(0);
     drop(primary.server.into_data_dir());
     tablet_delivers(&tablet, bob, bob_key, 45);
+}
+
+/// A secondary away while its primary's log moved past what the primary
+/// keeps for it (`replica_retain_segments = 0` here: the checkpoints go
+/// ahead and the segments after them go) cannot catch up from the log
+/// alone: it is sent the primary's checkpoint, makes it its tablet, then
+/// catches up from the log and is in sync again. Its tablet holds every
+/// message.
+#[test]
+fn with_sync_replication_a_secondary_behind_the_primary_s_log_gets_its_checkpoint() {
+    let etcd = Etcd::start();
+    let retain_none = [("ISLE_CLUSTER__REPLICA_RETAIN_SEGMENTS", "0")];
+    let (mut nodes, ports) = three_replicating_with(&etcd, &retain_none);
+    let (alice, bob) = (number_on(1, 0), number_on(1, 1));
+    let (mut alice_client, _) = sign_up(&nodes[0].server, alice);
+    let (bob_client, bob_key) = sign_up(&nodes[0].server, bob);
+    drop(bob_client);
+    send_all(&mut alice_client, bob, 1..=10);
+
+    let secondary = nodes.remove(1);
+    let data_dir = secondary.server.into_data_dir();
+    // About 30 messages fill a segment: the primary checkpoints past
+    // several while its secondary is away.
+    send_all(&mut alice_client, bob, 11..=160);
+    let primary_log = nodes[0].server.data_dir().join("log/shard-0");
+    let first_segment = std::fs::read_dir(&primary_log)
+        .unwrap()
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .to_str()?
+                .strip_suffix(".log")?
+                .parse::<u64>()
+                .ok()
+        })
+        .min();
+    assert!(
+        first_segment.is_some_and(|n| n > 1),
+        "the primary still has its first segment: {first_segment:?}"
+    );
+
+    let back = start_replicating_with(&etcd, 2, ports[1], data_dir, &retain_none);
+    nodes.insert(1, back);
+    let all: Vec<&Node> = nodes.iter().collect();
+    await_all(&all, "island 1 in sync again", |s| {
+        island_is(s, 1, 3, "sync", &[1, 2])
+    });
+    send_all(&mut alice_client, bob, 161..=170);
+    // It came back through the checkpoint, not the log.
+    let said: Vec<String> = nodes[1].server.stderr.try_iter().collect();
+    assert!(
+        said.iter().any(|l| l.contains("the standby is the primary's checkpoint of batch")),
+        "no checkpoint installed: {}",
+        said.join("\n")
+    );
+    let tablet = nodes[1].server.data_dir().join("islands/island-1/shard-0");
+    let primary = nodes.remove(0);
+    drop(primary.server.into_data_dir());
+    tablet_delivers(&tablet, bob, bob_key, 170);
 }

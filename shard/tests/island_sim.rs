@@ -211,6 +211,8 @@ fn kind_of(msg: &ReplMsg) -> &'static str {
         ReplMsg::Fenced { .. } => "Fenced",
         ReplMsg::CatchUp { .. } => "CatchUp",
         ReplMsg::Diverge { .. } => "Diverge",
+        ReplMsg::Snapshot { .. } => "Snapshot",
+        ReplMsg::SnapshotAck { .. } => "SnapshotAck",
     }
 }
 
@@ -451,6 +453,12 @@ impl Sim {
                     .collect();
                 let member = node.members.get_mut(&island).unwrap();
                 member.ship_read(to, batches);
+            }
+            // The simulated disks keep every batch, so no log is ever
+            // gone and no checkpoint is sent.
+            Output::SendSnapshot { .. } | Output::SnapshotChunk { .. } => {
+                let what = format!("node {id} island {island}: a checkpoint transfer");
+                self.violations.push(what);
             }
             Output::Txn {
                 id: txn,

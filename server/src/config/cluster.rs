@@ -54,6 +54,12 @@ pub struct ClusterConfig {
     /// before phones are told `Sent` (docs/islands.md): `off` (the
     /// default) or `sync`. Every node of a cluster must agree.
     pub replication: Replication,
+    /// With replication: closed log segments a shard keeps past its
+    /// checkpoint rule for an island secondary that does not hold them
+    /// yet (down, or catching up). Past this many the checkpoint goes
+    /// ahead, and a secondary that comes back later gets the checkpoint
+    /// itself before it catches up from the log.
+    pub replica_retain_segments: usize,
 }
 
 /// `cluster.replication`.
@@ -81,6 +87,7 @@ impl Default for ClusterConfig {
             prefix: "/isle/v1/".into(),
             secret_file: None,
             replication: Replication::Off,
+            replica_retain_segments: 64,
         }
     }
 }

@@ -96,6 +96,19 @@ pub enum LogWork {
     Truncate { after: Seq },
     /// Read batches `from..=upto` and hand them to [`Tablet::ship_read`].
     Read { from: Seq, upto: Seq },
+    /// Send the latest checkpoint to the secondary `to` (its next batch is
+    /// gone from the log): [`Tablet::send_chunk`], paced by
+    /// [`Tablet::snapshot_acked`].
+    SendSnapshot { to: NodeId },
+    /// Write this chunk of the primary's checkpoint of `batch`; then
+    /// [`Tablet::snapshot_written`], and once whole, install it and
+    /// [`Tablet::installed`].
+    SnapshotChunk {
+        batch: Seq,
+        offset: u64,
+        total: u64,
+        bytes: Vec<u8>,
+    },
 }
 
 /// The shard's log and its island member no longer count batches alike:
@@ -140,6 +153,8 @@ pub struct Tablet {
     pub work_signal: Rc<Signal>,
     stats: TabletStats,
     lag: LagBytes,
+    /// As primary sending a checkpoint: how far the secondary wrote it.
+    snapshot_acked: Option<(Seq, u64)>,
 }
 
 impl Tablet {
@@ -156,6 +171,7 @@ impl Tablet {
             work_signal: Rc::default(),
             stats: TabletStats::default(),
             lag: LagBytes::default(),
+            snapshot_acked: None,
         }
     }
 
@@ -229,7 +245,54 @@ impl Tablet {
     }
 
     pub fn receive(&mut self, from: NodeId, msg: ReplMsg) {
+        if let ReplMsg::SnapshotAck { batch, offset, .. } = msg {
+            self.snapshot_acked = Some((batch, offset));
+            self.work_signal.raise();
+        }
         self.member.receive(from, msg);
+        self.pump();
+    }
+
+    /// As primary: the log no longer holds the batches its secondary `to`
+    /// needs next.
+    pub fn log_gone(&mut self, to: NodeId) {
+        self.snapshot_acked = None;
+        self.member.log_gone(to);
+        self.pump();
+    }
+
+    /// As primary sending a checkpoint: (its batch, bytes the secondary
+    /// wrote) as last acknowledged.
+    pub fn snapshot_acked(&self) -> Option<(Seq, u64)> {
+        self.snapshot_acked
+    }
+
+    /// As primary sending a checkpoint: a chunk for the secondary (a
+    /// [`ReplMsg::Snapshot`] of this epoch), through the outbox.
+    pub fn send_chunk(&mut self, batch: Seq, (offset, total): (u64, u64), bytes: Vec<u8>) {
+        let Some(epoch) = self.member.primary_epoch() else {
+            return;
+        };
+        let msg = ReplMsg::Snapshot {
+            epoch,
+            batch,
+            offset,
+            total,
+            bytes,
+        };
+        self.enqueue(msg);
+        self.outbox_signal.raise();
+    }
+
+    /// As secondary: the checkpoint of `batch` is written up to `offset`.
+    pub fn snapshot_written(&mut self, batch: Seq, offset: u64) {
+        self.member.snapshot_written(batch, offset);
+        self.pump();
+    }
+
+    /// As secondary: the checkpoint is the tablet's state; its log is `log`.
+    pub fn installed(&mut self, log: shard::island::LogInfo) {
+        self.member.installed(log);
         self.pump();
     }
 
@@ -288,6 +351,19 @@ impl Tablet {
         format!("island {}: {}", self.island, self.member.summary())
     }
 
+    /// A message for the peer, the oldest dropped past the outbox's bounds.
+    fn enqueue(&mut self, msg: ReplMsg) {
+        self.outbox_bytes += shipped_bytes(&msg);
+        self.outbox.push_back(msg);
+        while self.outbox.len() > OUTBOX_MESSAGES_MAX || self.outbox_bytes > OUTBOX_BYTES_MAX {
+            let Some(old) = self.outbox.pop_front() else {
+                break;
+            };
+            self.outbox_bytes -= shipped_bytes(&old);
+            self.stats.dropped += 1;
+        }
+    }
+
     /// Sorts the member's outputs by who acts on them.
     fn pump(&mut self) {
         let (mut sends, mut work) = (false, false);
@@ -303,19 +379,21 @@ impl Tablet {
                 Output::Read { from, upto, .. } => {
                     self.log_work.push_back(LogWork::Read { from, upto });
                 }
-                Output::Send { msg, .. } => {
-                    self.outbox_bytes += shipped_bytes(&msg);
-                    self.outbox.push_back(msg);
-                    while self.outbox.len() > OUTBOX_MESSAGES_MAX
-                        || self.outbox_bytes > OUTBOX_BYTES_MAX
-                    {
-                        let Some(old) = self.outbox.pop_front() else {
-                            break;
-                        };
-                        self.outbox_bytes -= shipped_bytes(&old);
-                        self.stats.dropped += 1;
-                    }
+                Output::Send { msg, .. } => self.enqueue(msg),
+                Output::SendSnapshot { to } => {
+                    self.log_work.push_back(LogWork::SendSnapshot { to });
                 }
+                Output::SnapshotChunk {
+                    batch,
+                    offset,
+                    total,
+                    bytes,
+                } => self.log_work.push_back(LogWork::SnapshotChunk {
+                    batch,
+                    offset,
+                    total,
+                    bytes,
+                }),
                 Output::Txn {
                     expect_revision,
                     absent,
@@ -354,7 +432,7 @@ impl Tablet {
 /// The batch bytes a message carries.
 fn shipped_bytes(msg: &ReplMsg) -> usize {
     match msg {
-        ReplMsg::Ship { bytes, .. } => bytes.len(),
+        ReplMsg::Ship { bytes, .. } | ReplMsg::Snapshot { bytes, .. } => bytes.len(),
         _ => 0,
     }
 }

@@ -33,12 +33,6 @@ use crate::control::snapshot::CommitSamples;
 /// How long after a failed checkpoint the next is tried.
 const CHECKPOINT_RETRY_MS: u64 = 10_000;
 
-/// Closed segments kept past the checkpoint rule for an island's secondary
-/// that does not hold them yet (down, or catching up), at most: it catches
-/// up from them when it is back. Past this many, the checkpoint goes ahead
-/// and the secondary can no longer catch up from the log (docs/islands.md).
-pub const REPLICA_RETAIN_SEGMENTS_MAX: usize = 64;
-
 /// How often a commit waiting for room (or a resource) is tried again, and
 /// a full disk looked at again: freed space is found within this, and a
 /// stalled shard costs one attempt per interval.
@@ -188,6 +182,11 @@ pub struct CheckpointPlan {
     shard_count: u16,
     /// Closed segments that call for one.
     segments: usize,
+    /// Closed segments kept past that for an island's secondary that does
+    /// not hold them yet (down, or catching up): it catches up from them
+    /// when it is back. Past this many the checkpoint goes ahead, and the
+    /// secondary is sent the checkpoint first (docs/islands.md).
+    replica_retain: usize,
 }
 
 impl CheckpointPlan {
@@ -197,6 +196,7 @@ impl CheckpointPlan {
             shard: storage.log.shard,
             shard_count: storage.log.shard_count,
             segments: storage.checkpoint_segments,
+            replica_retain: storage.replica_retain_segments,
         }
     }
 }
@@ -452,7 +452,7 @@ impl Checkpoints {
     fn is_due(&self, closed_segments: usize, replica_holds: bool) -> bool {
         let wanted = match replica_holds {
             true => self.plan.segments,
-            false => self.plan.segments + REPLICA_RETAIN_SEGMENTS_MAX,
+            false => self.plan.segments + self.plan.replica_retain,
         };
         !self.writing && closed_segments >= wanted && Instant::now() >= self.not_before
     }

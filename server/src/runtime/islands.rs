@@ -38,7 +38,12 @@ use shard::{
     Placement, Shard,
 };
 use storage::{
-    log::{checkpoint, glommio_disk::GlommioDisk, shipping::ShippedBatch, LogConfig},
+    log::{
+        checkpoint,
+        glommio_disk::GlommioDisk,
+        shipping::{ReadError, ShippedBatch},
+        LogConfig,
+    },
     Journal, JournalError,
 };
 
@@ -66,6 +71,9 @@ pub struct IslandSetup {
     /// Where this node keeps the tablets it is secondary of:
     /// `<dir>/island-<id>/shard-<n>`.
     pub replica_dir: PathBuf,
+    /// This shard's own log directory, whose latest checkpoint goes to a
+    /// secondary the log no longer holds enough for.
+    pub own_dir: PathBuf,
     /// The layout of a tablet's log (this shard's).
     pub log: LogConfig,
     /// Closed segments of a standby's log that call for a checkpoint of
@@ -96,6 +104,8 @@ pub struct Islands {
     placement: RefCell<Option<Arc<Placement>>>,
     /// Raised when a placement came (the commit task waits for the first).
     placed: Rc<server::remote::Signal>,
+    /// A checkpoint transfer to the own island's secondary runs.
+    sending_snapshot: Cell<bool>,
 }
 
 impl Islands {
@@ -109,6 +119,7 @@ impl Islands {
             opening: RefCell::new(BTreeSet::new()),
             placement: RefCell::new(None),
             placed: Rc::default(),
+            sending_snapshot: Cell::new(false),
         }
     }
 
@@ -341,6 +352,7 @@ impl Islands {
         let work = StandbyWork {
             runtime: runtime.clone(),
             shard_id: self.shard_id,
+            log: self.setup.log,
             dir,
             checkpoint_segments: self.setup.checkpoint_segments.max(1),
             tablet,
@@ -507,6 +519,7 @@ fn checkpointed_shard(
 struct StandbyWork {
     runtime: Rc<Runtime>,
     shard_id: u16,
+    log: LogConfig,
     dir: PathBuf,
     checkpoint_segments: usize,
     tablet: Rc<RefCell<Tablet>>,
@@ -521,6 +534,7 @@ impl StandbyWork {
         let shard_id = self.shard_id;
         let mut writing: Option<Written> = None;
         let mut not_before = 0;
+        let mut incoming = Incoming::default();
         loop {
             let signal = self.tablet.borrow().work_signal.clone();
             signal.wait().await;
@@ -530,9 +544,19 @@ impl StandbyWork {
                     not_before = self.runtime.now_ms() + CHECKPOINT_RETRY_MS;
                 }
             }
-            if let Err(error) = self.do_work(&mut standby).await {
-                log::error!("shard {shard_id}: island {island}: standby: {error}");
-                return;
+            match self.do_work(&mut standby, &mut incoming).await {
+                Err(error) => {
+                    log::error!("shard {shard_id}: island {island}: standby: {error}");
+                    return;
+                }
+                Ok(Some(batch)) => match self.install(standby, batch).await {
+                    Ok(installed) => standby = installed,
+                    Err(error) => {
+                        log::error!("shard {shard_id}: island {island}: standby: {error}");
+                        return;
+                    }
+                },
+                Ok(None) => {}
             }
             let due = standby.closed_segments() >= self.checkpoint_segments;
             if writing.is_none() && due && self.runtime.now_ms() >= not_before {
@@ -541,8 +565,14 @@ impl StandbyWork {
         }
     }
 
-    /// Appends, and cuts, what the tablet asks for.
-    async fn do_work(&self, standby: &mut Standby<GlommioDisk>) -> Result<(), String> {
+    /// Appends, and cuts, what the tablet asks for, and writes the chunks
+    /// of a checkpoint the primary sends. `Some(batch)`: the checkpoint of
+    /// `batch` arrived whole, to be installed.
+    async fn do_work(
+        &self,
+        standby: &mut Standby<GlommioDisk>,
+        incoming: &mut Incoming,
+    ) -> Result<Option<u64>, String> {
         loop {
             let mut appends = Vec::new();
             let mut other = None;
@@ -577,11 +607,72 @@ impl StandbyWork {
                     );
                     self.tablet.borrow_mut().truncated(after);
                 }
+                Some(LogWork::SnapshotChunk {
+                    batch,
+                    offset,
+                    total,
+                    bytes,
+                }) => match incoming.write(&self.dir, (batch, offset, bytes)).await {
+                    Ok(Some(written)) => {
+                        self.tablet.borrow_mut().snapshot_written(batch, written);
+                        if written == total {
+                            return Ok(Some(batch));
+                        }
+                    }
+                    // Out of order: the primary sends again from the last ack.
+                    Ok(None) => {}
+                    Err(error) => log::warn!(
+                        "shard {}: writing the primary's checkpoint: {error} (it is sent again)",
+                        self.shard_id
+                    ),
+                },
                 Some(_) => {}
-                None if appends.is_empty() => return Ok(()),
+                None if appends.is_empty() => return Ok(None),
                 None => {}
             }
         }
+    }
+
+    /// Makes the primary's checkpoint of `batch` the tablet's whole state:
+    /// checked first (the standby goes on as it was if it is refused),
+    /// then every segment and older checkpoint goes and the log starts
+    /// again after `batch`. The standby to go on with, or why there is
+    /// none.
+    async fn install(
+        &self,
+        standby: Standby<GlommioDisk>,
+        batch: u64,
+    ) -> Result<Standby<GlommioDisk>, String> {
+        let shard = match take_incoming(&self.runtime, &self.dir, batch).await {
+            Ok(shard) => shard,
+            Err(why) => {
+                log::warn!(
+                    "shard {}: refused the primary's checkpoint of batch {batch}: {why}",
+                    self.shard_id
+                );
+                return Ok(standby);
+            }
+        };
+        drop(standby);
+        let dir = self.dir.clone();
+        glommio::executor()
+            .spawn_blocking(move || install_incoming(&dir, batch))
+            .await
+            .map_err(|e| format!("installing the checkpoint of batch {batch}: {e}"))?;
+        let disk = GlommioDisk::open(&self.dir)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut standby, _) = Standby::open_after(disk, self.log, batch, shard)
+            .await
+            .map_err(|e| e.to_string())?;
+        let log = standby.shard().epochs().log_info(batch);
+        log::warn!(
+            "shard {}: island {}: the standby is the primary's checkpoint of batch {batch} now",
+            self.shard_id,
+            self.tablet.borrow().island()
+        );
+        self.tablet.borrow_mut().installed(log);
+        Ok(standby)
     }
 
     /// Writes the standby's state on a blocking thread; the task hears of
@@ -681,6 +772,13 @@ pub async fn primary_log_work(
                 let read = journal.read_shipped(from, upto, CATCH_UP_READ_BYTES).await;
                 let batches = match read {
                     Ok(batches) => batches,
+                    Err(ReadError::Gone { .. }) => {
+                        let to = tablet.borrow().member().seen().map(|(r, _)| r.secondary);
+                        if let Some(to) = to {
+                            tablet.borrow_mut().log_gone(to);
+                        }
+                        continue;
+                    }
                     Err(error) => {
                         // Asked again on every retry: said once a while.
                         let (said, now) = (SHIP_ERROR_SAID.get(), runtime.now_ms());
@@ -705,6 +803,12 @@ pub async fn primary_log_work(
                     tablet.borrow_mut().ship_read(to, batches);
                 }
             }
+            LogWork::SendSnapshot { to } => {
+                if let Some(islands) = &runtime.islands {
+                    islands.start_snapshot(to);
+                }
+            }
+            LogWork::SnapshotChunk { .. } => {}
             LogWork::Truncate { after } => log::error!(
                 "shard {}: asked to cut its own log after batch {after}: restart the node \
                  to rejoin its island",
@@ -743,4 +847,215 @@ pub async fn wait_acknowledged(
             );
         }
     }
+}
+
+// ---- checkpoint transfer (docs/islands.md, rule 5) --------------------------
+
+/// Bytes of a checkpoint sent and not yet written by the secondary, at
+/// most: a quarter of the tablet's outbox, so chunks are never dropped
+/// from it.
+const SNAPSHOT_WINDOW_BYTES: u64 = 16 << 20;
+/// A transfer whose acknowledged offset has not moved for this long
+/// sends again from there (a chunk or its ack was lost with a
+/// connection).
+const SNAPSHOT_RESEND_MS: u64 = 5_000;
+/// A transfer that makes no progress for this long is given up; the
+/// secondary asks to catch up again and the next one starts over.
+const SNAPSHOT_GIVE_UP_MS: u64 = 60_000;
+/// How often a transfer looks at its acknowledgements.
+const SNAPSHOT_POLL_MS: u64 = 50;
+/// Where a secondary writes a checkpoint as it arrives, in its tablet's
+/// directory.
+const INCOMING_DIR: &str = "incoming";
+const INCOMING_PART: &str = "checkpoint.part";
+
+impl Islands {
+    /// Starts sending the shard's latest checkpoint to `to`, the own
+    /// island's secondary, unless a transfer runs already.
+    fn start_snapshot(self: &Rc<Self>, to: NodeId) {
+        let Some(tablet) = self.own() else {
+            return;
+        };
+        if self.sending_snapshot.replace(true) {
+            return;
+        }
+        let islands = self.clone();
+        glommio::spawn_local(async move {
+            let ended = islands.send_snapshot(&tablet, to).await;
+            islands.sending_snapshot.set(false);
+            let shard = islands.shard_id;
+            match ended {
+                Ok(batch) => log::info!(
+                    "shard {shard}: sent the checkpoint of batch {batch} to node {to}, which \
+                     catches up from there"
+                ),
+                Err(why) => log::warn!("shard {shard}: checkpoint transfer to node {to}: {why}"),
+            }
+        })
+        .detach();
+    }
+
+    /// Sends the latest checkpoint in chunks, at most
+    /// [`SNAPSHOT_WINDOW_BYTES`] ahead of what the secondary wrote, until
+    /// it wrote all of it. Ok: the checkpoint's batch.
+    async fn send_snapshot(&self, tablet: &RefCell<Tablet>, to: NodeId) -> Result<u64, String> {
+        let dir = self.setup.own_dir.clone();
+        let listed = checkpoint::list(&dir).map_err(|e| format!("listing checkpoints: {e}"))?;
+        let batch = *listed.last().ok_or("the log has no checkpoint")?;
+        let path = checkpoint::path(&dir, batch);
+        let total = std::fs::metadata(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .len();
+        log::info!(
+            "shard {}: node {to} is behind this shard's log: sending it the checkpoint of \
+             batch {batch} ({total} bytes)",
+            self.shard_id
+        );
+        let (mut sent, mut acked) = (0u64, 0u64);
+        let mut moved_ms = self.now_ms();
+        loop {
+            let secondary = tablet.borrow().member().seen().map(|(r, _)| r.secondary);
+            if tablet.borrow().member().primary_epoch().is_none() || secondary != Some(to) {
+                return Err(
+                    "this node is no longer the island's primary with that secondary".into(),
+                );
+            }
+            if let Some((b, offset)) = tablet.borrow().snapshot_acked() {
+                if b == batch && offset > acked {
+                    (acked, moved_ms) = (offset, self.now_ms());
+                }
+            }
+            if acked >= total {
+                return Ok(batch);
+            }
+            let still_ms = self.now_ms().saturating_sub(moved_ms);
+            if still_ms >= SNAPSHOT_GIVE_UP_MS {
+                return Err(format!(
+                    "no progress for {still_ms} ms at byte {acked} of {total}"
+                ));
+            }
+            if still_ms >= SNAPSHOT_RESEND_MS && sent > acked {
+                (sent, moved_ms) = (acked, self.now_ms());
+            }
+            while sent < total && sent < acked + SNAPSHOT_WINDOW_BYTES {
+                let length = (total - sent).min(codec::SNAPSHOT_CHUNK_BYTES_MAX as u64);
+                let bytes = read_chunk(path.clone(), sent, length as usize).await?;
+                tablet.borrow_mut().send_chunk(batch, (sent, total), bytes);
+                sent += length;
+            }
+            glommio::timer::sleep(Duration::from_millis(SNAPSHOT_POLL_MS)).await;
+        }
+    }
+}
+
+/// `length` bytes of the file at `path` from `offset`, read off the
+/// executor.
+async fn read_chunk(path: PathBuf, offset: u64, length: usize) -> Result<Vec<u8>, String> {
+    let read = glommio::executor()
+        .spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut file = std::fs::File::open(&path)?;
+            file.seek(SeekFrom::Start(offset))?;
+            let mut bytes = vec![0; length];
+            file.read_exact(&mut bytes)?;
+            Ok(bytes)
+        })
+        .await;
+    read.map_err(|e| format!("reading the checkpoint: {e}"))
+}
+
+/// A checkpoint arriving from the primary, in the tablet's `incoming`
+/// directory: its batch and the bytes written so far.
+#[derive(Default)]
+struct Incoming {
+    writing: Option<(u64, u64)>,
+}
+
+impl Incoming {
+    /// Writes a chunk if it is the next one (the first of a checkpoint
+    /// starts the file over); the bytes now written, or `None` for a chunk
+    /// out of order (dropped: the primary sends again from the last ack).
+    async fn write(
+        &mut self,
+        dir: &std::path::Path,
+        chunk: (u64, u64, Vec<u8>),
+    ) -> std::io::Result<Option<u64>> {
+        let (batch, offset, bytes) = chunk;
+        let at = match self.writing {
+            _ if offset == 0 => 0,
+            Some((b, written)) if b == batch && written == offset => written,
+            _ => return Ok(None),
+        };
+        let path = dir.join(INCOMING_DIR).join(INCOMING_PART);
+        let length = bytes.len() as u64;
+        glommio::executor()
+            .spawn_blocking(move || -> std::io::Result<()> {
+                use std::io::Write;
+                std::fs::create_dir_all(path.parent().expect("in a directory"))?;
+                let mut file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(at == 0)
+                    .append(at != 0)
+                    .open(&path)?;
+                file.write_all(&bytes)
+            })
+            .await?;
+        self.writing = Some((batch, at + length));
+        Ok(Some(at + length))
+    }
+}
+
+/// Makes the checkpoint in `dir/incoming` (whole, `batch`) durable and
+/// checks it by loading it into a new standby shard, before anything of
+/// the tablet is touched: the shard, or why the checkpoint is refused.
+async fn take_incoming(
+    runtime: &Runtime,
+    dir: &std::path::Path,
+    batch: u64,
+) -> Result<Shard, String> {
+    let incoming = dir.join(INCOMING_DIR);
+    let (part, named) = (
+        incoming.join(INCOMING_PART),
+        checkpoint::path(&incoming, batch),
+    );
+    glommio::executor()
+        .spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::File::open(&part)?.sync_all()?;
+            for old in checkpoint::list(part.parent().expect("in a directory"))? {
+                std::fs::remove_file(checkpoint::path(part.parent().expect("dir"), old))?;
+            }
+            std::fs::rename(&part, &named)?;
+            std::fs::File::open(named.parent().expect("in a directory"))?.sync_all()
+        })
+        .await
+        .map_err(|e| format!("making the checkpoint durable: {e}"))?;
+    let (shard, loaded) = checkpointed_shard(runtime, &incoming, runtime.now_ms())
+        .map_err(|e| format!("the checkpoint does not load: {e}"))?;
+    if loaded != batch {
+        return Err(format!("the checkpoint says batch {loaded}, not {batch}"));
+    }
+    Ok(shard)
+}
+
+/// Replaces everything of the tablet in `dir` (segments, checkpoints,
+/// blank files) by the checked checkpoint in `dir/incoming`: after it the
+/// tablet is that checkpoint alone, its log empty after `batch`.
+fn install_incoming(dir: &std::path::Path, batch: u64) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let ours = name.ends_with(".log") || name.ends_with(".ckpt") || name.ends_with(".tmp");
+        if ours && entry.file_type()?.is_file() {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    let incoming = dir.join(INCOMING_DIR);
+    std::fs::rename(
+        checkpoint::path(&incoming, batch),
+        checkpoint::path(dir, batch),
+    )?;
+    std::fs::File::open(dir)?.sync_all()?;
+    std::fs::remove_dir_all(&incoming)
 }

@@ -434,6 +434,9 @@ pub struct StorageSetup {
     pub dir: std::path::PathBuf,
     /// Closed segments that call for a checkpoint.
     pub checkpoint_segments: usize,
+    /// Closed segments kept past that for an island's secondary that does
+    /// not hold them yet (`cluster.replica_retain_segments`).
+    pub replica_retain_segments: usize,
     pub log: LogConfig,
 }
 

@@ -48,6 +48,12 @@ const KIND_EXPECT: u8 = 4;
 const KIND_FENCED: u8 = 5;
 const KIND_CATCH_UP: u8 = 6;
 const KIND_DIVERGE: u8 = 7;
+const KIND_SNAPSHOT: u8 = 8;
+const KIND_SNAPSHOT_ACK: u8 = 9;
+
+/// Bytes of a checkpoint one `Snapshot` frame carries, at most.
+pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 1 << 20;
+const _: () = assert!(1 + 8 * 4 + 4 + SNAPSHOT_CHUNK_BYTES_MAX <= FRAME_BYTES_MAX);
 
 /// The first frame each side sends: which tablet pair the connection is
 /// for, and who is speaking.
@@ -103,6 +109,10 @@ pub enum CodecError {
     ShipTooLong(usize),
     #[error("batch number 0 (a log counts batches from 1)")]
     SeqZero,
+    #[error("a checkpoint chunk of {0} bytes is over {SNAPSHOT_CHUNK_BYTES_MAX}")]
+    ChunkTooLong(usize),
+    #[error("a checkpoint chunk at {offset} ends past the checkpoint's {total} bytes")]
+    ChunkPastEnd { offset: u64, total: u64 },
 }
 
 /// What [`decode`] found at the start of a buffer.
@@ -162,6 +172,35 @@ pub fn encode_msg(msg: &ReplMsg, out: &mut Vec<u8>) {
             }
         }
         ReplMsg::Diverge { epoch, upto } => start = two(out, KIND_DIVERGE, *epoch, *upto),
+        ReplMsg::Snapshot {
+            epoch,
+            batch,
+            offset,
+            total,
+            bytes,
+        } => {
+            assert!(
+                bytes.len() <= SNAPSHOT_CHUNK_BYTES_MAX,
+                "a checkpoint chunk of {} bytes",
+                bytes.len()
+            );
+            start = begin(out, KIND_SNAPSHOT);
+            for field in [epoch, batch, offset, total] {
+                out.extend_from_slice(&field.to_le_bytes());
+            }
+            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+        ReplMsg::SnapshotAck {
+            epoch,
+            batch,
+            offset,
+        } => {
+            start = begin(out, KIND_SNAPSHOT_ACK);
+            for field in [epoch, batch, offset] {
+                out.extend_from_slice(&field.to_le_bytes());
+            }
+        }
     }
     end(out, start);
 }
@@ -244,6 +283,12 @@ pub fn decode(buffer: &[u8]) -> Result<Decoded, CodecError> {
             epoch: reader.u64()?,
             upto: reader.u64()?,
         }),
+        KIND_SNAPSHOT => ReplFrame::Msg(reader.snapshot()?),
+        KIND_SNAPSHOT_ACK => ReplFrame::Msg(ReplMsg::SnapshotAck {
+            epoch: reader.u64()?,
+            batch: reader.u64()?,
+            offset: reader.u64()?,
+        }),
         other => return Err(CodecError::UnknownKind(other)),
     };
     reader.finish()?;
@@ -284,6 +329,25 @@ impl<'a> Reader<'a> {
 
     fn u64(&mut self) -> Result<u64, CodecError> {
         self.array().map(u64::from_le_bytes)
+    }
+
+    fn snapshot(&mut self) -> Result<ReplMsg, CodecError> {
+        let (epoch, batch, offset, total) = (self.u64()?, self.u64()?, self.u64()?, self.u64()?);
+        let len = self.u32()? as usize;
+        if len > SNAPSHOT_CHUNK_BYTES_MAX {
+            return Err(CodecError::ChunkTooLong(len));
+        }
+        if offset.checked_add(len as u64).is_none_or(|end| end > total) {
+            return Err(CodecError::ChunkPastEnd { offset, total });
+        }
+        let bytes = self.take(len)?.to_vec();
+        Ok(ReplMsg::Snapshot {
+            epoch,
+            batch,
+            offset,
+            total,
+            bytes,
+        })
     }
 
     /// A batch number: never 0.
@@ -347,7 +411,54 @@ mod tests {
                 last_seq: 0,
             },
             ReplMsg::Diverge { epoch: 4, upto: 8 },
+            ReplMsg::Snapshot {
+                epoch: 4,
+                batch: 90,
+                offset: 4096,
+                total: 4096 + 300,
+                bytes: vec![3; 300],
+            },
+            ReplMsg::SnapshotAck {
+                epoch: 4,
+                batch: 90,
+                offset: 4396,
+            },
         ]
+    }
+
+    #[test]
+    fn a_checkpoint_chunk_is_bounded_and_within_its_checkpoint() {
+        let chunk = |offset: u64, total: u64, len: usize| {
+            let mut out = Vec::new();
+            let start = begin(&mut out, KIND_SNAPSHOT);
+            for field in [4u64, 90, offset, total] {
+                out.extend_from_slice(&field.to_le_bytes());
+            }
+            out.extend_from_slice(&(len as u32).to_le_bytes());
+            out.extend(std::iter::repeat_n(1u8, len));
+            end(&mut out, start);
+            decode(&out)
+        };
+        assert!(matches!(chunk(0, 10, 10), Ok(Decoded::Frame(..))));
+        assert_eq!(
+            chunk(5, 10, 10),
+            Err(CodecError::ChunkPastEnd {
+                offset: 5,
+                total: 10
+            })
+        );
+        assert_eq!(
+            chunk(u64::MAX, u64::MAX, 1),
+            Err(CodecError::ChunkPastEnd {
+                offset: u64::MAX,
+                total: u64::MAX
+            })
+        );
+        let over = SNAPSHOT_CHUNK_BYTES_MAX + 1;
+        assert_eq!(
+            chunk(0, u64::MAX, over),
+            Err(CodecError::ChunkTooLong(over))
+        );
     }
 
     fn hello() -> Hello {

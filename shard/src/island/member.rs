@@ -99,6 +99,9 @@ struct Secondary {
     expected: (Seq, u64),
     /// When a repeated batch last made it ack again (its ack was lost).
     reacked_ms: u64,
+    /// A checkpoint from the primary is being written (since the last
+    /// chunk came): no `CatchUp` meanwhile, unless it stalls.
+    installing_since_ms: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -108,6 +111,10 @@ struct Txn {
     expect_revision: u64,
     asked_ms: u64,
 }
+
+/// A checkpoint transfer with no chunk for this long is taken as dropped:
+/// the secondary asks to catch up again (ms).
+const SNAPSHOT_STALL_MS: u64 = 30_000;
 
 /// A store transaction unanswered for this long is taken as lost: the
 /// views say whether it applied (ms).
@@ -452,6 +459,63 @@ impl Member {
                 last_seq,
             } => self.catch_up(from, epoch, (last_epoch, last_seq)),
             ReplMsg::Diverge { epoch, upto } => self.diverge(epoch, upto),
+            ReplMsg::Snapshot {
+                epoch,
+                batch,
+                offset,
+                total,
+                bytes,
+            } => self.snapshot_chunk(epoch, batch, (offset, total), bytes),
+            // The driver paces a transfer by these (it owns the file).
+            ReplMsg::SnapshotAck { .. } => {}
+        }
+    }
+
+    /// The log no longer holds the batches `to`, this primary's
+    /// secondary, needs next (their segments went after a checkpoint):
+    /// shipping stops and the latest checkpoint goes instead
+    /// ([`Output::SendSnapshot`]); the secondary asks to catch up again
+    /// once it installed it.
+    pub fn log_gone(&mut self, to: NodeId) {
+        let Role::Primary(p) = &mut self.role else {
+            return;
+        };
+        if to != p.secondary || !p.joined {
+            return;
+        }
+        p.joined = false;
+        p.shipped = p.acked;
+        self.out.push_back(Output::SendSnapshot { to });
+    }
+
+    /// The driver wrote the checkpoint of `batch` up to `offset`
+    /// (answering [`Output::SnapshotChunk`]): the primary is told, so that
+    /// it sends more.
+    pub fn snapshot_written(&mut self, batch: Seq, offset: u64) {
+        if let Role::Secondary(s) = &mut self.role {
+            if s.installing_since_ms.is_some() {
+                s.installing_since_ms = Some(self.now_ms);
+                let (to, epoch) = (s.primary, s.epoch);
+                let msg = ReplMsg::SnapshotAck {
+                    epoch,
+                    batch,
+                    offset,
+                };
+                self.out.push_back(Output::Send { to, msg });
+            }
+        }
+    }
+
+    /// The driver made the primary's checkpoint this tablet's whole state:
+    /// its log is `log` now (empty after the checkpoint's batch, durable).
+    /// It asks to catch up from there.
+    pub fn installed(&mut self, log: LogInfo) {
+        self.log = log;
+        if let Role::Secondary(s) = &mut self.role {
+            s.installing_since_ms = None;
+            s.joined = false;
+            s.truncating = false;
+            self.ask_to_join();
         }
     }
 
@@ -491,6 +555,7 @@ impl Member {
                 truncating: false,
                 expected: (0, 0),
                 reacked_ms: 0,
+                installing_since_ms: None,
             });
             self.ask_to_join();
         }
@@ -660,9 +725,13 @@ impl Member {
         let Role::Secondary(s) = &mut self.role else {
             return;
         };
-        if s.truncating || self.log.durable < self.log.last {
+        let installing = s
+            .installing_since_ms
+            .is_some_and(|since| self.now_ms < since + SNAPSHOT_STALL_MS);
+        if s.truncating || installing || self.log.durable < self.log.last {
             return;
         }
+        s.installing_since_ms = None;
         s.asked_ms = self.now_ms;
         let msg = ReplMsg::CatchUp {
             epoch: s.epoch,
@@ -734,6 +803,26 @@ impl Member {
         self.out.push_back(Output::Append {
             seq,
             epoch: written,
+            bytes,
+        });
+    }
+
+    /// A chunk of the primary's checkpoint: taken only by a secondary of
+    /// the primary's epoch that has not joined (the primary sends one
+    /// only to such), and only when no truncation is under way.
+    fn snapshot_chunk(&mut self, epoch: Epoch, batch: Seq, at: (u64, u64), bytes: Vec<u8>) {
+        let Role::Secondary(s) = &mut self.role else {
+            return;
+        };
+        if epoch != s.epoch || s.joined || s.truncating || !s.acking {
+            return;
+        }
+        s.installing_since_ms = Some(self.now_ms);
+        let (offset, total) = at;
+        self.out.push_back(Output::SnapshotChunk {
+            batch,
+            offset,
+            total,
             bytes,
         });
     }
@@ -877,6 +966,103 @@ mod tests {
 
     fn outputs(member: &mut Member) -> Vec<Output> {
         std::iter::from_fn(|| member.poll_output()).collect()
+    }
+
+    /// A primary whose log no longer holds what its secondary needs sends
+    /// its checkpoint; the secondary takes the chunks, asks nothing
+    /// meanwhile, and once it installed the checkpoint asks to catch up
+    /// from the checkpoint's batch, which the primary takes.
+    #[test]
+    fn a_secondary_behind_the_primary_s_log_gets_its_checkpoint_then_catches_up() {
+        let mut record = IslandRecord {
+            epoch: 2,
+            primary: 1,
+            secondary: 2,
+            insync: vec![1],
+            mode: Mode::Solo,
+        };
+        let view = |record: &IslandRecord, revision| View {
+            record: record.clone(),
+            revision,
+            live: vec![1, 2],
+        };
+        let log = LogInfo::restored(vec![(2, 1)], 50);
+        let mut primary = Member::new(MemberConfig::new(1, 1), log, 0);
+        primary.keepalive(u64::MAX);
+        // Restarted, it serves only an epoch of its own (rule 7).
+        primary.view(view(&record, 10), 0);
+        outputs(&mut primary);
+        record.epoch = 3;
+        let view = view(&record, 11);
+        primary.view(view.clone(), 0);
+        primary.durable(51);
+        outputs(&mut primary);
+        let mut secondary = Member::new(MemberConfig::new(2, 1), LogInfo::default(), 0);
+        secondary.view(view, 0);
+        let asked = outputs(&mut secondary);
+        let Some(Output::Send { msg: catch_up, .. }) = asked.into_iter().next() else {
+            panic!("no CatchUp");
+        };
+        primary.receive(2, catch_up);
+        assert!(outputs(&mut primary)
+            .iter()
+            .any(|o| matches!(o, Output::Read { from: 1, .. })));
+        primary.log_gone(2);
+        assert_eq!(outputs(&mut primary), [Output::SendSnapshot { to: 2 }]);
+
+        let chunk = |offset: u64, bytes: Vec<u8>| ReplMsg::Snapshot {
+            epoch: 3,
+            batch: 40,
+            offset,
+            total: 8,
+            bytes,
+        };
+        secondary.receive(1, chunk(0, vec![1; 4]));
+        assert!(matches!(
+            outputs(&mut secondary)[..],
+            [Output::SnapshotChunk {
+                batch: 40,
+                offset: 0,
+                total: 8,
+                ..
+            }]
+        ));
+        secondary.snapshot_written(40, 4);
+        // While installing, a retry asks nothing of the primary.
+        secondary.tick(1_000);
+        let acked = outputs(&mut secondary);
+        assert_eq!(acked.len(), 1, "{acked:?}");
+        assert!(matches!(
+            acked[0],
+            Output::Send {
+                msg: ReplMsg::SnapshotAck { offset: 4, .. },
+                ..
+            }
+        ));
+        secondary.receive(1, chunk(4, vec![2; 4]));
+        outputs(&mut secondary);
+        secondary.installed(LogInfo::restored(vec![(2, 1)], 40));
+        let Some(Output::Send { msg: catch_up, .. }) = outputs(&mut secondary).pop() else {
+            panic!("no CatchUp after the install");
+        };
+        assert_eq!(
+            catch_up,
+            ReplMsg::CatchUp {
+                epoch: 3,
+                last_epoch: 2,
+                last_seq: 40
+            }
+        );
+        primary.receive(2, catch_up);
+        assert!(outputs(&mut primary).iter().any(|o| matches!(
+            o,
+            Output::Read {
+                from: 41,
+                upto: 51,
+                ..
+            }
+        )));
+        assert_eq!(primary.replica_acked(), Some(40));
     }
 
     #[test]

@@ -107,6 +107,22 @@ pub enum ReplMsg {
     /// The primary's answer: your log agrees with mine up to `upto`;
     /// truncate the rest and ask again.
     Diverge { epoch: Epoch, upto: Seq },
+    /// Bytes `offset..offset + bytes.len()` of the primary's checkpoint
+    /// after batch `batch`, `total` bytes long: sent to a secondary whose
+    /// next batch the primary's log no longer holds (rule 5's transfer).
+    Snapshot {
+        epoch: Epoch,
+        batch: Seq,
+        offset: u64,
+        total: u64,
+        bytes: Vec<u8>,
+    },
+    /// The secondary has written the checkpoint of `batch` up to `offset`.
+    SnapshotAck {
+        epoch: Epoch,
+        batch: Seq,
+        offset: u64,
+    },
 }
 
 /// What a [`Member`] asks of its driver, in order.
@@ -149,5 +165,23 @@ pub enum Output {
     Acknowledged {
         epoch: Epoch,
         upto: Seq,
+    },
+    /// The log no longer holds what `to` needs next: send it the latest
+    /// checkpoint as [`ReplMsg::Snapshot`] chunks (paced by its
+    /// [`ReplMsg::SnapshotAck`]s); it asks to catch up from there once
+    /// installed.
+    SendSnapshot {
+        to: NodeId,
+    },
+    /// Write this chunk of the checkpoint of `batch` at `offset` (the
+    /// first at 0 starts the file over); report [`Member::snapshot_written`].
+    /// Once `offset + bytes.len() == total`, make the file durable, check
+    /// it, make it the tablet's only state (every segment goes; the log
+    /// starts again after `batch`) and report [`Member::installed`].
+    SnapshotChunk {
+        batch: Seq,
+        offset: u64,
+        total: u64,
+        bytes: Vec<u8>,
     },
 }

@@ -129,6 +129,11 @@ impl CheckpointHeader {
     }
 }
 
+/// Where the checkpoint after `batch` is (or would be) in `dir`.
+pub fn path(dir: &Path, batch: u64) -> PathBuf {
+    dir.join(file_name(batch))
+}
+
 fn file_name(batch: u64) -> String {
     format!("checkpoint-{batch:020}.ckpt")
 }
