@@ -1219,7 +1219,8 @@ fn with_sync_replication_a_secondary_behind_the_primary_s_log_gets_its_checkpoin
     // It came back through the checkpoint, not the log.
     let said: Vec<String> = nodes[1].server.stderr.try_iter().collect();
     assert!(
-        said.iter().any(|l| l.contains("the standby is the primary's checkpoint of batch")),
+        said.iter()
+            .any(|l| l.contains("the standby is the primary's checkpoint of batch")),
         "no checkpoint installed: {}",
         said.join("\n")
     );

@@ -28,6 +28,10 @@ const VIEW_REFRESH_MS: u64 = 500;
 /// Faults happen in the first part; the rest is for settling.
 const CHAOS_MS: u64 = 40_000;
 const SETTLE_MS: u64 = 40_000;
+/// Chance (per mille) that a primary checkpoints at the batches it just
+/// acknowledged, so that a secondary away long enough is sent the
+/// checkpoint instead of the batches.
+const CHECKPOINT_PER_MILLE: u64 = 20;
 
 /// splitmix64: small, seeded, the same everywhere.
 struct Rng(u64);
@@ -138,10 +142,13 @@ impl Ord for Queued {
 }
 
 /// A tablet's disk: `(epoch, bytes)` per seq, durable up to `durable`.
+/// Batches up to `gone` are in a checkpoint only (their segments went):
+/// they count as held, but cannot be read to ship.
 #[derive(Debug, Default, Clone)]
 struct Disk {
     entries: Vec<(u64, Vec<u8>)>,
     durable: usize,
+    gone: usize,
 }
 
 impl Disk {
@@ -435,6 +442,21 @@ impl Sim {
                 };
                 self.at(delay, event);
             }
+            Output::Truncate { after } if (after as usize) < disk.gone => {
+                // A cut below the tablet's checkpoint (one it installed,
+                // or took of batches the primary had not acknowledged):
+                // the tablet starts over, empty, and catches up from the
+                // primary. Only a node outside `insync` may drop what it
+                // holds.
+                let (record, _) = &self.store.records[&island];
+                if record.insync.contains(&id) {
+                    let what = format!("node {id} island {island}: in sync, it dropped its log");
+                    self.violations.push(what);
+                }
+                *disk = Disk::default();
+                let member = node.members.get_mut(&island).unwrap();
+                member.installed(LogInfo::default());
+            }
             Output::Truncate { after } => {
                 disk.entries.truncate(after as usize);
                 disk.durable = disk.durable.min(after as usize);
@@ -443,6 +465,10 @@ impl Sim {
             }
             Output::Send { to, msg } => {
                 self.send(Place::Node(id), Place::Node(to), Msg::Repl { island, msg });
+            }
+            Output::Read { to, from, .. } if from as usize <= disk.gone => {
+                let member = node.members.get_mut(&island).unwrap();
+                member.log_gone(to);
             }
             Output::Read { to, from, upto } => {
                 let batches: Vec<(u64, u64, Vec<u8>)> = (from..=upto)
@@ -454,11 +480,44 @@ impl Sim {
                 let member = node.members.get_mut(&island).unwrap();
                 member.ship_read(to, batches);
             }
-            // The simulated disks keep every batch, so no log is ever
-            // gone and no checkpoint is sent.
-            Output::SendSnapshot { .. } | Output::SnapshotChunk { .. } => {
-                let what = format!("node {id} island {island}: a checkpoint transfer");
-                self.violations.push(what);
+            Output::SendSnapshot { to } => {
+                let member = &node.members[&island];
+                let Some(epoch) = member.primary_epoch() else {
+                    return;
+                };
+                let batch = disk.gone as u64;
+                let bytes = encode_checkpoint(&disk.entries[..disk.gone]);
+                let total = bytes.len() as u64;
+                let msg = ReplMsg::Snapshot {
+                    epoch,
+                    batch,
+                    offset: 0,
+                    total,
+                    bytes,
+                };
+                self.send(Place::Node(id), Place::Node(to), Msg::Repl { island, msg });
+            }
+            Output::SnapshotChunk {
+                batch,
+                offset,
+                total,
+                bytes,
+            } => {
+                // Sent whole: one chunk is the checkpoint, installed at once.
+                if offset != 0 || bytes.len() as u64 != total {
+                    return;
+                }
+                disk.entries = decode_checkpoint(&bytes);
+                assert_eq!(
+                    disk.entries.len() as u64,
+                    batch,
+                    "a checkpoint of its batch"
+                );
+                (disk.durable, disk.gone) = (disk.entries.len(), disk.entries.len());
+                let log = disk.log_info();
+                let member = node.members.get_mut(&island).unwrap();
+                member.snapshot_written(batch, total);
+                member.installed(log);
             }
             Output::Txn {
                 id: txn,
@@ -480,9 +539,16 @@ impl Sim {
     }
 
     /// Node `id` released the replies of `island`'s batches up to `upto`.
+    /// Now and then it checkpoints there (rule 6), and the segments
+    /// before go.
     fn acknowledged(&mut self, id: NodeId, island: u16, epoch: u64, upto: u64) {
         self.ackers.entry((island, epoch)).or_default().insert(id);
+        let checkpoint = self.rng.chance(CHECKPOINT_PER_MILLE);
         let node = self.nodes.get_mut(&id).unwrap();
+        if checkpoint {
+            let disk = node.disks.get_mut(&island).unwrap();
+            disk.gone = disk.gone.max((upto as usize).min(disk.durable));
+        }
         let disk = &node.disks[&island];
         let proposed = node.proposed.entry(island).or_default();
         let mut newly = Vec::new();
@@ -750,6 +816,28 @@ impl Sim {
             }
         }
     }
+}
+
+/// A checkpoint's bytes: each batch as epoch (u64), length (u32), bytes.
+fn encode_checkpoint(entries: &[(u64, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (epoch, bytes) in entries {
+        out.extend_from_slice(&epoch.to_le_bytes());
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(bytes);
+    }
+    out
+}
+
+fn decode_checkpoint(mut bytes: &[u8]) -> Vec<(u64, Vec<u8>)> {
+    let mut entries = Vec::new();
+    while !bytes.is_empty() {
+        let epoch = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+        let length = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+        entries.push((epoch, bytes[12..12 + length].to_vec()));
+        bytes = &bytes[12 + length..];
+    }
+    entries
 }
 
 /// Runs seed `seed`; the violations found.

@@ -549,8 +549,8 @@ impl StandbyWork {
                     log::error!("shard {shard_id}: island {island}: standby: {error}");
                     return;
                 }
-                Ok(Some(batch)) => match self.install(standby, batch).await {
-                    Ok(installed) => standby = installed,
+                Ok(Some(replace)) => match self.replace(standby, replace).await {
+                    Ok(replaced) => standby = replaced,
                     Err(error) => {
                         log::error!("shard {shard_id}: island {island}: standby: {error}");
                         return;
@@ -566,13 +566,13 @@ impl StandbyWork {
     }
 
     /// Appends, and cuts, what the tablet asks for, and writes the chunks
-    /// of a checkpoint the primary sends. `Some(batch)`: the checkpoint of
-    /// `batch` arrived whole, to be installed.
+    /// of a checkpoint the primary sends. `Some`: the standby is to be
+    /// replaced (see [`Replace`]).
     async fn do_work(
         &self,
         standby: &mut Standby<GlommioDisk>,
         incoming: &mut Incoming,
-    ) -> Result<Option<u64>, String> {
+    ) -> Result<Option<Replace>, String> {
         loop {
             let mut appends = Vec::new();
             let mut other = None;
@@ -596,6 +596,12 @@ impl StandbyWork {
                     let now = self.runtime.now_ms();
                     let fresh = checkpointed_shard(&self.runtime, &self.dir, now)
                         .map_err(|e| e.to_string())?;
+                    if after < fresh.1 {
+                        // The standby checkpointed batches its primary had
+                        // not acknowledged (it cannot know which were):
+                        // it starts over, empty, and catches up.
+                        return Ok(Some(Replace::Empty { after }));
+                    }
                     standby
                         .truncate_after(after, fresh)
                         .await
@@ -616,7 +622,7 @@ impl StandbyWork {
                     Ok(Some(written)) => {
                         self.tablet.borrow_mut().snapshot_written(batch, written);
                         if written == total {
-                            return Ok(Some(batch));
+                            return Ok(Some(Replace::Checkpoint(batch)));
                         }
                     }
                     // Out of order: the primary sends again from the last ack.
@@ -633,24 +639,37 @@ impl StandbyWork {
         }
     }
 
-    /// Makes the primary's checkpoint of `batch` the tablet's whole state:
-    /// checked first (the standby goes on as it was if it is refused),
+    /// Replaces the standby: by the primary's checkpoint of `batch`
+    /// (checked first: the standby goes on as it was if it is refused;
     /// then every segment and older checkpoint goes and the log starts
-    /// again after `batch`. The standby to go on with, or why there is
-    /// none.
-    async fn install(
+    /// again after `batch`), or by nothing. The standby to go on with, or
+    /// why there is none.
+    async fn replace(
         &self,
         standby: Standby<GlommioDisk>,
-        batch: u64,
+        replace: Replace,
     ) -> Result<Standby<GlommioDisk>, String> {
-        let shard = match take_incoming(&self.runtime, &self.dir, batch).await {
-            Ok(shard) => shard,
-            Err(why) => {
+        let (batch, shard) = match replace {
+            Replace::Empty { after } => {
                 log::warn!(
-                    "shard {}: refused the primary's checkpoint of batch {batch}: {why}",
-                    self.shard_id
+                    "shard {}: island {}: the primary's history ends at batch {after}, \
+                     below the standby's checkpoint: the standby starts over",
+                    self.shard_id,
+                    self.tablet.borrow().island()
                 );
-                return Ok(standby);
+                (0, standby_shard(&self.runtime, self.runtime.now_ms()))
+            }
+            Replace::Checkpoint(batch) => {
+                match take_incoming(&self.runtime, &self.dir, batch).await {
+                    Ok(shard) => (batch, shard),
+                    Err(why) => {
+                        log::warn!(
+                            "shard {}: refused the primary's checkpoint of batch {batch}: {why}",
+                            self.shard_id
+                        );
+                        return Ok(standby);
+                    }
+                }
             }
         };
         drop(standby);
@@ -658,7 +677,7 @@ impl StandbyWork {
         glommio::executor()
             .spawn_blocking(move || install_incoming(&dir, batch))
             .await
-            .map_err(|e| format!("installing the checkpoint of batch {batch}: {e}"))?;
+            .map_err(|e| format!("replacing the standby: {e}"))?;
         let disk = GlommioDisk::open(&self.dir)
             .await
             .map_err(|e| e.to_string())?;
@@ -666,11 +685,13 @@ impl StandbyWork {
             .await
             .map_err(|e| e.to_string())?;
         let log = standby.shard().epochs().log_info(batch);
-        log::warn!(
-            "shard {}: island {}: the standby is the primary's checkpoint of batch {batch} now",
-            self.shard_id,
-            self.tablet.borrow().island()
-        );
+        if batch > 0 {
+            log::warn!(
+                "shard {}: island {}: the standby is the primary's checkpoint of batch {batch} now",
+                self.shard_id,
+                self.tablet.borrow().island()
+            );
+        }
         self.tablet.borrow_mut().installed(log);
         Ok(standby)
     }
@@ -964,6 +985,15 @@ async fn read_chunk(path: PathBuf, offset: u64, length: usize) -> Result<Vec<u8>
     read.map_err(|e| format!("reading the checkpoint: {e}"))
 }
 
+/// What replaces a standby.
+enum Replace {
+    /// The primary's checkpoint of this batch, arrived whole in `incoming`.
+    Checkpoint(u64),
+    /// Nothing: the primary's history ends at `after`, below the
+    /// standby's own checkpoint.
+    Empty { after: u64 },
+}
+
 /// A checkpoint arriving from the primary, in the tablet's `incoming`
 /// directory: its batch and the bytes written so far.
 #[derive(Default)]
@@ -1052,10 +1082,15 @@ fn install_incoming(dir: &std::path::Path, batch: u64) -> std::io::Result<()> {
         }
     }
     let incoming = dir.join(INCOMING_DIR);
-    std::fs::rename(
-        checkpoint::path(&incoming, batch),
-        checkpoint::path(dir, batch),
-    )?;
+    if batch > 0 {
+        std::fs::rename(
+            checkpoint::path(&incoming, batch),
+            checkpoint::path(dir, batch),
+        )?;
+    }
     std::fs::File::open(dir)?.sync_all()?;
-    std::fs::remove_dir_all(&incoming)
+    match std::fs::remove_dir_all(&incoming) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        done => done,
+    }
 }

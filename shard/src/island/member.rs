@@ -82,6 +82,10 @@ struct Primary {
     /// for the secondary as in sync mode, so that once the store says it
     /// is in sync it holds everything acknowledged. Since when.
     holding_since_ms: Option<u64>,
+    /// The secondary was found behind the log and sent the checkpoint,
+    /// last at this time: sent again every `SNAPSHOT_RESEND_MS` until it
+    /// asks to catch up.
+    snapshot_sent_ms: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -111,6 +115,11 @@ struct Txn {
     expect_revision: u64,
     asked_ms: u64,
 }
+
+/// A primary that sent its checkpoint to a secondary and has not heard it
+/// ask to catch up since sends it again after this long (ms); a transfer
+/// still running is left to go on.
+const SNAPSHOT_RESEND_MS: u64 = 10_000;
 
 /// A checkpoint transfer with no chunk for this long is taken as dropped:
 /// the secondary asks to catch up again (ms).
@@ -375,6 +384,15 @@ impl Member {
             Role::Secondary(s) if !s.joined && !s.truncating && now_ms >= s.asked_ms + retry => {
                 self.ask_to_join();
             }
+            Role::Primary(p)
+                if p.snapshot_sent_ms
+                    .is_some_and(|at| now_ms >= at + SNAPSHOT_RESEND_MS) =>
+            {
+                // Lost, or refused: the secondary never asked to catch up.
+                p.snapshot_sent_ms = Some(now_ms);
+                let to = p.secondary;
+                self.out.push_back(Output::SendSnapshot { to });
+            }
             _ => {}
         }
         self.check_solo();
@@ -485,6 +503,7 @@ impl Member {
         }
         p.joined = false;
         p.shipped = p.acked;
+        p.snapshot_sent_ms = Some(self.now_ms);
         self.out.push_back(Output::SendSnapshot { to });
     }
 
@@ -590,6 +609,7 @@ impl Member {
             waiting_since_ms: (record.mode == Mode::Sync).then_some(self.now_ms),
             progress_ms: self.now_ms,
             holding_since_ms: None,
+            snapshot_sent_ms: None,
         }));
     }
 
@@ -807,15 +827,29 @@ impl Member {
         });
     }
 
-    /// A chunk of the primary's checkpoint: taken only by a secondary of
-    /// the primary's epoch that has not joined (the primary sends one
-    /// only to such), and only when no truncation is under way.
+    /// A chunk of the primary's checkpoint, taken by a secondary of the
+    /// primary's epoch when no truncation is under way. A joined
+    /// secondary gets one when the primary, shipping again from an
+    /// acknowledgement that was lost, found those batches gone: out of
+    /// `insync` it starts over from the checkpoint (dropping its log is
+    /// safe, no acknowledgement counts on it); in `insync` it holds
+    /// every acknowledged batch, so it says where its log ends instead
+    /// and the primary ships from there.
     fn snapshot_chunk(&mut self, epoch: Epoch, batch: Seq, at: (u64, u64), bytes: Vec<u8>) {
+        let me = self.config.me;
+        let insync = (self.view.as_ref()).is_some_and(|v| v.record.insync.contains(&me));
         let Role::Secondary(s) = &mut self.role else {
             return;
         };
-        if epoch != s.epoch || s.joined || s.truncating || !s.acking {
+        if epoch != s.epoch || s.truncating || !s.acking {
             return;
+        }
+        if s.joined {
+            s.joined = false;
+            if insync {
+                self.ask_to_join();
+                return;
+            }
         }
         s.installing_since_ms = Some(self.now_ms);
         let (offset, total) = at;
@@ -858,6 +892,7 @@ impl Member {
             return;
         }
         p.joined = true;
+        p.snapshot_sent_ms = None;
         p.acked = last_seq;
         p.shipped = last_seq;
         p.progress_ms = self.now_ms;
