@@ -1229,3 +1229,34 @@ fn with_sync_replication_a_secondary_behind_the_primary_s_log_gets_its_checkpoin
     drop(primary.server.into_data_dir());
     tablet_delivers(&tablet, bob, bob_key, 170);
 }
+
+/// An island left solo because its secondary is gone gets another live
+/// node as its secondary once the grace period is over (3 s here; 10
+/// minutes by default): that node builds a standby from the primary's
+/// log (or checkpoint) and the island is in sync again, so a second
+/// failure no longer loses its data. The new secondary's tablet holds
+/// every message.
+#[test]
+fn with_sync_replication_an_island_whose_secondary_stays_away_is_given_another() {
+    let etcd = Etcd::start();
+    let grace = [("ISLE_CLUSTER__REPAIR_GRACE_MS", "3000")];
+    let (mut nodes, _ports) = three_replicating_with(&etcd, &grace);
+    let (alice, bob) = (number_on(1, 0), number_on(1, 1));
+    let (mut alice_client, _) = sign_up(&nodes[0].server, alice);
+    let (bob_client, bob_key) = sign_up(&nodes[0].server, bob);
+    drop(bob_client);
+    send_all(&mut alice_client, bob, 1..=40);
+
+    let secondary = nodes.remove(1);
+    drop(secondary.server.into_data_dir());
+    send_all(&mut alice_client, bob, 41..=80);
+    let left: Vec<&Node> = nodes.iter().collect();
+    await_all(&left, "island 1 re-paired with node 3, in sync", |s| {
+        island_is(s, 1, 3, "sync", &[1, 3])
+    });
+    send_all(&mut alice_client, bob, 81..=90);
+    let tablet = nodes[1].server.data_dir().join("islands/island-1/shard-0");
+    let primary = nodes.remove(0);
+    drop(primary.server.into_data_dir());
+    tablet_delivers(&tablet, bob, bob_key, 90);
+}

@@ -23,6 +23,7 @@
 //! shard waits for etcd.
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -39,7 +40,7 @@ use super::{
     partitions::PartitionOwners,
     view::{Change, ClusterView, NodeRecord},
 };
-use crate::config::cluster::ClusterSettings;
+use crate::config::cluster::{ClusterSettings, Replication};
 use server::island::{tablet::IslandTxn, LeaseClock};
 
 /// The next island transaction a shard asked for; never, when the node
@@ -148,6 +149,9 @@ pub struct Coordinator {
     lease_clock: Option<Arc<LeaseClock>>,
     /// Island transactions the shards' members ask for.
     txns: Option<tokio::sync::mpsc::Receiver<IslandTxn>>,
+    /// Members without a lease, since when this node saw them so (for
+    /// the controller's re-pairing).
+    away_since: BTreeMap<u16, Instant>,
 }
 
 /// Why a session ended without an etcd error.
@@ -187,6 +191,7 @@ impl Coordinator {
             unowned_said: None,
             lease_clock: None,
             txns: None,
+            away_since: BTreeMap::new(),
         }
     }
 
@@ -383,6 +388,7 @@ impl Coordinator {
                     sent = Instant::now();
                     keeper.keep_alive().await?;
                     self.note_lease();
+                    self.repair(client).await?;
                 }
                 answer = answers.message() => {
                     let answer = answer?.ok_or(SessionEnd::LeaseLost)?;
@@ -481,6 +487,52 @@ impl Coordinator {
                 txn.island,
                 record.epoch,
                 txn.expect_revision
+            );
+        }
+        Ok(())
+    }
+
+    /// The controller's re-pairing of an island left solo whose secondary
+    /// stays away past `repair_grace_ms` (docs/islands.md): one island a
+    /// call, by compare-and-swap on its key and on the old secondary's
+    /// absence, so a node back just in time keeps its place.
+    async fn repair(&mut self, client: &mut Client) -> anyhow::Result<()> {
+        let now = Instant::now();
+        let live: BTreeSet<u16> = self.view.nodes.keys().copied().collect();
+        self.away_since.retain(|node, _| !live.contains(node));
+        for &member in self.view.members.keys() {
+            if !live.contains(&member) {
+                self.away_since.entry(member).or_insert(now);
+            }
+        }
+        let me = self.settings.node_id;
+        let replicating = self.settings.replication != Replication::Off;
+        if self.view.controller != Some(me) || !replicating {
+            return Ok(());
+        }
+        let grace = Duration::from_millis(self.settings.repair_grace_ms);
+        let away = &self.away_since;
+        let away_long = |node| away.get(&node).is_some_and(|since| now >= *since + grace);
+        let Some(repair) = islands::repair(&self.view.islands, &live, away_long) else {
+            return Ok(());
+        };
+        let key = self.key(&format!("islands/{}", repair.island));
+        let gone = self.key(&format!("nodes/{}", repair.old_secondary));
+        let when = [
+            Compare::mod_revision(key.clone(), CompareOp::Equal, repair.expect_revision),
+            Compare::create_revision(gone, CompareOp::Equal, 0),
+        ];
+        let put = TxnOp::put(key, islands::encode(&repair.record), None);
+        let done = client.txn(Txn::new().when(when).and_then([put])).await?;
+        if done.succeeded() {
+            log::warn!(
+                "cluster: island {}: node {} has been away over {} s; node {} is its \
+                 secondary now (epoch {}, solo until it caught up)",
+                repair.island,
+                repair.old_secondary,
+                grace.as_secs(),
+                repair.record.secondary,
+                repair.record.epoch
             );
         }
         Ok(())

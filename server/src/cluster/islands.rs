@@ -135,9 +135,106 @@ pub fn ring(nodes: &[NodeId]) -> Vec<(IslandId, IslandRecord)> {
         .collect()
 }
 
+/// An island the controller gives a new secondary (see [`repair`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repair {
+    pub island: IslandId,
+    /// The record to put, if the island's key is still at
+    /// `expect_revision` and `old_secondary` still holds no lease.
+    pub record: IslandRecord,
+    pub expect_revision: i64,
+    pub old_secondary: NodeId,
+}
+
+/// The controller's re-pairing (docs/islands.md, "Re-pairing"): the first
+/// island left solo, its primary live, whose secondary `away_long` says
+/// has been gone past the grace period, paired with a live node that is
+/// neither of its two (of those, the secondary of the fewest islands, then
+/// the lowest id), in a new epoch, solo until that node caught up. `None`:
+/// nothing to do, or no node to pair with.
+pub fn repair(
+    islands: &std::collections::BTreeMap<IslandId, (IslandRecord, i64)>,
+    live: &std::collections::BTreeSet<NodeId>,
+    away_long: impl Fn(NodeId) -> bool,
+) -> Option<Repair> {
+    let (&island, (record, revision)) = islands.iter().find(|(_, (r, _))| {
+        r.mode == Mode::Solo
+            && live.contains(&r.primary)
+            && !live.contains(&r.secondary)
+            && away_long(r.secondary)
+    })?;
+    let load = |node: NodeId| {
+        islands
+            .values()
+            .filter(|(r, _)| r.secondary == node)
+            .count()
+    };
+    let secondary = live
+        .iter()
+        .copied()
+        .filter(|&n| n != record.primary && n != record.secondary)
+        .min_by_key(|&n| (load(n), n))?;
+    let new = IslandRecord {
+        epoch: record.epoch + 1,
+        primary: record.primary,
+        secondary,
+        insync: vec![record.primary],
+        mode: Mode::Solo,
+    };
+    Some(Repair {
+        island,
+        record: new,
+        expect_revision: *revision,
+        old_secondary: record.secondary,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_solo_island_whose_secondary_stays_away_gets_the_least_loaded_live_node() {
+        let mut islands: std::collections::BTreeMap<_, _> = ring(&[1, 2, 3, 4])
+            .into_iter()
+            .enumerate()
+            .map(|(at, (id, record))| (id, (record, 10 + at as i64)))
+            .collect();
+        // Node 3 is gone: island 2 (2 → 3) went solo, island 3 (3 → 4)
+        // has no primary.
+        let solo = |r: &mut IslandRecord| {
+            r.epoch += 1;
+            r.insync = vec![r.primary];
+            r.mode = Mode::Solo;
+        };
+        solo(&mut islands.get_mut(&2).unwrap().0);
+        let live = [1, 2, 4].into_iter().collect();
+        assert_eq!(repair(&islands, &live, |_| false), None, "within the grace");
+        let done = repair(&islands, &live, |n| n == 3).unwrap();
+        // Node 1 is secondary of island 4, node 4 of island 3: a tie, the
+        // lowest id wins.
+        assert_eq!(
+            (done.island, done.old_secondary, done.expect_revision),
+            (2, 3, 11)
+        );
+        assert_eq!(
+            done.record,
+            IslandRecord {
+                epoch: 3,
+                primary: 2,
+                secondary: 1,
+                insync: vec![2],
+                mode: Mode::Solo
+            }
+        );
+        assert_eq!(check(&done.record), Ok(()));
+        // An island in sync, or whose primary is gone, is left alone.
+        let live_without_2 = [1, 4].into_iter().collect();
+        assert_eq!(repair(&islands, &live_without_2, |_| true), None);
+        // Nobody else to pair with: nothing to do.
+        let two: std::collections::BTreeMap<_, _> = [(2, islands[&2].clone())].into();
+        assert_eq!(repair(&two, &[2].into_iter().collect(), |_| true), None);
+    }
 
     #[test]
     fn a_ring_pairs_every_node_with_the_next_and_reads_back() {

@@ -60,6 +60,12 @@ pub struct ClusterConfig {
     /// ahead, and a secondary that comes back later gets the checkpoint
     /// itself before it catches up from the log.
     pub replica_retain_segments: usize,
+    /// With replication: an island left solo because its secondary is
+    /// gone is given another live node as its secondary once the
+    /// secondary has been gone this long, by the controller; a shorter
+    /// absence moves no data.
+    #[serde(with = "duration::ms")]
+    pub repair_grace_ms: u64,
 }
 
 /// `cluster.replication`.
@@ -88,6 +94,7 @@ impl Default for ClusterConfig {
             secret_file: None,
             replication: Replication::Off,
             replica_retain_segments: 64,
+            repair_grace_ms: 600_000,
         }
     }
 }
@@ -151,6 +158,7 @@ pub struct ClusterSettings {
     pub bootstrap_nodes: usize,
     pub prefix: String,
     pub replication: Replication,
+    pub repair_grace_ms: u64,
     /// Which process holds the node id: its host and data dir (set by
     /// the server at start; see `cluster::identity::instance`).
     pub instance: String,
@@ -202,6 +210,7 @@ impl ClusterConfig {
             bootstrap_nodes: self.bootstrap_nodes,
             prefix: self.prefix.clone(),
             replication: self.replication,
+            repair_grace_ms: self.repair_grace_ms,
             instance: String::new(),
         })
     }
