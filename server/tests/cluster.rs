@@ -1260,3 +1260,77 @@ fn with_sync_replication_an_island_whose_secondary_stays_away_is_given_another()
     drop(primary.server.into_data_dir());
     tablet_delivers(&tablet, bob, bob_key, 90);
 }
+
+/// A primary started on an empty data dir (its disk was lost) while its
+/// island is in sync never serves it: serving an empty log would make
+/// its secondary cut the island's log to nothing. The island stays as it
+/// was, its secondary keeps every message, the node says why and how to
+/// restore it; restored as it says (the secondary's tablet copied into
+/// its log), it serves the island again and nothing is lost.
+#[test]
+fn with_sync_replication_a_primary_on_an_empty_data_dir_does_not_serve_its_island() {
+    let etcd = Etcd::start();
+    let (mut nodes, ports) = three_replicating(&etcd);
+    let (alice, bob) = (number_on(1, 0), number_on(1, 1));
+    let (mut alice_client, _) = sign_up(&nodes[0].server, alice);
+    let (bob_client, bob_key) = sign_up(&nodes[0].server, bob);
+    drop(bob_client);
+    send_all(&mut alice_client, bob, 1..=20);
+    drop(alice_client);
+    let before: Vec<serde_json::Value> = cluster_status(&nodes[1].server)["islands"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+
+    let primary = nodes.remove(0);
+    drop(primary.server.into_data_dir());
+    let wiped = start_replicating(&etcd, 1, ports[0], tempfile::tempdir().unwrap());
+    let deadline = Instant::now() + SETTLE;
+    let mut said = Vec::new();
+    while !said
+        .iter()
+        .any(|l: &String| l.contains("this data dir is not the island's"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal said: {}",
+            said.join("\n")
+        );
+        said.extend(wiped.server.stderr.try_iter());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let island_1 = |status: serde_json::Value| {
+        let islands = status["islands"].as_array().cloned().unwrap_or_default();
+        islands.into_iter().find(|i| i["id"] == 1)
+    };
+    let now = island_1(cluster_status(&nodes[0].server));
+    let then = before.into_iter().find(|i| i["id"] == 1);
+    assert_eq!(now, then, "island 1 moved");
+    assert_eq!(
+        ready_code(&wiped.server),
+        503,
+        "a node that cannot serve is not ready"
+    );
+    let tablet = nodes[0].server.data_dir().join("islands/island-1/shard-0");
+    tablet_delivers(&tablet, bob, bob_key, 20);
+
+    // Restored as the refusal says.
+    let data_dir = wiped.server.into_data_dir();
+    let log = data_dir.path().join("log/shard-0");
+    std::fs::remove_dir_all(&log).unwrap();
+    copy_dir(&tablet, &log);
+    nodes.insert(0, start_replicating(&etcd, 1, ports[0], data_dir));
+    let all: Vec<&Node> = nodes.iter().collect();
+    await_all(&all, "island 1 served and in sync again", |s| {
+        island_is(s, 1, 3, "sync", &[1, 2])
+    });
+    let mut bob_client = Client::connect(nodes[0].server.plain).unwrap();
+    bob_client.set_timeout(Duration::from_secs(10)).unwrap();
+    bob_client.login(bob, bob_key).unwrap();
+    let got = await_frame(&mut bob_client, SETTLE, |e| match e {
+        Event::Message { body, .. } if **body == *shipped_body(20).as_bytes() => Some(()),
+        _ => None,
+    });
+    assert!(got.is_ok(), "bob's last message after the restore: {got:?}");
+}

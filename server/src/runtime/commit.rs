@@ -233,7 +233,10 @@ pub async fn commit(runtime: Rc<Runtime>, mut journal: impl Journal, plan: Check
     // A disk found full at start refuses messages from the first one on,
     // rather than taking one into a commit that cannot be written.
     note_disk_full(&runtime, journal.disk_full());
-    let own = start_replicating(&runtime, &journal).await;
+    let own = match start_replicating(&runtime, &journal).await {
+        Ok(own) => own,
+        Err(error) => return refuse_durable_work(&runtime, error).await,
+    };
     let mut frames = Vec::new();
     loop {
         wait_for_work(&runtime, own.as_deref()).await;
@@ -303,12 +306,16 @@ pub async fn commit(runtime: Rc<Runtime>, mut journal: impl Journal, plan: Check
 async fn start_replicating(
     runtime: &Rc<Runtime>,
     journal: &impl Journal,
-) -> Option<Rc<RefCell<Tablet>>> {
-    let islands = runtime.islands.clone()?;
+) -> Result<Option<Rc<RefCell<Tablet>>>, String> {
+    let Some(islands) = runtime.islands.clone() else {
+        return Ok(None);
+    };
     let log = runtime.shard().epochs().log_info(journal.last_batch());
-    let tablet = islands.clone().start_own(log).await?;
+    let Some(tablet) = islands.clone().start_own(log).await? else {
+        return Ok(None);
+    };
     glommio::spawn_local(islands.ship(tablet.clone())).detach();
-    Some(tablet)
+    Ok(Some(tablet))
 }
 
 /// Waits until records wait (or a checkpoint was written, or the own

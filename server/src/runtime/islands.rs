@@ -134,25 +134,41 @@ impl Islands {
 
     /// Waits for the first placement with a map, then makes the shard's
     /// own tablet over a log of shape `log` if the cluster has an island
-    /// for this node. `None`: the shard does not replicate (a cluster of
-    /// one node has no island).
-    pub async fn start_own(&self, log: LogInfo) -> Option<Rc<RefCell<Tablet>>> {
+    /// for this node. `Ok(None)`: the shard does not replicate (a cluster
+    /// of one node has no island). Err: this node's log of its island was
+    /// lost (see [`Member::lost_log`]): it must not serve it.
+    pub async fn start_own(&self, log: LogInfo) -> Result<Option<Rc<RefCell<Tablet>>>, String> {
         while !self.decided.get() {
             self.placed.wait().await;
         }
-        let placement = self.placement.borrow().clone()?;
+        let Some(placement) = self.placement.borrow().clone() else {
+            return Ok(None);
+        };
         let island = self.setup.node;
-        let view = placement.island_view(island)?;
+        let Some(view) = placement.island_view(island) else {
+            return Ok(None);
+        };
+        let secondary = view.record.secondary;
         let member = Member::new(member_config(self.setup.node, island), log, self.now_ms());
         let tablet = Rc::new(RefCell::new(Tablet::new(island, member)));
         tablet.borrow_mut().view(view, self.now_ms());
+        if tablet.borrow().member().lost_log() {
+            return Err(format!(
+                "island {island}: this node is its primary but its log here is empty, while the \
+                 island has served and node {secondary} holds all of it: this data dir is not \
+                 the island's (a new disk, or a wiped directory). Serving it would make node \
+                 {secondary} drop the island's data. To restore it, stop this node, copy node \
+                 {secondary}'s DATA_DIR/islands/island-{island}/shard-N into this node's \
+                 DATA_DIR/log/shard-N for every shard N, and start it again"
+            ));
+        }
         *self.own.borrow_mut() = Some(tablet.clone());
         log::info!(
             "shard {}: replicating as island {island}: {}",
             self.shard_id,
             tablet.borrow().summary()
         );
-        Some(tablet)
+        Ok(Some(tablet))
     }
 
     /// A new placement: the tablets see their islands' records, standbys

@@ -152,6 +152,9 @@ pub struct Member {
     /// revision it expects, and when it was asked.
     txn: Option<Txn>,
     next_txn: u64,
+    /// Named primary with an empty log of an island that served and whose
+    /// secondary is in sync: this node's log was lost (see `take_role`).
+    lost_log: bool,
 }
 
 impl Member {
@@ -168,7 +171,17 @@ impl Member {
             valid_until_ms: 0,
             txn: None,
             next_txn: 1,
+            lost_log: false,
         }
+    }
+
+    /// Whether this node was named the island's primary with an empty log
+    /// while the island has served and its in-sync secondary holds every
+    /// acknowledged batch: its log was lost (a new disk, a wiped data
+    /// dir). It never serves then: serving would make the secondary cut
+    /// its log to this empty one and lose the island.
+    pub fn lost_log(&self) -> bool {
+        self.lost_log
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -555,6 +568,8 @@ impl Member {
         self.role = Role::Idle;
         if record.primary == me && mine {
             self.become_primary(view);
+        } else if record.primary == me && self.log.last == 0 && holds_everything(record) {
+            self.lost_log = true;
         } else if record.primary == me {
             // Primary of an epoch it did not make (a restart): it may have
             // lost what it shipped, so it never serves that epoch again.
@@ -962,6 +977,12 @@ impl Member {
     }
 }
 
+/// Whether `record` is of an island that has served (past the bootstrap's
+/// epoch) and whose secondary holds every batch it acknowledged (in sync).
+fn holds_everything(record: &IslandRecord) -> bool {
+    record.epoch > 1 && record.mode == Mode::Sync && record.insync.contains(&record.secondary)
+}
+
 /// Whether the island's primary holds a lease in `view`.
 fn primary_live(view: &View) -> bool {
     view.live.contains(&view.record.primary)
@@ -1001,6 +1022,43 @@ mod tests {
 
     fn outputs(member: &mut Member) -> Vec<Output> {
         std::iter::from_fn(|| member.poll_output()).collect()
+    }
+
+    /// A restarted primary with an empty log (its disk was lost) whose
+    /// in-sync secondary holds the island never serves it; with the
+    /// secondary out of sync (solo), or at the bootstrap's epoch, an empty
+    /// log may be a start that never wrote, and it goes on as rule 7 says.
+    #[test]
+    fn a_primary_that_lost_its_log_never_serves_an_island_its_secondary_holds() {
+        let view = |epoch, mode, insync: Vec<NodeId>| View {
+            record: IslandRecord {
+                epoch,
+                primary: 1,
+                secondary: 2,
+                insync,
+                mode,
+            },
+            revision: 10,
+            live: vec![1, 2],
+        };
+        let fresh = || Member::new(MemberConfig::new(1, 1), LogInfo::default(), 0);
+        let mut member = fresh();
+        member.view(view(3, Mode::Sync, vec![1, 2]), 0);
+        assert_eq!(outputs(&mut member), []);
+        assert!(member.lost_log());
+        for (epoch, mode, insync) in [(3, Mode::Solo, vec![1]), (1, Mode::Sync, vec![1, 2])] {
+            let mut member = fresh();
+            member.view(view(epoch, mode, insync), 0);
+            assert!(!member.lost_log());
+            assert!(matches!(outputs(&mut member)[..], [Output::Txn { .. }]));
+        }
+        let mut written = Member::new(
+            MemberConfig::new(1, 1),
+            LogInfo::restored(vec![(2, 1)], 9),
+            0,
+        );
+        written.view(view(3, Mode::Sync, vec![1, 2]), 0);
+        assert!(!written.lost_log());
     }
 
     /// A primary whose log no longer holds what its secondary needs sends
