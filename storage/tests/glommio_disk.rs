@@ -231,3 +231,109 @@ fn a_truncation_on_real_files_goes_on_from_the_cut_across_a_reopen() {
         "{segments_before} -> {segments_after}"
     );
 }
+
+/// A small ext4 file system, loop-mounted (the test runs as root, as the
+/// server's disk-full tests do), unmounted on drop.
+struct SmallDisk {
+    _scratch: tempfile::TempDir,
+    mount: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn new(bytes: u64) -> SmallDisk {
+        let scratch = tempfile::tempdir().unwrap();
+        let image = scratch.path().join("disk.img");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(bytes)
+            .unwrap();
+        let image = image.to_str().unwrap();
+        run("mkfs.ext4", &["-q", "-F", "-m", "0", image]);
+        let mount = scratch.path().join("mnt");
+        std::fs::create_dir(&mount).unwrap();
+        run("mount", &["-o", "loop", image, mount.to_str().unwrap()]);
+        SmallDisk {
+            _scratch: scratch,
+            mount,
+        }
+    }
+
+    /// Bytes an unprivileged writer may still use there.
+    fn available(&self) -> u64 {
+        let path = std::ffi::CString::new(self.mount.to_str().unwrap()).unwrap();
+        // SAFETY: statvfs writes only into the plain struct it is given.
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `path` is NUL-terminated, `stat` valid and writable.
+        assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut stat) }, 0);
+        stat.f_bavail * stat.f_frsize
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.mount)
+            .status();
+    }
+}
+
+fn run(program: &str, args: &[&str]) {
+    let status = std::process::Command::new(program)
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("{program}: {e} (this test needs root and e2fsprogs)"));
+    assert!(status.success(), "{program} {args:?}: {status}");
+}
+
+/// Segments grow (1 MiB, then 2 MiB, ...), and the disk has room for
+/// another 1 MiB segment but not a 2 MiB one: it is not full, and the log
+/// goes on into a second 1 MiB segment rather than refusing every commit
+/// until 2 MiB are free.
+#[test]
+fn a_disk_with_room_for_a_segment_like_the_current_one_is_not_full() {
+    const MIB: u64 = 1024 * 1024;
+    let disk = SmallDisk::new(16 * MIB);
+    let path = disk.mount.join("log");
+    let filler = disk.mount.join("filler");
+    let available = disk.available();
+    // Leaves 2.5 MiB: the first segment (1 MiB) and then 1.5 MiB.
+    assert!(available > 4 * MIB, "{available} bytes free");
+    let zeros = vec![0u8; (available - 5 * MIB / 2) as usize];
+    std::fs::write(&filler, zeros).unwrap();
+    let segments = LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(256 * 1024)
+        .spawn(move || async move {
+            let config = LogConfig {
+                segment_bytes_max: 4 * MIB,
+                first_segment_bytes: MIB,
+                ..LogConfig::new(0, 1)
+            };
+            let disk = GlommioDisk::open(&path).await.unwrap();
+            let (mut log, _) = Log::open(disk, config, |_| {}).await.unwrap();
+            // The 2 MiB blank finds no room, a 1 MiB one does: once the
+            // disk had time to find out, it is not full.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            let mut seq = 0;
+            loop {
+                seq += 1;
+                log.append(&[put(seq, 10)]).await.unwrap();
+                glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+                if !log.disk_full() && seq > 20 {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "full for good");
+            }
+            // Every commit (one 4 KiB block each) goes through, past the
+            // end of the first segment.
+            for _ in 0..400 {
+                seq += 1;
+                log.append(&[put(seq, 10)]).await.unwrap();
+            }
+            log.segments().count()
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(segments, 2);
+}

@@ -278,6 +278,39 @@ fn write_and_sync_errors_poison_the_log() {
 }
 
 #[test]
+fn a_disk_without_room_for_a_larger_segment_takes_one_like_the_last() {
+    let disk = MemoryDisk::new();
+    let config = LogConfig {
+        segment_bytes_max: 4 * SEGMENT_BYTES,
+        first_segment_bytes: SEGMENT_BYTES,
+        ..config()
+    };
+    let (mut log, _, _) = open(&disk, config).unwrap();
+    // Room for the first segment and one more of its size, not for the
+    // twice as large one that would come next: the disk is not full, and
+    // the log goes on into a segment as large as the first.
+    disk.set_capacity(Some(2 * SEGMENT_BYTES + SEGMENT_BYTES / 2));
+    assert!(!log.disk_full());
+    let all = commits(200);
+    for commit in &all {
+        match block_on(log.append(commit)) {
+            Ok(()) => {}
+            Err(LogError::NoSpace) => break,
+            Err(error) => panic!("{error}"),
+        }
+    }
+    assert_eq!(log.segments().count(), 2, "no second segment was made");
+    // That one full too, the disk is: there is no room for a third.
+    assert!(log.disk_full());
+    assert!(!log.is_poisoned());
+    drop(log);
+    // After a restart the same: room for one like the last is enough.
+    disk.set_capacity(Some(3 * SEGMENT_BYTES + SEGMENT_BYTES / 2));
+    let (log, _, _) = open(&disk, config).unwrap();
+    assert!(!log.disk_full());
+}
+
+#[test]
 fn a_full_disk_refuses_a_new_segment_without_poisoning_the_log() {
     let disk = MemoryDisk::new();
     let (mut log, _, _) = open(&disk, config()).unwrap();

@@ -22,16 +22,19 @@ pub trait Backend {
     /// allocated-but-unwritten blocks, is handed to a kernel worker thread,
     /// which on a busy core waits for a time slice (milliseconds).
     async fn create(&self, number: u64, bytes: u64, next_bytes: u64) -> io::Result<Self::File>;
-    /// True while the next segment cannot be made for lack of space: the
-    /// current segment is all the room the log has left. An implementation
-    /// may use the call to try again now and then.
+    /// True while no next segment can be made for lack of space, not even
+    /// one as large as the current one (the log makes one of that size
+    /// when a larger one does not fit): the current segment is all the
+    /// room the log has left. An implementation may use the call to try
+    /// again now and then.
     fn full(&self) -> bool;
-    /// The log goes on in an existing segment (after a restart): make
-    /// ready for the next one of `bytes`, and find out now whether there
-    /// is room for it, so that [`full`](Self::full) is true from the start
-    /// on a disk that has none. The default does nothing.
-    fn prepare(&self, bytes: u64) {
-        let _ = bytes;
+    /// The log goes on in an existing segment of `current_bytes` (after a
+    /// restart): make ready for the next one of `bytes`, and find out now
+    /// whether there is room for one at least as large as the current
+    /// one, so that [`full`](Self::full) is true from the start on a disk
+    /// that has none. The default does nothing.
+    fn prepare(&self, bytes: u64, current_bytes: u64) {
+        let _ = (bytes, current_bytes);
     }
     async fn open(&self, number: u64) -> io::Result<Self::File>;
     /// Deletes segment `number`; durable on return.

@@ -46,16 +46,23 @@ static BLANKS_MADE: AtomicU64 = AtomicU64::new(0);
 ///
 /// When a blank file cannot be written for lack of space the disk is `full`
 /// (the log's current segment is the only room left) until a later attempt,
-/// made at most every [`NO_SPACE_RETRY`], succeeds.
+/// made at most every [`NO_SPACE_RETRY`], succeeds. While segments grow, a
+/// blank of the larger size that finds no room is followed by one as large
+/// as the segment in use (which the log falls back to): the disk is full
+/// only when that one finds no room either.
 pub struct GlommioDisk {
     path: PathBuf,
     directory: Directory,
     spare: RefCell<Option<Spare>>,
-    /// When the last blank file failed for lack of space; `None` once one
-    /// has been written since. Shared with the preparing job.
-    no_space_at: Rc<Cell<Option<Instant>>>,
+    /// When the last blank file failed for lack of space, and its size;
+    /// `None` once one has been written since. Shared with the preparing
+    /// job.
+    no_space: Rc<Cell<Option<(Instant, u64)>>>,
     /// Size of the segments asked for, to prepare the next one.
     segment_bytes: Cell<u64>,
+    /// Size of the segment in use (0 before there is one): what a blank
+    /// falls back to when one of `segment_bytes` finds no room.
+    current_bytes: Cell<u64>,
 }
 
 /// A blank file being prepared: its path, size, and the job writing it.
@@ -91,8 +98,9 @@ impl GlommioDisk {
             path: path.to_path_buf(),
             directory,
             spare: RefCell::new(None),
-            no_space_at: Rc::new(Cell::new(None)),
+            no_space: Rc::new(Cell::new(None)),
             segment_bytes: Cell::new(0),
+            current_bytes: Cell::new(0),
         })
     }
 
@@ -107,12 +115,12 @@ impl GlommioDisk {
         let path = self.blank_path();
         let job_path = path.clone();
         let done = Rc::new(Cell::new(false));
-        let (job_done, no_space_at) = (done.clone(), self.no_space_at.clone());
+        let (job_done, no_space) = (done.clone(), self.no_space.clone());
         let job = glommio::spawn_local(async move {
             let result = glommio::executor()
                 .spawn_blocking(move || write_blank(&job_path, bytes))
                 .await;
-            note_space(&no_space_at, &result);
+            note_space(&no_space, bytes, &result);
             job_done.set(true);
             result
         })
@@ -140,23 +148,36 @@ impl GlommioDisk {
     async fn take_blank(&self, bytes: u64) -> io::Result<PathBuf> {
         self.segment_bytes.set(bytes);
         let spare = self.spare.borrow_mut().take();
+        // A blank of another size, written: kept as the spare if no room
+        // is found for one of `bytes` (it is the size the log falls back
+        // to), deleted otherwise.
+        let mut other = None;
         if let Some(spare) = spare {
             match spare.job.await {
                 Some(Ok(())) if spare.bytes == bytes => return Ok(spare.path),
-                // Out of space: writing another now would only find that
-                // out again, 64 MiB later.
-                Some(Err(error)) if is_no_space(&error) => return Err(error),
-                // Another size was asked for, or the job failed or was
-                // cancelled: make one now, and say why if it fails too.
+                Some(Ok(())) => other = Some((spare.path, spare.bytes)),
+                // Out of space: writing another as large now would only
+                // find that out again, 64 MiB later.
+                Some(Err(error)) if is_no_space(&error) && spare.bytes <= bytes => {
+                    return Err(error);
+                }
+                // The job failed otherwise or was cancelled, or a larger
+                // blank found no room: make one now, and say why if it
+                // fails too.
                 _ => {
                     let _ = fs::remove_file(&spare.path);
                 }
             }
-        } else if let Some(since) = self.no_space_at.get() {
-            // The last try found no room. Space may have been freed since,
-            // so after a while a commit waiting for a segment tries again
-            // (whether or not anyone asked `full`).
-            if since.elapsed() < NO_SPACE_RETRY {
+        }
+        if let Some((since, failed)) = self.no_space.get() {
+            // The last try found no room for this size or a smaller one.
+            // Space may have been freed since, so after a while a commit
+            // waiting for a segment tries again (whether or not anyone
+            // asked `full`).
+            if failed <= bytes && since.elapsed() < NO_SPACE_RETRY {
+                if let Some((path, other_bytes)) = other {
+                    self.keep_spare(path, other_bytes);
+                }
                 return Err(io::Error::from_raw_os_error(libc::ENOSPC));
             }
         }
@@ -165,8 +186,24 @@ impl GlommioDisk {
         let result = glommio::executor()
             .spawn_blocking(move || write_blank(&job_path, bytes))
             .await;
-        note_space(&self.no_space_at, &result);
+        note_space(&self.no_space, bytes, &result);
+        match (&result, other) {
+            (Ok(()), Some((other_path, _))) => {
+                let _ = fs::remove_file(other_path);
+            }
+            (Err(_), Some((other_path, other_bytes))) => self.keep_spare(other_path, other_bytes),
+            (_, None) => {}
+        }
         result.map(|()| path)
+    }
+
+    /// The size a blank falls back to when a larger one finds no room: the
+    /// segment in use's, or the one asked for before there is one.
+    fn fallback_bytes(&self) -> u64 {
+        match self.current_bytes.get() {
+            0 => self.segment_bytes.get(),
+            current => current.min(self.segment_bytes.get()),
+        }
     }
 
     fn file_path(&self, number: u64) -> PathBuf {
@@ -201,11 +238,11 @@ fn available_bytes(path: &Path) -> io::Result<u64> {
     Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
-/// Records whether writing a blank file found the disk full.
-fn note_space(no_space_at: &Cell<Option<Instant>>, result: &io::Result<()>) {
+/// Records whether writing a blank file of `bytes` found the disk full.
+fn note_space(no_space: &Cell<Option<(Instant, u64)>>, bytes: u64, result: &io::Result<()>) {
     match result {
-        Ok(()) => no_space_at.set(None),
-        Err(error) if is_no_space(error) => no_space_at.set(Some(Instant::now())),
+        Ok(()) => no_space.set(None),
+        Err(error) if is_no_space(error) => no_space.set(Some((Instant::now(), bytes))),
         Err(_) => {}
     }
 }
@@ -263,34 +300,59 @@ impl Backend for GlommioDisk {
         }
         self.directory.sync().await.map_err(os_error)?;
         // The next segment's blank file is written while this one fills.
+        self.current_bytes.set(bytes);
         self.segment_bytes.set(next_bytes);
         self.prepare_spare(next_bytes);
         Ok(GlommioFile { file })
     }
 
-    fn prepare(&self, bytes: u64) {
+    fn prepare(&self, bytes: u64, current_bytes: u64) {
         self.segment_bytes.set(bytes);
+        self.current_bytes.set(current_bytes);
+        let fallback = self.fallback_bytes();
         match available_bytes(&self.path) {
             // Not even one segment's room: writing a blank would only find
             // that out, and the disk is full from the first commit on.
-            Ok(available) if available < bytes => self.no_space_at.set(Some(Instant::now())),
+            Ok(available) if available < fallback => {
+                self.no_space.set(Some((Instant::now(), fallback)));
+            }
+            // Room for a segment like the current one, not a larger one.
+            Ok(available) if available < bytes => self.prepare_spare(fallback),
             _ => self.prepare_spare(bytes),
         }
     }
 
     fn full(&self) -> bool {
-        let Some(since) = self.no_space_at.get() else {
+        let Some((since, failed)) = self.no_space.get() else {
             return false;
         };
+        let fallback = self.fallback_bytes();
+        let idle = self.spare.borrow().as_ref().is_none_or(|s| s.done.get());
+        if failed > fallback {
+            // A larger segment found no room; one like the current one,
+            // which the log falls back to, may: find out (the disk is
+            // full only if it does not fit either).
+            let has_fallback = self
+                .spare
+                .borrow()
+                .as_ref()
+                .is_some_and(|s| s.bytes == fallback);
+            if idle && !has_fallback {
+                if let Some(spare) = self.spare.borrow_mut().take() {
+                    let _ = fs::remove_file(&spare.path);
+                }
+                self.prepare_spare(fallback);
+            }
+            return false;
+        }
         // Space may have been freed since: try another blank file now and
         // then, once the last attempt is over.
-        let idle = self.spare.borrow().as_ref().is_none_or(|s| s.done.get());
-        if idle && since.elapsed() >= NO_SPACE_RETRY && self.segment_bytes.get() > 0 {
+        if idle && since.elapsed() >= NO_SPACE_RETRY && fallback > 0 {
             if let Some(spare) = self.spare.borrow_mut().take() {
                 let _ = fs::remove_file(&spare.path);
             }
-            self.no_space_at.set(Some(Instant::now()));
-            self.prepare_spare(self.segment_bytes.get());
+            self.no_space.set(Some((Instant::now(), failed)));
+            self.prepare_spare(fallback);
         }
         true
     }

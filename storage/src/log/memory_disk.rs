@@ -33,8 +33,12 @@ struct Disk {
     /// Bytes all files together may take; `create` past it fails with
     /// ENOSPC, as a full file system would.
     capacity_bytes: Option<u64>,
-    /// Size of the last segment asked for: what `full` checks room for.
+    /// Size of the last segment asked for.
     segment_bytes: u64,
+    /// Size of the segment in use: `full` checks room for the smaller of
+    /// the two (the log falls back to this size when the other does not
+    /// fit).
+    current_bytes: u64,
     operations: u64,
     faults: BTreeMap<u64, Fault>,
     /// While set, every `create` fails with this errno (as when the
@@ -178,8 +182,10 @@ impl Backend for MemoryDisk {
                 unsynced: Vec::new(),
             },
         );
-        // What `full` checks room for from now on: the next segment.
+        // What `full` checks room for from now on: the next segment, or
+        // one like this one.
         disk.segment_bytes = next_bytes;
+        disk.current_bytes = bytes;
         Ok(MemoryFile {
             disk: self.clone(),
             number,
@@ -188,7 +194,17 @@ impl Backend for MemoryDisk {
 
     fn full(&self) -> bool {
         let disk = self.disk.borrow();
-        !disk.has_room(disk.segment_bytes)
+        let fallback = match disk.current_bytes {
+            0 => disk.segment_bytes,
+            current => current.min(disk.segment_bytes),
+        };
+        !disk.has_room(fallback)
+    }
+
+    fn prepare(&self, bytes: u64, current_bytes: u64) {
+        let mut disk = self.disk.borrow_mut();
+        disk.segment_bytes = bytes;
+        disk.current_bytes = current_bytes;
     }
 
     async fn open(&self, number: u64) -> io::Result<MemoryFile> {

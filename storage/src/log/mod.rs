@@ -107,6 +107,15 @@ impl LogConfig {
             .max(room)
             .min(self.segment_bytes_max)
     }
+
+    /// The size of the segment after one of `bytes` when the disk has no
+    /// room for a larger one: the same size, or room for a header and a
+    /// frame of `frame` bytes if that is more, up to `segment_bytes_max`.
+    /// Growth only saves segment switches; it never waits for space.
+    fn kept_bytes(&self, bytes: u64, frame: u64) -> u64 {
+        let room = BLOCK_BYTES as u64 + frame;
+        bytes.max(room).min(self.segment_bytes_max)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -317,7 +326,7 @@ impl<B: Backend> Log<B> {
         // are smaller than the limit), never past the limit.
         let capacity = (tail.bytes.len() as u64).min(config.segment_bytes_max);
         let (segment, file, end) = tail.clean().await?;
-        backend.prepare(config.next_bytes(capacity, 0));
+        backend.prepare(config.next_bytes(capacity, 0), capacity);
         let at = SegmentAt {
             number: segment,
             capacity,
@@ -467,13 +476,22 @@ impl<B: Backend> Log<B> {
     }
 
     /// Closes the current segment and starts the next, with room for a
-    /// frame of `frame` bytes when the limit allows.
+    /// frame of `frame` bytes when the limit allows. The next segment is
+    /// larger while segments grow; when the disk has no room for that, it
+    /// is as large as this one ([`LogConfig::kept_bytes`]), so that a disk
+    /// with room for one more segment like the current one is not full.
     async fn rotate(&mut self, frame: u64) -> Result<(), LogError> {
         let number = self.segment + 1;
-        let capacity = self.config.next_bytes(self.capacity, frame);
-        let sizes = (capacity, self.config.next_bytes(capacity, 0));
         let at = (number, self.next_seq);
-        self.file = create_segment(&self.backend, &self.config, at, sizes).await?;
+        let mut capacity = self.config.next_bytes(self.capacity, frame);
+        let sizes = (capacity, self.config.next_bytes(capacity, 0));
+        let mut created = create_segment(&self.backend, &self.config, at, sizes).await;
+        let kept = self.config.kept_bytes(self.capacity, frame);
+        if kept < capacity && matches!(&created, Err(LogError::Io(e)) if is_no_space(e)) {
+            capacity = kept;
+            created = create_segment(&self.backend, &self.config, at, (kept, kept)).await;
+        }
+        self.file = created?;
         self.segment = number;
         self.capacity = capacity;
         self.segments.push_back((number, self.next_seq));
@@ -606,7 +624,7 @@ impl<B: Backend> Log<B> {
             .map_or(found.valid_end, |&(offset, _)| offset);
         self.next_seq = keep + 1;
         self.backend
-            .prepare(self.config.next_bytes(self.capacity, 0));
+            .prepare(self.config.next_bytes(self.capacity, 0), self.capacity);
         Ok(())
     }
 
