@@ -355,6 +355,10 @@ fn a_restart_on_a_still_full_disk_answers_every_send() {
     drop((alice, bob, carol));
 
     let data = server.into_data_dir(); // SIGKILL
+
+    // The room a checkpoint on the full disk freed (the segments Bob's
+    // acks emptied) is taken again, so the restart finds the disk full.
+    fill(&disk.mount.join("filler-2"));
     let server = Server::start_in(data, &["--shards", "1"]);
     let mut carol = server.connect();
     carol.set_timeout(Duration::from_secs(3)).unwrap();
@@ -371,5 +375,64 @@ fn a_restart_on_a_still_full_disk_answers_every_send() {
     carol.send(&ClientFrame::Ping { nonce: 5 }).unwrap();
     assert_eq!(next_answer(&mut carol), Event::Pong { nonce: 5 });
     std::fs::remove_file(disk.mount.join("filler")).unwrap();
+    std::fs::remove_file(disk.mount.join("filler-2")).unwrap();
     send_until_sent(&mut carol, 1, bob_phone, Duration::from_secs(15));
+}
+
+/// What fills the disk may be the log's own closed segments, which a
+/// checkpoint lets go of: on a full disk one closed segment makes a
+/// checkpoint due (not `checkpoint_segments` of them), so the shard finds
+/// room for its next segment and takes messages again without anyone
+/// freeing space.
+#[test]
+fn a_full_disk_checkpoints_at_once_and_takes_messages_again() {
+    let disk = SmallDisk::new(24 * 1024 * 1024);
+    let data = tempfile::tempdir_in(&disk.mount).unwrap();
+    let flags = ["--shards", "1", "--segment-bytes", "262144"];
+    let server = Server::start_in(data, &flags);
+    let (mut alice, _, _) = server.phone("+15550003201");
+    let (mut bob, bob_phone, _) = server.phone("+15550003202");
+    for client in [&mut alice, &mut bob] {
+        client.set_timeout(Duration::from_secs(3)).unwrap();
+    }
+    // Full, then room for a checkpoint but not for a 256 KiB segment.
+    let filler = disk.mount.join("filler");
+    fill(&filler);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .unwrap();
+    file.set_len(file.metadata().unwrap().len() - 128 * 1024)
+        .unwrap();
+    file.sync_all().unwrap();
+
+    // Bob takes and acknowledges every message: the log's segments hold
+    // nothing a checkpoint must keep.
+    let body = vec![b'x'; 8 * 1024];
+    let mut client_id = 0;
+    let refused = loop {
+        client_id += 1;
+        assert!(client_id < 500, "never refused");
+        send(&mut alice, client_id, bob_phone, &body);
+        match next_answer(&mut alice) {
+            Event::Sent { client_id: c, .. } => {
+                assert_eq!(c, client_id);
+                let seq = receive(&mut bob, client_id);
+                bob.send(&ClientFrame::Ack { up_to: seq }).unwrap();
+            }
+            Event::Error { kind, detail, .. } => {
+                assert_eq!(kind, ErrorKind::DiskFull, "{detail}");
+                break client_id;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    // The filler stays: the checkpoint makes the room.
+    send_until_sent(&mut alice, refused, bob_phone, Duration::from_secs(15));
+    receive(&mut bob, refused);
+    let lines: Vec<String> = server.stderr.try_iter().collect();
+    assert!(
+        lines.iter().any(|l| l.contains("segments deleted")),
+        "no checkpoint: {lines:#?}"
+    );
 }

@@ -257,7 +257,8 @@ pub async fn commit(runtime: Rc<Runtime>, mut journal: impl Journal, plan: Check
         let replica_holds = own
             .as_ref()
             .is_none_or(|tablet| tablet.borrow().member().replica_holds(journal.last_batch()));
-        let due = checkpoints.is_due(journal.closed_segments(), replica_holds);
+        let disk_full = runtime.shard().is_disk_full();
+        let due = checkpoints.is_due(journal.closed_segments(), replica_holds, disk_full);
         let (batch, records, snapshot) = runtime.with_shard_no_outputs(|shard| {
             let (batch, records) = shard.take_records();
             (batch, records, due.then(|| shard.checkpoint()))
@@ -456,10 +457,15 @@ fn note_disk_full(runtime: &Runtime, full: bool) {
 impl Checkpoints {
     /// A checkpoint is due: none is being written, enough segments are
     /// closed, and the last failure was long enough ago.
-    fn is_due(&self, closed_segments: usize, replica_holds: bool) -> bool {
-        let wanted = match replica_holds {
-            true => self.plan.segments,
-            false => self.plan.segments + self.plan.replica_retain,
+    /// On a full disk one closed segment is enough: the checkpoint lets
+    /// the segments it covers go, which may be the room the next segment
+    /// needs (a shard would otherwise refuse messages until the operator
+    /// freed space its own log holds).
+    fn is_due(&self, closed_segments: usize, replica_holds: bool, disk_full: bool) -> bool {
+        let wanted = match (replica_holds, disk_full) {
+            (true, true) => self.plan.segments.min(1),
+            (true, false) => self.plan.segments,
+            (false, _) => self.plan.segments + self.plan.replica_retain,
         };
         !self.writing && closed_segments >= wanted && Instant::now() >= self.not_before
     }
