@@ -139,8 +139,10 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
             Ok(())
         }
         CtlCommand::Top { interval_ms } => loop {
-            if !admin.json {
-                // Clear the screen and go home, as `top` does.
+            if !admin.json && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                // Clear the screen and go home, as `top` does. Into a
+                // file or a pipe the refreshes follow each other instead,
+                // without escape codes.
                 print!("\x1b[2J\x1b[H");
             }
             // With --json: one object a line, one line a refresh.

@@ -703,6 +703,22 @@ fn every_ctl_subcommand_speaks_json_when_asked() {
     let frame: serde_json::Value = serde_json::from_str(&first)
         .unwrap_or_else(|error| panic!("top's first line is no JSON ({error}): {first}"));
     assert!(frame["shards"].is_array(), "{frame}");
+    // Without --json and into a pipe: text, without a terminal's escape
+    // codes.
+    let mut top = std::process::Command::new(env!("CARGO_BIN_EXE_isle"))
+        .args(["ctl", "--admin", &server.admin.to_string(), "top"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(top.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    top.kill().unwrap();
+    top.wait().unwrap();
+    assert_eq!(first, "ready\n", "top's first line into a pipe");
     let drained = ctl_json(&server, &["drain", "--wait-ms", "20000"]);
     assert_eq!(drained["drained"], true, "{drained}");
     // Without --json, text.
