@@ -264,7 +264,11 @@ fn account(admin: &Admin, action: AccountAction) -> anyhow::Result<()> {
         AccountAction::Revoke { phone } => {
             let phone = phone_arg(&phone)?;
             let path = format!("/account/{phone}/revoke");
-            admin.request(("POST", &path), None)?
+            let answer = admin.request(("POST", &path), None)?;
+            match admin.json {
+                true => answer,
+                false => format!("{phone}: {}", answer.trim()),
+            }
         }
         AccountAction::Delete { phone } => {
             let phone = phone_arg(&phone)?;
@@ -398,7 +402,8 @@ fn drain(admin: &Admin, wait_ms: u64) -> anyhow::Result<()> {
             std::time::Instant::now() < deadline,
             "{left} connections still open after {wait_ms} ms"
         );
-        eprintln!("{left} connections left");
+        let noun = if left == 1 { "connection" } else { "connections" };
+        eprintln!("{left} {noun} left");
         std::thread::sleep(Duration::from_millis(1_000));
     }
 }

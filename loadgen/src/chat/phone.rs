@@ -20,8 +20,11 @@ use crate::dial::Backoff;
 use crate::route::Account;
 
 /// How long a phone waits after a retryable refusal before writing its
-/// refused sends again (ms).
+/// refused sends again (ms); each round refused again doubles it, up to
+/// [`RETRY_MS_MAX`], and a `Sent` brings it back (a server refusing
+/// everything, a full disk say, is not hammered).
 pub const RETRY_MS: u64 = 100;
+pub const RETRY_MS_MAX: u64 = 5_000;
 
 /// One simulated phone: what outlives any one of its connections.
 pub(super) struct PhoneState {
@@ -54,6 +57,8 @@ pub(super) struct PhoneState {
     /// first of them).
     pub(super) refused: RefCell<BTreeSet<u64>>,
     pub(super) retry_due: Cell<bool>,
+    /// The wait before the next round of resends (see [`RETRY_MS`]).
+    pub(super) retry_wait_ms: Cell<u64>,
     /// Set to make the phone hang up; it stays away until `offline_until_ns`.
     pub(super) hang_up: Cell<bool>,
     pub(super) offline_until_ns: Cell<u64>,
@@ -82,6 +87,7 @@ impl PhoneState {
             resend: Cell::new(false),
             refused: RefCell::new(BTreeSet::new()),
             retry_due: Cell::new(false),
+            retry_wait_ms: Cell::new(RETRY_MS),
             hang_up: Cell::new(false),
             offline_until_ns: Cell::new(0),
         }

@@ -6,7 +6,7 @@ use std::{rc::Rc, sync::atomic::Ordering::Relaxed, time::Duration};
 use futures_lite::{io::ReadHalf, AsyncReadExt};
 use wire::{ErrorKind, Phone, ServerFrame};
 
-use super::phone::{key, PhoneState, RETRY_MS};
+use super::phone::{key, PhoneState, RETRY_MS, RETRY_MS_MAX};
 use super::thread::Thread;
 use crate::connection::BoxIo;
 use crate::dial::Protocol;
@@ -140,9 +140,14 @@ pub(super) fn on_refused(thread: &Thread, phone: &Rc<PhoneState>, client_id: u64
         refused.len() == 1
     };
     if first {
+        // Jittered, so that phones refused together do not come back
+        // together.
+        let wait = phone.retry_wait_ms.get();
+        phone.retry_wait_ms.set((wait * 2).min(RETRY_MS_MAX));
+        let wait = wait / 2 + thread.random(wait / 2 + 1);
         let phone = phone.clone();
         glommio::spawn_local(async move {
-            glommio::timer::sleep(Duration::from_millis(RETRY_MS)).await;
+            glommio::timer::sleep(Duration::from_millis(wait)).await;
             phone.retry_due.set(true);
             phone.wake();
         })
@@ -155,6 +160,7 @@ pub(super) fn on_sent(thread: &Thread, phone: &PhoneState, client_id: u64) {
     let shared = &thread.shared;
     let sent = phone.in_flight.borrow_mut().remove(&client_id);
     if let Some(sent) = sent {
+        phone.retry_wait_ms.set(RETRY_MS);
         thread.record_sent(phone.index as usize, sent.intended_ns);
         answered(thread, phone);
         shared.acked.fetch_add(1, Relaxed);

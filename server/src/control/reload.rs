@@ -261,7 +261,7 @@ impl Reloader {
             let result = self.reload_once().await;
             let asked_by = asked_by(waiting.iter().map(|(asked_by, _)| *asked_by));
             match &result {
-                Ok(done) => log::warn!("reload ({asked_by}): {}", done.describe()),
+                Ok(done) => log::info!("reload ({asked_by}): {}", done.describe()),
                 Err(error) => log::error!("reload ({asked_by}) failed, nothing changed: {error}"),
             }
             for (_, answer) in waiting {
