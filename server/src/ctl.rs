@@ -402,7 +402,11 @@ fn drain(admin: &Admin, wait_ms: u64) -> anyhow::Result<()> {
             std::time::Instant::now() < deadline,
             "{left} connections still open after {wait_ms} ms"
         );
-        let noun = if left == 1 { "connection" } else { "connections" };
+        let noun = if left == 1 {
+            "connection"
+        } else {
+            "connections"
+        };
         eprintln!("{left} {noun} left");
         std::thread::sleep(Duration::from_millis(1_000));
     }
