@@ -5,10 +5,13 @@
 //!   wait for a commit, pause input on a congested link); no I/O.
 //! - [`island`]: a secondary's warm standby of a tablet (the rest of the
 //!   islands' runtime will join it).
+//! - [`peer_queue`]: the bounded queue between two shards' executors,
+//!   tested in `server/tests/peer_queue.rs`, a binary of its own.
 //! - [`remote`]: the links between nodes of a cluster: a sans-IO session
 //!   protocol and the glommio tasks around it, tested over real loopback
 //!   sockets in `server/tests/remote_links.rs`.
 
 pub mod flow;
 pub mod island;
+pub mod peer_queue;
 pub mod remote;

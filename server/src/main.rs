@@ -12,7 +12,6 @@ mod config;
 mod control;
 mod ctl;
 mod logging;
-mod peer_queue;
 mod push;
 mod reshard;
 mod runtime;
@@ -833,7 +832,7 @@ fn peer_queues(count: usize, batches_max: usize) -> Vec<PeerEnds> {
     for source in 0..count {
         for destination in 0..count {
             if source != destination {
-                let (sender, receiver) = peer_queue::bounded(batches_max);
+                let (sender, receiver) = server::peer_queue::bounded(batches_max);
                 ends[source].senders[destination] = Some(sender);
                 ends[destination].receivers[source] = Some(receiver);
             }

@@ -93,6 +93,19 @@ pub struct Sender<T> {
     shared: Arc<Shared<T>>,
 }
 
+impl<T> Sender<T> {
+    /// A handle that queues items without waking the receiver, as a lost
+    /// wake-up would: for the backstop's test only.
+    #[doc(hidden)]
+    pub fn silent_pusher(&self) -> impl Fn(T) + Send + 'static
+    where
+        T: Send + 'static,
+    {
+        let shared = self.shared.clone();
+        move |item| shared.lock().items.push_back(item)
+    }
+}
+
 /// The consuming end; one task on one executor uses it.
 pub struct Receiver<T> {
     shared: Arc<Shared<T>>,
@@ -190,157 +203,5 @@ impl<T> Drop for Receiver<T> {
         if let Some(waker) = waker {
             waker.wake();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::{sync::mpsc, time::Duration};
-
-    use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
-
-    use super::*;
-
-    /// These tests run one at a time: with more executors than cores,
-    /// glommio 0.9 now and then leaves one asleep through its own timers
-    /// (see the module doc), which would hang a test for reasons no queue
-    /// controls.
-    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-    /// Runs `body` on an executor of its own, in a latency-sensitive task
-    /// queue as the server's peer tasks are.
-    fn executor<F, Fut>(name: &str, body: F) -> glommio::ExecutorJoinHandle<()>
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + 'static,
-    {
-        LocalExecutorBuilder::new(Placement::Unbound)
-            .name(name)
-            .spawn(move || async move {
-                let queue = glommio::executor().create_task_queue(
-                    Shares::default(),
-                    Latency::Matters(Duration::from_micros(500)),
-                    "peers",
-                );
-                glommio::spawn_local_into(body(), queue)
-                    .expect("the queue exists")
-                    .await;
-            })
-            .expect("an executor starts")
-    }
-
-    /// Waits for `done`, failing the test after `limit` rather than hang.
-    fn finishes_within(done: &mpsc::Receiver<()>, limit: Duration, what: &str) {
-        if done.recv_timeout(limit).is_err() {
-            panic!("{what} did not finish within {limit:?}");
-        }
-    }
-
-    /// Ping-pong between two executors that go idle between rounds (each
-    /// wake-up finds the other asleep or about to be): every round trip
-    /// completes, in order.
-    ///
-    /// Not run beside spinning threads: so oversubscribed, glommio 0.9 now
-    /// and then leaves an executor asleep through its own timers too (two
-    /// bare executors hung in about one run in ten), which no queue can
-    /// help; `server/tests/stall.rs` measures the server on busy cores.
-    #[test]
-    fn ping_pong_between_idle_executors_completes() {
-        const ROUNDS: u64 = 5_000;
-        let _one_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-        let (to_b, from_a) = bounded::<u64>(4);
-        let (to_a, from_b) = bounded::<u64>(4);
-        let b = executor("b", move || async move {
-            while let Some(n) = from_a.recv().await {
-                if to_a.send(n + 1).await.is_err() {
-                    return;
-                }
-            }
-        });
-        let (done, finished) = mpsc::channel();
-        let a = executor("a", move || async move {
-            for n in 0..ROUNDS {
-                if n % 256 == 0 {
-                    // Long enough for the other side to go to sleep.
-                    glommio::timer::sleep(Duration::from_micros(300)).await;
-                }
-                to_b.send(n).await.expect("b is there");
-                let answer = from_b.recv().await.expect("b answers");
-                assert_eq!(answer, n + 1);
-            }
-            let _ = done.send(());
-        });
-        finishes_within(&finished, Duration::from_secs(120), "the ping-pong");
-        a.join().unwrap();
-        b.join().unwrap();
-    }
-
-    /// A full queue makes the sender wait until the receiver takes an
-    /// item; nothing is lost or reordered.
-    #[test]
-    fn a_full_queue_holds_the_sender_back_and_keeps_order() {
-        const ITEMS: u64 = 5_000;
-        let _one_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-        let (sender, receiver) = bounded::<u64>(2);
-        let (done, finished) = mpsc::channel();
-        let consumer = executor("consumer", move || async move {
-            let mut expected = 0;
-            while let Some(n) = receiver.recv().await {
-                assert_eq!(n, expected);
-                expected += 1;
-            }
-            assert_eq!(expected, ITEMS, "everything arrived before the end");
-            let _ = done.send(());
-        });
-        let producer = executor("producer", move || async move {
-            for n in 0..ITEMS {
-                sender.send(n).await.expect("the consumer is there");
-            }
-        });
-        finishes_within(&finished, Duration::from_secs(120), "the transfer");
-        producer.join().unwrap();
-        consumer.join().unwrap();
-    }
-
-    /// The backstop alone moves items: a waker that is never called (as
-    /// when glommio loses a wake-up) delays an item by the backstop, not
-    /// forever.
-    #[test]
-    fn the_backstop_finds_an_item_whose_wake_up_was_lost() {
-        let _one_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-        let (sender, receiver) = bounded::<u8>(1);
-        let (done, finished) = mpsc::channel();
-        let run = executor("alone", move || async move {
-            let shared = sender.shared.clone();
-            let pusher = std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(20));
-                // Queued without calling the waker.
-                shared.lock().items.push_back(7);
-            });
-            assert_eq!(receiver.recv().await, Some(7));
-            pusher.join().unwrap();
-            let _ = done.send(());
-        });
-        finishes_within(&finished, Duration::from_secs(10), "the test");
-        run.join().unwrap();
-    }
-
-    #[test]
-    fn a_gone_receiver_fails_the_send_and_a_gone_sender_ends_the_receiver() {
-        let _one_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-        let (done, finished) = mpsc::channel();
-        let run = executor("alone", move || async move {
-            let (sender, receiver) = bounded::<u8>(1);
-            drop(receiver);
-            assert_eq!(sender.send(7).await, Err(7));
-            let (sender, receiver) = bounded::<u8>(1);
-            sender.send(1).await.unwrap();
-            drop(sender);
-            assert_eq!(receiver.recv().await, Some(1));
-            assert_eq!(receiver.recv().await, None);
-            let _ = done.send(());
-        });
-        finishes_within(&finished, Duration::from_secs(10), "the test");
-        run.join().unwrap();
     }
 }

@@ -20,7 +20,8 @@ use rustls::ServerConnection;
 use shard::{ConnSnapshot, PeerMessage, Shard};
 
 use super::{connection::spawn_connection, Runtime, Signal};
-use crate::{peer_queue, transport::Transport};
+use crate::transport::Transport;
+use server::peer_queue;
 
 /// What crosses from one shard to another, in batches.
 pub enum Mail {

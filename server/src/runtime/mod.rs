@@ -62,14 +62,12 @@ use self::{
     connection::ConnectionTasks,
     links::{Links, Staged},
 };
-use crate::{
-    control::{
-        commands::{AccountView, Connection, Deletion, ShardCommand},
-        snapshot::{JournalState, Queues, ShardReport, REPORT_INTERVAL_MS},
-        Reporter,
-    },
-    peer_queue,
+use crate::control::{
+    commands::{AccountView, Connection, Deletion, ShardCommand},
+    snapshot::{JournalState, Queues, ShardReport, REPORT_INTERVAL_MS},
+    Reporter,
 };
+use server::peer_queue;
 
 /// How soon the executor turns to the tasks other executors wake (the
 /// forwarders and receivers): a busy task queue is preempted for them
