@@ -18,13 +18,27 @@ pub struct Etcd {
     peer_url: String,
 }
 
-/// A loopback port nothing listens on right now.
+/// A loopback port nothing listens on right now, and that nothing else
+/// of this test process will be given: taken in turn from below the
+/// kernel's ephemeral range (32768 and up by default), so that neither a
+/// bind to port 0 nor an outgoing connection (a node's links, an etcd
+/// client) takes it between now and its use, as happened with a port of
+/// that range released for later use.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Test binaries run one after another; the process id spreads them.
+    let base = std::process::id() % COUNT;
+    for _ in 0..COUNT {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + (base + n) % COUNT) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port from {FIRST} to {}", FIRST + COUNT - 1);
 }
 
 impl Etcd {

@@ -268,13 +268,9 @@ pub fn stderr_of(child: &mut std::process::Child) -> String {
 }
 
 /// A loopback port free right now, for a server that must come back on
-/// the same address after a restart.
+/// the same address after a restart (see [`etcd::free_port`]).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    etcd::free_port()
 }
 
 /// A small HTTP server on loopback, standing in for a gateway: it answers
