@@ -472,12 +472,14 @@ fn islands(cluster: &Cluster, index: usize) -> Vec<(u64, u64, String)> {
         .collect()
 }
 
-/// Waits until node `index` sees island `id` in `mode`.
+/// Waits until node `index` sees island `id` in `mode`, past the
+/// bootstrap's epoch (never served: each primary's first view moves its
+/// island on).
 fn await_island_mode(cluster: &Cluster, index: usize, id: u64, mode: &str, within: Duration) {
     let deadline = std::time::Instant::now() + within;
     loop {
         let seen = islands(cluster, index);
-        if seen.iter().any(|(i, _, m)| *i == id && m == mode) {
+        if seen.iter().any(|(i, e, m)| *i == id && *e > 1 && m == mode) {
             return;
         }
         assert!(
