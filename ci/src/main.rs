@@ -23,9 +23,10 @@
 //!   against runs without the stop.
 //! - `cluster-bench [FILTER]`: the cluster benchmarks
 //!   (`ci/tests/cluster_bench.rs`), release builds: deliveries per
-//!   server CPU-second on one node and on three, and cross-node against
-//!   same-node latency at a quarter of the maximum rate; a filter
-//!   (`latency`, say) runs those whose name has it.
+//!   server CPU-second on one node and on three, cross-node against
+//!   same-node latency at a quarter of the maximum rate, and sync
+//!   replication against none and one node; a filter (`latency`,
+//!   `replication`) runs those whose name has it.
 //! - `dashboard`: draws the Grafana dashboard against a running server
 //!   under load into `docs/dashboard.png` (see [`dashboard`]); for the
 //!   docs, run by hand, not part of `test`.
