@@ -988,6 +988,33 @@ fn send_all(from: &mut Client, to: Phone, ids: std::ops::RangeInclusive<u64>) {
     }
 }
 
+/// Alice and Bob signed up on `node` (node 1: island 1's primary), Bob
+/// gone: Alice's client, and Bob's number and key.
+fn alice_and_bob_on(node: &Node) -> (Client, Phone, DeviceKey) {
+    let (alice, bob) = (number_on(1, 0), number_on(1, 1));
+    let (alice_client, _) = sign_up(&node.server, alice);
+    let (bob_client, bob_key) = sign_up(&node.server, bob);
+    drop(bob_client);
+    (alice_client, bob, bob_key)
+}
+
+/// Island 1's primary (`nodes[0]`) killed, the tablet of island 1 that
+/// `nodes[holder]` keeps gives `phone` messages `1..=count`.
+fn primary_gone_tablet_delivers(
+    nodes: &mut Vec<Node>,
+    holder: usize,
+    (phone, key): (Phone, DeviceKey),
+    count: u64,
+) {
+    let tablet = nodes[holder]
+        .server
+        .data_dir()
+        .join("islands/island-1/shard-0");
+    let primary = nodes.remove(0);
+    drop(primary.server.into_data_dir());
+    tablet_delivers(&tablet, phone, key, count);
+}
+
 /// Starts a single node on a copy of `tablet` (a secondary's log of what
 /// its primary shipped) and checks that `phone` gets messages `1..=count`
 /// there, in order.
@@ -1056,10 +1083,7 @@ fn with_sync_replication_every_sent_message_is_on_the_secondary_s_disk() {
                 .iter()
                 .all(|i| i["mode"] == "sync" && i["epoch"].as_u64() >= Some(2))
     });
-    let (alice, bob) = (number_on(1, 0), number_on(1, 1));
-    let (mut alice_client, _) = sign_up(&nodes[0].server, alice);
-    let (bob_client, bob_key) = sign_up(&nodes[0].server, bob);
-    drop(bob_client);
+    let (mut alice_client, bob, bob_key) = alice_and_bob_on(&nodes[0]);
     send_all(&mut alice_client, bob, 1..=60);
     let tablet = nodes[1].server.data_dir().join("islands/island-1/shard-0");
     // The standby checkpoints its tablet as the primary does its log.
@@ -1088,10 +1112,7 @@ fn with_sync_replication_every_sent_message_is_on_the_secondary_s_disk() {
 fn with_sync_replication_a_dead_secondary_leaves_its_island_solo_until_it_caught_up() {
     let etcd = Etcd::start();
     let (mut nodes, ports) = three_replicating(&etcd);
-    let (alice, bob) = (number_on(1, 0), number_on(1, 1));
-    let (mut alice_client, _) = sign_up(&nodes[0].server, alice);
-    let (bob_client, bob_key) = sign_up(&nodes[0].server, bob);
-    drop(bob_client);
+    let (mut alice_client, bob, bob_key) = alice_and_bob_on(&nodes[0]);
     send_all(&mut alice_client, bob, 1..=10);
 
     let secondary = nodes.remove(1);
@@ -1123,10 +1144,7 @@ fn with_sync_replication_a_dead_secondary_leaves_its_island_solo_until_it_caught
         island_is(s, 1, 3, "sync", &[1, 2])
     });
     send_all(&mut alice_client, bob, 21..=25);
-    let tablet = nodes[1].server.data_dir().join("islands/island-1/shard-0");
-    let primary = nodes.remove(0);
-    drop(primary.server.into_data_dir());
-    tablet_delivers(&tablet, bob, bob_key, 25);
+    primary_gone_tablet_delivers(&mut nodes, 1, (bob, bob_key), 25);
 }
 
 /// A primary killed and started again never serves its old epoch: it
@@ -1165,10 +1183,7 @@ fn with_sync_replication_a_restarted_primary_serves_a_new_epoch_and_loses_nothin
     alice_client.set_timeout(Duration::from_secs(10)).unwrap();
     alice_client.login(alice, alice_key).unwrap();
     send_all(&mut alice_client, bob, 31..=45);
-    let tablet = nodes[1].server.data_dir().join("islands/island-1/shard-0");
-    let primary = nodes.remove(0);
-    drop(primary.server.into_data_dir());
-    tablet_delivers(&tablet, bob, bob_key, 45);
+    primary_gone_tablet_delivers(&mut nodes, 1, (bob, bob_key), 45);
 }
 
 /// A secondary away while its primary's log moved past what the primary
@@ -1182,10 +1197,7 @@ fn with_sync_replication_a_secondary_behind_the_primary_s_log_gets_its_checkpoin
     let etcd = Etcd::start();
     let retain_none = [("ISLE_CLUSTER__REPLICA_RETAIN_SEGMENTS", "0")];
     let (mut nodes, ports) = three_replicating_with(&etcd, &retain_none);
-    let (alice, bob) = (number_on(1, 0), number_on(1, 1));
-    let (mut alice_client, _) = sign_up(&nodes[0].server, alice);
-    let (bob_client, bob_key) = sign_up(&nodes[0].server, bob);
-    drop(bob_client);
+    let (mut alice_client, bob, bob_key) = alice_and_bob_on(&nodes[0]);
     send_all(&mut alice_client, bob, 1..=10);
 
     let secondary = nodes.remove(1);
@@ -1225,10 +1237,7 @@ fn with_sync_replication_a_secondary_behind_the_primary_s_log_gets_its_checkpoin
         "no checkpoint installed: {}",
         said.join("\n")
     );
-    let tablet = nodes[1].server.data_dir().join("islands/island-1/shard-0");
-    let primary = nodes.remove(0);
-    drop(primary.server.into_data_dir());
-    tablet_delivers(&tablet, bob, bob_key, 170);
+    primary_gone_tablet_delivers(&mut nodes, 1, (bob, bob_key), 170);
 }
 
 /// An island left solo because its secondary is gone gets another live
@@ -1242,10 +1251,7 @@ fn with_sync_replication_an_island_whose_secondary_stays_away_is_given_another()
     let etcd = Etcd::start();
     let grace = [("ISLE_CLUSTER__REPAIR_GRACE_MS", "3000")];
     let (mut nodes, _ports) = three_replicating_with(&etcd, &grace);
-    let (alice, bob) = (number_on(1, 0), number_on(1, 1));
-    let (mut alice_client, _) = sign_up(&nodes[0].server, alice);
-    let (bob_client, bob_key) = sign_up(&nodes[0].server, bob);
-    drop(bob_client);
+    let (mut alice_client, bob, bob_key) = alice_and_bob_on(&nodes[0]);
     send_all(&mut alice_client, bob, 1..=40);
 
     let secondary = nodes.remove(1);
@@ -1256,10 +1262,7 @@ fn with_sync_replication_an_island_whose_secondary_stays_away_is_given_another()
         island_is(s, 1, 3, "sync", &[1, 3])
     });
     send_all(&mut alice_client, bob, 81..=90);
-    let tablet = nodes[1].server.data_dir().join("islands/island-1/shard-0");
-    let primary = nodes.remove(0);
-    drop(primary.server.into_data_dir());
-    tablet_delivers(&tablet, bob, bob_key, 90);
+    primary_gone_tablet_delivers(&mut nodes, 1, (bob, bob_key), 90);
 }
 
 /// A primary started on an empty data dir (its disk was lost) while its
@@ -1272,10 +1275,7 @@ fn with_sync_replication_an_island_whose_secondary_stays_away_is_given_another()
 fn with_sync_replication_a_primary_on_an_empty_data_dir_does_not_serve_its_island() {
     let etcd = Etcd::start();
     let (mut nodes, ports) = three_replicating(&etcd);
-    let (alice, bob) = (number_on(1, 0), number_on(1, 1));
-    let (mut alice_client, _) = sign_up(&nodes[0].server, alice);
-    let (bob_client, bob_key) = sign_up(&nodes[0].server, bob);
-    drop(bob_client);
+    let (mut alice_client, bob, bob_key) = alice_and_bob_on(&nodes[0]);
     send_all(&mut alice_client, bob, 1..=20);
     drop(alice_client);
     let before: Vec<serde_json::Value> = cluster_status(&nodes[1].server)["islands"]
