@@ -16,7 +16,7 @@
 //! cannot walk the number space ([`Social::sync`],
 //! [`Social::charge_strangers`]).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use ahash::AHashMap;
 use storage::Record;
@@ -402,10 +402,11 @@ pub(super) enum LookupFor {
     },
 }
 
-/// Lookups in flight, by query number.
+/// Lookups in flight, by query number: numbers grow with time, so the
+/// oldest come first.
 #[derive(Debug, Default)]
 pub(super) struct Lookups {
-    pending: AHashMap<u64, Lookup>,
+    pending: BTreeMap<u64, Lookup>,
     next_query: u64,
 }
 
@@ -428,14 +429,13 @@ impl Lookups {
     /// link's session, or a node gone meanwhile, must not leave the phone
     /// waiting without end.
     pub(super) fn expired(&mut self, before_ms: u64) -> Vec<Lookup> {
-        let old: Vec<u64> = (self.pending.iter())
-            .filter(|(_, lookup)| lookup.asked_ms <= before_ms)
-            .map(|(&query, _)| query)
-            .collect();
-        let mut expired: Vec<Lookup> = (old.iter())
-            .filter_map(|query| self.pending.remove(query))
-            .collect();
-        expired.sort_by_key(|lookup| lookup.asked_ms);
+        let mut expired = Vec::new();
+        while let Some(entry) = self.pending.first_entry() {
+            if entry.get().asked_ms > before_ms {
+                break;
+            }
+            expired.push(entry.remove());
+        }
         expired
     }
 
