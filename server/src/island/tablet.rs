@@ -246,8 +246,8 @@ impl Tablet {
 
     pub fn receive(&mut self, from: NodeId, msg: ReplMsg) {
         if let ReplMsg::SnapshotAck { batch, offset, .. } = msg {
+            // The transfer looks at it on its own poll: no task to wake.
             self.snapshot_acked = Some((batch, offset));
-            self.work_signal.raise();
         }
         self.member.receive(from, msg);
         self.pump();

@@ -893,9 +893,10 @@ pub async fn wait_acknowledged(
 /// from it.
 const SNAPSHOT_WINDOW_BYTES: u64 = 16 << 20;
 /// A transfer whose acknowledged offset has not moved for this long
-/// sends again from there (a chunk or its ack was lost with a
-/// connection).
-const SNAPSHOT_RESEND_MS: u64 = 5_000;
+/// sends its chunks again from there (a chunk or its ack was lost with a
+/// connection). (The member's own `SNAPSHOT_RESEND_MS` starts a whole
+/// transfer again.)
+const CHUNKS_RESEND_MS: u64 = 5_000;
 /// A transfer that makes no progress for this long is given up; the
 /// secondary asks to catch up again and the next one starts over.
 const SNAPSHOT_GIVE_UP_MS: u64 = 60_000;
@@ -971,7 +972,7 @@ impl Islands {
                     "no progress for {still_ms} ms at byte {acked} of {total}"
                 ));
             }
-            if still_ms >= SNAPSHOT_RESEND_MS && sent > acked {
+            if still_ms >= CHUNKS_RESEND_MS && sent > acked {
                 (sent, moved_ms) = (acked, self.now_ms());
             }
             while sent < total && sent < acked + SNAPSHOT_WINDOW_BYTES {
