@@ -634,25 +634,47 @@ impl StandbyWork {
                     offset,
                     total,
                     bytes,
-                }) => match incoming.write(&self.dir, (batch, offset, bytes)).await {
-                    Ok(Some(written)) => {
-                        self.tablet.borrow_mut().snapshot_written(batch, written);
-                        if written == total {
-                            return Ok(Some(Replace::Checkpoint(batch)));
-                        }
+                }) => {
+                    if let Some(batch) = self
+                        .take_chunk(incoming, (batch, offset, total), bytes)
+                        .await
+                    {
+                        return Ok(Some(Replace::Checkpoint(batch)));
                     }
-                    // Out of order: the primary sends again from the last ack.
-                    Ok(None) => {}
-                    Err(error) => log::warn!(
-                        "shard {}: writing the primary's checkpoint: {error} (it is sent again)",
-                        self.shard_id
-                    ),
-                },
+                }
                 Some(_) => {}
                 None if appends.is_empty() => return Ok(None),
                 None => {}
             }
         }
+    }
+
+    /// Writes a chunk of the primary's checkpoint `(batch, offset, total)`
+    /// where it belongs and acknowledges what is written (again, for a
+    /// chunk out of order, so that the primary sends from there).
+    /// `Some(batch)`: the checkpoint is whole.
+    async fn take_chunk(
+        &self,
+        incoming: &mut Incoming,
+        (batch, offset, total): (u64, u64, u64),
+        bytes: Vec<u8>,
+    ) -> Option<u64> {
+        let written = match incoming.place(batch, offset, total) {
+            Ok(at) => match incoming.write(&self.dir, (batch, total, at), bytes).await {
+                Ok(written) => written,
+                Err(error) => {
+                    log::warn!(
+                        "shard {}: writing the primary's checkpoint: {error} (it is sent again)",
+                        self.shard_id
+                    );
+                    return None;
+                }
+            },
+            Err(Some(written)) => written,
+            Err(None) => return None,
+        };
+        self.tablet.borrow_mut().snapshot_written(batch, written);
+        (written == total).then_some(batch)
     }
 
     /// Replaces the standby: by the primary's checkpoint of `batch`
@@ -1012,27 +1034,36 @@ enum Replace {
 }
 
 /// A checkpoint arriving from the primary, in the tablet's `incoming`
-/// directory: its batch and the bytes written so far.
+/// directory: its batch, its size and the bytes written so far.
 #[derive(Default)]
 struct Incoming {
-    writing: Option<(u64, u64)>,
+    writing: Option<(u64, u64, u64)>,
 }
 
 impl Incoming {
-    /// Writes a chunk if it is the next one (the first of a checkpoint
-    /// starts the file over); the bytes now written, or `None` for a chunk
-    /// out of order (dropped: the primary sends again from the last ack).
+    /// Where a chunk of the checkpoint of `batch` (`total` bytes) at
+    /// `offset` goes: `Ok(at)`, written at `at` (a first chunk starts the
+    /// file over); `Err(Some(written))`, out of order in the checkpoint
+    /// being written, whose `written` bytes are acknowledged again so that
+    /// the primary sends from there; `Err(None)`, a chunk of no checkpoint
+    /// being written.
+    fn place(&self, batch: u64, offset: u64, total: u64) -> Result<u64, Option<u64>> {
+        match self.writing {
+            _ if offset == 0 => Ok(0),
+            Some((b, t, written)) if (b, t) == (batch, total) && written == offset => Ok(written),
+            Some((b, t, written)) if (b, t) == (batch, total) => Err(Some(written)),
+            _ => Err(None),
+        }
+    }
+
+    /// Writes a chunk at `at` (see [`Incoming::place`]); the bytes of the
+    /// checkpoint now written.
     async fn write(
         &mut self,
         dir: &std::path::Path,
-        chunk: (u64, u64, Vec<u8>),
-    ) -> std::io::Result<Option<u64>> {
-        let (batch, offset, bytes) = chunk;
-        let at = match self.writing {
-            _ if offset == 0 => 0,
-            Some((b, written)) if b == batch && written == offset => written,
-            _ => return Ok(None),
-        };
+        (batch, total, at): (u64, u64, u64),
+        bytes: Vec<u8>,
+    ) -> std::io::Result<u64> {
         let path = dir.join(INCOMING_DIR).join(INCOMING_PART);
         let length = bytes.len() as u64;
         glommio::executor()
@@ -1048,8 +1079,8 @@ impl Incoming {
                 file.write_all(&bytes)
             })
             .await?;
-        self.writing = Some((batch, at + length));
-        Ok(Some(at + length))
+        self.writing = Some((batch, total, at + length));
+        Ok(at + length)
     }
 }
 
@@ -1109,5 +1140,28 @@ fn install_incoming(dir: &std::path::Path, batch: u64) -> std::io::Result<()> {
     match std::fs::remove_dir_all(&incoming) {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
         done => done,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Chunks of a checkpoint are taken in order; one out of order in the
+    /// checkpoint being written is answered with what is written (the
+    /// primary sends from there), and one of another checkpoint or size
+    /// is dropped, unless it starts a checkpoint over.
+    #[test]
+    fn a_checkpoint_s_chunks_go_in_order_and_one_out_of_it_says_where_to_go_on() {
+        let mut incoming = Incoming::default();
+        assert_eq!(incoming.place(9, 100, 300), Err(None), "nothing started");
+        assert_eq!(incoming.place(9, 0, 300), Ok(0));
+        incoming.writing = Some((9, 300, 100));
+        assert_eq!(incoming.place(9, 100, 300), Ok(100));
+        assert_eq!(incoming.place(9, 200, 300), Err(Some(100)), "a gap");
+        assert_eq!(incoming.place(9, 50, 300), Err(Some(100)), "again");
+        assert_eq!(incoming.place(9, 100, 400), Err(None), "another size");
+        assert_eq!(incoming.place(8, 100, 300), Err(None), "another checkpoint");
+        assert_eq!(incoming.place(8, 0, 200), Ok(0), "a new one starts over");
     }
 }
