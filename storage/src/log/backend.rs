@@ -4,6 +4,17 @@
 
 use std::io;
 
+/// The smallest segment a disk must have room for not to be full: the
+/// segment in use's size (`current_bytes`; 0 before there is one), which
+/// the log falls back to when the next, larger one (`next_bytes`) does
+/// not fit (`Log::rotate`).
+pub fn fallback_bytes(next_bytes: u64, current_bytes: u64) -> u64 {
+    match current_bytes {
+        0 => next_bytes,
+        current => current.min(next_bytes),
+    }
+}
+
 /// A directory of numbered segment files.
 #[allow(async_fn_in_trait)] // Shards are single-threaded; no Send bound wanted.
 pub trait Backend {

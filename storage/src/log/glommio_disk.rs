@@ -200,10 +200,7 @@ impl GlommioDisk {
     /// The size a blank falls back to when a larger one finds no room: the
     /// segment in use's, or the one asked for before there is one.
     fn fallback_bytes(&self) -> u64 {
-        match self.current_bytes.get() {
-            0 => self.segment_bytes.get(),
-            current => current.min(self.segment_bytes.get()),
-        }
+        super::backend::fallback_bytes(self.segment_bytes.get(), self.current_bytes.get())
     }
 
     fn file_path(&self, number: u64) -> PathBuf {

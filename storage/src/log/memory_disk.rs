@@ -194,11 +194,10 @@ impl Backend for MemoryDisk {
 
     fn full(&self) -> bool {
         let disk = self.disk.borrow();
-        let fallback = match disk.current_bytes {
-            0 => disk.segment_bytes,
-            current => current.min(disk.segment_bytes),
-        };
-        !disk.has_room(fallback)
+        !disk.has_room(super::backend::fallback_bytes(
+            disk.segment_bytes,
+            disk.current_bytes,
+        ))
     }
 
     fn prepare(&self, bytes: u64, current_bytes: u64) {
