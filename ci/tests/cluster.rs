@@ -458,6 +458,47 @@ fn report_stop(stopped: &[serde_json::Value], baseline: &[serde_json::Value]) {
     eprintln!("written to {}", out.display());
 }
 
+/// Nodes n1 to n3 with `replication = "sync"`, given the partitions.
+fn replicating_cluster<'net>(net: &'net Net, etcd: &Etcd) -> Cluster<'net> {
+    let sync = "replication = \"sync\"";
+    Cluster::start_with(
+        net,
+        binaries(),
+        &["n1", "n2", "n3"],
+        &etcd.endpoints_arg(),
+        sync,
+    )
+    .expect("three replicating nodes given the partitions")
+}
+
+/// loadgen's chat from `lg`: 600 phones over every node of `cluster`, 600
+/// messages a second for `seconds`, `more` flags added; started, with
+/// every phone logged in.
+fn chat_600(net: &Net, cluster: &Cluster, seconds: u64, more: &[&str]) -> Loadgen {
+    let (targets, seconds) = (cluster.targets(), seconds.to_string());
+    let args = [
+        "chat",
+        "--target",
+        &targets,
+        "--phones",
+        "600",
+        "--rate",
+        "600",
+        "--duration",
+        &seconds,
+        "--warmup",
+        "0",
+        "--drain",
+        "60",
+    ];
+    let args = [&args[..], more].concat();
+    let mut run = Loadgen::start(net, binaries(), "lg", &args).expect("loadgen");
+    (run.process())
+        .wait_for_stderr_line("phones logged in", LOADGEN_TIMEOUT)
+        .expect("the logins");
+    run
+}
+
 /// Each island's (epoch, mode) as node `index` sees it, by island id.
 fn islands(cluster: &Cluster, index: usize) -> Vec<(u64, u64, String)> {
     let status = cluster.status(index);
@@ -505,33 +546,10 @@ fn with_sync_replication_a_killed_secondary_leaves_its_island_solo_and_loses_not
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let net = Net::new(&["etcd", "n1", "n2", "n3", "lg"]).expect("the test network");
     let etcd = Etcd::start(&net, &["etcd"]).expect("starting etcd");
-    let roles = ["n1", "n2", "n3"];
-    let sync = "replication = \"sync\"";
-    let mut cluster = Cluster::start_with(&net, binaries(), &roles, &etcd.endpoints_arg(), sync)
-        .expect("three replicating nodes given the partitions");
+    let mut cluster = replicating_cluster(&net, &etcd);
     await_island_mode(&cluster, 1, 2, "sync", Duration::from_secs(30));
-    let (targets, measured) = (cluster.targets(), cluster.targets_of(0..2));
-    let args = [
-        "chat",
-        "--target",
-        &targets,
-        "--latency-nodes",
-        &measured,
-        "--phones",
-        "600",
-        "--rate",
-        "600",
-        "--duration",
-        "30",
-        "--warmup",
-        "0",
-        "--drain",
-        "60",
-    ];
-    let mut run = Loadgen::start(&net, binaries(), "lg", &args).expect("loadgen");
-    (run.process())
-        .wait_for_stderr_line("phones logged in", LOADGEN_TIMEOUT)
-        .expect("the logins");
+    let measured = cluster.targets_of(0..2);
+    let run = chat_600(&net, &cluster, 30, &["--latency-nodes", &measured]);
     std::thread::sleep(Duration::from_secs(8));
     cluster.nodes[2].kill().expect("kill -9 of node 3");
     await_island_mode(&cluster, 1, 2, "solo", Duration::from_secs(15));
@@ -566,34 +584,12 @@ fn with_sync_replication_an_etcd_outage_of_30_s_stops_no_message_and_moves_no_is
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let net = Net::new(&["etcd", "n1", "n2", "n3", "lg"]).expect("the test network");
     let mut etcd = Etcd::start(&net, &["etcd"]).expect("starting etcd");
-    let roles = ["n1", "n2", "n3"];
-    let sync = "replication = \"sync\"";
-    let cluster = Cluster::start_with(&net, binaries(), &roles, &etcd.endpoints_arg(), sync)
-        .expect("three replicating nodes given the partitions");
+    let cluster = replicating_cluster(&net, &etcd);
     for island in 1..=3 {
         await_island_mode(&cluster, 0, island, "sync", Duration::from_secs(30));
     }
     let before = islands(&cluster, 0);
-    let targets = cluster.targets();
-    let args = [
-        "chat",
-        "--target",
-        &targets,
-        "--phones",
-        "600",
-        "--rate",
-        "600",
-        "--duration",
-        "45",
-        "--warmup",
-        "0",
-        "--drain",
-        "60",
-    ];
-    let mut run = Loadgen::start(&net, binaries(), "lg", &args).expect("loadgen");
-    (run.process())
-        .wait_for_stderr_line("phones logged in", LOADGEN_TIMEOUT)
-        .expect("the logins");
+    let run = chat_600(&net, &cluster, 45, &[]);
     let sending = std::time::Instant::now();
     std::thread::sleep(Duration::from_secs(5));
     etcd.kill("etcd").expect("etcd down");

@@ -687,37 +687,13 @@ fn every_ctl_subcommand_speaks_json_when_asked() {
     let deleted = ctl_json(&server, &["account", "delete", "+15550000002"]);
     assert_eq!(deleted["was_online"], false, "{deleted}");
     // One frame of `top`: its first line.
-    let mut top = std::process::Command::new(env!("CARGO_BIN_EXE_isle"))
-        .args(["ctl", "--admin", &server.admin.to_string(), "--json", "top"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(top.stdout.take().unwrap()),
-        &mut first,
-    )
-    .unwrap();
-    top.kill().unwrap();
-    top.wait().unwrap();
+    let first = top_first_line(&server, &["--json"]);
     let frame: serde_json::Value = serde_json::from_str(&first)
         .unwrap_or_else(|error| panic!("top's first line is no JSON ({error}): {first}"));
     assert!(frame["shards"].is_array(), "{frame}");
     // Without --json and into a pipe: text, without a terminal's escape
     // codes.
-    let mut top = std::process::Command::new(env!("CARGO_BIN_EXE_isle"))
-        .args(["ctl", "--admin", &server.admin.to_string(), "top"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(top.stdout.take().unwrap()),
-        &mut first,
-    )
-    .unwrap();
-    top.kill().unwrap();
-    top.wait().unwrap();
+    let first = top_first_line(&server, &[]);
     assert_eq!(first, "ready\n", "top's first line into a pipe");
     let drained = ctl_json(&server, &["drain", "--wait-ms", "20000"]);
     assert_eq!(drained["drained"], true, "{drained}");
@@ -1048,4 +1024,26 @@ fn ctl_says_when_the_server_in_admin_addr_is_gone() {
         stderr.contains("nothing answers") && stderr.contains("admin.addr"),
         "{stderr}"
     );
+}
+
+/// The first line `isle ctl [FLAGS] top` writes into a pipe (then it is
+/// stopped).
+fn top_first_line(server: &Server, flags: &[&str]) -> String {
+    let admin = server.admin.to_string();
+    let mut top = std::process::Command::new(env!("CARGO_BIN_EXE_isle"))
+        .args(["ctl", "--admin", &admin])
+        .args(flags)
+        .arg("top")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(top.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    top.kill().unwrap();
+    top.wait().unwrap();
+    first
 }
