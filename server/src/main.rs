@@ -507,6 +507,8 @@ fn spawn_shards(
         };
         let shard_config = ShardConfig {
             wall_clock_offset_ms: unix_ms,
+            // A node's own island has its id (docs/islands.md).
+            island: config.cluster.as_ref().map_or(0, |c| c.node_id),
             ..config.shard_config(shard_id as u16, map)
         };
         let env = senders.env();

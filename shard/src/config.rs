@@ -34,6 +34,11 @@ pub struct ShardConfig {
     // ---- The shard's identity: per process, never in a config file. ----
     #[serde(skip)]
     pub shard_id: u16,
+    /// The island whose tablet this shard is (docs/islands.md): a
+    /// cluster node's own island has the node's id; a single node's only
+    /// island is 0.
+    #[serde(skip)]
+    pub island: crate::island::IslandId,
     #[serde(skip)]
     pub map: PartitionMap,
     /// Added to the shard's monotonic `now_ms` to get Unix time, for the
@@ -224,6 +229,7 @@ impl ShardConfig {
     pub fn new(shard_id: u16, map: PartitionMap) -> ShardConfig {
         ShardConfig {
             shard_id,
+            island: 0,
             map,
             wall_clock_offset_ms: 0,
             tick_ms: 100,

@@ -4,8 +4,14 @@
 //! hands every shard the same `Arc` each time it changes; a single node
 //! has none, and every partition is its own.
 //!
-//! On its owner, partition `p` lives on shard `p % shards`, the rule a
-//! single node uses: a node's shard count is fixed while it is a member.
+//! The map gives each partition an **island** (docs/islands.md: nodes
+//! are machines, islands are data); the island's record names the node
+//! that is its primary now, and there partition `p` lives on shard
+//! `p % shards`, the rule a single node uses: a node's shard count is
+//! fixed while it is a member. A cluster that does not replicate has no
+//! island records: each island is served by the node of the same id.
+//! The tablet a partition lives in is (island, shard): a node hosts its
+//! own island's tablets, and those of islands it took over.
 
 use std::collections::BTreeMap;
 
@@ -38,9 +44,11 @@ pub struct Placement {
     pub incarnation: i64,
     /// The partition map's revision: what a `Redirect` carries.
     pub revision: u64,
-    /// `owners[p]`: the node owning partition `p`; empty while the cluster
-    /// has no map yet.
-    owners: Vec<u16>,
+    /// `owners[p]`: the island owning partition `p`; empty while the
+    /// cluster has no map yet.
+    owners: Vec<IslandId>,
+    /// Every island `owners` names, once.
+    mapped: Vec<IslandId>,
     nodes: BTreeMap<u16, PlacedNode>,
     /// Each island's record and the etcd revision it was written at.
     islands: BTreeMap<IslandId, (IslandRecord, u64)>,
@@ -49,33 +57,43 @@ pub struct Placement {
 /// Where a partition's accounts and groups are, seen from one shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Home {
-    /// On this node, on this shard.
-    Here(u16),
-    /// On shard `shard` of node `node`.
-    Away { node: u16, shard: u16, live: bool },
+    /// On this node: tablet `shard` of island `island` (a single node's
+    /// only island is 0).
+    Here { island: IslandId, shard: u16 },
+    /// In tablet `shard` of island `island`, on node `node`, its primary.
+    Away {
+        node: u16,
+        island: IslandId,
+        shard: u16,
+        live: bool,
+    },
     /// Nowhere known: the cluster has no partition map yet, or its owner
     /// was never seen.
     Unknown,
 }
 
 impl Placement {
-    /// `owners` has one node id per partition ([`PARTITIONS_DEFAULT`]), or
-    /// none before the cluster has a map.
+    /// `owners` has one island id per partition ([`PARTITIONS_DEFAULT`]),
+    /// or none before the cluster has a map.
     pub fn new(
         (node, incarnation): (u16, i64),
         revision: u64,
-        owners: Vec<u16>,
+        owners: Vec<IslandId>,
         nodes: BTreeMap<u16, PlacedNode>,
     ) -> Placement {
         assert!(
             owners.is_empty() || owners.len() == usize::from(PARTITIONS_DEFAULT),
             "one owner per partition"
         );
+        let mut mapped = owners.clone();
+        mapped.sort_unstable();
+        mapped.dedup();
         Placement {
             node,
             incarnation,
             revision,
             owners,
+            mapped,
             nodes,
             islands: BTreeMap::new(),
         }
@@ -112,20 +130,43 @@ impl Placement {
     /// Where `partition` lives, for a shard of this node running
     /// `local_shards` shards.
     pub fn home(&self, partition: u16, local_shards: u16) -> Home {
-        let Some(&owner) = self.owners.get(usize::from(partition)) else {
+        let Some(&island) = self.owners.get(usize::from(partition)) else {
             return Home::Unknown;
         };
-        if owner == self.node {
-            return Home::Here(partition % local_shards);
+        self.tablet_home(island, partition, local_shards)
+    }
+
+    /// The node serving `island` now: its record's primary, or (a cluster
+    /// that does not replicate) the node of the same id.
+    pub fn primary_of(&self, island: IslandId) -> u16 {
+        self.islands
+            .get(&island)
+            .map_or(island, |(record, _)| record.primary)
+    }
+
+    fn tablet_home(&self, island: IslandId, partition: u16, local_shards: u16) -> Home {
+        let primary = self.primary_of(island);
+        if primary == self.node {
+            return Home::Here {
+                island,
+                shard: partition % local_shards,
+            };
         }
-        match self.nodes.get(&owner) {
+        match self.nodes.get(&primary) {
             Some(node) => Home::Away {
-                node: owner,
+                node: primary,
+                island,
                 shard: partition % node.shards.max(1),
                 live: node.live,
             },
             None => Home::Unknown,
         }
+    }
+
+    /// Every island the map names, with the node serving it now (see
+    /// [`Placement::primary_of`]).
+    pub fn mapped_islands(&self) -> impl Iterator<Item = (IslandId, u16)> + '_ {
+        self.mapped.iter().map(|&island| (island, self.primary_of(island)))
     }
 
     pub fn node(&self, id: u16) -> Option<&PlacedNode> {
@@ -161,11 +202,12 @@ mod tests {
         };
         let nodes = BTreeMap::from([(1, node(true)), (2, node(false))]);
         let placement = Placement::new((1, 5), 9, owners, nodes);
-        assert_eq!(placement.home(5, 2), Home::Here(1));
+        assert_eq!(placement.home(5, 2), Home::Here { island: 1, shard: 1 });
         assert_eq!(
             placement.home(513, 2),
             Home::Away {
                 node: 2,
+                island: 2,
                 shard: 1,
                 live: false
             }
@@ -173,5 +215,29 @@ mod tests {
         assert_eq!(placement.home(1023, 2), Home::Unknown, "node 3 never seen");
         let empty = Placement::new((1, 0), 0, Vec::new(), BTreeMap::new());
         assert_eq!(empty.home(0, 2), Home::Unknown);
+    }
+
+    /// An island's partitions follow its record's primary: taken over by
+    /// node 1, island 2's partitions are here, in island 2's tablets.
+    #[test]
+    fn an_island_s_partitions_live_where_its_primary_is() {
+        let mut owners = vec![1u16; 512];
+        owners.extend(vec![2u16; 512]);
+        let node = |live| PlacedNode {
+            advertise: "b:5222".into(),
+            shards: 2,
+            live,
+            peer: "10.0.0.2:5223".parse().unwrap(),
+            incarnation: 7,
+        };
+        let nodes = BTreeMap::from([(1, node(true)), (2, node(false))]);
+        let mut taken = IslandRecord::first(2, 1);
+        taken.epoch = 2;
+        taken.primary = 1;
+        let islands = BTreeMap::from([(1, (IslandRecord::first(1, 2), 3)), (2, (taken, 4))]);
+        let placement = Placement::new((1, 5), 9, owners, nodes).with_islands(islands);
+        assert_eq!(placement.home(5, 2), Home::Here { island: 1, shard: 1 });
+        assert_eq!(placement.home(515, 2), Home::Here { island: 2, shard: 1 });
+        assert_eq!(placement.mapped_islands().collect::<Vec<_>>(), [(1, 1), (2, 1)]);
     }
 }

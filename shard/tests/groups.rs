@@ -732,7 +732,9 @@ fn delete_losing_word_to(net: &mut Net, lost_to: &[u16]) -> (Vec<Member>, [Group
     net.shards[home].committed(batch);
     let out: Vec<_> = net.shards[home].drain_peer_messages().collect();
     for (to, message) in out {
-        let Dest::Shard(to) = to else { unreachable!() };
+        let Dest::Shard { shard: to, .. } = to else {
+            unreachable!()
+        };
         if !lost_to.contains(&to) {
             net.shards[to as usize].handle_peer(message, now_ms);
         }

@@ -12,7 +12,7 @@
 //! are its own.
 
 use serde::{Deserialize, Serialize};
-use shard::PeerMessage;
+use shard::{island::IslandId, PeerMessage};
 
 /// Bytes an encoded envelope may take: a full message body and its
 /// fields, with margin. A payload over it is refused, never decoded.
@@ -22,6 +22,9 @@ pub const ENVELOPE_BYTES_MAX: usize = wire::FRAME_BYTES_MAX + 4096;
 pub struct Envelope {
     /// The shard of the receiving node the message is for.
     pub shard: u16,
+    /// The island whose tablet on that shard it is for (a node hosts its
+    /// own island's tablets and those of islands it took over).
+    pub island: IslandId,
     /// For an answer to a connection or lookup: the receiving node's
     /// incarnation it answers.
     pub incarnation: Option<i64>,
@@ -42,12 +45,17 @@ pub enum Refused {
 }
 
 impl Envelope {
-    /// `message` for shard `shard` of a node whose incarnation is
-    /// `incarnation` now.
-    pub fn new(shard: u16, incarnation: i64, message: PeerMessage) -> Envelope {
+    /// `message` for tablet (`island`, `shard`) of a node whose
+    /// incarnation is `incarnation` now.
+    pub fn new(
+        (island, shard): (IslandId, u16),
+        incarnation: i64,
+        message: PeerMessage,
+    ) -> Envelope {
         let incarnation = answers_process(&message).then_some(incarnation);
         Envelope {
             shard,
+            island,
             incarnation,
             message,
         }
@@ -110,9 +118,9 @@ mod tests {
             kind: wire::ReceiptKind::Delivered,
             sent_at_ms: 1_000,
         };
-        let encoded = Envelope::new(1, 42, receipt).encode();
+        let encoded = Envelope::new((1, 1), 42, receipt).encode();
         let decoded = Envelope::decode(&encoded, 2, &[43]).unwrap();
-        assert_eq!(decoded.shard, 1);
+        assert_eq!((decoded.island, decoded.shard), (1, 1));
         assert_eq!(
             decoded.incarnation, None,
             "a receipt is owed to any incarnation"
@@ -134,7 +142,7 @@ mod tests {
             asker: phone(),
             registered: vec![phone()],
         };
-        let encoded = Envelope::new(0, 42, found).encode();
+        let encoded = Envelope::new((1, 0), 42, found).encode();
         assert!(Envelope::decode(&encoded, 1, &[42]).is_ok());
         assert_eq!(
             Envelope::decode(&encoded, 1, &[43]).unwrap_err(),
@@ -152,7 +160,7 @@ mod tests {
             asker: phone(),
             registered: Vec::new(),
         };
-        let unknown = Envelope::new(0, 0, found).encode();
+        let unknown = Envelope::new((1, 0), 0, found).encode();
         assert!(Envelope::decode(&unknown, 1, &[42, 43]).is_err());
     }
 
@@ -176,7 +184,7 @@ mod tests {
             stored: vec![receipt.key(); count],
         };
         for message in [owed, stored] {
-            let encoded = Envelope::new(0, i64::MAX, message).encode();
+            let encoded = Envelope::new((1, 0), i64::MAX, message).encode();
             assert!(encoded.len() <= ENVELOPE_BYTES_MAX, "{}", encoded.len());
             assert!(Envelope::decode(&encoded, 1, &[i64::MAX]).is_ok());
         }
@@ -194,7 +202,7 @@ mod tests {
             Refused::TooLong(ENVELOPE_BYTES_MAX + 1)
         );
         // A length prefix claiming more members than the payload holds.
-        let mut lying = postcard::to_stdvec(&(0u16, None::<i64>)).unwrap();
+        let mut lying = postcard::to_stdvec(&(0u16, 1u16, None::<i64>)).unwrap();
         lying.extend([13, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f]);
         assert!(Envelope::decode(&lying, 2, &[1]).is_err());
     }

@@ -12,8 +12,11 @@
 pub const MAGIC: [u8; 4] = *b"ISLK";
 
 /// The link protocol's version; a peer with another is refused. Version 2
-/// added the proofs of membership to the handshake.
-pub const VERSION: u16 = 2;
+/// added the proofs of membership to the handshake; version 3 the island
+/// to every payload's envelope (the payloads' layout is the routing's,
+/// but a node that cannot read them must be refused at the handshake,
+/// not drop what they carry).
+pub const VERSION: u16 = 3;
 
 /// An HMAC-SHA256 under the cluster's secret (`remote::proof`), or zeros
 /// from a node without one.

@@ -21,7 +21,7 @@ use ahash::AHashMap;
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use server::flow::{Flow, Flush, LinkState, Read};
-use shard::{ConnId, FrameOutcome};
+use shard::{island::IslandId, ConnId, FrameOutcome};
 use wire::{decode_client, split_frame, ErrorKind, FrameError, FRAME_BYTES_MAX};
 
 use super::{links::Adoption, Runtime};
@@ -200,7 +200,9 @@ struct ConnTask {
     tx: Vec<u8>,
     tx_written: usize,
     /// The home shard this connection moves to once its outbox is written.
-    handover_to: Option<u16>,
+    /// The tablet (island, shard) this connection moves to once its
+    /// bytes are written.
+    handover_to: Option<(IslandId, u16)>,
 }
 
 enum Step {
@@ -244,8 +246,8 @@ impl ConnTask {
         let all_written =
             self.tx_written == self.tx.len() && self.runtime.shard().outbox_len(self.id) == 0;
         if all_written {
-            if let Some(shard) = self.handover_to {
-                self.hand_over(shard);
+            if let Some(tablet) = self.handover_to {
+                self.hand_over(tablet);
                 return Step::Done;
             }
             if self.runtime.shard().is_closing(self.id) {
@@ -410,7 +412,9 @@ impl ConnTask {
             };
             match shard.handle_frame(self.id, frame, self.runtime.now_ms()) {
                 FrameOutcome::Continue => rest = &rest[raw.consumed..],
-                FrameOutcome::HandOver { shard } => self.handover_to = Some(shard),
+                FrameOutcome::HandOver { island, shard } => {
+                    self.handover_to = Some((island, shard))
+                }
             }
         }
     }
@@ -481,7 +485,7 @@ impl ConnTask {
 
     /// Moves this connection, with its TLS state and unread frames, to its
     /// home shard. Everything queued for the phone has been written.
-    fn hand_over(&mut self, shard: u16) {
+    fn hand_over(&mut self, (island, shard): (IslandId, u16)) {
         let id = self.id;
         // Only a connection that has not logged in moves: removing it
         // cancels a timer and makes no outputs.
@@ -510,7 +514,7 @@ impl ConnTask {
             snapshot,
             pending,
         };
-        self.runtime.links.stage_adoption(shard, adoption);
+        self.runtime.links.stage_adoption(shard, island, adoption);
     }
 
     /// Half-closes and keeps reading briefly, so that the phone receives the

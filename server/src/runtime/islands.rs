@@ -322,7 +322,7 @@ impl Islands {
         let opened = async {
             std::fs::create_dir_all(&dir)?;
             let disk = GlommioDisk::open(&dir).await?;
-            let (fresh, after) = checkpointed_shard(runtime, &dir, self.now_ms())?;
+            let (fresh, after) = checkpointed_shard(runtime, (island, &dir), self.now_ms())?;
             Standby::open_after(disk, self.setup.log, after, fresh)
                 .await
                 .map_err(std::io::Error::other)
@@ -484,9 +484,9 @@ fn member_config(me: NodeId, island: IslandId) -> MemberConfig {
     }
 }
 
-/// A shard of this shard's layout for a standby: it restores, never
-/// serves, so it sends nothing.
-fn standby_shard(runtime: &Runtime, now_ms: u64) -> Shard {
+/// A shard of this shard's layout for a standby of `island`'s tablet: it
+/// restores, never serves, so it sends nothing.
+fn standby_shard(runtime: &Runtime, island: IslandId, now_ms: u64) -> Shard {
     struct Silent;
     impl shard::Env for Silent {
         fn random(&mut self, buffer: &mut [u8]) {
@@ -499,7 +499,8 @@ fn standby_shard(runtime: &Runtime, now_ms: u64) -> Shard {
             false
         }
     }
-    let config = runtime.shard().config().clone();
+    let mut config = runtime.shard().config().clone();
+    config.island = island;
     Shard::new(config, Box::new(Silent), now_ms)
 }
 
@@ -507,10 +508,10 @@ fn standby_shard(runtime: &Runtime, now_ms: u64) -> Shard {
 /// batch it is the state after (a new shard and 0 without one).
 fn checkpointed_shard(
     runtime: &Runtime,
-    dir: &std::path::Path,
+    (island, dir): (IslandId, &std::path::Path),
     now_ms: u64,
 ) -> std::io::Result<(Shard, u64)> {
-    let mut shard = standby_shard(runtime, now_ms);
+    let mut shard = standby_shard(runtime, island, now_ms);
     let config = runtime.shard().config().map;
     let (index, count) = (runtime.shard_id, config.shards());
     let mut refused = None;
@@ -610,7 +611,8 @@ impl StandbyWork {
             match other {
                 Some(LogWork::Truncate { after }) => {
                     let now = self.runtime.now_ms();
-                    let fresh = checkpointed_shard(&self.runtime, &self.dir, now)
+                    let island = self.tablet.borrow().island();
+                    let fresh = checkpointed_shard(&self.runtime, (island, &self.dir), now)
                         .map_err(|e| e.to_string())?;
                     if after < fresh.1 {
                         // The standby checkpointed batches its primary had
@@ -695,10 +697,12 @@ impl StandbyWork {
                     self.shard_id,
                     self.tablet.borrow().island()
                 );
-                (0, standby_shard(&self.runtime, self.runtime.now_ms()))
+                let island = self.tablet.borrow().island();
+                (0, standby_shard(&self.runtime, island, self.runtime.now_ms()))
             }
             Replace::Checkpoint(batch) => {
-                match take_incoming(&self.runtime, &self.dir, batch).await {
+                let island = self.tablet.borrow().island();
+                match take_incoming(&self.runtime, (island, &self.dir), batch).await {
                     Ok(shard) => (batch, shard),
                     Err(why) => {
                         log::warn!(
@@ -1089,7 +1093,7 @@ impl Incoming {
 /// the tablet is touched: the shard, or why the checkpoint is refused.
 async fn take_incoming(
     runtime: &Runtime,
-    dir: &std::path::Path,
+    (island, dir): (IslandId, &std::path::Path),
     batch: u64,
 ) -> Result<Shard, String> {
     let incoming = dir.join(INCOMING_DIR);
@@ -1108,7 +1112,7 @@ async fn take_incoming(
         })
         .await
         .map_err(|e| format!("making the checkpoint durable: {e}"))?;
-    let (shard, loaded) = checkpointed_shard(runtime, &incoming, runtime.now_ms())
+    let (shard, loaded) = checkpointed_shard(runtime, (island, &incoming), runtime.now_ms())
         .map_err(|e| format!("the checkpoint does not load: {e}"))?;
     if loaded != batch {
         return Err(format!("the checkpoint says batch {loaded}, not {batch}"));

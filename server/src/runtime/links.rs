@@ -17,19 +17,20 @@ use std::{
 
 use glommio::net::TcpStream;
 use rustls::ServerConnection;
-use shard::{ConnSnapshot, PeerMessage, Shard};
+use shard::{island::IslandId, ConnSnapshot, PeerMessage, Shard};
 
 use super::{connection::spawn_connection, Runtime, Signal};
 use crate::transport::Transport;
 use server::peer_queue;
 
-/// What crosses from one shard to another, in batches.
+/// What crosses from one shard to another, in batches, each for a tablet
+/// of the destination shard (the island names it).
 pub enum Mail {
-    Peer(PeerMessage),
+    Peer(IslandId, PeerMessage),
     /// A message from another node, whose link waits until what it
     /// causes here is durable (see `remote::Durable`).
-    Tracked(PeerMessage, super::remote::Durable),
-    Adopt(Adoption),
+    Tracked(IslandId, PeerMessage, super::remote::Durable),
+    Adopt(IslandId, Adoption),
 }
 
 /// A connection moving to its home shard: the socket, its TLS state, and
@@ -84,9 +85,10 @@ impl Links {
         }
     }
 
-    /// Stages `message` for `destination`.
-    pub fn stage(&self, destination: u16, message: PeerMessage) -> Staged {
-        self.stage_mail(destination, Mail::Peer(message))
+    /// Stages `message` for island `island`'s tablet on shard
+    /// `destination`.
+    pub fn stage(&self, destination: u16, island: IslandId, message: PeerMessage) -> Staged {
+        self.stage_mail(destination, Mail::Peer(island, message))
     }
 
     fn stage_mail(&self, destination: u16, mail: Mail) -> Staged {
@@ -94,7 +96,7 @@ impl Links {
         let mut staging = link.staging.borrow_mut();
         // Presence and typing give way early, at a quarter of the bound, so
         // that a storm of them never delays a message.
-        let signal = matches!(&mail, Mail::Peer(m) | Mail::Tracked(m, _) if m.is_signal());
+        let signal = matches!(&mail, Mail::Peer(_, m) | Mail::Tracked(_, m, _) if m.is_signal());
         if signal && staging.len() >= self.staging_max / 4 {
             return Staged::Dropped;
         }
@@ -113,18 +115,19 @@ impl Links {
     /// as it drops).
     pub fn stage_tracked(
         &self,
-        destination: u16,
+        (destination, island): (u16, IslandId),
         message: PeerMessage,
         durable: super::remote::Durable,
     ) -> Staged {
-        self.stage_mail(destination, Mail::Tracked(message, durable))
+        self.stage_mail(destination, Mail::Tracked(island, message, durable))
     }
 
-    /// Stages a connection moving to `destination`. Not bounded: it is one
-    /// connection's own move, which that connection has stopped reading for.
-    pub fn stage_adoption(&self, destination: u16, adoption: Adoption) {
+    /// Stages a connection moving to island `island`'s tablet on shard
+    /// `destination`. Not bounded: it is one connection's own move, which
+    /// that connection has stopped reading for.
+    pub fn stage_adoption(&self, destination: u16, island: IslandId, adoption: Adoption) {
         let link = &self.links[destination as usize];
-        link.staging.borrow_mut().push(Mail::Adopt(adoption));
+        link.staging.borrow_mut().push(Mail::Adopt(island, adoption));
         link.signal.raise();
     }
 
@@ -205,12 +208,19 @@ fn hand_in_run(
 ) -> Option<Adoption> {
     for mail in mails {
         match mail {
-            Mail::Peer(message) => shard.handle_peer(message, runtime.now_ms()),
-            Mail::Tracked(message, durable) => {
+            Mail::Peer(island, message) => {
+                runtime.note_island(island);
+                shard.handle_peer(message, runtime.now_ms());
+            }
+            Mail::Tracked(island, message, durable) => {
+                runtime.note_island(island);
                 shard.handle_peer(message, runtime.now_ms());
                 runtime.after_next_commit(shard, durable);
             }
-            Mail::Adopt(adoption) => return Some(adoption),
+            Mail::Adopt(island, adoption) => {
+                runtime.note_island(island);
+                return Some(adoption);
+            }
         }
     }
     None

@@ -141,6 +141,8 @@ pub struct Runtime {
     events: events::EventLog,
     /// What new TLS connections get; replaced by a reload.
     tls: RefCell<Option<Arc<ServerConfig>>>,
+    /// Messages for a tablet this shard does not host (see `note_island`).
+    misaddressed: Cell<u64>,
 }
 
 impl Runtime {
@@ -165,6 +167,7 @@ impl Runtime {
             connections: ConnectionTasks::new(),
             events: events::EventLog::new(shard_id),
             tls: RefCell::new(None),
+            misaddressed: Cell::new(0),
         }
     }
 
@@ -188,6 +191,25 @@ impl Runtime {
         match key.checked_sub(remote::NODE_KEY_BASE) {
             Some(node) => self.remote.wake_when_drained(node, waker),
             None => self.links.wake_when_drained(key, waker),
+        }
+    }
+
+    /// A message or connection for island `island`'s tablet of this
+    /// shard arrived. This executor serves only its shard's own tablet
+    /// (an island taken over is not served yet: promotion is off), so
+    /// another island is a peer's mistake, said once and counted; the
+    /// message is handled by the own tablet, as before islands had ids.
+    fn note_island(&self, island: shard::island::IslandId) {
+        let own = self.shard().config().island;
+        if island != own {
+            let count = self.misaddressed.get() + 1;
+            self.misaddressed.set(count);
+            if count == 1 {
+                log::warn!(
+                    shard = self.shard_id; "a message for island {island}'s tablet, which this \
+                     shard does not host (its own is island {own})"
+                );
+            }
         }
     }
 
@@ -238,9 +260,13 @@ impl Runtime {
         let mut signals_dropped = 0;
         for (destination, message) in shard.drain_peer_messages() {
             let (staged, key) = match destination {
-                Dest::Shard(shard) => (self.links.stage(shard, message), shard),
-                Dest::Node { node, shard } => (
-                    self.remote.stage(node, shard, message),
+                Dest::Shard { island, shard } => (self.links.stage(shard, island, message), shard),
+                Dest::Node {
+                    node,
+                    island,
+                    shard,
+                } => (
+                    self.remote.stage(node, (island, shard), message),
                     remote::node_key(node),
                 ),
             };

@@ -40,7 +40,7 @@ use server::remote::{
     ClusterSecret, Delivery, Handovers, LinkConfig, Local, Origin, Payload, PushError, RemoteLinks,
     RemoteSetup,
 };
-use shard::{PeerMessage, Placement};
+use shard::{island::IslandId, PeerMessage, Placement};
 
 use super::{links::Staged, Runtime, Signal};
 use crate::cluster::envelope::Envelope;
@@ -129,8 +129,8 @@ impl Remote {
         self.links().map(|links| links.stats())
     }
 
-    /// Stages `message` for shard `shard` of `node`.
-    pub fn stage(&self, node: u16, shard: u16, message: PeerMessage) -> Staged {
+    /// Stages `message` for tablet (`island`, `shard`) of `node`.
+    pub fn stage(&self, node: u16, (island, shard): (IslandId, u16), message: PeerMessage) -> Staged {
         let incarnation = self.answers_for.borrow().get(&node).copied().unwrap_or(0);
         let outbound = self.outbound.borrow().get(&node).cloned();
         let Some(outbound) = outbound else {
@@ -143,7 +143,8 @@ impl Remote {
         if message.is_signal() && (payloads.len() >= self.staging_max / 4 || link_full) {
             return Staged::Dropped;
         }
-        payloads.push_back(Envelope::new(shard, incarnation, message).encode());
+        let envelope = Envelope::new((island, shard), incarnation, message);
+        payloads.push_back(envelope.encode());
         let over = payloads.len() > self.staging_max;
         outbound.signal.raise();
         if over {
@@ -437,14 +438,17 @@ fn receive(runtime: &Rc<Runtime>, delivery: Delivery) {
     let mut here = Vec::new();
     for payload in &delivery.payloads {
         match Envelope::decode(payload, shards, &mine) {
-            Ok(envelope) if envelope.shard == runtime.shard_id => here.push(envelope.message),
+            Ok(envelope) if envelope.shard == runtime.shard_id => {
+                runtime.note_island(envelope.island);
+                here.push(envelope.message)
+            }
             Ok(envelope) => {
                 // On to another shard of this node, which tells when it is
                 // durable there.
                 let part = Remote::part(&parts);
                 let _ = runtime
                     .links
-                    .stage_tracked(envelope.shard, envelope.message, part);
+                    .stage_tracked((envelope.shard, envelope.island), envelope.message, part);
             }
             Err(refused) => {
                 runtime.remote.refused.set(runtime.remote.refused.get() + 1);

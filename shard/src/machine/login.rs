@@ -23,7 +23,7 @@ use super::{
     signup::{CodeRefusal, CodeRules},
     ConnId, FrameOutcome, Shard,
 };
-use crate::{source::Source, Env, Home};
+use crate::{island::IslandId, source::Source, Env, Home};
 
 /// A `TryLater` asks for at least this long, plus what the admission
 /// bucket needs to refill, plus a random part of up to
@@ -45,8 +45,9 @@ impl Shard {
         | ClientFrame::Login { phone, .. } = frame
         {
             match self.home_of(phone) {
-                Home::Here(shard) if shard == self.config.shard_id => {}
-                Home::Here(shard) => return self.hand_over_for(id, shard),
+                Home::Here { island, shard }
+                    if (island, shard) == (self.config.island, self.config.shard_id) => {}
+                Home::Here { island, shard } => return self.hand_over_for(id, (island, shard)),
                 Home::Away {
                     node, live: true, ..
                 } => {
@@ -105,9 +106,10 @@ impl Shard {
         self.close_after(id, &ServerFrame::TryLater { after_ms });
     }
 
-    /// The connection names an account of another shard: it moves there,
+    /// The connection names an account of another tablet of this node (of
+    /// another shard, or of another island on this one): it moves there,
     /// unless it has moved too often (each move costs a handover).
-    fn hand_over_for(&mut self, id: ConnId, shard: u16) -> FrameOutcome {
+    fn hand_over_for(&mut self, id: ConnId, (island, shard): (IslandId, u16)) -> FrameOutcome {
         let handovers_max = self.config.handovers_max;
         if self
             .conns
@@ -119,7 +121,7 @@ impl Shard {
             return FrameOutcome::Continue;
         }
         self.conns.note(id, ConnEventKind::Moving { shard });
-        FrameOutcome::HandOver { shard }
+        FrameOutcome::HandOver { island, shard }
     }
 
     fn is_test_number(&self, phone: Phone) -> Option<u32> {

@@ -194,7 +194,7 @@ impl Shard {
                 return true;
             };
             match placement.home(map.partition_of(receipt.to), map.shards()) {
-                Home::Here(_) | Home::Away { live: true, .. } => true,
+                Home::Here { .. } | Home::Away { live: true, .. } => true,
                 Home::Away { live: false, .. } | Home::Unknown => false,
             }
         });
@@ -213,7 +213,10 @@ impl Shard {
         if self.durability.is_failed() {
             return;
         }
-        let here = Home::Here(self.config.shard_id);
+        let here = Home::Here {
+            island: self.config.island,
+            shard: self.config.shard_id,
+        };
         let mut answers: BTreeMap<Dest, Vec<OwedKey>> = BTreeMap::new();
         for receipt in receipts {
             if self.home_of(receipt.to) != here {

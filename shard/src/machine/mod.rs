@@ -117,9 +117,11 @@ pub struct QueueLengths {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameOutcome {
     Continue,
-    /// The frame names an account owned by `shard`: move the connection there
-    /// (see [`Shard::hand_over`]) and replay this frame on arrival.
+    /// The frame names an account of tablet (`island`, `shard`) of this
+    /// node: move the connection there (see [`Shard::hand_over`]) and
+    /// replay this frame on arrival.
     HandOver {
+        island: crate::island::IslandId,
         shard: u16,
     },
 }
@@ -969,7 +971,11 @@ impl Shard {
             | PeerMessage::LookupAccounts { .. }
             | PeerMessage::AccountsFound { .. }) => self.apply_social(social),
             PeerMessage::AccountGone { phone } => self.account_gone(phone),
-            PeerMessage::GroupsLeft { phone, node, shard } => self.groups_left(phone, node, shard),
+            PeerMessage::GroupsLeft {
+                phone,
+                island,
+                shard,
+            } => self.groups_left(phone, island, shard),
             PeerMessage::ReceiptsOwed { receipts } => self.receipts_owed(receipts),
             PeerMessage::OwedStored { stored } => self.owed_stored(&stored),
         }
@@ -993,7 +999,7 @@ impl Shard {
     }
 
     fn route(&mut self, dest: Dest, message: PeerMessage) {
-        if dest == Dest::Shard(self.config.shard_id) {
+        if dest == self.own_dest() {
             self.local.push_back(message);
         } else {
             self.peer_out.push((dest, message));

@@ -6,7 +6,8 @@ use serde::Serialize;
 use storage::Record;
 use wire::{ByeReason, Phone, Presence, ReceiptKind};
 
-use super::{owed::OwedReceipt, Dest, PeerMessage, Shard};
+use super::{owed::OwedReceipt, PeerMessage, Shard};
+use crate::island::IslandId;
 
 /// An account as an operator sees it: no secrets, no message contents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -313,10 +314,9 @@ impl Shard {
             return;
         }
         self.leave_groups(phone);
-        let node = self.placement.as_ref().map(|p| p.node);
         let answer = PeerMessage::GroupsLeft {
             phone,
-            node,
+            island: self.config.island,
             shard: self.config.shard_id,
         };
         self.owe_after_commit(self.home_of(phone), answer);
@@ -326,14 +326,14 @@ impl Shard {
         self.counters.account_deletions_pending = self.deletions.len() as u64;
     }
 
-    /// Shard `shard` of `node` answered that `phone` left its groups.
-    pub(super) fn groups_left(&mut self, phone: Phone, node: Option<u16>, shard: u16) {
-        let here = self.placement.as_ref().map(|p| p.node);
-        let by = match node {
-            Some(node) if Some(node) != here => Dest::Node { node, shard },
-            _ => Dest::Shard(shard),
-        };
+    /// Tablet (`island`, `shard`) answered that `phone` left its groups.
+    /// It counts for the tablet wherever it is served now: an island that
+    /// moved holds the same groups on its new primary.
+    pub(super) fn groups_left(&mut self, phone: Phone, island: IslandId, shard: u16) {
         let everyone = self.every_shard();
+        let Some(by) = self.tablet_dest(island, shard) else {
+            return;
+        };
         if !everyone.contains(&by) {
             // Not a shard this node knows (a node it has no view of yet, or
             // a peer naming what does not exist): nothing to count, so no

@@ -137,11 +137,11 @@ pub enum PeerMessage {
         phone: Phone,
     },
     /// The answer to `AccountGone`, to `phone`'s home shard once the
-    /// sender's `Left` posts are durable: shard `shard` of node `node`
-    /// (`None`: a single node) holds `phone` in none of its groups.
+    /// sender's `Left` posts are durable: tablet (`island`, `shard`)
+    /// holds `phone` in none of its groups.
     GroupsLeft {
         phone: Phone,
-        node: Option<u16>,
+        island: crate::island::IslandId,
         shard: u16,
     },
     /// Receipts owed to accounts of the destination shard (at most

@@ -22,7 +22,7 @@ use super::{
         normalize, Lookup, LookupFor, Social, StrangersRefused, SyncLimits, SyncRefused,
         LAST_SEEN_SLACK_MS,
     },
-    ConnId, Dest, PeerMessage, Session, Shard,
+    ConnId, PeerMessage, Session, Shard,
 };
 use crate::placement::Home;
 
@@ -478,7 +478,7 @@ impl Shard {
         };
         for (dest, phones) in split {
             let dest = dest.expect("checked above");
-            if dest == Dest::Shard(self.config.shard_id) {
+            if dest == self.own_dest() {
                 let known = phones.into_iter().filter(|p| self.accounts.contains_key(p));
                 lookup.registered.extend(known);
             } else {

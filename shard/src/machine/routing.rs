@@ -12,22 +12,28 @@
 //! - **signals** (presence, typing, profile changes) go only to a live
 //!   node, and are dropped otherwise, as on a backed-up queue.
 //!
-//! A single node has no placement: every home is `Here`.
+//! A single node has no placement: every home is `Here`, in island 0.
+//! Every destination names its tablet, (island, shard), since a node
+//! hosts the tablets of every island it is primary of.
 
 use std::sync::Arc;
 
 use wire::{GroupId, Phone};
 
 use super::{PeerMessage, Shard};
-use crate::{Home, Placement};
+use crate::{island::IslandId, Home, Placement};
 
-/// Where a peer message goes.
+/// Where a peer message goes: a tablet, here or on another node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Dest {
-    /// A shard of this node.
-    Shard(u16),
-    /// Shard `shard` of node `node`.
-    Node { node: u16, shard: u16 },
+    /// Tablet `shard` of island `island`, on this node.
+    Shard { island: IslandId, shard: u16 },
+    /// Tablet `shard` of island `island`, on node `node`.
+    Node {
+        node: u16,
+        island: IslandId,
+        shard: u16,
+    },
 }
 
 /// A request could not go: its home's node is not live, or unknown.
@@ -53,7 +59,10 @@ impl Shard {
     pub(super) fn home_of(&self, phone: Phone) -> Home {
         let map = self.config.map;
         match &self.placement {
-            None => Home::Here(map.shard_of(phone)),
+            None => Home::Here {
+                island: self.config.island,
+                shard: map.shard_of(phone),
+            },
             Some(placement) => placement.home(map.partition_of(phone), map.shards()),
         }
     }
@@ -62,7 +71,10 @@ impl Shard {
     pub(super) fn home_of_group(&self, group: GroupId) -> Home {
         let map = self.config.map;
         match &self.placement {
-            None => Home::Here(map.shard_of_group(group)),
+            None => Home::Here {
+                island: self.config.island,
+                shard: map.shard_of_group(group),
+            },
             Some(placement) => placement.home(map.partition_of_group(group), map.shards()),
         }
     }
@@ -77,10 +89,9 @@ impl Shard {
 
     /// What is owed to `home`: sent even to a node that is not live.
     pub(super) fn owe(&mut self, home: Home, message: PeerMessage) {
-        match home {
-            Home::Here(shard) => self.route(Dest::Shard(shard), message),
-            Home::Away { node, shard, .. } => self.route(Dest::Node { node, shard }, message),
-            Home::Unknown => self.counters.peer_messages_unroutable += 1,
+        match self.dest(home) {
+            Some(dest) => self.route(dest, message),
+            None => self.counters.peer_messages_unroutable += 1,
         }
     }
 
@@ -105,16 +116,51 @@ impl Shard {
     /// Where a message to `home` goes, live or not; `None`: unknown.
     pub(super) fn dest(&self, home: Home) -> Option<Dest> {
         match home {
-            Home::Here(shard) => Some(Dest::Shard(shard)),
-            Home::Away { node, shard, .. } => Some(Dest::Node { node, shard }),
+            Home::Here { island, shard } => Some(Dest::Shard { island, shard }),
+            Home::Away {
+                node,
+                island,
+                shard,
+                ..
+            } => Some(Dest::Node {
+                node,
+                island,
+                shard,
+            }),
             Home::Unknown => None,
+        }
+    }
+
+    /// Where tablet (`island`, `shard`) is served now; `None`: on a node
+    /// never seen.
+    pub(super) fn tablet_dest(&self, island: IslandId, shard: u16) -> Option<Dest> {
+        let Some(placement) = &self.placement else {
+            return Some(Dest::Shard { island, shard });
+        };
+        let node = placement.primary_of(island);
+        if node == placement.node {
+            Some(Dest::Shard { island, shard })
+        } else {
+            placement.node(node).map(|_| Dest::Node {
+                node,
+                island,
+                shard,
+            })
+        }
+    }
+
+    /// This shard's own tablet as a destination.
+    pub(super) fn own_dest(&self) -> Dest {
+        Dest::Shard {
+            island: self.config.island,
+            shard: self.config.shard_id,
         }
     }
 
     /// Whether requests may go to `dest` now.
     pub(super) fn is_live(&self, dest: Dest) -> bool {
         match dest {
-            Dest::Shard(_) => true,
+            Dest::Shard { .. } => true,
             Dest::Node { node, .. } => self
                 .placement
                 .as_ref()
@@ -137,15 +183,24 @@ impl Shard {
         split.into_iter().collect()
     }
 
-    /// Every shard of every node (this one's included): for what all of
-    /// them must hear.
+    /// Every tablet of every island (this one included), where it is
+    /// served now: for what all of them must hear.
     pub(super) fn every_shard(&self) -> Vec<Dest> {
-        let mut all: Vec<Dest> = (0..self.config.map.shards()).map(Dest::Shard).collect();
-        if let Some(placement) = &self.placement {
-            for (node, placed) in placement.nodes() {
-                if node != placement.node {
-                    all.extend((0..placed.shards).map(|shard| Dest::Node { node, shard }));
-                }
+        let local = self.config.map.shards();
+        let Some(placement) = self.placement.as_ref().filter(|p| p.has_map()) else {
+            let island = self.config.island;
+            return (0..local).map(|shard| Dest::Shard { island, shard }).collect();
+        };
+        let mut all = Vec::new();
+        for (island, node) in placement.mapped_islands() {
+            if node == placement.node {
+                all.extend((0..local).map(|shard| Dest::Shard { island, shard }));
+            } else if let Some(placed) = placement.node(node) {
+                all.extend((0..placed.shards).map(|shard| Dest::Node {
+                    node,
+                    island,
+                    shard,
+                }));
             }
         }
         all
@@ -156,12 +211,17 @@ impl Shard {
 /// live.
 fn live_dest(home: Home) -> Option<Dest> {
     match home {
-        Home::Here(shard) => Some(Dest::Shard(shard)),
+        Home::Here { island, shard } => Some(Dest::Shard { island, shard }),
         Home::Away {
             node,
+            island,
             shard,
             live: true,
-        } => Some(Dest::Node { node, shard }),
+        } => Some(Dest::Node {
+            node,
+            island,
+            shard,
+        }),
         Home::Away { live: false, .. } | Home::Unknown => None,
     }
 }

@@ -199,7 +199,12 @@ impl Net {
         net.journals.clear();
         net.nodes.clear();
         for (i, &count) in node_shards.iter().enumerate() {
-            let node = Net::new(count, &configure);
+            // Each node's shards are its own island's tablets.
+            let island = i as u16 + 1;
+            let node = Net::new(count, |config| {
+                config.island = island;
+                configure(config);
+            });
             net.nodes.push(NetNode {
                 id: i as u16 + 1,
                 base: net.shards.len(),
@@ -270,8 +275,8 @@ impl Net {
     /// The shard index a message from shard `from` to `dest` reaches.
     pub fn index_of(&self, from: usize, dest: Dest) -> usize {
         match dest {
-            Dest::Shard(shard) => self.node_at(from).base + usize::from(shard),
-            Dest::Node { node, shard } => {
+            Dest::Shard { shard, .. } => self.node_at(from).base + usize::from(shard),
+            Dest::Node { node, shard, .. } => {
                 let node = self.nodes.iter().find(|n| n.id == node).unwrap();
                 node.base + usize::from(shard)
             }
@@ -333,14 +338,15 @@ impl Net {
             );
             match outcome {
                 FrameOutcome::Continue => break,
-                FrameOutcome::HandOver { shard } => {
+                FrameOutcome::HandOver { shard, .. } => {
                     let snapshot = self.shards[phone.shard as usize]
                         .hand_over(phone.conn)
                         .unwrap();
-                    phone.conn = self.shards[shard as usize]
+                    let to = self.node_at(phone.shard as usize).base as u16 + shard;
+                    phone.conn = self.shards[to as usize]
                         .adopt(snapshot, self.now_ms)
                         .unwrap();
-                    phone.shard = shard;
+                    phone.shard = to;
                 }
             }
         }
@@ -608,7 +614,7 @@ impl Net {
         };
         let map = self.shards[0].config().map;
         match placement.home(map.partition_of(phone), map.shards()) {
-            Home::Here(_) => placement.node,
+            Home::Here { .. } => placement.node,
             Home::Away { node, .. } => node,
             Home::Unknown => panic!("{phone} has no home"),
         }
