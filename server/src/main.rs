@@ -520,7 +520,18 @@ fn spawn_shards(
             std::mem::replace(&mut outside.commands[shard_id], crossbeam_channel::never());
         let replayed = outside.replayed[shard_id].clone();
         let storage = storage_setup(config, shard_id, shard_count);
+        let promoted_env = {
+            let (sms, push) = (senders.sms.clone(), senders.push.clone());
+            Box::new(move || {
+                let env = OsEnv {
+                    sms: sms.clone(),
+                    push: push.clone(),
+                };
+                Box::new(env) as Box<dyn shard::Env>
+            })
+        };
         let islands = outside.islands.as_ref().map(|(lease, txns)| IslandSetup {
+            env: promoted_env,
             node: node_id(config),
             lease: lease.clone(),
             txns: txns.clone(),

@@ -1025,19 +1025,7 @@ fn tablet_delivers(tablet: &std::path::Path, phone: Phone, key: DeviceKey, count
     let mut client = single.connect();
     client.set_timeout(Duration::from_secs(10)).unwrap();
     client.login(phone, key).unwrap();
-    let mut bodies = Vec::new();
-    while bodies.len() < count as usize {
-        let message = await_frame(&mut client, SETTLE, |e| match e {
-            Event::Message { body, .. } => Some(body.to_vec()),
-            _ => None,
-        });
-        match message {
-            Ok(body) => bodies.push(String::from_utf8(body).unwrap()),
-            Err(seen) => panic!("{} of {count} messages, then {seen:?}", bodies.len()),
-        }
-    }
-    let expected: Vec<String> = (1..=count).map(shipped_body).collect();
-    assert_eq!(bodies, expected);
+    expect_messages(&mut client, count);
 }
 
 /// Message `n`'s body: 2 KiB, so that a few dozen fill a test's segment.
@@ -1147,11 +1135,13 @@ fn with_sync_replication_a_dead_secondary_leaves_its_island_solo_until_it_caught
     primary_gone_tablet_delivers(&mut nodes, 1, (bob, bob_key), 25);
 }
 
-/// A primary killed and started again never serves its old epoch: it
-/// takes a new one (solo, then sync once its secondary caught up), and the
-/// secondary's tablet holds every message sent before and after, in order.
+/// A primary killed: its in-sync secondary takes the island over in a new
+/// epoch (rule 2) and serves its phones. A phone that asks another node
+/// is sent there, and finds every message sent before the kill and after,
+/// in order. The old primary, started again, finds its island served by
+/// node 2 and sends the island's phones there.
 #[test]
-fn with_sync_replication_a_restarted_primary_serves_a_new_epoch_and_loses_nothing() {
+fn with_sync_replication_a_killed_primary_s_island_is_served_by_its_secondary() {
     let etcd = Etcd::start();
     let (mut nodes, ports) = three_replicating(&etcd);
     let (alice, bob) = (number_on(1, 0), number_on(1, 1));
@@ -1159,31 +1149,82 @@ fn with_sync_replication_a_restarted_primary_serves_a_new_epoch_and_loses_nothin
     let (bob_client, bob_key) = sign_up(&nodes[0].server, bob);
     drop(bob_client);
     send_all(&mut alice_client, bob, 1..=30);
+    drop(alice_client);
 
     let primary = nodes.remove(0);
     let data_dir = primary.server.into_data_dir();
-    // Its lease runs out; its secondary cannot serve its island, so the
-    // island waits for it: no promotion, no new epoch.
     let rest: Vec<&Node> = nodes.iter().collect();
-    await_all(&rest, "node 1's lease gone", |s| live(s) == [2, 3]);
-    std::thread::sleep(Duration::from_secs(3));
-    for node in &rest {
-        let status = cluster_status(&node.server);
-        assert!(
-            island_is(&status, 1, 1, "sync", &[1, 2]),
-            "island 1 moved while its primary was down: {status}"
-        );
-    }
+    await_all(&rest, "island 1 taken over by node 2", |s| {
+        island_served_by(s, 1, 2)
+    });
+    let node_2 = nodes[0].server.tls.to_string();
+    let asked_elsewhere = login_or_redirect(&nodes[1].server, alice, alice_key);
+    assert!(
+        matches!(&asked_elsewhere, Err(Event::Redirect { addr, .. }) if *addr == node_2),
+        "node 3 for a phone of island 1: {:?}",
+        asked_elsewhere.as_ref().err()
+    );
+    let mut alice_client = login_or_redirect(&nodes[0].server, alice, alice_key).unwrap();
+    send_all(&mut alice_client, bob, 31..=45);
+    let mut bob_client = login_or_redirect(&nodes[0].server, bob, bob_key).unwrap();
+    expect_messages(&mut bob_client, 45);
+    drop(bob_client);
+
     nodes.insert(0, start_replicating(&etcd, 1, ports[0], data_dir));
     let all: Vec<&Node> = nodes.iter().collect();
-    await_all(&all, "island 1 in sync in a new epoch", |s| {
-        island_is(s, 1, 3, "sync", &[1, 2])
+    await_all(&all, "node 1 back, island 1 still on node 2", |s| {
+        live(s) == [1, 2, 3] && island_served_by(s, 1, 2)
     });
-    let mut alice_client = Client::connect(nodes[0].server.plain).unwrap();
-    alice_client.set_timeout(Duration::from_secs(10)).unwrap();
-    alice_client.login(alice, alice_key).unwrap();
-    send_all(&mut alice_client, bob, 31..=45);
-    primary_gone_tablet_delivers(&mut nodes, 1, (bob, bob_key), 45);
+    let back = login_or_redirect(&nodes[0].server, bob, bob_key);
+    assert!(
+        matches!(&back, Err(Event::Redirect { addr, .. }) if *addr == node_2),
+        "the old primary for a phone of its island: {:?}",
+        back.as_ref().err()
+    );
+    send_all(&mut alice_client, bob, 46..=50);
+}
+
+/// Whether island `id` is served by node `primary` in a node's status.
+fn island_served_by(status: &serde_json::Value, id: u64, primary: u64) -> bool {
+    let islands = status["islands"].as_array().cloned().unwrap_or_default();
+    islands
+        .iter()
+        .any(|i| i["id"].as_u64() == Some(id) && i["primary"].as_u64() == Some(primary))
+}
+
+/// `phone` logged in on `server`, or what it was answered instead (a
+/// `Redirect`, say). A `TryLater` is tried again for a while.
+fn login_or_redirect(server: &Server, phone: Phone, key: DeviceKey) -> Result<Client, Event> {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let mut client = Client::connect(server.plain).unwrap();
+        client.set_timeout(Duration::from_secs(10)).unwrap();
+        client.send(&ClientFrame::Login { phone, key }).unwrap();
+        match client.recv().unwrap() {
+            Event::LoggedIn { .. } => return Ok(client),
+            Event::TryLater { .. } if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            other => return Err(other),
+        }
+    }
+}
+
+/// Waits for messages `1..=count` on `client`, in order.
+fn expect_messages(client: &mut Client, count: u64) {
+    let mut bodies = Vec::new();
+    while bodies.len() < count as usize {
+        let message = await_frame(client, SETTLE, |e| match e {
+            Event::Message { body, .. } => Some(body.to_vec()),
+            _ => None,
+        });
+        match message {
+            Ok(body) => bodies.push(String::from_utf8(body).unwrap()),
+            Err(seen) => panic!("{} of {count} messages, then {seen:?}", bodies.len()),
+        }
+    }
+    let expected: Vec<String> = (1..=count).map(shipped_body).collect();
+    assert_eq!(bodies, expected);
 }
 
 /// A secondary away while its primary's log moved past what the primary
@@ -1266,72 +1307,39 @@ fn with_sync_replication_an_island_whose_secondary_stays_away_is_given_another()
 }
 
 /// A primary started on an empty data dir (its disk was lost) while its
-/// island is in sync never serves it: serving an empty log would make
-/// its secondary cut the island's log to nothing. The island stays as it
-/// was, its secondary keeps every message, the node says why and how to
-/// restore it; restored as it says (the secondary's tablet copied into
-/// its log), it serves the island again and nothing is lost.
+/// island is in sync never serves it: serving an empty log would make its
+/// secondary cut the island's log to nothing. It says why, is not ready,
+/// and asks its in-sync secondary to take the island over (if the
+/// secondary did not already, while the primary was down): the island is
+/// served by node 2 with every message.
 #[test]
-fn with_sync_replication_a_primary_on_an_empty_data_dir_does_not_serve_its_island() {
+fn with_sync_replication_a_primary_on_an_empty_data_dir_hands_its_island_over() {
     let etcd = Etcd::start();
     let (mut nodes, ports) = three_replicating(&etcd);
     let (mut alice_client, bob, bob_key) = alice_and_bob_on(&nodes[0]);
     send_all(&mut alice_client, bob, 1..=20);
     drop(alice_client);
-    let before: Vec<serde_json::Value> = cluster_status(&nodes[1].server)["islands"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
 
     let primary = nodes.remove(0);
     drop(primary.server.into_data_dir());
     let wiped = start_replicating(&etcd, 1, ports[0], tempfile::tempdir().unwrap());
-    let deadline = Instant::now() + SETTLE;
-    let mut said = Vec::new();
-    while !said
-        .iter()
-        .any(|l: &String| l.contains("this data dir is not the island's"))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no refusal said: {}",
-            said.join("\n")
-        );
-        said.extend(wiped.server.stderr.try_iter());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_secs(2));
-    let island_1 = |status: serde_json::Value| {
-        let islands = status["islands"].as_array().cloned().unwrap_or_default();
-        islands.into_iter().find(|i| i["id"] == 1)
-    };
-    let now = island_1(cluster_status(&nodes[0].server));
-    let then = before.into_iter().find(|i| i["id"] == 1);
-    assert_eq!(now, then, "island 1 moved");
-    assert_eq!(
-        ready_code(&wiped.server),
-        503,
-        "a node that cannot serve is not ready"
-    );
-    let tablet = nodes[0].server.data_dir().join("islands/island-1/shard-0");
-    tablet_delivers(&tablet, bob, bob_key, 20);
-
-    // Restored as the refusal says.
-    let data_dir = wiped.server.into_data_dir();
-    let log = data_dir.path().join("log/shard-0");
-    std::fs::remove_dir_all(&log).unwrap();
-    copy_dir(&tablet, &log);
-    nodes.insert(0, start_replicating(&etcd, 1, ports[0], data_dir));
     let all: Vec<&Node> = nodes.iter().collect();
-    await_all(&all, "island 1 served and in sync again", |s| {
-        island_is(s, 1, 3, "sync", &[1, 2])
+    await_all(&all, "island 1 served by node 2", |s| {
+        island_served_by(s, 1, 2)
     });
-    let mut bob_client = Client::connect(nodes[0].server.plain).unwrap();
-    bob_client.set_timeout(Duration::from_secs(10)).unwrap();
-    bob_client.login(bob, bob_key).unwrap();
-    let got = await_frame(&mut bob_client, SETTLE, |e| match e {
-        Event::Message { body, .. } if **body == *shipped_body(20).as_bytes() => Some(()),
-        _ => None,
-    });
-    assert!(got.is_ok(), "bob's last message after the restore: {got:?}");
+    let mut bob_client = login_or_redirect(&nodes[0].server, bob, bob_key).unwrap();
+    expect_messages(&mut bob_client, 20);
+    // Unless node 2 took the island over while node 1 was down, the
+    // wiped node said why it does not serve, and is not ready.
+    let said: Vec<String> = wiped.server.stderr.try_iter().collect();
+    if said
+        .iter()
+        .any(|l| l.contains("this data dir is not the island's"))
+    {
+        assert_eq!(
+            ready_code(&wiped.server),
+            503,
+            "a node that cannot serve is ready"
+        );
+    }
 }

@@ -372,6 +372,7 @@ impl ShardConfig {
     /// `[limits]` keys and `prelogin_connections_max`.
     pub fn keep_fixed(&mut self, running: &ShardConfig) {
         self.shard_id = running.shard_id;
+        self.island = running.island;
         self.map = running.map;
         self.wall_clock_offset_ms = running.wall_clock_offset_ms;
         self.test_numbers.clone_from(&running.test_numbers);

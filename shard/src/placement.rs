@@ -166,7 +166,9 @@ impl Placement {
     /// Every island the map names, with the node serving it now (see
     /// [`Placement::primary_of`]).
     pub fn mapped_islands(&self) -> impl Iterator<Item = (IslandId, u16)> + '_ {
-        self.mapped.iter().map(|&island| (island, self.primary_of(island)))
+        self.mapped
+            .iter()
+            .map(|&island| (island, self.primary_of(island)))
     }
 
     pub fn node(&self, id: u16) -> Option<&PlacedNode> {
@@ -202,7 +204,13 @@ mod tests {
         };
         let nodes = BTreeMap::from([(1, node(true)), (2, node(false))]);
         let placement = Placement::new((1, 5), 9, owners, nodes);
-        assert_eq!(placement.home(5, 2), Home::Here { island: 1, shard: 1 });
+        assert_eq!(
+            placement.home(5, 2),
+            Home::Here {
+                island: 1,
+                shard: 1
+            }
+        );
         assert_eq!(
             placement.home(513, 2),
             Home::Away {
@@ -236,8 +244,23 @@ mod tests {
         taken.primary = 1;
         let islands = BTreeMap::from([(1, (IslandRecord::first(1, 2), 3)), (2, (taken, 4))]);
         let placement = Placement::new((1, 5), 9, owners, nodes).with_islands(islands);
-        assert_eq!(placement.home(5, 2), Home::Here { island: 1, shard: 1 });
-        assert_eq!(placement.home(515, 2), Home::Here { island: 2, shard: 1 });
-        assert_eq!(placement.mapped_islands().collect::<Vec<_>>(), [(1, 1), (2, 1)]);
+        assert_eq!(
+            placement.home(5, 2),
+            Home::Here {
+                island: 1,
+                shard: 1
+            }
+        );
+        assert_eq!(
+            placement.home(515, 2),
+            Home::Here {
+                island: 2,
+                shard: 1
+            }
+        );
+        assert_eq!(
+            placement.mapped_islands().collect::<Vec<_>>(),
+            [(1, 1), (2, 1)]
+        );
     }
 }

@@ -55,6 +55,19 @@ pub enum ShardCommand {
     Place(std::sync::Arc<shard::Placement>),
 }
 
+impl ShardCommand {
+    /// The account a command is about, if it is about one: the shard
+    /// hands it to the tablet holding that account.
+    pub fn phone(&self) -> Option<Phone> {
+        match self {
+            ShardCommand::AccountShow { phone, .. }
+            | ShardCommand::Revoke { phone, .. }
+            | ShardCommand::DeleteAccount { phone, .. } => Some(*phone),
+            _ => None,
+        }
+    }
+}
+
 /// The answer to [`ShardCommand::DeleteAccount`].
 #[derive(Debug)]
 pub enum Deletion {

@@ -176,6 +176,7 @@ impl Commits {
 }
 
 /// When and where the commit task writes checkpoints.
+#[derive(Clone)]
 pub struct CheckpointPlan {
     dir: PathBuf,
     shard: u16,
@@ -221,9 +222,33 @@ struct CheckpointWritten {
     started: Instant,
 }
 
+/// What a commit task replicates its tablet through.
+pub enum Replication {
+    /// The shard's own island's tablet, once the cluster says whether
+    /// there is one (see `islands::Islands::start_own`).
+    Own,
+    /// An island this node took over: its tablet's member, primary now.
+    Led(Rc<RefCell<Tablet>>),
+}
+
+impl CheckpointPlan {
+    /// The plan for a taken-over island's tablet, whose log is in `dir`.
+    pub fn in_dir(&self, dir: PathBuf) -> CheckpointPlan {
+        CheckpointPlan {
+            dir,
+            ..self.clone()
+        }
+    }
+}
+
 /// Group commit: everything the shard produced since the last commit goes to
 /// the journal as one batch, and the replies that waited for it are released.
-pub async fn commit(runtime: Rc<Runtime>, mut journal: impl Journal, plan: CheckpointPlan) {
+pub async fn commit(
+    runtime: Rc<Runtime>,
+    mut journal: impl Journal,
+    plan: CheckpointPlan,
+    replication: Replication,
+) {
     let mut checkpoints = Checkpoints {
         plan,
         writing: false,
@@ -233,9 +258,12 @@ pub async fn commit(runtime: Rc<Runtime>, mut journal: impl Journal, plan: Check
     // A disk found full at start refuses messages from the first one on,
     // rather than taking one into a commit that cannot be written.
     note_disk_full(&runtime, journal.disk_full());
-    let own = match start_replicating(&runtime, &journal).await {
-        Ok(own) => own,
-        Err(error) => return refuse_durable_work(&runtime, error).await,
+    let own = match replication {
+        Replication::Own => match start_replicating(&runtime, &journal).await {
+            Ok(own) => own,
+            Err(error) => return refuse_durable_work(&runtime, error).await,
+        },
+        Replication::Led(tablet) => Some(tablet),
     };
     let mut frames = Vec::new();
     loop {

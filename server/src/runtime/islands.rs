@@ -79,6 +79,16 @@ pub struct IslandSetup {
     /// Closed segments of a standby's log that call for a checkpoint of
     /// it (as for the shard's own log).
     pub checkpoint_segments: usize,
+    /// What a promoted standby's shard reaches the world through (SMS,
+    /// push): the node's, as the shard's own has.
+    pub env: Box<dyn Fn() -> Box<dyn shard::Env> + Send>,
+}
+
+/// An island this shard took over: its tablet's member (primary now) and
+/// the directory of its log, the standby's.
+struct Led {
+    tablet: Rc<RefCell<Tablet>>,
+    dir: PathBuf,
 }
 
 /// A tablet this shard is secondary of.
@@ -104,8 +114,14 @@ pub struct Islands {
     placement: RefCell<Option<Arc<Placement>>>,
     /// Raised when a placement came (the commit task waits for the first).
     placed: Rc<server::remote::Signal>,
-    /// A checkpoint transfer to the own island's secondary runs.
-    sending_snapshot: Cell<bool>,
+    /// Islands this shard took over and serves (rule 2), each in a tablet
+    /// runtime of its own on this executor.
+    led: RefCell<BTreeMap<IslandId, Led>>,
+    /// The checkpoint plan of the shard's own log, which a taken-over
+    /// tablet's follows in its own directory.
+    plan: RefCell<Option<super::commit::CheckpointPlan>>,
+    /// Islands whose checkpoint is being sent to their secondary.
+    sending_snapshot: RefCell<BTreeSet<IslandId>>,
 }
 
 impl Islands {
@@ -119,8 +135,27 @@ impl Islands {
             opening: RefCell::new(BTreeSet::new()),
             placement: RefCell::new(None),
             placed: Rc::default(),
-            sending_snapshot: Cell::new(false),
+            led: RefCell::new(BTreeMap::new()),
+            plan: RefCell::new(None),
+            sending_snapshot: RefCell::new(BTreeSet::new()),
         }
+    }
+
+    /// The shard's own checkpoint plan, which taken-over tablets follow.
+    pub fn set_plan(&self, plan: super::commit::CheckpointPlan) {
+        *self.plan.borrow_mut() = Some(plan);
+    }
+
+    /// Every tablet this shard is primary of or may become: the own one,
+    /// those taken over, and the standbys.
+    fn tablets(&self) -> Vec<Rc<RefCell<Tablet>>> {
+        let led = self.led.borrow();
+        let replicas = self.replicas.borrow();
+        self.own()
+            .into_iter()
+            .chain(led.values().map(|l| l.tablet.clone()))
+            .chain(replicas.values().map(|r| r.tablet.clone()))
+            .collect()
     }
 
     /// The shard's own tablet, if it replicates.
@@ -153,13 +188,19 @@ impl Islands {
         let tablet = Rc::new(RefCell::new(Tablet::new(island, member)));
         tablet.borrow_mut().view(view, self.now_ms());
         if tablet.borrow().member().lost_log() {
+            // Its one ask: that the secondary take the island over. The
+            // tablet is not kept, so it is sent from here.
+            while let Some(txn) = tablet.borrow_mut().next_txn() {
+                let _ = self.setup.txns.try_send(txn);
+            }
             return Err(format!(
                 "island {island}: this node is its primary but its log here is empty, while the \
                  island has served and node {secondary} holds all of it: this data dir is not \
                  the island's (a new disk, or a wiped directory). Serving it would make node \
-                 {secondary} drop the island's data. To restore it, stop this node, copy node \
-                 {secondary}'s DATA_DIR/islands/island-{island}/shard-N into this node's \
-                 DATA_DIR/log/shard-N for every shard N, and start it again"
+                 {secondary} drop the island's data, so node {secondary}, if live, is asked to \
+                 take the island over. If it is not live, restore the island here: stop this \
+                 node, copy node {secondary}'s DATA_DIR/islands/island-{island}/shard-N into \
+                 this node's DATA_DIR/log/shard-N for every shard N, and start it again"
             ));
         }
         *self.own.borrow_mut() = Some(tablet.clone());
@@ -179,10 +220,11 @@ impl Islands {
             self.placed.raise();
         }
         let now = self.now_ms();
-        if let Some(own) = self.own() {
-            let island = own.borrow().island();
+        let leading: Vec<_> = self.own().into_iter().chain(self.led_tablets()).collect();
+        for tablet in leading {
+            let island = tablet.borrow().island();
             if let Some(view) = placement.island_view(island) {
-                own.borrow_mut().view(view, now);
+                tablet.borrow_mut().view(view, now);
             }
         }
         for (island, record) in placement.islands() {
@@ -207,12 +249,23 @@ impl Islands {
         }
     }
 
-    /// What this shard's tablets moved: the own one's shipping and lag,
-    /// with the standbys' appends added.
+    fn led_tablets(&self) -> Vec<Rc<RefCell<Tablet>>> {
+        self.led
+            .borrow()
+            .values()
+            .map(|l| l.tablet.clone())
+            .collect()
+    }
+
+    /// What this shard's tablets moved: the shipping and lag of those it
+    /// is primary of, with the standbys' appends added.
     pub fn stats(&self) -> TabletStats {
-        let mut total = self.own().map(|t| t.borrow().stats()).unwrap_or_default();
-        for replica in self.replicas.borrow().values() {
-            let stats = replica.tablet.borrow().stats();
+        let mut total = TabletStats::default();
+        for tablet in self.tablets() {
+            let stats = tablet.borrow().stats();
+            total.shipped_batches += stats.shipped_batches;
+            total.shipped_bytes += stats.shipped_bytes;
+            total.lag_bytes += stats.lag_bytes;
             total.appended_batches += stats.appended_batches;
             total.appended_bytes += stats.appended_bytes;
             total.dropped += stats.dropped;
@@ -224,14 +277,7 @@ impl Islands {
     /// control thread.
     pub fn tick(&self) {
         let (now, valid_until) = (self.now_ms(), self.setup.lease.valid_until_ms());
-        let replicas: Vec<_> = self
-            .replicas
-            .borrow()
-            .values()
-            .map(|r| r.tablet.clone())
-            .collect();
-        let tablets = self.own().into_iter().chain(replicas);
-        for tablet in tablets {
+        for tablet in self.tablets() {
             let mut tablet = tablet.borrow_mut();
             tablet.tick(now, valid_until);
             while let Some(txn) = tablet.next_txn() {
@@ -304,6 +350,82 @@ impl Islands {
             glommio::timer::sleep(Duration::from_millis(pause_ms)).await;
             pause_ms = (pause_ms * 2).min(REDIAL_MS.1);
         }
+    }
+
+    // ---- taking an island over (rule 2) -------------------------------------
+
+    /// The standby of `tablet`'s island won the island: its log and shard
+    /// become a tablet this executor serves, whose first batch of epoch
+    /// `epoch`, an `EpochStart` at `seq`, is written before anything else.
+    /// Its commit task and its shipping to the island's new secondary
+    /// start; the placement routes the island's partitions here once the
+    /// other nodes see the island's record.
+    fn take_over(
+        self: &Rc<Self>,
+        runtime: &Rc<Runtime>,
+        (tablet, dir): (Rc<RefCell<Tablet>>, PathBuf),
+        standby: Standby<GlommioDisk>,
+        (seq, epoch): (u64, u64),
+    ) {
+        let island = tablet.borrow().island();
+        if let Some(replica) = self.replicas.borrow_mut().remove(&island) {
+            if let Some(connection) = replica.connection.take() {
+                connection.kill();
+            }
+        }
+        let (log, mut shard) = standby.promote();
+        shard.set_env((self.setup.env)());
+        shard.set_placement(self.placement.borrow().clone());
+        let Some(plan) = self.plan.borrow().clone() else {
+            log::error!(
+                "shard {}: island {island}: no checkpoint plan",
+                self.shard_id
+            );
+            return;
+        };
+        let served = Rc::new(runtime.sibling(shard));
+        served.serve();
+        self.led.borrow_mut().insert(
+            island,
+            Led {
+                tablet: tablet.clone(),
+                dir: dir.clone(),
+            },
+        );
+        let islands = self.clone();
+        glommio::spawn_local(async move {
+            let mut log = log;
+            let record = served.with_shard_no_outputs(|s| s.start_epoch(island, epoch, seq));
+            let start = if log.last_batch() + 1 != seq {
+                Err(format!(
+                    "the standby's log ends at batch {}, not {}",
+                    log.last_batch(),
+                    seq - 1
+                ))
+            } else {
+                let written = log.commit_shipping(&[record], &mut Vec::new()).await;
+                written.map_err(|e| e.to_string())
+            };
+            if let Err(error) = start {
+                log::error!(
+                    "shard {}: island {island}: cannot begin epoch {epoch}: {error}; the \
+                     island is not served here",
+                    served.shard_id
+                );
+                return;
+            }
+            tablet.borrow_mut().durable(seq);
+            log::warn!(
+                "shard {}: island {island}: took the island over; epoch {epoch} begins at \
+                 batch {seq}",
+                served.shard_id
+            );
+            glommio::spawn_local(islands.ship(tablet.clone())).detach();
+            let plan = plan.in_dir(dir);
+            let replication = super::commit::Replication::Led(tablet);
+            super::commit::commit(served, log, plan, replication).await;
+        })
+        .detach();
     }
 
     // ---- the secondary's side -----------------------------------------------
@@ -473,15 +595,11 @@ impl Islands {
     }
 }
 
-/// A tablet member's settings here. Never promoted (rule 2): this node
-/// cannot yet serve an island it takes over, so an island whose primary
-/// is down waits for it, unavailable but never served twice or from a
-/// node that does not hold its accounts.
+/// A tablet member's settings here: an in-sync standby promotes itself
+/// when its primary's lease is gone (rule 2), and this shard serves the
+/// island from then on (`Islands::take_over`).
 fn member_config(me: NodeId, island: IslandId) -> MemberConfig {
-    MemberConfig {
-        promote: false,
-        ..MemberConfig::new(me, island)
-    }
+    MemberConfig::new(me, island)
 }
 
 /// A shard of this shard's layout for a standby of `island`'s tablet: it
@@ -566,6 +684,13 @@ impl StandbyWork {
                     log::error!("shard {shard_id}: island {island}: standby: {error}");
                     return;
                 }
+                Ok(Some(Replace::Promoted { seq, epoch })) => {
+                    if let Some(islands) = self.runtime.islands.clone() {
+                        let (tablet, dir) = (self.tablet.clone(), self.dir.clone());
+                        islands.take_over(&self.runtime, (tablet, dir), standby, (seq, epoch));
+                    }
+                    return;
+                }
                 Ok(Some(replace)) => match self.replace(standby, replace).await {
                     Ok(replaced) => standby = replaced,
                     Err(error) => {
@@ -595,6 +720,12 @@ impl StandbyWork {
             let mut other = None;
             while let Some(work) = self.tablet.borrow_mut().next_log_work() {
                 match work {
+                    // An epoch's own first batch: this standby won the
+                    // island (rule 2) and writes it as its primary.
+                    LogWork::Append { seq, epoch, bytes } if bytes.is_empty() => {
+                        other = Some(LogWork::Append { seq, epoch, bytes });
+                        break;
+                    }
                     LogWork::Append { seq, bytes, .. } => {
                         appends.push(ShippedBatch { seq, frame: bytes })
                     }
@@ -609,6 +740,9 @@ impl StandbyWork {
                 self.tablet.borrow_mut().durable(last);
             }
             match other {
+                Some(LogWork::Append { seq, epoch, .. }) => {
+                    return Ok(Some(Replace::Promoted { seq, epoch }));
+                }
                 Some(LogWork::Truncate { after }) => {
                     let now = self.runtime.now_ms();
                     let island = self.tablet.borrow().island();
@@ -690,6 +824,7 @@ impl StandbyWork {
         replace: Replace,
     ) -> Result<Standby<GlommioDisk>, String> {
         let (batch, shard) = match replace {
+            Replace::Promoted { .. } => return Err("a promoted standby is not replaced".into()),
             Replace::Empty { after } => {
                 log::warn!(
                     "shard {}: island {}: the primary's history ends at batch {after}, \
@@ -698,7 +833,10 @@ impl StandbyWork {
                     self.tablet.borrow().island()
                 );
                 let island = self.tablet.borrow().island();
-                (0, standby_shard(&self.runtime, island, self.runtime.now_ms()))
+                (
+                    0,
+                    standby_shard(&self.runtime, island, self.runtime.now_ms()),
+                )
             }
             Replace::Checkpoint(batch) => {
                 let island = self.tablet.borrow().island();
@@ -868,7 +1006,7 @@ pub async fn primary_log_work(
             }
             LogWork::SendSnapshot { to } => {
                 if let Some(islands) = &runtime.islands {
-                    islands.start_snapshot(to);
+                    islands.start_snapshot(tablet.borrow().island(), to);
                 }
             }
             LogWork::SnapshotChunk { .. } => {}
@@ -934,19 +1072,29 @@ const INCOMING_DIR: &str = "incoming";
 const INCOMING_PART: &str = "checkpoint.part";
 
 impl Islands {
-    /// Starts sending the shard's latest checkpoint to `to`, the own
-    /// island's secondary, unless a transfer runs already.
-    fn start_snapshot(self: &Rc<Self>, to: NodeId) {
-        let Some(tablet) = self.own() else {
+    /// The tablet of an island this shard is primary of, and the
+    /// directory of its log.
+    fn leading(&self, island: IslandId) -> Option<(Rc<RefCell<Tablet>>, PathBuf)> {
+        if let Some(own) = self.own().filter(|t| t.borrow().island() == island) {
+            return Some((own, self.setup.own_dir.clone()));
+        }
+        let led = self.led.borrow();
+        led.get(&island).map(|l| (l.tablet.clone(), l.dir.clone()))
+    }
+
+    /// Starts sending the latest checkpoint of `island`'s tablet to `to`,
+    /// its secondary, unless a transfer of it runs already.
+    fn start_snapshot(self: &Rc<Self>, island: IslandId, to: NodeId) {
+        let Some((tablet, dir)) = self.leading(island) else {
             return;
         };
-        if self.sending_snapshot.replace(true) {
+        if !self.sending_snapshot.borrow_mut().insert(island) {
             return;
         }
         let islands = self.clone();
         glommio::spawn_local(async move {
-            let ended = islands.send_snapshot(&tablet, to).await;
-            islands.sending_snapshot.set(false);
+            let ended = islands.send_snapshot(&tablet, &dir, to).await;
+            islands.sending_snapshot.borrow_mut().remove(&island);
             let shard = islands.shard_id;
             match ended {
                 Ok(batch) => log::info!(
@@ -962,11 +1110,15 @@ impl Islands {
     /// Sends the latest checkpoint in chunks, at most
     /// [`SNAPSHOT_WINDOW_BYTES`] ahead of what the secondary wrote, until
     /// it wrote all of it. Ok: the checkpoint's batch.
-    async fn send_snapshot(&self, tablet: &RefCell<Tablet>, to: NodeId) -> Result<u64, String> {
-        let dir = self.setup.own_dir.clone();
-        let listed = checkpoint::list(&dir).map_err(|e| format!("listing checkpoints: {e}"))?;
+    async fn send_snapshot(
+        &self,
+        tablet: &RefCell<Tablet>,
+        dir: &std::path::Path,
+        to: NodeId,
+    ) -> Result<u64, String> {
+        let listed = checkpoint::list(dir).map_err(|e| format!("listing checkpoints: {e}"))?;
         let batch = *listed.last().ok_or("the log has no checkpoint")?;
-        let path = checkpoint::path(&dir, batch);
+        let path = checkpoint::path(dir, batch);
         let total = std::fs::metadata(&path)
             .map_err(|e| format!("{}: {e}", path.display()))?
             .len();
@@ -1035,6 +1187,9 @@ enum Replace {
     /// Nothing: the primary's history ends at `after`, below the
     /// standby's own checkpoint.
     Empty { after: u64 },
+    /// A tablet this shard serves: the standby won the island (rule 2),
+    /// whose epoch `epoch` begins at batch `seq`.
+    Promoted { seq: u64, epoch: u64 },
 }
 
 /// A checkpoint arriving from the primary, in the tablet's `incoming`

@@ -19,7 +19,7 @@ use glommio::net::TcpStream;
 use rustls::ServerConnection;
 use shard::{island::IslandId, ConnSnapshot, PeerMessage, Shard};
 
-use super::{connection::spawn_connection, Runtime, Signal};
+use super::{connection::spawn_connection, Reach, Runtime, Signal};
 use crate::transport::Transport;
 use server::peer_queue;
 
@@ -127,8 +127,22 @@ impl Links {
     /// that connection has stopped reading for.
     pub fn stage_adoption(&self, destination: u16, island: IslandId, adoption: Adoption) {
         let link = &self.links[destination as usize];
-        link.staging.borrow_mut().push(Mail::Adopt(island, adoption));
+        link.staging
+            .borrow_mut()
+            .push(Mail::Adopt(island, adoption));
         link.signal.raise();
+    }
+
+    /// Wakes the connections paused on `destination`'s link once it is
+    /// back within its limit.
+    fn drained(&self, destination: usize) {
+        let link = &self.links[destination];
+        if link.staging.borrow().len() <= self.staging_max {
+            link.drains.set(link.drains.get() + 1);
+            for waker in link.blocked.borrow_mut().drain(..) {
+                waker.wake();
+            }
+        }
     }
 
     /// Messages staged for all other shards, and the most for any one.
@@ -174,27 +188,96 @@ pub async fn forward(runtime: Rc<Runtime>, destination: usize, sender: peer_queu
                 // The destination shard has stopped; nothing more can reach it.
                 return;
             }
-            if link.staging.borrow().len() <= runtime.links.staging_max {
-                link.drains.set(link.drains.get() + 1);
-                for waker in link.blocked.borrow_mut().drain(..) {
-                    waker.wake();
+            runtime.links.drained(destination);
+        }
+    }
+}
+
+/// Hands each batch from one other shard to this executor's tablets.
+pub async fn receive(runtime: Rc<Runtime>, receiver: peer_queue::Receiver<Batch>) {
+    while let Some(batch) = receiver.recv().await {
+        deliver(&runtime, batch);
+    }
+}
+
+/// Carries what one tablet of this executor staged for another (its own
+/// link, which no queue backs): a message to an island taken over, or a
+/// connection moving there.
+pub async fn deliver_local(runtime: Rc<Runtime>) {
+    let own = usize::from(runtime.shard_id);
+    loop {
+        runtime.links.links[own].signal.wait().await;
+        loop {
+            let batch = std::mem::take(&mut *runtime.links.links[own].staging.borrow_mut());
+            if batch.is_empty() {
+                break;
+            }
+            deliver(&runtime, batch);
+            runtime.links.drained(own);
+        }
+    }
+}
+
+/// Hands a batch to the tablets it is for. Peer messages go in runs, one
+/// tablet's at a time, and what a run produced is distributed once, at
+/// its end. A connection moving here ends a run: its task starts, and
+/// glommio polls a task it spawns at once, so no shard may be borrowed
+/// then.
+pub(super) fn deliver(runtime: &Rc<Runtime>, batch: Batch) {
+    let mut mails = batch.into_iter().peekable();
+    while let Some(island) = mails.peek().map(Mail::island) {
+        let run = std::iter::from_fn(|| mails.next_if(|m| m.island() == island));
+        match runtime.reach(island) {
+            Reach::Tablet(tablet) => {
+                let adoption = tablet.with_shard(|shard| hand_in_run(&tablet, shard, run));
+                if let Some(adoption) = adoption {
+                    adopt(&tablet, adoption);
+                }
+            }
+            Reach::Park => run.for_each(|mail| runtime.park(island, mail)),
+            Reach::Forward(own) => {
+                let tablet = (island, runtime.shard_id);
+                let adoptions = own.with_shard(|shard| forward_run(&own, shard, tablet, run));
+                // A phone of an island served elsewhere: the own tablet
+                // redirects it as it would a new connection.
+                for adoption in adoptions {
+                    adopt(&own, adoption);
                 }
             }
         }
     }
 }
 
-/// Hands each batch from one other shard to this shard. Peer messages
-/// go in runs, and what a run produced is distributed once, at its end. A
-/// connection moving here ends a run: its task starts, and glommio polls a
-/// task it spawns at once, so the shard must not be borrowed then.
-pub async fn receive(runtime: Rc<Runtime>, receiver: peer_queue::Receiver<Batch>) {
-    while let Some(batch) = receiver.recv().await {
-        let mut mails = batch.into_iter();
-        while let Some(adoption) =
-            runtime.with_shard(|shard| hand_in_run(&runtime, shard, &mut mails))
-        {
-            adopt(&runtime, adoption);
+/// Sends mail for a tablet this node does not serve on to where it goes
+/// now (see `Shard::forward_peer`); returns the connections among it.
+fn forward_run(
+    runtime: &Runtime,
+    shard: &mut Shard,
+    tablet: (IslandId, u16),
+    mails: impl Iterator<Item = Mail>,
+) -> Vec<Adoption> {
+    let (mut adoptions, mut durables) = (Vec::new(), Vec::new());
+    for mail in mails {
+        match mail {
+            Mail::Peer(_, message) => {
+                shard.forward_peer(message, tablet);
+            }
+            Mail::Tracked(_, message, durable) => {
+                shard.forward_peer(message, tablet);
+                durables.push(durable);
+            }
+            Mail::Adopt(_, adoption) => adoptions.push(adoption),
+        }
+    }
+    runtime.after_next_commit_all(shard, durables);
+    adoptions
+}
+
+impl Mail {
+    /// The island whose tablet the mail is for.
+    fn island(&self) -> IslandId {
+        match self {
+            Mail::Peer(island, _) | Mail::Tracked(island, ..) | Mail::Adopt(island, _) => *island,
         }
     }
 }
@@ -204,26 +287,25 @@ pub async fn receive(runtime: Rc<Runtime>, receiver: peer_queue::Receiver<Batch>
 fn hand_in_run(
     runtime: &Runtime,
     shard: &mut Shard,
-    mails: &mut impl Iterator<Item = Mail>,
+    mails: impl Iterator<Item = Mail>,
 ) -> Option<Adoption> {
+    let mut durables = Vec::new();
+    let mut adoption = None;
     for mail in mails {
         match mail {
-            Mail::Peer(island, message) => {
-                runtime.note_island(island);
+            Mail::Peer(_, message) => shard.handle_peer(message, runtime.now_ms()),
+            Mail::Tracked(_, message, durable) => {
                 shard.handle_peer(message, runtime.now_ms());
+                durables.push(durable);
             }
-            Mail::Tracked(island, message, durable) => {
-                runtime.note_island(island);
-                shard.handle_peer(message, runtime.now_ms());
-                runtime.after_next_commit(shard, durable);
-            }
-            Mail::Adopt(island, adoption) => {
-                runtime.note_island(island);
-                return Some(adoption);
+            Mail::Adopt(_, taken) => {
+                adoption = Some(taken);
+                break;
             }
         }
     }
-    None
+    runtime.after_next_commit_all(shard, durables);
+    adoption
 }
 
 /// Takes in a connection another shard handed over and starts its task.

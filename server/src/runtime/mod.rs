@@ -35,9 +35,10 @@ mod replay;
 
 use std::{
     cell::{Cell, Ref, RefCell},
+    collections::BTreeMap,
     future::Future,
     os::fd::{FromRawFd, IntoRawFd, OwnedFd},
-    rc::Rc,
+    rc::{Rc, Weak},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -48,7 +49,7 @@ use std::{
 
 use glommio::{net::TcpListener, Latency, Shares, TaskQueueHandle};
 use rustls::ServerConfig;
-use shard::{ClockNote, Dest, Shard};
+use shard::{island::IslandId, ClockNote, Dest, Shard};
 use storage::log::LogConfig;
 use tokio::sync::oneshot;
 
@@ -120,7 +121,11 @@ impl Signal {
     }
 }
 
-/// One shard's runtime: the shard and the parts that carry its outputs.
+/// One tablet's runtime: its shard state machine and the parts that
+/// carry its outputs. An executor runs one per tablet it serves (its own
+/// island's, and those of islands it took over; docs/islands.md); the
+/// parts that are the executor's (links, accept loops, replication, TLS)
+/// are shared by its tablets, behind `Rc`s.
 pub struct Runtime {
     shard_id: u16,
     /// Borrowed mutably only by `with_shard` (and `with_shard_no_outputs`),
@@ -128,21 +133,51 @@ pub struct Runtime {
     shard: RefCell<Shard>,
     started: Instant,
     /// Set once the shard stops: accept loops take no new connections.
-    stopping: Cell<bool>,
-    links: Links,
+    stopping: Rc<Cell<bool>>,
+    links: Rc<Links>,
     /// Links to the other nodes of the cluster (idle for a single node).
-    remote: remote::Remote,
+    remote: Rc<remote::Remote>,
     /// The shard's tablets, when the cluster replicates.
     islands: Option<Rc<islands::Islands>>,
     /// The latency-sensitive queue the links' tasks run in.
-    peer_queue: Cell<Option<TaskQueueHandle>>,
+    peer_queue: Rc<Cell<Option<TaskQueueHandle>>>,
     commits: Commits,
     connections: ConnectionTasks,
     events: events::EventLog,
     /// What new TLS connections get; replaced by a reload.
-    tls: RefCell<Option<Arc<ServerConfig>>>,
-    /// Messages for a tablet this shard does not host (see `note_island`).
-    misaddressed: Cell<u64>,
+    tls: Rc<RefCell<Option<Arc<ServerConfig>>>>,
+    /// Messages for a tablet this executor does not serve (see
+    /// `tablet_for`).
+    misaddressed: Rc<Cell<u64>>,
+    /// Every tablet this executor serves.
+    tablets: Rc<Tablets>,
+}
+
+/// The tablets an executor serves, by island: the first is its own
+/// island's, which also takes the connections its listeners accept.
+#[derive(Default)]
+struct Tablets {
+    by_island: RefCell<BTreeMap<IslandId, Weak<Runtime>>>,
+    /// Mail for an island this node is primary of and does not serve
+    /// yet (its standby is being turned into a tablet): delivered once it
+    /// is served. At most [`PARKED_MAX`].
+    parked: RefCell<Vec<(IslandId, links::Mail)>>,
+}
+
+/// Mail parked for islands about to be served here, at most: the few
+/// milliseconds between winning an island and serving it, at the highest
+/// rates a shard takes.
+const PARKED_MAX: usize = 65_536;
+
+/// Where mail for a tablet of this shard goes.
+enum Reach {
+    /// The tablet, served here.
+    Tablet(Rc<Runtime>),
+    /// Nowhere yet: the island is this node's and about to be served.
+    Park,
+    /// On, through the own tablet, to where its account or group lives
+    /// now: this node does not serve the island.
+    Forward(Rc<Runtime>),
 }
 
 impl Runtime {
@@ -159,16 +194,129 @@ impl Runtime {
             shard_id,
             shard: RefCell::new(shard),
             started,
-            stopping: Cell::new(false),
-            links: Links::new(shard_count, staging_max),
-            remote: remote::Remote::new(remote, staging_max),
-            peer_queue: Cell::new(None),
+            stopping: Rc::default(),
+            links: Rc::new(Links::new(shard_count, staging_max)),
+            remote: Rc::new(remote::Remote::new(remote, staging_max)),
+            peer_queue: Rc::default(),
             commits: Commits::default(),
             connections: ConnectionTasks::new(),
             events: events::EventLog::new(shard_id),
-            tls: RefCell::new(None),
-            misaddressed: Cell::new(0),
+            tls: Rc::default(),
+            misaddressed: Rc::default(),
+            tablets: Rc::default(),
         }
+    }
+
+    /// Another tablet on this executor, for `shard` (of the same shard
+    /// number, another island), sharing the executor's parts.
+    fn sibling(&self, shard: Shard) -> Runtime {
+        debug_assert_eq!(shard.config().shard_id, self.shard_id);
+        Runtime {
+            islands: self.islands.clone(),
+            shard_id: self.shard_id,
+            shard: RefCell::new(shard),
+            started: self.started,
+            stopping: self.stopping.clone(),
+            links: self.links.clone(),
+            remote: self.remote.clone(),
+            peer_queue: self.peer_queue.clone(),
+            commits: Commits::default(),
+            connections: ConnectionTasks::new(),
+            events: events::EventLog::new(self.shard_id),
+            tls: self.tls.clone(),
+            misaddressed: self.misaddressed.clone(),
+            tablets: self.tablets.clone(),
+        }
+    }
+
+    /// Makes this runtime one of its executor's tablets (its island's),
+    /// and hands it what was parked for it.
+    fn serve(self: &Rc<Self>) {
+        let island = self.shard().config().island;
+        let old = self
+            .tablets
+            .by_island
+            .borrow_mut()
+            .insert(island, Rc::downgrade(self));
+        assert!(
+            old.and_then(|w| w.upgrade()).is_none(),
+            "one tablet per island"
+        );
+        let parked = std::mem::take(&mut *self.tablets.parked.borrow_mut());
+        let (mine, others): (Vec<_>, Vec<_>) = parked.into_iter().partition(|(i, _)| *i == island);
+        *self.tablets.parked.borrow_mut() = others;
+        if !mine.is_empty() {
+            links::deliver(self, mine.into_iter().map(|(_, mail)| mail).collect());
+        }
+    }
+
+    /// Where mail addressed to island `island`'s tablet on this shard
+    /// goes. A tablet that does not lead its island any more (its node
+    /// was away while the island was taken over) serves nothing.
+    fn reach(self: &Rc<Self>, island: IslandId) -> Reach {
+        if let Some(tablet) = self.tablet(island) {
+            if tablet.shard().leads_own_island() {
+                return Reach::Tablet(tablet);
+            }
+        }
+        let own = self.own_tablet();
+        let ours = own
+            .shard()
+            .placement()
+            .is_some_and(|p| p.has_map() && p.primary_of(island) == p.node);
+        if ours {
+            Reach::Park
+        } else {
+            Reach::Forward(own)
+        }
+    }
+
+    /// Parks `mail` for island `island` until its tablet is served here
+    /// (see [`Tablets::parked`]). Past the bound it is dropped, loudly:
+    /// what it carried from another node is sent again by that node's
+    /// link, which it never released.
+    fn park(&self, island: IslandId, mail: links::Mail) {
+        let mut parked = self.tablets.parked.borrow_mut();
+        if parked.len() >= PARKED_MAX {
+            let count = self.misaddressed.get() + 1;
+            self.misaddressed.set(count);
+            if count.is_power_of_two() {
+                log::error!(
+                    shard = self.shard_id; "{count} messages for island {island} dropped: \
+                     it is this node's, not served yet, and {PARKED_MAX} wait for it"
+                );
+            }
+            if let links::Mail::Tracked(_, _, durable) = mail {
+                // Never released: the sending node keeps it and sends it
+                // again to this node's next incarnation.
+                std::mem::forget(durable);
+            }
+            return;
+        }
+        parked.push((island, mail));
+    }
+
+    /// The tablet of `island`, if this executor serves it.
+    fn tablet(&self, island: IslandId) -> Option<Rc<Runtime>> {
+        let tablets = self.tablets.by_island.borrow();
+        tablets.get(&island).and_then(Weak::upgrade)
+    }
+
+    /// The executor's first tablet: its own island's.
+    fn own_tablet(self: &Rc<Self>) -> Rc<Runtime> {
+        let tablets = self.tablets.by_island.borrow();
+        let first = tablets.values().find_map(Weak::upgrade);
+        first.unwrap_or_else(|| self.clone())
+    }
+
+    /// Every tablet this executor serves, its own first.
+    fn every_tablet(self: &Rc<Self>) -> Vec<Rc<Runtime>> {
+        let own = self.own_tablet();
+        let tablets = self.tablets.by_island.borrow();
+        let others = tablets.values().filter_map(Weak::upgrade);
+        std::iter::once(own.clone())
+            .chain(others.filter(|t| !Rc::ptr_eq(t, &own)))
+            .collect()
     }
 
     /// Whether the connections feeding `key` (a shard of this node, or
@@ -191,25 +339,6 @@ impl Runtime {
         match key.checked_sub(remote::NODE_KEY_BASE) {
             Some(node) => self.remote.wake_when_drained(node, waker),
             None => self.links.wake_when_drained(key, waker),
-        }
-    }
-
-    /// A message or connection for island `island`'s tablet of this
-    /// shard arrived. This executor serves only its shard's own tablet
-    /// (an island taken over is not served yet: promotion is off), so
-    /// another island is a peer's mistake, said once and counted; the
-    /// message is handled by the own tablet, as before islands had ids.
-    fn note_island(&self, island: shard::island::IslandId) {
-        let own = self.shard().config().island;
-        if island != own {
-            let count = self.misaddressed.get() + 1;
-            self.misaddressed.set(count);
-            if count == 1 {
-                log::warn!(
-                    shard = self.shard_id; "a message for island {island}'s tablet, which this \
-                     shard does not host (its own is island {own})"
-                );
-            }
         }
     }
 
@@ -293,6 +422,21 @@ impl Runtime {
     /// Carries out an operator's request (see `control::commands`). A
     /// reply the control thread stopped waiting for is dropped.
     fn obey(self: &Rc<Self>, command: ShardCommand) {
+        if let Some(phone) = command.phone() {
+            // An account's request goes to the tablet holding it.
+            let home = self.shard().home_of_phone(phone);
+            if let shard::Home::Here { island, .. } = home {
+                if let Reach::Tablet(tablet) = self.reach(island) {
+                    if !Rc::ptr_eq(&tablet, self) {
+                        return tablet.obey_here(command);
+                    }
+                }
+            }
+        }
+        self.obey_here(command)
+    }
+
+    fn obey_here(self: &Rc<Self>, command: ShardCommand) {
         match command {
             ShardCommand::AccountShow { phone, reply } => {
                 let shard = self.shard();
@@ -319,7 +463,15 @@ impl Runtime {
                 client_id,
                 reply,
             } => {
-                let hits = self.with_shard_no_outputs(|shard| shard.trace(sender, client_id));
+                // A message is in the tablets of its sender's and its
+                // recipient's islands, which may both be served here.
+                let hits = self
+                    .every_tablet()
+                    .iter()
+                    .flat_map(|tablet| {
+                        tablet.with_shard_no_outputs(|shard| shard.trace(sender, client_id))
+                    })
+                    .collect();
                 let _ = reply.send(hits);
             }
             ShardCommand::ReloadTls { config, taken } => {
@@ -327,11 +479,15 @@ impl Runtime {
                 let _ = taken.send(());
             }
             ShardCommand::SetLimits { limits, taken } => {
-                self.with_shard(|shard| shard.set_limits(*limits));
+                for tablet in self.every_tablet() {
+                    tablet.with_shard(|shard| shard.set_limits((*limits).clone()));
+                }
                 let _ = taken.send(());
             }
             ShardCommand::Place(placement) => {
-                self.with_shard(|shard| shard.set_placement(Some(placement.clone())));
+                for tablet in self.every_tablet() {
+                    tablet.with_shard(|shard| shard.set_placement(Some(placement.clone())));
+                }
                 remote::place(self, &placement, self.peer_queue.get());
                 if let Some(islands) = &self.islands {
                     islands.place(self, &placement);
@@ -342,7 +498,9 @@ impl Runtime {
                     shard = self.shard_id; "draining: closing every connection"
                 );
                 self.stopping.set(true);
-                self.with_shard(|shard| shard.close_all());
+                for tablet in self.every_tablet() {
+                    tablet.with_shard(|shard| shard.close_all());
+                }
             }
         }
     }
@@ -430,12 +588,15 @@ impl Runtime {
         self.commits.covering_now(self.shard().awaits_next_commit())
     }
 
-    /// Marks `durable` done once what `shard` recorded so far is on disk
-    /// (for a caller that holds the shard already).
-    fn after_next_commit(&self, shard: &Shard, durable: remote::Durable) {
+    /// Marks each of `durables` done once what `shard` recorded so far is
+    /// on disk (for a caller that holds the shard already).
+    fn after_next_commit_all(&self, shard: &Shard, durables: Vec<remote::Durable>) {
+        if durables.is_empty() {
+            return;
+        }
         let target = self.commits.covering_now(shard.awaits_next_commit());
         self.commits
-            .after(target, Box::new(move |_| durable.done()));
+            .after(target, Box::new(move |_| drop(durables)));
     }
 }
 
@@ -533,6 +694,7 @@ pub async fn run(setup: ShardSetup) {
         remote,
         islands,
     ));
+    runtime.serve();
     *runtime.tls.borrow_mut() = tls;
     // A first report before the shard counts as recovered: the control
     // thread has one from every shard before the server says it is ready,
@@ -541,6 +703,9 @@ pub async fn run(setup: ShardSetup) {
     reporter.report(runtime.report());
     let _ = recovered.send(Ok(replay_line));
     let plan = CheckpointPlan::new(&storage);
+    if let Some(islands) = &runtime.islands {
+        islands.set_plan(plan.clone());
+    }
     let tasks = spawn_tasks(&runtime, peers, journal, plan, (listeners, serving));
     let outside = Outside {
         stop: &stop,
@@ -582,13 +747,23 @@ fn spawn_tasks(
         let runtime = runtime.clone();
         tasks.push(spawn_in(peer_queue, links::receive(runtime, receiver)));
     }
+    // Between this executor's own tablets.
+    tasks.push(spawn_in(peer_queue, links::deliver_local(runtime.clone())));
     tasks.push(match journal {
-        ShardJournal::Log(log) => {
-            glommio::spawn_local(commit::commit(runtime.clone(), *log, plan)).detach()
-        }
-        ShardJournal::Memory(memory) => {
-            glommio::spawn_local(commit::commit(runtime.clone(), memory, plan)).detach()
-        }
+        ShardJournal::Log(log) => glommio::spawn_local(commit::commit(
+            runtime.clone(),
+            *log,
+            plan.clone(),
+            commit::Replication::Own,
+        ))
+        .detach(),
+        ShardJournal::Memory(memory) => glommio::spawn_local(commit::commit(
+            runtime.clone(),
+            memory,
+            plan.clone(),
+            commit::Replication::Own,
+        ))
+        .detach(),
     });
     for (fd, tls) in [(listeners.tls, true), (listeners.plain, false)] {
         if let Some(fd) = fd {
@@ -656,30 +831,42 @@ async fn tick_until_stopped(runtime: &Rc<Runtime>, tick_ms: u64, outside: Outsid
         if let Some(islands) = &runtime.islands {
             islands.tick();
         }
-        runtime.with_shard(|shard| {
-            let now_ms = runtime.now_ms();
-            shard.observe_wall_clock(unix_ms(), now_ms);
-            log_clock_notes(runtime.shard_id, shard);
-            shard.tick(now_ms);
-            for (phone, token) in push_rejected.try_iter() {
-                shard.push_rejected(phone, &token);
-            }
-        });
+        let rejected: Vec<_> = push_rejected.try_iter().collect();
+        for tablet in runtime.every_tablet() {
+            tablet.with_shard(|shard| {
+                let now_ms = tablet.now_ms();
+                shard.observe_wall_clock(unix_ms(), now_ms);
+                log_clock_notes(tablet.shard_id, shard);
+                shard.tick(now_ms);
+                // A token is its account's: the tablet without it ignores
+                // it.
+                for (phone, token) in &rejected {
+                    shard.push_rejected(*phone, token);
+                }
+            });
+        }
     }
 }
 
 /// Drains the shard: tells every phone, gives the writes a moment, waits
 /// for the last commits, then returns.
-async fn stop_serving(runtime: &Runtime) {
+async fn stop_serving(runtime: &Rc<Runtime>) {
     let shard_id = runtime.shard_id;
     runtime.stopping.set(true);
-    runtime.with_shard(|shard| shard.close_all());
+    let tablets = runtime.every_tablet();
+    for tablet in &tablets {
+        tablet.with_shard(|shard| shard.close_all());
+    }
     let deadline = Instant::now() + Duration::from_millis(STOP_CONNECTIONS_WAIT_MS);
     // Connections to close, and records (the write-back cache, written out
     // by `close_all`) to commit: taken by the commit task is not written,
     // so the commit in flight counts too.
-    let unwritten = || runtime.shard().has_pending_records() || runtime.commits.in_flight();
-    let busy = || runtime.connections.live() > 0 || unwritten();
+    let unwritten = || {
+        tablets
+            .iter()
+            .any(|t| t.shard().has_pending_records() || t.commits.in_flight())
+    };
+    let busy = || tablets.iter().any(|t| t.connections.live() > 0) || unwritten();
     while busy() && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(STOP_POLL_MS)).await;
     }

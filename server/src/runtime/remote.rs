@@ -24,7 +24,7 @@
 
 use std::{
     cell::{Cell, RefCell},
-    collections::VecDeque,
+    collections::{BTreeMap, VecDeque},
     os::fd::OwnedFd,
     rc::{Rc, Weak},
     sync::{
@@ -42,7 +42,10 @@ use server::remote::{
 };
 use shard::{island::IslandId, PeerMessage, Placement};
 
-use super::{links::Staged, Runtime, Signal};
+use super::{
+    links::{Mail, Staged},
+    Runtime, Signal,
+};
 use crate::cluster::envelope::Envelope;
 
 /// Keys from here on name another node's staging in the connections'
@@ -130,7 +133,12 @@ impl Remote {
     }
 
     /// Stages `message` for tablet (`island`, `shard`) of `node`.
-    pub fn stage(&self, node: u16, (island, shard): (IslandId, u16), message: PeerMessage) -> Staged {
+    pub fn stage(
+        &self,
+        node: u16,
+        (island, shard): (IslandId, u16),
+        message: PeerMessage,
+    ) -> Staged {
         let incarnation = self.answers_for.borrow().get(&node).copied().unwrap_or(0);
         let outbound = self.outbound.borrow().get(&node).cloned();
         let Some(outbound) = outbound else {
@@ -385,11 +393,6 @@ fn drained(remote: &Remote, outbound: &Outbound) {
 /// commit finished), or at once for what owed nothing (a dropped signal).
 pub struct Durable(Arc<AtomicUsize>);
 
-impl Durable {
-    /// This part is durable.
-    pub fn done(self) {}
-}
-
 impl Drop for Durable {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
@@ -433,22 +436,24 @@ fn receive(runtime: &Rc<Runtime>, delivery: Delivery) {
     let shards = runtime.shard().config().map.shards();
     let mine = runtime.remote.own_incarnations.borrow().clone();
     let parts = Arc::new(AtomicUsize::new(0));
-    // This shard's own messages are handed in as one run: what they make
-    // is distributed once, at its end.
-    let mut here = Vec::new();
+    // This shard's own messages are handed in as one run per tablet: what
+    // they make is distributed once, at its end.
+    let mut here: BTreeMap<IslandId, Vec<PeerMessage>> = BTreeMap::new();
     for payload in &delivery.payloads {
         match Envelope::decode(payload, shards, &mine) {
-            Ok(envelope) if envelope.shard == runtime.shard_id => {
-                runtime.note_island(envelope.island);
-                here.push(envelope.message)
-            }
+            Ok(envelope) if envelope.shard == runtime.shard_id => here
+                .entry(envelope.island)
+                .or_default()
+                .push(envelope.message),
             Ok(envelope) => {
                 // On to another shard of this node, which tells when it is
                 // durable there.
                 let part = Remote::part(&parts);
-                let _ = runtime
-                    .links
-                    .stage_tracked((envelope.shard, envelope.island), envelope.message, part);
+                let _ = runtime.links.stage_tracked(
+                    (envelope.shard, envelope.island),
+                    envelope.message,
+                    part,
+                );
             }
             Err(refused) => {
                 runtime.remote.refused.set(runtime.remote.refused.get() + 1);
@@ -460,14 +465,14 @@ fn receive(runtime: &Rc<Runtime>, delivery: Delivery) {
             }
         }
     }
-    if !here.is_empty() {
-        let (now_ms, part) = (runtime.now_ms(), Remote::part(&parts));
-        runtime.with_shard(|shard| {
-            for message in here {
-                shard.handle_peer(message, now_ms);
-            }
-            runtime.after_next_commit(shard, part);
-        });
+    for (island, messages) in here {
+        // The same way as mail from another shard of this node, so that
+        // a tablet not served here parks or forwards it alike.
+        let batch = messages
+            .into_iter()
+            .map(|message| Mail::Tracked(island, message, Remote::part(&parts)))
+            .collect();
+        super::links::deliver(runtime, batch);
     }
     runtime.remote.pending.borrow_mut().push_back(Pending {
         origin: delivery.origin,

@@ -570,6 +570,20 @@ impl Member {
             self.become_primary(view);
         } else if record.primary == me && self.log.last == 0 && holds_everything(record) {
             self.lost_log = true;
+            // Its in-sync secondary holds every acknowledged batch: it
+            // takes the island over (as by rule 2, but asked for by the
+            // primary, which knows it cannot serve), so the island is
+            // served again without waiting for an operator.
+            let secondary = record.secondary;
+            if view.live.contains(&secondary) {
+                self.ask(view, None, |r| {
+                    r.epoch += 1;
+                    r.primary = secondary;
+                    r.secondary = me;
+                    r.insync = vec![secondary];
+                    r.mode = Mode::Solo;
+                });
+            }
         } else if record.primary == me {
             // Primary of an epoch it did not make (a restart): it may have
             // lost what it shipped, so it never serves that epoch again.
@@ -1044,8 +1058,32 @@ mod tests {
         let fresh = || Member::new(MemberConfig::new(1, 1), LogInfo::default(), 0);
         let mut member = fresh();
         member.view(view(3, Mode::Sync, vec![1, 2]), 0);
-        assert_eq!(outputs(&mut member), []);
         assert!(member.lost_log());
+        // Its live secondary is asked to take the island over.
+        let handed = IslandRecord {
+            epoch: 4,
+            primary: 2,
+            secondary: 1,
+            insync: vec![2],
+            mode: Mode::Solo,
+        };
+        let txn = Output::Txn {
+            id: 1,
+            expect_revision: 10,
+            absent: None,
+            record: handed,
+        };
+        assert_eq!(outputs(&mut member), [txn]);
+        let mut alone = fresh();
+        alone.view(
+            View {
+                live: vec![1],
+                ..view(3, Mode::Sync, vec![1, 2])
+            },
+            0,
+        );
+        assert!(alone.lost_log());
+        assert_eq!(outputs(&mut alone), [], "no live secondary to hand it to");
         for (epoch, mode, insync) in [(3, Mode::Solo, vec![1]), (1, Mode::Sync, vec![1, 2])] {
             let mut member = fresh();
             member.view(view(epoch, mode, insync), 0);

@@ -133,6 +133,13 @@ pub struct ShardCounters {
     /// Follows sent again to a node that came back as a new incarnation
     /// (its followers' lists were in memory).
     pub presence_rewatched: u64,
+    /// Messages that reached a tablet this node does not serve (their
+    /// sender's view of an island was behind or ahead of this node's),
+    /// sent on to where their account or group lives now; and answers
+    /// among them dropped (the phone that asked is not here: it asks
+    /// again).
+    pub peer_messages_forwarded: u64,
+    pub peer_messages_forwarded_dropped: u64,
     /// Contact lookups (syncs, group members) some shard never answered
     /// within 15 s, refused `Unavailable`.
     pub lookups_expired: u64,
@@ -211,6 +218,8 @@ impl ShardCounters {
             "try_laters" => "first frames answered TryLater: the account's node is down, the cluster has no map yet, or logins are over logins_admitted_per_s",
             "refused_unavailable" => "requests refused Unavailable: the node holding the recipient or group is down or unknown",
             "presence_rewatched" => "presence follows sent again to a node that came back as a new incarnation",
+            "peer_messages_forwarded" => "messages that reached a tablet this node does not serve (the sender's view of its island was stale), sent on to where their account or group lives now",
+            "peer_messages_forwarded_dropped" => "answers that reached a tablet this node does not serve, dropped: the phone that asked is not here and asks again",
             "lookups_expired" => "contact lookups (syncs, new group members) some shard left unanswered for 15 s, refused Unavailable",
             _ => return None,
         })

@@ -163,33 +163,104 @@ mod tests {
     #[test]
     fn a_deletion_finishes_when_every_shard_answered_once_each() {
         let everyone = [
-            Dest::Shard { island: 0, shard: 0 },
-            Dest::Shard { island: 0, shard: 1 },
-            Dest::Node { node: 2, island: 2, shard: 0 },
+            Dest::Shard {
+                island: 0,
+                shard: 0,
+            },
+            Dest::Shard {
+                island: 0,
+                shard: 1,
+            },
+            Dest::Node {
+                node: 2,
+                island: 2,
+                shard: 0,
+            },
         ];
         let mut deletions = Deletions::default();
         deletions.begin(phone(1), Some(0));
-        assert!(!deletions.confirm(phone(1), Dest::Shard { island: 0, shard: 0 }, Some(&everyone)));
+        assert!(!deletions.confirm(
+            phone(1),
+            Dest::Shard {
+                island: 0,
+                shard: 0
+            },
+            Some(&everyone)
+        ));
         // An answer twice from the same shard counts once.
-        assert!(!deletions.confirm(phone(1), Dest::Shard { island: 0, shard: 0 }, Some(&everyone)));
-        assert!(!deletions.confirm(phone(1), Dest::Shard { island: 0, shard: 1 }, Some(&everyone)));
+        assert!(!deletions.confirm(
+            phone(1),
+            Dest::Shard {
+                island: 0,
+                shard: 0
+            },
+            Some(&everyone)
+        ));
+        assert!(!deletions.confirm(
+            phone(1),
+            Dest::Shard {
+                island: 0,
+                shard: 1
+            },
+            Some(&everyone)
+        ));
         assert!(deletions.is_pending(phone(1)));
-        assert!(deletions.confirm(phone(1), Dest::Node { node: 2, island: 2, shard: 0 }, Some(&everyone)));
+        assert!(deletions.confirm(
+            phone(1),
+            Dest::Node {
+                node: 2,
+                island: 2,
+                shard: 0
+            },
+            Some(&everyone)
+        ));
         assert!(!deletions.is_pending(phone(1)));
-        assert!(!deletions.confirm(phone(1), Dest::Shard { island: 0, shard: 1 }, Some(&everyone)));
+        assert!(!deletions.confirm(
+            phone(1),
+            Dest::Shard {
+                island: 0,
+                shard: 1
+            },
+            Some(&everyone)
+        ));
     }
 
     #[test]
     fn only_the_shards_that_did_not_answer_are_told_again_after_the_interval() {
-        let everyone = [Dest::Shard { island: 0, shard: 0 }, Dest::Shard { island: 0, shard: 1 }];
+        let everyone = [
+            Dest::Shard {
+                island: 0,
+                shard: 0,
+            },
+            Dest::Shard {
+                island: 0,
+                shard: 1,
+            },
+        ];
         let mut deletions = Deletions::default();
         deletions.begin(phone(1), Some(1_000));
-        deletions.confirm(phone(1), Dest::Shard { island: 0, shard: 0 }, Some(&everyone));
+        deletions.confirm(
+            phone(1),
+            Dest::Shard {
+                island: 0,
+                shard: 0,
+            },
+            Some(&everyone),
+        );
         assert!(deletions
             .due(1_000 + DELETION_RESEND_MS - 1, &everyone)
             .is_empty());
         let due = deletions.due(1_000 + DELETION_RESEND_MS, &everyone);
-        assert_eq!(due, vec![(phone(1), vec![Dest::Shard { island: 0, shard: 1 }])]);
+        assert_eq!(
+            due,
+            vec![(
+                phone(1),
+                vec![Dest::Shard {
+                    island: 0,
+                    shard: 1
+                }]
+            )]
+        );
         assert!(deletions
             .due(1_000 + DELETION_RESEND_MS, &everyone)
             .is_empty());
@@ -197,7 +268,10 @@ mod tests {
 
     #[test]
     fn a_long_backlog_is_told_again_a_bounded_slice_per_tick_and_all_in_turn() {
-        let everyone = [Dest::Shard { island: 0, shard: 0 }];
+        let everyone = [Dest::Shard {
+            island: 0,
+            shard: 0,
+        }];
         let mut deletions = Deletions::default();
         let count = VISITS_PER_TICK_MAX * 2 + 10;
         for n in 0..count as u64 {
@@ -214,11 +288,21 @@ mod tests {
 
     #[test]
     fn a_checkpoint_names_each_pending_deletion() {
-        let everyone = [Dest::Shard { island: 0, shard: 0 }];
+        let everyone = [Dest::Shard {
+            island: 0,
+            shard: 0,
+        }];
         let mut deletions = Deletions::default();
         deletions.begin(phone(1), Some(0));
         deletions.begin(phone(2), Some(0));
-        deletions.confirm(phone(2), Dest::Shard { island: 0, shard: 0 }, Some(&everyone));
+        deletions.confirm(
+            phone(2),
+            Dest::Shard {
+                island: 0,
+                shard: 0,
+            },
+            Some(&everyone),
+        );
         let mut records = Vec::new();
         deletions.checkpoint(&mut records);
         assert_eq!(records, vec![Record::AccountDeleted { phone: phone(1) }]);

@@ -390,7 +390,10 @@ mod tests {
     fn held_replies_wait_for_the_batch_after_the_records_before_them() {
         let mut durability = Durability::default();
         durability.hold_peer(
-            Dest::Shard { island: 0, shard: 1 },
+            Dest::Shard {
+                island: 0,
+                shard: 1,
+            },
             PeerMessage::GroupStored {
                 group: group(),
                 gseq: 1,
@@ -399,7 +402,10 @@ mod tests {
         let (batch, _) = durability.take_batch();
         assert!(!durability.awaits_next_commit());
         durability.hold_peer(
-            Dest::Shard { island: 0, shard: 1 },
+            Dest::Shard {
+                island: 0,
+                shard: 1,
+            },
             PeerMessage::GroupStored {
                 group: group(),
                 gseq: 2,

@@ -237,6 +237,13 @@ impl MailboxTotals {
 }
 
 impl Shard {
+    /// Replaces what the shard reaches the world through: a standby's
+    /// shard, silent while it restores, gets the node's when it is
+    /// promoted to serve (docs/islands.md).
+    pub fn set_env(&mut self, env: Box<dyn Env>) {
+        self.env = env;
+    }
+
     pub fn new(config: ShardConfig, env: Box<dyn Env>, now_ms: u64) -> Shard {
         let timers = TimerWheel::new(TIMER_WHEEL_SLOTS, now_ms / config.tick_ms);
         let dedup = DedupTable::new(config.dedup_ttl_ms, config.dedup_entries_max);
@@ -775,6 +782,14 @@ impl Shard {
             self.anonymous.prune(&self.config, now_ms, wall_ms);
             self.order_out.prune(now_ms);
             self.order_in.prune(now_ms);
+        }
+        if !self.leads_own_island() {
+            // A stale copy of an island served elsewhere (this node was
+            // away while it was taken over): its state answers for
+            // nothing, so nothing of it expires, is told again or is
+            // recorded. Only its connections' deadlines run: it is the
+            // door new phones come in by, and are redirected from.
+            return;
         }
         if !self.durability.is_failed() {
             if let Some(state) = self.clock.to_record(false) {

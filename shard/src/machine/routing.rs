@@ -43,7 +43,13 @@ pub(super) struct Unreachable;
 impl Shard {
     /// The cluster's placement now (`None`: a single node).
     pub fn set_placement(&mut self, placement: Option<Arc<Placement>>) {
+        let led = self.leads_own_island();
         let old = std::mem::replace(&mut self.placement, placement);
+        if led && !self.leads_own_island() {
+            // Its island is served by another node now: its phones log
+            // in again, there.
+            self.close_all();
+        }
         if let (Some(old), Some(new)) = (old, self.placement.clone()) {
             for node in returned_nodes(&old, &new) {
                 self.node_returned(node);
@@ -53,6 +59,11 @@ impl Shard {
 
     pub fn placement(&self) -> Option<&Placement> {
         self.placement.as_deref()
+    }
+
+    /// Where `phone`'s account lives, as this shard's placement says.
+    pub fn home_of_phone(&self, phone: Phone) -> Home {
+        self.home_of(phone)
     }
 
     /// Where `phone`'s account lives.
@@ -189,7 +200,9 @@ impl Shard {
         let local = self.config.map.shards();
         let Some(placement) = self.placement.as_ref().filter(|p| p.has_map()) else {
             let island = self.config.island;
-            return (0..local).map(|shard| Dest::Shard { island, shard }).collect();
+            return (0..local)
+                .map(|shard| Dest::Shard { island, shard })
+                .collect();
         };
         let mut all = Vec::new();
         for (island, node) in placement.mapped_islands() {
@@ -235,4 +248,100 @@ fn returned_nodes(old: &Placement, new: &Placement) -> Vec<u16> {
         .filter(|&(id, node)| old.node(id).map(|n| n.incarnation) != Some(node.incarnation))
         .map(|(id, _)| id)
         .collect()
+}
+
+/// What a peer message is for, by what it names: where it goes when it
+/// reached a tablet that does not serve it.
+enum Target {
+    Phone(Phone),
+    Group(GroupId),
+    /// Every tablet hears it (an account's deletion): the same tablet,
+    /// wherever it is served.
+    SameTablet,
+    /// An answer to a connection or a lookup of the tablet it was sent
+    /// to: only that process knows what it answers.
+    Answer,
+}
+
+impl PeerMessage {
+    fn target(&self) -> Target {
+        use PeerMessage as M;
+        match self {
+            M::Deliver { to, .. } | M::Receipt { to, .. } => Target::Phone(*to),
+            M::Stored { .. } | M::AccountsFound { .. } => Target::Answer,
+            M::PresenceOf { conn: Some(_), .. } | M::ProfileOf { conn: Some(_), .. } => {
+                Target::Answer
+            }
+            M::PresenceOf { to, .. } | M::ProfileOf { to, .. } => Target::Phone(*to),
+            M::GroupRequest { group, .. }
+            | M::GroupStored { group, .. }
+            | M::GroupTyping { group, .. } => Target::Group(*group),
+            M::GroupFanout { members, .. } => first(members),
+            M::Watch { target, .. }
+            | M::Unwatch { target, .. }
+            | M::ProfileQuery { target, .. } => Target::Phone(*target),
+            M::TypingTo { to, .. } => first(to),
+            M::LookupAccounts { phones, .. } => first(phones),
+            M::AccountGone { .. } => Target::SameTablet,
+            M::GroupsLeft { phone, .. } => Target::Phone(*phone),
+            M::ReceiptsOwed { receipts } => receipts
+                .first()
+                .map_or(Target::Answer, |r| Target::Phone(r.to)),
+            M::OwedStored { stored } => stored
+                .first()
+                .map_or(Target::Answer, |key| Target::Phone(key.1)),
+        }
+    }
+}
+
+/// A message for phones of one tablet goes where the first of them lives.
+fn first(phones: &[Phone]) -> Target {
+    phones.first().map_or(Target::Answer, |&p| Target::Phone(p))
+}
+
+impl Shard {
+    /// A peer message that reached tablet `tablet` (island, shard) of this
+    /// node, which does not serve it: its sender's view of where the
+    /// island is served was behind or ahead of this node's. It goes on to
+    /// where what it names lives now, as an obligation (it waits on the
+    /// link for a node that is down). An answer to a connection or lookup
+    /// is dropped: the process that asked is not this one, and the phone
+    /// asks again. False: it had nowhere to go (counted as unroutable).
+    pub fn forward_peer(&mut self, message: PeerMessage, tablet: (IslandId, u16)) -> bool {
+        let dest = match message.target() {
+            Target::Phone(phone) => self.dest(self.home_of(phone)),
+            Target::Group(group) => self.dest(self.home_of_group(group)),
+            Target::SameTablet => self.tablet_dest(tablet.0, tablet.1),
+            Target::Answer => {
+                self.counters.peer_messages_forwarded_dropped += 1;
+                return true;
+            }
+        };
+        let unserved = Dest::Shard {
+            island: tablet.0,
+            shard: tablet.1,
+        };
+        match dest {
+            Some(dest) if dest != unserved => {
+                self.counters.peer_messages_forwarded += 1;
+                self.route(dest, message);
+                self.run_local();
+                true
+            }
+            _ => {
+                self.counters.peer_messages_unroutable += 1;
+                false
+            }
+        }
+    }
+
+    /// Whether this shard's own island is served by this node now (a
+    /// single node's always is). A node whose island was taken over while
+    /// it was away holds a stale copy, which serves nothing.
+    pub fn leads_own_island(&self) -> bool {
+        self.placement
+            .as_ref()
+            .filter(|p| p.has_map())
+            .is_none_or(|p| p.primary_of(self.config.island) == p.node)
+    }
 }
