@@ -403,6 +403,18 @@ impl Senders {
             push: self.push.clone(),
         }
     }
+
+    /// Makes an [`OsEnv`] each call: for the shard of an island a node
+    /// takes over (see `runtime::IslandSetup::env`).
+    fn env_maker(&self) -> Box<dyn Fn() -> Box<dyn shard::Env> + Send> {
+        let (sms, push) = (self.sms.clone(), self.push.clone());
+        Box::new(move || {
+            Box::new(OsEnv {
+                sms: sms.clone(),
+                push: push.clone(),
+            })
+        })
+    }
 }
 
 /// Moves the data to `shard_count` shards if it was written by another
@@ -520,18 +532,8 @@ fn spawn_shards(
             std::mem::replace(&mut outside.commands[shard_id], crossbeam_channel::never());
         let replayed = outside.replayed[shard_id].clone();
         let storage = storage_setup(config, shard_id, shard_count);
-        let promoted_env = {
-            let (sms, push) = (senders.sms.clone(), senders.push.clone());
-            Box::new(move || {
-                let env = OsEnv {
-                    sms: sms.clone(),
-                    push: push.clone(),
-                };
-                Box::new(env) as Box<dyn shard::Env>
-            })
-        };
         let islands = outside.islands.as_ref().map(|(lease, txns)| IslandSetup {
-            env: promoted_env,
+            env: senders.env_maker(),
             node: node_id(config),
             lease: lease.clone(),
             txns: txns.clone(),

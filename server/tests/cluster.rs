@@ -1182,6 +1182,25 @@ fn with_sync_replication_a_killed_primary_s_island_is_served_by_its_secondary() 
         back.as_ref().err()
     );
     send_all(&mut alice_client, bob, 46..=50);
+
+    // It rejoins its island as the secondary: the island is in sync again
+    // on both nodes, so that node 2 can fail in turn. Killed, node 2
+    // hands the island back to node 1 by the same rule, which has every
+    // message.
+    let all: Vec<&Node> = nodes.iter().collect();
+    await_all(&all, "island 1 in sync on nodes 2 and 1", |s| {
+        island_served_by(s, 1, 2) && island_is(s, 1, 3, "sync", &[2, 1])
+    });
+    send_all(&mut alice_client, bob, 51..=55);
+    drop(alice_client);
+    let node_2 = nodes.remove(1);
+    drop(node_2.server.into_data_dir());
+    let rest: Vec<&Node> = nodes.iter().collect();
+    await_all(&rest, "island 1 back on node 1", |s| {
+        island_served_by(s, 1, 1)
+    });
+    let mut bob_client = login_or_redirect(&nodes[0].server, bob, bob_key).unwrap();
+    expect_messages(&mut bob_client, 55);
 }
 
 /// Whether island `id` is served by node `primary` in a node's status.

@@ -268,6 +268,11 @@ pub async fn commit(
     let mut frames = Vec::new();
     loop {
         wait_for_work(&runtime, own.as_deref()).await;
+        if own.is_none() && !runtime.shard().leads_own_island() {
+            // A stale copy of an island another node serves: it records
+            // nothing that matters, and nothing of it is written.
+            continue;
+        }
         note_disk_full(&runtime, journal.disk_full());
         if let Some(tablet) = &own {
             if let Err(error) = islands::primary_log_work(&runtime, &mut journal, tablet).await {

@@ -170,8 +170,12 @@ impl Islands {
     /// Waits for the first placement with a map, then makes the shard's
     /// own tablet over a log of shape `log` if the cluster has an island
     /// for this node. `Ok(None)`: the shard does not replicate (a cluster
-    /// of one node has no island). Err: this node's log of its island was
-    /// lost (see [`Member::lost_log`]): it must not serve it.
+    /// of one node has no island), or another node serves its island now
+    /// (it was taken over while this node was away): this log is a stale
+    /// copy that serves nothing, and the node rejoins the island as its
+    /// secondary through a standby, like any island it is secondary of.
+    /// Err: this node's log of its island was lost (see
+    /// [`Member::lost_log`]): it must not serve it.
     pub async fn start_own(&self, log: LogInfo) -> Result<Option<Rc<RefCell<Tablet>>>, String> {
         while !self.decided.get() {
             self.placed.wait().await;
@@ -183,6 +187,17 @@ impl Islands {
         let Some(view) = placement.island_view(island) else {
             return Ok(None);
         };
+        if view.record.primary != self.setup.node {
+            log::warn!(
+                "shard {}: island {island} is served by node {} since epoch {}: this node's log \
+                 of it is a stale copy and serves nothing; the node rejoins the island as its \
+                 secondary",
+                self.shard_id,
+                view.record.primary,
+                view.record.epoch
+            );
+            return Ok(None);
+        }
         let secondary = view.record.secondary;
         let member = Member::new(member_config(self.setup.node, island), log, self.now_ms());
         let tablet = Rc::new(RefCell::new(Tablet::new(island, member)));
@@ -227,8 +242,11 @@ impl Islands {
                 tablet.borrow_mut().view(view, now);
             }
         }
+        self.retire_own_if_moved(placement);
         for (island, record) in placement.islands() {
-            if island == self.setup.node || record.secondary != self.setup.node {
+            // Its own island too, once another node serves it: this node
+            // rejoins it through a standby.
+            if record.secondary != self.setup.node {
                 continue;
             }
             let known = self.replicas.borrow().contains_key(&island);
@@ -246,6 +264,29 @@ impl Islands {
             if let Some(view) = placement.island_view(island) {
                 replica.tablet.borrow_mut().view(view, now);
             }
+        }
+    }
+
+    /// The own island is served by another node now (it was taken over
+    /// while this node was paused, or cut off): the own tablet's member
+    /// stops, its log is a stale copy from here on, and the node rejoins
+    /// the island through a standby (the rest of `place`).
+    fn retire_own_if_moved(&self, placement: &Placement) {
+        let Some(own) = self.own() else {
+            return;
+        };
+        let island = own.borrow().island();
+        let moved = placement
+            .island_view(island)
+            .is_some_and(|v| v.record.primary != self.setup.node);
+        if moved && own.borrow().member().primary_epoch().is_none() {
+            *self.own.borrow_mut() = None;
+            log::warn!(
+                "shard {}: island {island} is served by another node now: this node's log of \
+                 it is a stale copy and serves nothing; the node rejoins the island as its \
+                 secondary",
+                self.shard_id
+            );
         }
     }
 
@@ -317,7 +358,15 @@ impl Islands {
     /// as long as the shard runs.
     pub async fn ship(self: Rc<Self>, tablet: Rc<RefCell<Tablet>>) {
         let mut pause_ms = REDIAL_MS.0;
+        let island = tablet.borrow().island();
         loop {
+            let still = self
+                .leading(island)
+                .is_some_and(|(t, _)| Rc::ptr_eq(&t, &tablet));
+            if !still {
+                // Retired: another node serves the island now.
+                return;
+            }
             let secondary = tablet.borrow().member().seen().map(|(r, _)| r.secondary);
             let target = secondary.and_then(|s| Some((s, self.peer(s)?)));
             let ended = match target {

@@ -157,6 +157,10 @@ pub struct Runtime {
 /// island's, which also takes the connections its listeners accept.
 #[derive(Default)]
 struct Tablets {
+    /// The executor's own tablet: the first served, whose accept loops
+    /// take new connections. It stays the door even when it no longer
+    /// leads its island.
+    own: RefCell<Weak<Runtime>>,
     by_island: RefCell<BTreeMap<IslandId, Weak<Runtime>>>,
     /// Mail for an island this node is primary of and does not serve
     /// yet (its standby is being turned into a tablet): delivered once it
@@ -233,13 +237,20 @@ impl Runtime {
     /// and hands it what was parked for it.
     fn serve(self: &Rc<Self>) {
         let island = self.shard().config().island;
+        if self.tablets.own.borrow().upgrade().is_none() {
+            *self.tablets.own.borrow_mut() = Rc::downgrade(self);
+        }
         let old = self
             .tablets
             .by_island
             .borrow_mut()
             .insert(island, Rc::downgrade(self));
+        // The own tablet's stale copy of an island this node serves again
+        // (taken back from the node that took it over) stays the door new
+        // connections come in by; the island's mail goes here.
+        let old = old.and_then(|w| w.upgrade());
         assert!(
-            old.and_then(|w| w.upgrade()).is_none(),
+            old.is_none_or(|old| !old.shard().leads_own_island()),
             "one tablet per island"
         );
         let parked = std::mem::take(&mut *self.tablets.parked.borrow_mut());
@@ -302,11 +313,10 @@ impl Runtime {
         tablets.get(&island).and_then(Weak::upgrade)
     }
 
-    /// The executor's first tablet: its own island's.
+    /// The executor's own tablet (see [`Tablets::own`]).
     fn own_tablet(self: &Rc<Self>) -> Rc<Runtime> {
-        let tablets = self.tablets.by_island.borrow();
-        let first = tablets.values().find_map(Weak::upgrade);
-        first.unwrap_or_else(|| self.clone())
+        let own = self.tablets.own.borrow().upgrade();
+        own.unwrap_or_else(|| self.clone())
     }
 
     /// Every tablet this executor serves, its own first.

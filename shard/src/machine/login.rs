@@ -46,7 +46,8 @@ impl Shard {
         {
             match self.home_of(phone) {
                 Home::Here { island, shard }
-                    if (island, shard) == (self.config.island, self.config.shard_id) => {}
+                    if (island, shard) == (self.config.island, self.config.shard_id)
+                        && self.leads_own_island() => {}
                 Home::Here { island, shard } => return self.hand_over_for(id, (island, shard)),
                 Home::Away {
                     node, live: true, ..

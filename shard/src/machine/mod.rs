@@ -199,6 +199,10 @@ pub struct Shard {
     /// Where accounts and groups live in the cluster (`None`: a single
     /// node; see `routing`).
     placement: Option<std::sync::Arc<crate::Placement>>,
+    /// Another node has served this shard's island since this shard was
+    /// made: its state is a stale copy for good (the island comes back
+    /// to this node only through a standby, which is another shard).
+    superseded: bool,
     /// Records, replies held for a commit, the write-back cache and the
     /// journal's state.
     durability: Durability,
@@ -272,6 +276,7 @@ impl Shard {
             local: VecDeque::new(),
             peer_out: Vec::new(),
             placement: None,
+            superseded: false,
             durability: Durability::default(),
             deletions: Default::default(),
             owed: Default::default(),
@@ -1014,7 +1019,10 @@ impl Shard {
     }
 
     fn route(&mut self, dest: Dest, message: PeerMessage) {
-        if dest == self.own_dest() {
+        // A stale copy of its island (see `leads_own_island`) is not
+        // where its island's accounts live: mail for them goes through
+        // the executor, to the tablet that serves the island.
+        if dest == self.own_dest() && self.leads_own_island() {
             self.local.push_back(message);
         } else {
             self.peer_out.push((dest, message));

@@ -45,6 +45,13 @@ impl Shard {
     pub fn set_placement(&mut self, placement: Option<Arc<Placement>>) {
         let led = self.leads_own_island();
         let old = std::mem::replace(&mut self.placement, placement);
+        let island = self.config.island;
+        let elsewhere = self
+            .placement
+            .as_ref()
+            .filter(|p| p.has_map())
+            .is_some_and(|p| p.primary_of(island) != p.node);
+        self.superseded |= elsewhere;
         if led && !self.leads_own_island() {
             // Its island is served by another node now: its phones log
             // in again, there.
@@ -335,13 +342,11 @@ impl Shard {
         }
     }
 
-    /// Whether this shard's own island is served by this node now (a
-    /// single node's always is). A node whose island was taken over while
-    /// it was away holds a stale copy, which serves nothing.
+    /// Whether this shard serves its island (a single node's always
+    /// does): no other node has served it since the shard was made. A
+    /// node whose island was taken over while it was away holds a stale
+    /// copy, which serves nothing from then on.
     pub fn leads_own_island(&self) -> bool {
-        self.placement
-            .as_ref()
-            .filter(|p| p.has_map())
-            .is_none_or(|p| p.primary_of(self.config.island) == p.node)
+        !self.superseded
     }
 }
