@@ -67,8 +67,9 @@ enum Task {
     Smoke,
     /// The cross-shard stall hunt at 400 rounds.
     Stall,
-    /// The three-node cluster tests, ten kills and restarts, and a node
-    /// stopped for 10 s; release builds.
+    /// The three-node cluster tests, ten kills and restarts, twenty
+    /// kills of a replicating primary, and a node stopped for 10 s;
+    /// release builds.
     Cluster,
     /// The cluster benchmarks, release builds, interleaved rounds:
     /// deliveries per server CPU-second on one node and on three, and
@@ -268,6 +269,7 @@ fn stall() -> anyhow::Result<()> {
 fn cluster() -> anyhow::Result<()> {
     packages(TEST_PACKAGES)?;
     std::env::set_var("ISLE_CLUSTER_ROUNDS", "10");
+    std::env::set_var("ISLE_FAILOVER_ROUNDS", "20");
     let test = ["test", "--release", "-p", "ci", "--test", "cluster"];
     let run = [
         "--",

@@ -559,13 +559,26 @@ impl Runtime {
             .iter()
             .map(|(kind, count)| (format!("{kind:?}"), *count))
             .collect();
+        // The tablets of islands taken over count with the own one: the
+        // shard's figures are its executor's.
+        let others: Vec<_> = {
+            let tablets = self.tablets.by_island.borrow();
+            let served = tablets.values().filter_map(Weak::upgrade);
+            served.filter(|t| !std::ptr::eq(t.as_ref(), self)).collect()
+        };
+        let (mut counters, mut lengths) = (shard.counters(), shard.queue_lengths());
+        for other in &others {
+            let other = other.shard();
+            counters = sum_fields(&counters, &other.counters());
+            lengths = sum_fields(&lengths, &other.queue_lengths());
+        }
         ShardReport {
             shard: self.shard_id,
             at: Instant::now(),
             interval_ms: REPORT_INTERVAL_MS.max(shard.config().tick_ms),
-            counters: shard.counters(),
+            counters,
             queues: Queues {
-                shard: shard.queue_lengths(),
+                shard: lengths,
                 peer_staged_messages,
                 peer_staged_messages_max,
                 node_staged_messages,
@@ -608,6 +621,25 @@ impl Runtime {
         self.commits
             .after(target, Box::new(move |_| drop(durables)));
     }
+}
+
+/// Two structs of `u64` fields (counters, queue lengths) added field by
+/// field, through their serde forms: a field added to them is summed
+/// without a line here.
+fn sum_fields<T: serde::Serialize + serde::de::DeserializeOwned>(a: &T, b: &T) -> T {
+    let (a, b) = (
+        serde_json::to_value(a).expect("serializes"),
+        serde_json::to_value(b).expect("serializes"),
+    );
+    let mut sum = serde_json::Map::new();
+    if let (Some(a), Some(b)) = (a.as_object(), b.as_object()) {
+        for (name, value) in a {
+            let other = b.get(name).and_then(|v| v.as_u64()).unwrap_or(0);
+            let total = value.as_u64().unwrap_or(0).saturating_add(other);
+            sum.insert(name.clone(), total.into());
+        }
+    }
+    serde_json::from_value(sum.into()).expect("the same fields deserialize")
 }
 
 /// The ends of the queues one shard owns: a sender to every other shard and a

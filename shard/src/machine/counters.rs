@@ -1,7 +1,7 @@
 //! What a shard counts, for metrics.
 
 /// Counters for metrics. Monotonic except the gauges noted.
-#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Default, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct ShardCounters {
     /// Gauge.
     pub connections: u64,
@@ -139,6 +139,10 @@ pub struct ShardCounters {
     /// among them dropped (the phone that asked is not here: it asks
     /// again).
     pub peer_messages_forwarded: u64,
+    /// Messages and group requests out to an island's old primary,
+    /// refused `Unavailable` when the island moved (the phone sends them
+    /// again, in order, to the new one).
+    pub refused_island_moved: u64,
     pub peer_messages_forwarded_dropped: u64,
     /// Contact lookups (syncs, group members) some shard never answered
     /// within 15 s, refused `Unavailable`.
@@ -218,6 +222,7 @@ impl ShardCounters {
             "try_laters" => "first frames answered TryLater: the account's node is down, the cluster has no map yet, or logins are over logins_admitted_per_s",
             "refused_unavailable" => "requests refused Unavailable: the node holding the recipient or group is down or unknown",
             "presence_rewatched" => "presence follows sent again to a node that came back as a new incarnation",
+            "refused_island_moved" => "messages and group requests out to an island's old primary, refused Unavailable when the island moved to another node (the phone sends them again)",
             "peer_messages_forwarded" => "messages that reached a tablet this node does not serve (the sender's view of its island was stale), sent on to where their account or group lives now",
             "peer_messages_forwarded_dropped" => "answers that reached a tablet this node does not serve, dropped: the phone that asked is not here and asks again",
             "lookups_expired" => "contact lookups (syncs, new group members) some shard left unanswered for 15 s, refused Unavailable",

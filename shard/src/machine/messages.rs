@@ -13,6 +13,7 @@ use super::{
     durability::{Refusal, DISK_FULL, STORAGE_FAILED, STORAGE_UNAVAILABLE},
     group_frame,
     groups::Author,
+    in_flight,
     owed::{OwedKey, OwedReceipt, RECEIPTS_PER_MESSAGE_MAX},
     social::{self, StrangersRefused},
     ConnId, Dest, GroupAction, PeerMessage, Shard,
@@ -539,6 +540,10 @@ impl Shard {
         client_id: u64,
         result: Result<u64, ErrorKind>,
     ) {
+        if self.in_flight.answered((sender, client_id)) == in_flight::Answer::Drop {
+            // Refused when its island moved; the phone was told.
+            return;
+        }
         if !self.conns.is_session_of(reply, sender) {
             // Nobody to tell; an operator's trace still learns of it.
             if let Err(kind) = result {

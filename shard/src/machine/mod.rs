@@ -39,6 +39,7 @@ mod epochs;
 mod expiry;
 mod group_posts;
 mod groups;
+mod in_flight;
 mod login;
 mod messages;
 mod operator;
@@ -99,7 +100,7 @@ const SOURCE_TABLES_PRUNE_MS: u64 = 60_000;
 const TIMER_WHEEL_SLOTS: usize = 4096;
 
 /// How much waits in a shard's queues, for metrics.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct QueueLengths {
     /// Encoded bytes in connections' outboxes, not yet taken by the I/O
     /// layer.
@@ -203,6 +204,9 @@ pub struct Shard {
     /// made: its state is a stale copy for good (the island comes back
     /// to this node only through a standby, which is another shard).
     superseded: bool,
+    /// Requests out to other nodes' tablets, refused at once when their
+    /// island moves (see `in_flight`).
+    in_flight: in_flight::InFlight,
     /// Records, replies held for a commit, the write-back cache and the
     /// journal's state.
     durability: Durability,
@@ -277,6 +281,7 @@ impl Shard {
             peer_out: Vec::new(),
             placement: None,
             superseded: false,
+            in_flight: in_flight::InFlight::default(),
             durability: Durability::default(),
             deletions: Default::default(),
             owed: Default::default(),

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use wire::{GroupId, Phone};
 
-use super::{PeerMessage, Shard};
+use super::{connections::Session, in_flight, PeerMessage, Shard};
 use crate::{island::IslandId, Home, Placement};
 
 /// Where a peer message goes: a tablet, here or on another node.
@@ -52,6 +52,7 @@ impl Shard {
             .filter(|p| p.has_map())
             .is_some_and(|p| p.primary_of(island) != p.node);
         self.superseded |= elsewhere;
+        self.refuse_moved_requests();
         if led && !self.leads_own_island() {
             // Its island is served by another node now: its phones log
             // in again, there.
@@ -101,8 +102,68 @@ impl Shard {
     /// caller refuses with `Unavailable`.
     pub(super) fn ask(&mut self, home: Home, message: PeerMessage) -> Result<(), Unreachable> {
         let dest = live_dest(home).ok_or(Unreachable)?;
+        if let Dest::Node { node, island, .. } = dest {
+            self.track_request(node, island, &message);
+        }
         self.route(dest, message);
         Ok(())
+    }
+
+    /// Notes a phone's request going to node `node`'s tablet of `island`
+    /// (see `in_flight`).
+    fn track_request(&mut self, node: u16, island: IslandId, message: &PeerMessage) {
+        let (key, conn, chat) = match message {
+            PeerMessage::Deliver {
+                from,
+                to,
+                client_id,
+                reply,
+                ..
+            } => ((*from, *client_id), *reply, Some(wire::Chat::Direct(*to))),
+            PeerMessage::GroupRequest {
+                group,
+                from,
+                client_id,
+                reply,
+                action,
+                ..
+            } => {
+                let chat = action
+                    .in_conversation()
+                    .then_some(wire::Chat::Group(*group));
+                ((*from, *client_id), *reply, chat)
+            }
+            _ => return,
+        };
+        let request = in_flight::Request {
+            island,
+            node,
+            conn,
+            chat,
+        };
+        self.in_flight.sent(key, request);
+    }
+
+    /// Refuses, `Unavailable`, the requests still out to a node that no
+    /// longer serves their island: the phone sends them again, in order,
+    /// to the new primary (see `in_flight`).
+    fn refuse_moved_requests(&mut self) {
+        let Some(placement) = self.placement.clone() else {
+            return;
+        };
+        let moved = self
+            .in_flight
+            .moved(|island, node| !placement.has_map() || placement.primary_of(island) == node);
+        for ((phone, client_id), request) in moved {
+            if self.conns.is_session_of(request.conn, phone) {
+                self.counters.refused_island_moved += 1;
+                let session = Session {
+                    id: request.conn,
+                    phone,
+                };
+                self.refuse_unavailable(session, request.chat, client_id);
+            }
+        }
     }
 
     /// What is owed to `home`: sent even to a node that is not live.
