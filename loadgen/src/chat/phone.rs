@@ -165,3 +165,8 @@ pub(super) fn stalled(index: usize, share: f64) -> bool {
 pub(super) fn key(phone_index: u32, client_id: u64) -> u64 {
     (u64::from(phone_index) << 32) | (client_id & 0xFFFF_FFFF)
 }
+
+/// The phone index and (low 32 bits of the) client id a [`key`] holds.
+pub(super) fn unkey(key: u64) -> (u32, u64) {
+    ((key >> 32) as u32, key & 0xFFFF_FFFF)
+}

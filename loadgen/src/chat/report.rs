@@ -14,6 +14,9 @@ use crate::dial::{Dialed, Protocol};
 use crate::report::Heading;
 use crate::window::latency_histogram;
 
+/// Lost messages named in the log, at most.
+const LOST_NAMED_MAX: usize = 20;
+
 /// What a run saw. `sent` counts distinct messages (a resend is not a new
 /// one); `delivered` counts distinct messages received, `duplicates` the
 /// extra copies (which a phone drops by id); `reordered` the messages that
@@ -147,7 +150,18 @@ impl Report {
             .iter()
             .flat_map(|r| r.acked.iter().copied())
             .collect();
-        let lost = acked.iter().filter(|key| !delivered.contains(key)).count() as u64;
+        let lost_keys: Vec<u64> = acked
+            .iter()
+            .filter(|key| !delivered.contains(key))
+            .copied()
+            .collect();
+        for &key in lost_keys.iter().take(LOST_NAMED_MAX) {
+            // Named, so that a run that lost one says which to look for
+            // in the servers' logs.
+            let (sender, client_id) = super::phone::unkey(key);
+            eprintln!("loadgen: lost: phone {sender}'s message {client_id} was answered Sent, never delivered");
+        }
+        let lost = lost_keys.len() as u64;
         let measured_s = (args.duration - args.warmup).max(0.001);
         let micros = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
         let micros_of = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;

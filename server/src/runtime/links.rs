@@ -237,7 +237,7 @@ pub(super) fn deliver(runtime: &Rc<Runtime>, batch: Batch) {
             Reach::Park => run.for_each(|mail| runtime.park(island, mail)),
             Reach::Forward(own) => {
                 let tablet = (island, runtime.shard_id);
-                let adoptions = own.with_shard(|shard| forward_run(&own, shard, tablet, run));
+                let adoptions = own.with_shard(|shard| forward_run(shard, tablet, run));
                 // A phone of an island served elsewhere: the own tablet
                 // redirects it as it would a new connection.
                 for adoption in adoptions {
@@ -251,12 +251,11 @@ pub(super) fn deliver(runtime: &Rc<Runtime>, batch: Batch) {
 /// Sends mail for a tablet this node does not serve on to where it goes
 /// now (see `Shard::forward_peer`); returns the connections among it.
 fn forward_run(
-    runtime: &Runtime,
     shard: &mut Shard,
     tablet: (IslandId, u16),
     mails: impl Iterator<Item = Mail>,
 ) -> Vec<Adoption> {
-    let (mut adoptions, mut durables) = (Vec::new(), Vec::new());
+    let mut adoptions = Vec::new();
     for mail in mails {
         match mail {
             Mail::Peer(_, message) => {
@@ -264,12 +263,16 @@ fn forward_run(
             }
             Mail::Tracked(_, message, durable) => {
                 shard.forward_peer(message, tablet);
-                durables.push(durable);
+                // Released now: the tablet forwarding it may be a stale
+                // copy, which never commits, and the sender's link
+                // releases in order. What it carried is on its way on
+                // this node's link; a phone whose request it was asks
+                // again if this node dies first.
+                drop(durable);
             }
             Mail::Adopt(_, adoption) => adoptions.push(adoption),
         }
     }
-    runtime.after_next_commit_all(shard, durables);
     adoptions
 }
 

@@ -177,7 +177,8 @@ const PARKED_MAX: usize = 65_536;
 enum Reach {
     /// The tablet, served here.
     Tablet(Rc<Runtime>),
-    /// Nowhere yet: the island is this node's and about to be served.
+    /// Nowhere yet: the island is this node's and about to be served,
+    /// or its primary is down and it is about to move.
     Park,
     /// On, through the own tablet, to where its account or group lives
     /// now: this node does not serve the island.
@@ -271,14 +272,28 @@ impl Runtime {
             }
         }
         let own = self.own_tablet();
-        let ours = own
-            .shard()
-            .placement()
-            .is_some_and(|p| p.has_map() && p.primary_of(island) == p.node);
-        if ours {
+        // Without a map this node cannot tell yet where the island is, and
+        // an island whose primary is not live is about to move (here,
+        // if the sender's view is ahead of this node's): the mail waits
+        // for the placement that says, rather than wait on the link to a
+        // node that is down while later mail overtakes it.
+        let wait = own.shard().placement().is_some_and(|p| {
+            let primary = p.primary_of(island);
+            !p.has_map() || primary == p.node || !p.node(primary).is_some_and(|n| n.live)
+        });
+        if wait {
             Reach::Park
         } else {
             Reach::Forward(own)
+        }
+    }
+
+    /// Hands parked mail where the placement now says it goes (parked
+    /// again if it still cannot go anywhere).
+    fn unpark(self: &Rc<Self>) {
+        let parked = std::mem::take(&mut *self.tablets.parked.borrow_mut());
+        if !parked.is_empty() {
+            links::deliver(self, parked.into_iter().map(|(_, mail)| mail).collect());
         }
     }
 
@@ -498,6 +513,7 @@ impl Runtime {
                 for tablet in self.every_tablet() {
                     tablet.with_shard(|shard| shard.set_placement(Some(placement.clone())));
                 }
+                self.unpark();
                 remote::place(self, &placement, self.peer_queue.get());
                 if let Some(islands) = &self.islands {
                     islands.place(self, &placement);

@@ -403,11 +403,16 @@ impl Shard {
         }
     }
 
-    /// Whether this shard serves its island (a single node's always
-    /// does): no other node has served it since the shard was made. A
-    /// node whose island was taken over while it was away holds a stale
-    /// copy, which serves nothing from then on.
+    /// Whether this shard serves its island: a single node's always does;
+    /// a cluster node's once its placement has a map that names it the
+    /// island's primary, and no other node has served the island since
+    /// the shard was made (a node whose island was taken over while it
+    /// was away holds a stale copy, which serves nothing from then on).
     pub fn leads_own_island(&self) -> bool {
-        !self.superseded
+        match &self.placement {
+            None => true,
+            Some(_) if self.superseded => false,
+            Some(p) => p.has_map() && p.primary_of(self.config.island) == p.node,
+        }
     }
 }
