@@ -106,8 +106,14 @@ pub enum ClusterError {
     NodeId(u16),
     #[error("cluster.etcd is empty: name at least one etcd client URL")]
     NoEtcd,
-    #[error("cluster.etcd has {0:?}: an etcd client URL is http://host:port or https://host:port")]
+    #[error("cluster.etcd has {0:?}: an etcd client URL is http://host:port")]
     EtcdUrl(String),
+    #[error(
+        "cluster.etcd has {0:?}: isle talks to etcd over plain http only (it is built \
+         without TLS to etcd): name http://host:port and let only the nodes reach \
+         etcd's port (docs/security.md)"
+    )]
+    EtcdTls(String),
     #[error("cluster.peer_listen is not set: the other nodes need somewhere to reach this one")]
     NoPeerListen,
     #[error(
@@ -120,6 +126,11 @@ pub enum ClusterError {
          say which host:port redirects send phones to"
     )]
     NoAdvertise,
+    #[error(
+        "cluster.advertise is {0:?}: it must be host:port, where redirects send phones \
+         (for example 10.0.0.1:5222)"
+    )]
+    Advertise(String),
     #[error("cluster.lease_ttl_ms is {0}: it must be at least {LEASE_TTL_MS_MIN}")]
     LeaseTtl(u64),
     #[error(
@@ -135,10 +146,12 @@ impl ClusterError {
     pub fn key(&self) -> &'static str {
         match self {
             ClusterError::NodeId(_) => "cluster.node_id",
-            ClusterError::NoEtcd | ClusterError::EtcdUrl(_) => "cluster.etcd",
+            ClusterError::NoEtcd | ClusterError::EtcdUrl(_) | ClusterError::EtcdTls(_) => {
+                "cluster.etcd"
+            }
             ClusterError::NoPeerListen => "cluster.peer_listen",
             ClusterError::NoPeerAdvertise(_) => "cluster.peer_advertise",
-            ClusterError::NoAdvertise => "cluster.advertise",
+            ClusterError::NoAdvertise | ClusterError::Advertise(_) => "cluster.advertise",
             ClusterError::LeaseTtl(_) => "cluster.lease_ttl_ms",
             ClusterError::BootstrapNodes => "cluster.bootstrap_nodes",
             ClusterError::Prefix(_) => "cluster.prefix",
@@ -177,6 +190,9 @@ impl ClusterConfig {
         if self.etcd.is_empty() {
             return Err(ClusterError::NoEtcd);
         }
+        if let Some(bad) = self.etcd.iter().find(|url| url.starts_with("https://")) {
+            return Err(ClusterError::EtcdTls(bad.clone()));
+        }
         if let Some(bad) = self.etcd.iter().find(|url| !is_etcd_url(url)) {
             return Err(ClusterError::EtcdUrl(bad.clone()));
         }
@@ -191,6 +207,9 @@ impl ClusterConfig {
             (None, Some(addr)) if !addr.ip().is_unspecified() => addr.to_string(),
             _ => return Err(ClusterError::NoAdvertise),
         };
+        if !is_host_port(&advertise) {
+            return Err(ClusterError::Advertise(advertise));
+        }
         if self.lease_ttl_ms < LEASE_TTL_MS_MIN {
             return Err(ClusterError::LeaseTtl(self.lease_ttl_ms));
         }
@@ -216,17 +235,28 @@ impl ClusterConfig {
     }
 }
 
-/// `http://host:port` or `https://host:port`, nothing after the port.
+/// `http://host:port`, nothing after the port, the port from 1.
+/// (etcd-client is built without TLS: an `https://` URL could never
+/// connect.)
 fn is_etcd_url(url: &str) -> bool {
-    let Some(rest) = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-    else {
+    let Some(rest) = url.strip_prefix("http://") else {
         return false;
     };
     let rest = rest.trim_end_matches('/');
-    match rest.rsplit_once(':') {
-        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+    is_host_port(rest)
+        && rest
+            .rsplit_once(':')
+            .is_some_and(|(_, port)| port.parse::<u16>().is_ok_and(|p| p > 0))
+}
+
+/// `host:port`: a host without spaces or slashes and a port number.
+fn is_host_port(addr: &str) -> bool {
+    match addr.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && !host.contains(|c: char| c.is_whitespace() || c == '/')
+                && port.parse::<u16>().is_ok()
+        }
         None => false,
     }
 }
@@ -258,10 +288,31 @@ mod tests {
     fn each_bad_value_names_its_key() {
         let tls = Some("10.0.0.1:5222".parse().unwrap());
         type Spoil = fn(&mut ClusterConfig);
-        let cases: [(Spoil, &str); 6] = [
+        let cases: [(Spoil, &str); 12] = [
             (|c| c.node_id = 0, "cluster.node_id"),
             (|c| c.etcd.clear(), "cluster.etcd"),
             (|c| c.etcd = vec!["10.0.0.9:2379".into()], "cluster.etcd"),
+            (
+                |c| c.etcd = vec!["https://10.0.0.9:2379".into()],
+                "cluster.etcd",
+            ),
+            (|c| c.advertise = Some(String::new()), "cluster.advertise"),
+            (
+                |c| c.advertise = Some("10.0.0.1".into()),
+                "cluster.advertise",
+            ),
+            (
+                |c| c.advertise = Some("not an address".into()),
+                "cluster.advertise",
+            ),
+            (
+                |c| c.advertise = Some("phones.example:http".into()),
+                "cluster.advertise",
+            ),
+            (
+                |c| c.etcd = vec!["http://10.0.0.9:0".into()],
+                "cluster.etcd",
+            ),
             (|c| c.peer_listen = None, "cluster.peer_listen"),
             (|c| c.lease_ttl_ms = 1_000, "cluster.lease_ttl_ms"),
             (|c| c.prefix = "isle".into(), "cluster.prefix"),
@@ -270,6 +321,16 @@ mod tests {
             let mut config = good();
             spoil(&mut config);
             assert_eq!(config.settings(tls).unwrap_err().key(), key);
+        }
+    }
+
+    #[test]
+    fn an_advertised_name_or_address_with_its_port_is_taken() {
+        let tls = Some("10.0.0.1:5222".parse().unwrap());
+        for addr in ["phones.example:5222", "10.0.0.1:443", "[::1]:5222"] {
+            let mut config = good();
+            config.advertise = Some(addr.into());
+            assert_eq!(config.settings(tls).unwrap().advertise, addr);
         }
     }
 }
