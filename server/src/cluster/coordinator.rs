@@ -327,11 +327,11 @@ impl Coordinator {
             let other = holder.ok().map(|r| r.instance).filter(|i| !i.is_empty());
             if let Some(other) = other.filter(|i| *i != self.record.instance) {
                 if old != lease {
-                    anyhow::bail!(
-                        "node id {} is held by a live process at {other}; this one ({})                          waits for its lease to end (stop it, or give this one another node_id)",
+                    anyhow::bail!(held_elsewhere(
                         self.settings.node_id,
-                        self.record.instance
-                    );
+                        &other,
+                        &self.record.instance
+                    ));
                 }
             }
             if old != lease && old != 0 {
@@ -665,5 +665,30 @@ impl Coordinator {
 
     fn note(&self, change: impl FnOnce(&mut CoordinatorStatus)) {
         change(&mut self.status.lock().expect("not poisoned"));
+    }
+}
+
+/// Why a start waits: another live process (`other`, host and data dir)
+/// holds this node id.
+fn held_elsewhere(node_id: u16, other: &str, this: &str) -> String {
+    format!(
+        "node id {node_id} is held by a live process at {other}; this one ({this}) \
+         waits for its lease to end (stop it, or give this one another node_id)"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_node_id_is_told_in_one_plain_line() {
+        let line = held_elsewhere(2, "a:/srv/isle", "b:/srv/isle");
+        assert_eq!(
+            line,
+            "node id 2 is held by a live process at a:/srv/isle; this one (b:/srv/isle) \
+             waits for its lease to end (stop it, or give this one another node_id)"
+        );
+        assert!(!line.contains("  "), "{line:?}");
     }
 }
