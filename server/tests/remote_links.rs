@@ -589,6 +589,40 @@ fn strangers_broken_frames_and_gaps_close_the_connection_and_are_counted() {
     assert!(receiver.received_from(9, 0).is_empty());
 }
 
+/// A stranger's first frame was read up to the frame bound of a link
+/// (1 MiB) or, behind a replication hello's first bytes, of replication
+/// (8 MiB), before anything was checked: each silent place could hold
+/// that much until the handshake timeout. A first frame longer than any
+/// hello is refused as soon as its length is read.
+#[test]
+fn a_first_frame_longer_than_any_hello_is_refused_at_once() {
+    let (fds, addr) = reuseport_listeners(1);
+    let receiver = start_shard(ShardSpec {
+        local: local(RECEIVER_NODE, RECEIVER_INCARNATION, 0, 1),
+        config: small_queue(),
+        listener: fds.into_iter().next(),
+        handovers: Handovers::new(1),
+        secret: None,
+    });
+    let replication = shard::island::codec::FRAME_BYTES_MAX as u32;
+    let link = frame::FRAME_BYTES_MAX as u32;
+    for (length, magic) in [(replication, b"ISLR"), (link, b"ISLK")] {
+        let mut start = length.to_le_bytes().to_vec();
+        start.push(1);
+        start.extend_from_slice(magic);
+        start.extend_from_slice(&[0; 64]);
+        let began = Instant::now();
+        assert_eq!(stranger(addr, &start), None);
+        let waited = began.elapsed();
+        assert!(
+            waited < Duration::from_millis(LinkConfig::default().handshake_timeout_ms / 2),
+            "a {length}-byte first frame was waited for {waited:?}"
+        );
+    }
+    let stats = receiver.stats();
+    assert_eq!(stats.handshakes_refused, 2, "{stats:?}");
+}
+
 /// A host that can reach the peer port and knows a member's node id and
 /// incarnation (etcd lists both) forged that member's hello with a session
 /// number far above its real one: without the cluster's secret it was

@@ -167,6 +167,21 @@ async fn read_hello(
     reader: &mut FrameReader,
 ) -> Result<Incoming, (Option<Refusal>, String)> {
     loop {
+        // Nothing is buffered for a stranger past the longest hello: the
+        // frame bounds of links (1 MiB) and replication (8 MiB) hold only
+        // once a hello was accepted.
+        if let Some(prefix) = reader.unread().get(..frame::LENGTH_BYTES) {
+            let length = u32::from_le_bytes(prefix.try_into().expect("four bytes")) as usize;
+            if length > frame::HELLO_BYTES_MAX {
+                return Err((
+                    None,
+                    format!(
+                        "a first frame of {length} bytes: a hello has at most {}",
+                        frame::HELLO_BYTES_MAX
+                    ),
+                ));
+            }
+        }
         if let Some(found) = replication_hello(reader.unread()) {
             match found {
                 Ok(Some(shard)) => return Ok(Incoming::Replication { shard }),
@@ -226,6 +241,12 @@ fn check(
 /// Whether `unread` starts with a replication hello (its length, kind 1,
 /// then the replication magic): `None` if not; else the tablet's shard,
 /// once the hello is whole (`Ok(None)` until then), or why it is no hello.
+/// A replication hello after its length: kind, magic, version, island,
+/// shard, node, incarnation, proof (`shard::island::codec::Hello`).
+const REPLICATION_HELLO_BYTES: usize =
+    1 + 4 + 2 + 2 + 2 + 2 + 8 + shard::island::codec::PROOF_BYTES;
+const _: () = assert!(REPLICATION_HELLO_BYTES <= frame::HELLO_BYTES_MAX);
+
 fn replication_hello(unread: &[u8]) -> Option<Result<Option<u16>, CodecError>> {
     use shard::island::codec::{self, Decoded, ReplFrame, MAGIC};
     let prefix = codec::LENGTH_BYTES;

@@ -47,8 +47,9 @@ const _: () = assert!(HELLO_BYTES_MAX <= FRAME_BYTES_MAX);
 const _: () = assert!(FRAME_BYTES_MAX <= u32::MAX as usize);
 
 /// A hello with the longest cluster name: kind, magic, version, name
-/// length and name, two endpoints, session, window, proof.
-const HELLO_BYTES_MAX: usize =
+/// length and name, two endpoints, session, window, proof. The first frame
+/// on the peer port may be no longer (a replication hello is shorter).
+pub const HELLO_BYTES_MAX: usize =
     1 + 4 + 2 + 1 + CLUSTER_NAME_BYTES_MAX + 12 + 12 + 8 + 4 + 8 + PROOF_BYTES;
 
 const KIND_HELLO: u8 = 1;
