@@ -150,18 +150,7 @@ impl Report {
             .iter()
             .flat_map(|r| r.acked.iter().copied())
             .collect();
-        let lost_keys: Vec<u64> = acked
-            .iter()
-            .filter(|key| !delivered.contains(key))
-            .copied()
-            .collect();
-        for &key in lost_keys.iter().take(LOST_NAMED_MAX) {
-            // Named, so that a run that lost one says which to look for
-            // in the servers' logs.
-            let (sender, client_id) = super::phone::unkey(key);
-            eprintln!("loadgen: lost: phone {sender}'s message {client_id} was answered Sent, never delivered");
-        }
-        let lost = lost_keys.len() as u64;
+        let lost = count_lost(&acked, &delivered);
         let measured_s = (args.duration - args.warmup).max(0.001);
         let micros = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
         let micros_of = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
@@ -311,4 +300,22 @@ impl Report {
         },
     );
     }
+}
+
+/// Acknowledged messages never delivered; the first [`LOST_NAMED_MAX`]
+/// are named on stderr, so that a run that lost one says which to look
+/// for in the servers' logs.
+fn count_lost(acked: &[u64], delivered: &AHashSet<u64>) -> u64 {
+    let lost: Vec<u64> = acked
+        .iter()
+        .filter(|key| !delivered.contains(key))
+        .copied()
+        .collect();
+    for &key in lost.iter().take(LOST_NAMED_MAX) {
+        let (sender, client_id) = super::phone::unkey(key);
+        eprintln!(
+            "loadgen: lost: phone {sender}'s message {client_id} was answered Sent, never delivered"
+        );
+    }
+    lost.len() as u64
 }
