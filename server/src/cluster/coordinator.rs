@@ -92,9 +92,13 @@ pub struct CoordinatorStatus {
     pub members: Vec<u16>,
     pub partitions_owned: usize,
     /// Every island as etcd shows it: id, epoch, primary, secondary,
-    /// in-sync nodes and mode.
+    /// in-sync nodes and mode; none while replication is off (the records
+    /// exist, but nothing is shipped: no island has a second copy).
     #[serde(default)]
     pub islands: Vec<IslandStatus>,
+    /// `cluster.replication`: `sync`, or `off`.
+    #[serde(default)]
+    pub replication: String,
     /// This node's outgoing links (one per shard and other member), and
     /// those connected now, from the shards' last reports.
     #[serde(default)]
@@ -616,6 +620,7 @@ impl Coordinator {
     fn publish(&mut self) {
         let view = Arc::new(self.view.clone());
         let me = self.settings.node_id;
+        let replicating = self.settings.replication;
         self.note(|s| {
             s.controller = view.controller;
             s.revision = view.revision;
@@ -626,9 +631,11 @@ impl Coordinator {
                 .as_ref()
                 .map_or(0, |(map, _)| map.owned_by(me));
             s.map_revision = view.partitions.as_ref().map(|(_, revision)| *revision);
+            s.replication = format!("{:?}", replicating).to_lowercase();
             s.islands = view
                 .islands
                 .iter()
+                .filter(|_| replicating != Replication::Off)
                 .map(|(&id, (record, _))| IslandStatus {
                     id,
                     epoch: record.epoch,

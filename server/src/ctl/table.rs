@@ -105,6 +105,9 @@ fn cluster_lines(cluster: &CoordinatorStatus) -> String {
         out += "owns 0 partitions: it serves no account (partitions are assigned only at \
                 the cluster's bootstrap; moving them to a node that joins later is not done yet)\n";
     }
+    if cluster.replication == "off" {
+        out += "replication off: each node's partitions are on its disk alone\n";
+    }
     for island in &cluster.islands {
         out += &format!(
             "island {}: epoch {}, primary {}, secondary {}, in sync {:?}, {}\n",
