@@ -654,7 +654,8 @@ fn with_sync_replication_killed_primaries_fail_over_rejoin_and_lose_nothing() {
     await_every_island_in_sync(&cluster, 0, Duration::from_secs(30));
     // Long enough for every round (a kill, its failover, the restart and
     // the rejoin take about 20 s here).
-    let seconds = (15 + 30 * rounds).to_string();
+    let chat_s = 15 + 30 * rounds;
+    let seconds = chat_s.to_string();
     let targets = cluster.targets();
     let args = [
         "chat",
@@ -705,7 +706,9 @@ fn with_sync_replication_killed_primaries_fail_over_rejoin_and_lose_nothing() {
             rejoins[rejoins.len() - 1]
         );
     }
-    let report = run.finish(LOADGEN_TIMEOUT).expect("loadgen's report");
+    // The rounds may end well before the chat does.
+    let chat_left = Duration::from_secs(chat_s) + LOADGEN_TIMEOUT;
+    let report = run.finish(chat_left).expect("loadgen's report");
     let count = |name| report.count(name).expect("a loadgen counter");
     let median = |values: &mut Vec<f64>| {
         values.sort_by(f64::total_cmp);
