@@ -190,20 +190,24 @@ impl Placement {
 mod tests {
     use super::*;
 
+    /// Node 1 live and node 2 down, each running `shards` shards.
+    fn nodes_1_live_2_down(shards: u16) -> BTreeMap<u16, PlacedNode> {
+        let node = |live| PlacedNode {
+            advertise: "b:5222".into(),
+            shards,
+            live,
+            peer: "10.0.0.2:5223".parse().unwrap(),
+            incarnation: 7,
+        };
+        BTreeMap::from([(1, node(true)), (2, node(false))])
+    }
+
     #[test]
     fn partitions_are_here_away_or_unknown() {
         let mut owners = vec![1u16; 512];
         owners.extend(vec![2u16; 511]);
         owners.push(3);
-        let node = |live| PlacedNode {
-            advertise: "b:5222".into(),
-            shards: 4,
-            live,
-            peer: "10.0.0.2:5223".parse().unwrap(),
-            incarnation: 7,
-        };
-        let nodes = BTreeMap::from([(1, node(true)), (2, node(false))]);
-        let placement = Placement::new((1, 5), 9, owners, nodes);
+        let placement = Placement::new((1, 5), 9, owners, nodes_1_live_2_down(4));
         assert_eq!(
             placement.home(5, 2),
             Home::Here {
@@ -231,14 +235,7 @@ mod tests {
     fn an_island_s_partitions_live_where_its_primary_is() {
         let mut owners = vec![1u16; 512];
         owners.extend(vec![2u16; 512]);
-        let node = |live| PlacedNode {
-            advertise: "b:5222".into(),
-            shards: 2,
-            live,
-            peer: "10.0.0.2:5223".parse().unwrap(),
-            incarnation: 7,
-        };
-        let nodes = BTreeMap::from([(1, node(true)), (2, node(false))]);
+        let nodes = nodes_1_live_2_down(2);
         let mut taken = IslandRecord::first(2, 1);
         taken.epoch = 2;
         taken.primary = 1;
