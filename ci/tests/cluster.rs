@@ -471,19 +471,25 @@ fn replicating_cluster<'net>(net: &'net Net, etcd: &Etcd) -> Cluster<'net> {
     .expect("three replicating nodes given the partitions")
 }
 
-/// loadgen's chat from `lg`: 600 phones over every node of `cluster`, 600
-/// messages a second for `seconds`, `more` flags added; started, with
-/// every phone logged in.
-fn chat_600(net: &Net, cluster: &Cluster, seconds: u64, more: &[&str]) -> Loadgen {
+/// loadgen's chat from `lg`: `phones` over every node of `cluster`,
+/// `rate` messages a second for `seconds`, `more` flags added; started,
+/// with every phone logged in.
+fn chat(
+    net: &Net,
+    cluster: &Cluster,
+    (phones, rate, seconds): (u64, u64, u64),
+    more: &[&str],
+) -> Loadgen {
     let (targets, seconds) = (cluster.targets(), seconds.to_string());
+    let (phones, rate) = (phones.to_string(), rate.to_string());
     let args = [
         "chat",
         "--target",
         &targets,
         "--phones",
-        "600",
+        &phones,
         "--rate",
-        "600",
+        &rate,
         "--duration",
         &seconds,
         "--warmup",
@@ -549,7 +555,12 @@ fn with_sync_replication_a_killed_secondary_leaves_its_island_solo_and_loses_not
     let mut cluster = replicating_cluster(&net, &etcd);
     await_island_mode(&cluster, 1, 2, "sync", Duration::from_secs(30));
     let measured = cluster.targets_of(0..2);
-    let run = chat_600(&net, &cluster, 30, &["--latency-nodes", &measured]);
+    let run = chat(
+        &net,
+        &cluster,
+        (600, 600, 30),
+        &["--latency-nodes", &measured],
+    );
     std::thread::sleep(Duration::from_secs(8));
     cluster.nodes[2].kill().expect("kill -9 of node 3");
     await_island_mode(&cluster, 1, 2, "solo", Duration::from_secs(15));
@@ -589,7 +600,7 @@ fn with_sync_replication_an_etcd_outage_of_30_s_stops_no_message_and_moves_no_is
         await_island_mode(&cluster, 0, island, "sync", Duration::from_secs(30));
     }
     let before = islands(&cluster, 0);
-    let run = chat_600(&net, &cluster, 45, &[]);
+    let run = chat(&net, &cluster, (600, 600, 45), &[]);
     let sending = std::time::Instant::now();
     std::thread::sleep(Duration::from_secs(5));
     etcd.kill("etcd").expect("etcd down");
@@ -645,8 +656,8 @@ fn with_sync_replication_killed_primaries_fail_over_rejoin_and_lose_nothing() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let rounds = setting("ISLE_FAILOVER_ROUNDS", 1);
     let (phones, rate) = (
-        setting("ISLE_FAILOVER_PHONES", 600).to_string(),
-        setting("ISLE_FAILOVER_RATE", 600).to_string(),
+        setting("ISLE_FAILOVER_PHONES", 600),
+        setting("ISLE_FAILOVER_RATE", 600),
     );
     let net = Net::new(&["etcd", "n1", "n2", "n3", "lg"]).expect("the test network");
     let etcd = Etcd::start(&net, &["etcd"]).expect("starting etcd");
@@ -655,27 +666,7 @@ fn with_sync_replication_killed_primaries_fail_over_rejoin_and_lose_nothing() {
     // Long enough for every round (a kill, its failover, the restart and
     // the rejoin take about 20 s here).
     let chat_s = 15 + 30 * rounds;
-    let seconds = chat_s.to_string();
-    let targets = cluster.targets();
-    let args = [
-        "chat",
-        "--target",
-        &targets,
-        "--phones",
-        &phones,
-        "--rate",
-        &rate,
-        "--duration",
-        &seconds,
-        "--warmup",
-        "0",
-        "--drain",
-        "60",
-    ];
-    let mut run = Loadgen::start(&net, binaries(), "lg", &args).expect("loadgen");
-    (run.process())
-        .wait_for_stderr_line("phones logged in", LOADGEN_TIMEOUT)
-        .expect("the logins");
+    let run = chat(&net, &cluster, (phones, rate, chat_s), &[]);
     let (mut failovers, mut rejoins) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         std::thread::sleep(Duration::from_secs(5));

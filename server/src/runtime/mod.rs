@@ -146,9 +146,6 @@ pub struct Runtime {
     events: events::EventLog,
     /// What new TLS connections get; replaced by a reload.
     tls: Rc<RefCell<Option<Arc<ServerConfig>>>>,
-    /// Messages for a tablet this executor does not serve (see
-    /// `tablet_for`).
-    misaddressed: Rc<Cell<u64>>,
     /// Every tablet this executor serves.
     tablets: Rc<Tablets>,
 }
@@ -166,6 +163,8 @@ struct Tablets {
     /// yet (its standby is being turned into a tablet): delivered once it
     /// is served. At most [`PARKED_MAX`].
     parked: RefCell<Vec<(IslandId, links::Mail)>>,
+    /// Mail dropped because [`PARKED_MAX`] waited already.
+    parked_dropped: Cell<u64>,
 }
 
 /// Mail parked for islands about to be served here, at most: the few
@@ -207,7 +206,6 @@ impl Runtime {
             connections: ConnectionTasks::new(),
             events: events::EventLog::new(shard_id),
             tls: Rc::default(),
-            misaddressed: Rc::default(),
             tablets: Rc::default(),
         }
     }
@@ -229,7 +227,6 @@ impl Runtime {
             connections: ConnectionTasks::new(),
             events: events::EventLog::new(self.shard_id),
             tls: self.tls.clone(),
-            misaddressed: self.misaddressed.clone(),
             tablets: self.tablets.clone(),
         }
     }
@@ -254,12 +251,7 @@ impl Runtime {
             old.is_none_or(|old| !old.shard().leads_own_island()),
             "one tablet per island"
         );
-        let parked = std::mem::take(&mut *self.tablets.parked.borrow_mut());
-        let (mine, others): (Vec<_>, Vec<_>) = parked.into_iter().partition(|(i, _)| *i == island);
-        *self.tablets.parked.borrow_mut() = others;
-        if !mine.is_empty() {
-            links::deliver(self, mine.into_iter().map(|(_, mail)| mail).collect());
-        }
+        self.unpark();
     }
 
     /// Where mail addressed to island `island`'s tablet on this shard
@@ -304,8 +296,8 @@ impl Runtime {
     fn park(&self, island: IslandId, mail: links::Mail) {
         let mut parked = self.tablets.parked.borrow_mut();
         if parked.len() >= PARKED_MAX {
-            let count = self.misaddressed.get() + 1;
-            self.misaddressed.set(count);
+            let count = self.tablets.parked_dropped.get() + 1;
+            self.tablets.parked_dropped.set(count);
             if count.is_power_of_two() {
                 log::error!(
                     shard = self.shard_id; "{count} messages for island {island} dropped: \
@@ -337,11 +329,15 @@ impl Runtime {
     /// Every tablet this executor serves, its own first.
     fn every_tablet(self: &Rc<Self>) -> Vec<Rc<Runtime>> {
         let own = self.own_tablet();
+        let others = self.tablets_other_than(&own);
+        std::iter::once(own).chain(others).collect()
+    }
+
+    /// The tablets this executor serves but `than`.
+    fn tablets_other_than(&self, than: &Runtime) -> Vec<Rc<Runtime>> {
         let tablets = self.tablets.by_island.borrow();
-        let others = tablets.values().filter_map(Weak::upgrade);
-        std::iter::once(own.clone())
-            .chain(others.filter(|t| !Rc::ptr_eq(t, &own)))
-            .collect()
+        let served = tablets.values().filter_map(Weak::upgrade);
+        served.filter(|t| !std::ptr::eq(t.as_ref(), than)).collect()
     }
 
     /// Whether the connections feeding `key` (a shard of this node, or
@@ -577,13 +573,8 @@ impl Runtime {
             .collect();
         // The tablets of islands taken over count with the own one: the
         // shard's figures are its executor's.
-        let others: Vec<_> = {
-            let tablets = self.tablets.by_island.borrow();
-            let served = tablets.values().filter_map(Weak::upgrade);
-            served.filter(|t| !std::ptr::eq(t.as_ref(), self)).collect()
-        };
         let (mut counters, mut lengths) = (shard.counters(), shard.queue_lengths());
-        for other in &others {
+        for other in &self.tablets_other_than(self) {
             let other = other.shard();
             counters = sum_fields(&counters, &other.counters());
             lengths = sum_fields(&lengths, &other.queue_lengths());
