@@ -445,7 +445,7 @@ impl Runtime {
     fn obey(self: &Rc<Self>, command: ShardCommand) {
         if let Some(phone) = command.phone() {
             // An account's request goes to the tablet holding it.
-            let home = self.shard().home_of_phone(phone);
+            let home = self.shard().home_of(phone);
             if let shard::Home::Here { island, .. } = home {
                 if let Reach::Tablet(tablet) = self.reach(island) {
                     if !Rc::ptr_eq(&tablet, self) {

@@ -70,12 +70,7 @@ impl Shard {
     }
 
     /// Where `phone`'s account lives, as this shard's placement says.
-    pub fn home_of_phone(&self, phone: Phone) -> Home {
-        self.home_of(phone)
-    }
-
-    /// Where `phone`'s account lives.
-    pub(super) fn home_of(&self, phone: Phone) -> Home {
+    pub fn home_of(&self, phone: Phone) -> Home {
         let map = self.config.map;
         match &self.placement {
             None => Home::Here {
