@@ -843,6 +843,21 @@ fn lease_time_runs_down_while_etcd_is_away_and_the_error_clears_once_back() {
     assert!(table.contains("node 1 incarnation "), "{table}");
     assert!(table.contains("3 members, 3 live [1, 2, 3]"), "{table}");
     assert!(table.contains("links 2/2 up"), "{table}");
+    assert!(table.contains("phones redirected 0, told to try later 0"), "{table}");
+    // One row per link, with its depth and decays: `now/1s/10s/100s`.
+    for peer in [2, 3] {
+        let row = table.lines().find(|l| l.starts_with(&format!("shard 0 -> {peer} ")));
+        let row = row.unwrap_or_else(|| panic!("no link row to node {peer} in:\n{table}"));
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells[4], "yes", "{row}");
+        assert_eq!(cells[5].split('/').count(), 4, "{row}");
+    }
+    let averages = metrics_text(node);
+    let depth = averages
+        .lines()
+        .filter(|l| l.starts_with("isle_link_queue_messages_avg{"))
+        .filter(|l| l.contains("window=\"100s\""));
+    assert_eq!(depth.count(), 2, "one per link:\n{averages}");
 
     etcd.crash();
     await_all(&[&nodes[0]], "the session ended", |s| {

@@ -1,7 +1,8 @@
 //! The Prometheus side of the links between nodes: what each shard's
 //! [`RemoteStats`] says, by shard and peer node (and the peer's shard for
 //! what arrives), under `isle_link_*`, `isle_link_in_*` and
-//! `isle_remote_*`.
+//! `isle_remote_*`; each link's queue depth also as decaying averages
+//! (`isle_link_queue_messages_avg{window=...}`).
 //!
 //! The fields come from the stats' `Serialize`, as the shard counters do,
 //! so a field added to `LinkStats` is exported without a change here; the
@@ -11,7 +12,10 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    sync::{atomic::Ordering, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    },
 };
 
 use prometheus_client::{
@@ -22,6 +26,8 @@ use prometheus_client::{
 use serde::Serialize;
 
 use server::remote::RemoteStats;
+
+use super::decay::WINDOWS_S;
 
 /// `LinkStats` fields that only grow; the others are levels.
 const LINK_COUNTERS: [&str; 7] = [
@@ -51,6 +57,14 @@ struct InboundLabel {
     shard: String,
     peer_node: String,
     peer_shard: String,
+}
+
+/// A link's series over one averaging window (`1s`, `10s`, `100s`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct LinkWindowLabel {
+    shard: String,
+    peer_node: String,
+    window: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -124,6 +138,8 @@ type Reported = (BTreeSet<LinkLabel>, BTreeSet<InboundLabel>);
 /// Every link metric family, and the series each shard reported last.
 pub(super) struct LinkMetrics {
     links: Families<LinkLabel>,
+    /// Each link's queue depth averaged over each window.
+    depth_averages: Family<LinkWindowLabel, Gauge<f64, AtomicU64>>,
     inbound: Families<InboundLabel>,
     totals: Families<ShardOnly>,
     /// By shard: the link and inbound series of its last report.
@@ -135,16 +151,29 @@ impl LinkMetrics {
         let link = server::remote::LinkStats::default();
         let inbound = server::remote::InboundStats::default();
         let totals = totals(&RemoteStats::default());
+        let depth_averages = Family::default();
+        registry.register(
+            "link_queue_messages_avg",
+            "messages on the link's queue, averaged over the last `window` (decaying)",
+            depth_averages.clone(),
+        );
         LinkMetrics {
             links: Families::register(registry, "link", &link, &LINK_COUNTERS),
+            depth_averages,
             inbound: Families::register(registry, "link_in", &inbound, &INBOUND_COUNTERS),
             totals: Families::register(registry, "remote", &totals, &TOTALS_COUNTERS),
             reported: Mutex::default(),
         }
     }
 
-    /// Takes in shard `shard`'s link stats.
-    pub(super) fn update(&self, shard: u16, stats: &RemoteStats) {
+    /// Takes in shard `shard`'s link stats and its links' depth averages
+    /// (by peer node, over `WINDOWS_S`).
+    pub(super) fn update(
+        &self,
+        shard: u16,
+        stats: &RemoteStats,
+        depth_averages: &BTreeMap<u16, [f64; 3]>,
+    ) {
         let shard_name = shard.to_string();
         let mut links = BTreeSet::new();
         for link in &stats.links {
@@ -153,6 +182,11 @@ impl LinkMetrics {
                 peer_node: link.node.to_string(),
             };
             self.links.set(&label, link);
+            let windows = depth_averages.get(&link.node).copied().unwrap_or_default();
+            for (average, window) in windows.into_iter().zip(WINDOWS_S) {
+                let label = window_label(&label, window);
+                self.depth_averages.get_or_create(&label).set(average);
+            }
             links.insert(label);
         }
         let mut inbound = BTreeSet::new();
@@ -172,10 +206,21 @@ impl LinkMetrics {
         let (links, inbound) = &reported[&shard];
         for gone in old_links.difference(links) {
             self.links.remove(gone);
+            for window in WINDOWS_S {
+                self.depth_averages.remove(&window_label(gone, window));
+            }
         }
         for gone in old_inbound.difference(inbound) {
             self.inbound.remove(gone);
         }
+    }
+}
+
+fn window_label(link: &LinkLabel, window_s: f64) -> LinkWindowLabel {
+    LinkWindowLabel {
+        shard: link.shard.clone(),
+        peer_node: link.peer_node.clone(),
+        window: format!("{window_s}s"),
     }
 }
 

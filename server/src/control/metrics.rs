@@ -297,9 +297,8 @@ impl Metrics {
         }
     }
 
-    /// Takes in a shard's report; `averages` are its queues' decaying
-    /// averages, by queue name.
-    pub fn update(&self, report: &ShardReport, averages: &BTreeMap<String, [f64; 3]>) {
+    /// Takes in a shard's report and its decaying averages.
+    pub fn update(&self, report: &ShardReport, averages: &super::Averages) {
         let label = ShardLabel {
             shard: report.shard.to_string(),
         };
@@ -318,7 +317,7 @@ impl Metrics {
                 family.get_or_create(&label).set(clamp_i64(value));
             }
         }
-        for (name, windows) in averages {
+        for (name, windows) in &averages.queues {
             let Some(family) = self.queue_averages.get(name) else {
                 continue;
             };
@@ -344,7 +343,7 @@ impl Metrics {
         let bytes_out = self.bytes_out.get_or_create(&label);
         bytes_out.inner().store(report.bytes_out, Ordering::Relaxed);
         if let Some(remote) = &report.remote {
-            self.links.update(report.shard, remote);
+            self.links.update(report.shard, remote, &averages.links);
         }
         if let Some(stats) = &report.replication {
             self.update_replication(stats, &label);
@@ -664,7 +663,10 @@ mod tests {
         report.counters.connections = 7;
         report.queues.shard.outbox_bytes = 1_000;
         report.commits.push(300, 120, 10, 4_096);
-        let averages = BTreeMap::from([("outbox_bytes".to_owned(), [1.0, 2.0, 3.0])]);
+        let averages = super::super::Averages {
+            queues: BTreeMap::from([("outbox_bytes".to_owned(), [1.0, 2.0, 3.0])]),
+            links: BTreeMap::new(),
+        };
         metrics.update(&report, &averages);
         let text = metrics.encode();
         for line in [
@@ -723,11 +725,16 @@ mod tests {
                 ..RemoteStats::default()
             }),
         };
-        let no_averages = BTreeMap::new();
-        metrics.update(&report, &no_averages);
+        let averages = super::super::Averages {
+            queues: BTreeMap::new(),
+            links: BTreeMap::from([(1, [12.0, 6.5, 0.25]), (3, [0.0; 3])]),
+        };
+        metrics.update(&report, &averages);
         let text = metrics.encode();
         for line in [
             "isle_link_connected{node=\"2\",shard=\"1\",peer_node=\"3\"} 1",
+            "isle_link_queue_messages_avg{node=\"2\",shard=\"1\",peer_node=\"1\",window=\"10s\"} 6.5",
+            "isle_link_queue_messages_avg{node=\"2\",shard=\"1\",peer_node=\"1\",window=\"100s\"} 0.25",
             "isle_link_queue_messages{node=\"2\",shard=\"1\",peer_node=\"1\"} 12",
             "isle_link_retransmitted_total{node=\"2\",shard=\"1\",peer_node=\"3\"} 3",
             "isle_link_in_received_total{node=\"2\",shard=\"1\",peer_node=\"3\",peer_shard=\"0\"} 9",
@@ -740,7 +747,7 @@ mod tests {
         }
         // Node 3 left the cluster: its link's series go.
         report.remote.as_mut().unwrap().links.pop();
-        metrics.update(&report, &no_averages);
+        metrics.update(&report, &averages);
         let text = metrics.encode();
         assert!(!text.contains("peer_node=\"3\"} "), "{text}");
         assert!(text.contains("isle_link_connected{node=\"2\",shard=\"1\",peer_node=\"1\"} 1"));

@@ -165,7 +165,11 @@ struct State {
 
 struct ShardState {
     latest: ShardReport,
+    /// Each queue's decaying averages, by queue name.
     averages: BTreeMap<String, Decaying>,
+    /// In a cluster: each outgoing link's queue depth (messages) as
+    /// decaying averages, by peer node; a link gone from the report goes.
+    link_averages: BTreeMap<u16, Decaying>,
 }
 
 impl Control {
@@ -398,16 +402,10 @@ fn take_reports(shared: &Shared, reports: &Receiver<ShardReport>, started: Insta
             .or_insert_with(|| ShardState {
                 latest: report.clone(),
                 averages: BTreeMap::new(),
+                link_averages: BTreeMap::new(),
             });
-        for (name, value) in metrics::queue_values(&report.queues) {
-            entry
-                .averages
-                .entry(name)
-                .or_default()
-                .observe(value as f64, at_s);
-        }
-        let averages = entry.averages();
-        shared.metrics.update(&report, &averages);
+        entry.observe(&report, at_s);
+        shared.metrics.update(&report, &entry.averages());
         entry.latest = report;
     }
     let ready = shared.readiness(&state).is_ok();
@@ -416,12 +414,46 @@ fn take_reports(shared: &Shared, reports: &Receiver<ShardReport>, started: Insta
 }
 
 impl ShardState {
-    fn averages(&self) -> BTreeMap<String, [f64; 3]> {
-        self.averages
-            .iter()
-            .map(|(name, decaying)| (name.clone(), decaying.averages()))
-            .collect()
+    /// Takes `report`'s queue lengths, and its links' depths, into the
+    /// averages as samples taken at `at_s`.
+    fn observe(&mut self, report: &ShardReport, at_s: f64) {
+        for (name, value) in metrics::queue_values(&report.queues) {
+            let decaying = self.averages.entry(name).or_default();
+            decaying.observe(value as f64, at_s);
+        }
+        let links = report.remote.as_ref().map_or(&[][..], |r| &r.links[..]);
+        self.link_averages
+            .retain(|node, _| links.iter().any(|link| link.node == *node));
+        for link in links {
+            let decaying = self.link_averages.entry(link.node).or_default();
+            decaying.observe(link.queue_messages as f64, at_s);
+        }
     }
+
+    fn averages(&self) -> Averages {
+        let windows = |decaying: &Decaying| decaying.averages();
+        Averages {
+            queues: self
+                .averages
+                .iter()
+                .map(|(name, decaying)| (name.clone(), windows(decaying)))
+                .collect(),
+            links: self
+                .link_averages
+                .iter()
+                .map(|(node, decaying)| (*node, windows(decaying)))
+                .collect(),
+        }
+    }
+}
+
+/// A shard's decaying averages over `decay::WINDOWS_S` (1, 10 and 100 s).
+#[derive(Debug, Default)]
+pub struct Averages {
+    /// Each queue's length, by queue name.
+    pub queues: BTreeMap<String, [f64; 3]>,
+    /// Each outgoing link's queue depth in messages, by peer node.
+    pub links: BTreeMap<u16, [f64; 3]>,
 }
 
 impl State {
@@ -618,6 +650,9 @@ pub struct ShardStatus {
     pub queues: BTreeMap<String, u64>,
     /// Each queue's averages over 1, 10 and 100 s.
     pub queue_averages: BTreeMap<String, [f64; 3]>,
+    /// In a cluster: this shard's outgoing link to each other member.
+    #[serde(default)]
+    pub links: Vec<LinkStatus>,
     /// Commits in the last report's interval, and their time's median and
     /// 99th percentile in µs.
     pub commits: usize,
@@ -625,6 +660,25 @@ pub struct ShardStatus {
     pub commit_p99_us: Option<u32>,
     pub sync_p50_us: Option<u32>,
     pub journal: JournalStatus,
+}
+
+/// One outgoing link (this shard to another member) as `/status` shows
+/// it.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct LinkStatus {
+    /// The peer node.
+    pub node: u16,
+    pub connected: bool,
+    /// Messages on its queue now (all unacknowledged), and that depth's
+    /// averages over 1, 10 and 100 s.
+    pub queue_messages: u64,
+    pub queue_averages: [f64; 3],
+    /// Connections that completed their handshake, and dials that failed,
+    /// since start: redials are `connects - 1 + dial_failures`.
+    pub connects: u64,
+    pub dial_failures: u64,
+    /// Since anything arrived from the peer (ms; `None`: never).
+    pub silent_ms: Option<u64>,
 }
 
 /// A shard's journal as `/status` shows it.
@@ -681,6 +735,7 @@ fn shard_status(state: &ShardState) -> ShardStatus {
         sorted.get(index).copied()
     };
     let queues: Queues = report.queues;
+    let averages = state.averages();
     ShardStatus {
         shard: report.shard,
         report_age_ms: report.at.elapsed().as_millis() as u64,
@@ -693,13 +748,31 @@ fn shard_status(state: &ShardState) -> ShardStatus {
         bytes_out: report.bytes_out,
         tls_handshake_failures: report.tls_handshake_failures,
         queues: metrics::queue_values(&queues).into_iter().collect(),
-        queue_averages: state.averages(),
+        queue_averages: averages.queues,
+        links: link_statuses(report, &averages.links),
         commits: report.commits.commit_us.len(),
         commit_p50_us: quantile(&report.commits.commit_us, 0.5),
         commit_p99_us: quantile(&report.commits.commit_us, 0.99),
         sync_p50_us: quantile(&report.commits.sync_us, 0.5),
         journal: JournalStatus::from(&report.journal),
     }
+}
+
+/// `report`'s links with their depths' `averages` (by peer node).
+fn link_statuses(report: &ShardReport, averages: &BTreeMap<u16, [f64; 3]>) -> Vec<LinkStatus> {
+    let links = report.remote.as_ref().map_or(&[][..], |r| &r.links[..]);
+    links
+        .iter()
+        .map(|link| LinkStatus {
+            node: link.node,
+            connected: link.connected,
+            queue_messages: link.queue_messages as u64,
+            queue_averages: averages.get(&link.node).copied().unwrap_or_default(),
+            connects: link.connects,
+            dial_failures: link.dial_failures,
+            silent_ms: link.silent_ms,
+        })
+        .collect()
 }
 
 /// Asks the shard of the account a path names (`phone`, as text) and

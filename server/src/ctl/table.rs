@@ -2,7 +2,8 @@
 //! commit time, the journal), then every queue length a shard reports as
 //! `now/1s/10s/100s` (the current value and its decaying averages), one
 //! row per queue and one column per shard, shards in groups that keep a
-//! line within `LINE_CHARS_MAX`.
+//! line within `LINE_CHARS_MAX`; in a cluster, one row per outgoing link
+//! (shard, peer node) with its queue depth the same way.
 
 use std::collections::BTreeMap;
 
@@ -64,6 +65,7 @@ pub fn table(status: &Status) -> String {
     }
     if let Some(cluster) = &status.cluster {
         out += &cluster_lines(cluster);
+        out += &phones_sent_away(status);
     }
     out += &format!(
         "{:>5} {:>7} {:>7} {:>17} {:>12} {}\n",
@@ -73,6 +75,7 @@ pub fn table(status: &Status) -> String {
         out += &shard_row(shard);
     }
     out += &queue_table(status);
+    out += &link_table(status);
     if status.reports_dropped > 0 {
         out += &format!("({} shard reports dropped)\n", status.reports_dropped);
     }
@@ -116,6 +119,55 @@ fn cluster_lines(cluster: &CoordinatorStatus) -> String {
     }
     if let Some(error) = &cluster.last_error {
         out += &format!("last etcd error: {error}\n");
+    }
+    out
+}
+
+/// A cluster node's count of phones it sent to other nodes (`Redirect`)
+/// or told to come back later (`TryLater`), all shards, since start.
+fn phones_sent_away(status: &Status) -> String {
+    let total = |name: &str| -> u64 {
+        let counters = status.shards.iter().map(|s| &s.counters);
+        counters.filter_map(|c| c.get(name)).sum()
+    };
+    format!(
+        "phones redirected {}, told to try later {}\n",
+        total("redirects"),
+        total("try_laters")
+    )
+}
+
+/// One row per outgoing link: shard, peer node, connected, its queue
+/// depth as `now/1s/10s/100s`, redials since start (connections after
+/// the first, and failed dials), and how long the peer has been silent.
+fn link_table(status: &Status) -> String {
+    let links: Vec<_> = status
+        .shards
+        .iter()
+        .flat_map(|shard| shard.links.iter().map(move |link| (shard.shard, link)))
+        .collect();
+    if links.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "\n{:<12} {:<4} {:<CELL_CHARS$} {:>8} {:>9}\n",
+        "link", "up", "queue now/1s/10s/100s", "redials", "silent s"
+    );
+    for (shard, link) in links {
+        let [s1, s10, s100] = link.queue_averages;
+        let depth = [link.queue_messages as f64, s1, s10, s100].map(compact);
+        let redials = link.connects.saturating_sub(1) + link.dial_failures;
+        let silent = link
+            .silent_ms
+            .map_or("-".to_owned(), |ms| format!("{:.1}", ms as f64 / 1e3));
+        let line = format!(
+            "{:<12} {:<4} {:<CELL_CHARS$} {redials:>8} {silent:>9}",
+            format!("shard {shard} -> {}", link.node),
+            if link.connected { "yes" } else { "no" },
+            depth.join("/"),
+        );
+        out += line.trim_end();
+        out += "\n";
     }
     out
 }
