@@ -86,6 +86,13 @@ pub enum CtlCommand {
         /// The `client_id` the phone gave it.
         client_id: u64,
     },
+    /// In a cluster: remove node NODE for good, a member that will not
+    /// come back. Refused while it is live, or while an island still has
+    /// it as primary or secondary (after a failover the controller gives
+    /// its islands other nodes). The other nodes drop their links to it
+    /// and send on what they held for it. A removed node that starts
+    /// again joins as a new member.
+    RemoveNode { node: u16 },
     /// Reload what can change without a restart, as SIGHUP does: the TLS
     /// certificate and key (new connections get the new ones) and the
     /// `[limits]` keys that may change live (the answer names the others).
@@ -130,6 +137,11 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
         CtlCommand::Account { action } => account(&admin, action),
         CtlCommand::Drain { wait_ms } => drain(&admin, wait_ms),
         CtlCommand::Trace { sender, client_id } => trace(&admin, &sender, client_id),
+        CtlCommand::RemoveNode { node } => {
+            let path = format!("/cluster/remove/{node}");
+            print!("{}", admin.request(("POST", &path), None)?);
+            Ok(())
+        }
         CtlCommand::Reload => {
             print!("{}", admin.request(("POST", "/reload"), None)?);
             Ok(())

@@ -195,6 +195,30 @@ fn ctl_status_shows_every_queue_with_its_decays() {
     assert_ne!(bobs[1], "0", "{table}");
 }
 
+/// A single node has no members to remove: it says so, and removes
+/// nothing; a node id that is not one is refused before anything is asked.
+#[test]
+fn remove_node_on_a_single_node_says_it_is_not_in_a_cluster() {
+    let server = Server::start(&[]);
+    let ctl = |node: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_isle"))
+            .args(["ctl", "--data-dir"])
+            .arg(server.data_dir())
+            .args(["remove-node", node])
+            .output()
+            .unwrap()
+    };
+    let out = ctl("2");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        said.contains("404") && said.contains("not in a cluster"),
+        "{said}"
+    );
+    let out = ctl("70000");
+    assert!(!out.status.success(), "not a node id");
+}
+
 /// Signs up +15550000001 and +15550000002; the first sends the second
 /// `body` as `client_id`, answered `Sent`.
 fn sent_between_two(server: &Server, client_id: u64, body: &[u8]) {

@@ -843,10 +843,15 @@ fn lease_time_runs_down_while_etcd_is_away_and_the_error_clears_once_back() {
     assert!(table.contains("node 1 incarnation "), "{table}");
     assert!(table.contains("3 members, 3 live [1, 2, 3]"), "{table}");
     assert!(table.contains("links 2/2 up"), "{table}");
-    assert!(table.contains("phones redirected 0, told to try later 0"), "{table}");
+    assert!(
+        table.contains("phones redirected 0, told to try later 0"),
+        "{table}"
+    );
     // One row per link, with its depth and decays: `now/1s/10s/100s`.
     for peer in [2, 3] {
-        let row = table.lines().find(|l| l.starts_with(&format!("shard 0 -> {peer} ")));
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("shard 0 -> {peer} ")));
         let row = row.unwrap_or_else(|| panic!("no link row to node {peer} in:\n{table}"));
         let cells: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(cells[4], "yes", "{row}");
@@ -1363,5 +1368,107 @@ fn with_sync_replication_a_primary_on_an_empty_data_dir_hands_its_island_over() 
             503,
             "a node that cannot serve is ready"
         );
+    }
+}
+
+/// A node that left for good stays a member (what is owed to it waits on
+/// the links) until an operator removes it, which etcd allows only once
+/// it is not live and no island names it. The others then drop their
+/// links to it and send on what they held for it: here Alice's messages
+/// to Bob (island 3) written to node 3's link while node 3 was stopped,
+/// which go to island 3's new primary, where the copies Alice sent again
+/// meanwhile are absorbed. Bob gets every message once, in order.
+#[test]
+fn with_sync_replication_a_node_removed_for_good_leaves_no_link_and_nothing_behind() {
+    let etcd = Etcd::start();
+    let grace = [("ISLE_CLUSTER__REPAIR_GRACE_MS", "2000")];
+    let (mut nodes, _ports) = three_replicating_with(&etcd, &grace);
+    let remove = |node: &Node, gone: u16| {
+        let out = Command::new(env!("CARGO_BIN_EXE_isle"))
+            .args(["ctl", "--admin", &node.server.admin.to_string()])
+            .args(["remove-node", &gone.to_string()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, said) = remove(&nodes[0], 3);
+    assert!(!ok && said.contains("node 3 is live"), "{said}");
+
+    let (alice, bob) = (number_on(1, 0), number_on(3, 0));
+    let (mut alice_client, alice_key) = sign_up(&nodes[0].server, alice);
+    let (bob_client, bob_key) = sign_up(&nodes[2].server, bob);
+    drop(bob_client);
+    send_all(&mut alice_client, bob, 1..=5);
+    // Node 3 stops answering: Alice's next sends wait on its link.
+    signal(&nodes[2].server, "STOP");
+    for client_id in 6..=10 {
+        let body = shipped_body(client_id);
+        let send = ClientFrame::Send {
+            client_id,
+            to: bob,
+            body: body.as_bytes(),
+        };
+        alice_client.send(&send).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let gone = nodes.remove(2);
+    drop(gone.server.into_data_dir());
+    drop(alice_client);
+    let left: Vec<&Node> = nodes.iter().collect();
+    await_all(&left, "islands 2 and 3 re-paired without node 3", |s| {
+        let islands = s["islands"].as_array().cloned().unwrap_or_default();
+        islands.len() == 3
+            && islands
+                .iter()
+                .all(|i| i["primary"] != 3 && i["secondary"] != 3 && i["mode"] == "sync")
+    });
+    // The phone sends again what was not answered.
+    let mut alice_client = login_or_redirect(&nodes[0].server, alice, alice_key).unwrap();
+    send_all(&mut alice_client, bob, 6..=12);
+
+    let (ok, said) = remove(&nodes[1], 3);
+    assert!(ok, "{said}");
+    assert!(said.contains("node 3 removed"), "{said}");
+    let (ok, said) = remove(&nodes[1], 3);
+    assert!(!ok && said.contains("not a member"), "{said}");
+    await_all(&left, "two members, every link up", |s| {
+        s["members"].as_array().map(Vec::len) == Some(2) && s["links"] == 1 && s["links_up"] == 1
+    });
+    // Node 1's link to node 3 held messages 6 to 10: sent on, not lost.
+    let said_on = await_log(&nodes[0].server, "node 3 left the cluster:");
+    assert!(!said_on.contains(": 0 messages"), "{said_on}");
+    let island_3 = island_primary(&cluster_status(&nodes[0].server), 3);
+    let holder = nodes.iter().find(|n| u64::from(n.id) == island_3).unwrap();
+    let mut bob_client = login_or_redirect(&holder.server, bob, bob_key).unwrap();
+    expect_messages(&mut bob_client, 12);
+    let more = await_frame(&mut bob_client, Duration::from_millis(1_500), |e| match e {
+        Event::Message { body, .. } => Some(body.to_vec()),
+        _ => None,
+    });
+    assert!(more.is_err(), "a message twice: {more:?}");
+}
+
+/// The primary of island `id` in a node's status.
+fn island_primary(status: &serde_json::Value, id: u64) -> u64 {
+    let islands = status["islands"].as_array().cloned().unwrap_or_default();
+    let island = islands.iter().find(|i| i["id"].as_u64() == Some(id));
+    island
+        .and_then(|i| i["primary"].as_u64())
+        .expect("the island")
+}
+
+/// The first line of `server`'s log that contains `text`, within
+/// `SETTLE`.
+fn await_log(server: &Server, text: &str) -> String {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match server.stderr.recv_timeout(left) {
+            Ok(line) if line.contains(text) => return line,
+            Ok(_) => {}
+            Err(_) => panic!("no log line with {text:?}"),
+        }
     }
 }

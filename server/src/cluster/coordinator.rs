@@ -38,6 +38,7 @@ use serde::Serialize;
 use super::{
     islands,
     partitions::PartitionOwners,
+    removal,
     view::{Change, ClusterView, NodeRecord},
 };
 use crate::config::cluster::{ClusterSettings, Replication};
@@ -45,6 +46,23 @@ use server::island::{tablet::IslandTxn, LeaseClock};
 
 /// The next island transaction a shard asked for; never, when the node
 /// does not replicate.
+/// An operator's request to remove member `node` for good (`isle ctl
+/// remove-node`; rules in `super::removal`).
+pub struct Removal {
+    pub node: u16,
+    /// What the operator is told: what was done, or why not.
+    pub answer: tokio::sync::oneshot::Sender<Result<String, String>>,
+}
+
+async fn next_removal(
+    removals: &mut Option<tokio::sync::mpsc::Receiver<Removal>>,
+) -> Option<Removal> {
+    match removals {
+        Some(removals) => removals.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn next_txn(txns: &mut Option<tokio::sync::mpsc::Receiver<IslandTxn>>) -> Option<IslandTxn> {
     match txns {
         Some(txns) => txns.recv().await,
@@ -156,6 +174,8 @@ pub struct Coordinator {
     /// Members without a lease, since when this node saw them so (for
     /// the controller's re-pairing).
     away_since: BTreeMap<u16, Instant>,
+    /// Removals operators ask for through this node's admin listener.
+    removals: Option<tokio::sync::mpsc::Receiver<Removal>>,
 }
 
 /// Why a session ended without an etcd error.
@@ -196,7 +216,15 @@ impl Coordinator {
             lease_clock: None,
             txns: None,
             away_since: BTreeMap::new(),
+            removals: None,
         }
+    }
+
+    /// The coordinator takes operators' removals of members from
+    /// `removals`.
+    pub fn with_removals(mut self, removals: tokio::sync::mpsc::Receiver<Removal>) -> Coordinator {
+        self.removals = Some(removals);
+        self
     }
 
     /// The coordinator of a node whose shards replicate (docs/islands.md):
@@ -409,6 +437,16 @@ impl Coordinator {
                 Some(txn) = next_txn(&mut self.txns) => {
                     self.island_txn(client, txn).await?;
                 }
+                Some(removal) = next_removal(&mut self.removals) => {
+                    let outcome = self.remove(client, removal.node).await;
+                    let answer = match &outcome {
+                        Ok(answer) => answer.clone(),
+                        Err(error) => Err(format!("etcd failed: {error:#}; try again")),
+                    };
+                    let _ = removal.answer.send(answer);
+                    // An etcd error ends the session, as everywhere.
+                    drop(outcome?);
+                }
                 message = watch.message() => {
                     let message = message?.ok_or(SessionEnd::WatchEnded)?;
                     if message.compact_revision() > 0 || message.canceled() {
@@ -494,6 +532,46 @@ impl Coordinator {
             );
         }
         Ok(())
+    }
+
+    /// Removes member `node` for good if `removal::check` allows it, by
+    /// one transaction that compares what the check read. The inner
+    /// result is the operator's answer; Err is etcd's (the session ends).
+    async fn remove(
+        &mut self,
+        client: &mut Client,
+        node: u16,
+    ) -> anyhow::Result<Result<String, String>> {
+        let guard = match removal::check(&self.view, node) {
+            Ok(guard) => guard,
+            Err(refused) => return Ok(Err(refused.to_string())),
+        };
+        let member = self.key(&format!("members/{node}"));
+        let mut when = vec![
+            Compare::create_revision(self.key(&format!("nodes/{node}")), CompareOp::Equal, 0),
+            Compare::create_revision(member.clone(), CompareOp::Greater, 0),
+        ];
+        for (island, revision) in &guard.islands {
+            let key = self.key(&format!("islands/{island}"));
+            when.push(Compare::mod_revision(key, CompareOp::Equal, *revision));
+        }
+        if let Some(revision) = guard.map_revision {
+            let key = self.key("partitions");
+            when.push(Compare::mod_revision(key, CompareOp::Equal, revision));
+        }
+        let delete = TxnOp::delete(member, None);
+        let done = client.txn(Txn::new().when(when).and_then([delete])).await?;
+        if !done.succeeded() {
+            return Ok(Err(format!(
+                "the cluster changed while node {node} was being removed (its lease, an \
+                 island or the map): nothing was removed; try again"
+            )));
+        }
+        log::warn!("cluster: node {node} removed from the members by an operator");
+        Ok(Ok(format!(
+            "node {node} removed: the other nodes drop their links to it and send on what \
+             they held for it"
+        )))
     }
 
     /// The controller's re-pairing of an island left solo whose secondary

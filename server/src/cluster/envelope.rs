@@ -88,6 +88,18 @@ impl Envelope {
     }
 }
 
+impl Envelope {
+    /// Decodes a payload this process encoded for another node, to send
+    /// its message elsewhere: only its length and form are checked (the
+    /// receiver's checks are the receiver's).
+    pub fn decode_own(payload: &[u8]) -> Result<Envelope, Refused> {
+        if payload.len() > ENVELOPE_BYTES_MAX {
+            return Err(Refused::TooLong(payload.len()));
+        }
+        postcard::from_bytes(payload).map_err(|e| Refused::Malformed(e.to_string()))
+    }
+}
+
 /// Messages that name something only the receiving process knows: a
 /// connection it answers, a lookup it waits for.
 fn answers_process(message: &PeerMessage) -> bool {

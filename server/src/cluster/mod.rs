@@ -12,13 +12,16 @@
 //!   checks it meets there;
 //! - `identity`: the node a data directory belongs to;
 //! - `islands`: an island's record in etcd, checked whole, and the first
-//!   islands a bootstrap writes (a ring).
+//!   islands a bootstrap writes (a ring);
+//! - `removal`: when a member that left for good may be removed, and what
+//!   the removal compares.
 
 pub mod coordinator;
 pub mod envelope;
 pub mod identity;
 pub mod islands;
 pub mod partitions;
+pub mod removal;
 pub mod view;
 
 use std::collections::BTreeMap;

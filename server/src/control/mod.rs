@@ -52,7 +52,7 @@ use self::{
 };
 use crate::{
     cluster::{
-        coordinator::{Coordinator, CoordinatorStatus},
+        coordinator::{Coordinator, CoordinatorStatus, Removal},
         view::ClusterView,
     },
     config::cluster::ClusterSettings,
@@ -146,6 +146,8 @@ struct Shared {
     replayed: Vec<Arc<AtomicU64>>,
     /// What the cluster coordinator shows, once the node joined one.
     cluster: std::sync::OnceLock<Arc<Mutex<CoordinatorStatus>>>,
+    /// Where an operator's removal of a member goes: the coordinator.
+    removals: std::sync::OnceLock<tokio::sync::mpsc::Sender<Removal>>,
     /// This node's id in a cluster (`None`: a single node).
     node: Option<u16>,
     /// What the SMS and push senders did.
@@ -223,6 +225,7 @@ impl Control {
             reloads: Mutex::default(),
             runtime: handle.clone(),
             cluster: std::sync::OnceLock::new(),
+            removals: std::sync::OnceLock::new(),
             replayed: (0..shard_count).map(|_| Arc::default()).collect(),
             sms: Arc::default(),
             push: Arc::default(),
@@ -304,7 +307,10 @@ impl Control {
         let me = settings.node_id;
         self.runtime
             .spawn(place_shards(views.subscribe(), self.shared.clone(), me));
-        let mut coordinator = Coordinator::new(settings, shards, views, status);
+        let (removals, removals_in) = tokio::sync::mpsc::channel(REMOVALS_WAITING_MAX);
+        let _ = self.shared.removals.set(removals);
+        let mut coordinator =
+            Coordinator::new(settings, shards, views, status).with_removals(removals_in);
         if let Some((lease, txns)) = islands {
             coordinator = coordinator.with_islands(lease, txns);
         }
@@ -338,6 +344,10 @@ fn serve(
             .route("/account/:phone", get(get_account).delete(delete_account))
             .route("/account/:phone/revoke", axum::routing::post(post_revoke))
             .route("/drain", axum::routing::post(post_drain))
+            .route(
+                "/cluster/remove/:node",
+                axum::routing::post(post_remove_node),
+            )
             .route("/trace/:sender/:client_id", get(get_trace))
             .route("/reload", axum::routing::post(post_reload))
             .route("/log-level", axum::routing::put(put_log_level))
@@ -908,6 +918,58 @@ async fn post_drain(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -
         )
             .into_response(),
         false => (StatusCode::ACCEPTED, "draining\n").into_response(),
+    }
+}
+
+/// Removals of members waiting for the coordinator, at most: an operator
+/// asks for one at a time.
+const REMOVALS_WAITING_MAX: usize = 4;
+/// How long a removal may wait for etcd before the operator is told it
+/// did not answer, in ms: longer than one etcd call's timeout (3 s), and
+/// shorter than `isle ctl`'s own (5 s), so the operator reads why.
+const REMOVAL_WAIT_MS: u64 = 4_000;
+
+/// Removes member `node` for good (`cluster::removal` says when etcd lets
+/// it): 200 with what was done, 409 with why not, 503 when etcd did not
+/// answer in time, 404 on a node that is not in a cluster.
+async fn post_remove_node(
+    Extract(shared): Extract<Arc<Shared>>,
+    axum::extract::Path(node): axum::extract::Path<u16>,
+    headers: HeaderMap,
+) -> Response {
+    let (code, removed, detail) = remove_node(&shared, node).await;
+    match wants_json(&headers) {
+        true => {
+            let answer = serde_json::json!({ "node": node, "removed": removed, "detail": detail });
+            (code, Json(answer)).into_response()
+        }
+        false => (code, format!("{detail}\n")).into_response(),
+    }
+}
+
+/// [`post_remove_node`]'s answer: its status, whether the node was
+/// removed, and what the operator reads.
+async fn remove_node(shared: &Shared, node: u16) -> (StatusCode, bool, String) {
+    let Some(removals) = shared.removals.get() else {
+        let detail = "this node is not in a cluster".to_owned();
+        return (StatusCode::NOT_FOUND, false, detail);
+    };
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    if removals.try_send(Removal { node, answer }).is_err() {
+        let detail = "other removals are waiting for etcd; retry".to_owned();
+        return (StatusCode::SERVICE_UNAVAILABLE, false, detail);
+    }
+    let wait = Duration::from_millis(REMOVAL_WAIT_MS);
+    match tokio::time::timeout(wait, answered).await {
+        Ok(Ok(Ok(done))) => (StatusCode::OK, true, done),
+        Ok(Ok(Err(refused))) => (StatusCode::CONFLICT, false, refused),
+        Ok(Err(_)) | Err(_) => {
+            let detail = format!(
+                "etcd did not answer within {REMOVAL_WAIT_MS} ms: node {node} may or may not \
+                 be removed; see `isle ctl status`"
+            );
+            (StatusCode::SERVICE_UNAVAILABLE, false, detail)
+        }
     }
 }
 

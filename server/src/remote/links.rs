@@ -327,10 +327,13 @@ impl RemoteLinks {
     }
 
     /// Drops the link to `node` and the receive state of its senders: the
-    /// node left the cluster (etcd says so; a link never decides it). What
-    /// its queue held is dropped with it.
-    pub fn forget(&self, node: u16) {
+    /// node left the cluster (etcd says so; a link never decides it).
+    /// Returns what its queue held, never acknowledged, oldest first: the
+    /// caller sends each on to where it goes now.
+    pub fn forget(&self, node: u16) -> VecDeque<Payload> {
+        let mut unacked = VecDeque::new();
         if let Some(link) = self.links.borrow_mut().remove(&node) {
+            unacked = link.session.borrow_mut().take_unacked();
             link.forgotten.set(true);
             link.kill_connection();
             link.wake_task.raise();
@@ -344,6 +347,7 @@ impl RemoteLinks {
             }
             from != node
         });
+        unacked
     }
 
     /// Queues `payload` for `node`. A full queue gives it back
@@ -504,7 +508,9 @@ impl RemoteLinks {
         self.stop_accepting.raise();
         let nodes: Vec<u16> = self.links.borrow().keys().copied().collect();
         for node in nodes {
-            self.forget(node);
+            // Stopping: what is queued goes with the process, as what is
+            // staged does (the obligations behind it are in the logs).
+            drop(self.forget(node));
         }
         for link in self.inbound.borrow_mut().drain().map(|(_, link)| link) {
             link.generation.set(link.generation.get() + 1);

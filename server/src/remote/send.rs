@@ -126,6 +126,17 @@ impl SendSession {
         self.queue.len() >= self.limits.messages_max || self.queue_bytes >= self.limits.bytes_max
     }
 
+    /// Empties the queue and gives back what it held, oldest first: the
+    /// receiver left the cluster, so nothing queued for it will be
+    /// acknowledged, and its sender sends each on to where it goes now.
+    /// A connection still up is the caller's to close.
+    pub fn take_unacked(&mut self) -> VecDeque<Payload> {
+        self.queue_bytes = 0;
+        self.acked += self.queue.len() as u64;
+        self.connection = None;
+        std::mem::take(&mut self.queue)
+    }
+
     /// Messages and payload bytes queued (sent or not, all unacknowledged).
     pub fn depth(&self) -> (usize, usize) {
         (self.queue.len(), self.queue_bytes)
@@ -417,6 +428,21 @@ mod tests {
         let (data, _) = transmit(&mut s, 5);
         assert_eq!(data, [(4, vec![4]), (5, vec![5])]);
         assert_eq!(s.counters().retransmitted, 1);
+    }
+
+    #[test]
+    fn what_was_never_acknowledged_is_given_back_in_order_and_sent_no_more() {
+        let mut s = session();
+        for n in 1..=3u8 {
+            s.push(vec![n]).unwrap();
+        }
+        s.on_welcome(&welcome(7, 0, 0), 0).unwrap();
+        transmit(&mut s, 0);
+        assert_eq!(s.on_frame(&Frame::Ack { seq: 1 }, 1), Ok(1));
+        assert_eq!(s.take_unacked(), [vec![2], vec![3]]);
+        assert_eq!(s.depth(), (0, 0));
+        assert_eq!(transmit(&mut s, 2).0, []);
+        assert!(!s.is_connected());
     }
 
     #[test]

@@ -265,12 +265,54 @@ pub fn place(runtime: &Rc<Runtime>, placement: &Arc<Placement>, queue: Option<Ta
         .copied()
         .filter(|node| placement.node(*node).is_none())
         .collect();
+    let mut left = Vec::new();
     for node in gone {
-        links.forget(node);
+        let mut unsent = links.forget(node);
         if let Some(staging) = outbound.remove(&node) {
+            unsent.extend(staging.payloads.take());
             staging.signal.raise();
+            for waker in staging.blocked.take() {
+                waker.wake();
+            }
+        }
+        left.push((node, unsent));
+    }
+    drop(outbound);
+    for (node, unsent) in left {
+        reroute(runtime, node, unsent);
+    }
+}
+
+/// Sends on what this shard had queued and staged for `node`, which left
+/// the cluster (an operator removed it: etcd let it go only once no
+/// island names it), to where each message's account, group or tablet
+/// lives now. Answers to its connections are dropped with it.
+fn reroute(runtime: &Rc<Runtime>, node: u16, unsent: VecDeque<Payload>) {
+    if unsent.is_empty() {
+        return;
+    }
+    let (mut sent_on, mut lost) = (0, 0);
+    for payload in unsent {
+        let Ok(envelope) = Envelope::decode_own(&payload) else {
+            // This process encoded it: a payload that does not decode is
+            // a bug, not input.
+            debug_assert!(false, "an own envelope that does not decode");
+            lost += 1;
+            continue;
+        };
+        let tablet = (envelope.island, envelope.shard);
+        let routed = runtime.with_shard(|shard| shard.reroute_peer(envelope.message, tablet));
+        if routed {
+            sent_on += 1;
+        } else {
+            lost += 1;
         }
     }
+    log::warn!(
+        shard = runtime.shard_id;
+        "node {node} left the cluster: {sent_on} messages queued for it sent on to where \
+         they go now, {lost} with nowhere to go"
+    );
 }
 
 fn spawn(task: impl std::future::Future<Output = ()> + 'static, queue: Option<TaskQueueHandle>) {

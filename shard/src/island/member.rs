@@ -700,8 +700,11 @@ impl Member {
         });
     }
 
-    /// Rule 3: a sync primary whose secondary stays silent asks for solo.
-    /// (Runs every tick: the view is copied only to ask.)
+    /// Rule 3: a sync primary whose secondary stays silent asks for solo;
+    /// so does one whose secondary holds no lease, even while nothing is
+    /// written (else an idle island keeps naming a dead secondary in sync,
+    /// and the controller never gives it another). (Runs every tick: the
+    /// view is copied only to ask.)
     fn check_solo(&mut self) {
         let (now, last) = (self.now_ms, self.log.last);
         let Role::Primary(p) = &mut self.role else {
@@ -712,9 +715,13 @@ impl Member {
         if p.mode == Mode::Sync && p.acked < last && p.waiting_since_ms.is_none() {
             p.waiting_since_ms = Some(now);
         }
-        let overdue = p
-            .waiting_since_ms
-            .is_some_and(|since| self.now_ms >= since + self.config.replica_ack_timeout_ms);
+        let secondary_gone = self
+            .view
+            .as_ref()
+            .is_some_and(|v| !v.live.contains(&p.secondary));
+        let overdue = secondary_gone
+            || p.waiting_since_ms
+                .is_some_and(|since| self.now_ms >= since + self.config.replica_ack_timeout_ms);
         let current = self.view.as_ref().is_some_and(|v| v.revision == p.revision);
         if p.mode != Mode::Sync || !overdue || !current {
             return;
@@ -1254,6 +1261,45 @@ mod tests {
         assert_eq!(
             solo.map(|r| (r.epoch, r.mode, r.insync)),
             Some((3, Mode::Solo, vec![1]))
+        );
+    }
+
+    /// An idle sync primary whose secondary's lease is gone asks for solo
+    /// (nothing waits for an ack to time out), so that the controller can
+    /// give the island another secondary; it asks nothing while the
+    /// secondary is live.
+    #[test]
+    fn an_idle_sync_primary_whose_secondary_holds_no_lease_asks_for_solo() {
+        let mut member = Member::new(MemberConfig::new(1, 1), LogInfo::default(), 0);
+        member.keepalive(u64::MAX);
+        let mut record = IslandRecord::first(1, 2);
+        let view = |record: &IslandRecord, revision, live: Vec<NodeId>| View {
+            record: record.clone(),
+            revision,
+            live,
+        };
+        member.view(view(&record, 10, vec![1, 2]), 0);
+        let Some(Output::Txn { record: asked, .. }) = member.poll_output() else {
+            panic!("a started primary asks for its own epoch first");
+        };
+        record = asked;
+        member.view(view(&record, 11, vec![1, 2]), 0);
+        record.insync = vec![1, 2];
+        record.mode = Mode::Sync;
+        member.view(view(&record, 12, vec![1, 2]), 0);
+        outputs(&mut member);
+        member.tick(60_000);
+        assert_eq!(outputs(&mut member), [], "idle, its secondary live");
+        member.view(view(&record, 12, vec![1]), 60_000);
+        member.tick(60_001);
+        let solo = outputs(&mut member).into_iter().find_map(|o| match o {
+            Output::Txn { record, .. } => Some(record),
+            _ => None,
+        });
+        let epoch = record.epoch + 1;
+        assert_eq!(
+            solo.map(|r| (r.epoch, r.mode, r.insync)),
+            Some((epoch, Mode::Solo, vec![1]))
         );
     }
 

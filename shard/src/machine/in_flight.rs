@@ -70,6 +70,13 @@ impl InFlight {
         true
     }
 
+    /// A request went to a tablet of this node, which is not tracked: if
+    /// it sends again one refused when its island moved (the island moved
+    /// here), its answer is the phone's again.
+    pub fn sent_here(&mut self, key: (Phone, u64)) {
+        self.cancelled.remove(&key);
+    }
+
     /// The answer to request `key` arrived.
     pub fn answered(&mut self, key: (Phone, u64)) -> Answer {
         if self.requests.remove(&key).is_some() {
@@ -145,6 +152,12 @@ mod tests {
         assert!(in_flight.sent((phone(1), 1), request(1, 2)));
         assert_eq!(in_flight.answered((phone(1), 1)), Answer::Deliver);
         assert_eq!(in_flight.answered((phone(1), 2)), Answer::Deliver);
+        // Sent again to a tablet of this node (the island moved here):
+        // its answer is told too.
+        assert!(in_flight.sent((phone(1), 4), request(3, 3)));
+        in_flight.moved(|_, _| false);
+        in_flight.sent_here((phone(1), 4));
+        assert_eq!(in_flight.answered((phone(1), 4)), Answer::Deliver);
         assert_eq!(
             in_flight.answered((phone(1), 3)),
             Answer::Deliver,

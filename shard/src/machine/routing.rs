@@ -97,16 +97,14 @@ impl Shard {
     /// caller refuses with `Unavailable`.
     pub(super) fn ask(&mut self, home: Home, message: PeerMessage) -> Result<(), Unreachable> {
         let dest = live_dest(home).ok_or(Unreachable)?;
-        if let Dest::Node { node, island, .. } = dest {
-            self.track_request(node, island, &message);
-        }
+        self.track_request(dest, &message);
         self.route(dest, message);
         Ok(())
     }
 
-    /// Notes a phone's request going to node `node`'s tablet of `island`
-    /// (see `in_flight`).
-    fn track_request(&mut self, node: u16, island: IslandId, message: &PeerMessage) {
+    /// Notes a phone's request going to `dest` (see `in_flight`): tracked
+    /// when it goes to another node.
+    fn track_request(&mut self, dest: Dest, message: &PeerMessage) {
         let (key, conn, chat) = match message {
             PeerMessage::Deliver {
                 from,
@@ -129,6 +127,10 @@ impl Shard {
                 ((*from, *client_id), *reply, chat)
             }
             _ => return,
+        };
+        let Dest::Node { node, island, .. } = dest else {
+            self.in_flight.sent_here(key);
+            return;
         };
         let request = in_flight::Request {
             island,
@@ -371,6 +373,29 @@ impl Shard {
     /// is dropped: the process that asked is not this one, and the phone
     /// asks again. False: it had nowhere to go (counted as unroutable).
     pub fn forward_peer(&mut self, message: PeerMessage, tablet: (IslandId, u16)) -> bool {
+        let unserved = Dest::Shard {
+            island: tablet.0,
+            shard: tablet.1,
+        };
+        self.send_on(message, tablet, Some(unserved))
+    }
+
+    /// A peer message this node had queued for tablet `tablet` of a node
+    /// that left the cluster: it goes where what it names lives now, this
+    /// node included, as [`Shard::forward_peer`] sends it on. False: it
+    /// had nowhere to go (counted as unroutable).
+    pub fn reroute_peer(&mut self, message: PeerMessage, tablet: (IslandId, u16)) -> bool {
+        self.send_on(message, tablet, None)
+    }
+
+    /// Routes `message`, meant for `tablet`, to where its target lives
+    /// now, unless that is `not_to`.
+    fn send_on(
+        &mut self,
+        message: PeerMessage,
+        tablet: (IslandId, u16),
+        not_to: Option<Dest>,
+    ) -> bool {
         let dest = match message.target() {
             Target::Phone(phone) => self.dest(self.home_of(phone)),
             Target::Group(group) => self.dest(self.home_of_group(group)),
@@ -380,12 +405,8 @@ impl Shard {
                 return true;
             }
         };
-        let unserved = Dest::Shard {
-            island: tablet.0,
-            shard: tablet.1,
-        };
         match dest {
-            Some(dest) if dest != unserved => {
+            Some(dest) if Some(dest) != not_to => {
                 self.counters.peer_messages_forwarded += 1;
                 self.route(dest, message);
                 self.run_local();
