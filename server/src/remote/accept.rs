@@ -375,8 +375,19 @@ fn admit_here(
         admit(session.as_deref(), sender, admitted.session)
     };
     let link = match admission {
-        Err(_) => {
+        Err(refusal) => {
             bump(&links.counters.handshakes_refused);
+            if links.log_limit.allow(links.now_ms()) {
+                log::warn!(
+                    "shard {}: refused a link from node {} shard {}: its session {} is older \
+                     than the one held ({refusal:?}); a delayed connection of a sender that \
+                     has dialed again since",
+                    links.local.shard,
+                    sender.node,
+                    sender.shard,
+                    admitted.session
+                );
+            }
             return None;
         }
         Ok(Admission::Resume) => held.expect("resume needs a held session"),

@@ -311,12 +311,22 @@ impl RemoteLinks {
         let mut session = link.session.borrow_mut();
         let reset = session.receiver_incarnation() != Some(target.incarnation);
         if reset {
-            log::info!(
-                "shard {}: node {} is now incarnation {:x}: its link starts its session over",
-                self.local.shard,
-                link.node,
-                target.incarnation
-            );
+            // Incarnation 0: etcd holds no lease of the node now (it is
+            // down); what is queued waits for the next one.
+            match target.incarnation {
+                0 => log::info!(
+                    "shard {}: node {} holds no lease now: its link waits, its session \
+                     to start over with the node's next incarnation",
+                    self.local.shard,
+                    link.node
+                ),
+                incarnation => log::info!(
+                    "shard {}: node {} is now incarnation {incarnation:x}: its link starts \
+                     its session over",
+                    self.local.shard,
+                    link.node
+                ),
+            }
             session.reset(self.take_session_number(), Some(target.incarnation));
         }
         drop(session);
