@@ -4,6 +4,9 @@
 //! prints it again every second; `account show|revoke|delete PHONE` asks
 //! the account's shard; `trace` asks every shard where a message is;
 //! `drain` closes every connection and waits until they are gone;
+//! `restart` and `rolling-restart` restart nodes without losing their
+//! phones' messages (`restart`); `remove-node` removes a cluster member
+//! gone for good;
 //! `log-level LEVEL` changes what the server logs; `reload` reads the TLS
 //! identity and the configuration again. `--json` makes every subcommand
 //! print JSON (the server's answer, asked for with `Accept:
@@ -20,6 +23,7 @@ use anyhow::Context;
 use self::table::table;
 use crate::control::Status;
 
+mod restart;
 mod table;
 
 /// How long `isle ctl` waits for the admin listener's answer.
@@ -93,6 +97,31 @@ pub enum CtlCommand {
     /// and send on what they held for it. A removed node that starts
     /// again joins as a new member.
     RemoveNode { node: u16 },
+    /// Restart this node without losing its phones' messages: refused
+    /// unless every island it belongs to is in sync with both nodes live;
+    /// then a planned stop (its islands go to their secondaries in about
+    /// one etcd round trip), and a wait until the service manager started
+    /// it again, it is ready, and its islands are in sync again.
+    Restart {
+        /// How long to wait for each step, in ms.
+        #[arg(long, default_value_t = 600_000)]
+        wait_ms: u64,
+        /// Restart even if an island it belongs to is not in sync (its
+        /// phones then wait for the node, or lose their island's second
+        /// copy meanwhile).
+        #[arg(long)]
+        force: bool,
+    },
+    /// `restart` of each node in turn, given their admin listeners: the
+    /// next only once the one before is back and its islands in sync, so
+    /// no two nodes of an island are down at once.
+    RollingRestart {
+        /// Admin listeners (host:port), one per node, in restart order.
+        #[arg(required = true, value_delimiter = ',')]
+        admins: Vec<SocketAddr>,
+        #[arg(long, default_value_t = 600_000)]
+        wait_ms: u64,
+    },
     /// Reload what can change without a restart, as SIGHUP does: the TLS
     /// certificate and key (new connections get the new ones) and the
     /// `[limits]` keys that may change live (the answer names the others).
@@ -142,6 +171,24 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
             print!("{}", admin.request(("POST", &path), None)?);
             Ok(())
         }
+        CtlCommand::Restart { wait_ms, force } => {
+            let done = restart::restart(&admin, wait_ms, force)?;
+            print_restarts(&admin, &[done]);
+            Ok(())
+        }
+        CtlCommand::RollingRestart { admins, wait_ms } => {
+            let admins: Vec<Admin> = admins
+                .into_iter()
+                .map(|addr| Admin {
+                    addr,
+                    from_file: None,
+                    ..admin.clone()
+                })
+                .collect();
+            let done = restart::rolling(&admins, wait_ms)?;
+            print_restarts(&admin, &done);
+            Ok(())
+        }
         CtlCommand::Reload => {
             print!("{}", admin.request(("POST", "/reload"), None)?);
             Ok(())
@@ -165,7 +212,27 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
     }
 }
 
+/// One line per node restarted (JSON: one object a line).
+fn print_restarts(admin: &Admin, done: &[restart::Restarted]) {
+    for restarted in done {
+        if admin.json {
+            println!("{}", serde_json::json!(restarted));
+            continue;
+        }
+        let node = restarted
+            .node
+            .map_or("the server".to_owned(), |n| format!("node {n}"));
+        println!(
+            "{node} restarted: stopped {:.1} s, back {:.1} s, in sync {:.1} s after the request",
+            restarted.stopped_ms as f64 / 1e3,
+            restarted.back_ms as f64 / 1e3,
+            restarted.in_sync_ms as f64 / 1e3
+        );
+    }
+}
+
 /// The admin listener and how to ask it.
+#[derive(Clone)]
 struct Admin {
     addr: SocketAddr,
     /// The file the address was read from, if it was.
@@ -201,6 +268,19 @@ fn show(admin: &Admin) -> anyhow::Result<()> {
 }
 
 impl Admin {
+    /// This admin with its address read again from the data directory,
+    /// when it came from there (a restarted server may listen elsewhere).
+    fn current(&self) -> Admin {
+        let addr = self.from_file.as_ref().and_then(|file| {
+            let text = std::fs::read_to_string(file).ok()?;
+            text.trim().parse().ok()
+        });
+        Admin {
+            addr: addr.unwrap_or(self.addr),
+            ..self.clone()
+        }
+    }
+
     /// GETs `path` from the admin listener; Err on anything but a success.
     fn fetch(&self, path: &str) -> anyhow::Result<String> {
         self.request(("GET", path), None)

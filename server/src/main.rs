@@ -168,8 +168,11 @@ fn run(flags: Flags) -> anyhow::Result<()> {
         peer: (peer_fds, peer_addr),
         to_listen,
     } = Bound::bind(&config, shard_count)?;
+    // A signal asks for a planned stop: a cluster node gives its islands
+    // away first (`control::planned_stop`).
+    let stop_requests = control.stop_requests();
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, stop.clone())?;
+        signal_hook::flag::register(signal, stop_requests.clone())?;
     }
     set_up_reloads(&control, &config, (flags, &started), identity.as_ref())?;
     let (mut tls_fds, mut plain_fds) = (tls_fds.into_iter(), plain_fds.into_iter());

@@ -996,6 +996,39 @@ fn send_all(from: &mut Client, to: Phone, ids: std::ops::RangeInclusive<u64>) {
     }
 }
 
+/// [`send_all`], each sent again after a while when refused
+/// `Unavailable` (as a phone does), for a while.
+fn send_all_resending(from: &mut Client, to: Phone, ids: std::ops::RangeInclusive<u64>) {
+    for client_id in ids {
+        let body = shipped_body(client_id);
+        let send = ClientFrame::Send {
+            client_id,
+            to,
+            body: body.as_bytes(),
+        };
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            from.send(&send).unwrap();
+            let answer = await_frame(from, SETTLE, |e| match e {
+                Event::Sent { client_id: c, .. } if *c == client_id => Some(true),
+                Event::Error {
+                    kind: ErrorKind::Unavailable,
+                    client_id: Some(c),
+                    ..
+                } if *c == client_id => Some(false),
+                _ => None,
+            });
+            match answer {
+                Ok(true) => break,
+                Ok(false) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                other => panic!("message {client_id}: {other:?}"),
+            }
+        }
+    }
+}
+
 /// Alice and Bob signed up on `node` (node 1: island 1's primary), Bob
 /// gone: Alice's client, and Bob's number and key.
 fn alice_and_bob_on(node: &Node) -> (Client, Phone, DeviceKey) {
@@ -1471,4 +1504,93 @@ fn await_log(server: &Server, text: &str) -> String {
             Err(_) => panic!("no log line with {text:?}"),
         }
     }
+}
+
+/// `isle ctl restart` on island 1's primary: refused while an island of
+/// the node is not in sync; then a planned stop gives island 1 to node 2
+/// at once (the lease is revoked, not left to expire), the test restarts
+/// the process as a service manager would, and the command returns once
+/// node 1 is back and its islands are in sync again. Every message Alice
+/// sent before, during and after is delivered once, in order.
+#[test]
+fn with_sync_replication_ctl_restart_hands_the_islands_over_and_waits_for_sync() {
+    let etcd = Etcd::start();
+    let (mut nodes, ports) = three_replicating(&etcd);
+    let all: Vec<&Node> = nodes.iter().collect();
+    await_all(&all, "every island in sync", |s| {
+        (1..=3).all(|id| {
+            let islands = s["islands"].as_array().cloned().unwrap_or_default();
+            islands
+                .iter()
+                .any(|i| i["id"] == id && i["mode"] == "sync" && i["epoch"].as_u64() >= Some(2))
+        })
+    });
+    let (alice, bob) = (number_on(3, 0), number_on(1, 0));
+    let (mut alice_client, _) = sign_up(&nodes[2].server, alice);
+    let (bob_client, bob_key) = sign_up(&nodes[0].server, bob);
+    drop(bob_client);
+    send_all(&mut alice_client, bob, 1..=20);
+
+    let data_dir = nodes[0].server.data_dir().to_owned();
+    let ctl = std::thread::spawn(move || {
+        Command::new(env!("CARGO_BIN_EXE_isle"))
+            .args(["ctl", "--data-dir"])
+            .arg(&data_dir)
+            .args(["restart", "--wait-ms", "60000"])
+            .output()
+            .unwrap()
+    });
+    let deadline = Instant::now() + SETTLE;
+    while nodes[0].server.is_running() {
+        assert!(Instant::now() < deadline, "node 1 did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let said = await_log(&nodes[0].server, "planned stop:");
+    assert!(said.contains("giving this node's islands"), "{said}");
+    let rest: Vec<&Node> = nodes[1..].iter().collect();
+    await_all(&rest, "island 1 on node 2", |s| island_served_by(s, 1, 2));
+    // The shards take the new placement within a tick of the status:
+    // until then a send is refused `Unavailable`, and sent again.
+    send_all_resending(&mut alice_client, bob, 21..=30);
+    let stopped = nodes.remove(0);
+    let dir = stopped.server.into_data_dir();
+    nodes.insert(0, start_replicating(&etcd, 1, ports[0], dir));
+    let out = ctl.join().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.starts_with("node 1 restarted: stopped "), "{stdout}");
+    let all: Vec<&Node> = nodes.iter().collect();
+    await_all(&all, "island 1 in sync on nodes 2 and 1", |s| {
+        island_served_by(s, 1, 2) && island_is(s, 1, 3, "sync", &[2, 1])
+    });
+    send_all(&mut alice_client, bob, 31..=40);
+    let mut bob_client = login_or_redirect(&nodes[1].server, bob, bob_key).unwrap();
+    expect_messages(&mut bob_client, 40);
+    let more = await_frame(&mut bob_client, Duration::from_millis(1_500), |e| match e {
+        Event::Message { body, .. } => Some(body.to_vec()),
+        _ => None,
+    });
+    assert!(more.is_err(), "a message twice: {more:?}");
+
+    // Node 1 is island 1's secondary now; node 3 is island 2's. With node
+    // 3 stopped, island 2 has one copy: node 2's restart is refused.
+    signal(&nodes[2].server, "STOP");
+    await_all(&all[..2], "node 3's lease gone", |s| live(s) == [1, 2]);
+    let out = Command::new(env!("CARGO_BIN_EXE_isle"))
+        .args(["ctl", "--admin", &nodes[1].server.admin.to_string()])
+        .args(["restart", "--wait-ms", "1000"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("node 2 not restarted"), "{said}");
+    assert_eq!(
+        status(&nodes[1].server)["ready"],
+        true,
+        "node 2 still serves"
+    );
+    signal(&nodes[2].server, "CONT");
 }

@@ -33,7 +33,7 @@ fn the_unit_asks_for_limits_restarts_reload_and_a_sandbox() {
     for line in [
         "ExecStart=/usr/bin/isle --config /etc/isle/isle.toml",
         "ExecReload=/bin/kill -HUP $MAINPID",
-        "Restart=on-failure",
+        "Restart=always",
         "LimitNOFILE=",
         "LimitMEMLOCK=infinity",
         "NoNewPrivileges=yes",

@@ -46,19 +46,28 @@ use server::island::{tablet::IslandTxn, LeaseClock};
 
 /// The next island transaction a shard asked for; never, when the node
 /// does not replicate.
-/// An operator's request to remove member `node` for good (`isle ctl
-/// remove-node`; rules in `super::removal`).
-pub struct Removal {
-    pub node: u16,
-    /// What the operator is told: what was done, or why not.
-    pub answer: tokio::sync::oneshot::Sender<Result<String, String>>,
+/// What an operator asks of the coordinator through the admin listener;
+/// `answer` says what was done, or why not.
+pub enum OperatorRequest {
+    /// Remove member `node` for good (`isle ctl remove-node`; rules in
+    /// `super::removal`).
+    Remove {
+        node: u16,
+        answer: tokio::sync::oneshot::Sender<Result<String, String>>,
+    },
+    /// A planned stop: revoke this node's lease now, so that the islands
+    /// it leads are taken over at once instead of a lease TTL later, and
+    /// start no session again (the process is stopping).
+    Leave {
+        answer: tokio::sync::oneshot::Sender<Result<String, String>>,
+    },
 }
 
-async fn next_removal(
-    removals: &mut Option<tokio::sync::mpsc::Receiver<Removal>>,
-) -> Option<Removal> {
-    match removals {
-        Some(removals) => removals.recv().await,
+async fn next_request(
+    requests: &mut Option<tokio::sync::mpsc::Receiver<OperatorRequest>>,
+) -> Option<OperatorRequest> {
+    match requests {
+        Some(requests) => requests.recv().await,
         None => std::future::pending().await,
     }
 }
@@ -174,8 +183,10 @@ pub struct Coordinator {
     /// Members without a lease, since when this node saw them so (for
     /// the controller's re-pairing).
     away_since: BTreeMap<u16, Instant>,
-    /// Removals operators ask for through this node's admin listener.
-    removals: Option<tokio::sync::mpsc::Receiver<Removal>>,
+    /// What operators ask for through this node's admin listener.
+    requests: Option<tokio::sync::mpsc::Receiver<OperatorRequest>>,
+    /// The node left for a planned stop: no session starts again.
+    left: bool,
 }
 
 /// Why a session ended without an etcd error.
@@ -187,6 +198,8 @@ enum SessionEnd {
     WatchEnded,
     #[error("the watch was compacted away; reading again")]
     Compacted,
+    #[error("the node left the cluster for a planned stop")]
+    Left,
 }
 
 impl Coordinator {
@@ -216,14 +229,17 @@ impl Coordinator {
             lease_clock: None,
             txns: None,
             away_since: BTreeMap::new(),
-            removals: None,
+            requests: None,
+            left: false,
         }
     }
 
-    /// The coordinator takes operators' removals of members from
-    /// `removals`.
-    pub fn with_removals(mut self, removals: tokio::sync::mpsc::Receiver<Removal>) -> Coordinator {
-        self.removals = Some(removals);
+    /// The coordinator takes operators' requests from `requests`.
+    pub fn with_requests(
+        mut self,
+        requests: tokio::sync::mpsc::Receiver<OperatorRequest>,
+    ) -> Coordinator {
+        self.requests = Some(requests);
         self
     }
 
@@ -252,6 +268,13 @@ impl Coordinator {
                 Ok(never) => match never {},
                 Err(error) => error,
             };
+            if self.left {
+                self.note(|s| {
+                    s.endpoint = None;
+                    s.last_error = Some("left the cluster: stopping".into());
+                });
+                return std::future::pending().await;
+            }
             log::warn!("cluster: etcd session on {url} ended: {error:#}");
             self.note(|s| {
                 s.endpoint = None;
@@ -437,15 +460,8 @@ impl Coordinator {
                 Some(txn) = next_txn(&mut self.txns) => {
                     self.island_txn(client, txn).await?;
                 }
-                Some(removal) = next_removal(&mut self.removals) => {
-                    let outcome = self.remove(client, removal.node).await;
-                    let answer = match &outcome {
-                        Ok(answer) => answer.clone(),
-                        Err(error) => Err(format!("etcd failed: {error:#}; try again")),
-                    };
-                    let _ = removal.answer.send(answer);
-                    // An etcd error ends the session, as everywhere.
-                    drop(outcome?);
+                Some(request) = next_request(&mut self.requests) => {
+                    self.operator_request(client, lease, request).await?;
                 }
                 message = watch.message() => {
                     let message = message?.ok_or(SessionEnd::WatchEnded)?;
@@ -532,6 +548,48 @@ impl Coordinator {
             );
         }
         Ok(())
+    }
+
+    /// Runs an operator's request and answers it. Err: etcd's error, or
+    /// the node left (either ends the session).
+    async fn operator_request(
+        &mut self,
+        client: &mut Client,
+        lease: i64,
+        request: OperatorRequest,
+    ) -> anyhow::Result<()> {
+        match request {
+            OperatorRequest::Remove { node, answer } => {
+                let outcome = self.remove(client, node).await;
+                let said = match &outcome {
+                    Ok(said) => said.clone(),
+                    Err(error) => Err(format!("etcd failed: {error:#}; try again")),
+                };
+                let _ = answer.send(said);
+                outcome.map(drop)
+            }
+            OperatorRequest::Leave { answer } => {
+                let revoked = client.lease_revoke(lease).await;
+                self.leave();
+                let said = match &revoked {
+                    Ok(_) => Ok(format!("lease {lease:x} revoked")),
+                    Err(error) => Err(format!("revoking lease {lease:x}: {error}")),
+                };
+                log::warn!("cluster: leaving for a planned stop: {said:?}");
+                let _ = answer.send(said);
+                Err(SessionEnd::Left.into())
+            }
+        }
+    }
+
+    /// Holds no lease from now on and starts no session again.
+    fn leave(&mut self) {
+        self.left = true;
+        self.lease = None;
+        if let Some(clock) = &self.lease_clock {
+            clock.held_until(None);
+        }
+        self.note(|s| s.lease_until = None);
     }
 
     /// Removes member `node` for good if `removal::check` allows it, by

@@ -16,6 +16,7 @@ pub mod gateways;
 mod link_metrics;
 pub mod listener;
 pub mod metrics;
+mod planned_stop;
 pub mod reload;
 pub mod snapshot;
 
@@ -52,7 +53,7 @@ use self::{
 };
 use crate::{
     cluster::{
-        coordinator::{Coordinator, CoordinatorStatus, Removal},
+        coordinator::{Coordinator, CoordinatorStatus, OperatorRequest},
         view::ClusterView,
     },
     config::cluster::ClusterSettings,
@@ -127,6 +128,11 @@ struct Shared {
     metrics: Metrics,
     token: Option<String>,
     stop: Arc<AtomicBool>,
+    /// A planned stop was asked for (a signal, `POST /stop`): see
+    /// `planned_stop`, which sets `stop` when it is done.
+    stop_requested: Arc<AtomicBool>,
+    /// This process among the server's starts (`Status::process`).
+    process: u64,
     reports_dropped: Arc<AtomicU64>,
     /// Where each account lives, and each shard's command channel.
     map: shard::PartitionMap,
@@ -146,8 +152,9 @@ struct Shared {
     replayed: Vec<Arc<AtomicU64>>,
     /// What the cluster coordinator shows, once the node joined one.
     cluster: std::sync::OnceLock<Arc<Mutex<CoordinatorStatus>>>,
-    /// Where an operator's removal of a member goes: the coordinator.
-    removals: std::sync::OnceLock<tokio::sync::mpsc::Sender<Removal>>,
+    /// Where an operator's requests to the coordinator go (a removal, a
+    /// planned stop's leave), once the node joined a cluster.
+    coordinator: std::sync::OnceLock<tokio::sync::mpsc::Sender<OperatorRequest>>,
     /// This node's id in a cluster (`None`: a single node).
     node: Option<u16>,
     /// What the SMS and push senders did.
@@ -216,6 +223,13 @@ impl Control {
             node: settings.node,
             token: settings.token.clone(),
             stop,
+            stop_requested: Arc::default(),
+            process: {
+                let mut bytes = [0; 8];
+                getrandom::getrandom(&mut bytes)
+                    .map_err(|e| anyhow::anyhow!("the OS random source: {e}"))?;
+                u64::from_le_bytes(bytes)
+            },
             reports_dropped: dropped.clone(),
             map,
             commands: command_senders,
@@ -225,7 +239,7 @@ impl Control {
             reloads: Mutex::default(),
             runtime: handle.clone(),
             cluster: std::sync::OnceLock::new(),
-            removals: std::sync::OnceLock::new(),
+            coordinator: std::sync::OnceLock::new(),
             replayed: (0..shard_count).map(|_| Arc::default()).collect(),
             sms: Arc::default(),
             push: Arc::default(),
@@ -277,6 +291,12 @@ impl Control {
         Reloader(self.shared.clone())
     }
 
+    /// The flag that asks for a planned stop (`planned_stop`): what
+    /// SIGTERM and SIGINT set.
+    pub fn stop_requests(&self) -> Arc<AtomicBool> {
+        self.shared.stop_requested.clone()
+    }
+
     /// Shard `shard`'s end of its command channel (once).
     pub fn take_commands(&mut self, shard: usize) -> Receiver<ShardCommand> {
         self.commands[shard]
@@ -307,10 +327,10 @@ impl Control {
         let me = settings.node_id;
         self.runtime
             .spawn(place_shards(views.subscribe(), self.shared.clone(), me));
-        let (removals, removals_in) = tokio::sync::mpsc::channel(REMOVALS_WAITING_MAX);
-        let _ = self.shared.removals.set(removals);
+        let (requests, requests_in) = tokio::sync::mpsc::channel(OPERATOR_REQUESTS_MAX);
+        let _ = self.shared.coordinator.set(requests);
         let mut coordinator =
-            Coordinator::new(settings, shards, views, status).with_removals(removals_in);
+            Coordinator::new(settings, shards, views, status).with_requests(requests_in);
         if let Some((lease, txns)) = islands {
             coordinator = coordinator.with_islands(lease, txns);
         }
@@ -337,6 +357,8 @@ fn serve(
 ) {
     runtime.block_on(async move {
         tokio::spawn(ingest(shared.clone(), reports, started));
+        let requested = shared.stop_requested.clone();
+        tokio::spawn(planned_stop::watch(shared.clone(), requested));
         // Everything but the health checks wants the token, when one is set.
         let guarded = Router::new()
             .route("/metrics", get(get_metrics))
@@ -344,6 +366,7 @@ fn serve(
             .route("/account/:phone", get(get_account).delete(delete_account))
             .route("/account/:phone/revoke", axum::routing::post(post_revoke))
             .route("/drain", axum::routing::post(post_drain))
+            .route("/stop", axum::routing::post(post_stop))
             .route(
                 "/cluster/remove/:node",
                 axum::routing::post(post_remove_node),
@@ -626,6 +649,10 @@ async fn get_ready(Extract(shared): Extract<Arc<Shared>>) -> Response {
 /// report.
 #[derive(Debug, Serialize, serde::Deserialize)]
 pub struct Status {
+    /// This process among the server's starts: a random number drawn at
+    /// start (`isle ctl restart` tells the new process from the old).
+    #[serde(default)]
+    pub process: u64,
     pub ready: bool,
     /// Why not, when not ready.
     pub reason: Option<String>,
@@ -720,6 +747,7 @@ async fn get_status(Extract(shared): Extract<Arc<Shared>>) -> Response {
     let readiness = shared.readiness(&state);
     let shards = state.shards.values().map(shard_status).collect();
     Json(Status {
+        process: shared.process,
         ready: readiness.is_ok(),
         reason: readiness.err(),
         reports_dropped: shared.reports_dropped.load(Ordering::Relaxed),
@@ -921,9 +949,9 @@ async fn post_drain(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -
     }
 }
 
-/// Removals of members waiting for the coordinator, at most: an operator
+/// Operators' requests waiting for the coordinator, at most: an operator
 /// asks for one at a time.
-const REMOVALS_WAITING_MAX: usize = 4;
+const OPERATOR_REQUESTS_MAX: usize = 4;
 /// How long a removal may wait for etcd before the operator is told it
 /// did not answer, in ms: longer than one etcd call's timeout (3 s), and
 /// shorter than `isle ctl`'s own (5 s), so the operator reads why.
@@ -950,13 +978,14 @@ async fn post_remove_node(
 /// [`post_remove_node`]'s answer: its status, whether the node was
 /// removed, and what the operator reads.
 async fn remove_node(shared: &Shared, node: u16) -> (StatusCode, bool, String) {
-    let Some(removals) = shared.removals.get() else {
+    let Some(requests) = shared.coordinator.get() else {
         let detail = "this node is not in a cluster".to_owned();
         return (StatusCode::NOT_FOUND, false, detail);
     };
     let (answer, answered) = tokio::sync::oneshot::channel();
-    if removals.try_send(Removal { node, answer }).is_err() {
-        let detail = "other removals are waiting for etcd; retry".to_owned();
+    let removal = OperatorRequest::Remove { node, answer };
+    if requests.try_send(removal).is_err() {
+        let detail = "other requests are waiting for etcd; retry".to_owned();
         return (StatusCode::SERVICE_UNAVAILABLE, false, detail);
     }
     let wait = Duration::from_millis(REMOVAL_WAIT_MS);
@@ -970,6 +999,23 @@ async fn remove_node(shared: &Shared, node: u16) -> (StatusCode, bool, String) {
             );
             (StatusCode::SERVICE_UNAVAILABLE, false, detail)
         }
+    }
+}
+
+/// A planned stop, as SIGTERM asks for one (`planned_stop`): 202 at once;
+/// the process stops within seconds.
+async fn post_stop(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -> Response {
+    shared.stop_requested.store(true, Ordering::Relaxed);
+    let detail = match shared.coordinator.get() {
+        Some(_) => "stopping: this node's islands go to their secondaries first",
+        None => "stopping",
+    };
+    match wants_json(&headers) {
+        true => {
+            let answer = serde_json::json!({ "stopping": true, "detail": detail });
+            (StatusCode::ACCEPTED, Json(answer)).into_response()
+        }
+        false => (StatusCode::ACCEPTED, format!("{detail}\n")).into_response(),
     }
 }
 
