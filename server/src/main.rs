@@ -168,12 +168,7 @@ fn run(flags: Flags) -> anyhow::Result<()> {
         peer: (peer_fds, peer_addr),
         to_listen,
     } = Bound::bind(&config, shard_count)?;
-    // A signal asks for a planned stop: a cluster node gives its islands
-    // away first (`control::planned_stop`).
-    let stop_requests = control.stop_requests();
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, stop_requests.clone())?;
-    }
+    stop_on_signals(&control)?;
     set_up_reloads(&control, &config, (flags, &started), identity.as_ref())?;
     let (mut tls_fds, mut plain_fds) = (tls_fds.into_iter(), plain_fds.into_iter());
     let mut peer_fds = peer_fds.into_iter();
@@ -231,6 +226,16 @@ fn run(flags: Flags) -> anyhow::Result<()> {
             .map_err(|error| anyhow::anyhow!("shard failed: {error}"))?;
     }
     log::info!("stopped");
+    Ok(())
+}
+
+/// SIGTERM and SIGINT ask for a planned stop: a cluster node gives its
+/// islands away first (`control::planned_stop`).
+fn stop_on_signals(control: &Control) -> anyhow::Result<()> {
+    let stop_requests = control.stop_requests();
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop_requests.clone())?;
+    }
     Ok(())
 }
 
