@@ -64,6 +64,9 @@ pub struct Commits {
     after: RefCell<Vec<(u64, AfterCommit)>>,
     /// The journal failed: commits finish without writing.
     failed: Cell<bool>,
+    /// The server is stopping and the commit in flight was given up on
+    /// while it waited for its island's secondary (see `abandon`).
+    abandoned: Cell<bool>,
 }
 
 /// Called once a commit finished: with true when it was written, false
@@ -99,6 +102,27 @@ impl Commits {
     /// Wakes `waker` when the next commit finishes (or stalls).
     pub fn hold(&self, waker: Waker) {
         self.holding.borrow_mut().push(waker);
+    }
+
+    /// The server is stopping and the commit in flight, written here,
+    /// will never be acknowledged by its island's secondary (the lease
+    /// was revoked for a planned stop, or the secondary is gone): its
+    /// replies are never sent (their phones send again, to the island's
+    /// next primary), what waits for it is told it was not written, and
+    /// nothing more is committed.
+    pub fn abandon(&self) {
+        self.abandoned.set(true);
+        for (_, then) in self.after.borrow_mut().drain(..) {
+            then(false);
+        }
+        for waker in self.holding.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// Whether the commits were given up on for a stop (`abandon`).
+    pub fn abandoned(&self) -> bool {
+        self.abandoned.get()
     }
 
     /// Calls `then` once commit `target` has finished (at once if it has):
@@ -313,8 +337,18 @@ pub async fn commit(
                     }
                     let target = journal.last_batch();
                     let acked = islands::wait_acknowledged(&runtime, &mut journal, tablet, target);
-                    if let Err(error) = acked.await {
-                        return refuse_durable_work(&runtime, error).await;
+                    match acked.await {
+                        Ok(()) => {}
+                        Err(islands::TabletStop::Stopping) => {
+                            log::warn!(
+                                shard = runtime.shard_id;
+                                "stopping: batch {target} is not acknowledged by the island's \
+                                 secondary; its replies are not sent (the phones send again)"
+                            );
+                            runtime.commits.abandon();
+                            return;
+                        }
+                        Err(error) => return refuse_durable_work(&runtime, error).await,
                     }
                 }
                 runtime.with_shard(|shard| {

@@ -53,6 +53,9 @@ use super::Runtime;
 const CATCH_UP_READ_BYTES: usize = 16 << 20;
 /// How often a commit that waits for its acknowledgement says so.
 const WAITING_LOG_MS: u64 = 10_000;
+/// How often a batch waiting for its secondary looks whether the server
+/// is stopping, in ms.
+const WAITING_POLL_MS: u64 = 100;
 /// How long after a failed standby checkpoint the next is tried.
 const CHECKPOINT_RETRY_MS: u64 = 10_000;
 
@@ -988,6 +991,9 @@ pub enum TabletStop {
     Journal(#[from] JournalError),
     #[error(transparent)]
     OutOfStep(#[from] OutOfStep),
+    /// The server is stopping while a batch waits for the secondary.
+    #[error("the server is stopping")]
+    Stopping,
 }
 
 /// Does the own tablet's log work on the shard's journal: an epoch's
@@ -1083,9 +1089,16 @@ pub async fn wait_acknowledged(
         if tablet.borrow().acknowledged().1 >= target {
             return Ok(());
         }
+        if runtime.exiting.get() {
+            // The process stops: a planned stop revoked the lease (the
+            // secondary stopped acknowledging this epoch and takes the
+            // island over), or the lease ends with the process. The batch
+            // is on this disk; nothing of it is acknowledged to a phone.
+            return Err(TabletStop::Stopping);
+        }
         let signal = tablet.borrow().work_signal.clone();
         futures_lite::future::or(signal.wait(), async {
-            glommio::timer::sleep(Duration::from_millis(WAITING_LOG_MS)).await;
+            glommio::timer::sleep(Duration::from_millis(WAITING_POLL_MS)).await;
         })
         .await;
         if runtime.now_ms() >= said + WAITING_LOG_MS {

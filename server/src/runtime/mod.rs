@@ -132,8 +132,12 @@ pub struct Runtime {
     /// immutably by `shard`.
     shard: RefCell<Shard>,
     started: Instant,
-    /// Set once the shard stops: accept loops take no new connections.
+    /// Set once the shard stops, or drains: accept loops take no new
+    /// connections.
     stopping: Rc<Cell<bool>>,
+    /// Set once the process stops (not for a drain): a commit waiting for
+    /// its island's secondary is given up on (`Commits::abandon`).
+    exiting: Rc<Cell<bool>>,
     links: Rc<Links>,
     /// Links to the other nodes of the cluster (idle for a single node).
     remote: Rc<remote::Remote>,
@@ -199,6 +203,7 @@ impl Runtime {
             shard: RefCell::new(shard),
             started,
             stopping: Rc::default(),
+            exiting: Rc::default(),
             links: Rc::new(Links::new(shard_count, staging_max)),
             remote: Rc::new(remote::Remote::new(remote, staging_max)),
             peer_queue: Rc::default(),
@@ -220,6 +225,7 @@ impl Runtime {
             shard: RefCell::new(shard),
             started: self.started,
             stopping: self.stopping.clone(),
+            exiting: self.exiting.clone(),
             links: self.links.clone(),
             remote: self.remote.clone(),
             peer_queue: self.peer_queue.clone(),
@@ -902,6 +908,7 @@ async fn tick_until_stopped(runtime: &Rc<Runtime>, tick_ms: u64, outside: Outsid
 async fn stop_serving(runtime: &Rc<Runtime>) {
     let shard_id = runtime.shard_id;
     runtime.stopping.set(true);
+    runtime.exiting.set(true);
     let tablets = runtime.every_tablet();
     for tablet in &tablets {
         tablet.with_shard(|shard| shard.close_all());
@@ -911,9 +918,9 @@ async fn stop_serving(runtime: &Rc<Runtime>) {
     // by `close_all`) to commit: taken by the commit task is not written,
     // so the commit in flight counts too.
     let unwritten = || {
-        tablets
-            .iter()
-            .any(|t| t.shard().has_pending_records() || t.commits.in_flight())
+        tablets.iter().any(|t| {
+            !t.commits.abandoned() && (t.shard().has_pending_records() || t.commits.in_flight())
+        })
     };
     let busy = || tablets.iter().any(|t| t.connections.live() > 0) || unwritten();
     while busy() && Instant::now() < deadline {
