@@ -855,3 +855,115 @@ fn supervise(cluster: &mut Cluster, index: usize, within: Duration) {
         .restart()
         .expect("started again on its data");
 }
+
+/// What happens to island 1's primary in [`fault_on_a_primary`].
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// SIGSTOP for `FAULT_S`, then SIGCONT: past its lease, it wakes up
+    /// as a primary whose island moved.
+    Pause,
+    /// Its bridge port down for `FAULT_S`: a silent two-way partition
+    /// from every node, etcd and the phones.
+    Partition,
+    /// Cut from etcd alone (both ways) for `FAULT_S`: it still reaches
+    /// the other nodes, which see its lease end.
+    EtcdOnly,
+}
+
+/// How long a fault lasts, in s: past the lease (5 s) and etcd's sweep.
+const FAULT_S: u64 = 12;
+
+/// With sync replication, node 1 (island 1's primary) is paused for 12 s
+/// (twice the lease) while the phones of all three nodes chat: island 1
+/// is taken over by node 2, node 1 wakes up to find its island moved,
+/// acknowledges nothing more of it, and rejoins it as its secondary.
+/// Nothing acknowledged is lost, every send is answered.
+#[test]
+#[ignore = "long: `cargo run -p ci -- cluster` runs it"]
+fn with_sync_replication_a_primary_paused_past_its_lease_loses_nothing() {
+    fault_on_a_primary(Fault::Pause);
+}
+
+/// [`with_sync_replication_a_primary_paused_past_its_lease_loses_nothing`]
+/// with node 1's bridge port down for 12 s instead: no node, etcd nor
+/// phone reaches it, nor it them.
+#[test]
+#[ignore = "long: `cargo run -p ci -- cluster` runs it"]
+fn with_sync_replication_a_primary_cut_off_by_a_silent_partition_loses_nothing() {
+    fault_on_a_primary(Fault::Partition);
+}
+
+/// [`with_sync_replication_a_primary_paused_past_its_lease_loses_nothing`]
+/// with node 1 cut from etcd alone for 12 s: it still reaches nodes 2 and
+/// 3, which see its lease end; node 2 takes island 1 over, and node 1,
+/// whose lease it can no longer renew, acknowledges nothing of it.
+#[test]
+#[ignore = "long: `cargo run -p ci -- cluster` runs it"]
+fn with_sync_replication_a_primary_cut_off_from_etcd_alone_loses_nothing() {
+    fault_on_a_primary(Fault::EtcdOnly);
+}
+
+/// `fault` on node 1 for [`FAULT_S`] s, 8 s into a chat of all three
+/// nodes' phones; prints when island 1 was served elsewhere (from the
+/// fault on, as node 2 sees etcd) and when every island was in sync again
+/// (from the healing on), and what loadgen saw.
+fn fault_on_a_primary(fault: Fault) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (phones, rate) = (
+        setting("ISLE_FAILOVER_PHONES", 600),
+        setting("ISLE_FAILOVER_RATE", 600),
+    );
+    let net = Net::new(&["etcd", "n1", "n2", "n3", "lg"]).expect("the test network");
+    let etcd = Etcd::start(&net, &["etcd"]).expect("starting etcd");
+    let mut cluster = replicating_cluster(&net, &etcd);
+    await_every_island_in_sync(&cluster, 0, Duration::from_secs(30));
+    let run = chat(&net, &cluster, (phones, rate, 45), &[]);
+    std::thread::sleep(Duration::from_secs(8));
+    let began = std::time::Instant::now();
+    match fault {
+        Fault::Pause => cluster.nodes[0].process().expect("node 1").stop(),
+        Fault::Partition => net.cut("n1"),
+        Fault::EtcdOnly => net
+            .blackhole("n1", "etcd")
+            .and_then(|()| net.blackhole("etcd", "n1")),
+    }
+    .expect("the fault");
+    await_islands(&cluster, 1, Duration::from_secs(30), |islands| {
+        islands
+            .iter()
+            .any(|i| i["id"] == 1 && i["primary"].as_u64() != Some(1))
+    });
+    let moved_s = began.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(FAULT_S).saturating_sub(began.elapsed()));
+    match fault {
+        Fault::Pause => cluster.nodes[0].process().expect("node 1").cont(),
+        Fault::Partition => net.heal("n1"),
+        Fault::EtcdOnly => net
+            .unblackhole("n1", "etcd")
+            .and_then(|()| net.unblackhole("etcd", "n1")),
+    }
+    .expect("healing");
+    let healed = std::time::Instant::now();
+    await_every_island_in_sync(&cluster, 1, Duration::from_secs(120));
+    let rejoined_s = healed.elapsed().as_secs_f64();
+    let report = run
+        .finish(Duration::from_secs(45) + LOADGEN_TIMEOUT)
+        .expect("loadgen's report");
+    let count = |name| report.count(name).expect("a loadgen counter");
+    eprintln!(
+        "{fault:?} of node 1 for {FAULT_S} s: island 1 served by another node {moved_s:.1} s \
+         after it began; every island in sync {rejoined_s:.1} s after it ended; largest \
+         answer gap {} ms; reordered {}; {}",
+        report.json["answer_gap_ms_max"],
+        count("reordered"),
+        report.json
+    );
+    assert_eq!(count("lost"), 0, "acknowledged lost: {}", report.json);
+    assert!(count("delivered") > 1_000, "{}", report.json);
+    assert_eq!(
+        count("acked") + count("rejected"),
+        count("sent"),
+        "sends left without an answer: {}",
+        report.json
+    );
+}

@@ -1594,3 +1594,52 @@ fn with_sync_replication_ctl_restart_hands_the_islands_over_and_waits_for_sync()
     );
     signal(&nodes[2].server, "CONT");
 }
+
+/// Island 1's primary paused past its lease (SIGSTOP): node 2 takes the
+/// island over. Woken up, node 1 finds its island moved: the phones it
+/// still had are told to go, and a phone of island 1 that comes to it is
+/// redirected to node 2 at once (it used to get no answer: the stale
+/// tablet's connections waited for a commit that never came).
+#[test]
+fn with_sync_replication_a_primary_paused_past_its_lease_redirects_its_phones_once_awake() {
+    let etcd = Etcd::start();
+    let (nodes, _ports) = three_replicating(&etcd);
+    let (mut alice_client, bob, bob_key) = alice_and_bob_on(&nodes[0]);
+    send_all(&mut alice_client, bob, 1..=10);
+    signal(&nodes[0].server, "STOP");
+    let rest: Vec<&Node> = nodes[1..].iter().collect();
+    await_all(&rest, "island 1 taken over by node 2", |s| {
+        island_served_by(s, 1, 2)
+    });
+    signal(&nodes[0].server, "CONT");
+    let all: Vec<&Node> = nodes.iter().collect();
+    await_all(&all, "island 1 in sync on nodes 2 and 1", |s| {
+        island_served_by(s, 1, 2) && island_is(s, 1, 3, "sync", &[2, 1])
+    });
+    // Alice's connection to node 1 was closed (or is, now).
+    let closed = await_frame(&mut alice_client, SETTLE, |e| match e {
+        Event::Bye { .. } => Some(()),
+        _ => None,
+    });
+    assert!(
+        closed.is_ok() || matches!(&closed, Err(seen) if seen.is_empty()),
+        "{closed:?}"
+    );
+    let node_2 = nodes[1].server.tls.to_string();
+    for _ in 0..3 {
+        let mut client = Client::connect(nodes[0].server.plain).unwrap();
+        client.set_timeout(Duration::from_secs(5)).unwrap();
+        client
+            .send(&ClientFrame::Login {
+                phone: bob,
+                key: bob_key,
+            })
+            .unwrap();
+        match client.recv() {
+            Ok(Event::Redirect { addr, .. }) => assert_eq!(addr, node_2),
+            other => panic!("node 1 for a phone of island 1: {other:?}"),
+        }
+    }
+    let mut bob_client = login_or_redirect(&nodes[1].server, bob, bob_key).unwrap();
+    expect_messages(&mut bob_client, 10);
+}

@@ -120,6 +120,25 @@ impl Commits {
         }
     }
 
+    /// The commit in flight ends unacknowledged: its island is served by
+    /// another node now. As [`Commits::abandon`], but later commits go on
+    /// (a stale tablet records nothing that is written).
+    pub fn give_up(&self) {
+        self.done.set(self.started.get());
+        let due: Vec<AfterCommit> = self
+            .after
+            .borrow_mut()
+            .drain(..)
+            .map(|(_, then)| then)
+            .collect();
+        for then in due {
+            then(false);
+        }
+        for waker in self.holding.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+
     /// Whether the commits were given up on for a stop (`abandon`).
     pub fn abandoned(&self) -> bool {
         self.abandoned.get()
@@ -339,6 +358,16 @@ pub async fn commit(
                     let acked = islands::wait_acknowledged(&runtime, &mut journal, tablet, target);
                     match acked.await {
                         Ok(()) => {}
+                        Err(islands::TabletStop::Superseded) => {
+                            log::warn!(
+                                shard = runtime.shard_id;
+                                "batch {target} will not be acknowledged: another node serves \
+                                 the island now; its replies are not sent (the phones send \
+                                 again, there)"
+                            );
+                            runtime.commits.give_up();
+                            continue;
+                        }
                         Err(islands::TabletStop::Stopping) => {
                             log::warn!(
                                 shard = runtime.shard_id;

@@ -994,6 +994,11 @@ pub enum TabletStop {
     /// The server is stopping while a batch waits for the secondary.
     #[error("the server is stopping")]
     Stopping,
+    /// Another node serves the island now (it took it over while this
+    /// one was paused or cut off): the batch waiting for the secondary
+    /// will never be acknowledged.
+    #[error("another node serves the island now")]
+    Superseded,
 }
 
 /// Does the own tablet's log work on the shard's journal: an epoch's
@@ -1088,6 +1093,9 @@ pub async fn wait_acknowledged(
         primary_log_work(runtime, journal, tablet).await?;
         if tablet.borrow().acknowledged().1 >= target {
             return Ok(());
+        }
+        if !runtime.shard().leads_own_island() {
+            return Err(TabletStop::Superseded);
         }
         if runtime.exiting.get() {
             // The process stops: a planned stop revoked the lease (the

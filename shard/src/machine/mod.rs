@@ -588,9 +588,12 @@ impl Shard {
 
     /// True when something waits for a commit not yet begun (records not
     /// taken, or replies held for the next batch); false when only the
-    /// commit in flight, if any, is awaited.
+    /// commit in flight, if any, is awaited. Always false for a tablet
+    /// whose island another node serves: it commits nothing more, and
+    /// its connections' output (a `Redirect`, a `Bye`) must not wait for
+    /// a commit that never comes.
     pub fn awaits_next_commit(&self) -> bool {
-        self.durability.awaits_next_commit()
+        self.leads_own_island() && self.durability.awaits_next_commit()
     }
 
     // ---- input -------------------------------------------------------------
