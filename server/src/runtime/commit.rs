@@ -346,37 +346,10 @@ pub async fn commit(
         match write_batch(&runtime, &mut journal, &records, ship).await {
             Ok(()) => {
                 if let Some(tablet) = &own {
-                    // Rule 1: the replies wait for the island, not only
-                    // for this disk.
-                    for batch in frames.drain(..) {
-                        let written = tablet.borrow_mut().written(batch.seq, batch.frame);
-                        if let Err(error) = written {
-                            return refuse_durable_work(&runtime, error).await;
-                        }
-                    }
-                    let target = journal.last_batch();
-                    let acked = islands::wait_acknowledged(&runtime, &mut journal, tablet, target);
-                    match acked.await {
-                        Ok(()) => {}
-                        Err(islands::TabletStop::Superseded) => {
-                            log::warn!(
-                                shard = runtime.shard_id;
-                                "batch {target} will not be acknowledged: another node serves \
-                                 the island now; its replies are not sent (the phones send \
-                                 again, there)"
-                            );
-                            runtime.commits.give_up();
-                            continue;
-                        }
-                        Err(islands::TabletStop::Stopping) => {
-                            log::warn!(
-                                shard = runtime.shard_id;
-                                "stopping: batch {target} is not acknowledged by the island's \
-                                 secondary; its replies are not sent (the phones send again)"
-                            );
-                            runtime.commits.abandon();
-                            return;
-                        }
+                    match await_island(&runtime, &mut journal, tablet, &mut frames).await {
+                        Ok(Island::Acknowledged) => {}
+                        Ok(Island::GivenUp) => continue,
+                        Ok(Island::Stopping) => return,
                         Err(error) => return refuse_durable_work(&runtime, error).await,
                     }
                 }
@@ -394,6 +367,54 @@ pub async fn commit(
             }
             Err(error) => return refuse_durable_work(&runtime, error).await,
         }
+    }
+}
+
+/// What became of a batch written here, as its island goes.
+enum Island {
+    /// The secondary holds it too: its replies may go.
+    Acknowledged,
+    /// Another node serves the island now: it never will be; the commit
+    /// ends without its replies, and the task goes on.
+    GivenUp,
+    /// The process stops first: the commit ends without its replies, and
+    /// so does the task.
+    Stopping,
+}
+
+/// Rule 1: the replies of the batch just written (`frames`) wait for the
+/// island, not only for this disk. Err: the tablet stops for good.
+async fn await_island(
+    runtime: &Runtime,
+    journal: &mut impl Journal,
+    tablet: &RefCell<Tablet>,
+    frames: &mut Vec<ShippedBatch>,
+) -> Result<Island, islands::TabletStop> {
+    for batch in frames.drain(..) {
+        tablet.borrow_mut().written(batch.seq, batch.frame)?;
+    }
+    let target = journal.last_batch();
+    match islands::wait_acknowledged(runtime, journal, tablet, target).await {
+        Ok(()) => Ok(Island::Acknowledged),
+        Err(islands::TabletStop::Superseded) => {
+            log::warn!(
+                shard = runtime.shard_id;
+                "batch {target} will not be acknowledged: another node serves the island \
+                 now; its replies are not sent (the phones send again, there)"
+            );
+            runtime.commits.give_up();
+            Ok(Island::GivenUp)
+        }
+        Err(islands::TabletStop::Stopping) => {
+            log::warn!(
+                shard = runtime.shard_id;
+                "stopping: batch {target} is not acknowledged by the island's secondary; its \
+                 replies are not sent (the phones send again)"
+            );
+            runtime.commits.abandon();
+            Ok(Island::Stopping)
+        }
+        Err(error) => Err(error),
     }
 }
 
