@@ -145,6 +145,13 @@ impl OrderGaps {
         });
         sender.forget_other_sessions(session);
         if let Some(at) = sender.gaps.iter().position(|gap| gap.chat == chat) {
+            if sender.gaps[at].client_id < client_id {
+                // An earlier send of the conversation was refused and has
+                // not come again: the phone sends again from that one on.
+                // (Refusals come out of order when requests out to a node
+                // are refused together, as their island moves.)
+                return;
+            }
             let gap = sender.gaps.remove(at);
             if gap.before_saturation {
                 sender.closed_one_before_saturation();
@@ -245,6 +252,31 @@ mod tests {
         assert_eq!(gaps.admit(a, Chat::Direct(b), 2, session), Ok(()));
         assert_eq!(gaps.admit(a, Chat::Direct(b), 3, session), Ok(()));
         assert!(gaps.is_empty());
+    }
+
+    /// Requests out to a node are refused together when their island
+    /// moves, in any order, and after later sends of the conversation may
+    /// have been refused already: the gap stays at the earliest, so the
+    /// later one cannot pass before it comes again.
+    #[test]
+    fn the_gap_stays_at_the_earliest_refused_send_of_a_conversation() {
+        let mut gaps = OrderGaps::default();
+        let (a, b) = (phone(1), phone(2));
+        let session = ConnId::for_tests(1, 1);
+        gaps.refused(a, Chat::Direct(b), 3, session, 0);
+        gaps.refused(a, Chat::Direct(b), 5, session, 0);
+        assert_eq!(
+            gaps.admit(a, Chat::Direct(b), 5, session),
+            Err(Blocked::By(3))
+        );
+        gaps.refused(a, Chat::Direct(b), 2, session, 0);
+        assert_eq!(
+            gaps.admit(a, Chat::Direct(b), 3, session),
+            Err(Blocked::By(2))
+        );
+        assert_eq!(gaps.admit(a, Chat::Direct(b), 2, session), Ok(()));
+        assert_eq!(gaps.admit(a, Chat::Direct(b), 3, session), Ok(()));
+        assert_eq!(gaps.admit(a, Chat::Direct(b), 5, session), Ok(()));
     }
 
     #[test]

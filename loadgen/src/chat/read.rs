@@ -188,6 +188,9 @@ fn answered(thread: &Thread, phone: &PhoneState) {
     thread.note_answer_gap(now.saturating_sub(phone.answer_mark_ns.replace(now)));
 }
 
+/// Reordered deliveries named on stderr, at most.
+const REORDERED_NAMED_MAX: u64 = 20;
+
 /// A message reached `phone`: counted once, timed, checked for order.
 pub(super) fn on_message(
     thread: &Thread,
@@ -232,7 +235,15 @@ pub(super) fn on_message(
     let mut last = thread.last_from.borrow_mut();
     let previous = last.entry((from_index, phone.index)).or_insert(0);
     if client_id < *previous {
-        shared.reordered.fetch_add(1, Relaxed);
+        let count = shared.reordered.fetch_add(1, Relaxed);
+        // The first few are named, to look for on the servers (`isle ctl
+        // trace SENDER CLIENT_ID`).
+        if count < REORDERED_NAMED_MAX {
+            eprintln!(
+                "reordered: {from}'s client_id {client_id} reached {} after its client_id {}",
+                phone.number, *previous
+            );
+        }
     }
     *previous = (*previous).max(client_id);
 }

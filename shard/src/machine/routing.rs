@@ -148,9 +148,11 @@ impl Shard {
         let Some(placement) = self.placement.clone() else {
             return;
         };
-        let moved = self
+        let mut moved = self
             .in_flight
             .moved(|island, node| !placement.has_map() || placement.primary_of(island) == node);
+        // Each phone is told in the order it sent them.
+        moved.sort_unstable_by_key(|((phone, client_id), _)| (phone.as_u64(), *client_id));
         for ((phone, client_id), request) in moved {
             if self.conns.is_session_of(request.conn, phone) {
                 self.counters.refused_island_moved += 1;
