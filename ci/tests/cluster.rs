@@ -8,7 +8,7 @@
 
 use std::{process::Command, sync::Mutex, time::Duration};
 
-use ci::harness::{metrics, target_dir, Binaries, Cluster, Etcd, Loadgen, Net};
+use ci::harness::{metrics, target_dir, Binaries, Cluster, Etcd, Loadgen, Net, Report};
 
 /// loadgen's run, drain included.
 const LOADGEN_TIMEOUT: Duration = Duration::from_secs(180);
@@ -505,6 +505,20 @@ fn chat(
     run
 }
 
+/// Three replicating nodes with every island in sync, and 600 phones
+/// (`ISLE_FAILOVER_PHONES`) chatting over all three at 600 messages a
+/// second (`ISLE_FAILOVER_RATE`) for `seconds`.
+fn replicating_chat<'net>(net: &'net Net, etcd: &Etcd, seconds: u64) -> (Cluster<'net>, Loadgen) {
+    let (phones, rate) = (
+        setting("ISLE_FAILOVER_PHONES", 600),
+        setting("ISLE_FAILOVER_RATE", 600),
+    );
+    let cluster = replicating_cluster(net, etcd);
+    await_every_island_in_sync(&cluster, 0, Duration::from_secs(30));
+    let run = chat(net, &cluster, (phones, rate, seconds), &[]);
+    (cluster, run)
+}
+
 /// Each island's (epoch, mode) as node `index` sees it, by island id.
 fn islands(cluster: &Cluster, index: usize) -> Vec<(u64, u64, String)> {
     let status = cluster.status(index);
@@ -567,22 +581,13 @@ fn with_sync_replication_a_killed_secondary_leaves_its_island_solo_and_loses_not
     std::thread::sleep(Duration::from_secs(8));
     cluster.nodes[2].restart().expect("node 3 back on its data");
     let report = run.finish(LOADGEN_TIMEOUT).expect("loadgen's report");
-    let count = |name| report.count(name).expect("a loadgen counter");
     eprintln!(
         "node 3 killed and restarted: p99 {:.1} ms of nodes 1-2's chat, largest answer gap {} ms",
         report.json["latency_us_p99"].as_f64().unwrap_or(0.0) / 1e3,
         report.json["answer_gap_ms_max"]
     );
     eprintln!("{}", report.json);
-    assert_eq!(count("lost"), 0, "acknowledged lost: {}", report.json);
-    assert_eq!(count("reordered"), 0, "{}", report.json);
-    assert!(count("delivered") > 1_000, "{}", report.json);
-    assert_eq!(
-        count("acked") + count("rejected"),
-        count("sent"),
-        "sends left without an answer: {}",
-        report.json
-    );
+    assert_nothing_lost(&report);
     await_island_mode(&cluster, 1, 2, "sync", Duration::from_secs(60));
 }
 
@@ -655,18 +660,12 @@ fn with_sync_replication_an_etcd_outage_of_30_s_stops_no_message_and_moves_no_is
 fn with_sync_replication_killed_primaries_fail_over_rejoin_and_lose_nothing() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let rounds = setting("ISLE_FAILOVER_ROUNDS", 1);
-    let (phones, rate) = (
-        setting("ISLE_FAILOVER_PHONES", 600),
-        setting("ISLE_FAILOVER_RATE", 600),
-    );
     let net = Net::new(&["etcd", "n1", "n2", "n3", "lg"]).expect("the test network");
     let etcd = Etcd::start(&net, &["etcd"]).expect("starting etcd");
-    let mut cluster = replicating_cluster(&net, &etcd);
-    await_every_island_in_sync(&cluster, 0, Duration::from_secs(30));
     // Long enough for every round (a kill, its failover, the restart and
     // the rejoin take about 20 s here).
     let chat_s = 15 + 30 * rounds;
-    let run = chat(&net, &cluster, (phones, rate, chat_s), &[]);
+    let (mut cluster, run) = replicating_chat(&net, &etcd, chat_s);
     let (mut failovers, mut rejoins) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         std::thread::sleep(Duration::from_secs(5));
@@ -714,14 +713,22 @@ fn with_sync_replication_killed_primaries_fail_over_rejoin_and_lose_nothing() {
         report.json["answer_gap_ms_max"],
         report.json
     );
-    assert_eq!(count("lost"), 0, "acknowledged lost: {}", report.json);
-    assert_eq!(count("reordered"), 0, "{}", report.json);
-    assert!(count("delivered") > 1_000, "{}", report.json);
+    assert_nothing_lost(&report);
     assert!(
         count("redirects") > 0,
         "no phone followed an island: {}",
         report.json
     );
+}
+
+/// What a chaos case asserts of loadgen's report: nothing acknowledged
+/// lost, no message reaching its recipient after a later one of its
+/// sender, every send answered, and enough delivered to mean something.
+fn assert_nothing_lost(report: &Report) {
+    let count = |name| report.count(name).expect("a loadgen counter");
+    assert_eq!(count("lost"), 0, "acknowledged lost: {}", report.json);
+    assert_eq!(count("reordered"), 0, "{}", report.json);
+    assert!(count("delivered") > 1_000, "{}", report.json);
     assert_eq!(
         count("acked") + count("rejected"),
         count("sent"),
@@ -780,16 +787,10 @@ fn await_every_island_in_sync(cluster: &Cluster, index: usize, within: Duration)
 #[ignore = "long: `cargo run -p ci -- cluster` runs it"]
 fn with_sync_replication_a_rolling_restart_under_load_loses_nothing() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let (phones, rate) = (
-        setting("ISLE_FAILOVER_PHONES", 600),
-        setting("ISLE_FAILOVER_RATE", 600),
-    );
     let net = Net::new(&["etcd", "n1", "n2", "n3", "lg"]).expect("the test network");
     let etcd = Etcd::start(&net, &["etcd"]).expect("starting etcd");
-    let mut cluster = replicating_cluster(&net, &etcd);
-    await_every_island_in_sync(&cluster, 0, Duration::from_secs(30));
     let chat_s = 100;
-    let run = chat(&net, &cluster, (phones, rate, chat_s), &[]);
+    let (mut cluster, run) = replicating_chat(&net, &etcd, chat_s);
     let mut said = Vec::new();
     for index in 0..3 {
         std::thread::sleep(Duration::from_secs(5));
@@ -819,15 +820,7 @@ fn with_sync_replication_a_rolling_restart_under_load_loses_nothing() {
         count("reordered"),
         report.json
     );
-    assert_eq!(count("lost"), 0, "acknowledged lost: {}", report.json);
-    assert_eq!(count("reordered"), 0, "{}", report.json);
-    assert!(count("delivered") > 1_000, "{}", report.json);
-    assert_eq!(
-        count("acked") + count("rejected"),
-        count("sent"),
-        "sends left without an answer: {}",
-        report.json
-    );
+    assert_nothing_lost(&report);
     for (index, line) in said.iter().enumerate() {
         let node = index + 1;
         assert!(
@@ -911,15 +904,9 @@ fn with_sync_replication_a_primary_cut_off_from_etcd_alone_loses_nothing() {
 /// (from the healing on), and what loadgen saw.
 fn fault_on_a_primary(fault: Fault) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let (phones, rate) = (
-        setting("ISLE_FAILOVER_PHONES", 600),
-        setting("ISLE_FAILOVER_RATE", 600),
-    );
     let net = Net::new(&["etcd", "n1", "n2", "n3", "lg"]).expect("the test network");
     let etcd = Etcd::start(&net, &["etcd"]).expect("starting etcd");
-    let mut cluster = replicating_cluster(&net, &etcd);
-    await_every_island_in_sync(&cluster, 0, Duration::from_secs(30));
-    let run = chat(&net, &cluster, (phones, rate, 45), &[]);
+    let (mut cluster, run) = replicating_chat(&net, &etcd, 45);
     std::thread::sleep(Duration::from_secs(8));
     let began = std::time::Instant::now();
     match fault {
@@ -960,13 +947,5 @@ fn fault_on_a_primary(fault: Fault) {
         count("reordered"),
         report.json
     );
-    assert_eq!(count("lost"), 0, "acknowledged lost: {}", report.json);
-    assert_eq!(count("reordered"), 0, "{}", report.json);
-    assert!(count("delivered") > 1_000, "{}", report.json);
-    assert_eq!(
-        count("acked") + count("rejected"),
-        count("sent"),
-        "sends left without an answer: {}",
-        report.json
-    );
+    assert_nothing_lost(&report);
 }

@@ -983,22 +983,18 @@ fn island_is(status: &serde_json::Value, id: u64, epoch: u64, mode: &str, insync
 
 /// Sends `ids` from `from` to `to`, each answered `Sent`.
 fn send_all(from: &mut Client, to: Phone, ids: std::ops::RangeInclusive<u64>) {
-    for client_id in ids {
-        let body = shipped_body(client_id);
-        let send = ClientFrame::Send {
-            client_id,
-            to,
-            body: body.as_bytes(),
-        };
-        from.send(&send).unwrap();
-        let answer = await_frame(from, SETTLE, sent(client_id));
-        assert!(answer.is_ok(), "message {client_id}: {answer:?}");
-    }
+    send_each(from, to, ids, false);
 }
 
 /// [`send_all`], each sent again after a while when refused
 /// `Unavailable` (as a phone does), for a while.
 fn send_all_resending(from: &mut Client, to: Phone, ids: std::ops::RangeInclusive<u64>) {
+    send_each(from, to, ids, true);
+}
+
+/// Sends `ids` from `from` to `to`, each answered `Sent`; with `resend`,
+/// one refused `Unavailable` is sent again after a while, for a while.
+fn send_each(from: &mut Client, to: Phone, ids: std::ops::RangeInclusive<u64>, resend: bool) {
     for client_id in ids {
         let body = shipped_body(client_id);
         let send = ClientFrame::Send {
@@ -1015,7 +1011,7 @@ fn send_all_resending(from: &mut Client, to: Phone, ids: std::ops::RangeInclusiv
                     kind: ErrorKind::Unavailable,
                     client_id: Some(c),
                     ..
-                } if *c == client_id => Some(false),
+                } if *c == client_id && resend => Some(false),
                 _ => None,
             });
             match answer {
