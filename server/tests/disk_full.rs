@@ -320,13 +320,17 @@ fn a_segment_running_out_on_a_full_disk_keeps_the_server_live_and_it_resumes() {
     ack_one_by_one_with_pings(&mut bob, &mut carol, last);
     // New messages are refused at once, not left unanswered.
     send(&mut alice, last + 1, bob_phone, b"after the full disk");
-    assert!(matches!(
-        next_answer(&mut alice),
-        Event::Error {
-            kind: ErrorKind::DiskFull,
-            ..
-        }
-    ));
+    let answer = next_answer(&mut alice);
+    assert!(
+        matches!(
+            answer,
+            Event::Error {
+                kind: ErrorKind::DiskFull,
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
 
     std::fs::remove_file(disk.mount.join("filler")).unwrap();
     send_until_sent(&mut alice, last + 1, bob_phone, Duration::from_secs(15));
