@@ -1195,7 +1195,7 @@ fn with_sync_replication_a_killed_primary_s_island_is_served_by_its_secondary() 
         island_served_by(s, 1, 2)
     });
     let node_2 = nodes[0].server.tls.to_string();
-    let asked_elsewhere = login_or_redirect(&nodes[1].server, alice, alice_key);
+    let asked_elsewhere = redirect_settled(&nodes[1].server, (alice, alice_key), &node_2);
     assert!(
         matches!(&asked_elsewhere, Err(Event::Redirect { addr, .. }) if *addr == node_2),
         "node 3 for a phone of island 1: {:?}",
@@ -1212,7 +1212,7 @@ fn with_sync_replication_a_killed_primary_s_island_is_served_by_its_secondary() 
     await_all(&all, "node 1 back, island 1 still on node 2", |s| {
         live(s) == [1, 2, 3] && island_served_by(s, 1, 2)
     });
-    let back = login_or_redirect(&nodes[0].server, bob, bob_key);
+    let back = redirect_settled(&nodes[0].server, (bob, bob_key), &node_2);
     assert!(
         matches!(&back, Err(Event::Redirect { addr, .. }) if *addr == node_2),
         "the old primary for a phone of its island: {:?}",
@@ -1262,6 +1262,25 @@ fn login_or_redirect(server: &Server, phone: Phone, key: DeviceKey) -> Result<Cl
                 std::thread::sleep(Duration::from_millis(200));
             }
             other => return Err(other),
+        }
+    }
+}
+
+/// [`login_or_redirect`], asked again for a while while it is redirected
+/// elsewhere than `to`: the shards take a new placement within a tick of
+/// the status that shows it.
+fn redirect_settled(
+    server: &Server,
+    (phone, key): (Phone, DeviceKey),
+    to: &str,
+) -> Result<Client, Event> {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        match login_or_redirect(server, phone, key) {
+            Err(Event::Redirect { addr, .. }) if addr != to && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => return other,
         }
     }
 }
