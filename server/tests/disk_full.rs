@@ -318,7 +318,9 @@ fn a_segment_running_out_on_a_full_disk_keeps_the_server_live_and_it_resumes() {
     bob.set_timeout(Duration::from_secs(3)).unwrap();
     bob.login(bob_phone, bob_key).unwrap();
     ack_one_by_one_with_pings(&mut bob, &mut carol, last);
-    // New messages are refused at once, not left unanswered.
+    // New messages are answered at once, not left waiting: refused while
+    // the disk is full, or taken if Bob's acks let a checkpoint free a
+    // segment meanwhile (on a loaded machine it sometimes has).
     send(&mut alice, last + 1, bob_phone, b"after the full disk");
     let answer = next_answer(&mut alice);
     assert!(
@@ -327,7 +329,7 @@ fn a_segment_running_out_on_a_full_disk_keeps_the_server_live_and_it_resumes() {
             Event::Error {
                 kind: ErrorKind::DiskFull,
                 ..
-            }
+            } | Event::Sent { .. }
         ),
         "{answer:?}"
     );
