@@ -44,8 +44,6 @@ use super::{
 use crate::config::cluster::{ClusterSettings, Replication};
 use server::island::{tablet::IslandTxn, LeaseClock};
 
-/// The next island transaction a shard asked for; never, when the node
-/// does not replicate.
 /// What an operator asks of the coordinator through the admin listener;
 /// `answer` says what was done, or why not.
 pub enum OperatorRequest {
@@ -63,18 +61,12 @@ pub enum OperatorRequest {
     },
 }
 
-async fn next_request(
-    requests: &mut Option<tokio::sync::mpsc::Receiver<OperatorRequest>>,
-) -> Option<OperatorRequest> {
-    match requests {
-        Some(requests) => requests.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn next_txn(txns: &mut Option<tokio::sync::mpsc::Receiver<IslandTxn>>) -> Option<IslandTxn> {
-    match txns {
-        Some(txns) => txns.recv().await,
+/// The next item of an optional channel: an island transaction a shard
+/// asked for, an operator's request; never, when there is no channel (a
+/// node that does not replicate, a coordinator without an admin side).
+async fn next_from<T>(channel: &mut Option<tokio::sync::mpsc::Receiver<T>>) -> Option<T> {
+    match channel {
+        Some(channel) => channel.recv().await,
         None => std::future::pending().await,
     }
 }
@@ -457,10 +449,10 @@ impl Coordinator {
                     }
                     self.held_until(lease, sent, answer.ttl());
                 }
-                Some(txn) = next_txn(&mut self.txns) => {
+                Some(txn) = next_from(&mut self.txns) => {
                     self.island_txn(client, txn).await?;
                 }
-                Some(request) = next_request(&mut self.requests) => {
+                Some(request) = next_from(&mut self.requests) => {
                     self.operator_request(client, lease, request).await?;
                 }
                 message = watch.message() => {

@@ -69,11 +69,7 @@ impl Envelope {
     /// shards, whose process has been the incarnations `mine` (the
     /// current one last).
     pub fn decode(payload: &[u8], shards: u16, mine: &[i64]) -> Result<Envelope, Refused> {
-        if payload.len() > ENVELOPE_BYTES_MAX {
-            return Err(Refused::TooLong(payload.len()));
-        }
-        let envelope: Envelope =
-            postcard::from_bytes(payload).map_err(|e| Refused::Malformed(e.to_string()))?;
+        let envelope = Envelope::decode_own(payload)?;
         if envelope.shard >= shards {
             return Err(Refused::NoSuchShard {
                 shard: envelope.shard,
@@ -86,9 +82,7 @@ impl Envelope {
         }
         Ok(envelope)
     }
-}
 
-impl Envelope {
     /// Decodes a payload this process encoded for another node, to send
     /// its message elsewhere: only its length and form are checked (the
     /// receiver's checks are the receiver's).

@@ -454,7 +454,7 @@ impl ShardState {
             let decaying = self.averages.entry(name).or_default();
             decaying.observe(value as f64, at_s);
         }
-        let links = report.remote.as_ref().map_or(&[][..], |r| &r.links[..]);
+        let links = report.links();
         self.link_averages
             .retain(|node, _| links.iter().any(|link| link.node == *node));
         for link in links {
@@ -464,17 +464,16 @@ impl ShardState {
     }
 
     fn averages(&self) -> Averages {
-        let windows = |decaying: &Decaying| decaying.averages();
         Averages {
             queues: self
                 .averages
                 .iter()
-                .map(|(name, decaying)| (name.clone(), windows(decaying)))
+                .map(|(name, decaying)| (name.clone(), decaying.averages()))
                 .collect(),
             links: self
                 .link_averages
                 .iter()
-                .map(|(node, decaying)| (*node, windows(decaying)))
+                .map(|(node, decaying)| (*node, decaying.averages()))
                 .collect(),
         }
     }
@@ -798,7 +797,7 @@ fn shard_status(state: &ShardState) -> ShardStatus {
 
 /// `report`'s links with their depths' `averages` (by peer node).
 fn link_statuses(report: &ShardReport, averages: &BTreeMap<u16, [f64; 3]>) -> Vec<LinkStatus> {
-    let links = report.remote.as_ref().map_or(&[][..], |r| &r.links[..]);
+    let links = report.links();
     links
         .iter()
         .map(|link| LinkStatus {

@@ -45,6 +45,13 @@ pub struct ShardReport {
     pub replication: Option<server::island::tablet::TabletStats>,
 }
 
+impl ShardReport {
+    /// What its links to other nodes reported (none for a single node).
+    pub fn links(&self) -> &[server::remote::LinkStats] {
+        self.remote.as_ref().map_or(&[], |remote| &remote.links)
+    }
+}
+
 /// Queue lengths: the shard's own, and its links to the other shards.
 #[derive(Debug, Default, Clone, Copy, Serialize)]
 pub struct Queues {

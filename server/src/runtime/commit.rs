@@ -112,12 +112,7 @@ impl Commits {
     /// nothing more is committed.
     pub fn abandon(&self) {
         self.abandoned.set(true);
-        for (_, then) in self.after.borrow_mut().drain(..) {
-            then(false);
-        }
-        for waker in self.holding.borrow_mut().drain(..) {
-            waker.wake();
-        }
+        self.end_unacknowledged();
     }
 
     /// The commit in flight ends unacknowledged: its island is served by
@@ -125,13 +120,19 @@ impl Commits {
     /// (a stale tablet records nothing that is written).
     pub fn give_up(&self) {
         self.done.set(self.started.get());
-        let due: Vec<AfterCommit> = self
+        self.end_unacknowledged();
+    }
+
+    /// What waits for a commit is told it was not written; connections
+    /// holding their bytes for it let them go.
+    fn end_unacknowledged(&self) {
+        let waiting: Vec<AfterCommit> = self
             .after
             .borrow_mut()
             .drain(..)
             .map(|(_, then)| then)
             .collect();
-        for then in due {
+        for then in waiting {
             then(false);
         }
         for waker in self.holding.borrow_mut().drain(..) {
