@@ -13,7 +13,7 @@
 //! The tablet a partition lives in is (island, shard): a node hosts its
 //! own island's tablets, and those of islands it took over.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::{
     island::{IslandId, IslandRecord, View},
@@ -52,6 +52,9 @@ pub struct Placement {
     nodes: BTreeMap<u16, PlacedNode>,
     /// Each island's record and the etcd revision it was written at.
     islands: BTreeMap<IslandId, (IslandRecord, u64)>,
+    /// The islands whose current record this node's running process wrote
+    /// ([`View::made_here`]).
+    made_here: BTreeSet<IslandId>,
 }
 
 /// Where a partition's accounts and groups are, seen from one shard.
@@ -96,6 +99,7 @@ impl Placement {
             mapped,
             nodes,
             islands: BTreeMap::new(),
+            made_here: BTreeSet::new(),
         }
     }
 
@@ -105,13 +109,20 @@ impl Placement {
         self
     }
 
+    /// The placement, knowing which islands' current records this node's
+    /// running process wrote.
+    pub fn with_made_here(mut self, islands: BTreeSet<IslandId>) -> Placement {
+        self.made_here = islands;
+        self
+    }
+
     /// Every island, with its record.
     pub fn islands(&self) -> impl Iterator<Item = (IslandId, &IslandRecord)> {
         self.islands.iter().map(|(&id, (record, _))| (id, record))
     }
 
-    /// What an island's member is shown: its record at its revision, and
-    /// the nodes that hold a lease now.
+    /// What an island's member is shown: its record at its revision, the
+    /// nodes that hold a lease now, and whether this process wrote it.
     pub fn island_view(&self, island: IslandId) -> Option<View> {
         let (record, revision) = self.islands.get(&island)?;
         let live = self
@@ -124,6 +135,7 @@ impl Placement {
             record: record.clone(),
             revision: *revision,
             live,
+            made_here: self.made_here.contains(&island),
         })
     }
 

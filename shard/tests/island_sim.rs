@@ -103,6 +103,8 @@ enum Msg {
         island: u16,
         id: u64,
         applied: bool,
+        /// The revision the record was written at, if applied.
+        revision: u64,
     },
     KeepaliveAsk {
         lease: u64,
@@ -174,6 +176,9 @@ struct Node {
     disks: BTreeMap<u16, Disk>,
     /// Batches proposed here, by island: (seq, payload id), waiting.
     proposed: BTreeMap<u16, Vec<(u64, u64)>>,
+    /// The revision of the last record of each island this process wrote
+    /// (as the coordinator keeps it): its views say `made_here`.
+    written: BTreeMap<u16, u64>,
 }
 
 struct Store {
@@ -267,6 +272,7 @@ impl Sim {
                 members: BTreeMap::new(),
                 disks: BTreeMap::new(),
                 proposed: BTreeMap::new(),
+                written: BTreeMap::new(),
             };
             sim.nodes.insert(id, node);
             sim.start(id);
@@ -329,6 +335,7 @@ impl Sim {
         node.backlog.clear();
         node.members.clear();
         node.proposed.clear();
+        node.written.clear();
         for disk in node.disks.values_mut() {
             disk.entries.truncate(disk.durable);
         }
@@ -391,7 +398,14 @@ impl Sim {
                 island,
                 id: txn,
                 applied,
-            } => self.with_member(id, island, |m, _| m.txn_result(txn, applied)),
+                revision,
+            } => {
+                if applied {
+                    let node = self.nodes.get_mut(&id).unwrap();
+                    node.written.insert(island, revision);
+                }
+                self.with_member(id, island, |m, _| m.txn_result(txn, applied));
+            }
             Msg::KeepaliveAnswer { sent_ms, lease } => {
                 self.nodes.get_mut(&id).unwrap().lease = lease;
                 let valid = sent_ms + LEASE_TTL_MS * 99 / 100;
@@ -399,7 +413,11 @@ impl Sim {
                     self.with_member(id, island, |m, _| m.keepalive(valid));
                 }
             }
-            Msg::View { island, view } => self.with_member(id, island, |m, now| m.view(view, now)),
+            Msg::View { island, mut view } => {
+                let written = self.nodes[&id].written.get(&island);
+                view.made_here = written == Some(&view.revision);
+                self.with_member(id, island, |m, now| m.view(view, now));
+            }
             _ => unreachable!("not for a node"),
         }
     }
@@ -622,6 +640,7 @@ impl Sim {
                         island,
                         id,
                         applied,
+                        revision: self.store.revision,
                     },
                 );
                 if applied {
@@ -639,6 +658,7 @@ impl Sim {
                 record: record.clone(),
                 revision: *revision,
                 live: live.clone(),
+                made_here: false,
             };
             let (p, s) = pair(island);
             for node in [p, s] {

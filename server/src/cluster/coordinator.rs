@@ -39,10 +39,12 @@ use super::{
     islands,
     partitions::PartitionOwners,
     removal,
+    sync_votes::{Decision, SyncVotes},
     view::{Change, ClusterView, NodeRecord},
 };
 use crate::config::cluster::{ClusterSettings, Replication};
 use server::island::{tablet::IslandTxn, LeaseClock};
+use shard::island::IslandId;
 
 /// What an operator asks of the coordinator through the admin listener;
 /// `answer` says what was done, or why not.
@@ -172,6 +174,11 @@ pub struct Coordinator {
     lease_clock: Option<Arc<LeaseClock>>,
     /// Island transactions the shards' members ask for.
     txns: Option<tokio::sync::mpsc::Receiver<IslandTxn>>,
+    /// Asks to take a secondary back in sync, until every shard asked.
+    votes: SyncVotes,
+    /// The revision of the last record of each island this process wrote
+    /// (across sessions: what a view shows as `written_here`).
+    written: BTreeMap<IslandId, i64>,
     /// Members without a lease, since when this node saw them so (for
     /// the controller's re-pairing).
     away_since: BTreeMap<u16, Instant>,
@@ -220,6 +227,8 @@ impl Coordinator {
             unowned_said: None,
             lease_clock: None,
             txns: None,
+            votes: SyncVotes::new(shards),
+            written: BTreeMap::new(),
             away_since: BTreeMap::new(),
             requests: None,
             left: false,
@@ -509,6 +518,19 @@ impl Coordinator {
             );
             return Ok(());
         }
+        let (txn_island, txn_secondary) = (txn.island, txn.record.secondary);
+        let txn = match self.votes.offer(txn, Instant::now()) {
+            Decision::Run(txn) => txn,
+            Decision::Wait { have } => {
+                log::debug!(
+                    "cluster: island {}: {have} of {} shards ask to take node {} back in sync",
+                    txn_island,
+                    self.record.shards,
+                    txn_secondary
+                );
+                return Ok(());
+            }
+        };
         let key = self.key(&format!("islands/{}", txn.island));
         let mut when = vec![Compare::mod_revision(
             key.clone(),
@@ -523,6 +545,8 @@ impl Coordinator {
         let done = client.txn(Txn::new().when(when).and_then([put])).await?;
         let record = &txn.record;
         if done.succeeded() {
+            let revision = done.header().map_or(0, |h| h.revision());
+            self.written.insert(txn.island, revision);
             log::warn!(
                 "cluster: island {}: epoch {}, primary {}, in sync {:?}, {:?}",
                 txn.island,
@@ -746,6 +770,7 @@ impl Coordinator {
 
     /// Sends the view out and updates the status.
     fn publish(&mut self) {
+        self.view.written_here = self.written.clone();
         let view = Arc::new(self.view.clone());
         let me = self.settings.node_id;
         let replicating = self.settings.replication;

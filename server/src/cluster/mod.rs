@@ -14,7 +14,9 @@
 //! - `islands`: an island's record in etcd, checked whole, and the first
 //!   islands a bootstrap writes (a ring);
 //! - `removal`: when a member that left for good may be removed, and what
-//!   the removal compares.
+//!   the removal compares;
+//! - `sync_votes`: an island goes back to `sync` only once every shard of
+//!   its primary asked for it.
 
 pub mod coordinator;
 pub mod envelope;
@@ -22,6 +24,7 @@ pub mod identity;
 pub mod islands;
 pub mod partitions;
 pub mod removal;
+pub mod sync_votes;
 pub mod view;
 
 use std::collections::BTreeMap;
@@ -49,7 +52,15 @@ pub fn placement(view: &view::ClusterView, me: u16) -> Placement {
         .iter()
         .map(|(&id, (record, revision))| (id, (record.clone(), (*revision).max(0) as u64)))
         .collect();
-    Placement::new((me, incarnation), revision, owners, nodes).with_islands(islands)
+    let made_here = view
+        .islands
+        .iter()
+        .filter(|(id, (_, revision))| view.written_here.get(id) == Some(revision))
+        .map(|(&id, _)| id)
+        .collect();
+    Placement::new((me, incarnation), revision, owners, nodes)
+        .with_islands(islands)
+        .with_made_here(made_here)
 }
 
 /// A node as a placement shows it; `incarnation` 0: not live.

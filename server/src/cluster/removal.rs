@@ -137,6 +137,7 @@ mod tests {
                 (2, island(2, 1, 11)),
                 (3, island(1, 2, 40)),
             ]),
+            written_here: BTreeMap::new(),
         }
     }
 

@@ -80,6 +80,11 @@ pub struct ClusterView {
     /// Each island's record and the revision it was written at (what a
     /// compare-and-swap on it compares).
     pub islands: BTreeMap<IslandId, (IslandRecord, i64)>,
+    /// Not from etcd: the revision of the last record of each island this
+    /// node's running process wrote, kept by the coordinator. A member
+    /// serves an epoch whose record its process wrote, whichever shard's
+    /// member asked for it (rule 7 of docs/islands.md).
+    pub written_here: BTreeMap<IslandId, i64>,
 }
 
 /// One change to a key under the prefix, as the watch reports it (or a

@@ -130,6 +130,8 @@ pub struct OutOfStep {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IslandTxn {
     pub island: IslandId,
+    /// The shard whose member asked (its tablet of the island).
+    pub shard: u16,
     pub expect_revision: u64,
     /// The txn also needs this node to hold no lease.
     pub absent: Option<NodeId>,
@@ -139,6 +141,8 @@ pub struct IslandTxn {
 /// One shard's part in one island.
 pub struct Tablet {
     island: IslandId,
+    /// The shard that runs this tablet.
+    shard: u16,
     member: Member,
     outbox: VecDeque<ReplMsg>,
     /// Bytes of the batches in `outbox`.
@@ -158,9 +162,11 @@ pub struct Tablet {
 }
 
 impl Tablet {
-    pub fn new(island: IslandId, member: Member) -> Tablet {
+    /// Shard `shard`'s tablet of `island`, run by `member`.
+    pub fn new(island: IslandId, shard: u16, member: Member) -> Tablet {
         Tablet {
             island,
+            shard,
             member,
             outbox: VecDeque::new(),
             outbox_bytes: 0,
@@ -406,6 +412,7 @@ impl Tablet {
                     }
                     self.txns.push_back(IslandTxn {
                         island: self.island,
+                        shard: self.shard,
                         expect_revision,
                         absent,
                         record,

@@ -203,7 +203,7 @@ impl Islands {
         }
         let secondary = view.record.secondary;
         let member = Member::new(member_config(self.setup.node, island), log, self.now_ms());
-        let tablet = Rc::new(RefCell::new(Tablet::new(island, member)));
+        let tablet = Rc::new(RefCell::new(Tablet::new(island, self.shard_id, member)));
         tablet.borrow_mut().view(view, self.now_ms());
         if tablet.borrow().member().lost_log() {
             // Its one ask: that the secondary take the island over. The
@@ -519,7 +519,7 @@ impl Islands {
         let last = standby.next_seq() - 1;
         let log = standby.shard().epochs().log_info(last);
         let member = Member::new(member_config(self.setup.node, island), log, self.now_ms());
-        let tablet = Rc::new(RefCell::new(Tablet::new(island, member)));
+        let tablet = Rc::new(RefCell::new(Tablet::new(island, self.shard_id, member)));
         if let Some(view) = self
             .placement
             .borrow()

@@ -566,9 +566,14 @@ impl Member {
         let record = &view.record;
         let me = self.config.me;
         self.role = Role::Idle;
-        if record.primary == me && mine {
+        let lost = self.log.last == 0 && holds_everything(record);
+        // An epoch this process made (another shard's member asked for it)
+        // is served only if this log holds nothing of it: a log never
+        // starts an epoch twice, or two batches would share (epoch, seq).
+        let made_here = view.made_here && !lost && record.epoch > self.log.last_epoch();
+        if record.primary == me && (mine || made_here) {
             self.become_primary(view);
-        } else if record.primary == me && self.log.last == 0 && holds_everything(record) {
+        } else if record.primary == me && lost {
             self.lost_log = true;
             // Its in-sync secondary holds every acknowledged batch: it
             // takes the island over (as by rule 2, but asked for by the
@@ -719,7 +724,14 @@ impl Member {
             .view
             .as_ref()
             .is_some_and(|v| !v.live.contains(&p.secondary));
+        // The record says `sync` while this tablet released replies its
+        // secondary does not hold: another shard's member took the island
+        // back in sync on a race this one lost (the votes of
+        // `cluster::sync_votes` make it rare). The record claims too much
+        // for this tablet: solo again at once, not after the timeout.
+        let unbacked = p.acked < p.acknowledged;
         let overdue = secondary_gone
+            || unbacked
             || p.waiting_since_ms
                 .is_some_and(|since| self.now_ms >= since + self.config.replica_ack_timeout_ms);
         let current = self.view.as_ref().is_some_and(|v| v.revision == p.revision);
@@ -1027,6 +1039,7 @@ mod tests {
             record,
             revision: 10,
             live: vec![1, 2],
+            made_here: false,
         };
         member.view(view, 0);
         let first = ReplMsg::Ship {
@@ -1061,6 +1074,7 @@ mod tests {
             },
             revision: 10,
             live: vec![1, 2],
+            made_here: false,
         };
         let fresh = || Member::new(MemberConfig::new(1, 1), LogInfo::default(), 0);
         let mut member = fresh();
@@ -1123,6 +1137,7 @@ mod tests {
             record: record.clone(),
             revision,
             live: vec![1, 2],
+            made_here: false,
         };
         let log = LogInfo::restored(vec![(2, 1)], 50);
         let mut primary = Member::new(MemberConfig::new(1, 1), log, 0);
@@ -1218,6 +1233,7 @@ mod tests {
             record: record.clone(),
             revision,
             live: vec![1, 2],
+            made_here: false,
         };
         // A restarted primary asks for a new epoch, solo, and gets it.
         member.view(view(&record, 10), 0);
@@ -1277,6 +1293,7 @@ mod tests {
             record: record.clone(),
             revision,
             live,
+            made_here: false,
         };
         member.view(view(&record, 10, vec![1, 2]), 0);
         let Some(Output::Txn { record: asked, .. }) = member.poll_output() else {
@@ -1303,6 +1320,87 @@ mod tests {
         );
     }
 
+    /// One member per shard: an epoch another shard's member of the same
+    /// running process asked for is served, not bumped again (which made
+    /// two shards bump each other's epochs for ever); one the process did
+    /// not write is bumped (rule 7).
+    #[test]
+    fn a_primary_serves_an_epoch_its_own_process_wrote_and_bumps_any_other() {
+        let view = |record: &IslandRecord, revision, made_here| View {
+            record: record.clone(),
+            revision,
+            live: vec![1, 2],
+            made_here,
+        };
+        let mut record = IslandRecord::first(1, 2);
+        record.epoch = 6;
+        record.insync = vec![1];
+        record.mode = Mode::Solo;
+        let log = LogInfo::restored(vec![(5, 1)], 3);
+        let mut member = Member::new(MemberConfig::new(1, 1), log.clone(), 0);
+        member.keepalive(u64::MAX);
+        member.view(view(&record, 10, true), 0);
+        assert_eq!(member.primary_epoch(), Some(6));
+        let asked: Vec<_> = outputs(&mut member)
+            .into_iter()
+            .filter(|o| matches!(o, Output::Txn { .. }))
+            .collect();
+        assert_eq!(asked, []);
+        let mut other = Member::new(MemberConfig::new(1, 1), log, 0);
+        other.view(view(&record, 10, false), 0);
+        assert_eq!(other.primary_epoch(), None);
+        let Some(Output::Txn { record: asked, .. }) = other.poll_output() else {
+            panic!("an epoch its process did not write is bumped");
+        };
+        assert_eq!(asked.epoch, 7);
+        // A log that already holds epoch 6 never starts it again.
+        let served = LogInfo::restored(vec![(5, 1), (6, 4)], 5);
+        let mut again = Member::new(MemberConfig::new(1, 1), served, 0);
+        again.view(view(&record, 10, true), 0);
+        assert_eq!(again.primary_epoch(), None);
+        let Some(Output::Txn { record: asked, .. }) = again.poll_output() else {
+            panic!("an epoch this log holds is bumped");
+        };
+        assert_eq!(asked.epoch, 7);
+    }
+
+    /// The record turned `sync` while this tablet had released replies its
+    /// secondary does not hold (another shard's member asked on a race):
+    /// it asks for solo at once, without waiting for the ack timeout.
+    #[test]
+    fn a_sync_record_this_tablet_cannot_back_is_answered_by_solo_at_once() {
+        let view = |record: &IslandRecord, revision| View {
+            record: record.clone(),
+            revision,
+            live: vec![1, 2],
+            made_here: true,
+        };
+        let mut record = IslandRecord::first(1, 2);
+        record.epoch = 6;
+        record.insync = vec![1];
+        record.mode = Mode::Solo;
+        let mut member = Member::new(MemberConfig::new(1, 1), LogInfo::default(), 0);
+        member.keepalive(u64::MAX);
+        member.view(view(&record, 10), 0);
+        let start = member.log().last;
+        member.durable(start);
+        let seq = member.propose(vec![7]).unwrap();
+        member.durable(seq);
+        assert!(outputs(&mut member).contains(&Output::Acknowledged {
+            epoch: 6,
+            upto: seq
+        }));
+        record.insync = vec![1, 2];
+        record.mode = Mode::Sync;
+        member.view(view(&record, 11), 5);
+        member.tick(6);
+        let solo = outputs(&mut member).into_iter().find_map(|o| match o {
+            Output::Txn { record, .. } => Some(record),
+            _ => None,
+        });
+        assert_eq!(solo.map(|r| (r.epoch, r.mode)), Some((7, Mode::Solo)));
+    }
+
     #[test]
     fn a_store_that_went_back_never_makes_a_log_write_an_old_epoch_again() {
         let log = LogInfo::restored(vec![(5, 1)], 3);
@@ -1313,6 +1411,7 @@ mod tests {
             record: record.clone(),
             revision,
             live: vec![1, 2],
+            made_here: false,
         };
         member.view(view(&record, 10), 0);
         let Some(Output::Txn { record: asked, .. }) = member.poll_output() else {

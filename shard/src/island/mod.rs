@@ -71,13 +71,19 @@ impl IslandRecord {
     }
 }
 
-/// What the store shows of an island: its record at a revision, and which
-/// nodes hold a live lease.
+/// What the store shows of an island: its record at a revision, which
+/// nodes hold a live lease, and whether the running process of the member's
+/// node wrote that record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct View {
     pub record: IslandRecord,
     pub revision: u64,
     pub live: Vec<NodeId>,
+    /// This record was written by this node's running process (asked by
+    /// any of its members: one per shard). A member named primary of such
+    /// an epoch serves it, though another shard's member asked for it: no
+    /// earlier process of the node can have served that epoch (rule 7).
+    pub made_here: bool,
 }
 
 /// Messages on a replication connection (one per tablet pair).
